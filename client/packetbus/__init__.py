@@ -1,0 +1,58 @@
+"""packetbus: the Python client for the packetbus message bus.
+
+    import asyncio
+    from packetbus import Client, Packet, Finding, SpeechAct
+
+    async def main() -> None:
+        async with await Client.connect("127.0.0.1:50051") as bus:
+            receipt = await bus.dispatch(Packet(topic="research", origin="haiku-1",
+                                                speech_act=SpeechAct.SPEECH_ACT_INFORM))
+
+The protobuf types live in ``packetbus.v1`` (generated from protos/packetbus/v1);
+the most used ones are re-exported here.
+"""
+
+from packetbus.v1.contents_pb2 import Context, Finding, RawContents, Task
+from packetbus.v1.custody_pb2 import CustodyEntry, CustodyRecord
+from packetbus.v1.packet_pb2 import Packet
+from packetbus.v1.packet_service_pb2 import (
+    DispatchResult,
+    GetServerInfoResponse,
+    Receipt,
+    StoredPacket,
+)
+from packetbus.v1.speech_act_pb2 import SpeechAct
+
+from ._client import EARLIEST, LATEST, Client, Subscription, fill_defaults
+from ._config import BatchSettings, ClientConfig, RetrySettings
+from ._errors import FieldViolation, PacketbusError
+from ._sync import SyncClient
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EARLIEST",
+    "LATEST",
+    "BatchSettings",
+    "Client",
+    "ClientConfig",
+    "Context",
+    "CustodyEntry",
+    "CustodyRecord",
+    "DispatchResult",
+    "FieldViolation",
+    "Finding",
+    "GetServerInfoResponse",
+    "Packet",
+    "PacketbusError",
+    "RawContents",
+    "Receipt",
+    "RetrySettings",
+    "SpeechAct",
+    "StoredPacket",
+    "Subscription",
+    "SyncClient",
+    "Task",
+    "__version__",
+    "fill_defaults",
+]

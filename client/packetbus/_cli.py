@@ -1,0 +1,241 @@
+"""The ``packetbus`` command line: run a server, dispatch, fetch and follow packets."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from packetbus.v1 import packet_pb2, speech_act_pb2
+
+from ._client import EARLIEST, LATEST, Client
+from ._config import DEFAULT_TARGET, TARGET_ENV, ClientConfig
+from ._errors import PacketbusError
+
+_CONTENT_KINDS = ("task", "finding", "context", "data", "raw")
+_SPEECH_PREFIX = "SPEECH_ACT_"
+
+
+def _speech_acts() -> list[str]:
+    return [
+        name.removeprefix(_SPEECH_PREFIX).lower().replace("_", "-")
+        for name in speech_act_pb2.SpeechAct.keys()  # noqa: SIM118 (an enum wrapper, not a dict)
+        if name != "SPEECH_ACT_UNSPECIFIED"
+    ]
+
+
+def _json_line(message: Message) -> str:
+    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
+
+
+def _json_pretty(message: Message) -> str:
+    return json.dumps(json_format.MessageToDict(message), indent=2)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"packetbus: {message}", file=sys.stderr)
+    return code
+
+
+def _describe(error: PacketbusError) -> str:
+    if error.field_violations:
+        fields = "; ".join(str(v) for v in error.field_violations)
+        return f"{error.code.name}: {fields}"
+    return f"{error.code.name}: {error.message}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="packetbus", description="packetbus: a message bus for multi-agent systems."
+    )
+    parser.add_argument(
+        "--target",
+        default=os.environ.get(TARGET_ENV) or DEFAULT_TARGET,
+        help=f"server address (env {TARGET_ENV}; default {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds each call may take (default 30)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run a packetbus server")
+    serve.add_argument(
+        "--listen",
+        default=os.environ.get("PACKETBUS_LISTEN", "127.0.0.1:50051"),
+        help="address to listen on (env PACKETBUS_LISTEN; default 127.0.0.1:50051)",
+    )
+    serve.add_argument(
+        "--redis-url",
+        default=os.environ.get("PACKETBUS_REDIS_URL"),
+        help="use this Redis 7+ or Redis Cluster instead of the embedded Valkey "
+        "(env PACKETBUS_REDIS_URL)",
+    )
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=os.environ.get("PACKETBUS_DATA_DIR"),
+        help="where the embedded Valkey keeps its data (env PACKETBUS_DATA_DIR; "
+        "default ~/.local/share/packetbus)",
+    )
+    serve.add_argument(
+        "--grace", type=float, default=10.0, help="seconds to drain on SIGTERM (default 10)"
+    )
+    serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+
+    dispatch = commands.add_parser("dispatch", help="dispatch one packet")
+    dispatch.add_argument("--topic", required=True)
+    dispatch.add_argument("--origin", required=True, help="the sending agent's id")
+    dispatch.add_argument(
+        "--speech-act",
+        default="inform",
+        choices=_speech_acts(),
+        metavar="ACT",
+        help="FIPA performative, e.g. inform, request, query-if (default inform)",
+    )
+    dispatch.add_argument("--tracking-id", help="UUID; generated when absent")
+    dispatch.add_argument("--ttl", type=int, default=0, help="seconds (default: server's, 3600)")
+    dispatch.add_argument("--schema-version", default="1.0")
+    dispatch.add_argument(
+        "--json",
+        dest="contents",
+        metavar="CONTENTS_JSON",
+        help="contents as in a packet's protobuf JSON, with one key: "
+        '{"finding": {...}}, {"task": {...}}, {"context": {...}}, {"data": {...}} '
+        'or {"raw": {"contentType": ..., "data": BASE64}}',
+    )
+
+    get = commands.add_parser("get", help="print a stored packet as protobuf JSON")
+    get.add_argument("tracking_id", metavar="TRACKING_ID")
+
+    tail = commands.add_parser("tail", help="follow a topic, one JSON line per packet")
+    tail.add_argument("topic", metavar="TOPIC")
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument("--from", dest="start", choices=("earliest", "latest"), default="latest")
+    start.add_argument("--after", metavar="CURSOR", help="resume right after this cursor")
+    tail.add_argument("--count", type=int, default=0, help="stop after N packets")
+
+    commands.add_parser("info", help="print server info as JSON")
+    return parser
+
+
+def _build_packet(args: argparse.Namespace) -> packet_pb2.Packet:
+    packet = packet_pb2.Packet(
+        topic=args.topic,
+        origin=args.origin,
+        speech_act=speech_act_pb2.SpeechAct.Value(
+            _SPEECH_PREFIX + args.speech_act.upper().replace("-", "_")
+        ),
+        tracking_id=args.tracking_id or "",
+        ttl_seconds=max(args.ttl, 0),
+        schema_version=args.schema_version,
+    )
+    if args.ttl < 0:
+        raise ValueError("--ttl must not be negative")
+    if args.contents:
+        try:
+            contents: Any = json.loads(args.contents)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--json is not valid JSON: {exc}") from None
+        if not isinstance(contents, dict) or len(contents) != 1:
+            raise ValueError(f"--json must be an object with exactly one key of {_CONTENT_KINDS}")
+        kind = next(iter(contents))
+        if kind not in _CONTENT_KINDS:
+            raise ValueError(f"--json key {kind!r} is not one of {_CONTENT_KINDS}")
+        try:
+            json_format.ParseDict(contents, packet)
+        except json_format.ParseError as exc:
+            raise ValueError(f"--json does not fit {kind}: {exc}") from None
+    return packet
+
+
+async def _dispatch(client: Client, args: argparse.Namespace) -> int:
+    try:
+        packet = _build_packet(args)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    [result] = await client.dispatch_batch([packet], timeout=args.timeout)
+    print(_json_pretty(result))
+    if result.WhichOneof("outcome") == "error":
+        return _fail(_describe(PacketbusError.from_status(result.error)))
+    return 0
+
+
+async def _get(client: Client, args: argparse.Namespace) -> int:
+    stored = await client.get_packet(args.tracking_id, timeout=args.timeout)
+    print(_json_pretty(stored))
+    return 0
+
+
+async def _tail(client: Client, args: argparse.Namespace) -> int:
+    seen = 0
+    async with client.subscribe(
+        args.topic, start=EARLIEST if args.start == "earliest" else LATEST, after=args.after
+    ) as subscription:
+        async for stored in subscription:
+            print(_json_line(stored), flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
+    return 0
+
+
+async def _info(client: Client, args: argparse.Namespace) -> int:
+    print(_json_pretty(await client.server_info(timeout=args.timeout)))
+    return 0
+
+
+_COMMANDS = {"dispatch": _dispatch, "get": _get, "tail": _tail, "info": _info}
+
+
+async def _run_client_command(args: argparse.Namespace) -> int:
+    async with await Client.connect(
+        args.target, config=ClientConfig(target=args.target), timeout=args.timeout
+    ) as client:
+        return await _COMMANDS[args.command](client, args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    # The server side is imported only here, so the client library and the
+    # other commands never load it.
+    from packetbus_server import ServerConfig, default_data_dir, run
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = ServerConfig(
+        listen=args.listen,
+        redis_url=args.redis_url,
+        data_dir=args.data_dir or default_data_dir(),
+        grace_seconds=args.grace,
+    )
+    run(config)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return asyncio.run(_run_client_command(args))
+    except PacketbusError as exc:
+        return _fail(_describe(exc))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        return _fail(str(exc))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""The asyncio client agents use to dispatch, fetch and follow packets."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Self, TypeAlias, TypeVar, cast
+
+import grpc
+
+from packetbus.v1 import packet_pb2, packet_service_pb2, packet_service_pb2_grpc
+
+from ._batcher import Batcher
+from ._config import ClientConfig, RetrySettings
+from ._errors import PacketbusError
+
+T = TypeVar("T")
+
+DEFAULT_SCHEMA_VERSION = "1.0"
+
+StartPosition: TypeAlias = packet_service_pb2.StartPosition.ValueType
+EARLIEST: StartPosition = packet_service_pb2.START_POSITION_EARLIEST
+LATEST: StartPosition = packet_service_pb2.START_POSITION_LATEST
+
+
+def fill_defaults(packet: packet_pb2.Packet) -> packet_pb2.Packet:
+    """Fill what a sender may leave out, in place: tracking id, schema version, dispatch time.
+
+    Done once, before the first attempt, so every retry sends the same packet
+    and the server recognizes it as the same.
+    """
+    if not packet.tracking_id:
+        packet.tracking_id = str(uuid.uuid4())
+    if not packet.schema_version:
+        packet.schema_version = DEFAULT_SCHEMA_VERSION
+    if not packet.HasField("dispatched_at"):
+        packet.dispatched_at.GetCurrentTime()
+    return packet
+
+
+class _Backoff:
+    def __init__(self, settings: RetrySettings) -> None:
+        self._settings = settings
+        self._next = settings.initial_backoff
+
+    def reset(self) -> None:
+        self._next = self._settings.initial_backoff
+
+    def next_delay(self) -> float:
+        # Full jitter: spreads reconnecting clients instead of synchronizing them.
+        delay = random.uniform(0, self._next)
+        self._next = min(self._next * self._settings.multiplier, self._settings.max_backoff)
+        return delay
+
+
+class Client:
+    """A connection to a packetbus server.
+
+    Create it with ``await Client.connect(...)`` or ``async with await Client.connect(...)``.
+    Every call takes ``timeout=`` (seconds; default `ClientConfig.default_timeout`)
+    and raises `PacketbusError` on failure. UNAVAILABLE is retried with backoff
+    within the timeout, which is safe because dispatch is idempotent.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, config: ClientConfig) -> None:
+        self._channel = channel
+        self._config = config
+        self._stub = packet_service_pb2_grpc.PacketServiceStub(channel)
+        self._batcher = Batcher(self._send_batch, config.batching)
+
+    @classmethod
+    async def connect(
+        cls,
+        target: str | None = None,
+        *,
+        config: ClientConfig | None = None,
+        timeout: float | None = 10.0,
+    ) -> Client:
+        """Open a channel to `target` (default: $PACKETBUS_TARGET or 127.0.0.1:50051).
+
+        Waits up to `timeout` seconds for the server to be reachable; None
+        returns at once and lets the first call wait instead.
+        """
+        config = config or ClientConfig()
+        address = target or config.target
+        channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                # gRPC's own transparent retries stay on; ours handle UNAVAILABLE.
+                ("grpc.keepalive_time_ms", 30_000),
+            ],
+        )
+        if timeout is not None:
+            try:
+                await asyncio.wait_for(channel.channel_ready(), timeout)
+            except TimeoutError:
+                await channel.close()
+                raise PacketbusError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"could not reach a packetbus server at {address} within {timeout}s",
+                ) from None
+        return cls(channel, config)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Send what is still queued for dispatch, then close the channel."""
+        try:
+            await self._batcher.close()
+        finally:
+            await self._channel.close()
+
+    @property
+    def config(self) -> ClientConfig:
+        return self._config
+
+    def _deadline(self, timeout: float | None) -> float:
+        return time.monotonic() + (self._config.default_timeout if timeout is None else timeout)
+
+    async def _unary(self, call: Callable[[float], Awaitable[T]], deadline: float) -> T:
+        backoff = _Backoff(self._config.retry)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PacketbusError(grpc.StatusCode.DEADLINE_EXCEEDED, "timeout spent")
+            try:
+                return await call(remaining)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    delay = backoff.next_delay()
+                    if time.monotonic() + delay < deadline:
+                        await asyncio.sleep(delay)
+                        continue
+                raise PacketbusError.from_rpc_error(exc) from None
+
+    # -- dispatch ---------------------------------------------------------------
+
+    async def dispatch(
+        self, packet: packet_pb2.Packet, *, timeout: float | None = None
+    ) -> packet_service_pb2.Receipt:
+        """Store one packet (batched with others behind the scenes) and return its receipt.
+
+        Fills the tracking id, schema version and dispatch time in place when
+        they are missing. Raises `PacketbusError` when the packet is rejected
+        (INVALID_ARGUMENT with field violations, ALREADY_EXISTS) or the call fails.
+        Concurrent dispatches are not ordered relative to each other; await each
+        one, or use `dispatch_batch`, when order matters.
+        """
+        fill_defaults(packet)
+        deadline = self._deadline(timeout)
+        future = await self._batcher.submit(packet, deadline)
+        try:
+            result = await asyncio.wait_for(
+                asyncio.shield(future), max(0.0, deadline - time.monotonic())
+            )
+        except TimeoutError:
+            raise PacketbusError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"packet {packet.tracking_id} not acknowledged in time; dispatching it "
+                "again is safe",
+            ) from None
+        if result.WhichOneof("outcome") == "error":
+            raise PacketbusError.from_status(result.error)
+        return result.receipt
+
+    async def dispatch_batch(
+        self, packets: Sequence[packet_pb2.Packet], *, timeout: float | None = None
+    ) -> list[packet_service_pb2.DispatchResult]:
+        """Store `packets` in one call; one result per packet, in order.
+
+        A rejected packet is reported in its own result (its ``error``), not
+        raised; `PacketbusError` is raised only when the call as a whole fails.
+        """
+        for packet in packets:
+            fill_defaults(packet)
+        return list(await self._send_batch(packets, self._deadline(timeout)))
+
+    async def _send_batch(
+        self, packets: Sequence[packet_pb2.Packet], deadline: float
+    ) -> Sequence[packet_service_pb2.DispatchResult]:
+        request = packet_service_pb2.DispatchRequest(packets=packets)
+        response = await self._unary(
+            lambda remaining: self._stub.Dispatch(request, timeout=remaining), deadline
+        )
+        return cast(Sequence[packet_service_pb2.DispatchResult], response.results)
+
+    async def flush(self) -> None:
+        """Wait until every packet handed to `dispatch` so far has its result."""
+        await self._batcher.flush()
+
+    # -- reads ------------------------------------------------------------------
+
+    async def get_packet(
+        self, tracking_id: str, *, timeout: float | None = None
+    ) -> packet_service_pb2.StoredPacket:
+        """Fetch a stored packet; NOT_FOUND when it was never stored or has expired."""
+        request = packet_service_pb2.GetPacketRequest(tracking_id=tracking_id)
+        response = await self._unary(
+            lambda remaining: self._stub.GetPacket(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return cast(packet_service_pb2.StoredPacket, response.packet)
+
+    async def server_info(
+        self, *, timeout: float | None = None
+    ) -> packet_service_pb2.GetServerInfoResponse:
+        return await self._unary(
+            lambda remaining: self._stub.GetServerInfo(
+                packet_service_pb2.GetServerInfoRequest(), timeout=remaining
+            ),
+            self._deadline(timeout),
+        )
+
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        start: StartPosition = LATEST,
+        after: str | None = None,
+        max_batch_packets: int = 0,
+        timeout: float | None = None,
+    ) -> Subscription:
+        """Follow `topic`: an async iterator of StoredPacket, in stored order.
+
+        Starts at `start` (EARLIEST or LATEST), or right after cursor `after`.
+        After a lost connection it resumes after the last packet it yielded, so
+        nothing is skipped or repeated. `timeout` bounds the whole subscription
+        (None: until closed).
+        """
+        return Subscription(
+            self._stub,
+            topic,
+            start=start,
+            after=after,
+            max_batch_packets=max_batch_packets,
+            deadline=None if timeout is None else time.monotonic() + timeout,
+            retry=self._config.retry,
+        )
+
+
+class Subscription:
+    """An async iterator over a topic's packets; `cursor` is the last one yielded."""
+
+    def __init__(
+        self,
+        stub: packet_service_pb2_grpc.PacketServiceStub,
+        topic: str,
+        *,
+        start: StartPosition,
+        after: str | None,
+        max_batch_packets: int,
+        deadline: float | None,
+        retry: RetrySettings,
+    ) -> None:
+        self._stub = stub
+        self._topic = topic
+        self._start = start
+        self.cursor: str | None = after
+        self._max_batch = max_batch_packets
+        self._deadline = deadline
+        self._retry = retry
+        self._call: grpc.aio.UnaryStreamCall | None = None
+        self._buffer: list[packet_service_pb2.StoredPacket] = []
+        self._closed = False
+
+    def _request(self) -> packet_service_pb2.SubscribeRequest:
+        if self.cursor is not None:
+            return packet_service_pb2.SubscribeRequest(
+                topic=self._topic, after_cursor=self.cursor, max_batch_packets=self._max_batch
+            )
+        return packet_service_pb2.SubscribeRequest(
+            topic=self._topic, start_position=self._start, max_batch_packets=self._max_batch
+        )
+
+    def __aiter__(self) -> AsyncIterator[packet_service_pb2.StoredPacket]:
+        return self
+
+    async def __anext__(self) -> packet_service_pb2.StoredPacket:
+        while not self._buffer:
+            if self._closed:
+                raise StopAsyncIteration
+            self._buffer = list(await self._next_batch())
+            self._buffer.reverse()
+        stored = self._buffer.pop()
+        self.cursor = stored.receipt.cursor
+        return stored
+
+    async def _next_batch(self) -> Sequence[packet_service_pb2.StoredPacket]:
+        backoff = _Backoff(self._retry)
+        failing_since: float | None = None
+        while True:
+            if self._call is None:
+                timeout = None if self._deadline is None else self._deadline - time.monotonic()
+                if timeout is not None and timeout <= 0:
+                    raise PacketbusError(grpc.StatusCode.DEADLINE_EXCEEDED, "subscription ended")
+                self._call = self._stub.Subscribe(self._request(), timeout=timeout)
+            try:
+                response = await self._call.read()
+            except asyncio.CancelledError:
+                if self._closed:  # close() from another task cancels the read
+                    return []
+                raise
+            except grpc.aio.AioRpcError as exc:
+                if self._closed:
+                    return []
+                self._call = None
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise PacketbusError.from_rpc_error(exc) from None
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since > self._retry.reconnect_window:
+                    raise PacketbusError.from_rpc_error(exc) from None
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if response is grpc.aio.EOF:
+                self._call = None
+                if self._closed:
+                    return []
+                continue
+            return cast(Sequence[packet_service_pb2.StoredPacket], response.packets)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._buffer = []
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,113 @@
+"""A blocking facade over the asyncio Client, for scripts and threads without a loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterator, Sequence
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from packetbus.v1 import packet_pb2, packet_service_pb2
+
+from ._client import LATEST, Client, StartPosition, Subscription
+from ._config import ClientConfig
+
+T = TypeVar("T")
+
+
+class SyncClient:
+    """The same calls as `Client`, blocking; runs its own event loop in a daemon thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread, client: Client):
+        self._loop = loop
+        self._thread = thread
+        self._client = client
+
+    @classmethod
+    def connect(
+        cls,
+        target: str | None = None,
+        *,
+        config: ClientConfig | None = None,
+        timeout: float | None = 10.0,
+    ) -> SyncClient:
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="packetbus-client", daemon=True)
+        thread.start()
+        try:
+            client = asyncio.run_coroutine_threadsafe(
+                Client.connect(target, config=config, timeout=timeout), loop
+            ).result()
+        except BaseException:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
+            raise
+        return cls(loop, thread, client)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result()
+
+    def dispatch(
+        self, packet: packet_pb2.Packet, *, timeout: float | None = None
+    ) -> packet_service_pb2.Receipt:
+        return self._run(self._client.dispatch(packet, timeout=timeout))
+
+    def dispatch_batch(
+        self, packets: Sequence[packet_pb2.Packet], *, timeout: float | None = None
+    ) -> list[packet_service_pb2.DispatchResult]:
+        return self._run(self._client.dispatch_batch(packets, timeout=timeout))
+
+    def get_packet(
+        self, tracking_id: str, *, timeout: float | None = None
+    ) -> packet_service_pb2.StoredPacket:
+        return self._run(self._client.get_packet(tracking_id, timeout=timeout))
+
+    def server_info(
+        self, *, timeout: float | None = None
+    ) -> packet_service_pb2.GetServerInfoResponse:
+        return self._run(self._client.server_info(timeout=timeout))
+
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        start: StartPosition = LATEST,
+        after: str | None = None,
+        max_batch_packets: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[packet_service_pb2.StoredPacket]:
+        """Blocking iterator over `topic`; see `Client.subscribe`."""
+        subscription: Subscription = self._client.subscribe(
+            topic, start=start, after=after, max_batch_packets=max_batch_packets, timeout=timeout
+        )
+        try:
+            while True:
+                try:
+                    yield self._run(subscription.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(subscription.close())
+
+    def close(self) -> None:
+        try:
+            self._run(self._client.close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

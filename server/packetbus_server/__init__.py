@@ -1,0 +1,27 @@
+"""The packetbus server: validation, persistence and delivery of packets over gRPC.
+
+Where things happen:
+
+- ``_validation.py``       the rules every packet must pass ("no schema, no dispatch")
+- ``_ingest.py``           validate -> normalize -> fingerprint, per packet
+- ``_store.py``            every Redis read and write (Lua scripts in ``scripts/``)
+- ``_keys.py``             the Redis key layout
+- ``_retry.py``            which Redis failures are retried, and how
+- ``_packet_service.py``   the PacketService RPCs (dispatch, get, subscribe, info)
+- ``_app.py``              assembly, health, reflection and drain on SIGTERM
+"""
+
+from ._app import VERSION, RunningServer, ServerConfig, default_data_dir, run, running, serve, start
+from ._limits import Limits
+
+__all__ = [
+    "VERSION",
+    "Limits",
+    "RunningServer",
+    "ServerConfig",
+    "default_data_dir",
+    "run",
+    "running",
+    "serve",
+    "start",
+]

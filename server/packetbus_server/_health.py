@@ -1,0 +1,60 @@
+"""grpc.health.v1: SERVING only while Redis answers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from grpc_health.v1 import health, health_pb2
+
+from ._store import PacketStore
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("", "packetbus.v1.PacketService")
+
+
+class StoreHealth:
+    """Pings Redis every `interval` seconds and publishes the result as health."""
+
+    def __init__(self, store: PacketStore, servicer: health.aio.HealthServicer, interval: float):
+        self._store = store
+        self._servicer = servicer
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._serving: bool | None = None
+
+    async def check_once(self) -> bool:
+        ok = await self._store.ping(timeout=max(0.2, min(1.0, self._interval)))
+        if ok != self._serving:
+            log.log(
+                logging.INFO if ok else logging.WARNING,
+                "store %s: health %s",
+                "answers" if ok else "does not answer",
+                "SERVING" if ok else "NOT_SERVING",
+            )
+            self._serving = ok
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ok
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for service in SERVICES:
+                await self._servicer.set(service, status)
+        return ok
+
+    async def _run(self) -> None:
+        while True:
+            await self.check_once()
+            await asyncio.sleep(self._interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="packetbus-health")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._servicer.enter_graceful_shutdown()

@@ -1,0 +1,229 @@
+"""PacketService: a thin gRPC layer over the ingest pipeline and the store."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf import timestamp_pb2
+from google.rpc import code_pb2
+from packetbus.v1 import packet_pb2, packet_service_pb2, packet_service_pb2_grpc
+
+from . import _status
+from ._ingest import Rejected, prepare
+from ._limits import Limits
+from ._retry import StoreFailedError, StoreUnavailableError
+from ._store import Outcome, PacketStore, PacketWrite, cursor_millis
+from ._validation import SUPPORTED_SCHEMA_VERSIONS, Violation, validate_topic, validate_tracking_id
+
+_CURSOR = re.compile(r"\d{1,20}-\d{1,20}\Z")
+# How long one blocking read waits before looking again; bounds how long a
+# cancelled subscription holds its Redis connection.
+_SUBSCRIBE_BLOCK_MS = 1000
+
+
+def _timestamp_ms(ms: int) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def receipt(topic: str, cursor: str, expires_at_ms: int) -> packet_service_pb2.Receipt:
+    return packet_service_pb2.Receipt(
+        topic=topic,
+        cursor=cursor,
+        stored_at=_timestamp_ms(cursor_millis(cursor)),
+        expires_at=_timestamp_ms(expires_at_ms),
+    )
+
+
+class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
+    def __init__(
+        self,
+        store: PacketStore,
+        limits: Limits,
+        *,
+        version: str,
+        server_id: str,
+        max_subscribers: int,
+    ) -> None:
+        self._store = store
+        self._limits = limits
+        self._version = version
+        self._server_id = server_id
+        self._subscribers = asyncio.Semaphore(max_subscribers)
+
+    async def Dispatch(
+        self, request: packet_service_pb2.DispatchRequest, context: grpc.aio.ServicerContext
+    ) -> packet_service_pb2.DispatchResponse:
+        count = len(request.packets)
+        if count == 0:
+            await _status.abort_invalid(
+                context,
+                "empty dispatch",
+                [Violation("packets", "REQUIRED", "at least one packet is required")],
+            )
+        if count > self._limits.max_batch_packets:
+            await _status.abort_invalid(
+                context,
+                "batch too large",
+                [
+                    Violation(
+                        "packets",
+                        "BATCH_TOO_LARGE",
+                        f"{count} packets in one call; the limit is "
+                        f"{self._limits.max_batch_packets}",
+                    )
+                ],
+            )
+
+        results: list[packet_service_pb2.DispatchResult | None] = [None] * count
+        writes: list[PacketWrite] = []
+        slots: list[int] = []
+        now_ns = time.time_ns()
+        for i, packet in enumerate(request.packets):
+            prepared = prepare(packet, self._limits, now_ns)
+            if isinstance(prepared, Rejected):
+                results[i] = packet_service_pb2.DispatchResult(
+                    tracking_id=packet.tracking_id,
+                    error=_status.bad_request("packet rejected", prepared.violations),
+                )
+            else:
+                writes.append(prepared)
+                slots.append(i)
+
+        try:
+            stored = await self._store.write(writes, time_remaining=context.time_remaining())
+        except StoreUnavailableError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retrying is safe")
+        except StoreFailedError as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+
+        for i, write, result in zip(slots, writes, stored, strict=True):
+            if result.outcome is Outcome.CONFLICT:
+                results[i] = packet_service_pb2.DispatchResult(
+                    tracking_id=write.tracking_id,
+                    error=_status.status(
+                        code_pb2.ALREADY_EXISTS,
+                        f"tracking_id {write.tracking_id} is already used by a different packet",
+                    ),
+                )
+            else:
+                results[i] = packet_service_pb2.DispatchResult(
+                    tracking_id=write.tracking_id,
+                    receipt=receipt(write.topic, result.cursor, result.expires_at_ms),
+                )
+        return packet_service_pb2.DispatchResponse(results=[r for r in results if r is not None])
+
+    async def GetPacket(
+        self, request: packet_service_pb2.GetPacketRequest, context: grpc.aio.ServicerContext
+    ) -> packet_service_pb2.GetPacketResponse:
+        violations = validate_tracking_id(request.tracking_id)
+        if violations:
+            await _status.abort_invalid(context, "invalid tracking id", violations)
+        try:
+            found = await self._store.get(
+                request.tracking_id, time_remaining=context.time_remaining()
+            )
+        except StoreUnavailableError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retrying is safe")
+        except StoreFailedError as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        if found is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no packet with tracking_id {request.tracking_id} (never stored, or expired)",
+            )
+            raise AssertionError("context.abort always raises")
+        return packet_service_pb2.GetPacketResponse(
+            packet=packet_service_pb2.StoredPacket(
+                packet=packet_pb2.Packet.FromString(found.payload),
+                receipt=receipt(found.topic, found.cursor, found.expires_at_ms),
+            )
+        )
+
+    async def Subscribe(
+        self, request: packet_service_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[packet_service_pb2.SubscribeResponse]:
+        violations: list[Violation] = []
+        validate_topic(violations, "topic", request.topic, self._limits.max_topic_length)
+        start = request.WhichOneof("start")
+        if start == "after_cursor" and not _CURSOR.match(request.after_cursor):
+            violations.append(
+                Violation(
+                    "after_cursor",
+                    "CURSOR_FORMAT",
+                    "after_cursor must be a cursor from a receipt, like 1700000000000-0",
+                )
+            )
+        batch = request.max_batch_packets or self._limits.default_subscribe_batch_packets
+        if batch > self._limits.max_subscribe_batch_packets:
+            violations.append(
+                Violation(
+                    "max_batch_packets",
+                    "BATCH_TOO_LARGE",
+                    f"max_batch_packets must be at most {self._limits.max_subscribe_batch_packets}",
+                )
+            )
+        if violations:
+            await _status.abort_invalid(context, "invalid subscription", violations)
+
+        if self._subscribers.locked():
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "this server has reached its subscription limit; try another replica or later",
+            )
+        async with self._subscribers:
+            try:
+                async for response in self._follow(request, batch):
+                    yield response
+            except StoreUnavailableError as exc:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, f"{exc}; resume after your last cursor"
+                )
+            except StoreFailedError as exc:
+                await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+
+    async def _follow(
+        self, request: packet_service_pb2.SubscribeRequest, batch: int
+    ) -> AsyncIterator[packet_service_pb2.SubscribeResponse]:
+        topic = request.topic
+        if request.WhichOneof("start") == "after_cursor":
+            cursor = request.after_cursor
+        elif request.start_position == packet_service_pb2.START_POSITION_EARLIEST:
+            cursor = "0-0"
+        else:
+            cursor = await self._store.last_cursor(topic)
+        while True:
+            entries = await self._store.read_after(
+                topic, cursor, count=batch, block_ms=_SUBSCRIBE_BLOCK_MS
+            )
+            if not entries:
+                continue
+            cursor = entries[-1].cursor
+            now_ms = time.time_ns() // 1_000_000
+            live = [
+                packet_service_pb2.StoredPacket(
+                    packet=packet_pb2.Packet.FromString(e.payload),
+                    receipt=receipt(topic, e.cursor, e.expires_at_ms),
+                )
+                for e in entries
+                if e.expires_at_ms > now_ms
+            ]
+            if live:
+                # The write waits for HTTP/2 flow control, so a slow reader
+                # holds at most one batch here: it is paced, the server is not.
+                yield packet_service_pb2.SubscribeResponse(packets=live)
+
+    async def GetServerInfo(
+        self, request: packet_service_pb2.GetServerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> packet_service_pb2.GetServerInfoResponse:
+        return packet_service_pb2.GetServerInfoResponse(
+            version=self._version,
+            supported_schema_versions=SUPPORTED_SCHEMA_VERSIONS,
+            limits=self._limits.to_proto(),
+            server_id=self._server_id,
+        )

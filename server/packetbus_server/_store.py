@@ -1,0 +1,230 @@
+"""The storage layer: every Redis read and write the servicers need, retried where safe.
+
+A dispatch costs two round trips whatever the batch size: one pipeline that
+claims each tracking id for its topic (``pb:loc:{tid}``, SET NX), then one Lua
+script per topic (in parallel) that writes the packets on that topic's slot.
+Both steps are idempotent, so a whole dispatch can be replayed after any
+failure and stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from . import _keys, _scripts
+from ._retry import with_retries
+from ._scripts import RedisClient
+
+# One script call blocks Redis while it runs; bigger batches are split so no
+# single call holds the server for long.
+_MAX_PACKETS_PER_SCRIPT = 500
+
+
+class Outcome(enum.Enum):
+    STORED = "new"
+    DUPLICATE = "dup"
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class PacketWrite:
+    """A validated packet, ready to store."""
+
+    tracking_id: str
+    topic: str
+    fingerprint: str
+    ttl_ms: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    outcome: Outcome
+    cursor: str
+    expires_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    cursor: str
+    expires_at_ms: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FoundPacket:
+    topic: str
+    cursor: str
+    expires_at_ms: int
+    payload: bytes
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def cursor_millis(cursor: str) -> int:
+    return int(cursor.split("-", 1)[0])
+
+
+async def connect_redis(url: str) -> RedisClient:
+    """Connect to a single Redis or a Redis Cluster, whichever `url` points at.
+
+    redis-py's own retries are switched off: the store retries (with_retries)
+    at the level of whole idempotent operations, bounded by the RPC deadline,
+    and stacking a second retry loop under it would multiply attempts.
+    """
+    common: dict[str, Any] = {
+        "retry": Retry(NoBackoff(), 0),
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 2.0,
+        "health_check_interval": 0,
+    }
+    probe = Redis.from_url(url, **common)
+    try:
+        info = await probe.info("cluster")
+    finally:
+        await probe.aclose()
+    if info.get("cluster_enabled") == 1:
+        return RedisCluster.from_url(url, **common)
+    return Redis.from_url(url, max_connections=1024, **common)
+
+
+class PacketStore:
+    def __init__(self, redis: RedisClient, *, retention_ms: int, retry_budget: float) -> None:
+        self._redis = redis
+        self._retention_ms = retention_ms
+        self._retry_budget = retry_budget
+
+    @property
+    def redis(self) -> RedisClient:
+        return self._redis
+
+    def _budget(self, time_remaining: float | None) -> float:
+        if time_remaining is None:
+            return self._retry_budget
+        return max(0.0, min(self._retry_budget, time_remaining))
+
+    async def ping(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                return bool(await self._redis.ping())
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def write(
+        self, writes: Sequence[PacketWrite], *, time_remaining: float | None = None
+    ) -> list[WriteResult]:
+        """Store `writes`; one result per write, in order. Safe to call again with the same writes."""
+        if not writes:
+            return []
+        return await with_retries(
+            lambda: self._write_once(writes), budget_seconds=self._budget(time_remaining)
+        )
+
+    async def _write_once(self, writes: Sequence[PacketWrite]) -> list[WriteResult]:
+        results: list[WriteResult | None] = [None] * len(writes)
+
+        # Step 1: claim every tracking id for its topic. A tracking id already
+        # claimed by another topic is a different packet: a conflict, decided
+        # before anything is written for it.
+        pipe = self._redis.pipeline(transaction=False)
+        for w in writes:
+            pipe.set(_keys.packet_location(w.tracking_id), w.topic, nx=True, px=w.ttl_ms, get=True)
+        claimed = await pipe.execute()
+
+        by_topic: dict[str, list[int]] = defaultdict(list)
+        for i, (w, previous) in enumerate(zip(writes, claimed, strict=True)):
+            if previous is not None and _text(previous) != w.topic:
+                results[i] = WriteResult(Outcome.CONFLICT, "", 0)
+            else:
+                by_topic[w.topic].append(i)
+
+        # Step 2: one script per topic slot; different topics may live on
+        # different cluster nodes, so they run concurrently.
+        calls = []
+        for topic, indexes in by_topic.items():
+            for start in range(0, len(indexes), _MAX_PACKETS_PER_SCRIPT):
+                chunk = indexes[start : start + _MAX_PACKETS_PER_SCRIPT]
+                calls.append((chunk, self._write_topic(topic, [writes[i] for i in chunk])))
+        replies = await asyncio.gather(*(call for _, call in calls))
+        for (chunk, _), reply in zip(calls, replies, strict=True):
+            for i, result in zip(chunk, reply, strict=True):
+                results[i] = result
+
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    async def _write_topic(self, topic: str, writes: list[PacketWrite]) -> list[WriteResult]:
+        keys = [_keys.topic_log(topic)]
+        args: list[object] = [self._retention_ms]
+        for w in writes:
+            keys.append(_keys.packet_record(topic, w.tracking_id))
+            args.extend((w.fingerprint, w.ttl_ms, w.payload))
+        reply = await _scripts.DISPATCH.run(self._redis, keys, args)
+        return [
+            WriteResult(Outcome(_text(status)), _text(cursor), int(expiry))
+            for status, cursor, expiry in reply
+        ]
+
+    async def get(
+        self, tracking_id: str, *, time_remaining: float | None = None
+    ) -> FoundPacket | None:
+        async def attempt() -> FoundPacket | None:
+            topic_raw = await self._redis.get(_keys.packet_location(tracking_id))
+            if topic_raw is None:
+                return None
+            topic = _text(topic_raw)
+            reply = await _scripts.GET_PACKET.run(
+                self._redis,
+                [_keys.packet_record(topic, tracking_id), _keys.topic_log(topic)],
+                [],
+            )
+            if reply is None:
+                return None
+            cursor, expiry, payload = reply
+            return FoundPacket(topic, _text(cursor), int(expiry), bytes(payload))
+
+        return await with_retries(attempt, budget_seconds=self._budget(time_remaining))
+
+    async def last_cursor(self, topic: str) -> str:
+        """The cursor of the newest entry in the topic's log, or "0-0" when it is empty."""
+
+        async def attempt() -> str:
+            newest: Any = await self._redis.xrevrange(_keys.topic_log(topic), count=1)
+            return _text(newest[0][0]) if newest else "0-0"
+
+        return await with_retries(attempt, budget_seconds=self._retry_budget)
+
+    async def read_after(
+        self, topic: str, cursor: str, *, count: int, block_ms: int
+    ) -> list[LogEntry]:
+        """Up to `count` entries after `cursor`, waiting up to `block_ms` for the first."""
+
+        async def attempt() -> list[LogEntry]:
+            reply: Any = await self._redis.xread(
+                {_keys.topic_log(topic): cursor}, count=count, block=block_ms
+            )
+            if not reply:
+                return []
+            # RESP2 answers a list of [key, entries]; RESP3 a mapping.
+            entries: Any = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
+            return [
+                LogEntry(_text(entry_id), int(fields[b"x"]), fields[b"p"])
+                for entry_id, fields in entries
+            ]
+
+        return await with_retries(attempt, budget_seconds=self._retry_budget + block_ms / 1000)

@@ -1,0 +1,329 @@
+"""No schema, no dispatch: the rules every packet must pass before Redis sees it.
+
+`validate_packet` reports every violation of a packet at once, each with the
+field path (protobuf field names from the packet root, e.g. ``finding.confidence``
+or ``chain_of_custody[2].signature``) and a stable rule id, so a sender can fix
+all of them in one round trip.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from google.protobuf import struct_pb2, timestamp_pb2
+from packetbus.v1 import contents_pb2, custody_pb2, packet_pb2, speech_act_pb2
+
+from ._limits import Limits
+
+SUPPORTED_SCHEMA_VERSIONS: tuple[str, ...] = ("1.0", "1.1")
+CUSTODY_REQUIRED_FROM = "1.1"
+
+# Canonical lowercase form only: one UUID must have exactly one spelling, or
+# the idempotency key would not be one.
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+# Topics become Redis hash tags ({topic}), so braces can never appear.
+_TOPIC = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*\Z")
+# Printable, no whitespace: ids are shown in logs and used in keys.
+_IDENTIFIER = re.compile(r"[^\s\x00-\x1f\x7f]+\Z")
+_NO_CONTROL = re.compile(r"[^\x00-\x1f\x7f]*\Z")
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[\w.+-]+(\s*;.*)?\Z")
+
+_KNOWN_SPEECH_ACTS = frozenset(speech_act_pb2.SpeechAct.values()) - {
+    speech_act_pb2.SPEECH_ACT_UNSPECIFIED
+}
+
+# Timestamp's own documented range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
+_MIN_SECONDS = -62135596800
+_MAX_SECONDS = 253402300799
+
+MAX_SHORT_TEXT = 255
+MAX_CITATION_LENGTH = 2048
+MAX_KEY_ID_LENGTH = 128
+SIGNATURE_BYTES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken rule: where (field path), which rule (stable id) and why."""
+
+    field: str
+    rule: str
+    description: str
+
+
+def validate_packet(packet: packet_pb2.Packet, limits: Limits) -> list[Violation]:
+    """Return every rule `packet` breaks; an empty list means it may be stored."""
+    out: list[Violation] = []
+
+    size = packet.ByteSize()
+    if size > limits.max_packet_bytes:
+        out.append(
+            Violation(
+                "",
+                "PACKET_TOO_LARGE",
+                f"packet is {size} bytes serialized; the limit is {limits.max_packet_bytes}",
+            )
+        )
+
+    if not packet.tracking_id:
+        out.append(Violation("tracking_id", "REQUIRED", "is required"))
+    elif not _UUID.match(packet.tracking_id):
+        out.append(
+            Violation(
+                "tracking_id",
+                "UUID_FORMAT",
+                "must be a UUID in canonical lowercase form (8-4-4-4-12 hex digits)",
+            )
+        )
+
+    _identifier(out, "origin", packet.origin, limits.max_origin_length, required=True)
+
+    if packet.HasField("dispatched_at"):
+        _timestamp(out, "dispatched_at", packet.dispatched_at)
+
+    version = packet.schema_version
+    supported = ", ".join(SUPPORTED_SCHEMA_VERSIONS)
+    if not version:
+        out.append(
+            Violation(
+                "schema_version",
+                "REQUIRED",
+                f"is required; supported: {supported}",
+            )
+        )
+    elif version not in SUPPORTED_SCHEMA_VERSIONS:
+        out.append(
+            Violation(
+                "schema_version",
+                "SCHEMA_VERSION_UNSUPPORTED",
+                f"{version[:32]!r} is not supported; supported: {supported}",
+            )
+        )
+    elif version == CUSTODY_REQUIRED_FROM and not packet.chain_of_custody:
+        out.append(
+            Violation(
+                "chain_of_custody",
+                "CUSTODY_REQUIRED",
+                f"schema_version {CUSTODY_REQUIRED_FROM} requires a non-empty chain_of_custody",
+            )
+        )
+
+    if packet.ttl_seconds and not 1 <= packet.ttl_seconds <= limits.max_ttl_seconds:
+        out.append(
+            Violation(
+                "ttl_seconds",
+                "TTL_RANGE",
+                f"must be 1..{limits.max_ttl_seconds} "
+                f"(0 means the default {limits.default_ttl_seconds}); got {packet.ttl_seconds}",
+            )
+        )
+
+    act = packet.speech_act
+    if act == speech_act_pb2.SPEECH_ACT_UNSPECIFIED:
+        out.append(Violation("speech_act", "REQUIRED", "is required"))
+    elif act not in _KNOWN_SPEECH_ACTS:
+        out.append(Violation("speech_act", "SPEECH_ACT_UNKNOWN", f"{act} is not a known value"))
+
+    validate_topic(out, "topic", packet.topic, limits.max_topic_length)
+
+    for name in ("conversation_id", "reply_with", "in_reply_to", "protocol"):
+        _text(out, name, getattr(packet, name), MAX_SHORT_TEXT)
+    if packet.HasField("reply_by"):
+        _timestamp(out, "reply_by", packet.reply_by)
+
+    kind = packet.WhichOneof("contents")
+    if kind == "task":
+        _task(out, packet.task)
+    elif kind == "finding":
+        _finding(out, packet.finding)
+    elif kind == "context":
+        _context(out, packet.context)
+    elif kind == "raw":
+        _raw(out, packet.raw)
+    elif kind == "data":
+        _struct_depth(out, "data", packet.data)
+
+    _custody(out, packet.chain_of_custody, limits.max_custody_entries)
+    return out
+
+
+def validate_topic(out: list[Violation], path: str, topic: str, max_length: int) -> None:
+    """Topic names: 1..max_length of letters, digits and ``_ . : / -``."""
+    if not topic:
+        out.append(Violation(path, "REQUIRED", "is required"))
+    elif len(topic) > max_length:
+        out.append(Violation(path, "LENGTH", f"must be at most {max_length} characters"))
+    elif not _TOPIC.match(topic):
+        out.append(
+            Violation(
+                path,
+                "TOPIC_FORMAT",
+                "must start with a letter, digit or '_' and contain only "
+                "letters, digits and _ . : / -",
+            )
+        )
+
+
+def validate_tracking_id(tracking_id: str) -> list[Violation]:
+    if _UUID.match(tracking_id):
+        return []
+    return [
+        Violation(
+            "tracking_id",
+            "UUID_FORMAT",
+            "must be a UUID in canonical lowercase form (8-4-4-4-12 hex digits)",
+        )
+    ]
+
+
+def _identifier(
+    out: list[Violation], path: str, value: str, max_length: int, *, required: bool
+) -> None:
+    if not value:
+        if required:
+            out.append(Violation(path, "REQUIRED", "is required"))
+        return
+    if len(value) > max_length:
+        out.append(
+            Violation(path, "LENGTH", f"must be 1..{max_length} characters; got {len(value)}")
+        )
+    elif not _IDENTIFIER.match(value):
+        out.append(Violation(path, "CHARSET", "must not contain whitespace or control characters"))
+
+
+def _text(out: list[Violation], path: str, value: str, max_length: int) -> None:
+    if not value:
+        return
+    if len(value) > max_length:
+        out.append(Violation(path, "LENGTH", f"must be at most {max_length} characters"))
+    elif not _NO_CONTROL.match(value):
+        out.append(Violation(path, "CHARSET", "must not contain control characters"))
+
+
+def _timestamp(out: list[Violation], path: str, ts: timestamp_pb2.Timestamp) -> None:
+    if not _MIN_SECONDS <= ts.seconds <= _MAX_SECONDS or not 0 <= ts.nanos < 1_000_000_000:
+        out.append(
+            Violation(
+                path,
+                "TIMESTAMP_RANGE",
+                "must be a valid timestamp between years 1 and 9999",
+            )
+        )
+
+
+def _task(out: list[Violation], task: contents_pb2.Task) -> None:
+    _identifier(out, "task.id", task.id, MAX_SHORT_TEXT, required=False)
+    _text(out, "task.type", task.type, MAX_SHORT_TEXT)
+    _identifier(
+        out, "task.required_capability", task.required_capability, MAX_SHORT_TEXT, required=False
+    )
+    if task.HasField("deadline"):
+        _timestamp(out, "task.deadline", task.deadline)
+    if task.HasField("payload"):
+        _struct_depth(out, "task.payload", task.payload)
+
+
+def _finding(out: list[Violation], finding: contents_pb2.Finding) -> None:
+    _identifier(out, "finding.id", finding.id, MAX_SHORT_TEXT, required=False)
+    if not finding.claim:
+        out.append(Violation("finding.claim", "REQUIRED", "is required"))
+    c = finding.confidence
+    if math.isnan(c) or not 0.0 <= c <= 1.0:
+        out.append(
+            Violation(
+                "finding.confidence",
+                "CONFIDENCE_RANGE",
+                f"must be in [0, 1]; got {c}",
+            )
+        )
+    for i, citation in enumerate(finding.citations):
+        path = f"finding.citations[{i}]"
+        if not citation:
+            out.append(Violation(path, "REQUIRED", "must not be empty"))
+        else:
+            _text(out, path, citation, MAX_CITATION_LENGTH)
+    _identifier(out, "finding.worker_id", finding.worker_id, MAX_SHORT_TEXT, required=False)
+    _identifier(out, "finding.task_id", finding.task_id, MAX_SHORT_TEXT, required=False)
+
+
+def _context(out: list[Violation], context: contents_pb2.Context) -> None:
+    _identifier(out, "context.scope", context.scope, MAX_SHORT_TEXT, required=True)
+    _identifier(out, "context.name", context.name, MAX_SHORT_TEXT, required=True)
+    if context.HasField("data"):
+        _struct_depth(out, "context.data", context.data)
+
+
+def _raw(out: list[Violation], raw: contents_pb2.RawContents) -> None:
+    if not raw.content_type:
+        out.append(Violation("raw.content_type", "REQUIRED", "is required"))
+    elif len(raw.content_type) > MAX_SHORT_TEXT or not _MEDIA_TYPE.match(raw.content_type):
+        out.append(
+            Violation(
+                "raw.content_type",
+                "MEDIA_TYPE_FORMAT",
+                "must be a media type such as application/json",
+            )
+        )
+
+
+MAX_STRUCT_DEPTH = 32
+
+
+def _struct_depth(out: list[Violation], path: str, root: struct_pb2.Struct) -> None:
+    # Deeply nested JSON is a classic parser-exhaustion input for every consumer
+    # downstream (JSON encoders recurse), so it is bounded here once.
+    stack: list[tuple[struct_pb2.Struct | struct_pb2.ListValue, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_STRUCT_DEPTH:
+            out.append(Violation(path, "NESTING_DEPTH", f"nests deeper than {MAX_STRUCT_DEPTH}"))
+            return
+        values: Iterable[struct_pb2.Value] = (
+            node.fields.values() if isinstance(node, struct_pb2.Struct) else node.values
+        )
+        for value in values:
+            kind = value.WhichOneof("kind")
+            if kind == "struct_value":
+                stack.append((value.struct_value, depth + 1))
+            elif kind == "list_value":
+                stack.append((value.list_value, depth + 1))
+
+
+def _custody(
+    out: list[Violation], chain: Iterable[custody_pb2.CustodyEntry], max_entries: int
+) -> None:
+    entries = list(chain)
+    if len(entries) > max_entries:
+        out.append(
+            Violation(
+                "chain_of_custody",
+                "TOO_MANY_ENTRIES",
+                f"has {len(entries)} entries; the limit is {max_entries}",
+            )
+        )
+        return
+    for i, entry in enumerate(entries):
+        base = f"chain_of_custody[{i}]"
+        if not entry.record:
+            out.append(Violation(f"{base}.record", "REQUIRED", "is required"))
+        if len(entry.signature) != SIGNATURE_BYTES:
+            out.append(
+                Violation(
+                    f"{base}.signature",
+                    "SIGNATURE_LENGTH",
+                    f"must be {SIGNATURE_BYTES} bytes (Ed25519); got {len(entry.signature)}",
+                )
+            )
+        if not entry.key_id:
+            out.append(Violation(f"{base}.key_id", "REQUIRED", "is required"))
+        elif len(entry.key_id) > MAX_KEY_ID_LENGTH or not _IDENTIFIER.match(entry.key_id):
+            out.append(
+                Violation(
+                    f"{base}.key_id",
+                    "KEY_ID_FORMAT",
+                    f"must be 1..{MAX_KEY_ID_LENGTH} printable characters",
+                )
+            )

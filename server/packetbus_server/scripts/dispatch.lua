@@ -1,0 +1,60 @@
+#!lua
+-- Stores a batch of packets on one topic, idempotently by tracking id.
+--
+-- The shebang (no flags) makes Redis refuse the whole script up front when it
+-- is out of memory, instead of failing halfway through a batch.
+--
+-- KEYS[1]      the topic's log stream           (pb:{topic}:log)
+-- KEYS[1 + i]  packet i's idempotency record    (pb:{topic}:pkt:<tracking id>)
+-- ARGV[1]      retention in ms: log entries older than now - retention are trimmed
+-- ARGV[2 + 3(i-1)]  packet i's fingerprint (hex SHA-256 of the packet as received)
+-- ARGV[3 + 3(i-1)]  packet i's TTL in ms
+-- ARGV[4 + 3(i-1)]  packet i's serialized bytes
+--
+-- Returns one {status, cursor, expiry ms} per packet, in order:
+--   status "new"       stored now
+--   status "dup"       stored before with the same fingerprint: the original cursor and expiry
+--   status "conflict"  the tracking id holds a different packet: nothing written
+-- A record is checked before anything is written for its packet, so replaying
+-- the script after a lost reply stores nothing twice.
+local log = KEYS[1]
+local retention_ms = tonumber(ARGV[1])
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+
+local results = {}
+local newest_expiry = 0
+for i = 1, #KEYS - 1 do
+  local record_key = KEYS[1 + i]
+  local base = 2 + 3 * (i - 1)
+  local fingerprint = ARGV[base]
+  local existing = redis.call('GET', record_key)
+  if existing then
+    local stored_fp, cursor, expiry = string.match(existing, '^(%S+) (%S+) (%S+)$')
+    if stored_fp == fingerprint then
+      results[i] = {'dup', cursor, expiry}
+    else
+      results[i] = {'conflict', cursor, expiry}
+    end
+  else
+    local ttl_ms = tonumber(ARGV[base + 1])
+    local expiry = now_ms + ttl_ms
+    local cursor = redis.call('XADD', log, '*', 'p', ARGV[base + 2], 'x', expiry)
+    redis.call('SET', record_key, fingerprint .. ' ' .. cursor .. ' ' .. expiry, 'PX', ttl_ms)
+    if expiry > newest_expiry then
+      newest_expiry = expiry
+    end
+    results[i] = {'new', cursor, tostring(expiry)}
+  end
+end
+
+if newest_expiry > 0 then
+  redis.call('XTRIM', log, 'MINID', '~', now_ms - retention_ms)
+  -- The log lives as long as its newest packet.
+  local remaining = redis.call('PTTL', log)
+  local wanted = newest_expiry - now_ms
+  if remaining < wanted then
+    redis.call('PEXPIRE', log, wanted)
+  end
+end
+return results

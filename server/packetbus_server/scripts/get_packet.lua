@@ -1,0 +1,24 @@
+#!lua flags=no-writes
+-- Reads one packet by its idempotency record.
+--
+-- KEYS[1]  the packet's idempotency record  (pb:{topic}:pkt:<tracking id>)
+-- KEYS[2]  the topic's log stream           (pb:{topic}:log)
+--
+-- Returns {cursor, expiry ms, packet bytes}, or nil when the record or its
+-- log entry is gone (expired or trimmed).
+local existing = redis.call('GET', KEYS[1])
+if not existing then
+  return nil
+end
+local _, cursor, expiry = string.match(existing, '^(%S+) (%S+) (%S+)$')
+local entries = redis.call('XRANGE', KEYS[2], cursor, cursor)
+if #entries == 0 then
+  return nil
+end
+local fields = entries[1][2]
+for j = 1, #fields, 2 do
+  if fields[j] == 'p' then
+    return {cursor, expiry, fields[j + 1]}
+  end
+end
+return nil
