@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Generator, Sequence
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -79,7 +79,7 @@ class SyncClient:
         after: str | None = None,
         max_batch_packets: int = 0,
         timeout: float | None = None,
-    ) -> Iterator[packet_service_pb2.StoredPacket]:
+    ) -> Generator[packet_service_pb2.StoredPacket, None, None]:
         """Blocking iterator over `topic`; see `Client.subscribe`."""
         subscription: Subscription = self._client.subscribe(
             topic, start=start, after=after, max_batch_packets=max_batch_packets, timeout=timeout

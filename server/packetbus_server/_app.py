@@ -16,9 +16,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
+
+from packetbus.v1 import packet_service_pb2
 
 from ._embedded import EmbeddedValkey
+from ._handlers import add_servicer
 from ._health import StoreHealth
 from ._limits import Limits
 from ._packet_service import PacketService
@@ -96,7 +98,9 @@ async def start(config: ServerConfig) -> RunningServer:
             ("grpc.so_reuseport", 1),
         ]
     )
-    packet_service_pb2_grpc.add_PacketServiceServicer_to_server(
+    add_servicer(
+        server,
+        packet_service_pb2.DESCRIPTOR.services_by_name["PacketService"],
         PacketService(
             store,
             config.limits,
@@ -104,7 +108,6 @@ async def start(config: ServerConfig) -> RunningServer:
             server_id=config.server_id,
             max_subscribers=config.max_subscribers,
         ),
-        server,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2
+
 from packetbus.v1 import packet_pb2, packet_service_pb2, packet_service_pb2_grpc
 
 from . import _status

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from google.protobuf import struct_pb2, timestamp_pb2
+
 from packetbus.v1 import contents_pb2, custody_pb2, packet_pb2, speech_act_pb2
 
 from ._limits import Limits

