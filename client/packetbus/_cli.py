@@ -123,6 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--count", type=int, default=0, help="stop after N packets")
 
     commands.add_parser("info", help="print server info as JSON")
+    commands.add_parser(
+        "health", help="exit 0 if the server reports SERVING (grpc.health.v1), 1 otherwise"
+    )
     return parser
 
 
@@ -192,7 +195,19 @@ async def _info(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"dispatch": _dispatch, "get": _get, "tail": _tail, "info": _info}
+async def _health(client: Client, args: argparse.Namespace) -> int:
+    status = await client.health(timeout=args.timeout)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+_COMMANDS = {
+    "dispatch": _dispatch,
+    "get": _get,
+    "tail": _tail,
+    "info": _info,
+    "health": _health,
+}
 
 
 async def _run_client_command(args: argparse.Namespace) -> int:

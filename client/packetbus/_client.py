@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Self, TypeAlias, TypeVar, cast
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from packetbus.v1 import packet_pb2, packet_service_pb2, packet_service_pb2_grpc
 
@@ -225,6 +226,15 @@ class Client:
             ),
             self._deadline(timeout),
         )
+
+    async def health(self, *, service: str = "", timeout: float | None = None) -> str:
+        """The server's grpc.health.v1 status name: "SERVING" only while its store answers."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = await self._unary(
+            lambda remaining: stub.Check(request, timeout=remaining), self._deadline(timeout)
+        )
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     def subscribe(
         self,

@@ -71,6 +71,9 @@ class SyncClient:
     ) -> packet_service_pb2.GetServerInfoResponse:
         return self._run(self._client.server_info(timeout=timeout))
 
+    def health(self, *, service: str = "", timeout: float | None = None) -> str:
+        return self._run(self._client.health(service=service, timeout=timeout))
+
     def subscribe(
         self,
         topic: str,

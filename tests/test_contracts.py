@@ -1,0 +1,59 @@
+"""The contracts' own checks: buf format/lint pass, and stale stubs are caught."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+import generate_protos
+
+BUF = Path(sys.executable).parent / "buf"
+
+
+def _buf(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BUF), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_buf_lint_and_format_pass() -> None:
+    lint = _buf("lint")
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = _buf("format", "--diff", "--exit-code")
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_buf_lint_fails_on_a_nonstandard_contract(tmp_path: Path) -> None:
+    shutil.copy(REPO / "buf.yaml", tmp_path)
+    shutil.copytree(REPO / "protos", tmp_path / "protos")
+    (tmp_path / "protos/packetbus/v1/bad.proto").write_text(
+        'syntax = "proto3";\npackage packetbus.v1;\nenum color { RED = 0; }\n'
+    )
+    lint = _buf("lint", cwd=tmp_path)
+    assert lint.returncode != 0
+    assert "bad.proto" in lint.stdout
+
+
+def test_committed_stubs_are_fresh() -> None:
+    assert generate_protos.stale_files(generate_protos.PROTO_ROOT, generate_protos.COMMITTED) == []
+
+
+def test_a_contract_change_makes_the_stubs_stale(tmp_path: Path) -> None:
+    protos = tmp_path / "protos"
+    shutil.copytree(REPO / "protos", protos)
+    packet = protos / "packetbus/v1/packet.proto"
+    packet.write_text(packet.read_text().replace("string protocol = 12;", "string protocol = 13;"))
+    assert generate_protos.stale_files(protos, generate_protos.COMMITTED) == ["packet_pb2.py"]
+
+
+@pytest.mark.parametrize("script", sorted((REPO / "server/packetbus_server/scripts").glob("*.lua")))
+def test_every_lua_script_documents_keys_and_argv(script: Path) -> None:
+    header = script.read_text().split("\nlocal ", 1)[0]
+    assert "KEYS[1]" in header

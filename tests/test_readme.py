@@ -1,0 +1,165 @@
+"""The README, tried as a new user would: its exact commands and its quickstart code.
+
+Only the address and data directory are moved (through the documented
+PACKETBUS_* environment variables) so the test never collides with a server
+already running on the default port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.slow
+
+README = (REPO / "README.md").read_text()
+
+
+def block(name: str) -> str:
+    match = re.search(rf"<!-- readme:{name} -->\n```\w+\n(.*?)```", README, re.S)
+    assert match, f"README has no block marked readme:{name}"
+    return match.group(1).strip()
+
+
+def _env(port: int, data_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PACKETBUS_REDIS_URL", None)
+    env.update(
+        PACKETBUS_LISTEN=f"127.0.0.1:{port}",
+        PACKETBUS_TARGET=f"127.0.0.1:{port}",
+        PACKETBUS_DATA_DIR=str(data_dir),
+    )
+    return env
+
+
+class Served:
+    def __init__(self, command: str, env: dict[str, str]) -> None:
+        assert Path(REPO / shlex.split(command)[0]).exists(), (
+            f"{command!r}: run the README's install command first"
+        )
+        self.process = subprocess.Popen(
+            shlex.split(command),
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in self.process.stdout:
+            if "serving on" in line:
+                return
+            assert time.monotonic() < deadline, "server did not start in time"
+        raise AssertionError(f"server exited with {self.process.wait()}")
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+def run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        shlex.split(command), cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> tuple[str, dict[str, str], Path]:
+    port = free_port()
+    data_dir = tmp_path / "data"
+    env = _env(port, data_dir)
+    return block("serve"), env, data_dir
+
+
+def test_ci_runs_the_readme_install_and_test_commands() -> None:
+    ci = (REPO / ".ci/run").read_text().splitlines()
+    assert block("install") in ci
+    assert block("test") in ci
+
+
+def test_serve_dispatch_get_survives_restart(
+    served: tuple[str, dict[str, str], Path],
+) -> None:
+    serve, env, data_dir = served
+    dispatch, get = block("cli").splitlines()[:2]
+
+    server = Served(serve, env)
+    valkey_pid = int((data_dir / "valkey.pid").read_text())
+    try:
+        stored = run(dispatch, env)
+        assert stored.returncode == 0, stored.stderr
+        result = json.loads(stored.stdout)
+        tracking_id = result["trackingId"]
+        assert result["receipt"]["topic"] == "research"
+
+        fetched = run(get.replace("TRACKING_ID", tracking_id), env)
+        assert fetched.returncode == 0, fetched.stderr
+        first = json.loads(fetched.stdout)
+        assert first["packet"]["finding"]["confidence"] == 0.92
+    finally:
+        assert server.stop() == 0
+
+    # The embedded Valkey went down with the server: nothing is left running.
+    assert not Path(f"/proc/{valkey_pid}").exists()
+
+    server = Served(serve, env)
+    try:
+        again = run(get.replace("TRACKING_ID", tracking_id), env)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout) == first
+
+        missing = run(get.replace("TRACKING_ID", "00000000-0000-4000-8000-000000000000"), env)
+        assert missing.returncode == 1
+        assert missing.stderr.startswith("packetbus: NOT_FOUND")
+    finally:
+        assert server.stop() == 0
+
+
+def test_quickstart_and_cli_examples_run_as_written(
+    served: tuple[str, dict[str, str], Path], tmp_path: Path
+) -> None:
+    serve, env, _ = served
+    server = Served(serve, env)
+    try:
+        script = tmp_path / "quickstart.py"
+        script.write_text(block("quickstart"))
+        quickstart = subprocess.run(
+            [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert quickstart.returncode == 0, quickstart.stderr
+        lines = quickstart.stdout.splitlines()
+        assert lines[0].startswith("stored ")
+        assert lines[-1].endswith("Q3 revenue follows the policy change")
+
+        dispatch, _, tail, info, health = block("cli").splitlines()
+        sent = [json.loads(run(dispatch, env).stdout)["trackingId"] for _ in range(10)]
+        tailed = run(tail, env)  # --count 10: the quickstart's packet and 9 of the CLI's
+        assert tailed.returncode == 0, tailed.stderr
+        rows = [json.loads(line) for line in tailed.stdout.splitlines()]
+        assert [r["packet"]["trackingId"] for r in rows[1:]] == sent[:9]
+        healthy = run(health, env)
+        assert (healthy.returncode, healthy.stdout.strip()) == (0, "SERVING")
+        described = run(info, env)
+        assert json.loads(described.stdout)["supportedSchemaVersions"] == ["1.0", "1.1"]
+
+        bad = run(
+            ".venv/bin/packetbus dispatch --topic research --origin 'two words' --ttl 90000", env
+        )
+        assert bad.returncode == 1
+        [message] = bad.stderr.splitlines()
+        assert "origin:" in message
+        assert "ttl_seconds:" in message
+    finally:
+        assert server.stop() == 0
