@@ -7,7 +7,8 @@ happen by construction. Keys that one Lua script touches together share a
 | key                          | type   | slot        | holds                                   | TTL               |
 |------------------------------|--------|-------------|-----------------------------------------|-------------------|
 | ``pb:{<topic>}:log``         | stream | topic       | one entry per packet: ``p`` = packet    | newest packet's   |
-|                              |        |             | bytes, ``x`` = expiry (unix ms)         | expiry            |
+|                              |        |             | bytes, ``t`` = TTL ms (expires at the   | expiry            |
+|                              |        |             | entry id's ms + t)                      |                   |
 | ``pb:{<topic>}:pkt:<tid>``   | string | topic       | ``<fingerprint> <cursor> <expiry ms>``  | packet TTL        |
 |                              |        |             | the idempotency record                  |                   |
 | ``pb:loc:{<tid>}``           | string | tracking id | the topic a tracking id belongs to      | packet TTL        |

@@ -223,8 +223,8 @@ class PacketStore:
             # RESP2 answers a list of [key, entries]; RESP3 a mapping.
             entries: Any = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
             return [
-                LogEntry(_text(entry_id), int(fields[b"x"]), fields[b"p"])
-                for entry_id, fields in entries
+                LogEntry(cursor, cursor_millis(cursor) + int(fields[b"t"]), fields[b"p"])
+                for cursor, fields in ((_text(i), f) for i, f in entries)
             ]
 
         return await with_retries(attempt, budget_seconds=self._retry_budget + block_ms / 1000)

@@ -4,7 +4,8 @@
 -- The shebang (no flags) makes Redis refuse the whole script up front when it
 -- is out of memory, instead of failing halfway through a batch.
 --
--- KEYS[1]      the topic's log stream           (pb:{topic}:log)
+-- KEYS[1]      the topic's log stream           (pb:{topic}:log); each entry has
+--              p = packet bytes, t = TTL in ms (expiry = the entry id's ms + t)
 -- KEYS[1 + i]  packet i's idempotency record    (pb:{topic}:pkt:<tracking id>)
 -- ARGV[1]      retention in ms: log entries older than now - retention are trimmed
 -- ARGV[2 + 3(i-1)]  packet i's fingerprint (hex SHA-256 of the packet as received)
@@ -38,8 +39,10 @@ for i = 1, #KEYS - 1 do
     end
   else
     local ttl_ms = tonumber(ARGV[base + 1])
-    local expiry = now_ms + ttl_ms
-    local cursor = redis.call('XADD', log, '*', 'p', ARGV[base + 2], 'x', expiry)
+    local cursor = redis.call('XADD', log, '*', 'p', ARGV[base + 2], 't', ttl_ms)
+    -- Expiry counts from the cursor's millisecond (the packet's stored_at),
+    -- which XADD may take from the last id rather than from TIME.
+    local expiry = tonumber(string.match(cursor, '^(%d+)-')) + ttl_ms
     redis.call('SET', record_key, fingerprint .. ' ' .. cursor .. ' ' .. expiry, 'PX', ttl_ms)
     if expiry > newest_expiry then
       newest_expiry = expiry
