@@ -9,6 +9,7 @@ import grpc
 import pytest
 import redis.asyncio as redis_asyncio
 from google.protobuf import json_format
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import packetbus
 from packetbus_server import RunningServer
@@ -226,3 +227,15 @@ async def test_schema_1_1_requires_custody(client: packetbus.Client, topic: str)
     assert [(v.field, v.reason) for v in error.field_violations] == [
         ("chain_of_custody", "CUSTODY_REQUIRED")
     ]
+
+
+async def test_reflection_lists_the_services(server: RunningServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        call = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        response = await call.read()
+        call.cancel()
+    names = {s.name for s in response.list_services_response.service}
+    assert {"packetbus.v1.PacketService", "grpc.health.v1.Health"} <= names

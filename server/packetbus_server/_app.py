@@ -49,6 +49,9 @@ class ServerConfig:
     retry_budget_seconds: float = 10.0
     health_interval_seconds: float = 1.0
     max_subscribers: int = 512
+    # Beyond this many RPCs at once (subscriptions included) gRPC answers
+    # RESOURCE_EXHAUSTED instead of queueing without bound.
+    max_concurrent_rpcs: int = 4096
     server_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
 
 
@@ -92,6 +95,7 @@ async def start(config: ServerConfig) -> RunningServer:
     )
 
     server = grpc.aio.server(
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", config.limits.max_request_bytes),
             ("grpc.max_send_message_length", config.limits.max_request_bytes),
