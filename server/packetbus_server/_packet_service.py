@@ -27,9 +27,8 @@ _SUBSCRIBE_BLOCK_MS = 1000
 
 
 def _timestamp_ms(ms: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
+    seconds, millis = divmod(ms, 1000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=millis * 1_000_000)
 
 
 def receipt(topic: str, cursor: str, expires_at_ms: int) -> packet_service_pb2.Receipt:

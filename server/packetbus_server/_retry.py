@@ -68,12 +68,25 @@ async def with_retries(
     and StoreFailedError at once for anything else Redis reports.
     """
     deadline = time.monotonic() + budget_seconds
+    # Fast path: nearly every call succeeds at once, and setting up the retry
+    # machinery costs more than a batched write's share of the Redis call.
     try:
-        async with asyncio.timeout_at(asyncio.get_running_loop().time() + budget_seconds):
+        async with asyncio.timeout(budget_seconds):
+            return await operation()
+    except TimeoutError as exc:
+        raise StoreUnavailableError(f"Redis did not answer within {budget_seconds:.1f}s") from exc
+    except Exception as exc:
+        if not is_retry_safe(exc):
+            if isinstance(exc, rx.RedisError):
+                raise StoreFailedError(f"Redis error: {exc}") from exc
+            raise
+    try:
+        remaining = max(0.0, deadline - time.monotonic())
+        async with asyncio.timeout(remaining):
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(is_retry_safe),
                 wait=wait_random_exponential(multiplier=0.01, max=max_backoff),
-                stop=stop_before_delay(max(0.0, deadline - time.monotonic())),
+                stop=stop_before_delay(remaining),
                 reraise=True,
             ):
                 with attempt:

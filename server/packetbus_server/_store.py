@@ -1,10 +1,12 @@
 """The storage layer: every Redis read and write the servicers need, retried where safe.
 
-A dispatch costs two round trips whatever the batch size: one pipeline that
-claims each tracking id for its topic (``pb:loc:{tid}``, SET NX), then one Lua
-script per topic (in parallel) that writes the packets on that topic's slot.
-Both steps are idempotent, so a whole dispatch can be replayed after any
-failure and stores nothing twice.
+A dispatch costs one Lua script call per topic in the batch (run in parallel),
+whatever the number of packets. Each tracking id is also claimed for its topic
+(``pb:loc:{tid}``) so it can be found by id and cannot be reused on another
+topic: on a single Redis inside the same script; on a Redis Cluster, where
+those keys live in other slots, by one pipeline just before. Every step is
+idempotent, so a whole dispatch can be replayed after any failure and stores
+nothing twice.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ async def connect_redis(url: str) -> RedisClient:
 class PacketStore:
     def __init__(self, redis: RedisClient, *, retention_ms: int, retry_budget: float) -> None:
         self._redis = redis
+        self._cluster = isinstance(redis, RedisCluster)
         self._retention_ms = retention_ms
         self._retry_budget = retry_budget
 
@@ -137,24 +140,29 @@ class PacketStore:
 
     async def _write_once(self, writes: Sequence[PacketWrite]) -> list[WriteResult]:
         results: list[WriteResult | None] = [None] * len(writes)
-
-        # Step 1: claim every tracking id for its topic. A tracking id already
-        # claimed by another topic is a different packet: a conflict, decided
-        # before anything is written for it.
-        pipe = self._redis.pipeline(transaction=False)
-        for w in writes:
-            pipe.set(_keys.packet_location(w.tracking_id), w.topic, nx=True, px=w.ttl_ms, get=True)
-        claimed = await pipe.execute()
-
         by_topic: dict[str, list[int]] = defaultdict(list)
-        for i, (w, previous) in enumerate(zip(writes, claimed, strict=True)):
-            if previous is not None and _text(previous) != w.topic:
-                results[i] = WriteResult(Outcome.CONFLICT, "", 0)
-            else:
+        if self._cluster:
+            # Claim every tracking id for its topic first. One claimed by
+            # another topic is a different packet: a conflict, decided before
+            # anything is written for it.
+            pipe = self._redis.pipeline(transaction=False)
+            for w in writes:
+                pipe.execute_command(
+                    "SET", _keys.packet_location(w.tracking_id), w.topic,
+                    "NX", "PX", w.ttl_ms, "GET",
+                )  # fmt: skip
+            claimed = await pipe.execute()
+            for i, (w, owner) in enumerate(zip(writes, claimed, strict=True)):
+                if owner is not None and _text(owner) != w.topic:
+                    results[i] = WriteResult(Outcome.CONFLICT, "", 0)
+                else:
+                    by_topic[w.topic].append(i)
+        else:
+            for i, w in enumerate(writes):
                 by_topic[w.topic].append(i)
 
-        # Step 2: one script per topic slot; different topics may live on
-        # different cluster nodes, so they run concurrently.
+        # One script per topic slot; different topics may live on different
+        # cluster nodes, so they run concurrently.
         calls = []
         for topic, indexes in by_topic.items():
             for start in range(0, len(indexes), _MAX_PACKETS_PER_SCRIPT):
@@ -169,10 +177,13 @@ class PacketStore:
         return results  # type: ignore[return-value]
 
     async def _write_topic(self, topic: str, writes: list[PacketWrite]) -> list[WriteResult]:
+        claim_here = not self._cluster
         keys = [_keys.topic_log(topic)]
-        args: list[object] = [self._retention_ms]
+        args: list[object] = [self._retention_ms, 2 if claim_here else 1, topic]
         for w in writes:
             keys.append(_keys.packet_record(topic, w.tracking_id))
+            if claim_here:
+                keys.append(_keys.packet_location(w.tracking_id))
             args.extend((w.fingerprint, w.ttl_ms, w.payload))
         reply = await _scripts.DISPATCH.run(self._redis, keys, args)
         return [

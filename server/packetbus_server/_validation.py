@@ -131,7 +131,9 @@ def validate_packet(packet: packet_pb2.Packet, limits: Limits) -> list[Violation
     validate_topic(out, "topic", packet.topic, limits.max_topic_length)
 
     for name in ("conversation_id", "reply_with", "in_reply_to", "protocol"):
-        _text(out, name, getattr(packet, name), MAX_SHORT_TEXT)
+        value = getattr(packet, name)
+        if value:
+            _text(out, name, value, MAX_SHORT_TEXT)
     if packet.HasField("reply_by"):
         _timestamp(out, "reply_by", packet.reply_by)
 
@@ -147,7 +149,8 @@ def validate_packet(packet: packet_pb2.Packet, limits: Limits) -> list[Violation
     elif kind == "data":
         _struct_depth(out, "data", packet.data)
 
-    _custody(out, packet.chain_of_custody, limits.max_custody_entries)
+    if packet.chain_of_custody:
+        _custody(out, packet.chain_of_custody, limits.max_custody_entries)
     return out
 
 
@@ -228,7 +231,8 @@ def _task(out: list[Violation], task: contents_pb2.Task) -> None:
 
 
 def _finding(out: list[Violation], finding: contents_pb2.Finding) -> None:
-    _identifier(out, "finding.id", finding.id, MAX_SHORT_TEXT, required=False)
+    if finding.id:
+        _identifier(out, "finding.id", finding.id, MAX_SHORT_TEXT, required=False)
     if not finding.claim:
         out.append(Violation("finding.claim", "REQUIRED", "is required"))
     c = finding.confidence
@@ -246,8 +250,10 @@ def _finding(out: list[Violation], finding: contents_pb2.Finding) -> None:
             out.append(Violation(path, "REQUIRED", "must not be empty"))
         else:
             _text(out, path, citation, MAX_CITATION_LENGTH)
-    _identifier(out, "finding.worker_id", finding.worker_id, MAX_SHORT_TEXT, required=False)
-    _identifier(out, "finding.task_id", finding.task_id, MAX_SHORT_TEXT, required=False)
+    if finding.worker_id:
+        _identifier(out, "finding.worker_id", finding.worker_id, MAX_SHORT_TEXT, required=False)
+    if finding.task_id:
+        _identifier(out, "finding.task_id", finding.task_id, MAX_SHORT_TEXT, required=False)
 
 
 def _context(out: list[Violation], context: contents_pb2.Context) -> None:

@@ -4,33 +4,46 @@
 -- The shebang (no flags) makes Redis refuse the whole script up front when it
 -- is out of memory, instead of failing halfway through a batch.
 --
--- KEYS[1]      the topic's log stream           (pb:{topic}:log); each entry has
---              p = packet bytes, t = TTL in ms (expiry = the entry id's ms + t)
--- KEYS[1 + i]  packet i's idempotency record    (pb:{topic}:pkt:<tracking id>)
--- ARGV[1]      retention in ms: log entries older than now - retention are trimmed
--- ARGV[2 + 3(i-1)]  packet i's fingerprint (hex SHA-256 of the packet as received)
--- ARGV[3 + 3(i-1)]  packet i's TTL in ms
--- ARGV[4 + 3(i-1)]  packet i's serialized bytes
+-- KEYS[1]  the topic's log stream (pb:{topic}:log); each entry has p = packet
+--          bytes and t = TTL in ms (the packet expires at the entry id's ms + t)
+-- then, for packet i, ARGV[2] keys:
+--   KEYS[2 + w(i-1)]      packet i's idempotency record   (pb:{topic}:pkt:<tracking id>)
+--   KEYS[3 + w(i-1)]      packet i's location             (pb:loc:{<tracking id>}), only
+--                         when w = 2: on a single Redis the location is claimed here;
+--                         on a Redis Cluster it lives in another slot and the caller
+--                         claims it beforehand (w = 1)
+-- ARGV[1]  retention in ms: log entries older than now - retention are trimmed
+-- ARGV[2]  w, keys per packet: 1 or 2
+-- ARGV[3]  the topic
+-- ARGV[4 + 3(i-1)]  packet i's fingerprint (hex SHA-256 of the packet as received)
+-- ARGV[5 + 3(i-1)]  packet i's TTL in ms
+-- ARGV[6 + 3(i-1)]  packet i's serialized bytes
 --
 -- Returns one {status, cursor, expiry ms} per packet, in order:
 --   status "new"       stored now
 --   status "dup"       stored before with the same fingerprint: the original cursor and expiry
 --   status "conflict"  the tracking id holds a different packet: nothing written
--- A record is checked before anything is written for its packet, so replaying
--- the script after a lost reply stores nothing twice.
+-- Everything about a packet is read before anything is written for it, so
+-- replaying the script after a lost reply stores nothing twice.
 local log = KEYS[1]
 local retention_ms = tonumber(ARGV[1])
+local width = tonumber(ARGV[2])
+local topic = ARGV[3]
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 
 local results = {}
 local newest_expiry = 0
-for i = 1, #KEYS - 1 do
-  local record_key = KEYS[1 + i]
-  local base = 2 + 3 * (i - 1)
+for i = 1, (#KEYS - 1) / width do
+  local record_key = KEYS[2 + width * (i - 1)]
+  local location_key = width == 2 and KEYS[3 + width * (i - 1)] or nil
+  local base = 4 + 3 * (i - 1)
   local fingerprint = ARGV[base]
+  local owner = location_key and redis.call('GET', location_key)
   local existing = redis.call('GET', record_key)
-  if existing then
+  if owner and owner ~= topic then
+    results[i] = {'conflict', '', '0'}
+  elseif existing then
     local stored_fp, cursor, expiry = string.match(existing, '^(%S+) (%S+) (%S+)$')
     if stored_fp == fingerprint then
       results[i] = {'dup', cursor, expiry}
@@ -44,6 +57,9 @@ for i = 1, #KEYS - 1 do
     -- which XADD may take from the last id rather than from TIME.
     local expiry = tonumber(string.match(cursor, '^(%d+)-')) + ttl_ms
     redis.call('SET', record_key, fingerprint .. ' ' .. cursor .. ' ' .. expiry, 'PX', ttl_ms)
+    if location_key and not owner then
+      redis.call('SET', location_key, topic, 'PX', ttl_ms)
+    end
     if expiry > newest_expiry then
       newest_expiry = expiry
     end
