@@ -28,18 +28,21 @@ def prepare(packet: packet_pb2.Packet, limits: Limits, now_ns: int) -> PacketWri
     the server fills anything in, so a sender's retry of the same packet always
     matches, even when the server's defaults or clock moved in between.
     """
-    violations = validate_packet(packet, limits)
+    received = packet.SerializeToString(deterministic=True)
+    violations = validate_packet(packet, limits, size=len(received))
     if violations:
         return Rejected(violations)
-    fingerprint = hashlib.sha256(packet.SerializeToString(deterministic=True)).hexdigest()
-    if not packet.ttl_seconds:
-        packet.ttl_seconds = limits.default_ttl_seconds
-    if not packet.HasField("dispatched_at"):
-        packet.dispatched_at.FromNanoseconds(now_ns)
+    payload = received
+    if not packet.ttl_seconds or not packet.HasField("dispatched_at"):
+        if not packet.ttl_seconds:
+            packet.ttl_seconds = limits.default_ttl_seconds
+        if not packet.HasField("dispatched_at"):
+            packet.dispatched_at.FromNanoseconds(now_ns)
+        payload = packet.SerializeToString(deterministic=True)
     return PacketWrite(
         tracking_id=packet.tracking_id,
         topic=packet.topic,
-        fingerprint=fingerprint,
+        fingerprint=hashlib.sha256(received).hexdigest(),
         ttl_ms=packet.ttl_seconds * 1000,
-        payload=packet.SerializeToString(deterministic=True),
+        payload=payload,
     )

@@ -55,11 +55,17 @@ class Violation:
     description: str
 
 
-def validate_packet(packet: packet_pb2.Packet, limits: Limits) -> list[Violation]:
-    """Return every rule `packet` breaks; an empty list means it may be stored."""
+def validate_packet(
+    packet: packet_pb2.Packet, limits: Limits, *, size: int | None = None
+) -> list[Violation]:
+    """Return every rule `packet` breaks; an empty list means it may be stored.
+
+    `size` is the packet's serialized length when the caller already has it.
+    """
     out: list[Violation] = []
 
-    size = packet.ByteSize()
+    if size is None:
+        size = packet.ByteSize()
     if size > limits.max_packet_bytes:
         out.append(
             Violation(
