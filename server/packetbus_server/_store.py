@@ -147,10 +147,9 @@ class PacketStore:
             # anything is written for it.
             pipe = self._redis.pipeline(transaction=False)
             for w in writes:
-                pipe.execute_command(
-                    "SET", _keys.packet_location(w.tracking_id), w.topic,
-                    "NX", "PX", w.ttl_ms, "GET",
-                )  # fmt: skip
+                pipe.set(
+                    _keys.packet_location(w.tracking_id), w.topic, nx=True, px=w.ttl_ms, get=True
+                )
             claimed = await pipe.execute()
             for i, (w, owner) in enumerate(zip(writes, claimed, strict=True)):
                 if owner is not None and _text(owner) != w.topic:

