@@ -370,7 +370,7 @@ async def raw_write_all(
             args: list[str | int | bytes] = [RETENTION_MS, 2, topic]
             for w in batch:
                 keys += [f"pb:{{{topic}}}:pkt:{w.tracking_id}", f"pb:loc:{{{w.tracking_id}}}"]
-                args += [w.fingerprint, ttl_ms, w.payload]
+                args += [w.fingerprint, ttl_ms, w.payload, len(w.payload)]
             reply = await r.evalsha(sha, len(keys), *keys, *args)
         except redis.RedisError as exc:
             tally.error(len(batch), repr(exc))

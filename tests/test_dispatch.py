@@ -12,6 +12,7 @@ from google.protobuf import json_format
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import packetbus
+from packetbus import CustodyRecord, _custody
 from packetbus_server import RunningServer
 from tests.conftest import new_packet, unique
 
@@ -156,7 +157,10 @@ async def test_get_packet_returns_what_was_stored(client: packetbus.Client, topi
     assert stored.receipt == receipt
     expected = packetbus.Packet.FromString(packet.SerializeToString())
     expected.ttl_seconds = 3600  # the server's default fills an unset TTL
-    assert stored.packet == expected
+    assert _custody.content_message(stored.packet) == expected
+    assert stored.content == _custody.content_bytes(expected)
+    actions = [CustodyRecord.FromString(e.record).action for e in stored.packet.chain_of_custody]
+    assert actions == ["received", "dispatched"]
     assert receipt.expires_at.ToMilliseconds() - receipt.stored_at.ToMilliseconds() == 3_600_000
 
 
@@ -225,7 +229,8 @@ async def test_schema_1_1_requires_custody(client: packetbus.Client, topic: str)
     [result] = await client.dispatch_batch([packet])
     error = packetbus.PacketbusError.from_status(result.error)
     assert [(v.field, v.reason) for v in error.field_violations] == [
-        ("chain_of_custody", "CUSTODY_REQUIRED")
+        ("chain_of_custody", "CUSTODY_REQUIRED"),
+        ("ttl_seconds", "REQUIRED"),
     ]
 
 

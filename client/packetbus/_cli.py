@@ -88,6 +88,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--grace", type=float, default=10.0, help="seconds to drain on SIGTERM (default 10)"
     )
+    serve.add_argument(
+        "--signing-key-file",
+        type=Path,
+        default=os.environ.get("PACKETBUS_SIGNING_KEY_FILE"),
+        help="the server's custody signing keys (env PACKETBUS_SIGNING_KEY_FILE; default "
+        "DATA_DIR/custody-keys.json, created on first start)",
+    )
+    serve.add_argument(
+        "--no-custody-signing",
+        action="store_true",
+        help="do not sign the server's custody entries (only to measure what signing costs)",
+    )
     serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
     dispatch = commands.add_parser("dispatch", help="dispatch one packet")
@@ -233,6 +245,8 @@ def _serve(args: argparse.Namespace) -> int:
         redis_url=args.redis_url,
         data_dir=args.data_dir or default_data_dir(),
         grace_seconds=args.grace,
+        signing_key_file=args.signing_key_file,
+        custody_signing=not args.no_custody_signing,
     )
     run(config)
     return 0

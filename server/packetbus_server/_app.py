@@ -7,8 +7,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +15,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from packetbus.v1 import packet_service_pb2
+from packetbus.v1 import custody_service_pb2, packet_service_pb2
 
+from ._custodian import Custodian
+from ._custody_service import CustodyService
 from ._embedded import EmbeddedValkey
 from ._handlers import add_servicer
 from ._health import StoreHealth
+from ._key_store import KeyStore
+from ._keyring import KEYRING_FILE, SEED_ENV, Keyring
 from ._limits import Limits
 from ._packet_service import PacketService
 from ._store import PacketStore, connect_redis
@@ -52,7 +54,13 @@ class ServerConfig:
     # Beyond this many RPCs at once (subscriptions included) gRPC answers
     # RESOURCE_EXHAUSTED instead of queueing without bound.
     max_concurrent_rpcs: int = 4096
-    server_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    # The actor name in this server's custody entries; None: the one stored
+    # with its signing keys, so it stays the same across restarts.
+    server_id: str | None = None
+    # Where the server's Ed25519 signing keys live; None: in `data_dir`.
+    signing_key_file: Path | None = None
+    # Sign the server's custody entries; off only to measure what signing costs.
+    custody_signing: bool = True
 
 
 @dataclass
@@ -93,6 +101,21 @@ async def start(config: ServerConfig) -> RunningServer:
         retention_ms=config.limits.max_ttl_seconds * 1000,
         retry_budget=config.retry_budget_seconds,
     )
+    key_store = KeyStore(redis, retry_budget=config.retry_budget_seconds)
+    keyring = Keyring.load(
+        config.signing_key_file or config.data_dir / KEYRING_FILE,
+        seed_b64=os.environ.get(SEED_ENV),
+    )
+    custodian = Custodian(
+        keyring, config.server_id or keyring.server_id, signing=config.custody_signing
+    )
+    try:
+        await key_store.publish(custodian.published_keys())
+    except Exception:
+        await store.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        raise
 
     server = grpc.aio.server(
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
@@ -102,22 +125,27 @@ async def start(config: ServerConfig) -> RunningServer:
             ("grpc.so_reuseport", 1),
         ],
     )
+    packets = PacketService(
+        store,
+        key_store,
+        custodian,
+        config.limits,
+        version=VERSION,
+        server_id=custodian.server_id,
+        max_subscribers=config.max_subscribers,
+    )
+    add_servicer(server, packet_service_pb2.DESCRIPTOR.services_by_name["PacketService"], packets)
     add_servicer(
         server,
-        packet_service_pb2.DESCRIPTOR.services_by_name["PacketService"],
-        PacketService(
-            store,
-            config.limits,
-            version=VERSION,
-            server_id=config.server_id,
-            max_subscribers=config.max_subscribers,
-        ),
+        custody_service_pb2.DESCRIPTOR.services_by_name["CustodyService"],
+        CustodyService(store, key_store, packets, config.limits),
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
             packet_service_pb2.DESCRIPTOR.services_by_name["PacketService"].full_name,
+            custody_service_pb2.DESCRIPTOR.services_by_name["CustodyService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
@@ -129,12 +157,27 @@ async def start(config: ServerConfig) -> RunningServer:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         raise OSError(f"cannot listen on {config.listen}")
-    store_health = StoreHealth(store, health_servicer, config.health_interval_seconds)
+    store_health = StoreHealth(
+        store,
+        health_servicer,
+        config.health_interval_seconds,
+        on_tick=lambda: _reload_keys(custodian, key_store),
+    )
     await store_health.check_once()
     store_health.start()
     await server.start()
     log.info("packetbus %s listening on port %d (store %s)", VERSION, port, redis_url)
     return RunningServer(config, port, server, store, store_health, embedded)
+
+
+async def _reload_keys(custodian: Custodian, key_store: KeyStore) -> None:
+    """After `packetbus keys rotate`: publish the new key, then sign with it."""
+    try:
+        if custodian.keyring.reload_if_changed():
+            await key_store.publish(custodian.published_keys())
+            log.info("signing keys reloaded; signing with %s", custodian.keyring.active.key_id)
+    except Exception:
+        log.exception("could not reload the signing keys; still signing with the old ones")
 
 
 @contextlib.asynccontextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from grpc_health.v1 import health, health_pb2
 
@@ -18,8 +19,16 @@ SERVICES = ("", "packetbus.v1.PacketService")
 class StoreHealth:
     """Pings Redis every `interval` seconds and publishes the result as health."""
 
-    def __init__(self, store: PacketStore, servicer: health.aio.HealthServicer, interval: float):
+    def __init__(
+        self,
+        store: PacketStore,
+        servicer: health.aio.HealthServicer,
+        interval: float,
+        *,
+        on_tick: Callable[[], Awaitable[None]] | None = None,
+    ):
         self._store = store
+        self._on_tick = on_tick
         self._servicer = servicer
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
@@ -46,7 +55,8 @@ class StoreHealth:
 
     async def _run(self) -> None:
         while True:
-            await self.check_once()
+            if await self.check_once() and self._on_tick is not None:
+                await self._on_tick()
             await asyncio.sleep(self._interval)
 
     def start(self) -> None:

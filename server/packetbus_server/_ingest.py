@@ -1,14 +1,18 @@
-"""The ingest pipeline for one packet: validate, then normalize, then hand to the store.
+"""The ingest pipeline for one packet: validate, normalize, then (after custody) a write.
 
 This is where "no schema, no dispatch" is enforced: a packet that breaks any
-rule never reaches Redis.
+rule never reaches Redis. The servicer runs, per batch: `accept` on every
+packet, the origin check of schema "1.1" packets, the server's custody seal,
+then `to_write`.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from packetbus import _custody, _wire
 from packetbus.v1 import packet_pb2
 
 from ._limits import Limits
@@ -21,28 +25,49 @@ class Rejected:
     violations: list[Violation]
 
 
-def prepare(packet: packet_pb2.Packet, limits: Limits, now_ns: int) -> PacketWrite | Rejected:
-    """Validate `packet` and turn it into a write, or say every reason it is rejected.
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    packet: packet_pb2.Packet
+    # Over the packet exactly as received: a sender's retry of the same packet
+    # always matches, even when the server's defaults or clock moved since.
+    fingerprint: str
+    # What custody entries sign: the packet without its chain, as stored.
+    content: bytes
 
-    The fingerprint is taken over the packet as the sender sent it, before
-    the server fills anything in, so a sender's retry of the same packet always
-    matches, even when the server's defaults or clock moved in between.
-    """
+
+def accept(packet: packet_pb2.Packet, limits: Limits, now_ns: int) -> Accepted | Rejected:
+    """Validate `packet` and fill the server's defaults, or say every reason it is rejected."""
     received = packet.SerializeToString(deterministic=True)
     violations = validate_packet(packet, limits, size=len(received))
     if violations:
         return Rejected(violations)
-    payload = received
-    if not packet.ttl_seconds or not packet.HasField("dispatched_at"):
-        if not packet.ttl_seconds:
-            packet.ttl_seconds = limits.default_ttl_seconds
-        if not packet.HasField("dispatched_at"):
-            packet.dispatched_at.FromNanoseconds(now_ns)
-        payload = packet.SerializeToString(deterministic=True)
+    # A signed ("1.1") packet arrives complete (validation checks it): its
+    # content is signed, so nothing may be filled in.
+    changed = False
+    if not packet.ttl_seconds:
+        packet.ttl_seconds = limits.default_ttl_seconds
+        changed = True
+    if not packet.HasField("dispatched_at"):
+        packet.dispatched_at.FromNanoseconds(now_ns)
+        changed = True
+    if packet.chain_of_custody:
+        content = _custody.content_bytes(packet)
+    else:
+        content = packet.SerializeToString(deterministic=True) if changed else received
+    return Accepted(packet, hashlib.sha256(received).hexdigest(), content)
+
+
+def to_write(accepted: Accepted, server_entries: Sequence[bytes]) -> PacketWrite:
+    """The stored form: content bytes, then the chain (the sender's entries, then the server's)."""
+    packet = accepted.packet
+    chain = _wire.chain_field(
+        [*(e.SerializeToString() for e in packet.chain_of_custody), *server_entries]
+    )
     return PacketWrite(
         tracking_id=packet.tracking_id,
         topic=packet.topic,
-        fingerprint=hashlib.sha256(received).hexdigest(),
+        fingerprint=accepted.fingerprint,
         ttl_ms=packet.ttl_seconds * 1000,
-        payload=payload,
+        payload=accepted.content + chain,
+        content_length=len(accepted.content),
     )

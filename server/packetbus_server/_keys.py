@@ -7,11 +7,21 @@ happen by construction. Keys that one Lua script touches together share a
 | key                          | type   | slot        | holds                                   | TTL               |
 |------------------------------|--------|-------------|-----------------------------------------|-------------------|
 | ``pb:{<topic>}:log``         | stream | topic       | one entry per packet: ``p`` = packet    | newest packet's   |
-|                              |        |             | bytes, ``t`` = TTL ms (expires at the   | expiry            |
-|                              |        |             | entry id's ms + t)                      |                   |
+|                              |        |             | bytes (content, then chain), ``n`` =    | expiry            |
+|                              |        |             | content length, ``t`` = TTL ms (expires |                   |
+|                              |        |             | at the entry id's ms + t)               |                   |
 | ``pb:{<topic>}:pkt:<tid>``   | string | topic       | ``<fingerprint> <cursor> <expiry ms>``  | packet TTL        |
 |                              |        |             | the idempotency record                  |                   |
 | ``pb:loc:{<tid>}``           | string | tracking id | the topic a tracking id belongs to      | packet TTL        |
+| ``pb:topics``                | zset   | its own     | topic -> last dispatch (unix ms), for   | 2 x max packet    |
+|                              |        |             | exporting every topic                   | TTL, refreshed    |
+| ``pb:{keys}:all``            | hash   | keys        | key id -> SigningKey (public keys of    | none (a registry: |
+|                              |        |             | servers and agents)                     | see below)        |
+| ``pb:{keys}:agents``         | hash   | keys        | agent id -> its key ids, space-separated| none              |
+
+The key registry has no TTL on purpose: a public key must outlive every packet
+it signed, and an agent's identity must not lapse silently. It holds public
+keys only (a few hundred bytes each), never private ones.
 """
 
 from __future__ import annotations
@@ -29,3 +39,8 @@ def packet_record(topic: str, tracking_id: str) -> str:
 
 def packet_location(tracking_id: str) -> str:
     return f"{PREFIX}:loc:{{{tracking_id}}}"
+
+
+TOPICS = f"{PREFIX}:topics"
+SIGNING_KEYS = f"{PREFIX}:{{keys}}:all"
+AGENT_KEYS = f"{PREFIX}:{{keys}}:agents"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator
@@ -14,10 +15,12 @@ from google.rpc import code_pb2
 from packetbus.v1 import packet_pb2, packet_service_pb2, packet_service_pb2_grpc
 
 from . import _status
-from ._ingest import Rejected, prepare
+from ._custodian import Custodian, check_origin
+from ._ingest import Accepted, Rejected, accept, to_write
+from ._key_store import KeyStore
 from ._limits import Limits
 from ._retry import StoreFailedError, StoreUnavailableError
-from ._store import Outcome, PacketStore, PacketWrite, cursor_millis
+from ._store import Outcome, PacketStore, cursor_millis
 from ._validation import SUPPORTED_SCHEMA_VERSIONS, Violation, validate_topic, validate_tracking_id
 
 _CURSOR = re.compile(r"\d{1,20}-\d{1,20}\Z")
@@ -40,10 +43,33 @@ def receipt(topic: str, cursor: str, expires_at_ms: int) -> packet_service_pb2.R
     )
 
 
+def stored_packet(
+    topic: str, cursor: str, expires_at_ms: int, payload: bytes, content_length: int
+) -> packet_service_pb2.StoredPacket:
+    return packet_service_pb2.StoredPacket(
+        packet=packet_pb2.Packet.FromString(payload),
+        receipt=receipt(topic, cursor, expires_at_ms),
+        content=payload[:content_length],
+    )
+
+
+@contextlib.asynccontextmanager
+async def storage_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Turn the store's failures into the RPC's status."""
+    try:
+        yield
+    except StoreUnavailableError as exc:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retrying is safe")
+    except StoreFailedError as exc:
+        await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+
+
 class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
     def __init__(
         self,
         store: PacketStore,
+        key_store: KeyStore,
+        custodian: Custodian,
         limits: Limits,
         *,
         version: str,
@@ -51,6 +77,8 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         max_subscribers: int,
     ) -> None:
         self._store = store
+        self._key_store = key_store
+        self._custodian = custodian
         self._limits = limits
         self._version = version
         self._server_id = server_id
@@ -81,26 +109,38 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
             )
 
         results: list[packet_service_pb2.DispatchResult | None] = [None] * count
-        writes: list[PacketWrite] = []
-        slots: list[int] = []
         now_ns = time.time_ns()
+        accepted: list[tuple[int, Accepted]] = []
         for i, packet in enumerate(request.packets):
-            prepared = prepare(packet, self._limits, now_ns)
-            if isinstance(prepared, Rejected):
+            outcome = accept(packet, self._limits, now_ns)
+            if isinstance(outcome, Rejected):
                 results[i] = packet_service_pb2.DispatchResult(
                     tracking_id=packet.tracking_id,
-                    error=_status.bad_request("packet rejected", prepared.violations),
+                    error=_status.bad_request("packet rejected", outcome.violations),
                 )
             else:
-                writes.append(prepared)
-                slots.append(i)
+                accepted.append((i, outcome))
 
-        try:
+        signed = [(i, a) for i, a in accepted if a.packet.chain_of_custody]
+        if signed:
+            async with storage_errors(context):
+                keys = await self._key_store.get_many(
+                    [a.packet.chain_of_custody[0].key_id for _, a in signed]
+                )
+            for i, a in signed:
+                problem = check_origin(a.packet, a.content, keys)
+                if problem is not None:
+                    results[i] = packet_service_pb2.DispatchResult(
+                        tracking_id=a.packet.tracking_id,
+                        error=_status.status(problem.code.value[0], problem.message),
+                    )
+            accepted = [(i, a) for i, a in accepted if results[i] is None]
+
+        chains = self._custodian.seal([(a.packet, a.content) for _, a in accepted], now_ns)
+        writes = [to_write(a, chain) for (_, a), chain in zip(accepted, chains, strict=True)]
+        slots = [i for i, _ in accepted]
+        async with storage_errors(context):
             stored = await self._store.write(writes, time_remaining=context.time_remaining())
-        except StoreUnavailableError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retrying is safe")
-        except StoreFailedError as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
 
         for i, write, result in zip(slots, writes, stored, strict=True):
             if result.outcome is Outcome.CONFLICT:
@@ -124,26 +164,29 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         violations = validate_tracking_id(request.tracking_id)
         if violations:
             await _status.abort_invalid(context, "invalid tracking id", violations)
-        try:
+        async with storage_errors(context):
             found = await self._store.get(
                 request.tracking_id, time_remaining=context.time_remaining()
             )
-        except StoreUnavailableError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retrying is safe")
-        except StoreFailedError as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
         if found is None:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"no packet with tracking_id {request.tracking_id} (never stored, or expired)",
             )
             raise AssertionError("context.abort always raises")
-        return packet_service_pb2.GetPacketResponse(
-            packet=packet_service_pb2.StoredPacket(
-                packet=packet_pb2.Packet.FromString(found.payload),
-                receipt=receipt(found.topic, found.cursor, found.expires_at_ms),
-            )
+        stored = stored_packet(
+            found.topic, found.cursor, found.expires_at_ms, found.payload, found.content_length
         )
+        self.attach_head(stored)
+        return packet_service_pb2.GetPacketResponse(packet=stored)
+
+    def attach_head(self, stored: packet_service_pb2.StoredPacket) -> None:
+        """Vouch, with a signature, for the chain as it is now."""
+        head = self._custodian.head(
+            stored.packet.tracking_id, stored.content, stored.packet.chain_of_custody
+        )
+        if head is not None:
+            stored.custody_head.CopyFrom(head)
 
     async def Subscribe(
         self, request: packet_service_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
@@ -206,10 +249,7 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
             cursor = entries[-1].cursor
             now_ms = time.time_ns() // 1_000_000
             live = [
-                packet_service_pb2.StoredPacket(
-                    packet=packet_pb2.Packet.FromString(e.payload),
-                    receipt=receipt(topic, e.cursor, e.expires_at_ms),
-                )
+                stored_packet(topic, e.cursor, e.expires_at_ms, e.payload, e.content_length)
                 for e in entries
                 if e.expires_at_ms > now_ms
             ]

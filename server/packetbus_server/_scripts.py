@@ -36,3 +36,4 @@ class LuaScript:
 
 DISPATCH = LuaScript.load("dispatch")
 GET_PACKET = LuaScript.load("get_packet")
+REGISTER_AGENT_KEY = LuaScript.load("register_agent_key")

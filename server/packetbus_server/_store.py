@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,8 @@ from ._scripts import RedisClient
 # One script call blocks Redis while it runs; bigger batches are split so no
 # single call holds the server for long.
 _MAX_PACKETS_PER_SCRIPT = 500
+_NOTE_EVERY = 60.0
+_MAX_NOTED = 100_000
 
 
 class Outcome(enum.Enum):
@@ -46,7 +49,10 @@ class PacketWrite:
     topic: str
     fingerprint: str
     ttl_ms: int
+    # The serialized packet: its content (the packet without its chain of
+    # custody), then the chain; the first content_length bytes are the content.
     payload: bytes
+    content_length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,7 @@ class LogEntry:
     cursor: str
     expires_at_ms: int
     payload: bytes
+    content_length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +76,7 @@ class FoundPacket:
     cursor: str
     expires_at_ms: int
     payload: bytes
+    content_length: int
 
 
 def _text(value: bytes | str) -> str:
@@ -77,6 +85,12 @@ def _text(value: bytes | str) -> str:
 
 def cursor_millis(cursor: str) -> int:
     return int(cursor.split("-", 1)[0])
+
+
+def _log_entry(cursor: str, fields: dict[bytes, bytes]) -> LogEntry:
+    return LogEntry(
+        cursor, cursor_millis(cursor) + int(fields[b"t"]), fields[b"p"], int(fields[b"n"])
+    )
 
 
 async def connect_redis(url: str) -> RedisClient:
@@ -106,6 +120,7 @@ class PacketStore:
     def __init__(self, redis: RedisClient, *, retention_ms: int, retry_budget: float) -> None:
         self._redis = redis
         self._cluster = isinstance(redis, RedisCluster)
+        self._noted: dict[str, float] = {}
         self._retention_ms = retention_ms
         self._retry_budget = retry_budget
 
@@ -167,6 +182,9 @@ class PacketStore:
             for start in range(0, len(indexes), _MAX_PACKETS_PER_SCRIPT):
                 chunk = indexes[start : start + _MAX_PACKETS_PER_SCRIPT]
                 calls.append((chunk, self._write_topic(topic, [writes[i] for i in chunk])))
+        fresh_topics = self._topics_to_note(by_topic)
+        if fresh_topics:
+            calls.append(([], self._note_topics(fresh_topics)))
         replies = await asyncio.gather(*(call for _, call in calls))
         for (chunk, _), reply in zip(calls, replies, strict=True):
             for i, result in zip(chunk, reply, strict=True):
@@ -174,6 +192,45 @@ class PacketStore:
 
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
+
+    def _topics_to_note(self, topics: Iterable[str]) -> list[str]:
+        # The topic index is for export, not for routing: noting each topic once
+        # a minute per server keeps it current without a write per dispatch.
+        now = time.monotonic()
+        return [t for t in topics if now - self._noted.get(t, -_NOTE_EVERY) >= _NOTE_EVERY]
+
+    async def _note_topics(self, topics: list[str]) -> list[WriteResult]:
+        now_ms = time.time_ns() // 1_000_000
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(_keys.TOPICS, dict.fromkeys(topics, now_ms))
+        pipe.pexpire(_keys.TOPICS, 2 * self._retention_ms)
+        await pipe.execute()
+        if len(self._noted) > _MAX_NOTED:
+            self._noted.clear()
+        now = time.monotonic()
+        self._noted.update(dict.fromkeys(topics, now))
+        return []
+
+    async def topics(self) -> list[str]:
+        """Every topic written to within the retention window, oldest first."""
+
+        async def attempt() -> list[str]:
+            since = time.time_ns() // 1_000_000 - self._retention_ms
+            found: Any = await self._redis.zrangebyscore(_keys.TOPICS, since, "+inf")
+            return [_text(t) for t in found]
+
+        return await with_retries(attempt, budget_seconds=self._retry_budget)
+
+    async def read_range(self, topic: str, after: str, *, count: int) -> list[LogEntry]:
+        """Up to `count` entries after `after`, without waiting."""
+
+        async def attempt() -> list[LogEntry]:
+            entries: Any = await self._redis.xrange(
+                _keys.topic_log(topic), min=f"({after}", count=count
+            )
+            return [_log_entry(_text(i), f) for i, f in entries]
+
+        return await with_retries(attempt, budget_seconds=self._retry_budget)
 
     async def _write_topic(self, topic: str, writes: list[PacketWrite]) -> list[WriteResult]:
         claim_here = not self._cluster
@@ -183,7 +240,7 @@ class PacketStore:
             keys.append(_keys.packet_record(topic, w.tracking_id))
             if claim_here:
                 keys.append(_keys.packet_location(w.tracking_id))
-            args.extend((w.fingerprint, w.ttl_ms, w.payload))
+            args.extend((w.fingerprint, w.ttl_ms, w.payload, w.content_length))
         reply = await _scripts.DISPATCH.run(self._redis, keys, args)
         return [
             WriteResult(Outcome(_text(status)), _text(cursor), int(expiry))
@@ -205,8 +262,10 @@ class PacketStore:
             )
             if reply is None:
                 return None
-            cursor, expiry, payload = reply
-            return FoundPacket(topic, _text(cursor), int(expiry), bytes(payload))
+            cursor, expiry, payload, content_length = reply
+            return FoundPacket(
+                topic, _text(cursor), int(expiry), bytes(payload), int(content_length)
+            )
 
         return await with_retries(attempt, budget_seconds=self._budget(time_remaining))
 
@@ -232,9 +291,6 @@ class PacketStore:
                 return []
             # RESP2 answers a list of [key, entries]; RESP3 a mapping.
             entries: Any = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
-            return [
-                LogEntry(cursor, cursor_millis(cursor) + int(fields[b"t"]), fields[b"p"])
-                for cursor, fields in ((_text(i), f) for i, f in entries)
-            ]
+            return [_log_entry(_text(i), f) for i, f in entries]
 
         return await with_retries(attempt, budget_seconds=self._retry_budget + block_ms / 1000)

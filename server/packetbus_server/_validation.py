@@ -20,7 +20,8 @@ from packetbus.v1 import contents_pb2, custody_pb2, packet_pb2, speech_act_pb2
 from ._limits import Limits
 
 SUPPORTED_SCHEMA_VERSIONS: tuple[str, ...] = ("1.0", "1.1")
-CUSTODY_REQUIRED_FROM = "1.1"
+# Packets of this version carry their origin agent's signature.
+SIGNED_SCHEMA_VERSION = "1.1"
 
 # Canonical lowercase form only: one UUID must have exactly one spelling, or
 # the idempotency key would not be one.
@@ -109,12 +110,37 @@ def validate_packet(
                 f"{version[:32]!r} is not supported; supported: {supported}",
             )
         )
-    elif version == CUSTODY_REQUIRED_FROM and not packet.chain_of_custody:
+    elif version == SIGNED_SCHEMA_VERSION:
+        if len(packet.chain_of_custody) != 1:
+            out.append(
+                Violation(
+                    "chain_of_custody",
+                    "CUSTODY_REQUIRED",
+                    f"schema_version {SIGNED_SCHEMA_VERSION} requires a chain_of_custody of "
+                    f"exactly the origin's signed 'originated' entry; "
+                    f"got {len(packet.chain_of_custody)} entries",
+                )
+            )
+        # The content is signed, so the server cannot fill these in.
+        if not packet.ttl_seconds:
+            out.append(
+                Violation(
+                    "ttl_seconds", "REQUIRED", f"is required in schema {SIGNED_SCHEMA_VERSION}"
+                )
+            )
+        if not packet.HasField("dispatched_at"):
+            out.append(
+                Violation(
+                    "dispatched_at", "REQUIRED", f"is required in schema {SIGNED_SCHEMA_VERSION}"
+                )
+            )
+    elif packet.chain_of_custody:
         out.append(
             Violation(
                 "chain_of_custody",
-                "CUSTODY_REQUIRED",
-                f"schema_version {CUSTODY_REQUIRED_FROM} requires a non-empty chain_of_custody",
+                "CUSTODY_NOT_ALLOWED",
+                f"schema_version {version} packets carry no custody entries of their own "
+                f"(the server signs theirs); use {SIGNED_SCHEMA_VERSION} to sign the origin",
             )
         )
 
@@ -175,6 +201,11 @@ def validate_topic(out: list[Violation], path: str, topic: str, max_length: int)
                 "letters, digits and _ . : / -",
             )
         )
+
+
+def validate_agent_id(out: list[Violation], path: str, agent_id: str) -> None:
+    """Agent ids (a packet's origin, a key's owner): 1-255 printable, no whitespace."""
+    _identifier(out, path, agent_id, MAX_SHORT_TEXT, required=True)
 
 
 def validate_tracking_id(tracking_id: str) -> list[Violation]:

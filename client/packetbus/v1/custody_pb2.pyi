@@ -3,9 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,15 +20,93 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _CustodyVerdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CustodyVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CustodyVerdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CUSTODY_VERDICT_UNSPECIFIED: _CustodyVerdict.ValueType  # 0
+    CUSTODY_VERDICT_OK: _CustodyVerdict.ValueType  # 1
+    CUSTODY_VERDICT_BAD_SIGNATURE: _CustodyVerdict.ValueType  # 2
+    """The signature (or batch proof) does not verify with the named key."""
+    CUSTODY_VERDICT_BROKEN_LINK: _CustodyVerdict.ValueType  # 3
+    """previous_hash is not the hash of the entry before it."""
+    CUSTODY_VERDICT_UNKNOWN_KEY: _CustodyVerdict.ValueType  # 4
+    """No published key has this key id."""
+    CUSTODY_VERDICT_CONTENT_DIGEST_MISMATCH: _CustodyVerdict.ValueType  # 5
+    """content_digest is not the digest of the packet's content bytes."""
+    CUSTODY_VERDICT_OUT_OF_ORDER: _CustodyVerdict.ValueType  # 6
+    """sequence is not this entry's position in the chain."""
+    CUSTODY_VERDICT_MALFORMED: _CustodyVerdict.ValueType  # 7
+    """The signed bytes do not parse, or name another key or packet."""
+    CUSTODY_VERDICT_ACTOR_MISMATCH: _CustodyVerdict.ValueType  # 8
+    """The signing key does not belong to the actor the entry names."""
+    CUSTODY_VERDICT_INCOMPLETE: _CustodyVerdict.ValueType  # 9
+    """The chain does not match its signed head: entries are missing or extra."""
+
+class CustodyVerdict(_CustodyVerdict, metaclass=_CustodyVerdictEnumTypeWrapper):
+    """What a verifier concluded about one entry, or about the chain as a whole."""
+
+CUSTODY_VERDICT_UNSPECIFIED: CustodyVerdict.ValueType  # 0
+CUSTODY_VERDICT_OK: CustodyVerdict.ValueType  # 1
+CUSTODY_VERDICT_BAD_SIGNATURE: CustodyVerdict.ValueType  # 2
+"""The signature (or batch proof) does not verify with the named key."""
+CUSTODY_VERDICT_BROKEN_LINK: CustodyVerdict.ValueType  # 3
+"""previous_hash is not the hash of the entry before it."""
+CUSTODY_VERDICT_UNKNOWN_KEY: CustodyVerdict.ValueType  # 4
+"""No published key has this key id."""
+CUSTODY_VERDICT_CONTENT_DIGEST_MISMATCH: CustodyVerdict.ValueType  # 5
+"""content_digest is not the digest of the packet's content bytes."""
+CUSTODY_VERDICT_OUT_OF_ORDER: CustodyVerdict.ValueType  # 6
+"""sequence is not this entry's position in the chain."""
+CUSTODY_VERDICT_MALFORMED: CustodyVerdict.ValueType  # 7
+"""The signed bytes do not parse, or name another key or packet."""
+CUSTODY_VERDICT_ACTOR_MISMATCH: CustodyVerdict.ValueType  # 8
+"""The signing key does not belong to the actor the entry names."""
+CUSTODY_VERDICT_INCOMPLETE: CustodyVerdict.ValueType  # 9
+"""The chain does not match its signed head: entries are missing or extra."""
+Global___CustodyVerdict: _TypeAlias = CustodyVerdict  # noqa: Y015
+
+class _KeyOwnerKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _KeyOwnerKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KeyOwnerKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    KEY_OWNER_KIND_UNSPECIFIED: _KeyOwnerKind.ValueType  # 0
+    KEY_OWNER_KIND_SERVER: _KeyOwnerKind.ValueType  # 1
+    """A packetbus server; `owner` is its server id."""
+    KEY_OWNER_KIND_AGENT: _KeyOwnerKind.ValueType  # 2
+    """An agent; `owner` is its agent id."""
+
+class KeyOwnerKind(_KeyOwnerKind, metaclass=_KeyOwnerKindEnumTypeWrapper):
+    """Who holds a signing key."""
+
+KEY_OWNER_KIND_UNSPECIFIED: KeyOwnerKind.ValueType  # 0
+KEY_OWNER_KIND_SERVER: KeyOwnerKind.ValueType  # 1
+"""A packetbus server; `owner` is its server id."""
+KEY_OWNER_KIND_AGENT: KeyOwnerKind.ValueType  # 2
+"""An agent; `owner` is its agent id."""
+Global___KeyOwnerKind: _TypeAlias = KeyOwnerKind  # noqa: Y015
+
 @_typing.final
 class CustodyEntry(_message.Message):
     """One hop in a packet's chain of custody, as stored and transmitted.
 
     Protobuf serialization is not canonical, so a signature is never checked
     against a re-serialized message: `record` holds the exact bytes of a
-    serialized CustodyRecord, and `signature` is Ed25519 over
-    "packetbus.custody.v1" || 0x00 || record. Verifiers check the signature
-    over these bytes first and parse them only afterwards.
+    serialized CustodyRecord. Verifiers check the signature over these bytes
+    first and parse them only afterwards.
+
+    Without `batch_proof`, `signature` is Ed25519 over
+      "packetbus.custody.entry.v1" || 0x00 || record.
+    With it, the signer signed many entries at once: `signature` is Ed25519 over
+      "packetbus.custody.batch.v1" || 0x00 || root
+    where root is the RFC 9162 Merkle tree hash of the batch's records (leaf
+    hash SHA-256(0x00 || record), node hash SHA-256(0x01 || left || right)),
+    and `batch_proof` is this record's inclusion proof. Either way each entry
+    verifies on its own.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -33,28 +114,62 @@ class CustodyEntry(_message.Message):
     RECORD_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
+    BATCH_PROOF_FIELD_NUMBER: _builtins.int
     record: _builtins.bytes
     """Exact serialized bytes of a CustodyRecord."""
     signature: _builtins.bytes
-    """Ed25519 signature (64 bytes) over the domain prefix and `record`."""
+    """Ed25519 signature (64 bytes)."""
     key_id: _builtins.str
     """Identifier of the key that made `signature`; it repeats the key id inside
     the record so a verifier can pick the key before parsing anything.
     """
+    @_builtins.property
+    def batch_proof(self) -> Global___BatchProof: ...
     def __init__(
         self,
         *,
         record: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
         key_id: _builtins.str = ...,
+        batch_proof: Global___BatchProof | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_proof", b"batch_proof"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "record", b"record", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_proof", b"batch_proof", "key_id", b"key_id", "record", b"record", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CustodyEntry: _TypeAlias = CustodyEntry  # noqa: Y015
+
+@_typing.final
+class BatchProof(_message.Message):
+    """An RFC 9162 inclusion proof of one record in a signed batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEAF_INDEX_FIELD_NUMBER: _builtins.int
+    LEAF_COUNT_FIELD_NUMBER: _builtins.int
+    SIBLING_HASHES_FIELD_NUMBER: _builtins.int
+    leaf_index: _builtins.int
+    leaf_count: _builtins.int
+    @_builtins.property
+    def sibling_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Sibling hashes from the leaf up to the root."""
+
+    def __init__(
+        self,
+        *,
+        leaf_index: _builtins.int = ...,
+        leaf_count: _builtins.int = ...,
+        sibling_hashes: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leaf_count", b"leaf_count", "leaf_index", b"leaf_index", "sibling_hashes", b"sibling_hashes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchProof: _TypeAlias = BatchProof  # noqa: Y015
 
 @_typing.final
 class CustodyRecord(_message.Message):
@@ -81,11 +196,12 @@ class CustodyRecord(_message.Message):
     contract change.
     """
     content_digest: _builtins.bytes
-    """SHA-256 of the packet's exact content bytes at this hop."""
-    previous_hash: _builtins.bytes
-    """SHA-256 over the previous entry's `record` and `signature`; empty for
-    the first entry.
+    """SHA-256 of the packet's content bytes: the packet without its chain of
+    custody, serialized deterministically. The bus stores these exact bytes
+    (StoredPacket.content) so verifiers never re-serialize.
     """
+    previous_hash: _builtins.bytes
+    """SHA-256 of the previous entry's `record` bytes; empty for the first entry."""
     key_id: _builtins.str
     """Must equal CustodyEntry.key_id."""
     tracking_id: _builtins.str
@@ -111,3 +227,118 @@ class CustodyRecord(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CustodyRecord: _TypeAlias = CustodyRecord  # noqa: Y015
+
+@_typing.final
+class CustodyHead(_message.Message):
+    """A signed statement of a packet's chain as the server held it when it was
+    read: a verifier compares it with the chain in hand, so a chain with its
+    newest entries cut off does not pass as complete.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    statement: _builtins.bytes
+    """Exact serialized bytes of a CustodyHeadStatement."""
+    signature: _builtins.bytes
+    """Ed25519 over "packetbus.custody.head.v1" || 0x00 || statement."""
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        statement: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "signature", b"signature", "statement", b"statement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustodyHead: _TypeAlias = CustodyHead  # noqa: Y015
+
+@_typing.final
+class CustodyHeadStatement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRACKING_ID_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    LAST_ENTRY_HASH_FIELD_NUMBER: _builtins.int
+    CONTENT_DIGEST_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    tracking_id: _builtins.str
+    length: _builtins.int
+    """Number of entries in the chain."""
+    last_entry_hash: _builtins.bytes
+    """SHA-256 of the last entry's `record` bytes."""
+    content_digest: _builtins.bytes
+    key_id: _builtins.str
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        tracking_id: _builtins.str = ...,
+        length: _builtins.int = ...,
+        last_entry_hash: _builtins.bytes = ...,
+        content_digest: _builtins.bytes = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_digest", b"content_digest", "issued_at", b"issued_at", "key_id", b"key_id", "last_entry_hash", b"last_entry_hash", "length", b"length", "tracking_id", b"tracking_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustodyHeadStatement: _TypeAlias = CustodyHeadStatement  # noqa: Y015
+
+@_typing.final
+class SigningKey(_message.Message):
+    """A public Ed25519 key that custody entries may be verified with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    OWNER_KIND_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    VALID_FROM_FIELD_NUMBER: _builtins.int
+    VALID_UNTIL_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """Derived from the public key: "ed25519-" and the first 16 bytes of its
+    SHA-256, in hex.
+    """
+    public_key: _builtins.bytes
+    """The raw 32-byte Ed25519 public key."""
+    owner_kind: Global___KeyOwnerKind.ValueType
+    owner: _builtins.str
+    @_builtins.property
+    def valid_from(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def valid_until(self) -> _timestamp_pb2.Timestamp:
+        """Set once the key is retired: it signs nothing after this, and still
+        verifies what it signed before.
+        """
+
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+        owner_kind: Global___KeyOwnerKind.ValueType = ...,
+        owner: _builtins.str = ...,
+        valid_from: _timestamp_pb2.Timestamp | None = ...,
+        valid_until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "owner", b"owner", "owner_kind", b"owner_kind", "public_key", b"public_key", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SigningKey: _TypeAlias = SigningKey  # noqa: Y015

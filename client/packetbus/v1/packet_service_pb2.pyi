@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import status_pb2 as _status_pb2
+from packetbus.v1 import custody_pb2 as _custody_pb2
 from packetbus.v1 import packet_pb2 as _packet_pb2
 import builtins as _builtins
 import sys
@@ -167,19 +168,34 @@ class StoredPacket(_message.Message):
 
     PACKET_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    CUSTODY_HEAD_FIELD_NUMBER: _builtins.int
+    content: _builtins.bytes
+    """The exact bytes every custody entry's content_digest covers: `packet`
+    without its chain of custody, as stored. Verify against these bytes,
+    never against a re-serialization of `packet`.
+    """
     @_builtins.property
     def packet(self) -> _packet_pb2.Packet: ...
     @_builtins.property
     def receipt(self) -> Global___Receipt: ...
+    @_builtins.property
+    def custody_head(self) -> _custody_pb2.CustodyHead:
+        """The server's signed statement of the chain's length and last entry when
+        the packet was read; set by GetPacket and ExportPackets.
+        """
+
     def __init__(
         self,
         *,
         packet: _packet_pb2.Packet | None = ...,
         receipt: Global___Receipt | None = ...,
+        content: _builtins.bytes = ...,
+        custody_head: _custody_pb2.CustodyHead | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["packet", b"packet", "receipt", b"receipt"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["custody_head", b"custody_head", "packet", b"packet", "receipt", b"receipt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["packet", b"packet", "receipt", b"receipt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "custody_head", b"custody_head", "packet", b"packet", "receipt", b"receipt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

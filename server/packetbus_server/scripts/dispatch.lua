@@ -5,7 +5,8 @@
 -- is out of memory, instead of failing halfway through a batch.
 --
 -- KEYS[1]  the topic's log stream (pb:{topic}:log); each entry has p = packet
---          bytes and t = TTL in ms (the packet expires at the entry id's ms + t)
+--          bytes, n = the length of their content prefix (the packet without its
+--          chain of custody) and t = TTL in ms (it expires at the entry id's ms + t)
 -- then, for packet i, ARGV[2] keys:
 --   KEYS[2 + w(i-1)]      packet i's idempotency record   (pb:{topic}:pkt:<tracking id>)
 --   KEYS[3 + w(i-1)]      packet i's location             (pb:loc:{<tracking id>}), only
@@ -15,9 +16,10 @@
 -- ARGV[1]  retention in ms: log entries older than now - retention are trimmed
 -- ARGV[2]  w, keys per packet: 1 or 2
 -- ARGV[3]  the topic
--- ARGV[4 + 3(i-1)]  packet i's fingerprint (hex SHA-256 of the packet as received)
--- ARGV[5 + 3(i-1)]  packet i's TTL in ms
--- ARGV[6 + 3(i-1)]  packet i's serialized bytes
+-- ARGV[4 + 4(i-1)]  packet i's fingerprint (hex SHA-256 of the packet as received)
+-- ARGV[5 + 4(i-1)]  packet i's TTL in ms
+-- ARGV[6 + 4(i-1)]  packet i's serialized bytes: content, then chain of custody
+-- ARGV[7 + 4(i-1)]  the length of the content prefix
 --
 -- Returns one {status, cursor, expiry ms} per packet, in order:
 --   status "new"       stored now
@@ -37,7 +39,7 @@ local newest_expiry = 0
 for i = 1, (#KEYS - 1) / width do
   local record_key = KEYS[2 + width * (i - 1)]
   local location_key = width == 2 and KEYS[3 + width * (i - 1)] or nil
-  local base = 4 + 3 * (i - 1)
+  local base = 4 + 4 * (i - 1)
   local fingerprint = ARGV[base]
   local owner = location_key and redis.call('GET', location_key)
   local existing = redis.call('GET', record_key)
@@ -52,7 +54,7 @@ for i = 1, (#KEYS - 1) / width do
     end
   else
     local ttl_ms = tonumber(ARGV[base + 1])
-    local cursor = redis.call('XADD', log, '*', 'p', ARGV[base + 2], 't', ttl_ms)
+    local cursor = redis.call('XADD', log, '*', 'p', ARGV[base + 2], 'n', ARGV[base + 3], 't', ttl_ms)
     -- Expiry counts from the cursor's millisecond (the packet's stored_at),
     -- which XADD may take from the last id rather than from TIME.
     local expiry = tonumber(string.match(cursor, '^(%d+)-')) + ttl_ms

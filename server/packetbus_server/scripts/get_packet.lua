@@ -4,8 +4,8 @@
 -- KEYS[1]  the packet's idempotency record  (pb:{topic}:pkt:<tracking id>)
 -- KEYS[2]  the topic's log stream           (pb:{topic}:log)
 --
--- Returns {cursor, expiry ms, packet bytes}, or nil when the record or its
--- log entry is gone (expired or trimmed).
+-- Returns {cursor, expiry ms, packet bytes, content length}, or nil when the
+-- record or its log entry is gone (expired or trimmed).
 local existing = redis.call('GET', KEYS[1])
 if not existing then
   return nil
@@ -16,9 +16,8 @@ if #entries == 0 then
   return nil
 end
 local fields = entries[1][2]
+local found = {}
 for j = 1, #fields, 2 do
-  if fields[j] == 'p' then
-    return {cursor, expiry, fields[j + 1]}
-  end
+  found[fields[j]] = fields[j + 1]
 end
-return nil
+return {cursor, expiry, found['p'], found['n']}

@@ -1,0 +1,63 @@
+"""RFC 9162 Merkle tree hashes and inclusion proofs (section 2.1), for batch signatures."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def root_and_proofs(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
+    """The tree hash of `leaves` (leaf hashes) and every leaf's audit path, bottom-up.
+
+    Built level by level, an odd last node moving up unpaired: the same tree as
+    RFC 9162's recursive definition (left subtree = the largest power of two).
+    """
+    if not leaves:
+        raise ValueError("a Merkle tree needs at least one leaf")
+    paths: list[list[bytes]] = [[] for _ in leaves]
+    level = list(leaves)
+    under = [[i] for i in range(len(leaves))]
+    while len(level) > 1:
+        next_level, next_under = [], []
+        for j in range(0, len(level) - 1, 2):
+            left, right = level[j], level[j + 1]
+            for i in under[j]:
+                paths[i].append(right)
+            for i in under[j + 1]:
+                paths[i].append(left)
+            next_level.append(node_hash(left, right))
+            next_under.append(under[j] + under[j + 1])
+        if len(level) % 2:
+            next_level.append(level[-1])
+            next_under.append(under[-1])
+        level, under = next_level, next_under
+    return level[0], paths
+
+
+def root_from_proof(leaf: bytes, index: int, count: int, path: Sequence[bytes]) -> bytes | None:
+    """The root `path` proves `leaf` (at `index` of `count`) into, or None if it cannot."""
+    if not 0 <= index < count:
+        return None
+    fn, sn, r = index, count - 1, leaf
+    for sibling in path:
+        if sn == 0 or len(sibling) != 32:
+            return None
+        if fn & 1 or fn == sn:
+            r = node_hash(sibling, r)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = node_hash(r, sibling)
+        fn >>= 1
+        sn >>= 1
+    return r if sn == 0 else None

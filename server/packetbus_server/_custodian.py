@@ -1,0 +1,136 @@
+"""The server's part in chains of custody: sign its hops, vouch for chain heads, check origins."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from packetbus import _custody, _wire
+from packetbus.v1 import custody_pb2, packet_pb2
+
+from ._keyring import Keyring
+
+# The server's hops at ingest: it took the packet in, then put it on its topic.
+_ACTIONS = (_custody.RECEIVED.encode(), _custody.DISPATCHED.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class OriginProblem:
+    """Why a schema "1.1" packet's originated entry is refused."""
+
+    code: grpc.StatusCode
+    message: str
+
+
+class Custodian:
+    def __init__(self, keyring: Keyring, server_id: str, *, signing: bool = True) -> None:
+        self.keyring = keyring
+        self.server_id = server_id
+        self.signing = signing
+
+    def published_keys(self) -> list[custody_pb2.SigningKey]:
+        keys = []
+        for entry in self.keyring.entries:
+            key = custody_pb2.SigningKey(
+                key_id=entry.signer.key_id,
+                public_key=entry.signer.public_key,
+                owner_kind=custody_pb2.KEY_OWNER_KIND_SERVER,
+                owner=self.server_id,
+            )
+            key.valid_from.FromMilliseconds(entry.created_at_ms)
+            if entry.retired_at_ms is not None:
+                key.valid_until.FromMilliseconds(entry.retired_at_ms)
+            keys.append(key)
+        return keys
+
+    def seal(
+        self, packets: Sequence[tuple[packet_pb2.Packet, bytes]], now_ns: int
+    ) -> list[list[bytes]]:
+        """The server's entries for each accepted packet, serialized: received, then dispatched.
+
+        One signature covers the whole batch (a Merkle root); each entry carries
+        its inclusion proof, so it verifies on its own.
+        """
+        if not self.signing or not packets:
+            return [[] for _ in packets]
+        signer = self.keyring.active
+        writers = [
+            _wire.RecordWriter(
+                actor=self.server_id.encode(),
+                action=action,
+                occurred_at_ns=now_ns,
+                key_id=signer.key_id.encode(),
+            )
+            for action in _ACTIONS
+        ]
+        raws: list[bytes] = []
+        for packet, content in packets:
+            content_digest = hashlib.sha256(content).digest()
+            chain = packet.chain_of_custody
+            previous = hashlib.sha256(chain[-1].record).digest() if chain else b""
+            tracking_id = packet.tracking_id.encode()
+            for offset, writer in enumerate(writers):
+                raw = writer.record(
+                    sequence=len(chain) + offset,
+                    content_digest=content_digest,
+                    previous_hash=previous,
+                    tracking_id=tracking_id,
+                )
+                raws.append(raw)
+                previous = hashlib.sha256(raw).digest()
+        entries = _custody.sign_batch(signer, raws)
+        step = len(_ACTIONS)
+        return [entries[i : i + step] for i in range(0, len(entries), step)]
+
+    def head(
+        self, tracking_id: str, content: bytes, chain: Sequence[custody_pb2.CustodyEntry]
+    ) -> custody_pb2.CustodyHead | None:
+        if not self.signing:
+            return None
+        return _custody.sign_head(
+            self.keyring.active, tracking_id=tracking_id, content=content, chain=chain
+        )
+
+
+def check_origin(
+    packet: packet_pb2.Packet, content: bytes, keys: Mapping[str, custody_pb2.SigningKey]
+) -> OriginProblem | None:
+    """A schema "1.1" packet's first entry must be its origin agent's signed "originated"."""
+    entry = packet.chain_of_custody[0]
+    key = keys.get(entry.key_id)
+    if key is None or key.owner_kind != custody_pb2.KEY_OWNER_KIND_AGENT:
+        return OriginProblem(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"key {entry.key_id} is not registered to any agent; register it first "
+            "(CustodyService.RegisterAgentKey)",
+        )
+    if key.owner != packet.origin:
+        return OriginProblem(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"key {entry.key_id} belongs to agent {key.owner!r}, not to origin {packet.origin!r}",
+        )
+    report = _custody.verify_entry(
+        0,
+        entry,
+        tracking_id=packet.tracking_id,
+        content_digest=hashlib.sha256(content).digest(),
+        previous_hash=b"",
+        keys=keys,
+    )
+    if report.verdict == custody_pb2.CUSTODY_VERDICT_ACTOR_MISMATCH:
+        return OriginProblem(grpc.StatusCode.PERMISSION_DENIED, report.detail)
+    if not report.ok:
+        return OriginProblem(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"chain_of_custody[0] does not authenticate this packet: {report.detail}",
+        )
+    if report.action != _custody.ORIGINATED:
+        return OriginProblem(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"chain_of_custody[0] must be the origin's {_custody.ORIGINATED!r} entry, "
+            f"not {report.action!r}",
+        )
+    return None

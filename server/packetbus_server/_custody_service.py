@@ -1,0 +1,199 @@
+"""CustodyService: keys, agent identities, verification and export of chains of custody."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from packetbus import _custody, _ed25519
+from packetbus.v1 import custody_pb2, custody_service_pb2, custody_service_pb2_grpc
+
+from . import _status
+from ._key_store import KeyStore, Registration
+from ._limits import Limits
+from ._packet_service import PacketService, storage_errors, stored_packet
+from ._store import PacketStore
+from ._validation import Violation, validate_agent_id, validate_topic, validate_tracking_id
+
+_EXPORT_BATCH = 200
+
+
+class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
+    def __init__(
+        self, store: PacketStore, key_store: KeyStore, packets: PacketService, limits: Limits
+    ) -> None:
+        self._store = store
+        self._key_store = key_store
+        self._packets = packets
+        self._limits = limits
+
+    async def GetSigningKeys(
+        self,
+        request: custody_service_pb2.GetSigningKeysRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> custody_service_pb2.GetSigningKeysResponse:
+        async with storage_errors(context):
+            keys = await self._key_store.all()
+        ordered = sorted(
+            keys.values(), key=lambda k: (k.owner_kind, k.owner, k.valid_from.ToNanoseconds())
+        )
+        return custody_service_pb2.GetSigningKeysResponse(keys=ordered)
+
+    async def RegisterAgentKey(
+        self,
+        request: custody_service_pb2.RegisterAgentKeyRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> custody_service_pb2.RegisterAgentKeyResponse:
+        violations: list[Violation] = []
+        validate_agent_id(violations, "agent_id", request.agent_id)
+        problem = _ed25519.public_key_problem(request.public_key)
+        if problem:
+            violations.append(Violation("public_key", "PUBLIC_KEY", problem))
+        if len(request.proof) != _ed25519.SIGNATURE_BYTES:
+            violations.append(
+                Violation("proof", "SIGNATURE_LENGTH", f"must be {_ed25519.SIGNATURE_BYTES} bytes")
+            )
+        if request.endorsing_key_id and len(request.endorsement) != _ed25519.SIGNATURE_BYTES:
+            violations.append(
+                Violation(
+                    "endorsement", "SIGNATURE_LENGTH", f"must be {_ed25519.SIGNATURE_BYTES} bytes"
+                )
+            )
+        if violations:
+            await _status.abort_invalid(context, "invalid key registration", violations)
+
+        message = _custody.agent_key_message(request.agent_id, request.public_key)
+        if not _ed25519.verify(request.public_key, message, request.proof):
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "proof does not verify: sign the registration message with the key being "
+                "registered",
+            )
+        if request.endorsing_key_id:
+            async with storage_errors(context):
+                found = await self._key_store.get_many([request.endorsing_key_id])
+            endorser = found.get(request.endorsing_key_id)
+            if endorser is None or endorser.owner != request.agent_id:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"key {request.endorsing_key_id} is not a key of agent {request.agent_id!r}",
+                )
+                raise AssertionError("context.abort always raises")
+            if not _ed25519.verify(endorser.public_key, message, request.endorsement):
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"endorsement does not verify with key {request.endorsing_key_id}",
+                )
+
+        key = custody_pb2.SigningKey(
+            key_id=_custody.key_id_for(request.public_key),
+            public_key=request.public_key,
+            owner_kind=custody_pb2.KEY_OWNER_KIND_AGENT,
+            owner=request.agent_id,
+        )
+        key.valid_from.FromNanoseconds(time.time_ns())
+        async with storage_errors(context):
+            outcome = await self._key_store.register_agent(
+                key, endorsing_key_id=request.endorsing_key_id
+            )
+            if outcome is Registration.EXISTS:
+                key = (await self._key_store.get_many([key.key_id]))[key.key_id]
+        if outcome is Registration.TAKEN:
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"key {key.key_id} is already registered to another owner",
+            )
+        if outcome is Registration.NEEDS_ENDORSEMENT:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"agent {request.agent_id!r} already has a key; endorse the new one with it "
+                "(endorsing_key_id, endorsement)",
+            )
+        return custody_service_pb2.RegisterAgentKeyResponse(key=key)
+
+    async def VerifyCustody(
+        self,
+        request: custody_service_pb2.VerifyCustodyRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> custody_service_pb2.VerifyCustodyResponse:
+        violations = validate_tracking_id(request.tracking_id)
+        if violations:
+            await _status.abort_invalid(context, "invalid tracking id", violations)
+        async with storage_errors(context):
+            found = await self._store.get(
+                request.tracking_id, time_remaining=context.time_remaining()
+            )
+        if found is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no packet with tracking_id {request.tracking_id} (never stored, or expired)",
+            )
+            raise AssertionError("context.abort always raises")
+        stored = stored_packet(
+            found.topic, found.cursor, found.expires_at_ms, found.payload, found.content_length
+        )
+        self._packets.attach_head(stored)
+        chain = stored.packet.chain_of_custody
+        head = stored.custody_head if stored.HasField("custody_head") else None
+        async with storage_errors(context):
+            keys = await self._key_store.get_many(
+                [e.key_id for e in chain] + ([head.key_id] if head else [])
+            )
+        report = _custody.verify_chain(
+            tracking_id=request.tracking_id,
+            content=stored.content,
+            chain=chain,
+            keys=keys,
+            head=head,
+        )
+        return custody_service_pb2.VerifyCustodyResponse(
+            verified=report.verified,
+            entries=[
+                custody_service_pb2.EntryVerdict(
+                    index=e.index,
+                    verdict=e.verdict,  # type: ignore[arg-type]
+                    detail=e.detail,
+                    key_id=e.key_id,
+                    action=e.action,
+                    actor=e.actor,
+                )
+                for e in report.entries
+            ],
+            head_verdict=report.head_verdict,  # type: ignore[arg-type]
+            packet=stored,
+        )
+
+    async def ExportPackets(
+        self,
+        request: custody_service_pb2.ExportPacketsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[custody_service_pb2.ExportPacketsResponse]:
+        if request.topic:
+            violations: list[Violation] = []
+            validate_topic(violations, "topic", request.topic, self._limits.max_topic_length)
+            if violations:
+                await _status.abort_invalid(context, "invalid export", violations)
+        async with storage_errors(context):
+            topics = [request.topic] if request.topic else await self._store.topics()
+        for topic in topics:
+            cursor = "0-0"
+            while True:
+                async with storage_errors(context):
+                    entries = await self._store.read_range(topic, cursor, count=_EXPORT_BATCH)
+                if not entries:
+                    break
+                cursor = entries[-1].cursor
+                now_ms = time.time_ns() // 1_000_000
+                batch = []
+                for e in entries:
+                    if e.expires_at_ms <= now_ms:
+                        continue
+                    stored = stored_packet(
+                        topic, e.cursor, e.expires_at_ms, e.payload, e.content_length
+                    )
+                    self._packets.attach_head(stored)
+                    batch.append(stored)
+                if batch:
+                    yield custody_service_pb2.ExportPacketsResponse(packets=batch)

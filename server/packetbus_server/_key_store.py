@@ -1,0 +1,74 @@
+"""The public key registry in Redis: servers' keys and agents' registered keys."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from packetbus.v1 import custody_pb2
+
+from . import _keys, _scripts
+from ._retry import with_retries
+from ._scripts import RedisClient
+
+
+class Registration(enum.Enum):
+    REGISTERED = "registered"
+    EXISTS = "exists"
+    TAKEN = "taken"
+    NEEDS_ENDORSEMENT = "needs_endorsement"
+
+
+class KeyStore:
+    def __init__(self, redis: RedisClient, *, retry_budget: float) -> None:
+        self._redis = redis
+        self._retry_budget = retry_budget
+
+    async def publish(self, keys: Iterable[custody_pb2.SigningKey]) -> None:
+        mapping = {k.key_id: k.SerializeToString(deterministic=True) for k in keys}
+        if mapping:
+            await with_retries(
+                lambda: self._redis.hset(_keys.SIGNING_KEYS, mapping=mapping),  # type: ignore[arg-type]
+                budget_seconds=self._retry_budget,
+            )
+
+    async def get_many(self, key_ids: Sequence[str]) -> dict[str, custody_pb2.SigningKey]:
+        wanted = sorted(set(key_ids))
+        if not wanted:
+            return {}
+        values: Any = await with_retries(
+            lambda: self._redis.hmget(_keys.SIGNING_KEYS, wanted),
+            budget_seconds=self._retry_budget,
+        )
+        return {
+            key_id: custody_pb2.SigningKey.FromString(raw)
+            for key_id, raw in zip(wanted, values, strict=True)
+            if raw is not None
+        }
+
+    async def all(self) -> dict[str, custody_pb2.SigningKey]:
+        values: Any = await with_retries(
+            lambda: self._redis.hgetall(_keys.SIGNING_KEYS), budget_seconds=self._retry_budget
+        )
+        keys = (custody_pb2.SigningKey.FromString(raw) for raw in values.values())
+        return {k.key_id: k for k in keys}
+
+    async def register_agent(
+        self, key: custody_pb2.SigningKey, *, endorsing_key_id: str
+    ) -> Registration:
+        reply = await with_retries(
+            lambda: _scripts.REGISTER_AGENT_KEY.run(
+                self._redis,
+                [_keys.SIGNING_KEYS, _keys.AGENT_KEYS],
+                [
+                    key.owner,
+                    key.key_id,
+                    key.SerializeToString(deterministic=True),
+                    endorsing_key_id,
+                ],
+            ),
+            budget_seconds=self._retry_budget,
+        )
+        status = reply[0]
+        return Registration(status.decode() if isinstance(status, bytes) else status)
