@@ -13,7 +13,7 @@ the most used ones are re-exported here.
 """
 
 from packetbus.v1.contents_pb2 import Context, Finding, RawContents, Task
-from packetbus.v1.custody_pb2 import CustodyEntry, CustodyRecord
+from packetbus.v1.custody_pb2 import CustodyEntry, CustodyHead, CustodyRecord, SigningKey
 from packetbus.v1.packet_pb2 import Packet
 from packetbus.v1.packet_service_pb2 import (
     DispatchResult,
@@ -24,7 +24,8 @@ from packetbus.v1.packet_service_pb2 import (
 from packetbus.v1.speech_act_pb2 import SpeechAct
 
 from ._client import EARLIEST, LATEST, Client, Subscription, fill_defaults
-from ._config import BatchSettings, ClientConfig, RetrySettings
+from ._config import AgentIdentity, BatchSettings, ClientConfig, RetrySettings
+from ._custody import ChainReport, EntryReport, Signer, verify_chain
 from ._errors import FieldViolation, PacketbusError
 from ._sync import SyncClient
 
@@ -33,13 +34,17 @@ __version__ = "0.1.0"
 __all__ = [
     "EARLIEST",
     "LATEST",
+    "AgentIdentity",
     "BatchSettings",
+    "ChainReport",
     "Client",
     "ClientConfig",
     "Context",
     "CustodyEntry",
+    "CustodyHead",
     "CustodyRecord",
     "DispatchResult",
+    "EntryReport",
     "FieldViolation",
     "Finding",
     "GetServerInfoResponse",
@@ -48,6 +53,8 @@ __all__ = [
     "RawContents",
     "Receipt",
     "RetrySettings",
+    "Signer",
+    "SigningKey",
     "SpeechAct",
     "StoredPacket",
     "Subscription",
@@ -55,4 +62,5 @@ __all__ = [
     "Task",
     "__version__",
     "fill_defaults",
+    "verify_chain",
 ]

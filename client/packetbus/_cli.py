@@ -14,11 +14,13 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from packetbus.v1 import packet_pb2, speech_act_pb2
+from packetbus.v1 import custody_pb2, packet_pb2, speech_act_pb2
 
-from ._client import EARLIEST, LATEST, Client
-from ._config import DEFAULT_TARGET, TARGET_ENV, ClientConfig
+from ._client import DEFAULT_TTL_SECONDS, EARLIEST, LATEST, Client, fill_defaults
+from ._config import DEFAULT_TARGET, TARGET_ENV, AgentIdentity, ClientConfig
+from ._custody import sign_origin
 from ._errors import PacketbusError
+from ._export import read_keys, verify_export, write_keys, write_packet
 
 _CONTENT_KINDS = ("task", "finding", "context", "data", "raw")
 _SPEECH_PREFIX = "SPEECH_ACT_"
@@ -116,6 +118,12 @@ def _parser() -> argparse.ArgumentParser:
     dispatch.add_argument("--ttl", type=int, default=0, help="seconds (default: server's, 3600)")
     dispatch.add_argument("--schema-version", default="1.0")
     dispatch.add_argument(
+        "--agent-key",
+        type=Path,
+        metavar="FILE",
+        help="sign the packet's origin with this agent key file (schema 1.1)",
+    )
+    dispatch.add_argument(
         "--json",
         dest="contents",
         metavar="CONTENTS_JSON",
@@ -133,6 +141,50 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--from", dest="start", choices=("earliest", "latest"), default="latest")
     start.add_argument("--after", metavar="CURSOR", help="resume right after this cursor")
     tail.add_argument("--count", type=int, default=0, help="stop after N packets")
+
+    verify = commands.add_parser(
+        "verify", help="verify a stored packet's chain of custody, or an export file offline"
+    )
+    what = verify.add_mutually_exclusive_group(required=True)
+    what.add_argument("tracking_id", nargs="?", metavar="TRACKING_ID")
+    what.add_argument("--file", type=Path, help="an export file: verified with no server")
+    verify.add_argument(
+        "--keys",
+        type=Path,
+        help="with --file: trust only these keys (a file from `packetbus keys list`)",
+    )
+
+    export = commands.add_parser(
+        "export", help="write packets, their chains and the public keys as JSON lines"
+    )
+    export.add_argument("--out", type=Path, required=True, help="the file to write")
+    export.add_argument("--topic", default="", help="only this topic (default: every topic)")
+
+    keys = commands.add_parser("keys", help="signing keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
+    key_commands.add_parser("list", help="print every published public key as JSON")
+    rotate = key_commands.add_parser(
+        "rotate",
+        help="retire the server's signing key and create a new one (the running server "
+        "picks it up within seconds; the old key keeps verifying)",
+    )
+    rotate.add_argument(
+        "--data-dir",
+        type=Path,
+        default=os.environ.get("PACKETBUS_DATA_DIR"),
+        help="the server's data directory (env PACKETBUS_DATA_DIR)",
+    )
+    rotate.add_argument(
+        "--signing-key-file",
+        type=Path,
+        default=os.environ.get("PACKETBUS_SIGNING_KEY_FILE"),
+        help="the server's key file, when not in the data directory",
+    )
+    new_agent = key_commands.add_parser(
+        "new-agent", help="create an agent key, register it for the agent id, save it"
+    )
+    new_agent.add_argument("--agent-id", required=True)
+    new_agent.add_argument("--out", type=Path, required=True, help="the key file to write (0600)")
 
     commands.add_parser("info", help="print server info as JSON")
     commands.add_parser(
@@ -176,6 +228,17 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
         packet = _build_packet(args)
     except ValueError as exc:
         return _fail(str(exc), 2)
+    if args.agent_key:
+        try:
+            identity = AgentIdentity.load(args.agent_key)
+        except ValueError as exc:
+            return _fail(str(exc), 2)
+        # Signed whatever the origin: a packet that claims another agent's
+        # origin is the server's to refuse (PERMISSION_DENIED), not ours to hide.
+        fill_defaults(packet)
+        if not packet.ttl_seconds:
+            packet.ttl_seconds = DEFAULT_TTL_SECONDS
+        sign_origin(packet, identity.signer)
     [result] = await client.dispatch_batch([packet], timeout=args.timeout)
     print(_json_pretty(result))
     if result.WhichOneof("outcome") == "error":
@@ -202,6 +265,67 @@ async def _tail(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _verify(client: Client, args: argparse.Namespace) -> int:
+    result = await client.verify_custody(args.tracking_id, timeout=args.timeout)
+    for entry in result.entries:
+        verdict = custody_pb2.CustodyVerdict.Name(entry.verdict).removeprefix("CUSTODY_VERDICT_")
+        print(
+            f"entry {entry.index}: {verdict} {entry.action} by {entry.actor} "
+            f"({entry.key_id}): {entry.detail}"
+        )
+    head = custody_pb2.CustodyVerdict.Name(result.head_verdict).removeprefix("CUSTODY_VERDICT_")
+    print(f"head: {head}")
+    print("verified" if result.verified else "NOT verified")
+    return 0 if result.verified else 1
+
+
+def _verify_file(args: argparse.Namespace) -> int:
+    try:
+        trusted = read_keys(args.keys) if args.keys else None
+        report = verify_export(args.file, trusted_keys=trusted)
+    except (OSError, ValueError, KeyError, json_format.ParseError) as exc:
+        return _fail(f"cannot read {args.file}: {exc}")
+    for what, problem in report.failures:
+        print(f"{what}: {problem}")
+    print(f"{report.verified} of {report.packets} packets verified")
+    if report.packets == 0:
+        return _fail(f"{args.file} holds no packets")
+    return 0 if report.ok else 1
+
+
+async def _export(client: Client, args: argparse.Namespace) -> int:
+    count = 0
+    keys = await client.signing_keys(timeout=args.timeout)
+    with args.out.open("w") as out:
+        write_keys(out, keys)
+        async for stored in client.export_packets(args.topic):
+            write_packet(out, stored)
+            count += 1
+    print(f"wrote {count} packets and {len(keys)} keys to {args.out}", file=sys.stderr)
+    return 0
+
+
+async def _keys(client: Client, args: argparse.Namespace) -> int:
+    if args.keys_command == "list":
+        keys = await client.signing_keys(timeout=args.timeout)
+        print(json.dumps({"keys": [json_format.MessageToDict(k) for k in keys]}, indent=2))
+        return 0
+    identity = AgentIdentity.generate(args.agent_id)
+    key = await client.register_identity(identity, timeout=args.timeout)
+    identity.save(args.out)
+    print(_json_pretty(key))
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from packetbus_server import default_data_dir, rotate_signing_key
+
+    path = args.signing_key_file or (args.data_dir or default_data_dir()) / "custody-keys.json"
+    fresh = rotate_signing_key(path)
+    print(f"{path}: now signing with {fresh.signer.key_id}; earlier keys are retired")
+    return 0
+
+
 async def _info(client: Client, args: argparse.Namespace) -> int:
     print(_json_pretty(await client.server_info(timeout=args.timeout)))
     return 0
@@ -219,6 +343,9 @@ _COMMANDS = {
     "tail": _tail,
     "info": _info,
     "health": _health,
+    "verify": _verify,
+    "export": _export,
+    "keys": _keys,
 }
 
 
@@ -257,6 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "verify" and args.file:
+            return _verify_file(args)
+        if args.command == "keys" and args.keys_command == "rotate":
+            return _rotate(args)
         return asyncio.run(_run_client_command(args))
     except PacketbusError as exc:
         return _fail(_describe(exc))

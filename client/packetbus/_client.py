@@ -13,33 +13,58 @@ from typing import Self, TypeAlias, TypeVar, cast
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from packetbus.v1 import packet_pb2, packet_service_pb2, packet_service_pb2_grpc
+from packetbus.v1 import (
+    custody_pb2,
+    custody_service_pb2,
+    custody_service_pb2_grpc,
+    packet_pb2,
+    packet_service_pb2,
+    packet_service_pb2_grpc,
+)
 
+from . import _custody
 from ._batcher import Batcher
-from ._config import ClientConfig, RetrySettings
+from ._config import AgentIdentity, ClientConfig, RetrySettings
 from ._errors import PacketbusError
 
 T = TypeVar("T")
 
 DEFAULT_SCHEMA_VERSION = "1.0"
+# The server's default; a signed packet carries it explicitly.
+DEFAULT_TTL_SECONDS = 3600
 
 StartPosition: TypeAlias = packet_service_pb2.StartPosition.ValueType
 EARLIEST: StartPosition = packet_service_pb2.START_POSITION_EARLIEST
 LATEST: StartPosition = packet_service_pb2.START_POSITION_LATEST
 
 
-def fill_defaults(packet: packet_pb2.Packet) -> packet_pb2.Packet:
+def fill_defaults(
+    packet: packet_pb2.Packet, identity: AgentIdentity | None = None
+) -> packet_pb2.Packet:
     """Fill what a sender may leave out, in place: tracking id, schema version, dispatch time.
 
+    With an `identity`, a packet from that agent (or with no origin yet) that
+    has no chain of custody is also signed: schema "1.1", with the agent's
+    "originated" entry over the complete packet (so its TTL is filled too).
     Done once, before the first attempt, so every retry sends the same packet
     and the server recognizes it as the same.
     """
     if not packet.tracking_id:
         packet.tracking_id = str(uuid.uuid4())
-    if not packet.schema_version:
-        packet.schema_version = DEFAULT_SCHEMA_VERSION
     if not packet.HasField("dispatched_at"):
         packet.dispatched_at.GetCurrentTime()
+    signs = (
+        identity is not None
+        and not packet.chain_of_custody
+        and packet.origin in ("", identity.agent_id)
+    )
+    if signs and identity is not None:
+        packet.origin = identity.agent_id
+        if not packet.ttl_seconds:
+            packet.ttl_seconds = DEFAULT_TTL_SECONDS
+        _custody.sign_origin(packet, identity.signer)
+    elif not packet.schema_version:
+        packet.schema_version = DEFAULT_SCHEMA_VERSION
     return packet
 
 
@@ -71,6 +96,7 @@ class Client:
         self._channel = channel
         self._config = config
         self._stub = packet_service_pb2_grpc.PacketServiceStub(channel)
+        self._custody = custody_service_pb2_grpc.CustodyServiceStub(channel)
         self._batcher = Batcher(self._send_batch, config.batching)
 
     @classmethod
@@ -162,7 +188,7 @@ class Client:
         Concurrent dispatches are not ordered relative to each other; await each
         one, or use `dispatch_batch`, when order matters.
         """
-        fill_defaults(packet)
+        fill_defaults(packet, self._config.identity)
         deadline = self._deadline(timeout)
         future = await self._batcher.submit(packet, deadline)
         try:
@@ -188,7 +214,7 @@ class Client:
         raised; `PacketbusError` is raised only when the call as a whole fails.
         """
         for packet in packets:
-            fill_defaults(packet)
+            fill_defaults(packet, self._config.identity)
         return list(await self._send_batch(packets, self._deadline(timeout)))
 
     async def _send_batch(
@@ -226,6 +252,86 @@ class Client:
             ),
             self._deadline(timeout),
         )
+
+    # -- custody ----------------------------------------------------------------
+
+    async def register_identity(
+        self, identity: AgentIdentity | None = None, *, timeout: float | None = None
+    ) -> custody_pb2.SigningKey:
+        """Register an agent's public key (default: this client's identity) for its id.
+
+        The first key of an agent id binds it; registering the same key again
+        is harmless. A further key must be endorsed by a registered one: use
+        `endorse_identity`.
+        """
+        identity = identity or self._config.identity
+        if identity is None:
+            raise ValueError("no identity: pass one, or connect with ClientConfig(identity=...)")
+        message = _custody.agent_key_message(identity.agent_id, identity.signer.public_key)
+        request = custody_service_pb2.RegisterAgentKeyRequest(
+            agent_id=identity.agent_id,
+            public_key=identity.signer.public_key,
+            proof=identity.signer.sign(b"", message),
+        )
+        return await self._register(request, timeout)
+
+    async def endorse_identity(
+        self, new: AgentIdentity, endorser: AgentIdentity, *, timeout: float | None = None
+    ) -> custody_pb2.SigningKey:
+        """Register another key for an agent, endorsed by a key it already has (rotation)."""
+        message = _custody.agent_key_message(new.agent_id, new.signer.public_key)
+        request = custody_service_pb2.RegisterAgentKeyRequest(
+            agent_id=new.agent_id,
+            public_key=new.signer.public_key,
+            proof=new.signer.sign(b"", message),
+            endorsing_key_id=endorser.signer.key_id,
+            endorsement=endorser.signer.sign(b"", message),
+        )
+        return await self._register(request, timeout)
+
+    async def _register(
+        self, request: custody_service_pb2.RegisterAgentKeyRequest, timeout: float | None
+    ) -> custody_pb2.SigningKey:
+        response = await self._unary(
+            lambda remaining: self._custody.RegisterAgentKey(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return cast(custody_pb2.SigningKey, response.key)
+
+    async def signing_keys(self, *, timeout: float | None = None) -> list[custody_pb2.SigningKey]:
+        """Every public key custody entries may be signed with (servers' and agents')."""
+        response = await self._unary(
+            lambda remaining: self._custody.GetSigningKeys(
+                custody_service_pb2.GetSigningKeysRequest(), timeout=remaining
+            ),
+            self._deadline(timeout),
+        )
+        return list(response.keys)
+
+    async def verify_custody(
+        self, tracking_id: str, *, timeout: float | None = None
+    ) -> custody_service_pb2.VerifyCustodyResponse:
+        """The server's verdict on a stored packet's chain, entry by entry."""
+        request = custody_service_pb2.VerifyCustodyRequest(tracking_id=tracking_id)
+        return await self._unary(
+            lambda remaining: self._custody.VerifyCustody(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+
+    async def export_packets(
+        self, topic: str = "", *, timeout: float | None = None
+    ) -> AsyncIterator[packet_service_pb2.StoredPacket]:
+        """Every stored packet of `topic` (or of all topics), with content bytes and a signed
+        head. `timeout` bounds the whole export (None: no limit)."""
+        call = self._custody.ExportPackets(
+            custody_service_pb2.ExportPacketsRequest(topic=topic), timeout=timeout
+        )
+        try:
+            async for response in call:
+                for stored in response.packets:
+                    yield stored
+        except grpc.aio.AioRpcError as exc:
+            raise PacketbusError.from_rpc_error(exc) from None
 
     async def health(self, *, service: str = "", timeout: float | None = None) -> str:
         """The server's grpc.health.v1 status name: "SERVING" only while its store answers."""

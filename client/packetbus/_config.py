@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._custody import Signer
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 TARGET_ENV = "PACKETBUS_TARGET"
@@ -46,9 +52,44 @@ class RetrySettings:
     reconnect_window: float = 60.0
 
 
+@dataclass(frozen=True)
+class AgentIdentity:
+    """An agent id and its Ed25519 key: a client with one signs the origin of the
+    packets it dispatches from that agent (schema "1.1")."""
+
+    agent_id: str
+    signer: Signer
+
+    @classmethod
+    def generate(cls, agent_id: str) -> AgentIdentity:
+        return cls(agent_id, Signer.generate())
+
+    @classmethod
+    def load(cls, path: str | Path) -> AgentIdentity:
+        """From a key file written by `save` (or `packetbus keys new-agent`)."""
+        try:
+            doc = json.loads(Path(path).read_text())
+            return cls(doc["agent_id"], Signer(base64.b64decode(doc["seed"], validate=True)))
+        except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+            raise ValueError(f"{path} is not an agent key file: {exc}") from exc
+
+    def save(self, path: str | Path) -> None:
+        """Write the private key to `path`, readable by its owner only."""
+        doc = {
+            "agent_id": self.agent_id,
+            "key_id": self.signer.key_id,
+            "seed": base64.b64encode(self.signer.seed).decode(),
+        }
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=2)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ClientConfig:
     target: str = field(default_factory=default_target)
+    # Sign the origin of packets from this agent (see AgentIdentity).
+    identity: AgentIdentity | None = None
     # Used by calls that are not given timeout=.
     default_timeout: float = 30.0
     batching: BatchSettings = field(default_factory=BatchSettings)

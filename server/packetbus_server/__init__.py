@@ -12,6 +12,7 @@ Where things happen:
 """
 
 from ._app import VERSION, RunningServer, ServerConfig, default_data_dir, run, running, serve, start
+from ._keyring import rotate as rotate_signing_key
 from ._limits import Limits
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "RunningServer",
     "ServerConfig",
     "default_data_dir",
+    "rotate_signing_key",
     "run",
     "running",
     "serve",
