@@ -15,6 +15,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -57,6 +58,11 @@ NATS_IN_FLIGHT = 256
 TTL_SECONDS = 900
 # The server's retention: Limits.max_ttl_seconds.
 RETENTION_MS = 86_400_000
+# Signing on vs off: rounds of each measurement, alternating between the two servers.
+SIGNING_ROUNDS = 3
+# A signing server adds two entries per packet (received, dispatched); one with
+# --no-custody-signing adds none. The bench's packets arrive with an empty chain.
+CUSTODY_ENTRIES = {"signed": 2, "unsigned": 0}
 INFORM = SpeechAct.Value("SPEECH_ACT_INFORM")
 
 
@@ -200,20 +206,28 @@ async def auto_batched(client: Client, packets: Sequence[Packet], tally: Tally) 
                 tally.ok += 1
 
 
+def fresh_packets(topic: str, n: int) -> list[Packet]:
+    return [make_packet(topic, i) for i in range(n)]
+
+
+async def warm_up(client: Client, topic: str) -> None:
+    """Warm up the channel, the server's script cache and its Redis connections."""
+    warm = Tally()
+    batches = chunks(fresh_packets(f"{topic}.warmup", 4 * BATCH), BATCH)
+    await dispatch_calls(client, batches, BATCHES_IN_FLIGHT, warm)
+    singles = chunks(fresh_packets(f"{topic}.warmup-single", 200), 1)
+    await dispatch_calls(client, singles, SINGLES_IN_FLIGHT, warm)
+    if warm.errors:
+        raise RuntimeError(f"warm-up dispatch failed: {warm.first_error}")
+
+
 async def bench_packetbus(
     client: Client, run_id: str, packets: int, singles: int, pids: dict[str, int | None]
 ) -> dict[str, Any]:
     def fresh(name: str, n: int) -> list[Packet]:
-        topic = f"bench.{run_id}.{name}"
-        return [make_packet(topic, i) for i in range(n)]
+        return fresh_packets(f"bench.{run_id}.{name}", n)
 
-    # Warm up the channel, the server's script cache and its Redis connections.
-    warm = Tally()
-    await dispatch_calls(client, chunks(fresh("warmup", 4 * BATCH), BATCH), BATCHES_IN_FLIGHT, warm)
-    await dispatch_calls(client, chunks(fresh("warmup-single", 200), 1), SINGLES_IN_FLIGHT, warm)
-    if warm.errors:
-        raise RuntimeError(f"warm-up dispatch failed: {warm.first_error}")
-
+    await warm_up(client, f"bench.{run_id}")
     out: dict[str, Any] = {}
     single = chunks(fresh("seq", singles), 1)
     out["one_per_call_seq"] = await measure(
@@ -237,6 +251,99 @@ async def bench_packetbus(
     out["one_per_call_concurrent"]["in_flight"] = SINGLES_IN_FLIGHT
     out["batched"] |= {"batch": BATCH, "in_flight": BATCHES_IN_FLIGHT}
     out["auto_batched"] |= {"concurrent_dispatches": AUTO_CHUNK}
+    return out
+
+
+@dataclass
+class Lane:
+    """One server of the signing comparison, with its own client."""
+
+    name: str
+    client: Client
+    pids: dict[str, int | None]
+
+
+def custody_body(
+    mode: str, client: Client, packets: Sequence[Packet]
+) -> Callable[[Tally], Awaitable[None]]:
+    if mode == "batched":
+        batches = chunks(packets, BATCH)
+        return lambda tally: dispatch_calls(client, batches, BATCHES_IN_FLIGHT, tally)
+    return lambda tally: auto_batched(client, packets, tally)
+
+
+async def custody_entries(client: Client, tracking_id: str) -> int | str:
+    """How many custody entries the stored packet carries; the error when it cannot be read."""
+    try:
+        stored = await client.get_packet(tracking_id)
+    except PacketbusError as exc:
+        return f"get_packet({tracking_id}): {exc}"
+    return len(stored.packet.chain_of_custody)
+
+
+async def bench_custody_signing(
+    signed: Lane, unsigned: Lane, run_id: str, packets: int, rounds: int
+) -> dict[str, Any]:
+    """`batched` and `auto_batched` against a signing and a non-signing server, alternating.
+
+    Both servers are up throughout; each measurement runs `rounds` times on each,
+    signed then unsigned, so drift on the shared cores hits both alike.
+    """
+    lanes = (signed, unsigned)
+    for lane in lanes:
+        await warm_up(lane.client, f"bench.{run_id}.custody.{lane.name}")
+    reports: dict[str, dict[str, list[dict[str, Any]]]] = {lane.name: {} for lane in lanes}
+    samples: dict[str, dict[str, str]] = {lane.name: {} for lane in lanes}
+    for mode in ("batched", "auto_batched"):
+        for n in range(1, rounds + 1):
+            for lane in lanes:
+                # Built off the clock, like the other measurements' packets.
+                batch = fresh_packets(f"bench.{run_id}.custody.{lane.name}.{mode}.{n}", packets)
+                report = await measure(
+                    f"custody_{lane.name}_{mode}_{n}",
+                    packets,
+                    lane.pids,
+                    custody_body(mode, lane.client, batch),
+                )
+                reports[lane.name].setdefault(mode, []).append(report)
+                # dispatch fills tracking ids in place.
+                samples[lane.name].setdefault(mode, batch[-1].tracking_id)
+
+    out: dict[str, Any] = {
+        "rounds": rounds,
+        "packets_per_round": packets,
+        "order": "per measurement: signed, unsigned, signed, unsigned, ...; "
+        "both servers up throughout",
+    }
+    medians: dict[str, dict[str, float]] = {}
+    check: dict[str, Any] = {"expected": CUSTODY_ENTRIES, "errors": 0}
+    for lane in lanes:
+        side: dict[str, Any] = {}
+        for mode, runs in reports[lane.name].items():
+            median = round(statistics.median(r["per_s"] for r in runs))
+            medians.setdefault(mode, {})[lane.name] = median
+            side[mode] = {"median_per_s": median, "rounds": runs}
+        found: dict[str, int | str] = {}
+        for mode, tracking_id in samples[lane.name].items():
+            count = await custody_entries(lane.client, tracking_id)
+            found[mode] = count
+            if count != CUSTODY_ENTRIES[lane.name]:
+                check["errors"] += 1
+                check.setdefault(
+                    "first_error",
+                    f"{lane.name} server, {mode} packet {tracking_id}: {count} custody "
+                    f"entries, expected {CUSTODY_ENTRIES[lane.name]}",
+                )
+        side["chain_of_custody_entries"] = found
+        out[lane.name] = side
+    out["signed_over_unsigned"] = {
+        mode: round(m["signed"] / m["unsigned"], 3) if m.get("unsigned") else None
+        for mode, m in medians.items()
+    }
+    out["custody_check"] = check
+    if check["errors"]:
+        log(f"custody check: {check['first_error']}")
+    log(f"custody signing, signed over unsigned: {out['signed_over_unsigned']}")
     return out
 
 
@@ -539,11 +646,15 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def spawned_server(data_dir: Path, redis_url: str | None) -> AsyncIterator[SpawnedServer]:
+async def spawned_server(
+    data_dir: Path, redis_url: str | None, *, custody_signing: bool = True
+) -> AsyncIterator[SpawnedServer]:
     target = f"127.0.0.1:{free_port()}"
     command = [str(PACKETBUS_CLI), "serve", "--listen", target, "--data-dir", str(data_dir)]
     if redis_url:
         command += ["--redis-url", redis_url]
+    if not custody_signing:
+        command.append("--no-custody-signing")
     log(f"starting {' '.join(command)}")
     # The server's stdout ("serving on ...") must not mix into our JSON.
     process = await asyncio.create_subprocess_exec(*command, stdout=sys.stderr, stderr=sys.stderr)
@@ -622,7 +733,9 @@ def ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
 def error_count(node: Any) -> int:
     if isinstance(node, dict):
         own: int = sum(node.get(k, 0) for k in ("errors", "dispatch_errors", "missing"))
-        return own + sum(error_count(v) for v in node.values() if isinstance(v, dict))
+        return own + sum(error_count(v) for v in node.values())
+    if isinstance(node, list):
+        return sum(error_count(v) for v in node)
     return 0
 
 

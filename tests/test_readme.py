@@ -158,6 +158,35 @@ def test_quickstart_and_cli_examples_run_as_written(
         described = run(info, env)
         assert json.loads(described.stdout)["supportedSchemaVersions"] == ["1.0", "1.1"]
 
+        identity = subprocess.run(
+            [sys.executable, "-c", block("identity")],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert identity.returncode == 0, identity.stderr
+        assert identity.stdout.strip() == "1.1 True ['originated', 'received', 'dispatched']"
+        assert (tmp_path / "haiku-2.key").stat().st_mode & 0o777 == 0o600
+
+        verify, export, verify_file, keys_list, rotate = block("custody-cli").splitlines()
+        checked = run(verify.replace("TRACKING_ID", sent[0]), env)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        exported = run(export.replace("packets.jsonl", str(tmp_path / "packets.jsonl")), env)
+        assert exported.returncode == 0, exported.stderr
+        offline = run(verify_file.replace("packets.jsonl", str(tmp_path / "packets.jsonl")), env)
+        assert offline.returncode == 0, offline.stdout
+        assert "12 of 12 packets verified" in offline.stdout
+        listed = json.loads(run(keys_list, env).stdout)
+        assert [k["ownerKind"] for k in listed["keys"]] == [
+            "KEY_OWNER_KIND_SERVER",
+            "KEY_OWNER_KIND_AGENT",
+        ]
+        rotated = run(rotate, env)
+        assert rotated.returncode == 0, rotated.stderr
+        assert "now signing with" in rotated.stdout
+
         bad = run(
             ".venv/bin/packetbus dispatch --topic research --origin 'two words' --ttl 90000", env
         )
