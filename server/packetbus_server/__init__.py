@@ -7,7 +7,11 @@ Where things happen:
 - ``_store.py``            every Redis read and write (Lua scripts in ``scripts/``)
 - ``_keys.py``             the Redis key layout
 - ``_retry.py``            which Redis failures are retried, and how
+- ``_custodian.py``        signs the server's custody entries and heads; checks signed origins
+- ``_keyring.py``          the server's signing keys on disk, and their rotation
+- ``_key_store.py``        the public key registry in Redis (servers' and agents' keys)
 - ``_packet_service.py``   the PacketService RPCs (dispatch, get, subscribe, info)
+- ``_custody_service.py``  the CustodyService RPCs (keys, agent keys, verify, export)
 - ``_app.py``              assembly, health, reflection and drain on SIGTERM
 """
 

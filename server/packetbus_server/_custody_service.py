@@ -15,7 +15,7 @@ from ._key_store import KeyStore, Registration
 from ._limits import Limits
 from ._packet_service import PacketService, storage_errors, stored_packet
 from ._store import PacketStore
-from ._validation import Violation, validate_agent_id, validate_topic, validate_tracking_id
+from ._validation import Violation, validate_agent_id, validate_topic
 
 _EXPORT_BATCH = 200
 
@@ -118,23 +118,7 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
         request: custody_service_pb2.VerifyCustodyRequest,
         context: grpc.aio.ServicerContext,
     ) -> custody_service_pb2.VerifyCustodyResponse:
-        violations = validate_tracking_id(request.tracking_id)
-        if violations:
-            await _status.abort_invalid(context, "invalid tracking id", violations)
-        async with storage_errors(context):
-            found = await self._store.get(
-                request.tracking_id, time_remaining=context.time_remaining()
-            )
-        if found is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"no packet with tracking_id {request.tracking_id} (never stored, or expired)",
-            )
-            raise AssertionError("context.abort always raises")
-        stored = stored_packet(
-            found.topic, found.cursor, found.expires_at_ms, found.payload, found.content_length
-        )
-        self._packets.attach_head(stored)
+        stored = await self._packets.load(request.tracking_id, context)
         chain = stored.packet.chain_of_custody
         head = stored.custody_head if stored.HasField("custody_head") else None
         async with storage_errors(context):

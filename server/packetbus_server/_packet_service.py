@@ -161,24 +161,30 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
     async def GetPacket(
         self, request: packet_service_pb2.GetPacketRequest, context: grpc.aio.ServicerContext
     ) -> packet_service_pb2.GetPacketResponse:
-        violations = validate_tracking_id(request.tracking_id)
+        return packet_service_pb2.GetPacketResponse(
+            packet=await self.load(request.tracking_id, context)
+        )
+
+    async def load(
+        self, tracking_id: str, context: grpc.aio.ServicerContext
+    ) -> packet_service_pb2.StoredPacket:
+        """The stored packet with a freshly signed head, or the RPC fails with why not."""
+        violations = validate_tracking_id(tracking_id)
         if violations:
             await _status.abort_invalid(context, "invalid tracking id", violations)
         async with storage_errors(context):
-            found = await self._store.get(
-                request.tracking_id, time_remaining=context.time_remaining()
-            )
+            found = await self._store.get(tracking_id, time_remaining=context.time_remaining())
         if found is None:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"no packet with tracking_id {request.tracking_id} (never stored, or expired)",
+                f"no packet with tracking_id {tracking_id} (never stored, or expired)",
             )
             raise AssertionError("context.abort always raises")
         stored = stored_packet(
             found.topic, found.cursor, found.expires_at_ms, found.payload, found.content_length
         )
         self.attach_head(stored)
-        return packet_service_pb2.GetPacketResponse(packet=stored)
+        return stored
 
     def attach_head(self, stored: packet_service_pb2.StoredPacket) -> None:
         """Vouch, with a signature, for the chain as it is now."""
