@@ -767,7 +767,8 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
         async with contextlib.AsyncExitStack() as stack:
             shared_store = store_pid(await redis_info(args.redis_url)) if args.redis_url else None
 
-            async def start(name: str, custody_signing: bool) -> tuple[SpawnedServer, Lane]:
+            async def start(custody_signing: bool) -> tuple[SpawnedServer, Lane]:
+                name = "signed" if custody_signing else "unsigned"
                 spawned = await stack.enter_async_context(
                     spawned_server(
                         Path(tmp) / name, args.redis_url, custody_signing=custody_signing
@@ -797,7 +798,7 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
                 client = await Client.connect(args.target, timeout=30)
                 stack.push_async_callback(client.close)
             else:
-                server, signed = await start("server", custody_signing=True)
+                server, signed = await start(custody_signing=True)
                 client, pids = signed.client, signed.pids
             result["packetbus"] = await bench_packetbus(
                 client, run_id, args.packets, args.single_packets, pids
@@ -813,7 +814,7 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
             else:
                 # The signing server is the one measured above; the other is started
                 # only now, so it sits idle through none of the measurements above.
-                unsigned_server, unsigned = await start("unsigned", custody_signing=False)
+                unsigned_server, unsigned = await start(custody_signing=False)
                 result["custody_signing"] = await bench_custody_signing(
                     signed, unsigned, run_id, args.packets, args.signing_rounds
                 )

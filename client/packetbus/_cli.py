@@ -375,7 +375,10 @@ def _serve(args: argparse.Namespace) -> int:
         signing_key_file=args.signing_key_file,
         custody_signing=not args.no_custody_signing,
     )
-    run(config)
+    try:
+        run(config)
+    except ValueError as exc:  # a bad key file or setting: say so, no traceback
+        return _fail(f"cannot start: {exc}")
     return 0
 
 

@@ -27,7 +27,7 @@ SEED_ENV = "PACKETBUS_SIGNING_KEY"
 SERVER_ID_ENV = "PACKETBUS_SERVER_ID"
 
 
-class KeyringError(Exception):
+class KeyringError(ValueError):
     """The keyring file or the key in the environment cannot be used."""
 
 
