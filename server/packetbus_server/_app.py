@@ -31,6 +31,8 @@ from ._store import PacketStore, connect_redis
 log = logging.getLogger("packetbus.server")
 
 VERSION = "0.1.0"
+# Upper bound on each drain step besides the RPCs' own grace period.
+_STEP_TIMEOUT = 5.0
 
 
 def default_data_dir() -> Path:
@@ -75,10 +77,22 @@ class RunningServer:
     embedded: EmbeddedValkey | None
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: report NOT_SERVING, let in-flight RPCs finish, then close the store."""
-        await self.health.stop()
-        await self.grpc_server.stop(self.config.grace_seconds if grace is None else grace)
-        await self.store.close()
+        """Drain: report NOT_SERVING, let in-flight RPCs finish, then close the store.
+
+        Every step is bounded, so a stuck step cannot keep the process (and the
+        embedded Valkey it owns) alive: the embedded store is always stopped.
+        """
+        grace = self.config.grace_seconds if grace is None else grace
+        steps = (
+            ("health", self.health.stop(), _STEP_TIMEOUT),
+            ("rpcs", self.grpc_server.stop(grace), grace + _STEP_TIMEOUT),
+            ("store", self.store.close(), _STEP_TIMEOUT),
+        )
+        for name, step, limit in steps:
+            try:
+                await asyncio.wait_for(step, limit)
+            except TimeoutError:
+                log.error("drain: %s did not stop within %.0fs; going on", name, limit)
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
 
