@@ -106,10 +106,7 @@ def sign_batch(signer: Signer, raw_records: Sequence[bytes]) -> list[bytes]:
         key_id=signer.key_id.encode(),
         leaf_count=len(raw_records),
     )
-    return [
-        writer.entry(record=raw, leaf_index=i, siblings=path)
-        for i, (raw, path) in enumerate(zip(raw_records, paths, strict=True))
-    ]
+    return writer.entries(raw_records, paths)
 
 
 def next_record(

@@ -36,15 +36,21 @@ _VARINT_TAGS = {field: _tag(field, 0) for field in (1, 2)}
 
 
 def length_delimited(field: int, data: bytes) -> bytes:
-    return _LD_TAGS[field] + varint(len(data)) + data
+    n = len(data)
+    return _LD_TAGS[field] + (_SMALL[n] if n < 0x80 else varint(n)) + data
 
 
 def _uint(field: int, n: int) -> bytes:
-    return _VARINT_TAGS[field] + varint(n) if n else b""
+    if not n:
+        return b""
+    return _VARINT_TAGS[field] + (_SMALL[n] if n < 0x80 else varint(n))
 
 
 def _bytes(field: int, data: bytes) -> bytes:
-    return length_delimited(field, data) if data else b""
+    n = len(data)
+    if not n:
+        return b""
+    return _LD_TAGS[field] + (_SMALL[n] if n < 0x80 else varint(n)) + data
 
 
 def timestamp(field: int, unix_ns: int) -> bytes:
@@ -86,11 +92,16 @@ class BatchEntryWriter:
         self._signed_by = _bytes(2, signature) + _bytes(3, key_id)
         self._count = _uint(2, leaf_count)
 
-    def entry(self, *, record: bytes, leaf_index: int, siblings: Sequence[bytes]) -> bytes:
-        # Every sibling is a 32-byte hash: field 3, length 32, so one shared prefix.
-        hashes = _SIBLING + _SIBLING.join(siblings) if siblings else b""
-        proof = _uint(1, leaf_index) + self._count + hashes
-        return b"".join((_bytes(1, record), self._signed_by, length_delimited(4, proof)))
+    def entries(self, records: Sequence[bytes], paths: Sequence[Sequence[bytes]]) -> list[bytes]:
+        """One entry per record; paths[i] is record i's audit path (leaf index i)."""
+        signed_by, count = self._signed_by, self._count
+        out = []
+        for i, (record, siblings) in enumerate(zip(records, paths, strict=True)):
+            # Every sibling is a 32-byte hash: field 3, length 32, so one shared prefix.
+            hashes = _SIBLING + _SIBLING.join(siblings) if siblings else b""
+            proof = _uint(1, i) + count + hashes
+            out.append(_bytes(1, record) + signed_by + length_delimited(4, proof))
+        return out
 
 
 CHAIN_OF_CUSTODY_FIELD = 40
