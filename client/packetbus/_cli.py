@@ -91,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
         "--grace", type=float, default=10.0, help="seconds to drain on SIGTERM (default 10)"
     )
     serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("PACKETBUS_WORKERS", "1")),
+        help="server processes sharing the port, e.g. one per core (env PACKETBUS_WORKERS; "
+        "default 1)",
+    )
+    serve.add_argument(
         "--signing-key-file",
         type=Path,
         default=os.environ.get("PACKETBUS_SIGNING_KEY_FILE"),
@@ -376,7 +383,7 @@ def _serve(args: argparse.Namespace) -> int:
         custody_signing=not args.no_custody_signing,
     )
     try:
-        run(config)
+        run(config, workers=args.workers)
     except ValueError as exc:  # a bad key file or setting: say so, no traceback
         return _fail(f"cannot start: {exc}")
     return 0

@@ -92,11 +92,24 @@ class Client:
     within the timeout, which is safe because dispatch is idempotent.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, config: ClientConfig) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        config: ClientConfig,
+        *,
+        dispatch_channels: Sequence[grpc.aio.Channel] = (),
+    ) -> None:
         self._channel = channel
         self._config = config
         self._stub = packet_service_pb2_grpc.PacketServiceStub(channel)
         self._custody = custody_service_pb2_grpc.CustodyServiceStub(channel)
+        # Dispatch batches take turns over these connections, so a server run
+        # with several workers (one port, SO_REUSEPORT) gets work on each.
+        self._extra_channels = list(dispatch_channels)
+        self._dispatchers = [self._stub] + [
+            packet_service_pb2_grpc.PacketServiceStub(c) for c in self._extra_channels
+        ]
+        self._turn = 0
         self._batcher = Batcher(self._send_batch, config.batching)
 
     @classmethod
@@ -114,25 +127,32 @@ class Client:
         """
         config = config or ClientConfig()
         address = target or config.target
-        channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", config.max_message_bytes),
-                ("grpc.max_send_message_length", config.max_message_bytes),
-                # gRPC's own transparent retries stay on; ours handle UNAVAILABLE.
-                ("grpc.keepalive_time_ms", 30_000),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            # gRPC's own transparent retries stay on; ours handle UNAVAILABLE.
+            ("grpc.keepalive_time_ms", 30_000),
+        ]
+        if config.connections > 1:
+            # Otherwise channels to one address share one TCP connection.
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        channels = [
+            grpc.aio.insecure_channel(address, options=options)
+            for _ in range(max(1, config.connections))
+        ]
         if timeout is not None:
             try:
-                await asyncio.wait_for(channel.channel_ready(), timeout)
+                await asyncio.wait_for(
+                    asyncio.gather(*(c.channel_ready() for c in channels)), timeout
+                )
             except TimeoutError:
-                await channel.close()
+                for c in channels:
+                    await c.close()
                 raise PacketbusError(
                     grpc.StatusCode.UNAVAILABLE,
                     f"could not reach a packetbus server at {address} within {timeout}s",
                 ) from None
-        return cls(channel, config)
+        return cls(channels[0], config, dispatch_channels=channels[1:])
 
     async def __aenter__(self) -> Self:
         return self
@@ -150,7 +170,8 @@ class Client:
         try:
             await self._batcher.close()
         finally:
-            await self._channel.close()
+            for channel in [self._channel, *self._extra_channels]:
+                await channel.close()
 
     @property
     def config(self) -> ClientConfig:
@@ -221,8 +242,10 @@ class Client:
         self, packets: Sequence[packet_pb2.Packet], deadline: float
     ) -> Sequence[packet_service_pb2.DispatchResult]:
         request = packet_service_pb2.DispatchRequest(packets=packets)
+        stub = self._dispatchers[self._turn % len(self._dispatchers)]
+        self._turn += 1
         response = await self._unary(
-            lambda remaining: self._stub.Dispatch(request, timeout=remaining), deadline
+            lambda remaining: stub.Dispatch(request, timeout=remaining), deadline
         )
         return cast(Sequence[packet_service_pb2.DispatchResult], response.results)
 

@@ -92,6 +92,9 @@ class ClientConfig:
     identity: AgentIdentity | None = None
     # Used by calls that are not given timeout=.
     default_timeout: float = 30.0
+    # TCP connections dispatch batches are spread over; more than one lets a
+    # server run with several workers (`serve --workers N`) use all of them.
+    connections: int = 1
     batching: BatchSettings = field(default_factory=BatchSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
     max_message_bytes: int = 16 * 1024 * 1024

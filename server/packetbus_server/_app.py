@@ -220,10 +220,21 @@ async def serve(config: ServerConfig) -> None:
     log.info("stopped")
 
 
-def run(config: ServerConfig) -> None:
+def run_one(config: ServerConfig) -> None:
+    """Run one server process until SIGTERM or SIGINT."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
         asyncio.run(serve(config))
     else:
         uvloop.run(serve(config))
+
+
+def run(config: ServerConfig, *, workers: int = 1) -> None:
+    """Serve with `workers` processes sharing the listening port (1: this process)."""
+    if workers <= 1:
+        run_one(config)
+        return
+    from ._workers import run_workers
+
+    run_workers(config, workers)
