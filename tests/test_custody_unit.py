@@ -121,7 +121,7 @@ def test_record_writer_matches_deterministic_serialization() -> None:
     assert first == expected.SerializeToString(deterministic=True)
 
 
-def test_entry_writer_and_chain_field_match_the_generated_classes() -> None:
+def test_entry_writer_and_with_chain_match_the_generated_classes() -> None:
     signer = _custody.Signer.generate()
     raws = [bytes([i]) * (100 + i) for i in range(5)]
     entries = _custody.sign_batch(signer, raws)
@@ -129,7 +129,7 @@ def test_entry_writer_and_chain_field_match_the_generated_classes() -> None:
     assert [e.SerializeToString(deterministic=True) for e in parsed] == entries
     assert [p.batch_proof.leaf_index for p in parsed] == [0, 1, 2, 3, 4]
     content = packet_pb2.Packet(topic="t", origin="o").SerializeToString()
-    packet = packet_pb2.Packet.FromString(content + _wire.chain_field(entries))
+    packet = packet_pb2.Packet.FromString(_wire.with_chain(content, entries))
     assert list(packet.chain_of_custody) == parsed
 
 
@@ -172,7 +172,7 @@ def signed_packet() -> tuple[packet_pb2.Packet, bytes, custody_pb2.CustodyHead]:
         )
         for a in (b"received", b"dispatched")
     ]
-    previous = hashlib.sha256(packet.chain_of_custody[0].record).digest()
+    previous = hashlib.sha256(b"\x00" + packet.chain_of_custody[0].record).digest()
     raws = []
     for i, writer in enumerate(writers):
         raw = writer.record(
@@ -182,7 +182,7 @@ def signed_packet() -> tuple[packet_pb2.Packet, bytes, custody_pb2.CustodyHead]:
             tracking_id=packet.tracking_id.encode(),
         )
         raws.append(raw)
-        previous = hashlib.sha256(raw).digest()
+        previous = hashlib.sha256(b"\x00" + raw).digest()
     for entry in _custody.sign_batch(SERVER, raws):
         packet.chain_of_custody.append(custody_pb2.CustodyEntry.FromString(entry))
     head = _custody.sign_head(

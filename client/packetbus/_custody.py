@@ -8,8 +8,8 @@ verifier checks the signature before it parses anything (DESIGN.md 2.7):
   each entry carrying its inclusion proof, so each still verifies on its own
 - a chain head:           Ed25519("packetbus.custody.head.v1" 0x00 || statement)
 
-Entries are hash-linked (previous_hash = SHA-256 of the previous record's
-bytes) and name the SHA-256 of the packet's content bytes: the packet without
+Entries are hash-linked (previous_hash = the previous entry's hash,
+SHA-256(0x00 || record), which is also its Merkle leaf hash) and name the SHA-256 of the packet's content bytes: the packet without
 its chain, serialized deterministically, as the bus stores it.
 """
 
@@ -62,6 +62,11 @@ def digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def entry_hash(record: bytes) -> bytes:
+    """What the next entry links to: SHA-256(0x00 || record), the record's Merkle leaf hash."""
+    return _merkle.leaf_hash(record)
+
+
 @dataclass(frozen=True)
 class Signer:
     """An Ed25519 private key (its 32-byte seed) with its public key and key id."""
@@ -97,10 +102,14 @@ def sign_entry(signer: Signer, record: custody_pb2.CustodyRecord) -> custody_pb2
     )
 
 
-def sign_batch(signer: Signer, raw_records: Sequence[bytes]) -> list[bytes]:
+def sign_batch(
+    signer: Signer, raw_records: Sequence[bytes], hashes: Sequence[bytes] | None = None
+) -> list[bytes]:
     """Sign many serialized records (each naming `signer`'s key id) with one signature
-    over their Merkle root; returns the serialized entries, each with its inclusion proof."""
-    root, paths = _merkle.root_and_proofs([_merkle.leaf_hash(raw) for raw in raw_records])
+    over their Merkle root; returns the serialized entries, each with its inclusion proof.
+    `hashes`, if the caller has them, are the records' entry hashes (leaf hashes)."""
+    leaves = hashes if hashes is not None else [entry_hash(raw) for raw in raw_records]
+    root, paths = _merkle.root_and_proofs(leaves)
     writer = _wire.BatchEntryWriter(
         signature=signer.sign(BATCH_DOMAIN, root),
         key_id=signer.key_id.encode(),
@@ -124,7 +133,7 @@ def next_record(
         actor=actor,
         action=action,
         content_digest=content_digest,
-        previous_hash=digest(chain[-1].record) if chain else b"",
+        previous_hash=entry_hash(chain[-1].record) if chain else b"",
         tracking_id=tracking_id,
     )
     _timestamp_now(record, now_ns)
@@ -164,7 +173,7 @@ def sign_head(
     statement = custody_pb2.CustodyHeadStatement(
         tracking_id=tracking_id,
         length=len(chain),
-        last_entry_hash=digest(chain[-1].record) if chain else b"",
+        last_entry_hash=entry_hash(chain[-1].record) if chain else b"",
         content_digest=digest(content),
         key_id=signer.key_id,
     )
@@ -335,7 +344,7 @@ def _verify_head(
             custody_pb2.CUSTODY_VERDICT_CONTENT_DIGEST_MISMATCH,
             "the content is not what the head signed",
         )
-    last = digest(chain[-1].record) if chain else b""
+    last = entry_hash(chain[-1].record) if chain else b""
     if statement.length != len(chain) or statement.last_entry_hash != last:
         return (
             custody_pb2.CUSTODY_VERDICT_INCOMPLETE,
@@ -372,7 +381,7 @@ def verify_chain(
                 keys=keys,
             )
         )
-        previous = digest(entry.record)
+        previous = entry_hash(entry.record)
     head_verdict: int
     if head is None:
         head_verdict = custody_pb2.CUSTODY_VERDICT_UNSPECIFIED

@@ -19,27 +19,24 @@ def root_and_proofs(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
 
     Built level by level, an odd last node moving up unpaired: the same tree as
     RFC 9162's recursive definition (left subtree = the largest power of two).
+    Leaf i sits at index i >> d on level d (a promoted node keeps that rule), so
+    its sibling there is (i >> d) ^ 1, when the level has one.
     """
     if not leaves:
         raise ValueError("a Merkle tree needs at least one leaf")
-    paths: list[list[bytes]] = [[] for _ in leaves]
-    level = list(leaves)
-    under = [[i] for i in range(len(leaves))]
-    while len(level) > 1:
-        next_level, next_under = [], []
-        for j in range(0, len(level) - 1, 2):
-            left, right = level[j], level[j + 1]
-            for i in under[j]:
-                paths[i].append(right)
-            for i in under[j + 1]:
-                paths[i].append(left)
-            next_level.append(node_hash(left, right))
-            next_under.append(under[j] + under[j + 1])
+    levels = [list(leaves)]
+    while len(levels[-1]) > 1:
+        level = levels[-1]
+        up = [node_hash(level[j], level[j + 1]) for j in range(0, len(level) - 1, 2)]
         if len(level) % 2:
-            next_level.append(level[-1])
-            next_under.append(under[-1])
-        level, under = next_level, next_under
-    return level[0], paths
+            up.append(level[-1])
+        levels.append(up)
+    below = levels[:-1]
+    paths = [
+        [level[(i >> d) ^ 1] for d, level in enumerate(below) if (i >> d) ^ 1 < len(level)]
+        for i in range(len(leaves))
+    ]
+    return levels[-1][0], paths
 
 
 def root_from_proof(leaf: bytes, index: int, count: int, path: Sequence[bytes]) -> bytes | None:

@@ -12,18 +12,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-_SMALL = [bytes((n,)) for n in range(0x80)]
 
-
-def varint(n: int) -> bytes:
-    if n < 0x80:
-        return _SMALL[n]
+def _encode_varint(n: int) -> bytes:
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+# Varints of the lengths and indexes met at ingest (records, proofs, leaf
+# indexes), looked up rather than computed: this runs per entry.
+_VARINTS = [_encode_varint(n) for n in range(4096)]
+
+
+def varint(n: int) -> bytes:
+    return _VARINTS[n] if n < 4096 else _encode_varint(n)
 
 
 def _tag(field: int, wire_type: int) -> bytes:
@@ -37,20 +42,20 @@ _VARINT_TAGS = {field: _tag(field, 0) for field in (1, 2)}
 
 def length_delimited(field: int, data: bytes) -> bytes:
     n = len(data)
-    return _LD_TAGS[field] + (_SMALL[n] if n < 0x80 else varint(n)) + data
+    return _LD_TAGS[field] + (_VARINTS[n] if n < 4096 else varint(n)) + data
 
 
 def _uint(field: int, n: int) -> bytes:
     if not n:
         return b""
-    return _VARINT_TAGS[field] + (_SMALL[n] if n < 0x80 else varint(n))
+    return _VARINT_TAGS[field] + (_VARINTS[n] if n < 4096 else varint(n))
 
 
 def _bytes(field: int, data: bytes) -> bytes:
     n = len(data)
     if not n:
         return b""
-    return _LD_TAGS[field] + (_SMALL[n] if n < 0x80 else varint(n)) + data
+    return _LD_TAGS[field] + (_VARINTS[n] if n < 4096 else varint(n)) + data
 
 
 def timestamp(field: int, unix_ns: int) -> bytes:
@@ -69,16 +74,17 @@ class RecordWriter:
     def record(
         self, *, sequence: int, content_digest: bytes, previous_hash: bytes, tracking_id: bytes
     ) -> bytes:
-        return b"".join(
-            (
-                _uint(1, sequence),
-                self._middle,
-                _bytes(5, content_digest),
-                _bytes(6, previous_hash),
-                self._key_id,
-                _bytes(8, tracking_id),
-            )
-        )
+        # The helpers inlined into one join (tags of fields 1, 5, 6 and 8): this
+        # runs twice per packet, and every intermediate bytes object costs a copy.
+        v = _VARINTS
+        parts = [b"\x08", v[sequence]] if sequence else []
+        parts += (self._middle, b"\x2a", v[len(content_digest)], content_digest)
+        if previous_hash:
+            parts += (b"\x32", v[len(previous_hash)], previous_hash)
+        parts.append(self._key_id)
+        if tracking_id:
+            parts += (b"\x42", v[len(tracking_id)], tracking_id)
+        return b"".join(parts)
 
 
 _SIBLING = b"\x1a\x20"
@@ -94,20 +100,41 @@ class BatchEntryWriter:
 
     def entries(self, records: Sequence[bytes], paths: Sequence[Sequence[bytes]]) -> list[bytes]:
         """One entry per record; paths[i] is record i's audit path (leaf index i)."""
-        signed_by, count = self._signed_by, self._count
+        if len(records) > len(_VARINTS):
+            raise ValueError(f"at most {len(_VARINTS)} entries in one signed batch")
+        signed_by, count, v, sibling = self._signed_by, self._count, _VARINTS, _SIBLING
         out = []
         for i, (record, siblings) in enumerate(zip(records, paths, strict=True)):
+            index = b"\x08" + v[i] if i else b""
             # Every sibling is a 32-byte hash: field 3, length 32, so one shared prefix.
-            hashes = _SIBLING + _SIBLING.join(siblings) if siblings else b""
-            proof = _uint(1, i) + count + hashes
-            out.append(_bytes(1, record) + signed_by + length_delimited(4, proof))
+            hashes = sibling + sibling.join(siblings) if siblings else b""
+            proof_length = len(index) + len(count) + len(hashes)
+            out.append(
+                b"".join(
+                    (
+                        b"\x0a",
+                        v[len(record)],
+                        record,
+                        signed_by,
+                        b"\x22",
+                        v[proof_length],
+                        index,
+                        count,
+                        hashes,
+                    )
+                )
+            )
         return out
 
 
 CHAIN_OF_CUSTODY_FIELD = 40
 
 
-def chain_field(entries: Sequence[bytes]) -> bytes:
-    """Serialized entries as Packet.chain_of_custody: appended to a serialized
-    packet without a chain, the result parses as the packet with this chain."""
-    return b"".join(length_delimited(CHAIN_OF_CUSTODY_FIELD, e) for e in entries)
+def with_chain(content: bytes, entries: Sequence[bytes]) -> bytes:
+    """A serialized packet without a chain, followed by `entries` as its
+    chain_of_custody: the result parses as the packet with this chain."""
+    tag = _LD_TAGS[CHAIN_OF_CUSTODY_FIELD]
+    parts = [content]
+    for entry in entries:
+        parts += (tag, varint(len(entry)), entry)
+    return b"".join(parts)

@@ -67,21 +67,27 @@ class Custodian:
             for action in _ACTIONS
         ]
         raws: list[bytes] = []
+        hashes: list[bytes] = []
+        entry_hash = _custody.entry_hash
         for packet, content in packets:
             content_digest = hashlib.sha256(content).digest()
             chain = packet.chain_of_custody
-            previous = hashlib.sha256(chain[-1].record).digest() if chain else b""
+            previous = entry_hash(chain[-1].record) if chain else b""
             tracking_id = packet.tracking_id.encode()
-            for offset, writer in enumerate(writers):
+            sequence = len(chain)
+            for writer in writers:
                 raw = writer.record(
-                    sequence=len(chain) + offset,
+                    sequence=sequence,
                     content_digest=content_digest,
                     previous_hash=previous,
                     tracking_id=tracking_id,
                 )
+                # The link to this entry is also its Merkle leaf: hashed once.
+                previous = entry_hash(raw)
                 raws.append(raw)
-                previous = hashlib.sha256(raw).digest()
-        entries = _custody.sign_batch(signer, raws)
+                hashes.append(previous)
+                sequence += 1
+        entries = _custody.sign_batch(signer, raws, hashes)
         step = len(_ACTIONS)
         return [entries[i : i + step] for i in range(0, len(entries), step)]
 

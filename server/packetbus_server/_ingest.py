@@ -60,14 +60,13 @@ def accept(packet: packet_pb2.Packet, limits: Limits, now_ns: int) -> Accepted |
 def to_write(accepted: Accepted, server_entries: Sequence[bytes]) -> PacketWrite:
     """The stored form: content bytes, then the chain (the sender's entries, then the server's)."""
     packet = accepted.packet
-    chain = _wire.chain_field(
-        [*(e.SerializeToString() for e in packet.chain_of_custody), *server_entries]
-    )
+    own = packet.chain_of_custody
+    entries = [*(e.SerializeToString() for e in own), *server_entries] if own else server_entries
     return PacketWrite(
         tracking_id=packet.tracking_id,
         topic=packet.topic,
         fingerprint=accepted.fingerprint,
         ttl_ms=packet.ttl_seconds * 1000,
-        payload=accepted.content + chain,
+        payload=_wire.with_chain(accepted.content, entries),
         content_length=len(accepted.content),
     )

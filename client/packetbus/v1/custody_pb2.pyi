@@ -201,7 +201,9 @@ class CustodyRecord(_message.Message):
     (StoredPacket.content) so verifiers never re-serialize.
     """
     previous_hash: _builtins.bytes
-    """SHA-256 of the previous entry's `record` bytes; empty for the first entry."""
+    """The previous entry's hash: SHA-256(0x00 || its `record` bytes), the same
+    as its RFC 9162 leaf hash; empty for the first entry.
+    """
     key_id: _builtins.str
     """Must equal CustodyEntry.key_id."""
     tracking_id: _builtins.str
@@ -274,7 +276,7 @@ class CustodyHeadStatement(_message.Message):
     length: _builtins.int
     """Number of entries in the chain."""
     last_entry_hash: _builtins.bytes
-    """SHA-256 of the last entry's `record` bytes."""
+    """The last entry's hash: SHA-256(0x00 || its `record` bytes)."""
     content_digest: _builtins.bytes
     key_id: _builtins.str
     @_builtins.property
