@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -132,3 +136,133 @@ async def test_health_follows_redis(tmp_path: object) -> None:
         await srv.stop(grace=0)
         if valkey.is_running():
             await asyncio.to_thread(valkey.stop)
+
+
+async def _dispatch_all(
+    client: packetbus.Client, packets: list[packetbus.Packet], on_half: Any
+) -> dict[str, packetbus.Receipt]:
+    """Dispatch in batches of 50, 2 in flight; run `on_half` while the middle batches
+    are in flight, so the fault lands mid-batch."""
+    receipts: dict[str, packetbus.Receipt] = {}
+    chunks = [packets[i : i + 50] for i in range(0, len(packets), 50)]
+    fault: asyncio.Task[None] | None = None
+    for wave in range(0, len(chunks), 2):
+        calls = [client.dispatch_batch(c, timeout=60) for c in chunks[wave : wave + 2]]
+        if wave == len(chunks) // 2:
+            fault = asyncio.create_task(on_half())
+        batches = await asyncio.gather(*calls)
+        for results in batches:
+            for result in results:
+                assert result.WhichOneof("outcome") == "receipt", result
+                receipts[result.tracking_id] = result.receipt
+    assert fault is not None
+    await fault
+    return receipts
+
+
+async def _stored_ids(r: redis_asyncio.Redis, topic: str) -> list[str]:
+    log: Any = await r.xrange(f"pb:{{{topic}}}:log")
+    return [packetbus.Packet.FromString(fields[b"p"]).tracking_id for _, fields in log]
+
+
+async def test_redis_restarted_mid_load_loses_no_acknowledged_packet(
+    tmp_path: Path, topic: str
+) -> None:
+    port = free_port()
+    valkey = ValkeyServer(
+        port=port,
+        data_dir=tmp_path / "aof",
+        persist=True,
+        appendonly="yes",
+        appendfsync="everysec",
+        save="",
+    )
+    await asyncio.to_thread(valkey.start)
+    srv = await start(
+        ServerConfig(
+            listen="127.0.0.1:0", redis_url=f"redis://127.0.0.1:{port}", retry_budget_seconds=1
+        )
+    )
+    packets = [new_packet(topic) for _ in range(4000)]
+
+    async def restart_redis() -> None:
+        # SIGTERM: Valkey writes its AOF out and exits; the same dir and port come back.
+        await asyncio.sleep(0.005)  # while the batches are being written
+        await asyncio.to_thread(valkey.stop)
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(valkey.start)
+
+    try:
+        async with await packetbus.Client.connect(f"127.0.0.1:{srv.port}") as client:
+            receipts = await _dispatch_all(client, packets, restart_redis)
+        r = redis_asyncio.Redis(port=port)
+        try:
+            stored = await _stored_ids(r, topic)
+        finally:
+            await r.aclose()
+    finally:
+        await srv.stop(grace=0)
+        await asyncio.to_thread(valkey.stop)
+
+    assert len(receipts) == 4000
+    assert len(stored) == 4000
+    assert set(stored) == set(receipts)
+
+
+def _serve(port: int, redis_url: str, data_dir: Path) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "packetbus._cli",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--redis-url",
+            redis_url,
+            "--data-dir",
+            str(data_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "serving on" in line:
+            return process
+    raise AssertionError(f"server exited with {process.wait()}")
+
+
+async def test_server_killed_mid_batch_client_retries_on_a_second_replica(
+    redis_url: str, raw_redis: redis_asyncio.Redis, topic: str, tmp_path: Path
+) -> None:
+    ports = [free_port(), free_port()]
+    # Both replicas share the store and the signing keys, as replicas do.
+    replicas = [await asyncio.to_thread(_serve, p, redis_url, tmp_path / "data") for p in ports]
+    target = "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
+    packets = [new_packet(topic) for _ in range(3000)]
+
+    async def kill_first() -> None:
+        await asyncio.sleep(0.005)  # let the batches reach the server first
+        replicas[0].send_signal(signal.SIGKILL)
+        await asyncio.to_thread(replicas[0].wait)
+
+    counter = CountingInterceptor()
+    channel = grpc.aio.insecure_channel(target, interceptors=[counter])
+    try:
+        async with packetbus.Client(channel, packetbus.ClientConfig()) as client:
+            receipts = await _dispatch_all(client, packets, kill_first)
+    finally:
+        for replica in replicas:
+            if replica.poll() is None:
+                replica.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(replica.wait, 30)
+
+    stored = await _stored_ids(raw_redis, topic)
+    assert replicas[0].returncode == -signal.SIGKILL
+    # Calls in flight on the killed replica failed, and were answered on retry.
+    assert counter.codes[grpc.StatusCode.UNAVAILABLE] >= 1, counter.codes
+    assert len(receipts) == 3000
+    assert len(stored) == 3000
+    assert set(stored) == set(receipts)
