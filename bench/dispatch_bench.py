@@ -493,7 +493,9 @@ async def raw_write_all(
             args: list[str | int | bytes] = [RETENTION_MS, 2, topic]
             for w in batch:
                 keys += [f"pb:{{{topic}}}:pkt:{w.tracking_id}", f"pb:loc:{{{w.tracking_id}}}"]
-                args += [w.fingerprint, ttl_ms, w.payload, len(w.payload)]
+                args.append(
+                    b"%s%012d%08d%s" % (w.fingerprint.encode(), ttl_ms, len(w.payload), w.payload)
+                )
             reply = await r.evalsha(sha, len(keys), *keys, *args)
         except redis.RedisError as exc:
             tally.error(len(batch), repr(exc))

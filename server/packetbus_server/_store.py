@@ -240,7 +240,9 @@ class PacketStore:
             keys.append(_keys.packet_record(topic, w.tracking_id))
             if claim_here:
                 keys.append(_keys.packet_location(w.tracking_id))
-            args.extend((w.fingerprint, w.ttl_ms, w.payload, w.content_length))
+            args.append(
+                b"%s%012d%08d%s" % (w.fingerprint.encode(), w.ttl_ms, w.content_length, w.payload)
+            )
         reply = await _scripts.DISPATCH.run(self._redis, keys, args)
         return [
             WriteResult(Outcome(_text(status)), _text(cursor), int(expiry))

@@ -16,10 +16,11 @@
 -- ARGV[1]  retention in ms: log entries older than now - retention are trimmed
 -- ARGV[2]  w, keys per packet: 1 or 2
 -- ARGV[3]  the topic
--- ARGV[4 + 4(i-1)]  packet i's fingerprint (hex SHA-256 of the packet as received)
--- ARGV[5 + 4(i-1)]  packet i's TTL in ms
--- ARGV[6 + 4(i-1)]  packet i's serialized bytes: content, then chain of custody
--- ARGV[7 + 4(i-1)]  the length of the content prefix
+-- ARGV[3 + i]  packet i, as one string (one argument per packet keeps the
+--              command small to encode): 64 hex digits of its fingerprint (the
+--              SHA-256 of the packet as received), its TTL in ms as 12 digits,
+--              the length of its content prefix as 8 digits, then its serialized
+--              bytes: content, then chain of custody
 --
 -- Returns one {status, cursor, expiry ms} per packet, in order:
 --   status "new"       stored now
@@ -39,8 +40,8 @@ local newest_expiry = 0
 for i = 1, (#KEYS - 1) / width do
   local record_key = KEYS[2 + width * (i - 1)]
   local location_key = width == 2 and KEYS[3 + width * (i - 1)] or nil
-  local base = 4 + 4 * (i - 1)
-  local fingerprint = ARGV[base]
+  local packet = ARGV[3 + i]
+  local fingerprint = string.sub(packet, 1, 64)
   local owner = location_key and redis.call('GET', location_key)
   local existing = redis.call('GET', record_key)
   if owner and owner ~= topic then
@@ -53,8 +54,9 @@ for i = 1, (#KEYS - 1) / width do
       results[i] = {'conflict', cursor, expiry}
     end
   else
-    local ttl_ms = tonumber(ARGV[base + 1])
-    local cursor = redis.call('XADD', log, '*', 'p', ARGV[base + 2], 'n', ARGV[base + 3], 't', ttl_ms)
+    local ttl_ms = tonumber(string.sub(packet, 65, 76))
+    local content_length = tonumber(string.sub(packet, 77, 84))
+    local cursor = redis.call('XADD', log, '*', 'p', string.sub(packet, 85), 'n', content_length, 't', ttl_ms)
     -- Expiry counts from the cursor's millisecond (the packet's stored_at),
     -- which XADD may take from the last id rather than from TIME.
     local expiry = tonumber(string.match(cursor, '^(%d+)-')) + ttl_ms
