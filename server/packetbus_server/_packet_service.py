@@ -110,7 +110,6 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
 
         response = packet_service_pb2.DispatchResponse()
         results = [response.results.add() for _ in range(count)]
-        decided = [False] * count
         now_ns = time.time_ns()
         accepted: list[tuple[int, Accepted]] = []
         for i, packet in enumerate(request.packets):
@@ -120,7 +119,6 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
                 results[i].error.CopyFrom(
                     _status.bad_request("packet rejected", outcome.violations)
                 )
-                decided[i] = True
             else:
                 accepted.append((i, outcome))
 
@@ -130,6 +128,7 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
                 keys = await self._key_store.get_many(
                     [a.packet.chain_of_custody[0].key_id for _, a in signed]
                 )
+            refused = set()
             for i, a in signed:
                 problem = check_origin(a.packet, a.content, keys)
                 if problem is not None:
@@ -137,8 +136,8 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
                     results[i].error.CopyFrom(
                         _status.status(problem.code.value[0], problem.message)
                     )
-                    decided[i] = True
-            accepted = [(i, a) for i, a in accepted if not decided[i]]
+                    refused.add(i)
+            accepted = [(i, a) for i, a in accepted if i not in refused]
 
         chains = self._custodian.seal([(a.packet, a.content) for _, a in accepted], now_ns)
         writes = [to_write(a, chain) for (_, a), chain in zip(accepted, chains, strict=True)]
