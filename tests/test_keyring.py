@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from packetbus import _custody
+from packetbus_server import ServerConfig, start
 from packetbus_server._keyring import Keyring, KeyringError, rotate
 
 
@@ -61,3 +62,14 @@ def test_a_keyring_with_every_key_retired_is_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps(doc))
     with pytest.raises(KeyringError, match="no active signing key"):
         Keyring.load(path)
+
+
+async def test_a_bad_key_file_fails_the_start_before_anything_runs(tmp_path: Path) -> None:
+    bad = tmp_path / "keys.json"
+    bad.write_text('{"broken":')
+    with pytest.raises(KeyringError):
+        await start(
+            ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path / "data", signing_key_file=bad)
+        )
+    # The embedded Valkey was never started, so none is left running.
+    assert not (tmp_path / "data" / "valkey.pid").exists()

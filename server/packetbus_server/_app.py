@@ -98,88 +98,78 @@ class RunningServer:
 
 
 async def start(config: ServerConfig) -> RunningServer:
-    embedded: EmbeddedValkey | None = None
-    redis_url = config.redis_url
-    if redis_url is None:
-        embedded = EmbeddedValkey(config.data_dir)
-        await asyncio.to_thread(embedded.start)
-        redis_url = embedded.url
-    try:
-        redis = await connect_redis(redis_url)
-    except Exception:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
-        raise
-    store = PacketStore(
-        redis,
-        retention_ms=config.limits.max_ttl_seconds * 1000,
-        retry_budget=config.retry_budget_seconds,
-    )
-    key_store = KeyStore(redis, retry_budget=config.retry_budget_seconds)
+    # The keys first: a bad key file fails the start before anything is running.
     keyring = Keyring.load(
         config.signing_key_file or config.data_dir / KEYRING_FILE,
         seed_b64=os.environ.get(SEED_ENV),
     )
-    custodian = Custodian(
-        keyring, config.server_id or keyring.server_id, signing=config.custody_signing
-    )
-    try:
+    async with contextlib.AsyncExitStack() as undo:  # unwinds only if the start fails
+        embedded: EmbeddedValkey | None = None
+        redis_url = config.redis_url
+        if redis_url is None:
+            embedded = EmbeddedValkey(config.data_dir)
+            await asyncio.to_thread(embedded.start)
+            undo.push_async_callback(asyncio.to_thread, embedded.stop)
+            redis_url = embedded.url
+        redis = await connect_redis(redis_url)
+        store = PacketStore(
+            redis,
+            retention_ms=config.limits.max_ttl_seconds * 1000,
+            retry_budget=config.retry_budget_seconds,
+        )
+        undo.push_async_callback(store.close)
+        key_store = KeyStore(redis, retry_budget=config.retry_budget_seconds)
+        custodian = Custodian(
+            keyring, config.server_id or keyring.server_id, signing=config.custody_signing
+        )
         await key_store.publish(custodian.published_keys())
-    except Exception:
-        await store.close()
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
-        raise
 
-    server = grpc.aio.server(
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-        options=[
-            ("grpc.max_receive_message_length", config.limits.max_request_bytes),
-            ("grpc.max_send_message_length", config.limits.max_request_bytes),
-            ("grpc.so_reuseport", 1),
-        ],
-    )
-    packets = PacketService(
-        store,
-        key_store,
-        custodian,
-        config.limits,
-        version=VERSION,
-        server_id=custodian.server_id,
-        max_subscribers=config.max_subscribers,
-    )
-    add_servicer(server, packet_service_pb2.DESCRIPTOR.services_by_name["PacketService"], packets)
-    add_servicer(
-        server,
-        custody_service_pb2.DESCRIPTOR.services_by_name["CustodyService"],
-        CustodyService(store, key_store, packets, config.limits),
-    )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            packet_service_pb2.DESCRIPTOR.services_by_name["PacketService"].full_name,
-            custody_service_pb2.DESCRIPTOR.services_by_name["CustodyService"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
-    port = server.add_insecure_port(config.listen)
-    if port == 0:
-        await store.close()
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
-        raise OSError(f"cannot listen on {config.listen}")
-    store_health = StoreHealth(
-        store,
-        health_servicer,
-        config.health_interval_seconds,
-        on_tick=lambda: _reload_keys(custodian, key_store),
-    )
-    await store_health.check_once()
-    store_health.start()
-    await server.start()
+        server = grpc.aio.server(
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            options=[
+                ("grpc.max_receive_message_length", config.limits.max_request_bytes),
+                ("grpc.max_send_message_length", config.limits.max_request_bytes),
+                ("grpc.so_reuseport", 1),
+            ],
+        )
+        packets = PacketService(
+            store,
+            key_store,
+            custodian,
+            config.limits,
+            version=VERSION,
+            max_subscribers=config.max_subscribers,
+        )
+        packet_service = packet_service_pb2.DESCRIPTOR.services_by_name["PacketService"]
+        custody_service = custody_service_pb2.DESCRIPTOR.services_by_name["CustodyService"]
+        add_servicer(server, packet_service, packets)
+        add_servicer(
+            server, custody_service, CustodyService(store, key_store, packets, config.limits)
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (
+                packet_service.full_name,
+                custody_service.full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        port = server.add_insecure_port(config.listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {config.listen}")
+        store_health = StoreHealth(
+            store,
+            health_servicer,
+            config.health_interval_seconds,
+            on_tick=lambda: _reload_keys(custodian, key_store),
+        )
+        await store_health.check_once()
+        store_health.start()
+        await server.start()
+        undo.pop_all()
     log.info("packetbus %s listening on port %d (store %s)", VERSION, port, redis_url)
     return RunningServer(config, port, server, store, store_health, embedded)
 
