@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping, Sequence
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -195,10 +196,13 @@ PACKET, CONTENT, HEAD = signed_packet()
 
 
 def check(
-    chain: list[custody_pb2.CustodyEntry], content: bytes, head: custody_pb2.CustodyHead
+    chain: Sequence[custody_pb2.CustodyEntry] = PACKET.chain_of_custody,
+    content: bytes = CONTENT,
+    head: custody_pb2.CustodyHead | None = HEAD,
+    keys: Mapping[str, custody_pb2.SigningKey] = KEYS,
 ) -> _custody.ChainReport:
     return _custody.verify_chain(
-        tracking_id=PACKET.tracking_id, content=content, chain=chain, keys=KEYS, head=head
+        tracking_id=PACKET.tracking_id, content=content, chain=chain, keys=keys, head=head
     )
 
 
@@ -292,14 +296,7 @@ def test_swapping_two_entries_is_detected(pair: tuple[int, int]) -> None:
 def test_unknown_key_and_actor_mismatch_are_named() -> None:
     keys = dict(KEYS)
     del keys[AGENT.key_id]
-    report = _custody.verify_chain(
-        tracking_id=PACKET.tracking_id,
-        content=CONTENT,
-        chain=PACKET.chain_of_custody,
-        keys=keys,
-        head=HEAD,
-    )
-    assert report.entries[0].verdict == custody_pb2.CUSTODY_VERDICT_UNKNOWN_KEY
+    assert check(keys=keys).entries[0].verdict == custody_pb2.CUSTODY_VERDICT_UNKNOWN_KEY
     impostor = dict(KEYS)
     impostor[AGENT.key_id] = custody_pb2.SigningKey(
         key_id=AGENT.key_id,
@@ -307,23 +304,11 @@ def test_unknown_key_and_actor_mismatch_are_named() -> None:
         owner_kind=custody_pb2.KEY_OWNER_KIND_AGENT,
         owner="someone-else",
     )
-    report = _custody.verify_chain(
-        tracking_id=PACKET.tracking_id,
-        content=CONTENT,
-        chain=PACKET.chain_of_custody,
-        keys=impostor,
-        head=HEAD,
-    )
+    report = check(keys=impostor)
     assert report.entries[0].verdict == custody_pb2.CUSTODY_VERDICT_ACTOR_MISMATCH
 
 
 def test_a_chain_without_a_head_is_not_verified() -> None:
-    report = _custody.verify_chain(
-        tracking_id=PACKET.tracking_id,
-        content=CONTENT,
-        chain=PACKET.chain_of_custody,
-        keys=KEYS,
-        head=None,
-    )
+    report = check(head=None)
     assert all(e.ok for e in report.entries)
     assert not report.verified

@@ -16,9 +16,8 @@ from google.protobuf.message import Message
 
 from packetbus.v1 import custody_pb2, packet_pb2, speech_act_pb2
 
-from ._client import DEFAULT_TTL_SECONDS, EARLIEST, LATEST, Client, fill_defaults
+from ._client import EARLIEST, LATEST, Client, fill_defaults, sign_as
 from ._config import DEFAULT_TARGET, TARGET_ENV, AgentIdentity, ClientConfig
-from ._custody import sign_origin
 from ._errors import PacketbusError
 from ._export import read_keys, verify_export, write_keys, write_packet
 
@@ -240,12 +239,8 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
             identity = AgentIdentity.load(args.agent_key)
         except ValueError as exc:
             return _fail(str(exc), 2)
-        # Signed whatever the origin: a packet that claims another agent's
-        # origin is the server's to refuse (PERMISSION_DENIED), not ours to hide.
         fill_defaults(packet)
-        if not packet.ttl_seconds:
-            packet.ttl_seconds = DEFAULT_TTL_SECONDS
-        sign_origin(packet, identity.signer)
+        sign_as(packet, identity)
     [result] = await client.dispatch_batch([packet], timeout=args.timeout)
     print(_json_pretty(result))
     if result.WhichOneof("outcome") == "error":

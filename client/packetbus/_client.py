@@ -60,12 +60,18 @@ def fill_defaults(
     )
     if signs and identity is not None:
         packet.origin = identity.agent_id
-        if not packet.ttl_seconds:
-            packet.ttl_seconds = DEFAULT_TTL_SECONDS
-        _custody.sign_origin(packet, identity.signer)
+        sign_as(packet, identity)
     elif not packet.schema_version:
         packet.schema_version = DEFAULT_SCHEMA_VERSION
     return packet
+
+
+def sign_as(packet: packet_pb2.Packet, identity: AgentIdentity) -> packet_pb2.Packet:
+    """Sign `packet`'s origin with `identity`, whatever its origin says (a packet that
+    claims another agent's origin is the server's to refuse, PERMISSION_DENIED)."""
+    if not packet.ttl_seconds:
+        packet.ttl_seconds = DEFAULT_TTL_SECONDS
+    return _custody.sign_origin(packet, identity.signer)
 
 
 class _Backoff:

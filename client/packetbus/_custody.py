@@ -90,10 +90,6 @@ class Signer:
         return _ed25519.sign(self.seed, domain + message)
 
 
-def _timestamp_now(record: custody_pb2.CustodyRecord, now_ns: int | None) -> None:
-    record.occurred_at.FromNanoseconds(time.time_ns() if now_ns is None else now_ns)
-
-
 def sign_entry(signer: Signer, record: custody_pb2.CustodyRecord) -> custody_pb2.CustodyEntry:
     record.key_id = signer.key_id
     raw = record.SerializeToString(deterministic=True)
@@ -118,28 +114,6 @@ def sign_batch(
     return writer.entries(raw_records, paths)
 
 
-def next_record(
-    chain: Sequence[custody_pb2.CustodyEntry],
-    *,
-    tracking_id: str,
-    actor: str,
-    action: str,
-    content_digest: bytes,
-    now_ns: int | None = None,
-) -> custody_pb2.CustodyRecord:
-    """The record of the hop after `chain` (not yet signed)."""
-    record = custody_pb2.CustodyRecord(
-        sequence=len(chain),
-        actor=actor,
-        action=action,
-        content_digest=content_digest,
-        previous_hash=entry_hash(chain[-1].record) if chain else b"",
-        tracking_id=tracking_id,
-    )
-    _timestamp_now(record, now_ns)
-    return record
-
-
 def sign_origin(
     packet: packet_pb2.Packet, signer: Signer, *, now_ns: int | None = None
 ) -> packet_pb2.Packet:
@@ -150,14 +124,14 @@ def sign_origin(
     """
     packet.schema_version = "1.1"
     del packet.chain_of_custody[:]
-    record = next_record(
-        [],
-        tracking_id=packet.tracking_id,
+    record = custody_pb2.CustodyRecord(
+        sequence=0,
         actor=packet.origin,
         action=ORIGINATED,
         content_digest=digest(content_bytes(packet)),
-        now_ns=now_ns,
+        tracking_id=packet.tracking_id,
     )
+    record.occurred_at.FromNanoseconds(time.time_ns() if now_ns is None else now_ns)
     packet.chain_of_custody.append(sign_entry(signer, record))
     return packet
 

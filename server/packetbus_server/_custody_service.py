@@ -165,15 +165,12 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
             cursor = "0-0"
             while True:
                 async with storage_errors(context):
-                    entries = await self._store.read_range(topic, cursor, count=_EXPORT_BATCH)
-                if not entries:
+                    page = await self._store.read_range(topic, cursor, count=_EXPORT_BATCH)
+                if page.last_cursor is None:
                     break
-                cursor = entries[-1].cursor
-                now_ms = time.time_ns() // 1_000_000
+                cursor = page.last_cursor
                 batch = []
-                for e in entries:
-                    if e.expires_at_ms <= now_ms:
-                        continue
+                for e in page.entries:
                     stored = stored_packet(
                         topic, e.cursor, e.expires_at_ms, e.payload, e.content_length
                     )

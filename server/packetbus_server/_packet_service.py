@@ -54,12 +54,14 @@ def stored_packet(
 
 
 @contextlib.asynccontextmanager
-async def storage_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+async def storage_errors(
+    context: grpc.aio.ServicerContext, *, retry_hint: str = "retrying is safe"
+) -> AsyncIterator[None]:
     """Turn the store's failures into the RPC's status."""
     try:
         yield
     except StoreUnavailableError as exc:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retrying is safe")
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; {retry_hint}")
     except StoreFailedError as exc:
         await context.abort(grpc.StatusCode.INTERNAL, str(exc))
 
@@ -73,7 +75,6 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         limits: Limits,
         *,
         version: str,
-        server_id: str,
         max_subscribers: int,
     ) -> None:
         self._store = store
@@ -81,7 +82,6 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         self._custodian = custodian
         self._limits = limits
         self._version = version
-        self._server_id = server_id
         self._subscribers = asyncio.Semaphore(max_subscribers)
 
     async def Dispatch(
@@ -224,16 +224,12 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "this server has reached its subscription limit; try another replica or later",
             )
-        async with self._subscribers:
-            try:
-                async for response in self._follow(request, batch):
-                    yield response
-            except StoreUnavailableError as exc:
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE, f"{exc}; resume after your last cursor"
-                )
-            except StoreFailedError as exc:
-                await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        async with (
+            self._subscribers,
+            storage_errors(context, retry_hint="resume after your last cursor"),
+        ):
+            async for response in self._follow(request, batch):
+                yield response
 
     async def _follow(
         self, request: packet_service_pb2.SubscribeRequest, batch: int
@@ -246,22 +242,19 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         else:
             cursor = await self._store.last_cursor(topic)
         while True:
-            entries = await self._store.read_after(
+            page = await self._store.read_after(
                 topic, cursor, count=batch, block_ms=_SUBSCRIBE_BLOCK_MS
             )
-            if not entries:
-                continue
-            cursor = entries[-1].cursor
-            now_ms = time.time_ns() // 1_000_000
-            live = [
-                stored_packet(topic, e.cursor, e.expires_at_ms, e.payload, e.content_length)
-                for e in entries
-                if e.expires_at_ms > now_ms
-            ]
-            if live:
+            cursor = page.last_cursor or cursor
+            if page.entries:
                 # The write waits for HTTP/2 flow control, so a slow reader
                 # holds at most one batch here: it is paced, the server is not.
-                yield packet_service_pb2.SubscribeResponse(packets=live)
+                yield packet_service_pb2.SubscribeResponse(
+                    packets=[
+                        stored_packet(topic, e.cursor, e.expires_at_ms, e.payload, e.content_length)
+                        for e in page.entries
+                    ]
+                )
 
     async def GetServerInfo(
         self, request: packet_service_pb2.GetServerInfoRequest, context: grpc.aio.ServicerContext
@@ -270,5 +263,5 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
             version=self._version,
             supported_schema_versions=SUPPORTED_SCHEMA_VERSIONS,
             limits=self._limits.to_proto(),
-            server_id=self._server_id,
+            server_id=self._custodian.server_id,
         )

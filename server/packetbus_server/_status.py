@@ -35,20 +35,14 @@ def status(code: int, message: str) -> status_pb2.Status:
     return status_pb2.Status(code=code, message=message)
 
 
-async def abort_with(context: grpc.aio.ServicerContext, rich: status_pb2.Status) -> NoReturn:
-    """Fail the RPC with `rich`, carrying its details in the standard trailer."""
+async def abort_invalid(
+    context: grpc.aio.ServicerContext, message: str, violations: Sequence[Violation]
+) -> NoReturn:
+    """Fail the RPC with INVALID_ARGUMENT, the violations in the standard details trailer."""
+    rich = bad_request(message, violations)
     await context.abort(
-        _CODES[rich.code],
+        grpc.StatusCode.INVALID_ARGUMENT,
         rich.message,
         trailing_metadata=((STATUS_DETAILS_KEY, rich.SerializeToString()),),
     )
     raise AssertionError("context.abort always raises")
-
-
-async def abort_invalid(
-    context: grpc.aio.ServicerContext, message: str, violations: Sequence[Violation]
-) -> NoReturn:
-    await abort_with(context, bad_request(message, violations))
-
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}

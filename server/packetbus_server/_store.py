@@ -71,6 +71,19 @@ class LogEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class LogPage:
+    """Entries read from a topic's log, the expired ones left out.
+
+    `last_cursor` is the last entry read, expired or not (None when nothing
+    was read): a reader continues after it, or it would read the expired
+    entries again forever.
+    """
+
+    entries: list[LogEntry]
+    last_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class FoundPacket:
     topic: str
     cursor: str
@@ -87,10 +100,18 @@ def cursor_millis(cursor: str) -> int:
     return int(cursor.split("-", 1)[0])
 
 
-def _log_entry(cursor: str, fields: dict[bytes, bytes]) -> LogEntry:
-    return LogEntry(
-        cursor, cursor_millis(cursor) + int(fields[b"t"]), fields[b"p"], int(fields[b"n"])
-    )
+def _page(raw: Any) -> LogPage:
+    """A page of the log from XRANGE/XREAD entries; packets past their TTL are
+    not returned, whether or not the log has been trimmed yet."""
+    now_ms = time.time_ns() // 1_000_000
+    entries = []
+    cursor = None
+    for entry_id, fields in raw:
+        cursor = _text(entry_id)
+        expires_at_ms = cursor_millis(cursor) + int(fields[b"t"])
+        if expires_at_ms > now_ms:
+            entries.append(LogEntry(cursor, expires_at_ms, fields[b"p"], int(fields[b"n"])))
+    return LogPage(entries, cursor)
 
 
 async def connect_redis(url: str) -> RedisClient:
@@ -183,9 +204,11 @@ class PacketStore:
                 chunk = indexes[start : start + _MAX_PACKETS_PER_SCRIPT]
                 calls.append((chunk, self._write_topic(topic, [writes[i] for i in chunk])))
         fresh_topics = self._topics_to_note(by_topic)
+        writing = asyncio.gather(*(call for _, call in calls))
         if fresh_topics:
-            calls.append(([], self._note_topics(fresh_topics)))
-        replies = await asyncio.gather(*(call for _, call in calls))
+            replies, _ = await asyncio.gather(writing, self._note_topics(fresh_topics))
+        else:
+            replies = await writing
         for (chunk, _), reply in zip(calls, replies, strict=True):
             for i, result in zip(chunk, reply, strict=True):
                 results[i] = result
@@ -199,7 +222,7 @@ class PacketStore:
         now = time.monotonic()
         return [t for t in topics if now - self._noted.get(t, -_NOTE_EVERY) >= _NOTE_EVERY]
 
-    async def _note_topics(self, topics: list[str]) -> list[WriteResult]:
+    async def _note_topics(self, topics: list[str]) -> None:
         now_ms = time.time_ns() // 1_000_000
         pipe = self._redis.pipeline(transaction=False)
         pipe.zadd(_keys.TOPICS, dict.fromkeys(topics, now_ms))
@@ -209,7 +232,6 @@ class PacketStore:
             self._noted.clear()
         now = time.monotonic()
         self._noted.update(dict.fromkeys(topics, now))
-        return []
 
     async def topics(self) -> list[str]:
         """Every topic written to within the retention window, oldest first."""
@@ -221,14 +243,14 @@ class PacketStore:
 
         return await with_retries(attempt, budget_seconds=self._retry_budget)
 
-    async def read_range(self, topic: str, after: str, *, count: int) -> list[LogEntry]:
+    async def read_range(self, topic: str, after: str, *, count: int) -> LogPage:
         """Up to `count` entries after `after`, without waiting."""
 
-        async def attempt() -> list[LogEntry]:
+        async def attempt() -> LogPage:
             entries: Any = await self._redis.xrange(
                 _keys.topic_log(topic), min=f"({after}", count=count
             )
-            return [_log_entry(_text(i), f) for i, f in entries]
+            return _page(entries)
 
         return await with_retries(attempt, budget_seconds=self._retry_budget)
 
@@ -280,19 +302,17 @@ class PacketStore:
 
         return await with_retries(attempt, budget_seconds=self._retry_budget)
 
-    async def read_after(
-        self, topic: str, cursor: str, *, count: int, block_ms: int
-    ) -> list[LogEntry]:
+    async def read_after(self, topic: str, cursor: str, *, count: int, block_ms: int) -> LogPage:
         """Up to `count` entries after `cursor`, waiting up to `block_ms` for the first."""
 
-        async def attempt() -> list[LogEntry]:
+        async def attempt() -> LogPage:
             reply: Any = await self._redis.xread(
                 {_keys.topic_log(topic): cursor}, count=count, block=block_ms
             )
             if not reply:
-                return []
+                return LogPage([], None)
             # RESP2 answers a list of [key, entries]; RESP3 a mapping.
             entries: Any = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
-            return [_log_entry(_text(i), f) for i, f in entries]
+            return _page(entries)
 
         return await with_retries(attempt, budget_seconds=self._retry_budget + block_ms / 1000)
