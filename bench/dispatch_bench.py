@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -41,6 +40,11 @@ from packetbus import (
     fill_defaults,
 )
 from packetbus.v1 import packet_service_pb2
+from packetbus_server._custodian import Custodian
+from packetbus_server._ingest import Accepted, accept, to_write
+from packetbus_server._keyring import Keyring
+from packetbus_server._limits import Limits
+from packetbus_server._store import PacketWrite
 
 T = TypeVar("T")
 
@@ -458,20 +462,26 @@ async def bench_latency(client: Client, run_id: str, rate: float, seconds: float
 # -- raw Redis baseline -------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class RawWrite:
-    tracking_id: str
-    fingerprint: str
-    payload: bytes
-
-
-def raw_batches(topic: str, count: int) -> list[Sequence[RawWrite]]:
-    """What the server hands to Redis: each packet as stored, and its fingerprint."""
-    writes = []
-    for i in range(count):
-        packet = fill_defaults(make_packet(topic, i))
-        payload = packet.SerializeToString(deterministic=True)
-        writes.append(RawWrite(packet.tracking_id, hashlib.sha256(payload).hexdigest(), payload))
+def raw_batches(topic: str, count: int, custodian: Custodian | None) -> list[Sequence[PacketWrite]]:
+    """Exactly what the server hands to Redis for these packets, built by the server's own
+    ingest code: with `custodian`, each packet carries the two custody entries a signing
+    server adds (signed per 200-packet batch, as a server signs a request's batch)."""
+    writes: list[PacketWrite] = []
+    limits = Limits()
+    for batch in chunks([make_packet(topic, i) for i in range(count)], BATCH):
+        now_ns = time.time_ns()
+        accepted = []
+        for packet in batch:
+            outcome = accept(fill_defaults(packet), limits, now_ns)
+            if not isinstance(outcome, Accepted):
+                raise RuntimeError(f"the bench packet is invalid: {outcome}")
+            accepted.append(outcome)
+        chains: Sequence[Sequence[bytes]] = (
+            custodian.seal([(a.packet, a.content) for a in accepted], now_ns)
+            if custodian
+            else [[] for _ in accepted]
+        )
+        writes += [to_write(a, chain) for a, chain in zip(accepted, chains, strict=True)]
     return chunks(writes, BATCH)
 
 
@@ -479,22 +489,22 @@ async def raw_write_all(
     r: aioredis.Redis,
     sha: str,
     topic: str,
-    batches: Sequence[Sequence[RawWrite]],
+    batches: Sequence[Sequence[PacketWrite]],
     concurrency: int,
     tally: Tally,
 ) -> None:
     """PacketStore._write_once on a single Redis (one script call per batch, which also
     claims each tracking id's location), minus its retries and bookkeeping."""
-    ttl_ms = TTL_SECONDS * 1000
 
-    async def write(batch: Sequence[RawWrite]) -> None:
+    async def write(batch: Sequence[PacketWrite]) -> None:
         try:
             keys = [f"pb:{{{topic}}}:log"]
             args: list[str | int | bytes] = [RETENTION_MS, 2, topic]
             for w in batch:
                 keys += [f"pb:{{{topic}}}:pkt:{w.tracking_id}", f"pb:loc:{{{w.tracking_id}}}"]
                 args.append(
-                    b"%s%012d%08d%s" % (w.fingerprint.encode(), ttl_ms, len(w.payload), w.payload)
+                    b"%s%012d%08d%s"
+                    % (w.fingerprint.encode(), w.ttl_ms, w.content_length, w.payload)
                 )
             reply = await r.evalsha(sha, len(keys), *keys, *args)
         except redis.RedisError as exc:
@@ -530,38 +540,54 @@ async def redis_info(url: str) -> dict[str, Any]:
         await r.aclose()
 
 
-async def bench_raw_redis(url: str, run_id: str, packets: int) -> dict[str, Any]:
+async def bench_raw_redis(url: str, run_id: str, packets: int, keys_dir: Path) -> dict[str, Any]:
     info = await redis_info(url)
     pids = {"client": os.getpid(), "store": store_pid(info)}
     version = info.get("valkey_version") or info.get("redis_version")
+    # The same bytes a signing server stores: its custody entries are part of the write.
+    keyring = Keyring.load(keys_dir / "baseline-custody-keys.json")
+    custodian = Custodian(keyring, "bench-baseline")
     out: dict[str, Any] = {"server": f"{info.get('server_name', 'redis')} {version}"}
     r = aioredis.Redis.from_url(url)
     try:
         sha = await r.script_load(DISPATCH_LUA.read_text())
 
-        def batches_of(name: str) -> tuple[str, list[Sequence[RawWrite]]]:
+        def batches_of(
+            name: str, count: int, c: Custodian | None = custodian
+        ) -> tuple[str, list[Sequence[PacketWrite]]]:
             topic = f"bench.{run_id}.raw.{name}"
-            return topic, raw_batches(topic, 4 * BATCH if name == "warmup" else packets)
+            return topic, raw_batches(topic, count, c)
 
-        topic, batches = batches_of("warmup")
+        topic, batches = batches_of("warmup", 4 * BATCH)
         warm = Tally()
         await raw_write_all(r, sha, topic, batches, BATCHES_IN_FLIGHT, warm)
         if warm.errors:
             raise RuntimeError(f"raw Redis warm-up failed: {warm.first_error}")
-        for name, concurrency in (("sequential", 1), ("in_flight_4", BATCHES_IN_FLIGHT)):
+        runs = (
+            ("sequential", 1, custodian),
+            ("in_flight_4", BATCHES_IN_FLIGHT, custodian),
+            ("in_flight_4_bare_packets", BATCHES_IN_FLIGHT, None),
+        )
+        for name, concurrency, with_custody in runs:
             # Built off the clock, like the packetbus packets.
-            topic, batches = batches_of(name)
+            topic, batches = batches_of(name, packets, with_custody)
+            stored = [len(w.payload) for batch in batches for w in batch]
 
             async def body(
                 tally: Tally,
                 t: str = topic,
-                b: Sequence[Sequence[RawWrite]] = batches,
+                b: Sequence[Sequence[PacketWrite]] = batches,
                 c: int = concurrency,
             ) -> None:
                 await raw_write_all(r, sha, t, b, c, tally)
 
             out[name] = await measure(f"raw_redis_{name}", packets, pids, body)
-            out[name] |= {"batch": BATCH, "in_flight": concurrency}
+            out[name] |= {
+                "batch": BATCH,
+                "in_flight": concurrency,
+                "stored_bytes_per_packet": round(statistics.fmean(stored)),
+                "custody_entries": 2 if with_custody else 0,
+            }
         return out
     finally:
         await r.aclose()
@@ -843,7 +869,9 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
 
         async with baseline_store(Path(tmp) / "baseline", args.redis_url) as url:
             log(f"raw Redis baseline on {url}")
-            result["raw_redis_baseline"] = await bench_raw_redis(url, run_id, args.packets)
+            result["raw_redis_baseline"] = await bench_raw_redis(
+                url, run_id, args.packets, Path(tmp)
+            )
 
     result["nats_jetstream"] = await bench_nats(run_id, payload, args.packets, args.single_packets)
 

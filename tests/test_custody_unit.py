@@ -83,6 +83,15 @@ def test_every_leaf_proves_into_the_root_and_nowhere_else(count: int) -> None:
     assert _merkle.root_from_proof(leaves[0], count, count, paths[0]) is None
 
 
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5, 7, 8, 9, 13, 200, 401])
+def test_joined_proofs_are_the_proofs_encoded(count: int) -> None:
+    leaves = [_merkle.leaf_hash(os.urandom(16)) for _ in range(count)]
+    root, paths = _merkle.root_and_proofs(leaves)
+    joined_root, joined = _merkle.root_and_joined_proofs(leaves, b"<>")
+    assert joined_root == root
+    assert joined == [b"".join(b"<>" + h for h in path) for path in paths]
+
+
 def test_the_tree_is_rfc_9162s() -> None:
     # MTH({d0, d1, d2}) = H(1 || H(1 || H(0||d0) || H(0||d1)) || H(0||d2))
     d = [b"d0", b"d1", b"d2"]

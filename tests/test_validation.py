@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from packetbus.v1 import custody_pb2, packet_pb2, speech_act_pb2
-from packetbus_server import Limits
+from packetbus_server import Limits, _validation
 from packetbus_server._validation import validate_packet
 
 LIMITS = Limits()
@@ -221,3 +221,22 @@ def test_any_parseable_bytes_validate_without_raising(data: bytes) -> None:
     for v in validate_packet(p, LIMITS):
         assert v.rule
         assert v.description
+
+
+# Every whitespace character, and characters around the C0/C1 control ranges.
+_TRICKY = st.sampled_from(
+    [
+        *(chr(c) for c in range(0xA1)),
+        *"\u1680\u2000\u200a\u200b\u2028\u2029\u202f\u205f\u3000\ufeff\U000e0001\ud800",
+        "é",
+        "界",
+    ]
+)
+
+
+@given(st.text(alphabet=st.one_of(_TRICKY, st.characters()), max_size=12))
+def test_the_fast_charset_checks_decide_as_the_patterns_do(value: str) -> None:
+    assert _validation._printable_identifier(value) == bool(
+        value and _validation._IDENTIFIER.match(value)
+    )
+    assert _validation._no_control(value) == bool(_validation._NO_CONTROL.match(value))

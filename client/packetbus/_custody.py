@@ -105,7 +105,7 @@ def sign_batch(
     over their Merkle root; returns the serialized entries, each with its inclusion proof.
     `hashes`, if the caller has them, are the records' entry hashes (leaf hashes)."""
     leaves = hashes if hashes is not None else [entry_hash(raw) for raw in raw_records]
-    root, paths = _merkle.root_and_proofs(leaves)
+    root, paths = _merkle.root_and_joined_proofs(leaves, _wire.PROOF_SIBLING_PREFIX)
     writer = _wire.BatchEntryWriter(
         signature=signer.sign(BATCH_DOMAIN, root),
         key_id=signer.key_id.encode(),

@@ -87,7 +87,8 @@ class RecordWriter:
         return b"".join(parts)
 
 
-_SIBLING = b"\x1a\x20"
+# A BatchProof's audit-path field: tag of field 3, then the length of a 32-byte hash.
+PROOF_SIBLING_PREFIX = b"\x1a\x20"
 
 
 class BatchEntryWriter:
@@ -98,16 +99,15 @@ class BatchEntryWriter:
         self._signed_by = _bytes(2, signature) + _bytes(3, key_id)
         self._count = _uint(2, leaf_count)
 
-    def entries(self, records: Sequence[bytes], paths: Sequence[Sequence[bytes]]) -> list[bytes]:
-        """One entry per record; paths[i] is record i's audit path (leaf index i)."""
+    def entries(self, records: Sequence[bytes], paths: Sequence[bytes]) -> list[bytes]:
+        """One entry per record; paths[i] is record i's audit path (leaf index i), each
+        sibling already preceded by PROOF_SIBLING_PREFIX."""
         if len(records) > len(_VARINTS):
             raise ValueError(f"at most {len(_VARINTS)} entries in one signed batch")
-        signed_by, count, v, sibling = self._signed_by, self._count, _VARINTS, _SIBLING
+        signed_by, count, v = self._signed_by, self._count, _VARINTS
         out = []
-        for i, (record, siblings) in enumerate(zip(records, paths, strict=True)):
+        for i, (record, hashes) in enumerate(zip(records, paths, strict=True)):
             index = b"\x08" + v[i] if i else b""
-            # Every sibling is a 32-byte hash: field 3, length 32, so one shared prefix.
-            hashes = sibling + sibling.join(siblings) if siblings else b""
             proof_length = len(index) + len(count) + len(hashes)
             out.append(
                 b"".join(

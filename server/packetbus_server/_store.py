@@ -25,6 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import _keys, _scripts
+from ._resp import BatchEncodingConnection
 from ._retry import with_retries
 from ._scripts import RedisClient
 
@@ -134,7 +135,12 @@ async def connect_redis(url: str) -> RedisClient:
         await probe.aclose()
     if info.get("cluster_enabled") == 1:
         return RedisCluster.from_url(url, **common)
-    return Redis.from_url(url, max_connections=1024, **common)
+    # The cluster client builds its own connections; only a single Redis gets
+    # the batch encoder (the script calls are the same either way). A rediss://
+    # or unix:// URL's own connection class takes precedence in from_url.
+    return Redis.from_url(
+        url, max_connections=1024, connection_class=BatchEncodingConnection, **common
+    )
 
 
 class PacketStore:
