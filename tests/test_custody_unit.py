@@ -131,6 +131,42 @@ def test_record_writer_matches_deterministic_serialization() -> None:
     assert first == expected.SerializeToString(deterministic=True)
 
 
+@pytest.mark.parametrize(
+    ("counterpart", "attempt", "reason"),
+    [("group:g consumer:w-1", 2, "nacked: boom"), ("", 0, ""), ("group:g", 300, ""), ("", 1, "r")],
+)
+def test_hop_details_match_deterministic_serialization(
+    counterpart: str, attempt: int, reason: str
+) -> None:
+    writer = _wire.RecordWriter(
+        actor=b"server-1", action=b"delivered", occurred_at_ns=1_795_000_000_5, key_id=b"k"
+    )
+    details = _wire.hop_details(
+        counterpart=counterpart.encode(), attempt=attempt, reason=reason.encode()
+    )
+    raw = writer.record(
+        sequence=4,
+        content_digest=b"c" * 32,
+        previous_hash=b"p" * 32,
+        tracking_id=b"t-1",
+        details=details,
+    )
+    expected = custody_pb2.CustodyRecord(
+        sequence=4,
+        actor="server-1",
+        action="delivered",
+        content_digest=b"c" * 32,
+        previous_hash=b"p" * 32,
+        key_id="k",
+        tracking_id="t-1",
+        counterpart=counterpart,
+        attempt=attempt,
+        reason=reason,
+    )
+    expected.occurred_at.FromNanoseconds(1_795_000_000_5)
+    assert raw == expected.SerializeToString(deterministic=True)
+
+
 def test_entry_writer_and_with_chain_match_the_generated_classes() -> None:
     signer = _custody.Signer.generate()
     raws = [bytes([i]) * (100 + i) for i in range(5)]

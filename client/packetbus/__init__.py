@@ -12,6 +12,8 @@ The protobuf types live in ``packetbus.v1`` (generated from protos/packetbus/v1)
 the most used ones are re-exported here.
 """
 
+from packetbus.v1.carcel_service_pb2 import CarcelEntry
+from packetbus.v1.consumer_group_service_pb2 import ConsumerGroup, SettleResult
 from packetbus.v1.contents_pb2 import Context, Finding, RawContents, Task
 from packetbus.v1.custody_pb2 import CustodyEntry, CustodyHead, CustodyRecord, SigningKey
 from packetbus.v1.packet_pb2 import Packet
@@ -25,6 +27,7 @@ from packetbus.v1.speech_act_pb2 import SpeechAct
 
 from ._client import EARLIEST, LATEST, Client, Subscription, fill_defaults
 from ._config import AgentIdentity, BatchSettings, ClientConfig, RetrySettings
+from ._consumer import Consumer, Delivery, Settling
 from ._custody import ChainReport, EntryReport, Signer, verify_chain
 from ._errors import FieldViolation, PacketbusError
 from ._sync import SyncClient
@@ -36,13 +39,17 @@ __all__ = [
     "LATEST",
     "AgentIdentity",
     "BatchSettings",
+    "CarcelEntry",
     "ChainReport",
     "Client",
     "ClientConfig",
+    "Consumer",
+    "ConsumerGroup",
     "Context",
     "CustodyEntry",
     "CustodyHead",
     "CustodyRecord",
+    "Delivery",
     "DispatchResult",
     "EntryReport",
     "FieldViolation",
@@ -53,6 +60,8 @@ __all__ = [
     "RawContents",
     "Receipt",
     "RetrySettings",
+    "SettleResult",
+    "Settling",
     "Signer",
     "SigningKey",
     "SpeechAct",

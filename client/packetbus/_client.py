@@ -14,6 +14,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from packetbus.v1 import (
+    carcel_service_pb2,
+    carcel_service_pb2_grpc,
+    consumer_group_service_pb2,
+    consumer_group_service_pb2_grpc,
     custody_pb2,
     custody_service_pb2,
     custody_service_pb2_grpc,
@@ -25,6 +29,7 @@ from packetbus.v1 import (
 from . import _custody
 from ._batcher import Batcher
 from ._config import AgentIdentity, ClientConfig, RetrySettings
+from ._consumer import Consumer
 from ._errors import PacketbusError
 
 T = TypeVar("T")
@@ -109,6 +114,8 @@ class Client:
         self._config = config
         self._stub = packet_service_pb2_grpc.PacketServiceStub(channel)
         self._custody = custody_service_pb2_grpc.CustodyServiceStub(channel)
+        self._groups = consumer_group_service_pb2_grpc.ConsumerGroupServiceStub(channel)
+        self._carcel = carcel_service_pb2_grpc.CarcelServiceStub(channel)
         # Dispatch batches take turns over these connections, so a server run
         # with several workers (one port, SO_REUSEPORT) gets work on each.
         self._extra_channels = list(dispatch_channels)
@@ -370,6 +377,222 @@ class Client:
             lambda remaining: stub.Check(request, timeout=remaining), self._deadline(timeout)
         )
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    # -- consumer groups -----------------------------------------------------------
+
+    async def create_consumer_group(
+        self,
+        topic: str,
+        name: str,
+        *,
+        start: StartPosition = LATEST,
+        after: str | None = None,
+        ack_deadline_seconds: int = 0,
+        max_delivery_attempts: int = 0,
+        timeout: float | None = None,
+    ) -> consumer_group_service_pb2.ConsumerGroup:
+        """Create a consumer group on `topic` (or return it, if it exists with these
+        settings; other settings are ALREADY_EXISTS). It starts at `start` (EARLIEST
+        or LATEST) or right after cursor `after`; 0 means the server's default
+        ack deadline (30 s) and max delivery attempts (5)."""
+        request = consumer_group_service_pb2.CreateConsumerGroupRequest(
+            topic=topic,
+            name=name,
+            ack_deadline_seconds=ack_deadline_seconds,
+            max_delivery_attempts=max_delivery_attempts,
+        )
+        if after is not None:
+            request.after_cursor = after
+        else:
+            request.start_position = start
+        response = await self._unary(
+            lambda remaining: self._groups.CreateConsumerGroup(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return cast(consumer_group_service_pb2.ConsumerGroup, response.group)
+
+    async def get_consumer_group(
+        self, topic: str, name: str, *, timeout: float | None = None
+    ) -> consumer_group_service_pb2.ConsumerGroup:
+        request = consumer_group_service_pb2.GetConsumerGroupRequest(topic=topic, name=name)
+        response = await self._unary(
+            lambda remaining: self._groups.GetConsumerGroup(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return cast(consumer_group_service_pb2.ConsumerGroup, response.group)
+
+    async def list_consumer_groups(
+        self, topic: str, *, timeout: float | None = None
+    ) -> list[consumer_group_service_pb2.ConsumerGroup]:
+        request = consumer_group_service_pb2.ListConsumerGroupsRequest(topic=topic)
+        response = await self._unary(
+            lambda remaining: self._groups.ListConsumerGroups(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return list(response.groups)
+
+    async def delete_consumer_group(
+        self, topic: str, name: str, *, timeout: float | None = None
+    ) -> bool:
+        """Delete a group and its outstanding deliveries; False when there was none."""
+        request = consumer_group_service_pb2.DeleteConsumerGroupRequest(topic=topic, name=name)
+        response = await self._unary(
+            lambda remaining: self._groups.DeleteConsumerGroup(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return bool(response.deleted)
+
+    def consume(
+        self,
+        topic: str,
+        group: str,
+        *,
+        consumer: str,
+        max_outstanding_packets: int = 1000,
+        max_outstanding_bytes: int = 64 * 1024 * 1024,
+        max_batch_packets: int = 0,
+    ) -> Consumer:
+        """Consume `topic` as `consumer` in consumer group `group` (create it first):
+        an async iterator of leased Delivery objects to ack, nack or extend.
+
+        The server stops delivering while this consumer holds
+        `max_outstanding_packets` unsettled deliveries or `max_outstanding_bytes`
+        of them. Use it with ``async with``: closing sends the settlements made
+        so far.
+        """
+        subscription = consumer_group_service_pb2.PullSubscription(
+            topic=topic,
+            group=group,
+            consumer=consumer,
+            max_outstanding_packets=max_outstanding_packets,
+            max_outstanding_bytes=max_outstanding_bytes,
+            max_batch_packets=max_batch_packets,
+        )
+        retry = self._config.retry
+        return Consumer(
+            self._groups,
+            subscription,
+            retry=retry,
+            backoff=lambda: _Backoff(retry).next_delay,
+        )
+
+    async def acknowledge(
+        self, topic: str, group: str, delivery_ids: Sequence[str], *, timeout: float | None = None
+    ) -> list[consumer_group_service_pb2.SettleResult]:
+        """Ack deliveries by id, from anywhere (no Pull stream needed); one result each."""
+        request = consumer_group_service_pb2.AcknowledgeRequest(
+            topic=topic, group=group, delivery_ids=delivery_ids
+        )
+        response = await self._unary(
+            lambda remaining: self._groups.Acknowledge(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return list(response.results)
+
+    async def nack(
+        self,
+        topic: str,
+        group: str,
+        delivery_ids: Sequence[str],
+        *,
+        delay_seconds: int = 0,
+        reason: str = "",
+        timeout: float | None = None,
+    ) -> list[consumer_group_service_pb2.SettleResult]:
+        """Nack deliveries by id, from anywhere; one result each."""
+        request = consumer_group_service_pb2.NackRequest(
+            topic=topic,
+            group=group,
+            nacks=[
+                consumer_group_service_pb2.Nacked(
+                    delivery_id=i, delay_seconds=delay_seconds, reason=reason
+                )
+                for i in delivery_ids
+            ],
+        )
+        response = await self._unary(
+            lambda remaining: self._groups.Nack(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return list(response.results)
+
+    async def extend_leases(
+        self, topic: str, group: str, delivery_ids: Sequence[str], *, timeout: float | None = None
+    ) -> list[consumer_group_service_pb2.SettleResult]:
+        """Renew leases by delivery id, from anywhere; one result each."""
+        request = consumer_group_service_pb2.ExtendLeasesRequest(
+            topic=topic, group=group, delivery_ids=delivery_ids
+        )
+        response = await self._unary(
+            lambda remaining: self._groups.ExtendLeases(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return list(response.results)
+
+    # -- carcel -----------------------------------------------------------------
+
+    async def carcel_entries(
+        self,
+        topic: str = "",
+        *,
+        reason: str = "",
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[carcel_service_pb2.CarcelEntry]:
+        """Every carcel entry of `topic` (or of all topics), oldest first, optionally
+        only those with `reason`; fetched a page at a time (`timeout` is per page)."""
+        token = ""
+        while True:
+            request = carcel_service_pb2.ListCarcelEntriesRequest(
+                topic=topic, reason=reason, page_size=page_size, page_token=token
+            )
+            response = await self._list_carcel(request, timeout)
+            for entry in response.entries:
+                yield entry
+            token = response.next_page_token
+            if not token:
+                return
+
+    async def _list_carcel(
+        self, request: carcel_service_pb2.ListCarcelEntriesRequest, timeout: float | None
+    ) -> carcel_service_pb2.ListCarcelEntriesResponse:
+        return await self._unary(
+            lambda remaining: self._carcel.ListCarcelEntries(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+
+    async def get_carcel_entry(
+        self, topic: str, entry_id: str, *, timeout: float | None = None
+    ) -> carcel_service_pb2.CarcelEntry:
+        request = carcel_service_pb2.GetCarcelEntryRequest(topic=topic, id=entry_id)
+        response = await self._unary(
+            lambda remaining: self._carcel.GetCarcelEntry(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return cast(carcel_service_pb2.CarcelEntry, response.entry)
+
+    async def requeue_carcel_entry(
+        self, topic: str, entry_id: str, *, timeout: float | None = None
+    ) -> str:
+        """Validate a carceled packet again and deliver it once more to its consumer
+        group; returns its new cursor."""
+        request = carcel_service_pb2.RequeueCarcelEntryRequest(topic=topic, id=entry_id)
+        response = await self._unary(
+            lambda remaining: self._carcel.RequeueCarcelEntry(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return str(response.cursor)
+
+    async def purge_carcel(
+        self, topic: str, entry_ids: Sequence[str] = (), *, timeout: float | None = None
+    ) -> int:
+        """Remove these carcel entries of `topic` (all of them when none are named)."""
+        request = carcel_service_pb2.PurgeCarcelEntriesRequest(topic=topic, ids=entry_ids)
+        response = await self._unary(
+            lambda remaining: self._carcel.PurgeCarcelEntries(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return int(response.purged)
 
     def subscribe(
         self,

@@ -34,6 +34,12 @@ AGENT_KEY_DOMAIN = b"packetbus.agent-key.v1\x00"
 ORIGINATED = "originated"
 RECEIVED = "received"
 DISPATCHED = "dispatched"
+# Hops after ingest, made by the server for a consumer group.
+DELIVERED = "delivered"
+ACKED = "acked"
+NACKED = "nacked"
+CARCELED = "carceled"
+REQUEUED = "requeued"
 
 Verdict = custody_pb2.CustodyVerdict
 OK = custody_pb2.CUSTODY_VERDICT_OK

@@ -36,8 +36,8 @@ def _tag(field: int, wire_type: int) -> bytes:
 
 
 # Tags of the fields written here, computed once: this runs per entry at ingest.
-_LD_TAGS = {field: _tag(field, 2) for field in (1, 2, 3, 4, 5, 6, 7, 8, 40)}
-_VARINT_TAGS = {field: _tag(field, 0) for field in (1, 2)}
+_LD_TAGS = {field: _tag(field, 2) for field in (1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 40)}
+_VARINT_TAGS = {field: _tag(field, 0) for field in (1, 2, 10)}
 
 
 def length_delimited(field: int, data: bytes) -> bytes:
@@ -72,8 +72,15 @@ class RecordWriter:
         self._key_id = _bytes(7, key_id)
 
     def record(
-        self, *, sequence: int, content_digest: bytes, previous_hash: bytes, tracking_id: bytes
+        self,
+        *,
+        sequence: int,
+        content_digest: bytes,
+        previous_hash: bytes,
+        tracking_id: bytes,
+        details: bytes = b"",
     ) -> bytes:
+        """One record; `details` are its fields after tracking_id, from `hop_details`."""
         # The helpers inlined into one join (tags of fields 1, 5, 6 and 8): this
         # runs twice per packet, and every intermediate bytes object costs a copy.
         v = _VARINTS
@@ -84,7 +91,14 @@ class RecordWriter:
         parts.append(self._key_id)
         if tracking_id:
             parts += (b"\x42", v[len(tracking_id)], tracking_id)
+        if details:
+            parts.append(details)
         return b"".join(parts)
+
+
+def hop_details(*, counterpart: bytes = b"", attempt: int = 0, reason: bytes = b"") -> bytes:
+    """CustodyRecord fields 9-11 (counterpart, attempt, reason), serialized."""
+    return _bytes(9, counterpart) + _uint(10, attempt) + _bytes(11, reason)
 
 
 # A BatchProof's audit-path field: tag of field 3, then the length of a 32-byte hash.

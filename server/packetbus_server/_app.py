@@ -15,11 +15,20 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from packetbus.v1 import custody_service_pb2, packet_service_pb2
+from packetbus.v1 import (
+    carcel_service_pb2,
+    consumer_group_service_pb2,
+    custody_service_pb2,
+    packet_service_pb2,
+)
 
+from ._carcel_service import CarcelService
+from ._carcel_store import CarcelStore
 from ._custodian import Custodian
 from ._custody_service import CustodyService
 from ._embedded import EmbeddedValkey
+from ._group_service import ConsumerGroupService
+from ._group_store import GroupStore
 from ._handlers import add_servicer
 from ._health import StoreHealth
 from ._key_store import KeyStore
@@ -142,9 +151,35 @@ async def start(config: ServerConfig) -> RunningServer:
         )
         packet_service = packet_service_pb2.DESCRIPTOR.services_by_name["PacketService"]
         custody_service = custody_service_pb2.DESCRIPTOR.services_by_name["CustodyService"]
+        group_service = consumer_group_service_pb2.DESCRIPTOR.services_by_name[
+            "ConsumerGroupService"
+        ]
+        carcel_service = carcel_service_pb2.DESCRIPTOR.services_by_name["CarcelService"]
         add_servicer(server, packet_service, packets)
         add_servicer(
             server, custody_service, CustodyService(store, key_store, packets, config.limits)
+        )
+        groups = GroupStore(
+            redis,
+            retry_budget=config.retry_budget_seconds,
+            carcel_retention_ms=config.limits.carcel_retention_seconds * 1000,
+        )
+        add_servicer(
+            server,
+            group_service,
+            ConsumerGroupService(
+                groups, custodian, config.limits, asyncio.Semaphore(config.max_subscribers)
+            ),
+        )
+        add_servicer(
+            server,
+            carcel_service,
+            CarcelService(
+                CarcelStore(redis, retry_budget=config.retry_budget_seconds),
+                store,
+                custodian,
+                config.limits,
+            ),
         )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -152,6 +187,8 @@ async def start(config: ServerConfig) -> RunningServer:
             (
                 packet_service.full_name,
                 custody_service.full_name,
+                group_service.full_name,
+                carcel_service.full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),

@@ -18,6 +18,59 @@ _ACTIONS = (_custody.RECEIVED.encode(), _custody.DISPATCHED.encode())
 
 
 @dataclass(frozen=True, slots=True)
+class ChainEnd:
+    """Where a stored packet's chain ends: what its next entry must link to."""
+
+    # Entries stored with the packet at ingest, and hop entries appended since.
+    ingest_entries: int
+    hops: int
+    last_hash: bytes
+
+    @property
+    def sequence(self) -> int:
+        """The next entry's sequence."""
+        return self.ingest_entries + self.hops
+
+    def after(self, entry_hash: bytes) -> ChainEnd:
+        return ChainEnd(self.ingest_entries, self.hops + 1, entry_hash)
+
+
+def chain_end(payload: bytes, content_length: int, hops: Sequence[bytes]) -> ChainEnd:
+    """The end of the chain stored in `payload` (content, then the ingest entries),
+    continued by the serialized hop entries `hops`."""
+    # The bytes after the content are the chain's fields alone: parsing them
+    # costs nothing for the content.
+    ingest = packet_pb2.Packet.FromString(payload[content_length:]).chain_of_custody
+    if hops:
+        last = custody_pb2.CustodyEntry.FromString(hops[-1]).record
+    elif ingest:
+        last = ingest[-1].record
+    else:
+        return ChainEnd(0, 0, b"")
+    return ChainEnd(len(ingest), len(hops), _custody.entry_hash(last))
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """A custody hop after ingest, for the server to sign."""
+
+    tracking_id: str
+    content_digest: bytes
+    end: ChainEnd
+    action: str
+    counterpart: str = ""
+    attempt: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SignedHop:
+    entry: bytes
+    # SHA-256(0x00 || record): the link the next entry carries.
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class OriginProblem:
     """Why a schema "1.1" packet's originated entry is refused."""
 
@@ -90,6 +143,40 @@ class Custodian:
         entries = _custody.sign_batch(signer, raws, hashes)
         step = len(_ACTIONS)
         return [entries[i : i + step] for i in range(0, len(entries), step)]
+
+    def sign_hops(self, hops: Sequence[Hop], now_ns: int) -> list[SignedHop] | None:
+        """Sign `hops` as one batch (one signature over their Merkle root); None when
+        this server does not sign custody entries."""
+        if not self.signing:
+            return None
+        if not hops:
+            return []
+        signer = self.keyring.active
+        actor, key_id = self.server_id.encode(), signer.key_id.encode()
+        writers: dict[str, _wire.RecordWriter] = {}
+        raws: list[bytes] = []
+        hashes: list[bytes] = []
+        for hop in hops:
+            writer = writers.get(hop.action)
+            if writer is None:
+                writer = writers[hop.action] = _wire.RecordWriter(
+                    actor=actor, action=hop.action.encode(), occurred_at_ns=now_ns, key_id=key_id
+                )
+            raw = writer.record(
+                sequence=hop.end.sequence,
+                content_digest=hop.content_digest,
+                previous_hash=hop.end.last_hash,
+                tracking_id=hop.tracking_id.encode(),
+                details=_wire.hop_details(
+                    counterpart=hop.counterpart.encode(),
+                    attempt=hop.attempt,
+                    reason=hop.reason.encode(),
+                ),
+            )
+            raws.append(raw)
+            hashes.append(_custody.entry_hash(raw))
+        entries = _custody.sign_batch(signer, raws, hashes)
+        return [SignedHop(e, h) for e, h in zip(entries, hashes, strict=True)]
 
     def head(
         self, tracking_id: str, content: bytes, chain: Sequence[custody_pb2.CustodyEntry]

@@ -58,6 +58,22 @@ def _server_streaming(method: Callable[..., Any], full_name: str) -> Callable[..
     return behavior
 
 
+def _stream_stream(method: Callable[..., Any], full_name: str) -> Callable[..., Any]:
+    async def behavior(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async def checked() -> AsyncIterator[Any]:
+            async for request in requests:
+                if isinstance(request, _Malformed):
+                    await _refuse(context, full_name, request)
+                yield request
+
+        async for response in method(checked(), context):
+            yield response
+
+    return behavior
+
+
 def add_servicer(
     server: grpc.aio.Server, service: descriptor.ServiceDescriptor, servicer: object
 ) -> None:
@@ -72,9 +88,13 @@ def add_servicer(
             "response_serializer": response_class.SerializeToString,
         }
         full_name = method.input_type.full_name
-        if method.client_streaming:
-            raise NotImplementedError(f"{method.full_name}: client streaming is not wired yet")
-        if method.server_streaming:
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _stream_stream(implementation, full_name), **options
+            )
+        elif method.client_streaming:
+            raise NotImplementedError(f"{method.full_name}: client streaming alone is not wired")
+        elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 _server_streaming(implementation, full_name), **options
             )

@@ -7,9 +7,22 @@ happen by construction. Keys that one Lua script touches together share a
 | key                          | type   | slot        | holds                                   | TTL               |
 |------------------------------|--------|-------------|-----------------------------------------|-------------------|
 | ``pb:{<topic>}:log``         | stream | topic       | one entry per packet: ``p`` = packet    | newest packet's   |
-|                              |        |             | bytes (content, then chain), ``n`` =    | expiry            |
-|                              |        |             | content length, ``t`` = TTL ms (expires |                   |
-|                              |        |             | at the entry id's ms + t)               |                   |
+|                              |        |             | bytes (content, then chain), ``n`` =    | expiry; none while|
+|                              |        |             | content length, ``t`` = TTL ms (expires | the topic has     |
+|                              |        |             | at the entry id's ms + t), ``i`` =      | consumer groups   |
+|                              |        |             | tracking id, ``g`` = the one consumer   | (they live in it) |
+|                              |        |             | group a requeued entry is for; and the  |                   |
+|                              |        |             | topic's consumer groups                 |                   |
+| ``pb:{<topic>}:groups``      | hash   | topic       | group name -> ``<ack deadline ms>       | none              |
+|                              |        |             | <max attempts> <created ms>``           |                   |
+| ``pb:{<topic>}:hops:<tid>``  | hash   | topic       | custody entries after ingest: ``n`` =   | packet's expiry,  |
+|                              |        |             | count, ``h`` = last entry hash, ``1``.. | or the carcel     |
+|                              |        |             | ``n`` = entries; ``s:<group>`` = that   | retention once    |
+|                              |        |             | group's last settlement                 | carceled          |
+| ``pb:{<topic>}:carcel``      | stream | topic       | carceled packets: ``p``, ``n``, ``t``,  | carcel retention  |
+|                              |        |             | ``i`` as in the log, ``c`` = cursor in  | after the newest  |
+|                              |        |             | the log, ``r`` reason, ``d`` detail,    |                   |
+|                              |        |             | ``s`` source, ``a`` delivery count      |                   |
 | ``pb:{<topic>}:pkt:<tid>``   | string | topic       | ``<fingerprint> <cursor> <expiry ms>``  | packet TTL        |
 |                              |        |             | the idempotency record                  |                   |
 | ``pb:loc:{<tid>}``           | string | tracking id | the topic a tracking id belongs to      | packet TTL        |
@@ -35,6 +48,18 @@ def topic_log(topic: str) -> str:
 
 def packet_record(topic: str, tracking_id: str) -> str:
     return f"{PREFIX}:{{{topic}}}:pkt:{tracking_id}"
+
+
+def topic_groups(topic: str) -> str:
+    return f"{PREFIX}:{{{topic}}}:groups"
+
+
+def custody_hops(topic: str, tracking_id: str) -> str:
+    return f"{PREFIX}:{{{topic}}}:hops:{tracking_id}"
+
+
+def carcel(topic: str) -> str:
+    return f"{PREFIX}:{{{topic}}}:carcel"
 
 
 def packet_location(tracking_id: str) -> str:

@@ -21,6 +21,14 @@ class Limits:
     max_origin_length: int = 255
     max_topic_length: int = 200
     max_custody_entries: int = 64
+    default_ack_deadline_seconds: int = 30
+    # Shorter leases only make sense in tests: a real consumer needs time to work.
+    min_ack_deadline_seconds: int = 10
+    max_ack_deadline_seconds: int = 600
+    default_max_delivery_attempts: int = 5
+    default_pull_batch_packets: int = 100
+    # Carceled packets (and their chains) are kept this long unless purged.
+    carcel_retention_seconds: int = 7 * 86400
 
     def to_proto(self) -> packet_service_pb2.Limits:
         return packet_service_pb2.Limits(

@@ -21,8 +21,22 @@ class LuaScript:
     sha: str
 
     @classmethod
-    def load(cls, name: str) -> LuaScript:
-        source = resources.files(__package__).joinpath("scripts", f"{name}.lua").read_text()
+    def load(cls, name: str, *, libraries: tuple[str, ...] = ()) -> LuaScript:
+        """scripts/<name>.lua, after the local functions of scripts/lib/<library>.lua.
+
+        A shebang line, if the script has one, stays first.
+        """
+        scripts = resources.files(__package__).joinpath("scripts")
+        source = scripts.joinpath(f"{name}.lua").read_text()
+        if libraries:
+            shebang = ""
+            if source.startswith("#!"):
+                shebang, _, source = source.partition("\n")
+                shebang += "\n"
+            prelude = "".join(
+                scripts.joinpath("lib", f"{lib}.lua").read_text() for lib in libraries
+            )
+            source = shebang + prelude + source
         return cls(name=name, source=source, sha=hashlib.sha1(source.encode()).hexdigest())
 
     async def run(self, redis: RedisClient, keys: list[str], args: list[Any]) -> Any:
@@ -37,3 +51,9 @@ class LuaScript:
 DISPATCH = LuaScript.load("dispatch")
 GET_PACKET = LuaScript.load("get_packet")
 REGISTER_AGENT_KEY = LuaScript.load("register_agent_key")
+GROUP_CREATE = LuaScript.load("group_create")
+GROUP_DELETE = LuaScript.load("group_delete")
+GROUP_PULL = LuaScript.load("group_pull")
+SETTLE = LuaScript.load("settle", libraries=("hops",))
+HOPS_APPEND = LuaScript.load("hops_append", libraries=("hops",))
+CARCEL_REQUEUE = LuaScript.load("carcel_requeue", libraries=("hops",))

@@ -24,6 +24,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from packetbus import _wire
+
 from . import _keys, _scripts
 from ._resp import BatchEncodingConnection
 from ._retry import with_retries
@@ -89,6 +91,8 @@ class FoundPacket:
     topic: str
     cursor: str
     expires_at_ms: int
+    # Content, then the whole chain: the entries stored with the packet, then
+    # its hops since (deliveries, acks, ...).
     payload: bytes
     content_length: int
 
@@ -262,14 +266,21 @@ class PacketStore:
 
     async def _write_topic(self, topic: str, writes: list[PacketWrite]) -> list[WriteResult]:
         claim_here = not self._cluster
-        keys = [_keys.topic_log(topic)]
+        keys = [_keys.topic_log(topic), _keys.topic_groups(topic)]
         args: list[object] = [self._retention_ms, 2 if claim_here else 1, topic]
         for w in writes:
             keys.append(_keys.packet_record(topic, w.tracking_id))
             if claim_here:
                 keys.append(_keys.packet_location(w.tracking_id))
             args.append(
-                b"%s%012d%08d%s" % (w.fingerprint.encode(), w.ttl_ms, w.content_length, w.payload)
+                b"%s%012d%08d%s%s"
+                % (
+                    w.fingerprint.encode(),
+                    w.ttl_ms,
+                    w.content_length,
+                    w.tracking_id.encode(),
+                    w.payload,
+                )
             )
         reply = await _scripts.DISPATCH.run(self._redis, keys, args)
         return [
@@ -287,14 +298,22 @@ class PacketStore:
             topic = _text(topic_raw)
             reply = await _scripts.GET_PACKET.run(
                 self._redis,
-                [_keys.packet_record(topic, tracking_id), _keys.topic_log(topic)],
+                [
+                    _keys.packet_record(topic, tracking_id),
+                    _keys.topic_log(topic),
+                    _keys.custody_hops(topic, tracking_id),
+                ],
                 [],
             )
             if reply is None:
                 return None
-            cursor, expiry, payload, content_length = reply
+            cursor, expiry, payload, content_length, *hops = reply
             return FoundPacket(
-                topic, _text(cursor), int(expiry), bytes(payload), int(content_length)
+                topic,
+                _text(cursor),
+                int(expiry),
+                _wire.with_chain(bytes(payload), hops),
+                int(content_length),
             )
 
         return await with_retries(attempt, budget_seconds=self._budget(time_remaining))

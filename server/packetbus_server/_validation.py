@@ -202,6 +202,26 @@ def validate_topic(out: list[Violation], path: str, topic: str, max_length: int)
         )
 
 
+# Group names become fields of the topic's group registry, beside "<name>:next".
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+MAX_GROUP_NAME = 128
+
+
+def validate_group_name(out: list[Violation], path: str, name: str) -> None:
+    """Consumer group names: 1..128 of letters, digits and ``_ . -``."""
+    if not name:
+        out.append(Violation(path, "REQUIRED", "is required"))
+    elif len(name) > MAX_GROUP_NAME or not _GROUP_NAME.match(name):
+        out.append(
+            Violation(
+                path,
+                "GROUP_NAME_FORMAT",
+                f"must be 1..{MAX_GROUP_NAME} letters, digits and _ . - "
+                "(starting with a letter, digit or _)",
+            )
+        )
+
+
 def validate_agent_id(out: list[Violation], path: str, agent_id: str) -> None:
     """Agent ids (a packet's origin, a key's owner): 1-255 printable, no whitespace."""
     _identifier(out, path, agent_id, MAX_SHORT_TEXT, required=True)

@@ -185,6 +185,9 @@ class CustodyRecord(_message.Message):
     PREVIOUS_HASH_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     TRACKING_ID_FIELD_NUMBER: _builtins.int
+    COUNTERPART_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in the chain, starting at 0; strictly increasing by one."""
     actor: _builtins.str
@@ -208,6 +211,18 @@ class CustodyRecord(_message.Message):
     """Must equal CustodyEntry.key_id."""
     tracking_id: _builtins.str
     """Binds the entry to one packet so it cannot be replayed onto another."""
+    counterpart: _builtins.str
+    """Whom the hop concerns besides the actor, as "kind:name" pairs separated by
+    spaces: e.g. "group:billing consumer:worker-3" for a delivery.
+    """
+    attempt: _builtins.int
+    """The delivery attempt a delivery hop made, or a settled hop answered; 0 when
+    the hop is not about one delivery.
+    """
+    reason: _builtins.str
+    """Why the hop happened, when it says something went wrong or was undone:
+    "max delivery attempts", "nacked: <the consumer's reason>", ...
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -221,10 +236,13 @@ class CustodyRecord(_message.Message):
         previous_hash: _builtins.bytes = ...,
         key_id: _builtins.str = ...,
         tracking_id: _builtins.str = ...,
+        counterpart: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "content_digest", b"content_digest", "key_id", b"key_id", "occurred_at", b"occurred_at", "previous_hash", b"previous_hash", "sequence", b"sequence", "tracking_id", b"tracking_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "attempt", b"attempt", "content_digest", b"content_digest", "counterpart", b"counterpart", "key_id", b"key_id", "occurred_at", b"occurred_at", "previous_hash", b"previous_hash", "reason", b"reason", "sequence", b"sequence", "tracking_id", b"tracking_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

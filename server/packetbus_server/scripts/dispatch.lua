@@ -6,10 +6,13 @@
 --
 -- KEYS[1]  the topic's log stream (pb:{topic}:log); each entry has p = packet
 --          bytes, n = the length of their content prefix (the packet without its
---          chain of custody) and t = TTL in ms (it expires at the entry id's ms + t)
+--          chain of custody), t = TTL in ms (it expires at the entry id's ms + t)
+--          and i = the tracking id
+-- KEYS[2]  the topic's consumer groups (pb:{topic}:groups): while the topic has
+--          any, its log does not expire as a whole (the groups live in it)
 -- then, for packet i, ARGV[2] keys:
---   KEYS[2 + w(i-1)]      packet i's idempotency record   (pb:{topic}:pkt:<tracking id>)
---   KEYS[3 + w(i-1)]      packet i's location             (pb:loc:{<tracking id>}), only
+--   KEYS[3 + w(i-1)]      packet i's idempotency record   (pb:{topic}:pkt:<tracking id>)
+--   KEYS[4 + w(i-1)]      packet i's location             (pb:loc:{<tracking id>}), only
 --                         when w = 2: on a single Redis the location is claimed here;
 --                         on a Redis Cluster it lives in another slot and the caller
 --                         claims it beforehand (w = 1)
@@ -19,8 +22,9 @@
 -- ARGV[3 + i]  packet i, as one string (one argument per packet keeps the
 --              command small to encode): 64 hex digits of its fingerprint (the
 --              SHA-256 of the packet as received), its TTL in ms as 12 digits,
---              the length of its content prefix as 8 digits, then its serialized
---              bytes: content, then chain of custody
+--              the length of its content prefix as 8 digits, its tracking id
+--              (36 characters), then its serialized bytes: content, then chain
+--              of custody
 --
 -- Returns one {status, cursor, expiry ms} per packet, in order:
 --   status "new"       stored now
@@ -29,6 +33,7 @@
 -- Everything about a packet is read before anything is written for it, so
 -- replaying the script after a lost reply stores nothing twice.
 local log = KEYS[1]
+local groups = KEYS[2]
 local retention_ms = tonumber(ARGV[1])
 local width = tonumber(ARGV[2])
 local topic = ARGV[3]
@@ -37,9 +42,9 @@ local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 
 local results = {}
 local newest_expiry = 0
-for i = 1, (#KEYS - 1) / width do
-  local record_key = KEYS[2 + width * (i - 1)]
-  local location_key = width == 2 and KEYS[3 + width * (i - 1)] or nil
+for i = 1, (#KEYS - 2) / width do
+  local record_key = KEYS[3 + width * (i - 1)]
+  local location_key = width == 2 and KEYS[4 + width * (i - 1)] or nil
   local packet = ARGV[3 + i]
   local fingerprint = string.sub(packet, 1, 64)
   local owner = location_key and redis.call('GET', location_key)
@@ -56,7 +61,9 @@ for i = 1, (#KEYS - 1) / width do
   else
     local ttl_ms = tonumber(string.sub(packet, 65, 76))
     local content_length = tonumber(string.sub(packet, 77, 84))
-    local cursor = redis.call('XADD', log, '*', 'p', string.sub(packet, 85), 'n', content_length, 't', ttl_ms)
+    local tracking_id = string.sub(packet, 85, 120)
+    local cursor = redis.call(
+      'XADD', log, '*', 'p', string.sub(packet, 121), 'n', content_length, 't', ttl_ms, 'i', tracking_id)
     -- Expiry counts from the cursor's millisecond (the packet's stored_at),
     -- which XADD may take from the last id rather than from TIME.
     local expiry = tonumber(string.match(cursor, '^(%d+)-')) + ttl_ms
@@ -73,11 +80,17 @@ end
 
 if newest_expiry > 0 then
   redis.call('XTRIM', log, 'MINID', '~', now_ms - retention_ms)
-  -- The log lives as long as its newest packet.
-  local remaining = redis.call('PTTL', log)
-  local wanted = newest_expiry - now_ms
-  if remaining < wanted then
-    redis.call('PEXPIRE', log, wanted)
+  if redis.call('EXISTS', groups) == 1 then
+    -- Consumer groups live in the log: it stays while they do (entries are
+    -- still trimmed by retention, and expire one by one).
+    redis.call('PERSIST', log)
+  else
+    -- The log lives as long as its newest packet.
+    local remaining = redis.call('PTTL', log)
+    local wanted = newest_expiry - now_ms
+    if remaining < wanted then
+      redis.call('PEXPIRE', log, wanted)
+    end
   end
 end
 return results

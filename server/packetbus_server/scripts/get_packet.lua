@@ -1,11 +1,12 @@
 #!lua flags=no-writes
--- Reads one packet by its idempotency record.
+-- Reads one packet by its idempotency record, with its custody hops.
 --
 -- KEYS[1]  the packet's idempotency record  (pb:{topic}:pkt:<tracking id>)
 -- KEYS[2]  the topic's log stream           (pb:{topic}:log)
+-- KEYS[3]  the packet's custody hops        (pb:{topic}:hops:<tracking id>)
 --
--- Returns {cursor, expiry ms, packet bytes, content length}, or nil when the
--- record or its log entry is gone (expired or trimmed).
+-- Returns {cursor, expiry ms, packet bytes, content length, hop entries...},
+-- or nil when the record or its log entry is gone (expired or trimmed).
 local existing = redis.call('GET', KEYS[1])
 if not existing then
   return nil
@@ -20,4 +21,9 @@ local found = {}
 for j = 1, #fields, 2 do
   found[fields[j]] = fields[j + 1]
 end
-return {cursor, expiry, found['p'], found['n']}
+local reply = {cursor, expiry, found['p'], found['n']}
+local hops = tonumber(redis.call('HGET', KEYS[3], 'n') or '0')
+for j = 1, hops do
+  reply[4 + j] = redis.call('HGET', KEYS[3], tostring(j))
+end
+return reply

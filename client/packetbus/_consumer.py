@@ -1,0 +1,360 @@
+"""A consumer in a consumer group: leased deliveries in, settlements (ack, nack, extend) out.
+
+One Pull stream carries both ways. Settlements made while a request is being
+written wait and go out together, so acks cost one message per batch, not per
+packet. A broken stream is opened again with backoff; settlements still
+unconfirmed when it broke are sent again as unary calls, which answer for
+deliveries wherever they were made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+from google.protobuf import timestamp_pb2
+from google.rpc import code_pb2
+
+from packetbus.v1 import consumer_group_service_pb2 as pb
+from packetbus.v1 import consumer_group_service_pb2_grpc, packet_service_pb2
+
+from ._config import RetrySettings
+from ._errors import PacketbusError
+
+log = logging.getLogger("packetbus.consumer")
+
+
+class Settling:
+    """A settlement on its way. Await it to learn how it went: it returns the
+    SettleResult, or raises PacketbusError if the server refused it (e.g.
+    FAILED_PRECONDITION: the lease ran out). Not awaiting it is fine too."""
+
+    __slots__ = ("_futures",)
+
+    def __init__(self, futures: Sequence[asyncio.Future[pb.SettleResult]]) -> None:
+        self._futures = futures
+
+    def __await__(self) -> Generator[Any, None, list[pb.SettleResult]]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> list[pb.SettleResult]:
+        results = list(await asyncio.gather(*self._futures))
+        for result in results:
+            if result.status.code != code_pb2.OK:
+                raise PacketbusError.from_status(result.status)
+        return results
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One leased delivery: `packet` is the StoredPacket, its chain of custody ending
+    with this delivery. Settle it with `ack`, `nack` or `extend` before the lease
+    (`lease_expires_at`) runs out, or it is delivered again."""
+
+    delivery_id: str
+    delivery_count: int
+    lease_expires_at: timestamp_pb2.Timestamp
+    packet: packet_service_pb2.StoredPacket
+    _consumer: Consumer = field(repr=False, compare=False)
+
+    def ack(self) -> Settling:
+        return self._consumer.ack(self)
+
+    def nack(self, *, delay_seconds: int = 0, reason: str = "") -> Settling:
+        return self._consumer.nack(self, delay_seconds=delay_seconds, reason=reason)
+
+    def extend(self) -> Settling:
+        return self._consumer.extend(self)
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    acks: list[str] = field(default_factory=list)
+    nacks: list[pb.Nacked] = field(default_factory=list)
+    extends: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.acks or self.nacks or self.extends)
+
+
+_KINDS = {
+    pb.SETTLEMENT_ACK: "ack",
+    pb.SETTLEMENT_NACK: "nack",
+    pb.SETTLEMENT_EXTEND: "extend",
+}
+
+
+class Consumer:
+    """An async iterator of Delivery from one consumer group, for one consumer.
+
+    Use it as ``async with client.consume(topic, group, consumer="w1") as c:``
+    and ``async for delivery in c: ...; delivery.ack()``. Closing it sends the
+    settlements made so far, then ends the stream; deliveries not settled by
+    then come back to the group when their leases run out.
+    """
+
+    def __init__(
+        self,
+        stub: consumer_group_service_pb2_grpc.ConsumerGroupServiceStub,
+        subscription: pb.PullSubscription,
+        *,
+        retry: RetrySettings,
+        backoff: Callable[[], Callable[[], float]],
+    ) -> None:
+        self._stub = stub
+        self._subscription = subscription
+        self._retry = retry
+        self._new_backoff = backoff
+        self._outgoing = _Outgoing()
+        self._waiting: dict[tuple[str, str], list[asyncio.Future[pb.SettleResult]]] = {}
+        self._unsent = asyncio.Event()
+        self._buffer: list[Delivery] = []
+        self._queue: asyncio.Queue[list[Delivery] | BaseException] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._closing = False
+        self._closed = False
+
+    @property
+    def topic(self) -> str:
+        return self._subscription.topic
+
+    @property
+    def group(self) -> str:
+        return self._subscription.group
+
+    # -- settlements ------------------------------------------------------------------
+
+    def _future(self, kind: str, ident: str) -> asyncio.Future[pb.SettleResult]:
+        future: asyncio.Future[pb.SettleResult] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault((kind, ident), []).append(future)
+        self._unsent.set()
+        return future
+
+    def ack(self, *deliveries: Delivery | str) -> Settling:
+        """Ack deliveries (or delivery ids): done with them, for good."""
+        ids = [d if isinstance(d, str) else d.delivery_id for d in deliveries]
+        self._outgoing.acks.extend(ids)
+        return Settling([self._future("ack", i) for i in ids])
+
+    def nack(
+        self, *deliveries: Delivery | str, delay_seconds: int = 0, reason: str = ""
+    ) -> Settling:
+        """Give deliveries back: delivered again after `delay_seconds` (or, after the
+        group's last attempt, moved to the carcel with `reason`)."""
+        ids = [d if isinstance(d, str) else d.delivery_id for d in deliveries]
+        self._outgoing.nacks.extend(
+            pb.Nacked(delivery_id=i, delay_seconds=delay_seconds, reason=reason) for i in ids
+        )
+        return Settling([self._future("nack", i) for i in ids])
+
+    def extend(self, *deliveries: Delivery | str) -> Settling:
+        """Renew leases for a full ack deadline from now."""
+        ids = [d if isinstance(d, str) else d.delivery_id for d in deliveries]
+        self._outgoing.extends.extend(ids)
+        return Settling([self._future("extend", i) for i in ids])
+
+    def _resolve(self, result: pb.SettleResult) -> None:
+        key = (_KINDS.get(result.settlement, ""), result.delivery_id)
+        futures = self._waiting.get(key)
+        if not futures:
+            return
+        future = futures.pop(0)
+        if not futures:
+            del self._waiting[key]
+        if not future.done():
+            future.set_result(result)
+
+    async def _requests(self) -> AsyncIterator[pb.PullRequest]:
+        yield pb.PullRequest(subscription=self._subscription)
+        while True:
+            await self._unsent.wait()
+            self._unsent.clear()
+            out, self._outgoing = self._outgoing, _Outgoing()
+            if out:
+                yield pb.PullRequest(ack_ids=out.acks, nacks=out.nacks, extend_ids=out.extends)
+
+    async def _settle_unary(self) -> None:
+        """Send unconfirmed settlements as unary calls (after a stream broke)."""
+        out, self._outgoing = self._outgoing, _Outgoing()
+        pending = [k for k, v in self._waiting.items() if v]
+        acks = [i for kind, i in pending if kind == "ack"]
+        extends = [i for kind, i in pending if kind == "extend"]
+        nacks = [n for n in out.nacks] + [
+            pb.Nacked(delivery_id=i)
+            for kind, i in pending
+            if kind == "nack" and all(n.delivery_id != i for n in out.nacks)
+        ]
+        topic, group = self._subscription.topic, self._subscription.group
+        calls: list[Any] = []
+        if acks:
+            calls.append(
+                self._stub.Acknowledge(
+                    pb.AcknowledgeRequest(topic=topic, group=group, delivery_ids=acks), timeout=30
+                )
+            )
+        if nacks:
+            calls.append(
+                self._stub.Nack(pb.NackRequest(topic=topic, group=group, nacks=nacks), timeout=30)
+            )
+        if extends:
+            calls.append(
+                self._stub.ExtendLeases(
+                    pb.ExtendLeasesRequest(topic=topic, group=group, delivery_ids=extends),
+                    timeout=30,
+                )
+            )
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.warning("settling after a broken stream failed: %s", outcome)
+                continue
+            for result in outcome.results:
+                self._resolve(result)
+
+    # -- deliveries --------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Delivery]:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        while not self._buffer:
+            batch = await self._next_batch()
+            if batch is None:
+                raise StopAsyncIteration
+            self._buffer = list(reversed(batch))
+        return self._buffer.pop()
+
+    async def batches(self) -> AsyncIterator[list[Delivery]]:
+        """Deliveries as they arrive, a batch at a time."""
+        while True:
+            if self._buffer:
+                batch, self._buffer = list(reversed(self._buffer)), []
+            else:
+                got = await self._next_batch()
+                if got is None:
+                    return
+                batch = got
+            if batch:
+                yield batch
+
+    async def _next_batch(self) -> list[Delivery] | None:
+        if self._closed:
+            return None
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read())
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self._queue.put_nowait(item)  # every later read fails the same way
+            raise item
+        return item
+
+    async def _read(self) -> None:
+        """Read the stream (reopening it after UNAVAILABLE): settlement results are
+        resolved here, deliveries queued for the iterator. Reading never waits for
+        the iterator, so awaiting a settlement cannot block on it."""
+        backoff = self._new_backoff()
+        failing_since: float | None = None
+        try:
+            while True:
+                if self._call is None:
+                    self._call = self._stub.Pull(self._requests())
+                try:
+                    response = await self._call.read()
+                except grpc.aio.AioRpcError as exc:
+                    self._call = None
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise PacketbusError.from_rpc_error(exc) from None
+                    now = time.monotonic()
+                    failing_since = failing_since or now
+                    if now - failing_since > self._retry.reconnect_window:
+                        raise PacketbusError.from_rpc_error(exc) from None
+                    await asyncio.sleep(backoff())
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        await self._settle_unary()
+                    continue
+                if response is grpc.aio.EOF:
+                    self._call = None
+                    continue
+                failing_since = None
+                for result in response.settled:
+                    self._resolve(result)
+                if not response.deliveries:
+                    continue
+                if self._closing:
+                    # Arrived while closing: not handed out, given back at once.
+                    self.nack(
+                        *(d.delivery_id for d in response.deliveries), reason="consumer closed"
+                    )
+                    continue
+                self._queue.put_nowait(
+                    [
+                        Delivery(
+                            d.delivery_id, d.delivery_count, d.lease_expires_at, d.packet, self
+                        )
+                        for d in response.deliveries
+                    ]
+                )
+        except PacketbusError as exc:
+            self._queue.put_nowait(exc)
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every settlement made so far is confirmed (or `timeout` passes)."""
+        futures = [f for fs in self._waiting.values() for f in fs]
+        if futures:
+            await asyncio.wait(futures, timeout=timeout)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Send and confirm the settlements made so far, then end the stream."""
+        if self._closed:
+            return
+        self._closing = True
+        unseen = list(self._buffer)
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not isinstance(item, BaseException):
+                unseen.extend(item)
+        self._buffer = []
+        if unseen and self._reader is not None and not self._reader.done():
+            # Received but never handed out: back to the group now, not when
+            # their leases run out.
+            self.nack(*unseen, reason="consumer closed")
+        if self._reader is not None and not self._reader.done():
+            await self.flush(timeout)
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        for futures in self._waiting.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(
+                        pb.SettleResult(
+                            status={
+                                "code": code_pb2.CANCELLED,
+                                "message": "the consumer closed before the server confirmed",
+                            }
+                        )
+                    )
+        self._waiting.clear()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

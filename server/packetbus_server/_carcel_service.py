@@ -1,0 +1,211 @@
+"""CarcelService: list, read, requeue and purge carceled packets."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+
+import grpc
+
+from packetbus import _custody
+from packetbus.v1 import carcel_service_pb2 as pb
+from packetbus.v1 import carcel_service_pb2_grpc, packet_pb2
+
+from . import _status
+from ._carcel_store import CarcelRecord, CarcelStore, RequeueOutcome
+from ._custodian import ChainEnd, Custodian, Hop, chain_end
+from ._limits import Limits
+from ._packet_service import storage_errors, stored_packet
+from ._store import PacketStore
+from ._validation import Violation, validate_packet, validate_topic
+
+_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}\Z")
+_DEFAULT_PAGE = 100
+_MAX_PAGE = 1000
+_SIGN_ROUNDS = 5
+
+
+def entry_message(record: CarcelRecord) -> pb.CarcelEntry:
+    entry = pb.CarcelEntry(
+        id=record.id,
+        topic=record.topic,
+        reason=record.reason,
+        detail=record.detail,
+        source=record.source,
+        delivery_count=record.delivery_count,
+    )
+    entry.carceled_at.FromMilliseconds(record.carceled_at_ms)
+    entry.packet.CopyFrom(
+        stored_packet(
+            record.topic,
+            record.cursor,
+            int(record.cursor.split("-")[0]) + record.ttl_ms,
+            record.payload,
+            record.content_length,
+        )
+    )
+    return entry
+
+
+class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
+    def __init__(
+        self,
+        store: CarcelStore,
+        packets: PacketStore,
+        custodian: Custodian,
+        limits: Limits,
+    ) -> None:
+        self._store = store
+        self._packets = packets
+        self._custodian = custodian
+        self._limits = limits
+
+    def _check(self, topic: str, entry_id: str | None) -> list[Violation]:
+        violations: list[Violation] = []
+        validate_topic(violations, "topic", topic, self._limits.max_topic_length)
+        if entry_id is not None and not _ENTRY_ID.match(entry_id):
+            violations.append(
+                Violation(
+                    "id", "CARCEL_ID_FORMAT", "must be a carcel entry id, like 1700000000000-0"
+                )
+            )
+        return violations
+
+    async def ListCarcelEntries(
+        self, request: pb.ListCarcelEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListCarcelEntriesResponse:
+        violations: list[Violation] = []
+        if request.topic:
+            validate_topic(violations, "topic", request.topic, self._limits.max_topic_length)
+        size = request.page_size or _DEFAULT_PAGE
+        if size > _MAX_PAGE:
+            violations.append(Violation("page_size", "RANGE", f"must be at most {_MAX_PAGE}"))
+        # The token: the topic and the last entry id returned, "<topic> <id>".
+        topic_from, _, after = request.page_token.partition(" ")
+        if request.page_token and not _ENTRY_ID.match(after):
+            violations.append(
+                Violation("page_token", "PAGE_TOKEN", "is not a token from a previous response")
+            )
+        if violations:
+            await _status.abort_invalid(context, "invalid carcel listing", violations)
+
+        async with storage_errors(context):
+            topics = [request.topic] if request.topic else sorted(await self._packets.topics())
+            if topic_from:
+                topics = [t for t in topics if t >= topic_from]
+            entries: list[pb.CarcelEntry] = []
+            token = ""
+            for topic in topics:
+                cursor: str | None = after if topic == topic_from and after else None
+                while len(entries) < size:
+                    records = await self._store.page(topic, cursor, size)
+                    if not records:
+                        break
+                    for record in records:
+                        cursor = record.id
+                        if request.reason and record.reason != request.reason:
+                            continue
+                        entries.append(entry_message(record))
+                        if len(entries) == size:
+                            token = f"{topic} {record.id}"
+                            break
+                if len(entries) == size:
+                    break
+        return pb.ListCarcelEntriesResponse(entries=entries, next_page_token=token)
+
+    async def _load(
+        self, context: grpc.aio.ServicerContext, topic: str, entry_id: str
+    ) -> CarcelRecord:
+        violations = self._check(topic, entry_id)
+        if violations:
+            await _status.abort_invalid(context, "invalid carcel entry", violations)
+        async with storage_errors(context):
+            record = await self._store.get(topic, entry_id)
+        if record is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no carcel entry {entry_id} on topic {topic!r} (requeued, purged or expired)",
+            )
+            raise AssertionError("context.abort always raises")
+        return record
+
+    async def GetCarcelEntry(
+        self, request: pb.GetCarcelEntryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCarcelEntryResponse:
+        record = await self._load(context, request.topic, request.id)
+        return pb.GetCarcelEntryResponse(entry=entry_message(record))
+
+    async def RequeueCarcelEntry(
+        self, request: pb.RequeueCarcelEntryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RequeueCarcelEntryResponse:
+        record = await self._load(context, request.topic, request.id)
+        # Re-validated as it would be dispatched: a packet let in under older
+        # rules does not re-enter without meeting today's.
+        content = packet_pb2.Packet.FromString(record.stored[: record.content_length])
+        signed = packet_pb2.Packet.FromString(record.stored)
+        if signed.schema_version == "1.1":
+            content.chain_of_custody.extend(signed.chain_of_custody[:1])
+        violations = validate_packet(content, self._limits)
+        if violations:
+            await _status.abort_invalid(
+                context, "the carceled packet no longer passes validation", violations
+            )
+        end = chain_end(record.stored, record.content_length, record.hops)
+        digest = hashlib.sha256(record.stored[: record.content_length]).digest()
+        for _ in range(_SIGN_ROUNDS):
+            signed_hops = self._custodian.sign_hops(
+                [
+                    Hop(
+                        record.tracking_id,
+                        digest,
+                        end,
+                        _custody.REQUEUED,
+                        counterpart=record.source,
+                        reason=f"requeued from the carcel ({record.reason})",
+                    )
+                ],
+                time.time_ns(),
+            )
+            hop = signed_hops[0] if signed_hops else None
+            async with storage_errors(context):
+                result = await self._store.requeue(
+                    request.topic,
+                    record,
+                    end.hops,
+                    hop.entry if hop else b"",
+                    hop.hash if hop else b"",
+                )
+            if result.outcome is RequeueOutcome.OK:
+                return pb.RequeueCarcelEntryResponse(cursor=result.value)
+            if result.outcome is RequeueOutcome.STALE:
+                end = ChainEnd(end.ingest_entries, int(result.value), result.last_hash)
+                continue
+            if result.outcome is RequeueOutcome.GONE:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"carcel entry {request.id} was requeued or purged meanwhile",
+                )
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"cannot requeue: it came from {result.value!r}, which no longer exists",
+            )
+        await context.abort(
+            grpc.StatusCode.ABORTED, "the packet's chain kept changing; requeue again"
+        )
+        raise AssertionError("context.abort always raises")
+
+    async def PurgeCarcelEntries(
+        self, request: pb.PurgeCarcelEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PurgeCarcelEntriesResponse:
+        violations = self._check(request.topic, None)
+        for i, entry_id in enumerate(request.ids):
+            if not _ENTRY_ID.match(entry_id):
+                violations.append(
+                    Violation(f"ids[{i}]", "CARCEL_ID_FORMAT", "must be a carcel entry id")
+                )
+        if violations:
+            await _status.abort_invalid(context, "invalid purge", violations)
+        async with storage_errors(context):
+            purged = await self._store.purge(request.topic, list(request.ids))
+        return pb.PurgeCarcelEntriesResponse(purged=purged)

@@ -1,0 +1,777 @@
+"""ConsumerGroupService: competing consumers with leases, settlements and redelivery.
+
+The servicer validates, signs custody hops (Custodian) and keeps one Pull
+stream's flow control; GroupStore does every Redis read and write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from google.rpc import code_pb2, status_pb2
+
+from packetbus import _custody, _wire
+from packetbus.v1 import (
+    consumer_group_service_pb2 as pb,
+)
+from packetbus.v1 import (
+    consumer_group_service_pb2_grpc,
+    packet_service_pb2,
+)
+
+from . import _status
+from ._custodian import ChainEnd, Custodian, Hop, chain_end
+from ._group_store import (
+    GroupSettings,
+    GroupState,
+    GroupStatus,
+    GroupStore,
+    HopWrite,
+    Kind,
+    Leased,
+    Outcome,
+    Settle,
+    Settled,
+)
+from ._limits import Limits
+from ._packet_service import fill_receipt, storage_errors
+from ._validation import (
+    Violation,
+    validate_agent_id,
+    validate_group_name,
+    validate_topic,
+)
+
+log = logging.getLogger("packetbus.server.groups")
+
+_CURSOR = re.compile(r"\d{1,20}-\d{1,20}\Z")
+_DELIVERY_ID = re.compile(r"(\d{1,20}-\d{1,20}):(\d{1,10})\Z")
+MAX_DELIVERY = "max delivery attempts"
+# Signing again after another hop got in first: a few rounds settle any race.
+_SIGN_ROUNDS = 5
+# How long a Pull stream waits for new entries before it looks for run-out leases.
+_WAIT_MS = 1000
+_MAX_REASON = 1024
+
+
+def delivery_id(cursor: str, count: int) -> str:
+    return f"{cursor}:{count}"
+
+
+def _ok() -> status_pb2.Status:
+    return status_pb2.Status(code=code_pb2.OK)
+
+
+@dataclass(slots=True)
+class Held:
+    """A delivery this server made (on a Pull stream): what its next hop links to."""
+
+    tracking_id: str
+    content_digest: bytes
+    end: ChainEnd
+    size: int
+    lease_ends_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One settlement asked for, parsed."""
+
+    kind: Kind
+    delivery_id: str
+    cursor: str = ""
+    count: int = 0
+    delay_ms: int = 0
+    reason: str = ""
+    problem: str = ""
+
+
+def _parse(kind: Kind, ident: str, *, delay_s: int = 0, reason: str = "") -> Request:
+    match = _DELIVERY_ID.match(ident)
+    if match is None:
+        return Request(kind, ident, problem="not a delivery id (like 1700000000000-0:1)")
+    if len(reason) > _MAX_REASON:
+        return Request(kind, ident, problem=f"reason is longer than {_MAX_REASON} characters")
+    return Request(kind, ident, match.group(1), int(match.group(2)), delay_s * 1000, reason=reason)
+
+
+_SETTLEMENT = {
+    Kind.ACK: pb.SETTLEMENT_ACK,
+    Kind.NACK: pb.SETTLEMENT_NACK,
+    Kind.EXTEND: pb.SETTLEMENT_EXTEND,
+    Kind.CARCEL: pb.SETTLEMENT_NACK,
+}
+_ACTION = {
+    Kind.ACK: _custody.ACKED,
+    Kind.NACK: _custody.NACKED,
+    Kind.CARCEL: _custody.CARCELED,
+}
+
+
+def group_message(topic: str, state: GroupState) -> pb.ConsumerGroup:
+    group = pb.ConsumerGroup(
+        topic=topic,
+        name=state.name,
+        ack_deadline_seconds=state.settings.ack_deadline_ms // 1000,
+        max_delivery_attempts=state.settings.max_attempts,
+        outstanding=state.outstanding,
+        consumers=state.consumers,
+        last_delivered_cursor=state.last_delivered,
+    )
+    group.created_at.FromMilliseconds(state.settings.created_ms)
+    return group
+
+
+@dataclass
+class _Stream:
+    """One Pull stream's state: the deliveries it holds, for flow control and custody."""
+
+    topic: str
+    group: str
+    consumer: str
+    settings: GroupSettings
+    max_packets: int
+    max_bytes: int
+    batch: int
+    held: dict[str, Held] = field(default_factory=dict)
+    held_bytes: int = 0
+    outbox: list[pb.SettleResult] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def room(self, now_ms: int) -> int:
+        # A lease that ran out is no longer this consumer's to count.
+        for ident in [i for i, h in self.held.items() if h.lease_ends_ms <= now_ms]:
+            self.release(ident)
+        if self.held and self.held_bytes >= self.max_bytes:
+            return 0
+        return max(0, min(self.batch, self.max_packets - len(self.held)))
+
+    def hold(self, ident: str, held: Held) -> None:
+        self.held[ident] = held
+        self.held_bytes += held.size
+
+    def release(self, ident: str) -> None:
+        held = self.held.pop(ident, None)
+        if held is not None:
+            self.held_bytes -= held.size
+
+
+class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceServicer):
+    def __init__(
+        self,
+        store: GroupStore,
+        custodian: Custodian,
+        limits: Limits,
+        pull_streams: asyncio.Semaphore,
+    ) -> None:
+        self._store = store
+        self._custodian = custodian
+        self._limits = limits
+        self._pull_streams = pull_streams
+
+    # -- group lifecycle ---------------------------------------------------------------
+
+    async def _check_names(
+        self, context: grpc.aio.ServicerContext, topic: str, name: str, field_name: str = "name"
+    ) -> list[Violation]:
+        violations: list[Violation] = []
+        validate_topic(violations, "topic", topic, self._limits.max_topic_length)
+        validate_group_name(violations, field_name, name)
+        return violations
+
+    async def CreateConsumerGroup(
+        self, request: pb.CreateConsumerGroupRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateConsumerGroupResponse:
+        violations = await self._check_names(context, request.topic, request.name)
+        deadline = request.ack_deadline_seconds or self._limits.default_ack_deadline_seconds
+        low, high = self._limits.min_ack_deadline_seconds, self._limits.max_ack_deadline_seconds
+        if not low <= deadline <= high:
+            violations.append(
+                Violation("ack_deadline_seconds", "RANGE", f"must be {low}..{high}; got {deadline}")
+            )
+        attempts = request.max_delivery_attempts or self._limits.default_max_delivery_attempts
+        if not 1 <= attempts <= 100:
+            violations.append(
+                Violation("max_delivery_attempts", "RANGE", f"must be 1..100; got {attempts}")
+            )
+        start = request.WhichOneof("start")
+        if start == "after_cursor":
+            if not _CURSOR.match(request.after_cursor):
+                violations.append(
+                    Violation(
+                        "after_cursor",
+                        "CURSOR_FORMAT",
+                        "must be a cursor from a receipt, like 1700000000000-0",
+                    )
+                )
+            first = request.after_cursor
+        elif request.start_position == packet_service_pb2.START_POSITION_EARLIEST:
+            first = "0"
+        else:
+            first = "$"
+        if violations:
+            await _status.abort_invalid(context, "invalid consumer group", violations)
+        async with storage_errors(context):
+            status, settings = await self._store.create(
+                request.topic,
+                request.name,
+                start=first,
+                ack_deadline_ms=deadline * 1000,
+                max_attempts=attempts,
+            )
+        if status is GroupStatus.CONFLICT:
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"group {request.name!r} on topic {request.topic!r} exists with other "
+                f"settings (ack deadline {settings.ack_deadline_ms // 1000}s, "
+                f"max delivery attempts {settings.max_attempts})",
+            )
+        async with storage_errors(context):
+            states = await self._store.states(request.topic, request.name)
+        state = states[0] if states else GroupState(request.name, settings, 0, 0, "0-0")
+        return pb.CreateConsumerGroupResponse(
+            group=group_message(request.topic, state), created=status is GroupStatus.CREATED
+        )
+
+    async def GetConsumerGroup(
+        self, request: pb.GetConsumerGroupRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetConsumerGroupResponse:
+        violations = await self._check_names(context, request.topic, request.name)
+        if violations:
+            await _status.abort_invalid(context, "invalid consumer group", violations)
+        async with storage_errors(context):
+            states = await self._store.states(request.topic, request.name)
+        if not states:
+            await self._abort_no_group(context, request.topic, request.name)
+        return pb.GetConsumerGroupResponse(group=group_message(request.topic, states[0]))
+
+    async def ListConsumerGroups(
+        self, request: pb.ListConsumerGroupsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListConsumerGroupsResponse:
+        violations: list[Violation] = []
+        validate_topic(violations, "topic", request.topic, self._limits.max_topic_length)
+        if violations:
+            await _status.abort_invalid(context, "invalid topic", violations)
+        async with storage_errors(context):
+            states = await self._store.states(request.topic)
+        return pb.ListConsumerGroupsResponse(
+            groups=[group_message(request.topic, s) for s in states]
+        )
+
+    async def DeleteConsumerGroup(
+        self, request: pb.DeleteConsumerGroupRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteConsumerGroupResponse:
+        violations = await self._check_names(context, request.topic, request.name)
+        if violations:
+            await _status.abort_invalid(context, "invalid consumer group", violations)
+        async with storage_errors(context):
+            deleted = await self._store.delete(request.topic, request.name)
+        return pb.DeleteConsumerGroupResponse(deleted=deleted)
+
+    @staticmethod
+    async def _abort_no_group(context: grpc.aio.ServicerContext, topic: str, name: str) -> None:
+        await context.abort(
+            grpc.StatusCode.NOT_FOUND,
+            f"no consumer group {name!r} on topic {topic!r} (CreateConsumerGroup first)",
+        )
+
+    # -- deliveries ------------------------------------------------------------------
+
+    async def Pull(
+        self, requests: AsyncIterator[pb.PullRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PullResponse]:
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            return
+        sub = first.subscription
+        violations = await self._check_names(context, sub.topic, sub.group, "subscription.group")
+        if not first.HasField("subscription"):
+            violations = [
+                Violation("subscription", "REQUIRED", "the first request of a Pull names it")
+            ]
+        validate_agent_id(violations, "subscription.consumer", sub.consumer)
+        batch = sub.max_batch_packets or self._limits.default_pull_batch_packets
+        if batch > self._limits.max_subscribe_batch_packets:
+            violations.append(
+                Violation(
+                    "subscription.max_batch_packets",
+                    "BATCH_TOO_LARGE",
+                    f"must be at most {self._limits.max_subscribe_batch_packets}",
+                )
+            )
+        if violations:
+            await _status.abort_invalid(context, "invalid pull subscription", violations)
+        if self._pull_streams.locked():
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "this server has reached its stream limit; try another replica or later",
+            )
+        async with storage_errors(context):
+            settings = await self._store.settings(sub.topic, sub.group)
+        if settings is None:
+            await self._abort_no_group(context, sub.topic, sub.group)
+            raise AssertionError("context.abort always raises")
+        stream = _Stream(
+            topic=sub.topic,
+            group=sub.group,
+            consumer=sub.consumer,
+            settings=settings,
+            max_packets=sub.max_outstanding_packets or 1000,
+            max_bytes=sub.max_outstanding_bytes or 64 * 1024 * 1024,
+            batch=batch,
+        )
+        async with (
+            self._pull_streams,
+            storage_errors(context, retry_hint="settle what you hold and pull again"),
+        ):
+            settler = asyncio.create_task(self._settle_from(requests, first, stream, context))
+            waiter: asyncio.Task[None] | None = None
+            try:
+                while True:
+                    if settler.done():
+                        settler.result()  # a storage error ends the stream
+                        return
+                    now_ms = time.time_ns() // 1_000_000
+                    room = stream.room(now_ms)
+                    deliveries: list[pb.Delivery] = []
+                    newest = None
+                    if room:
+                        pulled = await self._store.pull(
+                            stream.topic, stream.group, stream.consumer, room
+                        )
+                        if pulled is None:
+                            await self._abort_no_group(context, stream.topic, stream.group)
+                            return
+                        newest = pulled.newest
+                        deliveries = await self._deliver(stream, pulled.entries, pulled.now_ms)
+                    if deliveries or stream.outbox:
+                        settled, stream.outbox = stream.outbox, []
+                        yield pb.PullResponse(deliveries=deliveries, settled=settled)
+                        continue
+                    # Nothing to send: wait for new entries, a settlement, or the
+                    # next look for run-out leases.
+                    stream.wake.clear()
+                    waits: set[asyncio.Future[object]] = {asyncio.ensure_future(stream.wake.wait())}
+                    if newest is not None:
+                        if waiter is None or waiter.done():
+                            waiter = asyncio.create_task(
+                                self._store.wait_for_entries(stream.topic, newest, _WAIT_MS)
+                            )
+                        waits.add(waiter)  # type: ignore[arg-type]
+                    waits.add(settler)  # type: ignore[arg-type]
+                    _, pending = await asyncio.wait(
+                        waits, timeout=_WAIT_MS / 1000, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for fut in pending:
+                        if fut is not waiter and fut is not settler:
+                            fut.cancel()
+                    if waiter is not None and waiter.done() and waiter.exception() is not None:
+                        waiter = None  # a failed wait only delays the next look
+            finally:
+                settler.cancel()
+                if waiter is not None:
+                    waiter.cancel()
+                with contextlib.suppress(BaseException):
+                    await settler
+
+    async def _deliver(
+        self, stream: _Stream, entries: Sequence[Leased], now_ms: int
+    ) -> list[pb.Delivery]:
+        """Sign and store each entry's "delivered" hop (or, past its last attempt, move
+        it to the carcel); the deliveries to send, with their chains."""
+        if not entries:
+            return []
+        max_attempts = stream.settings.max_attempts
+        counterpart = f"group:{stream.group} consumer:{stream.consumer}"
+        poison = [e for e in entries if e.count > max_attempts]
+        fresh = [e for e in entries if e.count <= max_attempts]
+        if poison:
+            await self._carcel_run_out(stream, poison)
+        if not fresh:
+            return []
+        digests = [hashlib.sha256(e.payload[: e.content_length]).digest() for e in fresh]
+        # Optimistic: a first delivery usually finds no hops yet; a wrong guess
+        # is answered with the hops there are, and signed again after them.
+        hops: list[list[bytes]] = [[] for _ in fresh]
+        ends = [chain_end(e.payload, e.content_length, []) for e in fresh]
+        mine: list[bytes | None] = [None] * len(fresh)
+        todo = list(range(len(fresh)))
+        for _ in range(_SIGN_ROUNDS):
+            signed = self._custodian.sign_hops(
+                [
+                    Hop(
+                        fresh[i].tracking_id,
+                        digests[i],
+                        ends[i],
+                        _custody.DELIVERED,
+                        counterpart=counterpart,
+                        attempt=fresh[i].count,
+                    )
+                    for i in todo
+                ],
+                time.time_ns(),
+            )
+            if signed is None:  # this server signs no custody entries
+                break
+            replies = await self._store.append_hops(
+                stream.topic,
+                [
+                    HopWrite(
+                        fresh[i].tracking_id,
+                        ends[i].hops,
+                        s.entry,
+                        s.hash,
+                        fresh[i].expires_at_ms,
+                    )
+                    for i, s in zip(todo, signed, strict=True)
+                ],
+            )
+            retry = []
+            for i, s, reply in zip(todo, signed, replies, strict=True):
+                if reply is None:
+                    mine[i] = s.entry
+                    ends[i] = ends[i].after(s.hash)
+                else:
+                    hops[i] = reply[1:]
+                    ends[i] = ChainEnd(ends[i].ingest_entries, len(hops[i]), reply[0])
+                    retry.append(i)
+            todo = retry
+            if not todo:
+                break
+        else:
+            log.warning("%d deliveries kept losing the race for their custody hop", len(todo))
+
+        lease_ends_ms = now_ms + stream.settings.ack_deadline_ms
+        out = []
+        for i, entry in enumerate(fresh):
+            if i in todo:
+                continue  # not delivered now: its lease runs out and it comes back
+            own = mine[i]
+            chain = [*hops[i], own] if own is not None else hops[i]
+            payload = _wire.with_chain(entry.payload, chain)
+            ident = delivery_id(entry.cursor, entry.count)
+            delivery = pb.Delivery(delivery_id=ident, delivery_count=entry.count)
+            delivery.lease_expires_at.FromMilliseconds(lease_ends_ms)
+            stored = delivery.packet
+            stored.packet.ParseFromString(payload)
+            stored.content = entry.payload[: entry.content_length]
+            fill_receipt(stored.receipt, stream.topic, entry.cursor, entry.expires_at_ms)
+            stream.hold(
+                ident, Held(entry.tracking_id, digests[i], ends[i], len(payload), lease_ends_ms)
+            )
+            out.append(delivery)
+        return out
+
+    async def _carcel_run_out(self, stream: _Stream, entries: Sequence[Leased]) -> None:
+        """Entries whose lease ran out on their last attempt go to the carcel."""
+        requests = [
+            Request(Kind.CARCEL, delivery_id(e.cursor, e.count), e.cursor, e.count) for e in entries
+        ]
+        known = {
+            r.delivery_id: Held(
+                e.tracking_id,
+                hashlib.sha256(e.payload[: e.content_length]).digest(),
+                chain_end(e.payload, e.content_length, []),
+                0,
+                0,
+            )
+            for r, e in zip(requests, entries, strict=True)
+        }
+        results = await self._settle(
+            stream.topic,
+            stream.group,
+            stream.settings,
+            requests,
+            known,
+            reason=f"its lease ran out on its last delivery attempt ({stream.settings.max_attempts})",
+        )
+        for r in results:
+            if r.carcel_id:
+                log.info(
+                    "moved %s of %s/%s to the carcel (%s)",
+                    r.delivery_id,
+                    stream.topic,
+                    stream.group,
+                    MAX_DELIVERY,
+                )
+
+    # -- settlements -----------------------------------------------------------------
+
+    async def _settle_from(
+        self,
+        requests: AsyncIterator[pb.PullRequest],
+        first: pb.PullRequest,
+        stream: _Stream,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Settle what the consumer sends on its stream, until it half-closes."""
+        request: pb.PullRequest | None = first
+        while True:
+            if request is not None:
+                if request.HasField("subscription") and request is not first:
+                    await _status.abort_invalid(
+                        context,
+                        "invalid pull request",
+                        [
+                            Violation(
+                                "subscription", "ONLY_FIRST", "only the first request names it"
+                            )
+                        ],
+                    )
+                parsed = [
+                    *(_parse(Kind.ACK, i) for i in request.ack_ids),
+                    *(
+                        _parse(Kind.NACK, n.delivery_id, delay_s=n.delay_seconds, reason=n.reason)
+                        for n in request.nacks
+                    ),
+                    *(_parse(Kind.EXTEND, i) for i in request.extend_ids),
+                ]
+                if parsed:
+                    results = await self._settle(
+                        stream.topic, stream.group, stream.settings, parsed, stream.held
+                    )
+                    for r in results:
+                        if not (
+                            r.settlement == pb.SETTLEMENT_EXTEND and r.status.code == code_pb2.OK
+                        ):
+                            stream.release(r.delivery_id)
+                        elif r.delivery_id in stream.held:
+                            stream.held[
+                                r.delivery_id
+                            ].lease_ends_ms = r.lease_expires_at.ToMilliseconds()
+                    stream.outbox.extend(results)
+                    stream.wake.set()
+            try:
+                request = await anext(requests)
+            except StopAsyncIteration:
+                # Half-closed: nothing more to settle; deliveries go on.
+                await asyncio.Event().wait()
+
+    async def _settle(
+        self,
+        topic: str,
+        group: str,
+        settings: GroupSettings,
+        requests: Sequence[Request],
+        held: dict[str, Held],
+        *,
+        reason: str = "",
+    ) -> list[pb.SettleResult]:
+        """Settle `requests` (in one script call per round); one result each, in order."""
+        results: list[pb.SettleResult | None] = [None] * len(requests)
+        deadline_ms = settings.ack_deadline_ms
+        valid: list[int] = []
+        for i, r in enumerate(requests):
+            if r.problem:
+                results[i] = self._result(r, code_pb2.INVALID_ARGUMENT, r.problem)
+            elif r.kind is Kind.NACK and r.delay_ms > deadline_ms:
+                results[i] = self._result(
+                    r,
+                    code_pb2.INVALID_ARGUMENT,
+                    f"delay_seconds must be at most the ack deadline ({deadline_ms // 1000})",
+                )
+            else:
+                valid.append(i)
+        # A nack of the last attempt moves the packet to the carcel instead.
+        kinds = {
+            i: Kind.CARCEL
+            if requests[i].kind is Kind.NACK and requests[i].count >= settings.max_attempts
+            else requests[i].kind
+            for i in valid
+        }
+        known = dict(held)
+        unknown = [i for i in valid if requests[i].delivery_id not in known]
+        if unknown:
+            await self._learn(topic, [requests[i] for i in unknown], known)
+            for i in unknown:
+                if requests[i].delivery_id not in known:
+                    results[i] = self._result(
+                        requests[i],
+                        code_pb2.NOT_FOUND,
+                        f"{requests[i].delivery_id} is not outstanding: its packet is gone "
+                        "from the topic",
+                    )
+            valid = [i for i in valid if requests[i].delivery_id in known]
+
+        todo = valid
+        for _ in range(_SIGN_ROUNDS):
+            if not todo:
+                break
+            hop_kinds = [i for i in todo if kinds[i] is not Kind.EXTEND]
+            signed = self._custodian.sign_hops(
+                [
+                    Hop(
+                        known[requests[i].delivery_id].tracking_id,
+                        known[requests[i].delivery_id].content_digest,
+                        known[requests[i].delivery_id].end,
+                        _ACTION[kinds[i]],
+                        counterpart=f"group:{group}",
+                        attempt=requests[i].count,
+                        reason=MAX_DELIVERY if kinds[i] is Kind.CARCEL else requests[i].reason,
+                    )
+                    for i in hop_kinds
+                ],
+                time.time_ns(),
+            )
+            entries = dict(zip(hop_kinds, signed or [], strict=False))
+            items = []
+            for i in todo:
+                r, h = requests[i], known[requests[i].delivery_id]
+                s = entries.get(i)
+                items.append(
+                    Settle(
+                        kind=kinds[i],
+                        cursor=r.cursor,
+                        count=r.count,
+                        tracking_id=h.tracking_id,
+                        expected_hops=h.end.hops,
+                        entry=s.entry if s else b"",
+                        entry_hash=s.hash if s else b"",
+                        delay_ms=r.delay_ms,
+                        carcel=(MAX_DELIVERY, r.reason or reason, f"group:{group}"),
+                    )
+                )
+            settled = await self._store.settle(topic, group, items)
+            if settled is None:
+                for i in todo:
+                    results[i] = self._result(
+                        requests[i],
+                        code_pb2.NOT_FOUND,
+                        f"no consumer group {group!r} on topic {topic!r} any more",
+                    )
+                break
+            retry = []
+            for i, outcome in zip(todo, settled, strict=True):
+                if outcome.outcome is Outcome.STALE:
+                    h = known[requests[i].delivery_id]
+                    h.end = ChainEnd(h.end.ingest_entries, int(outcome.value), outcome.last_hash)
+                    retry.append(i)
+                else:
+                    results[i] = self._settled(requests[i], kinds[i], outcome)
+            todo = retry
+        for i in todo:
+            results[i] = self._result(
+                requests[i], code_pb2.ABORTED, "the packet's chain kept changing; settle again"
+            )
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    async def _learn(self, topic: str, requests: Sequence[Request], known: dict[str, Held]) -> None:
+        """Where the chains of deliveries this stream did not make end, read from the store."""
+        found = await self._store.read_entries(topic, [r.cursor for r in requests])
+        present = [(r, f) for r, f in zip(requests, found, strict=True) if f is not None]
+        hops = await self._store.read_hops(topic, [f[0] for _, f in present])
+        for (r, (tid, payload, content_length, _ttl)), entries in zip(present, hops, strict=True):
+            known[r.delivery_id] = Held(
+                tid,
+                hashlib.sha256(payload[:content_length]).digest(),
+                chain_end(payload, content_length, entries),
+                0,
+                0,
+            )
+
+    @staticmethod
+    def _result(r: Request, code: int, message: str) -> pb.SettleResult:
+        return pb.SettleResult(
+            delivery_id=r.delivery_id,
+            settlement=_SETTLEMENT[r.kind],
+            status=status_pb2.Status(code=code, message=message),
+        )
+
+    def _settled(self, r: Request, kind: Kind, outcome: Settled) -> pb.SettleResult:
+        if outcome.outcome is Outcome.OK:
+            result = pb.SettleResult(
+                delivery_id=r.delivery_id, settlement=_SETTLEMENT[r.kind], status=_ok()
+            )
+            if kind is Kind.EXTEND:
+                result.lease_expires_at.FromMilliseconds(int(outcome.value))
+            elif kind is Kind.CARCEL:
+                result.carcel_id = outcome.value
+            return result
+        if outcome.outcome is Outcome.LOST:
+            return self._result(
+                r,
+                code_pb2.FAILED_PRECONDITION,
+                f"the lease of {r.delivery_id} ran out: the packet was delivered again "
+                f"(delivery {outcome.value})",
+            )
+        last = outcome.value
+        if last == f"{r.cursor}:{r.count} {kind.value}":
+            # This very settlement, replayed (a retry after a lost reply).
+            result = pb.SettleResult(
+                delivery_id=r.delivery_id, settlement=_SETTLEMENT[r.kind], status=_ok()
+            )
+            return result
+        detail = f" (last settled: {last})" if last else ""
+        if last.startswith(f"{r.cursor}:") and last.endswith(" carcel"):
+            return self._result(
+                r,
+                code_pb2.FAILED_PRECONDITION,
+                f"{r.delivery_id} is not outstanding: the packet was moved to the carcel",
+            )
+        return self._result(r, code_pb2.NOT_FOUND, f"{r.delivery_id} is not outstanding{detail}")
+
+    # -- settling outside a stream -------------------------------------------------------
+
+    async def _unary(
+        self,
+        context: grpc.aio.ServicerContext,
+        topic: str,
+        group: str,
+        requests: list[Request],
+    ) -> list[pb.SettleResult]:
+        violations = await self._check_names(context, topic, group, "group")
+        if not requests:
+            violations.append(Violation("delivery_ids", "REQUIRED", "name at least one delivery"))
+        if len(requests) > self._limits.max_batch_packets:
+            violations.append(
+                Violation(
+                    "delivery_ids",
+                    "BATCH_TOO_LARGE",
+                    f"at most {self._limits.max_batch_packets} per call",
+                )
+            )
+        if violations:
+            await _status.abort_invalid(context, "invalid settlement", violations)
+        async with storage_errors(context):
+            settings = await self._store.settings(topic, group)
+            if settings is None:
+                await self._abort_no_group(context, topic, group)
+                raise AssertionError("context.abort always raises")
+            return await self._settle(topic, group, settings, requests, {})
+
+    async def Acknowledge(
+        self, request: pb.AcknowledgeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AcknowledgeResponse:
+        requests = [_parse(Kind.ACK, i) for i in request.delivery_ids]
+        return pb.AcknowledgeResponse(
+            results=await self._unary(context, request.topic, request.group, requests)
+        )
+
+    async def Nack(
+        self, request: pb.NackRequest, context: grpc.aio.ServicerContext
+    ) -> pb.NackResponse:
+        requests = [
+            _parse(Kind.NACK, n.delivery_id, delay_s=n.delay_seconds, reason=n.reason)
+            for n in request.nacks
+        ]
+        return pb.NackResponse(
+            results=await self._unary(context, request.topic, request.group, requests)
+        )
+
+    async def ExtendLeases(
+        self, request: pb.ExtendLeasesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExtendLeasesResponse:
+        requests = [_parse(Kind.EXTEND, i) for i in request.delivery_ids]
+        return pb.ExtendLeasesResponse(
+            results=await self._unary(context, request.topic, request.group, requests)
+        )

@@ -1,0 +1,348 @@
+"""Storage for consumer groups and the carcel: leases, settlements and custody hops.
+
+A consumer group is a Redis Streams consumer group on the topic's log: Redis
+keeps each delivery's consumer, lease start and delivery count (the pending
+entries list), and every change to them is a Lua script that checks before it
+writes, so any call here can be replayed after a lost reply. Custody hops are
+signed by the server before a script runs and appended only where they were
+signed to go (see scripts/lib/hops.lua).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import _keys, _scripts
+from ._retry import with_retries
+from ._scripts import RedisClient
+from ._store import cursor_millis
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class GroupStatus(enum.Enum):
+    CREATED = "created"
+    EXISTS = "exists"
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSettings:
+    ack_deadline_ms: int
+    max_attempts: int
+    created_ms: int
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> GroupSettings:
+        deadline, attempts, created = _text(raw).split()
+        return cls(int(deadline), int(attempts), int(created))
+
+
+@dataclass(frozen=True, slots=True)
+class GroupState:
+    name: str
+    settings: GroupSettings
+    outstanding: int
+    consumers: int
+    last_delivered: str
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    """One log entry leased to a consumer."""
+
+    cursor: str
+    count: int
+    tracking_id: str
+    payload: bytes
+    content_length: int
+    ttl_ms: int
+
+    @property
+    def expires_at_ms(self) -> int:
+        return cursor_millis(self.cursor) + self.ttl_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Pulled:
+    now_ms: int
+    ack_deadline_ms: int
+    max_attempts: int
+    # The log's newest entry when the lease was taken: wait for entries after it.
+    newest: str
+    entries: list[Leased]
+
+
+class Kind(enum.Enum):
+    ACK = "ack"
+    NACK = "nack"
+    EXTEND = "extend"
+    CARCEL = "carcel"
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    kind: Kind
+    cursor: str
+    count: int
+    tracking_id: str
+    # The packet's hops before this settlement's own; with `entry` (empty when
+    # the server does not sign) and its hash.
+    expected_hops: int = 0
+    entry: bytes = b""
+    entry_hash: bytes = b""
+    # NACK: redeliver after this many ms. CARCEL: reason, detail, source.
+    delay_ms: int = 0
+    carcel: tuple[str, str, str] = ("", "", "")
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    GONE = "gone"
+    LOST = "lost"
+    STALE = "stale"
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    outcome: Outcome
+    # OK: the lease end in ms (extend) or the carcel entry id (carcel).
+    # GONE: the group's last settlement of the packet. LOST: the delivery count now.
+    # STALE: the packet's hop count now.
+    value: str = ""
+    # STALE: the newest hop's hash.
+    last_hash: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class HopWrite:
+    tracking_id: str
+    expected_hops: int
+    entry: bytes
+    entry_hash: bytes
+    keep_until_ms: int
+
+
+class GroupStore:
+    def __init__(
+        self, redis: RedisClient, *, retry_budget: float, carcel_retention_ms: int
+    ) -> None:
+        self._redis = redis
+        self._retry_budget = retry_budget
+        self.carcel_retention_ms = carcel_retention_ms
+
+    async def _retried(self, operation: Any, budget: float | None = None) -> Any:
+        return await with_retries(operation, budget_seconds=budget or self._retry_budget)
+
+    async def create(
+        self, topic: str, name: str, *, start: str, ack_deadline_ms: int, max_attempts: int
+    ) -> tuple[GroupStatus, GroupSettings]:
+        async def attempt() -> tuple[GroupStatus, GroupSettings]:
+            status, settings = await _scripts.GROUP_CREATE.run(
+                self._redis,
+                [_keys.topic_log(topic), _keys.topic_groups(topic)],
+                [name, start, ack_deadline_ms, max_attempts],
+            )
+            return GroupStatus(_text(status)), GroupSettings.parse(settings)
+
+        result: tuple[GroupStatus, GroupSettings] = await self._retried(attempt)
+        return result
+
+    async def delete(self, topic: str, name: str) -> bool:
+        async def attempt() -> bool:
+            existed = await _scripts.GROUP_DELETE.run(
+                self._redis, [_keys.topic_log(topic), _keys.topic_groups(topic)], [name]
+            )
+            return bool(existed)
+
+        deleted: bool = await self._retried(attempt)
+        return deleted
+
+    async def settings(self, topic: str, name: str) -> GroupSettings | None:
+        async def attempt() -> GroupSettings | None:
+            raw = await self._redis.hget(_keys.topic_groups(topic), name)
+            return None if raw is None else GroupSettings.parse(raw)
+
+        found: GroupSettings | None = await self._retried(attempt)
+        return found
+
+    async def states(self, topic: str, name: str | None = None) -> list[GroupState]:
+        """Every group of `topic` (or only `name`), with Redis's view of each."""
+
+        async def attempt() -> list[GroupState]:
+            registry: dict[Any, Any] = await self._redis.hgetall(_keys.topic_groups(topic))
+            settings = {
+                _text(k): GroupSettings.parse(v)
+                for k, v in registry.items()
+                if ":" not in _text(k) and (name is None or _text(k) == name)
+            }
+            if not settings:
+                return []
+            try:
+                info: Any = await self._redis.xinfo_groups(_keys.topic_log(topic))
+            except Exception as exc:  # the log is gone: no group has state
+                if "no such key" not in str(exc).lower():
+                    raise
+                info = []
+            live = {_text(g["name"]): g for g in info}
+            states = []
+            for group, s in sorted(settings.items()):
+                g = live.get(group, {})
+                states.append(
+                    GroupState(
+                        name=group,
+                        settings=s,
+                        outstanding=int(g.get("pending", 0)),
+                        consumers=int(g.get("consumers", 0)),
+                        last_delivered=_text(g.get("last-delivered-id", "0-0")),
+                    )
+                )
+            return states
+
+        states: list[GroupState] = await self._retried(attempt)
+        return states
+
+    async def pull(self, topic: str, group: str, consumer: str, count: int) -> Pulled | None:
+        """Lease up to `count` entries to `consumer`; None when the group does not exist."""
+
+        async def attempt() -> Pulled | None:
+            reply = await _scripts.GROUP_PULL.run(
+                self._redis,
+                [_keys.topic_log(topic), _keys.topic_groups(topic)],
+                [group, consumer, count],
+            )
+            if _text(reply[0]) == "nogroup":
+                return None
+            now_ms, deadline_ms, max_attempts, newest = reply[:4]
+            rest = reply[4:]
+            entries = [
+                Leased(
+                    cursor=_text(rest[j]),
+                    count=int(rest[j + 1]),
+                    tracking_id=_text(rest[j + 2]),
+                    payload=bytes(rest[j + 3]),
+                    content_length=int(rest[j + 4]),
+                    ttl_ms=int(rest[j + 5]),
+                )
+                for j in range(0, len(rest), 6)
+            ]
+            return Pulled(int(now_ms), int(deadline_ms), int(max_attempts), _text(newest), entries)
+
+        pulled: Pulled | None = await self._retried(attempt)
+        return pulled
+
+    async def wait_for_entries(self, topic: str, after: str, block_ms: int) -> None:
+        """Return once the log has an entry after `after`, or after `block_ms`."""
+
+        async def attempt() -> None:
+            await self._redis.xread({_keys.topic_log(topic): after}, count=1, block=block_ms)
+
+        await self._retried(attempt, self._retry_budget + block_ms / 1000)
+
+    async def append_hops(self, topic: str, writes: Sequence[HopWrite]) -> list[list[bytes] | None]:
+        """Append each hop where it was signed to go. Per write: None when appended, or
+        the packet's hops as they are now ([newest hash, entry 1, ..., entry n])."""
+        if not writes:
+            return []
+
+        async def attempt() -> list[list[bytes] | None]:
+            args: list[Any] = []
+            for w in writes:
+                args += (w.expected_hops, w.entry, w.entry_hash, w.keep_until_ms)
+            reply = await _scripts.HOPS_APPEND.run(
+                self._redis, [_keys.custody_hops(topic, w.tracking_id) for w in writes], args
+            )
+            return [[bytes(x) for x in r] if r else None for r in reply]
+
+        result: list[list[bytes] | None] = await self._retried(attempt)
+        return result
+
+    async def settle(
+        self, topic: str, group: str, items: Sequence[Settle], *, budget: float | None = None
+    ) -> list[Settled] | None:
+        """Settle `items`, one result each; None when the group does not exist."""
+        if not items:
+            return []
+
+        async def attempt() -> list[Settled] | None:
+            keys = [_keys.topic_log(topic), _keys.topic_groups(topic), _keys.carcel(topic)]
+            args: list[Any] = [group, self.carcel_retention_ms]
+            for item in items:
+                keys.append(_keys.custody_hops(topic, item.tracking_id))
+                argument: str | int = (
+                    "\n".join(item.carcel) if item.kind is Kind.CARCEL else item.delay_ms
+                )
+                args += (
+                    item.kind.value,
+                    item.cursor,
+                    item.count,
+                    item.expected_hops,
+                    item.entry,
+                    item.entry_hash,
+                    argument,
+                )
+            reply = await _scripts.SETTLE.run(self._redis, keys, args)
+            if reply and not isinstance(reply[0], list) and _text(reply[0]) == "nogroup":
+                return None
+            return [
+                Settled(
+                    Outcome(_text(r[0])),
+                    _text(r[1]) if len(r) > 1 else "",
+                    bytes(r[2]) if len(r) > 2 else b"",
+                )
+                for r in reply
+            ]
+
+        result: list[Settled] | None = await self._retried(attempt, budget)
+        return result
+
+    async def read_entries(
+        self, topic: str, cursors: Sequence[str]
+    ) -> list[tuple[str, bytes, int, int] | None]:
+        """Per cursor: (tracking id, packet bytes, content length, TTL ms), or None if gone."""
+
+        async def attempt() -> list[tuple[str, bytes, int, int] | None]:
+            pipe = self._redis.pipeline(transaction=False)
+            for cursor in cursors:
+                pipe.xrange(_keys.topic_log(topic), cursor, cursor)
+            replies = await pipe.execute()
+            out: list[tuple[str, bytes, int, int] | None] = []
+            for reply in replies:
+                if not reply:
+                    out.append(None)
+                    continue
+                fields = reply[0][1]
+                out.append(
+                    (
+                        _text(fields.get(b"i", b"")),
+                        bytes(fields[b"p"]),
+                        int(fields[b"n"]),
+                        int(fields[b"t"]),
+                    )
+                )
+            return out
+
+        result: list[tuple[str, bytes, int, int] | None] = await self._retried(attempt)
+        return result
+
+    async def read_hops(self, topic: str, tracking_ids: Sequence[str]) -> list[list[bytes]]:
+        """Each packet's hop entries, oldest first."""
+
+        async def attempt() -> list[list[bytes]]:
+            pipe = self._redis.pipeline(transaction=False)
+            for tid in tracking_ids:
+                pipe.hgetall(_keys.custody_hops(topic, tid))
+            replies = await pipe.execute()
+            out = []
+            for fields in replies:
+                n = int(fields.get(b"n", 0))
+                out.append([bytes(fields[str(j).encode()]) for j in range(1, n + 1)])
+            return out
+
+        result: list[list[bytes]] = await self._retried(attempt)
+        return result

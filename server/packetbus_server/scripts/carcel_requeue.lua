@@ -1,0 +1,42 @@
+-- Puts a carceled packet back on its topic for the consumer group it came from.
+--
+-- KEYS[1]  the topic's carcel          (pb:{topic}:carcel)
+-- KEYS[2]  the topic's log stream      (pb:{topic}:log)
+-- KEYS[3]  the topic's group registry  (pb:{topic}:groups)
+-- KEYS[4]  the packet's custody hops   (pb:{topic}:hops:<tracking id>)
+-- ARGV[1]  the carcel entry id
+-- ARGV[2]  hops the packet has before the "requeued" one
+-- ARGV[3]  the serialized, signed "requeued" custody entry (empty when the
+--          server does not sign custody entries)
+-- ARGV[4]  its hash
+--
+-- Returns {"ok", new cursor}, {"gone"} (no such carcel entry), {"stale", hop
+-- count, newest hop hash} (sign again) or {"nogroup", source} (its group was
+-- deleted, or it came from no group).
+-- The new log entry is for that group only (field g), so other groups and
+-- subscribers do not see the packet twice.
+local carcel, log, groups, hops = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local found = redis.call('XRANGE', carcel, ARGV[1], ARGV[1])
+if #found == 0 then
+  return {'gone'}
+end
+local f = {}
+local fields = found[1][2]
+for j = 1, #fields, 2 do
+  f[fields[j]] = fields[j + 1]
+end
+local group = string.match(f['s'], '^group:(.+)$')
+if not group or not redis.call('HGET', groups, group) then
+  return {'nogroup', f['s']}
+end
+if ARGV[3] ~= '' and hop_count(hops) ~= tonumber(ARGV[2]) then
+  return {'stale', tostring(hop_count(hops)), redis.call('HGET', hops, 'h') or ''}
+end
+local cursor = redis.call('XADD', log, '*', 'p', f['p'], 'n', f['n'], 't', f['t'], 'i', f['i'], 'g', group)
+redis.call('XDEL', carcel, ARGV[1])
+local expires_ms = tonumber(string.match(cursor, '^(%d+)-')) + tonumber(f['t'])
+if ARGV[3] ~= '' then
+  append_hop(hops, tonumber(ARGV[2]), ARGV[3], ARGV[4], expires_ms)
+end
+keep_until(hops, expires_ms)
+return {'ok', cursor}

@@ -1,0 +1,34 @@
+-- Library, prepended to the scripts that append custody hops (never run alone).
+--
+-- A packet's custody entries after ingest (deliveries, acks, carcel moves...)
+-- live in one hash per packet, pb:{topic}:hops:<tracking id>:
+--   n          how many hop entries there are
+--   h          the newest entry's hash (SHA-256 of 0x00 || its record)
+--   "1".."n"   the serialized CustodyEntry of each hop
+--   s:<group>  that consumer group's last settlement: "<delivery id> <kind>"
+-- An entry is signed over its place in the chain (its sequence and the hash
+-- before it) before the script runs, so it is appended only where its signer
+-- put it: as hop number `expected` + 1. Otherwise the caller signs again.
+
+-- Keep `key` until at least `at_ms` (unix ms).
+local function keep_until(key, at_ms)
+  local current = redis.call('PEXPIRETIME', key)
+  if current < at_ms then
+    redis.call('PEXPIREAT', key, at_ms)
+  end
+end
+
+-- The hop count of `key`.
+local function hop_count(key)
+  return tonumber(redis.call('HGET', key, 'n') or '0')
+end
+
+-- Append `entry` as hop `expected` + 1; false when the packet has another count.
+local function append_hop(key, expected, entry, entry_hash, keep_until_ms)
+  if hop_count(key) ~= expected then
+    return false
+  end
+  redis.call('HSET', key, 'n', expected + 1, 'h', entry_hash, tostring(expected + 1), entry)
+  keep_until(key, keep_until_ms)
+  return true
+end

@@ -1,0 +1,94 @@
+-- Settles a consumer group's deliveries: ack, nack, extend, or move to the carcel.
+--
+-- KEYS[1]      the topic's log stream      (pb:{topic}:log)
+-- KEYS[2]      the topic's group registry  (pb:{topic}:groups)
+-- KEYS[3]      the topic's carcel          (pb:{topic}:carcel)
+-- KEYS[3 + i]  item i's custody hops       (pb:{topic}:hops:<tracking id>)
+-- ARGV[1]      group name
+-- ARGV[2]      carcel retention in ms
+-- then 7 per item:
+--   kind        "ack", "nack", "extend" or "carcel"
+--   cursor      the packet's log entry
+--   count       the delivery count the settlement answers (the lease's fence)
+--   expected    hops the packet has before this settlement's own (unused by extend)
+--   entry       its serialized, signed custody entry (empty for extend, and when
+--               the server does not sign custody entries)
+--   entry hash  SHA-256(0x00 || the entry's record)
+--   argument    nack: redeliver after this many ms; carcel: "reason\ndetail\nsource"
+--
+-- Returns one {status, value} per item:
+--   "ok"     done; value = the new lease end in ms (extend), the carcel entry id (carcel)
+--   "gone"   not outstanding (settled before, carceled, or never delivered);
+--            value = the group's last settlement of the packet ("<cursor>:<count> <kind>")
+--   "lost"   delivered again since; value = the delivery count now
+--   "stale"  the packet's chain has other hops now: value = their count, then the
+--            newest one's hash (sign again after it)
+-- An item is checked in full before anything is written for it, and a settled
+-- delivery is recorded, so replaying the script after a lost reply answers
+-- "gone" with this very settlement instead of doing it twice.
+local log, groups, carcel = KEYS[1], KEYS[2], KEYS[3]
+local group, retention_ms = ARGV[1], tonumber(ARGV[2])
+local settings = redis.call('HGET', groups, group)
+if not settings then
+  return {'nogroup'}
+end
+local deadline_ms = tonumber(string.match(settings, '^(%d+) '))
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+
+local results = {}
+for i = 1, #KEYS - 3 do
+  local hops = KEYS[3 + i]
+  local base = 2 + 7 * (i - 1)
+  local kind, cursor, count = ARGV[base + 1], ARGV[base + 2], tonumber(ARGV[base + 3])
+  local expected, entry, entry_hash = tonumber(ARGV[base + 4]), ARGV[base + 5], ARGV[base + 6]
+  local argument = ARGV[base + 7]
+  local marker = 's:' .. group
+  local pending = redis.call('XPENDING', log, group, cursor, cursor, 1)
+  if #pending == 0 then
+    results[i] = {'gone', redis.call('HGET', hops, marker) or ''}
+  elseif pending[1][4] ~= count then
+    results[i] = {'lost', tostring(pending[1][4])}
+  elseif kind == 'extend' then
+    redis.call('XCLAIM', log, group, pending[1][2], 0, cursor, 'IDLE', 0, 'JUSTID')
+    results[i] = {'ok', tostring(now_ms + deadline_ms)}
+  elseif entry ~= '' and hop_count(hops) ~= expected then
+    results[i] = {'stale', tostring(hop_count(hops)), redis.call('HGET', hops, 'h') or ''}
+  else
+    local found = redis.call('XRANGE', log, cursor, cursor)
+    local f = {}
+    if #found == 1 then
+      local fields = found[1][2]
+      for j = 1, #fields, 2 do
+        f[fields[j]] = fields[j + 1]
+      end
+    end
+    local expires_ms = tonumber(string.match(cursor, '^(%d+)-')) + tonumber(f['t'] or '0')
+    local value = ''
+    if kind == 'ack' then
+      redis.call('XACK', log, group, cursor)
+    elseif kind == 'nack' then
+      -- Idle for deadline - delay: leased again once `delay` has passed.
+      local idle = math.max(0, deadline_ms - tonumber(argument))
+      redis.call('XCLAIM', log, group, pending[1][2], 0, cursor, 'IDLE', idle, 'JUSTID')
+    elseif kind == 'carcel' then
+      redis.call('XACK', log, group, cursor)
+      if #found == 1 then
+        local reason, detail, source = string.match(argument, '^([^\n]*)\n([^\n]*)\n(.*)$')
+        value = redis.call('XADD', carcel, '*', 'p', f['p'], 'n', f['n'], 't', f['t'], 'i', f['i'] or '',
+          'c', cursor, 'r', reason, 'd', detail, 's', source, 'a', count)
+        redis.call('XTRIM', carcel, 'MINID', '~', now_ms - retention_ms)
+        redis.call('PEXPIRE', carcel, retention_ms)
+        -- The chain must outlive the packet while it sits in the carcel.
+        expires_ms = now_ms + retention_ms
+      end
+    end
+    if entry ~= '' then
+      append_hop(hops, expected, entry, entry_hash, expires_ms)
+    end
+    redis.call('HSET', hops, marker, cursor .. ':' .. count .. ' ' .. kind)
+    keep_until(hops, expires_ms)
+    results[i] = {'ok', value}
+  end
+end
+return results
