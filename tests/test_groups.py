@@ -169,7 +169,13 @@ async def test_a_poison_packet_goes_to_the_carcel_after_five_nacks_and_requeue_d
     ) == 1
     assert [e.id async for e in client.carcel_entries(topic, reason="other")] == []
     chain = [a for a, _, _ in _actions(entry.packet)]
-    assert chain == ["received", "dispatched", *["delivered", "nacked"] * 4, "delivered", "carceled"]
+    assert chain == [
+        "received",
+        "dispatched",
+        *["delivered", "nacked"] * 4,
+        "delivered",
+        "carceled",
+    ]
 
     await client.requeue_carcel_entry(topic, carcel_id)
     assert [e async for e in client.carcel_entries(topic)] == []
@@ -203,9 +209,7 @@ async def test_a_poison_packet_goes_to_the_carcel_after_five_nacks_and_requeue_d
 async def test_an_expired_lease_goes_to_another_consumer_and_the_late_ack_is_refused(
     client: packetbus.Client, topic: str
 ) -> None:
-    await client.create_consumer_group(
-        topic, "g", start=packetbus.EARLIEST, ack_deadline_seconds=1
-    )
+    await client.create_consumer_group(topic, "g", start=packetbus.EARLIEST, ack_deadline_seconds=1)
     [tid] = await _dispatch(client, topic, 1)
     async with (
         client.consume(topic, "g", consumer="slow") as slow,
@@ -270,9 +274,7 @@ async def test_settling_outside_the_stream_and_bad_requests(
                     break
     assert sorted(d.packet.packet.tracking_id for d in batch) == sorted(tids)
     # Closing the consumer did not settle them; another client can.
-    results = await client.acknowledge(
-        topic, "g", [batch[0].delivery_id, "not-an-id", "1-0:1"]
-    )
+    results = await client.acknowledge(topic, "g", [batch[0].delivery_id, "not-an-id", "1-0:1"])
     assert [r.status.code for r in results] == [
         0,
         grpc.StatusCode.INVALID_ARGUMENT.value[0],
@@ -295,9 +297,7 @@ async def test_settling_outside_the_stream_and_bad_requests(
     assert await raw_redis.pttl(f"pb:{{{topic}}}:log") > 0
 
 
-async def test_a_nack_with_delay_comes_back_after_it(
-    client: packetbus.Client, topic: str
-) -> None:
+async def test_a_nack_with_delay_comes_back_after_it(client: packetbus.Client, topic: str) -> None:
     await client.create_consumer_group(topic, "g", start=packetbus.EARLIEST)
     await _dispatch(client, topic, 1)
     async with client.consume(topic, "g", consumer="c") as consumer:
