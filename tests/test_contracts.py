@@ -53,7 +53,9 @@ def test_a_contract_change_makes_the_stubs_stale(tmp_path: Path) -> None:
     assert generate_protos.stale_files(protos, generate_protos.COMMITTED) == ["packet_pb2.py"]
 
 
-@pytest.mark.parametrize("script", sorted((REPO / "server/packetbus_server/scripts").glob("*.lua")))
+@pytest.mark.parametrize(
+    "script", sorted((REPO / "server/packetbus_server/scripts").glob("*.lua")), ids=lambda p: p.name
+)
 def test_every_lua_script_documents_keys_and_argv(script: Path) -> None:
     header = script.read_text().split("\nlocal ", 1)[0]
     assert "KEYS[1]" in header

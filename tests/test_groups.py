@@ -327,3 +327,25 @@ async def test_the_log_of_a_topic_with_groups_does_not_expire(
     ttl = await raw_redis.pttl(f"pb:{{{topic}}}:hops:{tid}")
     assert 50_000 < ttl <= 60_000
     assert _custody.DELIVERED in [a for a, _, _ in _actions(await client.get_packet(tid))]
+
+
+async def test_deliveries_a_closing_consumer_never_handed_out_come_back_uncounted(
+    client: packetbus.Client, topic: str
+) -> None:
+    await client.create_consumer_group(
+        topic, "g", start=packetbus.EARLIEST, max_delivery_attempts=1
+    )
+    sent = await _dispatch(client, topic, 5)
+    async with client.consume(topic, "g", consumer="quitter") as consumer:
+        first = await anext(consumer)
+        await first.ack()
+    # The other four were received with the first, never handed out, and released.
+    async with client.consume(topic, "g", consumer="stayer") as consumer:
+        async with asyncio.timeout(10):
+            rest = [await anext(consumer) for _ in range(4)]
+        await consumer.ack(*rest)
+    assert sorted(d.packet.packet.tracking_id for d in [first, *rest]) == sorted(sent)
+    assert {d.delivery_count for d in rest} == {1}
+    assert [e async for e in client.carcel_entries(topic)] == []
+    actions = await _verified_actions(client, rest[0].packet.packet.tracking_id)
+    assert actions == ["received", "dispatched", "delivered", "released", "delivered", "acked"]

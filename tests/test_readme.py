@@ -196,3 +196,51 @@ def test_quickstart_and_cli_examples_run_as_written(
         assert "ttl_seconds:" in message
     finally:
         assert server.stop() == 0
+
+
+def test_worker_example_and_carcel_cli_run_as_written(
+    served: tuple[str, dict[str, str], Path], tmp_path: Path
+) -> None:
+    serve, env, _ = served
+    server = Served(serve, env)
+    try:
+        script = tmp_path / "worker.py"
+        script.write_text(block("worker"))
+        worker = subprocess.run(
+            [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert worker.returncode == 0, worker.stderr
+        assert worker.stdout.splitlines() == [
+            f"worker-1 did job-{n} on delivery 1" for n in range(3)
+        ]
+
+        create, consume, listing, requeue, get = block("groups-cli").splitlines()
+        created = run(create, env)
+        assert created.returncode == 0, created.stderr
+        assert json.loads(created.stdout)["maxDeliveryAttempts"] == 1
+        consumed = run(consume, env)
+        assert consumed.returncode == 0, consumed.stderr
+        [delivery] = [json.loads(line) for line in consumed.stdout.splitlines()]
+        assert delivery["packet"]["packet"]["task"]["id"] == "job-0"
+        listed = run(listing, env)
+        assert listed.returncode == 0, listed.stderr
+        [entry] = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert (entry["reason"], entry["detail"], entry["source"]) == (
+            "max delivery attempts",
+            "cannot parse it",
+            "group:strict",
+        )
+        requeued = run(requeue.replace("CARCEL_ID", entry["id"]), env)
+        assert requeued.returncode == 0, requeued.stderr
+        assert run(listing, env).stdout == ""
+        # The other two jobs, then the requeued one, each delivered once.
+        again = run(
+            consume.replace("--settle nack", "--settle ack").replace("--count 1", "--count 3"), env
+        )
+        rows = [json.loads(line) for line in again.stdout.splitlines()]
+        assert [r["packet"]["packet"]["task"]["id"] for r in rows] == ["job-1", "job-2", "job-0"]
+        assert {r["deliveryCount"] for r in rows} == {1}
+        group = json.loads(run(get, env).stdout)
+        assert (group["name"], group.get("outstanding", "0")) == ("strict", "0")
+    finally:
+        assert server.stop() == 0

@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 
 from packetbus.v1 import custody_pb2, packet_pb2, speech_act_pb2
 
+from . import _cli_groups
 from ._client import EARLIEST, LATEST, Client, fill_defaults, sign_as
 from ._config import DEFAULT_TARGET, TARGET_ENV, AgentIdentity, ClientConfig
 from ._errors import PacketbusError
@@ -192,6 +193,8 @@ def _parser() -> argparse.ArgumentParser:
     new_agent.add_argument("--agent-id", required=True)
     new_agent.add_argument("--out", type=Path, required=True, help="the key file to write (0600)")
 
+    _cli_groups.add_parsers(commands)
+
     commands.add_parser("info", help="print server info as JSON")
     commands.add_parser(
         "health", help="exit 0 if the server reports SERVING (grpc.health.v1), 1 otherwise"
@@ -348,6 +351,7 @@ _COMMANDS = {
     "verify": _verify,
     "export": _export,
     "keys": _keys,
+    **_cli_groups.COMMANDS,
 }
 
 

@@ -114,6 +114,8 @@ class Consumer:
         self._new_backoff = backoff
         self._outgoing = _Outgoing()
         self._waiting: dict[tuple[str, str], list[asyncio.Future[pb.SettleResult]]] = {}
+        # The nacks awaiting confirmation, to send again as they were.
+        self._nacks: dict[str, pb.Nacked] = {}
         self._unsent = asyncio.Event()
         self._buffer: list[Delivery] = []
         self._queue: asyncio.Queue[list[Delivery] | BaseException] = asyncio.Queue()
@@ -150,9 +152,18 @@ class Consumer:
         """Give deliveries back: delivered again after `delay_seconds` (or, after the
         group's last attempt, moved to the carcel with `reason`)."""
         ids = [d if isinstance(d, str) else d.delivery_id for d in deliveries]
-        self._outgoing.nacks.extend(
-            pb.Nacked(delivery_id=i, delay_seconds=delay_seconds, reason=reason) for i in ids
-        )
+        nacks = [pb.Nacked(delivery_id=i, delay_seconds=delay_seconds, reason=reason) for i in ids]
+        self._outgoing.nacks.extend(nacks)
+        self._nacks.update((n.delivery_id, n) for n in nacks)
+        return Settling([self._future("nack", i) for i in ids])
+
+    def release(self, *deliveries: Delivery | str) -> Settling:
+        """Give deliveries back without counting the attempt: for deliveries not
+        looked at. They are delivered again at once, with the same delivery count."""
+        ids = [d if isinstance(d, str) else d.delivery_id for d in deliveries]
+        nacks = [pb.Nacked(delivery_id=i, release=True) for i in ids]
+        self._outgoing.nacks.extend(nacks)
+        self._nacks.update((n.delivery_id, n) for n in nacks)
         return Settling([self._future("nack", i) for i in ids])
 
     def extend(self, *deliveries: Delivery | str) -> Settling:
@@ -169,6 +180,8 @@ class Consumer:
         future = futures.pop(0)
         if not futures:
             del self._waiting[key]
+            if key[0] == "nack":
+                self._nacks.pop(key[1], None)
         if not future.done():
             future.set_result(result)
 
@@ -180,17 +193,19 @@ class Consumer:
             out, self._outgoing = self._outgoing, _Outgoing()
             if out:
                 yield pb.PullRequest(ack_ids=out.acks, nacks=out.nacks, extend_ids=out.extends)
+            if self._closing:
+                # Half-close: the server confirms what was sent, then ends the stream.
+                return
 
     async def _settle_unary(self) -> None:
         """Send unconfirmed settlements as unary calls (after a stream broke)."""
-        out, self._outgoing = self._outgoing, _Outgoing()
+        self._outgoing = _Outgoing()
         pending = [k for k, v in self._waiting.items() if v]
         acks = [i for kind, i in pending if kind == "ack"]
         extends = [i for kind, i in pending if kind == "extend"]
-        nacks = [n for n in out.nacks] + [
-            pb.Nacked(delivery_id=i)
-            for kind, i in pending
-            if kind == "nack" and all(n.delivery_id != i for n in out.nacks)
+        # Each nack as it was asked for (a release must stay a release).
+        nacks = [
+            self._nacks.get(i) or pb.Nacked(delivery_id=i) for kind, i in pending if kind == "nack"
         ]
         topic, group = self._subscription.topic, self._subscription.group
         calls: list[Any] = []
@@ -281,6 +296,8 @@ class Consumer:
                     continue
                 if response is grpc.aio.EOF:
                     self._call = None
+                    if self._closing:
+                        return
                     continue
                 failing_since = None
                 for result in response.settled:
@@ -289,9 +306,7 @@ class Consumer:
                     continue
                 if self._closing:
                     # Arrived while closing: not handed out, given back at once.
-                    self.nack(
-                        *(d.delivery_id for d in response.deliveries), reason="consumer closed"
-                    )
+                    self.release(*(d.delivery_id for d in response.deliveries))
                     continue
                 self._queue.put_nowait(
                     [
@@ -311,7 +326,11 @@ class Consumer:
             await asyncio.wait(futures, timeout=timeout)
 
     async def close(self, timeout: float = 10.0) -> None:
-        """Send and confirm the settlements made so far, then end the stream."""
+        """Send and confirm the settlements made so far, then end the stream.
+
+        Deliveries received but never handed out are released: back to the
+        group at once, their attempt not counted.
+        """
         if self._closed:
             return
         self._closing = True
@@ -321,12 +340,18 @@ class Consumer:
             if not isinstance(item, BaseException):
                 unseen.extend(item)
         self._buffer = []
-        if unseen and self._reader is not None and not self._reader.done():
-            # Received but never handed out: back to the group now, not when
-            # their leases run out.
-            self.nack(*unseen, reason="consumer closed")
-        if self._reader is not None and not self._reader.done():
-            await self.flush(timeout)
+        reading = self._reader is not None and not self._reader.done()
+        if unseen:
+            self.release(*unseen)
+        self._unsent.set()  # wakes the request stream, which then half-closes
+        if reading and self._reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+        if self._waiting:
+            # Deliveries that came in after the half-close, or settlements the
+            # stream did not confirm: settled by unary calls instead.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._settle_unary(), timeout)
         self._closed = True
         if self._reader is not None:
             self._reader.cancel()

@@ -38,6 +38,7 @@ DISPATCHED = "dispatched"
 DELIVERED = "delivered"
 ACKED = "acked"
 NACKED = "nacked"
+RELEASED = "released"
 CARCELED = "carceled"
 REQUEUED = "requeued"
 

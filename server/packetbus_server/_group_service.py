@@ -103,15 +103,22 @@ def _parse(kind: Kind, ident: str, *, delay_s: int = 0, reason: str = "") -> Req
     return Request(kind, ident, match.group(1), int(match.group(2)), delay_s * 1000, reason=reason)
 
 
+def _nacked(nack: pb.Nacked) -> Request:
+    kind = Kind.RELEASE if nack.release else Kind.NACK
+    return _parse(kind, nack.delivery_id, delay_s=nack.delay_seconds, reason=nack.reason)
+
+
 _SETTLEMENT = {
     Kind.ACK: pb.SETTLEMENT_ACK,
     Kind.NACK: pb.SETTLEMENT_NACK,
+    Kind.RELEASE: pb.SETTLEMENT_NACK,
     Kind.EXTEND: pb.SETTLEMENT_EXTEND,
     Kind.CARCEL: pb.SETTLEMENT_NACK,
 }
 _ACTION = {
     Kind.ACK: _custody.ACKED,
     Kind.NACK: _custody.NACKED,
+    Kind.RELEASE: _custody.RELEASED,
     Kind.CARCEL: _custody.CARCELED,
 }
 
@@ -338,7 +345,11 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
             try:
                 while True:
                     if settler.done():
-                        settler.result()  # a storage error ends the stream
+                        # The consumer half-closed (or settling failed: this
+                        # raises): confirm what it settled, deliver nothing more.
+                        settler.result()
+                        if stream.outbox:
+                            yield pb.PullResponse(settled=stream.outbox)
                         return
                     now_ms = time.time_ns() // 1_000_000
                     room = stream.room(now_ms)
@@ -513,7 +524,8 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
         stream: _Stream,
         context: grpc.aio.ServicerContext,
     ) -> None:
-        """Settle what the consumer sends on its stream, until it half-closes."""
+        """Settle what the consumer sends on its stream, until it half-closes (then the
+        stream ends once those settlements are confirmed)."""
         request: pb.PullRequest | None = first
         while True:
             if request is not None:
@@ -529,10 +541,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                     )
                 parsed = [
                     *(_parse(Kind.ACK, i) for i in request.ack_ids),
-                    *(
-                        _parse(Kind.NACK, n.delivery_id, delay_s=n.delay_seconds, reason=n.reason)
-                        for n in request.nacks
-                    ),
+                    *(_nacked(n) for n in request.nacks),
                     *(_parse(Kind.EXTEND, i) for i in request.extend_ids),
                 ]
                 if parsed:
@@ -553,8 +562,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
             try:
                 request = await anext(requests)
             except StopAsyncIteration:
-                # Half-closed: nothing more to settle; deliveries go on.
-                await asyncio.Event().wait()
+                return  # half-closed: the consumer is done
 
     async def _settle(
         self,
@@ -760,10 +768,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
     async def Nack(
         self, request: pb.NackRequest, context: grpc.aio.ServicerContext
     ) -> pb.NackResponse:
-        requests = [
-            _parse(Kind.NACK, n.delivery_id, delay_s=n.delay_seconds, reason=n.reason)
-            for n in request.nacks
-        ]
+        requests = [_nacked(n) for n in request.nacks]
         return pb.NackResponse(
             results=await self._unary(context, request.topic, request.group, requests)
         )

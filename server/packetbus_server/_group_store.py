@@ -81,6 +81,7 @@ class Pulled:
 class Kind(enum.Enum):
     ACK = "ack"
     NACK = "nack"
+    RELEASE = "release"
     EXTEND = "extend"
     CARCEL = "carcel"
 

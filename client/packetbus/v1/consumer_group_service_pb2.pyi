@@ -325,6 +325,7 @@ class Nacked(_message.Message):
     DELIVERY_ID_FIELD_NUMBER: _builtins.int
     DELAY_SECONDS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
     delivery_id: _builtins.str
     delay_seconds: _builtins.int
     """Deliver again after this many seconds (at most the ack deadline); 0 means
@@ -334,16 +335,22 @@ class Nacked(_message.Message):
     """Recorded in the custody entry and, if this was the last attempt, in the
     carcel entry.
     """
+    release: _builtins.bool
+    """Give the delivery back without counting the attempt: for deliveries the
+    consumer never looked at (e.g. received while it was closing). Its next
+    delivery has the same delivery count, and it never goes to the carcel.
+    """
     def __init__(
         self,
         *,
         delivery_id: _builtins.str = ...,
         delay_seconds: _builtins.int = ...,
         reason: _builtins.str = ...,
+        release: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay_seconds", b"delay_seconds", "delivery_id", b"delivery_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay_seconds", b"delay_seconds", "delivery_id", b"delivery_id", "reason", b"reason", "release", b"release"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

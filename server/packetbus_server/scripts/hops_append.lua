@@ -1,6 +1,6 @@
 -- Appends custody hops to packets, each where its signer put it.
 --
--- KEYS[i]  packet i's custody hops  (pb:{topic}:hops:<tracking id>)
+-- KEYS[1], KEYS[2], ...  each packet's custody hops  (pb:{topic}:hops:<tracking id>)
 -- then 4 per item in ARGV:
 --   expected    hops the packet has before this one
 --   entry       the serialized, signed custody entry

@@ -7,7 +7,8 @@
 -- ARGV[1]      group name
 -- ARGV[2]      carcel retention in ms
 -- then 7 per item:
---   kind        "ack", "nack", "extend" or "carcel"
+--   kind        "ack", "nack", "release" (a nack that does not count the attempt),
+--               "extend" or "carcel"
 --   cursor      the packet's log entry
 --   count       the delivery count the settlement answers (the lease's fence)
 --   expected    hops the packet has before this settlement's own (unused by extend)
@@ -71,6 +72,10 @@ for i = 1, #KEYS - 3 do
       -- Idle for deadline - delay: leased again once `delay` has passed.
       local idle = math.max(0, deadline_ms - tonumber(argument))
       redis.call('XCLAIM', log, group, pending[1][2], 0, cursor, 'IDLE', idle, 'JUSTID')
+    elseif kind == 'release' then
+      -- Leased again at once, and the claim that does so counts this attempt again.
+      redis.call('XCLAIM', log, group, pending[1][2], 0, cursor, 'IDLE', deadline_ms,
+        'RETRYCOUNT', count - 1, 'JUSTID')
     elseif kind == 'carcel' then
       redis.call('XACK', log, group, cursor)
       if #found == 1 then
