@@ -1,0 +1,257 @@
+"""Delivery benchmark: consumer-group delivery + ack next to NATS JetStream pull + ack.
+
+Prints one JSON document on stdout; progress goes to stderr. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dispatch_bench import (
+    BATCH,
+    NATS_HOST,
+    NATS_PORT,
+    Tally,
+    chunks,
+    find_pid,
+    local_pid,
+    log,
+    machine_info,
+    make_packet,
+    measure,
+    redis_info,
+    spawned_server,
+    store_pid,
+)
+
+from packetbus import EARLIEST, Client, fill_defaults
+
+FETCH = 200
+DURABLE = "bench"
+CONSUMERS = (1, 2)
+
+
+async def fill(client: Client, topic: str, count: int) -> None:
+    """Dispatch `count` packets to `topic`, off the clock."""
+    for batch in chunks([make_packet(topic, i) for i in range(count)], BATCH):
+        results = await client.dispatch_batch([fill_defaults(p) for p in batch], timeout=60)
+        bad = [r for r in results if r.WhichOneof("outcome") != "receipt"]
+        if bad:
+            raise RuntimeError(f"filling {topic} failed: {bad[0].error.message}")
+
+
+async def consume_all(
+    client: Client, topic: str, group: str, consumers: int, count: int, tally: Tally
+) -> None:
+    """`consumers` consumers of `group` take and ack deliveries until `count` are acked."""
+    done = asyncio.Event()
+
+    async def consumer(name: str) -> None:
+        async with client.consume(
+            topic, group, consumer=name, max_outstanding_packets=4 * FETCH, max_batch_packets=FETCH
+        ) as deliveries:
+            async for batch in deliveries.batches():
+                for result in await deliveries.ack(*batch):
+                    if result.status.code == 0:
+                        tally.ok += 1
+                    else:
+                        tally.error(1, result.status.message)
+                if tally.ok + tally.errors >= count:
+                    done.set()
+                    return
+
+    tasks = [asyncio.create_task(consumer(f"bench-{i}")) for i in range(consumers)]
+    try:
+        await asyncio.wait_for(done.wait(), 300)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def bench_packetbus(
+    client: Client, run_id: str, packets: int, pids: dict[str, int | None]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for consumers in CONSUMERS:
+        topic = f"bench.{run_id}.groups.{consumers}"
+        await fill(client, topic, packets)
+        await client.create_consumer_group(topic, "bench", start=EARLIEST)
+
+        async def body(tally: Tally, t: str = topic, c: int = consumers) -> None:
+            await consume_all(client, t, "bench", c, packets, tally)
+
+        name = f"consumers_{consumers}"
+        out[name] = await measure(f"packetbus_{name}", packets, pids, body)
+        out[name] |= {"max_batch_packets": FETCH, "acks": "confirmed by the server, per batch"}
+        group = await client.get_consumer_group(topic, "bench")
+        out[name]["outstanding_after"] = group.outstanding
+        await client.delete_consumer_group(topic, "bench")
+    return out
+
+
+async def bench_nats(run_id: str, payload: bytes, packets: int) -> dict[str, Any]:
+    import nats
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    async def quiet(exc: Exception) -> None:
+        log(f"nats: {exc!r}")
+
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(NATS_HOST, NATS_PORT), 2)
+        writer.close()
+        nc = await asyncio.wait_for(
+            nats.connect(
+                f"nats://{NATS_HOST}:{NATS_PORT}",
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                error_cb=quiet,
+            ),
+            5,
+        )
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        return {"skipped": f"no nats-server answers on {NATS_HOST}:{NATS_PORT}: {exc!r}"}
+    out: dict[str, Any] = {}
+    try:
+        js = nc.jetstream()
+        version = nc.connected_server_version
+        out["server"] = f"nats-server {version.major}.{version.minor}.{version.patch}"
+        out["storage"] = "file (stream defaults)"
+        pids = {"client": os.getpid(), "nats": find_pid("nats-server")}
+        for consumers in CONSUMERS:
+            stream, subject = f"BENCHD_{run_id}_{consumers}", f"benchd.{run_id}.{consumers}"
+            try:
+                await js.add_stream(name=stream, subjects=[subject])
+            except Exception as exc:
+                return {"skipped": f"the nats-server has no usable JetStream: {exc!r}"}
+            try:
+                for part in chunks(range(packets), 256):
+                    await asyncio.gather(*(js.publish(subject, payload) for _ in part))
+                durable = DURABLE
+                await js.add_consumer(
+                    stream, ConsumerConfig(durable_name=durable, ack_policy=AckPolicy.EXPLICIT)
+                )
+
+                async def body(
+                    tally: Tally, s: str = subject, st: str = stream, c: int = consumers
+                ) -> None:
+                    done = asyncio.Event()
+
+                    async def puller() -> None:
+                        sub = await js.pull_subscribe(s, DURABLE, stream=st)
+                        while not done.is_set():
+                            try:
+                                messages = await sub.fetch(FETCH, timeout=1)
+                            except nats.errors.TimeoutError:
+                                continue
+                            for message in messages:
+                                await message.ack()
+                            tally.ok += len(messages)
+                            if tally.ok >= packets:
+                                done.set()
+
+                    tasks = [asyncio.create_task(puller()) for _ in range(c)]
+                    try:
+                        await asyncio.wait_for(done.wait(), 300)
+                    finally:
+                        for task in tasks:
+                            task.cancel()
+                        await asyncio.gather(*tasks, return_exceptions=True)
+
+                name = f"consumers_{consumers}"
+                out[name] = await measure(f"nats_pull_ack_{name}", packets, pids, body)
+                out[name] |= {
+                    "fetch": FETCH,
+                    "acks": "msg.ack(): sent, not confirmed (nats-py)",
+                }
+            finally:
+                await js.delete_stream(stream)
+    finally:
+        await nc.close()
+    return out
+
+
+def ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    if not a.get("per_s") or not b.get("per_s"):
+        return None
+    return round(float(a["per_s"]) / float(b["per_s"]), 3)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    run_id = uuid.uuid4().hex[:12]
+    result: dict[str, Any] = {
+        "run_id": run_id,
+        "config": {
+            "packets": args.packets,
+            "consumers": list(CONSUMERS),
+            "server_store": args.redis_url or "embedded Valkey (AOF everysec)",
+        },
+    }
+    payload = fill_defaults(make_packet("x", 0)).SerializeToString(deterministic=True)
+    with tempfile.TemporaryDirectory(prefix="packetbus-bench-") as tmp:
+        async with spawned_server(Path(tmp) / "server", args.redis_url) as server:
+            pids: dict[str, int | None] = {"client": os.getpid(), "server": server.process.pid}
+            if args.redis_url:
+                pids["store"] = store_pid(await redis_info(args.redis_url))
+            else:
+                pids["store"] = local_pid(
+                    int((server.data_dir / "valkey.pid").read_text()), "valkey"
+                )
+            async with await Client.connect(server.target, timeout=30) as client:
+                result["packetbus"] = await bench_packetbus(client, run_id, args.packets, pids)
+        result["server_exit_code"] = server.exit_code
+    result["nats_jetstream"] = await bench_nats(run_id, payload, args.packets)
+    result["ratios"] = {
+        f"packetbus_over_nats_{name}": ratio(
+            result["packetbus"][name], result["nats_jetstream"].get(name, {})
+        )
+        for name in result["packetbus"]
+    }
+    result["machine"] = machine_info("uvloop" if args.uvloop else "asyncio")
+    result["total_errors"] = sum(
+        m.get("errors", 0)
+        for part in (result["packetbus"], result["nats_jetstream"])
+        for m in part.values()
+        if isinstance(m, dict)
+    )
+    return result
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--redis-url", help="Redis for the spawned server (--redis-url)")
+    parser.add_argument(
+        "--packets", type=int, default=20000, help="packets per measurement (default 20000)"
+    )
+    parser.add_argument("--quick", action="store_true", help="2000 packets, for a smoke test")
+    parser.add_argument("--no-uvloop", dest="uvloop", action="store_false")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.packets = 2000
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.uvloop:
+        import uvloop
+
+        result = uvloop.run(run(args))
+    else:
+        result = asyncio.run(run(args))
+    json.dump(result, sys.stdout, indent=2)
+    print()
+    return 1 if result["total_errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
