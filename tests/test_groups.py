@@ -348,4 +348,9 @@ async def test_deliveries_a_closing_consumer_never_handed_out_come_back_uncounte
     assert {d.delivery_count for d in rest} == {1}
     assert [e async for e in client.carcel_entries(topic)] == []
     actions = await _verified_actions(client, rest[0].packet.packet.tracking_id)
-    assert actions == ["received", "dispatched", "delivered", "released", "delivered", "acked"]
+    # Released once, or more if the closing consumer was sent it again before the
+    # server saw it close: never counted either way.
+    middle = actions[2:-2]
+    assert actions[:2] == ["received", "dispatched"]
+    assert actions[-2:] == ["delivered", "acked"]
+    assert middle and middle == ["delivered", "released"] * (len(middle) // 2)

@@ -43,6 +43,7 @@ from ._group_store import (
 )
 from ._limits import Limits
 from ._packet_service import fill_receipt, storage_errors
+from ._store import cursor_millis
 from ._validation import (
     Violation,
     validate_agent_id,
@@ -79,6 +80,7 @@ class Held:
     end: ChainEnd
     size: int
     lease_ends_ms: int
+    expires_at_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,7 +479,15 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
             stored.content = entry.payload[: entry.content_length]
             fill_receipt(stored.receipt, stream.topic, entry.cursor, entry.expires_at_ms)
             stream.hold(
-                ident, Held(entry.tracking_id, digests[i], ends[i], len(payload), lease_ends_ms)
+                ident,
+                Held(
+                    entry.tracking_id,
+                    digests[i],
+                    ends[i],
+                    len(payload),
+                    lease_ends_ms,
+                    entry.expires_at_ms,
+                ),
             )
             out.append(delivery)
         return out
@@ -494,6 +504,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                 chain_end(e.payload, e.content_length, []),
                 0,
                 0,
+                e.expires_at_ms,
             )
             for r, e in zip(requests, entries, strict=True)
         }
@@ -645,7 +656,13 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                         entry=s.entry if s else b"",
                         entry_hash=s.hash if s else b"",
                         delay_ms=r.delay_ms,
-                        carcel=(MAX_DELIVERY, r.reason or reason, f"group:{group}"),
+                        # One line each: the script splits them at line breaks.
+                        carcel=(
+                            MAX_DELIVERY,
+                            " ".join((r.reason or reason).splitlines()),
+                            f"group:{group}",
+                        ),
+                        expires_at_ms=h.expires_at_ms,
                     )
                 )
             settled = await self._store.settle(topic, group, items)
@@ -678,13 +695,14 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
         found = await self._store.read_entries(topic, [r.cursor for r in requests])
         present = [(r, f) for r, f in zip(requests, found, strict=True) if f is not None]
         hops = await self._store.read_hops(topic, [f[0] for _, f in present])
-        for (r, (tid, payload, content_length, _ttl)), entries in zip(present, hops, strict=True):
+        for (r, (tid, payload, content_length, ttl_ms)), entries in zip(present, hops, strict=True):
             known[r.delivery_id] = Held(
                 tid,
                 hashlib.sha256(payload[:content_length]).digest(),
                 chain_end(payload, content_length, entries),
                 0,
                 0,
+                cursor_millis(r.cursor) + ttl_ms,
             )
 
     @staticmethod

@@ -100,6 +100,8 @@ class Settle:
     # NACK: redeliver after this many ms. CARCEL: reason, detail, source.
     delay_ms: int = 0
     carcel: tuple[str, str, str] = ("", "", "")
+    # When the packet expires: its hops are kept until then.
+    expires_at_ms: int = 0
 
 
 class Outcome(enum.Enum):
@@ -286,6 +288,7 @@ class GroupStore:
                     item.entry,
                     item.entry_hash,
                     argument,
+                    item.expires_at_ms,
                 )
             reply = await _scripts.SETTLE.run(self._redis, keys, args)
             if reply and not isinstance(reply[0], list) and _text(reply[0]) == "nogroup":

@@ -6,7 +6,7 @@
 -- KEYS[3 + i]  item i's custody hops       (pb:{topic}:hops:<tracking id>)
 -- ARGV[1]      group name
 -- ARGV[2]      carcel retention in ms
--- then 7 per item:
+-- then 8 per item:
 --   kind        "ack", "nack", "release" (a nack that does not count the attempt),
 --               "extend" or "carcel"
 --   cursor      the packet's log entry
@@ -16,6 +16,7 @@
 --               the server does not sign custody entries)
 --   entry hash  SHA-256(0x00 || the entry's record)
 --   argument    nack: redeliver after this many ms; carcel: "reason\ndetail\nsource"
+--   expiry      unix ms the packet expires at: its hops are kept until then
 --
 -- Returns one {status, value} per item:
 --   "ok"     done; value = the new lease end in ms (extend), the carcel entry id (carcel)
@@ -40,10 +41,10 @@ local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local results = {}
 for i = 1, #KEYS - 3 do
   local hops = KEYS[3 + i]
-  local base = 2 + 7 * (i - 1)
+  local base = 2 + 8 * (i - 1)
   local kind, cursor, count = ARGV[base + 1], ARGV[base + 2], tonumber(ARGV[base + 3])
   local expected, entry, entry_hash = tonumber(ARGV[base + 4]), ARGV[base + 5], ARGV[base + 6]
-  local argument = ARGV[base + 7]
+  local argument, expires_ms = ARGV[base + 7], tonumber(ARGV[base + 8])
   local marker = 's:' .. group
   local pending = redis.call('XPENDING', log, group, cursor, cursor, 1)
   if #pending == 0 then
@@ -56,15 +57,6 @@ for i = 1, #KEYS - 3 do
   elseif entry ~= '' and hop_count(hops) ~= expected then
     results[i] = {'stale', tostring(hop_count(hops)), redis.call('HGET', hops, 'h') or ''}
   else
-    local found = redis.call('XRANGE', log, cursor, cursor)
-    local f = {}
-    if #found == 1 then
-      local fields = found[1][2]
-      for j = 1, #fields, 2 do
-        f[fields[j]] = fields[j + 1]
-      end
-    end
-    local expires_ms = tonumber(string.match(cursor, '^(%d+)-')) + tonumber(f['t'] or '0')
     local value = ''
     if kind == 'ack' then
       redis.call('XACK', log, group, cursor)
@@ -78,7 +70,13 @@ for i = 1, #KEYS - 3 do
         'RETRYCOUNT', count - 1, 'JUSTID')
     elseif kind == 'carcel' then
       redis.call('XACK', log, group, cursor)
+      local found = redis.call('XRANGE', log, cursor, cursor)
       if #found == 1 then
+        local f = {}
+        local fields = found[1][2]
+        for j = 1, #fields, 2 do
+          f[fields[j]] = fields[j + 1]
+        end
         local reason, detail, source = string.match(argument, '^([^\n]*)\n([^\n]*)\n(.*)$')
         value = redis.call('XADD', carcel, '*', 'p', f['p'], 'n', f['n'], 't', f['t'], 'i', f['i'] or '',
           'c', cursor, 'r', reason, 'd', detail, 's', source, 'a', count)
@@ -88,11 +86,15 @@ for i = 1, #KEYS - 3 do
         expires_ms = now_ms + retention_ms
       end
     end
+    local settled = cursor .. ':' .. count .. ' ' .. kind
     if entry ~= '' then
-      append_hop(hops, expected, entry, entry_hash, expires_ms)
+      append_hop(hops, expected, entry, entry_hash, expires_ms, marker, settled)
+    else
+      redis.call('HSET', hops, marker, settled)
     end
-    redis.call('HSET', hops, marker, cursor .. ':' .. count .. ' ' .. kind)
-    keep_until(hops, expires_ms)
+    if entry == '' or kind == 'carcel' then
+      keep_until(hops, expires_ms)
+    end
     results[i] = {'ok', value}
   end
 end

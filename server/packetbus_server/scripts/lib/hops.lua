@@ -23,12 +23,20 @@ local function hop_count(key)
   return tonumber(redis.call('HGET', key, 'n') or '0')
 end
 
--- Append `entry` as hop `expected` + 1; false when the packet has another count.
-local function append_hop(key, expected, entry, entry_hash, keep_until_ms)
+-- Append `entry` as hop `expected` + 1 (and set `field` to `value` with it, when
+-- given); false when the packet has another count. The first hop gives the key
+-- the packet's expiry, `keep_until_ms`; later ones leave it as it is.
+local function append_hop(key, expected, entry, entry_hash, keep_until_ms, field, value)
   if hop_count(key) ~= expected then
     return false
   end
-  redis.call('HSET', key, 'n', expected + 1, 'h', entry_hash, tostring(expected + 1), entry)
-  keep_until(key, keep_until_ms)
+  if field then
+    redis.call('HSET', key, 'n', expected + 1, 'h', entry_hash, tostring(expected + 1), entry, field, value)
+  else
+    redis.call('HSET', key, 'n', expected + 1, 'h', entry_hash, tostring(expected + 1), entry)
+  end
+  if expected == 0 then
+    keep_until(key, keep_until_ms)
+  end
   return true
 end
