@@ -30,6 +30,7 @@ from ._config import AgentIdentity, BatchSettings, ClientConfig, RetrySettings
 from ._consumer import Consumer, Delivery, Settling
 from ._custody import ChainReport, EntryReport, Signer, verify_chain
 from ._errors import FieldViolation, PacketbusError
+from ._inbox import Inbox, address_to, inbox_topic, reply_to
 from ._sync import SyncClient
 
 __version__ = "0.1.0"
@@ -55,6 +56,7 @@ __all__ = [
     "FieldViolation",
     "Finding",
     "GetServerInfoResponse",
+    "Inbox",
     "Packet",
     "PacketbusError",
     "RawContents",
@@ -70,6 +72,9 @@ __all__ = [
     "SyncClient",
     "Task",
     "__version__",
+    "address_to",
     "fill_defaults",
+    "inbox_topic",
+    "reply_to",
     "verify_chain",
 ]

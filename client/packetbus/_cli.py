@@ -21,6 +21,7 @@ from ._client import EARLIEST, LATEST, Client, fill_defaults, sign_as
 from ._config import DEFAULT_TARGET, TARGET_ENV, AgentIdentity, ClientConfig
 from ._errors import PacketbusError
 from ._export import read_keys, verify_export, write_keys, write_packet
+from ._inbox import inbox_topic
 
 _CONTENT_KINDS = ("task", "finding", "context", "data", "raw")
 _SPEECH_PREFIX = "SPEECH_ACT_"
@@ -112,7 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
     dispatch = commands.add_parser("dispatch", help="dispatch one packet")
-    dispatch.add_argument("--topic", required=True)
+    where = dispatch.add_mutually_exclusive_group(required=True)
+    where.add_argument("--topic")
+    where.add_argument("--to", metavar="AGENT_ID", help="to this agent's inbox, instead")
     dispatch.add_argument("--origin", required=True, help="the sending agent's id")
     dispatch.add_argument(
         "--speech-act",
@@ -204,7 +207,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _build_packet(args: argparse.Namespace) -> packet_pb2.Packet:
     packet = packet_pb2.Packet(
-        topic=args.topic,
+        topic=inbox_topic(args.to) if args.to else args.topic,
         origin=args.origin,
         speech_act=speech_act_pb2.SpeechAct.Value(
             _SPEECH_PREFIX + args.speech_act.upper().replace("-", "_")

@@ -4,6 +4,7 @@ consumer groups and the carcel."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -60,6 +61,15 @@ def add_parsers(commands: Any) -> None:
         "lease run out)",
     )
     consume.add_argument("--reason", default="", help="with --settle nack: the reason")
+
+    inbox = commands.add_parser(
+        "inbox", help="read an agent's inbox, one JSON line per delivery (acked once printed)"
+    )
+    inbox.add_argument("agent", metavar="AGENT_ID")
+    inbox.add_argument("--count", type=int, default=0, help="stop after N deliveries")
+    inbox.add_argument(
+        "--wait", type=float, default=0, help="stop after this many seconds without a delivery"
+    )
 
     carcel = commands.add_parser("carcel", help="carceled packets: list, get, requeue, purge")
     csub = carcel.add_subparsers(dest="carcel_command", required=True, metavar="CARCEL_COMMAND")
@@ -130,6 +140,28 @@ async def _consume(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _inbox(client: Client, args: argparse.Namespace) -> int:
+    seen = 0
+    async with await client.inbox(
+        args.agent, max_outstanding_packets=args.count or 1000, timeout=args.timeout
+    ) as inbox:
+        while not args.count or seen < args.count:
+            try:
+                async with asyncio.timeout(args.wait or None):
+                    delivery = await anext(inbox)
+            except TimeoutError:
+                break
+            line = {
+                "deliveryId": delivery.delivery_id,
+                "deliveryCount": delivery.delivery_count,
+                "packet": json_format.MessageToDict(delivery.packet),
+            }
+            print(json.dumps(line, separators=(",", ":")), flush=True)
+            await delivery.ack()
+            seen += 1
+    return 0
+
+
 async def _carcel(client: Client, args: argparse.Namespace) -> int:
     t = args.timeout
     if args.carcel_command == "list":
@@ -151,4 +183,9 @@ async def _carcel(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Command] = {"groups": _groups, "consume": _consume, "carcel": _carcel}
+COMMANDS: dict[str, Command] = {
+    "groups": _groups,
+    "consume": _consume,
+    "inbox": _inbox,
+    "carcel": _carcel,
+}

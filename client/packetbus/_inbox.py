@@ -1,0 +1,190 @@
+"""Agent inboxes and request/reply, built on topics and consumer groups.
+
+An agent's inbox is the topic ``inbox/<agent id>`` (characters a topic name
+cannot hold are written ``:<hex>``) with one consumer group, ``inbox``, that
+starts at the inbox's first packet: a packet sent before the agent ever read
+its inbox is still delivered. Deliveries are leased, acked and redelivered as
+in any consumer group. Any client, in any language, reaches an inbox by
+dispatching to that topic.
+
+Request/reply follows FIPA: a request carries ``reply_with``; the answer
+carries ``in_reply_to`` with the same value and goes to the requester's inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import uuid
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+import grpc
+
+from packetbus.v1 import packet_pb2, packet_service_pb2, speech_act_pb2
+
+from ._consumer import Consumer, Delivery
+from ._errors import PacketbusError
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+INBOX_GROUP = "inbox"
+_INBOX_PREFIX = "inbox/"
+_TOPIC_SAFE = re.compile(r"[A-Za-z0-9_.-]")
+_MAX_TOPIC = 200
+
+
+def inbox_topic(agent_id: str) -> str:
+    """The topic holding `agent_id`'s inbox."""
+    if not agent_id:
+        raise ValueError("an inbox needs an agent id")
+    encoded = "".join(
+        c if _TOPIC_SAFE.fullmatch(c) else "".join(f":{b:02x}" for b in c.encode())
+        for c in agent_id
+    )
+    topic = _INBOX_PREFIX + encoded
+    if len(topic) > _MAX_TOPIC:
+        raise ValueError(f"agent id {agent_id[:40]!r}... is too long for an inbox topic")
+    return topic
+
+
+def address_to(packet: packet_pb2.Packet, agent_id: str) -> packet_pb2.Packet:
+    """Send `packet` to `agent_id`'s inbox (sets its topic), in place."""
+    packet.topic = inbox_topic(agent_id)
+    return packet
+
+
+def reply_to(
+    request: packet_service_pb2.StoredPacket | packet_pb2.Packet, reply: packet_pb2.Packet
+) -> packet_pb2.Packet:
+    """Make `reply` the answer to `request`, in place: to the requester's inbox, in its
+    conversation, with ``in_reply_to`` = the request's ``reply_with``."""
+    asked = request.packet if isinstance(request, packet_service_pb2.StoredPacket) else request
+    if not asked.reply_with:
+        raise ValueError("the request has no reply_with: it does not expect a reply")
+    address_to(reply, asked.origin)
+    reply.in_reply_to = asked.reply_with
+    if asked.conversation_id and not reply.conversation_id:
+        reply.conversation_id = asked.conversation_id
+    if asked.protocol and not reply.protocol:
+        reply.protocol = asked.protocol
+    if not reply.speech_act:
+        reply.speech_act = speech_act_pb2.SPEECH_ACT_INFORM
+    return reply
+
+
+class Inbox:
+    """An agent's inbox: an async iterator of Delivery, plus `request`.
+
+    Use it as ``async with await client.inbox("agent-7") as inbox:``. Replies to
+    this agent's requests go to the `request` call waiting for them (and are
+    acked); every other delivery is handed to the iterator, to ack as usual.
+    """
+
+    def __init__(self, client: Client, agent_id: str, consumer: Consumer) -> None:
+        self._client = client
+        self.agent_id = agent_id
+        self._consumer = consumer
+        self._waiting: dict[str, asyncio.Future[Delivery]] = {}
+        self._others: asyncio.Queue[Delivery | BaseException] = asyncio.Queue()
+        self._router: asyncio.Task[None] | None = None
+
+    @property
+    def topic(self) -> str:
+        return self._consumer.topic
+
+    def _start(self) -> None:
+        if self._router is None:
+            self._router = asyncio.create_task(self._route())
+
+    async def _route(self) -> None:
+        try:
+            async for batch in self._consumer.batches():
+                for delivery in batch:
+                    key = delivery.packet.packet.in_reply_to
+                    waiter = self._waiting.pop(key, None) if key else None
+                    if waiter is not None and not waiter.done():
+                        delivery.ack()
+                        waiter.set_result(delivery)
+                    else:
+                        self._others.put_nowait(delivery)
+        except PacketbusError as exc:
+            self._others.put_nowait(exc)
+            for waiter in self._waiting.values():
+                if not waiter.done():
+                    waiter.set_exception(exc)
+
+    def __aiter__(self) -> AsyncIterator[Delivery]:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        self._start()
+        item = await self._others.get()
+        if isinstance(item, BaseException):
+            self._others.put_nowait(item)
+            raise item
+        return item
+
+    async def request(
+        self, to: str, packet: packet_pb2.Packet, *, timeout: float | None = None
+    ) -> Delivery:
+        """Send `packet` to agent `to` as a request and wait for the reply in this inbox.
+
+        Sets what is unset: origin (this agent), speech act (REQUEST), reply_with
+        (a new UUID), conversation_id (the same). Returns the reply's delivery
+        (already acked); DEADLINE_EXCEEDED if no reply arrives within `timeout`
+        (default: the client's default timeout).
+        """
+        self._start()
+        if not packet.origin:
+            packet.origin = self.agent_id
+        if not packet.speech_act:
+            packet.speech_act = speech_act_pb2.SPEECH_ACT_REQUEST
+        if not packet.reply_with:
+            packet.reply_with = str(uuid.uuid4())
+        if not packet.conversation_id:
+            packet.conversation_id = packet.reply_with
+        address_to(packet, to)
+        waiter: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+        self._waiting[packet.reply_with] = waiter
+        limit = self._client.config.default_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                await self._client.dispatch(packet, timeout=limit)
+                return await waiter
+        except TimeoutError:
+            raise PacketbusError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no reply to {packet.reply_with} from {to!r} within {limit}s",
+            ) from None
+        finally:
+            self._waiting.pop(packet.reply_with, None)
+
+    async def close(self) -> None:
+        if self._router is not None:
+            self._router.cancel()
+            with contextlib.suppress(BaseException):
+                await self._router
+        # Deliveries routed but never handed out go back, their attempt uncounted.
+        unseen = []
+        while not self._others.empty():
+            item = self._others.get_nowait()
+            if isinstance(item, Delivery):
+                unseen.append(item)
+        if unseen:
+            self._consumer.release(*unseen)
+        await self._consumer.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
