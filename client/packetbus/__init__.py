@@ -32,6 +32,7 @@ from ._custody import ChainReport, EntryReport, Signer, verify_chain
 from ._errors import FieldViolation, PacketbusError
 from ._inbox import Inbox, address_to, inbox_topic, reply_to
 from ._sync import SyncClient
+from ._tasks import ClaimedTask, TaskQueue
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = [
     "BatchSettings",
     "CarcelEntry",
     "ChainReport",
+    "ClaimedTask",
     "Client",
     "ClientConfig",
     "Consumer",
@@ -71,6 +73,7 @@ __all__ = [
     "Subscription",
     "SyncClient",
     "Task",
+    "TaskQueue",
     "__version__",
     "address_to",
     "fill_defaults",

@@ -24,6 +24,7 @@ from packetbus.v1 import (
     packet_pb2,
     packet_service_pb2,
     packet_service_pb2_grpc,
+    task_service_pb2_grpc,
 )
 
 from . import _custody
@@ -32,6 +33,7 @@ from ._config import AgentIdentity, ClientConfig, RetrySettings
 from ._consumer import Consumer
 from ._errors import PacketbusError
 from ._inbox import INBOX_GROUP, Inbox, address_to, inbox_topic, reply_to
+from ._tasks import TaskQueue
 
 T = TypeVar("T")
 
@@ -117,6 +119,7 @@ class Client:
         self._custody = custody_service_pb2_grpc.CustodyServiceStub(channel)
         self._groups = consumer_group_service_pb2_grpc.ConsumerGroupServiceStub(channel)
         self._carcel = carcel_service_pb2_grpc.CarcelServiceStub(channel)
+        self._tasks = task_service_pb2_grpc.TaskServiceStub(channel)
         # Dispatch batches take turns over these connections, so a server run
         # with several workers (one port, SO_REUSEPORT) gets work on each.
         self._extra_channels = list(dispatch_channels)
@@ -529,6 +532,18 @@ class Client:
             self._deadline(timeout),
         )
         return list(response.results)
+
+    # -- task queues ----------------------------------------------------------------
+
+    def task_queue(self, name: str) -> TaskQueue:
+        """The task queue `name` (a topic name): post, claim, get, list, watch."""
+        return TaskQueue(
+            name,
+            self._tasks,
+            self._unary,
+            self._deadline,
+            lambda packet: fill_defaults(packet, self._config.identity),
+        )
 
     # -- inboxes and request/reply ---------------------------------------------------
 

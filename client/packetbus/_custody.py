@@ -41,6 +41,10 @@ NACKED = "nacked"
 RELEASED = "released"
 CARCELED = "carceled"
 REQUEUED = "requeued"
+# Hops of a task packet in a task queue.
+CLAIMED = "claimed"
+COMPLETED = "completed"
+FAILED = "failed"
 
 Verdict = custody_pb2.CustodyVerdict
 OK = custody_pb2.CUSTODY_VERDICT_OK

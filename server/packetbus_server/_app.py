@@ -20,6 +20,7 @@ from packetbus.v1 import (
     consumer_group_service_pb2,
     custody_service_pb2,
     packet_service_pb2,
+    task_service_pb2,
 )
 
 from ._carcel_service import CarcelService
@@ -36,6 +37,8 @@ from ._keyring import KEYRING_FILE, SEED_ENV, Keyring
 from ._limits import Limits
 from ._packet_service import PacketService
 from ._store import PacketStore, connect_redis
+from ._task_service import TaskService
+from ._task_store import TaskStore
 
 log = logging.getLogger("packetbus.server")
 
@@ -155,6 +158,7 @@ async def start(config: ServerConfig) -> RunningServer:
             "ConsumerGroupService"
         ]
         carcel_service = carcel_service_pb2.DESCRIPTOR.services_by_name["CarcelService"]
+        task_service = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"]
         add_servicer(server, packet_service, packets)
         add_servicer(
             server, custody_service, CustodyService(store, key_store, packets, config.limits)
@@ -169,6 +173,21 @@ async def start(config: ServerConfig) -> RunningServer:
             group_service,
             ConsumerGroupService(
                 groups, custodian, config.limits, asyncio.Semaphore(config.max_subscribers)
+            ),
+        )
+        add_servicer(
+            server,
+            task_service,
+            TaskService(
+                TaskStore(
+                    redis,
+                    retry_budget=config.retry_budget_seconds,
+                    carcel_retention_ms=config.limits.carcel_retention_seconds * 1000,
+                ),
+                groups,
+                key_store,
+                custodian,
+                config.limits,
             ),
         )
         add_servicer(
@@ -189,6 +208,7 @@ async def start(config: ServerConfig) -> RunningServer:
                 custody_service.full_name,
                 group_service.full_name,
                 carcel_service.full_name,
+                task_service.full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),

@@ -10,7 +10,7 @@ import grpc
 
 from packetbus import _custody
 from packetbus.v1 import carcel_service_pb2 as pb
-from packetbus.v1 import carcel_service_pb2_grpc, packet_pb2
+from packetbus.v1 import carcel_service_pb2_grpc, packet_pb2, packet_service_pb2
 
 from . import _status
 from ._carcel_store import CarcelRecord, CarcelStore, RequeueOutcome
@@ -36,16 +36,29 @@ def entry_message(record: CarcelRecord) -> pb.CarcelEntry:
         delivery_count=record.delivery_count,
     )
     entry.carceled_at.FromMilliseconds(record.carceled_at_ms)
-    entry.packet.CopyFrom(
-        stored_packet(
+    if _ENTRY_ID.match(record.cursor):  # from a topic's log
+        stored = stored_packet(
             record.topic,
             record.cursor,
             int(record.cursor.split("-")[0]) + record.ttl_ms,
             record.payload,
             record.content_length,
         )
-    )
+    else:  # from a task queue ("task:<id>"): no place in a log; its TTL counts from the move
+        stored = stored_packet_without_cursor(record)
+    entry.packet.CopyFrom(stored)
     return entry
+
+
+def stored_packet_without_cursor(record: CarcelRecord) -> packet_service_pb2.StoredPacket:
+    stored = packet_service_pb2.StoredPacket(
+        packet=packet_pb2.Packet.FromString(record.payload),
+        content=record.stored[: record.content_length],
+    )
+    stored.receipt.topic = record.topic
+    stored.receipt.stored_at.FromMilliseconds(record.carceled_at_ms)
+    stored.receipt.expires_at.FromMilliseconds(record.carceled_at_ms + record.ttl_ms)
+    return stored
 
 
 class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
@@ -168,8 +181,13 @@ class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
                 time.time_ns(),
             )
             hop = signed_hops[0] if signed_hops else None
+            requeue = (
+                self._store.requeue_task
+                if record.source.startswith("queue:")
+                else self._store.requeue
+            )
             async with storage_errors(context):
-                result = await self._store.requeue(
+                result = await requeue(
                     request.topic,
                     record,
                     end.hops,

@@ -140,6 +140,32 @@ class CarcelStore:
         result: Requeued = await with_retries(attempt, budget_seconds=self._retry_budget)
         return result
 
+    async def requeue_task(
+        self, queue: str, record: CarcelRecord, expected_hops: int, entry: bytes, entry_hash: bytes
+    ) -> Requeued:
+        """Put a carceled task (its carcel entry's cursor is "task:<id>") back in its queue."""
+        task_id = record.cursor.removeprefix("task:")
+
+        async def attempt() -> Requeued:
+            reply = await _scripts.TASK_REQUEUE.run(
+                self._redis,
+                [
+                    _keys.carcel(queue),
+                    _keys.task_events(queue),
+                    _keys.custody_hops(queue, record.tracking_id),
+                ],
+                [_keys.queue_prefix(queue), record.id, task_id, expected_hops, entry, entry_hash],
+            )
+            status = _text(reply[0])
+            if status == "not_carceled":
+                return Requeued(RequeueOutcome.GONE, _text(reply[1]))
+            outcome = RequeueOutcome(status)
+            value = _text(reply[1]) if len(reply) > 1 else ""
+            return Requeued(outcome, value, bytes(reply[2]) if len(reply) > 2 else b"")
+
+        result: Requeued = await with_retries(attempt, budget_seconds=self._retry_budget)
+        return result
+
     async def purge(self, topic: str, ids: Sequence[str]) -> int:
         """Remove these entries (all of the topic's carcel when `ids` is empty); how many went."""
 

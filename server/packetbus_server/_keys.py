@@ -15,6 +15,11 @@ happen by construction. Keys that one Lua script touches together share a
 |                              |        |             | topic's consumer groups                 |                   |
 | ``pb:{<topic>}:groups``      | hash   | topic       | group name -> ``<ack deadline ms>       | none              |
 |                              |        |             | <max attempts> <created ms>``           |                   |
+| ``pb:{<topic>}:horizon``     | hash   | topic       | what left the log, for subscribers'     | the log's expiry  |
+|                              |        |             | gaps: ``t`` = newest entry trimmed by   | + retention, set  |
+|                              |        |             | retention, ``x`` = newest entry of a    | at each dispatch  |
+|                              |        |             | log that expired whole, ``l`` = newest  |                   |
+|                              |        |             | entry a dispatch appended               |                   |
 | ``pb:{<topic>}:hops:<tid>``  | hash   | topic       | custody entries after ingest: ``n`` =   | packet's expiry,  |
 |                              |        |             | count, ``h`` = last entry hash, ``1``.. | or the carcel     |
 |                              |        |             | ``n`` = entries; ``s:<group>`` = that   | retention once    |
@@ -25,6 +30,14 @@ happen by construction. Keys that one Lua script touches together share a
 |                              |        |             | ``s`` source, ``a`` delivery count      |                   |
 | ``pb:{<topic>}:pkt:<tid>``   | string | topic       | ``<fingerprint> <cursor> <expiry ms>``  | packet TTL        |
 |                              |        |             | the idempotency record                  |                   |
+| ``pb:{<queue>}:tasks``       | zset   | queue       | task id -> posted ms                    | newest task's     |
+| ``pb:{<queue>}:leases``      | zset   | queue       | claimed task id -> lease end ms         | newest claimed    |
+|                              |        |             |                                         | task's            |
+| ``pb:{<queue>}:taskevents``  | stream | queue       | status changes (id, o, n, a, f, r)      | newest task's     |
+| ``pb:{<queue>}:task:<id>``   | hash   | queue       | one task (fields: scripts/lib/tasks.lua)| task packet's TTL |
+| ``pb:{<queue>}:ready:<cap>`` | zset   | queue       | queued tasks needing <cap>, by priority | newest task's     |
+|                              |        |             | then posting order (member order)       |                   |
+| ``pb:{<queue>}:results:<id>``| list   | queue       | serialized TaskResult per attempt       | task packet's TTL |
 | ``pb:loc:{<tid>}``           | string | tracking id | the topic a tracking id belongs to      | packet TTL        |
 | ``pb:topics``                | zset   | its own     | topic -> last dispatch (unix ms), for   | 2 x max packet    |
 |                              |        |             | exporting every topic                   | TTL, refreshed    |
@@ -54,12 +67,41 @@ def topic_groups(topic: str) -> str:
     return f"{PREFIX}:{{{topic}}}:groups"
 
 
+def topic_horizon(topic: str) -> str:
+    return f"{PREFIX}:{{{topic}}}:horizon"
+
+
 def custody_hops(topic: str, tracking_id: str) -> str:
     return f"{PREFIX}:{{{topic}}}:hops:{tracking_id}"
 
 
 def carcel(topic: str) -> str:
     return f"{PREFIX}:{{{topic}}}:carcel"
+
+
+def queue_prefix(queue: str) -> str:
+    """What task scripts derive a queue's per-task keys from (scripts/lib/tasks.lua)."""
+    return f"{PREFIX}:{{{queue}}}:"
+
+
+def task_index(queue: str) -> str:
+    return f"{PREFIX}:{{{queue}}}:tasks"
+
+
+def task_leases(queue: str) -> str:
+    return f"{PREFIX}:{{{queue}}}:leases"
+
+
+def task_events(queue: str) -> str:
+    return f"{PREFIX}:{{{queue}}}:taskevents"
+
+
+def task(queue: str, task_id: str) -> str:
+    return f"{PREFIX}:{{{queue}}}:task:{task_id}"
+
+
+def task_results(queue: str, task_id: str) -> str:
+    return f"{PREFIX}:{{{queue}}}:results:{task_id}"
 
 
 def packet_location(tracking_id: str) -> str:

@@ -49,6 +49,7 @@ class LuaScript:
 
 
 DISPATCH = LuaScript.load("dispatch")
+FOLLOW = LuaScript.load("follow")
 GET_PACKET = LuaScript.load("get_packet")
 REGISTER_AGENT_KEY = LuaScript.load("register_agent_key")
 GROUP_CREATE = LuaScript.load("group_create")
@@ -57,3 +58,7 @@ GROUP_PULL = LuaScript.load("group_pull")
 SETTLE = LuaScript.load("settle", libraries=("hops",))
 HOPS_APPEND = LuaScript.load("hops_append", libraries=("hops",))
 CARCEL_REQUEUE = LuaScript.load("carcel_requeue", libraries=("hops",))
+TASK_POST = LuaScript.load("task_post", libraries=("hops", "tasks"))
+TASK_CLAIM = LuaScript.load("task_claim", libraries=("hops", "tasks"))
+TASK_SETTLE = LuaScript.load("task_settle", libraries=("hops", "tasks"))
+TASK_REQUEUE = LuaScript.load("task_requeue", libraries=("hops", "tasks"))

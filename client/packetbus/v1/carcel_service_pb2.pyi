@@ -197,7 +197,7 @@ class RequeueCarcelEntryResponse(_message.Message):
 
     CURSOR_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
-    """The cursor of the packet's new place in its topic."""
+    """The cursor of the packet's new place in its topic (empty for a task)."""
     def __init__(
         self,
         *,

@@ -83,8 +83,9 @@ class CarcelServiceServicer:
 
     def RequeueCarcelEntry(self, request, context):
         """Validates the packet again and delivers it once more to where it came
-        from (its consumer group), with a "requeued" custody entry; the carcel
-        entry is removed. Requeuing an entry that is gone is NOT_FOUND.
+        from (its consumer group, or its task queue, its failures forgiven), with
+        a "requeued" custody entry; the carcel entry is removed. Requeuing an
+        entry that is gone is NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,8 +42,9 @@ class CarcelServiceStub:
     GetCarcelEntry: _grpc.UnaryUnaryMultiCallable[_carcel_service_pb2.GetCarcelEntryRequest, _carcel_service_pb2.GetCarcelEntryResponse]
     RequeueCarcelEntry: _grpc.UnaryUnaryMultiCallable[_carcel_service_pb2.RequeueCarcelEntryRequest, _carcel_service_pb2.RequeueCarcelEntryResponse]
     """Validates the packet again and delivers it once more to where it came
-    from (its consumer group), with a "requeued" custody entry; the carcel
-    entry is removed. Requeuing an entry that is gone is NOT_FOUND.
+    from (its consumer group, or its task queue, its failures forgiven), with
+    a "requeued" custody entry; the carcel entry is removed. Requeuing an
+    entry that is gone is NOT_FOUND.
     """
     PurgeCarcelEntries: _grpc.UnaryUnaryMultiCallable[_carcel_service_pb2.PurgeCarcelEntriesRequest, _carcel_service_pb2.PurgeCarcelEntriesResponse]
 
@@ -61,8 +62,9 @@ class CarcelServiceAsyncStub(CarcelServiceStub):
     GetCarcelEntry: _aio.UnaryUnaryMultiCallable[_carcel_service_pb2.GetCarcelEntryRequest, _carcel_service_pb2.GetCarcelEntryResponse]  # type: ignore[assignment]
     RequeueCarcelEntry: _aio.UnaryUnaryMultiCallable[_carcel_service_pb2.RequeueCarcelEntryRequest, _carcel_service_pb2.RequeueCarcelEntryResponse]  # type: ignore[assignment]
     """Validates the packet again and delivers it once more to where it came
-    from (its consumer group), with a "requeued" custody entry; the carcel
-    entry is removed. Requeuing an entry that is gone is NOT_FOUND.
+    from (its consumer group, or its task queue, its failures forgiven), with
+    a "requeued" custody entry; the carcel entry is removed. Requeuing an
+    entry that is gone is NOT_FOUND.
     """
     PurgeCarcelEntries: _aio.UnaryUnaryMultiCallable[_carcel_service_pb2.PurgeCarcelEntriesRequest, _carcel_service_pb2.PurgeCarcelEntriesResponse]  # type: ignore[assignment]
 
@@ -95,8 +97,9 @@ class CarcelServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_carcel_service_pb2.RequeueCarcelEntryResponse, _abc.Awaitable[_carcel_service_pb2.RequeueCarcelEntryResponse]]:
         """Validates the packet again and delivers it once more to where it came
-        from (its consumer group), with a "requeued" custody entry; the carcel
-        entry is removed. Requeuing an entry that is gone is NOT_FOUND.
+        from (its consumer group, or its task queue, its failures forgiven), with
+        a "requeued" custody entry; the carcel entry is removed. Requeuing an
+        entry that is gone is NOT_FOUND.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,39 @@
+-- Puts a carceled task back in its queue, its failures forgiven.
+--
+-- KEYS[1]  the queue's carcel        (pb:{queue}:carcel)
+-- KEYS[2]  the queue's status events (pb:{queue}:taskevents)
+-- KEYS[3]  the task packet's custody hops (pb:{queue}:hops:<tracking id>)
+-- Derived keys (see lib/tasks.lua): the task hash and its ready set.
+-- ARGV[1]  key prefix "pb:{queue}:"
+-- ARGV[2]  the carcel entry id
+-- ARGV[3]  the task id
+-- ARGV[4]  hops the packet has before the "requeued" one
+-- ARGV[5]  the serialized, signed "requeued" custody entry ("" when not signing)
+-- ARGV[6]  its hash
+--
+-- Returns {"ok"}, {"gone"} (no such carcel entry, or the task expired),
+-- {"stale", hop count, last hop hash} (sign again) or {"not_carceled", status}.
+local prefix, task_id = ARGV[1], ARGV[3]
+if #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) == 0 then
+  return {'gone'}
+end
+local key = prefix .. 'task:' .. task_id
+local f = task_fields(key)
+if not f['st'] then
+  return {'gone'}
+end
+if f['st'] ~= 'carceled' then
+  return {'not_carceled', f['st']}
+end
+if ARGV[5] ~= '' and hop_count(KEYS[3]) ~= tonumber(ARGV[4]) then
+  return {'stale', tostring(hop_count(KEYS[3])), redis.call('HGET', KEYS[3], 'h') or ''}
+end
+local now = now_ms()
+redis.call('HSET', key, 'st', 'queued', 'fails', 0, 'w', '', 'ua', now)
+redis.call('ZADD', prefix .. 'ready:' .. f['cap'], 0, f['rk'])
+redis.call('XDEL', KEYS[1], ARGV[2])
+event(KEYS[2], task_id, 'carceled', 'queued', 'carcel', f['f'], 'requeued')
+if ARGV[5] ~= '' then
+  append_hop(KEYS[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(f['x']))
+end
+return {'ok'}
