@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 
 from packetbus.v1 import custody_pb2, packet_pb2, speech_act_pb2
 
-from . import _cli_groups
+from . import _cli_groups, _cli_tasks
 from ._client import EARLIEST, LATEST, Client, fill_defaults, sign_as
 from ._config import DEFAULT_TARGET, TARGET_ENV, AgentIdentity, ClientConfig
 from ._errors import PacketbusError
@@ -197,6 +197,7 @@ def _parser() -> argparse.ArgumentParser:
     new_agent.add_argument("--out", type=Path, required=True, help="the key file to write (0600)")
 
     _cli_groups.add_parsers(commands)
+    _cli_tasks.add_parsers(commands)
 
     commands.add_parser("info", help="print server info as JSON")
     commands.add_parser(
@@ -355,6 +356,7 @@ _COMMANDS = {
     "export": _export,
     "keys": _keys,
     **_cli_groups.COMMANDS,
+    **_cli_tasks.COMMANDS,
 }
 
 

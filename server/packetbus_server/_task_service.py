@@ -312,10 +312,17 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         if settled.outcome == "gone":
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no task {task_id!r} in {queue!r}")
         if settled.outcome == "stale_fence":
+            status, token = settled.value, settled.extra.decode()
+            why = {
+                "completed": "it is completed",
+                "carceled": "it is in the carcel",
+                "queued": "its lease ran out and it is back in the queue",
+            }.get(status, f"it was claimed again (token {token})")
+            if status == "claimed" and token == str(fence):
+                why = "its lease ran out"
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"fencing token {fence} no longer holds task {task_id!r}: its lease ran out "
-                "or it was claimed again",
+                f"fencing token {fence} no longer holds task {task_id!r}: {why}",
             )
         if settled.outcome == "stale":
             await context.abort(grpc.StatusCode.ABORTED, "the task's chain kept changing; retry")

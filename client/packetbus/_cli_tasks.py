@@ -1,0 +1,167 @@
+"""``packetbus tasks``: task queues from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from packetbus.v1 import contents_pb2
+from packetbus.v1 import task_service_pb2 as pb
+
+from ._client import Client
+from ._tasks import ClaimedTask
+
+Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
+_STATUSES = ("queued", "claimed", "completed", "carceled")
+
+
+def _json_line(message: Message) -> str:
+    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
+
+
+def _json_pretty(message: Message) -> str:
+    return json.dumps(json_format.MessageToDict(message), indent=2)
+
+
+def _object(text: str | None, flag: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object")
+    return value
+
+
+def add_parsers(commands: Any) -> None:
+    tasks = commands.add_parser("tasks", help="task queues: post, claim, settle, inspect")
+    sub = tasks.add_subparsers(dest="tasks_command", required=True, metavar="TASKS_COMMAND")
+
+    post = sub.add_parser("post", help="post a task; prints its state as JSON")
+    post.add_argument("queue", metavar="QUEUE")
+    post.add_argument("--id", required=True, help="the task's id, unique in the queue")
+    post.add_argument("--origin", required=True, help="the posting agent's id")
+    post.add_argument("--description", default="")
+    post.add_argument("--type", default="")
+    post.add_argument("--priority", type=int, default=0, help="-1000..1000, higher first")
+    post.add_argument("--capability", default="", help="only workers with it may claim it")
+    post.add_argument("--max-attempts", type=int, default=0, help="failures before the carcel")
+    post.add_argument("--payload", metavar="JSON", help="the task's payload, a JSON object")
+
+    claim = sub.add_parser("claim", help="claim a task; prints it, or exits 1 if none")
+    claim.add_argument("queue", metavar="QUEUE")
+    claim.add_argument("--worker", required=True)
+    claim.add_argument("--capability", action="append", default=[], dest="capabilities")
+    claim.add_argument("--lease", type=int, default=0, help="seconds (default 30)")
+
+    for name, text in (
+        ("complete", "complete a claimed task"),
+        ("fail", "report a failed attempt (retried, or carceled after the last)"),
+        ("release", "give a claimed task back to the queue"),
+        ("heartbeat", "renew a claimed task's lease"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("queue", metavar="QUEUE")
+        cmd.add_argument("task_id", metavar="TASK_ID")
+        cmd.add_argument("--token", type=int, required=True, help="the claim's fencing token")
+        if name == "complete":
+            cmd.add_argument("--result", metavar="JSON", help="the result, a JSON object")
+            cmd.add_argument("--summary", default="")
+        elif name == "fail":
+            cmd.add_argument("--error", required=True)
+        elif name == "release":
+            cmd.add_argument("--reason", default="")
+
+    for name, text in (("get", "print a task's state"), ("results", "one JSON line per attempt")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("queue", metavar="QUEUE")
+        cmd.add_argument("task_id", metavar="TASK_ID")
+    listing = sub.add_parser("list", help="one JSON line per task, first posted first")
+    listing.add_argument("queue", metavar="QUEUE")
+    listing.add_argument("--status", choices=_STATUSES)
+    watch = sub.add_parser("watch", help="one JSON line per status change, as they happen")
+    watch.add_argument("queue", metavar="QUEUE")
+    watch.add_argument("--count", type=int, default=0, help="stop after N events")
+
+
+async def _tasks(client: Client, args: argparse.Namespace) -> int:
+    try:
+        return await _run(client, args)
+    except ValueError as exc:  # a malformed --payload or --result
+        print(f"packetbus: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _run(client: Client, args: argparse.Namespace) -> int:
+    queue = client.task_queue(args.queue)
+    t = args.timeout
+    command = args.tasks_command
+    if command == "post":
+        task = contents_pb2.Task(
+            id=args.id,
+            description=args.description,
+            type=args.type,
+            priority=args.priority,
+            required_capability=args.capability,
+        )
+        payload = _object(args.payload, "--payload")
+        if payload:
+            task.payload.update(payload)
+        state = await queue.post(
+            task, origin=args.origin, max_attempts=args.max_attempts, timeout=t
+        )
+        print(_json_pretty(state))
+    elif command == "claim":
+        claimed = await queue.claim(
+            args.worker, capabilities=args.capabilities, lease_seconds=args.lease, timeout=t
+        )
+        if claimed is None:
+            print("{}")
+            return 1
+        print(_json_pretty(claimed.state))
+    elif command in ("complete", "fail", "release", "heartbeat"):
+        held = ClaimedTask(
+            queue,
+            pb.TaskState(queue=args.queue, task_id=args.task_id, fencing_token=args.token),
+        )
+        if command == "complete":
+            await held.complete(_object(args.result, "--result"), summary=args.summary, timeout=t)
+        elif command == "fail":
+            print(_json_pretty(await held.fail(args.error, timeout=t)))
+        elif command == "release":
+            await held.release(args.reason, timeout=t)
+        else:
+            await held.heartbeat(timeout=t)
+            print(_json_pretty(held.state.lease_expires_at))
+    elif command == "get":
+        print(_json_pretty(await queue.get(args.task_id, timeout=t)))
+    elif command == "results":
+        for result in await queue.results(args.task_id, timeout=t):
+            print(_json_line(result))
+    elif command == "list":
+        status = (
+            pb.TaskStatus.Value(f"TASK_STATUS_{args.status.upper()}")
+            if args.status
+            else pb.TASK_STATUS_UNSPECIFIED
+        )
+        for state in await queue.tasks(status, timeout=t):
+            print(_json_line(state))
+    else:
+        seen = 0
+        async for event in queue.watch():
+            print(_json_line(event), flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
+    return 0
+
+
+COMMANDS: dict[str, Command] = {"tasks": _tasks}
