@@ -244,3 +244,28 @@ def test_worker_example_and_carcel_cli_run_as_written(
         assert (group["name"], group.get("outstanding", "0")) == ("strict", "0")
     finally:
         assert server.stop() == 0
+
+
+def test_task_queue_cli_runs_as_written(served: tuple[str, dict[str, str], Path]) -> None:
+    serve, env, _ = served
+    server = Served(serve, env)
+    try:
+        post, claim, complete, results = block("tasks-cli").splitlines()
+        posted = run(post, env)
+        assert posted.returncode == 0, posted.stderr
+        assert json.loads(posted.stdout)["status"] == "TASK_STATUS_QUEUED"
+        claimed = run(claim, env)
+        assert claimed.returncode == 0, claimed.stderr
+        state = json.loads(claimed.stdout)
+        assert (state["taskId"], state["worker"]) == ("t-1", "worker-1")
+        done = run(complete.replace("TOKEN", state["fencingToken"]), env)
+        assert done.returncode == 0, done.stderr
+        [result] = [json.loads(line) for line in run(results, env).stdout.splitlines()]
+        assert (result["completed"], result["result"]) == (True, {"pages": 3})
+        nothing = run(claim, env)
+        assert (nothing.returncode, nothing.stdout.strip()) == (1, "{}")
+        stale = run(complete.replace("TOKEN", state["fencingToken"]), env)
+        assert stale.returncode == 1
+        assert stale.stderr.startswith("packetbus: FAILED_PRECONDITION")
+    finally:
+        assert server.stop() == 0
