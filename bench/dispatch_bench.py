@@ -498,7 +498,7 @@ async def raw_write_all(
 
     async def write(batch: Sequence[PacketWrite]) -> None:
         try:
-            keys = [f"pb:{{{topic}}}:log", f"pb:{{{topic}}}:groups"]
+            keys = [f"pb:{{{topic}}}:log", f"pb:{{{topic}}}:groups", f"pb:{{{topic}}}:horizon"]
             args: list[str | int | bytes] = [RETENTION_MS, 2, topic]
             for w in batch:
                 keys += [f"pb:{{{topic}}}:pkt:{w.tracking_id}", f"pb:loc:{{{w.tracking_id}}}"]

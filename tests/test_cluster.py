@@ -156,3 +156,41 @@ async def test_invalid_packet_writes_nothing_on_a_cluster(
     ]
     after = int(await cluster.dbsize(target_nodes=RedisCluster.PRIMARIES))
     assert after == before
+
+
+async def test_groups_tasks_and_findings_on_a_cluster(cluster_target: str) -> None:
+    async with await packetbus.Client.connect(cluster_target) as client:
+        topics = [unique("gc") for _ in range(3)]
+        for topic in topics:
+            await client.create_consumer_group(topic, "g", start=packetbus.EARLIEST)
+        packets = [new_packet(topics[i % 3]) for i in range(30)]
+        results = await client.dispatch_batch(packets)
+        assert all(r.WhichOneof("outcome") == "receipt" for r in results)
+        for topic in topics:
+            async with client.consume(topic, "g", consumer="c") as consumer:
+                async with asyncio.timeout(10):
+                    got = [await anext(consumer) for _ in range(10)]
+                await consumer.ack(*got)
+        report = await client.verify_custody(packets[0].tracking_id)
+        assert report.verified
+        assert [e.action for e in report.entries] == [
+            "received",
+            "dispatched",
+            "delivered",
+            "acked",
+        ]
+
+        queue = client.task_queue(unique("cq"))
+        await queue.post(packetbus.Task(id="t", priority=1), origin="planner")
+        claimed = await queue.claim("w")
+        assert claimed is not None
+        await claimed.complete({"ok": True})
+        assert (await queue.get("t")).status == 3  # TASK_STATUS_COMPLETED
+
+        task = unique("ct")
+        for i, refutes in enumerate((False, True)):
+            finding = packetbus.Finding(
+                task_id=task, id=f"f{i}", claim="x holds", confidence=0.9, refutes=refutes
+            )
+            posted = await client.post_finding(finding, origin="a")
+        assert len(posted.conflicts) == 1

@@ -141,8 +141,13 @@ async def test_every_key_written_has_a_ttl(
     ]
     ttls = [int(await raw_redis.pttl(k)) for k in keys]
     assert all(110_000 < t <= 120_000 for t in ttls), ttls
+    # The horizon (what subscribers need to tell a gap) outlives the log by
+    # the retention, the server's max TTL.
+    horizon = f"pb:{{{topic}}}:horizon"
+    retention_ms = 86_400_000
+    assert 110_000 + retention_ms < int(await raw_redis.pttl(horizon)) <= 120_000 + retention_ms
     found = [k async for k in raw_redis.scan_iter(match=f"pb:{{{topic}}}:*")]
-    assert sorted(k.decode() for k in found) == sorted(keys[:2])
+    assert sorted(k.decode() for k in found) == sorted([*keys[:2], horizon])
 
 
 async def test_get_packet_returns_what_was_stored(client: packetbus.Client, topic: str) -> None:

@@ -353,4 +353,5 @@ async def test_deliveries_a_closing_consumer_never_handed_out_come_back_uncounte
     middle = actions[2:-2]
     assert actions[:2] == ["received", "dispatched"]
     assert actions[-2:] == ["delivered", "acked"]
-    assert middle and middle == ["delivered", "released"] * (len(middle) // 2)
+    assert middle
+    assert middle == ["delivered", "released"] * (len(middle) // 2)

@@ -53,7 +53,8 @@ async def test_of_20_concurrent_claimers_one_wins_and_a_stale_token_cannot_compl
 
     await asyncio.sleep(1.2)  # the lease runs out
     second = await queue.claim("worker-next", lease_seconds=30)
-    assert second is not None and second.task_id == "t-1"
+    assert second is not None
+    assert second.task_id == "t-1"
     assert second.fencing_token > first.fencing_token
     assert second.state.claims == 2
 
@@ -93,7 +94,8 @@ async def test_claims_follow_priority_then_posting_order_and_capabilities(
         await claimed.complete()
     assert order == ["high-a", "high-b", "high-c", "mid", "low"]
     gpu = await queue.claim("gpu-worker", capabilities=["gpu"])
-    assert gpu is not None and gpu.task_id == "gpu-job"
+    assert gpu is not None
+    assert gpu.task_id == "gpu-job"
 
     listed = await queue.tasks(pb.TASK_STATUS_COMPLETED)
     assert [t.task_id for t in listed] == ["low", "high-a", "high-b", "mid", "high-c"]
@@ -115,7 +117,8 @@ async def test_failures_retry_then_the_carcel_and_release_requeues(
     claimed = await queue.claim("w2")
     assert claimed is not None
     final = await claimed.fail("boom again")
-    assert final.status == pb.TASK_STATUS_CARCELED and final.carcel_id
+    assert final.status == pb.TASK_STATUS_CARCELED
+    assert final.carcel_id
     assert await queue.claim("w3") is None
 
     state = await queue.get("flaky")
@@ -143,7 +146,8 @@ async def test_failures_retry_then_the_carcel_and_release_requeues(
     assert await client.requeue_carcel_entry(name, final.carcel_id) == ""
     assert [e async for e in client.carcel_entries(name)] == []
     again = await queue.claim("w4")
-    assert again is not None and again.task_id == "flaky"
+    assert again is not None
+    assert again.task_id == "flaky"
     assert again.state.failures == 0
     await again.complete()
     done = await queue.get("flaky")

@@ -22,6 +22,7 @@ from packetbus.v1.packet_service_pb2 import (
     GetServerInfoResponse,
     Receipt,
     StoredPacket,
+    SubscriptionGap,
 )
 from packetbus.v1.speech_act_pb2 import SpeechAct
 
@@ -29,9 +30,9 @@ from ._client import EARLIEST, LATEST, Client, Subscription, fill_defaults
 from ._config import AgentIdentity, BatchSettings, ClientConfig, RetrySettings
 from ._consumer import Consumer, Delivery, Settling
 from ._custody import ChainReport, EntryReport, Signer, verify_chain
-from ._errors import FieldViolation, PacketbusError
+from ._errors import FieldViolation, PacketbusError, SubscriptionGapError
 from ._inbox import Inbox, address_to, inbox_topic, reply_to
-from ._sync import SyncClient
+from ._sync import SyncClient, SyncSubscription
 from ._tasks import ClaimedTask, TaskQueue
 
 __version__ = "0.1.0"
@@ -71,7 +72,10 @@ __all__ = [
     "SpeechAct",
     "StoredPacket",
     "Subscription",
+    "SubscriptionGap",
+    "SubscriptionGapError",
     "SyncClient",
+    "SyncSubscription",
     "Task",
     "TaskQueue",
     "__version__",

@@ -14,12 +14,12 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from packetbus.v1 import custody_pb2, packet_pb2, speech_act_pb2
+from packetbus.v1 import custody_pb2, packet_pb2, packet_service_pb2, speech_act_pb2
 
-from . import _cli_groups, _cli_tasks
+from . import _cli_findings, _cli_groups, _cli_tasks
 from ._client import EARLIEST, LATEST, Client, fill_defaults, sign_as
 from ._config import DEFAULT_TARGET, TARGET_ENV, AgentIdentity, ClientConfig
-from ._errors import PacketbusError
+from ._errors import PacketbusError, describe_gap
 from ._export import read_keys, verify_export, write_keys, write_packet
 from ._inbox import inbox_topic
 
@@ -145,7 +145,11 @@ def _parser() -> argparse.ArgumentParser:
     get = commands.add_parser("get", help="print a stored packet as protobuf JSON")
     get.add_argument("tracking_id", metavar="TRACKING_ID")
 
-    tail = commands.add_parser("tail", help="follow a topic, one JSON line per packet")
+    tail = commands.add_parser(
+        "tail",
+        help="follow a topic, one JSON line per packet; packets it missed (expired, or "
+        'removed by retention) are one {"gap": ...} line, with a warning on stderr',
+    )
     tail.add_argument("topic", metavar="TOPIC")
     start = tail.add_mutually_exclusive_group()
     start.add_argument("--from", dest="start", choices=("earliest", "latest"), default="latest")
@@ -198,6 +202,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _cli_groups.add_parsers(commands)
     _cli_tasks.add_parsers(commands)
+    _cli_findings.add_parsers(commands)
 
     commands.add_parser("info", help="print server info as JSON")
     commands.add_parser(
@@ -261,10 +266,20 @@ async def _get(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_gap(gap: packet_service_pb2.SubscriptionGap) -> None:
+    # On stdout with the packets, so a consumer of the JSON lines sees the gap
+    # in its place; on stderr for the person watching.
+    print(json.dumps({"gap": json_format.MessageToDict(gap)}, separators=(",", ":")), flush=True)
+    print(f"packetbus: warning: {describe_gap(gap)}", file=sys.stderr, flush=True)
+
+
 async def _tail(client: Client, args: argparse.Namespace) -> int:
     seen = 0
     async with client.subscribe(
-        args.topic, start=EARLIEST if args.start == "earliest" else LATEST, after=args.after
+        args.topic,
+        start=EARLIEST if args.start == "earliest" else LATEST,
+        after=args.after,
+        on_gap=_print_gap,
     ) as subscription:
         async for stored in subscription:
             print(_json_line(stored), flush=True)
@@ -357,6 +372,7 @@ _COMMANDS = {
     "keys": _keys,
     **_cli_groups.COMMANDS,
     **_cli_tasks.COMMANDS,
+    **_cli_findings.COMMANDS,
 }
 
 

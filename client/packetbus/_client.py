@@ -18,12 +18,16 @@ from packetbus.v1 import (
     carcel_service_pb2_grpc,
     consumer_group_service_pb2,
     consumer_group_service_pb2_grpc,
+    contents_pb2,
     custody_pb2,
     custody_service_pb2,
     custody_service_pb2_grpc,
+    finding_service_pb2,
+    finding_service_pb2_grpc,
     packet_pb2,
     packet_service_pb2,
     packet_service_pb2_grpc,
+    speech_act_pb2,
     task_service_pb2_grpc,
 )
 
@@ -31,7 +35,7 @@ from . import _custody
 from ._batcher import Batcher
 from ._config import AgentIdentity, ClientConfig, RetrySettings
 from ._consumer import Consumer
-from ._errors import PacketbusError
+from ._errors import PacketbusError, SubscriptionGapError
 from ._inbox import INBOX_GROUP, Inbox, address_to, inbox_topic, reply_to
 from ._tasks import TaskQueue
 
@@ -120,6 +124,7 @@ class Client:
         self._groups = consumer_group_service_pb2_grpc.ConsumerGroupServiceStub(channel)
         self._carcel = carcel_service_pb2_grpc.CarcelServiceStub(channel)
         self._tasks = task_service_pb2_grpc.TaskServiceStub(channel)
+        self._findings = finding_service_pb2_grpc.FindingServiceStub(channel)
         # Dispatch batches take turns over these connections, so a server run
         # with several workers (one port, SO_REUSEPORT) gets work on each.
         self._extra_channels = list(dispatch_channels)
@@ -545,6 +550,99 @@ class Client:
             lambda packet: fill_defaults(packet, self._config.identity),
         )
 
+    # -- findings -------------------------------------------------------------------
+
+    async def post_finding(
+        self,
+        finding: contents_pb2.Finding | packet_pb2.Packet,
+        *,
+        origin: str = "",
+        topic: str = "findings",
+        timeout: float | None = None,
+    ) -> finding_service_pb2.PostFindingResponse:
+        """Post a finding of a task (Finding.task_id is required). The response lists the
+        earlier findings of the task it conflicts with; each conflict is also published
+        once on the topic "findings.conflicts"."""
+        if isinstance(finding, packet_pb2.Packet):
+            packet = finding
+        else:
+            packet = packet_pb2.Packet(
+                origin=origin,
+                topic=topic,
+                speech_act=speech_act_pb2.SPEECH_ACT_INFORM,
+                finding=finding,
+            )
+        fill_defaults(packet, self._config.identity)
+        request = finding_service_pb2.PostFindingRequest(packet=packet)
+        return await self._unary(
+            lambda remaining: self._findings.PostFinding(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+
+    async def get_finding(
+        self, task_id: str, finding_id: str, *, timeout: float | None = None
+    ) -> packet_service_pb2.StoredPacket:
+        request = finding_service_pb2.GetFindingRequest(task_id=task_id, finding_id=finding_id)
+        response = await self._unary(
+            lambda remaining: self._findings.GetFinding(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return cast(packet_service_pb2.StoredPacket, response.finding)
+
+    async def list_findings(
+        self, task_id: str, *, timeout: float | None = None
+    ) -> list[packet_service_pb2.StoredPacket]:
+        """A task's findings, first posted first."""
+        request = finding_service_pb2.ListFindingsRequest(task_id=task_id)
+        response = await self._unary(
+            lambda remaining: self._findings.ListFindings(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return list(response.findings)
+
+    async def detect_conflicts(
+        self, task_id: str, *, threshold: float = 0.0, timeout: float | None = None
+    ) -> list[finding_service_pb2.FindingConflict]:
+        """Every conflicting pair among a task's findings (0: the server's threshold, 0.3)."""
+        request = finding_service_pb2.DetectConflictsRequest(task_id=task_id, threshold=threshold)
+        response = await self._unary(
+            lambda remaining: self._findings.DetectConflicts(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return list(response.conflicts)
+
+    async def escalate(
+        self,
+        task_id: str,
+        finding_ids: Sequence[str],
+        *,
+        reason: str,
+        origin: str = "",
+        timeout: float | None = None,
+    ) -> packet_service_pb2.StoredPacket:
+        """Escalate to a human: an ESCALATE packet on the topic "escalations" carrying the
+        supporting findings. `origin` defaults to this client's identity."""
+        who = origin or (self._config.identity.agent_id if self._config.identity else "")
+        request = finding_service_pb2.EscalateRequest(
+            task_id=task_id, origin=who, reason=reason, finding_ids=finding_ids
+        )
+        response = await self._unary(
+            lambda remaining: self._findings.Escalate(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return cast(packet_service_pb2.StoredPacket, response.escalation)
+
+    async def list_escalations(
+        self, task_id: str = "", *, timeout: float | None = None
+    ) -> list[packet_service_pb2.StoredPacket]:
+        """Escalations (of one task, or all), oldest first."""
+        request = finding_service_pb2.ListEscalationsRequest(task_id=task_id)
+        response = await self._unary(
+            lambda remaining: self._findings.ListEscalations(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return list(response.escalations)
+
     # -- inboxes and request/reply ---------------------------------------------------
 
     async def inbox(
@@ -656,6 +754,7 @@ class Client:
         after: str | None = None,
         max_batch_packets: int = 0,
         timeout: float | None = None,
+        on_gap: GapHandler | None = None,
     ) -> Subscription:
         """Follow `topic`: an async iterator of StoredPacket, in stored order.
 
@@ -663,6 +762,12 @@ class Client:
         After a lost connection it resumes after the last packet it yielded, so
         nothing is skipped or repeated. `timeout` bounds the whole subscription
         (None: until closed).
+
+        Packets it can no longer deliver (removed by retention, or expired,
+        before it got to them) are never skipped silently: iteration raises
+        `SubscriptionGapError` (DATA_LOSS, with the `SubscriptionGap`), after
+        which iterating again continues past the gap; or, with `on_gap`, that
+        callback gets the gap and iteration goes on.
         """
         return Subscription(
             self._stub,
@@ -672,11 +777,26 @@ class Client:
             max_batch_packets=max_batch_packets,
             deadline=None if timeout is None else time.monotonic() + timeout,
             retry=self._config.retry,
+            on_gap=on_gap,
         )
 
 
+GapHandler: TypeAlias = Callable[[packet_service_pb2.SubscriptionGap], None]
+# What a subscription hands out: packets, and the gaps announced before them.
+_Item: TypeAlias = packet_service_pb2.StoredPacket | packet_service_pb2.SubscriptionGap
+
+
+def _items(response: packet_service_pb2.SubscribeResponse | None) -> list[_Item]:
+    """What a response hands out, in order: its gap (which comes before its packets), then them."""
+    if response is None:
+        return []
+    gap = [response.gap] if response.HasField("gap") else []
+    return [*gap, *response.packets]
+
+
 class Subscription:
-    """An async iterator over a topic's packets; `cursor` is the last one yielded."""
+    """An async iterator over a topic's packets; `cursor` is the last one yielded, or
+    the end of the last gap it reported."""
 
     def __init__(
         self,
@@ -688,6 +808,7 @@ class Subscription:
         max_batch_packets: int,
         deadline: float | None,
         retry: RetrySettings,
+        on_gap: GapHandler | None = None,
     ) -> None:
         self._stub = stub
         self._topic = topic
@@ -696,8 +817,9 @@ class Subscription:
         self._max_batch = max_batch_packets
         self._deadline = deadline
         self._retry = retry
+        self._on_gap = on_gap
         self._call: grpc.aio.UnaryStreamCall | None = None
-        self._buffer: list[packet_service_pb2.StoredPacket] = []
+        self._buffer: list[_Item] = []  # last first
         self._closed = False
 
     def _request(self) -> packet_service_pb2.SubscribeRequest:
@@ -713,16 +835,27 @@ class Subscription:
         return self
 
     async def __anext__(self) -> packet_service_pb2.StoredPacket:
-        while not self._buffer:
-            if self._closed:
-                raise StopAsyncIteration
-            self._buffer = list(await self._next_batch())
-            self._buffer.reverse()
-        stored = self._buffer.pop()
-        self.cursor = stored.receipt.cursor
-        return stored
+        while True:
+            while not self._buffer:
+                if self._closed:
+                    raise StopAsyncIteration
+                self._buffer = _items(await self._next_batch())
+                self._buffer.reverse()
+            item = self._buffer.pop()
+            if isinstance(item, packet_service_pb2.StoredPacket):
+                self.cursor = item.receipt.cursor
+                return item
+            self._pass_gap(item)
 
-    async def _next_batch(self) -> Sequence[packet_service_pb2.StoredPacket]:
+    def _pass_gap(self, gap: packet_service_pb2.SubscriptionGap) -> None:
+        # Past the gap first: a caller that catches the error and iterates
+        # again (or a reconnect) continues after it, and is not told twice.
+        self.cursor = gap.resume_after_cursor
+        if self._on_gap is None:
+            raise SubscriptionGapError(gap)
+        self._on_gap(gap)
+
+    async def _next_batch(self) -> packet_service_pb2.SubscribeResponse | None:
         backoff = _Backoff(self._retry)
         failing_since: float | None = None
         while True:
@@ -735,11 +868,11 @@ class Subscription:
                 response = await self._call.read()
             except asyncio.CancelledError:
                 if self._closed:  # close() from another task cancels the read
-                    return []
+                    return None
                 raise
             except grpc.aio.AioRpcError as exc:
                 if self._closed:
-                    return []
+                    return None
                 self._call = None
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     raise PacketbusError.from_rpc_error(exc) from None
@@ -752,9 +885,9 @@ class Subscription:
             if response is grpc.aio.EOF:
                 self._call = None
                 if self._closed:
-                    return []
+                    return None
                 continue
-            return cast(Sequence[packet_service_pb2.StoredPacket], response.packets)
+            return cast(packet_service_pb2.SubscribeResponse, response)
 
     async def close(self) -> None:
         self._closed = True

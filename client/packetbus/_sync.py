@@ -4,17 +4,62 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Generator, Sequence
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from packetbus.v1 import packet_pb2, packet_service_pb2
 
-from ._client import LATEST, Client, StartPosition, Subscription
+from ._client import LATEST, Client, GapHandler, StartPosition, Subscription
 from ._config import ClientConfig
 
 T = TypeVar("T")
+
+
+def _run_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+    future: Future[T] = asyncio.run_coroutine_threadsafe(coro, loop)
+    return future.result()
+
+
+class SyncSubscription:
+    """A blocking iterator over a topic's packets; see `Subscription`.
+
+    As there, a gap raises `SubscriptionGapError` and iterating again
+    continues past it (which a generator could not do: it ends at its first
+    exception). Close it, or use it in a ``with`` block.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, subscription: Subscription) -> None:
+        self._loop = loop
+        self._subscription = subscription
+
+    @property
+    def cursor(self) -> str | None:
+        return self._subscription.cursor
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> packet_service_pb2.StoredPacket:
+        try:
+            return _run_on(self._loop, self._subscription.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        _run_on(self._loop, self._subscription.close())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class SyncClient:
@@ -48,8 +93,7 @@ class SyncClient:
         return cls(loop, thread, client)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result()
+        return _run_on(self._loop, coro)
 
     def dispatch(
         self, packet: packet_pb2.Packet, *, timeout: float | None = None
@@ -82,19 +126,19 @@ class SyncClient:
         after: str | None = None,
         max_batch_packets: int = 0,
         timeout: float | None = None,
-    ) -> Generator[packet_service_pb2.StoredPacket, None, None]:
-        """Blocking iterator over `topic`; see `Client.subscribe`."""
-        subscription: Subscription = self._client.subscribe(
-            topic, start=start, after=after, max_batch_packets=max_batch_packets, timeout=timeout
+        on_gap: GapHandler | None = None,
+    ) -> SyncSubscription:
+        """Blocking iterator over `topic`; see `Client.subscribe`. `on_gap` runs on the
+        client's event loop thread."""
+        subscription = self._client.subscribe(
+            topic,
+            start=start,
+            after=after,
+            max_batch_packets=max_batch_packets,
+            timeout=timeout,
+            on_gap=on_gap,
         )
-        try:
-            while True:
-                try:
-                    yield self._run(subscription.__anext__())
-                except StopAsyncIteration:
-                    return
-        finally:
-            self._run(subscription.close())
+        return SyncSubscription(self._loop, subscription)
 
     def close(self) -> None:
         try:

@@ -19,6 +19,7 @@ from packetbus.v1 import (
     carcel_service_pb2,
     consumer_group_service_pb2,
     custody_service_pb2,
+    finding_service_pb2,
     packet_service_pb2,
     task_service_pb2,
 )
@@ -28,6 +29,8 @@ from ._carcel_store import CarcelStore
 from ._custodian import Custodian
 from ._custody_service import CustodyService
 from ._embedded import EmbeddedValkey
+from ._finding_service import FindingService
+from ._finding_store import FindingStore
 from ._group_service import ConsumerGroupService
 from ._group_store import GroupStore
 from ._handlers import add_servicer
@@ -159,6 +162,7 @@ async def start(config: ServerConfig) -> RunningServer:
         ]
         carcel_service = carcel_service_pb2.DESCRIPTOR.services_by_name["CarcelService"]
         task_service = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"]
+        finding_service = finding_service_pb2.DESCRIPTOR.services_by_name["FindingService"]
         add_servicer(server, packet_service, packets)
         add_servicer(
             server, custody_service, CustodyService(store, key_store, packets, config.limits)
@@ -192,6 +196,18 @@ async def start(config: ServerConfig) -> RunningServer:
         )
         add_servicer(
             server,
+            finding_service,
+            FindingService(
+                FindingStore(redis, retry_budget=config.retry_budget_seconds),
+                store,
+                packets,
+                key_store,
+                custodian,
+                config.limits,
+            ),
+        )
+        add_servicer(
+            server,
             carcel_service,
             CarcelService(
                 CarcelStore(redis, retry_budget=config.retry_budget_seconds),
@@ -209,6 +225,7 @@ async def start(config: ServerConfig) -> RunningServer:
                 group_service.full_name,
                 carcel_service.full_name,
                 task_service.full_name,
+                finding_service.full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),

@@ -15,13 +15,10 @@ from typing import Any
 from packetbus import _wire
 
 from . import _keys, _scripts
+from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
 from ._store import cursor_millis
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +69,7 @@ class CarcelStore:
         self._retry_budget = retry_budget
 
     async def _with_hops(self, topic: str, raw: Sequence[Any]) -> list[CarcelRecord]:
-        tids = [_text(fields.get(b"i", b"")) for _, fields in raw]
+        tids = [text(fields.get(b"i", b"")) for _, fields in raw]
         pipe = self._redis.pipeline(transaction=False)
         for tid in tids:
             pipe.hgetall(_keys.custody_hops(topic, tid))
@@ -83,17 +80,17 @@ class CarcelStore:
             entries = [bytes(hops[str(j).encode()]) for j in range(1, n + 1)]
             records.append(
                 CarcelRecord(
-                    id=_text(entry_id),
+                    id=text(entry_id),
                     topic=topic,
                     tracking_id=tid,
                     stored=bytes(fields[b"p"]),
                     hops=entries,
                     content_length=int(fields[b"n"]),
                     ttl_ms=int(fields[b"t"]),
-                    cursor=_text(fields[b"c"]),
-                    reason=_text(fields[b"r"]),
-                    detail=_text(fields[b"d"]),
-                    source=_text(fields[b"s"]),
+                    cursor=text(fields[b"c"]),
+                    reason=text(fields[b"r"]),
+                    detail=text(fields[b"d"]),
+                    source=text(fields[b"s"]),
                     delivery_count=int(fields[b"a"]),
                 )
             )
@@ -133,8 +130,8 @@ class CarcelStore:
                 ],
                 [record.id, expected_hops, entry, entry_hash],
             )
-            outcome = RequeueOutcome(_text(reply[0]))
-            value = _text(reply[1]) if len(reply) > 1 else ""
+            outcome = RequeueOutcome(text(reply[0]))
+            value = text(reply[1]) if len(reply) > 1 else ""
             return Requeued(outcome, value, bytes(reply[2]) if len(reply) > 2 else b"")
 
         result: Requeued = await with_retries(attempt, budget_seconds=self._retry_budget)
@@ -156,11 +153,11 @@ class CarcelStore:
                 ],
                 [_keys.queue_prefix(queue), record.id, task_id, expected_hops, entry, entry_hash],
             )
-            status = _text(reply[0])
+            status = text(reply[0])
             if status == "not_carceled":
-                return Requeued(RequeueOutcome.GONE, _text(reply[1]))
+                return Requeued(RequeueOutcome.GONE, text(reply[1]))
             outcome = RequeueOutcome(status)
-            value = _text(reply[1]) if len(reply) > 1 else ""
+            value = text(reply[1]) if len(reply) > 1 else ""
             return Requeued(outcome, value, bytes(reply[2]) if len(reply) > 2 else b"")
 
         result: Requeued = await with_retries(attempt, budget_seconds=self._retry_budget)

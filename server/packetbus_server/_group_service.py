@@ -27,7 +27,7 @@ from packetbus.v1 import (
     packet_service_pb2,
 )
 
-from . import _status
+from . import _pull_wire, _status
 from ._custodian import ChainEnd, Custodian, Hop, chain_end
 from ._group_store import (
     GroupSettings,
@@ -42,7 +42,7 @@ from ._group_store import (
     Settled,
 )
 from ._limits import Limits
-from ._packet_service import fill_receipt, storage_errors
+from ._packet_service import storage_errors
 from ._store import cursor_millis
 from ._validation import (
     Violation,
@@ -294,9 +294,11 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
 
     # -- deliveries ------------------------------------------------------------------
 
-    async def Pull(
+    # Yields PullResponse bytes written by _pull_wire (see _handlers._serializer), which
+    # the generated servicer's signature does not foresee.
+    async def Pull(  # type: ignore[override]
         self, requests: AsyncIterator[pb.PullRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.PullResponse]:
+    ) -> AsyncIterator[pb.PullResponse | bytes]:
         try:
             first = await anext(requests)
         except StopAsyncIteration:
@@ -355,7 +357,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                         return
                     now_ms = time.time_ns() // 1_000_000
                     room = stream.room(now_ms)
-                    deliveries: list[pb.Delivery] = []
+                    deliveries: list[bytes] = []
                     newest = None
                     if room:
                         pulled = await self._store.pull(
@@ -368,7 +370,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                         deliveries = await self._deliver(stream, pulled.entries, pulled.now_ms)
                     if deliveries or stream.outbox:
                         settled, stream.outbox = stream.outbox, []
-                        yield pb.PullResponse(deliveries=deliveries, settled=settled)
+                        yield _pull_wire.pull_response(deliveries, settled)
                         continue
                     # Nothing to send: wait for new entries, a settlement, or the
                     # next look for run-out leases.
@@ -398,9 +400,9 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
 
     async def _deliver(
         self, stream: _Stream, entries: Sequence[Leased], now_ms: int
-    ) -> list[pb.Delivery]:
+    ) -> list[bytes]:
         """Sign and store each entry's "delivered" hop (or, past its last attempt, move
-        it to the carcel); the deliveries to send, with their chains."""
+        it to the carcel); the deliveries to send, with their chains, serialized."""
         if not entries:
             return []
         max_attempts = stream.settings.max_attempts
@@ -472,12 +474,16 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
             chain = [*hops[i], own] if own is not None else hops[i]
             payload = _wire.with_chain(entry.payload, chain)
             ident = delivery_id(entry.cursor, entry.count)
-            delivery = pb.Delivery(delivery_id=ident, delivery_count=entry.count)
-            delivery.lease_expires_at.FromMilliseconds(lease_ends_ms)
-            stored = delivery.packet
-            stored.packet.ParseFromString(payload)
-            stored.content = entry.payload[: entry.content_length]
-            fill_receipt(stored.receipt, stream.topic, entry.cursor, entry.expires_at_ms)
+            delivery = _pull_wire.delivery(
+                ident,
+                entry.count,
+                lease_ends_ms,
+                packet=payload,
+                receipt_bytes=_pull_wire.receipt(
+                    stream.topic, entry.cursor, cursor_millis(entry.cursor), entry.expires_at_ms
+                ),
+                content=entry.payload[: entry.content_length],
+            )
             stream.hold(
                 ident,
                 Held(

@@ -16,13 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _keys, _scripts
+from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
 from ._store import cursor_millis
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class GroupStatus(enum.Enum):
@@ -39,7 +36,7 @@ class GroupSettings:
 
     @classmethod
     def parse(cls, raw: bytes | str) -> GroupSettings:
-        deadline, attempts, created = _text(raw).split()
+        deadline, attempts, created = text(raw).split()
         return cls(int(deadline), int(attempts), int(created))
 
 
@@ -111,6 +108,10 @@ class Outcome(enum.Enum):
     STALE = "stale"
 
 
+# Looked up per settlement: a dict is far cheaper than Enum's call by value.
+_OUTCOMES = {o.value: o for o in Outcome}
+
+
 @dataclass(frozen=True, slots=True)
 class Settled:
     outcome: Outcome
@@ -151,7 +152,7 @@ class GroupStore:
                 [_keys.topic_log(topic), _keys.topic_groups(topic)],
                 [name, start, ack_deadline_ms, max_attempts],
             )
-            return GroupStatus(_text(status)), GroupSettings.parse(settings)
+            return GroupStatus(text(status)), GroupSettings.parse(settings)
 
         result: tuple[GroupStatus, GroupSettings] = await self._retried(attempt)
         return result
@@ -180,9 +181,9 @@ class GroupStore:
         async def attempt() -> list[GroupState]:
             registry: dict[Any, Any] = await self._redis.hgetall(_keys.topic_groups(topic))
             settings = {
-                _text(k): GroupSettings.parse(v)
+                text(k): GroupSettings.parse(v)
                 for k, v in registry.items()
-                if ":" not in _text(k) and (name is None or _text(k) == name)
+                if ":" not in text(k) and (name is None or text(k) == name)
             }
             if not settings:
                 return []
@@ -192,7 +193,7 @@ class GroupStore:
                 if "no such key" not in str(exc).lower():
                     raise
                 info = []
-            live = {_text(g["name"]): g for g in info}
+            live = {text(g["name"]): g for g in info}
             states = []
             for group, s in sorted(settings.items()):
                 g = live.get(group, {})
@@ -202,7 +203,7 @@ class GroupStore:
                         settings=s,
                         outstanding=int(g.get("pending", 0)),
                         consumers=int(g.get("consumers", 0)),
-                        last_delivered=_text(g.get("last-delivered-id", "0-0")),
+                        last_delivered=text(g.get("last-delivered-id", "0-0")),
                     )
                 )
             return states
@@ -219,22 +220,22 @@ class GroupStore:
                 [_keys.topic_log(topic), _keys.topic_groups(topic)],
                 [group, consumer, count],
             )
-            if _text(reply[0]) == "nogroup":
+            if text(reply[0]) == "nogroup":
                 return None
             now_ms, deadline_ms, max_attempts, newest = reply[:4]
             rest = reply[4:]
             entries = [
                 Leased(
-                    cursor=_text(rest[j]),
+                    cursor=text(rest[j]),
                     count=int(rest[j + 1]),
-                    tracking_id=_text(rest[j + 2]),
+                    tracking_id=text(rest[j + 2]),
                     payload=bytes(rest[j + 3]),
                     content_length=int(rest[j + 4]),
                     ttl_ms=int(rest[j + 5]),
                 )
                 for j in range(0, len(rest), 6)
             ]
-            return Pulled(int(now_ms), int(deadline_ms), int(max_attempts), _text(newest), entries)
+            return Pulled(int(now_ms), int(deadline_ms), int(max_attempts), text(newest), entries)
 
         pulled: Pulled | None = await self._retried(attempt)
         return pulled
@@ -291,12 +292,12 @@ class GroupStore:
                     item.expires_at_ms,
                 )
             reply = await _scripts.SETTLE.run(self._redis, keys, args)
-            if reply and not isinstance(reply[0], list) and _text(reply[0]) == "nogroup":
+            if reply and not isinstance(reply[0], list) and text(reply[0]) == "nogroup":
                 return None
             return [
                 Settled(
-                    Outcome(_text(r[0])),
-                    _text(r[1]) if len(r) > 1 else "",
+                    _OUTCOMES[text(r[0])],
+                    text(r[1]) if len(r) > 1 else "",
                     bytes(r[2]) if len(r) > 2 else b"",
                 )
                 for r in reply
@@ -323,7 +324,7 @@ class GroupStore:
                 fields = reply[0][1]
                 out.append(
                     (
-                        _text(fields.get(b"i", b"")),
+                        text(fields.get(b"i", b"")),
                         bytes(fields[b"p"]),
                         int(fields[b"n"]),
                         int(fields[b"t"]),

@@ -74,6 +74,16 @@ def _stream_stream(method: Callable[..., Any], full_name: str) -> Callable[..., 
     return behavior
 
 
+def _serializer(message_class: type[message.Message]) -> Callable[[Any], bytes]:
+    serialize = message_class.SerializeToString
+
+    def to_bytes(response: Any) -> bytes:
+        # A servicer on a hot path may hand over the response already serialized.
+        return response if type(response) is bytes else serialize(response)
+
+    return to_bytes
+
+
 def add_servicer(
     server: grpc.aio.Server, service: descriptor.ServiceDescriptor, servicer: object
 ) -> None:
@@ -85,7 +95,7 @@ def add_servicer(
         implementation = getattr(servicer, method.name)
         options: dict[str, Any] = {
             "request_deserializer": _lenient(request_class),
-            "response_serializer": response_class.SerializeToString,
+            "response_serializer": _serializer(response_class),
         }
         full_name = method.input_type.full_name
         if method.client_streaming and method.server_streaming:

@@ -38,6 +38,12 @@ happen by construction. Keys that one Lua script touches together share a
 | ``pb:{<queue>}:ready:<cap>`` | zset   | queue       | queued tasks needing <cap>, by priority | newest task's     |
 |                              |        |             | then posting order (member order)       |                   |
 | ``pb:{<queue>}:results:<id>``| list   | queue       | serialized TaskResult per attempt       | task packet's TTL |
+| ``pb:{fnd:<h>}:findings``    | hash   | task (h =   | finding id -> 8-digit content length,   | newest finding's  |
+|                              |        | SHA-256 of  | then the finding packet                 |                   |
+|                              |        | its id, 16  |                                         |                   |
+| ``pb:{fnd:<h>}:facts``       | hash   | hex digits) | finding id -> ``<fingerprint> <refutes> | newest finding's  |
+|                              |        |             | <confidence> <subject>``                |                   |
+| ``pb:{fnd:<h>}:order``       | list   |             | finding ids, first posted first         | newest finding's  |
 | ``pb:loc:{<tid>}``           | string | tracking id | the topic a tracking id belongs to      | packet TTL        |
 | ``pb:topics``                | zset   | its own     | topic -> last dispatch (unix ms), for   | 2 x max packet    |
 |                              |        |             | exporting every topic                   | TTL, refreshed    |
@@ -51,6 +57,8 @@ keys only (a few hundred bytes each), never private ones.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 PREFIX = "pb"
 
@@ -102,6 +110,23 @@ def task(queue: str, task_id: str) -> str:
 
 def task_results(queue: str, task_id: str) -> str:
     return f"{PREFIX}:{{{queue}}}:results:{task_id}"
+
+
+def _finding_tag(task_id: str) -> str:
+    # Task ids may hold braces, which would break a hash tag: hashed instead.
+    return "fnd:" + hashlib.sha256(task_id.encode()).hexdigest()[:16]
+
+
+def task_findings(task_id: str) -> str:
+    return f"{PREFIX}:{{{_finding_tag(task_id)}}}:findings"
+
+
+def task_finding_facts(task_id: str) -> str:
+    return f"{PREFIX}:{{{_finding_tag(task_id)}}}:facts"
+
+
+def task_finding_order(task_id: str) -> str:
+    return f"{PREFIX}:{{{_finding_tag(task_id)}}}:order"
 
 
 def packet_location(tracking_id: str) -> str:

@@ -15,11 +15,12 @@ from packetbus.v1 import packet_pb2, packet_service_pb2, packet_service_pb2_grpc
 
 from . import _status
 from ._custodian import Custodian, check_origin
+from ._gaps import Follower
 from ._ingest import Accepted, Rejected, accept, to_write
 from ._key_store import KeyStore
 from ._limits import Limits
 from ._retry import StoreFailedError, StoreUnavailableError
-from ._store import Outcome, PacketStore, cursor_millis
+from ._store import LogEntry, Outcome, PacketStore, cursor_millis
 from ._validation import SUPPORTED_SCHEMA_VERSIONS, Violation, validate_topic, validate_tracking_id
 
 _CURSOR = re.compile(r"\d{1,20}-\d{1,20}\Z")
@@ -51,6 +52,33 @@ def stored_packet(
     )
     fill_receipt(stored.receipt, topic, cursor, expires_at_ms)
     return stored
+
+
+def _response(
+    topic: str, gap: packet_service_pb2.SubscriptionGap | None, entries: list[LogEntry]
+) -> packet_service_pb2.SubscribeResponse:
+    response = packet_service_pb2.SubscribeResponse(
+        packets=[
+            stored_packet(topic, e.cursor, e.expires_at_ms, e.payload, e.content_length)
+            for e in entries
+        ]
+    )
+    if gap is not None:
+        response.gap.CopyFrom(gap)
+    return response
+
+
+def _gone(context: grpc.aio.ServicerContext) -> bool:
+    """The subscriber went away, or the server is stopping.
+
+    grpc cancels the handler's task then, but that cancellation can be lost
+    when it lands while grpc itself awaits a write (seen with grpcio 1.85 on
+    Python 3.11): grpc then asks for the next response, and on a quiet topic
+    the handler would read on forever, holding a subscription slot. The task
+    still says it was asked to stop.
+    """
+    task = asyncio.current_task()
+    return context.cancelled() or (task is not None and task.cancelling() > 0)
 
 
 @contextlib.asynccontextmanager
@@ -228,33 +256,33 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
             self._subscribers,
             storage_errors(context, retry_hint="resume after your last cursor"),
         ):
-            async for response in self._follow(request, batch):
+            async for response in self._follow(request, batch, context):
                 yield response
 
     async def _follow(
-        self, request: packet_service_pb2.SubscribeRequest, batch: int
+        self,
+        request: packet_service_pb2.SubscribeRequest,
+        batch: int,
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[packet_service_pb2.SubscribeResponse]:
         topic = request.topic
-        if request.WhichOneof("start") == "after_cursor":
+        started_ms = time.time_ns() // 1_000_000
+        resumed = request.WhichOneof("start") == "after_cursor"
+        if resumed:
             cursor = request.after_cursor
         elif request.start_position == packet_service_pb2.START_POSITION_EARLIEST:
             cursor = "0-0"
         else:
             cursor = await self._store.last_cursor(topic)
-        while True:
-            page = await self._store.read_after(
-                topic, cursor, count=batch, block_ms=_SUBSCRIBE_BLOCK_MS
-            )
-            cursor = page.last_cursor or cursor
-            if page.entries:
+        follower = Follower(cursor, resumed=resumed, started_ms=started_ms)
+        while not _gone(context):
+            page = await self._store.follow(topic, follower.cursor, count=batch)
+            for gap, entries in follower.take(page, time.time_ns() // 1_000_000):
                 # The write waits for HTTP/2 flow control, so a slow reader
                 # holds at most one batch here: it is paced, the server is not.
-                yield packet_service_pb2.SubscribeResponse(
-                    packets=[
-                        stored_packet(topic, e.cursor, e.expires_at_ms, e.payload, e.content_length)
-                        for e in page.entries
-                    ]
-                )
+                yield _response(topic, gap, entries)
+            if page.complete:
+                await self._store.wait_after(topic, follower.cursor, block_ms=_SUBSCRIBE_BLOCK_MS)
 
     async def GetServerInfo(
         self, request: packet_service_pb2.GetServerInfoRequest, context: grpc.aio.ServicerContext

@@ -87,6 +87,39 @@ class LogPage:
 
 
 @dataclass(frozen=True, slots=True)
+class Horizon:
+    """What has left a topic's log, as its horizon key (``pb:{topic}:horizon``) records it.
+
+    Entries leave a log only as a prefix (trimmed below a rising threshold, or
+    the whole log expiring), so everything up to these cursors is gone. Empty
+    strings mean nothing of that kind is known to have gone.
+    """
+
+    # The newest entry removed by retention.
+    trimmed: str
+    # The newest entry lost when the log expired as a whole.
+    expired: str
+    # The topic has a horizon at all. Without one (data older than the
+    # horizon, or a topic idle past it) losses may have gone unrecorded.
+    known: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FollowPage:
+    """Entries after a cursor and the topic's horizon, read in one atomic step."""
+
+    # Publications, in order, the expired ones included: whether a reader
+    # missed them or they were never its news is the reader's to judge.
+    entries: list[LogEntry]
+    # The last entry read, requeues for consumer groups included (None when
+    # nothing was read): a reader continues after it.
+    last_cursor: str | None
+    # Fewer entries than asked for: the reader has reached the log's end.
+    complete: bool
+    horizon: Horizon
+
+
+@dataclass(frozen=True, slots=True)
 class FoundPacket:
     topic: str
     cursor: str
@@ -105,18 +138,56 @@ def cursor_millis(cursor: str) -> int:
     return int(cursor.split("-", 1)[0])
 
 
-def _page(raw: Any) -> LogPage:
-    """A page of the log from XRANGE/XREAD entries; packets past their TTL are
-    not returned, whether or not the log has been trimmed yet."""
-    now_ms = time.time_ns() // 1_000_000
+def cursor_order(cursor: str) -> tuple[int, int]:
+    """A cursor as something to compare: stream ids order by both their parts."""
+    millis, _, sequence = cursor.partition("-")
+    return int(millis), int(sequence or 0)
+
+
+def newest_cursor(*cursors: str) -> str:
+    """The newest of `cursors`, ignoring empty ones ("" when all are)."""
+    present = [c for c in cursors if c]
+    return max(present, key=cursor_order) if present else ""
+
+
+def _publications(
+    raw: Iterable[tuple[Any, dict[bytes, bytes]]],
+) -> tuple[list[LogEntry], str | None]:
+    """The packets published in log entries, expired or not, and the last entry id read.
+
+    An entry with field g is a carceled packet requeued for one consumer group:
+    not a new publication, so fan-out readers never see it.
+    """
     entries = []
     cursor = None
     for entry_id, fields in raw:
         cursor = _text(entry_id)
-        expires_at_ms = cursor_millis(cursor) + int(fields[b"t"])
-        if expires_at_ms > now_ms:
+        if b"g" not in fields:
+            expires_at_ms = cursor_millis(cursor) + int(fields[b"t"])
             entries.append(LogEntry(cursor, expires_at_ms, fields[b"p"], int(fields[b"n"])))
-    return LogPage(entries, cursor)
+    return entries, cursor
+
+
+def _page(raw: Any) -> LogPage:
+    """A page of the log from XRANGE/XREAD entries; packets past their TTL are
+    not returned, whether or not the log has been trimmed yet."""
+    now_ms = time.time_ns() // 1_000_000
+    entries, cursor = _publications(raw)
+    return LogPage([e for e in entries if e.expires_at_ms > now_ms], cursor)
+
+
+def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    # A script returns an entry's fields as a flat list, not as redis-py's mapping.
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _horizon(trimmed: bytes, expired: bytes, last: bytes, held: int) -> Horizon:
+    # A log that holds no entry has lost the newest one a dispatch appended,
+    # whether it expired as a whole or was trimmed empty.
+    lost_last = _text(last) if held == 0 else ""
+    return Horizon(
+        trimmed=_text(trimmed), expired=newest_cursor(_text(expired), lost_last), known=bool(last)
+    )
 
 
 async def connect_redis(url: str) -> RedisClient:
@@ -266,7 +337,7 @@ class PacketStore:
 
     async def _write_topic(self, topic: str, writes: list[PacketWrite]) -> list[WriteResult]:
         claim_here = not self._cluster
-        keys = [_keys.topic_log(topic), _keys.topic_groups(topic)]
+        keys = [_keys.topic_log(topic), _keys.topic_groups(topic), _keys.topic_horizon(topic)]
         args: list[object] = [self._retention_ms, 2 if claim_here else 1, topic]
         for w in writes:
             keys.append(_keys.packet_record(topic, w.tracking_id))
@@ -327,17 +398,28 @@ class PacketStore:
 
         return await with_retries(attempt, budget_seconds=self._retry_budget)
 
-    async def read_after(self, topic: str, cursor: str, *, count: int, block_ms: int) -> LogPage:
-        """Up to `count` entries after `cursor`, waiting up to `block_ms` for the first."""
+    async def follow(self, topic: str, cursor: str, *, count: int) -> FollowPage:
+        """Up to `count` entries after `cursor`, with the topic's horizon as it was when they were
+        read (scripts/follow.lua), without waiting."""
 
-        async def attempt() -> LogPage:
-            reply: Any = await self._redis.xread(
-                {_keys.topic_log(topic): cursor}, count=count, block=block_ms
+        async def attempt() -> FollowPage:
+            reply: Any = await _scripts.FOLLOW.run(
+                self._redis,
+                [_keys.topic_log(topic), _keys.topic_horizon(topic)],
+                [cursor, count],
             )
-            if not reply:
-                return LogPage([], None)
-            # RESP2 answers a list of [key, entries]; RESP3 a mapping.
-            entries: Any = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
-            return _page(entries)
+            trimmed, expired, last, held, raw = reply
+            entries, last_cursor = _publications((i, _fields(f)) for i, f in raw)
+            return FollowPage(
+                entries, last_cursor, len(raw) < count, _horizon(trimmed, expired, last, int(held))
+            )
 
-        return await with_retries(attempt, budget_seconds=self._retry_budget + block_ms / 1000)
+        return await with_retries(attempt, budget_seconds=self._retry_budget)
+
+    async def wait_after(self, topic: str, cursor: str, *, block_ms: int) -> None:
+        """Return once the topic's log has an entry after `cursor`, or after `block_ms`."""
+
+        async def attempt() -> None:
+            await self._redis.xread({_keys.topic_log(topic): cursor}, count=1, block=block_ms)
+
+        await with_retries(attempt, budget_seconds=self._retry_budget + block_ms / 1000)

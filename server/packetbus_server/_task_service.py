@@ -14,9 +14,10 @@ from packetbus.v1 import task_service_pb2 as pb
 from packetbus.v1 import task_service_pb2_grpc
 
 from . import _status
-from ._custodian import ChainEnd, Custodian, Hop, chain_end, check_origin
+from ._admission import nested, seal_one
+from ._custodian import ChainEnd, Custodian, Hop, chain_end
 from ._group_store import GroupStore, HopWrite
-from ._ingest import Rejected, accept, to_write
+from ._ingest import Rejected, accept
 from ._key_store import KeyStore
 from ._limits import Limits
 from ._packet_service import storage_errors
@@ -103,6 +104,15 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
                 Violation(path, "TASK_ID_FORMAT", "must be 1..255 printable, no whitespace")
             )
 
+    async def _check_task_ref(
+        self, context: grpc.aio.ServicerContext, queue: str, task_id: str
+    ) -> None:
+        violations: list[Violation] = []
+        self._check_queue(violations, queue)
+        self._check_task_id(violations, "task_id", task_id)
+        if violations:
+            await _status.abort_invalid(context, "invalid task", violations)
+
     # -- posting and claiming --------------------------------------------------------------
 
     async def PostTask(
@@ -128,21 +138,18 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         now_ns = time.time_ns()
         outcome = accept(packet, self._limits, now_ns)
         if isinstance(outcome, Rejected):
-            violations += [
-                Violation(f"packet.{v.field}" if v.field else "packet", v.rule, v.description)
-                for v in outcome.violations
-            ]
-        if violations:
+            violations += nested(outcome.violations, "packet")
+        if violations or isinstance(outcome, Rejected):
             await _status.abort_invalid(context, "invalid task", violations)
-        assert not isinstance(outcome, Rejected)
-        if packet.chain_of_custody:
-            async with storage_errors(context):
-                keys = await self._key_store.get_many([packet.chain_of_custody[0].key_id])
-            problem = check_origin(packet, outcome.content, keys)
-            if problem is not None:
-                await context.abort(problem.code, problem.message)
-        [chain] = self._custodian.seal([(packet, outcome.content)], now_ns)
-        write = to_write(outcome, chain)
+            raise AssertionError("abort_invalid always raises")
+        write = await seal_one(
+            context,
+            packet,
+            outcome,
+            key_store=self._key_store,
+            custodian=self._custodian,
+            now_ns=now_ns,
+        )
         queue = packet.topic
         async with storage_errors(context):
             posted = await self._store.post(
@@ -404,11 +411,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     async def GetTask(
         self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetTaskResponse:
-        violations: list[Violation] = []
-        self._check_queue(violations, request.queue)
-        self._check_task_id(violations, "task_id", request.task_id)
-        if violations:
-            await _status.abort_invalid(context, "invalid task", violations)
+        await self._check_task_ref(context, request.queue, request.task_id)
         async with storage_errors(context):
             [record] = await self._store.get_many(request.queue, [request.task_id])
         if record is None:
@@ -450,11 +453,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     async def ListTaskResults(
         self, request: pb.ListTaskResultsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTaskResultsResponse:
-        violations: list[Violation] = []
-        self._check_queue(violations, request.queue)
-        self._check_task_id(violations, "task_id", request.task_id)
-        if violations:
-            await _status.abort_invalid(context, "invalid task", violations)
+        await self._check_task_ref(context, request.queue, request.task_id)
         async with storage_errors(context):
             raw = await self._store.results(request.queue, request.task_id)
         return pb.ListTaskResultsResponse(results=[pb.TaskResult.FromString(r) for r in raw])

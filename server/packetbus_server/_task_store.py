@@ -11,13 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _keys, _scripts
+from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
 from ._store import PacketWrite
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +26,7 @@ class TaskRecord:
     hops: list[bytes]
 
     def text(self, name: str) -> str:
-        return _text(self.fields.get(name.encode(), b""))
+        return text(self.fields.get(name.encode(), b""))
 
     def number(self, name: str) -> int:
         return int(self.fields.get(name.encode(), b"0") or b"0")
@@ -87,7 +84,7 @@ class TaskStore:
                     expires_at_ms,
                 ],
             )
-            return _text(reply[0])
+            return text(reply[0])
 
         outcome: str = await self._retried(attempt)
         return outcome
@@ -106,8 +103,8 @@ class TaskStore:
         raw: dict[bytes, bytes] = await self._retried(attempt)
         if not raw:
             return None
-        task_id = _text(raw[b"rk"]).split(":", 2)[2]
-        [hops] = await self.read_hops(queue, [_text(raw[b"i"])])
+        task_id = text(raw[b"rk"]).split(":", 2)[2]
+        [hops] = await self.read_hops(queue, [text(raw[b"i"])])
         return TaskRecord(task_id, raw, hops)
 
     async def get_many(self, queue: str, task_ids: Sequence[str]) -> list[TaskRecord | None]:
@@ -119,7 +116,7 @@ class TaskStore:
 
         found: list[dict[bytes, bytes]] = await self._retried(attempt)
         present = [f for f in found if f]
-        hops = await self.read_hops(queue, [_text(f[b"i"]) for f in present])
+        hops = await self.read_hops(queue, [text(f[b"i"]) for f in present])
         by_hops = iter(hops)
         return [
             TaskRecord(task_id, f, next(by_hops)) if f else None
@@ -129,7 +126,7 @@ class TaskStore:
     async def task_ids(self, queue: str, limit: int) -> list[str]:
         async def attempt() -> list[str]:
             raw: Any = await self._redis.zrange(_keys.task_index(queue), 0, limit - 1)
-            return [_text(t) for t in raw]
+            return [text(t) for t in raw]
 
         ids: list[str] = await self._retried(attempt)
         return ids
@@ -196,8 +193,8 @@ class TaskStore:
                 ],
             )
             return Settled(
-                _text(reply[0]),
-                _text(reply[1]) if len(reply) > 1 else "",
+                text(reply[0]),
+                text(reply[1]) if len(reply) > 1 else "",
                 bytes(reply[2]) if len(reply) > 2 else b"",
             )
 
@@ -214,7 +211,7 @@ class TaskStore:
             if not reply:
                 return after, []
             entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
-            return _text(entries[-1][0]), list(entries)
+            return text(entries[-1][0]), list(entries)
 
         result: tuple[str, list[Any]] = await with_retries(
             attempt, budget_seconds=self._retry_budget + block_ms / 1000
@@ -224,7 +221,7 @@ class TaskStore:
     async def last_event(self, queue: str) -> str:
         async def attempt() -> str:
             newest: Any = await self._redis.xrevrange(_keys.task_events(queue), count=1)
-            return _text(newest[0][0]) if newest else "0-0"
+            return text(newest[0][0]) if newest else "0-0"
 
         found: str = await self._retried(attempt)
         return found

@@ -121,12 +121,21 @@ class Finding(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     TASK_ID_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    REFUTES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     claim: _builtins.str
     confidence: _builtins.float
     """In [0, 1]."""
     worker_id: _builtins.str
     task_id: _builtins.str
+    subject: _builtins.str
+    """What the claim is about, as a stable key: findings of one task with the
+    same subject are compared for conflicts. Empty: the claim's text, case
+    and spacing ignored.
+    """
+    refutes: _builtins.bool
+    """The finding says the claim does NOT hold (it refutes it)."""
     @_builtins.property
     def citations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """References to the evidence, e.g. URIs."""
@@ -143,10 +152,12 @@ class Finding(_message.Message):
         worker_id: _builtins.str = ...,
         task_id: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        subject: _builtins.str = ...,
+        refutes: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["citations", b"citations", "claim", b"claim", "confidence", b"confidence", "id", b"id", "labels", b"labels", "task_id", b"task_id", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["citations", b"citations", "claim", b"claim", "confidence", b"confidence", "id", b"id", "labels", b"labels", "refutes", b"refutes", "subject", b"subject", "task_id", b"task_id", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -47,6 +47,36 @@ START_POSITION_LATEST: StartPosition.ValueType  # 2
 """Only packets stored after the subscription starts."""
 Global___StartPosition: _TypeAlias = StartPosition  # noqa: Y015
 
+class _GapReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GapReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GapReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GAP_REASON_UNSPECIFIED: _GapReason.ValueType  # 0
+    GAP_REASON_TRIMMED: _GapReason.ValueType  # 1
+    """Removed from the topic's log by retention (the server's max_ttl_seconds):
+    the resume cursor, or the subscriber, fell behind what the topic keeps.
+    """
+    GAP_REASON_EXPIRED: _GapReason.ValueType  # 2
+    """Their TTL ran out (one by one, or with the whole log when its newest
+    packet expired) before the subscription reached them.
+    """
+
+class GapReason(_GapReason, metaclass=_GapReasonEnumTypeWrapper):
+    """Why a subscription missed packets; a gap with both causes is TRIMMED."""
+
+GAP_REASON_UNSPECIFIED: GapReason.ValueType  # 0
+GAP_REASON_TRIMMED: GapReason.ValueType  # 1
+"""Removed from the topic's log by retention (the server's max_ttl_seconds):
+the resume cursor, or the subscriber, fell behind what the topic keeps.
+"""
+GAP_REASON_EXPIRED: GapReason.ValueType  # 2
+"""Their TTL ran out (one by one, or with the whole log when its newest
+packet expired) before the subscription reached them.
+"""
+Global___GapReason: _TypeAlias = GapReason  # noqa: Y015
+
 @_typing.final
 class DispatchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -277,22 +307,77 @@ class SubscribeResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PACKETS_FIELD_NUMBER: _builtins.int
+    GAP_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def packets(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredPacket]:
         """In stored order; each carries its cursor in its receipt."""
+
+    @_builtins.property
+    def gap(self) -> Global___SubscriptionGap:
+        """Set when packets the subscription should have delivered before
+        `packets` are gone (the response may then carry no packets). A
+        subscription never skips packets silently: every gap is announced once,
+        before the packets that follow it.
+        """
 
     def __init__(
         self,
         *,
         packets: _abc.Iterable[Global___StoredPacket] | None = ...,
+        gap: Global___SubscriptionGap | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["packets", b"packets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap", "packets", b"packets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubscribeResponse: _TypeAlias = SubscribeResponse  # noqa: Y015
+
+@_typing.final
+class SubscriptionGap(_message.Message):
+    """Packets a subscription missed. A subscription that starts from a position
+    (EARLIEST, LATEST) is not told of what the topic no longer held when it
+    started; one that resumes after a cursor is told of everything after that
+    cursor it cannot deliver.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAST_CURSOR_FIELD_NUMBER: _builtins.int
+    RESUME_AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    MISSED_PACKETS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    last_cursor: _builtins.str
+    """Where the subscription stood: the last packet delivered before the gap,
+    the end of the gap told before, or the cursor it resumed after; empty
+    when it started from a position and had delivered nothing yet.
+    """
+    resume_after_cursor: _builtins.str
+    """The newest missing cursor known: delivery continues with the packets
+    stored after it, so resuming after it does not report this gap again.
+    """
+    missed_packets: _builtins.int
+    """How many packets were missed; 0 when not known, as when the gap holds
+    packets removed by retention or with a whole expired log (those are not
+    counted).
+    """
+    reason: Global___GapReason.ValueType
+    def __init__(
+        self,
+        *,
+        last_cursor: _builtins.str = ...,
+        resume_after_cursor: _builtins.str = ...,
+        missed_packets: _builtins.int = ...,
+        reason: Global___GapReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_cursor", b"last_cursor", "missed_packets", b"missed_packets", "reason", b"reason", "resume_after_cursor", b"resume_after_cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscriptionGap: _TypeAlias = SubscriptionGap  # noqa: Y015
 
 @_typing.final
 class GetServerInfoRequest(_message.Message):
