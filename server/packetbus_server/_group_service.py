@@ -42,7 +42,7 @@ from ._group_store import (
     Settled,
 )
 from ._limits import Limits
-from ._packet_service import storage_errors
+from ._packet_service import caller_gone, storage_errors
 from ._store import cursor_millis
 from ._validation import (
     Violation,
@@ -347,7 +347,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
             settler = asyncio.create_task(self._settle_from(requests, first, stream, context))
             waiter: asyncio.Task[None] | None = None
             try:
-                while True:
+                while not caller_gone(context):
                     if settler.done():
                         # The consumer half-closed (or settling failed: this
                         # raises): confirm what it settled, deliver nothing more.

@@ -68,8 +68,8 @@ def _response(
     return response
 
 
-def _gone(context: grpc.aio.ServicerContext) -> bool:
-    """The subscriber went away, or the server is stopping.
+def caller_gone(context: grpc.aio.ServicerContext) -> bool:
+    """The caller of a streaming RPC went away, or the server is stopping.
 
     grpc cancels the handler's task then, but that cancellation can be lost
     when it lands while grpc itself awaits a write (seen with grpcio 1.85 on
@@ -275,7 +275,7 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         else:
             cursor = await self._store.last_cursor(topic)
         follower = Follower(cursor, resumed=resumed, started_ms=started_ms)
-        while not _gone(context):
+        while not caller_gone(context):
             page = await self._store.follow(topic, follower.cursor, count=batch)
             for gap, entries in follower.take(page, time.time_ns() // 1_000_000):
                 # The write waits for HTTP/2 flow control, so a slow reader

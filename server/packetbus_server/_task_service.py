@@ -20,7 +20,7 @@ from ._group_store import GroupStore, HopWrite
 from ._ingest import Rejected, accept
 from ._key_store import KeyStore
 from ._limits import Limits
-from ._packet_service import storage_errors
+from ._packet_service import caller_gone, storage_errors
 from ._task_store import TaskRecord, TaskStore
 from ._validation import MAX_SHORT_TEXT, Violation, validate_agent_id, validate_topic
 
@@ -467,7 +467,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             await _status.abort_invalid(context, "invalid watch", violations)
         async with storage_errors(context, retry_hint="watch again"):
             cursor = await self._store.last_event(request.queue)
-            while True:
+            while not caller_gone(context):
                 cursor, entries = await self._store.events(request.queue, cursor, _WATCH_BLOCK_MS)
                 if entries:
                     yield pb.WatchTasksResponse(events=[_event(e) for e in entries])
