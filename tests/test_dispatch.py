@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import grpc
 import pytest
@@ -13,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import packetbus
 from packetbus import CustodyRecord, _custody
-from packetbus_server import RunningServer
+from packetbus_server import RunningServer, _store
 from tests.conftest import new_packet, unique
 
 
@@ -71,6 +72,26 @@ async def test_batch_of_1000_with_one_invalid_stores_999(
     assert "supported: 1.0, 1.1" in bad.field_violations[0].description
     assert [r.tracking_id for r in results] == [p.tracking_id for p in packets]
     assert await _log_length(raw_redis, topic) == 999
+
+
+async def test_a_large_batch_is_stored_in_its_own_order(
+    client: packetbus.Client,
+    raw_redis: redis_asyncio.Redis,
+    topic: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A batch bigger than one script call is written in chunks; they must land
+    # in order, or subscribers would see the batch reordered. Small chunks (the
+    # server runs in this process) make many of them, so a race would show.
+    monkeypatch.setattr(_store, "_MAX_PACKETS_PER_SCRIPT", 7)
+    sent: list[str] = []
+    for _ in range(3):
+        packets = [new_packet(topic) for _ in range(1000)]
+        results = await client.dispatch_batch(packets)
+        assert all(r.WhichOneof("outcome") == "receipt" for r in results)
+        sent += [p.tracking_id for p in packets]
+    entries: Any = await raw_redis.xrange(f"pb:{{{topic}}}:log")
+    assert [fields[b"i"].decode() for _, fields in entries] == sent
 
 
 async def test_same_packet_five_times_concurrently_stores_once_with_identical_results(

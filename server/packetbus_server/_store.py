@@ -278,21 +278,21 @@ class PacketStore:
                 by_topic[w.topic].append(i)
 
         # One script per topic slot; different topics may live on different
-        # cluster nodes, so they run concurrently.
-        calls = []
-        for topic, indexes in by_topic.items():
+        # cluster nodes, so they run concurrently. A topic's chunks run one after
+        # another: run together, a later chunk could be stored first, and the
+        # topic's order would no longer be the batch's.
+        async def write_topic(topic: str, indexes: list[int]) -> None:
             for start in range(0, len(indexes), _MAX_PACKETS_PER_SCRIPT):
                 chunk = indexes[start : start + _MAX_PACKETS_PER_SCRIPT]
-                calls.append((chunk, self._write_topic(topic, [writes[i] for i in chunk])))
+                reply = await self._write_topic(topic, [writes[i] for i in chunk])
+                for i, result in zip(chunk, reply, strict=True):
+                    results[i] = result
+
         fresh_topics = self._topics_to_note(by_topic)
-        writing = asyncio.gather(*(call for _, call in calls))
-        if fresh_topics:
-            replies, _ = await asyncio.gather(writing, self._note_topics(fresh_topics))
-        else:
-            replies = await writing
-        for (chunk, _), reply in zip(calls, replies, strict=True):
-            for i, result in zip(chunk, reply, strict=True):
-                results[i] = result
+        await asyncio.gather(
+            *(write_topic(topic, indexes) for topic, indexes in by_topic.items()),
+            *([self._note_topics(fresh_topics)] if fresh_topics else []),
+        )
 
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
