@@ -266,3 +266,62 @@ async def test_server_killed_mid_batch_client_retries_on_a_second_replica(
     assert len(receipts) == 3000
     assert len(stored) == 3000
     assert set(stored) == set(receipts)
+
+
+async def test_consumers_go_on_on_a_second_replica_when_the_first_is_killed(
+    redis_url: str, topic: str, tmp_path: Path
+) -> None:
+    """Scenario: the server a consumer pulls from dies mid-stream. The consumer
+    reconnects to the other replica; what it held comes back after the lease;
+    every packet ends acked and nothing stays outstanding."""
+    ports = [free_port(), free_port()]
+    replicas = [await asyncio.to_thread(_serve, p, redis_url, tmp_path / "data") for p in ports]
+    target = "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
+    try:
+        async with await packetbus.Client.connect(target, timeout=10) as client:
+            # The shortest lease a default server allows: what the dead replica
+            # had delivered comes back after it.
+            await client.create_consumer_group(
+                topic, "g", start=packetbus.EARLIEST, ack_deadline_seconds=10
+            )
+            packets = [new_packet(topic) for _ in range(2000)]
+            for start in range(0, 2000, 500):
+                results = await client.dispatch_batch(packets[start : start + 500])
+                assert all(r.WhichOneof("outcome") == "receipt" for r in results)
+            sent = {p.tracking_id for p in packets}
+            acked: set[str] = set()
+            refused: list[int] = []
+            under_way = asyncio.Event()
+
+            async def consume() -> None:
+                async with client.consume(
+                    topic, "g", consumer="survivor", max_outstanding_packets=400
+                ) as consumer:
+                    async for batch in consumer.batches():
+                        for result, d in zip(await consumer.ack(*batch), batch, strict=True):
+                            if result.status.code == 0:
+                                acked.add(d.packet.packet.tracking_id)
+                            else:
+                                refused.append(result.status.code)
+                        if len(acked) >= 300:
+                            under_way.set()
+                        if acked == sent:
+                            return
+
+            consuming = asyncio.create_task(consume())
+            async with asyncio.timeout(30):
+                await under_way.wait()
+            replicas[0].send_signal(signal.SIGKILL)
+            replicas[0].wait()
+            async with asyncio.timeout(60):
+                await consuming
+            group = await client.get_consumer_group(topic, "g")
+    finally:
+        for replica in replicas:
+            if replica.poll() is None:
+                replica.terminate()
+                replica.wait()
+    assert acked == sent
+    assert group.outstanding == 0
+    # Only acks whose lease had run out (the packet went to this consumer again) fail.
+    assert set(refused) <= {grpc.StatusCode.FAILED_PRECONDITION.value[0]}

@@ -84,6 +84,20 @@ class _Outgoing:
         return bool(self.acks or self.nacks or self.extends)
 
 
+# A stream that ends with one of these is opened again (with backoff): the server
+# went away or broke, not the request. Safe, as every settlement may be repeated
+# and every delivery is leased. A dead connection surfaces as UNAVAILABLE, or as
+# INTERNAL when grpc was writing to it.
+_RECONNECT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
 _KINDS = {
     pb.SETTLEMENT_ACK: "ack",
     pb.SETTLEMENT_NACK: "nack",
@@ -197,6 +211,22 @@ class Consumer:
                 # Half-close: the server confirms what was sent, then ends the stream.
                 return
 
+    def _resend_unconfirmed(self) -> None:
+        """Queue every settlement not yet confirmed to be sent (again) on the next stream."""
+        out = _Outgoing()
+        for (kind, ident), futures in self._waiting.items():
+            if not futures:
+                continue
+            if kind == "ack":
+                out.acks.append(ident)
+            elif kind == "extend":
+                out.extends.append(ident)
+            else:
+                out.nacks.append(self._nacks.get(ident) or pb.Nacked(delivery_id=ident))
+        self._outgoing = out
+        if out:
+            self._unsent.set()
+
     async def _settle_unary(self) -> None:
         """Send unconfirmed settlements as unary calls (after a stream broke)."""
         self._outgoing = _Outgoing()
@@ -284,15 +314,16 @@ class Consumer:
                     response = await self._call.read()
                 except grpc.aio.AioRpcError as exc:
                     self._call = None
-                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    if exc.code() not in _RECONNECT:
                         raise PacketbusError.from_rpc_error(exc) from None
                     now = time.monotonic()
                     failing_since = failing_since or now
                     if now - failing_since > self._retry.reconnect_window:
                         raise PacketbusError.from_rpc_error(exc) from None
+                    # Whatever the lost stream did not confirm goes out again first
+                    # on the next one (a settlement already done is answered as done).
+                    self._resend_unconfirmed()
                     await asyncio.sleep(backoff())
-                    with contextlib.suppress(grpc.aio.AioRpcError):
-                        await self._settle_unary()
                     continue
                 if response is grpc.aio.EOF:
                     self._call = None
