@@ -18,16 +18,14 @@ from typing import Any
 
 from dispatch_bench import (
     BATCH,
-    NATS_HOST,
-    NATS_PORT,
     Tally,
     chunks,
     find_pid,
     local_pid,
-    log,
     machine_info,
     make_packet,
     measure,
+    nats_connect,
     redis_info,
     spawned_server,
     store_pid,
@@ -103,23 +101,9 @@ async def bench_nats(run_id: str, payload: bytes, packets: int) -> dict[str, Any
     import nats
     from nats.js.api import AckPolicy, ConsumerConfig
 
-    async def quiet(exc: Exception) -> None:
-        log(f"nats: {exc!r}")
-
-    try:
-        _reader, writer = await asyncio.wait_for(asyncio.open_connection(NATS_HOST, NATS_PORT), 2)
-        writer.close()
-        nc = await asyncio.wait_for(
-            nats.connect(
-                f"nats://{NATS_HOST}:{NATS_PORT}",
-                allow_reconnect=False,
-                max_reconnect_attempts=1,
-                error_cb=quiet,
-            ),
-            5,
-        )
-    except (OSError, TimeoutError, nats.errors.Error) as exc:
-        return {"skipped": f"no nats-server answers on {NATS_HOST}:{NATS_PORT}: {exc!r}"}
+    nc = await nats_connect()
+    if isinstance(nc, str):
+        return {"skipped": nc}
     out: dict[str, Any] = {}
     try:
         js = nc.jetstream()

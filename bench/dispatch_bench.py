@@ -613,7 +613,8 @@ def find_pid(comm: str) -> int | None:
     return found[0] if len(found) == 1 else None
 
 
-async def bench_nats(run_id: str, payload: bytes, packets: int, singles: int) -> dict[str, Any]:
+async def nats_connect() -> Any:
+    """A connection to the local nats-server, or a string saying why there is none."""
     import nats
 
     async def quiet(exc: Exception) -> None:
@@ -623,7 +624,7 @@ async def bench_nats(run_id: str, payload: bytes, packets: int, singles: int) ->
         # nats-py retries a refused first connect forever, so probe the port first.
         _reader, writer = await asyncio.wait_for(asyncio.open_connection(NATS_HOST, NATS_PORT), 2)
         writer.close()
-        nc = await asyncio.wait_for(
+        return await asyncio.wait_for(
             nats.connect(
                 f"nats://{NATS_HOST}:{NATS_PORT}",
                 allow_reconnect=False,
@@ -633,7 +634,13 @@ async def bench_nats(run_id: str, payload: bytes, packets: int, singles: int) ->
             5,
         )
     except (OSError, TimeoutError, nats.errors.Error) as exc:
-        return {"skipped": f"no nats-server answers on {NATS_HOST}:{NATS_PORT}: {exc!r}"}
+        return f"no nats-server answers on {NATS_HOST}:{NATS_PORT}: {exc!r}"
+
+
+async def bench_nats(run_id: str, payload: bytes, packets: int, singles: int) -> dict[str, Any]:
+    nc = await nats_connect()
+    if isinstance(nc, str):
+        return {"skipped": nc}
     try:
         js = nc.jetstream()
         stream, subject = f"BENCH_{run_id}", f"bench.{run_id}"

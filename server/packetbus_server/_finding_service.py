@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -14,11 +13,10 @@ from packetbus.v1 import finding_service_pb2 as pb
 from packetbus.v1 import finding_service_pb2_grpc, packet_pb2, packet_service_pb2, speech_act_pb2
 
 from . import _status
-from ._admission import nested, seal_one
+from ._admission import admit
 from ._conflicts import Conflict, Fact, all_conflicts, conflicts_with, subject_of
 from ._custodian import Custodian
 from ._finding_store import FindingStore, StoredFinding
-from ._ingest import Rejected, accept
 from ._key_store import KeyStore
 from ._limits import Limits
 from ._packet_service import PacketService, storage_errors
@@ -90,27 +88,21 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
             violations.append(
                 Violation("packet.finding.subject", "LENGTH", f"at most {MAX_SHORT_TEXT}")
             )
-        now_ns = time.time_ns()
-        outcome = accept(packet, self._limits, now_ns)
-        if isinstance(outcome, Rejected):
-            violations += nested(outcome.violations, "packet")
-        if violations or isinstance(outcome, Rejected):
-            await _status.abort_invalid(context, "invalid finding", violations)
-            raise AssertionError("abort_invalid always raises")
-        write = await seal_one(
+        write, now_ns = await admit(
             context,
             packet,
-            outcome,
+            violations,
+            what="finding",
+            limits=self._limits,
             key_store=self._key_store,
             custodian=self._custodian,
-            now_ns=now_ns,
         )
         # Named by its tracking id when it has no id of its own (the packet, which may
         # be signed, stays as it was sent).
         finding_id = finding.id or packet.tracking_id
         fact = Fact(
             finding_id,
-            outcome.fingerprint,
+            write.fingerprint,
             finding.refutes,
             finding.confidence,
             subject_of(finding.claim, finding.subject),

@@ -14,10 +14,9 @@ from packetbus.v1 import task_service_pb2 as pb
 from packetbus.v1 import task_service_pb2_grpc
 
 from . import _status
-from ._admission import nested, seal_one
+from ._admission import admit
 from ._custodian import ChainEnd, Custodian, Hop, chain_end
 from ._group_store import GroupStore, HopWrite
-from ._ingest import Rejected, accept
 from ._key_store import KeyStore
 from ._limits import Limits
 from ._packet_service import caller_gone, storage_errors
@@ -135,20 +134,14 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         attempts = request.max_attempts or _DEFAULT_ATTEMPTS
         if not 1 <= attempts <= 100:
             violations.append(Violation("max_attempts", "RANGE", f"must be 1..100; got {attempts}"))
-        now_ns = time.time_ns()
-        outcome = accept(packet, self._limits, now_ns)
-        if isinstance(outcome, Rejected):
-            violations += nested(outcome.violations, "packet")
-        if violations or isinstance(outcome, Rejected):
-            await _status.abort_invalid(context, "invalid task", violations)
-            raise AssertionError("abort_invalid always raises")
-        write = await seal_one(
+        write, now_ns = await admit(
             context,
             packet,
-            outcome,
+            violations,
+            what="task",
+            limits=self._limits,
             key_store=self._key_store,
             custodian=self._custodian,
-            now_ns=now_ns,
         )
         queue = packet.topic
         async with storage_errors(context):
