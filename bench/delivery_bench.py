@@ -31,7 +31,7 @@ from dispatch_bench import (
     store_pid,
 )
 
-from packetbus import EARLIEST, Client, fill_defaults
+from packetbus import EARLIEST, Client, PacketbusError, Settling, fill_defaults
 
 FETCH = 200
 DURABLE = "bench"
@@ -48,24 +48,50 @@ async def fill(client: Client, topic: str, count: int) -> None:
 
 
 async def consume_all(
-    client: Client, topic: str, group: str, consumers: int, count: int, tally: Tally
+    client: Client,
+    topic: str,
+    group: str,
+    consumers: int,
+    count: int,
+    tally: Tally,
+    *,
+    pipelined: bool = False,
 ) -> None:
-    """`consumers` consumers of `group` take and ack deliveries until `count` are acked."""
+    """`consumers` consumers of `group` take and ack deliveries until `count` are acked.
+
+    Each consumer awaits the server's confirmation of a batch's acks before it takes
+    the next batch; `pipelined`, it takes the next batch at once and the confirmations
+    are counted as they arrive (the measurement still ends only when all are in).
+    """
     done = asyncio.Event()
+    taken = 0
+
+    async def confirmed(settling: Settling) -> None:
+        try:
+            results = await settling
+        except PacketbusError as exc:
+            tally.error(1, exc.message)
+            return
+        tally.ok += len(results)
+        if tally.ok + tally.errors >= count:
+            done.set()
 
     async def consumer(name: str) -> None:
+        nonlocal taken
+        pending: list[asyncio.Task[None]] = []
         async with client.consume(
             topic, group, consumer=name, max_outstanding_packets=4 * FETCH, max_batch_packets=FETCH
         ) as deliveries:
             async for batch in deliveries.batches():
-                for result in await deliveries.ack(*batch):
-                    if result.status.code == 0:
-                        tally.ok += 1
-                    else:
-                        tally.error(1, result.status.message)
-                if tally.ok + tally.errors >= count:
-                    done.set()
-                    return
+                taken += len(batch)
+                confirming = confirmed(deliveries.ack(*batch))
+                if pipelined:
+                    pending.append(asyncio.create_task(confirming))
+                else:
+                    await confirming
+                if taken >= count:
+                    break
+            await asyncio.gather(*pending)
 
     tasks = [asyncio.create_task(consumer(f"bench-{i}")) for i in range(consumers)]
     try:
@@ -80,17 +106,23 @@ async def bench_packetbus(
     client: Client, run_id: str, packets: int, pids: dict[str, int | None]
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for consumers in CONSUMERS:
-        topic = f"bench.{run_id}.groups.{consumers}"
+    for consumers, pipelined in [(c, p) for p in (False, True) for c in CONSUMERS]:
+        name = f"consumers_{consumers}" + ("_pipelined" if pipelined else "")
+        topic = f"bench.{run_id}.groups.{name}"
         await fill(client, topic, packets)
         await client.create_consumer_group(topic, "bench", start=EARLIEST)
 
-        async def body(tally: Tally, t: str = topic, c: int = consumers) -> None:
-            await consume_all(client, t, "bench", c, packets, tally)
+        async def body(
+            tally: Tally, t: str = topic, c: int = consumers, pl: bool = pipelined
+        ) -> None:
+            await consume_all(client, t, "bench", c, packets, tally, pipelined=pl)
 
-        name = f"consumers_{consumers}"
         out[name] = await measure(f"packetbus_{name}", packets, pids, body)
-        out[name] |= {"max_batch_packets": FETCH, "acks": "confirmed by the server, per batch"}
+        out[name] |= {
+            "max_batch_packets": FETCH,
+            "acks": "confirmed by the server, "
+            + ("counted as they arrive" if pipelined else "awaited per batch"),
+        }
         group = await client.get_consumer_group(topic, "bench")
         out[name]["outstanding_after"] = group.outstanding
         await client.delete_consumer_group(topic, "bench")
@@ -196,7 +228,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result["nats_jetstream"] = await bench_nats(run_id, payload, args.packets)
     result["ratios"] = {
         f"packetbus_over_nats_{name}": ratio(
-            result["packetbus"][name], result["nats_jetstream"].get(name, {})
+            result["packetbus"][name],
+            result["nats_jetstream"].get(name.removesuffix("_pipelined"), {}),
         )
         for name in result["packetbus"]
     }
