@@ -40,11 +40,12 @@ from packetbus import (
     fill_defaults,
 )
 from packetbus.v1 import packet_service_pb2
+from packetbus_server import _keys
 from packetbus_server._custodian import Custodian
 from packetbus_server._ingest import Accepted, accept, to_write
 from packetbus_server._keyring import Keyring
 from packetbus_server._limits import Limits
-from packetbus_server._store import PacketWrite
+from packetbus_server._store import PacketWrite, dispatch_argument
 
 T = TypeVar("T")
 
@@ -498,20 +499,18 @@ async def raw_write_all(
 
     async def write(batch: Sequence[PacketWrite]) -> None:
         try:
-            keys = [f"pb:{{{topic}}}:log", f"pb:{{{topic}}}:groups", f"pb:{{{topic}}}:horizon"]
+            keys = [
+                _keys.topic_log(topic),
+                _keys.topic_groups(topic),
+                _keys.topic_horizon(topic),
+            ]
             args: list[str | int | bytes] = [RETENTION_MS, 2, topic]
             for w in batch:
-                keys += [f"pb:{{{topic}}}:pkt:{w.tracking_id}", f"pb:loc:{{{w.tracking_id}}}"]
-                args.append(
-                    b"%s%012d%08d%s%s"
-                    % (
-                        w.fingerprint.encode(),
-                        w.ttl_ms,
-                        w.content_length,
-                        w.tracking_id.encode(),
-                        w.payload,
-                    )
-                )
+                keys += [
+                    _keys.packet_record(topic, w.tracking_id),
+                    _keys.packet_location(w.tracking_id),
+                ]
+                args.append(dispatch_argument(w))
             reply = await r.evalsha(sha, len(keys), *keys, *args)
         except redis.RedisError as exc:
             tally.error(len(batch), repr(exc))

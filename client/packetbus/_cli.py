@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.message import Message
 
 from packetbus.v1 import custody_pb2, packet_pb2, packet_service_pb2, speech_act_pb2
 
 from . import _cli_findings, _cli_groups, _cli_tasks
+from ._cli_json import json_line, json_pretty
 from ._client import EARLIEST, LATEST, Client, fill_defaults, sign_as
 from ._config import DEFAULT_TARGET, TARGET_ENV, AgentIdentity, ClientConfig
 from ._errors import PacketbusError, describe_gap
@@ -33,14 +33,6 @@ def _speech_acts() -> list[str]:
         for name in speech_act_pb2.SpeechAct.keys()  # noqa: SIM118 (an enum wrapper, not a dict)
         if name != "SPEECH_ACT_UNSPECIFIED"
     ]
-
-
-def _json_line(message: Message) -> str:
-    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
-
-
-def _json_pretty(message: Message) -> str:
-    return json.dumps(json_format.MessageToDict(message), indent=2)
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -254,7 +246,7 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
         fill_defaults(packet)
         sign_as(packet, identity)
     [result] = await client.dispatch_batch([packet], timeout=args.timeout)
-    print(_json_pretty(result))
+    print(json_pretty(result))
     if result.WhichOneof("outcome") == "error":
         return _fail(_describe(PacketbusError.from_status(result.error)))
     return 0
@@ -262,7 +254,7 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
 
 async def _get(client: Client, args: argparse.Namespace) -> int:
     stored = await client.get_packet(args.tracking_id, timeout=args.timeout)
-    print(_json_pretty(stored))
+    print(json_pretty(stored))
     return 0
 
 
@@ -282,7 +274,7 @@ async def _tail(client: Client, args: argparse.Namespace) -> int:
         on_gap=_print_gap,
     ) as subscription:
         async for stored in subscription:
-            print(_json_line(stored), flush=True)
+            print(json_line(stored), flush=True)
             seen += 1
             if args.count and seen >= args.count:
                 break
@@ -337,7 +329,7 @@ async def _keys(client: Client, args: argparse.Namespace) -> int:
     identity = AgentIdentity.generate(args.agent_id)
     key = await client.register_identity(identity, timeout=args.timeout)
     identity.save(args.out)
-    print(_json_pretty(key))
+    print(json_pretty(key))
     return 0
 
 
@@ -351,7 +343,7 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 async def _info(client: Client, args: argparse.Namespace) -> int:
-    print(_json_pretty(await client.server_info(timeout=args.timeout)))
+    print(json_pretty(await client.server_info(timeout=args.timeout)))
     return 0
 
 

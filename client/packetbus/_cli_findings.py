@@ -8,17 +8,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.message import Message
 
 from packetbus.v1 import contents_pb2
 
+from ._cli_json import json_line
 from ._client import Client
 
 Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
-
-
-def _json_line(message: Message) -> str:
-    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
 
 
 def add_parsers(commands: Any) -> None:
@@ -66,20 +62,20 @@ async def _findings(client: Client, args: argparse.Namespace) -> int:
         print(json.dumps(json_format.MessageToDict(response), indent=2))
     elif command == "list":
         for stored in await client.list_findings(args.task_id, timeout=t):
-            print(_json_line(stored))
+            print(json_line(stored))
     elif command == "conflicts":
         for conflict in await client.detect_conflicts(
             args.task_id, threshold=args.threshold, timeout=t
         ):
-            print(_json_line(conflict))
+            print(json_line(conflict))
     elif command == "escalate":
         stored = await client.escalate(
             args.task_id, args.finding_ids, reason=args.reason, origin=args.origin, timeout=t
         )
-        print(_json_line(stored))
+        print(json_line(stored))
     else:
         for stored in await client.list_escalations(args.task, timeout=t):
-            print(_json_line(stored))
+            print(json_line(stored))
     return 0
 
 

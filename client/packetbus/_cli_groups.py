@@ -11,19 +11,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.message import Message
 
+from ._cli_json import json_line, json_pretty
 from ._client import EARLIEST, LATEST, Client
 
 Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
-
-
-def _json_line(message: Message) -> str:
-    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
-
-
-def _json_pretty(message: Message) -> str:
-    return json.dumps(json_format.MessageToDict(message), indent=2)
 
 
 def add_parsers(commands: Any) -> None:
@@ -101,12 +93,12 @@ async def _groups(client: Client, args: argparse.Namespace) -> int:
             max_delivery_attempts=args.max_attempts,
             timeout=t,
         )
-        print(_json_pretty(group))
+        print(json_pretty(group))
     elif args.groups_command == "get":
-        print(_json_pretty(await client.get_consumer_group(args.topic, args.group, timeout=t)))
+        print(json_pretty(await client.get_consumer_group(args.topic, args.group, timeout=t)))
     elif args.groups_command == "list":
         for group in await client.list_consumer_groups(args.topic, timeout=t):
-            print(_json_line(group))
+            print(json_line(group))
     else:
         deleted = await client.delete_consumer_group(args.topic, args.group, timeout=t)
         print(json.dumps({"deleted": deleted}))
@@ -166,9 +158,9 @@ async def _carcel(client: Client, args: argparse.Namespace) -> int:
     t = args.timeout
     if args.carcel_command == "list":
         async for entry in client.carcel_entries(args.topic, reason=args.reason, timeout=t):
-            print(_json_line(entry), flush=True)
+            print(json_line(entry), flush=True)
     elif args.carcel_command == "get":
-        print(_json_pretty(await client.get_carcel_entry(args.topic, args.id, timeout=t)))
+        print(json_pretty(await client.get_carcel_entry(args.topic, args.id, timeout=t)))
     elif args.carcel_command == "requeue":
         cursor = await client.requeue_carcel_entry(args.topic, args.id, timeout=t)
         print(json.dumps({"cursor": cursor}))

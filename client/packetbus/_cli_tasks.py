@@ -8,25 +8,15 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
 from packetbus.v1 import contents_pb2
 from packetbus.v1 import task_service_pb2 as pb
 
+from ._cli_json import json_line, json_pretty
 from ._client import Client
 from ._tasks import ClaimedTask
 
 Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
 _STATUSES = ("queued", "claimed", "completed", "carceled")
-
-
-def _json_line(message: Message) -> str:
-    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
-
-
-def _json_pretty(message: Message) -> str:
-    return json.dumps(json_format.MessageToDict(message), indent=2)
 
 
 def _object(text: str | None, flag: str) -> dict[str, Any] | None:
@@ -118,7 +108,7 @@ async def _run(client: Client, args: argparse.Namespace) -> int:
         state = await queue.post(
             task, origin=args.origin, max_attempts=args.max_attempts, timeout=t
         )
-        print(_json_pretty(state))
+        print(json_pretty(state))
     elif command == "claim":
         claimed = await queue.claim(
             args.worker, capabilities=args.capabilities, lease_seconds=args.lease, timeout=t
@@ -126,7 +116,7 @@ async def _run(client: Client, args: argparse.Namespace) -> int:
         if claimed is None:
             print("{}")
             return 1
-        print(_json_pretty(claimed.state))
+        print(json_pretty(claimed.state))
     elif command in ("complete", "fail", "release", "heartbeat"):
         held = ClaimedTask(
             queue,
@@ -135,17 +125,17 @@ async def _run(client: Client, args: argparse.Namespace) -> int:
         if command == "complete":
             await held.complete(_object(args.result, "--result"), summary=args.summary, timeout=t)
         elif command == "fail":
-            print(_json_pretty(await held.fail(args.error, timeout=t)))
+            print(json_pretty(await held.fail(args.error, timeout=t)))
         elif command == "release":
             await held.release(args.reason, timeout=t)
         else:
             await held.heartbeat(timeout=t)
-            print(_json_pretty(held.state.lease_expires_at))
+            print(json_pretty(held.state.lease_expires_at))
     elif command == "get":
-        print(_json_pretty(await queue.get(args.task_id, timeout=t)))
+        print(json_pretty(await queue.get(args.task_id, timeout=t)))
     elif command == "results":
         for result in await queue.results(args.task_id, timeout=t):
-            print(_json_line(result))
+            print(json_line(result))
     elif command == "list":
         status = (
             pb.TaskStatus.Value(f"TASK_STATUS_{args.status.upper()}")
@@ -153,11 +143,11 @@ async def _run(client: Client, args: argparse.Namespace) -> int:
             else pb.TASK_STATUS_UNSPECIFIED
         )
         for state in await queue.tasks(status, timeout=t):
-            print(_json_line(state))
+            print(json_line(state))
     else:
         seen = 0
         async for event in queue.watch():
-            print(_json_line(event), flush=True)
+            print(json_line(event), flush=True)
             seen += 1
             if args.count and seen >= args.count:
                 break

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 
 import grpc
@@ -18,9 +17,8 @@ from ._custodian import ChainEnd, Custodian, Hop, chain_end
 from ._limits import Limits
 from ._packet_service import storage_errors, stored_packet
 from ._store import PacketStore
-from ._validation import Violation, validate_packet, validate_topic
+from ._validation import STREAM_ID, Violation, validate_packet, validate_topic
 
-_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}\Z")
 _DEFAULT_PAGE = 100
 _MAX_PAGE = 1000
 _SIGN_ROUNDS = 5
@@ -36,7 +34,7 @@ def entry_message(record: CarcelRecord) -> pb.CarcelEntry:
         delivery_count=record.delivery_count,
     )
     entry.carceled_at.FromMilliseconds(record.carceled_at_ms)
-    if _ENTRY_ID.match(record.cursor):  # from a topic's log
+    if STREAM_ID.match(record.cursor):  # from a topic's log
         stored = stored_packet(
             record.topic,
             record.cursor,
@@ -77,7 +75,7 @@ class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
     def _check(self, topic: str, entry_id: str | None) -> list[Violation]:
         violations: list[Violation] = []
         validate_topic(violations, "topic", topic, self._limits.max_topic_length)
-        if entry_id is not None and not _ENTRY_ID.match(entry_id):
+        if entry_id is not None and not STREAM_ID.match(entry_id):
             violations.append(
                 Violation(
                     "id", "CARCEL_ID_FORMAT", "must be a carcel entry id, like 1700000000000-0"
@@ -96,7 +94,7 @@ class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
             violations.append(Violation("page_size", "RANGE", f"must be at most {_MAX_PAGE}"))
         # The token: the topic and the last entry id returned, "<topic> <id>".
         topic_from, _, after = request.page_token.partition(" ")
-        if request.page_token and not _ENTRY_ID.match(after):
+        if request.page_token and not STREAM_ID.match(after):
             violations.append(
                 Violation("page_token", "PAGE_TOKEN", "is not a token from a previous response")
             )
@@ -218,7 +216,7 @@ class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
     ) -> pb.PurgeCarcelEntriesResponse:
         violations = self._check(request.topic, None)
         for i, entry_id in enumerate(request.ids):
-            if not _ENTRY_ID.match(entry_id):
+            if not STREAM_ID.match(entry_id):
                 violations.append(
                     Violation(f"ids[{i}]", "CARCEL_ID_FORMAT", "must be a carcel entry id")
                 )

@@ -45,6 +45,7 @@ from ._limits import Limits
 from ._packet_service import caller_gone, storage_errors
 from ._store import cursor_millis
 from ._validation import (
+    STREAM_ID,
     Violation,
     validate_agent_id,
     validate_group_name,
@@ -53,7 +54,6 @@ from ._validation import (
 
 log = logging.getLogger("packetbus.server.groups")
 
-_CURSOR = re.compile(r"\d{1,20}-\d{1,20}\Z")
 _DELIVERY_ID = re.compile(r"(\d{1,20}-\d{1,20}):(\d{1,10})\Z")
 MAX_DELIVERY = "max delivery attempts"
 # Signing again after another hop got in first: a few rounds settle any race.
@@ -213,7 +213,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
             )
         start = request.WhichOneof("start")
         if start == "after_cursor":
-            if not _CURSOR.match(request.after_cursor):
+            if not STREAM_ID.match(request.after_cursor):
                 violations.append(
                     Violation(
                         "after_cursor",

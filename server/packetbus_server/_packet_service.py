@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import AsyncIterator
 
@@ -21,9 +20,14 @@ from ._key_store import KeyStore
 from ._limits import Limits
 from ._retry import StoreFailedError, StoreUnavailableError
 from ._store import LogEntry, Outcome, PacketStore, cursor_millis
-from ._validation import SUPPORTED_SCHEMA_VERSIONS, Violation, validate_topic, validate_tracking_id
+from ._validation import (
+    STREAM_ID,
+    SUPPORTED_SCHEMA_VERSIONS,
+    Violation,
+    validate_topic,
+    validate_tracking_id,
+)
 
-_CURSOR = re.compile(r"\d{1,20}-\d{1,20}\Z")
 # How long one blocking read waits before looking again; bounds how long a
 # cancelled subscription holds its Redis connection.
 _SUBSCRIBE_BLOCK_MS = 1000
@@ -227,7 +231,7 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         violations: list[Violation] = []
         validate_topic(violations, "topic", request.topic, self._limits.max_topic_length)
         start = request.WhichOneof("start")
-        if start == "after_cursor" and not _CURSOR.match(request.after_cursor):
+        if start == "after_cursor" and not STREAM_ID.match(request.after_cursor):
             violations.append(
                 Violation(
                     "after_cursor",

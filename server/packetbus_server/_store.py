@@ -27,6 +27,7 @@ from redis.backoff import NoBackoff
 from packetbus import _wire
 
 from . import _keys, _scripts
+from ._replies import text
 from ._resp import BatchEncodingConnection
 from ._retry import with_retries
 from ._scripts import RedisClient
@@ -56,6 +57,18 @@ class PacketWrite:
     # custody), then the chain; the first content_length bytes are the content.
     payload: bytes
     content_length: int
+
+
+def dispatch_argument(w: PacketWrite) -> bytes:
+    """Packet `w` as one argument of scripts/dispatch.lua: fingerprint, TTL, content
+    length and tracking id as a fixed-width header, then the packet bytes."""
+    return b"%s%012d%08d%s%s" % (
+        w.fingerprint.encode(),
+        w.ttl_ms,
+        w.content_length,
+        w.tracking_id.encode(),
+        w.payload,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +143,6 @@ class FoundPacket:
     content_length: int
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def cursor_millis(cursor: str) -> int:
     return int(cursor.split("-", 1)[0])
 
@@ -161,7 +170,7 @@ def _publications(
     entries = []
     cursor = None
     for entry_id, fields in raw:
-        cursor = _text(entry_id)
+        cursor = text(entry_id)
         if b"g" not in fields:
             expires_at_ms = cursor_millis(cursor) + int(fields[b"t"])
             entries.append(LogEntry(cursor, expires_at_ms, fields[b"p"], int(fields[b"n"])))
@@ -184,9 +193,9 @@ def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
 def _horizon(trimmed: bytes, expired: bytes, last: bytes, held: int) -> Horizon:
     # A log that holds no entry has lost the newest one a dispatch appended,
     # whether it expired as a whole or was trimmed empty.
-    lost_last = _text(last) if held == 0 else ""
+    lost_last = text(last) if held == 0 else ""
     return Horizon(
-        trimmed=_text(trimmed), expired=newest_cursor(_text(expired), lost_last), known=bool(last)
+        trimmed=text(trimmed), expired=newest_cursor(text(expired), lost_last), known=bool(last)
     )
 
 
@@ -269,7 +278,7 @@ class PacketStore:
                 )
             claimed = await pipe.execute()
             for i, (w, owner) in enumerate(zip(writes, claimed, strict=True)):
-                if owner is not None and _text(owner) != w.topic:
+                if owner is not None and text(owner) != w.topic:
                     results[i] = WriteResult(Outcome.CONFLICT, "", 0)
                 else:
                     by_topic[w.topic].append(i)
@@ -320,7 +329,7 @@ class PacketStore:
         async def attempt() -> list[str]:
             since = time.time_ns() // 1_000_000 - self._retention_ms
             found: Any = await self._redis.zrangebyscore(_keys.TOPICS, since, "+inf")
-            return [_text(t) for t in found]
+            return [text(t) for t in found]
 
         return await with_retries(attempt, budget_seconds=self._retry_budget)
 
@@ -343,19 +352,10 @@ class PacketStore:
             keys.append(_keys.packet_record(topic, w.tracking_id))
             if claim_here:
                 keys.append(_keys.packet_location(w.tracking_id))
-            args.append(
-                b"%s%012d%08d%s%s"
-                % (
-                    w.fingerprint.encode(),
-                    w.ttl_ms,
-                    w.content_length,
-                    w.tracking_id.encode(),
-                    w.payload,
-                )
-            )
+            args.append(dispatch_argument(w))
         reply = await _scripts.DISPATCH.run(self._redis, keys, args)
         return [
-            WriteResult(Outcome(_text(status)), _text(cursor), int(expiry))
+            WriteResult(Outcome(text(status)), text(cursor), int(expiry))
             for status, cursor, expiry in reply
         ]
 
@@ -366,7 +366,7 @@ class PacketStore:
             topic_raw = await self._redis.get(_keys.packet_location(tracking_id))
             if topic_raw is None:
                 return None
-            topic = _text(topic_raw)
+            topic = text(topic_raw)
             reply = await _scripts.GET_PACKET.run(
                 self._redis,
                 [
@@ -381,7 +381,7 @@ class PacketStore:
             cursor, expiry, payload, content_length, *hops = reply
             return FoundPacket(
                 topic,
-                _text(cursor),
+                text(cursor),
                 int(expiry),
                 _wire.with_chain(bytes(payload), hops),
                 int(content_length),
@@ -394,7 +394,7 @@ class PacketStore:
 
         async def attempt() -> str:
             newest: Any = await self._redis.xrevrange(_keys.topic_log(topic), count=1)
-            return _text(newest[0][0]) if newest else "0-0"
+            return text(newest[0][0]) if newest else "0-0"
 
         return await with_retries(attempt, budget_seconds=self._retry_budget)
 

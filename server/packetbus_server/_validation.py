@@ -25,6 +25,8 @@ SIGNED_SCHEMA_VERSION = "1.1"
 # Canonical lowercase form only: one UUID must have exactly one spelling, or
 # the idempotency key would not be one.
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+# A cursor (a stream entry id, "<ms>-<seq>"): receipts' cursors, carcel entry ids.
+STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}\Z")
 # Topics become Redis hash tags ({topic}), so braces can never appear.
 _TOPIC = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*\Z")
 # Printable, no whitespace: ids are shown in logs and used in keys.
