@@ -35,6 +35,7 @@ from ._group_service import ConsumerGroupService
 from ._group_store import GroupStore
 from ._handlers import add_servicer
 from ._health import StoreHealth
+from ._hop_store import HopStore
 from ._key_store import KeyStore
 from ._keyring import KEYRING_FILE, SEED_ENV, Keyring
 from ._limits import Limits
@@ -167,6 +168,7 @@ async def start(config: ServerConfig) -> RunningServer:
         add_servicer(
             server, custody_service, CustodyService(store, key_store, packets, config.limits)
         )
+        hops = HopStore(redis, retry_budget=config.retry_budget_seconds)
         groups = GroupStore(
             redis,
             retry_budget=config.retry_budget_seconds,
@@ -176,7 +178,11 @@ async def start(config: ServerConfig) -> RunningServer:
             server,
             group_service,
             ConsumerGroupService(
-                groups, custodian, config.limits, asyncio.Semaphore(config.max_subscribers)
+                groups,
+                hops,
+                custodian,
+                config.limits,
+                asyncio.Semaphore(config.max_subscribers),
             ),
         )
         add_servicer(
@@ -185,10 +191,11 @@ async def start(config: ServerConfig) -> RunningServer:
             TaskService(
                 TaskStore(
                     redis,
+                    hops,
                     retry_budget=config.retry_budget_seconds,
                     carcel_retention_ms=config.limits.carcel_retention_seconds * 1000,
                 ),
-                groups,
+                hops,
                 key_store,
                 custodian,
                 config.limits,
@@ -210,7 +217,7 @@ async def start(config: ServerConfig) -> RunningServer:
             server,
             carcel_service,
             CarcelService(
-                CarcelStore(redis, retry_budget=config.retry_budget_seconds),
+                CarcelStore(redis, hops, retry_budget=config.retry_budget_seconds),
                 store,
                 custodian,
                 config.limits,

@@ -15,6 +15,7 @@ from typing import Any
 from packetbus import _wire
 
 from . import _keys, _scripts
+from ._hop_store import HopStore
 from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
@@ -64,57 +65,45 @@ class Requeued:
 
 
 class CarcelStore:
-    def __init__(self, redis: RedisClient, *, retry_budget: float) -> None:
+    def __init__(self, redis: RedisClient, hops: HopStore, *, retry_budget: float) -> None:
         self._redis = redis
+        self._hops = hops
         self._retry_budget = retry_budget
 
-    async def _with_hops(self, topic: str, raw: Sequence[Any]) -> list[CarcelRecord]:
+    async def _read(self, topic: str, low: str, high: str, count: int) -> list[CarcelRecord]:
+        """Entries of `topic`'s carcel from `low` to `high` (XRANGE bounds), with their hops."""
+
+        async def attempt() -> Any:
+            return await self._redis.xrange(_keys.carcel(topic), low, high, count=count)
+
+        raw: Any = await with_retries(attempt, budget_seconds=self._retry_budget)
         tids = [text(fields.get(b"i", b"")) for _, fields in raw]
-        pipe = self._redis.pipeline(transaction=False)
-        for tid in tids:
-            pipe.hgetall(_keys.custody_hops(topic, tid))
-        hop_sets = await pipe.execute() if tids else []
-        records = []
-        for (entry_id, fields), tid, hops in zip(raw, tids, hop_sets, strict=True):
-            n = int(hops.get(b"n", 0))
-            entries = [bytes(hops[str(j).encode()]) for j in range(1, n + 1)]
-            records.append(
-                CarcelRecord(
-                    id=text(entry_id),
-                    topic=topic,
-                    tracking_id=tid,
-                    stored=bytes(fields[b"p"]),
-                    hops=entries,
-                    content_length=int(fields[b"n"]),
-                    ttl_ms=int(fields[b"t"]),
-                    cursor=text(fields[b"c"]),
-                    reason=text(fields[b"r"]),
-                    detail=text(fields[b"d"]),
-                    source=text(fields[b"s"]),
-                    delivery_count=int(fields[b"a"]),
-                )
+        hops = await self._hops.read(topic, tids)
+        return [
+            CarcelRecord(
+                id=text(entry_id),
+                topic=topic,
+                tracking_id=tid,
+                stored=bytes(fields[b"p"]),
+                hops=entries,
+                content_length=int(fields[b"n"]),
+                ttl_ms=int(fields[b"t"]),
+                cursor=text(fields[b"c"]),
+                reason=text(fields[b"r"]),
+                detail=text(fields[b"d"]),
+                source=text(fields[b"s"]),
+                delivery_count=int(fields[b"a"]),
             )
-        return records
+            for (entry_id, fields), tid, entries in zip(raw, tids, hops, strict=True)
+        ]
 
     async def page(self, topic: str, after: str | None, count: int) -> list[CarcelRecord]:
         """Up to `count` entries of `topic`'s carcel after entry `after`, oldest first."""
-
-        async def attempt() -> list[CarcelRecord]:
-            low = f"({after}" if after else "-"
-            raw: Any = await self._redis.xrange(_keys.carcel(topic), low, "+", count=count)
-            return await self._with_hops(topic, raw)
-
-        result: list[CarcelRecord] = await with_retries(attempt, budget_seconds=self._retry_budget)
-        return result
+        return await self._read(topic, f"({after}" if after else "-", "+", count)
 
     async def get(self, topic: str, entry_id: str) -> CarcelRecord | None:
-        async def attempt() -> CarcelRecord | None:
-            raw: Any = await self._redis.xrange(_keys.carcel(topic), entry_id, entry_id)
-            records = await self._with_hops(topic, raw)
-            return records[0] if records else None
-
-        result: CarcelRecord | None = await with_retries(attempt, budget_seconds=self._retry_budget)
-        return result
+        records = await self._read(topic, entry_id, entry_id, 1)
+        return records[0] if records else None
 
     async def requeue(
         self, topic: str, record: CarcelRecord, expected_hops: int, entry: bytes, entry_hash: bytes

@@ -21,7 +21,7 @@ from ._key_store import KeyStore
 from ._limits import Limits
 from ._packet_service import PacketService, storage_errors
 from ._store import PacketStore
-from ._validation import MAX_SHORT_TEXT, Violation, validate_agent_id
+from ._validation import Violation, validate_agent_id, validate_id
 
 CONFLICTS_TOPIC = "findings.conflicts"
 ESCALATIONS_TOPIC = "escalations"
@@ -66,13 +66,6 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
         self._custodian = custodian
         self._limits = limits
 
-    @staticmethod
-    def _check_task_id(violations: list[Violation], path: str, task_id: str) -> None:
-        if not task_id:
-            violations.append(Violation(path, "REQUIRED", "is required"))
-        elif len(task_id) > MAX_SHORT_TEXT:
-            violations.append(Violation(path, "LENGTH", f"must be at most {MAX_SHORT_TEXT}"))
-
     async def PostFinding(
         self, request: pb.PostFindingRequest, context: grpc.aio.ServicerContext
     ) -> pb.PostFindingResponse:
@@ -83,10 +76,9 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
                 Violation("packet.finding", "REQUIRED", "a finding's packet holds a Finding")
             )
         finding = packet.finding
-        self._check_task_id(violations, "packet.finding.task_id", finding.task_id)
-        if len(finding.subject) > MAX_SHORT_TEXT:
+        if not finding.task_id:  # its format is the packet's to check
             violations.append(
-                Violation("packet.finding.subject", "LENGTH", f"at most {MAX_SHORT_TEXT}")
+                Violation("packet.finding.task_id", "REQUIRED", "a finding names its task")
             )
         write, now_ns = await admit(
             context,
@@ -188,7 +180,7 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
         self, request: pb.GetFindingRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetFindingResponse:
         violations: list[Violation] = []
-        self._check_task_id(violations, "task_id", request.task_id)
+        validate_id(violations, "task_id", request.task_id)
         if not request.finding_id:
             violations.append(Violation("finding_id", "REQUIRED", "is required"))
         if violations:
@@ -206,7 +198,7 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
         self, request: pb.ListFindingsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListFindingsResponse:
         violations: list[Violation] = []
-        self._check_task_id(violations, "task_id", request.task_id)
+        validate_id(violations, "task_id", request.task_id)
         if violations:
             await _status.abort_invalid(context, "invalid task", violations)
         async with storage_errors(context):
@@ -217,7 +209,7 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
         self, request: pb.DetectConflictsRequest, context: grpc.aio.ServicerContext
     ) -> pb.DetectConflictsResponse:
         violations: list[Violation] = []
-        self._check_task_id(violations, "task_id", request.task_id)
+        validate_id(violations, "task_id", request.task_id)
         threshold = request.threshold or DEFAULT_THRESHOLD
         if not 0 <= threshold <= 1:
             violations.append(Violation("threshold", "RANGE", "must be in [0, 1]"))
@@ -235,7 +227,7 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
         self, request: pb.EscalateRequest, context: grpc.aio.ServicerContext
     ) -> pb.EscalateResponse:
         violations: list[Violation] = []
-        self._check_task_id(violations, "task_id", request.task_id)
+        validate_id(violations, "task_id", request.task_id)
         validate_agent_id(violations, "origin", request.origin)
         if not request.reason:
             violations.append(Violation("reason", "REQUIRED", "say why a human is needed"))

@@ -34,13 +34,13 @@ from ._group_store import (
     GroupState,
     GroupStatus,
     GroupStore,
-    HopWrite,
     Kind,
     Leased,
     Outcome,
     Settle,
     Settled,
 )
+from ._hop_store import HopStore, HopWrite
 from ._limits import Limits
 from ._packet_service import caller_gone, storage_errors
 from ._store import cursor_millis
@@ -177,20 +177,20 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
     def __init__(
         self,
         store: GroupStore,
+        hops: HopStore,
         custodian: Custodian,
         limits: Limits,
         pull_streams: asyncio.Semaphore,
     ) -> None:
         self._store = store
+        self._hops = hops
         self._custodian = custodian
         self._limits = limits
         self._pull_streams = pull_streams
 
     # -- group lifecycle ---------------------------------------------------------------
 
-    async def _check_names(
-        self, context: grpc.aio.ServicerContext, topic: str, name: str, field_name: str = "name"
-    ) -> list[Violation]:
+    def _check_names(self, topic: str, name: str, field_name: str = "name") -> list[Violation]:
         violations: list[Violation] = []
         validate_topic(violations, "topic", topic, self._limits.max_topic_length)
         validate_group_name(violations, field_name, name)
@@ -199,7 +199,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
     async def CreateConsumerGroup(
         self, request: pb.CreateConsumerGroupRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateConsumerGroupResponse:
-        violations = await self._check_names(context, request.topic, request.name)
+        violations = self._check_names(request.topic, request.name)
         deadline = request.ack_deadline_seconds or self._limits.default_ack_deadline_seconds
         low, high = self._limits.min_ack_deadline_seconds, self._limits.max_ack_deadline_seconds
         if not low <= deadline <= high:
@@ -253,7 +253,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
     async def GetConsumerGroup(
         self, request: pb.GetConsumerGroupRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetConsumerGroupResponse:
-        violations = await self._check_names(context, request.topic, request.name)
+        violations = self._check_names(request.topic, request.name)
         if violations:
             await _status.abort_invalid(context, "invalid consumer group", violations)
         async with storage_errors(context):
@@ -278,7 +278,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
     async def DeleteConsumerGroup(
         self, request: pb.DeleteConsumerGroupRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteConsumerGroupResponse:
-        violations = await self._check_names(context, request.topic, request.name)
+        violations = self._check_names(request.topic, request.name)
         if violations:
             await _status.abort_invalid(context, "invalid consumer group", violations)
         async with storage_errors(context):
@@ -304,7 +304,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
         except StopAsyncIteration:
             return
         sub = first.subscription
-        violations = await self._check_names(context, sub.topic, sub.group, "subscription.group")
+        violations = self._check_names(sub.topic, sub.group, "subscription.group")
         if not first.HasField("subscription"):
             violations = [
                 Violation("subscription", "REQUIRED", "the first request of a Pull names it")
@@ -437,7 +437,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
             )
             if signed is None:  # this server signs no custody entries
                 break
-            replies = await self._store.append_hops(
+            replies = await self._hops.append(
                 stream.topic,
                 [
                     HopWrite(
@@ -700,7 +700,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
         """Where the chains of deliveries this stream did not make end, read from the store."""
         found = await self._store.read_entries(topic, [r.cursor for r in requests])
         present = [(r, f) for r, f in zip(requests, found, strict=True) if f is not None]
-        hops = await self._store.read_hops(topic, [f[0] for _, f in present])
+        hops = await self._hops.read(topic, [f[0] for _, f in present])
         for (r, (tid, payload, content_length, ttl_ms)), entries in zip(present, hops, strict=True):
             known[r.delivery_id] = Held(
                 tid,
@@ -761,7 +761,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
         group: str,
         requests: list[Request],
     ) -> list[pb.SettleResult]:
-        violations = await self._check_names(context, topic, group, "group")
+        violations = self._check_names(topic, group, "group")
         if not requests:
             violations.append(Violation("delivery_ids", "REQUIRED", "name at least one delivery"))
         if len(requests) > self._limits.max_batch_packets:

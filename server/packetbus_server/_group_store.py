@@ -123,15 +123,6 @@ class Settled:
     last_hash: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class HopWrite:
-    tracking_id: str
-    expected_hops: int
-    entry: bytes
-    entry_hash: bytes
-    keep_until_ms: int
-
-
 class GroupStore:
     def __init__(
         self, redis: RedisClient, *, retry_budget: float, carcel_retention_ms: int
@@ -248,24 +239,6 @@ class GroupStore:
 
         await self._retried(attempt, self._retry_budget + block_ms / 1000)
 
-    async def append_hops(self, topic: str, writes: Sequence[HopWrite]) -> list[list[bytes] | None]:
-        """Append each hop where it was signed to go. Per write: None when appended, or
-        the packet's hops as they are now ([newest hash, entry 1, ..., entry n])."""
-        if not writes:
-            return []
-
-        async def attempt() -> list[list[bytes] | None]:
-            args: list[Any] = []
-            for w in writes:
-                args += (w.expected_hops, w.entry, w.entry_hash, w.keep_until_ms)
-            reply = await _scripts.HOPS_APPEND.run(
-                self._redis, [_keys.custody_hops(topic, w.tracking_id) for w in writes], args
-            )
-            return [[bytes(x) for x in r] if r else None for r in reply]
-
-        result: list[list[bytes] | None] = await self._retried(attempt)
-        return result
-
     async def settle(
         self, topic: str, group: str, items: Sequence[Settle], *, budget: float | None = None
     ) -> list[Settled] | None:
@@ -333,21 +306,4 @@ class GroupStore:
             return out
 
         result: list[tuple[str, bytes, int, int] | None] = await self._retried(attempt)
-        return result
-
-    async def read_hops(self, topic: str, tracking_ids: Sequence[str]) -> list[list[bytes]]:
-        """Each packet's hop entries, oldest first."""
-
-        async def attempt() -> list[list[bytes]]:
-            pipe = self._redis.pipeline(transaction=False)
-            for tid in tracking_ids:
-                pipe.hgetall(_keys.custody_hops(topic, tid))
-            replies = await pipe.execute()
-            out = []
-            for fields in replies:
-                n = int(fields.get(b"n", 0))
-                out.append([bytes(fields[str(j).encode()]) for j in range(1, n + 1)])
-            return out
-
-        result: list[list[bytes]] = await self._retried(attempt)
         return result

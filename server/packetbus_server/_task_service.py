@@ -16,12 +16,12 @@ from packetbus.v1 import task_service_pb2_grpc
 from . import _status
 from ._admission import admit
 from ._custodian import ChainEnd, Custodian, Hop, chain_end
-from ._group_store import GroupStore, HopWrite
+from ._hop_store import HopStore, HopWrite
 from ._key_store import KeyStore
 from ._limits import Limits
 from ._packet_service import caller_gone, storage_errors
 from ._task_store import TaskRecord, TaskStore
-from ._validation import MAX_SHORT_TEXT, Violation, validate_agent_id, validate_topic
+from ._validation import Violation, validate_agent_id, validate_id, validate_topic
 
 _STATUS = {
     "queued": pb.TASK_STATUS_QUEUED,
@@ -81,7 +81,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     def __init__(
         self,
         store: TaskStore,
-        hops: GroupStore,
+        hops: HopStore,
         key_store: KeyStore,
         custodian: Custodian,
         limits: Limits,
@@ -95,20 +95,12 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     def _check_queue(self, violations: list[Violation], queue: str) -> None:
         validate_topic(violations, "queue", queue, self._limits.max_topic_length)
 
-    def _check_task_id(self, violations: list[Violation], path: str, task_id: str) -> None:
-        if not task_id:
-            violations.append(Violation(path, "REQUIRED", "is required"))
-        elif len(task_id) > MAX_SHORT_TEXT or not task_id.isprintable() or " " in task_id:
-            violations.append(
-                Violation(path, "TASK_ID_FORMAT", "must be 1..255 printable, no whitespace")
-            )
-
     async def _check_task_ref(
         self, context: grpc.aio.ServicerContext, queue: str, task_id: str
     ) -> None:
         violations: list[Violation] = []
         self._check_queue(violations, queue)
-        self._check_task_id(violations, "task_id", task_id)
+        validate_id(violations, "task_id", task_id)
         if violations:
             await _status.abort_invalid(context, "invalid task", violations)
 
@@ -122,7 +114,8 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         if packet.WhichOneof("contents") != "task":
             violations.append(Violation("packet.task", "REQUIRED", "a task's packet holds a Task"))
         task = packet.task
-        self._check_task_id(violations, "packet.task.id", task.id)
+        if not task.id:  # its format is the packet's to check
+            violations.append(Violation("packet.task.id", "REQUIRED", "a task needs an id"))
         if not -_MAX_PRIORITY <= task.priority <= _MAX_PRIORITY:
             violations.append(
                 Violation(
@@ -174,10 +167,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         self._check_queue(violations, request.queue)
         validate_agent_id(violations, "worker", request.worker)
         for i, capability in enumerate(request.capabilities):
-            if not capability or not capability.isprintable() or " " in capability:
-                violations.append(
-                    Violation(f"capabilities[{i}]", "CAPABILITY_FORMAT", "printable, no spaces")
-                )
+            validate_id(violations, f"capabilities[{i}]", capability)
         lease_s = request.lease_seconds or _DEFAULT_LEASE_S
         if not 1 <= lease_s <= _MAX_LEASE_S:
             violations.append(
@@ -227,7 +217,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             if not signed:
                 return record
             [hop] = signed
-            [reply] = await self._hops.append_hops(
+            [reply] = await self._hops.append(
                 queue,
                 [HopWrite(record.text("i"), end.hops, hop.entry, hop.hash, record.number("x"))],
             )
@@ -251,7 +241,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     ) -> tuple[str, str]:
         violations: list[Violation] = []
         self._check_queue(violations, queue)
-        self._check_task_id(violations, "task_id", task_id)
+        validate_id(violations, "task_id", task_id)
         if fence <= 0:
             violations.append(Violation("fencing_token", "REQUIRED", "from the claim"))
         if violations:

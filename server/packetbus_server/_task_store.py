@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _keys, _scripts
+from ._hop_store import HopStore
 from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
@@ -45,9 +46,15 @@ class Settled:
 
 class TaskStore:
     def __init__(
-        self, redis: RedisClient, *, retry_budget: float, carcel_retention_ms: int
+        self,
+        redis: RedisClient,
+        hops: HopStore,
+        *,
+        retry_budget: float,
+        carcel_retention_ms: int,
     ) -> None:
         self._redis = redis
+        self._hops = hops
         self._retry_budget = retry_budget
         self._carcel_retention_ms = carcel_retention_ms
 
@@ -104,7 +111,7 @@ class TaskStore:
         if not raw:
             return None
         task_id = text(raw[b"rk"]).split(":", 2)[2]
-        [hops] = await self.read_hops(queue, [text(raw[b"i"])])
+        [hops] = await self._hops.read(queue, [text(raw[b"i"])])
         return TaskRecord(task_id, raw, hops)
 
     async def get_many(self, queue: str, task_ids: Sequence[str]) -> list[TaskRecord | None]:
@@ -116,7 +123,7 @@ class TaskStore:
 
         found: list[dict[bytes, bytes]] = await self._retried(attempt)
         present = [f for f in found if f]
-        hops = await self.read_hops(queue, [text(f[b"i"]) for f in present])
+        hops = await self._hops.read(queue, [text(f[b"i"]) for f in present])
         by_hops = iter(hops)
         return [
             TaskRecord(task_id, f, next(by_hops)) if f else None
@@ -137,23 +144,6 @@ class TaskStore:
             return [bytes(r) for r in raw]
 
         found: list[bytes] = await self._retried(attempt)
-        return found
-
-    async def read_hops(self, queue: str, tracking_ids: Sequence[str]) -> list[list[bytes]]:
-        if not tracking_ids:
-            return []
-
-        async def attempt() -> list[list[bytes]]:
-            pipe = self._redis.pipeline(transaction=False)
-            for tid in tracking_ids:
-                pipe.hgetall(_keys.custody_hops(queue, tid))
-            out = []
-            for fields in await pipe.execute():
-                n = int(fields.get(b"n", 0))
-                out.append([bytes(fields[str(j).encode()]) for j in range(1, n + 1)])
-            return out
-
-        found: list[list[bytes]] = await self._retried(attempt)
         return found
 
     async def settle(

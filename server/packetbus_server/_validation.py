@@ -224,9 +224,14 @@ def validate_group_name(out: list[Violation], path: str, name: str) -> None:
         )
 
 
+def validate_id(out: list[Violation], path: str, value: str) -> None:
+    """Ids (agents, tasks, capabilities): required, 1-255 printable, no whitespace."""
+    _identifier(out, path, value, MAX_SHORT_TEXT, required=True)
+
+
 def validate_agent_id(out: list[Violation], path: str, agent_id: str) -> None:
-    """Agent ids (a packet's origin, a key's owner): 1-255 printable, no whitespace."""
-    _identifier(out, path, agent_id, MAX_SHORT_TEXT, required=True)
+    """Agent ids (a packet's origin, a key's owner)."""
+    validate_id(out, path, agent_id)
 
 
 def validate_tracking_id(tracking_id: str) -> list[Violation]:
@@ -324,6 +329,8 @@ def _finding(out: list[Violation], finding: contents_pb2.Finding) -> None:
                 out.append(Violation(f"finding.citations[{i}]", "REQUIRED", "must not be empty"))
             elif len(citation) > MAX_CITATION_LENGTH or not _no_control(citation):
                 _text(out, f"finding.citations[{i}]", citation, MAX_CITATION_LENGTH)
+    if finding.subject:
+        _text(out, "finding.subject", finding.subject, MAX_SHORT_TEXT)
     worker_id = finding.worker_id
     if worker_id:
         _identifier(out, "finding.worker_id", worker_id, MAX_SHORT_TEXT, required=False)
