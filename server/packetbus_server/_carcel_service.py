@@ -9,7 +9,7 @@ import grpc
 
 from packetbus import _custody
 from packetbus.v1 import carcel_service_pb2 as pb
-from packetbus.v1 import carcel_service_pb2_grpc, packet_pb2, packet_service_pb2
+from packetbus.v1 import carcel_service_pb2_grpc, packet_pb2
 
 from . import _status
 from ._carcel_store import CarcelRecord, CarcelStore, RequeueOutcome
@@ -43,20 +43,16 @@ def entry_message(record: CarcelRecord) -> pb.CarcelEntry:
             record.content_length,
         )
     else:  # from a task queue ("task:<id>"): no place in a log; its TTL counts from the move
-        stored = stored_packet_without_cursor(record)
+        stored = stored_packet(
+            record.topic,
+            "",
+            record.carceled_at_ms + record.ttl_ms,
+            record.payload,
+            record.content_length,
+            stored_at_ms=record.carceled_at_ms,
+        )
     entry.packet.CopyFrom(stored)
     return entry
-
-
-def stored_packet_without_cursor(record: CarcelRecord) -> packet_service_pb2.StoredPacket:
-    stored = packet_service_pb2.StoredPacket(
-        packet=packet_pb2.Packet.FromString(record.payload),
-        content=record.stored[: record.content_length],
-    )
-    stored.receipt.topic = record.topic
-    stored.receipt.stored_at.FromMilliseconds(record.carceled_at_ms)
-    stored.receipt.expires_at.FromMilliseconds(record.carceled_at_ms + record.ttl_ms)
-    return stored
 
 
 class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):

@@ -34,13 +34,20 @@ _SUBSCRIBE_BLOCK_MS = 1000
 
 
 def fill_receipt(
-    receipt: packet_service_pb2.Receipt, topic: str, cursor: str, expires_at_ms: int
+    receipt: packet_service_pb2.Receipt,
+    topic: str,
+    cursor: str,
+    expires_at_ms: int,
+    stored_at_ms: int | None = None,
 ) -> None:
     """Fill `receipt` in place: building sub-messages and copying them in costs
-    several times more, per packet, in a batch's response."""
+    several times more, per packet, in a batch's response. A packet with no place
+    in a topic's log (a task) has no cursor and gives its `stored_at_ms`."""
     receipt.topic = topic
     receipt.cursor = cursor
-    stored_s, stored_ms = divmod(cursor_millis(cursor), 1000)
+    stored_s, stored_ms = divmod(
+        cursor_millis(cursor) if stored_at_ms is None else stored_at_ms, 1000
+    )
     receipt.stored_at.seconds = stored_s
     receipt.stored_at.nanos = stored_ms * 1_000_000
     expires_s, expires_ms = divmod(expires_at_ms, 1000)
@@ -49,12 +56,18 @@ def fill_receipt(
 
 
 def stored_packet(
-    topic: str, cursor: str, expires_at_ms: int, payload: bytes, content_length: int
+    topic: str,
+    cursor: str,
+    expires_at_ms: int,
+    payload: bytes,
+    content_length: int,
+    *,
+    stored_at_ms: int | None = None,
 ) -> packet_service_pb2.StoredPacket:
     stored = packet_service_pb2.StoredPacket(
         packet=packet_pb2.Packet.FromString(payload), content=payload[:content_length]
     )
-    fill_receipt(stored.receipt, topic, cursor, expires_at_ms)
+    fill_receipt(stored.receipt, topic, cursor, expires_at_ms, stored_at_ms)
     return stored
 
 

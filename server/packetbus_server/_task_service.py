@@ -19,7 +19,7 @@ from ._custodian import ChainEnd, Custodian, Hop, chain_end
 from ._hop_store import HopStore, HopWrite
 from ._key_store import KeyStore
 from ._limits import Limits
-from ._packet_service import caller_gone, storage_errors
+from ._packet_service import caller_gone, storage_errors, stored_packet
 from ._task_store import TaskRecord, TaskStore
 from ._validation import Violation, validate_agent_id, validate_id, validate_topic
 
@@ -67,13 +67,16 @@ def task_state(queue: str, record: TaskRecord, now_ms: int) -> pb.TaskState:
         state.worker = record.text("w")
         state.lease_expires_at.CopyFrom(_ts(lease_end))
     # A task is not on a topic's log: its receipt has no cursor.
-    content_length = record.number("n")
-    stored = state.packet
-    stored.packet.ParseFromString(_wire.with_chain(record.payload, record.hops))
-    stored.content = record.payload[:content_length]
-    stored.receipt.topic = queue
-    stored.receipt.stored_at.FromMilliseconds(record.number("pa"))
-    stored.receipt.expires_at.FromMilliseconds(record.number("x"))
+    state.packet.CopyFrom(
+        stored_packet(
+            queue,
+            "",
+            record.number("x"),
+            _wire.with_chain(record.payload, record.hops),
+            record.number("n"),
+            stored_at_ms=record.number("pa"),
+        )
+    )
     return state
 
 
