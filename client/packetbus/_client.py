@@ -6,19 +6,30 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
+from datetime import datetime
 from types import TracebackType
-from typing import Self, TypeAlias, TypeVar, cast
+from typing import BinaryIO, Literal, Self, TypeAlias, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from packetbus.v1 import (
+    agent_service_pb2,
+    agent_service_pb2_grpc,
     carcel_service_pb2,
     carcel_service_pb2_grpc,
     consumer_group_service_pb2,
     consumer_group_service_pb2_grpc,
     contents_pb2,
+    context_service_pb2,
     custody_pb2,
     custody_service_pb2,
     custody_service_pb2_grpc,
@@ -27,15 +38,23 @@ from packetbus.v1 import (
     packet_pb2,
     packet_service_pb2,
     packet_service_pb2_grpc,
+    policy_service_pb2,
+    policy_service_pb2_grpc,
+    record_service_pb2,
+    record_service_pb2_grpc,
     speech_act_pb2,
     task_service_pb2_grpc,
 )
 
 from . import _custody
+from ._agents import Agents, LiveAgent, Liveness
+from ._approvals import Governance
 from ._batcher import Batcher
 from ._config import AgentIdentity, ClientConfig, RetrySettings
 from ._consumer import Consumer
+from ._context import CHUNK_BYTES, ContextClient, ContextValue
 from ._errors import PacketbusError, SubscriptionGapError
+from ._export import export_request
 from ._inbox import INBOX_GROUP, Inbox, address_to, inbox_topic, reply_to
 from ._tasks import TaskQueue
 
@@ -125,6 +144,14 @@ class Client:
         self._carcel = carcel_service_pb2_grpc.CarcelServiceStub(channel)
         self._tasks = task_service_pb2_grpc.TaskServiceStub(channel)
         self._findings = finding_service_pb2_grpc.FindingServiceStub(channel)
+        self._agents = Agents(
+            agent_service_pb2_grpc.AgentServiceStub(channel), self._unary, self._deadline
+        )
+        self._context = ContextClient(channel, self._unary, self._deadline)
+        self._records = record_service_pb2_grpc.RecordServiceStub(channel)
+        self._governance = Governance(
+            policy_service_pb2_grpc.PolicyServiceStub(channel), self._unary, self._deadline
+        )
         # Dispatch batches take turns over these connections, so a server run
         # with several workers (one port, SO_REUSEPORT) gets work on each.
         self._extra_channels = list(dispatch_channels)
@@ -378,6 +405,34 @@ class Client:
         except grpc.aio.AioRpcError as exc:
             raise PacketbusError.from_rpc_error(exc) from None
 
+    async def export(
+        self,
+        topic: str = "",
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        include_carcel_entries: bool = False,
+        include_decisions: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[custody_service_pb2.ExportPacketsResponse]:
+        """For audit: the stored packets of `topic` (or all topics) stored between `since`
+        and `until` (naive datetimes are UTC), and optionally the carcel entries and
+        governance decisions of that time, as the server sends them (in batches).
+        `timeout` bounds the whole export (None: no limit)."""
+        request = export_request(
+            topic,
+            since=since,
+            until=until,
+            include_carcel_entries=include_carcel_entries,
+            include_decisions=include_decisions,
+        )
+        call = self._custody.ExportPackets(request, timeout=timeout)
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as exc:
+            raise PacketbusError.from_rpc_error(exc) from None
+
     async def health(self, *, service: str = "", timeout: float | None = None) -> str:
         """The server's grpc.health.v1 status name: "SERVING" only while its store answers."""
         stub = health_pb2_grpc.HealthStub(self._channel)
@@ -540,6 +595,126 @@ class Client:
 
     # -- task queues ----------------------------------------------------------------
 
+    # -- agent registry -------------------------------------------------------------
+
+    async def register_agent(
+        self,
+        agent_id: str,
+        *,
+        role: str = "",
+        capabilities: Sequence[str] = (),
+        parent_id: str = "",
+        labels: Mapping[str, str] | None = None,
+        endpoint: str = "",
+        ttl: int = 0,
+        state: str = "",
+        identity: AgentIdentity | None = None,
+        timeout: float | None = None,
+    ) -> agent_service_pb2.RegisterAgentResponse:
+        """Register an agent (or update its registration); it must then heartbeat within
+        `ttl` seconds (0: the server default, 30) or turn stale, its claimed tasks going
+        back to their queues. With `identity` (the same agent id), its public key is
+        registered as the agent's signing key too. The response says whether it is new."""
+        return await self._agents.register(
+            agent_id,
+            role=role,
+            capabilities=capabilities,
+            parent_id=parent_id,
+            labels=labels,
+            endpoint=endpoint,
+            ttl=ttl,
+            state=state,
+            identity=identity,
+            timeout=timeout,
+        )
+
+    async def heartbeat_agent(
+        self, agent_id: str, *, state: str | None = None, timeout: float | None = None
+    ) -> agent_service_pb2.Agent:
+        """Keep an agent alive for another TTL, optionally setting its state. NOT_FOUND
+        when it is not registered (any more): register it again."""
+        return await self._agents.heartbeat(agent_id, state=state, timeout=timeout)
+
+    async def deregister_agent(
+        self,
+        agent_id: str,
+        *,
+        cascade: bool = False,
+        allow_missing: bool = False,
+        timeout: float | None = None,
+    ) -> list[str]:
+        """Remove an agent (with `cascade`, every agent it spawned too); returns the ids
+        removed. NOT_FOUND when it is not registered, unless `allow_missing`."""
+        return await self._agents.deregister(
+            agent_id, cascade=cascade, allow_missing=allow_missing, timeout=timeout
+        )
+
+    async def get_agent(
+        self, agent_id: str, *, timeout: float | None = None
+    ) -> agent_service_pb2.Agent:
+        return await self._agents.get(agent_id, timeout=timeout)
+
+    async def list_agents(
+        self,
+        *,
+        role: str = "",
+        capability: str = "",
+        parent_id: str = "",
+        liveness: Liveness = "any",
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> list[agent_service_pb2.Agent]:
+        """Registered agents matching every filter given, in id order."""
+        return await self._agents.list(
+            role=role,
+            capability=capability,
+            parent_id=parent_id,
+            liveness=liveness,
+            page_size=page_size,
+            timeout=timeout,
+        )
+
+    def watch_agents(
+        self, *, start: Literal["latest", "earliest"] = "latest", after_cursor: str = ""
+    ) -> AsyncIterator[agent_service_pb2.MembershipEvent]:
+        """Membership events (joined, left, stale, state changed, ...) as they happen."""
+        return self._agents.watch(start=start, after_cursor=after_cursor)
+
+    def agent(
+        self,
+        agent_id: str,
+        *,
+        role: str = "",
+        capabilities: Sequence[str] = (),
+        parent_id: str = "",
+        labels: Mapping[str, str] | None = None,
+        endpoint: str = "",
+        ttl: int = 0,
+        state: str = "",
+        identity: AgentIdentity | None = None,
+        cascade_on_exit: bool = False,
+        timeout: float | None = None,
+    ) -> LiveAgent:
+        """``async with client.agent("worker-1", capabilities=["python"]) as me:``
+        registers the agent, heartbeats it every third of its TTL in the background and
+        deregisters it on exit."""
+        return LiveAgent(
+            self._agents,
+            agent_id,
+            cascade_on_exit=cascade_on_exit,
+            timeout=timeout,
+            registration={
+                "role": role,
+                "capabilities": capabilities,
+                "parent_id": parent_id,
+                "labels": labels,
+                "endpoint": endpoint,
+                "ttl": ttl,
+                "state": state,
+                "identity": identity,
+            },
+        )
+
     def task_queue(self, name: str) -> TaskQueue:
         """The task queue `name` (a topic name): post, claim, get, list, watch."""
         return TaskQueue(
@@ -645,6 +820,253 @@ class Client:
 
     # -- inboxes and request/reply ---------------------------------------------------
 
+    # -- shared context -------------------------------------------------------------
+
+    async def put_context(
+        self,
+        scope: str,
+        name: str,
+        data: bytes | AsyncIterable[bytes],
+        *,
+        expected_version: int | None = None,
+        ttl: int = 0,
+        content_type: str = "",
+        author: str = "",
+        size: int | None = None,
+        sha256: bytes | None = None,
+        upload_id: str = "",
+        chunk_bytes: int = CHUNK_BYTES,
+        timeout: float | None = None,
+    ) -> context_service_pb2.ContextDocument:
+        """Write a context document of any size (sent in chunks). `expected_version`:
+        compare-and-set (0: must not exist), ABORTED when stale; None: any. Streaming
+        `data` needs `size` and `sha256` up front. Returns the committed version."""
+        response = await self._context.put(
+            scope,
+            name,
+            data,
+            expected_version=expected_version,
+            ttl=ttl,
+            content_type=content_type,
+            author=author or (self._config.identity.agent_id if self._config.identity else ""),
+            size=size,
+            sha256=sha256,
+            upload_id=upload_id,
+            chunk_bytes=chunk_bytes,
+            timeout=timeout,
+        )
+        return response.document
+
+    async def get_context(
+        self,
+        scope: str,
+        name: str,
+        *,
+        version: int | None = None,
+        timeout: float | None = None,
+    ) -> ContextValue:
+        """A document's current version (or exactly `version`), bytes checked."""
+        return await self._context.get(scope, name, version=version, timeout=timeout)
+
+    async def get_context_to(
+        self,
+        scope: str,
+        name: str,
+        sink: BinaryIO,
+        *,
+        version: int | None = None,
+        timeout: float | None = None,
+    ) -> context_service_pb2.ContextDocument:
+        """Stream a document to `sink` (a file) without holding it in memory."""
+        return await self._context.get_to(scope, name, sink, version=version, timeout=timeout)
+
+    async def delete_context(
+        self,
+        scope: str,
+        name: str,
+        *,
+        expected_version: int | None = None,
+        author: str = "",
+        timeout: float | None = None,
+    ) -> context_service_pb2.DeleteContextResponse:
+        request = context_service_pb2.DeleteContextRequest(scope=scope, name=name, author=author)
+        if expected_version is not None:
+            request.expected_version = expected_version
+        response: context_service_pb2.DeleteContextResponse = await self._context.call(
+            "DeleteContext", request, timeout
+        )
+        return response
+
+    async def list_contexts(
+        self,
+        scope: str,
+        *,
+        name_prefix: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> context_service_pb2.ListContextsResponse:
+        """One page of a scope's documents by name (follow next_page_token)."""
+        request = context_service_pb2.ListContextsRequest(
+            scope=scope, name_prefix=name_prefix, page_size=page_size, page_token=page_token
+        )
+        response: context_service_pb2.ListContextsResponse = await self._context.call(
+            "ListContexts", request, timeout
+        )
+        return response
+
+    def watch_context(
+        self,
+        scope: str,
+        *,
+        name_prefix: str = "",
+        after_cursor: str = "",
+        timeout: float | None = None,
+    ) -> AsyncIterator[context_service_pb2.WatchContextResponse]:
+        """Changes of a scope's documents as they commit (each once), from after
+        `after_cursor` (empty: from now); `timeout` None watches until cancelled."""
+        return self._context.watch(
+            scope, name_prefix=name_prefix, after_cursor=after_cursor, timeout=timeout
+        )
+
+    async def set_global_context(
+        self,
+        key: str,
+        value: str,
+        *,
+        expected_value: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Set a key of the global context map; with `expected_value` only if the
+        current value is that ("": unset), else ABORTED."""
+        request = context_service_pb2.SetGlobalContextRequest(key=key, value=value)
+        if expected_value is not None:
+            request.expected_value = expected_value
+        await self._context.call("SetGlobalContext", request, timeout)
+
+    async def get_global_context(self, key: str, *, timeout: float | None = None) -> str:
+        request = context_service_pb2.GetGlobalContextRequest(key=key)
+        response = await self._context.call("GetGlobalContext", request, timeout)
+        return cast(str, response.value)
+
+    async def delete_global_context(self, key: str, *, timeout: float | None = None) -> bool:
+        request = context_service_pb2.DeleteGlobalContextRequest(key=key)
+        response = await self._context.call("DeleteGlobalContext", request, timeout)
+        return bool(response.existed)
+
+    async def list_global_context(self, *, timeout: float | None = None) -> dict[str, str]:
+        request = context_service_pb2.ListGlobalContextRequest()
+        response = await self._context.call("ListGlobalContext", request, timeout)
+        return dict(response.entries)
+
+    async def append_memory(
+        self,
+        agent: str,
+        entry: context_service_pb2.LogEntry,
+        *,
+        ttl: int = 0,
+        timeout: float | None = None,
+    ) -> int:
+        """Append to an agent's memory log (once per entry id); its length after."""
+        request = context_service_pb2.AppendMemoryRequest(agent=agent, entry=entry, ttl_seconds=ttl)
+        response = await self._context.call("AppendMemory", request, timeout)
+        return int(response.length)
+
+    async def list_memory(
+        self, agent: str, *, limit: int = 0, timeout: float | None = None
+    ) -> list[context_service_pb2.LogEntry]:
+        """An agent's memory log, newest first."""
+        request = context_service_pb2.ListMemoryRequest(agent=agent, limit=limit)
+        response = await self._context.call("ListMemory", request, timeout)
+        return list(response.entries)
+
+    async def append_trace(
+        self,
+        task_id: str,
+        agent: str,
+        entry: context_service_pb2.LogEntry,
+        *,
+        ttl: int = 0,
+        timeout: float | None = None,
+    ) -> int:
+        """Append to an agent's trace of a task (once per entry id); its length after."""
+        request = context_service_pb2.AppendTraceRequest(
+            task_id=task_id, agent=agent, entry=entry, ttl_seconds=ttl
+        )
+        response = await self._context.call("AppendTrace", request, timeout)
+        return int(response.length)
+
+    async def list_traces(
+        self, task_id: str, agent: str, *, limit: int = 0, timeout: float | None = None
+    ) -> list[context_service_pb2.LogEntry]:
+        """An agent's trace of a task, oldest first."""
+        request = context_service_pb2.ListTracesRequest(task_id=task_id, agent=agent, limit=limit)
+        response = await self._context.call("ListTraces", request, timeout)
+        return list(response.entries)
+
+    # -- swarm records ----------------------------------------------------------------
+
+    async def put_record(
+        self,
+        record: contents_pb2.SessionSummary
+        | contents_pb2.SwarmRegistry
+        | contents_pb2.RemediationScan
+        | packet_pb2.Packet,
+        *,
+        origin: str = "",
+        topic: str = "records",
+        retention: int = 0,
+        timeout: float | None = None,
+    ) -> record_service_pb2.PutRecordResponse:
+        """Store a swarm record (kept for its kind's retention, or `retention` s)."""
+        if isinstance(record, packet_pb2.Packet):
+            packet = record
+        else:
+            packet = packet_pb2.Packet(
+                origin=origin, topic=topic, speech_act=speech_act_pb2.SPEECH_ACT_INFORM
+            )
+            field = {
+                contents_pb2.SessionSummary: "session_summary",
+                contents_pb2.SwarmRegistry: "swarm_registry",
+                contents_pb2.RemediationScan: "remediation_scan",
+            }[type(record)]
+            getattr(packet, field).CopyFrom(record)
+        fill_defaults(packet, self._config.identity)
+        request = record_service_pb2.PutRecordRequest(packet=packet, retention_seconds=retention)
+        return await self._unary(
+            lambda remaining: self._records.PutRecord(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+
+    async def get_record(
+        self, kind: int, record_id: str, *, timeout: float | None = None
+    ) -> packet_service_pb2.StoredPacket:
+        request = record_service_pb2.GetRecordRequest(kind=kind, record_id=record_id)  # type: ignore[arg-type]
+        response = await self._unary(
+            lambda remaining: self._records.GetRecord(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+        return cast(packet_service_pb2.StoredPacket, response.record)
+
+    async def list_records(
+        self,
+        kind: int,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> record_service_pb2.ListRecordsResponse:
+        """One page of a kind's records, newest first (follow next_page_token)."""
+        request = record_service_pb2.ListRecordsRequest(
+            kind=kind,  # type: ignore[arg-type]
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return await self._unary(
+            lambda remaining: self._records.ListRecords(request, timeout=remaining),
+            self._deadline(timeout),
+        )
+
     async def inbox(
         self,
         agent_id: str | None = None,
@@ -745,6 +1167,75 @@ class Client:
             self._deadline(timeout),
         )
         return int(response.purged)
+
+    # -- governance -------------------------------------------------------------
+
+    async def get_policy(
+        self, *, timeout: float | None = None
+    ) -> policy_service_pb2.GetPolicyResponse:
+        """The server's governance policy in force (version, rules) and its last load error."""
+        return await self._governance.get_policy(timeout)
+
+    async def list_held_packets(
+        self, topic: str = "", *, page_size: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[policy_service_pb2.HeldPacket]:
+        """Packets a policy rule holds for approval (of `topic`, or all), oldest first;
+        fetched a page at a time (`timeout` is per page)."""
+        async for held in self._governance.held(topic, page_size, timeout):
+            yield held
+
+    async def get_held_packet(
+        self, topic: str, tracking_id: str, *, timeout: float | None = None
+    ) -> policy_service_pb2.HeldPacket:
+        return await self._governance.get_held(topic, tracking_id, timeout)
+
+    def _approver(self, identity: AgentIdentity | None) -> AgentIdentity:
+        found = identity or self._config.identity
+        if found is None:
+            raise ValueError("no identity: pass one, or connect with ClientConfig(identity=...)")
+        return found
+
+    async def approve_packet(
+        self,
+        topic: str,
+        tracking_id: str,
+        *,
+        identity: AgentIdentity | None = None,
+        note: str = "",
+        timeout: float | None = None,
+    ) -> packet_service_pb2.Receipt:
+        """Approve a held packet: it is stored on its topic, its chain carrying an
+        "approved" entry signed with `identity`'s key (default: this client's identity,
+        which must be registered). Returns its receipt; approving again is harmless."""
+        response = await self._governance.decide(
+            topic, tracking_id, self._approver(identity), _custody.APPROVED, note, timeout
+        )
+        assert isinstance(response, policy_service_pb2.ApprovePacketResponse)
+        return response.receipt
+
+    async def deny_packet(
+        self,
+        topic: str,
+        tracking_id: str,
+        *,
+        reason: str,
+        identity: AgentIdentity | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """Deny a held packet: it goes to its topic's carcel with a signed "denied" entry
+        and `reason`. Returns its carcel entry id."""
+        response = await self._governance.decide(
+            topic, tracking_id, self._approver(identity), _custody.DENIED, reason, timeout
+        )
+        assert isinstance(response, policy_service_pb2.DenyPacketResponse)
+        return str(response.carcel_entry_id)
+
+    async def policy_stats(
+        self, topic: str = "", *, timeout: float | None = None
+    ) -> policy_service_pb2.GetPolicyStatsResponse:
+        """How many packets the policy rejected, held, and agents approved or denied:
+        by rule, by reason and by decision (of `topic`, or all topics added up)."""
+        return await self._governance.stats(topic, timeout)
 
     def subscribe(
         self,

@@ -41,6 +41,12 @@ NACKED = "nacked"
 RELEASED = "released"
 CARCELED = "carceled"
 REQUEUED = "requeued"
+# Governance: the server's hops for a packet a policy rule rejected or held, and
+# the approving (or denying) agent's own, signed with its registered key.
+REJECTED = "rejected"
+HELD = "held"
+APPROVED = "approved"
+DENIED = "denied"
 # Hops of a task packet in a task queue.
 CLAIMED = "claimed"
 COMPLETED = "completed"

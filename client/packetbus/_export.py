@@ -3,6 +3,9 @@ verifiable offline with no server and no Redis.
 
     {"kind": "keys", "keys": [SigningKey, ...]}
     {"kind": "packet", "packet": StoredPacket}      (one line per packet)
+    {"kind": "carcel", "entry": CarcelEntry}        (one per carcel entry: its packet's
+                                                     chain is verified like a packet's)
+    {"kind": "decision", "decision": PolicyDecisionRecord}   (governance decisions)
 
 Bytes fields (content, records, signatures, keys) are base64, as in protobuf JSON,
 so the verifier checks the exact bytes that were signed.
@@ -11,16 +14,47 @@ so the verifier checks the exact bytes that were signed.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from google.protobuf import json_format
 
-from packetbus.v1 import custody_pb2, packet_pb2, packet_service_pb2
+from packetbus.v1 import (
+    carcel_service_pb2,
+    custody_pb2,
+    custody_service_pb2,
+    packet_pb2,
+    packet_service_pb2,
+    policy_service_pb2,
+)
 
 from ._custody import content_message, verify_chain
+
+
+def export_request(
+    topic: str = "",
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    include_carcel_entries: bool = False,
+    include_decisions: bool = False,
+) -> custody_service_pb2.ExportPacketsRequest:
+    """An ExportPackets request; naive datetimes are taken as UTC."""
+    request = custody_service_pb2.ExportPacketsRequest(
+        topic=topic,
+        include_carcel_entries=include_carcel_entries,
+        include_decisions=include_decisions,
+    )
+    for name, when in (("since", since), ("until", until)):
+        if when is not None:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            getattr(request, name).FromDatetime(when)
+    return request
 
 
 def write_keys(out: IO[str], keys: Iterable[custody_pb2.SigningKey]) -> None:
@@ -33,6 +67,20 @@ def write_packet(out: IO[str], stored: packet_service_pb2.StoredPacket) -> None:
     out.write(json.dumps(doc, separators=(",", ":")) + "\n")
 
 
+def write_carcel_entry(out: IO[str], entry: carcel_service_pb2.CarcelEntry) -> None:
+    doc = {"kind": "carcel", "entry": json_format.MessageToDict(entry)}
+    out.write(json.dumps(doc, separators=(",", ":")) + "\n")
+
+
+def write_decision(out: IO[str], decision: policy_service_pb2.PolicyDecisionRecord) -> None:
+    doc = {"kind": "decision", "decision": json_format.MessageToDict(decision)}
+    out.write(json.dumps(doc, separators=(",", ":")) + "\n")
+
+
+# A line that no longer parses still names its packet, when its tracking id can be read.
+_TRACKING_ID = re.compile(r'"trackingId":\s*"([^"]{1,64})"')
+
+
 def read_keys(path: Path) -> list[custody_pb2.SigningKey]:
     """Keys from an export file's keys line, or from `packetbus keys list` output."""
     doc: Any = json.loads(path.read_text().splitlines()[0])
@@ -41,8 +89,11 @@ def read_keys(path: Path) -> list[custody_pb2.SigningKey]:
 
 @dataclass
 class ExportReport:
+    # Chains checked: stored packets and carceled ones.
     packets: int = 0
     verified: int = 0
+    carcel_entries: int = 0
+    decisions: int = 0
     # (what, problem): what names the packet (tracking id) or the line.
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -74,11 +125,25 @@ def verify_export(
                             key = json_format.ParseDict(raw, custody_pb2.SigningKey())
                             keys[key.key_id] = key
                     continue
-                if kind != "packet":
+                if kind == "decision":
+                    json_format.ParseDict(
+                        doc["decision"], policy_service_pb2.PolicyDecisionRecord()
+                    )
+                    report.decisions += 1
+                    continue
+                if kind == "carcel":
+                    entry = json_format.ParseDict(doc["entry"], carcel_service_pb2.CarcelEntry())
+                    stored = entry.packet
+                    where = f"carcel entry {entry.id}, {where}"
+                    report.carcel_entries += 1
+                elif kind == "packet":
+                    stored = json_format.ParseDict(doc["packet"], packet_service_pb2.StoredPacket())
+                else:
                     raise ValueError(f"unknown kind {kind!r}")
-                stored = json_format.ParseDict(doc["packet"], packet_service_pb2.StoredPacket())
             except (ValueError, KeyError, TypeError, json_format.ParseError) as exc:
-                report.failures.append((where, f"not a valid export line: {exc}"))
+                found = _TRACKING_ID.search(line)
+                name = f"{found.group(1)} ({where})" if found else where
+                report.failures.append((name, f"not a valid export line: {exc}"))
                 continue
             report.packets += 1
             problems = _check(stored, keys)

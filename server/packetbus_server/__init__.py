@@ -12,6 +12,10 @@ Where things happen:
 - ``_key_store.py``        the public key registry in Redis (servers' and agents' keys)
 - ``_packet_service.py``   the PacketService RPCs (dispatch, get, subscribe, info)
 - ``_custody_service.py``  the CustodyService RPCs (keys, agent keys, verify, export)
+- ``_policy.py``           governance rules: parse, validate, evaluate (pure)
+- ``_policy_watch.py``     the policy file in force, reloaded when it changes
+- ``_policy_store.py``     rejected and held packets, approvals, counts, decision log
+- ``_policy_service.py``   judging at dispatch (Governor) and the PolicyService RPCs
 - ``_app.py``              assembly, health, reflection and drain on SIGTERM
 """
 

@@ -16,16 +16,25 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from packetbus.v1 import (
+    agent_service_pb2,
     carcel_service_pb2,
     consumer_group_service_pb2,
+    context_service_pb2,
     custody_service_pb2,
     finding_service_pb2,
     packet_service_pb2,
+    policy_service_pb2,
+    record_service_pb2,
     task_service_pb2,
 )
 
+from ._agent_reaper import AgentReaper
+from ._agent_service import AgentService
+from ._agent_store import AgentStore
 from ._carcel_service import CarcelService
 from ._carcel_store import CarcelStore
+from ._context_service import ContextService
+from ._context_store import ContextStore
 from ._custodian import Custodian
 from ._custody_service import CustodyService
 from ._embedded import EmbeddedValkey
@@ -40,6 +49,11 @@ from ._key_store import KeyStore
 from ._keyring import KEYRING_FILE, SEED_ENV, Keyring
 from ._limits import Limits
 from ._packet_service import PacketService
+from ._policy_service import Governor, PolicyService
+from ._policy_store import PolicyStore
+from ._policy_watch import PolicyWatch
+from ._record_service import RecordService
+from ._record_store import RecordStore
 from ._store import PacketStore, connect_redis
 from ._task_service import TaskService
 from ._task_store import TaskStore
@@ -79,6 +93,8 @@ class ServerConfig:
     signing_key_file: Path | None = None
     # Sign the server's custody entries; off only to measure what signing costs.
     custody_signing: bool = True
+    # The governance policy (TOML), reloaded when it changes; None: allow everything.
+    policy_file: Path | None = None
 
 
 @dataclass
@@ -91,6 +107,10 @@ class RunningServer:
     store: PacketStore
     health: StoreHealth
     embedded: EmbeddedValkey | None
+    # Sweeps agents' liveness; stopped first when the server drains.
+    agent_reaper: AgentReaper | None = None
+    # The governance policy in force, and the task that reloads it.
+    policy: PolicyWatch | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: report NOT_SERVING, let in-flight RPCs finish, then close the store.
@@ -100,6 +120,8 @@ class RunningServer:
         """
         grace = self.config.grace_seconds if grace is None else grace
         steps = (
+            ("agent reaper", self._stop_reaper(), _STEP_TIMEOUT),
+            ("policy watch", self._stop_policy(), _STEP_TIMEOUT),
             ("health", self.health.stop(), _STEP_TIMEOUT),
             ("rpcs", self.grpc_server.stop(grace), grace + _STEP_TIMEOUT),
             ("store", self.store.close(), _STEP_TIMEOUT),
@@ -112,12 +134,24 @@ class RunningServer:
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
 
+    async def _stop_reaper(self) -> None:
+        if self.agent_reaper is not None:
+            await self.agent_reaper.stop()
+
+    async def _stop_policy(self) -> None:
+        if self.policy is not None:
+            await self.policy.stop()
+
 
 async def start(config: ServerConfig) -> RunningServer:
     # The keys first: a bad key file fails the start before anything is running.
     keyring = Keyring.load(
         config.signing_key_file or config.data_dir / KEYRING_FILE,
         seed_b64=os.environ.get(SEED_ENV),
+    )
+    # So is a bad policy file.
+    policy_watch = PolicyWatch.load(
+        config.policy_file, interval=config.limits.policy_reload_seconds
     )
     async with contextlib.AsyncExitStack() as undo:  # unwinds only if the start fails
         embedded: EmbeddedValkey | None = None
@@ -148,6 +182,18 @@ async def start(config: ServerConfig) -> RunningServer:
                 ("grpc.so_reuseport", 1),
             ],
         )
+        governor = Governor(
+            policy_watch,
+            PolicyStore(
+                redis,
+                store,
+                retry_budget=config.retry_budget_seconds,
+                retention_ms=config.limits.max_ttl_seconds * 1000,
+                carcel_retention_ms=config.limits.carcel_retention_seconds * 1000,
+                server_id=custodian.server_id,
+            ),
+            custodian,
+        )
         packets = PacketService(
             store,
             key_store,
@@ -155,6 +201,7 @@ async def start(config: ServerConfig) -> RunningServer:
             config.limits,
             version=VERSION,
             max_subscribers=config.max_subscribers,
+            governor=governor,
         )
         packet_service = packet_service_pb2.DESCRIPTOR.services_by_name["PacketService"]
         custody_service = custody_service_pb2.DESCRIPTOR.services_by_name["CustodyService"]
@@ -165,10 +212,25 @@ async def start(config: ServerConfig) -> RunningServer:
         task_service = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"]
         finding_service = finding_service_pb2.DESCRIPTOR.services_by_name["FindingService"]
         add_servicer(server, packet_service, packets)
+        policy_service = policy_service_pb2.DESCRIPTOR.services_by_name["PolicyService"]
         add_servicer(
-            server, custody_service, CustodyService(store, key_store, packets, config.limits)
+            server,
+            policy_service,
+            PolicyService(governor, store, packets, key_store, custodian, config.limits),
         )
         hops = HopStore(redis, retry_budget=config.retry_budget_seconds)
+        add_servicer(
+            server,
+            custody_service,
+            CustodyService(
+                store,
+                key_store,
+                packets,
+                config.limits,
+                carcel=CarcelStore(redis, hops, retry_budget=config.retry_budget_seconds),
+                policy=governor.store,
+            ),
+        )
         groups = GroupStore(
             redis,
             retry_budget=config.retry_budget_seconds,
@@ -185,21 +247,25 @@ async def start(config: ServerConfig) -> RunningServer:
                 asyncio.Semaphore(config.max_subscribers),
             ),
         )
-        add_servicer(
-            server,
-            task_service,
-            TaskService(
-                TaskStore(
-                    redis,
-                    hops,
-                    retry_budget=config.retry_budget_seconds,
-                    carcel_retention_ms=config.limits.carcel_retention_seconds * 1000,
-                ),
+        agent_store = AgentStore(redis, config.limits, retry_budget=config.retry_budget_seconds)
+        tasks = TaskService(
+            TaskStore(
+                redis,
                 hops,
-                key_store,
-                custodian,
-                config.limits,
+                retry_budget=config.retry_budget_seconds,
+                carcel_retention_ms=config.limits.carcel_retention_seconds * 1000,
             ),
+            hops,
+            key_store,
+            custodian,
+            config.limits,
+            before_claim=agent_store.note_claim,
+        )
+        add_servicer(server, task_service, tasks)
+        agent_service = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"]
+        add_servicer(server, agent_service, AgentService(agent_store, key_store, config.limits))
+        agent_reaper = AgentReaper(
+            agent_store, tasks.release_held, config.limits.agent_reaper_interval_seconds
         )
         add_servicer(
             server,
@@ -223,6 +289,27 @@ async def start(config: ServerConfig) -> RunningServer:
                 config.limits,
             ),
         )
+        context_service = context_service_pb2.DESCRIPTOR.services_by_name["ContextService"]
+        add_servicer(
+            server,
+            context_service,
+            ContextService(
+                ContextStore(redis, retry_budget=config.retry_budget_seconds),
+                custodian,
+                config.limits,
+            ),
+        )
+        record_service = record_service_pb2.DESCRIPTOR.services_by_name["RecordService"]
+        add_servicer(
+            server,
+            record_service,
+            RecordService(
+                RecordStore(redis, retry_budget=config.retry_budget_seconds),
+                key_store,
+                custodian,
+                config.limits,
+            ),
+        )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -233,6 +320,10 @@ async def start(config: ServerConfig) -> RunningServer:
                 carcel_service.full_name,
                 task_service.full_name,
                 finding_service.full_name,
+                agent_service.full_name,
+                context_service.full_name,
+                record_service.full_name,
+                policy_service.full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -250,9 +341,13 @@ async def start(config: ServerConfig) -> RunningServer:
         await store_health.check_once()
         store_health.start()
         await server.start()
+        agent_reaper.start()
+        policy_watch.start()
         undo.pop_all()
     log.info("packetbus %s listening on port %d (store %s)", VERSION, port, redis_url)
-    return RunningServer(config, port, server, store, store_health, embedded)
+    return RunningServer(
+        config, port, server, store, store_health, embedded, agent_reaper, policy_watch
+    )
 
 
 async def _reload_keys(custodian: Custodian, key_store: KeyStore) -> None:
@@ -281,6 +376,8 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if srv.policy is not None and srv.policy.path is not None:
+        loop.add_signal_handler(signal.SIGHUP, srv.policy.reload_now)
     print(
         f"packetbus {VERSION} serving on {config.listen.rsplit(':', 1)[0]}:{srv.port}",
         flush=True,

@@ -32,6 +32,8 @@ def entry_message(record: CarcelRecord) -> pb.CarcelEntry:
         detail=record.detail,
         source=record.source,
         delivery_count=record.delivery_count,
+        rule_id=record.rule_id,
+        policy_version=record.policy_version,
     )
     entry.carceled_at.FromMilliseconds(record.carceled_at_ms)
     if STREAM_ID.match(record.cursor):  # from a topic's log
@@ -42,7 +44,8 @@ def entry_message(record: CarcelRecord) -> pb.CarcelEntry:
             record.payload,
             record.content_length,
         )
-    else:  # from a task queue ("task:<id>"): no place in a log; its TTL counts from the move
+    else:  # from a task queue ("task:<id>") or a policy ("policy"): no place in a log;
+        # its TTL counts from the move
         stored = stored_packet(
             record.topic,
             "",
@@ -147,6 +150,13 @@ class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
         self, request: pb.RequeueCarcelEntryRequest, context: grpc.aio.ServicerContext
     ) -> pb.RequeueCarcelEntryResponse:
         record = await self._load(context, request.topic, request.id)
+        if record.rule_id:
+            # Requeuing would let it past the policy that refused it.
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"entry {record.id} was refused by policy rule {record.rule_id!r}: it is not "
+                "requeued; once the policy allows it, dispatch it again with a new tracking_id",
+            )
         # Re-validated as it would be dispatched: a packet let in under older
         # rules does not re-enter without meeting today's.
         content = packet_pb2.Packet.FromString(record.stored[: record.content_length])

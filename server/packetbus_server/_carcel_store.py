@@ -1,7 +1,7 @@
 """Storage for the carcel: one stream per topic (pb:{topic}:carcel), read, requeued, purged.
 
 Packets get there through scripts/settle.lua (a consumer group's poison
-packets); this module reads the carcel back, with each packet's custody hops,
+packets) and scripts/policy_decide.lua and policy_deny.lua (governance); this module reads the carcel back, with each packet's custody hops,
 and puts packets back on their topic.
 """
 
@@ -38,6 +38,9 @@ class CarcelRecord:
     detail: str
     source: str
     delivery_count: int
+    # A governance rejection's (or denial's) rule and policy version.
+    rule_id: str = ""
+    policy_version: str = ""
 
     @property
     def payload(self) -> bytes:
@@ -93,6 +96,8 @@ class CarcelStore:
                 detail=text(fields[b"d"]),
                 source=text(fields[b"s"]),
                 delivery_count=int(fields[b"a"]),
+                rule_id=text(fields.get(b"u", b"")),
+                policy_version=text(fields.get(b"v", b"")),
             )
             for (entry_id, fields), tid, entries in zip(raw, tids, hops, strict=True)
         ]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import grpc
 
 from packetbus import _custody, _wire
-from packetbus.v1 import custody_pb2, packet_pb2
+from packetbus.v1 import custody_pb2, packet_pb2, packet_service_pb2
 
 from ._keyring import Keyring
 
@@ -144,6 +144,53 @@ class Custodian:
         step = len(_ACTIONS)
         return [entries[i : i + step] for i in range(0, len(entries), step)]
 
+    def seal_decided(
+        self, packets: Sequence[tuple[packet_pb2.Packet, bytes, str, str]], now_ns: int
+    ) -> list[list[bytes]]:
+        """The server's entries for packets a policy rule rejected or held, serialized:
+        "received", then the decision's action (packet, content, action, reason), the
+        whole batch under one signature as in `seal`."""
+        if not self.signing or not packets:
+            return [[] for _ in packets]
+        signer = self.keyring.active
+        actor, key_id = self.server_id.encode(), signer.key_id.encode()
+        writers: dict[bytes, _wire.RecordWriter] = {}
+
+        def writer(action: bytes) -> _wire.RecordWriter:
+            found = writers.get(action)
+            if found is None:
+                found = writers[action] = _wire.RecordWriter(
+                    actor=actor, action=action, occurred_at_ns=now_ns, key_id=key_id
+                )
+            return found
+
+        raws: list[bytes] = []
+        hashes: list[bytes] = []
+        entry_hash = _custody.entry_hash
+        for packet, content, action, reason in packets:
+            content_digest = hashlib.sha256(content).digest()
+            chain = packet.chain_of_custody
+            previous = entry_hash(chain[-1].record) if chain else b""
+            tracking_id = packet.tracking_id.encode()
+            for step, (name, details) in enumerate(
+                (
+                    (_ACTIONS[0], b""),
+                    (action.encode(), _wire.hop_details(reason=reason.encode())),
+                )
+            ):
+                raw = writer(name).record(
+                    sequence=len(chain) + step,
+                    content_digest=content_digest,
+                    previous_hash=previous,
+                    tracking_id=tracking_id,
+                    details=details,
+                )
+                previous = entry_hash(raw)
+                raws.append(raw)
+                hashes.append(previous)
+        entries = _custody.sign_batch(signer, raws, hashes)
+        return [entries[i : i + 2] for i in range(0, len(entries), 2)]
+
     def sign_hops(self, hops: Sequence[Hop], now_ns: int) -> list[SignedHop] | None:
         """Sign `hops` as one batch (one signature over their Merkle root); None when
         this server does not sign custody entries."""
@@ -186,6 +233,13 @@ class Custodian:
         return _custody.sign_head(
             self.keyring.active, tracking_id=tracking_id, content=content, chain=chain
         )
+
+    def vouch(self, stored: packet_service_pb2.StoredPacket) -> None:
+        """Sign the stored packet's chain as it is now (its head), so a reader can tell
+        the chain is whole."""
+        head = self.head(stored.packet.tracking_id, stored.content, stored.packet.chain_of_custody)
+        if head is not None:
+            stored.custody_head.CopyFrom(head)
 
 
 def check_origin(

@@ -8,22 +8,56 @@ from collections.abc import AsyncIterator
 import grpc
 
 from packetbus import _custody, _ed25519
-from packetbus.v1 import custody_pb2, custody_service_pb2, custody_service_pb2_grpc
+from packetbus.v1 import (
+    custody_pb2,
+    custody_service_pb2,
+    custody_service_pb2_grpc,
+    policy_service_pb2,
+)
 
 from . import _status
+from ._carcel_service import entry_message
+from ._carcel_store import CarcelStore
 from ._key_store import KeyStore, Registration
 from ._limits import Limits
 from ._packet_service import PacketService, storage_errors, stored_packet
-from ._store import PacketStore
+from ._policy_store import DecisionRow, PolicyStore
+from ._store import PacketStore, cursor_millis
 from ._validation import Violation, validate_agent_id, validate_topic
 
 _EXPORT_BATCH = 200
+# The largest sequence part of a stream id: "<ms - 1>-<this>" is just before ms.
+_MAX_SEQUENCE = 2**64 - 1
+
+
+def _decision(row: DecisionRow) -> policy_service_pb2.PolicyDecisionRecord:
+    record = policy_service_pb2.PolicyDecisionRecord(
+        id=row.id,
+        topic=row.topic,
+        tracking_id=row.tracking_id,
+        decision=row.kind,
+        rule_id=row.rule_id,
+        reason=row.reason,
+        policy_version=row.version,
+        actor=row.actor,
+    )
+    record.decided_at.FromMilliseconds(cursor_millis(row.id))
+    return record
 
 
 class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
     def __init__(
-        self, store: PacketStore, key_store: KeyStore, packets: PacketService, limits: Limits
+        self,
+        store: PacketStore,
+        key_store: KeyStore,
+        packets: PacketService,
+        limits: Limits,
+        *,
+        carcel: CarcelStore | None = None,
+        policy: PolicyStore | None = None,
     ) -> None:
+        self._carcel = carcel
+        self._policy = policy
         self._store = store
         self._key_store = key_store
         self._packets = packets
@@ -154,27 +188,89 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
         request: custody_service_pb2.ExportPacketsRequest,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[custody_service_pb2.ExportPacketsResponse]:
+        violations: list[Violation] = []
         if request.topic:
-            violations: list[Violation] = []
             validate_topic(violations, "topic", request.topic, self._limits.max_topic_length)
-            if violations:
-                await _status.abort_invalid(context, "invalid export", violations)
+        since_ms = request.since.ToMilliseconds() if request.HasField("since") else 0
+        until_ms = request.until.ToMilliseconds() if request.HasField("until") else None
+        if since_ms < 0:
+            violations.append(Violation("since", "RANGE", "must not be before 1970"))
+        if until_ms is not None and until_ms < since_ms:
+            violations.append(Violation("until", "RANGE", "must not be before since"))
+        if violations:
+            await _status.abort_invalid(context, "invalid export", violations)
+        # Stream ids start with their ms: the range is a pair of ids.
+        start = f"{since_ms - 1}-{_MAX_SEQUENCE}" if since_ms > 0 else "0-0"
+        high = f"{until_ms}-{_MAX_SEQUENCE}" if until_ms is not None else "+"
         async with storage_errors(context):
             topics = [request.topic] if request.topic else await self._store.topics()
         for topic in topics:
-            cursor = "0-0"
-            while True:
-                async with storage_errors(context):
-                    page = await self._store.read_range(topic, cursor, count=_EXPORT_BATCH)
-                if page.last_cursor is None:
+            async for response in self._export_packets(context, topic, start, until_ms):
+                yield response
+            if request.include_carcel_entries and self._carcel is not None:
+                async for response in self._export_carcel(context, topic, start, until_ms):
+                    yield response
+            if request.include_decisions and self._policy is not None:
+                async for response in self._export_decisions(context, topic, start, high):
+                    yield response
+
+    async def _export_packets(
+        self, context: grpc.aio.ServicerContext, topic: str, cursor: str, until_ms: int | None
+    ) -> AsyncIterator[custody_service_pb2.ExportPacketsResponse]:
+        while True:
+            async with storage_errors(context):
+                page = await self._store.read_range(topic, cursor, count=_EXPORT_BATCH)
+            if page.last_cursor is None:
+                return
+            cursor = page.last_cursor
+            batch = []
+            for e in page.entries:
+                if until_ms is not None and cursor_millis(e.cursor) > until_ms:
                     break
-                cursor = page.last_cursor
-                batch = []
-                for e in page.entries:
-                    stored = stored_packet(
-                        topic, e.cursor, e.expires_at_ms, e.payload, e.content_length
-                    )
-                    self._packets.attach_head(stored)
-                    batch.append(stored)
-                if batch:
-                    yield custody_service_pb2.ExportPacketsResponse(packets=batch)
+                stored = stored_packet(
+                    topic, e.cursor, e.expires_at_ms, e.payload, e.content_length
+                )
+                self._packets.attach_head(stored)
+                batch.append(stored)
+            if batch:
+                yield custody_service_pb2.ExportPacketsResponse(packets=batch)
+            if until_ms is not None and cursor_millis(cursor) > until_ms:
+                return
+
+    async def _export_carcel(
+        self, context: grpc.aio.ServicerContext, topic: str, after: str, until_ms: int | None
+    ) -> AsyncIterator[custody_service_pb2.ExportPacketsResponse]:
+        assert self._carcel is not None
+        cursor: str | None = None if after == "0-0" else after
+        while True:
+            async with storage_errors(context):
+                records = await self._carcel.page(topic, cursor, _EXPORT_BATCH)
+            if not records:
+                return
+            cursor = records[-1].id
+            entries = []
+            for record in records:
+                if until_ms is not None and record.carceled_at_ms > until_ms:
+                    break
+                entry = entry_message(record)
+                self._packets.attach_head(entry.packet)
+                entries.append(entry)
+            if entries:
+                yield custody_service_pb2.ExportPacketsResponse(carcel_entries=entries)
+            if len(entries) < len(records):
+                return
+
+    async def _export_decisions(
+        self, context: grpc.aio.ServicerContext, topic: str, start: str, high: str
+    ) -> AsyncIterator[custody_service_pb2.ExportPacketsResponse]:
+        assert self._policy is not None
+        low = start if start == "0-0" else f"({start}"
+        while True:
+            async with storage_errors(context):
+                rows = await self._policy.decisions(topic, low, high, _EXPORT_BATCH)
+            if not rows:
+                return
+            low = f"({rows[-1].id}"
+            yield custody_service_pb2.ExportPacketsResponse(
+                decisions=[_decision(row) for row in rows]
+            )

@@ -16,7 +16,7 @@ from . import _status
 from ._admission import admit
 from ._conflicts import Conflict, Fact, all_conflicts, conflicts_with, subject_of
 from ._custodian import Custodian
-from ._finding_store import FindingStore, StoredFinding
+from ._finding_store import FindingStore
 from ._key_store import KeyStore
 from ._limits import Limits
 from ._packet_service import PacketService, storage_errors
@@ -42,10 +42,9 @@ def _conflict_message(task_id: str, c: Conflict) -> pb.FindingConflict:
     )
 
 
-def _stored(finding: StoredFinding) -> packet_service_pb2.StoredPacket:
+def _stored(payload: bytes, content_length: int) -> packet_service_pb2.StoredPacket:
     return packet_service_pb2.StoredPacket(
-        packet=packet_pb2.Packet.FromString(finding.payload),
-        content=finding.payload[: finding.content_length],
+        packet=packet_pb2.Packet.FromString(payload), content=payload[:content_length]
     )
 
 
@@ -117,12 +116,8 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
         # derived from the pair, so a retry stores each event once.
         if conflicts:
             await self._publish(context, finding.task_id, conflicts, packet.dispatched_at)
-        stored = packet_service_pb2.StoredPacket(
-            packet=packet_pb2.Packet.FromString(write.payload),
-            content=write.payload[: write.content_length],
-        )
         return pb.PostFindingResponse(
-            finding=stored,
+            finding=self._vouched(write.payload, write.content_length),
             created=status == "new",
             conflicts=[_conflict_message(finding.task_id, c) for c in conflicts],
         )
@@ -192,7 +187,9 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"no finding {request.finding_id!r} of task {request.task_id!r}",
             )
-        return pb.GetFindingResponse(finding=_stored(found[0]))
+        return pb.GetFindingResponse(
+            finding=self._vouched(found[0].payload, found[0].content_length)
+        )
 
     async def ListFindings(
         self, request: pb.ListFindingsRequest, context: grpc.aio.ServicerContext
@@ -203,7 +200,15 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
             await _status.abort_invalid(context, "invalid task", violations)
         async with storage_errors(context):
             found = await self._store.get(request.task_id)
-        return pb.ListFindingsResponse(findings=[_stored(f) for f in found])
+        return pb.ListFindingsResponse(
+            findings=[self._vouched(f.payload, f.content_length) for f in found]
+        )
+
+    def _vouched(self, payload: bytes, content_length: int) -> packet_service_pb2.StoredPacket:
+        """The finding packet with a signed head, so a reader can tell its chain is whole."""
+        stored = _stored(payload, content_length)
+        self._custodian.vouch(stored)
+        return stored
 
     async def DetectConflicts(
         self, request: pb.DetectConflictsRequest, context: grpc.aio.ServicerContext
@@ -283,6 +288,7 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
                     )
                     stored.receipt.topic = ESCALATIONS_TOPIC
                     stored.receipt.cursor = e.cursor
+                    self._custodian.vouch(stored)
                     out.append(stored)
                 if page.last_cursor is None:
                     break

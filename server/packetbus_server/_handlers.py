@@ -74,6 +74,19 @@ def _stream_stream(method: Callable[..., Any], full_name: str) -> Callable[..., 
     return behavior
 
 
+def _stream_unary(method: Callable[..., Any], full_name: str) -> Callable[..., Any]:
+    async def behavior(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        async def checked() -> AsyncIterator[Any]:
+            async for request in requests:
+                if isinstance(request, _Malformed):
+                    await _refuse(context, full_name, request)
+                yield request
+
+        return await method(checked(), context)
+
+    return behavior
+
+
 def _serializer(message_class: type[message.Message]) -> Callable[[Any], bytes]:
     serialize = message_class.SerializeToString
 
@@ -103,7 +116,9 @@ def add_servicer(
                 _stream_stream(implementation, full_name), **options
             )
         elif method.client_streaming:
-            raise NotImplementedError(f"{method.full_name}: client streaming alone is not wired")
+            handlers[method.name] = grpc.stream_unary_rpc_method_handler(
+                _stream_unary(implementation, full_name), **options
+            )
         elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 _server_streaming(implementation, full_name), **options

@@ -27,9 +27,23 @@ happen by construction. Keys that one Lua script touches together share a
 | ``pb:{<topic>}:carcel``      | stream | topic       | carceled packets: ``p``, ``n``, ``t``,  | carcel retention  |
 |                              |        |             | ``i`` as in the log, ``c`` = cursor in  | after the newest  |
 |                              |        |             | the log, ``r`` reason, ``d`` detail,    |                   |
-|                              |        |             | ``s`` source, ``a`` delivery count      |                   |
+|                              |        |             | ``s`` source, ``a`` delivery count;     |                   |
+|                              |        |             | governance: ``c`` = ``policy``, ``u``   |                   |
+|                              |        |             | rule id, ``v`` policy version           |                   |
+| ``pb:{<topic>}:held``        | stream | topic       | packets a policy rule holds for         | newest held       |
+|                              |        |             | approval: ``p``, ``n``, ``t``, ``i`` as | packet's expiry   |
+|                              |        |             | in the log, ``u`` rule id, ``r`` reason,|                   |
+|                              |        |             | ``v`` policy version                    |                   |
+| ``pb:{<topic>}:polstats``    | hash   | topic       | governance counts: ``rule:<id>``,       | carcel retention, |
+|                              |        |             | ``reason:<reason>``, ``decision:<kind>``| refreshed         |
+| ``pb:{<topic>}:decisions``   | stream | topic       | governance decisions: ``k`` kind, ``i`` | carcel retention  |
+|                              |        |             | tracking id, ``u`` rule, ``r`` reason,  | after the newest  |
+|                              |        |             | ``v`` policy version, ``a`` actor       |                   |
 | ``pb:{<topic>}:pkt:<tid>``   | string | topic       | ``<fingerprint> <cursor> <expiry ms>``  | packet TTL        |
-|                              |        |             | the idempotency record                  |                   |
+|                              |        |             | the idempotency record; a packet a      |                   |
+|                              |        |             | policy rejected or holds has cursor     |                   |
+|                              |        |             | ``rejected:<carcel id>`` or             |                   |
+|                              |        |             | ``held:<held id>`` instead              |                   |
 | ``pb:{<queue>}:tasks``       | zset   | queue       | task id -> posted ms                    | newest task's     |
 | ``pb:{<queue>}:leases``      | zset   | queue       | claimed task id -> lease end ms         | newest claimed    |
 |                              |        |             |                                         | task's            |
@@ -50,6 +64,42 @@ happen by construction. Keys that one Lua script touches together share a
 | ``pb:{keys}:all``            | hash   | keys        | key id -> SigningKey (public keys of    | none (a registry: |
 |                              |        |             | servers and agents)                     | see below)        |
 | ``pb:{keys}:agents``         | hash   | keys        | agent id -> its key ids, space-separated| none              |
+| ``pb:{ctx:<h>}:doc:<name>``  | hash   | scope (h =  | a document's current version: ``v``     | the document's    |
+|                              |        | SHA-256 of  | version, ``s`` size, ``h`` SHA-256 hex, | TTL               |
+|                              |        | the scope,  | ``c`` content type, ``a`` author, ``u`` |                   |
+|                              |        | 16 hex      | committed ms, ``e`` expiry ms, ``b``    |                   |
+|                              |        | digits)     | upload id of its body, ``r`` ``g``      |                   |
+|                              |        |             | ``k`` the server's signed commit record,|                   |
+|                              |        |             | signature, key id                       |                   |
+| ``pb:{ctx:<h>}:body:<id>``   | string | scope       | an upload's bytes: staged, then one     | upload TTL while  |
+|                              |        |             | version's body                          | staged; then the  |
+|                              |        |             |                                         | document's; grace |
+|                              |        |             |                                         | once replaced     |
+| ``pb:{ctx:<h>}:names``       | zset   | scope       | document names (score 0, by name)       | newest document's |
+| ``pb:{ctx:<h>}:events``      | stream | scope       | change events: ``k`` put/delete, ``n``  | newest document's |
+|                              |        |             | name, ``v``, ``s``, ``h``, ``a``, ``u`` | (capped length)   |
+| ``pb:{gctx}:map``            | hash   | its own     | the global context map: key -> value    | max context TTL,  |
+|                              |        |             |                                         | refreshed on write|
+| ``pb:{mem:<h>}:log``         | list   | agent (h as | an agent's memory log, newest first:    | per append (7 d   |
+|                              |        | above)      | ``<entry id> LF <LogEntry bytes>``      | by default)       |
+| ``pb:{trc:<h>}:log``         | list   | task+agent  | an agent's trace of a task, oldest first| per append        |
+| ``pb:{rec:<kind>}:r:<id>``   | string | record kind | 8-digit content length, then the record | the record's      |
+|                              |        |             | packet (content, then its chain)        | retention         |
+| ``pb:{rec:<kind>}:fp:<id>``  | string | record kind | the record packet's fingerprint         | the record's      |
+| ``pb:{rec:<kind>}:index``    | zset   | record kind | record id -> stored ms (newest last)    | newest record's   |
+| ``pb:{agents}:agent:<id>``   | hash   | agents      | one registered agent (fields: scripts/  | none: removed by  |
+|                              |        |             | lib/agents.lua)                         | the reaper (LEFT) |
+| ``pb:{agents}:ids``          | zset   | agents      | registered agent ids (score 0, by id)   | none (bounded by  |
+|                              |        |             |                                         | max_agents)       |
+| ``pb:{agents}:deadlines``    | zset   | agents      | agent id -> ms it turns stale (live) or | none              |
+|                              |        |             | is removed (stale)                      |                   |
+| ``pb:{agents}:events``       | stream | agents      | membership events (k, id, o, n, r and   | event retention,  |
+|                              |        |             | the agent's fields)                     | capped length     |
+| ``pb:{agents}:children:<id>``| set    | agents      | ids of the agents <id> spawned          | none (empty: gone)|
+| ``pb:{agents}:queues:<id>``  | set    | agents      | task queues agent <id> claimed from     | none: removed     |
+|                              |        |             |                                         | with the agent    |
+| ``pb:{agents}:releasing``    | zset   | agents      | agent id -> ms it went stale or left,   | none (emptied by  |
+|                              |        |             | while its claimed tasks are released    | the reapers)      |
 
 The key registry has no TTL on purpose: a public key must outlive every packet
 it signed, and an agent's identity must not lapse silently. It holds public
@@ -85,6 +135,18 @@ def custody_hops(topic: str, tracking_id: str) -> str:
 
 def carcel(topic: str) -> str:
     return f"{PREFIX}:{{{topic}}}:carcel"
+
+
+def held(topic: str) -> str:
+    return f"{PREFIX}:{{{topic}}}:held"
+
+
+def policy_stats(topic: str) -> str:
+    return f"{PREFIX}:{{{topic}}}:polstats"
+
+
+def policy_decisions(topic: str) -> str:
+    return f"{PREFIX}:{{{topic}}}:decisions"
 
 
 def queue_prefix(queue: str) -> str:
@@ -136,3 +198,71 @@ def packet_location(tracking_id: str) -> str:
 TOPICS = f"{PREFIX}:topics"
 SIGNING_KEYS = f"{PREFIX}:{{keys}}:all"
 AGENT_KEYS = f"{PREFIX}:{{keys}}:agents"
+
+
+def _hashed(prefix: str, value: str) -> str:
+    # Scopes and agent ids may hold braces, which would break a hash tag.
+    return prefix + hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def context_prefix(scope: str) -> str:
+    """What context scripts derive a scope's per-document keys from."""
+    return f"{PREFIX}:{{{_hashed('ctx:', scope)}}}:"
+
+
+def context_doc(scope: str, name: str) -> str:
+    return f"{context_prefix(scope)}doc:{name}"
+
+
+def context_body(scope: str, upload_id: str) -> str:
+    return f"{context_prefix(scope)}body:{upload_id}"
+
+
+def context_names(scope: str) -> str:
+    return f"{context_prefix(scope)}names"
+
+
+def context_events(scope: str) -> str:
+    return f"{context_prefix(scope)}events"
+
+
+GLOBAL_CONTEXT = f"{PREFIX}:{{gctx}}:map"
+
+
+def memory_log(agent: str) -> str:
+    return f"{PREFIX}:{{{_hashed('mem:', agent)}}}:log"
+
+
+def trace_log(task_id: str, agent: str) -> str:
+    return f"{PREFIX}:{{{_hashed('trc:', task_id + chr(10) + agent)}}}:log"
+
+
+def record(kind: str, record_id: str) -> str:
+    return f"{PREFIX}:{{rec:{kind}}}:r:{record_id}"
+
+
+def record_fingerprint(kind: str, record_id: str) -> str:
+    return f"{PREFIX}:{{rec:{kind}}}:fp:{record_id}"
+
+
+def record_index(kind: str) -> str:
+    return f"{PREFIX}:{{rec:{kind}}}:index"
+
+
+AGENTS_PREFIX = f"{PREFIX}:{{agents}}:"
+AGENT_IDS = f"{AGENTS_PREFIX}ids"
+AGENT_DEADLINES = f"{AGENTS_PREFIX}deadlines"
+AGENT_EVENTS = f"{AGENTS_PREFIX}events"
+AGENTS_RELEASING = f"{AGENTS_PREFIX}releasing"
+
+
+def agent(agent_id: str) -> str:
+    return f"{AGENTS_PREFIX}agent:{agent_id}"
+
+
+def agent_children(agent_id: str) -> str:
+    return f"{AGENTS_PREFIX}children:{agent_id}"
+
+
+def agent_queues(agent_id: str) -> str:
+    return f"{AGENTS_PREFIX}queues:{agent_id}"

@@ -29,6 +29,50 @@ class Limits:
     default_pull_batch_packets: int = 100
     # Carceled packets (and their chains) are kept this long unless purged.
     carcel_retention_seconds: int = 7 * 86400
+    # How often the server looks at its policy file for changes (SIGHUP: at once).
+    policy_reload_seconds: float = 1.0
+    # Shared context documents: moved in chunks, so a document may be far larger
+    # than one gRPC message (Redis holds at most 512 MiB in one string).
+    max_context_bytes: int = 256 * 1024 * 1024
+    max_context_chunk_bytes: int = 1024 * 1024
+    default_context_ttl_seconds: int = 86400
+    max_context_ttl_seconds: int = 30 * 86400
+    # An upload abandoned midway is dropped after this long without a chunk.
+    context_upload_ttl_seconds: int = 600
+    # A replaced or deleted version stays readable this long, so a reader that
+    # started on it can finish.
+    context_replaced_grace_seconds: int = 60
+    # Change events kept per scope for watchers to resume from.
+    max_context_events: int = 10000
+    max_context_page: int = 1000
+    # The global context map, memory logs and traces: small values, capped.
+    max_global_entries: int = 10000
+    max_global_value_bytes: int = 64 * 1024
+    max_log_entries: int = 1000
+    max_log_entry_bytes: int = 64 * 1024
+    default_log_ttl_seconds: int = 7 * 86400
+    # Swarm records: kept for their kind's retention unless the writer asks
+    # for another (at most max_record_ttl_seconds).
+    session_summary_ttl_seconds: int = 30 * 86400
+    swarm_registry_ttl_seconds: int = 7 * 86400
+    remediation_scan_ttl_seconds: int = 7 * 86400
+    max_record_ttl_seconds: int = 90 * 86400
+    max_record_page: int = 1000
+    # The agent registry. An agent missing its heartbeat TTL turns stale (its
+    # claimed tasks are released) and is removed after another TTL.
+    default_agent_ttl_seconds: int = 30
+    min_agent_ttl_seconds: int = 1
+    max_agent_ttl_seconds: int = 3600
+    max_agents: int = 10000
+    max_agent_capabilities: int = 64
+    max_agent_labels: int = 64
+    # How often each replica sweeps for missed heartbeats (one script a sweep).
+    agent_reaper_interval_seconds: float = 1.0
+    # Membership events kept for watchers to resume from: count and age.
+    max_agent_events: int = 10000
+    agent_event_retention_seconds: int = 86400
+    default_agent_page: int = 100
+    max_agent_page: int = 1000
 
     def to_proto(self) -> packet_service_pb2.Limits:
         return packet_service_pb2.Limits(

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 from google.rpc import code_pb2
@@ -27,6 +28,9 @@ from ._validation import (
     validate_topic,
     validate_tracking_id,
 )
+
+if TYPE_CHECKING:
+    from ._policy_service import Governor
 
 # How long one blocking read waits before looking again; bounds how long a
 # cancelled subscription holds its Redis connection.
@@ -121,7 +125,9 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         *,
         version: str,
         max_subscribers: int,
+        governor: Governor | None = None,
     ) -> None:
+        self._governor = governor
         self._store = store
         self._key_store = key_store
         self._custodian = custodian
@@ -184,14 +190,23 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
                     refused.add(i)
             accepted = [(i, a) for i, a in accepted if i not in refused]
 
+        # Governance: validate -> govern -> sign -> persist. With no policy in
+        # force this is one attribute check.
+        if self._governor is not None and accepted:
+            accepted = await self._governor.judge(accepted, results, now_ns, context)
+
         chains = self._custodian.seal([(a.packet, a.content) for _, a in accepted], now_ns)
         writes = [to_write(a, chain) for (_, a), chain in zip(accepted, chains, strict=True)]
         async with storage_errors(context):
             stored = await self._store.write(writes, time_remaining=context.time_remaining())
 
+        decided_before: list[tuple[int, str, str]] = []
         for (i, _), write, result in zip(accepted, writes, stored, strict=True):
             results[i].tracking_id = write.tracking_id
-            if result.outcome is Outcome.CONFLICT:
+            if result.outcome is Outcome.DUPLICATE and not result.cursor[:1].isdigit():
+                # A policy rejected or held this packet in an earlier dispatch.
+                decided_before.append((i, write.topic, write.tracking_id))
+            elif result.outcome is Outcome.CONFLICT:
                 results[i].error.CopyFrom(
                     _status.status(
                         code_pb2.ALREADY_EXISTS,
@@ -200,6 +215,8 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
                 )
             else:
                 fill_receipt(results[i].receipt, write.topic, result.cursor, result.expires_at_ms)
+        if decided_before and self._governor is not None:
+            await self._governor.report(results, decided_before, context)
         return response
 
     async def GetPacket(
@@ -232,11 +249,7 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
 
     def attach_head(self, stored: packet_service_pb2.StoredPacket) -> None:
         """Vouch, with a signature, for the chain as it is now."""
-        head = self._custodian.head(
-            stored.packet.tracking_id, stored.content, stored.packet.chain_of_custody
-        )
-        if head is not None:
-            stored.custody_head.CopyFrom(head)
+        self._custodian.vouch(stored)
 
     async def Subscribe(
         self, request: packet_service_pb2.SubscribeRequest, context: grpc.aio.ServicerContext

@@ -306,6 +306,12 @@ class PacketStore:
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
+    async def note_topics(self, topics: Sequence[str]) -> None:
+        """Put `topics` in the topic index (for writes outside `write`, e.g. governance)."""
+        fresh = self._topics_to_note(topics)
+        if fresh:
+            await with_retries(lambda: self._note_topics(fresh), budget_seconds=self._retry_budget)
+
     def _topics_to_note(self, topics: Iterable[str]) -> list[str]:
         # The topic index is for export, not for routing: noting each topic once
         # a minute per server keeps it current without a write per dispatch.

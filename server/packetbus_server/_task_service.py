@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -20,7 +20,7 @@ from ._hop_store import HopStore, HopWrite
 from ._key_store import KeyStore
 from ._limits import Limits
 from ._packet_service import caller_gone, storage_errors, stored_packet
-from ._task_store import TaskRecord, TaskStore
+from ._task_store import Settled, TaskRecord, TaskStore
 from ._validation import Violation, validate_agent_id, validate_id, validate_topic
 
 _STATUS = {
@@ -88,12 +88,17 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         key_store: KeyStore,
         custodian: Custodian,
         limits: Limits,
+        *,
+        before_claim: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._hops = hops
         self._key_store = key_store
         self._custodian = custodian
         self._limits = limits
+        # (worker, queue) -> None, awaited before each claim: the agent registry
+        # notes where a worker claims, to release its tasks when it goes stale.
+        self._before_claim = before_claim
 
     def _check_queue(self, violations: list[Violation], queue: str) -> None:
         validate_topic(violations, "queue", queue, self._limits.max_topic_length)
@@ -179,6 +184,8 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         if violations:
             await _status.abort_invalid(context, "invalid claim", violations)
         async with storage_errors(context):
+            if self._before_claim is not None:
+                await self._before_claim(request.worker, request.queue)
             record = await self._store.claim(
                 request.queue, request.worker, list(request.capabilities), lease_s * 1000
             )
@@ -191,7 +198,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
                 counterpart=f"queue:{request.queue} worker:{request.worker}",
             )
         state = task_state(request.queue, record, _now_ms())
-        self._vouch(state)
+        self._custodian.vouch(state.packet)
         return pb.ClaimTaskResponse(task=state)
 
     async def _record_hop(
@@ -258,50 +265,9 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
                 raise AssertionError("context.abort always raises")
             if kind == "fail" and record.number("fails") + 1 >= record.number("max"):
                 kind = "carcel"
-            payload, content_length = record.payload, record.number("n")
-            digest = hashlib.sha256(payload[:content_length]).digest()
-            end = chain_end(payload, content_length, record.hops)
-            action = {
-                "release": _custody.RELEASED,
-                "complete": _custody.COMPLETED,
-                "fail": _custody.FAILED,
-                "carcel": _custody.CARCELED,
-            }.get(kind)
-            serialized = result.SerializeToString() if result is not None else b""
-            for _ in range(_SIGN_ROUNDS):
-                entry = entry_hash = b""
-                if action is not None:
-                    signed = self._custodian.sign_hops(
-                        [
-                            Hop(
-                                record.text("i"),
-                                digest,
-                                end,
-                                action,
-                                counterpart=f"queue:{queue} worker:{record.text('w')}",
-                                attempt=record.number("claims"),
-                                reason=str(argument) if kind != "carcel" else "max attempts",
-                            )
-                        ],
-                        time.time_ns(),
-                    )
-                    if signed:
-                        entry, entry_hash = signed[0].entry, signed[0].hash
-                settled = await self._store.settle(
-                    queue,
-                    task_id,
-                    record.text("i"),
-                    kind=kind,
-                    fence=fence,
-                    expected_hops=end.hops,
-                    entry=entry,
-                    entry_hash=entry_hash,
-                    argument=argument,
-                    result=serialized,
-                )
-                if settled.outcome != "stale":
-                    break
-                end = ChainEnd(end.ingest_entries, int(settled.value), settled.extra)
+            settled = await self._sign_and_settle(
+                queue, record, kind, fence, argument=argument, result=result
+            )
         if settled.outcome == "gone":
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no task {task_id!r} in {queue!r}")
         if settled.outcome == "stale_fence":
@@ -320,6 +286,85 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         if settled.outcome == "stale":
             await context.abort(grpc.StatusCode.ABORTED, "the task's chain kept changing; retry")
         return kind, settled.value
+
+    async def _sign_and_settle(
+        self,
+        queue: str,
+        record: TaskRecord,
+        kind: str,
+        fence: int,
+        *,
+        argument: str | int = "",
+        result: pb.TaskResult | None = None,
+    ) -> Settled:
+        """Settle a task with the server's signed hop for it, signing again while the
+        chain moves under it; the script checks the fence before writing anything."""
+        task_id = record.task_id
+        payload, content_length = record.payload, record.number("n")
+        digest = hashlib.sha256(payload[:content_length]).digest()
+        end = chain_end(payload, content_length, record.hops)
+        action = {
+            "release": _custody.RELEASED,
+            "complete": _custody.COMPLETED,
+            "fail": _custody.FAILED,
+            "carcel": _custody.CARCELED,
+        }.get(kind)
+        serialized = b""
+        if result is not None:
+            result.worker = record.text("w")  # the holder of the lease the fence names
+            serialized = result.SerializeToString()
+        for _ in range(_SIGN_ROUNDS):
+            entry = entry_hash = b""
+            if action is not None:
+                signed = self._custodian.sign_hops(
+                    [
+                        Hop(
+                            record.text("i"),
+                            digest,
+                            end,
+                            action,
+                            counterpart=f"queue:{queue} worker:{record.text('w')}",
+                            attempt=record.number("claims"),
+                            reason=str(argument) if kind != "carcel" else "max attempts",
+                        )
+                    ],
+                    time.time_ns(),
+                )
+                if signed:
+                    entry, entry_hash = signed[0].entry, signed[0].hash
+            settled = await self._store.settle(
+                queue,
+                task_id,
+                record.text("i"),
+                kind=kind,
+                fence=fence,
+                expected_hops=end.hops,
+                entry=entry,
+                entry_hash=entry_hash,
+                argument=argument,
+                result=serialized,
+            )
+            if settled.outcome != "stale":
+                break
+            end = ChainEnd(end.ingest_entries, int(settled.value), settled.extra)
+        return settled
+
+    async def release_held(self, queue: str, worker: str, reason: str) -> int:
+        """Put every task of `queue` that `worker` holds back in the queue at once (its
+        agent went stale or left), each with a signed "released" hop. Safe to repeat,
+        by any replica: a task released already, or claimed again, fails its fence
+        and is left alone. Returns how many this call released."""
+        held = await self._store.held(queue, worker)
+        records = await self._store.get_many(queue, [task_id for task_id, _ in held])
+        released = 0
+        for (_, fence), record in zip(held, records, strict=True):
+            if record is None or record.number("f") != fence:
+                continue
+            settled = await self._sign_and_settle(
+                queue, record, "release", fence, argument=_one_line(reason)
+            )
+            released += settled.outcome == "ok"
+        return released
 
     async def HeartbeatTask(
         self, request: pb.HeartbeatTaskRequest, context: grpc.aio.ServicerContext
@@ -408,17 +453,8 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             )
             raise AssertionError("context.abort always raises")
         state = task_state(request.queue, record, _now_ms())
-        self._vouch(state)
+        self._custodian.vouch(state.packet)
         return pb.GetTaskResponse(task=state)
-
-    def _vouch(self, state: pb.TaskState) -> None:
-        """Sign the task packet's chain head, so a reader can tell the chain is whole."""
-        stored = state.packet
-        head = self._custodian.head(
-            stored.packet.tracking_id, stored.content, stored.packet.chain_of_custody
-        )
-        if head is not None:
-            stored.custody_head.CopyFrom(head)
 
     async def ListTasks(
         self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext

@@ -17,6 +17,9 @@ from ._retry import with_retries
 from ._scripts import RedisClient
 from ._store import PacketWrite
 
+# Leases looked at when finding the tasks one worker holds.
+_MAX_LEASES_SCANNED = 10_000
+
 
 @dataclass(frozen=True, slots=True)
 class TaskRecord:
@@ -214,4 +217,18 @@ class TaskStore:
             return text(newest[0][0]) if newest else "0-0"
 
         found: str = await self._retried(attempt)
+        return found
+
+    async def held(self, queue: str, worker: str) -> list[tuple[str, int]]:
+        """The tasks of `queue` that `worker` holds, with their fencing tokens."""
+
+        async def attempt() -> list[tuple[str, int]]:
+            reply = await _scripts.TASK_HELD.run(
+                self._redis,
+                [_keys.task_leases(queue)],
+                [_keys.queue_prefix(queue), worker, _MAX_LEASES_SCANNED],
+            )
+            return [(text(reply[j]), int(reply[j + 1])) for j in range(0, len(reply), 2)]
+
+        found: list[tuple[str, int]] = await self._retried(attempt)
         return found

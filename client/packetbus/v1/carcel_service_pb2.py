@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from packetbus.v1 import packet_service_pb2 as packetbus_dot_v1_dot_packet__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!packetbus/v1/carcel_service.proto\x12\x0cpacketbus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!packetbus/v1/packet_service.proto\"\xcd\x01\n\x0b\x43\x61rcelEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12/\n\x0b\x63\x61rceled_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64\x65livery_count\x18\x07 \x01(\r\x12*\n\x06packet\x18\x08 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\"`\n\x18ListCarcelEntriesRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"`\n\x19ListCarcelEntriesResponse\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.packetbus.v1.CarcelEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x15GetCarcelEntryRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"B\n\x16GetCarcelEntryResponse\x12(\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x19.packetbus.v1.CarcelEntry\"6\n\x19RequeueCarcelEntryRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\",\n\x1aRequeueCarcelEntryResponse\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\"7\n\x19PurgeCarcelEntriesRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\",\n\x1aPurgeCarcelEntriesResponse\x12\x0e\n\x06purged\x18\x01 \x01(\x04\x32\xa4\x03\n\rCarcelService\x12\x64\n\x11ListCarcelEntries\x12&.packetbus.v1.ListCarcelEntriesRequest\x1a\'.packetbus.v1.ListCarcelEntriesResponse\x12[\n\x0eGetCarcelEntry\x12#.packetbus.v1.GetCarcelEntryRequest\x1a$.packetbus.v1.GetCarcelEntryResponse\x12g\n\x12RequeueCarcelEntry\x12\'.packetbus.v1.RequeueCarcelEntryRequest\x1a(.packetbus.v1.RequeueCarcelEntryResponse\x12g\n\x12PurgeCarcelEntries\x12\'.packetbus.v1.PurgeCarcelEntriesRequest\x1a(.packetbus.v1.PurgeCarcelEntriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!packetbus/v1/carcel_service.proto\x12\x0cpacketbus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!packetbus/v1/packet_service.proto\"\xf6\x01\n\x0b\x43\x61rcelEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12/\n\x0b\x63\x61rceled_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64\x65livery_count\x18\x07 \x01(\r\x12*\n\x06packet\x18\x08 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\x12\x0f\n\x07rule_id\x18\t \x01(\t\x12\x16\n\x0epolicy_version\x18\n \x01(\t\"`\n\x18ListCarcelEntriesRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"`\n\x19ListCarcelEntriesResponse\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.packetbus.v1.CarcelEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x15GetCarcelEntryRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"B\n\x16GetCarcelEntryResponse\x12(\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x19.packetbus.v1.CarcelEntry\"6\n\x19RequeueCarcelEntryRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\",\n\x1aRequeueCarcelEntryResponse\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\"7\n\x19PurgeCarcelEntriesRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\",\n\x1aPurgeCarcelEntriesResponse\x12\x0e\n\x06purged\x18\x01 \x01(\x04\x32\xa4\x03\n\rCarcelService\x12\x64\n\x11ListCarcelEntries\x12&.packetbus.v1.ListCarcelEntriesRequest\x1a\'.packetbus.v1.ListCarcelEntriesResponse\x12[\n\x0eGetCarcelEntry\x12#.packetbus.v1.GetCarcelEntryRequest\x1a$.packetbus.v1.GetCarcelEntryResponse\x12g\n\x12RequeueCarcelEntry\x12\'.packetbus.v1.RequeueCarcelEntryRequest\x1a(.packetbus.v1.RequeueCarcelEntryResponse\x12g\n\x12PurgeCarcelEntries\x12\'.packetbus.v1.PurgeCarcelEntriesRequest\x1a(.packetbus.v1.PurgeCarcelEntriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,23 +34,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'packetbus.v1.carcel_service
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CARCELENTRY']._serialized_start=120
-  _globals['_CARCELENTRY']._serialized_end=325
-  _globals['_LISTCARCELENTRIESREQUEST']._serialized_start=327
-  _globals['_LISTCARCELENTRIESREQUEST']._serialized_end=423
-  _globals['_LISTCARCELENTRIESRESPONSE']._serialized_start=425
-  _globals['_LISTCARCELENTRIESRESPONSE']._serialized_end=521
-  _globals['_GETCARCELENTRYREQUEST']._serialized_start=523
-  _globals['_GETCARCELENTRYREQUEST']._serialized_end=573
-  _globals['_GETCARCELENTRYRESPONSE']._serialized_start=575
-  _globals['_GETCARCELENTRYRESPONSE']._serialized_end=641
-  _globals['_REQUEUECARCELENTRYREQUEST']._serialized_start=643
-  _globals['_REQUEUECARCELENTRYREQUEST']._serialized_end=697
-  _globals['_REQUEUECARCELENTRYRESPONSE']._serialized_start=699
-  _globals['_REQUEUECARCELENTRYRESPONSE']._serialized_end=743
-  _globals['_PURGECARCELENTRIESREQUEST']._serialized_start=745
-  _globals['_PURGECARCELENTRIESREQUEST']._serialized_end=800
-  _globals['_PURGECARCELENTRIESRESPONSE']._serialized_start=802
-  _globals['_PURGECARCELENTRIESRESPONSE']._serialized_end=846
-  _globals['_CARCELSERVICE']._serialized_start=849
-  _globals['_CARCELSERVICE']._serialized_end=1269
+  _globals['_CARCELENTRY']._serialized_end=366
+  _globals['_LISTCARCELENTRIESREQUEST']._serialized_start=368
+  _globals['_LISTCARCELENTRIESREQUEST']._serialized_end=464
+  _globals['_LISTCARCELENTRIESRESPONSE']._serialized_start=466
+  _globals['_LISTCARCELENTRIESRESPONSE']._serialized_end=562
+  _globals['_GETCARCELENTRYREQUEST']._serialized_start=564
+  _globals['_GETCARCELENTRYREQUEST']._serialized_end=614
+  _globals['_GETCARCELENTRYRESPONSE']._serialized_start=616
+  _globals['_GETCARCELENTRYRESPONSE']._serialized_end=682
+  _globals['_REQUEUECARCELENTRYREQUEST']._serialized_start=684
+  _globals['_REQUEUECARCELENTRYREQUEST']._serialized_end=738
+  _globals['_REQUEUECARCELENTRYRESPONSE']._serialized_start=740
+  _globals['_REQUEUECARCELENTRYRESPONSE']._serialized_end=784
+  _globals['_PURGECARCELENTRIESREQUEST']._serialized_start=786
+  _globals['_PURGECARCELENTRIESREQUEST']._serialized_end=841
+  _globals['_PURGECARCELENTRIESRESPONSE']._serialized_start=843
+  _globals['_PURGECARCELENTRIESRESPONSE']._serialized_end=887
+  _globals['_CARCELSERVICE']._serialized_start=890
+  _globals['_CARCELSERVICE']._serialized_end=1310
 # @@protoc_insertion_point(module_scope)

@@ -32,6 +32,8 @@ class CarcelEntry(_message.Message):
     CARCELED_AT_FIELD_NUMBER: _builtins.int
     DELIVERY_COUNT_FIELD_NUMBER: _builtins.int
     PACKET_FIELD_NUMBER: _builtins.int
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique within its topic's carcel."""
     topic: _builtins.str
@@ -43,6 +45,12 @@ class CarcelEntry(_message.Message):
     """Where the packet was when it was carceled, e.g. "group:billing"."""
     delivery_count: _builtins.int
     """Deliveries made before the packet was carceled."""
+    rule_id: _builtins.str
+    """The governance policy rule that rejected the packet (or held it, when an
+    agent denied it); empty for other carcel entries.
+    """
+    policy_version: _builtins.str
+    """SHA-256 (hex) of the policy file that rejected or held it."""
     @_builtins.property
     def carceled_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -60,10 +68,12 @@ class CarcelEntry(_message.Message):
         carceled_at: _timestamp_pb2.Timestamp | None = ...,
         delivery_count: _builtins.int = ...,
         packet: _packet_service_pb2.StoredPacket | None = ...,
+        rule_id: _builtins.str = ...,
+        policy_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["carceled_at", b"carceled_at", "packet", b"packet"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["carceled_at", b"carceled_at", "delivery_count", b"delivery_count", "detail", b"detail", "id", b"id", "packet", b"packet", "reason", b"reason", "source", b"source", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carceled_at", b"carceled_at", "delivery_count", b"delivery_count", "detail", b"detail", "id", b"id", "packet", b"packet", "policy_version", b"policy_version", "reason", b"reason", "rule_id", b"rule_id", "source", b"source", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,8 +27,8 @@ if _version_not_supported:
 
 class CarcelServiceStub:
     """The carcel: where packets go that the bus will not deliver as they are
-    (poison packets after their last delivery attempt; later also governance
-    rejections), each with its reason, to be inspected, requeued or purged.
+    (poison packets after their last delivery attempt; governance rejections
+    and denials, with source "policy" and their rule id), each with its reason, to be inspected, requeued or purged.
     Nothing leaves the carcel silently: entries are kept for the carcel
     retention (7 days) unless purged.
     """
@@ -63,8 +63,8 @@ class CarcelServiceStub:
 
 class CarcelServiceServicer:
     """The carcel: where packets go that the bus will not deliver as they are
-    (poison packets after their last delivery attempt; later also governance
-    rejections), each with its reason, to be inspected, requeued or purged.
+    (poison packets after their last delivery attempt; governance rejections
+    and denials, with source "policy" and their rule id), each with its reason, to be inspected, requeued or purged.
     Nothing leaves the carcel silently: entries are kept for the carcel
     retention (7 days) unless purged.
     """
@@ -130,8 +130,8 @@ def add_CarcelServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class CarcelService:
     """The carcel: where packets go that the bus will not deliver as they are
-    (poison packets after their last delivery attempt; later also governance
-    rejections), each with its reason, to be inspected, requeued or purged.
+    (poison packets after their last delivery attempt; governance rejections
+    and denials, with source "policy" and their rule id), each with its reason, to be inspected, requeued or purged.
     Nothing leaves the carcel silently: entries are kept for the carcel
     retention (7 days) unless purged.
     """

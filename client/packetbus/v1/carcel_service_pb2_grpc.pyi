@@ -28,8 +28,8 @@ GRPC_VERSION: str
 
 class CarcelServiceStub:
     """The carcel: where packets go that the bus will not deliver as they are
-    (poison packets after their last delivery attempt; later also governance
-    rejections), each with its reason, to be inspected, requeued or purged.
+    (poison packets after their last delivery attempt; governance rejections
+    and denials, with source "policy" and their rule id), each with its reason, to be inspected, requeued or purged.
     Nothing leaves the carcel silently: entries are kept for the carcel
     retention (7 days) unless purged.
     """
@@ -51,8 +51,8 @@ class CarcelServiceStub:
 @_typing.type_check_only
 class CarcelServiceAsyncStub(CarcelServiceStub):
     """The carcel: where packets go that the bus will not deliver as they are
-    (poison packets after their last delivery attempt; later also governance
-    rejections), each with its reason, to be inspected, requeued or purged.
+    (poison packets after their last delivery attempt; governance rejections
+    and denials, with source "policy" and their rule id), each with its reason, to be inspected, requeued or purged.
     Nothing leaves the carcel silently: entries are kept for the carcel
     retention (7 days) unless purged.
     """
@@ -70,8 +70,8 @@ class CarcelServiceAsyncStub(CarcelServiceStub):
 
 class CarcelServiceServicer(metaclass=_abc_1.ABCMeta):
     """The carcel: where packets go that the bus will not deliver as they are
-    (poison packets after their last delivery attempt; later also governance
-    rejections), each with its reason, to be inspected, requeued or purged.
+    (poison packets after their last delivery attempt; governance rejections
+    and denials, with source "policy" and their rule id), each with its reason, to be inspected, requeued or purged.
     Nothing leaves the carcel silently: entries are kept for the carcel
     retention (7 days) unless purged.
     """

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpacketbus/v1/contents.proto\x12\x0cpacketbus.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x02\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x1b\n\x13required_capability\x18\x05 \x01(\t\x12(\n\x07payload\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06labels\x18\x08 \x03(\x0b\x32\x1e.packetbus.v1.Task.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf3\x01\n\x07\x46inding\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x63laim\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x11\n\tcitations\x18\x04 \x03(\t\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x12\x31\n\x06labels\x18\x07 \x03(\x0b\x32!.packetbus.v1.Finding.LabelsEntry\x12\x0f\n\x07subject\x18\x08 \x01(\t\x12\x0f\n\x07refutes\x18\t \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"l\n\x07\x43ontext\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05notes\x18\x03 \x01(\t\x12\x0e\n\x06topics\x18\x04 \x03(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"1\n\x0bRawContents\x12\x14\n\x0c\x63ontent_type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpacketbus/v1/contents.proto\x12\x0cpacketbus.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x02\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x1b\n\x13required_capability\x18\x05 \x01(\t\x12(\n\x07payload\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06labels\x18\x08 \x03(\x0b\x32\x1e.packetbus.v1.Task.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf3\x01\n\x07\x46inding\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x63laim\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x11\n\tcitations\x18\x04 \x03(\t\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x12\x31\n\x06labels\x18\x07 \x03(\x0b\x32!.packetbus.v1.Finding.LabelsEntry\x12\x0f\n\x07subject\x18\x08 \x01(\t\x12\x0f\n\x07refutes\x18\t \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"l\n\x07\x43ontext\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05notes\x18\x03 \x01(\t\x12\x0e\n\x06topics\x18\x04 \x03(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"1\n\x0bRawContents\x12\x14\n\x0c\x63ontent_type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x98\x02\n\x0eSessionSummary\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x02 \x01(\t\x12\x0e\n\x06\x61gents\x18\x03 \x03(\t\x12:\n\x07metrics\x18\x04 \x03(\x0b\x32).packetbus.v1.SessionSummary.MetricsEntry\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07summary\x18\x07 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"C\n\x0bSwarmMember\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\"\xfa\x01\n\rSwarmRegistry\x12\x10\n\x08swarm_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63oordinator\x18\x02 \x01(\t\x12*\n\x07members\x18\x03 \x03(\x0b\x32\x19.packetbus.v1.SwarmMember\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x06labels\x18\x05 \x03(\x0b\x32\'.packetbus.v1.SwarmRegistry.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\x14RemediationViolation\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x10\n\x08severity\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x9b\x01\n\x0fRemediationScan\x12\x11\n\tscan_type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x02 \x01(\t\x12\x36\n\nviolations\x18\x03 \x03(\x0b\x32\".packetbus.v1.RemediationViolation\x12\x15\n\ritems_scanned\x18\x04 \x01(\x03\x12\x18\n\x10items_remediated\x18\x05 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASK_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_FINDING_LABELSENTRY']._loaded_options = None
   _globals['_FINDING_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_SESSIONSUMMARY_METRICSENTRY']._loaded_options = None
+  _globals['_SESSIONSUMMARY_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_SWARMREGISTRY_LABELSENTRY']._loaded_options = None
+  _globals['_SWARMREGISTRY_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_TASK']._serialized_start=109
   _globals['_TASK']._serialized_end=392
   _globals['_TASK_LABELSENTRY']._serialized_start=347
@@ -49,4 +53,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTEXT']._serialized_end=748
   _globals['_RAWCONTENTS']._serialized_start=750
   _globals['_RAWCONTENTS']._serialized_end=799
+  _globals['_SESSIONSUMMARY']._serialized_start=802
+  _globals['_SESSIONSUMMARY']._serialized_end=1082
+  _globals['_SESSIONSUMMARY_METRICSENTRY']._serialized_start=1036
+  _globals['_SESSIONSUMMARY_METRICSENTRY']._serialized_end=1082
+  _globals['_SWARMMEMBER']._serialized_start=1084
+  _globals['_SWARMMEMBER']._serialized_end=1151
+  _globals['_SWARMREGISTRY']._serialized_start=1154
+  _globals['_SWARMREGISTRY']._serialized_end=1404
+  _globals['_SWARMREGISTRY_LABELSENTRY']._serialized_start=347
+  _globals['_SWARMREGISTRY_LABELSENTRY']._serialized_end=392
+  _globals['_REMEDIATIONVIOLATION']._serialized_start=1406
+  _globals['_REMEDIATIONVIOLATION']._serialized_end=1493
+  _globals['_REMEDIATIONSCAN']._serialized_start=1496
+  _globals['_REMEDIATIONSCAN']._serialized_end=1651
 # @@protoc_insertion_point(module_scope)

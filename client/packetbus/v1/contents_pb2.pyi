@@ -225,3 +225,239 @@ class RawContents(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RawContents: _TypeAlias = RawContents  # noqa: Y015
+
+@_typing.final
+class SessionSummary(_message.Message):
+    """What a swarm session did (the seeds' session summaries), kept as a swarm
+    record (RecordService; 30 days by default).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    DATE_FIELD_NUMBER: _builtins.int
+    AGENTS_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    ENDED_AT_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    """The session's label, e.g. "my_swarm"."""
+    date: _builtins.str
+    """The day it ran, "YYYY-MM-DD"."""
+    summary: _builtins.str
+    """What happened, in prose."""
+    @_builtins.property
+    def agents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The agents that took part (agent ids)."""
+
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Named measurements, e.g. "tasks_completed" -> 42."""
+
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def ended_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        label: _builtins.str = ...,
+        date: _builtins.str = ...,
+        agents: _abc.Iterable[_builtins.str] | None = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        ended_at: _timestamp_pb2.Timestamp | None = ...,
+        summary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "date", b"date", "ended_at", b"ended_at", "label", b"label", "metrics", b"metrics", "started_at", b"started_at", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionSummary: _TypeAlias = SessionSummary  # noqa: Y015
+
+@_typing.final
+class SwarmMember(_message.Message):
+    """One agent of a swarm's roster."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """Its agent id."""
+    role: _builtins.str
+    """Its role, e.g. "coordinator" or "worker"."""
+    @_builtins.property
+    def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What it can do (matched against Task.required_capability)."""
+
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        capabilities: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capabilities", b"capabilities", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwarmMember: _TypeAlias = SwarmMember  # noqa: Y015
+
+@_typing.final
+class SwarmRegistry(_message.Message):
+    """A swarm's roster and coordination (the seeds' swarm registry), kept as a
+    swarm record (7 days by default).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SWARM_ID_FIELD_NUMBER: _builtins.int
+    COORDINATOR_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    swarm_id: _builtins.str
+    coordinator: _builtins.str
+    """The coordinating agent's id."""
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___SwarmMember]: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        swarm_id: _builtins.str = ...,
+        coordinator: _builtins.str = ...,
+        members: _abc.Iterable[Global___SwarmMember] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator", b"coordinator", "created_at", b"created_at", "labels", b"labels", "members", b"members", "swarm_id", b"swarm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwarmRegistry: _TypeAlias = SwarmRegistry  # noqa: Y015
+
+@_typing.final
+class RemediationViolation(_message.Message):
+    """One rule broken, found by a remediation scan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    rule: _builtins.str
+    """The rule, e.g. "stale-context"."""
+    subject: _builtins.str
+    """What broke it, e.g. a key or an agent id."""
+    severity: _builtins.str
+    """E.g. "low", "high"."""
+    detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        rule: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        severity: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "rule", b"rule", "severity", b"severity", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemediationViolation: _TypeAlias = RemediationViolation  # noqa: Y015
+
+@_typing.final
+class RemediationScan(_message.Message):
+    """A hygiene scan's result (the seeds' remediation scans), kept as a swarm
+    record (7 days by default).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCAN_TYPE_FIELD_NUMBER: _builtins.int
+    DATE_FIELD_NUMBER: _builtins.int
+    VIOLATIONS_FIELD_NUMBER: _builtins.int
+    ITEMS_SCANNED_FIELD_NUMBER: _builtins.int
+    ITEMS_REMEDIATED_FIELD_NUMBER: _builtins.int
+    scan_type: _builtins.str
+    """What was scanned for, e.g. "orphaned-keys"."""
+    date: _builtins.str
+    """The day it ran, "YYYY-MM-DD"."""
+    items_scanned: _builtins.int
+    """How many items were checked."""
+    items_remediated: _builtins.int
+    """How many were fixed."""
+    @_builtins.property
+    def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___RemediationViolation]: ...
+    def __init__(
+        self,
+        *,
+        scan_type: _builtins.str = ...,
+        date: _builtins.str = ...,
+        violations: _abc.Iterable[Global___RemediationViolation] | None = ...,
+        items_scanned: _builtins.int = ...,
+        items_remediated: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "items_remediated", b"items_remediated", "items_scanned", b"items_scanned", "scan_type", b"scan_type", "violations", b"violations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemediationScan: _TypeAlias = RemediationScan  # noqa: Y015

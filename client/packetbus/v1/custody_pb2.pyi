@@ -195,8 +195,9 @@ class CustodyRecord(_message.Message):
     action: _builtins.str
     """What happened, as a lowercase word: "originated", "received",
     "dispatched", "delivered", "acked", "claimed", "completed", "failed",
-    "rejected", "requeued", "approved", ... A string, so new hops need no
-    contract change.
+    "rejected", "requeued", "held" (by a governance rule), "approved" and
+    "denied" (by the approving agent, signed with its own key), ... A
+    string, so new hops need no contract change.
     """
     content_digest: _builtins.bytes
     """SHA-256 of the packet's content bytes: the packet without its chain of

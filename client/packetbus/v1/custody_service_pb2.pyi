@@ -6,9 +6,12 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from packetbus.v1 import carcel_service_pb2 as _carcel_service_pb2
 from packetbus.v1 import custody_pb2 as _custody_pb2
 from packetbus.v1 import packet_service_pb2 as _packet_service_pb2
+from packetbus.v1 import policy_service_pb2 as _policy_service_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -205,16 +208,38 @@ class ExportPacketsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOPIC_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    INCLUDE_CARCEL_ENTRIES_FIELD_NUMBER: _builtins.int
+    INCLUDE_DECISIONS_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
     """Empty: every topic."""
+    include_carcel_entries: _builtins.bool
+    """Also the topics' carcel entries (each packet with its chain and a signed
+    head, verifiable like the stored packets).
+    """
+    include_decisions: _builtins.bool
+    """Also the topics' governance decisions (PolicyService)."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only what was stored, carceled or decided at or after this time."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Only what was stored, carceled or decided at or before this time."""
+
     def __init__(
         self,
         *,
         topic: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        include_carcel_entries: _builtins.bool = ...,
+        include_decisions: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_carcel_entries", b"include_carcel_entries", "include_decisions", b"include_decisions", "since", b"since", "topic", b"topic", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -225,16 +250,28 @@ class ExportPacketsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PACKETS_FIELD_NUMBER: _builtins.int
+    CARCEL_ENTRIES_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def packets(self) -> _containers.RepeatedCompositeFieldContainer[_packet_service_pb2.StoredPacket]: ...
+    @_builtins.property
+    def carcel_entries(self) -> _containers.RepeatedCompositeFieldContainer[_carcel_service_pb2.CarcelEntry]:
+        """With include_carcel_entries."""
+
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[_policy_service_pb2.PolicyDecisionRecord]:
+        """With include_decisions."""
+
     def __init__(
         self,
         *,
         packets: _abc.Iterable[_packet_service_pb2.StoredPacket] | None = ...,
+        carcel_entries: _abc.Iterable[_carcel_service_pb2.CarcelEntry] | None = ...,
+        decisions: _abc.Iterable[_policy_service_pb2.PolicyDecisionRecord] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["packets", b"packets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carcel_entries", b"carcel_entries", "decisions", b"decisions", "packets", b"packets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

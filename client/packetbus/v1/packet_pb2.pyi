@@ -44,6 +44,9 @@ class Packet(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     FINDING_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
+    SESSION_SUMMARY_FIELD_NUMBER: _builtins.int
+    SWARM_REGISTRY_FIELD_NUMBER: _builtins.int
+    REMEDIATION_SCAN_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     RAW_FIELD_NUMBER: _builtins.int
     CHAIN_OF_CUSTODY_FIELD_NUMBER: _builtins.int
@@ -81,6 +84,18 @@ class Packet(_message.Message):
     @_builtins.property
     def context(self) -> _contents_pb2.Context: ...
     @_builtins.property
+    def session_summary(self) -> _contents_pb2.SessionSummary:
+        """A swarm session's summary and metrics (a swarm record)."""
+
+    @_builtins.property
+    def swarm_registry(self) -> _contents_pb2.SwarmRegistry:
+        """A swarm's roster (a swarm record)."""
+
+    @_builtins.property
+    def remediation_scan(self) -> _contents_pb2.RemediationScan:
+        """A hygiene scan's result (a swarm record)."""
+
+    @_builtins.property
     def data(self) -> _struct_pb2.Struct:
         """Open structured contents."""
 
@@ -110,15 +125,18 @@ class Packet(_message.Message):
         task: _contents_pb2.Task | None = ...,
         finding: _contents_pb2.Finding | None = ...,
         context: _contents_pb2.Context | None = ...,
+        session_summary: _contents_pb2.SessionSummary | None = ...,
+        swarm_registry: _contents_pb2.SwarmRegistry | None = ...,
+        remediation_scan: _contents_pb2.RemediationScan | None = ...,
         data: _struct_pb2.Struct | None = ...,
         raw: _contents_pb2.RawContents | None = ...,
         chain_of_custody: _abc.Iterable[_custody_pb2.CustodyEntry] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents", "context", b"context", "data", b"data", "dispatched_at", b"dispatched_at", "finding", b"finding", "raw", b"raw", "reply_by", b"reply_by", "task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents", "context", b"context", "data", b"data", "dispatched_at", b"dispatched_at", "finding", b"finding", "raw", b"raw", "remediation_scan", b"remediation_scan", "reply_by", b"reply_by", "session_summary", b"session_summary", "swarm_registry", b"swarm_registry", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_of_custody", b"chain_of_custody", "contents", b"contents", "context", b"context", "conversation_id", b"conversation_id", "data", b"data", "dispatched_at", b"dispatched_at", "finding", b"finding", "in_reply_to", b"in_reply_to", "origin", b"origin", "protocol", b"protocol", "raw", b"raw", "reply_by", b"reply_by", "reply_with", b"reply_with", "schema_version", b"schema_version", "speech_act", b"speech_act", "task", b"task", "topic", b"topic", "tracking_id", b"tracking_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_of_custody", b"chain_of_custody", "contents", b"contents", "context", b"context", "conversation_id", b"conversation_id", "data", b"data", "dispatched_at", b"dispatched_at", "finding", b"finding", "in_reply_to", b"in_reply_to", "origin", b"origin", "protocol", b"protocol", "raw", b"raw", "remediation_scan", b"remediation_scan", "reply_by", b"reply_by", "reply_with", b"reply_with", "schema_version", b"schema_version", "session_summary", b"session_summary", "speech_act", b"speech_act", "swarm_registry", b"swarm_registry", "task", b"task", "topic", b"topic", "tracking_id", b"tracking_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_contents: _TypeAlias = _typing.Literal["task", "finding", "context", "data", "raw"]  # noqa: Y015
+    _WhichOneofReturnType_contents: _TypeAlias = _typing.Literal["task", "finding", "context", "session_summary", "swarm_registry", "remediation_scan", "data", "raw"]  # noqa: Y015
     _WhichOneofArgType_contents: _TypeAlias = _typing.Literal["contents", b"contents"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_contents) -> _WhichOneofReturnType_contents | None: ...
 

@@ -28,43 +28,45 @@ from packetbus.v1 import custody_pb2 as packetbus_dot_v1_dot_custody__pb2
 from packetbus.v1 import packet_pb2 as packetbus_dot_v1_dot_packet__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!packetbus/v1/packet_service.proto\x12\x0cpacketbus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x1apacketbus/v1/custody.proto\x1a\x19packetbus/v1/packet.proto\"8\n\x0f\x44ispatchRequest\x12%\n\x07packets\x18\x01 \x03(\x0b\x32\x14.packetbus.v1.Packet\"A\n\x10\x44ispatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.packetbus.v1.DispatchResult\"\x7f\n\x0e\x44ispatchResult\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\x12(\n\x07receipt\x18\x02 \x01(\x0b\x32\x15.packetbus.v1.ReceiptH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome\"\x87\x01\n\x07Receipt\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12-\n\tstored_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9e\x01\n\x0cStoredPacket\x12$\n\x06packet\x18\x01 \x01(\x0b\x32\x14.packetbus.v1.Packet\x12&\n\x07receipt\x18\x02 \x01(\x0b\x32\x15.packetbus.v1.Receipt\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12/\n\x0c\x63ustody_head\x18\x04 \x01(\x0b\x32\x19.packetbus.v1.CustodyHead\"\'\n\x10GetPacketRequest\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\"?\n\x11GetPacketResponse\x12*\n\x06packet\x18\x01 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\"\x94\x01\n\x10SubscribeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x35\n\x0estart_position\x18\x02 \x01(\x0e\x32\x1b.packetbus.v1.StartPositionH\x00\x12\x16\n\x0c\x61\x66ter_cursor\x18\x03 \x01(\tH\x00\x12\x19\n\x11max_batch_packets\x18\x04 \x01(\rB\x07\n\x05start\"l\n\x11SubscribeResponse\x12+\n\x07packets\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.StoredPacket\x12*\n\x03gap\x18\x02 \x01(\x0b\x32\x1d.packetbus.v1.SubscriptionGap\"\x84\x01\n\x0fSubscriptionGap\x12\x13\n\x0blast_cursor\x18\x01 \x01(\t\x12\x1b\n\x13resume_after_cursor\x18\x02 \x01(\t\x12\x16\n\x0emissed_packets\x18\x03 \x01(\x04\x12\'\n\x06reason\x18\x04 \x01(\x0e\x32\x17.packetbus.v1.GapReason\"\x16\n\x14GetServerInfoRequest\"\x84\x01\n\x15GetServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12!\n\x19supported_schema_versions\x18\x02 \x03(\t\x12$\n\x06limits\x18\x03 \x01(\x0b\x32\x14.packetbus.v1.Limits\x12\x11\n\tserver_id\x18\x04 \x01(\t\"\x85\x02\n\x06Limits\x12\x18\n\x10max_packet_bytes\x18\x01 \x01(\r\x12\x19\n\x11max_batch_packets\x18\x02 \x01(\r\x12\x19\n\x11max_request_bytes\x18\x03 \x01(\r\x12\x1b\n\x13\x64\x65\x66\x61ult_ttl_seconds\x18\x04 \x01(\r\x12\x17\n\x0fmax_ttl_seconds\x18\x05 \x01(\r\x12#\n\x1bmax_subscribe_batch_packets\x18\x06 \x01(\r\x12\x19\n\x11max_origin_length\x18\x07 \x01(\r\x12\x18\n\x10max_topic_length\x18\x08 \x01(\r\x12\x1b\n\x13max_custody_entries\x18\t \x01(\r*g\n\rStartPosition\x12\x1e\n\x1aSTART_POSITION_UNSPECIFIED\x10\x00\x12\x1b\n\x17START_POSITION_EARLIEST\x10\x01\x12\x19\n\x15START_POSITION_LATEST\x10\x02*W\n\tGapReason\x12\x1a\n\x16GAP_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12GAP_REASON_TRIMMED\x10\x01\x12\x16\n\x12GAP_REASON_EXPIRED\x10\x02\x32\xd2\x02\n\rPacketService\x12I\n\x08\x44ispatch\x12\x1d.packetbus.v1.DispatchRequest\x1a\x1e.packetbus.v1.DispatchResponse\x12L\n\tGetPacket\x12\x1e.packetbus.v1.GetPacketRequest\x1a\x1f.packetbus.v1.GetPacketResponse\x12N\n\tSubscribe\x12\x1e.packetbus.v1.SubscribeRequest\x1a\x1f.packetbus.v1.SubscribeResponse0\x01\x12X\n\rGetServerInfo\x12\".packetbus.v1.GetServerInfoRequest\x1a#.packetbus.v1.GetServerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!packetbus/v1/packet_service.proto\x12\x0cpacketbus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x1apacketbus/v1/custody.proto\x1a\x19packetbus/v1/packet.proto\"8\n\x0f\x44ispatchRequest\x12%\n\x07packets\x18\x01 \x03(\x0b\x32\x14.packetbus.v1.Packet\"A\n\x10\x44ispatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.packetbus.v1.DispatchResult\"\xa3\x01\n\x0e\x44ispatchResult\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\x12(\n\x07receipt\x18\x02 \x01(\x0b\x32\x15.packetbus.v1.ReceiptH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\"\n\x04held\x18\x04 \x01(\x0b\x32\x12.packetbus.v1.HoldH\x00\x42\t\n\x07outcome\"?\n\x04Hold\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x16\n\x0epolicy_version\x18\x03 \x01(\t\"\x87\x01\n\x07Receipt\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12-\n\tstored_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9e\x01\n\x0cStoredPacket\x12$\n\x06packet\x18\x01 \x01(\x0b\x32\x14.packetbus.v1.Packet\x12&\n\x07receipt\x18\x02 \x01(\x0b\x32\x15.packetbus.v1.Receipt\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12/\n\x0c\x63ustody_head\x18\x04 \x01(\x0b\x32\x19.packetbus.v1.CustodyHead\"\'\n\x10GetPacketRequest\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\"?\n\x11GetPacketResponse\x12*\n\x06packet\x18\x01 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\"\x94\x01\n\x10SubscribeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x35\n\x0estart_position\x18\x02 \x01(\x0e\x32\x1b.packetbus.v1.StartPositionH\x00\x12\x16\n\x0c\x61\x66ter_cursor\x18\x03 \x01(\tH\x00\x12\x19\n\x11max_batch_packets\x18\x04 \x01(\rB\x07\n\x05start\"l\n\x11SubscribeResponse\x12+\n\x07packets\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.StoredPacket\x12*\n\x03gap\x18\x02 \x01(\x0b\x32\x1d.packetbus.v1.SubscriptionGap\"\x84\x01\n\x0fSubscriptionGap\x12\x13\n\x0blast_cursor\x18\x01 \x01(\t\x12\x1b\n\x13resume_after_cursor\x18\x02 \x01(\t\x12\x16\n\x0emissed_packets\x18\x03 \x01(\x04\x12\'\n\x06reason\x18\x04 \x01(\x0e\x32\x17.packetbus.v1.GapReason\"\x16\n\x14GetServerInfoRequest\"\x84\x01\n\x15GetServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12!\n\x19supported_schema_versions\x18\x02 \x03(\t\x12$\n\x06limits\x18\x03 \x01(\x0b\x32\x14.packetbus.v1.Limits\x12\x11\n\tserver_id\x18\x04 \x01(\t\"\x85\x02\n\x06Limits\x12\x18\n\x10max_packet_bytes\x18\x01 \x01(\r\x12\x19\n\x11max_batch_packets\x18\x02 \x01(\r\x12\x19\n\x11max_request_bytes\x18\x03 \x01(\r\x12\x1b\n\x13\x64\x65\x66\x61ult_ttl_seconds\x18\x04 \x01(\r\x12\x17\n\x0fmax_ttl_seconds\x18\x05 \x01(\r\x12#\n\x1bmax_subscribe_batch_packets\x18\x06 \x01(\r\x12\x19\n\x11max_origin_length\x18\x07 \x01(\r\x12\x18\n\x10max_topic_length\x18\x08 \x01(\r\x12\x1b\n\x13max_custody_entries\x18\t \x01(\r*g\n\rStartPosition\x12\x1e\n\x1aSTART_POSITION_UNSPECIFIED\x10\x00\x12\x1b\n\x17START_POSITION_EARLIEST\x10\x01\x12\x19\n\x15START_POSITION_LATEST\x10\x02*W\n\tGapReason\x12\x1a\n\x16GAP_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12GAP_REASON_TRIMMED\x10\x01\x12\x16\n\x12GAP_REASON_EXPIRED\x10\x02\x32\xd2\x02\n\rPacketService\x12I\n\x08\x44ispatch\x12\x1d.packetbus.v1.DispatchRequest\x1a\x1e.packetbus.v1.DispatchResponse\x12L\n\tGetPacket\x12\x1e.packetbus.v1.GetPacketRequest\x1a\x1f.packetbus.v1.GetPacketResponse\x12N\n\tSubscribe\x12\x1e.packetbus.v1.SubscribeRequest\x1a\x1f.packetbus.v1.SubscribeResponse0\x01\x12X\n\rGetServerInfo\x12\".packetbus.v1.GetServerInfoRequest\x1a#.packetbus.v1.GetServerInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'packetbus.v1.packet_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STARTPOSITION']._serialized_start=1642
-  _globals['_STARTPOSITION']._serialized_end=1745
-  _globals['_GAPREASON']._serialized_start=1747
-  _globals['_GAPREASON']._serialized_end=1834
+  _globals['_STARTPOSITION']._serialized_start=1744
+  _globals['_STARTPOSITION']._serialized_end=1847
+  _globals['_GAPREASON']._serialized_start=1849
+  _globals['_GAPREASON']._serialized_end=1936
   _globals['_DISPATCHREQUEST']._serialized_start=164
   _globals['_DISPATCHREQUEST']._serialized_end=220
   _globals['_DISPATCHRESPONSE']._serialized_start=222
   _globals['_DISPATCHRESPONSE']._serialized_end=287
-  _globals['_DISPATCHRESULT']._serialized_start=289
-  _globals['_DISPATCHRESULT']._serialized_end=416
-  _globals['_RECEIPT']._serialized_start=419
-  _globals['_RECEIPT']._serialized_end=554
-  _globals['_STOREDPACKET']._serialized_start=557
-  _globals['_STOREDPACKET']._serialized_end=715
-  _globals['_GETPACKETREQUEST']._serialized_start=717
-  _globals['_GETPACKETREQUEST']._serialized_end=756
-  _globals['_GETPACKETRESPONSE']._serialized_start=758
-  _globals['_GETPACKETRESPONSE']._serialized_end=821
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=824
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=972
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=974
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1082
-  _globals['_SUBSCRIPTIONGAP']._serialized_start=1085
-  _globals['_SUBSCRIPTIONGAP']._serialized_end=1217
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=1219
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=1241
-  _globals['_GETSERVERINFORESPONSE']._serialized_start=1244
-  _globals['_GETSERVERINFORESPONSE']._serialized_end=1376
-  _globals['_LIMITS']._serialized_start=1379
-  _globals['_LIMITS']._serialized_end=1640
-  _globals['_PACKETSERVICE']._serialized_start=1837
-  _globals['_PACKETSERVICE']._serialized_end=2175
+  _globals['_DISPATCHRESULT']._serialized_start=290
+  _globals['_DISPATCHRESULT']._serialized_end=453
+  _globals['_HOLD']._serialized_start=455
+  _globals['_HOLD']._serialized_end=518
+  _globals['_RECEIPT']._serialized_start=521
+  _globals['_RECEIPT']._serialized_end=656
+  _globals['_STOREDPACKET']._serialized_start=659
+  _globals['_STOREDPACKET']._serialized_end=817
+  _globals['_GETPACKETREQUEST']._serialized_start=819
+  _globals['_GETPACKETREQUEST']._serialized_end=858
+  _globals['_GETPACKETRESPONSE']._serialized_start=860
+  _globals['_GETPACKETRESPONSE']._serialized_end=923
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=926
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1074
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1076
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1184
+  _globals['_SUBSCRIPTIONGAP']._serialized_start=1187
+  _globals['_SUBSCRIPTIONGAP']._serialized_end=1319
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=1321
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=1343
+  _globals['_GETSERVERINFORESPONSE']._serialized_start=1346
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=1478
+  _globals['_LIMITS']._serialized_start=1481
+  _globals['_LIMITS']._serialized_end=1742
+  _globals['_PACKETSERVICE']._serialized_start=1939
+  _globals['_PACKETSERVICE']._serialized_end=2277
 # @@protoc_insertion_point(module_scope)

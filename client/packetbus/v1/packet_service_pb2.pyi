@@ -126,6 +126,7 @@ class DispatchResult(_message.Message):
     TRACKING_ID_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
     tracking_id: _builtins.str
     @_builtins.property
     def receipt(self) -> Global___Receipt:
@@ -137,7 +138,17 @@ class DispatchResult(_message.Message):
     def error(self) -> _status_pb2.Status:
         """Why the packet was not stored: INVALID_ARGUMENT with a
         google.rpc.BadRequest detail listing every violation, or
-        ALREADY_EXISTS when the tracking id is taken by different content.
+        ALREADY_EXISTS when the tracking id is taken by different content, or
+        PERMISSION_DENIED when a governance policy rule rejected it: it is then
+        in its topic's carcel, and a google.rpc.ErrorInfo detail (reason
+        "POLICY_REJECTED") has metadata rule_id, rule_reason, policy_version
+        and carcel_entry_id.
+        """
+
+    @_builtins.property
+    def held(self) -> Global___Hold:
+        """A governance policy rule holds the packet for approval
+        (PolicyService): it is not on its topic until an agent approves it.
         """
 
     def __init__(
@@ -146,16 +157,47 @@ class DispatchResult(_message.Message):
         tracking_id: _builtins.str = ...,
         receipt: Global___Receipt | None = ...,
         error: _status_pb2.Status | None = ...,
+        held: Global___Hold | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "receipt", b"receipt"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "held", b"held", "outcome", b"outcome", "receipt", b"receipt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "receipt", b"receipt", "tracking_id", b"tracking_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "held", b"held", "outcome", b"outcome", "receipt", b"receipt", "tracking_id", b"tracking_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["receipt", "error"]  # noqa: Y015
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["receipt", "error", "held"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
 Global___DispatchResult: _TypeAlias = DispatchResult  # noqa: Y015
+
+@_typing.final
+class Hold(_message.Message):
+    """Why a packet waits in its topic's approval queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    rule_id: _builtins.str
+    """The policy rule that held it."""
+    reason: _builtins.str
+    """That rule's reason."""
+    policy_version: _builtins.str
+    """SHA-256 (hex) of the policy file that held it."""
+    def __init__(
+        self,
+        *,
+        rule_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        policy_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy_version", b"policy_version", "reason", b"reason", "rule_id", b"rule_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Hold: _TypeAlias = Hold  # noqa: Y015
 
 @_typing.final
 class Receipt(_message.Message):

@@ -36,11 +36,11 @@
 --   status "dup"       stored before with the same fingerprint: the original cursor and expiry
 --   status "conflict"  the tracking id holds a different packet: nothing written
 -- Everything about a packet is read before anything is written for it, so
--- replaying the script after a lost reply stores nothing twice.
+-- replaying the script after a lost reply stores nothing twice. A record a
+-- governance decision left (cursor "rejected:<id>" or "held:<id>") answers
+-- "dup" with that cursor too: the caller reports the decision.
 --
--- Entries leave the log only as a prefix (trimming below a rising threshold,
--- or the whole log expiring), so "everything up to the horizon's newest lost
--- entry is gone" is the whole story a subscriber needs.
+-- The log's horizon, trimming and expiry: scripts/lib/log.lua.
 local log = KEYS[1]
 local groups = KEYS[2]
 local horizon = KEYS[3]
@@ -49,31 +49,6 @@ local width = tonumber(ARGV[2])
 local topic = ARGV[3]
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local threshold = now_ms - retention_ms
-
-local function id_ms(id)
-  return tonumber(string.match(id, '^(%d+)-'))
-end
-
--- The newest entry below the trim threshold that is a publication, or nil
--- when there is none. An entry with field g is a requeue for one consumer
--- group, which subscribers never see: naming it would tell them of a gap that
--- is not one. A few entries are looked at; when all are requeues and there
--- are more, the oldest of them is named, which can only over-report.
-local function newest_publication_below(limit)
-  local scan = 8
-  local below = redis.call('XREVRANGE', log, '(' .. limit .. '-0', '-', 'COUNT', scan)
-  for _, entry in ipairs(below) do
-    local fields = entry[2]
-    local requeue = false
-    for j = 1, #fields, 2 do
-      if fields[j] == 'g' then requeue = true end
-    end
-    if not requeue then return entry[1] end
-  end
-  if #below == scan then return below[scan][1] end
-  return nil
-end
 
 local oldest = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
 
@@ -118,41 +93,6 @@ for i = 1, (#KEYS - 3) / width do
 end
 
 if newest_expiry > 0 then
-  local marks = {'l', newest_cursor}
-  if #oldest == 0 then
-    -- The log held nothing before this call (it expired as a whole, or only
-    -- groups were left in it): the newest entry it had is gone.
-    local last = redis.call('HGET', horizon, 'l')
-    if last then
-      table.insert(marks, 'x')
-      table.insert(marks, last)
-    end
-  elseif id_ms(oldest[1][1]) < threshold then
-    local trimmed = newest_publication_below(threshold)
-    if trimmed then
-      table.insert(marks, 't')
-      table.insert(marks, trimmed)
-    end
-    redis.call('XTRIM', log, 'MINID', threshold)
-  end
-  redis.call('HSET', horizon, unpack(marks))
-
-  local keep = newest_expiry - now_ms
-  if redis.call('EXISTS', groups) == 1 then
-    -- Consumer groups live in the log: it stays while they do (entries are
-    -- still trimmed by retention, and expire one by one).
-    redis.call('PERSIST', log)
-  else
-    -- The log lives as long as its newest packet.
-    local remaining = redis.call('PTTL', log)
-    if remaining < keep then
-      redis.call('PEXPIRE', log, keep)
-    else
-      keep = remaining
-    end
-  end
-  -- The horizon outlives the log by the retention, so a subscriber resuming
-  -- an old cursor after the log expired is still told what it missed.
-  redis.call('PEXPIRE', horizon, keep + retention_ms)
+  after_append(log, groups, horizon, oldest, newest_cursor, newest_expiry, now_ms, retention_ms)
 end
 return results

@@ -12,6 +12,10 @@ if not existing then
   return nil
 end
 local _, cursor, expiry = string.match(existing, '^(%S+) (%S+) (%S+)$')
+if not string.match(cursor, '^%d+%-%d+$') then
+  -- A governance decision's record ("rejected:<id>", "held:<id>"): not on the topic.
+  return nil
+end
 local entries = redis.call('XRANGE', KEYS[2], cursor, cursor)
 if #entries == 0 then
   return nil

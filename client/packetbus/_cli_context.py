@@ -1,0 +1,252 @@
+"""``packetbus context`` and ``packetbus records``: shared context and swarm records."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from packetbus.v1 import contents_pb2
+from packetbus.v1 import record_service_pb2 as record_pb
+
+from ._cli_json import json_line, json_pretty
+from ._client import Client
+from ._context import file_chunks, file_digest, new_entry
+
+Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
+
+_RECORD_KINDS = {
+    "session": (record_pb.RECORD_KIND_SESSION_SUMMARY, contents_pb2.SessionSummary),
+    "swarm": (record_pb.RECORD_KIND_SWARM_REGISTRY, contents_pb2.SwarmRegistry),
+    "remediation": (record_pb.RECORD_KIND_REMEDIATION_SCAN, contents_pb2.RemediationScan),
+}
+
+
+def _doc_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scope", metavar="SCOPE")
+    parser.add_argument("name", metavar="NAME")
+
+
+def add_parsers(commands: Any) -> None:
+    context = commands.add_parser(
+        "context", help="shared context documents, the global map, memory logs, traces"
+    )
+    sub = context.add_subparsers(dest="context_command", required=True, metavar="COMMAND")
+    put = sub.add_parser("put", help="write a document from a file or stdin; prints its version")
+    _doc_args(put)
+    put.add_argument("--file", type=Path, help="read the bytes from this file (default: stdin)")
+    put.add_argument("--author", required=True, help="the writing agent's id")
+    put.add_argument(
+        "--expected-version",
+        type=int,
+        help="write only over this version (0: only if it does not exist)",
+    )
+    put.add_argument("--ttl", type=int, default=0, help="seconds to keep it (default 24 h)")
+    put.add_argument("--content-type", default="")
+    get = sub.add_parser("get", help="read a document to stdout or a file")
+    _doc_args(get)
+    get.add_argument("--out", type=Path, help="write the bytes here; prints the version as JSON")
+    get.add_argument("--version", type=int, help="only this version")
+    delete = sub.add_parser("delete", help="delete a document")
+    _doc_args(delete)
+    delete.add_argument("--expected-version", type=int)
+    delete.add_argument("--author", default="")
+    listing = sub.add_parser("list", help="one JSON line per document of a scope")
+    listing.add_argument("scope", metavar="SCOPE")
+    listing.add_argument("--prefix", default="", help="only names starting with this")
+    watch = sub.add_parser("watch", help="one JSON line per change of a scope's documents")
+    watch.add_argument("scope", metavar="SCOPE")
+    watch.add_argument("--prefix", default="")
+    watch.add_argument("--after", default="", help="resume after this cursor")
+    watch.add_argument("--count", type=int, default=0, help="stop after this many changes")
+
+    glob = sub.add_parser("global", help="the global context map")
+    gsub = glob.add_subparsers(dest="global_command", required=True, metavar="COMMAND")
+    gset = gsub.add_parser("set")
+    gset.add_argument("key")
+    gset.add_argument("value")
+    gset.add_argument("--expected", help="set only if the value is this ('' : unset)")
+    for verb in ("get", "delete"):
+        gsub.add_parser(verb).add_argument("key")
+    gsub.add_parser("list")
+
+    memory = sub.add_parser("memory", help="an agent's memory log")
+    msub = memory.add_subparsers(dest="memory_command", required=True, metavar="COMMAND")
+    mappend = msub.add_parser("append")
+    mappend.add_argument("agent")
+    mappend.add_argument("text")
+    mappend.add_argument("--kind", default="")
+    mlist = msub.add_parser("list", help="newest first")
+    mlist.add_argument("agent")
+    mlist.add_argument("--limit", type=int, default=0)
+
+    trace = sub.add_parser("trace", help="an agent's trace of a task")
+    tsub = trace.add_subparsers(dest="trace_command", required=True, metavar="COMMAND")
+    tappend = tsub.add_parser("append")
+    tappend.add_argument("task_id")
+    tappend.add_argument("agent")
+    tappend.add_argument("text")
+    tappend.add_argument("--kind", default="")
+    tlist = tsub.add_parser("list", help="oldest first")
+    tlist.add_argument("task_id")
+    tlist.add_argument("agent")
+    tlist.add_argument("--limit", type=int, default=0)
+
+    records = commands.add_parser(
+        "records", help="swarm records: session summaries, swarm registries, remediation scans"
+    )
+    rsub = records.add_subparsers(dest="records_command", required=True, metavar="COMMAND")
+    rput = rsub.add_parser("put", help="store a record given as protobuf JSON")
+    rput.add_argument("kind", choices=sorted(_RECORD_KINDS))
+    rput.add_argument("json", help='the record\'s fields as JSON, e.g. \'{"label": "run-1"}\'')
+    rput.add_argument("--origin", required=True)
+    rput.add_argument("--retention", type=int, default=0, help="seconds (default: the kind's)")
+    rget = rsub.add_parser("get")
+    rget.add_argument("kind", choices=sorted(_RECORD_KINDS))
+    rget.add_argument("record_id")
+    rlist = rsub.add_parser("list", help="one JSON line per record, newest first")
+    rlist.add_argument("kind", choices=sorted(_RECORD_KINDS))
+    rlist.add_argument("--limit", type=int, default=100)
+
+
+async def _put(client: Client, args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {
+        "expected_version": args.expected_version,
+        "ttl": args.ttl,
+        "content_type": args.content_type,
+        "author": args.author,
+        "timeout": args.timeout,
+    }
+    if args.file is None:
+        document = await client.put_context(
+            args.scope, args.name, sys.stdin.buffer.read(), **options
+        )
+    else:
+        size, digest = file_digest(args.file)
+        document = await client.put_context(
+            args.scope, args.name, file_chunks(args.file), size=size, sha256=digest, **options
+        )
+    print(json_pretty(document))
+    return 0
+
+
+async def _context(client: Client, args: argparse.Namespace) -> int:
+    t = args.timeout
+    command = args.context_command
+    if command == "put":
+        return await _put(client, args)
+    if command == "get":
+        if args.out is None:
+            value = await client.get_context(args.scope, args.name, version=args.version, timeout=t)
+            sys.stdout.buffer.write(value.data)
+            sys.stdout.buffer.flush()
+        else:
+            with args.out.open("wb") as sink:
+                document = await client.get_context_to(
+                    args.scope, args.name, sink, version=args.version, timeout=t
+                )
+            print(json_pretty(document))
+    elif command == "delete":
+        print(
+            json_line(
+                await client.delete_context(
+                    args.scope,
+                    args.name,
+                    expected_version=args.expected_version,
+                    author=args.author,
+                    timeout=t,
+                )
+            )
+        )
+    elif command == "list":
+        token = ""
+        while True:
+            page = await client.list_contexts(
+                args.scope, name_prefix=args.prefix, page_token=token, timeout=t
+            )
+            for document in page.documents:
+                print(json_line(document))
+            token = page.next_page_token
+            if not token:
+                break
+    elif command == "watch":
+        seen = 0
+        async for response in client.watch_context(
+            args.scope, name_prefix=args.prefix, after_cursor=args.after, timeout=None
+        ):
+            if response.gap:
+                print(json.dumps({"gap": True}), flush=True)
+            for change in response.changes:
+                print(json_line(change), flush=True)
+                seen += 1
+                if args.count and seen >= args.count:
+                    return 0
+    else:
+        return await _context_small(client, args)
+    return 0
+
+
+async def _context_small(client: Client, args: argparse.Namespace) -> int:
+    t = args.timeout
+    command = args.context_command
+    if command == "global":
+        g = args.global_command
+        if g == "set":
+            await client.set_global_context(
+                args.key, args.value, expected_value=args.expected, timeout=t
+            )
+        elif g == "get":
+            print(await client.get_global_context(args.key, timeout=t))
+        elif g == "delete":
+            print(json.dumps({"existed": await client.delete_global_context(args.key, timeout=t)}))
+        else:
+            print(json.dumps(await client.list_global_context(timeout=t), indent=2))
+    elif command == "memory":
+        if args.memory_command == "append":
+            entry = new_entry(args.text, kind=args.kind)
+            print(json.dumps({"length": await client.append_memory(args.agent, entry, timeout=t)}))
+        else:
+            for e in await client.list_memory(args.agent, limit=args.limit, timeout=t):
+                print(json_line(e))
+    elif args.trace_command == "append":
+        entry = new_entry(args.text, kind=args.kind)
+        length = await client.append_trace(args.task_id, args.agent, entry, timeout=t)
+        print(json.dumps({"length": length}))
+    else:
+        for e in await client.list_traces(args.task_id, args.agent, limit=args.limit, timeout=t):
+            print(json_line(e))
+    return 0
+
+
+async def _records(client: Client, args: argparse.Namespace) -> int:
+    t = args.timeout
+    kind, message_class = _RECORD_KINDS[args.kind]
+    if args.records_command == "put":
+        record = json_format.Parse(args.json, message_class())
+        response = await client.put_record(
+            record, origin=args.origin, retention=args.retention, timeout=t
+        )
+        print(json_pretty(response))
+    elif args.records_command == "get":
+        print(json_pretty(await client.get_record(kind, args.record_id, timeout=t)))
+    else:
+        token, shown = "", 0
+        while shown < args.limit:
+            page = await client.list_records(
+                kind, page_size=min(100, args.limit - shown), page_token=token, timeout=t
+            )
+            for stored in page.records:
+                print(json_line(stored))
+            shown += len(page.records)
+            token = page.next_page_token
+            if not token:
+                break
+    return 0
+
+
+COMMANDS: dict[str, Command] = {"context": _context, "records": _records}

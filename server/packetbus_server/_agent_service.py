@@ -1,0 +1,401 @@
+"""AgentService: the agent registry (register, heartbeat, deregister, find) and its watch."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncIterator, Mapping
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from packetbus import _custody, _ed25519
+from packetbus.v1 import agent_service_pb2 as pb
+from packetbus.v1 import agent_service_pb2_grpc, custody_pb2
+
+from . import _status
+from ._agent_store import AgentStore, Fields
+from ._key_store import KeyStore, Registration
+from ._limits import Limits
+from ._packet_service import caller_gone, storage_errors
+from ._replies import text
+from ._validation import MAX_SHORT_TEXT, STREAM_ID, Violation, validate_agent_id, validate_id
+
+_MAX_LONG_TEXT = 1024
+_WATCH_BLOCK_MS = 1000
+# Ids looked at per ListAgents call at most: a filter matching few agents
+# answers a short page (with a token to go on) rather than scan everything.
+_SCAN_FACTOR = 10
+
+_KINDS = {
+    b"joined": pb.MEMBERSHIP_EVENT_KIND_JOINED,
+    b"left": pb.MEMBERSHIP_EVENT_KIND_LEFT,
+    b"stale": pb.MEMBERSHIP_EVENT_KIND_STALE,
+    b"state_changed": pb.MEMBERSHIP_EVENT_KIND_STATE_CHANGED,
+    b"recovered": pb.MEMBERSHIP_EVENT_KIND_RECOVERED,
+    b"updated": pb.MEMBERSHIP_EVENT_KIND_UPDATED,
+}
+
+
+def _ts(ms: int) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def agent_from_fields(agent_id: str, f: Mapping[bytes, bytes], now_ms: int) -> pb.Agent:
+    """An agent hash (or an event's snapshot of one) as an Agent."""
+    agent = pb.Agent.FromString(f.get(b"p", b""))
+    agent.id = agent_id
+    agent.state = text(f.get(b"s", b""))
+    deadline = int(f.get(b"dl", b"0") or 0)
+    live = f.get(b"lv") == b"live" and (deadline > now_ms or now_ms == 0)
+    # Past its deadline an agent is stale, whether or not a sweep has run yet.
+    agent.liveness = pb.AGENT_LIVENESS_LIVE if live else pb.AGENT_LIVENESS_STALE
+    agent.registered_at.CopyFrom(_ts(int(f.get(b"ra", b"0") or 0)))
+    agent.last_heartbeat_at.CopyFrom(_ts(int(f.get(b"hb", b"0") or 0)))
+    agent.deadline.CopyFrom(_ts(deadline))
+    return agent
+
+
+def _event(entry: tuple[bytes, Fields]) -> pb.MembershipEvent:
+    entry_id, f = entry
+    cursor = text(entry_id)
+    return pb.MembershipEvent(
+        cursor=cursor,
+        kind=_KINDS.get(bytes(f[b"k"]), pb.MEMBERSHIP_EVENT_KIND_UNSPECIFIED),
+        # A snapshot as of the event: its liveness as stored then, not re-judged now.
+        agent=agent_from_fields(text(f[b"id"]), f, 0),
+        old_state=text(f.get(b"o", b"")),
+        new_state=text(f.get(b"n", b"")),
+        at=_ts(int(cursor.split("-")[0])),
+        reason=text(f.get(b"r", b"")),
+    )
+
+
+def _text(out: list[Violation], path: str, value: str, max_length: int) -> None:
+    if len(value) > max_length:
+        out.append(Violation(path, "LENGTH", f"must be at most {max_length} characters"))
+    elif value and not value.isprintable():
+        out.append(Violation(path, "CHARSET", "must not contain control characters"))
+
+
+def _cursor_key(cursor: str) -> tuple[int, int]:
+    ms, seq = cursor.split("-")
+    return int(ms), int(seq)
+
+
+class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
+    def __init__(self, store: AgentStore, key_store: KeyStore, limits: Limits) -> None:
+        self._store = store
+        self._key_store = key_store
+        self._limits = limits
+
+    # -- registering -----------------------------------------------------------------
+
+    def _check_registration(self, request: pb.RegisterAgentRequest) -> list[Violation]:
+        out: list[Violation] = []
+        agent, limits = request.agent, self._limits
+        validate_agent_id(out, "agent.id", agent.id)
+        _text(out, "agent.role", agent.role, MAX_SHORT_TEXT)
+        if len(agent.capabilities) > limits.max_agent_capabilities:
+            out.append(
+                Violation(
+                    "agent.capabilities",
+                    "COUNT",
+                    f"at most {limits.max_agent_capabilities}; got {len(agent.capabilities)}",
+                )
+            )
+        seen: set[str] = set()
+        for i, capability in enumerate(agent.capabilities):
+            validate_id(out, f"agent.capabilities[{i}]", capability)
+            if capability in seen:
+                out.append(Violation(f"agent.capabilities[{i}]", "DUPLICATE", "listed twice"))
+            seen.add(capability)
+        if agent.parent_id:
+            validate_agent_id(out, "agent.parent_id", agent.parent_id)
+            if agent.parent_id == agent.id:
+                out.append(Violation("agent.parent_id", "SELF_PARENT", "must not be the agent"))
+        if len(agent.labels) > limits.max_agent_labels:
+            out.append(
+                Violation(
+                    "agent.labels",
+                    "COUNT",
+                    f"at most {limits.max_agent_labels}; got {len(agent.labels)}",
+                )
+            )
+        for name in sorted(agent.labels):
+            validate_id(out, f"agent.labels[{name!r}]", name)
+            _text(out, f"agent.labels[{name!r}]", agent.labels[name], _MAX_LONG_TEXT)
+        _text(out, "agent.endpoint", agent.endpoint, _MAX_LONG_TEXT)
+        _text(out, "agent.state", agent.state, MAX_SHORT_TEXT)
+        ttl = agent.heartbeat_ttl_seconds
+        if ttl and not limits.min_agent_ttl_seconds <= ttl <= limits.max_agent_ttl_seconds:
+            out.append(
+                Violation(
+                    "agent.heartbeat_ttl_seconds",
+                    "RANGE",
+                    f"must be {limits.min_agent_ttl_seconds}..{limits.max_agent_ttl_seconds} "
+                    f"(0: {limits.default_agent_ttl_seconds}); got {ttl}",
+                )
+            )
+        server_set = [name for name in ("key_id", "liveness") if getattr(agent, name)] + [
+            name
+            for name in ("registered_at", "last_heartbeat_at", "deadline")
+            if agent.HasField(name)
+        ]
+        for name in server_set:
+            out.append(Violation(f"agent.{name}", "OUTPUT_ONLY", "is set by the server"))
+        if request.public_key:
+            problem = _ed25519.public_key_problem(request.public_key)
+            if problem:
+                out.append(Violation("public_key", "PUBLIC_KEY", problem))
+            if len(request.public_key_proof) != _ed25519.SIGNATURE_BYTES:
+                out.append(
+                    Violation(
+                        "public_key_proof",
+                        "SIGNATURE_LENGTH",
+                        f"must be {_ed25519.SIGNATURE_BYTES} bytes",
+                    )
+                )
+        elif request.public_key_proof:
+            out.append(Violation("public_key", "REQUIRED", "a proof needs its public key"))
+        return out
+
+    async def _check_key(
+        self, context: grpc.aio.ServicerContext, request: pb.RegisterAgentRequest
+    ) -> custody_pb2.SigningKey | None:
+        """The agent's key to register, once its proof verifies and it can be bound
+        (nothing is written here)."""
+        agent_id, public_key = request.agent.id, request.public_key
+        if not public_key:
+            return None
+        message = _custody.agent_key_message(agent_id, public_key)
+        if not _ed25519.verify(public_key, message, request.public_key_proof):
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "public_key_proof does not verify: sign the agent-key message with the key "
+                "being registered",
+            )
+        key = custody_pb2.SigningKey(
+            key_id=_custody.key_id_for(public_key),
+            public_key=public_key,
+            owner_kind=custody_pb2.KEY_OWNER_KIND_AGENT,
+            owner=agent_id,
+        )
+        key.valid_from.FromNanoseconds(time.time_ns())
+        async with storage_errors(context):
+            found = await self._key_store.get_many([key.key_id])
+            owned = await self._store.agent_key_ids(agent_id)
+        existing = found.get(key.key_id)
+        if existing is not None and existing.owner != agent_id:
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"key {key.key_id} is already registered to another owner",
+            )
+        if owned and key.key_id not in owned:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"agent {agent_id!r} already has another key; register a new one with "
+                "CustodyService.RegisterAgentKey, endorsed by the old one",
+            )
+        return key
+
+    async def RegisterAgent(
+        self, request: pb.RegisterAgentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RegisterAgentResponse:
+        violations = self._check_registration(request)
+        if violations:
+            await _status.abort_invalid(context, "invalid agent registration", violations)
+        key = await self._check_key(context, request)
+        spec = pb.Agent()
+        spec.CopyFrom(request.agent)
+        spec.heartbeat_ttl_seconds = (
+            spec.heartbeat_ttl_seconds or self._limits.default_agent_ttl_seconds
+        )
+        spec.state = ""  # kept beside the registration: heartbeats change it
+        if key is not None:
+            spec.key_id = key.key_id
+        spec_bytes = spec.SerializeToString(deterministic=True)
+        state = request.agent.state
+        fingerprint = hashlib.sha256(spec_bytes + b"\x00" + state.encode()).hexdigest()[:32]
+        async with storage_errors(context):
+            registered = await self._store.register(
+                spec.id,
+                spec_bytes,
+                parent=spec.parent_id,
+                state=state,
+                ttl_ms=spec.heartbeat_ttl_seconds * 1000,
+                fingerprint=fingerprint,
+            )
+            outcome = registered.outcome
+            if outcome in ("new", "updated") and key is not None:
+                bound = await self._key_store.register_agent(key, endorsing_key_id="")
+                if bound not in (Registration.REGISTERED, Registration.EXISTS):
+                    # Only a race with another registration of a key can get here.
+                    await context.abort(
+                        grpc.StatusCode.ABORTED,
+                        f"the agent's key could not be bound ({bound.value}); retry",
+                    )
+        if outcome == "full":
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the registry holds {self._limits.max_agents} agents, its limit",
+            )
+        if outcome == "no_parent":
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"parent {spec.parent_id!r} is not registered",
+            )
+        if outcome == "cycle":
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"parent {spec.parent_id!r} descends from {spec.id!r}: that would be a cycle",
+            )
+        return pb.RegisterAgentResponse(
+            agent=agent_from_fields(spec.id, registered.fields, _now_ms()),
+            created=outcome == "new",
+        )
+
+    async def HeartbeatAgent(
+        self, request: pb.HeartbeatAgentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HeartbeatAgentResponse:
+        violations: list[Violation] = []
+        validate_agent_id(violations, "agent_id", request.agent_id)
+        state = request.state if request.HasField("state") else None
+        if state is not None:
+            _text(violations, "state", state, MAX_SHORT_TEXT)
+        if violations:
+            await _status.abort_invalid(context, "invalid heartbeat", violations)
+        async with storage_errors(context):
+            fields = await self._store.heartbeat(request.agent_id, state)
+        if fields is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"agent {request.agent_id!r} is not registered (never, or removed after "
+                "missing its heartbeats): register it again",
+            )
+            raise AssertionError("context.abort always raises")
+        return pb.HeartbeatAgentResponse(
+            agent=agent_from_fields(request.agent_id, fields, _now_ms())
+        )
+
+    async def DeregisterAgent(
+        self, request: pb.DeregisterAgentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeregisterAgentResponse:
+        await self._check_id(context, request.agent_id, "invalid deregistration")
+        async with storage_errors(context):
+            removed = await self._store.deregister(request.agent_id, cascade=request.cascade)
+        if not removed and not request.allow_missing:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"agent {request.agent_id!r} is not registered"
+            )
+        return pb.DeregisterAgentResponse(removed_agent_ids=removed)
+
+    async def _check_id(self, context: grpc.aio.ServicerContext, agent_id: str, what: str) -> None:
+        violations: list[Violation] = []
+        validate_agent_id(violations, "agent_id", agent_id)
+        if violations:
+            await _status.abort_invalid(context, what, violations)
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def GetAgent(
+        self, request: pb.GetAgentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetAgentResponse:
+        await self._check_id(context, request.agent_id, "invalid agent")
+        async with storage_errors(context):
+            [fields] = await self._store.get_many([request.agent_id])
+        if fields is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"agent {request.agent_id!r} is not registered (never, or removed)",
+            )
+            raise AssertionError("context.abort always raises")
+        return pb.GetAgentResponse(agent=agent_from_fields(request.agent_id, fields, _now_ms()))
+
+    async def ListAgents(
+        self, request: pb.ListAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAgentsResponse:
+        limits = self._limits
+        violations: list[Violation] = []
+        _text(violations, "role", request.role, MAX_SHORT_TEXT)
+        if request.capability:
+            validate_id(violations, "capability", request.capability)
+        if request.parent_id:
+            validate_agent_id(violations, "parent_id", request.parent_id)
+        if request.page_token:
+            validate_agent_id(violations, "page_token", request.page_token)
+        if request.liveness not in pb.AgentLiveness.values():
+            violations.append(Violation("liveness", "ENUM", f"unknown value {request.liveness}"))
+        if request.page_size > limits.max_agent_page:
+            violations.append(
+                Violation("page_size", "RANGE", f"must be at most {limits.max_agent_page}")
+            )
+        if violations:
+            await _status.abort_invalid(context, "invalid agent listing", violations)
+        page_size = request.page_size or limits.default_agent_page
+        budget = max(page_size, 100) * _SCAN_FACTOR
+        after, exhausted = request.page_token, False
+        found: list[pb.Agent] = []
+        async with storage_errors(context):
+            siblings = await self._store.children(request.parent_id) if request.parent_id else None
+            while len(found) < page_size and budget > 0:
+                count = min(budget, max(page_size - len(found), 100))
+                if siblings is not None:
+                    ids = [i for i in siblings if i > after][:count]
+                else:
+                    ids = await self._store.ids_after(after, count)
+                budget -= len(ids)
+                now, consumed = _now_ms(), 0
+                for agent_id, fields in zip(ids, await self._store.get_many(ids), strict=True):
+                    after, consumed = agent_id, consumed + 1
+                    if fields is not None:
+                        agent = agent_from_fields(agent_id, fields, now)
+                        if self._matches(request, agent):
+                            found.append(agent)
+                            if len(found) == page_size:
+                                break
+                if consumed == len(ids) and len(ids) < count:
+                    exhausted = True
+                    break
+        return pb.ListAgentsResponse(agents=found, next_page_token="" if exhausted else after)
+
+    @staticmethod
+    def _matches(request: pb.ListAgentsRequest, agent: pb.Agent) -> bool:
+        return (
+            (not request.role or agent.role == request.role)
+            and (not request.capability or request.capability in agent.capabilities)
+            and (not request.parent_id or agent.parent_id == request.parent_id)
+            and (not request.liveness or agent.liveness == request.liveness)
+        )
+
+    async def WatchAgents(
+        self, request: pb.WatchAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchAgentsResponse]:
+        start = request.WhichOneof("start")
+        if start == "after_cursor" and not STREAM_ID.match(request.after_cursor):
+            await _status.abort_invalid(
+                context,
+                "invalid watch",
+                [Violation("after_cursor", "CURSOR_FORMAT", "must be a cursor: <ms>-<seq>")],
+            )
+        lost = False
+        async with storage_errors(context, retry_hint="watch again after the last cursor seen"):
+            if start == "after_cursor":
+                cursor = request.after_cursor
+                lost = _cursor_key(await self._store.first_kept()) > _cursor_key(cursor)
+            elif request.start_position == pb.MEMBERSHIP_START_EARLIEST:
+                cursor = "0-0"
+            else:
+                cursor = await self._store.last_event()
+            if lost:
+                yield pb.WatchAgentsResponse(events_lost=True)
+            while not caller_gone(context):
+                cursor, entries = await self._store.events(cursor, _WATCH_BLOCK_MS)
+                if entries:
+                    yield pb.WatchAgentsResponse(events=[_event(e) for e in entries])

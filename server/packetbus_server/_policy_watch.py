@@ -1,0 +1,127 @@
+"""The policy in force: loaded from its file at start, reloaded when the file changes.
+
+The file is looked at every `interval` seconds (its size, mtime and inode;
+then its SHA-256, so touching it changes nothing) and at once on SIGHUP. A
+file that does not parse leaves the previous policy in force: the error is
+logged and published (PolicyService.GetPolicy) until a good file replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._policy import MAX_POLICY_BYTES, Policy, PolicyError, parse
+
+log = logging.getLogger("packetbus.policy")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFailure:
+    message: str
+    at_ms: int
+
+
+class PolicyWatch:
+    """Holds the policy in force (`policy`, None when there is none)."""
+
+    def __init__(self, path: Path | None, *, interval: float) -> None:
+        self.path = path
+        self.policy: Policy | None = None
+        self.loaded_at_ms = 0
+        self.failure: LoadFailure | None = None
+        self._interval = interval
+        self._seen: tuple[int, int, int] | None = None
+        self._digest = ""
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def load(cls, path: Path | None, *, interval: float) -> PolicyWatch:
+        """Load `path` now; a missing or invalid file fails the start (ValueError)."""
+        watch = cls(path, interval=interval)
+        if path is not None:
+            watch.check()
+            if watch.failure is not None:
+                raise ValueError(f"policy {path}: {watch.failure.message}")
+        return watch
+
+    def check(self) -> bool:
+        """Load the file if it changed; True when a new policy is now in force."""
+        if self.path is None:
+            return False
+        try:
+            info = os.stat(self.path)
+            seen = (info.st_mtime_ns, info.st_size, info.st_ino)
+            if seen == self._seen:
+                return False
+            if info.st_size > MAX_POLICY_BYTES:
+                raise PolicyError(f"the policy file is larger than {MAX_POLICY_BYTES} bytes")
+            data = self.path.read_bytes()
+        except (OSError, PolicyError) as exc:
+            return self._failed(str(exc), None)
+        self._seen = seen
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == self._digest:
+            return False
+        try:
+            policy = parse(data)
+        except PolicyError as exc:
+            return self._failed(str(exc), digest)
+        self._digest = digest
+        self.policy = policy
+        self.loaded_at_ms = time.time_ns() // 1_000_000
+        self.failure = None
+        log.info(
+            "policy %s loaded: version %s, %d rules, default %s",
+            self.path,
+            policy.version[:12],
+            len(policy.rules),
+            policy.default.value,
+        )
+        return True
+
+    def _failed(self, message: str, digest: str | None) -> bool:
+        if self.failure is None or self.failure.message != message:
+            log.error(
+                "policy %s not loaded: %s; %s",
+                self.path,
+                message,
+                "the previous policy stays in force" if self.policy else "no policy is in force",
+            )
+            self.failure = LoadFailure(message, time.time_ns() // 1_000_000)
+        if digest is not None:
+            # Not again until the file changes; a file that vanished is retried.
+            self._digest = digest
+        else:
+            self._seen = None
+        return False
+
+    def reload_now(self) -> None:
+        """SIGHUP: look at the file at once, even if it looks unchanged."""
+        self._seen = None
+        self.check()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                self.check()
+            except Exception:  # never let the watch die: the policy in force stays
+                log.exception("policy %s: reload failed", self.path)
+
+    def start(self) -> None:
+        if self.path is not None and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="packetbus-policy-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,209 @@
+"""RecordService: swarm records (session summaries, swarm registries, remediation scans)."""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+
+from packetbus.v1 import packet_pb2, packet_service_pb2, record_service_pb2_grpc
+from packetbus.v1 import record_service_pb2 as pb
+
+from . import _status
+from ._admission import admit
+from ._custodian import Custodian
+from ._key_store import KeyStore
+from ._limits import Limits
+from ._packet_service import storage_errors
+from ._record_store import RecordStore, StoredRecord
+from ._validation import Violation, validate_tracking_id
+
+_DEFAULT_PAGE = 100
+# The contents field of each kind, and the kind's name in keys.
+_KINDS = {
+    pb.RECORD_KIND_SESSION_SUMMARY: ("session_summary", "session"),
+    pb.RECORD_KIND_SWARM_REGISTRY: ("swarm_registry", "swarm"),
+    pb.RECORD_KIND_REMEDIATION_SCAN: ("remediation_scan", "remediation"),
+}
+_BY_FIELD = {field: kind for kind, (field, _) in _KINDS.items()}
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
+_TOKEN = re.compile(r"\d{1,20}:[0-9a-f-]{36}\Z")
+_SHORT = 255
+_MAX_ITEMS = 1000
+
+
+def _stored(record: StoredRecord) -> packet_service_pb2.StoredPacket:
+    return packet_service_pb2.StoredPacket(
+        packet=packet_pb2.Packet.FromString(record.payload),
+        content=record.payload[: record.content_length],
+    )
+
+
+def _text(out: list[Violation], path: str, value: str, *, required: bool = False) -> None:
+    if required and not value:
+        out.append(Violation(path, "REQUIRED", "is required"))
+    elif len(value) > _SHORT:
+        out.append(Violation(path, "LENGTH", f"must be at most {_SHORT} characters"))
+
+
+def _date(out: list[Violation], path: str, value: str) -> None:
+    if value and not _DATE.match(value):
+        out.append(Violation(path, "DATE_FORMAT", "must be YYYY-MM-DD"))
+
+
+def _many(out: list[Violation], path: str, count: int) -> None:
+    if count > _MAX_ITEMS:
+        out.append(Violation(path, "LENGTH", f"at most {_MAX_ITEMS} items"))
+
+
+def check_contents(packet: packet_pb2.Packet) -> list[Violation]:
+    """The record rules the packet's own validation does not know."""
+    out: list[Violation] = []
+    kind = packet.WhichOneof("contents")
+    if kind == "session_summary":
+        s = packet.session_summary
+        _text(out, "packet.session_summary.label", s.label, required=True)
+        _date(out, "packet.session_summary.date", s.date)
+        _many(out, "packet.session_summary.agents", len(s.agents))
+        _many(out, "packet.session_summary.metrics", len(s.metrics))
+    elif kind == "swarm_registry":
+        r = packet.swarm_registry
+        _text(out, "packet.swarm_registry.swarm_id", r.swarm_id, required=True)
+        _text(out, "packet.swarm_registry.coordinator", r.coordinator)
+        _many(out, "packet.swarm_registry.members", len(r.members))
+        for i, m in enumerate(r.members):
+            _text(out, f"packet.swarm_registry.members[{i}].agent_id", m.agent_id, required=True)
+    elif kind == "remediation_scan":
+        scan = packet.remediation_scan
+        _text(out, "packet.remediation_scan.scan_type", scan.scan_type, required=True)
+        _date(out, "packet.remediation_scan.date", scan.date)
+        _many(out, "packet.remediation_scan.violations", len(scan.violations))
+        for path, n in (
+            ("items_scanned", scan.items_scanned),
+            ("items_remediated", scan.items_remediated),
+        ):
+            if n < 0:
+                out.append(Violation(f"packet.remediation_scan.{path}", "RANGE", "must be >= 0"))
+    else:
+        out.append(
+            Violation(
+                "packet.contents",
+                "REQUIRED",
+                "a record's packet holds a session_summary, swarm_registry or remediation_scan",
+            )
+        )
+    return out
+
+
+class RecordService(record_service_pb2_grpc.RecordServiceServicer):
+    def __init__(
+        self, store: RecordStore, key_store: KeyStore, custodian: Custodian, limits: Limits
+    ) -> None:
+        self._store = store
+        self._key_store = key_store
+        self._custodian = custodian
+        self._limits = limits
+        self._default_ttl = {
+            pb.RECORD_KIND_SESSION_SUMMARY: limits.session_summary_ttl_seconds,
+            pb.RECORD_KIND_SWARM_REGISTRY: limits.swarm_registry_ttl_seconds,
+            pb.RECORD_KIND_REMEDIATION_SCAN: limits.remediation_scan_ttl_seconds,
+        }
+
+    async def PutRecord(
+        self, request: pb.PutRecordRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PutRecordResponse:
+        packet = request.packet
+        violations = check_contents(packet)
+        if not 0 <= request.retention_seconds <= self._limits.max_record_ttl_seconds:
+            violations.append(
+                Violation(
+                    "retention_seconds",
+                    "RANGE",
+                    f"must be 0..{self._limits.max_record_ttl_seconds}",
+                )
+            )
+        write, now_ns = await admit(
+            context,
+            packet,
+            violations,
+            what="record",
+            limits=self._limits,
+            key_store=self._key_store,
+            custodian=self._custodian,
+        )
+        kind = _BY_FIELD[packet.WhichOneof("contents") or ""]
+        _, key_kind = _KINDS[kind]
+        retention = request.retention_seconds or self._default_ttl[kind]
+        now_ms = now_ns // 1_000_000
+        async with storage_errors(context):
+            status, earlier = await self._store.put(
+                key_kind,
+                packet.tracking_id,
+                write.fingerprint,
+                write.payload,
+                write.content_length,
+                now_ms=now_ms,
+                expires_ms=now_ms + retention * 1000,
+            )
+        if status == "conflict":
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"record {packet.tracking_id} is another packet",
+            )
+        stored = (
+            self._stored(earlier)
+            if earlier is not None
+            else self._stored(StoredRecord(packet.tracking_id, write.payload, write.content_length))
+        )
+        return pb.PutRecordResponse(
+            kind=kind, record_id=packet.tracking_id, record=stored, created=status == "new"
+        )
+
+    async def _kind(
+        self, context: grpc.aio.ServicerContext, kind: int, violations: list[Violation]
+    ) -> str:
+        if kind not in _KINDS:
+            violations.append(Violation("kind", "REQUIRED", "name a record kind"))
+        if violations:
+            await _status.abort_invalid(context, "invalid record request", violations)
+        return _KINDS[kind][1]  # type: ignore[index]
+
+    def _stored(self, record: StoredRecord) -> packet_service_pb2.StoredPacket:
+        """The record's packet with a signed head, so a reader can tell its chain is whole."""
+        stored = _stored(record)
+        self._custodian.vouch(stored)
+        return stored
+
+    async def GetRecord(
+        self, request: pb.GetRecordRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetRecordResponse:
+        violations = [
+            Violation("record_id", v.rule, v.description)
+            for v in validate_tracking_id(request.record_id)
+        ]
+        key_kind = await self._kind(context, request.kind, violations)
+        async with storage_errors(context):
+            found = await self._store.get(key_kind, request.record_id)
+        if found is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no record {request.record_id}")
+        assert found is not None
+        return pb.GetRecordResponse(record=self._stored(found))
+
+    async def ListRecords(
+        self, request: pb.ListRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRecordsResponse:
+        violations: list[Violation] = []
+        if not 0 <= request.page_size <= self._limits.max_record_page:
+            violations.append(
+                Violation("page_size", "RANGE", f"must be 0..{self._limits.max_record_page}")
+            )
+        if request.page_token and not _TOKEN.match(request.page_token):
+            violations.append(Violation("page_token", "INVALID", "not from a listing"))
+        key_kind = await self._kind(context, request.kind, violations)
+        count = request.page_size or _DEFAULT_PAGE
+        async with storage_errors(context):
+            found, token = await self._store.page(key_kind, request.page_token, count)
+        return pb.ListRecordsResponse(
+            records=[self._stored(r) for r in found],
+            next_page_token=token if len(found) == count else "",
+        )

@@ -1,0 +1,107 @@
+"""Storage for swarm records, per kind (scripts/record_put.lua)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import _keys, _scripts
+from ._replies import text
+from ._retry import with_retries
+from ._scripts import RedisClient
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    record_id: str
+    payload: bytes
+    content_length: int
+
+
+def _record(record_id: str, raw: bytes) -> StoredRecord:
+    return StoredRecord(record_id, bytes(raw[8:]), int(raw[:8]))
+
+
+class RecordStore:
+    def __init__(self, redis: RedisClient, *, retry_budget: float) -> None:
+        self._redis = redis
+        self._retry_budget = retry_budget
+
+    async def _retried(self, operation: Any) -> Any:
+        return await with_retries(operation, budget_seconds=self._retry_budget)
+
+    async def put(
+        self,
+        kind: str,
+        record_id: str,
+        fingerprint: str,
+        payload: bytes,
+        content_length: int,
+        *,
+        now_ms: int,
+        expires_ms: int,
+    ) -> tuple[str, StoredRecord | None]:
+        """("new" | "dup" | "conflict", the stored record on "dup")."""
+
+        async def attempt() -> tuple[str, StoredRecord | None]:
+            reply = await _scripts.RECORD_PUT.run(
+                self._redis,
+                [
+                    _keys.record(kind, record_id),
+                    _keys.record_fingerprint(kind, record_id),
+                    _keys.record_index(kind),
+                ],
+                [
+                    record_id,
+                    fingerprint,
+                    b"%08d%s" % (content_length, payload),
+                    now_ms,
+                    expires_ms,
+                ],
+            )
+            status = text(reply[0])
+            stored = _record(record_id, reply[1]) if status == "dup" else None
+            return status, stored
+
+        result: tuple[str, StoredRecord | None] = await self._retried(attempt)
+        return result
+
+    async def get(self, kind: str, record_id: str) -> StoredRecord | None:
+        raw: Any = await self._retried(lambda: self._redis.get(_keys.record(kind, record_id)))
+        return None if raw is None else _record(record_id, raw)
+
+    async def page(self, kind: str, before: str, count: int) -> tuple[list[StoredRecord], str]:
+        """Up to `count` live records, newest first, older than the token `before`
+        ("<ms>:<id>", "" for the newest); and the next token ("" when done)."""
+        index = _keys.record_index(kind)
+        found: list[StoredRecord] = []
+        token = before
+        while len(found) < count:
+            if token:
+                ms, _, last_id = token.partition(":")
+                # Ties in time: the ones ordered before `last_id` (ZREVRANGE order).
+                high: Any = ms
+            else:
+                high, last_id = "+inf", ""
+            rows: Any = await self._retried(
+                lambda high=high: self._redis.zrevrangebyscore(
+                    index, high, "-inf", start=0, num=count + 1 + 64, withscores=True
+                )
+            )
+            if last_id:
+                ids = [text(r) for r, _ in rows]
+                if last_id in ids:
+                    rows = rows[ids.index(last_id) + 1 :]
+            if not rows:
+                return found, ""
+            rows = rows[: count - len(found)]
+            raws: Any = await self._retried(
+                lambda rows=rows: self._redis.mget([_keys.record(kind, text(r)) for r, _ in rows])
+            )
+            gone = [r for (r, _), raw in zip(rows, raws, strict=True) if raw is None]
+            if gone:  # expired records leave the index too
+                await self._retried(lambda gone=gone: self._redis.zrem(index, *gone))
+            found += [_record(text(r), raw) for (r, _), raw in zip(rows, raws, strict=True) if raw]
+            last, score = rows[-1]
+            token = f"{int(score)}:{text(last)}"
+        return found, token

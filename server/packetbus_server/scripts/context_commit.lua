@@ -1,0 +1,61 @@
+-- Commits a staged upload as a document's next version (compare-and-set).
+--
+-- KEYS[1]  the document       (pb:{ctx:<h>}:doc:<name>, hash: v s h c a u e b r g k)
+-- KEYS[2]  the staged upload  (pb:{ctx:<h>}:body:<upload id>, string)
+-- KEYS[3]  the scope's names  (pb:{ctx:<h>}:names, zset)
+-- KEYS[4]  the scope's events (pb:{ctx:<h>}:events, stream)
+-- Derived key: the replaced version's body, ARGV[1] .. 'body:' .. its upload id.
+-- ARGV[1]  key prefix "pb:{ctx:<h>}:"
+-- ARGV[2]  document name
+-- ARGV[3]  upload id
+-- ARGV[4]  expected version, an integer (0: must not exist)
+-- ARGV[5]  size in bytes
+-- ARGV[6]  SHA-256, hex
+-- ARGV[7]  content type
+-- ARGV[8]  author
+-- ARGV[9]  now, unix ms
+-- ARGV[10] expiry, unix ms
+-- ARGV[11] grace in ms for the replaced version's body
+-- ARGV[12] change events kept (approximate MAXLEN)
+-- ARGV[13] keep the events stream at least until this, unix ms
+-- ARGV[14] the server's signed commit record for version ARGV[4] + 1 (may be "")
+-- ARGV[15] its signature
+-- ARGV[16] the signing key's id
+--
+-- Returns {"new", version, cursor}; {"dup", v, s, h, c, a, u, e, b, r, g, k}
+-- (the stored fields) when this upload is already the current version (a
+-- retry); {"stale", current version}; or {"incomplete", staged length} when
+-- the staged bytes are not `size` long (nothing written in either).
+local prefix, name, upload = ARGV[1], ARGV[2], ARGV[3]
+local current = redis.call('HMGET', KEYS[1], 'v', 's', 'h', 'c', 'a', 'u', 'e', 'b', 'r', 'g', 'k')
+if current[8] == upload then
+  local reply = {'dup'}
+  for j = 1, 11 do
+    reply[j + 1] = current[j] or ''
+  end
+  return reply
+end
+local version = tonumber(current[1] or '0')
+if tonumber(ARGV[4]) ~= version then
+  return {'stale', version}
+end
+local staged = redis.call('STRLEN', KEYS[2])
+if staged ~= tonumber(ARGV[5]) then
+  return {'incomplete', staged}
+end
+local expiry = tonumber(ARGV[10])
+if current[8] then
+  -- A reader streaming the replaced version may finish within the grace.
+  redis.call('PEXPIRE', prefix .. 'body:' .. current[8], ARGV[11])
+end
+version = version + 1
+redis.call('HSET', KEYS[1], 'v', version, 's', ARGV[5], 'h', ARGV[6], 'c', ARGV[7],
+  'a', ARGV[8], 'u', ARGV[9], 'e', expiry, 'b', upload, 'r', ARGV[14], 'g', ARGV[15], 'k', ARGV[16])
+redis.call('PEXPIREAT', KEYS[1], expiry)
+redis.call('PEXPIREAT', KEYS[2], expiry)
+redis.call('ZADD', KEYS[3], 0, name)
+keep_until(KEYS[3], expiry)
+local cursor = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[12], '*', 'k', 'put', 'n', name,
+  'v', version, 's', ARGV[5], 'h', ARGV[6], 'a', ARGV[8], 'u', ARGV[9])
+keep_until(KEYS[4], math.max(expiry, tonumber(ARGV[13])))
+return {'new', version, cursor}

@@ -1,0 +1,74 @@
+-- Library, prepended to the scripts that append packets to a topic's log
+-- (dispatch, and the approval of held packets); never run alone.
+--
+-- Entries leave the log only as a prefix (trimming below a rising threshold,
+-- or the whole log expiring), so "everything up to the horizon's newest lost
+-- entry is gone" is the whole story a subscriber needs.
+
+local function id_ms(id)
+  return tonumber(string.match(id, '^(%d+)-'))
+end
+
+-- The newest entry of `log` below `limit` (ms) that is a publication, or nil
+-- when there is none. An entry with field g is a requeue for one consumer
+-- group, which subscribers never see: naming it would tell them of a gap that
+-- is not one. A few entries are looked at; when all are requeues and there
+-- are more, the oldest of them is named, which can only over-report.
+local function newest_publication_below(log, limit)
+  local scan = 8
+  local below = redis.call('XREVRANGE', log, '(' .. limit .. '-0', '-', 'COUNT', scan)
+  for _, entry in ipairs(below) do
+    local fields = entry[2]
+    local requeue = false
+    for j = 1, #fields, 2 do
+      if fields[j] == 'g' then requeue = true end
+    end
+    if not requeue then return entry[1] end
+  end
+  if #below == scan then return below[scan][1] end
+  return nil
+end
+
+-- After packets were appended to `log` (the newest at `newest_cursor`, the
+-- latest expiry `newest_expiry` ms): record the horizon, trim by retention,
+-- and keep the log and its horizon alive. `oldest` is the log's first entry
+-- as it was before the appends (XRANGE log - + COUNT 1).
+local function after_append(log, groups, horizon, oldest, newest_cursor, newest_expiry, now_ms, retention_ms)
+  local threshold = now_ms - retention_ms
+  local marks = {'l', newest_cursor}
+  if #oldest == 0 then
+    -- The log held nothing before this call (it expired as a whole, or only
+    -- groups were left in it): the newest entry it had is gone.
+    local last = redis.call('HGET', horizon, 'l')
+    if last then
+      table.insert(marks, 'x')
+      table.insert(marks, last)
+    end
+  elseif id_ms(oldest[1][1]) < threshold then
+    local trimmed = newest_publication_below(log, threshold)
+    if trimmed then
+      table.insert(marks, 't')
+      table.insert(marks, trimmed)
+    end
+    redis.call('XTRIM', log, 'MINID', threshold)
+  end
+  redis.call('HSET', horizon, unpack(marks))
+
+  local keep = newest_expiry - now_ms
+  if redis.call('EXISTS', groups) == 1 then
+    -- Consumer groups live in the log: it stays while they do (entries are
+    -- still trimmed by retention, and expire one by one).
+    redis.call('PERSIST', log)
+  else
+    -- The log lives as long as its newest packet.
+    local remaining = redis.call('PTTL', log)
+    if remaining < keep then
+      redis.call('PEXPIRE', log, keep)
+    else
+      keep = remaining
+    end
+  end
+  -- The horizon outlives the log by the retention, so a subscriber resuming
+  -- an old cursor after the log expired is still told what it missed.
+  redis.call('PEXPIRE', horizon, keep + retention_ms)
+end

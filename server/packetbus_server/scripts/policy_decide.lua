@@ -1,0 +1,118 @@
+-- Records the packets a governance policy rejected or held, on one topic,
+-- idempotently by tracking id: a rejected packet goes to the topic's carcel,
+-- a held one to its approval queue; each decision is counted and logged.
+--
+-- KEYS[1]      the topic's carcel            (pb:{topic}:carcel)
+-- KEYS[2]      the topic's approval queue    (pb:{topic}:held)
+-- KEYS[3]      the topic's governance counts (pb:{topic}:polstats)
+-- KEYS[4]      the topic's decision log      (pb:{topic}:decisions)
+-- KEYS[4 + i]  packet i's idempotency record (pb:{topic}:pkt:<tracking id>)
+-- ARGV[1]      carcel retention in ms (the carcel, counts and decision log)
+-- ARGV[2]      the policy version (SHA-256 hex of the policy file)
+-- ARGV[3]      the deciding server's id (the decision log's actor)
+-- ARGV[4]      the longest packet TTL in ms: held entries older are trimmed
+-- then 4 per packet:
+--   kind      "reject" or "hold"
+--   rule id   the deciding rule
+--   reason    its reason
+--   packet    as in scripts/dispatch.lua: 64 hex digits of fingerprint, TTL ms as
+--             12 digits, content length as 8 digits, tracking id (36 characters),
+--             then the packet bytes (content, then its chain ending with the
+--             server's "received" and "rejected"/"held" entries)
+--
+-- Returns one {status, id, expiry ms, rule id, reason, policy version} per packet:
+--   "rejected"  in the carcel: id = its carcel entry (now, or by an earlier call)
+--   "held"      in the approval queue: id = its held entry
+--   "stored"    an earlier dispatch stored it on the topic: id = its cursor
+--   "conflict"  the tracking id holds a different packet: nothing written
+-- Every packet is read before anything is written for it, and the record
+-- names the decision, so a replay answers the original result and counts nothing twice.
+local carcel, held, stats, decisions = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local retention_ms, version, server_id = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local max_ttl_ms = tonumber(ARGV[4])
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+
+local function fields_of(key, id)
+  local found = redis.call('XRANGE', key, id, id)
+  local f = {}
+  if #found == 1 then
+    local flat = found[1][2]
+    for j = 1, #flat, 2 do
+      f[flat[j]] = flat[j + 1]
+    end
+  end
+  return f
+end
+
+local function count(kind, rule, reason)
+  redis.call('HINCRBY', stats, 'decision:' .. kind, 1)
+  if rule ~= '' then
+    redis.call('HINCRBY', stats, 'rule:' .. rule, 1)
+  end
+  redis.call('HINCRBY', stats, 'reason:' .. reason, 1)
+  redis.call('PEXPIRE', stats, retention_ms)
+end
+
+local function log_decision(kind, tracking_id, rule, reason, ver, actor, ref)
+  redis.call('XADD', decisions, '*', 'k', kind, 'i', tracking_id, 'u', rule, 'r', reason,
+    'v', ver, 'a', actor, 'h', ref)
+  redis.call('XTRIM', decisions, 'MINID', '~', now_ms - retention_ms)
+  redis.call('PEXPIRE', decisions, retention_ms)
+end
+
+local results = {}
+for i = 1, #KEYS - 4 do
+  local record_key = KEYS[4 + i]
+  local base = 4 + 4 * (i - 1)
+  local kind, rule, reason, packet = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
+  local fingerprint = string.sub(packet, 1, 64)
+  local existing = redis.call('GET', record_key)
+  if existing then
+    local stored_fp, marker, expiry = string.match(existing, '^(%S+) (%S+) (%S+)$')
+    if stored_fp ~= fingerprint then
+      results[i] = {'conflict', '', '0', '', '', ''}
+    else
+      local what, id = string.match(marker, '^(%a+):(.+)$')
+      if what == 'rejected' then
+        local f = fields_of(carcel, id)
+        results[i] = {'rejected', id, expiry, f['u'] or '', f['r'] or '', f['v'] or ''}
+      elseif what == 'held' then
+        local f = fields_of(held, id)
+        results[i] = {'held', id, expiry, f['u'] or '', f['r'] or '', f['v'] or ''}
+      else
+        results[i] = {'stored', marker, expiry, '', '', ''}
+      end
+    end
+  else
+    local ttl_ms = tonumber(string.sub(packet, 65, 76))
+    local content_length = tonumber(string.sub(packet, 77, 84))
+    local tracking_id = string.sub(packet, 85, 120)
+    local bytes = string.sub(packet, 121)
+    local expiry = now_ms + ttl_ms
+    local id
+    if kind == 'reject' then
+      id = redis.call('XADD', carcel, '*', 'p', bytes, 'n', content_length, 't', ttl_ms,
+        'i', tracking_id, 'c', 'policy', 'r', reason, 'd', 'rejected by policy rule ' .. rule,
+        's', 'policy', 'a', 0, 'u', rule, 'v', version)
+      redis.call('XTRIM', carcel, 'MINID', '~', now_ms - retention_ms)
+      redis.call('PEXPIRE', carcel, retention_ms)
+      redis.call('SET', record_key, fingerprint .. ' rejected:' .. id .. ' ' .. expiry, 'PX', ttl_ms)
+      count('rejected', rule, reason)
+      log_decision('rejected', tracking_id, rule, reason, version, server_id, id)
+      results[i] = {'rejected', id, tostring(expiry), rule, reason, version}
+    else
+      id = redis.call('XADD', held, '*', 'p', bytes, 'n', content_length, 't', ttl_ms,
+        'i', tracking_id, 'u', rule, 'r', reason, 'v', version)
+      redis.call('XTRIM', held, 'MINID', '~', now_ms - max_ttl_ms)
+      if redis.call('PTTL', held) < ttl_ms then
+        redis.call('PEXPIRE', held, ttl_ms)
+      end
+      redis.call('SET', record_key, fingerprint .. ' held:' .. id .. ' ' .. expiry, 'PX', ttl_ms)
+      count('held', rule, reason)
+      log_decision('held', tracking_id, rule, reason, version, server_id, id)
+      results[i] = {'held', id, tostring(expiry), rule, reason, version}
+    end
+  end
+end
+return results
