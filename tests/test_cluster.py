@@ -213,7 +213,7 @@ async def test_example_swarm_on_a_cluster(cluster_target: str) -> None:
     )
     assert ran.returncode == 0, ran.stdout + ran.stderr
     report = json.loads(ran.stdout)
-    assert (report["ok"], report["tasks"], report["chains_verified"]) == (True, 12, 24)
+    assert (report["ok"], report["tasks"], report["chains_verified"]) == (True, 12, 26)
 
 
 async def test_context_agents_and_policy_on_a_cluster(cluster_url: str, tmp_path: Path) -> None:

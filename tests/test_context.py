@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as redis_asyncio
 
 import packetbus
+from packetbus._context import file_chunks, file_digest
 from packetbus.v1 import context_service_pb2 as pb
 from packetbus.v1 import context_service_pb2_grpc
 from packetbus_server import Limits, ServerConfig, _keys, running
@@ -74,6 +75,27 @@ async def test_a_10_mib_document_round_trips_byte_exact_in_chunks(
         len(data),
         len(data),
     ]  # version 2's body, and version 1's within its grace
+
+
+async def test_a_64_mib_document_streams_from_a_file_and_back_byte_exact(
+    client: packetbus.Client, tmp_path: Path
+) -> None:
+    """The size the issue names as the floor, file to file: neither side holds it whole."""
+    source, copy = tmp_path / "big.bin", tmp_path / "copy.bin"
+    with source.open("wb") as out:
+        for _ in range(64):
+            out.write(os.urandom(MiB))
+    size, digest = file_digest(source)
+    scope = unique("scope")
+    document = await client.put_context(
+        scope, "huge", file_chunks(source), size=size, sha256=digest, author="w", timeout=120
+    )
+    assert (document.size, document.sha256) == (64 * MiB, digest)
+    with copy.open("wb") as sink:
+        fetched = await client.get_context_to(scope, "huge", sink, timeout=120)
+    assert fetched.version == document.version
+    assert file_digest(copy) == (size, digest)
+    assert (await client.delete_context(scope, "huge")).existed
 
 
 async def test_a_put_with_a_stale_version_is_aborted_and_changes_nothing(

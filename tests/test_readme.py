@@ -48,13 +48,13 @@ def _env(port: int, data_dir: Path) -> dict[str, str]:
 
 
 class Served:
-    def __init__(self, command: str, env: dict[str, str]) -> None:
+    def __init__(self, command: str, env: dict[str, str], *, cwd: Path = REPO) -> None:
         assert Path(REPO / shlex.split(command)[0]).exists(), (
             f"{command!r}: run the README's install command first"
         )
         self.process = subprocess.Popen(
-            shlex.split(command),
-            cwd=REPO,
+            shlex.split(command.replace(".venv/bin/", f"{REPO}/.venv/bin/")),
+            cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -76,6 +76,15 @@ class Served:
 def run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         shlex.split(command), cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def run_block(name: str, tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The README's Python block `name`, saved as a script and run as a user would."""
+    script = tmp_path / f"{name}.py"
+    script.write_text(block(name))
+    return subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
     )
 
 
@@ -141,11 +150,7 @@ def test_quickstart_and_cli_examples_run_as_written(
     serve, env, _ = served
     server = Served(serve, env)
     try:
-        script = tmp_path / "quickstart.py"
-        script.write_text(block("quickstart"))
-        quickstart = subprocess.run(
-            [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
-        )
+        quickstart = run_block("quickstart", tmp_path, env)
         assert quickstart.returncode == 0, quickstart.stderr
         lines = quickstart.stdout.splitlines()
         assert lines[0].startswith("stored ")
@@ -208,11 +213,7 @@ def test_worker_example_and_carcel_cli_run_as_written(
     serve, env, _ = served
     server = Served(serve, env)
     try:
-        script = tmp_path / "worker.py"
-        script.write_text(block("worker"))
-        worker = subprocess.run(
-            [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
-        )
+        worker = run_block("worker", tmp_path, env)
         assert worker.returncode == 0, worker.stderr
         assert worker.stdout.splitlines() == [
             f"worker-1 did job-{n} on delivery 1" for n in range(3)
@@ -291,7 +292,7 @@ async def test_example_swarm_runs_as_written(served: tuple[str, dict[str, str], 
         assert ran.returncode == 0, ran.stdout + ran.stderr
         report = json.loads(ran.stdout)
         assert report["ok"] is True
-        assert (report["tasks"], report["chains_verified"]) == (12, 24)
+        assert (report["tasks"], report["chains_verified"]) == (12, 26)
         assert (report["wrong_answers"], report["chains_failed"]) == ([], [])
         swarm = report["swarm"]
         assert report["workers"] == [f"{swarm}.worker-{i}" for i in (1, 2, 3)]
@@ -327,5 +328,65 @@ async def test_example_swarm_runs_as_written(served: tuple[str, dict[str, str], 
             brief = await client.get_context("swarm", "brief")
             assert json.loads(brief.data)["queue"] == f"{swarm}.work"
             assert await client.get_global_context(f"{swarm}.done") == "1"
+    finally:
+        assert server.stop() == 0
+
+
+def test_context_example_runs_as_written(
+    served: tuple[str, dict[str, str], Path], tmp_path: Path
+) -> None:
+    serve, env, _ = served
+    server = Served(serve, env)
+    try:
+        ran = run_block("context", tmp_path, env)
+        assert ran.returncode == 0, ran.stderr
+        aborted, record_id = ran.stdout.splitlines()
+        assert aborted == "ABORTED"
+        assert re.fullmatch(r"[0-9a-f-]{36}", record_id)
+    finally:
+        assert server.stop() == 0
+
+
+def test_policy_cli_runs_as_written(
+    served: tuple[str, dict[str, str], Path], tmp_path: Path
+) -> None:
+    """Run in a directory of its own, holding the README's policy file, as a user would."""
+    _, env, _ = served
+    (tmp_path / "policy.toml").write_text(block("policy"))
+    lines = block("policy-cli").splitlines()
+    check, serve = lines[:2]
+
+    def here(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            shlex.split(command.replace(".venv/bin/", f"{REPO}/.venv/bin/")),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    checked = here(check)
+    assert checked.returncode == 0, checked.stderr
+    assert serve.endswith(" &")
+    server = Served(serve.removesuffix(" &"), env, cwd=tmp_path)
+    try:
+        new_key, dispatch, held, approve, stats, export, verify = lines[2:]
+        for command in (new_key, dispatch):
+            ran = here(command)
+            assert ran.returncode == 0, ran.stdout + ran.stderr
+        [waiting] = [json.loads(line) for line in here(held).stdout.splitlines()]
+        tracking_id = waiting["packet"]["packet"]["trackingId"]
+        assert waiting["ruleId"] == "spawn-needs-guardian"
+        approved = here(approve.replace("TRACKING_ID", tracking_id))
+        assert approved.returncode == 0, approved.stderr
+        assert json.loads(approved.stdout)["topic"] == "ops"
+        assert here(held).stdout == ""
+        counts = json.loads(here(stats).stdout)
+        assert counts["byRule"] == {"spawn-needs-guardian": "1"}  # int64 in JSON: a string
+        exported = here(export)
+        assert exported.returncode == 0, exported.stderr
+        verified = here(verify)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
     finally:
         assert server.stop() == 0

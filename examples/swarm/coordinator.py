@@ -27,6 +27,7 @@ from packetbus import (
     Agent,
     Client,
     SessionSummary,
+    SigningKey,
     StoredPacket,
     SwarmMember,
     SwarmRegistry,
@@ -99,7 +100,7 @@ async def run(
         ],
     )
     registry.created_at.FromDatetime(started)
-    await client.put_record(registry, origin=COORDINATOR)
+    records = [(await client.put_record(registry, origin=COORDINATOR)).record]
 
     queue = client.task_queue(brief["queue"])
     ids = [f"{brief['swarm']}.square-{n}" for n in range(tasks)]
@@ -117,7 +118,7 @@ async def run(
             return 1
         await asyncio.sleep(0.2)
 
-    report = await check(client, brief["queue"], ids)
+    report = await check(client, brief["queue"], ids, records)
     summary = SessionSummary(
         label="example-swarm",
         date=started.date().isoformat(),
@@ -131,6 +132,11 @@ async def run(
     summary.started_at.FromDatetime(started)
     summary.ended_at.FromDatetime(datetime.now(UTC))
     record = await client.put_record(summary, origin=COORDINATOR)
+    if chain_verifies(record.record, {k.key_id: k for k in await client.signing_keys()}):
+        report["chains_verified"] += 1
+    else:
+        report["chains_failed"].append(record.record_id)
+        report["ok"] = False
     report |= {
         "swarm": brief["swarm"],
         "workers": [a.id for a in roster],
@@ -155,39 +161,42 @@ async def wait_for_workers(
         await asyncio.sleep(0.2)
 
 
-async def check(client: Client, queue_name: str, ids: Sequence[str]) -> dict[str, Any]:
-    """Every answer right, and the chain of every task and finding verified here, against
-    the signing keys (the server is not trusted to say so)."""
+async def check(
+    client: Client, queue_name: str, ids: Sequence[str], records: Sequence[StoredPacket]
+) -> dict[str, Any]:
+    """Every answer right, and the chain of every task, finding and record verified here,
+    against the published signing keys (the server is not trusted to say so)."""
     queue = client.task_queue(queue_name)
     keys = {k.key_id: k for k in await client.signing_keys()}
     wrong: list[str] = []
     unverified: list[str] = []
-    verified = 0
+    packets = list(records)
     for n, task_id in enumerate(ids):
         answers = [r.result["answer"] for r in await queue.results(task_id) if r.completed]
         if answers != [n * n]:
             wrong.append(task_id)
-        state = await queue.get(task_id)
-        packets: list[StoredPacket] = [state.packet, *await client.list_findings(task_id)]
-        for stored in packets:
-            report = verify_chain(
-                tracking_id=stored.packet.tracking_id,
-                content=stored.content,
-                chain=stored.packet.chain_of_custody,
-                keys=keys,
-                head=stored.custody_head,
-            )
-            if report.verified:
-                verified += 1
-            else:
-                unverified.append(stored.packet.tracking_id)
+        packets += [(await queue.get(task_id)).packet, *await client.list_findings(task_id)]
+    for stored in packets:
+        if not chain_verifies(stored, keys):
+            unverified.append(stored.packet.tracking_id)
     return {
         "ok": not wrong and not unverified,
         "tasks": len(ids),
         "wrong_answers": wrong,
-        "chains_verified": verified,
+        "chains_verified": len(packets) - len(unverified),
         "chains_failed": unverified,
     }
+
+
+def chain_verifies(stored: StoredPacket, keys: dict[str, SigningKey]) -> bool:
+    """Every entry of the packet's chain, and the server's signed head over its end."""
+    return verify_chain(
+        tracking_id=stored.packet.tracking_id,
+        content=stored.content,
+        chain=stored.packet.chain_of_custody,
+        keys=keys,
+        head=stored.custody_head,
+    ).verified
 
 
 def main(argv: Sequence[str] | None = None) -> int:
