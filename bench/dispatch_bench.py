@@ -45,12 +45,12 @@ from packetbus_server._custodian import Custodian
 from packetbus_server._ingest import Accepted, accept, to_write
 from packetbus_server._keyring import Keyring
 from packetbus_server._limits import Limits
+from packetbus_server._scripts import DISPATCH
 from packetbus_server._store import PacketWrite, dispatch_argument
 
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
-DISPATCH_LUA = REPO / "server" / "packetbus_server" / "scripts" / "dispatch.lua"
 PACKETBUS_CLI = Path(sys.executable).with_name("packetbus")
 NATS_HOST, NATS_PORT = "127.0.0.1", 4222
 
@@ -555,7 +555,8 @@ async def bench_raw_redis(url: str, run_id: str, packets: int, keys_dir: Path) -
     out: dict[str, Any] = {"server": f"{info.get('server_name', 'redis')} {version}"}
     r = aioredis.Redis.from_url(url)
     try:
-        sha = await r.script_load(DISPATCH_LUA.read_text())
+        # The server's own script object: dispatch.lua with the libraries it is built from.
+        sha = await r.script_load(DISPATCH.source)
 
         def batches_of(
             name: str, count: int, c: Custodian | None = custodian
