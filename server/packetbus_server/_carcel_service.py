@@ -16,11 +16,10 @@ from ._carcel_store import CarcelRecord, CarcelStore, RequeueOutcome
 from ._custodian import ChainEnd, Custodian, Hop, chain_end
 from ._limits import Limits
 from ._packet_service import storage_errors, stored_packet
+from ._paging import page_across, page_request
 from ._store import PacketStore
 from ._validation import STREAM_ID, Violation, validate_packet, validate_topic
 
-_DEFAULT_PAGE = 100
-_MAX_PAGE = 1000
 _SIGN_ROUNDS = 5
 
 
@@ -88,41 +87,21 @@ class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
         violations: list[Violation] = []
         if request.topic:
             validate_topic(violations, "topic", request.topic, self._limits.max_topic_length)
-        size = request.page_size or _DEFAULT_PAGE
-        if size > _MAX_PAGE:
-            violations.append(Violation("page_size", "RANGE", f"must be at most {_MAX_PAGE}"))
-        # The token: the topic and the last entry id returned, "<topic> <id>".
-        topic_from, _, after = request.page_token.partition(" ")
-        if request.page_token and not STREAM_ID.match(after):
-            violations.append(
-                Violation("page_token", "PAGE_TOKEN", "is not a token from a previous response")
-            )
+        page = page_request(violations, request.page_size, request.page_token)
         if violations:
             await _status.abort_invalid(context, "invalid carcel listing", violations)
 
         async with storage_errors(context):
             topics = [request.topic] if request.topic else sorted(await self._packets.topics())
-            if topic_from:
-                topics = [t for t in topics if t >= topic_from]
-            entries: list[pb.CarcelEntry] = []
-            token = ""
-            for topic in topics:
-                cursor: str | None = after if topic == topic_from and after else None
-                while len(entries) < size:
-                    records = await self._store.page(topic, cursor, size)
-                    if not records:
-                        break
-                    for record in records:
-                        cursor = record.id
-                        if request.reason and record.reason != request.reason:
-                            continue
-                        entries.append(entry_message(record))
-                        if len(entries) == size:
-                            token = f"{topic} {record.id}"
-                            break
-                if len(entries) == size:
-                    break
-        return pb.ListCarcelEntriesResponse(entries=entries, next_page_token=token)
+            records, token = await page_across(
+                topics,
+                page,
+                self._store.page,
+                lambda r: not request.reason or r.reason == request.reason,
+            )
+        return pb.ListCarcelEntriesResponse(
+            entries=[entry_message(r) for r in records], next_page_token=token
+        )
 
     async def _load(
         self, context: grpc.aio.ServicerContext, topic: str, entry_id: str

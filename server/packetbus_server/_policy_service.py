@@ -20,16 +20,15 @@ from ._ingest import Accepted, to_write
 from ._key_store import KeyStore
 from ._limits import Limits
 from ._packet_service import PacketService, fill_receipt, storage_errors, stored_packet
+from ._paging import page_across, page_request
 from ._policy import Verdict
 from ._policy_store import Decided, DecisionWrite, HeldRecord, PolicyStore
 from ._policy_watch import PolicyWatch
 from ._store import PacketStore
-from ._validation import STREAM_ID, Violation, validate_topic, validate_tracking_id
+from ._validation import Violation, validate_topic, validate_tracking_id
 
 POLICY_REJECTED = "POLICY_REJECTED"
 ERROR_DOMAIN = "packetbus"
-_DEFAULT_PAGE = 100
-_MAX_PAGE = 1000
 _VERDICTS = {
     Verdict.ALLOW: pb.POLICY_VERDICT_ALLOW,
     Verdict.REJECT: pb.POLICY_VERDICT_REJECT,
@@ -216,41 +215,18 @@ class PolicyService(policy_service_pb2_grpc.PolicyServiceServicer):
         violations: list[Violation] = []
         if request.topic:
             validate_topic(violations, "topic", request.topic, self._limits.max_topic_length)
-        size = request.page_size or _DEFAULT_PAGE
-        if size > _MAX_PAGE:
-            violations.append(Violation("page_size", "RANGE", f"must be at most {_MAX_PAGE}"))
-        # The token: the topic and the last entry id returned, "<topic> <id>".
-        topic_from, _, after = request.page_token.partition(" ")
-        if request.page_token and not STREAM_ID.match(after):
-            violations.append(
-                Violation("page_token", "PAGE_TOKEN", "is not a token from a previous response")
-            )
+        page = page_request(violations, request.page_size, request.page_token)
         if violations:
             await _status.abort_invalid(context, "invalid listing", violations)
         now_ms = time.time_ns() // 1_000_000
-        held: list[pb.HeldPacket] = []
-        token = ""
         async with storage_errors(context):
             topics = [request.topic] if request.topic else sorted(await self._packets.topics())
-            if topic_from:
-                topics = [t for t in topics if t >= topic_from]
-            for topic in topics:
-                cursor: str | None = after if topic == topic_from and after else None
-                while len(held) < size:
-                    records = await self._store.held_page(topic, cursor, size)
-                    if not records:
-                        break
-                    for record in records:
-                        cursor = record.id
-                        if record.expires_at_ms <= now_ms:
-                            continue
-                        held.append(self._held_message(record))
-                        if len(held) == size:
-                            token = f"{topic} {record.id}"
-                            break
-                if len(held) == size:
-                    break
-        return pb.ListHeldPacketsResponse(packets=held, next_page_token=token)
+            records, token = await page_across(
+                topics, page, self._store.held_page, lambda r: r.expires_at_ms > now_ms
+            )
+        return pb.ListHeldPacketsResponse(
+            packets=[self._held_message(r) for r in records], next_page_token=token
+        )
 
     def _check_target(self, topic: str, tracking_id: str) -> list[Violation]:
         violations: list[Violation] = []
