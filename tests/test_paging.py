@@ -51,7 +51,7 @@ async def test_a_page_ends_at_its_size_with_a_token_naming_topic_and_entry() -> 
 
 def test_bad_page_requests_are_violations() -> None:
     violations: list[Violation] = []
-    page = page_request(violations, 1001, "a not-an-id")
+    page_request(violations, 1001, "a not-an-id")
     assert [(v.field, v.rule) for v in violations] == [
         ("page_size", "RANGE"),
         ("page_token", "PAGE_TOKEN"),

@@ -32,9 +32,9 @@ if ARGV[5] == '1' then
     j = j + 1
   end
 end
-local now = now_ms()
+local now = clock_ms()
 for j, agent in ipairs(order) do
   local reason = j == 1 and 'deregistered' or ('deregistered with ' .. id)
-  remove_agent(prefix, agent, agent_fields(prefix .. 'agent:' .. agent), reason, now)
+  remove_agent(prefix, agent, hash_fields(prefix .. 'agent:' .. agent), reason, now)
 end
 return order

@@ -17,20 +17,20 @@
 -- Returns the agent hash as a flat list, or {} when the agent is not registered.
 local prefix, id = ARGV[1], ARGV[4]
 local key = prefix .. 'agent:' .. id
-local f = agent_fields(key)
+local f = hash_fields(key)
 if not f['lv'] then
   return {}
 end
-local now = now_ms()
+local now = clock_ms()
 local deadline = now + tonumber(f['ttl'])
 redis.call('HSET', key, 'hb', now, 'dl', deadline)
 redis.call('ZADD', KEYS[2], deadline, id)
 if f['lv'] == 'stale' then
   redis.call('HSET', key, 'lv', 'live')
-  emit('recovered', id, agent_fields(key), f['s'], f['s'], 'heartbeat', now)
+  emit('recovered', id, hash_fields(key), f['s'], f['s'], 'heartbeat', now)
 end
 if ARGV[5] == '1' and ARGV[6] ~= f['s'] then
   redis.call('HSET', key, 's', ARGV[6])
-  emit('state_changed', id, agent_fields(key), f['s'], ARGV[6], 'heartbeat', now)
+  emit('state_changed', id, hash_fields(key), f['s'], ARGV[6], 'heartbeat', now)
 end
 return redis.call('HGETALL', key)

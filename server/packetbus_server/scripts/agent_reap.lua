@@ -16,11 +16,11 @@
 -- place in KEYS[4] so its tasks are released; a removed one gets LEFT.
 -- Returns {stale ids, removed ids, KEYS[4] as id, ms, id, ms, ...}.
 local prefix, limit = ARGV[1], tonumber(ARGV[4])
-local now = now_ms()
+local now = clock_ms()
 local stale, left = {}, {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)) do
   local key = prefix .. 'agent:' .. id
-  local f = agent_fields(key)
+  local f = hash_fields(key)
   local ttl = tonumber(f['ttl'] or '0')
   if not f['lv'] then
     redis.call('ZREM', KEYS[2], id)
@@ -30,7 +30,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0
     if redis.call('EXISTS', prefix .. 'queues:' .. id) == 1 then
       redis.call('ZADD', KEYS[4], now, id)
     end
-    emit('stale', id, agent_fields(key), f['s'], f['s'],
+    emit('stale', id, hash_fields(key), f['s'], f['s'],
       'no heartbeat for ' .. (now - tonumber(f['hb'])) .. 'ms (TTL ' .. ttl .. 'ms)', now)
     stale[#stale + 1] = id
   else

@@ -24,14 +24,14 @@
 local prefix, id, spec, parent, state = ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local ttl = tonumber(ARGV[8])
 local key = prefix .. 'agent:' .. id
-local f = agent_fields(key)
-local now = now_ms()
+local f = hash_fields(key)
+local now = clock_ms()
 if f['lv'] and f['rf'] == ARGV[9] then
   redis.call('HSET', key, 'hb', now, 'dl', now + ttl)
   redis.call('ZADD', KEYS[2], now + ttl, id)
   if f['lv'] == 'stale' then
     redis.call('HSET', key, 'lv', 'live')
-    emit('recovered', id, agent_fields(key), f['s'], f['s'], 'registered again', now)
+    emit('recovered', id, hash_fields(key), f['s'], f['s'], 'registered again', now)
   end
   return {f['rn'] == '1' and 'new' or 'updated', unpack(redis.call('HGETALL', key))}
 end
@@ -62,7 +62,7 @@ redis.call('HSET', key, 'p', spec, 'par', parent, 's', state, 'ttl', ttl, 'lv', 
   'ra', f['ra'] or now, 'hb', now, 'dl', now + ttl, 'rf', ARGV[9], 'rn', created and 1 or 0)
 redis.call('ZADD', KEYS[1], 0, id)
 redis.call('ZADD', KEYS[2], now + ttl, id)
-local after = agent_fields(key)
+local after = hash_fields(key)
 if created then
   emit('joined', id, after, '', state, 'registered', now)
 else

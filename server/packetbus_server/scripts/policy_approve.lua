@@ -29,8 +29,7 @@ local held, log, groups, horizon = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local record_key, stats, decisions, location_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local retention_ms, carcel_retention_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
 local held_id, topic, approver, payload = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = clock_ms()
 
 local existing = redis.call('GET', record_key)
 if not existing then
@@ -51,11 +50,7 @@ local found = redis.call('XRANGE', held, held_id, held_id)
 if #found == 0 then
   return {'gone'}
 end
-local f = {}
-local flat = found[1][2]
-for j = 1, #flat, 2 do
-  f[flat[j]] = flat[j + 1]
-end
+local f = field_table(found[1][2])
 if location_key then
   local owner = redis.call('GET', location_key)
   if owner and owner ~= topic then

@@ -30,19 +30,11 @@
 local carcel, held, stats, decisions = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local retention_ms, version, server_id = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local max_ttl_ms = tonumber(ARGV[4])
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = clock_ms()
 
 local function fields_of(key, id)
   local found = redis.call('XRANGE', key, id, id)
-  local f = {}
-  if #found == 1 then
-    local flat = found[1][2]
-    for j = 1, #flat, 2 do
-      f[flat[j]] = flat[j + 1]
-    end
-  end
-  return f
+  return #found == 1 and field_table(found[1][2]) or {}
 end
 
 local function count(kind, rule, reason)

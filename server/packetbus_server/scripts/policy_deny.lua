@@ -22,8 +22,7 @@
 local held, carcel, record_key, stats, decisions = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local retention_ms, held_id, denier, reason, payload =
   tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = clock_ms()
 
 local existing = redis.call('GET', record_key)
 if not existing then
@@ -38,10 +37,7 @@ if what == 'rejected' then
   local found = redis.call('XRANGE', carcel, id, id)
   local source = ''
   if #found == 1 then
-    local flat = found[1][2]
-    for j = 1, #flat, 2 do
-      if flat[j] == 's' then source = flat[j + 1] end
-    end
+    source = field_table(found[1][2])['s'] or source
   end
   return {'denied', id, source}
 end
@@ -52,11 +48,7 @@ local found = redis.call('XRANGE', held, held_id, held_id)
 if #found == 0 then
   return {'gone'}
 end
-local f = {}
-local flat = found[1][2]
-for j = 1, #flat, 2 do
-  f[flat[j]] = flat[j + 1]
-end
+local f = field_table(found[1][2])
 local stable = 'denied by approver'
 local carcel_id = redis.call('XADD', carcel, '*', 'p', payload, 'n', f['n'], 't', f['t'],
   'i', f['i'], 'c', 'policy', 'r', stable, 'd', reason, 's', 'approval:' .. denier, 'a', 0,

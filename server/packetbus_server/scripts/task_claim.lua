@@ -14,12 +14,12 @@
 -- first posted) is claimed: a new fencing token, the lease, an event.
 -- Returns the claimed task's hash as a flat field/value list, or {} when none.
 local prefix, worker, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local now = now_ms()
+local now = clock_ms()
 
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)
 for _, task_id in ipairs(expired) do
   local key = prefix .. 'task:' .. task_id
-  local f = task_fields(key)
+  local f = hash_fields(key)
   redis.call('ZREM', KEYS[2], task_id)
   if f['st'] == 'claimed' and tonumber(f['lu']) <= now then
     redis.call('HSET', key, 'st', 'queued', 'w', '', 'ua', now)

@@ -22,7 +22,7 @@ local existing = redis.call('HGET', key, 'fp')
 if existing then
   return {existing == ARGV[3] and 'dup' or 'conflict'}
 end
-local now = now_ms()
+local now = clock_ms()
 local seq = redis.call('XADD', KEYS[2], 'MAXLEN', '~', 10000, '*', 'id', task_id, 'o', '', 'n', 'queued',
   'a', '', 'f', '0', 'r', 'posted')
 local ms, n = string.match(seq, '^(%d+)-(%d+)$')

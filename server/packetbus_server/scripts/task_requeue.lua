@@ -18,7 +18,7 @@ if #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) == 0 then
   return {'gone'}
 end
 local key = prefix .. 'task:' .. task_id
-local f = task_fields(key)
+local f = hash_fields(key)
 if not f['st'] then
   return {'gone'}
 end
@@ -28,7 +28,7 @@ end
 if ARGV[5] ~= '' and hop_count(KEYS[3]) ~= tonumber(ARGV[4]) then
   return {'stale', tostring(hop_count(KEYS[3])), redis.call('HGET', KEYS[3], 'h') or ''}
 end
-local now = now_ms()
+local now = clock_ms()
 redis.call('HSET', key, 'st', 'queued', 'fails', 0, 'w', '', 'ua', now)
 redis.call('ZADD', prefix .. 'ready:' .. f['cap'], 0, f['rk'])
 redis.call('XDEL', KEYS[1], ARGV[2])

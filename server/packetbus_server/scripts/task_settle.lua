@@ -22,11 +22,11 @@
 -- hash} (sign again). Checked in full before anything is written.
 local prefix, task_id, kind, fence = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local key = prefix .. 'task:' .. task_id
-local f = task_fields(key)
+local f = hash_fields(key)
 if not f['st'] then
   return {'gone'}
 end
-local now = now_ms()
+local now = clock_ms()
 if f['st'] ~= 'claimed' or f['f'] ~= fence or tonumber(f['lu']) <= now then
   return {'stale_fence', f['st'], f['f']}
 end

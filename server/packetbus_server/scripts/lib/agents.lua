@@ -21,20 +21,6 @@
 -- id, o old state, n new state, r reason, and the agent's p s lv ra hb dl ttl
 -- as they were right after the event.
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
-local function agent_fields(key)
-  local raw = redis.call('HGETALL', key)
-  local f = {}
-  for j = 1, #raw, 2 do
-    f[raw[j]] = raw[j + 1]
-  end
-  return f
-end
-
 local function emit(kind, id, f, old, new, reason, now)
   local retention = tonumber(ARGV[3])
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'k', kind, 'id', id, 'o', old, 'n', new,

@@ -13,20 +13,6 @@
 -- member, cap, claims, fails, max, w worker, f fencing token, lu lease end ms,
 -- lease lease ms, pa posted ms, ua updated ms, x expiry ms.
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
-local function task_fields(key)
-  local raw = redis.call('HGETALL', key)
-  local f = {}
-  for j = 1, #raw, 2 do
-    f[raw[j]] = raw[j + 1]
-  end
-  return f
-end
-
 local function event(events, task_id, old, new, actor, fence, reason)
   redis.call('XADD', events, 'MAXLEN', '~', 10000, '*', 'id', task_id, 'o', old, 'n', new,
     'a', actor, 'f', fence, 'r', reason)
