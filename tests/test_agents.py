@@ -18,7 +18,7 @@ from packetbus.v1 import agent_service_pb2 as pb
 from packetbus.v1 import agent_service_pb2_grpc, custody_pb2
 from packetbus.v1 import task_service_pb2 as tpb
 from packetbus_server import Limits, RunningServer, ServerConfig, _keys, start
-from tests.conftest import unique
+from tests.conftest import unique, verified_actions
 
 JOINED = pb.MEMBERSHIP_EVENT_KIND_JOINED
 LEFT = pb.MEMBERSHIP_EVENT_KIND_LEFT
@@ -111,23 +111,6 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def _verified_actions(client: packetbus.Client, state: tpb.TaskState) -> list[str]:
-    stored = state.packet
-    keys = {k.key_id: k for k in await client.signing_keys()}
-    report = _custody.verify_chain(
-        tracking_id=stored.packet.tracking_id,
-        content=stored.content,
-        chain=stored.packet.chain_of_custody,
-        keys=keys,
-        head=stored.custody_head,
-    )
-    assert report.verified, report.failures()
-    return [
-        custody_pb2.CustodyRecord.FromString(e.record).action
-        for e in stored.packet.chain_of_custody
-    ]
-
-
 async def _task_events(raw: redis_asyncio.Redis, queue: str) -> list[dict[bytes, bytes]]:
     entries: Any = await raw.xrange(_keys.task_events(queue))
     return [fields for _, fields in entries]
@@ -194,7 +177,7 @@ async def test_a_silent_agent_goes_stale_its_task_is_claimable_at_once_then_it_l
     await second.complete({"answer": 2})
     state = await queue.get("t-1")
     assert state.packet.packet.tracking_id == posted.packet.packet.tracking_id
-    assert await _verified_actions(bus, state) == [
+    assert await verified_actions(bus, state.packet) == [
         "received",
         "dispatched",
         "claimed",
@@ -549,7 +532,7 @@ async def test_two_replicas_sweeping_at_once_act_on_each_agent_once(
         for i in range(4):
             state = await queue.get(f"t-{i}")
             assert state.status == tpb.TASK_STATUS_QUEUED
-            actions = await _verified_actions(bus, state)
+            actions = await verified_actions(bus, state.packet)
             assert actions == ["received", "dispatched", "claimed", "released"]
         assert await raw_redis.zscore(_keys.AGENTS_RELEASING, agents[0]) is None
     finally:

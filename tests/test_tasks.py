@@ -8,33 +8,14 @@ import grpc
 import pytest
 
 import packetbus
-from packetbus import _custody
-from packetbus.v1 import custody_pb2
 from packetbus.v1 import task_service_pb2 as pb
-from tests.conftest import unique
+from tests.conftest import unique, verified_actions
 
 
 def _task(task_id: str, *, priority: int = 0, capability: str = "") -> packetbus.Task:
     return packetbus.Task(
         id=task_id, description=f"do {task_id}", priority=priority, required_capability=capability
     )
-
-
-async def _verified_actions(client: packetbus.Client, state: pb.TaskState) -> list[str]:
-    stored = state.packet
-    keys = {k.key_id: k for k in await client.signing_keys()}
-    report = _custody.verify_chain(
-        tracking_id=stored.packet.tracking_id,
-        content=stored.content,
-        chain=stored.packet.chain_of_custody,
-        keys=keys,
-        head=stored.custody_head,
-    )
-    assert report.verified, report.failures()
-    return [
-        custody_pb2.CustodyRecord.FromString(e.record).action
-        for e in stored.packet.chain_of_custody
-    ]
 
 
 async def test_of_20_concurrent_claimers_one_wins_and_a_stale_token_cannot_complete(
@@ -72,7 +53,7 @@ async def test_of_20_concurrent_claimers_one_wins_and_a_stale_token_cannot_compl
     [result] = await queue.results("t-1")
     assert (result.completed, result.result["answer"], result.summary) == (True, 42, "done")
     assert (result.worker, result.fencing_token) == (second.state.worker, second.fencing_token)
-    assert await _verified_actions(client, state) == [
+    assert await verified_actions(client, state.packet) == [
         "received",
         "dispatched",
         "claimed",
@@ -135,7 +116,7 @@ async def test_failures_retry_then_the_carcel_and_release_requeues(
         "boom again",
         f"queue:{name}",
     )
-    assert await _verified_actions(client, state) == [
+    assert await verified_actions(client, state.packet) == [
         "received",
         "dispatched",
         "claimed",
@@ -155,7 +136,11 @@ async def test_failures_retry_then_the_carcel_and_release_requeues(
     assert again.state.failures == 0
     await again.complete()
     done = await queue.get("flaky")
-    assert (await _verified_actions(client, done))[-3:] == ["requeued", "claimed", "completed"]
+    assert (await verified_actions(client, done.packet))[-3:] == [
+        "requeued",
+        "claimed",
+        "completed",
+    ]
 
 
 async def test_watch_sees_each_status_change_in_order(client: packetbus.Client) -> None:
