@@ -233,6 +233,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         for name in result["packetbus"]
     }
+    # CPU per packet, all processes together: steadier than packets/s on a small,
+    # shared machine (lower is better for packetbus; 1.0 is as frugal as NATS).
+    for name, ours in result["packetbus"].items():
+        theirs = result["nats_jetstream"].get(name.removesuffix("_pipelined"), {})
+        ours_us = ours.get("cpu_us_per_packet", {}).get("total")
+        theirs_us = theirs.get("cpu_us_per_packet", {}).get("total")
+        result["ratios"][f"cpu_per_packet_packetbus_over_nats_{name}"] = (
+            round(ours_us / theirs_us, 2) if ours_us and theirs_us else None
+        )
     result["machine"] = machine_info("uvloop" if args.uvloop else "asyncio")
     result["total_errors"] = sum(
         m.get("errors", 0)

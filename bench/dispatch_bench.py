@@ -151,10 +151,14 @@ async def measure(
     await body(tally)
     elapsed = time.perf_counter() - start
     cpu: dict[str, float] = {}
+    cpu_us: dict[str, float] = {}
     for role, pid in pids.items():
         first, now = before[role], cpu_seconds(pid) if pid else None
         if first is not None and now is not None:
             cpu[role] = round((now - first) / elapsed, 2)
+            cpu_us[role] = round((now - first) / max(1, tally.ok) * 1e6, 1)
+    if cpu_us:
+        cpu_us["total"] = round(sum(cpu_us.values()), 1)
     if tally.ok + tally.errors != count:
         tally.error(count - tally.ok - tally.errors, "results missing: count mismatch")
     report: dict[str, Any] = {
@@ -163,6 +167,7 @@ async def measure(
         "seconds": round(elapsed, 3),
         "per_s": round(tally.ok / elapsed),
         "cpu_cores": cpu,
+        "cpu_us_per_packet": cpu_us,
     }
     if tally.first_error:
         report["first_error"] = tally.first_error

@@ -16,6 +16,7 @@ import redis.asyncio as redis_asyncio
 import packetbus
 from packetbus import _custody
 from packetbus.v1 import custody_pb2
+from packetbus_server._group_store import GroupStore
 from tests.conftest import new_packet, unique
 
 REPO = Path(__file__).resolve().parent.parent
@@ -355,3 +356,27 @@ async def test_deliveries_a_closing_consumer_never_handed_out_come_back_uncounte
     assert actions[-2:] == ["delivered", "acked"]
     assert middle
     assert middle == ["delivered", "released"] * (len(middle) // 2)
+
+
+async def test_a_pull_looks_for_run_out_leases_only_when_asked(
+    client: packetbus.Client, topic: str, raw_redis: redis_asyncio.Redis
+) -> None:
+    # Looking walks the group's whole pending list, so a busy stream asks for it
+    # about once a second, not on every pull.
+    store = GroupStore(raw_redis, retry_budget=5, carcel_retention_ms=60_000)
+    await client.create_consumer_group(topic, "g", start=packetbus.EARLIEST, ack_deadline_seconds=1)
+    [tid] = await _dispatch(client, topic, 1)
+    first = await store.pull(topic, "g", "a", 10)
+    assert first is not None
+    assert first.scanned
+    assert [(e.tracking_id, e.count) for e in first.entries] == [(tid, 1)]
+    await asyncio.sleep(1.2)  # a's lease runs out
+    unasked = await store.pull(topic, "g", "b", 10, scan=False)
+    assert unasked is not None
+    assert (unasked.entries, unasked.scanned) == ([], False)
+    asked = await store.pull(topic, "g", "b", 10, scan=True)
+    assert asked is not None
+    assert asked.scanned
+    assert [(e.tracking_id, e.count) for e in asked.entries] == [(tid, 2)]
+    group = await client.get_consumer_group(topic, "g")
+    assert group.outstanding == 1

@@ -60,15 +60,16 @@ MAX_DELIVERY = "max delivery attempts"
 _SIGN_ROUNDS = 5
 # How long a Pull stream waits for new entries before it looks for run-out leases.
 _WAIT_MS = 1000
+# How long after looking through all of them a busy Pull stream looks for run-out
+# leases again (the look walks every outstanding delivery of the group): a lease
+# that ran out is noticed this late at most. Below _WAIT_MS, so an idle stream
+# looks on each wake-up.
+_RESCAN_SECONDS = 0.9
 _MAX_REASON = 1024
 
 
 def delivery_id(cursor: str, count: int) -> str:
     return f"{cursor}:{count}"
-
-
-def _ok() -> status_pb2.Status:
-    return status_pb2.Status(code=code_pb2.OK)
 
 
 @dataclass(slots=True)
@@ -83,7 +84,9 @@ class Held:
     expires_at_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: made for every packet on the delivery path, where a frozen
+# dataclass's __init__ (object.__setattr__ per field) costs four times as much.
+@dataclass(slots=True)
 class Request:
     """One settlement asked for, parsed."""
 
@@ -105,9 +108,51 @@ def _parse(kind: Kind, ident: str, *, delay_s: int = 0, reason: str = "") -> Req
     return Request(kind, ident, match.group(1), int(match.group(2)), delay_s * 1000, reason=reason)
 
 
+def _request(kind: Kind, ident: str, held: dict[str, Held]) -> Request:
+    """As `_parse`; an id of a delivery `held` by the stream is one it made, so well-formed."""
+    if ident in held:
+        cursor, _, count = ident.rpartition(":")
+        return Request(kind, ident, cursor, int(count))
+    return _parse(kind, ident)
+
+
 def _nacked(nack: pb.Nacked) -> Request:
     kind = Kind.RELEASE if nack.release else Kind.NACK
     return _parse(kind, nack.delivery_id, delay_s=nack.delay_seconds, reason=nack.reason)
+
+
+@dataclass(slots=True)
+class Answer:
+    """A settlement's result: written straight to a Pull stream, or as a SettleResult
+    for the unary calls (an ack's result is made for every packet)."""
+
+    delivery_id: str
+    settlement: int
+    code: int
+    message: str = ""
+    carcel_id: str = ""
+    lease_ends_ms: int = 0
+
+    def wire(self) -> bytes:
+        return _pull_wire.settle_result(
+            self.delivery_id,
+            self.settlement,
+            self.code,
+            self.message,
+            carcel_id=self.carcel_id,
+            lease_ends_ms=self.lease_ends_ms,
+        )
+
+    def result(self) -> pb.SettleResult:
+        result = pb.SettleResult(
+            delivery_id=self.delivery_id,
+            settlement=self.settlement,  # type: ignore[arg-type]
+            status=status_pb2.Status(code=self.code, message=self.message),
+            carcel_id=self.carcel_id,
+        )
+        if self.lease_ends_ms:
+            result.lease_expires_at.FromMilliseconds(self.lease_ends_ms)
+        return result
 
 
 _SETTLEMENT = {
@@ -152,8 +197,10 @@ class _Stream:
     batch: int
     held: dict[str, Held] = field(default_factory=dict)
     held_bytes: int = 0
-    outbox: list[pb.SettleResult] = field(default_factory=list)
+    outbox: list[Answer] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # When to look for run-out leases again (time.monotonic()).
+    scan_at: float = 0.0
 
     def room(self, now_ms: int) -> int:
         # A lease that ran out is no longer this consumer's to count.
@@ -353,7 +400,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                         # raises): confirm what it settled, deliver nothing more.
                         settler.result()
                         if stream.outbox:
-                            yield pb.PullResponse(settled=stream.outbox)
+                            yield _pull_wire.pull_response([], [a.wire() for a in stream.outbox])
                         return
                     now_ms = time.time_ns() // 1_000_000
                     room = stream.room(now_ms)
@@ -361,16 +408,22 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                     newest = None
                     if room:
                         pulled = await self._store.pull(
-                            stream.topic, stream.group, stream.consumer, room
+                            stream.topic,
+                            stream.group,
+                            stream.consumer,
+                            room,
+                            scan=time.monotonic() >= stream.scan_at,
                         )
                         if pulled is None:
                             await self._abort_no_group(context, stream.topic, stream.group)
                             return
+                        if pulled.scanned:
+                            stream.scan_at = time.monotonic() + _RESCAN_SECONDS
                         newest = pulled.newest
                         deliveries = await self._deliver(stream, pulled.entries, pulled.now_ms)
                     if deliveries or stream.outbox:
                         settled, stream.outbox = stream.outbox, []
-                        yield _pull_wire.pull_response(deliveries, settled)
+                        yield _pull_wire.pull_response(deliveries, [a.wire() for a in settled])
                         continue
                     # Nothing to send: wait for new entries, a settlement, or the
                     # next look for run-out leases.
@@ -557,7 +610,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                         ],
                     )
                 parsed = [
-                    *(_parse(Kind.ACK, i) for i in request.ack_ids),
+                    *(_request(Kind.ACK, i, stream.held) for i in request.ack_ids),
                     *(_nacked(n) for n in request.nacks),
                     *(_parse(Kind.EXTEND, i) for i in request.extend_ids),
                 ]
@@ -565,15 +618,16 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                     results = await self._settle(
                         stream.topic, stream.group, stream.settings, parsed, stream.held
                     )
-                    for r in results:
-                        if not (
-                            r.settlement == pb.SETTLEMENT_EXTEND and r.status.code == code_pb2.OK
-                        ):
+                    for p, r in zip(parsed, results, strict=True):
+                        if p.kind in (Kind.NACK, Kind.RELEASE) and r.code == code_pb2.OK:
+                            # Its lease runs out after the delay: look for it then.
+                            stream.scan_at = min(
+                                stream.scan_at, time.monotonic() + p.delay_ms / 1000
+                            )
+                        if not (r.settlement == pb.SETTLEMENT_EXTEND and r.code == code_pb2.OK):
                             stream.release(r.delivery_id)
                         elif r.delivery_id in stream.held:
-                            stream.held[
-                                r.delivery_id
-                            ].lease_ends_ms = r.lease_expires_at.ToMilliseconds()
+                            stream.held[r.delivery_id].lease_ends_ms = r.lease_ends_ms
                     stream.outbox.extend(results)
                     stream.wake.set()
             try:
@@ -590,9 +644,9 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
         held: dict[str, Held],
         *,
         reason: str = "",
-    ) -> list[pb.SettleResult]:
+    ) -> list[Answer]:
         """Settle `requests` (in one script call per round); one result each, in order."""
-        results: list[pb.SettleResult | None] = [None] * len(requests)
+        results: list[Answer | None] = [None] * len(requests)
         deadline_ms = settings.ack_deadline_ms
         valid: list[int] = []
         for i, r in enumerate(requests):
@@ -712,20 +766,14 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
             )
 
     @staticmethod
-    def _result(r: Request, code: int, message: str) -> pb.SettleResult:
-        return pb.SettleResult(
-            delivery_id=r.delivery_id,
-            settlement=_SETTLEMENT[r.kind],
-            status=status_pb2.Status(code=code, message=message),
-        )
+    def _result(r: Request, code: int, message: str = "") -> Answer:
+        return Answer(r.delivery_id, _SETTLEMENT[r.kind], code, message)
 
-    def _settled(self, r: Request, kind: Kind, outcome: Settled) -> pb.SettleResult:
+    def _settled(self, r: Request, kind: Kind, outcome: Settled) -> Answer:
         if outcome.outcome is Outcome.OK:
-            result = pb.SettleResult(
-                delivery_id=r.delivery_id, settlement=_SETTLEMENT[r.kind], status=_ok()
-            )
+            result = self._result(r, code_pb2.OK)
             if kind is Kind.EXTEND:
-                result.lease_expires_at.FromMilliseconds(int(outcome.value))
+                result.lease_ends_ms = int(outcome.value)
             elif kind is Kind.CARCEL:
                 result.carcel_id = outcome.value
             return result
@@ -739,10 +787,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
         last = outcome.value
         if last == f"{r.cursor}:{r.count} {kind.value}":
             # This very settlement, replayed (a retry after a lost reply).
-            result = pb.SettleResult(
-                delivery_id=r.delivery_id, settlement=_SETTLEMENT[r.kind], status=_ok()
-            )
-            return result
+            return self._result(r, code_pb2.OK)
         detail = f" (last settled: {last})" if last else ""
         if last.startswith(f"{r.cursor}:") and last.endswith(" carcel"):
             return self._result(
@@ -779,7 +824,8 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
             if settings is None:
                 await self._abort_no_group(context, topic, group)
                 raise AssertionError("context.abort always raises")
-            return await self._settle(topic, group, settings, requests, {})
+            answers = await self._settle(topic, group, settings, requests, {})
+        return [a.result() for a in answers]
 
     async def Acknowledge(
         self, request: pb.AcknowledgeRequest, context: grpc.aio.ServicerContext

@@ -49,7 +49,9 @@ class GroupState:
     last_delivered: str
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: made for every packet on the delivery path, where a frozen
+# dataclass's __init__ (object.__setattr__ per field) costs four times as much.
+@dataclass(slots=True)
 class Leased:
     """One log entry leased to a consumer."""
 
@@ -58,11 +60,8 @@ class Leased:
     tracking_id: str
     payload: bytes
     content_length: int
-    ttl_ms: int
-
-    @property
-    def expires_at_ms(self) -> int:
-        return cursor_millis(self.cursor) + self.ttl_ms
+    # When the packet expires (unix ms): its log entry's time plus its TTL.
+    expires_at_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +71,8 @@ class Pulled:
     max_attempts: int
     # The log's newest entry when the lease was taken: wait for entries after it.
     newest: str
+    # The look for run-out leases went through the whole pending list.
+    scanned: bool
     entries: list[Leased]
 
 
@@ -83,7 +84,8 @@ class Kind(enum.Enum):
     CARCEL = "carcel"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, as above.
+@dataclass(slots=True)
 class Settle:
     kind: Kind
     cursor: str
@@ -112,7 +114,8 @@ class Outcome(enum.Enum):
 _OUTCOMES = {o.value: o for o in Outcome}
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, as above.
+@dataclass(slots=True)
 class Settled:
     outcome: Outcome
     # OK: the lease end in ms (extend) or the carcel entry id (carcel).
@@ -202,19 +205,22 @@ class GroupStore:
         states: list[GroupState] = await self._retried(attempt)
         return states
 
-    async def pull(self, topic: str, group: str, consumer: str, count: int) -> Pulled | None:
-        """Lease up to `count` entries to `consumer`; None when the group does not exist."""
+    async def pull(
+        self, topic: str, group: str, consumer: str, count: int, *, scan: bool = True
+    ) -> Pulled | None:
+        """Lease up to `count` entries to `consumer`, first (with `scan`) those whose
+        lease ran out; None when the group does not exist."""
 
         async def attempt() -> Pulled | None:
             reply = await _scripts.GROUP_PULL.run(
                 self._redis,
                 [_keys.topic_log(topic), _keys.topic_groups(topic)],
-                [group, consumer, count],
+                [group, consumer, count, int(scan)],
             )
             if text(reply[0]) == "nogroup":
                 return None
-            now_ms, deadline_ms, max_attempts, newest = reply[:4]
-            rest = reply[4:]
+            now_ms, deadline_ms, max_attempts, newest, scanned = reply[:5]
+            rest = reply[5:]
             entries = [
                 Leased(
                     cursor=text(rest[j]),
@@ -222,11 +228,18 @@ class GroupStore:
                     tracking_id=text(rest[j + 2]),
                     payload=bytes(rest[j + 3]),
                     content_length=int(rest[j + 4]),
-                    ttl_ms=int(rest[j + 5]),
+                    expires_at_ms=cursor_millis(text(rest[j])) + int(rest[j + 5]),
                 )
                 for j in range(0, len(rest), 6)
             ]
-            return Pulled(int(now_ms), int(deadline_ms), int(max_attempts), text(newest), entries)
+            return Pulled(
+                int(now_ms),
+                int(deadline_ms),
+                int(max_attempts),
+                text(newest),
+                scanned == 1,
+                entries,
+            )
 
         pulled: Pulled | None = await self._retried(attempt)
         return pulled
@@ -251,18 +264,12 @@ class GroupStore:
             args: list[Any] = [group, self.carcel_retention_ms]
             for item in items:
                 keys.append(_keys.custody_hops(topic, item.tracking_id))
-                argument: str | int = (
-                    "\n".join(item.carcel) if item.kind is Kind.CARCEL else item.delay_ms
-                )
+                argument = "\n".join(item.carcel) if item.kind is Kind.CARCEL else item.delay_ms
                 args += (
-                    item.kind.value,
-                    item.cursor,
-                    item.count,
-                    item.expected_hops,
+                    f"{item.kind.value} {item.cursor} {item.count} {item.expected_hops} "
+                    f"{item.expires_at_ms} {argument}",
                     item.entry,
                     item.entry_hash,
-                    argument,
-                    item.expires_at_ms,
                 )
             reply = await _scripts.SETTLE.run(self._redis, keys, args)
             if reply and not isinstance(reply[0], list) and text(reply[0]) == "nogroup":

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from packetbus._wire import length_delimited, timestamp, varint
-from packetbus.v1 import consumer_group_service_pb2 as pb
-
-_MS = 1_000_000
+from packetbus._wire import length_delimited, timestamp_ms, varint
 
 
 def receipt(topic: str, cursor: str, stored_ms: int, expires_ms: int) -> bytes:
@@ -21,8 +18,8 @@ def receipt(topic: str, cursor: str, stored_ms: int, expires_ms: int) -> bytes:
         (
             length_delimited(1, topic.encode()),
             length_delimited(2, cursor.encode()),
-            timestamp(3, stored_ms * _MS),
-            timestamp(4, expires_ms * _MS),
+            timestamp_ms(3, stored_ms),
+            timestamp_ms(4, expires_ms),
         )
     )
 
@@ -48,16 +45,45 @@ def delivery(
         (
             length_delimited(1, ident.encode()),
             b"\x10" + varint(count) if count else b"",
-            timestamp(3, lease_ends_ms * _MS),
+            timestamp_ms(3, lease_ends_ms),
             length_delimited(4, stored),
         )
     )
 
 
-def pull_response(deliveries: Sequence[bytes], settled: Sequence[pb.SettleResult]) -> bytes:
+def settle_result(
+    delivery_id: str,
+    settlement: int,
+    code: int,
+    message: str = "",
+    *,
+    carcel_id: str = "",
+    lease_ends_ms: int = 0,
+) -> bytes:
+    """A SettleResult; its status is always present (empty when OK), as the server
+    answers every settlement with one."""
+    status = b"".join(
+        (
+            b"\x08" + varint(code) if code else b"",
+            length_delimited(2, message.encode()) if message else b"",
+        )
+    )
+    return b"".join(
+        (
+            length_delimited(1, delivery_id.encode()),
+            b"\x10" + varint(settlement) if settlement else b"",
+            length_delimited(3, status),
+            length_delimited(4, carcel_id.encode()) if carcel_id else b"",
+            timestamp_ms(5, lease_ends_ms) if lease_ends_ms else b"",
+        )
+    )
+
+
+def pull_response(deliveries: Sequence[bytes], settled: Sequence[bytes]) -> bytes:
+    """A PullResponse of serialized Deliveries and SettleResults."""
     return b"".join(
         [
             *(length_delimited(1, d) for d in deliveries),
-            *(length_delimited(2, s.SerializeToString(deterministic=True)) for s in settled),
+            *(length_delimited(2, s) for s in settled),
         ]
     )

@@ -6,17 +6,20 @@
 -- KEYS[3 + i]  item i's custody hops       (pb:{topic}:hops:<tracking id>)
 -- ARGV[1]      group name
 -- ARGV[2]      carcel retention in ms
--- then 8 per item:
---   kind        "ack", "nack", "release" (a nack that does not count the attempt),
+-- then 3 per item:
+--   what        "<kind> <cursor> <count> <expected> <expiry> <argument>", one string
+--               (one argument instead of six: this runs for every ack):
+--     kind      "ack", "nack", "release" (a nack that does not count the attempt),
 --               "extend" or "carcel"
---   cursor      the packet's log entry
---   count       the delivery count the settlement answers (the lease's fence)
---   expected    hops the packet has before this settlement's own (unused by extend)
+--     cursor    the packet's log entry
+--     count     the delivery count the settlement answers (the lease's fence)
+--     expected  hops the packet has before this settlement's own (unused by extend)
+--     expiry    unix ms the packet expires at: its hops are kept until then
+--     argument  nack: redeliver after this many ms; carcel: "reason\ndetail\nsource";
+--               otherwise empty
 --   entry       its serialized, signed custody entry (empty for extend, and when
 --               the server does not sign custody entries)
 --   entry hash  SHA-256(0x00 || the entry's record)
---   argument    nack: redeliver after this many ms; carcel: "reason\ndetail\nsource"
---   expiry      unix ms the packet expires at: its hops are kept until then
 --
 -- Returns one {status, value} per item:
 --   "ok"     done; value = the new lease end in ms (extend), the carcel entry id (carcel)
@@ -38,15 +41,17 @@ local deadline_ms = tonumber(string.match(settings, '^(%d+) '))
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 
+local marker = 's:' .. group
 local results = {}
 for i = 1, #KEYS - 3 do
   local hops = KEYS[3 + i]
-  local base = 2 + 8 * (i - 1)
-  local kind, cursor, count = ARGV[base + 1], ARGV[base + 2], tonumber(ARGV[base + 3])
-  local expected, entry, entry_hash = tonumber(ARGV[base + 4]), ARGV[base + 5], ARGV[base + 6]
-  local argument, expires_ms = ARGV[base + 7], tonumber(ARGV[base + 8])
-  local marker = 's:' .. group
+  local base = 2 + 3 * (i - 1)
+  local kind, cursor, count, expected, expires_ms, argument =
+    string.match(ARGV[base + 1], '^(%a+) (%S+) (%d+) (%d+) (%d+) (.*)$')
+  count, expected, expires_ms = tonumber(count), tonumber(expected), tonumber(expires_ms)
+  local entry, entry_hash = ARGV[base + 2], ARGV[base + 3]
   local pending = redis.call('XPENDING', log, group, cursor, cursor, 1)
+  local hop_n = entry ~= '' and kind ~= 'extend' and hop_count(hops)
   if #pending == 0 then
     results[i] = {'gone', redis.call('HGET', hops, marker) or ''}
   elseif pending[1][4] ~= count then
@@ -54,8 +59,8 @@ for i = 1, #KEYS - 3 do
   elseif kind == 'extend' then
     redis.call('XCLAIM', log, group, pending[1][2], 0, cursor, 'IDLE', 0, 'JUSTID')
     results[i] = {'ok', tostring(now_ms + deadline_ms)}
-  elseif entry ~= '' and hop_count(hops) ~= expected then
-    results[i] = {'stale', tostring(hop_count(hops)), redis.call('HGET', hops, 'h') or ''}
+  elseif hop_n and hop_n ~= expected then
+    results[i] = {'stale', tostring(hop_n), redis.call('HGET', hops, 'h') or ''}
   else
     local value = ''
     if kind == 'ack' then
@@ -88,7 +93,7 @@ for i = 1, #KEYS - 3 do
     end
     local settled = cursor .. ':' .. count .. ' ' .. kind
     if entry ~= '' then
-      append_hop(hops, expected, entry, entry_hash, expires_ms, marker, settled)
+      put_hop(hops, expected, entry, entry_hash, expires_ms, marker, settled)
     else
       redis.call('HSET', hops, marker, settled)
     end

@@ -23,20 +23,29 @@ local function hop_count(key)
   return tonumber(redis.call('HGET', key, 'n') or '0')
 end
 
--- Append `entry` as hop `expected` + 1 (and set `field` to `value` with it, when
--- given); false when the packet has another count. The first hop gives the key
--- the packet's expiry, `keep_until_ms`; later ones leave it as it is.
-local function append_hop(key, expected, entry, entry_hash, keep_until_ms, field, value)
-  if hop_count(key) ~= expected then
-    return false
-  end
+-- Store `entry` as hop `expected` + 1 (and set `field` to `value` with it, when
+-- given), the caller having checked that the packet has `expected` hops. The
+-- first hop gives the key the packet's expiry, `keep_until_ms`; later ones
+-- leave it as it is.
+local function put_hop(key, expected, entry, entry_hash, keep_until_ms, field, value)
   if field then
     redis.call('HSET', key, 'n', expected + 1, 'h', entry_hash, tostring(expected + 1), entry, field, value)
   else
     redis.call('HSET', key, 'n', expected + 1, 'h', entry_hash, tostring(expected + 1), entry)
   end
-  if expected == 0 then
+  -- NX: a key without an expiry (the usual first hop) gets one in one call;
+  -- one that has an expiry may need it kept longer.
+  if expected == 0 and redis.call('PEXPIREAT', key, keep_until_ms, 'NX') == 0 then
     keep_until(key, keep_until_ms)
   end
+end
+
+-- Append `entry` as hop `expected` + 1 (see put_hop); false when the packet
+-- has another count.
+local function append_hop(key, expected, entry, entry_hash, keep_until_ms, field, value)
+  if hop_count(key) ~= expected then
+    return false
+  end
+  put_hop(key, expected, entry, entry_hash, keep_until_ms, field, value)
   return true
 end
