@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, cast
 
@@ -15,6 +16,7 @@ from packetbus.v1 import agent_service_pb2 as pb
 from packetbus.v1 import agent_service_pb2_grpc
 
 from . import _custody
+from ._calls import Call, Deadline
 from ._config import AgentIdentity
 from ._errors import PacketbusError
 
@@ -37,22 +39,12 @@ class Agents:
     def __init__(
         self,
         stub: agent_service_pb2_grpc.AgentServiceStub,
-        unary: Callable[..., Awaitable[Any]],
-        deadline: Callable[[float | None], float],
+        call: Call,
+        deadline: Deadline,
     ) -> None:
         self._stub = stub
-        self._unary = unary
+        self._call = call
         self._deadline = deadline
-
-    async def _call(
-        self,
-        call: Callable[[agent_service_pb2_grpc.AgentServiceStub, float], Awaitable[T]],
-        timeout: float | None,
-    ) -> T:
-        result: T = await self._unary(
-            lambda remaining: call(self._stub, remaining), self._deadline(timeout)
-        )
-        return result
 
     async def register(
         self,
@@ -89,7 +81,7 @@ class Agents:
             )
         return cast(
             pb.RegisterAgentResponse,
-            await self._call(lambda s, t: s.RegisterAgent(request, timeout=t), timeout),
+            await self._call(self._stub.RegisterAgent, request, timeout),
         )
 
     async def heartbeat(
@@ -98,7 +90,7 @@ class Agents:
         request = pb.HeartbeatAgentRequest(agent_id=agent_id)
         if state is not None:
             request.state = state
-        response = await self._call(lambda s, t: s.HeartbeatAgent(request, timeout=t), timeout)
+        response = await self._call(self._stub.HeartbeatAgent, request, timeout)
         return cast(pb.Agent, response.agent)
 
     async def deregister(
@@ -112,12 +104,12 @@ class Agents:
         request = pb.DeregisterAgentRequest(
             agent_id=agent_id, cascade=cascade, allow_missing=allow_missing
         )
-        response = await self._call(lambda s, t: s.DeregisterAgent(request, timeout=t), timeout)
+        response = await self._call(self._stub.DeregisterAgent, request, timeout)
         return list(response.removed_agent_ids)
 
     async def get(self, agent_id: str, *, timeout: float | None = None) -> pb.Agent:
         request = pb.GetAgentRequest(agent_id=agent_id)
-        response = await self._call(lambda s, t: s.GetAgent(request, timeout=t), timeout)
+        response = await self._call(self._stub.GetAgent, request, timeout)
         return cast(pb.Agent, response.agent)
 
     async def list(
@@ -143,10 +135,7 @@ class Agents:
                 page_size=page_size,
                 page_token=token,
             )
-            response = await self._unary(
-                lambda remaining, r=request: self._stub.ListAgents(r, timeout=remaining),
-                deadline,
-            )
+            response = await self._call(self._stub.ListAgents, request, deadline - time.monotonic())
             found.extend(response.agents)
             token = response.next_page_token
             if not token:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -12,6 +11,7 @@ from packetbus.v1 import custody_pb2, packet_service_pb2, policy_service_pb2_grp
 from packetbus.v1 import policy_service_pb2 as pb
 
 from . import _custody
+from ._calls import Call
 from ._config import AgentIdentity
 from ._errors import PacketbusError
 
@@ -40,7 +40,6 @@ def decision_entry(
     return _custody.sign_entry(identity.signer, record)
 
 
-Unary = Callable[[Callable[[float], Awaitable[Any]], float], Awaitable[Any]]
 _CHAIN_RACES = 3
 
 
@@ -50,19 +49,10 @@ class Governance:
     def __init__(
         self,
         stub: policy_service_pb2_grpc.PolicyServiceStub,
-        unary: Unary,
-        deadline: Callable[[float | None], float],
+        call: Call,
     ) -> None:
         self._stub = stub
-        self._unary = unary
-        self._deadline = deadline
-
-    async def _call(
-        self, method: Callable[..., Awaitable[Any]], request: Any, timeout: float | None
-    ) -> Any:
-        return await self._unary(
-            lambda remaining: method(request, timeout=remaining), self._deadline(timeout)
-        )
+        self._call = call
 
     async def get_policy(self, timeout: float | None) -> pb.GetPolicyResponse:
         response: pb.GetPolicyResponse = await self._call(

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import BinaryIO, Literal, Self, TypeAlias, TypeVar, cast
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from packetbus.v1 import (
@@ -145,12 +146,12 @@ class Client:
         self._tasks = task_service_pb2_grpc.TaskServiceStub(channel)
         self._findings = finding_service_pb2_grpc.FindingServiceStub(channel)
         self._agents = Agents(
-            agent_service_pb2_grpc.AgentServiceStub(channel), self._unary, self._deadline
+            agent_service_pb2_grpc.AgentServiceStub(channel), self._call, self._deadline
         )
-        self._context = ContextClient(channel, self._unary, self._deadline)
+        self._context = ContextClient(channel, self._call, self._deadline)
         self._records = record_service_pb2_grpc.RecordServiceStub(channel)
         self._governance = Governance(
-            policy_service_pb2_grpc.PolicyServiceStub(channel), self._unary, self._deadline
+            policy_service_pb2_grpc.PolicyServiceStub(channel), self._call
         )
         # Dispatch batches take turns over these connections, so a server run
         # with several workers (one port, SO_REUSEPORT) gets work on each.
@@ -245,6 +246,14 @@ class Client:
                         continue
                 raise PacketbusError.from_rpc_error(exc) from None
 
+    async def _call(
+        self, method: Callable[..., Awaitable[T]], request: Message, timeout: float | None
+    ) -> T:
+        """`method(request)`, one unary RPC, as `_unary` retries it within `timeout`."""
+        return await self._unary(
+            lambda remaining: method(request, timeout=remaining), self._deadline(timeout)
+        )
+
     # -- dispatch ---------------------------------------------------------------
 
     async def dispatch(
@@ -309,20 +318,14 @@ class Client:
     ) -> packet_service_pb2.StoredPacket:
         """Fetch a stored packet; NOT_FOUND when it was never stored or has expired."""
         request = packet_service_pb2.GetPacketRequest(tracking_id=tracking_id)
-        response = await self._unary(
-            lambda remaining: self._stub.GetPacket(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._stub.GetPacket, request, timeout)
         return cast(packet_service_pb2.StoredPacket, response.packet)
 
     async def server_info(
         self, *, timeout: float | None = None
     ) -> packet_service_pb2.GetServerInfoResponse:
-        return await self._unary(
-            lambda remaining: self._stub.GetServerInfo(
-                packet_service_pb2.GetServerInfoRequest(), timeout=remaining
-            ),
-            self._deadline(timeout),
+        return await self._call(
+            self._stub.GetServerInfo, packet_service_pb2.GetServerInfoRequest(), timeout
         )
 
     # -- custody ----------------------------------------------------------------
@@ -364,19 +367,13 @@ class Client:
     async def _register(
         self, request: custody_service_pb2.RegisterAgentKeyRequest, timeout: float | None
     ) -> custody_pb2.SigningKey:
-        response = await self._unary(
-            lambda remaining: self._custody.RegisterAgentKey(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._custody.RegisterAgentKey, request, timeout)
         return cast(custody_pb2.SigningKey, response.key)
 
     async def signing_keys(self, *, timeout: float | None = None) -> list[custody_pb2.SigningKey]:
         """Every public key custody entries may be signed with (servers' and agents')."""
-        response = await self._unary(
-            lambda remaining: self._custody.GetSigningKeys(
-                custody_service_pb2.GetSigningKeysRequest(), timeout=remaining
-            ),
-            self._deadline(timeout),
+        response = await self._call(
+            self._custody.GetSigningKeys, custody_service_pb2.GetSigningKeysRequest(), timeout
         )
         return list(response.keys)
 
@@ -385,10 +382,7 @@ class Client:
     ) -> custody_service_pb2.VerifyCustodyResponse:
         """The server's verdict on a stored packet's chain, entry by entry."""
         request = custody_service_pb2.VerifyCustodyRequest(tracking_id=tracking_id)
-        return await self._unary(
-            lambda remaining: self._custody.VerifyCustody(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        return await self._call(self._custody.VerifyCustody, request, timeout)
 
     async def export_packets(
         self, topic: str = "", *, timeout: float | None = None
@@ -437,9 +431,7 @@ class Client:
         """The server's grpc.health.v1 status name: "SERVING" only while its store answers."""
         stub = health_pb2_grpc.HealthStub(self._channel)
         request = health_pb2.HealthCheckRequest(service=service)
-        response = await self._unary(
-            lambda remaining: stub.Check(request, timeout=remaining), self._deadline(timeout)
-        )
+        response = await self._call(stub.Check, request, timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     # -- consumer groups -----------------------------------------------------------
@@ -469,30 +461,21 @@ class Client:
             request.after_cursor = after
         else:
             request.start_position = start
-        response = await self._unary(
-            lambda remaining: self._groups.CreateConsumerGroup(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._groups.CreateConsumerGroup, request, timeout)
         return cast(consumer_group_service_pb2.ConsumerGroup, response.group)
 
     async def get_consumer_group(
         self, topic: str, name: str, *, timeout: float | None = None
     ) -> consumer_group_service_pb2.ConsumerGroup:
         request = consumer_group_service_pb2.GetConsumerGroupRequest(topic=topic, name=name)
-        response = await self._unary(
-            lambda remaining: self._groups.GetConsumerGroup(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._groups.GetConsumerGroup, request, timeout)
         return cast(consumer_group_service_pb2.ConsumerGroup, response.group)
 
     async def list_consumer_groups(
         self, topic: str, *, timeout: float | None = None
     ) -> list[consumer_group_service_pb2.ConsumerGroup]:
         request = consumer_group_service_pb2.ListConsumerGroupsRequest(topic=topic)
-        response = await self._unary(
-            lambda remaining: self._groups.ListConsumerGroups(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._groups.ListConsumerGroups, request, timeout)
         return list(response.groups)
 
     async def delete_consumer_group(
@@ -500,10 +483,7 @@ class Client:
     ) -> bool:
         """Delete a group and its outstanding deliveries; False when there was none."""
         request = consumer_group_service_pb2.DeleteConsumerGroupRequest(topic=topic, name=name)
-        response = await self._unary(
-            lambda remaining: self._groups.DeleteConsumerGroup(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._groups.DeleteConsumerGroup, request, timeout)
         return bool(response.deleted)
 
     def consume(
@@ -547,10 +527,7 @@ class Client:
         request = consumer_group_service_pb2.AcknowledgeRequest(
             topic=topic, group=group, delivery_ids=delivery_ids
         )
-        response = await self._unary(
-            lambda remaining: self._groups.Acknowledge(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._groups.Acknowledge, request, timeout)
         return list(response.results)
 
     async def nack(
@@ -574,10 +551,7 @@ class Client:
                 for i in delivery_ids
             ],
         )
-        response = await self._unary(
-            lambda remaining: self._groups.Nack(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._groups.Nack, request, timeout)
         return list(response.results)
 
     async def extend_leases(
@@ -587,10 +561,7 @@ class Client:
         request = consumer_group_service_pb2.ExtendLeasesRequest(
             topic=topic, group=group, delivery_ids=delivery_ids
         )
-        response = await self._unary(
-            lambda remaining: self._groups.ExtendLeases(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._groups.ExtendLeases, request, timeout)
         return list(response.results)
 
     # -- task queues ----------------------------------------------------------------
@@ -720,8 +691,7 @@ class Client:
         return TaskQueue(
             name,
             self._tasks,
-            self._unary,
-            self._deadline,
+            self._call,
             lambda packet: fill_defaults(packet, self._config.identity),
         )
 
@@ -749,19 +719,13 @@ class Client:
             )
         fill_defaults(packet, self._config.identity)
         request = finding_service_pb2.PostFindingRequest(packet=packet)
-        return await self._unary(
-            lambda remaining: self._findings.PostFinding(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        return await self._call(self._findings.PostFinding, request, timeout)
 
     async def get_finding(
         self, task_id: str, finding_id: str, *, timeout: float | None = None
     ) -> packet_service_pb2.StoredPacket:
         request = finding_service_pb2.GetFindingRequest(task_id=task_id, finding_id=finding_id)
-        response = await self._unary(
-            lambda remaining: self._findings.GetFinding(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._findings.GetFinding, request, timeout)
         return cast(packet_service_pb2.StoredPacket, response.finding)
 
     async def list_findings(
@@ -769,10 +733,7 @@ class Client:
     ) -> list[packet_service_pb2.StoredPacket]:
         """A task's findings, first posted first."""
         request = finding_service_pb2.ListFindingsRequest(task_id=task_id)
-        response = await self._unary(
-            lambda remaining: self._findings.ListFindings(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._findings.ListFindings, request, timeout)
         return list(response.findings)
 
     async def detect_conflicts(
@@ -780,10 +741,7 @@ class Client:
     ) -> list[finding_service_pb2.FindingConflict]:
         """Every conflicting pair among a task's findings (0: the server's threshold, 0.3)."""
         request = finding_service_pb2.DetectConflictsRequest(task_id=task_id, threshold=threshold)
-        response = await self._unary(
-            lambda remaining: self._findings.DetectConflicts(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._findings.DetectConflicts, request, timeout)
         return list(response.conflicts)
 
     async def escalate(
@@ -801,10 +759,7 @@ class Client:
         request = finding_service_pb2.EscalateRequest(
             task_id=task_id, origin=who, reason=reason, finding_ids=finding_ids
         )
-        response = await self._unary(
-            lambda remaining: self._findings.Escalate(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._findings.Escalate, request, timeout)
         return cast(packet_service_pb2.StoredPacket, response.escalation)
 
     async def list_escalations(
@@ -812,10 +767,7 @@ class Client:
     ) -> list[packet_service_pb2.StoredPacket]:
         """Escalations (of one task, or all), oldest first."""
         request = finding_service_pb2.ListEscalationsRequest(task_id=task_id)
-        response = await self._unary(
-            lambda remaining: self._findings.ListEscalations(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._findings.ListEscalations, request, timeout)
         return list(response.escalations)
 
     # -- inboxes and request/reply ---------------------------------------------------
@@ -1033,19 +985,13 @@ class Client:
             getattr(packet, field).CopyFrom(record)
         fill_defaults(packet, self._config.identity)
         request = record_service_pb2.PutRecordRequest(packet=packet, retention_seconds=retention)
-        return await self._unary(
-            lambda remaining: self._records.PutRecord(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        return await self._call(self._records.PutRecord, request, timeout)
 
     async def get_record(
         self, kind: int, record_id: str, *, timeout: float | None = None
     ) -> packet_service_pb2.StoredPacket:
         request = record_service_pb2.GetRecordRequest(kind=kind, record_id=record_id)  # type: ignore[arg-type]
-        response = await self._unary(
-            lambda remaining: self._records.GetRecord(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._records.GetRecord, request, timeout)
         return cast(packet_service_pb2.StoredPacket, response.record)
 
     async def list_records(
@@ -1062,10 +1008,7 @@ class Client:
             page_size=page_size,
             page_token=page_token,
         )
-        return await self._unary(
-            lambda remaining: self._records.ListRecords(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        return await self._call(self._records.ListRecords, request, timeout)
 
     async def inbox(
         self,
@@ -1130,19 +1073,13 @@ class Client:
     async def _list_carcel(
         self, request: carcel_service_pb2.ListCarcelEntriesRequest, timeout: float | None
     ) -> carcel_service_pb2.ListCarcelEntriesResponse:
-        return await self._unary(
-            lambda remaining: self._carcel.ListCarcelEntries(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        return await self._call(self._carcel.ListCarcelEntries, request, timeout)
 
     async def get_carcel_entry(
         self, topic: str, entry_id: str, *, timeout: float | None = None
     ) -> carcel_service_pb2.CarcelEntry:
         request = carcel_service_pb2.GetCarcelEntryRequest(topic=topic, id=entry_id)
-        response = await self._unary(
-            lambda remaining: self._carcel.GetCarcelEntry(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._carcel.GetCarcelEntry, request, timeout)
         return cast(carcel_service_pb2.CarcelEntry, response.entry)
 
     async def requeue_carcel_entry(
@@ -1151,10 +1088,7 @@ class Client:
         """Validate a carceled packet again and deliver it once more to its consumer
         group; returns its new cursor."""
         request = carcel_service_pb2.RequeueCarcelEntryRequest(topic=topic, id=entry_id)
-        response = await self._unary(
-            lambda remaining: self._carcel.RequeueCarcelEntry(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._carcel.RequeueCarcelEntry, request, timeout)
         return str(response.cursor)
 
     async def purge_carcel(
@@ -1162,10 +1096,7 @@ class Client:
     ) -> int:
         """Remove these carcel entries of `topic` (all of them when none are named)."""
         request = carcel_service_pb2.PurgeCarcelEntriesRequest(topic=topic, ids=entry_ids)
-        response = await self._unary(
-            lambda remaining: self._carcel.PurgeCarcelEntries(request, timeout=remaining),
-            self._deadline(timeout),
-        )
+        response = await self._call(self._carcel.PurgeCarcelEntries, request, timeout)
         return int(response.purged)
 
     # -- governance -------------------------------------------------------------

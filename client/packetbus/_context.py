@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -16,10 +16,10 @@ from packetbus.v1 import context_service_pb2 as pb
 from packetbus.v1 import context_service_pb2_grpc, custody_pb2
 
 from . import _ed25519
+from ._calls import Call, Deadline
 from ._errors import PacketbusError
 
 T = TypeVar("T")
-Unary = Callable[[Callable[[float], Awaitable[Any]], float], Awaitable[Any]]
 
 # Under gRPC's default 4 MiB message limit with room to spare.
 CHUNK_BYTES = 1024 * 1024
@@ -46,11 +46,11 @@ class ContextClient:
     def __init__(
         self,
         channel: grpc.aio.Channel,
-        unary: Unary,
-        deadline: Callable[[float | None], float],
+        call: Call,
+        deadline: Deadline,
     ) -> None:
         self._stub = context_service_pb2_grpc.ContextServiceStub(channel)
-        self._unary = unary
+        self._call = call
         self._deadline = deadline
 
     def _remaining(self, timeout: float | None) -> float:
@@ -203,10 +203,7 @@ class ContextClient:
             call.cancel()
 
     async def call(self, method: str, request: Any, timeout: float | None) -> Any:
-        stub_method = getattr(self._stub, method)
-        return await self._unary(
-            lambda remaining: stub_method(request, timeout=remaining), self._deadline(timeout)
-        )
+        return await self._call(getattr(self._stub, method), request, timeout)
 
 
 def new_entry(text: str = "", *, kind: str = "", data: dict[str, Any] | None = None) -> pb.LogEntry:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -11,10 +11,10 @@ from google.protobuf import struct_pb2
 from packetbus.v1 import contents_pb2, packet_pb2, speech_act_pb2, task_service_pb2_grpc
 from packetbus.v1 import task_service_pb2 as pb
 
+from ._calls import Call
 from ._errors import PacketbusError
 
 T = TypeVar("T")
-Unary = Callable[[Callable[[float], Awaitable[T]], float], Awaitable[T]]
 
 
 class ClaimedTask:
@@ -45,9 +45,7 @@ class ClaimedTask:
             fencing_token=self.fencing_token,
             lease_seconds=lease_seconds,
         )
-        response = await self._queue._call(
-            lambda s, t: s.HeartbeatTask(request, timeout=t), timeout
-        )
+        response = await self._queue._call(self._queue._stub.HeartbeatTask, request, timeout)
         self.state.lease_expires_at.CopyFrom(response.lease_expires_at)
 
     async def release(self, reason: str = "", *, timeout: float | None = None) -> None:
@@ -58,7 +56,7 @@ class ClaimedTask:
             fencing_token=self.fencing_token,
             reason=reason,
         )
-        await self._queue._call(lambda s, t: s.ReleaseTask(request, timeout=t), timeout)
+        await self._queue._call(self._queue._stub.ReleaseTask, request, timeout)
 
     async def complete(
         self,
@@ -78,7 +76,7 @@ class ClaimedTask:
             result=data,
             summary=summary,
         )
-        await self._queue._call(lambda s, t: s.CompleteTask(request, timeout=t), timeout)
+        await self._queue._call(self._queue._stub.CompleteTask, request, timeout)
 
     async def fail(self, error: str, *, timeout: float | None = None) -> pb.FailTaskResponse:
         """Report a failed attempt: the task is retried, or after its last attempt carceled."""
@@ -88,7 +86,7 @@ class ClaimedTask:
             fencing_token=self.fencing_token,
             error=error,
         )
-        return await self._queue._call(lambda s, t: s.FailTask(request, timeout=t), timeout)
+        return await self._queue._call(self._queue._stub.FailTask, request, timeout)
 
 
 class TaskQueue:
@@ -98,25 +96,13 @@ class TaskQueue:
         self,
         name: str,
         stub: task_service_pb2_grpc.TaskServiceStub,
-        unary: Callable[..., Awaitable[Any]],
-        deadline: Callable[[float | None], float],
+        call: Call,
         fill: Callable[[packet_pb2.Packet], packet_pb2.Packet],
     ) -> None:
         self.name = name
         self._stub = stub
-        self._unary = unary
-        self._deadline = deadline
+        self._call = call
         self._fill = fill
-
-    async def _call(
-        self,
-        call: Callable[[task_service_pb2_grpc.TaskServiceStub, float], Awaitable[T]],
-        timeout: float | None,
-    ) -> T:
-        result: T = await self._unary(
-            lambda remaining: call(self._stub, remaining), self._deadline(timeout)
-        )
-        return result
 
     async def post(
         self,
@@ -141,7 +127,7 @@ class TaskQueue:
         packet.topic = self.name
         self._fill(packet)
         request = pb.PostTaskRequest(packet=packet, max_attempts=max_attempts)
-        response = await self._call(lambda s, t: s.PostTask(request, timeout=t), timeout)
+        response = await self._call(self._stub.PostTask, request, timeout)
         return cast(pb.TaskState, response.task)
 
     async def claim(
@@ -160,14 +146,14 @@ class TaskQueue:
             capabilities=capabilities,
             lease_seconds=lease_seconds,
         )
-        response = await self._call(lambda s, t: s.ClaimTask(request, timeout=t), timeout)
+        response = await self._call(self._stub.ClaimTask, request, timeout)
         if not response.HasField("task"):
             return None
         return ClaimedTask(self, response.task)
 
     async def get(self, task_id: str, *, timeout: float | None = None) -> pb.TaskState:
         request = pb.GetTaskRequest(queue=self.name, task_id=task_id)
-        response = await self._call(lambda s, t: s.GetTask(request, timeout=t), timeout)
+        response = await self._call(self._stub.GetTask, request, timeout)
         return cast(pb.TaskState, response.task)
 
     async def tasks(
@@ -178,14 +164,14 @@ class TaskQueue:
     ) -> list[pb.TaskState]:
         """The queue's tasks (with `status`, or all), first posted first."""
         request = pb.ListTasksRequest(queue=self.name, status=status)
-        response = await self._call(lambda s, t: s.ListTasks(request, timeout=t), timeout)
+        response = await self._call(self._stub.ListTasks, request, timeout)
         return list(response.tasks)
 
     async def results(self, task_id: str, *, timeout: float | None = None) -> list[pb.TaskResult]:
         """Each finished attempt of the task: failures with their errors, the completion
         with its result."""
         request = pb.ListTaskResultsRequest(queue=self.name, task_id=task_id)
-        response = await self._call(lambda s, t: s.ListTaskResults(request, timeout=t), timeout)
+        response = await self._call(self._stub.ListTaskResults, request, timeout)
         return list(response.results)
 
     async def watch(self) -> AsyncIterator[pb.TaskEvent]:
