@@ -16,7 +16,9 @@ import redis.asyncio as redis_asyncio
 import packetbus
 from packetbus import _custody
 from packetbus.v1 import custody_pb2
+from packetbus_server import RunningServer
 from packetbus_server._group_store import GroupStore
+from tests._proxy import FaultyProxy
 from tests.conftest import new_packet, unique
 
 REPO = Path(__file__).resolve().parent.parent
@@ -380,3 +382,42 @@ async def test_a_pull_looks_for_run_out_leases_only_when_asked(
     assert [(e.tracking_id, e.count) for e in asked.entries] == [(tid, 2)]
     group = await client.get_consumer_group(topic, "g")
     assert group.outstanding == 1
+
+
+async def test_settlements_made_while_the_stream_reconnects_are_all_confirmed(
+    client: packetbus.Client, server: RunningServer, topic: str
+) -> None:
+    """The connection under a consumer is cut at every batch: before its acks are
+    made, or with them unconfirmed. Every settlement is confirmed on a later
+    stream, none is swallowed by the stream that broke."""
+    # Deliveries sent on a stream that broke come back when their lease runs out.
+    await client.create_consumer_group(topic, "g", start=packetbus.EARLIEST, ack_deadline_seconds=2)
+    sent = set(await _dispatch(client, topic, 30))
+    proxy = FaultyProxy(upstream_port=server.port)
+    await proxy.start()
+    acked: set[str] = set()
+    cuts = 0
+    try:
+        async with (
+            await packetbus.Client.connect(f"127.0.0.1:{proxy.port}") as cut,
+            cut.consume(topic, "g", consumer="c", max_batch_packets=10) as consumer,
+            asyncio.timeout(20),
+        ):
+            batches = consumer.batches()
+            while acked != sent:
+                batch = await anext(batches)
+                cut_before_ack = cuts % 2 == 0
+                cuts += 1
+                if cut_before_ack:
+                    proxy.cut_all()
+                    await asyncio.sleep(0.01)  # the stream sees the cut
+                settling = consumer.ack(*batch)
+                if not cut_before_ack:
+                    proxy.cut_all()
+                results = await settling
+                assert [r.status.code for r in results] == [0] * len(batch)
+                acked.update(d.packet.packet.tracking_id for d in batch)
+    finally:
+        await proxy.stop()
+    assert cuts >= 3
+    assert (await client.get_consumer_group(topic, "g")).outstanding == 0

@@ -64,6 +64,7 @@ T = TypeVar("T")
 DEFAULT_SCHEMA_VERSION = "1.0"
 # The server's default; a signed packet carries it explicitly.
 DEFAULT_TTL_SECONDS = 3600
+KEEPALIVE_MS = 30_000
 
 StartPosition: TypeAlias = packet_service_pb2.StartPosition.ValueType
 EARLIEST: StartPosition = packet_service_pb2.START_POSITION_EARLIEST
@@ -181,7 +182,9 @@ class Client:
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             # gRPC's own transparent retries stay on; ours handle UNAVAILABLE.
-            ("grpc.keepalive_time_ms", 30_000),
+            # Keeps idle streams' connections open. No shorter than the server's
+            # PERMITTED_PING_INTERVAL_MS, or it closes the connection.
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
         ]
         if config.connections > 1:
             # Otherwise channels to one address share one TCP connection.

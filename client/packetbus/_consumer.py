@@ -135,6 +135,8 @@ class Consumer:
         self._queue: asyncio.Queue[list[Delivery] | BaseException] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
         self._call: grpc.aio.StreamStreamCall | None = None
+        # Counts Pull calls that ended: each call's request iterator knows its number.
+        self._stream = 0
         self._closing = False
         self._closed = False
 
@@ -199,10 +201,14 @@ class Consumer:
         if not future.done():
             future.set_result(result)
 
-    async def _requests(self) -> AsyncIterator[pb.PullRequest]:
+    async def _requests(self, stream: int) -> AsyncIterator[pb.PullRequest]:
         yield pb.PullRequest(subscription=self._subscription)
         while True:
             await self._unsent.wait()
+            if stream != self._stream:
+                # A broken stream's request iterator lives on (gRPC does not cancel
+                # it): what it took now would be written to a finished call and lost.
+                return
             self._unsent.clear()
             out, self._outgoing = self._outgoing, _Outgoing()
             if out:
@@ -210,6 +216,11 @@ class Consumer:
             if self._closing:
                 # Half-close: the server confirms what was sent, then ends the stream.
                 return
+
+    def _end_stream(self) -> None:
+        """Forget the Pull call that ended: its request iterator stops taking settlements."""
+        self._call = None
+        self._stream += 1
 
     def _resend_unconfirmed(self) -> None:
         """Queue every settlement not yet confirmed to be sent (again) on the next stream."""
@@ -309,11 +320,11 @@ class Consumer:
         try:
             while True:
                 if self._call is None:
-                    self._call = self._stub.Pull(self._requests())
+                    self._call = self._stub.Pull(self._requests(self._stream))
                 try:
                     response = await self._call.read()
                 except grpc.aio.AioRpcError as exc:
-                    self._call = None
+                    self._end_stream()
                     if exc.code() not in _RECONNECT:
                         raise PacketbusError.from_rpc_error(exc) from None
                     now = time.monotonic()
@@ -326,9 +337,10 @@ class Consumer:
                     await asyncio.sleep(backoff())
                     continue
                 if response is grpc.aio.EOF:
-                    self._call = None
+                    self._end_stream()
                     if self._closing:
                         return
+                    self._resend_unconfirmed()
                     continue
                 failing_since = None
                 for result in response.settled:

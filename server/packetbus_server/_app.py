@@ -63,6 +63,11 @@ log = logging.getLogger("packetbus.server")
 VERSION = "0.1.0"
 # Upper bound on each drain step besides the RPCs' own grace period.
 _STEP_TIMEOUT = 5.0
+# Clients ping every 30 s to keep long-lived streams open (packetbus.Client does).
+# gRPC's server default refuses pings more often than every 5 minutes on a
+# connection that sends no data, and answers the third with GOAWAY
+# "too_many_pings": an idle subscriber or consumer would lose its connection.
+PERMITTED_PING_INTERVAL_MS = 10_000
 
 
 def default_data_dir() -> Path:
@@ -180,6 +185,9 @@ async def start(config: ServerConfig) -> RunningServer:
                 ("grpc.max_receive_message_length", config.limits.max_request_bytes),
                 ("grpc.max_send_message_length", config.limits.max_request_bytes),
                 ("grpc.so_reuseport", 1),
+                # (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS)
+                ("grpc.http2.min_ping_interval_without_data_ms", PERMITTED_PING_INTERVAL_MS),
+                ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
         governor = Governor(

@@ -488,7 +488,8 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                 ],
                 time.time_ns(),
             )
-            if signed is None:  # this server signs no custody entries
+            if signed is None:  # this server signs no custody entries: deliver as they are
+                todo = []
                 break
             replies = await self._hops.append(
                 stream.topic,
@@ -519,9 +520,10 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
             log.warning("%d deliveries kept losing the race for their custody hop", len(todo))
 
         lease_ends_ms = now_ms + stream.settings.ack_deadline_ms
+        lost_race = set(todo)
         out = []
         for i, entry in enumerate(fresh):
-            if i in todo:
+            if i in lost_race:
                 continue  # not delivered now: its lease runs out and it comes back
             own = mine[i]
             chain = [*hops[i], own] if own is not None else hops[i]
