@@ -12,10 +12,11 @@ import os
 import sys
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
 from dispatch_bench import (
     BATCH,
     Tally,
@@ -32,9 +33,11 @@ from dispatch_bench import (
 )
 
 from packetbus import EARLIEST, Client, PacketbusError, Settling, fill_defaults
+from packetbus_server import _keys
 
 FETCH = 200
 DURABLE = "bench"
+RAW_GROUP = "bench-raw"
 CONSUMERS = (1, 2)
 
 
@@ -45,6 +48,17 @@ async def fill(client: Client, topic: str, count: int) -> None:
         bad = [r for r in results if r.WhichOneof("outcome") != "receipt"]
         if bad:
             raise RuntimeError(f"filling {topic} failed: {bad[0].error.message}")
+
+
+async def run_until(done: asyncio.Event, workers: Sequence[Coroutine[Any, Any, None]]) -> None:
+    """Run `workers` until `done` is set (300 s at most), then cancel what still runs."""
+    tasks = [asyncio.create_task(worker) for worker in workers]
+    try:
+        await asyncio.wait_for(done.wait(), 300)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def consume_all(
@@ -93,13 +107,7 @@ async def consume_all(
                     break
             await asyncio.gather(*pending)
 
-    tasks = [asyncio.create_task(consumer(f"bench-{i}")) for i in range(consumers)]
-    try:
-        await asyncio.wait_for(done.wait(), 300)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await run_until(done, [consumer(f"bench-{i}") for i in range(consumers)])
 
 
 async def bench_packetbus(
@@ -126,6 +134,69 @@ async def bench_packetbus(
         group = await client.get_consumer_group(topic, "bench")
         out[name]["outstanding_after"] = group.outstanding
         await client.delete_consumer_group(topic, "bench")
+    return out
+
+
+def embedded_store_url(data_dir: Path) -> str:
+    """The address of the Valkey a spawned server embeds (from the config it wrote)."""
+    settings = dict(
+        line.split(None, 1)
+        for line in (data_dir / "valkey.conf").read_text().splitlines()
+        if line.strip() and not line.startswith("#") and " " in line
+    )
+    return f"redis://{settings['bind'].split()[0]}:{settings['port'].strip()}"
+
+
+async def raw_consume_all(url: str, log_key: str, consumers: int, count: int, tally: Tally) -> None:
+    """`consumers` plain redis-py consumers: XREADGROUP 200, then XACK them, until `count`."""
+    done = asyncio.Event()
+
+    async def consumer(name: str) -> None:
+        r = aioredis.Redis.from_url(url)
+        try:
+            while not done.is_set():
+                # [[stream, [(id, fields), ...]]] with RESP2, as this connection speaks.
+                got: Any = await r.xreadgroup(
+                    RAW_GROUP, name, {log_key: ">"}, count=FETCH, block=500
+                )
+                if not got:
+                    continue
+                ids: list[bytes] = [entry_id for entry_id, _ in got[0][1]]
+                acked = await r.xack(log_key, RAW_GROUP, *ids)
+                tally.ok += acked
+                if acked != len(ids):
+                    tally.error(len(ids) - acked, f"XACK acked {acked} of {len(ids)}")
+                if tally.ok + tally.errors >= count:
+                    done.set()
+        finally:
+            await r.aclose()
+
+    await run_until(done, [consumer(f"raw-{i}") for i in range(consumers)])
+
+
+async def bench_raw_redis(
+    client: Client, url: str, run_id: str, packets: int, pids: dict[str, int | None]
+) -> dict[str, Any]:
+    """The floor under packetbus: the same log entries, on the same store, read and acked
+    with plain Redis stream commands (no gRPC, no leases or custody hops)."""
+    out: dict[str, Any] = {}
+    r = aioredis.Redis.from_url(url)
+    try:
+        for consumers in CONSUMERS:
+            name = f"consumers_{consumers}"
+            topic = f"bench.{run_id}.raw.{name}"
+            await fill(client, topic, packets)
+            log_key = _keys.topic_log(topic)
+            await r.xgroup_create(log_key, RAW_GROUP, id="0")
+
+            async def body(tally: Tally, k: str = log_key, c: int = consumers) -> None:
+                await raw_consume_all(url, k, c, packets, tally)
+
+            out[name] = await measure(f"raw_redis_{name}", packets, pids, body)
+            out[name] |= {"count": FETCH, "acks": "XACK per batch, confirmed"}
+            await r.xgroup_destroy(log_key, RAW_GROUP)
+    finally:
+        await r.aclose()
     return out
 
 
@@ -175,13 +246,7 @@ async def bench_nats(run_id: str, payload: bytes, packets: int) -> dict[str, Any
                             if tally.ok >= packets:
                                 done.set()
 
-                    tasks = [asyncio.create_task(puller()) for _ in range(c)]
-                    try:
-                        await asyncio.wait_for(done.wait(), 300)
-                    finally:
-                        for task in tasks:
-                            task.cancel()
-                        await asyncio.gather(*tasks, return_exceptions=True)
+                    await run_until(done, [puller() for _ in range(c)])
 
                 name = f"consumers_{consumers}"
                 out[name] = await measure(f"nats_pull_ack_{name}", packets, pids, body)
@@ -222,8 +287,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 pids["store"] = local_pid(
                     int((server.data_dir / "valkey.pid").read_text()), "valkey"
                 )
+            store_url = args.redis_url or embedded_store_url(server.data_dir)
             async with await Client.connect(server.target, timeout=30) as client:
                 result["packetbus"] = await bench_packetbus(client, run_id, args.packets, pids)
+                result["raw_redis_baseline"] = await bench_raw_redis(
+                    client, store_url, run_id, args.packets, pids
+                )
         result["server_exit_code"] = server.exit_code
     result["nats_jetstream"] = await bench_nats(run_id, payload, args.packets)
     result["ratios"] = {
@@ -233,6 +302,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         for name in result["packetbus"]
     }
+    for name, raw in result["raw_redis_baseline"].items():
+        result["ratios"][f"packetbus_over_raw_redis_{name}"] = ratio(result["packetbus"][name], raw)
+        result["ratios"][f"raw_redis_over_nats_{name}"] = ratio(
+            raw, result["nats_jetstream"].get(name, {})
+        )
     # CPU per packet, all processes together: steadier than packets/s on a small,
     # shared machine (lower is better for packetbus; 1.0 is as frugal as NATS).
     for name, ours in result["packetbus"].items():
@@ -245,7 +319,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result["machine"] = machine_info("uvloop" if args.uvloop else "asyncio")
     result["total_errors"] = sum(
         m.get("errors", 0)
-        for part in (result["packetbus"], result["nats_jetstream"])
+        for part in (result["packetbus"], result["raw_redis_baseline"], result["nats_jetstream"])
         for m in part.values()
         if isinstance(m, dict)
     )
