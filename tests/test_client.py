@@ -10,6 +10,7 @@ import pytest
 
 import packetbus
 from packetbus._batcher import Batcher
+from packetbus._stopping import cancel_and_wait
 from packetbus.v1 import packet_service_pb2
 from packetbus_server import RunningServer, ServerConfig, start
 from tests._counting import CountingInterceptor
@@ -113,3 +114,19 @@ async def test_timeout_is_deadline_exceeded(target: str) -> None:
         with pytest.raises(packetbus.PacketbusError) as caught:
             await client.dispatch_batch([new_packet("t")], timeout=0.000001)
     assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_cancel_and_wait_stops_a_task_and_raises_what_it_failed_with() -> None:
+    sleeper = asyncio.create_task(asyncio.sleep(60))
+    await asyncio.sleep(0)
+    await cancel_and_wait(sleeper)
+    assert sleeper.cancelled()
+
+    async def broken() -> None:
+        raise RuntimeError("the loop broke")
+
+    failed = asyncio.create_task(broken())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="the loop broke"):
+        await cancel_and_wait(failed)
+    await cancel_and_wait(None)

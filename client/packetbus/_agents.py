@@ -19,6 +19,7 @@ from . import _custody
 from ._calls import Call, Deadline
 from ._config import AgentIdentity
 from ._errors import PacketbusError
+from ._stopping import cancel_and_wait
 
 T = TypeVar("T")
 Liveness = Literal["any", "live", "stale"]
@@ -244,10 +245,7 @@ class LiveAgent:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         await self._agents.deregister(
             self.agent_id, cascade=self._cascade, allow_missing=True, timeout=self._timeout
         )

@@ -11,9 +11,10 @@ a sweep finishes its release.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+
+from packetbus._stopping import cancel_and_wait
 
 from ._agent_store import AgentStore
 from ._retry import StoreUnavailableError
@@ -65,8 +66,5 @@ class AgentReaper:
         self._task = asyncio.create_task(self._run(), name="packetbus-agent-reaper")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from grpc_health.v1 import health, health_pb2
+
+from packetbus._stopping import cancel_and_wait
 
 from ._store import PacketStore
 
@@ -63,8 +64,5 @@ class StoreHealth:
         self._task = asyncio.create_task(self._run(), name="packetbus-health")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         await self._servicer.enter_graceful_shutdown()

@@ -9,13 +9,14 @@ logged and published (PolicyService.GetPolicy) until a good file replaces it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from packetbus._stopping import cancel_and_wait
 
 from ._policy import MAX_POLICY_BYTES, Policy, PolicyError, parse
 
@@ -120,8 +121,5 @@ class PolicyWatch:
             self._task = asyncio.create_task(self._run(), name="packetbus-policy-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
