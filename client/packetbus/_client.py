@@ -15,8 +15,7 @@ from collections.abc import (
     Sequence,
 )
 from datetime import datetime
-from types import TracebackType
-from typing import BinaryIO, Literal, Self, TypeAlias, TypeVar, cast
+from typing import BinaryIO, Literal, TypeAlias, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -57,6 +56,7 @@ from ._context import CHUNK_BYTES, ContextClient, ContextValue
 from ._errors import PacketbusError, SubscriptionGapError
 from ._export import export_request
 from ._inbox import INBOX_GROUP, Inbox, address_to, inbox_topic, reply_to
+from ._stopping import ClosedOnExit
 from ._tasks import TaskQueue
 
 T = TypeVar("T")
@@ -122,7 +122,7 @@ class _Backoff:
         return delay
 
 
-class Client:
+class Client(ClosedOnExit):
     """A connection to a packetbus server.
 
     Create it with ``await Client.connect(...)`` or ``async with await Client.connect(...)``.
@@ -206,17 +206,6 @@ class Client:
                     f"could not reach a packetbus server at {address} within {timeout}s",
                 ) from None
         return cls(channels[0], config, dispatch_channels=channels[1:])
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         """Send what is still queued for dispatch, then close the channel."""
@@ -1219,7 +1208,7 @@ def _items(response: packet_service_pb2.SubscribeResponse | None) -> list[_Item]
     return [*gap, *response.packets]
 
 
-class Subscription:
+class Subscription(ClosedOnExit):
     """An async iterator over a topic's packets; `cursor` is the last one yielded, or
     the end of the last gap it reported."""
 
@@ -1320,14 +1309,3 @@ class Subscription:
         if self._call is not None:
             self._call.cancel()
             self._call = None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -15,8 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -27,6 +26,7 @@ from packetbus.v1 import consumer_group_service_pb2_grpc, packet_service_pb2
 
 from ._config import RetrySettings
 from ._errors import PacketbusError
+from ._stopping import ClosedOnExit
 
 log = logging.getLogger("packetbus.consumer")
 
@@ -105,7 +105,7 @@ _KINDS = {
 }
 
 
-class Consumer:
+class Consumer(ClosedOnExit):
     """An async iterator of Delivery from one consumer group, for one consumer.
 
     Use it as ``async with client.consume(topic, group, consumer="w1") as c:``
@@ -415,14 +415,3 @@ class Consumer:
                         )
                     )
         self._waiting.clear()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

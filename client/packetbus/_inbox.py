@@ -18,8 +18,7 @@ import contextlib
 import re
 import uuid
 from collections.abc import AsyncIterator
-from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -27,6 +26,7 @@ from packetbus.v1 import packet_pb2, packet_service_pb2, speech_act_pb2
 
 from ._consumer import Consumer, Delivery
 from ._errors import PacketbusError
+from ._stopping import ClosedOnExit
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -76,7 +76,7 @@ def reply_to(
     return reply
 
 
-class Inbox:
+class Inbox(ClosedOnExit):
     """An agent's inbox: an async iterator of Delivery, plus `request`.
 
     Use it as ``async with await client.inbox("agent-7") as inbox:``. Replies to
@@ -177,14 +177,3 @@ class Inbox:
         if unseen:
             self._consumer.release(*unseen)
         await self._consumer.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
