@@ -558,6 +558,15 @@ class Client(ClosedOnExit):
 
     # -- task queues ----------------------------------------------------------------
 
+    def task_queue(self, name: str) -> TaskQueue:
+        """The task queue `name` (a topic name): post, claim, get, list, watch."""
+        return TaskQueue(
+            name,
+            self._tasks,
+            self._call,
+            lambda packet: fill_defaults(packet, self._config.identity),
+        )
+
     # -- agent registry -------------------------------------------------------------
 
     async def register_agent(
@@ -678,15 +687,6 @@ class Client(ClosedOnExit):
             },
         )
 
-    def task_queue(self, name: str) -> TaskQueue:
-        """The task queue `name` (a topic name): post, claim, get, list, watch."""
-        return TaskQueue(
-            name,
-            self._tasks,
-            self._call,
-            lambda packet: fill_defaults(packet, self._config.identity),
-        )
-
     # -- findings -------------------------------------------------------------------
 
     async def post_finding(
@@ -763,6 +763,42 @@ class Client(ClosedOnExit):
         return list(response.escalations)
 
     # -- inboxes and request/reply ---------------------------------------------------
+
+    async def inbox(
+        self,
+        agent_id: str | None = None,
+        *,
+        max_outstanding_packets: int = 1000,
+        timeout: float | None = None,
+    ) -> Inbox:
+        """Open `agent_id`'s inbox (default: this client's identity): an async iterator
+        of leased deliveries, and `Inbox.request` for request/reply. Creates the inbox's
+        consumer group on first use, from the inbox's first packet."""
+        agent = agent_id or (self._config.identity.agent_id if self._config.identity else "")
+        if not agent:
+            raise ValueError("name the agent: inbox(agent_id), or connect with an identity")
+        topic = inbox_topic(agent)
+        await self.create_consumer_group(topic, INBOX_GROUP, start=EARLIEST, timeout=timeout)
+        consumer = self.consume(
+            topic, INBOX_GROUP, consumer=agent, max_outstanding_packets=max_outstanding_packets
+        )
+        return Inbox(self, agent, consumer)
+
+    async def send_to(
+        self, agent_id: str, packet: packet_pb2.Packet, *, timeout: float | None = None
+    ) -> packet_service_pb2.Receipt:
+        """Dispatch `packet` to `agent_id`'s inbox (its topic is set accordingly)."""
+        return await self.dispatch(address_to(packet, agent_id), timeout=timeout)
+
+    async def reply(
+        self,
+        request: packet_service_pb2.StoredPacket | packet_pb2.Packet,
+        packet: packet_pb2.Packet,
+        *,
+        timeout: float | None = None,
+    ) -> packet_service_pb2.Receipt:
+        """Answer `request`: `packet` goes to the requester's inbox with in_reply_to set."""
+        return await self.dispatch(reply_to(request, packet), timeout=timeout)
 
     # -- shared context -------------------------------------------------------------
 
@@ -1001,42 +1037,6 @@ class Client(ClosedOnExit):
             page_token=page_token,
         )
         return await self._call(self._records.ListRecords, request, timeout)
-
-    async def inbox(
-        self,
-        agent_id: str | None = None,
-        *,
-        max_outstanding_packets: int = 1000,
-        timeout: float | None = None,
-    ) -> Inbox:
-        """Open `agent_id`'s inbox (default: this client's identity): an async iterator
-        of leased deliveries, and `Inbox.request` for request/reply. Creates the inbox's
-        consumer group on first use, from the inbox's first packet."""
-        agent = agent_id or (self._config.identity.agent_id if self._config.identity else "")
-        if not agent:
-            raise ValueError("name the agent: inbox(agent_id), or connect with an identity")
-        topic = inbox_topic(agent)
-        await self.create_consumer_group(topic, INBOX_GROUP, start=EARLIEST, timeout=timeout)
-        consumer = self.consume(
-            topic, INBOX_GROUP, consumer=agent, max_outstanding_packets=max_outstanding_packets
-        )
-        return Inbox(self, agent, consumer)
-
-    async def send_to(
-        self, agent_id: str, packet: packet_pb2.Packet, *, timeout: float | None = None
-    ) -> packet_service_pb2.Receipt:
-        """Dispatch `packet` to `agent_id`'s inbox (its topic is set accordingly)."""
-        return await self.dispatch(address_to(packet, agent_id), timeout=timeout)
-
-    async def reply(
-        self,
-        request: packet_service_pb2.StoredPacket | packet_pb2.Packet,
-        packet: packet_pb2.Packet,
-        *,
-        timeout: float | None = None,
-    ) -> packet_service_pb2.Receipt:
-        """Answer `request`: `packet` goes to the requester's inbox with in_reply_to set."""
-        return await self.dispatch(reply_to(request, packet), timeout=timeout)
 
     # -- carcel -----------------------------------------------------------------
 
