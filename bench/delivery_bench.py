@@ -144,6 +144,8 @@ def embedded_store_url(data_dir: Path) -> str:
         for line in (data_dir / "valkey.conf").read_text().splitlines()
         if line.strip() and not line.startswith("#") and " " in line
     )
+    if "unixsocket" in settings:  # the embedded store listens on its unix socket only
+        return f"unix://{settings['unixsocket'].strip()}"
     return f"redis://{settings['bind'].split()[0]}:{settings['port'].strip()}"
 
 

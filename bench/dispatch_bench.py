@@ -37,6 +37,7 @@ from packetbus import (
     PacketbusError,
     SpeechAct,
     Subscription,
+    TlsSettings,
     fill_defaults,
 )
 from packetbus.v1 import packet_service_pb2
@@ -709,14 +710,27 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def spawned_server(
-    data_dir: Path, redis_url: str | None, *, custody_signing: bool = True
+    data_dir: Path,
+    redis_url: str | None,
+    *,
+    custody_signing: bool = True,
+    extra_args: Sequence[str] = (),
+    tls: TlsSettings | None = None,
+    token: str | None = None,
 ) -> AsyncIterator[SpawnedServer]:
+    """`packetbus serve` on a free loopback port, stopped with SIGTERM on exit.
+
+    `extra_args` go to `packetbus serve` as given (e.g. --tls-cert, --policy);
+    `tls` and `token` are what the readiness probe connects with, so a server
+    that requires TLS or mutual TLS is seen to be up.
+    """
     target = f"127.0.0.1:{free_port()}"
     command = [str(PACKETBUS_CLI), "serve", "--listen", target, "--data-dir", str(data_dir)]
     if redis_url:
         command += ["--redis-url", redis_url]
     if not custody_signing:
         command.append("--no-custody-signing")
+    command += extra_args
     log(f"starting {' '.join(command)}")
     # The server's stdout ("serving on ...") must not mix into our JSON.
     process = await asyncio.create_subprocess_exec(*command, stdout=sys.stderr, stderr=sys.stderr)
@@ -727,7 +741,7 @@ async def spawned_server(
             if process.returncode is not None:
                 raise RuntimeError(f"the server exited with status {process.returncode}")
             try:
-                await (await Client.connect(target, timeout=1)).close()
+                await (await Client.connect(target, tls=tls, token=token, timeout=1)).close()
                 break
             except PacketbusError:
                 if time.monotonic() > deadline:

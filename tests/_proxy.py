@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -26,7 +27,11 @@ class FaultyProxy:
     non-idempotent retry store twice. `cut_every`: seconds between cutting
     every open connection at once (None: never). `blackout_every` and
     `blackout_for`: every so often, refuse every connection for a while, as a
-    restarting Redis would.
+    restarting Redis would. `freeze()`: stop forwarding either way but keep every
+    socket open, as a peer that vanished without FIN or RST (a pulled cable, a
+    crashed host, a dropped NAT entry) looks; `thaw()` undoes it.
+    `drop_reply_when`: a reply chunk for which it answers True is thrown away
+    too (to lose the reply of one chosen command).
     """
 
     upstream_port: int
@@ -35,6 +40,7 @@ class FaultyProxy:
     blackout_every: float | None = None
     blackout_for: float = 0.0
     seed: int = 7
+    drop_reply_when: Callable[[bytes], bool] | None = None
     stats: ProxyStats = field(default_factory=ProxyStats)
 
     def __post_init__(self) -> None:
@@ -43,15 +49,50 @@ class FaultyProxy:
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._dark = False
+        self._faulting = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.port = 0
 
-    async def start(self) -> None:
+    def black_out(self) -> None:
+        """Cut every connection and refuse new ones until `light_up()` (a store down)."""
+        self._dark = True
+        self.cut_all()
+
+    def light_up(self) -> None:
+        self._dark = False
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    async def start(self, *, faults: bool = True) -> None:
+        """Listen on `self.port`; with `faults=False`, forward faithfully until
+        `begin_faults()` (so a server can start before the faults do)."""
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
+        if faults:
+            self.begin_faults()
+
+    def begin_faults(self) -> None:
+        """Start dropping replies, cutting and blacking out, as configured."""
+        self._faulting = True
         if self.cut_every is not None:
             self._tasks.append(asyncio.create_task(self._cut_periodically(self.cut_every)))
         if self.blackout_every is not None:
             self._tasks.append(asyncio.create_task(self._black_out(self.blackout_every)))
+
+    async def end_faults(self) -> None:
+        """Forward faithfully again from now on (connections cut meanwhile stay cut)."""
+        self._faulting = False
+        self._dark = False
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -61,6 +102,7 @@ class FaultyProxy:
         if self._server is not None:
             self._server.close()
         self.cut_all()
+        self._flowing.set()  # frozen pumps see their sockets closed and end
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -101,7 +143,11 @@ class FaultyProxy:
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
             try:
                 while chunk := await src.read(65536):
-                    if replies and self._rng.random() < self.drop_reply_rate:
+                    await self._flowing.wait()
+                    if replies and (
+                        (self._faulting and self._rng.random() < self.drop_reply_rate)
+                        or (self.drop_reply_when is not None and self.drop_reply_when(chunk))
+                    ):
                         self.stats.dropped_replies += 1
                         writer.transport.abort()
                         up_writer.transport.abort()

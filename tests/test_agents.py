@@ -146,6 +146,8 @@ async def test_a_silent_agent_goes_stale_its_task_is_claimable_at_once_then_it_l
         assert second is not None
         assert second.task_id == "t-1"
         assert second.fencing_token > first.fencing_token
+        # Its worker died holding it: a failed attempt, as a lease that runs out is.
+        assert (second.state.claims, second.state.failures) == (2, 1)
         with pytest.raises(packetbus.PacketbusError) as late:
             await first.complete({"answer": 1})
         assert late.value.code == grpc.StatusCode.FAILED_PRECONDITION
@@ -193,6 +195,39 @@ async def test_a_silent_agent_goes_stale_its_task_is_claimable_at_once_then_it_l
     assert await raw_redis.zscore(_keys.AGENT_DEADLINES, silent) is None
     assert await raw_redis.zscore(_keys.AGENT_IDS, silent) is None
     assert await raw_redis.zscore(_keys.AGENTS_RELEASING, silent) is None
+
+
+async def test_a_task_whose_last_attempt_dies_with_its_agent_goes_to_the_carcel(
+    bus: packetbus.Client,
+) -> None:
+    """Workers that die on a poison task, registered as agents: each release by the
+    reaper counts a failed attempt, and the last one carcels it (not queued forever)."""
+    name = unique("queue")
+    queue = bus.task_queue(name)
+    await queue.post(packetbus.Task(id="poison", description="x"), origin="planner", max_attempts=1)
+    doomed = unique("doomed")
+    await bus.register_agent(doomed, role="worker", ttl=1)
+    claimed = await queue.claim(doomed, lease_seconds=300)
+    assert claimed is not None
+    await _eventually(lambda: _status_is(queue, "poison", tpb.TASK_STATUS_CARCELED), timeout=5)
+    state = await queue.get("poison")
+    assert (state.claims, state.failures) == (1, 1)
+    assert await queue.claim(unique("other")) is None
+    [entry] = [e async for e in bus.carcel_entries(name)]
+    assert (entry.reason, entry.detail, entry.source, entry.delivery_count) == (
+        "max attempts",
+        f"agent {doomed} went stale",
+        f"queue:{name}",
+        1,
+    )
+    assert (await verified_actions(bus, state.packet))[-2:] == ["claimed", "carceled"]
+    assert await queue.results("poison") == []
+    # Its worker, back too late: its token no longer holds the task, whatever it sends.
+    for late_call in (claimed.fail("boom"), claimed.release("later"), claimed.complete()):
+        with pytest.raises(packetbus.PacketbusError) as late:
+            await late_call
+        assert late.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "moved to the carcel" in late.value.message
 
 
 def _cursor(cursor: str) -> tuple[int, int]:

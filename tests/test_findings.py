@@ -53,12 +53,25 @@ def test_the_conflict_rule() -> None:
     )
 
 
-async def _events_of(client: packetbus.Client, task: str) -> list[Any]:
-    """The conflict events about `task` on the conflicts topic, read until it goes quiet."""
+async def _conflicts_cursor(client: packetbus.Client) -> str:
+    """A cursor of the shared conflicts topic from now on: a marker packet's. Reading
+    the topic from its start instead would read every earlier run's events."""
+    marker = packetbus.Packet(
+        topic="findings.conflicts",
+        origin="tester-1",
+        speech_act=packetbus.SpeechAct.Value("SPEECH_ACT_INFORM"),
+    )
+    marker.data.update({"task_id": unique("marker")})
+    return (await client.dispatch(marker)).cursor
+
+
+async def _events_of(client: packetbus.Client, task: str, after: str) -> list[Any]:
+    """The conflict events about `task` on the conflicts topic after cursor `after`,
+    read until it goes quiet."""
     events = []
 
     async def read() -> None:
-        async with client.subscribe("findings.conflicts", start=packetbus.EARLIEST) as topic:
+        async with client.subscribe("findings.conflicts", after=after) as topic:
             async for stored in topic:
                 if stored.packet.data["task_id"] == task:
                     events.append(stored.packet.data)
@@ -72,6 +85,7 @@ async def test_two_contradicting_findings_publish_exactly_one_conflict_event_and
     client: packetbus.Client,
 ) -> None:
     task = unique("task")
+    since = await _conflicts_cursor(client)
     first = await client.post_finding(
         _finding(task, "f-1", "Q3 revenue follows the policy change", 0.9), origin="haiku-1"
     )
@@ -94,7 +108,7 @@ async def test_two_contradicting_findings_publish_exactly_one_conflict_event_and
     await client.post_finding(
         _finding(task, "f-3", "Q3 revenue follows the policy change", 0.75), origin="haiku-3"
     )
-    events = await _events_of(client, task)
+    events = await _events_of(client, task, since)
     assert [(e["first_finding_id"], e["second_finding_id"]) for e in events] == [
         ("f-1", "f-2"),
         ("f-2", "f-3"),

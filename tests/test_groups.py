@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import collections.abc
+import gc
 import os
 import signal
 import sys
@@ -15,9 +17,14 @@ import redis.asyncio as redis_asyncio
 
 import packetbus
 from packetbus import _custody
-from packetbus.v1 import custody_pb2
+from packetbus.v1 import (
+    consumer_group_service_pb2,
+    consumer_group_service_pb2_grpc,
+    custody_pb2,
+)
 from packetbus_server import RunningServer
 from packetbus_server._group_store import GroupStore
+from tests._polling import until
 from tests._proxy import FaultyProxy
 from tests.conftest import new_packet, unique
 
@@ -47,15 +54,17 @@ async def _verified_actions(client: packetbus.Client, tracking_id: str) -> list[
     return [a for a, _, _ in _actions(stored)]
 
 
-async def test_three_consumers_ack_every_packet_once_and_a_killed_ones_200_come_back(
+@pytest.mark.slow
+async def test_three_consumers_ack_every_packet_once_and_a_killed_ones_500_come_back(
     client: packetbus.Client, target: str, topic: str
 ) -> None:
     await client.create_consumer_group(
         topic, "workers", start=packetbus.EARLIEST, ack_deadline_seconds=2
     )
-    sent = await _dispatch(client, topic, 1000)
+    # DESIGN.md section 5, scenario 4, at its stated size: the killed consumer holds 500.
+    sent = await _dispatch(client, topic, 2000)
 
-    # The third consumer, in its own process: takes 200 deliveries, then is killed.
+    # The third consumer, in its own process: takes 500 deliveries, then is killed.
     # (Its output is read without blocking: this test's server runs on this event loop.)
     holder = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -65,7 +74,7 @@ async def test_three_consumers_ack_every_packet_once_and_a_killed_ones_200_come_
         topic,
         "workers",
         "doomed",
-        "200",
+        "500",
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -77,7 +86,7 @@ async def test_three_consumers_ack_every_packet_once_and_a_killed_ones_200_come_
             while (line := (await holder.stdout.readline()).decode().strip()) != "HOLDING":
                 assert line, "the holding consumer exited early"
                 held.add(line.split()[1])
-        assert len(held) == 200
+        assert len(held) == 500
     finally:
         holder.send_signal(signal.SIGKILL)
         await holder.wait()
@@ -421,3 +430,47 @@ async def test_settlements_made_while_the_stream_reconnects_are_all_confirmed(
         await proxy.stop()
     assert cuts >= 3
     assert (await client.get_consumer_group(topic, "g")).outstanding == 0
+
+
+async def test_a_pull_stream_its_caller_left_while_idle_leaves_no_pending_task(
+    client: packetbus.Client,
+    server: RunningServer,
+    topic: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A Pull handler cancelled while it waits for entries once left its wait on the
+    # stream's wake event pending: asyncio logged "Task was destroyed but it is
+    # pending!" (an ERROR) when it was collected.
+    streams = server.streams
+    assert streams is not None
+    before = streams.open_streams("pull")
+    await client.create_consumer_group(topic, "g", start=packetbus.EARLIEST)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        groups = consumer_group_service_pb2_grpc.ConsumerGroupServiceStub(channel)
+        subscription = consumer_group_service_pb2.PullSubscription(
+            topic=topic, group="g", consumer="c-1"
+        )
+        gate = asyncio.Event()
+
+        async def requests() -> collections.abc.AsyncIterator[
+            consumer_group_service_pb2.PullRequest
+        ]:
+            yield consumer_group_service_pb2.PullRequest(subscription=subscription)
+            await gate.wait()
+
+        call = groups.Pull(requests())
+        await client.dispatch(new_packet(topic))
+        async with asyncio.timeout(10):
+            response = await call.read()
+        assert isinstance(response, consumer_group_service_pb2.PullResponse)
+        assert len(response.deliveries) == 1
+        # Nothing more to send: the handler waits; then its caller leaves.
+        await asyncio.sleep(0.2)
+        call.cancel()
+        await until(lambda: streams.open_streams("pull") == before)
+        gate.set()
+    for _ in range(3):
+        gc.collect()
+        await asyncio.sleep(0.05)
+    destroyed = [r for r in caplog.records if "Task was destroyed" in r.getMessage()]
+    assert destroyed == []

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import grpc
 import pytest
+import redis.asyncio as redis_asyncio
 
 import packetbus
 from packetbus.v1 import custody_pb2
@@ -95,3 +97,19 @@ async def test_request_gets_the_matching_reply_and_other_packets_stay_in_the_inb
 async def test_reply_needs_a_request_that_expects_one(client: packetbus.Client) -> None:
     with pytest.raises(ValueError, match="no reply_with"):
         packetbus.reply_to(packetbus.Packet(origin="a"), packetbus.Packet())
+
+
+async def test_a_request_rebuilt_with_its_tracking_id_is_the_same_packet(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis
+) -> None:
+    asker, silent = unique("asker"), unique("silent")
+    tracking_id = str(uuid.uuid4())
+    async with await client.inbox(asker) as inbox:
+        for _ in range(2):  # the asker's process built it, crashed, and built it again
+            question = packetbus.Packet(tracking_id=tracking_id)
+            question.task.description = "still there?"
+            with pytest.raises(packetbus.PacketbusError) as late:
+                await inbox.request(silent, question, timeout=0.5)
+            assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED  # not ALREADY_EXISTS
+            assert question.reply_with == tracking_id
+    assert await raw_redis.xlen(f"pb:{{{packetbus.inbox_topic(silent)}}}:log") == 1

@@ -492,3 +492,41 @@ async def test_a_governance_rejection_is_not_requeued(bus: packetbus.Client) -> 
     assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "no-uncertain-drones" in caught.value.message
     assert len([e async for e in bus.carcel_entries(topic)]) == 1
+
+
+def _rebuilt(packet: packetbus.Packet) -> packetbus.Packet:
+    """`packet` built again by its producer (after a crash): the same, stamped later."""
+    again = packetbus.Packet.FromString(packet.SerializeToString())
+    again.dispatched_at.FromNanoseconds(packet.dispatched_at.ToNanoseconds() + 5 * 10**9)
+    return again
+
+
+async def test_a_rebuilt_packet_answers_the_original_decision(
+    bus: packetbus.Client, raw_redis: redis_asyncio.Redis, approver: packetbus.AgentIdentity
+) -> None:
+    topic = unique("gov")
+    held, rejected = spawn_packet(topic), drone_packet(topic, 0.9)
+    [first_held, first_rejected] = await bus.dispatch_batch([held, rejected])
+    assert first_held.WhichOneof("outcome") == "held"
+    assert first_rejected.error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+
+    [again_held, again_rejected] = await bus.dispatch_batch([_rebuilt(held), _rebuilt(rejected)])
+    assert again_held.held == first_held.held
+    assert again_rejected.error == first_rejected.error
+    assert await raw_redis.xlen(f"pb:{{{topic}}}:held") == 1
+    assert await raw_redis.xlen(f"pb:{{{topic}}}:carcel") == 1
+
+    changed = _rebuilt(held)
+    changed.data.update({"entropy": 0.2})
+    [conflict] = await bus.dispatch_batch([changed])
+    assert conflict.error.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
+
+    receipt = await bus.approve_packet(topic, held.tracking_id, identity=approver)
+    [after] = await bus.dispatch_batch([_rebuilt(held)])
+    assert after.receipt == receipt
+    assert await raw_redis.xlen(f"pb:{{{topic}}}:log") == 1
+    assert dict((await bus.policy_stats(topic)).by_decision) == {
+        "held": 1,
+        "rejected": 1,
+        "approved": 1,
+    }

@@ -166,6 +166,12 @@ def test_quickstart_and_cli_examples_run_as_written(
         assert (healthy.returncode, healthy.stdout.strip()) == (0, "SERVING")
         described = run(info, env)
         assert json.loads(described.stdout)["supportedSchemaVersions"] == ["1.0", "1.1"]
+        assert json.loads(described.stdout)["limits"]["maxResponseBytes"] == 16 * 1024 * 1024
+        # The stream caps and keepalive it says `info` prints, at their documented defaults.
+        published = json.loads(described.stdout)["limits"]
+        assert published["streams"]["maxWatchers"] == 1024
+        assert published["streams"]["maxStreamsPerPeer"] == 512
+        assert published["keepalive"]["minClientPingIntervalMs"] == 10_000
 
         identity = subprocess.run(
             [sys.executable, "-c", block("identity")],
@@ -269,9 +275,16 @@ def test_task_queue_cli_runs_as_written(served: tuple[str, dict[str, str], Path]
         assert (result["completed"], result["result"]) == (True, {"pages": 3})
         nothing = run(claim, env)
         assert (nothing.returncode, nothing.stdout.strip()) == (1, "{}")
-        stale = run(complete.replace("TOKEN", state["fencingToken"]), env)
-        assert stale.returncode == 1
-        assert stale.stderr.startswith("packetbus: FAILED_PRECONDITION")
+        # Run again as written (a retry): the same outcome, completed once.
+        again = run(complete.replace("TOKEN", state["fencingToken"]), env)
+        assert again.returncode == 0, again.stderr
+        assert len(run(results, env).stdout.splitlines()) == 1
+        other = run(
+            complete.replace("TOKEN", state["fencingToken"]).replace('"pages": 3', '"pages": 4'),
+            env,
+        )
+        assert other.returncode == 1
+        assert other.stderr.startswith("packetbus: ALREADY_EXISTS")
     finally:
         assert server.stop() == 0
 
@@ -388,5 +401,234 @@ def test_policy_cli_runs_as_written(
         assert exported.returncode == 0, exported.stderr
         verified = here(verify)
         assert verified.returncode == 0, verified.stdout + verified.stderr
+    finally:
+        assert server.stop() == 0
+
+
+def test_security_example_runs_as_written(tmp_path: Path) -> None:
+    """The Security section's worked example: its PKI and tokens made by its own
+    commands, its policy, its server (TLS and JWT on every interface) and each
+    party's commands, in a directory of their own."""
+    port = free_port()
+    env = _env(port, tmp_path / "data")
+    pki = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block("security-pki")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert pki.returncode == 0, pki.stderr
+    (tmp_path / "tokens.py").write_text(block("security-tokens"))
+    tokens = subprocess.run(
+        [sys.executable, "tokens.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert tokens.returncode == 0, tokens.stderr
+    (tmp_path / "policy.toml").write_text(block("security-policy"))
+
+    def here(command: str) -> subprocess.CompletedProcess[str]:
+        command = command.replace("localhost:50051", f"localhost:{port}")
+        return subprocess.run(
+            shlex.split(command.replace(".venv/bin/", f"{REPO}/.venv/bin/")),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    serve = block("security-serve").replace("0.0.0.0:50051", f"0.0.0.0:{port}")
+    server = Served(serve, env, cwd=tmp_path)
+    try:
+        lines = block("security-act").splitlines()
+        (me, worker, post, claim, complete, sneaky, deploy, key, approve) = lines
+        for command in (me, worker, post):
+            done = here(command)
+            assert done.returncode == 0, done.stderr
+        # No token: UNAUTHENTICATED, nothing posted.
+        outsider = here(post.replace(" --token-file coordinator.jwt", ""))
+        assert outsider.returncode == 1
+        assert outsider.stderr.startswith("packetbus: not authenticated: no credential")
+        claimed = here(claim)
+        assert claimed.returncode == 0, claimed.stderr
+        task = json.loads(claimed.stdout)
+        assert task["taskId"] == "build-1"
+        completed = here(complete.replace("FENCING_TOKEN", str(task["fencingToken"])))
+        assert completed.returncode == 0, completed.stderr
+        refused = here(sneaky)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("packetbus: permission denied"), refused.stderr
+        assert "tasks.post" in refused.stderr
+        held = here(deploy)
+        assert held.returncode == 0, held.stderr
+        dispatched = json.loads(held.stdout)
+        assert "held" in dispatched, dispatched
+        # alice finds the held packet herself, as the README says (not without --topic).
+        held_by = approve.split(" policy approve ")[0]
+        listed = here(f"{held_by} policy held --topic deploys")
+        assert listed.returncode == 0, listed.stderr
+        assert [
+            json.loads(line)["packet"]["packet"]["trackingId"]
+            for line in listed.stdout.splitlines()
+        ] == [dispatched["trackingId"]]
+        assert here(f"{held_by} policy held").returncode == 1
+        registered = here(key)
+        assert registered.returncode == 0, registered.stderr
+        approved = here(approve.replace("TRACKING_ID", dispatched["trackingId"]))
+        assert approved.returncode == 0, approved.stderr
+        # The same worker from Python: allowed to read, refused with the ErrorInfo.
+        (tmp_path / "worker.py").write_text(
+            block("security-python").replace("localhost:50051", f"localhost:{port}")
+        )
+        worker_py = subprocess.run(
+            [sys.executable, "worker.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert worker_py.returncode == 0, worker_py.stderr
+        assert worker_py.stdout.splitlines() == [
+            "['build-1']",
+            "PERMISSION_DENIED worker-1 tasks.post jobs",
+        ]
+        # The README's `policy can` line, and what it says it prints.
+        can = re.search(r"`(\.venv/bin/packetbus policy can [^`]+)` prints\n?\s*`([^`]+)`", README)
+        assert can, "README shows no `policy can` line"
+        answered = here(can.group(1))
+        assert answered.returncode == 1, answered.stderr
+        assert answered.stdout.strip() == " ".join(can.group(2).split())
+    finally:
+        assert server.stop() == 0
+
+
+def _permission_rows() -> list[str]:
+    """The README's permission table rows as `Permission` declares them: each
+    member's value and its comment (what it allows, on which resource), in order."""
+    source = (REPO / "server/packetbus_server/_access/permissions.py").read_text()
+    declared = re.findall(r'^    [A-Z_]+ = "([a-z_.]+)"  # (.+)$', source, re.M)
+    return [f"| `{value}` | {meaning} |" for value, meaning in declared]
+
+
+def test_the_readme_lists_every_permission_as_the_enum_declares_it() -> None:
+    from packetbus_server._access import Permission
+
+    rows = _permission_rows()
+    assert [row.split("`")[1] for row in rows] == [p.value for p in Permission]
+    table = re.search(r"<!-- readme:permissions -->\n((?:\|.*\n)+)", README)
+    assert table, "README has no table marked readme:permissions"
+    assert table.group(1).splitlines()[2:] == rows
+
+
+def test_the_readme_authorization_examples_are_valid_policies() -> None:
+    from packetbus_server._access import Permission, Principal
+    from packetbus_server._policy import parse
+
+    section = parse(block("authorization").encode()).authorization
+    assert section is not None
+    coordinator = Principal("spiffe://example.org/agent/coordinator", "mtls", "coordinator")
+    assert section.allows(coordinator, Permission.TASKS_POST, "jobs.build")
+    assert section.allows(coordinator, Permission.AGENTS_ACT_FOR, "worker-3")
+    assert not section.allows(coordinator, Permission.AGENTS_ACT_FOR, "planner")
+    assert section.allows(coordinator, Permission.MEMORY_WRITE, "coordinator")
+    assert not section.allows(coordinator, Permission.MEMORY_WRITE, "worker-3")
+    assert parse(block("security-policy").encode()).authorization is not None
+
+
+def test_security_example_with_mutual_tls_runs_as_written(tmp_path: Path) -> None:
+    """The worked example's mutual TLS variant: a worker's certificate made by the
+    README's commands, the policy matching SPIFFE IDs, the server with a client CA;
+    a client without a certificate does not get through the handshake."""
+    port = free_port()
+    env = _env(port, tmp_path / "data")
+
+    def bash(script: str) -> None:
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+
+    bash(block("security-pki"))
+    *certificate, claim = block("security-mtls").splitlines()
+    bash("\n".join(certificate))
+    policy = block("security-policy").replace(
+        'match = "worker-*"', 'match = "spiffe://example.org/agent/worker-*"'
+    )
+    (tmp_path / "policy.toml").write_text(policy)
+    serve = block("security-serve").replace("0.0.0.0:50051", f"0.0.0.0:{port}")
+    server = Served(f"{serve} --tls-client-ca ca.pem", env, cwd=tmp_path)
+
+    def here(command: str) -> subprocess.CompletedProcess[str]:
+        command = command.replace("localhost:50051", f"localhost:{port}")
+        return subprocess.run(
+            shlex.split(command.replace(".venv/bin/", f"{REPO}/.venv/bin/")),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    try:
+        # Let in as worker-1: nothing to claim yet ("{}", exit 1), no refusal.
+        claimed = here(claim)
+        assert (claimed.returncode, claimed.stdout, claimed.stderr) == (1, "{}\n", "")
+        # worker-1 may claim from jobs, not post to it; the refusal names its SPIFFE ID.
+        post = claim.replace(
+            "tasks claim jobs --worker worker-1", "tasks post jobs --id t-1 --origin worker-1"
+        )
+        refused = here(post)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("packetbus: permission denied"), refused.stderr
+        assert "spiffe://example.org/agent/worker-1" in refused.stderr
+        anonymous = here(claim.replace(" --tls-cert worker-1.pem --tls-key worker-1.key", ""))
+        assert anonymous.returncode != 0
+    finally:
+        assert server.stop() == 0
+
+
+def test_security_example_with_a_jwks_runs_as_written(tmp_path: Path) -> None:
+    """The worked example's JWKS variant: jwks.json made by the README's script,
+    tokens naming its kid as the README says, the server on --jwt-jwks; a token
+    without a kid is refused with the message the README quotes."""
+    port = free_port()
+    env = _env(port, tmp_path / "data")
+
+    def here(command: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    pki = here(["bash", "-euo", "pipefail", "-c", block("security-pki")])
+    assert pki.returncode == 0, pki.stderr
+    (tmp_path / "jwks.py").write_text(block("security-jwks"))
+    made = here([sys.executable, "jwks.py"])
+    assert made.returncode == 0, made.stderr
+    named = 'jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "idp-1"})'
+    assert f"`{named}`" in README
+    tokens = block("security-tokens")
+    (tmp_path / "tokens.py").write_text(
+        tokens.replace('jwt.encode(claims, key, algorithm="EdDSA")', named)
+    )
+    assert here([sys.executable, "tokens.py"]).returncode == 0
+    (tmp_path / "policy.toml").write_text(block("security-policy"))
+    serve = (
+        block("security-serve")
+        .replace("0.0.0.0:50051", f"0.0.0.0:{port}")
+        .replace("--jwt-public-key idp.pub", "--jwt-jwks jwks.json")
+    )
+    server = Served(serve, env, cwd=tmp_path)
+    try:
+        me = block("security-act").splitlines()[0].replace("localhost:50051", f"localhost:{port}")
+        command = shlex.split(me.replace(".venv/bin/", f"{REPO}/.venv/bin/"))
+        done = here(command)
+        assert done.returncode == 0, done.stderr
+        (tmp_path / "tokens.py").write_text(tokens)  # as first written: no kid
+        assert here([sys.executable, "tokens.py"]).returncode == 0
+        refused = here(command)
+        assert refused.returncode == 1
+        quoted = re.search(r"refused: `(packetbus: not authenticated: [^`]+)`", README)
+        assert quoted, "README quotes no refusal of a token without a kid"
+        assert refused.stderr.strip() == " ".join(quoted.group(1).split())
     finally:
         assert server.stop() == 0

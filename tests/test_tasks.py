@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as redis_asyncio
 
 import packetbus
 from packetbus.v1 import task_service_pb2 as pb
+from packetbus_server import _keys
 from tests.conftest import unique, verified_actions
 
 
@@ -146,16 +150,27 @@ async def test_failures_retry_then_the_carcel_and_release_requeues(
 async def test_watch_sees_each_status_change_in_order(client: packetbus.Client) -> None:
     queue = client.task_queue(unique("queue"))
     events: list[tuple[str, int, int]] = []
+    watching_now = asyncio.Event()
 
     async def watch() -> None:
         async for event in queue.watch():
-            events.append((event.task_id, event.old_status, event.new_status))
-            if len(events) == 3:
-                return
+            watching_now.set()
+            if event.task_id == "w-1":
+                events.append((event.task_id, event.old_status, event.new_status))
+                if len(events) == 3:
+                    return
 
     watching = asyncio.create_task(watch())
-    await asyncio.sleep(0.3)
-    await queue.post(_task("w-1"), origin="planner")
+    # The watch sees changes from when it opened, which no sleep can be sure of on a
+    # busy machine: probe tasks go in until it sees one.
+    probes = 0
+    async with asyncio.timeout(20):
+        while not watching_now.is_set():
+            await queue.post(_task(f"probe-{probes}"), origin="planner")
+            probes += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watching_now.wait(), 0.1)
+    await queue.post(_task("w-1", priority=10), origin="planner")  # claimed before the probes
     claimed = await queue.claim("w")
     assert claimed is not None
     await claimed.complete()
@@ -194,3 +209,18 @@ async def test_posting_is_idempotent_and_bad_tasks_are_refused(client: packetbus
     with pytest.raises(packetbus.PacketbusError) as missing:
         await queue.get("nope")
     assert missing.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_tasks_posted_in_one_ms_list_in_posting_order_exactly(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis
+) -> None:
+    # Concurrent posts land many to a ms; the order Redis ran them in is the order
+    # of their "posted" events. Ids that sort against that order catch a listing
+    # that breaks ties by id.
+    queue = client.task_queue(unique("queue"))
+    ids = [f"t-{99 - i:02d}" for i in range(40)]
+    await asyncio.gather(*(queue.post(_task(t), origin="planner") for t in ids))
+    events: Any = await raw_redis.xrange(_keys.task_events(queue.name))
+    posted = [f[b"id"].decode() for _, f in events if f[b"r"] == b"posted"]
+    assert sorted(posted) == sorted(ids)
+    assert [t.task_id for t in await queue.tasks()] == posted

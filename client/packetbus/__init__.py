@@ -41,11 +41,13 @@ from packetbus.v1.speech_act_pb2 import SpeechAct
 from ._agents import LiveAgent
 from ._client import EARLIEST, LATEST, Client, Subscription, fill_defaults
 from ._config import AgentIdentity, BatchSettings, ClientConfig, RetrySettings
-from ._consumer import Consumer, Delivery, Settling
+from ._consumer import Consumer, Delivery
 from ._context import ContextValue, new_entry, verify_context_commit
 from ._custody import ChainReport, EntryReport, Signer, verify_chain
-from ._errors import FieldViolation, PacketbusError, SubscriptionGapError
+from ._errors import ErrorReason, FieldViolation, PacketbusError, SubscriptionGapError
 from ._inbox import Inbox, address_to, inbox_topic, reply_to
+from ._security import TlsSettings, TokenFile
+from ._settling import Settling
 from ._sync import SyncClient, SyncSubscription
 from ._tasks import ClaimedTask, TaskQueue
 
@@ -72,6 +74,7 @@ __all__ = [
     "Delivery",
     "DispatchResult",
     "EntryReport",
+    "ErrorReason",
     "FieldViolation",
     "Finding",
     "GetServerInfoResponse",
@@ -103,6 +106,8 @@ __all__ = [
     "SyncSubscription",
     "Task",
     "TaskQueue",
+    "TlsSettings",
+    "TokenFile",
     "__version__",
     "address_to",
     "fill_defaults",

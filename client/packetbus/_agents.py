@@ -19,6 +19,7 @@ from . import _custody
 from ._calls import Call, Deadline
 from ._config import AgentIdentity
 from ._errors import PacketbusError
+from ._resuming import resuming
 from ._stopping import cancel_and_wait
 
 T = TypeVar("T")
@@ -28,8 +29,6 @@ _LIVENESS = {
     "live": pb.AGENT_LIVENESS_LIVE,
     "stale": pb.AGENT_LIVENESS_STALE,
 }
-# A watch that lost its stream resumes after the last event it saw.
-_RESUME_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 log = logging.getLogger("packetbus.agents")
 
@@ -102,6 +101,10 @@ class Agents:
         allow_missing: bool = False,
         timeout: float | None = None,
     ) -> list[str]:
+        """Remove `agent_id` (with `cascade`, every agent it spawned); the ids removed.
+        NOT_FOUND when it is not registered, unless `allow_missing`: a call retried
+        after its first reply was lost finds the agent gone, so pass
+        `allow_missing=True` where that must not be an error."""
         request = pb.DeregisterAgentRequest(
             agent_id=agent_id, cascade=cascade, allow_missing=allow_missing
         )
@@ -148,41 +151,31 @@ class Agents:
         """Membership events as they happen: from now (`start="latest"`), from the oldest
         kept, or after `after_cursor`. A lost connection resumes after the last event
         seen. Raises DATA_LOSS when events after the cursor are no longer kept."""
-        cursor = after_cursor
-        failures = 0
-        while True:
+
+        def open_stream(cursor: str, _: float | None) -> Any:
             if cursor:
-                request = pb.WatchAgentsRequest(after_cursor=cursor)
-            else:
-                position = (
-                    pb.MEMBERSHIP_START_EARLIEST
-                    if start == "earliest"
-                    else pb.MEMBERSHIP_START_LATEST
+                return self._stub.WatchAgents(pb.WatchAgentsRequest(after_cursor=cursor))
+            position = (
+                pb.MEMBERSHIP_START_EARLIEST if start == "earliest" else pb.MEMBERSHIP_START_LATEST
+            )
+            return self._stub.WatchAgents(pb.WatchAgentsRequest(start_position=position))
+
+        cursor = after_cursor
+        async for response in resuming(
+            open_stream,
+            _last_event_cursor,
+            after=after_cursor,
+            # Resuming "from now" again would skip what happened meanwhile.
+            may_resume=lambda c: bool(c) or start == "earliest",
+        ):
+            if response.events_lost:
+                raise PacketbusError(
+                    grpc.StatusCode.DATA_LOSS,
+                    f"membership events after {cursor} are no longer kept",
                 )
-                request = pb.WatchAgentsRequest(start_position=position)
-            call = self._stub.WatchAgents(request)
-            try:
-                async for response in call:
-                    failures = 0
-                    if response.events_lost:
-                        raise PacketbusError(
-                            grpc.StatusCode.DATA_LOSS,
-                            f"membership events after {cursor} are no longer kept",
-                        )
-                    for event in response.events:
-                        cursor = event.cursor
-                        yield event
-                return
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or failures >= len(_RESUME_DELAYS):
-                    raise PacketbusError.from_rpc_error(exc) from None
-                if not cursor and start == "latest":
-                    # Resuming "from now" again would skip what happened meanwhile.
-                    raise PacketbusError.from_rpc_error(exc) from None
-                await asyncio.sleep(_RESUME_DELAYS[failures])
-                failures += 1
-            finally:
-                call.cancel()
+            for event in response.events:
+                cursor = event.cursor
+                yield event
 
 
 class LiveAgent:
@@ -227,6 +220,8 @@ class LiveAgent:
             try:
                 self.agent = await self._agents.heartbeat(self.agent_id, timeout=self._timeout)
             except PacketbusError as exc:
+                if exc.code == grpc.StatusCode.CANCELLED:
+                    return  # the client closed: nothing left to heartbeat through
                 if exc.code == grpc.StatusCode.NOT_FOUND:
                     # Removed while we could not reach the bus: join again.
                     with contextlib.suppress(PacketbusError):
@@ -249,3 +244,7 @@ class LiveAgent:
         await self._agents.deregister(
             self.agent_id, cascade=self._cascade, allow_missing=True, timeout=self._timeout
         )
+
+
+def _last_event_cursor(response: pb.WatchAgentsResponse) -> str:
+    return response.events[-1].cursor if response.events else ""

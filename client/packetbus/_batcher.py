@@ -8,13 +8,13 @@ them in batches bounded by count, bytes and latency.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from packetbus.v1 import packet_pb2, packet_service_pb2
 
 from ._config import BatchSettings
+from ._errors import client_closed
 
 SendBatch = Callable[
     [Sequence[packet_pb2.Packet], float], Awaitable[Sequence[packet_service_pb2.DispatchResult]]
@@ -46,8 +46,11 @@ class Batcher:
     async def submit(
         self, packet: packet_pb2.Packet, deadline: float
     ) -> asyncio.Future[packet_service_pb2.DispatchResult]:
+        """Queue `packet`; the future gets its DispatchResult, or the call's error.
+        Raises PacketbusError (CANCELLED) once the client is closed, also to a
+        caller still waiting for room when it closes."""
         if self._closed:
-            raise RuntimeError("client is closed")
+            raise client_closed()
         size = packet.ByteSize()
         s = self._settings
         async with self._room:
@@ -55,13 +58,16 @@ class Batcher:
             # an oversized packet would wait forever instead of being rejected.
             await self._room.wait_for(
                 lambda: (
-                    self._outstanding_packets == 0
+                    self._closed
+                    or self._outstanding_packets == 0
                     or (
                         self._outstanding_packets < s.max_outstanding_packets
                         and self._outstanding_bytes + size <= s.max_outstanding_bytes
                     )
                 )
             )
+            if self._closed:
+                raise client_closed()
             self._outstanding_packets += 1
             self._outstanding_bytes += size
         future: asyncio.Future[packet_service_pb2.DispatchResult] = (
@@ -98,9 +104,12 @@ class Batcher:
                 try:
                     results = await self._send([item.packet for item in items], deadline)
                 except BaseException as exc:
+                    # Cancelled (the client stopped): the callers get CANCELLED, not
+                    # a CancelledError that would look like their own cancellation.
+                    error = exc if isinstance(exc, Exception) else client_closed()
                     for item in items:
                         if not item.future.done():
-                            item.future.set_exception(exc)
+                            item.future.set_exception(error)
                     if not isinstance(exc, Exception):
                         raise
                     return
@@ -120,16 +129,20 @@ class Batcher:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def close(self) -> None:
+        """Send what is queued and wait for its results; later submits raise."""
         self._closed = True
+        async with self._room:
+            self._room.notify_all()  # callers waiting for room raise instead
         await self.flush()
 
     def cancel(self) -> None:
+        """Stop at once: queued and in-flight dispatches fail with CANCELLED."""
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
         for task in self._in_flight:
             task.cancel()
         for item in self._pending:
-            with contextlib.suppress(asyncio.InvalidStateError):
-                item.future.cancel()
+            if not item.future.done():
+                item.future.set_exception(client_closed())
         self._pending = []

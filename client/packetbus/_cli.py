@@ -8,31 +8,64 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 
-from packetbus.v1 import custody_pb2, packet_pb2, packet_service_pb2, speech_act_pb2
+from packetbus.v1 import packet_pb2, packet_service_pb2, speech_act_pb2
 
-from . import _cli_agents, _cli_context, _cli_findings, _cli_groups, _cli_policy, _cli_tasks
+from . import (
+    _cli_agents,
+    _cli_context,
+    _cli_custody,
+    _cli_findings,
+    _cli_groups,
+    _cli_policy,
+    _cli_tasks,
+)
+from ._cli_args import (
+    COUNT,
+    UINT32,
+    Parser,
+    authorization_preflight,
+    fail,
+    guarded,
+    integer,
+    number,
+    security_preflight,
+    serve_jwt_preflight,
+    serve_preflight,
+)
+from ._cli_connection import (
+    add_connection_flags,
+    add_store_tls_flags,
+    add_to_subcommands,
+    connection_config,
+    store_url,
+)
 from ._cli_json import json_line, json_pretty
 from ._client import EARLIEST, LATEST, Client, fill_defaults, sign_as
-from ._config import DEFAULT_TARGET, TARGET_ENV, AgentIdentity, ClientConfig
+from ._config import DEFAULT_TARGET, TARGET_ENV, AgentIdentity
 from ._errors import PacketbusError, describe_gap
-from ._export import (
-    read_keys,
-    verify_export,
-    write_carcel_entry,
-    write_decision,
-    write_keys,
-    write_packet,
-)
 from ._inbox import inbox_topic
 
 _CONTENT_KINDS = ("task", "finding", "context", "data", "raw")
 _SPEECH_PREFIX = "SPEECH_ACT_"
+# serve's stream caps (ServerConfig's fields of the same names, and their defaults).
+_STREAM_CAPS = (
+    ("max-subscribers", 512, "open Subscribe streams, and open Pull streams, each"),
+    (
+        "max-watchers",
+        1024,
+        "open WatchTasks, WatchAgents, WatchContext streams together; Health.Watch too",
+    ),
+    ("max-exports", 64, "open ExportPackets streams"),
+    ("max-transfers", 256, "open GetContext and PutContext streams together"),
+    ("max-streams-per-peer", 512, "open streams of all kinds on one client connection"),
+    ("max-redis-connections", 1024, "Redis connections for unary calls and health"),
+)
 
 
 def _speech_acts() -> list[str]:
@@ -43,30 +76,26 @@ def _speech_acts() -> list[str]:
     ]
 
 
-def _fail(message: str, code: int = 1) -> int:
-    print(f"packetbus: {message}", file=sys.stderr)
-    return code
-
-
 def _describe(error: PacketbusError) -> str:
+    if error.code in _REFUSALS:
+        # The server's message names the principal, the permission and the resource.
+        return f"{_REFUSALS[error.code]}: {error.message}"
     if error.field_violations:
         fields = "; ".join(str(v) for v in error.field_violations)
         return f"{error.code.name}: {fields}"
+    if error.outcome_unknown:
+        return f"{error.code.name}: {error.message} (it may have taken effect: check first)"
     return f"{error.code.name}: {error.message}"
 
 
-def _timestamp(text: str) -> datetime:
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO 8601 time like 2026-01-31T12:00:00Z"
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+_REFUSALS = {
+    grpc.StatusCode.PERMISSION_DENIED: "permission denied",
+    grpc.StatusCode.UNAUTHENTICATED: "not authenticated",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="packetbus", description="packetbus: a message bus for multi-agent systems."
     )
     parser.add_argument(
@@ -75,8 +104,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"server address (env {TARGET_ENV}; default {DEFAULT_TARGET})",
     )
     parser.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds each call may take (default 30)"
+        "--timeout",
+        type=number(0.001),
+        default=30.0,
+        help="seconds each call may take (default 30)",
     )
+    add_connection_flags(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run a packetbus server")
@@ -88,9 +121,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--redis-url",
         default=os.environ.get("PACKETBUS_REDIS_URL"),
-        help="use this Redis 7+ or Redis Cluster instead of the embedded Valkey "
-        "(env PACKETBUS_REDIS_URL)",
+        help="use this Redis 7+ or Redis Cluster instead of the embedded Valkey: redis://, "
+        "rediss:// (TLS), with user:password@ for an ACL user (env PACKETBUS_REDIS_URL, "
+        "better for a password: a command line is visible to every user in ps)",
     )
+    add_store_tls_flags(serve)
     serve.add_argument(
         "--data-dir",
         type=Path,
@@ -99,11 +134,19 @@ def _parser() -> argparse.ArgumentParser:
         "default ~/.local/share/packetbus)",
     )
     serve.add_argument(
-        "--grace", type=float, default=10.0, help="seconds to drain on SIGTERM (default 10)"
+        "--durability",
+        choices=("everysec", "always"),
+        default=os.environ.get("PACKETBUS_DURABILITY", "everysec"),
+        help="what a machine crash may lose of acknowledged writes: everysec (the last "
+        "~1 s) or always (nothing: each write is acknowledged once on disk; slower) "
+        "(env PACKETBUS_DURABILITY; default everysec)",
+    )
+    serve.add_argument(
+        "--grace", type=number(0), default=10.0, help="seconds to drain on SIGTERM (default 10)"
     )
     serve.add_argument(
         "--workers",
-        type=int,
+        type=integer(1, 1024),
         default=int(os.environ.get("PACKETBUS_WORKERS", "1")),
         help="server processes sharing the port, e.g. one per core (env PACKETBUS_WORKERS; "
         "default 1)",
@@ -124,11 +167,125 @@ def _parser() -> argparse.ArgumentParser:
         "when the file changes, or on SIGHUP (env PACKETBUS_POLICY)",
     )
     serve.add_argument(
+        "--jwt-jwks",
+        type=Path,
+        default=os.environ.get("PACKETBUS_JWT_JWKS"),
+        metavar="FILE",
+        help="accept bearer JWTs signed by the keys of this JWKS file (RFC 7517; keys by kid; "
+        "reloaded when it changes) (env PACKETBUS_JWT_JWKS)",
+    )
+    serve.add_argument(
+        "--jwt-public-key",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="accept bearer JWTs signed by this PEM public key (Ed25519, EC P-256 or RSA; "
+        "a token names it by no kid or its RFC 7638 thumbprint, logged at start); repeatable",
+    )
+    serve.add_argument(
+        "--jwt-issuer",
+        default=os.environ.get("PACKETBUS_JWT_ISSUER"),
+        metavar="ISSUER",
+        help="the iss a bearer JWT must have (needed with JWT keys; env PACKETBUS_JWT_ISSUER)",
+    )
+    serve.add_argument(
+        "--jwt-audience",
+        default=os.environ.get("PACKETBUS_JWT_AUDIENCE"),
+        metavar="AUDIENCE",
+        help="the aud a bearer JWT must have or include (needed with JWT keys; env "
+        "PACKETBUS_JWT_AUDIENCE)",
+    )
+    serve.add_argument(
+        "--trust-xfcc",
+        action="store_true",
+        default=os.environ.get("PACKETBUS_TRUST_XFCC", "").lower() in ("1", "yes", "true"),
+        help="take the caller's identity from a mesh sidecar's x-forwarded-client-cert header "
+        "(Envoy); only when nothing but the sidecar can reach the port (env "
+        "PACKETBUS_TRUST_XFCC=1)",
+    )
+    serve.add_argument(
+        "--allow-store-eviction",
+        action="store_true",
+        default=os.environ.get("PACKETBUS_ALLOW_STORE_EVICTION", "").lower()
+        in ("1", "yes", "true"),
+        help="serve even when the store's maxmemory-policy is not noeviction: it may then "
+        "delete acknowledged packets under memory pressure (env PACKETBUS_ALLOW_STORE_EVICTION=1)",
+    )
+    serve.add_argument(
         "--no-custody-signing",
         action="store_true",
         help="do not sign the server's custody entries (only to measure what signing costs)",
     )
-    serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    serve.add_argument(
+        "--keepalive",
+        type=number(0.001, 86400),
+        default=os.environ.get("PACKETBUS_KEEPALIVE_SECONDS", "30"),
+        metavar="SECONDS",
+        help="ping a connection quiet this long (env PACKETBUS_KEEPALIVE_SECONDS; default 30)",
+    )
+    serve.add_argument(
+        "--keepalive-timeout",
+        type=number(0.001, 86400),
+        default=os.environ.get("PACKETBUS_KEEPALIVE_TIMEOUT_SECONDS", "10"),
+        metavar="SECONDS",
+        help="close a connection whose ping is not answered within this, ending its "
+        "streams (env PACKETBUS_KEEPALIVE_TIMEOUT_SECONDS; default 10)",
+    )
+    serve.add_argument(
+        "--drain-notice",
+        type=number(0, 86400),
+        default=os.environ.get("PACKETBUS_DRAIN_NOTICE_SECONDS", "2"),
+        metavar="SECONDS",
+        help="on SIGTERM, report NOT_SERVING this long before ending open streams and "
+        "closing the listener (env PACKETBUS_DRAIN_NOTICE_SECONDS; default 2)",
+    )
+    for flag, default, what in _STREAM_CAPS:
+        env = "PACKETBUS_" + flag.upper().replace("-", "_")
+        serve.add_argument(
+            f"--{flag}",
+            type=integer(1, 1_000_000),
+            default=os.environ.get(env, str(default)),
+            metavar="N",
+            help=f"{what} (env {env}; default {default})",
+        )
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=os.environ.get("PACKETBUS_SERVER_TLS_CERT"),
+        metavar="FILE",
+        help="serve TLS with this certificate chain (PEM; reloaded when the file changes) "
+        "(env PACKETBUS_SERVER_TLS_CERT)",
+    )
+    serve.add_argument(
+        "--tls-key",
+        type=Path,
+        default=os.environ.get("PACKETBUS_SERVER_TLS_KEY"),
+        metavar="FILE",
+        help="the certificate's private key (PEM, unencrypted) (env PACKETBUS_SERVER_TLS_KEY)",
+    )
+    serve.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=os.environ.get("PACKETBUS_SERVER_TLS_CLIENT_CA"),
+        metavar="FILE",
+        help="mutual TLS: every client must present a certificate this CA (PEM) signed; "
+        "the caller is its SPIFFE ID, else its subject CN (env PACKETBUS_SERVER_TLS_CLIENT_CA)",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=os.environ.get("PACKETBUS_INSECURE", "").lower() in ("1", "yes", "true"),
+        help="listen beyond loopback without TLS and authentication: anyone who reaches "
+        "the port may do anything (env PACKETBUS_INSECURE=1)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        help="logging level (default INFO)",
+    )
 
     dispatch = commands.add_parser("dispatch", help="dispatch one packet")
     where = dispatch.add_mutually_exclusive_group(required=True)
@@ -142,8 +299,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ACT",
         help="FIPA performative, e.g. inform, request, query-if (default inform)",
     )
-    dispatch.add_argument("--tracking-id", help="UUID; generated when absent")
-    dispatch.add_argument("--ttl", type=int, default=0, help="seconds (default: server's, 3600)")
+    dispatch.add_argument(
+        "--tracking-id",
+        help="UUID, the idempotency key: the same command again answers the original "
+        "result (generated when absent)",
+    )
+    dispatch.add_argument(
+        "--ttl", type=integer(0, UINT32), default=0, help="seconds (default: server's, 3600)"
+    )
     dispatch.add_argument("--schema-version", default="1.0")
     dispatch.add_argument(
         "--agent-key",
@@ -172,65 +335,9 @@ def _parser() -> argparse.ArgumentParser:
     start = tail.add_mutually_exclusive_group()
     start.add_argument("--from", dest="start", choices=("earliest", "latest"), default="latest")
     start.add_argument("--after", metavar="CURSOR", help="resume right after this cursor")
-    tail.add_argument("--count", type=int, default=0, help="stop after N packets")
+    tail.add_argument("--count", type=COUNT, default=0, help="stop after N packets")
 
-    verify = commands.add_parser(
-        "verify", help="verify a stored packet's chain of custody, or an export file offline"
-    )
-    what = verify.add_mutually_exclusive_group(required=True)
-    what.add_argument("tracking_id", nargs="?", metavar="TRACKING_ID")
-    what.add_argument("--file", type=Path, help="an export file: verified with no server")
-    verify.add_argument(
-        "--keys",
-        type=Path,
-        help="with --file: trust only these keys (a file from `packetbus keys list`)",
-    )
-
-    export = commands.add_parser(
-        "export", help="write packets, their chains and the public keys as JSON lines"
-    )
-    export.add_argument("--out", type=Path, required=True, help="the file to write")
-    export.add_argument("--topic", default="", help="only this topic (default: every topic)")
-    export.add_argument(
-        "--since",
-        type=_timestamp,
-        metavar="ISO",
-        help="only what was stored, carceled or decided from this time, e.g. "
-        "2026-01-31T12:00:00Z (no zone: UTC)",
-    )
-    export.add_argument("--until", type=_timestamp, metavar="ISO", help="... up to this time")
-    export.add_argument(
-        "--packets-only",
-        action="store_true",
-        help="leave out carcel entries and governance decisions",
-    )
-
-    keys = commands.add_parser("keys", help="signing keys")
-    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
-    key_commands.add_parser("list", help="print every published public key as JSON")
-    rotate = key_commands.add_parser(
-        "rotate",
-        help="retire the server's signing key and create a new one (the running server "
-        "picks it up within seconds; the old key keeps verifying)",
-    )
-    rotate.add_argument(
-        "--data-dir",
-        type=Path,
-        default=os.environ.get("PACKETBUS_DATA_DIR"),
-        help="the server's data directory (env PACKETBUS_DATA_DIR)",
-    )
-    rotate.add_argument(
-        "--signing-key-file",
-        type=Path,
-        default=os.environ.get("PACKETBUS_SIGNING_KEY_FILE"),
-        help="the server's key file, when not in the data directory",
-    )
-    new_agent = key_commands.add_parser(
-        "new-agent", help="create an agent key, register it for the agent id, save it"
-    )
-    new_agent.add_argument("--agent-id", required=True)
-    new_agent.add_argument("--out", type=Path, required=True, help="the key file to write (0600)")
-
+    _cli_custody.add_parsers(commands)
     _cli_groups.add_parsers(commands)
     _cli_tasks.add_parsers(commands)
     _cli_findings.add_parsers(commands)
@@ -239,9 +346,11 @@ def _parser() -> argparse.ArgumentParser:
     _cli_policy.add_parsers(commands)
 
     commands.add_parser("info", help="print server info as JSON")
-    commands.add_parser(
+    health = commands.add_parser(
         "health", help="exit 0 if the server reports SERVING (grpc.health.v1), 1 otherwise"
     )
+    health.add_argument("--json", action="store_true", help='print {"status": ...}')
+    add_to_subcommands(parser, skip=frozenset({"serve"}))
     return parser
 
 
@@ -279,18 +388,27 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
     try:
         packet = _build_packet(args)
     except ValueError as exc:
-        return _fail(str(exc), 2)
+        return fail(str(exc), 2)
     if args.agent_key:
         try:
             identity = AgentIdentity.load(args.agent_key)
         except ValueError as exc:
-            return _fail(str(exc), 2)
+            return fail(str(exc), 2)
         fill_defaults(packet)
         sign_as(packet, identity)
-    [result] = await client.dispatch_batch([packet], timeout=args.timeout)
+    try:
+        [result] = await client.dispatch_batch([packet], timeout=args.timeout)
+    except PacketbusError as exc:
+        if not exc.outcome_unknown:
+            raise
+        # Stored or not: the same packet again answers the original result.
+        return fail(
+            f"{exc.code.name}: {exc.message} (the packet may have been stored: run the "
+            f"command again with --tracking-id {packet.tracking_id} to find out)"
+        )
     print(json_pretty(result))
     if result.WhichOneof("outcome") == "error":
-        return _fail(_describe(PacketbusError.from_status(result.error)))
+        return fail(_describe(PacketbusError.from_status(result.error)))
     return 0
 
 
@@ -323,87 +441,6 @@ async def _tail(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _verify(client: Client, args: argparse.Namespace) -> int:
-    result = await client.verify_custody(args.tracking_id, timeout=args.timeout)
-    for entry in result.entries:
-        verdict = custody_pb2.CustodyVerdict.Name(entry.verdict).removeprefix("CUSTODY_VERDICT_")
-        print(
-            f"entry {entry.index}: {verdict} {entry.action} by {entry.actor} "
-            f"({entry.key_id}): {entry.detail}"
-        )
-    head = custody_pb2.CustodyVerdict.Name(result.head_verdict).removeprefix("CUSTODY_VERDICT_")
-    print(f"head: {head}")
-    print("verified" if result.verified else "NOT verified")
-    return 0 if result.verified else 1
-
-
-def _verify_file(args: argparse.Namespace) -> int:
-    try:
-        trusted = read_keys(args.keys) if args.keys else None
-        report = verify_export(args.file, trusted_keys=trusted)
-    except (OSError, ValueError, KeyError, json_format.ParseError) as exc:
-        return _fail(f"cannot read {args.file}: {exc}")
-    for what, problem in report.failures:
-        print(f"{what}: {problem}")
-    print(
-        f"{report.verified} of {report.packets} packets verified "
-        f"({report.carcel_entries} carceled; {report.decisions} decisions)"
-    )
-    if report.packets == 0:
-        return _fail(f"{args.file} holds no packets")
-    return 0 if report.ok else 1
-
-
-async def _export(client: Client, args: argparse.Namespace) -> int:
-    count = carceled = decided = 0
-    keys = await client.signing_keys(timeout=args.timeout)
-    with args.out.open("w") as out:
-        write_keys(out, keys)
-        async for response in client.export(
-            args.topic,
-            since=args.since,
-            until=args.until,
-            include_carcel_entries=not args.packets_only,
-            include_decisions=not args.packets_only,
-        ):
-            for stored in response.packets:
-                write_packet(out, stored)
-            for entry in response.carcel_entries:
-                write_carcel_entry(out, entry)
-            for decision in response.decisions:
-                write_decision(out, decision)
-            count += len(response.packets)
-            carceled += len(response.carcel_entries)
-            decided += len(response.decisions)
-    print(
-        f"wrote {count} packets, {carceled} carcel entries, {decided} decisions and "
-        f"{len(keys)} keys to {args.out}",
-        file=sys.stderr,
-    )
-    return 0
-
-
-async def _keys(client: Client, args: argparse.Namespace) -> int:
-    if args.keys_command == "list":
-        keys = await client.signing_keys(timeout=args.timeout)
-        print(json.dumps({"keys": [json_format.MessageToDict(k) for k in keys]}, indent=2))
-        return 0
-    identity = AgentIdentity.generate(args.agent_id)
-    key = await client.register_identity(identity, timeout=args.timeout)
-    identity.save(args.out)
-    print(json_pretty(key))
-    return 0
-
-
-def _rotate(args: argparse.Namespace) -> int:
-    from packetbus_server import default_data_dir, rotate_signing_key
-
-    path = args.signing_key_file or (args.data_dir or default_data_dir()) / "custody-keys.json"
-    fresh = rotate_signing_key(path)
-    print(f"{path}: now signing with {fresh.signer.key_id}; earlier keys are retired")
-    return 0
-
-
 async def _info(client: Client, args: argparse.Namespace) -> int:
     print(json_pretty(await client.server_info(timeout=args.timeout)))
     return 0
@@ -411,7 +448,7 @@ async def _info(client: Client, args: argparse.Namespace) -> int:
 
 async def _health(client: Client, args: argparse.Namespace) -> int:
     status = await client.health(timeout=args.timeout)
-    print(status)
+    print(json.dumps({"status": status}) if args.json else status)
     return 0 if status == "SERVING" else 1
 
 
@@ -421,9 +458,7 @@ _COMMANDS = {
     "tail": _tail,
     "info": _info,
     "health": _health,
-    "verify": _verify,
-    "export": _export,
-    "keys": _keys,
+    **_cli_custody.COMMANDS,
     **_cli_groups.COMMANDS,
     **_cli_tasks.COMMANDS,
     **_cli_findings.COMMANDS,
@@ -434,21 +469,45 @@ _COMMANDS = {
 
 
 async def _run_client_command(args: argparse.Namespace) -> int:
-    async with await Client.connect(
-        args.target, config=ClientConfig(target=args.target), timeout=args.timeout
-    ) as client:
-        return await _COMMANDS[args.command](client, args)
+    try:
+        async with await Client.connect(
+            args.target, config=connection_config(args), timeout=args.timeout
+        ) as client:
+            return await _COMMANDS[args.command](client, args)
+    except PacketbusError as exc:
+        if args.command == "health" and args.json:
+            # A checker that reads JSON gets JSON for a server it cannot reach too.
+            print(json.dumps({"status": "UNREACHABLE", "error": _describe(exc)}))
+        raise
 
 
 def _serve(args: argparse.Namespace) -> int:
     import logging
 
+    from redis.exceptions import RedisError
+
     # The server side is imported only here, so the client library and the
     # other commands never load it.
-    from packetbus_server import ServerConfig, default_data_dir, run
+    from packetbus_server import Durability, ServerConfig, default_data_dir, run
+    from packetbus_server._embedded import EmbeddedStoreError
+    from packetbus_server._exposure import authenticates
+    from packetbus_server._retry import StoreFailedError, StoreUnavailableError
+    from packetbus_server._running import redacted
 
+    problem = serve_jwt_preflight(
+        args.jwt_jwks, args.jwt_public_key, args.jwt_issuer, args.jwt_audience
+    )
+    if problem:
+        return fail(f"cannot start: {problem}", 2)
+    problem = serve_preflight(args.listen, args.policy, durability=args.durability)
+    if problem:
+        return fail(f"cannot start: {problem}")
+    try:
+        args.redis_url = store_url(args)
+    except ValueError as exc:
+        return fail(f"cannot start: {exc}", 2)
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = ServerConfig(
@@ -456,36 +515,75 @@ def _serve(args: argparse.Namespace) -> int:
         redis_url=args.redis_url,
         data_dir=args.data_dir or default_data_dir(),
         grace_seconds=args.grace,
+        keepalive_seconds=args.keepalive,
+        keepalive_timeout_seconds=args.keepalive_timeout,
+        drain_notice_seconds=args.drain_notice,
         signing_key_file=args.signing_key_file,
         custody_signing=not args.no_custody_signing,
         policy_file=args.policy,
+        max_subscribers=args.max_subscribers,
+        max_watchers=args.max_watchers,
+        max_exports=args.max_exports,
+        max_transfers=args.max_transfers,
+        max_streams_per_peer=args.max_streams_per_peer,
+        max_redis_connections=args.max_redis_connections,
+        allow_store_eviction=args.allow_store_eviction,
+        durability=Durability(args.durability),
+        jwt_jwks_file=args.jwt_jwks,
+        jwt_public_key_files=tuple(args.jwt_public_key),
+        jwt_issuer=args.jwt_issuer,
+        jwt_audience=args.jwt_audience,
+        trust_xfcc=args.trust_xfcc,
+        tls_cert_file=args.tls_cert,
+        tls_key_file=args.tls_key,
+        tls_client_ca_file=args.tls_client_ca,
+        insecure=args.insecure,
     )
+    problem, code = security_preflight(config)
+    if problem:
+        return fail(f"cannot start: {problem}", code)
+    # Settings that contradict each other: a usage error.
+    problem = authorization_preflight(args.policy, authenticated=authenticates(config))
+    if problem:
+        return fail(f"cannot start: {problem}", 2)
     try:
         run(config, workers=args.workers)
-    except ValueError as exc:  # a bad key file or setting: say so, no traceback
-        return _fail(f"cannot start: {exc}")
+    # A bad key file or setting, no store, a data dir another server holds, a store
+    # that may evict or refuses the first writes (full, a disk it cannot write): say so.
+    except RedisError as exc:
+        # redis-py's own words may not say which store ("DB index is out of range").
+        store = f" at {redacted(args.redis_url)}" if args.redis_url else ""
+        return fail(f"cannot start: the store{store} refused or did not answer: {exc}")
+    except (
+        ValueError,
+        EmbeddedStoreError,
+        StoreFailedError,
+        StoreUnavailableError,
+    ) as exc:
+        return fail(f"cannot start: {exc}")
+    except OSError as exc:  # the port taken meanwhile, a data dir it cannot write
+        # The path too: "Not a directory" alone does not say which one.
+        where = f": {exc.filename}" if exc.filename else ""
+        return fail(f"cannot start: {exc.strerror or exc}{where}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status. A usage error exits 2 (argparse); every
+    other failure is one line on stderr (see `guarded`)."""
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "verify" and args.file:
-            return _verify_file(args)
-        local = _cli_policy.run_local(args)
-        if local is not None:
-            return local
-        if args.command == "keys" and args.keys_command == "rotate":
-            return _rotate(args)
-        return asyncio.run(_run_client_command(args))
-    except PacketbusError as exc:
-        return _fail(_describe(exc))
-    except KeyboardInterrupt:
-        return 130
-    except OSError as exc:
-        return _fail(str(exc))
+    return guarded(lambda: _main(args), _describe)
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return _serve(args)
+    local = _cli_policy.run_local(args)
+    if local is None:
+        local = _cli_custody.run_local(args)
+    if local is not None:
+        return local
+    return asyncio.run(_run_client_command(args))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ._cli_args import COUNT, SECONDS
 from ._cli_json import json_line, json_pretty
 from ._client import Client
 from ._config import AgentIdentity
@@ -36,7 +37,9 @@ def add_parsers(commands: Any) -> None:
     register.add_argument("--parent", default="", help="the agent that spawned it")
     register.add_argument("--label", action="append", default=[], type=_label, metavar="NAME=VALUE")
     register.add_argument("--endpoint", default="")
-    register.add_argument("--ttl", type=int, default=0, help="heartbeat TTL seconds (default 30)")
+    register.add_argument(
+        "--ttl", type=SECONDS, default=0, help="heartbeat TTL seconds (default 30)"
+    )
     register.add_argument("--state", default="")
     register.add_argument(
         "--key-file", help="an agent key file (packetbus keys new-agent): register its key too"
@@ -64,7 +67,7 @@ def add_parsers(commands: Any) -> None:
     start = watch.add_mutually_exclusive_group()
     start.add_argument("--earliest", action="store_true", help="from the oldest event kept")
     start.add_argument("--after", default="", metavar="CURSOR", help="resume after a cursor")
-    watch.add_argument("--count", type=int, default=0, help="stop after N events")
+    watch.add_argument("--count", type=COUNT, default=0, help="stop after N events")
 
 
 async def _agents(client: Client, args: argparse.Namespace) -> int:

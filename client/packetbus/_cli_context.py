@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,13 @@ from google.protobuf import json_format
 
 from packetbus.v1 import contents_pb2
 from packetbus.v1 import record_service_pb2 as record_pb
+from packetbus.v1.context_service_pb2 import LogEntry
 
+from ._cli_args import COUNT, INT64, fail, integer
 from ._cli_json import json_line, json_pretty
 from ._client import Client
 from ._context import file_chunks, file_digest, new_entry
+from ._errors import PacketbusError
 
 Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
 
@@ -25,6 +29,12 @@ _RECORD_KINDS = {
     "swarm": (record_pb.RECORD_KIND_SWARM_REGISTRY, contents_pb2.SwarmRegistry),
     "remediation": (record_pb.RECORD_KIND_REMEDIATION_SCAN, contents_pb2.RemediationScan),
 }
+
+
+_ENTRY_ID_HELP = (
+    "UUID, the entry's id and idempotency key: the same command again answers as the "
+    "first did and appends nothing (default: a new one)"
+)
 
 
 def _doc_args(parser: argparse.ArgumentParser) -> None:
@@ -43,18 +53,26 @@ def add_parsers(commands: Any) -> None:
     put.add_argument("--author", required=True, help="the writing agent's id")
     put.add_argument(
         "--expected-version",
-        type=int,
+        type=integer(0, INT64),
         help="write only over this version (0: only if it does not exist)",
     )
-    put.add_argument("--ttl", type=int, default=0, help="seconds to keep it (default 24 h)")
+    put.add_argument(
+        "--ttl", type=integer(0, INT64), default=0, help="seconds to keep it (default 24 h)"
+    )
     put.add_argument("--content-type", default="")
+    put.add_argument(
+        "--upload-id",
+        default="",
+        help="UUID, the upload's idempotency key: the same command again answers the "
+        "original commit instead of writing a new version (default: a new one)",
+    )
     get = sub.add_parser("get", help="read a document to stdout or a file")
     _doc_args(get)
     get.add_argument("--out", type=Path, help="write the bytes here; prints the version as JSON")
-    get.add_argument("--version", type=int, help="only this version")
+    get.add_argument("--version", type=integer(0, INT64), help="only this version")
     delete = sub.add_parser("delete", help="delete a document")
     _doc_args(delete)
-    delete.add_argument("--expected-version", type=int)
+    delete.add_argument("--expected-version", type=integer(0, INT64))
     delete.add_argument("--author", default="")
     listing = sub.add_parser("list", help="one JSON line per document of a scope")
     listing.add_argument("scope", metavar="SCOPE")
@@ -63,7 +81,7 @@ def add_parsers(commands: Any) -> None:
     watch.add_argument("scope", metavar="SCOPE")
     watch.add_argument("--prefix", default="")
     watch.add_argument("--after", default="", help="resume after this cursor")
-    watch.add_argument("--count", type=int, default=0, help="stop after this many changes")
+    watch.add_argument("--count", type=COUNT, default=0, help="stop after this many changes")
 
     glob = sub.add_parser("global", help="the global context map")
     gsub = glob.add_subparsers(dest="global_command", required=True, metavar="COMMAND")
@@ -81,9 +99,10 @@ def add_parsers(commands: Any) -> None:
     mappend.add_argument("agent")
     mappend.add_argument("text")
     mappend.add_argument("--kind", default="")
+    mappend.add_argument("--entry-id", default="", help=_ENTRY_ID_HELP)
     mlist = msub.add_parser("list", help="newest first")
     mlist.add_argument("agent")
-    mlist.add_argument("--limit", type=int, default=0)
+    mlist.add_argument("--limit", type=COUNT, default=0)
 
     trace = sub.add_parser("trace", help="an agent's trace of a task")
     tsub = trace.add_subparsers(dest="trace_command", required=True, metavar="COMMAND")
@@ -92,10 +111,11 @@ def add_parsers(commands: Any) -> None:
     tappend.add_argument("agent")
     tappend.add_argument("text")
     tappend.add_argument("--kind", default="")
+    tappend.add_argument("--entry-id", default="", help=_ENTRY_ID_HELP)
     tlist = tsub.add_parser("list", help="oldest first")
     tlist.add_argument("task_id")
     tlist.add_argument("agent")
-    tlist.add_argument("--limit", type=int, default=0)
+    tlist.add_argument("--limit", type=COUNT, default=0)
 
     records = commands.add_parser(
         "records", help="swarm records: session summaries, swarm registries, remediation scans"
@@ -105,13 +125,21 @@ def add_parsers(commands: Any) -> None:
     rput.add_argument("kind", choices=sorted(_RECORD_KINDS))
     rput.add_argument("json", help='the record\'s fields as JSON, e.g. \'{"label": "run-1"}\'')
     rput.add_argument("--origin", required=True)
-    rput.add_argument("--retention", type=int, default=0, help="seconds (default: the kind's)")
+    rput.add_argument(
+        "--retention", type=integer(0, INT64), default=0, help="seconds (default: the kind's)"
+    )
+    rput.add_argument(
+        "--tracking-id",
+        default="",
+        help="UUID, the record's id and idempotency key: the same command again answers "
+        "the original record (generated when absent)",
+    )
     rget = rsub.add_parser("get")
     rget.add_argument("kind", choices=sorted(_RECORD_KINDS))
     rget.add_argument("record_id")
     rlist = rsub.add_parser("list", help="one JSON line per record, newest first")
     rlist.add_argument("kind", choices=sorted(_RECORD_KINDS))
-    rlist.add_argument("--limit", type=int, default=100)
+    rlist.add_argument("--limit", type=COUNT, default=100)
 
 
 async def _put(client: Client, args: argparse.Namespace) -> int:
@@ -120,16 +148,25 @@ async def _put(client: Client, args: argparse.Namespace) -> int:
         "ttl": args.ttl,
         "content_type": args.content_type,
         "author": args.author,
+        "upload_id": args.upload_id or str(uuid.uuid4()),
         "timeout": args.timeout,
     }
-    if args.file is None:
-        document = await client.put_context(
-            args.scope, args.name, sys.stdin.buffer.read(), **options
-        )
-    else:
-        size, digest = file_digest(args.file)
-        document = await client.put_context(
-            args.scope, args.name, file_chunks(args.file), size=size, sha256=digest, **options
+    try:
+        if args.file is None:
+            document = await client.put_context(
+                args.scope, args.name, sys.stdin.buffer.read(), **options
+            )
+        else:
+            size, digest = file_digest(args.file)
+            document = await client.put_context(
+                args.scope, args.name, file_chunks(args.file), size=size, sha256=digest, **options
+            )
+    except PacketbusError as exc:
+        if not exc.outcome_unknown:
+            raise
+        return fail(
+            f"{exc.code.name}: {exc.message} (it may have been committed: run the command "
+            f"again with --upload-id {options['upload_id']} to find out)"
         )
     print(json_pretty(document))
     return 0
@@ -208,15 +245,16 @@ async def _context_small(client: Client, args: argparse.Namespace) -> int:
             print(json.dumps(await client.list_global_context(timeout=t), indent=2))
     elif command == "memory":
         if args.memory_command == "append":
-            entry = new_entry(args.text, kind=args.kind)
-            print(json.dumps({"length": await client.append_memory(args.agent, entry, timeout=t)}))
+            entry = _entry(args)
+            return await _appended(entry, client.append_memory(args.agent, entry, timeout=t))
         else:
             for e in await client.list_memory(args.agent, limit=args.limit, timeout=t):
                 print(json_line(e))
     elif args.trace_command == "append":
-        entry = new_entry(args.text, kind=args.kind)
-        length = await client.append_trace(args.task_id, args.agent, entry, timeout=t)
-        print(json.dumps({"length": length}))
+        entry = _entry(args)
+        return await _appended(
+            entry, client.append_trace(args.task_id, args.agent, entry, timeout=t)
+        )
     else:
         for e in await client.list_traces(args.task_id, args.agent, limit=args.limit, timeout=t):
             print(json_line(e))
@@ -227,9 +265,16 @@ async def _records(client: Client, args: argparse.Namespace) -> int:
     t = args.timeout
     kind, message_class = _RECORD_KINDS[args.kind]
     if args.records_command == "put":
-        record = json_format.Parse(args.json, message_class())
+        try:
+            record = json_format.Parse(args.json, message_class())
+        except json_format.ParseError as exc:
+            raise ValueError(f"the {args.kind} record is not valid: {exc}") from None
         response = await client.put_record(
-            record, origin=args.origin, retention=args.retention, timeout=t
+            record,
+            origin=args.origin,
+            retention=args.retention,
+            tracking_id=args.tracking_id,
+            timeout=t,
         )
         print(json_pretty(response))
     elif args.records_command == "get":
@@ -250,3 +295,26 @@ async def _records(client: Client, args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Command] = {"context": _context, "records": _records}
+
+
+def _entry(args: argparse.Namespace) -> LogEntry:
+    entry = new_entry(args.text, kind=args.kind)
+    if args.entry_id:
+        entry.entry_id = args.entry_id
+    return entry
+
+
+async def _appended(entry: LogEntry, append: Awaitable[int]) -> int:
+    """Print the log's length after `append`; when it may have been appended though it
+    failed, say which --entry-id makes running it again safe."""
+    try:
+        length = await append
+    except PacketbusError as exc:
+        if not exc.outcome_unknown:
+            raise
+        return fail(
+            f"{exc.code.name}: {exc.message} (the entry may have been appended: run the "
+            f"command again with --entry-id {entry.entry_id} to find out)"
+        )
+    print(json.dumps({"length": length}))
+    return 0

@@ -11,6 +11,7 @@ from google.protobuf import json_format
 
 from packetbus.v1 import contents_pb2
 
+from ._cli_args import number
 from ._cli_json import json_line
 from ._client import Client
 
@@ -27,7 +28,7 @@ def add_parsers(commands: Any) -> None:
     post.add_argument("--id", default="", help="the finding's id (default: its tracking id)")
     post.add_argument("--origin", required=True)
     post.add_argument("--claim", required=True)
-    post.add_argument("--confidence", type=float, required=True)
+    post.add_argument("--confidence", type=number(0, 1), required=True)
     post.add_argument("--subject", default="", help="what it is about (default: the claim)")
     post.add_argument("--refutes", action="store_true", help="it says the claim does not hold")
     post.add_argument("--citation", action="append", default=[], dest="citations")
@@ -35,7 +36,7 @@ def add_parsers(commands: Any) -> None:
     listing.add_argument("task_id", metavar="TASK_ID")
     conflicts = sub.add_parser("conflicts", help="one JSON line per conflicting pair")
     conflicts.add_argument("task_id", metavar="TASK_ID")
-    conflicts.add_argument("--threshold", type=float, default=0.0)
+    conflicts.add_argument("--threshold", type=number(0, 1), default=0.0)
     escalate = sub.add_parser("escalate", help="escalate a task's findings to a human")
     escalate.add_argument("task_id", metavar="TASK_ID")
     escalate.add_argument("finding_ids", nargs="+", metavar="FINDING_ID")

@@ -12,6 +12,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from ._cli_args import ATTEMPTS, COUNT, SECONDS, number
 from ._cli_json import json_line, json_pretty
 from ._client import EARLIEST, LATEST, Client
 
@@ -27,9 +28,11 @@ def add_parsers(commands: Any) -> None:
     start = create.add_mutually_exclusive_group()
     start.add_argument("--from", dest="start", choices=("earliest", "latest"), default="latest")
     start.add_argument("--after", metavar="CURSOR", help="start right after this cursor")
-    create.add_argument("--ack-deadline", type=int, default=0, help="lease in seconds (default 30)")
     create.add_argument(
-        "--max-attempts", type=int, default=0, help="deliveries before the carcel (default 5)"
+        "--ack-deadline", type=SECONDS, default=0, help="lease in seconds (default 30)"
+    )
+    create.add_argument(
+        "--max-attempts", type=ATTEMPTS, default=0, help="deliveries before the carcel (default 5)"
     )
     for name in ("get", "delete"):
         cmd = sub.add_parser(name, help=f"{name} a consumer group")
@@ -44,7 +47,7 @@ def add_parsers(commands: Any) -> None:
     consume.add_argument("topic", metavar="TOPIC")
     consume.add_argument("group", metavar="GROUP")
     consume.add_argument("--consumer", required=True, help="this consumer's name")
-    consume.add_argument("--count", type=int, default=0, help="stop after N deliveries")
+    consume.add_argument("--count", type=COUNT, default=0, help="stop after N deliveries")
     consume.add_argument(
         "--settle",
         choices=("ack", "nack", "none"),
@@ -58,9 +61,9 @@ def add_parsers(commands: Any) -> None:
         "inbox", help="read an agent's inbox, one JSON line per delivery (acked once printed)"
     )
     inbox.add_argument("agent", metavar="AGENT_ID")
-    inbox.add_argument("--count", type=int, default=0, help="stop after N deliveries")
+    inbox.add_argument("--count", type=COUNT, default=0, help="stop after N deliveries")
     inbox.add_argument(
-        "--wait", type=float, default=0, help="stop after this many seconds without a delivery"
+        "--wait", type=number(0), default=0, help="stop after this many seconds without a delivery"
     )
 
     carcel = commands.add_parser("carcel", help="carceled packets: list, get, requeue, purge")

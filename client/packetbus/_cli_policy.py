@@ -26,6 +26,28 @@ def add_parsers(commands: Any) -> None:
         "check", help="validate a policy file locally, without a server; exit 1 if invalid"
     )
     check.add_argument("file", type=Path, metavar="FILE")
+    can = sub.add_parser(
+        "can",
+        help="may a principal do PERMISSION on RESOURCE under this policy file? prints "
+        "allowed (and the role and grant that allow it) or denied; exit 0 allowed, "
+        "1 denied, 2 a bad file or permission",
+        description="Answer locally, without a server, what the server's [authorization] "
+        "section decides: for a PERMISSION_DENIED, pass the ErrorInfo's principal, "
+        "permission and resource.",
+    )
+    can.add_argument("file", type=Path, metavar="FILE")
+    can.add_argument(
+        "--principal",
+        required=True,
+        metavar="NAME",
+        help="the principal's name: a SPIFFE ID, a certificate's CN or a JWT's sub",
+    )
+    can.add_argument("permission", metavar="PERMISSION", help="e.g. topics.publish")
+    can.add_argument(
+        "resource",
+        metavar="RESOURCE",
+        help="the bare resource: a topic, queue, agent id...; '' for a listing over all",
+    )
     held = sub.add_parser("held", help="one JSON line per packet waiting for approval")
     held.add_argument("--topic", default="", help="only this topic (default: every topic)")
     for name, text in (
@@ -51,6 +73,26 @@ def add_parsers(commands: Any) -> None:
     stats.add_argument("--topic", default="", help="only this topic (default: all, added up)")
 
 
+def _authorization_summary(policy: Any) -> dict[str, Any] | None:
+    section = policy.authorization
+    if section is None:
+        return None
+    return {
+        "principals": [
+            {"match": list(e.match), "roles": list(e.roles)}
+            | ({"agentId": e.agent_id} if e.agent_id else {})
+            for e in section.principals
+        ],
+        "roles": {
+            role.name: [
+                {"permissions": list(g.permissions), "resources": list(g.resources)}
+                for g in role.grants
+            ]
+            for role in section.roles.values()
+        },
+    }
+
+
 def _check(path: Path) -> int:
     # The server's own parser: what it accepts is exactly what `serve --policy` loads.
     from packetbus_server._policy import PolicyError, parse
@@ -70,11 +112,69 @@ def _check(path: Path) -> int:
                     for r in policy.rules
                 ],
                 "approvers": list(policy.approvers),
+                "authorization": _authorization_summary(policy),
             },
             indent=2,
         )
     )
     return 0
+
+
+def _can(path: Path, name: str, permission_name: str, resource: str) -> int:
+    """`packetbus policy can`: 0 allowed, 1 denied, 2 a file or permission unusable."""
+    from packetbus_server._access import Permission, Principal
+    from packetbus_server._access.principal import default_agent_id
+    from packetbus_server._policy import PolicyError, parse
+
+    try:
+        policy = parse(path.read_bytes())
+    except (OSError, PolicyError) as exc:
+        print(f"packetbus: {path}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        permission = Permission(permission_name)
+    except ValueError:
+        known = ", ".join(p.value for p in Permission)
+        print(
+            f"packetbus: {permission_name!r} is not a permission; one of: {known}",
+            file=sys.stderr,
+        )
+        return 2
+    section = policy.authorization
+    if section is None:
+        print(
+            "allowed: the policy has no [authorization] section: every authenticated "
+            "principal may call every RPC"
+        )
+        return 0
+    mapped = section.agent_id(name)  # "": no agent id (its default is another's)
+    agent_id = default_agent_id(name) if mapped is None else mapped
+    roles = section.roles_of(name)
+    who = f"principal {name!r} (agent id {agent_id!r}, roles {list(roles)})"
+    if permission is Permission.AGENTS_ACT_FOR and agent_id != "" and resource == agent_id:
+        # As the server judges it (_access.gate.may_act_as): an agent acts as itself
+        # with no grant; "denied" here would contradict what the server lets through.
+        print(
+            f"allowed: {who} may {permission.value} on {resource!r}: it is that agent "
+            "itself (no grant needed)"
+        )
+        return 0
+    reason = section.reason(Principal(name, "cli", agent_id), permission, resource)
+    if reason is not None:
+        grant = reason.granted
+        print(
+            f"allowed: {who} may {permission.value} on {resource!r}: role {reason.role!r}, "
+            f"grant {reason.grant} (permissions {list(grant.permissions)}, "
+            f"resources {list(grant.resources)})"
+        )
+        return 0
+    why = (
+        "no grant of its roles gives it"
+        if roles
+        else "no [[authorization.principals]] entry matches it, so it has no role"
+    )
+    print(f"denied: {who} lacks {permission.value} on {resource!r}: {why}")
+    return 1
 
 
 async def _policy(client: Client, args: argparse.Namespace) -> int:
@@ -110,6 +210,8 @@ def run_local(args: argparse.Namespace) -> int | None:
     """The commands that need no server; None for the others."""
     if args.command == "policy" and args.policy_command == "check":
         return _check(args.file)
+    if args.command == "policy" and args.policy_command == "can":
+        return _can(args.file, args.principal, args.permission, args.resource)
     return None
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from packetbus.v1 import contents_pb2
 from packetbus.v1 import task_service_pb2 as pb
 
+from ._cli_args import ATTEMPTS, COUNT, SECONDS, UINT64, fail, integer
 from ._cli_json import json_line, json_pretty
 from ._client import Client
+from ._errors import PacketbusError
 from ._tasks import ClaimedTask
 
 Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
@@ -41,16 +44,24 @@ def add_parsers(commands: Any) -> None:
     post.add_argument("--origin", required=True, help="the posting agent's id")
     post.add_argument("--description", default="")
     post.add_argument("--type", default="")
-    post.add_argument("--priority", type=int, default=0, help="-1000..1000, higher first")
+    post.add_argument(
+        "--priority", type=integer(-1000, 1000), default=0, help="-1000..1000, higher first"
+    )
     post.add_argument("--capability", default="", help="only workers with it may claim it")
-    post.add_argument("--max-attempts", type=int, default=0, help="failures before the carcel")
+    post.add_argument("--max-attempts", type=ATTEMPTS, default=0, help="failures before the carcel")
     post.add_argument("--payload", metavar="JSON", help="the task's payload, a JSON object")
 
     claim = sub.add_parser("claim", help="claim a task; prints it, or exits 1 if none")
     claim.add_argument("queue", metavar="QUEUE")
     claim.add_argument("--worker", required=True)
     claim.add_argument("--capability", action="append", default=[], dest="capabilities")
-    claim.add_argument("--lease", type=int, default=0, help="seconds (default 30)")
+    claim.add_argument("--lease", type=SECONDS, default=0, help="seconds (default 30)")
+    claim.add_argument(
+        "--request-id",
+        default="",
+        help="UUID, the claim's idempotency key: the same command again answers the task "
+        "it claimed while that claim holds, instead of claiming another (default: a new one)",
+    )
 
     for name, text in (
         ("complete", "complete a claimed task"),
@@ -61,7 +72,9 @@ def add_parsers(commands: Any) -> None:
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("queue", metavar="QUEUE")
         cmd.add_argument("task_id", metavar="TASK_ID")
-        cmd.add_argument("--token", type=int, required=True, help="the claim's fencing token")
+        cmd.add_argument(
+            "--token", type=integer(0, UINT64), required=True, help="the claim's fencing token"
+        )
         if name == "complete":
             cmd.add_argument("--result", metavar="JSON", help="the result, a JSON object")
             cmd.add_argument("--summary", default="")
@@ -79,7 +92,8 @@ def add_parsers(commands: Any) -> None:
     listing.add_argument("--status", choices=_STATUSES)
     watch = sub.add_parser("watch", help="one JSON line per status change, as they happen")
     watch.add_argument("queue", metavar="QUEUE")
-    watch.add_argument("--count", type=int, default=0, help="stop after N events")
+    watch.add_argument("--after", default="", metavar="CURSOR", help="resume after a cursor")
+    watch.add_argument("--count", type=COUNT, default=0, help="stop after N events")
 
 
 async def _tasks(client: Client, args: argparse.Namespace) -> int:
@@ -110,9 +124,22 @@ async def _run(client: Client, args: argparse.Namespace) -> int:
         )
         print(json_pretty(state))
     elif command == "claim":
-        claimed = await queue.claim(
-            args.worker, capabilities=args.capabilities, lease_seconds=args.lease, timeout=t
-        )
+        request_id = args.request_id or str(uuid.uuid4())
+        try:
+            claimed = await queue.claim(
+                args.worker,
+                capabilities=args.capabilities,
+                lease_seconds=args.lease,
+                request_id=request_id,
+                timeout=t,
+            )
+        except PacketbusError as exc:
+            if not exc.outcome_unknown:
+                raise
+            return fail(
+                f"{exc.code.name}: {exc.message} (a task may have been claimed: run the "
+                f"command again with --request-id {request_id} to find out)"
+            )
         if claimed is None:
             print("{}")
             return 1
@@ -146,7 +173,7 @@ async def _run(client: Client, args: argparse.Namespace) -> int:
             print(json_line(state))
     else:
         seen = 0
-        async for event in queue.watch():
+        async for event in queue.watch(after_cursor=args.after):
             print(json_line(event), flush=True)
             seen += 1
             if args.count and seen >= args.count:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid
 from collections.abc import (
@@ -14,6 +13,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from dataclasses import replace
 from datetime import datetime
 from typing import BinaryIO, Literal, TypeAlias, TypeVar, cast
 
@@ -53,9 +53,19 @@ from ._batcher import Batcher
 from ._config import AgentIdentity, ClientConfig, RetrySettings
 from ._consumer import Consumer
 from ._context import CHUNK_BYTES, ContextClient, ContextValue
-from ._errors import PacketbusError, SubscriptionGapError
+from ._errors import (
+    CLOSED,
+    PacketbusError,
+    SubscriptionGapError,
+    raise_closed,
+)
 from ._export import export_request
+from ._export_stream import export_stream
 from ._inbox import INBOX_GROUP, Inbox, address_to, inbox_topic, reply_to
+from ._pages import collect
+from ._retry_policy import Retry, credential_expired, policy_of
+from ._retrying import Backoff, retried
+from ._security import TlsSettings, Token, channel_credentials, check_token
 from ._stopping import ClosedOnExit
 from ._tasks import TaskQueue
 
@@ -107,28 +117,16 @@ def sign_as(packet: packet_pb2.Packet, identity: AgentIdentity) -> packet_pb2.Pa
     return _custody.sign_origin(packet, identity.signer)
 
 
-class _Backoff:
-    def __init__(self, settings: RetrySettings) -> None:
-        self._settings = settings
-        self._next = settings.initial_backoff
-
-    def reset(self) -> None:
-        self._next = self._settings.initial_backoff
-
-    def next_delay(self) -> float:
-        # Full jitter: spreads reconnecting clients instead of synchronizing them.
-        delay = random.uniform(0, self._next)
-        self._next = min(self._next * self._settings.multiplier, self._settings.max_backoff)
-        return delay
-
-
 class Client(ClosedOnExit):
     """A connection to a packetbus server.
 
     Create it with ``await Client.connect(...)`` or ``async with await Client.connect(...)``.
     Every call takes ``timeout=`` (seconds; default `ClientConfig.default_timeout`)
     and raises `PacketbusError` on failure. UNAVAILABLE is retried with backoff
-    within the timeout, which is safe because dispatch is idempotent.
+    within the timeout for every call the server answers the same when repeated
+    (dispatch, by tracking id; see _retry_policy.POLICY); the few that it does
+    not are retried only when they surely never reached the server. An error
+    says, in `outcome_unknown`, whether the call may have taken effect.
     """
 
     def __init__(
@@ -149,7 +147,7 @@ class Client(ClosedOnExit):
         self._agents = Agents(
             agent_service_pb2_grpc.AgentServiceStub(channel), self._call, self._deadline
         )
-        self._context = ContextClient(channel, self._call, self._deadline)
+        self._context = ContextClient(channel, self._call, self._deadline, self._config.retry)
         self._records = record_service_pb2_grpc.RecordServiceStub(channel)
         self._governance = Governance(
             policy_service_pb2_grpc.PolicyServiceStub(channel), self._call
@@ -169,16 +167,33 @@ class Client(ClosedOnExit):
         target: str | None = None,
         *,
         config: ClientConfig | None = None,
+        tls: TlsSettings | None = None,
+        token: Token | None = None,
         timeout: float | None = 10.0,
     ) -> Client:
         """Open a channel to `target` (default: $PACKETBUS_TARGET or 127.0.0.1:50051).
 
+        `tls` and `token` stand for `config`'s fields of those names (see
+        `TlsSettings`; a token: a JWT or a callable returning the current one).
         Waits up to `timeout` seconds for the server to be reachable; None
-        returns at once and lets the first call wait instead.
+        returns at once and lets the first call wait instead. Raises ValueError
+        for a token that would travel in clear text over a network (no TLS, a
+        target that is not loopback nor a unix socket) or is empty, OSError for
+        a TLS or token file it cannot read, PacketbusError UNAVAILABLE when the
+        server is not reached in time (a failed TLS handshake among the causes).
         """
         config = config or ClientConfig()
+        if tls is not None or token is not None:
+            config = replace(
+                config,
+                tls=tls if tls is not None else config.tls,
+                token=token if token is not None else config.token,
+            )
         address = target or config.target
-        options = [
+        if config.token is not None:
+            check_token(config.token)
+        credentials = channel_credentials(address, config.tls, config.token)
+        options: list[tuple[str, int | str]] = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             # gRPC's own transparent retries stay on; ours handle UNAVAILABLE.
@@ -189,22 +204,39 @@ class Client(ClosedOnExit):
         if config.connections > 1:
             # Otherwise channels to one address share one TCP connection.
             options.append(("grpc.use_local_subchannel_pool", 1))
+        if config.tls is not None and config.tls.server_name:
+            options.append(("grpc.ssl_target_name_override", config.tls.server_name))
         channels = [
             grpc.aio.insecure_channel(address, options=options)
+            if credentials is None
+            else grpc.aio.secure_channel(address, credentials, options=options)
             for _ in range(max(1, config.connections))
         ]
         if timeout is not None:
             try:
-                await asyncio.wait_for(
-                    asyncio.gather(*(c.channel_ready() for c in channels)), timeout
-                )
-            except TimeoutError:
+                # A task group, not gather: cancelled (Ctrl-C) meanwhile, it ends its
+                # waits itself, leaving no "exception was never retrieved".
+                async with asyncio.timeout(timeout), asyncio.TaskGroup() as waits:
+                    for c in channels:
+                        waits.create_task(c.channel_ready())
+            except BaseException as exc:
                 for c in channels:
                     await c.close()
-                raise PacketbusError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"could not reach a packetbus server at {address} within {timeout}s",
-                ) from None
+                if isinstance(exc, TimeoutError):
+                    # gRPC keeps a failed handshake's reason to itself: name the suspects.
+                    hint = (
+                        " (over TLS: check the CA, the server name and the client certificate)"
+                        if config.tls is not None
+                        # The likeliest mistake with a server that serves TLS: the
+                        # client spoke plain text, which gRPC reports as no server.
+                        else " (in plain text: if the server serves TLS, give its CA: "
+                        "TlsSettings(ca_file=...), --tls-ca or PACKETBUS_TLS_CA)"
+                    )
+                    raise PacketbusError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"could not reach a packetbus server at {address} within {timeout}s" + hint,
+                    ) from None
+                raise
         return cls(channels[0], config, dispatch_channels=channels[1:])
 
     async def close(self) -> None:
@@ -222,28 +254,24 @@ class Client(ClosedOnExit):
     def _deadline(self, timeout: float | None) -> float:
         return time.monotonic() + (self._config.default_timeout if timeout is None else timeout)
 
-    async def _unary(self, call: Callable[[float], Awaitable[T]], deadline: float) -> T:
-        backoff = _Backoff(self._config.retry)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PacketbusError(grpc.StatusCode.DEADLINE_EXCEEDED, "timeout spent")
-            try:
-                return await call(remaining)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    delay = backoff.next_delay()
-                    if time.monotonic() + delay < deadline:
-                        await asyncio.sleep(delay)
-                        continue
-                raise PacketbusError.from_rpc_error(exc) from None
+    async def _unary(
+        self,
+        call: Callable[[float], Awaitable[T]],
+        deadline: float,
+        policy: Retry = Retry.IDEMPOTENT,
+    ) -> T:
+        """`call(seconds left)`, retried as `policy` says (see _retrying.retried)."""
+        return await retried(call, deadline, policy, self._config.retry)
 
     async def _call(
         self, method: Callable[..., Awaitable[T]], request: Message, timeout: float | None
     ) -> T:
-        """`method(request)`, one unary RPC, as `_unary` retries it within `timeout`."""
+        """`method(request)`, one unary RPC, retried within `timeout` as the policy of
+        its RPC says (_retry_policy.POLICY)."""
         return await self._unary(
-            lambda remaining: method(request, timeout=remaining), self._deadline(timeout)
+            lambda remaining: method(request, timeout=remaining),
+            self._deadline(timeout),
+            policy_of(request),
         )
 
     # -- dispatch ---------------------------------------------------------------
@@ -269,8 +297,9 @@ class Client(ClosedOnExit):
         except TimeoutError:
             raise PacketbusError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"packet {packet.tracking_id} not acknowledged in time; dispatching it "
-                "again is safe",
+                f"packet {packet.tracking_id} not acknowledged in time (it may have been "
+                "stored); dispatching the same packet again is safe",
+                outcome_unknown=True,
             ) from None
         if result.WhichOneof("outcome") == "error":
             raise PacketbusError.from_status(result.error)
@@ -379,17 +408,13 @@ class Client(ClosedOnExit):
     async def export_packets(
         self, topic: str = "", *, timeout: float | None = None
     ) -> AsyncIterator[packet_service_pb2.StoredPacket]:
-        """Every stored packet of `topic` (or of all topics), with content bytes and a signed
-        head. `timeout` bounds the whole export (None: no limit)."""
-        call = self._custody.ExportPackets(
-            custody_service_pb2.ExportPacketsRequest(topic=topic), timeout=timeout
-        )
-        try:
-            async for response in call:
-                for stored in response.packets:
-                    yield stored
-        except grpc.aio.AioRpcError as exc:
-            raise PacketbusError.from_rpc_error(exc) from None
+        """Every stored packet of `topic` (or of all topics, by name), with content bytes and
+        a signed head; resumed after the last one on UNAVAILABLE, as `export` is.
+        `timeout` bounds the whole export (None: no limit)."""
+        request = custody_service_pb2.ExportPacketsRequest(topic=topic)
+        async for response in export_stream(self._custody, request, timeout):
+            for stored in response.packets:
+                yield stored
 
     async def export(
         self,
@@ -399,12 +424,17 @@ class Client(ClosedOnExit):
         until: datetime | None = None,
         include_carcel_entries: bool = False,
         include_decisions: bool = False,
+        resume_token: str = "",
         timeout: float | None = None,
     ) -> AsyncIterator[custody_service_pb2.ExportPacketsResponse]:
         """For audit: the stored packets of `topic` (or all topics) stored between `since`
         and `until` (naive datetimes are UTC), and optionally the carcel entries and
-        governance decisions of that time, as the server sends them (in batches).
-        `timeout` bounds the whole export (None: no limit)."""
+        governance decisions of that time, as the server sends them (in batches; topics
+        by name, within one its packets, then carcel entries, then decisions). A stream
+        that ends UNAVAILABLE (a drain, a lost connection) resumes after the last
+        response, with no item lost or repeated. Each response's `resume_token`, given
+        here with the same other arguments, continues after it (e.g. after a
+        PacketbusError). `timeout` bounds the whole export (None: no limit)."""
         request = export_request(
             topic,
             since=since,
@@ -412,12 +442,9 @@ class Client(ClosedOnExit):
             include_carcel_entries=include_carcel_entries,
             include_decisions=include_decisions,
         )
-        call = self._custody.ExportPackets(request, timeout=timeout)
-        try:
-            async for response in call:
-                yield response
-        except grpc.aio.AioRpcError as exc:
-            raise PacketbusError.from_rpc_error(exc) from None
+        request.resume_token = resume_token
+        async for response in export_stream(self._custody, request, timeout):
+            yield response
 
     async def health(self, *, service: str = "", timeout: float | None = None) -> str:
         """The server's grpc.health.v1 status name: "SERVING" only while its store answers."""
@@ -509,7 +536,7 @@ class Client(ClosedOnExit):
             self._groups,
             subscription,
             retry=retry,
-            backoff=lambda: _Backoff(retry).next_delay,
+            backoff=lambda: Backoff(retry).next_delay,
         )
 
     async def acknowledge(
@@ -723,18 +750,28 @@ class Client(ClosedOnExit):
     async def list_findings(
         self, task_id: str, *, timeout: float | None = None
     ) -> list[packet_service_pb2.StoredPacket]:
-        """A task's findings, first posted first."""
-        request = finding_service_pb2.ListFindingsRequest(task_id=task_id)
-        response = await self._call(self._findings.ListFindings, request, timeout)
-        return list(response.findings)
+        """A task's findings, first posted first (fetched a page at a time: `timeout`
+        is per page)."""
+
+        async def page(token: str) -> finding_service_pb2.ListFindingsResponse:
+            request = finding_service_pb2.ListFindingsRequest(task_id=task_id, page_token=token)
+            return await self._call(self._findings.ListFindings, request, timeout)
+
+        return await collect(page, lambda r: r.findings)
 
     async def detect_conflicts(
         self, task_id: str, *, threshold: float = 0.0, timeout: float | None = None
     ) -> list[finding_service_pb2.FindingConflict]:
-        """Every conflicting pair among a task's findings (0: the server's threshold, 0.3)."""
-        request = finding_service_pb2.DetectConflictsRequest(task_id=task_id, threshold=threshold)
-        response = await self._call(self._findings.DetectConflicts, request, timeout)
-        return list(response.conflicts)
+        """Every conflicting pair among a task's findings (0: the server's threshold, 0.3),
+        fetched a page at a time (`timeout` is per page)."""
+
+        async def page(token: str) -> finding_service_pb2.DetectConflictsResponse:
+            request = finding_service_pb2.DetectConflictsRequest(
+                task_id=task_id, threshold=threshold, page_token=token
+            )
+            return await self._call(self._findings.DetectConflicts, request, timeout)
+
+        return await collect(page, lambda r: r.conflicts)
 
     async def escalate(
         self,
@@ -746,7 +783,10 @@ class Client(ClosedOnExit):
         timeout: float | None = None,
     ) -> packet_service_pb2.StoredPacket:
         """Escalate to a human: an ESCALATE packet on the topic "escalations" carrying the
-        supporting findings. `origin` defaults to this client's identity."""
+        supporting findings. `origin` defaults to this client's identity. The server's
+        policy judges the packet: a rejection raises PERMISSION_DENIED (ErrorInfo
+        POLICY_REJECTED); a held escalation comes back with no receipt cursor, waiting
+        for `approve_packet("escalations", its tracking id)`."""
         who = origin or (self._config.identity.agent_id if self._config.identity else "")
         request = finding_service_pb2.EscalateRequest(
             task_id=task_id, origin=who, reason=reason, finding_ids=finding_ids
@@ -757,10 +797,14 @@ class Client(ClosedOnExit):
     async def list_escalations(
         self, task_id: str = "", *, timeout: float | None = None
     ) -> list[packet_service_pb2.StoredPacket]:
-        """Escalations (of one task, or all), oldest first."""
-        request = finding_service_pb2.ListEscalationsRequest(task_id=task_id)
-        response = await self._call(self._findings.ListEscalations, request, timeout)
-        return list(response.escalations)
+        """Escalations (of one task, or all), oldest first (fetched a page at a time:
+        `timeout` is per page)."""
+
+        async def page(token: str) -> finding_service_pb2.ListEscalationsResponse:
+            request = finding_service_pb2.ListEscalationsRequest(task_id=task_id, page_token=token)
+            return await self._call(self._findings.ListEscalations, request, timeout)
+
+        return await collect(page, lambda r: r.escalations)
 
     # -- inboxes and request/reply ---------------------------------------------------
 
@@ -820,7 +864,13 @@ class Client(ClosedOnExit):
     ) -> context_service_pb2.ContextDocument:
         """Write a context document of any size (sent in chunks). `expected_version`:
         compare-and-set (0: must not exist), ABORTED when stale; None: any. Streaming
-        `data` needs `size` and `sha256` up front. Returns the committed version."""
+        `data` needs `size` and `sha256` up front. Returns the committed version.
+
+        `upload_id` (a lowercase UUID; default: a new one) makes the put safe to send
+        again: the same bytes under it answer the first commit. `data` given as bytes
+        is sent again after a lost connection within `timeout`; a stream is read once,
+        so a failure says `outcome_unknown` and the caller puts again under the same
+        `upload_id`."""
         response = await self._context.put(
             scope,
             name,
@@ -935,9 +985,16 @@ class Client(ClosedOnExit):
         return bool(response.existed)
 
     async def list_global_context(self, *, timeout: float | None = None) -> dict[str, str]:
-        request = context_service_pb2.ListGlobalContextRequest()
-        response = await self._context.call("ListGlobalContext", request, timeout)
-        return dict(response.entries)
+        """Every key and value, fetched a page at a time (`timeout` is per page)."""
+
+        async def page(token: str) -> context_service_pb2.ListGlobalContextResponse:
+            request = context_service_pb2.ListGlobalContextRequest(page_token=token)
+            response: context_service_pb2.ListGlobalContextResponse = await self._context.call(
+                "ListGlobalContext", request, timeout
+            )
+            return response
+
+        return dict(await collect(page, lambda r: r.entries.items()))
 
     async def append_memory(
         self,
@@ -955,10 +1012,19 @@ class Client(ClosedOnExit):
     async def list_memory(
         self, agent: str, *, limit: int = 0, timeout: float | None = None
     ) -> list[context_service_pb2.LogEntry]:
-        """An agent's memory log, newest first."""
-        request = context_service_pb2.ListMemoryRequest(agent=agent, limit=limit)
-        response = await self._context.call("ListMemory", request, timeout)
-        return list(response.entries)
+        """An agent's memory log, newest first (the `limit` newest, when not 0), fetched
+        a page at a time (`timeout` is per page)."""
+
+        async def page(token: str) -> context_service_pb2.ListMemoryResponse:
+            request = context_service_pb2.ListMemoryRequest(
+                agent=agent, limit=limit, page_token=token
+            )
+            response: context_service_pb2.ListMemoryResponse = await self._context.call(
+                "ListMemory", request, timeout
+            )
+            return response
+
+        return await collect(page, lambda r: r.entries, most=limit)
 
     async def append_trace(
         self,
@@ -979,10 +1045,19 @@ class Client(ClosedOnExit):
     async def list_traces(
         self, task_id: str, agent: str, *, limit: int = 0, timeout: float | None = None
     ) -> list[context_service_pb2.LogEntry]:
-        """An agent's trace of a task, oldest first."""
-        request = context_service_pb2.ListTracesRequest(task_id=task_id, agent=agent, limit=limit)
-        response = await self._context.call("ListTraces", request, timeout)
-        return list(response.entries)
+        """An agent's trace of a task, oldest first (the `limit` oldest, when not 0),
+        fetched a page at a time (`timeout` is per page)."""
+
+        async def page(token: str) -> context_service_pb2.ListTracesResponse:
+            request = context_service_pb2.ListTracesRequest(
+                task_id=task_id, agent=agent, limit=limit, page_token=token
+            )
+            response: context_service_pb2.ListTracesResponse = await self._context.call(
+                "ListTraces", request, timeout
+            )
+            return response
+
+        return await collect(page, lambda r: r.entries, most=limit)
 
     # -- swarm records ----------------------------------------------------------------
 
@@ -996,14 +1071,22 @@ class Client(ClosedOnExit):
         origin: str = "",
         topic: str = "records",
         retention: int = 0,
+        tracking_id: str = "",
         timeout: float | None = None,
     ) -> record_service_pb2.PutRecordResponse:
-        """Store a swarm record (kept for its kind's retention, or `retention` s)."""
+        """Store a swarm record (kept for its kind's retention, or `retention` s).
+
+        Its id is the packet's tracking id (`tracking_id` for a record given bare;
+        a new UUID when empty): the same record again under it answers the
+        original (created False), another is ALREADY_EXISTS."""
         if isinstance(record, packet_pb2.Packet):
             packet = record
         else:
             packet = packet_pb2.Packet(
-                origin=origin, topic=topic, speech_act=speech_act_pb2.SPEECH_ACT_INFORM
+                origin=origin,
+                topic=topic,
+                speech_act=speech_act_pb2.SPEECH_ACT_INFORM,
+                tracking_id=tracking_id,
             )
             field = {
                 contents_pb2.SessionSummary: "session_summary",
@@ -1270,30 +1353,34 @@ class Subscription(ClosedOnExit):
         self._on_gap(gap)
 
     async def _next_batch(self) -> packet_service_pb2.SubscribeResponse | None:
-        backoff = _Backoff(self._retry)
+        backoff = Backoff(self._retry)
         failing_since: float | None = None
         while True:
             if self._call is None:
                 timeout = None if self._deadline is None else self._deadline - time.monotonic()
                 if timeout is not None and timeout <= 0:
                     raise PacketbusError(grpc.StatusCode.DEADLINE_EXCEEDED, "subscription ended")
-                self._call = self._stub.Subscribe(self._request(), timeout=timeout)
             try:
+                if self._call is None:
+                    self._call = self._stub.Subscribe(self._request(), timeout=timeout)
                 response = await self._call.read()
-            except asyncio.CancelledError:
+            except CLOSED as exc:
                 if self._closed:  # close() from another task cancels the read
                     return None
-                raise
+                self._call = None
+                raise_closed(exc)
             except grpc.aio.AioRpcError as exc:
                 if self._closed:
                     return None
                 self._call = None
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise PacketbusError.from_rpc_error(exc) from None
+                # Opened again after a lost connection, or with the current token
+                # once the one it was opened with expired.
+                if exc.code() != grpc.StatusCode.UNAVAILABLE and not credential_expired(exc):
+                    raise PacketbusError.from_rpc_error(exc, changes=False) from None
                 now = time.monotonic()
                 failing_since = failing_since or now
                 if now - failing_since > self._retry.reconnect_window:
-                    raise PacketbusError.from_rpc_error(exc) from None
+                    raise PacketbusError.from_rpc_error(exc, changes=False) from None
                 await asyncio.sleep(backoff.next_delay())
                 continue
             if response is grpc.aio.EOF:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._custody import Signer
+from ._security import TlsSettings, Token, tls_from_env, token_from_env
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 TARGET_ENV = "PACKETBUS_TARGET"
@@ -39,11 +40,16 @@ class BatchSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class RetrySettings:
-    """Backoff for retrying UNAVAILABLE (safe: dispatch is idempotent).
+    """Backoff for retrying UNAVAILABLE.
 
-    Unary calls retry until their timeout is spent. A subscription reconnects,
-    resuming after its last cursor, until it has failed to reach the server for
-    `reconnect_window` seconds in a row.
+    Unary calls retry until their timeout is spent: those the server answers the
+    same when repeated (dispatch, by tracking id, and most others: see
+    `packetbus._retry_policy.POLICY`; a consumer's settlements too); the few it
+    does not (requeue a carcel entry, deregister an agent) only when the request
+    surely never reached the server. A call that fails after retries says in
+    `PacketbusError.outcome_unknown` whether it may have taken effect. A
+    subscription reconnects, resuming after its last cursor, until it has failed
+    to reach the server for `reconnect_window` seconds in a row.
     """
 
     initial_backoff: float = 0.05
@@ -98,3 +104,9 @@ class ClientConfig:
     batching: BatchSettings = field(default_factory=BatchSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
     max_message_bytes: int = 16 * 1024 * 1024
+    # TLS to the server (default: from PACKETBUS_TLS_*; None: plain text). See _security.
+    tls: TlsSettings | None = field(default_factory=tls_from_env)
+    # A bearer token (a JWT, or a callable returning the current one), sent on every
+    # call over TLS or to a loopback/unix target only (default: PACKETBUS_TOKEN, else
+    # PACKETBUS_TOKEN_FILE re-read when it changes). Never shown in a repr.
+    token: Token | None = field(default_factory=token_from_env, repr=False)

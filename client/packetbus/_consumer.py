@@ -4,7 +4,8 @@ One Pull stream carries both ways. Settlements made while a request is being
 written wait and go out together, so acks cost one message per batch, not per
 packet. A broken stream is opened again with backoff; settlements still
 unconfirmed when it broke are sent again as unary calls, which answer for
-deliveries wherever they were made.
+deliveries wherever they were made. So are settlements made when no stream
+can carry them: before iterating, after the stream failed, after close.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,31 +26,12 @@ from packetbus.v1 import consumer_group_service_pb2 as pb
 from packetbus.v1 import consumer_group_service_pb2_grpc, packet_service_pb2
 
 from ._config import RetrySettings
-from ._errors import PacketbusError
+from ._errors import CLOSED, PacketbusError, client_closed, own_cancellation
+from ._retry_policy import credential_expired
+from ._settling import Outgoing, Settling, settle_by_unary, unary_settle
 from ._stopping import ClosedOnExit
 
 log = logging.getLogger("packetbus.consumer")
-
-
-class Settling:
-    """A settlement on its way. Await it to learn how it went: it returns the
-    SettleResult, or raises PacketbusError if the server refused it (e.g.
-    FAILED_PRECONDITION: the lease ran out). Not awaiting it is fine too."""
-
-    __slots__ = ("_futures",)
-
-    def __init__(self, futures: Sequence[asyncio.Future[pb.SettleResult]]) -> None:
-        self._futures = futures
-
-    def __await__(self) -> Generator[Any, None, list[pb.SettleResult]]:
-        return self._wait().__await__()
-
-    async def _wait(self) -> list[pb.SettleResult]:
-        results = list(await asyncio.gather(*self._futures))
-        for result in results:
-            if result.status.code != code_pb2.OK:
-                raise PacketbusError.from_status(result.status)
-        return results
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,16 +54,6 @@ class Delivery:
 
     def extend(self) -> Settling:
         return self._consumer.extend(self)
-
-
-@dataclass(slots=True)
-class _Outgoing:
-    acks: list[str] = field(default_factory=list)
-    nacks: list[pb.Nacked] = field(default_factory=list)
-    extends: list[str] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.acks or self.nacks or self.extends)
 
 
 # A stream that ends with one of these is opened again (with backoff): the server
@@ -126,7 +98,7 @@ class Consumer(ClosedOnExit):
         self._subscription = subscription
         self._retry = retry
         self._new_backoff = backoff
-        self._outgoing = _Outgoing()
+        self._outgoing = Outgoing()
         self._waiting: dict[tuple[str, str], list[asyncio.Future[pb.SettleResult]]] = {}
         # The nacks awaiting confirmation, to send again as they were.
         self._nacks: dict[str, pb.Nacked] = {}
@@ -139,6 +111,11 @@ class Consumer(ClosedOnExit):
         self._stream = 0
         self._closing = False
         self._closed = False
+        # Unary settlements made when no stream could carry them (see _settle_now).
+        self._late: set[asyncio.Task[None]] = set()
+        # Delivery ids whose settlement ended unconfirmed after it may have gone out:
+        # their Settling raises with outcome_unknown set.
+        self._unknown: set[str] = set()
 
     @property
     def topic(self) -> str:
@@ -156,11 +133,31 @@ class Consumer(ClosedOnExit):
         self._unsent.set()
         return future
 
+    def _no_stream(self) -> bool:
+        """No Pull stream will carry a settlement made now: none was opened yet, it
+        failed, or the consumer closed. Its future would never resolve there."""
+        return self._closed or self._reader is None or self._reader.done()
+
+    def _settle_now(self, kind: str, ids: list[str], nacks: list[pb.Nacked]) -> Settling:
+        """Send one settlement as a unary call, in a task of its own: it goes out
+        whether or not the caller awaits it, and close() waits for it."""
+        if not ids:
+            return Settling([])
+        settling, send = settle_by_unary(
+            self._stub, self._subscription, kind, ids, nacks, self._retry
+        )
+        task = asyncio.create_task(send, name=f"packetbus-settle-{kind}")
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+        return settling
+
     def ack(self, *deliveries: Delivery | str) -> Settling:
         """Ack deliveries (or delivery ids): done with them, for good."""
         ids = [d if isinstance(d, str) else d.delivery_id for d in deliveries]
+        if self._no_stream():
+            return self._settle_now("ack", ids, [])
         self._outgoing.acks.extend(ids)
-        return Settling([self._future("ack", i) for i in ids])
+        return Settling([self._future("ack", i) for i in ids], self._unknown)
 
     def nack(
         self, *deliveries: Delivery | str, delay_seconds: int = 0, reason: str = ""
@@ -169,24 +166,30 @@ class Consumer(ClosedOnExit):
         group's last attempt, moved to the carcel with `reason`)."""
         ids = [d if isinstance(d, str) else d.delivery_id for d in deliveries]
         nacks = [pb.Nacked(delivery_id=i, delay_seconds=delay_seconds, reason=reason) for i in ids]
+        if self._no_stream():
+            return self._settle_now("nack", ids, nacks)
         self._outgoing.nacks.extend(nacks)
         self._nacks.update((n.delivery_id, n) for n in nacks)
-        return Settling([self._future("nack", i) for i in ids])
+        return Settling([self._future("nack", i) for i in ids], self._unknown)
 
     def release(self, *deliveries: Delivery | str) -> Settling:
         """Give deliveries back without counting the attempt: for deliveries not
         looked at. They are delivered again at once, with the same delivery count."""
         ids = [d if isinstance(d, str) else d.delivery_id for d in deliveries]
         nacks = [pb.Nacked(delivery_id=i, release=True) for i in ids]
+        if self._no_stream():
+            return self._settle_now("nack", ids, nacks)
         self._outgoing.nacks.extend(nacks)
         self._nacks.update((n.delivery_id, n) for n in nacks)
-        return Settling([self._future("nack", i) for i in ids])
+        return Settling([self._future("nack", i) for i in ids], self._unknown)
 
     def extend(self, *deliveries: Delivery | str) -> Settling:
         """Renew leases for a full ack deadline from now."""
         ids = [d if isinstance(d, str) else d.delivery_id for d in deliveries]
+        if self._no_stream():
+            return self._settle_now("extend", ids, [])
         self._outgoing.extends.extend(ids)
-        return Settling([self._future("extend", i) for i in ids])
+        return Settling([self._future("extend", i) for i in ids], self._unknown)
 
     def _resolve(self, result: pb.SettleResult) -> None:
         key = (_KINDS.get(result.settlement, ""), result.delivery_id)
@@ -210,7 +213,7 @@ class Consumer(ClosedOnExit):
                 # it): what it took now would be written to a finished call and lost.
                 return
             self._unsent.clear()
-            out, self._outgoing = self._outgoing, _Outgoing()
+            out, self._outgoing = self._outgoing, Outgoing()
             if out:
                 yield pb.PullRequest(ack_ids=out.acks, nacks=out.nacks, extend_ids=out.extends)
             if self._closing:
@@ -221,10 +224,11 @@ class Consumer(ClosedOnExit):
         """Forget the Pull call that ended: its request iterator stops taking settlements."""
         self._call = None
         self._stream += 1
+        self._unsent.set()  # wakes it to see that, and end, not wait forever
 
     def _resend_unconfirmed(self) -> None:
         """Queue every settlement not yet confirmed to be sent (again) on the next stream."""
-        out = _Outgoing()
+        out = Outgoing()
         for (kind, ident), futures in self._waiting.items():
             if not futures:
                 continue
@@ -240,7 +244,7 @@ class Consumer(ClosedOnExit):
 
     async def _settle_unary(self) -> None:
         """Send unconfirmed settlements as unary calls (after a stream broke)."""
-        self._outgoing = _Outgoing()
+        self._outgoing = Outgoing()
         pending = [k for k, v in self._waiting.items() if v]
         acks = [i for kind, i in pending if kind == "ack"]
         extends = [i for kind, i in pending if kind == "extend"]
@@ -249,24 +253,15 @@ class Consumer(ClosedOnExit):
             self._nacks.get(i) or pb.Nacked(delivery_id=i) for kind, i in pending if kind == "nack"
         ]
         topic, group = self._subscription.topic, self._subscription.group
-        calls: list[Any] = []
-        if acks:
-            calls.append(
-                self._stub.Acknowledge(
-                    pb.AcknowledgeRequest(topic=topic, group=group, delivery_ids=acks), timeout=30
-                )
+        calls = [
+            unary_settle(self._stub, topic, group, kind, ids, kind_nacks, self._retry)
+            for kind, ids, kind_nacks in (
+                ("ack", acks, []),
+                ("nack", [n.delivery_id for n in nacks], nacks),
+                ("extend", extends, []),
             )
-        if nacks:
-            calls.append(
-                self._stub.Nack(pb.NackRequest(topic=topic, group=group, nacks=nacks), timeout=30)
-            )
-        if extends:
-            calls.append(
-                self._stub.ExtendLeases(
-                    pb.ExtendLeasesRequest(topic=topic, group=group, delivery_ids=extends),
-                    timeout=30,
-                )
-            )
+            if ids
+        ]
         for outcome in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 log.warning("settling after a broken stream failed: %s", outcome)
@@ -325,12 +320,12 @@ class Consumer(ClosedOnExit):
                     response = await self._call.read()
                 except grpc.aio.AioRpcError as exc:
                     self._end_stream()
-                    if exc.code() not in _RECONNECT:
-                        raise PacketbusError.from_rpc_error(exc) from None
+                    if exc.code() not in _RECONNECT and not credential_expired(exc):
+                        raise PacketbusError.from_rpc_error(exc, changes=False) from None
                     now = time.monotonic()
                     failing_since = failing_since or now
                     if now - failing_since > self._retry.reconnect_window:
-                        raise PacketbusError.from_rpc_error(exc) from None
+                        raise PacketbusError.from_rpc_error(exc, changes=False) from None
                     # Whatever the lost stream did not confirm goes out again first
                     # on the next one (a settlement already done is answered as done).
                     self._resend_unconfirmed()
@@ -361,10 +356,18 @@ class Consumer(ClosedOnExit):
                 )
         except PacketbusError as exc:
             self._queue.put_nowait(exc)
+        except CLOSED as exc:
+            # The client's channel is closed: the iterator must not wait for more.
+            # (Cancelled by close(), the queue is not read anymore either.)
+            self._end_stream()
+            self._queue.put_nowait(client_closed())
+            if own_cancellation(exc):
+                raise
 
     async def flush(self, timeout: float = 10.0) -> None:
         """Wait until every settlement made so far is confirmed (or `timeout` passes)."""
-        futures = [f for fs in self._waiting.values() for f in fs]
+        futures: list[asyncio.Future[Any]] = [f for fs in self._waiting.values() for f in fs]
+        futures += self._late
         if futures:
             await asyncio.wait(futures, timeout=timeout)
 
@@ -403,15 +406,21 @@ class Consumer(ClosedOnExit):
         if self._call is not None:
             self._call.cancel()
             self._call = None
-        for futures in self._waiting.values():
+        if self._late:  # settlements sent as unary calls (see _no_stream)
+            await asyncio.wait(self._late, timeout=timeout)
+        for (_, ident), futures in self._waiting.items():
+            if any(not f.done() for f in futures):
+                # Sent on a stream, or by a unary call, with no answer: it may be done.
+                self._unknown.add(ident)
             for future in futures:
                 if not future.done():
                     future.set_result(
                         pb.SettleResult(
+                            delivery_id=ident,
                             status={
                                 "code": code_pb2.CANCELLED,
                                 "message": "the consumer closed before the server confirmed",
-                            }
+                            },
                         )
                     )
         self._waiting.clear()

@@ -17,7 +17,11 @@ from packetbus.v1 import context_service_pb2_grpc, custody_pb2
 
 from . import _ed25519
 from ._calls import Call, Deadline
-from ._errors import PacketbusError
+from ._config import RetrySettings
+from ._errors import CLOSED, PacketbusError, raise_closed
+from ._resuming import resuming
+from ._retry_policy import Retry
+from ._retrying import retried
 
 T = TypeVar("T")
 
@@ -48,10 +52,12 @@ class ContextClient:
         channel: grpc.aio.Channel,
         call: Call,
         deadline: Deadline,
+        retry: RetrySettings,
     ) -> None:
         self._stub = context_service_pb2_grpc.ContextServiceStub(channel)
         self._call = call
         self._deadline = deadline
+        self._retry = retry
 
     def _remaining(self, timeout: float | None) -> float:
         remaining = self._deadline(timeout) - time.monotonic()
@@ -90,7 +96,9 @@ class ContextClient:
             size=size,
             sha256=sha256,
             author=author,
-            upload_id=upload_id,
+            # An id of the client's own when none is given: sent again under it, the
+            # upload answers its first commit (the server compares bytes and author).
+            upload_id=upload_id or str(uuid.uuid4()),
         )
         if expected_version is not None:
             header.expected_version = expected_version
@@ -106,12 +114,24 @@ class ContextClient:
                 for chunk in _chunks(piece, chunk_bytes):
                     yield pb.PutContextRequest(chunk=chunk)
 
-        try:
-            response: pb.PutContextResponse = await self._stub.PutContext(
-                requests(), timeout=self._remaining(timeout)
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise PacketbusError.from_rpc_error(exc) from None
+        if source is not None:
+            # A stream of the caller's is read once: it cannot be sent again.
+            try:
+                response: pb.PutContextResponse = await self._stub.PutContext(
+                    requests(), timeout=self._remaining(timeout)
+                )
+            except CLOSED as exc:
+                raise_closed(exc)
+            except grpc.aio.AioRpcError as exc:
+                raise PacketbusError.from_rpc_error(exc) from None
+            return response
+        # Bytes: the whole upload again after a lost connection, as unary writes are.
+        response = await retried(
+            lambda left: self._stub.PutContext(requests(), timeout=left),
+            self._deadline(timeout),
+            Retry.IDEMPOTENT,
+            self._retry,
+        )
         return response
 
     async def stream(
@@ -125,12 +145,18 @@ class ContextClient:
         request = pb.GetContextRequest(scope=scope, name=name)
         if version is not None:
             request.version = version
-        call = self._stub.GetContext(request, timeout=self._remaining(timeout))
+        call = None
         try:
+            call = self._stub.GetContext(request, timeout=self._remaining(timeout))
             async for response in call:
                 yield response
+        except CLOSED as exc:
+            raise_closed(exc)
         except grpc.aio.AioRpcError as exc:
-            raise PacketbusError.from_rpc_error(exc) from None
+            raise PacketbusError.from_rpc_error(exc, changes=False) from None
+        finally:
+            if call is not None:  # a caller that stopped early ends the stream now
+                call.cancel()
 
     async def get_to(
         self,
@@ -188,19 +214,26 @@ class ContextClient:
         after_cursor: str,
         timeout: float | None,
     ) -> AsyncIterator[pb.WatchContextResponse]:
-        request = pb.WatchContextRequest(
-            scope=scope, name_prefix=name_prefix, after_cursor=after_cursor
-        )
-        call = self._stub.WatchContext(request, timeout=timeout)
-        try:
-            async for response in call:
-                yield response
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None:
-                return  # a watch with a timeout just ends
-            raise PacketbusError.from_rpc_error(exc) from None
-        finally:
-            call.cancel()
+        """Changes as they are committed. A stream that ends UNAVAILABLE (a lost
+        connection, a server draining) is opened again after the last change seen,
+        a few times with backoff; one that never saw a change ("from now") cannot
+        resume without skipping what happened meanwhile, and raises. On a closed
+        client: PacketbusError CANCELLED at once."""
+
+        def open_stream(cursor: str, left: float | None) -> Any:
+            request = pb.WatchContextRequest(
+                scope=scope, name_prefix=name_prefix, after_cursor=cursor
+            )
+            return self._stub.WatchContext(request, timeout=left)
+
+        async for response in resuming(
+            open_stream,
+            _last_change_cursor,
+            after=after_cursor,
+            timeout=timeout,
+            ends_at_timeout=True,
+        ):
+            yield response
 
     async def call(self, method: str, request: Any, timeout: float | None) -> Any:
         return await self._call(getattr(self._stub, method), request, timeout)
@@ -258,3 +291,7 @@ def verify_context_commit(
     )
     signed = (record.scope, record.name, record.version, record.size, record.sha256, record.author)
     return record if claimed == signed else None
+
+
+def _last_change_cursor(response: pb.WatchContextResponse) -> str:
+    return response.changes[-1].cursor if response.changes else ""

@@ -190,6 +190,8 @@ class EntryReport:
     key_id: str = ""
     action: str = ""
     actor: str = ""
+    # The authenticated principal whose call made the hop (CustodyRecord.principal), if any.
+    principal: str = ""
 
     @property
     def ok(self) -> bool:
@@ -270,7 +272,12 @@ def verify_entry(
             "the signed record does not parse",
             key_id=entry.key_id,
         )
-    seen = {"key_id": entry.key_id, "action": record.action, "actor": record.actor}
+    seen = {
+        "key_id": entry.key_id,
+        "action": record.action,
+        "actor": record.actor,
+        "principal": record.principal,
+    }
     if record.key_id != entry.key_id or record.tracking_id != tracking_id:
         return EntryReport(
             index,

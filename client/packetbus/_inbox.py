@@ -25,7 +25,7 @@ import grpc
 from packetbus.v1 import packet_pb2, packet_service_pb2, speech_act_pb2
 
 from ._consumer import Consumer, Delivery
-from ._errors import PacketbusError
+from ._errors import PacketbusError, client_closed
 from ._stopping import ClosedOnExit
 
 if TYPE_CHECKING:
@@ -33,22 +33,30 @@ if TYPE_CHECKING:
 
 INBOX_GROUP = "inbox"
 _INBOX_PREFIX = "inbox/"
-_TOPIC_SAFE = re.compile(r"[A-Za-z0-9_.-]")
-_MAX_TOPIC = 200
+_TOPIC_SAFE = re.compile(r"[A-Za-z0-9_.-]", re.ASCII)
+# The server's agent id rule (1-255 bytes of UTF-8); an id that passes it always
+# has an inbox: the server takes inbox topics up to 6 + 3 x 255 characters long.
+MAX_AGENT_ID_BYTES = 255
 
 
 def inbox_topic(agent_id: str) -> str:
-    """The topic holding `agent_id`'s inbox."""
+    """The topic holding `agent_id`'s inbox.
+
+    Raises ValueError for an id no agent can have (empty, or over 255 bytes of UTF-8).
+    """
     if not agent_id:
         raise ValueError("an inbox needs an agent id")
+    size = len(agent_id.encode())
+    if size > MAX_AGENT_ID_BYTES:
+        raise ValueError(
+            f"agent id {agent_id[:40]!r}... is too long: {size} bytes (UTF-8); "
+            f"agent ids are 1..{MAX_AGENT_ID_BYTES}"
+        )
     encoded = "".join(
         c if _TOPIC_SAFE.fullmatch(c) else "".join(f":{b:02x}" for b in c.encode())
         for c in agent_id
     )
-    topic = _INBOX_PREFIX + encoded
-    if len(topic) > _MAX_TOPIC:
-        raise ValueError(f"agent id {agent_id[:40]!r}... is too long for an inbox topic")
-    return topic
+    return _INBOX_PREFIX + encoded
 
 
 def address_to(packet: packet_pb2.Packet, agent_id: str) -> packet_pb2.Packet:
@@ -91,16 +99,23 @@ class Inbox(ClosedOnExit):
         self._waiting: dict[str, asyncio.Future[Delivery]] = {}
         self._others: asyncio.Queue[Delivery | BaseException] = asyncio.Queue()
         self._router: asyncio.Task[None] | None = None
+        self._closed = False
+        self._ended: PacketbusError | None = None  # why the stream ended, once it has
 
     @property
     def topic(self) -> str:
         return self._consumer.topic
 
     def _start(self) -> None:
+        if self._closed:
+            raise client_closed("the inbox")
         if self._router is None:
-            self._router = asyncio.create_task(self._route())
+            self._router = asyncio.create_task(
+                self._route(), name=f"packetbus-inbox-{self.agent_id}"
+            )
 
     async def _route(self) -> None:
+        ended: BaseException = StopAsyncIteration()
         try:
             async for batch in self._consumer.batches():
                 for delivery in batch:
@@ -112,15 +127,24 @@ class Inbox(ClosedOnExit):
                     else:
                         self._others.put_nowait(delivery)
         except PacketbusError as exc:
-            self._others.put_nowait(exc)
-            for waiter in self._waiting.values():
-                if not waiter.done():
-                    waiter.set_exception(exc)
+            ended = exc
+        finally:
+            # However the stream ended, nothing waits for it any longer.
+            self._others.put_nowait(ended)
+            self._ended = ended if isinstance(ended, PacketbusError) else client_closed("the inbox")
+            self._fail_waiting(self._ended)
+
+    def _fail_waiting(self, error: PacketbusError) -> None:
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(error)
 
     def __aiter__(self) -> AsyncIterator[Delivery]:
         return self
 
     async def __anext__(self) -> Delivery:
+        if self._closed:
+            raise StopAsyncIteration
         self._start()
         item = await self._others.get()
         if isinstance(item, BaseException):
@@ -133,18 +157,26 @@ class Inbox(ClosedOnExit):
     ) -> Delivery:
         """Send `packet` to agent `to` as a request and wait for the reply in this inbox.
 
-        Sets what is unset: origin (this agent), speech act (REQUEST), reply_with
-        (a new UUID), conversation_id (the same). Returns the reply's delivery
-        (already acked); DEADLINE_EXCEEDED if no reply arrives within `timeout`
+        Sets what is unset: origin (this agent), speech act (REQUEST), tracking id
+        (a new UUID), reply_with (the tracking id), conversation_id (the same).
+        Returns the reply's delivery (already acked); DEADLINE_EXCEEDED if no reply arrives within `timeout`
         (default: the client's default timeout).
+        Raises PacketbusError CANCELLED at once when the inbox is closed, or
+        closes while waiting.
         """
         self._start()
+        if self._ended is not None:  # the stream ended: no reply could arrive
+            raise self._ended
         if not packet.origin:
             packet.origin = self.agent_id
         if not packet.speech_act:
             packet.speech_act = speech_act_pb2.SPEECH_ACT_REQUEST
+        if not packet.tracking_id:
+            packet.tracking_id = str(uuid.uuid4())
         if not packet.reply_with:
-            packet.reply_with = str(uuid.uuid4())
+            # Its tracking id, not a new UUID: a request rebuilt with the same
+            # tracking id (after a crash) is the same packet, and answers as before.
+            packet.reply_with = packet.tracking_id
         if not packet.conversation_id:
             packet.conversation_id = packet.reply_with
         address_to(packet, to)
@@ -162,8 +194,16 @@ class Inbox(ClosedOnExit):
             ) from None
         finally:
             self._waiting.pop(packet.reply_with, None)
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()  # failed while dispatch raised: retrieved, not logged
 
     async def close(self) -> None:
+        """Stop routing, give back deliveries not handed out, close the consumer;
+        `request` calls still waiting raise CANCELLED, iteration ends."""
+        if self._closed:
+            return
+        self._closed = True
+        self._fail_waiting(client_closed("the inbox"))
         if self._router is not None:
             self._router.cancel()
             with contextlib.suppress(BaseException):

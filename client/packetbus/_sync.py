@@ -13,11 +13,18 @@ from packetbus.v1 import packet_pb2, packet_service_pb2
 
 from ._client import LATEST, Client, GapHandler, StartPosition, Subscription
 from ._config import ClientConfig
+from ._errors import client_closed
+from ._security import TlsSettings, Token
 
 T = TypeVar("T")
 
 
 def _run_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` on the client's loop and wait for it; PacketbusError CANCELLED at
+    once when that loop no longer runs (the client is closed), not a wait forever."""
+    if loop.is_closed() or not loop.is_running():
+        coro.close()  # never started: no "never awaited" warning
+        raise client_closed()
     future: Future[T] = asyncio.run_coroutine_threadsafe(coro, loop)
     return future.result()
 
@@ -76,14 +83,17 @@ class SyncClient:
         target: str | None = None,
         *,
         config: ClientConfig | None = None,
+        tls: TlsSettings | None = None,
+        token: Token | None = None,
         timeout: float | None = 10.0,
     ) -> SyncClient:
+        """See `Client.connect` (its `tls`, `token`, errors); blocking."""
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="packetbus-client", daemon=True)
         thread.start()
         try:
             client = asyncio.run_coroutine_threadsafe(
-                Client.connect(target, config=config, timeout=timeout), loop
+                Client.connect(target, config=config, tls=tls, token=token, timeout=timeout), loop
             ).result()
         except BaseException:
             loop.call_soon_threadsafe(loop.stop)
@@ -141,6 +151,9 @@ class SyncClient:
         return SyncSubscription(self._loop, subscription)
 
     def close(self) -> None:
+        """Close the client and stop its loop's thread; closing again does nothing."""
+        if self._loop.is_closed():
+            return
         try:
             self._run(self._client.close())
         finally:

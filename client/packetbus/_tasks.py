@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
@@ -13,6 +14,8 @@ from packetbus.v1 import task_service_pb2 as pb
 
 from ._calls import Call
 from ._errors import PacketbusError
+from ._pages import collect
+from ._resuming import resuming
 
 T = TypeVar("T")
 
@@ -65,7 +68,9 @@ class ClaimedTask:
         summary: str = "",
         timeout: float | None = None,
     ) -> None:
-        """Finish the task; `result` (a JSON-like mapping) is kept with it."""
+        """Finish the task; `result` (a JSON-like mapping) is kept with it. Repeating
+        it with the same result is OK (the server answers the first outcome); with
+        another result it is ALREADY_EXISTS."""
         data = struct_pb2.Struct()
         if result:
             data.update(result)
@@ -79,7 +84,8 @@ class ClaimedTask:
         await self._queue._call(self._queue._stub.CompleteTask, request, timeout)
 
     async def fail(self, error: str, *, timeout: float | None = None) -> pb.FailTaskResponse:
-        """Report a failed attempt: the task is retried, or after its last attempt carceled."""
+        """Report a failed attempt: the task is retried, or after its last attempt carceled.
+        Repeating it with the same error answers the first outcome again."""
         request = pb.FailTaskRequest(
             queue=self.state.queue,
             task_id=self.task_id,
@@ -136,15 +142,24 @@ class TaskQueue:
         *,
         capabilities: Sequence[str] = (),
         lease_seconds: int = 0,
+        request_id: str = "",
         timeout: float | None = None,
     ) -> ClaimedTask | None:
         """Claim the best task this worker may take (highest priority, first posted
-        first; needing no capability or one of `capabilities`), or None."""
+        first; needing no capability or one of `capabilities`), or None.
+
+        The claim carries a request id (`request_id`, a lowercase UUID, or a new
+        one), the same for each retry of this call, so a retry after a lost reply
+        returns the task claimed first instead of claiming a second one (which would
+        stay leased to nobody who knows it). Claiming again with the same
+        `request_id` (after a failure with `outcome_unknown`) does the same while
+        that claim holds."""
         request = pb.ClaimTaskRequest(
             queue=self.name,
             worker=worker,
             capabilities=capabilities,
             lease_seconds=lease_seconds,
+            request_id=request_id or str(uuid.uuid4()),
         )
         response = await self._call(self._stub.ClaimTask, request, timeout)
         if not response.HasField("task"):
@@ -162,26 +177,56 @@ class TaskQueue:
         *,
         timeout: float | None = None,
     ) -> list[pb.TaskState]:
-        """The queue's tasks (with `status`, or all), first posted first."""
-        request = pb.ListTasksRequest(queue=self.name, status=status)
-        response = await self._call(self._stub.ListTasks, request, timeout)
-        return list(response.tasks)
+        """The queue's tasks (with `status`, or all), first posted first, fetched a page
+        at a time (`timeout` is per page)."""
+
+        async def page(token: str) -> pb.ListTasksResponse:
+            request = pb.ListTasksRequest(queue=self.name, status=status, page_token=token)
+            response: pb.ListTasksResponse = await self._call(
+                self._stub.ListTasks, request, timeout
+            )
+            return response
+
+        return await collect(page, lambda r: r.tasks)
 
     async def results(self, task_id: str, *, timeout: float | None = None) -> list[pb.TaskResult]:
-        """Each finished attempt of the task: failures with their errors, the completion
-        with its result."""
-        request = pb.ListTaskResultsRequest(queue=self.name, task_id=task_id)
-        response = await self._call(self._stub.ListTaskResults, request, timeout)
-        return list(response.results)
+        """Each attempt its worker reported: failures with their errors, the completion
+        with its result (a lease that ran out counts as a failure, with no result)."""
 
-    async def watch(self) -> AsyncIterator[pb.TaskEvent]:
-        """Status changes of this queue's tasks from now on, as they happen."""
-        call = self._stub.WatchTasks(pb.WatchTasksRequest(queue=self.name))
-        try:
-            async for response in call:
-                for event in response.events:
-                    yield event
-        except grpc.aio.AioRpcError as exc:
-            raise PacketbusError.from_rpc_error(exc) from None
-        finally:
-            call.cancel()
+        async def page(token: str) -> pb.ListTaskResultsResponse:
+            request = pb.ListTaskResultsRequest(queue=self.name, task_id=task_id, page_token=token)
+            response: pb.ListTaskResultsResponse = await self._call(
+                self._stub.ListTaskResults, request, timeout
+            )
+            return response
+
+        return await collect(page, lambda r: r.results)
+
+    async def watch(self, *, after_cursor: str = "") -> AsyncIterator[pb.TaskEvent]:
+        """Status changes of this queue's tasks as they happen: from now, or exactly
+        the events after `after_cursor` (a TaskEvent.cursor seen before). A stream
+        that ends UNAVAILABLE (a lost connection, a server draining) is opened again
+        after the last event seen, a few times with backoff; one that saw no event
+        and started from now cannot resume without skipping what happened meanwhile,
+        and raises. Raises DATA_LOSS when events after the cursor are no longer
+        kept; CANCELLED at once on a closed client."""
+        cursor = after_cursor
+        async for response in resuming(
+            lambda c, _: self._stub.WatchTasks(
+                pb.WatchTasksRequest(queue=self.name, after_cursor=c)
+            ),
+            _last_event_cursor,
+            after=after_cursor,
+        ):
+            if response.events_lost:
+                raise PacketbusError(
+                    grpc.StatusCode.DATA_LOSS,
+                    f"task events of {self.name!r} after {cursor} are no longer kept",
+                )
+            for event in response.events:
+                cursor = event.cursor
+                yield event
+
+
+def _last_event_cursor(response: pb.WatchTasksResponse) -> str:
+    return response.events[-1].cursor if response.events else ""

@@ -37,7 +37,7 @@ def _tag(field: int, wire_type: int) -> bytes:
 
 
 # Tags of the fields written here, computed once: this runs per entry at ingest.
-_LD_TAGS = {field: _tag(field, 2) for field in (1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 40)}
+_LD_TAGS = {field: _tag(field, 2) for field in (1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 40)}
 _VARINT_TAGS = {field: _tag(field, 0) for field in (1, 2, 10)}
 
 
@@ -110,9 +110,12 @@ class RecordWriter:
         return b"".join(parts)
 
 
-def hop_details(*, counterpart: bytes = b"", attempt: int = 0, reason: bytes = b"") -> bytes:
-    """CustodyRecord fields 9-11 (counterpart, attempt, reason), serialized."""
-    return _bytes(9, counterpart) + _uint(10, attempt) + _bytes(11, reason)
+def hop_details(
+    *, counterpart: bytes = b"", attempt: int = 0, reason: bytes = b"", principal: bytes = b""
+) -> bytes:
+    """CustodyRecord fields 9-12 (counterpart, attempt, reason, principal), serialized
+    in field order, as deterministic serialization writes them; empty ones are left out."""
+    return _bytes(9, counterpart) + _uint(10, attempt) + _bytes(11, reason) + _bytes(12, principal)
 
 
 # A BatchProof's audit-path field: tag of field 3, then the length of a 32-byte hash.

@@ -60,7 +60,9 @@ async def work(target: str | None, agent_id: str, capabilities: Sequence[str], p
                 continue
             done += 1
             await me.set_state("idle")
-        print(json.dumps({"worker": agent_id, "completed": done}))
+        # One write for the line and its newline: print() makes two, and unbuffered
+        # (PYTHONUNBUFFERED) the workers sharing the coordinator's stderr interleave them.
+        sys.stdout.write(json.dumps({"worker": agent_id, "completed": done}) + "\n")
     return 0
 
 

@@ -7,24 +7,31 @@ Where things happen:
 - ``_store.py``            every Redis read and write (Lua scripts in ``scripts/``)
 - ``_keys.py``             the Redis key layout
 - ``_retry.py``            which Redis failures are retried, and how
+- ``_refusals.py``         the store's refusals (full memory, disk, replica...): retried or not, and the status
+- ``_eviction.py``         the store must not evict: its policy checked at start and with health
 - ``_custodian.py``        signs the server's custody entries and heads; checks signed origins
 - ``_keyring.py``          the server's signing keys on disk, and their rotation
 - ``_key_store.py``        the public key registry in Redis (servers' and agents' keys)
 - ``_packet_service.py``   the PacketService RPCs (dispatch, get, subscribe, info)
 - ``_custody_service.py``  the CustodyService RPCs (keys, agent keys, verify, export)
-- ``_policy.py``           governance rules: parse, validate, evaluate (pure)
+- ``_policy.py``           governance rules: parse, validate, evaluate (pure); its
+                           [authorization] section: ``_access/authorization.py``
 - ``_policy_watch.py``     the policy file in force, reloaded when it changes
 - ``_policy_store.py``     rejected and held packets, approvals, counts, decision log
 - ``_policy_service.py``   judging at dispatch (Governor) and the PolicyService RPCs
 - ``_app.py``              assembly, health, reflection and drain on SIGTERM
+- ``_durability.py``       durability modes: fsync per write (WAITAOF) or per second
+- ``_embedded.py``         the embedded Valkey: one owner per data dir, a private socket
 """
 
 from ._app import VERSION, RunningServer, ServerConfig, default_data_dir, run, running, serve, start
+from ._durability import Durability
 from ._keyring import rotate as rotate_signing_key
 from ._limits import Limits
 
 __all__ = [
     "VERSION",
+    "Durability",
     "Limits",
     "RunningServer",
     "ServerConfig",

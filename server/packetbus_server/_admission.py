@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 
 from packetbus.v1 import packet_pb2
 
 from . import _status
+from ._access import binding
+from ._clock import StoreClock
 from ._custodian import Custodian, check_origin
-from ._ingest import Accepted, Rejected, accept, to_write
+from ._governance import judge_posted
+from ._ingest import Accepted, Rejected, accept, to_write, with_request_fields
 from ._key_store import KeyStore
 from ._limits import Limits
 from ._packet_service import storage_errors
 from ._store import PacketWrite
 from ._validation import Violation
+
+if TYPE_CHECKING:
+    from ._policy_service import Governor
 
 
 def nested(violations: Sequence[Violation], prefix: str) -> list[Violation]:
@@ -57,11 +63,21 @@ async def admit(
     limits: Limits,
     key_store: KeyStore,
     custodian: Custodian,
+    clock: StoreClock,
+    governor: Governor | None = None,
+    request_fields: Sequence[str] = (),
+    check_write: Callable[[PacketWrite], Awaitable[None]] | None = None,
 ) -> tuple[PacketWrite, int]:
     """Validate `packet` (inside a request, at path "packet") with the request's own
-    `violations`, failing the RPC with all of them; then seal it. Returns what to
-    store and the time it was taken in (ns)."""
-    now_ns = time.time_ns()
+    `violations`, failing the RPC with all of them (INVALID_ARGUMENT); refuse an
+    origin the caller may not act as (PERMISSION_DENIED); seal it; await
+    `check_write` on the sealed write (a check of its stored form, which fails the
+    RPC itself); then have the `governor`'s policy judge it (_governance.judge_posted:
+    a refusal fails the RPC, nothing stored but a rejection's carcel entry). Returns
+    what to store, its fingerprint covering `request_fields` (see
+    with_request_fields), and the time it was taken in (unix ns, by the store's
+    `clock`)."""
+    now_ns = clock.now_ns()
     outcome = accept(packet, limits, now_ns)
     found = list(violations)
     if isinstance(outcome, Rejected):
@@ -69,7 +85,19 @@ async def admit(
     if found or isinstance(outcome, Rejected):
         await _status.abort_invalid(context, f"invalid {what}", found)
         raise AssertionError("abort_invalid always raises")
+    # Its origin the caller's own agent id, or one it may act for (issue 14 item 4),
+    # before its key is looked up, it is governed or anything is stored.
+    await binding.require_acting(context, packet.origin, "packet.origin")
     write = await seal_one(
         context, packet, outcome, key_store=key_store, custodian=custodian, now_ns=now_ns
     )
+    if request_fields:
+        write = with_request_fields(write, *request_fields)
+    # Sealed before it is judged (Dispatch judges first): a bad request is
+    # INVALID_ARGUMENT whatever the policy says, never a carcel entry, and some
+    # checks need the stored form. Sealing writes nothing.
+    if check_write is not None:
+        await check_write(write)
+    if governor is not None:
+        await judge_posted(context, governor, outcome, write.fingerprint, now_ns, what=what)
     return write, now_ns

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from packetbus._stopping import cancel_and_wait
 
 from ._agent_store import AgentStore
-from ._retry import StoreUnavailableError
+from ._retry import StoreRefusedError, StoreUnavailableError
 
 log = logging.getLogger("packetbus.server.agents")
 
@@ -50,16 +50,28 @@ class AgentReaper:
             await self._store.released(agent_id, mark)
 
     async def _run(self) -> None:
+        # The store's refusal last logged: a store full (or away) for an hour is one
+        # warning and one line when it ends, not a warning each sweep (each second).
+        refused: str | None = None
         while True:
             try:
                 await self.sweep_once()
             except asyncio.CancelledError:
                 raise
-            except StoreUnavailableError as exc:
-                log.warning("agent sweep skipped: %s", exc)
+            except (StoreUnavailableError, StoreRefusedError) as exc:  # away, full: not a bug
+                # Keyed by the kind of refusal, not its words: one refusal's message
+                # varies with where the retry budget ran out.
+                kind = exc.kind if isinstance(exc, StoreRefusedError) else "unavailable"
+                if kind != refused:
+                    log.warning("agent sweep skipped, and until the store takes it: %s", exc)
+                    refused = kind
             except Exception:
-                # Redis away, or a bug: the next sweep tries again; liveness only lags.
+                # A bug: the next sweep tries again; liveness only lags.
                 log.exception("agent sweep failed")
+            else:
+                if refused is not None:
+                    log.info("agent sweeps go on: the store takes writes again")
+                    refused = None
             await asyncio.sleep(self._interval)
 
     def start(self) -> None:

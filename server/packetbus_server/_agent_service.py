@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import AsyncIterator, Mapping
 
 import grpc
@@ -14,18 +13,29 @@ from packetbus.v1 import agent_service_pb2 as pb
 from packetbus.v1 import agent_service_pb2_grpc, custody_pb2
 
 from . import _status
-from ._agent_store import AgentStore, Fields
+from ._access import binding
+from ._agent_store import AgentStore, Fields, Unchecked
+from ._clock import StoreClock
+from ._custodian import principal_name
+from ._fields import is_stream_id, utf8_length
 from ._key_store import KeyStore, Registration
 from ._limits import Limits
-from ._packet_service import caller_gone, storage_errors
+from ._packet_service import caller_gone, storage_errors, stream_started
+from ._packing import ITEM_OVERHEAD, message_size, packs
+from ._page_tokens import seal, unseal
 from ._replies import text
-from ._validation import MAX_SHORT_TEXT, STREAM_ID, Violation, validate_agent_id, validate_id
+from ._validation import MAX_SHORT_TEXT, Violation, validate_agent_id, validate_id
 
 _MAX_LONG_TEXT = 1024
-_WATCH_BLOCK_MS = 1000
+# An idle watcher reads again this often (a read shared with the other watchers of
+# the same log, see _waits); cancellation and drain end it sooner (_streams).
+_WATCH_BLOCK_MS = 5000
 # Ids looked at per ListAgents call at most: a filter matching few agents
 # answers a short page (with a token to go on) rather than scan everything.
 _SCAN_FACTOR = 10
+# Times a cascading deregistration looks again for descendants attached while it
+# checked the caller's right to each, before it answers ABORTED.
+_CASCADE_ROUNDS = 3
 
 _KINDS = {
     b"joined": pb.MEMBERSHIP_EVENT_KIND_JOINED,
@@ -41,10 +51,6 @@ def _ts(ms: int) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromMilliseconds(ms)
     return ts
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def agent_from_fields(agent_id: str, f: Mapping[bytes, bytes], now_ms: int) -> pb.Agent:
@@ -78,8 +84,8 @@ def _event(entry: tuple[bytes, Fields]) -> pb.MembershipEvent:
 
 
 def _text(out: list[Violation], path: str, value: str, max_length: int) -> None:
-    if len(value) > max_length:
-        out.append(Violation(path, "LENGTH", f"must be at most {max_length} characters"))
+    if utf8_length(value) > max_length:
+        out.append(Violation(path, "LENGTH", f"must be at most {max_length} bytes (UTF-8)"))
     elif value and not value.isprintable():
         out.append(Violation(path, "CHARSET", "must not contain control characters"))
 
@@ -90,8 +96,13 @@ def _cursor_key(cursor: str) -> tuple[int, int]:
 
 
 class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
-    def __init__(self, store: AgentStore, key_store: KeyStore, limits: Limits) -> None:
+    def __init__(
+        self, store: AgentStore, key_store: KeyStore, limits: Limits, *, clock: StoreClock
+    ) -> None:
         self._store = store
+        # The store's clock: heartbeat deadlines are written by it (scripts), so
+        # liveness is judged by it.
+        self._clock = clock
         self._key_store = key_store
         self._limits = limits
 
@@ -187,7 +198,7 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
             owner_kind=custody_pb2.KEY_OWNER_KIND_AGENT,
             owner=agent_id,
         )
-        key.valid_from.FromNanoseconds(time.time_ns())
+        key.valid_from.FromNanoseconds(self._clock.now_ns())
         async with storage_errors(context):
             found = await self._key_store.get_many([key.key_id])
             owned = await self._store.agent_key_ids(agent_id)
@@ -211,6 +222,7 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
         violations = self._check_registration(request)
         if violations:
             await _status.abort_invalid(context, "invalid agent registration", violations)
+        await binding.require_acting(context, request.agent.id, "agent.id")
         key = await self._check_key(context, request)
         spec = pb.Agent()
         spec.CopyFrom(request.agent)
@@ -234,7 +246,11 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
             )
             outcome = registered.outcome
             if outcome in ("new", "updated") and key is not None:
-                bound = await self._key_store.register_agent(key, endorsing_key_id="")
+                # The caller may act as the agent (checked above): its keys are
+                # bound to this principal if no other holds them yet.
+                bound = await self._key_store.register_agent(
+                    key, endorsing_key_id="", principal=principal_name()
+                )
                 if bound not in (Registration.REGISTERED, Registration.EXISTS):
                     # Only a race with another registration of a key can get here.
                     await context.abort(
@@ -257,7 +273,7 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
                 f"parent {spec.parent_id!r} descends from {spec.id!r}: that would be a cycle",
             )
         return pb.RegisterAgentResponse(
-            agent=agent_from_fields(spec.id, registered.fields, _now_ms()),
+            agent=agent_from_fields(spec.id, registered.fields, self._clock.now_ms()),
             created=outcome == "new",
         )
 
@@ -271,6 +287,7 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
             _text(violations, "state", state, MAX_SHORT_TEXT)
         if violations:
             await _status.abort_invalid(context, "invalid heartbeat", violations)
+        await binding.require_acting(context, request.agent_id, "agent_id")
         async with storage_errors(context):
             fields = await self._store.heartbeat(request.agent_id, state)
         if fields is None:
@@ -281,20 +298,60 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
             )
             raise AssertionError("context.abort always raises")
         return pb.HeartbeatAgentResponse(
-            agent=agent_from_fields(request.agent_id, fields, _now_ms())
+            agent=agent_from_fields(request.agent_id, fields, self._clock.now_ms())
         )
 
     async def DeregisterAgent(
         self, request: pb.DeregisterAgentRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeregisterAgentResponse:
         await self._check_id(context, request.agent_id, "invalid deregistration")
-        async with storage_errors(context):
-            removed = await self._store.deregister(request.agent_id, cascade=request.cascade)
+        await binding.require_acting(context, request.agent_id, "agent_id")
+        removed = await self._deregister(context, request.agent_id, cascade=request.cascade)
         if not removed and not request.allow_missing:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"agent {request.agent_id!r} is not registered"
             )
         return pb.DeregisterAgentResponse(removed_agent_ids=removed)
+
+    async def _deregister(
+        self, context: grpc.aio.ServicerContext, agent_id: str, *, cascade: bool
+    ) -> list[str]:
+        """Deregister `agent_id`; with `cascade`, each agent the cascade removes needs
+        the same right (a coordinator cannot take down, through its own child, an
+        agent it may not act as). The script removes only the descendants checked
+        here: one attached meanwhile sends us round again."""
+        for _ in range(_CASCADE_ROUNDS):
+            checked: list[str] | None = None
+            if cascade:
+                async with storage_errors(context):
+                    checked = await self._descendants(agent_id)
+                for descendant in checked:
+                    await binding.require_acting(context, descendant, "agent_id (a descendant)")
+            async with storage_errors(context):
+                removed = await self._store.deregister(agent_id, cascade=cascade, checked=checked)
+            if not isinstance(removed, Unchecked):
+                return removed
+        await context.abort(
+            grpc.StatusCode.ABORTED,
+            f"agents kept joining below {agent_id!r} while it was deregistered; retry",
+        )
+        raise AssertionError("context.abort always raises")
+
+    async def _descendants(self, agent_id: str) -> list[str]:
+        """Every agent whose parent chain leads to `agent_id`, breadth first (what a
+        cascading deregistration removes; agent_deregister.lua walks the same sets).
+        Bounded by the registry's size (max_agents)."""
+        order, seen = [agent_id], {agent_id}
+        j = 0
+        while j < len(order) and len(order) <= self._limits.max_agents:
+            children = [c for c in await self._store.children(order[j]) if c not in seen]
+            found = await self._store.get_many(children)
+            for child, fields in zip(children, found, strict=True):
+                if fields is not None:  # as the script: a child no longer registered is skipped
+                    seen.add(child)
+                    order.append(child)
+            j += 1
+        return order[1:]
 
     async def _check_id(self, context: grpc.aio.ServicerContext, agent_id: str, what: str) -> None:
         violations: list[Violation] = []
@@ -316,7 +373,9 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
                 f"agent {request.agent_id!r} is not registered (never, or removed)",
             )
             raise AssertionError("context.abort always raises")
-        return pb.GetAgentResponse(agent=agent_from_fields(request.agent_id, fields, _now_ms()))
+        return pb.GetAgentResponse(
+            agent=agent_from_fields(request.agent_id, fields, self._clock.now_ms())
+        )
 
     async def ListAgents(
         self, request: pb.ListAgentsRequest, context: grpc.aio.ServicerContext
@@ -328,8 +387,10 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
             validate_id(violations, "capability", request.capability)
         if request.parent_id:
             validate_agent_id(violations, "parent_id", request.parent_id)
-        if request.page_token:
-            validate_agent_id(violations, "page_token", request.page_token)
+        scope = (request.role, request.capability, request.parent_id, request.liveness)
+        after = unseal(violations, "agents", scope, request.page_token)
+        if after:
+            validate_agent_id(violations, "page_token", after)
         if request.liveness not in pb.AgentLiveness.values():
             violations.append(Violation("liveness", "ENUM", f"unknown value {request.liveness}"))
         if request.page_size > limits.max_agent_page:
@@ -340,8 +401,11 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
             await _status.abort_invalid(context, "invalid agent listing", violations)
         page_size = request.page_size or limits.default_agent_page
         budget = max(page_size, 100) * _SCAN_FACTOR
-        after, exhausted = request.page_token, False
+        exhausted = False
         found: list[pb.Agent] = []
+        # Labels and capabilities make an agent up to tens of KiB: a page ends at
+        # the reply budget too, after the last agent it holds.
+        total, full = 0, False
         async with storage_errors(context):
             siblings = await self._store.children(request.parent_id) if request.parent_id else None
             while len(found) < page_size and budget > 0:
@@ -351,19 +415,27 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
                 else:
                     ids = await self._store.ids_after(after, count)
                 budget -= len(ids)
-                now, consumed = _now_ms(), 0
+                now, consumed = self._clock.now_ms(), 0
                 for agent_id, fields in zip(ids, await self._store.get_many(ids), strict=True):
                     after, consumed = agent_id, consumed + 1
                     if fields is not None:
                         agent = agent_from_fields(agent_id, fields, now)
                         if self._matches(request, agent):
+                            total += message_size(agent) + ITEM_OVERHEAD
+                            if found and total > limits.reply_budget_bytes:
+                                after, full = found[-1].id, True
+                                break
                             found.append(agent)
                             if len(found) == page_size:
                                 break
+                if full:
+                    break
                 if consumed == len(ids) and len(ids) < count:
                     exhausted = True
                     break
-        return pb.ListAgentsResponse(agents=found, next_page_token="" if exhausted else after)
+        return pb.ListAgentsResponse(
+            agents=found, next_page_token="" if exhausted else seal("agents", scope, after)
+        )
 
     @staticmethod
     def _matches(request: pb.ListAgentsRequest, agent: pb.Agent) -> bool:
@@ -378,7 +450,7 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
         self, request: pb.WatchAgentsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchAgentsResponse]:
         start = request.WhichOneof("start")
-        if start == "after_cursor" and not STREAM_ID.match(request.after_cursor):
+        if start == "after_cursor" and not is_stream_id(request.after_cursor):
             await _status.abort_invalid(
                 context,
                 "invalid watch",
@@ -393,9 +465,11 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
                 cursor = "0-0"
             else:
                 cursor = await self._store.last_event()
+            await stream_started(context)
             if lost:
                 yield pb.WatchAgentsResponse(events_lost=True)
             while not caller_gone(context):
                 cursor, entries = await self._store.events(cursor, _WATCH_BLOCK_MS)
-                if entries:
-                    yield pb.WatchAgentsResponse(events=[_event(e) for e in entries])
+                events = [_event(e) for e in entries]
+                for part in packs(events, message_size, self._limits.reply_budget_bytes):
+                    yield pb.WatchAgentsResponse(events=part)

@@ -6,6 +6,7 @@ so each script runs on one slot of a Redis Cluster.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from ._limits import Limits
 from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
+from ._waits import SharedReads
 
 Fields = dict[bytes, bytes]
 # The queues one agent is noted to claim from; beyond it, its tasks there come
@@ -33,6 +35,13 @@ class Registered:
 
 
 @dataclass(frozen=True, slots=True)
+class Unchecked:
+    """A cascading deregistration found a descendant its caller did not check."""
+
+    agent_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Sweep:
     stale: list[str]
     left: list[str]
@@ -41,8 +50,16 @@ class Sweep:
 
 
 class AgentStore:
-    def __init__(self, redis: RedisClient, limits: Limits, *, retry_budget: float) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        limits: Limits,
+        *,
+        retry_budget: float,
+        reads: SharedReads | None = None,
+    ) -> None:
         self._redis = redis
+        self._reads = reads or SharedReads(redis)
         self._limits = limits
         self._retry_budget = retry_budget
         self._keys = [
@@ -90,8 +107,22 @@ class AgentStore:
         )
         return _flat(reply) if reply else None
 
-    async def deregister(self, agent_id: str, *, cascade: bool) -> list[str]:
-        reply = await self._run(_scripts.AGENT_DEREGISTER, [agent_id, "1" if cascade else "0"])
+    async def deregister(
+        self, agent_id: str, *, cascade: bool, checked: Sequence[str] | None = None
+    ) -> list[str] | Unchecked:
+        """Remove `agent_id` (and with `cascade` its descendants): the ids removed, the
+        one asked for first, or [] when it is not registered. A store retry after a
+        lost reply answers what the first run removed (the call's id keys it).
+        `checked`: with cascade, the only descendants it may remove (the caller's
+        right to each was checked); one more found: `Unchecked` (nothing removed)."""
+        call_id = uuid.uuid4().hex
+        only = "" if checked is None else "1"
+        reply = await self._run(
+            _scripts.AGENT_DEREGISTER,
+            [agent_id, "1" if cascade else "0", call_id, only, "\n".join(checked or ())],
+        )
+        if reply and isinstance(reply[0], list):
+            return Unchecked(text(reply[0][1]))
         return [text(r) for r in reply]
 
     async def sweep(self, limit: int) -> Sweep:
@@ -174,8 +205,8 @@ class AgentStore:
         """Membership events after `after`, waiting up to `block_ms` for some."""
 
         async def attempt() -> tuple[str, list[Any]]:
-            reply: Any = await self._redis.xread(
-                {_keys.AGENT_EVENTS: after}, count=500, block=block_ms
+            reply: Any = await self._reads.xread(
+                {_keys.AGENT_EVENTS: after}, count=500, block_ms=block_ms
             )
             if not reply:
                 return after, []

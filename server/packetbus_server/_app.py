@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
+from redis.asyncio.cluster import RedisCluster
 
 from packetbus.v1 import (
     agent_service_pb2,
@@ -28,6 +29,8 @@ from packetbus.v1 import (
     task_service_pb2,
 )
 
+from ._access import Gate
+from ._access.setup import authenticators
 from ._agent_reaper import AgentReaper
 from ._agent_service import AgentService
 from ._agent_store import AgentStore
@@ -37,7 +40,10 @@ from ._context_service import ContextService
 from ._context_store import ContextStore
 from ._custodian import Custodian
 from ._custody_service import CustodyService
+from ._durability import Durability
 from ._embedded import EmbeddedValkey
+from ._eviction import EvictionGuard, require_noeviction
+from ._exposure import authenticates, require_safe_listen
 from ._finding_service import FindingService
 from ._finding_store import FindingStore
 from ._group_service import ConsumerGroupService
@@ -54,15 +60,26 @@ from ._policy_store import PolicyStore
 from ._policy_watch import PolicyWatch
 from ._record_service import RecordService
 from ._record_store import RecordStore
+from ._retry import with_retries
+from ._running import RunningServer as RunningServer  # re-exported: packetbus_server
+from ._running import (
+    blocking_reads,
+    check_durability,
+    grpc_options,
+    listen,
+    published_limits,
+    redacted,
+    stream_admission,
+)
+from ._stock_services import HealthServicer, add_health_and_reflection
 from ._store import PacketStore, connect_redis
 from ._task_service import TaskService
 from ._task_store import TaskStore
+from ._tls import ReloadingCredentials, TlsPaths
 
 log = logging.getLogger("packetbus.server")
 
 VERSION = "0.1.0"
-# Upper bound on each drain step besides the RPCs' own grace period.
-_STEP_TIMEOUT = 5.0
 # Clients ping every 30 s to keep long-lived streams open (packetbus.Client does).
 # gRPC's server default refuses pings more often than every 5 minutes on a
 # connection that sends no data, and answers the third with GOAWAY
@@ -100,79 +117,127 @@ class ServerConfig:
     custody_signing: bool = True
     # The governance policy (TOML), reloaded when it changes; None: allow everything.
     policy_file: Path | None = None
+    # Dead peers: the server pings a connection that has been quiet this long and
+    # closes it (ending its streams and freeing their slots) when the ping is not
+    # answered within the timeout. A peer that vanished without FIN/RST is so
+    # noticed within keepalive_seconds + keepalive_timeout_seconds (40 s).
+    keepalive_seconds: float = 30.0
+    keepalive_timeout_seconds: float = 10.0
+    # On SIGTERM, health says NOT_SERVING this long before open streams end
+    # (UNAVAILABLE: clients resume elsewhere) and the listener closes.
+    drain_notice_seconds: float = 2.0
+    # Open streams per server, by kind (Subscribe and Pull: max_subscribers each),
+    # and per connection over all kinds; beyond them: RESOURCE_EXHAUSTED at once.
+    max_watchers: int = 1024  # WatchTasks, WatchAgents, WatchContext (and Health.Watch)
+    max_exports: int = 64  # ExportPackets
+    max_transfers: int = 256  # GetContext, PutContext
+    max_streams_per_peer: int = 512
+    # Redis connections for unary calls and health; waiting streams have their own.
+    max_redis_connections: int = 1024
+    # Serve even when the store's maxmemory-policy is not noeviction (see _eviction):
+    # acknowledged packets may then be evicted. Off: such a store is refused.
+    allow_store_eviction: bool = False
+    # What a machine crash may take of acknowledged writes (see _durability):
+    # everysec (~1 s of them) or always (nothing: acknowledged once fsynced).
+    durability: Durability = Durability.EVERYSEC
+    # Bind the port with SO_REUSEPORT: only the workers of one server (--workers)
+    # share a port; any other server there would split the clients between them.
+    share_port: bool = False
+    # Identity at the door (README "Security"; see _access). TLS: this certificate
+    # chain and key (PEM), reloaded when the files change; with a client CA, every
+    # client must present a certificate it signed (mutual TLS) and the principal is
+    # its SPIFFE ID URI SAN, else its subject CN.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    # Bearer tokens: JWTs verified against these public keys (a JWKS file and/or
+    # PEM files; Ed25519, ES256, RS256), the issuer and audience checked; the
+    # principal is the token's `sub`.
+    jwt_jwks_file: Path | None = None
+    jwt_public_key_files: tuple[Path, ...] = ()
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    # Trust the identity a mesh sidecar that terminated mTLS forwards in Envoy's
+    # x-forwarded-client-cert header. Only when no one else can reach the port.
+    trust_xfcc: bool = False
+    # Listen beyond loopback without TLS and authentication (refused otherwise).
+    insecure: bool = False
 
 
-@dataclass
-class RunningServer:
-    """A started server; `port` is the bound port (useful with ``:0``)."""
-
-    config: ServerConfig
-    port: int
-    grpc_server: grpc.aio.Server
-    store: PacketStore
-    health: StoreHealth
-    embedded: EmbeddedValkey | None
-    # Sweeps agents' liveness; stopped first when the server drains.
-    agent_reaper: AgentReaper | None = None
-    # The governance policy in force, and the task that reloads it.
-    policy: PolicyWatch | None = None
-
-    async def stop(self, grace: float | None = None) -> None:
-        """Drain: report NOT_SERVING, let in-flight RPCs finish, then close the store.
-
-        Every step is bounded, so a stuck step cannot keep the process (and the
-        embedded Valkey it owns) alive: the embedded store is always stopped.
-        """
-        grace = self.config.grace_seconds if grace is None else grace
-        steps = (
-            ("agent reaper", self._stop_reaper(), _STEP_TIMEOUT),
-            ("policy watch", self._stop_policy(), _STEP_TIMEOUT),
-            ("health", self.health.stop(), _STEP_TIMEOUT),
-            ("rpcs", self.grpc_server.stop(grace), grace + _STEP_TIMEOUT),
-            ("store", self.store.close(), _STEP_TIMEOUT),
-        )
-        for name, step, limit in steps:
-            try:
-                await asyncio.wait_for(step, limit)
-            except TimeoutError:
-                log.error("drain: %s did not stop within %.0fs; going on", name, limit)
-        if self.embedded is not None:
-            await asyncio.to_thread(self.embedded.stop)
-
-    async def _stop_reaper(self) -> None:
-        if self.agent_reaper is not None:
-            await self.agent_reaper.stop()
-
-    async def _stop_policy(self) -> None:
-        if self.policy is not None:
-            await self.policy.stop()
+def tls_credentials(config: ServerConfig) -> ReloadingCredentials | None:
+    """The TLS credentials `config` names (files checked now: TlsFilesError), or
+    None for plaintext."""
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return None
+    return ReloadingCredentials(
+        TlsPaths(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
+    )
 
 
-async def start(config: ServerConfig) -> RunningServer:
+async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningServer:
+    """Start a server; `gate` replaces the one `config` describes (tests of one part
+    of the access rules before the rest is configured).
+
+    Raises TlsSettingsError or InsecureListenError (ValueErrors) for settings that
+    must not serve (see _exposure) and TlsFilesError for TLS files that do not
+    check, before anything starts."""
+    require_safe_listen(config)
+    tls = tls_credentials(config)
     # The keys first: a bad key file fails the start before anything is running.
     keyring = Keyring.load(
         config.signing_key_file or config.data_dir / KEYRING_FILE,
         seed_b64=os.environ.get(SEED_ENV),
     )
-    # So is a bad policy file.
+    # So is a bad policy file, or one that turns authorization on while nothing
+    # proves who calls.
     policy_watch = PolicyWatch.load(
-        config.policy_file, interval=config.limits.policy_reload_seconds
+        config.policy_file,
+        interval=config.limits.policy_reload_seconds,
+        authenticated=gate.authenticates if gate is not None else authenticates(config),
     )
+    # And bad JWT key files or settings (ValueError).
+    door = authenticators(config) if gate is None else ()
     async with contextlib.AsyncExitStack() as undo:  # unwinds only if the start fails
         embedded: EmbeddedValkey | None = None
         redis_url = config.redis_url
         if redis_url is None:
-            embedded = EmbeddedValkey(config.data_dir)
+            embedded = EmbeddedValkey(config.data_dir, config.durability)
             await asyncio.to_thread(embedded.start)
             undo.push_async_callback(asyncio.to_thread, embedded.stop)
+            embedded.keep_running()
+            undo.push_async_callback(embedded.stop_keeping)
             redis_url = embedded.url
-        redis = await connect_redis(redis_url)
+        # The embedded store fsyncs as asked; an external one is asked how it does.
+        wait_fsync = embedded is None and await check_durability(redis_url, config.durability)
+        redis = await connect_redis(
+            redis_url, max_connections=config.max_redis_connections, wait_for_fsync=wait_fsync
+        )
+        undo.push_async_callback(redis.aclose)
+        # A store that may evict: no start (retried like any read: a connection
+        # cut now is no answer).
+        guard = EvictionGuard(redis, allow_eviction=config.allow_store_eviction)
+        if not config.allow_store_eviction:
+            await with_retries(
+                lambda: require_noeviction(redis), budget_seconds=config.retry_budget_seconds
+            )
+        await with_retries(guard.check, budget_seconds=config.retry_budget_seconds)
+        reads = await blocking_reads(
+            config, redis_url, cluster=isinstance(redis, RedisCluster), wait_for_fsync=wait_fsync
+        )
+        undo.push_async_callback(reads.redis.aclose)
+        streams = stream_admission(config)
         store = PacketStore(
             redis,
             retention_ms=config.limits.max_ttl_seconds * 1000,
             retry_budget=config.retry_budget_seconds,
+            reads=reads,
         )
         undo.push_async_callback(store.close)
+        # Every decision about time follows the store's clock (see _clock): learn it
+        # before anything is judged, then keep it fresh.
+        clock = store.clock
+        await with_retries(clock.sync, budget_seconds=config.retry_budget_seconds)
+        clock.start()
         key_store = KeyStore(redis, retry_budget=config.retry_budget_seconds)
         custodian = Custodian(
             keyring, config.server_id or keyring.server_id, signing=config.custody_signing
@@ -181,15 +246,13 @@ async def start(config: ServerConfig) -> RunningServer:
 
         server = grpc.aio.server(
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-            options=[
-                ("grpc.max_receive_message_length", config.limits.max_request_bytes),
-                ("grpc.max_send_message_length", config.limits.max_request_bytes),
-                ("grpc.so_reuseport", 1),
-                # (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS)
-                ("grpc.http2.min_ping_interval_without_data_ms", PERMITTED_PING_INTERVAL_MS),
-                ("grpc.keepalive_permit_without_calls", 1),
-            ],
+            # Writes refused while the store may evict (none when that is allowed).
+            interceptors=() if config.allow_store_eviction else (guard.interceptor(),),
+            options=grpc_options(config, PERMITTED_PING_INTERVAL_MS),
         )
+        # Every call of packetbus's own services passes the gate (health and
+        # reflection stay open: load balancers probe without credentials).
+        gate = gate or Gate(door, authorizer=policy_watch.authorizer)
         governor = Governor(
             policy_watch,
             PolicyStore(
@@ -210,6 +273,10 @@ async def start(config: ServerConfig) -> RunningServer:
             version=VERSION,
             max_subscribers=config.max_subscribers,
             governor=governor,
+            published_limits=published_limits(
+                config, min_client_ping_ms=PERMITTED_PING_INTERVAL_MS
+            ),
+            clock=clock,
         )
         packet_service = packet_service_pb2.DESCRIPTOR.services_by_name["PacketService"]
         custody_service = custody_service_pb2.DESCRIPTOR.services_by_name["CustodyService"]
@@ -219,12 +286,16 @@ async def start(config: ServerConfig) -> RunningServer:
         carcel_service = carcel_service_pb2.DESCRIPTOR.services_by_name["CarcelService"]
         task_service = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"]
         finding_service = finding_service_pb2.DESCRIPTOR.services_by_name["FindingService"]
-        add_servicer(server, packet_service, packets)
+        add_servicer(server, packet_service, packets, streams, gate=gate)
         policy_service = policy_service_pb2.DESCRIPTOR.services_by_name["PolicyService"]
         add_servicer(
             server,
             policy_service,
-            PolicyService(governor, store, packets, key_store, custodian, config.limits),
+            PolicyService(
+                governor, store, packets, key_store, custodian, config.limits, clock=clock
+            ),
+            streams,
+            gate=gate,
         )
         hops = HopStore(redis, retry_budget=config.retry_budget_seconds)
         add_servicer(
@@ -237,12 +308,16 @@ async def start(config: ServerConfig) -> RunningServer:
                 config.limits,
                 carcel=CarcelStore(redis, hops, retry_budget=config.retry_budget_seconds),
                 policy=governor.store,
+                clock=clock,
             ),
+            streams,
+            gate=gate,
         )
         groups = GroupStore(
             redis,
             retry_budget=config.retry_budget_seconds,
             carcel_retention_ms=config.limits.carcel_retention_seconds * 1000,
+            reads=reads,
         )
         add_servicer(
             server,
@@ -253,25 +328,39 @@ async def start(config: ServerConfig) -> RunningServer:
                 custodian,
                 config.limits,
                 asyncio.Semaphore(config.max_subscribers),
+                clock=clock,
             ),
+            streams,
+            gate=gate,
         )
-        agent_store = AgentStore(redis, config.limits, retry_budget=config.retry_budget_seconds)
+        agent_store = AgentStore(
+            redis, config.limits, retry_budget=config.retry_budget_seconds, reads=reads
+        )
         tasks = TaskService(
             TaskStore(
                 redis,
                 hops,
                 retry_budget=config.retry_budget_seconds,
                 carcel_retention_ms=config.limits.carcel_retention_seconds * 1000,
+                reads=reads,
             ),
             hops,
             key_store,
             custodian,
             config.limits,
             before_claim=agent_store.note_claim,
+            clock=clock,
+            governor=governor,
         )
-        add_servicer(server, task_service, tasks)
+        add_servicer(server, task_service, tasks, streams, gate=gate)
         agent_service = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"]
-        add_servicer(server, agent_service, AgentService(agent_store, key_store, config.limits))
+        add_servicer(
+            server,
+            agent_service,
+            AgentService(agent_store, key_store, config.limits, clock=clock),
+            streams,
+            gate=gate,
+        )
         agent_reaper = AgentReaper(
             agent_store, tasks.release_held, config.limits.agent_reaper_interval_seconds
         )
@@ -285,7 +374,11 @@ async def start(config: ServerConfig) -> RunningServer:
                 key_store,
                 custodian,
                 config.limits,
+                clock=clock,
+                governor=governor,
             ),
+            streams,
+            gate=gate,
         )
         add_servicer(
             server,
@@ -295,17 +388,24 @@ async def start(config: ServerConfig) -> RunningServer:
                 store,
                 custodian,
                 config.limits,
+                clock=clock,
             ),
+            streams,
+            gate=gate,
         )
         context_service = context_service_pb2.DESCRIPTOR.services_by_name["ContextService"]
         add_servicer(
             server,
             context_service,
             ContextService(
-                ContextStore(redis, retry_budget=config.retry_budget_seconds),
+                ContextStore(redis, retry_budget=config.retry_budget_seconds, reads=reads),
                 custodian,
                 config.limits,
+                clock=clock,
+                governor=governor,
             ),
+            streams,
+            gate=gate,
         )
         record_service = record_service_pb2.DESCRIPTOR.services_by_name["RecordService"]
         add_servicer(
@@ -316,11 +416,17 @@ async def start(config: ServerConfig) -> RunningServer:
                 key_store,
                 custodian,
                 config.limits,
+                clock=clock,
+                governor=governor,
             ),
+            streams,
+            gate=gate,
         )
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
+        health_servicer = HealthServicer(streams)
+        add_health_and_reflection(
+            server,
+            health_servicer,
+            streams,
             (
                 packet_service.full_name,
                 custody_service.full_name,
@@ -335,16 +441,14 @@ async def start(config: ServerConfig) -> RunningServer:
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
-            server,
         )
-        port = server.add_insecure_port(config.listen)
-        if port == 0:
-            raise OSError(f"cannot listen on {config.listen}")
+        port = listen(server, config, None if tls is None else tls.credentials())
         store_health = StoreHealth(
             store,
             health_servicer,
             config.health_interval_seconds,
             on_tick=lambda: _reload_keys(custodian, key_store),
+            guard=guard,
         )
         await store_health.check_once()
         store_health.start()
@@ -352,9 +456,24 @@ async def start(config: ServerConfig) -> RunningServer:
         agent_reaper.start()
         policy_watch.start()
         undo.pop_all()
-    log.info("packetbus %s listening on port %d (store %s)", VERSION, port, redis_url)
+    log.info(
+        "packetbus %s listening on port %d (%s; store %s)",
+        VERSION,
+        port,
+        "plaintext" if tls is None else "mutual TLS" if config.tls_client_ca_file else "TLS",
+        redacted(redis_url),
+    )
     return RunningServer(
-        config, port, server, store, store_health, embedded, agent_reaper, policy_watch
+        config,
+        port,
+        server,
+        store,
+        store_health,
+        embedded,
+        agent_reaper,
+        policy_watch,
+        streams,
+        reads,
     )
 
 
@@ -369,12 +488,14 @@ async def _reload_keys(custodian: Custodian, key_store: KeyStore) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(config: ServerConfig) -> AsyncIterator[RunningServer]:
-    srv = await start(config)
+async def running(
+    config: ServerConfig, *, gate: Gate | None = None
+) -> AsyncIterator[RunningServer]:
+    srv = await start(config, gate=gate)
     try:
         yield srv
     finally:
-        await srv.stop(grace=0)
+        await srv.stop(grace=0, notice=0)
 
 
 async def serve(config: ServerConfig) -> None:

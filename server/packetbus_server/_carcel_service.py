@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 import grpc
 
@@ -13,14 +12,30 @@ from packetbus.v1 import carcel_service_pb2_grpc, packet_pb2
 
 from . import _status
 from ._carcel_store import CarcelRecord, CarcelStore, RequeueOutcome
+from ._clock import StoreClock
 from ._custodian import ChainEnd, Custodian, Hop, chain_end
+from ._fields import is_stream_id
 from ._limits import Limits
 from ._packet_service import storage_errors, stored_packet
+from ._packing import stored_size
+from ._page_tokens import seal, unseal
 from ._paging import page_across, page_request
 from ._store import PacketStore
-from ._validation import STREAM_ID, Violation, validate_packet, validate_topic
+from ._validation import Violation, validate_packet, validate_topic
 
 _SIGN_ROUNDS = 5
+
+
+def record_size(record: CarcelRecord) -> int:
+    """About how many bytes a carcel record takes as a CarcelEntry."""
+    return (
+        stored_size(len(record.stored) + sum(map(len, record.hops)), record.content_length)
+        + len(record.reason)
+        + len(record.detail)
+        + len(record.source)
+        + len(record.rule_id)
+        + len(record.policy_version)
+    )
 
 
 def entry_message(record: CarcelRecord) -> pb.CarcelEntry:
@@ -35,7 +50,7 @@ def entry_message(record: CarcelRecord) -> pb.CarcelEntry:
         policy_version=record.policy_version,
     )
     entry.carceled_at.FromMilliseconds(record.carceled_at_ms)
-    if STREAM_ID.match(record.cursor):  # from a topic's log
+    if is_stream_id(record.cursor):  # from a topic's log
         stored = stored_packet(
             record.topic,
             record.cursor,
@@ -64,8 +79,12 @@ class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
         packets: PacketStore,
         custodian: Custodian,
         limits: Limits,
+        *,
+        clock: StoreClock,
     ) -> None:
         self._store = store
+        # The store's clock: times are judged and stamped by it, as every replica does.
+        self._clock = clock
         self._packets = packets
         self._custodian = custodian
         self._limits = limits
@@ -73,7 +92,7 @@ class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
     def _check(self, topic: str, entry_id: str | None) -> list[Violation]:
         violations: list[Violation] = []
         validate_topic(violations, "topic", topic, self._limits.max_topic_length)
-        if entry_id is not None and not STREAM_ID.match(entry_id):
+        if entry_id is not None and not is_stream_id(entry_id):
             violations.append(
                 Violation(
                     "id", "CARCEL_ID_FORMAT", "must be a carcel entry id, like 1700000000000-0"
@@ -87,7 +106,9 @@ class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
         violations: list[Violation] = []
         if request.topic:
             validate_topic(violations, "topic", request.topic, self._limits.max_topic_length)
-        page = page_request(violations, request.page_size, request.page_token)
+        scope = (request.topic, request.reason)
+        token = unseal(violations, "carcel", scope, request.page_token)
+        page = page_request(violations, request.page_size, token, request.topic)
         if violations:
             await _status.abort_invalid(context, "invalid carcel listing", violations)
 
@@ -98,9 +119,12 @@ class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
                 page,
                 self._store.page,
                 lambda r: not request.reason or r.reason == request.reason,
+                record_size,
+                self._limits.reply_budget_bytes,
             )
         return pb.ListCarcelEntriesResponse(
-            entries=[entry_message(r) for r in records], next_page_token=token
+            entries=[entry_message(r) for r in records],
+            next_page_token=seal("carcel", scope, token),
         )
 
     async def _load(
@@ -161,7 +185,7 @@ class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
                         reason=f"requeued from the carcel ({record.reason})",
                     )
                 ],
-                time.time_ns(),
+                self._clock.now_ns(),
             )
             hop = signed_hops[0] if signed_hops else None
             requeue = (
@@ -201,7 +225,7 @@ class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
     ) -> pb.PurgeCarcelEntriesResponse:
         violations = self._check(request.topic, None)
         for i, entry_id in enumerate(request.ids):
-            if not STREAM_ID.match(entry_id):
+            if not is_stream_id(entry_id):
                 violations.append(
                     Violation(f"ids[{i}]", "CARCEL_ID_FORMAT", "must be a carcel entry id")
                 )

@@ -41,6 +41,11 @@ class Conflict:
     reason: str
 
 
+def confidence_reason(first: float, second: float, threshold: float) -> str:
+    """Why two findings of one subject conflict, by confidence (in [0, 1])."""
+    return f"confidences {first:.2f} and {second:.2f} differ by more than {threshold:.2f}"
+
+
 def conflicts_with(new: Fact, earlier: Sequence[Fact], threshold: float) -> list[Conflict]:
     """The earlier findings `new` conflicts with: same subject, and opposite claims or
     confidences further apart than `threshold`."""
@@ -52,12 +57,7 @@ def conflicts_with(new: Fact, earlier: Sequence[Fact], threshold: float) -> list
             out.append(Conflict(old, new, "opposite claims"))
         elif abs(old.confidence - new.confidence) > threshold:
             out.append(
-                Conflict(
-                    old,
-                    new,
-                    f"confidences {old.confidence:.2f} and {new.confidence:.2f} differ by more "
-                    f"than {threshold:.2f}",
-                )
+                Conflict(old, new, confidence_reason(old.confidence, new.confidence, threshold))
             )
     return out
 

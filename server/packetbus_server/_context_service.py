@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -17,11 +17,21 @@ from packetbus.v1 import context_service_pb2 as pb
 from packetbus.v1 import context_service_pb2_grpc
 
 from . import _keys, _status
+from ._access import Permission, binding, require
+from ._clock import StoreClock
+from ._context_pages import log_page, log_token, map_page, map_token
 from ._context_store import ChangeEvent, ContextStore, DocMeta
 from ._custodian import Custodian
+from ._fields import is_stream_id, utf8_length
+from ._governance import context_write, judge_context_write
 from ._limits import Limits
-from ._packet_service import storage_errors
-from ._validation import STREAM_ID, Violation, validate_agent_id, validate_id
+from ._packet_service import storage_errors, stream_started
+from ._packing import fit, message_size, packs
+from ._page_tokens import seal, unseal
+from ._validation import Violation, validate_agent_id, validate_id, validate_safe_integer
+
+if TYPE_CHECKING:
+    from ._policy_service import Governor
 
 MAX_SCOPE_LENGTH = 200
 MAX_NAME_LENGTH = 512
@@ -30,7 +40,9 @@ _DEFAULT_PAGE = 100
 _WATCH_BATCH = 100
 # An unconditional put retries its compare-and-set this often under contention.
 _UNCONDITIONAL_ATTEMPTS = 8
-_WATCH_BLOCK_MS = 1000
+# An idle watcher reads again this often (a read shared with the other watchers of
+# the same log, see _waits); cancellation and drain end it sooner (_streams).
+_WATCH_BLOCK_MS = 5000
 # Change events outlive the documents they tell of by this much, so a watcher
 # that was away a while can still resume.
 _EVENTS_RETENTION_MS = 86400 * 1000
@@ -42,8 +54,8 @@ _KINDS = {"put": pb.CONTEXT_CHANGE_KIND_PUT, "delete": pb.CONTEXT_CHANGE_KIND_DE
 def _printable(out: list[Violation], path: str, value: str, max_length: int) -> None:
     if not value:
         out.append(Violation(path, "REQUIRED", "is required"))
-    elif len(value) > max_length:
-        out.append(Violation(path, "LENGTH", f"must be 1..{max_length} characters"))
+    elif utf8_length(value) > max_length:
+        out.append(Violation(path, "LENGTH", f"must be 1..{max_length} bytes (UTF-8)"))
     elif not _PRINTABLE.match(value):
         out.append(Violation(path, "CHARSET", "must not contain whitespace or control characters"))
 
@@ -95,11 +107,58 @@ def _stream_id(cursor: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def entry_fingerprint(entry: pb.LogEntry) -> str:
+    """What a memory or trace entry means, as 64 hex digits: every field but
+    recorded_at, which is stamped when the entry is built (a producer that builds
+    it again after a crash stamps it again), as a packet's dispatched_at is."""
+    meant = pb.LogEntry()
+    meant.CopyFrom(entry)
+    meant.ClearField("recorded_at")
+    return hashlib.sha256(meant.SerializeToString(deterministic=True)).hexdigest()
+
+
 class ContextService(context_service_pb2_grpc.ContextServiceServicer):
-    def __init__(self, store: ContextStore, custodian: Custodian, limits: Limits) -> None:
+    def __init__(
+        self,
+        store: ContextStore,
+        custodian: Custodian,
+        limits: Limits,
+        *,
+        clock: StoreClock,
+        governor: Governor | None = None,
+    ) -> None:
         self._store = store
+        # The policy in force judges each write by its description (_governance).
+        self._governor = governor
+        # The store's clock: times are judged and stamped by it, as every replica does.
+        self._clock = clock
         self._custodian = custodian
         self._limits = limits
+
+    async def _govern(
+        self,
+        context: grpc.aio.ServicerContext,
+        *,
+        origin: str | None,
+        topic: str,
+        scope: str,
+        name: str,
+        operation: str,
+        content_type: str = "",
+    ) -> None:
+        """Fail the call (nothing written) when the policy refuses this write, described
+        as _governance.context_write says; `origin` None: the caller's agent id."""
+        if self._governor is None or self._governor.watch.policy is None:
+            return
+        described = context_write(
+            origin=origin,
+            topic=topic,
+            scope=scope,
+            name=name,
+            operation=operation,
+            content_type=content_type,
+        )
+        await judge_context_write(context, self._governor, described)
 
     def _ttl_ms(self, out: list[Violation], path: str, ttl: int, default: int) -> int:
         if ttl < 0 or ttl > self._limits.max_context_ttl_seconds:
@@ -113,11 +172,11 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
     def _check_header(self, h: pb.PutContextHeader) -> list[Violation]:
         out: list[Violation] = []
         _where(out, "header.", h.scope, h.name)
-        if h.HasField("expected_version") and h.expected_version < 0:
-            out.append(Violation("header.expected_version", "RANGE", "must be >= 0"))
+        if h.HasField("expected_version"):
+            validate_safe_integer(out, "header.expected_version", h.expected_version)
         self._ttl_ms(out, "header.ttl_seconds", h.ttl_seconds, 0)
-        if len(h.content_type) > MAX_CONTENT_TYPE_LENGTH:
-            out.append(Violation("header.content_type", "LENGTH", "must be at most 255 chars"))
+        if utf8_length(h.content_type) > MAX_CONTENT_TYPE_LENGTH:
+            out.append(Violation("header.content_type", "LENGTH", "must be at most 255 bytes"))
         if not 0 <= h.size <= self._limits.max_context_bytes:
             out.append(
                 Violation(
@@ -144,9 +203,22 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
                 [Violation("header", "REQUIRED", "the first message is the header")],
             )
         h = first.header
+        # The rule's in-service part (permissions.RULES): context.write on the
+        # header's scope, before anything of the upload is looked at or staged.
+        await require(context, Permission.CONTEXT_WRITE, h.scope)
         violations = self._check_header(h)
         if violations:
             await _status.abort_invalid(context, "invalid context upload", violations)
+        await binding.require_acting(context, h.author, "header.author")
+        await self._govern(
+            context,
+            origin=h.author,
+            topic=f"context/{h.scope}",
+            scope=h.scope,
+            name=h.name,
+            operation="put",
+            content_type=h.content_type,
+        )
         async with storage_errors(context):
             current = await self._store.meta(h.scope, h.name)
         replay = bool(h.upload_id) and current is not None and current.upload_id == h.upload_id
@@ -201,11 +273,7 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
                 await _status.abort_invalid(context, "invalid context upload", violations)
             if replay:
                 assert current is not None
-                if current.sha256_hex != h.sha256.hex():
-                    await context.abort(
-                        grpc.StatusCode.ALREADY_EXISTS,
-                        f"upload {upload_id} committed other bytes",
-                    )
+                await _same_upload(context, h, current)
                 committed = True
                 return pb.PutContextResponse(document=_document(h.scope, current), created=False)
             response = await self._commit(context, h, upload_id, current)
@@ -252,7 +320,7 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
         # another writer got in between.
         expected = h.expected_version if conditional else (current.version if current else 0)
         for _ in range(_UNCONDITIONAL_ATTEMPTS):
-            now_ms = time.time_ns() // 1_000_000
+            now_ms = self._clock.now_ms()
             record, signature, key_id = self._sign(h, upload_id, expected + 1, now_ms)
             async with storage_errors(context):
                 commit = await self._store.commit(
@@ -290,6 +358,7 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
             )
         if commit.status == "dup":
             assert commit.meta is not None
+            await _same_upload(context, h, commit.meta)
             return pb.PutContextResponse(document=_document(h.scope, commit.meta), created=False)
         meta = DocMeta(
             h.name,
@@ -352,9 +421,21 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
         _where(violations, "", request.scope, request.name)
         if request.author:
             validate_agent_id(violations, "author", request.author)
+        if request.HasField("expected_version"):
+            validate_safe_integer(violations, "expected_version", request.expected_version)
         if violations:
             await _status.abort_invalid(context, "invalid context delete", violations)
-        now_ms = time.time_ns() // 1_000_000
+        if request.author:
+            await binding.require_acting(context, request.author, "author")
+        await self._govern(
+            context,
+            origin=request.author or None,
+            topic=f"context/{request.scope}",
+            scope=request.scope,
+            name=request.name,
+            operation="delete",
+        )
+        now_ms = self._clock.now_ms()
         expected = request.expected_version if request.HasField("expected_version") else None
         async with storage_errors(context):
             status, version = await self._store.delete(
@@ -380,15 +461,14 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
     ) -> pb.ListContextsResponse:
         violations: list[Violation] = []
         _printable(violations, "scope", request.scope, MAX_SCOPE_LENGTH)
-        if len(request.name_prefix) > MAX_NAME_LENGTH:
+        if utf8_length(request.name_prefix) > MAX_NAME_LENGTH:
             violations.append(Violation("name_prefix", "LENGTH", "longer than any name"))
         if not 0 <= request.page_size <= self._limits.max_context_page:
             violations.append(
                 Violation("page_size", "RANGE", f"must be 0..{self._limits.max_context_page}")
             )
-        token = request.page_token
-        if token and not token.startswith(request.name_prefix):
-            violations.append(Violation("page_token", "INVALID", "not from this listing"))
+        scope = (request.scope, request.name_prefix)
+        token = unseal(violations, "contexts", scope, request.page_token)
         if violations:
             await _status.abort_invalid(context, "invalid context listing", violations)
         count = request.page_size or _DEFAULT_PAGE
@@ -396,9 +476,15 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
             found, last = await self._store.documents(
                 request.scope, request.name_prefix, token, count
             )
+        documents = [_document(request.scope, m) for m in found]
+        # Long names and commit records: a full page can pass the reply budget.
+        fits = fit(map(message_size, documents), self._limits.reply_budget_bytes)
+        # More to list: the store had a full page, or the budget cut this one short.
+        more = len(found) == count or fits < len(documents)
+        if fits < len(documents):
+            documents, last = documents[:fits], documents[fits - 1].name
         return pb.ListContextsResponse(
-            documents=[_document(request.scope, m) for m in found],
-            next_page_token=last if len(found) == count else "",
+            documents=documents, next_page_token=seal("contexts", scope, last) if more else ""
         )
 
     async def WatchContext(
@@ -406,19 +492,22 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
     ) -> AsyncIterator[pb.WatchContextResponse]:
         violations: list[Violation] = []
         _printable(violations, "scope", request.scope, MAX_SCOPE_LENGTH)
-        if request.after_cursor and not STREAM_ID.match(request.after_cursor):
+        if request.after_cursor and not is_stream_id(request.after_cursor):
             violations.append(Violation("after_cursor", "CURSOR_FORMAT", "must be <ms>-<seq>"))
         if violations:
             await _status.abort_invalid(context, "invalid context watch", violations)
         scope = request.scope
         async with storage_errors(context):
+            gap = False
             if request.after_cursor:
                 cursor = request.after_cursor
                 oldest = await self._store.oldest_kept(scope)
-                if oldest is not None and _stream_id(cursor) < _stream_id(oldest):
-                    yield pb.WatchContextResponse(gap=True)
+                gap = oldest is not None and _stream_id(cursor) < _stream_id(oldest)
             else:
                 cursor = await self._store.last_event(scope)
+        await stream_started(context)
+        if gap:
+            yield pb.WatchContextResponse(gap=True)
         while True:
             async with storage_errors(context):
                 events = await self._store.events_after(
@@ -428,8 +517,8 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
                 continue
             cursor = events[-1].cursor
             changes = [_change(scope, e) for e in events if e.name.startswith(request.name_prefix)]
-            if changes:
-                yield pb.WatchContextResponse(changes=changes)
+            for part in packs(changes, message_size, self._limits.reply_budget_bytes):
+                yield pb.WatchContextResponse(changes=part)
 
     # -- global map -------------------------------------------------------------------
 
@@ -447,6 +536,14 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
             )
         if violations:
             await _status.abort_invalid(context, "invalid global context", violations)
+        await self._govern(
+            context,
+            origin=None,
+            topic=f"global/{request.key}",
+            scope="global",
+            name=request.key,
+            operation="set",
+        )
         expected = request.expected_value if request.HasField("expected_value") else None
         async with storage_errors(context):
             status = await self._store.map_set(
@@ -488,6 +585,14 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
         self._check_key(violations, request.key)
         if violations:
             await _status.abort_invalid(context, "invalid global context", violations)
+        await self._govern(
+            context,
+            origin=None,
+            topic=f"global/{request.key}",
+            scope="global",
+            name=request.key,
+            operation="delete",
+        )
         async with storage_errors(context):
             existed = await self._store.map_delete(request.key)
         return pb.DeleteGlobalContextResponse(existed=existed)
@@ -495,9 +600,15 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
     async def ListGlobalContext(
         self, request: pb.ListGlobalContextRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListGlobalContextResponse:
+        violations: list[Violation] = []
+        after = map_token(violations, unseal(violations, "global", (), request.page_token))
+        if violations:
+            await _status.abort_invalid(context, "invalid global context listing", violations)
         async with storage_errors(context):
-            entries = await self._store.map_all()
-        return pb.ListGlobalContextResponse(entries=entries)
+            entries, token = await map_page(self._store, after, self._limits.reply_budget_bytes)
+        return pb.ListGlobalContextResponse(
+            entries=entries, next_page_token=seal("global", (), token)
+        )
 
     # -- memory logs and traces -----------------------------------------------------
 
@@ -514,6 +625,36 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
         if not 0 <= limit <= self._limits.max_log_entries:
             out.append(Violation("limit", "RANGE", f"must be 0..{self._limits.max_log_entries}"))
 
+    async def _append_entry(
+        self,
+        context: grpc.aio.ServicerContext,
+        log: str,
+        entry: pb.LogEntry,
+        *,
+        newest_first: bool,
+        ttl_ms: int,
+    ) -> int:
+        """Append `entry` to `log` once per entry id: the log's length after. The same
+        entry again, or rebuilt (another recorded_at), answers as the first did; other
+        contents under its id are ALREADY_EXISTS."""
+        async with storage_errors(context):
+            appended, length = await self._store.log_append(
+                log,
+                entry.entry_id,
+                entry.SerializeToString(),
+                entry_fingerprint(entry),
+                newest_first=newest_first,
+                cap=self._limits.max_log_entries,
+                ttl_ms=ttl_ms,
+            )
+        if appended is None:
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"entry_id {entry.entry_id} is already in the log with other contents; "
+                "give a new entry a new id",
+            )
+        return length
+
     async def AppendMemory(
         self, request: pb.AppendMemoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.AppendMemoryResponse:
@@ -522,15 +663,24 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
         ttl_ms = self._check_entry(violations, request.entry, request.ttl_seconds)
         if violations:
             await _status.abort_invalid(context, "invalid memory entry", violations)
-        async with storage_errors(context):
-            length = await self._store.log_append(
-                _keys.memory_log(request.agent),
-                request.entry.entry_id,
-                request.entry.SerializeToString(),
-                newest_first=True,
-                cap=self._limits.max_log_entries,
-                ttl_ms=ttl_ms,
-            )
+        # An agent appends to its own memory (or one it may act for), beside the
+        # gate's memory.write on it.
+        await binding.require_acting(context, request.agent, "agent")
+        await self._govern(
+            context,
+            origin=request.agent,
+            topic=f"memory/{request.agent}",
+            scope="memory",
+            name=request.entry.entry_id,
+            operation="append",
+        )
+        length = await self._append_entry(
+            context,
+            _keys.memory_log(request.agent),
+            request.entry,
+            newest_first=True,
+            ttl_ms=ttl_ms,
+        )
         return pb.AppendMemoryResponse(length=length)
 
     async def ListMemory(
@@ -539,11 +689,23 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
         violations: list[Violation] = []
         validate_agent_id(violations, "agent", request.agent)
         self._check_limit(violations, request.limit)
+        scope: tuple[str, ...] = (request.agent,)
+        after = log_token(violations, unseal(violations, "memory", scope, request.page_token))
         if violations:
             await _status.abort_invalid(context, "invalid memory listing", violations)
         async with storage_errors(context):
-            raw = await self._store.log_range(_keys.memory_log(request.agent), request.limit)
-        return pb.ListMemoryResponse(entries=[pb.LogEntry.FromString(r) for r in raw])
+            raw, token = await log_page(
+                self._store,
+                _keys.memory_log(request.agent),
+                after,
+                request.limit,
+                newest_first=True,
+                budget=self._limits.reply_budget_bytes,
+            )
+        return pb.ListMemoryResponse(
+            entries=[pb.LogEntry.FromString(r) for r in raw],
+            next_page_token=seal("memory", scope, token),
+        )
 
     async def AppendTrace(
         self, request: pb.AppendTraceRequest, context: grpc.aio.ServicerContext
@@ -554,15 +716,23 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
         ttl_ms = self._check_entry(violations, request.entry, request.ttl_seconds)
         if violations:
             await _status.abort_invalid(context, "invalid trace entry", violations)
-        async with storage_errors(context):
-            length = await self._store.log_append(
-                _keys.trace_log(request.task_id, request.agent),
-                request.entry.entry_id,
-                request.entry.SerializeToString(),
-                newest_first=False,
-                cap=self._limits.max_log_entries,
-                ttl_ms=ttl_ms,
-            )
+        # The agent that worked on the task: the caller, or one it may act for.
+        await binding.require_acting(context, request.agent, "agent")
+        await self._govern(
+            context,
+            origin=request.agent,
+            topic=f"trace/{request.task_id}",
+            scope="trace",
+            name=request.entry.entry_id,
+            operation="append",
+        )
+        length = await self._append_entry(
+            context,
+            _keys.trace_log(request.task_id, request.agent),
+            request.entry,
+            newest_first=False,
+            ttl_ms=ttl_ms,
+        )
         return pb.AppendTraceResponse(length=length)
 
     async def ListTraces(
@@ -572,10 +742,36 @@ class ContextService(context_service_pb2_grpc.ContextServiceServicer):
         validate_id(violations, "task_id", request.task_id)
         validate_agent_id(violations, "agent", request.agent)
         self._check_limit(violations, request.limit)
+        scope = (request.task_id, request.agent)
+        after = log_token(violations, unseal(violations, "traces", scope, request.page_token))
         if violations:
             await _status.abort_invalid(context, "invalid trace listing", violations)
         async with storage_errors(context):
-            raw = await self._store.log_range(
-                _keys.trace_log(request.task_id, request.agent), request.limit
+            raw, token = await log_page(
+                self._store,
+                _keys.trace_log(request.task_id, request.agent),
+                after,
+                request.limit,
+                newest_first=False,
+                budget=self._limits.reply_budget_bytes,
             )
-        return pb.ListTracesResponse(entries=[pb.LogEntry.FromString(r) for r in raw])
+        return pb.ListTracesResponse(
+            entries=[pb.LogEntry.FromString(r) for r in raw],
+            next_page_token=seal("traces", scope, token),
+        )
+
+
+async def _same_upload(
+    context: grpc.aio.ServicerContext, h: pb.PutContextHeader, committed: DocMeta
+) -> None:
+    """A put repeating an upload id must mean what its commit did (the bytes, their
+    media type and author; not when it was sent), or it is ALREADY_EXISTS."""
+    if (committed.sha256_hex, committed.content_type, committed.author) != (
+        h.sha256.hex(),
+        h.content_type,
+        h.author,
+    ):
+        await context.abort(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"upload {committed.upload_id} committed other bytes, media type or author",
+        )

@@ -17,6 +17,7 @@ from . import _keys, _scripts
 from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
+from ._waits import SharedReads
 
 _META_FIELDS = ("v", "s", "h", "c", "a", "u", "e", "b", "r", "g", "k")
 
@@ -97,8 +98,11 @@ def _event(entry_id: Any, fields: dict[Any, Any]) -> ChangeEvent:
 
 
 class ContextStore:
-    def __init__(self, redis: RedisClient, *, retry_budget: float) -> None:
+    def __init__(
+        self, redis: RedisClient, *, retry_budget: float, reads: SharedReads | None = None
+    ) -> None:
         self._redis = redis
+        self._reads = reads or SharedReads(redis)
         self._retry_budget = retry_budget
 
     async def _retried(self, operation: Any) -> Any:
@@ -321,7 +325,7 @@ class ContextStore:
         key = _keys.context_events(scope)
 
         async def attempt() -> list[ChangeEvent]:
-            reply: Any = await self._redis.xread({key: cursor}, count=count, block=block_ms)
+            reply: Any = await self._reads.xread({key: cursor}, count=count, block_ms=block_ms)
             if not reply:
                 return []
             [[_, entries]] = reply
@@ -361,23 +365,47 @@ class ContextStore:
         removed: Any = await self._retried(lambda: self._redis.hdel(_keys.GLOBAL_CONTEXT, key))
         return bool(removed)
 
-    async def map_all(self) -> dict[str, str]:
-        raw: Any = await self._retried(lambda: self._redis.hgetall(_keys.GLOBAL_CONTEXT))
-        return {text(k): text(v) for k, v in raw.items()}
+    async def map_keys(self) -> list[str]:
+        raw: Any = await self._retried(lambda: self._redis.hkeys(_keys.GLOBAL_CONTEXT))
+        return [text(k) for k in raw]
+
+    async def map_values(self, keys: list[str]) -> list[str | None]:
+        """The values of `keys` (None for those gone)."""
+        raw: Any = await self._retried(lambda: self._redis.hmget(_keys.GLOBAL_CONTEXT, keys))
+        return [None if v is None else text(v) for v in raw]
 
     async def log_append(
-        self, key: str, entry_id: str, entry: bytes, *, newest_first: bool, cap: int, ttl_ms: int
-    ) -> int:
+        self,
+        key: str,
+        entry_id: str,
+        entry: bytes,
+        fingerprint: str,
+        *,
+        newest_first: bool,
+        cap: int,
+        ttl_ms: int,
+    ) -> tuple[bool | None, int]:
+        """Append `entry` to the log `key` once per entry id. Returns (True: appended,
+        False: already there with this `fingerprint`, None: another entry holds the
+        id; the log's length)."""
         reply: Any = await self._retried(
             lambda: _scripts.CONTEXT_LOG_APPEND.run(
                 self._redis,
-                [key],
-                [entry_id.encode() + b"\n" + entry, "L" if newest_first else "R", cap, ttl_ms],
+                [key, _keys.log_fingerprints(key)],
+                [
+                    entry_id.encode() + b"\n" + entry,
+                    "L" if newest_first else "R",
+                    cap,
+                    ttl_ms,
+                    entry_id,
+                    fingerprint,
+                ],
             )
         )
-        return int(reply[1])
+        outcome = int(reply[0])
+        return (None if outcome < 0 else outcome == 1), int(reply[1])
 
-    async def log_range(self, key: str, limit: int) -> list[bytes]:
-        """The first `limit` entries of a log (0: all), without their ids."""
-        raw: Any = await self._retried(lambda: self._redis.lrange(key, 0, limit - 1))
-        return [bytes(r).partition(b"\n")[2] for r in raw]
+    async def log_slice(self, key: str, start: int, stop: int) -> list[tuple[str, bytes]]:
+        """A log's entries at offsets `start`..`stop` (inclusive), as (entry id, entry)."""
+        raw: Any = await self._retried(lambda: self._redis.lrange(key, start, stop))
+        return [(text(i), e) for i, _, e in (bytes(r).partition(b"\n") for r in raw)]

@@ -11,6 +11,7 @@ import grpc
 from packetbus import _custody, _wire
 from packetbus.v1 import custody_pb2, packet_pb2, packet_service_pb2
 
+from . import _access
 from ._keyring import Keyring
 
 # The server's hops at ingest: it took the packet in, then put it on its topic.
@@ -74,6 +75,21 @@ class SignedHop:
     hash: bytes
 
 
+def principal_name() -> str:
+    """The name of the running call's authenticated principal: "" for the local
+    principal (no authentication configured) and outside a call (the server's own
+    background work)."""
+    principal = _access.caller()
+    if principal is None or principal is _access.LOCAL:
+        return ""
+    return principal.name
+
+
+def call_principal() -> bytes:
+    """`principal_name()` as a hop records it (CustodyRecord field 12)."""
+    return principal_name().encode()
+
+
 @dataclass(frozen=True, slots=True)
 class OriginProblem:
     """Why a schema "1.1" packet's originated entry is refused."""
@@ -123,6 +139,8 @@ class Custodian:
             )
             for action in _ACTIONS
         ]
+        # The dispatcher's principal, on both hops; b"" (no field) when there is none.
+        details = _wire.hop_details(principal=call_principal())
         raws: list[bytes] = []
         hashes: list[bytes] = []
         entry_hash = _custody.entry_hash
@@ -138,6 +156,7 @@ class Custodian:
                     content_digest=content_digest,
                     previous_hash=previous,
                     tracking_id=tracking_id,
+                    details=details,
                 )
                 # The link to this entry is also its Merkle leaf: hashed once.
                 previous = entry_hash(raw)
@@ -171,6 +190,8 @@ class Custodian:
         raws: list[bytes] = []
         hashes: list[bytes] = []
         entry_hash = _custody.entry_hash
+        principal = call_principal()
+        received = _wire.hop_details(principal=principal)
         for packet, content, action, reason in packets:
             content_digest = hashlib.sha256(content).digest()
             chain = packet.chain_of_custody
@@ -178,8 +199,11 @@ class Custodian:
             tracking_id = packet.tracking_id.encode()
             for step, (name, details) in enumerate(
                 (
-                    (_ACTIONS[0], b""),
-                    (action.encode(), _wire.hop_details(reason=reason.encode())),
+                    (_ACTIONS[0], received),
+                    (
+                        action.encode(),
+                        _wire.hop_details(reason=reason.encode(), principal=principal),
+                    ),
                 )
             ):
                 raw = writer(name).record(
@@ -197,7 +221,9 @@ class Custodian:
 
     def sign_hops(self, hops: Sequence[Hop], now_ns: int) -> list[SignedHop] | None:
         """Sign `hops` as one batch (one signature over their Merkle root); None when
-        this server does not sign custody entries."""
+        this server does not sign custody entries. Each records the running call's
+        principal (`call_principal`): the consumer's for a delivery, the worker's
+        for a settlement, the approver's for an approval's "dispatched"."""
         if not self.signing:
             return None
         if not hops:
@@ -207,6 +233,7 @@ class Custodian:
         writers: dict[str, _wire.RecordWriter] = {}
         # A batch's hops mostly share their details (one consumer, first attempts).
         details: dict[tuple[str, int, str], bytes] = {}
+        principal = call_principal()
         raws: list[bytes] = []
         hashes: list[bytes] = []
         for hop in hops:
@@ -222,6 +249,7 @@ class Custodian:
                     counterpart=hop.counterpart.encode(),
                     attempt=hop.attempt,
                     reason=hop.reason.encode(),
+                    principal=principal,
                 )
             raw = writer.record(
                 sequence=hop.end.sequence,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -15,15 +14,20 @@ from packetbus.v1 import (
     policy_service_pb2,
 )
 
-from . import _status
-from ._carcel_service import entry_message
+from . import _access, _export_token, _status
+from ._access import Permission
+from ._access.gate import deny
+from ._carcel_service import entry_message, record_size
 from ._carcel_store import CarcelStore
+from ._clock import StoreClock
+from ._custodian import principal_name
 from ._key_store import KeyStore, Registration
 from ._limits import Limits
-from ._packet_service import PacketService, storage_errors, stored_packet
+from ._packet_service import PacketService, entry_size, storage_errors, stored_packet
+from ._packing import FIRST_READ, message_size, packs, read_count
 from ._policy_store import DecisionRow, PolicyStore
 from ._store import PacketStore, cursor_millis
-from ._validation import Violation, validate_agent_id, validate_topic
+from ._validation import Violation, validate_agent_id, validate_timestamp, validate_topic
 
 _EXPORT_BATCH = 200
 # The largest sequence part of a stream id: "<ms - 1>-<this>" is just before ms.
@@ -55,8 +59,11 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
         *,
         carcel: CarcelStore | None = None,
         policy: PolicyStore | None = None,
+        clock: StoreClock,
     ) -> None:
         self._carcel = carcel
+        # The store's clock: times are judged and stamped by it, as every replica does.
+        self._clock = clock
         self._policy = policy
         self._store = store
         self._key_store = key_store
@@ -127,13 +134,22 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
             owner_kind=custody_pb2.KEY_OWNER_KIND_AGENT,
             owner=request.agent_id,
         )
-        key.valid_from.FromNanoseconds(time.time_ns())
+        key.valid_from.FromNanoseconds(self._clock.now_ns())
         async with storage_errors(context):
             outcome = await self._key_store.register_agent(
-                key, endorsing_key_id=request.endorsing_key_id
+                key,
+                endorsing_key_id=request.endorsing_key_id,
+                principal=principal_name(),
+                may_act=_access.may_act_as(request.agent_id),
             )
             if outcome is Registration.EXISTS:
                 key = (await self._key_store.get_many([key.key_id]))[key.key_id]
+        if outcome is Registration.BOUND:
+            # The agent's keys belong to another principal (issue 14: no first-come
+            # hijack): keys.manage alone does not let a caller add one.
+            principal = _access.caller()
+            assert principal is not None  # only an authenticated caller is ever refused
+            await deny(context, principal, _access.Permission.AGENTS_ACT_FOR, request.agent_id)
         if outcome is Registration.TAKEN:
             await context.abort(
                 grpc.StatusCode.ALREADY_EXISTS,
@@ -152,7 +168,11 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
         request: custody_service_pb2.VerifyCustodyRequest,
         context: grpc.aio.ServicerContext,
     ) -> custody_service_pb2.VerifyCustodyResponse:
-        stored = await self._packets.load(request.tracking_id, context)
+        # audit.export on the packet's topic, once it is read (NOT_FOUND without it:
+        # see PacketService.load).
+        stored = await self._packets.load(
+            request.tracking_id, context, read_as=Permission.AUDIT_EXPORT
+        )
         chain = stored.packet.chain_of_custody
         head = stored.custody_head if stored.HasField("custody_head") else None
         async with storage_errors(context):
@@ -176,6 +196,7 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
                     key_id=e.key_id,
                     action=e.action,
                     actor=e.actor,
+                    principal=e.principal,
                 )
                 for e in report.entries
             ],
@@ -191,38 +212,81 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
         violations: list[Violation] = []
         if request.topic:
             validate_topic(violations, "topic", request.topic, self._limits.max_topic_length)
+        # Checked before ToMilliseconds, which raises on an out-of-range Timestamp.
+        since_ok = not request.HasField("since") or validate_timestamp(
+            violations, "since", request.since
+        )
+        until_ok = not request.HasField("until") or validate_timestamp(
+            violations, "until", request.until
+        )
+        if not (since_ok and until_ok):
+            await _status.abort_invalid(context, "invalid export", violations)
         since_ms = request.since.ToMilliseconds() if request.HasField("since") else 0
         until_ms = request.until.ToMilliseconds() if request.HasField("until") else None
         if since_ms < 0:
             violations.append(Violation("since", "RANGE", "must not be before 1970"))
         if until_ms is not None and until_ms < since_ms:
             violations.append(Violation("until", "RANGE", "must not be before since"))
+        position = (
+            _export_token.decode(violations, request, self._limits.max_topic_length)
+            if request.resume_token
+            else None
+        )
         if violations:
             await _status.abort_invalid(context, "invalid export", violations)
         # Stream ids start with their ms: the range is a pair of ids.
         start = f"{since_ms - 1}-{_MAX_SEQUENCE}" if since_ms > 0 else "0-0"
         high = f"{until_ms}-{_MAX_SEQUENCE}" if until_ms is not None else "+"
         async with storage_errors(context):
-            topics = [request.topic] if request.topic else await self._store.topics()
+            # By name, so that a resumed export (maybe on another replica) walks the
+            # topics in the same order and skips exactly those already done.
+            topics = [request.topic] if request.topic else sorted(await self._store.topics())
+        if position is not None:
+            topics = [position.topic, *(t for t in topics if t > position.topic)]
+        wanted = {
+            _export_token.PACKETS: True,
+            _export_token.CARCEL: request.include_carcel_entries and self._carcel is not None,
+            _export_token.DECISIONS: request.include_decisions and self._policy is not None,
+        }
+        mark = _export_token.fingerprint(request)
         for topic in topics:
-            async for response in self._export_packets(context, topic, start, until_ms):
-                yield response
-            if request.include_carcel_entries and self._carcel is not None:
-                async for response in self._export_carcel(context, topic, start, until_ms):
-                    yield response
-            if request.include_decisions and self._policy is not None:
-                async for response in self._export_decisions(context, topic, start, high):
+            for section in _export_token.SECTIONS:
+                if not wanted[section]:
+                    continue
+                after = start
+                if position is not None and topic == position.topic:
+                    if _export_token.SECTIONS.index(section) < _export_token.SECTIONS.index(
+                        position.section
+                    ):
+                        continue
+                    if section == position.section:
+                        after = position.cursor
+                if section == _export_token.PACKETS:
+                    parts = self._export_packets(context, topic, after, until_ms)
+                elif section == _export_token.CARCEL:
+                    parts = self._export_carcel(context, topic, after, until_ms)
+                else:
+                    parts = self._export_decisions(context, topic, after, high)
+                async for response, last in parts:
+                    response.resume_token = _export_token.encode(
+                        mark, _export_token.Position(topic, section, last)
+                    )
                     yield response
 
     async def _export_packets(
         self, context: grpc.aio.ServicerContext, topic: str, cursor: str, until_ms: int | None
-    ) -> AsyncIterator[custody_service_pb2.ExportPacketsResponse]:
+    ) -> AsyncIterator[tuple[custody_service_pb2.ExportPacketsResponse, str]]:
+        """Stored packets after `cursor`, each reply with its last packet's cursor."""
+        budget = self._limits.reply_budget_bytes
+        count = FIRST_READ
         while True:
             async with storage_errors(context):
-                page = await self._store.read_range(topic, cursor, count=_EXPORT_BATCH)
+                page = await self._store.read_range(topic, cursor, count=count)
             if page.last_cursor is None:
                 return
             cursor = page.last_cursor
+            # About one reply's worth per read: large packets a few at a time.
+            count = read_count(page.entries, entry_size, budget, _EXPORT_BATCH)
             batch = []
             for e in page.entries:
                 if until_ms is not None and cursor_millis(e.cursor) > until_ms:
@@ -232,22 +296,28 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
                 )
                 self._packets.attach_head(stored)
                 batch.append(stored)
-            if batch:
-                yield custody_service_pb2.ExportPacketsResponse(packets=batch)
+            for part in packs(batch, message_size, budget):
+                yield (
+                    custody_service_pb2.ExportPacketsResponse(packets=part),
+                    part[-1].receipt.cursor,
+                )
             if until_ms is not None and cursor_millis(cursor) > until_ms:
                 return
 
     async def _export_carcel(
         self, context: grpc.aio.ServicerContext, topic: str, after: str, until_ms: int | None
-    ) -> AsyncIterator[custody_service_pb2.ExportPacketsResponse]:
+    ) -> AsyncIterator[tuple[custody_service_pb2.ExportPacketsResponse, str]]:
         assert self._carcel is not None
         cursor: str | None = None if after == "0-0" else after
+        budget = self._limits.reply_budget_bytes
+        count = FIRST_READ
         while True:
             async with storage_errors(context):
-                records = await self._carcel.page(topic, cursor, _EXPORT_BATCH)
+                records = await self._carcel.page(topic, cursor, count)
             if not records:
                 return
             cursor = records[-1].id
+            count = read_count(records, record_size, budget, _EXPORT_BATCH)
             entries = []
             for record in records:
                 if until_ms is not None and record.carceled_at_ms > until_ms:
@@ -255,14 +325,14 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
                 entry = entry_message(record)
                 self._packets.attach_head(entry.packet)
                 entries.append(entry)
-            if entries:
-                yield custody_service_pb2.ExportPacketsResponse(carcel_entries=entries)
+            for part in packs(entries, message_size, budget):
+                yield custody_service_pb2.ExportPacketsResponse(carcel_entries=part), part[-1].id
             if len(entries) < len(records):
                 return
 
     async def _export_decisions(
         self, context: grpc.aio.ServicerContext, topic: str, start: str, high: str
-    ) -> AsyncIterator[custody_service_pb2.ExportPacketsResponse]:
+    ) -> AsyncIterator[tuple[custody_service_pb2.ExportPacketsResponse, str]]:
         assert self._policy is not None
         low = start if start == "0-0" else f"({start}"
         while True:
@@ -271,6 +341,6 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
             if not rows:
                 return
             low = f"({rows[-1].id}"
-            yield custody_service_pb2.ExportPacketsResponse(
-                decisions=[_decision(row) for row in rows]
-            )
+            decisions = [_decision(row) for row in rows]
+            for part in packs(decisions, message_size, self._limits.reply_budget_bytes):
+                yield custody_service_pb2.ExportPacketsResponse(decisions=part), part[-1].id

@@ -2,33 +2,43 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import grpc
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
 from packetbus.v1 import finding_service_pb2 as pb
-from packetbus.v1 import finding_service_pb2_grpc, packet_pb2, packet_service_pb2, speech_act_pb2
+from packetbus.v1 import finding_service_pb2_grpc, packet_pb2, packet_service_pb2
 
 from . import _status
+from ._access import binding
 from ._admission import admit
+from ._clock import StoreClock
 from ._conflicts import Conflict, Fact, all_conflicts, conflicts_with, subject_of
 from ._custodian import Custodian
-from ._finding_store import FindingStore
+from ._derived import (
+    DEFAULT_THRESHOLD,
+    ESCALATIONS_TOPIC,
+    MAX_ESCALATION_REASON_BYTES,
+    conflict_event,
+    room_violations,
+)
+from ._derived import escalation as derived_escalation
+from ._fields import is_stream_id, utf8_length
+from ._finding_store import FindingStore, StoredFinding
 from ._key_store import KeyStore
 from ._limits import Limits
-from ._packet_service import PacketService, storage_errors
-from ._store import PacketStore
+from ._packet_service import PacketService, entry_size, storage_errors
+from ._packing import FIRST_READ, ITEM_OVERHEAD, fit, message_size, read_count, stored_size
+from ._page_tokens import seal, unseal
+from ._paging import offset_request, page_by_offset
+from ._store import PacketStore, PacketWrite
 from ._validation import Violation, validate_agent_id, validate_id
 
-CONFLICTS_TOPIC = "findings.conflicts"
-ESCALATIONS_TOPIC = "escalations"
-DEFAULT_THRESHOLD = 0.3
-# Conflict events and escalations are kept as long as the bus keeps anything.
-_EVENT_TTL_SECONDS = 86400
-_EVENT_NAMESPACE = uuid.UUID("8f0c1c1e-4bb1-4a57-9c55-7a3e1f5f6a01")
+if TYPE_CHECKING:
+    from ._policy_service import Governor
+
 _PAGE = 500
 
 
@@ -40,6 +50,11 @@ def _conflict_message(task_id: str, c: Conflict) -> pb.FindingConflict:
         second_finding_id=c.second.finding_id,
         reason=c.reason,
     )
+
+
+def _finding_size(finding: StoredFinding) -> int:
+    """About how many bytes a finding takes as a StoredPacket."""
+    return stored_size(len(finding.payload), finding.content_length)
 
 
 def _stored(payload: bytes, content_length: int) -> packet_service_pb2.StoredPacket:
@@ -57,8 +72,15 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
         key_store: KeyStore,
         custodian: Custodian,
         limits: Limits,
+        *,
+        clock: StoreClock,
+        governor: Governor | None = None,
     ) -> None:
         self._store = store
+        # The policy in force judges each posted finding (_governance).
+        self._governor = governor
+        # The store's clock: times are judged and stamped by it, as every replica does.
+        self._clock = clock
         self._packet_store = packet_store
         self._packets = packets
         self._key_store = key_store
@@ -79,6 +101,26 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
             violations.append(
                 Violation("packet.finding.task_id", "REQUIRED", "a finding names its task")
             )
+        # Named by its tracking id when it has no id of its own (the packet, which may
+        # be signed, stays as it was sent).
+        finding_id = finding.id or packet.tracking_id
+        subject = subject_of(finding.claim, finding.subject)
+
+        async def escalatable(write: PacketWrite) -> None:
+            # Refused before anything is stored (and before the policy judges it): a
+            # finding that could never be escalated alone, or whose conflict events
+            # could not be published.
+            too_large = room_violations(
+                self._custodian.server_id,
+                finding.task_id,
+                finding_id,
+                subject,
+                write.payload,
+                self._limits.max_packet_bytes,
+            )
+            if too_large:
+                await _status.abort_invalid(context, "finding too large to escalate", too_large)
+
         write, now_ns = await admit(
             context,
             packet,
@@ -87,17 +129,11 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
             limits=self._limits,
             key_store=self._key_store,
             custodian=self._custodian,
+            clock=self._clock,
+            governor=self._governor,
+            check_write=escalatable,
         )
-        # Named by its tracking id when it has no id of its own (the packet, which may
-        # be signed, stays as it was sent).
-        finding_id = finding.id or packet.tracking_id
-        fact = Fact(
-            finding_id,
-            write.fingerprint,
-            finding.refutes,
-            finding.confidence,
-            subject_of(finding.claim, finding.subject),
-        )
+        fact = Fact(finding_id, write.fingerprint, finding.refutes, finding.confidence, subject)
         async with storage_errors(context):
             status, earlier = await self._store.post(
                 finding.task_id,
@@ -116,23 +152,25 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
         # derived from the pair, so a retry stores each event once.
         if conflicts:
             await self._publish(context, finding.task_id, conflicts, packet.dispatched_at)
+        payload, content_length = write.payload, write.content_length
+        if status == "dup":
+            # The original result: the packet first posted (its chain, its stamps),
+            # not this resend, which may be stamped and signed anew.
+            async with storage_errors(context):
+                found = await self._store.get(finding.task_id, [finding_id])
+            if found:
+                payload, content_length = found[0].payload, found[0].content_length
+        stored = self._vouched(payload, content_length)
+        messages = [_conflict_message(finding.task_id, c) for c in conflicts]
+        # With the finding, in one reply: the rest are DetectConflicts' to list.
+        room = self._limits.reply_budget_bytes - stored.ByteSize()
+        kept = fit(map(message_size, messages), room)
         return pb.PostFindingResponse(
-            finding=self._vouched(write.payload, write.content_length),
+            finding=stored,
             created=status == "new",
-            conflicts=[_conflict_message(finding.task_id, c) for c in conflicts],
+            conflicts=messages[:kept],
+            conflicts_truncated=kept < len(messages),
         )
-
-    def _server_packet(self, topic: str, act: int, data: dict[str, Any]) -> packet_pb2.Packet:
-        packet = packet_pb2.Packet(
-            tracking_id=str(uuid.uuid4()),
-            origin=self._custodian.server_id,
-            schema_version="1.0",
-            speech_act=act,  # type: ignore[arg-type]
-            topic=topic,
-            ttl_seconds=_EVENT_TTL_SECONDS,
-        )
-        packet.data.update(data)
-        return packet
 
     async def _publish(
         self,
@@ -141,32 +179,25 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
         conflicts: Sequence[Conflict],
         when: timestamp_pb2.Timestamp,
     ) -> None:
-        events = []
-        for c in conflicts:
-            event = self._server_packet(
-                CONFLICTS_TOPIC,
-                speech_act_pb2.SPEECH_ACT_INFORM,
-                {
-                    "task_id": task_id,
-                    "subject": c.first.subject,
-                    "first_finding_id": c.first.finding_id,
-                    "second_finding_id": c.second.finding_id,
-                    "reason": c.reason,
-                },
+        events = [
+            conflict_event(
+                self._custodian.server_id,
+                task_id,
+                c.first.subject,
+                (c.first.finding_id, c.second.finding_id),
+                c.reason,
+                when,
             )
-            pair = f"{task_id}\n{c.first.finding_id}\n{c.second.finding_id}"
-            event.tracking_id = str(uuid.uuid5(_EVENT_NAMESPACE, pair))
-            # The time is part of the content: the later finding's, so a retry of its
-            # post publishes the very same packet.
-            event.dispatched_at.CopyFrom(when)
-            events.append(event)
-        response = await self._packets.Dispatch(
-            packet_service_pb2.DispatchRequest(packets=events), context
+            for c in conflicts
+        ]
+        # The server's own packets, for a post findings.post let in.
+        response = await self._packets.dispatch(
+            packet_service_pb2.DispatchRequest(packets=events), context, checks_sender=False
         )
         failed = [r for r in response.results if r.WhichOneof("outcome") == "error"]
         if failed:
             await context.abort(
-                grpc.StatusCode.INTERNAL,
+                _status.grpc_code(failed[0].error.code),
                 f"the finding is stored, but a conflict event was not: {failed[0].error.message}"
                 "; posting the finding again publishes it",
             )
@@ -196,12 +227,23 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
     ) -> pb.ListFindingsResponse:
         violations: list[Violation] = []
         validate_id(violations, "task_id", request.task_id)
+        scope = (request.task_id,)
+        start = offset_request(
+            violations, unseal(violations, "findings", scope, request.page_token)
+        )
         if violations:
             await _status.abort_invalid(context, "invalid task", violations)
+
+        async def read(offset: int, count: int) -> tuple[list[tuple[int, StoredFinding]], int]:
+            return await self._store.page(request.task_id, offset, count)
+
         async with storage_errors(context):
-            found = await self._store.get(request.task_id)
+            found, token = await page_by_offset(
+                read, start, _finding_size, self._limits.reply_budget_bytes
+            )
         return pb.ListFindingsResponse(
-            findings=[self._vouched(f.payload, f.content_length) for f in found]
+            findings=[self._vouched(f.payload, f.content_length) for f in found],
+            next_page_token=seal("findings", scope, token),
         )
 
     def _vouched(self, payload: bytes, content_length: int) -> packet_service_pb2.StoredPacket:
@@ -216,16 +258,30 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
         violations: list[Violation] = []
         validate_id(violations, "task_id", request.task_id)
         threshold = request.threshold or DEFAULT_THRESHOLD
+        # Offsets count the conflicts found at one threshold.
+        scope = (request.task_id, threshold)
+        start = offset_request(
+            violations, unseal(violations, "conflicts", scope, request.page_token)
+        )
         if not 0 <= threshold <= 1:
             violations.append(Violation("threshold", "RANGE", "must be in [0, 1]"))
         if violations:
             await _status.abort_invalid(context, "invalid conflict check", violations)
         async with storage_errors(context):
             facts = await self._store.facts(request.task_id)
+        # Each pair of a task's findings can conflict: a page ends at the budget
+        # (the token is an offset: conflicts come in posting order, new ones after).
+        conflicts = [_conflict_message(request.task_id, c) for c in all_conflicts(facts, threshold)]
+
+        async def read(offset: int, count: int) -> tuple[list[tuple[int, pb.FindingConflict]], int]:
+            rows = list(enumerate(conflicts[offset : offset + count], offset))
+            return rows, offset + len(rows)
+
+        found, token = await page_by_offset(
+            read, start, message_size, self._limits.reply_budget_bytes, chunk=1000
+        )
         return pb.DetectConflictsResponse(
-            conflicts=[
-                _conflict_message(request.task_id, c) for c in all_conflicts(facts, threshold)
-            ]
+            conflicts=found, next_page_token=seal("conflicts", scope, token)
         )
 
     async def Escalate(
@@ -236,10 +292,17 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
         validate_agent_id(violations, "origin", request.origin)
         if not request.reason:
             violations.append(Violation("reason", "REQUIRED", "say why a human is needed"))
+        elif utf8_length(request.reason) > MAX_ESCALATION_REASON_BYTES:
+            violations.append(
+                Violation(
+                    "reason", "LENGTH", f"at most {MAX_ESCALATION_REASON_BYTES} bytes (UTF-8)"
+                )
+            )
         if not request.finding_ids:
             violations.append(Violation("finding_ids", "REQUIRED", "at least one finding"))
         if violations:
             await _status.abort_invalid(context, "invalid escalation", violations)
+        await binding.require_acting(context, request.origin, "origin")
         async with storage_errors(context):
             found = await self._store.get(request.task_id, list(request.finding_ids))
         missing = set(request.finding_ids) - {f.finding_id for f in found}
@@ -248,36 +311,69 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"no finding {sorted(missing)[0]!r} of task {request.task_id!r}",
             )
-        escalation = self._server_packet(
-            ESCALATIONS_TOPIC,
-            speech_act_pb2.SPEECH_ACT_ESCALATE,
-            {
-                "task_id": request.task_id,
-                "reason": request.reason,
-                "findings": [
-                    json_format.MessageToDict(packet_pb2.Packet.FromString(f.payload))
-                    for f in found
+        escalation = derived_escalation(
+            self._custodian.server_id,
+            request.task_id,
+            request.origin,
+            request.reason,
+            request.finding_ids,
+            [f.payload for f in found],
+        )
+        # The escalation carries the findings whole: any one fits (PostFinding saw to
+        # it), but several together may not, which is the caller's to split.
+        size = escalation.ByteSize()
+        if size > self._limits.max_packet_bytes:
+            await _status.abort_invalid(
+                context,
+                "escalation too large",
+                [
+                    Violation(
+                        "finding_ids",
+                        "ESCALATION_TOO_LARGE",
+                        f"the escalation packet carrying these {len(found)} findings would be "
+                        f"{size} bytes; the packet limit is {self._limits.max_packet_bytes}: "
+                        "escalate fewer findings per call",
+                    )
                 ],
-            },
+            )
+        # The server's packet on the caller's behalf: findings.post let the call in,
+        # and its origin is bound above; the escalations topic is not the caller's.
+        response = await self._packets.dispatch(
+            packet_service_pb2.DispatchRequest(packets=[escalation]), context, checks_sender=False
         )
-        escalation.origin = request.origin
-        response = await self._packets.Dispatch(
-            packet_service_pb2.DispatchRequest(packets=[escalation]), context
-        )
+        # Dispatch judged it by the policy in force, the caller as its origin
+        # (_governance): a rejection fails the call with the rule (its ErrorInfo),
+        # a hold answers the packet as held.
         [result] = response.results
-        if result.WhichOneof("outcome") == "error":
-            await context.abort(grpc.StatusCode.INTERNAL, result.error.message)
-        stored = await self._packets.load(escalation.tracking_id, context)
+        outcome = result.WhichOneof("outcome")
+        if outcome == "error":
+            await _status.abort_with(context, result.error)
+        if outcome == "held":
+            held = packet_service_pb2.StoredPacket(packet=escalation)
+            held.receipt.topic = ESCALATIONS_TOPIC
+            return pb.EscalateResponse(escalation=held, held=result.held)
+        stored = await self._packets.load(escalation.tracking_id, context, read_as=None)
         return pb.EscalateResponse(escalation=stored)
 
     async def ListEscalations(
         self, request: pb.ListEscalationsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListEscalationsResponse:
+        violations: list[Violation] = []
+        scope = (request.task_id,)
+        after = unseal(violations, "escalations", scope, request.page_token)
+        if after and not is_stream_id(after):
+            violations.append(
+                Violation("page_token", "PAGE_TOKEN", "is not a token from a previous response")
+            )
+        if violations:
+            await _status.abort_invalid(context, "invalid escalation listing", violations)
         out: list[packet_service_pb2.StoredPacket] = []
-        cursor = "0-0"
+        cursor = after or "0-0"
+        budget, total, count = self._limits.reply_budget_bytes, 0, FIRST_READ
         async with storage_errors(context):
             while True:
-                page = await self._packet_store.read_range(ESCALATIONS_TOPIC, cursor, count=_PAGE)
+                page = await self._packet_store.read_range(ESCALATIONS_TOPIC, cursor, count=count)
+                count = read_count(page.entries, entry_size, budget, _PAGE)
                 for e in page.entries:
                     packet = packet_pb2.Packet.FromString(e.payload)
                     task = packet.data.fields.get("task_id")
@@ -289,6 +385,13 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
                     stored.receipt.topic = ESCALATIONS_TOPIC
                     stored.receipt.cursor = e.cursor
                     self._custodian.vouch(stored)
+                    total += message_size(stored) + ITEM_OVERHEAD
+                    if out and total > budget:
+                        # The next page starts after the last one returned.
+                        return pb.ListEscalationsResponse(
+                            escalations=out,
+                            next_page_token=seal("escalations", scope, out[-1].receipt.cursor),
+                        )
                     out.append(stored)
                 if page.last_cursor is None:
                     break

@@ -63,6 +63,30 @@ class FindingStore:
         result: tuple[str, list[Fact]] = await self._retried(attempt)
         return result
 
+    async def page(
+        self, task_id: str, start: int, count: int
+    ) -> tuple[list[tuple[int, StoredFinding]], int]:
+        """The findings at offsets `start`.. `start + count - 1` of the task's posting
+        order, with their offsets (missing ones left out); and the offset after the
+        last one read (`start` when none are left)."""
+
+        async def attempt() -> tuple[list[tuple[int, StoredFinding]], int]:
+            ids: Any = await self._redis.lrange(
+                _keys.task_finding_order(task_id), start, start + count - 1
+            )
+            if not ids:
+                return [], start
+            raws: Any = await self._redis.hmget(_keys.task_findings(task_id), ids)
+            found = [
+                (start + k, _finding(text(i), r))
+                for k, (i, r) in enumerate(zip(ids, raws, strict=True))
+                if r is not None
+            ]
+            return found, start + len(ids)
+
+        result: tuple[list[tuple[int, StoredFinding]], int] = await self._retried(attempt)
+        return result
+
     async def facts(self, task_id: str) -> list[Fact]:
         """Every finding's fact, first posted first."""
 

@@ -28,7 +28,10 @@ from packetbus.v1 import (
 )
 
 from . import _pull_wire, _status
+from ._access import Permission, binding, require
+from ._clock import StoreClock
 from ._custodian import ChainEnd, Custodian, Hop, chain_end
+from ._fields import is_stream_id, utf8_length
 from ._group_store import (
     GroupSettings,
     GroupState,
@@ -43,18 +46,14 @@ from ._group_store import (
 from ._hop_store import HopStore, HopWrite
 from ._limits import Limits
 from ._packet_service import caller_gone, storage_errors
+from ._packing import packs
 from ._store import cursor_millis
-from ._validation import (
-    STREAM_ID,
-    Violation,
-    validate_agent_id,
-    validate_group_name,
-    validate_topic,
-)
+from ._validation import Violation, validate_agent_id, validate_group_name, validate_topic
 
 log = logging.getLogger("packetbus.server.groups")
 
-_DELIVERY_ID = re.compile(r"(\d{1,20}-\d{1,20}):(\d{1,10})\Z")
+# "<cursor>:<delivery count>", ASCII digits only (`\d` takes other scripts' digits too).
+_DELIVERY_ID = re.compile(r"([0-9]{1,20}-[0-9]{1,20}):([0-9]{1,10})\Z")
 MAX_DELIVERY = "max delivery attempts"
 # Signing again after another hop got in first: a few rounds settle any race.
 _SIGN_ROUNDS = 5
@@ -101,10 +100,10 @@ class Request:
 
 def _parse(kind: Kind, ident: str, *, delay_s: int = 0, reason: str = "") -> Request:
     match = _DELIVERY_ID.match(ident)
-    if match is None:
+    if match is None or not is_stream_id(match.group(1)):
         return Request(kind, ident, problem="not a delivery id (like 1700000000000-0:1)")
-    if len(reason) > _MAX_REASON:
-        return Request(kind, ident, problem=f"reason is longer than {_MAX_REASON} characters")
+    if utf8_length(reason) > _MAX_REASON:
+        return Request(kind, ident, problem=f"reason is longer than {_MAX_REASON} bytes (UTF-8)")
     return Request(kind, ident, match.group(1), int(match.group(2)), delay_s * 1000, reason=reason)
 
 
@@ -114,6 +113,13 @@ def _request(kind: Kind, ident: str, held: dict[str, Held]) -> Request:
         cursor, _, count = ident.rpartition(":")
         return Request(kind, ident, cursor, int(count))
     return _parse(kind, ident)
+
+
+def _deliveries(r: Request) -> int:
+    """Deliveries made of a packet settled by `r`: its count, except for a lease that
+    ran out on the last attempt (a CARCEL request, made by the pull that found it),
+    whose count the pull raised for a delivery it did not make."""
+    return r.count - 1 if r.kind is Kind.CARCEL else r.count
 
 
 def _nacked(nack: pb.Nacked) -> Request:
@@ -184,6 +190,10 @@ def group_message(topic: str, state: GroupState) -> pb.ConsumerGroup:
     return group
 
 
+class _SecondSubscription(Exception):
+    """A Pull stream's later request named a subscription again."""
+
+
 @dataclass
 class _Stream:
     """One Pull stream's state: the deliveries it holds, for flow control and custody."""
@@ -210,6 +220,11 @@ class _Stream:
             return 0
         return max(0, min(self.batch, self.max_packets - len(self.held)))
 
+    def byte_room(self, budget: int) -> int:
+        """How many bytes of packets the next pull may lease: one reply's worth, within
+        what the consumer still accepts (at least one byte: one packet always fits)."""
+        return max(1, min(budget, self.max_bytes - self.held_bytes))
+
     def hold(self, ident: str, held: Held) -> None:
         self.held[ident] = held
         self.held_bytes += held.size
@@ -228,8 +243,12 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
         custodian: Custodian,
         limits: Limits,
         pull_streams: asyncio.Semaphore,
+        *,
+        clock: StoreClock,
     ) -> None:
         self._store = store
+        # The store's clock: leases are written by it (scripts), so judged by it.
+        self._clock = clock
         self._hops = hops
         self._custodian = custodian
         self._limits = limits
@@ -260,7 +279,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
             )
         start = request.WhichOneof("start")
         if start == "after_cursor":
-            if not STREAM_ID.match(request.after_cursor):
+            if not is_stream_id(request.after_cursor):
                 violations.append(
                     Violation(
                         "after_cursor",
@@ -351,6 +370,13 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
         except StopAsyncIteration:
             return
         sub = first.subscription
+        if first.HasField("subscription"):
+            # The rule's in-service part (permissions.RULES): topics.consume on the
+            # first message's topic, an inbox only by its agent (_access.binding).
+            # Later messages cannot name a topic (ONLY_FIRST below): one check holds
+            # for the stream.
+            await require(context, Permission.TOPICS_CONSUME, sub.topic)
+            await binding.require_inbox_reader(context, sub.topic)
         violations = self._check_names(sub.topic, sub.group, "subscription.group")
         if not first.HasField("subscription"):
             violations = [
@@ -398,12 +424,23 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                     if settler.done():
                         # The consumer half-closed (or settling failed: this
                         # raises): confirm what it settled, deliver nothing more.
+                        if isinstance(settler.exception(), _SecondSubscription):
+                            await _status.abort_invalid(
+                                context,
+                                "invalid pull request",
+                                [
+                                    Violation(
+                                        "subscription",
+                                        "ONLY_FIRST",
+                                        "only the first request names it",
+                                    )
+                                ],
+                            )
                         settler.result()
                         if stream.outbox:
                             yield _pull_wire.pull_response([], [a.wire() for a in stream.outbox])
                         return
-                    now_ms = time.time_ns() // 1_000_000
-                    room = stream.room(now_ms)
+                    room = stream.room(self._clock.now_ms())
                     deliveries: list[bytes] = []
                     newest = None
                     if room:
@@ -412,6 +449,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                             stream.group,
                             stream.consumer,
                             room,
+                            max_bytes=stream.byte_room(self._limits.reply_budget_bytes),
                             scan=time.monotonic() >= stream.scan_at,
                         )
                         if pulled is None:
@@ -423,12 +461,24 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                         deliveries = await self._deliver(stream, pulled.entries, pulled.now_ms)
                     if deliveries or stream.outbox:
                         settled, stream.outbox = stream.outbox, []
-                        yield _pull_wire.pull_response(deliveries, [a.wire() for a in settled])
+                        # Leased within the byte budget already; their hops (or
+                        # many settlements) can still tip a reply over it: then it
+                        # goes as several.
+                        items = [(True, d) for d in deliveries]
+                        items += [(False, a.wire()) for a in settled]
+                        for part in packs(
+                            items, lambda i: len(i[1]), self._limits.reply_budget_bytes
+                        ):
+                            yield _pull_wire.pull_response(
+                                [d for is_delivery, d in part if is_delivery],
+                                [s for is_delivery, s in part if not is_delivery],
+                            )
                         continue
                     # Nothing to send: wait for new entries, a settlement, or the
                     # next look for run-out leases.
                     stream.wake.clear()
-                    waits: set[asyncio.Future[object]] = {asyncio.ensure_future(stream.wake.wait())}
+                    woken: asyncio.Future[object] = asyncio.ensure_future(stream.wake.wait())
+                    waits: set[asyncio.Future[object]] = {woken}
                     if newest is not None:
                         if waiter is None or waiter.done():
                             waiter = asyncio.create_task(
@@ -436,12 +486,14 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                             )
                         waits.add(waiter)  # type: ignore[arg-type]
                     waits.add(settler)  # type: ignore[arg-type]
-                    _, pending = await asyncio.wait(
-                        waits, timeout=_WAIT_MS / 1000, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    for fut in pending:
-                        if fut is not waiter and fut is not settler:
-                            fut.cancel()
+                    try:
+                        await asyncio.wait(
+                            waits, timeout=_WAIT_MS / 1000, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    finally:
+                        # Also when the stream ends meanwhile (cancelled): a wait
+                        # left pending would be destroyed pending.
+                        woken.cancel()
                     if waiter is not None and waiter.done() and waiter.exception() is not None:
                         waiter = None  # a failed wait only delays the next look
             finally:
@@ -486,7 +538,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                     )
                     for i in todo
                 ],
-                time.time_ns(),
+                self._clock.now_ns(),
             )
             if signed is None:  # this server signs no custody entries: deliver as they are
                 todo = []
@@ -602,15 +654,9 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
         while True:
             if request is not None:
                 if request.HasField("subscription") and request is not first:
-                    await _status.abort_invalid(
-                        context,
-                        "invalid pull request",
-                        [
-                            Violation(
-                                "subscription", "ONLY_FIRST", "only the first request names it"
-                            )
-                        ],
-                    )
+                    # Refused by the handler's own task (Pull): an abort from this
+                    # task could meet a write of the handler's and fail INTERNAL.
+                    raise _SecondSubscription
                 parsed = [
                     *(_request(Kind.ACK, i, stream.held) for i in request.ack_ids),
                     *(_nacked(n) for n in request.nacks),
@@ -696,12 +742,12 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                         known[requests[i].delivery_id].end,
                         _ACTION[kinds[i]],
                         counterpart=f"group:{group}",
-                        attempt=requests[i].count,
+                        attempt=_deliveries(requests[i]),
                         reason=MAX_DELIVERY if kinds[i] is Kind.CARCEL else requests[i].reason,
                     )
                     for i in hop_kinds
                 ],
-                time.time_ns(),
+                self._clock.now_ns(),
             )
             entries = dict(zip(hop_kinds, signed or [], strict=False))
             items = []
@@ -724,6 +770,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                             " ".join((r.reason or reason).splitlines()),
                             f"group:{group}",
                         ),
+                        deliveries=_deliveries(r),
                         expires_at_ms=h.expires_at_ms,
                     )
                 )

@@ -11,15 +11,18 @@ signed to go (see scripts/lib/hops.lua).
 from __future__ import annotations
 
 import enum
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from . import _keys, _scripts
+from ._limits import Limits
 from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
 from ._store import cursor_millis
+from ._waits import SharedReads
 
 
 class GroupStatus(enum.Enum):
@@ -96,9 +99,13 @@ class Settle:
     expected_hops: int = 0
     entry: bytes = b""
     entry_hash: bytes = b""
-    # NACK: redeliver after this many ms. CARCEL: reason, detail, source.
+    # NACK: redeliver after this many ms. CARCEL: reason, detail, source, and the
+    # deliveries made (`count` itself for a nack of the last attempt; one less for
+    # a lease that ran out on it, which the pull that found it counted as a new
+    # delivery it never sent).
     delay_ms: int = 0
     carcel: tuple[str, str, str] = ("", "", "")
+    deliveries: int = 0
     # When the packet expires: its hops are kept until then.
     expires_at_ms: int = 0
 
@@ -112,6 +119,7 @@ class Outcome(enum.Enum):
 
 # Looked up per settlement: a dict is far cheaper than Enum's call by value.
 _OUTCOMES = {o.value: o for o in Outcome}
+_REPLY_BUDGET = Limits().reply_budget_bytes
 
 
 # Not frozen, as above.
@@ -128,9 +136,15 @@ class Settled:
 
 class GroupStore:
     def __init__(
-        self, redis: RedisClient, *, retry_budget: float, carcel_retention_ms: int
+        self,
+        redis: RedisClient,
+        *,
+        retry_budget: float,
+        carcel_retention_ms: int,
+        reads: SharedReads | None = None,
     ) -> None:
         self._redis = redis
+        self._reads = reads or SharedReads(redis)
         self._retry_budget = retry_budget
         self.carcel_retention_ms = carcel_retention_ms
 
@@ -206,16 +220,31 @@ class GroupStore:
         return states
 
     async def pull(
-        self, topic: str, group: str, consumer: str, count: int, *, scan: bool = True
+        self,
+        topic: str,
+        group: str,
+        consumer: str,
+        count: int,
+        *,
+        max_bytes: int = _REPLY_BUDGET,
+        scan: bool = True,
     ) -> Pulled | None:
         """Lease up to `count` entries to `consumer`, first (with `scan`) those whose
-        lease ran out; None when the group does not exist."""
+        lease ran out, and at most `max_bytes` of them (packet bytes plus content
+        length; one entry always, however large); None when the group does not exist.
+        What does not fit is not leased and its delivery count is not raised. A retry
+        after a lost reply answers what the first run leased (the pull's id keys it)."""
+        pull_id = uuid.uuid4().hex
 
         async def attempt() -> Pulled | None:
             reply = await _scripts.GROUP_PULL.run(
                 self._redis,
-                [_keys.topic_log(topic), _keys.topic_groups(topic)],
-                [group, consumer, count, int(scan)],
+                [
+                    _keys.topic_log(topic),
+                    _keys.topic_groups(topic),
+                    _keys.group_pull(topic, pull_id),
+                ],
+                [group, consumer, count, int(scan), max_bytes],
             )
             if text(reply[0]) == "nogroup":
                 return None
@@ -248,7 +277,9 @@ class GroupStore:
         """Return once the log has an entry after `after`, or after `block_ms`."""
 
         async def attempt() -> None:
-            await self._redis.xread({_keys.topic_log(topic): after}, count=1, block=block_ms)
+            await self._reads.xread(
+                {_keys.topic_log(topic): after}, count=1, block_ms=block_ms, shared=False
+            )
 
         await self._retried(attempt, self._retry_budget + block_ms / 1000)
 
@@ -264,7 +295,11 @@ class GroupStore:
             args: list[Any] = [group, self.carcel_retention_ms]
             for item in items:
                 keys.append(_keys.custody_hops(topic, item.tracking_id))
-                argument = "\n".join(item.carcel) if item.kind is Kind.CARCEL else item.delay_ms
+                argument = (
+                    "\n".join((*item.carcel, str(item.deliveries)))
+                    if item.kind is Kind.CARCEL
+                    else item.delay_ms
+                )
                 args += (
                     f"{item.kind.value} {item.cursor} {item.count} {item.expected_hops} "
                     f"{item.expires_at_ms} {argument}",

@@ -8,11 +8,21 @@ RPC is refused as INVALID_ARGUMENT before the servicer runs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf import descriptor, message, message_factory
+
+from ._access import Gate
+from ._access.binding import INBOX_READS, admit_inbox_read
+from ._access.gate import recheck, watch_call
+from ._streams import Streams, kind_of
+
+# Admits one call of a method (see _access.gate): given the request (None for a
+# client stream), aborts the call or lets it run with its caller known.
+Admit = Callable[[Any, grpc.aio.ServicerContext], Awaitable[object]]
 
 
 class _Malformed:
@@ -39,29 +49,54 @@ async def _refuse(context: grpc.aio.ServicerContext, full_name: str, bad: _Malfo
     )
 
 
-def _unary(method: Callable[..., Any], full_name: str) -> Callable[..., Any]:
+def _unary(method: Callable[..., Any], full_name: str, admit: Admit) -> Callable[..., Any]:
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, _Malformed):
             await _refuse(context, full_name, request)
+        await admit(request, context)
         return await method(request, context)
 
     return behavior
 
 
-def _server_streaming(method: Callable[..., Any], full_name: str) -> Callable[..., Any]:
+def _server_streaming(
+    method: Callable[..., Any], full_name: str, admit: Admit
+) -> Callable[..., Any]:
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         if isinstance(request, _Malformed):
             await _refuse(context, full_name, request)
+        watch_call()
+        await admit(request, context)
         async for response in method(request, context):
+            # A stream outlives its admission: a revoked grant or an expired
+            # credential ends it before it sends more (_access.gate.recheck).
+            await recheck(context)
             yield response
 
     return behavior
 
 
-def _stream_stream(method: Callable[..., Any], full_name: str) -> Callable[..., Any]:
+def _server_streaming_writer(
+    method: Callable[..., Any], full_name: str, admit: Admit
+) -> Callable[..., Any]:
+    # For a servicer that streams with context.write (grpc's stock health Watch):
+    # grpc refuses a generator that mixes the two styles.
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> None:
+        if isinstance(request, _Malformed):
+            await _refuse(context, full_name, request)
+        await admit(request, context)
+        await method(request, context)
+
+    return behavior
+
+
+def _stream_stream(method: Callable[..., Any], full_name: str, admit: Admit) -> Callable[..., Any]:
     async def behavior(
         requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
+        watch_call()
+        await admit(None, context)
+
         async def checked() -> AsyncIterator[Any]:
             async for request in requests:
                 if isinstance(request, _Malformed):
@@ -69,13 +104,16 @@ def _stream_stream(method: Callable[..., Any], full_name: str) -> Callable[..., 
                 yield request
 
         async for response in method(checked(), context):
+            await recheck(context)  # as in _server_streaming
             yield response
 
     return behavior
 
 
-def _stream_unary(method: Callable[..., Any], full_name: str) -> Callable[..., Any]:
+def _stream_unary(method: Callable[..., Any], full_name: str, admit: Admit) -> Callable[..., Any]:
     async def behavior(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        await admit(None, context)
+
         async def checked() -> AsyncIterator[Any]:
             async for request in requests:
                 if isinstance(request, _Malformed):
@@ -97,35 +135,89 @@ def _serializer(message_class: type[message.Message]) -> Callable[[Any], bytes]:
     return to_bytes
 
 
+def _admission(gate: Gate, path: str) -> Admit:
+    if path not in INBOX_READS:
+
+        def admit(request: Any, context: grpc.aio.ServicerContext) -> Awaitable[object]:
+            return gate.admit(path, request, context)
+
+        return admit
+
+    async def admit_reader(request: Any, context: grpc.aio.ServicerContext) -> object:
+        # An inbox is read only by its agent (_access.binding): after the RPC's rule.
+        principal = await gate.admit(path, request, context)
+        await admit_inbox_read(path, request, context)
+        return principal
+
+    return admit_reader
+
+
+def _admitted(
+    implementation: Callable[..., Any], streams: Streams, kind: str, *, yields: bool
+) -> Callable[..., Any]:
+    """`implementation` run only inside a stream slot of `kind` (see _streams);
+    `yields`: it is an async generator of responses, else a coroutine."""
+    if yields:
+
+        def responses(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            return streams.iterate(kind, context, implementation(request, context))
+
+        return responses
+
+    async def response(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await streams.call(kind, context, implementation(requests, context))
+
+    return response
+
+
 def add_servicer(
-    server: grpc.aio.Server, service: descriptor.ServiceDescriptor, servicer: object
+    server: grpc.aio.Server,
+    service: descriptor.ServiceDescriptor,
+    servicer: object,
+    streams: Streams | None = None,
+    gate: Gate | None = None,
 ) -> None:
-    """Serve every method of `service` from the same-named methods of `servicer`."""
+    """Serve every method of `service` from the same-named methods of `servicer`;
+    with `streams`, every streaming method is admitted and drained by it; every
+    call passes `gate` first (none: a gate that lets every call in as LOCAL)."""
+    gate = gate or Gate()
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
         implementation = getattr(servicer, method.name)
+        # A server-streaming method either yields its responses or writes them with
+        # context.write (grpc's stock health Watch); grpc refuses a mix of the two.
+        writes = method.server_streaming and not inspect.isasyncgenfunction(implementation)
+        if streams is not None and (method.client_streaming or method.server_streaming):
+            implementation = _admitted(
+                implementation,
+                streams,
+                kind_of(method.name),
+                yields=method.server_streaming and not writes,
+            )
         options: dict[str, Any] = {
             "request_deserializer": _lenient(request_class),
             "response_serializer": _serializer(response_class),
         }
         full_name = method.input_type.full_name
+        admit = _admission(gate, f"{service.full_name}/{method.name}")
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                _stream_stream(implementation, full_name), **options
+                _stream_stream(implementation, full_name, admit), **options
             )
         elif method.client_streaming:
             handlers[method.name] = grpc.stream_unary_rpc_method_handler(
-                _stream_unary(implementation, full_name), **options
+                _stream_unary(implementation, full_name, admit), **options
             )
         elif method.server_streaming:
+            wrap = _server_streaming_writer if writes else _server_streaming
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _server_streaming(implementation, full_name), **options
+                wrap(implementation, full_name, admit), **options
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(implementation, full_name), **options
+                _unary(implementation, full_name, admit), **options
             )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)

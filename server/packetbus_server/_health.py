@@ -1,8 +1,9 @@
-"""grpc.health.v1: SERVING only while Redis answers."""
+"""grpc.health.v1: SERVING only while Redis answers and may not evict (see _eviction)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -10,6 +11,7 @@ from grpc_health.v1 import health, health_pb2
 
 from packetbus._stopping import cancel_and_wait
 
+from ._eviction import EvictionGuard
 from ._store import PacketStore
 
 log = logging.getLogger(__name__)
@@ -18,7 +20,9 @@ SERVICES = ("", "packetbus.v1.PacketService")
 
 
 class StoreHealth:
-    """Pings Redis every `interval` seconds and publishes the result as health."""
+    """Pings Redis every `interval` seconds and publishes the result as health; with
+    `guard`, also reads the store's eviction policy each time (NOT_SERVING while
+    `guard` refuses writes)."""
 
     def __init__(
         self,
@@ -27,8 +31,10 @@ class StoreHealth:
         interval: float,
         *,
         on_tick: Callable[[], Awaitable[None]] | None = None,
+        guard: EvictionGuard | None = None,
     ):
         self._store = store
+        self._guard = guard
         self._on_tick = on_tick
         self._servicer = servicer
         self._interval = interval
@@ -36,12 +42,23 @@ class StoreHealth:
         self._serving: bool | None = None
 
     async def check_once(self) -> bool:
-        ok = await self._store.ping(timeout=max(0.2, min(1.0, self._interval)))
+        timeout = max(0.2, min(1.0, self._interval))
+        answers = await self._store.ping(timeout=timeout)
+        ok = answers
+        if answers and self._guard is not None:
+            # Every tick: a policy changed under a running server, or a store that
+            # failed over (reconnected) to one configured otherwise, shows at once.
+            # A read that fails (a connection cut after the ping answered) keeps
+            # what was last known: the ping says whether the store answers.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(timeout):
+                    await self._guard.check()
+            ok = self._guard.writes_refused is None
         if ok != self._serving:
             log.log(
                 logging.INFO if ok else logging.WARNING,
                 "store %s: health %s",
-                "answers" if ok else "does not answer",
+                "answers" if answers else "does not answer",
                 "SERVING" if ok else "NOT_SERVING",
             )
             self._serving = ok

@@ -8,6 +8,7 @@ then `to_write`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,11 +29,53 @@ class Rejected:
 @dataclass(frozen=True, slots=True)
 class Accepted:
     packet: packet_pb2.Packet
-    # Over the packet exactly as received: a sender's retry of the same packet
-    # always matches, even when the server's defaults or clock moved since.
+    # Over what the sender means (see `fingerprint`): a sender's retry, or the
+    # same packet rebuilt after a crash, matches even when it was stamped again.
     fingerprint: str
     # What custody entries sign: the packet without its chain, as stored.
     content: bytes
+
+
+def fingerprint(packet: packet_pb2.Packet) -> str:
+    """The idempotency fingerprint of `packet` as received: 64 hex digits.
+
+    A SHA-256 over every field but tracking_id, dispatched_at and
+    chain_of_custody (why: below): origin, schema version,
+    TTL (as sent: 0 is not the default's number, so a retry matches whichever
+    replica's default it meets), speech act, topic, the conversation fields
+    (reply_by included: a deadline is meant) and the contents, unknown fields
+    too. The same key with an equal fingerprint is the same write (the original
+    result answers); with another, ALREADY_EXISTS.
+    """
+    # Not part of what a packet means. dispatched_at is stamped when a packet is
+    # built: the CLI, and a producer that rebuilds the packet after a crash, stamp it
+    # again. The chain of custody holds signatures over those stamps, made again with
+    # every build. The tracking id is where the fingerprint is kept, not what it
+    # compares: Dispatch and PutRecord look it up by the tracking id (so it is equal
+    # anyway); a task and a named finding are looked up by their own id, and a
+    # client that fills the tracking id in fills a new one each run.
+    if packet.chain_of_custody:
+        meant = packet_pb2.Packet()
+        meant.CopyFrom(packet)
+        meant.ClearField("tracking_id")
+        meant.ClearField("dispatched_at")
+        meant.ClearField("chain_of_custody")
+        return hashlib.sha256(meant.SerializeToString(deterministic=True)).hexdigest()
+    # Unsigned (most packets): the two fields are set aside and put back, which
+    # costs about half of copying the packet (its contents may be large).
+    tracking_id = packet.tracking_id
+    stamped = packet.HasField("dispatched_at")
+    seconds, nanos = packet.dispatched_at.seconds, packet.dispatched_at.nanos
+    packet.ClearField("tracking_id")
+    packet.ClearField("dispatched_at")
+    try:
+        return hashlib.sha256(packet.SerializeToString(deterministic=True)).hexdigest()
+    finally:
+        packet.tracking_id = tracking_id
+        if stamped:
+            packet.dispatched_at.SetInParent()
+            packet.dispatched_at.seconds = seconds
+            packet.dispatched_at.nanos = nanos
 
 
 def accept(packet: packet_pb2.Packet, limits: Limits, now_ns: int) -> Accepted | Rejected:
@@ -41,6 +84,7 @@ def accept(packet: packet_pb2.Packet, limits: Limits, now_ns: int) -> Accepted |
     violations = validate_packet(packet, limits, size=len(received))
     if violations:
         return Rejected(violations)
+    meant = fingerprint(packet)  # before the server's defaults are filled in
     # A signed ("1.1") packet arrives complete (validation checks it): its
     # content is signed, so nothing may be filled in.
     changed = False
@@ -54,7 +98,7 @@ def accept(packet: packet_pb2.Packet, limits: Limits, now_ns: int) -> Accepted |
         content = _custody.content_bytes(packet)
     else:
         content = packet.SerializeToString(deterministic=True) if changed else received
-    return Accepted(packet, hashlib.sha256(received).hexdigest(), content)
+    return Accepted(packet, meant, content)
 
 
 def to_write(accepted: Accepted, server_entries: Sequence[bytes]) -> PacketWrite:
@@ -70,3 +114,11 @@ def to_write(accepted: Accepted, server_entries: Sequence[bytes]) -> PacketWrite
         payload=_wire.with_chain(accepted.content, entries),
         content_length=len(accepted.content),
     )
+
+
+def with_request_fields(write: PacketWrite, *fields: str) -> PacketWrite:
+    """`write` with a fingerprint that also covers what the request carries beside
+    the packet and means (a task's max attempts, a record's retention), as sent: the
+    same packet under other such fields is ALREADY_EXISTS, not the original result."""
+    material = "\n".join([write.fingerprint, *fields]).encode()
+    return dataclasses.replace(write, fingerprint=hashlib.sha256(material).hexdigest())

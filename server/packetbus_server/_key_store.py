@@ -18,6 +18,8 @@ class Registration(enum.Enum):
     EXISTS = "exists"
     TAKEN = "taken"
     NEEDS_ENDORSEMENT = "needs_endorsement"
+    # The agent's keys are bound to another principal, which the caller may not act as.
+    BOUND = "bound"
 
 
 class KeyStore:
@@ -55,17 +57,30 @@ class KeyStore:
         return {k.key_id: k for k in keys}
 
     async def register_agent(
-        self, key: custody_pb2.SigningKey, *, endorsing_key_id: str
+        self,
+        key: custody_pb2.SigningKey,
+        *,
+        endorsing_key_id: str,
+        principal: str = "",
+        may_act: bool = True,
     ) -> Registration:
+        """Bind `key` to its owner agent (scripts/register_agent_key.lua, one script on
+        the {keys} slot, safe to retry). `principal`: the authenticated caller's name
+        ("" for none: the local principal), which the agent's keys are bound to on
+        its first key; `may_act`: whether the caller may act as the agent anyway
+        (False only with authorization on). Raises what the store's retries give up
+        on (see _retry)."""
         reply = await with_retries(
             lambda: _scripts.REGISTER_AGENT_KEY.run(
                 self._redis,
-                [_keys.SIGNING_KEYS, _keys.AGENT_KEYS],
+                [_keys.SIGNING_KEYS, _keys.AGENT_KEYS, _keys.AGENT_KEY_PRINCIPALS],
                 [
                     key.owner,
                     key.key_id,
                     key.SerializeToString(deterministic=True),
                     endorsing_key_id,
+                    principal,
+                    "1" if may_act else "0",
                 ],
             ),
             budget_seconds=self._retry_budget,

@@ -15,6 +15,8 @@ happen by construction. Keys that one Lua script touches together share a
 |                              |        |             | topic's consumer groups                 |                   |
 | ``pb:{<topic>}:groups``      | hash   | topic       | group name -> ``<ack deadline ms>       | none              |
 |                              |        |             | <max attempts> <created ms>``           |                   |
+| ``pb:{<topic>}:pull:<id>``   | list   | topic       | the cursors one pull leased, for the    | 60 s              |
+|                              |        |             | store's retry of it (group_pull.lua)    |                   |
 | ``pb:{<topic>}:horizon``     | hash   | topic       | what left the log, for subscribers'     | the log's expiry  |
 |                              |        |             | gaps: ``t`` = newest entry trimmed by   | + retention, set  |
 |                              |        |             | retention, ``x`` = newest entry of a    | at each dispatch  |
@@ -23,7 +25,8 @@ happen by construction. Keys that one Lua script touches together share a
 | ``pb:{<topic>}:hops:<tid>``  | hash   | topic       | custody entries after ingest: ``n`` =   | packet's expiry,  |
 |                              |        |             | count, ``h`` = last entry hash, ``1``.. | or the carcel     |
 |                              |        |             | ``n`` = entries; ``s:<group>`` = that   | retention once    |
-|                              |        |             | group's last settlement                 | carceled          |
+|                              |        |             | group's last settlement; ``rq`` = last  | carceled          |
+|                              |        |             | requeue ``<carcel id> <cursor>``        |                   |
 | ``pb:{<topic>}:carcel``      | stream | topic       | carceled packets: ``p``, ``n``, ``t``,  | carcel retention  |
 |                              |        |             | ``i`` as in the log, ``c`` = cursor in  | after the newest  |
 |                              |        |             | the log, ``r`` reason, ``d`` detail,    |                   |
@@ -52,6 +55,11 @@ happen by construction. Keys that one Lua script touches together share a
 | ``pb:{<queue>}:ready:<cap>`` | zset   | queue       | queued tasks needing <cap>, by priority | newest task's     |
 |                              |        |             | then posting order (member order)       |                   |
 | ``pb:{<queue>}:results:<id>``| list   | queue       | serialized TaskResult per attempt       | task packet's TTL |
+| ``pb:{<queue>}:carcelhops``  | set    | queue       | tasks carceled by a run-out lease whose | newest such task's|
+|                              |        |             | signed ``carceled`` hop is pending      |                   |
+| ``pb:{<queue>}:claimreq:<r>``| hash   | queue       | the claim made for request id <r>:      | the claim's lease |
+|                              |        |             | ``t`` task id, ``f`` fencing token,     |                   |
+|                              |        |             | ``w`` worker (a retried claim's answer) |                   |
 | ``pb:{fnd:<h>}:findings``    | hash   | task (h =   | finding id -> 8-digit content length,   | newest finding's  |
 |                              |        | SHA-256 of  | then the finding packet                 |                   |
 |                              |        | its id, 16  |                                         |                   |
@@ -64,6 +72,9 @@ happen by construction. Keys that one Lua script touches together share a
 | ``pb:{keys}:all``            | hash   | keys        | key id -> SigningKey (public keys of    | none (a registry: |
 |                              |        |             | servers and agents)                     | see below)        |
 | ``pb:{keys}:agents``         | hash   | keys        | agent id -> its key ids, space-separated| none              |
+| ``pb:{keys}:principals``     | hash   | keys        | agent id -> the authenticated principal | none              |
+|                              |        |             | that registered its first key (its keys |                   |
+|                              |        |             | are bound to it: register_agent_key.lua)|                   |
 | ``pb:{ctx:<h>}:doc:<name>``  | hash   | scope (h =  | a document's current version: ``v``     | the document's    |
 |                              |        | SHA-256 of  | version, ``s`` size, ``h`` SHA-256 hex, | TTL               |
 |                              |        | the scope,  | ``c`` content type, ``a`` author, ``u`` |                   |
@@ -83,6 +94,8 @@ happen by construction. Keys that one Lua script touches together share a
 | ``pb:{mem:<h>}:log``         | list   | agent (h as | an agent's memory log, newest first:    | per append (7 d   |
 |                              |        | above)      | ``<entry id> LF <LogEntry bytes>``      | by default)       |
 | ``pb:{trc:<h>}:log``         | list   | task+agent  | an agent's trace of a task, oldest first| per append        |
+| ``pb:{mem:<h>}:logfp``,      | hash   | as its log  | the log's entries: entry id ->          | as its log        |
+| ``pb:{trc:<h>}:logfp``       |        |             | fingerprint (what the entry means)      |                   |
 | ``pb:{rec:<kind>}:r:<id>``   | string | record kind | 8-digit content length, then the record | the record's      |
 |                              |        |             | packet (content, then its chain)        | retention         |
 | ``pb:{rec:<kind>}:fp:<id>``  | string | record kind | the record packet's fingerprint         | the record's      |
@@ -100,6 +113,12 @@ happen by construction. Keys that one Lua script touches together share a
 |                              |        |             |                                         | with the agent    |
 | ``pb:{agents}:releasing``    | zset   | agents      | agent id -> ms it went stale or left,   | none (emptied by  |
 |                              |        |             | while its claimed tasks are released    | the reapers)      |
+| ``pb:{agents}:deregistered:``| list   | agents      | the ids one DeregisterAgent call        | 60 s              |
+| ``<call id>``                |        |             | removed, for the store's retry of it    |                   |
+| ``pb:{<tag>}:guard``         | none   | the tag's   | never written: a key every script that  | -                 |
+|                              |        |             | derives keys is given on a Redis        |                   |
+|                              |        |             | Cluster, so it cannot run while its     |                   |
+|                              |        |             | slot migrates (see ``slot_guard``)      |                   |
 
 The key registry has no TTL on purpose: a public key must outlive every packet
 it signed, and an agent's identity must not lapse silently. It holds public
@@ -123,6 +142,10 @@ def packet_record(topic: str, tracking_id: str) -> str:
 
 def topic_groups(topic: str) -> str:
     return f"{PREFIX}:{{{topic}}}:groups"
+
+
+def group_pull(topic: str, pull_id: str) -> str:
+    return f"{PREFIX}:{{{topic}}}:pull:{pull_id}"
 
 
 def topic_horizon(topic: str) -> str:
@@ -170,8 +193,24 @@ def task(queue: str, task_id: str) -> str:
     return f"{PREFIX}:{{{queue}}}:task:{task_id}"
 
 
+def task_ready(queue: str, capability: str) -> str:
+    """The ready set of tasks needing `capability` ("" for none); lib/tasks.lua derives the same."""
+    return f"{PREFIX}:{{{queue}}}:ready:{capability}"
+
+
 def task_results(queue: str, task_id: str) -> str:
     return f"{PREFIX}:{{{queue}}}:results:{task_id}"
+
+
+def task_carcel_hops(queue: str) -> str:
+    """Derived inside the task scripts too (scripts/lib/tasks.lua)."""
+    return f"{PREFIX}:{{{queue}}}:carcelhops"
+
+
+def task_claim_request(queue: str, request_id: str) -> str:
+    """Derived inside scripts/task_claim.lua from the queue prefix; named here for the
+    layout's sake (and for tests)."""
+    return f"{PREFIX}:{{{queue}}}:claimreq:{request_id}"
 
 
 def _finding_tag(task_id: str) -> str:
@@ -198,6 +237,7 @@ def packet_location(tracking_id: str) -> str:
 TOPICS = f"{PREFIX}:topics"
 SIGNING_KEYS = f"{PREFIX}:{{keys}}:all"
 AGENT_KEYS = f"{PREFIX}:{{keys}}:agents"
+AGENT_KEY_PRINCIPALS = f"{PREFIX}:{{keys}}:principals"
 
 
 def _hashed(prefix: str, value: str) -> str:
@@ -237,6 +277,11 @@ def trace_log(task_id: str, agent: str) -> str:
     return f"{PREFIX}:{{{_hashed('trc:', task_id + chr(10) + agent)}}}:log"
 
 
+def log_fingerprints(log: str) -> str:
+    """The fingerprints of the entries of `log` (a memory_log or trace_log key)."""
+    return log.removesuffix(":log") + ":logfp"
+
+
 def record(kind: str, record_id: str) -> str:
     return f"{PREFIX}:{{rec:{kind}}}:r:{record_id}"
 
@@ -266,3 +311,26 @@ def agent_children(agent_id: str) -> str:
 
 def agent_queues(agent_id: str) -> str:
     return f"{AGENTS_PREFIX}queues:{agent_id}"
+
+
+# A string the server sets (for a minute) only to make a later WAITAOF cover every
+# write before it, after a write whose fsync was not confirmed (see _durability).
+DURABILITY_BARRIER = f"{PREFIX}:durability:barrier"
+
+
+def slot_guard(key: str) -> str:
+    """A key in `key`'s hash slot that is never written (pb:{<tag>}:guard).
+
+    A script that derives keys (builds them in Lua instead of taking them in
+    KEYS) is given this key too on a Redis Cluster. While the slot migrates,
+    the node refuses a command whose keys it does not all hold (TRYAGAIN) and
+    this one it never holds: the script waits, retried, for the slot to settle,
+    and never runs on one node while some of its derived keys are on the other
+    (there it would fail halfway, after its first writes, or read a key that
+    has not arrived yet as missing). Raises ValueError if `key` has no tag.
+    """
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    if start < 0 or end <= start + 1:
+        raise ValueError(f"{key!r} has no hash tag")
+    return f"{PREFIX}:{key[start : end + 1]}:guard"

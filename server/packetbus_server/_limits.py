@@ -14,6 +14,15 @@ class Limits:
     # The gRPC receive limit; a larger request is refused by gRPC itself
     # (RESOURCE_EXHAUSTED) before any of it is parsed.
     max_request_bytes: int = 16 * 1024 * 1024
+    # The largest reply message the server sends: its gRPC send limit, and the
+    # receive limit every client must set (grpc-python and grpc-js default to
+    # 4 MiB). Replies are packed to reply_budget_bytes; only one item larger than
+    # that (at most a 1 MiB packet twice, with its chain: about 2.1 MiB) goes alone.
+    max_response_bytes: int = 16 * 1024 * 1024
+    # Streams and pages carrying many items are cut at this many bytes: it keeps
+    # ordinary replies within the 4 MiB receive default of most gRPC clients and
+    # bounds what one stream holds in memory.
+    reply_budget_bytes: int = 4 * 1024 * 1024 - 64 * 1024
     default_ttl_seconds: int = 3600
     max_ttl_seconds: int = 86400
     default_subscribe_batch_packets: int = 100
@@ -85,4 +94,5 @@ class Limits:
             max_origin_length=self.max_origin_length,
             max_topic_length=self.max_topic_length,
             max_custody_entries=self.max_custody_entries,
+            max_response_bytes=self.max_response_bytes,
         )

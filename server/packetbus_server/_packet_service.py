@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -14,20 +13,19 @@ from google.rpc import code_pb2
 from packetbus.v1 import packet_pb2, packet_service_pb2, packet_service_pb2_grpc
 
 from . import _status
+from ._access import Permission, allows, binding
+from ._clock import StoreClock
 from ._custodian import Custodian, check_origin
+from ._fields import is_stream_id
 from ._gaps import Follower
 from ._ingest import Accepted, Rejected, accept, to_write
 from ._key_store import KeyStore
 from ._limits import Limits
-from ._retry import StoreFailedError, StoreUnavailableError
+from ._packing import packs, stored_size
+from ._refusals import ERROR_REASONS
+from ._retry import StoreFailedError, StoreRefusedError, StoreUnavailableError
 from ._store import LogEntry, Outcome, PacketStore, cursor_millis
-from ._validation import (
-    STREAM_ID,
-    SUPPORTED_SCHEMA_VERSIONS,
-    Violation,
-    validate_topic,
-    validate_tracking_id,
-)
+from ._validation import SUPPORTED_SCHEMA_VERSIONS, Violation, validate_topic, validate_tracking_id
 
 if TYPE_CHECKING:
     from ._policy_service import Governor
@@ -75,18 +73,30 @@ def stored_packet(
     return stored
 
 
-def _response(
-    topic: str, gap: packet_service_pb2.SubscriptionGap | None, entries: list[LogEntry]
-) -> packet_service_pb2.SubscribeResponse:
-    response = packet_service_pb2.SubscribeResponse(
-        packets=[
-            stored_packet(topic, e.cursor, e.expires_at_ms, e.payload, e.content_length)
-            for e in entries
-        ]
-    )
-    if gap is not None:
-        response.gap.CopyFrom(gap)
-    return response
+def entry_size(entry: LogEntry) -> int:
+    """About how many bytes a log entry takes as a StoredPacket."""
+    return stored_size(len(entry.payload), entry.content_length)
+
+
+def _responses(
+    topic: str,
+    gap: packet_service_pb2.SubscriptionGap | None,
+    entries: list[LogEntry],
+    budget: int,
+) -> Iterator[packet_service_pb2.SubscribeResponse]:
+    """The gap (if any) and `entries`, in responses of at most `budget` bytes each
+    (one packet larger than that alone); the gap goes with the first."""
+    for part in packs(entries, entry_size, budget) if entries else [[]]:
+        response = packet_service_pb2.SubscribeResponse(
+            packets=[
+                stored_packet(topic, e.cursor, e.expires_at_ms, e.payload, e.content_length)
+                for e in part
+            ]
+        )
+        if gap is not None:
+            response.gap.CopyFrom(gap)
+            gap = None
+        yield response
 
 
 def caller_gone(context: grpc.aio.ServicerContext) -> bool:
@@ -102,6 +112,17 @@ def caller_gone(context: grpc.aio.ServicerContext) -> bool:
     return context.cancelled() or (task is not None and task.cancelling() > 0)
 
 
+async def stream_started(context: grpc.aio.ServicerContext) -> None:
+    """Send the response headers (empty initial metadata) now that the stream's
+    start point is fixed: events after it reach the caller. A stream "from now"
+    fixes that point with a store read after it was admitted (which may wait for
+    a store connection); gRPC would otherwise send the headers with the first
+    response, so a caller could not tell when its stream began, and an event
+    caused in between (a task posted right after opening a watch) was missed
+    silently. Callers await ``call.initial_metadata()`` before they act."""
+    await context.send_initial_metadata(())
+
+
 @contextlib.asynccontextmanager
 async def storage_errors(
     context: grpc.aio.ServicerContext, *, retry_hint: str = "retrying is safe"
@@ -111,6 +132,12 @@ async def storage_errors(
         yield
     except StoreUnavailableError as exc:
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; {retry_hint}")
+    except StoreRefusedError as exc:  # a full store, a disk it cannot write: not a bug
+        message = str(exc)
+        trailer = _status.error_info_trailer(
+            exc.code, message, ERROR_REASONS.get(exc.kind, exc.kind)
+        )
+        await context.abort(exc.code, message, trailing_metadata=trailer)
     except StoreFailedError as exc:
         await context.abort(grpc.StatusCode.INTERNAL, str(exc))
 
@@ -126,8 +153,15 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         version: str,
         max_subscribers: int,
         governor: Governor | None = None,
+        published_limits: packet_service_pb2.Limits | None = None,
+        clock: StoreClock,
     ) -> None:
         self._governor = governor
+        # The store's clock: expiry and custody times are judged and stamped by it.
+        self._clock = clock
+        # What GetServerInfo tells: `limits` and the serving settings (stream caps,
+        # keepalive) of the ServerConfig this runs under.
+        self._published = published_limits or limits.to_proto()
         self._store = store
         self._key_store = key_store
         self._custodian = custodian
@@ -138,6 +172,19 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
     async def Dispatch(
         self, request: packet_service_pb2.DispatchRequest, context: grpc.aio.ServicerContext
     ) -> packet_service_pb2.DispatchResponse:
+        return await self.dispatch(request, context, checks_sender=True)
+
+    async def dispatch(
+        self,
+        request: packet_service_pb2.DispatchRequest,
+        context: grpc.aio.ServicerContext,
+        *,
+        checks_sender: bool,
+    ) -> packet_service_pb2.DispatchResponse:
+        """Dispatch `request`'s packets, each with its own result. `checks_sender`:
+        each packet needs topics.publish on its topic and an origin the caller may
+        act as (a caller's Dispatch); False for the server's own packets (an
+        escalation, a conflict event) sent on behalf of a call another rule let in."""
         count = len(request.packets)
         if count == 0:
             await _status.abort_invalid(
@@ -161,8 +208,9 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
 
         response = packet_service_pb2.DispatchResponse()
         results = [response.results.add() for _ in range(count)]
-        now_ns = time.time_ns()
+        now_ns = self._clock.now_ns()
         accepted: list[tuple[int, Accepted]] = []
+        senders = binding.SenderCheck() if checks_sender else None
         for i, packet in enumerate(request.packets):
             outcome = accept(packet, self._limits, now_ns)
             if isinstance(outcome, Rejected):
@@ -170,6 +218,15 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
                 results[i].error.CopyFrom(
                     _status.bad_request("packet rejected", outcome.violations)
                 )
+                continue
+            # Who may send it, once it is known to be well formed, before anything
+            # is looked up, governed or stored: topics.publish on its topic, and its
+            # origin the caller's own agent id or one it may act for. Each packet
+            # its own answer (DESIGN 2.1); a refused one leaves no trace.
+            refusal = senders.refusal(packet.topic, packet.origin, i) if senders else None
+            if refusal is not None:
+                results[i].tracking_id = packet.tracking_id
+                results[i].error.CopyFrom(refusal)
             else:
                 accepted.append((i, outcome))
 
@@ -227,15 +284,27 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         )
 
     async def load(
-        self, tracking_id: str, context: grpc.aio.ServicerContext
+        self,
+        tracking_id: str,
+        context: grpc.aio.ServicerContext,
+        *,
+        read_as: Permission | None = Permission.TOPICS_SUBSCRIBE,
     ) -> packet_service_pb2.StoredPacket:
-        """The stored packet with a freshly signed head, or the RPC fails with why not."""
+        """The stored packet with a freshly signed head, or the RPC fails with why not.
+
+        `read_as`: the permission the caller needs on the packet's topic (and, for
+        topics.subscribe, an inbox read only by its agent); None: the caller was
+        let in by another rule. A caller without it is answered NOT_FOUND, as if
+        the packet were not there: a tracking id names no topic, so a refusal
+        would tell an outsider that a packet exists under an id it guessed (and
+        on which topic).
+        """
         violations = validate_tracking_id(tracking_id)
         if violations:
             await _status.abort_invalid(context, "invalid tracking id", violations)
         async with storage_errors(context):
             found = await self._store.get(tracking_id, time_remaining=context.time_remaining())
-        if found is None:
+        if found is None or not self._may_read(found.topic, read_as):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"no packet with tracking_id {tracking_id} (never stored, or expired)",
@@ -247,6 +316,14 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         self.attach_head(stored)
         return stored
 
+    @staticmethod
+    def _may_read(topic: str, read_as: Permission | None) -> bool:
+        if read_as is None:
+            return True
+        if not allows(read_as, topic):
+            return False
+        return read_as is not Permission.TOPICS_SUBSCRIBE or binding.inbox_refusal(topic) is None
+
     def attach_head(self, stored: packet_service_pb2.StoredPacket) -> None:
         """Vouch, with a signature, for the chain as it is now."""
         self._custodian.vouch(stored)
@@ -257,7 +334,7 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         violations: list[Violation] = []
         validate_topic(violations, "topic", request.topic, self._limits.max_topic_length)
         start = request.WhichOneof("start")
-        if start == "after_cursor" and not STREAM_ID.match(request.after_cursor):
+        if start == "after_cursor" and not is_stream_id(request.after_cursor):
             violations.append(
                 Violation(
                     "after_cursor",
@@ -296,7 +373,7 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[packet_service_pb2.SubscribeResponse]:
         topic = request.topic
-        started_ms = time.time_ns() // 1_000_000
+        started_ms = self._clock.now_ms()
         resumed = request.WhichOneof("start") == "after_cursor"
         if resumed:
             cursor = request.after_cursor
@@ -305,12 +382,18 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         else:
             cursor = await self._store.last_cursor(topic)
         follower = Follower(cursor, resumed=resumed, started_ms=started_ms)
+        await stream_started(context)
+        # About one reply's worth per read: large packets are read a few at a time,
+        # so a subscriber holds about `budget` bytes, not `batch` packets of up to a
+        # megabyte each.
+        budget = self._limits.reply_budget_bytes
         while not caller_gone(context):
-            page = await self._store.follow(topic, follower.cursor, count=batch)
-            for gap, entries in follower.take(page, time.time_ns() // 1_000_000):
+            page = await self._store.follow(topic, follower.cursor, count=batch, max_bytes=budget)
+            for gap, entries in follower.take(page, self._clock.now_ms()):
                 # The write waits for HTTP/2 flow control, so a slow reader
-                # holds at most one batch here: it is paced, the server is not.
-                yield _response(topic, gap, entries)
+                # holds at most one read here: it is paced, the server is not.
+                for response in _responses(topic, gap, entries, budget):
+                    yield response
             if page.complete:
                 await self._store.wait_after(topic, follower.cursor, block_ms=_SUBSCRIBE_BLOCK_MS)
 
@@ -320,6 +403,6 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         return packet_service_pb2.GetServerInfoResponse(
             version=self._version,
             supported_schema_versions=SUPPORTED_SCHEMA_VERSIONS,
-            limits=self._limits.to_proto(),
+            limits=self._published,
             server_id=self._custodian.server_id,
         )

@@ -16,6 +16,8 @@ Pure logic, no I/O beyond the bytes handed in. A policy file:
     speech_act = "REQUEST"             #   globs (or lists of them) over origin and topic;
     topic = "ops.*"                    #   speech act names as in the proto enum;
     content_type = "data"              #   task | finding | context | data | raw | none,
+                                       #   session_summary | swarm_registry |
+                                       #   remediation_scan | record (any of those three),
                                        #   or a raw media type glob ("application/json*")
     [rules.fields]                     # content fields by dotted path: into `data`, or
     primitive = "logistics.spawn"      # into the typed contents (task.payload.x is
@@ -24,6 +26,23 @@ Pure logic, no I/O beyond the bytes handed in. A policy file:
 
 A rule with no match keys matches every packet. A field a packet does not have
 matches only ``{ exists = false }``.
+
+An `[authorization]` section (who may call what: principals, roles, grants) turns
+authorization on; its format and rules are in `_access.authorization`.
+
+The same policy decides every write, not only Dispatch (see _governance for the
+whole of it): PostTask, PostFinding and PutRecord are judged by their packets
+(content_type task, finding, record); Escalate by the ESCALATE packet it
+dispatches, with the caller's origin. Context writes carry no packet: each is
+judged by a description with content_type "context", origin the writer, and
+topic ``context/<scope>`` (PutContext, DeleteContext), ``global/<key>``
+(SetGlobalContext, DeleteGlobalContext), ``memory/<agent>`` (AppendMemory) or
+``trace/<task id>`` (AppendTrace); fields ``scope``, ``name`` (document name,
+global key or entry id) and ``data.operation`` (put, delete, set, append).
+Outside Dispatch a reject fails the call with PERMISSION_DENIED (ErrorInfo
+POLICY_REJECTED; a packet goes to the carcel, a context write leaves nothing),
+and a hold, which only Dispatch can honour, fails it with FAILED_PRECONDITION
+(ErrorInfo POLICY_HOLD_UNSUPPORTED), nothing written.
 """
 
 from __future__ import annotations
@@ -42,14 +61,17 @@ from google.protobuf.message import Message
 
 from packetbus.v1 import packet_pb2, speech_act_pb2
 
+from ._access.authorization import Authorization, AuthorizationError, compile_section
+
 MAX_RULES = 1000
 MAX_POLICY_BYTES = 1024 * 1024
 MAX_REASON_LENGTH = 500
 RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-CONTENT_TYPES = ("task", "finding", "context", "data", "raw", "none")
+RECORD_KINDS = ("session_summary", "swarm_registry", "remediation_scan")
+CONTENT_TYPES = ("task", "finding", "context", "data", "raw", "none", *RECORD_KINDS, "record")
 _OPERATORS = ("eq", "ne", "in", "not_in", "gt", "ge", "lt", "le", "glob", "exists")
 _RULE_KEYS = ("id", "decision", "reason", "origin", "speech_act", "topic", "content_type", "fields")
-_TOP_KEYS = ("default", "approval", "rules")
+_TOP_KEYS = ("default", "approval", "rules", "authorization")
 _SPEECH_PREFIX = "SPEECH_ACT_"
 
 
@@ -97,6 +119,8 @@ class Policy:
     # SHA-256 of the file's bytes, hex: which policy decided.
     version: str
     approvers: tuple[str, ...] = ()
+    # The [authorization] section; None: no section, authorization is off.
+    authorization: Authorization | None = None
     _default_decision: Decision | None = field(default=None, repr=False)
     _approver: Callable[[str], bool] | None = field(default=None, repr=False)
 
@@ -139,6 +163,12 @@ def parse(data: bytes) -> Policy:
             raise PolicyError(f"rules[{index}]: id {rule.id!r} is used by an earlier rule")
         seen.add(rule.id)
         rules.append(rule)
+    authorization = None
+    if "authorization" in doc:
+        try:
+            authorization = compile_section(doc["authorization"])
+        except AuthorizationError as exc:
+            raise PolicyError(str(exc)) from None
     default_decision = (
         None
         if default is Verdict.ALLOW
@@ -149,6 +179,7 @@ def parse(data: bytes) -> Policy:
         default=default,
         version=hashlib.sha256(data).hexdigest(),
         approvers=approvers,
+        authorization=authorization,
         _default_decision=default_decision,
         _approver=_glob_matcher(approvers) if approvers else None,
     )
@@ -263,6 +294,8 @@ def _content_type_check(raw: object, where: str) -> Check:
     for value in _strings(raw, f"{where}: content_type"):
         if "/" in value:
             media.append(value.lower())
+        elif value == "record":  # a swarm record of any kind (RecordService.PutRecord)
+            kinds.update(RECORD_KINDS)
         elif value in CONTENT_TYPES:
             kinds.add(value)
         else:

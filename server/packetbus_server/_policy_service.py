@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Sequence
 
 import grpc
@@ -15,11 +14,16 @@ from packetbus.v1 import custody_pb2, packet_service_pb2, policy_service_pb2_grp
 from packetbus.v1 import policy_service_pb2 as pb
 
 from . import _status
+from ._access import binding
+from ._access.authorization import Authorization
+from ._clock import StoreClock
 from ._custodian import ChainEnd, Custodian, Hop, chain_end
 from ._ingest import Accepted, to_write
 from ._key_store import KeyStore
 from ._limits import Limits
 from ._packet_service import PacketService, fill_receipt, storage_errors, stored_packet
+from ._packing import stored_size
+from ._page_tokens import seal, unseal
 from ._paging import page_across, page_request
 from ._policy import Verdict
 from ._policy_store import Decided, DecisionWrite, HeldRecord, PolicyStore
@@ -28,12 +32,23 @@ from ._store import PacketStore
 from ._validation import Violation, validate_topic, validate_tracking_id
 
 POLICY_REJECTED = "POLICY_REJECTED"
-ERROR_DOMAIN = "packetbus"
+ERROR_DOMAIN = _status.ERROR_DOMAIN
 _VERDICTS = {
     Verdict.ALLOW: pb.POLICY_VERDICT_ALLOW,
     Verdict.REJECT: pb.POLICY_VERDICT_REJECT,
     Verdict.HOLD: pb.POLICY_VERDICT_HOLD,
 }
+
+
+def _held_size(record: HeldRecord) -> int:
+    """About how many bytes a held record takes as a HeldPacket."""
+    return (
+        stored_size(len(record.stored), record.content_length)
+        + len(record.topic)
+        + len(record.rule_id)
+        + len(record.reason)
+        + len(record.version)
+    )
 
 
 def rejection(decided: Decided) -> status_pb2.Status:
@@ -76,6 +91,28 @@ def fill_decided(result: packet_service_pb2.DispatchResult, topic: str, decided:
         )
 
 
+def authorization_message(authorization: Authorization) -> pb.AuthorizationPolicy:
+    """The `[authorization]` section as written, for GetPolicy."""
+    return pb.AuthorizationPolicy(
+        principals=[
+            pb.AuthorizationPrincipal(
+                match=entry.match, roles=entry.roles, agent_id=entry.agent_id or ""
+            )
+            for entry in authorization.principals
+        ],
+        roles=[
+            pb.AuthorizationRole(
+                name=role.name,
+                grants=[
+                    pb.AuthorizationGrant(permissions=g.permissions, resources=g.resources)
+                    for g in role.grants
+                ],
+            )
+            for role in authorization.roles.values()
+        ],
+    )
+
+
 class Governor:
     """Judges accepted packets by the policy in force, before they are sealed and stored."""
 
@@ -83,6 +120,11 @@ class Governor:
         self.watch = watch
         self.store = store
         self._custodian = custodian
+
+    @property
+    def custodian(self) -> Custodian:
+        """Who seals a decided packet's chain (also for posts judged outside Dispatch)."""
+        return self._custodian
 
     async def judge(
         self,
@@ -158,8 +200,12 @@ class PolicyService(policy_service_pb2_grpc.PolicyServiceServicer):
         key_store: KeyStore,
         custodian: Custodian,
         limits: Limits,
+        *,
+        clock: StoreClock,
     ) -> None:
         self._governor = governor
+        # The store's clock: times are judged and stamped by it, as every replica does.
+        self._clock = clock
         self._store = governor.store
         self._watch = governor.watch
         self._packets = packets
@@ -184,6 +230,8 @@ class PolicyService(policy_service_pb2_grpc.PolicyServiceServicer):
                 pb.PolicyRule(id=r.id, verdict=_VERDICTS[r.verdict], reason=r.reason)
                 for r in policy.rules
             )
+            if policy.authorization is not None:
+                response.authorization.CopyFrom(authorization_message(policy.authorization))
         if watch.failure is not None:
             response.load_error = watch.failure.message
             response.load_error_at.FromMilliseconds(watch.failure.at_ms)
@@ -215,17 +263,25 @@ class PolicyService(policy_service_pb2_grpc.PolicyServiceServicer):
         violations: list[Violation] = []
         if request.topic:
             validate_topic(violations, "topic", request.topic, self._limits.max_topic_length)
-        page = page_request(violations, request.page_size, request.page_token)
+        scope = (request.topic,)
+        token = unseal(violations, "held", scope, request.page_token)
+        page = page_request(violations, request.page_size, token, request.topic)
         if violations:
             await _status.abort_invalid(context, "invalid listing", violations)
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = self._clock.now_ms()
         async with storage_errors(context):
             topics = [request.topic] if request.topic else sorted(await self._packets.topics())
             records, token = await page_across(
-                topics, page, self._store.held_page, lambda r: r.expires_at_ms > now_ms
+                topics,
+                page,
+                self._store.held_page,
+                lambda r: r.expires_at_ms > now_ms,
+                _held_size,
+                self._limits.reply_budget_bytes,
             )
         return pb.ListHeldPacketsResponse(
-            packets=[self._held_message(r) for r in records], next_page_token=token
+            packets=[self._held_message(r) for r in records],
+            next_page_token=seal("held", scope, token),
         )
 
     def _check_target(self, topic: str, tracking_id: str) -> list[Violation]:
@@ -242,7 +298,7 @@ class PolicyService(policy_service_pb2_grpc.PolicyServiceServicer):
             if decided is None or decided.status != "held":
                 return decided, None
             record = await self._store.held_entry(topic, decided.id)
-        if record is not None and record.expires_at_ms <= time.time_ns() // 1_000_000:
+        if record is not None and record.expires_at_ms <= self._clock.now_ms():
             record = None
         return decided, record
 
@@ -340,6 +396,10 @@ class PolicyService(policy_service_pb2_grpc.PolicyServiceServicer):
                 f"agent {report.actor!r} is not among the policy's approvers "
                 f"{list(policy.approvers)}",
             )
+        # The gate checked packets.approve on the topic; the signing approver must also
+        # be an agent the caller may act as (issue 14): holding an approver's key
+        # registered under one's own principal does not make a caller that approver.
+        await binding.require_acting(context, report.actor, "the approval's signing actor")
         return decided, record, custody_pb2.CustodyRecord.FromString(entry.record)
 
     async def ApprovePacket(
@@ -364,7 +424,7 @@ class PolicyService(policy_service_pb2_grpc.PolicyServiceServicer):
                     counterpart=f"agent:{signed.actor}",
                 )
             ],
-            time.time_ns(),
+            self._clock.now_ns(),
         )
         entries = [approval, *(h.entry for h in hops or ())]
         async with storage_errors(context):

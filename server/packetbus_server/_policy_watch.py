@@ -4,6 +4,11 @@ The file is looked at every `interval` seconds (its size, mtime and inode;
 then its SHA-256, so touching it changes nothing) and at once on SIGHUP. A
 file that does not parse leaves the previous policy in force: the error is
 logged and published (PolicyService.GetPolicy) until a good file replaces it.
+
+So does a file with an `[authorization]` section while the server authenticates no
+one (no client CA, no JWT keys, no trusted sidecar header): every call would be
+the local principal, which authorization does not restrict, so the section would
+look in force and protect nothing.
 """
 
 from __future__ import annotations
@@ -18,9 +23,16 @@ from pathlib import Path
 
 from packetbus._stopping import cancel_and_wait
 
+from ._access.gate import ALLOW_ALL, Authorizer
 from ._policy import MAX_POLICY_BYTES, Policy, PolicyError, parse
 
 log = logging.getLogger("packetbus.policy")
+
+AUTHORIZATION_WITHOUT_AUTHENTICATION = (
+    "the policy has an [authorization] section but the server authenticates no one: "
+    "configure a client CA (mutual TLS), JWT keys or a trusted sidecar header, "
+    "or remove the section"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +42,14 @@ class LoadFailure:
 
 
 class PolicyWatch:
-    """Holds the policy in force (`policy`, None when there is none)."""
+    """Holds the policy in force (`policy`, None when there is none).
 
-    def __init__(self, path: Path | None, *, interval: float) -> None:
+    `authenticated`: the server proves who calls; False refuses a policy that turns
+    authorization on (see the module's docstring)."""
+
+    def __init__(self, path: Path | None, *, interval: float, authenticated: bool = False) -> None:
         self.path = path
+        self.authenticated = authenticated
         self.policy: Policy | None = None
         self.loaded_at_ms = 0
         self.failure: LoadFailure | None = None
@@ -43,9 +59,11 @@ class PolicyWatch:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def load(cls, path: Path | None, *, interval: float) -> PolicyWatch:
+    def load(
+        cls, path: Path | None, *, interval: float, authenticated: bool = False
+    ) -> PolicyWatch:
         """Load `path` now; a missing or invalid file fails the start (ValueError)."""
-        watch = cls(path, interval=interval)
+        watch = cls(path, interval=interval, authenticated=authenticated)
         if path is not None:
             watch.check()
             if watch.failure is not None:
@@ -74,18 +92,32 @@ class PolicyWatch:
             policy = parse(data)
         except PolicyError as exc:
             return self._failed(str(exc), digest)
+        if policy.authorization is not None and not self.authenticated:
+            return self._failed(AUTHORIZATION_WITHOUT_AUTHENTICATION, digest)
         self._digest = digest
         self.policy = policy
         self.loaded_at_ms = time.time_ns() // 1_000_000
         self.failure = None
         log.info(
-            "policy %s loaded: version %s, %d rules, default %s",
+            "policy %s loaded: version %s, %d rules, default %s, authorization %s",
             self.path,
             policy.version[:12],
             len(policy.rules),
             policy.default.value,
+            "off"
+            if policy.authorization is None
+            else f"on ({len(policy.authorization.roles)} roles, "
+            f"{len(policy.authorization.principals)} principal entries)",
         )
         return True
+
+    def authorizer(self) -> Authorizer:
+        """The authorization in force (the Gate asks at every call): the policy's
+        `[authorization]` section, else ALLOW_ALL."""
+        policy = self.policy
+        if policy is None or policy.authorization is None:
+            return ALLOW_ALL
+        return policy.authorization
 
     def _failed(self, message: str, digest: str | None) -> bool:
         if self.failure is None or self.failure.message != message:

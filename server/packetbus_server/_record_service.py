@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import re
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -10,13 +12,21 @@ from packetbus.v1 import packet_pb2, packet_service_pb2, record_service_pb2_grpc
 from packetbus.v1 import record_service_pb2 as pb
 
 from . import _status
+from ._access import Permission, require
 from ._admission import admit
+from ._clock import StoreClock
 from ._custodian import Custodian
+from ._fields import utf8_length
 from ._key_store import KeyStore
 from ._limits import Limits
 from ._packet_service import storage_errors
+from ._packing import fit, stored_size
+from ._page_tokens import seal, unseal
 from ._record_store import RecordStore, StoredRecord
 from ._validation import Violation, validate_tracking_id
+
+if TYPE_CHECKING:
+    from ._policy_service import Governor
 
 _DEFAULT_PAGE = 100
 # The contents field of each kind, and the kind's name in keys.
@@ -26,10 +36,16 @@ _KINDS = {
     pb.RECORD_KIND_REMEDIATION_SCAN: ("remediation_scan", "remediation"),
 }
 _BY_FIELD = {field: kind for kind, (field, _) in _KINDS.items()}
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
-_TOKEN = re.compile(r"\d{1,20}:[0-9a-f-]{36}\Z")
+# ASCII digits only: `\d` also takes other scripts' digits.
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+_TOKEN = re.compile(r"[0-9]{1,20}:[0-9a-f-]{36}\Z")
 _SHORT = 255
 _MAX_ITEMS = 1000
+
+
+def _record_size(record: StoredRecord) -> int:
+    """About how many bytes a record takes as a StoredPacket."""
+    return stored_size(len(record.payload), record.content_length)
 
 
 def _stored(record: StoredRecord) -> packet_service_pb2.StoredPacket:
@@ -42,13 +58,20 @@ def _stored(record: StoredRecord) -> packet_service_pb2.StoredPacket:
 def _text(out: list[Violation], path: str, value: str, *, required: bool = False) -> None:
     if required and not value:
         out.append(Violation(path, "REQUIRED", "is required"))
-    elif len(value) > _SHORT:
-        out.append(Violation(path, "LENGTH", f"must be at most {_SHORT} characters"))
+    elif utf8_length(value) > _SHORT:
+        out.append(Violation(path, "LENGTH", f"must be at most {_SHORT} bytes (UTF-8)"))
 
 
 def _date(out: list[Violation], path: str, value: str) -> None:
-    if value and not _DATE.match(value):
+    if not value:
+        return
+    if not _DATE.match(value):
         out.append(Violation(path, "DATE_FORMAT", "must be YYYY-MM-DD"))
+        return
+    try:
+        datetime.date.fromisoformat(value)
+    except ValueError:
+        out.append(Violation(path, "DATE_RANGE", "must be a calendar date (YYYY-MM-DD)"))
 
 
 def _many(out: list[Violation], path: str, count: int) -> None:
@@ -97,9 +120,20 @@ def check_contents(packet: packet_pb2.Packet) -> list[Violation]:
 
 class RecordService(record_service_pb2_grpc.RecordServiceServicer):
     def __init__(
-        self, store: RecordStore, key_store: KeyStore, custodian: Custodian, limits: Limits
+        self,
+        store: RecordStore,
+        key_store: KeyStore,
+        custodian: Custodian,
+        limits: Limits,
+        *,
+        clock: StoreClock,
+        governor: Governor | None = None,
     ) -> None:
         self._store = store
+        # The policy in force judges each record (_governance).
+        self._governor = governor
+        # The store's clock: times are judged and stamped by it, as every replica does.
+        self._clock = clock
         self._key_store = key_store
         self._custodian = custodian
         self._limits = limits
@@ -113,6 +147,11 @@ class RecordService(record_service_pb2_grpc.RecordServiceServicer):
         self, request: pb.PutRecordRequest, context: grpc.aio.ServicerContext
     ) -> pb.PutRecordResponse:
         packet = request.packet
+        field = packet.WhichOneof("contents") or ""
+        if field in _BY_FIELD:
+            # The rule's in-service part (permissions.RULES): records.write on the
+            # kind, named as its contents field, before the request is looked at.
+            await require(context, Permission.RECORDS_WRITE, field)
         violations = check_contents(packet)
         if not 0 <= request.retention_seconds <= self._limits.max_record_ttl_seconds:
             violations.append(
@@ -130,6 +169,9 @@ class RecordService(record_service_pb2_grpc.RecordServiceServicer):
             limits=self._limits,
             key_store=self._key_store,
             custodian=self._custodian,
+            clock=self._clock,
+            governor=self._governor,
+            request_fields=(f"retention {request.retention_seconds}",),
         )
         kind = _BY_FIELD[packet.WhichOneof("contents") or ""]
         _, key_kind = _KINDS[kind]
@@ -197,13 +239,22 @@ class RecordService(record_service_pb2_grpc.RecordServiceServicer):
             violations.append(
                 Violation("page_size", "RANGE", f"must be 0..{self._limits.max_record_page}")
             )
-        if request.page_token and not _TOKEN.match(request.page_token):
-            violations.append(Violation("page_token", "INVALID", "not from a listing"))
+        scope = (request.kind,)
+        after = unseal(violations, "records", scope, request.page_token)
+        if after and not _TOKEN.match(after):
+            violations.append(Violation("page_token", "PAGE_TOKEN", "not from a listing"))
         key_kind = await self._kind(context, request.kind, violations)
         count = request.page_size or _DEFAULT_PAGE
+        budget = self._limits.reply_budget_bytes
         async with storage_errors(context):
-            found, token = await self._store.page(key_kind, request.page_token, count)
+            found, token = await self._store.page(key_kind, after, count)
+            # More than one reply holds: read the page again, as many as fit (the
+            # store's token then follows the last of them). Rarely needed, and
+            # always ends: the count only shrinks, and one record always fits.
+            while (fits := fit((_record_size(r) for r in found), budget)) < len(found):
+                count = fits
+                found, token = await self._store.page(key_kind, after, count)
         return pb.ListRecordsResponse(
             records=[self._stored(r) for r in found],
-            next_page_token=token if len(found) == count else "",
+            next_page_token=seal("records", scope, token) if len(found) == count else "",
         )

@@ -71,30 +71,24 @@ class RecordStore:
         return None if raw is None else _record(record_id, raw)
 
     async def page(self, kind: str, before: str, count: int) -> tuple[list[StoredRecord], str]:
-        """Up to `count` live records, newest first, older than the token `before`
-        ("<ms>:<id>", "" for the newest); and the next token ("" when done)."""
+        """Up to `count` live records, newest first, stored before the token `before`
+        ("<order>:<id>", "" for the newest); and the next token ("" when done).
+
+        Each record's index score is unique (record_put.lua), so a page starts
+        exactly after the last one's score, whatever was stored in the same ms."""
         index = _keys.record_index(kind)
         found: list[StoredRecord] = []
+        high = f"({before.partition(':')[0]}" if before else "+inf"
         token = before
         while len(found) < count:
-            if token:
-                ms, _, last_id = token.partition(":")
-                # Ties in time: the ones ordered before `last_id` (ZREVRANGE order).
-                high: Any = ms
-            else:
-                high, last_id = "+inf", ""
+            wanted = count - len(found)
             rows: Any = await self._retried(
-                lambda high=high: self._redis.zrevrangebyscore(
-                    index, high, "-inf", start=0, num=count + 1 + 64, withscores=True
+                lambda high=high, num=wanted: self._redis.zrevrangebyscore(
+                    index, high, "-inf", start=0, num=num, withscores=True
                 )
             )
-            if last_id:
-                ids = [text(r) for r, _ in rows]
-                if last_id in ids:
-                    rows = rows[ids.index(last_id) + 1 :]
             if not rows:
                 return found, ""
-            rows = rows[: count - len(found)]
             raws: Any = await self._retried(
                 lambda rows=rows: self._redis.mget([_keys.record(kind, text(r)) for r, _ in rows])
             )
@@ -104,4 +98,5 @@ class RecordStore:
             found += [_record(text(r), raw) for (r, _), raw in zip(rows, raws, strict=True) if raw]
             last, score = rows[-1]
             token = f"{int(score)}:{text(last)}"
+            high = f"({int(score)}"
         return found, token

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 
 # Below this many arguments the generic encoder is as fast and keeps its
 # handling of very large values (sent without copying).
 _MANY_ARGUMENTS = 32
 
 
-class BatchEncodingConnection(Connection):
+class BatchEncoding:
+    """The encoder, for any connection class (TCP or unix socket)."""
+
+    encoder: Any
+
     def pack_command(self, *args: Any) -> list[bytes]:
         if len(args) < _MANY_ARGUMENTS:
-            return super().pack_command(*args)
+            return super().pack_command(*args)  # type: ignore[misc,no-any-return]
         # As redis-py does: a command name with spaces ("CONFIG GET") is several arguments.
         first = args[0]
         if isinstance(first, str):
@@ -35,6 +39,18 @@ class BatchEncodingConnection(Connection):
             if kind is str:
                 arg = arg.encode(encoding, errors)
             elif kind is not bytes:
-                arg = encoder.encode(arg)  # type: ignore[no-untyped-call]
+                arg = encoder.encode(arg)
             parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
         return [b"".join(parts)]
+
+
+class BatchEncodingConnection(BatchEncoding, Connection):
+    pass
+
+
+class BatchEncodingSSLConnection(BatchEncoding, SSLConnection):
+    """For an external store reached over TLS (a rediss:// URL)."""
+
+
+class BatchEncodingUnixConnection(BatchEncoding, UnixDomainSocketConnection):
+    """For the embedded store, reached over its unix socket."""

@@ -11,6 +11,8 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
+from . import _keys
+
 RedisClient = Redis | RedisCluster
 
 
@@ -19,9 +21,15 @@ class LuaScript:
     name: str
     source: str
     sha: str
+    # The script builds some of its keys in Lua: on a Redis Cluster it is given
+    # _keys.slot_guard(KEYS[1]) as one more, last key, so it never runs while
+    # its slot migrates (see slot_guard).
+    derives_keys: bool = False
 
     @classmethod
-    def load(cls, name: str, *, libraries: tuple[str, ...] = ()) -> LuaScript:
+    def load(
+        cls, name: str, *, libraries: tuple[str, ...] = (), derives_keys: bool = False
+    ) -> LuaScript:
         """scripts/<name>.lua, after the local functions of scripts/lib/<library>.lua.
 
         A shebang line, if the script has one, stays first.
@@ -37,9 +45,12 @@ class LuaScript:
                 scripts.joinpath("lib", f"{lib}.lua").read_text() for lib in libraries
             )
             source = shebang + prelude + source
-        return cls(name=name, source=source, sha=hashlib.sha1(source.encode()).hexdigest())
+        sha = hashlib.sha1(source.encode()).hexdigest()
+        return cls(name=name, source=source, sha=sha, derives_keys=derives_keys)
 
     async def run(self, redis: RedisClient, keys: list[str], args: list[Any]) -> Any:
+        if self.derives_keys and isinstance(redis, RedisCluster):
+            keys = [*keys, _keys.slot_guard(keys[0])]
         # EVALSHA keeps the script body off the wire; a restarted or failed-over
         # Redis has lost its script cache, and EVAL both runs and re-caches it.
         try:
@@ -58,23 +69,34 @@ GROUP_PULL = LuaScript.load("group_pull")
 SETTLE = LuaScript.load("settle", libraries=("hops",))
 HOPS_APPEND = LuaScript.load("hops_append", libraries=("hops",))
 CARCEL_REQUEUE = LuaScript.load("carcel_requeue", libraries=("hops",))
-TASK_POST = LuaScript.load("task_post", libraries=("hops", "fields", "tasks"))
-TASK_CLAIM = LuaScript.load("task_claim", libraries=("hops", "fields", "tasks"))
-TASK_SETTLE = LuaScript.load("task_settle", libraries=("hops", "fields", "tasks"))
-TASK_REQUEUE = LuaScript.load("task_requeue", libraries=("hops", "fields", "tasks"))
-TASK_HELD = LuaScript.load("task_held")
-AGENT_REGISTER = LuaScript.load("agent_register", libraries=("fields", "agents"))
-AGENT_HEARTBEAT = LuaScript.load("agent_heartbeat", libraries=("fields", "agents"))
-AGENT_DEREGISTER = LuaScript.load("agent_deregister", libraries=("fields", "agents"))
-AGENT_REAP = LuaScript.load("agent_reap", libraries=("fields", "agents"))
+TASK_POST = LuaScript.load("task_post", libraries=("hops", "fields", "tasks", "order"))
+TASK_CLAIM = LuaScript.load("task_claim", libraries=("hops", "fields", "tasks"), derives_keys=True)
+TASK_SETTLE = LuaScript.load(
+    "task_settle", libraries=("hops", "fields", "tasks"), derives_keys=True
+)
+TASK_REQUEUE = LuaScript.load(
+    "task_requeue", libraries=("hops", "fields", "tasks"), derives_keys=True
+)
+TASK_EXPIRE = LuaScript.load(
+    "task_expire", libraries=("hops", "fields", "tasks"), derives_keys=True
+)
+TASK_HELD = LuaScript.load("task_held", derives_keys=True)
+AGENT_REGISTER = LuaScript.load("agent_register", libraries=("fields", "agents"), derives_keys=True)
+AGENT_HEARTBEAT = LuaScript.load(
+    "agent_heartbeat", libraries=("fields", "agents"), derives_keys=True
+)
+AGENT_DEREGISTER = LuaScript.load(
+    "agent_deregister", libraries=("fields", "agents"), derives_keys=True
+)
+AGENT_REAP = LuaScript.load("agent_reap", libraries=("fields", "agents"), derives_keys=True)
 AGENT_CLAIMED = LuaScript.load("agent_claimed")
 AGENT_RELEASED = LuaScript.load("agent_released")
 FINDING_POST = LuaScript.load("finding_post", libraries=("hops",))
 POLICY_DECIDE = LuaScript.load("policy_decide", libraries=("fields",))
 POLICY_APPROVE = LuaScript.load("policy_approve", libraries=("fields", "log"))
 POLICY_DENY = LuaScript.load("policy_deny", libraries=("fields",))
-CONTEXT_COMMIT = LuaScript.load("context_commit", libraries=("hops",))
-CONTEXT_DELETE = LuaScript.load("context_delete", libraries=("hops",))
+CONTEXT_COMMIT = LuaScript.load("context_commit", libraries=("hops",), derives_keys=True)
+CONTEXT_DELETE = LuaScript.load("context_delete", libraries=("hops",), derives_keys=True)
 CONTEXT_MAP_SET = LuaScript.load("context_map_set")
 CONTEXT_LOG_APPEND = LuaScript.load("context_log_append")
-RECORD_PUT = LuaScript.load("record_put", libraries=("hops",))
+RECORD_PUT = LuaScript.load("record_put", libraries=("hops", "order"))

@@ -12,6 +12,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from ._validation import Violation
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# The ErrorInfo domain of every refusal packetbus itself explains.
+ERROR_DOMAIN = "packetbus"
 
 
 def bad_request(message: str, violations: Sequence[Violation]) -> status_pb2.Status:
@@ -31,18 +33,43 @@ def bad_request(message: str, violations: Sequence[Violation]) -> status_pb2.Sta
     )
 
 
+_GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def grpc_code(code: int) -> grpc.StatusCode:
+    """The gRPC status of a google.rpc.Status code (a per-packet result's), for
+    failing a whole call with the reason one derived packet was refused."""
+    return _GRPC_CODES.get(code, grpc.StatusCode.INTERNAL)
+
+
+def error_info_trailer(
+    code: grpc.StatusCode, message: str, reason: str, domain: str = ERROR_DOMAIN
+) -> tuple[tuple[str, bytes]]:
+    """Trailing metadata for an RPC failed with `code` and `message`: the same status
+    with a google.rpc.ErrorInfo detail (`reason`, `domain`) that names the cause."""
+    packed = any_pb2.Any()
+    packed.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=domain))
+    rich = status_pb2.Status(code=code.value[0], message=message, details=[packed])
+    return ((STATUS_DETAILS_KEY, rich.SerializeToString()),)
+
+
 def status(code: int, message: str) -> status_pb2.Status:
     return status_pb2.Status(code=code, message=message)
+
+
+async def abort_with(context: grpc.aio.ServicerContext, rich: status_pb2.Status) -> NoReturn:
+    """Fail the RPC with `rich`'s code and message, `rich` itself (with its details:
+    BadRequest, ErrorInfo) in the standard status-details trailer."""
+    await context.abort(
+        grpc_code(rich.code),
+        rich.message,
+        trailing_metadata=((STATUS_DETAILS_KEY, rich.SerializeToString()),),
+    )
+    raise AssertionError("context.abort always raises")
 
 
 async def abort_invalid(
     context: grpc.aio.ServicerContext, message: str, violations: Sequence[Violation]
 ) -> NoReturn:
     """Fail the RPC with INVALID_ARGUMENT, the violations in the standard details trailer."""
-    rich = bad_request(message, violations)
-    await context.abort(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        rich.message,
-        trailing_metadata=((STATUS_DETAILS_KEY, rich.SerializeToString()),),
-    )
-    raise AssertionError("context.abort always raises")
+    await abort_with(context, bad_request(message, violations))

@@ -15,22 +15,31 @@ import asyncio
 import enum
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from packetbus import _wire
 
 from . import _keys, _scripts
+from ._clock import StoreClock
+from ._cluster_client import StoreCluster
+from ._durability import DurableRedis, Waits
 from ._replies import text
-from ._resp import BatchEncodingConnection
+from ._resp import (
+    BatchEncodingConnection,
+    BatchEncodingSSLConnection,
+    BatchEncodingUnixConnection,
+)
 from ._retry import with_retries
 from ._scripts import RedisClient
+from ._waits import SharedReads
 
 # One script call blocks Redis while it runs; bigger batches are split so no
 # single call holds the server for long.
@@ -177,10 +186,10 @@ def _publications(
     return entries, cursor
 
 
-def _page(raw: Any) -> LogPage:
-    """A page of the log from XRANGE/XREAD entries; packets past their TTL are
-    not returned, whether or not the log has been trimmed yet."""
-    now_ms = time.time_ns() // 1_000_000
+def _page(raw: Any, now_ms: int) -> LogPage:
+    """A page of the log from XRANGE/XREAD entries; packets past their TTL at
+    `now_ms` (the store's clock) are not returned, whether or not the log has been
+    trimmed yet."""
     entries, cursor = _publications(raw)
     return LogPage([e for e in entries if e.expires_at_ms > now_ms], cursor)
 
@@ -199,37 +208,77 @@ def _horizon(trimmed: bytes, expired: bytes, last: bytes, held: int) -> Horizon:
     )
 
 
-async def connect_redis(url: str) -> RedisClient:
-    """Connect to a single Redis or a Redis Cluster, whichever `url` points at.
+async def connect_redis(
+    url: str,
+    *,
+    max_connections: int = 1024,
+    socket_timeout: float = 5.0,
+    cluster: bool | None = None,
+    wait_for_fsync: bool = False,
+) -> RedisClient:
+    """Connect to a single Redis or a Redis Cluster, whichever `url` points at
+    (`cluster`: known already, not asked again), with at most `max_connections`
+    connections (per node on a cluster); a reply not there within
+    `socket_timeout` seconds (blocking reads: past their block) fails the attempt.
 
     redis-py's own retries are switched off: the store retries (with_retries)
     at the level of whole idempotent operations, bounded by the RPC deadline,
     and stacking a second retry loop under it would multiply attempts.
+
+    `wait_for_fsync` (a single Redis >= 7.2 with AOF on): every write is
+    acknowledged only once the store's AOF has it on disk (see _durability).
     """
     common: dict[str, Any] = {
         "retry": Retry(NoBackoff(), 0),
-        "socket_timeout": 5.0,
+        "socket_timeout": socket_timeout,
         "socket_connect_timeout": 2.0,
         "health_check_interval": 0,
     }
-    probe = Redis.from_url(url, **common)
-    try:
-        info = await probe.info("cluster")
-    finally:
-        await probe.aclose()
-    if info.get("cluster_enabled") == 1:
-        return RedisCluster.from_url(url, **common)
+    if cluster is None:
+        probe = Redis.from_url(url, **common)
+        try:
+            info = await probe.info("cluster")
+        finally:
+            await probe.aclose()
+        cluster = info.get("cluster_enabled") == 1
+    if cluster:
+        # StoreCluster: redis-py's cluster client with redirects that survive
+        # a slot migration (see _cluster_client).
+        return StoreCluster.from_url(url, max_connections=max_connections, **common)
     # The cluster client builds its own connections; only a single Redis gets
     # the batch encoder (the script calls are the same either way). A rediss://
-    # or unix:// URL's own connection class takes precedence in from_url.
-    return Redis.from_url(
-        url, max_connections=1024, connection_class=BatchEncodingConnection, **common
+    # or unix:// URL's own connection class takes precedence in from_url (its
+    # parse_url result overrides the keyword), so it is swapped below.
+    kind = DurableRedis if wait_for_fsync else Redis
+    client = kind.from_url(
+        url, max_connections=max_connections, connection_class=BatchEncodingConnection, **common
     )
+    if isinstance(client, DurableRedis):
+        client.with_waits(Waits())  # its own state: see _durability.Waits
+    # from_url picks the class of a unix:// URL (the embedded store's) or a rediss://
+    # one (TLS, its ssl_* query parameters kept in the pool's connection kwargs) itself.
+    if client.connection_pool.connection_class is UnixDomainSocketConnection:
+        client.connection_pool.connection_class = BatchEncodingUnixConnection
+    elif client.connection_pool.connection_class is SSLConnection:
+        client.connection_pool.connection_class = BatchEncodingSSLConnection
+    return client
 
 
 class PacketStore:
-    def __init__(self, redis: RedisClient, *, retention_ms: int, retry_budget: float) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        *,
+        retention_ms: int,
+        retry_budget: float,
+        reads: SharedReads | None = None,
+        clock: StoreClock | None = None,
+    ) -> None:
         self._redis = redis
+        # The store's clock (see _clock): every replica judges TTLs by it.
+        self.clock = clock or StoreClock(redis.time)
+        # Blocking reads: on a pool of their own when given (see _waits).
+        self._reads = reads or SharedReads(redis)
         self._cluster = isinstance(redis, RedisCluster)
         self._noted: dict[str, float] = {}
         self._retention_ms = retention_ms
@@ -245,13 +294,24 @@ class PacketStore:
         return max(0.0, min(self._retry_budget, time_remaining))
 
     async def ping(self, timeout: float) -> bool:
+        """Whether Redis (on a cluster: every primary) answers PING within `timeout`
+        seconds. What a retry can fix (a redirect, a connection cut while the
+        cluster's map is reloaded) is retried within `timeout`."""
+        redis = self._redis
+        if isinstance(redis, RedisCluster):
+            # redis-py sends a bare PING to one node only (its default node): a
+            # primary down, its slots unserved, would still read as SERVING.
+            def ping() -> Awaitable[Any]:
+                return redis.ping(target_nodes=RedisCluster.PRIMARIES)
+        else:
+            ping = redis.ping
         try:
-            async with asyncio.timeout(timeout):
-                return bool(await self._redis.ping())
+            return bool(await with_retries(ping, budget_seconds=timeout))
         except Exception:
             return False
 
     async def close(self) -> None:
+        await self.clock.stop()
         await self._redis.aclose()
 
     async def write(
@@ -319,7 +379,7 @@ class PacketStore:
         return [t for t in topics if now - self._noted.get(t, -_NOTE_EVERY) >= _NOTE_EVERY]
 
     async def _note_topics(self, topics: list[str]) -> None:
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = self.clock.now_ms()
         pipe = self._redis.pipeline(transaction=False)
         pipe.zadd(_keys.TOPICS, dict.fromkeys(topics, now_ms))
         pipe.pexpire(_keys.TOPICS, 2 * self._retention_ms)
@@ -333,7 +393,7 @@ class PacketStore:
         """Every topic written to within the retention window, oldest first."""
 
         async def attempt() -> list[str]:
-            since = time.time_ns() // 1_000_000 - self._retention_ms
+            since = self.clock.now_ms() - self._retention_ms
             found: Any = await self._redis.zrangebyscore(_keys.TOPICS, since, "+inf")
             return [text(t) for t in found]
 
@@ -346,7 +406,7 @@ class PacketStore:
             entries: Any = await self._redis.xrange(
                 _keys.topic_log(topic), min=f"({after}", count=count
             )
-            return _page(entries)
+            return _page(entries, self.clock.now_ms())
 
         return await with_retries(attempt, budget_seconds=self._retry_budget)
 
@@ -404,20 +464,26 @@ class PacketStore:
 
         return await with_retries(attempt, budget_seconds=self._retry_budget)
 
-    async def follow(self, topic: str, cursor: str, *, count: int) -> FollowPage:
-        """Up to `count` entries after `cursor`, with the topic's horizon as it was when they were
-        read (scripts/follow.lua), without waiting."""
+    async def follow(
+        self, topic: str, cursor: str, *, count: int, max_bytes: int = 0
+    ) -> FollowPage:
+        """Up to `count` entries after `cursor`, and up to `max_bytes` of them (packet bytes
+        plus content length; the first always; 0: no bound), with the topic's horizon as
+        it was when they were read (scripts/follow.lua), without waiting."""
 
         async def attempt() -> FollowPage:
             reply: Any = await _scripts.FOLLOW.run(
                 self._redis,
                 [_keys.topic_log(topic), _keys.topic_horizon(topic)],
-                [cursor, count],
+                [cursor, count, max_bytes],
             )
-            trimmed, expired, last, held, raw = reply
+            trimmed, expired, last, held, raw, cut = reply
             entries, last_cursor = _publications((i, _fields(f)) for i, f in raw)
             return FollowPage(
-                entries, last_cursor, len(raw) < count, _horizon(trimmed, expired, last, int(held))
+                entries,
+                last_cursor,
+                len(raw) < count and not int(cut),
+                _horizon(trimmed, expired, last, int(held)),
             )
 
         return await with_retries(attempt, budget_seconds=self._retry_budget)
@@ -426,6 +492,6 @@ class PacketStore:
         """Return once the topic's log has an entry after `cursor`, or after `block_ms`."""
 
         async def attempt() -> None:
-            await self._redis.xread({_keys.topic_log(topic): cursor}, count=1, block=block_ms)
+            await self._reads.xread({_keys.topic_log(topic): cursor}, count=1, block_ms=block_ms)
 
         await with_retries(attempt, budget_seconds=self._retry_budget + block_ms / 1000)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
+import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -14,14 +16,31 @@ from packetbus.v1 import task_service_pb2 as pb
 from packetbus.v1 import task_service_pb2_grpc
 
 from . import _status
+from ._access import binding
 from ._admission import admit
-from ._custodian import ChainEnd, Custodian, Hop, chain_end
-from ._hop_store import HopStore, HopWrite
+from ._clock import StoreClock
+from ._custodian import Custodian
+from ._fields import is_stream_id
+from ._hop_store import HopStore
 from ._key_store import KeyStore
 from ._limits import Limits
-from ._packet_service import caller_gone, storage_errors, stored_packet
-from ._task_store import Settled, TaskRecord, TaskStore
-from ._validation import Violation, validate_agent_id, validate_id, validate_topic
+from ._packet_service import caller_gone, storage_errors, stored_packet, stream_started
+from ._packing import ITEM_OVERHEAD, message_size, packs
+from ._page_tokens import seal, unseal
+from ._paging import offset_request, page_by_offset
+from ._task_settling import TaskSettler, one_line
+from ._task_store import TaskRecord, TaskStore
+from ._validation import (
+    Violation,
+    validate_agent_id,
+    validate_id,
+    validate_topic,
+)
+
+if TYPE_CHECKING:
+    from ._policy_service import Governor
+
+log = logging.getLogger("packetbus.server.tasks")
 
 _STATUS = {
     "queued": pb.TASK_STATUS_QUEUED,
@@ -29,13 +48,21 @@ _STATUS = {
     "completed": pb.TASK_STATUS_COMPLETED,
     "carceled": pb.TASK_STATUS_CARCELED,
 }
-_SIGN_ROUNDS = 5
 _MAX_PRIORITY = 1000
 _LIST_LIMIT = 10_000
-_WATCH_BLOCK_MS = 1000
+# Tasks read from the store at a time while listing.
+_TASK_CHUNK = 100
+# An idle watcher reads again this often (a read shared with the other watchers of
+# the same log, see _waits); cancellation and drain end it sooner (_streams).
+_WATCH_BLOCK_MS = 5000
+# Queues whose last count of run-out leases by a watch is remembered (see
+# TaskService._expire_quietly); more are pruned to those counted within a block.
+_WATCH_EXPIRIES_KEPT = 4096
 _DEFAULT_ATTEMPTS = 3
 _DEFAULT_LEASE_S = 30
 _MAX_LEASE_S = 600
+# A claim's request id: a UUID, or any short token of the same characters.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 
 
 def _ts(ms: int) -> timestamp_pb2.Timestamp:
@@ -47,9 +74,13 @@ def _ts(ms: int) -> timestamp_pb2.Timestamp:
 def task_state(queue: str, record: TaskRecord, now_ms: int) -> pb.TaskState:
     status = _STATUS.get(record.text("st"), pb.TASK_STATUS_UNSPECIFIED)
     lease_end = record.number("lu")
+    failures = record.number("fails")
     if status == pb.TASK_STATUS_CLAIMED and lease_end <= now_ms:
-        # Its lease ran out: the next claim puts it back in the queue.
-        status = pb.TASK_STATUS_QUEUED
+        # Its lease ran out, a failed attempt the store has not counted yet (the
+        # next claim, settlement or read of the queue does): shown as it will be.
+        failures += 1
+        last = failures >= record.number("max")
+        status = pb.TASK_STATUS_CARCELED if last else pb.TASK_STATUS_QUEUED
     state = pb.TaskState(
         queue=queue,
         task_id=record.task_id,
@@ -57,7 +88,7 @@ def task_state(queue: str, record: TaskRecord, now_ms: int) -> pb.TaskState:
         priority=record.number("pr"),
         required_capability=record.text("cap"),
         claims=record.number("claims"),
-        failures=record.number("fails"),
+        failures=failures,
         max_attempts=record.number("max"),
         fencing_token=record.number("f"),
         posted_at=_ts(record.number("pa")),
@@ -90,8 +121,14 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         limits: Limits,
         *,
         before_claim: Callable[[str, str], Awaitable[None]] | None = None,
+        clock: StoreClock,
+        governor: Governor | None = None,
     ) -> None:
         self._store = store
+        # The policy in force judges each posted task (_governance).
+        self._governor = governor
+        # The store's clock: leases are written by it (scripts), so judged by it.
+        self._clock = clock
         self._hops = hops
         self._key_store = key_store
         self._custodian = custodian
@@ -99,6 +136,11 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         # (worker, queue) -> None, awaited before each claim: the agent registry
         # notes where a worker claims, to release its tasks when it goes stale.
         self._before_claim = before_claim
+        self._settler = TaskSettler(store, hops, custodian, limits, clock=clock)
+        # queue -> when (monotonic s) an idle watch last counted its run-out leases:
+        # one count per queue per block for all of this replica's watchers, not one
+        # each (a hundred watchers of a queue would make a hundred writes a block).
+        self._watch_expiries: dict[str, float] = {}
 
     def _check_queue(self, violations: list[Violation], queue: str) -> None:
         validate_topic(violations, "queue", queue, self._limits.max_topic_length)
@@ -143,6 +185,9 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             limits=self._limits,
             key_store=self._key_store,
             custodian=self._custodian,
+            clock=self._clock,
+            governor=self._governor,
+            request_fields=(f"max_attempts {request.max_attempts}",),
         )
         queue = packet.topic
         async with storage_errors(context):
@@ -181,190 +226,56 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             violations.append(
                 Violation("lease_seconds", "RANGE", f"must be 1..{_MAX_LEASE_S}; got {lease_s}")
             )
+        if request.request_id and not _REQUEST_ID.match(request.request_id):
+            violations.append(
+                Violation(
+                    "request_id",
+                    "REQUEST_ID_FORMAT",
+                    'must be 1..128 letters, digits or "._:-" (e.g. a UUID)',
+                )
+            )
         if violations:
             await _status.abort_invalid(context, "invalid claim", violations)
+        # The worker names the caller: the agent registry releases its claims when
+        # that agent goes stale, so no one claims under another agent's name.
+        await binding.require_acting(context, request.worker, "worker")
         async with storage_errors(context):
             if self._before_claim is not None:
                 await self._before_claim(request.worker, request.queue)
-            record = await self._store.claim(
-                request.queue, request.worker, list(request.capabilities), lease_s * 1000
+            claimed = await self._store.claim(
+                request.queue,
+                request.worker,
+                list(request.capabilities),
+                lease_s * 1000,
+                request_id=request.request_id,
             )
+            if isinstance(claimed, str):
+                await context.abort(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"request_id {request.request_id!r} names a claim of worker {claimed!r}; "
+                    "use a new request id per claim",
+                )
+                raise AssertionError("context.abort always raises")
+            await self._settler.carceled_hops(request.queue, claimed.carceled)
+            record = claimed.record
             if record is None:
                 return pb.ClaimTaskResponse()
-            record = await self._record_hop(
+            # A claim made again has its hop already, unless the call that made it
+            # lost its reply before appending it.
+            record = await self._settler.record_hop(
                 request.queue,
                 record,
                 _custody.CLAIMED,
                 counterpart=f"queue:{request.queue} worker:{request.worker}",
+                once=claimed.again,
             )
-        state = task_state(request.queue, record, _now_ms())
+        state = task_state(request.queue, record, self._clock.now_ms())
         self._custodian.vouch(state.packet)
         return pb.ClaimTaskResponse(task=state)
 
-    async def _record_hop(
-        self, queue: str, record: TaskRecord, action: str, *, counterpart: str
-    ) -> TaskRecord:
-        """Append the server's signed `action` hop to the task packet's chain (after the
-        fact, for a claim: the script already chose the task)."""
-        payload, content_length = record.payload, record.number("n")
-        digest = hashlib.sha256(payload[:content_length]).digest()
-        hops = record.hops
-        for _ in range(_SIGN_ROUNDS):
-            end = chain_end(payload, content_length, hops)
-            signed = self._custodian.sign_hops(
-                [
-                    Hop(
-                        record.text("i"),
-                        digest,
-                        end,
-                        action,
-                        counterpart=counterpart,
-                        attempt=record.number("claims"),
-                    )
-                ],
-                time.time_ns(),
-            )
-            if not signed:
-                return record
-            [hop] = signed
-            [reply] = await self._hops.append(
-                queue,
-                [HopWrite(record.text("i"), end.hops, hop.entry, hop.hash, record.number("x"))],
-            )
-            if reply is None:
-                return TaskRecord(record.task_id, record.fields, [*hops, hop.entry])
-            hops = reply[1:]
-        return TaskRecord(record.task_id, record.fields, hops)
-
-    # -- settling ----------------------------------------------------------------------
-
-    async def _settle(
-        self,
-        context: grpc.aio.ServicerContext,
-        queue: str,
-        task_id: str,
-        fence: int,
-        kind: str,
-        *,
-        argument: str | int = "",
-        result: pb.TaskResult | None = None,
-    ) -> tuple[str, str]:
-        violations: list[Violation] = []
-        self._check_queue(violations, queue)
-        validate_id(violations, "task_id", task_id)
-        if fence <= 0:
-            violations.append(Violation("fencing_token", "REQUIRED", "from the claim"))
-        if violations:
-            await _status.abort_invalid(context, f"invalid {kind}", violations)
-        async with storage_errors(context):
-            [record] = await self._store.get_many(queue, [task_id])
-            if record is None:
-                await context.abort(
-                    grpc.StatusCode.NOT_FOUND, f"no task {task_id!r} in queue {queue!r}"
-                )
-                raise AssertionError("context.abort always raises")
-            if kind == "fail" and record.number("fails") + 1 >= record.number("max"):
-                kind = "carcel"
-            settled = await self._sign_and_settle(
-                queue, record, kind, fence, argument=argument, result=result
-            )
-        if settled.outcome == "gone":
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no task {task_id!r} in {queue!r}")
-        if settled.outcome == "stale_fence":
-            status, token = settled.value, settled.extra.decode()
-            why = {
-                "completed": "it is completed",
-                "carceled": "it is in the carcel",
-                "queued": "its lease ran out and it is back in the queue",
-            }.get(status, f"it was claimed again (token {token})")
-            if status == "claimed" and token == str(fence):
-                why = "its lease ran out"
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"fencing token {fence} no longer holds task {task_id!r}: {why}",
-            )
-        if settled.outcome == "stale":
-            await context.abort(grpc.StatusCode.ABORTED, "the task's chain kept changing; retry")
-        return kind, settled.value
-
-    async def _sign_and_settle(
-        self,
-        queue: str,
-        record: TaskRecord,
-        kind: str,
-        fence: int,
-        *,
-        argument: str | int = "",
-        result: pb.TaskResult | None = None,
-    ) -> Settled:
-        """Settle a task with the server's signed hop for it, signing again while the
-        chain moves under it; the script checks the fence before writing anything."""
-        task_id = record.task_id
-        payload, content_length = record.payload, record.number("n")
-        digest = hashlib.sha256(payload[:content_length]).digest()
-        end = chain_end(payload, content_length, record.hops)
-        action = {
-            "release": _custody.RELEASED,
-            "complete": _custody.COMPLETED,
-            "fail": _custody.FAILED,
-            "carcel": _custody.CARCELED,
-        }.get(kind)
-        serialized = b""
-        if result is not None:
-            result.worker = record.text("w")  # the holder of the lease the fence names
-            serialized = result.SerializeToString()
-        for _ in range(_SIGN_ROUNDS):
-            entry = entry_hash = b""
-            if action is not None:
-                signed = self._custodian.sign_hops(
-                    [
-                        Hop(
-                            record.text("i"),
-                            digest,
-                            end,
-                            action,
-                            counterpart=f"queue:{queue} worker:{record.text('w')}",
-                            attempt=record.number("claims"),
-                            reason=str(argument) if kind != "carcel" else "max attempts",
-                        )
-                    ],
-                    time.time_ns(),
-                )
-                if signed:
-                    entry, entry_hash = signed[0].entry, signed[0].hash
-            settled = await self._store.settle(
-                queue,
-                task_id,
-                record.text("i"),
-                kind=kind,
-                fence=fence,
-                expected_hops=end.hops,
-                entry=entry,
-                entry_hash=entry_hash,
-                argument=argument,
-                result=serialized,
-            )
-            if settled.outcome != "stale":
-                break
-            end = ChainEnd(end.ingest_entries, int(settled.value), settled.extra)
-        return settled
-
     async def release_held(self, queue: str, worker: str, reason: str) -> int:
-        """Put every task of `queue` that `worker` holds back in the queue at once (its
-        agent went stale or left), each with a signed "released" hop. Safe to repeat,
-        by any replica: a task released already, or claimed again, fails its fence
-        and is left alone. Returns how many this call released."""
-        held = await self._store.held(queue, worker)
-        records = await self._store.get_many(queue, [task_id for task_id, _ in held])
-        released = 0
-        for (_, fence), record in zip(held, records, strict=True):
-            if record is None or record.number("f") != fence:
-                continue
-            settled = await self._sign_and_settle(
-                queue, record, "release", fence, argument=_one_line(reason)
-            )
-            released += settled.outcome == "ok"
-        return released
+        """See TaskSettler.release_held (the agent reaper's call)."""
+        return await self._settler.release_held(queue, worker, reason)
 
     async def HeartbeatTask(
         self, request: pb.HeartbeatTaskRequest, context: grpc.aio.ServicerContext
@@ -375,7 +286,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
                 "invalid heartbeat",
                 [Violation("lease_seconds", "RANGE", f"must be at most {_MAX_LEASE_S}")],
             )
-        _, value = await self._settle(
+        _, value = await self._settler.settle(
             context,
             request.queue,
             request.task_id,
@@ -388,13 +299,13 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     async def ReleaseTask(
         self, request: pb.ReleaseTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReleaseTaskResponse:
-        await self._settle(
+        await self._settler.settle(
             context,
             request.queue,
             request.task_id,
             request.fencing_token,
             "release",
-            argument=_one_line(request.reason),
+            argument=one_line(request.reason),
         )
         return pb.ReleaseTaskResponse()
 
@@ -406,9 +317,9 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             completed=True,
             result=request.result,
             summary=request.summary,
-            at=_ts(_now_ms()),
+            at=_ts(self._clock.now_ms()),
         )
-        await self._settle(
+        await self._settler.settle(
             context,
             request.queue,
             request.task_id,
@@ -422,15 +333,15 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         self, request: pb.FailTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.FailTaskResponse:
         result = pb.TaskResult(
-            fencing_token=request.fencing_token, error=request.error, at=_ts(_now_ms())
+            fencing_token=request.fencing_token, error=request.error, at=_ts(self._clock.now_ms())
         )
-        kind, value = await self._settle(
+        kind, value = await self._settler.settle(
             context,
             request.queue,
             request.task_id,
             request.fencing_token,
             "fail",
-            argument=_one_line(request.error),
+            argument=one_line(request.error),
             result=result,
         )
         if kind == "carcel":
@@ -444,6 +355,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     ) -> pb.GetTaskResponse:
         await self._check_task_ref(context, request.queue, request.task_id)
         async with storage_errors(context):
+            await self._settler.expire_before_read(request.queue)
             [record] = await self._store.get_many(request.queue, [request.task_id])
         if record is None:
             await context.abort(
@@ -452,7 +364,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
                 "or expired)",
             )
             raise AssertionError("context.abort always raises")
-        state = task_state(request.queue, record, _now_ms())
+        state = task_state(request.queue, record, self._clock.now_ms())
         self._custodian.vouch(state.packet)
         return pb.GetTaskResponse(task=state)
 
@@ -461,38 +373,111 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     ) -> pb.ListTasksResponse:
         violations: list[Violation] = []
         self._check_queue(violations, request.queue)
+        scope = (request.queue, request.status)
+        after = _task_token(violations, unseal(violations, "tasks", scope, request.page_token))
         if violations:
             await _status.abort_invalid(context, "invalid listing", violations)
+        # A page ends at the reply budget (each task carries its packet), or after
+        # _LIST_LIMIT tasks looked at (a rare status can be far apart).
+        states: list[pb.TaskState] = []
+        budget, total, looked = self._limits.reply_budget_bytes, 0, 0
         async with storage_errors(context):
-            ids = await self._store.task_ids(request.queue, _LIST_LIMIT)
-            records = await self._store.get_many(request.queue, ids)
-        now = _now_ms()
-        states = [task_state(request.queue, r, now) for r in records if r is not None]
-        if request.status:
-            states = [s for s in states if s.status == request.status]
-        return pb.ListTasksResponse(tasks=states)
+            await self._settler.expire_before_read(request.queue)
+            while looked < _LIST_LIMIT:
+                rows = await self._store.task_page(request.queue, after, _TASK_CHUNK)
+                if not rows:
+                    return pb.ListTasksResponse(tasks=states)
+                looked += len(rows)
+                records = await self._store.get_many(request.queue, [i for _, i in rows])
+                now = self._clock.now_ms()
+                for row, record in zip(rows, records, strict=True):
+                    state = task_state(request.queue, record, now) if record else None
+                    if state is not None and request.status in (0, state.status):
+                        total += message_size(state) + ITEM_OVERHEAD
+                        if states and total > budget:
+                            return pb.ListTasksResponse(
+                                tasks=states,
+                                next_page_token=seal("tasks", scope, _task_token_of(after)),
+                            )
+                        states.append(state)
+                    after = row
+        return pb.ListTasksResponse(
+            tasks=states, next_page_token=seal("tasks", scope, _task_token_of(after))
+        )
 
     async def ListTaskResults(
         self, request: pb.ListTaskResultsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTaskResultsResponse:
+        violations: list[Violation] = []
+        scope = (request.queue, request.task_id)
+        start = offset_request(
+            violations, unseal(violations, "task_results", scope, request.page_token)
+        )
+        if violations:
+            await _status.abort_invalid(context, "invalid listing", violations)
         await self._check_task_ref(context, request.queue, request.task_id)
+
+        async def read(offset: int, count: int) -> tuple[list[tuple[int, bytes]], int]:
+            raw = await self._store.results(request.queue, request.task_id, offset, count)
+            return list(enumerate(raw, offset)), offset + len(raw)
+
         async with storage_errors(context):
-            raw = await self._store.results(request.queue, request.task_id)
-        return pb.ListTaskResultsResponse(results=[pb.TaskResult.FromString(r) for r in raw])
+            found, token = await page_by_offset(
+                read, start, len, self._limits.reply_budget_bytes, chunk=20
+            )
+        return pb.ListTaskResultsResponse(
+            results=[pb.TaskResult.FromString(r) for r in found],
+            next_page_token=seal("task_results", scope, token),
+        )
 
     async def WatchTasks(
         self, request: pb.WatchTasksRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchTasksResponse]:
         violations: list[Violation] = []
         self._check_queue(violations, request.queue)
+        if request.after_cursor and not is_stream_id(request.after_cursor):
+            violations.append(
+                Violation("after_cursor", "CURSOR_FORMAT", "must be a cursor: <ms>-<seq>")
+            )
         if violations:
             await _status.abort_invalid(context, "invalid watch", violations)
-        async with storage_errors(context, retry_hint="watch again"):
-            cursor = await self._store.last_event(request.queue)
+        async with storage_errors(context, retry_hint="watch again after the last cursor seen"):
+            lost = False
+            if request.after_cursor:
+                cursor = request.after_cursor
+                lost = await self._store.events_lost_after(request.queue, cursor)
+            else:
+                cursor = await self._store.last_event(request.queue)
+            await stream_started(context)
+            if lost:
+                yield pb.WatchTasksResponse(events_lost=True)
+            entries: list[Any] = []
             while not caller_gone(context):
+                if not entries:
+                    # A lease that ran out in a queue nobody claims from or reads is
+                    # an event too: counted at the watch's start and when it idles.
+                    await self._expire_quietly(request.queue)
                 cursor, entries = await self._store.events(request.queue, cursor, _WATCH_BLOCK_MS)
-                if entries:
-                    yield pb.WatchTasksResponse(events=[_event(e) for e in entries])
+                events = [_event(e) for e in entries]
+                for part in packs(events, message_size, self._limits.reply_budget_bytes):
+                    yield pb.WatchTasksResponse(events=part)
+
+    async def _expire_quietly(self, queue: str) -> None:
+        """As TaskSettler.expire_before_read (one try; a store that refuses the write,
+        or does not answer, leaves the watch, a read, as it is), at most once per
+        queue per watch block on this replica."""
+        now = time.monotonic()
+        every = _WATCH_BLOCK_MS / 1000
+        last = self._watch_expiries.get(queue)
+        if last is not None and now - last < every:
+            return
+        if len(self._watch_expiries) >= _WATCH_EXPIRIES_KEPT:
+            # Bounded: forget the queues counted longer than a block ago.
+            self._watch_expiries = {
+                q: t for q, t in self._watch_expiries.items() if now - t < every
+            }
+        self._watch_expiries[queue] = now  # before the call: concurrent watchers skip
+        await self._settler.expire_before_read(queue)
 
 
 def _event(entry: tuple[bytes, dict[bytes, bytes]]) -> pb.TaskEvent:
@@ -506,12 +491,28 @@ def _event(entry: tuple[bytes, dict[bytes, bytes]]) -> pb.TaskEvent:
         fencing_token=int(f[b"f"]),
         at=_ts(ms),
         reason=f[b"r"].decode(),
+        cursor=entry_id.decode(),
     )
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.splitlines())[:1024]
+# "<index score>:<task id>": scores are exact doubles (below 2^53, 16 digits; see
+# lib/order.lua), ASCII digits only.
+_TASK_TOKEN = re.compile(r"([0-9]{1,16}):(.+)\Z", re.DOTALL)
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+def _task_token(violations: list[Violation], token: str) -> tuple[int, str] | None:
+    """The last task of the previous page, from its token "<index score>:<task id>"."""
+    if not token:
+        return None
+    match = _TASK_TOKEN.match(token)
+    if match is None:
+        violations.append(
+            Violation("page_token", "PAGE_TOKEN", "is not a token from a previous response")
+        )
+        return None
+    return int(match[1]), match[2]
+
+
+def _task_token_of(last: tuple[int, str] | None) -> str:
+    """The token of a page that ends after task `last` (index score, task id)."""
+    return f"{last[0]}:{last[1]}" if last is not None else ""

@@ -6,6 +6,7 @@ inside the scripts from the prefix ``pb:{queue}:`` (see scripts/lib/tasks.lua).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,8 @@ from ._hop_store import HopStore
 from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
-from ._store import PacketWrite
+from ._store import PacketWrite, cursor_order
+from ._waits import SharedReads
 
 # Leases looked at when finding the tasks one worker holds.
 _MAX_LEASES_SCANNED = 10_000
@@ -42,9 +44,25 @@ class TaskRecord:
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    outcome: str  # ok | gone | stale_fence | stale
+    """A settlement's outcome (scripts/task_settle.lua): ok | again | conflict | settled |
+    gone | stale_fence | stale, its value and extra."""
+
+    outcome: str
     value: str = ""
     extra: bytes = b""
+    # Tasks whose "carceled" hop (a run-out lease's carcel move) is pending.
+    carceled: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A claim's outcome (scripts/task_claim.lua): `record` is the task claimed (None
+    when none was claimable), `again` whether the claim was made before for the
+    same request id; `carceled` as for Settled."""
+
+    record: TaskRecord | None
+    again: bool = False
+    carceled: tuple[str, ...] = ()
 
 
 class TaskStore:
@@ -55,8 +73,10 @@ class TaskStore:
         *,
         retry_budget: float,
         carcel_retention_ms: int,
+        reads: SharedReads | None = None,
     ) -> None:
         self._redis = redis
+        self._reads = reads or SharedReads(redis)
         self._hops = hops
         self._retry_budget = retry_budget
         self._carcel_retention_ms = carcel_retention_ms
@@ -80,7 +100,12 @@ class TaskStore:
         async def attempt() -> str:
             reply = await _scripts.TASK_POST.run(
                 self._redis,
-                [_keys.task_index(queue), _keys.task_events(queue)],
+                [
+                    _keys.task_index(queue),
+                    _keys.task_events(queue),
+                    _keys.task(queue, task_id),
+                    _keys.task_ready(queue, capability),
+                ],
                 [
                     _keys.queue_prefix(queue),
                     task_id,
@@ -100,22 +125,80 @@ class TaskStore:
         return outcome
 
     async def claim(
-        self, queue: str, worker: str, capabilities: Sequence[str], lease_ms: int
-    ) -> TaskRecord | None:
-        async def attempt() -> dict[bytes, bytes]:
+        self,
+        queue: str,
+        worker: str,
+        capabilities: Sequence[str],
+        lease_ms: int,
+        *,
+        request_id: str = "",
+    ) -> Claimed | str:
+        """Claim the best claimable task for `worker`. With a `request_id`, a claim made
+        before for it that still holds is returned again (`again`), so retrying this
+        call after a lost reply is safe. Returns the worker whose claim the request
+        id names when it is another's."""
+        # Without one (a client that sets none), a request id of this call's own: the
+        # store retries below must not claim a second task when a reply was lost.
+        request_id = request_id or f"server:{uuid.uuid4().hex}"
+
+        async def attempt() -> Claimed | str:
             reply = await _scripts.TASK_CLAIM.run(
                 self._redis,
-                [_keys.task_index(queue), _keys.task_leases(queue), _keys.task_events(queue)],
-                [_keys.queue_prefix(queue), worker, lease_ms, *capabilities],
+                [
+                    _keys.task_index(queue),
+                    _keys.task_leases(queue),
+                    _keys.task_events(queue),
+                    _keys.carcel(queue),
+                ],
+                [
+                    _keys.queue_prefix(queue),
+                    worker,
+                    lease_ms,
+                    request_id,
+                    self._carcel_retention_ms,
+                    *capabilities,
+                ],
             )
-            return {bytes(reply[j]): bytes(reply[j + 1]) for j in range(0, len(reply), 2)}
+            outcome = text(reply[0])
+            if outcome == "taken":
+                return text(reply[1])
+            flat = reply[1]
+            raw = {bytes(flat[j]): bytes(flat[j + 1]) for j in range(0, len(flat), 2)}
+            record = TaskRecord(text(raw[b"rk"]).split(":", 2)[2], raw, []) if raw else None
+            return Claimed(record, outcome == "again", tuple(text(t) for t in reply[2]))
 
-        raw: dict[bytes, bytes] = await self._retried(attempt)
-        if not raw:
-            return None
-        task_id = text(raw[b"rk"]).split(":", 2)[2]
-        [hops] = await self._hops.read(queue, [text(raw[b"i"])])
-        return TaskRecord(task_id, raw, hops)
+        claimed: Claimed | str = await self._retried(attempt)
+        if isinstance(claimed, str) or claimed.record is None:
+            return claimed
+        record = claimed.record
+        [hops] = await self._hops.read(queue, [record.text("i")])
+        return Claimed(
+            TaskRecord(record.task_id, record.fields, hops), claimed.again, claimed.carceled
+        )
+
+    async def expire(self, queue: str) -> list[str]:
+        """Count the queue's leases that ran out as failed attempts (back in the queue,
+        or to the carcel after the last); returns the ids of the tasks whose
+        "carceled" hop is pending. One try, not retried: redis's own errors are raised
+        as they come (its caller, a read, can do without the count)."""
+
+        async def attempt() -> list[str]:
+            reply = await _scripts.TASK_EXPIRE.run(
+                self._redis,
+                [_keys.task_leases(queue), _keys.task_events(queue), _keys.carcel(queue)],
+                [_keys.queue_prefix(queue), self._carcel_retention_ms],
+            )
+            return [text(t) for t in reply]
+
+        return await attempt()
+
+    async def carcel_hops_done(self, queue: str, task_ids: Sequence[str]) -> None:
+        """Tasks whose "carceled" hop is appended (or no longer due): off the pending set."""
+
+        async def attempt() -> None:
+            await self._redis.srem(_keys.task_carcel_hops(queue), *task_ids)
+
+        await self._retried(attempt)
 
     async def get_many(self, queue: str, task_ids: Sequence[str]) -> list[TaskRecord | None]:
         async def attempt() -> list[dict[bytes, bytes]]:
@@ -133,17 +216,44 @@ class TaskStore:
             for task_id, f in zip(task_ids, found, strict=True)
         ]
 
-    async def task_ids(self, queue: str, limit: int) -> list[str]:
-        async def attempt() -> list[str]:
-            raw: Any = await self._redis.zrange(_keys.task_index(queue), 0, limit - 1)
-            return [text(t) for t in raw]
+    async def task_page(
+        self, queue: str, after: tuple[int, str] | None, count: int
+    ) -> list[tuple[int, str]]:
+        """Up to `count` (index score, task id) of the queue's index, in its order
+        (posted first first, see lib/order.lua; ties, from before unique scores,
+        by id), after `after` (None: from the first)."""
+        low, skip = (after[0], after) if after is not None else (0, None)
 
-        ids: list[str] = await self._retried(attempt)
-        return ids
+        async def attempt() -> list[tuple[int, str]]:
+            out: list[tuple[int, str]] = []
+            offset = 0
+            while len(out) < count:
+                rows: Any = await self._redis.zrangebyscore(
+                    _keys.task_index(queue), low, "+inf", start=offset, num=count, withscores=True
+                )
+                if not rows:
+                    break
+                offset += len(rows)
+                # Those with `after`'s score and up to it came before.
+                out += [
+                    row
+                    for row in ((int(score), text(member)) for member, score in rows)
+                    if skip is None or row > skip
+                ]
+            return out[:count]
 
-    async def results(self, queue: str, task_id: str) -> list[bytes]:
+        found: list[tuple[int, str]] = await self._retried(attempt)
+        return found
+
+    async def results(
+        self, queue: str, task_id: str, start: int = 0, count: int = 0
+    ) -> list[bytes]:
+        """The task's results from offset `start` on, `count` of them (0: all)."""
+
         async def attempt() -> list[bytes]:
-            raw: Any = await self._redis.lrange(_keys.task_results(queue, task_id), 0, -1)
+            raw: Any = await self._redis.lrange(
+                _keys.task_results(queue, task_id), start, start + count - 1 if count else -1
+            )
             return [bytes(r) for r in raw]
 
         found: list[bytes] = await self._retried(attempt)
@@ -162,7 +272,14 @@ class TaskStore:
         entry_hash: bytes = b"",
         argument: str | int = "",
         result: bytes = b"",
+        digest: str = "-",
+        asker: str = "",
     ) -> Settled:
+        """Settle (scripts/task_settle.lua). `digest`: what the caller asked, as hex
+        without its time, and `asker` the class of request (complete, fail, release
+        or server), so a replay of this settlement (the same fence, class and digest)
+        answers "again" with its first outcome."""
+
         async def attempt() -> Settled:
             reply = await _scripts.TASK_SETTLE.run(
                 self._redis,
@@ -183,12 +300,15 @@ class TaskStore:
                     argument,
                     result,
                     self._carcel_retention_ms,
+                    digest,
+                    asker,
                 ],
             )
             return Settled(
                 text(reply[0]),
-                text(reply[1]) if len(reply) > 1 else "",
-                bytes(reply[2]) if len(reply) > 2 else b"",
+                text(reply[1]),
+                bytes(reply[2]),
+                tuple(text(t) for t in reply[3]),
             )
 
         settled: Settled = await self._retried(attempt)
@@ -198,8 +318,8 @@ class TaskStore:
         """Status events after `after` ("$": from now), waiting up to `block_ms`."""
 
         async def attempt() -> tuple[str, list[Any]]:
-            reply: Any = await self._redis.xread(
-                {_keys.task_events(queue): after}, count=500, block=block_ms
+            reply: Any = await self._reads.xread(
+                {_keys.task_events(queue): after}, count=500, block_ms=block_ms
             )
             if not reply:
                 return after, []
@@ -218,6 +338,27 @@ class TaskStore:
 
         found: str = await self._retried(attempt)
         return found
+
+    async def events_lost_after(self, queue: str, cursor: str) -> bool:
+        """Whether retention removed events of `queue` after `cursor` ("<ms>-<seq>").
+
+        As for agents' watch: true when events were removed and the oldest kept is
+        newer than the cursor (at the very edge, the cursor was the last one removed
+        and nothing is lost: told all the same, never skipped silently). A log gone
+        whole (it expires with the queue's newest task) is not told, as for agents'
+        and context watches."""
+        key = _keys.task_events(queue)
+
+        async def attempt() -> bool:
+            if not await self._redis.exists(key):
+                return False
+            info: Any = await self._redis.xinfo_stream(key)
+            if int(info["entries-added"]) <= int(info["length"]):
+                return False
+            return cursor_order(text(info["recorded-first-entry-id"])) > cursor_order(cursor)
+
+        lost: bool = await self._retried(attempt)
+        return lost
 
     async def held(self, queue: str, worker: str) -> list[tuple[str, int]]:
         """The tasks of `queue` that `worker` holds, with their fencing tokens."""

@@ -16,6 +16,13 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from packetbus.v1 import contents_pb2, custody_pb2, packet_pb2, speech_act_pb2
 
+from ._fields import (
+    MAX_AGENT_ID_BYTES,
+    MAX_INBOX_TOPIC_LENGTH,
+    MAX_SAFE_INTEGER,
+    inbox_topic_prefixed,
+    utf8_length,
+)
 from ._limits import Limits
 
 SUPPORTED_SCHEMA_VERSIONS: tuple[str, ...] = ("1.0", "1.1")
@@ -25,14 +32,12 @@ SIGNED_SCHEMA_VERSION = "1.1"
 # Canonical lowercase form only: one UUID must have exactly one spelling, or
 # the idempotency key would not be one.
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
-# A cursor (a stream entry id, "<ms>-<seq>"): receipts' cursors, carcel entry ids.
-STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}\Z")
 # Topics become Redis hash tags ({topic}), so braces can never appear.
 _TOPIC = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*\Z")
 # Printable, no whitespace: ids are shown in logs and used in keys.
 _IDENTIFIER = re.compile(r"[^\s\x00-\x1f\x7f]+\Z")
 _NO_CONTROL = re.compile(r"[^\x00-\x1f\x7f]*\Z")
-_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[\w.+-]+(\s*;.*)?\Z")
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[\w.+-]+(\s*;.*)?\Z", re.ASCII)
 
 _KNOWN_SPEECH_ACTS = frozenset(speech_act_pb2.SpeechAct.values()) - {
     speech_act_pb2.SPEECH_ACT_UNSPECIFIED
@@ -188,11 +193,14 @@ def validate_packet(
 
 
 def validate_topic(out: list[Violation], path: str, topic: str, max_length: int) -> None:
-    """Topic names: 1..max_length of letters, digits and ``_ . : / -``."""
+    """Topic names: 1..max_length of letters, digits and ``_ . : / -`` (inbox topics,
+    ``inbox/...``: up to MAX_INBOX_TOPIC_LENGTH, whichever is more)."""
+    if inbox_topic_prefixed(topic):
+        max_length = max(max_length, MAX_INBOX_TOPIC_LENGTH)
     if not topic:
         out.append(Violation(path, "REQUIRED", "is required"))
-    elif len(topic) > max_length:
-        out.append(Violation(path, "LENGTH", f"must be at most {max_length} characters"))
+    elif len(topic) > max_length:  # ASCII only (below), so characters are bytes
+        out.append(Violation(path, "LENGTH", f"must be at most {max_length} bytes"))
     elif not _TOPIC.match(topic):
         out.append(
             Violation(
@@ -225,13 +233,20 @@ def validate_group_name(out: list[Violation], path: str, name: str) -> None:
 
 
 def validate_id(out: list[Violation], path: str, value: str) -> None:
-    """Ids (agents, tasks, capabilities): required, 1-255 printable, no whitespace."""
+    """Ids (agents, tasks, capabilities): required, 1-255 bytes (UTF-8) printable, no whitespace."""
     _identifier(out, path, value, MAX_SHORT_TEXT, required=True)
 
 
 def validate_agent_id(out: list[Violation], path: str, agent_id: str) -> None:
-    """Agent ids (a packet's origin, a key's owner)."""
-    validate_id(out, path, agent_id)
+    """Agent ids (a packet's origin, a key's owner): as other ids, at most
+    MAX_AGENT_ID_BYTES, the bound every inbox topic is sized for."""
+    _identifier(out, path, agent_id, MAX_AGENT_ID_BYTES, required=True)
+
+
+def validate_safe_integer(out: list[Violation], path: str, value: int) -> None:
+    """Integers that reach a Lua script: 0..2^53-1 (Lua numbers are doubles)."""
+    if not 0 <= value <= MAX_SAFE_INTEGER:
+        out.append(Violation(path, "RANGE", f"must be 0..{MAX_SAFE_INTEGER}; got {value}"))
 
 
 def validate_tracking_id(tracking_id: str) -> list[Violation]:
@@ -266,10 +281,9 @@ def _identifier(
         if required:
             out.append(Violation(path, "REQUIRED", "is required"))
         return
-    if len(value) > max_length:
-        out.append(
-            Violation(path, "LENGTH", f"must be 1..{max_length} characters; got {len(value)}")
-        )
+    size = utf8_length(value)
+    if size > max_length:
+        out.append(Violation(path, "LENGTH", f"must be 1..{max_length} bytes (UTF-8); got {size}"))
     elif not _printable_identifier(value):
         out.append(Violation(path, "CHARSET", "must not contain whitespace or control characters"))
 
@@ -277,10 +291,18 @@ def _identifier(
 def _text(out: list[Violation], path: str, value: str, max_length: int) -> None:
     if not value:
         return
-    if len(value) > max_length:
-        out.append(Violation(path, "LENGTH", f"must be at most {max_length} characters"))
+    if utf8_length(value) > max_length:
+        out.append(Violation(path, "LENGTH", f"must be at most {max_length} bytes (UTF-8)"))
     elif not _no_control(value):
         out.append(Violation(path, "CHARSET", "must not contain control characters"))
+
+
+def validate_timestamp(out: list[Violation], path: str, ts: timestamp_pb2.Timestamp) -> bool:
+    """Whether `ts` is in Timestamp's own range (years 1..9999, nanos 0..999,999,999);
+    outside it, ToDatetime/ToMilliseconds raise or give nonsense."""
+    before = len(out)
+    _timestamp(out, path, ts)
+    return len(out) == before
 
 
 def _timestamp(out: list[Violation], path: str, ts: timestamp_pb2.Timestamp) -> None:
@@ -327,7 +349,7 @@ def _finding(out: list[Violation], finding: contents_pb2.Finding) -> None:
         for i, citation in enumerate(citations):
             if not citation:
                 out.append(Violation(f"finding.citations[{i}]", "REQUIRED", "must not be empty"))
-            elif len(citation) > MAX_CITATION_LENGTH or not _no_control(citation):
+            elif utf8_length(citation) > MAX_CITATION_LENGTH or not _no_control(citation):
                 _text(out, f"finding.citations[{i}]", citation, MAX_CITATION_LENGTH)
     if finding.subject:
         _text(out, "finding.subject", finding.subject, MAX_SHORT_TEXT)
@@ -349,7 +371,7 @@ def _context(out: list[Violation], context: contents_pb2.Context) -> None:
 def _raw(out: list[Violation], raw: contents_pb2.RawContents) -> None:
     if not raw.content_type:
         out.append(Violation("raw.content_type", "REQUIRED", "is required"))
-    elif len(raw.content_type) > MAX_SHORT_TEXT or not _MEDIA_TYPE.match(raw.content_type):
+    elif utf8_length(raw.content_type) > MAX_SHORT_TEXT or not _MEDIA_TYPE.match(raw.content_type):
         out.append(
             Violation(
                 "raw.content_type",
@@ -360,6 +382,11 @@ def _raw(out: list[Violation], raw: contents_pb2.RawContents) -> None:
 
 
 MAX_STRUCT_DEPTH = 32
+
+
+def validate_struct_depth(out: list[Violation], path: str, root: struct_pb2.Struct) -> None:
+    """JSON-like data (a Struct) nests at most MAX_STRUCT_DEPTH deep."""
+    _struct_depth(out, path, root)
 
 
 def _struct_depth(out: list[Violation], path: str, root: struct_pb2.Struct) -> None:
@@ -409,11 +436,13 @@ def _custody(
             )
         if not entry.key_id:
             out.append(Violation(f"{base}.key_id", "REQUIRED", "is required"))
-        elif len(entry.key_id) > MAX_KEY_ID_LENGTH or not _printable_identifier(entry.key_id):
+        elif utf8_length(entry.key_id) > MAX_KEY_ID_LENGTH or not _printable_identifier(
+            entry.key_id
+        ):
             out.append(
                 Violation(
                     f"{base}.key_id",
                     "KEY_ID_FORMAT",
-                    f"must be 1..{MAX_KEY_ID_LENGTH} printable characters",
+                    f"must be 1..{MAX_KEY_ID_LENGTH} bytes (UTF-8) of printable characters",
                 )
             )

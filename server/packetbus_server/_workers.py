@@ -8,18 +8,25 @@ stopping the store.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.process
 import os
 import signal
+import threading
 import time
 from dataclasses import replace
 from types import FrameType
 
-from ._app import ServerConfig, run_one
+from ._app import ServerConfig, run_one, tls_credentials
 from ._embedded import EmbeddedValkey
+from ._eviction import require_noeviction
+from ._exposure import require_safe_listen
 from ._keyring import KEYRING_FILE, SEED_ENV, Keyring
+from ._retry import with_retries
+from ._store import connect_redis
 
 log = logging.getLogger("packetbus.server")
 
@@ -35,15 +42,43 @@ def _worker(config: ServerConfig, log_level: int) -> None:
         level=log_level,
         format=f"%(asctime)s %(levelname)s worker-{os.getpid()} %(name)s: %(message)s",
     )
+    _drain_when_orphaned()
     run_one(config)
+
+
+def _drain_when_orphaned() -> None:
+    """SIGTERM this worker (it drains) when its supervisor dies, however it dies.
+
+    A SIGKILLed supervisor cannot stop its workers, and its lock on the data dir
+    goes with it: the next server on that directory then stops the embedded store
+    and starts it again, and workers left running would reattach to it on their
+    port, two servers on one home. The supervisor's end of a pipe the child holds
+    (multiprocessing's parent sentinel) becomes readable when it exits."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch(sentinel: int) -> None:
+        multiprocessing.connection.wait([sentinel])
+        log.error("the supervisor (pid %s) is gone; this worker drains and exits", parent.pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(
+        target=watch, args=(parent.sentinel,), name="packetbus-orphan-watch", daemon=True
+    ).start()
 
 
 def run_workers(config: ServerConfig, workers: int) -> None:
     if config.listen.rsplit(":", 1)[-1] == "0":
         raise ValueError("several workers share one port: give --listen a fixed port")
+    # Here, once: settings that must not serve, or TLS files that do not check, are
+    # one error from the command, not one from each worker. (Each worker then loads
+    # the files itself and follows their renewals.)
+    require_safe_listen(config)
+    tls_credentials(config)
     embedded: EmbeddedValkey | None = None
     if config.redis_url is None:
-        embedded = EmbeddedValkey(config.data_dir)
+        embedded = EmbeddedValkey(config.data_dir, config.durability)
         embedded.start()
     try:
         key_file = config.signing_key_file or config.data_dir / KEYRING_FILE
@@ -53,14 +88,38 @@ def run_workers(config: ServerConfig, workers: int) -> None:
             config,
             redis_url=embedded.url if embedded is not None else config.redis_url,
             signing_key_file=key_file,
+            share_port=True,  # the workers, and only they, share the port
         )
-        _supervise(shared, workers)
+        if not config.allow_store_eviction:
+            # Here, once: a store that may evict is one line from the command,
+            # not a traceback from each worker.
+            asyncio.run(_require_noeviction(shared.redis_url or ""))
+        _supervise(shared, workers, embedded)
     finally:
         if embedded is not None:
             embedded.stop()
 
 
-def _supervise(config: ServerConfig, workers: int) -> None:
+def _keep_store_running(embedded: EmbeddedValkey) -> bool:
+    """Start the store again if it exited (the workers reconnect to the same socket
+    as after a lost connection); False when it would not start."""
+    try:
+        embedded.restart_if_exited()
+    except Exception as exc:
+        log.error("the embedded Valkey did not start again: %s", exc)
+        return False
+    return True
+
+
+async def _require_noeviction(url: str) -> None:
+    redis = await connect_redis(url, max_connections=2)
+    try:
+        await with_retries(lambda: require_noeviction(redis), budget_seconds=10.0)
+    finally:
+        await redis.aclose()
+
+
+def _supervise(config: ServerConfig, workers: int, embedded: EmbeddedValkey | None) -> None:
     context = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -82,7 +141,11 @@ def _supervise(config: ServerConfig, workers: int) -> None:
 
     procs = [launch() for _ in range(workers)]
     log.info("%d workers serving on %s", workers, config.listen)
+    store_retry_at = 0.0  # after a failed restart of the store, the next try
     while not stopping:
+        due = embedded is not None and time.monotonic() >= store_retry_at
+        if due and embedded is not None and not _keep_store_running(embedded):
+            store_retry_at = time.monotonic() + 10
         for i, (process, started) in enumerate(procs):
             if process.is_alive():
                 continue
@@ -98,7 +161,7 @@ def _supervise(config: ServerConfig, workers: int) -> None:
     for process, _ in procs:
         if process.is_alive():
             process.terminate()  # SIGTERM: each worker drains
-    deadline = time.monotonic() + config.grace_seconds + 15
+    deadline = time.monotonic() + config.drain_notice_seconds + config.grace_seconds + 15
     for process, _ in procs:
         process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():

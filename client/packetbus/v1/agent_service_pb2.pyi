@@ -154,7 +154,7 @@ class Agent(_message.Message):
     LAST_HEARTBEAT_AT_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """The agent's id (1-255 printable characters, no whitespace), as in
+    """The agent's id (1-255 bytes of UTF-8, printable, no whitespace), as in
     packets' origin and tasks' worker.
     """
     role: _builtins.str

@@ -44,7 +44,10 @@ class CarcelEntry(_message.Message):
     source: _builtins.str
     """Where the packet was when it was carceled, e.g. "group:billing"."""
     delivery_count: _builtins.int
-    """Deliveries made before the packet was carceled."""
+    """Deliveries made before the packet was carceled (a task's: its claims),
+    exactly: a lease that ran out on the last one is not counted twice. Made
+    since it was last requeued from the carcel, if it was.
+    """
     rule_id: _builtins.str
     """The governance policy rule that rejected the packet (or held it, when an
     agent denied it); empty for other carcel entries.

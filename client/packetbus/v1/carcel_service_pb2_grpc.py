@@ -85,7 +85,9 @@ class CarcelServiceServicer:
         """Validates the packet again and delivers it once more to where it came
         from (its consumer group, or its task queue, its failures forgiven), with
         a "requeued" custody entry; the carcel entry is removed. Requeuing an
-        entry that is gone is NOT_FOUND.
+        entry that is gone is NOT_FOUND, and so is a requeue sent again after its
+        reply was lost (the first one did it: check where the packet is); the
+        server's own retries against its store are answered as the first run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,7 +44,9 @@ class CarcelServiceStub:
     """Validates the packet again and delivers it once more to where it came
     from (its consumer group, or its task queue, its failures forgiven), with
     a "requeued" custody entry; the carcel entry is removed. Requeuing an
-    entry that is gone is NOT_FOUND.
+    entry that is gone is NOT_FOUND, and so is a requeue sent again after its
+    reply was lost (the first one did it: check where the packet is); the
+    server's own retries against its store are answered as the first run.
     """
     PurgeCarcelEntries: _grpc.UnaryUnaryMultiCallable[_carcel_service_pb2.PurgeCarcelEntriesRequest, _carcel_service_pb2.PurgeCarcelEntriesResponse]
 
@@ -64,7 +66,9 @@ class CarcelServiceAsyncStub(CarcelServiceStub):
     """Validates the packet again and delivers it once more to where it came
     from (its consumer group, or its task queue, its failures forgiven), with
     a "requeued" custody entry; the carcel entry is removed. Requeuing an
-    entry that is gone is NOT_FOUND.
+    entry that is gone is NOT_FOUND, and so is a requeue sent again after its
+    reply was lost (the first one did it: check where the packet is); the
+    server's own retries against its store are answered as the first run.
     """
     PurgeCarcelEntries: _aio.UnaryUnaryMultiCallable[_carcel_service_pb2.PurgeCarcelEntriesRequest, _carcel_service_pb2.PurgeCarcelEntriesResponse]  # type: ignore[assignment]
 
@@ -99,7 +103,9 @@ class CarcelServiceServicer(metaclass=_abc_1.ABCMeta):
         """Validates the packet again and delivers it once more to where it came
         from (its consumer group, or its task queue, its failures forgiven), with
         a "requeued" custody entry; the carcel entry is removed. Requeuing an
-        entry that is gone is NOT_FOUND.
+        entry that is gone is NOT_FOUND, and so is a requeue sent again after its
+        reply was lost (the first one did it: check where the packet is); the
+        server's own retries against its store are answered as the first run.
         """
 
     @_abc_1.abstractmethod

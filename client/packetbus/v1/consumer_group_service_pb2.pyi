@@ -291,7 +291,10 @@ class PullSubscription(_message.Message):
     topic: _builtins.str
     group: _builtins.str
     consumer: _builtins.str
-    """The consumer's name (e.g. its agent id): it appears in custody entries."""
+    """The consumer's name (e.g. its agent id): it appears in custody entries.
+    Not bound to the caller: a name inside the group (custody records the
+    authenticated principal beside it).
+    """
     max_outstanding_packets: _builtins.int
     """Flow control: the server stops delivering while this stream holds this
     many unsettled deliveries (default 1000), or this many bytes of them

@@ -131,7 +131,9 @@ class ConsumerGroupServiceServicer:
         and later requests settle deliveries (ack, nack, extend). The server sends
         deliveries in batches while the consumer's outstanding (delivered, not yet
         settled on this stream) packets and bytes are under the request's limits,
-        and confirms each settlement.
+        and confirms each settlement. Needs topics.consume on the first request's
+        topic (checked once: later requests cannot name one); an inbox is pulled
+        only by its agent or one acting for it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -56,7 +56,9 @@ class ConsumerGroupServiceStub:
     and later requests settle deliveries (ack, nack, extend). The server sends
     deliveries in batches while the consumer's outstanding (delivered, not yet
     settled on this stream) packets and bytes are under the request's limits,
-    and confirms each settlement.
+    and confirms each settlement. Needs topics.consume on the first request's
+    topic (checked once: later requests cannot name one); an inbox is pulled
+    only by its agent or one acting for it.
     """
     Acknowledge: _grpc.UnaryUnaryMultiCallable[_consumer_group_service_pb2.AcknowledgeRequest, _consumer_group_service_pb2.AcknowledgeResponse]
     """Settle deliveries outside a Pull stream (e.g. after it broke). Each
@@ -94,7 +96,9 @@ class ConsumerGroupServiceAsyncStub(ConsumerGroupServiceStub):
     and later requests settle deliveries (ack, nack, extend). The server sends
     deliveries in batches while the consumer's outstanding (delivered, not yet
     settled on this stream) packets and bytes are under the request's limits,
-    and confirms each settlement.
+    and confirms each settlement. Needs topics.consume on the first request's
+    topic (checked once: later requests cannot name one); an inbox is pulled
+    only by its agent or one acting for it.
     """
     Acknowledge: _aio.UnaryUnaryMultiCallable[_consumer_group_service_pb2.AcknowledgeRequest, _consumer_group_service_pb2.AcknowledgeResponse]  # type: ignore[assignment]
     """Settle deliveries outside a Pull stream (e.g. after it broke). Each
@@ -159,7 +163,9 @@ class ConsumerGroupServiceServicer(metaclass=_abc_1.ABCMeta):
         and later requests settle deliveries (ack, nack, extend). The server sends
         deliveries in batches while the consumer's outstanding (delivered, not yet
         settled on this stream) packets and bytes are under the request's limits,
-        and confirms each settlement.
+        and confirms each settlement. Needs topics.consume on the first request's
+        topic (checked once: later requests cannot name one); an inbox is pulled
+        only by its agent or one acting for it.
         """
 
     @_abc_1.abstractmethod

@@ -128,6 +128,9 @@ class Finding(_message.Message):
     confidence: _builtins.float
     """In [0, 1]."""
     worker_id: _builtins.str
+    """Not bound to the caller: what the origin asserts (the packet's origin is
+    what the server vouches for, e.g. a coordinator relaying a worker's finding).
+    """
     task_id: _builtins.str
     subject: _builtins.str
     """What the claim is about, as a stable key: findings of one task with the

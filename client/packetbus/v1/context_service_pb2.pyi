@@ -187,9 +187,9 @@ class PutContextHeader(_message.Message):
     AUTHOR_FIELD_NUMBER: _builtins.int
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     scope: _builtins.str
-    """Namespace, e.g. "task" or "swarm": 1-200 printable characters."""
+    """Namespace, e.g. "task" or "swarm": 1-200 bytes (UTF-8), printable."""
     name: _builtins.str
-    """The document's name within the scope: 1-512 printable characters."""
+    """The document's name within the scope: 1-512 bytes (UTF-8), printable."""
     expected_version: _builtins.int
     """Compare-and-set: the version the writer read (0: the document must not
     exist). Absent: write whatever version is current.
@@ -205,7 +205,10 @@ class PutContextHeader(_message.Message):
     sha256: _builtins.bytes
     """SHA-256 of all of them (32 bytes): the server checks it before committing."""
     author: _builtins.str
-    """The writing agent (an agent id), recorded with the version."""
+    """The writing agent (an agent id), recorded with the version: the caller's
+    own agent id or one it holds agents.act_for on (else PERMISSION_DENIED).
+    The upload needs context.write on `scope`, checked on this header.
+    """
     upload_id: _builtins.str
     """Optional idempotency key (a UUID): a put retried with the same key and
     the same bytes after it committed answers the original commit instead of
@@ -363,7 +366,9 @@ class DeleteContextRequest(_message.Message):
     expected_version: _builtins.int
     """Delete only this version: ABORTED when the current one differs."""
     author: _builtins.str
-    """The deleting agent, recorded in the change event."""
+    """The deleting agent, recorded in the change event; when given, the
+    caller's own agent id or one it holds agents.act_for on.
+    """
     def __init__(
         self,
         *,
@@ -581,7 +586,7 @@ class SetGlobalContextRequest(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     EXPECTED_VALUE_FIELD_NUMBER: _builtins.int
     key: _builtins.str
-    """1-255 printable characters."""
+    """1-255 bytes (UTF-8), printable."""
     value: _builtins.str
     """At most Limits.max_global_value_bytes (64 KiB) of UTF-8."""
     expected_value: _builtins.str
@@ -701,12 +706,17 @@ Global___DeleteGlobalContextResponse: _TypeAlias = DeleteGlobalContextResponse  
 class ListGlobalContextRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the first page."""
     def __init__(
         self,
+        *,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -737,18 +747,27 @@ class ListGlobalContextResponse(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Set when more remain: the server ends a reply before it would pass its
+    byte budget (see Limits.max_response_bytes). Ask again with it as
+    page_token for the rest; empty when there is nothing more.
+    """
     @_builtins.property
     def entries(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Every key and value (at most Limits.max_global_entries)."""
+        """Every key and value (at most Limits.max_global_entries), in key order, a
+        page at a time.
+        """
 
     def __init__(
         self,
         *,
         entries: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -806,7 +825,9 @@ class AppendMemoryRequest(_message.Message):
     ENTRY_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
-    """Whose memory (an agent id)."""
+    """Whose memory (an agent id): an agent appends to its own, so the caller's
+    agent id or one it holds agents.act_for on (besides memory.write on it).
+    """
     ttl_seconds: _builtins.int
     """Seconds the log is kept after this append; 0: 7 days; at most 30 days."""
     @_builtins.property
@@ -854,18 +875,24 @@ class ListMemoryRequest(_message.Message):
 
     AGENT_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     limit: _builtins.int
-    """At most this many, newest first (0: all kept)."""
+    """At most this many in this reply, newest first (0: all kept, as many as
+    fit in one reply).
+    """
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the first page."""
     def __init__(
         self,
         *,
         agent: _builtins.str = ...,
         limit: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "limit", b"limit", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -876,6 +903,12 @@ class ListMemoryResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Set when more remain: the server ends a reply before it would pass its
+    byte budget (see Limits.max_response_bytes). Ask again with it as
+    page_token for the rest; empty when there is nothing more.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogEntry]:
         """Newest first."""
@@ -884,10 +917,11 @@ class ListMemoryResponse(_message.Message):
         self,
         *,
         entries: _abc.Iterable[Global___LogEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -902,7 +936,9 @@ class AppendTraceRequest(_message.Message):
     ENTRY_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
-    """The task traced (an id) and the agent that worked on it."""
+    """The task traced (an id) and the agent that worked on it: the caller's
+    agent id or one it holds agents.act_for on.
+    """
     agent: _builtins.str
     ttl_seconds: _builtins.int
     """As in AppendMemoryRequest."""
@@ -950,20 +986,26 @@ class ListTracesRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     agent: _builtins.str
     limit: _builtins.int
-    """At most this many, the oldest first (0: all kept)."""
+    """At most this many in this reply, the oldest first (0: all kept, as many
+    as fit in one reply).
+    """
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the first page."""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         agent: _builtins.str = ...,
         limit: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "limit", b"limit", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "limit", b"limit", "page_token", b"page_token", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -974,6 +1016,12 @@ class ListTracesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Set when more remain: the server ends a reply before it would pass its
+    byte budget (see Limits.max_response_bytes). Ask again with it as
+    page_token for the rest; empty when there is nothing more.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogEntry]:
         """Oldest first."""
@@ -982,10 +1030,11 @@ class ListTracesResponse(_message.Message):
         self,
         *,
         entries: _abc.Iterable[Global___LogEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,27 +25,27 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apacketbus/v1/custody.proto\x12\x0cpacketbus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"p\n\x0c\x43ustodyEntry\x12\x0e\n\x06record\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12-\n\x0b\x62\x61tch_proof\x18\x04 \x01(\x0b\x32\x18.packetbus.v1.BatchProof\"L\n\nBatchProof\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x12\n\nleaf_count\x18\x02 \x01(\x04\x12\x16\n\x0esibling_hashes\x18\x03 \x03(\x0c\"\xfb\x01\n\rCustodyRecord\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63ontent_digest\x18\x05 \x01(\x0c\x12\x15\n\rprevious_hash\x18\x06 \x01(\x0c\x12\x0e\n\x06key_id\x18\x07 \x01(\t\x12\x13\n\x0btracking_id\x18\x08 \x01(\t\x12\x13\n\x0b\x63ounterpart\x18\t \x01(\t\x12\x0f\n\x07\x61ttempt\x18\n \x01(\r\x12\x0e\n\x06reason\x18\x0b \x01(\t\"C\n\x0b\x43ustodyHead\x12\x11\n\tstatement\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"\xab\x01\n\x14\x43ustodyHeadStatement\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x17\n\x0flast_entry_hash\x18\x03 \x01(\x0c\x12\x16\n\x0e\x63ontent_digest\x18\x04 \x01(\x0c\x12-\n\tissued_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x06 \x01(\t\"\xd0\x01\n\nSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12.\n\nowner_kind\x18\x03 \x01(\x0e\x32\x1a.packetbus.v1.KeyOwnerKind\x12\r\n\x05owner\x18\x04 \x01(\t\x12.\n\nvalid_from\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xe0\x02\n\x0e\x43ustodyVerdict\x12\x1f\n\x1b\x43USTODY_VERDICT_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43USTODY_VERDICT_OK\x10\x01\x12!\n\x1d\x43USTODY_VERDICT_BAD_SIGNATURE\x10\x02\x12\x1f\n\x1b\x43USTODY_VERDICT_BROKEN_LINK\x10\x03\x12\x1f\n\x1b\x43USTODY_VERDICT_UNKNOWN_KEY\x10\x04\x12+\n\'CUSTODY_VERDICT_CONTENT_DIGEST_MISMATCH\x10\x05\x12 \n\x1c\x43USTODY_VERDICT_OUT_OF_ORDER\x10\x06\x12\x1d\n\x19\x43USTODY_VERDICT_MALFORMED\x10\x07\x12\"\n\x1e\x43USTODY_VERDICT_ACTOR_MISMATCH\x10\x08\x12\x1e\n\x1a\x43USTODY_VERDICT_INCOMPLETE\x10\t*c\n\x0cKeyOwnerKind\x12\x1e\n\x1aKEY_OWNER_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15KEY_OWNER_KIND_SERVER\x10\x01\x12\x18\n\x14KEY_OWNER_KIND_AGENT\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apacketbus/v1/custody.proto\x12\x0cpacketbus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"p\n\x0c\x43ustodyEntry\x12\x0e\n\x06record\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12-\n\x0b\x62\x61tch_proof\x18\x04 \x01(\x0b\x32\x18.packetbus.v1.BatchProof\"L\n\nBatchProof\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x12\n\nleaf_count\x18\x02 \x01(\x04\x12\x16\n\x0esibling_hashes\x18\x03 \x03(\x0c\"\x8e\x02\n\rCustodyRecord\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63ontent_digest\x18\x05 \x01(\x0c\x12\x15\n\rprevious_hash\x18\x06 \x01(\x0c\x12\x0e\n\x06key_id\x18\x07 \x01(\t\x12\x13\n\x0btracking_id\x18\x08 \x01(\t\x12\x13\n\x0b\x63ounterpart\x18\t \x01(\t\x12\x0f\n\x07\x61ttempt\x18\n \x01(\r\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x11\n\tprincipal\x18\x0c \x01(\t\"C\n\x0b\x43ustodyHead\x12\x11\n\tstatement\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"\xab\x01\n\x14\x43ustodyHeadStatement\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x17\n\x0flast_entry_hash\x18\x03 \x01(\x0c\x12\x16\n\x0e\x63ontent_digest\x18\x04 \x01(\x0c\x12-\n\tissued_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x06 \x01(\t\"\xd0\x01\n\nSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12.\n\nowner_kind\x18\x03 \x01(\x0e\x32\x1a.packetbus.v1.KeyOwnerKind\x12\r\n\x05owner\x18\x04 \x01(\t\x12.\n\nvalid_from\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xe0\x02\n\x0e\x43ustodyVerdict\x12\x1f\n\x1b\x43USTODY_VERDICT_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43USTODY_VERDICT_OK\x10\x01\x12!\n\x1d\x43USTODY_VERDICT_BAD_SIGNATURE\x10\x02\x12\x1f\n\x1b\x43USTODY_VERDICT_BROKEN_LINK\x10\x03\x12\x1f\n\x1b\x43USTODY_VERDICT_UNKNOWN_KEY\x10\x04\x12+\n\'CUSTODY_VERDICT_CONTENT_DIGEST_MISMATCH\x10\x05\x12 \n\x1c\x43USTODY_VERDICT_OUT_OF_ORDER\x10\x06\x12\x1d\n\x19\x43USTODY_VERDICT_MALFORMED\x10\x07\x12\"\n\x1e\x43USTODY_VERDICT_ACTOR_MISMATCH\x10\x08\x12\x1e\n\x1a\x43USTODY_VERDICT_INCOMPLETE\x10\t*c\n\x0cKeyOwnerKind\x12\x1e\n\x1aKEY_OWNER_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15KEY_OWNER_KIND_SERVER\x10\x01\x12\x18\n\x14KEY_OWNER_KIND_AGENT\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'packetbus.v1.custody_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CUSTODYVERDICT']._serialized_start=978
-  _globals['_CUSTODYVERDICT']._serialized_end=1330
-  _globals['_KEYOWNERKIND']._serialized_start=1332
-  _globals['_KEYOWNERKIND']._serialized_end=1431
+  _globals['_CUSTODYVERDICT']._serialized_start=997
+  _globals['_CUSTODYVERDICT']._serialized_end=1349
+  _globals['_KEYOWNERKIND']._serialized_start=1351
+  _globals['_KEYOWNERKIND']._serialized_end=1450
   _globals['_CUSTODYENTRY']._serialized_start=77
   _globals['_CUSTODYENTRY']._serialized_end=189
   _globals['_BATCHPROOF']._serialized_start=191
   _globals['_BATCHPROOF']._serialized_end=267
   _globals['_CUSTODYRECORD']._serialized_start=270
-  _globals['_CUSTODYRECORD']._serialized_end=521
-  _globals['_CUSTODYHEAD']._serialized_start=523
-  _globals['_CUSTODYHEAD']._serialized_end=590
-  _globals['_CUSTODYHEADSTATEMENT']._serialized_start=593
-  _globals['_CUSTODYHEADSTATEMENT']._serialized_end=764
-  _globals['_SIGNINGKEY']._serialized_start=767
-  _globals['_SIGNINGKEY']._serialized_end=975
+  _globals['_CUSTODYRECORD']._serialized_end=540
+  _globals['_CUSTODYHEAD']._serialized_start=542
+  _globals['_CUSTODYHEAD']._serialized_end=609
+  _globals['_CUSTODYHEADSTATEMENT']._serialized_start=612
+  _globals['_CUSTODYHEADSTATEMENT']._serialized_end=783
+  _globals['_SIGNINGKEY']._serialized_start=786
+  _globals['_SIGNINGKEY']._serialized_end=994
 # @@protoc_insertion_point(module_scope)

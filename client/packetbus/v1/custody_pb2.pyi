@@ -188,6 +188,7 @@ class CustodyRecord(_message.Message):
     COUNTERPART_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in the chain, starting at 0; strictly increasing by one."""
     actor: _builtins.str
@@ -224,6 +225,16 @@ class CustodyRecord(_message.Message):
     """Why the hop happened, when it says something went wrong or was undone:
     "max delivery attempts", "nacked: <the consumer's reason>", ...
     """
+    principal: _builtins.str
+    """The authenticated principal of the call that made this hop (a SPIFFE ID, a
+    certificate's subject CN or a JWT's `sub`), when the server knew one: the
+    dispatcher's for "received" and "dispatched", the consumer's for
+    "delivered" and "acked", the approver's for a "dispatched" after approval.
+    Empty for the local principal (no authentication configured), for the
+    server's own background work, and in entries agents sign themselves.
+    Records made before this field existed verify as before: the signature
+    covers the record's exact bytes, whatever fields they hold.
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -240,10 +251,11 @@ class CustodyRecord(_message.Message):
         counterpart: _builtins.str = ...,
         attempt: _builtins.int = ...,
         reason: _builtins.str = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "attempt", b"attempt", "content_digest", b"content_digest", "counterpart", b"counterpart", "key_id", b"key_id", "occurred_at", b"occurred_at", "previous_hash", b"previous_hash", "reason", b"reason", "sequence", b"sequence", "tracking_id", b"tracking_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "attempt", b"attempt", "content_digest", b"content_digest", "counterpart", b"counterpart", "key_id", b"key_id", "occurred_at", b"occurred_at", "previous_hash", b"previous_hash", "principal", b"principal", "reason", b"reason", "sequence", b"sequence", "tracking_id", b"tracking_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -29,13 +29,19 @@ from packetbus.v1 import packet_service_pb2 as packetbus_dot_v1_dot_packet__serv
 from packetbus.v1 import policy_service_pb2 as packetbus_dot_v1_dot_policy__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"packetbus/v1/custody_service.proto\x12\x0cpacketbus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!packetbus/v1/carcel_service.proto\x1a\x1apacketbus/v1/custody.proto\x1a!packetbus/v1/packet_service.proto\x1a!packetbus/v1/policy_service.proto\"\x17\n\x15GetSigningKeysRequest\"@\n\x16GetSigningKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x18.packetbus.v1.SigningKey\"}\n\x17RegisterAgentKeyRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\r\n\x05proof\x18\x03 \x01(\x0c\x12\x18\n\x10\x65ndorsing_key_id\x18\x04 \x01(\t\x12\x13\n\x0b\x65ndorsement\x18\x05 \x01(\x0c\"A\n\x18RegisterAgentKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.packetbus.v1.SigningKey\"+\n\x14VerifyCustodyRequest\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\"\x8b\x01\n\x0c\x45ntryVerdict\x12\r\n\x05index\x18\x01 \x01(\r\x12-\n\x07verdict\x18\x02 \x01(\x0e\x32\x1c.packetbus.v1.CustodyVerdict\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\"\xb6\x01\n\x15VerifyCustodyResponse\x12\x10\n\x08verified\x18\x01 \x01(\x08\x12+\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1a.packetbus.v1.EntryVerdict\x12\x32\n\x0chead_verdict\x18\x03 \x01(\x0e\x32\x1c.packetbus.v1.CustodyVerdict\x12*\n\x06packet\x18\x04 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\"\xb6\x01\n\x14\x45xportPacketsRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16include_carcel_entries\x18\x04 \x01(\x08\x12\x19\n\x11include_decisions\x18\x05 \x01(\x08\"\xae\x01\n\x15\x45xportPacketsResponse\x12+\n\x07packets\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.StoredPacket\x12\x31\n\x0e\x63\x61rcel_entries\x18\x02 \x03(\x0b\x32\x19.packetbus.v1.CarcelEntry\x12\x35\n\tdecisions\x18\x03 \x03(\x0b\x32\".packetbus.v1.PolicyDecisionRecord2\x86\x03\n\x0e\x43ustodyService\x12[\n\x0eGetSigningKeys\x12#.packetbus.v1.GetSigningKeysRequest\x1a$.packetbus.v1.GetSigningKeysResponse\x12\x61\n\x10RegisterAgentKey\x12%.packetbus.v1.RegisterAgentKeyRequest\x1a&.packetbus.v1.RegisterAgentKeyResponse\x12X\n\rVerifyCustody\x12\".packetbus.v1.VerifyCustodyRequest\x1a#.packetbus.v1.VerifyCustodyResponse\x12Z\n\rExportPackets\x12\".packetbus.v1.ExportPacketsRequest\x1a#.packetbus.v1.ExportPacketsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"packetbus/v1/custody_service.proto\x12\x0cpacketbus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!packetbus/v1/carcel_service.proto\x1a\x1apacketbus/v1/custody.proto\x1a!packetbus/v1/packet_service.proto\x1a!packetbus/v1/policy_service.proto\"\x17\n\x15GetSigningKeysRequest\"@\n\x16GetSigningKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x18.packetbus.v1.SigningKey\"}\n\x17RegisterAgentKeyRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\r\n\x05proof\x18\x03 \x01(\x0c\x12\x18\n\x10\x65ndorsing_key_id\x18\x04 \x01(\t\x12\x13\n\x0b\x65ndorsement\x18\x05 \x01(\x0c\"A\n\x18RegisterAgentKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.packetbus.v1.SigningKey\"+\n\x14VerifyCustodyRequest\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\"\x9e\x01\n\x0c\x45ntryVerdict\x12\r\n\x05index\x18\x01 \x01(\r\x12-\n\x07verdict\x18\x02 \x01(\x0e\x32\x1c.packetbus.v1.CustodyVerdict\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x11\n\tprincipal\x18\x07 \x01(\t\"\xb6\x01\n\x15VerifyCustodyResponse\x12\x10\n\x08verified\x18\x01 \x01(\x08\x12+\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1a.packetbus.v1.EntryVerdict\x12\x32\n\x0chead_verdict\x18\x03 \x01(\x0e\x32\x1c.packetbus.v1.CustodyVerdict\x12*\n\x06packet\x18\x04 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\"\xcc\x01\n\x14\x45xportPacketsRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16include_carcel_entries\x18\x04 \x01(\x08\x12\x19\n\x11include_decisions\x18\x05 \x01(\x08\x12\x14\n\x0cresume_token\x18\x06 \x01(\t\"\xc4\x01\n\x15\x45xportPacketsResponse\x12+\n\x07packets\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.StoredPacket\x12\x31\n\x0e\x63\x61rcel_entries\x18\x02 \x03(\x0b\x32\x19.packetbus.v1.CarcelEntry\x12\x35\n\tdecisions\x18\x03 \x03(\x0b\x32\".packetbus.v1.PolicyDecisionRecord\x12\x14\n\x0cresume_token\x18\x04 \x01(\t2\x95\x03\n\x0e\x43ustodyService\x12`\n\x0eGetSigningKeys\x12#.packetbus.v1.GetSigningKeysRequest\x1a$.packetbus.v1.GetSigningKeysResponse\"\x03\x90\x02\x01\x12\x61\n\x10RegisterAgentKey\x12%.packetbus.v1.RegisterAgentKeyRequest\x1a&.packetbus.v1.RegisterAgentKeyResponse\x12]\n\rVerifyCustody\x12\".packetbus.v1.VerifyCustodyRequest\x1a#.packetbus.v1.VerifyCustodyResponse\"\x03\x90\x02\x01\x12_\n\rExportPackets\x12\".packetbus.v1.ExportPacketsRequest\x1a#.packetbus.v1.ExportPacketsResponse\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'packetbus.v1.custody_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CUSTODYSERVICE'].methods_by_name['GetSigningKeys']._loaded_options = None
+  _globals['_CUSTODYSERVICE'].methods_by_name['GetSigningKeys']._serialized_options = b'\220\002\001'
+  _globals['_CUSTODYSERVICE'].methods_by_name['VerifyCustody']._loaded_options = None
+  _globals['_CUSTODYSERVICE'].methods_by_name['VerifyCustody']._serialized_options = b'\220\002\001'
+  _globals['_CUSTODYSERVICE'].methods_by_name['ExportPackets']._loaded_options = None
+  _globals['_CUSTODYSERVICE'].methods_by_name['ExportPackets']._serialized_options = b'\220\002\001'
   _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=218
   _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=241
   _globals['_GETSIGNINGKEYSRESPONSE']._serialized_start=243
@@ -47,13 +53,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFYCUSTODYREQUEST']._serialized_start=503
   _globals['_VERIFYCUSTODYREQUEST']._serialized_end=546
   _globals['_ENTRYVERDICT']._serialized_start=549
-  _globals['_ENTRYVERDICT']._serialized_end=688
-  _globals['_VERIFYCUSTODYRESPONSE']._serialized_start=691
-  _globals['_VERIFYCUSTODYRESPONSE']._serialized_end=873
-  _globals['_EXPORTPACKETSREQUEST']._serialized_start=876
-  _globals['_EXPORTPACKETSREQUEST']._serialized_end=1058
-  _globals['_EXPORTPACKETSRESPONSE']._serialized_start=1061
-  _globals['_EXPORTPACKETSRESPONSE']._serialized_end=1235
-  _globals['_CUSTODYSERVICE']._serialized_start=1238
-  _globals['_CUSTODYSERVICE']._serialized_end=1628
+  _globals['_ENTRYVERDICT']._serialized_end=707
+  _globals['_VERIFYCUSTODYRESPONSE']._serialized_start=710
+  _globals['_VERIFYCUSTODYRESPONSE']._serialized_end=892
+  _globals['_EXPORTPACKETSREQUEST']._serialized_start=895
+  _globals['_EXPORTPACKETSREQUEST']._serialized_end=1099
+  _globals['_EXPORTPACKETSRESPONSE']._serialized_start=1102
+  _globals['_EXPORTPACKETSRESPONSE']._serialized_end=1298
+  _globals['_CUSTODYSERVICE']._serialized_start=1301
+  _globals['_CUSTODYSERVICE']._serialized_end=1706
 # @@protoc_insertion_point(module_scope)

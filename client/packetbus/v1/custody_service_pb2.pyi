@@ -146,6 +146,7 @@ class EntryVerdict(_message.Message):
     KEY_ID_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     verdict: _custody_pb2.CustodyVerdict.ValueType
     detail: _builtins.str
@@ -154,6 +155,10 @@ class EntryVerdict(_message.Message):
     """As far as they could be read (empty when the record did not verify)."""
     action: _builtins.str
     actor: _builtins.str
+    principal: _builtins.str
+    """The authenticated principal the record names (CustodyRecord.principal):
+    whose call made a server's hop; empty when it names none.
+    """
     def __init__(
         self,
         *,
@@ -163,10 +168,11 @@ class EntryVerdict(_message.Message):
         key_id: _builtins.str = ...,
         action: _builtins.str = ...,
         actor: _builtins.str = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "detail", b"detail", "index", b"index", "key_id", b"key_id", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "detail", b"detail", "index", b"index", "key_id", b"key_id", "principal", b"principal", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -212,6 +218,7 @@ class ExportPacketsRequest(_message.Message):
     UNTIL_FIELD_NUMBER: _builtins.int
     INCLUDE_CARCEL_ENTRIES_FIELD_NUMBER: _builtins.int
     INCLUDE_DECISIONS_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
     """Empty: every topic."""
     include_carcel_entries: _builtins.bool
@@ -220,6 +227,11 @@ class ExportPacketsRequest(_message.Message):
     """
     include_decisions: _builtins.bool
     """Also the topics' governance decisions (PolicyService)."""
+    resume_token: _builtins.str
+    """Continue an export that ended early (UNAVAILABLE: a drain, a lost
+    connection) exactly after the response that carried this token; every other
+    field must be as in the request that made it. Opaque; empty: from the start.
+    """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """Only what was stored, carceled or decided at or after this time."""
@@ -236,10 +248,11 @@ class ExportPacketsRequest(_message.Message):
         until: _timestamp_pb2.Timestamp | None = ...,
         include_carcel_entries: _builtins.bool = ...,
         include_decisions: _builtins.bool = ...,
+        resume_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_carcel_entries", b"include_carcel_entries", "include_decisions", b"include_decisions", "since", b"since", "topic", b"topic", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_carcel_entries", b"include_carcel_entries", "include_decisions", b"include_decisions", "resume_token", b"resume_token", "since", b"since", "topic", b"topic", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -252,6 +265,11 @@ class ExportPacketsResponse(_message.Message):
     PACKETS_FIELD_NUMBER: _builtins.int
     CARCEL_ENTRIES_FIELD_NUMBER: _builtins.int
     DECISIONS_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """Where this response's last item is: a request with it as resume_token
+    (and the same other fields) continues after it.
+    """
     @_builtins.property
     def packets(self) -> _containers.RepeatedCompositeFieldContainer[_packet_service_pb2.StoredPacket]: ...
     @_builtins.property
@@ -268,10 +286,11 @@ class ExportPacketsResponse(_message.Message):
         packets: _abc.Iterable[_packet_service_pb2.StoredPacket] | None = ...,
         carcel_entries: _abc.Iterable[_carcel_service_pb2.CarcelEntry] | None = ...,
         decisions: _abc.Iterable[_policy_service_pb2.PolicyDecisionRecord] | None = ...,
+        resume_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["carcel_entries", b"carcel_entries", "decisions", b"decisions", "packets", b"packets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carcel_entries", b"carcel_entries", "decisions", b"decisions", "packets", b"packets", "resume_token", b"resume_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -78,7 +78,8 @@ class CustodyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyCustody(self, request, context):
-        """Verifies a stored packet's chain, entry by entry.
+        """Verifies a stored packet's chain, entry by entry. Needs audit.export on the
+        packet's topic; without it the answer is NOT_FOUND (see GetPacket).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,7 +42,9 @@ class CustodyServiceStub:
     origin of its packets (schema "1.1").
     """
     VerifyCustody: _grpc.UnaryUnaryMultiCallable[_custody_service_pb2.VerifyCustodyRequest, _custody_service_pb2.VerifyCustodyResponse]
-    """Verifies a stored packet's chain, entry by entry."""
+    """Verifies a stored packet's chain, entry by entry. Needs audit.export on the
+    packet's topic; without it the answer is NOT_FOUND (see GetPacket).
+    """
     ExportPackets: _grpc.UnaryStreamMultiCallable[_custody_service_pb2.ExportPacketsRequest, _custody_service_pb2.ExportPacketsResponse]
     """Streams the stored packets of a topic (or of every topic) in stored
     order, each with its content bytes and a signed custody head, for export
@@ -63,7 +65,9 @@ class CustodyServiceAsyncStub(CustodyServiceStub):
     origin of its packets (schema "1.1").
     """
     VerifyCustody: _aio.UnaryUnaryMultiCallable[_custody_service_pb2.VerifyCustodyRequest, _custody_service_pb2.VerifyCustodyResponse]  # type: ignore[assignment]
-    """Verifies a stored packet's chain, entry by entry."""
+    """Verifies a stored packet's chain, entry by entry. Needs audit.export on the
+    packet's topic; without it the answer is NOT_FOUND (see GetPacket).
+    """
     ExportPackets: _aio.UnaryStreamMultiCallable[_custody_service_pb2.ExportPacketsRequest, _custody_service_pb2.ExportPacketsResponse]  # type: ignore[assignment]
     """Streams the stored packets of a topic (or of every topic) in stored
     order, each with its content bytes and a signed custody head, for export
@@ -99,7 +103,9 @@ class CustodyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _custody_service_pb2.VerifyCustodyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_custody_service_pb2.VerifyCustodyResponse, _abc.Awaitable[_custody_service_pb2.VerifyCustodyResponse]]:
-        """Verifies a stored packet's chain, entry by entry."""
+        """Verifies a stored packet's chain, entry by entry. Needs audit.export on the
+        packet's topic; without it the answer is NOT_FOUND (see GetPacket).
+        """
 
     @_abc_1.abstractmethod
     def ExportPackets(

@@ -26,39 +26,47 @@ from packetbus.v1 import packet_pb2 as packetbus_dot_v1_dot_packet__pb2
 from packetbus.v1 import packet_service_pb2 as packetbus_dot_v1_dot_packet__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"packetbus/v1/finding_service.proto\x12\x0cpacketbus.v1\x1a\x19packetbus/v1/packet.proto\x1a!packetbus/v1/packet_service.proto\":\n\x12PostFindingRequest\x12$\n\x06packet\x18\x01 \x01(\x0b\x32\x14.packetbus.v1.Packet\"x\n\x0f\x46indingConflict\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x18\n\x10\x66irst_finding_id\x18\x03 \x01(\t\x12\x19\n\x11second_finding_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x85\x01\n\x13PostFindingResponse\x12+\n\x07\x66inding\x18\x01 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x30\n\tconflicts\x18\x03 \x03(\x0b\x32\x1d.packetbus.v1.FindingConflict\"8\n\x11GetFindingRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nfinding_id\x18\x02 \x01(\t\"A\n\x12GetFindingResponse\x12+\n\x07\x66inding\x18\x01 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\"&\n\x13ListFindingsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"D\n\x14ListFindingsResponse\x12,\n\x08\x66indings\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.StoredPacket\"<\n\x16\x44\x65tectConflictsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\x01\"K\n\x17\x44\x65tectConflictsResponse\x12\x30\n\tconflicts\x18\x01 \x03(\x0b\x32\x1d.packetbus.v1.FindingConflict\"W\n\x0f\x45scalateRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0b\x66inding_ids\x18\x04 \x03(\t\"B\n\x10\x45scalateResponse\x12.\n\nescalation\x18\x01 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\")\n\x16ListEscalationsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"J\n\x17ListEscalationsResponse\x12/\n\x0b\x65scalations\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.StoredPacket2\x97\x04\n\x0e\x46indingService\x12R\n\x0bPostFinding\x12 .packetbus.v1.PostFindingRequest\x1a!.packetbus.v1.PostFindingResponse\x12O\n\nGetFinding\x12\x1f.packetbus.v1.GetFindingRequest\x1a .packetbus.v1.GetFindingResponse\x12U\n\x0cListFindings\x12!.packetbus.v1.ListFindingsRequest\x1a\".packetbus.v1.ListFindingsResponse\x12^\n\x0f\x44\x65tectConflicts\x12$.packetbus.v1.DetectConflictsRequest\x1a%.packetbus.v1.DetectConflictsResponse\x12I\n\x08\x45scalate\x12\x1d.packetbus.v1.EscalateRequest\x1a\x1e.packetbus.v1.EscalateResponse\x12^\n\x0fListEscalations\x12$.packetbus.v1.ListEscalationsRequest\x1a%.packetbus.v1.ListEscalationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"packetbus/v1/finding_service.proto\x12\x0cpacketbus.v1\x1a\x19packetbus/v1/packet.proto\x1a!packetbus/v1/packet_service.proto\":\n\x12PostFindingRequest\x12$\n\x06packet\x18\x01 \x01(\x0b\x32\x14.packetbus.v1.Packet\"x\n\x0f\x46indingConflict\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x18\n\x10\x66irst_finding_id\x18\x03 \x01(\t\x12\x19\n\x11second_finding_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xa2\x01\n\x13PostFindingResponse\x12+\n\x07\x66inding\x18\x01 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x30\n\tconflicts\x18\x03 \x03(\x0b\x32\x1d.packetbus.v1.FindingConflict\x12\x1b\n\x13\x63onflicts_truncated\x18\x04 \x01(\x08\"8\n\x11GetFindingRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nfinding_id\x18\x02 \x01(\t\"A\n\x12GetFindingResponse\x12+\n\x07\x66inding\x18\x01 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\":\n\x13ListFindingsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x14ListFindingsResponse\x12,\n\x08\x66indings\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.StoredPacket\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x16\x44\x65tectConflictsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\x01\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x17\x44\x65tectConflictsResponse\x12\x30\n\tconflicts\x18\x01 \x03(\x0b\x32\x1d.packetbus.v1.FindingConflict\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x0f\x45scalateRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0b\x66inding_ids\x18\x04 \x03(\t\"d\n\x10\x45scalateResponse\x12.\n\nescalation\x18\x01 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\x12 \n\x04held\x18\x02 \x01(\x0b\x32\x12.packetbus.v1.Hold\"=\n\x16ListEscalationsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\"c\n\x17ListEscalationsResponse\x12/\n\x0b\x65scalations\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.StoredPacket\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xab\x04\n\x0e\x46indingService\x12R\n\x0bPostFinding\x12 .packetbus.v1.PostFindingRequest\x1a!.packetbus.v1.PostFindingResponse\x12T\n\nGetFinding\x12\x1f.packetbus.v1.GetFindingRequest\x1a .packetbus.v1.GetFindingResponse\"\x03\x90\x02\x01\x12Z\n\x0cListFindings\x12!.packetbus.v1.ListFindingsRequest\x1a\".packetbus.v1.ListFindingsResponse\"\x03\x90\x02\x01\x12\x63\n\x0f\x44\x65tectConflicts\x12$.packetbus.v1.DetectConflictsRequest\x1a%.packetbus.v1.DetectConflictsResponse\"\x03\x90\x02\x01\x12I\n\x08\x45scalate\x12\x1d.packetbus.v1.EscalateRequest\x1a\x1e.packetbus.v1.EscalateResponse\x12\x63\n\x0fListEscalations\x12$.packetbus.v1.ListEscalationsRequest\x1a%.packetbus.v1.ListEscalationsResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'packetbus.v1.finding_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_FINDINGSERVICE'].methods_by_name['GetFinding']._loaded_options = None
+  _globals['_FINDINGSERVICE'].methods_by_name['GetFinding']._serialized_options = b'\220\002\001'
+  _globals['_FINDINGSERVICE'].methods_by_name['ListFindings']._loaded_options = None
+  _globals['_FINDINGSERVICE'].methods_by_name['ListFindings']._serialized_options = b'\220\002\001'
+  _globals['_FINDINGSERVICE'].methods_by_name['DetectConflicts']._loaded_options = None
+  _globals['_FINDINGSERVICE'].methods_by_name['DetectConflicts']._serialized_options = b'\220\002\001'
+  _globals['_FINDINGSERVICE'].methods_by_name['ListEscalations']._loaded_options = None
+  _globals['_FINDINGSERVICE'].methods_by_name['ListEscalations']._serialized_options = b'\220\002\001'
   _globals['_POSTFINDINGREQUEST']._serialized_start=114
   _globals['_POSTFINDINGREQUEST']._serialized_end=172
   _globals['_FINDINGCONFLICT']._serialized_start=174
   _globals['_FINDINGCONFLICT']._serialized_end=294
   _globals['_POSTFINDINGRESPONSE']._serialized_start=297
-  _globals['_POSTFINDINGRESPONSE']._serialized_end=430
-  _globals['_GETFINDINGREQUEST']._serialized_start=432
-  _globals['_GETFINDINGREQUEST']._serialized_end=488
-  _globals['_GETFINDINGRESPONSE']._serialized_start=490
-  _globals['_GETFINDINGRESPONSE']._serialized_end=555
-  _globals['_LISTFINDINGSREQUEST']._serialized_start=557
-  _globals['_LISTFINDINGSREQUEST']._serialized_end=595
-  _globals['_LISTFINDINGSRESPONSE']._serialized_start=597
-  _globals['_LISTFINDINGSRESPONSE']._serialized_end=665
-  _globals['_DETECTCONFLICTSREQUEST']._serialized_start=667
-  _globals['_DETECTCONFLICTSREQUEST']._serialized_end=727
-  _globals['_DETECTCONFLICTSRESPONSE']._serialized_start=729
-  _globals['_DETECTCONFLICTSRESPONSE']._serialized_end=804
-  _globals['_ESCALATEREQUEST']._serialized_start=806
-  _globals['_ESCALATEREQUEST']._serialized_end=893
-  _globals['_ESCALATERESPONSE']._serialized_start=895
-  _globals['_ESCALATERESPONSE']._serialized_end=961
-  _globals['_LISTESCALATIONSREQUEST']._serialized_start=963
-  _globals['_LISTESCALATIONSREQUEST']._serialized_end=1004
-  _globals['_LISTESCALATIONSRESPONSE']._serialized_start=1006
-  _globals['_LISTESCALATIONSRESPONSE']._serialized_end=1080
-  _globals['_FINDINGSERVICE']._serialized_start=1083
-  _globals['_FINDINGSERVICE']._serialized_end=1618
+  _globals['_POSTFINDINGRESPONSE']._serialized_end=459
+  _globals['_GETFINDINGREQUEST']._serialized_start=461
+  _globals['_GETFINDINGREQUEST']._serialized_end=517
+  _globals['_GETFINDINGRESPONSE']._serialized_start=519
+  _globals['_GETFINDINGRESPONSE']._serialized_end=584
+  _globals['_LISTFINDINGSREQUEST']._serialized_start=586
+  _globals['_LISTFINDINGSREQUEST']._serialized_end=644
+  _globals['_LISTFINDINGSRESPONSE']._serialized_start=646
+  _globals['_LISTFINDINGSRESPONSE']._serialized_end=739
+  _globals['_DETECTCONFLICTSREQUEST']._serialized_start=741
+  _globals['_DETECTCONFLICTSREQUEST']._serialized_end=821
+  _globals['_DETECTCONFLICTSRESPONSE']._serialized_start=823
+  _globals['_DETECTCONFLICTSRESPONSE']._serialized_end=923
+  _globals['_ESCALATEREQUEST']._serialized_start=925
+  _globals['_ESCALATEREQUEST']._serialized_end=1012
+  _globals['_ESCALATERESPONSE']._serialized_start=1014
+  _globals['_ESCALATERESPONSE']._serialized_end=1114
+  _globals['_LISTESCALATIONSREQUEST']._serialized_start=1116
+  _globals['_LISTESCALATIONSREQUEST']._serialized_end=1177
+  _globals['_LISTESCALATIONSRESPONSE']._serialized_start=1179
+  _globals['_LISTESCALATIONSRESPONSE']._serialized_end=1278
+  _globals['_FINDINGSERVICE']._serialized_start=1281
+  _globals['_FINDINGSERVICE']._serialized_end=1836
 # @@protoc_insertion_point(module_scope)

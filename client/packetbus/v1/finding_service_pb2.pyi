@@ -28,7 +28,12 @@ class PostFindingRequest(_message.Message):
     @_builtins.property
     def packet(self) -> _packet_pb2.Packet:
         """A packet with Finding contents; Finding.task_id is required; Finding.id
-        names it within the task (default: the tracking id).
+        names it within the task (default: the tracking id). Every finding
+        accepted can be escalated alone and its conflict events published: a
+        finding whose escalation (with the longest origin and reason Escalate
+        accepts) or conflict event would pass the packet limit is INVALID_ARGUMENT
+        (`packet`, FINDING_TOO_LARGE). With a plain claim and the default 1 MiB
+        limit that leaves about 2.6 KiB under the limit.
         """
 
     def __init__(
@@ -84,8 +89,14 @@ class PostFindingResponse(_message.Message):
     FINDING_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     CONFLICTS_FIELD_NUMBER: _builtins.int
+    CONFLICTS_TRUNCATED_FIELD_NUMBER: _builtins.int
     created: _builtins.bool
-    """False when this exact packet was posted before (a retry)."""
+    """False when the same packet (by meaning) was posted before (a retry)."""
+    conflicts_truncated: _builtins.bool
+    """True when `conflicts` holds only the first of them, as many as fit in one
+    reply (a conflict carries its subject, which can be a long claim):
+    DetectConflicts lists them all.
+    """
     @_builtins.property
     def finding(self) -> _packet_service_pb2.StoredPacket: ...
     @_builtins.property
@@ -98,10 +109,11 @@ class PostFindingResponse(_message.Message):
         finding: _packet_service_pb2.StoredPacket | None = ...,
         created: _builtins.bool = ...,
         conflicts: _abc.Iterable[Global___FindingConflict] | None = ...,
+        conflicts_truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finding", b"finding"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflicts", b"conflicts", "created", b"created", "finding", b"finding"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflicts", b"conflicts", "conflicts_truncated", b"conflicts_truncated", "created", b"created", "finding", b"finding"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -154,15 +166,19 @@ class ListFindingsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the first page."""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_token", b"page_token", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -173,6 +189,12 @@ class ListFindingsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FINDINGS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Set when more remain: the server ends a reply before it would pass its
+    byte budget (see Limits.max_response_bytes). Ask again with it as
+    page_token for the rest; empty when there is nothing more.
+    """
     @_builtins.property
     def findings(self) -> _containers.RepeatedCompositeFieldContainer[_packet_service_pb2.StoredPacket]:
         """Posted first first."""
@@ -181,10 +203,11 @@ class ListFindingsResponse(_message.Message):
         self,
         *,
         findings: _abc.Iterable[_packet_service_pb2.StoredPacket] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["findings", b"findings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["findings", b"findings", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -196,20 +219,24 @@ class DetectConflictsRequest(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     threshold: _builtins.float
     """Confidences further apart than this conflict; 0 means the server's
     default (0.3).
     """
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the first page."""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         threshold: _builtins.float = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_token", b"page_token", "task_id", b"task_id", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -220,16 +247,23 @@ class DetectConflictsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONFLICTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Set when more remain: the server ends a reply before it would pass its
+    byte budget (see Limits.max_response_bytes). Ask again with it as
+    page_token for the rest; empty when there is nothing more.
+    """
     @_builtins.property
     def conflicts(self) -> _containers.RepeatedCompositeFieldContainer[Global___FindingConflict]: ...
     def __init__(
         self,
         *,
         conflicts: _abc.Iterable[Global___FindingConflict] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflicts", b"conflicts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflicts", b"conflicts", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -245,11 +279,17 @@ class EscalateRequest(_message.Message):
     FINDING_IDS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     origin: _builtins.str
-    """Who escalates (an agent id)."""
+    """Who escalates (an agent id): the caller's own agent id or one it holds
+    agents.act_for on (else PERMISSION_DENIED).
+    """
     reason: _builtins.str
+    """Why a human is needed: required, at most 1024 bytes (UTF-8)."""
     @_builtins.property
     def finding_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The supporting findings (of this task); at least one."""
+        """The supporting findings (of this task); at least one. Each fits alone;
+        several too large together are INVALID_ARGUMENT (`finding_ids`,
+        ESCALATION_TOO_LARGE): escalate fewer per call.
+        """
 
     def __init__(
         self,
@@ -272,18 +312,31 @@ class EscalateResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ESCALATION_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def escalation(self) -> _packet_service_pb2.StoredPacket:
-        """The ESCALATE packet, as stored on the escalation topic."""
+        """The ESCALATE packet, as stored on the escalation topic. The policy in force
+        judges it as a dispatched packet (origin: the request's); a rejection fails
+        the call PERMISSION_DENIED (ErrorInfo POLICY_REJECTED).
+        """
+
+    @_builtins.property
+    def held(self) -> _packet_service_pb2.Hold:
+        """Set when a policy rule holds the escalation for approval: `escalation` is
+        then the packet as built (its receipt has no cursor), waiting in the
+        approval queue of topic "escalations" under its tracking id
+        (GetHeldPacket shows it as held); ApprovePacket publishes it.
+        """
 
     def __init__(
         self,
         *,
         escalation: _packet_service_pb2.StoredPacket | None = ...,
+        held: _packet_service_pb2.Hold | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["escalation", b"escalation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["escalation", b"escalation", "held", b"held"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["escalation", b"escalation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["escalation", b"escalation", "held", b"held"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -294,16 +347,20 @@ class ListEscalationsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Only this task's; empty: all."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the first page."""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_token", b"page_token", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -314,6 +371,12 @@ class ListEscalationsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ESCALATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Set when more remain: the server ends a reply before it would pass its
+    byte budget (see Limits.max_response_bytes). Ask again with it as
+    page_token for the rest; empty when there is nothing more.
+    """
     @_builtins.property
     def escalations(self) -> _containers.RepeatedCompositeFieldContainer[_packet_service_pb2.StoredPacket]:
         """Oldest first."""
@@ -322,10 +385,11 @@ class ListEscalationsResponse(_message.Message):
         self,
         *,
         escalations: _abc.Iterable[_packet_service_pb2.StoredPacket] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["escalations", b"escalations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["escalations", b"escalations", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -86,7 +86,10 @@ class FindingServiceServicer:
     """
 
     def PostFinding(self, request, context):
-        """Idempotent by finding id and packet, like Dispatch.
+        """Idempotent by task and finding id (the tracking id when Finding.id is
+        empty): the same packet again (compared by meaning, as
+        Packet.tracking_id says) answers the finding as first posted with
+        created = false; another packet with that id is ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,7 +116,9 @@ class FindingServiceServicer:
 
     def Escalate(self, request, context):
         """Dispatches an ESCALATE packet to the escalation topic ("escalations"),
-        carrying the supporting findings.
+        carrying the supporting findings. Its tracking id is derived from the
+        request (task, origin, reason, finding ids): the same escalation again
+        answers the one stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,14 +42,20 @@ class FindingServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> FindingServiceAsyncStub: ...
     PostFinding: _grpc.UnaryUnaryMultiCallable[_finding_service_pb2.PostFindingRequest, _finding_service_pb2.PostFindingResponse]
-    """Idempotent by finding id and packet, like Dispatch."""
+    """Idempotent by task and finding id (the tracking id when Finding.id is
+    empty): the same packet again (compared by meaning, as
+    Packet.tracking_id says) answers the finding as first posted with
+    created = false; another packet with that id is ALREADY_EXISTS.
+    """
     GetFinding: _grpc.UnaryUnaryMultiCallable[_finding_service_pb2.GetFindingRequest, _finding_service_pb2.GetFindingResponse]
     ListFindings: _grpc.UnaryUnaryMultiCallable[_finding_service_pb2.ListFindingsRequest, _finding_service_pb2.ListFindingsResponse]
     DetectConflicts: _grpc.UnaryUnaryMultiCallable[_finding_service_pb2.DetectConflictsRequest, _finding_service_pb2.DetectConflictsResponse]
     """On demand, with any threshold."""
     Escalate: _grpc.UnaryUnaryMultiCallable[_finding_service_pb2.EscalateRequest, _finding_service_pb2.EscalateResponse]
     """Dispatches an ESCALATE packet to the escalation topic ("escalations"),
-    carrying the supporting findings.
+    carrying the supporting findings. Its tracking id is derived from the
+    request (task, origin, reason, finding ids): the same escalation again
+    answers the one stored.
     """
     ListEscalations: _grpc.UnaryUnaryMultiCallable[_finding_service_pb2.ListEscalationsRequest, _finding_service_pb2.ListEscalationsResponse]
 
@@ -67,14 +73,20 @@ class FindingServiceAsyncStub(FindingServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     PostFinding: _aio.UnaryUnaryMultiCallable[_finding_service_pb2.PostFindingRequest, _finding_service_pb2.PostFindingResponse]  # type: ignore[assignment]
-    """Idempotent by finding id and packet, like Dispatch."""
+    """Idempotent by task and finding id (the tracking id when Finding.id is
+    empty): the same packet again (compared by meaning, as
+    Packet.tracking_id says) answers the finding as first posted with
+    created = false; another packet with that id is ALREADY_EXISTS.
+    """
     GetFinding: _aio.UnaryUnaryMultiCallable[_finding_service_pb2.GetFindingRequest, _finding_service_pb2.GetFindingResponse]  # type: ignore[assignment]
     ListFindings: _aio.UnaryUnaryMultiCallable[_finding_service_pb2.ListFindingsRequest, _finding_service_pb2.ListFindingsResponse]  # type: ignore[assignment]
     DetectConflicts: _aio.UnaryUnaryMultiCallable[_finding_service_pb2.DetectConflictsRequest, _finding_service_pb2.DetectConflictsResponse]  # type: ignore[assignment]
     """On demand, with any threshold."""
     Escalate: _aio.UnaryUnaryMultiCallable[_finding_service_pb2.EscalateRequest, _finding_service_pb2.EscalateResponse]  # type: ignore[assignment]
     """Dispatches an ESCALATE packet to the escalation topic ("escalations"),
-    carrying the supporting findings.
+    carrying the supporting findings. Its tracking id is derived from the
+    request (task, origin, reason, finding ids): the same escalation again
+    answers the one stored.
     """
     ListEscalations: _aio.UnaryUnaryMultiCallable[_finding_service_pb2.ListEscalationsRequest, _finding_service_pb2.ListEscalationsResponse]  # type: ignore[assignment]
 
@@ -95,7 +107,11 @@ class FindingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _finding_service_pb2.PostFindingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_finding_service_pb2.PostFindingResponse, _abc.Awaitable[_finding_service_pb2.PostFindingResponse]]:
-        """Idempotent by finding id and packet, like Dispatch."""
+        """Idempotent by task and finding id (the tracking id when Finding.id is
+        empty): the same packet again (compared by meaning, as
+        Packet.tracking_id says) answers the finding as first posted with
+        created = false; another packet with that id is ALREADY_EXISTS.
+        """
 
     @_abc_1.abstractmethod
     def GetFinding(
@@ -126,7 +142,9 @@ class FindingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_finding_service_pb2.EscalateResponse, _abc.Awaitable[_finding_service_pb2.EscalateResponse]]:
         """Dispatches an ESCALATE packet to the escalation topic ("escalations"),
-        carrying the supporting findings.
+        carrying the supporting findings. Its tracking id is derived from the
+        request (task, origin, reason, finding ids): the same escalation again
+        answers the one stored.
         """
 
     @_abc_1.abstractmethod

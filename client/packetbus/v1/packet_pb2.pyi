@@ -53,10 +53,20 @@ class Packet(_message.Message):
     tracking_id: _builtins.str
     """A UUID in canonical lowercase form. Chosen by the sender, it is the
     idempotency key: dispatching the same packet again returns the original
-    result; the same id with different content is rejected.
+    result and stores nothing; the same id with a packet that means something
+    else is ALREADY_EXISTS. "The same" compares every field as sent except
+    dispatched_at and chain_of_custody (stamped and signed anew each time a
+    packet is built) and tracking_id itself: a packet rebuilt after a crash,
+    or the CLI run twice, is the same packet. TTL compares as sent (0 is not
+    3600). A signed packet sent again must carry a signature that holds; the
+    stored packet keeps the first one. See README "Idempotency".
     """
     origin: _builtins.str
-    """The sending agent's id, 1-255 characters."""
+    """The sending agent's id, 1-255 bytes of UTF-8. With authorization on, the
+    caller's own agent id or one it holds agents.act_for on (else
+    PERMISSION_DENIED, ErrorInfo permission agents.act_for, resource this id):
+    on Dispatch, PostTask, PostFinding and PutRecord alike.
+    """
     schema_version: _builtins.str
     """"1.0", or "1.1", which makes the chain of custody mandatory."""
     ttl_seconds: _builtins.int
@@ -72,7 +82,8 @@ class Packet(_message.Message):
     @_builtins.property
     def dispatched_at(self) -> _timestamp_pb2.Timestamp:
         """When the sender dispatched the packet; the server fills it on receipt
-        when it is absent.
+        when it is absent. Not part of what the packet means: a resend stamped
+        later answers the original result (which keeps the first stamp).
         """
 
     @_builtins.property
@@ -105,7 +116,10 @@ class Packet(_message.Message):
 
     @_builtins.property
     def chain_of_custody(self) -> _containers.RepeatedCompositeFieldContainer[_custody_pb2.CustodyEntry]:
-        """Append-only, hash-linked, signed record of every hop."""
+        """Append-only, hash-linked, signed record of every hop. Not part of what
+        the packet means (its signatures cover dispatched_at, made anew with each
+        build): a resend with another valid signature answers the original result.
+        """
 
     def __init__(
         self,

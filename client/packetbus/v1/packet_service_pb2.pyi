@@ -482,6 +482,9 @@ class Limits(_message.Message):
     MAX_ORIGIN_LENGTH_FIELD_NUMBER: _builtins.int
     MAX_TOPIC_LENGTH_FIELD_NUMBER: _builtins.int
     MAX_CUSTODY_ENTRIES_FIELD_NUMBER: _builtins.int
+    MAX_RESPONSE_BYTES_FIELD_NUMBER: _builtins.int
+    STREAMS_FIELD_NUMBER: _builtins.int
+    KEEPALIVE_FIELD_NUMBER: _builtins.int
     max_packet_bytes: _builtins.int
     max_batch_packets: _builtins.int
     max_request_bytes: _builtins.int
@@ -489,8 +492,25 @@ class Limits(_message.Message):
     max_ttl_seconds: _builtins.int
     max_subscribe_batch_packets: _builtins.int
     max_origin_length: _builtins.int
+    """The longest agent id (a packet's origin), in UTF-8 bytes, as every length."""
     max_topic_length: _builtins.int
+    """The longest topic, in bytes (topics are ASCII). Inbox topics ("inbox/...")
+    may be up to 6 + 3 x 255 bytes: the inbox of every valid agent id.
+    """
     max_custody_entries: _builtins.int
+    max_response_bytes: _builtins.int
+    """The largest reply message the server sends (bytes): set the receive limit
+    of your gRPC channel to at least this (grpc-python and grpc-js default to
+    4 MiB). Streams and listings are packed by bytes well under it.
+    """
+    @_builtins.property
+    def streams(self) -> Global___StreamLimits:
+        """Open streams the server admits; beyond them RESOURCE_EXHAUSTED at once."""
+
+    @_builtins.property
+    def keepalive(self) -> Global___KeepaliveSettings:
+        """The HTTP/2 keepalive the server runs and the pings it permits."""
+
     def __init__(
         self,
         *,
@@ -503,11 +523,90 @@ class Limits(_message.Message):
         max_origin_length: _builtins.int = ...,
         max_topic_length: _builtins.int = ...,
         max_custody_entries: _builtins.int = ...,
+        max_response_bytes: _builtins.int = ...,
+        streams: Global___StreamLimits | None = ...,
+        keepalive: Global___KeepaliveSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["keepalive", b"keepalive", "streams", b"streams"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_ttl_seconds", b"default_ttl_seconds", "max_batch_packets", b"max_batch_packets", "max_custody_entries", b"max_custody_entries", "max_origin_length", b"max_origin_length", "max_packet_bytes", b"max_packet_bytes", "max_request_bytes", b"max_request_bytes", "max_subscribe_batch_packets", b"max_subscribe_batch_packets", "max_topic_length", b"max_topic_length", "max_ttl_seconds", b"max_ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_ttl_seconds", b"default_ttl_seconds", "keepalive", b"keepalive", "max_batch_packets", b"max_batch_packets", "max_custody_entries", b"max_custody_entries", "max_origin_length", b"max_origin_length", "max_packet_bytes", b"max_packet_bytes", "max_request_bytes", b"max_request_bytes", "max_response_bytes", b"max_response_bytes", "max_subscribe_batch_packets", b"max_subscribe_batch_packets", "max_topic_length", b"max_topic_length", "max_ttl_seconds", b"max_ttl_seconds", "streams", b"streams"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Limits: _TypeAlias = Limits  # noqa: Y015
+
+@_typing.final
+class StreamLimits(_message.Message):
+    """Open streaming calls the server admits at once. A call beyond a limit is
+    RESOURCE_EXHAUSTED at once (retry later, or on another replica); unary
+    calls are not counted here.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_SUBSCRIBERS_FIELD_NUMBER: _builtins.int
+    MAX_WATCHERS_FIELD_NUMBER: _builtins.int
+    MAX_EXPORTS_FIELD_NUMBER: _builtins.int
+    MAX_TRANSFERS_FIELD_NUMBER: _builtins.int
+    MAX_STREAMS_PER_PEER_FIELD_NUMBER: _builtins.int
+    max_subscribers: _builtins.int
+    """Subscribe streams per server, and as many Pull streams again."""
+    max_watchers: _builtins.int
+    """WatchTasks, WatchAgents and WatchContext streams together per server, and
+    as many Health.Watch streams again.
+    """
+    max_exports: _builtins.int
+    """ExportPackets streams per server."""
+    max_transfers: _builtins.int
+    """GetContext and PutContext transfers per server."""
+    max_streams_per_peer: _builtins.int
+    """Open streams of every kind per connection (one client's channel)."""
+    def __init__(
+        self,
+        *,
+        max_subscribers: _builtins.int = ...,
+        max_watchers: _builtins.int = ...,
+        max_exports: _builtins.int = ...,
+        max_transfers: _builtins.int = ...,
+        max_streams_per_peer: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_exports", b"max_exports", "max_streams_per_peer", b"max_streams_per_peer", "max_subscribers", b"max_subscribers", "max_transfers", b"max_transfers", "max_watchers", b"max_watchers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamLimits: _TypeAlias = StreamLimits  # noqa: Y015
+
+@_typing.final
+class KeepaliveSettings(_message.Message):
+    """HTTP/2 keepalive. The server pings a connection quiet for
+    server_ping_interval_ms and closes it (ending its streams and freeing their
+    slots) when the ping is not answered within server_ping_timeout_ms. A client
+    may ping too (to keep idle streams open through proxies), but no more often
+    than min_client_ping_interval_ms, even on a connection without calls: more
+    often, and the server answers with GOAWAY "too_many_pings".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_PING_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    SERVER_PING_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    MIN_CLIENT_PING_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    server_ping_interval_ms: _builtins.int
+    server_ping_timeout_ms: _builtins.int
+    min_client_ping_interval_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        server_ping_interval_ms: _builtins.int = ...,
+        server_ping_timeout_ms: _builtins.int = ...,
+        min_client_ping_interval_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_client_ping_interval_ms", b"min_client_ping_interval_ms", "server_ping_interval_ms", b"server_ping_interval_ms", "server_ping_timeout_ms", b"server_ping_timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeepaliveSettings: _TypeAlias = KeepaliveSettings  # noqa: Y015

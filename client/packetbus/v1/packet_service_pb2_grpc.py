@@ -66,22 +66,35 @@ class PacketServiceServicer:
         result, in request order; one bad packet never fails the others. The
         call as a whole fails only when the batch itself is unacceptable
         (INVALID_ARGUMENT) or the store cannot be reached (UNAVAILABLE), and
-        then nothing of it needs to be assumed stored: dispatch is idempotent,
-        so retrying the same batch is always safe.
+        then any of it may have been stored: dispatch is idempotent by tracking
+        id and meaning (Packet.tracking_id), so retrying the same batch, or the
+        same packets rebuilt, is always safe and answers the original results.
+        With authorization on, each packet needs topics.publish on its topic and an
+        origin the caller may act as; a packet refused so gets PERMISSION_DENIED
+        (ErrorInfo permission, resource) as its result, after validation and before
+        anything of it is governed or stored; the others go on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPacket(self, request, context):
-        """Fetches one stored packet by its tracking id.
+        """Fetches one stored packet by its tracking id. Needs topics.subscribe on the
+        packet's topic (an inbox: its agent, or one acting for it); without it the
+        answer is NOT_FOUND, as for a packet never stored, so that a guessed
+        tracking id does not tell whether (or where) a packet exists.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Subscribe(self, request, context):
-        """Streams a topic's packets in stored order, in batches.
+        """Streams a topic's packets in stored order, in batches. An inbox topic
+        ("inbox/<agent id>") is read only by its agent, or by a principal granted
+        agents.act_for on that agent (else PERMISSION_DENIED, ErrorInfo permission
+        agents.act_for, resource the agent id); the same holds for Pull, settling
+        and managing the inbox's consumer groups. Anyone with topics.publish on it
+        may send to an inbox.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,13 +38,28 @@ class PacketServiceStub:
     result, in request order; one bad packet never fails the others. The
     call as a whole fails only when the batch itself is unacceptable
     (INVALID_ARGUMENT) or the store cannot be reached (UNAVAILABLE), and
-    then nothing of it needs to be assumed stored: dispatch is idempotent,
-    so retrying the same batch is always safe.
+    then any of it may have been stored: dispatch is idempotent by tracking
+    id and meaning (Packet.tracking_id), so retrying the same batch, or the
+    same packets rebuilt, is always safe and answers the original results.
+    With authorization on, each packet needs topics.publish on its topic and an
+    origin the caller may act as; a packet refused so gets PERMISSION_DENIED
+    (ErrorInfo permission, resource) as its result, after validation and before
+    anything of it is governed or stored; the others go on.
     """
     GetPacket: _grpc.UnaryUnaryMultiCallable[_packet_service_pb2.GetPacketRequest, _packet_service_pb2.GetPacketResponse]
-    """Fetches one stored packet by its tracking id."""
+    """Fetches one stored packet by its tracking id. Needs topics.subscribe on the
+    packet's topic (an inbox: its agent, or one acting for it); without it the
+    answer is NOT_FOUND, as for a packet never stored, so that a guessed
+    tracking id does not tell whether (or where) a packet exists.
+    """
     Subscribe: _grpc.UnaryStreamMultiCallable[_packet_service_pb2.SubscribeRequest, _packet_service_pb2.SubscribeResponse]
-    """Streams a topic's packets in stored order, in batches."""
+    """Streams a topic's packets in stored order, in batches. An inbox topic
+    ("inbox/<agent id>") is read only by its agent, or by a principal granted
+    agents.act_for on that agent (else PERMISSION_DENIED, ErrorInfo permission
+    agents.act_for, resource the agent id); the same holds for Pull, settling
+    and managing the inbox's consumer groups. Anyone with topics.publish on it
+    may send to an inbox.
+    """
     GetServerInfo: _grpc.UnaryUnaryMultiCallable[_packet_service_pb2.GetServerInfoRequest, _packet_service_pb2.GetServerInfoResponse]
     """Describes the server: version, schema versions and limits."""
 
@@ -58,13 +73,28 @@ class PacketServiceAsyncStub(PacketServiceStub):
     result, in request order; one bad packet never fails the others. The
     call as a whole fails only when the batch itself is unacceptable
     (INVALID_ARGUMENT) or the store cannot be reached (UNAVAILABLE), and
-    then nothing of it needs to be assumed stored: dispatch is idempotent,
-    so retrying the same batch is always safe.
+    then any of it may have been stored: dispatch is idempotent by tracking
+    id and meaning (Packet.tracking_id), so retrying the same batch, or the
+    same packets rebuilt, is always safe and answers the original results.
+    With authorization on, each packet needs topics.publish on its topic and an
+    origin the caller may act as; a packet refused so gets PERMISSION_DENIED
+    (ErrorInfo permission, resource) as its result, after validation and before
+    anything of it is governed or stored; the others go on.
     """
     GetPacket: _aio.UnaryUnaryMultiCallable[_packet_service_pb2.GetPacketRequest, _packet_service_pb2.GetPacketResponse]  # type: ignore[assignment]
-    """Fetches one stored packet by its tracking id."""
+    """Fetches one stored packet by its tracking id. Needs topics.subscribe on the
+    packet's topic (an inbox: its agent, or one acting for it); without it the
+    answer is NOT_FOUND, as for a packet never stored, so that a guessed
+    tracking id does not tell whether (or where) a packet exists.
+    """
     Subscribe: _aio.UnaryStreamMultiCallable[_packet_service_pb2.SubscribeRequest, _packet_service_pb2.SubscribeResponse]  # type: ignore[assignment]
-    """Streams a topic's packets in stored order, in batches."""
+    """Streams a topic's packets in stored order, in batches. An inbox topic
+    ("inbox/<agent id>") is read only by its agent, or by a principal granted
+    agents.act_for on that agent (else PERMISSION_DENIED, ErrorInfo permission
+    agents.act_for, resource the agent id); the same holds for Pull, settling
+    and managing the inbox's consumer groups. Anyone with topics.publish on it
+    may send to an inbox.
+    """
     GetServerInfo: _aio.UnaryUnaryMultiCallable[_packet_service_pb2.GetServerInfoRequest, _packet_service_pb2.GetServerInfoResponse]  # type: ignore[assignment]
     """Describes the server: version, schema versions and limits."""
 
@@ -81,8 +111,13 @@ class PacketServiceServicer(metaclass=_abc_1.ABCMeta):
         result, in request order; one bad packet never fails the others. The
         call as a whole fails only when the batch itself is unacceptable
         (INVALID_ARGUMENT) or the store cannot be reached (UNAVAILABLE), and
-        then nothing of it needs to be assumed stored: dispatch is idempotent,
-        so retrying the same batch is always safe.
+        then any of it may have been stored: dispatch is idempotent by tracking
+        id and meaning (Packet.tracking_id), so retrying the same batch, or the
+        same packets rebuilt, is always safe and answers the original results.
+        With authorization on, each packet needs topics.publish on its topic and an
+        origin the caller may act as; a packet refused so gets PERMISSION_DENIED
+        (ErrorInfo permission, resource) as its result, after validation and before
+        anything of it is governed or stored; the others go on.
         """
 
     @_abc_1.abstractmethod
@@ -91,7 +126,11 @@ class PacketServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _packet_service_pb2.GetPacketRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_packet_service_pb2.GetPacketResponse, _abc.Awaitable[_packet_service_pb2.GetPacketResponse]]:
-        """Fetches one stored packet by its tracking id."""
+        """Fetches one stored packet by its tracking id. Needs topics.subscribe on the
+        packet's topic (an inbox: its agent, or one acting for it); without it the
+        answer is NOT_FOUND, as for a packet never stored, so that a guessed
+        tracking id does not tell whether (or where) a packet exists.
+        """
 
     @_abc_1.abstractmethod
     def Subscribe(
@@ -99,7 +138,13 @@ class PacketServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _packet_service_pb2.SubscribeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_packet_service_pb2.SubscribeResponse], _abc.AsyncIterator[_packet_service_pb2.SubscribeResponse]]:
-        """Streams a topic's packets in stored order, in batches."""
+        """Streams a topic's packets in stored order, in batches. An inbox topic
+        ("inbox/<agent id>") is read only by its agent, or by a principal granted
+        agents.act_for on that agent (else PERMISSION_DENIED, ErrorInfo permission
+        agents.act_for, resource the agent id); the same holds for Pull, settling
+        and managing the inbox's consumer groups. Anyone with topics.publish on it
+        may send to an inbox.
+        """
 
     @_abc_1.abstractmethod
     def GetServerInfo(

@@ -106,6 +106,7 @@ class GetPolicyResponse(_message.Message):
     APPROVERS_FIELD_NUMBER: _builtins.int
     LOAD_ERROR_FIELD_NUMBER: _builtins.int
     LOAD_ERROR_AT_FIELD_NUMBER: _builtins.int
+    AUTHORIZATION_FIELD_NUMBER: _builtins.int
     loaded: _builtins.bool
     """A policy is in force; false: every packet is allowed."""
     path: _builtins.str
@@ -136,6 +137,12 @@ class GetPolicyResponse(_message.Message):
     def load_error_at(self) -> _timestamp_pb2.Timestamp:
         """When that load failed."""
 
+    @_builtins.property
+    def authorization(self) -> Global___AuthorizationPolicy:
+        """The policy's [authorization] section, as written; absent: the policy has
+        none, and every authenticated caller may call every RPC.
+        """
+
     def __init__(
         self,
         *,
@@ -148,14 +155,142 @@ class GetPolicyResponse(_message.Message):
         approvers: _abc.Iterable[_builtins.str] | None = ...,
         load_error: _builtins.str = ...,
         load_error_at: _timestamp_pb2.Timestamp | None = ...,
+        authorization: Global___AuthorizationPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["load_error_at", b"load_error_at", "loaded_at", b"loaded_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["authorization", b"authorization", "load_error_at", b"load_error_at", "loaded_at", b"loaded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvers", b"approvers", "default_verdict", b"default_verdict", "load_error", b"load_error", "load_error_at", b"load_error_at", "loaded", b"loaded", "loaded_at", b"loaded_at", "path", b"path", "rules", b"rules", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvers", b"approvers", "authorization", b"authorization", "default_verdict", b"default_verdict", "load_error", b"load_error", "load_error_at", b"load_error_at", "loaded", b"loaded", "loaded_at", b"loaded_at", "path", b"path", "rules", b"rules", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetPolicyResponse: _TypeAlias = GetPolicyResponse  # noqa: Y015
+
+@_typing.final
+class AuthorizationPolicy(_message.Message):
+    """Who may call what: the policy file's [authorization] section. Present, it
+    denies every call no grant of the caller's roles allows.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRINCIPALS_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def principals(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuthorizationPrincipal]:
+        """Which principals have which roles, in file order."""
+
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuthorizationRole]:
+        """The roles, in file order."""
+
+    def __init__(
+        self,
+        *,
+        principals: _abc.Iterable[Global___AuthorizationPrincipal] | None = ...,
+        roles: _abc.Iterable[Global___AuthorizationRole] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["principals", b"principals", "roles", b"roles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthorizationPolicy: _TypeAlias = AuthorizationPolicy  # noqa: Y015
+
+@_typing.final
+class AuthorizationPrincipal(_message.Message):
+    """One [[authorization.principals]] entry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCH_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """The agent id such a principal is (the first matching entry that sets one
+    decides); empty: this entry sets none. A principal no entry gives one is
+    its default: a SPIFFE ID's last path segment, else its name.
+    """
+    @_builtins.property
+    def match(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Globs over principal names (a SPIFFE ID, a certificate's CN, a JWT's sub)."""
+
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The roles every principal it matches has."""
+
+    def __init__(
+        self,
+        *,
+        match: _abc.Iterable[_builtins.str] | None = ...,
+        roles: _abc.Iterable[_builtins.str] | None = ...,
+        agent_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "match", b"match", "roles", b"roles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthorizationPrincipal: _TypeAlias = AuthorizationPrincipal  # noqa: Y015
+
+@_typing.final
+class AuthorizationRole(_message.Message):
+    """One [authorization.roles.NAME] table."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    GRANTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The role's name."""
+    @_builtins.property
+    def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuthorizationGrant]:
+        """What it may do, in file order."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        grants: _abc.Iterable[Global___AuthorizationGrant] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grants", b"grants", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthorizationRole: _TypeAlias = AuthorizationRole  # noqa: Y015
+
+@_typing.final
+class AuthorizationGrant(_message.Message):
+    """Permissions on resources, by pattern."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERMISSIONS_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def permissions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Globs over permission names (topics.publish, tasks.*)."""
+
+    @_builtins.property
+    def resources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Globs over resource names; {agent} is the caller's own agent id."""
+
+    def __init__(
+        self,
+        *,
+        permissions: _abc.Iterable[_builtins.str] | None = ...,
+        resources: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["permissions", b"permissions", "resources", b"resources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthorizationGrant: _TypeAlias = AuthorizationGrant  # noqa: Y015
 
 @_typing.final
 class HeldPacket(_message.Message):

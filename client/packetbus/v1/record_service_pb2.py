@@ -26,13 +26,17 @@ from packetbus.v1 import packet_pb2 as packetbus_dot_v1_dot_packet__pb2
 from packetbus.v1 import packet_service_pb2 as packetbus_dot_v1_dot_packet__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!packetbus/v1/record_service.proto\x12\x0cpacketbus.v1\x1a\x19packetbus/v1/packet.proto\x1a!packetbus/v1/packet_service.proto\"S\n\x10PutRecordRequest\x12$\n\x06packet\x18\x01 \x01(\x0b\x32\x14.packetbus.v1.Packet\x12\x19\n\x11retention_seconds\x18\x02 \x01(\x03\"\x8b\x01\n\x11PutRecordResponse\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.packetbus.v1.RecordKind\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12*\n\x06record\x18\x03 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x08\"M\n\x10GetRecordRequest\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.packetbus.v1.RecordKind\x12\x11\n\trecord_id\x18\x02 \x01(\t\"?\n\x11GetRecordResponse\x12*\n\x06record\x18\x01 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\"c\n\x12ListRecordsRequest\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.packetbus.v1.RecordKind\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x13ListRecordsResponse\x12+\n\x07records\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.StoredPacket\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x8c\x01\n\nRecordKind\x12\x1b\n\x17RECORD_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bRECORD_KIND_SESSION_SUMMARY\x10\x01\x12\x1e\n\x1aRECORD_KIND_SWARM_REGISTRY\x10\x02\x12 \n\x1cRECORD_KIND_REMEDIATION_SCAN\x10\x03\x32\xff\x01\n\rRecordService\x12L\n\tPutRecord\x12\x1e.packetbus.v1.PutRecordRequest\x1a\x1f.packetbus.v1.PutRecordResponse\x12L\n\tGetRecord\x12\x1e.packetbus.v1.GetRecordRequest\x1a\x1f.packetbus.v1.GetRecordResponse\x12R\n\x0bListRecords\x12 .packetbus.v1.ListRecordsRequest\x1a!.packetbus.v1.ListRecordsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!packetbus/v1/record_service.proto\x12\x0cpacketbus.v1\x1a\x19packetbus/v1/packet.proto\x1a!packetbus/v1/packet_service.proto\"S\n\x10PutRecordRequest\x12$\n\x06packet\x18\x01 \x01(\x0b\x32\x14.packetbus.v1.Packet\x12\x19\n\x11retention_seconds\x18\x02 \x01(\x03\"\x8b\x01\n\x11PutRecordResponse\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.packetbus.v1.RecordKind\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12*\n\x06record\x18\x03 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x08\"M\n\x10GetRecordRequest\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.packetbus.v1.RecordKind\x12\x11\n\trecord_id\x18\x02 \x01(\t\"?\n\x11GetRecordResponse\x12*\n\x06record\x18\x01 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\"c\n\x12ListRecordsRequest\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.packetbus.v1.RecordKind\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x13ListRecordsResponse\x12+\n\x07records\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.StoredPacket\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x8c\x01\n\nRecordKind\x12\x1b\n\x17RECORD_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bRECORD_KIND_SESSION_SUMMARY\x10\x01\x12\x1e\n\x1aRECORD_KIND_SWARM_REGISTRY\x10\x02\x12 \n\x1cRECORD_KIND_REMEDIATION_SCAN\x10\x03\x32\x89\x02\n\rRecordService\x12L\n\tPutRecord\x12\x1e.packetbus.v1.PutRecordRequest\x1a\x1f.packetbus.v1.PutRecordResponse\x12Q\n\tGetRecord\x12\x1e.packetbus.v1.GetRecordRequest\x1a\x1f.packetbus.v1.GetRecordResponse\"\x03\x90\x02\x01\x12W\n\x0bListRecords\x12 .packetbus.v1.ListRecordsRequest\x1a!.packetbus.v1.ListRecordsResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'packetbus.v1.record_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RECORDSERVICE'].methods_by_name['GetRecord']._loaded_options = None
+  _globals['_RECORDSERVICE'].methods_by_name['GetRecord']._serialized_options = b'\220\002\001'
+  _globals['_RECORDSERVICE'].methods_by_name['ListRecords']._loaded_options = None
+  _globals['_RECORDSERVICE'].methods_by_name['ListRecords']._serialized_options = b'\220\002\001'
   _globals['_RECORDKIND']._serialized_start=679
   _globals['_RECORDKIND']._serialized_end=819
   _globals['_PUTRECORDREQUEST']._serialized_start=113
@@ -48,5 +52,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTRECORDSRESPONSE']._serialized_start=585
   _globals['_LISTRECORDSRESPONSE']._serialized_end=676
   _globals['_RECORDSERVICE']._serialized_start=822
-  _globals['_RECORDSERVICE']._serialized_end=1077
+  _globals['_RECORDSERVICE']._serialized_end=1087
 # @@protoc_insertion_point(module_scope)

@@ -91,7 +91,7 @@ class PutRecordResponse(_message.Message):
     """Its kind and id (the packet's tracking id)."""
     record_id: _builtins.str
     created: _builtins.bool
-    """False when this exact packet was stored before (a retry)."""
+    """False when the same packet (by meaning) was stored before (a retry)."""
     @_builtins.property
     def record(self) -> _packet_service_pb2.StoredPacket:
         """The stored packet, with its chain of custody."""

@@ -61,8 +61,10 @@ class RecordServiceServicer:
     """
 
     def PutRecord(self, request, context):
-        """Idempotent by tracking id: the same packet again answers created =
-        false; another packet with that tracking id is ALREADY_EXISTS.
+        """Idempotent by tracking id: the same packet again (compared as
+        Packet.tracking_id says: by meaning, not by dispatched_at or signatures)
+        answers the original record with created = false; another packet with
+        that tracking id is ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

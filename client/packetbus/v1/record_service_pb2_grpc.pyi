@@ -37,8 +37,10 @@ class RecordServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RecordServiceAsyncStub: ...
     PutRecord: _grpc.UnaryUnaryMultiCallable[_record_service_pb2.PutRecordRequest, _record_service_pb2.PutRecordResponse]
-    """Idempotent by tracking id: the same packet again answers created =
-    false; another packet with that tracking id is ALREADY_EXISTS.
+    """Idempotent by tracking id: the same packet again (compared as
+    Packet.tracking_id says: by meaning, not by dispatched_at or signatures)
+    answers the original record with created = false; another packet with
+    that tracking id is ALREADY_EXISTS.
     """
     GetRecord: _grpc.UnaryUnaryMultiCallable[_record_service_pb2.GetRecordRequest, _record_service_pb2.GetRecordResponse]
     ListRecords: _grpc.UnaryUnaryMultiCallable[_record_service_pb2.ListRecordsRequest, _record_service_pb2.ListRecordsResponse]
@@ -53,8 +55,10 @@ class RecordServiceAsyncStub(RecordServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     PutRecord: _aio.UnaryUnaryMultiCallable[_record_service_pb2.PutRecordRequest, _record_service_pb2.PutRecordResponse]  # type: ignore[assignment]
-    """Idempotent by tracking id: the same packet again answers created =
-    false; another packet with that tracking id is ALREADY_EXISTS.
+    """Idempotent by tracking id: the same packet again (compared as
+    Packet.tracking_id says: by meaning, not by dispatched_at or signatures)
+    answers the original record with created = false; another packet with
+    that tracking id is ALREADY_EXISTS.
     """
     GetRecord: _aio.UnaryUnaryMultiCallable[_record_service_pb2.GetRecordRequest, _record_service_pb2.GetRecordResponse]  # type: ignore[assignment]
     ListRecords: _aio.UnaryUnaryMultiCallable[_record_service_pb2.ListRecordsRequest, _record_service_pb2.ListRecordsResponse]  # type: ignore[assignment]
@@ -72,8 +76,10 @@ class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _record_service_pb2.PutRecordRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_record_service_pb2.PutRecordResponse, _abc.Awaitable[_record_service_pb2.PutRecordResponse]]:
-        """Idempotent by tracking id: the same packet again answers created =
-        false; another packet with that tracking id is ALREADY_EXISTS.
+        """Idempotent by tracking id: the same packet again (compared as
+        Packet.tracking_id says: by meaning, not by dispatched_at or signatures)
+        answers the original record with created = false; another packet with
+        that tracking id is ALREADY_EXISTS.
         """
 
     @_abc_1.abstractmethod

@@ -28,15 +28,23 @@ from packetbus.v1 import packet_pb2 as packetbus_dot_v1_dot_packet__pb2
 from packetbus.v1 import packet_service_pb2 as packetbus_dot_v1_dot_packet__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpacketbus/v1/task_service.proto\x12\x0cpacketbus.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19packetbus/v1/packet.proto\x1a!packetbus/v1/packet_service.proto\"\xa4\x03\n\tTaskState\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.packetbus.v1.TaskStatus\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x1b\n\x13required_capability\x18\x05 \x01(\t\x12\x0e\n\x06\x63laims\x18\x06 \x01(\r\x12\x10\n\x08\x66\x61ilures\x18\x07 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x08 \x01(\r\x12\x0e\n\x06worker\x18\t \x01(\t\x12\x15\n\rfencing_token\x18\n \x01(\x04\x12\x34\n\x10lease_expires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tposted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06packet\x18\x0e \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\"M\n\x0fPostTaskRequest\x12$\n\x06packet\x18\x01 \x01(\x0b\x32\x14.packetbus.v1.Packet\x12\x14\n\x0cmax_attempts\x18\x02 \x01(\r\"J\n\x10PostTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.packetbus.v1.TaskState\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"^\n\x10\x43laimTaskRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0e\n\x06worker\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\x12\x15\n\rlease_seconds\x18\x04 \x01(\r\":\n\x11\x43laimTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.packetbus.v1.TaskState\"d\n\x14HeartbeatTaskRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x15\n\rlease_seconds\x18\x04 \x01(\r\"M\n\x15HeartbeatTaskResponse\x12\x34\n\x10lease_expires_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x12ReleaseTaskRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x15\n\x13ReleaseTaskResponse\"\x86\x01\n\x13\x43ompleteTaskRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\'\n\x06result\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07summary\x18\x05 \x01(\t\"\x16\n\x14\x43ompleteTaskResponse\"W\n\x0f\x46\x61ilTaskRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"O\n\x10\x46\x61ilTaskResponse\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.packetbus.v1.TaskStatus\x12\x11\n\tcarcel_id\x18\x02 \x01(\t\"0\n\x0eGetTaskRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"8\n\x0fGetTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.packetbus.v1.TaskState\"K\n\x10ListTasksRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.packetbus.v1.TaskStatus\";\n\x11ListTasksResponse\x12&\n\x05tasks\x18\x01 \x03(\x0b\x32\x17.packetbus.v1.TaskState\"\xb7\x01\n\nTaskResult\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x11\n\tcompleted\x18\x03 \x01(\x08\x12\'\n\x06result\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07summary\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12&\n\x02\x61t\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\x16ListTaskResultsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"D\n\x17ListTaskResultsResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.packetbus.v1.TaskResult\"\"\n\x11WatchTasksRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"\xd6\x01\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12,\n\nold_status\x18\x02 \x01(\x0e\x32\x18.packetbus.v1.TaskStatus\x12,\n\nnew_status\x18\x03 \x01(\x0e\x32\x18.packetbus.v1.TaskStatus\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x15\n\rfencing_token\x18\x05 \x01(\x04\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x07 \x01(\t\"=\n\x12WatchTasksResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.packetbus.v1.TaskEvent*\x8f\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATUS_QUEUED\x10\x01\x12\x17\n\x13TASK_STATUS_CLAIMED\x10\x02\x12\x19\n\x15TASK_STATUS_COMPLETED\x10\x03\x12\x18\n\x14TASK_STATUS_CARCELED\x10\x04\x32\xbf\x06\n\x0bTaskService\x12I\n\x08PostTask\x12\x1d.packetbus.v1.PostTaskRequest\x1a\x1e.packetbus.v1.PostTaskResponse\x12L\n\tClaimTask\x12\x1e.packetbus.v1.ClaimTaskRequest\x1a\x1f.packetbus.v1.ClaimTaskResponse\x12X\n\rHeartbeatTask\x12\".packetbus.v1.HeartbeatTaskRequest\x1a#.packetbus.v1.HeartbeatTaskResponse\x12R\n\x0bReleaseTask\x12 .packetbus.v1.ReleaseTaskRequest\x1a!.packetbus.v1.ReleaseTaskResponse\x12U\n\x0c\x43ompleteTask\x12!.packetbus.v1.CompleteTaskRequest\x1a\".packetbus.v1.CompleteTaskResponse\x12I\n\x08\x46\x61ilTask\x12\x1d.packetbus.v1.FailTaskRequest\x1a\x1e.packetbus.v1.FailTaskResponse\x12\x46\n\x07GetTask\x12\x1c.packetbus.v1.GetTaskRequest\x1a\x1d.packetbus.v1.GetTaskResponse\x12L\n\tListTasks\x12\x1e.packetbus.v1.ListTasksRequest\x1a\x1f.packetbus.v1.ListTasksResponse\x12^\n\x0fListTaskResults\x12$.packetbus.v1.ListTaskResultsRequest\x1a%.packetbus.v1.ListTaskResultsResponse\x12Q\n\nWatchTasks\x12\x1f.packetbus.v1.WatchTasksRequest\x1a .packetbus.v1.WatchTasksResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpacketbus/v1/task_service.proto\x12\x0cpacketbus.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19packetbus/v1/packet.proto\x1a!packetbus/v1/packet_service.proto\"\xa4\x03\n\tTaskState\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.packetbus.v1.TaskStatus\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x1b\n\x13required_capability\x18\x05 \x01(\t\x12\x0e\n\x06\x63laims\x18\x06 \x01(\r\x12\x10\n\x08\x66\x61ilures\x18\x07 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x08 \x01(\r\x12\x0e\n\x06worker\x18\t \x01(\t\x12\x15\n\rfencing_token\x18\n \x01(\x04\x12\x34\n\x10lease_expires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tposted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06packet\x18\x0e \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\"M\n\x0fPostTaskRequest\x12$\n\x06packet\x18\x01 \x01(\x0b\x32\x14.packetbus.v1.Packet\x12\x14\n\x0cmax_attempts\x18\x02 \x01(\r\"J\n\x10PostTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.packetbus.v1.TaskState\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"r\n\x10\x43laimTaskRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0e\n\x06worker\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\x12\x15\n\rlease_seconds\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\":\n\x11\x43laimTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.packetbus.v1.TaskState\"d\n\x14HeartbeatTaskRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x15\n\rlease_seconds\x18\x04 \x01(\r\"M\n\x15HeartbeatTaskResponse\x12\x34\n\x10lease_expires_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x12ReleaseTaskRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x15\n\x13ReleaseTaskResponse\"\x86\x01\n\x13\x43ompleteTaskRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\'\n\x06result\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07summary\x18\x05 \x01(\t\"\x16\n\x14\x43ompleteTaskResponse\"W\n\x0f\x46\x61ilTaskRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"O\n\x10\x46\x61ilTaskResponse\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.packetbus.v1.TaskStatus\x12\x11\n\tcarcel_id\x18\x02 \x01(\t\"0\n\x0eGetTaskRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"8\n\x0fGetTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.packetbus.v1.TaskState\"_\n\x10ListTasksRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.packetbus.v1.TaskStatus\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x11ListTasksResponse\x12&\n\x05tasks\x18\x01 \x03(\x0b\x32\x17.packetbus.v1.TaskState\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb7\x01\n\nTaskResult\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x11\n\tcompleted\x18\x03 \x01(\x08\x12\'\n\x06result\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07summary\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12&\n\x02\x61t\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x16ListTaskResultsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x17ListTaskResultsResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.packetbus.v1.TaskResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x11WatchTasksRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\t\"\xe6\x01\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12,\n\nold_status\x18\x02 \x01(\x0e\x32\x18.packetbus.v1.TaskStatus\x12,\n\nnew_status\x18\x03 \x01(\x0e\x32\x18.packetbus.v1.TaskStatus\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x15\n\rfencing_token\x18\x05 \x01(\x04\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x08 \x01(\t\"R\n\x12WatchTasksResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.packetbus.v1.TaskEvent\x12\x13\n\x0b\x65vents_lost\x18\x02 \x01(\x08*\x8f\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATUS_QUEUED\x10\x01\x12\x17\n\x13TASK_STATUS_CLAIMED\x10\x02\x12\x19\n\x15TASK_STATUS_COMPLETED\x10\x03\x12\x18\n\x14TASK_STATUS_CARCELED\x10\x04\x32\xd3\x06\n\x0bTaskService\x12I\n\x08PostTask\x12\x1d.packetbus.v1.PostTaskRequest\x1a\x1e.packetbus.v1.PostTaskResponse\x12L\n\tClaimTask\x12\x1e.packetbus.v1.ClaimTaskRequest\x1a\x1f.packetbus.v1.ClaimTaskResponse\x12X\n\rHeartbeatTask\x12\".packetbus.v1.HeartbeatTaskRequest\x1a#.packetbus.v1.HeartbeatTaskResponse\x12R\n\x0bReleaseTask\x12 .packetbus.v1.ReleaseTaskRequest\x1a!.packetbus.v1.ReleaseTaskResponse\x12U\n\x0c\x43ompleteTask\x12!.packetbus.v1.CompleteTaskRequest\x1a\".packetbus.v1.CompleteTaskResponse\x12I\n\x08\x46\x61ilTask\x12\x1d.packetbus.v1.FailTaskRequest\x1a\x1e.packetbus.v1.FailTaskResponse\x12K\n\x07GetTask\x12\x1c.packetbus.v1.GetTaskRequest\x1a\x1d.packetbus.v1.GetTaskResponse\"\x03\x90\x02\x01\x12Q\n\tListTasks\x12\x1e.packetbus.v1.ListTasksRequest\x1a\x1f.packetbus.v1.ListTasksResponse\"\x03\x90\x02\x01\x12\x63\n\x0fListTaskResults\x12$.packetbus.v1.ListTaskResultsRequest\x1a%.packetbus.v1.ListTaskResultsResponse\"\x03\x90\x02\x01\x12V\n\nWatchTasks\x12\x1f.packetbus.v1.WatchTasksRequest\x1a .packetbus.v1.WatchTasksResponse\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'packetbus.v1.task_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKSTATUS']._serialized_start=2413
-  _globals['_TASKSTATUS']._serialized_end=2556
+  _globals['_TASKSERVICE'].methods_by_name['GetTask']._loaded_options = None
+  _globals['_TASKSERVICE'].methods_by_name['GetTask']._serialized_options = b'\220\002\001'
+  _globals['_TASKSERVICE'].methods_by_name['ListTasks']._loaded_options = None
+  _globals['_TASKSERVICE'].methods_by_name['ListTasks']._serialized_options = b'\220\002\001'
+  _globals['_TASKSERVICE'].methods_by_name['ListTaskResults']._loaded_options = None
+  _globals['_TASKSERVICE'].methods_by_name['ListTaskResults']._serialized_options = b'\220\002\001'
+  _globals['_TASKSERVICE'].methods_by_name['WatchTasks']._loaded_options = None
+  _globals['_TASKSERVICE'].methods_by_name['WatchTasks']._serialized_options = b'\220\002\001'
+  _globals['_TASKSTATUS']._serialized_start=2582
+  _globals['_TASKSTATUS']._serialized_end=2725
   _globals['_TASKSTATE']._serialized_start=175
   _globals['_TASKSTATE']._serialized_end=595
   _globals['_POSTTASKREQUEST']._serialized_start=597
@@ -44,45 +52,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POSTTASKRESPONSE']._serialized_start=676
   _globals['_POSTTASKRESPONSE']._serialized_end=750
   _globals['_CLAIMTASKREQUEST']._serialized_start=752
-  _globals['_CLAIMTASKREQUEST']._serialized_end=846
-  _globals['_CLAIMTASKRESPONSE']._serialized_start=848
-  _globals['_CLAIMTASKRESPONSE']._serialized_end=906
-  _globals['_HEARTBEATTASKREQUEST']._serialized_start=908
-  _globals['_HEARTBEATTASKREQUEST']._serialized_end=1008
-  _globals['_HEARTBEATTASKRESPONSE']._serialized_start=1010
-  _globals['_HEARTBEATTASKRESPONSE']._serialized_end=1087
-  _globals['_RELEASETASKREQUEST']._serialized_start=1089
-  _globals['_RELEASETASKREQUEST']._serialized_end=1180
-  _globals['_RELEASETASKRESPONSE']._serialized_start=1182
-  _globals['_RELEASETASKRESPONSE']._serialized_end=1203
-  _globals['_COMPLETETASKREQUEST']._serialized_start=1206
-  _globals['_COMPLETETASKREQUEST']._serialized_end=1340
-  _globals['_COMPLETETASKRESPONSE']._serialized_start=1342
-  _globals['_COMPLETETASKRESPONSE']._serialized_end=1364
-  _globals['_FAILTASKREQUEST']._serialized_start=1366
-  _globals['_FAILTASKREQUEST']._serialized_end=1453
-  _globals['_FAILTASKRESPONSE']._serialized_start=1455
-  _globals['_FAILTASKRESPONSE']._serialized_end=1534
-  _globals['_GETTASKREQUEST']._serialized_start=1536
-  _globals['_GETTASKREQUEST']._serialized_end=1584
-  _globals['_GETTASKRESPONSE']._serialized_start=1586
-  _globals['_GETTASKRESPONSE']._serialized_end=1642
-  _globals['_LISTTASKSREQUEST']._serialized_start=1644
-  _globals['_LISTTASKSREQUEST']._serialized_end=1719
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1721
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1780
-  _globals['_TASKRESULT']._serialized_start=1783
-  _globals['_TASKRESULT']._serialized_end=1966
-  _globals['_LISTTASKRESULTSREQUEST']._serialized_start=1968
-  _globals['_LISTTASKRESULTSREQUEST']._serialized_end=2024
-  _globals['_LISTTASKRESULTSRESPONSE']._serialized_start=2026
-  _globals['_LISTTASKRESULTSRESPONSE']._serialized_end=2094
-  _globals['_WATCHTASKSREQUEST']._serialized_start=2096
-  _globals['_WATCHTASKSREQUEST']._serialized_end=2130
-  _globals['_TASKEVENT']._serialized_start=2133
-  _globals['_TASKEVENT']._serialized_end=2347
-  _globals['_WATCHTASKSRESPONSE']._serialized_start=2349
-  _globals['_WATCHTASKSRESPONSE']._serialized_end=2410
-  _globals['_TASKSERVICE']._serialized_start=2559
-  _globals['_TASKSERVICE']._serialized_end=3390
+  _globals['_CLAIMTASKREQUEST']._serialized_end=866
+  _globals['_CLAIMTASKRESPONSE']._serialized_start=868
+  _globals['_CLAIMTASKRESPONSE']._serialized_end=926
+  _globals['_HEARTBEATTASKREQUEST']._serialized_start=928
+  _globals['_HEARTBEATTASKREQUEST']._serialized_end=1028
+  _globals['_HEARTBEATTASKRESPONSE']._serialized_start=1030
+  _globals['_HEARTBEATTASKRESPONSE']._serialized_end=1107
+  _globals['_RELEASETASKREQUEST']._serialized_start=1109
+  _globals['_RELEASETASKREQUEST']._serialized_end=1200
+  _globals['_RELEASETASKRESPONSE']._serialized_start=1202
+  _globals['_RELEASETASKRESPONSE']._serialized_end=1223
+  _globals['_COMPLETETASKREQUEST']._serialized_start=1226
+  _globals['_COMPLETETASKREQUEST']._serialized_end=1360
+  _globals['_COMPLETETASKRESPONSE']._serialized_start=1362
+  _globals['_COMPLETETASKRESPONSE']._serialized_end=1384
+  _globals['_FAILTASKREQUEST']._serialized_start=1386
+  _globals['_FAILTASKREQUEST']._serialized_end=1473
+  _globals['_FAILTASKRESPONSE']._serialized_start=1475
+  _globals['_FAILTASKRESPONSE']._serialized_end=1554
+  _globals['_GETTASKREQUEST']._serialized_start=1556
+  _globals['_GETTASKREQUEST']._serialized_end=1604
+  _globals['_GETTASKRESPONSE']._serialized_start=1606
+  _globals['_GETTASKRESPONSE']._serialized_end=1662
+  _globals['_LISTTASKSREQUEST']._serialized_start=1664
+  _globals['_LISTTASKSREQUEST']._serialized_end=1759
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1761
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1845
+  _globals['_TASKRESULT']._serialized_start=1848
+  _globals['_TASKRESULT']._serialized_end=2031
+  _globals['_LISTTASKRESULTSREQUEST']._serialized_start=2033
+  _globals['_LISTTASKRESULTSREQUEST']._serialized_end=2109
+  _globals['_LISTTASKRESULTSRESPONSE']._serialized_start=2111
+  _globals['_LISTTASKRESULTSRESPONSE']._serialized_end=2204
+  _globals['_WATCHTASKSREQUEST']._serialized_start=2206
+  _globals['_WATCHTASKSREQUEST']._serialized_end=2262
+  _globals['_TASKEVENT']._serialized_start=2265
+  _globals['_TASKEVENT']._serialized_end=2495
+  _globals['_WATCHTASKSRESPONSE']._serialized_start=2497
+  _globals['_WATCHTASKSRESPONSE']._serialized_end=2579
+  _globals['_TASKSERVICE']._serialized_start=2728
+  _globals['_TASKSERVICE']._serialized_end=3579
 # @@protoc_insertion_point(module_scope)

@@ -36,7 +36,9 @@ class _TaskStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskStatus
     """Leased to a worker."""
     TASK_STATUS_COMPLETED: _TaskStatus.ValueType  # 3
     TASK_STATUS_CARCELED: _TaskStatus.ValueType  # 4
-    """Failed max_attempts times: moved to the carcel."""
+    """Failed max_attempts times (failures reported by its workers, and leases
+    that ran out): moved to the carcel.
+    """
 
 class TaskStatus(_TaskStatus, metaclass=_TaskStatusEnumTypeWrapper): ...
 
@@ -47,7 +49,9 @@ TASK_STATUS_CLAIMED: TaskStatus.ValueType  # 2
 """Leased to a worker."""
 TASK_STATUS_COMPLETED: TaskStatus.ValueType  # 3
 TASK_STATUS_CARCELED: TaskStatus.ValueType  # 4
-"""Failed max_attempts times: moved to the carcel."""
+"""Failed max_attempts times (failures reported by its workers, and leases
+that ran out): moved to the carcel.
+"""
 Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
 
 @_typing.final
@@ -75,7 +79,11 @@ class TaskState(_message.Message):
     priority: _builtins.int
     required_capability: _builtins.str
     claims: _builtins.int
-    """Claims so far, and failures so far (of max_attempts)."""
+    """Claims so far, and failed attempts so far (of max_attempts): failures
+    reported, and leases that ran out or were released by the server because
+    the worker's agent went stale. Exact once the server has seen a lease run
+    out; a lease that ran out and has not been seen yet counts already.
+    """
     failures: _builtins.int
     max_attempts: _builtins.int
     worker: _builtins.str
@@ -153,7 +161,7 @@ class PostTaskResponse(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     created: _builtins.bool
-    """False when this exact packet was posted before (a retry)."""
+    """False when the same packet (by meaning) was posted before (a retry)."""
     @_builtins.property
     def task(self) -> Global___TaskState: ...
     def __init__(
@@ -178,10 +186,25 @@ class ClaimTaskRequest(_message.Message):
     WORKER_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
     worker: _builtins.str
+    """The claiming agent: the caller's own agent id or one it holds
+    agents.act_for on (else PERMISSION_DENIED). The agent registry releases
+    its claims when this agent goes stale. Heartbeat, release, complete and fail
+    name the claim by its fencing token and are refused (PERMISSION_DENIED) to
+    a caller that may not act as the claim's worker.
+    """
     lease_seconds: _builtins.int
     """0 means 30; 1..600."""
+    request_id: _builtins.str
+    """Optional, up to 128 bytes (letters, digits, "._:-"): names this claim, so
+    that the same request sent again (a retry after a lost reply) returns the
+    task claimed first, while that claim still holds (its lease has not run
+    out and it is not settled), instead of claiming a second one. Use a new id
+    (e.g. a UUID) per claim and the same one for its retries; the Python
+    client does. Another worker's request id is ALREADY_EXISTS.
+    """
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tasks needing one of these capabilities, or none, may be claimed."""
@@ -193,10 +216,11 @@ class ClaimTaskRequest(_message.Message):
         worker: _builtins.str = ...,
         capabilities: _abc.Iterable[_builtins.str] | None = ...,
         lease_seconds: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "lease_seconds", b"lease_seconds", "queue", b"queue", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "lease_seconds", b"lease_seconds", "queue", b"queue", "request_id", b"request_id", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -463,18 +487,22 @@ class ListTasksRequest(_message.Message):
 
     QUEUE_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
     status: Global___TaskStatus.ValueType
     """UNSPECIFIED: every status."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the first page."""
     def __init__(
         self,
         *,
         queue: _builtins.str = ...,
         status: Global___TaskStatus.ValueType = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_token", b"page_token", "queue", b"queue", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -485,6 +513,12 @@ class ListTasksResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASKS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Set when more remain: the server ends a reply before it would pass its
+    byte budget (see Limits.max_response_bytes). Ask again with it as
+    page_token for the rest; empty when there is nothing more.
+    """
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskState]:
         """Posted first first."""
@@ -493,10 +527,11 @@ class ListTasksResponse(_message.Message):
         self,
         *,
         tasks: _abc.Iterable[Global___TaskState] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -549,17 +584,21 @@ class ListTaskResultsRequest(_message.Message):
 
     QUEUE_FIELD_NUMBER: _builtins.int
     TASK_ID_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
     task_id: _builtins.str
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the first page."""
     def __init__(
         self,
         *,
         queue: _builtins.str = ...,
         task_id: _builtins.str = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_token", b"page_token", "queue", b"queue", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -570,6 +609,12 @@ class ListTaskResultsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Set when more remain: the server ends a reply before it would pass its
+    byte budget (see Limits.max_response_bytes). Ask again with it as
+    page_token for the rest; empty when there is nothing more.
+    """
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskResult]:
         """Oldest first."""
@@ -578,10 +623,11 @@ class ListTaskResultsResponse(_message.Message):
         self,
         *,
         results: _abc.Iterable[Global___TaskResult] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -592,15 +638,21 @@ class WatchTasksRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     QUEUE_FIELD_NUMBER: _builtins.int
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
+    after_cursor: _builtins.str
+    """Resume: exactly the events after this cursor (a TaskEvent.cursor seen
+    before, "<ms>-<seq>"). Empty: only events after the watch starts.
+    """
     def __init__(
         self,
         *,
         queue: _builtins.str = ...,
+        after_cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "queue", b"queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -617,6 +669,7 @@ class TaskEvent(_message.Message):
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     old_status: Global___TaskStatus.ValueType
     new_status: Global___TaskStatus.ValueType
@@ -625,6 +678,10 @@ class TaskEvent(_message.Message):
     fencing_token: _builtins.int
     reason: _builtins.str
     """Why, when it says: a release's or failure's reason, "lease expired"."""
+    cursor: _builtins.str
+    """Where this event is in the queue's event log: pass it as
+    WatchTasksRequest.after_cursor to resume after it.
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -637,10 +694,11 @@ class TaskEvent(_message.Message):
         fencing_token: _builtins.int = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
         reason: _builtins.str = ...,
+        cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "fencing_token", b"fencing_token", "new_status", b"new_status", "old_status", b"old_status", "reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "cursor", b"cursor", "fencing_token", b"fencing_token", "new_status", b"new_status", "old_status", b"old_status", "reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -651,16 +709,25 @@ class WatchTasksResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
+    EVENTS_LOST_FIELD_NUMBER: _builtins.int
+    events_lost: _builtins.bool
+    """True (in the first response, which then holds no events) when the watch
+    resumed after a cursor older than the queue's retained events (the newest
+    ~10,000 of each queue are kept): events after the cursor may be gone.
+    """
     @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskEvent]: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskEvent]:
+        """In the order they happened, each exactly once."""
+
     def __init__(
         self,
         *,
         events: _abc.Iterable[Global___TaskEvent] | None = ...,
+        events_lost: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "events_lost", b"events_lost"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -33,8 +33,16 @@ class TaskServiceStub:
     (first posted first within a priority) whose required capability they have,
     under a lease; each claim gets a new fencing token, and only the holder of
     the current token may heartbeat, release, complete or fail the task. A
-    lease that runs out puts the task back in the queue. A task failed
-    max_attempts times goes to the carcel. Claims, releases, completions,
+    lease that runs out counts as a failed attempt, as a failure its worker
+    reports does (and so does a release by the server when the worker's agent
+    goes stale or leaves): the task goes back in the queue, or, failed
+    max_attempts times, to the carcel (reason "max attempts").
+
+    Retries are safe: posting the same packet again answers its task; a claim
+    with a request_id made again returns the claim made first (while it holds);
+    a release, completion or failure repeated with the same fencing token and
+    the same request answers OK with the first outcome (with another result,
+    ALREADY_EXISTS); a heartbeat repeated renews the lease again. Claims, releases, completions,
     failures and carcel moves append signed entries to the task packet's chain
     of custody.
     """
@@ -105,14 +113,25 @@ class TaskServiceServicer:
     (first posted first within a priority) whose required capability they have,
     under a lease; each claim gets a new fencing token, and only the holder of
     the current token may heartbeat, release, complete or fail the task. A
-    lease that runs out puts the task back in the queue. A task failed
-    max_attempts times goes to the carcel. Claims, releases, completions,
+    lease that runs out counts as a failed attempt, as a failure its worker
+    reports does (and so does a release by the server when the worker's agent
+    goes stale or leaves): the task goes back in the queue, or, failed
+    max_attempts times, to the carcel (reason "max attempts").
+
+    Retries are safe: posting the same packet again answers its task; a claim
+    with a request_id made again returns the claim made first (while it holds);
+    a release, completion or failure repeated with the same fencing token and
+    the same request answers OK with the first outcome (with another result,
+    ALREADY_EXISTS); a heartbeat repeated renews the lease again. Claims, releases, completions,
     failures and carcel moves append signed entries to the task packet's chain
     of custody.
     """
 
     def PostTask(self, request, context):
-        """Idempotent by the packet's tracking id, like Dispatch.
+        """Idempotent by queue and Task.id: the same packet again (compared by
+        meaning, as Packet.tracking_id says; its tracking id may differ) answers
+        the task as first posted with created = false; another packet with that
+        task id is ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,7 +187,7 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchTasks(self, request, context):
-        """Status changes of a queue's tasks, as they happen.
+        """Status changes of a queue's tasks as they happen (or after a cursor).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -243,8 +262,16 @@ class TaskService:
     (first posted first within a priority) whose required capability they have,
     under a lease; each claim gets a new fencing token, and only the holder of
     the current token may heartbeat, release, complete or fail the task. A
-    lease that runs out puts the task back in the queue. A task failed
-    max_attempts times goes to the carcel. Claims, releases, completions,
+    lease that runs out counts as a failed attempt, as a failure its worker
+    reports does (and so does a release by the server when the worker's agent
+    goes stale or leaves): the task goes back in the queue, or, failed
+    max_attempts times, to the carcel (reason "max attempts").
+
+    Retries are safe: posting the same packet again answers its task; a claim
+    with a request_id made again returns the claim made first (while it holds);
+    a release, completion or failure repeated with the same fencing token and
+    the same request answers OK with the first outcome (with another result,
+    ALREADY_EXISTS); a heartbeat repeated renews the lease again. Claims, releases, completions,
     failures and carcel moves append signed entries to the task packet's chain
     of custody.
     """

@@ -34,8 +34,16 @@ class TaskServiceStub:
     (first posted first within a priority) whose required capability they have,
     under a lease; each claim gets a new fencing token, and only the holder of
     the current token may heartbeat, release, complete or fail the task. A
-    lease that runs out puts the task back in the queue. A task failed
-    max_attempts times goes to the carcel. Claims, releases, completions,
+    lease that runs out counts as a failed attempt, as a failure its worker
+    reports does (and so does a release by the server when the worker's agent
+    goes stale or leaves): the task goes back in the queue, or, failed
+    max_attempts times, to the carcel (reason "max attempts").
+
+    Retries are safe: posting the same packet again answers its task; a claim
+    with a request_id made again returns the claim made first (while it holds);
+    a release, completion or failure repeated with the same fencing token and
+    the same request answers OK with the first outcome (with another result,
+    ALREADY_EXISTS); a heartbeat repeated renews the lease again. Claims, releases, completions,
     failures and carcel moves append signed entries to the task packet's chain
     of custody.
     """
@@ -45,7 +53,11 @@ class TaskServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TaskServiceAsyncStub: ...
     PostTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.PostTaskRequest, _task_service_pb2.PostTaskResponse]
-    """Idempotent by the packet's tracking id, like Dispatch."""
+    """Idempotent by queue and Task.id: the same packet again (compared by
+    meaning, as Packet.tracking_id says; its tracking id may differ) answers
+    the task as first posted with created = false; another packet with that
+    task id is ALREADY_EXISTS.
+    """
     ClaimTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ClaimTaskRequest, _task_service_pb2.ClaimTaskResponse]
     """Atomic: of N workers claiming the same task at once, one gets it."""
     HeartbeatTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.HeartbeatTaskRequest, _task_service_pb2.HeartbeatTaskResponse]
@@ -56,7 +68,7 @@ class TaskServiceStub:
     ListTasks: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ListTasksRequest, _task_service_pb2.ListTasksResponse]
     ListTaskResults: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskResultsRequest, _task_service_pb2.ListTaskResultsResponse]
     WatchTasks: _grpc.UnaryStreamMultiCallable[_task_service_pb2.WatchTasksRequest, _task_service_pb2.WatchTasksResponse]
-    """Status changes of a queue's tasks, as they happen."""
+    """Status changes of a queue's tasks as they happen (or after a cursor)."""
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -67,15 +79,27 @@ class TaskServiceAsyncStub(TaskServiceStub):
     (first posted first within a priority) whose required capability they have,
     under a lease; each claim gets a new fencing token, and only the holder of
     the current token may heartbeat, release, complete or fail the task. A
-    lease that runs out puts the task back in the queue. A task failed
-    max_attempts times goes to the carcel. Claims, releases, completions,
+    lease that runs out counts as a failed attempt, as a failure its worker
+    reports does (and so does a release by the server when the worker's agent
+    goes stale or leaves): the task goes back in the queue, or, failed
+    max_attempts times, to the carcel (reason "max attempts").
+
+    Retries are safe: posting the same packet again answers its task; a claim
+    with a request_id made again returns the claim made first (while it holds);
+    a release, completion or failure repeated with the same fencing token and
+    the same request answers OK with the first outcome (with another result,
+    ALREADY_EXISTS); a heartbeat repeated renews the lease again. Claims, releases, completions,
     failures and carcel moves append signed entries to the task packet's chain
     of custody.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     PostTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.PostTaskRequest, _task_service_pb2.PostTaskResponse]  # type: ignore[assignment]
-    """Idempotent by the packet's tracking id, like Dispatch."""
+    """Idempotent by queue and Task.id: the same packet again (compared by
+    meaning, as Packet.tracking_id says; its tracking id may differ) answers
+    the task as first posted with created = false; another packet with that
+    task id is ALREADY_EXISTS.
+    """
     ClaimTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ClaimTaskRequest, _task_service_pb2.ClaimTaskResponse]  # type: ignore[assignment]
     """Atomic: of N workers claiming the same task at once, one gets it."""
     HeartbeatTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.HeartbeatTaskRequest, _task_service_pb2.HeartbeatTaskResponse]  # type: ignore[assignment]
@@ -86,7 +110,7 @@ class TaskServiceAsyncStub(TaskServiceStub):
     ListTasks: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ListTasksRequest, _task_service_pb2.ListTasksResponse]  # type: ignore[assignment]
     ListTaskResults: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskResultsRequest, _task_service_pb2.ListTaskResultsResponse]  # type: ignore[assignment]
     WatchTasks: _aio.UnaryStreamMultiCallable[_task_service_pb2.WatchTasksRequest, _task_service_pb2.WatchTasksResponse]  # type: ignore[assignment]
-    """Status changes of a queue's tasks, as they happen."""
+    """Status changes of a queue's tasks as they happen (or after a cursor)."""
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     """Priority task queues with safe claims.
@@ -96,8 +120,16 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     (first posted first within a priority) whose required capability they have,
     under a lease; each claim gets a new fencing token, and only the holder of
     the current token may heartbeat, release, complete or fail the task. A
-    lease that runs out puts the task back in the queue. A task failed
-    max_attempts times goes to the carcel. Claims, releases, completions,
+    lease that runs out counts as a failed attempt, as a failure its worker
+    reports does (and so does a release by the server when the worker's agent
+    goes stale or leaves): the task goes back in the queue, or, failed
+    max_attempts times, to the carcel (reason "max attempts").
+
+    Retries are safe: posting the same packet again answers its task; a claim
+    with a request_id made again returns the claim made first (while it holds);
+    a release, completion or failure repeated with the same fencing token and
+    the same request answers OK with the first outcome (with another result,
+    ALREADY_EXISTS); a heartbeat repeated renews the lease again. Claims, releases, completions,
     failures and carcel moves append signed entries to the task packet's chain
     of custody.
     """
@@ -108,7 +140,11 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_service_pb2.PostTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_service_pb2.PostTaskResponse, _abc.Awaitable[_task_service_pb2.PostTaskResponse]]:
-        """Idempotent by the packet's tracking id, like Dispatch."""
+        """Idempotent by queue and Task.id: the same packet again (compared by
+        meaning, as Packet.tracking_id says; its tracking id may differ) answers
+        the task as first posted with created = false; another packet with that
+        task id is ALREADY_EXISTS.
+        """
 
     @_abc_1.abstractmethod
     def ClaimTask(
@@ -173,6 +209,6 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_service_pb2.WatchTasksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_task_service_pb2.WatchTasksResponse], _abc.AsyncIterator[_task_service_pb2.WatchTasksResponse]]:
-        """Status changes of a queue's tasks, as they happen."""
+        """Status changes of a queue's tasks as they happen (or after a cursor)."""
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

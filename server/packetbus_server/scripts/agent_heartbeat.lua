@@ -4,6 +4,9 @@
 -- KEYS[2]  pb:{agents}:deadlines (zset: id -> stale-at or removed-at ms)
 -- KEYS[3]  pb:{agents}:events    (stream: membership events)
 -- KEYS[4]  pb:{agents}:releasing (zset: id -> ms, agents whose tasks are to be released)
+-- KEYS[5]  on a Redis Cluster only: a key never written in the same slot
+--          (_keys.slot_guard), so that this script, which derives keys, waits
+--          (TRYAGAIN) while its slot migrates instead of running on one node
 -- Derived keys (see lib/agents.lua): agent hashes, children and queue sets.
 -- ARGV[1]  key prefix "pb:{agents}:"
 -- ARGV[2]  most events kept (MAXLEN ~)

@@ -12,12 +12,19 @@
 --
 -- Returns {"ok", new cursor}, {"gone"} (no such carcel entry), {"stale", hop
 -- count, newest hop hash} (sign again) or {"nogroup", source} (its group was
--- deleted, or it came from no group).
+-- deleted, or it came from no group). The packet's hops keep the last requeue
+-- (field rq: "<carcel entry id> <new cursor>"), so a requeue replayed after a
+-- lost reply answers {"ok", the same cursor}.
 -- The new log entry is for that group only (field g), so other groups and
 -- subscribers do not see the packet twice.
 local carcel, log, groups, hops = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local found = redis.call('XRANGE', carcel, ARGV[1], ARGV[1])
 if #found == 0 then
+  -- Requeued before (a replay after a lost reply): the same answer.
+  local last = redis.call('HGET', hops, 'rq')
+  if last and string.match(last, '^(%S+) ') == ARGV[1] then
+    return {'ok', string.match(last, ' (%S+)$')}
+  end
   return {'gone'}
 end
 local f = {}
@@ -34,6 +41,7 @@ if ARGV[3] ~= '' and hop_count(hops) ~= tonumber(ARGV[2]) then
 end
 local cursor = redis.call('XADD', log, '*', 'p', f['p'], 'n', f['n'], 't', f['t'], 'i', f['i'], 'g', group)
 redis.call('XDEL', carcel, ARGV[1])
+redis.call('HSET', hops, 'rq', ARGV[1] .. ' ' .. cursor)
 local expires_ms = tonumber(string.match(cursor, '^(%d+)-')) + tonumber(f['t'])
 if ARGV[3] ~= '' then
   append_hop(hops, tonumber(ARGV[2]), ARGV[3], ARGV[4], expires_ms)

@@ -4,6 +4,9 @@
 -- KEYS[2]  the staged upload  (pb:{ctx:<h>}:body:<upload id>, string)
 -- KEYS[3]  the scope's names  (pb:{ctx:<h>}:names, zset)
 -- KEYS[4]  the scope's events (pb:{ctx:<h>}:events, stream)
+-- KEYS[5]  on a Redis Cluster only: a key never written in the same slot
+--          (_keys.slot_guard), so that this script, which derives keys, waits
+--          (TRYAGAIN) while its slot migrates instead of running on one node
 -- Derived key: the replaced version's body, ARGV[1] .. 'body:' .. its upload id.
 -- ARGV[1]  key prefix "pb:{ctx:<h>}:"
 -- ARGV[2]  document name

@@ -3,6 +3,9 @@
 -- KEYS[1]  the document       (pb:{ctx:<h>}:doc:<name>, hash)
 -- KEYS[2]  the scope's names  (pb:{ctx:<h>}:names, zset)
 -- KEYS[3]  the scope's events (pb:{ctx:<h>}:events, stream)
+-- KEYS[4]  on a Redis Cluster only: a key never written in the same slot
+--          (_keys.slot_guard), so that this script, which derives keys, waits
+--          (TRYAGAIN) while its slot migrates instead of running on one node
 -- Derived key: its body, ARGV[1] .. 'body:' .. its upload id.
 -- ARGV[1]  key prefix "pb:{ctx:<h>}:"
 -- ARGV[2]  document name

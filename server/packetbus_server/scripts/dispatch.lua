@@ -26,7 +26,7 @@
 -- ARGV[3]  the topic
 -- ARGV[3 + i]  packet i, as one string (one argument per packet keeps the
 --              command small to encode): 64 hex digits of its fingerprint (the
---              SHA-256 of the packet as received), its TTL in ms as 12 digits,
+--              SHA-256 of what the sender means: _ingest.fingerprint), its TTL in ms as 12 digits,
 --              the length of its content prefix as 8 digits, its tracking id
 --              (36 characters), then its serialized bytes: content, then chain
 --              of custody

@@ -15,7 +15,10 @@
 --     count     the delivery count the settlement answers (the lease's fence)
 --     expected  hops the packet has before this settlement's own (unused by extend)
 --     expiry    unix ms the packet expires at: its hops are kept until then
---     argument  nack: redeliver after this many ms; carcel: "reason\ndetail\nsource";
+--     argument  nack: redeliver after this many ms; carcel:
+--               "reason\ndetail\nsource\ndeliveries" (the deliveries made: the
+--               count, or one less when the lease of the last one ran out, the
+--               pull that found it having counted a delivery it did not make);
 --               otherwise empty
 --   entry       its serialized, signed custody entry (empty for extend, and when
 --               the server does not sign custody entries)
@@ -82,9 +85,10 @@ for i = 1, #KEYS - 3 do
         for j = 1, #fields, 2 do
           f[fields[j]] = fields[j + 1]
         end
-        local reason, detail, source = string.match(argument, '^([^\n]*)\n([^\n]*)\n(.*)$')
+        local reason, detail, source, deliveries =
+          string.match(argument, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n(%d+)$')
         value = redis.call('XADD', carcel, '*', 'p', f['p'], 'n', f['n'], 't', f['t'], 'i', f['i'] or '',
-          'c', cursor, 'r', reason, 'd', detail, 's', source, 'a', count)
+          'c', cursor, 'r', reason, 'd', detail, 's', source, 'a', deliveries)
         redis.call('XTRIM', carcel, 'MINID', '~', now_ms - retention_ms)
         redis.call('PEXPIRE', carcel, retention_ms)
         -- The chain must outlive the packet while it sits in the carcel.

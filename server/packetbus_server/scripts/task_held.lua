@@ -1,6 +1,9 @@
 -- Reads which tasks of a queue a worker holds (read only).
 --
 -- KEYS[1]  the queue's leases (pb:{queue}:leases, zset: task id -> lease end ms)
+-- KEYS[2]  on a Redis Cluster only: a key never written in the same slot
+--          (_keys.slot_guard), so that this script, which derives keys, waits
+--          (TRYAGAIN) while its slot migrates instead of running on one node
 -- Derived keys (see lib/tasks.lua): the task hashes.
 -- ARGV[1]  key prefix "pb:{queue}:"
 -- ARGV[2]  worker

@@ -11,6 +11,7 @@
 --   <prefix>agent:<id>          hash: one agent (fields below)
 --   <prefix>children:<id>       set: ids of the agents <id> spawned
 --   <prefix>queues:<id>         set: task queues <id> claimed from
+--   <prefix>deregistered:<call> list: the ids one deregistration removed (60 s)
 -- ARGV[2] most events kept (MAXLEN ~), ARGV[3] event retention ms.
 -- Agent hash fields: p the registration (a serialized Agent: role,
 -- capabilities, parent, key id, labels, endpoint, TTL), par parent id, s

