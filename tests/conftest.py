@@ -17,6 +17,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis.asyncio as redis_asyncio
@@ -53,6 +54,17 @@ def new_packet(topic: str, **fields: object) -> packetbus.Packet:
         **fields,  # type: ignore[arg-type]
     )
     return packetbus.fill_defaults(packet)
+
+
+def worker_database(url: str) -> str:
+    """`url` with a database of this pytest-xdist worker's own (gw0 keeps the URL's,
+    gw1 the next, ...), so workers sharing the machine's Redis never see each
+    other's agents, groups or carcel in listings and counts."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    offset = int(worker.removeprefix("gw") or 0)
+    parts = urlsplit(url)
+    base = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{base + offset}"))
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +124,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 def redis_url(request: pytest.FixtureRequest, backend: str) -> str:
     # Each store starts only when a test first needs it.
     if backend == "redis":
-        return os.environ[REDIS_ENV]
+        return worker_database(os.environ[REDIS_ENV])
     if backend == "cluster":
         url: str = request.getfixturevalue("valkey_cluster")
         return url

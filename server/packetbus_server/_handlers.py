@@ -18,6 +18,7 @@ from google.protobuf import descriptor, message, message_factory
 from ._access import Gate
 from ._access.binding import INBOX_READS, admit_inbox_read
 from ._access.gate import recheck, watch_call
+from ._observability import calls
 from ._streams import Streams, kind_of
 
 # Admits one call of a method (see _access.gate): given the request (None for a
@@ -49,78 +50,139 @@ async def _refuse(context: grpc.aio.ServicerContext, full_name: str, bad: _Malfo
     )
 
 
-def _unary(method: Callable[..., Any], full_name: str, admit: Admit) -> Callable[..., Any]:
+# Every wrapper below observes its call (_observability.calls: metrics and the
+# request log) from before admission to its end, so refused calls count too.
+
+
+def _unary(
+    method: Callable[..., Any], full_name: str, admit: Admit, where: tuple[str, str]
+) -> Callable[..., Any]:
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, _Malformed):
-            await _refuse(context, full_name, request)
-        await admit(request, context)
-        return await method(request, context)
+        call = calls.begin(*where, calls.UNARY, request)
+        error: BaseException | None = None
+        try:
+            if isinstance(request, _Malformed):
+                await _refuse(context, full_name, request)
+            call.received = 1
+            await admit(request, context)
+            response = await method(request, context)
+            call.sent = 1
+            return response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            calls.end(call, context, error)
 
     return behavior
 
 
 def _server_streaming(
-    method: Callable[..., Any], full_name: str, admit: Admit
+    method: Callable[..., Any], full_name: str, admit: Admit, where: tuple[str, str]
 ) -> Callable[..., Any]:
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        if isinstance(request, _Malformed):
-            await _refuse(context, full_name, request)
-        watch_call()
-        await admit(request, context)
-        async for response in method(request, context):
-            # A stream outlives its admission: a revoked grant or an expired
-            # credential ends it before it sends more (_access.gate.recheck).
-            await recheck(context)
-            yield response
+        call = calls.begin(*where, calls.SERVER_STREAM, request)
+        error: BaseException | None = None
+        try:
+            if isinstance(request, _Malformed):
+                await _refuse(context, full_name, request)
+            call.received = 1
+            watch_call()
+            await admit(request, context)
+            async for response in method(request, context):
+                # A stream outlives its admission: a revoked grant or an expired
+                # credential ends it before it sends more (_access.gate.recheck).
+                await recheck(context)
+                call.sent += 1
+                yield response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            calls.end(call, context, error)
 
     return behavior
 
 
 def _server_streaming_writer(
-    method: Callable[..., Any], full_name: str, admit: Admit
+    method: Callable[..., Any], full_name: str, admit: Admit, where: tuple[str, str]
 ) -> Callable[..., Any]:
     # For a servicer that streams with context.write (grpc's stock health Watch):
     # grpc refuses a generator that mixes the two styles.
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> None:
-        if isinstance(request, _Malformed):
-            await _refuse(context, full_name, request)
-        await admit(request, context)
-        await method(request, context)
+        call = calls.begin(*where, calls.SERVER_STREAM, request)
+        error: BaseException | None = None
+        try:
+            if isinstance(request, _Malformed):
+                await _refuse(context, full_name, request)
+            call.received = 1
+            await admit(request, context)
+            await method(request, context)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            calls.end(call, context, error)
 
     return behavior
 
 
-def _stream_stream(method: Callable[..., Any], full_name: str, admit: Admit) -> Callable[..., Any]:
+def _checked(
+    requests: AsyncIterator[Any],
+    context: grpc.aio.ServicerContext,
+    full_name: str,
+    call: calls.Call,
+) -> AsyncIterator[Any]:
+    async def checked() -> AsyncIterator[Any]:
+        async for request in requests:
+            if isinstance(request, _Malformed):
+                await _refuse(context, full_name, request)
+            call.received += 1
+            yield request
+
+    return checked()
+
+
+def _stream_stream(
+    method: Callable[..., Any], full_name: str, admit: Admit, where: tuple[str, str]
+) -> Callable[..., Any]:
     async def behavior(
         requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        watch_call()
-        await admit(None, context)
-
-        async def checked() -> AsyncIterator[Any]:
-            async for request in requests:
-                if isinstance(request, _Malformed):
-                    await _refuse(context, full_name, request)
-                yield request
-
-        async for response in method(checked(), context):
-            await recheck(context)  # as in _server_streaming
-            yield response
+        call = calls.begin(*where, calls.BIDI_STREAM, None)
+        error: BaseException | None = None
+        try:
+            watch_call()
+            await admit(None, context)
+            async for response in method(_checked(requests, context, full_name, call), context):
+                await recheck(context)  # as in _server_streaming
+                call.sent += 1
+                yield response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            calls.end(call, context, error)
 
     return behavior
 
 
-def _stream_unary(method: Callable[..., Any], full_name: str, admit: Admit) -> Callable[..., Any]:
+def _stream_unary(
+    method: Callable[..., Any], full_name: str, admit: Admit, where: tuple[str, str]
+) -> Callable[..., Any]:
     async def behavior(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-        await admit(None, context)
-
-        async def checked() -> AsyncIterator[Any]:
-            async for request in requests:
-                if isinstance(request, _Malformed):
-                    await _refuse(context, full_name, request)
-                yield request
-
-        return await method(checked(), context)
+        call = calls.begin(*where, calls.CLIENT_STREAM, None)
+        error: BaseException | None = None
+        try:
+            await admit(None, context)
+            response = await method(_checked(requests, context, full_name, call), context)
+            call.sent = 1
+            return response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            calls.end(call, context, error)
 
     return behavior
 
@@ -202,22 +264,23 @@ def add_servicer(
         }
         full_name = method.input_type.full_name
         admit = _admission(gate, f"{service.full_name}/{method.name}")
+        where = (service.full_name, method.name)
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                _stream_stream(implementation, full_name, admit), **options
+                _stream_stream(implementation, full_name, admit, where), **options
             )
         elif method.client_streaming:
             handlers[method.name] = grpc.stream_unary_rpc_method_handler(
-                _stream_unary(implementation, full_name, admit), **options
+                _stream_unary(implementation, full_name, admit, where), **options
             )
         elif method.server_streaming:
             wrap = _server_streaming_writer if writes else _server_streaming
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                wrap(implementation, full_name, admit), **options
+                wrap(implementation, full_name, admit, where), **options
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(implementation, full_name, admit), **options
+                _unary(implementation, full_name, admit, where), **options
             )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
