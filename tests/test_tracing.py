@@ -94,7 +94,8 @@ async def test_a_group_packet_nacked_redelivered_and_acked_is_one_trace(
     }
     dispatch = next(s for s in mine if s.kind is SpanKind.SERVER and s.name.startswith("send"))
     # The dispatch span is the producer's child; the rest link to the producer.
-    assert dispatch.parent is not None and producer.context is not None
+    assert dispatch.parent is not None
+    assert producer.context is not None
     assert dispatch.parent.span_id == producer.context.span_id
     assert _attrs(dispatch) == {
         "messaging.system": "packetbus",
