@@ -400,9 +400,9 @@ async def test_a_log_entry_rebuilt_with_its_id_is_appended_once(
     assert kept == first  # the first as stored
 
 
-def test_the_fingerprint_covers_every_packet_field_but_three() -> None:
+def test_the_fingerprint_covers_every_packet_field_but_four() -> None:
     """Every field of Packet, present or future, is decided: a change to it is
-    another packet, except the three stamped per build (see _ingest.fingerprint)."""
+    another packet, except the three stamped per build and the trace context (see _ingest.fingerprint)."""
     base = new_packet("fp.topic", ttl_seconds=60)
     original = fingerprint(base)
     assert fingerprint(base) == original  # and `base` is left as it was
@@ -424,4 +424,10 @@ def test_the_fingerprint_covers_every_packet_field_but_three() -> None:
         assert changed.SerializeToString() != base.SerializeToString(), field.name
         if fingerprint(changed) == original:
             not_meant.add(field.name)
-    assert not_meant == {"tracking_id", "dispatched_at", "chain_of_custody"}
+    assert not_meant == {"tracking_id", "dispatched_at", "chain_of_custody", "trace_context"}
+    # A traced packet is left as it was, its trace context put back.
+    traced = packetbus.Packet.FromString(base.SerializeToString())
+    traced.trace_context.traceparent = f"00-{'a' * 32}-{'b' * 16}-01"
+    sent = traced.SerializeToString()
+    assert fingerprint(traced) == original
+    assert traced.SerializeToString() == sent

@@ -50,6 +50,8 @@ from ._security import TlsSettings, TokenFile
 from ._settling import Settling
 from ._sync import SyncClient, SyncSubscription
 from ._tasks import ClaimedTask, TaskQueue
+from ._tracing import context_of as trace_context_of
+from ._tracing import link_to as trace_link
 
 __version__ = "0.1.0"
 
@@ -114,6 +116,8 @@ __all__ = [
     "inbox_topic",
     "new_entry",
     "reply_to",
+    "trace_context_of",
+    "trace_link",
     "verify_chain",
     "verify_context_commit",
 ]

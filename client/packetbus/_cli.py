@@ -152,6 +152,14 @@ def _parser() -> argparse.ArgumentParser:
         "default 1)",
     )
     serve.add_argument(
+        "--otel",
+        action="store_true",
+        default=os.environ.get("PACKETBUS_OTEL", "") == "1",
+        help="send OpenTelemetry traces to an OTLP endpoint, configured by the standard "
+        "OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, default http://localhost:4317; "
+        "OTEL_SERVICE_NAME, default packetbus); needs packetbus[otel] (env PACKETBUS_OTEL=1)",
+    )
+    serve.add_argument(
         "--signing-key-file",
         type=Path,
         default=os.environ.get("PACKETBUS_SIGNING_KEY_FILE"),
@@ -502,6 +510,11 @@ def _serve(args: argparse.Namespace) -> int:
     problem = serve_preflight(args.listen, args.policy, durability=args.durability)
     if problem:
         return fail(f"cannot start: {problem}")
+    if args.otel:
+        from packetbus_server._observability import otlp
+
+        if not otlp.available():
+            return fail(f"cannot start: {otlp.MISSING}", 2)
     try:
         args.redis_url = store_url(args)
     except ValueError as exc:
@@ -538,6 +551,8 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key_file=args.tls_key,
         tls_client_ca_file=args.tls_client_ca,
         insecure=args.insecure,
+        tracing=args.otel,
+        otlp_export=args.otel,
     )
     problem, code = security_preflight(config)
     if problem:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import (
@@ -21,6 +22,7 @@ import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from packetbus import _tracing
 from packetbus.v1 import (
     agent_service_pb2,
     agent_service_pb2_grpc,
@@ -79,6 +81,13 @@ KEEPALIVE_MS = 30_000
 StartPosition: TypeAlias = packet_service_pb2.StartPosition.ValueType
 EARLIEST: StartPosition = packet_service_pb2.START_POSITION_EARLIEST
 LATEST: StartPosition = packet_service_pb2.START_POSITION_LATEST
+
+
+def _tracked(packet: packet_pb2.Packet) -> packet_pb2.Packet:
+    # A producer span names the packet's tracking id, so it is filled first.
+    if not packet.tracking_id:
+        packet.tracking_id = str(uuid.uuid4())
+    return packet
 
 
 def fill_defaults(
@@ -206,10 +215,11 @@ class Client(ClosedOnExit):
             options.append(("grpc.use_local_subchannel_pool", 1))
         if config.tls is not None and config.tls.server_name:
             options.append(("grpc.ssl_target_name_override", config.tls.server_name))
+        traced = _tracing.interceptors()
         channels = [
-            grpc.aio.insecure_channel(address, options=options)
+            grpc.aio.insecure_channel(address, options=options, interceptors=traced)
             if credentials is None
-            else grpc.aio.secure_channel(address, credentials, options=options)
+            else grpc.aio.secure_channel(address, credentials, options=options, interceptors=traced)
             for _ in range(max(1, config.connections))
         ]
         if timeout is not None:
@@ -285,8 +295,16 @@ class Client(ClosedOnExit):
         they are missing. Raises `PacketbusError` when the packet is rejected
         (INVALID_ARGUMENT with field violations, ALREADY_EXISTS) or the call fails.
         Concurrent dispatches are not ordered relative to each other; await each
-        one, or use `dispatch_batch`, when order matters.
+        one, or use `dispatch_batch`, when order matters. With OpenTelemetry and a
+        span current, a producer span covers the send and the packet carries its
+        context (README "Traces").
         """
+        with _tracing.producing(_tracked(packet)):
+            return await self._dispatch_one(packet, timeout)
+
+    async def _dispatch_one(
+        self, packet: packet_pb2.Packet, timeout: float | None
+    ) -> packet_service_pb2.Receipt:
         fill_defaults(packet, self._config.identity)
         deadline = self._deadline(timeout)
         future = await self._batcher.submit(packet, deadline)
@@ -312,10 +330,13 @@ class Client(ClosedOnExit):
 
         A rejected packet is reported in its own result (its ``error``), not
         raised; `PacketbusError` is raised only when the call as a whole fails.
+        With OpenTelemetry and a span current, a producer span per packet.
         """
-        for packet in packets:
-            fill_defaults(packet, self._config.identity)
-        return list(await self._send_batch(packets, self._deadline(timeout)))
+        with contextlib.ExitStack() as spans:
+            for packet in packets:
+                spans.enter_context(_tracing.producing(_tracked(packet)))
+                fill_defaults(packet, self._config.identity)
+            return list(await self._send_batch(packets, self._deadline(timeout)))
 
     async def _send_batch(
         self, packets: Sequence[packet_pb2.Packet], deadline: float

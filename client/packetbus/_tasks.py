@@ -12,6 +12,7 @@ from google.protobuf import struct_pb2
 from packetbus.v1 import contents_pb2, packet_pb2, speech_act_pb2, task_service_pb2_grpc
 from packetbus.v1 import task_service_pb2 as pb
 
+from . import _tracing
 from ._calls import Call
 from ._errors import PacketbusError
 from ._pages import collect
@@ -131,9 +132,12 @@ class TaskQueue:
         if origin and not packet.origin:
             packet.origin = origin
         packet.topic = self.name
-        self._fill(packet)
-        request = pb.PostTaskRequest(packet=packet, max_attempts=max_attempts)
-        response = await self._call(self._stub.PostTask, request, timeout)
+        if not packet.tracking_id:
+            packet.tracking_id = str(uuid.uuid4())  # named by the producer span
+        with _tracing.producing(packet):
+            self._fill(packet)
+            request = pb.PostTaskRequest(packet=packet, max_attempts=max_attempts)
+            response = await self._call(self._stub.PostTask, request, timeout)
         return cast(pb.TaskState, response.task)
 
     async def claim(

@@ -162,6 +162,11 @@ class ServerConfig:
     trust_xfcc: bool = False
     # Listen beyond loopback without TLS and authentication (refused otherwise).
     insecure: bool = False
+    # OpenTelemetry spans (README "Traces"; needs the otel extra): to the global
+    # TracerProvider, or with otlp_export to an OTLP exporter this process sets up
+    # from the standard OTEL_* environment variables. Off: no opentelemetry import.
+    tracing: bool = False
+    otlp_export: bool = False
 
 
 def tls_credentials(config: ServerConfig) -> ReloadingCredentials | None:
@@ -183,6 +188,12 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
     check, before anything starts."""
     require_safe_listen(config)
     tls = tls_credentials(config)
+    if config.tracing:
+        from ._observability import otlp, tracing
+
+        if config.otlp_export:
+            otlp.install()
+        tracing.enable()
     # The keys first: a bad key file fails the start before anything is running.
     keyring = Keyring.load(
         config.signing_key_file or config.data_dir / KEYRING_FILE,

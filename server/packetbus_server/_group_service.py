@@ -45,6 +45,7 @@ from ._group_store import (
 )
 from ._hop_store import HopStore, HopWrite
 from ._limits import Limits
+from ._observability import tracing
 from ._packet_service import caller_gone, storage_errors
 from ._packing import packs
 from ._store import cursor_millis
@@ -81,6 +82,8 @@ class Held:
     size: int
     lease_ends_ms: int
     expires_at_ms: int
+    # Its producer's trace context, read only while tracing is on.
+    trace: tracing.Carried | None = None
 
 
 # Not frozen: made for every packet on the delivery path, where a frozen
@@ -211,6 +214,8 @@ class _Stream:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # When to look for run-out leases again (time.monotonic()).
     scan_at: float = 0.0
+    # The Pull call: its traceparent metadata parents the stream's spans.
+    context: grpc.aio.ServicerContext | None = None
 
     def room(self, now_ms: int) -> int:
         # A lease that ran out is no longer this consumer's to count.
@@ -412,6 +417,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
             max_packets=sub.max_outstanding_packets or 1000,
             max_bytes=sub.max_outstanding_bytes or 64 * 1024 * 1024,
             batch=batch,
+            context=context,
         )
         async with (
             self._pull_streams,
@@ -573,6 +579,8 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
 
         lease_ends_ms = now_ms + stream.settings.ack_deadline_ms
         lost_race = set(todo)
+        tracer = tracing.active
+        traced: list[tracing.Carried] = []
         out = []
         for i, entry in enumerate(fresh):
             if i in lost_race:
@@ -591,6 +599,10 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                 ),
                 content=entry.payload[: entry.content_length],
             )
+            trace = None
+            if tracer is not None:
+                trace = tracing.carried_in(entry.payload[: entry.content_length], entry.tracking_id)
+                traced.append(trace)
             stream.hold(
                 ident,
                 Held(
@@ -600,9 +612,23 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                     len(payload),
                     lease_ends_ms,
                     entry.expires_at_ms,
+                    trace,
                 ),
             )
             out.append(delivery)
+        if tracer is not None:
+            tracer.batch(
+                stream.context,
+                ("receive", "deliver"),
+                stream.topic,
+                traced,
+                group=stream.group,
+                link_attributes=[
+                    {"packetbus.delivery.attempt": e.count}
+                    for i, e in enumerate(fresh)
+                    if i not in lost_race
+                ],
+            )
         return out
 
     async def _carcel_run_out(self, stream: _Stream, entries: Sequence[Leased]) -> None:
@@ -664,7 +690,12 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                 ]
                 if parsed:
                     results = await self._settle(
-                        stream.topic, stream.group, stream.settings, parsed, stream.held
+                        stream.topic,
+                        stream.group,
+                        stream.settings,
+                        parsed,
+                        stream.held,
+                        context=context,
                     )
                     for p, r in zip(parsed, results, strict=True):
                         if p.kind in (Kind.NACK, Kind.RELEASE) and r.code == code_pb2.OK:
@@ -692,8 +723,11 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
         held: dict[str, Held],
         *,
         reason: str = "",
+        context: grpc.aio.ServicerContext | None = None,
     ) -> list[Answer]:
-        """Settle `requests` (in one script call per round); one result each, in order."""
+        """Settle `requests` (in one script call per round); one result each, in order;
+        with tracing on, an `ack`/`nack` span each for those settled (`context`: the
+        call, whose traceparent parents them)."""
         results: list[Answer | None] = [None] * len(requests)
         deadline_ms = settings.ack_deadline_ms
         valid: list[int] = []
@@ -797,6 +831,8 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                 requests[i], code_pb2.ABORTED, "the packet's chain kept changing; settle again"
             )
         assert all(r is not None for r in results)
+        if tracing.active is not None:
+            _trace_settled(tracing.active, context, topic, group, requests, results, known)
         return results  # type: ignore[return-value]
 
     async def _learn(self, topic: str, requests: Sequence[Request], known: dict[str, Held]) -> None:
@@ -804,6 +840,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
         found = await self._store.read_entries(topic, [r.cursor for r in requests])
         present = [(r, f) for r, f in zip(requests, found, strict=True) if f is not None]
         hops = await self._hops.read(topic, [f[0] for _, f in present])
+        traced = tracing.active is not None
         for (r, (tid, payload, content_length, ttl_ms)), entries in zip(present, hops, strict=True):
             known[r.delivery_id] = Held(
                 tid,
@@ -812,6 +849,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                 0,
                 0,
                 cursor_millis(r.cursor) + ttl_ms,
+                tracing.carried_in(payload[:content_length], tid) if traced else None,
             )
 
     @staticmethod
@@ -873,7 +911,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
             if settings is None:
                 await self._abort_no_group(context, topic, group)
                 raise AssertionError("context.abort always raises")
-            answers = await self._settle(topic, group, settings, requests, {})
+            answers = await self._settle(topic, group, settings, requests, {}, context=context)
         return [a.result() for a in answers]
 
     async def Acknowledge(
@@ -899,3 +937,26 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
         return pb.ExtendLeasesResponse(
             results=await self._unary(context, request.topic, request.group, requests)
         )
+
+
+def _trace_settled(
+    tracer: tracing.Tracer,
+    context: grpc.aio.ServicerContext | None,
+    topic: str,
+    group: str,
+    requests: Sequence[Request],
+    results: Sequence[Answer | None],
+    known: dict[str, Held],
+) -> None:
+    """An `ack {topic}` and a `nack {topic}` span (settle) over the deliveries
+    settled so, each linked to its packet's producer context."""
+    for kind, name in ((Kind.ACK, "ack"), (Kind.NACK, "nack")):
+        carried = [
+            held.trace or tracing.Carried(held.tracking_id)
+            for r, a in zip(requests, results, strict=True)
+            if r.kind is kind
+            and a is not None
+            and a.code == code_pb2.OK
+            and (held := known.get(r.delivery_id)) is not None
+        ]
+        tracer.batch(context, ("settle", name), topic, carried, group=group)

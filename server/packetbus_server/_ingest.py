@@ -39,8 +39,8 @@ class Accepted:
 def fingerprint(packet: packet_pb2.Packet) -> str:
     """The idempotency fingerprint of `packet` as received: 64 hex digits.
 
-    A SHA-256 over every field but tracking_id, dispatched_at and
-    chain_of_custody (why: below): origin, schema version,
+    A SHA-256 over every field but tracking_id, dispatched_at, trace_context
+    and chain_of_custody (why: below): origin, schema version,
     TTL (as sent: 0 is not the default's number, so a retry matches whichever
     replica's default it meets), speech act, topic, the conversation fields
     (reply_by included: a deadline is meant) and the contents, unknown fields
@@ -50,7 +50,8 @@ def fingerprint(packet: packet_pb2.Packet) -> str:
     # Not part of what a packet means. dispatched_at is stamped when a packet is
     # built: the CLI, and a producer that rebuilds the packet after a crash, stamp it
     # again. The chain of custody holds signatures over those stamps, made again with
-    # every build. The tracking id is where the fingerprint is kept, not what it
+    # every build. The trace context says where a send came from (a retry under
+    # another span carries another), not what the packet means. The tracking id is where the fingerprint is kept, not what it
     # compares: Dispatch and PutRecord look it up by the tracking id (so it is equal
     # anyway); a task and a named finding are looked up by their own id, and a
     # client that fills the tracking id in fills a new one each run.
@@ -59,15 +60,20 @@ def fingerprint(packet: packet_pb2.Packet) -> str:
         meant.CopyFrom(packet)
         meant.ClearField("tracking_id")
         meant.ClearField("dispatched_at")
+        meant.ClearField("trace_context")
         meant.ClearField("chain_of_custody")
         return hashlib.sha256(meant.SerializeToString(deterministic=True)).hexdigest()
-    # Unsigned (most packets): the two fields are set aside and put back, which
+    # Unsigned (most packets): the fields are set aside and put back, which
     # costs about half of copying the packet (its contents may be large).
     tracking_id = packet.tracking_id
     stamped = packet.HasField("dispatched_at")
     seconds, nanos = packet.dispatched_at.seconds, packet.dispatched_at.nanos
+    traced = packet.HasField("trace_context")
+    trace = (packet.trace_context.traceparent, packet.trace_context.tracestate)
     packet.ClearField("tracking_id")
     packet.ClearField("dispatched_at")
+    if traced:
+        packet.ClearField("trace_context")
     try:
         return hashlib.sha256(packet.SerializeToString(deterministic=True)).hexdigest()
     finally:
@@ -76,6 +82,9 @@ def fingerprint(packet: packet_pb2.Packet) -> str:
             packet.dispatched_at.SetInParent()
             packet.dispatched_at.seconds = seconds
             packet.dispatched_at.nanos = nanos
+        if traced:
+            packet.trace_context.SetInParent()
+            packet.trace_context.traceparent, packet.trace_context.tracestate = trace
 
 
 def accept(packet: packet_pb2.Packet, limits: Limits, now_ns: int) -> Accepted | Rejected:

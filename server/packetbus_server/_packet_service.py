@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ from ._gaps import Follower
 from ._ingest import Accepted, Rejected, accept, to_write
 from ._key_store import KeyStore
 from ._limits import Limits
+from ._observability import tracing
 from ._packing import packs, stored_size
 from ._refusals import ERROR_REASONS
 from ._retry import StoreFailedError, StoreRefusedError, StoreUnavailableError
@@ -206,6 +208,8 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
                 ],
             )
 
+        tracer = tracing.active
+        started_ns = time.time_ns() if tracer is not None else 0
         response = packet_service_pb2.DispatchResponse()
         results = [response.results.add() for _ in range(count)]
         now_ns = self._clock.now_ns()
@@ -274,6 +278,15 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
                 fill_receipt(results[i].receipt, write.topic, result.cursor, result.expires_at_ms)
         if decided_before and self._governor is not None:
             await self._governor.report(results, decided_before, context)
+        if tracer is not None:
+            tracer.dispatched(
+                context,
+                [
+                    (p, r.error.message if r.HasField("error") else None)
+                    for p, r in zip(request.packets, results, strict=True)
+                ],
+                started_ns,
+            )
         return response
 
     async def GetPacket(
@@ -393,6 +406,13 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
                 # The write waits for HTTP/2 flow control, so a slow reader
                 # holds at most one read here: it is paced, the server is not.
                 for response in _responses(topic, gap, entries, budget):
+                    if tracing.active is not None:
+                        tracing.active.batch(
+                            context,
+                            ("receive", "deliver"),
+                            topic,
+                            [tracing.carried(p.packet) for p in response.packets],
+                        )
                     yield response
             if page.complete:
                 await self._store.wait_after(topic, follower.cursor, block_ms=_SUBSCRIBE_BLOCK_MS)

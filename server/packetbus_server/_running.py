@@ -235,6 +235,10 @@ class RunningServer:
         if self.embedded is not None:
             await self.embedded.stop_keeping()
             await asyncio.to_thread(self.embedded.stop)
+        if self.config.tracing:
+            from ._observability import tracing
+
+            tracing.disable()
 
     async def _give_notice(self, seconds: float) -> None:
         # Health checkers see NOT_SERVING while the listener is still open;

@@ -24,6 +24,7 @@ from ._fields import is_stream_id
 from ._hop_store import HopStore
 from ._key_store import KeyStore
 from ._limits import Limits
+from ._observability import tracing
 from ._packet_service import caller_gone, storage_errors, stored_packet, stream_started
 from ._packing import ITEM_OVERHEAD, message_size, packs
 from ._page_tokens import seal, unseal
@@ -271,6 +272,10 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             )
         state = task_state(request.queue, record, self._clock.now_ms())
         self._custodian.vouch(state.packet)
+        if tracing.active is not None:
+            tracing.active.batch(
+                context, ("receive", "claim"), request.queue, [tracing.carried(state.packet.packet)]
+            )
         return pb.ClaimTaskResponse(task=state)
 
     async def release_held(self, queue: str, worker: str, reason: str) -> int:
@@ -327,6 +332,12 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             "complete",
             result=result,
         )
+        if tracing.active is not None:
+            # No packet at hand: parented by the worker's call (which carries on
+            # the task's trace when the worker continued it, README "Traces").
+            tracing.active.batch(
+                context, ("settle", "complete"), request.queue, [tracing.Carried(request.task_id)]
+            )
         return pb.CompleteTaskResponse()
 
     async def FailTask(

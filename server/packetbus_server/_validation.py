@@ -24,6 +24,7 @@ from ._fields import (
     utf8_length,
 )
 from ._limits import Limits
+from ._trace_context import validate_trace_context
 
 SUPPORTED_SCHEMA_VERSIONS: tuple[str, ...] = ("1.0", "1.1")
 # Packets of this version carry their origin agent's signature.
@@ -174,6 +175,8 @@ def validate_packet(
             _text(out, name, value, MAX_SHORT_TEXT)
     if packet.HasField("reply_by"):
         _timestamp(out, "reply_by", packet.reply_by)
+    if packet.HasField("trace_context"):
+        validate_trace_context(out, packet.trace_context)
 
     kind = packet.WhichOneof("contents")
     if kind == "task":

@@ -16,10 +16,10 @@ import builtins as _builtins
 import sys
 import typing as _typing
 
-if sys.version_info >= (3, 10):
-    from typing import TypeAlias as _TypeAlias
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    from typing_extensions import TypeAlias as _TypeAlias
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -41,6 +41,7 @@ class Packet(_message.Message):
     IN_REPLY_TO_FIELD_NUMBER: _builtins.int
     REPLY_BY_FIELD_NUMBER: _builtins.int
     PROTOCOL_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
     FINDING_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
@@ -56,7 +57,8 @@ class Packet(_message.Message):
     result and stores nothing; the same id with a packet that means something
     else is ALREADY_EXISTS. "The same" compares every field as sent except
     dispatched_at and chain_of_custody (stamped and signed anew each time a
-    packet is built) and tracking_id itself: a packet rebuilt after a crash,
+    packet is built), trace_context (where it was sent from, not what it
+    means) and tracking_id itself: a packet rebuilt after a crash,
     or the CLI run twice, is the same packet. TTL compares as sent (0 is not
     3600). A signed packet sent again must carry a signature that holds; the
     stored packet keeps the first one. See README "Idempotency".
@@ -88,6 +90,17 @@ class Packet(_message.Message):
 
     @_builtins.property
     def reply_by(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def trace_context(self) -> Global___TraceContext:
+        """The producer's trace context when it created the packet (W3C Trace
+        Context Level 1), so a trace survives storage and redelivery: the
+        server's and consumers' spans link to it. Optional. Not part of what the
+        packet means: a resend with another trace context answers the original
+        result (which keeps the first one). Set before sealing, it is covered by
+        the origin's custody signature like every other field; nothing
+        downstream rewrites it.
+        """
+
     @_builtins.property
     def task(self) -> _contents_pb2.Task: ...
     @_builtins.property
@@ -136,6 +149,7 @@ class Packet(_message.Message):
         in_reply_to: _builtins.str = ...,
         reply_by: _timestamp_pb2.Timestamp | None = ...,
         protocol: _builtins.str = ...,
+        trace_context: Global___TraceContext | None = ...,
         task: _contents_pb2.Task | None = ...,
         finding: _contents_pb2.Finding | None = ...,
         context: _contents_pb2.Context | None = ...,
@@ -146,12 +160,46 @@ class Packet(_message.Message):
         raw: _contents_pb2.RawContents | None = ...,
         chain_of_custody: _abc.Iterable[_custody_pb2.CustodyEntry] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents", "context", b"context", "data", b"data", "dispatched_at", b"dispatched_at", "finding", b"finding", "raw", b"raw", "remediation_scan", b"remediation_scan", "reply_by", b"reply_by", "session_summary", b"session_summary", "swarm_registry", b"swarm_registry", "task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents", "context", b"context", "data", b"data", "dispatched_at", b"dispatched_at", "finding", b"finding", "raw", b"raw", "remediation_scan", b"remediation_scan", "reply_by", b"reply_by", "session_summary", b"session_summary", "swarm_registry", b"swarm_registry", "task", b"task", "trace_context", b"trace_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_of_custody", b"chain_of_custody", "contents", b"contents", "context", b"context", "conversation_id", b"conversation_id", "data", b"data", "dispatched_at", b"dispatched_at", "finding", b"finding", "in_reply_to", b"in_reply_to", "origin", b"origin", "protocol", b"protocol", "raw", b"raw", "remediation_scan", b"remediation_scan", "reply_by", b"reply_by", "reply_with", b"reply_with", "schema_version", b"schema_version", "session_summary", b"session_summary", "speech_act", b"speech_act", "swarm_registry", b"swarm_registry", "task", b"task", "topic", b"topic", "tracking_id", b"tracking_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_of_custody", b"chain_of_custody", "contents", b"contents", "context", b"context", "conversation_id", b"conversation_id", "data", b"data", "dispatched_at", b"dispatched_at", "finding", b"finding", "in_reply_to", b"in_reply_to", "origin", b"origin", "protocol", b"protocol", "raw", b"raw", "remediation_scan", b"remediation_scan", "reply_by", b"reply_by", "reply_with", b"reply_with", "schema_version", b"schema_version", "session_summary", b"session_summary", "speech_act", b"speech_act", "swarm_registry", b"swarm_registry", "task", b"task", "topic", b"topic", "trace_context", b"trace_context", "tracking_id", b"tracking_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_contents: _TypeAlias = _typing.Literal["task", "finding", "context", "session_summary", "swarm_registry", "remediation_scan", "data", "raw"]  # noqa: Y015
     _WhichOneofArgType_contents: _TypeAlias = _typing.Literal["contents", b"contents"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_contents) -> _WhichOneofReturnType_contents | None: ...
 
 Global___Packet: _TypeAlias = Packet  # noqa: Y015
+
+@_typing.final
+class TraceContext(_message.Message):
+    """W3C Trace Context (https://www.w3.org/TR/trace-context/), the values of the
+    HTTP headers of the same names. A malformed one is INVALID_ARGUMENT
+    (field trace_context.traceparent or trace_context.tracestate).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
+    traceparent: _builtins.str
+    """Version 00: "00-<32 lowercase hex trace-id, not all zero>-<16 lowercase
+    hex parent-id, not all zero>-<2 hex trace-flags>", 55 characters.
+    Required when trace_context is set.
+    """
+    tracestate: _builtins.str
+    """Vendor entries "key=value" separated by commas: at most 32 list-members
+    and 512 characters. Optional.
+    """
+    def __init__(
+        self,
+        *,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TraceContext: _TypeAlias = TraceContext  # noqa: Y015
