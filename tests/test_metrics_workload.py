@@ -36,6 +36,12 @@ id = "no-blocked"
 decision = "reject"
 reason = "blocked topics take nothing"
 topic = "blocked.*"
+
+[[rules]]
+id = "gated"
+decision = "hold"
+reason = "a person looks first"
+topic = "gated.*"
 """
 
 
@@ -124,12 +130,17 @@ async def test_the_metrics_read_exactly_what_a_workload_did(
         await bus.create_consumer_group(
             topic, "g", start=packetbus.EARLIEST, ack_deadline_seconds=1, max_delivery_attempts=2
         )
-        # 3 stored, 1 invalid (its TTL past the limit), 1 a policy rule rejects.
+        # 3 stored, 1 invalid (its TTL past the limit), 1 a policy rule rejects, 1 it holds.
         good = [new_packet(topic) for _ in range(3)]
         invalid = new_packet(topic, ttl_seconds=10**7)
         blocked = new_packet(unique("blocked"))
-        results = await bus.dispatch_batch([*good, invalid, blocked])
-        assert [r.WhichOneof("outcome") for r in results] == ["receipt"] * 3 + ["error"] * 2
+        gated = new_packet(unique("gated"))
+        results = await bus.dispatch_batch([*good, invalid, blocked, gated])
+        assert [r.WhichOneof("outcome") for r in results] == [
+            *["receipt"] * 3,
+            *["error"] * 2,
+            "held",
+        ]
         # A resend: answered with the original receipt, stored once.
         [again] = await bus.dispatch_batch([good[0]])
         assert again.receipt == results[0].receipt
@@ -164,6 +175,7 @@ async def test_the_metrics_read_exactly_what_a_workload_did(
     assert (
         delta("packetbus_packets_rejected_total", reason="POLICY_REJECTED", rule="no-blocked") == 1
     )
+    assert delta("packetbus_packets_held_total", rule="gated") == 1
     assert delta("packetbus_packets_deduplicated_total") == 1
     assert delta("packetbus_packets_delivered_total", via="group") == 4  # 3, then 1 again
     assert delta("packetbus_packets_delivered_total", via="subscribe") == 0
@@ -175,6 +187,7 @@ async def test_the_metrics_read_exactly_what_a_workload_did(
             "received",
             "dispatched",
             "rejected",
+            "held",
             "delivered",
             "acked",
             "nacked",
@@ -185,10 +198,11 @@ async def test_the_metrics_read_exactly_what_a_workload_did(
     }
     assert signed == {
         # 3 + the resend (signed before the store found it a resend) + 1 + 2 tasks,
-        # and the rejected packet's "received".
-        "received": 8,
+        # and the rejected and the held packet's "received".
+        "received": 9,
         "dispatched": 7,
         "rejected": 1,
+        "held": 1,
         # 4 deliveries; the redelivery signed twice: signed first as if its packet
         # had no hops yet (the guess that saves a read on first deliveries), then
         # again after the hops the store answered with (_group_service._deliver).
