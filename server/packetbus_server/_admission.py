@@ -17,6 +17,7 @@ from ._governance import judge_posted
 from ._ingest import Accepted, Rejected, accept, to_write, with_request_fields
 from ._key_store import KeyStore
 from ._limits import Limits
+from ._observability import counting
 from ._packet_service import storage_errors
 from ._store import PacketWrite
 from ._validation import Violation
@@ -49,6 +50,7 @@ async def seal_one(
             keys = await key_store.get_many([packet.chain_of_custody[0].key_id])
         problem = check_origin(packet, accepted.content, keys)
         if problem is not None:
+            counting.rejected_as(problem.code.name)
             await context.abort(problem.code, problem.message)
     [chain] = custodian.seal([(packet, accepted.content)], now_ns)
     return to_write(accepted, chain)
@@ -83,11 +85,15 @@ async def admit(
     if isinstance(outcome, Rejected):
         found += nested(outcome.violations, "packet")
     if found or isinstance(outcome, Rejected):
+        counting.rejected_as("INVALID_ARGUMENT")
         await _status.abort_invalid(context, f"invalid {what}", found)
         raise AssertionError("abort_invalid always raises")
     # Its origin the caller's own agent id, or one it may act for (issue 14 item 4),
     # before its key is looked up, it is governed or anything is stored.
-    await binding.require_acting(context, packet.origin, "packet.origin")
+    refusal = binding.acting_refusal(packet.origin, "packet.origin")
+    if refusal is not None:
+        counting.rejected([refusal])
+        await _status.abort_with(context, refusal)
     write = await seal_one(
         context, packet, outcome, key_store=key_store, custodian=custodian, now_ns=now_ns
     )

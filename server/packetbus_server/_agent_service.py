@@ -53,14 +53,21 @@ def _ts(ms: int) -> timestamp_pb2.Timestamp:
     return ts
 
 
+def is_live(f: Mapping[bytes, bytes], now_ms: int) -> bool:
+    """The registry's rule: an agent hash is live when it says so (lv) and its
+    deadline (dl, unix ms) is after `now_ms` (the store's clock; 0: not judged).
+    Past its deadline an agent is stale, whether or not a sweep has run yet."""
+    deadline = int(f.get(b"dl", b"0") or 0)
+    return f.get(b"lv") == b"live" and (deadline > now_ms or now_ms == 0)
+
+
 def agent_from_fields(agent_id: str, f: Mapping[bytes, bytes], now_ms: int) -> pb.Agent:
     """An agent hash (or an event's snapshot of one) as an Agent."""
     agent = pb.Agent.FromString(f.get(b"p", b""))
     agent.id = agent_id
     agent.state = text(f.get(b"s", b""))
     deadline = int(f.get(b"dl", b"0") or 0)
-    live = f.get(b"lv") == b"live" and (deadline > now_ms or now_ms == 0)
-    # Past its deadline an agent is stale, whether or not a sweep has run yet.
+    live = is_live(f, now_ms)
     agent.liveness = pb.AGENT_LIVENESS_LIVE if live else pb.AGENT_LIVENESS_STALE
     agent.registered_at.CopyFrom(_ts(int(f.get(b"ra", b"0") or 0)))
     agent.last_heartbeat_at.CopyFrom(_ts(int(f.get(b"hb", b"0") or 0)))

@@ -13,6 +13,7 @@ from packetbus.v1 import custody_pb2, packet_pb2, packet_service_pb2
 
 from . import _access
 from ._keyring import Keyring
+from ._observability import counting
 
 # The server's hops at ingest: it took the packet in, then put it on its topic.
 _ACTIONS = (_custody.RECEIVED.encode(), _custody.DISPATCHED.encode())
@@ -164,6 +165,8 @@ class Custodian:
                 hashes.append(previous)
                 sequence += 1
         entries = _custody.sign_batch(signer, raws, hashes)
+        counting.signed(_custody.RECEIVED, len(packets))
+        counting.signed(_custody.DISPATCHED, len(packets))
         step = len(_ACTIONS)
         return [entries[i : i + step] for i in range(0, len(entries), step)]
 
@@ -217,6 +220,12 @@ class Custodian:
                 raws.append(raw)
                 hashes.append(previous)
         entries = _custody.sign_batch(signer, raws, hashes)
+        counting.signed(_custody.RECEIVED, len(packets))
+        decisions: dict[str, int] = {}
+        for _, _, action, _ in packets:
+            decisions[action] = decisions.get(action, 0) + 1
+        for action, n in decisions.items():
+            counting.signed(action, n)
         return [entries[i : i + 2] for i in range(0, len(entries), 2)]
 
     def sign_hops(self, hops: Sequence[Hop], now_ns: int) -> list[SignedHop] | None:
@@ -236,7 +245,9 @@ class Custodian:
         principal = call_principal()
         raws: list[bytes] = []
         hashes: list[bytes] = []
+        actions: dict[str, int] = {}
         for hop in hops:
+            actions[hop.action] = actions.get(hop.action, 0) + 1
             writer = writers.get(hop.action)
             if writer is None:
                 writer = writers[hop.action] = _wire.RecordWriter(
@@ -261,6 +272,8 @@ class Custodian:
             raws.append(raw)
             hashes.append(_custody.entry_hash(raw))
         entries = _custody.sign_batch(signer, raws, hashes)
+        for action, n in actions.items():
+            counting.signed(action, n)
         return [SignedHop(e, h) for e, h in zip(entries, hashes, strict=True)]
 
     def head(

@@ -29,6 +29,7 @@ from ._fields import is_stream_id, utf8_length
 from ._finding_store import FindingStore, StoredFinding
 from ._key_store import KeyStore
 from ._limits import Limits
+from ._observability import counting
 from ._packet_service import PacketService, entry_size, storage_errors
 from ._packing import FIRST_READ, ITEM_OVERHEAD, fit, message_size, read_count, stored_size
 from ._page_tokens import seal, unseal
@@ -142,6 +143,7 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
                 write.content_length,
                 now_ns // 1_000_000 + write.ttl_ms,
             )
+        counting.posted(counting.FINDING, status, len(write.payload))
         if status == "conflict":
             await context.abort(
                 grpc.StatusCode.ALREADY_EXISTS,

@@ -61,6 +61,7 @@ from packetbus.v1 import contents_pb2, packet_pb2
 from . import _status
 from ._access.gate import caller
 from ._ingest import Accepted, to_write
+from ._observability import counting
 from ._packet_service import storage_errors
 from ._policy import Decision, Verdict
 from ._policy_service import ERROR_DOMAIN, POLICY_REJECTED, Governor, rejection
@@ -121,9 +122,11 @@ async def judge_posted(
         async with storage_errors(context):
             earlier = await governor.store.lookup(packet.topic, packet.tracking_id)
         if earlier is not None and earlier.status == "rejected":
+            counting.rejected_as(POLICY_REJECTED, 1, earlier.rule_id)
             await _status.abort_with(context, rejection(earlier))
         return
     if decision.verdict is Verdict.HOLD:
+        counting.rejected_as(POLICY_HOLD_UNSUPPORTED, 1, decision.rule_id)
         await _status.abort_with(context, hold_refused(decision, policy.version, what))
     [chain] = governor.custodian.seal_decided(
         [
@@ -144,7 +147,9 @@ async def judge_posted(
             policy.version,
             time_remaining=context.time_remaining(),
         )
-    await _status.abort_with(context, _posted_outcome(outcome, packet, what))
+    refused = _posted_outcome(outcome, packet, what)
+    counting.rejected([refused])
+    await _status.abort_with(context, refused)
 
 
 def _posted_outcome(outcome: Decided, packet: packet_pb2.Packet, what: str) -> status_pb2.Status:

@@ -45,7 +45,7 @@ from ._group_store import (
 )
 from ._hop_store import HopStore, HopWrite
 from ._limits import Limits
-from ._observability import tracing
+from ._observability import metrics, tracing
 from ._packet_service import caller_gone, storage_errors
 from ._packing import packs
 from ._store import cursor_millis
@@ -582,9 +582,12 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
         tracer = tracing.active
         traced: list[tracing.Carried] = []
         out = []
+        redelivered = 0
         for i, entry in enumerate(fresh):
             if i in lost_race:
                 continue  # not delivered now: its lease runs out and it comes back
+            if entry.count > 1:
+                redelivered += 1
             own = mine[i]
             chain = [*hops[i], own] if own is not None else hops[i]
             payload = _wire.with_chain(entry.payload, chain)
@@ -629,6 +632,10 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                     if i not in lost_race
                 ],
             )
+        if out:
+            metrics.packets_delivered.labels("group").inc(len(out))
+        if redelivered:
+            metrics.group_redeliveries.labels(stream.group).inc(redelivered)
         return out
 
     async def _carcel_run_out(self, stream: _Stream, entries: Sequence[Leased]) -> None:
@@ -818,13 +825,18 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                     )
                 break
             retry = []
+            carceled = 0
             for i, outcome in zip(todo, settled, strict=True):
+                if kinds[i] is Kind.CARCEL and outcome.outcome is Outcome.OK:
+                    carceled += 1  # a retry of it answers GONE: counted once
                 if outcome.outcome is Outcome.STALE:
                     h = known[requests[i].delivery_id]
                     h.end = ChainEnd(h.end.ingest_entries, int(outcome.value), outcome.last_hash)
                     retry.append(i)
                 else:
                     results[i] = self._settled(requests[i], kinds[i], outcome)
+            if carceled:
+                metrics.group_carceled.labels(group).inc(carceled)
             todo = retry
         for i in todo:
             results[i] = self._result(

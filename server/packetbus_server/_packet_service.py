@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
 import grpc
-from google.rpc import code_pb2
+from google.rpc import code_pb2, status_pb2
 
 from packetbus.v1 import packet_pb2, packet_service_pb2, packet_service_pb2_grpc
 
@@ -22,7 +22,7 @@ from ._gaps import Follower
 from ._ingest import Accepted, Rejected, accept, to_write
 from ._key_store import KeyStore
 from ._limits import Limits
-from ._observability import tracing
+from ._observability import counting, metrics, tracing
 from ._packing import packs, stored_size
 from ._refusals import ERROR_REASONS
 from ._retry import StoreFailedError, StoreRefusedError, StoreUnavailableError
@@ -215,6 +215,8 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         now_ns = self._clock.now_ns()
         accepted: list[tuple[int, Accepted]] = []
         senders = binding.SenderCheck() if checks_sender else None
+        # Refusals are few: kept to be counted once, at the end, by reason.
+        refused_here: list[status_pb2.Status] = []
         for i, packet in enumerate(request.packets):
             outcome = accept(packet, self._limits, now_ns)
             if isinstance(outcome, Rejected):
@@ -222,6 +224,7 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
                 results[i].error.CopyFrom(
                     _status.bad_request("packet rejected", outcome.violations)
                 )
+                refused_here.append(results[i].error)
                 continue
             # Who may send it, once it is known to be well formed, before anything
             # is looked up, governed or stored: topics.publish on its topic, and its
@@ -231,6 +234,7 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
             if refusal is not None:
                 results[i].tracking_id = packet.tracking_id
                 results[i].error.CopyFrom(refusal)
+                refused_here.append(refusal)
             else:
                 accepted.append((i, outcome))
 
@@ -248,6 +252,7 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
                     results[i].error.CopyFrom(
                         _status.status(problem.code.value[0], problem.message)
                     )
+                    refused_here.append(results[i].error)
                     refused.add(i)
             accepted = [(i, a) for i, a in accepted if i not in refused]
 
@@ -262,12 +267,14 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
             stored = await self._store.write(writes, time_remaining=context.time_remaining())
 
         decided_before: list[tuple[int, str, str]] = []
+        new = new_bytes = duplicates = conflicts = 0
         for (i, _), write, result in zip(accepted, writes, stored, strict=True):
             results[i].tracking_id = write.tracking_id
             if result.outcome is Outcome.DUPLICATE and not result.cursor[:1].isdigit():
                 # A policy rejected or held this packet in an earlier dispatch.
                 decided_before.append((i, write.topic, write.tracking_id))
             elif result.outcome is Outcome.CONFLICT:
+                conflicts += 1
                 results[i].error.CopyFrom(
                     _status.status(
                         code_pb2.ALREADY_EXISTS,
@@ -275,7 +282,18 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
                     )
                 )
             else:
+                if result.outcome is Outcome.STORED:
+                    new += 1
+                    new_bytes += len(write.payload)
+                else:
+                    duplicates += 1
                 fill_receipt(results[i].receipt, write.topic, result.cursor, result.expires_at_ms)
+        # Once per batch (the metrics' cost stays off the per-packet path).
+        counting.stored(counting.PACKET, new, new_bytes)
+        counting.deduplicated(duplicates + len(decided_before))
+        counting.rejected_as("ALREADY_EXISTS", conflicts)
+        if refused_here:
+            counting.rejected(refused_here)
         if decided_before and self._governor is not None:
             await self._governor.report(results, decided_before, context)
         if tracer is not None:
@@ -395,6 +413,7 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         else:
             cursor = await self._store.last_cursor(topic)
         follower = Follower(cursor, resumed=resumed, started_ms=started_ms)
+        delivered = metrics.packets_delivered.labels("subscribe")
         await stream_started(context)
         # About one reply's worth per read: large packets are read a few at a time,
         # so a subscriber holds about `budget` bytes, not `batch` packets of up to a
@@ -403,6 +422,8 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         while not caller_gone(context):
             page = await self._store.follow(topic, follower.cursor, count=batch, max_bytes=budget)
             for gap, entries in follower.take(page, self._clock.now_ms()):
+                if entries:
+                    delivered.inc(len(entries))
                 # The write waits for HTTP/2 flow control, so a slow reader
                 # holds at most one read here: it is paced, the server is not.
                 for response in _responses(topic, gap, entries, budget):

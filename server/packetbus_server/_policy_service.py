@@ -21,6 +21,7 @@ from ._custodian import ChainEnd, Custodian, Hop, chain_end
 from ._ingest import Accepted, to_write
 from ._key_store import KeyStore
 from ._limits import Limits
+from ._observability import counting, metrics
 from ._packet_service import PacketService, fill_receipt, storage_errors, stored_packet
 from ._packing import stored_size
 from ._page_tokens import seal, unseal
@@ -89,6 +90,25 @@ def fill_decided(result: packet_service_pb2.DispatchResult, topic: str, decided:
                 f"tracking_id {result.tracking_id} is already used by a different packet",
             )
         )
+
+
+def count_decided(outcomes: Sequence[Decided]) -> None:
+    """Count what the policy's decisions came to: rejected (POLICY_REJECTED) and held
+    by rule; a packet stored before the rule (a resend) as deduplicated; a tracking
+    id another packet holds as rejected (ALREADY_EXISTS)."""
+    totals: dict[tuple[str, str], int] = {}
+    for outcome in outcomes:
+        key = (outcome.status, outcome.rule_id)
+        totals[key] = totals.get(key, 0) + 1
+    for (status, rule), n in totals.items():
+        if status == "rejected":
+            counting.rejected_as(POLICY_REJECTED, n, rule)
+        elif status == "held":
+            metrics.packets_held.labels(rule).inc(n)
+        elif status == "stored":
+            counting.deduplicated(n)
+        else:
+            counting.rejected_as("ALREADY_EXISTS", n)
 
 
 def authorization_message(authorization: Authorization) -> pb.AuthorizationPolicy:
@@ -170,6 +190,7 @@ class Governor:
         for (i, a, _), outcome in zip(decided, outcomes, strict=True):
             results[i].tracking_id = a.packet.tracking_id
             fill_decided(results[i], a.packet.topic, outcome)
+        count_decided(outcomes)
         return allowed
 
     async def report(

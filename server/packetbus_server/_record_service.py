@@ -19,6 +19,7 @@ from ._custodian import Custodian
 from ._fields import utf8_length
 from ._key_store import KeyStore
 from ._limits import Limits
+from ._observability import counting
 from ._packet_service import storage_errors
 from ._packing import fit, stored_size
 from ._page_tokens import seal, unseal
@@ -187,6 +188,7 @@ class RecordService(record_service_pb2_grpc.RecordServiceServicer):
                 now_ms=now_ms,
                 expires_ms=now_ms + retention * 1000,
             )
+        counting.posted(counting.RECORD, status, len(write.payload))
         if status == "conflict":
             await context.abort(
                 grpc.StatusCode.ALREADY_EXISTS,

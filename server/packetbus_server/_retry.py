@@ -18,11 +18,13 @@ import redis
 from redis import exceptions as rx
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception,
     stop_before_delay,
     wait_random_exponential,
 )
 
+from ._observability import counting, metrics
 from ._refusals import Refusal, refusal, reply_text
 
 T = TypeVar("T")
@@ -165,6 +167,16 @@ def _seconds(budget: float) -> str:
 _STORE_ERRORS = (rx.RedisError, rx.RedisClusterException)
 
 
+def _count_retry(exc: BaseException) -> None:
+    metrics.store_retries.labels(counting.error_class(exc)).inc()
+
+
+def _counted(state: RetryCallState) -> None:
+    # tenacity calls this before each sleep, i.e. once per retry it will make.
+    if state.outcome is not None and (exc := state.outcome.exception()) is not None:
+        _count_retry(exc)
+
+
 async def with_retries(
     operation: Callable[[], Awaitable[T]],
     *,
@@ -193,6 +205,7 @@ async def with_retries(
             if isinstance(exc, _STORE_ERRORS):
                 raise _failed(exc) from exc
             raise
+        _count_retry(exc)
     try:
         remaining = max(0.0, deadline - time.monotonic())
         async with asyncio.timeout(remaining):
@@ -200,6 +213,7 @@ async def with_retries(
                 retry=retry_if_exception(is_retry_safe),
                 wait=wait_random_exponential(multiplier=0.01, max=max_backoff),
                 stop=stop_before_delay(remaining),
+                before_sleep=_counted,
                 reraise=True,
             ):
                 with attempt:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from prometheus_client import Histogram
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from . import _keys
+from ._observability.metrics import store_round_trip_seconds
 
 RedisClient = Redis | RedisCluster
 
@@ -25,6 +28,11 @@ class LuaScript:
     # _keys.slot_guard(KEYS[1]) as one more, last key, so it never runs while
     # its slot migrates (see slot_guard).
     derives_keys: bool = False
+    _timer: Histogram = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Labelled once: a child lookup per call would cost more than the timing.
+        object.__setattr__(self, "_timer", store_round_trip_seconds.labels(self.name))
 
     @classmethod
     def load(
@@ -53,10 +61,18 @@ class LuaScript:
             keys = [*keys, _keys.slot_guard(keys[0])]
         # EVALSHA keeps the script body off the wire; a restarted or failed-over
         # Redis has lost its script cache, and EVAL both runs and re-caches it.
+        # One observation per round trip (packetbus_store_round_trip_seconds, the
+        # script's name its label), a failed one too: a slow store shows either way.
+        timer = self._timer
+        started = time.perf_counter()
         try:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
+            timer.observe(time.perf_counter() - started)
+            started = time.perf_counter()
             return await redis.eval(self.source, len(keys), *keys, *args)
+        finally:
+            timer.observe(time.perf_counter() - started)
 
 
 DISPATCH = LuaScript.load("dispatch", libraries=("log",))

@@ -24,7 +24,7 @@ from ._fields import is_stream_id
 from ._hop_store import HopStore
 from ._key_store import KeyStore
 from ._limits import Limits
-from ._observability import tracing
+from ._observability import counting, tracing
 from ._packet_service import caller_gone, storage_errors, stored_packet, stream_started
 from ._packing import ITEM_OVERHEAD, message_size, packs
 from ._page_tokens import seal, unseal
@@ -201,6 +201,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
                 max_attempts=attempts,
                 expires_at_ms=now_ns // 1_000_000 + write.ttl_ms,
             )
+            counting.posted(counting.TASK, posted, len(write.payload))
             if posted == "conflict":
                 await context.abort(
                     grpc.StatusCode.ALREADY_EXISTS,

@@ -2,16 +2,79 @@
 answer alike (group lag and outstanding leases, task queues by status, agents by
 liveness, the carcel by reason, the store's memory).
 
-To be filled by the metrics work (issue 15, item 1). The endpoint registers one
-`StoreCollector` per process that serves /metrics.
+The endpoint registers one `StoreCollector` per process that serves /metrics. A
+scrape never fails because of the store: when it cannot be read in time,
+`packetbus_store_up` is 0 and no other store gauge is given.
+
+What one scrape reads is bounded (`Bounds`): at most so many consumer groups, task
+queues, carcels and agents, and so many tasks per queue and carcel entries per
+carcel classified. What lies beyond a bound is not read, and
+`packetbus_store_scrape_truncated{what}` is 1 for it (task queues beyond the
+bound: their tasks are not counted; tasks and carcel entries beyond theirs are
+counted under status / reason "unclassified"). Groups, queues and carcels are
+found with SCAN (on a Redis Cluster, on every primary), which walks the keyspace
+once per kind and scrape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
 
+import redis
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from redis.cluster import RedisCluster
+
+from .. import _keys
+from .._agent_service import is_live
+from .._replies import text
+
+log = logging.getLogger(__name__)
+
+# Carcel reasons as the scripts write them (settle.lua, lib/tasks.lua), and the
+# policy's entries (metrics_carcel.lua): a closed set of labels.
+_CARCEL_REASONS = {
+    "max delivery attempts": "max_delivery_attempts",
+    "max attempts": "max_attempts",
+    "policy": "policy",
+}
+# Task statuses as lib/tasks.lua writes them.
+_TASK_STATUSES = ("queued", "claimed", "completed", "carceled")
+UNCLASSIFIED = "unclassified"
+
+
+def _script(name: str) -> str:
+    return resources.files("packetbus_server").joinpath("scripts", f"{name}.lua").read_text()
+
+
+_QUEUE_SCRIPT = _script("metrics_queue")
+_CARCEL_SCRIPT = _script("metrics_carcel")
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """The most one scrape reads: consumer groups, task queues, carcels, agents,
+    tasks classified per queue, carcel entries classified per carcel; and the
+    store's socket timeout (seconds) for each command."""
+
+    groups: int = 1000
+    queues: int = 1000
+    carcels: int = 1000
+    agents: int = 10_000
+    tasks_per_queue: int = 10_000
+    entries_per_carcel: int = 1000
+    timeout_seconds: float = 2.0
+
+
+def _tag(key: bytes | str, suffix: str) -> str:
+    """The hash tag of a key pb:{<tag>}<suffix> (the topic or queue name)."""
+    return text(key)[len(_keys.PREFIX) + 2 : -len(suffix) - 1]
 
 
 class StoreCollector(Collector):
@@ -21,6 +84,256 @@ class StoreCollector(Collector):
     def __init__(self, redis_url: str, *, embedded: bool = False) -> None:
         self.redis_url = redis_url
         self.embedded = embedded
+        self.bounds = Bounds()
+        self._client: redis.Redis | RedisCluster | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        # Given, so registering the collector reads nothing from the store.
+        return [family for family in _families().values()]
 
     def collect(self) -> Iterable[Metric]:
-        return ()
+        families = _families()
+        try:
+            self._read(families)
+        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+            log.warning("metrics: the store could not be read: %s", exc)
+            self._forget()
+            down = GaugeMetricFamily(*_UP)
+            down.add_metric([], 0)
+            return [down]
+        families["up"].add_metric([], 1)
+        return list(families.values())
+
+    def close(self) -> None:
+        self._forget()
+
+    def _forget(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _redis(self) -> redis.Redis | RedisCluster:
+        if self._client is None:
+            common: dict[str, Any] = {
+                "socket_timeout": self.bounds.timeout_seconds,
+                "socket_connect_timeout": self.bounds.timeout_seconds,
+            }
+            single = redis.Redis.from_url(self.redis_url, **common)
+            try:
+                cluster = single.info("cluster").get("cluster_enabled") == 1
+            except BaseException:
+                single.close()
+                raise
+            if cluster:
+                single.close()
+                self._client = RedisCluster.from_url(self.redis_url, **common)
+            else:
+                self._client = single
+        return self._client
+
+    def _read(self, families: dict[str, GaugeMetricFamily]) -> None:
+        r = self._redis()
+        reply: Any = r.time()
+        if isinstance(reply, dict):  # a cluster client may answer per node: any will do
+            reply = next(iter(reply.values()))
+        seconds, micros = reply
+        now_ms = int(seconds) * 1000 + int(micros) // 1000  # the store's clock (_clock)
+        truncated = {
+            "groups": self._groups(r, families),
+            "queues": self._queues(r, families),
+            "carcels": self._carcels(r, families),
+            "agents": self._agents(r, families, now_ms),
+        }
+        for what, cut in truncated.items():
+            families["truncated"].add_metric([what], int(cut))
+        self._memory(r, families)
+
+    def _scan(self, r: redis.Redis | RedisCluster, suffix: str, kind: str, most: int) -> list[str]:
+        """Up to `most` keys pb:{*}<suffix> of type `kind`, sorted; one more when there
+        are more (the caller's sign of truncation)."""
+        found: set[str] = set()
+        for key in r.scan_iter(match=f"{_keys.PREFIX}:{{*}}{suffix}", count=1000, _type=kind):
+            found.add(text(key))
+            if len(found) > most:
+                break
+        return sorted(found)
+
+    def _groups(
+        self, r: redis.Redis | RedisCluster, families: dict[str, GaugeMetricFamily]
+    ) -> bool:
+        keys = self._scan(r, ":groups", "hash", self.bounds.groups)
+        outstanding: dict[str, int] = defaultdict(int)
+        lag: dict[str, int] = defaultdict(int)
+        consumers: dict[str, int] = defaultdict(int)
+        seen = 0
+        for key in keys:
+            topic = _tag(key, ":groups")
+            names = [text(n) for n in r.hkeys(key) if ":" not in text(n)]
+            if not names:
+                continue
+            try:
+                info: list[dict[Any, Any]] = r.xinfo_groups(_keys.topic_log(topic))
+            except redis.ResponseError:
+                info = []  # the log is gone (expired): its groups hold nothing
+            live = {text(g["name"]): g for g in info}
+            for name in names:
+                seen += 1
+                if seen > self.bounds.groups:
+                    break
+                g = live.get(name, {})
+                outstanding[name] += int(g.get("pending", 0))
+                consumers[name] += int(g.get("consumers", 0))
+                # XINFO's lag: entries not yet delivered to the group; None when
+                # the store cannot tell (entries deleted or trimmed meanwhile).
+                if g.get("lag") is not None or not g:
+                    lag[name] += int(g.get("lag") or 0)
+        for name in sorted(outstanding):
+            families["outstanding"].add_metric([name], outstanding[name])
+            families["consumers"].add_metric([name], consumers[name])
+            if name in lag:
+                families["lag"].add_metric([name], lag[name])
+        return seen > self.bounds.groups or len(keys) > self.bounds.groups
+
+    def _queues(
+        self, r: redis.Redis | RedisCluster, families: dict[str, GaugeMetricFamily]
+    ) -> bool:
+        keys = self._scan(r, ":tasks", "zset", self.bounds.queues)
+        most = self.bounds.tasks_per_queue
+        cut = len(keys) > self.bounds.queues
+        for key in keys[: self.bounds.queues]:
+            queue = _tag(key, ":tasks")
+            reply = r.eval(_QUEUE_SCRIPT, 1, key, _keys.queue_prefix(queue), most)
+            total, counts = int(reply[0]), _pairs(reply[1:])
+            for status in _TASK_STATUSES:
+                families["tasks"].add_metric([queue, status], counts.pop(status, 0))
+            if total > most:
+                cut = True
+                families["tasks"].add_metric([queue, UNCLASSIFIED], total - most)
+        return cut
+
+    def _carcels(
+        self, r: redis.Redis | RedisCluster, families: dict[str, GaugeMetricFamily]
+    ) -> bool:
+        keys = self._scan(r, ":carcel", "stream", self.bounds.carcels)
+        most = self.bounds.entries_per_carcel
+        by_reason: dict[str, int] = dict.fromkeys(_CARCEL_REASONS.values(), 0)
+        cut = len(keys) > self.bounds.carcels
+        for key in keys[: self.bounds.carcels]:
+            reply = r.eval(_CARCEL_SCRIPT, 1, key, most)
+            total, counts = int(reply[0]), _pairs(reply[1:])
+            for cause, n in counts.items():
+                reason = _CARCEL_REASONS.get(cause, "other")
+                by_reason[reason] = by_reason.get(reason, 0) + n
+            if total > most:
+                cut = True
+                by_reason[UNCLASSIFIED] = by_reason.get(UNCLASSIFIED, 0) + total - most
+        for reason, n in sorted(by_reason.items()):
+            families["carcel"].add_metric([reason], n)
+        return cut
+
+    def _agents(
+        self, r: redis.Redis | RedisCluster, families: dict[str, GaugeMetricFamily], now_ms: int
+    ) -> bool:
+        most = self.bounds.agents
+        found: Any = r.zrange(_keys.AGENT_IDS, 0, most)
+        ids = [text(i) for i in found]
+        counts = {"live": 0, "stale": 0}
+        # Every agent key is in the one slot {agents}: one pipeline, on a cluster too.
+        pipe = r.pipeline(transaction=False)
+        for agent_id in ids[:most]:
+            pipe.hmget(_keys.agent(agent_id), "lv", "dl")
+        for lv, dl in pipe.execute() if ids else []:
+            if lv is None:
+                continue  # removed between the two reads
+            fields = {b"lv": bytes(lv), b"dl": bytes(dl or b"0")}
+            counts["live" if is_live(fields, now_ms) else "stale"] += 1
+        for liveness, n in counts.items():
+            families["agents"].add_metric([liveness], n)
+        return len(ids) > most
+
+    def _memory(
+        self, r: redis.Redis | RedisCluster, families: dict[str, GaugeMetricFamily]
+    ) -> None:
+        store = "embedded" if self.embedded else "external"
+        if isinstance(r, RedisCluster):
+            found: dict[str, Any] = r.info("memory", target_nodes=RedisCluster.PRIMARIES)
+            # One primary answers alone, several by node name.
+            per_node = [found] if "used_memory" in found else list(found.values())
+            used = sum(int(info["used_memory"]) for info in per_node)
+        else:
+            used = int(r.info("memory")["used_memory"])
+        families["memory"].add_metric([store], used)
+
+
+def _pairs(flat: list[Any]) -> dict[str, int]:
+    return {text(flat[j]): int(flat[j + 1]) for j in range(0, len(flat), 2)}
+
+
+_UP = (
+    "packetbus_store_up",
+    "1 when this scrape read the store, 0 when it could not (the other store gauges are then absent).",
+)
+
+
+def _families() -> dict[str, GaugeMetricFamily]:
+    """Fresh, empty metric families for one scrape."""
+    return {
+        "outstanding": GaugeMetricFamily(
+            "packetbus_group_outstanding_leases",
+            "Packets leased to a consumer group's consumers and not yet settled "
+            "(groups of one name on several topics summed).",
+            labels=["group"],
+        ),
+        "lag": GaugeMetricFamily(
+            "packetbus_group_lag",
+            "Packets in a group's topic log not yet delivered to the group "
+            "(absent while the store cannot tell: entries trimmed under the group).",
+            labels=["group"],
+        ),
+        "consumers": GaugeMetricFamily(
+            "packetbus_group_consumers",
+            "Consumers the store knows in a consumer group.",
+            labels=["group"],
+        ),
+        "tasks": GaugeMetricFamily(
+            "packetbus_task_queue_tasks",
+            "Tasks in a queue by status: queued, claimed, completed, carceled "
+            "(unclassified: beyond the tasks one scrape reads).",
+            labels=["queue", "status"],
+        ),
+        "carcel": GaugeMetricFamily(
+            "packetbus_carcel_packets",
+            "Packets in the carcels (all topics and queues) by reason: "
+            "max_delivery_attempts, max_attempts, policy, other "
+            "(unclassified: beyond the entries one scrape reads).",
+            labels=["reason"],
+        ),
+        "agents": GaugeMetricFamily(
+            "packetbus_agents",
+            "Registered agents by liveness (live, stale), as the registry judges it "
+            "by the store's clock.",
+            labels=["liveness"],
+        ),
+        "memory": GaugeMetricFamily(
+            "packetbus_store_used_memory_bytes",
+            "The store's memory in use (INFO used_memory; a cluster's primaries summed); "
+            "store: embedded (the server's own Valkey) or external.",
+            labels=["store"],
+        ),
+        "truncated": GaugeMetricFamily(
+            "packetbus_store_scrape_truncated",
+            "1 when this scrape left some of `what` unread (groups, queues, carcels, "
+            "agents) because of its bounds.",
+            labels=["what"],
+        ),
+        "up": GaugeMetricFamily(*_UP),
+    }
+
+
+def _names() -> Iterator[str]:
+    """Every metric this collector can give (for the README's table test)."""
+    for family in _families().values():
+        yield family.name
+
+
+METRIC_NAMES = tuple(_names())
