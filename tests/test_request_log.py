@@ -75,9 +75,10 @@ async def _code_of(call: Any) -> grpc.StatusCode:
     return raised.value.code()
 
 
-def _serve_json(*options: str) -> subprocess.Popen[str]:
-    """`packetbus serve --log-format json` with `options`, once it serves: its
-    stdout (where it says so) and its stderr (the log) kept apart."""
+def _serve_json(*options: str, processes: int = 1) -> subprocess.Popen[str]:
+    """`packetbus serve --log-format json` with `options`, once its `processes`
+    (workers) all serve: its stdout (where each says so) and its stderr (the log)
+    kept apart."""
     process = subprocess.Popen(
         [sys.executable, "-m", "packetbus._cli", "serve", "--log-format", "json", *options],
         cwd=REPO,
@@ -86,8 +87,10 @@ def _serve_json(*options: str) -> subprocess.Popen[str]:
         text=True,
     )
     assert process.stdout is not None
+    serving = 0
     for line in process.stdout:
-        if "serving on" in line:
+        serving += "serving on" in line
+        if serving == processes:
             return process
     raise AssertionError(f"server exited with {process.wait()}: {process.communicate()}")
 
@@ -175,9 +178,7 @@ async def test_json_request_log_of_failed_calls(guarded_store: int, tmp_path: Pa
             "message": "packetbus.v1.FindingService/PostFinding INVALID_ARGUMENT",
             "rpc": "packetbus.v1.FindingService/PostFinding",
             "grpc_code": "INVALID_ARGUMENT",
-            "status_message": (
-                "invalid finding: packet.finding.confidence: must be in [0, 1]; got 1.5"
-            ),
+            "status_message": "invalid finding: packet.finding.confidence: must be in [0, 1]",
             "principal": alice_jwt,
             "tracking_id": finding_id,
             "trace_id": TRACE_ID,
@@ -219,6 +220,43 @@ async def test_json_request_log_of_failed_calls(guarded_store: int, tmp_path: Pa
         f"packetbus {packetbus.__version__} listening on port {port} "
         f"(plaintext; store redis://:***@127.0.0.1:{guarded_store}/0)"
     ]
+
+
+async def test_workers_log_json_lines_that_name_the_worker(
+    guarded_store: int, tmp_path: Path
+) -> None:
+    port = free_port()
+    process = _serve_json(
+        *("--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "data")),
+        *("--redis-url", f"redis://:{PASSWORD}@127.0.0.1:{guarded_store}/0"),
+        *("--workers", "2"),
+        processes=2,
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            raw = channel.unary_unary("/packetbus.v1.PacketService/GetPacket")
+            code = await _code_of(raw(b"\xff\xff\xff"))
+    finally:
+        process.terminate()
+        _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    assert PASSWORD not in stderr
+    supervisor = [line for line in lines if "worker" not in line]
+    assert [line["message"] for line in supervisor][:1] == [
+        f"2 workers serving on 127.0.0.1:{port}"
+    ]
+    workers = {line["worker"] for line in lines if "worker" in line}
+    assert len(workers) == 2
+    assert process.pid not in workers
+    (failed,) = [line for line in lines if line["logger"] == "packetbus.server.requests"]
+    assert failed["worker"] in workers
+    assert (failed["level"], failed["rpc"], failed["grpc_code"]) == (
+        "INFO",
+        "packetbus.v1.PacketService/GetPacket",
+        "INVALID_ARGUMENT",
+    )
+    assert "principal" not in failed  # no authentication: no principal
 
 
 def test_the_budget_lets_a_burst_through_then_counts_what_it_suppresses() -> None:
