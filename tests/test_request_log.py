@@ -32,7 +32,8 @@ from packetbus.v1 import (
     packet_service_pb2,
     packet_service_pb2_grpc,
 )
-from packetbus_server._observability import logs
+from packetbus_server._handlers import add_servicer
+from packetbus_server._observability import logs, request_log
 from packetbus_server._observability.request_log import BURST, LineBudget, level_of
 from tests._tokens import AUDIENCE, ISSUER, bearer, jwks, token
 from tests.conftest import REPO, free_port
@@ -339,3 +340,53 @@ def test_an_unknown_log_format_is_a_usage_error() -> None:
         "packetbus: cannot start: log format 'xml' is not text or json "
         "(--log-format, env PACKETBUS_LOG_FORMAT)"
     ]
+
+
+class _Broken:
+    """A PacketService whose every method fails with an exception it does not handle."""
+
+    async def Dispatch(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise RuntimeError(f"broken while holding {SECRET_CLAIM}")
+
+    def __getattr__(self, name: str) -> Any:
+        return self.Dispatch
+
+
+async def test_an_unhandled_error_is_logged_by_type_with_the_batch_tracking_ids(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(request_log, "_budget", LineBudget())  # other tests' lines aside
+    server = grpc.aio.server()
+    add_servicer(server, packet_service_pb2.DESCRIPTOR.services_by_name["PacketService"], _Broken())
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+    batch = packet_service_pb2.DispatchRequest(
+        packets=[packetbus.Packet(tracking_id=i, topic="t") for i in ids]
+    )
+    try:
+        with caplog.at_level(logging.INFO, logger="packetbus.server.requests"):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                dispatch = packet_service_pb2_grpc.PacketServiceStub(channel).Dispatch
+                bad_trace = (("traceparent", f"00-{'0' * 32}-00f067aa0ba902b7-01"),)
+                code = await _code_of(dispatch(batch, metadata=bad_trace))
+    finally:
+        await server.stop(None)
+    assert code is grpc.StatusCode.UNKNOWN
+    (record,) = [r for r in caplog.records if r.name == "packetbus.server.requests"]
+    shown = logs.fields(record)
+    assert shown.pop("peer").startswith("ipv4:127.0.0.1:")
+    assert shown.pop("duration_ms") >= 0
+    assert (record.levelname, record.getMessage()) == (
+        "ERROR",
+        "packetbus.v1.PacketService/Dispatch UNKNOWN",
+    )
+    # No status message (grpc's own says the exception's text), no principal (no
+    # authentication), no trace id (an all-zero trace id is invalid).
+    assert shown == {
+        "rpc": "packetbus.v1.PacketService/Dispatch",
+        "grpc_code": "UNKNOWN",
+        "error": "RuntimeError",
+        "tracking_ids": ids[:3],
+        "packets": 5,
+    }
