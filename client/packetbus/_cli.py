@@ -294,6 +294,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
         help="logging level (default INFO)",
     )
+    serve.add_argument(
+        "--log-format",
+        default=os.environ.get("PACKETBUS_LOG_FORMAT", "text"),
+        choices=("text", "json"),
+        help="log lines as text, or as one JSON object each (time, level, logger, message "
+        "and the record's fields) (env PACKETBUS_LOG_FORMAT; default text)",
+    )
 
     dispatch = commands.add_parser("dispatch", help="dispatch one packet")
     where = dispatch.add_mutually_exclusive_group(required=True)
@@ -499,6 +506,7 @@ def _serve(args: argparse.Namespace) -> int:
     from packetbus_server import Durability, ServerConfig, default_data_dir, run
     from packetbus_server._embedded import EmbeddedStoreError
     from packetbus_server._exposure import authenticates
+    from packetbus_server._observability import logs
     from packetbus_server._retry import StoreFailedError, StoreUnavailableError
     from packetbus_server._running import redacted
 
@@ -519,10 +527,13 @@ def _serve(args: argparse.Namespace) -> int:
         args.redis_url = store_url(args)
     except ValueError as exc:
         return fail(f"cannot start: {exc}", 2)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if args.log_format not in logs.FORMATS:  # argparse checks no default (the env's)
+        return fail(
+            f"cannot start: log format {args.log_format!r} is not text or json "
+            f"(--log-format, env {logs.FORMAT_ENV})",
+            2,
+        )
+    logs.configure(logs.LogSettings(getattr(logging, args.log_level), args.log_format))
     config = ServerConfig(
         listen=args.listen,
         redis_url=args.redis_url,

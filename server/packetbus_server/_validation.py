@@ -342,7 +342,9 @@ def _finding(out: list[Violation], finding: contents_pb2.Finding) -> None:
             Violation(
                 "finding.confidence",
                 "CONFIDENCE_RANGE",
-                f"must be in [0, 1]; got {c}",
+                # Not echoed: a finding's fields are packet contents, which the
+                # request log must not show (README "Logs").
+                "must be in [0, 1]",
             )
         )
     citations = finding.citations

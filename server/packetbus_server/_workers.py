@@ -25,6 +25,7 @@ from ._embedded import EmbeddedValkey
 from ._eviction import require_noeviction
 from ._exposure import require_safe_listen
 from ._keyring import KEYRING_FILE, SEED_ENV, Keyring
+from ._observability import logs
 from ._retry import with_retries
 from ._store import connect_redis
 
@@ -35,13 +36,11 @@ log = logging.getLogger("packetbus.server")
 _MIN_UPTIME = 5.0
 
 
-def _worker(config: ServerConfig, log_level: int) -> None:
+def _worker(config: ServerConfig, log_settings: logs.LogSettings) -> None:
     # The supervisor handles Ctrl-C for the group; a worker drains on SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(
-        level=log_level,
-        format=f"%(asctime)s %(levelname)s worker-{os.getpid()} %(name)s: %(message)s",
-    )
+    # A spawned process starts with logging unconfigured: the supervisor's settings.
+    logs.configure(log_settings, worker=os.getpid())
     _drain_when_orphaned()
     run_one(config)
 
@@ -133,7 +132,7 @@ def _supervise(config: ServerConfig, workers: int, embedded: EmbeddedValkey | No
     def launch() -> tuple[multiprocessing.process.BaseProcess, float]:
         process = context.Process(
             target=_worker,
-            args=(config, logging.getLogger().getEffectiveLevel()),
+            args=(config, logs.settings()),
             name="packetbus-worker",
         )
         process.start()

@@ -1,6 +1,6 @@
 """One observation per RPC: when it started, how it ended (its gRPC status code)
 and how long it took; fed to the metrics (`metrics.grpc_server_*`) and, for a
-call that was refused or failed, to the request log (`logs.call_failed`).
+call that was refused or failed, to the request log (`request_log.call_failed`).
 
 `_handlers` opens an observation before a call is admitted and closes it when the
 call's handler returns, raises or is cancelled, so a call the gate refuses counts
@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+
+from . import request_log
 
 UNARY = "unary"
 CLIENT_STREAM = "client_stream"
@@ -82,5 +84,4 @@ def _log(
     context: grpc.aio.ServicerContext,
     error: BaseException | None,
 ) -> None:
-    # Filled by the structured-logs work (issue 15, item 3).
-    del call, code, context, error
+    request_log.call_failed(call, code, context, error)
