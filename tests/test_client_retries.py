@@ -12,6 +12,7 @@ import asyncio
 import importlib
 import pkgutil
 import random
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -334,3 +335,48 @@ def test_reads_are_what_the_protos_declare_for_the_client_and_the_eviction_guard
         "ContextService.PutContext",
     }
     assert not read_only("/packetbus.v1.PacketService/NoSuchMethod")
+
+
+def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+
+def test_a_client_stream_cut_while_writing_counts_as_a_lost_connection() -> None:
+    # grpc.aio turns a write that fails because the stream ended under it into its own
+    # INTERNAL "Internal error from Core" (grpc/grpc#36066): seen when a proxy dropped
+    # a PutContext's connection mid-upload. It is retried as UNAVAILABLE is.
+    local = _rpc_error(grpc.StatusCode.INTERNAL, "Internal error from Core")
+    assert _retry_policy.broken_while_writing(local)
+    assert _retry_policy.maybe_applied(local)
+    # A server's own INTERNAL is not a broken connection: never retried.
+    server = _rpc_error(grpc.StatusCode.INTERNAL, "store failed: something")
+    assert not _retry_policy.broken_while_writing(server)
+    assert not _retry_policy.broken_while_writing(
+        _rpc_error(grpc.StatusCode.UNAVAILABLE, "Internal error from Core")
+    )
+
+
+async def test_the_retry_loop_sends_a_cut_client_stream_again() -> None:
+    from packetbus._config import RetrySettings
+    from packetbus._retrying import retried
+
+    attempts: list[float] = []
+
+    async def call(left: float) -> str:
+        attempts.append(left)
+        if len(attempts) == 1:
+            raise _rpc_error(grpc.StatusCode.INTERNAL, "Internal error from Core")
+        return "stored"
+
+    deadline = time.monotonic() + 10
+    assert await retried(call, deadline, _retry_policy.Retry.IDEMPOTENT, RetrySettings()) == (
+        "stored"
+    )
+    assert len(attempts) == 2
+
+    async def server_fault(left: float) -> str:
+        raise _rpc_error(grpc.StatusCode.INTERNAL, "a server's own fault")
+
+    with pytest.raises(packetbus.PacketbusError) as caught:
+        await retried(server_fault, deadline, _retry_policy.Retry.IDEMPOTENT, RetrySettings())
+    assert caught.value.code == grpc.StatusCode.INTERNAL

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import packetbus
-from packetbus_server import ServerConfig, start
+from packetbus_server import Durability, ServerConfig, start
 from packetbus_server._embedded import DataDirInUseError, socket_path
 from tests.conftest import REPO, free_port, new_packet, packetbus_serve, run_cli, unique
 
@@ -301,8 +301,15 @@ async def test_the_embedded_store_is_started_again_when_it_dies(tmp_path: Path) 
     the server owns it, so it starts it again from its data dir, and nothing
     acknowledged before is lost; it was NOT_SERVING for good."""
     data = tmp_path / "data"
+    # Durability "always": with everysec, a write may wait up to 2 s in the store's
+    # memory while a slow fsync runs (README "Durability"), and a SIGKILL loses it.
     srv = await start(
-        ServerConfig(listen="127.0.0.1:0", data_dir=data, health_interval_seconds=0.2)
+        ServerConfig(
+            listen="127.0.0.1:0",
+            data_dir=data,
+            health_interval_seconds=0.2,
+            durability=Durability.ALWAYS,
+        )
     )
     try:
         tracking_id = await _dispatch(srv.port, unique("own"))
@@ -332,7 +339,15 @@ def _restarted(data: Path, first: int) -> bool:
 async def test_the_supervisor_of_workers_starts_the_embedded_store_again(tmp_path: Path) -> None:
     data, port = tmp_path / "data", free_port()
     served = await asyncio.to_thread(
-        _serve, "--listen", f"127.0.0.1:{port}", "--data-dir", str(data), "--workers", "2"
+        _serve,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data-dir",
+        str(data),
+        "--workers",
+        "2",
+        "--durability",  # as in the test above
+        "always",
     )
     try:
         tracking_id = await _dispatch(port, unique("own"))

@@ -216,6 +216,20 @@ def never_sent(error: grpc.aio.AioRpcError) -> bool:
     return any(marker in details for marker in _NOT_SENT)
 
 
+# grpc.aio's own status for a client stream whose message could not be written
+# because the stream had already ended under it (a lost connection, a server that
+# answered first): it replaces the real status with this one (grpc/grpc#36066).
+_LOCAL_WRITE_FAILED = "Internal error from Core"
+
+
+def broken_while_writing(error: grpc.aio.AioRpcError) -> bool:
+    """Whether `error` is grpc.aio's INTERNAL for a client stream's write that failed
+    because the stream had ended (grpc/grpc#36066), not a status any server sent:
+    like UNAVAILABLE, the call may or may not have run, and may be sent again."""
+    details: str | None = error.details()
+    return error.code() == grpc.StatusCode.INTERNAL and details == _LOCAL_WRITE_FAILED
+
+
 # Codes that can end a call after the server ran it: the answer was lost on the
 # way (UNAVAILABLE), came too late (DEADLINE_EXCEEDED), was cut off (CANCELLED by
 # the server or a proxy), or the failure is not one the server chose to report

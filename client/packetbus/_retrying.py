@@ -14,7 +14,13 @@ import grpc
 
 from ._config import RetrySettings
 from ._errors import CLOSED, PacketbusError, client_closed, own_cancellation
-from ._retry_policy import MAYBE_APPLIED, Retry, maybe_applied, never_sent
+from ._retry_policy import (
+    MAYBE_APPLIED,
+    Retry,
+    broken_while_writing,
+    maybe_applied,
+    never_sent,
+)
 
 T = TypeVar("T")
 
@@ -72,9 +78,10 @@ async def retried(
             raise error from None
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
-            if code == grpc.StatusCode.UNAVAILABLE and (
-                policy is not Retry.ONCE or never_sent(exc)
-            ):
+            # A client stream cut while writing reads INTERNAL (grpc.aio's, not a
+            # server's): the connection broke, as with UNAVAILABLE.
+            lost = code == grpc.StatusCode.UNAVAILABLE or broken_while_writing(exc)
+            if lost and (policy is not Retry.ONCE or never_sent(exc)):
                 reached = reached or maybe_applied(exc)
                 delay = backoff.next_delay()
                 if time.monotonic() + delay < deadline:

@@ -50,6 +50,7 @@ from ._packet_service import caller_gone, storage_errors
 from ._packing import packs
 from ._store import cursor_millis
 from ._validation import Violation, validate_agent_id, validate_group_name, validate_topic
+from ._waits import retrieve_outcome
 
 log = logging.getLogger("packetbus.server.groups")
 
@@ -490,6 +491,8 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                             waiter = asyncio.create_task(
                                 self._store.wait_for_entries(stream.topic, newest, _WAIT_MS)
                             )
+                            # It may fail after the stream's last look at it.
+                            waiter.add_done_callback(retrieve_outcome)
                         waits.add(waiter)  # type: ignore[arg-type]
                     waits.add(settler)  # type: ignore[arg-type]
                     try:

@@ -17,6 +17,7 @@ from ._store import PacketStore
 log = logging.getLogger(__name__)
 
 SERVICES = ("", "packetbus.v1.PacketService")
+PING_TIMEOUT_SECONDS = 1.0
 
 
 class StoreHealth:
@@ -42,7 +43,11 @@ class StoreHealth:
         self._serving: bool | None = None
 
     async def check_once(self) -> bool:
-        timeout = max(0.2, min(1.0, self._interval))
+        # One second whatever the interval: a store that answers within it serves.
+        # A shorter wait (it was the interval, down to 0.2 s) called a live store
+        # down on a loaded machine or during a slot migration, and health flapped;
+        # a store that is down refuses at once, so a dead one shows no later.
+        timeout = PING_TIMEOUT_SECONDS
         answers = await self._store.ping(timeout=timeout)
         ok = answers
         if answers and self._guard is not None:

@@ -23,6 +23,8 @@ from typing import TypeVar
 
 import grpc
 
+from ._waits import retrieve_outcome
+
 T = TypeVar("T")
 
 SUBSCRIBE = "subscribe"
@@ -139,6 +141,8 @@ class Streams:
                     # Each response is awaited beside the drain signal, so a stream
                     # idle in a blocking read ends as soon as the drain starts.
                     step = asyncio.ensure_future(anext(responses))
+                    # Cancelled between its end and our look, its error is no news.
+                    step.add_done_callback(retrieve_outcome)
                     await asyncio.wait((step, ending), return_when=asyncio.FIRST_COMPLETED)
                     if not step.done():
                         await _cancel(step)
@@ -176,6 +180,7 @@ class Streams:
                 return await call
             ending = asyncio.ensure_future(self._ending.wait())
             task = asyncio.ensure_future(call)
+            task.add_done_callback(retrieve_outcome)  # as `step` above
             try:
                 await asyncio.wait((task, ending), return_when=asyncio.FIRST_COMPLETED)
                 if not task.done():

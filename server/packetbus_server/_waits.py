@@ -49,7 +49,7 @@ class SharedReads:
         found = self._reads.get(key)
         if found is None or found[0].done():
             read = asyncio.create_task(self._read(streams, count, block_ms))
-            read.add_done_callback(_retrieve)
+            read.add_done_callback(retrieve_outcome)
             found = (read, [0])
             self._reads[key] = found
         read, waiting = found
@@ -74,8 +74,11 @@ class SharedReads:
         return sum(1 for read, _ in self._reads.values() if not read.done())
 
 
-def _retrieve(read: asyncio.Task[Any]) -> None:
-    # Its callers saw the outcome; nobody else will ask for it.
-    if not read.cancelled():
+def retrieve_outcome(task: asyncio.Future[Any]) -> None:
+    """A done callback for a task whose failure is seen (or not needed) elsewhere:
+    marks its exception retrieved, so asyncio never reports "Task exception was
+    never retrieved" for a task that ended while nobody awaited it (a stream's
+    wait that failed as the stream ended)."""
+    if not task.cancelled():
         with contextlib.suppress(BaseException):
-            read.exception()
+            task.exception()
