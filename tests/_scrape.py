@@ -1,0 +1,45 @@
+"""Scraping a /metrics endpoint over real HTTP(S) and reading its samples."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import urllib.request
+from collections.abc import Mapping
+
+from prometheus_client.parser import text_string_to_metric_families
+
+# (sample name, sorted (label, value) pairs) -> value
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape_text(url: str, *, context: ssl.SSLContext | None = None, accept: str = "") -> str:
+    """The body of GET `url` (raises on an HTTP error)."""
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(request, timeout=10, context=context) as reply:
+        body: bytes = reply.read()
+        return body.decode()
+
+
+def parse(text: str) -> Samples:
+    """Every sample of a Prometheus text exposition."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def scrape(url: str, *, context: ssl.SSLContext | None = None) -> Samples:
+    """Scrape `url` off the event loop (the server under test may share it)."""
+    return parse(await asyncio.to_thread(scrape_text, url, context=context))
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sample `name` with exactly `labels`; 0 when absent (a counter not yet seen)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def rpc(service: str, method: str, grpc_type: str = "unary") -> Mapping[str, str]:
+    """go-grpc-prometheus's labels of one method."""
+    return {"grpc_service": service, "grpc_method": method, "grpc_type": grpc_type}
