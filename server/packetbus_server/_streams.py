@@ -80,6 +80,8 @@ class Streams:
         self._ending = asyncio.Event()
         self._all_ended = asyncio.Event()
         self._all_ended.set()
+        for kind in self._caps:
+            _gauge(kind)  # each kind shows, at 0, before its first stream
 
     def open_streams(self, kind: str | None = None) -> int:
         """Streams open now, of `kind` or of every kind."""
