@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,8 +29,8 @@ from dispatch_bench import (
     chunks,
     dispatch_calls,
     error_count,
-    fresh_packets,
     free_port,
+    fresh_packets,
     log,
     machine_info,
     make_packet,
@@ -69,6 +70,7 @@ def per_call_cost(calls: int = 200_000) -> dict[str, float]:
     """What one RPC's observation costs in this process (calls.begin + calls._record:
     started, handled by code, the histogram, one message each way), in ns."""
     import grpc
+
     from packetbus_server._observability import calls as observed
 
     def one() -> None:
@@ -151,18 +153,17 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
                 await start_system(stack, system, Path(tmp) / f"data-{system.name}")
                 for system in systems
             ]
-            scraper = subprocess.Popen(
-                [sys.executable, "-c", SCRAPER, url, str(SCRAPE_SECONDS)],
-                stdout=subprocess.PIPE,
-                text=True,
+            scraper = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", SCRAPER, url, str(SCRAPE_SECONDS), stdout=subprocess.PIPE
             )
             try:
                 for r in running:
                     await warm_up(r.lane.client, f"bench.{run_id}.{r.system.name}")
                 await run_rounds(running, run_id, args.packets, args.rounds)
             finally:
-                scraper.send_signal(2)  # SIGINT: it prints its tally
-                ok, failed = (int(x) for x in scraper.communicate(timeout=10)[0].split())
+                scraper.send_signal(signal.SIGINT)  # it prints its tally
+                tally, _ = await asyncio.wait_for(scraper.communicate(), 10)
+                ok, failed = (int(x) for x in tally.split())
         result["systems"] = {r.system.name: summary(r) for r in running}
         for r in running:
             result["systems"][r.system.name]["server_exit_code"] = r.server.exit_code
