@@ -43,3 +43,31 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def rpc(service: str, method: str, grpc_type: str = "unary") -> Mapping[str, str]:
     """go-grpc-prometheus's labels of one method."""
     return {"grpc_service": service, "grpc_method": method, "grpc_type": grpc_type}
+
+
+def _unsettled(samples: Samples, methods: tuple[str, ...]) -> list[str]:
+    """Methods of `methods` with calls started and not yet counted as handled."""
+    started: dict[str, float] = {}
+    handled: dict[str, float] = {}
+    for (name, labels), count in samples.items():
+        method = dict(labels).get("grpc_method", "")
+        if method not in methods:
+            continue
+        if name == "grpc_server_started_total":
+            started[method] = started.get(method, 0) + count
+        elif name == "grpc_server_handled_total":
+            handled[method] = handled.get(method, 0) + count
+    return [m for m in methods if started.get(m, 0) != handled.get(m, 0)]
+
+
+async def scrape_settled(url: str, *methods: str, context: ssl.SSLContext | None = None) -> Samples:
+    """Scrape `url` once every call of `methods` that started has been counted as
+    handled. grpc.aio sends an aborted call's status before the handler's own end
+    (where it is counted) runs, so a client may see its answer a moment before the
+    server has counted it."""
+    for _ in range(100):
+        samples = await scrape(url, context=context)
+        if not _unsettled(samples, methods):
+            return samples
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"calls of {_unsettled(samples, methods)} never ended")

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
 from packetbus_server import RunningServer, ServerConfig, start
 from tests._identity import Metadata
-from tests._scrape import Samples, rpc, scrape, scrape_text, value
+from tests._scrape import Samples, rpc, scrape, scrape_settled, scrape_text, value
 from tests._tokens import AUDIENCE, ISSUER, bearer, jwks, token
 from tests.conftest import new_packet, unique
 
@@ -80,7 +80,7 @@ async def _refused(call: object) -> grpc.StatusCode:
 async def test_handled_counts_by_the_code_the_client_saw(
     served: RunningServer, stub: packet_service_pb2_grpc.PacketServiceStub, auth: Metadata
 ) -> None:
-    before = await scrape(_url(served))
+    before = await scrape_settled(_url(served), "GetServerInfo", "GetPacket")
     info = packet_service_pb2.GetServerInfoRequest()
     for _ in range(3):
         await stub.GetServerInfo(info, metadata=auth)
@@ -90,7 +90,7 @@ async def test_handled_counts_by_the_code_the_client_saw(
     assert await _refused(stub.GetPacket(bad, metadata=auth)) == grpc.StatusCode.INVALID_ARGUMENT
     missing = packet_service_pb2.GetPacketRequest(tracking_id=new_packet("t").tracking_id)
     assert await _refused(stub.GetPacket(missing, metadata=auth)) == grpc.StatusCode.NOT_FOUND
-    after = await scrape(_url(served))
+    after = await scrape_settled(_url(served), "GetServerInfo", "GetPacket")
 
     def delta(method: str, code: str) -> float:
         return _handled(after, method, code) - _handled(before, method, code)
@@ -138,12 +138,12 @@ async def test_handled_counts_by_the_code_the_client_saw(
 async def test_bytes_that_are_not_protobuf_count_as_invalid_argument(
     served: RunningServer, auth: Metadata
 ) -> None:
-    before = await scrape(_url(served))
+    before = await scrape_settled(_url(served), "GetPacket")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
         raw = channel.unary_unary(f"/{PACKETS}/GetPacket")
         code = await _refused(raw(b"\xff\xff\xff", metadata=auth))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    after = await scrape(_url(served))
+    after = await scrape_settled(_url(served), "GetPacket")
     assert (
         _handled(after, "GetPacket", "INVALID_ARGUMENT")
         - _handled(before, "GetPacket", "INVALID_ARGUMENT")
@@ -156,7 +156,7 @@ async def test_a_subscription_counts_its_messages_and_is_an_open_stream_while_it
 ) -> None:
     topic = unique("metrics")
     stream = rpc(PACKETS, "Subscribe", "server_stream")
-    before = await scrape(_url(served))
+    before = await scrape_settled(_url(served), "Dispatch", "Subscribe")
     for _ in range(3):  # three Dispatch calls: three responses on the subscription
         await stub.Dispatch(
             packet_service_pb2.DispatchRequest(packets=[new_packet(topic)]), metadata=auth
@@ -174,7 +174,7 @@ async def test_a_subscription_counts_its_messages_and_is_an_open_stream_while_it
         responses += 1
         if delivered == 3:
             break
-    during = await scrape(_url(served))
+    during = await scrape_settled(_url(served), "Dispatch")
     subscription.cancel()
     # The server sees the cancellation shortly after the client does.
     for _ in range(100):

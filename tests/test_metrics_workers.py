@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 
 from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
-from tests._scrape import Samples, rpc, scrape, value
+from tests._scrape import Samples, rpc, scrape, scrape_settled, value
 from tests.conftest import free_port, packetbus_serve
 
 PACKETS = "packetbus.v1.PacketService"
@@ -57,17 +57,19 @@ async def test_the_supervisor_serves_the_sum_of_its_workers(redis_url: str, tmp_
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
         _wait_serving(process, 1)  # packetbus_serve saw the first
-        before = await scrape(url)
+        before = await scrape_settled(url, "GetServerInfo")
         info = packet_service_pb2.GetServerInfoRequest()
         for _ in range(CONNECTIONS):
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            # A connection of its own (gRPC would share one between channels).
+            own = [("grpc.use_local_subchannel_pool", 1)]
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=own) as channel:
                 stub = packet_service_pb2_grpc.PacketServiceStub(channel)
                 for _ in range(CALLS):
                     await stub.GetServerInfo(info)
         (directory,) = counting.iterdir()
         writers = {path.stem.rpartition("_")[2] for path in directory.glob("counter_*.db")}
         assert len(writers) == 2, writers  # both workers counted calls
-        after = await scrape(url)
+        after = await scrape_settled(url, "GetServerInfo")
         assert _ok(after) - _ok(before) == CONNECTIONS * CALLS
 
         # An open stream shows in the sum (livesum) while it is open, and not after.
