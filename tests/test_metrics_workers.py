@@ -5,6 +5,7 @@ included, and its counting directory goes when it exits."""
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 from pathlib import Path
 
@@ -19,13 +20,15 @@ CONNECTIONS = 16  # SO_REUSEPORT spreads connections: both workers get some
 CALLS = 3  # per connection
 
 
-def _wait_serving(process: subprocess.Popen[str], more: int) -> None:
-    """Read `process`'s output until `more` further workers say they serve."""
+def _wait_serving(process: subprocess.Popen[str], workers: int) -> None:
+    """Read `process`'s output until `workers` workers say they serve ("packetbus
+    VERSION serving on ..."; `packetbus_serve` returned on the supervisor's log line
+    "N workers serving on", which comes as they are launched)."""
     assert process.stdout is not None
-    while more:
+    while workers:
         line = process.stdout.readline()
         assert line, f"server exited with {process.wait()}"
-        more -= "serving on" in line
+        workers -= re.match(r"packetbus \S+ serving on ", line) is not None
 
 
 def _ok(samples: Samples) -> float:
@@ -56,7 +59,7 @@ async def test_the_supervisor_serves_the_sum_of_its_workers(redis_url: str, tmp_
     )
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
-        _wait_serving(process, 1)  # packetbus_serve saw the first
+        _wait_serving(process, 2)
         before = await scrape_settled(url, "GetServerInfo")
         info = packet_service_pb2.GetServerInfoRequest()
         for _ in range(CONNECTIONS):
