@@ -5,15 +5,18 @@ and the exact deltas, with go-grpc-prometheus's names, labels and codes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from prometheus_client.metrics_core import Metric
 
 from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
 from packetbus_server import RunningServer, ServerConfig, start
+from packetbus_server._observability.store_metrics import StoreCollector
 from tests._identity import Metadata
 from tests._scrape import Samples, rpc, scrape, scrape_settled, scrape_text, value
 from tests._tokens import AUDIENCE, ISSUER, bearer, jwks, token
@@ -223,3 +226,25 @@ async def test_openmetrics_when_the_scraper_asks_for_it(served: RunningServer) -
 async def test_no_endpoint_unless_asked(server: RunningServer) -> None:
     assert server.metrics is None
     assert server.metrics_port is None
+
+
+async def test_a_slow_scrape_does_not_hold_up_calls(
+    served: RunningServer,
+    stub: packet_service_pb2_grpc.PacketServiceStub,
+    auth: Metadata,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The store collector reads the store on each scrape; make that read take 2 s.
+    def slow(self: StoreCollector) -> Iterable[Metric]:
+        time.sleep(2)
+        return ()
+
+    monkeypatch.setattr(StoreCollector, "collect", slow)
+    scraping = asyncio.ensure_future(asyncio.to_thread(scrape_text, _url(served)))
+    await asyncio.sleep(0.2)  # the scrape is now inside the slow read
+    started = time.monotonic()
+    for _ in range(5):
+        await stub.GetServerInfo(packet_service_pb2.GetServerInfoRequest(), metadata=auth)
+    assert time.monotonic() - started < 1.5
+    assert not scraping.done()
+    assert "grpc_server_started_total" in await scraping
