@@ -288,6 +288,14 @@ def _parser() -> argparse.ArgumentParser:
         "the port may do anything (env PACKETBUS_INSECURE=1)",
     )
     serve.add_argument(
+        "--metrics-listen",
+        default=os.environ.get("PACKETBUS_METRICS_LISTEN") or None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (https with --tls-cert); "
+        "beyond loopback only with TLS or --insecure; with --workers, the sum of all "
+        "workers (env PACKETBUS_METRICS_LISTEN; default off)",
+    )
+    serve.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -515,6 +523,13 @@ def _serve(args: argparse.Namespace) -> int:
     )
     if problem:
         return fail(f"cannot start: {problem}", 2)
+    if args.metrics_listen is not None:
+        from packetbus_server._observability.endpoint import parse_address
+
+        try:
+            parse_address(args.metrics_listen)
+        except ValueError as exc:
+            return fail(f"cannot start: {exc}", 2)
     problem = serve_preflight(args.listen, args.policy, durability=args.durability)
     if problem:
         return fail(f"cannot start: {problem}")
@@ -564,6 +579,7 @@ def _serve(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         tracing=args.otel,
         otlp_export=args.otel,
+        metrics_listen=args.metrics_listen,
     )
     problem, code = security_preflight(config)
     if problem:

@@ -54,6 +54,7 @@ from ._hop_store import HopStore
 from ._key_store import KeyStore
 from ._keyring import KEYRING_FILE, SEED_ENV, Keyring
 from ._limits import Limits
+from ._observability import endpoint
 from ._packet_service import PacketService
 from ._policy_service import Governor, PolicyService
 from ._policy_store import PolicyStore
@@ -167,6 +168,9 @@ class ServerConfig:
     # from the standard OTEL_* environment variables. Off: no opentelemetry import.
     tracing: bool = False
     otlp_export: bool = False
+    # Serve Prometheus /metrics on this HOST:PORT (port 0: any free one); beyond
+    # loopback only with TLS (the tls_* files above) or `insecure`. None: off.
+    metrics_listen: str | None = None
 
 
 def tls_credentials(config: ServerConfig) -> ReloadingCredentials | None:
@@ -454,6 +458,9 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
             ),
         )
         port = listen(server, config, None if tls is None else tls.credentials())
+        metrics = endpoint.serve(config, redis_url, embedded=embedded is not None)
+        if metrics is not None:
+            undo.push_async_callback(asyncio.to_thread, metrics.close)
         store_health = StoreHealth(
             store,
             health_servicer,
@@ -485,6 +492,7 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
         policy_watch,
         streams,
         reads,
+        metrics,
     )
 
 
@@ -518,6 +526,8 @@ async def serve(config: ServerConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     if srv.policy is not None and srv.policy.path is not None:
         loop.add_signal_handler(signal.SIGHUP, srv.policy.reload_now)
+    if srv.metrics is not None:
+        print(f"packetbus metrics on {srv.metrics.url}", flush=True)
     print(
         f"packetbus {VERSION} serving on {config.listen.rsplit(':', 1)[0]}:{srv.port}",
         flush=True,

@@ -72,6 +72,27 @@ def tls_settings_problem(config: ServerConfig) -> str | None:
 
 def exposure_problem(config: ServerConfig) -> str | None:
     """Why `config` must not serve as it is (one line naming the flags), or None."""
+    return _grpc_exposure_problem(config) or metrics_exposure_problem(config)
+
+
+def metrics_exposure_problem(config: ServerConfig) -> str | None:
+    """Why `config.metrics_listen` must not serve, or None. Metrics name the
+    server's methods, groups and queues, so beyond loopback they are served over
+    TLS (the gRPC port's certificate, and its client CA when set) or with
+    ``--insecure``; a scraper proves who it is with a client certificate, if any."""
+    listen = config.metrics_listen
+    if listen is None or config.insecure or is_loopback(listen):
+        return None
+    if config.tls_cert_file is not None and config.tls_key_file is not None:
+        return None
+    return (
+        f"refusing to serve metrics on {listen} (beyond loopback) without TLS: give "
+        "--tls-cert and --tls-key (and --tls-client-ca to require a client certificate), "
+        "serve them on loopback only, or --insecure"
+    )
+
+
+def _grpc_exposure_problem(config: ServerConfig) -> str | None:
     if config.insecure or is_loopback(config.listen):
         return None
     tls = config.tls_cert_file is not None

@@ -18,6 +18,7 @@ from ._agent_reaper import AgentReaper
 from ._durability import Durability, inspect_store, plan_durability
 from ._embedded import EmbeddedValkey
 from ._health import StoreHealth
+from ._observability.endpoint import MetricsEndpoint
 from ._policy_watch import PolicyWatch
 from ._store import PacketStore, connect_redis
 from ._streams import Streams
@@ -203,6 +204,13 @@ class RunningServer:
     # Admission and drain of streaming RPCs, and their blocking reads' own client.
     streams: Streams | None = None
     reads: SharedReads | None = None
+    # The /metrics endpoint (config.metrics_listen), stopped last.
+    metrics: MetricsEndpoint | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The bound port of the /metrics endpoint (useful with ``:0``), or None."""
+        return None if self.metrics is None else self.metrics.port
 
     async def stop(self, grace: float | None = None, *, notice: float | None = None) -> None:
         """Drain: report NOT_SERVING (Check and Watch) for `notice` seconds while new
@@ -232,6 +240,8 @@ class RunningServer:
                 await asyncio.wait_for(step, limit)
             except TimeoutError:
                 log.error("drain: %s did not stop within %.0fs; going on", name, limit)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)
         if self.embedded is not None:
             await self.embedded.stop_keeping()
             await asyncio.to_thread(self.embedded.stop)

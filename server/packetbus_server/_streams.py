@@ -19,10 +19,11 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
+from ._observability import metrics
 from ._waits import retrieve_outcome
 
 T = TypeVar("T")
@@ -51,6 +52,18 @@ def kind_of(method_name: str) -> str:
     return TRANSFER
 
 
+def _gauge(kind: str) -> Any:
+    """packetbus_open_streams of `kind` (its label: the kind, "_" for a space)."""
+    child = _GAUGES.get(kind)
+    if child is None:
+        child = _GAUGES[kind] = metrics.open_streams.labels(kind.replace(" ", "_"))
+    return child
+
+
+# kind -> its labelled gauge, made once (labels() costs a lock and a lookup).
+_GAUGES: dict[str, Any] = {}
+
+
 class Streams:
     """Counts open streams by kind and by peer; ends them on drain.
 
@@ -68,6 +81,8 @@ class Streams:
         self._ending = asyncio.Event()
         self._all_ended = asyncio.Event()
         self._all_ended.set()
+        for kind in self._caps:
+            _gauge(kind)  # each kind shows, at 0, before its first stream
 
     def open_streams(self, kind: str | None = None) -> int:
         """Streams open now, of `kind` or of every kind."""
@@ -111,11 +126,13 @@ class Streams:
             )
         self._open[kind] += 1
         self._by_peer[peer] += 1
+        _gauge(kind).inc()
         return peer
 
     def _leave(self, kind: str, peer: str) -> None:
         self._open[kind] -= 1
         self._by_peer[peer] -= 1
+        _gauge(kind).dec()
         if self._by_peer[peer] <= 0:
             del self._by_peer[peer]
         if not any(self._open[k] for k in ENDS_ON_DRAIN):

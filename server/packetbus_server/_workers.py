@@ -26,6 +26,7 @@ from ._eviction import require_noeviction
 from ._exposure import require_safe_listen
 from ._keyring import KEYRING_FILE, SEED_ENV, Keyring
 from ._observability import logs
+from ._observability.endpoint import WorkerMetrics, worker_metrics
 from ._retry import with_retries
 from ._store import connect_redis
 
@@ -93,7 +94,15 @@ def run_workers(config: ServerConfig, workers: int) -> None:
             # Here, once: a store that may evict is one line from the command,
             # not a traceback from each worker.
             asyncio.run(_require_noeviction(shared.redis_url or ""))
-        _supervise(shared, workers, embedded)
+        # The supervisor serves /metrics: its workers' counts summed, and the store's.
+        metrics = worker_metrics(shared, shared.redis_url or "", embedded=embedded is not None)
+        try:
+            if metrics is not None:
+                print(f"packetbus metrics on {metrics.endpoint.url}", flush=True)
+            _supervise(replace(shared, metrics_listen=None), workers, embedded, metrics)
+        finally:
+            if metrics is not None:
+                metrics.close()
     finally:
         if embedded is not None:
             embedded.stop()
@@ -118,7 +127,12 @@ async def _require_noeviction(url: str) -> None:
         await redis.aclose()
 
 
-def _supervise(config: ServerConfig, workers: int, embedded: EmbeddedValkey | None) -> None:
+def _supervise(
+    config: ServerConfig,
+    workers: int,
+    embedded: EmbeddedValkey | None,
+    metrics: WorkerMetrics | None = None,
+) -> None:
     context = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -153,6 +167,7 @@ def _supervise(config: ServerConfig, workers: int, embedded: EmbeddedValkey | No
                 stopping = True
                 break
             log.warning("worker %d exited (%s); starting a new one", i, process.exitcode)
+            _gone(process, metrics)
             procs[i] = launch()
         time.sleep(0.2)
 
@@ -167,3 +182,11 @@ def _supervise(config: ServerConfig, workers: int, embedded: EmbeddedValkey | No
             log.error("a worker did not drain in time; killing it")
             process.kill()
             process.join()
+    for process, _ in procs:
+        _gone(process, metrics)
+
+
+def _gone(process: multiprocessing.process.BaseProcess, metrics: WorkerMetrics | None) -> None:
+    """A worker that exited: its live gauges no longer count (see WorkerMetrics)."""
+    if metrics is not None and process.pid is not None:
+        metrics.worker_gone(process.pid)

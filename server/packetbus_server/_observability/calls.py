@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from . import request_log
+from . import metrics, request_log
 
 UNARY = "unary"
 CLIENT_STREAM = "client_stream"
@@ -27,26 +26,97 @@ SERVER_STREAM = "server_stream"
 BIDI_STREAM = "bidi_stream"
 
 
-@dataclass(slots=True)
+class _Meters:
+    """The labelled children of one method's grpc_server_* metrics, made once:
+    `labels()` costs a lock and a dict lookup, too much for every call."""
+
+    __slots__ = ("handled", "handled_by_code", "received", "seconds", "sent", "started")
+
+    def __init__(self, labels: tuple[str, str, str]) -> None:
+        self.started = metrics.grpc_server_started.labels(*labels)
+        self.seconds = metrics.grpc_server_handling_seconds.labels(*labels)
+        self.received = metrics.grpc_server_msg_received.labels(*labels)
+        self.sent = metrics.grpc_server_msg_sent.labels(*labels)
+        self.handled = labels
+        self.handled_by_code: dict[grpc.StatusCode, Any] = {}
+
+    def handled_with(self, code: grpc.StatusCode) -> Any:
+        child = self.handled_by_code.get(code)
+        if child is None:
+            # go-grpc-prometheus's grpc_code: the code's name (OK, NOT_FOUND, ...).
+            child = metrics.grpc_server_handled.labels(*self.handled, code.name)
+            self.handled_by_code[code] = child
+        return child
+
+
+# (service, method, grpc_type) -> its meters: bounded by the methods served.
+_meters: dict[tuple[str, str, str], _Meters] = {}
+
+
+def _meters_of(service: str, method: str, grpc_type: str) -> _Meters:
+    key = (service, method, grpc_type)
+    found = _meters.get(key)
+    if found is None:
+        found = _meters[key] = _Meters((grpc_type, service, method))
+    return found
+
+
 class Call:
     """An RPC being observed: `service` and `method` as in the proto (e.g.
     "packetbus.v1.PacketService", "Dispatch"); `grpc_type` one of UNARY,
     CLIENT_STREAM, SERVER_STREAM, BIDI_STREAM (go-grpc-prometheus's values);
     `request` the unary request (None for a client stream) for the log's
-    tracking ids; `started` a perf_counter() reading (seconds)."""
+    tracking ids; `started` a perf_counter() reading (seconds).
 
-    service: str
-    method: str
-    grpc_type: str
-    request: Any
-    started: float = field(default_factory=time.perf_counter)
-    received: int = 0
-    sent: int = 0
+    `received` and `sent` count the call's messages; each increase is counted in
+    grpc_server_msg_received_total / _sent_total at once, as go-grpc-prometheus
+    does, so a long stream's messages show while it is open."""
+
+    __slots__ = (
+        "_meters",
+        "_received",
+        "_sent",
+        "grpc_type",
+        "method",
+        "request",
+        "service",
+        "started",
+    )
+
+    def __init__(self, service: str, method: str, grpc_type: str, request: Any) -> None:
+        self.service = service
+        self.method = method
+        self.grpc_type = grpc_type
+        self.request = request
+        self._meters = _meters_of(service, method, grpc_type)
+        self._received = 0
+        self._sent = 0
+        self.started = time.perf_counter()
+
+    @property
+    def received(self) -> int:
+        return self._received
+
+    @received.setter
+    def received(self, count: int) -> None:
+        self._meters.received.inc(count - self._received)
+        self._received = count
+
+    @property
+    def sent(self) -> int:
+        return self._sent
+
+    @sent.setter
+    def sent(self, count: int) -> None:
+        self._meters.sent.inc(count - self._sent)
+        self._sent = count
 
 
 def begin(service: str, method: str, grpc_type: str, request: Any) -> Call:
-    """Observe a call that starts now."""
-    return Call(service, method, grpc_type, request)
+    """Observe a call that starts now (counted in grpc_server_started_total)."""
+    call = Call(service, method, grpc_type, request)
+    call._meters.started.inc()
+    return call
 
 
 def status_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
@@ -73,9 +143,11 @@ def end(call: Call, context: grpc.aio.ServicerContext, error: BaseException | No
 
 
 def _record(call: Call, code: grpc.StatusCode, seconds: float) -> None:
-    # Filled by the metrics work (issue 15, item 1): grpc_server_handled_total,
-    # grpc_server_handling_seconds, grpc_server_msg_*.
-    del call, code, seconds
+    # go-grpc-prometheus: handled_total by code and handling_seconds at the end;
+    # started_total in begin, the messages as they go (Call.received, Call.sent).
+    meters = call._meters
+    meters.handled_with(code).inc()
+    meters.seconds.observe(seconds)
 
 
 def _log(

@@ -97,7 +97,7 @@ custody_entries_signed = Counter(
 # --- delivery ---
 open_streams = Gauge(
     "packetbus_open_streams",
-    "Streams open now, by kind: subscribe, pull, watch, export, transfer.",
+    "Streams open now, by kind: subscribe, pull, watch, export, transfer, health_watch.",
     ("kind",),
     multiprocess_mode="livesum",
 )
