@@ -6,13 +6,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from google.protobuf import json_format
 
-from ._cli_args import ATTEMPTS, COUNT, SECONDS, number
+from ._cli_args import ATTEMPTS, COUNT, SECONDS, fail, number
 from ._cli_json import json_line, json_pretty
 from ._client import EARLIEST, LATEST, Client
 
@@ -169,10 +168,7 @@ async def _carcel(client: Client, args: argparse.Namespace) -> int:
         print(json.dumps({"cursor": cursor}))
     else:
         if bool(args.ids) == args.all:
-            print(
-                "packetbus: carcel purge: name the entries (ID ...) or pass --all", file=sys.stderr
-            )
-            return 2
+            return fail("carcel purge: name the entries (ID ...) or pass --all", 2)
         purged = await client.purge_carcel(args.topic, args.ids, timeout=t)
         print(json.dumps({"purged": purged}))
     return 0
