@@ -226,15 +226,17 @@ async def _context(client: Client, args: argparse.Namespace) -> int:
         )
     elif command == "list":
         token = ""
-        while True:
-            page = await client.list_contexts(
-                args.scope, name_prefix=args.prefix, page_token=token, timeout=t
-            )
-            for document in page.documents:
-                print(json_line(document))
-            token = page.next_page_token
-            if not token:
-                break
+        with bar("documents", unit="documents", beside_output=True) as shown:
+            while True:
+                page = await client.list_contexts(
+                    args.scope, name_prefix=args.prefix, page_token=token, timeout=t
+                )
+                for document in page.documents:
+                    print(json_line(document))
+                shown.update(len(page.documents))
+                token = page.next_page_token
+                if not token:
+                    break
     elif command == "watch":
         seen = 0
         async for response in client.watch_context(
@@ -305,17 +307,19 @@ async def _records(client: Client, args: argparse.Namespace) -> int:
     elif args.records_command == "get":
         print(json_pretty(await client.get_record(kind, args.record_id, timeout=t)))
     else:
-        token, shown = "", 0
-        while shown < args.limit:
-            page = await client.list_records(
-                kind, page_size=min(100, args.limit - shown), page_token=token, timeout=t
-            )
-            for stored in page.records:
-                print(json_line(stored))
-            shown += len(page.records)
-            token = page.next_page_token
-            if not token:
-                break
+        token, listed = "", 0
+        with bar(f"{args.kind} records", unit="records", beside_output=True) as shown:
+            while listed < args.limit:
+                page = await client.list_records(
+                    kind, page_size=min(100, args.limit - listed), page_token=token, timeout=t
+                )
+                for stored in page.records:
+                    print(json_line(stored))
+                listed += len(page.records)
+                shown.update(len(page.records))
+                token = page.next_page_token
+                if not token:
+                    break
     return 0
 
 

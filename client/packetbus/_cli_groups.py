@@ -13,6 +13,7 @@ from google.protobuf import json_format
 
 from ._cli_args import ATTEMPTS, COUNT, SECONDS, fail, number
 from ._cli_json import json_line, json_pretty
+from ._cli_progress import bar
 from ._client import EARLIEST, LATEST, Client
 
 Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
@@ -159,8 +160,10 @@ async def _inbox(client: Client, args: argparse.Namespace) -> int:
 async def _carcel(client: Client, args: argparse.Namespace) -> int:
     t = args.timeout
     if args.carcel_command == "list":
-        async for entry in client.carcel_entries(args.topic, reason=args.reason, timeout=t):
-            print(json_line(entry), flush=True)
+        with bar("carcel entries", unit="entries", beside_output=True) as shown:
+            async for entry in client.carcel_entries(args.topic, reason=args.reason, timeout=t):
+                print(json_line(entry), flush=True)
+                shown.update()
     elif args.carcel_command == "get":
         print(json_pretty(await client.get_carcel_entry(args.topic, args.id, timeout=t)))
     elif args.carcel_command == "requeue":

@@ -50,10 +50,14 @@ def json_output() -> bool:
     return _settings.json
 
 
-def bars_shown() -> bool:
+def bars_shown(*, beside_output: bool = False) -> bool:
     """Whether progress bars are drawn: stderr a terminal, no --quiet, and stdout not
-    --json for a machine (a pipe or file)."""
+    --json for a machine (a pipe or file). `beside_output`: the command prints its
+    lines as the bar moves (a listing), so only when stdout is not the terminal too
+    (`carcel list t > entries.jsonl`): lines and a bar on one screen would mangle both."""
     if _settings.quiet or not _isatty(sys.stderr):
+        return False
+    if beside_output and _isatty(sys.stdout):
         return False
     return not (_settings.json and not _isatty(sys.stdout))
 
@@ -66,11 +70,13 @@ def _isatty(stream: Any) -> bool:
 
 
 @contextmanager
-def bar(description: str, *, unit: str, total: int | None = None) -> Iterator[tqdm[Any]]:
+def bar(
+    description: str, *, unit: str, total: int | None = None, beside_output: bool = False
+) -> Iterator[tqdm[Any]]:
     """A progress bar on stderr for `description` counting `unit`s ("packets", or
     "B" for bytes, shown scaled in KiB/MiB) out of `total` (None: unknown, a count
-    and a rate only). Disabled (updates do nothing) unless `bars_shown()`; closed
-    when the block ends, successful or not."""
+    and a rate only). Disabled (updates do nothing) unless `bars_shown(beside_output)`;
+    closed when the block ends, successful or not."""
     in_bytes = unit == "B"
     progress: tqdm[Any] = tqdm(
         total=total,
@@ -79,7 +85,7 @@ def bar(description: str, *, unit: str, total: int | None = None) -> Iterator[tq
         unit_scale=in_bytes,
         unit_divisor=1024 if in_bytes else 1000,
         file=sys.stderr,
-        disable=not bars_shown(),
+        disable=not bars_shown(beside_output=beside_output),
         dynamic_ncols=True,
         leave=False,  # the result line (or the error) says how it ended
     )
@@ -107,11 +113,12 @@ def error_line(message: str, *, code: str, reason: str | None = None) -> str:
     ``{"code": CODE, "message": MESSAGE, "reason": REASON}`` on one line. `code` is the
     failed call's gRPC status name (NOT_FOUND, PERMISSION_DENIED, ...), or for the
     command's own failure INVALID_ARGUMENT (exit 2), FAILED_PRECONDITION (exit 1) or
-    INTERNAL (a bug); `reason` the server's ErrorInfo reason, else null."""
+    INTERNAL (a bug); `reason` the server's ErrorInfo reason, else null. Usage
+    errors found while parsing the command line (exit 2) are argparse's text line."""
     if _settings.json:
-        return json.dumps(
-            {"code": code, "message": message, "reason": reason}, separators=(",", ":")
-        )
+        # The human line's "NOT_FOUND: ..." prefix is the code field here.
+        fields = {"code": code, "message": message.removeprefix(f"{code}: "), "reason": reason}
+        return json.dumps(fields, separators=(",", ":"))
     return f"packetbus: {message}"
 
 
