@@ -197,7 +197,11 @@ def _check(argv: list[str], code: int, stderr: str) -> None:
     assert "Traceback" not in stderr, (argv, stderr)
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, (argv, stderr)
-    assert lines[0].startswith("packetbus"), (argv, stderr)
+    if lines[0].startswith("{"):  # asked for --json: the error is one JSON object
+        assert "--json" in argv, (argv, stderr)
+        assert set(json.loads(lines[0])) == {"code", "message", "reason"}, (argv, stderr)
+    else:
+        assert lines[0].startswith("packetbus"), (argv, stderr)
 
 
 def _argv(template: list[str], files: dict[str, str]) -> list[str]:

@@ -31,6 +31,7 @@ from ._cli_args import (
     Parser,
     authorization_preflight,
     fail,
+    fail_call,
     guarded,
     integer,
     number,
@@ -46,6 +47,7 @@ from ._cli_connection import (
     store_url,
 )
 from ._cli_json import json_line, json_pretty
+from ._cli_progress import add_output_flags, configure, info
 from ._client import EARLIEST, LATEST, Client, fill_defaults, sign_as
 from ._config import DEFAULT_TARGET, TARGET_ENV, AgentIdentity
 from ._errors import PacketbusError, describe_gap
@@ -369,11 +371,11 @@ def _parser() -> argparse.ArgumentParser:
     _cli_policy.add_parsers(commands)
 
     commands.add_parser("info", help="print server info as JSON")
-    health = commands.add_parser(
+    commands.add_parser(
         "health", help="exit 0 if the server reports SERVING (grpc.health.v1), 1 otherwise"
     )
-    health.add_argument("--json", action="store_true", help='print {"status": ...}')
     add_to_subcommands(parser, skip=frozenset({"serve"}))
+    add_output_flags(parser)
     return parser
 
 
@@ -427,11 +429,13 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
         # Stored or not: the same packet again answers the original result.
         return fail(
             f"{exc.code.name}: {exc.message} (the packet may have been stored: run the "
-            f"command again with --tracking-id {packet.tracking_id} to find out)"
+            f"command again with --tracking-id {packet.tracking_id} to find out)",
+            status=exc.code.name,
         )
     print(json_pretty(result))
     if result.WhichOneof("outcome") == "error":
-        return fail(_describe(PacketbusError.from_status(result.error)))
+        refused = PacketbusError.from_status(result.error)
+        return fail_call(refused, _describe(refused))
     return 0
 
 
@@ -445,7 +449,7 @@ def _print_gap(gap: packet_service_pb2.SubscriptionGap) -> None:
     # On stdout with the packets, so a consumer of the JSON lines sees the gap
     # in its place; on stderr for the person watching.
     print(json.dumps({"gap": json_format.MessageToDict(gap)}, separators=(",", ":")), flush=True)
-    print(f"packetbus: warning: {describe_gap(gap)}", file=sys.stderr, flush=True)
+    info(f"warning: {describe_gap(gap)}")
 
 
 async def _tail(client: Client, args: argparse.Namespace) -> int:
@@ -614,11 +618,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit status. A usage error exits 2 (argparse); every
     other failure is one line on stderr (see `guarded`)."""
     args = _parser().parse_args(argv)
+    configure(json_output=args.json, quiet=args.quiet)
     return guarded(lambda: _main(args), _describe)
 
 
 def _main(args: argparse.Namespace) -> int:
     if args.command == "serve":
+        if args.json:
+            return fail("serve prints no result, only its log: --json does not apply to it", 2)
         return _serve(args)
     local = _cli_policy.run_local(args)
     if local is None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._cli_args import COUNT, SECONDS
 from ._cli_json import json_line, json_pretty
+from ._cli_progress import info, json_output
 from ._client import Client
 from ._config import AgentIdentity
 
@@ -105,10 +106,13 @@ async def _agents(client: Client, args: argparse.Namespace) -> int:
         removed = await client.deregister_agent(
             args.agent_id, cascade=args.cascade, allow_missing=args.allow_missing, timeout=t
         )
-        for agent_id in removed:
-            print(agent_id)
+        if json_output():
+            print(json.dumps({"removed": removed}))
+        else:
+            for agent_id in removed:
+                print(agent_id)
         if not removed:
-            print(f"packetbus: {args.agent_id} was not registered", file=sys.stderr)
+            info(f"{args.agent_id} was not registered")
     else:
         seen = 0
         async for event in client.watch_agents(

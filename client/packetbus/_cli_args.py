@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from google.protobuf import json_format
 
+from ._cli_progress import BUG_CODE, FAILED_CODE, USAGE_CODE, error
 from ._errors import PacketbusError
 
 if TYPE_CHECKING:
@@ -91,10 +92,23 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def fail(message: str, code: int = 1) -> int:
-    """Say what went wrong on one stderr line; the exit code to return."""
-    print(f"packetbus: {one_line(message)}", file=sys.stderr)
+def fail(
+    message: str, code: int = 1, *, status: str | None = None, reason: str | None = None
+) -> int:
+    """Say what went wrong on one stderr line (with --json, one JSON object: see
+    `_cli_progress.error_line`); the exit code to return. `status`: the failed
+    call's gRPC status name; None for the command's own failure (named by `code`:
+    2 INVALID_ARGUMENT, else FAILED_PRECONDITION). `reason`: the server's ErrorInfo
+    reason, if it sent one."""
+    name = status or (USAGE_CODE if code == 2 else FAILED_CODE)
+    error(one_line(message), code=name, reason=reason)
     return code
+
+
+def fail_call(exc: PacketbusError, message: str) -> int:
+    """`fail` for a failed call: exit 1, its status and reason named."""
+    reason = exc.error_info.reason if exc.error_info else None
+    return fail(message, status=exc.code.name, reason=reason or None)
 
 
 def _os_message(exc: OSError) -> str:
@@ -111,7 +125,7 @@ def guarded(run: Callable[[], int], describe: Callable[[PacketbusError], str]) -
     try:
         return run()
     except PacketbusError as exc:
-        return fail(describe(exc))
+        return fail_call(exc, describe(exc))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -127,7 +141,7 @@ def guarded(run: Callable[[], int], describe: Callable[[PacketbusError], str]) -
     except Exception as exc:
         if os.environ.get("PACKETBUS_TRACEBACK") == "1":
             raise
-        return fail(f"unexpected error ({type(exc).__name__}): {exc}")
+        return fail(f"unexpected error ({type(exc).__name__}): {exc}", status=BUG_CODE)
 
 
 def serve_preflight(

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from google.protobuf import json_format
+from tqdm import tqdm
 
 from packetbus.v1 import contents_pb2
 from packetbus.v1 import record_service_pb2 as record_pb
@@ -18,6 +20,7 @@ from packetbus.v1.context_service_pb2 import LogEntry
 
 from ._cli_args import COUNT, INT64, fail, integer
 from ._cli_json import json_line, json_pretty
+from ._cli_progress import bar, counted, json_output
 from ._client import Client
 from ._context import file_chunks, file_digest, new_entry
 from ._errors import PacketbusError
@@ -123,7 +126,11 @@ def add_parsers(commands: Any) -> None:
     rsub = records.add_subparsers(dest="records_command", required=True, metavar="COMMAND")
     rput = rsub.add_parser("put", help="store a record given as protobuf JSON")
     rput.add_argument("kind", choices=sorted(_RECORD_KINDS))
-    rput.add_argument("json", help='the record\'s fields as JSON, e.g. \'{"label": "run-1"}\'')
+    rput.add_argument(
+        "record_json",
+        metavar="JSON",
+        help='the record\'s fields as JSON, e.g. \'{"label": "run-1"}\'',
+    )
     rput.add_argument("--origin", required=True)
     rput.add_argument(
         "--retention", type=integer(0, INT64), default=0, help="seconds (default: the kind's)"
@@ -153,20 +160,28 @@ async def _put(client: Client, args: argparse.Namespace) -> int:
     }
     try:
         if args.file is None:
+            # All of stdin first: sent as bytes, a put is retried after a lost connection.
             document = await client.put_context(
                 args.scope, args.name, sys.stdin.buffer.read(), **options
             )
         else:
             size, digest = file_digest(args.file)
-            document = await client.put_context(
-                args.scope, args.name, file_chunks(args.file), size=size, sha256=digest, **options
-            )
+            with bar(f"putting {args.name}", unit="B", total=size) as shown:
+                document = await client.put_context(
+                    args.scope,
+                    args.name,
+                    counted(file_chunks(args.file), shown),
+                    size=size,
+                    sha256=digest,
+                    **options,
+                )
     except PacketbusError as exc:
         if not exc.outcome_unknown:
             raise
         return fail(
             f"{exc.code.name}: {exc.message} (it may have been committed: run the command "
-            f"again with --upload-id {options['upload_id']} to find out)"
+            f"again with --upload-id {options['upload_id']} to find out)",
+            status=exc.code.name,
         )
     print(json_pretty(document))
     return 0
@@ -180,12 +195,21 @@ async def _context(client: Client, args: argparse.Namespace) -> int:
     if command == "get":
         if args.out is None:
             value = await client.get_context(args.scope, args.name, version=args.version, timeout=t)
-            sys.stdout.buffer.write(value.data)
-            sys.stdout.buffer.flush()
+            if json_output():  # the bytes as protobuf JSON writes bytes: base64
+                fields = json_format.MessageToDict(value.document)
+                fields["data"] = base64.b64encode(value.data).decode()
+                print(json.dumps(fields, indent=2))
+            else:
+                sys.stdout.buffer.write(value.data)
+                sys.stdout.buffer.flush()
         else:
-            with args.out.open("wb") as sink:
+            with args.out.open("wb") as sink, bar(f"getting {args.name}", unit="B") as shown:
                 document = await client.get_context_to(
-                    args.scope, args.name, sink, version=args.version, timeout=t
+                    args.scope,
+                    args.name,
+                    cast(BinaryIO, _Counting(sink, shown)),
+                    version=args.version,
+                    timeout=t,
                 )
             print(json_pretty(document))
     elif command == "delete":
@@ -202,15 +226,17 @@ async def _context(client: Client, args: argparse.Namespace) -> int:
         )
     elif command == "list":
         token = ""
-        while True:
-            page = await client.list_contexts(
-                args.scope, name_prefix=args.prefix, page_token=token, timeout=t
-            )
-            for document in page.documents:
-                print(json_line(document))
-            token = page.next_page_token
-            if not token:
-                break
+        with bar("documents", unit="documents", beside_output=True) as shown:
+            while True:
+                page = await client.list_contexts(
+                    args.scope, name_prefix=args.prefix, page_token=token, timeout=t
+                )
+                for document in page.documents:
+                    print(json_line(document))
+                shown.update(len(page.documents))
+                token = page.next_page_token
+                if not token:
+                    break
     elif command == "watch":
         seen = 0
         async for response in client.watch_context(
@@ -238,7 +264,8 @@ async def _context_small(client: Client, args: argparse.Namespace) -> int:
                 args.key, args.value, expected_value=args.expected, timeout=t
             )
         elif g == "get":
-            print(await client.get_global_context(args.key, timeout=t))
+            value = await client.get_global_context(args.key, timeout=t)
+            print(json.dumps({"key": args.key, "value": value}) if json_output() else value)
         elif g == "delete":
             print(json.dumps({"existed": await client.delete_global_context(args.key, timeout=t)}))
         else:
@@ -266,7 +293,7 @@ async def _records(client: Client, args: argparse.Namespace) -> int:
     kind, message_class = _RECORD_KINDS[args.kind]
     if args.records_command == "put":
         try:
-            record = json_format.Parse(args.json, message_class())
+            record = json_format.Parse(args.record_json, message_class())
         except json_format.ParseError as exc:
             raise ValueError(f"the {args.kind} record is not valid: {exc}") from None
         response = await client.put_record(
@@ -280,17 +307,19 @@ async def _records(client: Client, args: argparse.Namespace) -> int:
     elif args.records_command == "get":
         print(json_pretty(await client.get_record(kind, args.record_id, timeout=t)))
     else:
-        token, shown = "", 0
-        while shown < args.limit:
-            page = await client.list_records(
-                kind, page_size=min(100, args.limit - shown), page_token=token, timeout=t
-            )
-            for stored in page.records:
-                print(json_line(stored))
-            shown += len(page.records)
-            token = page.next_page_token
-            if not token:
-                break
+        token, listed = "", 0
+        with bar(f"{args.kind} records", unit="records", beside_output=True) as shown:
+            while listed < args.limit:
+                page = await client.list_records(
+                    kind, page_size=min(100, args.limit - listed), page_token=token, timeout=t
+                )
+                for stored in page.records:
+                    print(json_line(stored))
+                listed += len(page.records)
+                shown.update(len(page.records))
+                token = page.next_page_token
+                if not token:
+                    break
     return 0
 
 
@@ -314,7 +343,21 @@ async def _appended(entry: LogEntry, append: Awaitable[int]) -> int:
             raise
         return fail(
             f"{exc.code.name}: {exc.message} (the entry may have been appended: run the "
-            f"command again with --entry-id {entry.entry_id} to find out)"
+            f"command again with --entry-id {entry.entry_id} to find out)",
+            status=exc.code.name,
         )
     print(json.dumps({"length": length}))
     return 0
+
+
+class _Counting:
+    """A binary sink that adds each write's length to a progress bar."""
+
+    def __init__(self, sink: BinaryIO, progress: tqdm[Any]) -> None:
+        self._sink = sink
+        self._progress = progress
+
+    def write(self, data: bytes) -> int:
+        written = self._sink.write(data)
+        self._progress.update(len(data))
+        return written

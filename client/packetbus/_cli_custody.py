@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +17,7 @@ from packetbus.v1 import custody_pb2
 
 from ._cli_args import fail
 from ._cli_json import json_pretty
+from ._cli_progress import bar, info, json_output
 from ._client import Client
 from ._config import AgentIdentity
 from ._export import (
@@ -54,7 +54,6 @@ def add_parsers(commands: Any) -> None:
         type=Path,
         help="with --file: trust only these keys (a file from `packetbus keys list`)",
     )
-    verify.add_argument("--json", action="store_true", help="print the verdicts as JSON")
 
     export = commands.add_parser(
         "export", help="write packets, their chains and the public keys as JSON lines"
@@ -127,7 +126,8 @@ async def _verify(client: Client, args: argparse.Namespace) -> int:
 def _verify_file(args: argparse.Namespace) -> int:
     try:
         trusted = read_keys(args.keys) if args.keys else None
-        report = verify_export(args.file, trusted_keys=trusted)
+        with bar(f"verifying {args.file.name}", unit="B", total=args.file.stat().st_size) as shown:
+            report = verify_export(args.file, trusted_keys=trusted, progress=shown.update)
     except (OSError, ValueError, KeyError, json_format.ParseError) as exc:
         return fail(f"cannot read {args.file}: {exc}")
     if args.json:
@@ -155,7 +155,7 @@ def _verify_file(args: argparse.Namespace) -> int:
 async def _export(client: Client, args: argparse.Namespace) -> int:
     count = carceled = decided = 0
     keys = await client.signing_keys(timeout=args.timeout)
-    with args.out.open("w") as out:
+    with args.out.open("w") as out, bar("exporting", unit="packets") as shown:
         write_keys(out, keys)
         async for response in client.export(
             args.topic,
@@ -173,10 +173,21 @@ async def _export(client: Client, args: argparse.Namespace) -> int:
             count += len(response.packets)
             carceled += len(response.carcel_entries)
             decided += len(response.decisions)
-    print(
+            shown.update(len(response.packets))
+            shown.set_postfix(carceled=carceled, decisions=decided, refresh=False)
+    if json_output():
+        summary = {
+            "out": str(args.out),
+            "packets": count,
+            "carcelEntries": carceled,
+            "decisions": decided,
+            "keys": len(keys),
+        }
+        print(json.dumps(summary, indent=2))
+        return 0
+    info(
         f"wrote {count} packets, {carceled} carcel entries, {decided} decisions and "
-        f"{len(keys)} keys to {args.out}",
-        file=sys.stderr,
+        f"{len(keys)} keys to {args.out}"
     )
     return 0
 
@@ -198,6 +209,9 @@ def _rotate(args: argparse.Namespace) -> int:
 
     path = args.signing_key_file or (args.data_dir or default_data_dir()) / "custody-keys.json"
     fresh = rotate_signing_key(path)
+    if json_output():
+        print(json.dumps({"keyFile": str(path), "keyId": fresh.signer.key_id}, indent=2))
+        return 0
     print(f"{path}: now signing with {fresh.signer.key_id}; earlier keys are retired")
     return 0
 

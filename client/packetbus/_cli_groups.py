@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from google.protobuf import json_format
 
-from ._cli_args import ATTEMPTS, COUNT, SECONDS, number
+from ._cli_args import ATTEMPTS, COUNT, SECONDS, fail, number
 from ._cli_json import json_line, json_pretty
+from ._cli_progress import bar
 from ._client import EARLIEST, LATEST, Client
 
 Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
@@ -160,8 +160,10 @@ async def _inbox(client: Client, args: argparse.Namespace) -> int:
 async def _carcel(client: Client, args: argparse.Namespace) -> int:
     t = args.timeout
     if args.carcel_command == "list":
-        async for entry in client.carcel_entries(args.topic, reason=args.reason, timeout=t):
-            print(json_line(entry), flush=True)
+        with bar("carcel entries", unit="entries", beside_output=True) as shown:
+            async for entry in client.carcel_entries(args.topic, reason=args.reason, timeout=t):
+                print(json_line(entry), flush=True)
+                shown.update()
     elif args.carcel_command == "get":
         print(json_pretty(await client.get_carcel_entry(args.topic, args.id, timeout=t)))
     elif args.carcel_command == "requeue":
@@ -169,10 +171,7 @@ async def _carcel(client: Client, args: argparse.Namespace) -> int:
         print(json.dumps({"cursor": cursor}))
     else:
         if bool(args.ids) == args.all:
-            print(
-                "packetbus: carcel purge: name the entries (ID ...) or pass --all", file=sys.stderr
-            )
-            return 2
+            return fail("carcel purge: name the entries (ID ...) or pass --all", 2)
         purged = await client.purge_carcel(args.topic, args.ids, timeout=t)
         print(json.dumps({"purged": purged}))
     return 0

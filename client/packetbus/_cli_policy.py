@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from ._cli_args import fail
 from ._cli_json import json_line, json_pretty
+from ._cli_progress import json_output
 from ._client import Client
 from ._config import AgentIdentity
 
@@ -100,8 +101,7 @@ def _check(path: Path) -> int:
     try:
         policy = parse(path.read_bytes())
     except (OSError, PolicyError) as exc:
-        print(f"packetbus: {path}: {exc}", file=sys.stderr)
-        return 1
+        return fail(f"{path}: {exc}")
     print(
         json.dumps(
             {
@@ -120,6 +120,15 @@ def _check(path: Path) -> int:
     return 0
 
 
+def _verdict(allowed: bool, explanation: str) -> None:
+    """`policy can`'s answer: ``allowed: ...``/``denied: ...``, or with --json
+    ``{"allowed": BOOL, "explanation": ...}``."""
+    if json_output():
+        print(json.dumps({"allowed": allowed, "explanation": explanation}, indent=2))
+    else:
+        print(f"{'allowed' if allowed else 'denied'}: {explanation}")
+
+
 def _can(path: Path, name: str, permission_name: str, resource: str) -> int:
     """`packetbus policy can`: 0 allowed, 1 denied, 2 a file or permission unusable."""
     from packetbus_server._access import Permission, Principal
@@ -129,22 +138,18 @@ def _can(path: Path, name: str, permission_name: str, resource: str) -> int:
     try:
         policy = parse(path.read_bytes())
     except (OSError, PolicyError) as exc:
-        print(f"packetbus: {path}: {exc}", file=sys.stderr)
-        return 2
+        return fail(f"{path}: {exc}", 2)
     try:
         permission = Permission(permission_name)
     except ValueError:
         known = ", ".join(p.value for p in Permission)
-        print(
-            f"packetbus: {permission_name!r} is not a permission; one of: {known}",
-            file=sys.stderr,
-        )
-        return 2
+        return fail(f"{permission_name!r} is not a permission; one of: {known}", 2)
     section = policy.authorization
     if section is None:
-        print(
-            "allowed: the policy has no [authorization] section: every authenticated "
-            "principal may call every RPC"
+        _verdict(
+            True,
+            "the policy has no [authorization] section: every authenticated "
+            "principal may call every RPC",
         )
         return 0
     mapped = section.agent_id(name)  # "": no agent id (its default is another's)
@@ -154,18 +159,20 @@ def _can(path: Path, name: str, permission_name: str, resource: str) -> int:
     if permission is Permission.AGENTS_ACT_FOR and agent_id != "" and resource == agent_id:
         # As the server judges it (_access.gate.may_act_as): an agent acts as itself
         # with no grant; "denied" here would contradict what the server lets through.
-        print(
-            f"allowed: {who} may {permission.value} on {resource!r}: it is that agent "
-            "itself (no grant needed)"
+        _verdict(
+            True,
+            f"{who} may {permission.value} on {resource!r}: it is that agent "
+            "itself (no grant needed)",
         )
         return 0
     reason = section.reason(Principal(name, "cli", agent_id), permission, resource)
     if reason is not None:
         grant = reason.granted
-        print(
-            f"allowed: {who} may {permission.value} on {resource!r}: role {reason.role!r}, "
+        _verdict(
+            True,
+            f"{who} may {permission.value} on {resource!r}: role {reason.role!r}, "
             f"grant {reason.grant} (permissions {list(grant.permissions)}, "
-            f"resources {list(grant.resources)})"
+            f"resources {list(grant.resources)})",
         )
         return 0
     why = (
@@ -173,7 +180,7 @@ def _can(path: Path, name: str, permission_name: str, resource: str) -> int:
         if roles
         else "no [[authorization.principals]] entry matches it, so it has no role"
     )
-    print(f"denied: {who} lacks {permission.value} on {resource!r}: {why}")
+    _verdict(False, f"{who} lacks {permission.value} on {resource!r}: {why}")
     return 1
 
 
@@ -189,8 +196,7 @@ async def _policy(client: Client, args: argparse.Namespace) -> int:
         try:
             identity = AgentIdentity.load(args.agent_key)
         except ValueError as exc:
-            print(f"packetbus: {exc}", file=sys.stderr)
-            return 2
+            return fail(str(exc), 2)
         if command == "approve":
             receipt = await client.approve_packet(
                 args.topic, args.tracking_id, identity=identity, note=args.note, timeout=t

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -100,8 +99,7 @@ async def _tasks(client: Client, args: argparse.Namespace) -> int:
     try:
         return await _run(client, args)
     except ValueError as exc:  # a malformed --payload or --result
-        print(f"packetbus: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc), 2)
 
 
 async def _run(client: Client, args: argparse.Namespace) -> int:
@@ -138,7 +136,8 @@ async def _run(client: Client, args: argparse.Namespace) -> int:
                 raise
             return fail(
                 f"{exc.code.name}: {exc.message} (a task may have been claimed: run the "
-                f"command again with --request-id {request_id} to find out)"
+                f"command again with --request-id {request_id} to find out)",
+                status=exc.code.name,
             )
         if claimed is None:
             print("{}")
