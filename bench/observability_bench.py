@@ -73,8 +73,17 @@ def per_call_cost(calls: int = 200_000) -> dict[str, float]:
 
     from packetbus_server._observability import calls as observed
 
+    class _Context:
+        # What begin reads of a grpc.aio context: the peer.
+        def peer(self) -> str:
+            return "ipv4:127.0.0.1:50000"
+
+    context: Any = _Context()
+
     def one() -> None:
-        call = observed.begin("packetbus.v1.PacketService", "Dispatch", observed.UNARY, None)
+        call = observed.begin(
+            "packetbus.v1.PacketService", "Dispatch", observed.UNARY, None, context
+        )
         call.received = 1
         call.sent = 1
         observed._record(call, grpc.StatusCode.OK, 0.001)

@@ -5,6 +5,7 @@ the certificates are made here."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -117,9 +118,14 @@ def test_cli_health_and_dispatch_over_mutual_tls(mtls_serve: Served) -> None:
     done = run_cli("--timeout", "1", *mtls_serve.flags(), "health", "--json")
     assert done.returncode == 1
     assert done.stdout.startswith('{"status": "UNREACHABLE"')
-    assert done.stderr.splitlines() == [
-        f"packetbus: UNAVAILABLE: could not reach a packetbus server at {mtls_serve.target} "
-        "within 1.0s (over TLS: check the CA, the server name and the client certificate)"
+    # With --json the error is one JSON object on stderr (README "The CLI in scripts").
+    assert [json.loads(line) for line in done.stderr.splitlines()] == [
+        {
+            "code": "UNAVAILABLE",
+            "message": f"could not reach a packetbus server at {mtls_serve.target} within 1.0s "
+            "(over TLS: check the CA, the server name and the client certificate)",
+            "reason": None,
+        }
     ]
 
 

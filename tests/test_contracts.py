@@ -49,7 +49,7 @@ def test_a_contract_change_makes_the_stubs_stale(tmp_path: Path) -> None:
     protos = tmp_path / "protos"
     shutil.copytree(REPO / "protos", protos)
     packet = protos / "packetbus/v1/packet.proto"
-    packet.write_text(packet.read_text().replace("string protocol = 12;", "string protocol = 13;"))
+    packet.write_text(packet.read_text().replace("string protocol = 12;", "string protocol = 19;"))
     assert generate_protos.stale_files(protos, generate_protos.COMMITTED) == ["packet_pb2.py"]
 
 

@@ -58,7 +58,7 @@ def _unary(
     method: Callable[..., Any], full_name: str, admit: Admit, where: tuple[str, str]
 ) -> Callable[..., Any]:
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        call = calls.begin(*where, calls.UNARY, request)
+        call = calls.begin(*where, calls.UNARY, request, context)
         error: BaseException | None = None
         try:
             if isinstance(request, _Malformed):
@@ -81,7 +81,7 @@ def _server_streaming(
     method: Callable[..., Any], full_name: str, admit: Admit, where: tuple[str, str]
 ) -> Callable[..., Any]:
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        call = calls.begin(*where, calls.SERVER_STREAM, request)
+        call = calls.begin(*where, calls.SERVER_STREAM, request, context)
         error: BaseException | None = None
         try:
             if isinstance(request, _Malformed):
@@ -110,7 +110,7 @@ def _server_streaming_writer(
     # For a servicer that streams with context.write (grpc's stock health Watch):
     # grpc refuses a generator that mixes the two styles.
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> None:
-        call = calls.begin(*where, calls.SERVER_STREAM, request)
+        call = calls.begin(*where, calls.SERVER_STREAM, request, context)
         error: BaseException | None = None
         try:
             if isinstance(request, _Malformed):
@@ -149,7 +149,7 @@ def _stream_stream(
     async def behavior(
         requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        call = calls.begin(*where, calls.BIDI_STREAM, None)
+        call = calls.begin(*where, calls.BIDI_STREAM, None, context)
         error: BaseException | None = None
         try:
             watch_call()
@@ -171,7 +171,7 @@ def _stream_unary(
     method: Callable[..., Any], full_name: str, admit: Admit, where: tuple[str, str]
 ) -> Callable[..., Any]:
     async def behavior(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-        call = calls.begin(*where, calls.CLIENT_STREAM, None)
+        call = calls.begin(*where, calls.CLIENT_STREAM, None, context)
         error: BaseException | None = None
         try:
             await admit(None, context)

@@ -66,7 +66,9 @@ class Call:
     "packetbus.v1.PacketService", "Dispatch"); `grpc_type` one of UNARY,
     CLIENT_STREAM, SERVER_STREAM, BIDI_STREAM (go-grpc-prometheus's values);
     `request` the unary request (None for a client stream) for the log's
-    tracking ids; `started` a perf_counter() reading (seconds).
+    tracking ids; `peer` the client's address as gRPC gives it, read at the start
+    (context.peer() after the call has ended can crash grpc.aio: a segfault seen
+    when a client went away); `started` a perf_counter() reading (seconds).
 
     `received` and `sent` count the call's messages; each increase is counted in
     grpc_server_msg_received_total / _sent_total at once, as go-grpc-prometheus
@@ -78,13 +80,15 @@ class Call:
         "_sent",
         "grpc_type",
         "method",
+        "peer",
         "request",
         "service",
         "started",
     )
 
-    def __init__(self, service: str, method: str, grpc_type: str, request: Any) -> None:
+    def __init__(self, service: str, method: str, grpc_type: str, request: Any, peer: str) -> None:
         self.service = service
+        self.peer = peer
         self.method = method
         self.grpc_type = grpc_type
         self.request = request
@@ -112,9 +116,15 @@ class Call:
         self._sent = count
 
 
-def begin(service: str, method: str, grpc_type: str, request: Any) -> Call:
+def begin(
+    service: str,
+    method: str,
+    grpc_type: str,
+    request: Any,
+    context: grpc.aio.ServicerContext,
+) -> Call:
     """Observe a call that starts now (counted in grpc_server_started_total)."""
-    call = Call(service, method, grpc_type, request)
+    call = Call(service, method, grpc_type, request, context.peer() or "")
     call._meters.started.inc()
     return call
 

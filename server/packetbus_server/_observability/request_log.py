@@ -156,7 +156,7 @@ def call_failed(
             "source": principal.source,
             "agent_id": principal.agent_id,
         }
-    fields["peer"] = context.peer()
+    fields["peer"] = call.peer  # read at the start: see calls.Call
     fields["duration_ms"] = round((time.perf_counter() - call.started) * 1000, 3)
     fields.update(_tracking_ids(call.request))
     trace_id = _trace_id(context)
