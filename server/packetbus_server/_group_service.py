@@ -45,7 +45,7 @@ from ._group_store import (
 )
 from ._hop_store import HopStore, HopWrite
 from ._limits import Limits
-from ._observability import metrics, tracing
+from ._observability import counting, metrics, tracing
 from ._packet_service import caller_gone, storage_errors
 from ._packing import packs
 from ._store import cursor_millis
@@ -637,8 +637,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
             )
         if out:
             metrics.packets_delivered.labels("group").inc(len(out))
-        if redelivered:
-            metrics.group_redeliveries.labels(stream.group).inc(redelivered)
+        counting.redelivered(stream.group, redelivered)
         return out
 
     async def _carcel_run_out(self, stream: _Stream, entries: Sequence[Leased]) -> None:
@@ -838,8 +837,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                     retry.append(i)
                 else:
                     results[i] = self._settled(requests[i], kinds[i], outcome)
-            if carceled:
-                metrics.group_carceled.labels(group).inc(carceled)
+            counting.carceled(group, carceled)
             todo = retry
         for i in todo:
             results[i] = self._result(

@@ -3,7 +3,9 @@ with a batch's totals (one `inc(n)` per batch and label, never one per packet).
 
 Label values come from closed sets: an ErrorInfo reason packetbus defines (or a
 status code's name), a policy rule's id (the operator's file), a store error's
-class, a script's name. None is a tracking id, a topic or a client's text.
+class, a script's name. None is a tracking id, a topic or a client's text. A
+consumer group's name is a client's choice, so it is bounded here (`GroupLabels`):
+a label child lives as long as the process, however briefly its group did.
 """
 
 from __future__ import annotations
@@ -86,6 +88,48 @@ def posted(kind: str, status: str, size: int) -> None:
         deduplicated()
     else:
         rejected_as("ALREADY_EXISTS")
+
+
+# A group name can neither start with nor contain "(" (_validation's group name
+# rule), so this label value is never a real group's.
+OTHER_GROUPS = "(other)"
+# As many as one scrape reads from the store (store_metrics.Bounds.groups).
+MAX_GROUP_LABELS = 1000
+
+
+class GroupLabels:
+    """The group label values this process gives out: the first `most` distinct
+    group names keep their own value; any later one is counted under OTHER_GROUPS.
+    Why: group names are chosen by clients and groups can be created and deleted
+    without end, while a Prometheus label child is never freed (bounded labels:
+    Prometheus's instrumentation practices, "do not overuse labels")."""
+
+    def __init__(self, most: int = MAX_GROUP_LABELS) -> None:
+        self._most = most
+        self._seen: set[str] = set()
+
+    def __call__(self, group: str) -> str:
+        if group in self._seen:
+            return group
+        if len(self._seen) < self._most:
+            self._seen.add(group)
+            return group
+        return OTHER_GROUPS
+
+
+group_label = GroupLabels()
+
+
+def redelivered(group: str, n: int) -> None:
+    """Count `n` deliveries of `group`'s packets after their first."""
+    if n:
+        metrics.group_redeliveries.labels(group_label(group)).inc(n)
+
+
+def carceled(group: str, n: int) -> None:
+    """Count `n` of `group`'s packets moved to the carcel."""
+    if n:
+        metrics.group_carceled.labels(group_label(group)).inc(n)
 
 
 def signed(action: str, n: int) -> None:
