@@ -6,7 +6,8 @@ call that was refused or failed, to the request log (`request_log.call_failed`).
 call's handler returns, raises or is cancelled, so a call the gate refuses counts
 too. How the code is found (grpc.aio): a handler that returns is OK unless it set
 another code; one that aborted raised AbortError after setting its code on the
-context; a CancelledError is the client going away (CANCELLED); any other
+context; a CancelledError is the client going away (CANCELLED) or, once the
+call's deadline has passed, DEADLINE_EXCEEDED; any other
 exception reaches the client as UNKNOWN (grpc's own rule for a servicer's error).
 """
 
@@ -133,6 +134,11 @@ def status_of(context: grpc.aio.ServicerContext, error: BaseException | None) ->
     """The status code the client gets for a handler that ended with `error`
     (None: it returned)."""
     if isinstance(error, asyncio.CancelledError):
+        # grpc.aio cancels the handler both when the client goes away and when
+        # the call's deadline passes; the client sees DEADLINE_EXCEEDED then.
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
         return grpc.StatusCode.CANCELLED
     code = context.code()
     if isinstance(code, grpc.StatusCode):
