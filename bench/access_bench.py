@@ -8,15 +8,12 @@ Prints one JSON document on stdout; progress and server logs go to stderr. See b
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import functools
-import json
 import os
 import statistics
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,6 +42,7 @@ from dispatch_bench import (
     machine_info,
     make_packet,
     measure,
+    run_and_report,
     spawned_server,
     warm_up,
 )
@@ -332,17 +330,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.monotonic()
-    try:
-        import uvloop
-    except ImportError:
-        result = asyncio.run(run(args, "asyncio"))
-    else:
-        result = uvloop.run(run(args, "uvloop"))
-    result["wall_seconds"] = round(time.monotonic() - started, 1)
-    print(json.dumps(result, indent=2))
-    # Errors are in the JSON; the status makes sure nobody mistakes that run for a clean one.
-    return 1 if result["total_errors"] else 0
+    return run_and_report(functools.partial(run, args), timed=True)
 
 
 if __name__ == "__main__":

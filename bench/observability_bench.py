@@ -11,12 +11,10 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import json
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 import timeit
 import uuid
 from collections.abc import Sequence
@@ -35,6 +33,7 @@ from dispatch_bench import (
     machine_info,
     make_packet,
     measure,
+    run_and_report,
     warm_up,
 )
 
@@ -208,16 +207,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.monotonic()
-    try:
-        import uvloop
-    except ImportError:
-        result = asyncio.run(run(args, "asyncio"))
-    else:
-        result = uvloop.run(run(args, "uvloop"))
-    result["wall_seconds"] = round(time.monotonic() - started, 1)
-    print(json.dumps(result, indent=2))
-    return 1 if result["total_errors"] else 0
+    return run_and_report(functools.partial(run, args), timed=True)
 
 
 if __name__ == "__main__":
