@@ -58,9 +58,7 @@ def _unary(
     method: Callable[..., Any], full_name: str, admit: Admit, where: tuple[str, str]
 ) -> Callable[..., Any]:
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        call = calls.begin(*where, calls.UNARY, request, context)
-        error: BaseException | None = None
-        try:
+        with calls.Observed(*where, calls.UNARY, request, context) as call:
             if isinstance(request, _Malformed):
                 await _refuse(context, full_name, request)
             call.received = 1
@@ -68,11 +66,6 @@ def _unary(
             response = await method(request, context)
             call.sent = 1
             return response
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            calls.end(call, context, error)
 
     return behavior
 
@@ -81,9 +74,7 @@ def _server_streaming(
     method: Callable[..., Any], full_name: str, admit: Admit, where: tuple[str, str]
 ) -> Callable[..., Any]:
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        call = calls.begin(*where, calls.SERVER_STREAM, request, context)
-        error: BaseException | None = None
-        try:
+        with calls.Observed(*where, calls.SERVER_STREAM, request, context) as call:
             if isinstance(request, _Malformed):
                 await _refuse(context, full_name, request)
             call.received = 1
@@ -95,11 +86,6 @@ def _server_streaming(
                 await recheck(context)
                 call.sent += 1
                 yield response
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            calls.end(call, context, error)
 
     return behavior
 
@@ -110,19 +96,12 @@ def _server_streaming_writer(
     # For a servicer that streams with context.write (grpc's stock health Watch):
     # grpc refuses a generator that mixes the two styles.
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> None:
-        call = calls.begin(*where, calls.SERVER_STREAM, request, context)
-        error: BaseException | None = None
-        try:
+        with calls.Observed(*where, calls.SERVER_STREAM, request, context) as call:
             if isinstance(request, _Malformed):
                 await _refuse(context, full_name, request)
             call.received = 1
             await admit(request, context)
             await method(request, context)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            calls.end(call, context, error)
 
     return behavior
 
@@ -149,20 +128,13 @@ def _stream_stream(
     async def behavior(
         requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        call = calls.begin(*where, calls.BIDI_STREAM, None, context)
-        error: BaseException | None = None
-        try:
+        with calls.Observed(*where, calls.BIDI_STREAM, None, context) as call:
             watch_call()
             await admit(None, context)
             async for response in method(_checked(requests, context, full_name, call), context):
                 await recheck(context)  # as in _server_streaming
                 call.sent += 1
                 yield response
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            calls.end(call, context, error)
 
     return behavior
 
@@ -171,18 +143,11 @@ def _stream_unary(
     method: Callable[..., Any], full_name: str, admit: Admit, where: tuple[str, str]
 ) -> Callable[..., Any]:
     async def behavior(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-        call = calls.begin(*where, calls.CLIENT_STREAM, None, context)
-        error: BaseException | None = None
-        try:
+        with calls.Observed(*where, calls.CLIENT_STREAM, None, context) as call:
             await admit(None, context)
             response = await method(_checked(requests, context, full_name, call), context)
             call.sent = 1
             return response
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            calls.end(call, context, error)
 
     return behavior
 

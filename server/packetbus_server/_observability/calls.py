@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import TracebackType
 from typing import Any
 
 import grpc
@@ -128,6 +129,37 @@ def begin(
     call = Call(service, method, grpc_type, request, context.peer() or "")
     call._meters.started.inc()
     return call
+
+
+class Observed:
+    """``with Observed(service, method, grpc_type, request, context) as call:`` opens
+    the observation (`begin`) and closes it when the block ends (`end`, with the
+    exception that ended it, which goes on); the one shape of every handler in
+    _handlers."""
+
+    __slots__ = ("call", "context")
+
+    def __init__(
+        self,
+        service: str,
+        method: str,
+        grpc_type: str,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        self.context = context
+        self.call = begin(service, method, grpc_type, request, context)
+
+    def __enter__(self) -> Call:
+        return self.call
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        end(self.call, self.context, error)
 
 
 def status_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
