@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.rpc import error_details_pb2, status_pb2
 
 import packetbus
+from packetbus.rich_status import status_in
 from packetbus.v1 import (
     agent_service_pb2_grpc,
     carcel_service_pb2_grpc,
@@ -56,7 +57,6 @@ ISSUER = "https://issuer.test"
 AUDIENCE = "packetbus"
 ADMIN = "admin"
 NOBODY = "nobody"
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def holder(permission: Permission) -> str:
@@ -242,10 +242,7 @@ def _error_info(status: status_pb2.Status) -> tuple[str, tuple[tuple[str, str], 
 
 def failed(error: grpc.aio.AioRpcError) -> Outcome:
     """The outcome of a call that ended with `error`."""
-    status = status_pb2.Status()
-    for key, value in error.trailing_metadata() or ():
-        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
-            status.ParseFromString(value)
+    status = status_in(error.trailing_metadata()) or status_pb2.Status()
     reason, metadata = _error_info(status)
     return Outcome(error.code(), reason, metadata)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 
+from packetbus.rich_status import status_in
 from packetbus.v1 import (
     packet_service_pb2,
     packet_service_pb2_grpc,
@@ -21,15 +22,12 @@ Metadata = tuple[tuple[str, str], ...]
 
 def error_info(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
     """The ErrorInfo (reason, metadata) in a failed call's status details."""
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            assert isinstance(value, bytes)
-            status = status_pb2.Status.FromString(value)
-            info = error_details_pb2.ErrorInfo()
-            assert status.details[0].Unpack(info)
-            assert info.domain == "packetbus"
-            return info.reason, dict(info.metadata)
-    raise AssertionError(f"no status details in {error!r}")
+    status = status_in(error.trailing_metadata())
+    assert status is not None, f"no status details in {error!r}"
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.domain == "packetbus"
+    return info.reason, dict(info.metadata)
 
 
 class PolicyReadRefused:

@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.rpc import error_details_pb2, status_pb2
 
+from packetbus.rich_status import status_in
+
 ISSUER = "https://issuer.test"
 AUDIENCE = "packetbus"
 
@@ -55,7 +57,5 @@ def error_info(status: status_pb2.Status) -> dict[str, str]:
 
 def call_error_info(error: grpc.aio.AioRpcError) -> dict[str, str]:
     """The ErrorInfo of a failed call's status-details trailer; {} when none."""
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            return error_info(status_pb2.Status.FromString(value))
-    return {}
+    status = status_in(error.trailing_metadata())
+    return error_info(status) if status is not None else {}

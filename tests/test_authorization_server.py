@@ -16,9 +16,10 @@ from typing import Any
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 
 import packetbus
+from packetbus.rich_status import status_in
 from packetbus.v1 import (
     consumer_group_service_pb2,
     consumer_group_service_pb2_grpc,
@@ -94,13 +95,11 @@ async def serving(redis_url: str, tmp_path: Path) -> AsyncIterator[Serving]:
 
 
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            info = error_details_pb2.ErrorInfo()
-            assert status.details[0].Unpack(info)
-            return info
-    raise AssertionError("no status details")
+    status = status_in(error.trailing_metadata())
+    assert status is not None, "no status details"
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return info
 
 
 async def refused(call: Awaitable[Any]) -> grpc.aio.AioRpcError:

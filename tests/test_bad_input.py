@@ -14,10 +14,11 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import packetbus
+from packetbus.rich_status import status_in
 from packetbus.v1 import (
     agent_service_pb2,
     agent_service_pb2_grpc,
@@ -59,13 +60,12 @@ async def channel(target: str) -> AsyncIterator[grpc.aio.Channel]:
 
 
 def _violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            detail = error_details_pb2.BadRequest()
-            status.details[0].Unpack(detail)
-            return [(v.field, v.reason) for v in detail.field_violations]
-    return []
+    status = status_in(error.trailing_metadata())
+    if status is None:
+        return []
+    detail = error_details_pb2.BadRequest()
+    status.details[0].Unpack(detail)
+    return [(v.field, v.reason) for v in detail.field_violations]
 
 
 async def _refused(call: Awaitable[Any]) -> list[tuple[str, str]]:

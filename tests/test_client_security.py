@@ -23,13 +23,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import packetbus
 from packetbus import Client, ClientConfig, PacketbusError, SyncClient, TlsSettings, TokenFile
 from packetbus._security import local_kind
+from packetbus.rich_status import STATUS_DETAILS_KEY
 from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
 from packetbus_server._access.gate import denial
 from packetbus_server._access.permissions import Permission
 from packetbus_server._access.principal import Principal
 from tests.conftest import new_packet, run_cli
 
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # Every wait here is bounded by a connect timeout of a few seconds.
 # Identity, not storage: one backend (see conftest).
 pytestmark = [pytest.mark.timeout(90), pytest.mark.one_backend]

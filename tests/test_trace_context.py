@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from packetbus.v1 import packet_pb2
 from packetbus_server._trace_context import (
+    trace_id_of,
     traceparent_problem,
     tracestate_problem,
     validate_trace_context,
@@ -115,3 +116,19 @@ def test_tracestate_members_are_counted_and_bounded(members: list[tuple[str, str
     value = ",".join(f"{k}={v}" for k, v in members)
     ok = len(members) <= 32 and len(value) <= 512
     assert (tracestate_problem(value) is None) is ok
+
+
+def test_the_request_log_reads_a_trace_id_by_the_same_rules() -> None:
+    # One rule for a packet's trace_context and a call's traceparent metadata.
+    good = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    assert trace_id_of(good) == "a" * 32
+    for bad in (
+        "ff-" + "a" * 32 + "-" + "b" * 16 + "-01",  # a version other than 00
+        "00-" + "0" * 32 + "-" + "b" * 16 + "-01",  # an all-zero trace-id
+        "00-" + "a" * 32 + "-" + "0" * 16 + "-01",  # an all-zero parent-id
+        "00-" + "A" * 32 + "-" + "b" * 16 + "-01",  # upper case
+        good + "-extra",
+        "",
+    ):
+        assert trace_id_of(bad) is None, bad
+        assert traceparent_problem(bad) is not None

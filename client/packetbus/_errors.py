@@ -12,7 +12,8 @@ from google.rpc import error_details_pb2, status_pb2
 
 from packetbus.v1 import packet_service_pb2
 
-from ._retry_policy import STATUS_DETAILS_KEY, maybe_applied
+from . import rich_status
+from ._retry_policy import maybe_applied
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -83,11 +84,10 @@ class PacketbusError(Exception):
         """From a google.rpc.Status, e.g. one packet's result in a dispatch."""
         violations: list[FieldViolation] = []
         error_info: ErrorReason | None = None
+        info = rich_status.error_info(status)
+        if info is not None:
+            error_info = ErrorReason(info.reason, info.domain, dict(info.metadata))
         for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) and error_info is None:
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                error_info = ErrorReason(info.reason, info.domain, dict(info.metadata))
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
@@ -108,11 +108,11 @@ class PacketbusError(Exception):
         """From a failed call; `changes`: whether the call writes anything (for a
         read, `outcome_unknown` stays False)."""
         unknown = changes and maybe_applied(error)
-        for key, value in error.trailing_metadata() or ():
-            if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
-                found = cls.from_status(status_pb2.Status.FromString(value))
-                found.outcome_unknown = unknown
-                return found
+        status = rich_status.status_in(error.trailing_metadata())
+        if status is not None:
+            found = cls.from_status(status)
+            found.outcome_unknown = unknown
+            return found
         return cls(error.code(), error.details() or "", outcome_unknown=unknown)
 
 

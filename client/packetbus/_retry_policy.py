@@ -28,10 +28,10 @@ from collections.abc import Mapping
 import grpc
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
-from google.protobuf.message import DecodeError, Message
-from google.rpc import error_details_pb2, status_pb2
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
+from packetbus.rich_status import error_info, status_in
 from packetbus.v1 import (
     agent_service_pb2,
     carcel_service_pb2,
@@ -196,16 +196,8 @@ def credential_expired(error: grpc.aio.AioRpcError) -> bool:
     was not renewed is then refused as such (TOKEN_EXPIRED) and raised."""
     if error.code() != grpc.StatusCode.UNAUTHENTICATED:
         return False
-    for key, value in error.trailing_metadata() or ():
-        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
-            continue
-        try:
-            status = status_pb2.Status.FromString(value)
-        except DecodeError:
-            return False
-        info = error_details_pb2.ErrorInfo()
-        return any(d.Unpack(info) and info.reason == "CREDENTIAL_EXPIRED" for d in status.details)
-    return False
+    info = error_info(status_in(error.trailing_metadata()))
+    return info is not None and info.reason == "CREDENTIAL_EXPIRED"
 
 
 def never_sent(error: grpc.aio.AioRpcError) -> bool:
@@ -258,19 +250,10 @@ def maybe_applied(error: grpc.aio.AioRpcError) -> bool:
 # ErrorInfo reasons (domain "packetbus") of a refusal the server made before the
 # call ran anything, whatever its code (README: "The store: eviction, ...").
 NOT_APPLIED_REASONS = frozenset({"STORE_MAY_EVICT"})
-# gRPC's trailer for the rich status (google.rpc.Status with its details).
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def refused_before_running(error: grpc.aio.AioRpcError) -> bool:
     """Whether the server said (an ErrorInfo of NOT_APPLIED_REASONS in the status
     details) that it refused the call before running any of it."""
-    for key, value in error.trailing_metadata() or ():
-        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    if info.domain == "packetbus" and info.reason in NOT_APPLIED_REASONS:
-                        return True
-    return False
+    info = error_info(status_in(error.trailing_metadata()))
+    return info is not None and info.domain == "packetbus" and info.reason in NOT_APPLIED_REASONS

@@ -9,9 +9,10 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from packetbus.rich_status import STATUS_DETAILS_KEY
+
 from ._validation import Violation
 
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # The ErrorInfo domain of every refusal packetbus itself explains.
 ERROR_DOMAIN = "packetbus"
 

@@ -46,6 +46,12 @@ def traceparent_problem(value: str) -> str | None:
     return None
 
 
+def trace_id_of(value: str) -> str | None:
+    """The trace-id of `value` when it is a valid version-00 traceparent (the rules of
+    `traceparent_problem`), else None."""
+    return None if traceparent_problem(value) is not None else value[3:35]
+
+
 def tracestate_problem(value: str) -> str | None:
     """Why `value` is not a W3C tracestate, or None when it is one (or empty)."""
     if len(value) > MAX_TRACESTATE_LENGTH:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, status_pb2
 from redis import exceptions as rx
+
+from packetbus.rich_status import error_info
 
 from .._refusals import reply_text
 from . import metrics
@@ -24,7 +26,6 @@ TASK = "task"
 FINDING = "finding"
 RECORD = "record"
 
-_ERROR_INFO = error_details_pb2.ErrorInfo.DESCRIPTOR.full_name
 # A closed set: every google.rpc code's name (INVALID_ARGUMENT, ...).
 _CODE_NAMES = {value: name for name, value in code_pb2.Code.items()}
 
@@ -33,22 +34,16 @@ def reason_of(status: status_pb2.Status) -> str:
     """The reason label of a refusal: its ErrorInfo's reason (POLICY_REJECTED,
     PERMISSION_DENIED's reasons, ...), else its code's name (INVALID_ARGUMENT for a
     packet that failed validation, ALREADY_EXISTS for a tracking id taken)."""
-    for detail in status.details:
-        if detail.type_url.endswith(_ERROR_INFO):
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info) and info.reason:
-                return str(info.reason)
+    info = error_info(status)
+    if info is not None and info.reason:
+        return str(info.reason)
     return str(_CODE_NAMES.get(status.code, "UNKNOWN"))
 
 
 def rule_of(status: status_pb2.Status) -> str:
     """The policy rule (ErrorInfo metadata rule_id) that refused, "" when none did."""
-    for detail in status.details:
-        if detail.type_url.endswith(_ERROR_INFO):
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info):
-                return str(info.metadata.get("rule_id", ""))
-    return ""
+    info = error_info(status)
+    return str(info.metadata.get("rule_id", "")) if info is not None else ""
 
 
 def rejected(statuses: Iterable[status_pb2.Status]) -> None:

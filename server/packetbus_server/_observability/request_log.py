@@ -14,7 +14,6 @@ metrics (grpc_server_handled_total).
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import message
-from google.rpc import error_details_pb2, status_pb2
+
+from packetbus.rich_status import error_info, status_in
 
 from .._access.gate import caller
 from .._access.principal import LOCAL
-from .._status import STATUS_DETAILS_KEY
+from .._trace_context import trace_id_of
 
 if TYPE_CHECKING:
     from .calls import Call
@@ -43,11 +43,6 @@ MAX_MESSAGE_CHARS = 500
 # A tracking id the request carried is shown only up to this length: an invalid
 # one may be anything a client sent (a UUID is 36 characters).
 MAX_TRACKING_ID_CHARS = 64
-
-# W3C Trace Context, version 00 (https://www.w3.org/TR/trace-context/#traceparent-header):
-# version "-" trace-id (32 hex, not all zero) "-" parent-id (16 hex) "-" flags.
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
-_NO_TRACE = "0" * 32
 
 # Who is at fault decides the level: a client's mistake or a refusal is INFO, a
 # refused identity WARNING (a probe or a misconfigured agent), the server or its
@@ -173,18 +168,8 @@ def _cut(text: str, limit: int) -> str:
 
 def _error_reason(context: grpc.aio.ServicerContext) -> str | None:
     """The reason of the google.rpc.ErrorInfo in the status details trailer, if any."""
-    for key, value in context.trailing_metadata() or ():
-        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
-            continue
-        try:
-            rich = status_pb2.Status.FromString(value)
-        except message.DecodeError:
-            return None
-        for detail in rich.details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info):
-                return str(info.reason)
-    return None
+    info = error_info(status_in(context.trailing_metadata()))
+    return str(info.reason) if info is not None else None
 
 
 def _tracking_ids(request: Any) -> dict[str, Any]:
@@ -212,8 +197,6 @@ def _one(tracking_id: str) -> dict[str, Any]:
 def _trace_id(context: grpc.aio.ServicerContext) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == "traceparent" and isinstance(value, str):
-            found = _TRACEPARENT.match(value.strip())
-            if found is not None and found.group(1) != _NO_TRACE:
-                return found.group(1)
-            return None
+            # The rules a packet's trace_context is validated by (W3C, version 00).
+            return trace_id_of(value.strip())
     return None
