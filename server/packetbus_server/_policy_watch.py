@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 from packetbus._stopping import cancel_and_wait
 
 from ._access.gate import ALLOW_ALL, Authorizer
+from ._file_changes import FileTooLargeError, Mark, read_if_changed
 from ._policy import MAX_POLICY_BYTES, Policy, PolicyError, parse
 
 log = logging.getLogger("packetbus.policy")
@@ -54,7 +54,7 @@ class PolicyWatch:
         self.loaded_at_ms = 0
         self.failure: LoadFailure | None = None
         self._interval = interval
-        self._seen: tuple[int, int, int] | None = None
+        self._seen: Mark | None = None
         self._digest = ""
         self._task: asyncio.Task[None] | None = None
 
@@ -75,16 +75,14 @@ class PolicyWatch:
         if self.path is None:
             return False
         try:
-            info = os.stat(self.path)
-            seen = (info.st_mtime_ns, info.st_size, info.st_ino)
-            if seen == self._seen:
-                return False
-            if info.st_size > MAX_POLICY_BYTES:
-                raise PolicyError(f"the policy file is larger than {MAX_POLICY_BYTES} bytes")
-            data = self.path.read_bytes()
-        except (OSError, PolicyError) as exc:
+            found = read_if_changed(self.path, self._seen, MAX_POLICY_BYTES)
+        except FileTooLargeError as exc:
+            return self._failed(f"the policy file is {exc}", None)
+        except OSError as exc:
             return self._failed(str(exc), None)
-        self._seen = seen
+        if found is None:
+            return False
+        self._seen, data = found
         digest = hashlib.sha256(data).hexdigest()
         if digest == self._digest:
             return False

@@ -30,7 +30,6 @@ import base64
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +39,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from .._file_changes import FileTooLargeError, Mark, read_if_changed
 
 log = logging.getLogger("packetbus.server.access")
 
@@ -175,7 +176,7 @@ class _WatchedFile:
         self.is_jwks = is_jwks
         self.name = f"JWKS {path}" if is_jwks else f"JWT public key {path}"
         self.keys: list[PublicKey] = []
-        self._seen: tuple[int, int, int] | None = None
+        self._seen: Mark | None = None
         self._digest = b""
         self._warned = b""
 
@@ -183,15 +184,14 @@ class _WatchedFile:
         """Read the file if it changed; True when its keys changed. KeyFileError for
         a file that cannot be used (the keys in force stay)."""
         try:
-            info = os.stat(self.path)
-            seen = (info.st_mtime_ns, info.st_size, info.st_ino)
-            if seen == self._seen:
-                return False
-            if info.st_size > MAX_KEY_FILE_BYTES:
-                raise KeyFileError(f"{self.name}: larger than {MAX_KEY_FILE_BYTES} bytes")
-            data = self.path.read_bytes()
+            found = read_if_changed(self.path, self._seen, MAX_KEY_FILE_BYTES)
+        except FileTooLargeError as exc:
+            raise KeyFileError(f"{self.name}: {exc}") from None
         except OSError as exc:
             raise KeyFileError(f"{self.name}: {exc.strerror or exc}") from None
+        if found is None:
+            return False
+        seen, data = found
         digest = hashlib.sha256(data).digest()
         if digest == self._digest:
             self._seen = seen
