@@ -162,9 +162,17 @@ async def refused_elsewhere(client: Client, run_id: str) -> dict[str, Any]:
 # -- rounds and their summary ---------------------------------------------------------
 
 
-async def run_rounds(running: Sequence[Running], run_id: str, packets: int, rounds: int) -> None:
-    """Each round measures every system once; the order rotates from round to round, so
-    going first or last (a warm cache, a neighbour's burst) does not favour one system."""
+async def run_rounds(
+    running: Sequence[Running],
+    run_id: str,
+    packets: int,
+    rounds: int,
+    *,
+    in_flight: int = BATCHES_IN_FLIGHT,
+) -> None:
+    """Each round measures every system once (`in_flight` dispatch_batch calls of BATCH
+    packets at a time); the order rotates from round to round, so going first or last
+    (a warm cache, a neighbour's burst) does not favour one system."""
     for n in range(rounds):
         order = [*running[n % len(running) :], *running[: n % len(running)]]
         for r in order:
@@ -176,7 +184,7 @@ async def run_rounds(running: Sequence[Running], run_id: str, packets: int, roun
                 f"{r.system.name}_round_{n + 1}",
                 packets,
                 r.lane.pids,
-                functools.partial(dispatch_calls, r.lane.client, batches, BATCHES_IN_FLIGHT),
+                functools.partial(dispatch_calls, r.lane.client, batches, in_flight),
             )
             r.rounds.append(report | {"round": n + 1, "position": order.index(r) + 1})
 

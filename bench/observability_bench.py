@@ -21,18 +21,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from access_bench import Running, System, same_round_ratios, start_system, summary
+from access_bench import (
+    System,
+    run_rounds,
+    same_round_ratios,
+    start_system,
+    summary,
+)
 from dispatch_bench import (
     BATCH,
-    chunks,
-    dispatch_calls,
     error_count,
     free_port,
-    fresh_packets,
     log,
     machine_info,
     make_packet,
-    measure,
     run_and_report,
     warm_up,
 )
@@ -93,23 +95,6 @@ def per_call_cost(calls: int = 200_000) -> dict[str, float]:
     return {"ns_per_call": round(ns, 1), "ns_per_packet_at_batch": round(ns / BATCH, 2)}
 
 
-async def run_rounds(running: Sequence[Running], run_id: str, packets: int, rounds: int) -> None:
-    """Each round measures both systems; the order alternates, so going first favours none."""
-    for n in range(rounds):
-        order = [*running[n % len(running) :], *running[: n % len(running)]]
-        for r in order:
-            batches = chunks(
-                fresh_packets(f"bench.{run_id}.{r.system.name}.r{n + 1}", packets), BATCH
-            )
-            report = await measure(
-                f"{r.system.name}_round_{n + 1}",
-                packets,
-                r.lane.pids,
-                functools.partial(dispatch_calls, r.lane.client, batches, IN_FLIGHT),
-            )
-            r.rounds.append(report | {"round": n + 1, "position": order.index(r) + 1})
-
-
 def verdict(ratios: dict[str, dict[str, float]]) -> dict[str, Any]:
     """The acceptance figures: the median same-round cost in percent against BUDGET."""
     out: dict[str, Any] = {}
@@ -167,7 +152,7 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
             try:
                 for r in running:
                     await warm_up(r.lane.client, f"bench.{run_id}.{r.system.name}")
-                await run_rounds(running, run_id, args.packets, args.rounds)
+                await run_rounds(running, run_id, args.packets, args.rounds, in_flight=IN_FLIGHT)
             finally:
                 scraper.send_signal(signal.SIGINT)  # it prints its tally
                 tally, _ = await asyncio.wait_for(scraper.communicate(), 10)
