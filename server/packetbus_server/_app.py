@@ -223,9 +223,19 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
             undo.push_async_callback(embedded.stop_keeping)
             redis_url = embedded.url
         # The embedded store fsyncs as asked; an external one is asked how it does.
-        wait_fsync = embedded is None and await check_durability(redis_url, config.durability)
-        redis = await connect_redis(
-            redis_url, max_connections=config.max_redis_connections, wait_for_fsync=wait_fsync
+        # Both first calls retry like any other: a store that is restarting while this
+        # process starts (a worker started as its supervisor restarts the embedded
+        # store) is the same transient state as one call's lost connection.
+        url = redis_url
+        wait_fsync = embedded is None and await with_retries(
+            lambda: check_durability(url, config.durability),
+            budget_seconds=config.retry_budget_seconds,
+        )
+        redis = await with_retries(
+            lambda: connect_redis(
+                url, max_connections=config.max_redis_connections, wait_for_fsync=wait_fsync
+            ),
+            budget_seconds=config.retry_budget_seconds,
         )
         undo.push_async_callback(redis.aclose)
         # A store that may evict: no start (retried like any read: a connection

@@ -120,7 +120,7 @@ def _keep_store_running(embedded: EmbeddedValkey) -> bool:
 
 
 async def _require_noeviction(url: str) -> None:
-    redis = await connect_redis(url, max_connections=2)
+    redis = await with_retries(lambda: connect_redis(url, max_connections=2), budget_seconds=10.0)
     try:
         await with_retries(lambda: require_noeviction(redis), budget_seconds=10.0)
     finally:
