@@ -121,10 +121,25 @@ def same_round(ours: list[dict[str, Any]], peer: list[dict[str, Any]]) -> dict[s
     }
 
 
-def judge(figures: dict[str, float | None]) -> dict[str, Any]:
+# The ratio targets: which same-round ratio each one reads.
+RATIO_OF = {
+    "ingest_dispatch_over_nats": "packetbus_dispatch_over_nats_publish_async",
+    "ingest_dispatch_batch_over_nats": "packetbus_dispatch_batch_over_nats_publish_async",
+    **{
+        f"consume_{n}_over_nats_{ack}": f"packetbus_{n}_over_nats_{ack}_{n}"
+        for n in parts.CONSUMERS
+        for ack in ("ack", "ack_sync")
+    },
+}
+
+
+def judge(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each target: its figure (`median`, with `min`/`max` over the rounds where there are
+    rounds), its threshold and `met` (None when the figure is missing)."""
     out: dict[str, Any] = {}
     for name, (threshold, direction) in TARGETS.items():
-        value = figures.get(name)
+        figure = figures.get(name, {})
+        value = figure.get("median")
         met = (
             None
             if value is None
@@ -132,35 +147,28 @@ def judge(figures: dict[str, float | None]) -> dict[str, Any]:
             if direction == "<="
             else value >= threshold
         )
-        out[name] = {"median": value, "threshold": f"{direction} {threshold:g}", "met": met}
+        out[name] = figure | {
+            "median": value,
+            "threshold": f"{direction} {threshold:g}",
+            "met": met,
+        }
     return out
 
 
-def target_figures(result: dict[str, Any]) -> dict[str, float | None]:
-    def median(node: dict[str, Any], *path: str) -> float | None:
-        for key in path:
-            node = node.get(key, {})
-        value = node.get("median")
-        return float(value) if value is not None else None
-
+def target_figures(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     latency, ratios = result["systems"].get("latency", {}), result["ratios"]
-    figures: dict[str, float | None] = {}
+    figures: dict[str, dict[str, Any]] = {}
     for kind in ("subscriber", "group"):
         for q in ("p50_ms", "p99_ms"):
-            figures[f"latency_{kind}_{q}"] = median(latency, f"packetbus_{kind}", q)
-    figures["ingest_dispatch_over_nats"] = median(
-        ratios, "packetbus_dispatch_over_nats_publish_async", "per_s"
-    )
-    figures["ingest_dispatch_batch_over_nats"] = median(
-        ratios, "packetbus_dispatch_batch_over_nats_publish_async", "per_s"
-    )
-    for n in parts.CONSUMERS:
-        for ack in ("ack", "ack_sync"):
-            figures[f"consume_{n}_over_nats_{ack}"] = median(
-                ratios, f"packetbus_{n}_over_nats_{ack}_{n}", "per_s"
-            )
+            figures[f"latency_{kind}_{q}"] = dict(latency.get(f"packetbus_{kind}", {}).get(q, {}))
+    for name, key in RATIO_OF.items():
+        ratio = ratios.get(key, {})
+        # The same comparison in total CPU per packet (below 1: cheaper than the peer);
+        # steadier than packets/s on a shared machine.
+        cpu = ratio.get("cpu_total", {}).get("median")
+        figures[name] = dict(ratio.get("per_s", {})) | {"cpu_total_ratio": cpu}
     memory = result["memory"].get("packetbus", {})
-    figures["store_bytes_per_packet"] = memory.get("bytes_per_packet")
+    figures["store_bytes_per_packet"] = {"median": memory.get("bytes_per_packet")}
     return figures
 
 
