@@ -26,7 +26,8 @@ class Rejected:
     violations: list[Violation]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: made for every packet at ingest, as _store.PacketWrite.
+@dataclass(slots=True)
 class Accepted:
     packet: packet_pb2.Packet
     # Over what the sender means (see `fingerprint`): a sender's retry, or the
