@@ -144,26 +144,34 @@ class Custodian:
         details = _wire.hop_details(principal=call_principal())
         raws: list[bytes] = []
         hashes: list[bytes] = []
-        entry_hash = _custody.entry_hash
+        entry_hash, sha256 = _custody.entry_hash, hashlib.sha256
+        received_writer, dispatched_writer = writers
         for packet, content in packets:
-            content_digest = hashlib.sha256(content).digest()
+            content_digest = sha256(content).digest()
             chain = packet.chain_of_custody
             previous = entry_hash(chain[-1].record) if chain else b""
             tracking_id = packet.tracking_id.encode()
             sequence = len(chain)
-            for writer in writers:
-                raw = writer.record(
-                    sequence=sequence,
-                    content_digest=content_digest,
-                    previous_hash=previous,
-                    tracking_id=tracking_id,
-                    details=details,
-                )
-                # The link to this entry is also its Merkle leaf: hashed once.
-                previous = entry_hash(raw)
-                raws.append(raw)
-                hashes.append(previous)
-                sequence += 1
+            # The two hops unrolled, and entry_hash (SHA-256 of 0x00 || record)
+            # inlined: this runs for every packet (issue 16). The link to each
+            # entry is also its Merkle leaf: hashed once.
+            received = received_writer.record(
+                sequence=sequence,
+                content_digest=content_digest,
+                previous_hash=previous,
+                tracking_id=tracking_id,
+                details=details,
+            )
+            received_hash = sha256(b"\x00" + received).digest()
+            dispatched = dispatched_writer.record(
+                sequence=sequence + 1,
+                content_digest=content_digest,
+                previous_hash=received_hash,
+                tracking_id=tracking_id,
+                details=details,
+            )
+            raws += (received, dispatched)
+            hashes += (received_hash, sha256(b"\x00" + dispatched).digest())
         entries = _custody.sign_batch(signer, raws, hashes)
         counting.signed(_custody.RECEIVED, len(packets))
         counting.signed(_custody.DISPATCHED, len(packets))

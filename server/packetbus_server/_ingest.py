@@ -26,7 +26,8 @@ class Rejected:
     violations: list[Violation]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: made for every packet at ingest, as _store.PacketWrite.
+@dataclass(slots=True)
 class Accepted:
     packet: packet_pb2.Packet
     # Over what the sender means (see `fingerprint`): a sender's retry, or the
@@ -87,13 +88,76 @@ def fingerprint(packet: packet_pb2.Packet) -> str:
             packet.trace_context.traceparent, packet.trace_context.tracestate = trace
 
 
+# Tags (field number << 3 | 2, one byte) of the top-level fields the fingerprint
+# leaves out: tracking_id (1), dispatched_at (3), trace_context (13).
+_NOT_MEANT_TAGS = frozenset((0x0A, 0x1A, 0x6A))
+# The first tag byte of field 14: every field from here on is meant.
+_LAST_NOT_MEANT_FIELD_END = 14 << 3
+
+
+def fingerprint_of_received(received: bytes) -> str | None:
+    """`fingerprint` of a packet WITHOUT a chain of custody, from its deterministic
+    serialization `received`: None when it has an unknown field of a group wire
+    type before its contents (`fingerprint` decides those).
+
+    A message's serialization is its fields' encodings one after another, each
+    independent of the others, so leaving a field's bytes out of the hash is
+    exactly serializing the packet without that field; `fingerprint` clears and
+    restores three fields and serializes again (issue 16). Known fields are
+    written in field-number order and unknown ones after them, and no unknown
+    field has a tag of _NOT_MEANT_TAGS (those parse as the known fields), so
+    nothing after the first field numbered above 13 is left out: the walk
+    stops there.
+    """
+    digest = hashlib.sha256()
+    view = memoryview(received)
+    end = len(received)
+    i = kept_from = 0
+    while i < end:
+        # The tag: a varint of the field number and wire type.
+        tag = received[i]
+        if tag >= _LAST_NOT_MEANT_FIELD_END:  # field 14 or above (a multi-byte tag too)
+            break
+        start = i
+        i += 1
+        wire_type = tag & 7
+        if wire_type == 2:
+            length = shift = 0
+            while True:
+                byte = received[i]
+                i += 1
+                length |= (byte & 0x7F) << shift
+                if byte < 0x80:
+                    break
+                shift += 7
+            i += length
+            if tag in _NOT_MEANT_TAGS:
+                digest.update(view[kept_from:start])
+                kept_from = i
+        elif wire_type == 0:
+            while received[i] >= 0x80:
+                i += 1
+            i += 1
+        elif wire_type == 1:
+            i += 8
+        elif wire_type == 5:
+            i += 4
+        else:  # a group (3, 4): an unknown field only; rare enough to serialize again
+            return None
+    digest.update(view[kept_from:])
+    return digest.hexdigest()
+
+
 def accept(packet: packet_pb2.Packet, limits: Limits, now_ns: int) -> Accepted | Rejected:
     """Validate `packet` and fill the server's defaults, or say every reason it is rejected."""
     received = packet.SerializeToString(deterministic=True)
     violations = validate_packet(packet, limits, size=len(received))
     if violations:
         return Rejected(violations)
-    meant = fingerprint(packet)  # before the server's defaults are filled in
+    # Before the server's defaults are filled in.
+    meant = (None if packet.chain_of_custody else fingerprint_of_received(received)) or fingerprint(
+        packet
+    )
     # A signed ("1.1") packet arrives complete (validation checks it): its
     # content is signed, so nothing may be filled in.
     changed = False
