@@ -34,6 +34,11 @@
 -- An item is checked in full before anything is written for it, and a settled
 -- delivery is recorded, so replaying the script after a lost reply answers
 -- "gone" with this very settlement instead of doing it twice.
+--
+-- Cost: this runs for every ack, so the pending entries of the batch are read
+-- with one XPENDING over the range its cursors span (bounded: what it does not
+-- cover is read item by item), and the acks' XACK is one call at the end; an
+-- item settled earlier in the same run is answered from what this run did.
 local log, groups, carcel = KEYS[1], KEYS[2], KEYS[3]
 local group, retention_ms = ARGV[1], tonumber(ARGV[2])
 local settings = redis.call('HGET', groups, group)
@@ -45,29 +50,107 @@ local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 
 local marker = 's:' .. group
+local items = #KEYS - 3
+
+-- Stream ids compare as (ms, seq); nil for what is not one (XPENDING would fail
+-- on it item by item, as before), and for parts too long for a Lua number to
+-- hold exactly (then every item is looked up on its own).
+local function id_parts(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  if not ms or #ms > 15 or #seq > 15 then
+    return nil
+  end
+  return tonumber(ms), tonumber(seq)
+end
+local function id_less(a_ms, a_seq, b_ms, b_seq)
+  return a_ms < b_ms or (a_ms == b_ms and a_seq < b_seq)
+end
+
+-- The pending entries of the range the batch's cursors span, by cursor: read
+-- once, at most 2 per item (other consumers' leases interleave); a cursor past
+-- what was read is looked up on its own.
+local known = {}
+local covered_ms, covered_seq = nil, nil
+do
+  local lo, lo_ms, lo_seq, hi, hi_ms, hi_seq
+  for i = 1, items do
+    local cursor = string.match(ARGV[2 + 3 * (i - 1) + 1], '^%a+ (%S+) ')
+    local ms, seq = nil, nil
+    if cursor then
+      ms, seq = id_parts(cursor)
+    end
+    if not ms then
+      lo = nil
+      break
+    end
+    if not lo or id_less(ms, seq, lo_ms, lo_seq) then
+      lo, lo_ms, lo_seq = cursor, ms, seq
+    end
+    if not hi or id_less(hi_ms, hi_seq, ms, seq) then
+      hi, hi_ms, hi_seq = cursor, ms, seq
+    end
+  end
+  if lo and items > 1 then
+    local limit = 2 * items
+    local found = redis.call('XPENDING', log, group, lo, hi, limit)
+    for _, p in ipairs(found) do
+      known[p[1]] = p
+    end
+    if #found < limit then
+      covered_ms, covered_seq = hi_ms, hi_seq
+    elseif #found > 0 then
+      covered_ms, covered_seq = id_parts(found[#found][1])
+    end
+  end
+end
+
+-- Cursors acked in this run (their XACK goes at the end) and cursors whose
+-- pending entry this run changed: looked up again, not taken from `known`.
+local acked, changed, to_ack = {}, {}, {}
+
+local function pending_of(cursor)
+  if acked[cursor] then
+    return {}
+  end
+  if covered_ms and not changed[cursor] then
+    local ms, seq = id_parts(cursor)
+    if ms and not id_less(covered_ms, covered_seq, ms, seq) then
+      local p = known[cursor]
+      if p then
+        return {p}
+      end
+      return {}
+    end
+  end
+  return redis.call('XPENDING', log, group, cursor, cursor, 1)
+end
+
 local results = {}
-for i = 1, #KEYS - 3 do
+for i = 1, items do
   local hops = KEYS[3 + i]
   local base = 2 + 3 * (i - 1)
   local kind, cursor, count, expected, expires_ms, argument =
     string.match(ARGV[base + 1], '^(%a+) (%S+) (%d+) (%d+) (%d+) (.*)$')
   count, expected, expires_ms = tonumber(count), tonumber(expected), tonumber(expires_ms)
   local entry, entry_hash = ARGV[base + 2], ARGV[base + 3]
-  local pending = redis.call('XPENDING', log, group, cursor, cursor, 1)
+  local pending = pending_of(cursor)
   local hop_n = entry ~= '' and kind ~= 'extend' and hop_count(hops)
   if #pending == 0 then
     results[i] = {'gone', redis.call('HGET', hops, marker) or ''}
   elseif pending[1][4] ~= count then
     results[i] = {'lost', tostring(pending[1][4])}
   elseif kind == 'extend' then
+    changed[cursor] = true
     redis.call('XCLAIM', log, group, pending[1][2], 0, cursor, 'IDLE', 0, 'JUSTID')
     results[i] = {'ok', tostring(now_ms + deadline_ms)}
   elseif hop_n and hop_n ~= expected then
     results[i] = {'stale', tostring(hop_n), redis.call('HGET', hops, 'h') or ''}
   else
     local value = ''
+    changed[cursor] = true
     if kind == 'ack' then
-      redis.call('XACK', log, group, cursor)
+      acked[cursor] = true
+      to_ack[#to_ack + 1] = cursor
     elseif kind == 'nack' then
       -- Idle for deadline - delay: leased again once `delay` has passed.
       local idle = math.max(0, deadline_ms - tonumber(argument))
@@ -77,6 +160,7 @@ for i = 1, #KEYS - 3 do
       redis.call('XCLAIM', log, group, pending[1][2], 0, cursor, 'IDLE', deadline_ms,
         'RETRYCOUNT', count - 1, 'JUSTID')
     elseif kind == 'carcel' then
+      acked[cursor] = true
       redis.call('XACK', log, group, cursor)
       local found = redis.call('XRANGE', log, cursor, cursor)
       if #found == 1 then
@@ -106,5 +190,9 @@ for i = 1, #KEYS - 3 do
     end
     results[i] = {'ok', value}
   end
+end
+-- In slices: Lua's unpack has a stack limit.
+for j = 1, #to_ack, 1000 do
+  redis.call('XACK', log, group, unpack(to_ack, j, math.min(j + 999, #to_ack)))
 end
 return results
