@@ -136,3 +136,28 @@ async def test_mixed_batches_answer_as_one_lookup_per_item_would(
     expected = {(e.cursor, "a") for e in mine if e.cursor not in acked}
     expected |= {(e.cursor, "b") for e in (*b1.entries, *b2.entries) if e.cursor not in acked}
     assert left == expected
+
+
+async def test_acks_out_of_order_or_from_a_settled_cursor_are_each_answered(
+    store: tuple[GroupStore, redis_asyncio.Redis],
+) -> None:
+    groups, r = store
+    topic = unique("settle")
+    await _fill(r, topic, 10)
+    await groups.create(topic, "g", start="0", ack_deadline_ms=60_000, max_attempts=5)
+    pulled = await groups.pull(topic, "g", "a", 10)
+    assert pulled is not None
+    e = pulled.entries
+    first = await groups.settle(topic, "g", [_ack(c.cursor, 1) for c in reversed(e[:4])])
+    assert first is not None
+    assert [s.outcome for s in first] == [Outcome.OK] * 4
+    # The first item settled already (outside what the range read finds pending),
+    # then the rest: the range from a settled cursor still finds those pending.
+    second = await groups.settle(topic, "g", [_ack(c.cursor, 1) for c in e[3:]])
+    assert second is not None
+    assert [(s.outcome, s.value) for s in second] == [
+        (Outcome.GONE, f"{e[3].cursor}:1 ack"),
+        *[(Outcome.OK, "")] * 6,
+    ]
+    state = await groups.states(topic, "g")
+    assert state[0].outstanding == 0

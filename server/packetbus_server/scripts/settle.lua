@@ -36,9 +36,10 @@
 -- "gone" with this very settlement instead of doing it twice.
 --
 -- Cost: this runs for every ack, so the pending entries of the batch are read
--- with one XPENDING over the range its cursors span (bounded: what it does not
--- cover is read item by item), and the acks' XACK is one call at the end; an
--- item settled earlier in the same run is answered from what this run did.
+-- with one XPENDING over the range from its first cursor to its last (bounded:
+-- what it does not cover is read item by item), and the acks' XACK is one call
+-- at the end; an item settled earlier in the same run is answered from what
+-- this run did.
 local log, groups, carcel = KEYS[1], KEYS[2], KEYS[3]
 local group, retention_ms = ARGV[1], tonumber(ARGV[2])
 local settings = redis.call('HGET', groups, group)
@@ -52,54 +53,18 @@ local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local marker = 's:' .. group
 local items = #KEYS - 3
 
--- Stream ids compare as (ms, seq); nil for what is not one (XPENDING would fail
--- on it item by item, as before), and for parts too long for a Lua number to
--- hold exactly (then every item is looked up on its own).
-local function id_parts(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  if not ms or #ms > 15 or #seq > 15 then
-    return nil
-  end
-  return tonumber(ms), tonumber(seq)
-end
-local function id_less(a_ms, a_seq, b_ms, b_seq)
-  return a_ms < b_ms or (a_ms == b_ms and a_seq < b_seq)
-end
-
--- The pending entries of the range the batch's cursors span, by cursor: read
--- once, at most 2 per item (other consumers' leases interleave); a cursor past
--- what was read is looked up on its own.
+-- The pending entries between the first item's cursor and the last's, by
+-- cursor: read once, at most 2 per item (other consumers' leases interleave).
+-- A consumer acks in the order it was given, so they are usually all of the
+-- batch's; a cursor not among them (not pending, past what was read, or the
+-- items out of order) is looked up on its own, as every item was before.
 local known = {}
-local covered_ms, covered_seq = nil, nil
-do
-  local lo, lo_ms, lo_seq, hi, hi_ms, hi_seq
-  for i = 1, items do
-    local cursor = string.match(ARGV[2 + 3 * (i - 1) + 1], '^%a+ (%S+) ')
-    local ms, seq = nil, nil
-    if cursor then
-      ms, seq = id_parts(cursor)
-    end
-    if not ms then
-      lo = nil
-      break
-    end
-    if not lo or id_less(ms, seq, lo_ms, lo_seq) then
-      lo, lo_ms, lo_seq = cursor, ms, seq
-    end
-    if not hi or id_less(hi_ms, hi_seq, ms, seq) then
-      hi, hi_ms, hi_seq = cursor, ms, seq
-    end
-  end
-  if lo and items > 1 then
-    local limit = 2 * items
-    local found = redis.call('XPENDING', log, group, lo, hi, limit)
-    for _, p in ipairs(found) do
+if items > 1 then
+  local first = string.match(ARGV[3], '^%a+ (%S+) ')
+  local last = string.match(ARGV[2 + 3 * (items - 1) + 1], '^%a+ (%S+) ')
+  if first and last then
+    for _, p in ipairs(redis.call('XPENDING', log, group, first, last, 2 * items)) do
       known[p[1]] = p
-    end
-    if #found < limit then
-      covered_ms, covered_seq = hi_ms, hi_seq
-    elseif #found > 0 then
-      covered_ms, covered_seq = id_parts(found[#found][1])
     end
   end
 end
@@ -112,15 +77,9 @@ local function pending_of(cursor)
   if acked[cursor] then
     return {}
   end
-  if covered_ms and not changed[cursor] then
-    local ms, seq = id_parts(cursor)
-    if ms and not id_less(covered_ms, covered_seq, ms, seq) then
-      local p = known[cursor]
-      if p then
-        return {p}
-      end
-      return {}
-    end
+  local p = not changed[cursor] and known[cursor]
+  if p then
+    return {p}
   end
   return redis.call('XPENDING', log, group, cursor, cursor, 1)
 end
