@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -247,20 +247,25 @@ class Custodian:
             return []
         signer = self.keyring.active
         actor, key_id = self.server_id.encode(), signer.key_id.encode()
-        writers: dict[str, _wire.RecordWriter] = {}
+        # Per action, its writer's bound record method and its count: this loop
+        # runs for every delivery and every ack.
+        writers: dict[str, Callable[..., bytes]] = {}
+        actions: dict[str, int] = {}
         # A batch's hops mostly share their details (one consumer, first attempts).
         details: dict[tuple[str, int, str], bytes] = {}
         principal = call_principal()
         raws: list[bytes] = []
         hashes: list[bytes] = []
-        actions: dict[str, int] = {}
+        sha256 = hashlib.sha256
         for hop in hops:
-            actions[hop.action] = actions.get(hop.action, 0) + 1
-            writer = writers.get(hop.action)
-            if writer is None:
-                writer = writers[hop.action] = _wire.RecordWriter(
-                    actor=actor, action=hop.action.encode(), occurred_at_ns=now_ns, key_id=key_id
-                )
+            action = hop.action
+            record = writers.get(action)
+            if record is None:
+                record = writers[action] = _wire.RecordWriter(
+                    actor=actor, action=action.encode(), occurred_at_ns=now_ns, key_id=key_id
+                ).record
+                actions[action] = 0
+            actions[action] += 1
             key = (hop.counterpart, hop.attempt, hop.reason)
             detail = details.get(key)
             if detail is None:
@@ -270,15 +275,18 @@ class Custodian:
                     reason=hop.reason.encode(),
                     principal=principal,
                 )
-            raw = writer.record(
-                sequence=hop.end.sequence,
+            end = hop.end
+            raw = record(
+                sequence=end.ingest_entries + end.hops,
                 content_digest=hop.content_digest,
-                previous_hash=hop.end.last_hash,
+                previous_hash=end.last_hash,
                 tracking_id=hop.tracking_id.encode(),
                 details=detail,
             )
             raws.append(raw)
-            hashes.append(_custody.entry_hash(raw))
+            # _custody.entry_hash inlined (SHA-256(0x00 || record), the Merkle leaf):
+            # two calls less per hop.
+            hashes.append(sha256(b"\x00" + raw).digest())
         entries = _custody.sign_batch(signer, raws, hashes)
         for action, n in actions.items():
             counting.signed(action, n)

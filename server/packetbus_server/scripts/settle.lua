@@ -34,6 +34,12 @@
 -- An item is checked in full before anything is written for it, and a settled
 -- delivery is recorded, so replaying the script after a lost reply answers
 -- "gone" with this very settlement instead of doing it twice.
+--
+-- Cost: this runs for every ack, so the pending entries of the batch are read
+-- with one XPENDING over the range from its first cursor to its last (bounded:
+-- what it does not cover is read item by item), and the acks' XACK is one call
+-- at the end; an item settled earlier in the same run is answered from what
+-- this run did.
 local log, groups, carcel = KEYS[1], KEYS[2], KEYS[3]
 local group, retention_ms = ARGV[1], tonumber(ARGV[2])
 local settings = redis.call('HGET', groups, group)
@@ -45,29 +51,65 @@ local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 
 local marker = 's:' .. group
+local items = #KEYS - 3
+
+-- The pending entries between the first item's cursor and the last's, by
+-- cursor: read once, at most 2 per item (other consumers' leases interleave).
+-- A consumer acks in the order it was given, so they are usually all of the
+-- batch's; a cursor not among them (not pending, past what was read, or the
+-- items out of order) is looked up on its own, as every item was before.
+local known = {}
+if items > 1 then
+  local first = string.match(ARGV[3], '^%a+ (%S+) ')
+  local last = string.match(ARGV[2 + 3 * (items - 1) + 1], '^%a+ (%S+) ')
+  if first and last then
+    for _, p in ipairs(redis.call('XPENDING', log, group, first, last, 2 * items)) do
+      known[p[1]] = p
+    end
+  end
+end
+
+-- Cursors acked in this run (their XACK goes at the end) and cursors whose
+-- pending entry this run changed: looked up again, not taken from `known`.
+local acked, changed, to_ack = {}, {}, {}
+
+local function pending_of(cursor)
+  if acked[cursor] then
+    return {}
+  end
+  local p = not changed[cursor] and known[cursor]
+  if p then
+    return {p}
+  end
+  return redis.call('XPENDING', log, group, cursor, cursor, 1)
+end
+
 local results = {}
-for i = 1, #KEYS - 3 do
+for i = 1, items do
   local hops = KEYS[3 + i]
   local base = 2 + 3 * (i - 1)
   local kind, cursor, count, expected, expires_ms, argument =
     string.match(ARGV[base + 1], '^(%a+) (%S+) (%d+) (%d+) (%d+) (.*)$')
   count, expected, expires_ms = tonumber(count), tonumber(expected), tonumber(expires_ms)
   local entry, entry_hash = ARGV[base + 2], ARGV[base + 3]
-  local pending = redis.call('XPENDING', log, group, cursor, cursor, 1)
+  local pending = pending_of(cursor)
   local hop_n = entry ~= '' and kind ~= 'extend' and hop_count(hops)
   if #pending == 0 then
     results[i] = {'gone', redis.call('HGET', hops, marker) or ''}
   elseif pending[1][4] ~= count then
     results[i] = {'lost', tostring(pending[1][4])}
   elseif kind == 'extend' then
+    changed[cursor] = true
     redis.call('XCLAIM', log, group, pending[1][2], 0, cursor, 'IDLE', 0, 'JUSTID')
     results[i] = {'ok', tostring(now_ms + deadline_ms)}
   elseif hop_n and hop_n ~= expected then
     results[i] = {'stale', tostring(hop_n), redis.call('HGET', hops, 'h') or ''}
   else
     local value = ''
+    changed[cursor] = true
     if kind == 'ack' then
-      redis.call('XACK', log, group, cursor)
+      acked[cursor] = true
+      to_ack[#to_ack + 1] = cursor
     elseif kind == 'nack' then
       -- Idle for deadline - delay: leased again once `delay` has passed.
       local idle = math.max(0, deadline_ms - tonumber(argument))
@@ -77,6 +119,7 @@ for i = 1, #KEYS - 3 do
       redis.call('XCLAIM', log, group, pending[1][2], 0, cursor, 'IDLE', deadline_ms,
         'RETRYCOUNT', count - 1, 'JUSTID')
     elseif kind == 'carcel' then
+      acked[cursor] = true
       redis.call('XACK', log, group, cursor)
       local found = redis.call('XRANGE', log, cursor, cursor)
       if #found == 1 then
@@ -106,5 +149,9 @@ for i = 1, #KEYS - 3 do
     end
     results[i] = {'ok', value}
   end
+end
+-- In slices: Lua's unpack has a stack limit.
+for j = 1, #to_ack, 1000 do
+  redis.call('XACK', log, group, unpack(to_ack, j, math.min(j + 999, #to_ack)))
 end
 return results
