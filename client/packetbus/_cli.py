@@ -596,16 +596,12 @@ def _serve(args: argparse.Namespace) -> int:
         run(config, workers=args.workers)
     # A bad key file or setting, no store, a data dir another server holds, a store
     # that may evict or refuses the first writes (full, a disk it cannot write): say so.
-    except RedisError as exc:
-        # redis-py's own words may not say which store ("DB index is out of range").
+    except (RedisError, StoreFailedError, StoreUnavailableError) as exc:
+        # redis-py's own words may not say which store ("DB index is out of range"),
+        # whether they come at once or after the start's retries ran out.
         store = f" at {redacted(args.redis_url)}" if args.redis_url else ""
         return fail(f"cannot start: the store{store} refused or did not answer: {exc}")
-    except (
-        ValueError,
-        EmbeddedStoreError,
-        StoreFailedError,
-        StoreUnavailableError,
-    ) as exc:
+    except (ValueError, EmbeddedStoreError) as exc:
         return fail(f"cannot start: {exc}")
     except OSError as exc:  # the port taken meanwhile, a data dir it cannot write
         # The path too: "Not a directory" alone does not say which one.
