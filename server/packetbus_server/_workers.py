@@ -1,5 +1,9 @@
 """Several server processes on one port (SO_REUSEPORT), so one host uses every core.
 
+Each worker also listens on a port of its own, which GetServerInfo names, so
+clients spread evenly over the workers rather than as the kernel's hash of their
+connections falls (see _worker_ports).
+
 The server is stateless, so workers share nothing but the store and the signing
 keys. The supervisor owns the embedded Valkey (if any), starts the workers,
 restarts one that dies, and on SIGTERM or SIGINT drains them all before
@@ -29,6 +33,7 @@ from ._observability import logs
 from ._observability.endpoint import WorkerMetrics, worker_metrics
 from ._retry import with_retries
 from ._store import connect_redis
+from ._worker_ports import WorkerPorts, new_turns, pick_ports
 
 log = logging.getLogger("packetbus.server")
 
@@ -143,17 +148,27 @@ def _supervise(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
-    def launch() -> tuple[multiprocessing.process.BaseProcess, float]:
+    # Picked once: a worker restarted after a crash takes its old port again.
+    ports = pick_ports(config.listen.rsplit(":", 1)[0], workers)
+    turns = new_turns()
+
+    def launch(index: int) -> tuple[multiprocessing.process.BaseProcess, float]:
+        own = WorkerPorts(index=index, ports=ports, turns=turns)
         process = context.Process(
             target=_worker,
-            args=(config, logs.settings()),
+            args=(replace(config, worker_ports=own), logs.settings()),
             name="packetbus-worker",
         )
         process.start()
         return process, time.monotonic()
 
-    procs = [launch() for _ in range(workers)]
-    log.info("%d workers serving on %s", workers, config.listen)
+    procs = [launch(i) for i in range(workers)]
+    log.info(
+        "%d workers serving on %s, and each on its own port: %s",
+        workers,
+        config.listen,
+        ", ".join(map(str, ports)),
+    )
     store_retry_at = 0.0  # after a failed restart of the store, the next try
     while not stopping:
         due = embedded is not None and time.monotonic() >= store_retry_at
@@ -168,7 +183,7 @@ def _supervise(
                 break
             log.warning("worker %d exited (%s); starting a new one", i, process.exitcode)
             _gone(process, metrics)
-            procs[i] = launch()
+            procs[i] = launch(i)
         time.sleep(0.2)
 
     log.info("draining %d workers (grace %.1fs)", workers, config.grace_seconds)
