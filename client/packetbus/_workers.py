@@ -50,7 +50,7 @@ async def worker_channels(
     stub = packet_service_pb2_grpc.PacketServiceStub(shared[0])
     try:
         info = await stub.GetServerInfo(
-            packet_service_pb2.GetServerInfoRequest(), timeout=min(timeout, 5.0)
+            packet_service_pb2.GetServerInfoRequest(assign_worker=True), timeout=min(timeout, 5.0)
         )
     except grpc.RpcError as exc:
         log.debug("no worker ports from %s: %s", address, exc)

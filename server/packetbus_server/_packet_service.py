@@ -450,5 +450,7 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
             supported_schema_versions=SUPPORTED_SCHEMA_VERSIONS,
             limits=self._published,
             server_id=self._custodian.server_id,
-            workers=None if self._workers is None else self._workers.describe(),
+            workers=None
+            if self._workers is None
+            else self._workers.describe(assign=request.assign_worker),
         )

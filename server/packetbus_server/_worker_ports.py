@@ -43,10 +43,11 @@ class WorkerPorts:
             self.turns.value = turn + 1
         return turn % len(self.ports)
 
-    def describe(self) -> packet_service_pb2.Workers:
-        """GetServerInfo's `workers`: the ports, this worker and the next turn."""
+    def describe(self, *, assign: bool) -> packet_service_pb2.Workers:
+        """GetServerInfo's `workers`: the ports, this worker and, when asked to
+        `assign` one (a client connecting), the worker whose turn it is."""
         return packet_service_pb2.Workers(
-            ports=self.ports, serving=self.index, assigned=self.take_turn()
+            ports=self.ports, serving=self.index, assigned=self.take_turn() if assign else 0
         )
 
 

@@ -425,12 +425,20 @@ Global___SubscriptionGap: _TypeAlias = SubscriptionGap  # noqa: Y015
 class GetServerInfoRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    ASSIGN_WORKER_FIELD_NUMBER: _builtins.int
+    assign_worker: _builtins.bool
+    """Take a turn: a server with several workers assigns this caller a worker
+    (Workers.assigned), counting it toward that worker's share. A client asks
+    once as it connects; other calls leave the turns alone (assigned: 0).
+    """
     def __init__(
         self,
+        *,
+        assign_worker: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign_worker", b"assign_worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -491,9 +499,9 @@ class Workers(_message.Message):
     serving: _builtins.int
     """The worker that answered this call (an index into ports)."""
     assigned: _builtins.int
-    """The worker this caller should use: the server hands workers out in turn
-    (round robin over the calls of all its workers), so N clients that each
-    ask once land evenly on N workers.
+    """With assign_worker, the worker this caller should use: the server hands
+    workers out in turn (round robin over such calls to all its workers), so
+    N clients that each ask once land evenly on N workers.
     """
     @_builtins.property
     def ports(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
