@@ -126,6 +126,7 @@ def main() -> int:
     data = Path(tempfile.mkdtemp(prefix="workers-bench-"))
     argv = [sys.executable, "-m", "packetbus._cli", "serve", "--workers", str(args.workers)]
     argv += ["--listen", f"127.0.0.1:{port}", "--data-dir", str(data), "--grace", "1"]
+    argv += ["--worker-ports", "0"]  # free ones: the ports after a random one may be taken
     if args.redis_url:
         argv += ["--redis-url", args.redis_url]
     server = subprocess.Popen(argv, cwd=REPO, stdout=sys.stderr, stderr=sys.stderr)

@@ -7,8 +7,11 @@ land 1:3 on 2 workers; these tests ask for an exact split."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +21,7 @@ import pytest
 import packetbus
 from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
 from packetbus_server import RunningServer
-from tests.conftest import free_port, new_packet, packetbus_serve, unique
+from tests.conftest import free_port, new_packet, packetbus_serve, run_cli, serving, unique
 
 pytestmark = pytest.mark.slow
 
@@ -211,3 +214,86 @@ def _workers(supervisor: int) -> list[int]:
         if ppid == supervisor and b"spawn_main" in cmdline:
             found.append(int(entry.name))
     return found
+
+
+def _free_run(count: int) -> int:
+    """The first of `count` consecutive ports free on 127.0.0.1 now."""
+    for _ in range(50):
+        first = free_port()
+        if first + count > 65535:
+            continue
+        try:
+            with contextlib.ExitStack() as probes:
+                for port in range(first, first + count):
+                    probe = probes.enter_context(socket.socket())
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise AssertionError("no run of free ports")
+
+
+async def test_worker_ports_are_fixed_and_named(redis_url: str, tmp_path: Path) -> None:
+    first = _free_run(1 + WORKERS)
+    client_ports: list[int] = []
+    for options in ([], ["--worker-ports", str(first + 1)]):
+        server = await asyncio.to_thread(
+            serving,
+            [
+                sys.executable,
+                "-m",
+                "packetbus._cli",
+                "serve",
+                "--workers",
+                str(WORKERS),
+                "--listen",
+                f"127.0.0.1:{first}",
+                "--redis-url",
+                redis_url,
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--grace",
+                "0",
+                "--drain-notice",
+                "0",
+                *options,
+            ],
+            # Without the tests' PACKETBUS_WORKER_PORTS=0 (see conftest): the default.
+            env={"PACKETBUS_WORKER_PORTS": ""} if not options else None,
+        )
+        try:
+            client = await _connect(f"127.0.0.1:{first}")
+            try:
+                client_ports += list((await client.server_info()).workers.ports)
+            finally:
+                await client.close()
+        finally:
+            server.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(server.wait, 60) == 0
+    assert client_ports == [first + 1, first + 2] * 2
+
+
+def test_a_taken_worker_port_is_one_line(redis_url: str, tmp_path: Path) -> None:
+    first = _free_run(1 + WORKERS)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", first + 2))
+        taken.listen()
+        done = run_cli(
+            "serve",
+            "--workers",
+            str(WORKERS),
+            "--listen",
+            f"127.0.0.1:{first}",
+            "--worker-ports",
+            str(first + 1),
+            "--redis-url",
+            redis_url,
+            "--data-dir",
+            str(tmp_path / "data"),
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"packetbus: cannot start: worker port {first + 2} on 127.0.0.1: Address already in use "
+        "(workers listen on --worker-ports FIRST and the ports after it; default: the port "
+        "after --listen's)"
+    ]

@@ -566,11 +566,12 @@ def run_one(config: ServerConfig) -> None:
         uvloop.run(serve(config))
 
 
-def run(config: ServerConfig, *, workers: int = 1) -> None:
-    """Serve with `workers` processes sharing the listening port (1: this process)."""
+def run(config: ServerConfig, *, workers: int = 1, worker_ports: int | None = None) -> None:
+    """Serve with `workers` processes sharing the listening port (1: this process),
+    each also on a port of its own from `worker_ports` (see _workers.run_workers)."""
     if workers <= 1:
         run_one(config)
         return
     from ._workers import run_workers
 
-    run_workers(config, workers)
+    run_workers(config, workers, worker_ports)

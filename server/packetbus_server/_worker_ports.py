@@ -13,8 +13,9 @@ this client should use, handed out in turn over all workers from one counter in
 shared memory. N clients that connect land evenly on N workers whichever worker
 answered them.
 
-The supervisor picks the ports once, so a worker restarted after a crash comes
-back on the same port and its clients reconnect to it as to any restarted server.
+The ports are fixed (`--worker-ports FIRST`, default the port after the shared
+one): a worker restarted after a crash, or a whole server restarted, comes back
+on the same ports, and clients reconnect to them as to any restarted server.
 """
 
 from __future__ import annotations
@@ -57,20 +58,35 @@ def new_turns() -> Synchronized[int]:
     return turns
 
 
-def pick_ports(host: str, count: int) -> tuple[int, ...]:
-    """`count` ports free on `host` now (the kernel's ephemeral ports).
+def pick_ports(host: str, count: int, first: int | None) -> tuple[int, ...]:
+    """The ports of `count` workers on `host`: `first` and the ones after it, or
+    ports free now (the kernel's ephemeral ones) for `first` 0. Raises OSError
+    naming the port when one is taken.
 
-    The sockets are closed before the workers bind them: another process could
-    take one meanwhile, and that worker then fails to start with "address in use"
-    (the supervisor stops the server, as for a taken shared port)."""
+    The probes are closed before the workers bind the ports: another process
+    could take one meanwhile, and that worker then fails to start with "address
+    in use" (the supervisor stops the server, as for a taken shared port)."""
     found = socket.getaddrinfo(
         host.strip("[]") or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
     family, kind, proto, _, address = found[0]
-    probes = [socket.socket(family, kind, proto) for _ in range(count)]
+    wanted = [0] * count if not first else list(range(first, first + count))
+    if wanted[-1] > 65535:
+        raise ValueError(f"--worker-ports {first}: {count} ports from it go past 65535")
+    probes = [socket.socket(family, kind, proto) for _ in wanted]
     try:
-        for probe in probes:
-            probe.bind(address)
+        for probe, port in zip(probes, wanted, strict=True):
+            # As gRPC binds: a port left in TIME_WAIT by the last run is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address[0], port, *address[2:]))
+            except OSError as exc:
+                raise OSError(
+                    exc.errno,
+                    f"worker port {port} on {host or '*'}: {exc.strerror} (workers listen on "
+                    "--worker-ports FIRST and the ports after it; default: the port after "
+                    "--listen's)",
+                ) from None
         return tuple(int(probe.getsockname()[1]) for probe in probes)
     finally:
         for probe in probes:

@@ -73,9 +73,15 @@ def _drain_when_orphaned() -> None:
     ).start()
 
 
-def run_workers(config: ServerConfig, workers: int) -> None:
-    if config.listen.rsplit(":", 1)[-1] == "0":
+def run_workers(config: ServerConfig, workers: int, worker_ports: int | None = None) -> None:
+    """Serve with `workers` processes on `config.listen`'s port, worker i also on
+    port `worker_ports` + i (None: the port after the shared one; 0: ports the
+    kernel picks, for tests)."""
+    host, _, port = config.listen.rpartition(":")
+    if port == "0":
         raise ValueError("several workers share one port: give --listen a fixed port")
+    # Before anything starts: a taken worker port is one line from the command.
+    ports = pick_ports(host, workers, int(port) + 1 if worker_ports is None else worker_ports)
     # Here, once: settings that must not serve, or TLS files that do not check, are
     # one error from the command, not one from each worker. (Each worker then loads
     # the files itself and follows their renewals.)
@@ -104,7 +110,7 @@ def run_workers(config: ServerConfig, workers: int) -> None:
         try:
             if metrics is not None:
                 print(f"packetbus metrics on {metrics.endpoint.url}", flush=True)
-            _supervise(replace(shared, metrics_listen=None), workers, embedded, metrics)
+            _supervise(replace(shared, metrics_listen=None), ports, embedded, metrics)
         finally:
             if metrics is not None:
                 metrics.close()
@@ -134,7 +140,7 @@ async def _require_noeviction(url: str) -> None:
 
 def _supervise(
     config: ServerConfig,
-    workers: int,
+    ports: tuple[int, ...],
     embedded: EmbeddedValkey | None,
     metrics: WorkerMetrics | None = None,
 ) -> None:
@@ -148,8 +154,8 @@ def _supervise(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
-    # Picked once: a worker restarted after a crash takes its old port again.
-    ports = pick_ports(config.listen.rsplit(":", 1)[0], workers)
+    # A worker restarted after a crash takes its old port again.
+    workers = len(ports)
     turns = new_turns()
 
     def launch(index: int) -> tuple[multiprocessing.process.BaseProcess, float]:
