@@ -169,12 +169,8 @@ def _supervise(
         return process, time.monotonic()
 
     procs = [launch(i) for i in range(workers)]
-    log.info(
-        "%d workers serving on %s, and each on its own port: %s",
-        workers,
-        config.listen,
-        ", ".join(map(str, ports)),
-    )
+    log.info("%d workers serving on %s", workers, config.listen)
+    log.info("each worker also on its own port: %s", ", ".join(map(str, ports)))
     store_retry_at = 0.0  # after a failed restart of the store, the next try
     while not stopping:
         due = embedded is not None and time.monotonic() >= store_retry_at
