@@ -2,10 +2,10 @@
 assignment (each worker's own port) against the kernel's SO_REUSEPORT hash.
 
 Starts one `packetbus serve --workers N` (embedded Valkey, or --redis-url) and,
-alternating the two modes for --rounds rounds, connects --clients clients (one
-connection each; `spread_over_workers` on or off) that each send --packets
-packets with `dispatch_batch` (200 per call, 2 in flight). Per round: packets/s,
-the clients each worker serves, and the CPU each process used (from /proc),
+alternating the two modes for --rounds rounds, connects a client with
+--connections connections (`spread_over_workers` on or off) that sends --packets
+packets with `dispatch_batch` (200 per call, 2 per connection in flight). Per
+round: packets/s, the connections each worker serves, the CPU each process used (from /proc),
 in microseconds per packet and as each worker's share of the workers' CPU.
 Prints one JSON document; medians and ranges per mode.
 """
@@ -30,6 +30,7 @@ from typing import Any
 from dispatch_bench import make_packet  # the same 524-byte packets
 
 import packetbus
+from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -57,46 +58,52 @@ def _workers(supervisor: int) -> list[int]:
 
 
 async def measure(
-    target: str, pids: dict[str, int], clients: int, packets: int, spread: bool
+    target: str, pids: dict[str, int], connections: int, packets: int, spread: bool
 ) -> dict[str, Any]:
-    config = packetbus.ClientConfig(spread_over_workers=spread)
-    conns = [await packetbus.Client.connect(target, config=config) for _ in range(clients)]
+    # One client with `connections` connections (dispatch batches take turns over
+    # them): several Clients in one process would share one TCP connection
+    # (gRPC's global subchannel pool) and hide the kernel's spread.
+    config = packetbus.ClientConfig(spread_over_workers=spread, connections=connections)
+    client = await packetbus.Client.connect(target, config=config)
     try:
-        served = Counter([(await c.server_info()).workers.serving for c in conns])
+        served: Counter[int] = Counter()
+        for channel in [client._channel, *client._extra_channels]:
+            stub = packet_service_pb2_grpc.PacketServiceStub(channel)
+            info = await stub.GetServerInfo(packet_service_pb2.GetServerInfoRequest(), timeout=10)
+            served[info.workers.serving] += 1
         topic = f"bench-workers-{os.getpid()}-{time.monotonic_ns()}"
         batches = [
             [packetbus.fill_defaults(make_packet(topic, i)) for i in range(BATCH)]
             for _ in range(packets // BATCH)
         ]
-        shares = [batches[i :: len(conns)] for i in range(len(conns))]
+        in_flight = asyncio.Semaphore(2 * connections)
 
-        async def send(client: packetbus.Client, share: list[Any]) -> int:
-            sem = asyncio.Semaphore(2)
-
-            async def one(batch: list[Any]) -> int:
-                async with sem:
-                    results = await client.dispatch_batch(batch, timeout=120)
-                return sum(r.WhichOneof("outcome") == "receipt" for r in results)
-
-            return sum(await asyncio.gather(*(one(b) for b in share)))
+        async def one(batch: list[Any]) -> int:
+            async with in_flight:
+                results = await client.dispatch_batch(batch, timeout=120)
+            return sum(r.WhichOneof("outcome") == "receipt" for r in results)
 
         before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
         start = time.monotonic()
-        sent = sum(await asyncio.gather(*map(send, conns, shares)))
+        sent = sum(await asyncio.gather(*map(one, batches)))
         elapsed = time.monotonic() - start
         used = {name: _cpu_seconds(pid) - before[name] for name, pid in pids.items()}
     finally:
-        for c in conns:
-            await c.close()
+        await client.close()
     workers = {k: v for k, v in used.items() if k.startswith("worker")}
     total = sum(workers.values()) or 1.0
     return {
         "packets": sent,
         "per_s": round(sent / elapsed),
-        "clients_per_worker": [served.get(i, 0) for i in range(len(workers))],
+        "connections_per_worker": [served.get(i, 0) for i in range(len(workers))],
         "cpu_us_per_packet": {k: round(v / sent * 1e6, 1) for k, v in used.items()},
         "worker_cpu_shares": [round(v / total, 3) for v in workers.values()],
     }
+
+
+def _ceiling(round_: dict[str, Any]) -> float:
+    busiest = max(v for k, v in round_["cpu_us_per_packet"].items() if k.startswith("worker"))
+    return round(1e6 / busiest) if busiest else 0.0
 
 
 def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -107,6 +114,10 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "per_s": stat([r["per_s"] for r in rounds]),
         "busiest_worker_share": stat([max(r["worker_cpu_shares"]) for r in rounds]),
+        # What the workers could carry with a core each and the store and clients on
+        # other cores: the busiest worker's CPU per packet bounds it (an estimate
+        # from CPU time, for machines with too few cores to run that setup).
+        "workers_ceiling_per_s": stat([_ceiling(r) for r in rounds]),
         "cpu_us_per_packet": {n: stat([r["cpu_us_per_packet"][n] for r in rounds]) for n in names},
         "rounds": rounds,
     }
@@ -115,8 +126,8 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--packets", type=int, default=20000, help="per round, all clients")
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--packets", type=int, default=20000, help="per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--redis-url", default=None)
     args = parser.parse_args()
@@ -145,7 +156,7 @@ def main() -> int:
             for _ in range(args.rounds):
                 for mode, spread in (("assigned", True), ("kernel_hash", False)):
                     results[mode].append(
-                        await measure(target, pids, args.clients, args.packets, spread)
+                        await measure(target, pids, args.connections, args.packets, spread)
                     )
             return {mode: _summary(rounds) for mode, rounds in results.items()}
 
