@@ -297,3 +297,47 @@ def test_a_taken_worker_port_is_one_line(redis_url: str, tmp_path: Path) -> None
         "(workers listen on --worker-ports FIRST and the ports after it; default: the port "
         "after --listen's)"
     ]
+
+
+async def test_unreachable_worker_ports_leave_the_client_on_the_shared_port(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # The server on 127.0.0.2, reached through a forwarder on 127.0.0.1 (as through
+    # a NAT or a published container port): the workers' ports are not reachable
+    # on the host the client dialed.
+    port = free_port()
+    server = await asyncio.to_thread(
+        packetbus_serve,
+        *("--workers", str(WORKERS), "--listen", f"127.0.0.2:{port}"),
+        *("--redis-url", redis_url, "--data-dir", str(tmp_path / "data")),
+        *("--grace", "0", "--drain-notice", "0"),
+    )
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.2", port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    forwarder = await asyncio.start_server(forward, "127.0.0.1", 0)
+    shared = f"127.0.0.1:{forwarder.sockets[0].getsockname()[1]}"
+    try:
+        client = await _connect(shared)
+        try:
+            assert client._channel._channel.target == shared.encode()
+            info = await client.server_info()
+            assert len(info.workers.ports) == WORKERS  # named, but not reached
+            results = await client.dispatch_batch([new_packet(unique("spread"))])
+            assert results[0].WhichOneof("outcome") == "receipt"
+        finally:
+            await client.close()
+    finally:
+        forwarder.close()
+        server.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.wait, 60) == 0
