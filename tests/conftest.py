@@ -33,6 +33,9 @@ from tests._cluster import start_cluster, stop_cluster
 REPO = Path(__file__).resolve().parent.parent
 REDIS_ENV = "PACKETBUS_TEST_REDIS_URL"
 BACKENDS_ENV = "PACKETBUS_TEST_BACKENDS"
+# `serve --workers N` started by a test: its workers' own ports from the kernel
+# (the default, the ports after --listen's, may be taken by a parallel test).
+os.environ.setdefault("PACKETBUS_WORKER_PORTS", "0")
 
 
 def free_port() -> int:

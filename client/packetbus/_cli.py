@@ -154,6 +154,15 @@ def _parser() -> argparse.ArgumentParser:
         "default 1)",
     )
     serve.add_argument(
+        "--worker-ports",
+        type=integer(0, 65535),
+        default=os.environ.get("PACKETBUS_WORKER_PORTS") or None,  # argparse converts it
+        metavar="FIRST",
+        help="with --workers N, worker i also listens on FIRST+i, where clients connect "
+        "to spread evenly over the workers (env PACKETBUS_WORKER_PORTS; default: the ports "
+        "after --listen's; 0: any free ports)",
+    )
+    serve.add_argument(
         "--otel",
         action="store_true",
         default=os.environ.get("PACKETBUS_OTEL", "") == "1",
@@ -593,7 +602,7 @@ def _serve(args: argparse.Namespace) -> int:
     if problem:
         return fail(f"cannot start: {problem}", 2)
     try:
-        run(config, workers=args.workers)
+        run(config, workers=args.workers, worker_ports=args.worker_ports)
     # A bad key file or setting, no store, a data dir another server holds, a store
     # that may evict or refuses the first writes (full, a disk it cannot write): say so.
     except (RedisError, StoreFailedError, StoreUnavailableError) as exc:

@@ -70,6 +70,7 @@ from ._retrying import Backoff, retried
 from ._security import TlsSettings, Token, channel_credentials, check_token
 from ._stopping import ClosedOnExit
 from ._tasks import TaskQueue
+from ._workers import worker_channels
 
 T = TypeVar("T")
 
@@ -216,12 +217,13 @@ class Client(ClosedOnExit):
         if config.tls is not None and config.tls.server_name:
             options.append(("grpc.ssl_target_name_override", config.tls.server_name))
         traced = _tracing.interceptors()
-        channels = [
-            grpc.aio.insecure_channel(address, options=options, interceptors=traced)
-            if credentials is None
-            else grpc.aio.secure_channel(address, credentials, options=options, interceptors=traced)
-            for _ in range(max(1, config.connections))
-        ]
+
+        def open_channel(to: str) -> grpc.aio.Channel:
+            if credentials is None:
+                return grpc.aio.insecure_channel(to, options=options, interceptors=traced)
+            return grpc.aio.secure_channel(to, credentials, options=options, interceptors=traced)
+
+        channels = [open_channel(address) for _ in range(max(1, config.connections))]
         if timeout is not None:
             try:
                 # A task group, not gather: cancelled (Ctrl-C) meanwhile, it ends its
@@ -247,6 +249,13 @@ class Client(ClosedOnExit):
                         f"could not reach a packetbus server at {address} within {timeout}s" + hint,
                     ) from None
                 raise
+            if config.spread_over_workers:
+                # A server with several workers: to the one it assigns (see _workers).
+                own = await worker_channels(channels, address, open_channel, timeout)
+                if own is not None:
+                    for c in channels:
+                        await c.close()
+                    channels = own
         return cls(channels[0], config, dispatch_channels=channels[1:])
 
     async def close(self) -> None:

@@ -101,6 +101,10 @@ class ClientConfig:
     # TCP connections dispatch batches are spread over; more than one lets a
     # server run with several workers (`serve --workers N`) use all of them.
     connections: int = 1
+    # Against a server with several workers, connect to the worker it assigns
+    # (each has a port of its own besides the shared one), so clients spread
+    # evenly over the workers rather than as the kernel hashes connections.
+    spread_over_workers: bool = True
     batching: BatchSettings = field(default_factory=BatchSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
     max_message_bytes: int = 16 * 1024 * 1024

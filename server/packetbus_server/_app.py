@@ -68,6 +68,7 @@ from ._running import (
     check_durability,
     grpc_options,
     listen,
+    listen_own_port,
     published_limits,
     redacted,
     stream_admission,
@@ -77,6 +78,7 @@ from ._store import PacketStore, connect_redis
 from ._task_service import TaskService
 from ._task_store import TaskStore
 from ._tls import ReloadingCredentials, TlsPaths
+from ._worker_ports import WorkerPorts
 
 log = logging.getLogger("packetbus.server")
 
@@ -144,6 +146,9 @@ class ServerConfig:
     # Bind the port with SO_REUSEPORT: only the workers of one server (--workers)
     # share a port; any other server there would split the clients between them.
     share_port: bool = False
+    # A worker of `serve --workers N`: its own port besides the shared one, and the
+    # turns by which GetServerInfo spreads clients over the workers (_worker_ports).
+    worker_ports: WorkerPorts | None = None
     # Identity at the door (README "Security"; see _access). TLS: this certificate
     # chain and key (PEM), reloaded when the files change; with a client CA, every
     # client must present a certificate it signed (mutual TLS) and the principal is
@@ -302,6 +307,7 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
                 config, min_client_ping_ms=PERMITTED_PING_INTERVAL_MS
             ),
             clock=clock,
+            workers=config.worker_ports,
         )
         packet_service = packet_service_pb2.DESCRIPTOR.services_by_name["PacketService"]
         custody_service = custody_service_pb2.DESCRIPTOR.services_by_name["CustodyService"]
@@ -468,6 +474,8 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
             ),
         )
         port = listen(server, config, None if tls is None else tls.credentials())
+        if config.worker_ports is not None:
+            listen_own_port(server, config, None if tls is None else tls.credentials())
         metrics = endpoint.serve(config, redis_url, embedded=embedded is not None)
         if metrics is not None:
             undo.push_async_callback(asyncio.to_thread, metrics.close)
@@ -558,11 +566,12 @@ def run_one(config: ServerConfig) -> None:
         uvloop.run(serve(config))
 
 
-def run(config: ServerConfig, *, workers: int = 1) -> None:
-    """Serve with `workers` processes sharing the listening port (1: this process)."""
+def run(config: ServerConfig, *, workers: int = 1, worker_ports: int | None = None) -> None:
+    """Serve with `workers` processes sharing the listening port (1: this process),
+    each also on a port of its own from `worker_ports` (see _workers.run_workers)."""
     if workers <= 1:
         run_one(config)
         return
     from ._workers import run_workers
 
-    run_workers(config, workers)
+    run_workers(config, workers, worker_ports)

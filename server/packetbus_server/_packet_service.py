@@ -28,6 +28,7 @@ from ._refusals import ERROR_REASONS
 from ._retry import StoreFailedError, StoreRefusedError, StoreUnavailableError
 from ._store import LogEntry, Outcome, PacketStore, cursor_millis
 from ._validation import SUPPORTED_SCHEMA_VERSIONS, Violation, validate_topic, validate_tracking_id
+from ._worker_ports import WorkerPorts
 
 if TYPE_CHECKING:
     from ._policy_service import Governor
@@ -157,8 +158,11 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         governor: Governor | None = None,
         published_limits: packet_service_pb2.Limits | None = None,
         clock: StoreClock,
+        workers: WorkerPorts | None = None,
     ) -> None:
         self._governor = governor
+        # GetServerInfo names the workers' own ports (serve --workers; see _worker_ports).
+        self._workers = workers
         # The store's clock: expiry and custody times are judged and stamped by it.
         self._clock = clock
         # What GetServerInfo tells: `limits` and the serving settings (stream caps,
@@ -446,4 +450,7 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
             supported_schema_versions=SUPPORTED_SCHEMA_VERSIONS,
             limits=self._published,
             server_id=self._custodian.server_id,
+            workers=None
+            if self._workers is None
+            else self._workers.describe(assign=request.assign_worker),
         )

@@ -187,6 +187,33 @@ def listen(
     return port
 
 
+def listen_own_port(
+    server: grpc.aio.Server,
+    config: ServerConfig,
+    credentials: grpc.ServerCredentials | None = None,
+) -> int:
+    """Bind a worker's own port (config.worker_ports, see _worker_ports) on the
+    host of `config.listen`, as `listen` binds the shared one; the port."""
+    own = config.worker_ports
+    assert own is not None
+    host = config.listen.rsplit(":", 1)[0]
+    address = f"{host}:{own.ports[own.index]}"
+    try:
+        if credentials is None:
+            port: int = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise OSError(
+            errno.EADDRINUSE,
+            f"worker {own.index} cannot listen on its own port {address}: "
+            "address in use or not available",
+        )
+    return port
+
+
 @dataclass
 class RunningServer:
     """A started server; `port` is the bound port (useful with ``:0``)."""

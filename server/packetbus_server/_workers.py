@@ -1,5 +1,9 @@
 """Several server processes on one port (SO_REUSEPORT), so one host uses every core.
 
+Each worker also listens on a port of its own, which GetServerInfo names, so
+clients spread evenly over the workers rather than as the kernel's hash of their
+connections falls (see _worker_ports).
+
 The server is stateless, so workers share nothing but the store and the signing
 keys. The supervisor owns the embedded Valkey (if any), starts the workers,
 restarts one that dies, and on SIGTERM or SIGINT drains them all before
@@ -29,6 +33,7 @@ from ._observability import logs
 from ._observability.endpoint import WorkerMetrics, worker_metrics
 from ._retry import with_retries
 from ._store import connect_redis
+from ._worker_ports import WorkerPorts, new_turns, pick_ports
 
 log = logging.getLogger("packetbus.server")
 
@@ -68,9 +73,15 @@ def _drain_when_orphaned() -> None:
     ).start()
 
 
-def run_workers(config: ServerConfig, workers: int) -> None:
-    if config.listen.rsplit(":", 1)[-1] == "0":
+def run_workers(config: ServerConfig, workers: int, worker_ports: int | None = None) -> None:
+    """Serve with `workers` processes on `config.listen`'s port, worker i also on
+    port `worker_ports` + i (None: the port after the shared one; 0: ports the
+    kernel picks, for tests)."""
+    host, _, port = config.listen.rpartition(":")
+    if port == "0":
         raise ValueError("several workers share one port: give --listen a fixed port")
+    # Before anything starts: a taken worker port is one line from the command.
+    ports = pick_ports(host, workers, int(port) + 1 if worker_ports is None else worker_ports)
     # Here, once: settings that must not serve, or TLS files that do not check, are
     # one error from the command, not one from each worker. (Each worker then loads
     # the files itself and follows their renewals.)
@@ -99,7 +110,7 @@ def run_workers(config: ServerConfig, workers: int) -> None:
         try:
             if metrics is not None:
                 print(f"packetbus metrics on {metrics.endpoint.url}", flush=True)
-            _supervise(replace(shared, metrics_listen=None), workers, embedded, metrics)
+            _supervise(replace(shared, metrics_listen=None), ports, embedded, metrics)
         finally:
             if metrics is not None:
                 metrics.close()
@@ -129,7 +140,7 @@ async def _require_noeviction(url: str) -> None:
 
 def _supervise(
     config: ServerConfig,
-    workers: int,
+    ports: tuple[int, ...],
     embedded: EmbeddedValkey | None,
     metrics: WorkerMetrics | None = None,
 ) -> None:
@@ -143,17 +154,23 @@ def _supervise(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
-    def launch() -> tuple[multiprocessing.process.BaseProcess, float]:
+    # A worker restarted after a crash takes its old port again.
+    workers = len(ports)
+    turns = new_turns()
+
+    def launch(index: int) -> tuple[multiprocessing.process.BaseProcess, float]:
+        own = WorkerPorts(index=index, ports=ports, turns=turns)
         process = context.Process(
             target=_worker,
-            args=(config, logs.settings()),
+            args=(replace(config, worker_ports=own), logs.settings()),
             name="packetbus-worker",
         )
         process.start()
         return process, time.monotonic()
 
-    procs = [launch() for _ in range(workers)]
+    procs = [launch(i) for i in range(workers)]
     log.info("%d workers serving on %s", workers, config.listen)
+    log.info("each worker also on its own port: %s", ", ".join(map(str, ports)))
     store_retry_at = 0.0  # after a failed restart of the store, the next try
     while not stopping:
         due = embedded is not None and time.monotonic() >= store_retry_at
@@ -168,7 +185,7 @@ def _supervise(
                 break
             log.warning("worker %d exited (%s); starting a new one", i, process.exitcode)
             _gone(process, metrics)
-            procs[i] = launch()
+            procs[i] = launch(i)
         time.sleep(0.2)
 
     log.info("draining %d workers (grace %.1fs)", workers, config.grace_seconds)

@@ -425,12 +425,20 @@ Global___SubscriptionGap: _TypeAlias = SubscriptionGap  # noqa: Y015
 class GetServerInfoRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    ASSIGN_WORKER_FIELD_NUMBER: _builtins.int
+    assign_worker: _builtins.bool
+    """Take a turn: a server with several workers assigns this caller a worker
+    (Workers.assigned), counting it toward that worker's share. A client asks
+    once as it connects; other calls leave the turns alone (assigned: 0).
+    """
     def __init__(
         self,
+        *,
+        assign_worker: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign_worker", b"assign_worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -444,6 +452,7 @@ class GetServerInfoResponse(_message.Message):
     SUPPORTED_SCHEMA_VERSIONS_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     SERVER_ID_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     server_id: _builtins.str
     """Identifies this server replica."""
@@ -451,6 +460,10 @@ class GetServerInfoResponse(_message.Message):
     def supported_schema_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def limits(self) -> Global___Limits: ...
+    @_builtins.property
+    def workers(self) -> Global___Workers:
+        """Set when the server runs several worker processes (`serve --workers N`)."""
+
     def __init__(
         self,
         *,
@@ -458,14 +471,56 @@ class GetServerInfoResponse(_message.Message):
         supported_schema_versions: _abc.Iterable[_builtins.str] | None = ...,
         limits: Global___Limits | None = ...,
         server_id: _builtins.str = ...,
+        workers: Global___Workers | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "workers", b"workers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "server_id", b"server_id", "supported_schema_versions", b"supported_schema_versions", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "server_id", b"server_id", "supported_schema_versions", b"supported_schema_versions", "version", b"version", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015
+
+@_typing.final
+class Workers(_message.Message):
+    """The worker processes of one server. They share the port the client dialed,
+    where the kernel spreads connections by a hash of their addresses (uneven:
+    4 connections often land 1:3 on 2 workers); each also listens on a port of its
+    own on the same host, so a client that connects there lands on the worker it
+    means to. Spread clients over them by `assigned`; a client that cannot reach a
+    worker's port keeps the shared one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTS_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
+    ASSIGNED_FIELD_NUMBER: _builtins.int
+    serving: _builtins.int
+    """The worker that answered this call (an index into ports)."""
+    assigned: _builtins.int
+    """With assign_worker, the worker this caller should use: the server hands
+    workers out in turn (round robin over such calls to all its workers), so
+    N clients that each ask once land evenly on N workers.
+    """
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Each worker's own port (index: the worker), fixed for the server's life."""
+
+    def __init__(
+        self,
+        *,
+        ports: _abc.Iterable[_builtins.int] | None = ...,
+        serving: _builtins.int = ...,
+        assigned: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "ports", b"ports", "serving", b"serving"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Workers: _TypeAlias = Workers  # noqa: Y015
 
 @_typing.final
 class Limits(_message.Message):

@@ -1,0 +1,80 @@
+"""Connecting to the worker a server with several (`serve --workers N`) assigns.
+
+Such a server's workers share the port the client dials, and the kernel spreads
+connections over them by a hash of their addresses: unevenly for a few
+long-lived clients. Each worker also listens on a port of its own, and
+GetServerInfo names them with the worker whose turn it is to take a client (see
+the server's _worker_ports): the client connects there instead, on the host it
+dialed (so TLS names still match). Anything that goes wrong on the way (an older
+server, a call the access policy refuses, a port a firewall closes) leaves the
+client on the shared port, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import grpc
+
+from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
+
+log = logging.getLogger("packetbus.client")
+
+# How long a worker's own port may take to answer before the shared one is kept.
+_READY_SECONDS = 2.0
+
+
+def _host(address: str) -> str | None:
+    """The host part of a ``host:port`` target, or None for a target of another
+    form (a unix socket, a list of addresses)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or "," in address or address.startswith("unix"):
+        return None
+    return host
+
+
+async def worker_channels(
+    shared: list[grpc.aio.Channel],
+    address: str,
+    open_channel: Callable[[str], grpc.aio.Channel],
+    timeout: float,
+) -> list[grpc.aio.Channel] | None:
+    """One channel for each of `shared` to the workers' own ports, the first to the
+    worker the server assigns and the next ones to the workers after it; None
+    when the client should keep `shared` (one process, or a port not reached)."""
+    host = _host(address)
+    if host is None:
+        return None
+    stub = packet_service_pb2_grpc.PacketServiceStub(shared[0])
+    try:
+        info = await stub.GetServerInfo(
+            packet_service_pb2.GetServerInfoRequest(assign_worker=True), timeout=min(timeout, 5.0)
+        )
+    except grpc.RpcError as exc:
+        log.debug("no worker ports from %s: %s", address, exc)
+        return None
+    ports = list(info.workers.ports)
+    if not info.HasField("workers") or not ports:
+        return None
+    first = info.workers.assigned
+    channels = [
+        open_channel(f"{host}:{ports[(first + k) % len(ports)]}") for k in range(len(shared))
+    ]
+    try:
+        async with asyncio.timeout(min(timeout, _READY_SECONDS)), asyncio.TaskGroup() as waits:
+            for channel in channels:
+                waits.create_task(channel.channel_ready())
+    except BaseException as exc:
+        for channel in channels:
+            await channel.close()
+        if not isinstance(exc, TimeoutError):
+            raise
+        log.warning(
+            "the workers' own ports of %s (%s) did not answer; staying on the shared port",
+            address,
+            ", ".join(map(str, ports)),
+        )
+        return None
+    return channels
