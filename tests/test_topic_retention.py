@@ -5,6 +5,7 @@ horizon recording what left so a resuming subscriber is told of the gap."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import grpc
@@ -13,7 +14,7 @@ import redis.asyncio as redis_asyncio
 
 import packetbus
 from packetbus.v1 import packet_service_pb2, topic_service_pb2, topic_service_pb2_grpc
-from tests.conftest import new_packet
+from tests.conftest import new_packet, run_cli
 
 TRIMMED = packet_service_pb2.GAP_REASON_TRIMMED
 
@@ -217,3 +218,38 @@ async def test_a_bad_topic_is_refused(client: packetbus.Client) -> None:
         await client.set_topic_retention("", max_packets=1)
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in refused.value.field_violations] == ["topic"]
+
+
+async def test_cli_sets_and_gets_the_limits_as_json(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, target: str, topic: str
+) -> None:
+    cursors = await dispatch(client, topic, 3)
+    argv = ["--target", target, "topic", "retention"]
+    done = await asyncio.to_thread(
+        run_cli, *argv, "set", topic, "--max-packets", "1", "--work-queue"
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "retention": {"maxPackets": "1", "policy": "RETENTION_POLICY_WORK_QUEUE"},
+        "removed": "2",
+    }
+    assert await stored(raw_redis, topic) == cursors[2:]
+    done = await asyncio.to_thread(run_cli, *argv, "get", topic)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["packets"] == "1"
+
+    refused = await asyncio.to_thread(run_cli, *argv, "set", topic, "--max-bytes", "10")
+    assert refused.returncode != 0
+    assert "retention.max_bytes" in refused.stderr
+
+
+async def test_sync_client_sets_and_gets(target: str, topic: str) -> None:
+    def use_sync_client() -> topic_service_pb2.GetTopicRetentionResponse:
+        with packetbus.SyncClient.connect(target) as bus:
+            assert bus.set_topic_retention(topic, max_age_seconds=60).removed == 0
+            return bus.get_topic_retention(topic)
+
+    # The server runs on this test's loop: the blocking client runs beside it.
+    got = await asyncio.to_thread(use_sync_client)
+    assert got.retention.max_age_seconds == 60
+    assert got.retention.policy == topic_service_pb2.RETENTION_POLICY_LIMITS
