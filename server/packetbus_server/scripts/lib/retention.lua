@@ -60,8 +60,10 @@ local function rt_bytes(log, from, to)
 end
 
 -- Remove the entries of `log` below `bound` (an id), recording the newest
--- publication among them as the horizon's t; returns how many went.
-local function rt_trim_below(log, horizon, bound, counting_bytes)
+-- publication among them as the horizon's t; returns how many went. While
+-- bytes are counted, `gone` is their bytes when the caller has read them
+-- already (nil: read here).
+local function rt_trim_below(log, horizon, bound, counting_bytes, gone)
   local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
   if #first == 0 or not rt_less(first[1][1], bound) then return 0 end
   local scan = 8
@@ -76,7 +78,7 @@ local function rt_trim_below(log, horizon, bound, counting_bytes)
   end
   if not trimmed and #below == scan then trimmed = below[scan][1] end
   if counting_bytes then
-    local gone = rt_bytes(log, '-', '(' .. bound)
+    gone = gone or rt_bytes(log, '-', '(' .. bound)
     local left = tonumber(redis.call('HINCRBY', horizon, 'sb', -gone))
     if left < 0 then redis.call('HSET', horizon, 'sb', 0) end
   end
@@ -125,24 +127,31 @@ local function apply_limits(log, horizon, now_ms, retention_ms)
     local excess = redis.call('XLEN', log) - mp
     if excess > 0 then
       local gone = redis.call('XRANGE', log, '-', '+', 'COUNT', excess)
-      removed = removed + rt_trim_below(log, horizon, rt_successor(gone[#gone][1]), counting)
+      local bytes = 0
+      for _, entry in ipairs(gone) do
+        bytes = bytes + rt_entry(entry)
+      end
+      local bound = rt_successor(gone[#gone][1])
+      removed = removed + rt_trim_below(log, horizon, bound, counting, bytes)
     end
   end
   if mb then
     local over = tonumber(redis.call('HGET', horizon, 'sb') or '0') - mb
-    local bound = nil
+    local bound, gone = nil, 0
     local start = '-'
     while over > 0 do
-      local entries = redis.call('XRANGE', log, start, '+', 'COUNT', 256)
+      -- Small pages: usually a batch's worth of the oldest entries goes.
+      local entries = redis.call('XRANGE', log, start, '+', 'COUNT', 64)
       if #entries == 0 then break end
       for _, entry in ipairs(entries) do
-        over = over - rt_entry(entry)
+        local bytes = rt_entry(entry)
+        over, gone = over - bytes, gone + bytes
         bound = rt_successor(entry[1])
         if over <= 0 then break end
       end
       start = '(' .. entries[#entries][1]
     end
-    if bound then removed = removed + rt_trim_below(log, horizon, bound, counting) end
+    if bound then removed = removed + rt_trim_below(log, horizon, bound, counting, gone) end
   end
   if wq then removed = removed + rt_work_queue(log, horizon) end
   redis.call('PERSIST', horizon)
