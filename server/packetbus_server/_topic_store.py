@@ -90,6 +90,11 @@ class TopicStore:
 
     async def after_acks(self, topic: str) -> int:
         """Work-queue retention after acks: drop what every group acked; how many went."""
+        cached = self._work_queue.get(topic)
+        fresh = cached is not None and time.monotonic() - cached[1] < _POLICY_CACHE_SECONDS
+        if fresh and cached is not None and not cached[0]:
+            # The common case, on every settlement: no store call, no retry wrapper.
+            return 0
 
         async def attempt() -> int:
             if not await self._is_work_queue(topic):
