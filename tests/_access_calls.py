@@ -57,6 +57,7 @@ def _stub_method(stubs: Stubs, method: str) -> Any:
         "packetbus.v1.PolicyService": stubs.policy,
         "packetbus.v1.RecordService": stubs.records,
         "packetbus.v1.TaskService": stubs.tasks,
+        "packetbus.v1.TopicService": stubs.topics,
     }
     return getattr(by_service[service], name)
 
@@ -108,6 +109,7 @@ P = "packetbus.v1.PacketService/"
 PO = "packetbus.v1.PolicyService/"
 R = "packetbus.v1.RecordService/"
 T = "packetbus.v1.TaskService/"
+TO = "packetbus.v1.TopicService/"
 
 
 def row(method: str) -> Callable[[Builder], Builder]:

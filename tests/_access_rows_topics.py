@@ -12,8 +12,9 @@ from packetbus.v1 import (
     custody_service_pb2,
     packet_service_pb2,
     policy_service_pb2,
+    topic_service_pb2,
 )
-from tests._access_calls import CA, CU, PO, Call, G, P, row
+from tests._access_calls import CA, CU, PO, TO, Call, G, P, row
 from tests._access_setup import (
     carceled,
     data_packet,
@@ -224,3 +225,21 @@ async def _deny(door: Door, me: str) -> Call:
 async def _policy_stats(door: Door, me: str) -> Call:
     topic, _ = await held(door)
     return Call(PO + "GetPolicyStats", policy_service_pb2.GetPolicyStatsRequest(topic=topic))
+
+
+@row(TO + "SetTopicRetention")
+async def _set_retention(door: Door, me: str) -> Call:
+    topic = unique("topic")
+    await dispatched(door, topic)
+    request = topic_service_pb2.SetTopicRetentionRequest(
+        topic=topic, retention=topic_service_pb2.TopicRetention(max_packets=1000)
+    )
+    return Call(TO + "SetTopicRetention", request)
+
+
+@row(TO + "GetTopicRetention")
+async def _get_retention(door: Door, me: str) -> Call:
+    topic = unique("topic")
+    await dispatched(door, topic)
+    request = topic_service_pb2.GetTopicRetentionRequest(topic=topic)
+    return Call(TO + "GetTopicRetention", request)

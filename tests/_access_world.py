@@ -48,6 +48,7 @@ from packetbus.v1 import (
     policy_service_pb2_grpc,
     record_service_pb2_grpc,
     task_service_pb2_grpc,
+    topic_service_pb2_grpc,
 )
 from packetbus_server import ServerConfig, start
 from packetbus_server._access import Permission
@@ -202,6 +203,7 @@ class Stubs:
     policy: policy_service_pb2_grpc.PolicyServiceStub
     records: record_service_pb2_grpc.RecordServiceStub
     tasks: task_service_pb2_grpc.TaskServiceStub
+    topics: topic_service_pb2_grpc.TopicServiceStub
 
     @classmethod
     def over(cls, channel: grpc.aio.Channel) -> Stubs:
@@ -216,6 +218,7 @@ class Stubs:
             policy_service_pb2_grpc.PolicyServiceStub(channel),
             record_service_pb2_grpc.RecordServiceStub(channel),
             task_service_pb2_grpc.TaskServiceStub(channel),
+            topic_service_pb2_grpc.TopicServiceStub(channel),
         )
 
 

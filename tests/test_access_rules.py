@@ -13,6 +13,7 @@ from packetbus.v1 import (
     policy_service_pb2,
     record_service_pb2,
     task_service_pb2,
+    topic_service_pb2,
 )
 from packetbus_server._access.permissions import RULES
 from packetbus_server._access.principal import default_agent_id
@@ -28,6 +29,7 @@ _MODULES = (
     policy_service_pb2,
     record_service_pb2,
     task_service_pb2,
+    topic_service_pb2,
 )
 
 
@@ -42,7 +44,7 @@ def _methods() -> set[str]:
 
 def test_every_rpc_has_exactly_one_rule() -> None:
     assert set(RULES) == _methods()
-    assert len(RULES) == 64
+    assert len(RULES) == 66
 
 
 def test_a_client_stream_is_checked_in_its_service() -> None:

@@ -24,6 +24,7 @@ from . import (
     _cli_groups,
     _cli_policy,
     _cli_tasks,
+    _cli_topics,
 )
 from ._cli_args import (
     COUNT,
@@ -373,6 +374,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _cli_custody.add_parsers(commands)
     _cli_groups.add_parsers(commands)
+    _cli_topics.add_parsers(commands)
     _cli_tasks.add_parsers(commands)
     _cli_findings.add_parsers(commands)
     _cli_agents.add_parsers(commands)
@@ -496,6 +498,7 @@ _COMMANDS = {
     "health": _health,
     **_cli_custody.COMMANDS,
     **_cli_groups.COMMANDS,
+    **_cli_topics.COMMANDS,
     **_cli_tasks.COMMANDS,
     **_cli_findings.COMMANDS,
     **_cli_agents.COMMANDS,

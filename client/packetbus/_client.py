@@ -46,6 +46,8 @@ from packetbus.v1 import (
     record_service_pb2_grpc,
     speech_act_pb2,
     task_service_pb2_grpc,
+    topic_service_pb2,
+    topic_service_pb2_grpc,
 )
 
 from . import _custody
@@ -151,6 +153,7 @@ class Client(ClosedOnExit):
         self._stub = packet_service_pb2_grpc.PacketServiceStub(channel)
         self._custody = custody_service_pb2_grpc.CustodyServiceStub(channel)
         self._groups = consumer_group_service_pb2_grpc.ConsumerGroupServiceStub(channel)
+        self._topics = topic_service_pb2_grpc.TopicServiceStub(channel)
         self._carcel = carcel_service_pb2_grpc.CarcelServiceStub(channel)
         self._tasks = task_service_pb2_grpc.TaskServiceStub(channel)
         self._findings = finding_service_pb2_grpc.FindingServiceStub(channel)
@@ -534,6 +537,46 @@ class Client(ClosedOnExit):
         request = consumer_group_service_pb2.DeleteConsumerGroupRequest(topic=topic, name=name)
         response = await self._call(self._groups.DeleteConsumerGroup, request, timeout)
         return bool(response.deleted)
+
+    async def set_topic_retention(
+        self,
+        topic: str,
+        *,
+        max_age_seconds: int = 0,
+        max_packets: int = 0,
+        max_bytes: int = 0,
+        work_queue: bool = False,
+        timeout: float | None = None,
+    ) -> topic_service_pb2.SetTopicRetentionResponse:
+        """Replace a topic's retention limits (0 = no limit) and apply them at once.
+
+        work_queue: packets also leave once every consumer group has acked them.
+        Idempotent: setting the same values again changes nothing.
+        """
+        policy = (
+            topic_service_pb2.RETENTION_POLICY_WORK_QUEUE
+            if work_queue
+            else topic_service_pb2.RETENTION_POLICY_LIMITS
+        )
+        request = topic_service_pb2.SetTopicRetentionRequest(
+            topic=topic,
+            retention=topic_service_pb2.TopicRetention(
+                max_age_seconds=max_age_seconds,
+                max_packets=max_packets,
+                max_bytes=max_bytes,
+                policy=policy,
+            ),
+        )
+        response = await self._call(self._topics.SetTopicRetention, request, timeout)
+        return cast(topic_service_pb2.SetTopicRetentionResponse, response)
+
+    async def get_topic_retention(
+        self, topic: str, *, timeout: float | None = None
+    ) -> topic_service_pb2.GetTopicRetentionResponse:
+        """A topic's retention limits, and the packets (and bytes) it holds now."""
+        request = topic_service_pb2.GetTopicRetentionRequest(topic=topic)
+        response = await self._call(self._topics.GetTopicRetention, request, timeout)
+        return cast(topic_service_pb2.GetTopicRetentionResponse, response)
 
     def consume(
         self,

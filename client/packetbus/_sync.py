@@ -9,7 +9,7 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from packetbus.v1 import packet_pb2, packet_service_pb2
+from packetbus.v1 import packet_pb2, packet_service_pb2, topic_service_pb2
 
 from ._client import LATEST, Client, GapHandler, StartPosition, Subscription
 from ._config import ClientConfig
@@ -124,6 +124,32 @@ class SyncClient:
         self, *, timeout: float | None = None
     ) -> packet_service_pb2.GetServerInfoResponse:
         return self._run(self._client.server_info(timeout=timeout))
+
+    def set_topic_retention(
+        self,
+        topic: str,
+        *,
+        max_age_seconds: int = 0,
+        max_packets: int = 0,
+        max_bytes: int = 0,
+        work_queue: bool = False,
+        timeout: float | None = None,
+    ) -> topic_service_pb2.SetTopicRetentionResponse:
+        return self._run(
+            self._client.set_topic_retention(
+                topic,
+                max_age_seconds=max_age_seconds,
+                max_packets=max_packets,
+                max_bytes=max_bytes,
+                work_queue=work_queue,
+                timeout=timeout,
+            )
+        )
+
+    def get_topic_retention(
+        self, topic: str, *, timeout: float | None = None
+    ) -> topic_service_pb2.GetTopicRetentionResponse:
+        return self._run(self._client.get_topic_retention(topic, timeout=timeout))
 
     def health(self, *, service: str = "", timeout: float | None = None) -> str:
         return self._run(self._client.health(service=service, timeout=timeout))

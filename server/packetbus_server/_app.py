@@ -27,6 +27,7 @@ from packetbus.v1 import (
     policy_service_pb2,
     record_service_pb2,
     task_service_pb2,
+    topic_service_pb2,
 )
 
 from ._access import Gate
@@ -78,6 +79,8 @@ from ._store import PacketStore, connect_redis
 from ._task_service import TaskService
 from ._task_store import TaskStore
 from ._tls import ReloadingCredentials, TlsPaths
+from ._topic_service import TopicService
+from ._topic_store import TopicStore
 from ._worker_ports import WorkerPorts
 
 log = logging.getLogger("packetbus.server")
@@ -344,11 +347,19 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
             streams,
             gate=gate,
         )
+        topics = TopicStore(
+            redis,
+            retry_budget=config.retry_budget_seconds,
+            retention_ms=config.limits.max_ttl_seconds * 1000,
+        )
+        topic_service = topic_service_pb2.DESCRIPTOR.services_by_name["TopicService"]
+        add_servicer(server, topic_service, TopicService(topics, config.limits), streams, gate=gate)
         groups = GroupStore(
             redis,
             retry_budget=config.retry_budget_seconds,
             carcel_retention_ms=config.limits.carcel_retention_seconds * 1000,
             reads=reads,
+            retention=topics,
         )
         add_servicer(
             server,
@@ -469,6 +480,7 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
                 context_service.full_name,
                 record_service.full_name,
                 policy_service.full_name,
+                topic_service.full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),

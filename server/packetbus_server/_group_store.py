@@ -22,6 +22,7 @@ from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
 from ._store import cursor_millis
+from ._topic_store import TopicStore
 from ._waits import SharedReads
 
 
@@ -87,6 +88,10 @@ class Kind(enum.Enum):
     CARCEL = "carcel"
 
 
+# Settlements after which a group no longer holds the packet.
+_SETTLED_KINDS = (Kind.ACK, Kind.CARCEL)
+
+
 # Not frozen, as above.
 @dataclass(slots=True)
 class Settle:
@@ -142,8 +147,11 @@ class GroupStore:
         retry_budget: float,
         carcel_retention_ms: int,
         reads: SharedReads | None = None,
+        retention: TopicStore | None = None,
     ) -> None:
         self._redis = redis
+        # Work-queue retention drops what every group acked, after a settlement.
+        self._retention = retention
         self._reads = reads or SharedReads(redis)
         self._retry_budget = retry_budget
         self.carcel_retention_ms = carcel_retention_ms
@@ -319,6 +327,15 @@ class GroupStore:
             ]
 
         result: list[Settled] | None = await self._retried(attempt, budget)
+        if (
+            self._retention is not None
+            and result
+            and any(
+                r.outcome is Outcome.OK and i.kind in _SETTLED_KINDS
+                for i, r in zip(items, result, strict=True)
+            )
+        ):
+            await self._retention.after_acks(topic)
         return result
 
     async def read_entries(

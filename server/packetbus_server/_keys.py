@@ -19,9 +19,14 @@ happen by construction. Keys that one Lua script touches together share a
 |                              |        |             | store's retry of it (group_pull.lua)    |                   |
 | ``pb:{<topic>}:horizon``     | hash   | topic       | what left the log, for subscribers'     | the log's expiry  |
 |                              |        |             | gaps: ``t`` = newest entry trimmed by   | + retention, set  |
-|                              |        |             | retention, ``x`` = newest entry of a    | at each dispatch  |
-|                              |        |             | log that expired whole, ``l`` = newest  |                   |
-|                              |        |             | entry a dispatch appended               |                   |
+|                              |        |             | retention, ``x`` = newest entry of a    | at each dispatch; |
+|                              |        |             | log that expired whole, ``l`` = newest  | none while it     |
+|                              |        |             | entry a dispatch appended; and the      | holds limits      |
+|                              |        |             | topic's own retention limits            |                   |
+|                              |        |             | (scripts/lib/retention.lua): ``ma`` max |                   |
+|                              |        |             | age ms, ``mp`` max packets, ``mb`` max  |                   |
+|                              |        |             | bytes, ``wq`` = 1 work-queue, ``sb`` =  |                   |
+|                              |        |             | the log's packet bytes while mb is set  |                   |
 | ``pb:{<topic>}:hops:<tid>``  | hash   | topic       | custody entries after ingest: ``n`` =   | packet's expiry,  |
 |                              |        |             | count, ``h`` = last entry hash, ``1``.. | or the carcel     |
 |                              |        |             | ``n`` = entries; ``s:<group>`` = that   | retention once    |

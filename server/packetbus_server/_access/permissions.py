@@ -29,6 +29,7 @@ class Permission(enum.StrEnum):
     TOPICS_PUBLISH = "topics.publish"  # dispatch packets to [topic]
     TOPICS_SUBSCRIBE = "topics.subscribe"  # subscribe to, read packets of [topic]
     TOPICS_CONSUME = "topics.consume"  # pull, ack, nack, extend in groups of [topic]
+    TOPICS_MANAGE = "topics.manage"  # set the retention limits of [topic]
     GROUPS_MANAGE = "groups.manage"  # create, delete consumer groups of [topic]
     GROUPS_READ = "groups.read"  # get, list consumer groups of [topic]
     TASKS_POST = "tasks.post"  # post tasks to [queue]
@@ -100,6 +101,7 @@ _PACKETS = "packetbus.v1.PacketService/"
 _POLICY = "packetbus.v1.PolicyService/"
 _RECORDS = "packetbus.v1.RecordService/"
 _TASKS = "packetbus.v1.TaskService/"
+_TOPICS = "packetbus.v1.TopicService/"
 _IN_SERVICE = True
 
 # Keyed by "package.Service/Method" (a gRPC method path without its leading "/").
@@ -158,6 +160,8 @@ RULES: dict[str, Rule] = {
     _RECORDS + "PutRecord": Rule(P.RECORDS_WRITE, in_service=_IN_SERVICE),  # its kind
     _RECORDS + "GetRecord": Rule(P.RECORDS_READ, _record_kind),
     _RECORDS + "ListRecords": Rule(P.RECORDS_READ, _record_kind),
+    _TOPICS + "SetTopicRetention": Rule(P.TOPICS_MANAGE, _field("topic")),
+    _TOPICS + "GetTopicRetention": Rule(P.TOPICS_SUBSCRIBE, _field("topic")),
     _TASKS + "PostTask": Rule(P.TASKS_POST, lambda r: str(r.packet.topic)),
     _TASKS + "ClaimTask": Rule(P.TASKS_CLAIM, _field("queue")),
     _TASKS + "HeartbeatTask": Rule(P.TASKS_CLAIM, _field("queue")),

@@ -40,7 +40,8 @@
 -- governance decision left (cursor "rejected:<id>" or "held:<id>") answers
 -- "dup" with that cursor too: the caller reports the decision.
 --
--- The log's horizon, trimming and expiry: scripts/lib/log.lua.
+-- The log's horizon, trimming and expiry: scripts/lib/log.lua; the topic's own
+-- retention limits (kept in the horizon hash): scripts/lib/retention.lua.
 local log = KEYS[1]
 local groups = KEYS[2]
 local horizon = KEYS[3]

@@ -36,6 +36,10 @@ end
 local function after_append(log, groups, horizon, oldest, newest_cursor, newest_expiry, now_ms, retention_ms)
   local threshold = now_ms - retention_ms
   local marks = {'l', newest_cursor}
+  -- The topic's own limits (lib/retention.lua) trim by the server-wide
+  -- retention too, when it has any.
+  count_appended(log, horizon, oldest)
+  local limited = apply_limits(log, horizon, now_ms, retention_ms)
   if #oldest == 0 then
     -- The log held nothing before this call (it expired as a whole, or only
     -- groups were left in it): the newest entry it had is gone.
@@ -44,7 +48,7 @@ local function after_append(log, groups, horizon, oldest, newest_cursor, newest_
       table.insert(marks, 'x')
       table.insert(marks, last)
     end
-  elseif id_ms(oldest[1][1]) < threshold then
+  elseif not limited and id_ms(oldest[1][1]) < threshold then
     local trimmed = newest_publication_below(log, threshold)
     if trimmed then
       table.insert(marks, 't')
@@ -69,6 +73,9 @@ local function after_append(log, groups, horizon, oldest, newest_cursor, newest_
     end
   end
   -- The horizon outlives the log by the retention, so a subscriber resuming
-  -- an old cursor after the log expired is still told what it missed.
-  redis.call('PEXPIRE', horizon, keep + retention_ms)
+  -- an old cursor after the log expired is still told what it missed; one
+  -- holding the topic's limits stays.
+  if not limited then
+    redis.call('PEXPIRE', horizon, keep + retention_ms)
+  end
 end
