@@ -318,19 +318,10 @@ class Client(ClosedOnExit):
         self, packet: packet_pb2.Packet, timeout: float | None
     ) -> packet_service_pb2.Receipt:
         fill_defaults(packet, self._config.identity)
-        deadline = self._deadline(timeout)
-        future = await self._batcher.submit(packet, deadline)
-        try:
-            result = await asyncio.wait_for(
-                asyncio.shield(future), max(0.0, deadline - time.monotonic())
-            )
-        except TimeoutError:
-            raise PacketbusError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"packet {packet.tracking_id} not acknowledged in time (it may have been "
-                "stored); dispatching the same packet again is safe",
-                outcome_unknown=True,
-            ) from None
+        # The batcher fails the future with DEADLINE_EXCEEDED at the deadline; a
+        # caller cancelled meanwhile cancels only its own future.
+        future = await self._batcher.submit(packet, self._deadline(timeout))
+        result = await future
         if result.WhichOneof("outcome") == "error":
             raise PacketbusError.from_status(result.error)
         return result.receipt

@@ -24,8 +24,11 @@ def default_target() -> str:
 class BatchSettings:
     """How `Client.dispatch` groups packets into Dispatch calls.
 
-    A batch is sent when it holds `max_packets` packets or `max_bytes` bytes,
-    or `max_latency` seconds after its first packet, whichever comes first.
+    Packets dispatched while no batch is in flight are sent at once (those of
+    one event loop turn together); packets that arrive behind a batch in flight
+    wait for it and go out together when it completes, or `max_latency` seconds
+    after the first of them (beside it, up to `max_concurrent_batches` calls), or
+    as soon as they fill `max_packets` packets or `max_bytes` bytes.
     Flow control: once `max_outstanding_packets` or `max_outstanding_bytes` are
     waiting or in flight, `dispatch` waits for room instead of buffering more.
     """

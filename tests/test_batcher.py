@@ -1,0 +1,193 @@
+"""The dispatch batcher's timing: send at once when idle, batch only behind a call
+in flight, and keep the bounds, flow control, deadlines, order and close/cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import grpc
+import pytest
+
+import packetbus
+from packetbus._batcher import Batcher
+from packetbus.v1 import packet_service_pb2
+from tests.conftest import new_packet
+
+
+class FakeSend:
+    """A Dispatch call that answers when told to (or at once), recording each batch."""
+
+    def __init__(self, *, hold: bool = False) -> None:
+        self.batches: list[list[str]] = []
+        self.hold = hold
+        self.release = asyncio.Event()
+
+    async def __call__(
+        self, packets: Sequence[packetbus.Packet], deadline: float
+    ) -> list[packet_service_pb2.DispatchResult]:
+        self.batches.append([p.tracking_id for p in packets])
+        if self.hold:
+            await self.release.wait()
+        return [packet_service_pb2.DispatchResult(tracking_id=p.tracking_id) for p in packets]
+
+
+def settings(**kw: float) -> packetbus.BatchSettings:
+    return packetbus.BatchSettings(**kw)  # type: ignore[arg-type]
+
+
+async def test_a_lone_packet_is_sent_without_waiting_for_the_window() -> None:
+    send = FakeSend()
+    batcher = Batcher(send, settings(max_latency=10.0))
+    packet = new_packet("t")
+    started = time.monotonic()
+    result = await (await batcher.submit(packet, deadline=time.monotonic() + 30))
+    assert time.monotonic() - started < 1.0  # not the 10 s window
+    assert result.tracking_id == packet.tracking_id
+    assert send.batches == [[packet.tracking_id]]
+
+
+async def test_packets_submitted_together_while_idle_share_one_call() -> None:
+    send = FakeSend()
+    batcher = Batcher(send, settings(max_latency=10.0))
+    packets = [new_packet("t") for _ in range(5)]
+    futures = [await batcher.submit(p, deadline=1e12) for p in packets]
+    results = await asyncio.gather(*futures)
+    assert [r.tracking_id for r in results] == [p.tracking_id for p in packets]
+    assert send.batches == [[p.tracking_id for p in packets]]
+
+
+async def test_packets_behind_a_call_in_flight_go_together_when_it_completes() -> None:
+    send = FakeSend(hold=True)
+    batcher = Batcher(send, settings(max_latency=10.0))
+    first = await batcher.submit(new_packet("t"), deadline=1e12)
+    await asyncio.sleep(0.05)
+    assert len(send.batches) == 1  # the first went at once
+    behind = [new_packet("t") for _ in range(7)]
+    futures = [await batcher.submit(p, deadline=1e12) for p in behind]
+    await asyncio.sleep(0.05)
+    assert len(send.batches) == 1  # they wait behind the call, not sent one by one
+    send.release.set()
+    await first
+    results = await asyncio.gather(*futures)
+    assert [r.tracking_id for r in results] == [p.tracking_id for p in behind]
+    assert send.batches[1] == [p.tracking_id for p in behind]
+    assert len(send.batches) == 2
+
+
+async def test_behind_a_slow_call_the_window_sends_beside_it() -> None:
+    send = FakeSend(hold=True)
+    batcher = Batcher(send, settings(max_latency=0.05, max_concurrent_batches=2))
+    await batcher.submit(new_packet("t"), deadline=1e12)
+    await asyncio.sleep(0.01)
+    await batcher.submit(new_packet("t"), deadline=1e12)
+    await asyncio.sleep(0.01)
+    assert len(send.batches) == 1
+    await asyncio.sleep(0.2)
+    assert len(send.batches) == 2  # max_latency bounds the wait behind a stuck call
+    send.release.set()
+    await batcher.close()
+
+
+async def test_count_bound_splits_batches_behind_a_call() -> None:
+    send = FakeSend(hold=True)
+    batcher = Batcher(send, settings(max_latency=10.0, max_packets=3, max_concurrent_batches=8))
+    await batcher.submit(new_packet("t"), deadline=1e12)
+    await asyncio.sleep(0.01)
+    for _ in range(7):
+        await batcher.submit(new_packet("t"), deadline=1e12)
+    await asyncio.sleep(0.01)
+    assert [len(b) for b in send.batches] == [1, 3, 3]
+    send.release.set()
+    await batcher.flush()
+    assert [len(b) for b in send.batches] == [1, 3, 3, 1]
+
+
+async def test_byte_bound_splits_batches() -> None:
+    send = FakeSend(hold=True)
+    size = new_packet("t").ByteSize()
+    batcher = Batcher(send, settings(max_latency=10.0, max_bytes=2 * size + 1))
+    futures = [await batcher.submit(new_packet("t"), deadline=1e12) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    assert [len(b) for b in send.batches] == [2, 2]  # the fifth waits behind them
+    send.release.set()
+    await asyncio.gather(*futures)
+    assert [len(b) for b in send.batches] == [2, 2, 1]
+
+
+async def test_a_deadline_passes_while_the_call_is_in_flight() -> None:
+    send = FakeSend(hold=True)
+    batcher = Batcher(send, settings())
+    packet = new_packet("t")
+    short = await batcher.submit(packet, deadline=time.monotonic() + 0.05)
+    long = await batcher.submit(new_packet("t"), deadline=time.monotonic() + 30)
+    with pytest.raises(packetbus.PacketbusError) as caught:
+        await short
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert caught.value.outcome_unknown
+    assert packet.tracking_id in str(caught.value)
+    assert not long.done()  # the other packet of the batch still waits for its answer
+    send.release.set()
+    await long
+
+
+async def test_a_cancelled_caller_does_not_fail_the_others() -> None:
+    send = FakeSend(hold=True)
+    batcher = Batcher(send, settings())
+    futures = [await batcher.submit(new_packet("t"), deadline=1e12) for _ in range(3)]
+    waiter = asyncio.ensure_future(futures[1])
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    send.release.set()
+    done = await asyncio.gather(futures[0], futures[2])
+    assert len(done) == 2
+    await batcher.close()
+
+
+async def test_flow_control_admits_waiters_first_come_first_served() -> None:
+    send = FakeSend(hold=True)
+    batcher = Batcher(send, settings(max_outstanding_packets=2, max_latency=10.0))
+    order: list[int] = []
+
+    async def submit(i: int) -> None:
+        await batcher.submit(new_packet("t"), deadline=1e12)
+        order.append(i)
+
+    tasks = [asyncio.create_task(submit(i)) for i in range(6)]
+    await asyncio.sleep(0.05)
+    assert order == [0, 1]  # the others wait for room
+    send.release.set()
+    await asyncio.gather(*tasks)
+    assert order == list(range(6))
+    await batcher.close()
+
+
+async def test_close_fails_callers_waiting_for_room_and_sends_what_is_queued() -> None:
+    send = FakeSend(hold=True)
+    batcher = Batcher(send, settings(max_outstanding_packets=1))
+    queued = await batcher.submit(new_packet("t"), deadline=1e12)
+    waiting = asyncio.create_task(batcher.submit(new_packet("t"), deadline=1e12))
+    await asyncio.sleep(0.01)
+    closing = asyncio.create_task(batcher.close())
+    with pytest.raises(packetbus.PacketbusError) as caught:
+        await waiting
+    assert caught.value.code == grpc.StatusCode.CANCELLED
+    send.release.set()
+    await closing
+    assert (await queued).tracking_id
+    with pytest.raises(packetbus.PacketbusError):
+        await batcher.submit(new_packet("t"), deadline=1e12)
+
+
+async def test_cancel_fails_queued_and_in_flight_with_cancelled() -> None:
+    send = FakeSend(hold=True)
+    batcher = Batcher(send, settings(max_latency=10.0))
+    in_flight = await batcher.submit(new_packet("t"), deadline=1e12)
+    await asyncio.sleep(0.01)
+    queued = await batcher.submit(new_packet("t"), deadline=1e12)
+    batcher.cancel()
+    for future in (in_flight, queued):
+        with pytest.raises(packetbus.PacketbusError) as caught:
+            await future
+        assert caught.value.code == grpc.StatusCode.CANCELLED
