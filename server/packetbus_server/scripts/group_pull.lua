@@ -24,8 +24,9 @@
 --
 -- Returns {now ms, ack deadline ms, max attempts, the log's newest entry id
 -- ("0-0" if none: wait for entries after it), 1 if the look for run-out leases
--- reached the end of the pending list (else 0), then 6 values per leased entry:
--- cursor, delivery count, tracking id, packet bytes, content length, TTL ms},
+-- reached the end of the pending list (else 0), then 7 values per leased entry:
+-- cursor, delivery count, tracking id, packet bytes, content length, TTL ms,
+-- batch reference ("" for none: _batch_refs)},
 -- or {'nogroup'}. A delivery count above max attempts means the
 -- packet is to go to the carcel, not to the consumer.
 -- Skipped (and acked for the group): entries past their TTL, and entries
@@ -73,6 +74,7 @@ local function take(entry, count)
   out[#out + 1] = f['p']
   out[#out + 1] = f['n']
   out[#out + 1] = f['t']
+  out[#out + 1] = f['b'] or ''
   leased = leased + 1
   return true
 end

@@ -1,0 +1,75 @@
+"""The stored-once form of ingest custody (_batch_refs): a call's sealed batch kept
+once per topic, log entries that refer to it, readers that put the entries back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as redis_asyncio
+
+import packetbus
+from tests.conftest import new_packet
+
+
+async def _batch_keys(raw: redis_asyncio.Redis, topic: str) -> list[bytes]:
+    return [bytes(k) async for k in raw.scan_iter(match=f"pb:{{{topic}}}:batch:*")]
+
+
+async def test_entries_refer_to_one_batch_and_chains_come_back_whole(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str
+) -> None:
+    packets = [new_packet(topic) for _ in range(3)]
+    await client.dispatch_batch(packets)
+    [batch] = await _batch_keys(raw_redis, topic)
+    entries: Any = await raw_redis.xrange(f"pb:{{{topic}}}:log")
+    assert [fields[b"b"].split(b" ")[1] for _, fields in entries] == [b"0", b"2", b"4"]
+    assert {fields[b"b"].split(b" ")[0] for _, fields in entries} == {batch.split(b":")[-1]}
+    for packet in packets:
+        result = await client.verify_custody(packet.tracking_id)
+        assert result.verified
+        actions = [e.action for e in result.entries]
+        assert actions == ["received", "dispatched"]
+
+
+async def test_a_replayed_dispatch_stores_nothing_twice(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str
+) -> None:
+    packets = [new_packet(topic) for _ in range(2)]
+    await client.dispatch_batch(packets)
+    before = await _batch_keys(raw_redis, topic)
+    await client.dispatch_batch(packets)  # every packet a duplicate: sealed again, not stored
+    assert await _batch_keys(raw_redis, topic) == before
+    assert await raw_redis.xlen(f"pb:{{{topic}}}:log") == 2
+
+
+async def test_a_tampered_batch_fails_verification(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str
+) -> None:
+    packet = new_packet(topic)
+    await client.dispatch(packet)
+    [key] = await _batch_keys(raw_redis, topic)
+    original: Any = await raw_redis.get(key)
+    stored = bytearray(original)
+    stored[-1] ^= 1  # a bit of the last leaf hash: the Merkle root no longer matches
+    await raw_redis.set(key, bytes(stored), keepttl=True)
+    result = await client.verify_custody(packet.tracking_id)
+    assert not result.verified
+
+
+async def test_memory_per_packet_is_under_1100_bytes(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str
+) -> None:
+    # ~0.5 KB packets (issue 16's shape, bench/store_memory.py) in calls of 100:
+    # used_memory's growth per packet, log entry, idempotency record, location
+    # key and the call's batch included. Full entries took ~2,150 B on Valkey 9.
+    body = "x" * 250  # within the conversation id limit
+    await client.dispatch(new_packet(topic))  # the log stream's own overhead
+    before = int((await raw_redis.info("memory"))["used_memory"])
+    n = 500
+    for start in range(0, n, 100):
+        await client.dispatch_batch(
+            [new_packet(topic, conversation_id=body) for _ in range(start, start + 100)]
+        )
+    after = int((await raw_redis.info("memory"))["used_memory"])
+    per_packet = (after - before) / n
+    assert per_packet <= 1_100, per_packet
