@@ -90,6 +90,9 @@ async def measure(url: str, packets: int, ttl_seconds: int, shared: bool) -> dic
         entry = first[0][1]
         payload, content_length = entry[b"p"], int(entry[b"n"])
         record = await store.get(record_key) or b""
+        # The stored-once form (_batch_refs): one sealed batch per call and topic.
+        batches = [k for k in made if ":batch:" in k]
+        batch_bytes = [await store.memory_usage(k, samples=0) or 0 for k in batches]
         return {
             "store": url.split("@")[-1],
             "packets": packets,
@@ -99,6 +102,8 @@ async def measure(url: str, packets: int, ttl_seconds: int, shared: bool) -> dic
             "record_key_bytes": await store.memory_usage(record_key),
             "record_value_bytes": len(record),
             "location_key_bytes": await store.memory_usage(location_key),
+            "batch_keys": len(batches),
+            "batch_key_bytes_per_packet": round(sum(batch_bytes) / packets),
             "log_entry_field_bytes": {k.decode(): len(v) for k, v in entry.items()},
             "content_bytes": content_length,
             "custody_entries": custody_sizes(payload, content_length),

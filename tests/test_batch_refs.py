@@ -3,11 +3,13 @@ once per topic, log entries that refer to it, readers that put the entries back.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis.asyncio as redis_asyncio
 
 import packetbus
+from packetbus.v1 import custody_pb2
 from tests.conftest import new_packet
 
 
@@ -61,15 +63,51 @@ async def test_memory_per_packet_is_under_1100_bytes(
 ) -> None:
     # ~0.5 KB packets (issue 16's shape, bench/store_memory.py) in calls of 100:
     # used_memory's growth per packet, log entry, idempotency record, location
-    # key and the call's batch included. Full entries took ~2,150 B on Valkey 9.
+    # key and the call's batch included. Full entries took ~2,150 B on Valkey 9,
+    # this form ~1,010 B. The store is shared with other tests (keys expiring, a
+    # keyspace table doubling now and then): the best of three rounds counts.
     body = "x" * 250  # within the conversation id limit
-    await client.dispatch(new_packet(topic))  # the log stream's own overhead
-    before = int((await raw_redis.info("memory"))["used_memory"])
-    n = 500
-    for start in range(0, n, 100):
-        await client.dispatch_batch(
-            [new_packet(topic, conversation_id=body) for _ in range(start, start + 100)]
-        )
-    after = int((await raw_redis.info("memory"))["used_memory"])
-    per_packet = (after - before) / n
-    assert per_packet <= 1_100, per_packet
+    rounds = []
+    for round_ in range(3):
+        on = f"{topic}-{round_}"
+        await client.dispatch(new_packet(on))  # the log stream's own overhead
+        before = int((await raw_redis.info("memory"))["used_memory"])
+        n = 1_000
+        for _ in range(0, n, 100):
+            await client.dispatch_batch([new_packet(on, conversation_id=body) for _ in range(100)])
+        after = int((await raw_redis.info("memory"))["used_memory"])
+        rounds.append((after - before) / n)
+    assert min(rounds) <= 1_100, rounds
+
+
+async def test_a_carcel_copy_and_its_requeue_keep_the_batch_alive(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str
+) -> None:
+    await client.create_consumer_group(
+        topic, "g", start=packetbus.EARLIEST, max_delivery_attempts=1
+    )
+    packet = new_packet(topic, ttl_seconds=30)
+    await client.dispatch(packet)
+    [key] = await _batch_keys(raw_redis, topic)
+    assert 0 < int(await raw_redis.pttl(key)) <= 30_000
+    async with client.consume(topic, "g", consumer="c") as consumer:
+        async with asyncio.timeout(10):
+            delivery = await anext(consumer)
+            [result] = await delivery.nack(reason="no")
+    assert result.carcel_id
+    # The carcel keeps the packet for the carcel retention (7 days), so its batch
+    # (the packet's "received" and "dispatched" entries) lives as long.
+    assert int(await raw_redis.pttl(key)) > 7 * 86_400_000 - 60_000
+    [entry] = [e async for e in client.carcel_entries(topic)]
+    assert [
+        custody_pb2.CustodyRecord.FromString(e.record).action
+        for e in entry.packet.packet.chain_of_custody
+    ][:2] == ["received", "dispatched"]
+    await client.requeue_carcel_entry(topic, result.carcel_id)
+    requeued: Any = await raw_redis.xrange(f"pb:{{{topic}}}:log", count=10)
+    assert requeued[-1][1][b"b"] == requeued[0][1][b"b"]
+    async with client.consume(topic, "g", consumer="c") as consumer:
+        async with asyncio.timeout(10):
+            again = await anext(consumer)
+    assert again.packet.packet.tracking_id == packet.tracking_id
+    assert (await client.verify_custody(packet.tracking_id)).verified

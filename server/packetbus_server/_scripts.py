@@ -76,12 +76,12 @@ class LuaScript:
 
 
 DISPATCH = LuaScript.load("dispatch", libraries=("log",))
-FOLLOW = LuaScript.load("follow")
+FOLLOW = LuaScript.load("follow", libraries=("batches",))
 GET_PACKET = LuaScript.load("get_packet")
 REGISTER_AGENT_KEY = LuaScript.load("register_agent_key")
 GROUP_CREATE = LuaScript.load("group_create")
 GROUP_DELETE = LuaScript.load("group_delete")
-GROUP_PULL = LuaScript.load("group_pull")
+GROUP_PULL = LuaScript.load("group_pull", libraries=("batches",))
 SETTLE = LuaScript.load("settle", libraries=("hops", "batches"))
 HOPS_APPEND = LuaScript.load("hops_append", libraries=("hops",))
 CARCEL_REQUEUE = LuaScript.load("carcel_requeue", libraries=("hops", "batches"), derives_keys=True)

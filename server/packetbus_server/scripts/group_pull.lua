@@ -63,7 +63,7 @@ local function take(entry, count)
     redis.call('XACK', log, group, id)
     return true
   end
-  local size = #f['p'] + tonumber(f['n'])
+  local size = stored_bytes(f) + tonumber(f['n'])
   if leased > 0 and bytes + size > budget then
     return false
   end
