@@ -35,6 +35,24 @@ _SIGNATURE = 64
 _HASH = 32
 
 
+def _record_of(entry: bytes) -> bytes:
+    """A serialized CustodyEntry's record (field 1). The server writes it first
+    (`_wire.BatchEntryWriter`), so it is sliced out without parsing the entry: this
+    runs for every entry of every dispatch call. Records are < 16 KiB (a varint of
+    one or two bytes); anything else is parsed."""
+    if entry[:1] == b"\x0a" and len(entry) > 3:
+        first, second = entry[1], entry[2]
+        if first < 0x80:
+            length, at = first, 2
+        elif second < 0x80:
+            length, at = (first & 0x7F) | second << 7, 3
+        else:
+            length, at = -1, 0
+        if length >= 0 and at + length <= len(entry):
+            return entry[at : at + length]
+    return custody_pb2.CustodyEntry.FromString(entry).record
+
+
 class SealedBatchError(ValueError):
     """Stored bytes that are not a sealed batch this server can read."""
 
@@ -53,6 +71,10 @@ class SealedBatch:
     # The leaf hashes (entry hashes of the records), 32 bytes each, in leaf order.
     leaves: bytes
     _paths: list[bytes] | None = field(default=None, repr=False, compare=False)
+    # Made once per batch, like the proofs: a reader rebuilds many packets of it.
+    _writers: tuple[list[_wire.RecordWriter], _wire.BatchEntryWriter] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def leaf_count(self) -> int:
@@ -93,9 +115,7 @@ class SealedBatch:
             raise SealedBatchError("a sealed batch has at least one entry")
         first = custody_pb2.CustodyEntry.FromString(entries[0])
         record = custody_pb2.CustodyRecord.FromString(first.record)
-        leaves = b"".join(
-            _custody.entry_hash(custody_pb2.CustodyEntry.FromString(e).record) for e in entries
-        )
+        leaves = b"".join(_custody.entry_hash(_record_of(e)) for e in entries)
         return cls(
             signature=first.signature,
             key_id=first.key_id.encode(),
@@ -135,13 +155,23 @@ class SealedBatch:
             raise SealedBatchError(f"leaf {leaf} is not in a batch of {self.leaf_count}")
         digest = hashlib.sha256(content).digest()
         records: list[bytes] = []
-        for step, action in enumerate(_ACTIONS):
-            writer = _wire.RecordWriter(
-                actor=self.actor,
-                action=action,
-                occurred_at_ns=self.occurred_at_ns,
-                key_id=self.key_id,
+        if self._writers is None:
+            self._writers = (
+                [
+                    _wire.RecordWriter(
+                        actor=self.actor,
+                        action=action,
+                        occurred_at_ns=self.occurred_at_ns,
+                        key_id=self.key_id,
+                    )
+                    for action in _ACTIONS
+                ],
+                _wire.BatchEntryWriter(
+                    signature=self.signature, key_id=self.key_id, leaf_count=self.leaf_count
+                ),
             )
+        writers, signed = self._writers
+        for step, writer in enumerate(writers):
             record = writer.record(
                 sequence=sequence + step,
                 content_digest=digest,
@@ -152,7 +182,4 @@ class SealedBatch:
             previous_hash = _custody.entry_hash(record)
             records.append(record)
         proofs = self._proofs()
-        signed = _wire.BatchEntryWriter(
-            signature=self.signature, key_id=self.key_id, leaf_count=self.leaf_count
-        )
         return signed.entries(records, proofs[leaf : leaf + 2], first=leaf)
