@@ -163,7 +163,8 @@ if leased < wanted then
 end
 if leased > 0 then
   local ids = {}
-  for j = 6, #out, 6 do
+  -- Each leased entry is 7 values (see Returns), its cursor first.
+  for j = 6, #out, 7 do
     ids[#ids + 1] = out[j]
   end
   redis.call('RPUSH', record, unpack(ids))
