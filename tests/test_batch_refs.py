@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import redis.asyncio as redis_asyncio
 
 import packetbus
 from packetbus.v1 import custody_pb2
+from packetbus_server import _batch_refs, _keys
+from packetbus_server._sealed_batch import SealedBatch
 from tests.conftest import new_packet
 
 
@@ -111,3 +114,17 @@ async def test_a_carcel_copy_and_its_requeue_keep_the_batch_alive(
             again = await anext(consumer)
     assert again.packet.packet.tracking_id == packet.tracking_id
     assert (await client.verify_custody(packet.tracking_id)).verified
+
+
+async def test_a_reader_keeps_a_bounded_number_of_batches(
+    raw_redis: redis_asyncio.Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_batch_refs, "_CACHED_LEAVES", 10)
+    expander = _batch_refs.Expander(raw_redis)
+    for n in range(5):
+        batch = SealedBatch(b"s" * 64, b"key", b"server", 1, b"", bytes(32 * 4))
+        await raw_redis.set(_keys.ingest_batch(topic, f"b{n}"), batch.encode(), px=60_000)
+        [payload] = await expander.expand(topic, [(b"", 0, b"tid", f"b{n} 0".encode())])
+        assert len(payload) > 0  # the two entries were put back
+    # 4 leaves each: two batches fit in 10 leaves, the oldest went first.
+    assert list(expander._batches) == [(topic, "b3"), (topic, "b4")]

@@ -34,10 +34,11 @@ FIELD = b"b"
 # 8 bytes of the batch signature, hex: unique per topic for as long as any
 # batch lives (a collision needs 2^32 batches on one topic at once).
 _ID_BYTES = 8
-# Decoded batches kept per server (immutable once written, so never stale): a
-# reader expanding a page of one call's packets reads and decodes it once. A
-# batch of 500 packets holds ~360 KB of proof paths once used: 64 stay bounded.
-_CACHED = 64
+# Decoded batches kept per reader (immutable once written, so never stale): a
+# reader expanding a page of one call's packets reads and decodes it once. Bounded
+# by their leaves: a leaf costs 32 B plus its proof path once used (~11 x 34 B at
+# the 1,000-packet call limit), so 16,384 leaves stay under ~7 MB per reader.
+_CACHED_LEAVES = 16_384
 # The chain_of_custody field's tag: an empty entry is the tag and a zero length.
 _CHAIN_TAG = _wire.with_chain(b"", [b""])[:-1]
 
@@ -92,6 +93,7 @@ class Expander:
     def __init__(self, redis: Any) -> None:
         self._redis = redis
         self._batches: OrderedDict[tuple[str, str], SealedBatch] = OrderedDict()
+        self._leaves = 0
 
     async def _load(self, topic: str, idents: set[str]) -> dict[str, SealedBatch | None]:
         found: dict[str, SealedBatch | None] = {}
@@ -116,8 +118,10 @@ class Expander:
                 found[ident] = batch
                 if batch is not None:
                     self._batches[(topic, ident)] = batch
-                    if len(self._batches) > _CACHED:
-                        self._batches.popitem(last=False)
+                    self._leaves += batch.leaf_count
+                    while self._leaves > _CACHED_LEAVES and len(self._batches) > 1:
+                        _, gone = self._batches.popitem(last=False)
+                        self._leaves -= gone.leaf_count
         return found
 
     async def expand(
