@@ -131,16 +131,17 @@ class Expander:
         the client's chain, then the server's entries). A ref of b"" is full already.
         A batch gone or unreadable leaves the chain without the server's entries, so
         it fails verification rather than verifying something else."""
-        idents = {parse_ref(ref)[0] for _, _, _, ref in items if ref}
+        refs = [parse_ref(ref) if ref else None for _, _, _, ref in items]
+        idents = {r[0] for r in refs if r is not None}
         if not idents:
             return [payload for payload, _, _, _ in items]
         batches = await self._load(topic, idents)
         out = []
-        for payload, content_length, tracking_id, ref in items:
-            if not ref:
+        for (payload, content_length, tracking_id, _), parsed in zip(items, refs, strict=True):
+            if parsed is None:
                 out.append(payload)
                 continue
-            ident, leaf = parse_ref(ref)
+            ident, leaf = parsed
             batch = batches.get(ident)
             if batch is None:
                 out.append(payload)
@@ -156,7 +157,12 @@ def rebuilt(
     batch: SealedBatch, leaf: int, payload: bytes, content_length: int, tracking_id: bytes
 ) -> list[bytes]:
     """The server's two ingest entries of the packet stored as `payload`."""
-    chain = packet_pb2.Packet.FromString(payload[content_length:]).chain_of_custody
+    # Most packets come without a chain: nothing to parse then.
+    chain = (
+        packet_pb2.Packet.FromString(payload[content_length:]).chain_of_custody
+        if len(payload) > content_length
+        else ()
+    )
     previous = _custody.entry_hash(chain[-1].record) if chain else b""
     try:
         return batch.entries(
