@@ -42,6 +42,7 @@ async def test_a_replayed_dispatch_stores_nothing_twice(
     packets = [new_packet(topic) for _ in range(2)]
     await client.dispatch_batch(packets)
     before = await _batch_keys(raw_redis, topic)
+    assert len(before) == 1
     await client.dispatch_batch(packets)  # every packet a duplicate: sealed again, not stored
     assert await _batch_keys(raw_redis, topic) == before
     assert await raw_redis.xlen(f"pb:{{{topic}}}:log") == 2
