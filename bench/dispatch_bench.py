@@ -510,8 +510,10 @@ async def raw_write_all(
                 _keys.topic_log(topic),
                 _keys.topic_groups(topic),
                 _keys.topic_horizon(topic),
+                # No sealed batch (packets stored whole): its key is not used.
+                _keys.ingest_batch(topic, ""),
             ]
-            args: list[str | int | bytes] = [RETENTION_MS, 2, topic]
+            args: list[str | int | bytes] = [RETENTION_MS, 2, topic, b"", b"", b""]
             for w in batch:
                 keys += [
                     _keys.packet_record(topic, w.tracking_id),

@@ -14,7 +14,7 @@ from typing import Any
 
 from packetbus import _wire
 
-from . import _keys, _scripts
+from . import _batch_refs, _keys, _scripts
 from ._hop_store import HopStore
 from ._replies import text
 from ._retry import with_retries
@@ -71,6 +71,7 @@ class CarcelStore:
     def __init__(self, redis: RedisClient, hops: HopStore, *, retry_budget: float) -> None:
         self._redis = redis
         self._hops = hops
+        self._expander = _batch_refs.Expander(redis)
         self._retry_budget = retry_budget
 
     async def _read(self, topic: str, low: str, high: str, count: int) -> list[CarcelRecord]:
@@ -82,12 +83,20 @@ class CarcelStore:
         raw: Any = await with_retries(attempt, budget_seconds=self._retry_budget)
         tids = [text(fields.get(b"i", b"")) for _, fields in raw]
         hops = await self._hops.read(topic, tids)
+        # Stored-once entries get the server's ingest entries back (_batch_refs).
+        payloads = await self._expander.expand(
+            topic,
+            [
+                (bytes(fields[b"p"]), int(fields[b"n"]), tid.encode(), fields.get(b"b", b""))
+                for (_, fields), tid in zip(raw, tids, strict=True)
+            ],
+        )
         return [
             CarcelRecord(
                 id=text(entry_id),
                 topic=topic,
                 tracking_id=tid,
-                stored=bytes(fields[b"p"]),
+                stored=stored,
                 hops=entries,
                 content_length=int(fields[b"n"]),
                 ttl_ms=int(fields[b"t"]),
@@ -99,7 +108,9 @@ class CarcelStore:
                 rule_id=text(fields.get(b"u", b"")),
                 policy_version=text(fields.get(b"v", b"")),
             )
-            for (entry_id, fields), tid, entries in zip(raw, tids, hops, strict=True)
+            for (entry_id, fields), tid, entries, stored in zip(
+                raw, tids, hops, payloads, strict=True
+            )
         ]
 
     async def page(self, topic: str, after: str | None, count: int) -> list[CarcelRecord]:

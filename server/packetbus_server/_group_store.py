@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _keys, _scripts
+from . import _batch_refs, _keys, _scripts
 from ._limits import Limits
 from ._replies import text
 from ._retry import with_retries
@@ -152,6 +152,7 @@ class GroupStore:
         self._redis = redis
         # Work-queue retention drops what every group acked, after a settlement.
         self._retention = retention
+        self._expander = _batch_refs.Expander(redis)
         self._reads = reads or SharedReads(redis)
         self._retry_budget = retry_budget
         self.carcel_retention_ms = carcel_retention_ms
@@ -267,8 +268,10 @@ class GroupStore:
                     content_length=int(rest[j + 4]),
                     expires_at_ms=cursor_millis(text(rest[j])) + int(rest[j + 5]),
                 )
-                for j in range(0, len(rest), 6)
+                for j in range(0, len(rest), 7)
             ]
+            refs = [bytes(rest[j + 6]) for j in range(0, len(rest), 7)]
+            entries = await _batch_refs.expanded(self._expander, topic, entries, refs)
             return Pulled(
                 int(now_ms),
                 int(deadline_ms),
@@ -348,6 +351,7 @@ class GroupStore:
             for cursor in cursors:
                 pipe.xrange(_keys.topic_log(topic), cursor, cursor)
             replies = await pipe.execute()
+            refs: list[bytes] = []
             out: list[tuple[str, bytes, int, int] | None] = []
             for reply in replies:
                 if not reply:
@@ -362,7 +366,8 @@ class GroupStore:
                         int(fields[b"t"]),
                     )
                 )
-            return out
+                refs.append(fields.get(b"b", b""))
+            return await _batch_refs.expanded_rows(self._expander, topic, out, refs)
 
         result: list[tuple[str, bytes, int, int] | None] = await self._retried(attempt)
         return result

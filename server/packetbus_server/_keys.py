@@ -10,7 +10,9 @@ happen by construction. Keys that one Lua script touches together share a
 |                              |        |             | bytes (content, then chain), ``n`` =    | expiry; none while|
 |                              |        |             | content length, ``t`` = TTL ms (expires | the topic has     |
 |                              |        |             | at the entry id's ms + t), ``i`` =      | consumer groups   |
-|                              |        |             | tracking id, ``g`` = the one consumer   | (they live in it) |
+|                              |        |             | tracking id, ``b`` = ``<batch id>       | (they live in it) |
+|                              |        |             | <leaf>`` (server entries stored once),  |                   |
+|                              |        |             | ``g`` = the one consumer                |                   |
 |                              |        |             | group a requeued entry is for; and the  |                   |
 |                              |        |             | topic's consumer groups                 |                   |
 | ``pb:{<topic>}:groups``      | hash   | topic       | group name -> ``<ack deadline ms>       | none              |
@@ -27,6 +29,10 @@ happen by construction. Keys that one Lua script touches together share a
 |                              |        |             | age ms, ``mp`` max packets, ``mb`` max  |                   |
 |                              |        |             | bytes, ``wq`` = 1 work-queue, ``sb`` =  |                   |
 |                              |        |             | the log's packet bytes while mb is set  |                   |
+| ``pb:{<topic>}:batch:<id>``  | string | topic       | one dispatch call's sealed batch        | newest packet's   |
+|                              |        |             | (_sealed_batch): its log entries carry  | expiry; carcel    |
+|                              |        |             | ``b`` = ``<id> <leaf>`` in place of the | copies and        |
+|                              |        |             | server's two ingest entries             | requeues extend it|
 | ``pb:{<topic>}:hops:<tid>``  | hash   | topic       | custody entries after ingest: ``n`` =   | packet's expiry,  |
 |                              |        |             | count, ``h`` = last entry hash, ``1``.. | or the carcel     |
 |                              |        |             | ``n`` = entries; ``s:<group>`` = that   | retention once    |
@@ -155,6 +161,11 @@ def group_pull(topic: str, pull_id: str) -> str:
 
 def topic_horizon(topic: str) -> str:
     return f"{PREFIX}:{{{topic}}}:horizon"
+
+
+def ingest_batch(topic: str, batch_id: str) -> str:
+    """A dispatch call's sealed batch, stored once per topic (_batch_refs)."""
+    return f"{PREFIX}:{{{topic}}}:batch:{batch_id}"
 
 
 def custody_hops(topic: str, tracking_id: str) -> str:

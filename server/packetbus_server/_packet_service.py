@@ -15,6 +15,7 @@ from packetbus.v1 import packet_pb2, packet_service_pb2, packet_service_pb2_grpc
 
 from . import _status
 from ._access import Permission, allows, binding
+from ._batch_refs import with_batch
 from ._clock import StoreClock
 from ._custodian import Custodian, check_origin
 from ._fields import is_stream_id
@@ -267,6 +268,8 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
 
         chains = self._custodian.seal([(a.packet, a.content) for _, a in accepted], now_ns)
         writes = [to_write(a, chain) for (_, a), chain in zip(accepted, chains, strict=True)]
+        # The server's entries stored once per call, not per packet (_batch_refs).
+        writes = with_batch(writes, chains)
         async with storage_errors(context):
             stored = await self._store.write(writes, time_remaining=context.time_remaining())
 

@@ -76,15 +76,15 @@ class LuaScript:
 
 
 DISPATCH = LuaScript.load("dispatch", libraries=("retention", "log"))
-FOLLOW = LuaScript.load("follow")
+FOLLOW = LuaScript.load("follow", libraries=("batches",))
 GET_PACKET = LuaScript.load("get_packet")
 REGISTER_AGENT_KEY = LuaScript.load("register_agent_key")
 GROUP_CREATE = LuaScript.load("group_create")
 GROUP_DELETE = LuaScript.load("group_delete")
-GROUP_PULL = LuaScript.load("group_pull")
-SETTLE = LuaScript.load("settle", libraries=("hops",))
+GROUP_PULL = LuaScript.load("group_pull", libraries=("batches",))
+SETTLE = LuaScript.load("settle", libraries=("hops", "batches"))
 HOPS_APPEND = LuaScript.load("hops_append", libraries=("hops",))
-CARCEL_REQUEUE = LuaScript.load("carcel_requeue", libraries=("hops",))
+CARCEL_REQUEUE = LuaScript.load("carcel_requeue", libraries=("hops", "batches"), derives_keys=True)
 TASK_POST = LuaScript.load("task_post", libraries=("hops", "fields", "tasks", "order"))
 TASK_CLAIM = LuaScript.load("task_claim", libraries=("hops", "fields", "tasks"), derives_keys=True)
 TASK_SETTLE = LuaScript.load(

@@ -27,7 +27,7 @@ from redis.backoff import NoBackoff
 
 from packetbus import _wire
 
-from . import _keys, _scripts
+from . import _batch_refs, _keys, _scripts
 from ._clock import StoreClock
 from ._cluster_client import StoreCluster
 from ._durability import DurableRedis, Waits
@@ -77,6 +77,12 @@ class PacketWrite:
     # custody), then the chain; the first content_length bytes are the content.
     payload: bytes
     content_length: int
+    # The stored-once form (_batch_refs): payload holds content and the client's
+    # chain only; the server's ingest entries are leaf `leaf` of sealed batch
+    # `batch` (encoded), stored once per topic as pb:{topic}:batch:<batch_id>.
+    batch_id: str = ""
+    batch: bytes = b""
+    leaf: int = 0
 
 
 def dispatch_argument(w: PacketWrite) -> bytes:
@@ -104,6 +110,10 @@ class LogEntry:
     expires_at_ms: int
     payload: bytes
     content_length: int
+    # Stored-once entries (_batch_refs): the batch reference and tracking id the
+    # reader needs to put the server's entries back ("" when the entry is full).
+    ref: bytes = b""
+    tracking_id: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +203,16 @@ def _publications(
         cursor = text(entry_id)
         if b"g" not in fields:
             expires_at_ms = cursor_millis(cursor) + int(fields[b"t"])
-            entries.append(LogEntry(cursor, expires_at_ms, fields[b"p"], int(fields[b"n"])))
+            entries.append(
+                LogEntry(
+                    cursor,
+                    expires_at_ms,
+                    fields[b"p"],
+                    int(fields[b"n"]),
+                    fields.get(b"b", b""),
+                    fields.get(b"i", b""),
+                )
+            )
     return entries, cursor
 
 
@@ -294,6 +313,19 @@ class PacketStore:
         self._noted: dict[str, float] = {}
         self._retention_ms = retention_ms
         self._retry_budget = retry_budget
+        self._expander = _batch_refs.Expander(redis)
+
+    async def _expanded(self, topic: str, entries: list[LogEntry]) -> list[LogEntry]:
+        # Stored-once entries get the server's ingest entries back (_batch_refs).
+        if not any(e.ref for e in entries):
+            return entries
+        payloads = await self._expander.expand(
+            topic, [(e.payload, e.content_length, e.tracking_id, e.ref) for e in entries]
+        )
+        return [
+            LogEntry(e.cursor, e.expires_at_ms, p, e.content_length)
+            for e, p in zip(entries, payloads, strict=True)
+        ]
 
     @property
     def redis(self) -> RedisClient:
@@ -417,14 +449,32 @@ class PacketStore:
             entries: Any = await self._redis.xrange(
                 _keys.topic_log(topic), min=f"({after}", count=count
             )
-            return _page(entries, self.clock.now_ms())
+            page = _page(entries, self.clock.now_ms())
+            return LogPage(await self._expanded(topic, page.entries), page.last_cursor)
 
         return await with_retries(attempt, budget_seconds=self._retry_budget)
 
     async def _write_topic(self, topic: str, writes: list[PacketWrite]) -> list[WriteResult]:
         claim_here = not self._cluster
-        keys = [_keys.topic_log(topic), _keys.topic_groups(topic), _keys.topic_horizon(topic)]
-        args: list[object] = [self._retention_ms, 2 if claim_here else 1, topic]
+        # One call's writes share one sealed batch (or none: _batch_refs).
+        batch_id, batch = writes[0].batch_id, writes[0].batch
+        if any(w.batch_id != batch_id for w in writes):
+            raise ValueError("one script call stores the packets of one sealed batch")
+        keys = [
+            _keys.topic_log(topic),
+            _keys.topic_groups(topic),
+            _keys.topic_horizon(topic),
+            _keys.ingest_batch(topic, batch_id),
+        ]
+        leaves = b"".join(b"%08d" % w.leaf for w in writes) if batch_id else b""
+        args: list[object] = [
+            self._retention_ms,
+            2 if claim_here else 1,
+            topic,
+            batch,
+            batch_id,
+            leaves,
+        ]
         for w in writes:
             keys.append(_keys.packet_record(topic, w.tracking_id))
             if claim_here:
@@ -455,12 +505,15 @@ class PacketStore:
             )
             if reply is None:
                 return None
-            cursor, expiry, payload, content_length, *hops = reply
+            cursor, expiry, payload, content_length, ref, tid, *hops = reply
+            [stored] = await self._expander.expand(
+                topic, [(bytes(payload), int(content_length), bytes(tid), bytes(ref))]
+            )
             return FoundPacket(
                 topic,
                 text(cursor),
                 int(expiry),
-                _wire.with_chain(bytes(payload), hops),
+                _wire.with_chain(stored, hops),
                 int(content_length),
             )
 
@@ -491,7 +544,7 @@ class PacketStore:
             trimmed, expired, last, held, raw, cut = reply
             entries, last_cursor = _publications((i, _fields(f)) for i, f in raw)
             return FollowPage(
-                entries,
+                await self._expanded(topic, entries),
                 last_cursor,
                 len(raw) < count and not int(cut),
                 _horizon(trimmed, expired, last, int(held)),

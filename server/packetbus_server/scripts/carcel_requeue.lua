@@ -4,6 +4,7 @@
 -- KEYS[2]  the topic's log stream      (pb:{topic}:log)
 -- KEYS[3]  the topic's group registry  (pb:{topic}:groups)
 -- KEYS[4]  the packet's custody hops   (pb:{topic}:hops:<tracking id>)
+-- (and the sealed batch the entry refers to, built from KEYS[2]: lib/batches.lua)
 -- ARGV[1]  the carcel entry id
 -- ARGV[2]  hops the packet has before the "requeued" one
 -- ARGV[3]  the serialized, signed "requeued" custody entry (empty when the
@@ -39,10 +40,13 @@ end
 if ARGV[3] ~= '' and hop_count(hops) ~= tonumber(ARGV[2]) then
   return {'stale', tostring(hop_count(hops)), redis.call('HGET', hops, 'h') or ''}
 end
-local cursor = redis.call('XADD', log, '*', 'p', f['p'], 'n', f['n'], 't', f['t'], 'i', f['i'], 'g', group)
+local cursor = redis.call('XADD', log, '*', 'p', f['p'], 'n', f['n'], 't', f['t'], 'i', f['i'], 'g', group,
+  'b', f['b'] or '')
 redis.call('XDEL', carcel, ARGV[1])
 redis.call('HSET', hops, 'rq', ARGV[1] .. ' ' .. cursor)
 local expires_ms = tonumber(string.match(cursor, '^(%d+)-')) + tonumber(f['t'])
+-- Back in the log with a fresh TTL: its batch must last as long.
+keep_batch(log, f['b'], tonumber(f['t']))
 if ARGV[3] ~= '' then
   append_hop(hops, tonumber(ARGV[2]), ARGV[3], ARGV[4], expires_ms)
 end

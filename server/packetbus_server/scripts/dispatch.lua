@@ -14,9 +14,12 @@
 --          tell a gap: t = the newest entry retention trimmed, x = the newest
 --          entry lost with a log that expired as a whole, l = the newest entry
 --          this script appended
+-- KEYS[4]  the call's sealed batch (pb:{topic}:batch:<id>, _batch_refs): stored
+--          once when some packet is new, expiring with the newest packet
+--          referring to it (never sooner: PEXPIREAT GT)
 -- then, for packet i, ARGV[2] keys:
---   KEYS[4 + w(i-1)]      packet i's idempotency record   (pb:{topic}:pkt:<tracking id>)
---   KEYS[5 + w(i-1)]      packet i's location             (pb:loc:{<tracking id>}), only
+--   KEYS[5 + w(i-1)]      packet i's idempotency record   (pb:{topic}:pkt:<tracking id>)
+--   KEYS[6 + w(i-1)]      packet i's location             (pb:loc:{<tracking id>}), only
 --                         when w = 2: on a single Redis the location is claimed here;
 --                         on a Redis Cluster it lives in another slot and the caller
 --                         claims it beforehand (w = 1)
@@ -24,7 +27,12 @@
 --          (exactly, so the horizon names exactly the newest entry that went)
 -- ARGV[2]  w, keys per packet: 1 or 2
 -- ARGV[3]  the topic
--- ARGV[3 + i]  packet i, as one string (one argument per packet keeps the
+-- ARGV[4]  the sealed batch's bytes ("" for none: packets stored whole)
+-- ARGV[5]  the sealed batch's id ("" for none)
+-- ARGV[6]  per packet, 8 digits: the leaf of its "received" entry in the batch;
+--          a new packet's log entry gets b = "<batch id> <leaf>", its packet
+--          bytes hold content and the client's chain only
+-- ARGV[6 + i]  packet i, as one string (one argument per packet keeps the
 --              command small to encode): 64 hex digits of its fingerprint (the
 --              SHA-256 of what the sender means: _ingest.fingerprint), its TTL in ms as 12 digits,
 --              the length of its content prefix as 8 digits, its tracking id
@@ -48,6 +56,7 @@ local horizon = KEYS[3]
 local retention_ms = tonumber(ARGV[1])
 local width = tonumber(ARGV[2])
 local topic = ARGV[3]
+local batch_key, batch, batch_id, leaves = KEYS[4], ARGV[4], ARGV[5], ARGV[6]
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 
@@ -56,10 +65,10 @@ local oldest = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
 local results = {}
 local newest_expiry = 0
 local newest_cursor = nil
-for i = 1, (#KEYS - 3) / width do
-  local record_key = KEYS[4 + width * (i - 1)]
-  local location_key = width == 2 and KEYS[5 + width * (i - 1)] or nil
-  local packet = ARGV[3 + i]
+for i = 1, (#KEYS - 4) / width do
+  local record_key = KEYS[5 + width * (i - 1)]
+  local location_key = width == 2 and KEYS[6 + width * (i - 1)] or nil
+  local packet = ARGV[6 + i]
   local fingerprint = string.sub(packet, 1, 64)
   local owner = location_key and redis.call('GET', location_key)
   local existing = redis.call('GET', record_key)
@@ -76,8 +85,15 @@ for i = 1, (#KEYS - 3) / width do
     local ttl_ms = tonumber(string.sub(packet, 65, 76))
     local content_length = tonumber(string.sub(packet, 77, 84))
     local tracking_id = string.sub(packet, 85, 120)
-    local cursor = redis.call(
-      'XADD', log, '*', 'p', string.sub(packet, 121), 'n', content_length, 't', ttl_ms, 'i', tracking_id)
+    local cursor
+    if batch_id ~= '' then
+      local leaf = tonumber(string.sub(leaves, 8 * i - 7, 8 * i))
+      cursor = redis.call('XADD', log, '*', 'p', string.sub(packet, 121), 'n', content_length,
+        't', ttl_ms, 'i', tracking_id, 'b', batch_id .. ' ' .. leaf)
+    else
+      cursor = redis.call(
+        'XADD', log, '*', 'p', string.sub(packet, 121), 'n', content_length, 't', ttl_ms, 'i', tracking_id)
+    end
     -- Expiry counts from the cursor's millisecond (the packet's stored_at),
     -- which XADD may take from the last id rather than from TIME.
     local expiry = tonumber(string.match(cursor, '^(%d+)-')) + ttl_ms
@@ -93,6 +109,12 @@ for i = 1, (#KEYS - 3) / width do
   end
 end
 
+if newest_expiry > 0 and batch_id ~= '' then
+  -- Another chunk of the same call may have stored it already: keep the
+  -- bytes, only ever extend the expiry.
+  redis.call('SET', batch_key, batch, 'NX', 'PXAT', newest_expiry)
+  redis.call('PEXPIREAT', batch_key, newest_expiry, 'GT')
+end
 if newest_expiry > 0 then
   after_append(log, groups, horizon, oldest, newest_cursor, newest_expiry, now_ms, retention_ms)
 end

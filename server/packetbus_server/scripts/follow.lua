@@ -27,6 +27,9 @@ if budget > 0 then
     for j = 1, #f, 2 do
       if f[j] == 'p' then
         bytes = bytes + #f[j + 1]
+      elseif f[j] == 'b' and f[j + 1] ~= '' then
+        -- A stored-once entry: the server's entries come back (lib/batches.lua).
+        bytes = bytes + BATCH_ENTRY_BYTES
       elseif f[j] == 'n' then
         bytes = bytes + tonumber(f[j + 1])
       end

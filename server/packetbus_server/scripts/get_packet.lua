@@ -5,7 +5,8 @@
 -- KEYS[2]  the topic's log stream           (pb:{topic}:log)
 -- KEYS[3]  the packet's custody hops        (pb:{topic}:hops:<tracking id>)
 --
--- Returns {cursor, expiry ms, packet bytes, content length, hop entries...},
+-- Returns {cursor, expiry ms, packet bytes, content length, batch reference ("" for
+-- none: _batch_refs), tracking id, hop entries...},
 -- or nil when the record or its log entry is gone (expired or trimmed).
 local existing = redis.call('GET', KEYS[1])
 if not existing then
@@ -25,9 +26,9 @@ local found = {}
 for j = 1, #fields, 2 do
   found[fields[j]] = fields[j + 1]
 end
-local reply = {cursor, expiry, found['p'], found['n']}
+local reply = {cursor, expiry, found['p'], found['n'], found['b'] or '', found['i'] or ''}
 local hops = tonumber(redis.call('HGET', KEYS[3], 'n') or '0')
 for j = 1, hops do
-  reply[4 + j] = redis.call('HGET', KEYS[3], tostring(j))
+  reply[6 + j] = redis.call('HGET', KEYS[3], tostring(j))
 end
 return reply

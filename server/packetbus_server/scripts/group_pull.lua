@@ -24,8 +24,9 @@
 --
 -- Returns {now ms, ack deadline ms, max attempts, the log's newest entry id
 -- ("0-0" if none: wait for entries after it), 1 if the look for run-out leases
--- reached the end of the pending list (else 0), then 6 values per leased entry:
--- cursor, delivery count, tracking id, packet bytes, content length, TTL ms},
+-- reached the end of the pending list (else 0), then 7 values per leased entry:
+-- cursor, delivery count, tracking id, packet bytes, content length, TTL ms,
+-- batch reference ("" for none: _batch_refs)},
 -- or {'nogroup'}. A delivery count above max attempts means the
 -- packet is to go to the carcel, not to the consumer.
 -- Skipped (and acked for the group): entries past their TTL, and entries
@@ -62,7 +63,7 @@ local function take(entry, count)
     redis.call('XACK', log, group, id)
     return true
   end
-  local size = #f['p'] + tonumber(f['n'])
+  local size = stored_bytes(f) + tonumber(f['n'])
   if leased > 0 and bytes + size > budget then
     return false
   end
@@ -73,6 +74,7 @@ local function take(entry, count)
   out[#out + 1] = f['p']
   out[#out + 1] = f['n']
   out[#out + 1] = f['t']
+  out[#out + 1] = f['b'] or ''
   leased = leased + 1
   return true
 end
@@ -161,7 +163,8 @@ if leased < wanted then
 end
 if leased > 0 then
   local ids = {}
-  for j = 6, #out, 6 do
+  -- Each leased entry is 7 values (see Returns), its cursor first.
+  for j = 6, #out, 7 do
     ids[#ids + 1] = out[j]
   end
   redis.call('RPUSH', record, unpack(ids))

@@ -3,6 +3,7 @@
 -- KEYS[1]      the topic's log stream      (pb:{topic}:log)
 -- KEYS[2]      the topic's group registry  (pb:{topic}:groups)
 -- KEYS[3]      the topic's carcel          (pb:{topic}:carcel)
+-- (a carceled entry's sealed batch is built from KEYS[1]: lib/batches.lua)
 -- KEYS[3 + i]  item i's custody hops       (pb:{topic}:hops:<tracking id>)
 -- ARGV[1]      group name
 -- ARGV[2]      carcel retention in ms
@@ -131,7 +132,8 @@ for i = 1, items do
         local reason, detail, source, deliveries =
           string.match(argument, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n(%d+)$')
         value = redis.call('XADD', carcel, '*', 'p', f['p'], 'n', f['n'], 't', f['t'], 'i', f['i'] or '',
-          'c', cursor, 'r', reason, 'd', detail, 's', source, 'a', deliveries)
+          'c', cursor, 'r', reason, 'd', detail, 's', source, 'a', deliveries, 'b', f['b'] or '')
+        keep_batch(log, f['b'], retention_ms)
         redis.call('XTRIM', carcel, 'MINID', '~', now_ms - retention_ms)
         redis.call('PEXPIRE', carcel, retention_ms)
         -- The chain must outlive the packet while it sits in the carcel.

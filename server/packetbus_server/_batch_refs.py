@@ -1,0 +1,219 @@
+"""Ingest custody stored once per call: log entries that refer to a sealed batch.
+
+A dispatch's two server custody entries per packet ("received", "dispatched",
+~1.2 KB of a 0.5 KB packet's stored bytes) are all rebuilt from the call's
+`SealedBatch` (_sealed_batch), so the store keeps that batch once per topic at
+``pb:{<topic>}:batch:<id>`` and each log entry keeps only its content, the
+client's own chain and ``b`` = ``<batch id> <leaf>``. Every reader puts the
+server entries back (`Expander`) before anything else sees the bytes, so
+clients get exactly the StoredPacket/Delivery bytes of the full form, and
+chains verify offline with only public keys as before.
+
+Entries without ``b`` (written before this form, or by governance, tasks,
+findings) are full already and pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from packetbus import _custody, _wire
+from packetbus.v1 import packet_pb2
+
+from . import _keys
+from ._sealed_batch import SealedBatch, SealedBatchError
+
+if TYPE_CHECKING:
+    from ._store import PacketWrite
+
+# The log/carcel entry field holding "<batch id> <leaf>".
+FIELD = b"b"
+# 8 bytes of the batch signature, hex: unique per topic for as long as any
+# batch lives (a collision needs 2^32 batches on one topic at once).
+_ID_BYTES = 8
+# Decoded batches kept per reader (immutable once written, so never stale): a
+# reader expanding a page of one call's packets reads and decodes it once. Bounded
+# by their leaves: a leaf costs 32 B plus its proof path once used (~11 x 34 B at
+# the 1,000-packet call limit), so 16,384 leaves stay under ~7 MB per reader.
+_CACHED_LEAVES = 16_384
+# The chain_of_custody field's tag: an empty entry is the tag and a zero length.
+_CHAIN_TAG = _wire.with_chain(b"", [b""])[:-1]
+
+
+def with_batch(
+    writes: Sequence[PacketWrite], chains: Sequence[Sequence[bytes]]
+) -> list[PacketWrite]:
+    """`writes` (payload: content, the client's chain, then the server's two
+    entries `chains[i]`) in the stored-once form: the server entries cut off and
+    replaced by a reference to the call's sealed batch. Unchanged when the server
+    does not sign (no entries)."""
+    from ._store import PacketWrite  # here: _store imports this module
+
+    if not writes or any(len(c) != 2 for c in chains):
+        return list(writes)
+    flat = [e for chain in chains for e in chain]
+    batch = SealedBatch.of_entries(flat)
+    encoded = batch.encode()
+    ident = batch.signature[:_ID_BYTES].hex()
+    out = []
+    tag = len(_CHAIN_TAG)
+    for k, (w, chain) in enumerate(zip(writes, chains, strict=True)):
+        received, dispatched = chain
+        cut = 2 * tag + len(received) + len(dispatched)
+        cut += len(_wire.varint(len(received))) + len(_wire.varint(len(dispatched)))
+        # The constructor, not dataclasses.replace: this runs per packet at ingest,
+        # where replace costs ~10 times as much.
+        out.append(
+            PacketWrite(
+                tracking_id=w.tracking_id,
+                topic=w.topic,
+                fingerprint=w.fingerprint,
+                ttl_ms=w.ttl_ms,
+                payload=w.payload[: len(w.payload) - cut],
+                content_length=w.content_length,
+                batch_id=ident,
+                batch=encoded,
+                leaf=2 * k,
+            )
+        )
+    return out
+
+
+def parse_ref(ref: bytes) -> tuple[str, int]:
+    ident, _, leaf = ref.partition(b" ")
+    return ident.decode(), int(leaf)
+
+
+class Expander:
+    """Puts the server's ingest entries back into stored payloads that refer to a batch."""
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+        self._batches: OrderedDict[tuple[str, str], SealedBatch] = OrderedDict()
+        self._leaves = 0
+
+    async def _load(self, topic: str, idents: set[str]) -> dict[str, SealedBatch | None]:
+        found: dict[str, SealedBatch | None] = {}
+        missing = []
+        for ident in idents:
+            cached = self._batches.get((topic, ident))
+            if cached is None:
+                missing.append(ident)
+            else:
+                self._batches.move_to_end((topic, ident))
+                found[ident] = cached
+        if missing:
+            # One slot (the topic's hash tag): one MGET, also on a cluster.
+            raw: list[bytes | None] = await self._redis.mget(
+                [_keys.ingest_batch(topic, i) for i in missing]
+            )
+            for ident, data in zip(missing, raw, strict=True):
+                try:
+                    batch = SealedBatch.decode(bytes(data)) if data is not None else None
+                except SealedBatchError:
+                    batch = None
+                found[ident] = batch
+                if batch is not None:
+                    self._batches[(topic, ident)] = batch
+                    self._leaves += batch.leaf_count
+                    while self._leaves > _CACHED_LEAVES and len(self._batches) > 1:
+                        _, gone = self._batches.popitem(last=False)
+                        self._leaves -= gone.leaf_count
+        return found
+
+    async def expand(
+        self, topic: str, items: Sequence[tuple[bytes, int, bytes, bytes]]
+    ) -> list[bytes]:
+        """Per (payload, content length, tracking id, ref): the full payload (content,
+        the client's chain, then the server's entries). A ref of b"" is full already.
+        A batch gone or unreadable leaves the chain without the server's entries, so
+        it fails verification rather than verifying something else."""
+        refs = [parse_ref(ref) if ref else None for _, _, _, ref in items]
+        idents = {r[0] for r in refs if r is not None}
+        if not idents:
+            return [payload for payload, _, _, _ in items]
+        batches = await self._load(topic, idents)
+        out = []
+        for (payload, content_length, tracking_id, _), parsed in zip(items, refs, strict=True):
+            if parsed is None:
+                out.append(payload)
+                continue
+            ident, leaf = parsed
+            batch = batches.get(ident)
+            if batch is None:
+                out.append(payload)
+                continue
+            out.append(
+                payload
+                + _wire.with_chain(b"", rebuilt(batch, leaf, payload, content_length, tracking_id))
+            )
+        return out
+
+
+def rebuilt(
+    batch: SealedBatch, leaf: int, payload: bytes, content_length: int, tracking_id: bytes
+) -> list[bytes]:
+    """The server's two ingest entries of the packet stored as `payload`."""
+    # Most packets come without a chain: nothing to parse then.
+    chain = (
+        packet_pb2.Packet.FromString(payload[content_length:]).chain_of_custody
+        if len(payload) > content_length
+        else ()
+    )
+    previous = _custody.entry_hash(chain[-1].record) if chain else b""
+    try:
+        return batch.entries(
+            leaf,
+            content=payload[:content_length],
+            tracking_id=tracking_id,
+            sequence=len(chain),
+            previous_hash=previous,
+        )
+    except SealedBatchError:
+        return []
+
+
+_T = TypeVar("_T")
+
+
+async def expanded(
+    expander: Expander, topic: str, entries: Sequence[_T], refs: Sequence[bytes]
+) -> list[_T]:
+    """`entries` (dataclasses with payload, content_length, tracking_id: str) with
+    their payloads expanded per `refs` (b"" for a full entry)."""
+    if not any(refs):
+        return list(entries)
+    payloads = await expander.expand(
+        topic,
+        [
+            (e.payload, e.content_length, e.tracking_id.encode(), ref)  # type: ignore[attr-defined]
+            for e, ref in zip(entries, refs, strict=True)
+        ],
+    )
+    return [
+        dataclasses.replace(e, payload=p)  # type: ignore[type-var]
+        for e, p in zip(entries, payloads, strict=True)
+    ]
+
+
+async def expanded_rows(
+    expander: Expander,
+    topic: str,
+    rows: list[tuple[str, bytes, int, int] | None],
+    refs: Sequence[bytes],
+) -> list[tuple[str, bytes, int, int] | None]:
+    """Rows (tracking id, payload, content length, TTL ms) or None, `refs` one per
+    row present, with their payloads expanded."""
+    if not any(refs):
+        return rows
+    present = [r for r in rows if r is not None]
+    payloads = iter(
+        await expander.expand(
+            topic,
+            [(p, n, tid.encode(), ref) for (tid, p, n, _), ref in zip(present, refs, strict=True)],
+        )
+    )
+    return [None if r is None else (r[0], next(payloads), r[2], r[3]) for r in rows]

@@ -1,0 +1,185 @@
+"""A signed ingest batch stored once, and its packets' custody entries rebuilt from it.
+
+At ingest the server signs one Merkle root over a whole call's "received" and
+"dispatched" records (`Custodian.seal`), and each packet carries its two entries:
+record, signature, key id and inclusion proof, about 1.2 KB of a 0.5 KB packet's
+1.7 KB in the store (bench/store_memory.py). Everything in those entries is either
+the same for the whole batch (signature, key id, actor, time, principal, leaf
+count) or follows from the packet itself (sequence, content digest, previous hash,
+tracking id), except each record's place among the batch's leaves. So the batch
+can be stored once (`SealedBatch.encode`, ~100 B plus 32 B per leaf, i.e. 64 B per
+packet) and each packet refers to it by the leaf index of its "received" record;
+`SealedBatch.entries` gives back the exact bytes `Custodian.seal` made, so a
+reader's chain verifies offline with only public keys exactly as before.
+
+This module is the storage form only; the log entry that refers to a batch, and
+the readers that expand it, are issue 16's next step (see README "Storage form of
+ingest custody").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from packetbus import _custody, _merkle, _wire
+from packetbus.v1 import custody_pb2
+
+# Version 1: the two ingest hops of Custodian.seal, in this order, per packet.
+_VERSION = 1
+_ACTIONS = (_custody.RECEIVED.encode(), _custody.DISPATCHED.encode())
+_HEAD = struct.Struct(">BQHHH")  # version, occurred_at_ns, then three lengths
+_SIGNATURE = 64
+_HASH = 32
+
+
+def _record_of(entry: bytes) -> bytes:
+    """A serialized CustodyEntry's record (field 1). The server writes it first
+    (`_wire.BatchEntryWriter`), so it is sliced out without parsing the entry: this
+    runs for every entry of every dispatch call. Records are < 16 KiB (a varint of
+    one or two bytes); anything else is parsed."""
+    if entry[:1] == b"\x0a" and len(entry) > 3:
+        first, second = entry[1], entry[2]
+        if first < 0x80:
+            length, at = first, 2
+        elif second < 0x80:
+            length, at = (first & 0x7F) | second << 7, 3
+        else:
+            length, at = -1, 0
+        if length >= 0 and at + length <= len(entry):
+            return entry[at : at + length]
+    return custody_pb2.CustodyEntry.FromString(entry).record
+
+
+class SealedBatchError(ValueError):
+    """Stored bytes that are not a sealed batch this server can read."""
+
+
+@dataclass(slots=True)
+class SealedBatch:
+    """What one signed ingest batch shares: enough, with a packet's own content and
+    client chain, to rebuild that packet's two server entries byte for byte."""
+
+    signature: bytes
+    key_id: bytes
+    actor: bytes
+    occurred_at_ns: int
+    # CustodyRecord fields 9-12 (`_wire.hop_details`): the same on both hops.
+    details: bytes
+    # The leaf hashes (entry hashes of the records), 32 bytes each, in leaf order.
+    leaves: bytes
+    _paths: list[bytes] | None = field(default=None, repr=False, compare=False)
+    # Made once per batch, like the proofs: a reader rebuilds many packets of it.
+    _writers: tuple[list[_wire.RecordWriter], _wire.BatchEntryWriter] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    @property
+    def leaf_count(self) -> int:
+        return len(self.leaves) // _HASH
+
+    def encode(self) -> bytes:
+        head = _HEAD.pack(
+            _VERSION, self.occurred_at_ns, len(self.key_id), len(self.actor), len(self.details)
+        )
+        return b"".join((head, self.signature, self.key_id, self.actor, self.details, self.leaves))
+
+    @classmethod
+    def decode(cls, data: bytes) -> SealedBatch:
+        if len(data) < _HEAD.size + _SIGNATURE:
+            raise SealedBatchError(f"a sealed batch of {len(data)} bytes is too short")
+        version, occurred_at_ns, key_len, actor_len, details_len = _HEAD.unpack_from(data)
+        if version != _VERSION:
+            raise SealedBatchError(f"sealed batch version {version} is not {_VERSION}")
+        at = _HEAD.size
+        signature = data[at : at + _SIGNATURE]
+        at += _SIGNATURE
+        key_id = data[at : at + key_len]
+        at += key_len
+        actor = data[at : at + actor_len]
+        at += actor_len
+        details = data[at : at + details_len]
+        at += details_len
+        leaves = data[at:]
+        if len(details) != details_len or not leaves or len(leaves) % _HASH:
+            raise SealedBatchError("a sealed batch's leaves are not whole 32-byte hashes")
+        return cls(signature, key_id, actor, occurred_at_ns, details, leaves)
+
+    @classmethod
+    def of_entries(cls, entries: Sequence[bytes]) -> SealedBatch:
+        """The batch `Custodian.seal` signed, from its entries (all of them, in
+        order: each packet's "received" then "dispatched")."""
+        if not entries:
+            raise SealedBatchError("a sealed batch has at least one entry")
+        first = custody_pb2.CustodyEntry.FromString(entries[0])
+        record = custody_pb2.CustodyRecord.FromString(first.record)
+        leaves = b"".join(_custody.entry_hash(_record_of(e)) for e in entries)
+        return cls(
+            signature=first.signature,
+            key_id=first.key_id.encode(),
+            actor=record.actor.encode(),
+            occurred_at_ns=record.occurred_at.ToNanoseconds(),
+            details=_wire.hop_details(
+                counterpart=record.counterpart.encode(),
+                attempt=record.attempt,
+                reason=record.reason.encode(),
+                principal=record.principal.encode(),
+            ),
+            leaves=leaves,
+        )
+
+    def _proofs(self) -> list[bytes]:
+        # Computed once per batch (a tree of 2 x 200 leaves is ~800 hashes), then
+        # every packet of the batch a reader expands reuses it.
+        if self._paths is None:
+            leaves = [self.leaves[i : i + _HASH] for i in range(0, len(self.leaves), _HASH)]
+            _, self._paths = _merkle.root_and_joined_proofs(leaves, _wire.PROOF_SIBLING_PREFIX)
+        return self._paths
+
+    def entries(
+        self,
+        leaf: int,
+        *,
+        content: bytes,
+        tracking_id: bytes,
+        sequence: int,
+        previous_hash: bytes,
+    ) -> list[bytes]:
+        """The serialized "received" and "dispatched" entries of the packet whose
+        "received" record is leaf `leaf`: `content` is its content bytes, `sequence`
+        the length of the chain it came with and `previous_hash` the entry hash of
+        that chain's last record (b"" for none)."""
+        if not 0 <= leaf < self.leaf_count - 1:
+            raise SealedBatchError(f"leaf {leaf} is not in a batch of {self.leaf_count}")
+        digest = hashlib.sha256(content).digest()
+        records: list[bytes] = []
+        if self._writers is None:
+            self._writers = (
+                [
+                    _wire.RecordWriter(
+                        actor=self.actor,
+                        action=action,
+                        occurred_at_ns=self.occurred_at_ns,
+                        key_id=self.key_id,
+                    )
+                    for action in _ACTIONS
+                ],
+                _wire.BatchEntryWriter(
+                    signature=self.signature, key_id=self.key_id, leaf_count=self.leaf_count
+                ),
+            )
+        writers, signed = self._writers
+        for step, writer in enumerate(writers):
+            record = writer.record(
+                sequence=sequence + step,
+                content_digest=digest,
+                previous_hash=previous_hash,
+                tracking_id=tracking_id,
+                details=self.details,
+            )
+            previous_hash = _custody.entry_hash(record)
+            records.append(record)
+        proofs = self._proofs()
+        return signed.entries(records, proofs[leaf : leaf + 2], first=leaf)
