@@ -53,11 +53,14 @@ happen by construction. Keys that one Lua script touches together share a
 | ``pb:{<topic>}:decisions``   | stream | topic       | governance decisions: ``k`` kind, ``i`` | carcel retention  |
 |                              |        |             | tracking id, ``u`` rule, ``r`` reason,  | after the newest  |
 |                              |        |             | ``v`` policy version, ``a`` actor       |                   |
-| ``pb:{<topic>}:pkt:<tid>``   | string | topic       | ``<fingerprint> <cursor> <expiry ms>``  | packet TTL        |
-|                              |        |             | the idempotency record; a packet a      |                   |
-|                              |        |             | policy rejected or holds has cursor     |                   |
-|                              |        |             | ``rejected:<carcel id>`` or             |                   |
-|                              |        |             | ``held:<held id>`` instead              |                   |
+| ``pb:{<topic>}:pkt:<tid>``   | string | topic       | the idempotency record: 32 bytes of     | the packet's      |
+|                              |        |             | fingerprint (raw SHA-256), then the     | expiry (PXAT), so |
+|                              |        |             | cursor; a packet a policy rejected or   | PEXPIRETIME is    |
+|                              |        |             | holds has ``rejected:<carcel id>`` or   | its expiry        |
+|                              |        |             | ``held:<held id>`` instead. Records of  |                   |
+|                              |        |             | before issue 16 (``<64 hex> <cursor>    |                   |
+|                              |        |             | <expiry ms>``) are still read: both     |                   |
+|                              |        |             | forms in scripts/lib/records.lua        |                   |
 | ``pb:{<queue>}:tasks``       | zset   | queue       | task id -> posted ms                    | newest task's     |
 | ``pb:{<queue>}:leases``      | zset   | queue       | claimed task id -> lease end ms         | newest claimed    |
 |                              |        |             |                                         | task's            |

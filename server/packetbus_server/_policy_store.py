@@ -170,10 +170,12 @@ class PolicyStore:
         """What the packet's record says, with the decision's rule and reason (None: no record)."""
 
         async def attempt() -> Decided | None:
-            raw = await self._redis.get(_keys.packet_record(topic, tracking_id))
-            if raw is None:
+            found_record: Any = await _scripts.RECORD_GET.run(
+                self._redis, [_keys.packet_record(topic, tracking_id)], []
+            )
+            if found_record is None:
                 return None
-            _, marker, expiry = text(raw).split(" ")
+            marker, expiry = text(found_record[0]), text(found_record[1])
             kind, _, ref = marker.partition(":")
             if not ref:
                 return Decided("stored", marker, int(expiry))

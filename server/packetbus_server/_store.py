@@ -86,10 +86,11 @@ class PacketWrite:
 
 
 def dispatch_argument(w: PacketWrite) -> bytes:
-    """Packet `w` as one argument of scripts/dispatch.lua: fingerprint, TTL, content
-    length and tracking id as a fixed-width header, then the packet bytes."""
+    """Packet `w` as one argument of scripts/dispatch.lua: fingerprint (32 bytes, raw
+    as the idempotency record keeps it: scripts/lib/records.lua), TTL, content length
+    and tracking id as a fixed-width header, then the packet bytes."""
     return b"%s%012d%08d%s%s" % (
-        w.fingerprint.encode(),
+        bytes.fromhex(w.fingerprint),
         w.ttl_ms,
         w.content_length,
         w.tracking_id.encode(),

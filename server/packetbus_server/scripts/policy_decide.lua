@@ -6,7 +6,8 @@
 -- KEYS[2]      the topic's approval queue    (pb:{topic}:held)
 -- KEYS[3]      the topic's governance counts (pb:{topic}:polstats)
 -- KEYS[4]      the topic's decision log      (pb:{topic}:decisions)
--- KEYS[4 + i]  packet i's idempotency record (pb:{topic}:pkt:<tracking id>)
+-- KEYS[4 + i]  packet i's idempotency record (pb:{topic}:pkt:<tracking id>,
+--              either form: scripts/lib/records.lua)
 -- ARGV[1]      carcel retention in ms (the carcel, counts and decision log)
 -- ARGV[2]      the policy version (SHA-256 hex of the policy file)
 -- ARGV[3]      the deciding server's id (the decision log's actor)
@@ -15,7 +16,7 @@
 --   kind      "reject" or "hold"
 --   rule id   the deciding rule
 --   reason    its reason
---   packet    as in scripts/dispatch.lua: 64 hex digits of fingerprint, TTL ms as
+--   packet    as in scripts/dispatch.lua: 32 bytes of fingerprint, TTL ms as
 --             12 digits, content length as 8 digits, tracking id (36 characters),
 --             then the packet bytes (content, then its chain ending with the
 --             server's "received" and "rejected"/"held" entries)
@@ -58,11 +59,11 @@ for i = 1, #KEYS - 4 do
   local record_key = KEYS[4 + i]
   local base = 4 + 4 * (i - 1)
   local kind, rule, reason, packet = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
-  local fingerprint = string.sub(packet, 1, 64)
-  local existing = redis.call('GET', record_key)
+  local fingerprint = string.sub(packet, 1, 32)
+  local existing = record_read(record_key)
   if existing then
-    local stored_fp, marker, expiry = string.match(existing, '^(%S+) (%S+) (%S+)$')
-    if stored_fp ~= fingerprint then
+    local marker, expiry = existing.marker, existing.expiry
+    if existing.fp ~= fingerprint then
       results[i] = {'conflict', '', '0', '', '', ''}
     else
       local what, id = string.match(marker, '^(%a+):(.+)$')
@@ -77,10 +78,10 @@ for i = 1, #KEYS - 4 do
       end
     end
   else
-    local ttl_ms = tonumber(string.sub(packet, 65, 76))
-    local content_length = tonumber(string.sub(packet, 77, 84))
-    local tracking_id = string.sub(packet, 85, 120)
-    local bytes = string.sub(packet, 121)
+    local ttl_ms = tonumber(string.sub(packet, 33, 44))
+    local content_length = tonumber(string.sub(packet, 45, 52))
+    local tracking_id = string.sub(packet, 53, 88)
+    local bytes = string.sub(packet, 89)
     local expiry = now_ms + ttl_ms
     local id
     if kind == 'reject' then
@@ -89,7 +90,7 @@ for i = 1, #KEYS - 4 do
         's', 'policy', 'a', 0, 'u', rule, 'v', version)
       redis.call('XTRIM', carcel, 'MINID', '~', now_ms - retention_ms)
       redis.call('PEXPIRE', carcel, retention_ms)
-      redis.call('SET', record_key, fingerprint .. ' rejected:' .. id .. ' ' .. expiry, 'PX', ttl_ms)
+      record_write(record_key, fingerprint, 'rejected:' .. id, expiry)
       count('rejected', rule, reason)
       log_decision('rejected', tracking_id, rule, reason, version, server_id, id)
       results[i] = {'rejected', id, tostring(expiry), rule, reason, version}
@@ -100,7 +101,7 @@ for i = 1, #KEYS - 4 do
       if redis.call('PTTL', held) < ttl_ms then
         redis.call('PEXPIRE', held, ttl_ms)
       end
-      redis.call('SET', record_key, fingerprint .. ' held:' .. id .. ' ' .. expiry, 'PX', ttl_ms)
+      record_write(record_key, fingerprint, 'held:' .. id, expiry)
       count('held', rule, reason)
       log_decision('held', tracking_id, rule, reason, version, server_id, id)
       results[i] = {'held', id, tostring(expiry), rule, reason, version}
