@@ -9,6 +9,8 @@ key's TTL), and a governance decision on one keeps its form.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 import redis.asyncio as redis_asyncio
@@ -18,11 +20,12 @@ from packetbus_server import _keys
 from packetbus_server._ingest import fingerprint
 from tests import test_policy
 from tests.conftest import new_packet, unique
-from tests.test_policy import APPROVER, error_info, spawn_packet
+from tests.test_policy import APPROVER, POLICY, drone_packet, error_info, set_policy, spawn_packet
 
 # The governed server of test_policy (a policy that holds spawn packets), shared.
 governed = test_policy.governed
 bus = test_policy.bus
+policy_file = test_policy.policy_file
 
 # The old form's expiry is made to differ from the key's TTL by this much, so an
 # answer shows which of the two it was read from.
@@ -31,7 +34,7 @@ SKEW_MS = 4321
 
 async def _as_old_form(
     r: redis_asyncio.Redis, key: str, fp_hex: str, marker: str, expiry_ms: int
-) -> None:
+) -> None:  # a held or rejected record: under the topic in both forms
     """Rewrite `key` as the server before issue 16 wrote it, keeping its TTL."""
     await r.set(key, f"{fp_hex} {marker} {expiry_ms}", keepttl=True)
 
@@ -46,17 +49,35 @@ def _ms(stamp: object) -> int:
     return int(stamp.ToMilliseconds())  # type: ignore[attr-defined]
 
 
+async def _record(
+    r: redis_asyncio.Redis, backend: str, topic: str, tracking_id: str
+) -> tuple[str, bytes]:
+    """Where a dispatched packet's record is and what it holds, without its topic
+    (on a single Redis it rides in the location key: scripts/lib/records.lua)."""
+    if backend == "cluster":
+        assert await r.get(_keys.packet_location(tracking_id)) == topic.encode()
+        key = _keys.packet_record(topic, tracking_id)
+        return key, await _get(r, key)
+    assert not await r.exists(_keys.packet_record(topic, tracking_id))
+    key = _keys.packet_location(tracking_id)
+    value = await _get(r, key)
+    assert value[:1] == b"\0"
+    assert value.endswith(b" " + topic.encode())
+    return key, value[1 : -len(topic) - 1]
+
+
 async def test_a_record_is_the_raw_fingerprint_and_cursor_and_expires_with_the_packet(
-    client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str, backend: str
 ) -> None:
     packet = new_packet(topic, ttl_seconds=120)
     packet.data.update({"k": "v"})
     receipt = await client.dispatch(packet)
 
-    key = _keys.packet_record(topic, packet.tracking_id)
-    value = await _get(raw_redis, key)
+    key, value = await _record(raw_redis, backend, topic, packet.tracking_id)
     assert value == bytes.fromhex(fingerprint(packet)) + receipt.cursor.encode()
     assert await raw_redis.pexpiretime(key) == _ms(receipt.expires_at)
+    stored = await client.get_packet(packet.tracking_id)
+    assert stored.receipt == receipt
 
     # The same packet again: the original answer, nothing stored twice.
     assert await client.dispatch(packet) == receipt
@@ -71,7 +92,7 @@ async def test_a_record_is_the_raw_fingerprint_and_cursor_and_expires_with_the_p
         await client.dispatch(elsewhere)
     assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
     assert await raw_redis.xlen(_keys.topic_log(topic)) == 1
-    assert await raw_redis.get(key) == value
+    assert await _record(raw_redis, backend, topic, packet.tracking_id) == (key, value)
 
 
 async def test_an_old_form_record_answers_exactly_as_it_did(
@@ -79,9 +100,14 @@ async def test_an_old_form_record_answers_exactly_as_it_did(
 ) -> None:
     packet = new_packet(topic, ttl_seconds=120)
     receipt = await client.dispatch(packet)
+    # As the server before issue 16 left it: the record under the topic in the
+    # old form, the location the bare topic.
     key = _keys.packet_record(topic, packet.tracking_id)
+    location = _keys.packet_location(packet.tracking_id)
     old_expiry = _ms(receipt.expires_at) + SKEW_MS
-    await _as_old_form(raw_redis, key, fingerprint(packet), receipt.cursor, old_expiry)
+    old = f"{fingerprint(packet)} {receipt.cursor} {old_expiry}".encode()
+    await raw_redis.set(key, old, px=120_000)
+    await raw_redis.set(location, topic, keepttl=True)
 
     again = await client.dispatch(packet)
     assert (again.cursor, _ms(again.expires_at)) == (receipt.cursor, old_expiry)
@@ -98,11 +124,15 @@ async def test_an_old_form_record_answers_exactly_as_it_did(
     with pytest.raises(packetbus.PacketbusError) as caught:
         await client.dispatch(changed)
     assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
+    elsewhere = packetbus.Packet.FromString(packet.SerializeToString())
+    elsewhere.topic = unique("other")
+    with pytest.raises(packetbus.PacketbusError) as caught:
+        await client.dispatch(elsewhere)
+    assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
     assert await raw_redis.xlen(_keys.topic_log(topic)) == 1
     # Read, never rewritten: still the old form.
-    assert await raw_redis.get(key) == (
-        f"{fingerprint(packet)} {receipt.cursor} {old_expiry}".encode()
-    )
+    assert await raw_redis.get(key) == old
+    assert await raw_redis.get(location) == topic.encode()
 
 
 async def test_an_old_form_held_record_is_denied_in_its_own_form(
@@ -164,3 +194,32 @@ async def test_an_old_form_held_record_approved_is_stored_in_the_current_form(
         receipt.cursor,
         receipt.expires_at,
     )
+
+
+async def test_a_dispatched_packets_record_answers_governance_replays(
+    bus: packetbus.Client, policy_file: Path, raw_redis: redis_asyncio.Redis
+) -> None:
+    """Stored while the policy let it through, the packet is answered as stored
+    once a policy would reject it, and approving it or denying it finds it
+    stored: every governance script reads the record where dispatch put it."""
+    approver = packetbus.AgentIdentity.generate(unique(APPROVER))
+    await bus.register_identity(approver)
+    topic = unique("gov")
+    packet = drone_packet(topic, 0.9)
+    relaxed = POLICY.replace("entropy = { gt = 0.7 }", "entropy = { gt = 0.95 }")
+    await set_policy(bus, policy_file, relaxed)
+    try:
+        [first] = await bus.dispatch_batch([packet])
+    finally:
+        await set_policy(bus, policy_file, POLICY)
+    assert first.WhichOneof("outcome") == "receipt"
+
+    [again] = await bus.dispatch_batch([packet])
+    assert again.receipt == first.receipt
+    assert await raw_redis.xlen(_keys.carcel(topic)) == 0
+    approved = await bus.approve_packet(topic, packet.tracking_id, identity=approver)
+    assert approved == first.receipt
+    with pytest.raises(packetbus.PacketbusError) as caught:
+        await bus.deny_packet(topic, packet.tracking_id, reason="no", identity=approver)
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert await raw_redis.xlen(_keys.topic_log(topic)) == 1

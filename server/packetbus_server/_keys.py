@@ -80,7 +80,12 @@ happen by construction. Keys that one Lua script touches together share a
 | ``pb:{fnd:<h>}:facts``       | hash   | hex digits) | finding id -> ``<fingerprint> <refutes> | newest finding's  |
 |                              |        |             | <confidence> <subject>``                |                   |
 | ``pb:{fnd:<h>}:order``       | list   |             | finding ids, first posted first         | newest finding's  |
-| ``pb:loc:{<tid>}``           | string | tracking id | the topic a tracking id belongs to      | packet TTL        |
+| ``pb:loc:{<tid>}``           | string | tracking id | the topic a tracking id belongs to; on  | packet TTL (its   |
+|                              |        |             | a single Redis a dispatched packet's    | expiry, PXAT,     |
+|                              |        |             | record rides in it instead of           | when it holds the |
+|                              |        |             | ``pkt:<tid>``: NUL, 32-byte fingerprint,| record)           |
+|                              |        |             | cursor, space, topic (one key per       |                   |
+|                              |        |             | packet: scripts/lib/records.lua)        |                   |
 | ``pb:topics``                | zset   | its own     | topic -> last dispatch (unix ms), for   | 2 x max packet    |
 |                              |        |             | exporting every topic                   | TTL, refreshed    |
 | ``pb:{keys}:all``            | hash   | keys        | key id -> SigningKey (public keys of    | none (a registry: |

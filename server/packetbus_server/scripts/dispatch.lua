@@ -21,7 +21,9 @@
 --   KEYS[5 + w(i-1)]      packet i's idempotency record   (pb:{topic}:pkt:<tracking id>,
 --                         either form: scripts/lib/records.lua)
 --   KEYS[6 + w(i-1)]      packet i's location             (pb:loc:{<tracking id>}), only
---                         when w = 2: on a single Redis the location is claimed here;
+--                         when w = 2: on a single Redis the location is claimed here,
+--                         and a new packet's record is kept in it, not under the
+--                         topic (one key per packet: scripts/lib/records.lua);
 --                         on a Redis Cluster it lives in another slot and the caller
 --                         claims it beforehand (w = 1)
 -- ARGV[1]  retention in ms: log entries older than now - retention are trimmed
@@ -72,8 +74,11 @@ for i = 1, (#KEYS - 4) / width do
   local location_key = width == 2 and KEYS[6 + width * (i - 1)] or nil
   local packet = ARGV[6 + i]
   local fingerprint = string.sub(packet, 1, 32)
-  local owner = location_key and redis.call('GET', location_key)
-  local existing = record_read(record_key)
+  local owner, located = nil, nil
+  if location_key then
+    owner, located = location_read(location_key)
+  end
+  local existing = located or record_read(record_key)
   if owner and owner ~= topic then
     results[i] = {'conflict', '', '0'}
   elseif existing then
@@ -98,9 +103,11 @@ for i = 1, (#KEYS - 4) / width do
     -- Expiry counts from the cursor's millisecond (the packet's stored_at),
     -- which XADD may take from the last id rather than from TIME.
     local expiry = tonumber(string.match(cursor, '^(%d+)-')) + ttl_ms
-    record_write(record_key, fingerprint, cursor, expiry)
-    if location_key and not owner then
-      redis.call('SET', location_key, topic, 'PX', ttl_ms)
+    if location_key then
+      -- One key per packet on a single Redis: the record rides in the location.
+      location_write(location_key, topic, fingerprint, cursor, expiry)
+    else
+      record_write(record_key, fingerprint, cursor, expiry)
     end
     if expiry > newest_expiry then
       newest_expiry = expiry

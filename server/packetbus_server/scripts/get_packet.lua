@@ -5,11 +5,14 @@
 --          either form: scripts/lib/records.lua)
 -- KEYS[2]  the topic's log stream           (pb:{topic}:log)
 -- KEYS[3]  the packet's custody hops        (pb:{topic}:hops:<tracking id>)
+-- KEYS[4]  on a single Redis only: the packet's location (pb:loc:{<tracking id>}),
+--          which may hold its record instead of KEYS[1]
+-- ARGV[1]  the topic
 --
 -- Returns {cursor, expiry ms, packet bytes, content length, batch reference ("" for
 -- none: _batch_refs), tracking id, hop entries...},
 -- or nil when the record or its log entry is gone (expired or trimmed).
-local existing = record_read(KEYS[1])
+local existing = record_find(KEYS[1], KEYS[4], ARGV[1])
 if not existing then
   return nil
 end

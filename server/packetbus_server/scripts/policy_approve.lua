@@ -32,7 +32,7 @@ local retention_ms, carcel_retention_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
 local held_id, topic, approver, payload = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local now_ms = clock_ms()
 
-local existing = record_read(record_key)
+local existing = record_find(record_key, location_key, topic)
 if not existing then
   return {'gone'}
 end

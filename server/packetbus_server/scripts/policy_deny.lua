@@ -6,12 +6,15 @@
 --          either form: scripts/lib/records.lua)
 -- KEYS[4]  the topic's governance counts   (pb:{topic}:polstats)
 -- KEYS[5]  the topic's decision log        (pb:{topic}:decisions)
+-- KEYS[6]  on a single Redis only: the packet's location (pb:loc:{<tracking id>}),
+--          which holds the record of a packet dispatched there (then: "stored")
 -- ARGV[1]  carcel retention in ms
 -- ARGV[2]  the held entry id the denial was signed for
 -- ARGV[3]  the denier's agent id
 -- ARGV[4]  the denier's reason
 -- ARGV[5]  the packet bytes: content, then its chain ending with the denier's
 --          "denied" entry
+-- ARGV[6]  the topic
 --
 -- Returns:
 --   {"ok", carcel entry id}         carceled now
@@ -25,7 +28,7 @@ local retention_ms, held_id, denier, reason, payload =
   tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now_ms = clock_ms()
 
-local existing = record_read(record_key)
+local existing = record_find(record_key, KEYS[6], ARGV[6])
 if not existing then
   return {'gone'}
 end

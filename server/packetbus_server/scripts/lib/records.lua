@@ -54,3 +54,45 @@ local function record_remark(key, rec, marker)
     redis.call('SET', key, rec.fp .. marker, 'KEEPTTL')
   end
 end
+
+-- On a single Redis (no slots to respect) a dispatched packet's record is kept
+-- in its location key instead (pb:loc:{<tracking id>}): one key per packet, not
+-- two. That value is a NUL byte, the 32-byte fingerprint, the marker, a space
+-- and the topic; otherwise the location is the bare topic (always on a
+-- cluster, where the caller claims it beforehand; and beside a record kept
+-- under the topic). Topics never start with NUL nor hold a space
+-- (_validation._TOPIC), markers never hold a space.
+
+-- The location at `key`: the topic owning the tracking id (nil: none), and the
+-- record it holds (nil: a bare topic).
+local function location_read(key)
+  local value = redis.call('GET', key)
+  if not value then
+    return nil, nil
+  end
+  if string.byte(value, 1) ~= 0 then
+    return value, nil
+  end
+  local marker, topic = string.match(string.sub(value, 34), '^(%S+) (.+)$')
+  local expiry = tostring(redis.call('PEXPIRETIME', key))
+  return topic, {fp = string.sub(value, 2, 33), marker = marker, expiry = expiry, old = false}
+end
+
+-- A new record kept in the location key (single Redis only).
+local function location_write(key, topic, fingerprint, marker, expiry)
+  redis.call('SET', key, '\0' .. fingerprint .. marker .. ' ' .. topic, 'PXAT', expiry)
+end
+
+-- The record of a packet on `topic`: under the topic, else (single Redis, when
+-- `location_key` is given) in its location if that names `topic`.
+local function record_find(record_key, location_key, topic)
+  local found = record_read(record_key)
+  if found or not location_key then
+    return found
+  end
+  local owner, located = location_read(location_key)
+  if owner == topic then
+    return located
+  end
+  return nil
+end
