@@ -161,6 +161,32 @@ async def test_work_queue_drops_a_packet_after_the_last_groups_ack_and_not_befor
     assert await stored(raw_redis, topic) == []
 
 
+async def test_work_queue_drops_what_the_other_groups_acked_when_the_last_laggard_is_deleted(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str
+) -> None:
+    await client.set_topic_retention(topic, work_queue=True)
+    await client.create_consumer_group(topic, "g1", start=packetbus.EARLIEST)
+    await client.create_consumer_group(topic, "g2", start=packetbus.EARLIEST)
+    await client.create_consumer_group(topic, "g3", start=packetbus.EARLIEST)
+    cursors = await dispatch(client, topic, 3)
+    assert await _pull_ack(client, topic, "g1", 3) == cursors
+    assert await _pull_ack(client, topic, "g2", 1) == cursors[:1]
+
+    # g3 acked nothing: deleting it leaves g2's floor, without any later ack.
+    assert await client.delete_consumer_group(topic, "g3")
+    assert await stored(raw_redis, topic) == cursors[1:]
+    gaps, after = await resume(client, topic, cursors[0], 2)
+    assert gaps == []  # the subscriber had read cursors[0]: nothing it missed
+    assert after == cursors[1:]
+    # A replay of the delete (its reply lost) changes nothing more.
+    assert not await client.delete_consumer_group(topic, "g3")
+    assert await stored(raw_redis, topic) == cursors[1:]
+    # The last group gone: no group, so the packets stay (as without groups).
+    assert await client.delete_consumer_group(topic, "g1")
+    assert await client.delete_consumer_group(topic, "g2")
+    assert await stored(raw_redis, topic) == cursors[1:]
+
+
 async def test_work_queue_without_groups_keeps_packets(
     client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str
 ) -> None:
