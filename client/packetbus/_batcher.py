@@ -165,7 +165,9 @@ class Batcher:
             if waiter.future.done() and not waiter.future.cancelled():
                 if waiter.future.exception() is None:  # granted, then cancelled: give back
                     self._release(1, size)
-            else:
+            elif waiter in self._room_waiters:
+                # Not yet passed over by _release (which drops a cancelled waiter
+                # it meets before this task resumes).
                 self._room_waiters.remove(waiter)
             raise
 
@@ -174,6 +176,11 @@ class Batcher:
         self._outstanding_bytes -= size
         while self._room_waiters and self._has_room(self._room_waiters[0].size):
             waiter = self._room_waiters.popleft()
+            if waiter.future.done():
+                # Cancelled in this loop turn, its task not yet resumed: it takes no
+                # room (granting would raise InvalidStateError here and strand the
+                # waiters behind it).
+                continue
             self._outstanding_packets += 1
             self._outstanding_bytes += waiter.size
             waiter.future.set_result(None)
