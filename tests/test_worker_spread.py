@@ -299,6 +299,25 @@ def test_a_taken_worker_port_is_one_line(redis_url: str, tmp_path: Path) -> None
     ]
 
 
+@pytest.mark.parametrize("offset", [0, -1])
+def test_worker_ports_that_include_the_shared_port_are_one_line(
+    redis_url: str, tmp_path: Path, offset: int
+) -> None:
+    # The shared port is every worker's: named as one worker's own, clients sent
+    # there would land on any worker. Refused before anything starts.
+    first = _free_run(1 + WORKERS) + 1
+    done = run_cli(
+        *("serve", "--workers", str(WORKERS), "--listen", f"127.0.0.1:{first}"),
+        *("--worker-ports", str(first + offset), "--redis-url", redis_url),
+        *("--data-dir", str(tmp_path / "data")),
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"packetbus: cannot start: --worker-ports {first + offset}: the workers' own ports "
+        f"{first + offset}..{first + offset + 1} include the shared port {first} of --listen"
+    ]
+
+
 async def test_unreachable_worker_ports_leave_the_client_on_the_shared_port(
     redis_url: str, tmp_path: Path
 ) -> None:
