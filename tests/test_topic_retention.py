@@ -112,6 +112,24 @@ async def test_max_bytes_keeps_the_newest_packets_that_fit(
     assert after == left
 
 
+async def test_a_packet_limit_on_a_long_log_trims_exactly_page_by_page(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str
+) -> None:
+    # The script pages (256 entries) through what a limit removes at once, rather
+    # than holding every removed packet in the store's Lua memory (one XRANGE of
+    # them all); the byte count still covers exactly what is left.
+    await client.set_topic_retention(topic, max_bytes=1 << 30)
+    for _ in range(3):
+        await client.dispatch_batch([new_packet(topic) for _ in range(300)])
+    kept = (await stored(raw_redis, topic))[-3:]
+    set_ = await client.set_topic_retention(topic, max_packets=3, max_bytes=1 << 30)
+    assert set_.removed == 897
+    assert await stored(raw_redis, topic) == kept
+    assert (await horizon(raw_redis, topic))[b"t"] < kept[0].encode()
+    got = await client.get_topic_retention(topic)
+    assert (got.packets, got.stored_bytes) == (3, sum((await sizes(raw_redis, topic)).values()))
+
+
 async def test_max_age_trims_what_is_older(
     client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str
 ) -> None:
