@@ -215,3 +215,25 @@ async def test_a_caller_cancelled_while_its_room_is_being_granted_leaks_nothing(
     assert result.tracking_id == send.batches[-1][0]
     await batcher.close()
     assert (batcher._outstanding_packets, batcher._outstanding_bytes) == (0, 0)
+
+
+async def test_an_answer_without_one_result_per_packet_fails_the_callers_at_once() -> None:
+    """A reply with fewer results than packets (a broken server, or another one
+    behind the address) fails every caller of the batch, retry-safe, instead of
+    leaving their futures pending forever (the deadline timer stops with the call)."""
+
+    async def short(
+        packets: Sequence[packetbus.Packet], deadline: float
+    ) -> list[packet_service_pb2.DispatchResult]:
+        return [packet_service_pb2.DispatchResult(tracking_id=packets[0].tracking_id)]
+
+    batcher = Batcher(short, settings(max_latency=10.0))
+    futures = [await batcher.submit(new_packet("t"), deadline=time.monotonic() + 30)]
+    futures.append(await batcher.submit(new_packet("t"), deadline=time.monotonic() + 30))
+    async with asyncio.timeout(5):
+        for future in futures:
+            with pytest.raises(packetbus.PacketbusError) as raised:
+                await future
+            assert raised.value.code == grpc.StatusCode.INTERNAL
+            assert raised.value.outcome_unknown
+    await batcher.close()

@@ -62,6 +62,16 @@ def not_acknowledged(packet: packet_pb2.Packet) -> PacketbusError:
     )
 
 
+def wrong_answer(sent: int, answered: int) -> PacketbusError:
+    """What a dispatch gets when its call's answer has not one result per packet."""
+    return PacketbusError(
+        grpc.StatusCode.INTERNAL,
+        f"the server answered {answered} results for {sent} packets (it may have "
+        "stored them); dispatching the same packets again is safe",
+        outcome_unknown=True,
+    )
+
+
 class _Deadlines:
     """One timer per batch: at the earliest deadline of its packets still waiting,
     fail those whose deadline passed (the call itself runs to the latest one)."""
@@ -221,6 +231,15 @@ class Batcher:
                             item.future.set_exception(error)
                     if not isinstance(exc, Exception):
                         raise
+                    return
+                if len(results) != len(items):
+                    # Not this client's server, or a broken one: the callers get an
+                    # error now, not a future that never completes (the deadline
+                    # timer stops with this task).
+                    wrong = wrong_answer(len(items), len(results))
+                    for item in items:
+                        if not item.future.done():
+                            item.future.set_exception(wrong)
                     return
                 for item, result in zip(items, results, strict=True):
                     if not item.future.done():
