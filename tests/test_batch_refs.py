@@ -131,3 +131,60 @@ async def test_a_reader_keeps_a_bounded_number_of_batches(
         assert len(payload) > 0  # the two entries were put back
     # 4 leaves each: two batches fit in 10 leaves, the oldest went first.
     assert list(expander._batches) == [(topic, "b3"), (topic, "b4")]
+
+
+# Rewrites the log with entry ARGV[1]'s batch reference replaced by ARGV[2] (a
+# stream id cannot be added again, so every entry is added anew, same ids).
+_REWRITE_REF = """
+local ttl = redis.call('PTTL', KEYS[1])
+local entries = redis.call('XRANGE', KEYS[1], '-', '+')
+redis.call('DEL', KEYS[1])
+for _, e in ipairs(entries) do
+  local f = e[2]
+  if e[1] == ARGV[1] then
+    for i = 1, #f, 2 do if f[i] == 'b' then f[i + 1] = ARGV[2] end end
+  end
+  redis.call('XADD', KEYS[1], e[1], unpack(f))
+end
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+"""
+
+
+@pytest.mark.parametrize("ref", [b"nospace", b"<id> leaf", b"\xff\xfe 0", b" 0", b"<id> -1"])
+async def test_a_corrupted_batch_reference_reads_as_a_batch_gone(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str, ref: bytes
+) -> None:
+    """Every reader (GetPacket, VerifyCustody, Subscribe, a group's Pull, the carcel
+    and its requeue) hands out the packet with a chain that fails verification,
+    never UNKNOWN/INTERNAL from a reference that does not parse."""
+    packet = new_packet(topic, ttl_seconds=60)
+    await client.dispatch(packet)
+    log = f"pb:{{{topic}}}:log"
+    entries: Any = await raw_redis.xrange(log)
+    [(cursor, fields)] = entries
+    ident: bytes = fields[b"b"].split(b" ")[0]
+    await raw_redis.eval(_REWRITE_REF, 1, log, cursor, ref.replace(b"<id>", ident))
+
+    stored = await client.get_packet(packet.tracking_id)
+    assert stored.packet.tracking_id == packet.tracking_id
+    assert not stored.packet.chain_of_custody  # the server's entries cannot come back
+    assert not (await client.verify_custody(packet.tracking_id)).verified
+    async with client.subscribe(topic, after="0-0") as subscription:
+        async with asyncio.timeout(10):
+            seen = await anext(aiter(subscription))
+    assert seen.packet.tracking_id == packet.tracking_id
+
+    await client.create_consumer_group(
+        topic, "g", start=packetbus.EARLIEST, max_delivery_attempts=1
+    )
+    async with client.consume(topic, "g", consumer="c") as consumer:
+        async with asyncio.timeout(10):
+            delivery = await anext(consumer)
+            [result] = await delivery.nack(reason="no")
+    assert delivery.packet.packet.tracking_id == packet.tracking_id
+    assert result.carcel_id
+    await client.requeue_carcel_entry(topic, result.carcel_id)
+    async with client.consume(topic, "g", consumer="c") as consumer:
+        async with asyncio.timeout(10):
+            again = await anext(consumer)
+    assert again.packet.packet.tracking_id == packet.tracking_id

@@ -20,6 +20,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from google.protobuf.message import DecodeError
+
 from packetbus import _custody, _wire
 from packetbus.v1 import packet_pb2
 
@@ -82,8 +84,13 @@ def with_batch(
     return out
 
 
-def parse_ref(ref: bytes) -> tuple[str, int]:
+def parse_ref(ref: bytes) -> tuple[str, int] | None:
+    """ "<batch id> <leaf>" as (id, leaf); None for bytes that are not one (a
+    corrupted entry: read like a batch gone, so its chain fails verification
+    instead of the read failing with an unexpected error)."""
     ident, _, leaf = ref.partition(b" ")
+    if not ident or not leaf.isdigit() or not ident.isascii() or not ident.isalnum():
+        return None
     return ident.decode(), int(leaf)
 
 
@@ -131,6 +138,7 @@ class Expander:
         the client's chain, then the server's entries). A ref of b"" is full already.
         A batch gone or unreadable leaves the chain without the server's entries, so
         it fails verification rather than verifying something else."""
+        # A ref that does not parse counts as a batch gone: the same invalid chain.
         refs = [parse_ref(ref) if ref else None for _, _, _, ref in items]
         idents = {r[0] for r in refs if r is not None}
         if not idents:
@@ -157,12 +165,16 @@ def rebuilt(
     batch: SealedBatch, leaf: int, payload: bytes, content_length: int, tracking_id: bytes
 ) -> list[bytes]:
     """The server's two ingest entries of the packet stored as `payload`."""
-    # Most packets come without a chain: nothing to parse then.
-    chain = (
-        packet_pb2.Packet.FromString(payload[content_length:]).chain_of_custody
-        if len(payload) > content_length
-        else ()
-    )
+    # Most packets come without a chain: nothing to parse then. Stored bytes that
+    # do not parse get no server entries: their chain fails verification.
+    try:
+        chain = (
+            packet_pb2.Packet.FromString(payload[content_length:]).chain_of_custody
+            if len(payload) > content_length
+            else ()
+        )
+    except DecodeError:
+        return []
     previous = _custody.entry_hash(chain[-1].record) if chain else b""
     try:
         return batch.entries(
