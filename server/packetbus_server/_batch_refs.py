@@ -15,10 +15,9 @@ findings) are full already and pass through unchanged.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from packetbus import _custody, _wire
 from packetbus.v1 import packet_pb2
@@ -146,17 +145,15 @@ class Expander:
             if batch is None:
                 out.append(payload)
                 continue
-            out.append(
-                payload
-                + _wire.with_chain(b"", rebuilt(batch, leaf, payload, content_length, tracking_id))
-            )
+            out.append(payload + rebuilt(batch, leaf, payload, content_length, tracking_id))
         return out
 
 
 def rebuilt(
     batch: SealedBatch, leaf: int, payload: bytes, content_length: int, tracking_id: bytes
-) -> list[bytes]:
-    """The server's two ingest entries of the packet stored as `payload`."""
+) -> bytes:
+    """The server's two ingest entries of the packet stored as `payload`, serialized
+    as chain_of_custody elements (b"" if the batch does not hold its leaf)."""
     # Most packets come without a chain: nothing to parse then.
     chain = (
         packet_pb2.Packet.FromString(payload[content_length:]).chain_of_custody
@@ -165,7 +162,7 @@ def rebuilt(
     )
     previous = _custody.entry_hash(chain[-1].record) if chain else b""
     try:
-        return batch.entries(
+        return batch.chain(
             leaf,
             content=payload[:content_length],
             tracking_id=tracking_id,
@@ -173,30 +170,36 @@ def rebuilt(
             previous_hash=previous,
         )
     except SealedBatchError:
-        return []
+        return b""
 
 
-_T = TypeVar("_T")
+class _Expandable(Protocol):
+    tracking_id: str
+    payload: bytes
+    content_length: int
+
+
+_T = TypeVar("_T", bound=_Expandable)
 
 
 async def expanded(
-    expander: Expander, topic: str, entries: Sequence[_T], refs: Sequence[bytes]
+    expander: Expander, topic: str, entries: list[_T], refs: Sequence[bytes]
 ) -> list[_T]:
-    """`entries` (dataclasses with payload, content_length, tracking_id: str) with
-    their payloads expanded per `refs` (b"" for a full entry)."""
+    """`entries` (made for this read, mutable) with their payloads expanded per
+    `refs` (b"" for a full entry), in place: a pull expands every packet it
+    delivers, and `dataclasses.replace` cost ~2 us of that per packet."""
     if not any(refs):
-        return list(entries)
+        return entries
     payloads = await expander.expand(
         topic,
         [
-            (e.payload, e.content_length, e.tracking_id.encode(), ref)  # type: ignore[attr-defined]
+            (e.payload, e.content_length, e.tracking_id.encode(), ref)
             for e, ref in zip(entries, refs, strict=True)
         ],
     )
-    return [
-        dataclasses.replace(e, payload=p)  # type: ignore[type-var]
-        for e, p in zip(entries, payloads, strict=True)
-    ]
+    for e, p in zip(entries, payloads, strict=True):
+        e.payload = p
+    return entries
 
 
 async def expanded_rows(
