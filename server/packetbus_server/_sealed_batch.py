@@ -194,11 +194,13 @@ class SealedBatch:
         tracking_id: bytes,
         sequence: int,
         previous_hash: bytes,
+        content_digest: bytes | None = None,
     ) -> bytes:
         """The packet's two entries as `_wire.with_chain(b"", self.entries(...))`
         gives them (same arguments), i.e. ready to append to its stored payload.
         Every reader expands each packet it returns, so this is one join of
-        precomputed prefixes per packet (no intermediate records or entries)."""
+        precomputed prefixes per packet (no intermediate records or entries).
+        `content_digest`, SHA-256 of `content`, when the caller has it already."""
         if not 0 <= leaf < self.leaf_count - 1 or not tracking_id:
             return _wire.with_chain(
                 b"",
@@ -212,9 +214,14 @@ class SealedBatch:
             )
         if self._rebuilder is None:
             self._rebuilder = _Rebuilder(self)
-        return self._rebuilder.chain(
-            leaf, hashlib.sha256(content).digest(), tracking_id, sequence, previous_hash
-        )
+        if content_digest is None:
+            content_digest = hashlib.sha256(content).digest()
+        return self._rebuilder.chain(leaf, content_digest, tracking_id, sequence, previous_hash)
+
+    def leaf_hash(self, leaf: int) -> bytes:
+        """Leaf `leaf`'s hash: the entry hash of that record, as stored (a changed
+        one fails the batch's root, so a chain that links to it fails too)."""
+        return self.leaves[leaf * _HASH : (leaf + 1) * _HASH]
 
 
 # A chain_of_custody element's tag (packet field 40, length-delimited).
