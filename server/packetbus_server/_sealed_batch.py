@@ -12,9 +12,10 @@ packet) and each packet refers to it by the leaf index of its "received" record;
 `SealedBatch.entries` gives back the exact bytes `Custodian.seal` made, so a
 reader's chain verifies offline with only public keys exactly as before.
 
-This module is the storage form only; the log entry that refers to a batch, and
-the readers that expand it, are issue 16's next step (see README "Storage form of
-ingest custody").
+This module is the storage form; the log entries that refer to a batch and the
+readers that expand them are in _batch_refs (README "Storage form of ingest
+custody"). Readers use `SealedBatch.chain`, which joins per-batch precomputed
+parts (`_Rebuilder`) into the same bytes `entries` builds field by field.
 """
 
 from __future__ import annotations
