@@ -3,7 +3,8 @@
 Dispatches `--packets` copies of dispatch_bench's packet (200 per `dispatch_batch`)
 to a fresh topic through an in-process server, and reads the store's INFO memory
 `used_memory` before and after, MEMORY USAGE of the topic's log, of one idempotency
-record and of one location key, and the sizes of one log entry's fields and of its
+record and of one location key (on a single Redis the record rides in the location
+key), and the sizes of one log entry's fields and of its
 custody entries. Prints one JSON document on stdout.
 
 ```sh
@@ -89,7 +90,11 @@ async def measure(url: str, packets: int, ttl_seconds: int, shared: bool) -> dic
         first = cast(list[tuple[bytes, dict[bytes, bytes]]], await store.xrange(log_key, count=1))
         entry = first[0][1]
         payload, content_length = entry[b"p"], int(entry[b"n"])
+        # On a single Redis the record rides in the location key (a NUL first:
+        # scripts/lib/records.lua); on a cluster it is a key of its own.
         record = await store.get(record_key) or b""
+        location = await store.get(location_key) or b""
+        in_location = location[:1] == b"\0"
         # The stored-once form (_batch_refs): one sealed batch per call and topic.
         batches = [k for k in made if ":batch:" in k]
         batch_bytes = [await store.memory_usage(k, samples=0) or 0 for k in batches]
@@ -99,9 +104,11 @@ async def measure(url: str, packets: int, ttl_seconds: int, shared: bool) -> dic
             "used_memory_delta": after - before,
             "bytes_per_packet": round((after - before) / packets),
             "log_bytes_per_packet": round(log_bytes / packets),
-            "record_key_bytes": await store.memory_usage(record_key),
+            "record_in_location_key": in_location,
+            "record_key_bytes": await store.memory_usage(record_key) or 0,
             "record_value_bytes": len(record),
             "location_key_bytes": await store.memory_usage(location_key),
+            "location_value_bytes": len(location),
             "batch_keys": len(batches),
             "batch_key_bytes_per_packet": round(sum(batch_bytes) / packets),
             "log_entry_field_bytes": {k.decode(): len(v) for k, v in entry.items()},

@@ -462,7 +462,7 @@ GOVERNANCE_KEYS = (b":carcel", b":decisions", b":polstats", b"pb:topics")
 def governance_trace(key: bytes, value: object) -> bool:
     if any(part in key for part in GOVERNANCE_KEYS):
         return True
-    return b":pkt:" in key and b" rejected:" in repr(value).encode()
+    return b":pkt:" in key and b"rejected:" in repr(value).encode()
 
 
 async def test_tasks_findings_and_records_are_governed_when_the_default_is_reject(

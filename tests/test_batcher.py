@@ -191,3 +191,49 @@ async def test_cancel_fails_queued_and_in_flight_with_cancelled() -> None:
         with pytest.raises(packetbus.PacketbusError) as caught:
             await future
         assert caught.value.code == grpc.StatusCode.CANCELLED
+
+
+async def test_a_caller_cancelled_while_its_room_is_being_granted_leaks_nothing() -> None:
+    """The room a batch frees goes to the next waiter still waiting: one whose wait
+    was cancelled in the same loop turn (its future cancelled, its task not yet
+    resumed) gets none, the waiter behind it does, and the cancelled caller sees
+    CancelledError, not an InvalidStateError or ValueError from the batcher."""
+    send = FakeSend(hold=True)
+    batcher = Batcher(send, settings(max_outstanding_packets=1, max_latency=0.001))
+    first = await batcher.submit(new_packet("t"), deadline=1e12)
+    await asyncio.sleep(0)  # the first packet's call is in flight
+    cancelled = asyncio.create_task(batcher.submit(new_packet("t"), deadline=1e12))
+    behind = asyncio.create_task(batcher.submit(new_packet("t"), deadline=1e12))
+    await asyncio.sleep(0.01)  # both wait for room
+    send.release.set()  # the first call's answer wakes its batch task first...
+    cancelled.cancel()  # ...then the waiter is cancelled, in the same turn
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    async with asyncio.timeout(5):
+        result = await (await behind)
+    assert result.tracking_id == send.batches[-1][0]
+    await batcher.close()
+    assert (batcher._outstanding_packets, batcher._outstanding_bytes) == (0, 0)
+
+
+async def test_an_answer_without_one_result_per_packet_fails_the_callers_at_once() -> None:
+    """A reply with fewer results than packets (a broken server, or another one
+    behind the address) fails every caller of the batch, retry-safe, instead of
+    leaving their futures pending forever (the deadline timer stops with the call)."""
+
+    async def short(
+        packets: Sequence[packetbus.Packet], deadline: float
+    ) -> list[packet_service_pb2.DispatchResult]:
+        return [packet_service_pb2.DispatchResult(tracking_id=packets[0].tracking_id)]
+
+    batcher = Batcher(short, settings(max_latency=10.0))
+    futures = [await batcher.submit(new_packet("t"), deadline=time.monotonic() + 30)]
+    futures.append(await batcher.submit(new_packet("t"), deadline=time.monotonic() + 30))
+    async with asyncio.timeout(5):
+        for future in futures:
+            with pytest.raises(packetbus.PacketbusError) as raised:
+                await future
+            assert raised.value.code == grpc.StatusCode.INTERNAL
+            assert raised.value.outcome_unknown
+    await batcher.close()

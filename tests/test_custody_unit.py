@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nacl.signing import SigningKey
 
 from packetbus import _custody, _ed25519, _merkle, _wire
 from packetbus.v1 import custody_pb2, packet_pb2, speech_act_pb2
@@ -23,6 +24,23 @@ def test_a_valid_signature_verifies_and_a_changed_message_does_not() -> None:
     signature = _ed25519.sign(seed, b"message")
     assert _ed25519.verify(public, b"message", signature)
     assert not _ed25519.verify(public, b"messagf", signature)
+
+
+def test_signing_with_a_seed_derives_its_key_once_and_signs_as_before() -> None:
+    # The server signs every Dispatch with one seed: deriving the key pair per
+    # call cost a scalar multiplication each time (issue 16).
+    seed = _ed25519.new_seed()
+    before = _ed25519._signing_key.cache_info()
+    first = _ed25519.sign(seed, b"one")
+    second = _ed25519.sign(seed, b"two")
+    after = _ed25519._signing_key.cache_info()
+    assert after.misses - before.misses == 1
+    assert after.hits - before.hits == 1
+    # The same signatures as a freshly derived key makes (Ed25519 is deterministic).
+    assert first == bytes(SigningKey(seed).sign(b"one").signature)
+    assert second == bytes(SigningKey(seed).sign(b"two").signature)
+    with pytest.raises(ValueError, match="32 bytes"):
+        _ed25519.sign(b"short", b"m")
 
 
 @pytest.mark.parametrize("length", [0, 63, 65, 128])

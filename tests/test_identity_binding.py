@@ -102,8 +102,11 @@ async def test_each_packet_of_a_batch_is_authorized_alone_and_refused_ones_leave
         assert results[i].error.code == PERMISSION_DENIED
         assert error_info(results[i].error) == denied(COORDINATOR, permission, resource)
     assert "packets[2].origin" in results[2].error.message
-    assert await raw_redis.exists(_keys.packet_record(own, packets[0].tracking_id))
-    assert await raw_redis.exists(_keys.packet_record(as_worker, packets[1].tracking_id))
+    # Stored: located (on a single Redis the location key holds the record too).
+    assert await raw_redis.get(_keys.packet_location(packets[0].tracking_id))
+    assert await raw_redis.get(_keys.packet_location(packets[1].tracking_id))
+    assert await raw_redis.xlen(_keys.topic_log(own)) == 1
+    assert await raw_redis.xlen(_keys.topic_log(as_worker)) == 1
     assert await raw_redis.exists(_keys.carcel(governed_allowed))
     written = await new_keys(raw_redis, before)
     for i in (2, 3, 5):

@@ -112,6 +112,24 @@ async def test_max_bytes_keeps_the_newest_packets_that_fit(
     assert after == left
 
 
+async def test_a_packet_limit_on_a_long_log_trims_exactly_page_by_page(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str
+) -> None:
+    # The script pages (256 entries) through what a limit removes at once, rather
+    # than holding every removed packet in the store's Lua memory (one XRANGE of
+    # them all); the byte count still covers exactly what is left.
+    await client.set_topic_retention(topic, max_bytes=1 << 30)
+    for _ in range(3):
+        await client.dispatch_batch([new_packet(topic) for _ in range(300)])
+    kept = (await stored(raw_redis, topic))[-3:]
+    set_ = await client.set_topic_retention(topic, max_packets=3, max_bytes=1 << 30)
+    assert set_.removed == 897
+    assert await stored(raw_redis, topic) == kept
+    assert (await horizon(raw_redis, topic))[b"t"] < kept[0].encode()
+    got = await client.get_topic_retention(topic)
+    assert (got.packets, got.stored_bytes) == (3, sum((await sizes(raw_redis, topic)).values()))
+
+
 async def test_max_age_trims_what_is_older(
     client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str
 ) -> None:
@@ -159,6 +177,32 @@ async def test_work_queue_drops_a_packet_after_the_last_groups_ack_and_not_befor
             delivery = await anext(consumer)
         await delivery.ack()
     assert await stored(raw_redis, topic) == []
+
+
+async def test_work_queue_drops_what_the_other_groups_acked_when_the_last_laggard_is_deleted(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str
+) -> None:
+    await client.set_topic_retention(topic, work_queue=True)
+    await client.create_consumer_group(topic, "g1", start=packetbus.EARLIEST)
+    await client.create_consumer_group(topic, "g2", start=packetbus.EARLIEST)
+    await client.create_consumer_group(topic, "g3", start=packetbus.EARLIEST)
+    cursors = await dispatch(client, topic, 3)
+    assert await _pull_ack(client, topic, "g1", 3) == cursors
+    assert await _pull_ack(client, topic, "g2", 1) == cursors[:1]
+
+    # g3 acked nothing: deleting it leaves g2's floor, without any later ack.
+    assert await client.delete_consumer_group(topic, "g3")
+    assert await stored(raw_redis, topic) == cursors[1:]
+    gaps, after = await resume(client, topic, cursors[0], 2)
+    assert gaps == []  # the subscriber had read cursors[0]: nothing it missed
+    assert after == cursors[1:]
+    # A replay of the delete (its reply lost) changes nothing more.
+    assert not await client.delete_consumer_group(topic, "g3")
+    assert await stored(raw_redis, topic) == cursors[1:]
+    # The last group gone: no group, so the packets stay (as without groups).
+    assert await client.delete_consumer_group(topic, "g1")
+    assert await client.delete_consumer_group(topic, "g2")
+    assert await stored(raw_redis, topic) == cursors[1:]
 
 
 async def test_work_queue_without_groups_keeps_packets(

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import packetbus
-from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
+from packetbus.v1 import custody_pb2, packet_service_pb2, packet_service_pb2_grpc
 from packetbus_server import RunningServer
 from tests.conftest import free_port, new_packet, packetbus_serve, run_cli, serving, unique
 
@@ -299,6 +299,25 @@ def test_a_taken_worker_port_is_one_line(redis_url: str, tmp_path: Path) -> None
     ]
 
 
+@pytest.mark.parametrize("offset", [0, -1])
+def test_worker_ports_that_include_the_shared_port_are_one_line(
+    redis_url: str, tmp_path: Path, offset: int
+) -> None:
+    # The shared port is every worker's: named as one worker's own, clients sent
+    # there would land on any worker. Refused before anything starts.
+    first = _free_run(1 + WORKERS) + 1
+    done = run_cli(
+        *("serve", "--workers", str(WORKERS), "--listen", f"127.0.0.1:{first}"),
+        *("--worker-ports", str(first + offset), "--redis-url", redis_url),
+        *("--data-dir", str(tmp_path / "data")),
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"packetbus: cannot start: --worker-ports {first + offset}: the workers' own ports "
+        f"{first + offset}..{first + offset + 1} include the shared port {first} of --listen"
+    ]
+
+
 async def test_unreachable_worker_ports_leave_the_client_on_the_shared_port(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -341,3 +360,70 @@ async def test_unreachable_worker_ports_leave_the_client_on_the_shared_port(
         forwarder.close()
         server.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(server.wait, 60) == 0
+
+
+async def test_worker_ports_of_another_server_on_the_dialed_host_are_not_used(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # The server on 127.0.0.2 behind a forwarder on 127.0.0.1, and on 127.0.0.1 the
+    # same worker ports are another server's (another replica, a dev server): the
+    # client must not move its calls there, however well that server answers.
+    first = _free_run(2 + WORKERS)
+    servers = []
+    for host, port, name in (("127.0.0.2", first, "a"), ("127.0.0.1", first + 1, "b")):
+        servers.append(
+            await asyncio.to_thread(
+                packetbus_serve,
+                *("--workers", str(WORKERS), "--listen", f"{host}:{port}"),
+                *("--worker-ports", str(first + 2)),
+                *("--redis-url", redis_url, "--data-dir", str(tmp_path / name)),
+                *("--grace", "0", "--drain-notice", "0"),
+            )
+        )
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.2", first)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    forwarder = await asyncio.start_server(forward, "127.0.0.1", 0)
+    shared = f"127.0.0.1:{forwarder.sockets[0].getsockname()[1]}"
+    try:
+        ids = []
+        for target in (shared, f"127.0.0.1:{first + 1}"):
+            direct = await _connect(target, spread_over_workers=False)
+            try:
+                ids.append((await direct.server_info()).server_id)
+            finally:
+                await direct.close()
+        behind, other = ids
+        assert behind != other  # two servers, each with its own data dir and key
+        client = await _connect(shared, connections=2)
+        try:
+            assert client._channel._channel.target == shared.encode()
+            for _ in range(3):
+                assert (await client.server_info()).server_id == behind
+            # Dispatches go over the extra connections: sealed by the server behind.
+            packet = new_packet(unique("spread"))
+            await client.dispatch_batch([packet])
+            stored = await client.get_packet(packet.tracking_id)
+            actors = {
+                custody_pb2.CustodyRecord.FromString(e.record).actor
+                for e in stored.packet.chain_of_custody
+            }
+            assert actors == {behind}
+        finally:
+            await client.close()
+    finally:
+        forwarder.close()
+        for server in servers:
+            server.send_signal(signal.SIGTERM)
+        for server in servers:
+            assert await asyncio.to_thread(server.wait, 60) == 0

@@ -62,6 +62,16 @@ def not_acknowledged(packet: packet_pb2.Packet) -> PacketbusError:
     )
 
 
+def wrong_answer(sent: int, answered: int) -> PacketbusError:
+    """What a dispatch gets when its call's answer has not one result per packet."""
+    return PacketbusError(
+        grpc.StatusCode.INTERNAL,
+        f"the server answered {answered} results for {sent} packets (it may have "
+        "stored them); dispatching the same packets again is safe",
+        outcome_unknown=True,
+    )
+
+
 class _Deadlines:
     """One timer per batch: at the earliest deadline of its packets still waiting,
     fail those whose deadline passed (the call itself runs to the latest one)."""
@@ -165,7 +175,9 @@ class Batcher:
             if waiter.future.done() and not waiter.future.cancelled():
                 if waiter.future.exception() is None:  # granted, then cancelled: give back
                     self._release(1, size)
-            else:
+            elif waiter in self._room_waiters:
+                # Not yet passed over by _release (which drops a cancelled waiter
+                # it meets before this task resumes).
                 self._room_waiters.remove(waiter)
             raise
 
@@ -174,6 +186,11 @@ class Batcher:
         self._outstanding_bytes -= size
         while self._room_waiters and self._has_room(self._room_waiters[0].size):
             waiter = self._room_waiters.popleft()
+            if waiter.future.done():
+                # Cancelled in this loop turn, its task not yet resumed: it takes no
+                # room (granting would raise InvalidStateError here and strand the
+                # waiters behind it).
+                continue
             self._outstanding_packets += 1
             self._outstanding_bytes += waiter.size
             waiter.future.set_result(None)
@@ -214,6 +231,15 @@ class Batcher:
                             item.future.set_exception(error)
                     if not isinstance(exc, Exception):
                         raise
+                    return
+                if len(results) != len(items):
+                    # Not this client's server, or a broken one: the callers get an
+                    # error now, not a future that never completes (the deadline
+                    # timer stops with this task).
+                    wrong = wrong_answer(len(items), len(results))
+                    for item in items:
+                        if not item.future.done():
+                            item.future.set_exception(wrong)
                     return
                 for item, result in zip(items, results, strict=True):
                     if not item.future.done():

@@ -531,7 +531,11 @@ def _serve(args: argparse.Namespace) -> int:
     from packetbus_server._embedded import EmbeddedStoreError
     from packetbus_server._exposure import authenticates
     from packetbus_server._observability import logs
-    from packetbus_server._retry import StoreFailedError, StoreUnavailableError
+    from packetbus_server._retry import (
+        StoreFailedError,
+        StoreRefusedError,
+        StoreUnavailableError,
+    )
     from packetbus_server._running import redacted
 
     problem = serve_jwt_preflight(
@@ -609,10 +613,15 @@ def _serve(args: argparse.Namespace) -> int:
     # A bad key file or setting, no store, a data dir another server holds, a store
     # that may evict or refuses the first writes (full, a disk it cannot write): say so.
     except (RedisError, StoreFailedError, StoreUnavailableError) as exc:
+        # The store's own state (full, a disk it cannot write) says what to do itself.
+        if isinstance(exc, StoreRefusedError):
+            return fail(f"cannot start: {exc}")
         # redis-py's own words may not say which store ("DB index is out of range"),
-        # whether they come at once or after the start's retries ran out.
+        # whether they come at once or through the start's retries.
         store = f" at {redacted(args.redis_url)}" if args.redis_url else ""
-        return fail(f"cannot start: the store{store} refused or did not answer: {exc}")
+        cause = exc.__cause__ if isinstance(exc, StoreFailedError) else None
+        words = cause if isinstance(cause, RedisError) else exc
+        return fail(f"cannot start: the store{store} refused or did not answer: {words}")
     except (ValueError, EmbeddedStoreError) as exc:
         return fail(f"cannot start: {exc}")
     except OSError as exc:  # the port taken meanwhile, a data dir it cannot write

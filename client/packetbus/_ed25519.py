@@ -10,6 +10,8 @@ on the library's version.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
@@ -73,8 +75,17 @@ def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     return True
 
 
+# SigningKey(seed) re-derives the key pair (a scalar multiplication,
+# crypto_sign_seed_keypair) on every call; a process signs with one or a few
+# seeds (the server's custody key, an agent's identity), so the key objects are
+# kept. Bounded: a caller cycling through seeds evicts the oldest.
+@lru_cache(maxsize=64)
+def _signing_key(seed: bytes) -> SigningKey:
+    return SigningKey(seed)
+
+
 def sign(seed: bytes, message: bytes) -> bytes:
-    return bytes(SigningKey(seed).sign(message).signature)
+    return bytes(_signing_key(seed).sign(message).signature)
 
 
 def public_key_of(seed: bytes) -> bytes:

@@ -43,6 +43,7 @@ from packetbus.v1 import (
     policy_service_pb2,
     record_service_pb2,
     task_service_pb2,
+    topic_service_pb2,
 )
 
 
@@ -113,6 +114,8 @@ _LISTED: Mapping[str, Retry] = {
     # Approving or denying again answers the same receipt or carcel entry.
     "PolicyService.ApprovePacket": _I,
     "PolicyService.DenyPacket": _I,
+    # The same limits again change nothing more (`removed` counts only this call's).
+    "TopicService.SetTopicRetention": _I,
     "Health.Check": _R,
     "Health.List": _R,
 }
@@ -130,6 +133,7 @@ def _services() -> list[ServiceDescriptor]:
         policy_service_pb2,
         record_service_pb2,
         task_service_pb2,
+        topic_service_pb2,
         health_pb2,
     ]
     return [s for m in modules for s in m.DESCRIPTOR.services_by_name.values()]

@@ -6,8 +6,9 @@ long-lived clients. Each worker also listens on a port of its own, and
 GetServerInfo names them with the worker whose turn it is to take a client (see
 the server's _worker_ports): the client connects there instead, on the host it
 dialed (so TLS names still match). Anything that goes wrong on the way (an older
-server, a call the access policy refuses, a port a firewall closes) leaves the
-client on the shared port, as before.
+server, a call the access policy refuses, a port a firewall closes, a port on
+that host that is some other server's: behind a forwarder or a NAT the ports are
+the server's, the host is not) leaves the client on the shared port, as before.
 """
 
 from __future__ import annotations
@@ -62,10 +63,14 @@ async def worker_channels(
     channels = [
         open_channel(f"{host}:{ports[(first + k) % len(ports)]}") for k in range(len(shared))
     ]
+    expected = [(first + k) % len(ports) for k in range(len(shared))]
     try:
         async with asyncio.timeout(min(timeout, _READY_SECONDS)), asyncio.TaskGroup() as waits:
-            for channel in channels:
-                waits.create_task(channel.channel_ready())
+            checks = [
+                waits.create_task(_is_worker(channel, info, index))
+                for channel, index in zip(channels, expected, strict=True)
+            ]
+        same = all(check.result() for check in checks)
     except BaseException as exc:
         for channel in channels:
             await channel.close()
@@ -77,4 +82,35 @@ async def worker_channels(
             ", ".join(map(str, ports)),
         )
         return None
+    if not same:
+        for channel in channels:
+            await channel.close()
+        log.warning(
+            "the workers' own ports of %s (%s) on %s are another server's (a forwarder or "
+            "NAT in between?); staying on the shared port",
+            address,
+            ", ".join(map(str, ports)),
+            host,
+        )
+        return None
     return channels
+
+
+async def _is_worker(
+    channel: grpc.aio.Channel, shared: packet_service_pb2.GetServerInfoResponse, index: int
+) -> bool:
+    """Whether `channel` reaches worker `index` of the server that answered `shared`:
+    something else may listen on that port of the host dialed, and a gRPC server
+    there would take every call."""
+    await channel.channel_ready()
+    stub = packet_service_pb2_grpc.PacketServiceStub(channel)
+    try:
+        info = await stub.GetServerInfo(packet_service_pb2.GetServerInfoRequest())
+    except grpc.RpcError:  # not a packetbus server, or one that refuses this client
+        return False
+    return (
+        info.server_id == shared.server_id
+        and info.HasField("workers")
+        and list(info.workers.ports) == list(shared.workers.ports)
+        and info.workers.serving == index
+    )

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from google.protobuf.message import DecodeError
+
 from packetbus import _custody, _wire
 from packetbus.v1 import packet_pb2
 
@@ -83,8 +85,13 @@ def with_batch(
     return out
 
 
-def parse_ref(ref: bytes) -> tuple[str, int]:
+def parse_ref(ref: bytes) -> tuple[str, int] | None:
+    """ "<batch id> <leaf>" as (id, leaf); None for bytes that are not one (a
+    corrupted entry: read like a batch gone, so its chain fails verification
+    instead of the read failing with an unexpected error)."""
     ident, _, leaf = ref.partition(b" ")
+    if not ident or not leaf.isdigit() or not ident.isascii() or not ident.isalnum():
+        return None
     return ident.decode(), int(leaf)
 
 
@@ -139,6 +146,7 @@ class Expander:
     ) -> list[tuple[bytes, Known | None]]:
         """As `expand`, each payload with what rebuilding it learnt (None for a
         payload that was full already or could not be rebuilt)."""
+        # A ref that does not parse counts as a batch gone: the same invalid chain.
         refs = [parse_ref(ref) if ref else None for _, _, _, ref in items]
         idents = {r[0] for r in refs if r is not None}
         if not idents:
@@ -178,12 +186,16 @@ def rebuilt(
 def _rebuilt(
     batch: SealedBatch, leaf: int, payload: bytes, content_length: int, tracking_id: bytes
 ) -> tuple[bytes, Known | None]:
-    # Most packets come without a chain: nothing to parse then.
-    chain = (
-        packet_pb2.Packet.FromString(payload[content_length:]).chain_of_custody
-        if len(payload) > content_length
-        else ()
-    )
+    # Most packets come without a chain: nothing to parse then. Stored bytes that
+    # do not parse get no server entries: their chain fails verification.
+    try:
+        chain = (
+            packet_pb2.Packet.FromString(payload[content_length:]).chain_of_custody
+            if len(payload) > content_length
+            else ()
+        )
+    except DecodeError:
+        return b"", None
     previous = _custody.entry_hash(chain[-1].record) if chain else b""
     digest = hashlib.sha256(payload[:content_length]).digest()
     try:

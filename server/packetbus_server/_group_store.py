@@ -184,6 +184,12 @@ class GroupStore:
             return bool(existed)
 
         deleted: bool = await self._retried(attempt)
+        if self._retention is not None:
+            # Work-queue retention: the group gone may have been the last one not
+            # to ack a prefix the others acked; with no later ack on the topic,
+            # nothing else would drop it. Also on a replay (deleted False): the
+            # first call may have failed after the delete, before this.
+            await self._retention.after_acks(topic)
         return deleted
 
     async def settings(self, topic: str, name: str) -> GroupSettings | None:

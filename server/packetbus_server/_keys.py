@@ -53,11 +53,14 @@ happen by construction. Keys that one Lua script touches together share a
 | ``pb:{<topic>}:decisions``   | stream | topic       | governance decisions: ``k`` kind, ``i`` | carcel retention  |
 |                              |        |             | tracking id, ``u`` rule, ``r`` reason,  | after the newest  |
 |                              |        |             | ``v`` policy version, ``a`` actor       |                   |
-| ``pb:{<topic>}:pkt:<tid>``   | string | topic       | ``<fingerprint> <cursor> <expiry ms>``  | packet TTL        |
-|                              |        |             | the idempotency record; a packet a      |                   |
-|                              |        |             | policy rejected or holds has cursor     |                   |
-|                              |        |             | ``rejected:<carcel id>`` or             |                   |
-|                              |        |             | ``held:<held id>`` instead              |                   |
+| ``pb:{<topic>}:pkt:<tid>``   | string | topic       | the idempotency record: 32 bytes of     | the packet's      |
+|                              |        |             | fingerprint (raw SHA-256), then the     | expiry (PXAT), so |
+|                              |        |             | cursor; a packet a policy rejected or   | PEXPIRETIME is    |
+|                              |        |             | holds has ``rejected:<carcel id>`` or   | its expiry        |
+|                              |        |             | ``held:<held id>`` instead. Records of  |                   |
+|                              |        |             | before issue 16 (``<64 hex> <cursor>    |                   |
+|                              |        |             | <expiry ms>``) are still read: both     |                   |
+|                              |        |             | forms in scripts/lib/records.lua        |                   |
 | ``pb:{<queue>}:tasks``       | zset   | queue       | task id -> posted ms                    | newest task's     |
 | ``pb:{<queue>}:leases``      | zset   | queue       | claimed task id -> lease end ms         | newest claimed    |
 |                              |        |             |                                         | task's            |
@@ -77,7 +80,12 @@ happen by construction. Keys that one Lua script touches together share a
 | ``pb:{fnd:<h>}:facts``       | hash   | hex digits) | finding id -> ``<fingerprint> <refutes> | newest finding's  |
 |                              |        |             | <confidence> <subject>``                |                   |
 | ``pb:{fnd:<h>}:order``       | list   |             | finding ids, first posted first         | newest finding's  |
-| ``pb:loc:{<tid>}``           | string | tracking id | the topic a tracking id belongs to      | packet TTL        |
+| ``pb:loc:{<tid>}``           | string | tracking id | the topic a tracking id belongs to; on  | packet TTL (its   |
+|                              |        |             | a single Redis a dispatched packet's    | expiry, PXAT,     |
+|                              |        |             | record rides in it instead of           | when it holds the |
+|                              |        |             | ``pkt:<tid>``: NUL, 32-byte fingerprint,| record)           |
+|                              |        |             | cursor, space, topic (one key per       |                   |
+|                              |        |             | packet: scripts/lib/records.lua)        |                   |
 | ``pb:topics``                | zset   | its own     | topic -> last dispatch (unix ms), for   | 2 x max packet    |
 |                              |        |             | exporting every topic                   | TTL, refreshed    |
 | ``pb:{keys}:all``            | hash   | keys        | key id -> SigningKey (public keys of    | none (a registry: |

@@ -147,10 +147,15 @@ class PolicyStore:
                 version,
                 self._server_id,
                 self._retention_ms,
+                1 if self._cluster else 2,
+                topic,
             ]
             for i in indexes:
                 item = items[i]
                 keys.append(_keys.packet_record(topic, item.write.tracking_id))
+                if not self._cluster:
+                    # Where a packet dispatched on a single Redis keeps its record.
+                    keys.append(_keys.packet_location(item.write.tracking_id))
                 kind = "reject" if item.verdict is Verdict.REJECT else "hold"
                 args += (kind, item.rule_id, item.reason, dispatch_argument(item.write))
             reply = await _scripts.POLICY_DECIDE.run(self._redis, keys, args)
@@ -170,10 +175,13 @@ class PolicyStore:
         """What the packet's record says, with the decision's rule and reason (None: no record)."""
 
         async def attempt() -> Decided | None:
-            raw = await self._redis.get(_keys.packet_record(topic, tracking_id))
-            if raw is None:
+            keys = [_keys.packet_record(topic, tracking_id)]
+            if not self._cluster:
+                keys.append(_keys.packet_location(tracking_id))
+            found_record: Any = await _scripts.RECORD_GET.run(self._redis, keys, [topic])
+            if found_record is None:
                 return None
-            _, marker, expiry = text(raw).split(" ")
+            marker, expiry = text(found_record[0]), text(found_record[1])
             kind, _, ref = marker.partition(":")
             if not ref:
                 return Decided("stored", marker, int(expiry))
@@ -266,7 +274,9 @@ class PolicyStore:
             _keys.policy_stats(topic),
             _keys.policy_decisions(topic),
         ]
-        args = [self._carcel_retention_ms, record.id, denier, reason, payload]
+        if not self._cluster:
+            keys.append(_keys.packet_location(record.tracking_id))
+        args = [self._carcel_retention_ms, record.id, denier, reason, payload, topic]
         reply: Any = await with_retries(
             lambda: _scripts.POLICY_DENY.run(self._redis, keys, args),
             budget_seconds=self._retry_budget,

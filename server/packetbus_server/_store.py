@@ -86,15 +86,26 @@ class PacketWrite:
 
 
 def dispatch_argument(w: PacketWrite) -> bytes:
-    """Packet `w` as one argument of scripts/dispatch.lua: fingerprint, TTL, content
-    length and tracking id as a fixed-width header, then the packet bytes."""
+    """Packet `w` as one argument of scripts/dispatch.lua: fingerprint (32 bytes, raw
+    as the idempotency record keeps it: scripts/lib/records.lua), TTL, content length
+    and tracking id as a fixed-width header, then the packet bytes."""
     return b"%s%012d%08d%s%s" % (
-        w.fingerprint.encode(),
+        bytes.fromhex(w.fingerprint),
         w.ttl_ms,
         w.content_length,
         w.tracking_id.encode(),
         w.payload,
     )
+
+
+def location_topic(value: bytes | str) -> str:
+    """The topic a location key (pb:loc:{<tid>}) names: the bare topic, or on a single
+    Redis a record kept in it (scripts/lib/records.lua): NUL, 32 bytes of fingerprint,
+    the marker, a space, the topic."""
+    raw = value.encode() if isinstance(value, str) else value
+    if raw[:1] == b"\0":
+        return raw[33:].partition(b" ")[2].decode()
+    return raw.decode()
 
 
 @dataclass(slots=True)
@@ -401,10 +412,17 @@ class PacketStore:
                     results[i] = result
 
         fresh_topics = self._topics_to_note(by_topic)
-        await asyncio.gather(
-            *(write_topic(topic, indexes) for topic, indexes in by_topic.items()),
-            *([self._note_topics(fresh_topics)] if fresh_topics else []),
-        )
+        if len(by_topic) == 1 and not fresh_topics:
+            # The common call (one topic, its index noted lately): awaited in
+            # place. gather would wrap it in a Task of its own (and a loop turn
+            # to start it) on every single-packet Dispatch (issue 16).
+            [(topic, indexes)] = by_topic.items()
+            await write_topic(topic, indexes)
+        else:
+            await asyncio.gather(
+                *(write_topic(topic, indexes) for topic, indexes in by_topic.items()),
+                *([self._note_topics(fresh_topics)] if fresh_topics else []),
+            )
 
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
@@ -490,19 +508,19 @@ class PacketStore:
         self, tracking_id: str, *, time_remaining: float | None = None
     ) -> FoundPacket | None:
         async def attempt() -> FoundPacket | None:
-            topic_raw = await self._redis.get(_keys.packet_location(tracking_id))
-            if topic_raw is None:
+            location = _keys.packet_location(tracking_id)
+            located = await self._redis.get(location)
+            if located is None:
                 return None
-            topic = text(topic_raw)
-            reply = await _scripts.GET_PACKET.run(
-                self._redis,
-                [
-                    _keys.packet_record(topic, tracking_id),
-                    _keys.topic_log(topic),
-                    _keys.custody_hops(topic, tracking_id),
-                ],
-                [],
-            )
+            topic = location_topic(located)
+            keys = [
+                _keys.packet_record(topic, tracking_id),
+                _keys.topic_log(topic),
+                _keys.custody_hops(topic, tracking_id),
+            ]
+            if not self._cluster:
+                keys.append(location)
+            reply = await _scripts.GET_PACKET.run(self._redis, keys, [topic])
             if reply is None:
                 return None
             cursor, expiry, payload, content_length, ref, tid, *hops = reply

@@ -82,6 +82,13 @@ def run_workers(config: ServerConfig, workers: int, worker_ports: int | None = N
         raise ValueError("several workers share one port: give --listen a fixed port")
     # Before anything starts: a taken worker port is one line from the command.
     ports = pick_ports(host, workers, int(port) + 1 if worker_ports is None else worker_ports)
+    if int(port) in ports:
+        # Not yet bound, so the probes took it; every worker shares it, and a client
+        # sent there as to one worker's own port would land on any of them.
+        raise ValueError(
+            f"--worker-ports {worker_ports}: the workers' own ports "
+            f"{ports[0]}..{ports[-1]} include the shared port {port} of --listen"
+        )
     # Here, once: settings that must not serve, or TLS files that do not check, are
     # one error from the command, not one from each worker. (Each worker then loads
     # the files itself and follows their renewals.)

@@ -18,9 +18,12 @@
 --          once when some packet is new, expiring with the newest packet
 --          referring to it (never sooner: PEXPIREAT GT)
 -- then, for packet i, ARGV[2] keys:
---   KEYS[5 + w(i-1)]      packet i's idempotency record   (pb:{topic}:pkt:<tracking id>)
+--   KEYS[5 + w(i-1)]      packet i's idempotency record   (pb:{topic}:pkt:<tracking id>,
+--                         either form: scripts/lib/records.lua)
 --   KEYS[6 + w(i-1)]      packet i's location             (pb:loc:{<tracking id>}), only
---                         when w = 2: on a single Redis the location is claimed here;
+--                         when w = 2: on a single Redis the location is claimed here,
+--                         and a new packet's record is kept in it, not under the
+--                         topic (one key per packet: scripts/lib/records.lua);
 --                         on a Redis Cluster it lives in another slot and the caller
 --                         claims it beforehand (w = 1)
 -- ARGV[1]  retention in ms: log entries older than now - retention are trimmed
@@ -33,8 +36,9 @@
 --          a new packet's log entry gets b = "<batch id> <leaf>", its packet
 --          bytes hold content and the client's chain only
 -- ARGV[6 + i]  packet i, as one string (one argument per packet keeps the
---              command small to encode): 64 hex digits of its fingerprint (the
---              SHA-256 of what the sender means: _ingest.fingerprint), its TTL in ms as 12 digits,
+--              command small to encode): the 32 bytes of its fingerprint (the
+--              SHA-256 of what the sender means: _ingest.fingerprint, raw as the
+--              record keeps it), its TTL in ms as 12 digits,
 --              the length of its content prefix as 8 digits, its tracking id
 --              (36 characters), then its serialized bytes: content, then chain
 --              of custody
@@ -69,37 +73,41 @@ for i = 1, (#KEYS - 4) / width do
   local record_key = KEYS[5 + width * (i - 1)]
   local location_key = width == 2 and KEYS[6 + width * (i - 1)] or nil
   local packet = ARGV[6 + i]
-  local fingerprint = string.sub(packet, 1, 64)
-  local owner = location_key and redis.call('GET', location_key)
-  local existing = redis.call('GET', record_key)
+  local fingerprint = string.sub(packet, 1, 32)
+  local owner, located = nil, nil
+  if location_key then
+    owner, located = location_read(location_key)
+  end
+  local existing = located or record_read(record_key)
   if owner and owner ~= topic then
     results[i] = {'conflict', '', '0'}
   elseif existing then
-    local stored_fp, cursor, expiry = string.match(existing, '^(%S+) (%S+) (%S+)$')
-    if stored_fp == fingerprint then
-      results[i] = {'dup', cursor, expiry}
+    if existing.fp == fingerprint then
+      results[i] = {'dup', existing.marker, existing.expiry}
     else
-      results[i] = {'conflict', cursor, expiry}
+      results[i] = {'conflict', existing.marker, existing.expiry}
     end
   else
-    local ttl_ms = tonumber(string.sub(packet, 65, 76))
-    local content_length = tonumber(string.sub(packet, 77, 84))
-    local tracking_id = string.sub(packet, 85, 120)
+    local ttl_ms = tonumber(string.sub(packet, 33, 44))
+    local content_length = tonumber(string.sub(packet, 45, 52))
+    local tracking_id = string.sub(packet, 53, 88)
     local cursor
     if batch_id ~= '' then
       local leaf = tonumber(string.sub(leaves, 8 * i - 7, 8 * i))
-      cursor = redis.call('XADD', log, '*', 'p', string.sub(packet, 121), 'n', content_length,
+      cursor = redis.call('XADD', log, '*', 'p', string.sub(packet, 89), 'n', content_length,
         't', ttl_ms, 'i', tracking_id, 'b', batch_id .. ' ' .. leaf)
     else
       cursor = redis.call(
-        'XADD', log, '*', 'p', string.sub(packet, 121), 'n', content_length, 't', ttl_ms, 'i', tracking_id)
+        'XADD', log, '*', 'p', string.sub(packet, 89), 'n', content_length, 't', ttl_ms, 'i', tracking_id)
     end
     -- Expiry counts from the cursor's millisecond (the packet's stored_at),
     -- which XADD may take from the last id rather than from TIME.
     local expiry = tonumber(string.match(cursor, '^(%d+)-')) + ttl_ms
-    redis.call('SET', record_key, fingerprint .. ' ' .. cursor .. ' ' .. expiry, 'PX', ttl_ms)
-    if location_key and not owner then
-      redis.call('SET', location_key, topic, 'PX', ttl_ms)
+    if location_key then
+      -- One key per packet on a single Redis: the record rides in the location.
+      location_write(location_key, topic, fingerprint, cursor, expiry)
+    else
+      record_write(record_key, fingerprint, cursor, expiry)
     end
     if expiry > newest_expiry then
       newest_expiry = expiry

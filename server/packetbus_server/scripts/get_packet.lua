@@ -1,18 +1,22 @@
 #!lua flags=no-writes
 -- Reads one packet by its idempotency record, with its custody hops.
 --
--- KEYS[1]  the packet's idempotency record  (pb:{topic}:pkt:<tracking id>)
+-- KEYS[1]  the packet's idempotency record  (pb:{topic}:pkt:<tracking id>,
+--          either form: scripts/lib/records.lua)
 -- KEYS[2]  the topic's log stream           (pb:{topic}:log)
 -- KEYS[3]  the packet's custody hops        (pb:{topic}:hops:<tracking id>)
+-- KEYS[4]  on a single Redis only: the packet's location (pb:loc:{<tracking id>}),
+--          which may hold its record instead of KEYS[1]
+-- ARGV[1]  the topic
 --
 -- Returns {cursor, expiry ms, packet bytes, content length, batch reference ("" for
 -- none: _batch_refs), tracking id, hop entries...},
 -- or nil when the record or its log entry is gone (expired or trimmed).
-local existing = redis.call('GET', KEYS[1])
+local existing = record_find(KEYS[1], KEYS[4], ARGV[1])
 if not existing then
   return nil
 end
-local _, cursor, expiry = string.match(existing, '^(%S+) (%S+) (%S+)$')
+local cursor, expiry = existing.marker, existing.expiry
 if not string.match(cursor, '^%d+%-%d+$') then
   -- A governance decision's record ("rejected:<id>", "held:<id>"): not on the topic.
   return nil

@@ -5,7 +5,8 @@
 -- KEYS[2]  the topic's log stream         (pb:{topic}:log)
 -- KEYS[3]  the topic's consumer groups    (pb:{topic}:groups)
 -- KEYS[4]  the topic's horizon            (pb:{topic}:horizon)
--- KEYS[5]  the packet's idempotency record (pb:{topic}:pkt:<tracking id>)
+-- KEYS[5]  the packet's idempotency record (pb:{topic}:pkt:<tracking id>,
+--          either form: scripts/lib/records.lua; rewritten in the current one)
 -- KEYS[6]  the topic's governance counts  (pb:{topic}:polstats)
 -- KEYS[7]  the topic's decision log       (pb:{topic}:decisions)
 -- KEYS[8]  the packet's location          (pb:loc:{<tracking id>}), on a single
@@ -31,13 +32,13 @@ local retention_ms, carcel_retention_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
 local held_id, topic, approver, payload = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local now_ms = clock_ms()
 
-local existing = redis.call('GET', record_key)
+local existing = record_find(record_key, location_key, topic)
 if not existing then
   return {'gone'}
 end
-local fingerprint, marker, expiry = string.match(existing, '^(%S+) (%S+) (%S+)$')
+local marker = existing.marker
 if string.match(marker, '^%d+%-%d+$') then
-  return {'stored', marker, expiry}
+  return {'stored', marker, existing.expiry}
 end
 local what, id = string.match(marker, '^(%a+):(.+)$')
 if what == 'rejected' then
@@ -63,7 +64,7 @@ local oldest = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
 local cursor = redis.call('XADD', log, '*', 'p', payload, 'n', f['n'], 't', ttl_ms, 'i', f['i'])
 -- Stored as if newly allowed: its TTL counts from now.
 local new_expiry = id_ms(cursor) + ttl_ms
-redis.call('SET', record_key, fingerprint .. ' ' .. cursor .. ' ' .. new_expiry, 'PX', ttl_ms)
+record_write(record_key, existing.fp, cursor, new_expiry)
 if location_key then
   redis.call('SET', location_key, topic, 'PX', ttl_ms)
 end

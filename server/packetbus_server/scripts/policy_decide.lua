@@ -6,16 +6,23 @@
 -- KEYS[2]      the topic's approval queue    (pb:{topic}:held)
 -- KEYS[3]      the topic's governance counts (pb:{topic}:polstats)
 -- KEYS[4]      the topic's decision log      (pb:{topic}:decisions)
--- KEYS[4 + i]  packet i's idempotency record (pb:{topic}:pkt:<tracking id>)
+-- then, for packet i, ARGV[5] keys:
+--   KEYS[5 + w(i-1)]  packet i's idempotency record (pb:{topic}:pkt:<tracking id>,
+--                     either form: scripts/lib/records.lua)
+--   KEYS[6 + w(i-1)]  on a single Redis only (w = 2): packet i's location
+--                     (pb:loc:{<tracking id>}), which holds the record of a packet
+--                     dispatched there (scripts/dispatch.lua)
 -- ARGV[1]      carcel retention in ms (the carcel, counts and decision log)
 -- ARGV[2]      the policy version (SHA-256 hex of the policy file)
 -- ARGV[3]      the deciding server's id (the decision log's actor)
 -- ARGV[4]      the longest packet TTL in ms: held entries older are trimmed
+-- ARGV[5]      w, keys per packet: 1 or 2
+-- ARGV[6]      the topic
 -- then 4 per packet:
 --   kind      "reject" or "hold"
 --   rule id   the deciding rule
 --   reason    its reason
---   packet    as in scripts/dispatch.lua: 64 hex digits of fingerprint, TTL ms as
+--   packet    as in scripts/dispatch.lua: 32 bytes of fingerprint, TTL ms as
 --             12 digits, content length as 8 digits, tracking id (36 characters),
 --             then the packet bytes (content, then its chain ending with the
 --             server's "received" and "rejected"/"held" entries)
@@ -30,6 +37,7 @@
 local carcel, held, stats, decisions = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local retention_ms, version, server_id = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local max_ttl_ms = tonumber(ARGV[4])
+local width, topic = tonumber(ARGV[5]), ARGV[6]
 local now_ms = clock_ms()
 
 local function fields_of(key, id)
@@ -54,15 +62,16 @@ local function log_decision(kind, tracking_id, rule, reason, ver, actor, ref)
 end
 
 local results = {}
-for i = 1, #KEYS - 4 do
-  local record_key = KEYS[4 + i]
-  local base = 4 + 4 * (i - 1)
+for i = 1, (#KEYS - 4) / width do
+  local record_key = KEYS[5 + width * (i - 1)]
+  local location_key = width == 2 and KEYS[6 + width * (i - 1)] or nil
+  local base = 6 + 4 * (i - 1)
   local kind, rule, reason, packet = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
-  local fingerprint = string.sub(packet, 1, 64)
-  local existing = redis.call('GET', record_key)
+  local fingerprint = string.sub(packet, 1, 32)
+  local existing = record_find(record_key, location_key, topic)
   if existing then
-    local stored_fp, marker, expiry = string.match(existing, '^(%S+) (%S+) (%S+)$')
-    if stored_fp ~= fingerprint then
+    local marker, expiry = existing.marker, existing.expiry
+    if existing.fp ~= fingerprint then
       results[i] = {'conflict', '', '0', '', '', ''}
     else
       local what, id = string.match(marker, '^(%a+):(.+)$')
@@ -77,10 +86,10 @@ for i = 1, #KEYS - 4 do
       end
     end
   else
-    local ttl_ms = tonumber(string.sub(packet, 65, 76))
-    local content_length = tonumber(string.sub(packet, 77, 84))
-    local tracking_id = string.sub(packet, 85, 120)
-    local bytes = string.sub(packet, 121)
+    local ttl_ms = tonumber(string.sub(packet, 33, 44))
+    local content_length = tonumber(string.sub(packet, 45, 52))
+    local tracking_id = string.sub(packet, 53, 88)
+    local bytes = string.sub(packet, 89)
     local expiry = now_ms + ttl_ms
     local id
     if kind == 'reject' then
@@ -89,7 +98,7 @@ for i = 1, #KEYS - 4 do
         's', 'policy', 'a', 0, 'u', rule, 'v', version)
       redis.call('XTRIM', carcel, 'MINID', '~', now_ms - retention_ms)
       redis.call('PEXPIRE', carcel, retention_ms)
-      redis.call('SET', record_key, fingerprint .. ' rejected:' .. id .. ' ' .. expiry, 'PX', ttl_ms)
+      record_write(record_key, fingerprint, 'rejected:' .. id, expiry)
       count('rejected', rule, reason)
       log_decision('rejected', tracking_id, rule, reason, version, server_id, id)
       results[i] = {'rejected', id, tostring(expiry), rule, reason, version}
@@ -100,7 +109,7 @@ for i = 1, #KEYS - 4 do
       if redis.call('PTTL', held) < ttl_ms then
         redis.call('PEXPIRE', held, ttl_ms)
       end
-      redis.call('SET', record_key, fingerprint .. ' held:' .. id .. ' ' .. expiry, 'PX', ttl_ms)
+      record_write(record_key, fingerprint, 'held:' .. id, expiry)
       count('held', rule, reason)
       log_decision('held', tracking_id, rule, reason, version, server_id, id)
       results[i] = {'held', id, tostring(expiry), rule, reason, version}

@@ -2,15 +2,19 @@
 --
 -- KEYS[1]  the topic's approval queue      (pb:{topic}:held)
 -- KEYS[2]  the topic's carcel              (pb:{topic}:carcel)
--- KEYS[3]  the packet's idempotency record (pb:{topic}:pkt:<tracking id>)
+-- KEYS[3]  the packet's idempotency record (pb:{topic}:pkt:<tracking id>,
+--          either form: scripts/lib/records.lua)
 -- KEYS[4]  the topic's governance counts   (pb:{topic}:polstats)
 -- KEYS[5]  the topic's decision log        (pb:{topic}:decisions)
+-- KEYS[6]  on a single Redis only: the packet's location (pb:loc:{<tracking id>}),
+--          which holds the record of a packet dispatched there (then: "stored")
 -- ARGV[1]  carcel retention in ms
 -- ARGV[2]  the held entry id the denial was signed for
 -- ARGV[3]  the denier's agent id
 -- ARGV[4]  the denier's reason
 -- ARGV[5]  the packet bytes: content, then its chain ending with the denier's
 --          "denied" entry
+-- ARGV[6]  the topic
 --
 -- Returns:
 --   {"ok", carcel entry id}         carceled now
@@ -24,11 +28,11 @@ local retention_ms, held_id, denier, reason, payload =
   tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now_ms = clock_ms()
 
-local existing = redis.call('GET', record_key)
+local existing = record_find(record_key, KEYS[6], ARGV[6])
 if not existing then
   return {'gone'}
 end
-local fingerprint, marker, expiry = string.match(existing, '^(%S+) (%S+) (%S+)$')
+local marker = existing.marker
 if string.match(marker, '^%d+%-%d+$') then
   return {'stored', marker}
 end
@@ -55,7 +59,7 @@ local carcel_id = redis.call('XADD', carcel, '*', 'p', payload, 'n', f['n'], 't'
   'u', f['u'], 'v', f['v'])
 redis.call('XTRIM', carcel, 'MINID', '~', now_ms - retention_ms)
 redis.call('PEXPIRE', carcel, retention_ms)
-redis.call('SET', record_key, fingerprint .. ' rejected:' .. carcel_id .. ' ' .. expiry, 'KEEPTTL')
+record_remark(record_key, existing, 'rejected:' .. carcel_id)
 redis.call('XDEL', held, held_id)
 
 redis.call('HINCRBY', stats, 'decision:denied', 1)

@@ -26,5 +26,10 @@ local function keep_batch(log, ref, ms)
     return
   end
   local id = string.match(ref, '^(%S+) ')
+  if not id then
+    -- Not a reference (a corrupted entry): nothing it names to keep, and the
+    -- copy still reads as a batch gone (_batch_refs.parse_ref).
+    return
+  end
   redis.call('PEXPIRE', string.sub(log, 1, #log - 3) .. 'batch:' .. id, ms, 'GT')
 end

@@ -126,13 +126,20 @@ local function apply_limits(log, horizon, now_ms, retention_ms)
   if mp then
     local excess = redis.call('XLEN', log) - mp
     if excess > 0 then
-      local gone = redis.call('XRANGE', log, '-', '+', 'COUNT', excess)
-      local bytes = 0
-      for _, entry in ipairs(gone) do
-        bytes = bytes + rt_entry(entry)
+      -- In pages: a limit set on a long log removes many entries at once, and one
+      -- XRANGE of them all would hold every packet in the script's memory.
+      local bytes, last, start = 0, nil, '-'
+      while excess > 0 do
+        local gone = redis.call('XRANGE', log, start, '+', 'COUNT', math.min(excess, 256))
+        if #gone == 0 then break end
+        for _, entry in ipairs(gone) do
+          bytes = bytes + rt_entry(entry)
+        end
+        excess = excess - #gone
+        last = gone[#gone][1]
+        start = '(' .. last
       end
-      local bound = rt_successor(gone[#gone][1])
-      removed = removed + rt_trim_below(log, horizon, bound, counting, bytes)
+      removed = removed + rt_trim_below(log, horizon, rt_successor(last), counting, bytes)
     end
   end
   if mb then
