@@ -4,16 +4,19 @@ once per topic, log entries that refer to it, readers that put the entries back.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
 
 import packetbus
+from packetbus import AgentIdentity
 from packetbus.v1 import custody_pb2
 from packetbus_server import _batch_refs, _keys
+from packetbus_server._custodian import chain_end
 from packetbus_server._sealed_batch import SealedBatch
-from tests.conftest import new_packet
+from tests.conftest import new_packet, unique
 
 
 async def _batch_keys(raw: redis_asyncio.Redis, topic: str) -> list[bytes]:
@@ -131,6 +134,37 @@ async def test_a_reader_keeps_a_bounded_number_of_batches(
         assert len(payload) > 0  # the two entries were put back
     # 4 leaves each: two batches fit in 10 leaves, the oldest went first.
     assert list(expander._batches) == [(topic, "b3"), (topic, "b4")]
+
+
+async def test_expansion_knows_the_chain_end_the_delivery_path_would_parse(
+    client: packetbus.Client, target: str, raw_redis: redis_asyncio.Redis, topic: str
+) -> None:
+    # The group delivery path signs each packet's next hop from what expanding it
+    # learnt (`Known`) instead of parsing its chain: it must be what parsing gives,
+    # with and without a client's own chain before the server's entries.
+    agent = AgentIdentity.generate(unique("agent"))
+    await client.register_identity(agent)
+    async with await packetbus.Client.connect(
+        target, config=packetbus.ClientConfig(identity=agent)
+    ) as signed_client:
+        signed = []
+        for _ in range(3):
+            packet = new_packet(topic)
+            packet.origin = agent.agent_id
+            del packet.chain_of_custody[:]
+            signed.append(packet)
+        await signed_client.dispatch_batch(signed)
+    await client.dispatch_batch([new_packet(topic) for _ in range(4)])
+    entries: Any = await raw_redis.xrange(f"pb:{{{topic}}}:log")
+    items = [(f[b"p"], int(f[b"n"]), f[b"i"], f[b"b"]) for _, f in entries]
+    expanded = await _batch_refs.Expander(raw_redis).expand_known(topic, items)
+    assert len(expanded) == 7
+    for (payload, content_length, _, _), (full, known) in zip(items, expanded, strict=True):
+        assert known is not None
+        end = chain_end(full, content_length, [])
+        assert (known.ingest_entries, known.last_hash) == (end.ingest_entries, end.last_hash)
+        assert known.content_digest == hashlib.sha256(payload[:content_length]).digest()
+    assert [k.ingest_entries for _, k in expanded if k] == [3, 3, 3, 2, 2, 2, 2]
 
 
 # Rewrites the log with entry ARGV[1]'s batch reference replaced by ARGV[2] (a

@@ -5,6 +5,7 @@ the stored batch is detected."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,15 +33,51 @@ def sealed(
     return custodian, packets, custodian.seal(packets, now_ns=1_800_000_000_123_456_789)
 
 
+def split_chain(data: bytes) -> list[bytes]:
+    """Serialized chain_of_custody elements, each entry's exact bytes (not re-serialized)."""
+    entries, at = [], 0
+    while at < len(data):
+        assert data[at : at + 2] == b"\xc2\x02"
+        length, shift, at = 0, 0, at + 2
+        while True:
+            byte = data[at]
+            at += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        entries.append(data[at : at + length])
+        at += length
+    return entries
+
+
 def rebuilt(batch: SealedBatch, k: int, packet: packet_pb2.Packet, content: bytes) -> list[bytes]:
+    """The packet's entries as readers rebuild them (`SealedBatch.chain`, the bytes
+    appended to a stored payload), split back into entries."""
+    return split_chain(batch.chain(2 * k, **packet_args(packet, content)))
+
+
+def packet_args(packet: packet_pb2.Packet, content: bytes) -> dict[str, Any]:
     chain = packet.chain_of_custody
-    return batch.entries(
-        2 * k,
-        content=content,
-        tracking_id=packet.tracking_id.encode(),
-        sequence=len(chain),
-        previous_hash=_custody.entry_hash(chain[-1].record) if chain else b"",
-    )
+    return {
+        "content": content,
+        "tracking_id": packet.tracking_id.encode(),
+        "sequence": len(chain),
+        "previous_hash": _custody.entry_hash(chain[-1].record) if chain else b"",
+    }
+
+
+def test_chain_is_the_entries_of_entries(tmp_path: Path) -> None:
+    # `chain` joins precomputed prefixes; `entries` builds each record and entry
+    # through _wire's writers, as Custodian.seal does: both give the same bytes.
+    for origin_signed in (False, True):
+        _, packets, entries = sealed(tmp_path, 9, origin_signed=origin_signed)
+        batch = SealedBatch.of_entries([e for pair in entries for e in pair])
+        for k, (packet, content) in enumerate(packets):
+            args = packet_args(packet, content)
+            made = batch.entries(2 * k, **args)
+            assert made == entries[k]
+            assert batch.chain(2 * k, **args) == _wire.with_chain(b"", made)
 
 
 def keys_of(custodian: Custodian) -> dict[str, custody_pb2.SigningKey]:

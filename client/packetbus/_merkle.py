@@ -25,9 +25,15 @@ def _levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
     if not leaves:
         raise ValueError("a Merkle tree needs at least one leaf")
     levels = [list(leaves)]
+    # node_hash inlined: a tree of n leaves is n - 1 node hashes, for every signed
+    # batch (ingest, delivery and ack hops) and every stored batch a reader expands.
+    sha256 = hashlib.sha256
     while len(levels[-1]) > 1:
         level = levels[-1]
-        up = [node_hash(level[j], level[j + 1]) for j in range(0, len(level) - 1, 2)]
+        up = [
+            sha256(b"\x01" + left + right).digest()
+            for left, right in zip(level[0::2], level[1::2], strict=False)
+        ]
         if len(level) % 2:
             up.append(level[-1])
         levels.append(up)

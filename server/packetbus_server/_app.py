@@ -30,6 +30,7 @@ from packetbus.v1 import (
     topic_service_pb2,
 )
 
+from . import _gc
 from ._access import Gate
 from ._access.setup import authenticators
 from ._agent_reaper import AgentReaper
@@ -550,6 +551,7 @@ async def running(
 async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT, then drain."""
     srv = await start(config)
+    _gc.settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -66,6 +66,8 @@ class Leased:
     content_length: int
     # When the packet expires (unix ms): its log entry's time plus its TTL.
     expires_at_ms: int
+    # Set when its ingest entries were rebuilt from a sealed batch (_batch_refs).
+    known: _batch_refs.Known | None = None
 
 
 @dataclass(frozen=True, slots=True)

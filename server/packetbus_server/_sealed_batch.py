@@ -12,9 +12,10 @@ packet) and each packet refers to it by the leaf index of its "received" record;
 `SealedBatch.entries` gives back the exact bytes `Custodian.seal` made, so a
 reader's chain verifies offline with only public keys exactly as before.
 
-This module is the storage form only; the log entry that refers to a batch, and
-the readers that expand it, are issue 16's next step (see README "Storage form of
-ingest custody").
+This module is the storage form; the log entries that refer to a batch and the
+readers that expand them are in _batch_refs (README "Storage form of ingest
+custody"). Readers use `SealedBatch.chain`, which joins per-batch precomputed
+parts (`_Rebuilder`) into the same bytes `entries` builds field by field.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class SealedBatch:
     # The leaf hashes (entry hashes of the records), 32 bytes each, in leaf order.
     leaves: bytes
     _paths: list[bytes] | None = field(default=None, repr=False, compare=False)
+    # `_Rebuilder`: byte prefixes of both entries, made once per batch on first read.
+    _rebuilder: _Rebuilder | None = field(default=None, repr=False, compare=False)
     # Made once per batch, like the proofs: a reader rebuilds many packets of it.
     _writers: tuple[list[_wire.RecordWriter], _wire.BatchEntryWriter] | None = field(
         default=None, repr=False, compare=False
@@ -183,3 +186,123 @@ class SealedBatch:
             records.append(record)
         proofs = self._proofs()
         return signed.entries(records, proofs[leaf : leaf + 2], first=leaf)
+
+    def chain(
+        self,
+        leaf: int,
+        *,
+        content: bytes,
+        tracking_id: bytes,
+        sequence: int,
+        previous_hash: bytes,
+        content_digest: bytes | None = None,
+    ) -> bytes:
+        """The packet's two entries as `_wire.with_chain(b"", self.entries(...))`
+        gives them (same arguments), i.e. ready to append to its stored payload.
+        Every reader expands each packet it returns, so this is one join of
+        precomputed prefixes per packet (no intermediate records or entries).
+        `content_digest`, SHA-256 of `content`, when the caller has it already."""
+        if not 0 <= leaf < self.leaf_count - 1 or not tracking_id:
+            return _wire.with_chain(
+                b"",
+                self.entries(
+                    leaf,
+                    content=content,
+                    tracking_id=tracking_id,
+                    sequence=sequence,
+                    previous_hash=previous_hash,
+                ),
+            )
+        if self._rebuilder is None:
+            self._rebuilder = _Rebuilder(self)
+        if content_digest is None:
+            content_digest = hashlib.sha256(content).digest()
+        return self._rebuilder.chain(leaf, content_digest, tracking_id, sequence, previous_hash)
+
+    def leaf_hash(self, leaf: int) -> bytes:
+        """Leaf `leaf`'s hash: the entry hash of that record, as stored (a changed
+        one fails the batch's root, so a chain that links to it fails too)."""
+        return self.leaves[leaf * _HASH : (leaf + 1) * _HASH]
+
+
+# A chain_of_custody element's tag (packet field 40, length-delimited).
+_CHAIN_TAG = b"\xc2\x02"
+# A record's content digest (field 5) and previous hash (field 6) tags with the
+# length of a SHA-256, and its tracking id's tag (field 8).
+_DIGEST_TAG = b"\x2a\x20"
+_PREVIOUS_TAG = b"\x32\x20"
+_TRACKING_TAG = b"\x42"
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """A length-delimited field, left out when empty (as deterministic serialization does)."""
+    return _wire.length_delimited(number, data) if data else b""
+
+
+class _Rebuilder:
+    """What `SealedBatch.chain` joins, computed once per batch: each action's record
+    bytes around the per-packet fields (the layout `_wire.RecordWriter.record` and
+    `_wire.BatchEntryWriter.entries` write, field for field), and each leaf's proof."""
+
+    __slots__ = ("_details", "_heads", "_key_and_tag", "_leaves", "_proofs", "_signed_by")
+
+    def __init__(self, batch: SealedBatch) -> None:
+        v = _wire.varint
+        self._heads = [
+            # actor, action, occurred_at: `RecordWriter`'s middle, then the digest's tag.
+            _field(2, batch.actor)
+            + _field(3, action)
+            + _wire.timestamp(4, batch.occurred_at_ns)
+            + _DIGEST_TAG
+            for action in _ACTIONS
+        ]
+        self._key_and_tag = _field(7, batch.key_id) + _TRACKING_TAG
+        self._details = batch.details
+        self._signed_by = (
+            _field(2, batch.signature)
+            + _field(3, batch.key_id)
+            + b"\x22"  # the BatchProof's tag; its length and body follow per leaf
+        )
+        count = b"\x10" + v(batch.leaf_count)  # BatchProof.leaf_count (field 2)
+        # Per leaf: the BatchProof's length and body (index, count, audit path).
+        self._proofs = []
+        # Not `batch._proofs()`: that would keep each path twice in a reader's cache.
+        leaves = [batch.leaves[i : i + _HASH] for i in range(0, len(batch.leaves), _HASH)]
+        _, paths = _merkle.root_and_joined_proofs(leaves, _wire.PROOF_SIBLING_PREFIX)
+        for i, path in enumerate(paths):
+            body = (b"\x08" + v(i) if i else b"") + count + path
+            self._proofs.append(v(len(body)) + body)
+        self._leaves = batch.leaves
+
+    def chain(
+        self, leaf: int, digest: bytes, tracking_id: bytes, sequence: int, previous: bytes
+    ) -> bytes:
+        v = _wire.varint
+        received_head, dispatched_head = self._heads
+        tail = b"".join((self._key_and_tag, v(len(tracking_id)), tracking_id, self._details))
+        # "received": its sequence (absent when 0) and link to the client's chain.
+        first = (
+            [b"\x08", v(sequence), received_head, digest]
+            if sequence
+            else [
+                received_head,
+                digest,
+            ]
+        )
+        if previous:
+            first += (_PREVIOUS_TAG, previous)
+        first.append(tail)
+        received = b"".join(first)
+        # "dispatched" links to "received", whose entry hash is its Merkle leaf:
+        # stored in the batch, so not hashed again (a changed leaf fails the root).
+        linked = self._leaves[leaf * _HASH : (leaf + 1) * _HASH]
+        dispatched = b"".join(
+            (b"\x08", v(sequence + 1), dispatched_head, digest, _PREVIOUS_TAG, linked, tail)
+        )
+        signed_by, proofs = self._signed_by, self._proofs
+        parts: list[bytes] = []
+        for record, proof in ((received, proofs[leaf]), (dispatched, proofs[leaf + 1])):
+            size = v(len(record))
+            length = 1 + len(size) + len(record) + len(signed_by) + len(proof)
+            parts += (_CHAIN_TAG, v(length), b"\x0a", size, record, signed_by, proof)
+        return b"".join(parts)
