@@ -412,17 +412,16 @@ class PacketStore:
                     results[i] = result
 
         fresh_topics = self._topics_to_note(by_topic)
-        if len(by_topic) == 1 and not fresh_topics:
-            # The common call (one topic, its index noted lately): awaited in
-            # place. gather would wrap it in a Task of its own (and a loop turn
-            # to start it) on every single-packet Dispatch (issue 16).
-            [(topic, indexes)] = by_topic.items()
-            await write_topic(topic, indexes)
+        work = [write_topic(topic, indexes) for topic, indexes in by_topic.items()]
+        if fresh_topics:
+            work.append(self._note_topics(fresh_topics))
+        if len(work) == 1:
+            # Nearly every call (one topic, its index noted lately): awaited in
+            # place, where gather would wrap it in a Task of its own and a loop
+            # turn to start it, on every single-packet Dispatch (issue 16).
+            await work[0]
         else:
-            await asyncio.gather(
-                *(write_topic(topic, indexes) for topic, indexes in by_topic.items()),
-                *([self._note_topics(fresh_topics)] if fresh_topics else []),
-            )
+            await asyncio.gather(*work)
 
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
