@@ -201,29 +201,39 @@ def spread(values: Sequence[float], digits: int) -> dict[str, float]:
     }
 
 
-def summary(r: Running) -> dict[str, Any]:
-    roles = dict.fromkeys(role for x in r.rounds for role in x["cpu_us_per_packet"])
-    cpu = {
+def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Median, min and max over the rounds of per_s, the latency figures they have and
+    CPU µs per packet per process; then the rounds themselves."""
+    out: dict[str, Any] = {
+        key: spread([r[key] for r in runs if key in r], 3 if key.endswith("_ms") else 0)
+        for key in ("per_s", "p50_ms", "p99_ms", "max_ms")
+        if any(key in r for r in runs)
+    }
+    roles = dict.fromkeys(role for r in runs for role in r.get("cpu_us_per_packet", {}))
+    out["cpu_us_per_packet"] = {
         role: spread(
-            [x["cpu_us_per_packet"][role] for x in r.rounds if role in x["cpu_us_per_packet"]], 1
+            [r["cpu_us_per_packet"][role] for r in runs if role in r["cpu_us_per_packet"]], 1
         )
         for role in roles
     }
+    out["rounds"] = runs
+    return out
+
+
+def summary(r: Running) -> dict[str, Any]:
     return {
         "description": r.system.description,
         "serve_args": list(r.system.serve_args),
-        "per_s": spread([x["per_s"] for x in r.rounds], 0),
-        "cpu_us_per_packet": cpu,
-        "rounds": r.rounds,
+        **summarize(r.rounds),
     }
 
 
 def same_round_ratios(
-    system: Running, open_: Running, roles: Sequence[str]
+    ours: Sequence[dict[str, Any]], peer: Sequence[dict[str, Any]], roles: Sequence[str]
 ) -> dict[str, dict[str, float]]:
-    """`system` over `open_` in each round (so both saw the same moment of the machine):
+    """`ours` over `peer`, round by round (so both saw the same moment of the machine):
     `per_s` (below 1: slower) and `cpu_<role>`, CPU µs per packet (above 1: dearer)."""
-    pairs = list(zip(system.rounds, open_.rounds, strict=True))
+    pairs = list(zip(ours, peer, strict=True))
     out = {"per_s": spread([a["per_s"] / b["per_s"] for a, b in pairs if b["per_s"]], 3)}
     for role in roles:
         out[f"cpu_{role}"] = spread(
@@ -297,7 +307,7 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
     by_name = {r.system.name: r for r in running}
     roles = ("total", "server", "client", "store")
     result["ratios_over_open"] = {
-        name: same_round_ratios(r, by_name["open"], roles)
+        name: same_round_ratios(r.rounds, by_name["open"].rounds, roles)
         for name, r in by_name.items()
         if name != "open"
     }

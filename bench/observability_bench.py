@@ -162,7 +162,7 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
             result["systems"][r.system.name]["server_exit_code"] = r.server.exit_code
     result["scrapes"] = {"ok": ok, "errors": failed}
     roles = ("total", "server", "client", "store")
-    ratios = same_round_ratios(running[1], running[0], roles)
+    ratios = same_round_ratios(running[1].rounds, running[0].rounds, roles)
     result["ratios_metrics_over_off"] = ratios
     result["cost"] = verdict(ratios)
     log(f"metrics over off: {result['cost']}")
