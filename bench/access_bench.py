@@ -247,15 +247,22 @@ def same_round_ratios(
     return out
 
 
-def verdict(ratios: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """The acceptance figure: the median same-round cost, in percent, against BUDGET
-    (`within_budget` None when a figure is missing: nothing to judge)."""
+def verdict(
+    ratios: dict[str, dict[str, float]], budget: float = BUDGET, *, roles: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The acceptance figures: the median same-round cost, in percent, against `budget`
+    (`within_budget` None when a figure is missing: nothing to judge); throughput and
+    total CPU are judged, the CPU of `roles` only reported."""
     out: dict[str, Any] = {}
     if "median" in ratios["per_s"]:
         out["throughput_cost_percent"] = round((1 - ratios["per_s"]["median"]) * 100, 1)
-    if "median" in ratios["cpu_total"]:
-        out["cpu_total_cost_percent"] = round((ratios["cpu_total"]["median"] - 1) * 100, 1)
-    out["within_budget"] = all(v < BUDGET * 100 for v in out.values()) if len(out) == 2 else None
+    for role in ("total", *roles):
+        if "median" in ratios[f"cpu_{role}"]:
+            out[f"cpu_{role}_cost_percent"] = round((ratios[f"cpu_{role}"]["median"] - 1) * 100, 1)
+    judged = [out.get("throughput_cost_percent"), out.get("cpu_total_cost_percent")]
+    out["within_budget"] = (
+        all(v < budget * 100 for v in judged if v is not None) if None not in judged else None
+    )
     return out
 
 
