@@ -42,12 +42,13 @@ from dispatch_bench import (
     machine_info,
     make_packet,
     measure,
+    payload_of,
     run_and_report,
     spawned_server,
     warm_up,
 )
 
-from packetbus import Client, PacketbusError, TlsSettings, fill_defaults
+from packetbus import Client, PacketbusError, TlsSettings
 
 ROUNDS = 5
 SYSTEMS = ("open", "guarded", "token")
@@ -272,8 +273,7 @@ def verdict(
 async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:12]
     # A round's packet, as dispatch_bench sizes its own (the bare packet, before custody).
-    sample = fill_defaults(make_packet(f"bench.{run_id}.guarded.r1", 0))
-    payload = sample.SerializeToString(deterministic=True)
+    payload = payload_of(f"bench.{run_id}.guarded.r1")
     result: dict[str, Any] = {
         "run_id": run_id,
         "config": {

@@ -35,12 +35,10 @@ from dispatch_bench import (
     free_port,
     log,
     machine_info,
-    make_packet,
+    payload_of,
     run_and_report,
     warm_up,
 )
-
-from packetbus import fill_defaults
 
 ROUNDS = 5
 IN_FLIGHT = 8  # dispatch_batch calls of BATCH packets in flight
@@ -98,7 +96,6 @@ def per_call_cost(calls: int = 200_000) -> dict[str, float]:
 
 async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:12]
-    sample = fill_defaults(make_packet(f"bench.{run_id}.off.r1", 0))
     metrics_port = free_port()
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     result: dict[str, Any] = {
@@ -108,7 +105,7 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
             "rounds": args.rounds,
             "batch": BATCH,
             "in_flight": IN_FLIGHT,
-            "payload_bytes": len(sample.SerializeToString(deterministic=True)),
+            "payload_bytes": len(payload_of(f"bench.{run_id}.off.r1")),
             "scrape_every_seconds": SCRAPE_SECONDS,
             "tracing": "off on both (the server default)",
             "store": "embedded Valkey per server, each its own data dir (AOF everysec)",

@@ -27,15 +27,15 @@ from dispatch_bench import (
     local_pid,
     log,
     machine_info,
-    make_packet,
     nats_connect,
+    payload_of,
     redis_info,
     run_and_report,
     spawned_server,
     store_pid,
 )
 
-from packetbus import Client, fill_defaults
+from packetbus import Client
 
 ROUNDS = 5
 # (threshold, direction) per target of issue 16; the figure is a median over the rounds.
@@ -141,8 +141,7 @@ def target_figures(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:12]
     # dispatch_bench's payload, byte for byte: the packet as serialized, on its topic.
-    sample = fill_defaults(make_packet(f"bench.{run_id}.batched", 0))
-    payload = sample.SerializeToString(deterministic=True)
+    payload = payload_of(f"bench.{run_id}.batched")
     result: dict[str, Any] = {
         "run_id": run_id,
         "config": {
