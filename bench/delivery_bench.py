@@ -27,6 +27,7 @@ from dispatch_bench import (
     make_packet,
     measure,
     nats_connect,
+    payload_of,
     redis_info,
     spawned_server,
     store_pid,
@@ -279,7 +280,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "server_store": args.redis_url or "embedded Valkey (AOF everysec)",
         },
     }
-    payload = fill_defaults(make_packet("x", 0)).SerializeToString(deterministic=True)
+    payload = payload_of("x")
     with tempfile.TemporaryDirectory(prefix="packetbus-bench-") as tmp:
         async with spawned_server(Path(tmp) / "server", args.redis_url) as server:
             pids: dict[str, int | None] = {"client": os.getpid(), "server": server.process.pid}

@@ -101,6 +101,12 @@ def make_packet(topic: str, i: int) -> Packet:
     )
 
 
+def payload_of(topic: str) -> bytes:
+    """The bench packet on `topic` as sent (defaults filled), serialized: the payload
+    the peers (NATS, raw Redis) are given, and the size the reports quote."""
+    return fill_defaults(make_packet(topic, 0)).SerializeToString(deterministic=True)
+
+
 def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -838,8 +844,7 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
             "signing_rounds": args.signing_rounds,
         },
     }
-    sample = fill_defaults(make_packet(f"bench.{run_id}.batched", 0))
-    payload = sample.SerializeToString(deterministic=True)
+    payload = payload_of(f"bench.{run_id}.batched")
     result["config"]["payload_bytes"] = len(payload)
 
     with tempfile.TemporaryDirectory(prefix="packetbus-bench-") as tmp:

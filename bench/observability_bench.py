@@ -27,6 +27,7 @@ from access_bench import (
     same_round_ratios,
     start_system,
     summary,
+    verdict,
 )
 from dispatch_bench import (
     BATCH,
@@ -34,12 +35,10 @@ from dispatch_bench import (
     free_port,
     log,
     machine_info,
-    make_packet,
+    payload_of,
     run_and_report,
     warm_up,
 )
-
-from packetbus import fill_defaults
 
 ROUNDS = 5
 IN_FLIGHT = 8  # dispatch_batch calls of BATCH packets in flight
@@ -95,25 +94,8 @@ def per_call_cost(calls: int = 200_000) -> dict[str, float]:
     return {"ns_per_call": round(ns, 1), "ns_per_packet_at_batch": round(ns / BATCH, 2)}
 
 
-def verdict(ratios: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """The acceptance figures: the median same-round cost in percent against BUDGET."""
-    out: dict[str, Any] = {}
-    if "median" in ratios["per_s"]:
-        out["throughput_cost_percent"] = round((1 - ratios["per_s"]["median"]) * 100, 1)
-    if "median" in ratios["cpu_total"]:
-        out["cpu_total_cost_percent"] = round((ratios["cpu_total"]["median"] - 1) * 100, 1)
-    if "median" in ratios["cpu_server"]:
-        out["cpu_server_cost_percent"] = round((ratios["cpu_server"]["median"] - 1) * 100, 1)
-    judged = [out.get("throughput_cost_percent"), out.get("cpu_total_cost_percent")]
-    out["within_budget"] = (
-        all(v < BUDGET * 100 for v in judged if v is not None) if None not in judged else None
-    )
-    return out
-
-
 async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:12]
-    sample = fill_defaults(make_packet(f"bench.{run_id}.off.r1", 0))
     metrics_port = free_port()
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     result: dict[str, Any] = {
@@ -123,7 +105,7 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
             "rounds": args.rounds,
             "batch": BATCH,
             "in_flight": IN_FLIGHT,
-            "payload_bytes": len(sample.SerializeToString(deterministic=True)),
+            "payload_bytes": len(payload_of(f"bench.{run_id}.off.r1")),
             "scrape_every_seconds": SCRAPE_SECONDS,
             "tracing": "off on both (the server default)",
             "store": "embedded Valkey per server, each its own data dir (AOF everysec)",
@@ -162,9 +144,9 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
             result["systems"][r.system.name]["server_exit_code"] = r.server.exit_code
     result["scrapes"] = {"ok": ok, "errors": failed}
     roles = ("total", "server", "client", "store")
-    ratios = same_round_ratios(running[1], running[0], roles)
+    ratios = same_round_ratios(running[1].rounds, running[0].rounds, roles)
     result["ratios_metrics_over_off"] = ratios
-    result["cost"] = verdict(ratios)
+    result["cost"] = verdict(ratios, BUDGET, roles=("server",))
     log(f"metrics over off: {result['cost']}")
     result["machine"] = machine_info(event_loop)
     result["total_errors"] = error_count(result)

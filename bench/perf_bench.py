@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import perf_parts as parts
-from access_bench import spread
+from access_bench import same_round_ratios, summarize
 from delivery_bench import embedded_store_url
 from dispatch_bench import (
     SpawnedServer,
@@ -27,15 +27,15 @@ from dispatch_bench import (
     local_pid,
     log,
     machine_info,
-    make_packet,
     nats_connect,
+    payload_of,
     redis_info,
     run_and_report,
     spawned_server,
     store_pid,
 )
 
-from packetbus import Client, fill_defaults
+from packetbus import Client
 
 ROUNDS = 5
 # (threshold, direction) per target of issue 16; the figure is a median over the rounds.
@@ -85,40 +85,6 @@ async def run_rounds(
                 report = await steps[name](f"{section}.{name}.r{n + 1}")
                 out[section][name].append(report | {"round": n + 1, "position": position})
     return out
-
-
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median, min and max over the rounds of per_s, latency and CPU µs per packet per process."""
-    out: dict[str, Any] = {
-        key: spread([r[key] for r in runs if key in r], 3 if key.endswith("_ms") else 0)
-        for key in ("per_s", "p50_ms", "p99_ms", "max_ms")
-        if any(key in r for r in runs)
-    }
-    roles = dict.fromkeys(role for r in runs for role in r.get("cpu_us_per_packet", {}))
-    out["cpu_us_per_packet"] = {
-        role: spread(
-            [r["cpu_us_per_packet"][role] for r in runs if role in r["cpu_us_per_packet"]], 1
-        )
-        for role in roles
-    }
-    out["rounds"] = runs
-    return out
-
-
-def same_round(ours: list[dict[str, Any]], peer: list[dict[str, Any]]) -> dict[str, Any]:
-    """Ours over the peer within each round (both saw the same moment of the machine):
-    per_s (above 1: faster) and total CPU µs per packet (below 1: cheaper)."""
-    pairs = list(zip(ours, peer, strict=True))
-    cpu = [
-        a["cpu_us_per_packet"]["total"] / b["cpu_us_per_packet"]["total"]
-        for a, b in pairs
-        if a.get("cpu_us_per_packet", {}).get("total")
-        and b.get("cpu_us_per_packet", {}).get("total")
-    ]
-    return {
-        "per_s": spread([a["per_s"] / b["per_s"] for a, b in pairs if b.get("per_s")], 3),
-        "cpu_total": spread(cpu, 3),
-    }
 
 
 # The ratio targets: which same-round ratio each one reads.
@@ -175,8 +141,7 @@ def target_figures(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:12]
     # dispatch_bench's payload, byte for byte: the packet as serialized, on its topic.
-    sample = fill_defaults(make_packet(f"bench.{run_id}.batched", 0))
-    payload = sample.SerializeToString(deterministic=True)
+    payload = payload_of(f"bench.{run_id}.batched")
     result: dict[str, Any] = {
         "run_id": run_id,
         "config": {
@@ -236,9 +201,10 @@ async def run(args: argparse.Namespace, event_loop: str) -> dict[str, Any]:
                 for section, by_name in (await run_rounds(sections, args.rounds)).items()
             }
             result["ratios"] = {
-                f"{ours}_over_{peer}": same_round(
+                f"{ours}_over_{peer}": same_round_ratios(
                     result["systems"][section][ours]["rounds"],
                     result["systems"][section][peer]["rounds"],
+                    ("total",),
                 )
                 for section, ours, peer in PAIRS
                 if peer in result["systems"].get(section, {})

@@ -29,6 +29,7 @@ from dispatch_bench import (
     raw_batches,
     raw_write_all,
 )
+from store_memory import used_memory
 
 from packetbus import EARLIEST, LATEST, Client, PacketbusError, Settling, fill_defaults
 from packetbus.v1 import packet_service_pb2
@@ -362,9 +363,9 @@ async def packetbus_memory(client: Client, url: str, topic: str, packets: int) -
     """used_memory of the store before and after `packets` retained packets, over `packets`."""
     r = aioredis.Redis.from_url(url)
     try:
-        before = int((await r.info("memory"))["used_memory"])
+        before = await used_memory(r)
         await fill(client, topic, packets)
-        after = int((await r.info("memory"))["used_memory"])
+        after = await used_memory(r)
     finally:
         await r.aclose()
     size = len(fill_defaults(make_packet(topic, 0)).SerializeToString())

@@ -17,8 +17,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,19 +25,21 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from dispatch_bench import make_packet  # the same 524-byte packets
+from access_bench import spread
+from dispatch_bench import cpu_seconds, free_port, make_packet  # the same 524-byte packets
 
 import packetbus
 from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
-TICKS = os.sysconf("SC_CLK_TCK")
 BATCH = 200
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    seconds = cpu_seconds(pid)
+    if seconds is None:  # a worker gone mid-run: no figure to report
+        raise RuntimeError(f"cannot read /proc/{pid}/stat")
+    return seconds
 
 
 def _workers(supervisor: int) -> list[int]:
@@ -108,7 +108,8 @@ def _ceiling(round_: dict[str, Any]) -> float:
 
 def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     def stat(values: list[float]) -> dict[str, float]:
-        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+        # The rounds' figures have at most 3 decimals; a median of two, one more.
+        return spread(values, 4)
 
     names = rounds[0]["cpu_us_per_packet"].keys()
     return {
@@ -131,9 +132,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--redis-url", default=None)
     args = parser.parse_args()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     data = Path(tempfile.mkdtemp(prefix="workers-bench-"))
     argv = [sys.executable, "-m", "packetbus._cli", "serve", "--workers", str(args.workers)]
     argv += ["--listen", f"127.0.0.1:{port}", "--data-dir", str(data), "--grace", "1"]

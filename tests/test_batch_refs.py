@@ -20,7 +20,7 @@ from tests.conftest import new_packet, unique
 
 
 async def _batch_keys(raw: redis_asyncio.Redis, topic: str) -> list[bytes]:
-    return [bytes(k) async for k in raw.scan_iter(match=f"pb:{{{topic}}}:batch:*")]
+    return [bytes(k) async for k in raw.scan_iter(match=_keys.ingest_batch(topic, "*"))]
 
 
 async def test_entries_refer_to_one_batch_and_chains_come_back_whole(

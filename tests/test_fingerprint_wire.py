@@ -14,23 +14,12 @@ from google.protobuf import unknown_fields
 from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
+from packetbus._wire import varint
 from packetbus.v1 import contents_pb2, packet_pb2
 from packetbus_server._ingest import fingerprint, fingerprint_of_received
 
 _TEXT = st.text(alphabet=st.sampled_from("aZ0-é界\x00 \n*2"), max_size=12)
 _TIMESTAMP = st.tuples(st.integers(-(2**40), 2**40), st.integers(0, 999_999_999))
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 @st.composite
@@ -39,18 +28,18 @@ def _unknown_field(draw: st.DrawFn) -> bytes:
     a wire type that makes it unknown) and a random wire type, groups included."""
     number = draw(st.integers(1, 70))
     wire_type = draw(st.sampled_from((0, 1, 2, 3, 5)))
-    tag = _varint(number << 3 | wire_type)
+    tag = varint(number << 3 | wire_type)
     if wire_type == 0:
-        return tag + _varint(draw(st.integers(0, 2**64 - 1)))
+        return tag + varint(draw(st.integers(0, 2**64 - 1)))
     if wire_type == 1:
         return tag + draw(st.binary(min_size=8, max_size=8))
     if wire_type == 5:
         return tag + draw(st.binary(min_size=4, max_size=4))
     if wire_type == 2:
         body = draw(st.binary(max_size=20))
-        return tag + _varint(len(body)) + body
-    inner = _varint(1 << 3) + _varint(draw(st.integers(0, 300)))  # a group: field 1 = varint
-    return tag + inner + _varint(number << 3 | 4)
+        return tag + varint(len(body)) + body
+    inner = varint(1 << 3) + varint(draw(st.integers(0, 300)))  # a group: field 1 = varint
+    return tag + inner + varint(number << 3 | 4)
 
 
 @st.composite

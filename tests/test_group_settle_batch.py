@@ -52,6 +52,14 @@ def _str(value: object) -> str:
     return value.decode()
 
 
+async def _grouped(groups: GroupStore, r: redis_asyncio.Redis, n: int) -> str:
+    """A fresh topic holding `n` entries, with group "g" reading from its start."""
+    topic = unique("settle")
+    await _fill(r, topic, n)
+    await groups.create(topic, "g", start="0", ack_deadline_ms=60_000, max_attempts=5)
+    return topic
+
+
 def _ack(cursor: str, count: int, kind: Kind = Kind.ACK) -> Settle:
     # Its hops are kept an hour: an expiry in the past would drop the record of
     # the settlement a "gone" answers with.
@@ -64,9 +72,7 @@ async def test_a_batch_of_acks_reads_its_pending_entries_once_and_acks_them_once
     store: tuple[GroupStore, redis_asyncio.Redis],
 ) -> None:
     groups, r = store
-    topic = unique("settle")
-    await _fill(r, topic, 200)
-    await groups.create(topic, "g", start="0", ack_deadline_ms=60_000, max_attempts=5)
+    topic = await _grouped(groups, r, 200)
     pulled = await groups.pull(topic, "g", "a", 200)
     assert pulled is not None
     assert len(pulled.entries) == 200
@@ -86,9 +92,7 @@ async def test_mixed_batches_answer_as_one_lookup_per_item_would(
     store: tuple[GroupStore, redis_asyncio.Redis],
 ) -> None:
     groups, r = store
-    topic = unique("settle")
-    await _fill(r, topic, 60)
-    await groups.create(topic, "g", start="0", ack_deadline_ms=60_000, max_attempts=5)
+    topic = await _grouped(groups, r, 60)
     # a and b take turns, so a's leases have b's in between: 3 of a's, then 27
     # of b's, then 3 of a's, then b's again. The range a's 6 span holds 33
     # pending entries, more than the 2 per item one range read covers (7 items).
@@ -142,9 +146,7 @@ async def test_acks_out_of_order_or_from_a_settled_cursor_are_each_answered(
     store: tuple[GroupStore, redis_asyncio.Redis],
 ) -> None:
     groups, r = store
-    topic = unique("settle")
-    await _fill(r, topic, 10)
-    await groups.create(topic, "g", start="0", ack_deadline_ms=60_000, max_attempts=5)
+    topic = await _grouped(groups, r, 10)
     pulled = await groups.pull(topic, "g", "a", 10)
     assert pulled is not None
     e = pulled.entries

@@ -66,6 +66,27 @@ async def _record(
     return key, value[1 : -len(topic) - 1]
 
 
+async def _conflicts_leave_one_stored(
+    client: packetbus.Client,
+    r: redis_asyncio.Redis,
+    packet: packetbus.Packet,
+    topic: str,
+) -> None:
+    """Its tracking id with other contents, or on another topic: ALREADY_EXISTS, and
+    the topic still holds the one packet."""
+    changed = packetbus.Packet.FromString(packet.SerializeToString())
+    changed.data.update({"k": "w"})
+    with pytest.raises(packetbus.PacketbusError) as caught:
+        await client.dispatch(changed)
+    assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
+    elsewhere = packetbus.Packet.FromString(packet.SerializeToString())
+    elsewhere.topic = unique("other")
+    with pytest.raises(packetbus.PacketbusError) as caught:
+        await client.dispatch(elsewhere)
+    assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert await r.xlen(_keys.topic_log(topic)) == 1
+
+
 async def test_a_record_is_the_raw_fingerprint_and_cursor_and_expires_with_the_packet(
     client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str, backend: str
 ) -> None:
@@ -81,17 +102,7 @@ async def test_a_record_is_the_raw_fingerprint_and_cursor_and_expires_with_the_p
 
     # The same packet again: the original answer, nothing stored twice.
     assert await client.dispatch(packet) == receipt
-    changed = packetbus.Packet.FromString(packet.SerializeToString())
-    changed.data.update({"k": "w"})
-    with pytest.raises(packetbus.PacketbusError) as caught:
-        await client.dispatch(changed)
-    assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
-    elsewhere = packetbus.Packet.FromString(packet.SerializeToString())
-    elsewhere.topic = unique("other")
-    with pytest.raises(packetbus.PacketbusError) as caught:
-        await client.dispatch(elsewhere)
-    assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
-    assert await raw_redis.xlen(_keys.topic_log(topic)) == 1
+    await _conflicts_leave_one_stored(client, raw_redis, packet, topic)
     assert await _record(raw_redis, backend, topic, packet.tracking_id) == (key, value)
 
 
@@ -119,17 +130,7 @@ async def test_an_old_form_record_answers_exactly_as_it_did(
     stored = await client.get_packet(packet.tracking_id)
     assert (stored.receipt.cursor, _ms(stored.receipt.expires_at)) == (receipt.cursor, old_expiry)
 
-    changed = packetbus.Packet.FromString(packet.SerializeToString())
-    changed.data.update({"k": "w"})
-    with pytest.raises(packetbus.PacketbusError) as caught:
-        await client.dispatch(changed)
-    assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
-    elsewhere = packetbus.Packet.FromString(packet.SerializeToString())
-    elsewhere.topic = unique("other")
-    with pytest.raises(packetbus.PacketbusError) as caught:
-        await client.dispatch(elsewhere)
-    assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
-    assert await raw_redis.xlen(_keys.topic_log(topic)) == 1
+    await _conflicts_leave_one_stored(client, raw_redis, packet, topic)
     # Read, never rewritten: still the old form.
     assert await raw_redis.get(key) == old
     assert await raw_redis.get(location) == topic.encode()

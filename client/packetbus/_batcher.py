@@ -72,6 +72,13 @@ def wrong_answer(sent: int, answered: int) -> PacketbusError:
     )
 
 
+def _fail(items: list[_Item], error: BaseException) -> None:
+    """Fail the dispatches of `items` still waiting (not timed out or cancelled)."""
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(error)
+
+
 class _Deadlines:
     """One timer per batch: at the earliest deadline of its packets still waiting,
     fail those whose deadline passed (the call itself runs to the latest one)."""
@@ -225,10 +232,7 @@ class Batcher:
                 except BaseException as exc:
                     # Cancelled (the client stopped): the callers get CANCELLED, not
                     # a CancelledError that would look like their own cancellation.
-                    error = exc if isinstance(exc, Exception) else client_closed()
-                    for item in items:
-                        if not item.future.done():
-                            item.future.set_exception(error)
+                    _fail(items, exc if isinstance(exc, Exception) else client_closed())
                     if not isinstance(exc, Exception):
                         raise
                     return
@@ -236,10 +240,7 @@ class Batcher:
                     # Not this client's server, or a broken one: the callers get an
                     # error now, not a future that never completes (the deadline
                     # timer stops with this task).
-                    wrong = wrong_answer(len(items), len(results))
-                    for item in items:
-                        if not item.future.done():
-                            item.future.set_exception(wrong)
+                    _fail(items, wrong_answer(len(items), len(results)))
                     return
                 for item, result in zip(items, results, strict=True):
                     if not item.future.done():
@@ -279,7 +280,7 @@ class Batcher:
         self._fail_room_waiters()
         for task in self._in_flight:
             task.cancel()
-        for item in self._pending:
+        for item in self._pending:  # an error each: raised in as many callers
             if not item.future.done():
                 item.future.set_exception(client_closed())
         self._pending = []

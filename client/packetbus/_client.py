@@ -335,9 +335,11 @@ class Client(ClosedOnExit):
         raised; `PacketbusError` is raised only when the call as a whole fails.
         With OpenTelemetry and a span current, a producer span per packet.
         """
+        traced = _tracing.current()  # looked up once per call, not per packet
         with contextlib.ExitStack() as spans:
             for packet in packets:
-                spans.enter_context(_tracing.producing(_tracked(packet)))
+                if traced:
+                    spans.enter_context(_tracing.producing(_tracked(packet)))
                 fill_defaults(packet, self._config.identity)
             return list(await self._send_batch(packets, self._deadline(timeout)))
 

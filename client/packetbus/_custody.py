@@ -91,10 +91,13 @@ class Signer:
     seed: bytes = field(repr=False)
     public_key: bytes = field(init=False)
     key_id: str = field(init=False)
+    # The key pair, derived once here rather than at every signature.
+    _key: _ed25519.Key = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.seed) != _ed25519.SEED_BYTES:
             raise ValueError(f"an Ed25519 seed is {_ed25519.SEED_BYTES} bytes")
+        object.__setattr__(self, "_key", _ed25519.signing_key(self.seed))
         public = _ed25519.public_key_of(self.seed)
         object.__setattr__(self, "public_key", public)
         object.__setattr__(self, "key_id", key_id_for(public))
@@ -104,7 +107,7 @@ class Signer:
         return cls(_ed25519.new_seed())
 
     def sign(self, domain: bytes, message: bytes) -> bytes:
-        return _ed25519.sign(self.seed, domain + message)
+        return _ed25519.sign_with(self._key, domain + message)
 
 
 def sign_entry(signer: Signer, record: custody_pb2.CustodyRecord) -> custody_pb2.CustodyEntry:

@@ -10,8 +10,6 @@ on the library's version.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
@@ -75,17 +73,22 @@ def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     return True
 
 
-# SigningKey(seed) re-derives the key pair (a scalar multiplication,
-# crypto_sign_seed_keypair) on every call; a process signs with one or a few
-# seeds (the server's custody key, an agent's identity), so the key objects are
-# kept. Bounded: a caller cycling through seeds evicts the oldest.
-@lru_cache(maxsize=64)
-def _signing_key(seed: bytes) -> SigningKey:
+Key = SigningKey  # a derived key pair, for holders to keep (`signing_key`)
+
+
+def signing_key(seed: bytes) -> Key:
+    """`seed`'s key pair. Deriving it is a scalar multiplication
+    (crypto_sign_seed_keypair), so a holder that signs often (`_custody.Signer`: the
+    server's custody key, an agent's identity) keeps it and signs with `sign_with`."""
     return SigningKey(seed)
 
 
+def sign_with(key: Key, message: bytes) -> bytes:
+    return bytes(key.sign(message).signature)
+
+
 def sign(seed: bytes, message: bytes) -> bytes:
-    return bytes(_signing_key(seed).sign(message).signature)
+    return sign_with(SigningKey(seed), message)
 
 
 def public_key_of(seed: bytes) -> bytes:

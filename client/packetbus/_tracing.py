@@ -28,13 +28,23 @@ AVAILABLE = trace is not None
 _PROPAGATOR: Any = TraceContextTextMapPropagator() if AVAILABLE else None
 
 
-@contextlib.contextmanager
-def producing(packet: packet_pb2.Packet) -> Iterator[None]:
+def current() -> bool:
+    """Whether a span is current (with opentelemetry): only then are producer spans made."""
+    return AVAILABLE and bool(trace.get_current_span().get_span_context().is_valid)
+
+
+_INERT = contextlib.nullcontext()
+
+
+def producing(packet: packet_pb2.Packet) -> contextlib.AbstractContextManager[None]:
     """Around one send of `packet` (before it is sealed): its producer span, when a
-    span is current; the packet's tracking id must be filled already."""
-    if not AVAILABLE or not trace.get_current_span().get_span_context().is_valid:
-        yield
-        return
+    span is current; the packet's tracking id must be filled already. Without one, an
+    inert context: this is on every dispatch, and a generator context costs ~0.6 us."""
+    return _producer_span(packet) if current() else _INERT
+
+
+@contextlib.contextmanager
+def _producer_span(packet: packet_pb2.Packet) -> Iterator[None]:
     tracer = trace.get_tracer("packetbus")
     with tracer.start_as_current_span(
         f"send {packet.topic}",
