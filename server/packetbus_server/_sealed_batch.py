@@ -234,43 +234,40 @@ _PREVIOUS_TAG = b"\x32\x20"
 _TRACKING_TAG = b"\x42"
 
 
-def _field(number: int, data: bytes) -> bytes:
-    """A length-delimited field, left out when empty (as deterministic serialization does)."""
-    return _wire.length_delimited(number, data) if data else b""
-
-
 class _Rebuilder:
     """What `SealedBatch.chain` joins, computed once per batch: each action's record
-    bytes around the per-packet fields (the layout `_wire.RecordWriter.record` and
-    `_wire.BatchEntryWriter.entries` write, field for field), and each leaf's proof."""
+    bytes around the per-packet fields (the shared parts of `_wire.RecordWriter` and
+    `_wire.BatchEntryWriter`, joined in the layout they write), and each leaf's proof."""
 
     __slots__ = ("_details", "_heads", "_key_and_tag", "_leaves", "_proofs", "_signed_by")
 
     def __init__(self, batch: SealedBatch) -> None:
         v = _wire.varint
-        self._heads = [
-            # actor, action, occurred_at: `RecordWriter`'s middle, then the digest's tag.
-            _field(2, batch.actor)
-            + _field(3, action)
-            + _wire.timestamp(4, batch.occurred_at_ns)
-            + _DIGEST_TAG
+        records = [
+            _wire.RecordWriter(
+                actor=batch.actor,
+                action=action,
+                occurred_at_ns=batch.occurred_at_ns,
+                key_id=batch.key_id,
+            )
             for action in _ACTIONS
         ]
-        self._key_and_tag = _field(7, batch.key_id) + _TRACKING_TAG
-        self._details = batch.details
-        self._signed_by = (
-            _field(2, batch.signature)
-            + _field(3, batch.key_id)
-            + b"\x22"  # the BatchProof's tag; its length and body follow per leaf
+        signed = _wire.BatchEntryWriter(
+            signature=batch.signature, key_id=batch.key_id, leaf_count=batch.leaf_count
         )
-        count = b"\x10" + v(batch.leaf_count)  # BatchProof.leaf_count (field 2)
+        # actor, action, occurred_at: `RecordWriter`'s middle, then the digest's tag.
+        self._heads = [r.middle + _DIGEST_TAG for r in records]
+        self._key_and_tag = records[0].key_id_field + _TRACKING_TAG
+        self._details = batch.details
+        # The BatchProof's tag follows; its length and body follow per leaf.
+        self._signed_by = signed.signed_by + b"\x22"
         # Per leaf: the BatchProof's length and body (index, count, audit path).
         self._proofs = []
         # Not `batch._proofs()`: that would keep each path twice in a reader's cache.
         leaves = [batch.leaves[i : i + _HASH] for i in range(0, len(batch.leaves), _HASH)]
         _, paths = _merkle.root_and_joined_proofs(leaves, _wire.PROOF_SIBLING_PREFIX)
         for i, path in enumerate(paths):
-            body = (b"\x08" + v(i) if i else b"") + count + path
+            body = (b"\x08" + v(i) if i else b"") + signed.count_field + path
             self._proofs.append(v(len(body)) + body)
         self._leaves = batch.leaves
 
