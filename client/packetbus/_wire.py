@@ -136,17 +136,14 @@ class BatchEntryWriter:
         self.signed_by = _bytes(2, signature) + _bytes(3, key_id)
         self.count_field = _uint(2, leaf_count)
 
-    def entries(
-        self, records: Sequence[bytes], paths: Sequence[bytes], *, first: int = 0
-    ) -> list[bytes]:
-        """One entry per record; paths[i] is record i's audit path (leaf index
-        first + i), each sibling already preceded by PROOF_SIBLING_PREFIX. `first`
-        lets a reader rebuild some of a stored batch's entries (_sealed_batch)."""
-        if first + len(records) > len(_VARINTS):
+    def entries(self, records: Sequence[bytes], paths: Sequence[bytes]) -> list[bytes]:
+        """One entry per record; paths[i] is record i's audit path (leaf index i), each
+        sibling already preceded by PROOF_SIBLING_PREFIX."""
+        if len(records) > len(_VARINTS):
             raise ValueError(f"at most {len(_VARINTS)} entries in one signed batch")
         signed_by, count, v = self.signed_by, self.count_field, _VARINTS
         out = []
-        for i, (record, hashes) in enumerate(zip(records, paths, strict=True), first):
+        for i, (record, hashes) in enumerate(zip(records, paths, strict=True)):
             index = b"\x08" + v[i] if i else b""
             proof_length = len(index) + len(count) + len(hashes)
             out.append(
