@@ -85,6 +85,15 @@ def test_chain_is_the_sealed_entries(tmp_path: Path) -> None:
                 assert batch.chain(2 * k, **args) == _wire.with_chain(b"", entries[k])
 
 
+def test_the_leaves_seal_hashed_are_the_leaves_of_its_entries(tmp_path: Path) -> None:
+    # `with_batch` stores the batch from the hashes `seal` made, not hashed again.
+    custodian, packets, _ = sealed(tmp_path, 5, origin_signed=True)
+    chains, leaves = custodian.seal_with_leaves(packets, now_ns=1_800_000_000_123_456_789)
+    flat = [e for pair in chains for e in pair]
+    assert SealedBatch.of_entries(flat, leaves) == SealedBatch.of_entries(flat)
+    assert custodian.seal(packets, now_ns=1_800_000_000_123_456_789) == chains
+
+
 def keys_of(custodian: Custodian) -> dict[str, custody_pb2.SigningKey]:
     keys = {k.key_id: k for k in custodian.published_keys()}
     keys[AGENT.key_id] = custody_pb2.SigningKey(

@@ -47,18 +47,21 @@ _CHAIN_TAG = _wire.with_chain(b"", [b""])[:-1]
 
 
 def with_batch(
-    writes: Sequence[PacketWrite], chains: Sequence[Sequence[bytes]]
+    writes: Sequence[PacketWrite],
+    chains: Sequence[Sequence[bytes]],
+    leaves: Sequence[bytes] | None = None,
 ) -> list[PacketWrite]:
     """`writes` (payload: content, the client's chain, then the server's two
     entries `chains[i]`) in the stored-once form: the server entries cut off and
     replaced by a reference to the call's sealed batch. Unchanged when the server
-    does not sign (no entries)."""
+    does not sign (no entries). `leaves`: the entries' hashes, as
+    `Custodian.seal_with_leaves` gives them (else hashed again)."""
     from ._store import PacketWrite  # here: _store imports this module
 
     if not writes or any(len(c) != 2 for c in chains):
         return list(writes)
     flat = [e for chain in chains for e in chain]
-    batch = SealedBatch.of_entries(flat)
+    batch = SealedBatch.of_entries(flat, leaves)
     encoded = batch.encode()
     ident = batch.signature[:_ID_BYTES].hex()
     out = []

@@ -128,8 +128,15 @@ class Custodian:
         One signature covers the whole batch (a Merkle root); each entry carries
         its inclusion proof, so it verifies on its own.
         """
+        return self.seal_with_leaves(packets, now_ns)[0]
+
+    def seal_with_leaves(
+        self, packets: Sequence[tuple[packet_pb2.Packet, bytes]], now_ns: int
+    ) -> tuple[list[list[bytes]], list[bytes]]:
+        """As `seal`, with the batch's leaf hashes (each entry's, in order): what
+        storing the batch once needs (`_batch_refs.with_batch`), so not hashed again."""
         if not self.signing or not packets:
-            return [[] for _ in packets]
+            return [[] for _ in packets], []
         signer = self.keyring.active
         writers = [
             _wire.RecordWriter(
@@ -176,7 +183,7 @@ class Custodian:
         counting.signed(_custody.RECEIVED, len(packets))
         counting.signed(_custody.DISPATCHED, len(packets))
         step = len(_ACTIONS)
-        return [entries[i : i + step] for i in range(0, len(entries), step)]
+        return [entries[i : i + step] for i in range(0, len(entries), step)], hashes
 
     def seal_decided(
         self, packets: Sequence[tuple[packet_pb2.Packet, bytes, str, str]], now_ns: int

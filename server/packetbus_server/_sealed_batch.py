@@ -106,14 +106,18 @@ class SealedBatch:
         return cls(signature, key_id, actor, occurred_at_ns, details, leaves)
 
     @classmethod
-    def of_entries(cls, entries: Sequence[bytes]) -> SealedBatch:
+    def of_entries(
+        cls, entries: Sequence[bytes], leaves: Sequence[bytes] | None = None
+    ) -> SealedBatch:
         """The batch `Custodian.seal` signed, from its entries (all of them, in
-        order: each packet's "received" then "dispatched")."""
+        order: each packet's "received" then "dispatched"). `leaves`, their entry
+        hashes, when the caller has them (`Custodian.seal_with_leaves`)."""
         if not entries:
             raise SealedBatchError("a sealed batch has at least one entry")
         first = custody_pb2.CustodyEntry.FromString(entries[0])
         record = custody_pb2.CustodyRecord.FromString(first.record)
-        leaves = b"".join(_custody.entry_hash(_record_of(e)) for e in entries)
+        if leaves is None:
+            leaves = [_custody.entry_hash(_record_of(e)) for e in entries]
         return cls(
             signature=first.signature,
             key_id=first.key_id.encode(),
@@ -125,7 +129,7 @@ class SealedBatch:
                 reason=record.reason.encode(),
                 principal=record.principal.encode(),
             ),
-            leaves=leaves,
+            leaves=b"".join(leaves),
         )
 
     def chain(
