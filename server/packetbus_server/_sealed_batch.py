@@ -36,24 +36,6 @@ _SIGNATURE = 64
 _HASH = 32
 
 
-def _record_of(entry: bytes) -> bytes:
-    """A serialized CustodyEntry's record (field 1). The server writes it first
-    (`_wire.BatchEntryWriter`), so it is sliced out without parsing the entry: this
-    runs for every entry of every dispatch call. Records are < 16 KiB (a varint of
-    one or two bytes); anything else is parsed."""
-    if entry[:1] == b"\x0a" and len(entry) > 3:
-        first, second = entry[1], entry[2]
-        if first < 0x80:
-            length, at = first, 2
-        elif second < 0x80:
-            length, at = (first & 0x7F) | second << 7, 3
-        else:
-            length, at = -1, 0
-        if length >= 0 and at + length <= len(entry):
-            return entry[at : at + length]
-    return custody_pb2.CustodyEntry.FromString(entry).record
-
-
 class SealedBatchError(ValueError):
     """Stored bytes that are not a sealed batch this server can read."""
 
@@ -117,7 +99,9 @@ class SealedBatch:
         first = custody_pb2.CustodyEntry.FromString(entries[0])
         record = custody_pb2.CustodyRecord.FromString(first.record)
         if leaves is None:
-            leaves = [_custody.entry_hash(_record_of(e)) for e in entries]
+            leaves = [
+                _custody.entry_hash(custody_pb2.CustodyEntry.FromString(e).record) for e in entries
+            ]
         return cls(
             signature=first.signature,
             key_id=first.key_id.encode(),
