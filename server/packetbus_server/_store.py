@@ -523,9 +523,10 @@ class PacketStore:
             reply = await _scripts.GET_PACKET.run(self._redis, keys, [topic])
             if reply is None:
                 return None
-            cursor, expiry, payload, content_length, ref, tid, *hops = reply
+            cursor, expiry, payload, content_length, ref, *hops = reply
+            # The record is keyed by the tracking id: its log entry's is the same.
             [stored] = await self._expander.expand(
-                topic, [(bytes(payload), int(content_length), bytes(tid), bytes(ref))]
+                topic, [(bytes(payload), int(content_length), tracking_id.encode(), bytes(ref))]
             )
             return FoundPacket(
                 topic,
