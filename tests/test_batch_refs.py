@@ -138,6 +138,19 @@ async def test_a_reader_keeps_a_bounded_number_of_batches(
     assert list(expander._batches) == [(topic, "b3"), (topic, "b4")]
 
 
+async def test_concurrent_reads_of_one_batch_cache_it_once(
+    raw_redis: redis_asyncio.Redis, topic: str
+) -> None:
+    expander = _batch_refs.Expander(raw_redis)
+    batch = SealedBatch(b"s" * 64, b"key", b"server", 1, b"", bytes(32 * 4))
+    await raw_redis.set(_keys.ingest_batch(topic, "b0"), batch.encode(), px=60_000)
+    item = (b"", 0, b"tid", b"b0 0")
+    # Both miss the cache and read the batch at once: it is counted once.
+    await asyncio.gather(*(expander.expand(topic, [item]) for _ in range(3)))
+    assert list(expander._batches) == [(topic, "b0")]
+    assert expander._leaves == 4
+
+
 async def test_expansion_knows_the_chain_end_the_delivery_path_would_parse(
     client: packetbus.Client, target: str, raw_redis: redis_asyncio.Redis, topic: str
 ) -> None:

@@ -122,6 +122,13 @@ class Expander:
                 [_keys.ingest_batch(topic, i) for i in missing]
             )
             for ident, data in zip(missing, raw, strict=True):
+                # Another read of the same batch may have cached it during the MGET:
+                # keep that one (counting its leaves twice would shrink the cache
+                # for good).
+                batch = self._batches.get((topic, ident))
+                if batch is not None:
+                    found[ident] = batch
+                    continue
                 try:
                     batch = SealedBatch.decode(bytes(data)) if data is not None else None
                 except SealedBatchError:
