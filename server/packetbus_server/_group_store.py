@@ -150,11 +150,13 @@ class GroupStore:
         carcel_retention_ms: int,
         reads: SharedReads | None = None,
         retention: TopicStore | None = None,
+        expander: _batch_refs.Expander | None = None,
     ) -> None:
         self._redis = redis
         # Work-queue retention drops what every group acked, after a settlement.
         self._retention = retention
-        self._expander = _batch_refs.Expander(redis)
+        # Shared with the server's other readers: one cache of decoded batches.
+        self._expander = expander or _batch_refs.Expander(redis)
         self._reads = reads or SharedReads(redis)
         self._retry_budget = retry_budget
         self.carcel_retention_ms = carcel_retention_ms
