@@ -179,6 +179,13 @@ async def test_expansion_knows_the_chain_end_the_delivery_path_would_parse(
         end = chain_end(full, content_length, [])
         assert (known.ingest_entries, known.last_hash) == (end.ingest_entries, end.last_hash)
         assert known.content_digest == hashlib.sha256(payload[:content_length]).digest()
+        # The settle path's chain_end from what was learnt, with hops after it or not.
+        learnt = (known.ingest_entries, known.last_hash)
+        assert chain_end(full, content_length, [], learnt) == end
+        hop = custody_pb2.CustodyEntry(record=b"a hop").SerializeToString()
+        assert chain_end(full, content_length, [hop], learnt) == chain_end(
+            full, content_length, [hop]
+        )
     assert [k.ingest_entries for _, k in expanded if k] == [3, 3, 3, 2, 2, 2, 2]
 
 

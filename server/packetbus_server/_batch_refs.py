@@ -254,21 +254,31 @@ async def expanded(
     return entries
 
 
+Row = tuple[str, bytes, int, int, Known | None]
+
+
 async def expanded_rows(
-    expander: Expander,
-    topic: str,
-    rows: list[tuple[str, bytes, int, int] | None],
-    refs: Sequence[bytes],
-) -> list[tuple[str, bytes, int, int] | None]:
-    """Rows (tracking id, payload, content length, TTL ms) or None, `refs` one per
-    row present, with their payloads expanded."""
+    expander: Expander, topic: str, rows: list[Row | None], refs: Sequence[bytes]
+) -> list[Row | None]:
+    """Rows (tracking id, payload, content length, TTL ms, None) or None, `refs` one
+    per row present, with their payloads expanded and what that learnt (`Known`)."""
     if not any(refs):
         return rows
     present = [r for r in rows if r is not None]
     payloads = iter(
-        await expander.expand(
+        await expander.expand_known(
             topic,
-            [(p, n, tid.encode(), ref) for (tid, p, n, _), ref in zip(present, refs, strict=True)],
+            [
+                (p, n, tid.encode(), ref)
+                for (tid, p, n, _, _), ref in zip(present, refs, strict=True)
+            ],
         )
     )
-    return [None if r is None else (r[0], next(payloads), r[2], r[3]) for r in rows]
+    out: list[Row | None] = []
+    for r in rows:
+        if r is None:
+            out.append(None)
+            continue
+        payload, known = next(payloads)
+        out.append((r[0], payload, r[2], r[3], known))
+    return out
