@@ -32,15 +32,14 @@ from ._sealed_batch import SealedBatch, SealedBatchError
 if TYPE_CHECKING:
     from ._store import PacketWrite
 
-# The log/carcel entry field holding "<batch id> <leaf>".
-FIELD = b"b"
 # 8 bytes of the batch signature, hex: unique per topic for as long as any
 # batch lives (a collision needs 2^32 batches on one topic at once).
 _ID_BYTES = 8
-# Decoded batches kept per reader (immutable once written, so never stale): a
-# reader expanding a page of one call's packets reads and decodes it once. Bounded
-# by their leaves: a leaf costs 32 B plus its proof path once used (~11 x 34 B at
-# the 1,000-packet call limit), so 16,384 leaves stay under ~7 MB per reader.
+# Decoded batches kept per Expander (one per server, shared by its readers: _app;
+# immutable once written, so never stale): a reader expanding a page of one call's
+# packets reads and decodes it once. Bounded by their leaves: a leaf costs 32 B plus
+# its proof path once used (~11 x 34 B at the 1,000-packet call limit), so 16,384
+# leaves stay under ~7 MB per Expander.
 _CACHED_LEAVES = 16_384
 # The chain_of_custody field's tag: an empty entry is the tag and a zero length.
 _CHAIN_TAG = _wire.with_chain(b"", [b""])[:-1]
@@ -183,14 +182,6 @@ class Known:
     ingest_entries: int
     # The entry hash of its last ("dispatched") record: what the next hop links to.
     last_hash: bytes
-
-
-def rebuilt(
-    batch: SealedBatch, leaf: int, payload: bytes, content_length: int, tracking_id: bytes
-) -> bytes:
-    """The server's two ingest entries of the packet stored as `payload`, serialized
-    as chain_of_custody elements (b"" if the batch does not hold its leaf)."""
-    return _rebuilt(batch, leaf, payload, content_length, tracking_id)[0]
 
 
 def _rebuilt(
