@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
 from typing import Any
 
 import pytest
@@ -13,9 +14,10 @@ import redis.asyncio as redis_asyncio
 import packetbus
 from packetbus import AgentIdentity
 from packetbus.v1 import custody_pb2
-from packetbus_server import _batch_refs, _keys
+from packetbus_server import _batch_refs, _keys, _scripts
 from packetbus_server._custodian import chain_end
 from packetbus_server._sealed_batch import SealedBatch
+from packetbus_server._store import PacketWrite, dispatch_argument
 from tests.conftest import new_packet, unique
 
 
@@ -136,6 +138,19 @@ async def test_a_reader_keeps_a_bounded_number_of_batches(
     assert list(expander._batches) == [(topic, "b3"), (topic, "b4")]
 
 
+async def test_concurrent_reads_of_one_batch_cache_it_once(
+    raw_redis: redis_asyncio.Redis, topic: str
+) -> None:
+    expander = _batch_refs.Expander(raw_redis)
+    batch = SealedBatch(b"s" * 64, b"key", b"server", 1, b"", bytes(32 * 4))
+    await raw_redis.set(_keys.ingest_batch(topic, "b0"), batch.encode(), px=60_000)
+    item = (b"", 0, b"tid", b"b0 0")
+    # Both miss the cache and read the batch at once: it is counted once.
+    await asyncio.gather(*(expander.expand(topic, [item]) for _ in range(3)))
+    assert list(expander._batches) == [(topic, "b0")]
+    assert expander._leaves == 4
+
+
 async def test_expansion_knows_the_chain_end_the_delivery_path_would_parse(
     client: packetbus.Client, target: str, raw_redis: redis_asyncio.Redis, topic: str
 ) -> None:
@@ -164,6 +179,13 @@ async def test_expansion_knows_the_chain_end_the_delivery_path_would_parse(
         end = chain_end(full, content_length, [])
         assert (known.ingest_entries, known.last_hash) == (end.ingest_entries, end.last_hash)
         assert known.content_digest == hashlib.sha256(payload[:content_length]).digest()
+        # The settle path's chain_end from what was learnt, with hops after it or not.
+        learnt = (known.ingest_entries, known.last_hash)
+        assert chain_end(full, content_length, [], learnt) == end
+        hop = custody_pb2.CustodyEntry(record=b"a hop").SerializeToString()
+        assert chain_end(full, content_length, [hop], learnt) == chain_end(
+            full, content_length, [hop]
+        )
     assert [k.ingest_entries for _, k in expanded if k] == [3, 3, 3, 2, 2, 2, 2]
 
 
@@ -222,3 +244,35 @@ async def test_a_corrupted_batch_reference_reads_as_a_batch_gone(
         async with asyncio.timeout(10):
             again = await anext(consumer)
     assert again.packet.packet.tracking_id == packet.tracking_id
+
+
+async def test_a_batch_lasts_as_long_as_the_newest_packet_of_any_chunk(
+    raw_redis: redis_asyncio.Redis, topic: str
+) -> None:
+    # One call's packets may reach dispatch.lua in several chunks: the first
+    # stores the batch with its packets' expiry, a later one only extends it.
+    ident = "00112233aabbccdd"
+    batch_key = _keys.ingest_batch(topic, ident)
+
+    async def chunk(ttl_ms: int, leaf: int) -> int:
+        tid = str(uuid.uuid4())
+        write = PacketWrite(tid, topic, "ab" * 32, ttl_ms, b"content", 7)
+        keys = [
+            _keys.topic_log(topic),
+            _keys.topic_groups(topic),
+            _keys.topic_horizon(topic),
+            batch_key,
+            _keys.packet_record(topic, tid),
+        ]
+        args = [3_600_000, 1, topic, b"batch", ident, b"%08d" % leaf, dispatch_argument(write)]
+        [[status, _, expiry]] = await _scripts.DISPATCH.run(raw_redis, keys, args)
+        assert status == b"new"
+        return int(expiry)
+
+    first = await chunk(60_000, 0)
+    assert await raw_redis.pexpiretime(batch_key) == first
+    later = await chunk(120_000, 2)
+    assert await raw_redis.pexpiretime(batch_key) == later
+    await chunk(30_000, 4)  # never shortened
+    assert await raw_redis.pexpiretime(batch_key) == later
+    assert await raw_redis.get(batch_key) == b"batch"

@@ -67,17 +67,31 @@ def packet_args(packet: packet_pb2.Packet, content: bytes) -> dict[str, Any]:
     }
 
 
-def test_chain_is_the_entries_of_entries(tmp_path: Path) -> None:
-    # `chain` joins precomputed prefixes; `entries` builds each record and entry
-    # through _wire's writers, as Custodian.seal does: both give the same bytes.
+def test_chain_is_the_sealed_entries(tmp_path: Path) -> None:
+    # `chain` joins precomputed prefixes; `Custodian.seal` builds each record and
+    # entry through _wire's writers: both give the same bytes, also for a packet
+    # without a tracking id (its records leave field 8 out).
     for origin_signed in (False, True):
-        _, packets, entries = sealed(tmp_path, 9, origin_signed=origin_signed)
-        batch = SealedBatch.of_entries([e for pair in entries for e in pair])
-        for k, (packet, content) in enumerate(packets):
-            args = packet_args(packet, content)
-            made = batch.entries(2 * k, **args)
-            assert made == entries[k]
-            assert batch.chain(2 * k, **args) == _wire.with_chain(b"", made)
+        for tracked in (True, False):
+            _, packets, _ = sealed(tmp_path, 9, origin_signed=origin_signed)
+            if not tracked:
+                for packet, _ in packets:
+                    packet.tracking_id = ""
+            custodian = Custodian(Keyring.load(tmp_path / "keys.json"), "server-1")
+            entries = custodian.seal(packets, now_ns=1_800_000_000_123_456_789)
+            batch = SealedBatch.of_entries([e for pair in entries for e in pair])
+            for k, (packet, content) in enumerate(packets):
+                args = packet_args(packet, content)
+                assert batch.chain(2 * k, **args) == _wire.with_chain(b"", entries[k])
+
+
+def test_the_leaves_seal_hashed_are_the_leaves_of_its_entries(tmp_path: Path) -> None:
+    # `with_batch` stores the batch from the hashes `seal` made, not hashed again.
+    custodian, packets, _ = sealed(tmp_path, 5, origin_signed=True)
+    chains, leaves = custodian.seal_with_leaves(packets, now_ns=1_800_000_000_123_456_789)
+    flat = [e for pair in chains for e in pair]
+    assert SealedBatch.of_entries(flat, leaves) == SealedBatch.of_entries(flat)
+    assert custodian.seal(packets, now_ns=1_800_000_000_123_456_789) == chains
 
 
 def keys_of(custodian: Custodian) -> dict[str, custody_pb2.SigningKey]:
@@ -178,17 +192,19 @@ def test_a_packet_is_not_proven_by_another_leaf_or_content(tmp_path: Path) -> No
         keys,
         packet,
         content,
-        batch.entries(
-            3,
-            content=content,
-            tracking_id=packet.tracking_id.encode(),
-            sequence=0,
-            previous_hash=b"",
+        split_chain(
+            batch.chain(
+                3,
+                content=content,
+                tracking_id=packet.tracking_id.encode(),
+                sequence=0,
+                previous_hash=b"",
+            )
         ),
     )
     assert not verifies(keys, packet, content + b"\x00", rebuilt(batch, 1, packet, content))
     with pytest.raises(SealedBatchError):
-        batch.entries(7, content=content, tracking_id=b"x", sequence=0, previous_hash=b"")
+        batch.chain(7, content=content, tracking_id=b"x", sequence=0, previous_hash=b"")
 
 
 @pytest.mark.parametrize(

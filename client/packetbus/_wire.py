@@ -79,11 +79,14 @@ def timestamp_ms(field: int, unix_ms: int) -> bytes:
 
 class RecordWriter:
     """Serialized CustodyRecords of one signer's batch: actor, action, time and key id are
-    the same for every record, so they are encoded once."""
+    the same for every record, so they are encoded once (`middle`, fields 2-4, and
+    `key_id_field`, field 7: also what _sealed_batch joins records from)."""
+
+    __slots__ = ("key_id_field", "middle")
 
     def __init__(self, *, actor: bytes, action: bytes, occurred_at_ns: int, key_id: bytes):
-        self._middle = _bytes(2, actor) + _bytes(3, action) + timestamp(4, occurred_at_ns)
-        self._key_id = _bytes(7, key_id)
+        self.middle = _bytes(2, actor) + _bytes(3, action) + timestamp(4, occurred_at_ns)
+        self.key_id_field = _bytes(7, key_id)
 
     def record(
         self,
@@ -99,10 +102,10 @@ class RecordWriter:
         # runs twice per packet, and every intermediate bytes object costs a copy.
         v = _VARINTS
         parts = [b"\x08", v[sequence]] if sequence else []
-        parts += (self._middle, b"\x2a", v[len(content_digest)], content_digest)
+        parts += (self.middle, b"\x2a", v[len(content_digest)], content_digest)
         if previous_hash:
             parts += (b"\x32", v[len(previous_hash)], previous_hash)
-        parts.append(self._key_id)
+        parts.append(self.key_id_field)
         if tracking_id:
             parts += (b"\x42", v[len(tracking_id)], tracking_id)
         if details:
@@ -124,23 +127,23 @@ PROOF_SIBLING_PREFIX = b"\x1a\x20"
 
 class BatchEntryWriter:
     """Serialized CustodyEntries of one signed batch: signature, key id and leaf count
-    are shared, so they are encoded once."""
+    are shared, so they are encoded once (`signed_by`, entry fields 2-3, and
+    `count_field`, BatchProof field 2: also what _sealed_batch joins entries from)."""
+
+    __slots__ = ("count_field", "signed_by")
 
     def __init__(self, *, signature: bytes, key_id: bytes, leaf_count: int):
-        self._signed_by = _bytes(2, signature) + _bytes(3, key_id)
-        self._count = _uint(2, leaf_count)
+        self.signed_by = _bytes(2, signature) + _bytes(3, key_id)
+        self.count_field = _uint(2, leaf_count)
 
-    def entries(
-        self, records: Sequence[bytes], paths: Sequence[bytes], *, first: int = 0
-    ) -> list[bytes]:
-        """One entry per record; paths[i] is record i's audit path (leaf index
-        first + i), each sibling already preceded by PROOF_SIBLING_PREFIX. `first`
-        lets a reader rebuild some of a stored batch's entries (_sealed_batch)."""
-        if first + len(records) > len(_VARINTS):
+    def entries(self, records: Sequence[bytes], paths: Sequence[bytes]) -> list[bytes]:
+        """One entry per record; paths[i] is record i's audit path (leaf index i), each
+        sibling already preceded by PROOF_SIBLING_PREFIX."""
+        if len(records) > len(_VARINTS):
             raise ValueError(f"at most {len(_VARINTS)} entries in one signed batch")
-        signed_by, count, v = self._signed_by, self._count, _VARINTS
+        signed_by, count, v = self.signed_by, self.count_field, _VARINTS
         out = []
-        for i, (record, hashes) in enumerate(zip(records, paths, strict=True), first):
+        for i, (record, hashes) in enumerate(zip(records, paths, strict=True)):
             index = b"\x08" + v[i] if i else b""
             proof_length = len(index) + len(count) + len(hashes)
             out.append(

@@ -341,7 +341,12 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
                 key_store,
                 packets,
                 config.limits,
-                carcel=CarcelStore(redis, hops, retry_budget=config.retry_budget_seconds),
+                carcel=CarcelStore(
+                    redis,
+                    hops,
+                    retry_budget=config.retry_budget_seconds,
+                    expander=store.expander,
+                ),
                 policy=governor.store,
                 clock=clock,
             ),
@@ -361,6 +366,7 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
             carcel_retention_ms=config.limits.carcel_retention_seconds * 1000,
             reads=reads,
             retention=topics,
+            expander=store.expander,
         )
         add_servicer(
             server,
@@ -427,7 +433,12 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
             server,
             carcel_service,
             CarcelService(
-                CarcelStore(redis, hops, retry_budget=config.retry_budget_seconds),
+                CarcelStore(
+                    redis,
+                    hops,
+                    retry_budget=config.retry_budget_seconds,
+                    expander=store.expander,
+                ),
                 store,
                 custodian,
                 config.limits,

@@ -32,33 +32,35 @@ from ._sealed_batch import SealedBatch, SealedBatchError
 if TYPE_CHECKING:
     from ._store import PacketWrite
 
-# The log/carcel entry field holding "<batch id> <leaf>".
-FIELD = b"b"
 # 8 bytes of the batch signature, hex: unique per topic for as long as any
 # batch lives (a collision needs 2^32 batches on one topic at once).
 _ID_BYTES = 8
-# Decoded batches kept per reader (immutable once written, so never stale): a
-# reader expanding a page of one call's packets reads and decodes it once. Bounded
-# by their leaves: a leaf costs 32 B plus its proof path once used (~11 x 34 B at
-# the 1,000-packet call limit), so 16,384 leaves stay under ~7 MB per reader.
+# Decoded batches kept per Expander (one per server, shared by its readers: _app;
+# immutable once written, so never stale): a reader expanding a page of one call's
+# packets reads and decodes it once. Bounded by their leaves: a leaf costs 32 B plus
+# its proof path once used (~11 x 34 B at the 1,000-packet call limit), so 16,384
+# leaves stay under ~7 MB per Expander.
 _CACHED_LEAVES = 16_384
 # The chain_of_custody field's tag: an empty entry is the tag and a zero length.
 _CHAIN_TAG = _wire.with_chain(b"", [b""])[:-1]
 
 
 def with_batch(
-    writes: Sequence[PacketWrite], chains: Sequence[Sequence[bytes]]
+    writes: Sequence[PacketWrite],
+    chains: Sequence[Sequence[bytes]],
+    leaves: Sequence[bytes] | None = None,
 ) -> list[PacketWrite]:
     """`writes` (payload: content, the client's chain, then the server's two
     entries `chains[i]`) in the stored-once form: the server entries cut off and
     replaced by a reference to the call's sealed batch. Unchanged when the server
-    does not sign (no entries)."""
+    does not sign (no entries). `leaves`: the entries' hashes, as
+    `Custodian.seal_with_leaves` gives them (else hashed again)."""
     from ._store import PacketWrite  # here: _store imports this module
 
     if not writes or any(len(c) != 2 for c in chains):
         return list(writes)
     flat = [e for chain in chains for e in chain]
-    batch = SealedBatch.of_entries(flat)
+    batch = SealedBatch.of_entries(flat, leaves)
     encoded = batch.encode()
     ident = batch.signature[:_ID_BYTES].hex()
     out = []
@@ -119,6 +121,13 @@ class Expander:
                 [_keys.ingest_batch(topic, i) for i in missing]
             )
             for ident, data in zip(missing, raw, strict=True):
+                # Another read of the same batch may have cached it during the MGET:
+                # keep that one (counting its leaves twice would shrink the cache
+                # for good).
+                batch = self._batches.get((topic, ident))
+                if batch is not None:
+                    found[ident] = batch
+                    continue
                 try:
                     batch = SealedBatch.decode(bytes(data)) if data is not None else None
                 except SealedBatchError:
@@ -173,14 +182,6 @@ class Known:
     ingest_entries: int
     # The entry hash of its last ("dispatched") record: what the next hop links to.
     last_hash: bytes
-
-
-def rebuilt(
-    batch: SealedBatch, leaf: int, payload: bytes, content_length: int, tracking_id: bytes
-) -> bytes:
-    """The server's two ingest entries of the packet stored as `payload`, serialized
-    as chain_of_custody elements (b"" if the batch does not hold its leaf)."""
-    return _rebuilt(batch, leaf, payload, content_length, tracking_id)[0]
 
 
 def _rebuilt(
@@ -244,21 +245,31 @@ async def expanded(
     return entries
 
 
+Row = tuple[str, bytes, int, int, Known | None]
+
+
 async def expanded_rows(
-    expander: Expander,
-    topic: str,
-    rows: list[tuple[str, bytes, int, int] | None],
-    refs: Sequence[bytes],
-) -> list[tuple[str, bytes, int, int] | None]:
-    """Rows (tracking id, payload, content length, TTL ms) or None, `refs` one per
-    row present, with their payloads expanded."""
+    expander: Expander, topic: str, rows: list[Row | None], refs: Sequence[bytes]
+) -> list[Row | None]:
+    """Rows (tracking id, payload, content length, TTL ms, None) or None, `refs` one
+    per row present, with their payloads expanded and what that learnt (`Known`)."""
     if not any(refs):
         return rows
     present = [r for r in rows if r is not None]
     payloads = iter(
-        await expander.expand(
+        await expander.expand_known(
             topic,
-            [(p, n, tid.encode(), ref) for (tid, p, n, _), ref in zip(present, refs, strict=True)],
+            [
+                (p, n, tid.encode(), ref)
+                for (tid, p, n, _, _), ref in zip(present, refs, strict=True)
+            ],
         )
     )
-    return [None if r is None else (r[0], next(payloads), r[2], r[3]) for r in rows]
+    out: list[Row | None] = []
+    for r in rows:
+        if r is None:
+            out.append(None)
+            continue
+        payload, known = next(payloads)
+        out.append((r[0], payload, r[2], r[3], known))
+    return out

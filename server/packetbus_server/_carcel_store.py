@@ -68,10 +68,18 @@ class Requeued:
 
 
 class CarcelStore:
-    def __init__(self, redis: RedisClient, hops: HopStore, *, retry_budget: float) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        hops: HopStore,
+        *,
+        retry_budget: float,
+        expander: _batch_refs.Expander | None = None,
+    ) -> None:
         self._redis = redis
         self._hops = hops
-        self._expander = _batch_refs.Expander(redis)
+        # Shared with the server's other readers: one cache of decoded batches.
+        self._expander = expander or _batch_refs.Expander(redis)
         self._retry_budget = retry_budget
 
     async def _read(self, topic: str, low: str, high: str, count: int) -> list[CarcelRecord]:

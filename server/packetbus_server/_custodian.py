@@ -39,19 +39,31 @@ class ChainEnd:
         return ChainEnd(self.ingest_entries, self.hops + 1, entry_hash)
 
 
-def chain_end(payload: bytes, content_length: int, hops: Sequence[bytes]) -> ChainEnd:
+def chain_end(
+    payload: bytes,
+    content_length: int,
+    hops: Sequence[bytes],
+    ingest_end: tuple[int, bytes] | None = None,
+) -> ChainEnd:
     """The end of the chain stored in `payload` (content, then the ingest entries),
-    continued by the serialized hop entries `hops`."""
-    # The bytes after the content are the chain's fields alone: parsing them
-    # costs nothing for the content.
-    ingest = packet_pb2.Packet.FromString(payload[content_length:]).chain_of_custody
-    if hops:
-        last = custody_pb2.CustodyEntry.FromString(hops[-1]).record
-    elif ingest:
-        last = ingest[-1].record
+    continued by the serialized hop entries `hops`. `ingest_end`, when the caller
+    knows it (expanding a stored-once entry: `_batch_refs.Known`): the ingest
+    entries' count and last entry hash, so the ingest chain is not parsed."""
+    if ingest_end is not None:
+        count, last_hash = ingest_end
+        if not hops:
+            return ChainEnd(count, 0, last_hash)
     else:
-        return ChainEnd(0, 0, b"")
-    return ChainEnd(len(ingest), len(hops), _custody.entry_hash(last))
+        # The bytes after the content are the chain's fields alone: parsing them
+        # costs nothing for the content.
+        ingest = packet_pb2.Packet.FromString(payload[content_length:]).chain_of_custody
+        count = len(ingest)
+        if not hops:
+            if not ingest:
+                return ChainEnd(0, 0, b"")
+            return ChainEnd(count, 0, _custody.entry_hash(ingest[-1].record))
+    last = custody_pb2.CustodyEntry.FromString(hops[-1]).record
+    return ChainEnd(count, len(hops), _custody.entry_hash(last))
 
 
 # Not frozen, as above.
@@ -128,8 +140,15 @@ class Custodian:
         One signature covers the whole batch (a Merkle root); each entry carries
         its inclusion proof, so it verifies on its own.
         """
+        return self.seal_with_leaves(packets, now_ns)[0]
+
+    def seal_with_leaves(
+        self, packets: Sequence[tuple[packet_pb2.Packet, bytes]], now_ns: int
+    ) -> tuple[list[list[bytes]], list[bytes]]:
+        """As `seal`, with the batch's leaf hashes (each entry's, in order): what
+        storing the batch once needs (`_batch_refs.with_batch`), so not hashed again."""
         if not self.signing or not packets:
-            return [[] for _ in packets]
+            return [[] for _ in packets], []
         signer = self.keyring.active
         writers = [
             _wire.RecordWriter(
@@ -176,7 +195,7 @@ class Custodian:
         counting.signed(_custody.RECEIVED, len(packets))
         counting.signed(_custody.DISPATCHED, len(packets))
         step = len(_ACTIONS)
-        return [entries[i : i + step] for i in range(0, len(entries), step)]
+        return [entries[i : i + step] for i in range(0, len(entries), step)], hashes
 
     def seal_decided(
         self, packets: Sequence[tuple[packet_pb2.Packet, bytes, str, str]], now_ns: int

@@ -866,11 +866,21 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
         present = [(r, f) for r, f in zip(requests, found, strict=True) if f is not None]
         hops = await self._hops.read(topic, [f[0] for _, f in present])
         traced = tracing.active is not None
-        for (r, (tid, payload, content_length, ttl_ms)), entries in zip(present, hops, strict=True):
+        for (r, (tid, payload, content_length, ttl_ms, rebuilt)), entries in zip(
+            present, hops, strict=True
+        ):
+            # A stored-once entry's expansion computed its digest and ingest end.
             known[r.delivery_id] = Held(
                 tid,
-                hashlib.sha256(payload[:content_length]).digest(),
-                chain_end(payload, content_length, entries),
+                rebuilt.content_digest
+                if rebuilt is not None
+                else hashlib.sha256(payload[:content_length]).digest(),
+                chain_end(
+                    payload,
+                    content_length,
+                    entries,
+                    None if rebuilt is None else (rebuilt.ingest_entries, rebuilt.last_hash),
+                ),
                 0,
                 0,
                 cursor_millis(r.cursor) + ttl_ms,

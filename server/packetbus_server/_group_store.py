@@ -150,11 +150,13 @@ class GroupStore:
         carcel_retention_ms: int,
         reads: SharedReads | None = None,
         retention: TopicStore | None = None,
+        expander: _batch_refs.Expander | None = None,
     ) -> None:
         self._redis = redis
         # Work-queue retention drops what every group acked, after a settlement.
         self._retention = retention
-        self._expander = _batch_refs.Expander(redis)
+        # Shared with the server's other readers: one cache of decoded batches.
+        self._expander = expander or _batch_refs.Expander(redis)
         self._reads = reads or SharedReads(redis)
         self._retry_budget = retry_budget
         self.carcel_retention_ms = carcel_retention_ms
@@ -351,16 +353,17 @@ class GroupStore:
 
     async def read_entries(
         self, topic: str, cursors: Sequence[str]
-    ) -> list[tuple[str, bytes, int, int] | None]:
-        """Per cursor: (tracking id, packet bytes, content length, TTL ms), or None if gone."""
+    ) -> list[_batch_refs.Row | None]:
+        """Per cursor: (tracking id, packet bytes, content length, TTL ms, what expanding
+        it learnt: `_batch_refs.Known` or None), or None if gone."""
 
-        async def attempt() -> list[tuple[str, bytes, int, int] | None]:
+        async def attempt() -> list[_batch_refs.Row | None]:
             pipe = self._redis.pipeline(transaction=False)
             for cursor in cursors:
                 pipe.xrange(_keys.topic_log(topic), cursor, cursor)
             replies = await pipe.execute()
             refs: list[bytes] = []
-            out: list[tuple[str, bytes, int, int] | None] = []
+            out: list[_batch_refs.Row | None] = []
             for reply in replies:
                 if not reply:
                     out.append(None)
@@ -372,10 +375,11 @@ class GroupStore:
                         bytes(fields[b"p"]),
                         int(fields[b"n"]),
                         int(fields[b"t"]),
+                        None,
                     )
                 )
                 refs.append(fields.get(b"b", b""))
             return await _batch_refs.expanded_rows(self._expander, topic, out, refs)
 
-        result: list[tuple[str, bytes, int, int] | None] = await self._retried(attempt)
+        result: list[_batch_refs.Row | None] = await self._retried(attempt)
         return result

@@ -266,10 +266,12 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         if self._governor is not None and accepted:
             accepted = await self._governor.judge(accepted, results, now_ns, context)
 
-        chains = self._custodian.seal([(a.packet, a.content) for _, a in accepted], now_ns)
+        chains, leaves = self._custodian.seal_with_leaves(
+            [(a.packet, a.content) for _, a in accepted], now_ns
+        )
         writes = [to_write(a, chain) for (_, a), chain in zip(accepted, chains, strict=True)]
         # The server's entries stored once per call, not per packet (_batch_refs).
-        writes = with_batch(writes, chains)
+        writes = with_batch(writes, chains, leaves)
         async with storage_errors(context):
             stored = await self._store.write(writes, time_remaining=context.time_remaining())
 

@@ -9,13 +9,13 @@ count) or follows from the packet itself (sequence, content digest, previous has
 tracking id), except each record's place among the batch's leaves. So the batch
 can be stored once (`SealedBatch.encode`, ~100 B plus 32 B per leaf, i.e. 64 B per
 packet) and each packet refers to it by the leaf index of its "received" record;
-`SealedBatch.entries` gives back the exact bytes `Custodian.seal` made, so a
+`SealedBatch.chain` gives back the exact bytes `Custodian.seal` made, so a
 reader's chain verifies offline with only public keys exactly as before.
 
 This module is the storage form; the log entries that refer to a batch and the
 readers that expand them are in _batch_refs (README "Storage form of ingest
-custody"). Readers use `SealedBatch.chain`, which joins per-batch precomputed
-parts (`_Rebuilder`) into the same bytes `entries` builds field by field.
+custody"). `SealedBatch.chain` joins per-batch precomputed parts (`_Rebuilder`,
+taken from _wire's writers) into the bytes those writers build field by field.
 """
 
 from __future__ import annotations
@@ -36,24 +36,6 @@ _SIGNATURE = 64
 _HASH = 32
 
 
-def _record_of(entry: bytes) -> bytes:
-    """A serialized CustodyEntry's record (field 1). The server writes it first
-    (`_wire.BatchEntryWriter`), so it is sliced out without parsing the entry: this
-    runs for every entry of every dispatch call. Records are < 16 KiB (a varint of
-    one or two bytes); anything else is parsed."""
-    if entry[:1] == b"\x0a" and len(entry) > 3:
-        first, second = entry[1], entry[2]
-        if first < 0x80:
-            length, at = first, 2
-        elif second < 0x80:
-            length, at = (first & 0x7F) | second << 7, 3
-        else:
-            length, at = -1, 0
-        if length >= 0 and at + length <= len(entry):
-            return entry[at : at + length]
-    return custody_pb2.CustodyEntry.FromString(entry).record
-
-
 class SealedBatchError(ValueError):
     """Stored bytes that are not a sealed batch this server can read."""
 
@@ -71,13 +53,8 @@ class SealedBatch:
     details: bytes
     # The leaf hashes (entry hashes of the records), 32 bytes each, in leaf order.
     leaves: bytes
-    _paths: list[bytes] | None = field(default=None, repr=False, compare=False)
     # `_Rebuilder`: byte prefixes of both entries, made once per batch on first read.
     _rebuilder: _Rebuilder | None = field(default=None, repr=False, compare=False)
-    # Made once per batch, like the proofs: a reader rebuilds many packets of it.
-    _writers: tuple[list[_wire.RecordWriter], _wire.BatchEntryWriter] | None = field(
-        default=None, repr=False, compare=False
-    )
 
     @property
     def leaf_count(self) -> int:
@@ -111,14 +88,20 @@ class SealedBatch:
         return cls(signature, key_id, actor, occurred_at_ns, details, leaves)
 
     @classmethod
-    def of_entries(cls, entries: Sequence[bytes]) -> SealedBatch:
+    def of_entries(
+        cls, entries: Sequence[bytes], leaves: Sequence[bytes] | None = None
+    ) -> SealedBatch:
         """The batch `Custodian.seal` signed, from its entries (all of them, in
-        order: each packet's "received" then "dispatched")."""
+        order: each packet's "received" then "dispatched"). `leaves`, their entry
+        hashes, when the caller has them (`Custodian.seal_with_leaves`)."""
         if not entries:
             raise SealedBatchError("a sealed batch has at least one entry")
         first = custody_pb2.CustodyEntry.FromString(entries[0])
         record = custody_pb2.CustodyRecord.FromString(first.record)
-        leaves = b"".join(_custody.entry_hash(_record_of(e)) for e in entries)
+        if leaves is None:
+            leaves = [
+                _custody.entry_hash(custody_pb2.CustodyEntry.FromString(e).record) for e in entries
+            ]
         return cls(
             signature=first.signature,
             key_id=first.key_id.encode(),
@@ -130,62 +113,8 @@ class SealedBatch:
                 reason=record.reason.encode(),
                 principal=record.principal.encode(),
             ),
-            leaves=leaves,
+            leaves=b"".join(leaves),
         )
-
-    def _proofs(self) -> list[bytes]:
-        # Computed once per batch (a tree of 2 x 200 leaves is ~800 hashes), then
-        # every packet of the batch a reader expands reuses it.
-        if self._paths is None:
-            leaves = [self.leaves[i : i + _HASH] for i in range(0, len(self.leaves), _HASH)]
-            _, self._paths = _merkle.root_and_joined_proofs(leaves, _wire.PROOF_SIBLING_PREFIX)
-        return self._paths
-
-    def entries(
-        self,
-        leaf: int,
-        *,
-        content: bytes,
-        tracking_id: bytes,
-        sequence: int,
-        previous_hash: bytes,
-    ) -> list[bytes]:
-        """The serialized "received" and "dispatched" entries of the packet whose
-        "received" record is leaf `leaf`: `content` is its content bytes, `sequence`
-        the length of the chain it came with and `previous_hash` the entry hash of
-        that chain's last record (b"" for none)."""
-        if not 0 <= leaf < self.leaf_count - 1:
-            raise SealedBatchError(f"leaf {leaf} is not in a batch of {self.leaf_count}")
-        digest = hashlib.sha256(content).digest()
-        records: list[bytes] = []
-        if self._writers is None:
-            self._writers = (
-                [
-                    _wire.RecordWriter(
-                        actor=self.actor,
-                        action=action,
-                        occurred_at_ns=self.occurred_at_ns,
-                        key_id=self.key_id,
-                    )
-                    for action in _ACTIONS
-                ],
-                _wire.BatchEntryWriter(
-                    signature=self.signature, key_id=self.key_id, leaf_count=self.leaf_count
-                ),
-            )
-        writers, signed = self._writers
-        for step, writer in enumerate(writers):
-            record = writer.record(
-                sequence=sequence + step,
-                content_digest=digest,
-                previous_hash=previous_hash,
-                tracking_id=tracking_id,
-                details=self.details,
-            )
-            previous_hash = _custody.entry_hash(record)
-            records.append(record)
-        proofs = self._proofs()
-        return signed.entries(records, proofs[leaf : leaf + 2], first=leaf)
 
     def chain(
         self,
@@ -197,22 +126,16 @@ class SealedBatch:
         previous_hash: bytes,
         content_digest: bytes | None = None,
     ) -> bytes:
-        """The packet's two entries as `_wire.with_chain(b"", self.entries(...))`
-        gives them (same arguments), i.e. ready to append to its stored payload.
+        """The serialized "received" and "dispatched" entries of the packet whose
+        "received" record is leaf `leaf`, as chain_of_custody elements ready to append
+        to its stored payload: the bytes `Custodian.seal` made for it. `content` is
+        its content bytes (`content_digest` their SHA-256, when the caller has it
+        already), `sequence` the length of the chain it came with and
+        `previous_hash` the entry hash of that chain's last record (b"" for none).
         Every reader expands each packet it returns, so this is one join of
-        precomputed prefixes per packet (no intermediate records or entries).
-        `content_digest`, SHA-256 of `content`, when the caller has it already."""
-        if not 0 <= leaf < self.leaf_count - 1 or not tracking_id:
-            return _wire.with_chain(
-                b"",
-                self.entries(
-                    leaf,
-                    content=content,
-                    tracking_id=tracking_id,
-                    sequence=sequence,
-                    previous_hash=previous_hash,
-                ),
-            )
+        precomputed prefixes per packet (no intermediate records or entries)."""
+        if not 0 <= leaf < self.leaf_count - 1:
+            raise SealedBatchError(f"leaf {leaf} is not in a batch of {self.leaf_count}")
         if self._rebuilder is None:
             self._rebuilder = _Rebuilder(self)
         if content_digest is None:
@@ -234,43 +157,50 @@ _PREVIOUS_TAG = b"\x32\x20"
 _TRACKING_TAG = b"\x42"
 
 
-def _field(number: int, data: bytes) -> bytes:
-    """A length-delimited field, left out when empty (as deterministic serialization does)."""
-    return _wire.length_delimited(number, data) if data else b""
-
-
 class _Rebuilder:
     """What `SealedBatch.chain` joins, computed once per batch: each action's record
-    bytes around the per-packet fields (the layout `_wire.RecordWriter.record` and
-    `_wire.BatchEntryWriter.entries` write, field for field), and each leaf's proof."""
+    bytes around the per-packet fields (the shared parts of `_wire.RecordWriter` and
+    `_wire.BatchEntryWriter`, joined in the layout they write), and each leaf's proof."""
 
-    __slots__ = ("_details", "_heads", "_key_and_tag", "_leaves", "_proofs", "_signed_by")
+    __slots__ = (
+        "_details",
+        "_heads",
+        "_key_and_tag",
+        "_leaves",
+        "_proofs",
+        "_signed_by",
+        "_untracked_tail",
+    )
 
     def __init__(self, batch: SealedBatch) -> None:
         v = _wire.varint
-        self._heads = [
-            # actor, action, occurred_at: `RecordWriter`'s middle, then the digest's tag.
-            _field(2, batch.actor)
-            + _field(3, action)
-            + _wire.timestamp(4, batch.occurred_at_ns)
-            + _DIGEST_TAG
+        records = [
+            _wire.RecordWriter(
+                actor=batch.actor,
+                action=action,
+                occurred_at_ns=batch.occurred_at_ns,
+                key_id=batch.key_id,
+            )
             for action in _ACTIONS
         ]
-        self._key_and_tag = _field(7, batch.key_id) + _TRACKING_TAG
-        self._details = batch.details
-        self._signed_by = (
-            _field(2, batch.signature)
-            + _field(3, batch.key_id)
-            + b"\x22"  # the BatchProof's tag; its length and body follow per leaf
+        signed = _wire.BatchEntryWriter(
+            signature=batch.signature, key_id=batch.key_id, leaf_count=batch.leaf_count
         )
-        count = b"\x10" + v(batch.leaf_count)  # BatchProof.leaf_count (field 2)
+        # actor, action, occurred_at: `RecordWriter`'s middle, then the digest's tag.
+        self._heads = [r.middle + _DIGEST_TAG for r in records]
+        key_id = records[0].key_id_field
+        self._key_and_tag = key_id + _TRACKING_TAG
+        self._details = batch.details
+        # A record's fields after its tracking id when it has none (field 8 left out).
+        self._untracked_tail = key_id + batch.details
+        # The BatchProof's tag follows; its length and body follow per leaf.
+        self._signed_by = signed.signed_by + b"\x22"
         # Per leaf: the BatchProof's length and body (index, count, audit path).
         self._proofs = []
-        # Not `batch._proofs()`: that would keep each path twice in a reader's cache.
         leaves = [batch.leaves[i : i + _HASH] for i in range(0, len(batch.leaves), _HASH)]
         _, paths = _merkle.root_and_joined_proofs(leaves, _wire.PROOF_SIBLING_PREFIX)
         for i, path in enumerate(paths):
-            body = (b"\x08" + v(i) if i else b"") + count + path
+            body = (b"\x08" + v(i) if i else b"") + signed.count_field + path
             self._proofs.append(v(len(body)) + body)
         self._leaves = batch.leaves
 
@@ -279,7 +209,11 @@ class _Rebuilder:
     ) -> bytes:
         v = _wire.varint
         received_head, dispatched_head = self._heads
-        tail = b"".join((self._key_and_tag, v(len(tracking_id)), tracking_id, self._details))
+        tail = (
+            b"".join((self._key_and_tag, v(len(tracking_id)), tracking_id, self._details))
+            if tracking_id
+            else self._untracked_tail
+        )
         # "received": its sequence (absent when 0) and link to the client's chain.
         first = (
             [b"\x08", v(sequence), received_head, digest]

@@ -314,6 +314,7 @@ class PacketStore:
         retry_budget: float,
         reads: SharedReads | None = None,
         clock: StoreClock | None = None,
+        expander: _batch_refs.Expander | None = None,
     ) -> None:
         self._redis = redis
         # The store's clock (see _clock): every replica judges TTLs by it.
@@ -324,7 +325,9 @@ class PacketStore:
         self._noted: dict[str, float] = {}
         self._retention_ms = retention_ms
         self._retry_budget = retry_budget
-        self._expander = _batch_refs.Expander(redis)
+        # Shared with the server's other readers (`expander`): one cache of decoded
+        # batches, each batch decoded and its proofs built once per server.
+        self._expander = expander or _batch_refs.Expander(redis)
 
     async def _expanded(self, topic: str, entries: list[LogEntry]) -> list[LogEntry]:
         # Stored-once entries get the server's ingest entries back (_batch_refs).
@@ -337,6 +340,10 @@ class PacketStore:
             LogEntry(e.cursor, e.expires_at_ms, p, e.content_length)
             for e, p in zip(entries, payloads, strict=True)
         ]
+
+    @property
+    def expander(self) -> _batch_refs.Expander:
+        return self._expander
 
     @property
     def redis(self) -> RedisClient:
@@ -522,9 +529,10 @@ class PacketStore:
             reply = await _scripts.GET_PACKET.run(self._redis, keys, [topic])
             if reply is None:
                 return None
-            cursor, expiry, payload, content_length, ref, tid, *hops = reply
+            cursor, expiry, payload, content_length, ref, *hops = reply
+            # The record is keyed by the tracking id: its log entry's is the same.
             [stored] = await self._expander.expand(
-                topic, [(bytes(payload), int(content_length), bytes(tid), bytes(ref))]
+                topic, [(bytes(payload), int(content_length), tracking_id.encode(), bytes(ref))]
             )
             return FoundPacket(
                 topic,

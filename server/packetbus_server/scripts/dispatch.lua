@@ -119,9 +119,10 @@ end
 
 if newest_expiry > 0 and batch_id ~= '' then
   -- Another chunk of the same call may have stored it already: keep the
-  -- bytes, only ever extend the expiry.
-  redis.call('SET', batch_key, batch, 'NX', 'PXAT', newest_expiry)
-  redis.call('PEXPIREAT', batch_key, newest_expiry, 'GT')
+  -- bytes, only ever extend the expiry (stored now, it has this one already).
+  if not redis.call('SET', batch_key, batch, 'NX', 'PXAT', newest_expiry) then
+    redis.call('PEXPIREAT', batch_key, newest_expiry, 'GT')
+  end
 end
 if newest_expiry > 0 then
   after_append(log, groups, horizon, oldest, newest_cursor, newest_expiry, now_ms, retention_ms)

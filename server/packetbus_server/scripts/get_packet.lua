@@ -10,7 +10,7 @@
 -- ARGV[1]  the topic
 --
 -- Returns {cursor, expiry ms, packet bytes, content length, batch reference ("" for
--- none: _batch_refs), tracking id, hop entries...},
+-- none: _batch_refs), hop entries...},
 -- or nil when the record or its log entry is gone (expired or trimmed).
 local existing = record_find(KEYS[1], KEYS[4], ARGV[1])
 if not existing then
@@ -30,9 +30,9 @@ local found = {}
 for j = 1, #fields, 2 do
   found[fields[j]] = fields[j + 1]
 end
-local reply = {cursor, expiry, found['p'], found['n'], found['b'] or '', found['i'] or ''}
+local reply = {cursor, expiry, found['p'], found['n'], found['b'] or ''}
 local hops = tonumber(redis.call('HGET', KEYS[3], 'n') or '0')
 for j = 1, hops do
-  reply[6 + j] = redis.call('HGET', KEYS[3], tostring(j))
+  reply[5 + j] = redis.call('HGET', KEYS[3], tostring(j))
 end
 return reply
