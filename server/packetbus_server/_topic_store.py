@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from . import _keys, _scripts
 from ._replies import text
@@ -77,32 +76,27 @@ class TopicStore:
         state: RetentionState = await with_retries(attempt, budget_seconds=self._retry_budget)
         return state
 
-    async def _is_work_queue(self, topic: str) -> bool:
-        cached = self._work_queue.get(topic)
-        now = time.monotonic()
-        if cached is not None and now - cached[1] < _POLICY_CACHE_SECONDS:
-            return cached[0]
-        raw: Any = await self._redis.hexists(_keys.topic_horizon(topic), "wq")
-        if len(self._work_queue) > _MAX_CACHED:
-            self._work_queue.clear()
-        self._work_queue[topic] = (bool(raw), now)
-        return bool(raw)
-
     async def after_acks(self, topic: str) -> int:
         """Work-queue retention after acks: drop what every group acked; how many went."""
         cached = self._work_queue.get(topic)
-        fresh = cached is not None and time.monotonic() - cached[1] < _POLICY_CACHE_SECONDS
-        if fresh and cached is not None and not cached[0]:
+        if (
+            cached is not None
+            and not cached[0]
+            and time.monotonic() - cached[1] < _POLICY_CACHE_SECONDS
+        ):
             # The common case, on every settlement: no store call, no retry wrapper.
             return 0
 
         async def attempt() -> int:
-            if not await self._is_work_queue(topic):
-                return 0
-            reply = await _scripts.TOPIC_RETENTION_ACKED.run(
-                self._redis, [_keys.topic_log(topic), _keys.topic_horizon(topic)], []
+            # One call: the script reads the policy itself, and says when there is none.
+            return int(
+                await _scripts.TOPIC_RETENTION_ACKED.run(
+                    self._redis, [_keys.topic_log(topic), _keys.topic_horizon(topic)], []
+                )
             )
-            return int(reply)
 
-        removed: int = await with_retries(attempt, budget_seconds=self._retry_budget)
-        return removed
+        reply: int = await with_retries(attempt, budget_seconds=self._retry_budget)
+        if len(self._work_queue) > _MAX_CACHED:
+            self._work_queue.clear()
+        self._work_queue[topic] = (reply >= 0, time.monotonic())
+        return max(reply, 0)

@@ -5,10 +5,12 @@
 -- KEYS[1]  the topic's log stream (pb:{topic}:log)
 -- KEYS[2]  the topic's horizon    (pb:{topic}:horizon), which holds the limits
 --
--- Returns the number of entries removed. Idempotent: what is acked is read
--- from the groups themselves, so a replay finds nothing more to drop.
+-- Returns the number of entries removed, or -1 when the topic has no
+-- work-queue retention (the caller then skips the call for a while).
+-- Idempotent: what is acked is read from the groups themselves, so a replay
+-- finds nothing more to drop.
 local log, horizon = KEYS[1], KEYS[2]
 if redis.call('HEXISTS', horizon, 'wq') == 0 then
-  return 0
+  return -1
 end
 return rt_work_queue(log, horizon)
