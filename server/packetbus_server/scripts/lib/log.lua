@@ -1,5 +1,6 @@
 -- Library, prepended to the scripts that append packets to a topic's log
--- (dispatch, and the approval of held packets); never run alone.
+-- (dispatch, and the approval of held packets) after lib/retention.lua, whose
+-- functions it calls; never run alone.
 --
 -- Entries leave the log only as a prefix (trimming below a rising threshold,
 -- or the whole log expiring), so "everything up to the horizon's newest lost
@@ -7,26 +8,6 @@
 
 local function id_ms(id)
   return tonumber(string.match(id, '^(%d+)-'))
-end
-
--- The newest entry of `log` below `limit` (ms) that is a publication, or nil
--- when there is none. An entry with field g is a requeue for one consumer
--- group, which subscribers never see: naming it would tell them of a gap that
--- is not one. A few entries are looked at; when all are requeues and there
--- are more, the oldest of them is named, which can only over-report.
-local function newest_publication_below(log, limit)
-  local scan = 8
-  local below = redis.call('XREVRANGE', log, '(' .. limit .. '-0', '-', 'COUNT', scan)
-  for _, entry in ipairs(below) do
-    local fields = entry[2]
-    local requeue = false
-    for j = 1, #fields, 2 do
-      if fields[j] == 'g' then requeue = true end
-    end
-    if not requeue then return entry[1] end
-  end
-  if #below == scan then return below[scan][1] end
-  return nil
 end
 
 -- After packets were appended to `log` (the newest at `newest_cursor`, the
@@ -49,7 +30,7 @@ local function after_append(log, groups, horizon, oldest, newest_cursor, newest_
       table.insert(marks, last)
     end
   elseif not limited and id_ms(oldest[1][1]) < threshold then
-    local trimmed = newest_publication_below(log, threshold)
+    local trimmed = rt_newest_publication_below(log, threshold .. '-0')
     if trimmed then
       table.insert(marks, 't')
       table.insert(marks, trimmed)

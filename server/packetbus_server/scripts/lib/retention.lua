@@ -59,6 +59,22 @@ local function rt_bytes(log, from, to)
   end
 end
 
+-- The newest entry of `log` below `bound` (an id) that is a publication, or
+-- nil when there is none: naming a requeue would tell subscribers of a gap
+-- that is not one. A few entries are looked at; when all are requeues and
+-- there are more, the oldest of them is named, which can only over-report.
+-- (Also lib/log.lua's, for the server-wide retention.)
+local function rt_newest_publication_below(log, bound)
+  local scan = 8
+  local below = redis.call('XREVRANGE', log, '(' .. bound, '-', 'COUNT', scan)
+  for _, entry in ipairs(below) do
+    local _, publication = rt_entry(entry)
+    if publication then return entry[1] end
+  end
+  if #below == scan then return below[scan][1] end
+  return nil
+end
+
 -- Remove the entries of `log` below `bound` (an id), recording the newest
 -- publication among them as the horizon's t; returns how many went. While
 -- bytes are counted, `gone` is their bytes when the caller has read them
@@ -66,17 +82,7 @@ end
 local function rt_trim_below(log, horizon, bound, counting_bytes, gone)
   local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
   if #first == 0 or not rt_less(first[1][1], bound) then return 0 end
-  local scan = 8
-  local below = redis.call('XREVRANGE', log, '(' .. bound, '-', 'COUNT', scan)
-  local trimmed = nil
-  for _, entry in ipairs(below) do
-    local _, publication = rt_entry(entry)
-    if publication then
-      trimmed = entry[1]
-      break
-    end
-  end
-  if not trimmed and #below == scan then trimmed = below[scan][1] end
+  local trimmed = rt_newest_publication_below(log, bound)
   if counting_bytes then
     gone = gone or rt_bytes(log, '-', '(' .. bound)
     local left = tonumber(redis.call('HINCRBY', horizon, 'sb', -gone))
