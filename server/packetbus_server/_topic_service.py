@@ -25,30 +25,21 @@ _POLICIES = {
 }
 
 
+def _limit(out: list[Violation], name: str, value: int, low: int, high: int) -> None:
+    """A limit is 0 (none) or in low..high."""
+    if value and not low <= value <= high:
+        out.append(
+            Violation(f"retention.{name}", "RANGE", f"must be 0 (no limit) or {low}..{high}")
+        )
+
+
 def check_retention(out: list[Violation], retention: pb.TopicRetention) -> None:
     """Bounds of each limit (0 = none); an unknown policy is refused."""
-    if retention.max_age_seconds > MAX_AGE_SECONDS:
-        out.append(
-            Violation(
-                "retention.max_age_seconds",
-                "range",
-                f"must be 0 (no limit) or 1..{MAX_AGE_SECONDS}",
-            )
-        )
-    if retention.max_packets > MAX_PACKETS:
-        out.append(
-            Violation("retention.max_packets", "range", f"must be 0 (no limit) or 1..{MAX_PACKETS}")
-        )
-    if retention.max_bytes and not MIN_BYTES <= retention.max_bytes <= MAX_BYTES:
-        out.append(
-            Violation(
-                "retention.max_bytes",
-                "range",
-                f"must be 0 (no limit) or {MIN_BYTES}..{MAX_BYTES}",
-            )
-        )
+    _limit(out, "max_age_seconds", retention.max_age_seconds, 1, MAX_AGE_SECONDS)
+    _limit(out, "max_packets", retention.max_packets, 1, MAX_PACKETS)
+    _limit(out, "max_bytes", retention.max_bytes, MIN_BYTES, MAX_BYTES)
     if retention.policy not in _POLICIES:
-        out.append(Violation("retention.policy", "enum", "not a known RetentionPolicy"))
+        out.append(Violation("retention.policy", "ENUM", "not a known RetentionPolicy"))
 
 
 def _message(retention: Retention) -> pb.TopicRetention:
