@@ -11,9 +11,9 @@ import contextlib
 import os
 import signal
 import socket
-import sys
+import subprocess
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -21,30 +21,58 @@ import pytest
 import packetbus
 from packetbus.v1 import custody_pb2, packet_service_pb2, packet_service_pb2_grpc
 from packetbus_server import RunningServer
-from tests.conftest import free_port, new_packet, packetbus_serve, run_cli, serving, unique
+from tests.conftest import free_port, new_packet, packetbus_serve, run_cli, unique
 
 pytestmark = pytest.mark.slow
 
 WORKERS = 2
 
 
+def _serve_workers(
+    listen: str,
+    redis_url: str,
+    data_dir: Path,
+    *options: str,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    """`packetbus serve --workers WORKERS` on `listen`, draining at once when stopped."""
+    return packetbus_serve(
+        *("--workers", str(WORKERS), "--listen", listen),
+        *("--redis-url", redis_url, "--data-dir", str(data_dir)),
+        *("--grace", "0", "--drain-notice", "0"),
+        *options,
+        env=env,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _forwarder(host: str, port: int) -> AsyncIterator[str]:
+    """A TCP forwarder on 127.0.0.1 to `host`:`port` (as a NAT or a published
+    container port does): its target."""
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(host, port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    forwarder = await asyncio.start_server(forward, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{forwarder.sockets[0].getsockname()[1]}"
+    finally:
+        forwarder.close()
+
+
 @pytest.fixture
 def two_workers(redis_url: str, tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    process = packetbus_serve(
-        "--workers",
-        str(WORKERS),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--redis-url",
-        redis_url,
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--grace",
-        "0",
-        "--drain-notice",
-        "0",
-    )
+    process = _serve_workers(f"127.0.0.1:{port}", redis_url, tmp_path / "data")
     try:
         yield f"127.0.0.1:{port}"
     finally:
@@ -157,20 +185,7 @@ async def test_one_process_names_no_workers(server: RunningServer) -> None:
 
 def test_a_crashed_worker_comes_back_on_its_port(redis_url: str, tmp_path: Path) -> None:
     port = free_port()
-    process = packetbus_serve(
-        "--workers",
-        str(WORKERS),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--redis-url",
-        redis_url,
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--grace",
-        "0",
-        "--drain-notice",
-        "0",
-    )
+    process = _serve_workers(f"127.0.0.1:{port}", redis_url, tmp_path / "data")
 
     async def check() -> None:
         client = await _connect(f"127.0.0.1:{port}")
@@ -238,26 +253,11 @@ async def test_worker_ports_are_fixed_and_named(redis_url: str, tmp_path: Path) 
     client_ports: list[int] = []
     for options in ([], ["--worker-ports", str(first + 1)]):
         server = await asyncio.to_thread(
-            serving,
-            [
-                sys.executable,
-                "-m",
-                "packetbus._cli",
-                "serve",
-                "--workers",
-                str(WORKERS),
-                "--listen",
-                f"127.0.0.1:{first}",
-                "--redis-url",
-                redis_url,
-                "--data-dir",
-                str(tmp_path / "data"),
-                "--grace",
-                "0",
-                "--drain-notice",
-                "0",
-                *options,
-            ],
+            _serve_workers,
+            f"127.0.0.1:{first}",
+            redis_url,
+            tmp_path / "data",
+            *options,
             # Without the tests' PACKETBUS_WORKER_PORTS=0 (see conftest): the default.
             env={"PACKETBUS_WORKER_PORTS": ""} if not options else None,
         )
@@ -326,38 +326,20 @@ async def test_unreachable_worker_ports_leave_the_client_on_the_shared_port(
     # on the host the client dialed.
     port = free_port()
     server = await asyncio.to_thread(
-        packetbus_serve,
-        *("--workers", str(WORKERS), "--listen", f"127.0.0.2:{port}"),
-        *("--redis-url", redis_url, "--data-dir", str(tmp_path / "data")),
-        *("--grace", "0", "--drain-notice", "0"),
+        _serve_workers, f"127.0.0.2:{port}", redis_url, tmp_path / "data"
     )
-
-    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.2", port)
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    forwarder = await asyncio.start_server(forward, "127.0.0.1", 0)
-    shared = f"127.0.0.1:{forwarder.sockets[0].getsockname()[1]}"
     try:
-        client = await _connect(shared)
-        try:
-            assert client._channel._channel.target == shared.encode()
-            info = await client.server_info()
-            assert len(info.workers.ports) == WORKERS  # named, but not reached
-            results = await client.dispatch_batch([new_packet(unique("spread"))])
-            assert results[0].WhichOneof("outcome") == "receipt"
-        finally:
-            await client.close()
+        async with _forwarder("127.0.0.2", port) as shared:
+            client = await _connect(shared)
+            try:
+                assert client._channel._channel.target == shared.encode()
+                info = await client.server_info()
+                assert len(info.workers.ports) == WORKERS  # named, but not reached
+                results = await client.dispatch_batch([new_packet(unique("spread"))])
+                assert results[0].WhichOneof("outcome") == "receipt"
+            finally:
+                await client.close()
     finally:
-        forwarder.close()
         server.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(server.wait, 60) == 0
 
@@ -373,56 +355,41 @@ async def test_worker_ports_of_another_server_on_the_dialed_host_are_not_used(
     for host, port, name in (("127.0.0.2", first, "a"), ("127.0.0.1", first + 1, "b")):
         servers.append(
             await asyncio.to_thread(
-                packetbus_serve,
-                *("--workers", str(WORKERS), "--listen", f"{host}:{port}"),
+                _serve_workers,
+                f"{host}:{port}",
+                redis_url,
+                tmp_path / name,
                 *("--worker-ports", str(first + 2)),
-                *("--redis-url", redis_url, "--data-dir", str(tmp_path / name)),
-                *("--grace", "0", "--drain-notice", "0"),
             )
         )
-
-    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.2", first)
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    forwarder = await asyncio.start_server(forward, "127.0.0.1", 0)
-    shared = f"127.0.0.1:{forwarder.sockets[0].getsockname()[1]}"
     try:
-        ids = []
-        for target in (shared, f"127.0.0.1:{first + 1}"):
-            direct = await _connect(target, spread_over_workers=False)
+        async with _forwarder("127.0.0.2", first) as shared:
+            ids = []
+            for target in (shared, f"127.0.0.1:{first + 1}"):
+                direct = await _connect(target, spread_over_workers=False)
+                try:
+                    ids.append((await direct.server_info()).server_id)
+                finally:
+                    await direct.close()
+            behind, other = ids
+            assert behind != other  # two servers, each with its own data dir and key
+            client = await _connect(shared, connections=2)
             try:
-                ids.append((await direct.server_info()).server_id)
+                assert client._channel._channel.target == shared.encode()
+                for _ in range(3):
+                    assert (await client.server_info()).server_id == behind
+                # Dispatches go over the extra connections: sealed by the server behind.
+                packet = new_packet(unique("spread"))
+                await client.dispatch_batch([packet])
+                stored = await client.get_packet(packet.tracking_id)
+                actors = {
+                    custody_pb2.CustodyRecord.FromString(e.record).actor
+                    for e in stored.packet.chain_of_custody
+                }
+                assert actors == {behind}
             finally:
-                await direct.close()
-        behind, other = ids
-        assert behind != other  # two servers, each with its own data dir and key
-        client = await _connect(shared, connections=2)
-        try:
-            assert client._channel._channel.target == shared.encode()
-            for _ in range(3):
-                assert (await client.server_info()).server_id == behind
-            # Dispatches go over the extra connections: sealed by the server behind.
-            packet = new_packet(unique("spread"))
-            await client.dispatch_batch([packet])
-            stored = await client.get_packet(packet.tracking_id)
-            actors = {
-                custody_pb2.CustodyRecord.FromString(e.record).actor
-                for e in stored.packet.chain_of_custody
-            }
-            assert actors == {behind}
-        finally:
-            await client.close()
+                await client.close()
     finally:
-        forwarder.close()
         for server in servers:
             server.send_signal(signal.SIGTERM)
         for server in servers:
