@@ -236,6 +236,21 @@ def packetbus_serve(*options: str, env: Mapping[str, str] | None = None) -> subp
     return serving([sys.executable, "-m", "packetbus._cli", "serve", *options], env=env)
 
 
+def worker_pids(supervisor: int) -> list[int]:
+    """The pids of the worker processes `supervisor` (``serve --workers``) started
+    (multiprocessing's spawned children; not its Valkey)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == supervisor and b"multiprocessing" in command and b"spawn_main" in command:
+            found.append(int(entry.name))
+    return found
+
+
 def serve_process(
     port: int, redis_url: str, data_dir: Path, *options: str
 ) -> subprocess.Popen[str]:

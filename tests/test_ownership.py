@@ -20,7 +20,15 @@ import pytest
 import packetbus
 from packetbus_server import Durability, ServerConfig, start
 from packetbus_server._embedded import DataDirInUseError, socket_path
-from tests.conftest import REPO, free_port, new_packet, packetbus_serve, run_cli, unique
+from tests.conftest import (
+    REPO,
+    free_port,
+    new_packet,
+    packetbus_serve,
+    run_cli,
+    unique,
+    worker_pids,
+)
 
 
 def _serve(*argv: str) -> subprocess.Popen[str]:
@@ -113,20 +121,6 @@ async def test_a_killed_servers_lock_does_not_block_and_its_store_is_stopped(
         await asyncio.to_thread(_stop, second)
 
 
-def _workers_of(supervisor: int) -> list[int]:
-    """The pids of the worker processes `supervisor` started (not its Valkey)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == supervisor and b"multiprocessing" in command and b"spawn_main" in command:
-            found.append(int(entry.name))
-    return found
-
-
 def _gone(pids: list[int], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while any(Path(f"/proc/{pid}").exists() for pid in pids):
@@ -147,7 +141,7 @@ async def test_the_workers_of_a_killed_supervisor_stop_and_leave_the_data_dir(
     argv = ("--listen", f"127.0.0.1:{port}", "--data-dir", str(data), "--workers", "2")
     first = await asyncio.to_thread(_serve, *argv, "--drain-notice", "0", "--grace", "1")
     tracking_id = await _dispatch(port, unique("own"))
-    workers = await asyncio.to_thread(_workers_of, first.pid)
+    workers = await asyncio.to_thread(worker_pids, first.pid)
     assert len(workers) == 2
     first.kill()
     await asyncio.to_thread(first.wait)

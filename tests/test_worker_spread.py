@@ -21,7 +21,7 @@ import pytest
 import packetbus
 from packetbus.v1 import custody_pb2, packet_service_pb2, packet_service_pb2_grpc
 from packetbus_server import RunningServer
-from tests.conftest import free_port, new_packet, packetbus_serve, run_cli, unique
+from tests.conftest import free_port, new_packet, packetbus_serve, run_cli, unique, worker_pids
 
 pytestmark = pytest.mark.slow
 
@@ -191,12 +191,12 @@ def test_a_crashed_worker_comes_back_on_its_port(redis_url: str, tmp_path: Path)
         client = await _connect(f"127.0.0.1:{port}")
         try:
             before = await client.server_info()
-            worker_pids = _workers(process.pid)
-            assert len(worker_pids) == WORKERS
+            workers = worker_pids(process.pid)
+            assert len(workers) == WORKERS
             # Kill every worker: the one this client uses among them. The supervisor
             # restarts each on the port it had, and the client's calls find it again.
             await asyncio.sleep(5.5)  # past the supervisor's minimum uptime
-            for pid in worker_pids:
+            for pid in workers:
                 os.kill(pid, signal.SIGKILL)
             topic = unique("spread")
             results = await client.dispatch_batch([new_packet(topic)], timeout=60)
@@ -212,23 +212,6 @@ def test_a_crashed_worker_comes_back_on_its_port(redis_url: str, tmp_path: Path)
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
-
-
-def _workers(supervisor: int) -> list[int]:
-    """The pids of `supervisor`'s workers (multiprocessing's spawned children)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == supervisor and b"spawn_main" in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 def _free_run(count: int) -> int:
