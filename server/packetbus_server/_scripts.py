@@ -113,7 +113,7 @@ POLICY_DECIDE = LuaScript.load("policy_decide", libraries=("fields", "records"))
 POLICY_APPROVE = LuaScript.load(
     "policy_approve", libraries=("fields", "retention", "log", "records")
 )
-TOPIC_RETENTION_SET = LuaScript.load("topic_retention_set", libraries=("retention",))
+TOPIC_RETENTION_SET = LuaScript.load("topic_retention_set", libraries=("fields", "retention"))
 TOPIC_RETENTION_ACKED = LuaScript.load("topic_retention_acked", libraries=("retention",))
 POLICY_DENY = LuaScript.load("policy_deny", libraries=("fields", "records"))
 CONTEXT_COMMIT = LuaScript.load("context_commit", libraries=("hops",), derives_keys=True)

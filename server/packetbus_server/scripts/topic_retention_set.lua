@@ -15,8 +15,7 @@
 local log, horizon = KEYS[1], KEYS[2]
 local values = {ma = ARGV[1], mp = ARGV[2], mb = ARGV[3], wq = ARGV[4]}
 local retention_ms = tonumber(ARGV[5])
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = clock_ms()
 
 local counted = redis.call('HEXISTS', horizon, 'mb') == 1
 for _, name in ipairs({'ma', 'mp', 'mb', 'wq'}) do
