@@ -57,13 +57,10 @@ async def worker_channels(
         log.debug("no worker ports from %s: %s", address, exc)
         return None
     ports = list(info.workers.ports)
-    if not info.HasField("workers") or not ports:
+    if not ports:  # also when the server names no workers (one process, or older)
         return None
-    first = info.workers.assigned
-    channels = [
-        open_channel(f"{host}:{ports[(first + k) % len(ports)]}") for k in range(len(shared))
-    ]
-    expected = [(first + k) % len(ports) for k in range(len(shared))]
+    expected = [(info.workers.assigned + k) % len(ports) for k in range(len(shared))]
+    channels = [open_channel(f"{host}:{ports[index]}") for index in expected]
     try:
         async with asyncio.timeout(min(timeout, _READY_SECONDS)), asyncio.TaskGroup() as waits:
             checks = [
