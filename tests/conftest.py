@@ -11,6 +11,7 @@ picks a subset for a quicker local run.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -234,6 +235,21 @@ def run_cli(
 def packetbus_serve(*options: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
     """`packetbus serve` with `options`, once it serves (see `serving`)."""
     return serving([sys.executable, "-m", "packetbus._cli", "serve", *options], env=env)
+
+
+def wait_for_workers(process: subprocess.Popen[str], workers: int) -> None:
+    """Read `process`'s output until `workers` workers of ``serve --workers`` say they
+    serve ("packetbus VERSION serving on ..."): `packetbus_serve` returns on the
+    supervisor's line "N workers serving on", which comes as they are launched.
+    Raises AssertionError with what the server printed if it ends first."""
+    assert process.stdout is not None
+    seen: list[str] = []
+    while workers:
+        line = process.stdout.readline()
+        if not line:
+            raise AssertionError(f"server exited with {process.wait()}:\n{''.join(seen)[-4000:]}")
+        seen.append(line)
+        workers -= re.match(r"packetbus \S+ serving on ", line) is not None
 
 
 def worker_pids(supervisor: int) -> list[int]:

@@ -5,30 +5,17 @@ included, and its counting directory goes when it exits."""
 from __future__ import annotations
 
 import asyncio
-import re
-import subprocess
 from pathlib import Path
 
 import grpc
 
 from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
 from tests._scrape import Samples, rpc, scrape, scrape_settled, value
-from tests.conftest import free_port, packetbus_serve
+from tests.conftest import free_port, packetbus_serve, wait_for_workers
 
 PACKETS = "packetbus.v1.PacketService"
 CONNECTIONS = 16  # SO_REUSEPORT spreads connections: both workers get some
 CALLS = 3  # per connection
-
-
-def _wait_serving(process: subprocess.Popen[str], workers: int) -> None:
-    """Read `process`'s output until `workers` workers say they serve ("packetbus
-    VERSION serving on ..."; `packetbus_serve` returned on the supervisor's log line
-    "N workers serving on", which comes as they are launched)."""
-    assert process.stdout is not None
-    while workers:
-        line = process.stdout.readline()
-        assert line, f"server exited with {process.wait()}"
-        workers -= re.match(r"packetbus \S+ serving on ", line) is not None
 
 
 def _ok(samples: Samples) -> float:
@@ -59,7 +46,7 @@ async def test_the_supervisor_serves_the_sum_of_its_workers(redis_url: str, tmp_
     )
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
-        _wait_serving(process, 2)
+        wait_for_workers(process, 2)
         before = await scrape_settled(url, "GetServerInfo")
         info = packet_service_pb2.GetServerInfoRequest()
         for _ in range(CONNECTIONS):

@@ -21,7 +21,15 @@ import pytest
 import packetbus
 from packetbus.v1 import custody_pb2, packet_service_pb2, packet_service_pb2_grpc
 from packetbus_server import RunningServer
-from tests.conftest import free_port, new_packet, packetbus_serve, run_cli, unique, worker_pids
+from tests.conftest import (
+    free_port,
+    new_packet,
+    packetbus_serve,
+    run_cli,
+    unique,
+    wait_for_workers,
+    worker_pids,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -35,14 +43,17 @@ def _serve_workers(
     *options: str,
     env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[str]:
-    """`packetbus serve --workers WORKERS` on `listen`, draining at once when stopped."""
-    return packetbus_serve(
+    """`packetbus serve --workers WORKERS` on `listen`, draining at once when stopped,
+    once every worker serves (on the shared port and its own)."""
+    process = packetbus_serve(
         *("--workers", str(WORKERS), "--listen", listen),
         *("--redis-url", redis_url, "--data-dir", str(data_dir)),
         *("--grace", "0", "--drain-notice", "0"),
         *options,
         env=env,
     )
+    wait_for_workers(process, WORKERS)
+    return process
 
 
 @contextlib.asynccontextmanager
