@@ -13,8 +13,9 @@ import grpc
 import pytest
 
 import packetbus
-from packetbus import _consumer
+from packetbus import _consumer, _workers
 from packetbus._inbox import INBOX_GROUP
+from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
 from tests.conftest import free_port, new_packet, unique
 
 # Every wait here is bounded: a hang fails the test in seconds, not at the suite's end.
@@ -294,3 +295,33 @@ async def test_a_connect_cancelled_while_waiting_leaves_nothing_unretrieved(
     for _ in range(3):
         await asyncio.sleep(0.05)
         _quiet(loop_errors)
+
+
+async def test_a_connect_cancelled_while_it_asks_for_a_worker_closes_its_channels(
+    target: str, loop_errors: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past channel_ready, connect asks the server which worker to use (_workers);
+    # cancelled there, it once left the channels it had opened open, with nothing
+    # that could close them. The server's answer is held back to cancel meanwhile.
+    asked = asyncio.Event()
+    opened: list[grpc.aio.Channel] = []
+    real = _workers.worker_channels
+
+    async def late(shared: list[grpc.aio.Channel], *args: Any) -> Any:
+        opened.extend(shared)
+        asked.set()
+        await asyncio.sleep(30)
+        return await real(shared, *args)
+
+    monkeypatch.setattr(_workers, "worker_channels", late)
+    connecting = asyncio.create_task(packetbus.Client.connect(target, timeout=30))
+    await asyncio.wait_for(asked.wait(), _PROMPT)
+    connecting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(connecting, _PROMPT)
+    assert len(opened) == 1
+    for channel in opened:
+        stub = packet_service_pb2_grpc.PacketServiceStub(channel)
+        with pytest.raises(grpc.aio.UsageError, match="closed"):
+            await stub.GetServerInfo(packet_service_pb2.GetServerInfoRequest(), timeout=_PROMPT)
+    _quiet(loop_errors)

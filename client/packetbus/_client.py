@@ -72,7 +72,7 @@ from ._retrying import Backoff, retried
 from ._security import TlsSettings, Token, channel_credentials, check_token
 from ._stopping import ClosedOnExit
 from ._tasks import TaskQueue
-from ._workers import worker_channels
+from ._workers import on_workers
 
 T = TypeVar("T")
 
@@ -254,11 +254,7 @@ class Client(ClosedOnExit):
                 raise
             if config.spread_over_workers:
                 # A server with several workers: to the one it assigns (see _workers).
-                own = await worker_channels(channels, address, open_channel, timeout)
-                if own is not None:
-                    for c in channels:
-                        await c.close()
-                    channels = own
+                channels = await on_workers(channels, address, open_channel, timeout)
         return cls(channels[0], config, dispatch_channels=channels[1:])
 
     async def close(self) -> None:

@@ -36,6 +36,35 @@ def _host(address: str) -> str | None:
     return host
 
 
+async def on_workers(
+    shared: list[grpc.aio.Channel],
+    address: str,
+    open_channel: Callable[[str], grpc.aio.Channel],
+    timeout: float,
+) -> list[grpc.aio.Channel]:
+    """The channels a new client uses: the workers' own (`shared` then closed) or
+    `shared`. Cancelled (Ctrl-C) or failed on the way, it closes every channel it
+    was given or opened before raising: the caller returns no client that could."""
+    try:
+        own = await worker_channels(shared, address, open_channel, timeout)
+    except BaseException:
+        await _close(shared)
+        raise
+    if own is None:
+        return shared
+    try:
+        await _close(shared)
+    except BaseException:
+        await _close(own)
+        raise
+    return own
+
+
+async def _close(channels: list[grpc.aio.Channel]) -> None:
+    for channel in channels:
+        await channel.close()
+
+
 async def worker_channels(
     shared: list[grpc.aio.Channel],
     address: str,
