@@ -263,6 +263,14 @@ def test_the_console_script_prints_no_traceback(
     _check(argv, done.returncode, done.stderr)
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default, as a shell gives a foreground
+    command. A test run started in the background (nohup, `&`, some CI runners)
+    hands its children SIGINT ignored, and Python then leaves it ignored, so the
+    Ctrl-C below was never seen and the test failed 100% of such runs."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_ctrl_c_ends_a_tail_quietly_with_130(
     target: str, topic: str, client: packetbus.Client
 ) -> None:
@@ -275,6 +283,7 @@ async def test_ctrl_c_ends_a_tail_quietly_with_130(
             stdout=subprocess.PIPE,
             text=True,
             cwd=REPO,
+            preexec_fn=_ctrl_c_as_in_a_terminal,
         )
         assert process.stdout is not None
         try:
