@@ -161,6 +161,15 @@ _BAD: list[list[str]] = [
     ["policy", "deny", "t", ID, "--agent-key", "{dir}", "--reason", "r"],
     ["policy", "held", "--topic", "bad topic"],
     ["policy", "stats", "--topic", "bad topic"],
+    ["topic"],
+    ["topic", "retention", "get"],
+    ["topic", "retention", "get", "bad topic"],
+    ["--json", "topic", "retention", "get", "bad topic"],
+    ["topic", "retention", "set", "t", "--max-age", "-5"],
+    ["topic", "retention", "set", "t", "--max-age", "99999999"],
+    ["topic", "retention", "set", "t", "--max-packets", "18446744073709551616"],
+    ["topic", "retention", "set", "t", "--max-bytes", "\u0663"],
+    ["--json", "topic", "retention", "set", "t", "--max-bytes", "1"],
 ]
 
 
