@@ -27,12 +27,18 @@ from tests.conftest import (
     packetbus_serve,
     run_cli,
     unique,
+    wait_for_workers,
     worker_pids,
 )
 
 
 def _serve(*argv: str) -> subprocess.Popen[str]:
-    return packetbus_serve(*argv)
+    """`packetbus serve ARGV` once it serves: with --workers, once every worker does
+    (the supervisor's own line comes as they are launched, before they listen)."""
+    process = packetbus_serve(*argv)
+    if "--workers" in argv:
+        wait_for_workers(process, int(argv[argv.index("--workers") + 1]))
+    return process
 
 
 def _refused(*argv: str) -> str:

@@ -179,3 +179,12 @@ async def _run(
     completions = [f[b"id"] for _, f in events if f[b"n"] == b"completed"]
     assert len(completions) == TASKS
     assert len(set(completions)) == TASKS
+    # The counts the closing note gives (pytest -s shows them).
+    print(
+        f"{TASKS} tasks: {tally.claims} claims, {tally.killed} workers killed, "
+        f"{proxy.stats.dropped_replies} store replies dropped, {proxy.stats.blackouts} "
+        f"blackouts, {counter.codes[grpc.StatusCode.UNAVAILABLE]} UNAVAILABLE answers; "
+        f"{len(tally.false_failures)} false failure reports, "
+        f"{sum(t.claims for t in states.values()) - tally.claims} claims lost to a retry, "
+        f"{sum(len(b) - 1 for b in tally.completed_by.values())} double completions"
+    )

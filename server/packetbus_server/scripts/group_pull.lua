@@ -1,7 +1,13 @@
+#!lua
 -- Leases up to ARGV[3] of a consumer group's packets to one consumer, and at
 -- most ARGV[5] bytes of them (one reply's worth): first deliveries whose lease
 -- ran out (raising their delivery count), then packets the group has not seen
 -- yet.
+--
+-- The shebang (no flags) makes Redis refuse the whole script up front when it
+-- is out of memory: without it XREADGROUP (no OOM check) leases the entries,
+-- then the server's "delivered" hops are refused, so the consumer hears
+-- RESOURCE_EXHAUSTED for deliveries leased to it that later count as attempts.
 --
 -- KEYS[1]  the topic's log stream      (pb:{topic}:log)
 -- KEYS[2]  the topic's group registry  (pb:{topic}:groups); the field

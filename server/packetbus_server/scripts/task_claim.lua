@@ -1,4 +1,11 @@
+#!lua
 -- Claims the best claimable task of a queue for a worker, under a lease.
+--
+-- The shebang (no flags) makes Redis refuse the whole script up front when it
+-- is out of memory: without it the first write (ZREM, which Redis does not
+-- check for memory) lets the rest run and the claim is made, then the server's
+-- "claimed" hop is refused: the worker hears RESOURCE_EXHAUSTED for a task
+-- leased to it, whose lease then runs out as a failed attempt.
 --
 -- KEYS[1]  the queue's task index    (pb:{queue}:tasks)
 -- KEYS[2]  the queue's leases        (pb:{queue}:leases, zset: task id -> lease end ms)
