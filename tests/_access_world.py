@@ -1,7 +1,9 @@
 """A server with identity at the door, for the access acceptance tests (issue 14).
 
-One packetbus server on loopback over a Valkey of its own, authenticating bearer
-JWTs (Ed25519, signed here with PyJWT) and authorizing by a policy file whose
+One packetbus server on loopback over a Valkey of its own, serving TLS only (a
+certificate from a trustme CA: the acceptance asks for real TLS on loopback, and
+a plaintext dial is refused in the handshake), authenticating bearer JWTs
+(Ed25519, signed here with PyJWT) and authorizing by a policy file whose
 `[authorization]` section gives, for every `Permission` P:
 
 - principal ``p-P`` (agent id ``p-P``): exactly P on every resource (``*``);
@@ -31,6 +33,7 @@ from typing import Any
 import grpc
 import jwt
 import redis.asyncio as redis_asyncio
+import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.rpc import error_details_pb2, status_pb2
@@ -52,6 +55,7 @@ from packetbus.v1 import (
 )
 from packetbus_server import ServerConfig, start
 from packetbus_server._access import Permission
+from tests._certs import write_server_cert
 from tests._store_keys import key_names
 
 ISSUER = "https://issuer.test"
@@ -168,13 +172,17 @@ class Issuer:
 
 
 def server_config(
-    directory: Path, redis_url: str, issuer: Issuer, policy_toml: str
+    directory: Path, redis_url: str, issuer: Issuer, policy_toml: str, ca: trustme.CA
 ) -> ServerConfig:
-    """Authentication by JWT (`issuer`'s key) and authorization by `policy_toml`."""
+    """TLS with a certificate `ca` issues, authentication by JWT (`issuer`'s key)
+    and authorization by `policy_toml`."""
     policy = directory / "policy.toml"
     policy.write_text(policy_toml)
+    served = write_server_cert(ca, directory)
     return ServerConfig(
         listen="127.0.0.1:0",
+        tls_cert_file=served.cert,
+        tls_key_file=served.key,
         redis_url=redis_url,
         data_dir=directory,
         policy_file=policy,
@@ -360,13 +368,15 @@ async def open_door(directory: Path, redis_url: str, policy_toml: str) -> AsyncI
     """A server over `redis_url` (a store of the test's own: `snapshot` reads all of
     it) authenticating JWTs and authorizing by `policy_toml`; stopped on exit."""
     issuer = Issuer.create(directory)
-    config = server_config(directory, redis_url, issuer, policy_toml)
+    ca = trustme.CA()
+    config = server_config(directory, redis_url, issuer, policy_toml, ca)
     server = await start(config)
     target = f"127.0.0.1:{server.port}"
-    channel = grpc.aio.insecure_channel(target)
+    ca_pem = ca.cert_pem.bytes()
+    channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(ca_pem))
     redis = redis_asyncio.Redis.from_url(redis_url)
-    # The client sends its token as Bearer metadata; plaintext only to loopback.
-    admin = await packetbus.Client.connect(target, token=issuer.token(ADMIN))
+    tls = packetbus.TlsSettings(ca_pem=ca_pem)
+    admin = await packetbus.Client.connect(target, tls=tls, token=issuer.token(ADMIN))
     try:
         yield Door(target, issuer, redis, Stubs.over(channel), admin)
     finally:

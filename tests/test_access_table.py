@@ -4,6 +4,8 @@
 with the same valid request (one that would write, for a write), built fresh for
 it on resources of its own:
 
+Calls go over TLS (a certificate from the test's CA), as the acceptance asks.
+
 1. with no credential: UNAUTHENTICATED, ErrorInfo reason CREDENTIAL_MISSING;
 2. by the principal holding every permission but the one its rule names
    (``all-but-P``): PERMISSION_DENIED, ErrorInfo reason PERMISSION_DENIED with
@@ -29,6 +31,7 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import pytest
 
+from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
 from packetbus_server._access import Permission
 from packetbus_server._access.permissions import RULES
 from tests._access_calls import ROWS, Call, send
@@ -66,6 +69,15 @@ async def door(tmp_path_factory: pytest.TempPathFactory, store: str) -> AsyncIte
 
 
 # -- the test -------------------------------------------------------------------
+
+
+async def test_the_door_is_tls_only(door: Door) -> None:
+    # The table below runs over real TLS: a plaintext dial fails the handshake.
+    async with grpc.aio.insecure_channel(door.target) as plain:
+        stub = packet_service_pb2_grpc.PacketServiceStub(plain)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.GetServerInfo(packet_service_pb2.GetServerInfoRequest(), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_every_rpc_has_a_row() -> None:

@@ -128,6 +128,19 @@ def test_the_command_refuses_every_interface_without_tls(tmp_path: Path) -> None
         assert flag in line
 
 
+def test_workers_refuse_every_interface_without_tls(tmp_path: Path) -> None:
+    # serve --workers (issue 16): the workers' own ports bind on --listen's host,
+    # so the shared port's check covers them; refused before any worker starts.
+    port = free_port()
+    result = run_cli(
+        *("serve", "--workers", "2", "--listen", f"0.0.0.0:{port}", "--worker-ports", "0"),
+        *("--redis-url", _NO_STORE, "--data-dir", str(tmp_path)),
+    )
+    line = _refused(result, 2)
+    assert f"refusing to listen on 0.0.0.0:{port} (beyond loopback) without TLS" in line
+    assert "workers serving" not in result.stdout
+
+
 def test_the_cli_refuses_tls_without_authentication(tmp_path: Path) -> None:
     files = write_server_cert(trustme.CA(), tmp_path)
     result = _serve_cli(
