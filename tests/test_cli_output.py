@@ -364,3 +364,32 @@ async def test_a_listing_shows_a_bar_only_when_its_output_goes_elsewhere(target:
         _with_terminal_stderr, listing, terminal_stdout=True
     )
     assert (code, stdout, shown) == (0, "", "")
+
+
+async def test_context_put_and_get_show_a_byte_bar_on_a_terminal(
+    target: str, tmp_path: Path
+) -> None:
+    scope, document = unique("bars"), tmp_path / "doc.bin"
+    document.write_bytes(os.urandom(300_000))
+    put = ["--target", target, "context", "put", scope, "doc", "--author", "a-1"]
+    code, stdout, shown = await asyncio.to_thread(
+        _with_terminal_stderr, [*put, "--file", str(document)]
+    )
+    assert code == 0
+    assert json.loads(stdout)["size"] == "300000"
+    # The file's size is the bar's total (KiB: tqdm's k with divisor 1024); cleared after.
+    total = tqdm.format_sizeof(300_000, divisor=1024)
+    assert shown.startswith("\rputting doc:   0%|")
+    assert f"| 0.00/{total} [00:00<?, ?B/s]\r" in shown
+    assert shown.endswith(" \r")
+
+    out = tmp_path / "got.bin"
+    get = ["--target", target, "context", "get", scope, "doc", "--out", str(out)]
+    code, stdout, shown = await asyncio.to_thread(_with_terminal_stderr, get)
+    assert (code, out.read_bytes()) == (0, document.read_bytes())
+    assert shown.startswith("\rgetting doc: 0.00B [00:00, ?B/s]\r")
+    assert shown.endswith(" \r")
+
+    for quiet in ([*put, "--file", str(document), "-q"], [*get, "--quiet"]):
+        code, _, shown = await asyncio.to_thread(_with_terminal_stderr, quiet)
+        assert (code, shown) == (0, "")

@@ -66,3 +66,11 @@ async def test_the_metrics_example_runs_as_written_and_shows_the_table(tmp_path:
         ("grpc_service", "packetbus.v1.PacketService"),
         ("grpc_type", "unary"),
     ) in handled
+    # The README's serve runs its own embedded Valkey: its memory is reported as such.
+    memory = {
+        labels: value
+        for (name, labels), value in samples.items()
+        if name == "packetbus_store_used_memory_bytes"
+    }
+    assert set(memory) == {(("store", "embedded"),)}
+    assert memory[(("store", "embedded"),)] > 0

@@ -98,8 +98,13 @@ _REFUSALS = {
 
 
 def _parser() -> argparse.ArgumentParser:
+    # No abbreviations of the global flags: argparse matches them against every
+    # argument, the subcommand's too, so `dispatch --to AGENT` was refused as an
+    # ambiguous --token/--token-file (a subcommand's own flags still abbreviate).
     parser = Parser(
-        prog="packetbus", description="packetbus: a message bus for multi-agent systems."
+        prog="packetbus",
+        description="packetbus: a message bus for multi-agent systems.",
+        allow_abbrev=False,
     )
     parser.add_argument(
         "--target",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -60,8 +61,29 @@ def configure(chosen: LogSettings, *, worker: int | None = None) -> None:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {chosen.format!r}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(chosen.format, worker=worker))
+    handler.addFilter(WithoutServicerErrorText())
     logging.basicConfig(level=chosen.level, handlers=[handler], force=True)
     _current = chosen
+
+
+class WithoutServicerErrorText(logging.Filter):
+    """Keeps the traceback grpc logs for an exception a servicer did not handle (a
+    bug), but not the exception's text: it can quote a request, and packet contents
+    and credentials stay out of the logs (the request log names the type alone)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("grpc") or not record.exc_info:
+            return True
+        kind, _, frames = record.exc_info
+        if kind is None:
+            return True
+        stack = "".join(traceback.format_tb(frames))
+        record.exc_info = None
+        record.exc_text = (
+            f"Traceback (most recent call last):\n{stack}{kind.__module__}.{kind.__qualname__}"
+            " (its text is not logged: it may quote the request)"
+        )
+        return True
 
 
 def formatter(name: str, *, worker: int | None = None) -> logging.Formatter:
