@@ -133,6 +133,13 @@ async def test_a_group_packet_nacked_redelivered_and_acked_is_one_trace(
             "messaging.message.id": tid,
         }
         assert [link.context.span_id for link in settle.links] == [producer.context.span_id]
+    # One trace id, not only joined by links: each delivery and settlement carries one
+    # packet, so the producer span is its parent.
+    assert {s.context.trace_id for s in mine if s.context is not None} == {trace_id}
+    for span in mine:
+        if span.name.split()[0] in ("deliver", "nack", "ack"):
+            assert span.parent is not None
+            assert span.parent.span_id == producer.context.span_id
 
 
 async def test_a_resend_under_another_trace_answers_the_original_result(
@@ -197,6 +204,14 @@ async def test_a_task_claimed_and_completed_is_traced(
         "work",
         f"complete {queue.name}",
     }
+    # The claim carries one task packet: its producer span is the claim span's parent.
+    claim = by_name[f"claim {queue.name}"]
+    assert claim.context is not None
+    assert claim.context.trace_id == trace_id
+    post = next(s for s in mine if s.kind is SpanKind.PRODUCER)
+    assert post.context is not None
+    assert claim.parent is not None
+    assert claim.parent.span_id == post.context.span_id
     assert _attrs(by_name[f"claim {queue.name}"]) == {
         "messaging.system": "packetbus",
         "messaging.operation.type": "receive",

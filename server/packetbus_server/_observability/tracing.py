@@ -12,9 +12,13 @@ ack, nack, claim, complete), messaging.destination.name (the topic, or the task
 queue) and, for group deliveries and settlements, messaging.consumer.group.name.
 Its parent is the caller's context from the call's `traceparent` metadata; a
 dispatched packet's span is instead a child of the packet's own trace_context
-(the producer's span), and every other span links to the trace_context of each
-packet it carries, so one trace id joins producer, dispatch, each delivery and
-the settlement, redeliveries included.
+(the producer's span). A delivery or settlement span links to the
+trace_context of each packet it carries; when it carries one packet, that
+context is also its parent (the conventions allow the creation context of a
+single message as parent), so one trace id joins producer, dispatch, each
+delivery and the settlement, redeliveries included. A span over many packets
+cannot have many parents: it keeps its caller's parent and joins each packet's
+trace by its link.
 """
 
 from __future__ import annotations
@@ -141,12 +145,25 @@ class Tracer:
             attributes["messaging.message.id"] = carried[0].tracking_id
         else:
             attributes["messaging.batch.message_count"] = len(carried)
+        parent = self._call_context(context)
+        kept = [link for link in links if link is not None]
+        if len(carried) == 1 and kept:
+            # One packet: its producer's context is the parent (the conventions'
+            # "creation context" of a single message), so the producer, the
+            # dispatch, every delivery and the settlement share one trace id;
+            # the call's own context, when it sent one, becomes a link instead.
+            caller = self._trace.get_current_span(parent).get_span_context()
+            if caller.is_valid:
+                kept.append(self._trace.Link(caller))
+            parent = self._context(
+                {"traceparent": carried[0].traceparent, "tracestate": carried[0].tracestate}
+            )
         span = self._tracer.start_span(
             f"{operation[1]} {destination}",
-            context=self._call_context(context),
+            context=parent,
             kind=self._trace.SpanKind.SERVER,
             attributes=attributes,
-            links=[link for link in links if link is not None],
+            links=kept,
         )
         span.end()
 
