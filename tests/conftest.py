@@ -10,11 +10,14 @@ picks a subset for a quicker local run.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -37,6 +40,12 @@ BACKENDS_ENV = "PACKETBUS_TEST_BACKENDS"
 # `serve --workers N` started by a test: its workers' own ports from the kernel
 # (the default, the ports after --listen's, may be taken by a parallel test).
 os.environ.setdefault("PACKETBUS_WORKER_PORTS", "0")
+# Nothing a test starts may read or write the user's own ~/.local/share/packetbus
+# (its default custody keys, its embedded store's data): each test process gets
+# a data home of its own, removed when it exits.
+_DATA_HOME = tempfile.mkdtemp(prefix="packetbus-tests-data-")
+os.environ["XDG_DATA_HOME"] = _DATA_HOME
+atexit.register(shutil.rmtree, _DATA_HOME, ignore_errors=True)
 
 
 def free_port() -> int:
