@@ -1,4 +1,6 @@
-"""The contracts' own checks: buf format/lint pass, and stale stubs are caught."""
+"""The contracts' own checks: buf format/lint pass, buf breaking holds them to the
+committed baseline, the google protos a client needs are vendored, and stale stubs
+are caught."""
 
 from __future__ import annotations
 
@@ -40,6 +42,51 @@ def test_buf_lint_fails_on_a_nonstandard_contract(tmp_path: Path) -> None:
     assert lint.returncode != 0
     assert "bad.proto" in lint.stdout
 
+
+
+def _copy_contracts(tmp_path: Path) -> Path:
+    # Only buf.yaml and protos/: no .git, as in a fresh shallow clone with no tags.
+    shutil.copy(REPO / "buf.yaml", tmp_path)
+    shutil.copytree(REPO / "protos", tmp_path / "protos")
+    return tmp_path
+
+
+def test_buf_breaking_passes_against_the_committed_baseline(tmp_path: Path) -> None:
+    breaking = _buf("breaking", "--against", "protos/baseline.binpb", cwd=_copy_contracts(tmp_path))
+    assert (breaking.returncode, breaking.stdout, breaking.stderr) == (0, "", "")
+
+
+def test_buf_breaking_fails_on_a_removed_field(tmp_path: Path) -> None:
+    root = _copy_contracts(tmp_path)
+    packet = root / "protos/packetbus/v1/packet.proto"
+    text = packet.read_text()
+    assert "\n  string protocol = 12;\n" in text
+    packet.write_text(text.replace("\n  string protocol = 12;\n", "\n"))
+    breaking = _buf("breaking", "--against", "protos/baseline.binpb", cwd=root)
+    # buf exits 100 when it finds breaking changes (1 would be a usage error).
+    assert breaking.returncode == 100, breaking.stdout + breaking.stderr
+    assert breaking.stdout.splitlines() == [
+        "protos/packetbus/v1/packet.proto:12:1:Previously present field \"12\" with name"
+        ' "protocol" on message "Packet" was deleted.'
+    ]
+
+
+def test_ci_runs_buf_breaking_unconditionally() -> None:
+    lines = (REPO / ".ci/run").read_text().splitlines()
+    assert ".venv/bin/buf breaking --against protos/baseline.binpb" in lines
+
+
+def test_vendored_google_protos_match_googleapis_common_protos() -> None:
+    import google.rpc
+
+    installed = Path(next(iter(google.rpc.__path__)))
+    vendored = sorted(p.name for p in (REPO / "protos/google/rpc").glob("*.proto"))
+    # status.proto: the per-packet results and the status-details trailer;
+    # error_details.proto: the ErrorInfo and BadRequest details the server packs;
+    # code.proto: the enum that Status.code holds.
+    assert vendored == ["code.proto", "error_details.proto", "status.proto"]
+    for name in vendored:
+        assert (REPO / "protos/google/rpc" / name).read_text() == (installed / name).read_text()
 
 def test_committed_stubs_are_fresh() -> None:
     assert generate_protos.stale_files(generate_protos.PROTO_ROOT, generate_protos.COMMITTED) == []
