@@ -43,7 +43,6 @@ def test_buf_lint_fails_on_a_nonstandard_contract(tmp_path: Path) -> None:
     assert "bad.proto" in lint.stdout
 
 
-
 def _copy_contracts(tmp_path: Path) -> Path:
     # Only buf.yaml and protos/: no .git, as in a fresh shallow clone with no tags.
     shutil.copy(REPO / "buf.yaml", tmp_path)
@@ -66,7 +65,7 @@ def test_buf_breaking_fails_on_a_removed_field(tmp_path: Path) -> None:
     # buf exits 100 when it finds breaking changes (1 would be a usage error).
     assert breaking.returncode == 100, breaking.stdout + breaking.stderr
     assert breaking.stdout.splitlines() == [
-        "protos/packetbus/v1/packet.proto:12:1:Previously present field \"12\" with name"
+        'protos/packetbus/v1/packet.proto:12:1:Previously present field "12" with name'
         ' "protocol" on message "Packet" was deleted.'
     ]
 
@@ -87,6 +86,7 @@ def test_vendored_google_protos_match_googleapis_common_protos() -> None:
     assert vendored == ["code.proto", "error_details.proto", "status.proto"]
     for name in vendored:
         assert (REPO / "protos/google/rpc" / name).read_text() == (installed / name).read_text()
+
 
 def test_committed_stubs_are_fresh() -> None:
     assert generate_protos.stale_files(generate_protos.PROTO_ROOT, generate_protos.COMMITTED) == []
