@@ -4,6 +4,8 @@ are caught."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -86,6 +88,78 @@ def test_vendored_google_protos_match_googleapis_common_protos() -> None:
     assert vendored == ["code.proto", "error_details.proto", "status.proto"]
     for name in vendored:
         assert (REPO / "protos/google/rpc" / name).read_text() == (installed / name).read_text()
+
+
+# A stand-in for protoc-gen-es/go/go-grpc: it writes what buf handed it (the files
+# to generate, their go_package, the plugin's options) as JSON, one file a call.
+_RECORDING_PLUGIN = """#!{python}
+import json, sys
+from google.protobuf.compiler import plugin_pb2
+request = plugin_pb2.CodeGeneratorRequest.FromString(sys.stdin.buffer.read())
+wanted = set(request.file_to_generate)
+seen = {{
+    f.name: f.options.go_package for f in request.proto_file if f.name in wanted
+}}
+response = plugin_pb2.CodeGeneratorResponse(
+    supported_features=plugin_pb2.CodeGeneratorResponse.FEATURE_PROTO3_OPTIONAL
+)
+out = response.file.add()
+plugin = sys.argv[0].rsplit("/", 1)[-1]
+out.name = plugin + "." + request.file_to_generate[0].rsplit("/", 1)[0].replace("/", "_") + ".json"
+out.content = json.dumps({{"parameter": request.parameter, "files": seen}})
+sys.stdout.buffer.write(response.SerializeToString())
+"""
+
+
+def _recorded(out: Path) -> dict[str, tuple[str, dict[str, str]]]:
+    recorded = {}
+    for path in sorted(out.glob("*.json")):
+        data = json.loads(path.read_text())
+        recorded[path.stem] = (data["parameter"], data["files"])
+    return recorded
+
+
+def test_buf_gen_yaml_generates_typescript_and_go_with_local_plugins(tmp_path: Path) -> None:
+    root = _copy_contracts(tmp_path)
+    shutil.copy(REPO / "buf.gen.yaml", root)
+    plugin = _RECORDING_PLUGIN.format(python=sys.executable)
+    bin_dir = root / "bin"
+    es = root / "clients/typescript/node_modules/.bin/protoc-gen-es"
+    for exe in (es, bin_dir / "protoc-gen-go", bin_dir / "protoc-gen-go-grpc"):
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        exe.write_text(plugin)
+        exe.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    generate = subprocess.run(
+        [str(BUF), "generate"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert generate.returncode == 0, generate.stdout + generate.stderr
+
+    ours = sorted(p.name for p in (REPO / "protos/packetbus/v1").glob("*.proto"))
+    go_package = "github.com/packetbus/packetbus/gen/go/packetbus/v1;packetbusv1"
+    ts = _recorded(root / "clients/typescript/src/gen")
+    assert ts["protoc-gen-es.packetbus_v1"] == (
+        "target=ts",
+        {f"packetbus/v1/{name}": go_package for name in ours},
+    )
+    # TypeScript gets the google.rpc status details; the WKTs are not generated.
+    assert ts["protoc-gen-es.google_rpc"] == (
+        "target=ts",
+        {
+            "google/rpc/code.proto": "google.golang.org/genproto/googleapis/rpc/code;code",
+            "google/rpc/error_details.proto": (
+                "google.golang.org/genproto/googleapis/rpc/errdetails;errdetails"
+            ),
+            "google/rpc/status.proto": "google.golang.org/genproto/googleapis/rpc/status;status",
+        },
+    )
+    assert sorted(ts) == ["protoc-gen-es.google_rpc", "protoc-gen-es.packetbus_v1"]
+    # Go: managed mode's go_package on every packetbus file, google.rpc left to genproto.
+    go_files = {f"packetbus/v1/{name}": go_package for name in ours}
+    assert _recorded(root / "gen/go") == {
+        "protoc-gen-go.packetbus_v1": ("paths=source_relative", go_files),
+        "protoc-gen-go-grpc.packetbus_v1": ("paths=source_relative", go_files),
+    }
 
 
 def test_committed_stubs_are_fresh() -> None:
