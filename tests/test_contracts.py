@@ -66,10 +66,15 @@ def test_buf_breaking_fails_on_a_removed_field(tmp_path: Path) -> None:
     breaking = _buf("breaking", "--against", "protos/baseline.binpb", cwd=root)
     # buf exits 100 when it finds breaking changes (1 would be a usage error).
     assert breaking.returncode == 100, breaking.stdout + breaking.stderr
-    assert breaking.stdout.splitlines() == [
-        'protos/packetbus/v1/packet.proto:12:1:Previously present field "12" with name'
-        ' "protocol" on message "Packet" was deleted.'
-    ]
+    # One line, "<file>:<line>:<column>:<message>", the line that of message Packet.
+    [line] = breaking.stdout.splitlines()
+    path, _line, _column, message = line.split(":", 3)
+    assert (path, message) == (
+        "protos/packetbus/v1/packet.proto",
+        'Previously present field "12" with name "protocol" on message "Packet" was deleted.',
+    )
+    # The README quotes it as the example of a breaking change.
+    assert f"`{message}`" in (REPO / "README.md").read_text()
 
 
 def test_ci_runs_buf_breaking_unconditionally() -> None:

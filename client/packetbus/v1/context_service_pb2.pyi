@@ -244,7 +244,7 @@ class PutContextRequest(_message.Message):
     HEADER_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
-    """The next bytes, in order; at most Limits.max_context_chunk_bytes."""
+    """The next bytes, in order; at most Limits.max_context_chunk_bytes (1 MiB)."""
     @_builtins.property
     def header(self) -> Global___PutContextHeader:
         """Exactly once, first."""
@@ -306,7 +306,7 @@ class GetContextRequest(_message.Message):
     the current version.
     """
     chunk_bytes: _builtins.int
-    """Bytes per chunk; 0: Limits.max_context_chunk_bytes (also the maximum)."""
+    """Bytes per chunk; 0: Limits.max_context_chunk_bytes (1 MiB, also the maximum)."""
     def __init__(
         self,
         *,
@@ -423,7 +423,7 @@ class ListContextsRequest(_message.Message):
     name_prefix: _builtins.str
     """Only names that start with this."""
     page_size: _builtins.int
-    """At most this many (0: 100; at most Limits.max_context_page)."""
+    """At most this many (0: 100; at most Limits.max_context_page, 1000)."""
     page_token: _builtins.str
     """From a previous response's next_page_token; empty for the first page."""
     def __init__(
@@ -558,7 +558,7 @@ class WatchContextResponse(_message.Message):
     gap: _builtins.bool
     """True once: the cursor asked for is older than the retained change log,
     so changes in between are lost (the log keeps the newest
-    Limits.max_context_events per scope).
+    Limits.max_context_events per scope, 10000).
     """
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContextChange]:
@@ -755,7 +755,7 @@ class ListGlobalContextResponse(_message.Message):
     """
     @_builtins.property
     def entries(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Every key and value (at most Limits.max_global_entries), in key order, a
+        """Every key and value (at most Limits.max_global_entries, 10000), in key order, a
         page at a time.
         """
 
@@ -832,7 +832,7 @@ class AppendMemoryRequest(_message.Message):
     """Seconds the log is kept after this append; 0: 7 days; at most 30 days."""
     @_builtins.property
     def entry(self) -> Global___LogEntry:
-        """At most Limits.max_log_entry_bytes serialized."""
+        """At most Limits.max_log_entry_bytes (64 KiB) serialized."""
 
     def __init__(
         self,
@@ -855,7 +855,7 @@ class AppendMemoryResponse(_message.Message):
 
     LENGTH_FIELD_NUMBER: _builtins.int
     length: _builtins.int
-    """Entries in the log now (at most Limits.max_log_entries: older ones drop)."""
+    """Entries in the log now (at most Limits.max_log_entries, 1000: older ones drop)."""
     def __init__(
         self,
         *,

@@ -164,7 +164,7 @@ class ListRecordsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     kind: Global___RecordKind.ValueType
     page_size: _builtins.int
-    """At most this many (0: 100; at most Limits.max_record_page)."""
+    """At most this many (0: 100; at most Limits.max_record_page, 1000)."""
     page_token: _builtins.str
     """From a previous response's next_page_token; empty for the first page."""
     def __init__(
