@@ -168,7 +168,9 @@ class GetConsumerGroupRequest(_message.Message):
     TOPIC_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     name: _builtins.str
+    """Required; the rules of CreateConsumerGroupRequest.name."""
     def __init__(
         self,
         *,
@@ -209,6 +211,7 @@ class ListConsumerGroupsRequest(_message.Message):
 
     TOPIC_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     def __init__(
         self,
         *,
@@ -249,7 +252,9 @@ class DeleteConsumerGroupRequest(_message.Message):
     TOPIC_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     name: _builtins.str
+    """Required; the rules of CreateConsumerGroupRequest.name."""
     def __init__(
         self,
         *,
@@ -521,9 +526,16 @@ class AcknowledgeRequest(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     DELIVERY_IDS_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     group: _builtins.str
+    """Required, the group's name; the rules of CreateConsumerGroupRequest.name."""
     @_builtins.property
-    def delivery_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def delivery_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Required: 1..Limits.max_batch_packets (1000) per call (else
+        INVALID_ARGUMENT on field "delivery_ids", REQUIRED or BATCH_TOO_LARGE);
+        each delivery gets its own result.
+        """
+
     def __init__(
         self,
         *,
@@ -567,9 +579,16 @@ class NackRequest(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     NACKS_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     group: _builtins.str
+    """Required, the group's name; the rules of CreateConsumerGroupRequest.name."""
     @_builtins.property
-    def nacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Nacked]: ...
+    def nacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Nacked]:
+        """Required: 1..Limits.max_batch_packets (1000) per call (else
+        INVALID_ARGUMENT on field "delivery_ids", REQUIRED or BATCH_TOO_LARGE);
+        each delivery gets its own result.
+        """
+
     def __init__(
         self,
         *,
@@ -613,9 +632,16 @@ class ExtendLeasesRequest(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     DELIVERY_IDS_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     group: _builtins.str
+    """Required, the group's name; the rules of CreateConsumerGroupRequest.name."""
     @_builtins.property
-    def delivery_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def delivery_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Required: 1..Limits.max_batch_packets (1000) per call (else
+        INVALID_ARGUMENT on field "delivery_ids", REQUIRED or BATCH_TOO_LARGE);
+        each delivery gets its own result.
+        """
+
     def __init__(
         self,
         *,
