@@ -57,24 +57,24 @@ class Packet(_message.Message):
     RAW_FIELD_NUMBER: _builtins.int
     CHAIN_OF_CUSTODY_FIELD_NUMBER: _builtins.int
     tracking_id: _builtins.str
-    """Required (REQUIRED; the Python client fills in a random UUID when empty).
-    A UUID in canonical lowercase form, 36 characters (UUID_FORMAT). Chosen by the sender, it is the
-    idempotency key: dispatching the same packet again returns the original
-    result and stores nothing; the same id with a packet that means something
-    else is ALREADY_EXISTS. "The same" compares every field as sent except
-    dispatched_at and chain_of_custody (stamped and signed anew each time a
-    packet is built), trace_context (where it was sent from, not what it
-    means) and tracking_id itself: a packet rebuilt after a crash,
+    """Required (REQUIRED; the Python client fills in a random UUID when empty). A
+    UUID in canonical lowercase form, 36 characters (UUID_FORMAT). Chosen by
+    the sender, it is the idempotency key: dispatching the same packet again
+    returns the original result and stores nothing; the same id with a packet
+    that means something else is ALREADY_EXISTS. "The same" compares every
+    field as sent except dispatched_at and chain_of_custody (stamped and signed
+    anew each time a packet is built), trace_context (where it was sent from,
+    not what it means) and tracking_id itself: a packet rebuilt after a crash,
     or the CLI run twice, is the same packet. TTL compares as sent (0 is not
     3600). A signed packet sent again must carry a signature that holds; the
     stored packet keeps the first one. See README "Idempotency".
     """
     origin: _builtins.str
     """Required. The sending agent's id, 1-255 bytes of UTF-8
-    (Limits.max_origin_length), no whitespace or control characters. With authorization on, the
-    caller's own agent id or one it holds agents.act_for on (else
-    PERMISSION_DENIED, ErrorInfo permission agents.act_for, resource this id):
-    on Dispatch, PostTask, PostFinding and PutRecord alike.
+    (Limits.max_origin_length), no whitespace or control characters. With
+    authorization on, the caller's own agent id or one it holds agents.act_for
+    on (else PERMISSION_DENIED, ErrorInfo permission agents.act_for, resource
+    this id): on Dispatch, PostTask, PostFinding and PutRecord alike.
     """
     schema_version: _builtins.str
     """Required (REQUIRED; the Python client fills in "1.0" when empty, "1.1"
@@ -106,10 +106,10 @@ class Packet(_message.Message):
     protocol: _builtins.str
     @_builtins.property
     def dispatched_at(self) -> _timestamp_pb2.Timestamp:
-        """When the sender dispatched the packet; the server fills it on receipt
-        when it is absent; required in schema 1.1 (signed, so the server cannot
-        fill it). Between years 1 and 9999. Not part of what the packet means: a resend stamped
-        later answers the original result (which keeps the first stamp).
+        """When the sender dispatched the packet; the server fills it on receipt when
+        it is absent; required in schema 1.1 (signed, so the server cannot fill
+        it). Between years 1 and 9999. Not part of what the packet means: a resend
+        stamped later answers the original result (which keeps the first stamp).
         """
 
     @_builtins.property

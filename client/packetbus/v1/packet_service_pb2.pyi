@@ -565,7 +565,9 @@ class Limits(_message.Message):
     max_packet_bytes: _builtins.int
     """The largest packet, serialized, in bytes (1 MiB)."""
     max_batch_packets: _builtins.int
-    """Most packets in one Dispatch call, and deliveries settled in one call (1000)."""
+    """Most packets in one Dispatch call, and deliveries settled in one call
+    (1000).
+    """
     max_request_bytes: _builtins.int
     """The largest request message the server receives, in bytes (16 MiB): its
     gRPC receive limit. A larger one is refused by gRPC before it is parsed
