@@ -295,6 +295,9 @@ class HeartbeatAgentRequest(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    """Required: 1-255 bytes of UTF-8 without whitespace or control characters
+    (as Packet.origin).
+    """
     state: _builtins.str
     """When set, the agent's new state; a change is a STATE_CHANGED event."""
     def __init__(
@@ -341,6 +344,9 @@ class DeregisterAgentRequest(_message.Message):
     CASCADE_FIELD_NUMBER: _builtins.int
     ALLOW_MISSING_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    """Required: 1-255 bytes of UTF-8 without whitespace or control characters
+    (as Packet.origin).
+    """
     cascade: _builtins.bool
     """Also remove every agent whose parent chain leads to this one."""
     allow_missing: _builtins.bool
@@ -390,6 +396,9 @@ class GetAgentRequest(_message.Message):
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    """Required: 1-255 bytes of UTF-8 without whitespace or control characters
+    (as Packet.origin).
+    """
     def __init__(
         self,
         *,

@@ -147,7 +147,11 @@ class GetCarcelEntryRequest(_message.Message):
     TOPIC_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     id: _builtins.str
+    """Required: the entry's id (CarcelEntry.id, like "1700000000000-0"; else
+    CARCEL_ID_FORMAT).
+    """
     def __init__(
         self,
         *,
@@ -189,7 +193,11 @@ class RequeueCarcelEntryRequest(_message.Message):
     TOPIC_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     id: _builtins.str
+    """Required: the entry's id (CarcelEntry.id, like "1700000000000-0"; else
+    CARCEL_ID_FORMAT).
+    """
     def __init__(
         self,
         *,
@@ -231,9 +239,12 @@ class PurgeCarcelEntriesRequest(_message.Message):
     TOPIC_FIELD_NUMBER: _builtins.int
     IDS_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """These entries; empty means every entry of the topic's carcel."""
+        """These entries (each a CarcelEntry.id; else CARCEL_ID_FORMAT); empty means
+        every entry of the topic's carcel.
+        """
 
     def __init__(
         self,

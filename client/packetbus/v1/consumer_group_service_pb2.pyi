@@ -56,9 +56,9 @@ class ConsumerGroup(_message.Message):
     topic: _builtins.str
     name: _builtins.str
     ack_deadline_seconds: _builtins.int
-    """How long a delivery is leased to its consumer: 10..600, default 30."""
+    """How long a delivery is leased to its consumer, in seconds."""
     max_delivery_attempts: _builtins.int
-    """Deliveries of one packet before it goes to the carcel: 1..100, default 5."""
+    """Deliveries of one packet before it goes to the carcel."""
     outstanding: _builtins.int
     """The state when the group was read.
     Delivered and not yet acked.
@@ -100,15 +100,23 @@ class CreateConsumerGroupRequest(_message.Message):
     ACK_DEADLINE_SECONDS_FIELD_NUMBER: _builtins.int
     MAX_DELIVERY_ATTEMPTS_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     name: _builtins.str
+    """Required: 1..128 letters, digits and _ . -, starting with a letter, digit
+    or _.
+    """
     start_position: _packet_service_pb2.StartPosition.ValueType
     """Default: START_POSITION_LATEST."""
     after_cursor: _builtins.str
     """Start after this cursor (from a receipt)."""
     ack_deadline_seconds: _builtins.int
-    """0 means the default (30)."""
+    """How long a delivery is leased, in seconds: 10..600 (else
+    INVALID_ARGUMENT, RANGE); 0 means the default (30).
+    """
     max_delivery_attempts: _builtins.int
-    """0 means the default (5)."""
+    """Deliveries of one packet before it goes to the carcel: 1..100 (else
+    RANGE); 0 means the default (5).
+    """
     def __init__(
         self,
         *,
@@ -160,7 +168,9 @@ class GetConsumerGroupRequest(_message.Message):
     TOPIC_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     name: _builtins.str
+    """Required; the rules of CreateConsumerGroupRequest.name."""
     def __init__(
         self,
         *,
@@ -201,6 +211,7 @@ class ListConsumerGroupsRequest(_message.Message):
 
     TOPIC_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     def __init__(
         self,
         *,
@@ -241,7 +252,9 @@ class DeleteConsumerGroupRequest(_message.Message):
     TOPIC_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     name: _builtins.str
+    """Required; the rules of CreateConsumerGroupRequest.name."""
     def __init__(
         self,
         *,
@@ -298,11 +311,15 @@ class PullSubscription(_message.Message):
     max_outstanding_packets: _builtins.int
     """Flow control: the server stops delivering while this stream holds this
     many unsettled deliveries (default 1000), or this many bytes of them
-    (default 64 MiB); at least one delivery is always allowed.
+    (default 64 MiB); at least one delivery is always allowed. 0 means the
+    default.
     """
     max_outstanding_bytes: _builtins.int
+    """Bytes of serialized deliveries; 0 means the default (64 MiB)."""
     max_batch_packets: _builtins.int
-    """Most deliveries per response; 0 means the server default (100)."""
+    """Most deliveries per response, 0..Limits.max_subscribe_batch_packets
+    (1000; else BATCH_TOO_LARGE); 0 means the server default (100).
+    """
     def __init__(
         self,
         *,
@@ -509,9 +526,16 @@ class AcknowledgeRequest(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     DELIVERY_IDS_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     group: _builtins.str
+    """Required, the group's name; the rules of CreateConsumerGroupRequest.name."""
     @_builtins.property
-    def delivery_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def delivery_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Required: 1..Limits.max_batch_packets (1000) per call (else
+        INVALID_ARGUMENT on field "delivery_ids", REQUIRED or BATCH_TOO_LARGE);
+        each delivery gets its own result.
+        """
+
     def __init__(
         self,
         *,
@@ -555,9 +579,16 @@ class NackRequest(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     NACKS_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     group: _builtins.str
+    """Required, the group's name; the rules of CreateConsumerGroupRequest.name."""
     @_builtins.property
-    def nacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Nacked]: ...
+    def nacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Nacked]:
+        """Required: 1..Limits.max_batch_packets (1000) per call (else
+        INVALID_ARGUMENT on field "delivery_ids", REQUIRED or BATCH_TOO_LARGE);
+        each delivery gets its own result.
+        """
+
     def __init__(
         self,
         *,
@@ -601,9 +632,16 @@ class ExtendLeasesRequest(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     DELIVERY_IDS_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     group: _builtins.str
+    """Required, the group's name; the rules of CreateConsumerGroupRequest.name."""
     @_builtins.property
-    def delivery_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def delivery_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Required: 1..Limits.max_batch_packets (1000) per call (else
+        INVALID_ARGUMENT on field "delivery_ids", REQUIRED or BATCH_TOO_LARGE);
+        each delivery gets its own result.
+        """
+
     def __init__(
         self,
         *,

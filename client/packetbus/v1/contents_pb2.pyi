@@ -22,7 +22,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class Task(_message.Message):
-    """A unit of work."""
+    """A unit of work. Ids and type are at most 255 bytes of UTF-8 (ids without
+    whitespace or control characters); a Struct nests at most 32 levels.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -59,13 +61,15 @@ class Task(_message.Message):
     type: _builtins.str
     """Free-form kind of work, e.g. "research" or "remediation"."""
     priority: _builtins.int
-    """Larger runs first."""
+    """Larger runs first (signed 32-bit)."""
     required_capability: _builtins.str
     """Only an agent with this capability should take the task; empty for any."""
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct: ...
     @_builtins.property
-    def deadline(self) -> _timestamp_pb2.Timestamp: ...
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """Between years 1 and 9999."""
+
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -90,7 +94,9 @@ Global___Task: _TypeAlias = Task  # noqa: Y015
 
 @_typing.final
 class Finding(_message.Message):
-    """A claim an agent makes, with its confidence and evidence."""
+    """A claim an agent makes, with its confidence and evidence. Ids are at most
+    255 bytes of UTF-8 without whitespace or control characters.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -125,8 +131,9 @@ class Finding(_message.Message):
     REFUTES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     claim: _builtins.str
+    """Required (finding.claim, REQUIRED)."""
     confidence: _builtins.float
-    """In [0, 1]."""
+    """In [0, 1] (else CONFIDENCE_RANGE; NaN too)."""
     worker_id: _builtins.str
     """Not bound to the caller: what the origin asserts (the packet's origin is
     what the server vouches for, e.g. a coordinator relaying a worker's finding).
@@ -135,13 +142,15 @@ class Finding(_message.Message):
     subject: _builtins.str
     """What the claim is about, as a stable key: findings of one task with the
     same subject are compared for conflicts. Empty: the claim's text, case
-    and spacing ignored.
+    and spacing ignored. At most 255 bytes of UTF-8.
     """
     refutes: _builtins.bool
     """The finding says the claim does NOT hold (it refutes it)."""
     @_builtins.property
     def citations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """References to the evidence, e.g. URIs."""
+        """References to the evidence, e.g. URIs: each non-empty, at most 2048 bytes
+        of UTF-8 without control characters.
+        """
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
@@ -178,8 +187,11 @@ class Context(_message.Message):
     TOPICS_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     scope: _builtins.str
-    """Namespace of the document, e.g. "task" or "swarm"."""
+    """Required. Namespace of the document, e.g. "task" or "swarm": 1-255 bytes
+    of UTF-8 without whitespace or control characters.
+    """
     name: _builtins.str
+    """Required, as scope."""
     notes: _builtins.str
     @_builtins.property
     def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -213,7 +225,9 @@ class RawContents(_message.Message):
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     content_type: _builtins.str
-    """A media type such as "application/json" or "text/plain; charset=utf-8"."""
+    """Required. A media type such as "application/json" or "text/plain;
+    charset=utf-8", at most 255 bytes (else MEDIA_TYPE_FORMAT).
+    """
     data: _builtins.bytes
     def __init__(
         self,

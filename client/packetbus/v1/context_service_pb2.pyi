@@ -187,9 +187,13 @@ class PutContextHeader(_message.Message):
     AUTHOR_FIELD_NUMBER: _builtins.int
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     scope: _builtins.str
-    """Namespace, e.g. "task" or "swarm": 1-200 bytes (UTF-8), printable."""
+    """Required. Namespace, e.g. "task" or "swarm": 1-200 bytes (UTF-8),
+    printable.
+    """
     name: _builtins.str
-    """The document's name within the scope: 1-512 bytes (UTF-8), printable."""
+    """Required. The document's name within the scope: 1-512 bytes (UTF-8),
+    printable.
+    """
     expected_version: _builtins.int
     """Compare-and-set: the version the writer read (0: the document must not
     exist). Absent: write whatever version is current.
@@ -244,7 +248,7 @@ class PutContextRequest(_message.Message):
     HEADER_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
-    """The next bytes, in order; at most Limits.max_context_chunk_bytes."""
+    """The next bytes, in order; at most Limits.max_context_chunk_bytes (1 MiB)."""
     @_builtins.property
     def header(self) -> Global___PutContextHeader:
         """Exactly once, first."""
@@ -300,13 +304,17 @@ class GetContextRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     scope: _builtins.str
+    """Required: 1-200 bytes of UTF-8 without whitespace or control characters."""
     name: _builtins.str
+    """Required: 1-512 bytes of UTF-8 without whitespace or control characters."""
     version: _builtins.int
     """Serve only this version: ABORTED when the current one differs. Absent:
     the current version.
     """
     chunk_bytes: _builtins.int
-    """Bytes per chunk; 0: Limits.max_context_chunk_bytes (also the maximum)."""
+    """Bytes per chunk; 0: Limits.max_context_chunk_bytes (1 MiB, also the
+    maximum).
+    """
     def __init__(
         self,
         *,
@@ -362,7 +370,9 @@ class DeleteContextRequest(_message.Message):
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     AUTHOR_FIELD_NUMBER: _builtins.int
     scope: _builtins.str
+    """Required: 1-200 bytes of UTF-8 without whitespace or control characters."""
     name: _builtins.str
+    """Required: 1-512 bytes of UTF-8 without whitespace or control characters."""
     expected_version: _builtins.int
     """Delete only this version: ABORTED when the current one differs."""
     author: _builtins.str
@@ -423,7 +433,7 @@ class ListContextsRequest(_message.Message):
     name_prefix: _builtins.str
     """Only names that start with this."""
     page_size: _builtins.int
-    """At most this many (0: 100; at most Limits.max_context_page)."""
+    """At most this many (0: 100; at most Limits.max_context_page, 1000)."""
     page_token: _builtins.str
     """From a previous response's next_page_token; empty for the first page."""
     def __init__(
@@ -558,7 +568,7 @@ class WatchContextResponse(_message.Message):
     gap: _builtins.bool
     """True once: the cursor asked for is older than the retained change log,
     so changes in between are lost (the log keeps the newest
-    Limits.max_context_events per scope).
+    Limits.max_context_events per scope, 10000).
     """
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContextChange]:
@@ -586,7 +596,7 @@ class SetGlobalContextRequest(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     EXPECTED_VALUE_FIELD_NUMBER: _builtins.int
     key: _builtins.str
-    """1-255 bytes (UTF-8), printable."""
+    """Required: 1-255 bytes (UTF-8), printable."""
     value: _builtins.str
     """At most Limits.max_global_value_bytes (64 KiB) of UTF-8."""
     expected_value: _builtins.str
@@ -631,6 +641,7 @@ class GetGlobalContextRequest(_message.Message):
 
     KEY_FIELD_NUMBER: _builtins.int
     key: _builtins.str
+    """Required: 1-255 bytes of UTF-8 without whitespace or control characters."""
     def __init__(
         self,
         *,
@@ -669,6 +680,7 @@ class DeleteGlobalContextRequest(_message.Message):
 
     KEY_FIELD_NUMBER: _builtins.int
     key: _builtins.str
+    """Required: 1-255 bytes of UTF-8 without whitespace or control characters."""
     def __init__(
         self,
         *,
@@ -755,8 +767,8 @@ class ListGlobalContextResponse(_message.Message):
     """
     @_builtins.property
     def entries(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Every key and value (at most Limits.max_global_entries), in key order, a
-        page at a time.
+        """Every key and value (at most Limits.max_global_entries, 10000), in key
+        order, a page at a time.
         """
 
     def __init__(
@@ -825,14 +837,15 @@ class AppendMemoryRequest(_message.Message):
     ENTRY_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
-    """Whose memory (an agent id): an agent appends to its own, so the caller's
-    agent id or one it holds agents.act_for on (besides memory.write on it).
+    """Required. Whose memory (an agent id): an agent appends to its own, so the
+    caller's agent id or one it holds agents.act_for on (besides memory.write
+    on it).
     """
     ttl_seconds: _builtins.int
     """Seconds the log is kept after this append; 0: 7 days; at most 30 days."""
     @_builtins.property
     def entry(self) -> Global___LogEntry:
-        """At most Limits.max_log_entry_bytes serialized."""
+        """At most Limits.max_log_entry_bytes (64 KiB) serialized."""
 
     def __init__(
         self,
@@ -855,7 +868,9 @@ class AppendMemoryResponse(_message.Message):
 
     LENGTH_FIELD_NUMBER: _builtins.int
     length: _builtins.int
-    """Entries in the log now (at most Limits.max_log_entries: older ones drop)."""
+    """Entries in the log now (at most Limits.max_log_entries, 1000: older ones
+    drop).
+    """
     def __init__(
         self,
         *,
@@ -877,6 +892,9 @@ class ListMemoryRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
+    """Required: an agent id, 1-255 bytes of UTF-8 without whitespace or control
+    characters.
+    """
     limit: _builtins.int
     """At most this many in this reply, newest first (0: all kept, as many as
     fit in one reply).
@@ -937,7 +955,9 @@ class AppendTraceRequest(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task traced (an id) and the agent that worked on it: the caller's
-    agent id or one it holds agents.act_for on.
+    agent id or one it holds agents.act_for on. Both required: the task id
+    1-255 bytes of UTF-8, the agent id as Packet.origin, neither with
+    whitespace or control characters.
     """
     agent: _builtins.str
     ttl_seconds: _builtins.int
@@ -988,7 +1008,9 @@ class ListTracesRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    """Required, as in AppendTraceRequest."""
     agent: _builtins.str
+    """Required, as in AppendTraceRequest."""
     limit: _builtins.int
     """At most this many in this reply, the oldest first (0: all kept, as many
     as fit in one reply).

@@ -123,6 +123,9 @@ class VerifyCustodyRequest(_message.Message):
 
     TRACKING_ID_FIELD_NUMBER: _builtins.int
     tracking_id: _builtins.str
+    """Required: a UUID in canonical lowercase form (Packet.tracking_id); any
+    other value, empty included, is INVALID_ARGUMENT (UUID_FORMAT).
+    """
     def __init__(
         self,
         *,

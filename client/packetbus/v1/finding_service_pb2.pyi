@@ -126,7 +126,11 @@ class GetFindingRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     FINDING_ID_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    """Required: the task's id, 1-255 bytes of UTF-8 without whitespace or
+    control characters.
+    """
     finding_id: _builtins.str
+    """Required."""
     def __init__(
         self,
         *,
@@ -168,6 +172,9 @@ class ListFindingsRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    """Required: the task's id, 1-255 bytes of UTF-8 without whitespace or
+    control characters.
+    """
     page_token: _builtins.str
     """From a previous response's next_page_token; empty for the first page."""
     def __init__(
@@ -221,6 +228,9 @@ class DetectConflictsRequest(_message.Message):
     THRESHOLD_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    """Required: the task's id, 1-255 bytes of UTF-8 without whitespace or
+    control characters.
+    """
     threshold: _builtins.float
     """Confidences further apart than this conflict; 0 means the server's
     default (0.3).
@@ -278,6 +288,9 @@ class EscalateRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     FINDING_IDS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    """Required: the task's id, 1-255 bytes of UTF-8 without whitespace or
+    control characters.
+    """
     origin: _builtins.str
     """Who escalates (an agent id): the caller's own agent id or one it holds
     agents.act_for on (else PERMISSION_DENIED).

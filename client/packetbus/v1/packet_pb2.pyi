@@ -25,7 +25,12 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class Packet(_message.Message):
-    """The sealed envelope every message on the bus travels in."""
+    """The sealed envelope every message on the bus travels in. Field rules are
+    checked before anything is stored (server/packetbus_server/_validation.py); a
+    broken one is INVALID_ARGUMENT with a google.rpc.BadRequest field violation
+    naming the field path and the rule (REQUIRED, LENGTH, ...). The serialized
+    packet is at most Limits.max_packet_bytes (1 MiB; else PACKET_TOO_LARGE).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -52,40 +57,59 @@ class Packet(_message.Message):
     RAW_FIELD_NUMBER: _builtins.int
     CHAIN_OF_CUSTODY_FIELD_NUMBER: _builtins.int
     tracking_id: _builtins.str
-    """A UUID in canonical lowercase form. Chosen by the sender, it is the
-    idempotency key: dispatching the same packet again returns the original
-    result and stores nothing; the same id with a packet that means something
-    else is ALREADY_EXISTS. "The same" compares every field as sent except
-    dispatched_at and chain_of_custody (stamped and signed anew each time a
-    packet is built), trace_context (where it was sent from, not what it
-    means) and tracking_id itself: a packet rebuilt after a crash,
+    """Required (REQUIRED; the Python client fills in a random UUID when empty). A
+    UUID in canonical lowercase form, 36 characters (UUID_FORMAT). Chosen by
+    the sender, it is the idempotency key: dispatching the same packet again
+    returns the original result and stores nothing; the same id with a packet
+    that means something else is ALREADY_EXISTS. "The same" compares every
+    field as sent except dispatched_at and chain_of_custody (stamped and signed
+    anew each time a packet is built), trace_context (where it was sent from,
+    not what it means) and tracking_id itself: a packet rebuilt after a crash,
     or the CLI run twice, is the same packet. TTL compares as sent (0 is not
     3600). A signed packet sent again must carry a signature that holds; the
     stored packet keeps the first one. See README "Idempotency".
     """
     origin: _builtins.str
-    """The sending agent's id, 1-255 bytes of UTF-8. With authorization on, the
-    caller's own agent id or one it holds agents.act_for on (else
-    PERMISSION_DENIED, ErrorInfo permission agents.act_for, resource this id):
-    on Dispatch, PostTask, PostFinding and PutRecord alike.
+    """Required. The sending agent's id, 1-255 bytes of UTF-8
+    (Limits.max_origin_length), no whitespace or control characters. With
+    authorization on, the caller's own agent id or one it holds agents.act_for
+    on (else PERMISSION_DENIED, ErrorInfo permission agents.act_for, resource
+    this id): on Dispatch, PostTask, PostFinding and PutRecord alike.
     """
     schema_version: _builtins.str
-    """"1.0", or "1.1", which makes the chain of custody mandatory."""
+    """Required (REQUIRED; the Python client fills in "1.0" when empty, "1.1"
+    when it signs). "1.0", or "1.1", which makes the chain of custody
+    mandatory (exactly the origin's signed entry); any other value is
+    SCHEMA_VERSION_UNSUPPORTED.
+    """
     ttl_seconds: _builtins.int
-    """Lifetime in seconds, 1..86400; 0 means the default (3600)."""
+    """Lifetime in seconds, 1..86400 (Limits.max_ttl_seconds); 0 means the
+    default (Limits.default_ttl_seconds, 3600). Required (non-zero) in schema
+    1.1.
+    """
     speech_act: _speech_act_pb2.SpeechAct.ValueType
+    """Required: SPEECH_ACT_UNSPECIFIED is REQUIRED, an unknown value
+    SPEECH_ACT_UNKNOWN.
+    """
     topic: _builtins.str
-    """The topic the packet is dispatched to."""
+    """Required. The topic the packet is dispatched to: 1-200 bytes
+    (Limits.max_topic_length) of ASCII letters, digits and _ . : / -, starting
+    with a letter, digit or _ (inbox topics: see Limits.max_topic_length).
+    """
     conversation_id: _builtins.str
-    """FIPA ACL conversation parameters."""
+    """FIPA ACL conversation parameters, all optional. The strings are at most
+    255 bytes of UTF-8 without control characters; reply_by lies between
+    years 1 and 9999.
+    """
     reply_with: _builtins.str
     in_reply_to: _builtins.str
     protocol: _builtins.str
     @_builtins.property
     def dispatched_at(self) -> _timestamp_pb2.Timestamp:
-        """When the sender dispatched the packet; the server fills it on receipt
-        when it is absent. Not part of what the packet means: a resend stamped
-        later answers the original result (which keeps the first stamp).
+        """When the sender dispatched the packet; the server fills it on receipt when
+        it is absent; required in schema 1.1 (signed, so the server cannot fill
+        it). Between years 1 and 9999. Not part of what the packet means: a resend
+        stamped later answers the original result (which keeps the first stamp).
         """
 
     @_builtins.property

@@ -83,7 +83,13 @@ class DispatchRequest(_message.Message):
 
     PACKETS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def packets(self) -> _containers.RepeatedCompositeFieldContainer[_packet_pb2.Packet]: ...
+    def packets(self) -> _containers.RepeatedCompositeFieldContainer[_packet_pb2.Packet]:
+        """Required: 1..Limits.max_batch_packets (1000) packets (else the call fails
+        INVALID_ARGUMENT, field "packets", REQUIRED or BATCH_TOO_LARGE). The whole
+        request is at most Limits.max_request_bytes serialized (else gRPC itself
+        refuses it, RESOURCE_EXHAUSTED).
+        """
+
     def __init__(
         self,
         *,
@@ -128,6 +134,7 @@ class DispatchResult(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     HELD_FIELD_NUMBER: _builtins.int
     tracking_id: _builtins.str
+    """The packet's tracking id as sent (empty if it was sent empty)."""
     @_builtins.property
     def receipt(self) -> Global___Receipt:
         """The packet is stored (by this call or an earlier one with the same
@@ -279,6 +286,9 @@ class GetPacketRequest(_message.Message):
 
     TRACKING_ID_FIELD_NUMBER: _builtins.int
     tracking_id: _builtins.str
+    """Required: a UUID in canonical lowercase form (Packet.tracking_id); any
+    other value, empty included, is INVALID_ARGUMENT (UUID_FORMAT).
+    """
     def __init__(
         self,
         *,
@@ -321,11 +331,17 @@ class SubscribeRequest(_message.Message):
     AFTER_CURSOR_FIELD_NUMBER: _builtins.int
     MAX_BATCH_PACKETS_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     start_position: Global___StartPosition.ValueType
     after_cursor: _builtins.str
-    """Resume: deliver exactly the packets stored after this cursor."""
+    """Resume: deliver exactly the packets stored after this cursor (a
+    Receipt.cursor, like "1700000000000-0"; else CURSOR_FORMAT).
+    """
     max_batch_packets: _builtins.int
-    """Most packets per response; 0 means the server default."""
+    """Most packets per response, 0..Limits.max_subscribe_batch_packets (1000;
+    else INVALID_ARGUMENT, BATCH_TOO_LARGE); 0 means the server default (100).
+    A response is also cut by bytes (just under 4 MiB; README "Reply sizes").
+    """
     def __init__(
         self,
         *,
@@ -524,7 +540,13 @@ Global___Workers: _TypeAlias = Workers  # noqa: Y015
 
 @_typing.final
 class Limits(_message.Message):
-    """What the server accepts; a request beyond a limit is INVALID_ARGUMENT."""
+    """What the server accepts; a request beyond a limit is INVALID_ARGUMENT
+    (except max_request_bytes: RESOURCE_EXHAUSTED). The values in parentheses
+    are the defaults of server/packetbus_server/_limits.py. Comments elsewhere
+    name more of that file's limits as Limits.<name> (max_context_bytes,
+    max_record_page, ...): GetServerInfo does not publish those, so their
+    comments give the default.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -541,11 +563,24 @@ class Limits(_message.Message):
     STREAMS_FIELD_NUMBER: _builtins.int
     KEEPALIVE_FIELD_NUMBER: _builtins.int
     max_packet_bytes: _builtins.int
+    """The largest packet, serialized, in bytes (1 MiB)."""
     max_batch_packets: _builtins.int
+    """Most packets in one Dispatch call, and deliveries settled in one call
+    (1000).
+    """
     max_request_bytes: _builtins.int
+    """The largest request message the server receives, in bytes (16 MiB): its
+    gRPC receive limit. A larger one is refused by gRPC before it is parsed
+    (RESOURCE_EXHAUSTED). Clients' send limits are unlimited by default.
+    """
     default_ttl_seconds: _builtins.int
+    """The TTL of a packet sent with ttl_seconds 0, in seconds (3600)."""
     max_ttl_seconds: _builtins.int
+    """The longest packet TTL, in seconds (86400); also how long a topic's log
+    keeps packets.
+    """
     max_subscribe_batch_packets: _builtins.int
+    """The largest max_batch_packets a Subscribe or Pull may ask for (1000)."""
     max_origin_length: _builtins.int
     """The longest agent id (a packet's origin), in UTF-8 bytes, as every length."""
     max_topic_length: _builtins.int
@@ -553,10 +588,13 @@ class Limits(_message.Message):
     may be up to 6 + 3 x 255 bytes: the inbox of every valid agent id.
     """
     max_custody_entries: _builtins.int
+    """Most entries in a packet's chain of custody (64)."""
     max_response_bytes: _builtins.int
-    """The largest reply message the server sends (bytes): set the receive limit
-    of your gRPC channel to at least this (grpc-python and grpc-js default to
-    4 MiB). Streams and listings are packed by bytes well under it.
+    """The largest reply message the server sends, in bytes (16 MiB): set the
+    receive limit of your gRPC channel to at least this (grpc-python, grpc-js,
+    Go and Java default to 4 MiB; grpc.max_receive_message_length in Python
+    and grpc-js, grpc.MaxCallRecvMsgSize in Go). Streams and listings are
+    packed by bytes well under it.
     """
     @_builtins.property
     def streams(self) -> Global___StreamLimits:
@@ -649,8 +687,11 @@ class KeepaliveSettings(_message.Message):
     SERVER_PING_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     MIN_CLIENT_PING_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     server_ping_interval_ms: _builtins.int
+    """Milliseconds."""
     server_ping_timeout_ms: _builtins.int
+    """Milliseconds."""
     min_client_ping_interval_ms: _builtins.int
+    """Milliseconds: the shortest client keepalive time the server permits."""
     def __init__(
         self,
         *,

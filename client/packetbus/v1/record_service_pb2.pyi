@@ -119,8 +119,13 @@ class GetRecordRequest(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     RECORD_ID_FIELD_NUMBER: _builtins.int
     kind: Global___RecordKind.ValueType
+    """Required: RECORD_KIND_UNSPECIFIED or an unknown value is INVALID_ARGUMENT
+    (kind, REQUIRED).
+    """
     record_id: _builtins.str
-    """The packet's tracking id."""
+    """Required: the packet's tracking id, a UUID in canonical lowercase form
+    (else UUID_FORMAT on record_id, empty included).
+    """
     def __init__(
         self,
         *,
@@ -163,8 +168,11 @@ class ListRecordsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     kind: Global___RecordKind.ValueType
+    """Required: RECORD_KIND_UNSPECIFIED or an unknown value is INVALID_ARGUMENT
+    (kind, REQUIRED).
+    """
     page_size: _builtins.int
-    """At most this many (0: 100; at most Limits.max_record_page)."""
+    """At most this many (0: 100; at most Limits.max_record_page, 1000)."""
     page_token: _builtins.str
     """From a previous response's next_page_token; empty for the first page."""
     def __init__(

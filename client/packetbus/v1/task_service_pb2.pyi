@@ -188,6 +188,7 @@ class ClaimTaskRequest(_message.Message):
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
+    """Required; the rules of Packet.topic (a queue is a topic)."""
     worker: _builtins.str
     """The claiming agent: the caller's own agent id or one it holds
     agents.act_for on (else PERMISSION_DENIED). The agent registry releases
@@ -196,7 +197,7 @@ class ClaimTaskRequest(_message.Message):
     a caller that may not act as the claim's worker.
     """
     lease_seconds: _builtins.int
-    """0 means 30; 1..600."""
+    """The lease, in seconds: 1..600 (else RANGE); 0 means 30."""
     request_id: _builtins.str
     """Optional, up to 128 bytes (letters, digits, "._:-"): names this claim, so
     that the same request sent again (a retry after a lost reply) returns the
@@ -257,10 +258,17 @@ class HeartbeatTaskRequest(_message.Message):
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
+    """Required; the rules of Packet.topic (a queue is a topic)."""
     task_id: _builtins.str
+    """Required: the Task.id, 1-255 bytes of UTF-8 without whitespace or
+    control characters.
+    """
     fencing_token: _builtins.int
+    """Required (non-zero; else INVALID_ARGUMENT, REQUIRED): the token of the
+    claim (TaskState.fencing_token).
+    """
     lease_seconds: _builtins.int
-    """0 means the claim's lease length."""
+    """Seconds, at most 600 (else RANGE); 0 means the claim's lease length."""
     def __init__(
         self,
         *,
@@ -306,8 +314,15 @@ class ReleaseTaskRequest(_message.Message):
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
+    """Required; the rules of Packet.topic (a queue is a topic)."""
     task_id: _builtins.str
+    """Required: the Task.id, 1-255 bytes of UTF-8 without whitespace or
+    control characters.
+    """
     fencing_token: _builtins.int
+    """Required (non-zero; else INVALID_ARGUMENT, REQUIRED): the token of the
+    claim (TaskState.fencing_token).
+    """
     reason: _builtins.str
     def __init__(
         self,
@@ -350,11 +365,22 @@ class CompleteTaskRequest(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
+    """Required; the rules of Packet.topic (a queue is a topic)."""
     task_id: _builtins.str
+    """Required: the Task.id, 1-255 bytes of UTF-8 without whitespace or
+    control characters.
+    """
     fencing_token: _builtins.int
+    """Required (non-zero; else INVALID_ARGUMENT, REQUIRED): the token of the
+    claim (TaskState.fencing_token).
+    """
     summary: _builtins.str
     @_builtins.property
-    def result(self) -> _struct_pb2.Struct: ...
+    def result(self) -> _struct_pb2.Struct:
+        """result, summary (and FailTaskRequest.error) are kept with the task: at
+        most Limits.max_packet_bytes together, serialized (else RESULT_TOO_LARGE).
+        """
+
     def __init__(
         self,
         *,
@@ -396,8 +422,15 @@ class FailTaskRequest(_message.Message):
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
+    """Required; the rules of Packet.topic (a queue is a topic)."""
     task_id: _builtins.str
+    """Required: the Task.id, 1-255 bytes of UTF-8 without whitespace or
+    control characters.
+    """
     fencing_token: _builtins.int
+    """Required (non-zero; else INVALID_ARGUMENT, REQUIRED): the token of the
+    claim (TaskState.fencing_token).
+    """
     error: _builtins.str
     def __init__(
         self,
@@ -446,7 +479,11 @@ class GetTaskRequest(_message.Message):
     QUEUE_FIELD_NUMBER: _builtins.int
     TASK_ID_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
+    """Required; the rules of Packet.topic (a queue is a topic)."""
     task_id: _builtins.str
+    """Required: the Task.id, 1-255 bytes of UTF-8 without whitespace or
+    control characters.
+    """
     def __init__(
         self,
         *,
@@ -489,6 +526,7 @@ class ListTasksRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
+    """Required; the rules of Packet.topic (a queue is a topic)."""
     status: Global___TaskStatus.ValueType
     """UNSPECIFIED: every status."""
     page_token: _builtins.str
@@ -586,7 +624,11 @@ class ListTaskResultsRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
+    """Required; the rules of Packet.topic (a queue is a topic)."""
     task_id: _builtins.str
+    """Required: the Task.id, 1-255 bytes of UTF-8 without whitespace or
+    control characters.
+    """
     page_token: _builtins.str
     """From a previous response's next_page_token; empty for the first page."""
     def __init__(
@@ -640,6 +682,7 @@ class WatchTasksRequest(_message.Message):
     QUEUE_FIELD_NUMBER: _builtins.int
     AFTER_CURSOR_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
+    """Required; the rules of Packet.topic (a queue is a topic)."""
     after_cursor: _builtins.str
     """Resume: exactly the events after this cursor (a TaskEvent.cursor seen
     before, "<ms>-<seq>"). Empty: only events after the watch starts.

@@ -89,6 +89,7 @@ class SetTopicRetentionRequest(_message.Message):
     TOPIC_FIELD_NUMBER: _builtins.int
     RETENTION_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     @_builtins.property
     def retention(self) -> Global___TopicRetention: ...
     def __init__(
@@ -135,6 +136,7 @@ class GetTopicRetentionRequest(_message.Message):
 
     TOPIC_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
+    """Required; the rules of Packet.topic."""
     def __init__(
         self,
         *,
