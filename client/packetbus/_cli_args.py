@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+import grpc
 from google.protobuf import json_format
 
 from ._cli_progress import BUG_CODE, FAILED_CODE, USAGE_CODE, error
@@ -269,3 +270,23 @@ def _bind_problem(host: str, port: int) -> str | None:
             )
         return exc.strerror or str(exc)
     return None
+
+
+def describe(error: PacketbusError) -> str:
+    """One line for a failed call: its code, and the refusal, field violations or
+    message, saying when it may have taken effect anyway."""
+    if error.code in _REFUSALS:
+        # The server's message names the principal, the permission and the resource.
+        return f"{_REFUSALS[error.code]}: {error.message}"
+    if error.field_violations:
+        fields = "; ".join(str(v) for v in error.field_violations)
+        return f"{error.code.name}: {fields}"
+    if error.outcome_unknown:
+        return f"{error.code.name}: {error.message} (it may have taken effect: check first)"
+    return f"{error.code.name}: {error.message}"
+
+
+_REFUSALS = {
+    grpc.StatusCode.PERMISSION_DENIED: "permission denied",
+    grpc.StatusCode.UNAUTHENTICATED: "not authenticated",
+}

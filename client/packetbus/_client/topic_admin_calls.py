@@ -1,0 +1,105 @@
+"""Client calls an operator makes on a topic: its retention limits and its carcel."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import cast
+
+from packetbus.v1 import carcel_service_pb2, topic_service_pb2
+
+from .core import ClientCore
+
+
+class TopicAdminCalls(ClientCore):
+    """Topic retention; carcel entries: list, get, requeue, purge."""
+
+    async def set_topic_retention(
+        self,
+        topic: str,
+        *,
+        max_age_seconds: int = 0,
+        max_packets: int = 0,
+        max_bytes: int = 0,
+        work_queue: bool = False,
+        timeout: float | None = None,
+    ) -> topic_service_pb2.SetTopicRetentionResponse:
+        """Replace a topic's retention limits (0 = no limit) and apply them at once.
+
+        work_queue: packets also leave once every consumer group has acked them.
+        Idempotent: setting the same values again changes nothing.
+        """
+        policy = (
+            topic_service_pb2.RETENTION_POLICY_WORK_QUEUE
+            if work_queue
+            else topic_service_pb2.RETENTION_POLICY_LIMITS
+        )
+        request = topic_service_pb2.SetTopicRetentionRequest(
+            topic=topic,
+            retention=topic_service_pb2.TopicRetention(
+                max_age_seconds=max_age_seconds,
+                max_packets=max_packets,
+                max_bytes=max_bytes,
+                policy=policy,
+            ),
+        )
+        response = await self._call(self._topics.SetTopicRetention, request, timeout)
+        return cast(topic_service_pb2.SetTopicRetentionResponse, response)
+
+    async def get_topic_retention(
+        self, topic: str, *, timeout: float | None = None
+    ) -> topic_service_pb2.GetTopicRetentionResponse:
+        """A topic's retention limits, and the packets (and bytes) it holds now."""
+        request = topic_service_pb2.GetTopicRetentionRequest(topic=topic)
+        response = await self._call(self._topics.GetTopicRetention, request, timeout)
+        return cast(topic_service_pb2.GetTopicRetentionResponse, response)
+
+    async def carcel_entries(
+        self,
+        topic: str = "",
+        *,
+        reason: str = "",
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[carcel_service_pb2.CarcelEntry]:
+        """Every carcel entry of `topic` (or of all topics), oldest first, optionally
+        only those with `reason`; fetched a page at a time (`timeout` is per page)."""
+        token = ""
+        while True:
+            request = carcel_service_pb2.ListCarcelEntriesRequest(
+                topic=topic, reason=reason, page_size=page_size, page_token=token
+            )
+            response = await self._list_carcel(request, timeout)
+            for entry in response.entries:
+                yield entry
+            token = response.next_page_token
+            if not token:
+                return
+
+    async def _list_carcel(
+        self, request: carcel_service_pb2.ListCarcelEntriesRequest, timeout: float | None
+    ) -> carcel_service_pb2.ListCarcelEntriesResponse:
+        return await self._call(self._carcel.ListCarcelEntries, request, timeout)
+
+    async def get_carcel_entry(
+        self, topic: str, entry_id: str, *, timeout: float | None = None
+    ) -> carcel_service_pb2.CarcelEntry:
+        request = carcel_service_pb2.GetCarcelEntryRequest(topic=topic, id=entry_id)
+        response = await self._call(self._carcel.GetCarcelEntry, request, timeout)
+        return cast(carcel_service_pb2.CarcelEntry, response.entry)
+
+    async def requeue_carcel_entry(
+        self, topic: str, entry_id: str, *, timeout: float | None = None
+    ) -> str:
+        """Validate a carceled packet again and deliver it once more to its consumer
+        group; returns its new cursor."""
+        request = carcel_service_pb2.RequeueCarcelEntryRequest(topic=topic, id=entry_id)
+        response = await self._call(self._carcel.RequeueCarcelEntry, request, timeout)
+        return str(response.cursor)
+
+    async def purge_carcel(
+        self, topic: str, entry_ids: Sequence[str] = (), *, timeout: float | None = None
+    ) -> int:
+        """Remove these carcel entries of `topic` (all of them when none are named)."""
+        request = carcel_service_pb2.PurgeCarcelEntriesRequest(topic=topic, ids=entry_ids)
+        response = await self._call(self._carcel.PurgeCarcelEntries, request, timeout)
+        return int(response.purged)
