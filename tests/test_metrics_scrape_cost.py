@@ -179,3 +179,24 @@ async def test_a_store_whose_indexes_are_missing_is_scanned_once_and_reads_the_s
     assert "scan" not in second
     assert queues == [_keys.INDEX_COMPLETE, QUEUE]
     assert topics == [_keys.INDEX_COMPLETE, BLOCKED, TOPIC]
+
+
+async def test_a_group_and_a_queue_made_after_the_backfill_are_found_without_a_scan(
+    tmp_path: Path,
+) -> None:
+    with own_store(tmp_path / "store") as url:
+        async with _client(url, tmp_path):
+            pass
+        _scrape(url)  # backfills the indexes of an empty store: complete from here on
+        async with _client(url, tmp_path) as bus:
+            # A group on a topic never dispatched to, a queue: noted by their own calls.
+            await bus.create_consumer_group(TOPIC, "g", start=packetbus.EARLIEST)
+            tasks = bus.task_queue(QUEUE)
+            await tasks.post(packetbus.Task(id="t-1", description="do it"), origin="planner")
+        counted: dict[str, int] = {}
+        with _counted(url, counted):
+            samples = _scrape(url)
+    assert "scan" not in counted
+    assert samples[("packetbus_group_lag", frozenset({("group", "g")}))] == 0.0
+    queued = frozenset({("queue", QUEUE), ("status", "queued")})
+    assert samples[("packetbus_task_queue_tasks", queued)] == 1.0
