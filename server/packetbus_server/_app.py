@@ -367,6 +367,7 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
             reads=reads,
             retention=topics,
             expander=store.expander,
+            note_topics=store.note_topics,
         )
         add_servicer(
             server,
@@ -392,6 +393,7 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
                 retry_budget=config.retry_budget_seconds,
                 carcel_retention_ms=config.limits.carcel_retention_seconds * 1000,
                 reads=reads,
+                note_queues=store.note_queues,
             ),
             hops,
             key_store,

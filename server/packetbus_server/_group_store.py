@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,8 +151,12 @@ class GroupStore:
         reads: SharedReads | None = None,
         retention: TopicStore | None = None,
         expander: _batch_refs.Expander | None = None,
+        note_topics: Callable[[Sequence[str]], Awaitable[None]] | None = None,
     ) -> None:
         self._redis = redis
+        # Puts a group's topic in the topic index (PacketStore.note_topics), where
+        # /metrics finds groups: a topic never dispatched to is in it no other way.
+        self._note_topics = note_topics
         # Work-queue retention drops what every group acked, after a settlement.
         self._retention = retention
         # Shared with the server's other readers: one cache of decoded batches.
@@ -176,6 +180,8 @@ class GroupStore:
             return GroupStatus(text(status)), GroupSettings.parse(settings)
 
         result: tuple[GroupStatus, GroupSettings] = await self._retried(attempt)
+        if self._note_topics is not None:
+            await self._note_topics([topic])
         return result
 
     async def delete(self, topic: str, name: str) -> bool:

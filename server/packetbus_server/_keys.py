@@ -86,8 +86,12 @@ happen by construction. Keys that one Lua script touches together share a
 |                              |        |             | ``pkt:<tid>``: NUL, 32-byte fingerprint,| record)           |
 |                              |        |             | cursor, space, topic (one key per       |                   |
 |                              |        |             | packet: scripts/lib/records.lua)        |                   |
-| ``pb:topics``                | zset   | its own     | topic -> last dispatch (unix ms), for   | 2 x max packet    |
-|                              |        |             | exporting every topic                   | TTL, refreshed    |
+| ``pb:topics``                | zset   | its own     | topic -> last dispatch or group created | 2 x max packet    |
+|                              |        |             | (unix ms), for exporting every topic and| TTL, refreshed    |
+|                              |        |             | for /metrics; ``INDEX_COMPLETE`` (score |                   |
+|                              |        |             | -inf) once a scrape backfilled it       |                   |
+| ``pb:queues``                | zset   | its own     | task queue -> last post (unix ms), for  | 2 x max packet    |
+|                              |        |             | /metrics; ``INDEX_COMPLETE`` as above   | TTL, refreshed    |
 | ``pb:{keys}:all``            | hash   | keys        | key id -> SigningKey (public keys of    | none (a registry: |
 |                              |        |             | servers and agents)                     | see below)        |
 | ``pb:{keys}:agents``         | hash   | keys        | agent id -> its key ids, space-separated| none              |
@@ -259,6 +263,12 @@ def packet_location(tracking_id: str) -> str:
 
 
 TOPICS = f"{PREFIX}:topics"
+QUEUES = f"{PREFIX}:queues"
+# A member of TOPICS and QUEUES (score -inf, so no time range holds it) that says
+# the index names every topic / queue in the store: written by the scrape that
+# backfilled it (_observability/store_indexes.py), gone with the index's expiry.
+# NUL cannot start a topic or queue name (_validation), so it names neither.
+INDEX_COMPLETE = "\x00complete"
 SIGNING_KEYS = f"{PREFIX}:{{keys}}:all"
 AGENT_KEYS = f"{PREFIX}:{{keys}}:agents"
 AGENT_KEY_PRINCIPALS = f"{PREFIX}:{{keys}}:principals"

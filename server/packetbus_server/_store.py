@@ -322,7 +322,7 @@ class PacketStore:
         # Blocking reads: on a pool of their own when given (see _waits).
         self._reads = reads or SharedReads(redis)
         self._cluster = isinstance(redis, RedisCluster)
-        self._noted: dict[str, float] = {}
+        self._noted: dict[tuple[str, str], float] = {}
         self._retention_ms = retention_ms
         self._retry_budget = retry_budget
         # Shared with the server's other readers (`expander`): one cache of decoded
@@ -434,27 +434,40 @@ class PacketStore:
         return results  # type: ignore[return-value]
 
     async def note_topics(self, topics: Sequence[str]) -> None:
-        """Put `topics` in the topic index (for writes outside `write`, e.g. governance)."""
+        """Put `topics` in the topic index (for writes outside `write`, e.g. governance
+        or a consumer group created)."""
         fresh = self._topics_to_note(topics)
         if fresh:
             await with_retries(lambda: self._note_topics(fresh), budget_seconds=self._retry_budget)
 
-    def _topics_to_note(self, topics: Iterable[str]) -> list[str]:
-        # The topic index is for export, not for routing: noting each topic once
-        # a minute per server keeps it current without a write per dispatch.
-        now = time.monotonic()
-        return [t for t in topics if now - self._noted.get(t, -_NOTE_EVERY) >= _NOTE_EVERY]
+    async def note_queues(self, queues: Sequence[str]) -> None:
+        """Put `queues` in the task queue index (_keys.QUEUES), as note_topics does
+        topics: what /metrics finds task queues by instead of a SCAN."""
+        fresh = self._topics_to_note(queues, _keys.QUEUES)
+        if fresh:
+            await with_retries(
+                lambda: self._note_topics(fresh, _keys.QUEUES),
+                budget_seconds=self._retry_budget,
+            )
 
-    async def _note_topics(self, topics: list[str]) -> None:
+    def _topics_to_note(self, topics: Iterable[str], index: str = _keys.TOPICS) -> list[str]:
+        # The indexes are for export and /metrics, not for routing: noting each name
+        # once a minute per server keeps them current without a write per dispatch.
+        now = time.monotonic()
+        return [t for t in topics if now - self._noted.get((index, t), -_NOTE_EVERY) >= _NOTE_EVERY]
+
+    async def _note_topics(self, topics: list[str], index: str = _keys.TOPICS) -> None:
+        # A pipeline of its own after the writes' scripts: the index is one key, in
+        # a slot of its own, and a script touches the keys of one hash tag only.
         now_ms = self.clock.now_ms()
         pipe = self._redis.pipeline(transaction=False)
-        pipe.zadd(_keys.TOPICS, dict.fromkeys(topics, now_ms))
-        pipe.pexpire(_keys.TOPICS, 2 * self._retention_ms)
+        pipe.zadd(index, dict.fromkeys(topics, now_ms))
+        pipe.pexpire(index, 2 * self._retention_ms)
         await pipe.execute()
         if len(self._noted) > _MAX_NOTED:
             self._noted.clear()
         now = time.monotonic()
-        self._noted.update(dict.fromkeys(topics, now))
+        self._noted.update(dict.fromkeys(((index, t) for t in topics), now))
 
     async def topics(self) -> list[str]:
         """Every topic written to within the retention window, oldest first."""

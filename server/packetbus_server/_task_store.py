@@ -7,7 +7,7 @@ inside the scripts from the prefix ``pb:{queue}:`` (see scripts/lib/tasks.lua).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,10 +74,15 @@ class TaskStore:
         retry_budget: float,
         carcel_retention_ms: int,
         reads: SharedReads | None = None,
+        note_queues: Callable[[Sequence[str]], Awaitable[None]] | None = None,
     ) -> None:
         self._redis = redis
         self._reads = reads or SharedReads(redis)
         self._hops = hops
+        # Puts a posted-to queue in the queue index (PacketStore.note_queues), where
+        # /metrics finds queues. After the post's script, not in it: the index is in
+        # a slot of its own, and a script touches one hash tag's keys (Redis Cluster).
+        self._note_queues = note_queues
         self._retry_budget = retry_budget
         self._carcel_retention_ms = carcel_retention_ms
 
@@ -122,6 +127,8 @@ class TaskStore:
             return text(reply[0])
 
         outcome: str = await self._retried(attempt)
+        if self._note_queues is not None:
+            await self._note_queues([queue])
         return outcome
 
     async def claim(

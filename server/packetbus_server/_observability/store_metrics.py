@@ -12,8 +12,11 @@ carcel classified. What lies beyond a bound is not read, and
 `packetbus_store_scrape_truncated{what}` is 1 for it (task queues beyond the
 bound: their tasks are not counted; tasks and carcel entries beyond theirs are
 counted under status / reason "unclassified"). Groups, queues and carcels are
-found with SCAN (on a Redis Cluster, on every primary), which walks the keyspace
-once per kind and scrape.
+found from the topic and queue indexes (store_indexes: the rule that keeps them
+whole is there), at most `Bounds.names` names of each, so a scrape costs commands
+in proportion to the topics, queues, groups, carcels and agents it reads, whatever
+the number of packets stored; beyond `names`, the groups, carcels (topics) and
+queues (queues) left unread are reported truncated.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from redis.cluster import RedisCluster
 from .. import _keys
 from .._agent_service import is_live
 from .._replies import text
+from .store_indexes import QUEUE_KEYS, TOPIC_KEYS, existing, indexed_names, tag
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +64,9 @@ _CARCEL_SCRIPT = _script("metrics_carcel")
 @dataclass(frozen=True, slots=True)
 class Bounds:
     """The most one scrape reads: consumer groups, task queues, carcels, agents,
-    tasks classified per queue, carcel entries classified per carcel; and the
-    store's socket timeout (seconds) for each command."""
+    tasks classified per queue, carcel entries classified per carcel, names read
+    from each of the topic and queue indexes; and the store's socket timeout
+    (seconds) for each command."""
 
     groups: int = 1000
     queues: int = 1000
@@ -69,12 +74,8 @@ class Bounds:
     agents: int = 10_000
     tasks_per_queue: int = 10_000
     entries_per_carcel: int = 1000
+    names: int = 10_000
     timeout_seconds: float = 2.0
-
-
-def _tag(key: bytes | str, suffix: str) -> str:
-    """The hash tag of a key pb:{<tag>}<suffix> (the topic or queue name)."""
-    return text(key)[len(_keys.PREFIX) + 2 : -len(suffix) - 1]
 
 
 class StoreCollector(Collector):
@@ -138,36 +139,33 @@ class StoreCollector(Collector):
             reply = next(iter(reply.values()))
         seconds, micros = reply
         now_ms = int(seconds) * 1000 + int(micros) // 1000  # the store's clock (_clock)
+        topics, topics_cut = indexed_names(r, _keys.TOPICS, TOPIC_KEYS, self.bounds.names)
+        queues, queues_cut = indexed_names(r, _keys.QUEUES, QUEUE_KEYS, self.bounds.names)
         truncated = {
-            "groups": self._groups(r, families),
-            "queues": self._queues(r, families),
-            "carcels": self._carcels(r, families),
+            "groups": self._groups(r, families, topics) or topics_cut,
+            "queues": self._queues(r, families, queues) or queues_cut,
+            "carcels": self._carcels(r, families, sorted({*topics, *queues}))
+            or topics_cut
+            or queues_cut,
             "agents": self._agents(r, families, now_ms),
         }
         for what, cut in truncated.items():
             families["truncated"].add_metric([what], int(cut))
         self._memory(r, families)
 
-    def _scan(self, r: redis.Redis | RedisCluster, suffix: str, kind: str, most: int) -> list[str]:
-        """Up to `most` keys pb:{*}<suffix> of type `kind`, sorted; one more when there
-        are more (the caller's sign of truncation)."""
-        found: set[str] = set()
-        for key in r.scan_iter(match=f"{_keys.PREFIX}:{{*}}{suffix}", count=1000, _type=kind):
-            found.add(text(key))
-            if len(found) > most:
-                break
-        return sorted(found)
-
     def _groups(
-        self, r: redis.Redis | RedisCluster, families: dict[str, GaugeMetricFamily]
+        self,
+        r: redis.Redis | RedisCluster,
+        families: dict[str, GaugeMetricFamily],
+        topics: list[str],
     ) -> bool:
-        keys = self._scan(r, ":groups", "hash", self.bounds.groups)
+        keys = existing(r, [_keys.topic_groups(t) for t in topics])[: self.bounds.groups + 1]
         outstanding: dict[str, int] = defaultdict(int)
         lag: dict[str, int] = defaultdict(int)
         consumers: dict[str, int] = defaultdict(int)
         seen = 0
         for key in keys:
-            topic = _tag(key, ":groups")
+            topic = tag(key, ":groups")
             names = [text(n) for n in r.hkeys(key) if ":" not in text(n)]
             if not names:
                 continue
@@ -195,13 +193,16 @@ class StoreCollector(Collector):
         return seen > self.bounds.groups or len(keys) > self.bounds.groups
 
     def _queues(
-        self, r: redis.Redis | RedisCluster, families: dict[str, GaugeMetricFamily]
+        self,
+        r: redis.Redis | RedisCluster,
+        families: dict[str, GaugeMetricFamily],
+        queues: list[str],
     ) -> bool:
-        keys = self._scan(r, ":tasks", "zset", self.bounds.queues)
+        keys = existing(r, [_keys.task_index(q) for q in queues])
         most = self.bounds.tasks_per_queue
         cut = len(keys) > self.bounds.queues
         for key in keys[: self.bounds.queues]:
-            queue = _tag(key, ":tasks")
+            queue = tag(key, ":tasks")
             reply = r.eval(_QUEUE_SCRIPT, 1, key, _keys.queue_prefix(queue), most)
             total, counts = int(reply[0]), _pairs(reply[1:])
             for status in _TASK_STATUSES:
@@ -212,9 +213,12 @@ class StoreCollector(Collector):
         return cut
 
     def _carcels(
-        self, r: redis.Redis | RedisCluster, families: dict[str, GaugeMetricFamily]
+        self,
+        r: redis.Redis | RedisCluster,
+        families: dict[str, GaugeMetricFamily],
+        names: list[str],
     ) -> bool:
-        keys = self._scan(r, ":carcel", "stream", self.bounds.carcels)
+        keys = existing(r, [_keys.carcel(n) for n in names])
         most = self.bounds.entries_per_carcel
         by_reason: dict[str, int] = dict.fromkeys(_CARCEL_REASONS.values(), 0)
         cut = len(keys) > self.bounds.carcels
