@@ -13,7 +13,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
-from grpc_reflection.v1alpha import reflection
 from redis.asyncio.cluster import RedisCluster
 
 from packetbus.v1 import (
@@ -494,7 +493,6 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
                 policy_service.full_name,
                 topic_service.full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
             ),
         )
         port = listen(server, config, None if tls is None else tls.credentials())
