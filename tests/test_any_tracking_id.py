@@ -115,7 +115,7 @@ async def _as(guarded: RunningServer, issuer: Issuer, who: str) -> packetbus.Cli
 async def _not_found(client: packetbus.Client, tracking_id: str) -> None:
     for call in (client.get_packet, client.verify_custody):
         with pytest.raises(packetbus.PacketbusError) as caught:
-            await call(tracking_id)  # type: ignore[operator]
+            await call(tracking_id)
         assert caught.value.code == grpc.StatusCode.NOT_FOUND, call
 
 
