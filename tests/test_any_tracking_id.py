@@ -30,6 +30,8 @@ async def _same_as_fetched(client: packetbus.Client, expected: packetbus.StoredP
     got = await client.get_packet(tracking_id)
     assert got.packet == expected.packet
     assert got.content == expected.content
+    assert got.receipt == expected.receipt
+    assert got.receipt.cursor == ""  # in no topic's log (README: get)
     report = await client.verify_custody(tracking_id)
     assert report.verified
     assert report.head_verdict == OK
