@@ -189,8 +189,8 @@ def topic() -> str:
 
 async def verified_actions(client: packetbus.Client, stored: packetbus.StoredPacket) -> list[str]:
     """The actions of a stored packet's chain, once it verifies here against the
-    published keys and the server's signed head (tasks, findings and records are not
-    in a topic log, so VerifyCustody cannot load them)."""
+    published keys and the server's signed head (checked on the client side, as an
+    agent holding only the packet would)."""
     keys = {k.key_id: k for k in await client.signing_keys()}
     report = _custody.verify_chain(
         tracking_id=stored.packet.tracking_id,

@@ -335,6 +335,7 @@ async def test_health_and_reflection_refuse_undecodable_bytes_and_list_works(
         ("/grpc.health.v1.Health/Watch", True),
         ("/grpc.health.v1.Health/List", False),
         ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", True),
+        ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", True),
     ):
         if method.endswith("ServerReflectionInfo"):
             call: Any = _first(channel.stream_stream(method)(iter([raw])))

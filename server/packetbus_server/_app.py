@@ -13,7 +13,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
-from grpc_reflection.v1alpha import reflection
 from redis.asyncio.cluster import RedisCluster
 
 from packetbus.v1 import (
@@ -58,6 +57,7 @@ from ._keyring import KEYRING_FILE, SEED_ENV, Keyring
 from ._limits import Limits
 from ._observability import endpoint
 from ._packet_service import PacketService
+from ._placed_packets import PlacedPackets
 from ._policy_service import Governor, PolicyService
 from ._policy_store import PolicyStore
 from ._policy_watch import PolicyWatch
@@ -299,6 +299,8 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
             ),
             custodian,
         )
+        # Task, finding and record packets, found by tracking id (_placed_packets).
+        placed = PlacedPackets(redis, retry_budget=config.retry_budget_seconds)
         packets = PacketService(
             store,
             key_store,
@@ -313,6 +315,7 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
             clock=clock,
             workers=config.worker_ports,
         )
+        packets.serve_placed(placed)
         packet_service = packet_service_pb2.DESCRIPTOR.services_by_name["PacketService"]
         custody_service = custody_service_pb2.DESCRIPTOR.services_by_name["CustodyService"]
         group_service = consumer_group_service_pb2.DESCRIPTOR.services_by_name[
@@ -402,6 +405,7 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
             before_claim=agent_store.note_claim,
             clock=clock,
             governor=governor,
+            placed=placed,
         )
         add_servicer(server, task_service, tasks, streams, gate=gate)
         agent_service = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"]
@@ -427,6 +431,7 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
                 config.limits,
                 clock=clock,
                 governor=governor,
+                placed=placed,
             ),
             streams,
             gate=gate,
@@ -474,6 +479,7 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
                 config.limits,
                 clock=clock,
                 governor=governor,
+                placed=placed,
             ),
             streams,
             gate=gate,
@@ -496,7 +502,6 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
                 policy_service.full_name,
                 topic_service.full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
             ),
         )
         port = listen(server, config, None if tls is None else tls.credentials())

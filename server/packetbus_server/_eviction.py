@@ -46,7 +46,11 @@ ALLOW_FLAG = "--allow-store-eviction"
 # Calls that only read still answer while writes are refused; any other method
 # (a new one included) is taken to write. These stock services only read.
 _READ_ONLY_SERVICES = frozenset(
-    {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
 )
 _NO_SIDE_EFFECTS = descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
 

@@ -34,6 +34,7 @@ from ._packet_service import PacketService, entry_size, storage_errors
 from ._packing import FIRST_READ, ITEM_OVERHEAD, fit, message_size, read_count, stored_size
 from ._page_tokens import seal, unseal
 from ._paging import offset_request, page_by_offset
+from ._placed_packets import FINDING, Place, PlacedPackets
 from ._store import PacketStore, PacketWrite
 from ._validation import Violation, validate_agent_id, validate_id
 
@@ -76,8 +77,13 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
         *,
         clock: StoreClock,
         governor: Governor | None = None,
+        placed: PlacedPackets | None = None,
     ) -> None:
         self._store = store
+        # Notes where each finding packet lives, so GetPacket and VerifyCustody find it.
+        self._placed = placed
+        if placed is not None:
+            placed.serve(FINDING, self._placed_packet)
         # The policy in force judges each posted finding (_governance).
         self._governor = governor
         # The store's clock: times are judged and stamped by it, as every replica does.
@@ -149,6 +155,13 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"finding {finding_id!r} of task {finding.task_id!r} is another packet's",
             )
+        if self._placed is not None:
+            async with storage_errors(context):
+                await self._placed.note(
+                    packet.tracking_id,
+                    Place(FINDING, finding.task_id, finding.task_id, finding_id),
+                    now_ns // 1_000_000 + write.ttl_ms,
+                )
         conflicts = conflicts_with(fact, earlier, DEFAULT_THRESHOLD)
         # Published on every post, new or repeated: the events' tracking ids are
         # derived from the pair, so a retry stores each event once.
@@ -247,6 +260,11 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
             findings=[self._vouched(f.payload, f.content_length) for f in found],
             next_page_token=seal("findings", scope, token),
         )
+
+    async def _placed_packet(self, place: Place) -> packet_service_pb2.StoredPacket | None:
+        """The finding packet at `place`, as GetFinding shows it (no head yet)."""
+        found = await self._store.get(place.scope, [place.item])
+        return _stored(found[0].payload, found[0].content_length) if found else None
 
     def _vouched(self, payload: bytes, content_length: int) -> packet_service_pb2.StoredPacket:
         """The finding packet with a signed head, so a reader can tell its chain is whole."""

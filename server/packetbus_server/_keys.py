@@ -86,6 +86,9 @@ happen by construction. Keys that one Lua script touches together share a
 |                              |        |             | ``pkt:<tid>``: NUL, 32-byte fingerprint,| record)           |
 |                              |        |             | cursor, space, topic (one key per       |                   |
 |                              |        |             | packet: scripts/lib/records.lua)        |                   |
+| ``pb:place:{<tid>}``         | string | tracking id | where a task, finding or record packet  | the packet's      |
+|                              |        |             | lives: JSON ``[kind, resource, scope,   | expiry (PXAT)     |
+|                              |        |             | item]`` (_placed_packets)               |                   |
 | ``pb:topics``                | zset   | its own     | topic -> last dispatch or group created | 2 x max packet    |
 |                              |        |             | (unix ms), for exporting every topic and| TTL, refreshed    |
 |                              |        |             | for /metrics; ``INDEX_COMPLETE`` (score |                   |
@@ -260,6 +263,11 @@ def task_finding_order(task_id: str) -> str:
 
 def packet_location(tracking_id: str) -> str:
     return f"{PREFIX}:loc:{{{tracking_id}}}"
+
+
+def packet_place(tracking_id: str) -> str:
+    """Where a task, finding or record packet lives (_placed_packets)."""
+    return f"{PREFIX}:place:{{{tracking_id}}}"
 
 
 TOPICS = f"{PREFIX}:topics"

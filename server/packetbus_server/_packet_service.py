@@ -32,6 +32,7 @@ from ._validation import SUPPORTED_SCHEMA_VERSIONS, Violation, validate_topic, v
 from ._worker_ports import WorkerPorts
 
 if TYPE_CHECKING:
+    from ._placed_packets import PlacedPackets
     from ._policy_service import Governor
 
 # How long one blocking read waits before looking again; bounds how long a
@@ -175,6 +176,8 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         self._limits = limits
         self._version = version
         self._subscribers = asyncio.Semaphore(max_subscribers)
+        # Task, finding and record packets (serve_placed): none until the app wires them.
+        self._placed: PlacedPackets | None = None
 
     async def Dispatch(
         self, request: packet_service_pb2.DispatchRequest, context: grpc.aio.ServicerContext
@@ -334,7 +337,9 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
 
         `read_as`: the permission the caller needs on the packet's topic (and, for
         topics.subscribe, an inbox read only by its agent); None: the caller was
-        let in by another rule. A caller without it is answered NOT_FOUND, as if
+        let in by another rule. A task, finding or record packet (_placed_packets)
+        needs instead the permission its own Get call needs, on its queue, task or
+        record kind. A caller without it is answered NOT_FOUND, as if
         the packet were not there: a tracking id names no topic, so a refusal
         would tell an outsider that a packet exists under an id it guessed (and
         on which topic).
@@ -344,17 +349,33 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
             await _status.abort_invalid(context, "invalid tracking id", violations)
         async with storage_errors(context):
             found = await self._store.get(tracking_id, time_remaining=context.time_remaining())
-        if found is None or not self._may_read(found.topic, read_as):
+            placed = (
+                await self._placed.get(tracking_id)
+                if found is None and self._placed is not None
+                else None
+            )
+        if placed is not None:
+            # A task, finding or record packet: read with the permission its own Get
+            # call needs (GetTask's tasks.read on its queue, ...), whatever `read_as`.
+            place, stored = placed
+            if read_as is not None and not allows(place.permission, place.resource):
+                placed = None
+        if found is not None and self._may_read(found.topic, read_as):
+            stored = stored_packet(
+                found.topic, found.cursor, found.expires_at_ms, found.payload, found.content_length
+            )
+        elif placed is None:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"no packet with tracking_id {tracking_id} (never stored, or expired)",
             )
             raise AssertionError("context.abort always raises")
-        stored = stored_packet(
-            found.topic, found.cursor, found.expires_at_ms, found.payload, found.content_length
-        )
         self.attach_head(stored)
         return stored
+
+    def serve_placed(self, placed: PlacedPackets) -> None:
+        """Answer for task, finding and record packets too, found in `placed`."""
+        self._placed = placed
 
     @staticmethod
     def _may_read(topic: str, read_as: Permission | None) -> bool:

@@ -23,6 +23,7 @@ from ._observability import counting
 from ._packet_service import storage_errors
 from ._packing import fit, stored_size
 from ._page_tokens import seal, unseal
+from ._placed_packets import RECORD, Place, PlacedPackets
 from ._record_store import RecordStore, StoredRecord
 from ._validation import Violation, validate_tracking_id
 
@@ -129,8 +130,13 @@ class RecordService(record_service_pb2_grpc.RecordServiceServicer):
         *,
         clock: StoreClock,
         governor: Governor | None = None,
+        placed: PlacedPackets | None = None,
     ) -> None:
         self._store = store
+        # Notes where each record packet lives, so GetPacket and VerifyCustody find it.
+        self._placed = placed
+        if placed is not None:
+            placed.serve(RECORD, self._placed_packet)
         # The policy in force judges each record (_governance).
         self._governor = governor
         # The store's clock: times are judged and stamped by it, as every replica does.
@@ -194,6 +200,14 @@ class RecordService(record_service_pb2_grpc.RecordServiceServicer):
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"record {packet.tracking_id} is another packet",
             )
+        if self._placed is not None:
+            async with storage_errors(context):
+                await self._placed.note(
+                    packet.tracking_id,
+                    # Its read permission is granted on the contents field's name.
+                    Place(RECORD, _KINDS[kind][0], key_kind, packet.tracking_id),
+                    now_ms + retention * 1000,
+                )
         stored = (
             self._stored(earlier)
             if earlier is not None
@@ -211,6 +225,11 @@ class RecordService(record_service_pb2_grpc.RecordServiceServicer):
         if violations:
             await _status.abort_invalid(context, "invalid record request", violations)
         return _KINDS[kind][1]  # type: ignore[index]
+
+    async def _placed_packet(self, place: Place) -> packet_service_pb2.StoredPacket | None:
+        """The record packet at `place`, as GetRecord shows it (no head yet)."""
+        found = await self._store.get(place.scope, place.item)
+        return None if found is None else _stored(found)
 
     def _stored(self, record: StoredRecord) -> packet_service_pb2.StoredPacket:
         """The record's packet with a signed head, so a reader can tell its chain is whole."""

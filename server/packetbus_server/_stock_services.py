@@ -1,4 +1,4 @@
-"""grpc.health.v1 and server reflection, served like packetbus's own services.
+"""grpc.health.v1 and server reflection (v1 and v1alpha), served like packetbus's own services.
 
 The stock ``add_*Servicer_to_server`` helpers parse requests with ``FromString``:
 bytes that do not parse surface as UNKNOWN. Registered through
@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from . import _reflection_v1
 from ._handlers import add_servicer
 from ._streams import HEALTH_WATCH, Streams
 
@@ -57,11 +58,14 @@ def add_health_and_reflection(
     service_names: Iterable[str],
 ) -> None:
     """Serve health (`health_servicer`, which admits its own Watch streams) and
-    reflection over `service_names`, its streams admitted by `streams`."""
+    reflection v1 and v1alpha over `service_names` (both reflection services are
+    added to them), its streams admitted by `streams`."""
+    names = (*service_names, _reflection_v1.SERVICE_NAME, reflection.SERVICE_NAME)
     add_servicer(server, health_pb2.DESCRIPTOR.services_by_name["Health"], health_servicer)
     add_servicer(
         server,
         reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
-        reflection.aio.ReflectionServicer(tuple(service_names)),
+        reflection.aio.ReflectionServicer(names),
         streams,
     )
+    add_servicer(server, _reflection_v1.SERVICE, _reflection_v1.ReflectionServicer(names), streams)

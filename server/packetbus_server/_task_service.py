@@ -12,8 +12,8 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from packetbus import _custody, _wire
+from packetbus.v1 import packet_service_pb2, task_service_pb2_grpc
 from packetbus.v1 import task_service_pb2 as pb
-from packetbus.v1 import task_service_pb2_grpc
 
 from . import _status
 from ._access import binding
@@ -29,6 +29,7 @@ from ._packet_service import caller_gone, storage_errors, stored_packet, stream_
 from ._packing import ITEM_OVERHEAD, message_size, packs
 from ._page_tokens import seal, unseal
 from ._paging import offset_request, page_by_offset
+from ._placed_packets import TASK, Place, PlacedPackets
 from ._task_settling import TaskSettler, one_line
 from ._task_store import TaskRecord, TaskStore
 from ._validation import (
@@ -124,8 +125,13 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         before_claim: Callable[[str, str], Awaitable[None]] | None = None,
         clock: StoreClock,
         governor: Governor | None = None,
+        placed: PlacedPackets | None = None,
     ) -> None:
         self._store = store
+        # Notes where each task packet lives, so GetPacket and VerifyCustody find it.
+        self._placed = placed
+        if placed is not None:
+            placed.serve(TASK, self._placed_packet)
         # The policy in force judges each posted task (_governance).
         self._governor = governor
         # The store's clock: leases are written by it (scripts), so judged by it.
@@ -206,6 +212,12 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
                 await context.abort(
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"task {task.id!r} of queue {queue!r} is another packet's",
+                )
+            if self._placed is not None:
+                await self._placed.note(
+                    packet.tracking_id,
+                    Place(TASK, queue, queue, task.id),
+                    now_ns // 1_000_000 + write.ttl_ms,
                 )
             [record] = await self._store.get_many(queue, [task.id])
         if record is None:
@@ -379,6 +391,14 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         state = task_state(request.queue, record, self._clock.now_ms())
         self._custodian.vouch(state.packet)
         return pb.GetTaskResponse(task=state)
+
+    async def _placed_packet(self, place: Place) -> packet_service_pb2.StoredPacket | None:
+        """The task packet at `place` with its hops so far, as GetTask shows it."""
+        await self._settler.expire_before_read(place.scope)
+        [record] = await self._store.get_many(place.scope, [place.item])
+        if record is None:
+            return None
+        return task_state(place.scope, record, self._clock.now_ms()).packet
 
     async def ListTasks(
         self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext

@@ -78,8 +78,11 @@ class CustodyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyCustody(self, request, context):
-        """Verifies a stored packet's chain, entry by entry. Needs audit.export on the
-        packet's topic; without it the answer is NOT_FOUND (see GetPacket).
+        """Verifies a stored packet's chain, entry by entry: any tracking id that
+        GetPacket answers. Needs audit.export on a dispatched packet's topic; for a
+        task, finding or record, what GetPacket needs (tasks.read on its queue,
+        findings.read on its task id, records.read on its kind). Without it the
+        answer is NOT_FOUND (see GetPacket).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,6 +92,10 @@ class CustodyServiceServicer:
         """Streams the stored packets of a topic (or of every topic) in stored
         order, each with its content bytes and a signed custody head, for export
         and offline verification. Ends when the packets stored so far are sent.
+        Topics only: task, finding and record packets are not in a topic's log;
+        their own listings serve them, each packet with its chain and a signed
+        head (TaskService.ListTasks of a queue, FindingService.ListFindings of a
+        task, RecordService.ListRecords of a kind).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,13 +42,20 @@ class CustodyServiceStub:
     origin of its packets (schema "1.1").
     """
     VerifyCustody: _grpc.UnaryUnaryMultiCallable[_custody_service_pb2.VerifyCustodyRequest, _custody_service_pb2.VerifyCustodyResponse]
-    """Verifies a stored packet's chain, entry by entry. Needs audit.export on the
-    packet's topic; without it the answer is NOT_FOUND (see GetPacket).
+    """Verifies a stored packet's chain, entry by entry: any tracking id that
+    GetPacket answers. Needs audit.export on a dispatched packet's topic; for a
+    task, finding or record, what GetPacket needs (tasks.read on its queue,
+    findings.read on its task id, records.read on its kind). Without it the
+    answer is NOT_FOUND (see GetPacket).
     """
     ExportPackets: _grpc.UnaryStreamMultiCallable[_custody_service_pb2.ExportPacketsRequest, _custody_service_pb2.ExportPacketsResponse]
     """Streams the stored packets of a topic (or of every topic) in stored
     order, each with its content bytes and a signed custody head, for export
     and offline verification. Ends when the packets stored so far are sent.
+    Topics only: task, finding and record packets are not in a topic's log;
+    their own listings serve them, each packet with its chain and a signed
+    head (TaskService.ListTasks of a queue, FindingService.ListFindings of a
+    task, RecordService.ListRecords of a kind).
     """
 
 @_typing.type_check_only
@@ -65,13 +72,20 @@ class CustodyServiceAsyncStub(CustodyServiceStub):
     origin of its packets (schema "1.1").
     """
     VerifyCustody: _aio.UnaryUnaryMultiCallable[_custody_service_pb2.VerifyCustodyRequest, _custody_service_pb2.VerifyCustodyResponse]  # type: ignore[assignment]
-    """Verifies a stored packet's chain, entry by entry. Needs audit.export on the
-    packet's topic; without it the answer is NOT_FOUND (see GetPacket).
+    """Verifies a stored packet's chain, entry by entry: any tracking id that
+    GetPacket answers. Needs audit.export on a dispatched packet's topic; for a
+    task, finding or record, what GetPacket needs (tasks.read on its queue,
+    findings.read on its task id, records.read on its kind). Without it the
+    answer is NOT_FOUND (see GetPacket).
     """
     ExportPackets: _aio.UnaryStreamMultiCallable[_custody_service_pb2.ExportPacketsRequest, _custody_service_pb2.ExportPacketsResponse]  # type: ignore[assignment]
     """Streams the stored packets of a topic (or of every topic) in stored
     order, each with its content bytes and a signed custody head, for export
     and offline verification. Ends when the packets stored so far are sent.
+    Topics only: task, finding and record packets are not in a topic's log;
+    their own listings serve them, each packet with its chain and a signed
+    head (TaskService.ListTasks of a queue, FindingService.ListFindings of a
+    task, RecordService.ListRecords of a kind).
     """
 
 class CustodyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -103,8 +117,11 @@ class CustodyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _custody_service_pb2.VerifyCustodyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_custody_service_pb2.VerifyCustodyResponse, _abc.Awaitable[_custody_service_pb2.VerifyCustodyResponse]]:
-        """Verifies a stored packet's chain, entry by entry. Needs audit.export on the
-        packet's topic; without it the answer is NOT_FOUND (see GetPacket).
+        """Verifies a stored packet's chain, entry by entry: any tracking id that
+        GetPacket answers. Needs audit.export on a dispatched packet's topic; for a
+        task, finding or record, what GetPacket needs (tasks.read on its queue,
+        findings.read on its task id, records.read on its kind). Without it the
+        answer is NOT_FOUND (see GetPacket).
         """
 
     @_abc_1.abstractmethod
@@ -116,6 +133,10 @@ class CustodyServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the stored packets of a topic (or of every topic) in stored
         order, each with its content bytes and a signed custody head, for export
         and offline verification. Ends when the packets stored so far are sent.
+        Topics only: task, finding and record packets are not in a topic's log;
+        their own listings serve them, each packet with its chain and a signed
+        head (TaskService.ListTasks of a queue, FindingService.ListFindings of a
+        task, RecordService.ListRecords of a kind).
         """
 
 def add_CustodyServiceServicer_to_server(servicer: CustodyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -79,8 +79,12 @@ class PacketServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPacket(self, request, context):
-        """Fetches one stored packet by its tracking id. Needs topics.subscribe on the
-        packet's topic (an inbox: its agent, or one acting for it); without it the
+        """Fetches one stored packet by its tracking id: a dispatched packet, or a
+        task, finding or record packet (its chain as it is now: a task's claims and
+        settlements included). Needs topics.subscribe on a dispatched packet's
+        topic (an inbox: its agent, or one acting for it); for a task, finding or
+        record, the permission its own Get call needs: tasks.read on its queue,
+        findings.read on its task id, records.read on its kind. Without it the
         answer is NOT_FOUND, as for a packet never stored, so that a guessed
         tracking id does not tell whether (or where) a packet exists.
         """

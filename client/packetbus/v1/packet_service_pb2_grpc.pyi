@@ -47,8 +47,12 @@ class PacketServiceStub:
     anything of it is governed or stored; the others go on.
     """
     GetPacket: _grpc.UnaryUnaryMultiCallable[_packet_service_pb2.GetPacketRequest, _packet_service_pb2.GetPacketResponse]
-    """Fetches one stored packet by its tracking id. Needs topics.subscribe on the
-    packet's topic (an inbox: its agent, or one acting for it); without it the
+    """Fetches one stored packet by its tracking id: a dispatched packet, or a
+    task, finding or record packet (its chain as it is now: a task's claims and
+    settlements included). Needs topics.subscribe on a dispatched packet's
+    topic (an inbox: its agent, or one acting for it); for a task, finding or
+    record, the permission its own Get call needs: tasks.read on its queue,
+    findings.read on its task id, records.read on its kind. Without it the
     answer is NOT_FOUND, as for a packet never stored, so that a guessed
     tracking id does not tell whether (or where) a packet exists.
     """
@@ -82,8 +86,12 @@ class PacketServiceAsyncStub(PacketServiceStub):
     anything of it is governed or stored; the others go on.
     """
     GetPacket: _aio.UnaryUnaryMultiCallable[_packet_service_pb2.GetPacketRequest, _packet_service_pb2.GetPacketResponse]  # type: ignore[assignment]
-    """Fetches one stored packet by its tracking id. Needs topics.subscribe on the
-    packet's topic (an inbox: its agent, or one acting for it); without it the
+    """Fetches one stored packet by its tracking id: a dispatched packet, or a
+    task, finding or record packet (its chain as it is now: a task's claims and
+    settlements included). Needs topics.subscribe on a dispatched packet's
+    topic (an inbox: its agent, or one acting for it); for a task, finding or
+    record, the permission its own Get call needs: tasks.read on its queue,
+    findings.read on its task id, records.read on its kind. Without it the
     answer is NOT_FOUND, as for a packet never stored, so that a guessed
     tracking id does not tell whether (or where) a packet exists.
     """
@@ -126,8 +134,12 @@ class PacketServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _packet_service_pb2.GetPacketRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_packet_service_pb2.GetPacketResponse, _abc.Awaitable[_packet_service_pb2.GetPacketResponse]]:
-        """Fetches one stored packet by its tracking id. Needs topics.subscribe on the
-        packet's topic (an inbox: its agent, or one acting for it); without it the
+        """Fetches one stored packet by its tracking id: a dispatched packet, or a
+        task, finding or record packet (its chain as it is now: a task's claims and
+        settlements included). Needs topics.subscribe on a dispatched packet's
+        topic (an inbox: its agent, or one acting for it); for a task, finding or
+        record, the permission its own Get call needs: tasks.read on its queue,
+        findings.read on its task id, records.read on its kind. Without it the
         answer is NOT_FOUND, as for a packet never stored, so that a guessed
         tracking id does not tell whether (or where) a packet exists.
         """
