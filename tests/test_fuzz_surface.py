@@ -226,3 +226,76 @@ async def test_no_input_yields_unknown_or_internal(
         await asyncio.to_thread(check)
     store.close()
     assert not failures, "\n".join(failures[:5])
+
+
+def _path_problem(root: descriptor.Descriptor, path: str) -> str | None:
+    """Why `path` (a violation's field, e.g. "packets[2].trace_context.traceparent")
+    names no field of `root`, or None when it does. Below a string, bytes or Struct
+    field the rest is that field's own content (a JSON path, say): not checked."""
+    message: descriptor.Descriptor | None = root
+    for segment in path.split("."):
+        if message is None or message.full_name == "google.protobuf.Struct":
+            return None
+        name = segment.split("[", 1)[0]
+        field = message.fields_by_name.get(name)
+        if field is None:
+            # A oneof names "one of these fields" (REQUIRED when none is set).
+            if name in message.oneofs_by_name and segment == path.rsplit(".", 1)[-1]:
+                return None
+            return f"{path!r}: {message.full_name} has no field {name!r}"
+        message = field.message_type
+        if message is not None and message.GetOptions().map_entry:
+            # "labels[key]" indexes into the map's values.
+            message = message.fields_by_name["value"].message_type
+    return None
+
+
+def _violations(channel: grpc.Channel, method: Method, payload: bytes) -> list[str]:
+    """The field paths of the call's INVALID_ARGUMENT, if that is how it ended."""
+    ident = lambda b: b  # noqa: E731 (bytes in, bytes out)
+    try:
+        if method.client_streaming:
+            call = channel.stream_stream(method.path, ident, ident)(iter([payload]), timeout=0.4)
+            for _ in call:
+                break
+        elif method.server_streaming:
+            for _ in channel.unary_stream(method.path, ident, ident)(payload, timeout=0.4):
+                break
+        else:
+            channel.unary_unary(method.path, ident, ident)(payload, timeout=2.0)
+    except grpc.RpcError as exc:
+        if exc.code() is grpc.StatusCode.INVALID_ARGUMENT:
+            failure = packetbus.PacketbusError.from_rpc_error(exc)
+            return [v.field for v in failure.field_violations]
+    return []
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.path.rsplit(".", 1)[-1])
+async def test_every_field_violation_names_a_field_of_its_request(
+    fuzz_server: tuple[RunningServer, str], method: Method
+) -> None:
+    """A client in any language finds the field a refusal names in the request it sent:
+    the empty request (every REQUIRED) and random ones, for every method."""
+    srv, _ = fuzz_server
+    cls = message_factory.GetMessageClass(method.input_type)
+    problems: list[str] = []
+
+    @settings(
+        max_examples=8,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(payload=requests(method.input_type))
+    def check(payload: bytes) -> None:
+        for path in _violations(channel, method, payload):
+            problem = _path_problem(method.input_type, path)
+            if problem is not None:
+                problems.append(problem)
+
+    with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+        empty = await asyncio.to_thread(_violations, channel, method, cls().SerializeToString())
+        problems.extend(p for p in map(lambda f: _path_problem(method.input_type, f), empty) if p)
+        await asyncio.to_thread(check)
+    assert not problems, "\n".join(sorted(set(problems))[:10])

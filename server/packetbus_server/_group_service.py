@@ -262,9 +262,11 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
 
     # -- group lifecycle ---------------------------------------------------------------
 
-    def _check_names(self, topic: str, name: str, field_name: str = "name") -> list[Violation]:
+    def _check_names(
+        self, topic: str, name: str, field_name: str = "name", topic_field: str = "topic"
+    ) -> list[Violation]:
         violations: list[Violation] = []
-        validate_topic(violations, "topic", topic, self._limits.max_topic_length)
+        validate_topic(violations, topic_field, topic, self._limits.max_topic_length)
         validate_group_name(violations, field_name, name)
         return violations
 
@@ -383,7 +385,9 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
             # for the stream.
             await require(context, Permission.TOPICS_CONSUME, sub.topic)
             await binding.require_inbox_reader(context, sub.topic)
-        violations = self._check_names(sub.topic, sub.group, "subscription.group")
+        violations = self._check_names(
+            sub.topic, sub.group, "subscription.group", "subscription.topic"
+        )
         if not first.HasField("subscription"):
             violations = [
                 Violation("subscription", "REQUIRED", "the first request of a Pull names it")
@@ -927,14 +931,17 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
         topic: str,
         group: str,
         requests: list[Request],
+        field: str = "delivery_ids",
     ) -> list[pb.SettleResult]:
+        """Settle `requests`, named by the request's repeated `field` (the path its
+        violations name: "delivery_ids", or "nacks" for a Nack)."""
         violations = self._check_names(topic, group, "group")
         if not requests:
-            violations.append(Violation("delivery_ids", "REQUIRED", "name at least one delivery"))
+            violations.append(Violation(field, "REQUIRED", "name at least one delivery"))
         if len(requests) > self._limits.max_batch_packets:
             violations.append(
                 Violation(
-                    "delivery_ids",
+                    field,
                     "BATCH_TOO_LARGE",
                     f"at most {self._limits.max_batch_packets} per call",
                 )
@@ -962,7 +969,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
     ) -> pb.NackResponse:
         requests = [_nacked(n) for n in request.nacks]
         return pb.NackResponse(
-            results=await self._unary(context, request.topic, request.group, requests)
+            results=await self._unary(context, request.topic, request.group, requests, "nacks")
         )
 
     async def ExtendLeases(

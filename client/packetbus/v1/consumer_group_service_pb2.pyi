@@ -585,7 +585,7 @@ class NackRequest(_message.Message):
     @_builtins.property
     def nacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Nacked]:
         """Required: 1..Limits.max_batch_packets (1000) per call (else
-        INVALID_ARGUMENT on field "delivery_ids", REQUIRED or BATCH_TOO_LARGE);
+        INVALID_ARGUMENT on field "nacks", REQUIRED or BATCH_TOO_LARGE);
         each delivery gets its own result.
         """
 
