@@ -84,6 +84,17 @@ async def test_consumer_group_delivers_and_acks(target: str, topic: str) -> None
                 assert delivery.packet.packet.tracking_id == packet.tracking_id
                 [settled] = delivery.ack(timeout=5)  # waits for the server's answer
                 assert settled.status.code == 0
+                more = [new_packet(topic) for _ in range(2)]
+                bus.dispatch_batch(more)
+                got: list[str] = []
+                with deliveries.batches() as batches:
+                    for batch in batches:  # lists of deliveries, each blocking too
+                        for each in batch:
+                            got.append(each.packet.packet.tracking_id)
+                            each.ack(timeout=5)
+                        if len(got) == 2:
+                            break
+                assert got == [p.tracking_id for p in more]
             group = bus.get_consumer_group(topic, "g")
             assert group.outstanding == 0
 
@@ -160,3 +171,75 @@ async def test_readme_sync_example_runs_as_written(target: str, tmp_path: Path) 
     stored, did = ran.stdout.splitlines()
     assert stored.startswith("stored at ")
     assert did == "did job-1"
+
+
+async def test_inbox_agent_and_export_streams(target: str, topic: str) -> None:
+    def blocking() -> None:
+        with packetbus.SyncClient.connect(target) as bus:
+            name = unique("agent")
+            with bus.agent(name, role="tester", ttl=10) as me:
+                assert me.agent.id == name
+                assert me.set_state("busy").state == "busy"
+                assert bus.get_agent(name).state == "busy"
+            with pytest.raises(packetbus.PacketbusError) as gone:
+                bus.get_agent(name)
+            assert gone.value.code == grpc.StatusCode.NOT_FOUND
+
+            with bus.inbox(name, timeout=5) as inbox:
+                sent = bus.send_to(name, new_packet("ignored"), timeout=5)
+                delivery = next(inbox)
+                assert delivery.packet.receipt == sent
+                delivery.ack(timeout=5)
+
+            packets = [new_packet(topic) for _ in range(3)]
+            bus.dispatch_batch(packets)
+            with bus.export_packets(topic, timeout=10) as exported:
+                ids = [stored.packet.tracking_id for stored in exported]
+            assert ids == [p.tracking_id for p in packets]
+
+    await asyncio.to_thread(blocking)
+
+
+# Run as a program of its own: Ctrl-C (SIGINT) can only reach a main thread.
+_INTERRUPTED = """
+import os, signal, sys, threading
+from packetbus import EARLIEST, Packet, SpeechAct, SyncClient
+
+def packet():
+    return Packet(topic=sys.argv[2], origin="t-1", speech_act=SpeechAct.SPEECH_ACT_INFORM)
+
+bus = SyncClient.connect(sys.argv[1])
+first, second = packet(), packet()
+bus.dispatch(first, timeout=5)
+stream = bus.subscribe(sys.argv[2], start=EARLIEST)
+print("first", next(stream).packet.tracking_id == first.tracking_id)
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    next(stream)  # nothing more on the topic: waits until Ctrl-C
+except KeyboardInterrupt:
+    print("interrupted")
+bus.dispatch(second, timeout=5)
+# The interrupted read was cancelled, not left running to swallow this packet.
+print("second", next(stream).packet.tracking_id == second.tracking_id)
+stream.close()
+bus.close()
+# grpc's own poller thread stays for the process; the client's loop thread is gone.
+print("loop thread", any(t.name == "packetbus-client" for t in threading.enumerate()))
+"""
+
+
+async def test_ctrl_c_cancels_the_waiting_call_and_close_joins(target: str, topic: str) -> None:
+    ran = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _INTERRUPTED, target, topic],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == [
+        "first True",
+        "interrupted",
+        "second True",
+        "loop thread False",
+    ]

@@ -17,7 +17,7 @@ import concurrent.futures
 import datetime
 import enum
 import inspect
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence, Set
 from functools import cache
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -78,16 +78,18 @@ def _takes_timeout(function: Callable[..., Any]) -> bool:
 
 def wrap(loop: asyncio.AbstractEventLoop, value: Any) -> Any:
     """`value` as the blocking caller should see it: data as is (lists, tuples and
-    dicts element by element), any other object in a `SyncProxy` on `loop`."""
+    dicts element by element: a list of deliveries holds objects), any other object
+    in a `SyncProxy` on `loop`."""
     if value is None or isinstance(value, _DATA):
         return value
     if isinstance(value, list):
         return [wrap(loop, item) for item in value]
     if isinstance(value, tuple):
         return tuple(wrap(loop, item) for item in value)
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         return {key: wrap(loop, item) for key, item in value.items()}
-    if isinstance(value, BaseException | type):
+    # Protobuf's repeated and map fields hold data too.
+    if isinstance(value, Sequence | Set | Mapping | BaseException | type):
         return value
     return SyncProxy(loop, value)
 
