@@ -34,6 +34,18 @@ def test_sync_client_offers_every_public_call_of_client() -> None:
         assert not inspect.isasyncgenfunction(offered), name
 
 
+def test_sync_call_types_are_generated_from_client() -> None:
+    script = Path(__file__).parent.parent / "scripts" / "generate_sync_types.py"
+    checked = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stderr
+    stub = (script.parent.parent / "client" / "packetbus" / "_sync_calls.pyi").read_text()
+    assert sorted(re.findall(r"^    def (\w+)\(", stub, re.M)) == [
+        n for n in client_calls() if n not in ("connect", "close")
+    ]
+
+
 async def test_dispatch_get_verify_and_errors(target: str, topic: str) -> None:
     def blocking() -> None:
         with packetbus.SyncClient.connect(target) as bus:

@@ -14,18 +14,19 @@ import inspect
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 from ._client import Client
 from ._config import ClientConfig
 from ._security import TlsSettings, Token
+from ._sync_calls import SyncCalls
 from ._sync_proxy import SyncProxy, call_blocking, run_on, wrap
 
 # A subscription, like every stream, is a SyncProxy; this name is kept for importers.
 SyncSubscription = SyncProxy
 
 
-class SyncClient:
+class SyncClient(SyncCalls):
     """Every public call of `Client`, blocking; its own event loop runs in a thread.
 
     Each call takes the same arguments as in `Client` (`timeout=` in seconds among
@@ -37,9 +38,10 @@ class SyncClient:
     run on the client's loop thread. Close the client (or use ``with``): that
     closes the `Client`, then stops and joins its thread.
 
-    For a type checker the calls are `Any` (`__getattr__`): Python's typing cannot
-    turn a class's coroutine methods into blocking ones, and a copy of each
-    signature is what this class exists not to keep.
+    For a type checker, `_sync_calls.pyi` (generated from `Client` by
+    scripts/generate_sync_types.py; a test checks it is current) gives each call
+    `Client`'s parameters and the awaited result; a `SyncProxy`'s own attributes
+    are `Any`.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread, client: Client):
@@ -90,10 +92,6 @@ class SyncClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    if TYPE_CHECKING:
-        # The calls installed below; see the class doc for why they are Any.
-        def __getattr__(self, name: str) -> Any: ...
 
 
 def _stop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
