@@ -466,7 +466,8 @@ async def test_the_sync_client_takes_tls_and_a_token(tls_server: RecordingServer
 
     def blocking() -> str:  # in a thread: the test server runs on this loop
         with SyncClient.connect(tls_server.target, tls=tls, token="jwt-sync", timeout=5) as client:
-            return client.server_info().version
+            version: str = client.server_info().version  # SyncClient's calls are Any
+            return version
 
     assert await asyncio.to_thread(blocking) == "test"
     assert tls_server.recorded.tokens("GetServerInfo") == ["Bearer jwt-sync"]

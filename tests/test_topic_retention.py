@@ -296,7 +296,8 @@ async def test_sync_client_sets_and_gets(target: str, topic: str) -> None:
     def use_sync_client() -> topic_service_pb2.GetTopicRetentionResponse:
         with packetbus.SyncClient.connect(target) as bus:
             assert bus.set_topic_retention(topic, max_age_seconds=60).removed == 0
-            return bus.get_topic_retention(topic)
+            got: topic_service_pb2.GetTopicRetentionResponse = bus.get_topic_retention(topic)
+            return got
 
     # The server runs on this test's loop: the blocking client runs beside it.
     got = await asyncio.to_thread(use_sync_client)
