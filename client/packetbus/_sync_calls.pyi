@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import BinaryIO, Literal
 
 from packetbus._agents import Liveness
-from packetbus._client import GapHandler, StartPosition
+from packetbus._client.subscription import GapHandler, StartPosition
 from packetbus._config import AgentIdentity, ClientConfig
 from packetbus._sync_proxy import SyncProxy
 from packetbus.v1 import (
