@@ -17,7 +17,7 @@ from packetbus.v1 import custody_pb2
 from packetbus_server import _batch_refs, _keys, _scripts
 from packetbus_server._custodian import chain_end
 from packetbus_server._sealed_batch import SealedBatch
-from packetbus_server._store import PacketWrite, dispatch_argument
+from packetbus_server._store import Outcome, PacketStore, PacketWrite, dispatch_argument
 from tests.conftest import new_packet, unique
 
 
@@ -276,3 +276,47 @@ async def test_a_batch_lasts_as_long_as_the_newest_packet_of_any_chunk(
     await chunk(30_000, 4)  # never shortened
     assert await raw_redis.pexpiretime(batch_key) == later
     assert await raw_redis.get(batch_key) == b"batch"
+
+
+async def test_a_written_batch_is_read_back_from_memory_and_a_lookup_from_the_store(
+    raw_redis: redis_asyncio.Redis, topic: str
+) -> None:
+    # Issue 16: at low load every Dispatch is its own batch, so the subscriber or
+    # group it wakes would read that batch back each time; the store that wrote it
+    # keeps it instead. A single-packet lookup (GetPacket, VerifyCustody) still
+    # reads the batch as stored. Shown by removing the batch after the write.
+    store = PacketStore(raw_redis, retention_ms=3_600_000, retry_budget=5)
+    batch = SealedBatch(b"s" * 64, b"key", b"server", 1, b"", bytes(32 * 4))
+    ident, tid = "00112233aabbccdd", str(uuid.uuid4())
+    write = PacketWrite(
+        tid, topic, "ab" * 32, 60_000, b"content", 7, batch_id=ident, batch=batch.encode()
+    )
+    [result] = await store.write([write])
+    assert result.outcome is Outcome.STORED
+    assert await raw_redis.delete(_keys.ingest_batch(topic, ident)) == 1
+
+    page = await store.follow(topic, "0-0", count=10)
+    [entry] = page.entries
+    rebuilt = b"content" + batch.chain(
+        0, content=b"content", tracking_id=tid.encode(), sequence=0, previous_hash=b""
+    )
+    assert entry.payload == rebuilt
+    found = await store.get(tid)
+    assert found is not None
+    assert found.payload == b"content"  # batch gone: no server entries, fails verification
+
+
+async def test_a_write_that_stores_nothing_keeps_no_batch(
+    raw_redis: redis_asyncio.Redis, topic: str
+) -> None:
+    store = PacketStore(raw_redis, retention_ms=3_600_000, retry_budget=5)
+    batch = SealedBatch(b"s" * 64, b"key", b"server", 1, b"", bytes(32 * 4))
+    tid = str(uuid.uuid4())
+    first = PacketWrite(tid, topic, "ab" * 32, 60_000, b"content", 7, batch_id="aa", batch=b"x")
+    await store.write([first])  # a batch that does not decode: not kept
+    again = PacketWrite(
+        tid, topic, "ab" * 32, 60_000, b"content", 7, batch_id="bb", batch=batch.encode()
+    )
+    [result] = await store.write([again])
+    assert result.outcome is Outcome.DUPLICATE
+    assert list(store.expander._batches) == []

@@ -105,16 +105,18 @@ class Expander:
         self._batches: OrderedDict[tuple[str, str], SealedBatch] = OrderedDict()
         self._leaves = 0
 
-    async def _load(self, topic: str, idents: set[str]) -> dict[str, SealedBatch | None]:
+    async def _load(
+        self, topic: str, idents: set[str], *, cached: bool = True
+    ) -> dict[str, SealedBatch | None]:
         found: dict[str, SealedBatch | None] = {}
         missing = []
         for ident in idents:
-            cached = self._batches.get((topic, ident))
-            if cached is None:
+            batch = self._batches.get((topic, ident)) if cached else None
+            if batch is None:
                 missing.append(ident)
             else:
                 self._batches.move_to_end((topic, ident))
-                found[ident] = cached
+                found[ident] = batch
         if missing:
             # One slot (the topic's hash tag): one MGET, also on a cluster.
             raw: list[bytes | None] = await self._redis.mget(
@@ -124,7 +126,7 @@ class Expander:
                 # Another read of the same batch may have cached it during the MGET:
                 # keep that one (counting its leaves twice would shrink the cache
                 # for good).
-                batch = self._batches.get((topic, ident))
+                batch = self._batches.get((topic, ident)) if cached else None
                 if batch is not None:
                     found[ident] = batch
                     continue
@@ -133,25 +135,45 @@ class Expander:
                 except SealedBatchError:
                     batch = None
                 found[ident] = batch
-                if batch is not None:
-                    self._batches[(topic, ident)] = batch
-                    self._leaves += batch.leaf_count
-                    while self._leaves > _CACHED_LEAVES and len(self._batches) > 1:
-                        _, gone = self._batches.popitem(last=False)
-                        self._leaves -= gone.leaf_count
+                if batch is not None and cached:
+                    self._keep(topic, ident, batch)
         return found
 
+    def _keep(self, topic: str, ident: str, batch: SealedBatch) -> None:
+        self._batches[(topic, ident)] = batch
+        self._leaves += batch.leaf_count
+        while self._leaves > _CACHED_LEAVES and len(self._batches) > 1:
+            _, gone = self._batches.popitem(last=False)
+            self._leaves -= gone.leaf_count
+
+    def remember(self, topic: str, ident: str, encoded: bytes) -> None:
+        """Cache batch `ident` of `topic` as this server just stored it (`encoded`, the
+        bytes `with_batch` made), so the readers it wakes (a subscriber, a group's
+        Pull) rebuild its packets without an MGET of it (issue 16: at low load every
+        call is its own batch, so each delivery would otherwise read one). Decoded
+        from the stored bytes, as a read would: the same state either way."""
+        if (topic, ident) in self._batches:
+            return
+        try:
+            batch = SealedBatch.decode(encoded)
+        except SealedBatchError:
+            return  # not cached: a reader finds what the store holds
+        self._keep(topic, ident, batch)
+
     async def expand(
-        self, topic: str, items: Sequence[tuple[bytes, int, bytes, bytes]]
+        self, topic: str, items: Sequence[tuple[bytes, int, bytes, bytes]], *, cached: bool = True
     ) -> list[bytes]:
         """Per (payload, content length, tracking id, ref): the full payload (content,
         the client's chain, then the server's entries). A ref of b"" is full already.
         A batch gone or unreadable leaves the chain without the server's entries, so
-        it fails verification rather than verifying something else."""
-        return [payload for payload, _ in await self.expand_known(topic, items)]
+        it fails verification rather than verifying something else. `cached=False`
+        reads the batches as the store holds them now, neither from nor into the
+        cache (a single-packet lookup, whose custody may be verified: a batch
+        altered in the store must fail it)."""
+        return [payload for payload, _ in await self.expand_known(topic, items, cached=cached)]
 
     async def expand_known(
-        self, topic: str, items: Sequence[tuple[bytes, int, bytes, bytes]]
+        self, topic: str, items: Sequence[tuple[bytes, int, bytes, bytes]], *, cached: bool = True
     ) -> list[tuple[bytes, Known | None]]:
         """As `expand`, each payload with what rebuilding it learnt (None for a
         payload that was full already or could not be rebuilt)."""
@@ -160,7 +182,7 @@ class Expander:
         idents = {r[0] for r in refs if r is not None}
         if not idents:
             return [(payload, None) for payload, _, _, _ in items]
-        batches = await self._load(topic, idents)
+        batches = await self._load(topic, idents, cached=cached)
         out: list[tuple[bytes, Known | None]] = []
         for (payload, content_length, tracking_id, _), parsed in zip(items, refs, strict=True):
             batch = None if parsed is None else batches.get(parsed[0])

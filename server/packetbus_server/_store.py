@@ -518,10 +518,15 @@ class PacketStore:
                 keys.append(_keys.packet_location(w.tracking_id))
             args.append(dispatch_argument(w))
         reply = await _scripts.DISPATCH.run(self._redis, keys, args)
-        return [
+        results = [
             WriteResult(_OUTCOMES[status], text(cursor), int(expiry))
             for status, cursor, expiry in reply
         ]
+        if batch_id and any(r.outcome is Outcome.STORED for r in results):
+            # Stored with its entries (scripts/dispatch.lua): the readers this write
+            # wakes find it cached instead of reading it back.
+            self._expander.remember(topic, batch_id, batch)
+        return results
 
     async def get(
         self, tracking_id: str, *, time_remaining: float | None = None
@@ -544,8 +549,11 @@ class PacketStore:
                 return None
             cursor, expiry, payload, content_length, ref, *hops = reply
             # The record is keyed by the tracking id: its log entry's is the same.
+            # Its batch as stored now, not as cached: VerifyCustody reads through here.
             [stored] = await self._expander.expand(
-                topic, [(bytes(payload), int(content_length), tracking_id.encode(), bytes(ref))]
+                topic,
+                [(bytes(payload), int(content_length), tracking_id.encode(), bytes(ref))],
+                cached=False,
             )
             return FoundPacket(
                 topic,
