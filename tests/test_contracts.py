@@ -144,12 +144,12 @@ def test_buf_gen_yaml_generates_typescript_and_go_with_local_plugins(tmp_path: P
     go_package = "github.com/packetbus/packetbus/gen/go/packetbus/v1;packetbusv1"
     ts = _recorded(root / "clients/typescript/src/gen")
     assert ts["protoc-gen-es.packetbus_v1"] == (
-        "target=ts",
+        "target=ts,import_extension=js",
         {f"packetbus/v1/{name}": go_package for name in ours},
     )
     # TypeScript gets the google.rpc status details; the WKTs are not generated.
     assert ts["protoc-gen-es.google_rpc"] == (
-        "target=ts",
+        "target=ts,import_extension=js",
         {
             "google/rpc/code.proto": "google.golang.org/genproto/googleapis/rpc/code;code",
             "google/rpc/error_details.proto": (

@@ -1,0 +1,334 @@
+/**
+ * The packetbus client for TypeScript on Node 20+: a connection to a packetbus server over gRPC
+ * (HTTP/2, connect-node's gRPC transport), with auto-batching dispatch, subscriptions that resume
+ * after a cursor, and consumer groups. Mirrors the Python client (client/packetbus/_client.py).
+ */
+import { randomUUID } from "node:crypto";
+
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { createClient, type Client as RpcClient, type Interceptor, type Transport } from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+
+import { Batcher, DEFAULT_BATCH_SETTINGS, type BatchSettings } from "./batcher.js";
+import { Consumer, type ConsumeOptions } from "./consumer.js";
+import { Code, PacketbusError, SubscriptionGapError } from "./errors.js";
+import {
+  type ConsumerGroup,
+  ConsumerGroupService,
+} from "./gen/packetbus/v1/consumer_group_service_pb.js";
+import { type Packet, PacketSchema } from "./gen/packetbus/v1/packet_pb.js";
+import {
+  type DispatchResult,
+  type GetServerInfoResponse,
+  type Hold,
+  PacketService,
+  type Receipt,
+  StartPosition,
+  type StoredPacket,
+  type SubscriptionGap,
+} from "./gen/packetbus/v1/packet_service_pb.js";
+
+/** The schema version a packet gets when it names none ("1.1" needs a signed chain). */
+export const DEFAULT_SCHEMA_VERSION = "1.0";
+
+/** What a client accepts before it has asked the server (GetServerInfo's reply is small), and
+ * what it falls back to when the server publishes no limit: the server's documented 16 MiB
+ * (README "Reply sizes and the receive limit to set"). */
+const FALLBACK_MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
+
+/** TLS settings: PEM strings or Buffers, as node:tls takes them. `ca` verifies the server;
+ * `cert` + `key` are the client's own certificate for mutual TLS. */
+export interface TlsSettings {
+  readonly ca?: string | Buffer;
+  readonly cert?: string | Buffer;
+  readonly key?: string | Buffer;
+  /** The name to verify the server's certificate against, when not the target's host. */
+  readonly serverName?: string;
+}
+
+/** How to connect. */
+export interface ConnectOptions {
+  /** TLS (`true`: the system's trusted CAs). Absent: plaintext, for a local server. */
+  readonly tls?: TlsSettings | true;
+  /** A bearer token (a JWT), or a function returning the one to send now; sent as
+   * `authorization: Bearer <token>` on every call. */
+  readonly token?: string | (() => string);
+  /** Bounds of the automatic dispatch batches. */
+  readonly batch?: Partial<BatchSettings>;
+  /** Deadline of the GetServerInfo call `connect` makes, in milliseconds (default 5,000). */
+  readonly connectTimeoutMs?: number;
+}
+
+/** One packet's outcome in a batch: stored (`receipt`), held for approval (`held`), or refused
+ * (`error`, a PacketbusError with its own code and field violations). */
+export interface DispatchOutcome {
+  readonly trackingId: string;
+  readonly receipt?: Receipt;
+  readonly held?: Hold;
+  readonly error?: PacketbusError;
+}
+
+/** Where a subscription starts: "earliest" (everything the topic holds), "latest" (only what
+ * comes next, the default), or `{ after: cursor }` (right after a receipt's cursor). */
+export type SubscribeStart = "earliest" | "latest" | { readonly after: string };
+
+export interface SubscribeOptions {
+  readonly start?: SubscribeStart;
+  /** Most packets per delivered batch (0: the server's default). */
+  readonly maxBatchPackets?: number;
+  /** Called for each gap (packets trimmed or expired before the subscription got to them);
+   * iteration goes on. Without it, iteration throws SubscriptionGapError, whose
+   * `resumeAfterCursor` is where to subscribe again. */
+  readonly onGap?: (gap: SubscriptionGap) => void;
+  /** Aborting ends the iteration. */
+  readonly signal?: AbortSignal;
+}
+
+/** A consumer group's settings (0: the server's defaults, 30 s and 5 attempts). */
+export interface CreateConsumerGroupOptions {
+  readonly start?: SubscribeStart;
+  readonly ackDeadlineSeconds?: number;
+  readonly maxDeliveryAttempts?: number;
+}
+
+type PacketInit = MessageInitShape<typeof PacketSchema>;
+
+/** Fill what a sender may leave out, in place: tracking id (a UUID), dispatch time, schema
+ * version. Done once, before the first send, so a repeat is the same packet to the server. */
+export function fillDefaults(packet: Packet): Packet {
+  if (packet.trackingId === "") {
+    packet.trackingId = randomUUID();
+  }
+  if (packet.dispatchedAt === undefined) {
+    packet.dispatchedAt = timestampNow();
+  }
+  if (packet.schemaVersion === "") {
+    packet.schemaVersion = DEFAULT_SCHEMA_VERSION;
+  }
+  return packet;
+}
+
+function outcomeOf(result: DispatchResult): DispatchOutcome {
+  const outcome = result.outcome;
+  switch (outcome.case) {
+    case "receipt":
+      return { trackingId: result.trackingId, receipt: outcome.value };
+    case "held":
+      return { trackingId: result.trackingId, held: outcome.value };
+    case "error":
+      return { trackingId: result.trackingId, error: PacketbusError.fromStatus(outcome.value) };
+    default:
+      return {
+        trackingId: result.trackingId,
+        error: new PacketbusError(Code.Internal, "the server answered a result with no outcome"),
+      };
+  }
+}
+
+function startFields(start: SubscribeStart | undefined) {
+  if (start === undefined || start === "latest") {
+    return { case: "startPosition" as const, value: StartPosition.LATEST };
+  }
+  if (start === "earliest") {
+    return { case: "startPosition" as const, value: StartPosition.EARLIEST };
+  }
+  return { case: "afterCursor" as const, value: start.after };
+}
+
+function bearer(token: string | (() => string)): Interceptor {
+  return (next) => async (request) => {
+    request.header.set("authorization", `Bearer ${typeof token === "string" ? token : token()}`);
+    return next(request);
+  };
+}
+
+/** A connection to a packetbus server. Create it with `await Client.connect(target)`. */
+export class Client {
+  private readonly batcher: Batcher;
+  private closed = false;
+
+  private constructor(
+    private readonly sessions: Http2SessionManager,
+    readonly packets: RpcClient<typeof PacketService>,
+    readonly groups: RpcClient<typeof ConsumerGroupService>,
+    /** What the server said about itself at connect time (version, limits). */
+    readonly serverInfo: GetServerInfoResponse,
+    batch: BatchSettings,
+  ) {
+    this.batcher = new Batcher(async (sent) => {
+      const response = await this.packets.dispatch({ packets: sent });
+      return response.results;
+    }, batch);
+  }
+
+  /**
+   * Connect to `target` ("host:port"; default $PACKETBUS_TARGET or 127.0.0.1:50051) and ask the
+   * server for its limits (GetServerInfo), so replies up to its `max_response_bytes` are
+   * accepted. Rejects with PacketbusError (UNAVAILABLE: no server there; UNAUTHENTICATED: a
+   * token or certificate it refuses).
+   */
+  static async connect(target?: string, options: ConnectOptions = {}): Promise<Client> {
+    const address = target ?? process.env["PACKETBUS_TARGET"] ?? "127.0.0.1:50051";
+    const baseUrl = `${options.tls === undefined ? "http" : "https"}://${address}`;
+    const tls = options.tls === undefined || options.tls === true ? {} : options.tls;
+    const sessions = new Http2SessionManager(
+      baseUrl,
+      {},
+      {
+        ...(tls.ca === undefined ? {} : { ca: tls.ca }),
+        ...(tls.cert === undefined ? {} : { cert: tls.cert }),
+        ...(tls.key === undefined ? {} : { key: tls.key }),
+        ...(tls.serverName === undefined ? {} : { servername: tls.serverName }),
+      },
+    );
+    const interceptors = options.token === undefined ? [] : [bearer(options.token)];
+    const transport = (readMaxBytes: number): Transport =>
+      createGrpcTransport({ baseUrl, sessionManager: sessions, interceptors, readMaxBytes });
+    try {
+      const probe = createClient(PacketService, transport(FALLBACK_MAX_RESPONSE_BYTES));
+      const info = await probe.getServerInfo({}, { timeoutMs: options.connectTimeoutMs ?? 5000 });
+      const readMaxBytes = info.limits?.maxResponseBytes || FALLBACK_MAX_RESPONSE_BYTES;
+      const shared = transport(readMaxBytes);
+      const serverBatch = info.limits?.maxBatchPackets || DEFAULT_BATCH_SETTINGS.maxBatchPackets;
+      const batch: BatchSettings = {
+        maxBatchPackets: Math.min(
+          options.batch?.maxBatchPackets ?? DEFAULT_BATCH_SETTINGS.maxBatchPackets,
+          serverBatch,
+        ),
+        maxBatchBytes: options.batch?.maxBatchBytes ?? DEFAULT_BATCH_SETTINGS.maxBatchBytes,
+      };
+      return new Client(
+        sessions,
+        createClient(PacketService, shared),
+        createClient(ConsumerGroupService, shared),
+        info,
+        batch,
+      );
+    } catch (error) {
+      sessions.abort();
+      throw PacketbusError.fromError(error, false);
+    }
+  }
+
+  /**
+   * Store one packet, batched with others behind the scenes; fills its tracking id, dispatch
+   * time and schema version in place when missing. Resolves with its outcome (a receipt, or a
+   * hold when a policy holds it for approval); rejects with PacketbusError when the packet is
+   * refused (INVALID_ARGUMENT with field violations, ALREADY_EXISTS, PERMISSION_DENIED) or the
+   * call fails (then `outcomeUnknown` says whether it may be stored: send it again as it is).
+   */
+  async dispatch(packet: Packet | PacketInit): Promise<DispatchOutcome> {
+    this.ensureOpen();
+    const filled = fillDefaults(asPacket(packet));
+    const outcome = outcomeOf(await this.batcher.submit(filled));
+    if (outcome.error !== undefined) {
+      throw outcome.error;
+    }
+    return outcome;
+  }
+
+  /**
+   * Store `packets` in one call; one outcome per packet, in order. A refused packet is reported
+   * in its own outcome (`error`), never thrown: one bad packet never fails the others. Rejects
+   * with PacketbusError only when the call as a whole fails.
+   */
+  async dispatchBatch(packets: readonly (Packet | PacketInit)[]): Promise<DispatchOutcome[]> {
+    this.ensureOpen();
+    const filled = packets.map((p) => fillDefaults(asPacket(p)));
+    try {
+      const response = await this.packets.dispatch({ packets: filled });
+      return response.results.map(outcomeOf);
+    } catch (error) {
+      throw PacketbusError.fromError(error);
+    }
+  }
+
+  /**
+   * Follow `topic`: an async iterator of StoredPacket, in stored order, from `start`. Ends only
+   * when the caller breaks out or aborts. Packets the topic lost before the subscription got to
+   * them are never skipped silently (see `onGap`). To resume after a restart, subscribe with
+   * `{ after: cursor }`, the `receipt.cursor` of the last packet handled: no gap, no duplicate.
+   */
+  async *subscribe(topic: string, options: SubscribeOptions = {}): AsyncGenerator<StoredPacket> {
+    this.ensureOpen();
+    const stream = this.packets.subscribe(
+      { topic, start: startFields(options.start), maxBatchPackets: options.maxBatchPackets ?? 0 },
+      { signal: options.signal },
+    );
+    try {
+      for await (const response of stream) {
+        if (response.gap !== undefined) {
+          if (options.onGap === undefined) {
+            throw new SubscriptionGapError(response.gap);
+          }
+          options.onGap(response.gap);
+        }
+        yield* response.packets;
+      }
+    } catch (error) {
+      if (options.signal?.aborted === true) {
+        return;
+      }
+      throw PacketbusError.fromError(error, false);
+    }
+  }
+
+  /** Create a consumer group on `topic` (idempotent: the same settings again is no error).
+   * Resolves with the group; rejects with PacketbusError (ALREADY_EXISTS: other settings). */
+  async createConsumerGroup(
+    topic: string,
+    name: string,
+    options: CreateConsumerGroupOptions = {},
+  ): Promise<ConsumerGroup> {
+    this.ensureOpen();
+    try {
+      const response = await this.groups.createConsumerGroup({
+        topic,
+        name,
+        start: startFields(options.start ?? "earliest"),
+        ackDeadlineSeconds: options.ackDeadlineSeconds ?? 0,
+        maxDeliveryAttempts: options.maxDeliveryAttempts ?? 0,
+      });
+      if (response.group === undefined) {
+        throw new PacketbusError(Code.Internal, "the server answered no group");
+      }
+      return response.group;
+    } catch (error) {
+      throw PacketbusError.fromError(error);
+    }
+  }
+
+  /** Consume from group `group` of `topic` as `options.consumer`: an async iterator of leased
+   * deliveries, each with `ack()`, `nack()` and `extend()` (see Consumer). */
+  consume(topic: string, group: string, options: ConsumeOptions): Consumer {
+    this.ensureOpen();
+    return new Consumer(this.groups, topic, group, options);
+  }
+
+  /** Close the connection: queued dispatches reject with CANCELLED, the HTTP/2 session ends. */
+  close(): void {
+    if (this.closed) {
+      return;
+    }
+    this.closed = true;
+    this.batcher.close();
+    this.sessions.abort();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+  }
+
+  private ensureOpen(): void {
+    if (this.closed) {
+      throw new PacketbusError(Code.Canceled, "the client is closed");
+    }
+  }
+}
+
+function asPacket(packet: Packet | PacketInit): Packet {
+  return "$typeName" in packet && packet.$typeName === "packetbus.v1.Packet"
+    ? (packet as Packet)
+    : create(PacketSchema, packet);
+}

@@ -1,0 +1,20 @@
+/** @packetbus/client: the packetbus client for TypeScript (Node 20+). */
+export { Client, DEFAULT_SCHEMA_VERSION, fillDefaults } from "./client.js";
+export type {
+  ConnectOptions,
+  CreateConsumerGroupOptions,
+  DispatchOutcome,
+  SubscribeOptions,
+  SubscribeStart,
+  TlsSettings,
+} from "./client.js";
+export { ConsumedDelivery, Consumer } from "./consumer.js";
+export type { ConsumeOptions, NackOptions } from "./consumer.js";
+export type { BatchSettings } from "./batcher.js";
+export { Code, PacketbusError, SubscriptionGapError, grpcCodeName } from "./errors.js";
+export type { ErrorReason, FieldViolation } from "./errors.js";
+export * from "./gen/packetbus/v1/packet_pb.js";
+export * from "./gen/packetbus/v1/packet_service_pb.js";
+export * from "./gen/packetbus/v1/consumer_group_service_pb.js";
+export * from "./gen/packetbus/v1/contents_pb.js";
+export * from "./gen/packetbus/v1/speech_act_pb.js";

@@ -1,0 +1,64 @@
+/**
+ * A real `packetbus serve` for the tests: the repository's Python venv's server (or
+ * $PACKETBUS_BIN), on a free loopback port, with an embedded Valkey in a fresh data directory.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+
+// dist/test/server.js -> the repository root is four levels up.
+const DEFAULT_BIN = fileURLToPath(new URL("../../../../.venv/bin/packetbus", import.meta.url));
+
+export interface RunningServer {
+  /** "127.0.0.1:PORT" */
+  readonly target: string;
+  stop(): Promise<void>;
+}
+
+/** Start a server; resolves once it prints "serving on 127.0.0.1:PORT". Rejects with what it
+ * printed if it exits first or is not serving within 60 s. */
+export async function startServer(): Promise<RunningServer> {
+  const dataDir = mkdtempSync(join(tmpdir(), "packetbus-ts-"));
+  const bin = process.env["PACKETBUS_BIN"] ?? DEFAULT_BIN;
+  const child = spawn(bin, ["serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const printed: string[] = [];
+  const target = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`server not serving in 60 s:\n${printed.join("\n")}`)), 60_000);
+    const onLine = (line: string): void => {
+      printed.push(line);
+      const match = /serving on (127\.0\.0\.1:\d+)/.exec(line);
+      if (match?.[1] !== undefined) {
+        clearTimeout(timer);
+        resolve(match[1]);
+      }
+    };
+    createInterface({ input: child.stdout! }).on("line", onLine);
+    createInterface({ input: child.stderr! }).on("line", onLine);
+    child.on("error", (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited with ${code}:\n${printed.join("\n")}`));
+    });
+  });
+  return {
+    target,
+    stop: () => stopServer(child, dataDir),
+  };
+}
+
+async function stopServer(child: ChildProcess, dataDir: string): Promise<void> {
+  if (child.exitCode === null && child.signalCode === null) {
+    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    child.kill("SIGTERM");
+    await exited;
+  }
+  rmSync(dataDir, { recursive: true, force: true });
+}
