@@ -20,6 +20,16 @@ Where things happen:
 - ``_policy_watch.py``     the policy file in force, reloaded when it changes
 - ``_policy_store.py``     rejected and held packets, approvals, counts, decision log
 - ``_policy_service.py``   judging at dispatch (Governor) and the PolicyService RPCs
+- ``_policy_decisions.py`` a decided packet's dispatch result (rejected, held) and counts
+- ``_policy_approvals.py`` the approval queue: approver's signed entry verified, approve/deny
+- ``_policy_replies.py``   GetPolicy's reply and held packets as replies
+- ``_context_service.py``  the ContextService RPCs (documents, global map, memory, traces)
+- ``_context_checks.py``   context request validation (names, sizes, TTLs, entry ids)
+- ``_context_upload.py``   PutContext: chunks staged, size and digest checked, signed, committed
+- ``_context_reads.py``    GetContext's chunked read and ListContexts' pages
+- ``_context_watch.py``    the WatchContext stream of change events
+- ``_context_logs.py``     memory and trace appends, once per entry id
+- ``_context_replies.py``  documents and change events as replies
 - ``_app.py``              assembly, health, reflection and drain on SIGTERM
 - ``_reflection_v1.py``    server reflection grpc.reflection.v1 beside the stock v1alpha
 - ``_durability.py``       durability modes: fsync per write (WAITAOF) or per second

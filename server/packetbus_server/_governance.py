@@ -64,7 +64,8 @@ from ._ingest import Accepted, to_write
 from ._observability import counting
 from ._packet_service import storage_errors
 from ._policy import Decision, Verdict
-from ._policy_service import ERROR_DOMAIN, POLICY_REJECTED, Governor, rejection
+from ._policy_decisions import ERROR_DOMAIN, POLICY_REJECTED, rejection
+from ._policy_service import Governor
 from ._policy_store import Decided, DecisionWrite
 
 POLICY_HOLD_UNSUPPORTED = "POLICY_HOLD_UNSUPPORTED"
