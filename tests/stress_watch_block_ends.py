@@ -27,7 +27,7 @@ import pytest
 
 import packetbus
 from packetbus.v1 import task_service_pb2, task_service_pb2_grpc
-from packetbus_server import ServerConfig, _task_service, _task_store, start
+from packetbus_server import ServerConfig, _task_service, _task_store, _task_watch, start
 from tests._polling import until
 from tests.conftest import unique
 
@@ -92,7 +92,7 @@ def _trace(monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, list[Any]], dict[
 async def test_every_watcher_sees_a_task_posted_at_any_moment_of_its_block(
     redis_url: str, monkeypatch: pytest.MonkeyPatch, block_ms: int
 ) -> None:
-    monkeypatch.setattr(_task_service, "_WATCH_BLOCK_MS", block_ms)
+    monkeypatch.setattr(_task_watch, "_WATCH_BLOCK_MS", block_ms)
     reads, yields = _trace(monkeypatch)
     srv = await start(
         ServerConfig(

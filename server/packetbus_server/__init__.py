@@ -30,7 +30,15 @@ Where things happen:
 - ``_context_watch.py``    the WatchContext stream of change events
 - ``_context_logs.py``     memory and trace appends, once per entry id
 - ``_context_replies.py``  documents and change events as replies
-- ``_app.py``              assembly, health, reflection and drain on SIGTERM
+- ``_app.py``              assembly and lifecycle: start, drain on SIGTERM, entry points
+- ``_server_config.py``    the server's settings (ServerConfig) and TLS credentials
+- ``_store_connection.py`` the store: embedded or external, connected and probed at start
+- ``_service_wiring.py``   every servicer on its store, behind the gate; health, reflection
+- ``_task_service.py``     the TaskService RPCs; checks ``_task_requests.py``, settlements
+                           ``_task_settling.py``, replies ``_task_states.py``, listings
+                           ``_task_listing.py``, the watch ``_task_watch.py``
+- ``_agent_service.py``    the AgentService RPCs; checks and key proofs ``_agent_requests.py``,
+                           replies and liveness ``_agent_states.py``
 - ``_reflection_v1.py``    server reflection grpc.reflection.v1 beside the stock v1alpha
 - ``_durability.py``       durability modes: fsync per write (WAITAOF) or per second
 - ``_embedded.py``         the embedded Valkey: one owner per data dir, a private socket

@@ -1,32 +1,33 @@
-"""AgentService: the agent registry (register, heartbeat, deregister, find) and its watch."""
+"""AgentService: the agent registry (register, heartbeat, deregister, find) and its watch.
+
+Registrations and key proofs are checked in _agent_requests, written in _agent_store;
+replies are built in _agent_states."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf import timestamp_pb2
 
-from packetbus import _custody, _ed25519
 from packetbus.v1 import agent_service_pb2 as pb
-from packetbus.v1 import agent_service_pb2_grpc, custody_pb2
+from packetbus.v1 import agent_service_pb2_grpc
 
 from . import _status
 from ._access import binding
-from ._agent_store import AgentStore, Fields, Unchecked
+from ._agent_requests import check_agent_key, check_text, registration_violations
+from ._agent_states import agent_from_fields, cursor_key, membership_event
+from ._agent_store import AgentStore, Unchecked
 from ._clock import StoreClock
 from ._custodian import principal_name
-from ._fields import is_stream_id, utf8_length
+from ._fields import is_stream_id
 from ._key_store import KeyStore, Registration
 from ._limits import Limits
 from ._packet_service import caller_gone, storage_errors, stream_started
 from ._packing import ITEM_OVERHEAD, message_size, packs
 from ._page_tokens import seal, unseal
-from ._replies import text
 from ._validation import MAX_SHORT_TEXT, Violation, validate_agent_id, validate_id
 
-_MAX_LONG_TEXT = 1024
 # An idle watcher reads again this often (a read shared with the other watchers of
 # the same log, see _waits); cancellation and drain end it sooner (_streams).
 _WATCH_BLOCK_MS = 5000
@@ -36,70 +37,6 @@ _SCAN_FACTOR = 10
 # Times a cascading deregistration looks again for descendants attached while it
 # checked the caller's right to each, before it answers ABORTED.
 _CASCADE_ROUNDS = 3
-
-_KINDS = {
-    b"joined": pb.MEMBERSHIP_EVENT_KIND_JOINED,
-    b"left": pb.MEMBERSHIP_EVENT_KIND_LEFT,
-    b"stale": pb.MEMBERSHIP_EVENT_KIND_STALE,
-    b"state_changed": pb.MEMBERSHIP_EVENT_KIND_STATE_CHANGED,
-    b"recovered": pb.MEMBERSHIP_EVENT_KIND_RECOVERED,
-    b"updated": pb.MEMBERSHIP_EVENT_KIND_UPDATED,
-}
-
-
-def _ts(ms: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
-
-
-def is_live(f: Mapping[bytes, bytes], now_ms: int) -> bool:
-    """The registry's rule: an agent hash is live when it says so (lv) and its
-    deadline (dl, unix ms) is after `now_ms` (the store's clock; 0: not judged).
-    Past its deadline an agent is stale, whether or not a sweep has run yet."""
-    deadline = int(f.get(b"dl", b"0") or 0)
-    return f.get(b"lv") == b"live" and (deadline > now_ms or now_ms == 0)
-
-
-def agent_from_fields(agent_id: str, f: Mapping[bytes, bytes], now_ms: int) -> pb.Agent:
-    """An agent hash (or an event's snapshot of one) as an Agent."""
-    agent = pb.Agent.FromString(f.get(b"p", b""))
-    agent.id = agent_id
-    agent.state = text(f.get(b"s", b""))
-    deadline = int(f.get(b"dl", b"0") or 0)
-    live = is_live(f, now_ms)
-    agent.liveness = pb.AGENT_LIVENESS_LIVE if live else pb.AGENT_LIVENESS_STALE
-    agent.registered_at.CopyFrom(_ts(int(f.get(b"ra", b"0") or 0)))
-    agent.last_heartbeat_at.CopyFrom(_ts(int(f.get(b"hb", b"0") or 0)))
-    agent.deadline.CopyFrom(_ts(deadline))
-    return agent
-
-
-def _event(entry: tuple[bytes, Fields]) -> pb.MembershipEvent:
-    entry_id, f = entry
-    cursor = text(entry_id)
-    return pb.MembershipEvent(
-        cursor=cursor,
-        kind=_KINDS.get(bytes(f[b"k"]), pb.MEMBERSHIP_EVENT_KIND_UNSPECIFIED),
-        # A snapshot as of the event: its liveness as stored then, not re-judged now.
-        agent=agent_from_fields(text(f[b"id"]), f, 0),
-        old_state=text(f.get(b"o", b"")),
-        new_state=text(f.get(b"n", b"")),
-        at=_ts(int(cursor.split("-")[0])),
-        reason=text(f.get(b"r", b"")),
-    )
-
-
-def _text(out: list[Violation], path: str, value: str, max_length: int) -> None:
-    if utf8_length(value) > max_length:
-        out.append(Violation(path, "LENGTH", f"must be at most {max_length} bytes (UTF-8)"))
-    elif value and not value.isprintable():
-        out.append(Violation(path, "CHARSET", "must not contain control characters"))
-
-
-def _cursor_key(cursor: str) -> tuple[int, int]:
-    ms, seq = cursor.split("-")
-    return int(ms), int(seq)
 
 
 class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
@@ -115,122 +52,16 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
 
     # -- registering -----------------------------------------------------------------
 
-    def _check_registration(self, request: pb.RegisterAgentRequest) -> list[Violation]:
-        out: list[Violation] = []
-        agent, limits = request.agent, self._limits
-        validate_agent_id(out, "agent.id", agent.id)
-        _text(out, "agent.role", agent.role, MAX_SHORT_TEXT)
-        if len(agent.capabilities) > limits.max_agent_capabilities:
-            out.append(
-                Violation(
-                    "agent.capabilities",
-                    "COUNT",
-                    f"at most {limits.max_agent_capabilities}; got {len(agent.capabilities)}",
-                )
-            )
-        seen: set[str] = set()
-        for i, capability in enumerate(agent.capabilities):
-            validate_id(out, f"agent.capabilities[{i}]", capability)
-            if capability in seen:
-                out.append(Violation(f"agent.capabilities[{i}]", "DUPLICATE", "listed twice"))
-            seen.add(capability)
-        if agent.parent_id:
-            validate_agent_id(out, "agent.parent_id", agent.parent_id)
-            if agent.parent_id == agent.id:
-                out.append(Violation("agent.parent_id", "SELF_PARENT", "must not be the agent"))
-        if len(agent.labels) > limits.max_agent_labels:
-            out.append(
-                Violation(
-                    "agent.labels",
-                    "COUNT",
-                    f"at most {limits.max_agent_labels}; got {len(agent.labels)}",
-                )
-            )
-        for name in sorted(agent.labels):
-            validate_id(out, f"agent.labels[{name!r}]", name)
-            _text(out, f"agent.labels[{name!r}]", agent.labels[name], _MAX_LONG_TEXT)
-        _text(out, "agent.endpoint", agent.endpoint, _MAX_LONG_TEXT)
-        _text(out, "agent.state", agent.state, MAX_SHORT_TEXT)
-        ttl = agent.heartbeat_ttl_seconds
-        if ttl and not limits.min_agent_ttl_seconds <= ttl <= limits.max_agent_ttl_seconds:
-            out.append(
-                Violation(
-                    "agent.heartbeat_ttl_seconds",
-                    "RANGE",
-                    f"must be {limits.min_agent_ttl_seconds}..{limits.max_agent_ttl_seconds} "
-                    f"(0: {limits.default_agent_ttl_seconds}); got {ttl}",
-                )
-            )
-        server_set = [name for name in ("key_id", "liveness") if getattr(agent, name)] + [
-            name
-            for name in ("registered_at", "last_heartbeat_at", "deadline")
-            if agent.HasField(name)
-        ]
-        for name in server_set:
-            out.append(Violation(f"agent.{name}", "OUTPUT_ONLY", "is set by the server"))
-        if request.public_key:
-            problem = _ed25519.public_key_problem(request.public_key)
-            if problem:
-                out.append(Violation("public_key", "PUBLIC_KEY", problem))
-            if len(request.public_key_proof) != _ed25519.SIGNATURE_BYTES:
-                out.append(
-                    Violation(
-                        "public_key_proof",
-                        "SIGNATURE_LENGTH",
-                        f"must be {_ed25519.SIGNATURE_BYTES} bytes",
-                    )
-                )
-        elif request.public_key_proof:
-            out.append(Violation("public_key", "REQUIRED", "a proof needs its public key"))
-        return out
-
-    async def _check_key(
-        self, context: grpc.aio.ServicerContext, request: pb.RegisterAgentRequest
-    ) -> custody_pb2.SigningKey | None:
-        """The agent's key to register, once its proof verifies and it can be bound
-        (nothing is written here)."""
-        agent_id, public_key = request.agent.id, request.public_key
-        if not public_key:
-            return None
-        message = _custody.agent_key_message(agent_id, public_key)
-        if not _ed25519.verify(public_key, message, request.public_key_proof):
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "public_key_proof does not verify: sign the agent-key message with the key "
-                "being registered",
-            )
-        key = custody_pb2.SigningKey(
-            key_id=_custody.key_id_for(public_key),
-            public_key=public_key,
-            owner_kind=custody_pb2.KEY_OWNER_KIND_AGENT,
-            owner=agent_id,
-        )
-        key.valid_from.FromNanoseconds(self._clock.now_ns())
-        async with storage_errors(context):
-            found = await self._key_store.get_many([key.key_id])
-            owned = await self._store.agent_key_ids(agent_id)
-        existing = found.get(key.key_id)
-        if existing is not None and existing.owner != agent_id:
-            await context.abort(
-                grpc.StatusCode.ALREADY_EXISTS,
-                f"key {key.key_id} is already registered to another owner",
-            )
-        if owned and key.key_id not in owned:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"agent {agent_id!r} already has another key; register a new one with "
-                "CustodyService.RegisterAgentKey, endorsed by the old one",
-            )
-        return key
-
     async def RegisterAgent(
         self, request: pb.RegisterAgentRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterAgentResponse:
-        violations = self._check_registration(request)
+        violations = registration_violations(request, self._limits)
         if violations:
             await _status.abort_invalid(context, "invalid agent registration", violations)
         await binding.require_acting(context, request.agent.id, "agent.id")
-        key = await self._check_key(context, request)
+        key = await check_agent_key(
+            context, request, key_store=self._key_store, store=self._store, clock=self._clock
+        )
         spec = pb.Agent()
         spec.CopyFrom(request.agent)
         spec.heartbeat_ttl_seconds = (
@@ -291,7 +122,7 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
         validate_agent_id(violations, "agent_id", request.agent_id)
         state = request.state if request.HasField("state") else None
         if state is not None:
-            _text(violations, "state", state, MAX_SHORT_TEXT)
+            check_text(violations, "state", state, MAX_SHORT_TEXT)
         if violations:
             await _status.abort_invalid(context, "invalid heartbeat", violations)
         await binding.require_acting(context, request.agent_id, "agent_id")
@@ -389,7 +220,7 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
     ) -> pb.ListAgentsResponse:
         limits = self._limits
         violations: list[Violation] = []
-        _text(violations, "role", request.role, MAX_SHORT_TEXT)
+        check_text(violations, "role", request.role, MAX_SHORT_TEXT)
         if request.capability:
             validate_id(violations, "capability", request.capability)
         if request.parent_id:
@@ -467,7 +298,7 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
         async with storage_errors(context, retry_hint="watch again after the last cursor seen"):
             if start == "after_cursor":
                 cursor = request.after_cursor
-                lost = _cursor_key(await self._store.first_kept()) > _cursor_key(cursor)
+                lost = cursor_key(await self._store.first_kept()) > cursor_key(cursor)
             elif request.start_position == pb.MEMBERSHIP_START_EARLIEST:
                 cursor = "0-0"
             else:
@@ -477,6 +308,6 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
                 yield pb.WatchAgentsResponse(events_lost=True)
             while not caller_gone(context):
                 cursor, entries = await self._store.events(cursor, _WATCH_BLOCK_MS)
-                events = [_event(e) for e in entries]
+                events = [membership_event(e) for e in entries]
                 for part in packs(events, message_size, self._limits.reply_budget_bytes):
                     yield pb.WatchAgentsResponse(events=part)

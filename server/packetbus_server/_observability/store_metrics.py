@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 from redis.cluster import RedisCluster
 
 from .. import _keys
-from .._agent_service import is_live
+from .._agent_states import is_live
 from .._replies import text
 from .store_indexes import QUEUE_KEYS, TOPIC_KEYS, existing, indexed_names, tag
 
