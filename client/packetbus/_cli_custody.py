@@ -59,7 +59,14 @@ def add_parsers(commands: Any) -> None:
         "export", help="write packets, their chains and the public keys as JSON lines"
     )
     export.add_argument("--out", type=Path, required=True, help="the file to write")
-    export.add_argument("--topic", default="", help="only this topic (default: every topic)")
+    source = export.add_mutually_exclusive_group()
+    source.add_argument("--topic", default="", help="only this topic (default: every topic)")
+    source.add_argument(
+        "--task-queue",
+        default="",
+        metavar="QUEUE",
+        help="instead of topics: this task queue's task packets (needs tasks.read on it)",
+    )
     export.add_argument(
         "--since",
         type=_timestamp,
@@ -161,8 +168,10 @@ async def _export(client: Client, args: argparse.Namespace) -> int:
             args.topic,
             since=args.since,
             until=args.until,
-            include_carcel_entries=not args.packets_only,
-            include_decisions=not args.packets_only,
+            # A task queue has no carcel entries or decisions of its own to add.
+            include_carcel_entries=not (args.packets_only or args.task_queue),
+            include_decisions=not (args.packets_only or args.task_queue),
+            task_queue=args.task_queue,
         ):
             for stored in response.packets:
                 write_packet(out, stored)

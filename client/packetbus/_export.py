@@ -2,7 +2,8 @@
 verifiable offline with no server and no Redis.
 
     {"kind": "keys", "keys": [SigningKey, ...]}
-    {"kind": "packet", "packet": StoredPacket}      (one line per packet)
+    {"kind": "packet", "packet": StoredPacket}      (one line per packet: a topic's
+                                                     or, exported by task queue, a task's)
     {"kind": "carcel", "entry": CarcelEntry}        (one per carcel entry: its packet's
                                                      chain is verified like a packet's)
     {"kind": "decision", "decision": PolicyDecisionRecord}   (governance decisions)
@@ -42,12 +43,16 @@ def export_request(
     until: datetime | None = None,
     include_carcel_entries: bool = False,
     include_decisions: bool = False,
+    task_queue: str = "",
 ) -> custody_service_pb2.ExportPacketsRequest:
-    """An ExportPackets request; naive datetimes are taken as UTC."""
+    """An ExportPackets request; naive datetimes are taken as UTC. With
+    `task_queue`, the export is that queue's task packets (topic and include_*
+    then unset, as the server requires)."""
     request = custody_service_pb2.ExportPacketsRequest(
         topic=topic,
         include_carcel_entries=include_carcel_entries,
         include_decisions=include_decisions,
+        task_queue=task_queue,
     )
     for name, when in (("since", since), ("until", until)):
         if when is not None:

@@ -162,6 +162,7 @@ class SyncCalls:
         until: datetime | None = ...,
         include_carcel_entries: bool = ...,
         include_decisions: bool = ...,
+        task_queue: str = ...,
         resume_token: str = ...,
         timeout: float | None = ...,
     ) -> SyncProxy: ...

@@ -336,26 +336,21 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
             gate=gate,
         )
         hops = HopStore(redis, retry_budget=config.retry_budget_seconds)
-        add_servicer(
-            server,
-            custody_service,
-            CustodyService(
-                store,
-                key_store,
-                packets,
-                config.limits,
-                carcel=CarcelStore(
-                    redis,
-                    hops,
-                    retry_budget=config.retry_budget_seconds,
-                    expander=store.expander,
-                ),
-                policy=governor.store,
-                clock=clock,
+        custody = CustodyService(
+            store,
+            key_store,
+            packets,
+            config.limits,
+            carcel=CarcelStore(
+                redis,
+                hops,
+                retry_budget=config.retry_budget_seconds,
+                expander=store.expander,
             ),
-            streams,
-            gate=gate,
+            policy=governor.store,
+            clock=clock,
         )
+        add_servicer(server, custody_service, custody, streams, gate=gate)
         topics = TopicStore(
             redis,
             retry_budget=config.retry_budget_seconds,
@@ -408,6 +403,7 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
             placed=placed,
         )
         add_servicer(server, task_service, tasks, streams, gate=gate)
+        custody.serve_task_queues(tasks.export_pages)
         agent_service = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"]
         add_servicer(
             server,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -30,6 +30,7 @@ from ._packing import ITEM_OVERHEAD, message_size, packs
 from ._page_tokens import seal, unseal
 from ._paging import offset_request, page_by_offset
 from ._placed_packets import TASK, Place, PlacedPackets
+from ._task_export import Page, queue_pages
 from ._task_settling import TaskSettler, one_line
 from ._task_store import TaskRecord, TaskStore
 from ._validation import (
@@ -399,6 +400,17 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         if record is None:
             return None
         return task_state(place.scope, record, self._clock.now_ms()).packet
+
+    def export_pages(self, queue: str, after: str | None) -> AsyncGenerator[Page, None]:
+        """ExportPackets of `queue`: its task packets after cursor `after`, as GetTask
+        shows them (see _task_export.queue_pages)."""
+        return queue_pages(
+            self._store,
+            queue,
+            after,
+            before_read=self._settler.expire_before_read,
+            packet=lambda record: task_state(queue, record, self._clock.now_ms()).packet,
+        )
 
     async def ListTasks(
         self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext
