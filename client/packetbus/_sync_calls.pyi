@@ -163,6 +163,7 @@ class SyncCalls:
         include_carcel_entries: bool = ...,
         include_decisions: bool = ...,
         task_queue: str = ...,
+        finding_task_id: str = ...,
         resume_token: str = ...,
         timeout: float | None = ...,
     ) -> SyncProxy: ...

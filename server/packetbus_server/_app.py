@@ -44,6 +44,7 @@ from ._custody_service import CustodyService
 from ._durability import Durability
 from ._embedded import EmbeddedValkey
 from ._eviction import EvictionGuard, require_noeviction
+from ._export_token import FINDINGS, TASKS
 from ._exposure import authenticates, require_safe_listen
 from ._finding_service import FindingService
 from ._finding_store import FindingStore
@@ -403,7 +404,7 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
             placed=placed,
         )
         add_servicer(server, task_service, tasks, streams, gate=gate)
-        custody.serve_task_queues(tasks.export_pages)
+        custody.serve_placed(TASKS, tasks.export_pages)
         agent_service = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"]
         add_servicer(
             server,
@@ -415,23 +416,19 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
         agent_reaper = AgentReaper(
             agent_store, tasks.release_held, config.limits.agent_reaper_interval_seconds
         )
-        add_servicer(
-            server,
-            finding_service,
-            FindingService(
-                FindingStore(redis, retry_budget=config.retry_budget_seconds),
-                store,
-                packets,
-                key_store,
-                custodian,
-                config.limits,
-                clock=clock,
-                governor=governor,
-                placed=placed,
-            ),
-            streams,
-            gate=gate,
+        findings = FindingService(
+            FindingStore(redis, retry_budget=config.retry_budget_seconds),
+            store,
+            packets,
+            key_store,
+            custodian,
+            config.limits,
+            clock=clock,
+            governor=governor,
+            placed=placed,
         )
+        add_servicer(server, finding_service, findings, streams, gate=gate)
+        custody.serve_placed(FINDINGS, findings.export_pages)
         add_servicer(
             server,
             carcel_service,

@@ -26,14 +26,15 @@ from ._key_store import KeyStore, Registration
 from ._limits import Limits
 from ._packet_service import PacketService, entry_size, storage_errors, stored_packet
 from ._packing import FIRST_READ, message_size, packs, read_count
+from ._placed_export import Page, check, export_replies, source
 from ._policy_store import DecisionRow, PolicyStore
 from ._store import PacketStore, cursor_millis
-from ._task_export import Page, check_queue_export, export_replies
 from ._validation import Violation, validate_agent_id, validate_timestamp, validate_topic
 
 _EXPORT_BATCH = 200
-# A task queue's export pages after a cursor (TaskService.export_pages).
-TaskPages = Callable[[str, str | None], AsyncGenerator[Page, None]]
+# Placed packets' export pages of a name after a cursor (TaskService.export_pages,
+# FindingService.export_pages).
+PlacedPages = Callable[[str, str | None], AsyncGenerator[Page, None]]
 # The largest sequence part of a stream id: "<ms - 1>-<this>" is just before ms.
 _MAX_SEQUENCE = 2**64 - 1
 
@@ -73,11 +74,12 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
         self._key_store = key_store
         self._packets = packets
         self._limits = limits
-        self._task_pages: TaskPages | None = None
+        self._placed_pages: dict[str, PlacedPages] = {}
 
-    def serve_task_queues(self, pages: TaskPages) -> None:
-        """Export task queues with `pages` (the task service registers it)."""
-        self._task_pages = pages
+    def serve_placed(self, section: str, pages: PlacedPages) -> None:
+        """Export the placed packets of `section` (_placed_export: TASKS, FINDINGS)
+        with `pages` (their service registers it)."""
+        self._placed_pages[section] = pages
 
     async def GetSigningKeys(
         self,
@@ -219,13 +221,14 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[custody_service_pb2.ExportPacketsResponse]:
         # Here, not at the gate: which permission depends on what is exported.
-        if request.task_queue:
-            await _access.require(context, Permission.TASKS_READ, request.task_queue)
+        placed = source(request)
+        if placed is not None:
+            await _access.require(context, placed.permission, placed.name)
         else:
             await _access.require(context, Permission.AUDIT_EXPORT, request.topic)
         violations: list[Violation] = []
-        if request.task_queue:
-            check_queue_export(violations, request, self._limits.max_topic_length)
+        if placed is not None:
+            check(violations, request, self._limits.max_topic_length)
         elif request.topic:
             validate_topic(violations, "topic", request.topic, self._limits.max_topic_length)
         # Checked before ToMilliseconds, which raises on an out-of-range Timestamp.
@@ -251,20 +254,20 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
         if violations:
             await _status.abort_invalid(context, "invalid export", violations)
         mark = _export_token.fingerprint(request)
-        if request.task_queue:
-            pages_of = self._task_pages
+        if placed is not None:
+            pages_of = self._placed_pages.get(placed.section)
             if pages_of is None:
-                await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server has no task queues")
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not exported by this server")
                 raise AssertionError("context.abort always raises")
             after = position.cursor if position is not None else None
-            async with aclosing(pages_of(request.task_queue, after)) as pages:
+            async with aclosing(pages_of(placed.name, after)) as pages:
                 budget = self._limits.reply_budget_bytes
                 vouch = self._packets.attach_head
                 async for response, last in export_replies(
                     context, pages, vouch, budget, since_ms, until_ms
                 ):
                     response.resume_token = _export_token.encode(
-                        mark, _export_token.Position(request.task_queue, _export_token.TASKS, last)
+                        mark, _export_token.Position(placed.slot, placed.section, last)
                     )
                     yield response
             return

@@ -1,7 +1,7 @@
 """ExportPackets of a task queue: its task packets in the queue's order, resumable.
 
-`check_queue_export` judges the request, `queue_pages` reads the queue (TaskService
-serves it as `export_pages`), `export_replies` makes the stream's replies.
+`queue_pages` reads the queue (TaskService serves it as `export_pages`; the
+request and the replies: _placed_export).
 
 A task is not on a topic's log, so it has no stream id to resume after. Its place
 is its index score (scripts/lib/order.lua: unique, in posting order) and, for the
@@ -13,16 +13,12 @@ writes both as "<score>-<count>", shaped like a stream id, so the export token
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
-import grpc
+from packetbus.v1 import packet_service_pb2
 
-from packetbus.v1 import custody_service_pb2, packet_service_pb2
-
-from ._packet_service import storage_errors
-from ._packing import message_size, packs
+from ._placed_export import Page
 from ._task_store import TaskRecord, TaskStore
-from ._validation import Violation, validate_topic
 
 # Tasks read per index page (each read brings their packets).
 _CHUNK = 100
@@ -38,24 +34,6 @@ def parse_cursor(cursor: str) -> tuple[int, int]:
     as "<digits>-<digits>")."""
     score, _, count = cursor.partition("-")
     return int(score), int(count)
-
-
-def check_queue_export(
-    out: list[Violation], request: custody_service_pb2.ExportPacketsRequest, max_length: int
-) -> None:
-    """Violations of an export of `request.task_queue` (set): the queue's name (as
-    TaskService takes it), and topic and include_* unset (reason EXCLUSIVE), added to
-    `out`. Why exclusive: a request reads one kind of log, so its resume token is
-    one position in it."""
-    validate_topic(out, "task_queue", request.task_queue, max_length)
-    alone = "must be unset with task_queue: an export reads topics or one task queue"
-    for name in ("topic", "include_carcel_entries", "include_decisions"):
-        if getattr(request, name):
-            out.append(Violation(name, "EXCLUSIVE", alone))
-
-
-# A page of exported tasks: each task's cursor and its packet (chain so far, no head).
-Page = list[tuple[str, packet_service_pb2.StoredPacket]]
 
 
 async def queue_pages(
@@ -91,31 +69,3 @@ async def queue_pages(
             page.append((cursor_text(score, count), packet(record)))
         if page:
             yield page
-
-
-async def export_replies(
-    context: grpc.aio.ServicerContext,
-    pages: AsyncIterator[Page],
-    vouch: Callable[[packet_service_pb2.StoredPacket], None],
-    budget: int,
-    since_ms: int,
-    until_ms: int | None,
-) -> AsyncIterator[tuple[custody_service_pb2.ExportPacketsResponse, str]]:
-    """ExportPackets replies of `pages`' tasks posted in [since_ms, until_ms] (unix
-    ms; None: no end), each packet vouched for (a signed head) and each reply at most
-    `budget` bytes, with its last task's cursor. The store's errors end the call
-    (storage_errors)."""
-    while True:
-        async with storage_errors(context):
-            page = await anext(pages, None)
-        if page is None:
-            return
-        kept = []
-        for cursor, stored in page:
-            posted = stored.receipt.stored_at.ToMilliseconds()
-            if posted >= since_ms and (until_ms is None or posted <= until_ms):
-                vouch(stored)
-                kept.append((cursor, stored))
-        for part in packs(kept, lambda item: message_size(item[1]), budget):
-            packets = [stored for _, stored in part]
-            yield custody_service_pb2.ExportPacketsResponse(packets=packets), part[-1][0]

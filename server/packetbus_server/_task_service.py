@@ -29,8 +29,9 @@ from ._packet_service import caller_gone, storage_errors, stored_packet, stream_
 from ._packing import ITEM_OVERHEAD, message_size, packs
 from ._page_tokens import seal, unseal
 from ._paging import offset_request, page_by_offset
+from ._placed_export import Page
 from ._placed_packets import TASK, Place, PlacedPackets
-from ._task_export import Page, queue_pages
+from ._task_export import queue_pages
 from ._task_settling import TaskSettler, one_line
 from ._task_store import TaskRecord, TaskStore
 from ._validation import (

@@ -91,13 +91,14 @@ class CustodyServiceServicer:
     def ExportPackets(self, request, context):
         """Streams the stored packets of a topic (or of every topic) in stored
         order, or the task packets of one task queue (task_queue) in the queue's
+        order, or the finding packets of one task id (finding_task_id) in posting
         order, each with its content bytes and a signed custody head, for export
         and offline verification. Ends when the packets stored so far are sent.
-        Needs audit.export on the topic ('' for every topic: a grant on '*'), or
-        tasks.read on the task queue (what ListTasks needs). Finding and record
-        packets are not exported: their own listings serve them, each packet with
-        its chain (FindingService.ListFindings of a task, RecordService.ListRecords
-        of a kind), and GetPacket and VerifyCustody answer for their tracking ids.
+        Needs audit.export on the topic ('' for every topic: a grant on '*'),
+        tasks.read on the task queue (what ListTasks needs), or findings.read on
+        the task id (what ListFindings needs). Record packets are not exported:
+        RecordService.ListRecords of a kind serves them, each with its chain, and
+        GetPacket and VerifyCustody answer for their tracking ids.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

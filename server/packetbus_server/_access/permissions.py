@@ -34,7 +34,7 @@ class Permission(enum.StrEnum):
     GROUPS_READ = "groups.read"  # get, list consumer groups of [topic]
     TASKS_POST = "tasks.post"  # post tasks to [queue]
     TASKS_CLAIM = "tasks.claim"  # claim, heartbeat, release, complete, fail in [queue]
-    TASKS_READ = "tasks.read"  # get, list, watch, export tasks of [queue]
+    TASKS_READ = "tasks.read"  # get, list, watch tasks of [queue]
     FINDINGS_POST = "findings.post"  # post findings, escalate for [task id]
     FINDINGS_READ = "findings.read"  # get, list findings, conflicts, escalations of [task id]
     CONTEXT_READ = "context.read"  # get, list, watch contexts of [scope]
@@ -140,7 +140,8 @@ RULES: dict[str, Rule] = {
     _CUSTODY + "GetSigningKeys": Rule(None),  # public keys: any authenticated caller
     _CUSTODY + "RegisterAgentKey": Rule(P.KEYS_MANAGE, _field("agent_id")),
     _CUSTODY + "VerifyCustody": Rule(P.AUDIT_EXPORT, in_service=_IN_SERVICE),  # its topic
-    # audit.export on its topic ('' for all), or tasks.read on its task_queue.
+    # audit.export on its topic ('' for all), tasks.read on its task_queue, or
+    # findings.read on its finding_task_id (_placed_export.source).
     _CUSTODY + "ExportPackets": Rule(P.AUDIT_EXPORT, in_service=_IN_SERVICE),
     _FINDINGS + "PostFinding": Rule(P.FINDINGS_POST, lambda r: str(r.packet.finding.task_id)),
     _FINDINGS + "GetFinding": Rule(P.FINDINGS_READ, _field("task_id")),

@@ -1,7 +1,9 @@
-"""ExportPackets of a task queue (issue 17, item 5): `task_queue` exports the queue's
-task packets, every status, in posting order, each with its chain so far and a signed
-head, in the export file's packet lines (`packetbus export --task-queue`), verifiable
-offline; resumable with the same tokens; tasks.read on the queue, as ListTasks needs;
+"""ExportPackets of packets in no topic's log (issue 17, item 5): `task_queue` exports
+the queue's task packets, every status, in posting order, and `finding_task_id` a
+task's finding packets, first posted first; each with its chain so far and a signed
+head, in the export file's packet lines (`packetbus export --task-queue`,
+`--finding-task-id`), verifiable offline; resumable with the same tokens; with the
+permission of the listing (tasks.read on the queue, findings.read on the task id);
 bad input is INVALID_ARGUMENT on its field."""
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from pathlib import Path
 import grpc
 import pytest
 import redis.asyncio as redis_asyncio
+from google.protobuf import timestamp_pb2
 
 import packetbus
 from packetbus._export import verify_export
-from packetbus.v1 import custody_pb2, custody_service_pb2
+from packetbus.v1 import contents_pb2, custody_pb2, custody_service_pb2
 from packetbus_server import Limits, RunningServer, ServerConfig, _keys, start
 from tests._identities import Issuer, client_as, policy_text, server_config, spiffe
 from tests.conftest import unique, verified_actions
@@ -211,6 +214,12 @@ async def test_since_and_until_bound_when_a_task_was_posted(bus: packetbus.Clien
             [("include_carcel_entries", "EXCLUSIVE")],
         ),
         ({"task_queue": "q", "resume_token": "e1.nope"}, [("resume_token", "RESUME_TOKEN")]),
+        ({"task_queue": "q", "finding_task_id": "t"}, [("finding_task_id", "EXCLUSIVE")]),
+        (
+            {"finding_task_id": "t", "topic": "x", "since": timestamp_pb2.Timestamp(seconds=1)},
+            [("topic", "EXCLUSIVE"), ("since", "EXCLUSIVE")],
+        ),
+        ({"finding_task_id": "t 1"}, [("finding_task_id", "CHARSET")]),
     ],
 )
 async def test_bad_input_is_invalid_argument_on_its_field(
@@ -225,14 +234,72 @@ async def test_bad_input_is_invalid_argument_on_its_field(
     assert [(v.field, v.reason) for v in error.field_violations] == expected
 
 
+async def _post_findings(bus: packetbus.Client, task_id: str, count: int) -> list[str]:
+    """`count` findings for `task_id`; their tracking ids, in posting order."""
+    posted = [
+        await bus.post_finding(
+            contents_pb2.Finding(task_id=task_id, claim=f"claim {n}", confidence=0.5),
+            origin="analyst-1",
+        )
+        for n in range(count)
+    ]
+    return [p.finding.packet.tracking_id for p in posted]
+
+
+async def test_a_tasks_findings_export_verifies_offline_and_resumes(
+    bus: packetbus.Client, exporter: RunningServer, tmp_path: Path
+) -> None:
+    task_id = unique("task")
+    tracking_ids = await _post_findings(bus, task_id, 4)
+    await _post_findings(bus, unique("task"), 2)  # another task's: not exported
+
+    responses = [r async for r in bus.export(finding_task_id=task_id)]
+    assert len(responses) > 1  # BUDGET: several responses
+    exported = [p for r in responses for p in r.packets]
+    assert [p.packet.tracking_id for p in exported] == tracking_ids
+    assert all(p.HasField("custody_head") for p in exported)
+    for i, response in enumerate(responses):
+        rest = [
+            r async for r in bus.export(finding_task_id=task_id, resume_token=response.resume_token)
+        ]
+        # (Each head is signed as it is sent: compared by tracking id.)
+        assert [p.packet.tracking_id for r in rest for p in r.packets] == [
+            p.packet.tracking_id for r in responses[i + 1 :] for p in r.packets
+        ]
+    # Not another task's export.
+    with pytest.raises(packetbus.PacketbusError) as caught:
+        _ = [
+            r
+            async for r in bus.export(
+                finding_task_id=unique("task"), resume_token=responses[0].resume_token
+            )
+        ]
+    assert [(v.field, v.reason) for v in caught.value.field_violations] == [
+        ("resume_token", "RESUME_TOKEN_MISMATCH")
+    ]
+
+    path = tmp_path / "findings.jsonl"
+    target = f"127.0.0.1:{exporter.port}"
+    wrote = await asyncio.to_thread(
+        cli, target, "export", "--finding-task-id", task_id, "--out", str(path)
+    )
+    assert wrote.returncode == 0, wrote.stderr
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["kind"] for line in lines] == ["keys"] + ["packet"] * 4
+    offline = await asyncio.to_thread(offline_verify, path)
+    assert offline.returncode == 0, offline.stdout
+    report = await asyncio.to_thread(verify_export, path)
+    assert (report.packets, report.verified, report.failures) == (4, 4, [])
+
+
 # -- authorization: tasks.read on the queue, as ListTasks ---------------------------------
 
 WRITER = spiffe("writer-1")
 READER = spiffe("reader-2")  # tasks.read on "open.*" queues only
 AUDITOR = spiffe("auditor-3")  # audit.export on every topic, no tasks.read
 GRANTS = {
-    WRITER: [("tasks.post", "*")],
-    READER: [("tasks.read", "open.*")],
+    WRITER: [("tasks.post", "*"), ("findings.post", "*")],
+    READER: [("tasks.read", "open.*"), ("findings.read", "open.*")],
     AUDITOR: [("audit.export", "*")],
 }
 
@@ -282,6 +349,23 @@ async def test_exporting_a_queue_needs_tasks_read_on_it(
             assert caught.value.error_info.metadata == {
                 "permission": permission,
                 "resource": resource,
+                "principal": principal,
+            }
+        # A task's findings: findings.read on its task id, as ListFindings.
+        for task_id in (open_queue, closed_queue):
+            await writer.post_finding(
+                contents_pb2.Finding(task_id=task_id, claim="c", confidence=0.5), origin="writer-1"
+            )
+        found = [p async for r in reader.export(finding_task_id=open_queue) for p in r.packets]
+        assert [p.packet.finding.task_id for p in found] == [open_queue]
+        for client, principal in ((reader, READER), (auditor, AUDITOR)):
+            with pytest.raises(packetbus.PacketbusError) as caught:
+                _ = [r async for r in client.export(finding_task_id=closed_queue)]
+            assert caught.value.code == grpc.StatusCode.PERMISSION_DENIED
+            assert caught.value.error_info is not None
+            assert caught.value.error_info.metadata == {
+                "permission": "findings.read",
+                "resource": closed_queue,
                 "principal": principal,
             }
         # And tasks.read exports no topic: that is still audit.export's.
