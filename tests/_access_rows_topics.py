@@ -152,7 +152,8 @@ async def _verify(door: Door, me: str) -> Call:
 async def _export(door: Door, me: str) -> Call:
     topic = unique("topic")
     await dispatched(door, topic)
-    return Call(CU + "ExportPackets", custody_service_pb2.ExportPacketsRequest(topic=topic))
+    request = custody_service_pb2.ExportPacketsRequest(topic=topic)
+    return Call(CU + "ExportPackets", request, resource=topic)
 
 
 @row(P + "Dispatch")

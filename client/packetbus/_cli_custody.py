@@ -59,7 +59,21 @@ def add_parsers(commands: Any) -> None:
         "export", help="write packets, their chains and the public keys as JSON lines"
     )
     export.add_argument("--out", type=Path, required=True, help="the file to write")
-    export.add_argument("--topic", default="", help="only this topic (default: every topic)")
+    source = export.add_mutually_exclusive_group()
+    source.add_argument("--topic", default="", help="only this topic (default: every topic)")
+    source.add_argument(
+        "--task-queue",
+        default="",
+        metavar="QUEUE",
+        help="instead of topics: this task queue's task packets (needs tasks.read on it)",
+    )
+    source.add_argument(
+        "--finding-task-id",
+        default="",
+        metavar="TASK_ID",
+        help="instead of topics: the finding packets posted for this task id (needs "
+        "findings.read on it; no --since/--until)",
+    )
     export.add_argument(
         "--since",
         type=_timestamp,
@@ -155,14 +169,18 @@ def _verify_file(args: argparse.Namespace) -> int:
 async def _export(client: Client, args: argparse.Namespace) -> int:
     count = carceled = decided = 0
     keys = await client.signing_keys(timeout=args.timeout)
+    placed = bool(args.task_queue or args.finding_task_id)
     with args.out.open("w") as out, bar("exporting", unit="packets") as shown:
         write_keys(out, keys)
         async for response in client.export(
             args.topic,
             since=args.since,
             until=args.until,
-            include_carcel_entries=not args.packets_only,
-            include_decisions=not args.packets_only,
+            # Tasks and findings have no carcel entries or decisions of their own to add.
+            include_carcel_entries=not (placed or args.packets_only),
+            include_decisions=not (placed or args.packets_only),
+            task_queue=args.task_queue,
+            finding_task_id=args.finding_task_id,
         ):
             for stored in response.packets:
                 write_packet(out, stored)

@@ -2,7 +2,9 @@
 verifiable offline with no server and no Redis.
 
     {"kind": "keys", "keys": [SigningKey, ...]}
-    {"kind": "packet", "packet": StoredPacket}      (one line per packet)
+    {"kind": "packet", "packet": StoredPacket}      (one line per packet: a topic's
+                                                     or, exported by task queue or task
+                                                     id, a task's or a finding's)
     {"kind": "carcel", "entry": CarcelEntry}        (one per carcel entry: its packet's
                                                      chain is verified like a packet's)
     {"kind": "decision", "decision": PolicyDecisionRecord}   (governance decisions)
@@ -42,12 +44,19 @@ def export_request(
     until: datetime | None = None,
     include_carcel_entries: bool = False,
     include_decisions: bool = False,
+    task_queue: str = "",
+    finding_task_id: str = "",
 ) -> custody_service_pb2.ExportPacketsRequest:
-    """An ExportPackets request; naive datetimes are taken as UTC."""
+    """An ExportPackets request; naive datetimes are taken as UTC. With
+    `task_queue`, the export is that queue's task packets; with `finding_task_id`,
+    that task's finding packets (the other fields then unset, as the server
+    requires: see ExportPacketsRequest)."""
     request = custody_service_pb2.ExportPacketsRequest(
         topic=topic,
         include_carcel_entries=include_carcel_entries,
         include_decisions=include_decisions,
+        task_queue=task_queue,
+        finding_task_id=finding_task_id,
     )
     for name, when in (("since", since), ("until", until)):
         if when is not None:

@@ -162,6 +162,8 @@ class SyncCalls:
         until: datetime | None = ...,
         include_carcel_entries: bool = ...,
         include_decisions: bool = ...,
+        task_queue: str = ...,
+        finding_task_id: str = ...,
         resume_token: str = ...,
         timeout: float | None = ...,
     ) -> SyncProxy: ...

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 
 import grpc
 
@@ -25,11 +26,15 @@ from ._key_store import KeyStore, Registration
 from ._limits import Limits
 from ._packet_service import PacketService, entry_size, storage_errors, stored_packet
 from ._packing import FIRST_READ, message_size, packs, read_count
+from ._placed_export import Page, check, export_replies, source
 from ._policy_store import DecisionRow, PolicyStore
 from ._store import PacketStore, cursor_millis
 from ._validation import Violation, validate_agent_id, validate_timestamp, validate_topic
 
 _EXPORT_BATCH = 200
+# Placed packets' export pages of a name after a cursor (TaskService.export_pages,
+# FindingService.export_pages).
+PlacedPages = Callable[[str, str | None], AsyncGenerator[Page, None]]
 # The largest sequence part of a stream id: "<ms - 1>-<this>" is just before ms.
 _MAX_SEQUENCE = 2**64 - 1
 
@@ -69,6 +74,12 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
         self._key_store = key_store
         self._packets = packets
         self._limits = limits
+        self._placed_pages: dict[str, PlacedPages] = {}
+
+    def serve_placed(self, section: str, pages: PlacedPages) -> None:
+        """Export the placed packets of `section` (_placed_export: TASKS, FINDINGS)
+        with `pages` (their service registers it)."""
+        self._placed_pages[section] = pages
 
     async def GetSigningKeys(
         self,
@@ -209,8 +220,16 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
         request: custody_service_pb2.ExportPacketsRequest,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[custody_service_pb2.ExportPacketsResponse]:
+        # Here, not at the gate: which permission depends on what is exported.
+        placed = source(request)
+        if placed is not None:
+            await _access.require(context, placed.permission, placed.name)
+        else:
+            await _access.require(context, Permission.AUDIT_EXPORT, request.topic)
         violations: list[Violation] = []
-        if request.topic:
+        if placed is not None:
+            check(violations, request, self._limits.max_topic_length)
+        elif request.topic:
             validate_topic(violations, "topic", request.topic, self._limits.max_topic_length)
         # Checked before ToMilliseconds, which raises on an out-of-range Timestamp.
         since_ok = not request.HasField("since") or validate_timestamp(
@@ -234,6 +253,24 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
         )
         if violations:
             await _status.abort_invalid(context, "invalid export", violations)
+        mark = _export_token.fingerprint(request)
+        if placed is not None:
+            pages_of = self._placed_pages.get(placed.section)
+            if pages_of is None:
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not exported by this server")
+                raise AssertionError("context.abort always raises")
+            after = position.cursor if position is not None else None
+            async with aclosing(pages_of(placed.name, after)) as pages:
+                budget = self._limits.reply_budget_bytes
+                vouch = self._packets.attach_head
+                async for response, last in export_replies(
+                    context, pages, vouch, budget, since_ms, until_ms
+                ):
+                    response.resume_token = _export_token.encode(
+                        mark, _export_token.Position(placed.slot, placed.section, last)
+                    )
+                    yield response
+            return
         # Stream ids start with their ms: the range is a pair of ids.
         start = f"{since_ms - 1}-{_MAX_SEQUENCE}" if since_ms > 0 else "0-0"
         high = f"{until_ms}-{_MAX_SEQUENCE}" if until_ms is not None else "+"
@@ -248,7 +285,6 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
             _export_token.CARCEL: request.include_carcel_entries and self._carcel is not None,
             _export_token.DECISIONS: request.include_decisions and self._policy is not None,
         }
-        mark = _export_token.fingerprint(request)
         for topic in topics:
             for section in _export_token.SECTIONS:
                 if not wanted[section]:

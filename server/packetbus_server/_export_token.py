@@ -5,9 +5,12 @@ A token is ASCII, at most MAX_TOKEN_LENGTH characters:
     e1.<fingerprint>.<section>.<cursor>.<topic>
 
 `fingerprint` (16 hex digits) is a hash of the request's own fields (topic, since,
-until, include_*), so a token only continues the export it came from; `section` is
-p (stored packets), c (carcel entries) or d (decisions); `cursor` the stream id of
-the last item sent in that section of `topic`. It is not a secret and not signed:
+until, include_*, task_queue, finding_task_id), so a token only continues the export it came from;
+`section` is p (stored packets), c (carcel entries) or d (decisions); `cursor` the
+stream id of the last item sent in that section of `topic`. An export of a task
+queue has section t, the queue in place of `topic`, and a task cursor in the same
+"<a>-<b>" shape (see _task_export.cursor_text); of a task's findings, section f,
+"_" in place of `topic` (the fingerprint binds the task id) and "<offset>-0". It is not a secret and not signed:
 it names a position, and whatever it names is checked like any other input.
 """
 
@@ -27,9 +30,11 @@ from ._validation import Violation, validate_topic
 # Export order within a topic.
 SECTIONS = ("p", "c", "d")
 PACKETS, CARCEL, DECISIONS = SECTIONS
+# Placed packets' exports (_placed_export): one section each.
+TASKS, FINDINGS = "t", "f"
 MAX_TOKEN_LENGTH = 512
 _TOKEN = re.compile(
-    r"e1\.(?P<fingerprint>[0-9a-f]{16})\.(?P<section>[pcd])\."
+    r"e1\.(?P<fingerprint>[0-9a-f]{16})\.(?P<section>[pcdtf])\."
     r"(?P<ms>[0-9]{1,20})-(?P<seq>[0-9]{1,20})\.(?P<topic>.+)\Z",
     re.ASCII | re.DOTALL,
 )
@@ -50,13 +55,18 @@ def fingerprint(request: custody_service_pb2.ExportPacketsRequest) -> str:
     def when(ts: timestamp_pb2.Timestamp, present: bool) -> str:
         return f"{ts.seconds}.{ts.nanos}" if present else "-"
 
-    fields = (
+    fields: tuple[str, ...] = (
         request.topic,
         when(request.since, request.HasField("since")),
         when(request.until, request.HasField("until")),
         str(int(request.include_carcel_entries)),
         str(int(request.include_decisions)),
     )
+    # Only when set, so that the tokens of topic exports stay as they were.
+    if request.task_queue:
+        fields += (request.task_queue,)
+    if request.finding_task_id:
+        fields += ("finding", request.finding_task_id)
     return hashlib.sha256("\n".join(fields).encode()).hexdigest()[:16]
 
 
@@ -84,6 +94,8 @@ def decode(
         bad("RESUME_TOKEN", "not a resume token made by ExportPackets")
         return None
     cursor = f"{int(found['ms'])}-{int(found['seq'])}"
+    # What the token holds in place of a topic (_placed_export.source: "_" for findings).
+    source = request.task_queue or request.topic or ("_" if request.finding_task_id else "")
     topic_problems: list[Violation] = []
     validate_topic(topic_problems, "resume_token", found["topic"], max_topic_length)
     if not is_stream_id(cursor) or topic_problems:
@@ -92,14 +104,16 @@ def decode(
     section = found["section"]
     if (
         found["fingerprint"] != fingerprint(request)
-        or (request.topic and found["topic"] != request.topic)
+        or (source and found["topic"] != source)
+        or (section == TASKS) != bool(request.task_queue)
+        or (section == FINDINGS) != bool(request.finding_task_id)
         or (section == CARCEL and not request.include_carcel_entries)
         or (section == DECISIONS and not request.include_decisions)
     ):
         bad(
             "RESUME_TOKEN_MISMATCH",
-            "made for another export: topic, since, until and include_* must be as in "
-            "the request that returned it",
+            "made for another export: topic, task_queue, finding_task_id, since, until and "
+            "include_* must be as in the request that returned it",
         )
         return None
     return Position(found["topic"], section, cursor)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING
 
 import grpc
@@ -26,6 +26,7 @@ from ._derived import (
 )
 from ._derived import escalation as derived_escalation
 from ._fields import is_stream_id, utf8_length
+from ._finding_export import finding_pages
 from ._finding_store import FindingStore, StoredFinding
 from ._key_store import KeyStore
 from ._limits import Limits
@@ -34,6 +35,7 @@ from ._packet_service import PacketService, entry_size, storage_errors
 from ._packing import FIRST_READ, ITEM_OVERHEAD, fit, message_size, read_count, stored_size
 from ._page_tokens import seal, unseal
 from ._paging import offset_request, page_by_offset
+from ._placed_export import Page
 from ._placed_packets import FINDING, Place, PlacedPackets
 from ._store import PacketStore, PacketWrite
 from ._validation import Violation, validate_agent_id, validate_id
@@ -259,6 +261,13 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
         return pb.ListFindingsResponse(
             findings=[self._vouched(f.payload, f.content_length) for f in found],
             next_page_token=seal("findings", scope, token),
+        )
+
+    def export_pages(self, task_id: str, after: str | None) -> AsyncGenerator[Page, None]:
+        """ExportPackets of `task_id`'s findings after cursor `after`, as GetFinding
+        shows them (see _finding_export.finding_pages)."""
+        return finding_pages(
+            self._store, task_id, after, lambda f: _stored(f.payload, f.content_length)
         )
 
     async def _placed_packet(self, place: Place) -> packet_service_pb2.StoredPacket | None:

@@ -34,6 +34,7 @@ from ._context_service import ContextService
 from ._context_store import ContextStore
 from ._custodian import Custodian
 from ._custody_service import CustodyService
+from ._export_token import FINDINGS, TASKS
 from ._finding_service import FindingService
 from ._finding_store import FindingStore
 from ._group_service import ConsumerGroupService
@@ -132,26 +133,21 @@ def wire_services(
         gate=gate,
     )
     hops = HopStore(redis, retry_budget=config.retry_budget_seconds)
-    add_servicer(
-        server,
-        custody_service,
-        CustodyService(
-            store,
-            key_store,
-            packets,
-            config.limits,
-            carcel=CarcelStore(
-                redis,
-                hops,
-                retry_budget=config.retry_budget_seconds,
-                expander=store.expander,
-            ),
-            policy=governor.store,
-            clock=clock,
+    custody = CustodyService(
+        store,
+        key_store,
+        packets,
+        config.limits,
+        carcel=CarcelStore(
+            redis,
+            hops,
+            retry_budget=config.retry_budget_seconds,
+            expander=store.expander,
         ),
-        streams,
-        gate=gate,
+        policy=governor.store,
+        clock=clock,
     )
+    add_servicer(server, custody_service, custody, streams, gate=gate)
     topics = TopicStore(
         redis,
         retry_budget=config.retry_budget_seconds,
@@ -204,6 +200,7 @@ def wire_services(
         placed=placed,
     )
     add_servicer(server, task_service, tasks, streams, gate=gate)
+    custody.serve_placed(TASKS, tasks.export_pages)
     agent_service = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"]
     add_servicer(
         server,
@@ -215,23 +212,19 @@ def wire_services(
     agent_reaper = AgentReaper(
         agent_store, tasks.release_held, config.limits.agent_reaper_interval_seconds
     )
-    add_servicer(
-        server,
-        finding_service,
-        FindingService(
-            FindingStore(redis, retry_budget=config.retry_budget_seconds),
-            store,
-            packets,
-            key_store,
-            custodian,
-            config.limits,
-            clock=clock,
-            governor=governor,
-            placed=placed,
-        ),
-        streams,
-        gate=gate,
+    findings = FindingService(
+        FindingStore(redis, retry_budget=config.retry_budget_seconds),
+        store,
+        packets,
+        key_store,
+        custodian,
+        config.limits,
+        clock=clock,
+        governor=governor,
+        placed=placed,
     )
+    add_servicer(server, finding_service, findings, streams, gate=gate)
+    custody.serve_placed(FINDINGS, findings.export_pages)
     add_servicer(
         server,
         carcel_service,

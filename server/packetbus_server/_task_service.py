@@ -8,7 +8,7 @@ _task_watch."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
@@ -28,7 +28,9 @@ from ._key_store import KeyStore
 from ._limits import Limits
 from ._observability import counting, tracing
 from ._packet_service import storage_errors
+from ._placed_export import Page
 from ._placed_packets import TASK, Place, PlacedPackets
+from ._task_export import queue_pages
 from ._task_listing import TaskListing
 from ._task_requests import MAX_LEASE_S, check_task_ref, claim_violations, post_violations
 from ._task_settling import TaskSettler, one_line
@@ -285,6 +287,17 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         if record is None:
             return None
         return task_state(place.scope, record, self._clock.now_ms()).packet
+
+    def export_pages(self, queue: str, after: str | None) -> AsyncGenerator[Page, None]:
+        """ExportPackets of `queue`: its task packets after cursor `after`, as GetTask
+        shows them (see _task_export.queue_pages)."""
+        return queue_pages(
+            self._store,
+            queue,
+            after,
+            before_read=self._settler.expire_before_read,
+            packet=lambda record: task_state(queue, record, self._clock.now_ms()).packet,
+        )
 
     async def ListTasks(
         self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext

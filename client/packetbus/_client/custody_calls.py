@@ -91,13 +91,19 @@ class CustodyCalls(ClientCore):
         until: datetime | None = None,
         include_carcel_entries: bool = False,
         include_decisions: bool = False,
+        task_queue: str = "",
+        finding_task_id: str = "",
         resume_token: str = "",
         timeout: float | None = None,
     ) -> AsyncIterator[custody_service_pb2.ExportPacketsResponse]:
         """For audit: the stored packets of `topic` (or all topics) stored between `since`
         and `until` (naive datetimes are UTC), and optionally the carcel entries and
         governance decisions of that time, as the server sends them (in batches; topics
-        by name, within one its packets, then carcel entries, then decisions). A stream
+        by name, within one its packets, then carcel entries, then decisions). With
+        `task_queue` instead (no topic, no include_*): that queue's task packets posted
+        between `since` and `until`, in the queue's order (needs tasks.read on it); with
+        `finding_task_id` (alone): that task's finding packets, first posted first
+        (needs findings.read on it). A stream
         that ends UNAVAILABLE (a drain, a lost connection) resumes after the last
         response, with no item lost or repeated. Each response's `resume_token`, given
         here with the same other arguments, continues after it (e.g. after a
@@ -108,6 +114,8 @@ class CustodyCalls(ClientCore):
             until=until,
             include_carcel_entries=include_carcel_entries,
             include_decisions=include_decisions,
+            task_queue=task_queue,
+            finding_task_id=finding_task_id,
         )
         request.resume_token = resume_token
         async for response in export_stream(self._custody, request, timeout):

@@ -222,8 +222,10 @@ class ExportPacketsRequest(_message.Message):
     INCLUDE_CARCEL_ENTRIES_FIELD_NUMBER: _builtins.int
     INCLUDE_DECISIONS_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    TASK_QUEUE_FIELD_NUMBER: _builtins.int
+    FINDING_TASK_ID_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
-    """Empty: every topic."""
+    """Empty: every topic (unless task_queue is set)."""
     include_carcel_entries: _builtins.bool
     """Also the topics' carcel entries (each packet with its chain and a signed
     head, verifiable like the stored packets).
@@ -235,13 +237,31 @@ class ExportPacketsRequest(_message.Message):
     connection) exactly after the response that carried this token; every other
     field must be as in the request that made it. Opaque; empty: from the start.
     """
+    task_queue: _builtins.str
+    """Set: export this task queue's task packets (TaskService, every status, in
+    the queue's order: posted first first), each with its chain so far, instead
+    of topics. A queue name as TaskService takes it (TOPIC_FORMAT); topic,
+    include_carcel_entries and include_decisions must then be unset
+    (INVALID_ARGUMENT, reason EXCLUSIVE).
+    """
+    finding_task_id: _builtins.str
+    """Set: export the finding packets posted for this task id (FindingService,
+    first posted first), each with its chain, instead of topics. An id as
+    FindingService takes it; topic, task_queue, since, until and include_*
+    must then be unset (INVALID_ARGUMENT, reason EXCLUSIVE): a finding has no
+    stored time.
+    """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
-        """Only what was stored, carceled or decided at or after this time."""
+        """Only what was stored, carceled or decided at or after this time (a task:
+        when it was posted).
+        """
 
     @_builtins.property
     def until(self) -> _timestamp_pb2.Timestamp:
-        """Only what was stored, carceled or decided at or before this time."""
+        """Only what was stored, carceled or decided at or before this time (a task:
+        when it was posted).
+        """
 
     def __init__(
         self,
@@ -252,10 +272,12 @@ class ExportPacketsRequest(_message.Message):
         include_carcel_entries: _builtins.bool = ...,
         include_decisions: _builtins.bool = ...,
         resume_token: _builtins.str = ...,
+        task_queue: _builtins.str = ...,
+        finding_task_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_carcel_entries", b"include_carcel_entries", "include_decisions", b"include_decisions", "resume_token", b"resume_token", "since", b"since", "topic", b"topic", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finding_task_id", b"finding_task_id", "include_carcel_entries", b"include_carcel_entries", "include_decisions", b"include_decisions", "resume_token", b"resume_token", "since", b"since", "task_queue", b"task_queue", "topic", b"topic", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

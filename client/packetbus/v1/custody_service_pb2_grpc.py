@@ -90,12 +90,15 @@ class CustodyServiceServicer:
 
     def ExportPackets(self, request, context):
         """Streams the stored packets of a topic (or of every topic) in stored
+        order, or the task packets of one task queue (task_queue) in the queue's
+        order, or the finding packets of one task id (finding_task_id) in posting
         order, each with its content bytes and a signed custody head, for export
         and offline verification. Ends when the packets stored so far are sent.
-        Topics only: task, finding and record packets are not in a topic's log;
-        their own listings serve them, each packet with its chain and a signed
-        head (TaskService.ListTasks of a queue, FindingService.ListFindings of a
-        task, RecordService.ListRecords of a kind).
+        Needs audit.export on the topic ('' for every topic: a grant on '*'),
+        tasks.read on the task queue (what ListTasks needs), or findings.read on
+        the task id (what ListFindings needs). Record packets are not exported:
+        RecordService.ListRecords of a kind serves them, each with its chain, and
+        GetPacket and VerifyCustody answer for their tracking ids.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
