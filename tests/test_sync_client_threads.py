@@ -70,7 +70,12 @@ async def test_a_call_from_the_clients_own_thread_is_refused_not_a_deadlock(
                     seen.append(str(error))
 
             done = threading.Event()
-            bus._loop.call_soon_threadsafe(lambda: (on_loop(), done.set()))
+
+            def callback() -> None:
+                on_loop()
+                done.set()
+
+            bus._loop.call_soon_threadsafe(callback)
             assert done.wait(5)
             return seen[0]
 

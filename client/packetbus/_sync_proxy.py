@@ -68,11 +68,13 @@ def run_on(
             except concurrent.futures.TimeoutError:
                 if not loop.is_running() and not future.done():
                     # The loop stopped (another thread closed the client) after the
-                    # check above: nothing will ever run or resolve this call.
-                    future.cancel()
-                    raise client_closed() from None
+                    # check above: nothing will ever run or resolve this call (and
+                    # cancelling it would schedule onto a closed loop).
+                    raise _Abandoned from None
                 if left is not None and left <= _STOPPED_CHECK_S:
                     raise
+    except _Abandoned:
+        raise client_closed() from None
     except concurrent.futures.TimeoutError:
         future.cancel()
         raise PacketbusError(
@@ -83,6 +85,10 @@ def run_on(
     except BaseException:
         future.cancel()  # KeyboardInterrupt, SystemExit: stop the work on the loop too
         raise
+
+
+class _Abandoned(Exception):
+    """A call left unresolved on a loop that stopped."""
 
 
 # How often a waiting caller checks that the client's loop still runs: a loop that
