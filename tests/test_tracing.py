@@ -295,3 +295,34 @@ def test_tracing_off_imports_no_opentelemetry_and_the_client_works_without_it(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-2:] == ["refused: blocked: opentelemetry", "[]"]
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        f"00-{'0' * 32}-{'b' * 16}-01",  # all-zero trace-id: well formed, invalid
+        "00-not-a-traceparent",
+        f"ff-{'a' * 32}-{'b' * 16}-01",  # version ff is forbidden
+    ],
+)
+async def test_a_refused_packets_send_span_with_a_malformed_traceparent_joins_the_call(
+    client: packetbus.Client, topic: str, spans: InMemorySpanExporter, traceparent: str
+) -> None:
+    # README "Traces": a send span is a child of the packet's trace_context, else of
+    # the call's. A trace_context that names no valid span is none: the span must
+    # join the caller's trace, not start a trace of its own.
+    packet = new_packet(topic)
+    packet.trace_context.traceparent = traceparent
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("caller") as caller:
+        [result] = await client.dispatch_batch([packet])
+    assert result.error.code == 3  # INVALID_ARGUMENT
+    [send] = [
+        s
+        for s in spans.get_finished_spans()
+        if s.name == f"send {topic}" and s.kind is SpanKind.SERVER
+    ]
+    assert send.context is not None
+    assert send.context.trace_id == caller.get_span_context().trace_id
+    assert send.parent is not None
+    assert send.status.status_code is trace.StatusCode.ERROR

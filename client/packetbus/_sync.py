@@ -48,6 +48,9 @@ class SyncClient(SyncCalls):
         self._loop = loop
         self._thread = thread
         self._client = client
+        # close() from several threads at once: one closes, the others wait for it
+        # (two stopping the loop would leave one waiting on a loop that stopped).
+        self._closing = threading.Lock()
 
     @classmethod
     def connect(
@@ -74,13 +77,16 @@ class SyncClient(SyncCalls):
 
     def close(self) -> None:
         """Close the client, end its open async generators, and stop and join its
-        loop's thread; closing again does nothing."""
-        if self._loop.is_closed():
-            return
-        try:
-            run_on(self._loop, self._client.close())
-        finally:
-            _stop(self._loop, self._thread)
+        loop's thread; closing again does nothing, and threads closing at once all
+        return once it is closed. Calls waiting meanwhile raise PacketbusError
+        CANCELLED. Raises RuntimeError on the client's own loop thread (a callback)."""
+        with self._closing:
+            if self._loop.is_closed():
+                return
+            try:
+                run_on(self._loop, self._client.close())
+            finally:
+                _stop(self._loop, self._thread)
 
     def __enter__(self) -> Self:
         return self

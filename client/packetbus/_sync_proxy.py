@@ -17,6 +17,7 @@ import concurrent.futures
 import datetime
 import enum
 import inspect
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence, Set
 from functools import cache
 from types import TracebackType
@@ -39,16 +40,41 @@ def run_on(
     """Run `coro` on `loop` (another thread's) and return its result or raise its error.
 
     Raises PacketbusError CANCELLED at once when the loop no longer runs (its client
-    is closed), and DEADLINE_EXCEEDED after `wait` seconds (None: no bound). On
+    is closed; within 0.25 s when it stops while the call waits), DEADLINE_EXCEEDED
+    after `wait` seconds (None: no bound), and RuntimeError when called on `loop`'s
+    own thread (a callback), where waiting would never end. On
     either of those, or a KeyboardInterrupt while waiting, the coroutine is
     cancelled on its loop, so nothing keeps running for a caller who left.
     """
+    if _running_loop() is loop:
+        coro.close()
+        raise RuntimeError(
+            "a SyncClient call was made on its own event loop's thread (from a callback "
+            "such as on_gap): it would wait forever for that thread; use the asyncio "
+            "Client there, or hand the call to another thread"
+        )
     if loop.is_closed() or not loop.is_running():
         coro.close()  # never started: no "never awaited" warning
         raise client_closed()
     future = asyncio.run_coroutine_threadsafe(coro, loop)
+    deadline = None if wait is None else time.monotonic() + wait
     try:
-        return future.result(wait)
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return future.result(
+                    _STOPPED_CHECK_S if left is None else min(left, _STOPPED_CHECK_S)
+                )
+            except concurrent.futures.TimeoutError:
+                if not loop.is_running() and not future.done():
+                    # The loop stopped (another thread closed the client) after the
+                    # check above: nothing will ever run or resolve this call (and
+                    # cancelling it would schedule onto a closed loop).
+                    raise _Abandoned from None
+                if left is not None and left <= _STOPPED_CHECK_S:
+                    raise
+    except _Abandoned:
+        raise client_closed() from None
     except concurrent.futures.TimeoutError:
         future.cancel()
         raise PacketbusError(
@@ -59,6 +85,22 @@ def run_on(
     except BaseException:
         future.cancel()  # KeyboardInterrupt, SystemExit: stop the work on the loop too
         raise
+
+
+class _Abandoned(Exception):
+    """A call left unresolved on a loop that stopped."""
+
+
+# How often a waiting caller checks that the client's loop still runs: a loop that
+# stops between a call's check and its scheduling leaves the call unresolved.
+_STOPPED_CHECK_S = 0.25
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 async def _invoke(function: Callable[..., Any], args: Any, kwargs: Any) -> Any:

@@ -143,7 +143,10 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
             check_write=escalatable,
         )
         fact = Fact(finding_id, write.fingerprint, finding.refutes, finding.confidence, subject)
+        place = Place(FINDING, finding.task_id, finding.task_id, finding_id)
         async with storage_errors(context):
+            if self._placed is not None:
+                await self._placed.refuse_if_taken(packet.tracking_id, place, context)
             status, earlier = await self._store.post(
                 finding.task_id,
                 fact,
@@ -160,9 +163,7 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
         if self._placed is not None:
             async with storage_errors(context):
                 await self._placed.note(
-                    packet.tracking_id,
-                    Place(FINDING, finding.task_id, finding.task_id, finding_id),
-                    now_ns // 1_000_000 + write.ttl_ms,
+                    packet.tracking_id, place, now_ns // 1_000_000 + write.ttl_ms
                 )
         conflicts = conflicts_with(fact, earlier, DEFAULT_THRESHOLD)
         # Published on every post, new or repeated: the events' tracking ids are

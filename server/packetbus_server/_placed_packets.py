@@ -8,6 +8,12 @@ VerifyCustody answer for any tracking id (issue 17, item 5). The note is its own
 command, written after the post's script (one hash tag per script: the note's
 slot is the tracking id's), and again on every repeat of the post, so a post
 retried after a lost note repairs it; a refused post writes none.
+
+A tracking id names one packet: a post whose tracking id already names a packet of
+another place, or a topic's packet, is refused before anything is stored (`taken`),
+and a note never replaces another place's (first one wins when two posts race), so
+a finding posted under a task's tracking id cannot take that id over in GetPacket
+and VerifyCustody.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+import grpc
 
 from packetbus.v1 import packet_service_pb2
 
@@ -73,13 +81,44 @@ class PlacedPackets:
         """Read the packets of `kind` with `loader` (its service registers it)."""
         self._loaders[kind] = loader
 
-    async def note(self, tracking_id: str, place: Place, expires_at_ms: int) -> None:
-        """Remember `place` for `tracking_id` until `expires_at_ms` (unix ms, the
-        packet's expiry); idempotent. Raises the store's errors (_retry)."""
-        value = json.dumps([place.kind, place.resource, place.scope, place.item])
+    async def taken(self, tracking_id: str, place: Place) -> bool:
+        """True when `tracking_id` already names another packet: a topic's (its
+        location, _keys.packet_location) or one at another place than `place`.
+        A repeat of the same post is not taken. Raises the store's errors (_retry)."""
 
         async def attempt() -> Any:
-            return await self._redis.set(_keys.packet_place(tracking_id), value, pxat=expires_at_ms)
+            location = await self._redis.exists(_keys.packet_location(tracking_id))
+            noted = await self._redis.get(_keys.packet_place(tracking_id))
+            return location, noted
+
+        location, noted = await with_retries(attempt, budget_seconds=self._retry_budget)
+        return bool(location) or (noted is not None and _decoded(noted) != _value(place))
+
+    async def refuse_if_taken(
+        self, tracking_id: str, place: Place, context: grpc.aio.ServicerContext
+    ) -> None:
+        """End the call with ALREADY_EXISTS when `tracking_id` is `taken` (a post
+        under it would store a packet GetPacket never answers). Call it before the
+        post writes anything, within the caller's storage error handling."""
+        if await self.taken(tracking_id, place):
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"tracking id {tracking_id} is another packet's",
+            )
+
+    async def note(self, tracking_id: str, place: Place, expires_at_ms: int) -> None:
+        """Remember `place` for `tracking_id` until `expires_at_ms` (unix ms, the
+        packet's expiry); idempotent, and never over another place's note (the
+        first post of a tracking id keeps it). Raises the store's errors (_retry)."""
+        key = _keys.packet_place(tracking_id)
+        value = _value(place)
+
+        async def attempt() -> Any:
+            # SET NX GET: one command that writes only a new note and says what
+            # was there; a repeat of the same post then refreshes its expiry.
+            earlier = await self._redis.set(key, value, nx=True, get=True, pxat=expires_at_ms)
+            if isinstance(earlier, bytes | str) and _decoded(earlier) == value:
+                await self._redis.set(key, value, xx=True, pxat=expires_at_ms)
 
         await with_retries(attempt, budget_seconds=self._retry_budget)
 
@@ -93,8 +132,17 @@ class PlacedPackets:
         raw = await with_retries(attempt, budget_seconds=self._retry_budget)
         if raw is None:
             return None
-        kind, resource, scope, item = json.loads(raw)
+        kind, resource, scope, item = json.loads(_decoded(raw))
         place = Place(kind, resource, scope, item)
         loader = self._loaders.get(kind)
         stored = None if loader is None else await loader(place)
         return None if stored is None else (place, stored)
+
+
+def _value(place: Place) -> str:
+    """The note's stored form: a JSON array of the place's four fields."""
+    return json.dumps([place.kind, place.resource, place.scope, place.item])
+
+
+def _decoded(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw

@@ -184,7 +184,11 @@ class RecordService(record_service_pb2_grpc.RecordServiceServicer):
         _, key_kind = _KINDS[kind]
         retention = request.retention_seconds or self._default_ttl[kind]
         now_ms = now_ns // 1_000_000
+        # Its read permission is granted on the contents field's name.
+        place = Place(RECORD, _KINDS[kind][0], key_kind, packet.tracking_id)
         async with storage_errors(context):
+            if self._placed is not None:
+                await self._placed.refuse_if_taken(packet.tracking_id, place, context)
             status, earlier = await self._store.put(
                 key_kind,
                 packet.tracking_id,
@@ -202,12 +206,7 @@ class RecordService(record_service_pb2_grpc.RecordServiceServicer):
             )
         if self._placed is not None:
             async with storage_errors(context):
-                await self._placed.note(
-                    packet.tracking_id,
-                    # Its read permission is granted on the contents field's name.
-                    Place(RECORD, _KINDS[kind][0], key_kind, packet.tracking_id),
-                    now_ms + retention * 1000,
-                )
+                await self._placed.note(packet.tracking_id, place, now_ms + retention * 1000)
         stored = (
             self._stored(earlier)
             if earlier is not None

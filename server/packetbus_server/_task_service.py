@@ -100,7 +100,10 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             request_fields=(f"max_attempts {request.max_attempts}",),
         )
         queue = packet.topic
+        place = Place(TASK, queue, queue, task.id)
         async with storage_errors(context):
+            if self._placed is not None:
+                await self._placed.refuse_if_taken(packet.tracking_id, place, context)
             posted = await self._store.post(
                 queue,
                 task.id,
@@ -118,9 +121,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
                 )
             if self._placed is not None:
                 await self._placed.note(
-                    packet.tracking_id,
-                    Place(TASK, queue, queue, task.id),
-                    now_ns // 1_000_000 + write.ttl_ms,
+                    packet.tracking_id, place, now_ns // 1_000_000 + write.ttl_ms
                 )
             [record] = await self._store.get_many(queue, [task.id])
         if record is None:

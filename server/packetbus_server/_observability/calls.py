@@ -165,9 +165,12 @@ class Observed:
 def status_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
     """The status code the client gets for a handler that ended with `error`
     (None: it returned)."""
-    if isinstance(error, asyncio.CancelledError):
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
         # grpc.aio cancels the handler both when the client goes away and when
-        # the call's deadline passes; the client sees DEADLINE_EXCEEDED then.
+        # the call's deadline passes; the client sees DEADLINE_EXCEEDED then. A
+        # streaming handler suspended at a `yield` is closed instead (GeneratorExit)
+        # when its call ends under it, e.g. the client refused a reply over its
+        # receive limit: that too is a client gone, not a server error.
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             return grpc.StatusCode.DEADLINE_EXCEEDED

@@ -66,15 +66,23 @@ class Tracer:
         carrier = {k: v for k, v in metadata if k in ("traceparent", "tracestate")}
         return self._context(carrier) if carrier else None
 
-    def _link(self, carried: Carried, **attributes: Any) -> Any:
+    def _packet_context(self, carried: Carried) -> Any:
+        """The Context of a packet's trace_context, or None when it names no
+        valid span (none, or malformed: W3C trace-context section 3.2)."""
         if not carried.traceparent:
             return None
         parent = self._context(
             {"traceparent": carried.traceparent, "tracestate": carried.tracestate}
         )
-        span_context = self._trace.get_current_span(parent).get_span_context()
-        if not span_context.is_valid:
+        if not self._trace.get_current_span(parent).get_span_context().is_valid:
             return None
+        return parent
+
+    def _link(self, carried: Carried, **attributes: Any) -> Any:
+        parent = self._packet_context(carried)
+        if parent is None:
+            return None
+        span_context = self._trace.get_current_span(parent).get_span_context()
         return self._trace.Link(
             span_context, {"messaging.message.id": carried.tracking_id, **attributes}
         )
@@ -91,14 +99,10 @@ class Tracer:
         message it was refused with."""
         call = self._call_context(context)
         for packet, error in packets:
-            parent = call
-            if packet.HasField("trace_context"):
-                parent = self._context(
-                    {
-                        "traceparent": packet.trace_context.traceparent,
-                        "tracestate": packet.trace_context.tracestate,
-                    }
-                )
+            # The packet's own context when it names a valid span; a malformed one
+            # (refused, so never stored) would otherwise start a trace of its own.
+            own = self._packet_context(carried(packet))
+            parent = call if own is None else own
             span = self._tracer.start_span(
                 f"send {packet.topic}",
                 context=parent,
@@ -155,9 +159,7 @@ class Tracer:
             caller = self._trace.get_current_span(parent).get_span_context()
             if caller.is_valid:
                 kept.append(self._trace.Link(caller))
-            parent = self._context(
-                {"traceparent": carried[0].traceparent, "tracestate": carried[0].tracestate}
-            )
+            parent = self._packet_context(carried[0])
         span = self._tracer.start_span(
             f"{operation[1]} {destination}",
             context=parent,
