@@ -133,17 +133,16 @@ def wire_services(
         gate=gate,
     )
     hops = HopStore(redis, retry_budget=config.retry_budget_seconds)
+    # One carcel store (it holds no state of its own) for custody and the carcel service.
+    carcels = CarcelStore(
+        redis, hops, retry_budget=config.retry_budget_seconds, expander=store.expander
+    )
     custody = CustodyService(
         store,
         key_store,
         packets,
         config.limits,
-        carcel=CarcelStore(
-            redis,
-            hops,
-            retry_budget=config.retry_budget_seconds,
-            expander=store.expander,
-        ),
+        carcel=carcels,
         policy=governor.store,
         clock=clock,
     )
@@ -229,12 +228,7 @@ def wire_services(
         server,
         carcel_service,
         CarcelService(
-            CarcelStore(
-                redis,
-                hops,
-                retry_budget=config.retry_budget_seconds,
-                expander=store.expander,
-            ),
+            carcels,
             store,
             custodian,
             config.limits,
