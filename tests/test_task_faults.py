@@ -18,6 +18,7 @@ import packetbus
 from packetbus.v1 import custody_pb2
 from packetbus.v1 import task_service_pb2 as pb
 from packetbus_server import RunningServer, ServerConfig, _keys, start
+from packetbus_server._retry import StoreUnavailableError
 from tests._counting import CountingInterceptor
 from tests._faulty_store import store_behind_proxies
 from tests._proxy import FaultyProxy
@@ -28,11 +29,17 @@ pytestmark = pytest.mark.slow
 TASKS = 500
 WORKERS = 20
 KILL_RATE = 0.05
-# Long enough that a live worker's completion, retried through blackouts (0.4 s
-# every 1.5 s) on a loaded 2-core machine running a 3-node cluster, lands inside
+# Long enough that a live worker's completion, retried through blackouts (below)
+# on a loaded 2-core machine running a 3-node cluster, lands inside
 # its lease: at 4 s one completion in 500 took longer in a 26-minute CI run, and
-# its refusal (correct: the lease had run out) counted as a false failure.
-LEASE_S = 8
+# its refusal (correct: the lease had run out) counted as a false failure; at 8 s,
+# with 1.2 s blackouts on a cluster with 2 busy loops besides, 7 in 500 did.
+LEASE_S = 20
+RETRY_BUDGET_S = 1.0
+# Longer than the budget, so calls caught in one answer UNAVAILABLE; the store
+# answers 60% of the time.
+BLACKOUT_FOR_S = 1.2
+BLACKOUT_EVERY_S = 3.0
 
 
 @dataclass
@@ -94,10 +101,14 @@ async def test_500_tasks_behind_lost_replies_with_dying_workers_complete_exactly
     async with store_behind_proxies(
         backend, redis_url, raw_redis, tmp_path, name, faulty=_faulty
     ) as (url, proxies, store):
-        # A short server-side retry budget: blackouts outlast it, so some calls answer
-        # UNAVAILABLE after their script ran, and the client's retries are exercised too.
-        srv = await start(
-            ServerConfig(listen="127.0.0.1:0", redis_url=url, retry_budget_seconds=0.3)
+        # A server-side retry budget that blackouts outlast, so some calls answer
+        # UNAVAILABLE after their script ran, and the client's retries are exercised
+        # too. Not shorter: at 0.3 s, on a loaded 2-core machine, store calls timed out
+        # waiting for a reply or a TCP connect through the proxy with no fault at all
+        # (each claim makes 5 store calls in a row), so a claim could fail for its
+        # whole 30 s deadline while the store answered, only slowly.
+        srv = await _start_as_supervised(
+            ServerConfig(listen="127.0.0.1:0", redis_url=url, retry_budget_seconds=RETRY_BUDGET_S)
         )
         try:
             # Posted and read back through this server, before and after the faults
@@ -108,8 +119,30 @@ async def test_500_tasks_behind_lost_replies_with_dying_workers_complete_exactly
             await srv.stop(grace=0)
 
 
+async def _start_as_supervised(config: ServerConfig) -> RunningServer:
+    """`start(config)`, started again while the store does not answer in time, as a
+    supervisor restarts a server that could not start.
+
+    The start's checks on a cluster (a new client's CLUSTER SLOTS and COMMAND, then
+    CONFIG GET on each primary, through the proxies, in this test's one event loop)
+    took 0.3-0.5 s on a loaded 2-core machine, before any fault: with the short
+    budget this test sets for the faults that come later, a start can fail there.
+    """
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                return await start(config)
+            except StoreUnavailableError:
+                await asyncio.sleep(0.1)
+
+
 def _faulty(upstream_port: int) -> FaultyProxy:
-    return FaultyProxy(upstream_port, drop_reply_rate=0.05, blackout_every=1.5, blackout_for=0.4)
+    return FaultyProxy(
+        upstream_port,
+        drop_reply_rate=0.05,
+        blackout_every=BLACKOUT_EVERY_S,
+        blackout_for=BLACKOUT_FOR_S,
+    )
 
 
 async def _run(
@@ -136,7 +169,8 @@ async def _run(
     done = asyncio.Event()
     rng = random.Random(13)
     try:
-        async with asyncio.timeout(60):
+        # 500 tasks took 60-130 s on a loaded 2-core machine (2 busy loops besides).
+        async with asyncio.timeout(180):
             await asyncio.gather(
                 *(
                     _worker(n, f"127.0.0.1:{srv.port}", name, counter, tally, done, rng)
