@@ -115,14 +115,19 @@ def _backends() -> list[str]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test marked `one_backend` runs on the first backend picked only: it is about
     who may call (credentials, permissions, bindings), which no store changes, and
-    the storage it touches is the same code every other test runs on each backend."""
+    the storage it touches is the same code every other test runs on each backend.
+    A test marked `own_store` measures the whole store (INFO memory): it runs on the
+    stores this session owns, not on the machine's shared Redis, where other
+    processes write at the same time."""
     first = _backends()[0]
     kept: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
     for item in items:
         callspec = getattr(item, "callspec", None)
         on = callspec.params.get("backend", first) if callspec is not None else first
-        (dropped if item.get_closest_marker("one_backend") and on != first else kept).append(item)
+        shared = on == "redis" and item.get_closest_marker("own_store") is not None
+        one = item.get_closest_marker("one_backend") is not None and on != first
+        (dropped if one or shared else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept

@@ -67,6 +67,7 @@ async def test_a_tampered_batch_fails_verification(
     assert not result.verified
 
 
+@pytest.mark.own_store
 async def test_memory_per_packet_is_under_800_bytes(
     client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str
 ) -> None:

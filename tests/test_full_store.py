@@ -28,13 +28,12 @@ from tests.conftest import free_port, new_packet, run_cli, unique
 
 
 def _config(url: str, data_dir: Path, **settings: object) -> ServerConfig:
+    defaults: dict[str, object] = {"health_interval_seconds": 0.1, "retry_budget_seconds": 0.5}
     return ServerConfig(
         listen="127.0.0.1:0",
         redis_url=url,
         data_dir=data_dir,
-        health_interval_seconds=0.1,
-        retry_budget_seconds=0.5,
-        **settings,  # type: ignore[arg-type]
+        **{**defaults, **settings},  # type: ignore[arg-type]
     )
 
 
@@ -239,12 +238,14 @@ async def test_every_node_of_a_cluster_is_checked(own_cluster_url: str, tmp_path
         last = nodes[-1]
         await cluster.config_set("maxmemory-policy", "volatile-lru", target_nodes=last)
         try:
+            # A fresh cluster client's first map (CLUSTER SLOTS, COMMAND) can take longer
+            # than 0.5 s on a loaded machine: the start gets a budget that outlasts it.
             with pytest.raises(EvictionPolicyError) as refused:
-                await start(_config(cluster_url, tmp_path / "data"))
+                await start(_config(cluster_url, tmp_path / "data", retry_budget_seconds=3.0))
             assert f"maxmemory-policy is 'volatile-lru' on {last.name}" in str(refused.value)
         finally:
             await cluster.config_set("maxmemory-policy", "noeviction", target_nodes=last)
-        async with _serving(cluster_url, tmp_path / "data") as srv:
+        async with _serving(cluster_url, tmp_path / "data", retry_budget_seconds=3.0) as srv:
             assert isinstance(srv.store.redis, RedisCluster)
     finally:
         await cluster.aclose()

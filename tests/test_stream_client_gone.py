@@ -48,4 +48,9 @@ async def test_a_stream_the_client_left_is_cancelled_not_unknown(
             if lines:
                 break
             await asyncio.sleep(0.05)
-    assert [(r.levelname, r.getMessage()) for r in lines] == [("DEBUG", f"{method[1:]} CANCELLED")]
+    # The server may also have finished writing before it saw the client go (then the
+    # call is OK and not logged): either way never an ERROR "UNKNOWN GeneratorExit".
+    assert [(r.levelname, r.getMessage()) for r in lines] in (
+        [],
+        [("DEBUG", f"{method[1:]} CANCELLED")],
+    )
