@@ -39,6 +39,7 @@ Where things happen:
                            ``_task_listing.py``, the watch ``_task_watch.py``
 - ``_agent_service.py``    the AgentService RPCs; checks and key proofs ``_agent_requests.py``,
                            replies and liveness ``_agent_states.py``
+- ``_timestamps.py``      protobuf Timestamps of unix ms, for every service's replies
 - ``_reflection_v1.py``    server reflection grpc.reflection.v1 beside the stock v1alpha
 - ``_durability.py``       durability modes: fsync per write (WAITAOF) or per second
 - ``_embedded.py``         the embedded Valkey: one owner per data dir, a private socket

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from google.protobuf import timestamp_pb2
-
 from packetbus.v1 import agent_service_pb2 as pb
 
 from ._agent_store import Fields
 from ._replies import text
+from ._timestamps import timestamp
 
 _KINDS = {
     b"joined": pb.MEMBERSHIP_EVENT_KIND_JOINED,
@@ -20,12 +19,6 @@ _KINDS = {
     b"recovered": pb.MEMBERSHIP_EVENT_KIND_RECOVERED,
     b"updated": pb.MEMBERSHIP_EVENT_KIND_UPDATED,
 }
-
-
-def _ts(ms: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
 
 
 def is_live(f: Mapping[bytes, bytes], now_ms: int) -> bool:
@@ -44,9 +37,9 @@ def agent_from_fields(agent_id: str, f: Mapping[bytes, bytes], now_ms: int) -> p
     deadline = int(f.get(b"dl", b"0") or 0)
     live = is_live(f, now_ms)
     agent.liveness = pb.AGENT_LIVENESS_LIVE if live else pb.AGENT_LIVENESS_STALE
-    agent.registered_at.CopyFrom(_ts(int(f.get(b"ra", b"0") or 0)))
-    agent.last_heartbeat_at.CopyFrom(_ts(int(f.get(b"hb", b"0") or 0)))
-    agent.deadline.CopyFrom(_ts(deadline))
+    agent.registered_at.CopyFrom(timestamp(int(f.get(b"ra", b"0") or 0)))
+    agent.last_heartbeat_at.CopyFrom(timestamp(int(f.get(b"hb", b"0") or 0)))
+    agent.deadline.CopyFrom(timestamp(deadline))
     return agent
 
 
@@ -61,7 +54,7 @@ def membership_event(entry: tuple[bytes, Fields]) -> pb.MembershipEvent:
         agent=agent_from_fields(text(f[b"id"]), f, 0),
         old_state=text(f.get(b"o", b"")),
         new_state=text(f.get(b"n", b"")),
-        at=_ts(int(cursor.split("-")[0])),
+        at=timestamp(int(cursor.split("-")[0])),
         reason=text(f.get(b"r", b"")),
     )
 

@@ -4,20 +4,12 @@ epoch become Timestamps; SHA-256 hex digests become 32 bytes)."""
 
 from __future__ import annotations
 
-from google.protobuf import timestamp_pb2
-
 from packetbus.v1 import context_service_pb2 as pb
 
 from ._context_store import ChangeEvent, DocMeta
+from ._timestamps import timestamp
 
 _KINDS = {"put": pb.CONTEXT_CHANGE_KIND_PUT, "delete": pb.CONTEXT_CHANGE_KIND_DELETE}
-
-
-def timestamp(ms: int) -> timestamp_pb2.Timestamp:
-    """Milliseconds since the epoch as a Timestamp."""
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
 
 
 def document(scope: str, meta: DocMeta) -> pb.ContextDocument:

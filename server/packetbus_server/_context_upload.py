@@ -21,11 +21,12 @@ from packetbus.v1 import context_service_pb2 as pb
 
 from . import _status
 from ._clock import StoreClock
-from ._context_replies import document, timestamp
+from ._context_replies import document
 from ._context_store import ContextStore, DocMeta
 from ._custodian import Custodian
 from ._limits import Limits
 from ._packet_service import storage_errors
+from ._timestamps import timestamp
 from ._validation import Violation
 
 # An unconditional put retries its compare-and-set this often under contention.

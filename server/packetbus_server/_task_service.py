@@ -34,9 +34,10 @@ from ._task_export import queue_pages
 from ._task_listing import TaskListing
 from ._task_requests import MAX_LEASE_S, check_task_ref, claim_violations, post_violations
 from ._task_settling import TaskSettler, one_line
-from ._task_states import task_state, timestamp
+from ._task_states import task_state
 from ._task_store import TaskStore
 from ._task_watch import TaskWatch
+from ._timestamps import timestamp
 from ._validation import Violation
 
 if TYPE_CHECKING:

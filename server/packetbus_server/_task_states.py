@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from google.protobuf import timestamp_pb2
-
 from packetbus import _wire
 from packetbus.v1 import task_service_pb2 as pb
 
 from ._packet_service import stored_packet
 from ._task_store import TaskRecord
+from ._timestamps import timestamp
 
 _STATUS = {
     "queued": pb.TASK_STATUS_QUEUED,
@@ -16,13 +15,6 @@ _STATUS = {
     "completed": pb.TASK_STATUS_COMPLETED,
     "carceled": pb.TASK_STATUS_CARCELED,
 }
-
-
-def timestamp(ms: int) -> timestamp_pb2.Timestamp:
-    """A Timestamp of `ms` (unix milliseconds)."""
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
 
 
 def task_state(queue: str, record: TaskRecord, now_ms: int) -> pb.TaskState:
