@@ -9,10 +9,12 @@ token)` is a `packetbus.Client` whose every call carries that token.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import packetbus
 from packetbus._config import ClientConfig
-from packetbus_server import ServerConfig
+from packetbus_server import RunningServer, ServerConfig, start
 
 SPIFFE_PREFIX = "spiffe://test.example/agent/"
 ISSUER = "https://issuer.test.example"
@@ -131,3 +133,17 @@ async def client_as(target: str, token: str) -> packetbus.Client:
     channel = grpc.aio.insecure_channel(target, interceptors=[kind(token) for kind in kinds])
     await channel.channel_ready()
     return packetbus.Client(channel, ClientConfig())
+
+
+@asynccontextmanager
+async def guarded_server(
+    redis_url: str, folder: Path, issuer: Issuer, grants: Mapping[str, Sequence[Grant]]
+) -> AsyncIterator[RunningServer]:
+    """A server (see server_config) authenticating `issuer`'s JWTs and authorizing by
+    `grants`, stopped on exit."""
+    config = await asyncio.to_thread(server_config, redis_url, folder, issuer, policy_text(grants))
+    srv = await start(config)
+    try:
+        yield srv
+    finally:
+        await srv.stop(grace=0)

@@ -7,7 +7,6 @@ Get call needs.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -16,8 +15,8 @@ import pytest
 import packetbus
 from packetbus.v1 import contents_pb2, custody_pb2
 from packetbus.v1 import record_service_pb2 as records_pb
-from packetbus_server import RunningServer, start
-from tests._identities import Issuer, client_as, policy_text, server_config, spiffe
+from packetbus_server import RunningServer
+from tests._identities import Issuer, client_as, guarded_server, spiffe
 from tests.conftest import unique, verified_actions
 
 OK = custody_pb2.CUSTODY_VERDICT_OK
@@ -104,10 +103,8 @@ async def guarded(
     redis_url: str, issuer: Issuer, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[RunningServer]:
     folder = tmp_path_factory.mktemp("any-tracking-id")
-    config = await asyncio.to_thread(server_config, redis_url, folder, issuer, policy_text(GRANTS))
-    srv = await start(config)
-    yield srv
-    await srv.stop(grace=0)
+    async with guarded_server(redis_url, folder, issuer, GRANTS) as srv:
+        yield srv
 
 
 async def _as(guarded: RunningServer, issuer: Issuer, who: str) -> packetbus.Client:

@@ -17,8 +17,8 @@ import packetbus
 from packetbus import _custody, _wire
 from packetbus._cli_custody import _verify
 from packetbus.v1 import custody_pb2
-from packetbus_server import RunningServer, start
-from tests._identities import Issuer, client_as, policy_text, server_config, spiffe
+from packetbus_server import RunningServer
+from tests._identities import Issuer, client_as, guarded_server, spiffe
 from tests.conftest import new_packet, unique
 
 # Identity, not storage: one backend (see conftest).
@@ -48,10 +48,8 @@ async def guarded(
     redis_url: str, issuer: Issuer, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[RunningServer]:
     folder = tmp_path_factory.mktemp("custody-principal")
-    config = await asyncio.to_thread(server_config, redis_url, folder, issuer, policy_text(GRANTS))
-    srv = await start(config)
-    yield srv
-    await srv.stop(grace=0)
+    async with guarded_server(redis_url, folder, issuer, GRANTS) as srv:
+        yield srv
 
 
 @pytest.fixture

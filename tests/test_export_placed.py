@@ -23,7 +23,7 @@ import packetbus
 from packetbus._export import verify_export
 from packetbus.v1 import contents_pb2, custody_pb2, custody_service_pb2
 from packetbus_server import Limits, RunningServer, ServerConfig, _keys, start
-from tests._identities import Issuer, client_as, policy_text, server_config, spiffe
+from tests._identities import Issuer, client_as, guarded_server, spiffe
 from tests.conftest import unique, verified_actions
 from tests.test_custody import cli, offline_verify
 
@@ -314,10 +314,8 @@ async def guarded(
     redis_url: str, issuer: Issuer, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[RunningServer]:
     folder = tmp_path_factory.mktemp("export-tasks")
-    config = await asyncio.to_thread(server_config, redis_url, folder, issuer, policy_text(GRANTS))
-    srv = await start(config)
-    yield srv
-    await srv.stop(grace=0)
+    async with guarded_server(redis_url, folder, issuer, GRANTS) as srv:
+        yield srv
 
 
 @pytest.mark.one_backend
