@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 import redis.asyncio as redis_asyncio
+from nacl.bindings import crypto_core_ed25519_add
 
 import packetbus
 from packetbus import AgentIdentity, _custody
@@ -21,6 +22,11 @@ from tests._store_keys import key_names, new_keys
 from tests.conftest import REPO, new_packet, unique
 
 CLI = [sys.executable, "-m", "packetbus._cli"]
+# A point of order 8, and two 32-byte strings that are no curve point's canonical
+# encoding: y = p + 3 (CUSTODY.md section 3) and y = 2, which is not on the curve.
+ORDER_8 = "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"
+NON_CANONICAL_Y = bytes.fromhex("f0" + "ff" * 30 + "7f")
+OFF_CURVE = (2).to_bytes(32, "little")
 
 
 def cli(target: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -183,14 +189,20 @@ async def test_agent_key_registration_rules(client: packetbus.Client) -> None:
         await client.endorse_identity(third, stranger)
     assert caught.value.code == grpc.StatusCode.PERMISSION_DENIED
 
-    # Small-order public keys are not keys.
-    with pytest.raises(grpc.aio.AioRpcError) as raw:
-        await client._custody.RegisterAgentKey(
-            custody_service_pb2.RegisterAgentKeyRequest(
-                agent_id="x", public_key=bytes([1]) + bytes(31), proof=bytes(64)
+    # Small-order public keys are not keys, nor are encodings no signature could ever
+    # verify under: y = p + 3 (non-canonical), a y off the curve, and a point of mixed
+    # order (a valid key plus a point of order 8).
+    valid = agent.signer.public_key
+    mixed = crypto_core_ed25519_add(valid, bytes.fromhex(ORDER_8))
+    for key in (bytes([1]) + bytes(31), NON_CANONICAL_Y, OFF_CURVE, mixed):
+        with pytest.raises(grpc.aio.AioRpcError) as raw:
+            await client._custody.RegisterAgentKey(
+                custody_service_pb2.RegisterAgentKeyRequest(
+                    agent_id=unique("x"), public_key=key, proof=bytes(64)
+                )
             )
-        )
-    assert raw.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert raw.value.code() == grpc.StatusCode.INVALID_ARGUMENT, key.hex()
+        assert "public_key" in (raw.value.details() or ""), raw.value.details()
 
 
 async def test_rotation_old_packets_verify_new_ones_use_the_new_key(

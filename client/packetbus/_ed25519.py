@@ -10,6 +10,7 @@ on the library's version.
 
 from __future__ import annotations
 
+from nacl.bindings import crypto_core_ed25519_is_valid_point
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
@@ -51,10 +52,15 @@ def public_key_problem(public_key: bytes) -> str | None:
         return f"an Ed25519 public key is {PUBLIC_KEY_BYTES} bytes; got {len(public_key)}"
     if is_small_order(public_key):
         return "a small-order point is not a usable public key"
-    try:
-        VerifyKey(public_key)
-    except Exception:
-        return "not a valid Ed25519 public key"
+    # libsodium's check: a canonical encoding (y < p, no "negative zero" x) of a curve
+    # point in the prime-order subgroup, as every key RFC 8032 derives is. Anything else
+    # would register and then never verify a signature (verify's own decoding refuses
+    # it), or, for a mixed-order point, verify under rules other verifiers differ on.
+    if not crypto_core_ed25519_is_valid_point(public_key):
+        return (
+            "not a valid Ed25519 public key: not the canonical encoding of a point of "
+            "the prime-order subgroup"
+        )
     return None
 
 
