@@ -165,7 +165,9 @@ class Agents:
             open_stream,
             _last_event_cursor,
             after=after_cursor,
-            # Resuming "from now" again would skip what happened meanwhile.
+            # Known once the server sent the start cursor (stream_start); without one
+            # (an older server), resuming "from now" again would skip what happened
+            # meanwhile. From the oldest kept, reopening there loses nothing.
             may_resume=lambda c: bool(c) or start == "earliest",
         ):
             if response.events_lost:

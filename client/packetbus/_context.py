@@ -216,9 +216,9 @@ class ContextClient:
     ) -> AsyncIterator[pb.WatchContextResponse]:
         """Changes as they are committed. A stream that ends UNAVAILABLE (a lost
         connection, a server draining) is opened again after the last change seen,
-        a few times with backoff; one that never saw a change ("from now") cannot
-        resume without skipping what happened meanwhile, and raises. On a closed
-        client: PacketbusError CANCELLED at once."""
+        a few times with backoff; one that saw no change yet resumes after the
+        cursor the server started it at (`packetbus.stream_start`), skipping
+        nothing. On a closed client: PacketbusError CANCELLED at once."""
 
         def open_stream(cursor: str, left: float | None) -> Any:
             request = pb.WatchContextRequest(

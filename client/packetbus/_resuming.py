@@ -17,6 +17,7 @@ import grpc
 
 from ._errors import CLOSED, PacketbusError, raise_closed
 from ._retry_policy import credential_expired
+from .stream_start import start_cursor
 
 R = TypeVar("R")
 
@@ -36,8 +37,10 @@ async def resuming(
     """The responses of `open_stream(cursor, time_left)` (a grpc.aio server-stream
     call opened after `cursor`, "" for the server's own start), opened again after
     the last cursor seen when it ends UNAVAILABLE and `may_resume(cursor)` (by
-    default: once a cursor is known; a stream "from now" that saw nothing would skip
-    what happened meanwhile). `cursor_of(response)`: the cursor after its last item,
+    default: once a cursor is known). A stream opened "from now" takes the cursor
+    the server started it at from its headers (`packetbus.stream_start`), so one
+    dropped before its first event resumes there; from a server that sends none,
+    reopening "from now" would skip what happened meanwhile, so it raises. `cursor_of(response)`: the cursor after its last item,
     or "" when it has none. `timeout` (seconds, None: none) bounds the whole stream,
     reopenings included; when it runs out the stream just ends if `ends_at_timeout`
     (a watch), else raises DEADLINE_EXCEEDED (a stream that has an end).
@@ -54,6 +57,10 @@ async def resuming(
         call = None
         try:
             call = open_stream(cursor, left)
+            if not cursor:
+                # Opened "from now": the server says after which cursor it began
+                # (stream_start), so a drop before any event resumes there.
+                cursor = start_cursor(await call.initial_metadata()) or cursor
             async for response in call:
                 failures = 0
                 cursor = cursor_of(response) or cursor

@@ -211,9 +211,10 @@ class TaskQueue:
         the events after `after_cursor` (a TaskEvent.cursor seen before). A stream
         that ends UNAVAILABLE (a lost connection, a server draining) is opened again
         after the last event seen, a few times with backoff; one that saw no event
-        and started from now cannot resume without skipping what happened meanwhile,
-        and raises. Raises DATA_LOSS when events after the cursor are no longer
-        kept; CANCELLED at once on a closed client."""
+        yet resumes after the cursor the server started it at (its
+        `packetbus-start-cursor` header, `packetbus.stream_start`), so nothing that
+        happened meanwhile is skipped. Raises DATA_LOSS when events after the cursor
+        are no longer kept; CANCELLED at once on a closed client."""
         cursor = after_cursor
         async for response in resuming(
             lambda c, _: self._stub.WatchTasks(

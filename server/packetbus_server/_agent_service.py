@@ -303,7 +303,10 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
                 cursor = "0-0"
             else:
                 cursor = await self._store.last_event()
-            await stream_started(context)
+            from_now = (
+                start != "after_cursor" and request.start_position != pb.MEMBERSHIP_START_EARLIEST
+            )
+            await stream_started(context, cursor if from_now else None)
             if lost:
                 yield pb.WatchAgentsResponse(events_lost=True)
             while not caller_gone(context):

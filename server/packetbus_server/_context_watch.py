@@ -58,7 +58,7 @@ async def watch_changes(
             gap = oldest is not None and _stream_id(cursor) < _stream_id(oldest)
         else:
             cursor = await store.last_event(scope)
-    await stream_started(context)
+    await stream_started(context, None if request.after_cursor else cursor)
     if gap:
         yield pb.WatchContextResponse(gap=True)
     while True:

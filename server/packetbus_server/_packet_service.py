@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import grpc
 from google.rpc import code_pb2, status_pb2
 
+from packetbus.stream_start import START_CURSOR_HEADER
 from packetbus.v1 import packet_pb2, packet_service_pb2, packet_service_pb2_grpc
 
 from . import _status
@@ -117,15 +118,22 @@ def caller_gone(context: grpc.aio.ServicerContext) -> bool:
     return context.cancelled() or (task is not None and task.cancelling() > 0)
 
 
-async def stream_started(context: grpc.aio.ServicerContext) -> None:
-    """Send the response headers (empty initial metadata) now that the stream's
-    start point is fixed: events after it reach the caller. A stream "from now"
-    fixes that point with a store read after it was admitted (which may wait for
-    a store connection); gRPC would otherwise send the headers with the first
-    response, so a caller could not tell when its stream began, and an event
-    caused in between (a task posted right after opening a watch) was missed
-    silently. Callers await ``call.initial_metadata()`` before they act."""
-    await context.send_initial_metadata(())
+async def stream_started(context: grpc.aio.ServicerContext, start_cursor: str | None) -> None:
+    """Send the response headers now that the stream's start point is fixed: events
+    after it reach the caller. A stream "from now" fixes that point with a store read
+    after it was admitted (which may wait for a store connection); gRPC would
+    otherwise send the headers with the first response, so a caller could not tell
+    when its stream began, and an event caused in between (a task posted right after
+    opening a watch) was missed silently. Callers await ``call.initial_metadata()``
+    before they act.
+
+    For a stream "from now", the headers carry `start_cursor`, the cursor it
+    delivers after (`packetbus.stream_start`): a caller that loses the stream before
+    its first event reopens it after that cursor rather than "from now", and misses
+    nothing. None for a stream opened after a cursor (the caller knows it) or from
+    the oldest kept (reopening there loses nothing and reports no old gap)."""
+    headers = () if start_cursor is None else ((START_CURSOR_HEADER, start_cursor),)
+    await context.send_initial_metadata(headers)
 
 
 @contextlib.asynccontextmanager
@@ -444,7 +452,10 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
             cursor = await self._store.last_cursor(topic)
         follower = Follower(cursor, resumed=resumed, started_ms=started_ms)
         delivered = metrics.packets_delivered.labels("subscribe")
-        await stream_started(context)
+        latest = (
+            not resumed and request.start_position != packet_service_pb2.START_POSITION_EARLIEST
+        )
+        await stream_started(context, cursor if latest else None)
         # About one reply's worth per read: large packets are read a few at a time,
         # so a subscriber holds about `budget` bytes, not `batch` packets of up to a
         # megabyte each.

@@ -566,11 +566,19 @@ class PacketStore:
         return await with_retries(attempt, budget_seconds=self._budget(time_remaining))
 
     async def last_cursor(self, topic: str) -> str:
-        """The cursor of the newest entry in the topic's log, or "0-0" when it is empty."""
+        """Where a subscription "from now" starts: the newest entry the topic's log holds or
+        has held (trimmed, or gone with a whole log that expired: its horizon), "0-0" when
+        none is known. Resuming after it reports no gap for what was gone before it."""
 
         async def attempt() -> str:
             newest: Any = await self._redis.xrevrange(_keys.topic_log(topic), count=1)
-            return text(newest[0][0]) if newest else "0-0"
+            # "l", the newest a dispatch appended: gone when the log expired as a
+            # whole and no dispatch has recorded that as "x" yet (_horizon).
+            marks: Any = await self._redis.hmget(_keys.topic_horizon(topic), "t", "x", "l")
+            return (
+                newest_cursor(text(newest[0][0]) if newest else "", *(text(m) for m in marks if m))
+                or "0-0"
+            )
 
         return await with_retries(attempt, budget_seconds=self._retry_budget)
 

@@ -61,7 +61,7 @@ class TaskWatch:
                 lost = await self._store.events_lost_after(request.queue, cursor)
             else:
                 cursor = await self._store.last_event(request.queue)
-            await stream_started(context)
+            await stream_started(context, None if request.after_cursor else cursor)
             if lost:
                 yield pb.WatchTasksResponse(events_lost=True)
             entries: list[Any] = []

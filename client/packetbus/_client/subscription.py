@@ -16,6 +16,7 @@ from .._errors import CLOSED, PacketbusError, SubscriptionGapError, raise_closed
 from .._retry_policy import credential_expired
 from .._retrying import Backoff
 from .._stopping import ClosedOnExit
+from ..stream_start import start_cursor
 
 StartPosition: TypeAlias = packet_service_pb2.StartPosition.ValueType
 EARLIEST: StartPosition = packet_service_pb2.START_POSITION_EARLIEST
@@ -106,6 +107,10 @@ class Subscription(ClosedOnExit):
             try:
                 if self._call is None:
                     self._call = self._stub.Subscribe(self._request(), timeout=timeout)
+                    if self.cursor is None:
+                        # Opened at a position: where it starts is where it resumes,
+                        # should it drop before delivering anything (stream_start).
+                        self.cursor = start_cursor(await self._call.initial_metadata())
                 response = await self._call.read()
             except CLOSED as exc:
                 if self._closed:  # close() from another task cancels the read
