@@ -48,7 +48,9 @@ import {
   verifyStrict,
 } from "../src/index.js";
 
-const FILE = fileURLToPath(new URL("../../../../protos/packetbus/v1/custody_test_vectors.json", import.meta.url));
+const FILE = fileURLToPath(
+  new URL("../../../../protos/packetbus/v1/custody_test_vectors.json", import.meta.url),
+);
 // The file's JSON is untyped by nature; each use below names the fields the spec gives it.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Any = any;
@@ -227,7 +229,8 @@ test("merkle.trees: leaf hashes, roots and every audit path", () => {
 
 test("merkle.bad_proofs: each yields no root", () => {
   for (const bad of V.merkle.bad_proofs) {
-    const root = rootFromProof(bin(bad.leaf), BigInt(bad.index), BigInt(bad.count), (bad.path as string[]).map(bin));
+    const path = (bad.path as string[]).map(bin);
+    const root = rootFromProof(bin(bad.leaf), BigInt(bad.index), BigInt(bad.count), path);
     assert.equal(root, undefined, bad.name);
     checked++;
   }
@@ -266,7 +269,8 @@ test("walkthroughs: each intermediate value of the two valid chains", () => {
       assert.equal(hex(entry.record), step.record, where);
       assert.equal(hex(entry.signature), step.signature, where);
       assert.equal(entry.keyId, step.key_id, where);
-      assert.equal(hex(canonicalBytes(CustodyRecordSchema, recordFromFields(step.record_fields))), step.record, where);
+      const rebuilt = canonicalBytes(CustodyRecordSchema, recordFromFields(step.record_fields));
+      assert.equal(hex(rebuilt), step.record, where);
       assert.equal(hex(entryHash(entry)), step.entry_hash, where);
       assert.equal(step.previous_hash_expected, previous, where);
       assert.equal(step.record_fields.previous_hash ?? "", previous, where);
@@ -279,7 +283,8 @@ test("walkthroughs: each intermediate value of the two valid chains", () => {
         assert.equal(proof.leafIndex, BigInt(step.batch_proof.leaf_index ?? 0), where);
         assert.equal(proof.leafCount, BigInt(step.batch_proof.leaf_count), where);
         assert.deepEqual(proof.siblingHashes.map(hex), step.batch_proof.sibling_hashes ?? [], where);
-        const root = rootFromProof(leafHash(entry.record), proof.leafIndex, proof.leafCount, proof.siblingHashes);
+        const leaf = leafHash(entry.record);
+        const root = rootFromProof(leaf, proof.leafIndex, proof.leafCount, proof.siblingHashes);
         assert.equal(root === undefined ? "none" : hex(root), step.merkle_root, where);
         signed = Uint8Array.from([...BATCH_DOMAIN, ...root!]);
       }
@@ -324,7 +329,8 @@ test("signed_packet: a 1.1 packet signed in TypeScript is the Python one, byte f
   const entry = signed.chainOfCustody[0]!;
   assert.equal(signed.chainOfCustody.length, 1);
   assert.equal(hex(entry.record), vector.record);
-  assert.equal(hex(canonicalBytes(CustodyRecordSchema, recordFromFields(vector.record_fields))), vector.record);
+  const rebuilt = canonicalBytes(CustodyRecordSchema, recordFromFields(vector.record_fields));
+  assert.equal(hex(rebuilt), vector.record);
   assert.equal(entry.keyId, vector.key_id);
   assert.equal(hex(Uint8Array.from([...ENTRY_DOMAIN, ...entry.record])), vector.signed_message);
   assert.equal(hex(entry.signature), vector.signature);
@@ -373,7 +379,12 @@ test("sealed_batch (informative): its signature and leaves are those of the expa
   const stored = bin(sealed.stored);
   assert.equal(stored[0], 1);
   const view = Buffer.from(stored);
-  const [keyIdLength, actorLength, detailsLength] = [view.readUInt16BE(9), view.readUInt16BE(11), view.readUInt16BE(13)];
+  // Version byte, occurred_at (u64), then the u16 lengths of key id, actor and details.
+  const [keyIdLength, actorLength, detailsLength] = [9, 11, 13].map((at) => view.readUInt16BE(at)) as [
+    number,
+    number,
+    number,
+  ];
   const signature = stored.subarray(15, 79);
   const leavesAt = 79 + keyIdLength + actorLength + detailsLength;
   assert.equal((stored.length - leavesAt) % 32, 0);
@@ -381,7 +392,8 @@ test("sealed_batch (informative): its signature and leaves are those of the expa
   for (let at = leavesAt; at < stored.length; at += 32) {
     leaves.push(stored.subarray(at, at + 32));
   }
-  assert.ok(verifyStrict(serverKey.publicKey, Uint8Array.from([...BATCH_DOMAIN, ...merkleRoot(leaves)]), signature));
+  const batchMessage = Uint8Array.from([...BATCH_DOMAIN, ...merkleRoot(leaves)]);
+  assert.ok(verifyStrict(serverKey.publicKey, batchMessage, signature));
   // The expanded form is the entries as chain_of_custody fields of a Packet.
   const entries = fromBinary(PacketSchema, bin(sealed.expanded)).chainOfCustody;
   assert.equal(entries.length, 2);

@@ -54,7 +54,10 @@ function taskPacket(origin: string) {
     speechAct: SpeechAct.REQUEST,
     contents: {
       case: "task",
-      value: { description: "check the Q3 numbers", labels: { "10": "a", "9": "b", ab: "c", a: "d", "": "e" } },
+      value: {
+        description: "check the Q3 numbers",
+        labels: { "10": "a", "9": "b", ab: "c", a: "d", "": "e" },
+      },
     },
   });
 }
@@ -82,7 +85,8 @@ test("a 1.1 packet signed in TypeScript is accepted, and its stored chain verifi
   const packet = signPacket(taskPacket("ts-signer"), key);
   // protobuf-es alone would write these labels in JavaScript key order, which the server's
   // digest would not match: the canonical writer is what makes the signature count.
-  assert.notDeepEqual(toBinary(PacketSchema, create(PacketSchema, { ...packet, chainOfCustody: [] })), contentBytes(packet));
+  const unsorted = toBinary(PacketSchema, create(PacketSchema, { ...packet, chainOfCustody: [] }));
+  assert.notDeepEqual(unsorted, contentBytes(packet));
   const outcome = await bus.dispatch(packet);
   assert.equal(outcome.error, undefined);
   assert.ok(outcome.receipt !== undefined);
@@ -148,7 +152,7 @@ test("a chain from GetPacket verifies offline; tampered copies fail with the rig
   assert.equal(report.verified, false);
 });
 
-test("the server refuses a signed packet changed after signing, or signed with an unregistered key", async () => {
+test("the server refuses a packet changed after signing, or signed by an unregistered key", async () => {
   const key = newKey();
   await registerAgentKey(custody, "ts-refused", key);
   const changed = signPacket(taskPacket("ts-refused"), key);

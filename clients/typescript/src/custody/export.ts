@@ -16,7 +16,12 @@ export type ExportLine =
  * unknown kind or a message that does not match its schema.
  */
 export function parseExportLine(line: string): ExportLine {
-  const doc = JSON.parse(line) as { kind?: unknown; keys?: JsonValue[]; packet?: JsonValue; entry?: JsonValue };
+  const doc = JSON.parse(line) as {
+    kind?: unknown;
+    keys?: JsonValue[];
+    packet?: JsonValue;
+    entry?: JsonValue;
+  };
   switch (doc.kind) {
     case "keys":
       return { kind: "keys", keys: (doc.keys ?? []).map((key) => fromJson(SigningKeySchema, key)) };

@@ -16,6 +16,7 @@ export {
   verifyStrict,
 } from "./ed25519.js";
 export { parseExportLine } from "./export.js";
+export { parseSigned } from "./parse.js";
 export type { ExportLine } from "./export.js";
 export { auditPath, leafHash, merkleRoot, nodeHash, rootFromProof, sha256 } from "./merkle.js";
 export { SIGNED_SCHEMA_VERSION, agentKeyProof, contentBytes, registerAgentKey, signPacket } from "./sign.js";

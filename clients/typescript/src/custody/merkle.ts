@@ -20,7 +20,10 @@ export function nodeHash(left: Uint8Array, right: Uint8Array): Uint8Array {
   return sha256(Uint8Array.of(1), left, right);
 }
 
-/** MTH over leaf hashes, in order (RFC 9162 2.1.1). Throws RangeError for no leaves (the bus never signs an empty batch). */
+/**
+ * MTH over leaf hashes, in order (RFC 9162 2.1.1). Throws RangeError for no leaves (the bus
+ * never signs an empty batch).
+ */
 export function merkleRoot(leafHashes: readonly Uint8Array[]): Uint8Array {
   if (leafHashes.length === 0) {
     throw new RangeError("merkleRoot: no leaves");

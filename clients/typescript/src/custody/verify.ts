@@ -2,7 +2,7 @@
  * Offline chain-of-custody verification (CUSTODY.md section 4): only the packet's exact content
  * bytes, its entries, its head and trusted public keys; no server is asked anything.
  */
-import { equals, fromBinary } from "@bufbuild/protobuf";
+import { equals } from "@bufbuild/protobuf";
 
 import {
   type CustodyEntry,
@@ -20,6 +20,7 @@ import type { StoredPacket } from "../gen/packetbus/v1/packet_service_pb.js";
 import { BATCH_DOMAIN, ENTRY_DOMAIN, HEAD_DOMAIN, concatBytes } from "./domains.js";
 import { verifyStrict } from "./ed25519.js";
 import { leafHash, rootFromProof, sha256 } from "./merkle.js";
+import { parseSigned } from "./parse.js";
 
 /** A verdict's short name: "OK", "BAD_SIGNATURE", ... (CustodyVerdict without its prefix). */
 export type VerdictName = keyof typeof CustodyVerdict;
@@ -96,14 +97,6 @@ export function entrySignatureOk(entry: CustodyEntry, publicKey: Uint8Array): bo
   return root !== undefined && verifyStrict(publicKey, concatBytes(BATCH_DOMAIN, root), entry.signature);
 }
 
-function parse<T>(read: () => T): T | undefined {
-  try {
-    return read();
-  } catch {
-    return undefined;
-  }
-}
-
 /**
  * Judge entry `index` on its own, checks in the spec's order (4, steps 1-8): UNKNOWN_KEY,
  * BAD_SIGNATURE, MALFORMED, ACTOR_MISMATCH, OUT_OF_ORDER, BROKEN_LINK, CONTENT_DIGEST_MISMATCH,
@@ -135,7 +128,7 @@ export function verifyEntry(
   if (!entrySignatureOk(entry, key.publicKey)) {
     return report(CustodyVerdict.BAD_SIGNATURE, `the signature does not verify with key ${entry.keyId}`);
   }
-  const record = parse(() => fromBinary(CustodyRecordSchema, entry.record));
+  const record = parseSigned(CustodyRecordSchema, entry.record);
   if (record === undefined) {
     return report(CustodyVerdict.MALFORMED, "the signed record does not parse");
   }
@@ -145,7 +138,8 @@ export function verifyEntry(
   if (key.owner !== record.actor) {
     return report(
       CustodyVerdict.ACTOR_MISMATCH,
-      `key ${entry.keyId} belongs to ${JSON.stringify(key.owner)}, not to actor ${JSON.stringify(record.actor)}`,
+      `key ${entry.keyId} belongs to ${JSON.stringify(key.owner)}, ` +
+        `not to actor ${JSON.stringify(record.actor)}`,
       record,
     );
   }
@@ -161,7 +155,10 @@ export function verifyEntry(
   return report(CustodyVerdict.OK, "ok", record);
 }
 
-/** Judge a chain head (4): UNKNOWN_KEY, ACTOR_MISMATCH, BAD_SIGNATURE, MALFORMED, CONTENT_DIGEST_MISMATCH, INCOMPLETE, else OK. */
+/**
+ * Judge a chain head (4): UNKNOWN_KEY, ACTOR_MISMATCH, BAD_SIGNATURE, MALFORMED,
+ * CONTENT_DIGEST_MISMATCH, INCOMPLETE, else OK; with the reason in words.
+ */
 export function verifyHead(
   head: CustodyHead,
   context: {
@@ -181,9 +178,7 @@ export function verifyHead(
   if (!verifyStrict(key.publicKey, concatBytes(HEAD_DOMAIN, head.statement), head.signature)) {
     return [CustodyVerdict.BAD_SIGNATURE, "the head's signature does not verify"];
   }
-  const statement: CustodyHeadStatement | undefined = parse(() =>
-    fromBinary(CustodyHeadStatementSchema, head.statement),
-  );
+  const statement: CustodyHeadStatement | undefined = parseSigned(CustodyHeadStatementSchema, head.statement);
   if (statement === undefined) {
     return [CustodyVerdict.MALFORMED, "the head's statement does not parse"];
   }
@@ -198,13 +193,17 @@ export function verifyHead(
   if (statement.length !== BigInt(context.chain.length) || !sameBytes(statement.lastEntryHash, lastHash)) {
     return [
       CustodyVerdict.INCOMPLETE,
-      `the head vouches for ${statement.length} entries ending in another entry; the chain has ${context.chain.length}`,
+      `the head vouches for ${statement.length} entries ending in another entry; ` +
+        `the chain has ${context.chain.length}`,
     ];
   }
   return [CustodyVerdict.OK, "ok"];
 }
 
-/** Verify a whole chain offline: a report per entry, the head's verdict, and `verified`. Never throws on bad input. */
+/**
+ * Verify a whole chain offline: a report per entry, the head's verdict, and `verified`. Never
+ * throws on bad input.
+ */
 export function verifyChain(input: ChainInput): ChainReport {
   const keys = keyMap(input.keys);
   const contentDigest = sha256(input.content);
@@ -223,7 +222,9 @@ export function verifyChain(input: ChainInput): ChainReport {
       : verifyHead(input.head, { trackingId: input.trackingId, contentDigest, chain: input.chain, keys });
   return {
     verified:
-      entries.length > 0 && entries.every((entry) => entry.verdict === CustodyVerdict.OK) && head === CustodyVerdict.OK,
+      entries.length > 0 &&
+      entries.every((entry) => entry.verdict === CustodyVerdict.OK) &&
+      head === CustodyVerdict.OK,
     entries,
     head,
     headName: verdictName(head),
@@ -251,7 +252,7 @@ export function verifyStoredPacket(stored: StoredPacket, keys: TrustedKeys): Sto
     head: stored.custodyHead,
     keys,
   });
-  const signed = parse(() => fromBinary(PacketSchema, stored.content));
+  const signed = parseSigned(PacketSchema, stored.content);
   const readable = packet === undefined ? undefined : { ...packet, chainOfCustody: [] };
   const contentMatchesPacket =
     signed !== undefined && readable !== undefined && equals(PacketSchema, signed, readable);
