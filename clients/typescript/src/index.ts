@@ -18,3 +18,6 @@ export * from "./gen/packetbus/v1/packet_service_pb.js";
 export * from "./gen/packetbus/v1/consumer_group_service_pb.js";
 export * from "./gen/packetbus/v1/contents_pb.js";
 export * from "./gen/packetbus/v1/speech_act_pb.js";
+export * from "./custody/index.js";
+export * from "./gen/packetbus/v1/custody_pb.js";
+export * from "./gen/packetbus/v1/custody_service_pb.js";
