@@ -159,6 +159,14 @@ def _ed25519_cases() -> list[dict[str, Any]]:
             False,
             "R of order 8",
         ),
+        (
+            "non_canonical_key",
+            bytes.fromhex("f0" + "ff" * 30 + "7f"),
+            message,
+            good,
+            False,
+            "A = y = p + 3, a non-canonical encoding (section 3 step 4: y < p is required)",
+        ),
     ]
     return [
         {
