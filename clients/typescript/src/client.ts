@@ -13,6 +13,7 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import { Batcher, DEFAULT_BATCH_SETTINGS, type BatchSettings } from "./batcher.js";
 import { Consumer, type ConsumeOptions } from "./consumer.js";
 import { Code, PacketbusError, SubscriptionGapError } from "./errors.js";
+import { connectFailure, isLocalTarget, tlsFromEnv, tlsSessionOptions, tokenFromEnv, type TlsSettings, type Token } from "./security.js";
 import {
   type ConsumerGroup,
   ConsumerGroupService,
@@ -37,23 +38,16 @@ export const DEFAULT_SCHEMA_VERSION = "1.0";
  * (README "Reply sizes and the receive limit to set"). */
 const FALLBACK_MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
 
-/** TLS settings: PEM strings or Buffers, as node:tls takes them. `ca` verifies the server;
- * `cert` + `key` are the client's own certificate for mutual TLS. */
-export interface TlsSettings {
-  readonly ca?: string | Buffer;
-  readonly cert?: string | Buffer;
-  readonly key?: string | Buffer;
-  /** The name to verify the server's certificate against, when not the target's host. */
-  readonly serverName?: string;
-}
-
 /** How to connect. */
 export interface ConnectOptions {
-  /** TLS (`true`: the system's trusted CAs). Absent: plaintext, for a local server. */
-  readonly tls?: TlsSettings | true;
+  /** TLS (`true`: the system's trusted CAs; `false`: plain text, for a local server).
+   * Absent: from PACKETBUS_TLS_* (see security.ts), else plain text. */
+  readonly tls?: TlsSettings | boolean;
   /** A bearer token (a JWT), or a function returning the one to send now; sent as
-   * `authorization: Bearer <token>` on every call. */
-  readonly token?: string | (() => string);
+   * `authorization: Bearer <token>` on every call, streams included. Absent: from
+   * PACKETBUS_TOKEN or PACKETBUS_TOKEN_FILE. Sent only over TLS or to a loopback target:
+   * `connect` refuses (TypeError) a token in plain text over a network. */
+  readonly token?: Token;
   /** Bounds of the automatic dispatch batches. */
   readonly batch?: Partial<BatchSettings>;
   /** Deadline of the GetServerInfo call `connect` makes, in milliseconds (default 5,000). */
@@ -136,7 +130,7 @@ function startFields(start: SubscribeStart | undefined) {
   return { case: "afterCursor" as const, value: start.after };
 }
 
-function bearer(token: string | (() => string)): Interceptor {
+function bearer(token: Token): Interceptor {
   return (next) => async (request) => {
     request.header.set("authorization", `Bearer ${typeof token === "string" ? token : token()}`);
     return next(request);
@@ -170,19 +164,15 @@ export class Client {
    */
   static async connect(target?: string, options: ConnectOptions = {}): Promise<Client> {
     const address = target ?? process.env["PACKETBUS_TARGET"] ?? "127.0.0.1:50051";
-    const baseUrl = `${options.tls === undefined ? "http" : "https"}://${address}`;
-    const tls = options.tls === undefined || options.tls === true ? {} : options.tls;
-    const sessions = new Http2SessionManager(
-      baseUrl,
-      {},
-      {
-        ...(tls.ca === undefined ? {} : { ca: tls.ca }),
-        ...(tls.cert === undefined ? {} : { cert: tls.cert }),
-        ...(tls.key === undefined ? {} : { key: tls.key }),
-        ...(tls.serverName === undefined ? {} : { servername: tls.serverName }),
-      },
-    );
-    const interceptors = options.token === undefined ? [] : [bearer(options.token)];
+    const tls = options.tls === undefined ? tlsFromEnv() : options.tls === false ? undefined : options.tls;
+    const token = "token" in options ? options.token : tokenFromEnv();
+    if (token !== undefined && tls === undefined && !isLocalTarget(address)) {
+      // A bearer token in clear text over a network is as good as published.
+      throw new TypeError(`a token is sent over TLS or to a loopback target only, not in plain text to ${address}`);
+    }
+    const baseUrl = `${tls === undefined ? "http" : "https"}://${address}`;
+    const sessions = new Http2SessionManager(baseUrl, {}, tls === undefined || tls === true ? {} : tlsSessionOptions(tls));
+    const interceptors = token === undefined ? [] : [bearer(token)];
     const transport = (readMaxBytes: number): Transport =>
       createGrpcTransport({ baseUrl, sessionManager: sessions, interceptors, readMaxBytes });
     try {
@@ -207,7 +197,7 @@ export class Client {
       );
     } catch (error) {
       sessions.abort();
-      throw PacketbusError.fromError(error, false);
+      throw connectFailure(error);
     }
   }
 

@@ -6,8 +6,9 @@ export type {
   DispatchOutcome,
   SubscribeOptions,
   SubscribeStart,
-  TlsSettings,
 } from "./client.js";
+export { isLocalTarget, tlsFromEnv, tokenFile, tokenFromEnv } from "./security.js";
+export type { TlsSettings, Token } from "./security.js";
 export { ConsumedDelivery, Consumer } from "./consumer.js";
 export type { ConsumeOptions, NackOptions } from "./consumer.js";
 export type { BatchSettings } from "./batcher.js";
