@@ -11,8 +11,13 @@ import { createClient, type Client as RpcClient, type Interceptor, type Transpor
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 
 import { Batcher, DEFAULT_BATCH_SETTINGS, type BatchSettings } from "./batcher.js";
+import { Agents } from "./agents.js";
 import { Consumer, type ConsumeOptions } from "./consumer.js";
 import { Code, PacketbusError, SubscriptionGapError } from "./errors.js";
+import { AgentService } from "./gen/packetbus/v1/agent_service_pb.js";
+import { TaskService } from "./gen/packetbus/v1/task_service_pb.js";
+import { addressTo, asPacket, Inbox, INBOX_GROUP, inboxTopic, replyTo } from "./inbox.js";
+import { TaskQueue } from "./tasks.js";
 import { connectFailure, isLocalTarget, tlsFromEnv, tlsSessionOptions, tokenFromEnv, type TlsSettings, type Token } from "./security.js";
 import {
   type ConsumerGroup,
@@ -52,6 +57,8 @@ export interface ConnectOptions {
   readonly batch?: Partial<BatchSettings>;
   /** Deadline of the GetServerInfo call `connect` makes, in milliseconds (default 5,000). */
   readonly connectTimeoutMs?: number;
+  /** How long `Inbox.request` waits for a reply when not told, in milliseconds (default 30,000). */
+  readonly defaultTimeoutMs?: number;
 }
 
 /** One packet's outcome in a batch: stored (`receipt`), held for approval (`held`), or refused
@@ -141,15 +148,21 @@ function bearer(token: Token): Interceptor {
 export class Client {
   private readonly batcher: Batcher;
   private closed = false;
+  /** The agent registry: register (with proof of a key), heartbeat, list, keep alive. */
+  readonly agents: Agents;
 
   private constructor(
     private readonly sessions: Http2SessionManager,
     readonly packets: RpcClient<typeof PacketService>,
     readonly groups: RpcClient<typeof ConsumerGroupService>,
+    readonly tasks: RpcClient<typeof TaskService>,
+    agents: RpcClient<typeof AgentService>,
     /** What the server said about itself at connect time (version, limits). */
     readonly serverInfo: GetServerInfoResponse,
     batch: BatchSettings,
+    private readonly defaultTimeoutMs: number,
   ) {
+    this.agents = new Agents(agents);
     this.batcher = new Batcher(async (sent) => {
       const response = await this.packets.dispatch({ packets: sent });
       return response.results;
@@ -192,8 +205,11 @@ export class Client {
         sessions,
         createClient(PacketService, shared),
         createClient(ConsumerGroupService, shared),
+        createClient(TaskService, shared),
+        createClient(AgentService, shared),
         info,
         batch,
+        options.defaultTimeoutMs ?? 30_000,
       );
     } catch (error) {
       sessions.abort();
@@ -296,6 +312,68 @@ export class Client {
     return new Consumer(this.groups, topic, group, options);
   }
 
+  /** The task queue `name` (a topic name): post, claim, get, list, results. */
+  taskQueue(name: string): TaskQueue {
+    this.ensureOpen();
+    return new TaskQueue(name, this.tasks, fillDefaults);
+  }
+
+  /**
+   * Open `agentId`'s inbox: an async iterator of leased deliveries, and `Inbox.request` for
+   * request/reply. Creates the inbox's consumer group on first use, from the inbox's first
+   * packet. Rejects with PacketbusError (INVALID_ARGUMENT for an id no agent can have).
+   */
+  async inbox(agentId: string, options: { readonly maxOutstandingPackets?: number } = {}): Promise<Inbox> {
+    this.ensureOpen();
+    const topic = inboxTopic(agentId);
+    await this.createConsumerGroup(topic, INBOX_GROUP, { start: "earliest" });
+    const consumer = this.consume(topic, INBOX_GROUP, {
+      consumer: agentId,
+      maxOutstandingPackets: options.maxOutstandingPackets ?? 1000,
+    });
+    return new Inbox(
+      agentId,
+      consumer,
+      async (packet, settings) => this.sendPacket(packet, settings.timeoutMs),
+      this.defaultTimeoutMs,
+    );
+  }
+
+  /** Dispatch `packet` to `agentId`'s inbox (its topic set accordingly); as `dispatch`. */
+  async sendTo(agentId: string, packet: Packet | PacketInit): Promise<DispatchOutcome> {
+    return this.dispatch(addressTo(asPacket(packet), agentId));
+  }
+
+  /** Answer `request`: `packet` goes to the requester's inbox with `inReplyTo` set (see
+   * `replyTo`); as `dispatch`. */
+  async reply(request: StoredPacket | Packet, packet: Packet | PacketInit): Promise<DispatchOutcome> {
+    return this.dispatch(replyTo(request, asPacket(packet)));
+  }
+
+  /** One packet in one Dispatch call under a deadline (a request must not wait behind a batch
+   * past its own deadline); rejects with the packet's own error. */
+  private async sendPacket(packet: Packet, timeoutMs: number | undefined): Promise<DispatchOutcome> {
+    this.ensureOpen();
+    let response;
+    try {
+      response = await this.packets.dispatch(
+        { packets: [fillDefaults(packet)] },
+        timeoutMs === undefined ? {} : { timeoutMs },
+      );
+    } catch (error) {
+      throw PacketbusError.fromError(error);
+    }
+    const [result] = response.results;
+    if (result === undefined) {
+      throw new PacketbusError(Code.Internal, "the server answered no result");
+    }
+    const outcome = outcomeOf(result);
+    if (outcome.error !== undefined) {
+      throw outcome.error;
+    }
+    return outcome;
+  }
+
   /** Close the connection: queued dispatches reject with CANCELLED, the HTTP/2 session ends. */
   close(): void {
     if (this.closed) {
@@ -315,10 +393,4 @@ export class Client {
       throw new PacketbusError(Code.Canceled, "the client is closed");
     }
   }
-}
-
-function asPacket(packet: Packet | PacketInit): Packet {
-  return "$typeName" in packet && packet.$typeName === "packetbus.v1.Packet"
-    ? (packet as Packet)
-    : create(PacketSchema, packet);
 }
