@@ -11,8 +11,15 @@ import { createClient, type Client as RpcClient, type Interceptor, type Transpor
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 
 import { Batcher, DEFAULT_BATCH_SETTINGS, type BatchSettings } from "./batcher.js";
+import { Agents } from "./agents.js";
 import { Consumer, type ConsumeOptions } from "./consumer.js";
 import { Code, PacketbusError, SubscriptionGapError } from "./errors.js";
+import { AgentService } from "./gen/packetbus/v1/agent_service_pb.js";
+import { CustodyService } from "./gen/packetbus/v1/custody_service_pb.js";
+import { TaskService } from "./gen/packetbus/v1/task_service_pb.js";
+import { addressTo, asPacket, Inbox, INBOX_GROUP, inboxTopic, replyTo } from "./inbox.js";
+import { TaskQueue } from "./tasks.js";
+import { connectFailure, isLocalTarget, tlsFromEnv, tlsSessionOptions, tokenFromEnv, type TlsSettings, type Token } from "./security.js";
 import {
   type ConsumerGroup,
   ConsumerGroupService,
@@ -37,27 +44,22 @@ export const DEFAULT_SCHEMA_VERSION = "1.0";
  * (README "Reply sizes and the receive limit to set"). */
 const FALLBACK_MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
 
-/** TLS settings: PEM strings or Buffers, as node:tls takes them. `ca` verifies the server;
- * `cert` + `key` are the client's own certificate for mutual TLS. */
-export interface TlsSettings {
-  readonly ca?: string | Buffer;
-  readonly cert?: string | Buffer;
-  readonly key?: string | Buffer;
-  /** The name to verify the server's certificate against, when not the target's host. */
-  readonly serverName?: string;
-}
-
 /** How to connect. */
 export interface ConnectOptions {
-  /** TLS (`true`: the system's trusted CAs). Absent: plaintext, for a local server. */
-  readonly tls?: TlsSettings | true;
+  /** TLS (`true`: the system's trusted CAs; `false`: plain text, for a local server).
+   * Absent: from PACKETBUS_TLS_* (see security.ts), else plain text. */
+  readonly tls?: TlsSettings | boolean;
   /** A bearer token (a JWT), or a function returning the one to send now; sent as
-   * `authorization: Bearer <token>` on every call. */
-  readonly token?: string | (() => string);
+   * `authorization: Bearer <token>` on every call, streams included. Absent: from
+   * PACKETBUS_TOKEN or PACKETBUS_TOKEN_FILE. Sent only over TLS or to a loopback target:
+   * `connect` refuses (TypeError) a token in plain text over a network. */
+  readonly token?: Token;
   /** Bounds of the automatic dispatch batches. */
   readonly batch?: Partial<BatchSettings>;
   /** Deadline of the GetServerInfo call `connect` makes, in milliseconds (default 5,000). */
   readonly connectTimeoutMs?: number;
+  /** How long `Inbox.request` waits for a reply when not told, in milliseconds (default 30,000). */
+  readonly defaultTimeoutMs?: number;
 }
 
 /** One packet's outcome in a batch: stored (`receipt`), held for approval (`held`), or refused
@@ -136,7 +138,7 @@ function startFields(start: SubscribeStart | undefined) {
   return { case: "afterCursor" as const, value: start.after };
 }
 
-function bearer(token: string | (() => string)): Interceptor {
+function bearer(token: Token): Interceptor {
   return (next) => async (request) => {
     request.header.set("authorization", `Bearer ${typeof token === "string" ? token : token()}`);
     return next(request);
@@ -147,15 +149,24 @@ function bearer(token: string | (() => string)): Interceptor {
 export class Client {
   private readonly batcher: Batcher;
   private closed = false;
+  /** The agent registry: register (with proof of a key), heartbeat, list, keep alive. */
+  readonly agents: Agents;
 
   private constructor(
     private readonly sessions: Http2SessionManager,
     readonly packets: RpcClient<typeof PacketService>,
     readonly groups: RpcClient<typeof ConsumerGroupService>,
+    readonly tasks: RpcClient<typeof TaskService>,
+    agents: RpcClient<typeof AgentService>,
+    /** CustodyService on this connection (its TLS and token): signing keys, agent key
+     * registration (`registerAgentKey`), VerifyCustody. */
+    readonly custody: RpcClient<typeof CustodyService>,
     /** What the server said about itself at connect time (version, limits). */
     readonly serverInfo: GetServerInfoResponse,
     batch: BatchSettings,
+    private readonly defaultTimeoutMs: number,
   ) {
+    this.agents = new Agents(agents);
     this.batcher = new Batcher(async (sent) => {
       const response = await this.packets.dispatch({ packets: sent });
       return response.results;
@@ -170,19 +181,15 @@ export class Client {
    */
   static async connect(target?: string, options: ConnectOptions = {}): Promise<Client> {
     const address = target ?? process.env["PACKETBUS_TARGET"] ?? "127.0.0.1:50051";
-    const baseUrl = `${options.tls === undefined ? "http" : "https"}://${address}`;
-    const tls = options.tls === undefined || options.tls === true ? {} : options.tls;
-    const sessions = new Http2SessionManager(
-      baseUrl,
-      {},
-      {
-        ...(tls.ca === undefined ? {} : { ca: tls.ca }),
-        ...(tls.cert === undefined ? {} : { cert: tls.cert }),
-        ...(tls.key === undefined ? {} : { key: tls.key }),
-        ...(tls.serverName === undefined ? {} : { servername: tls.serverName }),
-      },
-    );
-    const interceptors = options.token === undefined ? [] : [bearer(options.token)];
+    const tls = options.tls === undefined ? tlsFromEnv() : options.tls === false ? undefined : options.tls;
+    const token = "token" in options ? options.token : tokenFromEnv();
+    if (token !== undefined && tls === undefined && !isLocalTarget(address)) {
+      // A bearer token in clear text over a network is as good as published.
+      throw new TypeError(`a token is sent over TLS or to a loopback target only, not in plain text to ${address}`);
+    }
+    const baseUrl = `${tls === undefined ? "http" : "https"}://${address}`;
+    const sessions = new Http2SessionManager(baseUrl, {}, tls === undefined || tls === true ? {} : tlsSessionOptions(tls));
+    const interceptors = token === undefined ? [] : [bearer(token)];
     const transport = (readMaxBytes: number): Transport =>
       createGrpcTransport({ baseUrl, sessionManager: sessions, interceptors, readMaxBytes });
     try {
@@ -202,12 +209,16 @@ export class Client {
         sessions,
         createClient(PacketService, shared),
         createClient(ConsumerGroupService, shared),
+        createClient(TaskService, shared),
+        createClient(AgentService, shared),
+        createClient(CustodyService, shared),
         info,
         batch,
+        options.defaultTimeoutMs ?? 30_000,
       );
     } catch (error) {
       sessions.abort();
-      throw PacketbusError.fromError(error, false);
+      throw connectFailure(error);
     }
   }
 
@@ -306,6 +317,68 @@ export class Client {
     return new Consumer(this.groups, topic, group, options);
   }
 
+  /** The task queue `name` (a topic name): post, claim, get, list, results. */
+  taskQueue(name: string): TaskQueue {
+    this.ensureOpen();
+    return new TaskQueue(name, this.tasks, fillDefaults);
+  }
+
+  /**
+   * Open `agentId`'s inbox: an async iterator of leased deliveries, and `Inbox.request` for
+   * request/reply. Creates the inbox's consumer group on first use, from the inbox's first
+   * packet. Rejects with PacketbusError (INVALID_ARGUMENT for an id no agent can have).
+   */
+  async inbox(agentId: string, options: { readonly maxOutstandingPackets?: number } = {}): Promise<Inbox> {
+    this.ensureOpen();
+    const topic = inboxTopic(agentId);
+    await this.createConsumerGroup(topic, INBOX_GROUP, { start: "earliest" });
+    const consumer = this.consume(topic, INBOX_GROUP, {
+      consumer: agentId,
+      maxOutstandingPackets: options.maxOutstandingPackets ?? 1000,
+    });
+    return new Inbox(
+      agentId,
+      consumer,
+      async (packet, settings) => this.sendPacket(packet, settings.timeoutMs),
+      this.defaultTimeoutMs,
+    );
+  }
+
+  /** Dispatch `packet` to `agentId`'s inbox (its topic set accordingly); as `dispatch`. */
+  async sendTo(agentId: string, packet: Packet | PacketInit): Promise<DispatchOutcome> {
+    return this.dispatch(addressTo(asPacket(packet), agentId));
+  }
+
+  /** Answer `request`: `packet` goes to the requester's inbox with `inReplyTo` set (see
+   * `replyTo`); as `dispatch`. */
+  async reply(request: StoredPacket | Packet, packet: Packet | PacketInit): Promise<DispatchOutcome> {
+    return this.dispatch(replyTo(request, asPacket(packet)));
+  }
+
+  /** One packet in one Dispatch call under a deadline (a request must not wait behind a batch
+   * past its own deadline); rejects with the packet's own error. */
+  private async sendPacket(packet: Packet, timeoutMs: number | undefined): Promise<DispatchOutcome> {
+    this.ensureOpen();
+    let response;
+    try {
+      response = await this.packets.dispatch(
+        { packets: [fillDefaults(packet)] },
+        timeoutMs === undefined ? {} : { timeoutMs },
+      );
+    } catch (error) {
+      throw PacketbusError.fromError(error);
+    }
+    const [result] = response.results;
+    if (result === undefined) {
+      throw new PacketbusError(Code.Internal, "the server answered no result");
+    }
+    const outcome = outcomeOf(result);
+    if (outcome.error !== undefined) {
+      throw outcome.error;
+    }
+    return outcome;
+  }
+
   /** Close the connection: queued dispatches reject with CANCELLED, the HTTP/2 session ends. */
   close(): void {
     if (this.closed) {
@@ -325,10 +398,4 @@ export class Client {
       throw new PacketbusError(Code.Canceled, "the client is closed");
     }
   }
-}
-
-function asPacket(packet: Packet | PacketInit): Packet {
-  return "$typeName" in packet && packet.$typeName === "packetbus.v1.Packet"
-    ? (packet as Packet)
-    : create(PacketSchema, packet);
 }

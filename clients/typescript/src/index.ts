@@ -6,8 +6,15 @@ export type {
   DispatchOutcome,
   SubscribeOptions,
   SubscribeStart,
-  TlsSettings,
 } from "./client.js";
+export { isLocalTarget, tlsFromEnv, tokenFile, tokenFromEnv } from "./security.js";
+export type { TlsSettings, Token } from "./security.js";
+export type { CallSettings } from "./calls.js";
+export { ClaimedTask, TaskQueue } from "./tasks.js";
+export type { ClaimOptions, PostTaskOptions } from "./tasks.js";
+export { AgentIdentity, Agents, LiveAgent, agentKeyMessage } from "./agents.js";
+export type { ListAgentsOptions, LiveAgentOptions, RegisterOptions } from "./agents.js";
+export { INBOX_GROUP, Inbox, addressTo, inboxTopic, replyTo } from "./inbox.js";
 export { ConsumedDelivery, Consumer } from "./consumer.js";
 export type { ConsumeOptions, NackOptions } from "./consumer.js";
 export type { BatchSettings } from "./batcher.js";
@@ -21,3 +28,5 @@ export * from "./gen/packetbus/v1/speech_act_pb.js";
 export * from "./custody/index.js";
 export * from "./gen/packetbus/v1/custody_pb.js";
 export * from "./gen/packetbus/v1/custody_service_pb.js";
+export * from "./gen/packetbus/v1/task_service_pb.js";
+export * from "./gen/packetbus/v1/agent_service_pb.js";

@@ -45,3 +45,12 @@ test("the README's TypeScript quickstart dispatches a finding and reads it back"
   assert.ok(stored !== null, stdout);
   assert.equal(lines[1], `${stored[2]} Q3 revenue follows the policy change`);
 });
+
+test("the README's TypeScript task and inbox example completes a task and gets a reply", async () => {
+  writeFileSync(SCRIPT, readmeBlock("typescript-work"));
+  const { stdout } = await promisify(execFile)(process.execPath, [SCRIPT], {
+    env: { ...process.env, PACKETBUS_TARGET: server.target },
+    timeout: 60_000,
+  });
+  assert.deepEqual(stdout.trim().split("\n"), ["completed job-1", "helper-1 says job-1 is done"]);
+});

@@ -18,12 +18,14 @@ export interface RunningServer {
   stop(): Promise<void>;
 }
 
-/** Start a server; resolves once it prints "serving on 127.0.0.1:PORT". Rejects with what it
- * printed if it exits first or is not serving within 60 s. */
-export async function startServer(): Promise<RunningServer> {
+/** Start a server, with `extraArgs` after the listen address and data directory (e.g.
+ * ["--tls-cert", file, "--tls-key", file] for TLS; see `packetbus serve --help`); resolves once
+ * it prints "serving on 127.0.0.1:PORT". Rejects with what it printed if it exits first or is
+ * not serving within 60 s. */
+export async function startServer(extraArgs: readonly string[] = []): Promise<RunningServer> {
   const dataDir = mkdtempSync(join(tmpdir(), "packetbus-ts-"));
   const bin = process.env["PACKETBUS_BIN"] ?? DEFAULT_BIN;
-  const child = spawn(bin, ["serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir], {
+  const child = spawn(bin, ["serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir, ...extraArgs], {
     stdio: ["ignore", "pipe", "pipe"],
   });
   const printed: string[] = [];
