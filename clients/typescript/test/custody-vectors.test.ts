@@ -409,5 +409,5 @@ test("sealed_batch (informative): its signature and leaves are those of the expa
 
 test("every vector in the file was checked", () => {
   assert.equal(checked, fileCount());
-  assert.equal(checked, 6 + 4 + 5 + 7 + 7 + 6 + 4 + 16 + (4 + 1) * 2 + 4);
+  assert.equal(checked, 6 + 4 + 5 + 7 + 8 + 6 + 4 + 16 + (4 + 1) * 2 + 4);
 });
