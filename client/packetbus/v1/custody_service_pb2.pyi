@@ -69,10 +69,11 @@ class RegisterAgentKeyRequest(_message.Message):
     ENDORSING_KEY_ID_FIELD_NUMBER: _builtins.int
     ENDORSEMENT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    """Required: the agent id the key is for (the rules of Packet.origin)."""
     public_key: _builtins.bytes
-    """The raw 32-byte Ed25519 public key."""
+    """Required: the raw Ed25519 public key, exactly 32 bytes (else PUBLIC_KEY)."""
     proof: _builtins.bytes
-    """Proof of possession: the new key's Ed25519 signature over
+    """Required, exactly 64 bytes (else SIGNATURE_LENGTH). Proof of possession: the new key's Ed25519 signature over
       "packetbus.agent-key.v1" || 0x00 || agent_id || 0x00 || public_key.
     """
     endorsing_key_id: _builtins.str
@@ -81,6 +82,7 @@ class RegisterAgentKeyRequest(_message.Message):
     here, and its signature over the same message as `proof`.
     """
     endorsement: _builtins.bytes
+    """Required with endorsing_key_id: exactly 64 bytes (else SIGNATURE_LENGTH)."""
     def __init__(
         self,
         *,

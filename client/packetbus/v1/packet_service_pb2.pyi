@@ -336,6 +336,7 @@ class SubscribeRequest(_message.Message):
     topic: _builtins.str
     """Required; the rules of Packet.topic."""
     start_position: Global___StartPosition.ValueType
+    """Where to start; neither this nor after_cursor: START_POSITION_LATEST."""
     after_cursor: _builtins.str
     """Resume: deliver exactly the packets stored after this cursor (a
     Receipt.cursor, like "1700000000000-0"; else CURSOR_FORMAT).

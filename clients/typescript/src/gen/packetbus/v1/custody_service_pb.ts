@@ -59,19 +59,21 @@ export const GetSigningKeysResponseSchema: GenMessage<GetSigningKeysResponse> = 
  */
 export type RegisterAgentKeyRequest = Message<"packetbus.v1.RegisterAgentKeyRequest"> & {
   /**
+   * Required: the agent id the key is for (the rules of Packet.origin).
+   *
    * @generated from field: string agent_id = 1;
    */
   agentId: string;
 
   /**
-   * The raw 32-byte Ed25519 public key.
+   * Required: the raw Ed25519 public key, exactly 32 bytes (else PUBLIC_KEY).
    *
    * @generated from field: bytes public_key = 2;
    */
   publicKey: Uint8Array;
 
   /**
-   * Proof of possession: the new key's Ed25519 signature over
+   * Required, exactly 64 bytes (else SIGNATURE_LENGTH). Proof of possession: the new key's Ed25519 signature over
    *   "packetbus.agent-key.v1" || 0x00 || agent_id || 0x00 || public_key.
    *
    * @generated from field: bytes proof = 3;
@@ -88,6 +90,8 @@ export type RegisterAgentKeyRequest = Message<"packetbus.v1.RegisterAgentKeyRequ
   endorsingKeyId: string;
 
   /**
+   * Required with endorsing_key_id: exactly 64 bytes (else SIGNATURE_LENGTH).
+   *
    * @generated from field: bytes endorsement = 5;
    */
   endorsement: Uint8Array;

@@ -285,6 +285,8 @@ export type SubscribeRequest = Message<"packetbus.v1.SubscribeRequest"> & {
    */
   start: {
     /**
+     * Where to start; neither this nor after_cursor: START_POSITION_LATEST.
+     *
      * @generated from field: packetbus.v1.StartPosition start_position = 2;
      */
     value: StartPosition;
