@@ -5,12 +5,15 @@ and VerifyCustody of that id keep answering the first packet (README: get; issue
 item 5). Without this a finding posted under a task's tracking id took the id over:
 GetPacket answered the finding and VerifyCustody vouched for it. The same holds for a
 topic Dispatch: it refuses (ALREADY_EXISTS, nothing written) a tracking id a task,
-finding or record holds, and a retry of a packet it stored answers as before.
+finding or record holds, and a retry of a packet it stored answers as before, whether
+the packet would be stored or a governance policy rejects or holds it.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -19,7 +22,8 @@ from google.rpc import code_pb2
 
 import packetbus
 from packetbus.v1 import contents_pb2
-from packetbus_server import _keys
+from packetbus_server import RunningServer, _keys
+from tests._governed import ALLOW_ALL, REJECT_ALL, policy_server, set_policy
 from tests.conftest import unique
 
 
@@ -197,3 +201,58 @@ async def test_a_retried_dispatch_answers_as_before_even_once_a_place_is_noted(
         await raw_redis.delete(place)
     assert again == first
     assert await raw_redis.xlen(_keys.topic_log(topic)) == 1
+
+
+# -- the same under a governance policy that rejects or holds the dispatch ----------------
+
+HOLD_ALL = """
+default = "allow"
+
+[approval]
+approvers = ["guardian.*"]
+
+[[rules]]
+id = "review-everything"
+decision = "hold"
+reason = "a guardian looks first"
+"""
+
+
+@pytest.fixture(scope="module")
+async def governed(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[RunningServer, Path]]:
+    path = tmp_path_factory.mktemp("reuse-policy") / "policy.toml"
+    async with policy_server(redis_url, path) as srv:
+        yield srv, path
+
+
+@pytest.mark.parametrize("policy", [REJECT_ALL, HOLD_ALL], ids=["rejected", "held"])
+async def test_a_governed_dispatch_does_not_take_a_tasks_tracking_id(
+    governed: tuple[RunningServer, Path], raw_redis: redis_asyncio.Redis, policy: str
+) -> None:
+    srv, path = governed
+    async with await packetbus.Client.connect(f"127.0.0.1:{srv.port}", timeout=10) as client:
+        await set_policy(client, path, ALLOW_ALL)
+        posted = await client.task_queue(unique("queue")).post(
+            packetbus.Task(id="t-1", description="the real task"), origin="p"
+        )
+        held = posted.packet.packet.tracking_id
+        await set_policy(client, path, policy)
+        topic = unique("topic")
+        fresh = _topic_packet(str(uuid.uuid4()), topic)
+        results = await client.dispatch_batch([_topic_packet(held, topic), fresh])
+        await set_policy(client, path, ALLOW_ALL)
+
+        assert results[0].error.code == code_pb2.ALREADY_EXISTS
+        # The policy did judge the batch: the fresh packet was rejected or held.
+        if policy == REJECT_ALL:
+            assert results[1].error.code == code_pb2.PERMISSION_DENIED
+        else:
+            assert results[1].WhichOneof("outcome") == "held"
+        # Of the refused packet nothing was written: one decision, the fresh one's.
+        log = _keys.carcel(topic) if policy == REJECT_ALL else _keys.held(topic)
+        assert await raw_redis.xlen(log) == 1
+        assert not await raw_redis.exists(_keys.packet_record(topic, held))
+        assert await raw_redis.exists(_keys.packet_location(held)) == 0
+        assert (await client.get_packet(held)).packet.task.description == "the real task"
