@@ -256,3 +256,31 @@ async def test_a_governed_dispatch_does_not_take_a_tasks_tracking_id(
         assert not await raw_redis.exists(_keys.packet_record(topic, held))
         assert await raw_redis.exists(_keys.packet_location(held)) == 0
         assert (await client.get_packet(held)).packet.task.description == "the real task"
+
+
+async def test_a_held_packet_is_not_approved_over_a_task_that_took_its_tracking_id(
+    governed: tuple[RunningServer, Path], raw_redis: redis_asyncio.Redis
+) -> None:
+    srv, path = governed
+    async with await packetbus.Client.connect(f"127.0.0.1:{srv.port}", timeout=10) as client:
+        await set_policy(client, path, ALLOW_ALL)
+        guardian = packetbus.AgentIdentity.generate(unique("guardian"))
+        await client.register_identity(guardian)
+        topic = unique("topic")
+        packet = _topic_packet(str(uuid.uuid4()), topic)
+        await set_policy(client, path, HOLD_ALL)
+        [result] = await client.dispatch_batch([packet])
+        await set_policy(client, path, ALLOW_ALL)
+        assert result.WhichOneof("outcome") == "held"
+
+        # A held packet claims no location (its record is its topic's), so the post
+        # stores; the approval then refuses, and nothing is stored on the topic.
+        queue = client.task_queue(unique("queue"))
+        await queue.post(_task_packet(packet.tracking_id, queue.name, "t-1"))
+        with pytest.raises(packetbus.PacketbusError) as caught:
+            await client.approve_packet(topic, packet.tracking_id, identity=guardian)
+        assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "task, finding or record" in caught.value.message
+        assert await raw_redis.xlen(_keys.topic_log(topic)) == 0
+        assert await raw_redis.exists(_keys.packet_location(packet.tracking_id)) == 0
+        assert (await client.get_packet(packet.tracking_id)).packet.task.id == "t-1"

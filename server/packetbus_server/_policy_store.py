@@ -247,9 +247,29 @@ class PolicyStore:
     async def approve(
         self, record: HeldRecord, payload: bytes, approver: str
     ) -> tuple[str, list[str]]:
-        """Store a held packet on its topic (scripts/policy_approve.lua): (status, values)."""
+        """Store a held packet on its topic (scripts/policy_approve.lua): (status,
+        values), "placed" among them: a task, finding or record holds its tracking id
+        (nothing written)."""
         topic = record.topic
         if self._cluster:
+            # A held packet claims no location on a cluster (its record is the
+            # topic's): a task, finding or record may have taken its tracking id
+            # meanwhile. Its place refuses the approval, unless this topic claimed
+            # the id already (an approval retried: answered as before).
+            location, place = (
+                _keys.packet_location(record.tracking_id),
+                _keys.packet_place(record.tracking_id),
+            )
+
+            async def seen() -> Any:
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.get(location)
+                pipe.exists(place)
+                return await pipe.execute()
+
+            owner, placed = await with_retries(seen, budget_seconds=self._retry_budget)
+            if owner is None and placed:
+                return "placed", []
             claimed: Any = await with_retries(
                 lambda: self._redis.set(
                     _keys.packet_location(record.tracking_id),
@@ -273,6 +293,7 @@ class PolicyStore:
         ]
         if not self._cluster:
             keys.append(_keys.packet_location(record.tracking_id))
+            keys.append(_keys.packet_place(record.tracking_id))
         args = [
             self._retention_ms,
             self._carcel_retention_ms,
