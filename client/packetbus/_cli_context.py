@@ -27,7 +27,7 @@ from ._errors import PacketbusError
 
 Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
 
-_RECORD_KINDS = {
+RECORD_KINDS = {
     "session": (record_pb.RECORD_KIND_SESSION_SUMMARY, contents_pb2.SessionSummary),
     "swarm": (record_pb.RECORD_KIND_SWARM_REGISTRY, contents_pb2.SwarmRegistry),
     "remediation": (record_pb.RECORD_KIND_REMEDIATION_SCAN, contents_pb2.RemediationScan),
@@ -125,7 +125,7 @@ def add_parsers(commands: Any) -> None:
     )
     rsub = records.add_subparsers(dest="records_command", required=True, metavar="COMMAND")
     rput = rsub.add_parser("put", help="store a record given as protobuf JSON")
-    rput.add_argument("kind", choices=sorted(_RECORD_KINDS))
+    rput.add_argument("kind", choices=sorted(RECORD_KINDS))
     rput.add_argument(
         "record_json",
         metavar="JSON",
@@ -142,10 +142,10 @@ def add_parsers(commands: Any) -> None:
         "the original record (generated when absent)",
     )
     rget = rsub.add_parser("get")
-    rget.add_argument("kind", choices=sorted(_RECORD_KINDS))
+    rget.add_argument("kind", choices=sorted(RECORD_KINDS))
     rget.add_argument("record_id")
     rlist = rsub.add_parser("list", help="one JSON line per record, newest first")
-    rlist.add_argument("kind", choices=sorted(_RECORD_KINDS))
+    rlist.add_argument("kind", choices=sorted(RECORD_KINDS))
     rlist.add_argument("--limit", type=COUNT, default=100)
 
 
@@ -290,7 +290,7 @@ async def _context_small(client: Client, args: argparse.Namespace) -> int:
 
 async def _records(client: Client, args: argparse.Namespace) -> int:
     t = args.timeout
-    kind, message_class = _RECORD_KINDS[args.kind]
+    kind, message_class = RECORD_KINDS[args.kind]
     if args.records_command == "put":
         try:
             record = json_format.Parse(args.record_json, message_class())

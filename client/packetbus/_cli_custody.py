@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from packetbus.v1 import custody_pb2
 
 from ._cli_args import fail
+from ._cli_context import RECORD_KINDS
 from ._cli_json import json_pretty
 from ._cli_progress import bar, info, json_output
 from ._client import Client
@@ -73,6 +74,13 @@ def add_parsers(commands: Any) -> None:
         metavar="TASK_ID",
         help="instead of topics: the finding packets posted for this task id (needs "
         "findings.read on it; no --since/--until)",
+    )
+    source.add_argument(
+        "--record-kind",
+        default="",
+        choices=sorted(RECORD_KINDS),
+        help="instead of topics: this kind's record packets, first stored first (needs "
+        "records.read on it; no --since/--until)",
     )
     export.add_argument(
         "--since",
@@ -169,18 +177,20 @@ def _verify_file(args: argparse.Namespace) -> int:
 async def _export(client: Client, args: argparse.Namespace) -> int:
     count = carceled = decided = 0
     keys = await client.signing_keys(timeout=args.timeout)
-    placed = bool(args.task_queue or args.finding_task_id)
+    placed = bool(args.task_queue or args.finding_task_id or args.record_kind)
+    record_kind = RECORD_KINDS[args.record_kind][0] if args.record_kind else 0
     with args.out.open("w") as out, bar("exporting", unit="packets") as shown:
         write_keys(out, keys)
         async for response in client.export(
             args.topic,
             since=args.since,
             until=args.until,
-            # Tasks and findings have no carcel entries or decisions of their own to add.
+            # Tasks, findings and records have no carcel entries or decisions of their own.
             include_carcel_entries=not (placed or args.packets_only),
             include_decisions=not (placed or args.packets_only),
             task_queue=args.task_queue,
             finding_task_id=args.finding_task_id,
+            record_kind=record_kind,
         ):
             for stored in response.packets:
                 write_packet(out, stored)

@@ -46,17 +46,20 @@ def export_request(
     include_decisions: bool = False,
     task_queue: str = "",
     finding_task_id: str = "",
+    record_kind: int = 0,
 ) -> custody_service_pb2.ExportPacketsRequest:
     """An ExportPackets request; naive datetimes are taken as UTC. With
     `task_queue`, the export is that queue's task packets; with `finding_task_id`,
-    that task's finding packets (the other fields then unset, as the server
-    requires: see ExportPacketsRequest)."""
+    that task's finding packets; with `record_kind` (a RecordKind value), that
+    kind's record packets (the other fields then unset, as the server requires:
+    see ExportPacketsRequest)."""
     request = custody_service_pb2.ExportPacketsRequest(
         topic=topic,
         include_carcel_entries=include_carcel_entries,
         include_decisions=include_decisions,
         task_queue=task_queue,
         finding_task_id=finding_task_id,
+        record_kind=record_kind,  # type: ignore[arg-type]
     )
     for name, when in (("since", since), ("until", until)):
         if when is not None:

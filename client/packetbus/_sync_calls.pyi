@@ -164,6 +164,7 @@ class SyncCalls:
         include_decisions: bool = ...,
         task_queue: str = ...,
         finding_task_id: str = ...,
+        record_kind: int = ...,
         resume_token: str = ...,
         timeout: float | None = ...,
     ) -> SyncProxy: ...

@@ -33,7 +33,7 @@ from ._validation import Violation, validate_agent_id, validate_timestamp, valid
 
 _EXPORT_BATCH = 200
 # Placed packets' export pages of a name after a cursor (TaskService.export_pages,
-# FindingService.export_pages).
+# FindingService.export_pages, RecordService.export_pages).
 PlacedPages = Callable[[str, str | None], AsyncGenerator[Page, None]]
 # The largest sequence part of a stream id: "<ms - 1>-<this>" is just before ms.
 _MAX_SEQUENCE = 2**64 - 1
@@ -77,7 +77,7 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
         self._placed_pages: dict[str, PlacedPages] = {}
 
     def serve_placed(self, section: str, pages: PlacedPages) -> None:
-        """Export the placed packets of `section` (_placed_export: TASKS, FINDINGS)
+        """Export the placed packets of `section` (_placed_export: TASKS, FINDINGS, RECORDS)
         with `pages` (their service registers it)."""
         self._placed_pages[section] = pages
 

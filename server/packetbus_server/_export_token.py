@@ -5,12 +5,15 @@ A token is ASCII, at most MAX_TOKEN_LENGTH characters:
     e1.<fingerprint>.<section>.<cursor>.<topic>
 
 `fingerprint` (16 hex digits) is a hash of the request's own fields (topic, since,
-until, include_*, task_queue, finding_task_id), so a token only continues the export it came from;
+until, include_*, task_queue, finding_task_id, record_kind), so a token only continues the
+export it came from;
 `section` is p (stored packets), c (carcel entries) or d (decisions); `cursor` the
 stream id of the last item sent in that section of `topic`. An export of a task
 queue has section t, the queue in place of `topic`, and a task cursor in the same
 "<a>-<b>" shape (see _task_export.cursor_text); of a task's findings, section f,
-"_" in place of `topic` (the fingerprint binds the task id) and "<offset>-0". It is not a secret and not signed:
+"_" in place of `topic` (the fingerprint binds the task id) and "<offset>-0"; of a record
+kind, section r, "_" in place of `topic` (the fingerprint binds the kind) and "<score>-0"
+(_record_export). It is not a secret and not signed:
 it names a position, and whatever it names is checked like any other input.
 """
 
@@ -31,10 +34,10 @@ from ._validation import Violation, validate_topic
 SECTIONS = ("p", "c", "d")
 PACKETS, CARCEL, DECISIONS = SECTIONS
 # Placed packets' exports (_placed_export): one section each.
-TASKS, FINDINGS = "t", "f"
+TASKS, FINDINGS, RECORDS = "t", "f", "r"
 MAX_TOKEN_LENGTH = 512
 _TOKEN = re.compile(
-    r"e1\.(?P<fingerprint>[0-9a-f]{16})\.(?P<section>[pcdtf])\."
+    r"e1\.(?P<fingerprint>[0-9a-f]{16})\.(?P<section>[pcdtfr])\."
     r"(?P<ms>[0-9]{1,20})-(?P<seq>[0-9]{1,20})\.(?P<topic>.+)\Z",
     re.ASCII | re.DOTALL,
 )
@@ -67,6 +70,8 @@ def fingerprint(request: custody_service_pb2.ExportPacketsRequest) -> str:
         fields += (request.task_queue,)
     if request.finding_task_id:
         fields += ("finding", request.finding_task_id)
+    if request.record_kind:
+        fields += ("record", str(request.record_kind))
     return hashlib.sha256("\n".join(fields).encode()).hexdigest()[:16]
 
 
@@ -94,8 +99,10 @@ def decode(
         bad("RESUME_TOKEN", "not a resume token made by ExportPackets")
         return None
     cursor = f"{int(found['ms'])}-{int(found['seq'])}"
-    # What the token holds in place of a topic (_placed_export.source: "_" for findings).
-    source = request.task_queue or request.topic or ("_" if request.finding_task_id else "")
+    # What the token holds in place of a topic (_placed_export.source: "_" for findings
+    # and records).
+    placed = request.finding_task_id or request.record_kind
+    source = request.task_queue or request.topic or ("_" if placed else "")
     topic_problems: list[Violation] = []
     validate_topic(topic_problems, "resume_token", found["topic"], max_topic_length)
     if not is_stream_id(cursor) or topic_problems:
@@ -107,13 +114,14 @@ def decode(
         or (source and found["topic"] != source)
         or (section == TASKS) != bool(request.task_queue)
         or (section == FINDINGS) != bool(request.finding_task_id)
+        or (section == RECORDS) != bool(request.record_kind)
         or (section == CARCEL and not request.include_carcel_entries)
         or (section == DECISIONS and not request.include_decisions)
     ):
         bad(
             "RESUME_TOKEN_MISMATCH",
-            "made for another export: topic, task_queue, finding_task_id, since, until and "
-            "include_* must be as in the request that returned it",
+            "made for another export: topic, task_queue, finding_task_id, record_kind, since, "
+            "until and include_* must be as in the request that returned it",
         )
         return None
     return Position(found["topic"], section, cursor)

@@ -147,6 +147,8 @@ async def judge_posted(
             [DecisionWrite(write, Verdict.REJECT, decision.rule_id, decision.reason)],
             policy.version,
             time_remaining=context.time_remaining(),
+            # Its own place is noted once stored: not another packet's.
+            dispatched=False,
         )
     refused = _posted_outcome(outcome, packet, what)
     counting.rejected([refused])

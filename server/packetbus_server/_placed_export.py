@@ -1,9 +1,11 @@
 """ExportPackets of packets that are in no topic's log: a task queue's tasks
-(task_queue) or a task id's findings (finding_task_id).
+(task_queue), a task id's findings (finding_task_id) or a record kind's records
+(record_kind).
 
 `source` names what a request exports, `check` judges such a request, and
 `export_replies` makes the stream's replies from pages of (cursor, packet) read by
-the owning service (TaskService.export_pages, FindingService.export_pages).
+the owning service (TaskService.export_pages, FindingService.export_pages,
+RecordService.export_pages).
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from packetbus.v1 import custody_service_pb2, packet_service_pb2
+from packetbus.v1 import custody_service_pb2, packet_service_pb2, record_service_pb2
 
 from ._access import Permission
-from ._export_token import FINDINGS, TASKS
+from ._export_token import FINDINGS, RECORDS, TASKS
 from ._packet_service import storage_errors
 from ._packing import message_size, packs
 from ._validation import Violation, validate_id, validate_topic
@@ -45,25 +47,47 @@ def source(request: custody_service_pb2.ExportPacketsRequest) -> Source | None:
         # A task id may hold what a token must not (non-ASCII, '.'): the token's
         # fingerprint binds it instead, and the slot is a fixed "_".
         return Source(FINDINGS, request.finding_task_id, Permission.FINDINGS_READ, "_")
+    if request.record_kind:
+        # Named as records.read is granted (_access.permissions: its contents field,
+        # "session_summary"); "" for an unknown kind, which `check` refuses.
+        name = record_kind_name(request.record_kind)
+        return Source(RECORDS, name, Permission.RECORDS_READ, "_")
     return None
+
+
+def record_kind_name(kind: int) -> str:
+    """A RecordKind as its contents field is named (RECORD_KIND_SESSION_SUMMARY:
+    "session_summary"); "" for UNSPECIFIED or a value this server does not know."""
+    value = record_service_pb2.RecordKind.DESCRIPTOR.values_by_number.get(kind)
+    if value is None or not kind:
+        return ""
+    return value.name.removeprefix("RECORD_KIND_").lower()
 
 
 def check(
     out: list[Violation], request: custody_service_pb2.ExportPacketsRequest, max_length: int
 ) -> None:
     """Violations of an export of placed packets, added to `out`: the name (a queue
-    as TaskService takes it, TOPIC_FORMAT; a task id as FindingService does), and
-    every other source field unset (reason EXCLUSIVE). Why exclusive: a request
-    reads one log, so its resume token is one position in it."""
+    as TaskService takes it, TOPIC_FORMAT; a task id as FindingService does; a known
+    record kind, reason ENUM), and every other source field unset (reason
+    EXCLUSIVE). Why exclusive: a request reads one log, so its resume token is one
+    position in it."""
     fields = ["topic", "include_carcel_entries", "include_decisions"]
     if request.task_queue:
         validate_topic(out, "task_queue", request.task_queue, max_length)
-        fields.append("finding_task_id")
-    else:
+        fields += ["finding_task_id", "record_kind"]
+    elif request.finding_task_id:
         validate_id(out, "finding_task_id", request.finding_task_id)
-        # A finding has no stored time.
+        fields.append("record_kind")
+    elif not record_kind_name(request.record_kind):
+        out.append(Violation("record_kind", "ENUM", "not a record kind this server knows"))
+    if not request.task_queue:
+        # Neither a finding nor a record is exported by time.
         fields += [n for n in ("since", "until") if request.HasField(n)]
-    alone = "must be unset here: an export reads topics, one task queue or one task's findings"
+    alone = (
+        "must be unset here: an export reads topics, one task queue, one task's findings "
+        "or one record kind"
+    )
     for name in fields:
         if name in ("since", "until") or getattr(request, name):
             out.append(Violation(name, "EXCLUSIVE", alone))

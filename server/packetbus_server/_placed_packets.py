@@ -13,7 +13,13 @@ A tracking id names one packet: a post whose tracking id already names a packet 
 another place, or a topic's packet, is refused before anything is stored (`taken`),
 and a note never replaces another place's (first one wins when two posts race), so
 a finding posted under a task's tracking id cannot take that id over in GetPacket
-and VerifyCustody.
+and VerifyCustody. The other way round, a topic Dispatch refuses (ALREADY_EXISTS,
+nothing written) a tracking id a note names, unless a topic already holds it (a
+retry answers as before): scripts/dispatch.lua on a single Redis, _store._claim on
+a cluster; and so does a policy's rejection or hold of a dispatched packet
+(scripts/policy_decide.lua; PolicyStore.decide reads the place on a cluster). What is left is a race: a post and a dispatch of the same id at the same
+moment (the post's check, the dispatch, then the post's note) both store; GetPacket
+then answers the topic's packet.
 """
 
 from __future__ import annotations

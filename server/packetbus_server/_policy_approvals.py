@@ -229,6 +229,11 @@ class Approvals:
             await context.abort(
                 grpc.StatusCode.ABORTED, f"{what} is held again under another entry; sign again"
             )
+        if status == "placed":
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"tracking_id {request.tracking_id} is already used by a task, finding or record",
+            )
         if status == "taken":
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,

@@ -128,12 +128,20 @@ class PolicyStore:
         version: str,
         *,
         time_remaining: float | None = None,
+        dispatched: bool = True,
     ) -> list[Decided]:
-        """Record each rejected or held packet (scripts/policy_decide.lua), one script per topic."""
+        """Record each rejected or held packet (scripts/policy_decide.lua), one script per
+        topic. `dispatched` (a Dispatch's packets): a tracking id a task, finding or
+        record holds is a conflict (ALREADY_EXISTS, nothing written), as in
+        scripts/dispatch.lua; a post's own rejection (False) is not judged by it."""
         by_topic: dict[str, list[int]] = defaultdict(list)
         for i, item in enumerate(items):
             by_topic[item.write.topic].append(i)
         results: list[Decided | None] = [None] * len(items)
+        # On a cluster a tracking id's place is in another slot than the topic's keys:
+        # read here, told to the script ("taken"). On a single Redis the script reads it.
+        placed = await self._placed(items) if self._cluster and dispatched else [False] * len(items)
+        width = 1 if self._cluster else (3 if dispatched else 2)
 
         async def one_topic(topic: str, indexes: list[int]) -> None:
             keys = [
@@ -147,7 +155,7 @@ class PolicyStore:
                 version,
                 self._server_id,
                 self._retention_ms,
-                1 if self._cluster else 2,
+                width,
                 topic,
             ]
             for i in indexes:
@@ -156,7 +164,11 @@ class PolicyStore:
                 if not self._cluster:
                     # Where a packet dispatched on a single Redis keeps its record.
                     keys.append(_keys.packet_location(item.write.tracking_id))
+                if width == 3:
+                    keys.append(_keys.packet_place(item.write.tracking_id))
                 kind = "reject" if item.verdict is Verdict.REJECT else "hold"
+                if placed[i]:
+                    kind = "taken"
                 args += (kind, item.rule_id, item.reason, dispatch_argument(item.write))
             reply = await _scripts.POLICY_DECIDE.run(self._redis, keys, args)
             for i, (status, ref, expiry, rule, reason, ver) in zip(indexes, reply, strict=True):
@@ -170,6 +182,20 @@ class PolicyStore:
         await with_retries(attempt, budget_seconds=self._budget(time_remaining))
         await self._packets.note_topics(list(by_topic))
         return results  # type: ignore[return-value]
+
+    async def _placed(self, items: Sequence[DecisionWrite]) -> list[bool]:
+        """Per item, whether a task, finding or record holds its tracking id
+        (_placed_packets); one pipeline, retried. Read before the decision script, so
+        a post noting its place between the two is the race _placed_packets names."""
+
+        async def attempt() -> list[bool]:
+            pipe = self._redis.pipeline(transaction=False)
+            for item in items:
+                pipe.exists(_keys.packet_place(item.write.tracking_id))
+            return [bool(n) for n in await pipe.execute()]
+
+        found: list[bool] = await with_retries(attempt, budget_seconds=self._retry_budget)
+        return found
 
     async def lookup(self, topic: str, tracking_id: str) -> Decided | None:
         """What the packet's record says, with the decision's rule and reason (None: no record)."""
@@ -221,9 +247,29 @@ class PolicyStore:
     async def approve(
         self, record: HeldRecord, payload: bytes, approver: str
     ) -> tuple[str, list[str]]:
-        """Store a held packet on its topic (scripts/policy_approve.lua): (status, values)."""
+        """Store a held packet on its topic (scripts/policy_approve.lua): (status,
+        values), "placed" among them: a task, finding or record holds its tracking id
+        (nothing written)."""
         topic = record.topic
         if self._cluster:
+            # A held packet claims no location on a cluster (its record is the
+            # topic's): a task, finding or record may have taken its tracking id
+            # meanwhile. Its place refuses the approval, unless this topic claimed
+            # the id already (an approval retried: answered as before).
+            location, place = (
+                _keys.packet_location(record.tracking_id),
+                _keys.packet_place(record.tracking_id),
+            )
+
+            async def seen() -> Any:
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.get(location)
+                pipe.exists(place)
+                return await pipe.execute()
+
+            owner, placed = await with_retries(seen, budget_seconds=self._retry_budget)
+            if owner is None and placed:
+                return "placed", []
             claimed: Any = await with_retries(
                 lambda: self._redis.set(
                     _keys.packet_location(record.tracking_id),
@@ -247,6 +293,7 @@ class PolicyStore:
         ]
         if not self._cluster:
             keys.append(_keys.packet_location(record.tracking_id))
+            keys.append(_keys.packet_place(record.tracking_id))
         args = [
             self._retention_ms,
             self._carcel_retention_ms,

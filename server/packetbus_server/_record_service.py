@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import re
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -23,7 +24,9 @@ from ._observability import counting
 from ._packet_service import storage_errors
 from ._packing import fit, stored_size
 from ._page_tokens import seal, unseal
+from ._placed_export import Page
 from ._placed_packets import RECORD, Place, PlacedPackets
+from ._record_export import record_pages
 from ._record_store import RecordStore, StoredRecord
 from ._validation import Violation, validate_tracking_id
 
@@ -215,6 +218,13 @@ class RecordService(record_service_pb2_grpc.RecordServiceServicer):
         return pb.PutRecordResponse(
             kind=kind, record_id=packet.tracking_id, record=stored, created=status == "new"
         )
+
+    def export_pages(self, kind_name: str, after: str | None) -> AsyncGenerator[Page, None]:
+        """ExportPackets of the records of `kind_name` (a RecordKind as its contents
+        field is named, "session_summary") after cursor `after`, as GetRecord shows
+        them (no head yet: see _record_export.record_pages)."""
+        key_kind = next(k for field, k in _KINDS.values() if field == kind_name)
+        return record_pages(self._store, key_kind, after, _stored)
 
     async def _kind(
         self, context: grpc.aio.ServicerContext, kind: int, violations: list[Violation]

@@ -100,3 +100,32 @@ class RecordStore:
             token = f"{int(score)}:{text(last)}"
             high = f"({int(score)}"
         return found, token
+
+    async def oldest_after(
+        self, kind: str, score: int | None, count: int
+    ) -> tuple[list[tuple[int, StoredRecord]], int | None]:
+        """Up to `count` index entries of `kind` scored after `score` (None: from the
+        first), oldest first: the live records among them with their scores, and the
+        last entry's score (None when there are none: the end). An expired record is
+        left out (and leaves the index, as in `page`)."""
+        index = _keys.record_index(kind)
+        low = f"({score}" if score is not None else "-inf"
+        rows: Any = await self._retried(
+            lambda: self._redis.zrangebyscore(
+                index, low, "+inf", start=0, num=count, withscores=True
+            )
+        )
+        if not rows:
+            return [], None
+        raws: Any = await self._retried(
+            lambda: self._redis.mget([_keys.record(kind, text(r)) for r, _ in rows])
+        )
+        gone = [r for (r, _), raw in zip(rows, raws, strict=True) if raw is None]
+        if gone:
+            await self._retried(lambda: self._redis.zrem(index, *gone))
+        found = [
+            (int(at), _record(text(r), raw))
+            for (r, at), raw in zip(rows, raws, strict=True)
+            if raw is not None
+        ]
+        return found, int(rows[-1][1])

@@ -34,7 +34,7 @@ from ._context_service import ContextService
 from ._context_store import ContextStore
 from ._custodian import Custodian
 from ._custody_service import CustodyService
-from ._export_token import FINDINGS, TASKS
+from ._export_token import FINDINGS, RECORDS, TASKS
 from ._finding_service import FindingService
 from ._finding_store import FindingStore
 from ._group_service import ConsumerGroupService
@@ -252,21 +252,23 @@ def wire_services(
         gate=gate,
     )
     record_service = record_service_pb2.DESCRIPTOR.services_by_name["RecordService"]
+    records = RecordService(
+        RecordStore(redis, retry_budget=config.retry_budget_seconds),
+        key_store,
+        custodian,
+        config.limits,
+        clock=clock,
+        governor=governor,
+        placed=placed,
+    )
     add_servicer(
         server,
         record_service,
-        RecordService(
-            RecordStore(redis, retry_budget=config.retry_budget_seconds),
-            key_store,
-            custodian,
-            config.limits,
-            clock=clock,
-            governor=governor,
-            placed=placed,
-        ),
+        records,
         streams,
         gate=gate,
     )
+    custody.serve_placed(RECORDS, records.export_pages)
     health_servicer = HealthServicer(streams)
     add_health_and_reflection(
         server,

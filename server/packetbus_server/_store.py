@@ -3,8 +3,9 @@
 A dispatch costs one Lua script call per topic in the batch (run in parallel),
 whatever the number of packets. Each tracking id is also claimed for its topic
 (``pb:loc:{tid}``) so it can be found by id and cannot be reused on another
-topic: on a single Redis inside the same script; on a Redis Cluster, where
-those keys live in other slots, by one pipeline just before. Every step is
+topic, nor take an id a task, finding or record holds (``pb:place:{tid}``): on a
+single Redis inside the same script; on a Redis Cluster, where those keys live in
+other slots, by two pipelines just before (read, then claim: _claim). Every step is
 idempotent, so a whole dispatch can be replayed after any failure and stores
 nothing twice.
 """
@@ -390,14 +391,10 @@ class PacketStore:
         by_topic: dict[str, list[int]] = defaultdict(list)
         if self._cluster:
             # Claim every tracking id for its topic first. One claimed by
-            # another topic is a different packet: a conflict, decided before
-            # anything is written for it.
-            pipe = self._redis.pipeline(transaction=False)
-            for w in writes:
-                pipe.set(
-                    _keys.packet_location(w.tracking_id), w.topic, nx=True, px=w.ttl_ms, get=True
-                )
-            claimed = await pipe.execute()
+            # another topic, or held by a task, finding or record (claim: ""),
+            # is a different packet: a conflict, decided before anything is
+            # written for it.
+            claimed = await self._claim(writes)
             for i, (w, owner) in enumerate(zip(writes, claimed, strict=True)):
                 if owner is not None and text(owner) != w.topic:
                     results[i] = WriteResult(Outcome.CONFLICT, "", 0)
@@ -432,6 +429,37 @@ class PacketStore:
 
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
+
+    async def _claim(self, writes: Sequence[PacketWrite]) -> list[Any]:
+        """On a cluster: claim each write's tracking id for its topic; per write,
+        None (claimed now), the owning topic, or "" (a task, finding or record
+        holds it, _placed_packets: nothing claimed). Raises the store's errors.
+
+        Two pipelines: the first reads each id's location and place, the second
+        claims (SET NX GET) the ids neither names. Not one script per id:
+        redis-py refuses EVALSHA in a cluster pipeline, and a call per id costs a
+        round trip each. A post noting its place between the two is the race a
+        post already has between its own check and note (_placed_packets)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for w in writes:
+            pipe.get(_keys.packet_location(w.tracking_id))
+            pipe.exists(_keys.packet_place(w.tracking_id))
+        seen = list(await pipe.execute())
+        claimed: list[Any] = []
+        claims = self._redis.pipeline(transaction=False)
+        to_claim = []
+        for i, w in enumerate(writes):
+            owner, placed = seen[2 * i], seen[2 * i + 1]
+            claimed.append(owner if owner is not None else ("" if placed else None))
+            if owner is None and not placed:
+                to_claim.append(i)
+                claims.set(
+                    _keys.packet_location(w.tracking_id), w.topic, nx=True, px=w.ttl_ms, get=True
+                )
+        if to_claim:
+            for i, owner in zip(to_claim, await claims.execute(), strict=True):
+                claimed[i] = owner
+        return claimed
 
     async def note_topics(self, topics: Sequence[str]) -> None:
         """Put `topics` in the topic index (for writes outside `write`, e.g. governance
@@ -506,7 +534,7 @@ class PacketStore:
         leaves = b"".join(b"%08d" % w.leaf for w in writes) if batch_id else b""
         args: list[object] = [
             self._retention_ms,
-            2 if claim_here else 1,
+            3 if claim_here else 1,
             topic,
             batch,
             batch_id,
@@ -516,6 +544,7 @@ class PacketStore:
             keys.append(_keys.packet_record(topic, w.tracking_id))
             if claim_here:
                 keys.append(_keys.packet_location(w.tracking_id))
+                keys.append(_keys.packet_place(w.tracking_id))
             args.append(dispatch_argument(w))
         reply = await _scripts.DISPATCH.run(self._redis, keys, args)
         results = [

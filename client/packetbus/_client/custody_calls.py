@@ -93,6 +93,7 @@ class CustodyCalls(ClientCore):
         include_decisions: bool = False,
         task_queue: str = "",
         finding_task_id: str = "",
+        record_kind: int = 0,
         resume_token: str = "",
         timeout: float | None = None,
     ) -> AsyncIterator[custody_service_pb2.ExportPacketsResponse]:
@@ -103,7 +104,9 @@ class CustodyCalls(ClientCore):
         `task_queue` instead (no topic, no include_*): that queue's task packets posted
         between `since` and `until`, in the queue's order (needs tasks.read on it); with
         `finding_task_id` (alone): that task's finding packets, first posted first
-        (needs findings.read on it). A stream
+        (needs findings.read on it); with `record_kind` (alone; a RecordKind, e.g.
+        RECORD_KIND_SESSION_SUMMARY): that kind's record packets, first stored first
+        (needs records.read on it). A stream
         that ends UNAVAILABLE (a drain, a lost connection) resumes after the last
         response, with no item lost or repeated. Each response's `resume_token`, given
         here with the same other arguments, continues after it (e.g. after a
@@ -116,6 +119,7 @@ class CustodyCalls(ClientCore):
             include_decisions=include_decisions,
             task_queue=task_queue,
             finding_task_id=finding_task_id,
+            record_kind=record_kind,
         )
         request.resume_token = resume_token
         async for response in export_stream(self._custody, request, timeout):

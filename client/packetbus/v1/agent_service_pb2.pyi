@@ -170,7 +170,7 @@ class Agent(_message.Message):
     endpoint: _builtins.str
     """Where the agent can be reached, if anywhere (free text, e.g. a URL)."""
     heartbeat_ttl_seconds: _builtins.int
-    """Heartbeats must come at least this often."""
+    """Heartbeats must come at least this often, in seconds."""
     state: _builtins.str
     """The agent's own state ("idle", "busy", ...: free text, may be empty)."""
     liveness: Global___AgentLiveness.ValueType
@@ -241,8 +241,10 @@ class RegisterAgentRequest(_message.Message):
     """
     @_builtins.property
     def agent(self) -> Global___Agent:
-        """The agent as it describes itself: id, role, capabilities, parent_id,
-        labels, endpoint, heartbeat_ttl_seconds (0 means the server default, 30)
+        """Required (agent.id is: the rules of Packet.origin, else INVALID_ARGUMENT on
+        agent.id). The agent as it describes itself: id, role, capabilities, parent_id,
+        labels, endpoint, heartbeat_ttl_seconds (in seconds; 0 means the server
+        default, 30)
         and state. key_id, liveness and the times are the server's to set and
         must be left empty.
         """
@@ -561,6 +563,9 @@ class WatchAgentsRequest(_message.Message):
     START_POSITION_FIELD_NUMBER: _builtins.int
     AFTER_CURSOR_FIELD_NUMBER: _builtins.int
     start_position: Global___MembershipStart.ValueType
+    """Where to start; neither this nor after_cursor: only events after the
+    watch starts (MEMBERSHIP_START_LATEST).
+    """
     after_cursor: _builtins.str
     """Resume: exactly the events after this cursor."""
     def __init__(

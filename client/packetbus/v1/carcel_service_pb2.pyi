@@ -95,7 +95,7 @@ class ListCarcelEntriesRequest(_message.Message):
     reason: _builtins.str
     """Only entries with exactly this reason."""
     page_size: _builtins.int
-    """Default 100, at most 1000."""
+    """Most entries per page: 0 means the default (100); at most 1000."""
     page_token: _builtins.str
     """From the previous response's next_page_token."""
     def __init__(

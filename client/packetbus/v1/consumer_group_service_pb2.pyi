@@ -347,6 +347,7 @@ class Nacked(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     RELEASE_FIELD_NUMBER: _builtins.int
     delivery_id: _builtins.str
+    """Required: the delivery given back (a Delivery.delivery_id)."""
     delay_seconds: _builtins.int
     """Deliver again after this many seconds (at most the ack deadline); 0 means
     as soon as any consumer pulls.
@@ -389,9 +390,15 @@ class PullRequest(_message.Message):
         """Required in the first request of a stream, and only there."""
 
     @_builtins.property
-    def ack_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def ack_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Settle these deliveries as done (each a Delivery.delivery_id)."""
+
     @_builtins.property
-    def nacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Nacked]: ...
+    def nacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Nacked]:
+        """Give these deliveries back, each to be delivered again (or carceled after
+        the group's max attempts).
+        """
+
     @_builtins.property
     def extend_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Renew these leases for a full ack deadline from now."""

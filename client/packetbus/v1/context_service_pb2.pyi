@@ -251,7 +251,7 @@ class PutContextRequest(_message.Message):
     """The next bytes, in order; at most Limits.max_context_chunk_bytes (1 MiB)."""
     @_builtins.property
     def header(self) -> Global___PutContextHeader:
-        """Exactly once, first."""
+        """Required: exactly once, as the first message (else REQUIRED on header)."""
 
     def __init__(
         self,
@@ -430,6 +430,9 @@ class ListContextsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     scope: _builtins.str
+    """Required: the scope listed, 1..200 bytes of UTF-8, no
+    whitespace or control characters (else REQUIRED, LENGTH, CHARSET).
+    """
     name_prefix: _builtins.str
     """Only names that start with this."""
     page_size: _builtins.int
@@ -486,6 +489,7 @@ class WatchContextRequest(_message.Message):
     NAME_PREFIX_FIELD_NUMBER: _builtins.int
     AFTER_CURSOR_FIELD_NUMBER: _builtins.int
     scope: _builtins.str
+    """Required, as ListContextsRequest.scope."""
     name_prefix: _builtins.str
     """Only documents whose names start with this."""
     after_cursor: _builtins.str
@@ -845,7 +849,9 @@ class AppendMemoryRequest(_message.Message):
     """Seconds the log is kept after this append; 0: 7 days; at most 30 days."""
     @_builtins.property
     def entry(self) -> Global___LogEntry:
-        """At most Limits.max_log_entry_bytes (64 KiB) serialized."""
+        """Required (its entry_id a lowercase UUID, else UUID_FORMAT on
+        entry.entry_id); at most Limits.max_log_entry_bytes (64 KiB) serialized.
+        """
 
     def __init__(
         self,
@@ -961,9 +967,11 @@ class AppendTraceRequest(_message.Message):
     """
     agent: _builtins.str
     ttl_seconds: _builtins.int
-    """As in AppendMemoryRequest."""
+    """Seconds the trace is kept after this append, as in AppendMemoryRequest."""
     @_builtins.property
-    def entry(self) -> Global___LogEntry: ...
+    def entry(self) -> Global___LogEntry:
+        """Required, as AppendMemoryRequest.entry."""
+
     def __init__(
         self,
         *,
@@ -986,6 +994,7 @@ class AppendTraceResponse(_message.Message):
 
     LENGTH_FIELD_NUMBER: _builtins.int
     length: _builtins.int
+    """Entries in the trace now (as AppendMemoryResponse.length)."""
     def __init__(
         self,
         *,

@@ -27,9 +27,10 @@ from packetbus.v1 import carcel_service_pb2 as packetbus_dot_v1_dot_carcel__serv
 from packetbus.v1 import custody_pb2 as packetbus_dot_v1_dot_custody__pb2
 from packetbus.v1 import packet_service_pb2 as packetbus_dot_v1_dot_packet__service__pb2
 from packetbus.v1 import policy_service_pb2 as packetbus_dot_v1_dot_policy__service__pb2
+from packetbus.v1 import record_service_pb2 as packetbus_dot_v1_dot_record__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"packetbus/v1/custody_service.proto\x12\x0cpacketbus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!packetbus/v1/carcel_service.proto\x1a\x1apacketbus/v1/custody.proto\x1a!packetbus/v1/packet_service.proto\x1a!packetbus/v1/policy_service.proto\"\x17\n\x15GetSigningKeysRequest\"@\n\x16GetSigningKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x18.packetbus.v1.SigningKey\"}\n\x17RegisterAgentKeyRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\r\n\x05proof\x18\x03 \x01(\x0c\x12\x18\n\x10\x65ndorsing_key_id\x18\x04 \x01(\t\x12\x13\n\x0b\x65ndorsement\x18\x05 \x01(\x0c\"A\n\x18RegisterAgentKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.packetbus.v1.SigningKey\"+\n\x14VerifyCustodyRequest\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\"\x9e\x01\n\x0c\x45ntryVerdict\x12\r\n\x05index\x18\x01 \x01(\r\x12-\n\x07verdict\x18\x02 \x01(\x0e\x32\x1c.packetbus.v1.CustodyVerdict\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x11\n\tprincipal\x18\x07 \x01(\t\"\xb6\x01\n\x15VerifyCustodyResponse\x12\x10\n\x08verified\x18\x01 \x01(\x08\x12+\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1a.packetbus.v1.EntryVerdict\x12\x32\n\x0chead_verdict\x18\x03 \x01(\x0e\x32\x1c.packetbus.v1.CustodyVerdict\x12*\n\x06packet\x18\x04 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\"\xf9\x01\n\x14\x45xportPacketsRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16include_carcel_entries\x18\x04 \x01(\x08\x12\x19\n\x11include_decisions\x18\x05 \x01(\x08\x12\x14\n\x0cresume_token\x18\x06 \x01(\t\x12\x12\n\ntask_queue\x18\x07 \x01(\t\x12\x17\n\x0f\x66inding_task_id\x18\x08 \x01(\t\"\xc4\x01\n\x15\x45xportPacketsResponse\x12+\n\x07packets\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.StoredPacket\x12\x31\n\x0e\x63\x61rcel_entries\x18\x02 \x03(\x0b\x32\x19.packetbus.v1.CarcelEntry\x12\x35\n\tdecisions\x18\x03 \x03(\x0b\x32\".packetbus.v1.PolicyDecisionRecord\x12\x14\n\x0cresume_token\x18\x04 \x01(\t2\x95\x03\n\x0e\x43ustodyService\x12`\n\x0eGetSigningKeys\x12#.packetbus.v1.GetSigningKeysRequest\x1a$.packetbus.v1.GetSigningKeysResponse\"\x03\x90\x02\x01\x12\x61\n\x10RegisterAgentKey\x12%.packetbus.v1.RegisterAgentKeyRequest\x1a&.packetbus.v1.RegisterAgentKeyResponse\x12]\n\rVerifyCustody\x12\".packetbus.v1.VerifyCustodyRequest\x1a#.packetbus.v1.VerifyCustodyResponse\"\x03\x90\x02\x01\x12_\n\rExportPackets\x12\".packetbus.v1.ExportPacketsRequest\x1a#.packetbus.v1.ExportPacketsResponse\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"packetbus/v1/custody_service.proto\x12\x0cpacketbus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!packetbus/v1/carcel_service.proto\x1a\x1apacketbus/v1/custody.proto\x1a!packetbus/v1/packet_service.proto\x1a!packetbus/v1/policy_service.proto\x1a!packetbus/v1/record_service.proto\"\x17\n\x15GetSigningKeysRequest\"@\n\x16GetSigningKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x18.packetbus.v1.SigningKey\"}\n\x17RegisterAgentKeyRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\r\n\x05proof\x18\x03 \x01(\x0c\x12\x18\n\x10\x65ndorsing_key_id\x18\x04 \x01(\t\x12\x13\n\x0b\x65ndorsement\x18\x05 \x01(\x0c\"A\n\x18RegisterAgentKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.packetbus.v1.SigningKey\"+\n\x14VerifyCustodyRequest\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\"\x9e\x01\n\x0c\x45ntryVerdict\x12\r\n\x05index\x18\x01 \x01(\r\x12-\n\x07verdict\x18\x02 \x01(\x0e\x32\x1c.packetbus.v1.CustodyVerdict\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x11\n\tprincipal\x18\x07 \x01(\t\"\xb6\x01\n\x15VerifyCustodyResponse\x12\x10\n\x08verified\x18\x01 \x01(\x08\x12+\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1a.packetbus.v1.EntryVerdict\x12\x32\n\x0chead_verdict\x18\x03 \x01(\x0e\x32\x1c.packetbus.v1.CustodyVerdict\x12*\n\x06packet\x18\x04 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\"\xa8\x02\n\x14\x45xportPacketsRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16include_carcel_entries\x18\x04 \x01(\x08\x12\x19\n\x11include_decisions\x18\x05 \x01(\x08\x12\x14\n\x0cresume_token\x18\x06 \x01(\t\x12\x12\n\ntask_queue\x18\x07 \x01(\t\x12\x17\n\x0f\x66inding_task_id\x18\x08 \x01(\t\x12-\n\x0brecord_kind\x18\t \x01(\x0e\x32\x18.packetbus.v1.RecordKind\"\xc4\x01\n\x15\x45xportPacketsResponse\x12+\n\x07packets\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.StoredPacket\x12\x31\n\x0e\x63\x61rcel_entries\x18\x02 \x03(\x0b\x32\x19.packetbus.v1.CarcelEntry\x12\x35\n\tdecisions\x18\x03 \x03(\x0b\x32\".packetbus.v1.PolicyDecisionRecord\x12\x14\n\x0cresume_token\x18\x04 \x01(\t2\x95\x03\n\x0e\x43ustodyService\x12`\n\x0eGetSigningKeys\x12#.packetbus.v1.GetSigningKeysRequest\x1a$.packetbus.v1.GetSigningKeysResponse\"\x03\x90\x02\x01\x12\x61\n\x10RegisterAgentKey\x12%.packetbus.v1.RegisterAgentKeyRequest\x1a&.packetbus.v1.RegisterAgentKeyResponse\x12]\n\rVerifyCustody\x12\".packetbus.v1.VerifyCustodyRequest\x1a#.packetbus.v1.VerifyCustodyResponse\"\x03\x90\x02\x01\x12_\n\rExportPackets\x12\".packetbus.v1.ExportPacketsRequest\x1a#.packetbus.v1.ExportPacketsResponse\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,24 +43,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CUSTODYSERVICE'].methods_by_name['VerifyCustody']._serialized_options = b'\220\002\001'
   _globals['_CUSTODYSERVICE'].methods_by_name['ExportPackets']._loaded_options = None
   _globals['_CUSTODYSERVICE'].methods_by_name['ExportPackets']._serialized_options = b'\220\002\001'
-  _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=218
-  _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=241
-  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_start=243
-  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_end=307
-  _globals['_REGISTERAGENTKEYREQUEST']._serialized_start=309
-  _globals['_REGISTERAGENTKEYREQUEST']._serialized_end=434
-  _globals['_REGISTERAGENTKEYRESPONSE']._serialized_start=436
-  _globals['_REGISTERAGENTKEYRESPONSE']._serialized_end=501
-  _globals['_VERIFYCUSTODYREQUEST']._serialized_start=503
-  _globals['_VERIFYCUSTODYREQUEST']._serialized_end=546
-  _globals['_ENTRYVERDICT']._serialized_start=549
-  _globals['_ENTRYVERDICT']._serialized_end=707
-  _globals['_VERIFYCUSTODYRESPONSE']._serialized_start=710
-  _globals['_VERIFYCUSTODYRESPONSE']._serialized_end=892
-  _globals['_EXPORTPACKETSREQUEST']._serialized_start=895
-  _globals['_EXPORTPACKETSREQUEST']._serialized_end=1144
-  _globals['_EXPORTPACKETSRESPONSE']._serialized_start=1147
-  _globals['_EXPORTPACKETSRESPONSE']._serialized_end=1343
-  _globals['_CUSTODYSERVICE']._serialized_start=1346
-  _globals['_CUSTODYSERVICE']._serialized_end=1751
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=253
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=276
+  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_start=278
+  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_end=342
+  _globals['_REGISTERAGENTKEYREQUEST']._serialized_start=344
+  _globals['_REGISTERAGENTKEYREQUEST']._serialized_end=469
+  _globals['_REGISTERAGENTKEYRESPONSE']._serialized_start=471
+  _globals['_REGISTERAGENTKEYRESPONSE']._serialized_end=536
+  _globals['_VERIFYCUSTODYREQUEST']._serialized_start=538
+  _globals['_VERIFYCUSTODYREQUEST']._serialized_end=581
+  _globals['_ENTRYVERDICT']._serialized_start=584
+  _globals['_ENTRYVERDICT']._serialized_end=742
+  _globals['_VERIFYCUSTODYRESPONSE']._serialized_start=745
+  _globals['_VERIFYCUSTODYRESPONSE']._serialized_end=927
+  _globals['_EXPORTPACKETSREQUEST']._serialized_start=930
+  _globals['_EXPORTPACKETSREQUEST']._serialized_end=1226
+  _globals['_EXPORTPACKETSRESPONSE']._serialized_start=1229
+  _globals['_EXPORTPACKETSRESPONSE']._serialized_end=1425
+  _globals['_CUSTODYSERVICE']._serialized_start=1428
+  _globals['_CUSTODYSERVICE']._serialized_end=1833
 # @@protoc_insertion_point(module_scope)

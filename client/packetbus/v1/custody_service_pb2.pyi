@@ -12,6 +12,7 @@ from packetbus.v1 import carcel_service_pb2 as _carcel_service_pb2
 from packetbus.v1 import custody_pb2 as _custody_pb2
 from packetbus.v1 import packet_service_pb2 as _packet_service_pb2
 from packetbus.v1 import policy_service_pb2 as _policy_service_pb2
+from packetbus.v1 import record_service_pb2 as _record_service_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -68,10 +69,11 @@ class RegisterAgentKeyRequest(_message.Message):
     ENDORSING_KEY_ID_FIELD_NUMBER: _builtins.int
     ENDORSEMENT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    """Required: the agent id the key is for (the rules of Packet.origin)."""
     public_key: _builtins.bytes
-    """The raw 32-byte Ed25519 public key."""
+    """Required: the raw Ed25519 public key, exactly 32 bytes (else PUBLIC_KEY)."""
     proof: _builtins.bytes
-    """Proof of possession: the new key's Ed25519 signature over
+    """Required, exactly 64 bytes (else SIGNATURE_LENGTH). Proof of possession: the new key's Ed25519 signature over
       "packetbus.agent-key.v1" || 0x00 || agent_id || 0x00 || public_key.
     """
     endorsing_key_id: _builtins.str
@@ -80,6 +82,7 @@ class RegisterAgentKeyRequest(_message.Message):
     here, and its signature over the same message as `proof`.
     """
     endorsement: _builtins.bytes
+    """Required with endorsing_key_id: exactly 64 bytes (else SIGNATURE_LENGTH)."""
     def __init__(
         self,
         *,
@@ -224,8 +227,11 @@ class ExportPacketsRequest(_message.Message):
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     TASK_QUEUE_FIELD_NUMBER: _builtins.int
     FINDING_TASK_ID_FIELD_NUMBER: _builtins.int
+    RECORD_KIND_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
-    """Empty: every topic (unless task_queue is set)."""
+    """Empty: every topic (unless task_queue, finding_task_id or record_kind is
+    set); else the rules of Packet.topic.
+    """
     include_carcel_entries: _builtins.bool
     """Also the topics' carcel entries (each packet with its chain and a signed
     head, verifiable like the stored packets).
@@ -241,15 +247,23 @@ class ExportPacketsRequest(_message.Message):
     """Set: export this task queue's task packets (TaskService, every status, in
     the queue's order: posted first first), each with its chain so far, instead
     of topics. A queue name as TaskService takes it (TOPIC_FORMAT); topic,
-    include_carcel_entries and include_decisions must then be unset
-    (INVALID_ARGUMENT, reason EXCLUSIVE).
+    finding_task_id, record_kind, include_carcel_entries and include_decisions
+    must then be unset (INVALID_ARGUMENT, reason EXCLUSIVE).
     """
     finding_task_id: _builtins.str
     """Set: export the finding packets posted for this task id (FindingService,
     first posted first), each with its chain, instead of topics. An id as
-    FindingService takes it; topic, task_queue, since, until and include_*
-    must then be unset (INVALID_ARGUMENT, reason EXCLUSIVE): a finding has no
-    stored time.
+    FindingService takes it; topic, task_queue, record_kind, since, until and
+    include_* must then be unset (INVALID_ARGUMENT, reason EXCLUSIVE): a
+    finding has no stored time.
+    """
+    record_kind: _record_service_pb2.RecordKind.ValueType
+    """Set (not RECORD_KIND_UNSPECIFIED): export the record packets of this kind
+    (RecordService, first stored first, expired ones left out), each with its
+    chain, instead of topics. An unknown value is INVALID_ARGUMENT (reason
+    ENUM); topic, task_queue, finding_task_id, since, until and include_* must
+    then be unset (INVALID_ARGUMENT, reason EXCLUSIVE): records are not
+    exported by time.
     """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
@@ -274,10 +288,11 @@ class ExportPacketsRequest(_message.Message):
         resume_token: _builtins.str = ...,
         task_queue: _builtins.str = ...,
         finding_task_id: _builtins.str = ...,
+        record_kind: _record_service_pb2.RecordKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finding_task_id", b"finding_task_id", "include_carcel_entries", b"include_carcel_entries", "include_decisions", b"include_decisions", "resume_token", b"resume_token", "since", b"since", "task_queue", b"task_queue", "topic", b"topic", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finding_task_id", b"finding_task_id", "include_carcel_entries", b"include_carcel_entries", "include_decisions", b"include_decisions", "record_kind", b"record_kind", "resume_token", b"resume_token", "since", b"since", "task_queue", b"task_queue", "topic", b"topic", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -89,16 +89,22 @@ class CustodyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportPackets(self, request, context):
-        """Streams the stored packets of a topic (or of every topic) in stored
-        order, or the task packets of one task queue (task_queue) in the queue's
-        order, or the finding packets of one task id (finding_task_id) in posting
-        order, each with its content bytes and a signed custody head, for export
-        and offline verification. Ends when the packets stored so far are sent.
-        Needs audit.export on the topic ('' for every topic: a grant on '*'),
-        tasks.read on the task queue (what ListTasks needs), or findings.read on
-        the task id (what ListFindings needs). Record packets are not exported:
-        RecordService.ListRecords of a kind serves them, each with its chain, and
-        GetPacket and VerifyCustody answer for their tracking ids.
+        """Streams stored packets, each with its content bytes and a signed custody
+        head, for export and offline verification. One call serves exactly one
+        kind, chosen by which selector is set (at most one; another set beside it is
+        INVALID_ARGUMENT, reason EXCLUSIVE):
+        - none, or topic: topic packets, of that topic or of every topic (by
+        name), in stored order, optionally with their carcel entries and
+        governance decisions (include_*); needs audit.export on the topic ('' for
+        every topic: a grant on '*').
+        - task_queue: the task packets of one task queue, in the queue's order;
+        needs tasks.read on the queue (what ListTasks needs).
+        - finding_task_id: the finding packets of one task id, in posting order;
+        needs findings.read on the task id (what ListFindings needs).
+        - record_kind: the record packets of one record kind, first stored first;
+        needs records.read on the kind (what ListRecords needs).
+        No call mixes kinds: export each queue, task id and record kind by its own
+        call. Ends when the packets stored so far are sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -292,14 +292,16 @@ class EscalateRequest(_message.Message):
     control characters.
     """
     origin: _builtins.str
-    """Who escalates (an agent id): the caller's own agent id or one it holds
-    agents.act_for on (else PERMISSION_DENIED).
+    """Required: who escalates (an agent id, the rules of Packet.origin): the
+    caller's own agent id or one it holds agents.act_for on (else
+    PERMISSION_DENIED).
     """
     reason: _builtins.str
     """Why a human is needed: required, at most 1024 bytes (UTF-8)."""
     @_builtins.property
     def finding_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The supporting findings (of this task); at least one. Each fits alone;
+        """Required: the supporting findings (of this task), at least one (else
+        REQUIRED). Each fits alone;
         several too large together are INVALID_ARGUMENT (`finding_ids`,
         ESCALATION_TOO_LARGE): escalate fewer per call.
         """

@@ -145,7 +145,10 @@ class DispatchResult(_message.Message):
     def error(self) -> _status_pb2.Status:
         """Why the packet was not stored: INVALID_ARGUMENT with a
         google.rpc.BadRequest detail listing every violation, or
-        ALREADY_EXISTS when the tracking id is taken by different content, or
+        ALREADY_EXISTS when the tracking id is taken by different content (on
+        this topic or another) or by a task, finding or record packet (nothing
+        of the packet is then written; a retry of a packet stored before still
+        answers its receipt), or
         PERMISSION_DENIED when a governance policy rule rejected it: it is then
         in its topic's carcel, and a google.rpc.ErrorInfo detail (reason
         "POLICY_REJECTED") has metadata rule_id, rule_reason, policy_version
@@ -333,6 +336,7 @@ class SubscribeRequest(_message.Message):
     topic: _builtins.str
     """Required; the rules of Packet.topic."""
     start_position: Global___StartPosition.ValueType
+    """Where to start; neither this nor after_cursor: START_POSITION_LATEST."""
     after_cursor: _builtins.str
     """Resume: deliver exactly the packets stored after this cursor (a
     Receipt.cursor, like "1700000000000-0"; else CURSOR_FORMAT).

@@ -350,7 +350,7 @@ class ListHeldPacketsRequest(_message.Message):
     topic: _builtins.str
     """Empty: every topic."""
     page_size: _builtins.int
-    """Default 100, at most 1000."""
+    """Most held packets per page: 0 means the default (100); at most 1000."""
     page_token: _builtins.str
     """From the previous response's next_page_token."""
     def __init__(
@@ -401,9 +401,11 @@ class GetHeldPacketRequest(_message.Message):
     TOPIC_FIELD_NUMBER: _builtins.int
     TRACKING_ID_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
-    """The held packet's topic."""
+    """Required: the held packet's topic (the rules of Packet.topic)."""
     tracking_id: _builtins.str
-    """The held packet's tracking id."""
+    """Required: the held packet's tracking id, a UUID in canonical lowercase form
+    (else UUID_FORMAT).
+    """
     def __init__(
         self,
         *,
@@ -448,12 +450,15 @@ class ApprovePacketRequest(_message.Message):
     TRACKING_ID_FIELD_NUMBER: _builtins.int
     APPROVAL_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
-    """The held packet's topic."""
+    """Required: the held packet's topic (the rules of Packet.topic)."""
     tracking_id: _builtins.str
-    """The held packet's tracking id."""
+    """Required: the held packet's tracking id, a UUID in canonical lowercase form
+    (else UUID_FORMAT).
+    """
     @_builtins.property
     def approval(self) -> _custody_pb2.CustodyEntry:
-        """The approver's custody entry: a CustodyRecord with action "approved",
+        """Required while the packet is held (else REQUIRED on approval). The
+        approver's custody entry: a CustodyRecord with action "approved",
         actor = the approver's agent id, sequence = the held chain's length,
         previous_hash = the hash of its last entry, the packet's content digest
         and tracking id, signed with a key registered to the approver.
@@ -504,12 +509,15 @@ class DenyPacketRequest(_message.Message):
     TRACKING_ID_FIELD_NUMBER: _builtins.int
     DENIAL_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
-    """The held packet's topic."""
+    """Required: the held packet's topic (the rules of Packet.topic)."""
     tracking_id: _builtins.str
-    """The held packet's tracking id."""
+    """Required: the held packet's tracking id, a UUID in canonical lowercase form
+    (else UUID_FORMAT).
+    """
     @_builtins.property
     def denial(self) -> _custody_pb2.CustodyEntry:
-        """The denier's custody entry, as for an approval but with action "denied";
+        """Required while the packet is held (else REQUIRED on denial). The denier's
+        custody entry, as for an approval but with action "denied";
         its reason says why and becomes the carcel entry's detail.
         """
 

@@ -115,7 +115,9 @@ class PolicyServiceServicer:
         answers the same receipt (a packet no longer held is answered from its
         record, with or without an entry). A packet that is not held is
         NOT_FOUND, one denied is FAILED_PRECONDITION, a chain that moved on is
-        ABORTED.
+        ABORTED. One whose tracking id another topic's packet, or a task, finding
+        or record, took while it was held is FAILED_PRECONDITION, and nothing of it
+        is stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -57,7 +57,9 @@ class PolicyServiceStub:
     answers the same receipt (a packet no longer held is answered from its
     record, with or without an entry). A packet that is not held is
     NOT_FOUND, one denied is FAILED_PRECONDITION, a chain that moved on is
-    ABORTED.
+    ABORTED. One whose tracking id another topic's packet, or a task, finding
+    or record, took while it was held is FAILED_PRECONDITION, and nothing of it
+    is stored.
     """
     DenyPacket: _grpc.UnaryUnaryMultiCallable[_policy_service_pb2.DenyPacketRequest, _policy_service_pb2.DenyPacketResponse]
     """Moves a held packet to its topic's carcel, with the denier's own signed
@@ -96,7 +98,9 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     answers the same receipt (a packet no longer held is answered from its
     record, with or without an entry). A packet that is not held is
     NOT_FOUND, one denied is FAILED_PRECONDITION, a chain that moved on is
-    ABORTED.
+    ABORTED. One whose tracking id another topic's packet, or a task, finding
+    or record, took while it was held is FAILED_PRECONDITION, and nothing of it
+    is stored.
     """
     DenyPacket: _aio.UnaryUnaryMultiCallable[_policy_service_pb2.DenyPacketRequest, _policy_service_pb2.DenyPacketResponse]  # type: ignore[assignment]
     """Moves a held packet to its topic's carcel, with the denier's own signed
@@ -156,7 +160,9 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         answers the same receipt (a packet no longer held is answered from its
         record, with or without an entry). A packet that is not held is
         NOT_FOUND, one denied is FAILED_PRECONDITION, a chain that moved on is
-        ABORTED.
+        ABORTED. One whose tracking id another topic's packet, or a task, finding
+        or record, took while it was held is FAILED_PRECONDITION, and nothing of it
+        is stored.
         """
 
     @_abc_1.abstractmethod

@@ -61,8 +61,9 @@ class PutRecordRequest(_message.Message):
     """
     @_builtins.property
     def packet(self) -> _packet_pb2.Packet:
-        """A packet whose contents are a SessionSummary, SwarmRegistry or
-        RemediationScan (its kind follows from them).
+        """Required: a packet whose contents are a SessionSummary, SwarmRegistry or
+        RemediationScan (its kind follows from them; else REQUIRED on
+        packet.contents).
         """
 
     def __init__(

@@ -190,7 +190,8 @@ class ClaimTaskRequest(_message.Message):
     queue: _builtins.str
     """Required; the rules of Packet.topic (a queue is a topic)."""
     worker: _builtins.str
-    """The claiming agent: the caller's own agent id or one it holds
+    """Required: the claiming agent (the rules of Packet.origin): the caller's own
+    agent id or one it holds
     agents.act_for on (else PERMISSION_DENIED). The agent registry releases
     its claims when this agent goes stale. Heartbeat, release, complete and fail
     name the claim by its fencing token and are refused (PERMISSION_DENIED) to
@@ -268,7 +269,9 @@ class HeartbeatTaskRequest(_message.Message):
     claim (TaskState.fencing_token).
     """
     lease_seconds: _builtins.int
-    """Seconds, at most 600 (else RANGE); 0 means the claim's lease length."""
+    """The new lease, in seconds from now: at most 600 (else RANGE); 0 means the
+    claim's lease length.
+    """
     def __init__(
         self,
         *,

@@ -55,7 +55,9 @@ class TopicRetention(_message.Message):
     MAX_BYTES_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     max_age_seconds: _builtins.int
-    """Packets older than this leave the log: 0 = no limit, else 1..86400."""
+    """Packets older than this many seconds leave the log: 0 = no limit, else
+    1..86400 (one day).
+    """
     max_packets: _builtins.int
     """At most this many packets are kept (the oldest leave first): 0 = no
     limit, else 1..1,000,000,000.
@@ -91,7 +93,12 @@ class SetTopicRetentionRequest(_message.Message):
     topic: _builtins.str
     """Required; the rules of Packet.topic."""
     @_builtins.property
-    def retention(self) -> Global___TopicRetention: ...
+    def retention(self) -> Global___TopicRetention:
+        """The topic's new limits, replacing the old ones (all zero and
+        RETENTION_POLICY_UNSPECIFIED: none); each out of range is INVALID_ARGUMENT
+        (RANGE on retention.<field>).
+        """
+
     def __init__(
         self,
         *,
@@ -162,6 +169,7 @@ class GetTopicRetentionResponse(_message.Message):
     (else 0: the bytes are counted only while a byte limit needs them).
     """
     stored_bytes: _builtins.int
+    """In bytes."""
     @_builtins.property
     def retention(self) -> Global___TopicRetention:
         """All zero and RETENTION_POLICY_UNSPECIFIED when the topic has none."""

@@ -140,8 +140,9 @@ RULES: dict[str, Rule] = {
     _CUSTODY + "GetSigningKeys": Rule(None),  # public keys: any authenticated caller
     _CUSTODY + "RegisterAgentKey": Rule(P.KEYS_MANAGE, _field("agent_id")),
     _CUSTODY + "VerifyCustody": Rule(P.AUDIT_EXPORT, in_service=_IN_SERVICE),  # its topic
-    # audit.export on its topic ('' for all), tasks.read on its task_queue, or
-    # findings.read on its finding_task_id (_placed_export.source).
+    # audit.export on its topic ('' for all), tasks.read on its task_queue,
+    # findings.read on its finding_task_id, or records.read on its record_kind
+    # (_placed_export.source).
     _CUSTODY + "ExportPackets": Rule(P.AUDIT_EXPORT, in_service=_IN_SERVICE),
     _FINDINGS + "PostFinding": Rule(P.FINDINGS_POST, lambda r: str(r.packet.finding.task_id)),
     _FINDINGS + "GetFinding": Rule(P.FINDINGS_READ, _field("task_id")),

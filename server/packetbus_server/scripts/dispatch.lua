@@ -25,10 +25,13 @@
 --                         and a new packet's record is kept in it, not under the
 --                         topic (one key per packet: scripts/lib/records.lua);
 --                         on a Redis Cluster it lives in another slot and the caller
---                         claims it beforehand (w = 1)
+--                         claims it beforehand (w = 1: _store._claim)
+--   KEYS[7 + w(i-1)]      packet i's place                (pb:place:{<tracking id>}), only
+--                         when w = 3 (a single Redis): a tracking id a task, finding
+--                         or record holds (_placed_packets) is refused here
 -- ARGV[1]  retention in ms: log entries older than now - retention are trimmed
 --          (exactly, so the horizon names exactly the newest entry that went)
--- ARGV[2]  w, keys per packet: 1 or 2
+-- ARGV[2]  w, keys per packet: 1 (a Redis Cluster) or 3 (a single Redis)
 -- ARGV[3]  the topic
 -- ARGV[4]  the sealed batch's bytes ("" for none: packets stored whole)
 -- ARGV[5]  the sealed batch's id ("" for none)
@@ -46,7 +49,8 @@
 -- Returns one {status, cursor, expiry ms} per packet, in order:
 --   status "new"       stored now
 --   status "dup"       stored before with the same fingerprint: the original cursor and expiry
---   status "conflict"  the tracking id holds a different packet: nothing written
+--   status "conflict"  the tracking id holds a different packet (of this topic,
+--                      another topic, or a task, finding or record): nothing written
 -- Everything about a packet is read before anything is written for it, so
 -- replaying the script after a lost reply stores nothing twice. A record a
 -- governance decision left (cursor "rejected:<id>" or "held:<id>") answers
@@ -71,7 +75,8 @@ local newest_expiry = 0
 local newest_cursor = nil
 for i = 1, (#KEYS - 4) / width do
   local record_key = KEYS[5 + width * (i - 1)]
-  local location_key = width == 2 and KEYS[6 + width * (i - 1)] or nil
+  local location_key = width == 3 and KEYS[6 + width * (i - 1)] or nil
+  local place_key = width == 3 and KEYS[7 + width * (i - 1)] or nil
   local packet = ARGV[6 + i]
   local fingerprint = string.sub(packet, 1, 32)
   local owner, located = nil, nil
@@ -87,6 +92,10 @@ for i = 1, (#KEYS - 4) / width do
     else
       results[i] = {'conflict', existing.marker, existing.expiry}
     end
+  elseif place_key and redis.call('EXISTS', place_key) == 1 then
+    -- After the record: a retry of a packet stored before the place was noted
+    -- still answers "dup" (a post refuses an id a topic holds, so that is rare).
+    results[i] = {'conflict', '', '0'}
   else
     local ttl_ms = tonumber(string.sub(packet, 33, 44))
     local content_length = tonumber(string.sub(packet, 45, 52))

@@ -11,6 +11,10 @@
 -- KEYS[7]  the topic's decision log       (pb:{topic}:decisions)
 -- KEYS[8]  the packet's location          (pb:loc:{<tracking id>}), on a single
 --          Redis only (on a Redis Cluster the caller claims it beforehand)
+-- KEYS[9]  the packet's place             (pb:place:{<tracking id>}), on a single
+--          Redis only: a task, finding or record that took the tracking id while
+--          the packet was held refuses the approval (on a cluster the caller
+--          reads it beforehand)
 -- ARGV[1]  log retention in ms (as scripts/dispatch.lua)
 -- ARGV[2]  carcel retention in ms (counts and decision log)
 -- ARGV[3]  the held entry id the approval was signed for
@@ -26,8 +30,10 @@
 --   {"gone"}                        no such held packet (never held, or expired)
 --   {"moved", marker}               held again under another entry (sign again)
 --   {"taken", topic}                its tracking id belongs to another topic
+--   {"placed"}                      a task, finding or record holds its tracking id
 local held, log, groups, horizon = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local record_key, stats, decisions, location_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local place_key = KEYS[9]
 local retention_ms, carcel_retention_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
 local held_id, topic, approver, payload = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local now_ms = clock_ms()
@@ -56,6 +62,9 @@ if location_key then
   local owner = redis.call('GET', location_key)
   if owner and owner ~= topic then
     return {'taken', owner}
+  end
+  if not owner and place_key and redis.call('EXISTS', place_key) == 1 then
+    return {'placed'}
   end
 end
 

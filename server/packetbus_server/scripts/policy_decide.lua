@@ -9,17 +9,23 @@
 -- then, for packet i, ARGV[5] keys:
 --   KEYS[5 + w(i-1)]  packet i's idempotency record (pb:{topic}:pkt:<tracking id>,
 --                     either form: scripts/lib/records.lua)
---   KEYS[6 + w(i-1)]  on a single Redis only (w = 2): packet i's location
+--   KEYS[6 + w(i-1)]  on a single Redis only (w = 2 or 3): packet i's location
 --                     (pb:loc:{<tracking id>}), which holds the record of a packet
 --                     dispatched there (scripts/dispatch.lua)
+--   KEYS[7 + w(i-1)]  on a single Redis, for a Dispatch (w = 3): packet i's place
+--                     (pb:place:{<tracking id>}): a tracking id a task, finding or
+--                     record holds (_placed_packets) is refused here
 -- ARGV[1]      carcel retention in ms (the carcel, counts and decision log)
 -- ARGV[2]      the policy version (SHA-256 hex of the policy file)
 -- ARGV[3]      the deciding server's id (the decision log's actor)
 -- ARGV[4]      the longest packet TTL in ms: held entries older are trimmed
--- ARGV[5]      w, keys per packet: 1 or 2
+-- ARGV[5]      w, keys per packet: 1 (a Redis Cluster), 2 (a single Redis: a
+--              post's rejection) or 3 (a single Redis: a Dispatch's decisions)
 -- ARGV[6]      the topic
 -- then 4 per packet:
---   kind      "reject" or "hold"
+--   kind      "reject" or "hold"; or "taken" (on a Redis Cluster, where the
+--             place is in another slot: the caller read it and a task, finding or
+--             record holds the tracking id)
 --   rule id   the deciding rule
 --   reason    its reason
 --   packet    as in scripts/dispatch.lua: 32 bytes of fingerprint, TTL ms as
@@ -31,7 +37,8 @@
 --   "rejected"  in the carcel: id = its carcel entry (now, or by an earlier call)
 --   "held"      in the approval queue: id = its held entry
 --   "stored"    an earlier dispatch stored it on the topic: id = its cursor
---   "conflict"  the tracking id holds a different packet: nothing written
+--   "conflict"  the tracking id holds a different packet (or a task, finding or
+--               record holds it, and no record of this topic does): nothing written
 -- Every packet is read before anything is written for it, and the record
 -- names the decision, so a replay answers the original result and counts nothing twice.
 local carcel, held, stats, decisions = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -64,7 +71,8 @@ end
 local results = {}
 for i = 1, (#KEYS - 4) / width do
   local record_key = KEYS[5 + width * (i - 1)]
-  local location_key = width == 2 and KEYS[6 + width * (i - 1)] or nil
+  local location_key = width >= 2 and KEYS[6 + width * (i - 1)] or nil
+  local place_key = width == 3 and KEYS[7 + width * (i - 1)] or nil
   local base = 6 + 4 * (i - 1)
   local kind, rule, reason, packet = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
   local fingerprint = string.sub(packet, 1, 32)
@@ -85,6 +93,9 @@ for i = 1, (#KEYS - 4) / width do
         results[i] = {'stored', marker, expiry, '', '', ''}
       end
     end
+  elseif kind == 'taken' or (place_key and redis.call('EXISTS', place_key) == 1) then
+    -- After the record, so that a replay answers what the first call did.
+    results[i] = {'conflict', '', '0', '', '', ''}
   else
     local ttl_ms = tonumber(string.sub(packet, 33, 44))
     local content_length = tonumber(string.sub(packet, 45, 52))

@@ -74,7 +74,7 @@ export type Agent = Message<"packetbus.v1.Agent"> & {
   endpoint: string;
 
   /**
-   * Heartbeats must come at least this often.
+   * Heartbeats must come at least this often, in seconds.
    *
    * @generated from field: uint32 heartbeat_ttl_seconds = 8;
    */
@@ -125,8 +125,10 @@ export const AgentSchema: GenMessage<Agent> = /*@__PURE__*/
  */
 export type RegisterAgentRequest = Message<"packetbus.v1.RegisterAgentRequest"> & {
   /**
-   * The agent as it describes itself: id, role, capabilities, parent_id,
-   * labels, endpoint, heartbeat_ttl_seconds (0 means the server default, 30)
+   * Required (agent.id is: the rules of Packet.origin, else INVALID_ARGUMENT on
+   * agent.id). The agent as it describes itself: id, role, capabilities, parent_id,
+   * labels, endpoint, heartbeat_ttl_seconds (in seconds; 0 means the server
+   * default, 30)
    * and state. key_id, liveness and the times are the server's to set and
    * must be left empty.
    *
@@ -472,6 +474,9 @@ export type WatchAgentsRequest = Message<"packetbus.v1.WatchAgentsRequest"> & {
    */
   start: {
     /**
+     * Where to start; neither this nor after_cursor: only events after the
+     * watch starts (MEMBERSHIP_START_LATEST).
+     *
      * @generated from field: packetbus.v1.MembershipStart start_position = 1;
      */
     value: MembershipStart;

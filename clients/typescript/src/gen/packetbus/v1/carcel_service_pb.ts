@@ -116,7 +116,7 @@ export type ListCarcelEntriesRequest = Message<"packetbus.v1.ListCarcelEntriesRe
   reason: string;
 
   /**
-   * Default 100, at most 1000.
+   * Most entries per page: 0 means the default (100); at most 1000.
    *
    * @generated from field: uint32 page_size = 3;
    */

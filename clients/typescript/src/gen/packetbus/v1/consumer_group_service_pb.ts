@@ -356,6 +356,8 @@ export const PullSubscriptionSchema: GenMessage<PullSubscription> = /*@__PURE__*
  */
 export type Nacked = Message<"packetbus.v1.Nacked"> & {
   /**
+   * Required: the delivery given back (a Delivery.delivery_id).
+   *
    * @generated from field: string delivery_id = 1;
    */
   deliveryId: string;
@@ -405,11 +407,16 @@ export type PullRequest = Message<"packetbus.v1.PullRequest"> & {
   subscription?: PullSubscription | undefined;
 
   /**
+   * Settle these deliveries as done (each a Delivery.delivery_id).
+   *
    * @generated from field: repeated string ack_ids = 2;
    */
   ackIds: string[];
 
   /**
+   * Give these deliveries back, each to be delivered again (or carceled after
+   * the group's max attempts).
+   *
    * @generated from field: repeated packetbus.v1.Nacked nacks = 3;
    */
   nacks: Nacked[];

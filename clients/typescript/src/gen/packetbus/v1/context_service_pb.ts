@@ -278,7 +278,7 @@ export type PutContextRequest = Message<"packetbus.v1.PutContextRequest"> & {
    */
   part: {
     /**
-     * Exactly once, first.
+     * Required: exactly once, as the first message (else REQUIRED on header).
      *
      * @generated from field: packetbus.v1.PutContextHeader header = 1;
      */
@@ -475,6 +475,9 @@ export const DeleteContextResponseSchema: GenMessage<DeleteContextResponse> = /*
  */
 export type ListContextsRequest = Message<"packetbus.v1.ListContextsRequest"> & {
   /**
+   * Required: the scope listed, 1..200 bytes of UTF-8, no
+   * whitespace or control characters (else REQUIRED, LENGTH, CHARSET).
+   *
    * @generated from field: string scope = 1;
    */
   scope: string;
@@ -539,6 +542,8 @@ export const ListContextsResponseSchema: GenMessage<ListContextsResponse> = /*@_
  */
 export type WatchContextRequest = Message<"packetbus.v1.WatchContextRequest"> & {
   /**
+   * Required, as ListContextsRequest.scope.
+   *
    * @generated from field: string scope = 1;
    */
   scope: string;
@@ -895,7 +900,8 @@ export type AppendMemoryRequest = Message<"packetbus.v1.AppendMemoryRequest"> & 
   agent: string;
 
   /**
-   * At most Limits.max_log_entry_bytes (64 KiB) serialized.
+   * Required (its entry_id a lowercase UUID, else UUID_FORMAT on
+   * entry.entry_id); at most Limits.max_log_entry_bytes (64 KiB) serialized.
    *
    * @generated from field: packetbus.v1.LogEntry entry = 2;
    */
@@ -1019,12 +1025,14 @@ export type AppendTraceRequest = Message<"packetbus.v1.AppendTraceRequest"> & {
   agent: string;
 
   /**
+   * Required, as AppendMemoryRequest.entry.
+   *
    * @generated from field: packetbus.v1.LogEntry entry = 3;
    */
   entry?: LogEntry | undefined;
 
   /**
-   * As in AppendMemoryRequest.
+   * Seconds the trace is kept after this append, as in AppendMemoryRequest.
    *
    * @generated from field: int64 ttl_seconds = 4;
    */
@@ -1043,6 +1051,8 @@ export const AppendTraceRequestSchema: GenMessage<AppendTraceRequest> = /*@__PUR
  */
 export type AppendTraceResponse = Message<"packetbus.v1.AppendTraceResponse"> & {
   /**
+   * Entries in the trace now (as AppendMemoryResponse.length).
+   *
    * @generated from field: int64 length = 1;
    */
   length: bigint;

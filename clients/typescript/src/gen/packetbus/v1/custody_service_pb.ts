@@ -14,13 +14,15 @@ import type { StoredPacket } from "./packet_service_pb.js";
 import { file_packetbus_v1_packet_service } from "./packet_service_pb.js";
 import type { PolicyDecisionRecord } from "./policy_service_pb.js";
 import { file_packetbus_v1_policy_service } from "./policy_service_pb.js";
+import type { RecordKind } from "./record_service_pb.js";
+import { file_packetbus_v1_record_service } from "./record_service_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file packetbus/v1/custody_service.proto.
  */
 export const file_packetbus_v1_custody_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJwYWNrZXRidXMvdjEvY3VzdG9keV9zZXJ2aWNlLnByb3RvEgxwYWNrZXRidXMudjEiFwoVR2V0U2lnbmluZ0tleXNSZXF1ZXN0IkAKFkdldFNpZ25pbmdLZXlzUmVzcG9uc2USJgoEa2V5cxgBIAMoCzIYLnBhY2tldGJ1cy52MS5TaWduaW5nS2V5In0KF1JlZ2lzdGVyQWdlbnRLZXlSZXF1ZXN0EhAKCGFnZW50X2lkGAEgASgJEhIKCnB1YmxpY19rZXkYAiABKAwSDQoFcHJvb2YYAyABKAwSGAoQZW5kb3JzaW5nX2tleV9pZBgEIAEoCRITCgtlbmRvcnNlbWVudBgFIAEoDCJBChhSZWdpc3RlckFnZW50S2V5UmVzcG9uc2USJQoDa2V5GAEgASgLMhgucGFja2V0YnVzLnYxLlNpZ25pbmdLZXkiKwoUVmVyaWZ5Q3VzdG9keVJlcXVlc3QSEwoLdHJhY2tpbmdfaWQYASABKAkingEKDEVudHJ5VmVyZGljdBINCgVpbmRleBgBIAEoDRItCgd2ZXJkaWN0GAIgASgOMhwucGFja2V0YnVzLnYxLkN1c3RvZHlWZXJkaWN0Eg4KBmRldGFpbBgDIAEoCRIOCgZrZXlfaWQYBCABKAkSDgoGYWN0aW9uGAUgASgJEg0KBWFjdG9yGAYgASgJEhEKCXByaW5jaXBhbBgHIAEoCSK2AQoVVmVyaWZ5Q3VzdG9keVJlc3BvbnNlEhAKCHZlcmlmaWVkGAEgASgIEisKB2VudHJpZXMYAiADKAsyGi5wYWNrZXRidXMudjEuRW50cnlWZXJkaWN0EjIKDGhlYWRfdmVyZGljdBgDIAEoDjIcLnBhY2tldGJ1cy52MS5DdXN0b2R5VmVyZGljdBIqCgZwYWNrZXQYBCABKAsyGi5wYWNrZXRidXMudjEuU3RvcmVkUGFja2V0IvkBChRFeHBvcnRQYWNrZXRzUmVxdWVzdBINCgV0b3BpYxgBIAEoCRIpCgVzaW5jZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh4KFmluY2x1ZGVfY2FyY2VsX2VudHJpZXMYBCABKAgSGQoRaW5jbHVkZV9kZWNpc2lvbnMYBSABKAgSFAoMcmVzdW1lX3Rva2VuGAYgASgJEhIKCnRhc2tfcXVldWUYByABKAkSFwoPZmluZGluZ190YXNrX2lkGAggASgJIsQBChVFeHBvcnRQYWNrZXRzUmVzcG9uc2USKwoHcGFja2V0cxgBIAMoCzIaLnBhY2tldGJ1cy52MS5TdG9yZWRQYWNrZXQSMQoOY2FyY2VsX2VudHJpZXMYAiADKAsyGS5wYWNrZXRidXMudjEuQ2FyY2VsRW50cnkSNQoJZGVjaXNpb25zGAMgAygLMiIucGFja2V0YnVzLnYxLlBvbGljeURlY2lzaW9uUmVjb3JkEhQKDHJlc3VtZV90b2tlbhgEIAEoCTKVAwoOQ3VzdG9keVNlcnZpY2USYAoOR2V0U2lnbmluZ0tleXMSIy5wYWNrZXRidXMudjEuR2V0U2lnbmluZ0tleXNSZXF1ZXN0GiQucGFja2V0YnVzLnYxLkdldFNpZ25pbmdLZXlzUmVzcG9uc2UiA5ACARJhChBSZWdpc3RlckFnZW50S2V5EiUucGFja2V0YnVzLnYxLlJlZ2lzdGVyQWdlbnRLZXlSZXF1ZXN0GiYucGFja2V0YnVzLnYxLlJlZ2lzdGVyQWdlbnRLZXlSZXNwb25zZRJdCg1WZXJpZnlDdXN0b2R5EiIucGFja2V0YnVzLnYxLlZlcmlmeUN1c3RvZHlSZXF1ZXN0GiMucGFja2V0YnVzLnYxLlZlcmlmeUN1c3RvZHlSZXNwb25zZSIDkAIBEl8KDUV4cG9ydFBhY2tldHMSIi5wYWNrZXRidXMudjEuRXhwb3J0UGFja2V0c1JlcXVlc3QaIy5wYWNrZXRidXMudjEuRXhwb3J0UGFja2V0c1Jlc3BvbnNlIgOQAgEwAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_packetbus_v1_carcel_service, file_packetbus_v1_custody, file_packetbus_v1_packet_service, file_packetbus_v1_policy_service]);
+  fileDesc("CiJwYWNrZXRidXMvdjEvY3VzdG9keV9zZXJ2aWNlLnByb3RvEgxwYWNrZXRidXMudjEiFwoVR2V0U2lnbmluZ0tleXNSZXF1ZXN0IkAKFkdldFNpZ25pbmdLZXlzUmVzcG9uc2USJgoEa2V5cxgBIAMoCzIYLnBhY2tldGJ1cy52MS5TaWduaW5nS2V5In0KF1JlZ2lzdGVyQWdlbnRLZXlSZXF1ZXN0EhAKCGFnZW50X2lkGAEgASgJEhIKCnB1YmxpY19rZXkYAiABKAwSDQoFcHJvb2YYAyABKAwSGAoQZW5kb3JzaW5nX2tleV9pZBgEIAEoCRITCgtlbmRvcnNlbWVudBgFIAEoDCJBChhSZWdpc3RlckFnZW50S2V5UmVzcG9uc2USJQoDa2V5GAEgASgLMhgucGFja2V0YnVzLnYxLlNpZ25pbmdLZXkiKwoUVmVyaWZ5Q3VzdG9keVJlcXVlc3QSEwoLdHJhY2tpbmdfaWQYASABKAkingEKDEVudHJ5VmVyZGljdBINCgVpbmRleBgBIAEoDRItCgd2ZXJkaWN0GAIgASgOMhwucGFja2V0YnVzLnYxLkN1c3RvZHlWZXJkaWN0Eg4KBmRldGFpbBgDIAEoCRIOCgZrZXlfaWQYBCABKAkSDgoGYWN0aW9uGAUgASgJEg0KBWFjdG9yGAYgASgJEhEKCXByaW5jaXBhbBgHIAEoCSK2AQoVVmVyaWZ5Q3VzdG9keVJlc3BvbnNlEhAKCHZlcmlmaWVkGAEgASgIEisKB2VudHJpZXMYAiADKAsyGi5wYWNrZXRidXMudjEuRW50cnlWZXJkaWN0EjIKDGhlYWRfdmVyZGljdBgDIAEoDjIcLnBhY2tldGJ1cy52MS5DdXN0b2R5VmVyZGljdBIqCgZwYWNrZXQYBCABKAsyGi5wYWNrZXRidXMudjEuU3RvcmVkUGFja2V0IqgCChRFeHBvcnRQYWNrZXRzUmVxdWVzdBINCgV0b3BpYxgBIAEoCRIpCgVzaW5jZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh4KFmluY2x1ZGVfY2FyY2VsX2VudHJpZXMYBCABKAgSGQoRaW5jbHVkZV9kZWNpc2lvbnMYBSABKAgSFAoMcmVzdW1lX3Rva2VuGAYgASgJEhIKCnRhc2tfcXVldWUYByABKAkSFwoPZmluZGluZ190YXNrX2lkGAggASgJEi0KC3JlY29yZF9raW5kGAkgASgOMhgucGFja2V0YnVzLnYxLlJlY29yZEtpbmQixAEKFUV4cG9ydFBhY2tldHNSZXNwb25zZRIrCgdwYWNrZXRzGAEgAygLMhoucGFja2V0YnVzLnYxLlN0b3JlZFBhY2tldBIxCg5jYXJjZWxfZW50cmllcxgCIAMoCzIZLnBhY2tldGJ1cy52MS5DYXJjZWxFbnRyeRI1CglkZWNpc2lvbnMYAyADKAsyIi5wYWNrZXRidXMudjEuUG9saWN5RGVjaXNpb25SZWNvcmQSFAoMcmVzdW1lX3Rva2VuGAQgASgJMpUDCg5DdXN0b2R5U2VydmljZRJgCg5HZXRTaWduaW5nS2V5cxIjLnBhY2tldGJ1cy52MS5HZXRTaWduaW5nS2V5c1JlcXVlc3QaJC5wYWNrZXRidXMudjEuR2V0U2lnbmluZ0tleXNSZXNwb25zZSIDkAIBEmEKEFJlZ2lzdGVyQWdlbnRLZXkSJS5wYWNrZXRidXMudjEuUmVnaXN0ZXJBZ2VudEtleVJlcXVlc3QaJi5wYWNrZXRidXMudjEuUmVnaXN0ZXJBZ2VudEtleVJlc3BvbnNlEl0KDVZlcmlmeUN1c3RvZHkSIi5wYWNrZXRidXMudjEuVmVyaWZ5Q3VzdG9keVJlcXVlc3QaIy5wYWNrZXRidXMudjEuVmVyaWZ5Q3VzdG9keVJlc3BvbnNlIgOQAgESXwoNRXhwb3J0UGFja2V0cxIiLnBhY2tldGJ1cy52MS5FeHBvcnRQYWNrZXRzUmVxdWVzdBojLnBhY2tldGJ1cy52MS5FeHBvcnRQYWNrZXRzUmVzcG9uc2UiA5ACATABYgZwcm90bzM", [file_google_protobuf_timestamp, file_packetbus_v1_carcel_service, file_packetbus_v1_custody, file_packetbus_v1_packet_service, file_packetbus_v1_policy_service, file_packetbus_v1_record_service]);
 
 /**
  * @generated from message packetbus.v1.GetSigningKeysRequest
@@ -57,19 +59,21 @@ export const GetSigningKeysResponseSchema: GenMessage<GetSigningKeysResponse> = 
  */
 export type RegisterAgentKeyRequest = Message<"packetbus.v1.RegisterAgentKeyRequest"> & {
   /**
+   * Required: the agent id the key is for (the rules of Packet.origin).
+   *
    * @generated from field: string agent_id = 1;
    */
   agentId: string;
 
   /**
-   * The raw 32-byte Ed25519 public key.
+   * Required: the raw Ed25519 public key, exactly 32 bytes (else PUBLIC_KEY).
    *
    * @generated from field: bytes public_key = 2;
    */
   publicKey: Uint8Array;
 
   /**
-   * Proof of possession: the new key's Ed25519 signature over
+   * Required, exactly 64 bytes (else SIGNATURE_LENGTH). Proof of possession: the new key's Ed25519 signature over
    *   "packetbus.agent-key.v1" || 0x00 || agent_id || 0x00 || public_key.
    *
    * @generated from field: bytes proof = 3;
@@ -86,6 +90,8 @@ export type RegisterAgentKeyRequest = Message<"packetbus.v1.RegisterAgentKeyRequ
   endorsingKeyId: string;
 
   /**
+   * Required with endorsing_key_id: exactly 64 bytes (else SIGNATURE_LENGTH).
+   *
    * @generated from field: bytes endorsement = 5;
    */
   endorsement: Uint8Array;
@@ -228,7 +234,8 @@ export const VerifyCustodyResponseSchema: GenMessage<VerifyCustodyResponse> = /*
  */
 export type ExportPacketsRequest = Message<"packetbus.v1.ExportPacketsRequest"> & {
   /**
-   * Empty: every topic (unless task_queue is set).
+   * Empty: every topic (unless task_queue, finding_task_id or record_kind is
+   * set); else the rules of Packet.topic.
    *
    * @generated from field: string topic = 1;
    */
@@ -278,8 +285,8 @@ export type ExportPacketsRequest = Message<"packetbus.v1.ExportPacketsRequest"> 
    * Set: export this task queue's task packets (TaskService, every status, in
    * the queue's order: posted first first), each with its chain so far, instead
    * of topics. A queue name as TaskService takes it (TOPIC_FORMAT); topic,
-   * include_carcel_entries and include_decisions must then be unset
-   * (INVALID_ARGUMENT, reason EXCLUSIVE).
+   * finding_task_id, record_kind, include_carcel_entries and include_decisions
+   * must then be unset (INVALID_ARGUMENT, reason EXCLUSIVE).
    *
    * @generated from field: string task_queue = 7;
    */
@@ -288,13 +295,25 @@ export type ExportPacketsRequest = Message<"packetbus.v1.ExportPacketsRequest"> 
   /**
    * Set: export the finding packets posted for this task id (FindingService,
    * first posted first), each with its chain, instead of topics. An id as
-   * FindingService takes it; topic, task_queue, since, until and include_*
-   * must then be unset (INVALID_ARGUMENT, reason EXCLUSIVE): a finding has no
-   * stored time.
+   * FindingService takes it; topic, task_queue, record_kind, since, until and
+   * include_* must then be unset (INVALID_ARGUMENT, reason EXCLUSIVE): a
+   * finding has no stored time.
    *
    * @generated from field: string finding_task_id = 8;
    */
   findingTaskId: string;
+
+  /**
+   * Set (not RECORD_KIND_UNSPECIFIED): export the record packets of this kind
+   * (RecordService, first stored first, expired ones left out), each with its
+   * chain, instead of topics. An unknown value is INVALID_ARGUMENT (reason
+   * ENUM); topic, task_queue, finding_task_id, since, until and include_* must
+   * then be unset (INVALID_ARGUMENT, reason EXCLUSIVE): records are not
+   * exported by time.
+   *
+   * @generated from field: packetbus.v1.RecordKind record_kind = 9;
+   */
+  recordKind: RecordKind;
 };
 
 /**
@@ -386,16 +405,22 @@ export const CustodyService: GenService<{
     output: typeof VerifyCustodyResponseSchema;
   },
   /**
-   * Streams the stored packets of a topic (or of every topic) in stored
-   * order, or the task packets of one task queue (task_queue) in the queue's
-   * order, or the finding packets of one task id (finding_task_id) in posting
-   * order, each with its content bytes and a signed custody head, for export
-   * and offline verification. Ends when the packets stored so far are sent.
-   * Needs audit.export on the topic ('' for every topic: a grant on '*'),
-   * tasks.read on the task queue (what ListTasks needs), or findings.read on
-   * the task id (what ListFindings needs). Record packets are not exported:
-   * RecordService.ListRecords of a kind serves them, each with its chain, and
-   * GetPacket and VerifyCustody answer for their tracking ids.
+   * Streams stored packets, each with its content bytes and a signed custody
+   * head, for export and offline verification. One call serves exactly one
+   * kind, chosen by which selector is set (at most one; another set beside it is
+   * INVALID_ARGUMENT, reason EXCLUSIVE):
+   *   - none, or topic: topic packets, of that topic or of every topic (by
+   *     name), in stored order, optionally with their carcel entries and
+   *     governance decisions (include_*); needs audit.export on the topic ('' for
+   *     every topic: a grant on '*').
+   *   - task_queue: the task packets of one task queue, in the queue's order;
+   *     needs tasks.read on the queue (what ListTasks needs).
+   *   - finding_task_id: the finding packets of one task id, in posting order;
+   *     needs findings.read on the task id (what ListFindings needs).
+   *   - record_kind: the record packets of one record kind, first stored first;
+   *     needs records.read on the kind (what ListRecords needs).
+   * No call mixes kinds: export each queue, task id and record kind by its own
+   * call. Ends when the packets stored so far are sent.
    *
    * @generated from rpc packetbus.v1.CustodyService.ExportPackets
    */

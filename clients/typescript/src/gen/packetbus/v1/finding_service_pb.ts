@@ -295,8 +295,9 @@ export type EscalateRequest = Message<"packetbus.v1.EscalateRequest"> & {
   taskId: string;
 
   /**
-   * Who escalates (an agent id): the caller's own agent id or one it holds
-   * agents.act_for on (else PERMISSION_DENIED).
+   * Required: who escalates (an agent id, the rules of Packet.origin): the
+   * caller's own agent id or one it holds agents.act_for on (else
+   * PERMISSION_DENIED).
    *
    * @generated from field: string origin = 2;
    */
@@ -310,7 +311,8 @@ export type EscalateRequest = Message<"packetbus.v1.EscalateRequest"> & {
   reason: string;
 
   /**
-   * The supporting findings (of this task); at least one. Each fits alone;
+   * Required: the supporting findings (of this task), at least one (else
+   * REQUIRED). Each fits alone;
    * several too large together are INVALID_ARGUMENT (`finding_ids`,
    * ESCALATION_TOO_LARGE): escalate fewer per call.
    *

@@ -88,7 +88,10 @@ export type DispatchResult = Message<"packetbus.v1.DispatchResult"> & {
     /**
      * Why the packet was not stored: INVALID_ARGUMENT with a
      * google.rpc.BadRequest detail listing every violation, or
-     * ALREADY_EXISTS when the tracking id is taken by different content, or
+     * ALREADY_EXISTS when the tracking id is taken by different content (on
+     * this topic or another) or by a task, finding or record packet (nothing
+     * of the packet is then written; a retry of a packet stored before still
+     * answers its receipt), or
      * PERMISSION_DENIED when a governance policy rule rejected it: it is then
      * in its topic's carcel, and a google.rpc.ErrorInfo detail (reason
      * "POLICY_REJECTED") has metadata rule_id, rule_reason, policy_version
@@ -282,6 +285,8 @@ export type SubscribeRequest = Message<"packetbus.v1.SubscribeRequest"> & {
    */
   start: {
     /**
+     * Where to start; neither this nor after_cursor: START_POSITION_LATEST.
+     *
      * @generated from field: packetbus.v1.StartPosition start_position = 2;
      */
     value: StartPosition;

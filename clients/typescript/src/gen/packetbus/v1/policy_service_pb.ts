@@ -342,7 +342,7 @@ export type ListHeldPacketsRequest = Message<"packetbus.v1.ListHeldPacketsReques
   topic: string;
 
   /**
-   * Default 100, at most 1000.
+   * Most held packets per page: 0 means the default (100); at most 1000.
    *
    * @generated from field: uint32 page_size = 2;
    */
@@ -394,14 +394,15 @@ export const ListHeldPacketsResponseSchema: GenMessage<ListHeldPacketsResponse> 
  */
 export type GetHeldPacketRequest = Message<"packetbus.v1.GetHeldPacketRequest"> & {
   /**
-   * The held packet's topic.
+   * Required: the held packet's topic (the rules of Packet.topic).
    *
    * @generated from field: string topic = 1;
    */
   topic: string;
 
   /**
-   * The held packet's tracking id.
+   * Required: the held packet's tracking id, a UUID in canonical lowercase form
+   * (else UUID_FORMAT).
    *
    * @generated from field: string tracking_id = 2;
    */
@@ -439,21 +440,23 @@ export const GetHeldPacketResponseSchema: GenMessage<GetHeldPacketResponse> = /*
  */
 export type ApprovePacketRequest = Message<"packetbus.v1.ApprovePacketRequest"> & {
   /**
-   * The held packet's topic.
+   * Required: the held packet's topic (the rules of Packet.topic).
    *
    * @generated from field: string topic = 1;
    */
   topic: string;
 
   /**
-   * The held packet's tracking id.
+   * Required: the held packet's tracking id, a UUID in canonical lowercase form
+   * (else UUID_FORMAT).
    *
    * @generated from field: string tracking_id = 2;
    */
   trackingId: string;
 
   /**
-   * The approver's custody entry: a CustodyRecord with action "approved",
+   * Required while the packet is held (else REQUIRED on approval). The
+   * approver's custody entry: a CustodyRecord with action "approved",
    * actor = the approver's agent id, sequence = the held chain's length,
    * previous_hash = the hash of its last entry, the packet's content digest
    * and tracking id, signed with a key registered to the approver.
@@ -494,21 +497,23 @@ export const ApprovePacketResponseSchema: GenMessage<ApprovePacketResponse> = /*
  */
 export type DenyPacketRequest = Message<"packetbus.v1.DenyPacketRequest"> & {
   /**
-   * The held packet's topic.
+   * Required: the held packet's topic (the rules of Packet.topic).
    *
    * @generated from field: string topic = 1;
    */
   topic: string;
 
   /**
-   * The held packet's tracking id.
+   * Required: the held packet's tracking id, a UUID in canonical lowercase form
+   * (else UUID_FORMAT).
    *
    * @generated from field: string tracking_id = 2;
    */
   trackingId: string;
 
   /**
-   * The denier's custody entry, as for an approval but with action "denied";
+   * Required while the packet is held (else REQUIRED on denial). The denier's
+   * custody entry, as for an approval but with action "denied";
    * its reason says why and becomes the carcel entry's detail.
    *
    * @generated from field: packetbus.v1.CustodyEntry denial = 3;
@@ -763,7 +768,9 @@ export const PolicyService: GenService<{
    * answers the same receipt (a packet no longer held is answered from its
    * record, with or without an entry). A packet that is not held is
    * NOT_FOUND, one denied is FAILED_PRECONDITION, a chain that moved on is
-   * ABORTED.
+   * ABORTED. One whose tracking id another topic's packet, or a task, finding
+   * or record, took while it was held is FAILED_PRECONDITION, and nothing of it
+   * is stored.
    *
    * @generated from rpc packetbus.v1.PolicyService.ApprovePacket
    */

@@ -21,8 +21,9 @@ export const file_packetbus_v1_record_service: GenFile = /*@__PURE__*/
  */
 export type PutRecordRequest = Message<"packetbus.v1.PutRecordRequest"> & {
   /**
-   * A packet whose contents are a SessionSummary, SwarmRegistry or
-   * RemediationScan (its kind follows from them).
+   * Required: a packet whose contents are a SessionSummary, SwarmRegistry or
+   * RemediationScan (its kind follows from them; else REQUIRED on
+   * packet.contents).
    *
    * @generated from field: packetbus.v1.Packet packet = 1;
    */

@@ -175,7 +175,8 @@ export type ClaimTaskRequest = Message<"packetbus.v1.ClaimTaskRequest"> & {
   queue: string;
 
   /**
-   * The claiming agent: the caller's own agent id or one it holds
+   * Required: the claiming agent (the rules of Packet.origin): the caller's own
+   * agent id or one it holds
    * agents.act_for on (else PERMISSION_DENIED). The agent registry releases
    * its claims when this agent goes stale. Heartbeat, release, complete and fail
    * name the claim by its fencing token and are refused (PERMISSION_DENIED) to
@@ -266,7 +267,8 @@ export type HeartbeatTaskRequest = Message<"packetbus.v1.HeartbeatTaskRequest"> 
   fencingToken: bigint;
 
   /**
-   * Seconds, at most 600 (else RANGE); 0 means the claim's lease length.
+   * The new lease, in seconds from now: at most 600 (else RANGE); 0 means the
+   * claim's lease length.
    *
    * @generated from field: uint32 lease_seconds = 4;
    */

@@ -17,7 +17,8 @@ export const file_packetbus_v1_topic_service: GenFile = /*@__PURE__*/
  */
 export type TopicRetention = Message<"packetbus.v1.TopicRetention"> & {
   /**
-   * Packets older than this leave the log: 0 = no limit, else 1..86400.
+   * Packets older than this many seconds leave the log: 0 = no limit, else
+   * 1..86400 (one day).
    *
    * @generated from field: uint32 max_age_seconds = 1;
    */
@@ -65,6 +66,10 @@ export type SetTopicRetentionRequest = Message<"packetbus.v1.SetTopicRetentionRe
   topic: string;
 
   /**
+   * The topic's new limits, replacing the old ones (all zero and
+   * RETENTION_POLICY_UNSPECIFIED: none); each out of range is INVALID_ARGUMENT
+   * (RANGE on retention.<field>).
+   *
    * @generated from field: packetbus.v1.TopicRetention retention = 2;
    */
   retention?: TopicRetention | undefined;
@@ -140,6 +145,8 @@ export type GetTopicRetentionResponse = Message<"packetbus.v1.GetTopicRetentionR
   packets: bigint;
 
   /**
+   * In bytes.
+   *
    * @generated from field: uint64 stored_bytes = 3;
    */
   storedBytes: bigint;
