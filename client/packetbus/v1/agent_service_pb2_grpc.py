@@ -132,6 +132,9 @@ class AgentServiceServicer:
 
     def WatchAgents(self, request, context):
         """Membership events as they happen (or from a position, or after a cursor).
+        Opened at MEMBERSHIP_START_LATEST, the response headers carry
+        "packetbus-start-cursor", the cursor it delivers after: watch again after
+        it when the stream ends UNAVAILABLE before its first event (as Subscribe).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

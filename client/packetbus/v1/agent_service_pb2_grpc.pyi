@@ -62,7 +62,11 @@ class AgentServiceStub:
     ListAgents: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.ListAgentsRequest, _agent_service_pb2.ListAgentsResponse]
     """Agents by id, filtered by role, capability, parent and liveness; paged."""
     WatchAgents: _grpc.UnaryStreamMultiCallable[_agent_service_pb2.WatchAgentsRequest, _agent_service_pb2.WatchAgentsResponse]
-    """Membership events as they happen (or from a position, or after a cursor)."""
+    """Membership events as they happen (or from a position, or after a cursor).
+    Opened at MEMBERSHIP_START_LATEST, the response headers carry
+    "packetbus-start-cursor", the cursor it delivers after: watch again after
+    it when the stream ends UNAVAILABLE before its first event (as Subscribe).
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -98,7 +102,11 @@ class AgentServiceAsyncStub(AgentServiceStub):
     ListAgents: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.ListAgentsRequest, _agent_service_pb2.ListAgentsResponse]  # type: ignore[assignment]
     """Agents by id, filtered by role, capability, parent and liveness; paged."""
     WatchAgents: _aio.UnaryStreamMultiCallable[_agent_service_pb2.WatchAgentsRequest, _agent_service_pb2.WatchAgentsResponse]  # type: ignore[assignment]
-    """Membership events as they happen (or from a position, or after a cursor)."""
+    """Membership events as they happen (or from a position, or after a cursor).
+    Opened at MEMBERSHIP_START_LATEST, the response headers carry
+    "packetbus-start-cursor", the cursor it delivers after: watch again after
+    it when the stream ends UNAVAILABLE before its first event (as Subscribe).
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """The agent registry: who is on the bus, what they can do, and whether they
@@ -167,6 +175,10 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_service_pb2.WatchAgentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_service_pb2.WatchAgentsResponse], _abc.AsyncIterator[_agent_service_pb2.WatchAgentsResponse]]:
-        """Membership events as they happen (or from a position, or after a cursor)."""
+        """Membership events as they happen (or from a position, or after a cursor).
+        Opened at MEMBERSHIP_START_LATEST, the response headers carry
+        "packetbus-start-cursor", the cursor it delivers after: watch again after
+        it when the stream ends UNAVAILABLE before its first event (as Subscribe).
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

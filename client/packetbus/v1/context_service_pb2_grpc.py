@@ -159,7 +159,10 @@ class ContextServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchContext(self, request, context):
-        """Changes of a scope's documents, oldest first, until cancelled.
+        """Changes of a scope's documents, oldest first, until cancelled. Opened
+        without after_cursor, the response headers carry "packetbus-start-cursor",
+        the cursor it delivers after: watch again after it when the stream ends
+        UNAVAILABLE before its first change (as Subscribe).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -58,7 +58,11 @@ class ContextServiceStub:
     ListContexts: _grpc.UnaryUnaryMultiCallable[_context_service_pb2.ListContextsRequest, _context_service_pb2.ListContextsResponse]
     """Documents of a scope by name, in name order, paged."""
     WatchContext: _grpc.UnaryStreamMultiCallable[_context_service_pb2.WatchContextRequest, _context_service_pb2.WatchContextResponse]
-    """Changes of a scope's documents, oldest first, until cancelled."""
+    """Changes of a scope's documents, oldest first, until cancelled. Opened
+    without after_cursor, the response headers carry "packetbus-start-cursor",
+    the cursor it delivers after: watch again after it when the stream ends
+    UNAVAILABLE before its first change (as Subscribe).
+    """
     SetGlobalContext: _grpc.UnaryUnaryMultiCallable[_context_service_pb2.SetGlobalContextRequest, _context_service_pb2.SetGlobalContextResponse]
     """The global context map (the seeds' "global:context"): small named string
     values shared by every agent.
@@ -105,7 +109,11 @@ class ContextServiceAsyncStub(ContextServiceStub):
     ListContexts: _aio.UnaryUnaryMultiCallable[_context_service_pb2.ListContextsRequest, _context_service_pb2.ListContextsResponse]  # type: ignore[assignment]
     """Documents of a scope by name, in name order, paged."""
     WatchContext: _aio.UnaryStreamMultiCallable[_context_service_pb2.WatchContextRequest, _context_service_pb2.WatchContextResponse]  # type: ignore[assignment]
-    """Changes of a scope's documents, oldest first, until cancelled."""
+    """Changes of a scope's documents, oldest first, until cancelled. Opened
+    without after_cursor, the response headers carry "packetbus-start-cursor",
+    the cursor it delivers after: watch again after it when the stream ends
+    UNAVAILABLE before its first change (as Subscribe).
+    """
     SetGlobalContext: _aio.UnaryUnaryMultiCallable[_context_service_pb2.SetGlobalContextRequest, _context_service_pb2.SetGlobalContextResponse]  # type: ignore[assignment]
     """The global context map (the seeds' "global:context"): small named string
     values shared by every agent.
@@ -179,7 +187,11 @@ class ContextServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _context_service_pb2.WatchContextRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_context_service_pb2.WatchContextResponse], _abc.AsyncIterator[_context_service_pb2.WatchContextResponse]]:
-        """Changes of a scope's documents, oldest first, until cancelled."""
+        """Changes of a scope's documents, oldest first, until cancelled. Opened
+        without after_cursor, the response headers carry "packetbus-start-cursor",
+        the cursor it delivers after: watch again after it when the stream ends
+        UNAVAILABLE before its first change (as Subscribe).
+        """
 
     @_abc_1.abstractmethod
     def SetGlobalContext(

@@ -99,6 +99,14 @@ class PacketServiceServicer:
         agents.act_for, resource the agent id); the same holds for Pull, settling
         and managing the inbox's consumer groups. Anyone with topics.publish on it
         may send to an inbox.
+
+        Response headers are sent as soon as the start is fixed (before any
+        packet): from then on every packet stored reaches the stream. A stream
+        opened at LATEST carries the header "packetbus-start-cursor", the cursor it
+        delivers after; a client that loses the stream before its first packet
+        resubscribes with after_cursor set to it (reopening at LATEST would skip
+        what was stored meanwhile). Streams end UNAVAILABLE on a lost connection
+        or a draining server: resubscribe after the last cursor received.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

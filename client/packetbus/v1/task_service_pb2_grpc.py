@@ -188,6 +188,9 @@ class TaskServiceServicer:
 
     def WatchTasks(self, request, context):
         """Status changes of a queue's tasks as they happen (or after a cursor).
+        Opened without after_cursor, the response headers carry
+        "packetbus-start-cursor", the cursor it delivers after: watch again after
+        it when the stream ends UNAVAILABLE before its first event (as Subscribe).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

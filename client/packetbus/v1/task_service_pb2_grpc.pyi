@@ -68,7 +68,11 @@ class TaskServiceStub:
     ListTasks: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ListTasksRequest, _task_service_pb2.ListTasksResponse]
     ListTaskResults: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskResultsRequest, _task_service_pb2.ListTaskResultsResponse]
     WatchTasks: _grpc.UnaryStreamMultiCallable[_task_service_pb2.WatchTasksRequest, _task_service_pb2.WatchTasksResponse]
-    """Status changes of a queue's tasks as they happen (or after a cursor)."""
+    """Status changes of a queue's tasks as they happen (or after a cursor).
+    Opened without after_cursor, the response headers carry
+    "packetbus-start-cursor", the cursor it delivers after: watch again after
+    it when the stream ends UNAVAILABLE before its first event (as Subscribe).
+    """
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -110,7 +114,11 @@ class TaskServiceAsyncStub(TaskServiceStub):
     ListTasks: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ListTasksRequest, _task_service_pb2.ListTasksResponse]  # type: ignore[assignment]
     ListTaskResults: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskResultsRequest, _task_service_pb2.ListTaskResultsResponse]  # type: ignore[assignment]
     WatchTasks: _aio.UnaryStreamMultiCallable[_task_service_pb2.WatchTasksRequest, _task_service_pb2.WatchTasksResponse]  # type: ignore[assignment]
-    """Status changes of a queue's tasks as they happen (or after a cursor)."""
+    """Status changes of a queue's tasks as they happen (or after a cursor).
+    Opened without after_cursor, the response headers carry
+    "packetbus-start-cursor", the cursor it delivers after: watch again after
+    it when the stream ends UNAVAILABLE before its first event (as Subscribe).
+    """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     """Priority task queues with safe claims.
@@ -209,6 +217,10 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_service_pb2.WatchTasksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_task_service_pb2.WatchTasksResponse], _abc.AsyncIterator[_task_service_pb2.WatchTasksResponse]]:
-        """Status changes of a queue's tasks as they happen (or after a cursor)."""
+        """Status changes of a queue's tasks as they happen (or after a cursor).
+        Opened without after_cursor, the response headers carry
+        "packetbus-start-cursor", the cursor it delivers after: watch again after
+        it when the stream ends UNAVAILABLE before its first event (as Subscribe).
+        """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,6 +19,7 @@ import { CustodyService } from "./gen/packetbus/v1/custody_service_pb.js";
 import { TaskService } from "./gen/packetbus/v1/task_service_pb.js";
 import { addressTo, asPacket, Inbox, INBOX_GROUP, inboxTopic, replyTo } from "./inbox.js";
 import { TaskQueue } from "./tasks.js";
+import { follow, startFields, type SubscribeOptions, type SubscribeStart } from "./subscription.js";
 import { connectFailure, isLocalTarget, tlsFromEnv, tlsSessionOptions, tokenFromEnv, type TlsSettings, type Token } from "./security.js";
 import {
   type ConsumerGroup,
@@ -73,19 +74,7 @@ export interface DispatchOutcome {
 
 /** Where a subscription starts: "earliest" (everything the topic holds), "latest" (only what
  * comes next, the default), or `{ after: cursor }` (right after a receipt's cursor). */
-export type SubscribeStart = "earliest" | "latest" | { readonly after: string };
 
-export interface SubscribeOptions {
-  readonly start?: SubscribeStart;
-  /** Most packets per delivered batch (0: the server's default). */
-  readonly maxBatchPackets?: number;
-  /** Called for each gap (packets trimmed or expired before the subscription got to them);
-   * iteration goes on. Without it, iteration throws SubscriptionGapError, whose
-   * `resumeAfterCursor` is where to subscribe again. */
-  readonly onGap?: (gap: SubscriptionGap) => void;
-  /** Aborting ends the iteration. */
-  readonly signal?: AbortSignal;
-}
 
 /** A consumer group's settings (0: the server's defaults, 30 s and 5 attempts). */
 export interface CreateConsumerGroupOptions {
@@ -94,7 +83,8 @@ export interface CreateConsumerGroupOptions {
   readonly maxDeliveryAttempts?: number;
 }
 
-type PacketInit = MessageInitShape<typeof PacketSchema>;
+/** A packet as a plain object (the fields to set), as `dispatch` and `dispatchBatch` take it. */
+export type PacketInit = MessageInitShape<typeof PacketSchema>;
 
 /** Fill what a sender may leave out, in place: tracking id (a UUID), dispatch time, schema
  * version. Done once, before the first send, so a repeat is the same packet to the server. */
@@ -128,15 +118,6 @@ function outcomeOf(result: DispatchResult): DispatchOutcome {
   }
 }
 
-function startFields(start: SubscribeStart | undefined) {
-  if (start === undefined || start === "latest") {
-    return { case: "startPosition" as const, value: StartPosition.LATEST };
-  }
-  if (start === "earliest") {
-    return { case: "startPosition" as const, value: StartPosition.EARLIEST };
-  }
-  return { case: "afterCursor" as const, value: start.after };
-}
 
 function bearer(token: Token): Interceptor {
   return (next) => async (request) => {
@@ -257,33 +238,18 @@ export class Client {
 
   /**
    * Follow `topic`: an async iterator of StoredPacket, in stored order, from `start`. Ends only
-   * when the caller breaks out or aborts. Packets the topic lost before the subscription got to
-   * them are never skipped silently (see `onGap`). To resume after a restart, subscribe with
-   * `{ after: cursor }`, the `receipt.cursor` of the last packet handled: no gap, no duplicate.
+   * when the caller breaks out or aborts. A stream lost to the network or a draining server
+   * (UNAVAILABLE) is opened again after the last packet yielded, with backoff, for up to
+   * `reconnectWindowMs`. Packets the topic lost before the subscription got to them are never
+   * skipped silently (see `onGap`). To resume after a restart of your own process, subscribe
+   * with `{ after: cursor }`, the `receipt.cursor` of the last packet handled: no gap, no
+   * duplicate.
    */
   async *subscribe(topic: string, options: SubscribeOptions = {}): AsyncGenerator<StoredPacket> {
     this.ensureOpen();
-    const stream = this.packets.subscribe(
-      { topic, start: startFields(options.start), maxBatchPackets: options.maxBatchPackets ?? 0 },
-      { signal: options.signal },
-    );
-    try {
-      for await (const response of stream) {
-        if (response.gap !== undefined) {
-          if (options.onGap === undefined) {
-            throw new SubscriptionGapError(response.gap);
-          }
-          options.onGap(response.gap);
-        }
-        yield* response.packets;
-      }
-    } catch (error) {
-      if (options.signal?.aborted === true) {
-        return;
-      }
-      throw PacketbusError.fromError(error, false);
-    }
+    yield* follow(this.packets, topic, options, () => this.closed);
   }
+
 
   /** Create a consumer group on `topic` (idempotent: the same settings again is no error).
    * Resolves with the group; rejects with PacketbusError (ALREADY_EXISTS: other settings). */

@@ -4,9 +4,10 @@ export type {
   ConnectOptions,
   CreateConsumerGroupOptions,
   DispatchOutcome,
-  SubscribeOptions,
-  SubscribeStart,
+  PacketInit,
 } from "./client.js";
+export { START_CURSOR_HEADER } from "./subscription.js";
+export type { SubscribeOptions, SubscribeStart } from "./subscription.js";
 export { isLocalTarget, tlsFromEnv, tokenFile, tokenFromEnv } from "./security.js";
 export type { TlsSettings, Token } from "./security.js";
 export type { CallSettings } from "./calls.js";

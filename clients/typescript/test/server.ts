@@ -15,17 +15,32 @@ const DEFAULT_BIN = fileURLToPath(new URL("../../../../.venv/bin/packetbus", imp
 export interface RunningServer {
   /** "127.0.0.1:PORT" */
   readonly target: string;
+  /** Its data directory; with the embedded Valkey, the store listens on run/valkey.sock there. */
+  readonly dataDir: string;
   stop(): Promise<void>;
+}
+
+export interface ServerOptions {
+  /** The address to listen on (default "127.0.0.1:0", a free port). */
+  readonly listen?: string;
+  /** Another server's store (e.g. `unix://<its dataDir>/run/valkey.sock`) instead of an
+   * embedded Valkey of its own. */
+  readonly redisUrl?: string;
 }
 
 /** Start a server, with `extraArgs` after the listen address and data directory (e.g.
  * ["--tls-cert", file, "--tls-key", file] for TLS; see `packetbus serve --help`); resolves once
  * it prints "serving on 127.0.0.1:PORT". Rejects with what it printed if it exits first or is
  * not serving within 60 s. */
-export async function startServer(extraArgs: readonly string[] = []): Promise<RunningServer> {
+export async function startServer(
+  extraArgs: readonly string[] = [],
+  options: ServerOptions = {},
+): Promise<RunningServer> {
   const dataDir = mkdtempSync(join(tmpdir(), "packetbus-ts-"));
   const bin = process.env["PACKETBUS_BIN"] ?? DEFAULT_BIN;
-  const child = spawn(bin, ["serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir, ...extraArgs], {
+  const store = options.redisUrl === undefined ? [] : ["--redis-url", options.redisUrl];
+  const listen = options.listen ?? "127.0.0.1:0";
+  const child = spawn(bin, ["serve", "--listen", listen, "--data-dir", dataDir, ...store, ...extraArgs], {
     stdio: ["ignore", "pipe", "pipe"],
   });
   const printed: string[] = [];
@@ -52,6 +67,7 @@ export async function startServer(extraArgs: readonly string[] = []): Promise<Ru
   });
   return {
     target,
+    dataDir,
     stop: () => stopServer(child, dataDir),
   };
 }

@@ -726,6 +726,9 @@ export const AgentService: GenService<{
   },
   /**
    * Membership events as they happen (or from a position, or after a cursor).
+   * Opened at MEMBERSHIP_START_LATEST, the response headers carry
+   * "packetbus-start-cursor", the cursor it delivers after: watch again after
+   * it when the stream ends UNAVAILABLE before its first event (as Subscribe).
    *
    * @generated from rpc packetbus.v1.AgentService.WatchAgents
    */

@@ -1227,7 +1227,10 @@ export const ContextService: GenService<{
     output: typeof ListContextsResponseSchema;
   },
   /**
-   * Changes of a scope's documents, oldest first, until cancelled.
+   * Changes of a scope's documents, oldest first, until cancelled. Opened
+   * without after_cursor, the response headers carry "packetbus-start-cursor",
+   * the cursor it delivers after: watch again after it when the stream ends
+   * UNAVAILABLE before its first change (as Subscribe).
    *
    * @generated from rpc packetbus.v1.ContextService.WatchContext
    */

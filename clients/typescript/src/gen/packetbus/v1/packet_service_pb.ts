@@ -823,6 +823,14 @@ export const PacketService: GenService<{
    * and managing the inbox's consumer groups. Anyone with topics.publish on it
    * may send to an inbox.
    *
+   * Response headers are sent as soon as the start is fixed (before any
+   * packet): from then on every packet stored reaches the stream. A stream
+   * opened at LATEST carries the header "packetbus-start-cursor", the cursor it
+   * delivers after; a client that loses the stream before its first packet
+   * resubscribes with after_cursor set to it (reopening at LATEST would skip
+   * what was stored meanwhile). Streams end UNAVAILABLE on a lost connection
+   * or a draining server: resubscribe after the last cursor received.
+   *
    * @generated from rpc packetbus.v1.PacketService.Subscribe
    */
   subscribe: {

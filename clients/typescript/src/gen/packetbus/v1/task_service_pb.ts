@@ -957,6 +957,9 @@ export const TaskService: GenService<{
   },
   /**
    * Status changes of a queue's tasks as they happen (or after a cursor).
+   * Opened without after_cursor, the response headers carry
+   * "packetbus-start-cursor", the cursor it delivers after: watch again after
+   * it when the stream ends UNAVAILABLE before its first event (as Subscribe).
    *
    * @generated from rpc packetbus.v1.TaskService.WatchTasks
    */
