@@ -203,6 +203,26 @@ async def test_a_retried_dispatch_answers_as_before_even_once_a_place_is_noted(
     assert await raw_redis.xlen(_keys.topic_log(topic)) == 1
 
 
+async def test_a_claim_in_flight_on_a_placed_id_stores_nothing_on_a_cluster(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, backend: str
+) -> None:
+    if backend != "cluster":
+        pytest.skip("only a Redis Cluster claims locations outside the dispatch script")
+    topic = unique("topic")
+    packet = _topic_packet(str(uuid.uuid4()), topic)
+    # Another dispatch of this id claimed its location a moment ago and, finding the
+    # place a task noted, is about to give it back: this one must not store it.
+    place = _keys.packet_place(packet.tracking_id)
+    await raw_redis.set(place, '["task", "q", "q", "t-1"]', px=60_000)
+    await raw_redis.set(_keys.packet_location(packet.tracking_id), topic, px=60_000)
+    try:
+        [result] = await client.dispatch_batch([packet])
+    finally:
+        await raw_redis.delete(place, _keys.packet_location(packet.tracking_id))
+    assert result.error.code == code_pb2.ALREADY_EXISTS, result
+    assert await raw_redis.exists(_keys.topic_log(topic)) == 0
+
+
 # -- the same under a governance policy that rejects or holds the dispatch ----------------
 
 HOLD_ALL = """
