@@ -291,7 +291,7 @@ export class Client {
    * deliveries, each with `ack()`, `nack()` and `extend()` (see Consumer). */
   consume(topic: string, group: string, options: ConsumeOptions): Consumer {
     this.ensureOpen();
-    return new Consumer(this.groups, topic, group, options);
+    return new Consumer(this.groups, topic, group, options, () => this.state.closed);
   }
 
   /** The task queue `name` (a topic name): post, claim, get, list, results. */
@@ -305,13 +305,17 @@ export class Client {
    * request/reply. Creates the inbox's consumer group on first use, from the inbox's first
    * packet. Rejects with PacketbusError (INVALID_ARGUMENT for an id no agent can have).
    */
-  async inbox(agentId: string, options: { readonly maxOutstandingPackets?: number } = {}): Promise<Inbox> {
+  async inbox(
+    agentId: string,
+    options: { readonly maxOutstandingPackets?: number; readonly reconnectWindowMs?: number } = {},
+  ): Promise<Inbox> {
     this.ensureOpen();
     const topic = inboxTopic(agentId);
     await this.createConsumerGroup(topic, INBOX_GROUP, { start: "earliest" });
     const consumer = this.consume(topic, INBOX_GROUP, {
       consumer: agentId,
       maxOutstandingPackets: options.maxOutstandingPackets ?? 1000,
+      ...(options.reconnectWindowMs === undefined ? {} : { reconnectWindowMs: options.reconnectWindowMs }),
     });
     return new Inbox(
       agentId,
