@@ -288,7 +288,8 @@ export class Client {
   }
 
   /** Consume from group `group` of `topic` as `options.consumer`: an async iterator of leased
-   * deliveries, each with `ack()`, `nack()` and `extend()` (see Consumer). */
+   * deliveries, each with `ack()`, `nack()` and `extend()` (see Consumer). A lost stream is
+   * opened again for up to `reconnectWindowMs`, its unconfirmed settlements sent again. */
   consume(topic: string, group: string, options: ConsumeOptions): Consumer {
     this.ensureOpen();
     return new Consumer(this.groups, topic, group, options, () => this.state.closed);
