@@ -13,6 +13,7 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import { Batcher, DEFAULT_BATCH_SETTINGS, type BatchSettings } from "./batcher.js";
 import { Agents } from "./agents.js";
 import { Consumer, type ConsumeOptions } from "./consumer.js";
+import { DEFAULT_RETRY_SETTINGS, retrying, type RetrySettings } from "./retrying.js";
 import { Code, PacketbusError, SubscriptionGapError } from "./errors.js";
 import { AgentService } from "./gen/packetbus/v1/agent_service_pb.js";
 import { CustodyService } from "./gen/packetbus/v1/custody_service_pb.js";
@@ -59,8 +60,11 @@ export interface ConnectOptions {
   readonly batch?: Partial<BatchSettings>;
   /** Deadline of the GetServerInfo call `connect` makes, in milliseconds (default 5,000). */
   readonly connectTimeoutMs?: number;
-  /** How long `Inbox.request` waits for a reply when not told, in milliseconds (default 30,000). */
+  /** How long `Inbox.request` waits for a reply when not told, in milliseconds (default 30,000);
+   * also how long a call made without a timeout keeps being retried. */
   readonly defaultTimeoutMs?: number;
+  /** Backoff between retries of a unary call (default 50 ms doubling up to 2 s, full jitter). */
+  readonly retry?: Partial<RetrySettings>;
 }
 
 /** One packet's outcome in a batch: stored (`receipt`), held for approval (`held`), or refused
@@ -129,7 +133,6 @@ function bearer(token: Token): Interceptor {
 /** A connection to a packetbus server. Create it with `await Client.connect(target)`. */
 export class Client {
   private readonly batcher: Batcher;
-  private closed = false;
   /** The agent registry: register (with proof of a key), heartbeat, list, keep alive. */
   readonly agents: Agents;
 
@@ -146,6 +149,8 @@ export class Client {
     readonly serverInfo: GetServerInfoResponse,
     batch: BatchSettings,
     private readonly defaultTimeoutMs: number,
+    /** Shared with the retrying interceptor, which must not retry what close() ended. */
+    private readonly state: { closed: boolean },
   ) {
     this.agents = new Agents(agents);
     this.batcher = new Batcher(async (sent) => {
@@ -170,14 +175,19 @@ export class Client {
     }
     const baseUrl = `${tls === undefined ? "http" : "https"}://${address}`;
     const sessions = new Http2SessionManager(baseUrl, {}, tls === undefined || tls === true ? {} : tlsSessionOptions(tls));
-    const interceptors = token === undefined ? [] : [bearer(token)];
-    const transport = (readMaxBytes: number): Transport =>
+    const authorized = token === undefined ? [] : [bearer(token)];
+    const state = { closed: false };
+    const defaultTimeoutMs = options.defaultTimeoutMs ?? 30_000;
+    // Outermost, so that each attempt goes through the bearer interceptor (a fresh token).
+    const retry = retrying({ ...DEFAULT_RETRY_SETTINGS, ...options.retry }, defaultTimeoutMs, () => state.closed);
+    const transport = (readMaxBytes: number, interceptors: Interceptor[]): Transport =>
       createGrpcTransport({ baseUrl, sessionManager: sessions, interceptors, readMaxBytes });
     try {
-      const probe = createClient(PacketService, transport(FALLBACK_MAX_RESPONSE_BYTES));
+      // Not retried: no server there is said at once (UNAVAILABLE), as before.
+      const probe = createClient(PacketService, transport(FALLBACK_MAX_RESPONSE_BYTES, authorized));
       const info = await probe.getServerInfo({}, { timeoutMs: options.connectTimeoutMs ?? 5000 });
       const readMaxBytes = info.limits?.maxResponseBytes || FALLBACK_MAX_RESPONSE_BYTES;
-      const shared = transport(readMaxBytes);
+      const shared = transport(readMaxBytes, [retry, ...authorized]);
       const serverBatch = info.limits?.maxBatchPackets || DEFAULT_BATCH_SETTINGS.maxBatchPackets;
       const batch: BatchSettings = {
         maxBatchPackets: Math.min(
@@ -195,7 +205,8 @@ export class Client {
         createClient(CustodyService, shared),
         info,
         batch,
-        options.defaultTimeoutMs ?? 30_000,
+        defaultTimeoutMs,
+        state,
       );
     } catch (error) {
       sessions.abort();
@@ -247,7 +258,7 @@ export class Client {
    */
   async *subscribe(topic: string, options: SubscribeOptions = {}): AsyncGenerator<StoredPacket> {
     this.ensureOpen();
-    yield* follow(this.packets, topic, options, () => this.closed);
+    yield* follow(this.packets, topic, options, () => this.state.closed);
   }
 
 
@@ -277,10 +288,11 @@ export class Client {
   }
 
   /** Consume from group `group` of `topic` as `options.consumer`: an async iterator of leased
-   * deliveries, each with `ack()`, `nack()` and `extend()` (see Consumer). */
+   * deliveries, each with `ack()`, `nack()` and `extend()` (see Consumer). A lost stream is
+   * opened again for up to `reconnectWindowMs`, its unconfirmed settlements sent again. */
   consume(topic: string, group: string, options: ConsumeOptions): Consumer {
     this.ensureOpen();
-    return new Consumer(this.groups, topic, group, options);
+    return new Consumer(this.groups, topic, group, options, () => this.state.closed);
   }
 
   /** The task queue `name` (a topic name): post, claim, get, list, results. */
@@ -294,13 +306,17 @@ export class Client {
    * request/reply. Creates the inbox's consumer group on first use, from the inbox's first
    * packet. Rejects with PacketbusError (INVALID_ARGUMENT for an id no agent can have).
    */
-  async inbox(agentId: string, options: { readonly maxOutstandingPackets?: number } = {}): Promise<Inbox> {
+  async inbox(
+    agentId: string,
+    options: { readonly maxOutstandingPackets?: number; readonly reconnectWindowMs?: number } = {},
+  ): Promise<Inbox> {
     this.ensureOpen();
     const topic = inboxTopic(agentId);
     await this.createConsumerGroup(topic, INBOX_GROUP, { start: "earliest" });
     const consumer = this.consume(topic, INBOX_GROUP, {
       consumer: agentId,
       maxOutstandingPackets: options.maxOutstandingPackets ?? 1000,
+      ...(options.reconnectWindowMs === undefined ? {} : { reconnectWindowMs: options.reconnectWindowMs }),
     });
     return new Inbox(
       agentId,
@@ -347,10 +363,10 @@ export class Client {
 
   /** Close the connection: queued dispatches reject with CANCELLED, the HTTP/2 session ends. */
   close(): void {
-    if (this.closed) {
+    if (this.state.closed) {
       return;
     }
-    this.closed = true;
+    this.state.closed = true;
     this.batcher.close();
     this.sessions.abort();
   }
@@ -360,7 +376,7 @@ export class Client {
   }
 
   private ensureOpen(): void {
-    if (this.closed) {
+    if (this.state.closed) {
       throw new PacketbusError(Code.Canceled, "the client is closed");
     }
   }

@@ -3,6 +3,13 @@
  * Deliveries come in batches; acks and nacks go back on the same stream, and each settlement's
  * promise resolves when the server's SettleResult for it arrives (client/packetbus/_consumer.py
  * does the same in Python).
+ *
+ * A stream lost to the network or a server going away (UNAVAILABLE, or connect-node's CANCELED
+ * "connection aborted" that neither the caller nor the client asked for) is opened again with
+ * backoff, as subscriptions are (subscription.ts), and every settlement the lost stream did not
+ * confirm is sent again first on the new one: safe, as the server answers a replayed settlement
+ * OK (it records each delivery's last settlement) and settles deliveries another stream leased.
+ * Deliveries handed out before the loss stay leased and may be settled on the new stream.
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import type { Client as RpcClient } from "@connectrpc/connect";
@@ -10,9 +17,11 @@ import type { Client as RpcClient } from "@connectrpc/connect";
 import {
   type ConsumerGroupService,
   type Delivery,
+  type Nacked,
   NackedSchema,
   PullRequestSchema,
   type PullRequest,
+  Settlement,
   type SettleResult,
 } from "./gen/packetbus/v1/consumer_group_service_pb.js";
 import { Code, PacketbusError } from "./errors.js";
@@ -27,6 +36,9 @@ export interface ConsumeOptions {
   readonly maxBatchPackets?: number;
   /** Aborting ends the stream; pending settlements reject with CANCELLED. */
   readonly signal?: AbortSignal;
+  /** How long the consumer keeps reopening a lost stream, in ms, counted from the first
+   * failure in a row (default 60 000); then iteration throws the stream's error. */
+  readonly reconnectWindowMs?: number;
 }
 
 /** How to nack: redeliver after `delaySeconds` (0: at once), with a `reason` kept with the
@@ -54,7 +66,7 @@ export class ConsumedDelivery {
   /** Ack: resolves with the server's SettleResult; rejects with PacketbusError (e.g.
    * FAILED_PRECONDITION when the lease ran out and another consumer got the packet). */
   ack(): Promise<SettleResult> {
-    return this.consumer.settle(this.deliveryId, { ackIds: [this.deliveryId] });
+    return this.consumer.settle("ack", this.deliveryId, { ackIds: [this.deliveryId] });
   }
 
   /** Nack: the packet is delivered again after the delay (or goes to the carcel after the
@@ -65,23 +77,47 @@ export class ConsumedDelivery {
       delaySeconds: options.delaySeconds ?? 0,
       reason: options.reason ?? "",
     });
-    return this.consumer.settle(this.deliveryId, { nacks: [nack] });
+    return this.consumer.settle("nack", this.deliveryId, { nacks: [nack] });
   }
 
   /** Extend the lease by the group's ack deadline; resolves with the new lease. */
   extend(): Promise<SettleResult> {
-    return this.consumer.settle(this.deliveryId, { extendIds: [this.deliveryId] });
+    return this.consumer.settle("extend", this.deliveryId, { extendIds: [this.deliveryId] });
   }
 }
 
+/** What a settlement does; the server answers each with its kind (SettleResult.settlement). */
+export type SettlementKind = "ack" | "nack" | "extend";
+
+/** The fields of the PullRequest that carries one settlement, kept to send it again. */
+interface SettleFields {
+  readonly ackIds?: string[];
+  readonly nacks?: Nacked[];
+  readonly extendIds?: string[];
+}
+
 interface Pending {
+  readonly fields: SettleFields;
   readonly resolve: (result: SettleResult) => void;
   readonly reject: (error: unknown) => void;
 }
 
+const KIND_OF: Readonly<Partial<Record<Settlement, SettlementKind>>> = {
+  [Settlement.ACK]: "ack",
+  [Settlement.NACK]: "nack",
+  [Settlement.EXTEND]: "extend",
+};
+
+/** Pauses between reopenings in a row, in ms: doubling from the first up to the last. */
+const FIRST_PAUSE_MS = 100;
+const LONGEST_PAUSE_MS = 5_000;
+
 /** An async iterator of deliveries from one group; `close()` (or `break`) ends the stream. */
 export class Consumer implements AsyncIterable<ConsumedDelivery> {
-  private readonly requests = new Pushable<PullRequest>();
+  /** The request side of the current stream (a new one per stream). */
+  private requests = new Pushable<PullRequest>();
+  /** Settlements sent and not yet answered, by "<kind> <delivery id>", oldest first: the
+   * server answers each with its kind, so an ack never takes an extend's result. */
   private readonly pending = new Map<string, Pending[]>();
   private readonly abort = new AbortController();
 
@@ -90,20 +126,32 @@ export class Consumer implements AsyncIterable<ConsumedDelivery> {
     private readonly topic: string,
     private readonly group: string,
     private readonly options: ConsumeOptions,
+    private readonly clientClosed: () => boolean = () => false,
   ) {
     options.signal?.addEventListener("abort", () => this.close(), { once: true });
   }
 
-  /** Send a settlement on the stream; resolves when its result comes back. */
-  settle(deliveryId: string, fields: MessageInitShape<typeof PullRequestSchema>): Promise<SettleResult> {
+  /** Settlements sent and not yet confirmed by the server (0 once every one is answered). */
+  get unconfirmed(): number {
+    let count = 0;
+    for (const waiting of this.pending.values()) {
+      count += waiting.length;
+    }
+    return count;
+  }
+
+  /** Send a settlement on the stream; resolves when its result comes back (from this stream,
+   * or the next one if this one is lost first). */
+  settle(kind: SettlementKind, deliveryId: string, fields: SettleFields): Promise<SettleResult> {
     return new Promise<SettleResult>((resolve, reject) => {
       if (this.abort.signal.aborted) {
         reject(new PacketbusError(Code.Canceled, "the consumer is closed"));
         return;
       }
-      const waiting = this.pending.get(deliveryId) ?? [];
-      waiting.push({ resolve, reject });
-      this.pending.set(deliveryId, waiting);
+      const key = `${kind} ${deliveryId}`;
+      const waiting = this.pending.get(key) ?? [];
+      waiting.push({ fields, resolve, reject });
+      this.pending.set(key, waiting);
       this.requests.push(create(PullRequestSchema, fields));
     });
   }
@@ -133,8 +181,73 @@ export class Consumer implements AsyncIterable<ConsumedDelivery> {
     }
   }
 
+  /** Open a stream, read it, and open another when it is lost, until closed or failed. */
   private async pump(deliveries: Pushable<ConsumedDelivery | PacketbusError>): Promise<void> {
-    this.requests.push(
+    const window = this.options.reconnectWindowMs ?? 60_000;
+    let failingSince: number | undefined;
+    let pause = FIRST_PAUSE_MS;
+    try {
+      for (;;) {
+        const requests = this.openRequests();
+        try {
+          for await (const response of this.rpc.pull(requests, { signal: this.abort.signal })) {
+            failingSince = undefined;
+            pause = FIRST_PAUSE_MS;
+            for (const result of response.settled) {
+              this.resolveSettled(result);
+            }
+            for (const delivery of response.deliveries) {
+              deliveries.push(new ConsumedDelivery(delivery, this));
+            }
+          }
+          // The server ended the stream without a status to report: open the next one.
+          requests.end();
+          if (this.abort.signal.aborted) {
+            return;
+          }
+        } catch (error) {
+          requests.end();
+          if (this.abort.signal.aborted) {
+            return;
+          }
+          let failure = PacketbusError.fromError(error, false);
+          if (this.clientClosed()) {
+            failure = new PacketbusError(Code.Canceled, "the client is closed", { cause: error });
+          }
+          const lost = failure.code === Code.Unavailable || failure.code === Code.Canceled;
+          const now = Date.now();
+          failingSince ??= now;
+          if (this.clientClosed() || !lost || now - failingSince > window) {
+            // Sent and never answered: each may have been applied.
+            this.failPending(
+              new PacketbusError(failure.code, failure.message, {
+                outcomeUnknown: true,
+                errorInfo: failure.errorInfo,
+                cause: error,
+              }),
+            );
+            deliveries.push(failure);
+            return;
+          }
+          await sleep(pause, this.abort.signal);
+          pause = Math.min(pause * 2, LONGEST_PAUSE_MS);
+          if (this.abort.signal.aborted) {
+            return;
+          }
+        }
+      }
+    } finally {
+      deliveries.end();
+    }
+  }
+
+  /** The request side of a new stream: the subscription, then every settlement not yet
+   * confirmed (sent on a lost stream, or made while none was open), then what comes next. */
+  private openRequests(): Pushable<PullRequest> {
+    const requests = new Pushable<PullRequest>();
+    this.requests.end();
+    this.requests = requests;
+    requests.push(
       create(PullRequestSchema, {
         subscription: {
           topic: this.topic,
@@ -146,31 +259,26 @@ export class Consumer implements AsyncIterable<ConsumedDelivery> {
         },
       }),
     );
-    try {
-      for await (const response of this.rpc.pull(this.requests, { signal: this.abort.signal })) {
-        for (const result of response.settled) {
-          this.resolveSettled(result);
-        }
-        for (const delivery of response.deliveries) {
-          deliveries.push(new ConsumedDelivery(delivery, this));
-        }
+    const again = { ackIds: [] as string[], nacks: [] as Nacked[], extendIds: [] as string[] };
+    for (const waiting of this.pending.values()) {
+      for (const { fields } of waiting) {
+        again.ackIds.push(...(fields.ackIds ?? []));
+        again.nacks.push(...(fields.nacks ?? []));
+        again.extendIds.push(...(fields.extendIds ?? []));
       }
-    } catch (error) {
-      if (!this.abort.signal.aborted) {
-        const failure = PacketbusError.fromError(error, false);
-        this.failPending(failure);
-        deliveries.push(failure);
-      }
-    } finally {
-      deliveries.end();
     }
+    if (again.ackIds.length + again.nacks.length + again.extendIds.length > 0) {
+      requests.push(create(PullRequestSchema, again));
+    }
+    return requests;
   }
 
   private resolveSettled(result: SettleResult): void {
-    const waiting = this.pending.get(result.deliveryId);
+    const key = `${KIND_OF[result.settlement] ?? "?"} ${result.deliveryId}`;
+    const waiting = this.pending.get(key);
     const first = waiting?.shift();
     if (waiting !== undefined && waiting.length === 0) {
-      this.pending.delete(result.deliveryId);
+      this.pending.delete(key);
     }
     if (first === undefined) {
       return;
@@ -189,4 +297,16 @@ export class Consumer implements AsyncIterable<ConsumedDelivery> {
     }
     this.pending.clear();
   }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+    signal.addEventListener("abort", done, { once: true });
+  });
 }

@@ -38,6 +38,15 @@ const UNKNOWN_OUTCOME: ReadonlySet<Code> = new Set([
   Code.Internal,
 ]);
 
+/** What the retrying interceptor (retrying.ts) concluded about a unary call's final error:
+ * whether the call may have taken effect over all its attempts. Keyed by the error object. */
+const OUTCOMES = new WeakMap<object, boolean>();
+
+/** Record whether the call that ended with `error` may have taken effect (retrying.ts). */
+export function markOutcome(error: object, unknown: boolean): void {
+  OUTCOMES.set(error, unknown);
+}
+
 /**
  * A failed packetbus call, or one packet's failure inside a batch.
  *
@@ -96,7 +105,8 @@ export class PacketbusError extends Error {
   /**
    * The error a failed call stands for: a ConnectError's code, raw message and details;
    * anything else is UNKNOWN. `sent` says whether the request may have reached the server
-   * (false for reads and for calls that never left), which decides `outcomeUnknown`.
+   * (false for reads and for calls that never left), which decides `outcomeUnknown`, unless
+   * the retrying interceptor judged the call over all its attempts (then its verdict stands).
    */
   static fromError(error: unknown, sent = true): PacketbusError {
     if (error instanceof PacketbusError) {
@@ -113,7 +123,7 @@ export class PacketbusError extends Error {
         info === undefined
           ? undefined
           : { reason: info.reason, domain: info.domain, metadata: { ...info.metadata } },
-      outcomeUnknown: sent && UNKNOWN_OUTCOME.has(connect.code),
+      outcomeUnknown: OUTCOMES.get(connect) ?? (sent && UNKNOWN_OUTCOME.has(connect.code)),
       cause: error,
     });
   }

@@ -19,6 +19,7 @@ export { INBOX_GROUP, Inbox, addressTo, inboxTopic, replyTo } from "./inbox.js";
 export { ConsumedDelivery, Consumer } from "./consumer.js";
 export type { ConsumeOptions, NackOptions } from "./consumer.js";
 export type { BatchSettings } from "./batcher.js";
+export type { RetrySettings } from "./retrying.js";
 export { Code, PacketbusError, SubscriptionGapError, grpcCodeName } from "./errors.js";
 export type { ErrorReason, FieldViolation } from "./errors.js";
 export * from "./gen/packetbus/v1/packet_pb.js";

@@ -7,11 +7,10 @@
  */
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { createServer, type AddressInfo } from "node:net";
 import { after, before, test } from "node:test";
 
 import { Client, SpeechAct, type PacketInit } from "../src/index.js";
-import { startServer, type RunningServer } from "./server.js";
+import { freePort, startServer, type RunningServer } from "./server.js";
 
 let store: RunningServer;
 let producer: Client;
@@ -25,17 +24,6 @@ after(async () => {
   producer?.close();
   await store?.stop();
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address() as AddressInfo;
-      probe.close(() => resolve(port));
-    });
-  });
-}
 
 function packet(topic: string, i: number): PacketInit {
   return {
