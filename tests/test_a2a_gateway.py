@@ -17,6 +17,7 @@ from a2a.client import ClientConfig, ClientFactory
 from a2a.types.a2a_pb2 import (
     CancelTaskRequest,
     GetTaskRequest,
+    ListTasksRequest,
     Message,
     Part,
     Role,
@@ -40,9 +41,8 @@ AGENT = unique("a2a-summarizer")  # the gateway's default agent
 CAPABILITIES = ["summarize", "shout"]
 
 
-@pytest.fixture(scope="module")
-def gateway(target: str) -> Iterator[str]:
-    """`packetbus a2a serve` on a loopback port: its base URL once it serves."""
+def start_gateway(target: str, *options: str) -> tuple[subprocess.Popen[str], str]:
+    """`packetbus a2a serve` on a loopback port, once it serves: the process, its URL."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -55,10 +55,9 @@ def gateway(target: str) -> Iterator[str]:
             target,
             "--listen",
             f"127.0.0.1:{port}",
-            "--default-agent",
-            AGENT,
             "--answer-timeout",
             "20",
+            *options,
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -70,12 +69,21 @@ def gateway(target: str) -> Iterator[str]:
     for line in process.stdout:
         seen.append(line)
         if "a2a gateway serving on" in line:
-            break
-    else:
-        raise AssertionError(f"gateway exited with {process.wait()}: {''.join(seen)}")
-    yield f"http://127.0.0.1:{port}"
+            return process, f"http://127.0.0.1:{port}"
+    raise AssertionError(f"gateway exited with {process.wait()}: {''.join(seen)}")
+
+
+def stop(process: subprocess.Popen[str]) -> None:
     process.terminate()
-    process.wait(timeout=10)
+    assert process.wait(timeout=10) == 0
+
+
+@pytest.fixture(scope="module")
+def gateway(target: str) -> Iterator[str]:
+    """A gateway whose default agent is AGENT: its base URL."""
+    process, url = start_gateway(target, "--default-agent", AGENT)
+    yield url
+    stop(process)
 
 
 @pytest.fixture
@@ -230,6 +238,60 @@ async def test_blocking_send_through_the_inbox(
         assert (await client.verify_custody(answer.tracking_id)).verified
 
 
+async def test_tasks_answer_on_another_replica(
+    gateway: str, summarizer: A2AAgent, target: str
+) -> None:
+    async with a2a_client(gateway) as a2a:
+        [first] = await responses(a2a, user_message("one"))
+        follow_up = user_message("two")
+        follow_up.context_id = first.task.context_id
+        [second] = await responses(a2a, follow_up)
+    assert second.task.context_id == first.task.context_id
+    assert second.task.id != first.task.id
+
+    other, url = start_gateway(target)  # another replica, no default agent
+    try:
+        async with a2a_client(f"{url}/agents/{AGENT}") as elsewhere:
+            stored = await elsewhere.get_task(GetTaskRequest(id=first.task.id))
+            assert stored.status.state == TaskState.TASK_STATE_COMPLETED
+            assert texts(stored.status.message) == ["done: one"]
+            listed = await elsewhere.list_tasks(ListTasksRequest(context_id=first.task.context_id))
+            assert [t.id for t in listed.tasks] == [second.task.id, first.task.id]
+            assert listed.total_size == 2
+            assert [t.status.state for t in listed.tasks] == [TaskState.TASK_STATE_COMPLETED] * 2
+    finally:
+        stop(other)
+
+
+async def test_agent_down_answers_when_it_comes_back(
+    gateway: str, client: packetbus.Client
+) -> None:
+    late = unique("a2a-late")
+    await client.register_agent(late, role="late", ttl=300)
+    async with a2a_client(f"{gateway}/agents/{late}") as a2a:
+        [response] = await responses(a2a, user_message("are you there"), return_immediately=True)
+        task_id = response.task.id
+        assert response.task.status.state == TaskState.TASK_STATE_SUBMITTED
+        await asyncio.sleep(1)  # nobody reads the inbox meanwhile
+        assert (await a2a.get_task(GetTaskRequest(id=task_id))).status.state == (
+            TaskState.TASK_STATE_SUBMITTED
+        )
+
+        # The agent starts: the request waited in its inbox.
+        async with await A2AAgent.open(client, late) as agent:
+            request = await asyncio.wait_for(anext(aiter(agent)), 10)
+            assert request.task_id == task_id
+            await request.finish("here now")
+        async with asyncio.timeout(10):
+            while True:
+                task = await a2a.get_task(GetTaskRequest(id=task_id))
+                if task.status.state != TaskState.TASK_STATE_SUBMITTED:
+                    break
+                await asyncio.sleep(0.1)
+        assert task.status.state == TaskState.TASK_STATE_COMPLETED
+        assert texts(task.status.message) == ["here now"]
+
+
 async def test_failure_answer_fails_the_task(gateway: str, summarizer: A2AAgent) -> None:
     async with a2a_client(gateway) as a2a:
         [response] = await responses(a2a, user_message("please fail"))
@@ -300,8 +362,8 @@ async def test_push_notifications_are_refused(gateway: str, summarizer: A2AAgent
             await a2a.create_task_push_notification_config(config)
 
 
-def test_cli_refuses_bad_input(target: str) -> None:
-    bad = run_cli("a2a", "serve", "--target", target, "--listen", "nowhere")
+def test_cli_refuses_bad_input() -> None:
+    bad = run_cli("a2a", "serve", "--target", "127.0.0.1:1", "--listen", "nowhere")
     assert (bad.returncode, bad.stdout) == (2, "")
     assert bad.stderr == "packetbus: --listen 'nowhere' is not HOST:PORT\n"
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+from types import FrameType
 
 import uvicorn
 
@@ -56,3 +58,11 @@ class _Server(uvicorn.Server):
         if self.started and self.ready_line:
             # The line a supervisor (or a test) waits for, as `packetbus serve` prints one.
             print(self.ready_line, flush=True)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # A drain asked for and done is a normal end (exit 0), as for `packetbus
+            # serve`; uvicorn would raise SIGTERM again after shutdown, so the exit
+            # status would read as killed. SIGINT is raised again: exit 130, as the CLI.
+            self._captured_signals = [s for s in self._captured_signals if s != sig]
