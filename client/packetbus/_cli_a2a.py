@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 from typing import Any
 
@@ -28,8 +29,9 @@ def add_parsers(commands: Any) -> None:
     )
     serve.add_argument(
         "--listen",
-        default="127.0.0.1:8080",
-        help="HTTP address HOST:PORT to serve A2A on (default 127.0.0.1:8080, loopback)",
+        default=os.environ.get("PACKETBUS_A2A_LISTEN", "127.0.0.1:8080"),
+        help="HTTP address HOST:PORT to serve A2A on "
+        "(env PACKETBUS_A2A_LISTEN; default 127.0.0.1:8080, loopback)",
     )
     serve.add_argument(
         "--default-agent",
