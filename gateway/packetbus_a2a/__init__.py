@@ -39,7 +39,9 @@ Not done yet (later slices of issue 18):
   the helper has no input-required answer yet;
 - ListTasks pages (it reads at most 100 tasks, no page token);
 - parts other than text (data, files, parts over the packet limit as context
-  documents); credentials -> principals; the README section.
+  documents); A2A credentials -> packetbus principals (the gateway calls packetbus
+  with its own connection settings: the CLI's --tls-*/token flags);
+- an agent is not told when its task timed out at the gateway (`answer_timeout`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ Each request is one leased delivery of the agent's inbox: `finish`, `fail`
 and `refuse` answer it and ack it; a request left unanswered (the process
 died) comes back after the inbox's ack deadline. CANCEL packets for a task are
 acked and recorded (`A2AAgent.cancelled`). Packets that are not A2A (another
-protocol) are nacked back to the inbox for another consumer, never dropped.
+protocol) are nacked with a reason, never dropped: redelivered, and after the
+inbox group's max attempts moved to the carcel. Use the inbox for A2A only.
 """
 
 from __future__ import annotations
