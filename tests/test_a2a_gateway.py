@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import subprocess
 import sys
 import uuid
@@ -366,16 +367,32 @@ def test_cli_refuses_bad_input() -> None:
     bad = run_cli("a2a", "serve", "--target", "127.0.0.1:1", "--listen", "nowhere")
     assert (bad.returncode, bad.stdout) == (2, "")
     assert bad.stderr == "packetbus: --listen 'nowhere' is not HOST:PORT\n"
+    unknown = run_cli("a2a", "serve", "--listen", "127.0.0.1:0")
+    assert (unknown.returncode, unknown.stdout) == (2, "")
+    assert unknown.stderr == (
+        "packetbus: --listen port 0 needs --public-url: agent cards must name the real port\n"
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run_cli("a2a", "serve", "--listen", f"127.0.0.1:{port}")
+    assert (busy.returncode, busy.stdout) == (1, "")
+    assert busy.stderr == f"packetbus: cannot listen on 127.0.0.1:{port}: Address already in use\n"
 
 
 def test_cli_without_a2a_sdk_names_the_extra() -> None:
     # a2a-sdk made unimportable in this process only: what a plain install sees.
     code = (
         "import sys; sys.modules['a2a'] = None; from packetbus._cli import main; "
-        "sys.exit(main(['a2a', 'serve', '--listen', '127.0.0.1:0']))"
+        "sys.exit(main(['a2a', 'serve', '--listen', '127.0.0.1:' + sys.argv[1]]))"
     )
     run = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code, str(free_port())],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert (run.returncode, run.stdout) == (1, "")
     assert run.stderr == (

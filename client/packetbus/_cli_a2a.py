@@ -75,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         return fail(f"--listen {args.listen!r} is not HOST:PORT", 2)
     host = host.strip("[]")
+    if int(port) == 0 and not args.public_url:
+        # The kernel's pick would be unknown to the cards, which carry the gateway's URL.
+        return fail("--listen port 0 needs --public-url: agent cards must name the real port", 2)
     problem = _bind_problem(host, int(port))
     if problem:
         return fail(f"cannot listen on {args.listen}: {problem}")
