@@ -632,3 +632,29 @@ def test_security_example_with_a_jwks_runs_as_written(tmp_path: Path) -> None:
         assert refused.stderr.strip() == " ".join(quoted.group(1).split())
     finally:
         assert server.stop() == 0
+
+
+def test_a2a_gateway_example_runs_as_written(
+    served: tuple[str, dict[str, str], Path], tmp_path: Path
+) -> None:
+    serve, env, _ = served
+    gateway_port = free_port()
+    # Only the gateway's port moves (its env var); the example names the default one.
+    env = {**env, "PACKETBUS_A2A_LISTEN": f"127.0.0.1:{gateway_port}"}
+    server = Served(serve, env)
+    try:
+        gateway = Served(block("a2a-serve"), env)
+        try:
+            example = block("a2a-agent").replace("127.0.0.1:8080", f"127.0.0.1:{gateway_port}")
+            script = tmp_path / "a2a_example.py"
+            script.write_text(example)
+            ran = subprocess.run(
+                [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+            )
+            assert ran.returncode == 0, ran.stderr
+            assert ran.stdout == "HELLO A2A / summarized 9 characters\n"
+            assert "It prints `HELLO A2A / summarized 9 characters`." in README
+        finally:
+            assert gateway.stop() == 0
+    finally:
+        assert server.stop() == 0

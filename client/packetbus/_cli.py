@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from . import (
+    _cli_a2a,
     _cli_agents,
     _cli_context,
     _cli_custody,
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     _cli_agents.add_parsers(commands)
     _cli_context.add_parsers(commands)
     _cli_policy.add_parsers(commands)
+    _cli_a2a.add_parsers(commands)
 
     # Last in --help, after the commands of every role.
     _cli_packets.add_server_parsers(commands)
@@ -110,6 +112,8 @@ def _main(args: argparse.Namespace) -> int:
         if args.json:
             return fail("serve prints no result, only its log: --json does not apply to it", 2)
         return _cli_serve.run(args)
+    if args.command == "a2a":
+        return _cli_a2a.run(args)
     local = _cli_policy.run_local(args)
     if local is None:
         local = _cli_custody.run_local(args)

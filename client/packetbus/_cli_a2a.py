@@ -1,0 +1,102 @@
+"""``packetbus a2a serve``: the A2A gateway (package packetbus_a2a, extra ``packetbus[a2a]``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+from typing import Any
+
+from ._cli_args import fail, number
+from ._cli_connection import connection_config
+
+_MISSING = "the A2A gateway needs a2a-sdk: pip install 'packetbus[a2a]'"
+
+
+def add_parsers(commands: Any) -> None:
+    a2a = commands.add_parser("a2a", help="serve packetbus agents to A2A clients")
+    sub = a2a.add_subparsers(dest="a2a_command", required=True, metavar="A2A_COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="run an A2A gateway (JSON-RPC and HTTP+JSON) for the agents of a packetbus server",
+    )
+    serve.add_argument(
+        "--target",
+        dest="a2a_target",
+        default=None,
+        help="the packetbus server (default: the global --target)",
+    )
+    serve.add_argument(
+        "--listen",
+        default=os.environ.get("PACKETBUS_A2A_LISTEN", "127.0.0.1:8080"),
+        help="HTTP address HOST:PORT to serve A2A on "
+        "(env PACKETBUS_A2A_LISTEN; default 127.0.0.1:8080, loopback)",
+    )
+    serve.add_argument(
+        "--default-agent",
+        default="",
+        metavar="ID",
+        help="the agent whose card /.well-known/agent-card.json serves",
+    )
+    serve.add_argument(
+        "--public-url",
+        default="",
+        help="the base URL clients use to reach the gateway, put in agent cards "
+        "(default http://LISTEN)",
+    )
+    serve.add_argument(
+        "--answer-timeout",
+        type=number(0.001),
+        default=300.0,
+        help="seconds an A2A task waits for the agent's final answer (default 300)",
+    )
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    # Checked before connecting, so a taken port is one line, not uvicorn's log.
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `a2a serve` until interrupted; its exit code."""
+    if args.json:
+        return fail("a2a serve prints no result: --json does not apply to it", 2)
+    host, sep, port = args.listen.rpartition(":")
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        return fail(f"--listen {args.listen!r} is not HOST:PORT", 2)
+    host = host.strip("[]")
+    if int(port) == 0 and not args.public_url:
+        # The kernel's pick would be unknown to the cards, which carry the gateway's URL.
+        return fail("--listen port 0 needs --public-url: agent cards must name the real port", 2)
+    problem = _bind_problem(host, int(port))
+    if problem:
+        return fail(f"cannot listen on {args.listen}: {problem}")
+    try:
+        from packetbus_a2a.serve import serve
+    except ImportError as exc:  # a2a-sdk, starlette or uvicorn
+        missing = (exc.name or "a dependency").split(".")[0]
+        return fail(f"{_MISSING} ({missing} is not installed)")
+    if args.a2a_target:
+        args.target = args.a2a_target
+    asyncio.run(
+        serve(
+            target=args.target,
+            host=host,
+            port=int(port),
+            config=connection_config(args),
+            default_agent=args.default_agent,
+            public_url=args.public_url,
+            answer_timeout=args.answer_timeout,
+        )
+    )
+    return 0
