@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import jwt
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import packetbus
@@ -147,3 +148,23 @@ async def guarded_server(
         yield srv
     finally:
         await srv.stop(grace=0)
+
+
+def guarded_fixtures(grants: Mapping[str, Sequence[Grant]], name: str) -> tuple[Any, Any]:
+    """A test module's fixtures `issuer` (an Issuer, module-scoped) and `guarded` (a
+    guarded_server authenticating its JWTs and authorizing by `grants`, module-scoped,
+    its files in a temporary folder named after `name`), for the module to bind:
+    ``issuer, guarded = guarded_fixtures(GRANTS, "my-tests")``."""
+
+    @pytest.fixture(scope="module", name="issuer")
+    def issuer_fixture() -> Issuer:
+        return Issuer()
+
+    @pytest.fixture(scope="module", name="guarded")
+    async def guarded_fixture(
+        redis_url: str, issuer: Issuer, tmp_path_factory: pytest.TempPathFactory
+    ) -> AsyncIterator[RunningServer]:
+        async with guarded_server(redis_url, tmp_path_factory.mktemp(name), issuer, grants) as srv:
+            yield srv
+
+    return issuer_fixture, guarded_fixture

@@ -7,8 +7,6 @@ Get call needs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
 import pytest
 
@@ -16,7 +14,7 @@ import packetbus
 from packetbus.v1 import contents_pb2, custody_pb2
 from packetbus.v1 import record_service_pb2 as records_pb
 from packetbus_server import RunningServer
-from tests._identities import Issuer, client_as, guarded_server, spiffe
+from tests._identities import Issuer, client_as, guarded_fixtures, spiffe
 from tests.conftest import unique, verified_actions
 
 OK = custody_pb2.CUSTODY_VERDICT_OK
@@ -93,18 +91,7 @@ GRANTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def issuer() -> Issuer:
-    return Issuer()
-
-
-@pytest.fixture(scope="module")
-async def guarded(
-    redis_url: str, issuer: Issuer, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[RunningServer]:
-    folder = tmp_path_factory.mktemp("any-tracking-id")
-    async with guarded_server(redis_url, folder, issuer, GRANTS) as srv:
-        yield srv
+issuer, guarded = guarded_fixtures(GRANTS, "any-tracking-id")
 
 
 async def _as(guarded: RunningServer, issuer: Issuer, who: str) -> packetbus.Client:

@@ -18,7 +18,7 @@ from packetbus import _custody, _wire
 from packetbus._cli_custody import _verify
 from packetbus.v1 import custody_pb2
 from packetbus_server import RunningServer
-from tests._identities import Issuer, client_as, guarded_server, spiffe
+from tests._identities import Issuer, client_as, guarded_fixtures, spiffe
 from tests.conftest import new_packet, unique
 
 # Identity, not storage: one backend (see conftest).
@@ -38,18 +38,7 @@ GRANTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def issuer() -> Issuer:
-    return Issuer()
-
-
-@pytest.fixture(scope="module")
-async def guarded(
-    redis_url: str, issuer: Issuer, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[RunningServer]:
-    folder = tmp_path_factory.mktemp("custody-principal")
-    async with guarded_server(redis_url, folder, issuer, GRANTS) as srv:
-        yield srv
+issuer, guarded = guarded_fixtures(GRANTS, "custody-principal")
 
 
 @pytest.fixture

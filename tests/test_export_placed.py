@@ -23,7 +23,7 @@ import packetbus
 from packetbus._export import verify_export
 from packetbus.v1 import contents_pb2, custody_pb2, custody_service_pb2
 from packetbus_server import Limits, RunningServer, ServerConfig, _keys, start
-from tests._identities import Issuer, client_as, guarded_server, spiffe
+from tests._identities import Issuer, client_as, guarded_fixtures, spiffe
 from tests.conftest import unique, verified_actions
 from tests.test_custody import cli, offline_verify
 
@@ -304,18 +304,7 @@ GRANTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def issuer() -> Issuer:
-    return Issuer()
-
-
-@pytest.fixture(scope="module")
-async def guarded(
-    redis_url: str, issuer: Issuer, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[RunningServer]:
-    folder = tmp_path_factory.mktemp("export-tasks")
-    async with guarded_server(redis_url, folder, issuer, GRANTS) as srv:
-        yield srv
+issuer, guarded = guarded_fixtures(GRANTS, "export-tasks")
 
 
 @pytest.mark.one_backend

@@ -27,7 +27,7 @@ from packetbus._export import verify_export
 from packetbus.v1 import contents_pb2, custody_pb2, custody_service_pb2
 from packetbus.v1 import record_service_pb2 as records_pb
 from packetbus_server import Limits, RunningServer, ServerConfig, _keys, start
-from tests._identities import Issuer, client_as, guarded_server, spiffe
+from tests._identities import Issuer, client_as, guarded_fixtures, spiffe
 from tests.conftest import unique, verified_actions
 from tests.test_custody import cli, offline_verify
 
@@ -236,18 +236,7 @@ GRANTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def issuer() -> Issuer:
-    return Issuer()
-
-
-@pytest.fixture(scope="module")
-async def guarded(
-    redis_url: str, issuer: Issuer, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[RunningServer]:
-    folder = tmp_path_factory.mktemp("export-records")
-    async with guarded_server(redis_url, folder, issuer, GRANTS) as srv:
-        yield srv
+issuer, guarded = guarded_fixtures(GRANTS, "export-records")
 
 
 @pytest.mark.one_backend

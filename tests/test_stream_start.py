@@ -18,7 +18,7 @@ import grpc
 import packetbus
 from packetbus.stream_start import START_CURSOR_HEADER, start_cursor
 from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
-from packetbus_server import ServerConfig, start
+from packetbus_server import RunningServer, ServerConfig, start
 from packetbus_server import _keys as keys
 from tests.conftest import free_port, new_packet, unique
 
@@ -62,43 +62,71 @@ async def test_header_only_for_streams_from_now(client: packetbus.Client, target
         assert dict(metadata)[START_CURSOR_HEADER] == "0-0"
 
 
+class _Relay:
+    """A server on a fixed port that a test stops and starts again (the one its
+    subscriber or watcher uses), beside a producer's server on the same store."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.config = ServerConfig(listen=f"127.0.0.1:{free_port()}", redis_url=redis_url)
+        self.target = self.config.listen
+        self.running: RunningServer | None = None
+        self.producer: RunningServer | None = None
+
+    async def __aenter__(self) -> _Relay:
+        self.running = await start(self.config)
+        self.producer = await start(
+            ServerConfig(listen="127.0.0.1:0", redis_url=self.config.redis_url)
+        )
+        return self
+
+    @property
+    def producer_target(self) -> str:
+        assert self.producer is not None
+        return f"127.0.0.1:{self.producer.port}"
+
+    async def stop(self) -> None:
+        """Stop the relay: its streams drop (UNAVAILABLE)."""
+        assert self.running is not None
+        await self.running.stop(grace=0)
+        self.running = None
+
+    async def restart(self) -> None:
+        self.running = await start(self.config)
+
+    async def __aexit__(self, *exc: object) -> None:
+        for server in (self.running, self.producer):
+            if server is not None:
+                await server.stop(grace=0)
+
+
 async def test_subscription_dropped_before_its_first_packet_misses_nothing(
     redis_url: str,
 ) -> None:
     topic = unique("t")
-    port = free_port()
-    config = ServerConfig(listen=f"127.0.0.1:{port}", redis_url=redis_url)
-    first = await start(config)
-    other = await start(ServerConfig(listen="127.0.0.1:0", redis_url=redis_url))
-    second = None
-    try:
-        async with (
-            await packetbus.Client.connect(f"127.0.0.1:{port}") as client,
-            await packetbus.Client.connect(f"127.0.0.1:{other.port}") as producer,
-        ):
-            old = [new_packet(topic) for _ in range(3)]
-            receipts = [r.receipt for r in await producer.dispatch_batch(old)]
-            subscription = client.subscribe(topic, start=packetbus.LATEST)
-            taking = asyncio.create_task(_next(subscription))
-            # Open: it knows where it started before any packet came.
-            await _until(lambda: subscription.cursor is not None, "no start cursor")
-            assert subscription.cursor == receipts[-1].cursor
+    async with (
+        _Relay(redis_url) as relay,
+        await packetbus.Client.connect(relay.target) as client,
+        await packetbus.Client.connect(relay.producer_target) as producer,
+    ):
+        old = [new_packet(topic) for _ in range(3)]
+        receipts = [r.receipt for r in await producer.dispatch_batch(old)]
+        subscription = client.subscribe(topic, start=packetbus.LATEST)
+        taking = asyncio.create_task(_next(subscription))
+        # Open: it knows where it started before any packet came.
+        await _until(lambda: subscription.cursor is not None, "no start cursor")
+        assert subscription.cursor == receipts[-1].cursor
 
-            await first.stop(grace=0)  # the stream drops (UNAVAILABLE)
-            missed = [new_packet(topic) for _ in range(5)]
-            await producer.dispatch_batch(missed)  # stored while it is away
-            second = await start(config)
-            got = [await asyncio.wait_for(taking, 20)]
-            async with asyncio.timeout(10):
-                async for stored in subscription:
-                    got.append(stored)
-                    if len(got) == len(missed):
-                        break
-            await subscription.close()
-    finally:
-        for server in (first, other, second):
-            if server is not None:
-                await server.stop(grace=0)
+        await relay.stop()
+        missed = [new_packet(topic) for _ in range(5)]
+        await producer.dispatch_batch(missed)  # stored while it is away
+        await relay.restart()
+        got = [await asyncio.wait_for(taking, 20)]
+        async with asyncio.timeout(10):
+            async for stored in subscription:
+                got.append(stored)
+                if len(got) == len(missed):
+                    break
+        await subscription.close()
     assert [s.packet.tracking_id for s in got] == [p.tracking_id for p in missed]
 
 
@@ -106,36 +134,28 @@ async def test_task_watch_dropped_before_its_first_event_resumes_where_it_starte
     redis_url: str,
 ) -> None:
     queue = unique("q")
-    port = free_port()
-    config = ServerConfig(listen=f"127.0.0.1:{port}", redis_url=redis_url)
-    first = await start(config)
-    other = await start(ServerConfig(listen="127.0.0.1:0", redis_url=redis_url))
-    second = None
-    try:
-        async with (
-            await packetbus.Client.connect(f"127.0.0.1:{port}") as client,
-            await packetbus.Client.connect(f"127.0.0.1:{other.port}") as producer,
-        ):
-            tasks = producer.task_queue(queue)
-            await tasks.post(packetbus.Task(id="before"), origin="planner")  # not news
-            events = client.task_queue(queue).watch()
-            first_event = asyncio.create_task(_next(events))
-            await _open_watches(first, 1)
-            await first.stop(grace=0)
-            posted = [
-                await tasks.post(packetbus.Task(id=f"meanwhile-{i}"), origin="planner")
-                for i in range(3)
-            ]
-            second = await start(config)
-            seen = [await asyncio.wait_for(first_event, 20)]
-            async with asyncio.timeout(10):
-                while len(seen) < len(posted):
-                    seen.append(await anext(events))
-            await cast(AsyncGenerator[Any, None], events).aclose()
-    finally:
-        for server in (first, other, second):
-            if server is not None:
-                await server.stop(grace=0)
+    async with (
+        _Relay(redis_url) as relay,
+        await packetbus.Client.connect(relay.target) as client,
+        await packetbus.Client.connect(relay.producer_target) as producer,
+    ):
+        tasks = producer.task_queue(queue)
+        await tasks.post(packetbus.Task(id="before"), origin="planner")  # not news
+        events = client.task_queue(queue).watch()
+        first_event = asyncio.create_task(_next(events))
+        assert relay.running is not None
+        await _open_watches(relay.running, 1)
+        await relay.stop()
+        posted = [
+            await tasks.post(packetbus.Task(id=f"meanwhile-{i}"), origin="planner")
+            for i in range(3)
+        ]
+        await relay.restart()
+        seen = [await asyncio.wait_for(first_event, 20)]
+        async with asyncio.timeout(10):
+            while len(seen) < len(posted):
+                seen.append(await anext(events))
+        await cast(AsyncGenerator[Any, None], events).aclose()
     assert [e.task_id for e in seen] == [t.task_id for t in posted]
     assert [t.task_id for t in posted] == ["meanwhile-0", "meanwhile-1", "meanwhile-2"]
 
