@@ -224,10 +224,21 @@ def serving(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> sub
         env={**os.environ, **env} if env is not None else None,
     )
     assert process.stdout is not None
+    read: list[str] = []
     for line in process.stdout:
+        read.append(line)
         if "serving on" in line:
+            _READ_BY_SERVING[process.pid] = read
             return process
     raise AssertionError(f"server exited with {process.wait()}")
+
+
+# What `serving` read of a process's output, by pid: with ``serve --workers``, a busy
+# machine can let a worker print "packetbus VERSION serving on" before the supervisor's
+# "N workers serving on", and `serving` returns on the worker's line; wait_for_workers
+# counts it from here (else it waits forever for a line already read).
+_READ_BY_SERVING: dict[int, list[str]] = {}
+_WORKER_SERVING = re.compile(r"packetbus \S+ serving on ")
 
 
 def run_cli(
@@ -254,16 +265,18 @@ def packetbus_serve(*options: str, env: Mapping[str, str] | None = None) -> subp
 def wait_for_workers(process: subprocess.Popen[str], workers: int) -> None:
     """Read `process`'s output until `workers` workers of ``serve --workers`` say they
     serve ("packetbus VERSION serving on ..."): `packetbus_serve` returns on the
-    supervisor's line "N workers serving on", which comes as they are launched.
+    supervisor's line "N workers serving on", which comes as they are launched (or, on
+    a busy machine, on a worker's line printed first: counted here too).
     Raises AssertionError with what the server printed if it ends first."""
     assert process.stdout is not None
-    seen: list[str] = []
-    while workers:
+    seen = _READ_BY_SERVING.pop(process.pid, [])
+    workers -= sum(_WORKER_SERVING.match(line) is not None for line in seen)
+    while workers > 0:
         line = process.stdout.readline()
         if not line:
             raise AssertionError(f"server exited with {process.wait()}:\n{''.join(seen)[-4000:]}")
         seen.append(line)
-        workers -= re.match(r"packetbus \S+ serving on ", line) is not None
+        workers -= _WORKER_SERVING.match(line) is not None
 
 
 def worker_pids(supervisor: int) -> list[int]:

@@ -38,6 +38,10 @@ from packetbus_a2a import A2AAgent, A2ARequest
 from packetbus_a2a.wire import reply_address, tracking_id
 from tests.conftest import REPO, free_port, run_cli, unique
 
+# About the gateway and the A2A protocol; its store is ContextService's, which its own
+# tests check on every backend (test_context, test_a2a_task_store).
+pytestmark = pytest.mark.one_backend
+
 AGENT = unique("a2a-summarizer")  # the gateway's default agent
 CAPABILITIES = ["summarize", "shout"]
 
