@@ -25,7 +25,7 @@ What maps to what:
   ListTasks answer on every replica (`task_store`).
 - A packetbus agent serves A2A without knowing it through `A2AAgent` (`agent`).
 - Push notifications: refused (a2a-sdk's push-notification-not-supported error);
-  the capability is false in every card.
+  the capability is absent from every card (unset, not false).
 
 Not done yet (later slices of issue 18):
 
