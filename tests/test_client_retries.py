@@ -118,6 +118,9 @@ async def test_dispatches_ending_in_errors_say_outcome_unknown_and_resending_sto
 ) -> None:
     faulty, switch = proxy
     packets = [new_packet(topic, ttl_seconds=300) for _ in range(20)]
+    # Connected first: a connection an earlier test's faults cut may sit in grpc's
+    # reconnect backoff (about 1 s), and these 1 s calls would then never be sent.
+    await via_proxy.dispatch(new_packet(unique("warm")), timeout=30)
     switch.drop_next(10**9)  # every reply from now on is lost
     outcomes = await asyncio.gather(
         *(via_proxy.dispatch(p, timeout=1.0) for p in packets), return_exceptions=True
