@@ -25,6 +25,7 @@ import {
   type SettleResult,
 } from "./gen/packetbus/v1/consumer_group_service_pb.js";
 import { Code, PacketbusError } from "./errors.js";
+import { lostConnection, pause as pauseFor } from "./lost-connection.js";
 import { Pushable } from "./pushable.js";
 
 /** Flow control of one consumer: the server stops delivering while it holds this many
@@ -214,7 +215,7 @@ export class Consumer implements AsyncIterable<ConsumedDelivery> {
           if (this.clientClosed()) {
             failure = new PacketbusError(Code.Canceled, "the client is closed", { cause: error });
           }
-          const lost = failure.code === Code.Unavailable || failure.code === Code.Canceled;
+          const lost = lostConnection(failure.code);
           const now = Date.now();
           failingSince ??= now;
           if (this.clientClosed() || !lost || now - failingSince > window) {
@@ -229,7 +230,7 @@ export class Consumer implements AsyncIterable<ConsumedDelivery> {
             deliveries.push(failure);
             return;
           }
-          await sleep(pause, this.abort.signal);
+          await pauseFor(pause, this.abort.signal);
           pause = Math.min(pause * 2, LONGEST_PAUSE_MS);
           if (this.abort.signal.aborted) {
             return;
@@ -297,16 +298,4 @@ export class Consumer implements AsyncIterable<ConsumedDelivery> {
     }
     this.pending.clear();
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
 }

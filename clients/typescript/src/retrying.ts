@@ -9,6 +9,7 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 
 import { markOutcome } from "./errors.js";
+import { lostConnection, pause as pauseFor } from "./lost-connection.js";
 import { maybeApplied, neverSent, policyOf } from "./retry-policy.js";
 
 /** Backoff between attempts, in ms: the n-th pause is uniform in [0, min(initial * multiplier^n,
@@ -61,13 +62,13 @@ export function retrying(settings: RetrySettings, budgetMs: number, clientClosed
         const failure = ConnectError.from(error);
         // The caller's abort, the call's deadline or close(): not a lost connection.
         const ours = request.signal.aborted || clientClosed();
-        const lost = !ours && (failure.code === Code.Unavailable || failure.code === Code.Canceled);
+        const lost = !ours && lostConnection(failure.code);
         if (lost && (policy !== "once" || neverSent(failure))) {
           reached ||= maybeApplied(failure);
           const pause = Math.random() * ceiling;
           ceiling = Math.min(ceiling * settings.multiplier, settings.maxBackoffMs);
           if (Date.now() + pause < deadline) {
-            await sleep(pause, request.signal);
+            await pauseFor(pause, request.signal);
             if (!request.signal.aborted && !clientClosed()) {
               continue;
             }
@@ -96,15 +97,3 @@ const MAYBE_APPLIED_CODES: ReadonlySet<Code> = new Set([
   Code.Unknown,
   Code.Internal,
 ]);
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
-}

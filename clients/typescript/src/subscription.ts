@@ -12,6 +12,7 @@
 import type { Client as RpcClient } from "@connectrpc/connect";
 
 import { Code, PacketbusError, SubscriptionGapError } from "./errors.js";
+import { lostConnection, pause as pauseFor } from "./lost-connection.js";
 import type { PacketService, StoredPacket, SubscriptionGap } from "./gen/packetbus/v1/packet_service_pb.js";
 import { StartPosition } from "./gen/packetbus/v1/packet_service_pb.js";
 
@@ -118,10 +119,8 @@ export async function* follow(
       if (clientClosed()) {
         throw new PacketbusError(Code.Canceled, "the client is closed", { cause: error });
       }
-      // connect-node fails the streams of an HTTP/2 session that went away (the server
-      // stopped, the network dropped it) with CANCELED "connection aborted"; neither the caller
-      // (its signal) nor the client (closed) asked for it, so it is a lost connection.
-      const lost = failure.code === Code.Unavailable || failure.code === Code.Canceled;
+      // Neither the caller (its signal) nor the client (closed) ended it.
+      const lost = lostConnection(failure.code);
       const now = Date.now();
       failingSince ??= now;
       // Without a cursor, reopening at "latest" would skip what was stored meanwhile (a server
@@ -130,20 +129,8 @@ export async function* follow(
       if (!lost || !resumable || now - failingSince > window) {
         throw failure;
       }
-      await sleep(pause, options.signal);
+      await pauseFor(pause, options.signal);
       pause = Math.min(pause * 2, LONGEST_PAUSE_MS);
     }
   }
-}
-
-function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", done);
-      resolve();
-    }
-    signal?.addEventListener("abort", done, { once: true });
-  });
 }
