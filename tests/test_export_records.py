@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -26,7 +25,8 @@ import packetbus
 from packetbus._export import verify_export
 from packetbus.v1 import contents_pb2, custody_pb2, custody_service_pb2
 from packetbus.v1 import record_service_pb2 as records_pb
-from packetbus_server import Limits, RunningServer, ServerConfig, _keys, start
+from packetbus_server import RunningServer, _keys
+from tests._exporting import exporter_fixtures
 from tests._identities import Issuer, client_as, guarded_fixtures, spiffe
 from tests.conftest import unique, verified_actions
 from tests.test_custody import cli, offline_verify
@@ -38,21 +38,7 @@ SESSION = records_pb.RECORD_KIND_SESSION_SUMMARY
 SCAN = records_pb.RECORD_KIND_REMEDIATION_SCAN
 
 
-@pytest.fixture(scope="module")
-async def exporter(redis_url: str) -> AsyncIterator[RunningServer]:
-    srv = await start(
-        ServerConfig(
-            listen="127.0.0.1:0", redis_url=redis_url, limits=Limits(reply_budget_bytes=BUDGET)
-        )
-    )
-    yield srv
-    await srv.stop(grace=0)
-
-
-@pytest.fixture
-async def bus(exporter: RunningServer) -> AsyncIterator[packetbus.Client]:
-    async with await packetbus.Client.connect(f"127.0.0.1:{exporter.port}") as client:
-        yield client
+exporter, bus = exporter_fixtures(BUDGET)
 
 
 async def _export(

@@ -627,10 +627,13 @@ class PacketStore:
         none is known. Resuming after it reports no gap for what was gone before it."""
 
         async def attempt() -> str:
-            newest: Any = await self._redis.xrevrange(_keys.topic_log(topic), count=1)
-            # "l", the newest a dispatch appended: gone when the log expired as a
-            # whole and no dispatch has recorded that as "x" yet (_horizon).
-            marks: Any = await self._redis.hmget(_keys.topic_horizon(topic), "t", "x", "l")
+            # One round trip (both keys share the topic's slot). "l", the newest a
+            # dispatch appended: gone when the log expired as a whole and no dispatch
+            # has recorded that as "x" yet (_horizon).
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xrevrange(_keys.topic_log(topic), count=1)
+            pipe.hmget(_keys.topic_horizon(topic), "t", "x", "l")
+            newest, marks = await pipe.execute()
             return (
                 newest_cursor(text(newest[0][0]) if newest else "", *(text(m) for m in marks if m))
                 or "0-0"
