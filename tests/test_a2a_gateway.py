@@ -80,7 +80,13 @@ def start_gateway(target: str, *options: str) -> tuple[subprocess.Popen[str], st
 
 def stop(process: subprocess.Popen[str]) -> None:
     process.terminate()
-    assert process.wait(timeout=10) == 0
+    try:
+        code = process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    assert process.stdout is not None
+    assert code == 0, process.stdout.read()
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@
             await request.artifact("summary", summarize(request.text))
             await request.finish("done")
 
-Each request is one leased delivery of the agent's inbox: `finish`, `fail`
-and `refuse` answer it and ack it; a request left unanswered (the process
+Each request is one leased delivery of the agent's inbox: `finish`, `fail`,
+`refuse` and `ask` (a question back: the client's next message to the task is
+a new request) answer it and ack it; a request left unanswered (the process
 died) comes back after the inbox's ack deadline. CANCEL packets for a task are
 acked and recorded (`A2AAgent.cancelled`). Packets that are not A2A (another
 protocol) are nacked with a reason, never dropped: redelivered, and after the
@@ -52,6 +53,12 @@ class A2ARequest:
     async def artifact(self, name: str, text: str) -> None:
         """Hand the A2A client an artifact called `name` holding `text`."""
         await self._answer("artifact", text, name=name)
+
+    async def ask(self, text: str) -> None:
+        """Ask the A2A client for more input (INPUT_REQUIRED, with question `text`);
+        acks the request. The client's reply to the task arrives as a new
+        `A2ARequest` with the same `task_id`."""
+        await self._answer("input", text, ends=True)
 
     async def finish(self, text: str) -> None:
         """Complete the task (COMPLETED) with a final message `text`; acks the request."""

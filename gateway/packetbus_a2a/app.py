@@ -16,7 +16,7 @@ state of its own beyond the streams it serves (tasks are in the context store).
 from __future__ import annotations
 
 import logging
-import warnings
+import uuid
 from collections import OrderedDict
 from urllib.parse import unquote
 
@@ -32,8 +32,7 @@ from packetbus import Client, PacketbusError
 from packetbus.v1 import agent_service_pb2
 
 from .cards import AGENTS_PREFIX, CARD_PATH, REST_SUFFIX, build_card, card_response
-from .executor import InboxExecutor
-from .task_store import ContextTaskStore
+from .request_handler import build_handler
 
 _log = logging.getLogger(__name__)
 _MAX_HANDLERS = 256  # agents whose handler stays built; others are built again on use
@@ -60,6 +59,8 @@ class Gateway:
         self._default_agent = default_agent
         self._answer_timeout = answer_timeout
         self._apps: OrderedDict[str, tuple[Starlette, DefaultRequestHandler]] = OrderedDict()
+        # This replica's id in task driver leases (see `lease`).
+        self._holder = uuid.uuid4().hex
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -124,17 +125,13 @@ class Gateway:
         if agent is None:
             return None
         card = build_card(agent, self._base_url)
-        with warnings.catch_warnings():
-            # A VersionedTaskStore without an event stream warns that streams do
-            # not cross replicas: known, and the next slice's work (see __init__).
-            warnings.simplefilter("ignore")
-            handler = DefaultRequestHandler(
-                agent_executor=InboxExecutor(
-                    self._client, agent_id, answer_timeout=self._answer_timeout
-                ),
-                task_store=ContextTaskStore(self._client, agent_id),
-                agent_card=card,
-            )
+        handler = build_handler(
+            self._client,
+            agent_id,
+            card,
+            holder=self._holder,
+            answer_timeout=self._answer_timeout,
+        )
         app = Starlette(
             routes=[
                 *create_jsonrpc_routes(handler, "/"),

@@ -9,9 +9,16 @@ Layout: scope ``a2a-tasks``, one document per task named
 ``<agent id>/<task id>``, holding the Task as proto JSON
 (``application/json``); the document version is the task's `TaskVersion`.
 Each agent's gateway endpoint sees only its own tasks.
+
+The task's metadata key ``packetbus.answers`` counts the agent's answers the
+task includes (`answers`); `save` sets it from the answer-driven event it
+writes, and a save of an answer the task already includes writes nothing, so
+each answer is applied once whichever replica applies it.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import grpc
 from a2a.server.cluster.task_store import (
@@ -22,10 +29,19 @@ from a2a.server.cluster.task_store import (
 from a2a.server.cluster.version import TaskVersion
 from a2a.server.context import ServerCallContext
 from a2a.server.events.event_queue import Event
-from a2a.types.a2a_pb2 import ListTasksRequest, ListTasksResponse, Task, TaskState
+from a2a.types.a2a_pb2 import (
+    ListTasksRequest,
+    ListTasksResponse,
+    Task,
+    TaskArtifactUpdateEvent,
+    TaskState,
+    TaskStatusUpdateEvent,
+)
 from google.protobuf import json_format
 
 from packetbus import Client, PacketbusError
+
+from .answers import ANSWERS_KEY, answers_included
 
 SCOPE = "a2a-tasks"
 AUTHOR = "a2a-gateway"  # the author named on every task document
@@ -39,25 +55,43 @@ _TERMINAL = frozenset(
 )
 
 
-class _Version(TaskVersion):
+class TaskStoreVersion(TaskVersion):
     """A document version as a TaskVersion (1 for a task's first write)."""
 
     __slots__ = ()
 
     @property
     def number(self) -> int:
+        """The context document's version number."""
         return int(self._value)
+
+    @staticmethod
+    def number_of(version: TaskVersion) -> int:
+        """`version`'s document version number: 0 for MISSING (not written yet).
+        Raises TypeError for a version this store did not give."""
+        if version.is_missing:
+            return 0
+        if isinstance(version, TaskStoreVersion):
+            return version.number
+        raise TypeError(f"not a version this store gave: {version!r}")
 
 
 def _expected(version: TaskVersion) -> int:
     # MISSING (the SDK's "first write") is expected_version 0: must not exist.
-    if version.is_missing:
-        return 0
-    if isinstance(version, _Version):
-        return version.number
-    raise TypeError(f"not a version this store gave: {version!r}")
+    return TaskStoreVersion.number_of(version)
 
 
+def _answers_after(event: Event | None) -> int | None:
+    """How many answers the task includes once answer-driven `event` is applied
+    (None for an event that is not an agent's answer; see `answers`)."""
+    if isinstance(event, TaskStatusUpdateEvent | TaskArtifactUpdateEvent):
+        value = event.metadata.fields.get(ANSWERS_KEY)
+        if value is not None:
+            return int(value.number_value)
+    return None
+
+
+_REMEMBERED = 10_000  # tasks whose answer count is kept (others are read again)
 # Bounded read of one agent's tasks for ListTasks (see `list`).
 _LIST_LIMIT = 100
 
@@ -74,6 +108,8 @@ class ContextTaskStore(VersionedTaskStore):
         self._client = client
         self._agent_id = agent_id
         self._ttl = ttl
+        # Task id -> (version, answers it includes) as last read or written here.
+        self._answers: OrderedDict[str, tuple[int, int]] = OrderedDict()
 
     def _name(self, task_id: str) -> str:
         return f"{self._agent_id}/{task_id}"
@@ -87,10 +123,39 @@ class ContextTaskStore(VersionedTaskStore):
         prev_version: TaskVersion,
         context: ServerCallContext,
     ) -> TaskVersion:
-        del event, prev, context
+        del context
         if task.status.state == TaskState.TASK_STATE_CANCELED:
             return await self._save_cancel(task)
+        answers = _answers_after(event)
+        if answers is not None:
+            # Not answers_included(prev): a2a-sdk changes its task in place, so
+            # `prev` may be `task` itself, the event already applied.
+            if await self._answers_at(task.id, prev_version) >= answers:
+                # Already in: a driver that lost its lease (a2a-sdk reloads the task
+                # after a conflict and applies its event again). Kept once.
+                return prev_version
+            task.metadata.update({ANSWERS_KEY: answers})
         return await self._put(task, _expected(prev_version))
+
+    def _remember(self, task: Task, version: int) -> None:
+        self._answers[task.id] = (version, answers_included(task))
+        self._answers.move_to_end(task.id)
+        while len(self._answers) > _REMEMBERED:
+            self._answers.popitem(last=False)
+
+    async def _answers_at(self, task_id: str, version: TaskVersion) -> int:
+        """How many answers version `version` of task `task_id` includes."""
+        number = TaskStoreVersion.number_of(version)
+        if number == 0:
+            return 0
+        known = self._answers.get(task_id)
+        if known is None or known[0] != number:
+            stored = await self.get(task_id, ServerCallContext())
+            known = self._answers.get(task_id)
+            if stored is None or known is None or known[0] != number:
+                # Written since: the compare-and-set would fail anyway.
+                raise ConcurrentTaskModificationError(task_id)
+        return known[1]
 
     async def _save_cancel(self, task: Task) -> TaskVersion:
         # The SDK's rule: a cancel overwrites any non-terminal task, whatever
@@ -121,7 +186,8 @@ class ContextTaskStore(VersionedTaskStore):
             if exc.code in (grpc.StatusCode.ABORTED, grpc.StatusCode.ALREADY_EXISTS):
                 raise ConcurrentTaskModificationError(task.id) from exc
             raise
-        return _Version(document.version)
+        self._remember(task, document.version)
+        return TaskStoreVersion(document.version)
 
     async def get(self, task_id: str, context: ServerCallContext) -> StoredTask | None:
         del context
@@ -132,7 +198,8 @@ class ContextTaskStore(VersionedTaskStore):
                 return None
             raise
         task = json_format.Parse(value.data, Task())
-        return StoredTask(task, _Version(value.document.version))
+        self._remember(task, value.document.version)
+        return StoredTask(task, TaskStoreVersion(value.document.version))
 
     async def list(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
         """This agent's tasks, newest change first, filtered by context id and state.

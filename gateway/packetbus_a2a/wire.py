@@ -13,6 +13,7 @@ speech act             data                                       A2A event
 =====================  =========================================  =====================
 INFORM                 ``{"a2a": "status", "text": T}``           status WORKING, T
 INFORM                 ``{"a2a": "artifact", "name": N, "text": T}``  artifact N: T
+INFORM                 ``{"a2a": "input", "text": T}``            status INPUT_REQUIRED, T
 INFORM                 ``{"a2a": "final", "text": T}``            status COMPLETED, T
 FAILURE                ``{"a2a": "final", "text": T}``            status FAILED, T
 REFUSE                 ``{"a2a": "final", "text": T}``            status REJECTED, T
@@ -39,8 +40,13 @@ PROTOCOL = "a2a"
 _NAMESPACE = uuid.UUID("5b0f3c1e-8a53-4b8e-9a57-2f3f3f0a2a2a")
 _REPLY_PREFIX = "a2a.task."
 
-AnswerKind = Literal["status", "artifact", "final"]
-_KINDS: dict[str, AnswerKind] = {"status": "status", "artifact": "artifact", "final": "final"}
+AnswerKind = Literal["status", "artifact", "input", "final"]
+_KINDS: dict[str, AnswerKind] = {
+    "status": "status",
+    "artifact": "artifact",
+    "input": "input",
+    "final": "final",
+}
 
 
 def reply_address(task_id: str) -> str:

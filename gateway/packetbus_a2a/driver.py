@@ -1,0 +1,121 @@
+"""Taking over a task whose answers nobody follows any more (its replica died).
+
+The replica that received a task's message follows its answers in
+`InboxExecutor`, holding the task's `lease`. When that replica is gone, the
+answers keep arriving in the task's reply inbox but nobody turns them into
+events. `TaskDriver.take_over` is what any other replica runs while it serves
+SubscribeToTask for the task (`event_stream`): once a second it tries to take
+the lease; with it, it applies the answers the task does not include yet
+(``packetbus.answers``, see `answers`) through a2a-sdk's `TaskManager` and the
+shared task store, and publishes each event on the task's event topic,
+exactly as the first replica would have, until the agent's turn ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from a2a.server.cluster.event_stream import VersionedEvent
+from a2a.server.cluster.task_store import ConcurrentTaskModificationError
+from a2a.server.context import ServerCallContext
+from a2a.server.tasks import TaskManager
+from a2a.types.a2a_pb2 import Task
+
+from packetbus import Client, PacketbusError
+
+from .answers import (
+    INTERRUPTED_STATES,
+    TERMINAL_STATES,
+    answer_event,
+    answers_included,
+    ends_turn,
+    follow_answers,
+)
+from .event_stream import TopicEventStream
+from .lease import Lease
+from .task_store import ContextTaskStore
+
+_log = logging.getLogger(__name__)
+_RETRY_SECONDS = 1.0
+
+
+def _needs_driver(task: Task | None) -> bool:
+    # A task waiting for the user's input has no answers to follow until it
+    # gets a message, and that message's replica drives it.
+    return task is not None and task.status.state not in TERMINAL_STATES | INTERRUPTED_STATES
+
+
+class TaskDriver:
+    """Takes over agent `agent_id`'s tasks for replica `holder` (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: Client,
+        agent_id: str,
+        holder: str,
+        store: ContextTaskStore,
+        stream: TopicEventStream,
+    ) -> None:
+        self._client = client
+        self._agent_id = agent_id
+        self._holder = holder
+        self._store = store
+        self._stream = stream
+
+    async def take_over(self, task_id: str) -> None:
+        """Drive task `task_id` whenever its lease is free, until it needs no driver.
+
+        Runs until cancelled or the task is terminal or waiting for input; store
+        failures are logged and tried again, never raised (a subscriber is waiting).
+        """
+        while True:
+            try:
+                if await self._drive_once(task_id):
+                    return
+            except PacketbusError as exc:
+                _log.warning("task %s: taking over failed, trying again: %s", task_id, exc)
+            await asyncio.sleep(_RETRY_SECONDS)
+
+    async def _drive_once(self, task_id: str) -> bool:
+        """One attempt; True when the task needs no driver (any more)."""
+        lease = Lease(self._client, self._agent_id, task_id, self._holder)
+        if not await lease.acquire():
+            return False
+        try:
+            manager = TaskManager(self._store, ServerCallContext(), task_id, None, None)
+            task = await manager.get_task()
+            if not _needs_driver(task):
+                return True
+            assert task is not None
+            # The last driver may have died between saving an event and publishing
+            # it: the snapshot at that version stands in for it (stored only if
+            # that version has no event yet).
+            await self._stream.publish_unless_taken(
+                task_id, VersionedEvent(task, manager.current_version)
+            )
+            return await self._apply_answers(manager, task, lease)
+        finally:
+            await lease.release()
+
+    async def _apply_answers(self, manager: TaskManager, task: Task, lease: Lease) -> bool:
+        async for numbered in follow_answers(self._client, task.id, start=answers_included(task)):
+            if not lease.held:
+                return False
+            event = answer_event(numbered, task_id=task.id, context_id=task.context_id)
+            try:
+                await manager.save_task_event(event)
+            except ConcurrentTaskModificationError:
+                # Changed meanwhile (cancelled on another replica, or applied by
+                # a driver that lost its lease): go on from what is stored.
+                manager.invalidate()
+                current = await manager.get_task()
+                if not _needs_driver(current):
+                    return True
+                if answers_included(current) > numbered.index:
+                    continue
+                await manager.save_task_event(event)
+            await self._stream.publish(task.id, VersionedEvent(event, manager.current_version))
+            if ends_turn(numbered.answer):
+                return True
+        return False

@@ -1,0 +1,293 @@
+"""A2A tasks across gateway replicas: streams that resume elsewhere, a replica killed
+mid-task, follow-up messages (input required) and cancels recorded on another
+replica. Real `packetbus serve`, real `packetbus a2a serve` processes, the
+unmodified a2a-sdk client, and a packetbus agent using the helper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+from a2a.client import Client as A2AClient
+from a2a.client import ClientConfig, ClientFactory
+from a2a.types.a2a_pb2 import (
+    CancelTaskRequest,
+    GetTaskRequest,
+    Role,
+    SendMessageRequest,
+    StreamResponse,
+    SubscribeToTaskRequest,
+    TaskState,
+)
+
+import packetbus
+from packetbus import EARLIEST, SpeechAct
+from packetbus_a2a import A2AAgent, A2ARequest
+from packetbus_a2a.answers import ANSWERS_KEY
+from packetbus_a2a.event_stream import events_topic, read_event_packet
+from packetbus_a2a.task_store import SCOPE, TaskStoreVersion
+from packetbus_a2a.wire import tracking_id
+from tests.conftest import unique
+from tests.test_a2a_gateway import responses, start_gateway, stop, texts, user_message
+
+pytestmark = pytest.mark.one_backend
+
+Serve = Callable[[A2ARequest], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def running_agent(client: packetbus.Client, serve: Serve) -> AsyncIterator[str]:
+    """A registered agent whose every request `serve` answers: its id."""
+    agent_id = unique("a2a-replica")
+    await client.register_agent(agent_id, role="stepper", ttl=300)
+    agent = await A2AAgent.open(client, agent_id)
+
+    async def loop() -> None:
+        async for request in agent:
+            await serve(request)
+
+    running = asyncio.create_task(loop())
+    try:
+        yield agent_id
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await agent.close()
+
+
+@contextlib.asynccontextmanager
+async def a2a_client(url: str, *, streaming: bool = False) -> AsyncIterator[A2AClient]:
+    """The unmodified a2a-sdk client for the agent at `url` (JSON-RPC), waiting up to
+    30 s between events: a takeover waits for the lost replica's lease to expire."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        factory = ClientFactory(ClientConfig(streaming=streaming, httpx_client=http))
+        a2a = await factory.create_from_url(url)
+        try:
+            yield a2a
+        finally:
+            await a2a.close()
+
+
+def kind(response: StreamResponse) -> str:
+    return response.WhichOneof("payload") or ""
+
+
+async def until_status(stream: AsyncIterator[StreamResponse], text: str) -> list[StreamResponse]:
+    """Read `stream` up to and including the status update whose message is `text`."""
+    seen: list[StreamResponse] = []
+    async with asyncio.timeout(20):
+        async for response in stream:
+            seen.append(response)
+            update = response.status_update
+            if kind(response) == "status_update" and texts(update.status.message) == [text]:
+                return seen
+    raise AssertionError(f"the stream ended before status {text!r}: {seen}")
+
+
+async def test_stream_resumes_on_another_replica_after_the_first_is_killed(
+    target: str, client: packetbus.Client
+) -> None:
+    go_on = asyncio.Event()
+
+    async def serve(request: A2ARequest) -> None:
+        await request.status("step 0")
+        await go_on.wait()
+        for i in (1, 2, 3):
+            await request.artifact(f"part {i}", f"text {i}")
+        await request.finish("all done")
+
+    first, first_url = start_gateway(target)
+    second, second_url = start_gateway(target)
+    try:
+        async with running_agent(client, serve) as agent_id:
+            async with a2a_client(f"{first_url}/agents/{agent_id}", streaming=True) as a2a:
+                stream = a2a.send_message(SendMessageRequest(message=user_message("count")))
+                seen = await until_status(stream, "step 0")
+                task_id = seen[0].task.id
+                first.kill()  # no drain: the replica following the task is gone
+                first.wait(timeout=10)
+                with contextlib.suppress(Exception):
+                    await stream.aclose()  # type: ignore[attr-defined]
+
+            async with a2a_client(f"{second_url}/agents/{agent_id}", streaming=True) as other:
+                events = other.subscribe(SubscribeToTaskRequest(id=task_id))
+                async with asyncio.timeout(30):
+                    snapshot = await anext(events)
+                    # Answers arrive only now: the second replica must take the task over
+                    # (once the first one's lease expires) and apply them.
+                    go_on.set()
+                    rest = [response async for response in events]
+                stored = await other.get_task(GetTaskRequest(id=task_id))
+    finally:
+        stop(second)
+
+    assert kind(snapshot) == "task"
+    assert snapshot.task.status.state == TaskState.TASK_STATE_WORKING
+    assert texts(snapshot.task.status.message) == ["step 0"]
+    assert list(snapshot.task.artifacts) == []
+    # Every remaining event exactly once, in order.
+    assert [kind(r) for r in rest] == ["artifact_update"] * 3 + ["status_update"]
+    assert [r.artifact_update.artifact.name for r in rest[:3]] == ["part 1", "part 2", "part 3"]
+    assert [[p.text for p in r.artifact_update.artifact.parts] for r in rest[:3]] == [
+        ["text 1"],
+        ["text 2"],
+        ["text 3"],
+    ]
+    assert rest[3].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+    assert texts(rest[3].status_update.status.message) == ["all done"]
+    # The task as stored: each answer applied once (status, 3 artifacts, final).
+    assert stored.status.state == TaskState.TASK_STATE_COMPLETED
+    assert [a.name for a in stored.artifacts] == ["part 1", "part 2", "part 3"]
+    assert stored.metadata.fields[ANSWERS_KEY].number_value == 5
+
+    # The event topic holds each version once, in order, ending with the final one.
+    versions = await logged_versions(client, agent_id, task_id)
+    assert versions == sorted(set(versions))
+    document = await client.get_context(SCOPE, f"{agent_id}/{task_id}")
+    assert versions[-1] == document.document.version
+
+
+async def logged_versions(client: packetbus.Client, agent_id: str, task_id: str) -> list[int]:
+    """The versions of the events on the task's topic, up to its final event."""
+    versions: list[int] = []
+    async with client.subscribe(events_topic(agent_id, task_id), start=EARLIEST) as log:
+        async with asyncio.timeout(10):
+            async for stored in log:
+                event = read_event_packet(stored.packet)
+                assert event is not None
+                versions.append(TaskStoreVersion.number_of(event.version))
+                state = getattr(event.event, "status", None)
+                if state is not None and state.state == TaskState.TASK_STATE_COMPLETED:
+                    return versions
+    raise AssertionError("unreachable")
+
+
+async def test_stream_resumes_elsewhere_while_the_first_replica_drives(
+    target: str, client: packetbus.Client
+) -> None:
+    two_sent, go_on = asyncio.Event(), asyncio.Event()
+
+    async def serve(request: A2ARequest) -> None:
+        await request.status("step 0")
+        await request.artifact("part 1", "text 1")
+        await request.artifact("part 2", "text 2")
+        two_sent.set()
+        await go_on.wait()
+        await request.artifact("part 3", "text 3")
+        await request.finish("all done")
+
+    first, first_url = start_gateway(target)
+    second, second_url = start_gateway(target)
+    try:
+        async with running_agent(client, serve) as agent_id:
+            async with a2a_client(f"{first_url}/agents/{agent_id}", streaming=True) as a2a:
+                stream = a2a.send_message(SendMessageRequest(message=user_message("count")))
+                seen = await until_status(stream, "step 0")
+                task_id = seen[0].task.id
+                await stream.aclose()  # type: ignore[attr-defined]  # the client goes away
+            await asyncio.wait_for(two_sent.wait(), 10)
+            async with a2a_client(f"{second_url}/agents/{agent_id}", streaming=True) as other:
+                async with asyncio.timeout(20):
+                    # The first replica still follows the task: wait until it applied both.
+                    while len((await other.get_task(GetTaskRequest(id=task_id))).artifacts) < 2:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+                    events = other.subscribe(SubscribeToTaskRequest(id=task_id))
+                    snapshot = await anext(events)
+                    go_on.set()
+                    rest = [response async for response in events]
+    finally:
+        stop(first)
+        stop(second)
+
+    assert kind(snapshot) == "task"
+    assert [a.name for a in snapshot.task.artifacts] == ["part 1", "part 2"]
+    assert [kind(r) for r in rest] == ["artifact_update", "status_update"]
+    assert rest[0].artifact_update.artifact.name == "part 3"
+    assert rest[1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+    versions = await logged_versions(client, agent_id, task_id)
+    assert versions == sorted(set(versions))
+
+
+async def test_follow_up_message_after_input_required(
+    target: str, client: packetbus.Client
+) -> None:
+    async def serve(request: A2ARequest) -> None:
+        if request.text == "translate this":
+            await request.status("reading")
+            await request.ask("into which language?")
+        else:
+            await request.artifact("translation", f"[{request.text}] this")
+            await request.finish("translated")
+
+    first, first_url = start_gateway(target)
+    second, second_url = start_gateway(target)
+    try:
+        async with running_agent(client, serve) as agent_id:
+            async with a2a_client(f"{first_url}/agents/{agent_id}") as a2a:
+                [asked] = await responses(a2a, user_message("translate this"))
+            assert asked.task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+            assert texts(asked.task.status.message) == ["into which language?"]
+
+            # The reply goes to another replica; only the new answers are applied.
+            reply = user_message("french")
+            reply.task_id, reply.context_id = asked.task.id, asked.task.context_id
+            async with a2a_client(f"{second_url}/agents/{agent_id}", streaming=True) as other:
+                events = await responses(other, reply)
+                stored = await other.get_task(GetTaskRequest(id=asked.task.id))
+    finally:
+        stop(first)
+        stop(second)
+
+    assert [kind(e) for e in events][-2:] == ["artifact_update", "status_update"]
+    assert events[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+    assert stored.status.state == TaskState.TASK_STATE_COMPLETED
+    assert texts(stored.status.message) == ["translated"]
+    assert [a.name for a in stored.artifacts] == ["translation"]
+    assert [p.text for p in stored.artifacts[0].parts] == ["[french] this"]
+    assert stored.metadata.fields[ANSWERS_KEY].number_value == 4
+    assert [texts(m) for m in stored.history if m.role == Role.ROLE_USER] == [
+        ["translate this"],
+        ["french"],
+    ]
+
+
+async def test_cancel_on_another_replica_reaches_the_agent(
+    target: str, client: packetbus.Client
+) -> None:
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def serve(request: A2ARequest) -> None:
+        await request.status("working on it")
+        started.set()
+
+    first, first_url = start_gateway(target)
+    second, second_url = start_gateway(target)
+    try:
+        async with running_agent(client, serve) as agent_id:
+            async with a2a_client(f"{first_url}/agents/{agent_id}") as a2a:
+                [response] = await responses(
+                    a2a, user_message("a long job"), return_immediately=True
+                )
+                task_id = response.task.id
+                await asyncio.wait_for(started.wait(), 10)
+            async with a2a_client(f"{second_url}/agents/{agent_id}") as other:
+                canceled = await other.cancel_task(CancelTaskRequest(id=task_id))
+            assert canceled.status.state == TaskState.TASK_STATE_CANCELED
+            cancel = await client.verify_custody(tracking_id(task_id, "cancel"))
+            assert cancel.verified
+            assert cancel.packet.packet.speech_act == SpeechAct.SPEECH_ACT_CANCEL
+            assert cancel.packet.packet.reply_with == task_id
+            cancelled.set()
+            async with a2a_client(f"{first_url}/agents/{agent_id}") as a2a:
+                assert (await a2a.get_task(GetTaskRequest(id=task_id))).status.state == (
+                    TaskState.TASK_STATE_CANCELED
+                )
+    finally:
+        stop(first)
+        stop(second)
+    assert cancelled.is_set()
