@@ -9,6 +9,7 @@ import contextlib
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -302,6 +303,27 @@ async def test_empty_tenant_goes_to_the_default_agent(
             assert elsewhere.status.state == TaskState.TASK_STATE_COMPLETED
     finally:
         stop(other)
+
+
+async def test_sigterm_drains_a_stream_under_way(target: str, client: packetbus.Client) -> None:
+    quiet = unique("a2a-grpc-never")  # registered, never answering
+    await client.register_agent(quiet, role="slow", ttl=300)
+    process, gateway = start_grpc_gateway(target)
+    async with stub(gateway.grpc) as a2a:
+        stream = a2a.SendStreamingMessage(
+            SendMessageRequest(message=user_message("wait"), tenant=quiet)
+        )
+        first = await anext(aiter(stream))
+        assert first.task.status.state == TaskState.TASK_STATE_SUBMITTED
+        started = time.monotonic()
+        process.terminate()
+        # The call gets its grace (GRPC_GRACE, 5 s), then is cancelled; exit 0.
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            async for _ in stream:
+                pass
+        assert ended.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+        assert await asyncio.to_thread(process.wait, 20) == 0
+        assert 4 < time.monotonic() - started < 20
 
 
 async def test_http_tenant_must_match_the_path(gateway: Gateway, echo: A2AAgent) -> None:

@@ -25,8 +25,8 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 class GrpcGateway:
-    """A started gRPC server for the gateway's agents; `port` is the bound port
-    (the kernel's pick when 0 was asked)."""
+    """The gateway's gRPC server: bound by `bind` (`port` is the bound port, the
+    kernel's pick when 0 was asked), serving once `start`ed."""
 
     def __init__(self, server: grpc.aio.Server, health: HealthServicer, port: int) -> None:
         self._server = server
@@ -34,8 +34,9 @@ class GrpcGateway:
         self.port = port
 
     @classmethod
-    async def start(cls, router: AgentRouter, host: str, port: int) -> GrpcGateway:
-        """Serve A2A over gRPC on `host`:`port` (port 0: any free one). Raises
+    def bind(cls, router: AgentRouter, host: str, port: int) -> GrpcGateway:
+        """A server for A2A over gRPC bound to `host`:`port` (port 0: any free one),
+        not serving yet: the caller puts the port in the cards first. Raises
         OSError when the address cannot be bound."""
         # No SO_REUSEPORT: a port another process holds is refused, not shared.
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -53,10 +54,13 @@ class GrpcGateway:
             raise OSError(
                 errno.EADDRINUSE, f"cannot listen on {address}: address in use or not available"
             )
-        await server.start()
-        for service in ("", A2A_SERVICE):
-            await health.set(service, _SERVING)
         return cls(server, health, bound)
+
+    async def start(self) -> None:
+        """Serve; health says SERVING."""
+        await self._server.start()
+        for service in ("", A2A_SERVICE):
+            await self._health.set(service, _SERVING)
 
     async def stop(self, grace: float) -> None:
         """Drain: health says NOT_SERVING, new calls are refused, calls under way

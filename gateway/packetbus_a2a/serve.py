@@ -56,13 +56,14 @@ async def serve(
             uvicorn.Config(gateway, host=host, port=port, log_level="warning", lifespan="on")
         )
         server.ready_line = f"packetbus a2a gateway serving on {base_url}"
-        if grpc_port is not None:
-            server.grpc = await GrpcGateway.start(gateway.router, grpc_host, grpc_port)
-            gateway.grpc_address = (
-                grpc_public_address or f"{_url_host(grpc_host)}:{server.grpc.port}"
-            )
-            server.ready_line += f" and gRPC on {_url_host(grpc_host)}:{server.grpc.port}"
         try:
+            if grpc_port is not None:
+                server.grpc = GrpcGateway.bind(gateway.router, grpc_host, grpc_port)
+                bound = f"{_url_host(grpc_host)}:{server.grpc.port}"
+                # In the cards before the first call can build a handler (and its card).
+                gateway.grpc_address = grpc_public_address or bound
+                await server.grpc.start()
+                server.ready_line += f" and gRPC on {bound}"
             await server.serve()
         finally:
             await server.stop_grpc()
