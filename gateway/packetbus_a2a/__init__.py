@@ -1,20 +1,30 @@
 """packetbus_a2a: an A2A (Agent2Agent) gateway to packetbus agents (``packetbus[a2a]``).
 
-Run it with ``packetbus a2a serve --target HOST:PORT --listen 127.0.0.1:8080``. The
-gateway is a packetbus *client* (it never talks to Redis), built on a2a-sdk 1.3's
-server components: its `DefaultRequestHandler`, JSON-RPC and HTTP+JSON routes, and
-the `AgentExecutor` / `VersionedTaskStore` interfaces. Any number of replicas may
-run against one packetbus server.
+Run it with ``packetbus a2a serve --target HOST:PORT --listen 127.0.0.1:8080``
+(add ``--grpc-listen 127.0.0.1:50052`` for gRPC). The gateway is a packetbus
+*client* (it never talks to Redis), built on a2a-sdk 1.3's server components: its
+`DefaultRequestHandler`, JSON-RPC and HTTP+JSON routes, gRPC servicer
+(`GrpcHandler`) and the `AgentExecutor` / `VersionedTaskStore` interfaces. Any
+number of replicas may run against one packetbus server.
 
 What maps to what:
 
 - Agent cards: one per registered agent (AgentService.GetAgent): id -> name, role
   -> description, each capability -> a skill, interfaces at ``/agents/<id>/``
-  (JSON-RPC) and ``/agents/<id>/rest`` (HTTP+JSON); served at
+  (JSON-RPC), ``/agents/<id>/rest`` (HTTP+JSON) and, with gRPC on, ``host:port``
+  (gRPC, tenant = the agent id; ``--grpc-public-address``); served at
   ``/agents/<id>/.well-known/agent-card.json`` and, for ``--default-agent``, at
   ``/.well-known/agent-card.json``; ETag + ``Cache-Control: public, max-age=60``
   (`cards`).
-- SendMessage (blocking and streaming, both transports): a REQUEST packet to the
+- Transports: JSON-RPC and HTTP+JSON on the HTTP listener (`app`), gRPC
+  (``lf.a2a.v1.A2AService`` and gRPC health) on its own (`grpc_server`), one
+  process; all go through one `AgentRouter` to one LRU of per-agent
+  `DefaultRequestHandler`s (`routing`, `handlers`).
+- Routing: HTTP by path (``/agents/<id>/``); an A2A ``tenant`` (JSON-RPC params,
+  the HTTP+JSON binding's ``/rest/<tenant>/...`` paths) naming another agent is
+  InvalidParams (-32602 / HTTP 400). gRPC by the request's ``tenant``, the
+  default agent when empty; no such agent: ``NOT_FOUND``.
+- SendMessage (blocking and streaming, every transport): a REQUEST packet to the
   agent's inbox; A2A context id -> conversation_id, A2A task id -> reply_with,
   origin ``a2a.task.<task id>``, whose inbox receives the agent's answers. Answers
   (packets in reply, see `wire`) -> WORKING status updates, artifacts and the final
@@ -29,7 +39,9 @@ What maps to what:
 
 Not done yet (later slices of issue 18):
 
-- the gRPC transport; routing by the A2A ``tenant`` (agents are chosen by path);
+- TLS on the gateway's own listeners (HTTP and gRPC are plaintext: loopback by
+  default, or behind a TLS proxy); the HTTP side has no tenant routing at its
+  root (``/`` JSON-RPC without a path), only by path;
 - cross-replica streams: a stream is served by the replica that runs the task, and
   SubscribeToTask works only there (the task's answers are a packetbus topic, but no
   a2a-sdk `TaskEventStream` is wired to it yet); a replica killed mid-task ends

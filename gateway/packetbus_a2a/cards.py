@@ -1,10 +1,12 @@
 """A2A agent cards built from packetbus's agent registry, and their HTTP answer.
 
 One card per registered agent: name = the agent id, description from its role,
-one skill per capability, and two interfaces at the gateway: JSON-RPC at
-``<base>/agents/<id>/`` and HTTP+JSON at ``<base>/agents/<id>/rest``
-(`<id>` percent-encoded). Streaming is on; push notifications are absent (the
-gateway refuses them).
+one skill per capability, and its interfaces at the gateway: JSON-RPC at
+``<base>/agents/<id>/`` and HTTP+JSON at ``<base>/agents/<id>/rest`` (`<id>`
+percent-encoded; no tenant: the path names the agent), and, when the gateway
+serves gRPC, gRPC at ``host:port`` with tenant = the agent id (a2a-sdk's client
+puts an interface's tenant in every request). Streaming is on; push
+notifications are absent (the gateway refuses them).
 """
 
 from __future__ import annotations
@@ -39,26 +41,37 @@ def agent_base_url(base_url: str, agent_id: str) -> str:
     return base_url.rstrip("/") + AGENTS_PREFIX + quote(agent_id, safe="")
 
 
-def build_card(agent: agent_service_pb2.Agent, base_url: str) -> AgentCard:
-    """The A2A card for one registered agent, served by the gateway at `base_url`."""
+def build_card(agent: agent_service_pb2.Agent, base_url: str, grpc_address: str = "") -> AgentCard:
+    """The A2A card for one registered agent, served by the gateway at `base_url`
+    (HTTP) and, unless "", at `grpc_address` (``host:port``, gRPC)."""
     url = agent_base_url(base_url, agent.id)
     role = agent.role or "agent"
+    interfaces = [
+        AgentInterface(
+            url=url + "/",
+            protocol_binding=TransportProtocol.JSONRPC.value,
+            protocol_version=PROTOCOL_VERSION_CURRENT,
+        ),
+        AgentInterface(
+            url=url + REST_SUFFIX,
+            protocol_binding=TransportProtocol.HTTP_JSON.value,
+            protocol_version=PROTOCOL_VERSION_CURRENT,
+        ),
+    ]
+    if grpc_address:
+        interfaces.append(
+            AgentInterface(
+                url=grpc_address,
+                protocol_binding=TransportProtocol.GRPC.value,
+                tenant=agent.id,
+                protocol_version=PROTOCOL_VERSION_CURRENT,
+            )
+        )
     return AgentCard(
         name=agent.id,
         description=f"packetbus agent {agent.id} ({role}), reached through its inbox",
         version="1.0",
-        supported_interfaces=[
-            AgentInterface(
-                url=url + "/",
-                protocol_binding=TransportProtocol.JSONRPC.value,
-                protocol_version=PROTOCOL_VERSION_CURRENT,
-            ),
-            AgentInterface(
-                url=url + REST_SUFFIX,
-                protocol_binding=TransportProtocol.HTTP_JSON.value,
-                protocol_version=PROTOCOL_VERSION_CURRENT,
-            ),
-        ],
+        supported_interfaces=interfaces,
         # push_notifications left unset: absent from the card, not false.
         capabilities=AgentCapabilities(streaming=True),
         default_input_modes=["text/plain"],

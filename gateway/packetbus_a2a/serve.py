@@ -1,4 +1,12 @@
-"""Run the gateway: a packetbus client and the ASGI app under uvicorn."""
+"""Run the gateway: a packetbus client, the ASGI app under uvicorn and, when asked,
+the gRPC server (`grpc_server`) in the same process and event loop.
+
+Once every listener is up it prints one line (what a supervisor or a test waits
+for): ``packetbus a2a gateway serving on <base URL>``, followed by
+`` and gRPC on <host:port>`` when gRPC is on. SIGTERM drains: gRPC health turns
+NOT_SERVING and gRPC calls under way get `GRPC_GRACE` seconds, then the HTTP side
+stops and the agents' handlers are closed; the exit status is 0.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,9 @@ import uvicorn
 from packetbus import Client, ClientConfig
 
 from .app import Gateway
+from .grpc_server import GrpcGateway
+
+GRPC_GRACE = 5.0  # seconds gRPC calls under way may take to finish on a drain
 
 
 async def serve(
@@ -22,11 +33,17 @@ async def serve(
     default_agent: str = "",
     public_url: str = "",
     answer_timeout: float = 300.0,
+    grpc_host: str = "",
+    grpc_port: int | None = None,
+    grpc_public_address: str = "",
 ) -> None:
-    """Serve A2A on `host`:`port` for the agents of the packetbus server at `target`
-    until SIGINT/SIGTERM. `public_url`: the base URL put in agent cards
-    (default ``http://host:port``). Raises PacketbusError when `target` is unreachable
-    (within 10 s) and OSError when the port cannot be bound."""
+    """Serve A2A on `host`:`port` (HTTP) and, when `grpc_port` is given, on
+    `grpc_host`:`grpc_port` (gRPC; port 0: any free one) for the agents of the
+    packetbus server at `target`, until SIGINT/SIGTERM. `public_url`: the base URL
+    put in agent cards (default ``http://host:port``); `grpc_public_address`: the
+    ``host:port`` put in them for gRPC (default the bound gRPC address). Raises
+    PacketbusError when `target` is unreachable (within 10 s) and OSError when a
+    port cannot be bound."""
     async with await Client.connect(target, config=config, timeout=10) as client:
         base_url = public_url or f"http://{_url_host(host)}:{port}"
         gateway = Gateway(
@@ -39,7 +56,17 @@ async def serve(
             uvicorn.Config(gateway, host=host, port=port, log_level="warning", lifespan="on")
         )
         server.ready_line = f"packetbus a2a gateway serving on {base_url}"
-        await server.serve()
+        try:
+            if grpc_port is not None:
+                server.grpc = GrpcGateway.bind(gateway.router, grpc_host, grpc_port)
+                bound = f"{_url_host(grpc_host)}:{server.grpc.port}"
+                # In the cards before the first call can build a handler (and its card).
+                gateway.grpc_address = grpc_public_address or bound
+                await server.grpc.start()
+                server.ready_line += f" and gRPC on {bound}"
+            await server.serve()
+        finally:
+            await server.stop_grpc()
         if not server.started:
             raise OSError(f"cannot listen on {host}:{port}")
 
@@ -49,9 +76,21 @@ def _url_host(host: str) -> str:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, printing `ready_line` once it listens."""
+    """uvicorn's server, printing `ready_line` once it listens, and stopping `grpc`
+    (if any) before its own shutdown closes the handlers gRPC calls use."""
 
     ready_line = ""
+    grpc: GrpcGateway | None = None
+
+    async def stop_grpc(self) -> None:
+        """Drain and stop the gRPC server, once."""
+        grpc, self.grpc = self.grpc, None
+        if grpc is not None:
+            await grpc.stop(GRPC_GRACE)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.stop_grpc()
+        await super().shutdown(sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
