@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import asyncio
 
-from a2a.helpers import get_message_text, new_text_part
+from a2a.helpers import new_text_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.tasks import TaskUpdater
-from a2a.types.a2a_pb2 import Message, Task, TaskState, TaskStatus
-from google.protobuf import json_format
+from a2a.types.a2a_pb2 import Message, Part, Task, TaskState, TaskStatus
+from a2a.utils.errors import InvalidParamsError
 
 from packetbus import EARLIEST, Client, SpeechAct
 from packetbus._inbox import inbox_topic
 
-from .wire import Answer, cancel_packet, read_answer, reply_address, request_packet
+from .parts import PartCodec, PartRefused, message_packet
+from .wire import Answer, cancel_packet, read_answer, reply_address
 
 
 class InboxExecutor(AgentExecutor):
@@ -37,6 +38,7 @@ class InboxExecutor(AgentExecutor):
         self._client = client
         self._agent_id = agent_id
         self._answer_timeout = answer_timeout
+        self._parts = PartCodec(client)
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         message = context.message
@@ -44,6 +46,14 @@ class InboxExecutor(AgentExecutor):
         if message is None or not task_id or not context_id:
             raise ValueError("a request without a message, task id or context id")
         updater = TaskUpdater(event_queue, task_id, context_id)
+        # Built (large parts put in documents) before the task is stored: a part that
+        # cannot travel is the caller's INVALID_PARAMS, with no task and no packet.
+        try:
+            packet = await message_packet(
+                self._parts, message, task_id=task_id, context_id=context_id
+            )
+        except PartRefused as exc:
+            raise InvalidParamsError(message=str(exc)) from None
         if context.current_task is None:
             await event_queue.enqueue_event(
                 Task(
@@ -53,13 +63,6 @@ class InboxExecutor(AgentExecutor):
                     history=[message],
                 )
             )
-        packet = request_packet(
-            task_id=task_id,
-            context_id=context_id,
-            message_id=message.message_id,
-            text=get_message_text(message),
-            message_json=json_format.MessageToJson(message, indent=None),
-        )
         await self._client.send_to(self._agent_id, packet)
         try:
             async with asyncio.timeout(self._answer_timeout):
@@ -84,10 +87,11 @@ class InboxExecutor(AgentExecutor):
 
     async def _apply(self, answer: Answer, updater: TaskUpdater) -> bool:
         """Publish `answer` as an A2A event; True when it ends the task."""
+        parts = await self._parts.unpack(answer.entries)
         if answer.kind == "artifact":
-            await updater.add_artifact([new_text_part(answer.text)], name=answer.name or None)
+            await updater.add_artifact(parts, name=answer.name or None)
             return False
-        message = self._agent_message(updater, answer.text)
+        message = self._agent_message(updater, parts)
         if answer.kind == "status":
             await updater.start_work(message)
             return False
@@ -100,8 +104,9 @@ class InboxExecutor(AgentExecutor):
         return True
 
     @staticmethod
-    def _agent_message(updater: TaskUpdater, text: str) -> Message:
-        return updater.new_agent_message([new_text_part(text)])
+    def _agent_message(updater: TaskUpdater, content: str | list[Part]) -> Message:
+        parts = [new_text_part(content)] if isinstance(content, str) else content
+        return updater.new_agent_message(parts)
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         task_id, context_id = context.task_id, context.context_id
