@@ -221,6 +221,21 @@ async def test_over_the_context_limit_is_invalid_params_and_nothing_is_stored(
     assert seen == []
 
 
+async def test_a_message_too_large_without_its_parts_is_invalid_params_when_streaming(
+    gateway: str, echo: A2AAgent
+) -> None:
+    # Its metadata alone passes the packet limit: no part can move out to make room.
+    sent = message(Part(text="hi"))
+    sent.metadata.update({"note": "n" * PACKET_LIMIT})
+    async with a2a_client(gateway, streaming=True) as a2a:
+        with pytest.raises(InvalidParamsError) as refused:
+            await responses(a2a, sent)
+    assert refused.value.message.startswith("the packet is ")
+    assert refused.value.message.endswith(
+        f" bytes with every part in a document; at most {PACKET_LIMIT - HEADROOM} fit"
+    )
+
+
 async def test_an_answer_over_the_context_limit_fails_the_task(
     gateway: str, echo: A2AAgent
 ) -> None:

@@ -129,8 +129,8 @@ def part_from_content(entry: Entry, kind: str, content: bytes) -> Part:
 
 
 class PartCodec:
-    """Puts parts into packets and reads them back, through `client`'s context store.
-    `author`: the agent id written as each document's author."""
+    """Puts parts into packets and reads them back, through `client`'s context store
+    (documents in scope `SCOPE`). Holds the server's packet limit once asked."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
