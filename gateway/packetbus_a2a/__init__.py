@@ -33,6 +33,15 @@ What maps to what:
 - Tasks: ContextService documents (scope ``a2a-tasks``, name ``<agent id>/<task
   id>``), written with compare-and-set on the document version, so GetTask and
   ListTasks answer on every replica (`task_store`).
+- Parts of every kind (text, raw bytes, url, data, with media type, filename and
+  metadata) in both directions, unchanged: the request's parts reach the agent as
+  ``request.parts`` (a2a `Part`), and the agent's answers carry any parts. A part
+  that would pass the server's packet limit (GetServerInfo, read once) travels as
+  a ContextService document (scope ``a2a-parts``, name ``<task id>/<uuid>/<part
+  index>``, content type its media type) referenced from the packet and read back
+  on the other side; nothing is cut. One the context store refuses (over
+  ``max_context_bytes``) is INVALID_PARAMS to the A2A caller, with no task and no
+  packet stored (`parts`, `wire`).
 - A packetbus agent serves A2A without knowing it through `A2AAgent` (`agent`).
 - Push notifications: refused (a2a-sdk's push-notification-not-supported error);
   the capability is absent from every card (unset, not false).
@@ -50,9 +59,13 @@ Not done yet (later slices of issue 18):
   task's reply inbox from its start, so an earlier final answer would be replayed;
   the helper has no input-required answer yet;
 - ListTasks pages (it reads at most 100 tasks, no page token);
-- parts other than text (data, files, parts over the packet limit as context
-  documents); A2A credentials -> packetbus principals (the gateway calls packetbus
-  with its own connection settings: the CLI's --tls-*/token flags);
+- A2A credentials -> packetbus principals (the gateway calls packetbus with its
+  own connection settings: the CLI's --tls-*/token flags);
+- the task store keeps each task as one JSON document, its parts inline (a large
+  part is stored there again, base64, beside its ``a2a-parts`` document): a task
+  whose JSON passes ``max_context_bytes`` cannot be stored; an answer whose
+  document expired (24 h) or cannot be read ends the task's execution with an
+  error instead of a FAILED status;
 - an agent is not told when its task timed out at the gateway (`answer_timeout`).
 """
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import grpc
 from a2a.helpers import new_text_part
 from a2a.types.a2a_pb2 import (
     Artifact,
     Message,
-    Part,
     Role,
     Task,
     TaskArtifactUpdateEvent,
@@ -35,12 +35,14 @@ from a2a.types.a2a_pb2 import (
     TaskStatus,
     TaskStatusUpdateEvent,
 )
+from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 
-from packetbus import EARLIEST, Client, SpeechAct
+from packetbus import EARLIEST, Client, PacketbusError, SpeechAct
 from packetbus._inbox import inbox_topic
 from packetbus.v1 import packet_service_pb2
 
+from .parts import PartCodec
 from .wire import Answer, read_answer, reply_address
 
 ANSWERS_KEY = "packetbus.answers"
@@ -113,21 +115,44 @@ def answer_state(answer: Answer) -> TaskState:
     return TaskState.TASK_STATE_COMPLETED
 
 
+def _unreadable(answer: Answer) -> Answer:
+    # A final answer in place of one whose parts cannot be had: it ends the task.
+    return Answer("final", answer.text, answer.name, answer.speech_act)
+
+
 def ends_turn(answer: Answer) -> bool:
     """Whether `answer` ends the agent's turn (a final answer, or a question for the user)."""
     return answer.kind in ("final", "input")
 
 
-def answer_parts(answer: Answer) -> list[Part]:
-    """The A2A parts an answer carries."""
-    return [new_text_part(answer.text)]
+# Why an answer's parts cannot be had, ever: its document expired or is not what
+# the answer names (a transient failure is raised instead, and tried again).
+_LOST = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DATA_LOSS)
 
 
-def answer_event(numbered: NumberedAnswer, *, task_id: str, context_id: str) -> TaskEvent:
-    """The A2A event for one numbered answer (deterministic: see the module docstring)."""
+async def answer_event(
+    numbered: NumberedAnswer, codec: PartCodec, *, task_id: str, context_id: str
+) -> TaskEvent:
+    """The A2A event for one numbered answer (deterministic: see the module docstring).
+
+    Parts that travelled as context documents are read back with `codec`; an
+    answer whose documents are gone or altered ends the task FAILED, saying so.
+    Raises PacketbusError for a transient store failure.
+    """
     answer, packet = numbered.answer, numbered.stored.packet
     metadata = Struct()
     metadata.update({ANSWERS_KEY: numbered.index + 1})
+    state = answer_state(answer)
+    try:
+        parts = await codec.unpack(answer.entries)
+    except json_format.ParseError as exc:
+        answer, state = _unreadable(answer), TaskState.TASK_STATE_FAILED
+        parts = [new_text_part(f"the agent's answer {numbered.index} cannot be read: {exc}")]
+    except PacketbusError as exc:
+        if exc.code not in _LOST:
+            raise
+        answer, state = _unreadable(answer), TaskState.TASK_STATE_FAILED
+        parts = [new_text_part(f"the agent's answer {numbered.index} is lost: {exc.message}")]
     if answer.kind == "artifact":
         return TaskArtifactUpdateEvent(
             task_id=task_id,
@@ -135,7 +160,7 @@ def answer_event(numbered: NumberedAnswer, *, task_id: str, context_id: str) -> 
             artifact=Artifact(
                 artifact_id=packet.tracking_id,
                 name=answer.name,
-                parts=answer_parts(answer),
+                parts=parts,
             ),
             metadata=metadata,
         )
@@ -144,9 +169,9 @@ def answer_event(numbered: NumberedAnswer, *, task_id: str, context_id: str) -> 
         message_id=packet.tracking_id,
         task_id=task_id,
         context_id=context_id,
-        parts=answer_parts(answer),
+        parts=parts,
     )
-    status = TaskStatus(state=answer_state(answer), message=message)
+    status = TaskStatus(state=state, message=message)
     status.timestamp.CopyFrom(packet.dispatched_at)
     return TaskStatusUpdateEvent(
         task_id=task_id, context_id=context_id, status=status, metadata=metadata

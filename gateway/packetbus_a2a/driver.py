@@ -34,6 +34,7 @@ from .answers import (
 )
 from .event_stream import TopicEventStream
 from .lease import Lease
+from .parts import PartCodec
 from .task_store import ContextTaskStore
 
 _log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class TaskDriver:
         self._holder = holder
         self._store = store
         self._stream = stream
+        self._parts = PartCodec(client)
 
     async def take_over(self, task_id: str) -> None:
         """Drive task `task_id` whenever its lease is free, until it needs no driver.
@@ -102,7 +104,9 @@ class TaskDriver:
         async for numbered in follow_answers(self._client, task.id, start=answers_included(task)):
             if not lease.held:
                 return False
-            event = answer_event(numbered, task_id=task.id, context_id=task.context_id)
+            event = await answer_event(
+                numbered, self._parts, task_id=task.id, context_id=task.context_id
+            )
             try:
                 await manager.save_task_event(event)
             except ConcurrentTaskModificationError:

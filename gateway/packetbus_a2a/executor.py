@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import asyncio
 
-from a2a.helpers import get_message_text, new_text_part
+from a2a.helpers import new_text_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.tasks import TaskUpdater
 from a2a.types.a2a_pb2 import Task, TaskState, TaskStatus
-from google.protobuf import json_format
+from a2a.utils.errors import InvalidParamsError
 
 from packetbus import Client
 
 from .answers import answer_event, answers_included, ends_turn, follow_answers
 from .lease import Lease
-from .wire import cancel_packet, request_packet
+from .parts import PartCodec, PartRefused, message_packet
+from .wire import cancel_packet
 
 
 class InboxExecutor(AgentExecutor):
@@ -43,12 +44,21 @@ class InboxExecutor(AgentExecutor):
         self._agent_id = agent_id
         self._holder = holder
         self._answer_timeout = answer_timeout
+        self._parts = PartCodec(client)
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         message = context.message
         task_id, context_id = context.task_id, context.context_id
         if message is None or not task_id or not context_id:
             raise ValueError("a request without a message, task id or context id")
+        # Built (large parts put in documents) before the task is stored: a part that
+        # cannot travel is the caller's INVALID_PARAMS, with no task and no packet.
+        try:
+            packet = await message_packet(
+                self._parts, message, task_id=task_id, context_id=context_id
+            )
+        except PartRefused as exc:
+            raise InvalidParamsError(message=str(exc)) from None
         if context.current_task is None:
             await event_queue.enqueue_event(
                 Task(
@@ -58,13 +68,6 @@ class InboxExecutor(AgentExecutor):
                     history=[message],
                 )
             )
-        packet = request_packet(
-            task_id=task_id,
-            context_id=context_id,
-            message_id=message.message_id,
-            text=get_message_text(message),
-            message_json=json_format.MessageToJson(message, indent=None),
-        )
         await self._client.send_to(self._agent_id, packet)
         lease = Lease(self._client, self._agent_id, task_id, self._holder)
         try:
@@ -97,7 +100,9 @@ class InboxExecutor(AgentExecutor):
         async for numbered in follow_answers(self._client, task_id, start=start):
             if not lease.held:
                 return  # another replica follows the task now (see `driver`)
-            event = answer_event(numbered, task_id=task_id, context_id=context_id)
+            event = await answer_event(
+                numbered, self._parts, task_id=task_id, context_id=context_id
+            )
             await event_queue.enqueue_event(event)
             if ends_turn(numbered.answer):
                 return
