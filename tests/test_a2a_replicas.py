@@ -16,6 +16,7 @@ from a2a.client import ClientConfig, ClientFactory
 from a2a.types.a2a_pb2 import (
     CancelTaskRequest,
     GetTaskRequest,
+    Part,
     Role,
     SendMessageRequest,
     StreamResponse,
@@ -27,7 +28,7 @@ import packetbus
 from packetbus import EARLIEST, SpeechAct
 from packetbus_a2a import A2AAgent, A2ARequest
 from packetbus_a2a.answers import ANSWERS_KEY
-from packetbus_a2a.event_stream import events_topic, read_event_packet
+from packetbus_a2a.event_stream import DOCUMENTS_SCOPE, TopicEventStream, events_topic
 from packetbus_a2a.task_store import SCOPE, TaskStoreVersion
 from packetbus_a2a.wire import tracking_id
 from tests.conftest import unique
@@ -154,10 +155,11 @@ async def test_stream_resumes_on_another_replica_after_the_first_is_killed(
 async def logged_versions(client: packetbus.Client, agent_id: str, task_id: str) -> list[int]:
     """The versions of the events on the task's topic, up to its final event."""
     versions: list[int] = []
+    reader = TopicEventStream(client, agent_id)
     async with client.subscribe(events_topic(agent_id, task_id), start=EARLIEST) as log:
         async with asyncio.timeout(10):
             async for stored in log:
-                event = read_event_packet(stored.packet)
+                event = await reader.read(task_id, stored.packet)
                 assert event is not None
                 versions.append(TaskStoreVersion.number_of(event.version))
                 state = getattr(event.event, "status", None)
@@ -291,3 +293,48 @@ async def test_cancel_on_another_replica_reaches_the_agent(
         stop(first)
         stop(second)
     assert cancelled.is_set()
+
+
+async def test_an_event_over_the_packet_limit_reaches_another_replica(
+    target: str, client: packetbus.Client
+) -> None:
+    go_on = asyncio.Event()
+    blob = bytes(range(256)) * 8192  # 2 MiB: the event cannot be one packet
+
+    async def serve(request: A2ARequest) -> None:
+        await request.status("step 0")
+        await go_on.wait()
+        await request.artifact("blob", Part(raw=blob, media_type="application/octet-stream"))
+        await request.finish("all done")
+
+    first, first_url = start_gateway(target)
+    second, second_url = start_gateway(target)
+    try:
+        async with (
+            running_agent(client, serve) as agent_id,
+            a2a_client(f"{first_url}/agents/{agent_id}", streaming=True) as a2a,
+            a2a_client(f"{second_url}/agents/{agent_id}", streaming=True) as other,
+        ):
+            stream = a2a.send_message(SendMessageRequest(message=user_message("big")))
+            seen = await until_status(stream, "step 0")
+            task_id = seen[0].task.id
+            events = other.subscribe(SubscribeToTaskRequest(id=task_id))
+            async with asyncio.timeout(30):
+                snapshot = await anext(events)
+                go_on.set()
+                rest = [response async for response in events]
+            await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        stop(first)
+        stop(second)
+
+    assert kind(snapshot) == "task"
+    assert [kind(r) for r in rest] == ["artifact_update", "status_update"]
+    [part] = rest[0].artifact_update.artifact.parts
+    assert part.raw == blob
+    assert part.media_type == "application/octet-stream"
+    assert rest[1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+    # The artifact's event went as a document (one), the others as packets.
+    listed = await client.list_contexts(DOCUMENTS_SCOPE, name_prefix=f"{agent_id}/{task_id}/")
+    [document] = listed.documents
+    assert document.size > len(blob)
