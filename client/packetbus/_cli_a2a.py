@@ -51,6 +51,14 @@ def add_parsers(commands: Any) -> None:
         default=300.0,
         help="seconds an A2A task waits for the agent's final answer (default 300)",
     )
+    serve.add_argument(
+        "--require-auth",
+        action="store_true",
+        help="refuse A2A calls without 'Authorization: Bearer <JWT>' (HTTP 401) and declare "
+        "the bearer scheme in agent cards. With or without it, a call's bearer token is "
+        "forwarded to packetbus (TLS or loopback only), which authenticates it and applies "
+        "that principal's permissions; tasks are then visible only to their creator",
+    )
 
 
 def _bind_problem(host: str, port: int) -> str | None:
@@ -97,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             default_agent=args.default_agent,
             public_url=args.public_url,
             answer_timeout=args.answer_timeout,
+            require_auth=args.require_auth,
         )
     )
     return 0

@@ -22,6 +22,7 @@ from google.protobuf import json_format
 from packetbus import EARLIEST, Client, SpeechAct
 from packetbus._inbox import inbox_topic
 
+from .auth import Principals
 from .wire import Answer, cancel_packet, read_answer, reply_address, request_packet
 
 
@@ -33,8 +34,11 @@ class InboxExecutor(AgentExecutor):
     agent that comes back later still gets it, but the A2A task has ended).
     """
 
-    def __init__(self, client: Client, agent_id: str, *, answer_timeout: float = 300.0) -> None:
-        self._client = client
+    def __init__(
+        self, clients: Client | Principals, agent_id: str, *, answer_timeout: float = 300.0
+    ) -> None:
+        # The packetbus client of each request's caller (see auth.Principals).
+        self._clients = clients if isinstance(clients, Principals) else Principals(clients)
         self._agent_id = agent_id
         self._answer_timeout = answer_timeout
 
@@ -43,7 +47,18 @@ class InboxExecutor(AgentExecutor):
         task_id, context_id = context.task_id, context.context_id
         if message is None or not task_id or not context_id:
             raise ValueError("a request without a message, task id or context id")
+        client = self._clients.client(context.call_context)
         updater = TaskUpdater(event_queue, task_id, context_id)
+        packet = request_packet(
+            task_id=task_id,
+            context_id=context_id,
+            message_id=message.message_id,
+            text=get_message_text(message),
+            message_json=json_format.MessageToJson(message, indent=None),
+        )
+        # Sent before the task is first stored: a caller the packetbus server
+        # refuses to send for leaves no task behind.
+        await client.send_to(self._agent_id, packet)
         if context.current_task is None:
             await event_queue.enqueue_event(
                 Task(
@@ -53,17 +68,9 @@ class InboxExecutor(AgentExecutor):
                     history=[message],
                 )
             )
-        packet = request_packet(
-            task_id=task_id,
-            context_id=context_id,
-            message_id=message.message_id,
-            text=get_message_text(message),
-            message_json=json_format.MessageToJson(message, indent=None),
-        )
-        await self._client.send_to(self._agent_id, packet)
         try:
             async with asyncio.timeout(self._answer_timeout):
-                await self._follow(task_id, updater)
+                await self._follow(client, task_id, updater)
         except TimeoutError:
             await updater.failed(
                 self._agent_message(
@@ -72,9 +79,9 @@ class InboxExecutor(AgentExecutor):
                 )
             )
 
-    async def _follow(self, task_id: str, updater: TaskUpdater) -> None:
+    async def _follow(self, client: Client, task_id: str, updater: TaskUpdater) -> None:
         topic = inbox_topic(reply_address(task_id))
-        async with self._client.subscribe(topic, start=EARLIEST) as answers:
+        async with client.subscribe(topic, start=EARLIEST) as answers:
             async for stored in answers:
                 if stored.packet.in_reply_to != task_id:
                     continue
@@ -107,7 +114,7 @@ class InboxExecutor(AgentExecutor):
         task_id, context_id = context.task_id, context.context_id
         if not task_id or not context_id:
             raise ValueError("a cancel without a task id or context id")
-        await self._client.send_to(
+        await self._clients.client(context.call_context).send_to(
             self._agent_id, cancel_packet(task_id=task_id, context_id=context_id)
         )
         await TaskUpdater(event_queue, task_id, context_id).cancel()
