@@ -13,6 +13,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -48,7 +49,7 @@ from packetbus_a2a.auth import BearerUser, Principals
 from packetbus_a2a.task_store import SCOPE, ContextTaskStore, owner_key
 from packetbus_server import RunningServer
 from tests._identities import Issuer, guarded_fixtures, spiffe
-from tests.conftest import REPO, free_port, new_packet, unique
+from tests.conftest import REPO, free_port, new_packet, run_cli, unique
 
 # About the gateway's credentials, not storage: one backend (see conftest).
 pytestmark = pytest.mark.one_backend
@@ -89,6 +90,8 @@ def start_gateway(target: str, own_token: str, *options: str) -> tuple[subproces
     for line in process.stdout:
         seen.append(line)
         if "a2a gateway serving on" in line:
+            # Read on, so its log (a2a-sdk logs each refused execution) never fills the pipe.
+            threading.Thread(target=process.stdout.read, daemon=True).start()
             return process, f"http://127.0.0.1:{port}"
     raise AssertionError(f"gateway exited with {process.wait()}: {''.join(seen)}")
 
@@ -269,6 +272,17 @@ async def test_a_caller_refused_sending_gets_403_and_nothing_is_stored(
             f"{gateway}/agents/{AGENT}/rest/message:send", json=body["params"], headers=headers
         )
         assert rest.status_code == 403, rest.text
+        # Streaming too: refused before the stream starts.
+        streaming = await http.post(
+            f"{gateway}/agents/{AGENT}/",
+            json={**body, "method": "SendStreamingMessage"},
+            headers=headers,
+        )
+        assert streaming.status_code == 403, streaming.text
+        rest_stream = await http.post(
+            f"{gateway}/agents/{AGENT}/rest/message:stream", json=body["params"], headers=headers
+        )
+        assert rest_stream.status_code == 403, rest_stream.text
         # A token the server does not take: 401 with the bearer challenge.
         forged = issuer.token(CAROL)[:-4] + "AAAA"
         bad = await http.post(
@@ -393,3 +407,15 @@ async def test_list_tasks_pages(base: packetbus.Client, issuer: Issuer) -> None:
     assert [t.id for t in (await store.list(ListTasksRequest(), bob)).tasks] == ["bobs"]
     with pytest.raises(InvalidParamsError):
         await store.list(ListTasksRequest(page_token="not-a-token"), alice)
+
+
+def test_cli_require_auth_needs_a_connection_that_may_carry_tokens() -> None:
+    far = run_cli(
+        "a2a", "serve", "--target", "192.0.2.1:50051", "--require-auth", "--listen", "127.0.0.1:0",
+        "--public-url", "http://gateway.example",
+    )  # fmt: skip
+    assert (far.returncode, far.stdout) == (2, "")
+    assert far.stderr == (
+        "packetbus: --require-auth forwards callers' tokens, which travel only over TLS or to "
+        "this machine, and 192.0.2.1:50051 is neither: give --tls-ca (or a loopback --target)\n"
+    )

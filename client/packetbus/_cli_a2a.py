@@ -10,6 +10,7 @@ from typing import Any
 
 from ._cli_args import fail, number
 from ._cli_connection import connection_config
+from ._security import local_kind
 
 _MISSING = "the A2A gateway needs a2a-sdk: pip install 'packetbus[a2a]'"
 
@@ -96,12 +97,19 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"{_MISSING} ({missing} is not installed)")
     if args.a2a_target:
         args.target = args.a2a_target
+    config = connection_config(args)
+    if args.require_auth and config.tls is None and local_kind(args.target) is None:
+        return fail(
+            f"--require-auth forwards callers' tokens, which travel only over TLS or to this "
+            f"machine, and {args.target} is neither: give --tls-ca (or a loopback --target)",
+            2,
+        )
     asyncio.run(
         serve(
             target=args.target,
             host=host,
             port=int(port),
-            config=connection_config(args),
+            config=config,
             default_agent=args.default_agent,
             public_url=args.public_url,
             answer_timeout=args.answer_timeout,

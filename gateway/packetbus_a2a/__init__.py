@@ -26,6 +26,18 @@ What maps to what:
 - A packetbus agent serves A2A without knowing it through `A2AAgent` (`agent`).
 - Push notifications: refused (a2a-sdk's push-notification-not-supported error);
   the capability is absent from every card (unset, not false).
+- Credentials (`auth`): an A2A call's ``Authorization: Bearer <JWT>`` is sent with
+  every packetbus call made for it (`Client.with_token`: one connection, the token
+  per call; only over TLS or loopback), so the packetbus server authenticates the
+  caller and applies its permissions; its refusals are HTTP 401 / 403, and a
+  refused message stores no task. ``--require-auth``: calls without a token get
+  401 and cards declare an HTTP bearer scheme; without it they use the gateway's
+  own connection settings.
+- Ownership: a task made with a token belongs to its ``sub`` (its document name
+  holds the owner's key); other callers get task-not-found for it.
+- ListTasks pages (`task_pages`): page_size (default 50, max 100), opaque page
+  tokens any replica continues, total_size, filters by context id, state and
+  status_timestamp_after, newest change first, memory bounded per call.
 
 Not done yet (later slices of issue 18):
 
@@ -37,10 +49,11 @@ Not done yet (later slices of issue 18):
 - a follow-up message to the same task (input-required): answers are read from the
   task's reply inbox from its start, so an earlier final answer would be replayed;
   the helper has no input-required answer yet;
-- ListTasks pages (it reads at most 100 tasks, no page token);
 - parts other than text (data, files, parts over the packet limit as context
-  documents); A2A credentials -> packetbus principals (the gateway calls packetbus
-  with its own connection settings: the CLI's --tls-*/token flags);
+  documents);
+- credentials on the gRPC transport (there is none yet); ListTasks reads every task
+  of the caller when it filters (one read per task, 16 at a time) and lists every
+  name otherwise: time grows with a caller's tasks, memory does not;
 - an agent is not told when its task timed out at the gateway (`answer_timeout`).
 """
 
