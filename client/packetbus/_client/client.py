@@ -130,8 +130,9 @@ class Client(
                 f"with_token: a bearer token is sent only over TLS or to this machine, "
                 f"and {self._target} is neither"
             )
+        checked(token)
         channels = [self._channel, *self._extra_channels]
-        wrapped: list[Any] = [TokenChannel(c, checked(token)) for c in channels]
+        wrapped: list[Any] = [TokenChannel(c, token) for c in channels]
         view = Client(wrapped[0], self._config, dispatch_channels=wrapped[1:])
         view._target = self._target
         view._owns_channels = False
