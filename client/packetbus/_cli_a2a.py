@@ -10,6 +10,7 @@ from typing import Any
 
 from ._cli_args import fail, number
 from ._cli_connection import connection_config
+from ._security import local_kind
 
 _MISSING = "the A2A gateway needs a2a-sdk: pip install 'packetbus[a2a]'"
 
@@ -73,6 +74,14 @@ def add_parsers(commands: Any) -> None:
         default=300.0,
         help="seconds an A2A task waits for the agent's final answer (default 300)",
     )
+    serve.add_argument(
+        "--require-auth",
+        action="store_true",
+        help="refuse A2A calls without 'Authorization: Bearer <JWT>' (HTTP 401) and declare "
+        "the bearer scheme in agent cards. With or without it, a call's bearer token is "
+        "forwarded to packetbus (TLS or loopback only), which authenticates it and applies "
+        "that principal's permissions; tasks are then visible only to their creator",
+    )
 
 
 def _bind_problem(host: str, port: int) -> str | None:
@@ -132,18 +141,26 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"{_MISSING} ({missing} is not installed)")
     if args.a2a_target:
         args.target = args.a2a_target
+    config = connection_config(args)
+    if args.require_auth and config.tls is None and local_kind(args.target) is None:
+        return fail(
+            f"--require-auth forwards callers' tokens, which travel only over TLS or to this "
+            f"machine, and {args.target} is neither: give --tls-ca (or a loopback --target)",
+            2,
+        )
     asyncio.run(
         serve(
             target=args.target,
             host=host,
             port=port,
-            config=connection_config(args),
+            config=config,
             default_agent=args.default_agent,
             public_url=args.public_url,
             answer_timeout=args.answer_timeout,
             grpc_host=grpc_listen[0] if grpc_listen else "",
             grpc_port=grpc_listen[1] if grpc_listen else None,
             grpc_public_address=args.grpc_public_address,
+            require_auth=args.require_auth,
         )
     )
     return 0

@@ -27,9 +27,21 @@ What maps to what:
 - SendMessage (blocking and streaming, every transport): a REQUEST packet to the
   agent's inbox; A2A context id -> conversation_id, A2A task id -> reply_with,
   origin ``a2a.task.<task id>``, whose inbox receives the agent's answers. Answers
-  (packets in reply, see `wire`) -> WORKING status updates, artifacts and the final
-  COMPLETED / FAILED / REJECTED status with its message (`executor`).
-- CancelTask: a CANCEL packet to the agent's inbox; the task is CANCELED at once.
+  (packets in reply, see `wire`), numbered in order, each become one A2A event:
+  WORKING status updates, artifacts, INPUT_REQUIRED (the agent asks; the
+  client's next message to the task is another request, and only answers after
+  the ones the task holds are applied) and the final COMPLETED / FAILED /
+  REJECTED status (`answers`, `executor`).
+- Task events cross replicas (`event_stream`): each applied event is published,
+  with the task version it made, on the task's own topic; SubscribeToTask on any
+  replica sends the stored task, then every later event once, in order.
+- A replica that dies mid-task: one replica at a time follows a task's answers,
+  holding its lease in the shared context (`lease`, 5 s, renewed); the replica
+  serving a SubscribeToTask for a task nobody follows takes the lease and goes
+  on from the answers the task holds (``packetbus.answers`` in its metadata),
+  so no answer is lost or applied twice (`driver`).
+- CancelTask on any replica: the task is CANCELED at once and a CANCEL packet
+  goes to the agent's inbox (stored once, whichever replica sends it).
 - Tasks: ContextService documents (scope ``a2a-tasks``, name ``<agent id>/<task
   id>``), written with compare-and-set on the document version, so GetTask and
   ListTasks answer on every replica (`task_store`).
@@ -45,27 +57,31 @@ What maps to what:
 - A packetbus agent serves A2A without knowing it through `A2AAgent` (`agent`).
 - Push notifications: refused (a2a-sdk's push-notification-not-supported error);
   the capability is absent from every card (unset, not false).
+- Credentials (`auth`): an A2A call's ``Authorization: Bearer <JWT>`` is sent with
+  every packetbus call made for it (`Client.with_token`: one connection, the token
+  per call; only over TLS or loopback), so the packetbus server authenticates the
+  caller and applies its permissions; its refusals are HTTP 401 / 403, and a
+  refused message stores no task. ``--require-auth``: calls without a token get
+  401 and cards declare an HTTP bearer scheme; without it they use the gateway's
+  own connection settings.
+- Ownership: a task made with a token belongs to its ``sub`` (its document name
+  holds the owner's key); other callers get task-not-found for it.
+- ListTasks pages (`task_pages`): page_size (default 50, max 100), opaque page
+  tokens any replica continues, total_size, filters by context id, state and
+  status_timestamp_after, newest change first, memory bounded per call.
 
-Not done yet (later slices of issue 18):
+Not done yet:
 
 - TLS on the gateway's own listeners (HTTP and gRPC are plaintext: loopback by
-  default, or behind a TLS proxy); the HTTP side has no tenant routing at its
-  root (``/`` JSON-RPC without a path), only by path;
-- cross-replica streams: a stream is served by the replica that runs the task, and
-  SubscribeToTask works only there (the task's answers are a packetbus topic, but no
-  a2a-sdk `TaskEventStream` is wired to it yet); a replica killed mid-task ends
-  that task's stream;
-- a follow-up message to the same task (input-required): answers are read from the
-  task's reply inbox from its start, so an earlier final answer would be replayed;
-  the helper has no input-required answer yet;
-- ListTasks pages (it reads at most 100 tasks, no page token);
-- A2A credentials -> packetbus principals (the gateway calls packetbus with its
-  own connection settings: the CLI's --tls-*/token flags);
-- the task store keeps each task as one JSON document, its parts inline (a large
-  part is stored there again, base64, beside its ``a2a-parts`` document): a task
-  whose JSON passes ``max_context_bytes`` cannot be stored; an answer whose
-  document expired (24 h) or cannot be read ends the task's execution with an
-  error instead of a FAILED status;
+  default, or behind a TLS proxy); the HTTP side routes by path only;
+- credentials on the gRPC transport (bearer metadata is not read yet);
+- a task whose replica died and that nobody subscribes to is driven again only
+  when a SubscribeToTask asks for it (GetTask shows it as it was);
+- the task store keeps each task as one JSON document with its parts inline (a
+  task whose JSON passes ``max_context_bytes`` cannot be stored);
+- ListTasks reads every task of the caller when it filters (one read per task,
+  16 at a time) and lists every name otherwise: time grows with a caller's
+  tasks, memory does not;
 - an agent is not told when its task timed out at the gateway (`answer_timeout`).
 """
 

@@ -12,6 +12,14 @@ Cards are read from the registry on every request (they carry an ETag and a
 short max-age, see `cards`). A2A calls go through one a2a-sdk route set on one
 `AgentRouter` to the agent's `DefaultRequestHandler` (`AgentHandlers`, shared
 with the gRPC servicer); an unregistered agent is a 404 before a2a-sdk sees it.
+Cards are public, as the A2A spec has them.
+
+Credentials (see `auth`): an A2A call's ``Authorization: Bearer <JWT>`` makes
+every packetbus call for it under that token. A malformed Authorization header
+is answered 401; with ``require_auth`` so is a call without one (both with
+``WWW-Authenticate: Bearer``), and the cards declare the bearer scheme. A call
+the packetbus server refuses (UNAUTHENTICATED / PERMISSION_DENIED) is answered
+401 / 403.
 """
 
 from __future__ import annotations
@@ -29,6 +37,16 @@ from starlette.types import Receive, Scope, Send
 from packetbus import Client
 from packetbus.v1 import agent_service_pb2
 
+from .auth import (
+    BadCredential,
+    Principals,
+    Refusals,
+    Replacing,
+    bearer_token,
+    refusals,
+    refused_response,
+    subject,
+)
 from .cards import AGENTS_PREFIX, CARD_PATH, REST_SUFFIX, build_card, card_response
 from .handlers import AgentHandlers
 from .routing import SCOPE_AGENT, AgentRouter, PathAgentContextBuilder
@@ -41,23 +59,29 @@ class Gateway:
     (``host:port``, "" without gRPC) over gRPC, both put in cards;
     `default_agent`: the agent served at the root card and answering gRPC calls
     without a tenant ("" for none); `answer_timeout`: seconds a task waits for
-    the agent's final answer (see `InboxExecutor`). `handlers` and `router` are
-    shared with the gRPC servicer (`grpc_server`).
+    the agent's final answer (see `InboxExecutor`); `require_auth`: refuse A2A
+    calls without a bearer token (401), and say so in the cards. `clients`: the
+    packetbus client per request (see `auth.Principals`; a Client: that one for
+    every request, credentials or not). `handlers` and `router` are shared with
+    the gRPC servicer (`grpc_server`).
     """
 
     def __init__(
         self,
-        client: Client,
+        clients: Client | Principals,
         base_url: str,
         *,
         default_agent: str = "",
         answer_timeout: float = 300.0,
         grpc_address: str = "",
+        require_auth: bool = False,
     ) -> None:
+        self._principals = clients if isinstance(clients, Principals) else Principals(clients)
+        self._require_auth = require_auth
         self._base_url = base_url.rstrip("/")
         self.grpc_address = grpc_address  # set once the gRPC port is bound
         self._default_agent = default_agent
-        self.handlers = AgentHandlers(client, self.card, answer_timeout=answer_timeout)
+        self.handlers = AgentHandlers(self._principals, self.card, answer_timeout=answer_timeout)
         self.router = AgentRouter(self.handlers, default_agent=default_agent)
         paths = PathAgentContextBuilder()
         self._app = Starlette(
@@ -71,7 +95,7 @@ class Gateway:
 
     def card(self, agent: agent_service_pb2.Agent) -> AgentCard:
         """`agent`'s card, with this gateway's addresses."""
-        return build_card(agent, self._base_url, self.grpc_address)
+        return build_card(agent, self._base_url, self.grpc_address, require_auth=self._require_auth)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -105,6 +129,10 @@ class Gateway:
     async def _a2a(
         self, agent_id: str, encoded: str, rest: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
+        refused = self._credential_problem(Request(scope))
+        if refused is not None:
+            await refused_response(401, refused)(scope, receive, send)
+            return
         if await self.handlers.get(agent_id) is None:
             await _not_found(f"no agent {agent_id!r} is registered")(scope, receive, send)
             return
@@ -115,7 +143,30 @@ class Gateway:
         inner["path"] = root + unquote(rest)
         inner["raw_path"] = (root + rest).encode("latin-1")
         inner[SCOPE_AGENT] = agent_id
-        await self._app(inner, receive, send)
+        # Refusals met while serving this call (a2a-sdk's tasks copy the variable).
+        kept = Refusals()
+        reset = refusals.set(kept)
+        try:
+            await self._app(inner, receive, Replacing(send, kept))
+        finally:
+            refusals.reset(reset)
+
+    def _credential_problem(self, request: Request) -> str | None:
+        """Why the request's credential is refused at once (401), or None."""
+        try:
+            token = bearer_token(request.headers.get("authorization"))
+            if token is not None:
+                subject(token)
+        except BadCredential as exc:
+            return str(exc)
+        if token is not None and not self._principals.forwards:
+            return (
+                "this gateway cannot forward credentials: its packetbus connection is "
+                "neither TLS nor to this machine"
+            )
+        if token is None and self._require_auth:
+            return "this gateway requires a credential: Authorization: Bearer <JWT>"
+        return None
 
     async def aclose(self) -> None:
         """Drain every agent's handler (its running tasks end)."""

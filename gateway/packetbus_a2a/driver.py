@@ -22,7 +22,7 @@ from a2a.server.context import ServerCallContext
 from a2a.server.tasks import TaskManager
 from a2a.types.a2a_pb2 import Task
 
-from packetbus import Client, PacketbusError
+from packetbus import PacketbusError
 
 from .answers import (
     INTERRUPTED_STATES,
@@ -32,6 +32,7 @@ from .answers import (
     ends_turn,
     follow_answers,
 )
+from .auth import Principals
 from .event_stream import TopicEventStream
 from .lease import Lease
 from .parts import PartCodec
@@ -52,40 +53,42 @@ class TaskDriver:
 
     def __init__(
         self,
-        client: Client,
+        clients: Principals,
         agent_id: str,
         holder: str,
         store: ContextTaskStore,
         stream: TopicEventStream,
     ) -> None:
-        self._client = client
+        self._clients = clients
         self._agent_id = agent_id
         self._holder = holder
         self._store = store
         self._stream = stream
-        self._parts = PartCodec(client)
+        self._parts = PartCodec(clients.default)
 
-    async def take_over(self, task_id: str) -> None:
+    async def take_over(self, task_id: str, context: ServerCallContext) -> None:
         """Drive task `task_id` whenever its lease is free, until it needs no driver.
 
-        Runs until cancelled or the task is terminal or waiting for input; store
-        failures are logged and tried again, never raised (a subscriber is waiting).
+        `context`: the call of the subscriber that asked (its caller owns the task:
+        the task and its answers are read and written with its client). Runs until
+        cancelled or the task is terminal or waiting for input; store failures are
+        logged and tried again, never raised (a subscriber is waiting).
         """
         while True:
             try:
-                if await self._drive_once(task_id):
+                if await self._drive_once(task_id, context):
                     return
             except PacketbusError as exc:
                 _log.warning("task %s: taking over failed, trying again: %s", task_id, exc)
             await asyncio.sleep(_RETRY_SECONDS)
 
-    async def _drive_once(self, task_id: str) -> bool:
+    async def _drive_once(self, task_id: str, context: ServerCallContext) -> bool:
         """One attempt; True when the task needs no driver (any more)."""
-        lease = Lease(self._client, self._agent_id, task_id, self._holder)
+        lease = Lease(self._clients.default, self._agent_id, task_id, self._holder)
         if not await lease.acquire():
             return False
         try:
-            manager = TaskManager(self._store, ServerCallContext(), task_id, None, None)
+            manager = TaskManager(self._store, context, task_id, None, None)
             task = await manager.get_task()
             if not _needs_driver(task):
                 return True
@@ -96,17 +99,19 @@ class TaskDriver:
             await self._stream.publish_unless_taken(
                 task_id, VersionedEvent(task, manager.current_version)
             )
-            return await self._apply_answers(manager, task, lease)
+            parts = self._parts.with_client(self._clients.client(context))
+            return await self._apply_answers(manager, task, lease, parts)
         finally:
             await lease.release()
 
-    async def _apply_answers(self, manager: TaskManager, task: Task, lease: Lease) -> bool:
-        async for numbered in follow_answers(self._client, task.id, start=answers_included(task)):
+    async def _apply_answers(
+        self, manager: TaskManager, task: Task, lease: Lease, parts: PartCodec
+    ) -> bool:
+        start = answers_included(task)
+        async for numbered in follow_answers(parts.client, task.id, start=start):
             if not lease.held:
                 return False
-            event = await answer_event(
-                numbered, self._parts, task_id=task.id, context_id=task.context_id
-            )
+            event = await answer_event(numbered, parts, task_id=task.id, context_id=task.context_id)
             try:
                 await manager.save_task_event(event)
             except ConcurrentTaskModificationError:

@@ -36,11 +36,13 @@ import hashlib
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Callable, Coroutine
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
 from a2a.server.cluster.event_stream import TaskEventStream, VersionedEvent
 from a2a.server.cluster.version import TaskVersion
+from a2a.server.context import ServerCallContext
 from a2a.server.events.event_queue import Event
 from a2a.types.a2a_pb2 import Message, StreamResponse, Task, TaskArtifactUpdateEvent
 from google.protobuf import json_format
@@ -56,8 +58,14 @@ _NAMESPACE = uuid.UUID("0c4f7d0e-3a8b-4f0c-9d55-6a2a2e7e0b1d")
 DOCUMENTS_SCOPE = "a2a-events"  # events too large for a packet
 _EVENT_MEDIA_TYPE = "application/x-protobuf; messageType=a2a.v1.StreamResponse"
 
-# Follows a task's answers while the caller holds its lease (see `driver`).
-Drive = Callable[[str], Coroutine[Any, Any, None]]
+# Follows a task's answers while the caller holds its lease (see `driver`), for
+# the caller of the SubscribeToTask being served.
+Drive = Callable[[str, ServerCallContext], Coroutine[Any, Any, None]]
+# The call context of the SubscribeToTask being served (set by the request handler:
+# a2a-sdk's TaskEventStream.subscribe is not given it).
+subscriber: ContextVar[ServerCallContext | None] = ContextVar(
+    "packetbus_a2a_subscriber", default=None
+)
 
 
 def events_topic(agent_id: str, task_id: str) -> str:
@@ -211,7 +219,8 @@ class TopicEventStream(TaskEventStream):
         caller stops (a2a-sdk stops at a final or interrupted state)."""
         driver: asyncio.Task[None] | None = None
         if self._drive is not None:
-            driver = asyncio.create_task(self._drive(task_id))
+            context = subscriber.get() or ServerCallContext()
+            driver = asyncio.create_task(self._drive(task_id, context))
         try:
             topic = events_topic(self._agent_id, task_id)
             newest = after

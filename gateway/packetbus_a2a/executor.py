@@ -23,6 +23,7 @@ from a2a.utils.errors import InvalidParamsError
 from packetbus import Client
 
 from .answers import answer_event, answers_included, ends_turn, follow_answers
+from .auth import Principals
 from .lease import Lease
 from .parts import PartCodec, PartRefused, message_packet
 from .wire import cancel_packet
@@ -31,6 +32,9 @@ from .wire import cancel_packet
 class InboxExecutor(AgentExecutor):
     """Forwards each A2A message for agent `agent_id` as a packet to its inbox.
 
+    `clients`: the packetbus client of each request's caller (`auth.Principals`):
+    the request, its parts and the answers move under the caller's credential;
+    the driver lease (`lease`) under the gateway's own (`Principals.default`).
     `holder`: this replica's id in driver leases. `answer_timeout` (seconds):
     how long a turn may wait for the agent's answer that ends it before the
     task is marked FAILED (the request stays in the inbox: an agent that comes
@@ -38,27 +42,35 @@ class InboxExecutor(AgentExecutor):
     """
 
     def __init__(
-        self, client: Client, agent_id: str, *, holder: str, answer_timeout: float = 300.0
+        self,
+        clients: Client | Principals,
+        agent_id: str,
+        *,
+        holder: str,
+        answer_timeout: float = 300.0,
     ) -> None:
-        self._client = client
+        self._clients = clients if isinstance(clients, Principals) else Principals(clients)
         self._agent_id = agent_id
         self._holder = holder
         self._answer_timeout = answer_timeout
-        self._parts = PartCodec(client)
+        self._parts = PartCodec(self._clients.default)
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         message = context.message
         task_id, context_id = context.task_id, context.context_id
         if message is None or not task_id or not context_id:
             raise ValueError("a request without a message, task id or context id")
+        client = self._clients.client(context.call_context)
+        parts = self._parts.with_client(client)
         # Built (large parts put in documents) before the task is stored: a part that
         # cannot travel is the caller's INVALID_PARAMS, with no task and no packet.
         try:
-            packet = await message_packet(
-                self._parts, message, task_id=task_id, context_id=context_id
-            )
+            packet = await message_packet(parts, message, task_id=task_id, context_id=context_id)
         except PartRefused as exc:
             raise InvalidParamsError(message=str(exc)) from None
+        # Sent before the task is first stored: a caller the packetbus server
+        # refuses to send for leaves no task behind.
+        await client.send_to(self._agent_id, packet)
         if context.current_task is None:
             await event_queue.enqueue_event(
                 Task(
@@ -68,17 +80,15 @@ class InboxExecutor(AgentExecutor):
                     history=[message],
                 )
             )
-        await self._client.send_to(self._agent_id, packet)
-        lease = Lease(self._client, self._agent_id, task_id, self._holder)
+        lease = Lease(self._clients.default, self._agent_id, task_id, self._holder)
         try:
             async with asyncio.timeout(self._answer_timeout):
                 # Free at once for a new task; a task's earlier turn may still be
                 # finishing on another replica.
                 if not await lease.acquire_within(self._answer_timeout):
                     raise TimeoutError
-                await self._follow(
-                    task_id, context_id, answers_included(context.current_task), lease, event_queue
-                )
+                start = answers_included(context.current_task)
+                await self._follow(parts, task_id, context_id, start, lease, event_queue)
         except TimeoutError:
             updater = TaskUpdater(event_queue, task_id, context_id)
             await updater.failed(
@@ -95,14 +105,18 @@ class InboxExecutor(AgentExecutor):
             await lease.release()
 
     async def _follow(
-        self, task_id: str, context_id: str, start: int, lease: Lease, event_queue: EventQueue
+        self,
+        parts: PartCodec,
+        task_id: str,
+        context_id: str,
+        start: int,
+        lease: Lease,
+        event_queue: EventQueue,
     ) -> None:
-        async for numbered in follow_answers(self._client, task_id, start=start):
+        async for numbered in follow_answers(parts.client, task_id, start=start):
             if not lease.held:
                 return  # another replica follows the task now (see `driver`)
-            event = await answer_event(
-                numbered, self._parts, task_id=task_id, context_id=context_id
-            )
+            event = await answer_event(numbered, parts, task_id=task_id, context_id=context_id)
             await event_queue.enqueue_event(event)
             if ends_turn(numbered.answer):
                 return
@@ -111,7 +125,7 @@ class InboxExecutor(AgentExecutor):
         task_id, context_id = context.task_id, context.context_id
         if not task_id or not context_id:
             raise ValueError("a cancel without a task id or context id")
-        await self._client.send_to(
+        await self._clients.client(context.call_context).send_to(
             self._agent_id, cancel_packet(task_id=task_id, context_id=context_id)
         )
         await TaskUpdater(event_queue, task_id, context_id).cancel()

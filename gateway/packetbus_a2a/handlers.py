@@ -17,9 +17,10 @@ import grpc
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.types.a2a_pb2 import AgentCard
 
-from packetbus import Client, PacketbusError
+from packetbus import PacketbusError
 from packetbus.v1 import agent_service_pb2
 
+from .auth import Principals
 from .request_handler import build_handler
 
 MAX_HANDLERS = 256  # agents whose handler stays built; others are built again on use
@@ -35,13 +36,14 @@ class AgentHandlers:
 
     def __init__(
         self,
-        client: Client,
+        clients: Principals,
         card: Callable[[agent_service_pb2.Agent], AgentCard],
         *,
         answer_timeout: float = 300.0,
         max_handlers: int = MAX_HANDLERS,
     ) -> None:
-        self._client = client
+        self._clients = clients
+        self._client = clients.default  # registry reads: the gateway's own settings
         self._card = card
         self._answer_timeout = answer_timeout
         self._max = max_handlers
@@ -81,7 +83,7 @@ class AgentHandlers:
 
     def _build(self, agent_id: str, card: AgentCard) -> DefaultRequestHandler:
         return build_handler(
-            self._client,
+            self._clients,
             agent_id,
             card,
             holder=self._holder,

@@ -132,17 +132,27 @@ class PartCodec:
     """Puts parts into packets and reads them back, through `client`'s context store
     (documents in scope `SCOPE`). Holds the server's packet limit once asked."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, _limit: dict[str, int] | None = None) -> None:
         self._client = client
-        self._limit: int | None = None
+        # {"packet": the server's packet limit}, once asked; shared by `with_client`.
+        self._limit: dict[str, int] = {} if _limit is None else _limit
+
+    @property
+    def client(self) -> Client:
+        """The client this codec reads and writes documents with."""
+        return self._client
+
+    def with_client(self, client: Client) -> PartCodec:
+        """This codec for another caller's `client`, sharing the limit once asked."""
+        return PartCodec(client, _limit=self._limit)
 
     async def budget(self) -> int:
         """Bytes a packet may have when built: the server's packet limit (asked once)
         less `HEADROOM`."""
-        if self._limit is None:
+        if "packet" not in self._limit:
             info = await self._client.server_info()
-            self._limit = info.limits.max_packet_bytes
-        return self._limit - HEADROOM
+            self._limit["packet"] = info.limits.max_packet_bytes
+        return self._limit["packet"] - HEADROOM
 
     async def pack(
         self,

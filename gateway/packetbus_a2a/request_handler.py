@@ -7,23 +7,33 @@ the gateway's pieces: `InboxExecutor` (messages to the agent's inbox),
 task over when its replica is gone). Any replica can then answer every call
 for any task.
 
-`GatewayRequestHandler` adds one thing to a2a-sdk's handler: a cancel that
+`GatewayRequestHandler` adds two things to a2a-sdk's handler: a cancel that
 another replica records (the task runs elsewhere, or nowhere) still reaches
-the agent as a CANCEL packet; a2a-sdk calls the executor's `cancel` only on
-the replica running the task. The packet's tracking id is fixed per task, so
-both paths store it once.
+the agent as a CANCEL packet (a2a-sdk calls the executor's `cancel` only on
+the replica running the task; the packet's tracking id is fixed per task, so
+both paths store it once); and a SubscribeToTask makes its caller known to the
+event stream (`event_stream.subscriber`), so a takeover (`driver`) reads and
+writes that caller's task under that caller's credential.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+
 from a2a.server.context import ServerCallContext
+from a2a.server.events.event_queue import Event
 from a2a.server.request_handlers import DefaultRequestHandler
-from a2a.types.a2a_pb2 import AgentCard, CancelTaskRequest, Task, TaskState
+from a2a.types.a2a_pb2 import (
+    AgentCard,
+    CancelTaskRequest,
+    SubscribeToTaskRequest,
+    Task,
+    TaskState,
+)
 
-from packetbus import Client
-
+from .auth import NotingExecutor, Principals
 from .driver import TaskDriver
-from .event_stream import TopicEventStream
+from .event_stream import TopicEventStream, subscriber
 from .executor import InboxExecutor
 from .task_store import ContextTaskStore
 from .wire import cancel_packet
@@ -35,10 +45,10 @@ class GatewayRequestHandler(DefaultRequestHandler):
     def __init__(
         self,
         *,
-        client: Client,
+        clients: Principals,
         agent_id: str,
         agent_card: AgentCard,
-        executor: InboxExecutor,
+        executor: NotingExecutor,
         store: ContextTaskStore,
         stream: TopicEventStream,
     ) -> None:
@@ -48,8 +58,19 @@ class GatewayRequestHandler(DefaultRequestHandler):
             agent_card=agent_card,
             event_stream=stream,
         )
-        self._client = client
+        self._clients = clients
         self._agent_id = agent_id
+
+    async def on_subscribe_to_task(
+        self, params: SubscribeToTaskRequest, context: ServerCallContext
+    ) -> AsyncGenerator[Event, None]:
+        """a2a-sdk's SubscribeToTask, its caller known to the event stream."""
+        token = subscriber.set(context)
+        try:
+            async for event in super().on_subscribe_to_task(params, context):
+                yield event
+        finally:
+            subscriber.reset(token)
 
     async def on_cancel_task(
         self, params: CancelTaskRequest, context: ServerCallContext
@@ -57,37 +78,40 @@ class GatewayRequestHandler(DefaultRequestHandler):
         """a2a-sdk's cancel, then the CANCEL packet to the agent (see the module docstring)."""
         task: Task | None = await super().on_cancel_task(params, context)
         if task is not None and task.status.state == TaskState.TASK_STATE_CANCELED:
-            await self._client.send_to(
+            await self._clients.client(context).send_to(
                 self._agent_id, cancel_packet(task_id=task.id, context_id=task.context_id)
             )
         return task
 
 
 def build_handler(
-    client: Client,
+    clients: Principals,
     agent_id: str,
     card: AgentCard,
     *,
     holder: str,
     answer_timeout: float,
 ) -> GatewayRequestHandler:
-    """The request handler for agent `agent_id`, described by `card`; `holder` is
-    this replica's id in driver leases, `answer_timeout` (seconds) how long a turn
-    waits for the agent (see `InboxExecutor`)."""
-    store = ContextTaskStore(client, agent_id)
+    """The request handler for agent `agent_id`, described by `card`; `clients`
+    gives each caller's packetbus client (the gateway's own, `clients.default`,
+    keeps the event topics and leases); `holder` is this replica's id in driver
+    leases, `answer_timeout` (seconds) how long a turn waits for the agent (see
+    `InboxExecutor`)."""
+    store = ContextTaskStore(clients, agent_id)
     driver: TaskDriver | None = None
 
-    async def take_over(task_id: str) -> None:
+    async def take_over(task_id: str, context: ServerCallContext) -> None:
         assert driver is not None
-        await driver.take_over(task_id)
+        await driver.take_over(task_id, context)
 
-    stream = TopicEventStream(client, agent_id, drive=take_over)
-    driver = TaskDriver(client, agent_id, holder, store, stream)
+    stream = TopicEventStream(clients.default, agent_id, drive=take_over)
+    driver = TaskDriver(clients, agent_id, holder, store, stream)
+    executor = InboxExecutor(clients, agent_id, holder=holder, answer_timeout=answer_timeout)
     return GatewayRequestHandler(
-        client=client,
+        clients=clients,
         agent_id=agent_id,
         agent_card=card,
-        executor=InboxExecutor(client, agent_id, holder=holder, answer_timeout=answer_timeout),
+        executor=NotingExecutor(executor),
         store=store,
         stream=stream,
     )

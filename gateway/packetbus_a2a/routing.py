@@ -22,7 +22,6 @@ import grpc.aio
 from a2a.server.context import ServerCallContext
 from a2a.server.events.event_queue import Event
 from a2a.server.request_handlers import GrpcHandler, RequestHandler
-from a2a.server.routes.common import DefaultServerCallContextBuilder
 from a2a.types.a2a_pb2 import (
     AgentCard,
     CancelTaskRequest,
@@ -43,6 +42,7 @@ from a2a.types.a2a_pb2 import (
 from a2a.utils.errors import A2AError, InvalidParamsError
 from starlette.requests import Request
 
+from .auth import ContextBuilder
 from .handlers import AgentHandlers
 
 # The ASGI scope key (set by the gateway's HTTP app) and the call-state key
@@ -57,8 +57,9 @@ class AgentNotFoundError(A2AError):
     message = "agent not found"
 
 
-class PathAgentContextBuilder(DefaultServerCallContextBuilder):
-    """a2a-sdk's HTTP call context, plus the agent id of the request's path."""
+class PathAgentContextBuilder(ContextBuilder):
+    """a2a-sdk's HTTP call context with the caller (`auth.ContextBuilder`), plus the
+    agent id of the request's path."""
 
     def build(self, request: Request) -> ServerCallContext:
         """The default context with ``state[PATH_AGENT]`` = the path's agent id."""

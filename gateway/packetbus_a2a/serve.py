@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import socket
+from dataclasses import replace
 from types import FrameType
 
 import uvicorn
@@ -19,6 +20,7 @@ import uvicorn
 from packetbus import Client, ClientConfig
 
 from .app import Gateway
+from .auth import Principals
 from .grpc_server import GrpcGateway
 
 GRPC_GRACE = 5.0  # seconds gRPC calls under way may take to finish on a drain
@@ -36,21 +38,39 @@ async def serve(
     grpc_host: str = "",
     grpc_port: int | None = None,
     grpc_public_address: str = "",
+    require_auth: bool = False,
 ) -> None:
     """Serve A2A on `host`:`port` (HTTP) and, when `grpc_port` is given, on
     `grpc_host`:`grpc_port` (gRPC; port 0: any free one) for the agents of the
     packetbus server at `target`, until SIGINT/SIGTERM. `public_url`: the base URL
     put in agent cards (default ``http://host:port``); `grpc_public_address`: the
-    ``host:port`` put in them for gRPC (default the bound gRPC address). Raises
-    PacketbusError when `target` is unreachable (within 10 s) and OSError when a
-    port cannot be bound."""
-    async with await Client.connect(target, config=config, timeout=10) as client:
+    ``host:port`` put in them for gRPC (default the bound gRPC address);
+    `require_auth`: A2A calls need a bearer token (see `Gateway`).
+
+    One connection serves every caller: it is opened without a token, each A2A
+    call's token is sent per call (`Client.with_token`), and `config`'s own token
+    (if any) on the gateway's own calls and on calls of requests without one.
+    Raises PacketbusError when `target` is unreachable (within 10 s), OSError when
+    a port cannot be bound, ValueError for `require_auth` over a connection that
+    may not carry tokens (neither TLS nor to this machine)."""
+    config = config or ClientConfig()
+    own_token = config.token
+    async with await Client.connect(
+        target, config=replace(config, token=None), timeout=10
+    ) as client:
+        principals = Principals(client, client.with_token(own_token) if own_token else None)
+        if require_auth and not principals.forwards:
+            raise ValueError(
+                f"--require-auth: bearer tokens are sent only over TLS or to this machine, "
+                f"and {client.target} is neither"
+            )
         base_url = public_url or f"http://{_url_host(host)}:{port}"
         gateway = Gateway(
-            client,
+            principals,
             base_url,
             default_agent=default_agent,
             answer_timeout=answer_timeout,
+            require_auth=require_auth,
         )
         server = _Server(
             uvicorn.Config(gateway, host=host, port=port, log_level="warning", lifespan="on")
