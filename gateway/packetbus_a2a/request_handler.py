@@ -65,12 +65,11 @@ class GatewayRequestHandler(DefaultRequestHandler):
         self, params: SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event, None]:
         """a2a-sdk's SubscribeToTask, its caller known to the event stream."""
-        token = subscriber.set(context)
-        try:
-            async for event in super().on_subscribe_to_task(params, context):
-                yield event
-        finally:
-            subscriber.reset(token)
+        # Not reset: the generator may be closed from another context, and the
+        # value ends with the request's own task (each call has its own).
+        subscriber.set(context)
+        async for event in super().on_subscribe_to_task(params, context):
+            yield event
 
     async def on_cancel_task(
         self, params: CancelTaskRequest, context: ServerCallContext
