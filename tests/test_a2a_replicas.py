@@ -338,3 +338,43 @@ async def test_an_event_over_the_packet_limit_reaches_another_replica(
     listed = await client.list_contexts(DOCUMENTS_SCOPE, name_prefix=f"{agent_id}/{task_id}/")
     [document] = listed.documents
     assert document.size > len(blob)
+
+
+async def test_get_task_takes_over_a_task_whose_replica_died(
+    target: str, client: packetbus.Client
+) -> None:
+    started, go_on = asyncio.Event(), asyncio.Event()
+
+    async def serve(request: A2ARequest) -> None:
+        await request.status("step 0")
+        started.set()
+        await go_on.wait()
+        await request.artifact("result", "42")
+        await request.finish("all done")
+
+    first, first_url = start_gateway(target)
+    second, second_url = start_gateway(target)
+    try:
+        async with running_agent(client, serve) as agent_id:
+            async with a2a_client(f"{first_url}/agents/{agent_id}") as a2a:
+                [response] = await responses(a2a, user_message("compute"), return_immediately=True)
+                task_id = response.task.id
+                await asyncio.wait_for(started.wait(), 10)
+            first.kill()  # the replica following the task dies; its blocking callers too
+            first.wait(timeout=10)
+            go_on.set()  # the answers arrive with nobody following them
+            async with a2a_client(f"{second_url}/agents/{agent_id}") as other:
+                async with asyncio.timeout(30):
+                    # A client polling GetTask elsewhere sees the task go on once the
+                    # dead replica's lease has expired (5 s).
+                    while True:
+                        task = await other.get_task(GetTaskRequest(id=task_id))
+                        if task.status.state == TaskState.TASK_STATE_COMPLETED:
+                            break
+                        await asyncio.sleep(0.5)
+    finally:
+        stop(second)
+
+    assert texts(task.status.message) == ["all done"]
+    assert [a.name for a in task.artifacts] == ["result"]
+    assert task.metadata.fields[ANSWERS_KEY].number_value == 3

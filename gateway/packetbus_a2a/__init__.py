@@ -37,9 +37,9 @@ What maps to what:
   replica sends the stored task, then every later event once, in order.
 - A replica that dies mid-task: one replica at a time follows a task's answers,
   holding its lease in the shared context (`lease`, 5 s, renewed); the replica
-  serving a SubscribeToTask for a task nobody follows takes the lease and goes
-  on from the answers the task holds (``packetbus.answers`` in its metadata),
-  so no answer is lost or applied twice (`driver`).
+  serving a SubscribeToTask or GetTask for a task nobody follows takes the lease
+  and goes on from the answers the task holds (``packetbus.answers`` in its
+  metadata), so no answer is lost or applied twice (`driver`).
 - CancelTask on any replica: the task is CANCELED at once and a CANCEL packet
   goes to the agent's inbox (stored once, whichever replica sends it).
 - Tasks: ContextService documents (scope ``a2a-tasks``, name ``<agent id>/<task
@@ -75,8 +75,8 @@ Not done yet:
 - TLS on the gateway's own listeners (HTTP and gRPC are plaintext: loopback by
   default, or behind a TLS proxy); the HTTP side routes by path only;
 - credentials on the gRPC transport (bearer metadata is not read yet);
-- a task whose replica died and that nobody subscribes to is driven again only
-  when a SubscribeToTask asks for it (GetTask shows it as it was);
+- a task whose replica died is driven again only when a GetTask or
+  SubscribeToTask asks for it (no background sweep); ListTasks shows it as it was;
 - the task store keeps each task as one JSON document with its parts inline (a
   task whose JSON passes ``max_context_bytes`` cannot be stored);
 - ListTasks reads every task of the caller when it filters (one read per task,

@@ -5,7 +5,7 @@ The replica that received a task's message follows its answers in
 answers keep arriving in the task's reply inbox but nobody turns them into
 events. `TaskDriver.take_over` is what any other replica runs while it serves
 SubscribeToTask for the task (`event_stream`): once a second it tries to take
-the lease; with it, it applies the answers the task does not include yet
+the lease (GetTask tries once: `nudge`); with it, it applies the answers the task does not include yet
 (``packetbus.answers``, see `answers`) through a2a-sdk's `TaskManager` and the
 shared task store, and publishes each event on the task's event topic,
 exactly as the first replica would have, until the agent's turn ends.
@@ -65,6 +65,8 @@ class TaskDriver:
         self._store = store
         self._stream = stream
         self._parts = PartCodec(clients.default)
+        # Background takeovers started by `nudge`, by task id (at most one each).
+        self._nudged: dict[str, asyncio.Task[None]] = {}
 
     async def take_over(self, task_id: str, context: ServerCallContext) -> None:
         """Drive task `task_id` whenever its lease is free, until it needs no driver.
@@ -81,6 +83,30 @@ class TaskDriver:
             except PacketbusError as exc:
                 _log.warning("task %s: taking over failed, trying again: %s", task_id, exc)
             await asyncio.sleep(_RETRY_SECONDS)
+
+    def nudge(self, task: Task, context: ServerCallContext) -> None:
+        """Try once, in the background, to drive `task` (just read by GetTask for
+        `context`'s caller): if nobody holds its lease, its replica is gone and
+        this one goes on with it. A task that needs no driver, or one this
+        replica already tries, is left alone."""
+        if not _needs_driver(task) or task.id in self._nudged:
+            return
+        attempt = asyncio.create_task(self._nudge(task.id, context))
+        self._nudged[task.id] = attempt
+        attempt.add_done_callback(lambda _: self._nudged.pop(task.id, None))
+
+    async def _nudge(self, task_id: str, context: ServerCallContext) -> None:
+        try:
+            await self._drive_once(task_id, context)
+        except PacketbusError as exc:
+            _log.warning("task %s: taking over failed: %s", task_id, exc)
+
+    async def aclose(self) -> None:
+        """Stop the takeovers `nudge` started (their leases are released)."""
+        attempts = list(self._nudged.values())
+        for attempt in attempts:
+            attempt.cancel()
+        await asyncio.gather(*attempts, return_exceptions=True)
 
     async def _drive_once(self, task_id: str, context: ServerCallContext) -> bool:
         """One attempt; True when the task needs no driver (any more)."""

@@ -26,6 +26,7 @@ from .answers import answer_event, answers_included, ends_turn, follow_answers
 from .auth import Principals
 from .lease import Lease
 from .parts import PartCodec, PartRefused, message_packet
+from .task_store import ContextTaskStore
 from .wire import cancel_packet
 
 
@@ -35,7 +36,7 @@ class InboxExecutor(AgentExecutor):
     `clients`: the packetbus client of each request's caller (`auth.Principals`):
     the request, its parts and the answers move under the caller's credential;
     the driver lease (`lease`) under the gateway's own (`Principals.default`).
-    `holder`: this replica's id in driver leases. `answer_timeout` (seconds):
+    `holder`: this replica's id in driver leases; `store`: the agent's tasks. `answer_timeout` (seconds):
     how long a turn may wait for the agent's answer that ends it before the
     task is marked FAILED (the request stays in the inbox: an agent that comes
     back later still gets it, but the A2A task has ended).
@@ -47,11 +48,13 @@ class InboxExecutor(AgentExecutor):
         agent_id: str,
         *,
         holder: str,
+        store: ContextTaskStore,
         answer_timeout: float = 300.0,
     ) -> None:
         self._clients = clients if isinstance(clients, Principals) else Principals(clients)
         self._agent_id = agent_id
         self._holder = holder
+        self._store = store
         self._answer_timeout = answer_timeout
         self._parts = PartCodec(self._clients.default)
 
@@ -71,23 +74,28 @@ class InboxExecutor(AgentExecutor):
         # Sent before the task is first stored: a caller the packetbus server
         # refuses to send for leaves no task behind.
         await client.send_to(self._agent_id, packet)
-        if context.current_task is None:
-            await event_queue.enqueue_event(
-                Task(
-                    id=task_id,
-                    context_id=context_id,
-                    status=TaskStatus(state=TaskState.TASK_STATE_SUBMITTED),
-                    history=[message],
-                )
-            )
         lease = Lease(self._clients.default, self._agent_id, task_id, self._holder)
         try:
             async with asyncio.timeout(self._answer_timeout):
-                # Free at once for a new task; a task's earlier turn may still be
-                # finishing on another replica.
-                if not await lease.acquire_within(self._answer_timeout):
-                    raise TimeoutError
                 start = answers_included(context.current_task)
+                # The lease before the task is stored: from then on no other replica
+                # takes a new task over (`driver`) while this one follows it.
+                if not await lease.acquire():
+                    # The task's previous turn is still followed elsewhere: wait for
+                    # it, then go on from the answers the task holds by then.
+                    if not await lease.acquire_within(self._answer_timeout):
+                        raise TimeoutError
+                    stored = await self._store.get(task_id, context.call_context)
+                    start = answers_included(None if stored is None else stored.task)
+                if context.current_task is None:
+                    await event_queue.enqueue_event(
+                        Task(
+                            id=task_id,
+                            context_id=context_id,
+                            status=TaskStatus(state=TaskState.TASK_STATE_SUBMITTED),
+                            history=[message],
+                        )
+                    )
                 await self._follow(parts, task_id, context_id, start, lease, event_queue)
         except TimeoutError:
             updater = TaskUpdater(event_queue, task_id, context_id)

@@ -7,7 +7,9 @@ the gateway's pieces: `InboxExecutor` (messages to the agent's inbox),
 task over when its replica is gone). Any replica can then answer every call
 for any task.
 
-`GatewayRequestHandler` adds two things to a2a-sdk's handler: a cancel that
+`GatewayRequestHandler` adds three things to a2a-sdk's handler: GetTask of a
+task nobody follows (its replica died) has this replica take it over
+(`TaskDriver.nudge`); a cancel that
 another replica records (the task runs elsewhere, or nowhere) still reaches
 the agent as a CANCEL packet (a2a-sdk calls the executor's `cancel` only on
 the replica running the task; the packet's tracking id is fixed per task, so
@@ -26,6 +28,7 @@ from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.types.a2a_pb2 import (
     AgentCard,
     CancelTaskRequest,
+    GetTaskRequest,
     SubscribeToTaskRequest,
     Task,
     TaskState,
@@ -51,6 +54,7 @@ class GatewayRequestHandler(DefaultRequestHandler):
         executor: NotingExecutor,
         store: ContextTaskStore,
         stream: TopicEventStream,
+        driver: TaskDriver,
     ) -> None:
         super().__init__(
             agent_executor=executor,
@@ -60,6 +64,21 @@ class GatewayRequestHandler(DefaultRequestHandler):
         )
         self._clients = clients
         self._agent_id = agent_id
+        self._driver = driver
+
+    async def on_get_task(self, params: GetTaskRequest, context: ServerCallContext) -> Task | None:
+        """a2a-sdk's GetTask; a task that may have lost its replica is taken over
+        in the background if nobody follows it (`TaskDriver.nudge`)."""
+        task: Task | None = await super().on_get_task(params, context)
+        if task is not None:
+            self._driver.nudge(task, context)
+        return task
+
+    async def aclose(self) -> None:
+        """a2a-sdk's drain, and the takeovers this replica runs stop (their leases
+        are given up, so another replica can go on at once)."""
+        await super().aclose()
+        await self._driver.aclose()
 
     async def on_subscribe_to_task(
         self, params: SubscribeToTaskRequest, context: ServerCallContext
@@ -105,7 +124,9 @@ def build_handler(
 
     stream = TopicEventStream(clients.default, agent_id, drive=take_over)
     driver = TaskDriver(clients, agent_id, holder, store, stream)
-    executor = InboxExecutor(clients, agent_id, holder=holder, answer_timeout=answer_timeout)
+    executor = InboxExecutor(
+        clients, agent_id, holder=holder, store=store, answer_timeout=answer_timeout
+    )
     return GatewayRequestHandler(
         clients=clients,
         agent_id=agent_id,
@@ -113,4 +134,5 @@ def build_handler(
         executor=NotingExecutor(executor),
         store=store,
         stream=stream,
+        driver=driver,
     )
