@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -26,12 +27,14 @@ from a2a.types.a2a_pb2 import (
 
 import packetbus
 from packetbus import EARLIEST, SpeechAct
+from packetbus._export import verify_export
+from packetbus._inbox import inbox_topic
 from packetbus_a2a import A2AAgent, A2ARequest
 from packetbus_a2a.answers import ANSWERS_KEY
 from packetbus_a2a.event_stream import DOCUMENTS_SCOPE, TopicEventStream, events_topic
 from packetbus_a2a.task_store import SCOPE, TaskStoreVersion
-from packetbus_a2a.wire import tracking_id
-from tests.conftest import unique
+from packetbus_a2a.wire import reply_address, tracking_id
+from tests.conftest import run_cli, unique
 from tests.test_a2a_gateway import responses, start_gateway, stop, texts, user_message
 
 pytestmark = pytest.mark.one_backend
@@ -378,3 +381,39 @@ async def test_get_task_takes_over_a_task_whose_replica_died(
     assert texts(task.status.message) == ["all done"]
     assert [a.name for a in task.artifacts] == ["result"]
     assert task.metadata.fields[ANSWERS_KEY].number_value == 3
+
+
+async def test_every_exchange_is_in_the_export_and_verifies_offline(
+    target: str, client: packetbus.Client, tmp_path: Path
+) -> None:
+    async def serve(request: A2ARequest) -> None:
+        await request.status("reading")
+        await request.artifact("summary", request.text.upper())
+        await request.finish("done")
+
+    gateway, url = start_gateway(target)
+    try:
+        async with (
+            running_agent(client, serve) as agent_id,
+            a2a_client(f"{url}/agents/{agent_id}", streaming=True) as a2a,
+        ):
+            events = await responses(a2a, user_message("audit me"))
+            task_id = events[0].task.id
+    finally:
+        stop(gateway)
+
+    # The request in the agent's inbox, the answers in the task's reply inbox, and
+    # the task's A2A events: each topic exports with chains that verify offline.
+    topics = {
+        "request": (inbox_topic(agent_id), 1),
+        "answers": (inbox_topic(reply_address(task_id)), 3),
+        "events": (events_topic(agent_id, task_id), len(events)),
+    }
+    for what, (topic, count) in topics.items():
+        path = tmp_path / f"{what}.jsonl"
+        wrote = await asyncio.to_thread(
+            run_cli, "--target", target, "export", "--topic", topic, "--out", str(path)
+        )
+        assert wrote.returncode == 0, wrote.stderr
+        report = await asyncio.to_thread(verify_export, path)
+        assert (what, report.packets, report.verified, report.failures) == (what, count, count, [])
