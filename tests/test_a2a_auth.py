@@ -2,8 +2,9 @@
 
 A real packetbus server authenticating real JWTs (Ed25519, a JWKS file) and
 authorizing by a policy file, a real `packetbus a2a serve` process on loopback (its
-own token: PACKETBUS_TOKEN), the unmodified a2a-sdk client over HTTP, and the
-packetbus agent answering through `A2AAgent`.
+own token: PACKETBUS_TOKEN; HTTP and gRPC), the unmodified a2a-sdk client over
+HTTP and gRPC (a2a-sdk's generated stub where a test needs the exact status code),
+and the packetbus agent answering through `A2AAgent`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
+import grpc.aio
 import httpx
 import pytest
 from a2a.client import Client as A2AClient
-from a2a.client import ClientConfig, ClientFactory
+from a2a.client import ClientCallContext, ClientConfig, ClientFactory
+from a2a.client.auth import AuthInterceptor, CredentialService
+from a2a.client.interceptors import AfterArgs, BeforeArgs, ClientCallInterceptor
+from a2a.types import a2a_pb2_grpc
 from a2a.types.a2a_pb2 import (
     CancelTaskRequest,
     GetTaskRequest,
@@ -85,7 +90,8 @@ def start_gateway(target: str, own_token: str, *options: str) -> tuple[subproces
     """`packetbus a2a serve` with its own token, once it serves: the process, its URL."""
     port = free_port()
     argv = [sys.executable, "-m", "packetbus._cli", "a2a", "serve", "--target", target]
-    argv += ["--listen", f"127.0.0.1:{port}", "--answer-timeout", "20", *options]
+    argv += ["--listen", f"127.0.0.1:{port}", "--grpc-listen", f"127.0.0.1:{free_port()}"]
+    argv += ["--answer-timeout", "20", *options]
     env = {**os.environ, "PACKETBUS_TOKEN": own_token}
     process = subprocess.Popen(
         argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -158,21 +164,74 @@ async def agent(base: packetbus.Client, issuer: Issuer) -> AsyncIterator[A2AAgen
     await served.close()
 
 
+class Bearer(ClientCallInterceptor):
+    """Sends ``Authorization: Bearer <token>`` with every call: a2a-sdk's gRPC
+    transport sends a call's service parameters as metadata (keys lower-cased)."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def before(self, args: BeforeArgs) -> None:
+        args.context = args.context or ClientCallContext()
+        parameters = args.context.service_parameters or {}
+        args.context.service_parameters = {**parameters, "Authorization": f"Bearer {self.token}"}
+
+    async def after(self, args: AfterArgs) -> None:
+        pass
+
+
+class Credentials(CredentialService):
+    """`token` for every security scheme a card declares (for a2a-sdk's AuthInterceptor)."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def get_credentials(self, name: str, context: ClientCallContext | None) -> str | None:
+        return self.token
+
+
 @contextlib.asynccontextmanager
 async def a2a_as(
     url: str, token: str | None, binding: str = "JSONRPC", *, streaming: bool = False
 ) -> AsyncIterator[A2AClient]:
+    """The a2a-sdk client of AGENT on gateway `url` over `binding`, calling with
+    `token` (HTTP: a header on every request; gRPC: call metadata)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     http = httpx.AsyncClient(headers=headers, timeout=30)
     config = ClientConfig(
-        streaming=streaming, supported_protocol_bindings=[binding], httpx_client=http
+        streaming=streaming,
+        supported_protocol_bindings=[binding],
+        httpx_client=http,
+        grpc_channel_factory=grpc.aio.insecure_channel,
     )
-    a2a = await ClientFactory(config).create_from_url(f"{url}/agents/{AGENT}/")
+    grpc_token: list[ClientCallInterceptor] = [Bearer(token)] if token and binding == "GRPC" else []
+    a2a = await ClientFactory(config).create_from_url(
+        f"{url}/agents/{AGENT}/", interceptors=grpc_token
+    )
     try:
         yield a2a
     finally:
         await a2a.close()
         await http.aclose()
+
+
+@contextlib.asynccontextmanager
+async def stub_of(url: str) -> AsyncIterator[a2a_pb2_grpc.A2AServiceStub]:
+    """a2a-sdk's generated gRPC stub on the gRPC address AGENT's card gives."""
+    async with httpx.AsyncClient() as http:
+        card = (await http.get(f"{url}/agents/{AGENT}/.well-known/agent-card.json")).json()
+    [address] = [i["url"] for i in card["supportedInterfaces"] if i["protocolBinding"] == "GRPC"]
+    async with grpc.aio.insecure_channel(address) as channel:
+        yield a2a_pb2_grpc.A2AServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
+def bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def challenge(error: grpc.aio.AioRpcError) -> list[str]:
+    """The ``www-authenticate`` trailing metadata of a failed call."""
+    return [v for k, v in error.trailing_metadata() or () if k == "www-authenticate"]
 
 
 async def send(a2a: A2AClient, text: str) -> Task:
@@ -236,7 +295,7 @@ async def test_with_token_view_calls_as_its_principal(
 # -- the gateway ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON"])
+@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON", "GRPC"])
 async def test_the_callers_token_reaches_packetbus(
     gateway: str, agent: A2AAgent, admin: packetbus.Client, issuer: Issuer, binding: str
 ) -> None:
@@ -306,14 +365,86 @@ async def test_a_caller_refused_sending_gets_403_and_nothing_is_stored(
     assert agent.seen == []  # type: ignore[attr-defined]
 
 
-async def test_a_task_is_visible_to_its_creator_only(
+def hello() -> SendMessageRequest:
+    message = Message(role=Role.ROLE_USER, message_id=str(uuid.uuid4()), parts=[Part(text="hi")])
+    return SendMessageRequest(message=message)
+
+
+async def test_grpc_refusals_have_their_status_codes(
+    gateway: str, agent: A2AAgent, admin: packetbus.Client, issuer: Issuer
+) -> None:
+    carol = bearer(issuer.token(CAROL))
+    async with stub_of(gateway) as a2a:
+        # Refused by packetbus (carol may not publish to the agent's inbox): its
+        # code and message, unary and streaming.
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await a2a.SendMessage(hello(), metadata=carol)
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert denied.value.details().startswith("packetbus refused: ")
+        assert "topics.publish" in denied.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as streamed:
+            async for _ in a2a.SendStreamingMessage(hello(), metadata=carol):
+                pass
+        assert streamed.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "topics.publish" in streamed.value.details()
+        # A token the server does not take: UNAUTHENTICATED with the bearer challenge.
+        forged = bearer(issuer.token(CAROL)[:-4] + "AAAA")
+        for call in (
+            a2a.SendMessage(hello(), metadata=forged),
+            a2a.ListTasks(ListTasksRequest(), metadata=forged),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await call
+            assert bad.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert bad.value.details().startswith("packetbus refused: ")
+            assert challenge(bad.value) == ["Bearer"]
+        # Malformed: refused before anything is called, with the HTTP side's messages.
+        malformed = {
+            "Basic eDp5": "the Authorization header is not 'Bearer <token>'",
+            "Bearer not-a-jwt": "the bearer token is not a JWT",
+        }
+        for value, message in malformed.items():
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await a2a.SendMessage(hello(), metadata=(("authorization", value),))
+            assert (bad.value.code(), bad.value.details()) == (
+                grpc.StatusCode.UNAUTHENTICATED,
+                message,
+            )
+            assert challenge(bad.value) == ["Bearer"]
+        with pytest.raises(grpc.aio.AioRpcError) as twice:
+            await a2a.GetTask(GetTaskRequest(id="t"), metadata=carol + bearer("a.b.c"))
+        assert (twice.value.code(), twice.value.details()) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "the call has more than one authorization metadata entry",
+        )
+    assert await owned(admin, CAROL) == []
+    assert agent.seen == []  # type: ignore[attr-defined]
+
+
+async def test_grpc_task_of_another_caller_is_not_found(
     gateway: str, agent: A2AAgent, issuer: Issuer
 ) -> None:
-    async with a2a_as(gateway, issuer.token(ALICE)) as alice:
+    async with stub_of(gateway) as a2a:
+        made = await a2a.SendMessage(hello(), metadata=bearer(issuer.token(ALICE)))
+        task = made.task
+        assert task.status.state == TaskState.TASK_STATE_COMPLETED
+        got = await a2a.GetTask(GetTaskRequest(id=task.id), metadata=bearer(issuer.token(ALICE)))
+        assert got.id == task.id
+        for metadata in (bearer(issuer.token(BOB)), ()):
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await a2a.GetTask(GetTaskRequest(id=task.id), metadata=metadata)
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("binding", ["JSONRPC", "GRPC"])
+async def test_a_task_is_visible_to_its_creator_only(
+    gateway: str, agent: A2AAgent, issuer: Issuer, binding: str
+) -> None:
+    async with a2a_as(gateway, issuer.token(ALICE), binding) as alice:
         task = await send(alice, "mine")
         assert task.id in [t.id for t in (await alice.list_tasks(ListTasksRequest())).tasks]
     for token in (issuer.token(BOB), None):  # another principal; no credential at all
-        async with a2a_as(gateway, token, streaming=True) as other:
+        async with a2a_as(gateway, token, binding, streaming=True) as other:
             with pytest.raises(TaskNotFoundError):
                 await other.get_task(GetTaskRequest(id=task.id))
             with pytest.raises(TaskNotFoundError):
@@ -347,6 +478,34 @@ async def test_require_auth(strict_gateway: str, agent: A2AAgent, issuer: Issuer
     async with a2a_as(strict_gateway, issuer.token(ALICE)) as alice:
         task = await send(alice, "with a token")
         assert task.status.state == TaskState.TASK_STATE_COMPLETED
+    # gRPC: the same rule (no default agent here, and the tenant is not even looked at).
+    async with stub_of(strict_gateway) as a2a:
+        with pytest.raises(grpc.aio.AioRpcError) as unary:
+            await a2a.GetTask(GetTaskRequest(id="t"))
+        with pytest.raises(grpc.aio.AioRpcError) as streamed:
+            async for _ in a2a.SendStreamingMessage(hello()):
+                pass
+        for refused_call in (unary.value, streamed.value):
+            assert (refused_call.code(), refused_call.details()) == (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this gateway requires a credential: Authorization: Bearer <JWT>",
+            )
+            assert challenge(refused_call) == ["Bearer"]
+    # a2a-sdk's own AuthInterceptor sends the token for the scheme the card declares.
+    config = ClientConfig(
+        streaming=False,
+        supported_protocol_bindings=["GRPC"],
+        grpc_channel_factory=grpc.aio.insecure_channel,
+    )
+    auth = AuthInterceptor(Credentials(issuer.token(ALICE)))
+    a2a_client = await ClientFactory(config).create_from_url(
+        f"{strict_gateway}/agents/{AGENT}/", interceptors=[auth]
+    )
+    try:
+        task = await send(a2a_client, "with a token over gRPC")
+        assert task.status.state == TaskState.TASK_STATE_COMPLETED
+    finally:
+        await a2a_client.close()
 
 
 def test_cli_require_auth_needs_a_connection_that_may_carry_tokens() -> None:

@@ -77,7 +77,8 @@ def add_parsers(commands: Any) -> None:
     serve.add_argument(
         "--require-auth",
         action="store_true",
-        help="refuse A2A calls without 'Authorization: Bearer <JWT>' (HTTP 401) and declare "
+        help="refuse A2A calls without 'Authorization: Bearer <JWT>' (HTTP 401, gRPC "
+        "UNAUTHENTICATED; over gRPC the token is 'authorization' metadata) and declare "
         "the bearer scheme in agent cards. With or without it, a call's bearer token is "
         "forwarded to packetbus (TLS or loopback only), which authenticates it and applies "
         "that principal's permissions; tasks are then visible only to their creator",

@@ -57,13 +57,16 @@ What maps to what:
 - A packetbus agent serves A2A without knowing it through `A2AAgent` (`agent`).
 - Push notifications: refused (a2a-sdk's push-notification-not-supported error);
   the capability is absent from every card (unset, not false).
-- Credentials (`auth`): an A2A call's ``Authorization: Bearer <JWT>`` is sent with
-  every packetbus call made for it (`Client.with_token`: one connection, the token
-  per call; only over TLS or loopback), so the packetbus server authenticates the
-  caller and applies its permissions; its refusals are HTTP 401 / 403, and a
-  refused message stores no task. ``--require-auth``: calls without a token get
-  401 and cards declare an HTTP bearer scheme; without it they use the gateway's
-  own connection settings.
+- Credentials (`auth`): an A2A call's ``Authorization: Bearer <JWT>`` (HTTP
+  header, or gRPC ``authorization`` metadata) is sent with every packetbus call
+  made for it (`Client.with_token`: one connection, the token per call; only over
+  TLS or loopback), so the packetbus server authenticates the caller and applies
+  its permissions; its refusals are HTTP 401 / 403 or gRPC UNAUTHENTICATED /
+  PERMISSION_DENIED with its message, and a refused message stores no task. A
+  malformed credential, or a token the gateway may not forward, is 401 /
+  UNAUTHENTICATED before anything is called. ``--require-auth``: calls without a
+  token get 401 / UNAUTHENTICATED and cards declare an HTTP bearer scheme;
+  without it they use the gateway's own connection settings.
 - Ownership: a task made with a token belongs to its ``sub`` (its document name
   holds the owner's key); other callers get task-not-found for it.
 - ListTasks pages (`task_pages`): page_size (default 50, max 100), opaque page
@@ -74,7 +77,6 @@ Not done yet:
 
 - TLS on the gateway's own listeners (HTTP and gRPC are plaintext: loopback by
   default, or behind a TLS proxy); the HTTP side routes by path only;
-- credentials on the gRPC transport (bearer metadata is not read yet);
 - a task whose replica died is driven again only when a GetTask or
   SubscribeToTask asks for it (no background sweep); ListTasks shows it as it was;
 - the task store keeps each task as one JSON document with its parts inline (a

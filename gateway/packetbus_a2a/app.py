@@ -15,9 +15,10 @@ with the gRPC servicer); an unregistered agent is a 404 before a2a-sdk sees it.
 Cards are public, as the A2A spec has them.
 
 Credentials (see `auth`): an A2A call's ``Authorization: Bearer <JWT>`` makes
-every packetbus call for it under that token. A malformed Authorization header
-is answered 401; with ``require_auth`` so is a call without one (both with
-``WWW-Authenticate: Bearer``), and the cards declare the bearer scheme. A call
+every packetbus call for it under that token. A call `auth.credential_problem`
+refuses (a malformed Authorization header, a token the gateway may not forward,
+none under ``require_auth``) is answered 401 with ``WWW-Authenticate: Bearer``;
+with ``require_auth`` the cards declare the bearer scheme. A call
 the packetbus server refuses (UNAUTHENTICATED / PERMISSION_DENIED) is answered
 401 / 403.
 """
@@ -37,16 +38,7 @@ from starlette.types import Receive, Scope, Send
 from packetbus import Client
 from packetbus.v1 import agent_service_pb2
 
-from .auth import (
-    BadCredential,
-    Principals,
-    Refusals,
-    Replacing,
-    bearer_token,
-    refusals,
-    refused_response,
-    subject,
-)
+from .auth import Principals, Refusals, Replacing, credential_problem, refusals, refused_response
 from .cards import AGENTS_PREFIX, CARD_PATH, REST_SUFFIX, build_card, card_response
 from .handlers import AgentHandlers
 from .routing import SCOPE_AGENT, AgentRouter, PathAgentContextBuilder
@@ -129,7 +121,11 @@ class Gateway:
     async def _a2a(
         self, agent_id: str, encoded: str, rest: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        refused = self._credential_problem(Request(scope))
+        refused = credential_problem(
+            Request(scope).headers.get("authorization"),
+            forwards=self._principals.forwards,
+            require_auth=self._require_auth,
+        )
         if refused is not None:
             await refused_response(401, refused)(scope, receive, send)
             return
@@ -150,23 +146,6 @@ class Gateway:
             await self._app(inner, receive, Replacing(send, kept))
         finally:
             refusals.reset(reset)
-
-    def _credential_problem(self, request: Request) -> str | None:
-        """Why the request's credential is refused at once (401), or None."""
-        try:
-            token = bearer_token(request.headers.get("authorization"))
-            if token is not None:
-                subject(token)
-        except BadCredential as exc:
-            return str(exc)
-        if token is not None and not self._principals.forwards:
-            return (
-                "this gateway cannot forward credentials: its packetbus connection is "
-                "neither TLS nor to this machine"
-            )
-        if token is None and self._require_auth:
-            return "this gateway requires a credential: Authorization: Bearer <JWT>"
-        return None
 
     async def aclose(self) -> None:
         """Drain every agent's handler (its running tasks end)."""

@@ -1,6 +1,7 @@
-"""A2A credentials -> packetbus principals.
+"""A2A credentials -> packetbus principals, one rule for HTTP and gRPC.
 
-An A2A request's ``Authorization: Bearer <JWT>`` header is the caller's packetbus
+An A2A request's bearer token (HTTP: the ``Authorization: Bearer <JWT>`` header;
+gRPC: the ``authorization`` metadata entry, same value) is the caller's packetbus
 credential: every packetbus call made for that request (the REQUEST and CANCEL
 packets, the task store's reads and writes, ListTasks, following the answers) is
 made under that token, through `Client.with_token` (one shared connection, the
@@ -10,13 +11,17 @@ permissions; the gateway verifies nothing itself.
 The task's owner is the token's ``sub`` claim (read, not verified: every store call
 that reads or writes a task carries the same token, which the server verifies, so
 a forged ``sub`` never reaches a task). A request without a credential is made with
-the gateway's own connection settings and owner "" (or answered 401 under
-``--require-auth``, see `Gateway`).
+the gateway's own connection settings and owner "". `credential_problem` decides
+which calls are refused before anything is called (a malformed credential, a token
+the gateway may not forward, none under ``--require-auth``): HTTP 401 (`Gateway`),
+gRPC ``UNAUTHENTICATED`` (`GrpcContextBuilder` raises `CredentialRefused`).
 
 A packetbus refusal (UNAUTHENTICATED, PERMISSION_DENIED) of a call made for a
 request is kept for that request (`refusals`, a context variable set per request:
-a2a-sdk's tasks copy it), and `Gateway` answers the request with HTTP 401 (with
-``WWW-Authenticate: Bearer``) or 403 instead of the internal error a2a-sdk would.
+a2a-sdk's tasks copy it) and answers the request instead of the internal error
+a2a-sdk would send: HTTP 401 (with ``WWW-Authenticate: Bearer``) or 403 (`Gateway`,
+`Replacing`), gRPC ``UNAUTHENTICATED`` (with trailing metadata ``www-authenticate:
+Bearer``) or ``PERMISSION_DENIED`` (`abort_refused`), with packetbus's message.
 a2a-sdk 1.3 has no A2A error for either: the spec leaves both to the transport.
 """
 
@@ -30,11 +35,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import grpc
-from a2a.auth.user import User
+import grpc.aio
+from a2a.auth.user import UnauthenticatedUser, User
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
+from a2a.server.request_handlers.grpc_handler import DefaultGrpcServerCallContextBuilder
 from a2a.server.routes.common import DefaultServerCallContextBuilder
+from a2a.utils.errors import A2AError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Message, Send
@@ -101,23 +109,96 @@ class BearerUser(User):
         return self._name
 
 
+def caller(authorization: str | None) -> BearerUser | None:
+    """The caller of a call whose Authorization value is `authorization`: a
+    `BearerUser` for a well-formed bearer JWT, None otherwise (no credential, or
+    one `credential_problem` refuses before the call is served)."""
+    try:
+        token = bearer_token(authorization)
+        return None if token is None else BearerUser(token, subject(token))
+    except BadCredential:
+        return None
+
+
+def credential_problem(
+    authorization: str | None, *, forwards: bool, require_auth: bool
+) -> str | None:
+    """Why a call whose Authorization value (HTTP header, gRPC metadata) is
+    `authorization` (None: there is none) is refused before anything is called,
+    or None to serve it. The same rule on every transport (HTTP 401, gRPC
+    UNAUTHENTICATED): a malformed credential; a token while the gateway may not
+    forward one (`forwards`: `Principals.forwards`); none under `require_auth`."""
+    try:
+        token = bearer_token(authorization)
+        if token is not None:
+            subject(token)
+    except BadCredential as exc:
+        return str(exc)
+    if token is not None and not forwards:
+        return (
+            "this gateway cannot forward credentials: its packetbus connection is "
+            "neither TLS nor to this machine"
+        )
+    if token is None and require_auth:
+        return "this gateway requires a credential: Authorization: Bearer <JWT>"
+    return None
+
+
 class ContextBuilder(DefaultServerCallContextBuilder):
-    """a2a-sdk's context builder, with a `BearerUser` for a request with a token.
+    """a2a-sdk's HTTP context builder, with a `BearerUser` for a request with a token.
 
     (Gateway has already answered 401 for a malformed header: none reaches here.)
     """
 
     def build_user(self, request: Request) -> User:
-        try:
-            token = bearer_token(request.headers.get("authorization"))
-        except BadCredential:
-            token = None
-        if token is None:
-            return super().build_user(request)
-        try:
-            return BearerUser(token, subject(token))
-        except BadCredential:
-            return super().build_user(request)
+        user = caller(request.headers.get("authorization"))
+        return super().build_user(request) if user is None else user
+
+
+class CredentialRefused(A2AError):
+    """A gRPC call refused by `credential_problem` (sent as UNAUTHENTICATED, see
+    `abort_unauthenticated`)."""
+
+    message = "the call's credential is refused"
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    """The call's ``authorization`` metadata value (None without one). Raises
+    CredentialRefused when there are several (which one would be meant?)."""
+    values = [
+        value if isinstance(value, str) else value.decode("utf-8", "replace")
+        for key, value in context.invocation_metadata() or ()
+        if key.lower() == "authorization"
+    ]
+    if len(values) > 1:
+        raise CredentialRefused(message="the call has more than one authorization metadata entry")
+    return values[0] if values else None
+
+
+class GrpcContextBuilder(DefaultGrpcServerCallContextBuilder):
+    """a2a-sdk's gRPC context builder, with a `BearerUser` for a call whose
+    ``authorization`` metadata is ``Bearer <JWT>`` (the HTTP side's rule).
+
+    `build` raises CredentialRefused for a call `credential_problem` refuses
+    (`forwards`, `require_auth`: as there), before a2a-sdk handles it.
+    """
+
+    def __init__(self, *, forwards: bool = True, require_auth: bool = False) -> None:
+        self._forwards = forwards
+        self._require_auth = require_auth
+
+    def build(self, context: grpc.aio.ServicerContext) -> ServerCallContext:
+        """a2a-sdk's call context, the caller in it. Raises CredentialRefused."""
+        problem = credential_problem(
+            _authorization(context), forwards=self._forwards, require_auth=self._require_auth
+        )
+        if problem is not None:
+            raise CredentialRefused(message=problem)
+        return super().build(context)
+
+    def build_user(self, context: grpc.aio.ServicerContext) -> User:
+        user = caller(_authorization(context))
+        return UnauthenticatedUser() if user is None else user
 
 
 def owner(context: ServerCallContext) -> str:
@@ -186,6 +267,35 @@ def note(exc: BaseException) -> None:
     kept = refusals.get()
     if kept is not None and isinstance(exc, PacketbusError) and exc.code in _REFUSING:
         kept.errors.append(exc)
+
+
+def refusal_of(exc: BaseException) -> PacketbusError | None:
+    """The refusal a call that ended with `exc` is answered with: the first one
+    the running request kept, else `exc` itself if it is one, else None."""
+    kept = first_refusal()
+    if kept is not None:
+        return kept
+    if isinstance(exc, PacketbusError) and exc.code in _REFUSING:
+        return exc
+    return None
+
+
+async def abort_unauthenticated(context: grpc.aio.ServicerContext, message: str) -> None:
+    """End gRPC call `context` with UNAUTHENTICATED and `message`, trailing metadata
+    ``www-authenticate: Bearer`` (RFC 6750's challenge, as on HTTP). Raises
+    grpc.aio.AbortError (gRPC's way of ending the call)."""
+    context.set_trailing_metadata((("www-authenticate", "Bearer"),))
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+
+async def abort_refused(context: grpc.aio.ServicerContext, refusal: PacketbusError) -> None:
+    """End gRPC call `context` with packetbus refusal `refusal`: its code
+    (UNAUTHENTICATED, see `abort_unauthenticated`, or PERMISSION_DENIED) and
+    ``packetbus refused: <its message>``. Raises grpc.aio.AbortError."""
+    message = f"packetbus refused: {refusal.message}"
+    if refusal.code == grpc.StatusCode.UNAUTHENTICATED:
+        await abort_unauthenticated(context, message)
+    await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
 
 
 class NotingExecutor(AgentExecutor):

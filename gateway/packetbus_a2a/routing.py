@@ -42,7 +42,14 @@ from a2a.types.a2a_pb2 import (
 from a2a.utils.errors import A2AError, InvalidParamsError
 from starlette.requests import Request
 
-from .auth import ContextBuilder
+from .auth import (
+    ContextBuilder,
+    CredentialRefused,
+    GrpcContextBuilder,
+    abort_refused,
+    abort_unauthenticated,
+    refusal_of,
+)
 from .handlers import AgentHandlers
 
 # The ASGI scope key (set by the gateway's HTTP app) and the call-state key
@@ -69,11 +76,29 @@ class PathAgentContextBuilder(ContextBuilder):
 
 
 class RoutingGrpcHandler(GrpcHandler):
-    """a2a-sdk's gRPC servicer, answering `AgentNotFoundError` with ``NOT_FOUND``
-    (a2a-sdk would send an error type it does not know as ``UNKNOWN``)."""
+    """a2a-sdk's gRPC servicer with the caller of each call (`auth.GrpcContextBuilder`:
+    the ``authorization`` metadata, refused as `auth.credential_problem` says when
+    `forwards` / `require_auth`), answering `AgentNotFoundError` with ``NOT_FOUND``
+    (a2a-sdk would send an error type it does not know as ``UNKNOWN``), a refused
+    credential with ``UNAUTHENTICATED``, and any error of a call that met a
+    packetbus refusal with that refusal (a2a-sdk would send ``INTERNAL``).
+
+    The refusals a call meets are kept by the server's interceptor
+    (`grpc_server.RefusalInterceptor`), which also answers those a2a-sdk lets through.
+    """
+
+    def __init__(
+        self, router: AgentRouter, *, forwards: bool = True, require_auth: bool = False
+    ) -> None:
+        super().__init__(router, GrpcContextBuilder(forwards=forwards, require_auth=require_auth))
 
     async def abort_context(self, error: A2AError, context: grpc.aio.ServicerContext) -> None:
-        """Abort the call with `error`'s code and message."""
+        """Abort the call with `error`'s code and message (or the refusal's)."""
+        refusal = refusal_of(error)
+        if refusal is not None:
+            await abort_refused(context, refusal)
+        if isinstance(error, CredentialRefused):
+            await abort_unauthenticated(context, error.message)
         if isinstance(error, AgentNotFoundError):
             await context.abort(grpc.StatusCode.NOT_FOUND, error.message)
         await super().abort_context(error, context)

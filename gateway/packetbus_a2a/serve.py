@@ -78,7 +78,13 @@ async def serve(
         server.ready_line = f"packetbus a2a gateway serving on {base_url}"
         try:
             if grpc_port is not None:
-                server.grpc = GrpcGateway.bind(gateway.router, grpc_host, grpc_port)
+                server.grpc = GrpcGateway.bind(
+                    gateway.router,
+                    grpc_host,
+                    grpc_port,
+                    forwards=principals.forwards,
+                    require_auth=require_auth,
+                )
                 bound = f"{_url_host(grpc_host)}:{server.grpc.port}"
                 # In the cards before the first call can build a handler (and its card).
                 gateway.grpc_address = grpc_public_address or bound
