@@ -26,11 +26,14 @@ from a2a.types.a2a_pb2 import (
     GetTaskRequest,
     ListTasksRequest,
     SendMessageRequest,
+    TaskPushNotificationConfig,
     TaskState,
 )
 from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, VERSION_HEADER
-from a2a.utils.errors import TaskNotCancelableError
+from a2a.utils.errors import PushNotificationNotSupportedError, TaskNotCancelableError
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 import packetbus
 from packetbus import SpeechAct
@@ -399,3 +402,26 @@ def test_cli_refuses_a_bad_grpc_listen() -> None:
         )
     assert (busy.returncode, busy.stdout) == (1, "")
     assert busy.stderr == f"packetbus: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+async def test_push_notifications_are_unimplemented_over_grpc(
+    gateway: Gateway, echo: A2AAgent
+) -> None:
+    # The A2A spec's code for PushNotificationNotSupportedError on gRPC, with the
+    # ErrorInfo reason a2a-sdk's client maps back to that error.
+    config = TaskPushNotificationConfig(
+        task_id="t", url="http://127.0.0.1:9/", tenant=echo.agent_id
+    )
+    async with stub(gateway.grpc) as a2a:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await a2a.CreateTaskPushNotificationConfig(config)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    status = rpc_status.from_call(refused.value)
+    assert status is not None
+    [detail] = status.details
+    info = error_details_pb2.ErrorInfo()
+    assert detail.Unpack(info)
+    assert (info.reason, info.domain) == ("PUSH_NOTIFICATION_NOT_SUPPORTED", "a2a-protocol.org")
+    async with grpc_client(gateway.url) as client:
+        with pytest.raises(PushNotificationNotSupportedError):
+            await client.create_task_push_notification_config(config)

@@ -39,7 +39,15 @@ from a2a.types.a2a_pb2 import (
     Task,
     TaskPushNotificationConfig,
 )
-from a2a.utils.errors import A2AError, InvalidParamsError
+from a2a.utils.errors import (
+    A2A_ERROR_REASONS,
+    A2AError,
+    InvalidParamsError,
+    PushNotificationNotSupportedError,
+)
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 from starlette.requests import Request
 
 from .auth import (
@@ -78,7 +86,8 @@ class PathAgentContextBuilder(ContextBuilder):
 class RoutingGrpcHandler(GrpcHandler):
     """a2a-sdk's gRPC servicer with the caller of each call (`auth.GrpcContextBuilder`:
     the ``authorization`` metadata, refused as `auth.credential_problem` says when
-    `forwards` / `require_auth`), answering `AgentNotFoundError` with ``NOT_FOUND``
+    `forwards` / `require_auth`), answering `AgentNotFoundError` with ``NOT_FOUND``, push notifications with
+    ``UNIMPLEMENTED`` (the A2A spec's code),
     (a2a-sdk would send an error type it does not know as ``UNKNOWN``), a refused
     credential with ``UNAUTHENTICATED``, and any error of a call that met a
     packetbus refusal with that refusal (a2a-sdk would send ``INTERNAL``).
@@ -101,7 +110,30 @@ class RoutingGrpcHandler(GrpcHandler):
             await abort_unauthenticated(context, error.message)
         if isinstance(error, AgentNotFoundError):
             await context.abort(grpc.StatusCode.NOT_FOUND, error.message)
+        if isinstance(error, PushNotificationNotSupportedError):
+            await _abort_unimplemented(context, error)
         await super().abort_context(error, context)
+
+
+async def _abort_unimplemented(
+    context: grpc.aio.ServicerContext, error: PushNotificationNotSupportedError
+) -> None:
+    """Push notifications refused with ``UNIMPLEMENTED``, the code the A2A spec's
+    error table gives PushNotificationNotSupportedError on gRPC (a2a-sdk 1.3 sends
+    FAILED_PRECONDITION), with a2a-sdk's ErrorInfo so its client still knows it."""
+    info = any_pb2.Any()
+    info.Pack(
+        error_details_pb2.ErrorInfo(
+            reason=A2A_ERROR_REASONS[PushNotificationNotSupportedError],
+            domain="a2a-protocol.org",
+        )
+    )
+    status = status_pb2.Status(
+        code=grpc.StatusCode.UNIMPLEMENTED.value[0], message=error.message, details=[info]
+    )
+    rich = rpc_status.to_status(status)
+    context.set_trailing_metadata(tuple(rich.trailing_metadata))
+    await context.abort(rich.code, rich.details)
 
 
 class AgentRouter(RequestHandler):
