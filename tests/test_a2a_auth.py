@@ -9,7 +9,6 @@ and the packetbus agent answering through `A2AAgent`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import subprocess
@@ -44,10 +43,11 @@ from a2a.utils.errors import TaskNotFoundError
 import packetbus
 from packetbus import PacketbusError
 from packetbus._inbox import inbox_topic
-from packetbus.v1 import custody_pb2
-from packetbus_a2a import A2AAgent
+from packetbus.v1 import custody_pb2, packet_service_pb2
+from packetbus_a2a import A2AAgent, A2ARequest
 from packetbus_a2a.task_store import SCOPE, owner_key
 from packetbus_server import RunningServer
+from tests._a2a import answering
 from tests._identities import Issuer, guarded_fixtures, spiffe
 from tests.conftest import REPO, free_port, new_packet, run_cli, unique
 
@@ -147,21 +147,15 @@ async def admin(base: packetbus.Client, issuer: Issuer) -> packetbus.Client:
 async def agent(base: packetbus.Client, issuer: Issuer) -> AsyncIterator[A2AAgent]:
     """AGENT answering each request "done: <text>", its deliveries kept in `seen`."""
     client = base.with_token(issuer.token(spiffe(AGENT)))
-    await client.register_agent(AGENT, role="secured", capabilities=["echo"], ttl=300)
-    served = await A2AAgent.open(client, AGENT)
-    served.seen = []  # type: ignore[attr-defined]
+    seen: list[packet_service_pb2.StoredPacket] = []
 
-    async def serve() -> None:
-        async for request in served:
-            served.seen.append(request.packet)  # type: ignore[attr-defined]
-            await request.finish(f"done: {request.text}")
+    async def answer(request: A2ARequest) -> None:
+        seen.append(request.packet)
+        await request.finish(f"done: {request.text}")
 
-    running = asyncio.create_task(serve())
-    yield served
-    running.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await running
-    await served.close()
+    async with answering(client, AGENT, answer, role="secured", capabilities=["echo"]) as served:
+        served.seen = seen  # type: ignore[attr-defined]
+        yield served
 
 
 class Bearer(ClientCallInterceptor):

@@ -36,9 +36,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 import packetbus
-from packetbus import SpeechAct
 from packetbus_a2a import A2AAgent, A2ARequest
-from packetbus_a2a.wire import tracking_id
+from tests._a2a import answering, assert_agent_finds_the_cancel
 from tests.conftest import REPO, free_port, run_cli, unique
 from tests.test_a2a_gateway import responses, stop, texts, user_message
 
@@ -108,21 +107,14 @@ def gateway(target: str) -> Iterator[Gateway]:
 async def echo(client: packetbus.Client) -> AsyncIterator[A2AAgent]:
     """AGENT, registered and answering: status "reading", artifact "echo" (the text
     upper-cased), final message "done: <text>"."""
-    await client.register_agent(AGENT, role="echo", capabilities=["echo"], ttl=300)
-    agent = await A2AAgent.open(client, AGENT)
 
-    async def serve() -> None:
-        async for request in agent:
-            await request.status("reading")
-            await request.artifact("echo", request.text.upper())
-            await request.finish(f"done: {request.text}")
+    async def answer(request: A2ARequest) -> None:
+        await request.status("reading")
+        await request.artifact("echo", request.text.upper())
+        await request.finish(f"done: {request.text}")
 
-    running = asyncio.create_task(serve())
-    yield agent
-    running.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await running
-    await agent.close()
+    async with answering(client, AGENT, answer, role="echo", capabilities=["echo"]) as agent:
+        yield agent
 
 
 @contextlib.asynccontextmanager
@@ -227,25 +219,7 @@ async def test_cancel_over_grpc_reaches_the_agent(
         with pytest.raises(TaskNotCancelableError):
             await a2a.cancel_task(CancelTaskRequest(id=task.id))
 
-    async with await A2AAgent.open(client, quiet) as agent:
-        requests = aiter(agent)
-        request = await asyncio.wait_for(anext(requests), 10)
-        assert (request.task_id, request.text) == (task.id, "take your time")
-
-        async def read_on() -> A2ARequest:
-            return await anext(requests)
-
-        pending = asyncio.create_task(read_on())
-        async with asyncio.timeout(10):
-            while task.id not in agent.cancelled:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-        pending.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pending
-    cancel = await client.verify_custody(tracking_id(task.id, "cancel"))
-    assert cancel.verified
-    assert cancel.packet.packet.speech_act == SpeechAct.SPEECH_ACT_CANCEL
-    assert cancel.packet.packet.reply_with == task.id
+    await assert_agent_finds_the_cancel(client, quiet, task.id, "take your time")
 
 
 async def test_unknown_tenant_is_not_found(gateway: Gateway, echo: A2AAgent) -> None:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import packetbus
 from packetbus import Packet, SpeechAct
 from packetbus._inbox import inbox_topic
-from packetbus_a2a import A2AAgent
+from packetbus_a2a import A2AAgent, A2ARequest
 from packetbus_a2a.parts import (
     HEADROOM,
     SCOPE,
@@ -38,6 +38,7 @@ from packetbus_a2a.parts import (
 )
 from packetbus_a2a.wire import answer_packet, read_answer, tracking_id
 from packetbus_server import Limits, RunningServer, ServerConfig, start
+from tests._a2a import answering
 from tests.conftest import unique
 from tests.test_a2a_gateway import a2a_client, responses, start_gateway, stop
 
@@ -78,26 +79,19 @@ async def echo(client: packetbus.Client) -> AsyncIterator[A2AAgent]:
     """AGENT answering each request with an artifact "echo" of exactly its parts and
     the final message "got N parts"; a request whose text is "too big" answers with
     an artifact over the context limit, and fails with what that raised."""
-    await client.register_agent(AGENT, role="echo", ttl=300)
-    agent = await A2AAgent.open(client, AGENT)
 
-    async def serve() -> None:
-        async for request in agent:
-            if request.text == "too big":
-                try:
-                    await request.artifact("huge", b"\0" * (CONTEXT_LIMIT + 1))
-                except PartRefused as exc:
-                    await request.fail(str(exc))
-                continue
-            await request.artifact("echo", *request.parts)
-            await request.finish(f"got {len(request.parts)} parts")
+    async def answer(request: A2ARequest) -> None:
+        if request.text == "too big":
+            try:
+                await request.artifact("huge", b"\0" * (CONTEXT_LIMIT + 1))
+            except PartRefused as exc:
+                await request.fail(str(exc))
+            return
+        await request.artifact("echo", *request.parts)
+        await request.finish(f"got {len(request.parts)} parts")
 
-    running = asyncio.create_task(serve())
-    yield agent
-    running.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await running
-    await agent.close()
+    async with answering(client, AGENT, answer, role="echo") as agent:
+        yield agent
 
 
 def message(*parts: Part, context_id: str = "") -> Message:

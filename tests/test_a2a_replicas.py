@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from a2a.client import Client as A2AClient
-from a2a.client import ClientConfig, ClientFactory
 from a2a.types.a2a_pb2 import (
     CancelTaskRequest,
     GetTaskRequest,
@@ -29,12 +29,14 @@ import packetbus
 from packetbus import EARLIEST, SpeechAct
 from packetbus._export import verify_export
 from packetbus._inbox import inbox_topic
-from packetbus_a2a import A2AAgent, A2ARequest
+from packetbus_a2a import A2ARequest
 from packetbus_a2a.answers import ANSWERS_KEY
 from packetbus_a2a.event_stream import DOCUMENTS_SCOPE, TopicEventStream, events_topic
 from packetbus_a2a.task_store import SCOPE, TaskStoreVersion
 from packetbus_a2a.wire import reply_address, tracking_id
+from tests._a2a import answering
 from tests.conftest import run_cli, unique
+from tests.test_a2a_gateway import a2a_client as gateway_client
 from tests.test_a2a_gateway import responses, start_gateway, stop, texts, user_message
 
 pytestmark = pytest.mark.one_backend
@@ -46,34 +48,38 @@ Serve = Callable[[A2ARequest], Awaitable[None]]
 async def running_agent(client: packetbus.Client, serve: Serve) -> AsyncIterator[str]:
     """A registered agent whose every request `serve` answers: its id."""
     agent_id = unique("a2a-replica")
-    await client.register_agent(agent_id, role="stepper", ttl=300)
-    agent = await A2AAgent.open(client, agent_id)
-
-    async def loop() -> None:
-        async for request in agent:
-            await serve(request)
-
-    running = asyncio.create_task(loop())
-    try:
+    async with answering(client, agent_id, serve, role="stepper"):
         yield agent_id
-    finally:
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
-        await agent.close()
 
 
 @contextlib.asynccontextmanager
 async def a2a_client(url: str, *, streaming: bool = False) -> AsyncIterator[A2AClient]:
-    """The unmodified a2a-sdk client for the agent at `url` (JSON-RPC), waiting up to
-    30 s between events: a takeover waits for the lost replica's lease to expire."""
-    async with httpx.AsyncClient(timeout=30) as http:
-        factory = ClientFactory(ClientConfig(streaming=streaming, httpx_client=http))
-        a2a = await factory.create_from_url(url)
-        try:
-            yield a2a
-        finally:
-            await a2a.close()
+    """The a2a-sdk client (JSON-RPC) waiting up to 30 s between events: a takeover
+    waits for the lost replica's lease to expire (5 s)."""
+    async with gateway_client(url, streaming=streaming, wait=30) as a2a:
+        yield a2a
+
+
+@contextlib.contextmanager
+def two_replicas(target: str) -> Iterator[tuple[Replica, Replica]]:
+    """Two gateway processes on one packetbus server; each stopped (drained) at
+    the end unless a test killed it."""
+    first, second = (Replica(*start_gateway(target)) for _ in range(2))
+    try:
+        yield first, second
+    finally:
+        for replica in (first, second):
+            if replica.process.poll() is None:
+                stop(replica.process)
+
+
+@dataclass(frozen=True)
+class Replica:
+    process: subprocess.Popen[str]
+    url: str
+
+    def agent_url(self, agent_id: str) -> str:
+        return f"{self.url}/agents/{agent_id}"
 
 
 def kind(response: StreamResponse) -> str:
@@ -104,20 +110,18 @@ async def test_stream_resumes_on_another_replica_after_the_first_is_killed(
             await request.artifact(f"part {i}", f"text {i}")
         await request.finish("all done")
 
-    first, first_url = start_gateway(target)
-    second, second_url = start_gateway(target)
-    try:
+    with two_replicas(target) as (first, second):
         async with running_agent(client, serve) as agent_id:
-            async with a2a_client(f"{first_url}/agents/{agent_id}", streaming=True) as a2a:
+            async with a2a_client(first.agent_url(agent_id), streaming=True) as a2a:
                 stream = a2a.send_message(SendMessageRequest(message=user_message("count")))
                 seen = await until_status(stream, "step 0")
                 task_id = seen[0].task.id
-                first.kill()  # no drain: the replica following the task is gone
-                first.wait(timeout=10)
+                first.process.kill()  # no drain: the replica following the task is gone
+                first.process.wait(timeout=10)
                 with contextlib.suppress(Exception):
                     await stream.aclose()  # type: ignore[attr-defined]
 
-            async with a2a_client(f"{second_url}/agents/{agent_id}", streaming=True) as other:
+            async with a2a_client(second.agent_url(agent_id), streaming=True) as other:
                 events = other.subscribe(SubscribeToTaskRequest(id=task_id))
                 async with asyncio.timeout(30):
                     snapshot = await anext(events)
@@ -126,8 +130,6 @@ async def test_stream_resumes_on_another_replica_after_the_first_is_killed(
                     go_on.set()
                     rest = [response async for response in events]
                 stored = await other.get_task(GetTaskRequest(id=task_id))
-    finally:
-        stop(second)
 
     assert kind(snapshot) == "task"
     assert snapshot.task.status.state == TaskState.TASK_STATE_WORKING
@@ -185,17 +187,15 @@ async def test_stream_resumes_elsewhere_while_the_first_replica_drives(
         await request.artifact("part 3", "text 3")
         await request.finish("all done")
 
-    first, first_url = start_gateway(target)
-    second, second_url = start_gateway(target)
-    try:
+    with two_replicas(target) as (first, second):
         async with running_agent(client, serve) as agent_id:
-            async with a2a_client(f"{first_url}/agents/{agent_id}", streaming=True) as a2a:
+            async with a2a_client(first.agent_url(agent_id), streaming=True) as a2a:
                 stream = a2a.send_message(SendMessageRequest(message=user_message("count")))
                 seen = await until_status(stream, "step 0")
                 task_id = seen[0].task.id
                 await stream.aclose()  # type: ignore[attr-defined]  # the client goes away
             await asyncio.wait_for(two_sent.wait(), 10)
-            async with a2a_client(f"{second_url}/agents/{agent_id}", streaming=True) as other:
+            async with a2a_client(second.agent_url(agent_id), streaming=True) as other:
                 async with asyncio.timeout(20):
                     # The first replica still follows the task: wait until it applied both.
                     while len((await other.get_task(GetTaskRequest(id=task_id))).artifacts) < 2:  # noqa: ASYNC110
@@ -204,9 +204,6 @@ async def test_stream_resumes_elsewhere_while_the_first_replica_drives(
                     snapshot = await anext(events)
                     go_on.set()
                     rest = [response async for response in events]
-    finally:
-        stop(first)
-        stop(second)
 
     assert kind(snapshot) == "task"
     assert [a.name for a in snapshot.task.artifacts] == ["part 1", "part 2"]
@@ -228,11 +225,9 @@ async def test_follow_up_message_after_input_required(
             await request.artifact("translation", f"[{request.text}] this")
             await request.finish("translated")
 
-    first, first_url = start_gateway(target)
-    second, second_url = start_gateway(target)
-    try:
+    with two_replicas(target) as (first, second):
         async with running_agent(client, serve) as agent_id:
-            async with a2a_client(f"{first_url}/agents/{agent_id}") as a2a:
+            async with a2a_client(first.agent_url(agent_id)) as a2a:
                 [asked] = await responses(a2a, user_message("translate this"))
             assert asked.task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
             assert texts(asked.task.status.message) == ["into which language?"]
@@ -240,12 +235,9 @@ async def test_follow_up_message_after_input_required(
             # The reply goes to another replica; only the new answers are applied.
             reply = user_message("french")
             reply.task_id, reply.context_id = asked.task.id, asked.task.context_id
-            async with a2a_client(f"{second_url}/agents/{agent_id}", streaming=True) as other:
+            async with a2a_client(second.agent_url(agent_id), streaming=True) as other:
                 events = await responses(other, reply)
                 stored = await other.get_task(GetTaskRequest(id=asked.task.id))
-    finally:
-        stop(first)
-        stop(second)
 
     assert [kind(e) for e in events][-2:] == ["artifact_update", "status_update"]
     assert events[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
@@ -270,17 +262,15 @@ async def test_cancel_on_another_replica_reaches_the_agent(
         await request.status("working on it")
         started.set()
 
-    first, first_url = start_gateway(target)
-    second, second_url = start_gateway(target)
-    try:
+    with two_replicas(target) as (first, second):
         async with running_agent(client, serve) as agent_id:
-            async with a2a_client(f"{first_url}/agents/{agent_id}") as a2a:
+            async with a2a_client(first.agent_url(agent_id)) as a2a:
                 [response] = await responses(
                     a2a, user_message("a long job"), return_immediately=True
                 )
                 task_id = response.task.id
                 await asyncio.wait_for(started.wait(), 10)
-            async with a2a_client(f"{second_url}/agents/{agent_id}") as other:
+            async with a2a_client(second.agent_url(agent_id)) as other:
                 canceled = await other.cancel_task(CancelTaskRequest(id=task_id))
             assert canceled.status.state == TaskState.TASK_STATE_CANCELED
             cancel = await client.verify_custody(tracking_id(task_id, "cancel"))
@@ -288,13 +278,10 @@ async def test_cancel_on_another_replica_reaches_the_agent(
             assert cancel.packet.packet.speech_act == SpeechAct.SPEECH_ACT_CANCEL
             assert cancel.packet.packet.reply_with == task_id
             cancelled.set()
-            async with a2a_client(f"{first_url}/agents/{agent_id}") as a2a:
+            async with a2a_client(first.agent_url(agent_id)) as a2a:
                 assert (await a2a.get_task(GetTaskRequest(id=task_id))).status.state == (
                     TaskState.TASK_STATE_CANCELED
                 )
-    finally:
-        stop(first)
-        stop(second)
     assert cancelled.is_set()
 
 
@@ -310,13 +297,11 @@ async def test_an_event_over_the_packet_limit_reaches_another_replica(
         await request.artifact("blob", Part(raw=blob, media_type="application/octet-stream"))
         await request.finish("all done")
 
-    first, first_url = start_gateway(target)
-    second, second_url = start_gateway(target)
-    try:
+    with two_replicas(target) as (first, second):
         async with (
             running_agent(client, serve) as agent_id,
-            a2a_client(f"{first_url}/agents/{agent_id}", streaming=True) as a2a,
-            a2a_client(f"{second_url}/agents/{agent_id}", streaming=True) as other,
+            a2a_client(first.agent_url(agent_id), streaming=True) as a2a,
+            a2a_client(second.agent_url(agent_id), streaming=True) as other,
         ):
             stream = a2a.send_message(SendMessageRequest(message=user_message("big")))
             seen = await until_status(stream, "step 0")
@@ -327,9 +312,6 @@ async def test_an_event_over_the_packet_limit_reaches_another_replica(
                 go_on.set()
                 rest = [response async for response in events]
             await stream.aclose()  # type: ignore[attr-defined]
-    finally:
-        stop(first)
-        stop(second)
 
     assert kind(snapshot) == "task"
     assert [kind(r) for r in rest] == ["artifact_update", "status_update"]
@@ -355,18 +337,16 @@ async def test_get_task_takes_over_a_task_whose_replica_died(
         await request.artifact("result", "42")
         await request.finish("all done")
 
-    first, first_url = start_gateway(target)
-    second, second_url = start_gateway(target)
-    try:
+    with two_replicas(target) as (first, second):
         async with running_agent(client, serve) as agent_id:
-            async with a2a_client(f"{first_url}/agents/{agent_id}") as a2a:
+            async with a2a_client(first.agent_url(agent_id)) as a2a:
                 [response] = await responses(a2a, user_message("compute"), return_immediately=True)
                 task_id = response.task.id
                 await asyncio.wait_for(started.wait(), 10)
-            first.kill()  # the replica following the task dies; its blocking callers too
-            first.wait(timeout=10)
+            first.process.kill()  # the replica following the task dies; its blocking callers too
+            first.process.wait(timeout=10)
             go_on.set()  # the answers arrive with nobody following them
-            async with a2a_client(f"{second_url}/agents/{agent_id}") as other:
+            async with a2a_client(second.agent_url(agent_id)) as other:
                 async with asyncio.timeout(30):
                     # A client polling GetTask elsewhere sees the task go on once the
                     # dead replica's lease has expired (5 s).
@@ -375,8 +355,6 @@ async def test_get_task_takes_over_a_task_whose_replica_died(
                         if task.status.state == TaskState.TASK_STATE_COMPLETED:
                             break
                         await asyncio.sleep(0.5)
-    finally:
-        stop(second)
 
     assert texts(task.status.message) == ["all done"]
     assert [a.name for a in task.artifacts] == ["result"]
