@@ -36,6 +36,7 @@ from packetbus import SpeechAct
 from packetbus._inbox import inbox_topic
 from packetbus_a2a import A2AAgent, A2ARequest
 from packetbus_a2a.wire import reply_address, tracking_id
+from tests._a2a import answering, assert_agent_finds_the_cancel
 from tests.conftest import REPO, free_port, run_cli, unique
 
 # About the gateway and the A2A protocol; its store is ContextService's, which its own
@@ -80,7 +81,13 @@ def start_gateway(target: str, *options: str) -> tuple[subprocess.Popen[str], st
 
 def stop(process: subprocess.Popen[str]) -> None:
     process.terminate()
-    assert process.wait(timeout=10) == 0
+    try:
+        code = process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    assert process.stdout is not None
+    assert code == 0, process.stdout.read()
 
 
 @pytest.fixture(scope="module")
@@ -95,38 +102,39 @@ def gateway(target: str) -> Iterator[str]:
 async def summarizer(client: packetbus.Client) -> AsyncIterator[A2AAgent]:
     """AGENT, registered, answering each request through the helper: a status, an
     artifact "summary" (the text upper-cased) and the final message "done: <text>"."""
-    await client.register_agent(AGENT, role="summarizer", capabilities=CAPABILITIES, ttl=300)
-    agent = await A2AAgent.open(client, AGENT)
 
-    async def serve() -> None:
-        async for request in agent:
-            if request.text == "please fail":
-                await request.fail("cannot do that")
-                continue
-            await request.status("reading")
-            await request.artifact("summary", request.text.upper())
-            await request.finish(f"done: {request.text}")
+    async def answer(request: A2ARequest) -> None:
+        if request.text == "please fail":
+            await request.fail("cannot do that")
+            return
+        await request.status("reading")
+        await request.artifact("summary", request.text.upper())
+        await request.finish(f"done: {request.text}")
 
-    running = asyncio.create_task(serve())
-    yield agent
-    running.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await running
-    await agent.close()
+    async with answering(
+        client, AGENT, answer, role="summarizer", capabilities=CAPABILITIES
+    ) as agent:
+        yield agent
 
 
 @contextlib.asynccontextmanager
 async def a2a_client(
-    url: str, *, streaming: bool = False, binding: str = "JSONRPC"
+    url: str, *, streaming: bool = False, binding: str = "JSONRPC", wait: float = 5.0
 ) -> AsyncIterator[A2AClient]:
-    factory = ClientFactory(
-        ClientConfig(streaming=streaming, supported_protocol_bindings=[binding])
-    )
-    a2a = await factory.create_from_url(url)
-    try:
-        yield a2a
-    finally:
-        await a2a.close()
+    """The unmodified a2a-sdk client for the card at `url`, on `binding`, waiting up
+    to `wait` seconds for a response or between a stream's events (httpx's 5 s
+    by default)."""
+    async with httpx.AsyncClient(timeout=wait) as http:
+        factory = ClientFactory(
+            ClientConfig(
+                streaming=streaming, supported_protocol_bindings=[binding], httpx_client=http
+            )
+        )
+        a2a = await factory.create_from_url(url)
+        try:
+            yield a2a
+        finally:
+            await a2a.close()
 
 
 def user_message(text: str) -> Message:
@@ -337,26 +345,7 @@ async def test_cancel_reaches_the_agent(gateway: str, client: packetbus.Client) 
             await a2a.cancel_task(CancelTaskRequest(id=task.id))
 
     # The agent comes up and finds the request, then the CANCEL for it.
-    async with await A2AAgent.open(client, quiet) as agent:
-        requests = aiter(agent)
-        request = await asyncio.wait_for(anext(requests), 10)
-        assert (request.task_id, request.text) == (task.id, "take your time")
-
-        async def read_on() -> A2ARequest:
-            return await anext(requests)
-
-        pending = asyncio.create_task(read_on())
-        async with asyncio.timeout(10):
-            # The set fills as `pending` reads the inbox: nothing to wait on but it.
-            while task.id not in agent.cancelled:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-        pending.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pending
-    cancel = await client.verify_custody(tracking_id(task.id, "cancel"))
-    assert cancel.verified
-    assert cancel.packet.packet.speech_act == SpeechAct.SPEECH_ACT_CANCEL
-    assert cancel.packet.packet.reply_with == task.id
+    await assert_agent_finds_the_cancel(client, quiet, task.id, "take your time")
 
 
 async def test_push_notifications_are_refused(gateway: str, summarizer: A2AAgent) -> None:

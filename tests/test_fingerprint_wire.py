@@ -162,3 +162,19 @@ def test_a_traced_stamped_packet() -> None:
     assert fingerprint_of_received(bare.SerializeToString(deterministic=True)) == fingerprint(
         packet
     )
+
+
+def test_set_aside_fields_come_back_with_their_unknown_fields() -> None:
+    # Found by the property test above: a trace context (or dispatch time) holding a
+    # field this version does not know was put back without it, changing the bytes
+    # the server then stores and signs.
+    wire = packet_pb2.Packet(origin="agent-1", topic="t.x").SerializeToString()
+    wire += bytes((0x1A, 0x04, 0x08, 0x05, 0x20, 0x07))  # dispatched_at: 1 = 5, unknown 4 = 7
+    wire += bytes((0x6A, 0x02, 0x08, 0x00))  # trace_context: field 1 as a varint (unknown)
+    packet = packet_pb2.Packet.FromString(wire)
+    assert packet.HasField("trace_context")
+    assert packet.HasField("dispatched_at")
+    received = packet.SerializeToString(deterministic=True)
+    expected = fingerprint(packet)
+    assert packet.SerializeToString(deterministic=True) == received
+    assert fingerprint_of_received(received) == expected

@@ -7,6 +7,7 @@ from typing import BinaryIO, Literal
 from packetbus._agents import Liveness
 from packetbus._client.subscription import GapHandler, StartPosition
 from packetbus._config import AgentIdentity, ClientConfig
+from packetbus._security import Token
 from packetbus._sync_proxy import SyncProxy
 from packetbus.v1 import (
     agent_service_pb2,
@@ -375,6 +376,8 @@ class SyncCalls:
         timeout: float | None = ...,
         on_gap: GapHandler | None = ...,
     ) -> SyncProxy: ...
+    @property
+    def target(self) -> str: ...
     def task_queue(self, name: str, *, timeout: float | None = ...) -> SyncProxy: ...
     def verify_custody(
         self, tracking_id: str, *, timeout: float | None = ...
@@ -394,3 +397,4 @@ class SyncCalls:
         after_cursor: str = ...,
         timeout: float | None = ...,
     ) -> SyncProxy: ...
+    def with_token(self, token: Token, *, timeout: float | None = ...) -> SyncProxy: ...

@@ -13,6 +13,8 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from packetbus import _custody, _wire
 from packetbus.v1 import packet_pb2
 
@@ -67,25 +69,27 @@ def fingerprint(packet: packet_pb2.Packet) -> str:
     # Unsigned (most packets): the fields are set aside and put back, which
     # costs about half of copying the packet (its contents may be large).
     tracking_id = packet.tracking_id
-    stamped = packet.HasField("dispatched_at")
-    seconds, nanos = packet.dispatched_at.seconds, packet.dispatched_at.nanos
-    traced = packet.HasField("trace_context")
-    trace = (packet.trace_context.traceparent, packet.trace_context.tracestate)
-    packet.ClearField("tracking_id")
-    packet.ClearField("dispatched_at")
-    if traced:
+    # Copies, not the values: a submessage may hold unknown fields of its own, and
+    # the packet must be left exactly as it came (its bytes are stored and signed).
+    stamp: Timestamp | None = None
+    if packet.HasField("dispatched_at"):
+        stamp = Timestamp()
+        stamp.CopyFrom(packet.dispatched_at)
+        packet.ClearField("dispatched_at")
+    trace: packet_pb2.TraceContext | None = None
+    if packet.HasField("trace_context"):
+        trace = packet_pb2.TraceContext()
+        trace.CopyFrom(packet.trace_context)
         packet.ClearField("trace_context")
+    packet.ClearField("tracking_id")
     try:
         return hashlib.sha256(packet.SerializeToString(deterministic=True)).hexdigest()
     finally:
         packet.tracking_id = tracking_id
-        if stamped:
-            packet.dispatched_at.SetInParent()
-            packet.dispatched_at.seconds = seconds
-            packet.dispatched_at.nanos = nanos
-        if traced:
-            packet.trace_context.SetInParent()
-            packet.trace_context.traceparent, packet.trace_context.tracestate = trace
+        if stamp is not None:
+            packet.dispatched_at.CopyFrom(stamp)
+        if trace is not None:
+            packet.trace_context.CopyFrom(trace)
 
 
 # Tags (field number << 3 | 2, one byte) of the top-level fields the fingerprint

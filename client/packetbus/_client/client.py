@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import grpc
 
@@ -28,7 +29,7 @@ from .._batcher import Batcher
 from .._config import ClientConfig
 from .._context import ContextClient
 from .._errors import PacketbusError
-from .._security import TlsSettings, Token, channel_credentials, check_token
+from .._security import TlsSettings, Token, channel_credentials, check_token, local_kind
 from .._workers import on_workers
 from .agent_calls import AgentCalls
 from .consumer_group_calls import ConsumerGroupCalls
@@ -39,6 +40,7 @@ from .governance_calls import GovernanceCalls
 from .packet_calls import PacketCalls
 from .record_calls import RecordCalls
 from .task_and_inbox_calls import TaskAndInboxCalls
+from .token_view import TokenChannel, checked
 from .topic_admin_calls import TopicAdminCalls
 
 KEEPALIVE_MS = 30_000
@@ -99,6 +101,42 @@ class Client(
         ]
         self._turn = 0
         self._batcher = Batcher(self._send_batch, config.batching)
+        # The address connected to (connect sets it), for with_token's rule.
+        self._target = config.target
+        # A view (with_token) shares its parent's channels: closing it closes none.
+        self._owns_channels = True
+
+    def with_token(self, token: Token) -> Client:
+        """A view of this client whose every call carries bearer `token` (a JWT, or a
+        callable returning the current one), sharing this client's connection.
+
+        For a service acting for many callers (the A2A gateway): one connection,
+        each call made as the principal of the caller's token. The view has its own
+        dispatch batcher (packets of different principals never share a batch);
+        close it to send what it still queues; closing it closes no connection.
+
+        Raises ValueError when this client sends a token of its own (a call would
+        carry two: the server refuses that), for an empty token, and when the
+        connection is neither TLS nor to this machine (the rule `connect` applies:
+        a bearer token never travels in clear text over a network).
+        """
+        if self._config.token is not None:
+            raise ValueError(
+                "with_token: this client already sends a token of its own; connect "
+                "without one and give each call's token through with_token"
+            )
+        if self._config.tls is None and local_kind(self._target) is None:
+            raise ValueError(
+                f"with_token: a bearer token is sent only over TLS or to this machine, "
+                f"and {self._target} is neither"
+            )
+        checked(token)
+        channels = [self._channel, *self._extra_channels]
+        wrapped: list[Any] = [TokenChannel(c, token) for c in channels]
+        view = Client(wrapped[0], self._config, dispatch_channels=wrapped[1:])
+        view._target = self._target
+        view._owns_channels = False
+        return view
 
     @classmethod
     async def connect(
@@ -181,12 +219,15 @@ class Client(
             if config.spread_over_workers:
                 # A server with several workers: to the one it assigns (see _workers).
                 channels = await on_workers(channels, address, open_channel, timeout)
-        return cls(channels[0], config, dispatch_channels=channels[1:])
+        client = cls(channels[0], config, dispatch_channels=channels[1:])
+        client._target = address
+        return client
 
     async def close(self) -> None:
         """Send what is still queued for dispatch, then close the channel."""
         try:
             await self._batcher.close()
         finally:
-            for channel in [self._channel, *self._extra_channels]:
-                await channel.close()
+            if self._owns_channels:
+                for channel in [self._channel, *self._extra_channels]:
+                    await channel.close()

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
         _dispatchers: list[packet_service_pb2_grpc.PacketServiceStub]
         _turn: int
         _batcher: Batcher
+        _target: str
+        _owns_channels: bool
 
 else:
     _State = ClosedOnExit
@@ -66,6 +68,11 @@ class ClientCore(_State):
     @property
     def config(self) -> ClientConfig:
         return self._config
+
+    @property
+    def target(self) -> str:
+        """The address this client connected to (`connect`'s target or the config's)."""
+        return self._target
 
     def _deadline(self, timeout: float | None) -> float:
         return time.monotonic() + (self._config.default_timeout if timeout is None else timeout)
