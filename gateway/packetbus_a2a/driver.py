@@ -73,15 +73,20 @@ class TaskDriver:
 
         `context`: the call of the subscriber that asked (its caller owns the task:
         the task and its answers are read and written with its client). Runs until
-        cancelled or the task is terminal or waiting for input; store failures are
-        logged and tried again, never raised (a subscriber is waiting).
+        cancelled or the task is terminal or waiting for input; store failures and
+        concurrent writers are logged and tried again, never raised (a subscriber is
+        waiting and goes on reading the events of whoever drives).
         """
         while True:
             try:
                 if await self._drive_once(task_id, context):
                     return
-            except PacketbusError as exc:
+            except (PacketbusError, ConcurrentTaskModificationError) as exc:
                 _log.warning("task %s: taking over failed, trying again: %s", task_id, exc)
+            except Exception:
+                # A defect, not a state of the store: trying again would repeat it.
+                _log.exception("task %s: taking over failed; left to another replica", task_id)
+                return
             await asyncio.sleep(_RETRY_SECONDS)
 
     def nudge(self, task: Task, context: ServerCallContext) -> None:
@@ -98,8 +103,10 @@ class TaskDriver:
     async def _nudge(self, task_id: str, context: ServerCallContext) -> None:
         try:
             await self._drive_once(task_id, context)
-        except PacketbusError as exc:
+        except (PacketbusError, ConcurrentTaskModificationError) as exc:
             _log.warning("task %s: taking over failed: %s", task_id, exc)
+        except Exception:
+            _log.exception("task %s: taking over failed", task_id)
 
     async def aclose(self) -> None:
         """Stop the takeovers `nudge` started (their leases are released)."""
