@@ -13,6 +13,13 @@ import httpx
 from tests.conftest import REPO, free_port
 
 CHANGE = {"X-Packetbus-Console": "1"}  # the CSRF guard's header
+# What each console printed (stdout and stderr), by its base URL: read on by a thread.
+_OUTPUT: dict[str, list[str]] = {}
+
+
+def output(url: str) -> str:
+    """What the console at `url` has printed so far."""
+    return "".join(_OUTPUT[url])
 
 
 def start_console(
@@ -37,8 +44,11 @@ def start_console(
         seen.append(line)
         if line.startswith("packetbus console serving on "):
             assert line.strip() == f"packetbus console serving on http://127.0.0.1:{port}"
-            threading.Thread(target=process.stdout.read, daemon=True).start()
-            return process, f"http://127.0.0.1:{port}"
+            url = f"http://127.0.0.1:{port}"
+            _OUTPUT[url] = seen
+            # Read on (into `seen`), so its output never fills the pipe.
+            threading.Thread(target=seen.extend, args=(process.stdout,), daemon=True).start()
+            return process, url
     raise AssertionError(f"console exited with {process.wait()}: {''.join(seen)}")
 
 

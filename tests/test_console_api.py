@@ -112,9 +112,13 @@ async def test_agents_are_listed_and_their_joining_and_going_stale_stream_as_eve
     async with http.stream("GET", "/api/agents/events") as stream:
         assert stream.status_code == 200
         assert stream.headers["content-type"].startswith("text/event-stream")
+        events = aiter(sse_events(stream))
+        # First the cursor the watch starts after: a browser resumes there.
+        start_cursor, event, data = await anext(events)
+        assert (event, data) == ("start", {"cursor": start_cursor})
         await bus.register_agent(agent, role="worker", ttl=1)
         async with asyncio.timeout(15):
-            async for cursor, event, data in sse_events(stream):
+            async for cursor, event, data in events:
                 assert event == "membership"
                 assert cursor == data["cursor"]
                 if data["agent"]["id"] == agent:  # type: ignore[index]
@@ -129,15 +133,17 @@ async def test_agents_are_listed_and_their_joining_and_going_stale_stream_as_eve
     stale = (await http.get("/api/agents", params={"liveness": "stale"})).json()["agents"]
     assert agent in [a["id"] for a in stale]
 
-    # A browser's EventSource reconnects with Last-Event-ID: the stream resumes after it.
-    joined_cursor = kinds[0][0]
-    headers = {"Last-Event-ID": joined_cursor}
-    async with http.stream("GET", "/api/agents/events", headers=headers) as resumed:
-        async with asyncio.timeout(10):
-            async for cursor, _, data in sse_events(resumed):
-                if data["agent"]["id"] == agent:  # type: ignore[index]
-                    assert (cursor, data["kind"]) == kinds[1]
-                    break
+    # A browser's EventSource reconnects with Last-Event-ID: the stream resumes
+    # after it, from the start cursor as from an event's.
+    for last, expected in ((start_cursor, kinds[0]), (kinds[0][0], kinds[1])):
+        headers = {"Last-Event-ID": last}
+        async with http.stream("GET", "/api/agents/events", headers=headers) as resumed:
+            async with asyncio.timeout(10):
+                async for cursor, event, data in sse_events(resumed):
+                    assert event == "membership"
+                    if data["agent"]["id"] == agent:  # type: ignore[index]
+                        assert (cursor, data["kind"]) == expected
+                        break
 
     bad = await http.get("/api/agents", params={"liveness": "sleepy"})
     assert (bad.status_code, bad.json()["code"]) == (400, "INVALID_ARGUMENT")

@@ -19,7 +19,7 @@ import pytest
 import packetbus
 from packetbus_console.sessions import COOKIE
 from packetbus_server import RunningServer, start
-from tests._console import CHANGE, start_console, stop
+from tests._console import CHANGE, output, start_console, stop
 from tests._identities import Issuer, client_as, policy_text, server_config, spiffe
 from tests.conftest import new_packet, unique
 
@@ -194,6 +194,8 @@ async def test_a_principal_without_the_approve_grant_sees_none_and_is_refused(
     out = await http.delete("/api/session", headers=CHANGE)
     assert out.json() == {"signedOut": True}
     assert (await http.get("/api/me")).status_code == 401
+    # The token was never printed (uvicorn's access log is off; nothing logs it).
+    assert token not in output(str(http.base_url).rstrip("/"))
 
 
 async def test_a_permitted_principal_approves_and_the_packet_is_delivered(
@@ -221,3 +223,47 @@ async def test_a_permitted_principal_approves_and_the_packet_is_delivered(
     # A cookie that names no session is no session: calls go without a credential.
     http.cookies.set(COOKIE, "forged")
     assert (await http.get("/api/me")).status_code == 401
+
+
+async def test_an_authenticated_caller_without_authorization_may_do_everything(
+    redis_url: str, issuer: Issuer, tmp_path: Path
+) -> None:
+    # JWTs verified, but a policy without an [authorization] section: every
+    # authenticated principal is allowed everything (one grant "*" on "*").
+    config = await asyncio.to_thread(
+        server_config, redis_url, tmp_path, issuer, 'default = "allow"\n'
+    )
+    srv = await start(config)
+    try:
+        async with await client_as(f"127.0.0.1:{srv.port}", issuer.token(VIEWER)) as client:
+            caller = (await client.server_info()).caller
+        assert (caller.principal, caller.authenticated, caller.source, caller.agent_id) == (
+            VIEWER,
+            True,
+            "jwt",
+            "console-viewer",
+        )
+        assert list(caller.roles) == []
+        assert [(g.permission, g.resource) for g in caller.grants] == [("*", "*")]
+    finally:
+        await srv.stop(grace=0)
+
+
+async def test_a_principal_with_no_grants_is_refused_reads_and_the_event_stream(
+    console: str, issuer: Issuer
+) -> None:
+    nobody = spiffe("console-nobody")  # authenticated, in no role
+    async with httpx.AsyncClient(base_url=console, timeout=20) as http:
+        assert (await sign_in(http, issuer.token(nobody))).status_code == 200
+        me = (await http.get("/api/me")).json()
+        assert (me["principal"], me["authenticated"], me["roles"], me["grants"]) == (
+            nobody,
+            True,
+            [],
+            [],
+        )
+        for path in ("/api/agents", "/api/agents/events", "/api/carcel", "/api/held"):
+            refused = await http.get(path)
+            assert (refused.status_code, refused.json()["code"]) == (403, "PERMISSION_DENIED")
+        purge = await http.post("/api/carcel/purge", json={"topic": "sec.x"}, headers=CHANGE)
+        assert (purge.status_code, purge.json()["code"]) == (403, "PERMISSION_DENIED")

@@ -9,8 +9,10 @@ Each WatchAgents event is one SSE message::
 
 The stream starts after ``Last-Event-ID`` (the header a browser's EventSource
 sends when it reconnects) or the ``after`` query parameter when given, else with
-the events after it opens (the client resumes from the server's start cursor if
-the gRPC stream breaks before the first event, so nothing in between is lost). A
+the events after it opens: its first message is then ``id: <start cursor>``,
+``event: start``, ``data: {"cursor": "<start cursor>"}``, the cursor the server
+started the watch after, so a browser that reconnects before any event resumes
+there and misses nothing (the gRPC watch itself resumes the same way). A
 comment line (``: keepalive``) every `KEEPALIVE` seconds without events keeps
 proxies from closing an idle stream. A refused or failed watch ends the stream with
 one ``event: error`` message (``{"error", "code"}``, as the JSON errors); a
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -34,6 +37,8 @@ from .errors import from_packetbus
 from .shapes import as_json
 
 KEEPALIVE = 15.0  # seconds
+ADMISSION = 10.0  # seconds the server may take to admit (or refuse) the watch
+REFUSAL_WAIT = 0.5  # seconds, for a resumed watch (see agent_events)
 
 
 def _message(event: agent_service_pb2.MembershipEvent) -> str:
@@ -43,20 +48,40 @@ def _message(event: agent_service_pb2.MembershipEvent) -> str:
 
 async def agent_events(request: Request, client: Client) -> Response:
     after = request.headers.get("last-event-id") or request.query_params.get("after", "")
-    watch = client.watch_agents(after_cursor=after) if after else client.watch_agents()
-    # The first event (or the refusal) is awaited here, so a watch the server
-    # refuses is an ordinary JSON error answer, not a stream that ends at once.
+    start: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def started(cursor: str) -> None:
+        if not start.done():
+            start.set_result(cursor)
+
+    watch = (
+        client.watch_agents(after_cursor=after) if after else client.watch_agents(started=started)
+    )
+    # The watch's admission (its start cursor, its first event or its refusal) is
+    # awaited here, so a watch the server refuses is an ordinary JSON error answer.
     first: asyncio.Task[agent_service_pb2.MembershipEvent] = asyncio.ensure_future(
         anext(aiter(watch))
     )
-    done, _ = await asyncio.wait({first}, timeout=0.5)
-    if done and first.exception() is not None:
+    # Resumed after a cursor, the server sends no start cursor: a refusal comes at
+    # once, so a short wait tells it from a watch with no event yet.
+    admitted: set[asyncio.Future[Any]] = {first, start}
+    await asyncio.wait(
+        admitted,
+        timeout=REFUSAL_WAIT if after else ADMISSION,
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    if first.done() and not first.cancelled() and first.exception() is not None:
         error = first.exception()
         if isinstance(error, PacketbusError):
             return from_packetbus(error)
         raise error  # type: ignore[misc]
+    opening = ": connected\n\n"
+    if start.done():
+        cursor = start.result()
+        data = json.dumps({"cursor": cursor})
+        opening = f"id: {cursor}\nevent: start\ndata: {data}\n\n"
     return StreamingResponse(
-        _stream(watch, first),
+        _stream(watch, first, opening),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
@@ -65,9 +90,10 @@ async def agent_events(request: Request, client: Client) -> Response:
 async def _stream(
     watch: AsyncIterator[agent_service_pb2.MembershipEvent],
     first: asyncio.Task[agent_service_pb2.MembershipEvent],
+    opening: str,
 ) -> AsyncIterator[str]:
     pending: asyncio.Task[agent_service_pb2.MembershipEvent] | None = first
-    yield ": connected\n\n"
+    yield opening
     try:
         while True:
             if pending is None:
