@@ -43,8 +43,9 @@ def start_console(
     for line in process.stdout:
         seen.append(line)
         if line.startswith("packetbus console serving on "):
-            assert line.strip() == f"packetbus console serving on http://127.0.0.1:{port}"
-            url = f"http://127.0.0.1:{port}"
+            scheme = "https" if "--tls-cert" in options else "http"
+            url = f"{scheme}://127.0.0.1:{port}"
+            assert line.strip() == f"packetbus console serving on {url}"
             _OUTPUT[url] = seen
             # Read on (into `seen`), so its output never fills the pipe.
             threading.Thread(target=seen.extend, args=(process.stdout,), daemon=True).start()

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
 import packetbus
 from packetbus_console.sessions import COOKIE
@@ -267,3 +269,27 @@ async def test_a_principal_with_no_grants_is_refused_reads_and_the_event_stream(
             assert (refused.status_code, refused.json()["code"]) == (403, "PERMISSION_DENIED")
         purge = await http.post("/api/carcel/purge", json={"topic": "sec.x"}, headers=CHANGE)
         assert (purge.status_code, purge.json()["code"]) == (403, "PERMISSION_DENIED")
+
+
+async def test_over_https_the_session_cookie_is_secure(
+    target: str, issuer: Issuer, tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "console.pem", tmp_path / "console.key"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    env = {k: v for k, v in os.environ.items() if k != "PACKETBUS_TOKEN"}
+    # HTTPS makes a non-loopback --listen acceptable too; loopback here, to reach it.
+    process, url = start_console(target, "--tls-cert", str(cert), "--tls-key", str(key), env=env)
+    try:
+        trusted = ssl.create_default_context()
+        ca.configure_trust(trusted)
+        async with httpx.AsyncClient(base_url=url, verify=trusted, timeout=20) as http:
+            signed_in = await sign_in(http, issuer.token(VIEWER))
+            assert signed_in.status_code == 200
+            parts = {p.strip().lower() for p in signed_in.headers["set-cookie"].split(";")}
+            assert {"secure", "httponly", "samesite=strict", "path=/"} <= parts
+            assert (await http.get("/api/me")).json()["principal"] == VIEWER
+    finally:
+        stop(process)
