@@ -374,3 +374,12 @@ def test_a_taken_port_is_one_line(target: str) -> None:
     finally:
         stop(process)
     assert process.returncode == 0
+
+
+async def test_a_body_over_the_limit_is_413_and_read_no_further(http: httpx.AsyncClient) -> None:
+    huge = b'{"token": "' + b"a" * (64 * 1024) + b'"}'
+    answer = await http.post("/api/session", content=huge, headers=CHANGE)
+    assert (answer.status_code, answer.json()) == (
+        413,
+        {"error": "the body is over 65536 bytes", "code": "RESOURCE_EXHAUSTED"},
+    )

@@ -12,6 +12,9 @@ from starlette.requests import Request
 from .errors import ApiError
 
 MAX_LIMIT = 1000  # items one list answer holds at most
+# The largest request body, in bytes: a sign-in token (sessions.MAX_TOKEN_CHARS)
+# or a note or reason, with room to spare; bounded so no request fills memory.
+MAX_BODY = 64 * 1024
 
 
 def as_json(message: Message) -> dict[str, Any]:
@@ -32,8 +35,15 @@ def limit(request: Request) -> int:
 
 async def body(request: Request) -> dict[str, Any]:
     """The request's JSON object body ({} when empty). Raises ApiError 400 when it
-    is not a JSON object."""
-    raw = await request.body()
+    is not a JSON object, 413 when it is over `MAX_BODY` bytes (read no further)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, "RESOURCE_EXHAUSTED", f"the body is over {MAX_BODY} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw.strip():
         return {}
     try:
