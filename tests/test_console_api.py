@@ -328,6 +328,11 @@ async def test_sign_in_is_refused_without_authentication_and_sign_out_needs_the_
         {"error": "the token is not a JWT", "code": "UNAUTHENTICATED"},
     )
     assert "set-cookie" not in bad.headers
+    # A well-formed token, to a server that authenticates nobody: nothing to sign in to.
+    claims = base64.urlsafe_b64encode(b'{"sub":"someone"}').rstrip(b"=").decode()
+    nothing = await http.post("/api/session", json={"token": f"e30.{claims}.c2ln"}, headers=CHANGE)
+    assert (nothing.status_code, nothing.json()["code"]) == (409, "FAILED_PRECONDITION")
+    assert "set-cookie" not in nothing.headers
     shape = await http.post("/api/session", content=b"[1]", headers=CHANGE)
     assert (shape.status_code, shape.json()["code"]) == (400, "INVALID_ARGUMENT")
     unguarded = await http.delete("/api/session")
