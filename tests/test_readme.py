@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 import packetbus
@@ -656,5 +657,26 @@ def test_a2a_gateway_example_runs_as_written(
             assert "It prints `HELLO A2A / summarized 9 characters`." in README
         finally:
             assert gateway.stop() == 0
+    finally:
+        assert server.stop() == 0
+
+
+def test_console_example_runs_as_written(served: tuple[str, dict[str, str], Path]) -> None:
+    serve, env, _ = served
+    console_port = free_port()
+    # Only the console's port moves (its env var); the example names the default one.
+    env = {**env, "PACKETBUS_CONSOLE_LISTEN": f"127.0.0.1:{console_port}"}
+    server = Served(serve, env)
+    try:
+        console = Served(block("console-serve"), env)
+        try:
+            assert "It prints `packetbus console serving on http://127.0.0.1:8090`" in README
+            [curl] = block("console-me").splitlines()
+            url = shlex.split(curl)[-1].replace(":8090/", f":{console_port}/")
+            answer = httpx.get(url, timeout=10)
+            assert answer.status_code == 200
+            assert answer.json() == json.loads(block("console-me-answer"))
+        finally:
+            assert console.stop() == 0
     finally:
         assert server.stop() == 0

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, cast
 
@@ -146,11 +146,17 @@ class Agents:
                 return found
 
     async def watch(
-        self, *, start: Literal["latest", "earliest"] = "latest", after_cursor: str = ""
+        self,
+        *,
+        start: Literal["latest", "earliest"] = "latest",
+        after_cursor: str = "",
+        started: Callable[[str], None] | None = None,
     ) -> AsyncIterator[pb.MembershipEvent]:
         """Membership events as they happen: from now (`start="latest"`), from the oldest
         kept, or after `after_cursor`. A lost connection resumes after the last event
-        seen. Raises DATA_LOSS when events after the cursor are no longer kept."""
+        seen. `started`: called with the cursor a watch "from now" starts after, once
+        the server says it. Raises DATA_LOSS when events after the cursor are no
+        longer kept."""
 
         def open_stream(cursor: str, _: float | None) -> Any:
             if cursor:
@@ -169,6 +175,7 @@ class Agents:
             # (an older server), resuming "from now" again would skip what happened
             # meanwhile. From the oldest kept, reopening there loses nothing.
             may_resume=lambda c: bool(c) or start == "earliest",
+            started=started,
         ):
             if response.events_lost:
                 raise PacketbusError(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from . import (
     _cli_a2a,
     _cli_agents,
+    _cli_console,
     _cli_context,
     _cli_custody,
     _cli_findings,
@@ -65,10 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     _cli_context.add_parsers(commands)
     _cli_policy.add_parsers(commands)
     _cli_a2a.add_parsers(commands)
+    _cli_console.add_parser(commands)
 
     # Last in --help, after the commands of every role.
     _cli_packets.add_server_parsers(commands)
-    add_to_subcommands(parser, skip=frozenset({"serve"}))
+    add_to_subcommands(parser, skip=frozenset({"serve", "console"}))
     add_output_flags(parser)
     return parser
 
@@ -114,6 +116,8 @@ def _main(args: argparse.Namespace) -> int:
         return _cli_serve.run(args)
     if args.command == "a2a":
         return _cli_a2a.run(args)
+    if args.command == "console":
+        return _cli_console.run(args)
     local = _cli_policy.run_local(args)
     if local is None:
         local = _cli_custody.run_local(args)

@@ -33,6 +33,7 @@ async def resuming(
     may_resume: Callable[[str], bool] = bool,
     timeout: float | None = None,
     ends_at_timeout: bool = False,
+    started: Callable[[str], None] | None = None,
 ) -> AsyncIterator[R]:
     """The responses of `open_stream(cursor, time_left)` (a grpc.aio server-stream
     call opened after `cursor`, "" for the server's own start), opened again after
@@ -44,6 +45,8 @@ async def resuming(
     or "" when it has none. `timeout` (seconds, None: none) bounds the whole stream,
     reopenings included; when it runs out the stream just ends if `ends_at_timeout`
     (a watch), else raises DEADLINE_EXCEEDED (a stream that has an end).
+    `started`, if given, is called with that start cursor once the server sends it
+    (a relay, such as the console's event stream, passes it on as its own cursor).
 
     Raises PacketbusError with the stream's status when it cannot resume (another
     status, `may_resume` false, len(RESUME_DELAYS) failures in a row, or no time
@@ -61,6 +64,8 @@ async def resuming(
                 # Opened "from now": the server says after which cursor it began
                 # (stream_start), so a drop before any event resumes there.
                 cursor = start_cursor(await call.initial_metadata()) or cursor
+                if cursor and started is not None:
+                    started(cursor)
             async for response in call:
                 failures = 0
                 cursor = cursor_of(response) or cursor

@@ -16,6 +16,7 @@ from packetbus.v1 import packet_pb2, packet_service_pb2, packet_service_pb2_grpc
 
 from . import _status
 from ._access import Permission, allows, binding
+from ._access.caller_info import describe_caller
 from ._batch_refs import with_batch
 from ._clock import StoreClock
 from ._custodian import Custodian, check_origin
@@ -490,4 +491,5 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
             workers=None
             if self._workers is None
             else self._workers.describe(assign=request.assign_worker),
+            caller=describe_caller(),
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Literal
 
 from packetbus.v1 import agent_service_pb2
@@ -93,10 +93,17 @@ class AgentCalls(ClientCore):
         )
 
     def watch_agents(
-        self, *, start: Literal["latest", "earliest"] = "latest", after_cursor: str = ""
+        self,
+        *,
+        start: Literal["latest", "earliest"] = "latest",
+        after_cursor: str = "",
+        started: Callable[[str], None] | None = None,
     ) -> AsyncIterator[agent_service_pb2.MembershipEvent]:
-        """Membership events (joined, left, stale, state changed, ...) as they happen."""
-        return self._agents.watch(start=start, after_cursor=after_cursor)
+        """Membership events (joined, left, stale, state changed, ...) as they happen.
+        `started`, if given, is called with the cursor a watch from now (`start`
+        "latest", no `after_cursor`) starts after, as soon as the server sends it:
+        resuming after it misses nothing, even before the first event."""
+        return self._agents.watch(start=start, after_cursor=after_cursor, started=started)
 
     def agent(
         self,

@@ -473,6 +473,7 @@ class GetServerInfoResponse(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     SERVER_ID_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     server_id: _builtins.str
     """Identifies this server replica."""
@@ -484,6 +485,15 @@ class GetServerInfoResponse(_message.Message):
     def workers(self) -> Global___Workers:
         """Set when the server runs several worker processes (`serve --workers N`)."""
 
+    @_builtins.property
+    def caller(self) -> Global___Caller:
+        """The principal the call was made as, whether it was authenticated, and its
+        grants as the server's authorization gives them (permission + resource
+        pattern), so a user interface can offer only what the caller may do.
+        Without authorization configured: unauthenticated (or the authenticated
+        principal) and one grant "*" on "*".
+        """
+
     def __init__(
         self,
         *,
@@ -492,14 +502,94 @@ class GetServerInfoResponse(_message.Message):
         limits: Global___Limits | None = ...,
         server_id: _builtins.str = ...,
         workers: Global___Workers | None = ...,
+        caller: Global___Caller | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "workers", b"workers"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "limits", b"limits", "workers", b"workers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "server_id", b"server_id", "supported_schema_versions", b"supported_schema_versions", "version", b"version", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "limits", b"limits", "server_id", b"server_id", "supported_schema_versions", b"supported_schema_versions", "version", b"version", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015
+
+@_typing.final
+class Caller(_message.Message):
+    """Who made a call, as the server saw it (GetServerInfoResponse.caller)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    AUTHENTICATED_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    GRANTS_FIELD_NUMBER: _builtins.int
+    principal: _builtins.str
+    """The principal's name: a SPIFFE ID, a certificate's CN, a JWT's sub; "local"
+    for a call to a server without authentication.
+    """
+    authenticated: _builtins.bool
+    """Whether a credential proved the principal (false: a server without
+    authentication, where every call is "local").
+    """
+    source: _builtins.str
+    """How it was proved: "jwt", "mtls", "xfcc" or "local"."""
+    agent_id: _builtins.str
+    """The agent id the principal is ("" when it is none)."""
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The principal's roles in the policy's [authorization] section, in file order."""
+
+    @_builtins.property
+    def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallerGrant]:
+        """What the principal may do: each permission its roles grant (a permission
+        name such as "packets.approve", patterns expanded; "*" for all of them) with
+        each resource pattern of that grant, as written ("{agent}" stands for
+        agent_id). A call is allowed when a grant's permission is the call's (or
+        "*") and its resource pattern (an fnmatch glob) matches the resource.
+        """
+
+    def __init__(
+        self,
+        *,
+        principal: _builtins.str = ...,
+        authenticated: _builtins.bool = ...,
+        source: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        roles: _abc.Iterable[_builtins.str] | None = ...,
+        grants: _abc.Iterable[Global___CallerGrant] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "authenticated", b"authenticated", "grants", b"grants", "principal", b"principal", "roles", b"roles", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Caller: _TypeAlias = Caller  # noqa: Y015
+
+@_typing.final
+class CallerGrant(_message.Message):
+    """One permission on the resources one pattern matches."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERMISSION_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    permission: _builtins.str
+    resource: _builtins.str
+    def __init__(
+        self,
+        *,
+        permission: _builtins.str = ...,
+        resource: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["permission", b"permission", "resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallerGrant: _TypeAlias = CallerGrant  # noqa: Y015
 
 @_typing.final
 class Workers(_message.Message):

@@ -199,6 +199,12 @@ def caller() -> Principal | None:
     return _CALLER.get()
 
 
+def authorizer() -> Authorizer | None:
+    """The authorizer judging the running call (None outside a call)."""
+    gate = _GATE.get()
+    return None if gate is None else gate.authorizer
+
+
 def allows(permission: Permission, resource: str) -> bool:
     """Whether the running call's principal holds `permission` on `resource`."""
     gate, principal = _GATE.get(), _CALLER.get()

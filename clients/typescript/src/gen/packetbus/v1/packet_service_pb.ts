@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file packetbus/v1/packet_service.proto.
  */
 export const file_packetbus_v1_packet_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFwYWNrZXRidXMvdjEvcGFja2V0X3NlcnZpY2UucHJvdG8SDHBhY2tldGJ1cy52MSI4Cg9EaXNwYXRjaFJlcXVlc3QSJQoHcGFja2V0cxgBIAMoCzIULnBhY2tldGJ1cy52MS5QYWNrZXQiQQoQRGlzcGF0Y2hSZXNwb25zZRItCgdyZXN1bHRzGAEgAygLMhwucGFja2V0YnVzLnYxLkRpc3BhdGNoUmVzdWx0IqMBCg5EaXNwYXRjaFJlc3VsdBITCgt0cmFja2luZ19pZBgBIAEoCRIoCgdyZWNlaXB0GAIgASgLMhUucGFja2V0YnVzLnYxLlJlY2VpcHRIABIjCgVlcnJvchgDIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzSAASIgoEaGVsZBgEIAEoCzISLnBhY2tldGJ1cy52MS5Ib2xkSABCCQoHb3V0Y29tZSI/CgRIb2xkEg8KB3J1bGVfaWQYASABKAkSDgoGcmVhc29uGAIgASgJEhYKDnBvbGljeV92ZXJzaW9uGAMgASgJIocBCgdSZWNlaXB0Eg0KBXRvcGljGAEgASgJEg4KBmN1cnNvchgCIAEoCRItCglzdG9yZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIp4BCgxTdG9yZWRQYWNrZXQSJAoGcGFja2V0GAEgASgLMhQucGFja2V0YnVzLnYxLlBhY2tldBImCgdyZWNlaXB0GAIgASgLMhUucGFja2V0YnVzLnYxLlJlY2VpcHQSDwoHY29udGVudBgDIAEoDBIvCgxjdXN0b2R5X2hlYWQYBCABKAsyGS5wYWNrZXRidXMudjEuQ3VzdG9keUhlYWQiJwoQR2V0UGFja2V0UmVxdWVzdBITCgt0cmFja2luZ19pZBgBIAEoCSI/ChFHZXRQYWNrZXRSZXNwb25zZRIqCgZwYWNrZXQYASABKAsyGi5wYWNrZXRidXMudjEuU3RvcmVkUGFja2V0IpQBChBTdWJzY3JpYmVSZXF1ZXN0Eg0KBXRvcGljGAEgASgJEjUKDnN0YXJ0X3Bvc2l0aW9uGAIgASgOMhsucGFja2V0YnVzLnYxLlN0YXJ0UG9zaXRpb25IABIWCgxhZnRlcl9jdXJzb3IYAyABKAlIABIZChFtYXhfYmF0Y2hfcGFja2V0cxgEIAEoDUIHCgVzdGFydCJsChFTdWJzY3JpYmVSZXNwb25zZRIrCgdwYWNrZXRzGAEgAygLMhoucGFja2V0YnVzLnYxLlN0b3JlZFBhY2tldBIqCgNnYXAYAiABKAsyHS5wYWNrZXRidXMudjEuU3Vic2NyaXB0aW9uR2FwIoQBCg9TdWJzY3JpcHRpb25HYXASEwoLbGFzdF9jdXJzb3IYASABKAkSGwoTcmVzdW1lX2FmdGVyX2N1cnNvchgCIAEoCRIWCg5taXNzZWRfcGFja2V0cxgDIAEoBBInCgZyZWFzb24YBCABKA4yFy5wYWNrZXRidXMudjEuR2FwUmVhc29uIi0KFEdldFNlcnZlckluZm9SZXF1ZXN0EhUKDWFzc2lnbl93b3JrZXIYASABKAgirAEKFUdldFNlcnZlckluZm9SZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEiEKGXN1cHBvcnRlZF9zY2hlbWFfdmVyc2lvbnMYAiADKAkSJAoGbGltaXRzGAMgASgLMhQucGFja2V0YnVzLnYxLkxpbWl0cxIRCglzZXJ2ZXJfaWQYBCABKAkSJgoHd29ya2VycxgFIAEoCzIVLnBhY2tldGJ1cy52MS5Xb3JrZXJzIjsKB1dvcmtlcnMSDQoFcG9ydHMYASADKA0SDwoHc2VydmluZxgCIAEoDRIQCghhc3NpZ25lZBgDIAEoDSKCAwoGTGltaXRzEhgKEG1heF9wYWNrZXRfYnl0ZXMYASABKA0SGQoRbWF4X2JhdGNoX3BhY2tldHMYAiABKA0SGQoRbWF4X3JlcXVlc3RfYnl0ZXMYAyABKA0SGwoTZGVmYXVsdF90dGxfc2Vjb25kcxgEIAEoDRIXCg9tYXhfdHRsX3NlY29uZHMYBSABKA0SIwobbWF4X3N1YnNjcmliZV9iYXRjaF9wYWNrZXRzGAYgASgNEhkKEW1heF9vcmlnaW5fbGVuZ3RoGAcgASgNEhgKEG1heF90b3BpY19sZW5ndGgYCCABKA0SGwoTbWF4X2N1c3RvZHlfZW50cmllcxgJIAEoDRIaChJtYXhfcmVzcG9uc2VfYnl0ZXMYCiABKA0SKwoHc3RyZWFtcxgLIAEoCzIaLnBhY2tldGJ1cy52MS5TdHJlYW1MaW1pdHMSMgoJa2VlcGFsaXZlGAwgASgLMh8ucGFja2V0YnVzLnYxLktlZXBhbGl2ZVNldHRpbmdzIocBCgxTdHJlYW1MaW1pdHMSFwoPbWF4X3N1YnNjcmliZXJzGAEgASgNEhQKDG1heF93YXRjaGVycxgCIAEoDRITCgttYXhfZXhwb3J0cxgDIAEoDRIVCg1tYXhfdHJhbnNmZXJzGAQgASgNEhwKFG1heF9zdHJlYW1zX3Blcl9wZWVyGAUgASgNInkKEUtlZXBhbGl2ZVNldHRpbmdzEh8KF3NlcnZlcl9waW5nX2ludGVydmFsX21zGAEgASgNEh4KFnNlcnZlcl9waW5nX3RpbWVvdXRfbXMYAiABKA0SIwobbWluX2NsaWVudF9waW5nX2ludGVydmFsX21zGAMgASgNKmcKDVN0YXJ0UG9zaXRpb24SHgoaU1RBUlRfUE9TSVRJT05fVU5TUEVDSUZJRUQQABIbChdTVEFSVF9QT1NJVElPTl9FQVJMSUVTVBABEhkKFVNUQVJUX1BPU0lUSU9OX0xBVEVTVBACKlcKCUdhcFJlYXNvbhIaChZHQVBfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSR0FQX1JFQVNPTl9UUklNTUVEEAESFgoSR0FQX1JFQVNPTl9FWFBJUkVEEAIy4QIKDVBhY2tldFNlcnZpY2USSQoIRGlzcGF0Y2gSHS5wYWNrZXRidXMudjEuRGlzcGF0Y2hSZXF1ZXN0Gh4ucGFja2V0YnVzLnYxLkRpc3BhdGNoUmVzcG9uc2USUQoJR2V0UGFja2V0Eh4ucGFja2V0YnVzLnYxLkdldFBhY2tldFJlcXVlc3QaHy5wYWNrZXRidXMudjEuR2V0UGFja2V0UmVzcG9uc2UiA5ACARJTCglTdWJzY3JpYmUSHi5wYWNrZXRidXMudjEuU3Vic2NyaWJlUmVxdWVzdBofLnBhY2tldGJ1cy52MS5TdWJzY3JpYmVSZXNwb25zZSIDkAIBMAESXQoNR2V0U2VydmVySW5mbxIiLnBhY2tldGJ1cy52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBojLnBhY2tldGJ1cy52MS5HZXRTZXJ2ZXJJbmZvUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_google_rpc_status, file_packetbus_v1_custody, file_packetbus_v1_packet]);
+  fileDesc("CiFwYWNrZXRidXMvdjEvcGFja2V0X3NlcnZpY2UucHJvdG8SDHBhY2tldGJ1cy52MSI4Cg9EaXNwYXRjaFJlcXVlc3QSJQoHcGFja2V0cxgBIAMoCzIULnBhY2tldGJ1cy52MS5QYWNrZXQiQQoQRGlzcGF0Y2hSZXNwb25zZRItCgdyZXN1bHRzGAEgAygLMhwucGFja2V0YnVzLnYxLkRpc3BhdGNoUmVzdWx0IqMBCg5EaXNwYXRjaFJlc3VsdBITCgt0cmFja2luZ19pZBgBIAEoCRIoCgdyZWNlaXB0GAIgASgLMhUucGFja2V0YnVzLnYxLlJlY2VpcHRIABIjCgVlcnJvchgDIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzSAASIgoEaGVsZBgEIAEoCzISLnBhY2tldGJ1cy52MS5Ib2xkSABCCQoHb3V0Y29tZSI/CgRIb2xkEg8KB3J1bGVfaWQYASABKAkSDgoGcmVhc29uGAIgASgJEhYKDnBvbGljeV92ZXJzaW9uGAMgASgJIocBCgdSZWNlaXB0Eg0KBXRvcGljGAEgASgJEg4KBmN1cnNvchgCIAEoCRItCglzdG9yZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIp4BCgxTdG9yZWRQYWNrZXQSJAoGcGFja2V0GAEgASgLMhQucGFja2V0YnVzLnYxLlBhY2tldBImCgdyZWNlaXB0GAIgASgLMhUucGFja2V0YnVzLnYxLlJlY2VpcHQSDwoHY29udGVudBgDIAEoDBIvCgxjdXN0b2R5X2hlYWQYBCABKAsyGS5wYWNrZXRidXMudjEuQ3VzdG9keUhlYWQiJwoQR2V0UGFja2V0UmVxdWVzdBITCgt0cmFja2luZ19pZBgBIAEoCSI/ChFHZXRQYWNrZXRSZXNwb25zZRIqCgZwYWNrZXQYASABKAsyGi5wYWNrZXRidXMudjEuU3RvcmVkUGFja2V0IpQBChBTdWJzY3JpYmVSZXF1ZXN0Eg0KBXRvcGljGAEgASgJEjUKDnN0YXJ0X3Bvc2l0aW9uGAIgASgOMhsucGFja2V0YnVzLnYxLlN0YXJ0UG9zaXRpb25IABIWCgxhZnRlcl9jdXJzb3IYAyABKAlIABIZChFtYXhfYmF0Y2hfcGFja2V0cxgEIAEoDUIHCgVzdGFydCJsChFTdWJzY3JpYmVSZXNwb25zZRIrCgdwYWNrZXRzGAEgAygLMhoucGFja2V0YnVzLnYxLlN0b3JlZFBhY2tldBIqCgNnYXAYAiABKAsyHS5wYWNrZXRidXMudjEuU3Vic2NyaXB0aW9uR2FwIoQBCg9TdWJzY3JpcHRpb25HYXASEwoLbGFzdF9jdXJzb3IYASABKAkSGwoTcmVzdW1lX2FmdGVyX2N1cnNvchgCIAEoCRIWCg5taXNzZWRfcGFja2V0cxgDIAEoBBInCgZyZWFzb24YBCABKA4yFy5wYWNrZXRidXMudjEuR2FwUmVhc29uIi0KFEdldFNlcnZlckluZm9SZXF1ZXN0EhUKDWFzc2lnbl93b3JrZXIYASABKAgi0gEKFUdldFNlcnZlckluZm9SZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEiEKGXN1cHBvcnRlZF9zY2hlbWFfdmVyc2lvbnMYAiADKAkSJAoGbGltaXRzGAMgASgLMhQucGFja2V0YnVzLnYxLkxpbWl0cxIRCglzZXJ2ZXJfaWQYBCABKAkSJgoHd29ya2VycxgFIAEoCzIVLnBhY2tldGJ1cy52MS5Xb3JrZXJzEiQKBmNhbGxlchgGIAEoCzIULnBhY2tldGJ1cy52MS5DYWxsZXIijgEKBkNhbGxlchIRCglwcmluY2lwYWwYASABKAkSFQoNYXV0aGVudGljYXRlZBgCIAEoCBIOCgZzb3VyY2UYAyABKAkSEAoIYWdlbnRfaWQYBCABKAkSDQoFcm9sZXMYBSADKAkSKQoGZ3JhbnRzGAYgAygLMhkucGFja2V0YnVzLnYxLkNhbGxlckdyYW50IjMKC0NhbGxlckdyYW50EhIKCnBlcm1pc3Npb24YASABKAkSEAoIcmVzb3VyY2UYAiABKAkiOwoHV29ya2VycxINCgVwb3J0cxgBIAMoDRIPCgdzZXJ2aW5nGAIgASgNEhAKCGFzc2lnbmVkGAMgASgNIoIDCgZMaW1pdHMSGAoQbWF4X3BhY2tldF9ieXRlcxgBIAEoDRIZChFtYXhfYmF0Y2hfcGFja2V0cxgCIAEoDRIZChFtYXhfcmVxdWVzdF9ieXRlcxgDIAEoDRIbChNkZWZhdWx0X3R0bF9zZWNvbmRzGAQgASgNEhcKD21heF90dGxfc2Vjb25kcxgFIAEoDRIjChttYXhfc3Vic2NyaWJlX2JhdGNoX3BhY2tldHMYBiABKA0SGQoRbWF4X29yaWdpbl9sZW5ndGgYByABKA0SGAoQbWF4X3RvcGljX2xlbmd0aBgIIAEoDRIbChNtYXhfY3VzdG9keV9lbnRyaWVzGAkgASgNEhoKEm1heF9yZXNwb25zZV9ieXRlcxgKIAEoDRIrCgdzdHJlYW1zGAsgASgLMhoucGFja2V0YnVzLnYxLlN0cmVhbUxpbWl0cxIyCglrZWVwYWxpdmUYDCABKAsyHy5wYWNrZXRidXMudjEuS2VlcGFsaXZlU2V0dGluZ3MihwEKDFN0cmVhbUxpbWl0cxIXCg9tYXhfc3Vic2NyaWJlcnMYASABKA0SFAoMbWF4X3dhdGNoZXJzGAIgASgNEhMKC21heF9leHBvcnRzGAMgASgNEhUKDW1heF90cmFuc2ZlcnMYBCABKA0SHAoUbWF4X3N0cmVhbXNfcGVyX3BlZXIYBSABKA0ieQoRS2VlcGFsaXZlU2V0dGluZ3MSHwoXc2VydmVyX3BpbmdfaW50ZXJ2YWxfbXMYASABKA0SHgoWc2VydmVyX3BpbmdfdGltZW91dF9tcxgCIAEoDRIjChttaW5fY2xpZW50X3BpbmdfaW50ZXJ2YWxfbXMYAyABKA0qZwoNU3RhcnRQb3NpdGlvbhIeChpTVEFSVF9QT1NJVElPTl9VTlNQRUNJRklFRBAAEhsKF1NUQVJUX1BPU0lUSU9OX0VBUkxJRVNUEAESGQoVU1RBUlRfUE9TSVRJT05fTEFURVNUEAIqVwoJR2FwUmVhc29uEhoKFkdBUF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJHQVBfUkVBU09OX1RSSU1NRUQQARIWChJHQVBfUkVBU09OX0VYUElSRUQQAjLhAgoNUGFja2V0U2VydmljZRJJCghEaXNwYXRjaBIdLnBhY2tldGJ1cy52MS5EaXNwYXRjaFJlcXVlc3QaHi5wYWNrZXRidXMudjEuRGlzcGF0Y2hSZXNwb25zZRJRCglHZXRQYWNrZXQSHi5wYWNrZXRidXMudjEuR2V0UGFja2V0UmVxdWVzdBofLnBhY2tldGJ1cy52MS5HZXRQYWNrZXRSZXNwb25zZSIDkAIBElMKCVN1YnNjcmliZRIeLnBhY2tldGJ1cy52MS5TdWJzY3JpYmVSZXF1ZXN0Gh8ucGFja2V0YnVzLnYxLlN1YnNjcmliZVJlc3BvbnNlIgOQAgEwARJdCg1HZXRTZXJ2ZXJJbmZvEiIucGFja2V0YnVzLnYxLkdldFNlcnZlckluZm9SZXF1ZXN0GiMucGFja2V0YnVzLnYxLkdldFNlcnZlckluZm9SZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_timestamp, file_google_rpc_status, file_packetbus_v1_custody, file_packetbus_v1_packet]);
 
 /**
  * @generated from message packetbus.v1.DispatchRequest
@@ -449,6 +449,17 @@ export type GetServerInfoResponse = Message<"packetbus.v1.GetServerInfoResponse"
    * @generated from field: packetbus.v1.Workers workers = 5;
    */
   workers?: Workers | undefined;
+
+  /**
+   * The principal the call was made as, whether it was authenticated, and its
+   * grants as the server's authorization gives them (permission + resource
+   * pattern), so a user interface can offer only what the caller may do.
+   * Without authorization configured: unauthenticated (or the authenticated
+   * principal) and one grant "*" on "*".
+   *
+   * @generated from field: packetbus.v1.Caller caller = 6;
+   */
+  caller?: Caller | undefined;
 };
 
 /**
@@ -457,6 +468,92 @@ export type GetServerInfoResponse = Message<"packetbus.v1.GetServerInfoResponse"
  */
 export const GetServerInfoResponseSchema: GenMessage<GetServerInfoResponse> = /*@__PURE__*/
   messageDesc(file_packetbus_v1_packet_service, 12);
+
+/**
+ * Who made a call, as the server saw it (GetServerInfoResponse.caller).
+ *
+ * @generated from message packetbus.v1.Caller
+ */
+export type Caller = Message<"packetbus.v1.Caller"> & {
+  /**
+   * The principal's name: a SPIFFE ID, a certificate's CN, a JWT's sub; "local"
+   * for a call to a server without authentication.
+   *
+   * @generated from field: string principal = 1;
+   */
+  principal: string;
+
+  /**
+   * Whether a credential proved the principal (false: a server without
+   * authentication, where every call is "local").
+   *
+   * @generated from field: bool authenticated = 2;
+   */
+  authenticated: boolean;
+
+  /**
+   * How it was proved: "jwt", "mtls", "xfcc" or "local".
+   *
+   * @generated from field: string source = 3;
+   */
+  source: string;
+
+  /**
+   * The agent id the principal is ("" when it is none).
+   *
+   * @generated from field: string agent_id = 4;
+   */
+  agentId: string;
+
+  /**
+   * The principal's roles in the policy's [authorization] section, in file order.
+   *
+   * @generated from field: repeated string roles = 5;
+   */
+  roles: string[];
+
+  /**
+   * What the principal may do: each permission its roles grant (a permission
+   * name such as "packets.approve", patterns expanded; "*" for all of them) with
+   * each resource pattern of that grant, as written ("{agent}" stands for
+   * agent_id). A call is allowed when a grant's permission is the call's (or
+   * "*") and its resource pattern (an fnmatch glob) matches the resource.
+   *
+   * @generated from field: repeated packetbus.v1.CallerGrant grants = 6;
+   */
+  grants: CallerGrant[];
+};
+
+/**
+ * Describes the message packetbus.v1.Caller.
+ * Use `create(CallerSchema)` to create a new message.
+ */
+export const CallerSchema: GenMessage<Caller> = /*@__PURE__*/
+  messageDesc(file_packetbus_v1_packet_service, 13);
+
+/**
+ * One permission on the resources one pattern matches.
+ *
+ * @generated from message packetbus.v1.CallerGrant
+ */
+export type CallerGrant = Message<"packetbus.v1.CallerGrant"> & {
+  /**
+   * @generated from field: string permission = 1;
+   */
+  permission: string;
+
+  /**
+   * @generated from field: string resource = 2;
+   */
+  resource: string;
+};
+
+/**
+ * Describes the message packetbus.v1.CallerGrant.
+ * Use `create(CallerGrantSchema)` to create a new message.
+ */
+export const CallerGrantSchema: GenMessage<CallerGrant> = /*@__PURE__*/
+  messageDesc(file_packetbus_v1_packet_service, 14);
 
 /**
  * The worker processes of one server. They share the port the client dialed,
@@ -498,7 +595,7 @@ export type Workers = Message<"packetbus.v1.Workers"> & {
  * Use `create(WorkersSchema)` to create a new message.
  */
 export const WorkersSchema: GenMessage<Workers> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 13);
+  messageDesc(file_packetbus_v1_packet_service, 15);
 
 /**
  * What the server accepts; a request beyond a limit is INVALID_ARGUMENT
@@ -610,7 +707,7 @@ export type Limits = Message<"packetbus.v1.Limits"> & {
  * Use `create(LimitsSchema)` to create a new message.
  */
 export const LimitsSchema: GenMessage<Limits> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 14);
+  messageDesc(file_packetbus_v1_packet_service, 16);
 
 /**
  * Open streaming calls the server admits at once. A call beyond a limit is
@@ -662,7 +759,7 @@ export type StreamLimits = Message<"packetbus.v1.StreamLimits"> & {
  * Use `create(StreamLimitsSchema)` to create a new message.
  */
 export const StreamLimitsSchema: GenMessage<StreamLimits> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 15);
+  messageDesc(file_packetbus_v1_packet_service, 17);
 
 /**
  * HTTP/2 keepalive. The server pings a connection quiet for
@@ -702,7 +799,7 @@ export type KeepaliveSettings = Message<"packetbus.v1.KeepaliveSettings"> & {
  * Use `create(KeepaliveSettingsSchema)` to create a new message.
  */
 export const KeepaliveSettingsSchema: GenMessage<KeepaliveSettings> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 16);
+  messageDesc(file_packetbus_v1_packet_service, 18);
 
 /**
  * Where a subscription starts when no cursor is given.

@@ -1,0 +1,97 @@
+"""The console's ASGI app: sessions, the CSRF guard, and each route's packetbus client.
+
+`Console` holds the shared packetbus connection (opened without a token), the
+client for requests without a session (`default`: the console's own connection
+settings, its own token if it has one), the approver identity that signs
+approvals and denials (``--agent-key``), and the sessions. `build_app` makes the
+Starlette app serving the routes of `api` and `custody`.
+
+Every route runs through `Console.route`: a state-changing request (POST, DELETE)
+without the header ``X-Packetbus-Console: 1`` is refused 403 (code ``CSRF``)
+before anything else, since a cross-site form or image cannot set a custom
+header; the caller's client is the session's (cookie `sessions.COOKIE`) or
+`default`; a failed packetbus call is answered by `errors.from_packetbus`, the
+console's own refusals by `errors.ApiError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from packetbus import AgentIdentity, Client, PacketbusError
+
+from .errors import ApiError, error_response, from_packetbus
+from .sessions import COOKIE, Sessions
+
+CSRF_HEADER = "X-Packetbus-Console"
+_CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_log = logging.getLogger("packetbus_console")
+
+Handler = Callable[[Request, Client], Awaitable[Response]]
+
+
+class Console:
+    """What the routes share (see the module docstring). `secure`: the console
+    serves HTTPS (its session cookie is then ``Secure``)."""
+
+    def __init__(
+        self,
+        base: Client,
+        default: Client | None = None,
+        *,
+        approver: AgentIdentity | None = None,
+        secure: bool = False,
+    ) -> None:
+        self.base = base
+        self.default = default or base
+        self.approver = approver
+        self.secure = secure
+        self.sessions = Sessions()
+
+    def client_for(self, request: Request) -> Client:
+        """The session's client (its token on every call), else `default`."""
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        return self.default if session is None else session.client
+
+    def route(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """`handler` behind the CSRF guard, with the caller's client, its errors
+        answered as JSON (see the module docstring)."""
+
+        async def endpoint(request: Request) -> Response:
+            if request.method in _CHANGES and request.headers.get(CSRF_HEADER) != "1":
+                return error_response(
+                    403, "CSRF", f"a state-changing request needs the header '{CSRF_HEADER}: 1'"
+                )
+            try:
+                return await handler(request, self.client_for(request))
+            except PacketbusError as exc:
+                return from_packetbus(exc)
+            except ApiError as exc:
+                return error_response(exc.status, exc.code, str(exc))
+
+        return endpoint
+
+
+def build_app(console: Console) -> Starlette:
+    """The console's Starlette app: the API routes under /api."""
+    from . import api, custody, events
+
+    routes: list[Route] = []
+    for path, methods, handler in (*api.ROUTES, *custody.ROUTES, *events.ROUTES):
+        routes.append(Route(path, console.route(handler), methods=list(methods)))
+    app = Starlette(routes=routes)
+    app.state.console = console
+    return app
+
+
+def console_of(request: Request) -> Console:
+    """The `Console` serving `request`."""
+    console = request.app.state.console
+    assert isinstance(console, Console)
+    return console

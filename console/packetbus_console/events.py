@@ -1,0 +1,126 @@
+"""``GET /api/agents/events``: membership events as Server-Sent Events.
+
+Each WatchAgents event is one SSE message::
+
+    id: <the event's cursor>
+    event: membership
+    data: <MembershipEvent as JSON: cursor, kind (MEMBERSHIP_EVENT_KIND_JOINED,
+           _STALE, _LEFT...), agent, oldState, newState, at, reason>
+
+The stream starts after ``Last-Event-ID`` (the header a browser's EventSource
+sends when it reconnects) or the ``after`` query parameter when given, else with
+the events after it opens: its first message is then ``id: <start cursor>``,
+``event: start``, ``data: {"cursor": "<start cursor>"}``, the cursor the server
+started the watch after, so a browser that reconnects before any event resumes
+there and misses nothing (the gRPC watch itself resumes the same way). A
+comment line (``: keepalive``) every `KEEPALIVE` seconds without events keeps
+proxies from closing an idle stream. A refused or failed watch ends the stream with
+one ``event: error`` message (``{"error", "code"}``, as the JSON errors); a
+watch refused before it starts is answered as a JSON error instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from packetbus import Client, PacketbusError
+from packetbus.v1 import agent_service_pb2
+
+from .errors import from_packetbus
+from .shapes import as_json
+
+KEEPALIVE = 15.0  # seconds
+ADMISSION = 10.0  # seconds the server may take to admit (or refuse) the watch
+REFUSAL_WAIT = 0.5  # seconds, for a resumed watch (see agent_events)
+
+
+def _message(event: agent_service_pb2.MembershipEvent) -> str:
+    data = json.dumps(as_json(event), separators=(",", ":"))
+    return f"id: {event.cursor}\nevent: membership\ndata: {data}\n\n"
+
+
+async def agent_events(request: Request, client: Client) -> Response:
+    after = request.headers.get("last-event-id") or request.query_params.get("after", "")
+    start: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def started(cursor: str) -> None:
+        if not start.done():
+            start.set_result(cursor)
+
+    watch = (
+        client.watch_agents(after_cursor=after) if after else client.watch_agents(started=started)
+    )
+    # The watch's admission (its start cursor, its first event or its refusal) is
+    # awaited here, so a watch the server refuses is an ordinary JSON error answer.
+    first: asyncio.Task[agent_service_pb2.MembershipEvent] = asyncio.ensure_future(
+        anext(aiter(watch))
+    )
+    # Resumed after a cursor, the server sends no start cursor: a refusal comes at
+    # once, so a short wait tells it from a watch with no event yet.
+    admitted: set[asyncio.Future[Any]] = {first, start}
+    await asyncio.wait(
+        admitted,
+        timeout=REFUSAL_WAIT if after else ADMISSION,
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    if first.done() and not first.cancelled() and first.exception() is not None:
+        error = first.exception()
+        if isinstance(error, PacketbusError):
+            return from_packetbus(error)
+        raise error  # type: ignore[misc]
+    opening = ": connected\n\n"
+    if start.done():
+        cursor = start.result()
+        data = json.dumps({"cursor": cursor})
+        opening = f"id: {cursor}\nevent: start\ndata: {data}\n\n"
+    return StreamingResponse(
+        _stream(watch, first, opening),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _stream(
+    watch: AsyncIterator[agent_service_pb2.MembershipEvent],
+    first: asyncio.Task[agent_service_pb2.MembershipEvent],
+    opening: str,
+) -> AsyncIterator[str]:
+    pending: asyncio.Task[agent_service_pb2.MembershipEvent] | None = first
+    yield opening
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(watch))
+            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE)
+            if not done:
+                yield ": keepalive\n\n"
+                continue
+            task, pending = pending, None
+            try:
+                event = task.result()
+            except StopAsyncIteration:
+                return
+            except PacketbusError as exc:
+                data = json.dumps({"error": exc.message, "code": exc.code.name})
+                yield f"event: error\ndata: {data}\n\n"
+                return
+            yield _message(event)
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        closer = getattr(watch, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(BaseException):
+                await closer()
+
+
+ROUTES = (("/api/agents/events", ("GET",), agent_events),)

@@ -1,0 +1,97 @@
+"""Run the console: a packetbus client and the ASGI app under uvicorn.
+
+Once it listens it prints one line (what a supervisor or a test waits for):
+``packetbus console serving on <URL>`` (https when given a certificate). SIGTERM
+drains it: uvicorn stops accepting, finishes the requests under way (an open
+event stream ends), and the exit status is 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from packetbus import AgentIdentity, Client, ClientConfig
+
+from .app import Console, build_app
+
+DRAIN_SECONDS = 5  # how long requests under way (event streams) may take on a drain
+
+
+async def serve(
+    *,
+    target: str,
+    host: str,
+    port: int,
+    config: ClientConfig | None = None,
+    approver: AgentIdentity | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> None:
+    """Serve the console on `host`:`port` (HTTPS with `tls_cert` and `tls_key`, PEM
+    files) for the packetbus server at `target`, until SIGINT/SIGTERM. `approver`
+    signs approvals and denials. One connection serves every caller: opened
+    without a token, each session's token is sent per call (`Client.with_token`);
+    `config`'s own token (if any) on calls without a session.
+
+    Raises PacketbusError when `target` is unreachable (within 10 s), OSError when
+    the port cannot be bound."""
+    config = config or ClientConfig()
+    own_token = config.token
+    async with await Client.connect(
+        target, config=replace(config, token=None), timeout=10
+    ) as client:
+        secure = tls_cert is not None
+        console = Console(
+            client,
+            client.with_token(own_token) if own_token else None,
+            approver=approver,
+            secure=secure,
+        )
+        server = _Server(
+            uvicorn.Config(
+                build_app(console),
+                host=host,
+                port=port,
+                log_level="warning",
+                access_log=False,  # a URL may carry nothing secret, but keep logs quiet
+                lifespan="off",
+                ssl_certfile=str(tls_cert) if tls_cert else None,
+                ssl_keyfile=str(tls_key) if tls_key else None,
+                timeout_graceful_shutdown=DRAIN_SECONDS,
+            )
+        )
+        scheme = "https" if secure else "http"
+        server.url_base = f"{scheme}://{_url_host(host)}"
+        await server.serve()
+        if not server.started:
+            raise OSError(f"cannot listen on {host}:{port}")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, printing its ready line once it listens; SIGTERM is a
+    normal end (exit 0), as for `packetbus serve`."""
+
+    url_base = ""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.url_base:
+            # The port as bound: --listen HOST:0 takes any free one.
+            port = self.servers[0].sockets[0].getsockname()[1]
+            print(f"packetbus console serving on {self.url_base}:{port}", flush=True)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # uvicorn would raise SIGTERM again after shutdown (exit status: killed).
+            self._captured_signals = [s for s in self._captured_signals if s != sig]

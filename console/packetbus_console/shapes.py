@@ -1,0 +1,67 @@
+"""Protobuf messages as the API's JSON, and reading a request's parameters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from starlette.requests import Request
+
+from .errors import ApiError
+
+MAX_LIMIT = 1000  # items one list answer holds at most
+# The largest request body, in bytes: a sign-in token (sessions.MAX_TOKEN_CHARS)
+# or a note or reason, with room to spare; bounded so no request fills memory.
+MAX_BODY = 64 * 1024
+
+
+def as_json(message: Message) -> dict[str, Any]:
+    """`message` in protobuf's JSON mapping (camelCase keys, enums by name, bytes
+    base64, timestamps RFC 3339), fields at their defaults included, so the front
+    end finds every key."""
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+
+
+def limit(request: Request) -> int:
+    """The ``limit`` query parameter: 1-`MAX_LIMIT` (default `MAX_LIMIT`).
+    Raises ApiError 400 otherwise."""
+    raw = request.query_params.get("limit", str(MAX_LIMIT))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ApiError(400, "INVALID_ARGUMENT", f"limit must be 1-{MAX_LIMIT}, not {raw!r}")
+    return int(raw)
+
+
+async def body(request: Request) -> dict[str, Any]:
+    """The request's JSON object body ({} when empty). Raises ApiError 400 when it
+    is not a JSON object, 413 when it is over `MAX_BODY` bytes (read no further)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, "RESOURCE_EXHAUSTED", f"the body is over {MAX_BODY} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return {}
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, "INVALID_ARGUMENT", f"the body is not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ApiError(400, "INVALID_ARGUMENT", "the body must be a JSON object")
+    return doc
+
+
+def text(doc: dict[str, Any], request: Request, key: str, *, required: bool = False) -> str:
+    """String parameter `key`: from the JSON body `doc`, else the query string;
+    "" when absent. Raises ApiError 400 when it is not a string, or absent and
+    `required`."""
+    value = doc.get(key, request.query_params.get(key, ""))
+    if not isinstance(value, str):
+        raise ApiError(400, "INVALID_ARGUMENT", f"{key} must be a string")
+    if required and not value:
+        raise ApiError(400, "INVALID_ARGUMENT", f"{key} is required")
+    return value

@@ -1,0 +1,78 @@
+"""Starting a real `packetbus console` process for the console API tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Mapping
+
+import httpx
+
+from tests.conftest import REPO, free_port
+
+CHANGE = {"X-Packetbus-Console": "1"}  # the CSRF guard's header
+# What each console printed (stdout and stderr), by its base URL: read on by a thread.
+_OUTPUT: dict[str, list[str]] = {}
+
+
+def output(url: str) -> str:
+    """What the console at `url` has printed so far."""
+    return "".join(_OUTPUT[url])
+
+
+def start_console(
+    target: str, *options: str, env: Mapping[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """`packetbus console` for `target` on a free loopback port, once it serves:
+    the process and its base URL. Raises AssertionError when it exits first."""
+    port = free_port()
+    argv = [sys.executable, "-m", "packetbus._cli", "console", "--target", target]
+    argv += ["--listen", f"127.0.0.1:{port}", *options]
+    process = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        env=None if env is None else {**env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith("packetbus console serving on "):
+            scheme = "https" if "--tls-cert" in options else "http"
+            url = f"{scheme}://127.0.0.1:{port}"
+            assert line.strip() == f"packetbus console serving on {url}"
+            _OUTPUT[url] = seen
+            # Read on (into `seen`), so its output never fills the pipe.
+            threading.Thread(target=seen.extend, args=(process.stdout,), daemon=True).start()
+            return process, url
+    raise AssertionError(f"console exited with {process.wait()}: {''.join(seen)}")
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM `process` and assert it drained: exit 0 within 10 s."""
+    process.terminate()
+    assert process.wait(timeout=10) == 0
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str, dict[str, object]]]:
+    """The (id, event, data) of each message of an SSE `response`, comments skipped."""
+    fields: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line.startswith(":"):
+            continue
+        if not line:
+            if "data" in fields:
+                yield (
+                    fields.get("id", ""),
+                    fields.get("event", "message"),
+                    json.loads(fields["data"]),
+                )
+            fields = {}
+            continue
+        name, _, value = line.partition(": ")
+        fields[name] = value
