@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 
 import pytest
 
@@ -39,3 +40,13 @@ def test_compose_server_command_uses_real_flags_and_redis_7_with_aof() -> None:
     ]
     _parses(server_command)
     assert "--redis-url" in server_command
+
+
+def test_dockerfile_copies_every_package_directory() -> None:
+    # `pip install .` in the image installs what pyproject's package search finds:
+    # a directory left out of the image is a package silently missing from it.
+    found = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    where = found["find"]["where"]
+    assert where
+    for directory in where:
+        assert re.search(rf"^COPY {directory} \./{directory}$", DOCKERFILE, re.M), directory
