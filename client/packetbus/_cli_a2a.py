@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 from typing import Any
 
 from ._cli_args import fail, number
 from ._cli_connection import connection_config
+from ._cli_listen import bind_problem, host_port
 from ._security import local_kind
 
 _MISSING = "the A2A gateway needs a2a-sdk: pip install 'packetbus[a2a]'"
@@ -85,40 +85,18 @@ def add_parsers(commands: Any) -> None:
     )
 
 
-def _bind_problem(host: str, port: int) -> str | None:
-    # Checked before connecting, so a taken port is one line, not uvicorn's log.
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
-
-
-def _host_port(value: str) -> tuple[str, int] | None:
-    """``HOST:PORT`` (``[v6]:PORT`` too) as (host without brackets, port); None if not."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        return None
-    return host.strip("[]"), int(port)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run `a2a serve` until interrupted; its exit code."""
     if args.json:
         return fail("a2a serve prints no result: --json does not apply to it", 2)
-    listen = _host_port(args.listen)
+    listen = host_port(args.listen)
     if listen is None:
         return fail(f"--listen {args.listen!r} is not HOST:PORT", 2)
     host, port = listen
     if port == 0 and not args.public_url:
         # The kernel's pick would be unknown to the cards, which carry the gateway's URL.
         return fail("--listen port 0 needs --public-url: agent cards must name the real port", 2)
-    grpc_listen = _host_port(args.grpc_listen) if args.grpc_listen else None
+    grpc_listen = host_port(args.grpc_listen) if args.grpc_listen else None
     if args.grpc_listen and grpc_listen is None:
         return fail(f"--grpc-listen {args.grpc_listen!r} is not HOST:PORT", 2)
     if grpc_listen is not None and grpc_listen[1] == port != 0:
@@ -126,13 +104,13 @@ def run(args: argparse.Namespace) -> int:
     if args.grpc_public_address:
         if grpc_listen is None:
             return fail("--grpc-public-address needs --grpc-listen", 2)
-        if _host_port(args.grpc_public_address) is None:
+        if host_port(args.grpc_public_address) is None:
             return fail(f"--grpc-public-address {args.grpc_public_address!r} is not HOST:PORT", 2)
-    problem = _bind_problem(host, port)
+    problem = bind_problem(host, port)
     if problem:
         return fail(f"cannot listen on {args.listen}: {problem}")
     if grpc_listen is not None and grpc_listen[1] != 0:
-        problem = _bind_problem(*grpc_listen)
+        problem = bind_problem(*grpc_listen)
         if problem:
             return fail(f"cannot listen on {args.grpc_listen}: {problem}")
     try:

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import logging
 import math
 import os
 import re
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, NoReturn
 import grpc
 from google.protobuf import json_format
 
+from ._cli_listen import bind_problem
 from ._cli_progress import BUG_CODE, FAILED_CODE, USAGE_CODE, error
 from ._errors import PacketbusError
 
@@ -161,7 +160,12 @@ def serve_preflight(
         host, sep, port = listen.rpartition(":")
         if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
             return f"--listen {listen!r} is not HOST:PORT"
-        problem = _bind_problem(host, int(port))
+        problem = bind_problem(
+            host,
+            int(port),
+            in_use_hint="another server listens there; only the workers of one server "
+            "(--workers) share a port",
+        )
         if problem:
             return f"cannot listen on {listen}: {problem}"
     if policy is not None:
@@ -249,27 +253,6 @@ def security_preflight(config: ServerConfig) -> tuple[str | None, int]:
         except TlsFilesError as exc:
             return f"TLS {exc}", 1
     return None, 0
-
-
-def _bind_problem(host: str, port: int) -> str | None:
-    try:
-        found = socket.getaddrinfo(
-            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        family, kind, proto, _, address = found[0]
-        with socket.socket(family, kind, proto) as probe:
-            # As gRPC binds; without SO_REUSEPORT, so a listener of any kind (another
-            # server's workers too) is found: this server's own have not started yet.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            return (
-                f"{exc.strerror}: another server listens there; only the workers of one "
-                "server (--workers) share a port"
-            )
-        return exc.strerror or str(exc)
-    return None
 
 
 def describe(error: PacketbusError) -> str:

@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._cli_a2a import _bind_problem, _host_port
 from ._cli_args import fail
 from ._cli_connection import connection_config
+from ._cli_listen import bind_problem, host_port
 from ._config import AgentIdentity
 
 _MISSING = "the console needs starlette and uvicorn: pip install 'packetbus[console]'"
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     """Run `console` until interrupted; its exit code."""
     if args.json:
         return fail("console prints no result: --json does not apply to it", 2)
-    listen = _host_port(args.listen)
+    listen = host_port(args.listen)
     if listen is None:
         return fail(f"--listen {args.listen!r} is not HOST:PORT", 2)
     host, port = listen
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             approver = AgentIdentity.load(args.agent_key)
         except (OSError, ValueError) as exc:
             return fail(f"--agent-key {args.agent_key}: {exc}", 2)
-    problem = _bind_problem(host, port)
+    problem = bind_problem(host, port)
     if problem:
         return fail(f"cannot listen on {args.listen}: {problem}")
     try:
