@@ -68,7 +68,8 @@ export function AgentsPage() {
     <section aria-labelledby="agents-title">
       <h1 id="agents-title">Agents</h1>
       <p class="status" aria-live="polite">
-        Updates: {status}. {table.length} agents, {table.filter((r) => r.liveness === "stale").length} stale.
+        Updates: {status}. {table.length} {table.length === 1 ? "agent" : "agents"},{" "}
+        {table.filter((r) => r.liveness === "stale").length} stale.
       </p>
       {problem && (
         <p role="alert" class="error">

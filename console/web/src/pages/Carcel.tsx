@@ -36,13 +36,15 @@ export function CarcelPage({ caller }: { caller: Caller }) {
   const [truncated, setTruncated] = useState(false);
   const [topic, setTopic] = useState("");
   const [reason, setReason] = useState("");
+  // The filter in use: the inputs apply on submit, not on every keystroke.
+  const [applied, setApplied] = useState({ topic: "", reason: "" });
   const [problem, setProblem] = useState("");
   const [notice, setNotice] = useState("");
 
   const load = useCallback(async () => {
     const query = new URLSearchParams();
-    if (topic.trim()) query.set("topic", topic.trim());
-    if (reason.trim()) query.set("reason", reason.trim());
+    if (applied.topic) query.set("topic", applied.topic);
+    if (applied.reason) query.set("reason", applied.reason);
     try {
       const list = await call<{ entries: Entry[]; truncated: boolean }>("GET", `/api/carcel?${query}`);
       setEntries(list.entries);
@@ -51,7 +53,7 @@ export function CarcelPage({ caller }: { caller: Caller }) {
     } catch (exc) {
       setProblem(errorMessage(exc));
     }
-  }, [topic, reason]);
+  }, [applied]);
 
   useEffect(() => {
     void load();
@@ -73,7 +75,10 @@ export function CarcelPage({ caller }: { caller: Caller }) {
   return (
     <section aria-labelledby="carcel-title">
       <h1 id="carcel-title">Carcel</h1>
-      <form class="filters" onSubmit={(event) => (event.preventDefault(), void load())}>
+      <form class="filters" onSubmit={(event) => {
+          event.preventDefault();
+          setApplied({ topic: topic.trim(), reason: reason.trim() });
+        }}>
         <label for="carcel-topic">Topic</label>
         <input id="carcel-topic" type="text" value={topic} onInput={(e) => setTopic((e.target as HTMLInputElement).value)} />
         <label for="carcel-reason">Reason</label>
@@ -88,7 +93,7 @@ export function CarcelPage({ caller }: { caller: Caller }) {
       <p role="status">{notice}</p>
       <h2>By reason and topic</h2>
       {entries.length === 0 ? (
-        <p>The carcel is empty{topic || reason ? " for this filter" : ""}.</p>
+        <p>The carcel is empty{applied.topic || applied.reason ? " for this filter" : ""}.</p>
       ) : (
         <table>
           <thead>
