@@ -38,7 +38,8 @@ export function CarcelPage({ caller }: { caller: Caller }) {
   const [reason, setReason] = useState("");
   // The filter in use: the inputs apply on submit, not on every keystroke.
   const [applied, setApplied] = useState({ topic: "", reason: "" });
-  const [problem, setProblem] = useState("");
+  const [problem, setProblem] = useState(""); // the last action's refusal
+  const [failed, setFailed] = useState(""); // the last reading's failure (the next clears it)
   const [notice, setNotice] = useState("");
 
   const load = useCallback(async () => {
@@ -49,9 +50,9 @@ export function CarcelPage({ caller }: { caller: Caller }) {
       const list = await call<{ entries: Entry[]; truncated: boolean }>("GET", `/api/carcel?${query}`);
       setEntries(list.entries);
       setTruncated(list.truncated);
-      setProblem("");
+      setFailed("");
     } catch (exc) {
-      setProblem(errorMessage(exc));
+      setFailed(errorMessage(exc));
     }
   }, [applied]);
 
@@ -67,6 +68,7 @@ export function CarcelPage({ caller }: { caller: Caller }) {
       setNotice(what);
       setProblem("");
     } catch (exc) {
+      setNotice("");
       setProblem(errorMessage(exc));
     }
     await load();
@@ -85,6 +87,11 @@ export function CarcelPage({ caller }: { caller: Caller }) {
         <input id="carcel-reason" type="text" value={reason} onInput={(e) => setReason((e.target as HTMLInputElement).value)} />
         <button type="submit">Filter</button>
       </form>
+      {failed && (
+        <p role="alert" class="error">
+          {failed}
+        </p>
+      )}
       {problem && (
         <p role="alert" class="error">
           {problem}

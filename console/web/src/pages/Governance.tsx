@@ -25,7 +25,8 @@ export function GovernancePage({ caller }: { caller: Caller }) {
   const [held, setHeld] = useState<Held[]>([]);
   const [truncated, setTruncated] = useState(false);
   const [stats, setStats] = useState<Stats | null>(null);
-  const [problem, setProblem] = useState("");
+  const [problem, setProblem] = useState(""); // the last action's refusal
+  const [failed, setFailed] = useState(""); // the last reading's failure (the next clears it)
   const [notice, setNotice] = useState("");
   const [reasons, setReasons] = useState<Record<string, string>>({});
 
@@ -35,9 +36,9 @@ export function GovernancePage({ caller }: { caller: Caller }) {
       setHeld(list.held);
       setTruncated(list.truncated);
       setStats(await call<Stats>("GET", "/api/policy/stats"));
-      setProblem("");
+      setFailed("");
     } catch (exc) {
-      setProblem(errorMessage(exc));
+      setFailed(errorMessage(exc));
     }
   }, []);
 
@@ -60,6 +61,7 @@ export function GovernancePage({ caller }: { caller: Caller }) {
       }
       setProblem("");
     } catch (exc) {
+      setNotice("");
       setProblem(errorMessage(exc));
     }
     await load();
@@ -69,6 +71,11 @@ export function GovernancePage({ caller }: { caller: Caller }) {
   return (
     <section aria-labelledby="gov-title">
       <h1 id="gov-title">Governance</h1>
+      {failed && (
+        <p role="alert" class="error">
+          {failed}
+        </p>
+      )}
       {problem && (
         <p role="alert" class="error">
           {problem}
@@ -106,9 +113,9 @@ export function GovernancePage({ caller }: { caller: Caller }) {
                     <td>{item.ruleId}</td>
                     <td>{item.reason}</td>
                     <td>{item.heldAt ?? ""}</td>
-                    <td class="actions">
+                    <td>
                       {may.approve ? (
-                        <>
+                        <div class="actions">
                           <button type="button" onClick={() => void decide(item, true)}>
                             Approve<span class="sr-only"> {id}</span>
                           </button>
@@ -127,7 +134,7 @@ export function GovernancePage({ caller }: { caller: Caller }) {
                           <button type="button" class="danger" onClick={() => void decide(item, false)}>
                             Deny<span class="sr-only"> {id}</span>
                           </button>
-                        </>
+                        </div>
                       ) : (
                         <span class="muted">not permitted</span>
                       )}
