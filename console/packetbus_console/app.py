@@ -4,7 +4,8 @@
 client for requests without a session (`default`: the console's own connection
 settings, its own token if it has one), the approver identity that signs
 approvals and denials (``--agent-key``), and the sessions. `build_app` makes the
-Starlette app serving the routes of `api` and `custody`.
+Starlette app serving the routes of `api`, `custody` and `events`, and the
+browser front end (`frontend`).
 
 Every route runs through `Console.route`: a state-changing request (POST, DELETE)
 without the header ``X-Packetbus-Console: 1`` is refused 403 (code ``CSRF``)
@@ -22,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from packetbus import AgentIdentity, Client, PacketbusError
 
@@ -79,13 +80,15 @@ class Console:
 
 
 def build_app(console: Console) -> Starlette:
-    """The console's Starlette app: the API routes under /api."""
-    from . import api, custody, events
+    """The console's Starlette app: the API routes under /api, the browser front end
+    (`frontend`) at / and /assets."""
+    from . import api, custody, events, frontend
 
-    routes: list[Route] = []
+    routes: list[BaseRoute] = []
     for path, methods, handler in (*api.ROUTES, *custody.ROUTES, *events.ROUTES):
         routes.append(Route(path, console.route(handler), methods=list(methods)))
-    app = Starlette(routes=routes)
+    routes.extend(frontend.routes())
+    app = Starlette(routes=routes, exception_handlers={404: frontend.not_found})
     app.state.console = console
     return app
 
