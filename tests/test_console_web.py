@@ -63,7 +63,8 @@ async def test_the_console_serves_the_bundle_and_every_asset_it_loads(
         assert answer.headers["cache-control"] == "public, max-age=31536000, immutable"
         assert answer.content == (STATIC / asset).read_bytes()
     missing = await http.get("/assets/index-nothere.js")
-    assert (missing.status_code, missing.text) == (404, "Not Found")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "no page or file here", "code": "NOT_FOUND"}
     assert "cache-control" not in missing.headers
 
 
@@ -72,12 +73,13 @@ async def test_the_api_is_unchanged_beside_the_bundle(http: httpx.AsyncClient) -
     assert (me.status_code, me.json()["principal"]) == (200, "local")
     unknown = await http.get("/api/no-such-route")
     assert unknown.status_code == 404
-    assert unknown.json() == {"error": "no API route /api/no-such-route", "code": "NOT_FOUND"}
+    assert unknown.json() == {"error": "no such API route", "code": "NOT_FOUND"}
     wrong_method = await http.get("/api/session")
     assert wrong_method.status_code == 405
     # A POST to a page route is no page: 404, not index.html.
     posted = await http.post("/agents", headers={"X-Packetbus-Console": "1"})
-    assert (posted.status_code, posted.text) == (404, "Not Found")
+    assert posted.status_code == 404
+    assert posted.json() == {"error": "no page or file here", "code": "NOT_FOUND"}
 
 
 def test_the_committed_bundle_matches_its_sources() -> None:

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -84,13 +85,63 @@ def build_app(console: Console) -> Starlette:
     (`frontend`) at / and /assets."""
     from . import api, custody, events, frontend
 
-    routes: list[BaseRoute] = []
+    # One Route per path, dispatching on the method: a wrong method is then one 405
+    # whose Allow header names every method of the path (two Routes on one path
+    # would answer with the first one's methods only).
+    by_path: dict[str, dict[str, Handler]] = {}
     for path, methods, handler in (*api.ROUTES, *custody.ROUTES, *events.ROUTES):
-        routes.append(Route(path, console.route(handler), methods=list(methods)))
+        by_path.setdefault(path, {}).update(dict.fromkeys(methods, handler))
+    routes: list[BaseRoute] = [
+        Route(path, console.route(_by_method(handlers)), methods=sorted(handlers))
+        for path, handlers in by_path.items()
+    ]
     routes.extend(frontend.routes())
-    app = Starlette(routes=routes, exception_handlers={404: frontend.not_found})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _not_routed})
     app.state.console = console
     return app
+
+
+def _by_method(handlers: dict[str, Handler]) -> Handler:
+    """The handler of each method (the Route admits only these methods, and HEAD
+    where it admits GET: Starlette adds it, answered as GET without the body)."""
+
+    async def handler(request: Request, client: Client) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request, client)
+
+    return handler
+
+
+# Starlette's own refusals (no route, a route without the method), by status: the
+# code named in the JSON error, as `errors` names the console's.
+_ROUTING_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+
+
+async def _not_routed(request: Request, exc: Exception) -> Response:
+    """What no route serves: a page of the front end (`frontend.page`) for a GET
+    outside the API, else the API's JSON error (`_routing_error`)."""
+    assert isinstance(exc, HTTPException)
+    from . import frontend
+
+    page = frontend.page(request) if exc.status_code == 404 else None
+    return page if page is not None else await _routing_error(request, exc)
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """Starlette's HTTPException (404 no such route, 405 wrong method: its
+    ``Allow`` header kept) as the API's JSON error, not Starlette's plain text."""
+    assert isinstance(exc, HTTPException)
+    code = _ROUTING_CODES.get(exc.status_code, "INVALID_ARGUMENT")
+    if exc.status_code == 404:
+        api = request.url.path == "/api" or request.url.path.startswith("/api/")
+        message = "no such API route" if api else "no page or file here"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed here"
+    else:
+        message = str(exc.detail)
+    response = error_response(exc.status_code, code, message)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 def console_of(request: Request) -> Console:

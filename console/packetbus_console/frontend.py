@@ -6,23 +6,19 @@ console/web into ``static/`` (committed, so ``pip install`` alone gives a workin
   one is 404.
 - ``GET /`` and any other GET or HEAD path that no route serves, outside ``/api/`` and
   ``/assets/`` (the page's own routes: ``/agents``, ``/custody``...): ``index.html``
-  with ``Cache-Control: no-cache``, so a new bundle is picked up at once. Under
-  ``/api/`` an unknown path stays a 404 (``{"error", "code": "NOT_FOUND"}``) and a
-  known path with the wrong method a 405: the API is unchanged.
+  with ``Cache-Control: no-cache``, so a new bundle is picked up at once (`page`).
+  Anything else no route serves is the API's JSON 404 or 405 (`app`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
-
-from .errors import error_response
 
 STATIC = Path(__file__).resolve().parent / "static"
 ASSET_CACHE = "public, max-age=31536000, immutable"  # hashed names never change content
@@ -44,14 +40,16 @@ def routes() -> list[BaseRoute]:
     return [Mount("/assets", app=_Assets(directory=STATIC / "assets", check_dir=False))]
 
 
-async def not_found(request: Request, exc: Exception) -> Response:
-    """Starlette's 404 handler: ``index.html`` for the page's own routes (see the
-    module docstring), a JSON 404 under ``/api/``, else plain 404."""
-    assert isinstance(exc, HTTPException)
+def page(request: Request) -> Response | None:
+    """``index.html`` for a GET or HEAD of one of the page's own routes (any path
+    outside ``/api/`` and ``/assets/``), or None (the caller answers 404)."""
     path = request.url.path
-    if path == "/api" or path.startswith("/api/"):
-        return error_response(404, "NOT_FOUND", f"no API route {path}")
     index = STATIC / "index.html"
-    if request.method in ("GET", "HEAD") and not path.startswith("/assets/") and index.is_file():
+    if (
+        request.method in ("GET", "HEAD")
+        and path != "/api"
+        and not path.startswith(("/api/", "/assets/"))
+        and index.is_file()
+    ):
         return FileResponse(index, media_type="text/html", headers={"Cache-Control": "no-cache"})
-    return PlainTextResponse("Not Found", status_code=404)
+    return None

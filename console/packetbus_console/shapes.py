@@ -35,7 +35,7 @@ def limit(request: Request) -> int:
 
 async def body(request: Request) -> dict[str, Any]:
     """The request's JSON object body ({} when empty). Raises ApiError 400 when it
-    is not a JSON object, 413 when it is over `MAX_BODY` bytes (read no further)."""
+    is not a JSON object (or not UTF-8, or nested too deeply for the parser), 413 when it is over `MAX_BODY` bytes (read no further)."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -48,20 +48,34 @@ async def body(request: Request) -> dict[str, Any]:
         return {}
     try:
         doc = json.loads(raw)
-    except ValueError as exc:
+    except ValueError as exc:  # also bytes that are not UTF-8 (UnicodeDecodeError)
         raise ApiError(400, "INVALID_ARGUMENT", f"the body is not JSON: {exc}") from exc
+    except RecursionError as exc:  # arrays or objects nested thousands deep
+        raise ApiError(400, "INVALID_ARGUMENT", "the body is nested too deeply") from exc
     if not isinstance(doc, dict):
         raise ApiError(400, "INVALID_ARGUMENT", "the body must be a JSON object")
     return doc
 
 
+def is_utf8(value: str) -> bool:
+    """Whether `value` can be encoded as UTF-8 (it holds no lone surrogate)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def text(doc: dict[str, Any], request: Request, key: str, *, required: bool = False) -> str:
     """String parameter `key`: from the JSON body `doc`, else the query string;
-    "" when absent. Raises ApiError 400 when it is not a string, or absent and
-    `required`."""
+    "" when absent. Raises ApiError 400 when it is not a string (or not one
+    UTF-8 can carry: JSON's ``\\ud800`` escapes decode to lone surrogates, which
+    a packetbus call could not encode), or absent and `required`."""
     value = doc.get(key, request.query_params.get(key, ""))
     if not isinstance(value, str):
         raise ApiError(400, "INVALID_ARGUMENT", f"{key} must be a string")
+    if not is_utf8(value):
+        raise ApiError(400, "INVALID_ARGUMENT", f"{key} is not valid Unicode (a lone surrogate)")
     if required and not value:
         raise ApiError(400, "INVALID_ARGUMENT", f"{key} is required")
     return value

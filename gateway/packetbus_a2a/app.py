@@ -11,7 +11,8 @@ Paths (``<id>`` is the agent id, percent-encoded):
 Cards are read from the registry on every request (they carry an ETag and a
 short max-age, see `cards`). A2A calls go through one a2a-sdk route set on one
 `AgentRouter` to the agent's `DefaultRequestHandler` (`AgentHandlers`, shared
-with the gRPC servicer); an unregistered agent is a 404 before a2a-sdk sees it.
+with the gRPC servicer); an unregistered agent is a 404 before a2a-sdk sees it, and a body nested too
+deeply for a2a-sdk's JSON parser is refused before it too (`bodies.guard`).
 Cards are public, as the A2A spec has them.
 
 Credentials (see `auth`): an A2A call's ``Authorization: Bearer <JWT>`` makes
@@ -30,6 +31,7 @@ from urllib.parse import unquote
 from a2a.server.routes import create_jsonrpc_routes, create_rest_routes
 from a2a.types.a2a_pb2 import AgentCard
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount
@@ -39,6 +41,7 @@ from packetbus import Client
 from packetbus.v1 import agent_service_pb2
 
 from .auth import Principals, Refusals, Replacing, credential_problem, refusals, refused_response
+from .bodies import guard, route_error
 from .cards import AGENTS_PREFIX, CARD_PATH, REST_SUFFIX, build_card, card_response
 from .handlers import AgentHandlers
 from .routing import SCOPE_AGENT, AgentRouter, PathAgentContextBuilder
@@ -82,7 +85,8 @@ class Gateway:
                 # Mounted, so that the binding's tenant-prefixed paths sit under it
                 # too (/rest/<tenant>/message:send), as a2a-sdk's client sends them.
                 Mount(REST_SUFFIX, routes=create_rest_routes(self.router, context_builder=paths)),
-            ]
+            ],
+            exception_handlers={HTTPException: route_error},
         )
 
     def card(self, agent: agent_service_pb2.Agent) -> AgentCard:
@@ -139,11 +143,14 @@ class Gateway:
         inner["path"] = root + unquote(rest)
         inner["raw_path"] = (root + rest).encode("latin-1")
         inner[SCOPE_AGENT] = agent_id
+        replay = await guard(scope, receive, send, jsonrpc=rest == "/")
+        if replay is None:
+            return
         # Refusals met while serving this call (a2a-sdk's tasks copy the variable).
         kept = Refusals()
         reset = refusals.set(kept)
         try:
-            await self._app(inner, receive, Replacing(send, kept))
+            await self._app(inner, replay, Replacing(send, kept))
         finally:
             refusals.reset(reset)
 

@@ -11,11 +11,19 @@ agent's `DefaultRequestHandler` (`AgentHandlers`):
 - gRPC: the agent is the request's ``tenant``, or the default agent when it is
   empty. No such agent: `AgentNotFoundError`, which `RoutingGrpcHandler` sends as
   ``NOT_FOUND`` (the code a2a-sdk gives a task that is not found).
+
+A packetbus call that fails for a value the caller sent (``INVALID_ARGUMENT``,
+``OUT_OF_RANGE``: a 10 KB task id, a context id over the server's limits...) is
+answered as a2a-sdk's `InvalidParamsError` (JSON-RPC -32602, HTTP 400, gRPC
+``INVALID_ARGUMENT``) with the server's message, in one place (`AgentRouter`):
+a2a-sdk would otherwise answer it as an internal error (-32603, HTTP 500, gRPC
+``UNKNOWN``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import contextmanager
 
 import grpc
 import grpc.aio
@@ -46,9 +54,12 @@ from a2a.utils.errors import (
     PushNotificationNotSupportedError,
 )
 from google.protobuf import any_pb2
+from google.protobuf.message import Message as ProtoMessage
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from starlette.requests import Request
+
+from packetbus import PacketbusError
 
 from .auth import (
     ContextBuilder,
@@ -146,9 +157,13 @@ class AgentRouter(RequestHandler):
         self._handlers = handlers
         self._default_agent = default_agent
 
-    async def _pick(self, context: ServerCallContext) -> RequestHandler:
-        """The agent's handler. Raises InvalidParamsError when the tenant and the
-        path disagree, AgentNotFoundError when the agent is not registered."""
+    async def _pick(self, context: ServerCallContext, params: ProtoMessage) -> RequestHandler:
+        """The agent's handler for request `params`. Raises InvalidParamsError when
+        the tenant and the path disagree or `params` holds an enum number its enum
+        does not define, AgentNotFoundError when the agent is not registered."""
+        unknown = _unknown_enum(params)
+        if unknown:
+            raise InvalidParamsError(message=unknown)
         path_agent = context.state.get(PATH_AGENT)
         if path_agent is not None:
             if context.tenant and context.tenant != path_agent:
@@ -173,72 +188,122 @@ class AgentRouter(RequestHandler):
 
     async def on_get_task(self, params: GetTaskRequest, context: ServerCallContext) -> Task | None:
         """See RequestHandler."""
-        return await (await self._pick(context)).on_get_task(params, context)
+        with _invalid_params():
+            return await (await self._pick(context, params)).on_get_task(params, context)
 
     async def on_list_tasks(
         self, params: ListTasksRequest, context: ServerCallContext
     ) -> ListTasksResponse:
         """See RequestHandler."""
-        return await (await self._pick(context)).on_list_tasks(params, context)
+        with _invalid_params():
+            return await (await self._pick(context, params)).on_list_tasks(params, context)
 
     async def on_cancel_task(
         self, params: CancelTaskRequest, context: ServerCallContext
     ) -> Task | None:
         """See RequestHandler."""
-        return await (await self._pick(context)).on_cancel_task(params, context)
+        with _invalid_params():
+            return await (await self._pick(context, params)).on_cancel_task(params, context)
 
     async def on_message_send(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> Task | Message:
         """See RequestHandler."""
-        return await (await self._pick(context)).on_message_send(params, context)
+        with _invalid_params():
+            return await (await self._pick(context, params)).on_message_send(params, context)
 
     async def on_message_send_stream(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event]:
         """See RequestHandler."""
-        handler = await self._pick(context)
-        async for event in handler.on_message_send_stream(params, context):
-            yield event
+        with _invalid_params():
+            handler = await self._pick(context, params)
+            async for event in handler.on_message_send_stream(params, context):
+                yield event
 
     async def on_subscribe_to_task(
         self, params: SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event]:
         """See RequestHandler."""
-        handler = await self._pick(context)
-        async for event in handler.on_subscribe_to_task(params, context):
-            yield event
+        with _invalid_params():
+            handler = await self._pick(context, params)
+            async for event in handler.on_subscribe_to_task(params, context):
+                yield event
 
     async def on_create_task_push_notification_config(
         self, params: TaskPushNotificationConfig, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
         """See RequestHandler."""
-        handler = await self._pick(context)
-        return await handler.on_create_task_push_notification_config(params, context)
+        with _invalid_params():
+            handler = await self._pick(context, params)
+            return await handler.on_create_task_push_notification_config(params, context)
 
     async def on_get_task_push_notification_config(
         self, params: GetTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
         """See RequestHandler."""
-        handler = await self._pick(context)
-        return await handler.on_get_task_push_notification_config(params, context)
+        with _invalid_params():
+            handler = await self._pick(context, params)
+            return await handler.on_get_task_push_notification_config(params, context)
 
     async def on_list_task_push_notification_configs(
         self, params: ListTaskPushNotificationConfigsRequest, context: ServerCallContext
     ) -> ListTaskPushNotificationConfigsResponse:
         """See RequestHandler."""
-        handler = await self._pick(context)
-        return await handler.on_list_task_push_notification_configs(params, context)
+        with _invalid_params():
+            handler = await self._pick(context, params)
+            return await handler.on_list_task_push_notification_configs(params, context)
 
     async def on_delete_task_push_notification_config(
         self, params: DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:
         """See RequestHandler."""
-        handler = await self._pick(context)
-        await handler.on_delete_task_push_notification_config(params, context)
+        with _invalid_params():
+            handler = await self._pick(context, params)
+            await handler.on_delete_task_push_notification_config(params, context)
 
     async def on_get_extended_agent_card(
         self, params: GetExtendedAgentCardRequest, context: ServerCallContext
     ) -> AgentCard:
         """See RequestHandler."""
-        return await (await self._pick(context)).on_get_extended_agent_card(params, context)
+        with _invalid_params():
+            return await (await self._pick(context, params)).on_get_extended_agent_card(
+                params, context
+            )
+
+
+# Codes of a packetbus call refused for a value the caller sent.
+_CALLER_FAULTS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE})
+
+
+@contextmanager
+def _invalid_params() -> Iterator[None]:
+    """Raise a PacketbusError for the caller's values (`_CALLER_FAULTS`) as
+    InvalidParamsError with its message (see the module docstring); any other
+    error goes through unchanged (refusals: `auth`)."""
+    try:
+        yield
+    except PacketbusError as exc:
+        if exc.code not in _CALLER_FAULTS:
+            raise
+        raise InvalidParamsError(message=exc.message) from exc
+
+
+def _unknown_enum(message: ProtoMessage, path: str = "") -> str:
+    """The first enum field of `message` (nested messages included) set to a
+    number its enum does not define (proto3 keeps one: a Role of 77 would be
+    stored as is), as "<field path> <number> is not a <Enum> value"; "" when
+    there is none."""
+    for field, value in message.ListFields():
+        name = f"{path}{field.name}"
+        enum, nested = field.enum_type, field.message_type
+        if enum is not None:
+            for number in value if field.is_repeated else [value]:
+                if number not in enum.values_by_number:
+                    return f"{name} {number} is not a {enum.name} value"
+        elif nested is not None and not nested.GetOptions().map_entry:
+            for item in value if field.is_repeated else [value]:
+                found = _unknown_enum(item, f"{name}.")
+                if found:
+                    return found
+    return ""
