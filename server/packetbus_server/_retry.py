@@ -206,6 +206,18 @@ async def with_retries(
                 raise _failed(exc) from exc
             raise
         _count_retry(exc)
+        last: BaseException = exc
+    # The budget may run out while waiting between attempts: the store did answer
+    # then (with `last`), and the caller is told what it said, not "no answer".
+    waiting = True
+
+    def before_sleep(state: RetryCallState) -> None:
+        nonlocal last, waiting
+        _counted(state)
+        waiting = True
+        if state.outcome is not None and (failed := state.outcome.exception()) is not None:
+            last = failed
+
     try:
         remaining = max(0.0, deadline - time.monotonic())
         async with asyncio.timeout(remaining):
@@ -213,12 +225,15 @@ async def with_retries(
                 retry=retry_if_exception(is_retry_safe),
                 wait=wait_random_exponential(multiplier=0.01, max=max_backoff),
                 stop=stop_before_delay(remaining),
-                before_sleep=_counted,
+                before_sleep=before_sleep,
                 reraise=True,
             ):
                 with attempt:
+                    waiting = False
                     return await operation()
     except TimeoutError as exc:
+        if waiting and isinstance(last, _STORE_ERRORS):
+            raise _unavailable(last) from exc
         raise StoreUnavailableError(
             f"Redis did not answer within {_seconds(budget_seconds)}"
         ) from exc
