@@ -13,6 +13,26 @@ import httpx
 from tests.conftest import REPO, free_port
 
 CHANGE = {"X-Packetbus-Console": "1"}  # the CSRF guard's header
+APPROVER = "console-guardian"  # agents whose id starts so may approve held packets
+
+
+def hold_spawns(topic_glob: str) -> str:
+    """Policy rules holding a logistics.spawn packet on `topic_glob` for an approver."""
+    return f"""
+default = "allow"
+
+[approval]
+approvers = ["{APPROVER}*"]
+
+[[rules]]
+id = "spawn-needs-guardian"
+decision = "hold"
+reason = "spawning needs a guardian"
+topic = "{topic_glob}"
+fields = {{ primitive = "logistics.spawn" }}
+"""
+
+
 # What each console printed (stdout and stderr), by its base URL: read on by a thread.
 _OUTPUT: dict[str, list[str]] = {}
 

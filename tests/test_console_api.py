@@ -22,23 +22,10 @@ import pytest
 import packetbus
 from packetbus._export import verify_export
 from packetbus_server import Limits, RunningServer, ServerConfig, start
-from tests._console import CHANGE, sse_events, start_console, stop
+from tests._console import APPROVER, CHANGE, hold_spawns, sse_events, start_console, stop
 from tests.conftest import new_packet, run_cli, unique
 
-APPROVER = "console-guardian"
-POLICY = """
-default = "allow"
-
-[approval]
-approvers = ["console-guardian*"]
-
-[[rules]]
-id = "spawn-needs-guardian"
-decision = "hold"
-reason = "spawning needs a guardian"
-topic = "console.*"
-fields = { primitive = "logistics.spawn" }
-"""
+POLICY = hold_spawns("console.*")
 
 
 @pytest.fixture(scope="module")

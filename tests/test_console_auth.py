@@ -21,7 +21,7 @@ import trustme
 import packetbus
 from packetbus_console.sessions import COOKIE
 from packetbus_server import RunningServer, start
-from tests._console import CHANGE, output, start_console, stop
+from tests._console import CHANGE, hold_spawns, output, start_console, stop
 from tests._identities import Issuer, client_as, policy_text, server_config, spiffe
 from tests.conftest import new_packet, unique
 
@@ -38,19 +38,7 @@ GRANTS = {
     OPERATOR: [*READS, ("packets.approve", "sec.*")],
     VIEWER: READS,
 }
-RULES = """
-default = "allow"
-
-[approval]
-approvers = ["console-guardian*"]
-
-[[rules]]
-id = "spawn-needs-guardian"
-decision = "hold"
-reason = "spawning needs a guardian"
-topic = "sec.*"
-fields = { primitive = "logistics.spawn" }
-"""
+RULES = hold_spawns("sec.*")
 
 
 @pytest.fixture(scope="module")
