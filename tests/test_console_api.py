@@ -195,6 +195,61 @@ async def test_a_held_packet_approved_through_the_api_is_delivered(
     )
 
 
+async def test_held_packets_and_decision_counts_are_pushed_live_as_they_change(
+    http: httpx.AsyncClient, bus: packetbus.Client
+) -> None:
+    topic = unique("console.live")
+    params = {"topic": topic, "interval": "0.25"}
+    async with (
+        http.stream("GET", "/api/held/events", params=params) as held,
+        http.stream("GET", "/api/policy/stats/events", params=params) as stats,
+    ):
+        assert held.status_code == stats.status_code == 200
+        assert held.headers["content-type"].startswith("text/event-stream")
+        held_events, stats_events = aiter(sse_events(held)), aiter(sse_events(stats))
+        assert await anext(held_events) == ("", "snapshot", {"held": [], "truncated": False})
+        assert (await anext(stats_events))[1:] == (
+            "snapshot",
+            {"byRule": {}, "byReason": {}, "byDecision": {}},
+        )
+        packet = _spawn(topic)
+        [result] = await bus.dispatch_batch([packet])
+        assert result.WhichOneof("outcome") == "held"
+        async with asyncio.timeout(10):
+            # Pushed once it changed; nothing pushed while it stays the same.
+            _, event, data = await anext(held_events)
+            assert event == "snapshot"
+            [shown] = data["held"]  # type: ignore[index]
+            assert shown["packet"]["packet"]["trackingId"] == packet.tracking_id
+            _, event, data = await anext(stats_events)
+            assert (event, data["byDecision"]) == ("snapshot", {"held": "1"})  # type: ignore[index]
+            await bus.approve_packet(topic, packet.tracking_id, identity=await _approver(bus))
+            assert (await anext(held_events))[1:] == (
+                "snapshot",
+                {"held": [], "truncated": False},
+            )
+
+
+async def _approver(bus: packetbus.Client) -> packetbus.AgentIdentity:
+    identity = packetbus.AgentIdentity.generate(unique(APPROVER))
+    await bus.register_identity(identity)
+    return identity
+
+
+async def test_a_live_view_refuses_a_bad_query_as_json(
+    http: httpx.AsyncClient,
+) -> None:
+    for interval in ("0", "0.1", "61", "nan", "soon"):
+        bad = await http.get("/api/carcel/events", params={"interval": interval})
+        assert (bad.status_code, bad.json()["code"]) == (400, "INVALID_ARGUMENT"), interval
+    bad_limit = await http.get("/api/held/events", params={"limit": "0"})
+    assert bad_limit.status_code == 400
+    assert bad_limit.json() == {
+        "error": "limit must be 1-1000, not '0'",
+        "code": "INVALID_ARGUMENT",
+    }
+
+
 async def test_a_carceled_packet_requeued_through_the_api_is_delivered_again(
     http: httpx.AsyncClient, bus: packetbus.Client
 ) -> None:

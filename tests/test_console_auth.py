@@ -21,7 +21,7 @@ import trustme
 import packetbus
 from packetbus_console.sessions import COOKIE
 from packetbus_server import RunningServer, start
-from tests._console import CHANGE, hold_spawns, output, start_console, stop
+from tests._console import CHANGE, hold_spawns, output, sse_events, start_console, stop
 from tests._identities import Issuer, client_as, policy_text, server_config, spiffe
 from tests.conftest import new_packet, unique
 
@@ -252,7 +252,14 @@ async def test_a_principal_with_no_grants_is_refused_reads_and_the_event_stream(
             [],
             [],
         )
-        for path in ("/api/agents", "/api/agents/events", "/api/carcel", "/api/held"):
+        for path in (
+            "/api/agents",
+            "/api/agents/events",
+            "/api/carcel",
+            "/api/carcel/events",
+            "/api/held",
+            "/api/held/events",
+        ):
             refused = await http.get(path)
             assert (refused.status_code, refused.json()["code"]) == (403, "PERMISSION_DENIED")
         purge = await http.post("/api/carcel/purge", json={"topic": "sec.x"}, headers=CHANGE)
@@ -281,3 +288,25 @@ async def test_over_https_the_session_cookie_is_secure(
             assert (await http.get("/api/me")).json()["principal"] == VIEWER
     finally:
         stop(process)
+
+
+async def test_a_live_view_ends_when_its_session_is_signed_out(
+    console: str, issuer: Issuer, admin: packetbus.Client
+) -> None:
+    async with httpx.AsyncClient(base_url=console, timeout=20) as http:
+        assert (await sign_in(http, issuer.token(VIEWER))).status_code == 200
+        async with http.stream("GET", "/api/held/events", params={"interval": "0.25"}) as stream:
+            assert stream.status_code == 200
+            events = aiter(sse_events(stream))
+            assert (await anext(events))[1] == "snapshot"
+            # Signed out from another request: the stream stops reading as the viewer.
+            out = await http.delete("/api/session", headers=CHANGE)
+            assert out.json() == {"signedOut": True}
+            async with asyncio.timeout(10):
+                rest = [(event, data) async for _, event, data in events]
+        # No snapshot read with the ended session's token, one error, then the end.
+        assert rest[-1] == (
+            "error",
+            {"error": "the session ended: sign in again", "code": "UNAUTHENTICATED"},
+        )
+        assert all(event == "snapshot" for event, _ in rest[:-1])

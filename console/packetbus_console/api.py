@@ -28,6 +28,9 @@ query string.
   ``byReason``, ``byDecision``: name -> count).
 - ``GET /api/carcel?topic=&reason=&limit=`` -> ``{"entries": [CarcelEntry],
   "truncated": bool}``.
+- ``GET /api/held/events``, ``/api/policy/stats/events``, ``/api/carcel/events``: the
+  three views above, live (same query, plus ``interval``): `live` pushes each as an SSE
+  ``snapshot`` event when it changes.
 - ``POST /api/carcel/{id}/requeue`` (``topic``; looked up when absent) ->
   ``{"cursor": str}``.
 - ``POST /api/carcel/purge`` (``topic`` required, ``reason``) -> ``{"purged": int}``:
@@ -37,6 +40,7 @@ query string.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import grpc
 from starlette.requests import Request
@@ -46,6 +50,7 @@ from packetbus import Client, PacketbusError
 
 from .app import console_of
 from .errors import ApiError, error_response
+from .live import json_route, live_route
 from .sessions import COOKIE, BadToken, token_expiry
 from .shapes import MAX_LIMIT, as_json, body, limit, text
 
@@ -122,7 +127,7 @@ async def agents(request: Request, client: Client) -> Response:
     return JSONResponse({"agents": [as_json(agent) for agent in found]})
 
 
-async def held(request: Request, client: Client) -> Response:
+async def held(request: Request, client: Client) -> dict[str, Any]:
     most = limit(request)
     items: list[dict[str, object]] = []
     truncated = False
@@ -131,7 +136,7 @@ async def held(request: Request, client: Client) -> Response:
             truncated = True
             break
         items.append(as_json(packet))
-    return JSONResponse({"held": items, "truncated": truncated})
+    return {"held": items, "truncated": truncated}
 
 
 async def _held_topic(client: Client, tracking_id: str) -> str:
@@ -178,12 +183,12 @@ async def deny(request: Request, client: Client) -> Response:
     return await _decide(request, client, approve=False)
 
 
-async def policy_stats(request: Request, client: Client) -> Response:
+async def policy_stats(request: Request, client: Client) -> dict[str, Any]:
     stats = await client.policy_stats(request.query_params.get("topic", ""), timeout=10)
-    return JSONResponse(as_json(stats))
+    return as_json(stats)
 
 
-async def carcel(request: Request, client: Client) -> Response:
+async def carcel(request: Request, client: Client) -> dict[str, Any]:
     most = limit(request)
     query = request.query_params
     items: list[dict[str, object]] = []
@@ -195,7 +200,7 @@ async def carcel(request: Request, client: Client) -> Response:
             truncated = True
             break
         items.append(as_json(entry))
-    return JSONResponse({"entries": items, "truncated": truncated})
+    return {"entries": items, "truncated": truncated}
 
 
 async def requeue(request: Request, client: Client) -> Response:
@@ -231,11 +236,14 @@ ROUTES = (
     ("/api/session", ("DELETE",), sign_out),
     ("/api/me", ("GET",), me),
     ("/api/agents", ("GET",), agents),
-    ("/api/held", ("GET",), held),
+    ("/api/held", ("GET",), json_route(held)),
+    ("/api/held/events", ("GET",), live_route(held)),
     ("/api/held/{tracking_id}/approve", ("POST",), approve),
     ("/api/held/{tracking_id}/deny", ("POST",), deny),
-    ("/api/policy/stats", ("GET",), policy_stats),
-    ("/api/carcel", ("GET",), carcel),
+    ("/api/policy/stats", ("GET",), json_route(policy_stats)),
+    ("/api/policy/stats/events", ("GET",), live_route(policy_stats)),
+    ("/api/carcel", ("GET",), json_route(carcel)),
+    ("/api/carcel/events", ("GET",), live_route(carcel)),
     ("/api/carcel/purge", ("POST",), purge),
     ("/api/carcel/{entry_id}/requeue", ("POST",), requeue),
 )

@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute, Route
 from packetbus import AgentIdentity, Client, PacketbusError
 
 from .errors import ApiError, error_response, from_packetbus
+from .live import LiveViews
 from .sessions import COOKIE, Sessions
 
 CSRF_HEADER = "X-Packetbus-Console"
@@ -55,6 +56,7 @@ class Console:
         self.approver = approver
         self.secure = secure
         self.sessions = Sessions()
+        self.live = LiveViews()
 
     def client_for(self, request: Request) -> Client:
         """The session's client (its token on every call), else `default`."""
