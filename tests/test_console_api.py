@@ -15,6 +15,7 @@ import base64
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -219,10 +220,10 @@ async def test_held_packets_and_decision_counts_are_pushed_live_as_they_change(
             # Pushed once it changed; nothing pushed while it stays the same.
             _, event, data = await anext(held_events)
             assert event == "snapshot"
-            [shown] = data["held"]  # type: ignore[index]
-            assert shown["packet"]["packet"]["trackingId"] == packet.tracking_id
+            shown: Any = data["held"]
+            assert [h["packet"]["packet"]["trackingId"] for h in shown] == [packet.tracking_id]
             _, event, data = await anext(stats_events)
-            assert (event, data["byDecision"]) == ("snapshot", {"held": "1"})  # type: ignore[index]
+            assert (event, data["byDecision"]) == ("snapshot", {"held": "1"})
             await bus.approve_packet(topic, packet.tracking_id, identity=await _approver(bus))
             assert (await anext(held_events))[1:] == (
                 "snapshot",
