@@ -1,0 +1,208 @@
+"""A Pull stream's loop: lease what the consumer has room for, deliver it, confirm
+its settlements, and wait for new entries, a settlement or the next look for leases
+that ran out. ConsumerGroupService.Pull validates the subscription and runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+
+import grpc
+from google.rpc import code_pb2
+
+from packetbus.v1 import consumer_group_service_pb2 as pb
+
+from . import _pull_wire, _status
+from ._clock import StoreClock
+from ._group_delivery import Delivery, PullStream
+from ._group_settling import Settler, held_request, nacked, parse_request
+from ._group_store import GroupStore, Kind
+from ._limits import Limits
+from ._packet_service import caller_gone
+from ._packing import packs
+from ._validation import Violation
+from ._waits import retrieve_outcome
+
+# How long a Pull stream waits for new entries before it looks for run-out leases.
+_WAIT_MS = 1000
+# How long after looking through all of them a busy Pull stream looks for run-out
+# leases again (the look walks every outstanding delivery of the group): a lease
+# that ran out is noticed this late at most. Below _WAIT_MS, so an idle stream
+# looks on each wake-up.
+_RESCAN_SECONDS = 0.9
+
+
+class _SecondSubscription(Exception):
+    """A Pull stream's later request named a subscription again."""
+
+
+async def abort_no_group(context: grpc.aio.ServicerContext, topic: str, name: str) -> None:
+    """Abort the call NOT_FOUND: there is no such group."""
+    await context.abort(
+        grpc.StatusCode.NOT_FOUND,
+        f"no consumer group {name!r} on topic {topic!r} (CreateConsumerGroup first)",
+    )
+
+
+class PullLoop:
+    """Runs Pull streams (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: GroupStore,
+        delivery: Delivery,
+        settler: Settler,
+        limits: Limits,
+        *,
+        clock: StoreClock,
+    ) -> None:
+        self._store = store
+        self._delivery = delivery
+        self._settler = settler
+        self._limits = limits
+        self._clock = clock
+
+    async def run(
+        self,
+        stream: PullStream,
+        requests: AsyncIterator[pb.PullRequest],
+        first: pb.PullRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncGenerator[bytes, None]:
+        """The stream's responses (PullResponse bytes) until the consumer half-closes
+        or goes; raises what its store calls raise (the caller maps them)."""
+        settler = asyncio.create_task(self._settle_from(requests, first, stream, context))
+        waiter: asyncio.Task[None] | None = None
+        try:
+            while not caller_gone(context):
+                if settler.done():
+                    # The consumer half-closed (or settling failed: this
+                    # raises): confirm what it settled, deliver nothing more.
+                    if isinstance(settler.exception(), _SecondSubscription):
+                        await _status.abort_invalid(
+                            context,
+                            "invalid pull request",
+                            [
+                                Violation(
+                                    "subscription",
+                                    "ONLY_FIRST",
+                                    "only the first request names it",
+                                )
+                            ],
+                        )
+                    settler.result()
+                    if stream.outbox:
+                        yield _pull_wire.pull_response([], [a.wire() for a in stream.outbox])
+                    return
+                room = stream.room(self._clock.now_ms())
+                deliveries: list[bytes] = []
+                newest = None
+                if room:
+                    pulled = await self._store.pull(
+                        stream.topic,
+                        stream.group,
+                        stream.consumer,
+                        room,
+                        max_bytes=stream.byte_room(self._limits.reply_budget_bytes),
+                        scan=time.monotonic() >= stream.scan_at,
+                    )
+                    if pulled is None:
+                        await abort_no_group(context, stream.topic, stream.group)
+                        return
+                    if pulled.scanned:
+                        stream.scan_at = time.monotonic() + _RESCAN_SECONDS
+                    newest = pulled.newest
+                    deliveries = await self._delivery.deliver(stream, pulled.entries, pulled.now_ms)
+                if deliveries or stream.outbox:
+                    settled, stream.outbox = stream.outbox, []
+                    # Leased within the byte budget already; their hops (or
+                    # many settlements) can still tip a reply over it: then it
+                    # goes as several.
+                    items = [(True, d) for d in deliveries]
+                    items += [(False, a.wire()) for a in settled]
+                    for part in packs(items, lambda i: len(i[1]), self._limits.reply_budget_bytes):
+                        yield _pull_wire.pull_response(
+                            [d for is_delivery, d in part if is_delivery],
+                            [s for is_delivery, s in part if not is_delivery],
+                        )
+                    continue
+                # Nothing to send: wait for new entries, a settlement, or the
+                # next look for run-out leases.
+                stream.wake.clear()
+                woken: asyncio.Future[object] = asyncio.ensure_future(stream.wake.wait())
+                waits: set[asyncio.Future[object]] = {woken}
+                if newest is not None:
+                    if waiter is None or waiter.done():
+                        waiter = asyncio.create_task(
+                            self._store.wait_for_entries(stream.topic, newest, _WAIT_MS)
+                        )
+                        # It may fail after the stream's last look at it.
+                        waiter.add_done_callback(retrieve_outcome)
+                    waits.add(waiter)  # type: ignore[arg-type]
+                waits.add(settler)  # type: ignore[arg-type]
+                try:
+                    await asyncio.wait(
+                        waits, timeout=_WAIT_MS / 1000, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    # Also when the stream ends meanwhile (cancelled): a wait
+                    # left pending would be destroyed pending.
+                    woken.cancel()
+                if waiter is not None and waiter.done() and waiter.exception() is not None:
+                    waiter = None  # a failed wait only delays the next look
+        finally:
+            settler.cancel()
+            if waiter is not None:
+                waiter.cancel()
+            with contextlib.suppress(BaseException):
+                await settler
+
+    async def _settle_from(
+        self,
+        requests: AsyncIterator[pb.PullRequest],
+        first: pb.PullRequest,
+        stream: PullStream,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Settle what the consumer sends on its stream, until it half-closes (then the
+        stream ends once those settlements are confirmed)."""
+        request: pb.PullRequest | None = first
+        while True:
+            if request is not None:
+                if request.HasField("subscription") and request is not first:
+                    # Refused by the handler's own task (Pull): an abort from this
+                    # task could meet a write of the handler's and fail INTERNAL.
+                    raise _SecondSubscription
+                parsed = [
+                    *(held_request(Kind.ACK, i, stream.held) for i in request.ack_ids),
+                    *(nacked(n) for n in request.nacks),
+                    *(parse_request(Kind.EXTEND, i) for i in request.extend_ids),
+                ]
+                if parsed:
+                    results = await self._settler.settle(
+                        stream.topic,
+                        stream.group,
+                        stream.settings,
+                        parsed,
+                        stream.held,
+                        context=context,
+                    )
+                    for p, r in zip(parsed, results, strict=True):
+                        if p.kind in (Kind.NACK, Kind.RELEASE) and r.code == code_pb2.OK:
+                            # Its lease runs out after the delay: look for it then.
+                            stream.scan_at = min(
+                                stream.scan_at, time.monotonic() + p.delay_ms / 1000
+                            )
+                        if not (r.settlement == pb.SETTLEMENT_EXTEND and r.code == code_pb2.OK):
+                            stream.release(r.delivery_id)
+                        elif r.delivery_id in stream.held:
+                            stream.held[r.delivery_id].lease_ends_ms = r.lease_ends_ms
+                    stream.outbox.extend(results)
+                    stream.wake.set()
+            try:
+                request = await anext(requests)
+            except StopAsyncIteration:
+                return  # half-closed: the consumer is done
