@@ -8,15 +8,13 @@ event stream ends), and the exit status is 0.
 
 from __future__ import annotations
 
-import signal
-import socket
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 
 import uvicorn
 
 from packetbus import AgentIdentity, Client, ClientConfig
+from packetbus.asgi_serving import ReadyServer, url_host
 
 from .app import Console, build_app
 
@@ -53,7 +51,9 @@ async def serve(
             approver=approver,
             secure=secure,
         )
-        server = _Server(
+        scheme = "https" if secure else "http"
+        base = f"{scheme}://{url_host(host)}"
+        server = ReadyServer(
             uvicorn.Config(
                 build_app(console),
                 host=host,
@@ -64,34 +64,9 @@ async def serve(
                 ssl_certfile=str(tls_cert) if tls_cert else None,
                 ssl_keyfile=str(tls_key) if tls_key else None,
                 timeout_graceful_shutdown=DRAIN_SECONDS,
-            )
+            ),
+            lambda port: f"packetbus console serving on {base}:{port}",
         )
-        scheme = "https" if secure else "http"
-        server.url_base = f"{scheme}://{_url_host(host)}"
         await server.serve()
         if not server.started:
             raise OSError(f"cannot listen on {host}:{port}")
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, printing its ready line once it listens; SIGTERM is a
-    normal end (exit 0), as for `packetbus serve`."""
-
-    url_base = ""
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started and self.url_base:
-            # The port as bound: --listen HOST:0 takes any free one.
-            port = self.servers[0].sockets[0].getsockname()[1]
-            print(f"packetbus console serving on {self.url_base}:{port}", flush=True)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        if sig == signal.SIGTERM:
-            # uvicorn would raise SIGTERM again after shutdown (exit status: killed).
-            self._captured_signals = [s for s in self._captured_signals if s != sig]

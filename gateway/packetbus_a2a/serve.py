@@ -10,14 +10,13 @@ stops and the agents' handlers are closed; the exit status is 0.
 
 from __future__ import annotations
 
-import signal
 import socket
 from dataclasses import replace
-from types import FrameType
 
 import uvicorn
 
 from packetbus import Client, ClientConfig
+from packetbus.asgi_serving import ReadyServer, url_host
 
 from .app import Gateway
 from .auth import Principals
@@ -64,7 +63,7 @@ async def serve(
                 f"--require-auth: bearer tokens are sent only over TLS or to this machine, "
                 f"and {client.target} is neither"
             )
-        base_url = public_url or f"http://{_url_host(host)}:{port}"
+        base_url = public_url or f"http://{url_host(host)}:{port}"
         gateway = Gateway(
             principals,
             base_url,
@@ -72,10 +71,11 @@ async def serve(
             answer_timeout=answer_timeout,
             require_auth=require_auth,
         )
+        ready = f"packetbus a2a gateway serving on {base_url}"
         server = _Server(
-            uvicorn.Config(gateway, host=host, port=port, log_level="warning", lifespan="on")
+            uvicorn.Config(gateway, host=host, port=port, log_level="warning", lifespan="on"),
+            lambda _port: ready,
         )
-        server.ready_line = f"packetbus a2a gateway serving on {base_url}"
         try:
             if grpc_port is not None:
                 server.grpc = GrpcGateway.bind(
@@ -85,11 +85,11 @@ async def serve(
                     forwards=principals.forwards,
                     require_auth=require_auth,
                 )
-                bound = f"{_url_host(grpc_host)}:{server.grpc.port}"
+                bound = f"{url_host(grpc_host)}:{server.grpc.port}"
                 # In the cards before the first call can build a handler (and its card).
                 gateway.grpc_address = grpc_public_address or bound
                 await server.grpc.start()
-                server.ready_line += f" and gRPC on {bound}"
+                ready += f" and gRPC on {bound}"
             await server.serve()
         finally:
             await server.stop_grpc()
@@ -97,15 +97,10 @@ async def serve(
             raise OSError(f"cannot listen on {host}:{port}")
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+class _Server(ReadyServer):
+    """The HTTP server (`ReadyServer`), stopping `grpc` (if any) before its own
+    shutdown closes the handlers gRPC calls use."""
 
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, printing `ready_line` once it listens, and stopping `grpc`
-    (if any) before its own shutdown closes the handlers gRPC calls use."""
-
-    ready_line = ""
     grpc: GrpcGateway | None = None
 
     async def stop_grpc(self) -> None:
@@ -117,17 +112,3 @@ class _Server(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self.stop_grpc()
         await super().shutdown(sockets)
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started and self.ready_line:
-            # The line a supervisor (or a test) waits for, as `packetbus serve` prints one.
-            print(self.ready_line, flush=True)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        if sig == signal.SIGTERM:
-            # A drain asked for and done is a normal end (exit 0), as for `packetbus
-            # serve`; uvicorn would raise SIGTERM again after shutdown, so the exit
-            # status would read as killed. SIGINT is raised again: exit 130, as the CLI.
-            self._captured_signals = [s for s in self._captured_signals if s != sig]
