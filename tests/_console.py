@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
-from tests.conftest import REPO, free_port
+from tests.conftest import free_port, printed, serving
 
 CHANGE = {"X-Packetbus-Console": "1"}  # the CSRF guard's header
 APPROVER = "console-guardian"  # agents whose id starts so may approve held packets
@@ -33,44 +32,31 @@ fields = {{ primitive = "logistics.spawn" }}
 """
 
 
-# What each console printed (stdout and stderr), by its base URL: read on by a thread.
-_OUTPUT: dict[str, list[str]] = {}
-
-
 def output(url: str) -> str:
     """What the console at `url` has printed so far."""
-    return "".join(_OUTPUT[url])
+    return printed(_CONSOLES[url])
+
+
+# The console process serving each base URL.
+_CONSOLES: dict[str, subprocess.Popen[str]] = {}
 
 
 def start_console(
     target: str, *options: str, env: Mapping[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], str]:
     """`packetbus console` for `target` on a free loopback port, once it serves:
-    the process and its base URL. Raises AssertionError when it exits first."""
+    the process and its base URL. `env`: its whole environment (default: this one).
+    Raises AssertionError when it exits first."""
     port = free_port()
     argv = [sys.executable, "-m", "packetbus._cli", "console", "--target", target]
     argv += ["--listen", f"127.0.0.1:{port}", *options]
-    process = subprocess.Popen(
-        argv,
-        cwd=REPO,
-        env=None if env is None else {**env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if line.startswith("packetbus console serving on "):
-            scheme = "https" if "--tls-cert" in options else "http"
-            url = f"{scheme}://127.0.0.1:{port}"
-            assert line.strip() == f"packetbus console serving on {url}"
-            _OUTPUT[url] = seen
-            # Read on (into `seen`), so its output never fills the pipe.
-            threading.Thread(target=seen.extend, args=(process.stdout,), daemon=True).start()
-            return process, url
-    raise AssertionError(f"console exited with {process.wait()}: {''.join(seen)}")
+    process = serving(argv, environ=env, ready="packetbus console serving on ", read_on=True)
+    scheme = "https" if "--tls-cert" in options else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
+    ready = [line for line in printed(process).splitlines() if "console serving on" in line]
+    assert ready == [f"packetbus console serving on {url}"], ready
+    _CONSOLES[url] = process
+    return process, url
 
 
 def stop(process: subprocess.Popen[str]) -> None:

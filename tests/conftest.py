@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -211,26 +212,44 @@ async def verified_actions(client: packetbus.Client, stored: packetbus.StoredPac
     ]
 
 
-def serving(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start `argv` (a command that serves, run from the repository with `env` added
-    to this environment) and return it once it says it is serving; its output, stderr
-    included, on .stdout. Raises AssertionError with its exit code if it ends first."""
+def serving(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    ready: str = "serving on",
+    read_on: bool = False,
+) -> subprocess.Popen[str]:
+    """Start `argv` (a command that serves, run from the repository) and return it once
+    it prints a line holding `ready`; its output, stderr included, on .stdout (what was
+    read of it: `printed`). Its environment: this one with `env` added, or `environ`
+    instead when given. `read_on`: a thread reads the rest of its output into
+    `printed`, so a chatty process never blocks on a full pipe (.stdout is then not
+    for the caller). Raises AssertionError with its exit code and output if it ends
+    first."""
     process = subprocess.Popen(
         list(argv),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, **env} if env is not None else None,
+        env=dict(environ) if environ is not None else {**os.environ, **env} if env else None,
     )
     assert process.stdout is not None
     read: list[str] = []
     for line in process.stdout:
         read.append(line)
-        if "serving on" in line:
+        if ready in line:
             _READ_BY_SERVING[process.pid] = read
+            if read_on:
+                threading.Thread(target=read.extend, args=(process.stdout,), daemon=True).start()
             return process
-    raise AssertionError(f"server exited with {process.wait()}")
+    raise AssertionError(f"{argv[3:5]} exited with {process.wait()}: {''.join(read)}")
+
+
+def printed(process: subprocess.Popen[str]) -> str:
+    """What `serving` (and, with read_on, its thread) has read of `process`'s output."""
+    return "".join(_READ_BY_SERVING.get(process.pid, []))
 
 
 # What `serving` read of a process's output, by pid: with ``serve --workers``, a busy
@@ -269,7 +288,7 @@ def wait_for_workers(process: subprocess.Popen[str], workers: int) -> None:
     a busy machine, on a worker's line printed first: counted here too).
     Raises AssertionError with what the server printed if it ends first."""
     assert process.stdout is not None
-    seen = _READ_BY_SERVING.pop(process.pid, [])
+    seen = list(_READ_BY_SERVING.pop(process.pid, []))
     workers -= sum(_WORKER_SERVING.match(line) is not None for line in seen)
     while workers > 0:
         line = process.stdout.readline()

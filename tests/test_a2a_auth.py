@@ -10,10 +10,8 @@ and the packetbus agent answering through `A2AAgent`.
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -49,7 +47,7 @@ from packetbus_a2a.task_store import SCOPE, owner_key
 from packetbus_server import RunningServer
 from tests._a2a import answering
 from tests._identities import Issuer, guarded_fixtures, spiffe
-from tests.conftest import REPO, free_port, new_packet, run_cli, unique
+from tests.conftest import free_port, new_packet, run_cli, serving, unique
 
 # About the gateway's credentials, not storage: one backend (see conftest).
 pytestmark = pytest.mark.one_backend
@@ -92,19 +90,11 @@ def start_gateway(target: str, own_token: str, *options: str) -> tuple[subproces
     argv = [sys.executable, "-m", "packetbus._cli", "a2a", "serve", "--target", target]
     argv += ["--listen", f"127.0.0.1:{port}", "--grpc-listen", f"127.0.0.1:{free_port()}"]
     argv += ["--answer-timeout", "20", *options]
-    env = {**os.environ, "PACKETBUS_TOKEN": own_token}
-    process = subprocess.Popen(
-        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    # read_on: a2a-sdk logs each refused execution; the pipe must never fill.
+    process = serving(
+        argv, env={"PACKETBUS_TOKEN": own_token}, ready="a2a gateway serving on", read_on=True
     )
-    assert process.stdout is not None
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if "a2a gateway serving on" in line:
-            # Read on, so its log (a2a-sdk logs each refused execution) never fills the pipe.
-            threading.Thread(target=process.stdout.read, daemon=True).start()
-            return process, f"http://127.0.0.1:{port}"
-    raise AssertionError(f"gateway exited with {process.wait()}: {''.join(seen)}")
+    return process, f"http://127.0.0.1:{port}"
 
 
 def stop(process: subprocess.Popen[str]) -> None:

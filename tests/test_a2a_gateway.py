@@ -37,7 +37,7 @@ from packetbus._inbox import inbox_topic
 from packetbus_a2a import A2AAgent, A2ARequest
 from packetbus_a2a.wire import reply_address, tracking_id
 from tests._a2a import answering, assert_agent_finds_the_cancel
-from tests.conftest import REPO, free_port, run_cli, unique
+from tests.conftest import REPO, free_port, run_cli, serving, unique
 
 # About the gateway and the A2A protocol; its store is ContextService's, which its own
 # tests check on every backend (test_context, test_a2a_task_store).
@@ -50,7 +50,7 @@ CAPABILITIES = ["summarize", "shout"]
 def start_gateway(target: str, *options: str) -> tuple[subprocess.Popen[str], str]:
     """`packetbus a2a serve` on a loopback port, once it serves: the process, its URL."""
     port = free_port()
-    process = subprocess.Popen(
+    process = serving(
         [
             sys.executable,
             "-m",
@@ -65,18 +65,9 @@ def start_gateway(target: str, *options: str) -> tuple[subprocess.Popen[str], st
             "20",
             *options,
         ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        ready="a2a gateway serving on",
     )
-    assert process.stdout is not None
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if "a2a gateway serving on" in line:
-            return process, f"http://127.0.0.1:{port}"
-    raise AssertionError(f"gateway exited with {process.wait()}: {''.join(seen)}")
+    return process, f"http://127.0.0.1:{port}"
 
 
 def stop(process: subprocess.Popen[str]) -> None:
