@@ -1,6 +1,6 @@
 """Micro-benchmark of the nesting-depth check of JSON `data` contents (issue 16).
 
-Times `_struct_depth` (the check validate_packet runs) against `_struct_depth_reference`
+Times `struct_depth` (the check validate_packet runs) against `struct_depth_reference`
 (the walk over every Value it replaced, kept verbatim) on freshly parsed
 Structs, as the server sees them. Prints one JSON document: per case, the
 packet's serialized bytes and the median (and min) µs per check over --rounds.
@@ -22,8 +22,8 @@ from google.protobuf import struct_pb2
 
 from packetbus.v1.packet_pb2 import Packet
 from packetbus.v1.speech_act_pb2 import SpeechAct
-from packetbus_server import _validation
-from packetbus_server._validation import MAX_STRUCT_DEPTH, Violation
+from packetbus_server._struct_depth import MAX_STRUCT_DEPTH, struct_depth, struct_depth_reference
+from packetbus_server._validation import Violation
 
 
 def json_contents(i: int) -> dict[str, Any]:
@@ -112,8 +112,8 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=5000)
     args = parser.parse_args()
     checks: dict[str, Check] = {
-        "walk_us": _validation._struct_depth_reference,
-        "check_us": _validation._struct_depth,
+        "walk_us": struct_depth_reference,
+        "check_us": struct_depth,
     }
     result: dict[str, Any] = {}
     for name, encoded in cases().items():

@@ -1,9 +1,9 @@
 """The nesting-depth check of JSON-like contents (google.protobuf.Struct).
 
-`_struct_depth` skips every container whose serialization holds too few possible
+`struct_depth` skips every container whose serialization holds too few possible
 container tags to nest too deep and walks the rest (issue 16); it must reject
 exactly what the walk over every Value that it replaced rejected
-(`_struct_depth_reference`, kept verbatim), and what an independent recursive
+(`struct_depth_reference`, kept verbatim), and what an independent recursive
 oracle says.
 """
 
@@ -17,15 +17,15 @@ from google.protobuf.message import DecodeError
 from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
-from packetbus_server import _validation
-from packetbus_server._validation import MAX_STRUCT_DEPTH, Violation
+from packetbus_server._struct_depth import MAX_STRUCT_DEPTH, struct_depth, struct_depth_reference
+from packetbus_server._validation import Violation
 
 
 def both(root: struct_pb2.Struct) -> tuple[list[Violation], list[Violation]]:
     new: list[Violation] = []
     old: list[Violation] = []
-    _validation._struct_depth(new, "data", root)
-    _validation._struct_depth_reference(old, "data", root)
+    struct_depth(new, "data", root)
+    struct_depth_reference(old, "data", root)
     return new, old
 
 
@@ -36,15 +36,15 @@ def container_depth(root: struct_pb2.Struct) -> int:
     def value_depth(value: struct_pb2.Value) -> int:
         kind = value.WhichOneof("kind")
         if kind == "struct_value":
-            return struct_depth(value.struct_value)
+            return struct_nesting(value.struct_value)
         if kind == "list_value":
             return 1 + max((value_depth(v) for v in value.list_value.values), default=0)
         return 0
 
-    def struct_depth(node: struct_pb2.Struct) -> int:
+    def struct_nesting(node: struct_pb2.Struct) -> int:
         return 1 + max((value_depth(v) for v in node.fields.values()), default=0)
 
-    return struct_depth(root)
+    return struct_nesting(root)
 
 
 # -- generated Structs --------------------------------------------------------------

@@ -25,8 +25,9 @@ from ._hop_store import HopStore, HopWrite
 from ._limits import Limits
 from ._packet_service import storage_errors
 from ._retry import StoreFailedError, StoreUnavailableError, is_retry_safe
+from ._struct_depth import validate_struct_depth
 from ._task_store import Settled, TaskRecord, TaskStore
-from ._validation import Violation, validate_id, validate_struct_depth, validate_topic
+from ._validation import Violation, validate_id, validate_topic
 
 _SIGN_ROUNDS = 5
 

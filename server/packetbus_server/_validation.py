@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
 from packetbus.v1 import contents_pb2, custody_pb2, packet_pb2, speech_act_pb2
 
@@ -24,7 +23,9 @@ from ._fields import (
     utf8_length,
 )
 from ._limits import Limits
+from ._struct_depth import struct_depth
 from ._trace_context import validate_trace_context
+from ._violation import Violation as Violation  # where the validators import it from
 
 SUPPORTED_SCHEMA_VERSIONS: tuple[str, ...] = ("1.0", "1.1")
 # Packets of this version carry their origin agent's signature.
@@ -52,15 +53,6 @@ MAX_SHORT_TEXT = 255
 MAX_CITATION_LENGTH = 2048
 MAX_KEY_ID_LENGTH = 128
 SIGNATURE_BYTES = 64
-
-
-@dataclass(frozen=True, slots=True)
-class Violation:
-    """One broken rule: where (field path), which rule (stable id) and why."""
-
-    field: str
-    rule: str
-    description: str
 
 
 def validate_packet(
@@ -188,7 +180,7 @@ def validate_packet(
     elif kind == "raw":
         _raw(out, packet.raw)
     elif kind == "data":
-        _struct_depth(out, "data", packet.data)
+        struct_depth(out, "data", packet.data)
 
     if packet.chain_of_custody:
         _custody(out, packet.chain_of_custody, limits.max_custody_entries)
@@ -328,7 +320,7 @@ def _task(out: list[Violation], task: contents_pb2.Task) -> None:
     if task.HasField("deadline"):
         _timestamp(out, "task.deadline", task.deadline)
     if task.HasField("payload"):
-        _struct_depth(out, "task.payload", task.payload)
+        struct_depth(out, "task.payload", task.payload)
 
 
 def _finding(out: list[Violation], finding: contents_pb2.Finding) -> None:
@@ -370,7 +362,7 @@ def _context(out: list[Violation], context: contents_pb2.Context) -> None:
     _identifier(out, "context.scope", context.scope, MAX_SHORT_TEXT, required=True)
     _identifier(out, "context.name", context.name, MAX_SHORT_TEXT, required=True)
     if context.HasField("data"):
-        _struct_depth(out, "context.data", context.data)
+        struct_depth(out, "context.data", context.data)
 
 
 def _raw(out: list[Violation], raw: contents_pb2.RawContents) -> None:
@@ -384,77 +376,6 @@ def _raw(out: list[Violation], raw: contents_pb2.RawContents) -> None:
                 "must be a media type such as application/json",
             )
         )
-
-
-MAX_STRUCT_DEPTH = 32
-
-
-def validate_struct_depth(out: list[Violation], path: str, root: struct_pb2.Struct) -> None:
-    """JSON-like data (a Struct) nests at most MAX_STRUCT_DEPTH deep."""
-    _struct_depth(out, path, root)
-
-
-# Every container below a Struct's root is a Value's struct_value (field 5) or
-# list_value (field 6), each serialized after a one-byte tag: (5 << 3) | 2 and
-# (6 << 3) | 2. A set oneof member is always written, even when empty.
-_STRUCT_VALUE_TAG = b"\x2a"
-_LIST_VALUE_TAG = b"\x32"
-
-
-def _struct_depth(out: list[Violation], path: str, root: struct_pb2.Struct) -> None:
-    # Deeply nested JSON is a classic parser-exhaustion input for every consumer
-    # downstream (JSON encoders recurse), so it is bounded here once.
-    #
-    # Walking every Value costs a Python wrapper each (~10 us for a 0.5 KB JSON
-    # object, issue 16). Instead, count the bytes that could be container tags in
-    # a container's serialization (C speed, ~0.6 us for 0.5 KB): a container d
-    # levels below it sits inside d containers, each with its own tag byte, so
-    # nothing below it is deeper than its depth plus that count, and the walk
-    # skips it. Text and numbers can hold those bytes too, which only overcounts:
-    # the walk then looks inside, as it always did. Each byte is counted once per
-    # container around it (at most MAX_STRUCT_DEPTH), all in C.
-    stack: list[tuple[struct_pb2.Struct | struct_pb2.ListValue, int]] = [(root, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_STRUCT_DEPTH:
-            out.append(Violation(path, "NESTING_DEPTH", f"nests deeper than {MAX_STRUCT_DEPTH}"))
-            return
-        encoded = node.SerializeToString()
-        if encoded.count(_STRUCT_VALUE_TAG) + encoded.count(_LIST_VALUE_TAG) <= (
-            MAX_STRUCT_DEPTH - depth
-        ):
-            continue
-        values: Iterable[struct_pb2.Value] = (
-            node.fields.values() if isinstance(node, struct_pb2.Struct) else node.values
-        )
-        for value in values:
-            kind = value.WhichOneof("kind")
-            if kind == "struct_value":
-                stack.append((value.struct_value, depth + 1))
-            elif kind == "list_value":
-                stack.append((value.list_value, depth + 1))
-
-
-def _struct_depth_reference(out: list[Violation], path: str, root: struct_pb2.Struct) -> None:
-    """The check before issue 16, kept verbatim as the reference that tests/test_struct_depth.py
-    and bench/struct_depth_bench.py compare `_struct_depth` with (the server does not call it):
-    one NESTING_DEPTH violation at `path` when a Struct or ListValue nests deeper than
-    MAX_STRUCT_DEPTH (the root Struct is depth 1)."""
-    stack: list[tuple[struct_pb2.Struct | struct_pb2.ListValue, int]] = [(root, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_STRUCT_DEPTH:
-            out.append(Violation(path, "NESTING_DEPTH", f"nests deeper than {MAX_STRUCT_DEPTH}"))
-            return
-        values: Iterable[struct_pb2.Value] = (
-            node.fields.values() if isinstance(node, struct_pb2.Struct) else node.values
-        )
-        for value in values:
-            kind = value.WhichOneof("kind")
-            if kind == "struct_value":
-                stack.append((value.struct_value, depth + 1))
-            elif kind == "list_value":
-                stack.append((value.list_value, depth + 1))
 
 
 def _custody(
