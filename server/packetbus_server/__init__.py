@@ -2,7 +2,8 @@
 
 Where things happen:
 
-- ``_validation.py``       the rules every packet must pass ("no schema, no dispatch")
+- ``_validation.py``       the rules every packet must pass ("no schema, no dispatch");
+                           JSON data's nesting ``_struct_depth.py``
 - ``_ingest.py``           validate -> normalize -> fingerprint, per packet
 - ``_store.py``            every Redis read and write (Lua scripts in ``scripts/``)
 - ``_keys.py``             the Redis key layout
@@ -37,6 +38,9 @@ Where things happen:
 - ``_task_service.py``     the TaskService RPCs; checks ``_task_requests.py``, settlements
                            ``_task_settling.py``, replies ``_task_states.py``, listings
                            ``_task_listing.py``, the watch ``_task_watch.py``
+- ``_group_service.py``    the ConsumerGroupService RPCs; a Pull stream's loop ``_group_pull.py``,
+                           deliveries ``_group_delivery.py``, settlements ``_group_settling.py``,
+                           Redis ``_group_store.py``
 - ``_agent_service.py``    the AgentService RPCs; checks and key proofs ``_agent_requests.py``,
                            replies and liveness ``_agent_states.py``
 - ``_timestamps.py``      protobuf Timestamps of unix ms, for every service's replies
