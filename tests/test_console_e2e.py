@@ -330,15 +330,26 @@ async def test_a_principal_without_the_grant_sees_no_approve_button_and_is_refus
     assert dict((await admin.policy_stats(topic)).by_decision) == {"held": 1}
 
 
-async def test_the_navigation_and_an_approval_work_by_keyboard(
+async def test_the_navigation_and_the_main_actions_work_by_keyboard(
     browser: Driver, operator: dict[str, str], swarm: Swarm, admin: packetbus.Client
 ) -> None:
     topic = unique("e2e.spawn")
     packet = await swarm.hold_spawn(topic)
+    jobs = unique("e2e.jobs")
+    job, entry_id = await swarm.carcel_job(jobs)
 
-    shown = await browser.step("keyboardApprove", trackingId=packet.tracking_id, **operator)
+    shown = await browser.step(
+        "keyboardActions", trackingId=packet.tracking_id, entryId=entry_id, **operator
+    )
     assert shown["toNav"] == ["Skip to content", "Agents", "Governance"]
     assert shown["toApprove"][-1] == f"Approve {packet.tracking_id}"
+    assert shown["toRequeue"][-1] == f"Requeue {entry_id}"
+    assert shown["toCustody"][-1] == "Tracking id"
     assert await held_ids(admin, topic) == []
+    # The chain as the page showed it: approved, not delivered yet.
+    hops = len((await admin.verify_custody(packet.tracking_id)).entries)
+    assert shown["custody"] == f"✓ verified: {hops} hops, head ok"
     delivered = await swarm.receive(topic, "workers")
     assert delivered.packet.tracking_id == packet.tracking_id
+    assert [e.id async for e in admin.carcel_entries(jobs)] == []
+    assert (await swarm.receive(jobs, "jobs")).packet.tracking_id == job.tracking_id

@@ -216,10 +216,12 @@ export const STEPS = {
   },
 
   /**
-   * Keyboard only: Tab from the top through the skip link and the navigation to
-   * Governance, Enter; then Tab to the held packet's Approve, Enter.
+   * Keyboard only: from the top of the page, Tab through the skip link and the navigation
+   * to Governance and Enter; Tab to the held packet's Approve, Enter. Then, each page
+   * loaded afresh: Tab to the carcel entry's Requeue, Enter; Tab to Custody's tracking
+   * id field, type it, Enter.
    */
-  async keyboardApprove(session, args) {
+  async keyboardActions(session, args) {
     const page = await pageOf(session, args);
     const id = String(args.trackingId);
     await page.goto("/agents");
@@ -231,6 +233,21 @@ export const STEPS = {
     const toApprove = await tabTo(page, `Approve ${id}`, 150);
     await page.keyboard.press("Enter");
     await page.getByRole("status").filter({ hasText: `Approved ${id}.` }).waitFor();
-    return { toNav, toApprove };
+
+    const entry = String(args.entryId);
+    await page.goto("/carcel");
+    await page.getByRole("button", { name: `Requeue ${entry}`, exact: true }).waitFor();
+    const toRequeue = await tabTo(page, `Requeue ${entry}`, 150);
+    await page.keyboard.press("Enter");
+    await page.getByRole("status").filter({ hasText: `Requeued ${entry}.` }).waitFor();
+
+    await page.goto("/custody");
+    await page.getByLabel("Tracking id").waitFor();
+    const toCustody = await tabTo(page, "Tracking id", 20);
+    await page.keyboard.type(id);
+    await page.keyboard.press("Enter");
+    await page.getByRole("table", { name: `Chain of custody of ${id}` }).waitFor();
+    const custody = (await page.getByRole("status").textContent()) ?? "";
+    return { toNav, toApprove, toRequeue, toCustody, custody };
   },
 };
