@@ -9,6 +9,7 @@ sees its own grants in /api/me, and packetbus decides what each may do.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -213,6 +214,29 @@ async def test_a_permitted_principal_approves_and_the_packet_is_delivered(
     # A cookie that names no session is no session: calls go without a credential.
     http.cookies.set(COOKIE, "forged")
     assert (await http.get("/api/me")).status_code == 401
+
+
+async def test_a_principal_with_audit_export_downloads_the_chain_it_may_see(
+    http: httpx.AsyncClient, issuer: Issuer, admin: packetbus.Client
+) -> None:
+    # The viewer may verify custody (audit.export) but not read the topic's packets
+    # (no topics.subscribe): the chain and its export line are both its to see.
+    topic = unique("sec.audit")
+    packet = new_packet(topic)
+    await admin.dispatch(packet)
+    assert (await sign_in(http, issuer.token(VIEWER))).status_code == 200
+    chain = await http.get(f"/api/custody/{packet.tracking_id}")
+    assert (chain.status_code, chain.json()["verified"]) == (200, True)
+    download = await http.get(f"/api/custody/{packet.tracking_id}/export")
+    assert download.status_code == 200, download.text
+    lines = [json.loads(line) for line in download.text.splitlines()]
+    assert [line["kind"] for line in lines] == ["keys", "packet"]
+    assert lines[1]["packet"]["packet"]["trackingId"] == packet.tracking_id
+    # Reading the packet itself is still refused: the export is custody, not a read.
+    nobody = spiffe("console-nobody")
+    assert (await sign_in(http, issuer.token(nobody))).status_code == 200
+    refused = await http.get(f"/api/custody/{packet.tracking_id}/export")
+    assert (refused.status_code, refused.json()["code"]) == (404, "NOT_FOUND")
 
 
 async def test_an_authenticated_caller_without_authorization_may_do_everything(

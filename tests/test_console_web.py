@@ -4,7 +4,8 @@ console` serves it (index.html at / and at the page's own routes, every asset it
 with its content type and a long cache, the API as before), and the front end's unit
 tests (vitest: grants -> buttons, the agents reducer, custody rows, API errors) pass.
 Node and `npm ci` in console/web are required for the last: .ci/run installs them; a
-missing `node` is a failure, not a skip. Browser end-to-end tests are a later slice."""
+missing `node` is a failure, not a skip. The browser driver of the end-to-end tests
+(console/web/e2e, run by test_console_e2e.py) type-checks (`npm run check:e2e`)."""
 
 from __future__ import annotations
 
@@ -129,4 +130,21 @@ def test_console_web_unit_tests() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert re.search(r"Tests\s+17 passed \(17\)", done.stdout), done.stdout[-3000:]
+    assert re.search(r"Tests\s+18 passed \(18\)", done.stdout), done.stdout[-3000:]
+
+
+@pytest.mark.timeout(120)
+def test_the_browser_driver_type_checks() -> None:
+    npm = shutil.which("npm")
+    assert npm is not None, "npm (Node 20+) is required for the console's front-end tests"
+    assert (WEB / "node_modules").is_dir(), "run `npm ci` in console/web first"
+    done = subprocess.run(
+        [npm, "run", "--silent", "check:e2e"],
+        cwd=WEB,
+        env={**os.environ, "NO_COLOR": "1", "FORCE_COLOR": "0"},
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), done.stdout + done.stderr

@@ -12,7 +12,8 @@ export line for offline checking.
   download (``Content-Disposition: attachment; filename="<tracking_id>.jsonl"``):
   the keys line and the packet line exactly as ``packetbus export`` writes them
   (`packetbus._export.write_keys`, `write_packet`), so
-  ``packetbus verify --file <it>`` checks it offline.
+  ``packetbus verify --file <it>`` checks it offline. Both routes read the packet
+  through VerifyCustody: they need audit.export on its topic (not topics.subscribe).
 """
 
 from __future__ import annotations
@@ -69,12 +70,15 @@ async def chain(request: Request, client: Client) -> Response:
 
 async def export(request: Request, client: Client) -> Response:
     tracking_id = request.path_params["tracking_id"]
-    stored = await client.get_packet(tracking_id, timeout=10)
+    # The stored packet as VerifyCustody reads it: under audit.export on its topic, as
+    # the chain above is, not GetPacket's topics.subscribe (an auditor who may see a
+    # chain may download it).
+    stored = (await client.verify_custody(tracking_id, timeout=10)).packet
     keys = await client.signing_keys(timeout=10)
     out = io.StringIO()
     write_keys(out, keys)
     write_packet(out, stored)
-    # The tracking id is a canonical UUID (GetPacket refused anything else).
+    # The tracking id is a canonical UUID (VerifyCustody refused anything else).
     disposition = f'attachment; filename="{stored.packet.tracking_id}.jsonl"'
     return Response(
         out.getvalue(),

@@ -64,6 +64,18 @@ export function isStale(agent: Agent, nowMs: number): boolean {
   return !Number.isNaN(deadline) && deadline < nowMs;
 }
 
+/**
+ * Whether the registry's deadlines are out of date at `nowMs`: some agent it holds as
+ * live is past its deadline. Heartbeats send no membership event, so the deadlines of
+ * a listing age while the agents heartbeat: read the registry again before judging any
+ * agent stale on them (a live agent would show stale one TTL after the page loaded).
+ */
+export function deadlinesOutOfDate(registry: Registry, nowMs: number): boolean {
+  return Object.values(registry).some(
+    (agent) => agent.liveness !== "AGENT_LIVENESS_STALE" && isStale(agent, nowMs),
+  );
+}
+
 export interface AgentRow {
   id: string;
   role: string;

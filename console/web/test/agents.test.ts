@@ -1,6 +1,14 @@
 import { describe, expect, it } from "vitest";
 
-import { type Agent, type MembershipEvent, applyEvent, fromList, isStale, rows } from "../src/agents";
+import {
+  type Agent,
+  type MembershipEvent,
+  applyEvent,
+  deadlinesOutOfDate,
+  fromList,
+  isStale,
+  rows,
+} from "../src/agents";
 
 const agent = (id: string, extra: Partial<Agent> = {}): Agent => ({
   id,
@@ -55,6 +63,15 @@ describe("the agents table reducer", () => {
     expect(isStale(a, BEFORE_DEADLINE)).toBe(false);
     expect(isStale(a, Date.parse("2026-01-01T00:00:31Z"))).toBe(true);
     expect(isStale(agent("n", { deadline: null }), Date.parse("2030-01-01T00:00:00Z"))).toBe(false);
+  });
+
+  it("deadlines are out of date once a live agent passes its own, not for stale ones", () => {
+    const registry = fromList([agent("a"), agent("b", { deadline: "2026-01-01T00:01:00Z" })]);
+    expect(deadlinesOutOfDate(registry, BEFORE_DEADLINE)).toBe(false);
+    expect(deadlinesOutOfDate(registry, Date.parse("2026-01-01T00:00:31Z"))).toBe(true);
+    const stale = fromList([agent("a", { liveness: "AGENT_LIVENESS_STALE" })]);
+    expect(deadlinesOutOfDate(stale, Date.parse("2026-01-01T00:00:31Z"))).toBe(false);
+    expect(deadlinesOutOfDate({}, BEFORE_DEADLINE)).toBe(false);
   });
 
   it("rows are in id order with the shown columns", () => {

@@ -1,9 +1,17 @@
 // Agents: the registry (GET /api/agents), kept live by the membership stream
 // (GET /api/agents/events, Server-Sent Events); stale agents marked.
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 
 import { call, errorMessage } from "../api";
-import { type Agent, type MembershipEvent, type Registry, applyEvent, fromList, rows } from "../agents";
+import {
+  type Agent,
+  type MembershipEvent,
+  type Registry,
+  applyEvent,
+  deadlinesOutOfDate,
+  fromList,
+  rows,
+} from "../agents";
 
 const TICK_MS = 5000; // how often "stale" is re-judged against the heartbeat deadlines
 
@@ -12,6 +20,8 @@ export function AgentsPage() {
   const [now, setNow] = useState(Date.now());
   const [status, setStatus] = useState("connecting");
   const [problem, setProblem] = useState("");
+  const shown = useRef<Registry>({}); // the registry as last rendered, for the tick
+  shown.current = registry;
 
   useEffect(() => {
     let closed = false;
@@ -28,7 +38,12 @@ export function AgentsPage() {
         setRegistry(next);
         setProblem("");
       } catch (exc) {
-        if (!closed) setProblem(errorMessage(exc));
+        if (closed) return;
+        setProblem(errorMessage(exc));
+        // Apply what was queued for the listing, so the page goes on following events.
+        const queued = pending ?? [];
+        pending = null;
+        setRegistry((current) => queued.reduce(applyEvent, current));
       }
     };
     source.addEventListener("start", () => {
@@ -55,7 +70,22 @@ export function AgentsPage() {
       setStatus(source.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
       if (source.readyState === EventSource.CLOSED) void load();
     });
-    const tick = window.setInterval(() => setNow(Date.now()), TICK_MS);
+    let reading = false;
+    const tick = window.setInterval(() => {
+      const nowMs = Date.now();
+      if (reading || !deadlinesOutOfDate(shown.current, nowMs)) {
+        setNow(nowMs);
+        return;
+      }
+      // Deadlines passed here may only be out of date (heartbeats send no event): read
+      // the registry again, events meanwhile queued on top of it, then judge.
+      reading = true;
+      pending = pending ?? [];
+      void load().finally(() => {
+        reading = false;
+        if (!closed) setNow(Date.now());
+      });
+    }, TICK_MS);
     return () => {
       closed = true;
       source.close();
@@ -77,7 +107,7 @@ export function AgentsPage() {
         </p>
       )}
       <div class="scroll">
-        <table>
+        <table data-now={now}>
           <caption class="sr-only">Registered agents</caption>
           <thead>
             <tr>
