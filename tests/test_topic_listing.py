@@ -15,6 +15,7 @@ import redis.asyncio as redis_asyncio
 
 import packetbus
 from packetbus.v1 import topic_service_pb2, topic_service_pb2_grpc
+from packetbus_server import Limits, ServerConfig, start
 from tests.conftest import new_packet, run_cli, unique
 
 
@@ -176,3 +177,46 @@ async def test_the_cli_lists_topics_as_json_lines(client: packetbus.Client, targ
             "retention": {},
         }
     ]
+
+
+async def test_names_left_in_the_index_after_their_keys_went_bound_a_pages_work(
+    client: packetbus.Client, target: str, raw_redis: redis_asyncio.Redis
+) -> None:
+    prefix = unique("ghosts") + "."
+    real = prefix + "z"
+    await dispatch(client, real, 1)
+    # Six names whose keys are all gone (the index keeps a name until it expires).
+    await raw_redis.zadd("pb:topics", {f"{prefix}a{i}": 1 for i in range(6)})
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = topic_service_pb2_grpc.TopicServiceStub(channel)
+        request = topic_service_pb2.ListTopicsRequest(prefix=prefix, page_size=1)
+        first = await stub.ListTopics(request)
+        # One topic asked for: at most four scripts run, all on ghosts; the page
+        # ends empty, its token after the last name read.
+        assert list(first.topics) == []
+        assert first.next_page_token
+        request.page_token = first.next_page_token
+        second = await stub.ListTopics(request)
+    assert [t.name for t in second.topics] == [real]
+    assert second.next_page_token == ""
+
+
+async def test_a_page_ends_at_the_reply_budget(redis_url: str) -> None:
+    prefix = unique("budget") + "."
+    names = [prefix + "t" * 150 + str(i) for i in range(4)]
+    # Room for about two summaries of ~200 bytes each.
+    limits = Limits(reply_budget_bytes=450)
+    server = await start(ServerConfig(listen="127.0.0.1:0", redis_url=redis_url, limits=limits))
+    try:
+        async with await packetbus.Client.connect(f"127.0.0.1:{server.port}") as bus:
+            for name in names:
+                await dispatch(bus, name, 1)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = topic_service_pb2_grpc.TopicServiceStub(channel)
+                page = await stub.ListTopics(topic_service_pb2.ListTopicsRequest(prefix=prefix))
+            assert [t.name for t in page.topics] == names[:2]
+            assert sum(t.ByteSize() for t in page.topics) <= 450
+            assert page.next_page_token
+            assert [t.name async for t in bus.list_topics(prefix)] == names
+    finally:
+        await server.stop(grace=0)
