@@ -220,3 +220,14 @@ async def test_a_page_ends_at_the_reply_budget(redis_url: str) -> None:
             assert [t.name async for t in bus.list_topics(prefix)] == names
     finally:
         await server.stop(grace=0)
+
+
+async def test_the_sync_client_lists_topics(client: packetbus.Client, target: str) -> None:
+    prefix = unique("sync") + "."
+    await dispatch(client, prefix + "one", 1)
+
+    def blocking() -> list[str]:
+        with packetbus.SyncClient.connect(target) as bus:
+            return [t.name for t in bus.list_topics(prefix, timeout=5)]
+
+    assert await asyncio.to_thread(blocking) == [prefix + "one"]
