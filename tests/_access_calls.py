@@ -37,6 +37,9 @@ class Call:
     # Refused as NOT_FOUND, as if absent: a tracking id names no topic, so a
     # refusal would confirm a guessed id exists (PacketService.load).
     hidden: bool = False
+    # A listing that leaves out what the caller may not see, never refused: the
+    # principals without the permission get OK and an empty listing (ListTopics).
+    filtered: bool = False
 
 
 def _descriptor(method: str) -> Any:

@@ -244,3 +244,14 @@ async def _get_retention(door: Door, me: str) -> Call:
     await dispatched(door, topic)
     request = topic_service_pb2.GetTopicRetentionRequest(topic=topic)
     return Call(TO + "GetTopicRetention", request)
+
+
+@row(TO + "ListTopics")
+async def _list_topics(door: Door, me: str) -> Call:
+    topic = unique("topic")
+    await dispatched(door, topic)
+    request = topic_service_pb2.ListTopicsRequest(prefix=topic)
+    # A first listing backfills the topic index (a write: _name_index) when no read
+    # has yet: made here, so the store is the same before and after the calls judged.
+    await door.stubs.topics.ListTopics(request, metadata=door.md(me))
+    return Call(TO + "ListTopics", request, resource=topic, filtered=True)

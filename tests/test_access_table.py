@@ -1,6 +1,6 @@
 """Issue 14 acceptance: every RPC of every packetbus service at the door.
 
-`_access.permissions.RULES` is the list (66 RPCs). Each RPC is called three times
+`_access.permissions.RULES` is the list (67 RPCs). Each RPC is called three times
 with the same valid request (one that would write, for a write), built fresh for
 it on resources of its own:
 
@@ -14,7 +14,8 @@ Calls go over TLS (a certificate from the test's CA), as the acceptance asks.
 3. by the principal holding exactly that permission (``p-P``): the call's own
    answer (OK here: every request is one the service carries out).
 
-GetPacket and VerifyCustody name a packet by tracking id only: refused, they
+ListTopics is never refused: a principal without topics.subscribe on a topic gets
+OK and a listing without it. GetPacket and VerifyCustody name a packet by tracking id only: refused, they
 answer NOT_FOUND as for a packet that is not there (a refusal would confirm that
 a guessed id exists). The store (every key and its contents, consumer groups'
 pending lists included) is the same after the refused calls as before them. The two RPCs whose rule
@@ -82,7 +83,7 @@ async def test_the_door_is_tls_only(door: Door) -> None:
 
 def test_every_rpc_has_a_row() -> None:
     assert set(ROWS) == set(RULES)
-    assert len(ROWS) == 66
+    assert len(ROWS) == 67
 
 
 def _expected_resource(call: Call) -> str:
@@ -92,6 +93,12 @@ def _expected_resource(call: Call) -> str:
         return call.resource
     assert rule.resource is not None
     return rule.resource(call.request)
+
+
+async def _listed(door: Door, call: Call, principal: str) -> list[str]:
+    """The topic names a filtered listing (ListTopics) gives `principal`."""
+    response = await door.stubs.topics.ListTopics(call.request, metadata=door.md(principal))
+    return [t.name for t in response.topics]
 
 
 @pytest.mark.parametrize("method", sorted(RULES))
@@ -107,7 +114,12 @@ async def test_the_door(door: Door, method: str) -> None:
         grpc.StatusCode.UNAUTHENTICATED,
         "CREDENTIAL_MISSING",
     ), outsider
-    if permission is not None:
+    if permission is not None and call.filtered:
+        for principal in (lacker(permission), NOBODY):
+            assert await send(door.stubs, call, door.md(principal)) == Outcome(grpc.StatusCode.OK)
+            assert await _listed(door, call, principal) == []
+        assert await _listed(door, call, me) == [call.resource]
+    elif permission is not None:
         refused = await send(door.stubs, call, door.md(lacker(permission)))
         if call.hidden:
             assert refused == Outcome(grpc.StatusCode.NOT_FOUND), refused

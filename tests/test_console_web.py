@@ -130,7 +130,7 @@ def test_console_web_unit_tests() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert re.search(r"Tests\s+18 passed \(18\)", done.stdout), done.stdout[-3000:]
+    assert re.search(r"Tests\s+29 passed \(29\)", done.stdout), done.stdout[-3000:]
 
 
 @pytest.mark.timeout(120)

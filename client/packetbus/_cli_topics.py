@@ -1,4 +1,5 @@
-"""``packetbus topic retention``: a topic's own retention limits (TopicService)."""
+"""``packetbus topic list`` and ``packetbus topic retention``: the topics the server
+knows, and a topic's own retention limits (TopicService)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._cli_args import SECONDS, integer
-from ._cli_json import json_pretty
+from ._cli_json import json_line, json_pretty
 from ._client import Client
 
 Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
@@ -17,8 +18,14 @@ _UINT64 = integer(0, 2**64 - 1)
 
 
 def add_parsers(commands: Any) -> None:
-    topic = commands.add_parser("topic", help="a topic's settings: retention")
+    topic = commands.add_parser("topic", help="topics: list; a topic's settings: retention")
     sub = topic.add_subparsers(dest="topic_command", required=True, metavar="TOPIC_COMMAND")
+    listing = sub.add_parser(
+        "list",
+        help="one JSON line per topic you may read, in name order: packets, first and "
+        "last cursor, retention, consumer groups, carcel entries",
+    )
+    listing.add_argument("--prefix", default="", help="only topics whose name starts with this")
     retention = sub.add_parser("retention", help="a topic's retention limits: get, set")
     rsub = retention.add_subparsers(
         dest="retention_command", required=True, metavar="RETENTION_COMMAND"
@@ -42,7 +49,10 @@ def add_parsers(commands: Any) -> None:
 
 async def _topic(client: Client, args: argparse.Namespace) -> int:
     t = args.timeout
-    if args.retention_command == "get":
+    if args.topic_command == "list":
+        async for summary in client.list_topics(args.prefix, timeout=t):
+            print(json_line(summary), flush=True)
+    elif args.retention_command == "get":
         print(json_pretty(await client.get_topic_retention(args.topic, timeout=t)))
     else:
         response = await client.set_topic_retention(

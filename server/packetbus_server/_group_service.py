@@ -47,6 +47,8 @@ def group_message(topic: str, state: GroupState) -> pb.ConsumerGroup:
         consumers=state.consumers,
         last_delivered_cursor=state.last_delivered,
     )
+    if state.lag is not None:
+        group.lag = state.lag
     group.created_at.FromMilliseconds(state.settings.created_ms)
     return group
 

@@ -51,6 +51,10 @@ class GroupState:
     outstanding: int
     consumers: int
     last_delivered: str
+    # Entries not yet delivered to the group (XINFO GROUPS lag, Redis 7.0+ and
+    # Valkey); None when the store cannot tell (entries deleted from the middle of
+    # the log since the group last read past them).
+    lag: int | None = None
 
 
 # Not frozen: made for every packet on the delivery path, where a frozen
@@ -237,6 +241,8 @@ class GroupStore:
                         outstanding=int(g.get("pending", 0)),
                         consumers=int(g.get("consumers", 0)),
                         last_delivered=text(g.get("last-delivered-id", "0-0")),
+                        # No live group (the log is gone): nothing is left to deliver.
+                        lag=None if g and g.get("lag") is None else int(g.get("lag") or 0),
                     )
                 )
             return states

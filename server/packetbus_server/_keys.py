@@ -90,9 +90,10 @@ happen by construction. Keys that one Lua script touches together share a
 |                              |        |             | lives: JSON ``[kind, resource, scope,   | expiry (PXAT)     |
 |                              |        |             | item]`` (_placed_packets)               |                   |
 | ``pb:topics``                | zset   | its own     | topic -> last dispatch or group created | 2 x max packet    |
-|                              |        |             | (unix ms), for exporting every topic and| TTL, refreshed    |
-|                              |        |             | for /metrics; ``INDEX_COMPLETE`` (score |                   |
-|                              |        |             | -inf) once a scrape backfilled it       |                   |
+|                              |        |             | (unix ms), for exporting every topic,   | TTL, refreshed    |
+|                              |        |             | ListTopics and /metrics;                |                   |
+|                              |        |             | ``INDEX_COMPLETE`` (score -inf) once a  |                   |
+|                              |        |             | read backfilled it (_name_index)        |                   |
 | ``pb:queues``                | zset   | its own     | task queue -> last post (unix ms), for  | 2 x max packet    |
 |                              |        |             | /metrics; ``INDEX_COMPLETE`` as above   | TTL, refreshed    |
 | ``pb:{keys}:all``            | hash   | keys        | key id -> SigningKey (public keys of    | none (a registry: |
@@ -273,8 +274,8 @@ def packet_place(tracking_id: str) -> str:
 TOPICS = f"{PREFIX}:topics"
 QUEUES = f"{PREFIX}:queues"
 # A member of TOPICS and QUEUES (score -inf, so no time range holds it) that says
-# the index names every topic / queue in the store: written by the scrape that
-# backfilled it (_observability/store_indexes.py), gone with the index's expiry.
+# the index names every topic / queue in the store: written by the read (a /metrics
+# scrape or ListTopics) that backfilled it (_name_index), gone with the index's expiry.
 # NUL cannot start a topic or queue name (_validation), so it names neither.
 INDEX_COMPLETE = "\x00complete"
 SIGNING_KEYS = f"{PREFIX}:{{keys}}:all"

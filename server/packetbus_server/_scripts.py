@@ -115,6 +115,7 @@ POLICY_APPROVE = LuaScript.load(
 )
 TOPIC_RETENTION_SET = LuaScript.load("topic_retention_set", libraries=("fields", "retention"))
 TOPIC_RETENTION_ACKED = LuaScript.load("topic_retention_acked", libraries=("retention",))
+TOPIC_SUMMARY = LuaScript.load("topic_summary")
 POLICY_DENY = LuaScript.load("policy_deny", libraries=("fields", "records"))
 CONTEXT_COMMIT = LuaScript.load("context_commit", libraries=("hops",), derives_keys=True)
 CONTEXT_DELETE = LuaScript.load("context_delete", libraries=("hops",), derives_keys=True)

@@ -56,6 +56,7 @@ from ._store_connection import StoreConnection
 from ._streams import Streams
 from ._task_service import TaskService
 from ._task_store import TaskStore
+from ._topic_listing import TopicLister
 from ._topic_service import TopicService
 from ._topic_store import TopicStore
 
@@ -153,7 +154,10 @@ def wire_services(
         retention_ms=config.limits.max_ttl_seconds * 1000,
     )
     topic_service = topic_service_pb2.DESCRIPTOR.services_by_name["TopicService"]
-    add_servicer(server, topic_service, TopicService(topics, config.limits), streams, gate=gate)
+    lister = TopicLister(redis, retry_budget=config.retry_budget_seconds)
+    add_servicer(
+        server, topic_service, TopicService(topics, config.limits, lister), streams, gate=gate
+    )
     groups = GroupStore(
         redis,
         retry_budget=config.retry_budget_seconds,

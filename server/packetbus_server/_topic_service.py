@@ -8,8 +8,11 @@ from packetbus.v1 import topic_service_pb2 as pb
 from packetbus.v1 import topic_service_pb2_grpc
 
 from . import _status
+from ._access.gate import allows
+from ._access.permissions import Permission
 from ._limits import Limits
 from ._packet_service import storage_errors
+from ._topic_listing import TopicLister, TopicSummary, page_request
 from ._topic_store import Retention, TopicStore
 from ._validation import Violation, validate_topic
 
@@ -59,10 +62,28 @@ def _message(retention: Retention) -> pb.TopicRetention:
     )
 
 
+def _summary_message(summary: TopicSummary) -> pb.TopicSummary:
+    return pb.TopicSummary(
+        name=summary.name,
+        packets=summary.packets,
+        first_cursor=summary.first_cursor,
+        last_cursor=summary.last_cursor,
+        retention=_message(summary.retention),
+        consumer_groups=summary.consumer_groups,
+        carcel_entries=summary.carcel_entries,
+    )
+
+
+def _may_read(topic: str) -> bool:
+    """Whether the caller may see `topic` in a listing: topics.subscribe on it."""
+    return allows(Permission.TOPICS_SUBSCRIBE, topic)
+
+
 class TopicService(topic_service_pb2_grpc.TopicServiceServicer):
-    def __init__(self, store: TopicStore, limits: Limits) -> None:
+    def __init__(self, store: TopicStore, limits: Limits, lister: TopicLister) -> None:
         self._store = store
         self._limits = limits
+        self._lister = lister
 
     async def SetTopicRetention(
         self, request: pb.SetTopicRetentionRequest, context: grpc.aio.ServicerContext
@@ -97,3 +118,16 @@ class TopicService(topic_service_pb2_grpc.TopicServiceServicer):
             packets=state.packets,
             stored_bytes=state.stored_bytes,
         )
+
+    async def ListTopics(
+        self, request: pb.ListTopicsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListTopicsResponse:
+        violations: list[Violation] = []
+        page = page_request(violations, request, self._limits.max_topic_length)
+        if violations:
+            await _status.abort_invalid(context, "invalid topic listing", violations)
+        async with storage_errors(context):
+            topics, token = await self._lister.page(
+                page, _may_read, _summary_message, self._limits.reply_budget_bytes
+            )
+        return pb.ListTopicsResponse(topics=topics, next_page_token=token)

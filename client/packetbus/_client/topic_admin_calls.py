@@ -11,7 +11,7 @@ from .core import ClientCore
 
 
 class TopicAdminCalls(ClientCore):
-    """Topic retention; carcel entries: list, get, requeue, purge."""
+    """Topics: list, retention; carcel entries: list, get, requeue, purge."""
 
     async def set_topic_retention(
         self,
@@ -52,6 +52,38 @@ class TopicAdminCalls(ClientCore):
         request = topic_service_pb2.GetTopicRetentionRequest(topic=topic)
         response = await self._call(self._topics.GetTopicRetention, request, timeout)
         return cast(topic_service_pb2.GetTopicRetentionResponse, response)
+
+    async def list_topics(
+        self,
+        prefix: str = "",
+        *,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[topic_service_pb2.TopicSummary]:
+        """The topics the server knows whose names start with `prefix` (all: ""), in
+        name order, each with its log's length and first and last cursors, its
+        retention, its consumer groups and carcel entries counted; only those the
+        caller holds topics.subscribe on. Fetched `page_size` (0: the server's
+        default, 100; at most 1000) at a time; `timeout` is per page.
+        Raises PacketbusError (INVALID_ARGUMENT for a prefix that no topic name
+        could start with)."""
+        token = ""
+        while True:
+            request = topic_service_pb2.ListTopicsRequest(
+                prefix=prefix, page_size=page_size, page_token=token
+            )
+            response = await self._list_topics_page(request, timeout)
+            for topic in response.topics:
+                yield topic
+            token = response.next_page_token
+            if not token:
+                return
+
+    async def _list_topics_page(
+        self, request: topic_service_pb2.ListTopicsRequest, timeout: float | None
+    ) -> topic_service_pb2.ListTopicsResponse:
+        response = await self._call(self._topics.ListTopics, request, timeout)
+        return cast(topic_service_pb2.ListTopicsResponse, response)
 
     async def carcel_entries(
         self,

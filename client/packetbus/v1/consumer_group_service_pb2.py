@@ -27,7 +27,7 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from packetbus.v1 import packet_service_pb2 as packetbus_dot_v1_dot_packet__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)packetbus/v1/consumer_group_service.proto\x12\x0cpacketbus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a!packetbus/v1/packet_service.proto\"\xe0\x01\n\rConsumerGroup\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1c\n\x14\x61\x63k_deadline_seconds\x18\x03 \x01(\r\x12\x1d\n\x15max_delivery_attempts\x18\x04 \x01(\r\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0boutstanding\x18\x06 \x01(\x04\x12\x11\n\tconsumers\x18\x07 \x01(\x04\x12\x1d\n\x15last_delivered_cursor\x18\x08 \x01(\t\"\xce\x01\n\x1a\x43reateConsumerGroupRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x35\n\x0estart_position\x18\x03 \x01(\x0e\x32\x1b.packetbus.v1.StartPositionH\x00\x12\x16\n\x0c\x61\x66ter_cursor\x18\x04 \x01(\tH\x00\x12\x1c\n\x14\x61\x63k_deadline_seconds\x18\x05 \x01(\r\x12\x1d\n\x15max_delivery_attempts\x18\x06 \x01(\rB\x07\n\x05start\"Z\n\x1b\x43reateConsumerGroupResponse\x12*\n\x05group\x18\x01 \x01(\x0b\x32\x1b.packetbus.v1.ConsumerGroup\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"6\n\x17GetConsumerGroupRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"F\n\x18GetConsumerGroupResponse\x12*\n\x05group\x18\x01 \x01(\x0b\x32\x1b.packetbus.v1.ConsumerGroup\"*\n\x19ListConsumerGroupsRequest\x12\r\n\x05topic\x18\x01 \x01(\t\"I\n\x1aListConsumerGroupsResponse\x12+\n\x06groups\x18\x01 \x03(\x0b\x32\x1b.packetbus.v1.ConsumerGroup\"9\n\x1a\x44\x65leteConsumerGroupRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\".\n\x1b\x44\x65leteConsumerGroupResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\x9d\x01\n\x10PullSubscription\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x03 \x01(\t\x12\x1f\n\x17max_outstanding_packets\x18\x04 \x01(\r\x12\x1d\n\x15max_outstanding_bytes\x18\x05 \x01(\x04\x12\x19\n\x11max_batch_packets\x18\x06 \x01(\r\"U\n\x06Nacked\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x15\n\rdelay_seconds\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07release\x18\x04 \x01(\x08\"\x8d\x01\n\x0bPullRequest\x12\x34\n\x0csubscription\x18\x01 \x01(\x0b\x32\x1e.packetbus.v1.PullSubscription\x12\x0f\n\x07\x61\x63k_ids\x18\x02 \x03(\t\x12#\n\x05nacks\x18\x03 \x03(\x0b\x32\x14.packetbus.v1.Nacked\x12\x12\n\nextend_ids\x18\x04 \x03(\t\"\x99\x01\n\x08\x44\x65livery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x16\n\x0e\x64\x65livery_count\x18\x02 \x01(\r\x12\x34\n\x10lease_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06packet\x18\x04 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\"\xbe\x01\n\x0cSettleResult\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12,\n\nsettlement\x18\x02 \x01(\x0e\x32\x18.packetbus.v1.Settlement\x12\"\n\x06status\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\x12\x11\n\tcarcel_id\x18\x04 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"g\n\x0cPullResponse\x12*\n\ndeliveries\x18\x01 \x03(\x0b\x32\x16.packetbus.v1.Delivery\x12+\n\x07settled\x18\x02 \x03(\x0b\x32\x1a.packetbus.v1.SettleResult\"H\n\x12\x41\x63knowledgeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65livery_ids\x18\x03 \x03(\t\"B\n\x13\x41\x63knowledgeResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.SettleResult\"P\n\x0bNackRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12#\n\x05nacks\x18\x03 \x03(\x0b\x32\x14.packetbus.v1.Nacked\";\n\x0cNackResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.SettleResult\"I\n\x13\x45xtendLeasesRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65livery_ids\x18\x03 \x03(\t\"C\n\x14\x45xtendLeasesResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.SettleResult*h\n\nSettlement\x12\x1a\n\x16SETTLEMENT_UNSPECIFIED\x10\x00\x12\x12\n\x0eSETTLEMENT_ACK\x10\x01\x12\x13\n\x0fSETTLEMENT_NACK\x10\x02\x12\x15\n\x11SETTLEMENT_EXTEND\x10\x03\x32\xf1\x05\n\x14\x43onsumerGroupService\x12j\n\x13\x43reateConsumerGroup\x12(.packetbus.v1.CreateConsumerGroupRequest\x1a).packetbus.v1.CreateConsumerGroupResponse\x12\x66\n\x10GetConsumerGroup\x12%.packetbus.v1.GetConsumerGroupRequest\x1a&.packetbus.v1.GetConsumerGroupResponse\"\x03\x90\x02\x01\x12l\n\x12ListConsumerGroups\x12\'.packetbus.v1.ListConsumerGroupsRequest\x1a(.packetbus.v1.ListConsumerGroupsResponse\"\x03\x90\x02\x01\x12j\n\x13\x44\x65leteConsumerGroup\x12(.packetbus.v1.DeleteConsumerGroupRequest\x1a).packetbus.v1.DeleteConsumerGroupResponse\x12\x41\n\x04Pull\x12\x19.packetbus.v1.PullRequest\x1a\x1a.packetbus.v1.PullResponse(\x01\x30\x01\x12R\n\x0b\x41\x63knowledge\x12 .packetbus.v1.AcknowledgeRequest\x1a!.packetbus.v1.AcknowledgeResponse\x12=\n\x04Nack\x12\x19.packetbus.v1.NackRequest\x1a\x1a.packetbus.v1.NackResponse\x12U\n\x0c\x45xtendLeases\x12!.packetbus.v1.ExtendLeasesRequest\x1a\".packetbus.v1.ExtendLeasesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)packetbus/v1/consumer_group_service.proto\x12\x0cpacketbus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a!packetbus/v1/packet_service.proto\"\xfa\x01\n\rConsumerGroup\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1c\n\x14\x61\x63k_deadline_seconds\x18\x03 \x01(\r\x12\x1d\n\x15max_delivery_attempts\x18\x04 \x01(\r\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0boutstanding\x18\x06 \x01(\x04\x12\x11\n\tconsumers\x18\x07 \x01(\x04\x12\x1d\n\x15last_delivered_cursor\x18\x08 \x01(\t\x12\x10\n\x03lag\x18\t \x01(\x04H\x00\x88\x01\x01\x42\x06\n\x04_lag\"\xce\x01\n\x1a\x43reateConsumerGroupRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x35\n\x0estart_position\x18\x03 \x01(\x0e\x32\x1b.packetbus.v1.StartPositionH\x00\x12\x16\n\x0c\x61\x66ter_cursor\x18\x04 \x01(\tH\x00\x12\x1c\n\x14\x61\x63k_deadline_seconds\x18\x05 \x01(\r\x12\x1d\n\x15max_delivery_attempts\x18\x06 \x01(\rB\x07\n\x05start\"Z\n\x1b\x43reateConsumerGroupResponse\x12*\n\x05group\x18\x01 \x01(\x0b\x32\x1b.packetbus.v1.ConsumerGroup\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"6\n\x17GetConsumerGroupRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"F\n\x18GetConsumerGroupResponse\x12*\n\x05group\x18\x01 \x01(\x0b\x32\x1b.packetbus.v1.ConsumerGroup\"*\n\x19ListConsumerGroupsRequest\x12\r\n\x05topic\x18\x01 \x01(\t\"I\n\x1aListConsumerGroupsResponse\x12+\n\x06groups\x18\x01 \x03(\x0b\x32\x1b.packetbus.v1.ConsumerGroup\"9\n\x1a\x44\x65leteConsumerGroupRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\".\n\x1b\x44\x65leteConsumerGroupResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\x9d\x01\n\x10PullSubscription\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x03 \x01(\t\x12\x1f\n\x17max_outstanding_packets\x18\x04 \x01(\r\x12\x1d\n\x15max_outstanding_bytes\x18\x05 \x01(\x04\x12\x19\n\x11max_batch_packets\x18\x06 \x01(\r\"U\n\x06Nacked\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x15\n\rdelay_seconds\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07release\x18\x04 \x01(\x08\"\x8d\x01\n\x0bPullRequest\x12\x34\n\x0csubscription\x18\x01 \x01(\x0b\x32\x1e.packetbus.v1.PullSubscription\x12\x0f\n\x07\x61\x63k_ids\x18\x02 \x03(\t\x12#\n\x05nacks\x18\x03 \x03(\x0b\x32\x14.packetbus.v1.Nacked\x12\x12\n\nextend_ids\x18\x04 \x03(\t\"\x99\x01\n\x08\x44\x65livery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x16\n\x0e\x64\x65livery_count\x18\x02 \x01(\r\x12\x34\n\x10lease_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06packet\x18\x04 \x01(\x0b\x32\x1a.packetbus.v1.StoredPacket\"\xbe\x01\n\x0cSettleResult\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12,\n\nsettlement\x18\x02 \x01(\x0e\x32\x18.packetbus.v1.Settlement\x12\"\n\x06status\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\x12\x11\n\tcarcel_id\x18\x04 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"g\n\x0cPullResponse\x12*\n\ndeliveries\x18\x01 \x03(\x0b\x32\x16.packetbus.v1.Delivery\x12+\n\x07settled\x18\x02 \x03(\x0b\x32\x1a.packetbus.v1.SettleResult\"H\n\x12\x41\x63knowledgeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65livery_ids\x18\x03 \x03(\t\"B\n\x13\x41\x63knowledgeResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.SettleResult\"P\n\x0bNackRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12#\n\x05nacks\x18\x03 \x03(\x0b\x32\x14.packetbus.v1.Nacked\";\n\x0cNackResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.SettleResult\"I\n\x13\x45xtendLeasesRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65livery_ids\x18\x03 \x03(\t\"C\n\x14\x45xtendLeasesResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.SettleResult*h\n\nSettlement\x12\x1a\n\x16SETTLEMENT_UNSPECIFIED\x10\x00\x12\x12\n\x0eSETTLEMENT_ACK\x10\x01\x12\x13\n\x0fSETTLEMENT_NACK\x10\x02\x12\x15\n\x11SETTLEMENT_EXTEND\x10\x03\x32\xf1\x05\n\x14\x43onsumerGroupService\x12j\n\x13\x43reateConsumerGroup\x12(.packetbus.v1.CreateConsumerGroupRequest\x1a).packetbus.v1.CreateConsumerGroupResponse\x12\x66\n\x10GetConsumerGroup\x12%.packetbus.v1.GetConsumerGroupRequest\x1a&.packetbus.v1.GetConsumerGroupResponse\"\x03\x90\x02\x01\x12l\n\x12ListConsumerGroups\x12\'.packetbus.v1.ListConsumerGroupsRequest\x1a(.packetbus.v1.ListConsumerGroupsResponse\"\x03\x90\x02\x01\x12j\n\x13\x44\x65leteConsumerGroup\x12(.packetbus.v1.DeleteConsumerGroupRequest\x1a).packetbus.v1.DeleteConsumerGroupResponse\x12\x41\n\x04Pull\x12\x19.packetbus.v1.PullRequest\x1a\x1a.packetbus.v1.PullResponse(\x01\x30\x01\x12R\n\x0b\x41\x63knowledge\x12 .packetbus.v1.AcknowledgeRequest\x1a!.packetbus.v1.AcknowledgeResponse\x12=\n\x04Nack\x12\x19.packetbus.v1.NackRequest\x1a\x1a.packetbus.v1.NackResponse\x12U\n\x0c\x45xtendLeases\x12!.packetbus.v1.ExtendLeasesRequest\x1a\".packetbus.v1.ExtendLeasesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,50 +38,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONSUMERGROUPSERVICE'].methods_by_name['GetConsumerGroup']._serialized_options = b'\220\002\001'
   _globals['_CONSUMERGROUPSERVICE'].methods_by_name['ListConsumerGroups']._loaded_options = None
   _globals['_CONSUMERGROUPSERVICE'].methods_by_name['ListConsumerGroups']._serialized_options = b'\220\002\001'
-  _globals['_SETTLEMENT']._serialized_start=2308
-  _globals['_SETTLEMENT']._serialized_end=2412
+  _globals['_SETTLEMENT']._serialized_start=2334
+  _globals['_SETTLEMENT']._serialized_end=2438
   _globals['_CONSUMERGROUP']._serialized_start=153
-  _globals['_CONSUMERGROUP']._serialized_end=377
-  _globals['_CREATECONSUMERGROUPREQUEST']._serialized_start=380
-  _globals['_CREATECONSUMERGROUPREQUEST']._serialized_end=586
-  _globals['_CREATECONSUMERGROUPRESPONSE']._serialized_start=588
-  _globals['_CREATECONSUMERGROUPRESPONSE']._serialized_end=678
-  _globals['_GETCONSUMERGROUPREQUEST']._serialized_start=680
-  _globals['_GETCONSUMERGROUPREQUEST']._serialized_end=734
-  _globals['_GETCONSUMERGROUPRESPONSE']._serialized_start=736
-  _globals['_GETCONSUMERGROUPRESPONSE']._serialized_end=806
-  _globals['_LISTCONSUMERGROUPSREQUEST']._serialized_start=808
-  _globals['_LISTCONSUMERGROUPSREQUEST']._serialized_end=850
-  _globals['_LISTCONSUMERGROUPSRESPONSE']._serialized_start=852
-  _globals['_LISTCONSUMERGROUPSRESPONSE']._serialized_end=925
-  _globals['_DELETECONSUMERGROUPREQUEST']._serialized_start=927
-  _globals['_DELETECONSUMERGROUPREQUEST']._serialized_end=984
-  _globals['_DELETECONSUMERGROUPRESPONSE']._serialized_start=986
-  _globals['_DELETECONSUMERGROUPRESPONSE']._serialized_end=1032
-  _globals['_PULLSUBSCRIPTION']._serialized_start=1035
-  _globals['_PULLSUBSCRIPTION']._serialized_end=1192
-  _globals['_NACKED']._serialized_start=1194
-  _globals['_NACKED']._serialized_end=1279
-  _globals['_PULLREQUEST']._serialized_start=1282
-  _globals['_PULLREQUEST']._serialized_end=1423
-  _globals['_DELIVERY']._serialized_start=1426
-  _globals['_DELIVERY']._serialized_end=1579
-  _globals['_SETTLERESULT']._serialized_start=1582
-  _globals['_SETTLERESULT']._serialized_end=1772
-  _globals['_PULLRESPONSE']._serialized_start=1774
-  _globals['_PULLRESPONSE']._serialized_end=1877
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=1879
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=1951
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=1953
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=2019
-  _globals['_NACKREQUEST']._serialized_start=2021
-  _globals['_NACKREQUEST']._serialized_end=2101
-  _globals['_NACKRESPONSE']._serialized_start=2103
-  _globals['_NACKRESPONSE']._serialized_end=2162
-  _globals['_EXTENDLEASESREQUEST']._serialized_start=2164
-  _globals['_EXTENDLEASESREQUEST']._serialized_end=2237
-  _globals['_EXTENDLEASESRESPONSE']._serialized_start=2239
-  _globals['_EXTENDLEASESRESPONSE']._serialized_end=2306
-  _globals['_CONSUMERGROUPSERVICE']._serialized_start=2415
-  _globals['_CONSUMERGROUPSERVICE']._serialized_end=3168
+  _globals['_CONSUMERGROUP']._serialized_end=403
+  _globals['_CREATECONSUMERGROUPREQUEST']._serialized_start=406
+  _globals['_CREATECONSUMERGROUPREQUEST']._serialized_end=612
+  _globals['_CREATECONSUMERGROUPRESPONSE']._serialized_start=614
+  _globals['_CREATECONSUMERGROUPRESPONSE']._serialized_end=704
+  _globals['_GETCONSUMERGROUPREQUEST']._serialized_start=706
+  _globals['_GETCONSUMERGROUPREQUEST']._serialized_end=760
+  _globals['_GETCONSUMERGROUPRESPONSE']._serialized_start=762
+  _globals['_GETCONSUMERGROUPRESPONSE']._serialized_end=832
+  _globals['_LISTCONSUMERGROUPSREQUEST']._serialized_start=834
+  _globals['_LISTCONSUMERGROUPSREQUEST']._serialized_end=876
+  _globals['_LISTCONSUMERGROUPSRESPONSE']._serialized_start=878
+  _globals['_LISTCONSUMERGROUPSRESPONSE']._serialized_end=951
+  _globals['_DELETECONSUMERGROUPREQUEST']._serialized_start=953
+  _globals['_DELETECONSUMERGROUPREQUEST']._serialized_end=1010
+  _globals['_DELETECONSUMERGROUPRESPONSE']._serialized_start=1012
+  _globals['_DELETECONSUMERGROUPRESPONSE']._serialized_end=1058
+  _globals['_PULLSUBSCRIPTION']._serialized_start=1061
+  _globals['_PULLSUBSCRIPTION']._serialized_end=1218
+  _globals['_NACKED']._serialized_start=1220
+  _globals['_NACKED']._serialized_end=1305
+  _globals['_PULLREQUEST']._serialized_start=1308
+  _globals['_PULLREQUEST']._serialized_end=1449
+  _globals['_DELIVERY']._serialized_start=1452
+  _globals['_DELIVERY']._serialized_end=1605
+  _globals['_SETTLERESULT']._serialized_start=1608
+  _globals['_SETTLERESULT']._serialized_end=1798
+  _globals['_PULLRESPONSE']._serialized_start=1800
+  _globals['_PULLRESPONSE']._serialized_end=1903
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=1905
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=1977
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=1979
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=2045
+  _globals['_NACKREQUEST']._serialized_start=2047
+  _globals['_NACKREQUEST']._serialized_end=2127
+  _globals['_NACKRESPONSE']._serialized_start=2129
+  _globals['_NACKRESPONSE']._serialized_end=2188
+  _globals['_EXTENDLEASESREQUEST']._serialized_start=2190
+  _globals['_EXTENDLEASESREQUEST']._serialized_end=2263
+  _globals['_EXTENDLEASESRESPONSE']._serialized_start=2265
+  _globals['_EXTENDLEASESRESPONSE']._serialized_end=2332
+  _globals['_CONSUMERGROUPSERVICE']._serialized_start=2441
+  _globals['_CONSUMERGROUPSERVICE']._serialized_end=3194
 # @@protoc_insertion_point(module_scope)

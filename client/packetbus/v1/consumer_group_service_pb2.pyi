@@ -53,6 +53,7 @@ class ConsumerGroup(_message.Message):
     OUTSTANDING_FIELD_NUMBER: _builtins.int
     CONSUMERS_FIELD_NUMBER: _builtins.int
     LAST_DELIVERED_CURSOR_FIELD_NUMBER: _builtins.int
+    LAG_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
     name: _builtins.str
     ack_deadline_seconds: _builtins.int
@@ -67,6 +68,12 @@ class ConsumerGroup(_message.Message):
     """Consumers that have pulled from the group."""
     last_delivered_cursor: _builtins.str
     """Cursor of the last packet delivered for the first time."""
+    lag: _builtins.int
+    """Packets after last_delivered_cursor not yet delivered to the group (the
+    store's XINFO GROUPS lag). Absent when the store cannot tell: after
+    entries were deleted from the middle of the log (a requeue's original, a
+    work-queue drop) until the group reads past them.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -80,12 +87,15 @@ class ConsumerGroup(_message.Message):
         outstanding: _builtins.int = ...,
         consumers: _builtins.int = ...,
         last_delivered_cursor: _builtins.str = ...,
+        lag: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lag", b"_lag", "created_at", b"created_at", "lag", b"lag"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_deadline_seconds", b"ack_deadline_seconds", "consumers", b"consumers", "created_at", b"created_at", "last_delivered_cursor", b"last_delivered_cursor", "max_delivery_attempts", b"max_delivery_attempts", "name", b"name", "outstanding", b"outstanding", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lag", b"_lag", "ack_deadline_seconds", b"ack_deadline_seconds", "consumers", b"consumers", "created_at", b"created_at", "lag", b"lag", "last_delivered_cursor", b"last_delivered_cursor", "max_delivery_attempts", b"max_delivery_attempts", "name", b"name", "outstanding", b"outstanding", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__lag: _TypeAlias = _typing.Literal["lag"]  # noqa: Y015
+    _WhichOneofArgType__lag: _TypeAlias = _typing.Literal["_lag", b"_lag"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lag) -> _WhichOneofReturnType__lag | None: ...
 
 Global___ConsumerGroup: _TypeAlias = ConsumerGroup  # noqa: Y015
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n packetbus/v1/topic_service.proto\x12\x0cpacketbus.v1\"\x80\x01\n\x0eTopicRetention\x12\x17\n\x0fmax_age_seconds\x18\x01 \x01(\r\x12\x13\n\x0bmax_packets\x18\x02 \x01(\x04\x12\x11\n\tmax_bytes\x18\x03 \x01(\x04\x12-\n\x06policy\x18\x04 \x01(\x0e\x32\x1d.packetbus.v1.RetentionPolicy\"Z\n\x18SetTopicRetentionRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12/\n\tretention\x18\x02 \x01(\x0b\x32\x1c.packetbus.v1.TopicRetention\"]\n\x19SetTopicRetentionResponse\x12/\n\tretention\x18\x01 \x01(\x0b\x32\x1c.packetbus.v1.TopicRetention\x12\x0f\n\x07removed\x18\x02 \x01(\x04\")\n\x18GetTopicRetentionRequest\x12\r\n\x05topic\x18\x01 \x01(\t\"s\n\x19GetTopicRetentionResponse\x12/\n\tretention\x18\x01 \x01(\x0b\x32\x1c.packetbus.v1.TopicRetention\x12\x0f\n\x07packets\x18\x02 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x03 \x01(\x04*q\n\x0fRetentionPolicy\x12 \n\x1cRETENTION_POLICY_UNSPECIFIED\x10\x00\x12\x1b\n\x17RETENTION_POLICY_LIMITS\x10\x01\x12\x1f\n\x1bRETENTION_POLICY_WORK_QUEUE\x10\x02\x32\xdf\x01\n\x0cTopicService\x12\x64\n\x11SetTopicRetention\x12&.packetbus.v1.SetTopicRetentionRequest\x1a\'.packetbus.v1.SetTopicRetentionResponse\x12i\n\x11GetTopicRetention\x12&.packetbus.v1.GetTopicRetentionRequest\x1a\'.packetbus.v1.GetTopicRetentionResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n packetbus/v1/topic_service.proto\x12\x0cpacketbus.v1\"\x80\x01\n\x0eTopicRetention\x12\x17\n\x0fmax_age_seconds\x18\x01 \x01(\r\x12\x13\n\x0bmax_packets\x18\x02 \x01(\x04\x12\x11\n\tmax_bytes\x18\x03 \x01(\x04\x12-\n\x06policy\x18\x04 \x01(\x0e\x32\x1d.packetbus.v1.RetentionPolicy\"Z\n\x18SetTopicRetentionRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12/\n\tretention\x18\x02 \x01(\x0b\x32\x1c.packetbus.v1.TopicRetention\"]\n\x19SetTopicRetentionResponse\x12/\n\tretention\x18\x01 \x01(\x0b\x32\x1c.packetbus.v1.TopicRetention\x12\x0f\n\x07removed\x18\x02 \x01(\x04\")\n\x18GetTopicRetentionRequest\x12\r\n\x05topic\x18\x01 \x01(\t\"s\n\x19GetTopicRetentionResponse\x12/\n\tretention\x18\x01 \x01(\x0b\x32\x1c.packetbus.v1.TopicRetention\x12\x0f\n\x07packets\x18\x02 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x03 \x01(\x04\"J\n\x11ListTopicsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06prefix\x18\x03 \x01(\t\"\xba\x01\n\x0cTopicSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07packets\x18\x02 \x01(\x04\x12\x14\n\x0c\x66irst_cursor\x18\x03 \x01(\t\x12\x13\n\x0blast_cursor\x18\x04 \x01(\t\x12/\n\tretention\x18\x05 \x01(\x0b\x32\x1c.packetbus.v1.TopicRetention\x12\x17\n\x0f\x63onsumer_groups\x18\x06 \x01(\r\x12\x16\n\x0e\x63\x61rcel_entries\x18\x07 \x01(\x04\"Y\n\x12ListTopicsResponse\x12*\n\x06topics\x18\x01 \x03(\x0b\x32\x1a.packetbus.v1.TopicSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*q\n\x0fRetentionPolicy\x12 \n\x1cRETENTION_POLICY_UNSPECIFIED\x10\x00\x12\x1b\n\x17RETENTION_POLICY_LIMITS\x10\x01\x12\x1f\n\x1bRETENTION_POLICY_WORK_QUEUE\x10\x02\x32\xb5\x02\n\x0cTopicService\x12\x64\n\x11SetTopicRetention\x12&.packetbus.v1.SetTopicRetentionRequest\x1a\'.packetbus.v1.SetTopicRetentionResponse\x12i\n\x11GetTopicRetention\x12&.packetbus.v1.GetTopicRetentionRequest\x1a\'.packetbus.v1.GetTopicRetentionResponse\"\x03\x90\x02\x01\x12T\n\nListTopics\x12\x1f.packetbus.v1.ListTopicsRequest\x1a .packetbus.v1.ListTopicsResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TOPICSERVICE'].methods_by_name['GetTopicRetention']._loaded_options = None
   _globals['_TOPICSERVICE'].methods_by_name['GetTopicRetention']._serialized_options = b'\220\002\001'
-  _globals['_RETENTIONPOLICY']._serialized_start=528
-  _globals['_RETENTIONPOLICY']._serialized_end=641
+  _globals['_TOPICSERVICE'].methods_by_name['ListTopics']._loaded_options = None
+  _globals['_TOPICSERVICE'].methods_by_name['ListTopics']._serialized_options = b'\220\002\001'
+  _globals['_RETENTIONPOLICY']._serialized_start=884
+  _globals['_RETENTIONPOLICY']._serialized_end=997
   _globals['_TOPICRETENTION']._serialized_start=51
   _globals['_TOPICRETENTION']._serialized_end=179
   _globals['_SETTOPICRETENTIONREQUEST']._serialized_start=181
@@ -45,6 +47,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTOPICRETENTIONREQUEST']._serialized_end=409
   _globals['_GETTOPICRETENTIONRESPONSE']._serialized_start=411
   _globals['_GETTOPICRETENTIONRESPONSE']._serialized_end=526
-  _globals['_TOPICSERVICE']._serialized_start=644
-  _globals['_TOPICSERVICE']._serialized_end=867
+  _globals['_LISTTOPICSREQUEST']._serialized_start=528
+  _globals['_LISTTOPICSREQUEST']._serialized_end=602
+  _globals['_TOPICSUMMARY']._serialized_start=605
+  _globals['_TOPICSUMMARY']._serialized_end=791
+  _globals['_LISTTOPICSRESPONSE']._serialized_start=793
+  _globals['_LISTTOPICSRESPONSE']._serialized_end=882
+  _globals['_TOPICSERVICE']._serialized_start=1000
+  _globals['_TOPICSERVICE']._serialized_end=1309
 # @@protoc_insertion_point(module_scope)

@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -188,3 +190,108 @@ class GetTopicRetentionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetTopicRetentionResponse: _TypeAlias = GetTopicRetentionResponse  # noqa: Y015
+
+@_typing.final
+class ListTopicsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Most topics per page: 0 means the default (100); at most 1000 (else
+    INVALID_ARGUMENT, RANGE). A page also ends at the server's reply budget.
+    """
+    page_token: _builtins.str
+    """From the previous response's next_page_token, with the same prefix (else
+    INVALID_ARGUMENT, PAGE_TOKEN).
+    """
+    prefix: _builtins.str
+    """Only topics whose name starts with this; empty: every topic. At most the
+    server's max topic length (else INVALID_ARGUMENT, LENGTH).
+    """
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        prefix: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "prefix", b"prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTopicsRequest: _TypeAlias = ListTopicsRequest  # noqa: Y015
+
+@_typing.final
+class TopicSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PACKETS_FIELD_NUMBER: _builtins.int
+    FIRST_CURSOR_FIELD_NUMBER: _builtins.int
+    LAST_CURSOR_FIELD_NUMBER: _builtins.int
+    RETENTION_FIELD_NUMBER: _builtins.int
+    CONSUMER_GROUPS_FIELD_NUMBER: _builtins.int
+    CARCEL_ENTRIES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    packets: _builtins.int
+    """Entries in the topic's log now (XLEN: expired packets not yet trimmed
+    included, as GetTopicRetentionResponse.packets).
+    """
+    first_cursor: _builtins.str
+    """Cursors of the log's oldest and newest entries; empty when it holds none."""
+    last_cursor: _builtins.str
+    consumer_groups: _builtins.int
+    carcel_entries: _builtins.int
+    """Entries in the topic's carcel."""
+    @_builtins.property
+    def retention(self) -> Global___TopicRetention:
+        """As GetTopicRetentionResponse.retention."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        packets: _builtins.int = ...,
+        first_cursor: _builtins.str = ...,
+        last_cursor: _builtins.str = ...,
+        retention: Global___TopicRetention | None = ...,
+        consumer_groups: _builtins.int = ...,
+        carcel_entries: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retention", b"retention"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carcel_entries", b"carcel_entries", "consumer_groups", b"consumer_groups", "first_cursor", b"first_cursor", "last_cursor", b"last_cursor", "name", b"name", "packets", b"packets", "retention", b"retention"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TopicSummary: _TypeAlias = TopicSummary  # noqa: Y015
+
+@_typing.final
+class ListTopicsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPICS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when there are no more."""
+    @_builtins.property
+    def topics(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopicSummary]:
+        """In name order (by code point)."""
+
+    def __init__(
+        self,
+        *,
+        topics: _abc.Iterable[Global___TopicSummary] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "topics", b"topics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTopicsResponse: _TypeAlias = ListTopicsResponse  # noqa: Y015

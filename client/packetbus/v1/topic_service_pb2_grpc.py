@@ -50,6 +50,11 @@ class TopicServiceStub:
                 request_serializer=packetbus_dot_v1_dot_topic__service__pb2.GetTopicRetentionRequest.SerializeToString,
                 response_deserializer=packetbus_dot_v1_dot_topic__service__pb2.GetTopicRetentionResponse.FromString,
                 _registered_method=True)
+        self.ListTopics = channel.unary_unary(
+                '/packetbus.v1.TopicService/ListTopics',
+                request_serializer=packetbus_dot_v1_dot_topic__service__pb2.ListTopicsRequest.SerializeToString,
+                response_deserializer=packetbus_dot_v1_dot_topic__service__pb2.ListTopicsResponse.FromString,
+                _registered_method=True)
 
 
 class TopicServiceServicer:
@@ -76,6 +81,18 @@ class TopicServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTopics(self, request, context):
+        """The topics the server knows (written to, or given a consumer group, within
+        twice the server-wide retention), in name order, a page at a time: only
+        those the caller holds topics.subscribe on (others are left out, the call
+        is not refused). Each with what is cheap to read: its log's length and
+        first and last cursors, its retention, its consumer groups and carcel
+        entries counted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TopicServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -88,6 +105,11 @@ def add_TopicServiceServicer_to_server(servicer, server):
                     servicer.GetTopicRetention,
                     request_deserializer=packetbus_dot_v1_dot_topic__service__pb2.GetTopicRetentionRequest.FromString,
                     response_serializer=packetbus_dot_v1_dot_topic__service__pb2.GetTopicRetentionResponse.SerializeToString,
+            ),
+            'ListTopics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTopics,
+                    request_deserializer=packetbus_dot_v1_dot_topic__service__pb2.ListTopicsRequest.FromString,
+                    response_serializer=packetbus_dot_v1_dot_topic__service__pb2.ListTopicsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -150,6 +172,33 @@ class TopicService:
             '/packetbus.v1.TopicService/GetTopicRetention',
             packetbus_dot_v1_dot_topic__service__pb2.GetTopicRetentionRequest.SerializeToString,
             packetbus_dot_v1_dot_topic__service__pb2.GetTopicRetentionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTopics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/packetbus.v1.TopicService/ListTopics',
+            packetbus_dot_v1_dot_topic__service__pb2.ListTopicsRequest.SerializeToString,
+            packetbus_dot_v1_dot_topic__service__pb2.ListTopicsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,14 @@ class TopicServiceStub:
     and RETENTION_POLICY_LIMITS clear the settings.
     """
     GetTopicRetention: _grpc.UnaryUnaryMultiCallable[_topic_service_pb2.GetTopicRetentionRequest, _topic_service_pb2.GetTopicRetentionResponse]
+    ListTopics: _grpc.UnaryUnaryMultiCallable[_topic_service_pb2.ListTopicsRequest, _topic_service_pb2.ListTopicsResponse]
+    """The topics the server knows (written to, or given a consumer group, within
+    twice the server-wide retention), in name order, a page at a time: only
+    those the caller holds topics.subscribe on (others are left out, the call
+    is not refused). Each with what is cheap to read: its log's length and
+    first and last cursors, its retention, its consumer groups and carcel
+    entries counted.
+    """
 
 @_typing.type_check_only
 class TopicServiceAsyncStub(TopicServiceStub):
@@ -63,6 +71,14 @@ class TopicServiceAsyncStub(TopicServiceStub):
     and RETENTION_POLICY_LIMITS clear the settings.
     """
     GetTopicRetention: _aio.UnaryUnaryMultiCallable[_topic_service_pb2.GetTopicRetentionRequest, _topic_service_pb2.GetTopicRetentionResponse]  # type: ignore[assignment]
+    ListTopics: _aio.UnaryUnaryMultiCallable[_topic_service_pb2.ListTopicsRequest, _topic_service_pb2.ListTopicsResponse]  # type: ignore[assignment]
+    """The topics the server knows (written to, or given a consumer group, within
+    twice the server-wide retention), in name order, a page at a time: only
+    those the caller holds topics.subscribe on (others are left out, the call
+    is not refused). Each with what is cheap to read: its log's length and
+    first and last cursors, its retention, its consumer groups and carcel
+    entries counted.
+    """
 
 class TopicServiceServicer(metaclass=_abc_1.ABCMeta):
     """Per-topic retention, like a JetStream stream's limits (MaxAge, MaxMsgs,
@@ -90,5 +106,19 @@ class TopicServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _topic_service_pb2.GetTopicRetentionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_topic_service_pb2.GetTopicRetentionResponse, _abc.Awaitable[_topic_service_pb2.GetTopicRetentionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTopics(
+        self,
+        request: _topic_service_pb2.ListTopicsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_topic_service_pb2.ListTopicsResponse, _abc.Awaitable[_topic_service_pb2.ListTopicsResponse]]:
+        """The topics the server knows (written to, or given a consumer group, within
+        twice the server-wide retention), in name order, a page at a time: only
+        those the caller holds topics.subscribe on (others are left out, the call
+        is not refused). Each with what is cheap to read: its log's length and
+        first and last cursors, its retention, its consumer groups and carcel
+        entries counted.
+        """
 
 def add_TopicServiceServicer_to_server(servicer: TopicServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,6 +24,13 @@ export const PAGES = [
     ready: (page) => page.getByText(/^Updates: live\./),
   },
   {
+    path: "/topics",
+    link: "Topics",
+    heading: "Topics",
+    // The topic list's live stream is open.
+    ready: (page) => page.getByText(/^Updates: live\./),
+  },
+  {
     path: "/governance",
     link: "Governance",
     heading: "Governance",

@@ -9,10 +9,12 @@ import { CarcelPage } from "./pages/Carcel";
 import { CustodyPage } from "./pages/Custody";
 import { GovernancePage } from "./pages/Governance";
 import { SignInPage } from "./pages/SignIn";
+import { TopicsPage } from "./pages/Topics";
 import "./style.css";
 
 const PAGES = [
   { path: "/agents", title: "Agents" },
+  { path: "/topics", title: "Topics" },
   { path: "/governance", title: "Governance" },
   { path: "/carcel", title: "Carcel" },
   { path: "/custody", title: "Custody" },
@@ -138,6 +140,8 @@ function App() {
           <p>Loading…</p>
         ) : page.path === "/agents" ? (
           <AgentsPage />
+        ) : page.path === "/topics" ? (
+          <TopicsPage />
         ) : page.path === "/governance" ? (
           <GovernancePage caller={caller} />
         ) : page.path === "/carcel" ? (

@@ -27,7 +27,7 @@ class Permission(enum.StrEnum):
     """What a role may be granted, each over one kind of resource (in brackets)."""
 
     TOPICS_PUBLISH = "topics.publish"  # dispatch packets to [topic]
-    TOPICS_SUBSCRIBE = "topics.subscribe"  # subscribe to, read packets of [topic]
+    TOPICS_SUBSCRIBE = "topics.subscribe"  # subscribe to, read packets of, list [topic]
     TOPICS_CONSUME = "topics.consume"  # pull, ack, nack, extend in groups of [topic]
     TOPICS_MANAGE = "topics.manage"  # set the retention limits of [topic]
     GROUPS_MANAGE = "groups.manage"  # create, delete consumer groups of [topic]
@@ -165,6 +165,9 @@ RULES: dict[str, Rule] = {
     _RECORDS + "ListRecords": Rule(P.RECORDS_READ, _record_kind),
     _TOPICS + "SetTopicRetention": Rule(P.TOPICS_MANAGE, _field("topic")),
     _TOPICS + "GetTopicRetention": Rule(P.TOPICS_SUBSCRIBE, _field("topic")),
+    # Filtered, never refused: a topic is listed only to callers with topics.subscribe
+    # on it (_topic_service._may_read).
+    _TOPICS + "ListTopics": Rule(P.TOPICS_SUBSCRIBE, in_service=_IN_SERVICE),
     _TASKS + "PostTask": Rule(P.TASKS_POST, lambda r: str(r.packet.topic)),
     _TASKS + "ClaimTask": Rule(P.TASKS_CLAIM, _field("queue")),
     _TASKS + "HeartbeatTask": Rule(P.TASKS_CLAIM, _field("queue")),

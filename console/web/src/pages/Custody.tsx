@@ -1,6 +1,6 @@
 // Custody: a packet's chain hop by hop with the server's verdicts
 // (GET /api/custody/{id}) and a download of its export line (.../export).
-import { useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 
 import { call, errorMessage, seg } from "../api";
 import { type CustodyReport, hopRows, overall } from "../custody";
@@ -11,9 +11,21 @@ export function CustodyPage() {
   const [report, setReport] = useState<CustodyReport | null>(null);
   const [problem, setProblem] = useState("");
 
+  // A link from another page names the packet: /custody?id=<tracking id>.
+  useEffect(() => {
+    const linked = new URLSearchParams(window.location.search).get("id");
+    if (linked) {
+      setInput(linked);
+      void show(linked);
+    }
+  }, []);
+
   async function look(event: Event) {
     event.preventDefault();
-    const id = input.trim();
+    await show(input.trim());
+  }
+
+  async function show(id: string) {
     setProblem("");
     setReport(null);
     try {

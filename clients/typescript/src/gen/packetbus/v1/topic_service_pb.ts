@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file packetbus/v1/topic_service.proto.
  */
 export const file_packetbus_v1_topic_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBwYWNrZXRidXMvdjEvdG9waWNfc2VydmljZS5wcm90bxIMcGFja2V0YnVzLnYxIoABCg5Ub3BpY1JldGVudGlvbhIXCg9tYXhfYWdlX3NlY29uZHMYASABKA0SEwoLbWF4X3BhY2tldHMYAiABKAQSEQoJbWF4X2J5dGVzGAMgASgEEi0KBnBvbGljeRgEIAEoDjIdLnBhY2tldGJ1cy52MS5SZXRlbnRpb25Qb2xpY3kiWgoYU2V0VG9waWNSZXRlbnRpb25SZXF1ZXN0Eg0KBXRvcGljGAEgASgJEi8KCXJldGVudGlvbhgCIAEoCzIcLnBhY2tldGJ1cy52MS5Ub3BpY1JldGVudGlvbiJdChlTZXRUb3BpY1JldGVudGlvblJlc3BvbnNlEi8KCXJldGVudGlvbhgBIAEoCzIcLnBhY2tldGJ1cy52MS5Ub3BpY1JldGVudGlvbhIPCgdyZW1vdmVkGAIgASgEIikKGEdldFRvcGljUmV0ZW50aW9uUmVxdWVzdBINCgV0b3BpYxgBIAEoCSJzChlHZXRUb3BpY1JldGVudGlvblJlc3BvbnNlEi8KCXJldGVudGlvbhgBIAEoCzIcLnBhY2tldGJ1cy52MS5Ub3BpY1JldGVudGlvbhIPCgdwYWNrZXRzGAIgASgEEhQKDHN0b3JlZF9ieXRlcxgDIAEoBCpxCg9SZXRlbnRpb25Qb2xpY3kSIAocUkVURU5USU9OX1BPTElDWV9VTlNQRUNJRklFRBAAEhsKF1JFVEVOVElPTl9QT0xJQ1lfTElNSVRTEAESHwobUkVURU5USU9OX1BPTElDWV9XT1JLX1FVRVVFEAIy3wEKDFRvcGljU2VydmljZRJkChFTZXRUb3BpY1JldGVudGlvbhImLnBhY2tldGJ1cy52MS5TZXRUb3BpY1JldGVudGlvblJlcXVlc3QaJy5wYWNrZXRidXMudjEuU2V0VG9waWNSZXRlbnRpb25SZXNwb25zZRJpChFHZXRUb3BpY1JldGVudGlvbhImLnBhY2tldGJ1cy52MS5HZXRUb3BpY1JldGVudGlvblJlcXVlc3QaJy5wYWNrZXRidXMudjEuR2V0VG9waWNSZXRlbnRpb25SZXNwb25zZSIDkAIBYgZwcm90bzM");
+  fileDesc("CiBwYWNrZXRidXMvdjEvdG9waWNfc2VydmljZS5wcm90bxIMcGFja2V0YnVzLnYxIoABCg5Ub3BpY1JldGVudGlvbhIXCg9tYXhfYWdlX3NlY29uZHMYASABKA0SEwoLbWF4X3BhY2tldHMYAiABKAQSEQoJbWF4X2J5dGVzGAMgASgEEi0KBnBvbGljeRgEIAEoDjIdLnBhY2tldGJ1cy52MS5SZXRlbnRpb25Qb2xpY3kiWgoYU2V0VG9waWNSZXRlbnRpb25SZXF1ZXN0Eg0KBXRvcGljGAEgASgJEi8KCXJldGVudGlvbhgCIAEoCzIcLnBhY2tldGJ1cy52MS5Ub3BpY1JldGVudGlvbiJdChlTZXRUb3BpY1JldGVudGlvblJlc3BvbnNlEi8KCXJldGVudGlvbhgBIAEoCzIcLnBhY2tldGJ1cy52MS5Ub3BpY1JldGVudGlvbhIPCgdyZW1vdmVkGAIgASgEIikKGEdldFRvcGljUmV0ZW50aW9uUmVxdWVzdBINCgV0b3BpYxgBIAEoCSJzChlHZXRUb3BpY1JldGVudGlvblJlc3BvbnNlEi8KCXJldGVudGlvbhgBIAEoCzIcLnBhY2tldGJ1cy52MS5Ub3BpY1JldGVudGlvbhIPCgdwYWNrZXRzGAIgASgEEhQKDHN0b3JlZF9ieXRlcxgDIAEoBCJKChFMaXN0VG9waWNzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZwcmVmaXgYAyABKAkiugEKDFRvcGljU3VtbWFyeRIMCgRuYW1lGAEgASgJEg8KB3BhY2tldHMYAiABKAQSFAoMZmlyc3RfY3Vyc29yGAMgASgJEhMKC2xhc3RfY3Vyc29yGAQgASgJEi8KCXJldGVudGlvbhgFIAEoCzIcLnBhY2tldGJ1cy52MS5Ub3BpY1JldGVudGlvbhIXCg9jb25zdW1lcl9ncm91cHMYBiABKA0SFgoOY2FyY2VsX2VudHJpZXMYByABKAQiWQoSTGlzdFRvcGljc1Jlc3BvbnNlEioKBnRvcGljcxgBIAMoCzIaLnBhY2tldGJ1cy52MS5Ub3BpY1N1bW1hcnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKnEKD1JldGVudGlvblBvbGljeRIgChxSRVRFTlRJT05fUE9MSUNZX1VOU1BFQ0lGSUVEEAASGwoXUkVURU5USU9OX1BPTElDWV9MSU1JVFMQARIfChtSRVRFTlRJT05fUE9MSUNZX1dPUktfUVVFVUUQAjK1AgoMVG9waWNTZXJ2aWNlEmQKEVNldFRvcGljUmV0ZW50aW9uEiYucGFja2V0YnVzLnYxLlNldFRvcGljUmV0ZW50aW9uUmVxdWVzdBonLnBhY2tldGJ1cy52MS5TZXRUb3BpY1JldGVudGlvblJlc3BvbnNlEmkKEUdldFRvcGljUmV0ZW50aW9uEiYucGFja2V0YnVzLnYxLkdldFRvcGljUmV0ZW50aW9uUmVxdWVzdBonLnBhY2tldGJ1cy52MS5HZXRUb3BpY1JldGVudGlvblJlc3BvbnNlIgOQAgESVAoKTGlzdFRvcGljcxIfLnBhY2tldGJ1cy52MS5MaXN0VG9waWNzUmVxdWVzdBogLnBhY2tldGJ1cy52MS5MaXN0VG9waWNzUmVzcG9uc2UiA5ACAWIGcHJvdG8z");
 
 /**
  * @generated from message packetbus.v1.TopicRetention
@@ -160,6 +160,124 @@ export const GetTopicRetentionResponseSchema: GenMessage<GetTopicRetentionRespon
   messageDesc(file_packetbus_v1_topic_service, 4);
 
 /**
+ * @generated from message packetbus.v1.ListTopicsRequest
+ */
+export type ListTopicsRequest = Message<"packetbus.v1.ListTopicsRequest"> & {
+  /**
+   * Most topics per page: 0 means the default (100); at most 1000 (else
+   * INVALID_ARGUMENT, RANGE). A page also ends at the server's reply budget.
+   *
+   * @generated from field: uint32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * From the previous response's next_page_token, with the same prefix (else
+   * INVALID_ARGUMENT, PAGE_TOKEN).
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Only topics whose name starts with this; empty: every topic. At most the
+   * server's max topic length (else INVALID_ARGUMENT, LENGTH).
+   *
+   * @generated from field: string prefix = 3;
+   */
+  prefix: string;
+};
+
+/**
+ * Describes the message packetbus.v1.ListTopicsRequest.
+ * Use `create(ListTopicsRequestSchema)` to create a new message.
+ */
+export const ListTopicsRequestSchema: GenMessage<ListTopicsRequest> = /*@__PURE__*/
+  messageDesc(file_packetbus_v1_topic_service, 5);
+
+/**
+ * @generated from message packetbus.v1.TopicSummary
+ */
+export type TopicSummary = Message<"packetbus.v1.TopicSummary"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Entries in the topic's log now (XLEN: expired packets not yet trimmed
+   * included, as GetTopicRetentionResponse.packets).
+   *
+   * @generated from field: uint64 packets = 2;
+   */
+  packets: bigint;
+
+  /**
+   * Cursors of the log's oldest and newest entries; empty when it holds none.
+   *
+   * @generated from field: string first_cursor = 3;
+   */
+  firstCursor: string;
+
+  /**
+   * @generated from field: string last_cursor = 4;
+   */
+  lastCursor: string;
+
+  /**
+   * As GetTopicRetentionResponse.retention.
+   *
+   * @generated from field: packetbus.v1.TopicRetention retention = 5;
+   */
+  retention?: TopicRetention | undefined;
+
+  /**
+   * @generated from field: uint32 consumer_groups = 6;
+   */
+  consumerGroups: number;
+
+  /**
+   * Entries in the topic's carcel.
+   *
+   * @generated from field: uint64 carcel_entries = 7;
+   */
+  carcelEntries: bigint;
+};
+
+/**
+ * Describes the message packetbus.v1.TopicSummary.
+ * Use `create(TopicSummarySchema)` to create a new message.
+ */
+export const TopicSummarySchema: GenMessage<TopicSummary> = /*@__PURE__*/
+  messageDesc(file_packetbus_v1_topic_service, 6);
+
+/**
+ * @generated from message packetbus.v1.ListTopicsResponse
+ */
+export type ListTopicsResponse = Message<"packetbus.v1.ListTopicsResponse"> & {
+  /**
+   * In name order (by code point).
+   *
+   * @generated from field: repeated packetbus.v1.TopicSummary topics = 1;
+   */
+  topics: TopicSummary[];
+
+  /**
+   * Empty when there are no more.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message packetbus.v1.ListTopicsResponse.
+ * Use `create(ListTopicsResponseSchema)` to create a new message.
+ */
+export const ListTopicsResponseSchema: GenMessage<ListTopicsResponse> = /*@__PURE__*/
+  messageDesc(file_packetbus_v1_topic_service, 7);
+
+/**
  * @generated from enum packetbus.v1.RetentionPolicy
  */
 export enum RetentionPolicy {
@@ -223,6 +341,21 @@ export const TopicService: GenService<{
     methodKind: "unary";
     input: typeof GetTopicRetentionRequestSchema;
     output: typeof GetTopicRetentionResponseSchema;
+  },
+  /**
+   * The topics the server knows (written to, or given a consumer group, within
+   * twice the server-wide retention), in name order, a page at a time: only
+   * those the caller holds topics.subscribe on (others are left out, the call
+   * is not refused). Each with what is cheap to read: its log's length and
+   * first and last cursors, its retention, its consumer groups and carcel
+   * entries counted.
+   *
+   * @generated from rpc packetbus.v1.TopicService.ListTopics
+   */
+  listTopics: {
+    methodKind: "unary";
+    input: typeof ListTopicsRequestSchema;
+    output: typeof ListTopicsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_packetbus_v1_topic_service, 0);
