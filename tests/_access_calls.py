@@ -37,6 +37,9 @@ class Call:
     # Refused as NOT_FOUND, as if absent: a tracking id names no topic, so a
     # refusal would confirm a guessed id exists (PacketService.load).
     hidden: bool = False
+    # The rule filters instead of refusing (ListTaskQueues): a caller without the
+    # permission is answered OK with `resource` left out of the answer.
+    filtered: bool = False
 
 
 def _descriptor(method: str) -> Any:

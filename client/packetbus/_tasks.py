@@ -193,6 +193,20 @@ class TaskQueue:
 
         return await collect(page, lambda r: r.tasks)
 
+    async def tasks_page(
+        self,
+        status: pb.TaskStatus.ValueType = pb.TASK_STATUS_UNSPECIFIED,
+        *,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> pb.ListTasksResponse:
+        """One page of the queue's tasks (with `status`, or all), first posted first:
+        its `tasks` and the `next_page_token` to pass back for the next ("" at the
+        end). For a caller that pages itself (a console); `tasks` reads them all."""
+        request = pb.ListTasksRequest(queue=self.name, status=status, page_token=page_token)
+        response: pb.ListTasksResponse = await self._call(self._stub.ListTasks, request, timeout)
+        return response
+
     async def results(self, task_id: str, *, timeout: float | None = None) -> list[pb.TaskResult]:
         """Each attempt its worker reported: failures with their errors, the completion
         with its result (a lease that ran out counts as a failure, with no result)."""

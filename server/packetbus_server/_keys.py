@@ -274,7 +274,7 @@ TOPICS = f"{PREFIX}:topics"
 QUEUES = f"{PREFIX}:queues"
 # A member of TOPICS and QUEUES (score -inf, so no time range holds it) that says
 # the index names every topic / queue in the store: written by the scrape that
-# backfilled it (_observability/store_indexes.py), gone with the index's expiry.
+# backfilled it (_store_indexes.py), gone with the index's expiry.
 # NUL cannot start a topic or queue name (_validation), so it names neither.
 INDEX_COMPLETE = "\x00complete"
 SIGNING_KEYS = f"{PREFIX}:{{keys}}:all"
