@@ -129,4 +129,4 @@ def test_console_web_unit_tests() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert re.search(r"Tests\s+17 passed \(17\)", done.stdout), done.stdout[-3000:]
+    assert re.search(r"Tests\s+26 passed \(26\)", done.stdout), done.stdout[-3000:]

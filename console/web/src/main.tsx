@@ -7,12 +7,16 @@ import type { Caller } from "./grants";
 import { AgentsPage } from "./pages/Agents";
 import { CarcelPage } from "./pages/Carcel";
 import { CustodyPage } from "./pages/Custody";
+import { FindingsPage } from "./pages/Findings";
 import { GovernancePage } from "./pages/Governance";
 import { SignInPage } from "./pages/SignIn";
+import { TaskQueuesPage } from "./pages/TaskQueues";
 import "./style.css";
 
 const PAGES = [
   { path: "/agents", title: "Agents" },
+  { path: "/queues", title: "Task queues" },
+  { path: "/findings", title: "Findings" },
   { path: "/governance", title: "Governance" },
   { path: "/carcel", title: "Carcel" },
   { path: "/custody", title: "Custody" },
@@ -138,6 +142,10 @@ function App() {
           <p>Loading…</p>
         ) : page.path === "/agents" ? (
           <AgentsPage />
+        ) : page.path === "/queues" ? (
+          <TaskQueuesPage />
+        ) : page.path === "/findings" ? (
+          <FindingsPage />
         ) : page.path === "/governance" ? (
           <GovernancePage caller={caller} />
         ) : page.path === "/carcel" ? (
