@@ -2,7 +2,8 @@
 is what its sources build (`scripts/build_console.py --check`), a real `packetbus
 console` serves it (index.html at / and at the page's own routes, every asset it loads
 with its content type and a long cache, the API as before), and the front end's unit
-tests (vitest: grants -> buttons, the agents reducer, custody rows, API errors) pass.
+tests (vitest: grants -> buttons, the agents reducer, custody rows, API errors, queue counts
+and claims, findings) pass.
 Node and `npm ci` in console/web are required for the last: .ci/run installs them; a
 missing `node` is a failure, not a skip. Browser end-to-end tests are a later slice."""
 
