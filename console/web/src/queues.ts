@@ -156,7 +156,8 @@ export function eventLine(event: TaskEvent): string {
   const to = statusWord(event.newStatus);
   const change = from ? `${from} → ${to}` : `posted, ${to}`;
   const who = event.actor ? ` by ${event.actor}` : "";
-  const why = event.reason ? `: ${event.reason}` : "";
+  // A post's reason only repeats it ("posted").
+  const why = event.reason && from ? `: ${event.reason}` : "";
   return `${event.taskId}: ${change}${who}${why}`;
 }
 

@@ -78,7 +78,7 @@ describe("task events and requests", () => {
   it("reads an event as a line", () => {
     const base = { taskId: "t-1", fencingToken: "0", cursor: "1-0", at: null };
     expect(
-      eventLine({ ...base, oldStatus: "TASK_STATUS_UNSPECIFIED", newStatus: "TASK_STATUS_QUEUED", actor: "", reason: "" }),
+      eventLine({ ...base, oldStatus: "TASK_STATUS_UNSPECIFIED", newStatus: "TASK_STATUS_QUEUED", actor: "", reason: "posted" }),
     ).toBe("t-1: posted, queued");
     expect(
       eventLine({

@@ -23,7 +23,7 @@ import {
 import { useSnapshot } from "../snapshots";
 
 const RECENT_EVENTS = 20; // task events kept on screen
-const RELOAD_MS = 400; // events in this window reload the task list once
+const RELOAD_MS = 1000; // the task list is re-read at most this often while events come
 
 export function TaskQueuesPage() {
   const [prefix, setPrefix] = useState("");
@@ -148,6 +148,9 @@ function QueueDetail({ summary }: { summary: QueueSummary }) {
   useEffect(() => {
     void load();
   }, [load]);
+  // The stream stays open while the status filter changes; it reloads with the filter in use.
+  const loadRef = useRef(load);
+  loadRef.current = load;
 
   useEffect(() => {
     let timer: number | undefined;
@@ -158,8 +161,13 @@ function QueueDetail({ summary }: { summary: QueueSummary }) {
       const event = JSON.parse((message as MessageEvent<string>).data) as TaskEvent;
       setEvents((current) => [event, ...current].slice(0, RECENT_EVENTS));
       if (event.taskId === selectedRef.current) setVersion((v) => v + 1);
-      window.clearTimeout(timer);
-      timer = window.setTimeout(() => void load(), RELOAD_MS);
+      // Throttled, not debounced: a queue that never goes quiet is still re-read.
+      if (timer === undefined) {
+        timer = window.setTimeout(() => {
+          timer = undefined;
+          void loadRef.current();
+        }, RELOAD_MS);
+      }
     });
     source.addEventListener("error", (message) => {
       const data = (message as MessageEvent<string>).data;
@@ -179,7 +187,7 @@ function QueueDetail({ summary }: { summary: QueueSummary }) {
       window.clearTimeout(timer);
       source.close();
     };
-  }, [queue, load]);
+  }, [queue]);
 
   const priorities = priorityRows(summary);
   return (
