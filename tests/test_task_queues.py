@@ -13,7 +13,7 @@ import redis.asyncio as redis_asyncio
 import packetbus
 from packetbus.v1 import task_service_pb2 as pb
 from packetbus.v1 import task_service_pb2_grpc
-from packetbus_server import _keys
+from packetbus_server import Limits, ServerConfig, _keys, start
 from tests.conftest import unique
 
 Q = pb.TASK_STATUS_QUEUED
@@ -168,3 +168,27 @@ async def test_an_index_not_known_whole_is_backfilled_from_the_keyspace(
     # Found by the SCAN, the queue and the mark are in the index for the next reader.
     assert await raw_redis.zscore(_keys.QUEUES, prefix + "q") == 0
     assert await raw_redis.zscore(_keys.QUEUES, _keys.INDEX_COMPLETE) == float("-inf")
+
+
+async def test_a_page_ends_at_the_reply_budget_with_one_queue_at_least(redis_url: str) -> None:
+    # A budget of 1 byte: every page holds the one queue that always goes.
+    srv = await start(
+        ServerConfig(listen="127.0.0.1:0", redis_url=redis_url, limits=Limits(reply_budget_bytes=1))
+    )
+    try:
+        target = f"127.0.0.1:{srv.port}"
+        prefix = unique("budget") + "."
+        async with await packetbus.Client.connect(target, timeout=10) as client:
+            for name in ("a", "b", "c"):
+                await client.task_queue(prefix + name).post(_task("t"), origin="planner")
+        pages: list[list[str]] = []
+        token = ""
+        while True:
+            page = await _raw(target, pb.ListTaskQueuesRequest(prefix=prefix, page_token=token))
+            pages.append([s.queue for s in page.queues])
+            token = page.next_page_token
+            if not token:
+                break
+        assert pages == [[prefix + "a"], [prefix + "b"], [prefix + "c"]]
+    finally:
+        await srv.stop(grace=0)
