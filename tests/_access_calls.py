@@ -38,7 +38,8 @@ class Call:
     # refusal would confirm a guessed id exists (PacketService.load).
     hidden: bool = False
     # A listing that leaves out what the caller may not see, never refused: the
-    # principals without the permission get OK and an empty listing (ListTopics).
+    # principals without the permission get OK and `resource` left out of the
+    # listing (ListTopics, ListTaskQueues).
     filtered: bool = False
 
 

@@ -311,6 +311,13 @@ async def _list_results(door: Door, me: str) -> Call:
     return Call(T + "ListTaskResults", request)
 
 
+@row(T + "ListTaskQueues")
+async def _list_task_queues(door: Door, me: str) -> Call:
+    queue, _, _ = await claimed(door, ADMIN)
+    request = task_service_pb2.ListTaskQueuesRequest(prefix=queue)
+    return Call(T + "ListTaskQueues", request, resource=queue, filtered=True)
+
+
 @row(T + "WatchTasks")
 async def _watch_tasks(door: Door, me: str) -> Call:
     queue, _, _ = await claimed(door, ADMIN)

@@ -337,7 +337,7 @@ def test_reads_are_what_the_protos_declare_for_the_client_and_the_eviction_guard
                 assert (policy is _retry_policy.Retry.READ) == read_only(path), path
             if read_only(path) and service.full_name.startswith("packetbus."):
                 reads.add(f"{service.name}.{method.name}")
-    assert len(reads) == 35
+    assert len(reads) == 37
     assert {"PacketService.GetPacket", "PacketService.Subscribe", "TaskService.WatchTasks"} <= reads
     assert not reads & {
         "PacketService.Dispatch",

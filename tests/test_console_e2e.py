@@ -49,7 +49,16 @@ APPROVER = unique(APPROVER_PREFIX)  # the console's --agent-key, one of the appr
 OPERATOR = spiffe(APPROVER)  # signs in to approve: the approver is its own agent id
 VIEWER = spiffe("console-viewer")
 ADMIN = spiffe("console-admin")
-READS = [("held.read", "*"), ("agents.read", "*"), ("carcel.read", "*"), ("audit.export", "*")]
+READS = [
+    ("held.read", "*"),
+    ("agents.read", "*"),
+    ("carcel.read", "*"),
+    ("audit.export", "*"),
+    ("topics.subscribe", "*"),
+    ("groups.read", "*"),
+    ("tasks.read", "*"),
+    ("findings.read", "*"),
+]
 GRANTS = {
     ADMIN: [("*", "*")],
     OPERATOR: [*READS, ("packets.approve", "e2e.*"), ("carcel.requeue", "e2e.*")],

@@ -262,7 +262,7 @@ def test_task_queue_cli_runs_as_written(served: tuple[str, dict[str, str], Path]
     serve, env, _ = served
     server = Served(serve, env)
     try:
-        post, claim, complete, results = block("tasks-cli").splitlines()
+        post, claim, complete, results, queues = block("tasks-cli").splitlines()
         posted = run(post, env)
         assert posted.returncode == 0, posted.stderr
         assert json.loads(posted.stdout)["status"] == "TASK_STATUS_QUEUED"
@@ -280,6 +280,12 @@ def test_task_queue_cli_runs_as_written(served: tuple[str, dict[str, str], Path]
         again = run(complete.replace("TOKEN", state["fencingToken"]), env)
         assert again.returncode == 0, again.stderr
         assert len(run(results, env).stdout.splitlines()) == 1
+        [listed] = [json.loads(line) for line in run(queues, env).stdout.splitlines()]
+        assert listed == {
+            "queue": "research",
+            "tasks": 1,
+            "counts": [{"status": "TASK_STATUS_COMPLETED", "priority": 5, "tasks": 1}],
+        }
         other = run(
             complete.replace("TOKEN", state["fencingToken"]).replace('"pages": 3', '"pages": 4'),
             env,

@@ -89,6 +89,10 @@ def add_parsers(commands: Any) -> None:
     listing = sub.add_parser("list", help="one JSON line per task, first posted first")
     listing.add_argument("queue", metavar="QUEUE")
     listing.add_argument("--status", choices=_STATUSES)
+    queues = sub.add_parser(
+        "queues", help="one JSON line per task queue (name order), its tasks counted by status"
+    )
+    queues.add_argument("--prefix", default="", help="only queues whose name starts with it")
     watch = sub.add_parser("watch", help="one JSON line per status change, as they happen")
     watch.add_argument("queue", metavar="QUEUE")
     watch.add_argument("--after", default="", metavar="CURSOR", help="resume after a cursor")
@@ -103,9 +107,13 @@ async def _tasks(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _run(client: Client, args: argparse.Namespace) -> int:
-    queue = client.task_queue(args.queue)
     t = args.timeout
     command = args.tasks_command
+    if command == "queues":
+        async for summary in client.list_task_queues(args.prefix, timeout=t):
+            print(json_line(summary))
+        return 0
+    queue = client.task_queue(args.queue)
     if command == "post":
         task = contents_pb2.Task(
             id=args.id,

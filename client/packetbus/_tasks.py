@@ -193,6 +193,20 @@ class TaskQueue:
 
         return await collect(page, lambda r: r.tasks)
 
+    async def tasks_page(
+        self,
+        status: pb.TaskStatus.ValueType = pb.TASK_STATUS_UNSPECIFIED,
+        *,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> pb.ListTasksResponse:
+        """One page of the queue's tasks (with `status`, or all), first posted first:
+        its `tasks` and the `next_page_token` to pass back for the next ("" at the
+        end). For a caller that pages itself (a console); `tasks` reads them all."""
+        request = pb.ListTasksRequest(queue=self.name, status=status, page_token=page_token)
+        response: pb.ListTasksResponse = await self._call(self._stub.ListTasks, request, timeout)
+        return response
+
     async def results(self, task_id: str, *, timeout: float | None = None) -> list[pb.TaskResult]:
         """Each attempt its worker reported: failures with their errors, the completion
         with its result (a lease that ran out counts as a failure, with no result)."""
@@ -206,15 +220,19 @@ class TaskQueue:
 
         return await collect(page, lambda r: r.results)
 
-    async def watch(self, *, after_cursor: str = "") -> AsyncIterator[pb.TaskEvent]:
+    async def watch(
+        self, *, after_cursor: str = "", started: Callable[[str], None] | None = None
+    ) -> AsyncIterator[pb.TaskEvent]:
         """Status changes of this queue's tasks as they happen: from now, or exactly
         the events after `after_cursor` (a TaskEvent.cursor seen before). A stream
         that ends UNAVAILABLE (a lost connection, a server draining) is opened again
         after the last event seen, a few times with backoff; one that saw no event
         yet resumes after the cursor the server started it at (its
         `packetbus-start-cursor` header, `packetbus.stream_start`), so nothing that
-        happened meanwhile is skipped. Raises DATA_LOSS when events after the cursor
-        are no longer kept; CANCELLED at once on a closed client."""
+        happened meanwhile is skipped. `started`, if given, is called with that start
+        cursor as soon as the server sends it (a relay passes it on as its own
+        cursor). Raises DATA_LOSS when events after the cursor are no longer kept;
+        CANCELLED at once on a closed client."""
         cursor = after_cursor
         async for response in resuming(
             lambda c, _: self._stub.WatchTasks(
@@ -222,6 +240,7 @@ class TaskQueue:
             ),
             _last_event_cursor,
             after=after_cursor,
+            started=started,
         ):
             if response.events_lost:
                 raise PacketbusError(

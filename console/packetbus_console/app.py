@@ -4,8 +4,8 @@
 client for requests without a session (`default`: the console's own connection
 settings, its own token if it has one), the approver identity that signs
 approvals and denials (``--agent-key``), and the sessions. `build_app` makes the
-Starlette app serving the routes of `api`, `custody`, `events` and `topics`, and the
-browser front end (`frontend`).
+Starlette app serving the routes of `api`, `custody`, `events`, `topics`, `tasks` and
+`findings`, and the browser front end (`frontend`).
 
 Every route runs through `Console.route`: a state-changing request (POST, DELETE)
 without the header ``X-Packetbus-Console: 1`` is refused 403 (code ``CSRF``)
@@ -85,14 +85,20 @@ class Console:
 def build_app(console: Console) -> Starlette:
     """The console's Starlette app: the API routes under /api, the browser front end
     (`frontend`) at / and /assets."""
-    from . import api, custody, events, frontend, topics
+    from . import api, custody, events, findings, frontend, tasks, topics
 
     # One Route per path, dispatching on the method: a wrong method is then one 405
     # whose Allow header names every method of the path (two Routes on one path
     # would answer with the first one's methods only).
     by_path: dict[str, dict[str, Handler]] = {}
-    routes_in_order = (*api.ROUTES, *custody.ROUTES, *events.ROUTES, *topics.ROUTES)
-    for path, methods, handler in routes_in_order:
+    for path, methods, handler in (
+        *api.ROUTES,
+        *custody.ROUTES,
+        *events.ROUTES,
+        *topics.ROUTES,
+        *tasks.ROUTES,
+        *findings.ROUTES,
+    ):
         by_path.setdefault(path, {}).update(dict.fromkeys(methods, handler))
     routes: list[BaseRoute] = [
         Route(path, console.route(_by_method(handlers)), methods=sorted(handlers))

@@ -1,4 +1,5 @@
-"""``GET /api/agents/events``: membership events as Server-Sent Events.
+"""``GET /api/agents/events``: membership events as Server-Sent Events; `relay` serves
+any gRPC watch with cursors so (tasks.py: a queue's task events).
 
 Each WatchAgents event is one SSE message::
 
@@ -24,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol, TypeVar
 
+from google.protobuf.message import Message
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -41,12 +43,38 @@ ADMISSION = 10.0  # seconds the server may take to admit (or refuse) the watch
 REFUSAL_WAIT = 0.5  # seconds, for a resumed watch (see agent_events)
 
 
-def _message(event: agent_service_pb2.MembershipEvent) -> str:
+class _Cursored(Protocol):
+    @property
+    def cursor(self) -> str: ...
+
+
+E = TypeVar("E", bound=_Cursored)
+# Opens a watch: after a cursor (""), calling `started` with the cursor a watch
+# from now starts after.
+OpenWatch = Callable[[str, Callable[[str], None]], AsyncIterator[E]]
+
+
+def _message(kind: str, event: _Cursored) -> str:
+    assert isinstance(event, Message)  # a gRPC watch's events are protobuf messages
     data = json.dumps(as_json(event), separators=(",", ":"))
-    return f"id: {event.cursor}\nevent: membership\ndata: {data}\n\n"
+    return f"id: {event.cursor}\nevent: {kind}\ndata: {data}\n\n"
 
 
 async def agent_events(request: Request, client: Client) -> Response:
+    def open_watch(
+        after: str, started: Callable[[str], None]
+    ) -> AsyncIterator[agent_service_pb2.MembershipEvent]:
+        if after:
+            return client.watch_agents(after_cursor=after)
+        return client.watch_agents(started=started)
+
+    return await relay(request, open_watch, "membership")
+
+
+async def relay(request: Request, open_watch: OpenWatch[E], kind: str) -> Response:
+    """A gRPC watch as the SSE stream the module docstring describes, each event an
+    `kind` message (`open_watch`: see OpenWatch; a watch refused before it starts is
+    a JSON error answer)."""
     after = request.headers.get("last-event-id") or request.query_params.get("after", "")
     start: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
@@ -54,14 +82,10 @@ async def agent_events(request: Request, client: Client) -> Response:
         if not start.done():
             start.set_result(cursor)
 
-    watch = (
-        client.watch_agents(after_cursor=after) if after else client.watch_agents(started=started)
-    )
+    watch = open_watch(after, started)
     # The watch's admission (its start cursor, its first event or its refusal) is
     # awaited here, so a watch the server refuses is an ordinary JSON error answer.
-    first: asyncio.Task[agent_service_pb2.MembershipEvent] = asyncio.ensure_future(
-        anext(aiter(watch))
-    )
+    first: asyncio.Task[E] = asyncio.ensure_future(anext(aiter(watch)))
     # Resumed after a cursor, the server sends no start cursor: a refusal comes at
     # once, so a short wait tells it from a watch with no event yet.
     admitted: set[asyncio.Future[Any]] = {first, start}
@@ -81,18 +105,16 @@ async def agent_events(request: Request, client: Client) -> Response:
         data = json.dumps({"cursor": cursor})
         opening = f"id: {cursor}\nevent: start\ndata: {data}\n\n"
     return StreamingResponse(
-        _stream(watch, first, opening),
+        _stream(watch, first, opening, kind),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 
 async def _stream(
-    watch: AsyncIterator[agent_service_pb2.MembershipEvent],
-    first: asyncio.Task[agent_service_pb2.MembershipEvent],
-    opening: str,
+    watch: AsyncIterator[E], first: asyncio.Task[E], opening: str, kind: str
 ) -> AsyncIterator[str]:
-    pending: asyncio.Task[agent_service_pb2.MembershipEvent] | None = first
+    pending: asyncio.Task[E] | None = first
     yield opening
     try:
         while True:
@@ -111,7 +133,7 @@ async def _stream(
                 data = json.dumps({"error": exc.message, "code": exc.code.name})
                 yield f"event: error\ndata: {data}\n\n"
                 return
-            yield _message(event)
+            yield _message(kind, event)
     finally:
         if pending is not None:
             pending.cancel()

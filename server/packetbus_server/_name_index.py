@@ -106,3 +106,14 @@ async def _backfill(redis: RedisClient, index: str, kinds: Sequence[tuple[str, s
             names.add(tag(key, suffix))
     for mapping in backfill_chunks(names):
         await redis.zadd(index, mapping, nx=True)
+
+
+async def existing(redis: RedisClient, keys: Sequence[str]) -> list[str]:
+    """Those of `keys` that exist, sorted: one pipeline (on a cluster, one per node).
+    Raises redis.RedisError as the pipeline does (callers retry it)."""
+    if not keys:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.exists(key)
+    return sorted(k for k, n in zip(keys, await pipe.execute(), strict=True) if n)

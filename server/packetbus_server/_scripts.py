@@ -98,6 +98,8 @@ TASK_EXPIRE = LuaScript.load(
     "task_expire", libraries=("hops", "fields", "tasks"), derives_keys=True
 )
 TASK_HELD = LuaScript.load("task_held", derives_keys=True)
+# Read-only; the /metrics scrape runs the same file with a blocking client.
+QUEUE_COUNTS = LuaScript.load("queue_counts", derives_keys=True)
 AGENT_REGISTER = LuaScript.load("agent_register", libraries=("fields", "agents"), derives_keys=True)
 AGENT_HEARTBEAT = LuaScript.load(
     "agent_heartbeat", libraries=("fields", "agents"), derives_keys=True

@@ -32,6 +32,7 @@ from ._placed_export import Page
 from ._placed_packets import TASK, Place, PlacedPackets
 from ._task_export import queue_pages
 from ._task_listing import TaskListing
+from ._task_queues import TaskQueues
 from ._task_requests import MAX_LEASE_S, check_task_ref, claim_violations, post_violations
 from ._task_settling import TaskSettler, one_line
 from ._task_states import task_state
@@ -79,6 +80,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         self._settler = TaskSettler(store, hops, custodian, limits, clock=clock)
         self._listing = TaskListing(store, self._settler, limits, clock=clock)
         self._watch = TaskWatch(store, self._settler, limits)
+        self._queues = TaskQueues(store, limits, clock=clock)
 
     # -- posting and claiming --------------------------------------------------------------
 
@@ -310,6 +312,11 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         self, request: pb.ListTaskResultsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTaskResultsResponse:
         return await self._listing.list_results(request, context)
+
+    async def ListTaskQueues(
+        self, request: pb.ListTaskQueuesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListTaskQueuesResponse:
+        return await self._queues.list_queues(request, context)
 
     async def WatchTasks(
         self, request: pb.WatchTasksRequest, context: grpc.aio.ServicerContext

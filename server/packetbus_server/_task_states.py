@@ -9,7 +9,8 @@ from ._packet_service import stored_packet
 from ._task_store import TaskRecord
 from ._timestamps import timestamp
 
-_STATUS = {
+# Task statuses as the scripts write them (lib/tasks.lua), as the API names them.
+STATUSES = {
     "queued": pb.TASK_STATUS_QUEUED,
     "claimed": pb.TASK_STATUS_CLAIMED,
     "completed": pb.TASK_STATUS_COMPLETED,
@@ -18,7 +19,7 @@ _STATUS = {
 
 
 def task_state(queue: str, record: TaskRecord, now_ms: int) -> pb.TaskState:
-    status = _STATUS.get(record.text("st"), pb.TASK_STATUS_UNSPECIFIED)
+    status = STATUSES.get(record.text("st"), pb.TASK_STATUS_UNSPECIFIED)
     lease_end = record.number("lu")
     failures = record.number("fails")
     if status == pb.TASK_STATUS_CLAIMED and lease_end <= now_ms:
@@ -63,8 +64,8 @@ def task_event(entry: tuple[bytes, dict[bytes, bytes]]) -> pb.TaskEvent:
     ms = int(entry_id.split(b"-")[0])
     return pb.TaskEvent(
         task_id=f[b"id"].decode(),
-        old_status=_STATUS.get(f[b"o"].decode(), pb.TASK_STATUS_UNSPECIFIED),
-        new_status=_STATUS.get(f[b"n"].decode(), pb.TASK_STATUS_UNSPECIFIED),
+        old_status=STATUSES.get(f[b"o"].decode(), pb.TASK_STATUS_UNSPECIFIED),
+        new_status=STATUSES.get(f[b"n"].decode(), pb.TASK_STATUS_UNSPECIFIED),
         actor=f[b"a"].decode(),
         fencing_token=int(f[b"f"]),
         at=timestamp(ms),

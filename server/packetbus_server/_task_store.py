@@ -86,7 +86,18 @@ class TaskStore:
         self._retry_budget = retry_budget
         self._carcel_retention_ms = carcel_retention_ms
 
-    async def _retried(self, operation: Any) -> Any:
+    @property
+    def redis(self) -> RedisClient:
+        """The store's client (ListTaskQueues reads the queue index with it)."""
+        return self._redis
+
+    @property
+    def retry_budget(self) -> float:
+        """Seconds a read or write may take, retries included (ServerConfig)."""
+        return self._retry_budget
+
+    async def retried(self, operation: Any) -> Any:
+        """`operation` run with the store's retries (_retry.with_retries)."""
         return await with_retries(operation, budget_seconds=self._retry_budget)
 
     async def post(
@@ -126,7 +137,7 @@ class TaskStore:
             )
             return text(reply[0])
 
-        outcome: str = await self._retried(attempt)
+        outcome: str = await self.retried(attempt)
         if self._note_queues is not None:
             await self._note_queues([queue])
         return outcome
@@ -174,7 +185,7 @@ class TaskStore:
             record = TaskRecord(text(raw[b"rk"]).split(":", 2)[2], raw, []) if raw else None
             return Claimed(record, outcome == "again", tuple(text(t) for t in reply[2]))
 
-        claimed: Claimed | str = await self._retried(attempt)
+        claimed: Claimed | str = await self.retried(attempt)
         if isinstance(claimed, str) or claimed.record is None:
             return claimed
         record = claimed.record
@@ -205,7 +216,7 @@ class TaskStore:
         async def attempt() -> None:
             await self._redis.srem(_keys.task_carcel_hops(queue), *task_ids)
 
-        await self._retried(attempt)
+        await self.retried(attempt)
 
     async def get_many(self, queue: str, task_ids: Sequence[str]) -> list[TaskRecord | None]:
         async def attempt() -> list[dict[bytes, bytes]]:
@@ -214,7 +225,7 @@ class TaskStore:
                 pipe.hgetall(_keys.task(queue, task_id))
             return list(await pipe.execute())
 
-        found: list[dict[bytes, bytes]] = await self._retried(attempt)
+        found: list[dict[bytes, bytes]] = await self.retried(attempt)
         present = [f for f in found if f]
         hops = await self._hops.read(queue, [text(f[b"i"]) for f in present])
         by_hops = iter(hops)
@@ -249,7 +260,7 @@ class TaskStore:
                 ]
             return out[:count]
 
-        found: list[tuple[int, str]] = await self._retried(attempt)
+        found: list[tuple[int, str]] = await self.retried(attempt)
         return found
 
     async def results(
@@ -263,7 +274,7 @@ class TaskStore:
             )
             return [bytes(r) for r in raw]
 
-        found: list[bytes] = await self._retried(attempt)
+        found: list[bytes] = await self.retried(attempt)
         return found
 
     async def settle(
@@ -318,7 +329,7 @@ class TaskStore:
                 tuple(text(t) for t in reply[3]),
             )
 
-        settled: Settled = await self._retried(attempt)
+        settled: Settled = await self.retried(attempt)
         return settled
 
     async def events(self, queue: str, after: str, block_ms: int) -> tuple[str, list[Any]]:
@@ -343,7 +354,7 @@ class TaskStore:
             newest: Any = await self._redis.xrevrange(_keys.task_events(queue), count=1)
             return text(newest[0][0]) if newest else "0-0"
 
-        found: str = await self._retried(attempt)
+        found: str = await self.retried(attempt)
         return found
 
     async def events_lost_after(self, queue: str, cursor: str) -> bool:
@@ -364,7 +375,7 @@ class TaskStore:
                 return False
             return cursor_order(text(info["recorded-first-entry-id"])) > cursor_order(cursor)
 
-        lost: bool = await self._retried(attempt)
+        lost: bool = await self.retried(attempt)
         return lost
 
     async def held(self, queue: str, worker: str) -> list[tuple[str, int]]:
@@ -378,5 +389,5 @@ class TaskStore:
             )
             return [(text(reply[j]), int(reply[j + 1])) for j in range(0, len(reply), 2)]
 
-        found: list[tuple[str, int]] = await self._retried(attempt)
+        found: list[tuple[str, int]] = await self.retried(attempt)
         return found

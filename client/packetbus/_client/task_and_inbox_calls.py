@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, cast
 
-from packetbus.v1 import packet_pb2, packet_service_pb2
+from packetbus.v1 import packet_pb2, packet_service_pb2, task_service_pb2
 
 from .._inbox import INBOX_GROUP, Inbox, address_to, inbox_topic, reply_to
 from .._tasks import TaskQueue
@@ -28,6 +29,27 @@ class TaskAndInboxCalls(PacketCalls, ConsumerGroupCalls):
             self._call,
             lambda packet: fill_defaults(packet, self._config.identity),
         )
+
+    async def list_task_queues(
+        self, prefix: str = "", *, page_size: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[task_service_pb2.TaskQueueSummary]:
+        """The task queues (whose name starts with `prefix`, or all) in name order, each
+        with its tasks counted by status and priority (TaskQueueSummary); only those
+        the caller holds tasks.read on. Fetched `page_size` queues at a time (0: the
+        server's default, 100; at most 1000); `timeout` is per page."""
+        token = ""
+        while True:
+            request = task_service_pb2.ListTaskQueuesRequest(
+                prefix=prefix, page_size=page_size, page_token=token
+            )
+            response: task_service_pb2.ListTaskQueuesResponse = await self._call(
+                self._tasks.ListTaskQueues, request, timeout
+            )
+            for summary in response.queues:
+                yield summary
+            token = response.next_page_token
+            if not token:
+                return
 
     async def inbox(
         self,

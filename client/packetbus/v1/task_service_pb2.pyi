@@ -778,3 +778,131 @@ class WatchTasksResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchTasksResponse: _TypeAlias = WatchTasksResponse  # noqa: Y015
+
+@_typing.final
+class ListTaskQueuesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Most queues per page: 0 means the default (100); at most 1000."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the first page."""
+    prefix: _builtins.str
+    """Only queues whose name starts with this (case-sensitive); empty: all."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        prefix: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "prefix", b"prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTaskQueuesRequest: _TypeAlias = ListTaskQueuesRequest  # noqa: Y015
+
+@_typing.final
+class TaskCount(_message.Message):
+    """How many of a queue's tasks have one status and one priority."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    status: Global___TaskStatus.ValueType
+    """As TaskState.status shows it: a claim whose lease ran out counts as
+    QUEUED (or CARCELED on its last attempt).
+    """
+    priority: _builtins.int
+    tasks: _builtins.int
+    def __init__(
+        self,
+        *,
+        status: Global___TaskStatus.ValueType = ...,
+        priority: _builtins.int = ...,
+        tasks: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["priority", b"priority", "status", b"status", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskCount: _TypeAlias = TaskCount  # noqa: Y015
+
+@_typing.final
+class TaskQueueSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    UNCLASSIFIED_FIELD_NUMBER: _builtins.int
+    queue: _builtins.str
+    tasks: _builtins.int
+    """Tasks the queue holds (of every status)."""
+    unclassified: _builtins.int
+    """Tasks not counted in `counts`: the server classifies a queue's first
+    10,000 tasks (first posted first) per call.
+    """
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskCount]:
+        """By status and priority (ordered by status, then priority, highest first);
+        statuses and priorities with no task are left out.
+        """
+
+    def __init__(
+        self,
+        *,
+        queue: _builtins.str = ...,
+        tasks: _builtins.int = ...,
+        counts: _abc.Iterable[Global___TaskCount] | None = ...,
+        unclassified: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "queue", b"queue", "tasks", b"tasks", "unclassified", b"unclassified"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskQueueSummary: _TypeAlias = TaskQueueSummary  # noqa: Y015
+
+@_typing.final
+class ListTaskQueuesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INDEX_TRUNCATED_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Set when more remain (a full page, or the reply budget: see
+    Limits.max_response_bytes). Ask again with it as page_token, with the
+    same prefix, for the rest; empty when there is nothing more.
+    """
+    index_truncated: _builtins.bool
+    """True when the server's queue index names more queues than one call
+    reads (10,000, oldest noted first): those beyond were not looked at.
+    """
+    @_builtins.property
+    def queues(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskQueueSummary]: ...
+    def __init__(
+        self,
+        *,
+        queues: _abc.Iterable[Global___TaskQueueSummary] | None = ...,
+        next_page_token: _builtins.str = ...,
+        index_truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index_truncated", b"index_truncated", "next_page_token", b"next_page_token", "queues", b"queues"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTaskQueuesResponse: _TypeAlias = ListTaskQueuesResponse  # noqa: Y015

@@ -103,6 +103,11 @@ class TaskServiceStub:
                 request_serializer=packetbus_dot_v1_dot_task__service__pb2.WatchTasksRequest.SerializeToString,
                 response_deserializer=packetbus_dot_v1_dot_task__service__pb2.WatchTasksResponse.FromString,
                 _registered_method=True)
+        self.ListTaskQueues = channel.unary_unary(
+                '/packetbus.v1.TaskService/ListTaskQueues',
+                request_serializer=packetbus_dot_v1_dot_task__service__pb2.ListTaskQueuesRequest.SerializeToString,
+                response_deserializer=packetbus_dot_v1_dot_task__service__pb2.ListTaskQueuesResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -196,6 +201,16 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTaskQueues(self, request, context):
+        """The task queues (queues posted to within about twice the packet retention
+        whose tasks are still kept), in name order, each with its tasks counted by
+        status and priority. Needs tasks.read on each queue listed: queues the
+        caller may not read are left out, not refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +263,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.WatchTasks,
                     request_deserializer=packetbus_dot_v1_dot_task__service__pb2.WatchTasksRequest.FromString,
                     response_serializer=packetbus_dot_v1_dot_task__service__pb2.WatchTasksResponse.SerializeToString,
+            ),
+            'ListTaskQueues': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTaskQueues,
+                    request_deserializer=packetbus_dot_v1_dot_task__service__pb2.ListTaskQueuesRequest.FromString,
+                    response_serializer=packetbus_dot_v1_dot_task__service__pb2.ListTaskQueuesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -539,6 +559,33 @@ class TaskService:
             '/packetbus.v1.TaskService/WatchTasks',
             packetbus_dot_v1_dot_task__service__pb2.WatchTasksRequest.SerializeToString,
             packetbus_dot_v1_dot_task__service__pb2.WatchTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTaskQueues(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/packetbus.v1.TaskService/ListTaskQueues',
+            packetbus_dot_v1_dot_task__service__pb2.ListTaskQueuesRequest.SerializeToString,
+            packetbus_dot_v1_dot_task__service__pb2.ListTaskQueuesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -73,6 +73,12 @@ class TaskServiceStub:
     "packetbus-start-cursor", the cursor it delivers after: watch again after
     it when the stream ends UNAVAILABLE before its first event (as Subscribe).
     """
+    ListTaskQueues: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskQueuesRequest, _task_service_pb2.ListTaskQueuesResponse]
+    """The task queues (queues posted to within about twice the packet retention
+    whose tasks are still kept), in name order, each with its tasks counted by
+    status and priority. Needs tasks.read on each queue listed: queues the
+    caller may not read are left out, not refused.
+    """
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -118,6 +124,12 @@ class TaskServiceAsyncStub(TaskServiceStub):
     Opened without after_cursor, the response headers carry
     "packetbus-start-cursor", the cursor it delivers after: watch again after
     it when the stream ends UNAVAILABLE before its first event (as Subscribe).
+    """
+    ListTaskQueues: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskQueuesRequest, _task_service_pb2.ListTaskQueuesResponse]  # type: ignore[assignment]
+    """The task queues (queues posted to within about twice the packet retention
+    whose tasks are still kept), in name order, each with its tasks counted by
+    status and priority. Needs tasks.read on each queue listed: queues the
+    caller may not read are left out, not refused.
     """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -221,6 +233,18 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         Opened without after_cursor, the response headers carry
         "packetbus-start-cursor", the cursor it delivers after: watch again after
         it when the stream ends UNAVAILABLE before its first event (as Subscribe).
+        """
+
+    @_abc_1.abstractmethod
+    def ListTaskQueues(
+        self,
+        request: _task_service_pb2.ListTaskQueuesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.ListTaskQueuesResponse, _abc.Awaitable[_task_service_pb2.ListTaskQueuesResponse]]:
+        """The task queues (queues posted to within about twice the packet retention
+        whose tasks are still kept), in name order, each with its tasks counted by
+        status and priority. Needs tasks.read on each queue listed: queues the
+        caller may not read are left out, not refused.
         """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -31,6 +31,20 @@ export const PAGES = [
     ready: (page) => page.getByText(/^Updates: live\./),
   },
   {
+    path: "/queues",
+    link: "Task queues",
+    heading: "Task queues",
+    // The queue list's live stream is open.
+    ready: (page) => page.getByText(/^Updates: live\./),
+  },
+  {
+    path: "/findings",
+    link: "Findings",
+    heading: "Findings",
+    // The escalations' live stream is open.
+    ready: (page) => page.getByText(/^Updates: live\./),
+  },
+  {
     path: "/governance",
     link: "Governance",
     heading: "Governance",

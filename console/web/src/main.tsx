@@ -7,14 +7,18 @@ import type { Caller } from "./grants";
 import { AgentsPage } from "./pages/Agents";
 import { CarcelPage } from "./pages/Carcel";
 import { CustodyPage } from "./pages/Custody";
+import { FindingsPage } from "./pages/Findings";
 import { GovernancePage } from "./pages/Governance";
 import { SignInPage } from "./pages/SignIn";
 import { TopicsPage } from "./pages/Topics";
+import { TaskQueuesPage } from "./pages/TaskQueues";
 import "./style.css";
 
 const PAGES = [
   { path: "/agents", title: "Agents" },
   { path: "/topics", title: "Topics" },
+  { path: "/queues", title: "Task queues" },
+  { path: "/findings", title: "Findings" },
   { path: "/governance", title: "Governance" },
   { path: "/carcel", title: "Carcel" },
   { path: "/custody", title: "Custody" },
@@ -142,6 +146,10 @@ function App() {
           <AgentsPage />
         ) : page.path === "/topics" ? (
           <TopicsPage />
+        ) : page.path === "/queues" ? (
+          <TaskQueuesPage />
+        ) : page.path === "/findings" ? (
+          <FindingsPage />
         ) : page.path === "/governance" ? (
           <GovernancePage caller={caller} />
         ) : page.path === "/carcel" ? (

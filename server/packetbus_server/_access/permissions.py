@@ -34,7 +34,7 @@ class Permission(enum.StrEnum):
     GROUPS_READ = "groups.read"  # get, list consumer groups of [topic]
     TASKS_POST = "tasks.post"  # post tasks to [queue]
     TASKS_CLAIM = "tasks.claim"  # claim, heartbeat, release, complete, fail in [queue]
-    TASKS_READ = "tasks.read"  # get, list, watch tasks of [queue]
+    TASKS_READ = "tasks.read"  # get, list, watch tasks of [queue]; list [queue] among the queues
     FINDINGS_POST = "findings.post"  # post findings, escalate for [task id]
     FINDINGS_READ = "findings.read"  # get, list findings, conflicts, escalations of [task id]
     CONTEXT_READ = "context.read"  # get, list, watch contexts of [scope]
@@ -178,4 +178,6 @@ RULES: dict[str, Rule] = {
     _TASKS + "ListTasks": Rule(P.TASKS_READ, _field("queue")),
     _TASKS + "ListTaskResults": Rule(P.TASKS_READ, _field("queue")),
     _TASKS + "WatchTasks": Rule(P.TASKS_READ, _field("queue")),
+    # Filters: a queue the caller may not read is left out (_task_queues), not refused.
+    _TASKS + "ListTaskQueues": Rule(P.TASKS_READ, in_service=_IN_SERVICE),
 }

@@ -12,8 +12,8 @@ carcel classified. What lies beyond a bound is not read, and
 `packetbus_store_scrape_truncated{what}` is 1 for it (task queues beyond the
 bound: their tasks are not counted; tasks and carcel entries beyond theirs are
 counted under status / reason "unclassified"). Groups, queues and carcels are
-found from the topic and queue indexes (store_indexes: the rule that keeps them
-whole is there), at most `Bounds.names` names of each, so a scrape costs commands
+found from the topic and queue indexes (store_indexes; the rule that keeps them
+whole, which ListTopics and ListTaskQueues share, is in .._name_index), at most `Bounds.names` names of each, so a scrape costs commands
 in proportion to the topics, queues, groups, carcels and agents it reads, whatever
 the number of packets stored; beyond `names`, the groups, carcels (topics) and
 queues (queues) left unread are reported truncated.
@@ -36,7 +36,7 @@ from redis.cluster import RedisCluster
 
 from .. import _keys
 from .._agent_states import is_live
-from .._replies import text
+from .._replies import pairs, text
 from .store_indexes import QUEUE_KEYS, TOPIC_KEYS, existing, indexed_names, tag
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ def _script(name: str) -> str:
     return resources.files("packetbus_server").joinpath("scripts", f"{name}.lua").read_text()
 
 
-_QUEUE_SCRIPT = _script("metrics_queue")
+# Shared with ListTaskQueues (_task_queues), which passes the clock as well.
+_QUEUE_SCRIPT = _script("queue_counts")
 _CARCEL_SCRIPT = _script("metrics_carcel")
 
 
@@ -204,7 +205,7 @@ class StoreCollector(Collector):
         for key in keys[: self.bounds.queues]:
             queue = tag(key, ":tasks")
             reply = r.eval(_QUEUE_SCRIPT, 1, key, _keys.queue_prefix(queue), most)
-            total, counts = int(reply[0]), _pairs(reply[1:])
+            total, counts = int(reply[0]), pairs(reply[1:])
             for status in _TASK_STATUSES:
                 families["tasks"].add_metric([queue, status], counts.pop(status, 0))
             if total > most:
@@ -224,7 +225,7 @@ class StoreCollector(Collector):
         cut = len(keys) > self.bounds.carcels
         for key in keys[: self.bounds.carcels]:
             reply = r.eval(_CARCEL_SCRIPT, 1, key, most)
-            total, counts = int(reply[0]), _pairs(reply[1:])
+            total, counts = int(reply[0]), pairs(reply[1:])
             for cause, n in counts.items():
                 reason = _CARCEL_REASONS.get(cause, "other")
                 by_reason[reason] = by_reason.get(reason, 0) + n
@@ -267,10 +268,6 @@ class StoreCollector(Collector):
         else:
             used = int(r.info("memory")["used_memory"])
         families["memory"].add_metric([store], used)
-
-
-def _pairs(flat: list[Any]) -> dict[str, int]:
-    return {text(flat[j]): int(flat[j + 1]) for j in range(0, len(flat), 2)}
 
 
 _UP = (

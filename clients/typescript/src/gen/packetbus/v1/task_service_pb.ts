@@ -16,7 +16,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file packetbus/v1/task_service.proto.
  */
 export const file_packetbus_v1_task_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9wYWNrZXRidXMvdjEvdGFza19zZXJ2aWNlLnByb3RvEgxwYWNrZXRidXMudjEipAMKCVRhc2tTdGF0ZRINCgVxdWV1ZRgBIAEoCRIPCgd0YXNrX2lkGAIgASgJEigKBnN0YXR1cxgDIAEoDjIYLnBhY2tldGJ1cy52MS5UYXNrU3RhdHVzEhAKCHByaW9yaXR5GAQgASgFEhsKE3JlcXVpcmVkX2NhcGFiaWxpdHkYBSABKAkSDgoGY2xhaW1zGAYgASgNEhAKCGZhaWx1cmVzGAcgASgNEhQKDG1heF9hdHRlbXB0cxgIIAEoDRIOCgZ3b3JrZXIYCSABKAkSFQoNZmVuY2luZ190b2tlbhgKIAEoBBI0ChBsZWFzZV9leHBpcmVzX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglwb3N0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBnBhY2tldBgOIAEoCzIaLnBhY2tldGJ1cy52MS5TdG9yZWRQYWNrZXQiTQoPUG9zdFRhc2tSZXF1ZXN0EiQKBnBhY2tldBgBIAEoCzIULnBhY2tldGJ1cy52MS5QYWNrZXQSFAoMbWF4X2F0dGVtcHRzGAIgASgNIkoKEFBvc3RUYXNrUmVzcG9uc2USJQoEdGFzaxgBIAEoCzIXLnBhY2tldGJ1cy52MS5UYXNrU3RhdGUSDwoHY3JlYXRlZBgCIAEoCCJyChBDbGFpbVRhc2tSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEg4KBndvcmtlchgCIAEoCRIUCgxjYXBhYmlsaXRpZXMYAyADKAkSFQoNbGVhc2Vfc2Vjb25kcxgEIAEoDRISCgpyZXF1ZXN0X2lkGAUgASgJIjoKEUNsYWltVGFza1Jlc3BvbnNlEiUKBHRhc2sYASABKAsyFy5wYWNrZXRidXMudjEuVGFza1N0YXRlImQKFEhlYXJ0YmVhdFRhc2tSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEg8KB3Rhc2tfaWQYAiABKAkSFQoNZmVuY2luZ190b2tlbhgDIAEoBBIVCg1sZWFzZV9zZWNvbmRzGAQgASgNIk0KFUhlYXJ0YmVhdFRhc2tSZXNwb25zZRI0ChBsZWFzZV9leHBpcmVzX2F0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJbChJSZWxlYXNlVGFza1JlcXVlc3QSDQoFcXVldWUYASABKAkSDwoHdGFza19pZBgCIAEoCRIVCg1mZW5jaW5nX3Rva2VuGAMgASgEEg4KBnJlYXNvbhgEIAEoCSIVChNSZWxlYXNlVGFza1Jlc3BvbnNlIoYBChNDb21wbGV0ZVRhc2tSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEg8KB3Rhc2tfaWQYAiABKAkSFQoNZmVuY2luZ190b2tlbhgDIAEoBBInCgZyZXN1bHQYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg8KB3N1bW1hcnkYBSABKAkiFgoUQ29tcGxldGVUYXNrUmVzcG9uc2UiVwoPRmFpbFRhc2tSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEg8KB3Rhc2tfaWQYAiABKAkSFQoNZmVuY2luZ190b2tlbhgDIAEoBBINCgVlcnJvchgEIAEoCSJPChBGYWlsVGFza1Jlc3BvbnNlEigKBnN0YXR1cxgBIAEoDjIYLnBhY2tldGJ1cy52MS5UYXNrU3RhdHVzEhEKCWNhcmNlbF9pZBgCIAEoCSIwCg5HZXRUYXNrUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIPCgd0YXNrX2lkGAIgASgJIjgKD0dldFRhc2tSZXNwb25zZRIlCgR0YXNrGAEgASgLMhcucGFja2V0YnVzLnYxLlRhc2tTdGF0ZSJfChBMaXN0VGFza3NSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEigKBnN0YXR1cxgCIAEoDjIYLnBhY2tldGJ1cy52MS5UYXNrU3RhdHVzEhIKCnBhZ2VfdG9rZW4YAyABKAkiVAoRTGlzdFRhc2tzUmVzcG9uc2USJgoFdGFza3MYASADKAsyFy5wYWNrZXRidXMudjEuVGFza1N0YXRlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSK3AQoKVGFza1Jlc3VsdBIOCgZ3b3JrZXIYASABKAkSFQoNZmVuY2luZ190b2tlbhgCIAEoBBIRCgljb21wbGV0ZWQYAyABKAgSJwoGcmVzdWx0GAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIPCgdzdW1tYXJ5GAUgASgJEg0KBWVycm9yGAYgASgJEiYKAmF0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJMChZMaXN0VGFza1Jlc3VsdHNSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEg8KB3Rhc2tfaWQYAiABKAkSEgoKcGFnZV90b2tlbhgDIAEoCSJdChdMaXN0VGFza1Jlc3VsdHNSZXNwb25zZRIpCgdyZXN1bHRzGAEgAygLMhgucGFja2V0YnVzLnYxLlRhc2tSZXN1bHQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjgKEVdhdGNoVGFza3NSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEhQKDGFmdGVyX2N1cnNvchgCIAEoCSLmAQoJVGFza0V2ZW50Eg8KB3Rhc2tfaWQYASABKAkSLAoKb2xkX3N0YXR1cxgCIAEoDjIYLnBhY2tldGJ1cy52MS5UYXNrU3RhdHVzEiwKCm5ld19zdGF0dXMYAyABKA4yGC5wYWNrZXRidXMudjEuVGFza1N0YXR1cxINCgVhY3RvchgEIAEoCRIVCg1mZW5jaW5nX3Rva2VuGAUgASgEEiYKAmF0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YByABKAkSDgoGY3Vyc29yGAggASgJIlIKEldhdGNoVGFza3NSZXNwb25zZRInCgZldmVudHMYASADKAsyFy5wYWNrZXRidXMudjEuVGFza0V2ZW50EhMKC2V2ZW50c19sb3N0GAIgASgIKo8BCgpUYXNrU3RhdHVzEhsKF1RBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSVEFTS19TVEFUVVNfUVVFVUVEEAESFwoTVEFTS19TVEFUVVNfQ0xBSU1FRBACEhkKFVRBU0tfU1RBVFVTX0NPTVBMRVRFRBADEhgKFFRBU0tfU1RBVFVTX0NBUkNFTEVEEAQy0wYKC1Rhc2tTZXJ2aWNlEkkKCFBvc3RUYXNrEh0ucGFja2V0YnVzLnYxLlBvc3RUYXNrUmVxdWVzdBoeLnBhY2tldGJ1cy52MS5Qb3N0VGFza1Jlc3BvbnNlEkwKCUNsYWltVGFzaxIeLnBhY2tldGJ1cy52MS5DbGFpbVRhc2tSZXF1ZXN0Gh8ucGFja2V0YnVzLnYxLkNsYWltVGFza1Jlc3BvbnNlElgKDUhlYXJ0YmVhdFRhc2sSIi5wYWNrZXRidXMudjEuSGVhcnRiZWF0VGFza1JlcXVlc3QaIy5wYWNrZXRidXMudjEuSGVhcnRiZWF0VGFza1Jlc3BvbnNlElIKC1JlbGVhc2VUYXNrEiAucGFja2V0YnVzLnYxLlJlbGVhc2VUYXNrUmVxdWVzdBohLnBhY2tldGJ1cy52MS5SZWxlYXNlVGFza1Jlc3BvbnNlElUKDENvbXBsZXRlVGFzaxIhLnBhY2tldGJ1cy52MS5Db21wbGV0ZVRhc2tSZXF1ZXN0GiIucGFja2V0YnVzLnYxLkNvbXBsZXRlVGFza1Jlc3BvbnNlEkkKCEZhaWxUYXNrEh0ucGFja2V0YnVzLnYxLkZhaWxUYXNrUmVxdWVzdBoeLnBhY2tldGJ1cy52MS5GYWlsVGFza1Jlc3BvbnNlEksKB0dldFRhc2sSHC5wYWNrZXRidXMudjEuR2V0VGFza1JlcXVlc3QaHS5wYWNrZXRidXMudjEuR2V0VGFza1Jlc3BvbnNlIgOQAgESUQoJTGlzdFRhc2tzEh4ucGFja2V0YnVzLnYxLkxpc3RUYXNrc1JlcXVlc3QaHy5wYWNrZXRidXMudjEuTGlzdFRhc2tzUmVzcG9uc2UiA5ACARJjCg9MaXN0VGFza1Jlc3VsdHMSJC5wYWNrZXRidXMudjEuTGlzdFRhc2tSZXN1bHRzUmVxdWVzdBolLnBhY2tldGJ1cy52MS5MaXN0VGFza1Jlc3VsdHNSZXNwb25zZSIDkAIBElYKCldhdGNoVGFza3MSHy5wYWNrZXRidXMudjEuV2F0Y2hUYXNrc1JlcXVlc3QaIC5wYWNrZXRidXMudjEuV2F0Y2hUYXNrc1Jlc3BvbnNlIgOQAgEwAWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_packetbus_v1_packet, file_packetbus_v1_packet_service]);
+  fileDesc("Ch9wYWNrZXRidXMvdjEvdGFza19zZXJ2aWNlLnByb3RvEgxwYWNrZXRidXMudjEipAMKCVRhc2tTdGF0ZRINCgVxdWV1ZRgBIAEoCRIPCgd0YXNrX2lkGAIgASgJEigKBnN0YXR1cxgDIAEoDjIYLnBhY2tldGJ1cy52MS5UYXNrU3RhdHVzEhAKCHByaW9yaXR5GAQgASgFEhsKE3JlcXVpcmVkX2NhcGFiaWxpdHkYBSABKAkSDgoGY2xhaW1zGAYgASgNEhAKCGZhaWx1cmVzGAcgASgNEhQKDG1heF9hdHRlbXB0cxgIIAEoDRIOCgZ3b3JrZXIYCSABKAkSFQoNZmVuY2luZ190b2tlbhgKIAEoBBI0ChBsZWFzZV9leHBpcmVzX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglwb3N0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBnBhY2tldBgOIAEoCzIaLnBhY2tldGJ1cy52MS5TdG9yZWRQYWNrZXQiTQoPUG9zdFRhc2tSZXF1ZXN0EiQKBnBhY2tldBgBIAEoCzIULnBhY2tldGJ1cy52MS5QYWNrZXQSFAoMbWF4X2F0dGVtcHRzGAIgASgNIkoKEFBvc3RUYXNrUmVzcG9uc2USJQoEdGFzaxgBIAEoCzIXLnBhY2tldGJ1cy52MS5UYXNrU3RhdGUSDwoHY3JlYXRlZBgCIAEoCCJyChBDbGFpbVRhc2tSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEg4KBndvcmtlchgCIAEoCRIUCgxjYXBhYmlsaXRpZXMYAyADKAkSFQoNbGVhc2Vfc2Vjb25kcxgEIAEoDRISCgpyZXF1ZXN0X2lkGAUgASgJIjoKEUNsYWltVGFza1Jlc3BvbnNlEiUKBHRhc2sYASABKAsyFy5wYWNrZXRidXMudjEuVGFza1N0YXRlImQKFEhlYXJ0YmVhdFRhc2tSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEg8KB3Rhc2tfaWQYAiABKAkSFQoNZmVuY2luZ190b2tlbhgDIAEoBBIVCg1sZWFzZV9zZWNvbmRzGAQgASgNIk0KFUhlYXJ0YmVhdFRhc2tSZXNwb25zZRI0ChBsZWFzZV9leHBpcmVzX2F0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJbChJSZWxlYXNlVGFza1JlcXVlc3QSDQoFcXVldWUYASABKAkSDwoHdGFza19pZBgCIAEoCRIVCg1mZW5jaW5nX3Rva2VuGAMgASgEEg4KBnJlYXNvbhgEIAEoCSIVChNSZWxlYXNlVGFza1Jlc3BvbnNlIoYBChNDb21wbGV0ZVRhc2tSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEg8KB3Rhc2tfaWQYAiABKAkSFQoNZmVuY2luZ190b2tlbhgDIAEoBBInCgZyZXN1bHQYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg8KB3N1bW1hcnkYBSABKAkiFgoUQ29tcGxldGVUYXNrUmVzcG9uc2UiVwoPRmFpbFRhc2tSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEg8KB3Rhc2tfaWQYAiABKAkSFQoNZmVuY2luZ190b2tlbhgDIAEoBBINCgVlcnJvchgEIAEoCSJPChBGYWlsVGFza1Jlc3BvbnNlEigKBnN0YXR1cxgBIAEoDjIYLnBhY2tldGJ1cy52MS5UYXNrU3RhdHVzEhEKCWNhcmNlbF9pZBgCIAEoCSIwCg5HZXRUYXNrUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIPCgd0YXNrX2lkGAIgASgJIjgKD0dldFRhc2tSZXNwb25zZRIlCgR0YXNrGAEgASgLMhcucGFja2V0YnVzLnYxLlRhc2tTdGF0ZSJfChBMaXN0VGFza3NSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEigKBnN0YXR1cxgCIAEoDjIYLnBhY2tldGJ1cy52MS5UYXNrU3RhdHVzEhIKCnBhZ2VfdG9rZW4YAyABKAkiVAoRTGlzdFRhc2tzUmVzcG9uc2USJgoFdGFza3MYASADKAsyFy5wYWNrZXRidXMudjEuVGFza1N0YXRlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSK3AQoKVGFza1Jlc3VsdBIOCgZ3b3JrZXIYASABKAkSFQoNZmVuY2luZ190b2tlbhgCIAEoBBIRCgljb21wbGV0ZWQYAyABKAgSJwoGcmVzdWx0GAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIPCgdzdW1tYXJ5GAUgASgJEg0KBWVycm9yGAYgASgJEiYKAmF0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJMChZMaXN0VGFza1Jlc3VsdHNSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEg8KB3Rhc2tfaWQYAiABKAkSEgoKcGFnZV90b2tlbhgDIAEoCSJdChdMaXN0VGFza1Jlc3VsdHNSZXNwb25zZRIpCgdyZXN1bHRzGAEgAygLMhgucGFja2V0YnVzLnYxLlRhc2tSZXN1bHQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjgKEVdhdGNoVGFza3NSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEhQKDGFmdGVyX2N1cnNvchgCIAEoCSLmAQoJVGFza0V2ZW50Eg8KB3Rhc2tfaWQYASABKAkSLAoKb2xkX3N0YXR1cxgCIAEoDjIYLnBhY2tldGJ1cy52MS5UYXNrU3RhdHVzEiwKCm5ld19zdGF0dXMYAyABKA4yGC5wYWNrZXRidXMudjEuVGFza1N0YXR1cxINCgVhY3RvchgEIAEoCRIVCg1mZW5jaW5nX3Rva2VuGAUgASgEEiYKAmF0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YByABKAkSDgoGY3Vyc29yGAggASgJIlIKEldhdGNoVGFza3NSZXNwb25zZRInCgZldmVudHMYASADKAsyFy5wYWNrZXRidXMudjEuVGFza0V2ZW50EhMKC2V2ZW50c19sb3N0GAIgASgIIk4KFUxpc3RUYXNrUXVldWVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZwcmVmaXgYAyABKAkiVgoJVGFza0NvdW50EigKBnN0YXR1cxgBIAEoDjIYLnBhY2tldGJ1cy52MS5UYXNrU3RhdHVzEhAKCHByaW9yaXR5GAIgASgFEg0KBXRhc2tzGAMgASgNIm8KEFRhc2tRdWV1ZVN1bW1hcnkSDQoFcXVldWUYASABKAkSDQoFdGFza3MYAiABKA0SJwoGY291bnRzGAMgAygLMhcucGFja2V0YnVzLnYxLlRhc2tDb3VudBIUCgx1bmNsYXNzaWZpZWQYBCABKA0iegoWTGlzdFRhc2tRdWV1ZXNSZXNwb25zZRIuCgZxdWV1ZXMYASADKAsyHi5wYWNrZXRidXMudjEuVGFza1F1ZXVlU3VtbWFyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSFwoPaW5kZXhfdHJ1bmNhdGVkGAMgASgIKo8BCgpUYXNrU3RhdHVzEhsKF1RBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSVEFTS19TVEFUVVNfUVVFVUVEEAESFwoTVEFTS19TVEFUVVNfQ0xBSU1FRBACEhkKFVRBU0tfU1RBVFVTX0NPTVBMRVRFRBADEhgKFFRBU0tfU1RBVFVTX0NBUkNFTEVEEAQytQcKC1Rhc2tTZXJ2aWNlEkkKCFBvc3RUYXNrEh0ucGFja2V0YnVzLnYxLlBvc3RUYXNrUmVxdWVzdBoeLnBhY2tldGJ1cy52MS5Qb3N0VGFza1Jlc3BvbnNlEkwKCUNsYWltVGFzaxIeLnBhY2tldGJ1cy52MS5DbGFpbVRhc2tSZXF1ZXN0Gh8ucGFja2V0YnVzLnYxLkNsYWltVGFza1Jlc3BvbnNlElgKDUhlYXJ0YmVhdFRhc2sSIi5wYWNrZXRidXMudjEuSGVhcnRiZWF0VGFza1JlcXVlc3QaIy5wYWNrZXRidXMudjEuSGVhcnRiZWF0VGFza1Jlc3BvbnNlElIKC1JlbGVhc2VUYXNrEiAucGFja2V0YnVzLnYxLlJlbGVhc2VUYXNrUmVxdWVzdBohLnBhY2tldGJ1cy52MS5SZWxlYXNlVGFza1Jlc3BvbnNlElUKDENvbXBsZXRlVGFzaxIhLnBhY2tldGJ1cy52MS5Db21wbGV0ZVRhc2tSZXF1ZXN0GiIucGFja2V0YnVzLnYxLkNvbXBsZXRlVGFza1Jlc3BvbnNlEkkKCEZhaWxUYXNrEh0ucGFja2V0YnVzLnYxLkZhaWxUYXNrUmVxdWVzdBoeLnBhY2tldGJ1cy52MS5GYWlsVGFza1Jlc3BvbnNlEksKB0dldFRhc2sSHC5wYWNrZXRidXMudjEuR2V0VGFza1JlcXVlc3QaHS5wYWNrZXRidXMudjEuR2V0VGFza1Jlc3BvbnNlIgOQAgESUQoJTGlzdFRhc2tzEh4ucGFja2V0YnVzLnYxLkxpc3RUYXNrc1JlcXVlc3QaHy5wYWNrZXRidXMudjEuTGlzdFRhc2tzUmVzcG9uc2UiA5ACARJjCg9MaXN0VGFza1Jlc3VsdHMSJC5wYWNrZXRidXMudjEuTGlzdFRhc2tSZXN1bHRzUmVxdWVzdBolLnBhY2tldGJ1cy52MS5MaXN0VGFza1Jlc3VsdHNSZXNwb25zZSIDkAIBElYKCldhdGNoVGFza3MSHy5wYWNrZXRidXMudjEuV2F0Y2hUYXNrc1JlcXVlc3QaIC5wYWNrZXRidXMudjEuV2F0Y2hUYXNrc1Jlc3BvbnNlIgOQAgEwARJgCg5MaXN0VGFza1F1ZXVlcxIjLnBhY2tldGJ1cy52MS5MaXN0VGFza1F1ZXVlc1JlcXVlc3QaJC5wYWNrZXRidXMudjEuTGlzdFRhc2tRdWV1ZXNSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_packetbus_v1_packet, file_packetbus_v1_packet_service]);
 
 /**
  * @generated from message packetbus.v1.TaskState
@@ -810,6 +810,145 @@ export const WatchTasksResponseSchema: GenMessage<WatchTasksResponse> = /*@__PUR
   messageDesc(file_packetbus_v1_task_service, 22);
 
 /**
+ * @generated from message packetbus.v1.ListTaskQueuesRequest
+ */
+export type ListTaskQueuesRequest = Message<"packetbus.v1.ListTaskQueuesRequest"> & {
+  /**
+   * Most queues per page: 0 means the default (100); at most 1000.
+   *
+   * @generated from field: uint32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response's next_page_token; empty for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Only queues whose name starts with this (case-sensitive); empty: all.
+   *
+   * @generated from field: string prefix = 3;
+   */
+  prefix: string;
+};
+
+/**
+ * Describes the message packetbus.v1.ListTaskQueuesRequest.
+ * Use `create(ListTaskQueuesRequestSchema)` to create a new message.
+ */
+export const ListTaskQueuesRequestSchema: GenMessage<ListTaskQueuesRequest> = /*@__PURE__*/
+  messageDesc(file_packetbus_v1_task_service, 23);
+
+/**
+ * How many of a queue's tasks have one status and one priority.
+ *
+ * @generated from message packetbus.v1.TaskCount
+ */
+export type TaskCount = Message<"packetbus.v1.TaskCount"> & {
+  /**
+   * As TaskState.status shows it: a claim whose lease ran out counts as
+   * QUEUED (or CARCELED on its last attempt).
+   *
+   * @generated from field: packetbus.v1.TaskStatus status = 1;
+   */
+  status: TaskStatus;
+
+  /**
+   * @generated from field: int32 priority = 2;
+   */
+  priority: number;
+
+  /**
+   * @generated from field: uint32 tasks = 3;
+   */
+  tasks: number;
+};
+
+/**
+ * Describes the message packetbus.v1.TaskCount.
+ * Use `create(TaskCountSchema)` to create a new message.
+ */
+export const TaskCountSchema: GenMessage<TaskCount> = /*@__PURE__*/
+  messageDesc(file_packetbus_v1_task_service, 24);
+
+/**
+ * @generated from message packetbus.v1.TaskQueueSummary
+ */
+export type TaskQueueSummary = Message<"packetbus.v1.TaskQueueSummary"> & {
+  /**
+   * @generated from field: string queue = 1;
+   */
+  queue: string;
+
+  /**
+   * Tasks the queue holds (of every status).
+   *
+   * @generated from field: uint32 tasks = 2;
+   */
+  tasks: number;
+
+  /**
+   * By status and priority (ordered by status, then priority, highest first);
+   * statuses and priorities with no task are left out.
+   *
+   * @generated from field: repeated packetbus.v1.TaskCount counts = 3;
+   */
+  counts: TaskCount[];
+
+  /**
+   * Tasks not counted in `counts`: the server classifies a queue's first
+   * 10,000 tasks (first posted first) per call.
+   *
+   * @generated from field: uint32 unclassified = 4;
+   */
+  unclassified: number;
+};
+
+/**
+ * Describes the message packetbus.v1.TaskQueueSummary.
+ * Use `create(TaskQueueSummarySchema)` to create a new message.
+ */
+export const TaskQueueSummarySchema: GenMessage<TaskQueueSummary> = /*@__PURE__*/
+  messageDesc(file_packetbus_v1_task_service, 25);
+
+/**
+ * @generated from message packetbus.v1.ListTaskQueuesResponse
+ */
+export type ListTaskQueuesResponse = Message<"packetbus.v1.ListTaskQueuesResponse"> & {
+  /**
+   * @generated from field: repeated packetbus.v1.TaskQueueSummary queues = 1;
+   */
+  queues: TaskQueueSummary[];
+
+  /**
+   * Set when more remain (a full page, or the reply budget: see
+   * Limits.max_response_bytes). Ask again with it as page_token, with the
+   * same prefix, for the rest; empty when there is nothing more.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+
+  /**
+   * True when the server's queue index names more queues than one call
+   * reads (10,000, oldest noted first): those beyond were not looked at.
+   *
+   * @generated from field: bool index_truncated = 3;
+   */
+  indexTruncated: boolean;
+};
+
+/**
+ * Describes the message packetbus.v1.ListTaskQueuesResponse.
+ * Use `create(ListTaskQueuesResponseSchema)` to create a new message.
+ */
+export const ListTaskQueuesResponseSchema: GenMessage<ListTaskQueuesResponse> = /*@__PURE__*/
+  messageDesc(file_packetbus_v1_task_service, 26);
+
+/**
  * @generated from enum packetbus.v1.TaskStatus
  */
 export enum TaskStatus {
@@ -967,6 +1106,19 @@ export const TaskService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchTasksRequestSchema;
     output: typeof WatchTasksResponseSchema;
+  },
+  /**
+   * The task queues (queues posted to within about twice the packet retention
+   * whose tasks are still kept), in name order, each with its tasks counted by
+   * status and priority. Needs tasks.read on each queue listed: queues the
+   * caller may not read are left out, not refused.
+   *
+   * @generated from rpc packetbus.v1.TaskService.ListTaskQueues
+   */
+  listTaskQueues: {
+    methodKind: "unary";
+    input: typeof ListTaskQueuesRequestSchema;
+    output: typeof ListTaskQueuesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_packetbus_v1_task_service, 0);

@@ -1,0 +1,132 @@
+"""TaskService.ListTaskQueues: the task queues, each with its tasks counted by status
+and priority, paged in name order.
+
+Queues are found from the queue index (_keys.QUEUES, read as ListTopics reads the
+topic index: _name_index), the first `MAX_INDEXED` names in name order per call (beyond
+them: `index_truncated`); a name whose task index is gone
+(its tasks expired) is left out. Each queue on a page is counted by one read-only
+script in the queue's own hash slot (scripts/queue_counts.lua, shared with /metrics),
+classifying at most `MAX_COUNTED` tasks, so a call costs commands in proportion to
+the queues on its page and their tasks, not to the packets stored, and runs
+unchanged on a Redis Cluster.
+
+Authorization: the rule (permissions.RULES) is checked here, per queue: a queue the
+caller holds no tasks.read on is left out, as if absent (a caller with no such grant
+gets an empty list, not a refusal). A page token is "the last queue name returned",
+sealed with the prefix (_page_tokens).
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from packetbus.v1 import task_service_pb2 as pb
+
+from . import _keys, _scripts, _status
+from ._access import Permission, allows
+from ._clock import StoreClock
+from ._limits import Limits
+from ._name_index import QUEUE_KEYS, existing, indexed_names
+from ._packet_service import storage_errors
+from ._packing import ITEM_OVERHEAD, message_size
+from ._page_tokens import seal, unseal
+from ._paging import DEFAULT_PAGE, MAX_PAGE
+from ._replies import pairs
+from ._task_states import STATUSES
+from ._task_store import TaskStore
+from ._validation import Violation
+
+# Names read from the queue index per call (as /metrics reads per scrape).
+MAX_INDEXED = 10_000
+# Tasks classified per queue (the oldest first); the rest are `unclassified`.
+MAX_COUNTED = 10_000
+
+# Counts are listed in this order of status (then priority, highest first).
+_ORDER = {name: i for i, name in enumerate(STATUSES)}
+
+
+class TaskQueues:
+    """ListTaskQueues' body; TaskService delegates here."""
+
+    def __init__(self, store: TaskStore, limits: Limits, *, clock: StoreClock) -> None:
+        self._store = store
+        self._limits = limits
+        self._clock = clock
+
+    async def list_queues(
+        self, request: pb.ListTaskQueuesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListTaskQueuesResponse:
+        violations: list[Violation] = []
+        size = request.page_size or DEFAULT_PAGE
+        if size > MAX_PAGE:
+            violations.append(Violation("page_size", "RANGE", f"must be at most {MAX_PAGE}"))
+        if len(request.prefix.encode()) > self._limits.max_topic_length:
+            violations.append(
+                Violation(
+                    "prefix",
+                    "LENGTH",
+                    f"must be at most {self._limits.max_topic_length} bytes (a queue name's limit)",
+                )
+            )
+        scope = (request.prefix,)
+        after = unseal(violations, "task_queues", scope, request.page_token)
+        if violations:
+            await _status.abort_invalid(context, "invalid listing", violations)
+        redis = self._store.redis
+        async with storage_errors(context):
+            indexed = await indexed_names(
+                redis, _keys.QUEUES, QUEUE_KEYS, budget_seconds=self._store.retry_budget
+            )
+            names, truncated = indexed[:MAX_INDEXED], len(indexed) > MAX_INDEXED
+            candidates = sorted(
+                n
+                for n in names
+                if n.startswith(request.prefix) and n > after and allows(Permission.TASKS_READ, n)
+            )
+            response = pb.ListTaskQueuesResponse(index_truncated=truncated)
+            budget, total = self._limits.reply_budget_bytes, 0
+            for start in range(0, len(candidates), size):
+                chunk = candidates[start : start + size]
+                keys = [_keys.task_index(q) for q in chunk]
+                kept = set(await self._store.retried(lambda keys=keys: existing(redis, keys)))
+                for index, queue in enumerate(chunk, start):
+                    if _keys.task_index(queue) not in kept:
+                        continue
+                    summary = await self._summary(queue)
+                    total += message_size(summary) + ITEM_OVERHEAD
+                    if response.queues and total > budget:
+                        return self._page(response, scope)
+                    response.queues.append(summary)
+                    if len(response.queues) == size:
+                        # More may remain: those after this one (a last page may be
+                        # empty when none of them is still there).
+                        more = index + 1 < len(candidates)
+                        return self._page(response, scope) if more else response
+        return response
+
+    @staticmethod
+    def _page(response: pb.ListTaskQueuesResponse, scope: tuple[str]) -> pb.ListTaskQueuesResponse:
+        response.next_page_token = seal("task_queues", scope, response.queues[-1].queue)
+        return response
+
+    async def _summary(self, queue: str) -> pb.TaskQueueSummary:
+        async def attempt() -> list[object]:
+            reply: list[object] = await _scripts.QUEUE_COUNTS.run(
+                self._store.redis,
+                [_keys.task_index(queue)],
+                [_keys.queue_prefix(queue), MAX_COUNTED, self._clock.now_ms()],
+            )
+            return reply
+
+        reply = await self._store.retried(attempt)
+        tasks = int(str(reply[0]))
+        counted: list[tuple[str, int, int]] = []
+        for key, n in pairs(reply[1:]).items():
+            name, _, priority = key.partition(" ")
+            counted.append((name, int(priority or 0), n))
+        counted.sort(key=lambda c: (_ORDER.get(c[0], len(_ORDER)), -c[1]))
+        summary = pb.TaskQueueSummary(queue=queue, tasks=tasks)
+        for name, rank, n in counted:
+            summary.counts.add(status=STATUSES.get(name, 0), priority=rank, tasks=n)
+        summary.unclassified = max(0, tasks - sum(c.tasks for c in summary.counts))
+        return summary
