@@ -3,8 +3,9 @@
 `Console` holds the shared packetbus connection (opened without a token), the
 client for requests without a session (`default`: the console's own connection
 settings, its own token if it has one), the approver identity that signs
-approvals and denials (``--agent-key``), and the sessions. `build_app` makes the
-Starlette app serving the routes of `api`, `custody` and `events`, and the
+approvals and denials (``--agent-key``), the sessions, and the Overview's metrics
+scraper (``--metrics-url``, `overview`; None without it). `build_app` makes the
+Starlette app serving the routes of `api`, `custody`, `events` and `overview`, and the
 browser front end (`frontend`).
 
 Every route runs through `Console.route`: a state-changing request (POST, DELETE)
@@ -30,6 +31,7 @@ from packetbus import AgentIdentity, Client, PacketbusError
 
 from .errors import ApiError, error_response, from_packetbus
 from .live import LiveViews
+from .overview import Overview
 from .sessions import COOKIE, Sessions
 
 CSRF_HEADER = "X-Packetbus-Console"
@@ -41,7 +43,8 @@ Handler = Callable[[Request, Client], Awaitable[Response]]
 
 class Console:
     """What the routes share (see the module docstring). `secure`: the console
-    serves HTTPS (its session cookie is then ``Secure``)."""
+    serves HTTPS (its session cookie is then ``Secure``); `overview`: the metrics
+    scraper (None: the console was started without --metrics-url)."""
 
     def __init__(
         self,
@@ -50,6 +53,7 @@ class Console:
         *,
         approver: AgentIdentity | None = None,
         secure: bool = False,
+        overview: Overview | None = None,
     ) -> None:
         self.base = base
         self.default = default or base
@@ -57,6 +61,10 @@ class Console:
         self.secure = secure
         self.sessions = Sessions()
         self.live = LiveViews()
+        self.overview = overview
+        # The server authenticated nobody at its last answer (None: not asked yet): who
+        # may see the Overview while it cannot answer (overview._admit).
+        self.open_to_all: bool | None = None
 
     def client_for(self, request: Request) -> Client:
         """The session's client (its token on every call), else `default`."""
@@ -85,13 +93,13 @@ class Console:
 def build_app(console: Console) -> Starlette:
     """The console's Starlette app: the API routes under /api, the browser front end
     (`frontend`) at / and /assets."""
-    from . import api, custody, events, frontend
+    from . import api, custody, events, frontend, overview
 
     # One Route per path, dispatching on the method: a wrong method is then one 405
     # whose Allow header names every method of the path (two Routes on one path
     # would answer with the first one's methods only).
     by_path: dict[str, dict[str, Handler]] = {}
-    for path, methods, handler in (*api.ROUTES, *custody.ROUTES, *events.ROUTES):
+    for path, methods, handler in (*api.ROUTES, *custody.ROUTES, *events.ROUTES, *overview.ROUTES):
         by_path.setdefault(path, {}).update(dict.fromkeys(methods, handler))
     routes: list[BaseRoute] = [
         Route(path, console.route(_by_method(handlers)), methods=sorted(handlers))
