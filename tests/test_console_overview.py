@@ -9,6 +9,7 @@ without --metrics-url answers 409. (The arithmetic alone: test_console_overview_
 from __future__ import annotations
 
 import asyncio
+import shlex
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -20,7 +21,8 @@ import pytest
 
 import packetbus
 from tests._console import output, sse_events, start_console, stop
-from tests.conftest import free_port, new_packet, run_cli, serve_process, unique
+from tests.conftest import REPO, free_port, new_packet, run_cli, serve_process, serving, unique
+from tests.test_readme import block
 
 # A subprocess server and console: storage is not what is tested here.
 pytestmark = pytest.mark.one_backend
@@ -293,3 +295,32 @@ def test_cli_refuses_a_bad_metrics_url_or_interval(replica: Replica) -> None:
         slow = run_cli("console", "--metrics-interval", interval)
         assert slow.returncode == 2
         assert "--metrics-interval must be 0.5-60 seconds" in slow.stderr
+
+
+async def test_the_readme_overview_example_runs_as_written(tmp_path: Path) -> None:
+    serve_line, console_line = block("console-overview").splitlines()
+    grpc_port, metrics_port, console_port = free_port(), free_port(), free_port()
+    env = {
+        "PACKETBUS_LISTEN": f"127.0.0.1:{grpc_port}",
+        "PACKETBUS_TARGET": f"127.0.0.1:{grpc_port}",
+        "PACKETBUS_DATA_DIR": str(tmp_path),
+        "PACKETBUS_CONSOLE_LISTEN": f"127.0.0.1:{console_port}",
+    }
+    started = []
+    try:
+        for line in (serve_line, console_line):
+            argv = shlex.split(line.replace("9464", str(metrics_port)))
+            argv[0] = str(REPO / argv[0])
+            started.append(serving(argv, env=env))
+            assert started[-1].stdout is not None
+            threading.Thread(target=started[-1].stdout.read, daemon=True).start()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{console_port}") as http:
+            last = await _latest(http)
+        assert last["replicas"] == [
+            {"url": f"http://127.0.0.1:{metrics_port}/metrics", "up": True, "error": None}
+        ]
+        assert last["values"]["storeMemoryBytes"] > 0
+    finally:
+        for process in reversed(started):
+            process.terminate()
+            assert process.wait(timeout=60) == 0

@@ -2,7 +2,8 @@
 is what its sources build (`scripts/build_console.py --check`), a real `packetbus
 console` serves it (index.html at / and at the page's own routes, every asset it loads
 with its content type and a long cache, the API as before), and the front end's unit
-tests (vitest: grants -> buttons, the agents reducer, custody rows, API errors) pass.
+tests (vitest: grants -> buttons, the agents reducer, custody rows, API errors, the
+Overview's series and charts) pass.
 Node and `npm ci` in console/web are required for the last: .ci/run installs them; a
 missing `node` is a failure, not a skip. Browser end-to-end tests are a later slice."""
 
@@ -47,7 +48,16 @@ async def test_the_console_serves_the_bundle_and_every_asset_it_loads(
     http: httpx.AsyncClient,
 ) -> None:
     index = (STATIC / "index.html").read_text()
-    for path in ("/", "/agents", "/governance", "/carcel", "/custody", "/sign-in", "/no/such"):
+    for path in (
+        "/",
+        "/overview",
+        "/agents",
+        "/governance",
+        "/carcel",
+        "/custody",
+        "/sign-in",
+        "/no/such",
+    ):
         page = await http.get(path)
         assert page.status_code == 200, path
         assert page.headers["content-type"] == "text/html; charset=utf-8", path
@@ -129,4 +139,4 @@ def test_console_web_unit_tests() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert re.search(r"Tests\s+17 passed \(17\)", done.stdout), done.stdout[-3000:]
+    assert re.search(r"Tests\s+30 passed \(30\)", done.stdout), done.stdout[-3000:]

@@ -62,9 +62,9 @@ class Console:
         self.sessions = Sessions()
         self.live = LiveViews()
         self.overview = overview
-        # The server authenticated nobody at its last answer (None: not asked yet): who
-        # may see the Overview while it cannot answer (overview._admit).
-        self.open_to_all: bool | None = None
+        # The server accepted `default`'s calls at its last answer: who may see the
+        # Overview while the server cannot answer (overview._admit).
+        self.default_accepted = False
 
     def client_for(self, request: Request) -> Client:
         """The session's client (its token on every call), else `default`."""

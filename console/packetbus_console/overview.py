@@ -15,10 +15,11 @@ packetbus connection's TLS CA (global ``--tls-ca``), and the connection's client
 certificate is offered (an endpoint with ``--tls-client-ca`` wants it).
 
 Routes. Who may see them: the metrics have no per-principal view (any caller who sees
-them sees all of it), so where the packetbus server authenticates callers only a
-signed-in session sees the Overview (or every caller of a console started with a token
-of its own, as for its other pages); where it authenticates nobody, anyone who reaches
-the console (see `_admit`):
+them sees all of it), so a caller sees the Overview when the packetbus server accepts
+it: a signed-in session, or without one a caller whose client the server accepts
+(a server that authenticates nobody, or a console whose own connection carries a token or
+client certificate); where the server wants credentials and the console has none of its
+own, only a signed-in session (see `_admit`):
 
 - ``GET /api/overview`` -> ``{"intervalSeconds": float, "windowSeconds": float,
   "replicas": [str], "series": [str], "samples": [Sample]}``, oldest sample first; a
@@ -260,24 +261,24 @@ async def _overview_for(request: Request, client: Client) -> Overview:
 
 async def _admit(console: Console, request: Request, client: Client) -> None:
     """Let through a signed-in session (its token was checked at sign-in and the
-    session ends at its expiry), a console with a token of its own (every caller acts
-    as it), or anyone while the server authenticates nobody (GetServerInfo answers
-    without a token). Else PacketbusError (401 UNAUTHENTICATED). The server's answer is
-    remembered so the Overview still shows while the server is down (that is when it
-    matters most): a server that cannot answer now is judged by its last answer."""
+    session ends at its expiry), else a caller whose client the server accepts: a
+    GetServerInfo call with it succeeds (a server authenticating nobody, or a console
+    whose own connection carries a token or client certificate); else PacketbusError
+    (401 UNAUTHENTICATED). The answer is remembered, so the Overview still shows while
+    the server is down (when it matters most): a server that cannot answer now is
+    judged by its last answer."""
     if console.sessions.get(request.cookies.get(COOKIE)) is not None:
         return
-    if console.default is not console.base:
-        return
     try:
-        info = await client.server_info(timeout=10)
+        await client.server_info(timeout=10)
     except PacketbusError as exc:
-        if exc.code in _DOWN and console.open_to_all:
-            return
+        if exc.code in _DOWN:
+            if console.default_accepted:
+                return
+        else:
+            console.default_accepted = False
         raise
-    console.open_to_all = not info.caller.authenticated
-    if not console.open_to_all:  # a server that lets token-less callers in as someone
-        raise ApiError(401, "UNAUTHENTICATED", "sign in to see the Overview")
+    console.default_accepted = True
 
 
 async def overview_route(request: Request, client: Client) -> Response:

@@ -8,10 +8,12 @@ import { AgentsPage } from "./pages/Agents";
 import { CarcelPage } from "./pages/Carcel";
 import { CustodyPage } from "./pages/Custody";
 import { GovernancePage } from "./pages/Governance";
+import { OverviewPage } from "./pages/Overview";
 import { SignInPage } from "./pages/SignIn";
 import "./style.css";
 
 const PAGES = [
+  { path: "/overview", title: "Overview" },
   { path: "/agents", title: "Agents" },
   { path: "/governance", title: "Governance" },
   { path: "/carcel", title: "Carcel" },
@@ -136,6 +138,8 @@ function App() {
           </section>
         ) : caller === null ? (
           <p>Loading…</p>
+        ) : page.path === "/overview" ? (
+          <OverviewPage />
         ) : page.path === "/agents" ? (
           <AgentsPage />
         ) : page.path === "/governance" ? (
