@@ -82,9 +82,13 @@ def test_without_the_store_its_gauges_are_unknown_not_zero() -> None:
     assert reading.gauges == {"carcelPackets": None, "storeMemoryBytes": None}
 
 
-def test_a_body_that_is_not_prometheus_text_is_refused() -> None:
-    with pytest.raises(NotMetrics):
+def test_a_body_that_is_not_a_packetbus_servers_metrics_is_refused() -> None:
+    with pytest.raises(NotMetrics, match="not Prometheus text format"):
         read("<html><body>a proxy's login page</body></html>\n", at=1.0)
+    # Empty, or another program's metrics: not read as a server with nothing counted.
+    for text in ("", "# TYPE up gauge\nup 1\n"):
+        with pytest.raises(NotMetrics, match="no packetbus_store_up"):
+            read(text, at=1.0)
 
 
 def test_rates_are_the_increase_over_the_seconds_between_scrapes() -> None:

@@ -79,14 +79,15 @@ class Reading:
 
 def read(text: str, at: float) -> Reading:
     """The `Reading` of a scrape's body `text` (Prometheus text format) taken at `at`.
-    Raises NotMetrics when `text` cannot be parsed as such."""
+    Raises NotMetrics when `text` cannot be parsed as such, or is not a packetbus
+    server's (no ``packetbus_store_up``)."""
     counters = dict.fromkeys(COUNTERS, 0.0)
     by_sample = {sample: name for name, sample in COUNTERS.items()}
     gauge_by_sample = {sample: name for name, sample in GAUGES.items()}
     gauges: dict[str, float] = {}
     buckets: dict[float, float] = {}
     started: float | None = None
-    store_up = False
+    store_up: bool | None = None
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -107,6 +108,10 @@ def read(text: str, at: float) -> Reading:
                     store_up = value == 1
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise NotMetrics(f"not Prometheus text format: {exc}") from exc
+    # Every packetbus endpoint exports it (0 or 1): without it, whatever answered (an
+    # empty page, another program's metrics) is not a packetbus server.
+    if store_up is None:
+        raise NotMetrics(f"no {_STORE_UP}: not a packetbus server's metrics")
     # Without the store (packetbus_store_up 0) its gauges are absent: unknown, not 0.
     known = {name: (gauges.get(name, 0.0) if store_up else None) for name in GAUGES}
     return Reading(at=at, started=started, counters=counters, buckets=buckets, gauges=known)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import http.client
 import json
 import logging
 import math
@@ -131,6 +132,8 @@ def _fetch(target: _Target, context: ssl.SSLContext | None, timeout: float) -> s
         raise OSError(f"HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         raise OSError(f"cannot connect: {exc.reason}") from None
+    except http.client.HTTPException as exc:  # e.g. the gRPC port: not HTTP/1.1
+        raise OSError(f"not an HTTP/1.1 answer ({type(exc).__name__})") from None
     except TimeoutError:
         raise OSError(f"no answer within {timeout:g} s") from None
     if len(body) > MAX_BODY:
@@ -153,7 +156,7 @@ class Overview:
         self.targets = [_Target(url) for url in urls]
         self.interval = interval
         self.window = window
-        self.timeout = min(10.0, max(2.0, interval))
+        self.timeout = min(10.0, max(5.0, interval))  # the server reads its store when scraped
         self.history: deque[dict[str, Any]] = deque(maxlen=max(1, math.ceil(window / interval)))
         self._tls = tls
         self._context: ssl.SSLContext | None = None
@@ -177,7 +180,10 @@ class Overview:
         loop = asyncio.get_running_loop()
         start = loop.time()
         while True:
-            await self.scrape_once()
+            try:
+                await self.scrape_once()
+            except Exception:  # a bug: said, and the scraper goes on (no silent end)
+                _log.exception("the Overview's scrape failed")
             ticks = math.floor((loop.time() - start) / self.interval) + 1
             await asyncio.sleep(max(0.0, start + ticks * self.interval - loop.time()))
 
