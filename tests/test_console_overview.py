@@ -148,9 +148,9 @@ async def test_dispatched_packets_show_in_the_totals_rates_and_latency(
             await bus.dispatch(new_packet(unique("overview.in")))
     reached = await _sample_after(http, base["at"], dispatched=before + 7)
     samples = await _samples(http)
-    # Rates over the scrapes between: they add up to the 7 packets (rates are per the
-    # scraper's own clock, `at` the wall clock: close, not equal).
-    assert _dispatched_between(samples, base["at"], reached["at"]) == pytest.approx(7, rel=0.25)
+    # Rates over the scrapes between: they add up to the 7 packets (a rate is over the
+    # scraper's monotonic clock, `at` the same instant on the wall clock, to the ms).
+    assert _dispatched_between(samples, base["at"], reached["at"]) == pytest.approx(7, rel=0.02)
     latencies = [
         s["values"]["dispatchLatencyP99Ms"]
         for s in samples
@@ -175,7 +175,9 @@ async def test_a_restart_is_a_gap_then_counts_from_zero_never_negative(
         down = await _latest(http, up=False)
         # Unreachable: every series a gap, never a zero; the reason said.
         assert down["replicas"][0]["up"] is False
-        assert "cannot connect" in down["replicas"][0]["error"]
+        # (cannot connect, or closed without an answer: it depends on when in its
+        # shutdown the scrape came)
+        assert down["replicas"][0]["error"]
         assert set(down["values"].values()) == {None}
         assert set(down["totals"].values()) == {None}
     finally:
@@ -195,7 +197,7 @@ async def test_a_restart_is_a_gap_then_counts_from_zero_never_negative(
     assert min(rates) >= 0
     # Counted from zero across the restart: the rates since add up to the 3 dispatched
     # since (without the reset, the drop from the old total would be a negative rate).
-    assert _dispatched_between(samples, counted["at"], after["at"]) == pytest.approx(3, rel=0.25)
+    assert _dispatched_between(samples, counted["at"], after["at"]) == pytest.approx(3, rel=0.02)
     assert after["replicas"][0]["up"] is True
 
 

@@ -132,6 +132,8 @@ def _fetch(target: _Target, context: ssl.SSLContext | None, timeout: float) -> s
         raise OSError(f"HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         raise OSError(f"cannot connect: {exc.reason}") from None
+    except http.client.RemoteDisconnected:  # e.g. a server shutting down
+        raise OSError("the connection closed without an answer") from None
     except http.client.HTTPException as exc:  # e.g. the gRPC port: not HTTP/1.1
         raise OSError(f"not an HTTP/1.1 answer ({type(exc).__name__})") from None
     except TimeoutError:
@@ -190,8 +192,11 @@ class Overview:
     async def scrape_once(self) -> dict[str, Any]:
         """Scrape every replica once, append the sample to the history, push it to
         each listener, and return it."""
-        wall = time.time()
-        outcomes = await asyncio.gather(*(self._scrape(t) for t in self.targets))
+        # One instant per sample, on both clocks: the rates are over the monotonic one,
+        # and a sample's `at` is the same instant, so rate x (at - previous at) is the
+        # increase whatever each fetch took.
+        wall, now = time.time(), time.monotonic()
+        outcomes = await asyncio.gather(*(self._scrape(t, now) for t in self.targets))
         replicas = []
         for index, (reading, error) in enumerate(outcomes):
             replicas.append(Replica(self._last[index], reading, error))
@@ -225,12 +230,12 @@ class Overview:
             _log.warning("scraping %s again", shown)
         self._errors[index] = error
 
-    async def _scrape(self, target: _Target) -> tuple[Reading | None, str | None]:
+    async def _scrape(self, target: _Target, at: float) -> tuple[Reading | None, str | None]:
         try:
             if target.url.startswith("https:") and self._context is None:
                 self._context = _ssl_context(self._tls)
             text = await asyncio.to_thread(_fetch, target, self._context, self.timeout)
-            return read(text, time.monotonic()), None
+            return read(text, at), None
         except (OSError, NotMetrics, ssl.SSLError) as exc:
             return None, str(exc) or type(exc).__name__
 
