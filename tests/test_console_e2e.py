@@ -66,7 +66,16 @@ GRANTS = {
     # Every agent of the swarm: its own registration, anything on the e2e topics.
     spiffe("swarm-*"): [("agents.register", "{agent}"), ("agents.read", "*"), ("*", "e2e.*")],
 }
-PAGES = ["/agents", "/governance", "/carcel", "/custody"]  # at least these, in this order
+PAGES = [
+    "/overview",
+    "/agents",
+    "/topics",
+    "/queues",
+    "/findings",
+    "/governance",
+    "/carcel",
+    "/custody",
+]
 OK = "CUSTODY_VERDICT_OK"
 
 
@@ -81,8 +90,14 @@ def issuer() -> Issuer:
 
 
 @pytest.fixture(scope="module")
+def metrics_port() -> int:
+    """The server's /metrics port: the console's Overview scrapes it."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
 def target(
-    redis_url: str, issuer: Issuer, tmp_path_factory: pytest.TempPathFactory
+    redis_url: str, issuer: Issuer, metrics_port: int, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("console-e2e")
     (folder / "jwks.json").write_text(issuer.jwks())
@@ -94,6 +109,7 @@ def target(
         folder / "data",
         *("--jwt-jwks", str(folder / "jwks.json"), "--jwt-issuer", ISSUER),
         *("--jwt-audience", AUDIENCE, "--policy", str(folder / "policy.toml")),
+        *("--metrics-listen", f"127.0.0.1:{metrics_port}"),
     )
     # Read on, so its log never fills the pipe.
     threading.Thread(target=server.stdout.read, daemon=True).start()  # type: ignore[union-attr]
@@ -120,9 +136,13 @@ async def approver(
 
 
 @pytest.fixture(scope="module")
-def console(target: str, approver: tuple[packetbus.AgentIdentity, Path]) -> Iterator[str]:
+def console(
+    target: str, metrics_port: int, approver: tuple[packetbus.AgentIdentity, Path]
+) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if k != "PACKETBUS_TOKEN"}
-    process, url = start_console(target, "--agent-key", str(approver[1]), env=env)
+    metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+    options = ("--agent-key", str(approver[1]), "--metrics-url", metrics, "--metrics-interval", "1")
+    process, url = start_console(target, *options, env=env)
     yield url
     stop(process)
 
@@ -351,7 +371,7 @@ async def test_the_navigation_and_the_main_actions_work_by_keyboard(
         "keyboardActions", trackingId=packet.tracking_id, entryId=entry_id, **operator
     )
     # Tab by Tab: the skip link first, then the navigation's links in order.
-    assert shown["toNav"][:2] == ["Skip to content", "Agents"]
+    assert shown["toNav"][:2] == ["Skip to content", "Overview"]
     assert shown["toNav"][-1] == "Governance"
     assert shown["toApprove"][-1] == f"Approve {packet.tracking_id}"
     assert shown["toRequeue"][-1] == f"Requeue {entry_id}"

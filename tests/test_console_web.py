@@ -3,7 +3,7 @@ is what its sources build (`scripts/build_console.py --check`), a real `packetbu
 console` serves it (index.html at / and at the page's own routes, every asset it loads
 with its content type and a long cache, the API as before), and the front end's unit
 tests (vitest: grants -> buttons, the agents reducer, custody rows, API errors, queue counts
-and claims, findings) pass.
+and claims, findings, the Overview's series and charts) pass.
 Node and `npm ci` in console/web are required for the last: .ci/run installs them; a
 missing `node` is a failure, not a skip. The browser driver of the end-to-end tests
 (console/web/e2e, run by test_console_e2e.py) type-checks (`npm run check:e2e`)."""
@@ -49,7 +49,19 @@ async def test_the_console_serves_the_bundle_and_every_asset_it_loads(
     http: httpx.AsyncClient,
 ) -> None:
     index = (STATIC / "index.html").read_text()
-    for path in ("/", "/agents", "/governance", "/carcel", "/custody", "/sign-in", "/no/such"):
+    for path in (
+        "/",
+        "/overview",
+        "/agents",
+        "/topics",
+        "/queues",
+        "/findings",
+        "/governance",
+        "/carcel",
+        "/custody",
+        "/sign-in",
+        "/no/such",
+    ):
         page = await http.get(path)
         assert page.status_code == 200, path
         assert page.headers["content-type"] == "text/html; charset=utf-8", path
@@ -131,7 +143,7 @@ def test_console_web_unit_tests() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert re.search(r"Tests\s+38 passed \(38\)", done.stdout), done.stdout[-3000:]
+    assert re.search(r"Tests\s+51 passed \(51\)", done.stdout), done.stdout[-3000:]
 
 
 @pytest.mark.timeout(120)

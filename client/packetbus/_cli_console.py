@@ -9,12 +9,33 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ._cli_args import fail
 from ._cli_connection import connection_config
 from ._cli_listen import bind_problem, host_port
 from ._config import AgentIdentity
 
+
+def metrics_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a metrics URL (naming it without its userinfo), else None."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed [IPv6 bracket
+        return "is not a URL"
+    shown = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+    try:
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError:
+        return f"{shown!r}: the port is not a number"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{shown!r} is not an http(s)://HOST:PORT/metrics URL"
+    return None
+
+
+# overview.INTERVAL, MIN_INTERVAL, MAX_INTERVAL (that module needs starlette: not
+# imported before the command runs).
+_METRICS_INTERVAL, _MIN_INTERVAL, _MAX_INTERVAL = 2.0, 0.5, 60.0
 _MISSING = "the console needs starlette and uvicorn: pip install 'packetbus[console]'"
 
 
@@ -70,6 +91,25 @@ def add_parser(commands: Any) -> None:
         help="the approver agent's key file (from `packetbus keys new-agent`): it signs "
         "approvals and denials made through the console (without it they are refused)",
     )
+    console.add_argument(
+        "--metrics-url",
+        dest="metrics_urls",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="the packetbus server's Prometheus metrics (http(s)://HOST:PORT/metrics, the URL "
+        "`packetbus serve --metrics-listen` prints as 'packetbus metrics on URL'), charted on "
+        "the Overview page; repeat it once per replica (their counts are summed). Without it "
+        "the Overview is refused (409)",
+    )
+    console.add_argument(
+        "--metrics-interval",
+        type=float,
+        default=_METRICS_INTERVAL,
+        metavar="SECONDS",
+        help=f"seconds between scrapes of --metrics-url ({_MIN_INTERVAL:g}-{_MAX_INTERVAL:g}, "
+        f"default {_METRICS_INTERVAL:g}); the Overview keeps the last 10 minutes",
+    )
 
 
 def _loopback(host: str) -> bool:
@@ -107,6 +147,16 @@ def run(args: argparse.Namespace) -> int:
             approver = AgentIdentity.load(args.agent_key)
         except (OSError, ValueError) as exc:
             return fail(f"--agent-key {args.agent_key}: {exc}", 2)
+    if not _MIN_INTERVAL <= args.metrics_interval <= _MAX_INTERVAL:  # also NaN
+        return fail(
+            f"--metrics-interval must be {_MIN_INTERVAL:g}-{_MAX_INTERVAL:g} seconds, "
+            f"not {args.metrics_interval:g}",
+            2,
+        )
+    for url in args.metrics_urls:
+        problem = metrics_url_problem(url)
+        if problem:
+            return fail(f"--metrics-url {problem}", 2)
     problem = bind_problem(host, port)
     if problem:
         return fail(f"cannot listen on {args.listen}: {problem}")
@@ -126,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
             approver=approver,
             tls_cert=cert,
             tls_key=key,
+            metrics_urls=args.metrics_urls,
+            metrics_interval=args.metrics_interval,
         )
     )
     return 0

@@ -3,9 +3,10 @@
 `Console` holds the shared packetbus connection (opened without a token), the
 client for requests without a session (`default`: the console's own connection
 settings, its own token if it has one), the approver identity that signs
-approvals and denials (``--agent-key``), and the sessions. `build_app` makes the
-Starlette app serving the routes of `api`, `custody`, `events`, `topics`, `tasks` and
-`findings`, and the browser front end (`frontend`).
+approvals and denials (``--agent-key``), the sessions, and the Overview's metrics
+scraper (``--metrics-url``, `overview`; None without it). `build_app` makes the
+Starlette app serving the routes of `api`, `custody`, `events`, `topics`, `tasks`,
+`findings` and `overview`, and the browser front end (`frontend`).
 
 Every route runs through `Console.route`: a state-changing request (POST, DELETE)
 without the header ``X-Packetbus-Console: 1`` is refused 403 (code ``CSRF``)
@@ -30,6 +31,7 @@ from packetbus import AgentIdentity, Client, PacketbusError
 
 from .errors import ApiError, error_response, from_packetbus
 from .live import LiveViews
+from .overview import Overview
 from .sessions import COOKIE, Sessions
 
 CSRF_HEADER = "X-Packetbus-Console"
@@ -41,7 +43,8 @@ Handler = Callable[[Request, Client], Awaitable[Response]]
 
 class Console:
     """What the routes share (see the module docstring). `secure`: the console
-    serves HTTPS (its session cookie is then ``Secure``)."""
+    serves HTTPS (its session cookie is then ``Secure``); `overview`: the metrics
+    scraper (None: the console was started without --metrics-url)."""
 
     def __init__(
         self,
@@ -50,6 +53,7 @@ class Console:
         *,
         approver: AgentIdentity | None = None,
         secure: bool = False,
+        overview: Overview | None = None,
     ) -> None:
         self.base = base
         self.default = default or base
@@ -57,6 +61,10 @@ class Console:
         self.secure = secure
         self.sessions = Sessions()
         self.live = LiveViews()
+        self.overview = overview
+        # The server accepted `default`'s calls at its last answer: who may see the
+        # Overview while the server cannot answer (overview._admit).
+        self.default_accepted = False
 
     def client_for(self, request: Request) -> Client:
         """The session's client (its token on every call), else `default`."""
@@ -85,7 +93,7 @@ class Console:
 def build_app(console: Console) -> Starlette:
     """The console's Starlette app: the API routes under /api, the browser front end
     (`frontend`) at / and /assets."""
-    from . import api, custody, events, findings, frontend, tasks, topics
+    from . import api, custody, events, findings, frontend, overview, tasks, topics
 
     # One Route per path, dispatching on the method: a wrong method is then one 405
     # whose Allow header names every method of the path (two Routes on one path
@@ -98,6 +106,7 @@ def build_app(console: Console) -> Starlette:
         *topics.ROUTES,
         *tasks.ROUTES,
         *findings.ROUTES,
+        *overview.ROUTES,
     ):
         by_path.setdefault(path, {}).update(dict.fromkeys(methods, handler))
     routes: list[BaseRoute] = [

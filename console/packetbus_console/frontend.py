@@ -5,7 +5,7 @@ console/web into ``static/`` (committed, so ``pip install`` alone gives a workin
   ``Cache-Control: public, max-age=31536000, immutable`` (`ASSET_CACHE`); a missing
   one is 404.
 - ``GET /`` and any other GET or HEAD path that no route serves, outside ``/api/`` and
-  ``/assets/`` (the page's own routes: ``/agents``, ``/custody``...): ``index.html``
+  ``/assets/`` (the page's own routes: ``/overview``, ``/agents``, ``/custody``...): ``index.html``
   with ``Cache-Control: no-cache``, so a new bundle is picked up at once (`page`).
   Anything else no route serves is the API's JSON 404 or 405 (`app`).
 """

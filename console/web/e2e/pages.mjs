@@ -17,6 +17,13 @@
 /** @type {PageSpec[]} */
 export const PAGES = [
   {
+    path: "/overview",
+    link: "Overview",
+    heading: "Overview",
+    // Its metrics stream is open (the e2e console scrapes the server's /metrics).
+    ready: (page) => page.getByText(/^Updates: live\./),
+  },
+  {
     path: "/agents",
     link: "Agents",
     heading: "Agents",

@@ -9,12 +9,14 @@ import { CarcelPage } from "./pages/Carcel";
 import { CustodyPage } from "./pages/Custody";
 import { FindingsPage } from "./pages/Findings";
 import { GovernancePage } from "./pages/Governance";
+import { OverviewPage } from "./pages/Overview";
 import { SignInPage } from "./pages/SignIn";
 import { TopicsPage } from "./pages/Topics";
 import { TaskQueuesPage } from "./pages/TaskQueues";
 import "./style.css";
 
 const PAGES = [
+  { path: "/overview", title: "Overview" },
   { path: "/agents", title: "Agents" },
   { path: "/topics", title: "Topics" },
   { path: "/queues", title: "Task queues" },
@@ -142,6 +144,8 @@ function App() {
           </section>
         ) : caller === null ? (
           <p>Loading…</p>
+        ) : page.path === "/overview" ? (
+          <OverviewPage />
         ) : page.path === "/agents" ? (
           <AgentsPage />
         ) : page.path === "/topics" ? (

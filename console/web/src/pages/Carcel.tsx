@@ -1,9 +1,11 @@
 // Carcel: entries (GET /api/carcel) counted by reason and topic, with Requeue per entry
-// and Purge per reason and topic where the caller's grants allow them.
-import { useCallback, useEffect, useState } from "preact/hooks";
+// and Purge per reason and topic where the caller's grants allow them; live from
+// /api/carcel/events.
+import { useState } from "preact/hooks";
 
 import { call, errorMessage, seg } from "../api";
 import { type Caller, carcelActions } from "../grants";
+import { useLive } from "../live";
 
 interface Entry {
   id: string;
@@ -14,8 +16,6 @@ interface Entry {
   deliveryCount: number;
   packet?: { packet?: { trackingId?: string } } | null;
 }
-
-const POLL_MS = 5000; // the carcel has no stream: it is re-read this often
 
 /** Entries counted by (reason, topic), in that order. */
 function groups(entries: Entry[]): { reason: string; topic: string; count: number }[] {
@@ -32,35 +32,18 @@ function groups(entries: Entry[]): { reason: string; topic: string; count: numbe
 }
 
 export function CarcelPage({ caller }: { caller: Caller }) {
-  const [entries, setEntries] = useState<Entry[]>([]);
-  const [truncated, setTruncated] = useState(false);
   const [topic, setTopic] = useState("");
   const [reason, setReason] = useState("");
   // The filter in use: the inputs apply on submit, not on every keystroke.
   const [applied, setApplied] = useState({ topic: "", reason: "" });
+  // Live (Server-Sent Events from /api/carcel/events): entries carceled, requeued or
+  // purged elsewhere show without a refresh.
+  const view = useLive<{ entries: Entry[]; truncated: boolean }>("/api/carcel", applied);
+  const entries = view.data?.entries ?? [];
+  const truncated = view.data?.truncated ?? false;
+  const failed = view.failed; // why the carcel cannot be read now
   const [problem, setProblem] = useState(""); // the last action's refusal
-  const [failed, setFailed] = useState(""); // the last reading's failure (the next clears it)
   const [notice, setNotice] = useState("");
-
-  const load = useCallback(async () => {
-    const query = new URLSearchParams();
-    if (applied.topic) query.set("topic", applied.topic);
-    if (applied.reason) query.set("reason", applied.reason);
-    try {
-      const list = await call<{ entries: Entry[]; truncated: boolean }>("GET", `/api/carcel?${query}`);
-      setEntries(list.entries);
-      setTruncated(list.truncated);
-      setFailed("");
-    } catch (exc) {
-      setFailed(errorMessage(exc));
-    }
-  }, [applied]);
-
-  useEffect(() => {
-    void load();
-    const timer = window.setInterval(() => void load(), POLL_MS);
-    return () => window.clearInterval(timer);
-  }, [load]);
 
   async function act(what: string, path: string, body: Record<string, string>) {
     try {
@@ -71,12 +54,15 @@ export function CarcelPage({ caller }: { caller: Caller }) {
       setNotice("");
       setProblem(errorMessage(exc));
     }
-    await load();
+    await view.reload(); // shown at once, not at the stream's next read
   }
 
   return (
     <section aria-labelledby="carcel-title">
       <h1 id="carcel-title">Carcel</h1>
+      <p class="status" aria-live="polite">
+        Updates: {view.status}.
+      </p>
       <form class="filters" onSubmit={(event) => {
           event.preventDefault();
           setApplied({ topic: topic.trim(), reason: reason.trim() });

@@ -1,9 +1,11 @@
 // Governance: held packets (GET /api/held) with Approve/Deny where the caller's grants
-// allow packets.approve on the topic, and decision counts by rule (GET /api/policy/stats).
-import { useCallback, useEffect, useState } from "preact/hooks";
+// allow packets.approve on the topic, and decision counts by rule (GET /api/policy/stats),
+// both live from their /events streams.
+import { useState } from "preact/hooks";
 
 import { call, errorMessage, seg } from "../api";
 import { type Caller, heldActions } from "../grants";
+import { useLive } from "../live";
 
 interface Held {
   topic: string;
@@ -19,34 +21,20 @@ interface Stats {
   byDecision: Record<string, string | number>;
 }
 
-const POLL_MS = 5000; // the held list has no stream: it is re-read this often
+const NO_PARAMS = {};
 
 export function GovernancePage({ caller }: { caller: Caller }) {
-  const [held, setHeld] = useState<Held[]>([]);
-  const [truncated, setTruncated] = useState(false);
-  const [stats, setStats] = useState<Stats | null>(null);
+  // Both live (Server-Sent Events from /api/held/events and /api/policy/stats/events):
+  // a packet held or decided elsewhere shows without a refresh.
+  const heldView = useLive<{ held: Held[]; truncated: boolean }>("/api/held", NO_PARAMS);
+  const statsView = useLive<Stats>("/api/policy/stats", NO_PARAMS);
+  const held = heldView.data?.held ?? [];
+  const truncated = heldView.data?.truncated ?? false;
+  const stats = statsView.data;
+  const failed = heldView.failed || statsView.failed; // why a view cannot be read now
   const [problem, setProblem] = useState(""); // the last action's refusal
-  const [failed, setFailed] = useState(""); // the last reading's failure (the next clears it)
   const [notice, setNotice] = useState("");
   const [reasons, setReasons] = useState<Record<string, string>>({});
-
-  const load = useCallback(async () => {
-    try {
-      const list = await call<{ held: Held[]; truncated: boolean }>("GET", "/api/held");
-      setHeld(list.held);
-      setTruncated(list.truncated);
-      setStats(await call<Stats>("GET", "/api/policy/stats"));
-      setFailed("");
-    } catch (exc) {
-      setFailed(errorMessage(exc));
-    }
-  }, []);
-
-  useEffect(() => {
-    void load();
-    const timer = window.setInterval(() => void load(), POLL_MS);
-    return () => window.clearInterval(timer);
-  }, [load]);
 
   async function decide(item: Held, approve: boolean) {
     const id = item.packet?.packet?.trackingId ?? "";
@@ -64,13 +52,17 @@ export function GovernancePage({ caller }: { caller: Caller }) {
       setNotice("");
       setProblem(errorMessage(exc));
     }
-    await load();
+    // Shown at once, not at the streams' next read.
+    await Promise.all([heldView.reload(), statsView.reload()]);
   }
 
   const byRule = Object.entries(stats?.byRule ?? {}).sort(([a], [b]) => (a < b ? -1 : 1));
   return (
     <section aria-labelledby="gov-title">
       <h1 id="gov-title">Governance</h1>
+      <p class="status" aria-live="polite">
+        Updates: {heldView.status === statsView.status ? heldView.status : `${heldView.status}, ${statsView.status}`}.
+      </p>
       {failed && (
         <p role="alert" class="error">
           {failed}
