@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from ._access.caller_info import describe_caller
 from ._batch_refs import with_batch
 from ._clock import StoreClock
 from ._custodian import Custodian, check_origin
+from ._dispatch_stream import answer_batches
 from ._fields import is_stream_id
 from ._gaps import Follower
 from ._ingest import Accepted, Rejected, accept, to_write
@@ -192,6 +194,20 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         self, request: packet_service_pb2.DispatchRequest, context: grpc.aio.ServicerContext
     ) -> packet_service_pb2.DispatchResponse:
         return await self.dispatch(request, context, checks_sender=True)
+
+    # Answers go out serialized (_dispatch_stream.answered), which _handlers accepts.
+    def DispatchStream(  # type: ignore[override]
+        self,
+        requests: AsyncIterator[packet_service_pb2.DispatchStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[bytes | packet_service_pb2.DispatchStreamResponse]:
+        # Each batch served as a Dispatch call (_dispatch_stream).
+        return answer_batches(
+            requests,
+            context,
+            functools.partial(self.dispatch, checks_sender=True),
+            self._limits.max_dispatch_stream_batches,
+        )
 
     async def dispatch(
         self,
