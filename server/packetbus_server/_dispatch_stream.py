@@ -34,7 +34,7 @@ from packetbus.v1 import packet_service_pb2
 log = logging.getLogger(__name__)
 
 ServeBatch = Callable[
-    [packet_service_pb2.DispatchRequest, grpc.aio.ServicerContext],
+    [packet_service_pb2.DispatchStreamRequest, grpc.aio.ServicerContext],
     Awaitable[packet_service_pb2.DispatchResponse],
 ]
 
@@ -111,11 +111,10 @@ async def _answer(
     context: _BatchContext,
     serve: ServeBatch,
 ) -> bytes | packet_service_pb2.DispatchStreamResponse:
-    batch = packet_service_pb2.DispatchRequest()
-    # Moves the packets over (no copy of each): the request is not used again.
-    batch.packets.MergeFrom(request.packets)
     try:
-        response = await serve(batch, cast(grpc.aio.ServicerContext, context))
+        # The request itself: dispatch reads only its packets, which it has as a
+        # DispatchRequest has them (copying them into one costs per packet).
+        response = await serve(request, cast(grpc.aio.ServicerContext, context))
     except BatchRefused as exc:
         return refused(request.batch_id, exc.status)
     except Exception:

@@ -211,12 +211,13 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
 
     async def dispatch(
         self,
-        request: packet_service_pb2.DispatchRequest,
+        request: packet_service_pb2.DispatchRequest | packet_service_pb2.DispatchStreamRequest,
         context: grpc.aio.ServicerContext,
         *,
         checks_sender: bool,
     ) -> packet_service_pb2.DispatchResponse:
-        """Dispatch `request`'s packets, each with its own result. `checks_sender`:
+        """Dispatch `request`'s packets (a Dispatch call's, or a batch of a
+        DispatchStream), each with its own result. `checks_sender`:
         each packet needs topics.publish on its topic and an origin the caller may
         act as (a caller's Dispatch); False for the server's own packets (an
         escalation, a conflict event) sent on behalf of a call another rule let in."""

@@ -211,8 +211,12 @@ class Streams:
         answered what it took the stream ends with UNAVAILABLE, so that the
         client goes on elsewhere."""
         peer = await self._enter(context, kind)
+        reading = _UntilDrain(requests)
+        ending = asyncio.ensure_future(self._ending.wait())
+        # One waiter per stream, not a race per message: messages come often.
+        ending.add_done_callback(lambda done: None if done.cancelled() else reading.stop())
         try:
-            responses = serve(self._until_drain(requests), context)
+            responses = serve(reading, context)
             try:
                 async for response in responses:
                     yield response
@@ -221,26 +225,8 @@ class Streams:
             if self._ending.is_set():
                 await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
         finally:
-            self._leave(kind, peer)
-
-    async def _until_drain(self, requests: AsyncIterator[R]) -> AsyncIterator[R]:
-        """`requests` until they end or the drain starts, whichever comes first."""
-        ending = asyncio.ensure_future(self._ending.wait())
-        try:
-            while not self._ending.is_set():
-                step = asyncio.ensure_future(anext(requests))
-                step.add_done_callback(retrieve_outcome)
-                await asyncio.wait((step, ending), return_when=asyncio.FIRST_COMPLETED)
-                if not step.done():
-                    await _cancel(step)
-                    return
-                try:
-                    request = step.result()
-                except StopAsyncIteration:
-                    return
-                yield request
-        finally:
             ending.cancel()
+            self._leave(kind, peer)
 
     async def call(self, kind: str, context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
         """Await `call` (a client-streaming or context.write-style handler) inside a
@@ -270,6 +256,35 @@ class Streams:
                     task.cancel()
         finally:
             self._leave(kind, peer)
+
+
+class _UntilDrain(AsyncIterator[R]):
+    """`requests` until they end or `stop()` is called (the drain), whichever comes
+    first: a read waiting then is cancelled and ends the iteration instead."""
+
+    def __init__(self, requests: AsyncIterator[R]) -> None:
+        self._requests = requests
+        self._reader: asyncio.Task[Any] | None = None
+        self._stopped = False
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def __anext__(self) -> R:
+        if self._stopped:
+            raise StopAsyncIteration
+        reader = self._reader = asyncio.current_task()
+        try:
+            return await anext(self._requests)
+        except asyncio.CancelledError:
+            # stop()'s own cancellation (none other pending): the requests end here.
+            if self._stopped and reader is not None and reader.uncancel() == 0:
+                raise StopAsyncIteration from None
+            raise
+        finally:
+            self._reader = None
 
 
 def _cancelled(context: grpc.aio.ServicerContext) -> bool:
