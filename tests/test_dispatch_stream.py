@@ -223,3 +223,20 @@ async def test_concurrent_dispatches_share_a_few_batches_on_the_stream(
     assert len({r.cursor for r in receipts}) == 1000
     assert batches == 4
     assert await _log_length(raw_redis, topic) == 1000
+
+
+async def test_a_with_token_view_dispatches_by_unary_calls(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str
+) -> None:
+    # A view's calls each carry its token; its batches stay unary Dispatch calls.
+    view = client.with_token("header.payload.signature")
+    streamed_before = _messages("DispatchStream", "bidi_stream")
+    unary_before = _messages("Dispatch", "unary")
+    try:
+        receipts = await asyncio.gather(*(view.dispatch(new_packet(topic)) for _ in range(3)))
+    finally:
+        await view.close()
+    assert len({r.cursor for r in receipts}) == 3
+    assert _messages("Dispatch", "unary") > unary_before
+    assert _messages("DispatchStream", "bidi_stream") == streamed_before
+    assert await _log_length(raw_redis, topic) == 3
