@@ -110,22 +110,28 @@ class DispatchStream:
         try:
             answer = await self._over_stream(packets, deadline)
         except _Lost as lost:
-            try:
-                return await self._unary(packets, deadline)
-            except PacketbusError as error:
-                # The unary call knows only its own attempts: the batch may have
-                # been stored by the stream's.
-                if lost.written and error.code in MAYBE_APPLIED:
-                    error.outcome_unknown = True
-                raise
+            return await self._resend(packets, deadline, written=lost.written)
         if answer.WhichOneof("outcome") == "dispatched":
             return answer.dispatched.results
         status = answer.error
         if status.code == code_pb2.UNAVAILABLE:
-            return await self._unary(packets, deadline)
+            return await self._resend(packets, deadline, written=True)
         refused = PacketbusError.from_status(status)
         refused.outcome_unknown = refused.code in MAYBE_APPLIED
         raise refused
+
+    async def _resend(
+        self, packets: Sequence[packet_pb2.Packet], deadline: float, *, written: bool
+    ) -> Sequence[packet_service_pb2.DispatchResult]:
+        """The same packets by unary Dispatch; `written`: the stream took them, so a
+        failure of the unary call may leave them stored all the same."""
+        try:
+            return await self._unary(packets, deadline)
+        except PacketbusError as error:
+            # The unary call judges only its own attempts.
+            if written and error.code in MAYBE_APPLIED:
+                error.outcome_unknown = True
+            raise
 
     async def _over_stream(self, packets: Sequence[packet_pb2.Packet], deadline: float) -> Answer:
         stream = self._open or self._start()
