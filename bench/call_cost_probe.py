@@ -5,7 +5,9 @@ Kinds on a spawned `packetbus serve` (embedded Valkey):
 - `info`: GetServerInfo, packetbus's cheapest unary call (gRPC plus the call wrappers);
 - `dispatch`: `dispatch_batch` of one packet, nobody subscribed;
 - `dispatch_sub`: the same with one LATEST subscriber receiving each packet (one
-  streamed delivery per call).
+  streamed delivery per call);
+- `dispatch_stream`, `dispatch_stream_sub`: the same packets through `dispatch()`, each
+  alone on the client's open DispatchStream (one message each way per packet).
 Kinds on a bare `grpc.aio` server (uvloop, no interceptor, in a subprocess of this
 script), the floor packetbus cannot go under with the same calls:
 - `grpc_unary`: a unary call with a 600-byte request;
@@ -40,7 +42,7 @@ from latency_probe import commandstats
 
 from packetbus import LATEST, Client, fill_defaults
 
-PACKETBUS_KINDS = ("info", "dispatch", "dispatch_sub")
+PACKETBUS_KINDS = ("info", "dispatch", "dispatch_sub", "dispatch_stream", "dispatch_stream_sub")
 BARE_KINDS = ("grpc_unary", "grpc_bidi", "grpc_stream")
 MESSAGE = b"x" * 600
 Call = Callable[[int], Awaitable[object]]
@@ -166,6 +168,9 @@ async def packetbus_kinds(kinds: list[str], rate: float, count: int) -> dict[str
             async def dispatch(i: int) -> object:
                 return await client.dispatch_batch([fill_defaults(make_packet(topic, i))])
 
+            async def streamed(i: int) -> object:
+                return await client.dispatch(fill_defaults(make_packet(topic, i)))
+
             async def follow() -> None:
                 async with client.subscribe(topic, start=LATEST) as subscription:
                     async for _ in subscription:
@@ -173,8 +178,10 @@ async def packetbus_kinds(kinds: list[str], rate: float, count: int) -> dict[str
 
             try:
                 for kind in kinds:
-                    follower = asyncio.create_task(follow()) if kind == "dispatch_sub" else None
-                    call = info if kind == "info" else dispatch
+                    follower = asyncio.create_task(follow()) if kind.endswith("_sub") else None
+                    call = {"info": info, "dispatch": dispatch, "dispatch_sub": dispatch}.get(
+                        kind, streamed
+                    )
                     await paced(50, 25, call)  # warm, and the subscriber positioned
                     before, stats = cpu_now(pids), await commandstats(url)
                     await paced(rate, count, call)

@@ -3,9 +3,10 @@ subscriber (or a consumer group's one consumer), on a spawned `packetbus serve` 
 embedded Valkey. Per rate: p50/p99 latency, CPU µs per delivered packet per process (from
 /proc), and store calls per packet (the difference of Valkey's INFO commandstats).
 
-    .venv/bin/python bench/latency_probe.py --rates 250,500,1000 --seconds 5 [--group]
+    .venv/bin/python bench/latency_probe.py --rates 250,500,1000 --seconds 5 [--group] [--unary]
 
-`--hold N` keeps the server up N seconds before the runs and prints its pid, so a profiler
+`--unary` sends dispatch()'s batches as unary Dispatch calls (BatchSettings(use_stream=False)),
+as before the DispatchStream, for a before/after on the same build. `--hold N` keeps the server up N seconds before the runs and prints its pid, so a profiler
 (py-spy record --pid) can attach. Prints one JSON document on stdout.
 """
 
@@ -28,7 +29,7 @@ import redis.asyncio as aioredis
 from delivery_bench import embedded_store_url
 from dispatch_bench import local_pid, log, percentile, spawned_server
 
-from packetbus import Client
+from packetbus import BatchSettings, Client, ClientConfig
 
 
 async def commandstats(url: str) -> dict[str, int]:
@@ -62,7 +63,7 @@ def timed(client: Client, acks: list[float]) -> Client:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"group": args.group, "runs": []}
+    out: dict[str, Any] = {"group": args.group, "unary": args.unary, "runs": []}
     with tempfile.TemporaryDirectory(prefix="packetbus-lat-") as tmp:
         data_dir = Path(tmp) / "server"
         async with spawned_server(data_dir, None) as server:
@@ -75,7 +76,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             log(f"pids: {pids}")
             if args.hold:
                 await asyncio.sleep(args.hold)
-            client = await Client.connect(server.target, timeout=30)
+            config = ClientConfig(batching=BatchSettings(use_stream=not args.unary))
+            client = await Client.connect(server.target, config=config, timeout=30)
             try:
                 for rate in (float(r) for r in args.rates.split(",")):
                     topic = f"bench.{uuid.uuid4().hex[:8]}.lat"
@@ -110,6 +112,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--group", action="store_true")
     parser.add_argument("--hold", type=float, default=0.0)
+    parser.add_argument("--unary", action="store_true", help="dispatch by unary calls")
     with contextlib.suppress(KeyboardInterrupt):
         json.dump(asyncio.run(main(parser.parse_args())), sys.stdout, indent=1)
         print()

@@ -68,7 +68,8 @@ def _stub_method(stubs: Stubs, method: str) -> Any:
 
 async def send(stubs: Stubs, call: Call, metadata: tuple[tuple[str, str], ...]) -> Outcome:
     """Send `call` with `metadata`; its outcome. A server stream counts as answered
-    at its first message (or its end); Dispatch's one packet's result is its outcome."""
+    at its first message (or its end); Dispatch's (and a DispatchStream batch's) one
+    packet's result is its outcome."""
     descriptor = _descriptor(call.method)
     method = _stub_method(stubs, call.method)
     try:
@@ -77,7 +78,14 @@ async def send(stubs: Stubs, call: Call, metadata: tuple[tuple[str, str], ...]) 
             try:
                 for message in call.request:
                     await stream.write(message)
-                await stream.read()
+                answer = await stream.read()
+                if isinstance(answer, packet_service_pb2.DispatchStreamResponse):
+                    # A batch's one packet's result (or the batch's error) is its outcome.
+                    if answer.HasField("error"):
+                        return per_packet(answer.error)
+                    (result,) = answer.dispatched.results
+                    if result.HasField("error"):
+                        return per_packet(result.error)
             finally:
                 stream.cancel()
         elif descriptor.client_streaming:

@@ -163,6 +163,13 @@ async def _dispatch(door: Door, me: str) -> Call:
     return Call(P + "Dispatch", request, resource=topic)
 
 
+@row(P + "DispatchStream")
+async def _dispatch_stream(door: Door, me: str) -> Call:
+    topic = unique("topic")
+    batch = packet_service_pb2.DispatchStreamRequest(batch_id=1, packets=[data_packet(topic, me)])
+    return Call(P + "DispatchStream", [batch], resource=topic)
+
+
 @row(P + "GetPacket")
 async def _get_packet(door: Door, me: str) -> Call:
     topic = unique("topic")

@@ -44,7 +44,7 @@ def _methods() -> set[str]:
 
 def test_every_rpc_has_exactly_one_rule() -> None:
     assert set(RULES) == _methods()
-    assert len(RULES) == 68
+    assert len(RULES) == 69
 
 
 def test_a_client_stream_is_checked_in_its_service() -> None:
@@ -58,6 +58,7 @@ def test_a_client_stream_is_checked_in_its_service() -> None:
     assert streaming_in == {
         "packetbus.v1.ConsumerGroupService/Pull",
         "packetbus.v1.ContextService/PutContext",
+        "packetbus.v1.PacketService/DispatchStream",
     }
     assert all(RULES[path].in_service for path in streaming_in)
 

@@ -22,8 +22,10 @@ DISPATCH = "/packetbus.v1.PacketService/Dispatch"
 async def test_concurrent_dispatches_share_a_few_calls(target: str, topic: str) -> None:
     counter = CountingInterceptor()
     channel = grpc.aio.insecure_channel(target, interceptors=[counter])
+    # Unary calls, to count them here (tests/test_dispatch_stream.py counts the
+    # batches on a dispatch stream).
     config = packetbus.ClientConfig(
-        batching=packetbus.BatchSettings(max_packets=250, max_latency=1.0)
+        batching=packetbus.BatchSettings(max_packets=250, max_latency=1.0, use_stream=False)
     )
     async with packetbus.Client(channel, config) as client:
         receipts = await asyncio.gather(*(client.dispatch(new_packet(topic)) for _ in range(1000)))

@@ -31,6 +31,10 @@ class BatchSettings:
     as soon as they fill `max_packets` packets or `max_bytes` bytes.
     Flow control: once `max_outstanding_packets` or `max_outstanding_bytes` are
     waiting or in flight, `dispatch` waits for room instead of buffering more.
+    `use_stream`: send the batches over one long-lived DispatchStream per
+    connection (a message on an open stream costs the server about half of a
+    call), falling back to unary Dispatch calls against a server without it;
+    False: a unary Dispatch call per batch.
     """
 
     max_packets: int = 500
@@ -39,6 +43,7 @@ class BatchSettings:
     max_concurrent_batches: int = 4
     max_outstanding_packets: int = 20_000
     max_outstanding_bytes: int = 64 * 1024 * 1024
+    use_stream: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)

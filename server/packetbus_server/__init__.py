@@ -14,6 +14,7 @@ Where things happen:
 - ``_keyring.py``          the server's signing keys on disk, and their rotation
 - ``_key_store.py``        the public key registry in Redis (servers' and agents' keys)
 - ``_packet_service.py``   the PacketService RPCs (dispatch, get, subscribe, info)
+- ``_dispatch_stream.py``  DispatchStream: Dispatch's batches over one long-lived stream
 - ``_custody_service.py``  the CustodyService RPCs (keys, agent keys, verify, export)
 - ``_placed_packets.py``   where task, finding and record packets live, by tracking id
 - ``_policy.py``           governance rules: parse, validate, evaluate (pure); its

@@ -19,7 +19,7 @@ from ._access import Gate
 from ._access.binding import INBOX_READS, admit_inbox_read
 from ._access.gate import recheck, watch_call
 from ._observability import calls
-from ._streams import Streams, kind_of
+from ._streams import FINISHES_ON_DRAIN, Streams, kind_of
 
 # Admits one call of a method (see _access.gate): given the request (None for a
 # client stream), aborts the call or lets it run with its caller known.
@@ -184,6 +184,12 @@ def _admitted(
 ) -> Callable[..., Any]:
     """`implementation` run only inside a stream slot of `kind` (see _streams);
     `yields`: it is an async generator of responses, else a coroutine."""
+    if kind in FINISHES_ON_DRAIN:
+
+        def finishing(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            return streams.finishing(kind, context, requests, implementation)
+
+        return finishing
     if yields:
 
         def responses(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:

@@ -14,6 +14,10 @@ class Limits:
     # The gRPC receive limit; a larger request is refused by gRPC itself
     # (RESOURCE_EXHAUSTED) before any of it is parsed.
     max_request_bytes: int = 16 * 1024 * 1024
+    # Batches served at once on one DispatchStream; the stream is not read
+    # further meanwhile (gRPC flow control holds its client back), so a stream
+    # holds at most this many requests.
+    max_dispatch_stream_batches: int = 8
     # The largest reply message the server sends: its gRPC send limit, and the
     # receive limit every client must set (grpc-python and grpc-js default to
     # 4 MiB). Replies are packed to reply_budget_bytes; only one item larger than
@@ -87,6 +91,7 @@ class Limits:
         return packet_service_pb2.Limits(
             max_packet_bytes=self.max_packet_bytes,
             max_batch_packets=self.max_batch_packets,
+            max_dispatch_stream_batches=self.max_dispatch_stream_batches,
             max_request_bytes=self.max_request_bytes,
             default_ttl_seconds=self.default_ttl_seconds,
             max_ttl_seconds=self.max_ttl_seconds,

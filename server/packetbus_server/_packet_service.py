@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from ._access.caller_info import describe_caller
 from ._batch_refs import with_batch
 from ._clock import StoreClock
 from ._custodian import Custodian, check_origin
+from ._dispatch_stream import answer_batches
 from ._fields import is_stream_id
 from ._gaps import Follower
 from ._ingest import Accepted, Rejected, accept, to_write
@@ -193,14 +195,29 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
     ) -> packet_service_pb2.DispatchResponse:
         return await self.dispatch(request, context, checks_sender=True)
 
+    # Answers go out serialized (_dispatch_stream.answered), which _handlers accepts.
+    def DispatchStream(  # type: ignore[override]
+        self,
+        requests: AsyncIterator[packet_service_pb2.DispatchStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[bytes | packet_service_pb2.DispatchStreamResponse]:
+        # Each batch served as a Dispatch call (_dispatch_stream).
+        return answer_batches(
+            requests,
+            context,
+            functools.partial(self.dispatch, checks_sender=True),
+            self._limits.max_dispatch_stream_batches,
+        )
+
     async def dispatch(
         self,
-        request: packet_service_pb2.DispatchRequest,
+        request: packet_service_pb2.DispatchRequest | packet_service_pb2.DispatchStreamRequest,
         context: grpc.aio.ServicerContext,
         *,
         checks_sender: bool,
     ) -> packet_service_pb2.DispatchResponse:
-        """Dispatch `request`'s packets, each with its own result. `checks_sender`:
+        """Dispatch `request`'s packets (a Dispatch call's, or a batch of a
+        DispatchStream), each with its own result. `checks_sender`:
         each packet needs topics.publish on its topic and an origin the caller may
         act as (a caller's Dispatch); False for the server's own packets (an
         escalation, a conflict event) sent on behalf of a call another rule let in."""

@@ -10,7 +10,10 @@ When the server drains, new streams are refused with UNAVAILABLE and, once
 `drain()` is called, every open stream of a kind in `ENDS_ON_DRAIN` ends with
 UNAVAILABLE (clients resume on another replica) instead of holding the process
 for the whole grace period. Context transfers are left to finish within the
-grace period like unary calls: they have an end of their own.
+grace period like unary calls: they have an end of their own. A dispatch
+stream (``FINISHES_ON_DRAIN``) carries work that must not be cut off: on drain
+it reads no more requests, answers the batches it took, then ends with
+UNAVAILABLE (`finishing`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -27,6 +30,7 @@ from ._observability import metrics
 from ._waits import retrieve_outcome
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 SUBSCRIBE = "subscribe"
 PULL = "pull"
@@ -34,7 +38,11 @@ WATCH = "watch"
 EXPORT = "export"
 TRANSFER = "transfer"
 HEALTH_WATCH = "health watch"
+DISPATCH = "dispatch"
 ENDS_ON_DRAIN = frozenset({SUBSCRIBE, PULL, WATCH, EXPORT, HEALTH_WATCH})
+FINISHES_ON_DRAIN = frozenset({DISPATCH})
+# The kinds a drain waits for (transfers get the grace period instead).
+_DRAINED = ENDS_ON_DRAIN | FINISHES_ON_DRAIN
 
 DRAINING = "this server is draining (shutting down); resume on another replica"
 
@@ -45,6 +53,8 @@ def kind_of(method_name: str) -> str:
         return SUBSCRIBE
     if method_name == "Pull":
         return PULL
+    if method_name == "DispatchStream":
+        return DISPATCH
     if method_name.startswith("Watch"):
         return WATCH
     if method_name.startswith("Export"):
@@ -88,13 +98,19 @@ class Streams:
         """Streams open now, of `kind` or of every kind."""
         return self._open[kind] if kind is not None else sum(self._open.values())
 
+    @property
+    def draining(self) -> bool:
+        """Whether `drain()` has begun: open streams are being ended or finished."""
+        return self._ending.is_set()
+
     def refuse_new(self) -> None:
         """From now on, a new stream is refused with UNAVAILABLE."""
         self._refusing = True
 
     async def drain(self, timeout: float) -> int:
         """Refuse new streams, end the open ones of the kinds in ENDS_ON_DRAIN with
-        UNAVAILABLE, and wait up to `timeout` seconds for them to be gone.
+        UNAVAILABLE, have those in FINISHES_ON_DRAIN finish what they took, and
+        wait up to `timeout` seconds for both to be gone.
         Returns how many were still open after that (transfers included)."""
         self._refusing = True
         self._ending.set()
@@ -103,7 +119,7 @@ class Streams:
         return self.open_streams()
 
     async def _wait_ended(self) -> None:
-        while any(self._open[k] for k in ENDS_ON_DRAIN):
+        while any(self._open[k] for k in _DRAINED):
             self._all_ended.clear()
             await self._all_ended.wait()
 
@@ -135,7 +151,7 @@ class Streams:
         _gauge(kind).dec()
         if self._by_peer[peer] <= 0:
             del self._by_peer[peer]
-        if not any(self._open[k] for k in ENDS_ON_DRAIN):
+        if not any(self._open[k] for k in _DRAINED):
             self._all_ended.set()
 
     async def iterate(
@@ -182,6 +198,36 @@ class Streams:
         finally:
             self._leave(kind, peer)
 
+    async def finishing(
+        self,
+        kind: str,
+        context: grpc.aio.ServicerContext,
+        requests: AsyncIterator[R],
+        serve: Callable[[AsyncIterator[R], grpc.aio.ServicerContext], AsyncIterator[T]],
+    ) -> AsyncIterator[T]:
+        """Yield the responses of `serve(requests)` inside a slot of `kind`, a kind
+        of FINISHES_ON_DRAIN: on drain `serve` sees its requests end (the ones not
+        read yet stay unread: the client sends them again), and once it has
+        answered what it took the stream ends with UNAVAILABLE, so that the
+        client goes on elsewhere."""
+        peer = await self._enter(context, kind)
+        reading = _UntilDrain(requests)
+        ending = asyncio.ensure_future(self._ending.wait())
+        # One waiter per stream, not a race per message: messages come often.
+        ending.add_done_callback(lambda done: None if done.cancelled() else reading.stop())
+        try:
+            responses = serve(reading, context)
+            try:
+                async for response in responses:
+                    yield response
+            finally:
+                await _close(responses)
+            if self._ending.is_set():
+                await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
+        finally:
+            ending.cancel()
+            self._leave(kind, peer)
+
     async def call(self, kind: str, context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
         """Await `call` (a client-streaming or context.write-style handler) inside a
         slot of `kind`; ended with UNAVAILABLE on drain if the kind ends then."""
@@ -210,6 +256,35 @@ class Streams:
                     task.cancel()
         finally:
             self._leave(kind, peer)
+
+
+class _UntilDrain(AsyncIterator[R]):
+    """`requests` until they end or `stop()` is called (the drain), whichever comes
+    first: a read waiting then is cancelled and ends the iteration instead."""
+
+    def __init__(self, requests: AsyncIterator[R]) -> None:
+        self._requests = requests
+        self._reader: asyncio.Task[Any] | None = None
+        self._stopped = False
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def __anext__(self) -> R:
+        if self._stopped:
+            raise StopAsyncIteration
+        reader = self._reader = asyncio.current_task()
+        try:
+            return await anext(self._requests)
+        except asyncio.CancelledError:
+            # stop()'s own cancellation (none other pending): the requests end here.
+            if self._stopped and reader is not None and reader.uncancel() == 0:
+                raise StopAsyncIteration from None
+            raise
+        finally:
+            self._reader = None
 
 
 def _cancelled(context: grpc.aio.ServicerContext) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -28,6 +29,7 @@ from .._approvals import Governance
 from .._batcher import Batcher
 from .._config import ClientConfig
 from .._context import ContextClient
+from .._dispatch_stream import DispatchStream
 from .._errors import PacketbusError
 from .._security import TlsSettings, Token, channel_credentials, check_token, local_kind
 from .._workers import on_workers
@@ -100,7 +102,14 @@ class Client(
             packet_service_pb2_grpc.PacketServiceStub(c) for c in self._extra_channels
         ]
         self._turn = 0
-        self._batcher = Batcher(self._send_batch, config.batching)
+        # dispatch()'s batches: over a DispatchStream per connection (_dispatch_stream),
+        # except in a with_token view, whose calls each carry a token (unary Dispatch).
+        streamed = config.batching.use_stream and not isinstance(channel, TokenChannel)
+        self._streams = [
+            DispatchStream(stub, functools.partial(self._send_on, stub), config.retry)
+            for stub in (self._dispatchers if streamed else ())
+        ]
+        self._batcher = Batcher(self._send_dispatched, config.batching)
         # The address connected to (connect sets it), for with_token's rule.
         self._target = config.target
         # A view (with_token) shares its parent's channels: closing it closes none.
@@ -227,6 +236,8 @@ class Client(
         """Send what is still queued for dispatch, then close the channel."""
         try:
             await self._batcher.close()
+            for stream in self._streams:
+                await stream.close()
         finally:
             if self._owns_channels:
                 for channel in [self._channel, *self._extra_channels]:

@@ -25,6 +25,7 @@ from .._approvals import Governance
 from .._batcher import Batcher
 from .._config import ClientConfig
 from .._context import ContextClient
+from .._dispatch_stream import DispatchStream
 from .._retry_policy import Retry, policy_of
 from .._retrying import retried
 from .._stopping import ClosedOnExit
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
         _dispatchers: list[packet_service_pb2_grpc.PacketServiceStub]
         _turn: int
         _batcher: Batcher
+        _streams: list[DispatchStream]
         _target: str
         _owns_channels: bool
 

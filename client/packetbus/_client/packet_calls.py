@@ -10,7 +10,7 @@ from typing import cast
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from packetbus import _tracing
-from packetbus.v1 import packet_pb2, packet_service_pb2
+from packetbus.v1 import packet_pb2, packet_service_pb2, packet_service_pb2_grpc
 
 from .._errors import PacketbusError
 from .core import ClientCore
@@ -69,9 +69,31 @@ class PacketCalls(ClientCore):
     async def _send_batch(
         self, packets: Sequence[packet_pb2.Packet], deadline: float
     ) -> Sequence[packet_service_pb2.DispatchResult]:
-        request = packet_service_pb2.DispatchRequest(packets=packets)
+        # dispatch_batch stays a unary call: its batches are the caller's own, large
+        # enough that the per-call cost is spread thin, and awaited one call each;
+        # the stream pays off for dispatch()'s small, frequent batches.
         stub = self._dispatchers[self._turn % len(self._dispatchers)]
         self._turn += 1
+        return await self._send_on(stub, packets, deadline)
+
+    async def _send_dispatched(
+        self, packets: Sequence[packet_pb2.Packet], deadline: float
+    ) -> Sequence[packet_service_pb2.DispatchResult]:
+        """A batch of dispatch(): on its connection's DispatchStream, if it has one."""
+        if not self._streams:
+            return await self._send_batch(packets, deadline)
+        stream = self._streams[self._turn % len(self._streams)]
+        self._turn += 1
+        return await stream.send(packets, deadline)
+
+    async def _send_on(
+        self,
+        stub: packet_service_pb2_grpc.PacketServiceStub,
+        packets: Sequence[packet_pb2.Packet],
+        deadline: float,
+    ) -> Sequence[packet_service_pb2.DispatchResult]:
+        """One unary Dispatch call over `stub`, retried within `deadline`."""
+        request = packet_service_pb2.DispatchRequest(packets=packets)
         response = await self._unary(
             lambda remaining: stub.Dispatch(request, timeout=remaining), deadline
         )

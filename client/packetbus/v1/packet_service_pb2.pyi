@@ -126,6 +126,70 @@ class DispatchResponse(_message.Message):
 Global___DispatchResponse: _TypeAlias = DispatchResponse  # noqa: Y015
 
 @_typing.final
+class DispatchStreamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    PACKETS_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.int
+    """Chosen by the client (unique among its batches in flight on the stream, as
+    it needs them told apart); the answer carries it back. Not interpreted.
+    """
+    @_builtins.property
+    def packets(self) -> _containers.RepeatedCompositeFieldContainer[_packet_pb2.Packet]:
+        """As DispatchRequest.packets."""
+
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.int = ...,
+        packets: _abc.Iterable[_packet_pb2.Packet] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "packets", b"packets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DispatchStreamRequest: _TypeAlias = DispatchStreamRequest  # noqa: Y015
+
+@_typing.final
+class DispatchStreamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    DISPATCHED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.int
+    """The batch_id of the request this answers."""
+    @_builtins.property
+    def dispatched(self) -> Global___DispatchResponse:
+        """What Dispatch answers for the batch: one result per packet, in order."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Why the batch as a whole failed, as the Dispatch call would have failed
+        (the status code, message and details of its error).
+        """
+
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.int = ...,
+        dispatched: Global___DispatchResponse | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dispatched", b"dispatched", "error", b"error", "outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "dispatched", b"dispatched", "error", b"error", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["dispatched", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___DispatchStreamResponse: _TypeAlias = DispatchStreamResponse  # noqa: Y015
+
+@_typing.final
 class DispatchResult(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -656,6 +720,7 @@ class Limits(_message.Message):
     MAX_RESPONSE_BYTES_FIELD_NUMBER: _builtins.int
     STREAMS_FIELD_NUMBER: _builtins.int
     KEEPALIVE_FIELD_NUMBER: _builtins.int
+    MAX_DISPATCH_STREAM_BATCHES_FIELD_NUMBER: _builtins.int
     max_packet_bytes: _builtins.int
     """The largest packet, serialized, in bytes (1 MiB)."""
     max_batch_packets: _builtins.int
@@ -690,6 +755,10 @@ class Limits(_message.Message):
     and grpc-js, grpc.MaxCallRecvMsgSize in Go). Streams and listings are
     packed by bytes well under it.
     """
+    max_dispatch_stream_batches: _builtins.int
+    """Most batches in flight on one DispatchStream (8): while at it the server
+    reads no more of the stream until one is answered.
+    """
     @_builtins.property
     def streams(self) -> Global___StreamLimits:
         """Open streams the server admits; beyond them RESOURCE_EXHAUSTED at once."""
@@ -713,10 +782,11 @@ class Limits(_message.Message):
         max_response_bytes: _builtins.int = ...,
         streams: Global___StreamLimits | None = ...,
         keepalive: Global___KeepaliveSettings | None = ...,
+        max_dispatch_stream_batches: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["keepalive", b"keepalive", "streams", b"streams"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_ttl_seconds", b"default_ttl_seconds", "keepalive", b"keepalive", "max_batch_packets", b"max_batch_packets", "max_custody_entries", b"max_custody_entries", "max_origin_length", b"max_origin_length", "max_packet_bytes", b"max_packet_bytes", "max_request_bytes", b"max_request_bytes", "max_response_bytes", b"max_response_bytes", "max_subscribe_batch_packets", b"max_subscribe_batch_packets", "max_topic_length", b"max_topic_length", "max_ttl_seconds", b"max_ttl_seconds", "streams", b"streams"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_ttl_seconds", b"default_ttl_seconds", "keepalive", b"keepalive", "max_batch_packets", b"max_batch_packets", "max_custody_entries", b"max_custody_entries", "max_dispatch_stream_batches", b"max_dispatch_stream_batches", "max_origin_length", b"max_origin_length", "max_packet_bytes", b"max_packet_bytes", "max_request_bytes", b"max_request_bytes", "max_response_bytes", b"max_response_bytes", "max_subscribe_batch_packets", b"max_subscribe_batch_packets", "max_topic_length", b"max_topic_length", "max_ttl_seconds", b"max_ttl_seconds", "streams", b"streams"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

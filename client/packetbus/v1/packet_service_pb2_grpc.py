@@ -40,6 +40,11 @@ class PacketServiceStub:
                 request_serializer=packetbus_dot_v1_dot_packet__service__pb2.DispatchRequest.SerializeToString,
                 response_deserializer=packetbus_dot_v1_dot_packet__service__pb2.DispatchResponse.FromString,
                 _registered_method=True)
+        self.DispatchStream = channel.stream_stream(
+                '/packetbus.v1.PacketService/DispatchStream',
+                request_serializer=packetbus_dot_v1_dot_packet__service__pb2.DispatchStreamRequest.SerializeToString,
+                response_deserializer=packetbus_dot_v1_dot_packet__service__pb2.DispatchStreamResponse.FromString,
+                _registered_method=True)
         self.GetPacket = channel.unary_unary(
                 '/packetbus.v1.PacketService/GetPacket',
                 request_serializer=packetbus_dot_v1_dot_packet__service__pb2.GetPacketRequest.SerializeToString,
@@ -73,6 +78,34 @@ class PacketServiceServicer:
         origin the caller may act as; a packet refused so gets PERMISSION_DENIED
         (ErrorInfo permission, resource) as its result, after validation and before
         anything of it is governed or stored; the others go on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DispatchStream(self, request_iterator, context):
+        """Dispatch over one long-lived stream: each request a batch of packets with a
+        batch id the client chooses, each response the answer to one batch, by its
+        id, as the batches finish (not necessarily in request order). A batch is
+        served exactly as a Dispatch call with the same packets (validation,
+        authorization of each packet, governance, custody, idempotency by tracking
+        id and meaning): its answer carries what DispatchResponse carries, or the
+        error the Dispatch call would have failed with (code, message and details:
+        INVALID_ARGUMENT for an empty or oversized batch, UNAVAILABLE when the store
+        could not be reached, ...) as a google.rpc.Status. A batch refused as a
+        whole writes nothing and does not end the stream. The credential is the
+        stream's (checked when it opens, and again before each answer).
+
+        At most Limits.max_dispatch_stream_batches batches are in flight on one
+        stream: while at it the server reads no further (gRPC flow control holds
+        the client back). A message that is not a valid DispatchStreamRequest ends
+        the stream (INVALID_ARGUMENT), as does one over Limits.max_request_bytes
+        (RESOURCE_EXHAUSTED, by gRPC). On drain the server stops reading, answers
+        the batches it took, then ends the stream with UNAVAILABLE; a batch sent
+        but not answered when a stream ends may have been stored: send the same
+        packets again (on a new stream, another replica, or by Dispatch), which is
+        always safe. A server without this method answers UNIMPLEMENTED: use
+        Dispatch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,6 +160,11 @@ def add_PacketServiceServicer_to_server(servicer, server):
                     request_deserializer=packetbus_dot_v1_dot_packet__service__pb2.DispatchRequest.FromString,
                     response_serializer=packetbus_dot_v1_dot_packet__service__pb2.DispatchResponse.SerializeToString,
             ),
+            'DispatchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DispatchStream,
+                    request_deserializer=packetbus_dot_v1_dot_packet__service__pb2.DispatchStreamRequest.FromString,
+                    response_serializer=packetbus_dot_v1_dot_packet__service__pb2.DispatchStreamResponse.SerializeToString,
+            ),
             'GetPacket': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPacket,
                     request_deserializer=packetbus_dot_v1_dot_packet__service__pb2.GetPacketRequest.FromString,
@@ -171,6 +209,33 @@ class PacketService:
             '/packetbus.v1.PacketService/Dispatch',
             packetbus_dot_v1_dot_packet__service__pb2.DispatchRequest.SerializeToString,
             packetbus_dot_v1_dot_packet__service__pb2.DispatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DispatchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/packetbus.v1.PacketService/DispatchStream',
+            packetbus_dot_v1_dot_packet__service__pb2.DispatchStreamRequest.SerializeToString,
+            packetbus_dot_v1_dot_packet__service__pb2.DispatchStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,30 @@ class PacketServiceStub:
     (ErrorInfo permission, resource) as its result, after validation and before
     anything of it is governed or stored; the others go on.
     """
+    DispatchStream: _grpc.StreamStreamMultiCallable[_packet_service_pb2.DispatchStreamRequest, _packet_service_pb2.DispatchStreamResponse]
+    """Dispatch over one long-lived stream: each request a batch of packets with a
+    batch id the client chooses, each response the answer to one batch, by its
+    id, as the batches finish (not necessarily in request order). A batch is
+    served exactly as a Dispatch call with the same packets (validation,
+    authorization of each packet, governance, custody, idempotency by tracking
+    id and meaning): its answer carries what DispatchResponse carries, or the
+    error the Dispatch call would have failed with (code, message and details:
+    INVALID_ARGUMENT for an empty or oversized batch, UNAVAILABLE when the store
+    could not be reached, ...) as a google.rpc.Status. A batch refused as a
+    whole writes nothing and does not end the stream. The credential is the
+    stream's (checked when it opens, and again before each answer).
+
+    At most Limits.max_dispatch_stream_batches batches are in flight on one
+    stream: while at it the server reads no further (gRPC flow control holds
+    the client back). A message that is not a valid DispatchStreamRequest ends
+    the stream (INVALID_ARGUMENT), as does one over Limits.max_request_bytes
+    (RESOURCE_EXHAUSTED, by gRPC). On drain the server stops reading, answers
+    the batches it took, then ends the stream with UNAVAILABLE; a batch sent
+    but not answered when a stream ends may have been stored: send the same
+    packets again (on a new stream, another replica, or by Dispatch), which is
+    always safe. A server without this method answers UNIMPLEMENTED: use
+    Dispatch.
+    """
     GetPacket: _grpc.UnaryUnaryMultiCallable[_packet_service_pb2.GetPacketRequest, _packet_service_pb2.GetPacketResponse]
     """Fetches one stored packet by its tracking id: a dispatched packet, or a
     task, finding or record packet (its chain as it is now: a task's claims and
@@ -92,6 +116,30 @@ class PacketServiceAsyncStub(PacketServiceStub):
     origin the caller may act as; a packet refused so gets PERMISSION_DENIED
     (ErrorInfo permission, resource) as its result, after validation and before
     anything of it is governed or stored; the others go on.
+    """
+    DispatchStream: _aio.StreamStreamMultiCallable[_packet_service_pb2.DispatchStreamRequest, _packet_service_pb2.DispatchStreamResponse]  # type: ignore[assignment]
+    """Dispatch over one long-lived stream: each request a batch of packets with a
+    batch id the client chooses, each response the answer to one batch, by its
+    id, as the batches finish (not necessarily in request order). A batch is
+    served exactly as a Dispatch call with the same packets (validation,
+    authorization of each packet, governance, custody, idempotency by tracking
+    id and meaning): its answer carries what DispatchResponse carries, or the
+    error the Dispatch call would have failed with (code, message and details:
+    INVALID_ARGUMENT for an empty or oversized batch, UNAVAILABLE when the store
+    could not be reached, ...) as a google.rpc.Status. A batch refused as a
+    whole writes nothing and does not end the stream. The credential is the
+    stream's (checked when it opens, and again before each answer).
+
+    At most Limits.max_dispatch_stream_batches batches are in flight on one
+    stream: while at it the server reads no further (gRPC flow control holds
+    the client back). A message that is not a valid DispatchStreamRequest ends
+    the stream (INVALID_ARGUMENT), as does one over Limits.max_request_bytes
+    (RESOURCE_EXHAUSTED, by gRPC). On drain the server stops reading, answers
+    the batches it took, then ends the stream with UNAVAILABLE; a batch sent
+    but not answered when a stream ends may have been stored: send the same
+    packets again (on a new stream, another replica, or by Dispatch), which is
+    always safe. A server without this method answers UNIMPLEMENTED: use
+    Dispatch.
     """
     GetPacket: _aio.UnaryUnaryMultiCallable[_packet_service_pb2.GetPacketRequest, _packet_service_pb2.GetPacketResponse]  # type: ignore[assignment]
     """Fetches one stored packet by its tracking id: a dispatched packet, or a
@@ -142,6 +190,36 @@ class PacketServiceServicer(metaclass=_abc_1.ABCMeta):
         origin the caller may act as; a packet refused so gets PERMISSION_DENIED
         (ErrorInfo permission, resource) as its result, after validation and before
         anything of it is governed or stored; the others go on.
+        """
+
+    @_abc_1.abstractmethod
+    def DispatchStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_packet_service_pb2.DispatchStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_packet_service_pb2.DispatchStreamResponse], _abc.AsyncIterator[_packet_service_pb2.DispatchStreamResponse]]:
+        """Dispatch over one long-lived stream: each request a batch of packets with a
+        batch id the client chooses, each response the answer to one batch, by its
+        id, as the batches finish (not necessarily in request order). A batch is
+        served exactly as a Dispatch call with the same packets (validation,
+        authorization of each packet, governance, custody, idempotency by tracking
+        id and meaning): its answer carries what DispatchResponse carries, or the
+        error the Dispatch call would have failed with (code, message and details:
+        INVALID_ARGUMENT for an empty or oversized batch, UNAVAILABLE when the store
+        could not be reached, ...) as a google.rpc.Status. A batch refused as a
+        whole writes nothing and does not end the stream. The credential is the
+        stream's (checked when it opens, and again before each answer).
+
+        At most Limits.max_dispatch_stream_batches batches are in flight on one
+        stream: while at it the server reads no further (gRPC flow control holds
+        the client back). A message that is not a valid DispatchStreamRequest ends
+        the stream (INVALID_ARGUMENT), as does one over Limits.max_request_bytes
+        (RESOURCE_EXHAUSTED, by gRPC). On drain the server stops reading, answers
+        the batches it took, then ends the stream with UNAVAILABLE; a batch sent
+        but not answered when a stream ends may have been stored: send the same
+        packets again (on a new stream, another replica, or by Dispatch), which is
+        always safe. A server without this method answers UNIMPLEMENTED: use
+        Dispatch.
         """
 
     @_abc_1.abstractmethod

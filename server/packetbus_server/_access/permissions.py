@@ -151,6 +151,8 @@ RULES: dict[str, Rule] = {
     _FINDINGS + "Escalate": Rule(P.FINDINGS_POST, _field("task_id")),
     _FINDINGS + "ListEscalations": Rule(P.FINDINGS_READ, _field("task_id")),
     _PACKETS + "Dispatch": Rule(P.TOPICS_PUBLISH, in_service=_IN_SERVICE),  # each packet
+    # Each packet of each batch, as Dispatch.
+    _PACKETS + "DispatchStream": Rule(P.TOPICS_PUBLISH, in_service=_IN_SERVICE),
     _PACKETS + "GetPacket": Rule(P.TOPICS_SUBSCRIBE, in_service=_IN_SERVICE),  # its topic
     _PACKETS + "Subscribe": Rule(P.TOPICS_SUBSCRIBE, _field("topic")),
     _PACKETS + "GetServerInfo": Rule(None),  # the limits a client must know

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file packetbus/v1/packet_service.proto.
  */
 export const file_packetbus_v1_packet_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFwYWNrZXRidXMvdjEvcGFja2V0X3NlcnZpY2UucHJvdG8SDHBhY2tldGJ1cy52MSI4Cg9EaXNwYXRjaFJlcXVlc3QSJQoHcGFja2V0cxgBIAMoCzIULnBhY2tldGJ1cy52MS5QYWNrZXQiQQoQRGlzcGF0Y2hSZXNwb25zZRItCgdyZXN1bHRzGAEgAygLMhwucGFja2V0YnVzLnYxLkRpc3BhdGNoUmVzdWx0IqMBCg5EaXNwYXRjaFJlc3VsdBITCgt0cmFja2luZ19pZBgBIAEoCRIoCgdyZWNlaXB0GAIgASgLMhUucGFja2V0YnVzLnYxLlJlY2VpcHRIABIjCgVlcnJvchgDIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzSAASIgoEaGVsZBgEIAEoCzISLnBhY2tldGJ1cy52MS5Ib2xkSABCCQoHb3V0Y29tZSI/CgRIb2xkEg8KB3J1bGVfaWQYASABKAkSDgoGcmVhc29uGAIgASgJEhYKDnBvbGljeV92ZXJzaW9uGAMgASgJIocBCgdSZWNlaXB0Eg0KBXRvcGljGAEgASgJEg4KBmN1cnNvchgCIAEoCRItCglzdG9yZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIp4BCgxTdG9yZWRQYWNrZXQSJAoGcGFja2V0GAEgASgLMhQucGFja2V0YnVzLnYxLlBhY2tldBImCgdyZWNlaXB0GAIgASgLMhUucGFja2V0YnVzLnYxLlJlY2VpcHQSDwoHY29udGVudBgDIAEoDBIvCgxjdXN0b2R5X2hlYWQYBCABKAsyGS5wYWNrZXRidXMudjEuQ3VzdG9keUhlYWQiJwoQR2V0UGFja2V0UmVxdWVzdBITCgt0cmFja2luZ19pZBgBIAEoCSI/ChFHZXRQYWNrZXRSZXNwb25zZRIqCgZwYWNrZXQYASABKAsyGi5wYWNrZXRidXMudjEuU3RvcmVkUGFja2V0IpQBChBTdWJzY3JpYmVSZXF1ZXN0Eg0KBXRvcGljGAEgASgJEjUKDnN0YXJ0X3Bvc2l0aW9uGAIgASgOMhsucGFja2V0YnVzLnYxLlN0YXJ0UG9zaXRpb25IABIWCgxhZnRlcl9jdXJzb3IYAyABKAlIABIZChFtYXhfYmF0Y2hfcGFja2V0cxgEIAEoDUIHCgVzdGFydCJsChFTdWJzY3JpYmVSZXNwb25zZRIrCgdwYWNrZXRzGAEgAygLMhoucGFja2V0YnVzLnYxLlN0b3JlZFBhY2tldBIqCgNnYXAYAiABKAsyHS5wYWNrZXRidXMudjEuU3Vic2NyaXB0aW9uR2FwIoQBCg9TdWJzY3JpcHRpb25HYXASEwoLbGFzdF9jdXJzb3IYASABKAkSGwoTcmVzdW1lX2FmdGVyX2N1cnNvchgCIAEoCRIWCg5taXNzZWRfcGFja2V0cxgDIAEoBBInCgZyZWFzb24YBCABKA4yFy5wYWNrZXRidXMudjEuR2FwUmVhc29uIi0KFEdldFNlcnZlckluZm9SZXF1ZXN0EhUKDWFzc2lnbl93b3JrZXIYASABKAgi0gEKFUdldFNlcnZlckluZm9SZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEiEKGXN1cHBvcnRlZF9zY2hlbWFfdmVyc2lvbnMYAiADKAkSJAoGbGltaXRzGAMgASgLMhQucGFja2V0YnVzLnYxLkxpbWl0cxIRCglzZXJ2ZXJfaWQYBCABKAkSJgoHd29ya2VycxgFIAEoCzIVLnBhY2tldGJ1cy52MS5Xb3JrZXJzEiQKBmNhbGxlchgGIAEoCzIULnBhY2tldGJ1cy52MS5DYWxsZXIijgEKBkNhbGxlchIRCglwcmluY2lwYWwYASABKAkSFQoNYXV0aGVudGljYXRlZBgCIAEoCBIOCgZzb3VyY2UYAyABKAkSEAoIYWdlbnRfaWQYBCABKAkSDQoFcm9sZXMYBSADKAkSKQoGZ3JhbnRzGAYgAygLMhkucGFja2V0YnVzLnYxLkNhbGxlckdyYW50IjMKC0NhbGxlckdyYW50EhIKCnBlcm1pc3Npb24YASABKAkSEAoIcmVzb3VyY2UYAiABKAkiOwoHV29ya2VycxINCgVwb3J0cxgBIAMoDRIPCgdzZXJ2aW5nGAIgASgNEhAKCGFzc2lnbmVkGAMgASgNIoIDCgZMaW1pdHMSGAoQbWF4X3BhY2tldF9ieXRlcxgBIAEoDRIZChFtYXhfYmF0Y2hfcGFja2V0cxgCIAEoDRIZChFtYXhfcmVxdWVzdF9ieXRlcxgDIAEoDRIbChNkZWZhdWx0X3R0bF9zZWNvbmRzGAQgASgNEhcKD21heF90dGxfc2Vjb25kcxgFIAEoDRIjChttYXhfc3Vic2NyaWJlX2JhdGNoX3BhY2tldHMYBiABKA0SGQoRbWF4X29yaWdpbl9sZW5ndGgYByABKA0SGAoQbWF4X3RvcGljX2xlbmd0aBgIIAEoDRIbChNtYXhfY3VzdG9keV9lbnRyaWVzGAkgASgNEhoKEm1heF9yZXNwb25zZV9ieXRlcxgKIAEoDRIrCgdzdHJlYW1zGAsgASgLMhoucGFja2V0YnVzLnYxLlN0cmVhbUxpbWl0cxIyCglrZWVwYWxpdmUYDCABKAsyHy5wYWNrZXRidXMudjEuS2VlcGFsaXZlU2V0dGluZ3MihwEKDFN0cmVhbUxpbWl0cxIXCg9tYXhfc3Vic2NyaWJlcnMYASABKA0SFAoMbWF4X3dhdGNoZXJzGAIgASgNEhMKC21heF9leHBvcnRzGAMgASgNEhUKDW1heF90cmFuc2ZlcnMYBCABKA0SHAoUbWF4X3N0cmVhbXNfcGVyX3BlZXIYBSABKA0ieQoRS2VlcGFsaXZlU2V0dGluZ3MSHwoXc2VydmVyX3BpbmdfaW50ZXJ2YWxfbXMYASABKA0SHgoWc2VydmVyX3BpbmdfdGltZW91dF9tcxgCIAEoDRIjChttaW5fY2xpZW50X3BpbmdfaW50ZXJ2YWxfbXMYAyABKA0qZwoNU3RhcnRQb3NpdGlvbhIeChpTVEFSVF9QT1NJVElPTl9VTlNQRUNJRklFRBAAEhsKF1NUQVJUX1BPU0lUSU9OX0VBUkxJRVNUEAESGQoVU1RBUlRfUE9TSVRJT05fTEFURVNUEAIqVwoJR2FwUmVhc29uEhoKFkdBUF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJHQVBfUkVBU09OX1RSSU1NRUQQARIWChJHQVBfUkVBU09OX0VYUElSRUQQAjLhAgoNUGFja2V0U2VydmljZRJJCghEaXNwYXRjaBIdLnBhY2tldGJ1cy52MS5EaXNwYXRjaFJlcXVlc3QaHi5wYWNrZXRidXMudjEuRGlzcGF0Y2hSZXNwb25zZRJRCglHZXRQYWNrZXQSHi5wYWNrZXRidXMudjEuR2V0UGFja2V0UmVxdWVzdBofLnBhY2tldGJ1cy52MS5HZXRQYWNrZXRSZXNwb25zZSIDkAIBElMKCVN1YnNjcmliZRIeLnBhY2tldGJ1cy52MS5TdWJzY3JpYmVSZXF1ZXN0Gh8ucGFja2V0YnVzLnYxLlN1YnNjcmliZVJlc3BvbnNlIgOQAgEwARJdCg1HZXRTZXJ2ZXJJbmZvEiIucGFja2V0YnVzLnYxLkdldFNlcnZlckluZm9SZXF1ZXN0GiMucGFja2V0YnVzLnYxLkdldFNlcnZlckluZm9SZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_timestamp, file_google_rpc_status, file_packetbus_v1_custody, file_packetbus_v1_packet]);
+  fileDesc("CiFwYWNrZXRidXMvdjEvcGFja2V0X3NlcnZpY2UucHJvdG8SDHBhY2tldGJ1cy52MSI4Cg9EaXNwYXRjaFJlcXVlc3QSJQoHcGFja2V0cxgBIAMoCzIULnBhY2tldGJ1cy52MS5QYWNrZXQiQQoQRGlzcGF0Y2hSZXNwb25zZRItCgdyZXN1bHRzGAEgAygLMhwucGFja2V0YnVzLnYxLkRpc3BhdGNoUmVzdWx0IlAKFURpc3BhdGNoU3RyZWFtUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoBBIlCgdwYWNrZXRzGAIgAygLMhQucGFja2V0YnVzLnYxLlBhY2tldCKQAQoWRGlzcGF0Y2hTdHJlYW1SZXNwb25zZRIQCghiYXRjaF9pZBgBIAEoBBI0CgpkaXNwYXRjaGVkGAIgASgLMh4ucGFja2V0YnVzLnYxLkRpc3BhdGNoUmVzcG9uc2VIABIjCgVlcnJvchgDIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzSABCCQoHb3V0Y29tZSKjAQoORGlzcGF0Y2hSZXN1bHQSEwoLdHJhY2tpbmdfaWQYASABKAkSKAoHcmVjZWlwdBgCIAEoCzIVLnBhY2tldGJ1cy52MS5SZWNlaXB0SAASIwoFZXJyb3IYAyABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAEiIKBGhlbGQYBCABKAsyEi5wYWNrZXRidXMudjEuSG9sZEgAQgkKB291dGNvbWUiPwoESG9sZBIPCgdydWxlX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIWCg5wb2xpY3lfdmVyc2lvbhgDIAEoCSKHAQoHUmVjZWlwdBINCgV0b3BpYxgBIAEoCRIOCgZjdXJzb3IYAiABKAkSLQoJc3RvcmVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKeAQoMU3RvcmVkUGFja2V0EiQKBnBhY2tldBgBIAEoCzIULnBhY2tldGJ1cy52MS5QYWNrZXQSJgoHcmVjZWlwdBgCIAEoCzIVLnBhY2tldGJ1cy52MS5SZWNlaXB0Eg8KB2NvbnRlbnQYAyABKAwSLwoMY3VzdG9keV9oZWFkGAQgASgLMhkucGFja2V0YnVzLnYxLkN1c3RvZHlIZWFkIicKEEdldFBhY2tldFJlcXVlc3QSEwoLdHJhY2tpbmdfaWQYASABKAkiPwoRR2V0UGFja2V0UmVzcG9uc2USKgoGcGFja2V0GAEgASgLMhoucGFja2V0YnVzLnYxLlN0b3JlZFBhY2tldCKUAQoQU3Vic2NyaWJlUmVxdWVzdBINCgV0b3BpYxgBIAEoCRI1Cg5zdGFydF9wb3NpdGlvbhgCIAEoDjIbLnBhY2tldGJ1cy52MS5TdGFydFBvc2l0aW9uSAASFgoMYWZ0ZXJfY3Vyc29yGAMgASgJSAASGQoRbWF4X2JhdGNoX3BhY2tldHMYBCABKA1CBwoFc3RhcnQibAoRU3Vic2NyaWJlUmVzcG9uc2USKwoHcGFja2V0cxgBIAMoCzIaLnBhY2tldGJ1cy52MS5TdG9yZWRQYWNrZXQSKgoDZ2FwGAIgASgLMh0ucGFja2V0YnVzLnYxLlN1YnNjcmlwdGlvbkdhcCKEAQoPU3Vic2NyaXB0aW9uR2FwEhMKC2xhc3RfY3Vyc29yGAEgASgJEhsKE3Jlc3VtZV9hZnRlcl9jdXJzb3IYAiABKAkSFgoObWlzc2VkX3BhY2tldHMYAyABKAQSJwoGcmVhc29uGAQgASgOMhcucGFja2V0YnVzLnYxLkdhcFJlYXNvbiItChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdBIVCg1hc3NpZ25fd29ya2VyGAEgASgIItIBChVHZXRTZXJ2ZXJJbmZvUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoCRIhChlzdXBwb3J0ZWRfc2NoZW1hX3ZlcnNpb25zGAIgAygJEiQKBmxpbWl0cxgDIAEoCzIULnBhY2tldGJ1cy52MS5MaW1pdHMSEQoJc2VydmVyX2lkGAQgASgJEiYKB3dvcmtlcnMYBSABKAsyFS5wYWNrZXRidXMudjEuV29ya2VycxIkCgZjYWxsZXIYBiABKAsyFC5wYWNrZXRidXMudjEuQ2FsbGVyIo4BCgZDYWxsZXISEQoJcHJpbmNpcGFsGAEgASgJEhUKDWF1dGhlbnRpY2F0ZWQYAiABKAgSDgoGc291cmNlGAMgASgJEhAKCGFnZW50X2lkGAQgASgJEg0KBXJvbGVzGAUgAygJEikKBmdyYW50cxgGIAMoCzIZLnBhY2tldGJ1cy52MS5DYWxsZXJHcmFudCIzCgtDYWxsZXJHcmFudBISCgpwZXJtaXNzaW9uGAEgASgJEhAKCHJlc291cmNlGAIgASgJIjsKB1dvcmtlcnMSDQoFcG9ydHMYASADKA0SDwoHc2VydmluZxgCIAEoDRIQCghhc3NpZ25lZBgDIAEoDSKnAwoGTGltaXRzEhgKEG1heF9wYWNrZXRfYnl0ZXMYASABKA0SGQoRbWF4X2JhdGNoX3BhY2tldHMYAiABKA0SGQoRbWF4X3JlcXVlc3RfYnl0ZXMYAyABKA0SGwoTZGVmYXVsdF90dGxfc2Vjb25kcxgEIAEoDRIXCg9tYXhfdHRsX3NlY29uZHMYBSABKA0SIwobbWF4X3N1YnNjcmliZV9iYXRjaF9wYWNrZXRzGAYgASgNEhkKEW1heF9vcmlnaW5fbGVuZ3RoGAcgASgNEhgKEG1heF90b3BpY19sZW5ndGgYCCABKA0SGwoTbWF4X2N1c3RvZHlfZW50cmllcxgJIAEoDRIaChJtYXhfcmVzcG9uc2VfYnl0ZXMYCiABKA0SKwoHc3RyZWFtcxgLIAEoCzIaLnBhY2tldGJ1cy52MS5TdHJlYW1MaW1pdHMSMgoJa2VlcGFsaXZlGAwgASgLMh8ucGFja2V0YnVzLnYxLktlZXBhbGl2ZVNldHRpbmdzEiMKG21heF9kaXNwYXRjaF9zdHJlYW1fYmF0Y2hlcxgNIAEoDSKHAQoMU3RyZWFtTGltaXRzEhcKD21heF9zdWJzY3JpYmVycxgBIAEoDRIUCgxtYXhfd2F0Y2hlcnMYAiABKA0SEwoLbWF4X2V4cG9ydHMYAyABKA0SFQoNbWF4X3RyYW5zZmVycxgEIAEoDRIcChRtYXhfc3RyZWFtc19wZXJfcGVlchgFIAEoDSJ5ChFLZWVwYWxpdmVTZXR0aW5ncxIfChdzZXJ2ZXJfcGluZ19pbnRlcnZhbF9tcxgBIAEoDRIeChZzZXJ2ZXJfcGluZ190aW1lb3V0X21zGAIgASgNEiMKG21pbl9jbGllbnRfcGluZ19pbnRlcnZhbF9tcxgDIAEoDSpnCg1TdGFydFBvc2l0aW9uEh4KGlNUQVJUX1BPU0lUSU9OX1VOU1BFQ0lGSUVEEAASGwoXU1RBUlRfUE9TSVRJT05fRUFSTElFU1QQARIZChVTVEFSVF9QT1NJVElPTl9MQVRFU1QQAipXCglHYXBSZWFzb24SGgoWR0FQX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkdBUF9SRUFTT05fVFJJTU1FRBABEhYKEkdBUF9SRUFTT05fRVhQSVJFRBACMsIDCg1QYWNrZXRTZXJ2aWNlEkkKCERpc3BhdGNoEh0ucGFja2V0YnVzLnYxLkRpc3BhdGNoUmVxdWVzdBoeLnBhY2tldGJ1cy52MS5EaXNwYXRjaFJlc3BvbnNlEl8KDkRpc3BhdGNoU3RyZWFtEiMucGFja2V0YnVzLnYxLkRpc3BhdGNoU3RyZWFtUmVxdWVzdBokLnBhY2tldGJ1cy52MS5EaXNwYXRjaFN0cmVhbVJlc3BvbnNlKAEwARJRCglHZXRQYWNrZXQSHi5wYWNrZXRidXMudjEuR2V0UGFja2V0UmVxdWVzdBofLnBhY2tldGJ1cy52MS5HZXRQYWNrZXRSZXNwb25zZSIDkAIBElMKCVN1YnNjcmliZRIeLnBhY2tldGJ1cy52MS5TdWJzY3JpYmVSZXF1ZXN0Gh8ucGFja2V0YnVzLnYxLlN1YnNjcmliZVJlc3BvbnNlIgOQAgEwARJdCg1HZXRTZXJ2ZXJJbmZvEiIucGFja2V0YnVzLnYxLkdldFNlcnZlckluZm9SZXF1ZXN0GiMucGFja2V0YnVzLnYxLkdldFNlcnZlckluZm9SZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_timestamp, file_google_rpc_status, file_packetbus_v1_custody, file_packetbus_v1_packet]);
 
 /**
  * @generated from message packetbus.v1.DispatchRequest
@@ -60,6 +60,74 @@ export type DispatchResponse = Message<"packetbus.v1.DispatchResponse"> & {
  */
 export const DispatchResponseSchema: GenMessage<DispatchResponse> = /*@__PURE__*/
   messageDesc(file_packetbus_v1_packet_service, 1);
+
+/**
+ * @generated from message packetbus.v1.DispatchStreamRequest
+ */
+export type DispatchStreamRequest = Message<"packetbus.v1.DispatchStreamRequest"> & {
+  /**
+   * Chosen by the client (unique among its batches in flight on the stream, as
+   * it needs them told apart); the answer carries it back. Not interpreted.
+   *
+   * @generated from field: uint64 batch_id = 1;
+   */
+  batchId: bigint;
+
+  /**
+   * As DispatchRequest.packets.
+   *
+   * @generated from field: repeated packetbus.v1.Packet packets = 2;
+   */
+  packets: Packet[];
+};
+
+/**
+ * Describes the message packetbus.v1.DispatchStreamRequest.
+ * Use `create(DispatchStreamRequestSchema)` to create a new message.
+ */
+export const DispatchStreamRequestSchema: GenMessage<DispatchStreamRequest> = /*@__PURE__*/
+  messageDesc(file_packetbus_v1_packet_service, 2);
+
+/**
+ * @generated from message packetbus.v1.DispatchStreamResponse
+ */
+export type DispatchStreamResponse = Message<"packetbus.v1.DispatchStreamResponse"> & {
+  /**
+   * The batch_id of the request this answers.
+   *
+   * @generated from field: uint64 batch_id = 1;
+   */
+  batchId: bigint;
+
+  /**
+   * @generated from oneof packetbus.v1.DispatchStreamResponse.outcome
+   */
+  outcome: {
+    /**
+     * What Dispatch answers for the batch: one result per packet, in order.
+     *
+     * @generated from field: packetbus.v1.DispatchResponse dispatched = 2;
+     */
+    value: DispatchResponse;
+    case: "dispatched";
+  } | {
+    /**
+     * Why the batch as a whole failed, as the Dispatch call would have failed
+     * (the status code, message and details of its error).
+     *
+     * @generated from field: google.rpc.Status error = 3;
+     */
+    value: Status;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message packetbus.v1.DispatchStreamResponse.
+ * Use `create(DispatchStreamResponseSchema)` to create a new message.
+ */
+export const DispatchStreamResponseSchema: GenMessage<DispatchStreamResponse> = /*@__PURE__*/
+  messageDesc(file_packetbus_v1_packet_service, 3);
 
 /**
  * @generated from message packetbus.v1.DispatchResult
@@ -118,7 +186,7 @@ export type DispatchResult = Message<"packetbus.v1.DispatchResult"> & {
  * Use `create(DispatchResultSchema)` to create a new message.
  */
 export const DispatchResultSchema: GenMessage<DispatchResult> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 2);
+  messageDesc(file_packetbus_v1_packet_service, 4);
 
 /**
  * Why a packet waits in its topic's approval queue.
@@ -153,7 +221,7 @@ export type Hold = Message<"packetbus.v1.Hold"> & {
  * Use `create(HoldSchema)` to create a new message.
  */
 export const HoldSchema: GenMessage<Hold> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 3);
+  messageDesc(file_packetbus_v1_packet_service, 5);
 
 /**
  * Where and when a packet was stored.
@@ -189,7 +257,7 @@ export type Receipt = Message<"packetbus.v1.Receipt"> & {
  * Use `create(ReceiptSchema)` to create a new message.
  */
 export const ReceiptSchema: GenMessage<Receipt> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 4);
+  messageDesc(file_packetbus_v1_packet_service, 6);
 
 /**
  * A packet as the bus holds it.
@@ -230,7 +298,7 @@ export type StoredPacket = Message<"packetbus.v1.StoredPacket"> & {
  * Use `create(StoredPacketSchema)` to create a new message.
  */
 export const StoredPacketSchema: GenMessage<StoredPacket> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 5);
+  messageDesc(file_packetbus_v1_packet_service, 7);
 
 /**
  * @generated from message packetbus.v1.GetPacketRequest
@@ -250,7 +318,7 @@ export type GetPacketRequest = Message<"packetbus.v1.GetPacketRequest"> & {
  * Use `create(GetPacketRequestSchema)` to create a new message.
  */
 export const GetPacketRequestSchema: GenMessage<GetPacketRequest> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 6);
+  messageDesc(file_packetbus_v1_packet_service, 8);
 
 /**
  * @generated from message packetbus.v1.GetPacketResponse
@@ -267,7 +335,7 @@ export type GetPacketResponse = Message<"packetbus.v1.GetPacketResponse"> & {
  * Use `create(GetPacketResponseSchema)` to create a new message.
  */
 export const GetPacketResponseSchema: GenMessage<GetPacketResponse> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 7);
+  messageDesc(file_packetbus_v1_packet_service, 9);
 
 /**
  * @generated from message packetbus.v1.SubscribeRequest
@@ -317,7 +385,7 @@ export type SubscribeRequest = Message<"packetbus.v1.SubscribeRequest"> & {
  * Use `create(SubscribeRequestSchema)` to create a new message.
  */
 export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 8);
+  messageDesc(file_packetbus_v1_packet_service, 10);
 
 /**
  * @generated from message packetbus.v1.SubscribeResponse
@@ -346,7 +414,7 @@ export type SubscribeResponse = Message<"packetbus.v1.SubscribeResponse"> & {
  * Use `create(SubscribeResponseSchema)` to create a new message.
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 9);
+  messageDesc(file_packetbus_v1_packet_service, 11);
 
 /**
  * Packets a subscription missed. A subscription that starts from a position
@@ -394,7 +462,7 @@ export type SubscriptionGap = Message<"packetbus.v1.SubscriptionGap"> & {
  * Use `create(SubscriptionGapSchema)` to create a new message.
  */
 export const SubscriptionGapSchema: GenMessage<SubscriptionGap> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 10);
+  messageDesc(file_packetbus_v1_packet_service, 12);
 
 /**
  * @generated from message packetbus.v1.GetServerInfoRequest
@@ -415,7 +483,7 @@ export type GetServerInfoRequest = Message<"packetbus.v1.GetServerInfoRequest"> 
  * Use `create(GetServerInfoRequestSchema)` to create a new message.
  */
 export const GetServerInfoRequestSchema: GenMessage<GetServerInfoRequest> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 11);
+  messageDesc(file_packetbus_v1_packet_service, 13);
 
 /**
  * @generated from message packetbus.v1.GetServerInfoResponse
@@ -467,7 +535,7 @@ export type GetServerInfoResponse = Message<"packetbus.v1.GetServerInfoResponse"
  * Use `create(GetServerInfoResponseSchema)` to create a new message.
  */
 export const GetServerInfoResponseSchema: GenMessage<GetServerInfoResponse> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 12);
+  messageDesc(file_packetbus_v1_packet_service, 14);
 
 /**
  * Who made a call, as the server saw it (GetServerInfoResponse.caller).
@@ -529,7 +597,7 @@ export type Caller = Message<"packetbus.v1.Caller"> & {
  * Use `create(CallerSchema)` to create a new message.
  */
 export const CallerSchema: GenMessage<Caller> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 13);
+  messageDesc(file_packetbus_v1_packet_service, 15);
 
 /**
  * One permission on the resources one pattern matches.
@@ -553,7 +621,7 @@ export type CallerGrant = Message<"packetbus.v1.CallerGrant"> & {
  * Use `create(CallerGrantSchema)` to create a new message.
  */
 export const CallerGrantSchema: GenMessage<CallerGrant> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 14);
+  messageDesc(file_packetbus_v1_packet_service, 16);
 
 /**
  * The worker processes of one server. They share the port the client dialed,
@@ -595,7 +663,7 @@ export type Workers = Message<"packetbus.v1.Workers"> & {
  * Use `create(WorkersSchema)` to create a new message.
  */
 export const WorkersSchema: GenMessage<Workers> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 15);
+  messageDesc(file_packetbus_v1_packet_service, 17);
 
 /**
  * What the server accepts; a request beyond a limit is INVALID_ARGUMENT
@@ -700,6 +768,14 @@ export type Limits = Message<"packetbus.v1.Limits"> & {
    * @generated from field: packetbus.v1.KeepaliveSettings keepalive = 12;
    */
   keepalive?: KeepaliveSettings | undefined;
+
+  /**
+   * Most batches in flight on one DispatchStream (8): while at it the server
+   * reads no more of the stream until one is answered.
+   *
+   * @generated from field: uint32 max_dispatch_stream_batches = 13;
+   */
+  maxDispatchStreamBatches: number;
 };
 
 /**
@@ -707,7 +783,7 @@ export type Limits = Message<"packetbus.v1.Limits"> & {
  * Use `create(LimitsSchema)` to create a new message.
  */
 export const LimitsSchema: GenMessage<Limits> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 16);
+  messageDesc(file_packetbus_v1_packet_service, 18);
 
 /**
  * Open streaming calls the server admits at once. A call beyond a limit is
@@ -759,7 +835,7 @@ export type StreamLimits = Message<"packetbus.v1.StreamLimits"> & {
  * Use `create(StreamLimitsSchema)` to create a new message.
  */
 export const StreamLimitsSchema: GenMessage<StreamLimits> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 17);
+  messageDesc(file_packetbus_v1_packet_service, 19);
 
 /**
  * HTTP/2 keepalive. The server pings a connection quiet for
@@ -799,7 +875,7 @@ export type KeepaliveSettings = Message<"packetbus.v1.KeepaliveSettings"> & {
  * Use `create(KeepaliveSettingsSchema)` to create a new message.
  */
 export const KeepaliveSettingsSchema: GenMessage<KeepaliveSettings> = /*@__PURE__*/
-  messageDesc(file_packetbus_v1_packet_service, 18);
+  messageDesc(file_packetbus_v1_packet_service, 20);
 
 /**
  * Where a subscription starts when no cursor is given.
@@ -894,6 +970,37 @@ export const PacketService: GenService<{
     methodKind: "unary";
     input: typeof DispatchRequestSchema;
     output: typeof DispatchResponseSchema;
+  },
+  /**
+   * Dispatch over one long-lived stream: each request a batch of packets with a
+   * batch id the client chooses, each response the answer to one batch, by its
+   * id, as the batches finish (not necessarily in request order). A batch is
+   * served exactly as a Dispatch call with the same packets (validation,
+   * authorization of each packet, governance, custody, idempotency by tracking
+   * id and meaning): its answer carries what DispatchResponse carries, or the
+   * error the Dispatch call would have failed with (code, message and details:
+   * INVALID_ARGUMENT for an empty or oversized batch, UNAVAILABLE when the store
+   * could not be reached, ...) as a google.rpc.Status. A batch refused as a
+   * whole writes nothing and does not end the stream. The credential is the
+   * stream's (checked when it opens, and again before each answer).
+   *
+   * At most Limits.max_dispatch_stream_batches batches are in flight on one
+   * stream: while at it the server reads no further (gRPC flow control holds
+   * the client back). A message that is not a valid DispatchStreamRequest ends
+   * the stream (INVALID_ARGUMENT), as does one over Limits.max_request_bytes
+   * (RESOURCE_EXHAUSTED, by gRPC). On drain the server stops reading, answers
+   * the batches it took, then ends the stream with UNAVAILABLE; a batch sent
+   * but not answered when a stream ends may have been stored: send the same
+   * packets again (on a new stream, another replica, or by Dispatch), which is
+   * always safe. A server without this method answers UNIMPLEMENTED: use
+   * Dispatch.
+   *
+   * @generated from rpc packetbus.v1.PacketService.DispatchStream
+   */
+  dispatchStream: {
+    methodKind: "bidi_streaming";
+    input: typeof DispatchStreamRequestSchema;
+    output: typeof DispatchStreamResponseSchema;
   },
   /**
    * Fetches one stored packet by its tracking id: a dispatched packet, or a
