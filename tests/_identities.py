@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -138,23 +139,33 @@ async def client_as(target: str, token: str) -> packetbus.Client:
 
 @asynccontextmanager
 async def guarded_server(
-    redis_url: str, folder: Path, issuer: Issuer, grants: Mapping[str, Sequence[Grant]]
+    redis_url: str,
+    folder: Path,
+    issuer: Issuer,
+    grants: Mapping[str, Sequence[Grant]],
+    rules: str = "",
+    **settings: Any,
 ) -> AsyncIterator[RunningServer]:
     """A server (see server_config) authenticating `issuer`'s JWTs and authorizing by
-    `grants`, stopped on exit."""
-    config = await asyncio.to_thread(server_config, redis_url, folder, issuer, policy_text(grants))
-    srv = await start(config)
+    `grants`, with the governance `rules` (policy file TOML) and ServerConfig
+    `settings` (e.g. metrics_listen), stopped on exit."""
+    config = await asyncio.to_thread(
+        server_config, redis_url, folder, issuer, policy_text(grants, rules)
+    )
+    srv = await start(replace(config, **settings))
     try:
         yield srv
     finally:
         await srv.stop(grace=0)
 
 
-def guarded_fixtures(grants: Mapping[str, Sequence[Grant]], name: str) -> tuple[Any, Any]:
+def guarded_fixtures(
+    grants: Mapping[str, Sequence[Grant]], name: str, rules: str = "", **settings: Any
+) -> tuple[Any, Any]:
     """A test module's fixtures `issuer` (an Issuer, module-scoped) and `guarded` (a
-    guarded_server authenticating its JWTs and authorizing by `grants`, module-scoped,
-    its files in a temporary folder named after `name`), for the module to bind:
-    ``issuer, guarded = guarded_fixtures(GRANTS, "my-tests")``."""
+    guarded_server authenticating its JWTs and authorizing by `grants`, with `rules` and
+    `settings`, module-scoped, its files in a temporary folder named after `name`), for
+    the module to bind: ``issuer, guarded = guarded_fixtures(GRANTS, "my-tests")``."""
 
     @pytest.fixture(scope="module", name="issuer")
     def issuer_fixture() -> Issuer:
@@ -164,7 +175,8 @@ def guarded_fixtures(grants: Mapping[str, Sequence[Grant]], name: str) -> tuple[
     async def guarded_fixture(
         redis_url: str, issuer: Issuer, tmp_path_factory: pytest.TempPathFactory
     ) -> AsyncIterator[RunningServer]:
-        async with guarded_server(redis_url, tmp_path_factory.mktemp(name), issuer, grants) as srv:
+        folder = tmp_path_factory.mktemp(name)
+        async with guarded_server(redis_url, folder, issuer, grants, rules, **settings) as srv:
             yield srv
 
     return issuer_fixture, guarded_fixture

@@ -9,7 +9,6 @@ from the policy file's `[authorization]` section (tests/_identities.py).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -21,9 +20,9 @@ import packetbus
 from packetbus import _custody
 from packetbus._approvals import decision_entry
 from packetbus.v1 import agent_service_pb2, policy_service_pb2
-from packetbus_server import Limits, RunningServer, start
+from packetbus_server import Limits, RunningServer
 from packetbus_server._agent_store import AgentStore, Unchecked
-from tests._identities import Issuer, client_as, policy_text, server_config, spiffe
+from tests._identities import Issuer, client_as, guarded_fixtures, spiffe
 from tests._store_keys import key_names, new_keys
 from tests.conftest import unique
 from tests.test_policy import spawn_packet
@@ -69,22 +68,7 @@ GRANTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def issuer() -> Issuer:
-    return Issuer()
-
-
-@pytest.fixture(scope="module")
-async def guarded(
-    redis_url: str, issuer: Issuer, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[RunningServer]:
-    folder = tmp_path_factory.mktemp("identity")
-    config = await asyncio.to_thread(
-        server_config, redis_url, folder, issuer, policy_text(GRANTS, rules=POLICY)
-    )
-    srv = await start(config)
-    yield srv
-    await srv.stop(grace=0)
+issuer, guarded = guarded_fixtures(GRANTS, "identity", POLICY)
 
 
 @pytest.fixture

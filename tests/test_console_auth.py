@@ -23,7 +23,7 @@ import packetbus
 from packetbus_console.sessions import COOKIE
 from packetbus_server import RunningServer, start
 from tests._console import CHANGE, hold_spawns, output, sse_events, start_console, stop
-from tests._identities import Issuer, client_as, policy_text, server_config, spiffe
+from tests._identities import Issuer, client_as, guarded_fixtures, server_config, spiffe
 from tests.conftest import new_packet, unique
 
 # About who may call, not how the store behaves: one backend (see conftest).
@@ -42,22 +42,7 @@ GRANTS = {
 RULES = hold_spawns("sec.*")
 
 
-@pytest.fixture(scope="module")
-def issuer() -> Issuer:
-    return Issuer()
-
-
-@pytest.fixture(scope="module")
-async def guarded(
-    redis_url: str, issuer: Issuer, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[RunningServer]:
-    folder = tmp_path_factory.mktemp("console-auth")
-    config = await asyncio.to_thread(
-        server_config, redis_url, folder, issuer, policy_text(GRANTS, RULES)
-    )
-    srv = await start(config)
-    yield srv
-    await srv.stop(grace=0)
+issuer, guarded = guarded_fixtures(GRANTS, "console-auth", RULES)
 
 
 @pytest.fixture(scope="module")

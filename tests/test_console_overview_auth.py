@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -21,7 +20,7 @@ import trustme
 from packetbus_server import RunningServer, ServerConfig, start
 from tests._certs import client_cert, write_server_cert
 from tests._console import CHANGE, sse_events, start_console, stop
-from tests._identities import Issuer, policy_text, server_config, spiffe
+from tests._identities import Issuer, guarded_fixtures, spiffe
 
 pytestmark = pytest.mark.one_backend
 
@@ -29,20 +28,7 @@ VIEWER = spiffe("overview-viewer")
 GRANTS = {VIEWER: [("agents.read", "*")]}  # nothing about metrics: none is needed
 
 
-@pytest.fixture(scope="module")
-def issuer() -> Issuer:
-    return Issuer()
-
-
-@pytest.fixture(scope="module")
-async def guarded(
-    redis_url: str, issuer: Issuer, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[RunningServer]:
-    folder = tmp_path_factory.mktemp("overview-auth")
-    config = await asyncio.to_thread(server_config, redis_url, folder, issuer, policy_text(GRANTS))
-    srv = await start(replace(config, metrics_listen="127.0.0.1:0"))
-    yield srv
-    await srv.stop(grace=0)
+issuer, guarded = guarded_fixtures(GRANTS, "overview-auth", metrics_listen="127.0.0.1:0")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ as principals with different grants.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -17,9 +16,9 @@ import httpx
 import pytest
 
 import packetbus
-from packetbus_server import RunningServer, start
+from packetbus_server import RunningServer
 from tests._console import CHANGE, start_console, stop
-from tests._identities import Issuer, client_as, policy_text, server_config, spiffe
+from tests._identities import Issuer, client_as, guarded_fixtures, spiffe
 from tests.conftest import new_packet, unique
 
 # About who may call, not how the store behaves: one backend (see conftest).
@@ -39,20 +38,7 @@ GRANTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def issuer() -> Issuer:
-    return Issuer()
-
-
-@pytest.fixture(scope="module")
-async def guarded(
-    redis_url: str, issuer: Issuer, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[RunningServer]:
-    folder = tmp_path_factory.mktemp("topics-auth")
-    config = await asyncio.to_thread(server_config, redis_url, folder, issuer, policy_text(GRANTS))
-    srv = await start(config)
-    yield srv
-    await srv.stop(grace=0)
+issuer, guarded = guarded_fixtures(GRANTS, "topics-auth")
 
 
 @pytest.fixture(scope="module")
