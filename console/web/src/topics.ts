@@ -73,12 +73,6 @@ export function topicPath(topic: string): string {
   return "/api/topics/" + topic.split("/").map(encodeURIComponent).join("/");
 }
 
-/** The listing's path, for a prefix ("" for every topic). */
-export function listPath(prefix: string, live = false): string {
-  const query = prefix ? `?prefix=${encodeURIComponent(prefix)}` : "";
-  return `/api/topics${live ? "/events" : ""}${query}`;
-}
-
 /** The path of a page of `topic`'s packets after `after` ("" from the oldest). */
 export function browsePath(topic: string, after: string, limit: number): string {
   const query = new URLSearchParams();

@@ -9,13 +9,13 @@ import {
   formatBytes,
   isCursor,
   lagText,
-  listPath,
   next,
   previous,
   retentionText,
   startAt,
   topicPath,
 } from "../src/topics";
+import { withQuery } from "../src/live";
 
 const group = (lag?: string) => ({
   name: "g",
@@ -34,8 +34,8 @@ describe("paths", () => {
   });
 
   it("lists by prefix, plain or live", () => {
-    expect(listPath("")).toBe("/api/topics");
-    expect(listPath("a&b", true)).toBe("/api/topics/events?prefix=a%26b");
+    expect(withQuery("/api/topics", { prefix: "" })).toBe("/api/topics");
+    expect(withQuery("/api/topics/events", { prefix: "a&b" })).toBe("/api/topics/events?prefix=a%26b");
   });
 
   it("browses from the oldest or after a cursor", () => {
