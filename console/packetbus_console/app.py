@@ -115,6 +115,9 @@ def build_app(console: Console) -> Starlette:
     ]
     routes.extend(frontend.routes())
     app = Starlette(routes=routes, exception_handlers={HTTPException: _not_routed})
+    # A trailing slash is no route (a JSON 404), not a 307 to the path without it: an
+    # API caller gets an answer it can read, and no redirect is built from a request.
+    app.router.redirect_slashes = False
     app.state.console = console
     return app
 
