@@ -30,7 +30,8 @@ const group = (lag?: string) => ({
 describe("paths", () => {
   it("escapes each segment of a topic and keeps its slashes", () => {
     expect(topicPath("jobs.high")).toBe("/api/topics/jobs.high");
-    expect(topicPath("inbox/agent 1/x?y")).toBe("/api/topics/inbox/agent%201/x%3Fy");
+    expect(topicPath("inbox/agent 1/x?y")).toBe("/api/topics/inbox%2Fagent%201%2Fx%3Fy");
+    expect(`${topicPath("a/events")}/events`).toBe("/api/topics/a%2Fevents/events");
   });
 
   it("lists by prefix, plain or live", () => {
@@ -41,7 +42,7 @@ describe("paths", () => {
   it("browses from the oldest or after a cursor", () => {
     expect(browsePath("t", "", 50)).toBe("/api/topics/t/packets?limit=50");
     expect(browsePath("inbox/a", "1700000000000-3", 20)).toBe(
-      "/api/topics/inbox/a/packets?after=1700000000000-3&limit=20",
+      "/api/topics/inbox%2Fa/packets?after=1700000000000-3&limit=20",
     );
   });
 
