@@ -67,6 +67,47 @@ async def test_unknown_routes_and_methods_are_json_errors(console: str) -> None:
     assert "Traceback" not in output(console)
 
 
+# The routes of the Topics, Task queues, Findings and Overview pages and their live twins.
+_READ_ROUTES = (
+    "/api/topics",
+    "/api/topics/events",
+    "/api/topics/t",
+    "/api/topics/t/events",
+    "/api/topics/t/packets",
+    "/api/queues",
+    "/api/queues/events",
+    "/api/queues/q/tasks",
+    "/api/queues/q/tasks/x",
+    "/api/queues/q/events",
+    "/api/findings",
+    "/api/findings/events",
+    "/api/escalations",
+    "/api/escalations/events",
+    "/api/overview",
+    "/api/overview/events",
+)
+
+
+async def test_the_read_routes_refuse_other_methods_and_trailing_slashes(console: str) -> None:
+    async with httpx.AsyncClient() as http:
+        for path in _READ_ROUTES:
+            for method in ("POST", "PUT", "DELETE", "PATCH"):
+                wrong = await http.request(method, console + path, headers=CHANGE)
+                assert_error(
+                    wrong, 405, "METHOD_NOT_ALLOWED", f"method {method} is not allowed here"
+                )
+                assert set(wrong.headers["allow"].split(", ")) == {"GET", "HEAD"}, path
+            # Without the CSRF header too: the method is refused before anything runs.
+            unguarded = await http.post(console + path)
+            assert_error(unguarded, 405, "METHOD_NOT_ALLOWED", "method POST is not allowed here")
+        # A trailing slash is no route: a JSON 404, not a redirect built from the request.
+        for path in ("/api/findings/", "/api/escalations/", "/api/overview/", "/api/held/"):
+            slash = await http.get(console + path)
+            assert_error(slash, 404, "NOT_FOUND", "no such API route")
+            assert "location" not in slash.headers
+    assert "Traceback" not in output(console)
+
+
 async def test_bodies_the_parser_cannot_take_are_400(console: str) -> None:
     deep = b'{"a":' * 5000
     async with httpx.AsyncClient() as http:
@@ -118,6 +159,13 @@ _ROUTES = (
     ("GET", "/api/agents?role={}&liveness={}"),
     ("GET", "/api/policy/stats?topic={}"),
     ("POST", "/api/carcel/purge?topic={}"),
+    ("GET", "/api/queues/{}/tasks?status={}&pageToken={}"),
+    ("GET", "/api/queues/q/tasks/{}"),
+    ("GET", "/api/queues?prefix={}&limit={}"),
+    ("GET", "/api/findings?taskId={}&threshold={}"),
+    ("GET", "/api/escalations?taskId={}&limit={}"),
+    ("GET", "/api/topics/{}/packets?after={}&limit={}"),
+    ("GET", "/api/overview?{}={}"),
 )
 
 

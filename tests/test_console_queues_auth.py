@@ -5,6 +5,7 @@ read (its tasks, a task, its events; findings without findings.read) is refused
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Iterator
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 import packetbus
+from packetbus_console.sessions import COOKIE
 from packetbus_server import RunningServer
 from tests._console import CHANGE, start_console, stop
 from tests._identities import Issuer, client_as, guarded_fixtures, spiffe
@@ -75,3 +77,23 @@ async def test_without_a_session_the_routes_are_401(console: str) -> None:
         for path in ("/api/queues", "/api/findings?taskId=t", "/api/escalations"):
             refused = await http.get(path)
             assert (refused.status_code, refused.json()["code"]) == (401, "UNAUTHENTICATED")
+
+
+async def test_the_live_twins_refuse_as_their_plain_routes_do(
+    console: str, viewer: httpx.AsyncClient
+) -> None:
+    # A stream refused before it starts is a JSON answer (the page then reads the plain
+    # route for it), never a 200 stream: for a viewer without the grant, and without
+    # a session or with a cookie that names none.
+    for path in ("/api/findings/events?taskId=t", "/api/escalations/events"):
+        async with viewer.stream("GET", path) as refused:
+            body = json.loads(await refused.aread())
+        assert (refused.status_code, body["code"]) == (403, "PERMISSION_DENIED"), path
+    async with httpx.AsyncClient(base_url=console, timeout=20) as http:
+        for cookie in ("", "forged"):
+            if cookie:
+                http.cookies.set(COOKIE, cookie)
+            for path in ("/api/queues/events", "/api/findings/events?taskId=t"):
+                async with http.stream("GET", path) as refused:
+                    body = json.loads(await refused.aread())
+                assert (refused.status_code, body["code"]) == (401, "UNAUTHENTICATED"), path

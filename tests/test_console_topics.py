@@ -208,3 +208,28 @@ async def test_arbitrary_segments_and_values_are_never_a_500(
         assert kind == "application/json"
         assert set(json.loads(body)) == {"error", "code"}
     assert "Traceback" not in output(console)
+
+
+async def test_a_slash_sent_escaped_stays_in_the_topic_name(
+    http: httpx.AsyncClient, client: packetbus.Client
+) -> None:
+    # Topics whose last segment is a route's own word: escaped, each is itself.
+    root = unique("console.slash")
+    await dispatch(client, f"{root}/events", 2)
+    await dispatch(client, f"{root}/packets", 1)
+    for name, count in ((f"{root}/events", "2"), (f"{root}/packets", "1")):
+        detail = await http.get(f"/api/topics/{quote(name, safe='')}")
+        assert (detail.status_code, detail.json()["topic"]) == (200, name), detail.text
+        assert detail.json()["packets"] == count
+        page = await http.get(f"/api/topics/{quote(name, safe='')}/packets")
+        assert len(page.json()["packets"]) == int(count)
+        async with http.stream("GET", f"/api/topics/{quote(name, safe='')}/events") as live:
+            events = aiter(sse_events(live))
+            _, event, data = await anext(events)
+        assert (event, data["topic"], data["packets"]) == ("snapshot", name, count)
+    # Unescaped, the last segment is the route's: topic root's packets (there are none).
+    plain = await http.get(f"/api/topics/{root}/packets")
+    assert (plain.status_code, plain.json()["packets"]) == (200, [])
+    # An escaped NUL is no way around the topic check.
+    nul = await http.get(f"/api/topics/{root}%00%2Fevents")
+    assert (nul.status_code, nul.json()["code"]) == (400, "INVALID_ARGUMENT")

@@ -3,7 +3,7 @@ is what its sources build (`scripts/build_console.py --check`), a real `packetbu
 console` serves it (index.html at / and at the page's own routes, every asset it loads
 with its content type and a long cache, the API as before), and the front end's unit
 tests (vitest: grants -> buttons, the agents reducer, custody rows, API errors, queue counts
-and claims, findings, the Overview's series and charts) pass.
+and claims, findings, the Overview's series and charts, the live-view hook) pass.
 Node and `npm ci` in console/web are required for the last: .ci/run installs them; a
 missing `node` is a failure, not a skip. The browser driver of the end-to-end tests
 (console/web/e2e, run by test_console_e2e.py) type-checks (`npm run check:e2e`)."""
@@ -143,7 +143,7 @@ def test_console_web_unit_tests() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert re.search(r"Tests\s+51 passed \(51\)", done.stdout), done.stdout[-3000:]
+    assert re.search(r"Tests\s+57 passed \(57\)", done.stdout), done.stdout[-3000:]
 
 
 @pytest.mark.timeout(120)

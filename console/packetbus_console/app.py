@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Scope
 
 from packetbus import AgentIdentity, Client, PacketbusError
 
@@ -110,13 +113,47 @@ def build_app(console: Console) -> Starlette:
     ):
         by_path.setdefault(path, {}).update(dict.fromkeys(methods, handler))
     routes: list[BaseRoute] = [
-        Route(path, console.route(_by_method(handlers)), methods=sorted(handlers))
+        # A topic name may hold "/": sent as %2F it stays one segment (EncodedSlashRoute).
+        (EncodedSlashRoute if path.startswith("/api/topics/") else Route)(
+            path, console.route(_by_method(handlers)), methods=sorted(handlers)
+        )
         for path, handlers in by_path.items()
     ]
     routes.extend(frontend.routes())
     app = Starlette(routes=routes, exception_handlers={HTTPException: _not_routed})
+    # A trailing slash is no route (a JSON 404), not a 307 to the path without it: an
+    # API caller gets an answer it can read, and no redirect is built from a request.
+    app.router.redirect_slashes = False
     app.state.console = console
     return app
+
+
+# Stands for an escaped "/" while a path is matched: NUL is in no topic name, and a
+# path whose raw form holds %00 is matched as it is (and its topic refused).
+_ESCAPED_SLASH = "\x00"
+
+
+class EncodedSlashRoute(Route):
+    """A Route whose path parameters may hold "/" sent escaped (%2F): matched on the
+    request's raw path with each escaped slash kept inside its segment, so
+    ``/api/topics/a%2Fevents`` is topic ``a/events``, not topic ``a``'s stream.
+    Unescaped slashes are matched as by Route (``{topic:path}`` takes them)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        raw = scope.get("raw_path") or b""
+        lowered = raw.lower()
+        if scope["type"] != "http" or b"%2f" not in lowered or b"%00" in lowered:
+            return super().matches(scope)
+        text = raw.decode("latin-1").partition("?")[0]
+        path = "/".join(
+            unquote(segment).replace("/", _ESCAPED_SLASH) for segment in text.split("/")
+        )
+        match, child = super().matches({**scope, "path": path, "root_path": ""})
+        params: dict[str, Any] = child.get("path_params", {})
+        for name, value in params.items():
+            if isinstance(value, str):
+                params[name] = value.replace(_ESCAPED_SLASH, "/")
+        return match, child
 
 
 def _by_method(handlers: dict[str, Handler]) -> Handler:

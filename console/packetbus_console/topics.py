@@ -29,9 +29,12 @@ counts as strings, as that mapping gives them); errors are `errors`' shape.
   packets retention or expiry removed before they could be read (each with
   ``resumeAfterCursor`` and ``reason``), skipped, never silently.
 
-Topic names may hold ``/`` (``inbox/...``): ``{topic}`` is the rest of the path, so a
-topic named ``events``, or whose name ends in ``/events`` or ``/packets``, is in the
-listing but has no detail or browse path of its own. A malformed `after`, `limit` or topic is 400 ``INVALID_ARGUMENT``; a
+Topic names may hold ``/`` (``inbox/...``): sent escaped (``%2F``, as the front end
+does) ``{topic}`` is one segment (`app.EncodedSlashRoute`), so ``a%2Fevents`` is topic
+``a/events``; sent unescaped it is the rest of the path, where a name ending in
+``/events`` or ``/packets`` would be read as topic ``a``'s stream or packets. Only a
+topic named exactly ``events`` has no detail path (``/api/topics/events`` is the
+listing's stream). A malformed `after`, `limit` or topic is 400 ``INVALID_ARGUMENT``; a
 refusal 401 or 403 as packetbus answered it.
 """
 

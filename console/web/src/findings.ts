@@ -56,10 +56,8 @@ export function conflictCounts(conflicts: Conflict[]): Map<string, number> {
 }
 
 /** The query string of a findings request: taskId, and threshold when given ("" = the server's). */
-export function findingsQuery(taskId: string, threshold: string): string {
-  const query = new URLSearchParams({ taskId });
-  if (threshold.trim()) query.set("threshold", threshold.trim());
-  return `?${query}`;
+export function findingsParams(taskId: string, threshold: string): Record<string, string> {
+  return { taskId, threshold: threshold.trim() };
 }
 
 /** Whether `text` is a threshold the API takes: empty (the default) or a number 0-1. */

@@ -100,7 +100,8 @@ function App() {
             {signInOffered && (
               <li>
                 <a href="/sign-in" onClick={go("/sign-in")} aria-current={showSignIn ? "page" : undefined}>
-                  Sign in
+                  {/* Signed in already: the link is for acting as someone else. */}
+                  {caller?.authenticated ? "Sign in as another" : "Sign in"}
                 </a>
               </li>
             )}

@@ -68,15 +68,12 @@ export interface PacketPage {
 
 export const BROWSE_SIZES = [20, 50, 100, 200] as const;
 
-/** The API path of `topic` (its name may hold "/": each segment escaped, the slashes kept). */
+/**
+ * The API path of `topic`: one segment, its "/" escaped as %2F, so a topic named
+ * "a/events" or "a/packets" is that topic, not topic "a"'s stream or packets.
+ */
 export function topicPath(topic: string): string {
-  return "/api/topics/" + topic.split("/").map(encodeURIComponent).join("/");
-}
-
-/** The listing's path, for a prefix ("" for every topic). */
-export function listPath(prefix: string, live = false): string {
-  const query = prefix ? `?prefix=${encodeURIComponent(prefix)}` : "";
-  return `/api/topics${live ? "/events" : ""}${query}`;
+  return "/api/topics/" + encodeURIComponent(topic);
 }
 
 /** The path of a page of `topic`'s packets after `after` ("" from the oldest). */

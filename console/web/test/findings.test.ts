@@ -5,10 +5,11 @@ import {
   type Escalation,
   confidenceText,
   conflictCounts,
-  findingsQuery,
+  findingsParams,
   newestFirst,
   validThreshold,
 } from "../src/findings";
+import { withQuery } from "../src/live";
 
 const conflict = (first: string, second: string): Conflict => ({
   taskId: "t",
@@ -33,8 +34,8 @@ describe("findings", () => {
   it("takes an empty threshold or one from 0 to 1", () => {
     expect(["", " ", "0", "0.3", "1"].map(validThreshold)).toEqual([true, true, true, true, true]);
     expect(["-0.1", "1.5", "x", "NaN"].map(validThreshold)).toEqual([false, false, false, false]);
-    expect(findingsQuery("task 1", "")).toBe("?taskId=task+1");
-    expect(findingsQuery("t", " 0.5 ")).toBe("?taskId=t&threshold=0.5");
+    expect(withQuery("/api/findings", findingsParams("task 1", ""))).toBe("/api/findings?taskId=task+1");
+    expect(withQuery("/api/findings", findingsParams("t", " 0.5 "))).toBe("/api/findings?taskId=t&threshold=0.5");
   });
 
   it("shows confidences with two decimals and escalations newest first", () => {

@@ -11,7 +11,6 @@ import {
   points,
   summarize,
 } from "../src/overview";
-import { streamError, withQuery } from "../src/live";
 
 const sample = (at: number, dispatched: number | null, memory: number | null = 1024): Sample => ({
   at,
@@ -121,19 +120,5 @@ describe("a chart's drawing", () => {
     );
     // Clipped to the top of the frame, a dot-long segment.
     expect(path).toBe("M40.0,0.0 h1");
-  });
-});
-
-describe("live views", () => {
-  it("builds the query without empty parameters", () => {
-    expect(withQuery("/api/carcel", { topic: "a b", reason: "" })).toBe("/api/carcel?topic=a+b");
-    expect(withQuery("/api/held", {})).toBe("/api/held");
-  });
-
-  it("reads a stream's error event", () => {
-    expect(streamError('{"error":"the session ended: sign in again","code":"UNAUTHENTICATED"}')).toBe(
-      "the session ended: sign in again (UNAUTHENTICATED)",
-    );
-    expect(streamError("not json")).toBe("not json");
   });
 });

@@ -9,13 +9,13 @@ import {
   formatBytes,
   isCursor,
   lagText,
-  listPath,
   next,
   previous,
   retentionText,
   startAt,
   topicPath,
 } from "../src/topics";
+import { withQuery } from "../src/live";
 
 const group = (lag?: string) => ({
   name: "g",
@@ -30,18 +30,19 @@ const group = (lag?: string) => ({
 describe("paths", () => {
   it("escapes each segment of a topic and keeps its slashes", () => {
     expect(topicPath("jobs.high")).toBe("/api/topics/jobs.high");
-    expect(topicPath("inbox/agent 1/x?y")).toBe("/api/topics/inbox/agent%201/x%3Fy");
+    expect(topicPath("inbox/agent 1/x?y")).toBe("/api/topics/inbox%2Fagent%201%2Fx%3Fy");
+    expect(`${topicPath("a/events")}/events`).toBe("/api/topics/a%2Fevents/events");
   });
 
   it("lists by prefix, plain or live", () => {
-    expect(listPath("")).toBe("/api/topics");
-    expect(listPath("a&b", true)).toBe("/api/topics/events?prefix=a%26b");
+    expect(withQuery("/api/topics", { prefix: "" })).toBe("/api/topics");
+    expect(withQuery("/api/topics/events", { prefix: "a&b" })).toBe("/api/topics/events?prefix=a%26b");
   });
 
   it("browses from the oldest or after a cursor", () => {
     expect(browsePath("t", "", 50)).toBe("/api/topics/t/packets?limit=50");
     expect(browsePath("inbox/a", "1700000000000-3", 20)).toBe(
-      "/api/topics/inbox/a/packets?after=1700000000000-3&limit=20",
+      "/api/topics/inbox%2Fa/packets?after=1700000000000-3&limit=20",
     );
   });
 

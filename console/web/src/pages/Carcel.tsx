@@ -41,7 +41,7 @@ export function CarcelPage({ caller }: { caller: Caller }) {
   const view = useLive<{ entries: Entry[]; truncated: boolean }>("/api/carcel", applied);
   const entries = view.data?.entries ?? [];
   const truncated = view.data?.truncated ?? false;
-  const failed = view.failed; // why the carcel cannot be read now
+  const failed = view.problem; // why the carcel cannot be read now
   const [problem, setProblem] = useState(""); // the last action's refusal
   const [notice, setNotice] = useState("");
 

@@ -9,12 +9,12 @@ import {
   type TaskFindings,
   confidenceText,
   conflictCounts,
-  findingsQuery,
+  findingsParams,
   newestFirst,
   stance,
   validThreshold,
 } from "../findings";
-import { useSnapshot } from "../snapshots";
+import { useLive } from "../live";
 
 function FindingSummary({ finding }: { finding: Finding | null }) {
   if (!finding) return <span class="muted">no longer kept</span>;
@@ -31,10 +31,10 @@ export function FindingsPage() {
   const [threshold, setThreshold] = useState("");
   const [applied, setApplied] = useState<{ taskId: string; threshold: string } | null>(null);
   const [formProblem, setFormProblem] = useState("");
-  const escalations = useSnapshot<{ escalations: Escalation[]; truncated: boolean }>("/api/escalations", "");
-  const findings = useSnapshot<TaskFindings>(
+  const escalations = useLive<{ escalations: Escalation[]; truncated: boolean }>("/api/escalations");
+  const findings = useLive<TaskFindings>(
     applied ? "/api/findings" : null,
-    applied ? findingsQuery(applied.taskId, applied.threshold) : "",
+    applied ? findingsParams(applied.taskId, applied.threshold) : {},
   );
 
   function show(task: string, limit: string) {

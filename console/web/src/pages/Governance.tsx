@@ -21,17 +21,15 @@ interface Stats {
   byDecision: Record<string, string | number>;
 }
 
-const NO_PARAMS = {};
-
 export function GovernancePage({ caller }: { caller: Caller }) {
   // Both live (Server-Sent Events from /api/held/events and /api/policy/stats/events):
   // a packet held or decided elsewhere shows without a refresh.
-  const heldView = useLive<{ held: Held[]; truncated: boolean }>("/api/held", NO_PARAMS);
-  const statsView = useLive<Stats>("/api/policy/stats", NO_PARAMS);
+  const heldView = useLive<{ held: Held[]; truncated: boolean }>("/api/held");
+  const statsView = useLive<Stats>("/api/policy/stats");
   const held = heldView.data?.held ?? [];
   const truncated = heldView.data?.truncated ?? false;
   const stats = statsView.data;
-  const failed = heldView.failed || statsView.failed; // why a view cannot be read now
+  const failed = heldView.problem || statsView.problem; // why a view cannot be read now
   const [problem, setProblem] = useState(""); // the last action's refusal
   const [notice, setNotice] = useState("");
   const [reasons, setReasons] = useState<Record<string, string>>({});

@@ -20,7 +20,7 @@ import {
   statusWord,
   tasksQuery,
 } from "../queues";
-import { useSnapshot } from "../snapshots";
+import { useLive } from "../live";
 
 const RECENT_EVENTS = 20; // task events kept on screen
 const RELOAD_MS = 1000; // the task list is re-read at most this often while events come
@@ -29,8 +29,7 @@ export function TaskQueuesPage() {
   const [prefix, setPrefix] = useState("");
   const [applied, setApplied] = useState("");
   const [selected, setSelected] = useState<string | null>(null);
-  const query = applied ? `?${new URLSearchParams({ prefix: applied })}` : "";
-  const live = useSnapshot<{ queues: QueueSummary[]; truncated: boolean }>("/api/queues", query);
+  const live = useLive<{ queues: QueueSummary[]; truncated: boolean }>("/api/queues", { prefix: applied });
   const queues = live.data?.queues ?? [];
   const shown = queues.find((q) => q.queue === selected) ?? null;
 

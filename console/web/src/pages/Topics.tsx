@@ -4,7 +4,7 @@
 import { useEffect, useState } from "preact/hooks";
 
 import { call, errorMessage } from "../api";
-import { useLive, whyNot } from "../liveSnapshot";
+import { useLive } from "../live";
 import {
   BROWSE_SIZES,
   type BrowseHistory,
@@ -19,7 +19,6 @@ import {
   formatBytes,
   isCursor,
   lagText,
-  listPath,
   next,
   previous,
   retentionText,
@@ -35,15 +34,7 @@ export function TopicsPage() {
   const [prefixInput, setPrefixInput] = useState("");
   const [prefix, setPrefix] = useState("");
   const [selected, setSelected] = useState(selectedFromUrl());
-  const [refusal, setRefusal] = useState("");
-  const listing = useLive<{ topics: TopicSummary[]; truncated: boolean }>(listPath(prefix, true));
-
-  useEffect(() => {
-    setRefusal("");
-    if (listing.status === "closed" || listing.status === "reconnecting") {
-      void whyNot(listPath(prefix), setRefusal);
-    }
-  }, [listing.status, prefix]);
+  const listing = useLive<{ topics: TopicSummary[]; truncated: boolean }>("/api/topics", { prefix });
 
   function choose(topic: string) {
     setSelected(topic);
@@ -77,9 +68,9 @@ export function TopicsPage() {
         Updates: {listing.status}. {topics.length} {topics.length === 1 ? "topic" : "topics"}
         {prefix ? ` starting with "${prefix}"` : ""}.
       </p>
-      {(listing.problem || refusal) && (
+      {listing.problem && (
         <p role="alert" class="error">
-          {refusal || listing.problem}
+          {listing.problem}
         </p>
       )}
       <div class="scroll">
@@ -128,12 +119,7 @@ export function TopicsPage() {
 }
 
 function TopicView({ topic, onClose }: { topic: string; onClose: () => void }) {
-  const detail = useLive<TopicDetail>(`${topicPath(topic)}/events`);
-  const [refusal, setRefusal] = useState("");
-  useEffect(() => {
-    setRefusal("");
-    if (detail.status === "closed" || detail.status === "reconnecting") void whyNot(topicPath(topic), setRefusal);
-  }, [detail.status, topic]);
+  const detail = useLive<TopicDetail>(topicPath(topic));
   const d = detail.data;
   return (
     <section aria-labelledby="topic-title" class="topic">
@@ -143,9 +129,9 @@ function TopicView({ topic, onClose }: { topic: string; onClose: () => void }) {
           Close<span class="sr-only"> topic {topic}</span>
         </button>
       </h2>
-      {(detail.problem || refusal) && (
+      {detail.problem && (
         <p role="alert" class="error">
-          {refusal || detail.problem}
+          {detail.problem}
         </p>
       )}
       {d && (
