@@ -24,7 +24,7 @@ from packetbus_console.metrics_series import (
     sample,
 )
 
-_DISPATCH = 'grpc_service="packetbus.v1.PacketService",grpc_method="Dispatch",grpc_type="unary"'
+_DISPATCH = 'via="unary"'
 
 
 def _text(
@@ -41,13 +41,14 @@ def _text(
         f'packetbus_packets_delivered_total{{via="group"}} {delivered}',
         "# TYPE packetbus_store_up gauge",
         f"packetbus_store_up {store_up}",
+        "# TYPE packetbus_dispatch_seconds histogram",
+        f'packetbus_dispatch_seconds_bucket{{{_DISPATCH},le="0.001"}} 1.0',
+        f'packetbus_dispatch_seconds_bucket{{{_DISPATCH},le="0.01"}} 3.0',
+        f'packetbus_dispatch_seconds_bucket{{{_DISPATCH},le="+Inf"}} 4.0',
         "# TYPE grpc_server_handling_seconds histogram",
-        f'grpc_server_handling_seconds_bucket{{{_DISPATCH},le="0.001"}} 1.0',
-        f'grpc_server_handling_seconds_bucket{{{_DISPATCH},le="0.01"}} 3.0',
-        f'grpc_server_handling_seconds_bucket{{{_DISPATCH},le="+Inf"}} 4.0',
-        # Another method's buckets are not Dispatch's latency.
+        # An RPC's buckets are not the dispatch latency (a stream's is its whole life).
         'grpc_server_handling_seconds_bucket{grpc_service="packetbus.v1.PacketService",'
-        'grpc_method="GetPacket",grpc_type="unary",le="+Inf"} 50.0',
+        'grpc_method="DispatchStream",grpc_type="bidi_stream",le="+Inf"} 50.0',
     ]
     if store_up:
         lines += [

@@ -11,10 +11,11 @@ latency in milliseconds, memory in bytes, times in seconds.
   ``process_start_time_seconds`` changed (it restarted), counts as reset: its increase is
   then its new value (counted from zero since the restart), never negative (Prometheus's
   ``rate()`` does the same).
-- Dispatch latency: the quantiles (p50, p99) of ``grpc_server_handling_seconds`` for
-  ``packetbus.v1.PacketService/Dispatch`` over the calls of the last interval only (the
-  buckets' increases summed over the replicas), interpolated within a bucket as
-  Prometheus's ``histogram_quantile`` does; None when no Dispatch call finished.
+- Dispatch latency: the quantiles (p50, p99) of ``packetbus_dispatch_seconds`` (one
+  batch of a caller's packets, a Dispatch call or a DispatchStream batch) over the
+  batches of the last interval only (the buckets' increases summed over both ways in and
+  over the replicas), interpolated within a bucket as Prometheus's
+  ``histogram_quantile`` does; None when no batch was answered.
 - Store gauges (`GAUGES`: the carcel, the store's memory) describe the one store every
   replica reads, so they are taken from the first replica that read its store, not summed.
 - A value that cannot be known is None (a gap in the chart), never 0: a rate or total
@@ -44,8 +45,8 @@ GAUGES = {
     "carcelPackets": "packetbus_carcel_packets",
     "storeMemoryBytes": "packetbus_store_used_memory_bytes",
 }
-LATENCY_SAMPLE = "grpc_server_handling_seconds_bucket"
-LATENCY_LABELS = {"grpc_service": "packetbus.v1.PacketService", "grpc_method": "Dispatch"}
+LATENCY_SAMPLE = "packetbus_dispatch_seconds_bucket"
+LATENCY_LABELS: dict[str, str] = {}  # every way in: unary and stream
 QUANTILES = {"dispatchLatencyP50Ms": 0.5, "dispatchLatencyP99Ms": 0.99}
 _STARTED = "process_start_time_seconds"
 _STORE_UP = "packetbus_store_up"

@@ -221,6 +221,23 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         each packet needs topics.publish on its topic and an origin the caller may
         act as (a caller's Dispatch); False for the server's own packets (an
         escalation, a conflict event) sent on behalf of a call another rule let in."""
+        if not checks_sender:
+            return await self._dispatch(request, context, checks_sender=False)
+        # A caller's batch, answered or refused: its time in packetbus_dispatch_seconds.
+        via = "unary" if isinstance(request, packet_service_pb2.DispatchRequest) else "stream"
+        started = time.perf_counter()
+        try:
+            return await self._dispatch(request, context, checks_sender=True)
+        finally:
+            metrics.dispatch_seconds.labels(via).observe(time.perf_counter() - started)
+
+    async def _dispatch(
+        self,
+        request: packet_service_pb2.DispatchRequest | packet_service_pb2.DispatchStreamRequest,
+        context: grpc.aio.ServicerContext,
+        *,
+        checks_sender: bool,
+    ) -> packet_service_pb2.DispatchResponse:
         count = len(request.packets)
         if count == 0:
             await _status.abort_invalid(

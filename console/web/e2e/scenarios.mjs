@@ -137,7 +137,7 @@ export const STEPS = {
     const approve = row.getByRole("button", { name: `Approve ${id}`, exact: true });
     await approve.waitFor();
     const screenshot = await session.screenshot(page, "governance-held");
-    const cells = await row.locator("th, td").allTextContents();
+    const cells = await rowCells(row, 1);
     await approve.click();
     await page.getByRole("status").filter({ hasText: `Approved ${id}.` }).waitFor();
     await row.waitFor({ state: "detached" });
@@ -181,7 +181,9 @@ export const STEPS = {
     const row = page.locator(`tr[data-entry="${id}"]`);
     const requeue = row.getByRole("button", { name: `Requeue ${id}`, exact: true });
     await requeue.waitFor();
-    const cells = await row.locator("th, td").allTextContents();
+    // The filtered view arrives live and may redraw the row meanwhile: read its cells
+    // once they are all there.
+    const cells = await rowCells(row, 6);
     const screenshot = await session.screenshot(page, "carcel-entry");
     await requeue.click();
     await page.getByRole("status").filter({ hasText: `Requeued ${id}.` }).waitFor();
@@ -251,3 +253,20 @@ export const STEPS = {
     return { toNav, toApprove, toRequeue, toCustody, custody };
   },
 };
+
+/**
+ * The text of `row`'s cells once it has at least `least` of them (a live view may redraw
+ * the row between a wait and a read); throws after 10 s.
+ * @param {import("playwright-core").Locator} row
+ * @param {number} least
+ * @returns {Promise<string[]>}
+ */
+async function rowCells(row, least) {
+  const until = Date.now() + 10_000;
+  for (;;) {
+    const cells = await row.locator("th, td").allTextContents();
+    if (cells.length >= least) return cells;
+    if (Date.now() > until) throw new Error(`the row has ${cells.length} cells, not ${least}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}

@@ -69,6 +69,13 @@ packets_dispatched = Counter(
     "Packets stored by Dispatch, PostTask, PostFinding and PutRecord (not resends).",
     ("kind",),  # "packet", "task", "finding", "record"
 )
+dispatch_seconds = Histogram(
+    "packetbus_dispatch_seconds",
+    "Time to answer one batch of a caller's packets, from its arrival to its answer, in "
+    "seconds, by how it came: a Dispatch call (unary) or a DispatchStream batch (stream).",
+    ("via",),
+    buckets=LATENCY_BUCKETS,
+)
 packets_rejected = Counter(
     "packetbus_packets_rejected_total",
     "Packets refused and not stored, by the refusal's ErrorInfo reason and the "
