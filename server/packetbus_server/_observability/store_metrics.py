@@ -206,6 +206,8 @@ class StoreCollector(Collector):
             queue = tag(key, ":tasks")
             reply = r.eval(_QUEUE_SCRIPT, 1, key, _keys.queue_prefix(queue), most)
             total, counts = int(reply[0]), pairs(reply[1:])
+            if total < 0:
+                continue  # a task index of another type: not a queue (queue_counts.lua)
             for status in _TASK_STATUSES:
                 families["tasks"].add_metric([queue, status], counts.pop(status, 0))
             if total > most:
@@ -226,6 +228,8 @@ class StoreCollector(Collector):
         for key in keys[: self.bounds.carcels]:
             reply = r.eval(_CARCEL_SCRIPT, 1, key, most)
             total, counts = int(reply[0]), pairs(reply[1:])
+            if total < 0:
+                continue  # a task index of another type: not a queue (queue_counts.lua)
             for cause, n in counts.items():
                 reason = _CARCEL_REASONS.get(cause, "other")
                 by_reason[reason] = by_reason.get(reason, 0) + n
