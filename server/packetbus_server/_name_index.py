@@ -32,7 +32,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from . import _keys
 from ._replies import text
@@ -125,7 +125,9 @@ async def _record(redis: RedisClient, index: str, names: set[str]) -> None:
     try:
         for mapping in backfill_chunks(names):
             await redis.zadd(index, mapping, nx=True)
-    except (RedisError, OSError) as exc:
+    # RedisClusterException (no node reached) is no RedisError; a timeout may come
+    # through as asyncio's own.
+    except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
         log.info("index %s not backfilled (listed from the scan alone): %s", index, exc)
 
 
