@@ -2,7 +2,8 @@
 names in an index whose keys are of another Redis type (a foreign program's key
 under the same name, a restore gone wrong) and a queue index larger than what one
 call reads. Each listing still answers, leaving out what it cannot read, never
-INTERNAL; every queue stays reachable by prefix and by paging."""
+INTERNAL; every queue stays reachable by prefix and by paging. /metrics, which reads
+the same indexes, keeps its store metrics too."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from packetbus.v1 import (
     topic_service_pb2,
     topic_service_pb2_grpc,
 )
-from packetbus_server import _keys
+from packetbus_server import ServerConfig, _keys, start
 from packetbus_server._task_queues import MAX_INDEXED
+from tests._scrape import scrape, value
 from tests.conftest import new_packet, unique
 
 
@@ -95,3 +97,36 @@ async def test_a_queue_past_the_names_one_call_reads_is_reachable(
     finally:
         for start in range(0, len(ghosts), 1000):
             await raw_redis.zrem(_keys.QUEUES, *ghosts[start : start + 1000])
+
+
+async def test_a_scrape_leaves_out_keys_of_another_type_and_keeps_the_rest(
+    redis_url: str, raw_redis: redis_asyncio.Redis
+) -> None:
+    srv = await start(
+        ServerConfig(listen="127.0.0.1:0", redis_url=redis_url, metrics_listen="127.0.0.1:0")
+    )
+    try:
+        prefix = unique("scraped") + "."
+        real = prefix + "q"
+        async with await packetbus.Client.connect(f"127.0.0.1:{srv.port}", timeout=10) as bus:
+            await bus.task_queue(real).post(
+                packetbus.Task(id="t", description="t"), origin="planner"
+            )
+        # A groups hash, a carcel stream and a task index, each a string instead.
+        foreign = {
+            _keys.TOPICS: [
+                (prefix + "g", _keys.topic_groups(prefix + "g")),
+                (prefix + "c", _keys.carcel(prefix + "c")),
+            ],
+            _keys.QUEUES: [(prefix + "w", _keys.task_index(prefix + "w"))],
+        }
+        for index, named in foreign.items():
+            for name, key in named:
+                await raw_redis.zadd(index, {name: 1})
+                await raw_redis.set(key, "not a packetbus key", ex=600)
+        samples = await scrape(f"http://127.0.0.1:{srv.metrics_port}/metrics")
+        tasks = "packetbus_task_queue_tasks"
+        assert value(samples, tasks, queue=real, status="queued") == 1
+        assert not [k for k in samples if ("queue", prefix + "w") in k[1]]
+    finally:
+        await srv.stop(grace=0)

@@ -131,12 +131,14 @@ async def _record(redis: RedisClient, index: str, names: set[str]) -> None:
         log.info("index %s not backfilled (listed from the scan alone): %s", index, exc)
 
 
-async def existing(redis: RedisClient, keys: Sequence[str]) -> list[str]:
-    """Those of `keys` that exist, sorted: one pipeline (on a cluster, one per node).
-    Raises redis.RedisError as the pipeline does (callers retry it)."""
+async def existing(redis: RedisClient, keys: Sequence[str], kind: str) -> list[str]:
+    """Those of `keys` that exist as Redis type `kind` ("zset", ...), sorted: one
+    pipeline of TYPE (on a cluster, one per node); a key of another type is not one
+    this server wrote and is left out. Raises redis.RedisError as the pipeline does
+    (callers retry it)."""
     if not keys:
         return []
     pipe = redis.pipeline(transaction=False)
     for key in keys:
-        pipe.exists(key)
-    return sorted(k for k, n in zip(keys, await pipe.execute(), strict=True) if n)
+        pipe.type(key)
+    return sorted(k for k, t in zip(keys, await pipe.execute(), strict=True) if text(t) == kind)

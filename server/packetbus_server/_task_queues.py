@@ -94,7 +94,9 @@ class TaskQueues:
             for start in range(0, len(candidates), chunk_size):
                 chunk = candidates[start : start + chunk_size]
                 keys = [_keys.task_index(q) for q in chunk]
-                kept = set(await self._store.retried(lambda keys=keys: existing(redis, keys)))
+                kept = set(
+                    await self._store.retried(lambda keys=keys: existing(redis, keys, "zset"))
+                )
                 for index, queue in enumerate(chunk, start):
                     if _keys.task_index(queue) not in kept:
                         continue

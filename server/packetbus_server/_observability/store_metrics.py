@@ -160,7 +160,9 @@ class StoreCollector(Collector):
         families: dict[str, GaugeMetricFamily],
         topics: list[str],
     ) -> bool:
-        keys = existing(r, [_keys.topic_groups(t) for t in topics])[: self.bounds.groups + 1]
+        keys = existing(r, [_keys.topic_groups(t) for t in topics], "hash")[
+            : self.bounds.groups + 1
+        ]
         outstanding: dict[str, int] = defaultdict(int)
         lag: dict[str, int] = defaultdict(int)
         consumers: dict[str, int] = defaultdict(int)
@@ -199,7 +201,7 @@ class StoreCollector(Collector):
         families: dict[str, GaugeMetricFamily],
         queues: list[str],
     ) -> bool:
-        keys = existing(r, [_keys.task_index(q) for q in queues])
+        keys = existing(r, [_keys.task_index(q) for q in queues], "zset")
         most = self.bounds.tasks_per_queue
         cut = len(keys) > self.bounds.queues
         for key in keys[: self.bounds.queues]:
@@ -221,15 +223,13 @@ class StoreCollector(Collector):
         families: dict[str, GaugeMetricFamily],
         names: list[str],
     ) -> bool:
-        keys = existing(r, [_keys.carcel(n) for n in names])
+        keys = existing(r, [_keys.carcel(n) for n in names], "stream")
         most = self.bounds.entries_per_carcel
         by_reason: dict[str, int] = dict.fromkeys(_CARCEL_REASONS.values(), 0)
         cut = len(keys) > self.bounds.carcels
         for key in keys[: self.bounds.carcels]:
             reply = r.eval(_CARCEL_SCRIPT, 1, key, most)
             total, counts = int(reply[0]), pairs(reply[1:])
-            if total < 0:
-                continue  # a task index of another type: not a queue (queue_counts.lua)
             for cause, n in counts.items():
                 reason = _CARCEL_REASONS.get(cause, "other")
                 by_reason[reason] = by_reason.get(reason, 0) + n
