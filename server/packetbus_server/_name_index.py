@@ -15,7 +15,9 @@ restored from an older dump - has no such member: the first reader that finds it
 missing walks the keyspace once (`backfill_scans`: one SCAN per (suffix, type) of
 `TOPIC_KEYS` or `QUEUE_KEYS`; on a Redis Cluster, every primary), adds every name it
 found (ZADD NX, score 0: outside every time range the topic export reads) and the
-member last, and later reads use the index alone. Left uncovered: a server of a
+member last, and later reads use the index alone. Those writes are tried once and
+may fail (a full store's OOM, a read-only replica's READONLY): a listing is a read,
+so it answers from the scan all the same and the next reader scans again. Left uncovered: a server of a
 version before this one that creates a queue or group after the backfill, on a
 topic or queue not noted otherwise (until the index expires).
 
@@ -26,13 +28,18 @@ ListTopics, its groups and carcel for /metrics).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
+
+from redis.exceptions import RedisClusterException, RedisError
 
 from . import _keys
 from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
+
+log = logging.getLogger(__name__)
 
 # (key suffix, Redis type) of the keys a name in the index stands for.
 TOPIC_KEYS = ((":log", "stream"), (":groups", "hash"), (":carcel", "stream"))
@@ -76,8 +83,9 @@ def backfill_chunks(names: Iterable[str]) -> Iterator[dict[str, float]]:
 async def indexed_names(
     redis: RedisClient, index: str, kinds: Sequence[tuple[str, str]], *, budget_seconds: float
 ) -> list[str]:
-    """Every name in `index` (TOPICS or QUEUES), in name order; backfilled first
-    (from one SCAN per `kinds` (suffix, type)) when it is not known whole. Read with
+    """Every name in `index` (TOPICS or QUEUES), in name order; when it is not known
+    whole, with the names one SCAN per `kinds` (suffix, type) finds, which are
+    written to it (best effort: a store refusing writes still answers). Read with
     ZSCAN, a slice at a time, so a large index does not block the store. Raises
     StoreUnavailableError when the store cannot be read within `budget_seconds`."""
 
@@ -85,35 +93,52 @@ async def indexed_names(
         found: Any = await redis.zrange(index, 0, 0)
         return [text(m) for m in found]
 
+    scanned: set[str] = set()
     if not is_complete(await with_retries(first, budget_seconds=budget_seconds)):
-        await with_retries(lambda: _backfill(redis, index, kinds), budget_seconds=budget_seconds)
+        scanned = await with_retries(lambda: _scan(redis, kinds), budget_seconds=budget_seconds)
+        await _record(redis, index, scanned)
 
     async def read() -> list[str]:
         names: set[str] = set()  # ZSCAN may return a member twice
         async for member, _score in redis.zscan_iter(index, count=_SCAN_COUNT):
             names.add(text(member))
-        return sorted(without_marker(names))
+        return sorted(without_marker(names | scanned))
 
     names: list[str] = await with_retries(read, budget_seconds=budget_seconds)
     return names
 
 
-async def _backfill(redis: RedisClient, index: str, kinds: Sequence[tuple[str, str]]) -> None:
-    # Idempotent (ZADD NX), so a retry after a lost reply starts it again safely.
+async def _scan(redis: RedisClient, kinds: Sequence[tuple[str, str]]) -> set[str]:
     names: set[str] = set()
     for suffix, kind in kinds:
         async for key in redis.scan_iter(match=scan_pattern(suffix), count=_SCAN_COUNT, _type=kind):
             names.add(tag(key, suffix))
-    for mapping in backfill_chunks(names):
-        await redis.zadd(index, mapping, nx=True)
+    return names
 
 
-async def existing(redis: RedisClient, keys: Sequence[str]) -> list[str]:
-    """Those of `keys` that exist, sorted: one pipeline (on a cluster, one per node).
-    Raises redis.RedisError as the pipeline does (callers retry it)."""
+async def _record(redis: RedisClient, index: str, names: set[str]) -> None:
+    """Add the scanned `names` to `index`, then mark it whole: one try, no retries.
+    The caller lists from the scan whatever happens here, so a store that refuses
+    writes (full: OOM; a read-only replica: READONLY) or a lost reply costs a read
+    nothing; the mark goes last, so an index left part-written stays unmarked and
+    the next reader scans again (ZADD NX: adding a name twice is harmless)."""
+    try:
+        for mapping in backfill_chunks(names):
+            await redis.zadd(index, mapping, nx=True)
+    # RedisClusterException (no node reached) is no RedisError; a timeout may come
+    # through as asyncio's own.
+    except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
+        log.info("index %s not backfilled (listed from the scan alone): %s", index, exc)
+
+
+async def existing(redis: RedisClient, keys: Sequence[str], kind: str) -> list[str]:
+    """Those of `keys` that exist as Redis type `kind` ("zset", ...), sorted: one
+    pipeline of TYPE (on a cluster, one per node); a key of another type is not one
+    this server wrote and is left out. Raises redis.RedisError as the pipeline does
+    (callers retry it)."""
     if not keys:
         return []
     pipe = redis.pipeline(transaction=False)
     for key in keys:
-        pipe.exists(key)
-    return sorted(k for k, n in zip(keys, await pipe.execute(), strict=True) if n)
+        pipe.type(key)
+    return sorted(k for k, t in zip(keys, await pipe.execute(), strict=True) if text(t) == kind)

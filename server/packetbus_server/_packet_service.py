@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from packetbus.v1 import packet_pb2, packet_service_pb2, packet_service_pb2_grpc
 from . import _status
 from ._access import Permission, allows, binding
 from ._access.caller_info import describe_caller
+from ._access.gate import recheck
 from ._batch_refs import with_batch
 from ._clock import StoreClock
 from ._custodian import Custodian, check_origin
@@ -203,11 +203,18 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
     ) -> AsyncIterator[bytes | packet_service_pb2.DispatchStreamResponse]:
         # Each batch served as a Dispatch call (_dispatch_stream).
         return answer_batches(
-            requests,
-            context,
-            functools.partial(self.dispatch, checks_sender=True),
-            self._limits.max_dispatch_stream_batches,
+            requests, context, self._stream_batch, self._limits.max_dispatch_stream_batches
         )
+
+    async def _stream_batch(
+        self, request: packet_service_pb2.DispatchStreamRequest, context: grpc.aio.ServicerContext
+    ) -> packet_service_pb2.DispatchResponse:
+        # The stream's credential judged again before each batch is written, not
+        # only before its answer goes out: a batch sent after the token expired (or
+        # a reload revoked what let the stream in) is refused unwritten, and the
+        # stream then ends with that status (_handlers' recheck before the answer).
+        await recheck(context)
+        return await self.dispatch(request, context, checks_sender=True)
 
     async def dispatch(
         self,

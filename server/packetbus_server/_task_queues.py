@@ -2,9 +2,10 @@
 and priority, paged in name order.
 
 Queues are found from the queue index (_keys.QUEUES, read as ListTopics reads the
-topic index: _name_index), the first `MAX_INDEXED` names in name order per call (beyond
-them: `index_truncated`); a name whose task index is gone
-(its tasks expired) is left out. Each queue on a page is counted by one read-only
+topic index: _name_index): of the names after the page token under the prefix, the
+first `MAX_INDEXED` in name order per call (more: `index_truncated`, and the token goes
+on after them); a name whose task index is gone (its tasks expired) or is not a sorted
+set (not a key this server wrote) is left out. Each queue on a page is counted by one read-only
 script in the queue's own hash slot (scripts/queue_counts.lua, shared with /metrics),
 classifying at most `MAX_COUNTED` tasks, so a call costs commands in proportion to
 the queues on its page and their tasks, not to the packets stored, and runs
@@ -40,6 +41,8 @@ from ._validation import Violation
 MAX_INDEXED = 10_000
 # Tasks classified per queue (the oldest first); the rest are `unclassified`.
 MAX_COUNTED = 10_000
+# Names whose task index is checked for existence per pipeline, at least.
+_EXISTS_CHUNK = 500
 
 # Counts are listed in this order of status (then priority, highest first).
 _ORDER = {name: i for i, name in enumerate(STATUSES)}
@@ -77,22 +80,29 @@ class TaskQueues:
             indexed = await indexed_names(
                 redis, _keys.QUEUES, QUEUE_KEYS, budget_seconds=self._store.retry_budget
             )
-            names, truncated = indexed[:MAX_INDEXED], len(indexed) > MAX_INDEXED
-            candidates = sorted(
-                n
-                for n in names
-                if n.startswith(request.prefix) and n > after and allows(Permission.TASKS_READ, n)
-            )
+            # The prefix and the token first, then the cut: so the names past the
+            # first MAX_INDEXED are reached by the pages after (a cut before would
+            # hide them from every page).
+            matching = [n for n in indexed if n > after and n.startswith(request.prefix)]
+            names, truncated = matching[:MAX_INDEXED], len(matching) > MAX_INDEXED
+            candidates = [n for n in names if allows(Permission.TASKS_READ, n)]
             response = pb.ListTaskQueuesResponse(index_truncated=truncated)
             budget, total = self._limits.reply_budget_bytes, 0
-            for start in range(0, len(candidates), size):
-                chunk = candidates[start : start + size]
+            # Existence is checked a chunk at a time, at least _EXISTS_CHUNK names,
+            # so a page of 1 over thousands of gone names costs a few pipelines.
+            chunk_size = max(size, _EXISTS_CHUNK)
+            for start in range(0, len(candidates), chunk_size):
+                chunk = candidates[start : start + chunk_size]
                 keys = [_keys.task_index(q) for q in chunk]
-                kept = set(await self._store.retried(lambda keys=keys: existing(redis, keys)))
+                kept = set(
+                    await self._store.retried(lambda keys=keys: existing(redis, keys, "zset"))
+                )
                 for index, queue in enumerate(chunk, start):
                     if _keys.task_index(queue) not in kept:
                         continue
                     summary = await self._summary(queue)
+                    if summary is None:
+                        continue
                     total += message_size(summary) + ITEM_OVERHEAD
                     if response.queues and total > budget:
                         return self._page(response, scope)
@@ -100,8 +110,12 @@ class TaskQueues:
                     if len(response.queues) == size:
                         # More may remain: those after this one (a last page may be
                         # empty when none of them is still there).
-                        more = index + 1 < len(candidates)
+                        more = index + 1 < len(candidates) or truncated
                         return self._page(response, scope) if more else response
+            if truncated:
+                # Names past this call's share remain: the next page goes on after
+                # the last one looked at (this page may be short, even empty).
+                response.next_page_token = seal("task_queues", scope, names[-1])
         return response
 
     @staticmethod
@@ -109,7 +123,10 @@ class TaskQueues:
         response.next_page_token = seal("task_queues", scope, response.queues[-1].queue)
         return response
 
-    async def _summary(self, queue: str) -> pb.TaskQueueSummary:
+    async def _summary(self, queue: str) -> pb.TaskQueueSummary | None:
+        """The queue's counts; None when its task index is not a sorted set (not a
+        key this server wrote), so the queue is left out rather than the call failed."""
+
         async def attempt() -> list[object]:
             reply: list[object] = await _scripts.QUEUE_COUNTS.run(
                 self._store.redis,
@@ -120,6 +137,8 @@ class TaskQueues:
 
         reply = await self._store.retried(attempt)
         tasks = int(str(reply[0]))
+        if tasks < 0:
+            return None
         counted: list[tuple[str, int, int]] = []
         for key, n in pairs(reply[1:]).items():
             name, _, priority = key.partition(" ")

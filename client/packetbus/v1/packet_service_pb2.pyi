@@ -132,8 +132,11 @@ class DispatchStreamRequest(_message.Message):
     BATCH_ID_FIELD_NUMBER: _builtins.int
     PACKETS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
-    """Chosen by the client (unique among its batches in flight on the stream, as
-    it needs them told apart); the answer carries it back. Not interpreted.
+    """Chosen by the client, any value (0 included: its answer then carries no
+    batch_id field, which reads as 0); the answer carries it back. Not
+    interpreted: two batches in flight with the same id are both served and
+    both answered with it, so keep the ids of batches in flight unique to tell
+    their answers apart.
     """
     @_builtins.property
     def packets(self) -> _containers.RepeatedCompositeFieldContainer[_packet_pb2.Packet]:
@@ -756,8 +759,8 @@ class Limits(_message.Message):
     packed by bytes well under it.
     """
     max_dispatch_stream_batches: _builtins.int
-    """Most batches in flight on one DispatchStream (8): while at it the server
-    reads no more of the stream until one is answered.
+    """Most batches in flight on one DispatchStream (8), a batch counting until
+    its answer is written: while at it the server reads no more of the stream.
     """
     @_builtins.property
     def streams(self) -> Global___StreamLimits:

@@ -86,26 +86,46 @@ class PacketServiceServicer:
     def DispatchStream(self, request_iterator, context):
         """Dispatch over one long-lived stream: each request a batch of packets with a
         batch id the client chooses, each response the answer to one batch, by its
-        id, as the batches finish (not necessarily in request order). A batch is
-        served exactly as a Dispatch call with the same packets (validation,
-        authorization of each packet, governance, custody, idempotency by tracking
-        id and meaning): its answer carries what DispatchResponse carries, or the
-        error the Dispatch call would have failed with (code, message and details:
-        INVALID_ARGUMENT for an empty or oversized batch, UNAVAILABLE when the store
-        could not be reached, ...) as a google.rpc.Status. A batch refused as a
-        whole writes nothing and does not end the stream. The credential is the
-        stream's (checked when it opens, and again before each answer).
+        id, as the batches finish (not necessarily in request order; match answers
+        by batch_id). A batch is served exactly as a Dispatch call with the same
+        packets (validation, authorization of each packet, governance, custody,
+        idempotency by tracking id and meaning): its answer carries what
+        DispatchResponse carries (one result per packet, in order: a receipt or that
+        packet's own error), or the error the Dispatch call would have failed with
+        (code, message and details) as a google.rpc.Status. A batch refused as a
+        whole does not end the stream; by its code: INVALID_ARGUMENT (no packets,
+        more than Limits.max_batch_packets: BadRequest names the field) wrote
+        nothing, do not send it again unchanged;
+        RESOURCE_EXHAUSTED (the store is full: ErrorInfo STORE_FULL) wrote nothing,
+        send it again later; UNAVAILABLE (the store could not be reached) and
+        INTERNAL may have stored some of it: send the same packets again.
 
-        At most Limits.max_dispatch_stream_batches batches are in flight on one
-        stream: while at it the server reads no further (gRPC flow control holds
-        the client back). A message that is not a valid DispatchStreamRequest ends
-        the stream (INVALID_ARGUMENT), as does one over Limits.max_request_bytes
-        (RESOURCE_EXHAUSTED, by gRPC). On drain the server stops reading, answers
-        the batches it took, then ends the stream with UNAVAILABLE; a batch sent
-        but not answered when a stream ends may have been stored: send the same
-        packets again (on a new stream, another replica, or by Dispatch), which is
-        always safe. A server without this method answers UNIMPLEMENTED: use
-        Dispatch.
+        Sending again is always safe when the packets are the same, tracking_id
+        included (Packet.tracking_id is the idempotency key: set it before the
+        first send and keep it): the packets stored already answer their first
+        receipts and nothing is stored twice. A batch sent but not answered when a
+        stream ends (drain, a lost connection, a deadline, the caller's
+        cancellation) may have been stored, wholly or in part: send the same
+        packets again (on a new stream, another replica, or by Dispatch).
+
+        At most Limits.max_dispatch_stream_batches (GetServerInfo) batches are in
+        flight on one stream, a batch counting until its answer has been written:
+        while at it the server reads no further (gRPC flow control holds the client
+        back), so a client that stops reading answers stops being read; read the
+        answers as they come. When done, half-close: the server answers every batch
+        it took, then ends the stream OK. A message that is not a valid
+        DispatchStreamRequest ends the stream (INVALID_ARGUMENT), as does one over
+        Limits.max_request_bytes (RESOURCE_EXHAUSTED, by gRPC). On drain the server
+        stops reading, answers the batches it took, then ends the stream with
+        UNAVAILABLE: open a new stream (or another replica) for the rest.
+
+        The credential is the stream's (the call's metadata): checked when it
+        opens, and again before each batch is written and before each answer. Once
+        it has expired (or a policy reload took away what let the stream in) a
+        batch is not written and the stream ends UNAUTHENTICATED (ErrorInfo
+        CREDENTIAL_EXPIRED) or PERMISSION_DENIED: renew the credential, open a new
+        stream and send the unanswered batches again. A server without this method
+        answers UNIMPLEMENTED: use Dispatch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

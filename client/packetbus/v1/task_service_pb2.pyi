@@ -887,8 +887,10 @@ class ListTaskQueuesResponse(_message.Message):
     same prefix, for the rest; empty when there is nothing more.
     """
     index_truncated: _builtins.bool
-    """True when the server's queue index names more queues than one call
-    reads (10,000, oldest noted first): those beyond were not looked at.
+    """True when more queues under the prefix (after page_token) are indexed
+    than one call reads (10,000 names, in name order): this page looked at
+    the first of them only and next_page_token goes on after them (so a page
+    may be short, even empty, with a token).
     """
     @_builtins.property
     def queues(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskQueueSummary]: ...

@@ -54,11 +54,14 @@ def _backfill(r: Store, index: str, kinds: Sequence[tuple[str, str]]) -> None:
         r.zadd(index, mapping, nx=True)
 
 
-def existing(r: Store, keys: Sequence[str]) -> list[str]:
-    """Those of `keys` that exist, sorted: one pipeline (on a cluster, one per node)."""
+def existing(r: Store, keys: Sequence[str], kind: str) -> list[str]:
+    """Those of `keys` that exist as Redis type `kind` ("hash", "zset", "stream"),
+    sorted: one pipeline of TYPE (on a cluster, one per node). A key of another type
+    is not one this server wrote (a foreign program's, a restore gone wrong): left
+    out, so it cannot fail the scrape with WRONGTYPE."""
     if not keys:
         return []
     pipe = r.pipeline(transaction=False)
     for key in keys:
-        pipe.exists(key)
-    return sorted(k for k, n in zip(keys, pipe.execute(), strict=True) if n)
+        pipe.type(key)
+    return sorted(k for k, t in zip(keys, pipe.execute(), strict=True) if text(t) == kind)

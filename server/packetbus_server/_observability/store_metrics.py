@@ -160,7 +160,9 @@ class StoreCollector(Collector):
         families: dict[str, GaugeMetricFamily],
         topics: list[str],
     ) -> bool:
-        keys = existing(r, [_keys.topic_groups(t) for t in topics])[: self.bounds.groups + 1]
+        keys = existing(r, [_keys.topic_groups(t) for t in topics], "hash")[
+            : self.bounds.groups + 1
+        ]
         outstanding: dict[str, int] = defaultdict(int)
         lag: dict[str, int] = defaultdict(int)
         consumers: dict[str, int] = defaultdict(int)
@@ -199,13 +201,15 @@ class StoreCollector(Collector):
         families: dict[str, GaugeMetricFamily],
         queues: list[str],
     ) -> bool:
-        keys = existing(r, [_keys.task_index(q) for q in queues])
+        keys = existing(r, [_keys.task_index(q) for q in queues], "zset")
         most = self.bounds.tasks_per_queue
         cut = len(keys) > self.bounds.queues
         for key in keys[: self.bounds.queues]:
             queue = tag(key, ":tasks")
             reply = r.eval(_QUEUE_SCRIPT, 1, key, _keys.queue_prefix(queue), most)
             total, counts = int(reply[0]), pairs(reply[1:])
+            if total < 0:
+                continue  # a task index of another type: not a queue (queue_counts.lua)
             for status in _TASK_STATUSES:
                 families["tasks"].add_metric([queue, status], counts.pop(status, 0))
             if total > most:
@@ -219,7 +223,7 @@ class StoreCollector(Collector):
         families: dict[str, GaugeMetricFamily],
         names: list[str],
     ) -> bool:
-        keys = existing(r, [_keys.carcel(n) for n in names])
+        keys = existing(r, [_keys.carcel(n) for n in names], "stream")
         most = self.bounds.entries_per_carcel
         by_reason: dict[str, int] = dict.fromkeys(_CARCEL_REASONS.values(), 0)
         cut = len(keys) > self.bounds.carcels

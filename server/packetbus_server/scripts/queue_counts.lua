@@ -11,8 +11,13 @@
 --          status and priority ("<status> <priority>"). Absent: by status as
 --          stored.
 --
--- Returns {tasks in the index, key, count, key, count, ...}; a task whose hash
+-- Returns {tasks in the index, key, count, key, count, ...} ({-1}: see above); a task whose hash
 -- expired (its index entry not yet pruned) is counted under no key.
+-- A task index of another Redis type (not a key this server wrote) counts as
+-- no queue: {-1}, so one such name never fails a listing or a scrape.
+if redis.call('TYPE', KEYS[1]).ok ~= 'zset' then
+  return {-1}
+end
 local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 local now = tonumber(ARGV[3] or '')
 local counts = {}

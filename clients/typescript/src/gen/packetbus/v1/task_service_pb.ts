@@ -933,8 +933,10 @@ export type ListTaskQueuesResponse = Message<"packetbus.v1.ListTaskQueuesRespons
   nextPageToken: string;
 
   /**
-   * True when the server's queue index names more queues than one call
-   * reads (10,000, oldest noted first): those beyond were not looked at.
+   * True when more queues under the prefix (after page_token) are indexed
+   * than one call reads (10,000 names, in name order): this page looked at
+   * the first of them only and next_page_token goes on after them (so a page
+   * may be short, even empty, with a token).
    *
    * @generated from field: bool index_truncated = 3;
    */
