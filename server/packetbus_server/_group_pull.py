@@ -76,6 +76,15 @@ class PullLoop:
         or goes; raises what its store calls raise (the caller maps them)."""
         settler = asyncio.create_task(self._settle_from(requests, first, stream, context))
         waiter: asyncio.Task[None] | None = None
+        # The log's newest entry at the last pull: the wait is for entries after it.
+        newest: str | None = None
+        # Whether the log may hold entries for this stream that its last pull did
+        # not lease. False once a pull leased the log's newest entry (or found
+        # nothing): then only a new entry (the waiter), freed room or the next
+        # look for run-out leases calls for another pull, and a wake for a
+        # settlement alone sends its confirmation without one (issue 16: at low
+        # load that was three pulls per packet that found nothing).
+        unread = True
         try:
             while not caller_gone(context):
                 if settler.done():
@@ -99,8 +108,10 @@ class PullLoop:
                     return
                 room = stream.room(self._clock.now_ms())
                 deliveries: list[bytes] = []
-                newest = None
-                if room:
+                if not room:
+                    # Entries may come while it is full: look once there is room.
+                    unread = True
+                elif unread or time.monotonic() >= stream.scan_at:
                     pulled = await self._store.pull(
                         stream.topic,
                         stream.group,
@@ -115,6 +126,14 @@ class PullLoop:
                     if pulled.scanned:
                         stream.scan_at = time.monotonic() + _RESCAN_SECONDS
                     newest = pulled.newest
+                    # Leasing the log's newest entry means the group has read all
+                    # of it; anything later wakes the waiter, which reads after
+                    # `newest`. Entries left behind (the count or byte budget
+                    # ran out, or only skipped entries at the end) call for
+                    # another pull, as does one that leased nothing new to learn.
+                    unread = bool(pulled.entries) and all(
+                        e.cursor != newest for e in pulled.entries
+                    )
                     deliveries = await self._delivery.deliver(stream, pulled.entries, pulled.now_ms)
                 if deliveries or stream.outbox:
                     settled, stream.outbox = stream.outbox, []
@@ -134,7 +153,7 @@ class PullLoop:
                 stream.wake.clear()
                 woken: asyncio.Future[object] = asyncio.ensure_future(stream.wake.wait())
                 waits: set[asyncio.Future[object]] = {woken}
-                if newest is not None:
+                if room and newest is not None:
                     if waiter is None or waiter.done():
                         waiter = asyncio.create_task(
                             self._store.wait_for_entries(stream.topic, newest, _WAIT_MS)
@@ -144,13 +163,18 @@ class PullLoop:
                     waits.add(waiter)  # type: ignore[arg-type]
                 waits.add(settler)  # type: ignore[arg-type]
                 try:
-                    await asyncio.wait(
+                    done, _ = await asyncio.wait(
                         waits, timeout=_WAIT_MS / 1000, return_when=asyncio.FIRST_COMPLETED
                     )
                 finally:
                     # Also when the stream ends meanwhile (cancelled): a wait
                     # left pending would be destroyed pending.
                     woken.cancel()
+                if not done or waiter is None or waiter.done():
+                    # The wait ran out (the periodic look), or a new entry came
+                    # (or the wait for one failed): pull. Only a settlement's
+                    # wake, the waiter still blocked, leaves `unread` as it is.
+                    unread = True
                 if waiter is not None and waiter.done() and waiter.exception() is not None:
                     waiter = None  # a failed wait only delays the next look
         finally:
