@@ -3,10 +3,9 @@ disk that fills up), on a free port: never the shared store."""
 
 from __future__ import annotations
 
-import resource
-import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,45 +21,51 @@ def _free_port() -> int:
         return port
 
 
-def disk_of(size_bytes: int) -> Callable[[], None]:
-    """A preexec_fn giving the store a disk that holds `size_bytes` per file: past it
-    a write comes up short, as on a full disk (Redis then says "No space left on
-    device"). RLIMIT_FSIZE does it without root or a mount; SIGXFSZ is ignored
-    (inherited across exec) so the write fails instead of killing the store."""
+def disk_of(size_bytes: int) -> Callable[[list[str]], list[str]]:
+    """A wrapper of the store's argv giving it a disk that holds `size_bytes` per file:
+    past it a write comes up short, as on a full disk (Redis then says "No space left on
+    device"). RLIMIT_FSIZE does it without root or a mount; SIGXFSZ is ignored so the
+    write fails instead of killing the store. Both are set by a small Python that then
+    execs the store (both last across exec), not by a preexec_fn: code run between fork
+    and exec in the test process, whose gRPC threads hold locks, can crash the child."""
 
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (size_bytes, size_bytes))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    def wrap(argv: list[str]) -> list[str]:
+        prelude = (
+            "import os, resource, signal, sys; "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size_bytes}, {size_bytes})); "
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "os.execv(sys.argv[1], sys.argv[1:])"
+        )
+        return [sys.executable, "-c", prelude, *argv]
 
-    return limit
+    return wrap
 
 
 @contextmanager
 def own_store(
-    data_dir: Path, *settings: str, preexec: Callable[[], None] | None = None
+    data_dir: Path, *settings: str, wrap: Callable[[list[str]], list[str]] | None = None
 ) -> Iterator[str]:
-    """A Valkey with `settings` ("--name", "value", ...) in `data_dir`; its URL."""
+    """A Valkey with `settings` ("--name", "value", ...) in `data_dir`, its command
+    line passed through `wrap` when given (e.g. `disk_of`); its URL."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     log = (data_dir / "valkey.log").open("ab")
+    argv = [
+        str(get_binary_path()),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        *settings,
+    ]
     process = subprocess.Popen(
-        [
-            str(get_binary_path()),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(data_dir),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            *settings,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        preexec_fn=preexec,
+        wrap(argv) if wrap is not None else argv, stdout=log, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.monotonic() + 10

@@ -243,6 +243,14 @@ async def test_a_live_view_refuses_a_bad_query_as_json(
     for interval in ("0", "0.1", "61", "nan", "soon"):
         bad = await http.get("/api/carcel/events", params={"interval": interval})
         assert (bad.status_code, bad.json()["code"]) == (400, "INVALID_ARGUMENT"), interval
+    # "²" and other scripts' digits pass str.isdigit() but not int(): 400, not a 500.
+    for digits in ("²", "١٢", "1.5", "-1", "1001"):
+        for path in ("/api/carcel", "/api/held", "/api/held/events"):
+            bad = await http.get(path, params={"limit": digits})
+            assert (bad.status_code, bad.json()["code"]) == (400, "INVALID_ARGUMENT"), (
+                path,
+                digits,
+            )
     bad_limit = await http.get("/api/held/events", params={"limit": "0"})
     assert bad_limit.status_code == 400
     assert bad_limit.json() == {

@@ -175,7 +175,7 @@ async def _until_refused(client: packetbus.Client, topic: str) -> packetbus.Pack
 async def test_a_full_disk_refuses_writes_as_resource_exhausted(tmp_path: Path) -> None:
     topic = unique("disk")
     # An AOF that cannot grow past 256 KiB: its writes come up short as on a full disk.
-    with own_store(tmp_path / "store", "--appendonly", "yes", preexec=disk_of(256 * 1024)) as url:
+    with own_store(tmp_path / "store", "--appendonly", "yes", wrap=disk_of(256 * 1024)) as url:
         async with (
             _serving(url, tmp_path / "data") as srv,
             await packetbus.Client.connect(f"127.0.0.1:{srv.port}", timeout=10) as client,

@@ -31,7 +31,9 @@ def _host(address: str) -> str | None:
     """The host part of a ``host:port`` target, or None for a target of another
     form (a unix socket, a list of addresses)."""
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or "," in address or address.startswith("unix"):
+    if not sep or not host or not (port.isascii() and port.isdigit()):
+        return None
+    if "," in address or address.startswith("unix"):
         return None
     return host
 

@@ -27,9 +27,16 @@ def as_json(message: Message) -> dict[str, Any]:
 def limit(request: Request) -> int:
     """The ``limit`` query parameter: 1-`MAX_LIMIT` (default `MAX_LIMIT`).
     Raises ApiError 400 otherwise."""
-    raw = request.query_params.get("limit", str(MAX_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise ApiError(400, "INVALID_ARGUMENT", f"limit must be 1-{MAX_LIMIT}, not {raw!r}")
+    return count(request, "limit", most=MAX_LIMIT, default=MAX_LIMIT)
+
+
+def count(request: Request, name: str, *, most: int, default: int) -> int:
+    """Query parameter `name` as a whole number 1-`most` (`default` when absent): ASCII
+    digits only (``str.isdigit`` also takes "²" and other scripts' digits, which int()
+    refuses). Raises ApiError 400 otherwise."""
+    raw = request.query_params.get(name, str(default))
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= most:
+        raise ApiError(400, "INVALID_ARGUMENT", f"{name} must be 1-{most}, not {raw!r}")
     return int(raw)
 
 

@@ -52,7 +52,7 @@ from packetbus.v1 import packet_service_pb2, speech_act_pb2
 
 from .errors import ApiError
 from .live import json_route, live_route
-from .shapes import as_json, is_utf8, limit
+from .shapes import as_json, count, is_utf8, limit
 
 BROWSE_DEFAULT = 50
 BROWSE_MOST = 200
@@ -100,10 +100,7 @@ async def topic(request: Request, client: Client) -> dict[str, Any]:
 
 
 def _browse_limit(request: Request) -> int:
-    raw = request.query_params.get("limit", str(BROWSE_DEFAULT))
-    if not raw.isdigit() or not 1 <= int(raw) <= BROWSE_MOST:
-        raise ApiError(400, "INVALID_ARGUMENT", f"limit must be 1-{BROWSE_MOST}, not {raw!r}")
-    return int(raw)
+    return count(request, "limit", most=BROWSE_MOST, default=BROWSE_DEFAULT)
 
 
 def _after(request: Request) -> str | None:

@@ -54,7 +54,7 @@ def parse_address(listen: str) -> tuple[str, int]:
             bracket = ""  # an IPv6 address needs its brackets
     if not bracket:
         raise ValueError(form)
-    if not port.isdigit() or int(port) > 65535:
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ValueError(f"metrics address {listen!r}: the port must be 0 to 65535")
     return host, int(port)
 
