@@ -1,7 +1,7 @@
-"""ListTopics and ListTaskQueues when their index must be backfilled (not known
-whole) and the store refuses the backfill's writes: full (OOM, noeviction) or a
-read-only replica (READONLY). Both are reads: each answers OK from what its scan
-of the keyspace found, and the index stays unmarked for a later reader."""
+"""ListTopics, ListTaskQueues and a /metrics scrape when their index must be
+backfilled (not known whole) and the store refuses the backfill's writes: full (OOM,
+noeviction) or a read-only replica (READONLY). All are reads: each answers from what
+its scan of the keyspace found, and the index stays unmarked for a later reader."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
+import httpx
 import pytest
 import redis.asyncio as redis_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 import packetbus
 from packetbus.v1 import (
@@ -37,7 +39,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 async def served(store: str) -> AsyncIterator[RunningServer]:
-    server = await start(ServerConfig(listen="127.0.0.1:0", redis_url=store))
+    server = await start(
+        ServerConfig(listen="127.0.0.1:0", redis_url=store, metrics_listen="127.0.0.1:0")
+    )
     yield server
     await server.stop(grace=0)
 
@@ -69,6 +73,19 @@ async def _listings(target: str) -> tuple[list[str], list[str]]:
     return [t.name for t in topics.topics], [q.queue for q in queues.queues]
 
 
+async def _scraped_queues(served: RunningServer) -> set[str]:
+    """The queues a /metrics scrape counts tasks of (its store gauges read)."""
+    async with httpx.AsyncClient(timeout=20) as http:
+        body = (await http.get(f"http://127.0.0.1:{served.metrics_port}/metrics")).text
+    assert "packetbus_store_up 1.0" in body
+    return {
+        s.labels["queue"]
+        for family in text_string_to_metric_families(body)
+        if family.name == "packetbus_task_queue_tasks"
+        for s in family.samples
+    }
+
+
 async def test_a_full_store_lists_from_the_scan(served: RunningServer, store: str) -> None:
     target = f"127.0.0.1:{served.port}"
     r = redis_asyncio.Redis.from_url(store)
@@ -77,6 +94,7 @@ async def test_a_full_store_lists_from_the_scan(served: RunningServer, store: st
         await r.config_set("maxmemory", "1")  # every write refused: OOM
         try:
             assert await _listings(target) == ([topic], [queue])
+            assert await _scraped_queues(served) == {queue}
         finally:
             await r.config_set("maxmemory", "0")
         assert await r.exists(_keys.TOPICS, _keys.QUEUES) == 0
@@ -94,6 +112,7 @@ async def test_a_read_only_store_lists_from_the_scan(served: RunningServer, stor
         await r.replicaof("127.0.0.1", "1")
         try:
             assert await _listings(target) == ([topic], [queue])
+            assert await _scraped_queues(served) == {queue}
         finally:
             await r.replicaof("NO", "ONE")
         assert await r.exists(_keys.TOPICS, _keys.QUEUES) == 0

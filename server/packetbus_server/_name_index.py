@@ -46,6 +46,10 @@ TOPIC_KEYS = ((":log", "stream"), (":groups", "hash"), (":carcel", "stream"))
 QUEUE_KEYS = ((":tasks", "zset"),)
 
 BACKFILL_CHUNK = 1000  # names per ZADD of a backfill
+# What a backfill's writes may fail with and still leave the read its scan: a refusal
+# or a lost connection (RedisClusterException, no node reached, is no RedisError; a
+# timeout may come through as asyncio's own).
+WRITE_REFUSED = (TimeoutError, RedisError, RedisClusterException, OSError)
 _SCAN_COUNT = 1000
 
 
@@ -125,9 +129,7 @@ async def _record(redis: RedisClient, index: str, names: set[str]) -> None:
     try:
         for mapping in backfill_chunks(names):
             await redis.zadd(index, mapping, nx=True)
-    # RedisClusterException (no node reached) is no RedisError; a timeout may come
-    # through as asyncio's own.
-    except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
+    except WRITE_REFUSED as exc:
         log.info("index %s not backfilled (listed from the scan alone): %s", index, exc)
 
 
@@ -141,4 +143,9 @@ async def existing(redis: RedisClient, keys: Sequence[str], kind: str) -> list[s
     pipe = redis.pipeline(transaction=False)
     for key in keys:
         pipe.type(key)
-    return sorted(k for k, t in zip(keys, await pipe.execute(), strict=True) if text(t) == kind)
+    return of_kind(keys, await pipe.execute(), kind)
+
+
+def of_kind(keys: Sequence[str], types: Sequence[Any], kind: str) -> list[str]:
+    """Those of `keys` whose TYPE reply (in `types`, the same order) is `kind`, sorted."""
+    return sorted(k for k, t in zip(keys, types, strict=True) if text(t) == kind)

@@ -6,6 +6,7 @@ _name_index; this module is the scrape's blocking twin of its reads.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,8 +16,10 @@ from redis.cluster import RedisCluster
 from .._name_index import (
     QUEUE_KEYS,
     TOPIC_KEYS,
+    WRITE_REFUSED,
     backfill_chunks,
     is_complete,
+    of_kind,
     scan_pattern,
     tag,
     without_marker,
@@ -24,6 +27,7 @@ from .._name_index import (
 from .._replies import text
 
 Store = redis.Redis | RedisCluster
+log = logging.getLogger(__name__)
 
 __all__ = ["QUEUE_KEYS", "TOPIC_KEYS", "existing", "indexed_names", "tag"]
 
@@ -37,21 +41,30 @@ def indexed_names(
     over the keyspace. Raises redis.RedisError when the store cannot be read."""
     found: Any = r.zrange(index, 0, most + 1)
     members = [text(m) for m in found]
-    if not is_complete(members):
-        _backfill(r, index, kinds)
-        found = r.zrange(index, 0, most + 1)
-        members = [text(m) for m in found]
-    names = without_marker(members)
+    if is_complete(members):
+        names = without_marker(members)
+        return names[:most], len(names) > most
+    scanned = _backfill(r, index, kinds)
+    found = r.zrange(index, 0, most + 1)
+    names = without_marker(text(m) for m in found)
+    # Those the store would not let the backfill write, after what the index holds.
+    names += sorted(scanned.difference(names))
     return names[:most], len(names) > most
 
 
-def _backfill(r: Store, index: str, kinds: Sequence[tuple[str, str]]) -> None:
+def _backfill(r: Store, index: str, kinds: Sequence[tuple[str, str]]) -> set[str]:
+    """The names one SCAN per `kinds` finds, written to `index` as _name_index's
+    backfill writes them: best effort, a store refusing writes still answers."""
     names: set[str] = set()
     for suffix, kind in kinds:
         for key in r.scan_iter(match=scan_pattern(suffix), count=1000, _type=kind):
             names.add(tag(key, suffix))
-    for mapping in backfill_chunks(names):
-        r.zadd(index, mapping, nx=True)
+    try:
+        for mapping in backfill_chunks(names):
+            r.zadd(index, mapping, nx=True)
+    except WRITE_REFUSED as exc:
+        log.info("index %s not backfilled (read from the scan alone): %s", index, exc)
+    return names
 
 
 def existing(r: Store, keys: Sequence[str], kind: str) -> list[str]:
@@ -64,4 +77,4 @@ def existing(r: Store, keys: Sequence[str], kind: str) -> list[str]:
     pipe = r.pipeline(transaction=False)
     for key in keys:
         pipe.type(key)
-    return sorted(k for k, t in zip(keys, pipe.execute(), strict=True) if text(t) == kind)
+    return of_kind(keys, pipe.execute(), kind)
