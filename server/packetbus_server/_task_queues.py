@@ -19,6 +19,8 @@ sealed with the prefix (_page_tokens).
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from packetbus.v1 import task_service_pb2 as pb
@@ -39,6 +41,8 @@ from ._validation import Violation
 
 # Names read from the queue index per call (as /metrics reads per scrape).
 MAX_INDEXED = 10_000
+# Queue count scripts in flight at once for one page (as ListTopics' summaries).
+_CONCURRENT = 16
 # Tasks classified per queue (the oldest first); the rest are `unclassified`.
 MAX_COUNTED = 10_000
 # Names whose task index is checked for existence per pipeline, at least.
@@ -97,21 +101,30 @@ class TaskQueues:
                 kept = set(
                     await self._store.retried(lambda keys=keys: existing(redis, keys, "zset"))
                 )
-                for index, queue in enumerate(chunk, start):
-                    if _keys.task_index(queue) not in kept:
-                        continue
-                    summary = await self._summary(queue)
-                    if summary is None:
-                        continue
-                    total += message_size(summary) + ITEM_OVERHEAD
-                    if response.queues and total > budget:
-                        return self._page(response, scope)
-                    response.queues.append(summary)
-                    if len(response.queues) == size:
-                        # More may remain: those after this one (a last page may be
-                        # empty when none of them is still there).
-                        more = index + 1 < len(candidates) or truncated
-                        return self._page(response, scope) if more else response
+                present = [
+                    (index, queue)
+                    for index, queue in enumerate(chunk, start)
+                    if _keys.task_index(queue) in kept
+                ]
+                # Counted _CONCURRENT queues at a time (each its own script in its own
+                # slot), at most the page's room ahead of what is kept.
+                at = 0
+                while at < len(present):
+                    group = present[at : at + min(_CONCURRENT, size - len(response.queues))]
+                    at += len(group)
+                    summaries = await asyncio.gather(*(self._summary(q) for _, q in group))
+                    for (index, _queue), summary in zip(group, summaries, strict=True):
+                        if summary is None:
+                            continue
+                        total += message_size(summary) + ITEM_OVERHEAD
+                        if response.queues and total > budget:
+                            return self._page(response, scope)
+                        response.queues.append(summary)
+                        if len(response.queues) == size:
+                            # More may remain: those after this one (a last page may
+                            # be empty when none of them is still there).
+                            more = index + 1 < len(candidates) or truncated
+                            return self._page(response, scope) if more else response
             if truncated:
                 # Names past this call's share remain: the next page goes on after
                 # the last one looked at (this page may be short, even empty).
