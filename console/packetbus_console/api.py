@@ -52,7 +52,7 @@ from .app import console_of
 from .errors import ApiError, error_response
 from .live import json_route, live_route
 from .sessions import COOKIE, BadToken, token_expiry
-from .shapes import MAX_LIMIT, as_json, body, limit, text
+from .shapes import MAX_LIMIT, as_json, body, first, limit, text
 
 _LIVENESS = ("any", "live", "stale")
 
@@ -128,15 +128,10 @@ async def agents(request: Request, client: Client) -> Response:
 
 
 async def held(request: Request, client: Client) -> dict[str, Any]:
-    most = limit(request)
-    items: list[dict[str, object]] = []
-    truncated = False
-    async for packet in client.list_held_packets(request.query_params.get("topic", ""), timeout=10):
-        if len(items) == most:
-            truncated = True
-            break
-        items.append(as_json(packet))
-    return {"held": items, "truncated": truncated}
+    found, truncated = await first(
+        client.list_held_packets(request.query_params.get("topic", ""), timeout=10), limit(request)
+    )
+    return {"held": [as_json(packet) for packet in found], "truncated": truncated}
 
 
 async def _held_topic(client: Client, tracking_id: str) -> str:
@@ -189,18 +184,12 @@ async def policy_stats(request: Request, client: Client) -> dict[str, Any]:
 
 
 async def carcel(request: Request, client: Client) -> dict[str, Any]:
-    most = limit(request)
     query = request.query_params
-    items: list[dict[str, object]] = []
-    truncated = False
-    async for entry in client.carcel_entries(
-        query.get("topic", ""), reason=query.get("reason", ""), timeout=10
-    ):
-        if len(items) == most:
-            truncated = True
-            break
-        items.append(as_json(entry))
-    return {"entries": items, "truncated": truncated}
+    found, truncated = await first(
+        client.carcel_entries(query.get("topic", ""), reason=query.get("reason", ""), timeout=10),
+        limit(request),
+    )
+    return {"entries": [as_json(entry) for entry in found], "truncated": truncated}
 
 
 async def requeue(request: Request, client: Client) -> Response:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import AsyncIterable
+from typing import Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from starlette.requests import Request
 
 from .errors import ApiError
+
+T = TypeVar("T")
 
 MAX_LIMIT = 1000  # items one list answer holds at most
 # The largest request body, in bytes: a sign-in token (sessions.MAX_TOKEN_CHARS)
@@ -22,6 +25,17 @@ def as_json(message: Message) -> dict[str, Any]:
     base64, timestamps RFC 3339), fields at their defaults included, so the front
     end finds every key."""
     return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+
+
+async def first(items: AsyncIterable[T], most: int) -> tuple[list[T], bool]:
+    """The first `most` of `items` and whether more were left (one more is read to
+    tell, no further)."""
+    found: list[T] = []
+    async for item in items:
+        if len(found) == most:
+            return found, True
+        found.append(item)
+    return found, False
 
 
 def limit(request: Request) -> int:

@@ -52,7 +52,7 @@ from packetbus.v1 import task_service_pb2 as pb
 from .errors import ApiError
 from .events import relay
 from .live import json_route, live_route
-from .shapes import as_json, limit
+from .shapes import as_json, first, limit
 
 STATUSES = ("queued", "claimed", "completed", "carceled")
 
@@ -83,14 +83,10 @@ def queue_view(summary: pb.TaskQueueSummary) -> dict[str, Any]:
 async def queues(request: Request, client: Client) -> dict[str, Any]:
     most = limit(request)
     prefix = request.query_params.get("prefix", "")
-    items: list[dict[str, Any]] = []
-    truncated = False
-    async for summary in client.list_task_queues(prefix, page_size=min(most + 1, 1000), timeout=10):
-        if len(items) == most:
-            truncated = True
-            break
-        items.append(queue_view(summary))
-    return {"queues": items, "truncated": truncated}
+    found, truncated = await first(
+        client.list_task_queues(prefix, page_size=min(most + 1, 1000), timeout=10), most
+    )
+    return {"queues": [queue_view(summary) for summary in found], "truncated": truncated}
 
 
 async def tasks(request: Request, client: Client) -> Response:

@@ -52,7 +52,7 @@ from packetbus.v1 import packet_service_pb2, speech_act_pb2
 
 from .errors import ApiError
 from .live import json_route, live_route
-from .shapes import as_json, count, is_utf8, limit
+from .shapes import as_json, count, first, is_utf8, limit
 
 BROWSE_DEFAULT = 50
 BROWSE_MOST = 200
@@ -74,14 +74,8 @@ async def topics(request: Request, client: Client) -> dict[str, Any]:
     prefix = request.query_params.get("prefix", "")
     if not is_utf8(prefix):
         raise ApiError(400, "INVALID_ARGUMENT", "prefix is not valid Unicode")
-    found: list[dict[str, Any]] = []
-    truncated = False
-    async for summary in client.list_topics(prefix, timeout=_CALL_SECONDS):
-        if len(found) == most:
-            truncated = True
-            break
-        found.append(as_json(summary))
-    return {"topics": found, "truncated": truncated}
+    found, truncated = await first(client.list_topics(prefix, timeout=_CALL_SECONDS), most)
+    return {"topics": [as_json(summary) for summary in found], "truncated": truncated}
 
 
 async def topic(request: Request, client: Client) -> dict[str, Any]:
