@@ -26,7 +26,6 @@ refused call 401/403 as `errors` maps it.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from google.protobuf import json_format
@@ -37,7 +36,7 @@ from packetbus.v1 import packet_pb2, packet_service_pb2
 
 from .errors import ApiError
 from .live import json_route, live_route
-from .shapes import as_json, limit
+from .shapes import as_json, limit, number
 
 
 def finding_view(packet: packet_pb2.Packet) -> dict[str, Any]:
@@ -62,16 +61,7 @@ def finding_view(packet: packet_pb2.Packet) -> dict[str, Any]:
 
 
 def _threshold(request: Request) -> float:
-    raw = request.query_params.get("threshold", "")
-    if raw == "":
-        return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:  # also NaN
-        raise ApiError(400, "INVALID_ARGUMENT", f"threshold must be 0-1, not {raw!r}")
-    return value
+    return number(request, "threshold", low=0.0, high=1.0, default=0.0)
 
 
 async def findings(request: Request, client: Client) -> dict[str, Any]:

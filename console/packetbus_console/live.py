@@ -40,6 +40,7 @@ from packetbus import Client, PacketbusError
 
 from .errors import ApiError
 from .sessions import COOKIE
+from .shapes import number
 
 if TYPE_CHECKING:  # app imports this module (Console holds a LiveViews)
     from .app import Console, Handler
@@ -106,20 +107,9 @@ def live_route(view: View) -> Handler:
 
 
 def _interval(request: Request) -> float:
-    raw = request.query_params.get("interval")
-    if raw is None:
-        return INTERVAL
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not MIN_INTERVAL <= value <= MAX_INTERVAL:  # also NaN
-        raise ApiError(
-            400,
-            "INVALID_ARGUMENT",
-            f"interval must be {MIN_INTERVAL}-{MAX_INTERVAL} seconds, not {raw!r}",
-        )
-    return value
+    return number(
+        request, "interval", low=MIN_INTERVAL, high=MAX_INTERVAL, default=INTERVAL, unit=" seconds"
+    )
 
 
 def _snapshot(doc: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterable
 from typing import Any, TypeVar
 
@@ -36,6 +37,25 @@ async def first(items: AsyncIterable[T], most: int) -> tuple[list[T], bool]:
             return found, True
         found.append(item)
     return found, False
+
+
+def number(
+    request: Request, name: str, *, low: float, high: float, default: float, unit: str = ""
+) -> float:
+    """Query parameter `name` as a number `low`-`high` (`default` when absent or empty).
+    Raises ApiError 400 otherwise (NaN, infinities, text)."""
+    raw = request.query_params.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not low <= value <= high:  # also NaN
+        raise ApiError(
+            400, "INVALID_ARGUMENT", f"{name} must be {low:g}-{high:g}{unit}, not {raw!r}"
+        )
+    return value
 
 
 def limit(request: Request) -> int:
