@@ -4,7 +4,7 @@ the next page starts in `next_page_token`."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar
 
 
@@ -34,3 +34,19 @@ async def collect(
         token = page.next_page_token
         if not token or (most and len(out) >= most):
             return out[:most] if most else out
+
+
+async def each(
+    fetch: Callable[[str], Awaitable[P]], take: Callable[[P], Iterable[T]]
+) -> AsyncIterator[T]:
+    """Every item of a listing as it comes: `fetch(page_token)` each page, from "" until
+    a page comes without a next token, yielding what `take` finds in it (the next page
+    is fetched only once those are consumed)."""
+    token = ""
+    while True:
+        page = await fetch(token)
+        for item in take(page):
+            yield item
+        token = page.next_page_token
+        if not token:
+            return

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, cast
 from packetbus.v1 import packet_pb2, packet_service_pb2, task_service_pb2
 
 from .._inbox import INBOX_GROUP, Inbox, address_to, inbox_topic, reply_to
+from .._pages import each
 from .._tasks import TaskQueue
 from .consumer_group_calls import ConsumerGroupCalls
 from .packet_calls import PacketCalls
@@ -37,19 +38,18 @@ class TaskAndInboxCalls(PacketCalls, ConsumerGroupCalls):
         with its tasks counted by status and priority (TaskQueueSummary); only those
         the caller holds tasks.read on. Fetched `page_size` queues at a time (0: the
         server's default, 100; at most 1000); `timeout` is per page."""
-        token = ""
-        while True:
+
+        async def page(token: str) -> task_service_pb2.ListTaskQueuesResponse:
             request = task_service_pb2.ListTaskQueuesRequest(
                 prefix=prefix, page_size=page_size, page_token=token
             )
             response: task_service_pb2.ListTaskQueuesResponse = await self._call(
                 self._tasks.ListTaskQueues, request, timeout
             )
-            for summary in response.queues:
-                yield summary
-            token = response.next_page_token
-            if not token:
-                return
+            return response
+
+        async for summary in each(page, lambda response: response.queues):
+            yield summary
 
     async def inbox(
         self,

@@ -7,6 +7,7 @@ from typing import cast
 
 from packetbus.v1 import carcel_service_pb2, topic_service_pb2
 
+from .._pages import each
 from .core import ClientCore
 
 
@@ -67,23 +68,16 @@ class TopicAdminCalls(ClientCore):
         default, 100; at most 1000) at a time; `timeout` is per page.
         Raises PacketbusError (INVALID_ARGUMENT for a prefix that no topic name
         could start with)."""
-        token = ""
-        while True:
+
+        async def page(token: str) -> topic_service_pb2.ListTopicsResponse:
             request = topic_service_pb2.ListTopicsRequest(
                 prefix=prefix, page_size=page_size, page_token=token
             )
-            response = await self._list_topics_page(request, timeout)
-            for topic in response.topics:
-                yield topic
-            token = response.next_page_token
-            if not token:
-                return
+            response = await self._call(self._topics.ListTopics, request, timeout)
+            return cast(topic_service_pb2.ListTopicsResponse, response)
 
-    async def _list_topics_page(
-        self, request: topic_service_pb2.ListTopicsRequest, timeout: float | None
-    ) -> topic_service_pb2.ListTopicsResponse:
-        response = await self._call(self._topics.ListTopics, request, timeout)
-        return cast(topic_service_pb2.ListTopicsResponse, response)
+        async for topic in each(page, lambda response: response.topics):
+            yield topic
 
     async def carcel_entries(
         self,
@@ -95,17 +89,15 @@ class TopicAdminCalls(ClientCore):
     ) -> AsyncIterator[carcel_service_pb2.CarcelEntry]:
         """Every carcel entry of `topic` (or of all topics), oldest first, optionally
         only those with `reason`; fetched a page at a time (`timeout` is per page)."""
-        token = ""
-        while True:
+
+        async def page(token: str) -> carcel_service_pb2.ListCarcelEntriesResponse:
             request = carcel_service_pb2.ListCarcelEntriesRequest(
                 topic=topic, reason=reason, page_size=page_size, page_token=token
             )
-            response = await self._list_carcel(request, timeout)
-            for entry in response.entries:
-                yield entry
-            token = response.next_page_token
-            if not token:
-                return
+            return await self._list_carcel(request, timeout)
+
+        async for entry in each(page, lambda response: response.entries):
+            yield entry
 
     async def _list_carcel(
         self, request: carcel_service_pb2.ListCarcelEntriesRequest, timeout: float | None
