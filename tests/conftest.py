@@ -221,6 +221,15 @@ async def verified_actions(client: packetbus.Client, stored: packetbus.StoredPac
     ]
 
 
+def exec_after(setup: str, argv: Sequence[str]) -> list[str]:
+    """A command line that runs the Python statements `setup` (signal dispositions,
+    resource limits: what lasts across exec) and then execs `argv`. Used instead of a
+    preexec_fn: code run between fork and exec in the test process, whose gRPC
+    threads hold locks, crashed the child now and then."""
+    prelude = f"import os, sys; {setup}; os.execv(sys.argv[1], sys.argv[1:])"
+    return [sys.executable, "-c", prelude, *argv]
+
+
 def serving(
     argv: Sequence[str],
     *,

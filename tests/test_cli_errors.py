@@ -21,7 +21,7 @@ import pytest
 import packetbus
 from packetbus._cli import main
 from packetbus._cli_args import serve_preflight
-from tests.conftest import free_port, new_packet
+from tests.conftest import exec_after, free_port, new_packet
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [str(Path(sys.executable).parent / "packetbus")]  # the console script, as users run it
@@ -276,12 +276,8 @@ def _ctrl_c_as_in_a_terminal(argv: list[str]) -> list[str]:
     """`argv` run with SIGINT at its default, as a shell gives a foreground command. A
     test run started in the background (nohup, `&`, some CI runners) hands its children
     SIGINT ignored, and Python then leaves it ignored, so the Ctrl-C below was never
-    seen. Set in a small Python that then execs `argv` (a disposition at its default
-    stays so across exec), not in a preexec_fn: code run between fork and exec in this
-    process, whose gRPC threads hold locks, crashed the child now and then."""
-    prelude = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    prelude += "os.execv(sys.argv[1], sys.argv[1:])"
-    return [sys.executable, "-c", prelude, *argv]
+    seen (a disposition at its default stays so across exec)."""
+    return exec_after("import signal; signal.signal(signal.SIGINT, signal.SIG_DFL)", argv)
 
 
 async def test_ctrl_c_ends_a_tail_quietly_with_130(
