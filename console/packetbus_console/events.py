@@ -14,7 +14,7 @@ the events after it opens: its first message is then ``id: <start cursor>``,
 ``event: start``, ``data: {"cursor": "<start cursor>"}``, the cursor the server
 started the watch after, so a browser that reconnects before any event resumes
 there and misses nothing (the gRPC watch itself resumes the same way). A
-comment line (``: keepalive``) every `KEEPALIVE` seconds without events keeps
+comment line (``: keepalive``) every `sse.KEEPALIVE` seconds without events keeps
 proxies from closing an idle stream. A refused or failed watch ends the stream with
 one ``event: error`` message (``{"error", "code"}``, as the JSON errors); a
 watch refused before it starts is answered as a JSON error instead.
@@ -24,21 +24,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import Message
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from packetbus import Client, PacketbusError
 from packetbus.v1 import agent_service_pb2
 
+from . import sse
 from .errors import from_packetbus
 from .shapes import as_json
 
-KEEPALIVE = 15.0  # seconds
 ADMISSION = 10.0  # seconds the server may take to admit (or refuse) the watch
 REFUSAL_WAIT = 0.5  # seconds, for a resumed watch (see agent_events)
 
@@ -56,8 +55,7 @@ OpenWatch = Callable[[str, Callable[[str], None]], AsyncIterator[E]]
 
 def _message(kind: str, event: _Cursored) -> str:
     assert isinstance(event, Message)  # a gRPC watch's events are protobuf messages
-    data = json.dumps(as_json(event), separators=(",", ":"))
-    return f"id: {event.cursor}\nevent: {kind}\ndata: {data}\n\n"
+    return sse.message(kind, as_json(event), ident=event.cursor)
 
 
 async def agent_events(request: Request, client: Client) -> Response:
@@ -102,13 +100,8 @@ async def relay(request: Request, open_watch: OpenWatch[E], kind: str) -> Respon
     opening = ": connected\n\n"
     if start.done():
         cursor = start.result()
-        data = json.dumps({"cursor": cursor})
-        opening = f"id: {cursor}\nevent: start\ndata: {data}\n\n"
-    return StreamingResponse(
-        _stream(watch, first, opening, kind),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+        opening = sse.message("start", {"cursor": cursor}, ident=cursor)
+    return sse.response(_stream(watch, first, opening, kind))
 
 
 async def _stream(
@@ -120,9 +113,9 @@ async def _stream(
         while True:
             if pending is None:
                 pending = asyncio.ensure_future(anext(watch))
-            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE)
+            done, _ = await asyncio.wait({pending}, timeout=sse.KEEPALIVE)
             if not done:
-                yield ": keepalive\n\n"
+                yield sse.KEEPALIVE_COMMENT
                 continue
             task, pending = pending, None
             try:
@@ -130,8 +123,7 @@ async def _stream(
             except StopAsyncIteration:
                 return
             except PacketbusError as exc:
-                data = json.dumps({"error": exc.message, "code": exc.code.name})
-                yield f"event: error\ndata: {data}\n\n"
+                yield sse.error(exc.code.name, exc.message)
                 return
             yield _message(kind, event)
     finally:

@@ -13,7 +13,7 @@ twin, taking the same query parameters plus ``interval`` (seconds between reads,
     event: snapshot
     data: <the view's JSON>          (the first read, then each read whose answer changed)
 
-    : keepalive                      (every KEEPALIVE seconds without a change)
+    : keepalive                      (every sse.KEEPALIVE seconds without a change)
 
     event: error
     data: {"error": "...", "code": "<NAME>"}   (a later read failed; the stream ends)
@@ -29,17 +29,16 @@ more than its last answer.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from packetbus import Client, PacketbusError
 
+from . import sse
 from .errors import ApiError
-from .sessions import COOKIE
 from .shapes import number
 
 if TYPE_CHECKING:  # app imports this module (Console holds a LiveViews)
@@ -50,10 +49,7 @@ View = Callable[[Request, Client], Awaitable[dict[str, Any]]]
 INTERVAL = 2.0  # seconds between reads, by default
 MIN_INTERVAL = 0.25
 MAX_INTERVAL = 60.0
-KEEPALIVE = 15.0  # seconds without a pushed message before a keepalive comment
 MAX_VIEWS = 64  # live views open at once per console, by default
-
-_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
 class LiveViews:
@@ -93,15 +89,8 @@ def live_route(view: View) -> Handler:
         except BaseException:
             views.open -= 1
             raise
-        # The session the stream reads for (None: no session, the console's default
-        # client), so its end is noticed (see _stream).
-        cookie = request.cookies.get(COOKIE)
-        session = cookie if _console(request).sessions.get(cookie) is not None else None
-        return StreamingResponse(
-            _stream(request, client, view, first, interval, session),
-            media_type="text/event-stream",
-            headers=_HEADERS,
-        )
+        session = sse.session_of(_console(request), request)
+        return sse.response(_stream(request, client, view, first, interval, session))
 
     return handler
 
@@ -110,14 +99,6 @@ def _interval(request: Request) -> float:
     return number(
         request, "interval", low=MIN_INTERVAL, high=MAX_INTERVAL, default=INTERVAL, unit=" seconds"
     )
-
-
-def _snapshot(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
-
-
-def _error(code: str, message: str) -> str:
-    return f"event: error\ndata: {json.dumps({'error': message, 'code': code})}\n\n"
 
 
 async def _stream(
@@ -130,31 +111,31 @@ async def _stream(
 ) -> AsyncIterator[str]:
     console = _console(request)
     try:
-        last = _snapshot(first)
-        yield f"event: snapshot\ndata: {last}\n\n"
+        last = sse.message("snapshot", first)
+        yield last
         quiet = 0.0
         while True:
             await asyncio.sleep(interval)
             # A session signed out (or expired) since the stream began: stop here,
             # rather than reading on with the token it held.
-            if session is not None and console.sessions.get(session) is None:
-                yield _error("UNAUTHENTICATED", "the session ended: sign in again")
+            if sse.ended(console, session):
+                yield sse.SESSION_ENDED
                 return
             try:
-                data = _snapshot(await view(request, client))
+                data = sse.message("snapshot", await view(request, client))
             except PacketbusError as exc:
-                yield _error(exc.code.name, exc.message)
+                yield sse.error(exc.code.name, exc.message)
                 return
             except ApiError as exc:
-                yield _error(exc.code, str(exc))
+                yield sse.error(exc.code, str(exc))
                 return
             if data != last:
                 last, quiet = data, 0.0
-                yield f"event: snapshot\ndata: {data}\n\n"
+                yield data
                 continue
             quiet += interval
-            if quiet >= KEEPALIVE:
+            if quiet >= sse.KEEPALIVE:
                 quiet = 0.0
-                yield ": keepalive\n\n"
+                yield sse.KEEPALIVE_COMMENT
     finally:
         console.live.open -= 1

@@ -40,7 +40,6 @@ import asyncio
 import base64
 import contextlib
 import http.client
-import json
 import logging
 import math
 import ssl
@@ -54,11 +53,12 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import grpc
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from packetbus import Client, PacketbusError
 from packetbus._security import TlsSettings
 
+from . import sse
 from .errors import ApiError
 from .metrics_series import SERIES, NotMetrics, Reading, Replica, read, sample
 from .sessions import COOKIE
@@ -71,13 +71,11 @@ MIN_INTERVAL = 0.5
 MAX_INTERVAL = 60.0
 WINDOW = 600.0  # seconds of history kept
 MAX_BODY = 16 * 1024 * 1024  # bytes of one scrape read at most
-KEEPALIVE = 15.0  # seconds without a sample before a keepalive comment
 LISTENER_BACKLOG = 8  # samples queued for a slow event stream (older ones dropped)
 
 _log = logging.getLogger("packetbus_console")
 # The server cannot answer now (the console's target is down or restarting).
 _DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
 def shown(url: str) -> str:
@@ -304,35 +302,25 @@ async def overview_events(request: Request, client: Client) -> Response:
         raise ApiError(
             503, "RESOURCE_EXHAUSTED", f"{views.most} live views are open: close one first"
         )
-    cookie = request.cookies.get(COOKIE)
-    session = cookie if console.sessions.get(cookie) is not None else None
+    session = sse.session_of(console, request)
     views.open += 1
-    return StreamingResponse(
-        _stream(console, overview, session),
-        media_type="text/event-stream",
-        headers=_HEADERS,
-    )
-
-
-def _message(event: str, doc: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(doc, separators=(',', ':'))}\n\n"
+    return sse.response(_stream(console, overview, session))
 
 
 async def _stream(console: Console, overview: Overview, session: str | None) -> AsyncIterator[str]:
     try:
         with overview.listening() as queue:
-            yield _message("history", overview.document())
+            yield sse.message("history", overview.document())
             while True:
                 try:
-                    doc = await asyncio.wait_for(queue.get(), KEEPALIVE)
+                    doc = await asyncio.wait_for(queue.get(), sse.KEEPALIVE)
                 except TimeoutError:
                     doc = None
                 # A session signed out (or expired) since the stream began ends it.
-                if session is not None and console.sessions.get(session) is None:
-                    error = {"error": "the session ended: sign in again", "code": "UNAUTHENTICATED"}
-                    yield _message("error", error)
+                if sse.ended(console, session):
+                    yield sse.SESSION_ENDED
                     return
-                yield ": keepalive\n\n" if doc is None else _message("sample", doc)
+                yield sse.KEEPALIVE_COMMENT if doc is None else sse.message("sample", doc)
     finally:
         console.live.open -= 1
 
