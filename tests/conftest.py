@@ -11,6 +11,7 @@ picks a subset for a quicker local run.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -299,17 +301,33 @@ def packetbus_serve(*options: str, env: Mapping[str, str] | None = None) -> subp
     return serving([sys.executable, "-m", "packetbus._cli", "serve", *options], env=env)
 
 
+WORKERS_START_SECONDS = 120.0
+_LINES = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="lines")
+
+
 def wait_for_workers(process: subprocess.Popen[str], workers: int) -> None:
     """Read `process`'s output until `workers` workers of ``serve --workers`` say they
     serve ("packetbus VERSION serving on ..."): `packetbus_serve` returns on the
     supervisor's line "N workers serving on", which comes as they are launched (or, on
     a busy machine, on a worker's line printed first: counted here too).
-    Raises AssertionError with what the server printed if it ends first."""
+    Raises AssertionError with what the server printed if it ends first, or if a
+    worker has not said it serves within WORKERS_START_SECONDS."""
     assert process.stdout is not None
     seen = list(_READ_BY_SERVING.pop(process.pid, []))
     workers -= sum(_WORKER_SERVING.match(line) is not None for line in seen)
+    deadline = time.monotonic() + WORKERS_START_SECONDS
     while workers > 0:
-        line = process.stdout.readline()
+        # A worker that never says it serves fails here with what was printed, not
+        # later as a bare test timeout (readline in a thread: select() would miss
+        # lines already in the pipe's buffer).
+        reading = _LINES.submit(process.stdout.readline)
+        try:
+            line = reading.result(timeout=max(0.0, deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
+            raise AssertionError(
+                f"{workers} worker(s) did not serve within {WORKERS_START_SECONDS}s:\n"
+                + "".join(seen)[-4000:]
+            ) from None
         if not line:
             raise AssertionError(f"server exited with {process.wait()}:\n{''.join(seen)[-4000:]}")
         seen.append(line)

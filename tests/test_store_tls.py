@@ -208,7 +208,9 @@ async def test_a_store_that_requires_client_certificates(
         str(tmp_path / "data2"),
     )
     assert done.returncode == 1
-    [line] = done.stderr.strip().splitlines()
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    [line] = lines
     assert line.startswith(
         f"packetbus: cannot start: the store at rediss://bus:***@127.0.0.1:{mtls_store.port}/0"
         f"?ssl_ca_certs={mtls_store.ca} refused or did not answer: "
@@ -231,7 +233,9 @@ def test_a_wrong_password_is_refused_without_showing_it(
         str(tmp_path / "data"),
     )
     assert done.returncode == 1
-    [line] = done.stderr.strip().splitlines()
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    [line] = lines
     where = f"rediss://bus:***@127.0.0.1:{tls_store.port}/0?ssl_ca_certs={tls_store.ca}"
     assert line == (
         f"packetbus: cannot start: the store at {where} refused or did not answer: "
