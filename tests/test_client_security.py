@@ -425,12 +425,44 @@ async def test_a_token_that_cannot_be_had_fails_the_call_as_never_sent(
     plain_server.recorded.dispatch = "ok"
     async with await Client.connect(plain_server.target, token=flaky, timeout=5) as client:
         with pytest.raises(PacketbusError) as caught:
-            await client.dispatch(new_packet("jobs"), timeout=1)
+            # Time for several attempts with room after the last (backoff 0.05 s
+            # doubling): on a loaded machine 1 s let the last attempt meet the
+            # deadline, which is DEADLINE_EXCEEDED (see the test below).
+            await client.dispatch(new_packet("jobs"), timeout=3)
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
     assert "no bearer token: OSError: token file is being rotated" in caught.value.message
     # It never left the client: a write that surely did not happen; asked again on retries.
     assert caught.value.outcome_unknown is False
     assert len(asked) > 2
+    assert plain_server.recorded.calls == []
+
+
+async def test_a_deadline_met_while_retrying_a_missing_token_names_the_token(
+    plain_server: RecordingServer,
+) -> None:
+    """The retries of a call whose token cannot be had end at the deadline: the
+    DEADLINE_EXCEEDED says what the attempts before it met, not only the clock."""
+    asked: list[float] = []
+
+    def failing_then_hanging() -> str:
+        asked.append(time.monotonic())
+        if len(asked) == 1:
+            return "jwt-first"
+        if asked[-1] - asked[1] > 0.3:  # some attempts failed at once by now
+            time.sleep(2)  # longer than the call's whole timeout
+        raise OSError("token file is being rotated")
+
+    plain_server.recorded.dispatch = "ok"
+    async with await Client.connect(
+        plain_server.target, token=failing_then_hanging, timeout=5
+    ) as client:
+        with pytest.raises(PacketbusError) as caught:
+            await client.dispatch(new_packet("jobs"), timeout=1)
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert (
+        "the attempt before failed UNAVAILABLE: Getting metadata from plugin failed with error: "
+        "no bearer token: OSError: token file is being rotated"
+    ) in caught.value.message
     assert plain_server.recorded.calls == []
 
 

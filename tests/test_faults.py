@@ -221,7 +221,12 @@ async def test_server_killed_mid_batch_client_retries_on_a_second_replica(
     packets = [new_packet(topic) for _ in range(3000)]
 
     async def kill_first() -> None:
-        await asyncio.sleep(0.005)  # let the batches reach the server first
+        # Stopped before the middle batches are sent, so they are surely in flight
+        # on it when it dies (pick_first sends every call to it while it is up).
+        # Killed after a sleep alone, a loaded machine let both batches finish
+        # first, and the next calls went to the second replica without a failure.
+        replicas[0].send_signal(signal.SIGSTOP)
+        await asyncio.sleep(0.3)
         replicas[0].send_signal(signal.SIGKILL)
         await asyncio.to_thread(replicas[0].wait)
 
@@ -361,8 +366,10 @@ async def test_a_cluster_none_of_whose_nodes_answers_is_unavailable_not_unknown(
 async def test_a_server_started_while_its_store_restarts_waits_for_it(durability: str) -> None:
     """A store that is down for a moment while a server starts (a worker started as
     its supervisor restarts the embedded store) is a transient state: the start
-    waits for it within the retry budget instead of failing (CI saw a worker exit
-    "right after starting", which stopped every worker)."""
+    waits for it (store_start_seconds) instead of failing (CI saw a worker exit
+    "right after starting", which stopped every worker). A short retry budget
+    bounds calls on the running server, not the start: with 0.3 s a cluster's
+    first slot-map load through a busy proxy failed a start in CI."""
     port = free_port()
     valkey = ValkeyServer(port=port, save="", appendonly="yes")
 
@@ -377,7 +384,8 @@ async def test_a_server_started_while_its_store_restarts_waits_for_it(durability
                 listen="127.0.0.1:0",
                 redis_url=f"redis://127.0.0.1:{port}",
                 durability=packetbus_server.Durability(durability),
-                retry_budget_seconds=15.0,
+                retry_budget_seconds=0.3,
+                store_start_seconds=15.0,
             )
         )
         await starting
@@ -402,5 +410,6 @@ async def test_a_store_that_never_comes_up_fails_the_start_with_a_clear_error() 
                 listen="127.0.0.1:0",
                 redis_url=f"redis://127.0.0.1:{port}",
                 retry_budget_seconds=0.5,
+                store_start_seconds=0.5,
             )
         )

@@ -79,16 +79,37 @@ def _fail(items: list[_Item], error: BaseException) -> None:
             item.future.set_exception(error)
 
 
+# How long after its deadline a packet whose batch is being sent waits for the
+# call's own outcome before the timer fails it: the call ends at that deadline
+# with its own error (UNAVAILABLE never sent, a refusal, DEADLINE_EXCEEDED), which
+# says more, and more truly, than "not acknowledged in time". A safety net only.
+_SEND_GRACE_SECONDS = 1.0
+
+
 class _Deadlines:
     """One timer per batch: at the earliest deadline of its packets still waiting,
-    fail those whose deadline passed (the call itself runs to the latest one)."""
+    fail those whose deadline passed. Once the call is under way (`sending`), the
+    packets whose deadline is the call's own are left to the call's outcome
+    (within _SEND_GRACE_SECONDS); packets with earlier deadlines still fail at
+    theirs."""
 
-    __slots__ = ("_handle", "_items")
+    __slots__ = ("_handle", "_items", "_sent_until")
 
     def __init__(self, items: list[_Item]) -> None:
         self._items = items
         self._handle: asyncio.TimerHandle | None = None
+        # inf: no call under way yet, every packet fails at its own deadline.
+        self._sent_until = float("inf")
         self._arm(min(item.deadline for item in items))
+
+    def sending(self, deadline: float) -> None:
+        """The batch's call runs until `deadline` (time.monotonic())."""
+        self._sent_until = deadline
+
+    def _due(self, item: _Item) -> float:
+        if item.deadline >= self._sent_until:
+            return item.deadline + _SEND_GRACE_SECONDS
+        return item.deadline
 
     def _arm(self, deadline: float) -> None:
         delay = max(0.0, deadline - time.monotonic())
@@ -100,10 +121,11 @@ class _Deadlines:
         for item in self._items:
             if item.future.done():
                 continue
-            if item.deadline <= now:
+            due = self._due(item)
+            if due <= now:
                 item.future.set_exception(not_acknowledged(item.packet))
             else:
-                later = min(later, item.deadline)
+                later = min(later, due)
         self._handle = None
         if later != float("inf"):
             self._arm(later)
@@ -227,6 +249,7 @@ class Batcher:
         try:
             async with self._slots:
                 deadline = max(item.deadline for item in items)
+                deadlines.sending(deadline)
                 try:
                     results = await self._send([item.packet for item in items], deadline)
                 except BaseException as exc:

@@ -37,7 +37,7 @@ from packetbus.v1 import packet_pb2, packet_service_pb2, packet_service_pb2_grpc
 
 from ._config import RetrySettings
 from ._errors import PacketbusError
-from ._retry_policy import MAYBE_APPLIED
+from ._retry_policy import MAYBE_APPLIED, never_sent
 from ._retrying import Backoff
 
 SendBatch = Callable[
@@ -61,7 +61,7 @@ class _Lost(Exception):
 class _Open:
     """One open DispatchStream call and the batches waiting for its answers."""
 
-    __slots__ = ("answered", "call", "reader", "waiting", "writing")
+    __slots__ = ("answered", "call", "never_sent", "reader", "waiting", "writing")
 
     def __init__(
         self, call: grpc.aio.StreamStreamCall[packet_service_pb2.DispatchStreamRequest, Answer]
@@ -71,6 +71,9 @@ class _Open:
         # One write at a time: grpc.aio takes a stream's messages one by one.
         self.writing = asyncio.Lock()
         self.answered = False
+        # Ended before anything left the client (no connection, no bearer token:
+        # _retry_policy.never_sent): the batches it took were not sent either.
+        self.never_sent = False
         self.reader: asyncio.Task[None] | None = None
 
 
@@ -182,6 +185,7 @@ class DispatchStream:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self._unsupported = True
+            stream.never_sent = never_sent(exc)
         finally:
             if self._open is stream:
                 self._open = None
@@ -191,7 +195,7 @@ class DispatchStream:
                 self._stream_again_at = time.monotonic() + self._backoff.next_delay()
             for future in stream.waiting.values():
                 if not future.done():
-                    future.set_exception(_Lost())
+                    future.set_exception(_Lost(written=not stream.never_sent))
                     # Retrieved here: a batch whose write failed first raises _Lost
                     # itself and never awaits its future.
                     future.exception()

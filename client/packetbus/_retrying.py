@@ -58,12 +58,16 @@ async def retried(
     backoff = Backoff(settings)
     changes = policy is not Retry.READ
     reached = False  # whether an attempt so far may have taken effect
+    # Why the last retried attempt failed, told with a DEADLINE_EXCEEDED that ends
+    # the retries (a token callback failing, then one too slow for the time left:
+    # the caller learns of the token, not only of the clock).
+    before = ""
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise PacketbusError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                "timeout spent" + (" after an attempt with no answer" if reached else ""),
+                "timeout spent" + (" after an attempt with no answer" if reached else "") + before,
                 outcome_unknown=changes and reached,
             )
         try:
@@ -83,11 +87,16 @@ async def retried(
             lost = code == grpc.StatusCode.UNAVAILABLE or broken_while_writing(exc)
             if lost and (policy is not Retry.ONCE or never_sent(exc)):
                 reached = reached or maybe_applied(exc)
+                before = f"; the attempt before failed {code.name}: {exc.details()}"
                 delay = backoff.next_delay()
                 if time.monotonic() + delay < deadline:
                     await asyncio.sleep(delay)
                     continue
             error = PacketbusError.from_rpc_error(exc, changes=changes)
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED and before:
+                error = PacketbusError(
+                    code, error.message + before, outcome_unknown=error.outcome_unknown
+                )
             if changes and reached and code in MAYBE_APPLIED:
                 error.outcome_unknown = True
             raise error from None

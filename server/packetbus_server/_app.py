@@ -37,7 +37,7 @@ from ._server_config import ServerConfig as ServerConfig  # re-exported: packetb
 from ._server_config import default_data_dir as default_data_dir  # re-exported
 from ._server_config import tls_credentials as tls_credentials  # re-exported: _workers
 from ._service_wiring import wire_services
-from ._store_connection import connect_store
+from ._store_connection import connect_store, start_budget
 
 log = logging.getLogger("packetbus.server")
 
@@ -87,7 +87,7 @@ async def start(config: ServerConfig, *, gate: Gate | None = None) -> RunningSer
         custodian = Custodian(
             keyring, config.server_id or keyring.server_id, signing=config.custody_signing
         )
-        await key_store.publish(custodian.published_keys())
+        await key_store.publish(custodian.published_keys(), budget_seconds=start_budget(config))
 
         server = grpc.aio.server(
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,

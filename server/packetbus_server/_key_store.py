@@ -27,12 +27,16 @@ class KeyStore:
         self._redis = redis
         self._retry_budget = retry_budget
 
-    async def publish(self, keys: Iterable[custody_pb2.SigningKey]) -> None:
+    async def publish(
+        self, keys: Iterable[custody_pb2.SigningKey], *, budget_seconds: float | None = None
+    ) -> None:
+        """Store `keys` in the signing-key hash, retried for `budget_seconds` (default:
+        the store's retry budget). Raises StoreUnavailableError when retries run out."""
         mapping = {k.key_id: k.SerializeToString(deterministic=True) for k in keys}
         if mapping:
             await with_retries(
                 lambda: self._redis.hset(_keys.SIGNING_KEYS, mapping=mapping),  # type: ignore[arg-type]
-                budget_seconds=self._retry_budget,
+                budget_seconds=self._retry_budget if budget_seconds is None else budget_seconds,
             )
 
     async def get_many(self, key_ids: Sequence[str]) -> dict[str, custody_pb2.SigningKey]:

@@ -30,6 +30,11 @@ class ServerConfig:
     grace_seconds: float = 10.0
     # Upper bound on retrying one Redis operation when the RPC has no deadline.
     retry_budget_seconds: float = 10.0
+    # How long a start waits for the store to be reached, each step (a cluster's
+    # slot map, the probes, the clock); at least retry_budget_seconds. A short
+    # retry budget is a latency bound on calls, no reason to give up on a store
+    # that takes a second to answer while this process starts.
+    store_start_seconds: float = 10.0
     health_interval_seconds: float = 1.0
     max_subscribers: int = 512
     # Beyond this many RPCs at once (subscriptions included) gRPC answers

@@ -20,6 +20,12 @@ from ._store import PacketStore, connect_redis
 from ._waits import SharedReads
 
 
+def start_budget(config: ServerConfig) -> float:
+    """Seconds each step of a start may retry the store: config.store_start_seconds,
+    at least config.retry_budget_seconds."""
+    return max(config.retry_budget_seconds, config.store_start_seconds)
+
+
 @dataclass(frozen=True)
 class StoreConnection:
     """The connected store, and what start built on it."""
@@ -38,7 +44,9 @@ async def connect_store(config: ServerConfig, undo: contextlib.AsyncExitStack) -
     """Start the embedded store (config.redis_url None) or reach the configured one,
     check its durability and eviction policy and learn its clock; each step's undo
     is pushed on `undo`. Raises what the store's refusals raise (see _eviction,
-    _durability) once retries (config.retry_budget_seconds) run out."""
+    _durability), and StoreUnavailableError once each step's retries run out
+    (start_budget)."""
+    budget = start_budget(config)
     embedded: EmbeddedValkey | None = None
     redis_url = config.redis_url
     if redis_url is None:
@@ -55,23 +63,21 @@ async def connect_store(config: ServerConfig, undo: contextlib.AsyncExitStack) -
     url = redis_url
     wait_fsync = embedded is None and await with_retries(
         lambda: check_durability(url, config.durability),
-        budget_seconds=config.retry_budget_seconds,
+        budget_seconds=budget,
     )
     redis = await with_retries(
         lambda: connect_redis(
             url, max_connections=config.max_redis_connections, wait_for_fsync=wait_fsync
         ),
-        budget_seconds=config.retry_budget_seconds,
+        budget_seconds=budget,
     )
     undo.push_async_callback(redis.aclose)
     # A store that may evict: no start (retried like any read: a connection
     # cut now is no answer).
     guard = EvictionGuard(redis, allow_eviction=config.allow_store_eviction)
     if not config.allow_store_eviction:
-        await with_retries(
-            lambda: require_noeviction(redis), budget_seconds=config.retry_budget_seconds
-        )
-    await with_retries(guard.check, budget_seconds=config.retry_budget_seconds)
+        await with_retries(lambda: require_noeviction(redis), budget_seconds=budget)
+    await with_retries(guard.check, budget_seconds=budget)
     reads = await blocking_reads(
         config, redis_url, cluster=isinstance(redis, RedisCluster), wait_for_fsync=wait_fsync
     )
@@ -86,6 +92,6 @@ async def connect_store(config: ServerConfig, undo: contextlib.AsyncExitStack) -
     # Every decision about time follows the store's clock (see _clock): learn it
     # before anything is judged, then keep it fresh.
     clock = store.clock
-    await with_retries(clock.sync, budget_seconds=config.retry_budget_seconds)
+    await with_retries(clock.sync, budget_seconds=budget)
     clock.start()
     return StoreConnection(embedded, redis_url, redis, guard, reads, store, clock)
