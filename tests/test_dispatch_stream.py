@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 import packetbus
 from packetbus.rich_status import STATUS_DETAILS_KEY
 from packetbus.v1 import packet_pb2, packet_service_pb2, packet_service_pb2_grpc
+from packetbus_server import ServerConfig, start
 from tests._store_keys import key_names, new_keys
 from tests.conftest import new_packet, verified_actions
 
@@ -264,3 +265,48 @@ async def test_a_half_closed_stream_answers_every_batch_then_ends_ok_whatever_th
     )
     assert all(a.dispatched.results[0].HasField("receipt") for a in answers)
     assert await _log_length(raw_redis, topic) == len(ids)
+
+
+async def test_a_dispatch_stream_beyond_the_servers_cap_is_refused_and_the_client_goes_unary(
+    redis_url: str, raw_redis: redis_asyncio.Redis, topic: str
+) -> None:
+    """max_dispatch_streams: one more stream is RESOURCE_EXHAUSTED at once, and a
+    Client refused its stream sends every batch by unary Dispatch: nothing is lost."""
+    srv = await start(
+        ServerConfig(listen="127.0.0.1:0", redis_url=redis_url, max_dispatch_streams=1)
+    )
+    target = f"127.0.0.1:{srv.port}"
+    streams = srv.streams
+    assert streams is not None
+    # A connection of each one's own (channels to one address share one otherwise).
+    own = [("grpc.use_local_subchannel_pool", 1)]
+    try:
+        async with grpc.aio.insecure_channel(target, options=own) as channel:
+            stub = packet_service_pb2_grpc.PacketServiceStub(channel)
+            held = stub.DispatchStream(timeout=60)
+            first = packet_service_pb2.DispatchStreamRequest(
+                batch_id=1, packets=[new_packet(topic)]
+            )
+            await held.write(first)
+            answer = await held.read()
+            assert answer.dispatched.results[0].HasField("receipt")
+            assert streams.open_streams("dispatch") == 1
+
+            extra = stub.DispatchStream(timeout=10)
+            assert await extra.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "1 open dispatch streams, its limit" in (await extra.details() or "")
+
+            unary_before = _messages("Dispatch", "unary")
+            packets = [new_packet(topic) for _ in range(5)]
+            second = grpc.aio.insecure_channel(target, options=own)
+            async with packetbus.Client(second, packetbus.ClientConfig()) as client:
+                receipts = [await client.dispatch(p, timeout=10) for p in packets]
+            assert len({r.cursor for r in receipts}) == 5
+            assert _messages("Dispatch", "unary") == unary_before + 5
+            assert streams.open_streams("dispatch") == 1
+            assert await _log_length(raw_redis, topic) == 6
+            await held.done_writing()
+            assert await held.read() == grpc.aio.EOF
+            assert await held.code() == grpc.StatusCode.OK
+    finally:
+        await srv.stop(grace=0)

@@ -28,6 +28,7 @@ async def test_server_info_reports_the_configured_stream_caps_and_keepalive(
         max_exports=3,
         max_transfers=5,
         max_streams_per_peer=13,
+        max_dispatch_streams=11,
         keepalive_seconds=12.5,
         keepalive_timeout_seconds=4.0,
     )
@@ -42,6 +43,7 @@ async def test_server_info_reports_the_configured_stream_caps_and_keepalive(
             max_exports=3,
             max_transfers=5,
             max_streams_per_peer=13,
+            max_dispatch_streams=11,
         )
         assert limits.keepalive == pb.KeepaliveSettings(
             server_ping_interval_ms=12_500,
@@ -75,6 +77,7 @@ async def test_server_info_reports_the_configured_stream_caps_and_keepalive(
             "maxExports": 3,
             "maxTransfers": 5,
             "maxStreamsPerPeer": 13,
+            "maxDispatchStreams": 11,
         }
         assert printed["keepalive"] == {
             "serverPingIntervalMs": 12_500,

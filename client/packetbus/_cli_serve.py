@@ -28,6 +28,7 @@ _STREAM_CAPS = (
     ),
     ("max-exports", 64, "open ExportPackets streams"),
     ("max-transfers", 256, "open GetContext and PutContext streams together"),
+    ("max-dispatch-streams", 512, "open DispatchStream streams (a client's one per connection)"),
     ("max-streams-per-peer", 512, "open streams of all kinds on one client connection"),
     ("max-redis-connections", 1024, "Redis connections for unary calls and health"),
 )
@@ -309,6 +310,7 @@ def run(args: argparse.Namespace) -> int:
         max_watchers=args.max_watchers,
         max_exports=args.max_exports,
         max_transfers=args.max_transfers,
+        max_dispatch_streams=args.max_dispatch_streams,
         max_streams_per_peer=args.max_streams_per_peer,
         max_redis_connections=args.max_redis_connections,
         allow_store_eviction=args.allow_store_eviction,

@@ -47,6 +47,7 @@ def stream_admission(config: ServerConfig) -> Streams:
             _streams.HEALTH_WATCH: config.max_watchers,
             _streams.EXPORT: config.max_exports,
             _streams.TRANSFER: config.max_transfers,
+            _streams.DISPATCH: config.max_dispatch_streams,
         },
         per_peer=config.max_streams_per_peer,
     )
@@ -64,6 +65,7 @@ def published_limits(config: ServerConfig, *, min_client_ping_ms: int) -> packet
             max_exports=config.max_exports,
             max_transfers=config.max_transfers,
             max_streams_per_peer=config.max_streams_per_peer,
+            max_dispatch_streams=config.max_dispatch_streams,
         )
     )
     limits.keepalive.CopyFrom(

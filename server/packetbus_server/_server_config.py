@@ -63,6 +63,7 @@ class ServerConfig:
     max_watchers: int = 1024  # WatchTasks, WatchAgents, WatchContext (and Health.Watch)
     max_exports: int = 64  # ExportPackets
     max_transfers: int = 256  # GetContext, PutContext
+    max_dispatch_streams: int = 512  # DispatchStream (a Client opens one per connection)
     max_streams_per_peer: int = 512
     # Redis connections for unary calls and health; waiting streams have their own.
     max_redis_connections: int = 1024

@@ -809,6 +809,7 @@ class StreamLimits(_message.Message):
     MAX_EXPORTS_FIELD_NUMBER: _builtins.int
     MAX_TRANSFERS_FIELD_NUMBER: _builtins.int
     MAX_STREAMS_PER_PEER_FIELD_NUMBER: _builtins.int
+    MAX_DISPATCH_STREAMS_FIELD_NUMBER: _builtins.int
     max_subscribers: _builtins.int
     """Subscribe streams per server, and as many Pull streams again."""
     max_watchers: _builtins.int
@@ -821,6 +822,10 @@ class StreamLimits(_message.Message):
     """GetContext and PutContext transfers per server."""
     max_streams_per_peer: _builtins.int
     """Open streams of every kind per connection (one client's channel)."""
+    max_dispatch_streams: _builtins.int
+    """DispatchStream streams per server. Beyond it a new one is refused with
+    RESOURCE_EXHAUSTED: send the batches as unary Dispatch calls instead.
+    """
     def __init__(
         self,
         *,
@@ -829,10 +834,11 @@ class StreamLimits(_message.Message):
         max_exports: _builtins.int = ...,
         max_transfers: _builtins.int = ...,
         max_streams_per_peer: _builtins.int = ...,
+        max_dispatch_streams: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_exports", b"max_exports", "max_streams_per_peer", b"max_streams_per_peer", "max_subscribers", b"max_subscribers", "max_transfers", b"max_transfers", "max_watchers", b"max_watchers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_dispatch_streams", b"max_dispatch_streams", "max_exports", b"max_exports", "max_streams_per_peer", b"max_streams_per_peer", "max_subscribers", b"max_subscribers", "max_transfers", b"max_transfers", "max_watchers", b"max_watchers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
