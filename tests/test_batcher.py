@@ -132,6 +132,40 @@ async def test_a_deadline_passes_while_the_call_is_in_flight() -> None:
     await long
 
 
+async def test_at_its_deadline_a_packet_gets_its_calls_own_error_not_a_guess() -> None:
+    """The call runs to the batch's latest deadline and ends with its own error (here
+    UNAVAILABLE: never sent), which the batcher's timer does not pre-empt."""
+    deadline = time.monotonic() + 0.1
+
+    async def fails_at_the_deadline(
+        packets: Sequence[packetbus.Packet], until: float
+    ) -> list[packet_service_pb2.DispatchResult]:
+        await asyncio.sleep(max(0.0, until - time.monotonic()) + 0.02)  # just after it
+        raise packetbus.PacketbusError(grpc.StatusCode.UNAVAILABLE, "no bearer token")
+
+    batcher = Batcher(fails_at_the_deadline, settings())
+    result = await batcher.submit(new_packet("t"), deadline=deadline)
+    with pytest.raises(packetbus.PacketbusError) as caught:
+        await result
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.message == "no bearer token"
+
+
+async def test_a_call_that_outlives_its_deadline_still_fails_its_packets_soon_after() -> None:
+    send = FakeSend(hold=True)  # never answers
+    batcher = Batcher(send, settings())
+    packet = new_packet("t")
+    started = time.monotonic()
+    result = await batcher.submit(packet, deadline=started + 0.05)
+    with pytest.raises(packetbus.PacketbusError) as caught:
+        await result
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert packet.tracking_id in caught.value.message
+    assert caught.value.outcome_unknown
+    assert time.monotonic() - started < 5  # the grace (1 s) is a bound, not a hang
+    batcher.cancel()
+
+
 async def test_a_cancelled_caller_does_not_fail_the_others() -> None:
     send = FakeSend(hold=True)
     batcher = Batcher(send, settings())

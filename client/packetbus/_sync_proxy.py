@@ -70,6 +70,8 @@ def run_on(
                     # The loop stopped (another thread closed the client) after the
                     # check above: nothing will ever run or resolve this call (and
                     # cancelling it would schedule onto a closed loop).
+                    if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                        coro.close()  # never started: no "never awaited" warning
                     raise _Abandoned from None
                 if left is not None and left <= _STOPPED_CHECK_S:
                     raise
