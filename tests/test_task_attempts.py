@@ -281,6 +281,41 @@ async def test_a_groups_delivery_counts_are_exact_through_release_nack_extend_an
     assert [e async for e in client.carcel_entries(topic)] == []
 
 
+async def test_releases_past_max_attempts_count_so_a_release_loop_ends_in_the_carcel(
+    client: packetbus.Client, topic: str
+) -> None:
+    """Each release adds two hops (released, delivered): a consumer that kept
+    releasing one packet grew its chain without bound (1,626 entries in 5 s, found
+    from Node). The first max_delivery_attempts releases count nothing; later ones
+    count as nacks, so the packet reaches the carcel with a bounded chain."""
+    await client.create_consumer_group(
+        topic, "g", start=packetbus.EARLIEST, max_delivery_attempts=2
+    )
+    tracking_id = await _dispatch_one(client, topic)
+    counts: list[int] = []
+    async with client.consume(topic, "g", consumer="fickle") as consumer:
+        async with asyncio.timeout(15):
+            while True:
+                try:
+                    delivery = await asyncio.wait_for(anext(consumer), 2)
+                except TimeoutError:
+                    break  # nothing more comes: carceled
+                counts.append(delivery.delivery_count)
+                await consumer.release(delivery)
+    # Two free releases at count 1, then each release counts: 1, 2, then the carcel.
+    assert counts == [1, 1, 1, 2]
+    [entry] = [e async for e in client.carcel_entries(topic)]
+    assert entry.packet.packet.tracking_id == tracking_id
+    assert entry.delivery_count == 2
+    actions = await verified_actions(client, await client.get_packet(tracking_id))
+    assert actions == [
+        "received",
+        "dispatched",
+        *(["delivered", "released"] * 4),
+        "carceled",
+    ]
+
+
 async def test_a_watch_sees_a_run_out_lease_in_a_queue_nobody_claims_from(
     client: packetbus.Client,
 ) -> None:

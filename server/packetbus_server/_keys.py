@@ -36,8 +36,9 @@ happen by construction. Keys that one Lua script touches together share a
 | ``pb:{<topic>}:hops:<tid>``  | hash   | topic       | custody entries after ingest: ``n`` =   | packet's expiry,  |
 |                              |        |             | count, ``h`` = last entry hash, ``1``.. | or the carcel     |
 |                              |        |             | ``n`` = entries; ``s:<group>`` = that   | retention once    |
-|                              |        |             | group's last settlement; ``rq`` = last  | carceled          |
-|                              |        |             | requeue ``<carcel id> <cursor>``        |                   |
+|                              |        |             | group's last settlement; ``r:<group>``  | carceled          |
+|                              |        |             | = that group's releases of it; ``rq`` = |                   |
+|                              |        |             | last requeue ``<carcel id> <cursor>``   |                   |
 | ``pb:{<topic>}:carcel``      | stream | topic       | carceled packets: ``p``, ``n``, ``t``,  | carcel retention  |
 |                              |        |             | ``i`` as in the log, ``c`` = cursor in  | after the newest  |
 |                              |        |             | the log, ``r`` reason, ``d`` detail,    |                   |

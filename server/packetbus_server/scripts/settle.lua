@@ -10,8 +10,9 @@
 -- then 3 per item:
 --   what        "<kind> <cursor> <count> <expected> <expiry> <argument>", one string
 --               (one argument instead of six: this runs for every ack):
---     kind      "ack", "nack", "release" (a nack that does not count the attempt),
---               "extend" or "carcel"
+--     kind      "ack", "nack", "release" (a nack that does not count the attempt,
+--               for the first max attempts releases of the packet in the group:
+--               field "r:<group>" of its hops counts them), "extend" or "carcel"
 --     cursor    the packet's log entry
 --     count     the delivery count the settlement answers (the lease's fence)
 --     expected  hops the packet has before this settlement's own (unused by extend)
@@ -47,7 +48,8 @@ local settings = redis.call('HGET', groups, group)
 if not settings then
   return {'nogroup'}
 end
-local deadline_ms = tonumber(string.match(settings, '^(%d+) '))
+local deadline_ms, max_attempts = string.match(settings, '^(%d+) (%d+) ')
+deadline_ms, max_attempts = tonumber(deadline_ms), tonumber(max_attempts)
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 
@@ -116,9 +118,18 @@ for i = 1, items do
       local idle = math.max(0, deadline_ms - tonumber(argument))
       redis.call('XCLAIM', log, group, pending[1][2], 0, cursor, 'IDLE', idle, 'JUSTID')
     elseif kind == 'release' then
-      -- Leased again at once, and the claim that does so counts this attempt again.
-      redis.call('XCLAIM', log, group, pending[1][2], 0, cursor, 'IDLE', deadline_ms,
-        'RETRYCOUNT', count - 1, 'JUSTID')
+      -- Leased again at once. The first max_attempts releases of a packet in the
+      -- group do not count the attempt (the claim that leases it again counts
+      -- this one again); later ones count as a nack does. Each release adds two
+      -- hops (released, delivered), so a consumer that keeps releasing a packet
+      -- would grow its chain of custody without bound, and never carcel it.
+      local releases = redis.call('HINCRBY', hops, 'r:' .. group, 1)
+      if releases <= max_attempts then
+        redis.call('XCLAIM', log, group, pending[1][2], 0, cursor, 'IDLE', deadline_ms,
+          'RETRYCOUNT', count - 1, 'JUSTID')
+      else
+        redis.call('XCLAIM', log, group, pending[1][2], 0, cursor, 'IDLE', deadline_ms, 'JUSTID')
+      end
     elseif kind == 'carcel' then
       acked[cursor] = true
       redis.call('XACK', log, group, cursor)

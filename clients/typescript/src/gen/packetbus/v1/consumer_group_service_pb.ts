@@ -391,7 +391,11 @@ export type Nacked = Message<"packetbus.v1.Nacked"> & {
   /**
    * Give the delivery back without counting the attempt: for deliveries the
    * consumer never looked at (e.g. received while it was closing). Its next
-   * delivery has the same delivery count, and it never goes to the carcel.
+   * delivery has the same delivery count. That holds for the first
+   * max_delivery_attempts releases of a packet in the group; later releases
+   * count the attempt as a nack does (each release adds two hops to the
+   * packet's chain of custody: a consumer that kept releasing a packet would
+   * grow its chain without bound), so such a packet reaches the carcel too.
    *
    * @generated from field: bool release = 4;
    */
