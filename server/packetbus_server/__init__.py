@@ -6,6 +6,10 @@ Where things happen:
                            JSON data's nesting ``_struct_depth.py``
 - ``_ingest.py``           validate -> normalize -> fingerprint, per packet
 - ``_store.py``            every Redis read and write (Lua scripts in ``scripts/``)
+- ``_packet_writes.py``    a packet ready to store (PacketWrite) and the outcome of storing it
+- ``_log_pages.py``        what reading a topic's log gives: entries, pages, horizon, found packet
+- ``_cursors.py``          log cursors (stream ids): their time and order
+- ``_redis_connect.py``    connecting to a single Redis or a Redis Cluster (connect_redis)
 - ``_keys.py``             the Redis key layout
 - ``_retry.py``            which Redis failures are retried, and how
 - ``_refusals.py``         the store's refusals (full memory, disk, replica...): retried or not, and the status

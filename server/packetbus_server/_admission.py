@@ -19,7 +19,7 @@ from ._key_store import KeyStore
 from ._limits import Limits
 from ._observability import counting
 from ._packet_service import storage_errors
-from ._store import PacketWrite
+from ._packet_writes import PacketWrite
 from ._validation import Violation
 
 if TYPE_CHECKING:

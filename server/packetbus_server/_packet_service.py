@@ -20,6 +20,7 @@ from ._access.caller_info import describe_caller
 from ._access.gate import recheck
 from ._batch_refs import with_batch
 from ._clock import StoreClock
+from ._cursors import cursor_millis
 from ._custodian import Custodian, check_origin
 from ._dispatch_stream import answer_batches
 from ._fields import is_stream_id
@@ -27,11 +28,13 @@ from ._gaps import Follower
 from ._ingest import Accepted, Rejected, accept, to_write
 from ._key_store import KeyStore
 from ._limits import Limits
+from ._log_pages import LogEntry
 from ._observability import counting, metrics, tracing
+from ._packet_writes import Outcome
 from ._packing import packs, stored_size
 from ._refusals import ERROR_REASONS
 from ._retry import StoreFailedError, StoreRefusedError, StoreUnavailableError
-from ._store import LogEntry, Outcome, PacketStore, cursor_millis
+from ._store import PacketStore
 from ._validation import SUPPORTED_SCHEMA_VERSIONS, Violation, validate_topic, validate_tracking_id
 from ._worker_ports import WorkerPorts
 
