@@ -18,6 +18,10 @@ Where things happen:
 - ``_keyring.py``          the server's signing keys on disk, and their rotation
 - ``_key_store.py``        the public key registry in Redis (servers' and agents' keys)
 - ``_packet_service.py``   the PacketService RPCs (dispatch, get, subscribe, info)
+- ``_subscription.py``     Subscribe's stream: its start, the follow loop, replies packed
+- ``_stored_packets.py``   a stored packet as a reply (Receipt, StoredPacket), for every service
+- ``_storage_errors.py``   the store's failures as an RPC's status (storage_errors)
+- ``_stream_ends.py``      a streaming RPC's start made known, its caller gone
 - ``_dispatch_stream.py``  DispatchStream: Dispatch's batches over one long-lived stream
 - ``_custody_service.py``  the CustodyService RPCs (keys, agent keys, verify, export)
 - ``_placed_packets.py``   where task, finding and record packets live, by tracking id

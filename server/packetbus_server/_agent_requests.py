@@ -14,7 +14,7 @@ from ._clock import StoreClock
 from ._fields import utf8_length
 from ._key_store import KeyStore
 from ._limits import Limits
-from ._packet_service import storage_errors
+from ._storage_errors import storage_errors
 from ._validation import MAX_SHORT_TEXT, Violation, validate_agent_id, validate_id
 
 _MAX_LONG_TEXT = 1024

@@ -23,9 +23,10 @@ from ._custodian import principal_name
 from ._fields import is_stream_id
 from ._key_store import KeyStore, Registration
 from ._limits import Limits
-from ._packet_service import caller_gone, storage_errors, stream_started
 from ._packing import ITEM_OVERHEAD, message_size, packs
 from ._page_tokens import seal, unseal
+from ._storage_errors import storage_errors
+from ._stream_ends import caller_gone, stream_started
 from ._validation import MAX_SHORT_TEXT, Violation, validate_agent_id, validate_id
 
 # An idle watcher reads again this often (a read shared with the other watchers of

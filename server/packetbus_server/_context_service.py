@@ -31,8 +31,8 @@ from ._context_watch import watch_changes
 from ._custodian import Custodian
 from ._governance import context_write, judge_context_write
 from ._limits import Limits
-from ._packet_service import storage_errors
 from ._page_tokens import seal, unseal
+from ._storage_errors import storage_errors
 from ._validation import Violation, validate_agent_id, validate_id, validate_safe_integer
 
 if TYPE_CHECKING:

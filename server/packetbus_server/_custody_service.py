@@ -25,11 +25,13 @@ from ._cursors import cursor_millis
 from ._custodian import principal_name
 from ._key_store import KeyStore, Registration
 from ._limits import Limits
-from ._packet_service import PacketService, entry_size, storage_errors, stored_packet
+from ._packet_service import PacketService
 from ._packing import FIRST_READ, message_size, packs, read_count
 from ._placed_export import Page, check, export_replies, source
 from ._policy_store import DecisionRow, PolicyStore
+from ._storage_errors import storage_errors
 from ._store import PacketStore
+from ._stored_packets import entry_size, stored_packet
 from ._validation import Violation, validate_agent_id, validate_timestamp, validate_topic
 
 _EXPORT_BATCH = 200

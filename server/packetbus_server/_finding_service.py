@@ -31,14 +31,16 @@ from ._finding_store import FindingStore, StoredFinding
 from ._key_store import KeyStore
 from ._limits import Limits
 from ._observability import counting
-from ._packet_service import PacketService, entry_size, storage_errors
+from ._packet_service import PacketService
 from ._packet_writes import PacketWrite
 from ._packing import FIRST_READ, ITEM_OVERHEAD, fit, message_size, read_count, stored_size
 from ._page_tokens import seal, unseal
 from ._paging import offset_request, page_by_offset
 from ._placed_export import Page
 from ._placed_packets import FINDING, Place, PlacedPackets
+from ._storage_errors import storage_errors
 from ._store import PacketStore
+from ._stored_packets import entry_size
 from ._validation import Violation, validate_agent_id, validate_id
 
 if TYPE_CHECKING:

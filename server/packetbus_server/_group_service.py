@@ -33,7 +33,7 @@ from ._group_settling import Request, Settler, nacked, parse_request
 from ._group_store import GroupState, GroupStatus, GroupStore, Kind
 from ._hop_store import HopStore
 from ._limits import Limits
-from ._packet_service import storage_errors
+from ._storage_errors import storage_errors
 from ._validation import Violation, validate_agent_id, validate_group_name, validate_topic
 
 

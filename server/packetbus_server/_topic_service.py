@@ -11,7 +11,7 @@ from . import _status
 from ._access.gate import allows
 from ._access.permissions import Permission
 from ._limits import Limits
-from ._packet_service import storage_errors
+from ._storage_errors import storage_errors
 from ._topic_listing import TopicLister, TopicSummary, page_request
 from ._topic_store import Retention, TopicStore
 from ._validation import Violation, validate_topic
