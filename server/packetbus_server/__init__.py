@@ -25,8 +25,11 @@ Where things happen:
 - ``_dispatch_stream.py``  DispatchStream: Dispatch's batches over one long-lived stream
 - ``_custody_service.py``  the CustodyService RPCs (keys, agent keys, verify, export)
 - ``_placed_packets.py``   where task, finding and record packets live, by tracking id
-- ``_policy.py``           governance rules: parse, validate, evaluate (pure); its
-                           [authorization] section: ``_access/authorization.py``
+- ``_policy.py``           governance rules: the policy file's format, a policy and its
+                           evaluate (pure); its [authorization] section: ``_access/authorization.py``
+- ``_policy_parse.py``     the policy file parsed and checked, its rules compiled (parse)
+- ``_policy_matchers.py``  a rule's match keys as checks: origin, topic, speech act, content type
+- ``_policy_fields.py``    a rule's content fields: dotted paths and their operators
 - ``_policy_watch.py``     the policy file in force, reloaded when it changes
 - ``_policy_store.py``     rejected and held packets, approvals, counts, decision log
 - ``_policy_service.py``   judging at dispatch (Governor) and the PolicyService RPCs
