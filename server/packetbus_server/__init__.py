@@ -50,6 +50,8 @@ Where things happen:
 - ``_task_service.py``     the TaskService RPCs; checks ``_task_requests.py``, settlements
                            ``_task_settling.py``, replies ``_task_states.py``, listings
                            ``_task_listing.py``, the watch ``_task_watch.py``
+- ``_finding_service.py``  the FindingService RPCs: findings and their conflicts (``_conflicts.py``);
+                           Escalate and ListEscalations ``_finding_escalations.py``
 - ``_group_service.py``    the ConsumerGroupService RPCs; a Pull stream's loop ``_group_pull.py``,
                            deliveries ``_group_delivery.py``, settlements ``_group_settling.py``,
                            Redis ``_group_store.py``
