@@ -3,7 +3,9 @@
 Where things happen:
 
 - ``_validation.py``       the rules every packet must pass ("no schema, no dispatch");
+                           its contents and custody entries ``_content_rules.py``,
                            JSON data's nesting ``_struct_depth.py``
+- ``_field_rules.py``      the rules for fields every request shares: topics, ids, names, timestamps
 - ``_ingest.py``           validate -> normalize -> fingerprint, per packet
 - ``_store.py``            every Redis read and write (Lua scripts in ``scripts/``)
 - ``_packet_writes.py``    a packet ready to store (PacketWrite) and the outcome of storing it

@@ -19,6 +19,7 @@ from ._access import binding
 from ._custodian import Custodian
 from ._derived import ESCALATIONS_TOPIC, MAX_ESCALATION_REASON_BYTES
 from ._derived import escalation as derived_escalation
+from ._field_rules import validate_agent_id, validate_id
 from ._fields import is_stream_id, utf8_length
 from ._finding_store import FindingStore
 from ._limits import Limits
@@ -28,7 +29,7 @@ from ._page_tokens import seal, unseal
 from ._storage_errors import storage_errors
 from ._store import PacketStore
 from ._stored_packets import entry_size
-from ._validation import Violation, validate_agent_id, validate_id
+from ._validation import Violation
 
 # The most escalations one read of the topic asks for.
 _PAGE = 500

@@ -17,6 +17,7 @@ from ._clock import StoreClock
 from ._conflicts import Conflict, Fact, all_conflicts, conflicts_with, subject_of
 from ._custodian import Custodian
 from ._derived import DEFAULT_THRESHOLD, conflict_event, room_violations
+from ._field_rules import validate_id
 from ._finding_escalations import Escalations
 from ._finding_export import finding_pages
 from ._finding_store import FindingStore, StoredFinding
@@ -32,7 +33,7 @@ from ._placed_export import Page
 from ._placed_packets import FINDING, Place, PlacedPackets
 from ._storage_errors import storage_errors
 from ._store import PacketStore
-from ._validation import Violation, validate_id
+from ._validation import Violation
 
 if TYPE_CHECKING:
     from ._policy_service import Governor

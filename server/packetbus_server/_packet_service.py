@@ -20,6 +20,7 @@ from ._batch_refs import with_batch
 from ._clock import StoreClock
 from ._custodian import Custodian, check_origin
 from ._dispatch_stream import answer_batches
+from ._field_rules import validate_topic, validate_tracking_id
 from ._fields import is_stream_id
 from ._ingest import Accepted, Rejected, accept, to_write
 from ._key_store import KeyStore
@@ -30,7 +31,7 @@ from ._storage_errors import storage_errors
 from ._store import PacketStore
 from ._stored_packets import fill_receipt, stored_packet
 from ._subscription import follow_topic
-from ._validation import SUPPORTED_SCHEMA_VERSIONS, Violation, validate_topic, validate_tracking_id
+from ._validation import SUPPORTED_SCHEMA_VERSIONS, Violation
 from ._worker_ports import WorkerPorts
 
 if TYPE_CHECKING:

@@ -20,6 +20,7 @@ from packetbus.v1 import policy_service_pb2 as pb
 from . import _status
 from ._clock import StoreClock
 from ._custodian import Custodian
+from ._field_rules import validate_topic
 from ._ingest import Accepted, to_write
 from ._key_store import KeyStore
 from ._limits import Limits
@@ -34,7 +35,7 @@ from ._policy_store import DecisionWrite, PolicyStore
 from ._policy_watch import PolicyWatch
 from ._storage_errors import storage_errors
 from ._store import PacketStore
-from ._validation import Violation, validate_topic
+from ._validation import Violation
 
 
 class Governor:
