@@ -7,10 +7,11 @@ Where things happen:
                            JSON data's nesting ``_struct_depth.py``
 - ``_field_rules.py``      the rules for fields every request shares: topics, ids, names, timestamps
 - ``_ingest.py``           validate -> normalize -> fingerprint, per packet
-- ``_store.py``            every Redis read and write (Lua scripts in ``scripts/``)
+- ``_store.py``            PacketStore: a topic's packets written, read, followed (Lua ``scripts/``)
 - ``_packet_writes.py``    a packet ready to store (PacketWrite) and the outcome of storing it
 - ``_log_pages.py``        what reading a topic's log gives: entries, pages, horizon, found packet
 - ``_cursors.py``          log cursors (stream ids): their time and order
+- ``_cluster_claims.py``   on a Redis Cluster: a dispatch's tracking ids claimed before its script
 - ``_redis_connect.py``    connecting to a single Redis or a Redis Cluster (connect_redis)
 - ``_keys.py``             the Redis key layout
 - ``_retry.py``            which Redis failures are retried, and how

@@ -1,11 +1,11 @@
-"""The storage layer: every Redis read and write the servicers need, retried where safe.
+"""The packet store: every Redis read and write of a topic's packets, retried where safe.
 
 A dispatch costs one Lua script call per topic in the batch (run in parallel),
 whatever the number of packets. Each tracking id is also claimed for its topic
 (``pb:loc:{tid}``) so it can be found by id and cannot be reused on another
 topic, nor take an id a task, finding or record holds (``pb:place:{tid}``): on a
 single Redis inside the same script; on a Redis Cluster, where those keys live in
-other slots, by one pipeline just before (_claim). Every step is
+other slots, by one pipeline just before (_cluster_claims). Every step is
 idempotent, so a whole dispatch can be replayed after any failure and stores
 nothing twice.
 """
@@ -24,6 +24,7 @@ from packetbus import _wire
 
 from . import _batch_refs, _keys, _scripts
 from ._clock import StoreClock
+from ._cluster_claims import PLACED_BUT_OURS, claim_tracking_ids, records_exist
 from ._cursors import newest_cursor
 from ._log_pages import (
     FollowPage,
@@ -45,8 +46,6 @@ from ._waits import SharedReads
 # One script call blocks Redis while it runs; bigger batches are split so no
 # single call holds the server for long.
 _MAX_PACKETS_PER_SCRIPT = 500
-# _claim's answer for a placed tracking id whose location names the write's topic.
-_PLACED_BUT_OURS = object()
 _NOTE_EVERY = 60.0
 _MAX_NOTED = 100_000
 
@@ -139,18 +138,18 @@ class PacketStore:
             # another topic, or held by a task, finding or record (claim: ""),
             # is a different packet: a conflict, decided before anything is
             # written for it.
-            claimed = await self._claim(writes)
+            claimed = await claim_tracking_ids(self._redis, writes)
             for i, (w, owner) in enumerate(zip(writes, claimed, strict=True)):
-                if owner is not None and owner is not _PLACED_BUT_OURS and text(owner) != w.topic:
+                if owner is not None and owner is not PLACED_BUT_OURS and text(owner) != w.topic:
                     results[i] = WriteResult(Outcome.CONFLICT, "", 0)
                 else:
                     by_topic[w.topic].append(i)
             # Rare: a placed id whose location names this topic. Only a packet stored
             # before the place was noted (its retry answers "dup", as on a single Redis)
             # goes on; a claim another dispatch of it is giving back does not.
-            doubtful = [i for i, owner in enumerate(claimed) if owner is _PLACED_BUT_OURS]
+            doubtful = [i for i, owner in enumerate(claimed) if owner is PLACED_BUT_OURS]
             if doubtful:
-                kept = await self._records_exist([writes[i] for i in doubtful])
+                kept = await records_exist(self._redis, [writes[i] for i in doubtful])
                 for i, stored in zip(doubtful, kept, strict=True):
                     if not stored:
                         results[i] = WriteResult(Outcome.CONFLICT, "", 0)
@@ -185,51 +184,6 @@ class PacketStore:
 
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
-
-    async def _claim(self, writes: Sequence[PacketWrite]) -> list[Any]:
-        """On a cluster: claim each write's tracking id for its topic; per write,
-        None (claimed now), the owning topic, or "" (a task, finding or record
-        holds it, _placed_packets: nothing claimed). Raises the store's errors.
-
-        One pipeline, as cheap as the claim alone: per id SET NX GET of its location
-        and EXISTS of its place (not one script per id: redis-py refuses EVALSHA in
-        a cluster pipeline, and a call per id costs a round trip each). A placed id
-        this call claimed is given back (DEL) and refused; one whose location names
-        the write's topic is _PLACED_BUT_OURS, for the caller to look at its record.
-        A post noting its place at the same moment is the race a post already has
-        between its own check and note (_placed_packets)."""
-        pipe = self._redis.pipeline(transaction=False)
-        for w in writes:
-            pipe.set(_keys.packet_location(w.tracking_id), w.topic, nx=True, px=w.ttl_ms, get=True)
-            pipe.exists(_keys.packet_place(w.tracking_id))
-        replies = list(await pipe.execute())
-        claimed: list[Any] = []
-        given_back: list[str] = []
-        for i, w in enumerate(writes):
-            owner, placed = replies[2 * i], replies[2 * i + 1]
-            if placed and owner is None:
-                given_back.append(_keys.packet_location(w.tracking_id))
-                claimed.append("")
-            elif placed and text(owner) == w.topic:
-                # Stored before the place was noted, or claimed a moment ago by
-                # another dispatch of it that is giving it back: the caller looks.
-                claimed.append(_PLACED_BUT_OURS)
-            else:
-                claimed.append(owner)
-        if given_back:
-            undo = self._redis.pipeline(transaction=False)
-            for key in given_back:
-                undo.delete(key)
-            await undo.execute()
-        return claimed
-
-    async def _records_exist(self, writes: Sequence[PacketWrite]) -> list[bool]:
-        """On a cluster: whether each write's packet has its idempotency record (it was
-        stored), read in one pipeline."""
-        pipe = self._redis.pipeline(transaction=False)
-        for w in writes:
-            pipe.exists(_keys.packet_record(w.topic, w.tracking_id))
-        return [bool(n) for n in await pipe.execute()]
 
     async def note_topics(self, topics: Sequence[str]) -> None:
         """Put `topics` in the topic index (for writes outside `write`, e.g. governance
