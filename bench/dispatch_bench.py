@@ -47,8 +47,8 @@ from packetbus_server._custodian import Custodian
 from packetbus_server._ingest import Accepted, accept, to_write
 from packetbus_server._keyring import Keyring
 from packetbus_server._limits import Limits
+from packetbus_server._packet_writes import PacketWrite, dispatch_argument
 from packetbus_server._scripts import DISPATCH
-from packetbus_server._store import PacketWrite, dispatch_argument
 
 T = TypeVar("T")
 

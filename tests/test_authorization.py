@@ -26,7 +26,8 @@ from packetbus_server._access.authorization import (
     glob_matcher,
 )
 from packetbus_server._access.gate import ALLOW_ALL, Gate
-from packetbus_server._policy import PolicyError, parse
+from packetbus_server._policy import PolicyError
+from packetbus_server._policy_parse import parse
 from packetbus_server._policy_watch import AUTHORIZATION_WITHOUT_AUTHENTICATION, PolicyWatch
 
 # Identity, not storage: one backend (see conftest).

@@ -16,8 +16,9 @@ from packetbus import AgentIdentity
 from packetbus.v1 import custody_pb2
 from packetbus_server import _batch_refs, _keys, _scripts
 from packetbus_server._custodian import chain_end
+from packetbus_server._packet_writes import Outcome, PacketWrite, dispatch_argument
 from packetbus_server._sealed_batch import SealedBatch
-from packetbus_server._store import Outcome, PacketStore, PacketWrite, dispatch_argument
+from packetbus_server._store import PacketStore
 from tests.conftest import new_packet, unique
 
 

@@ -46,7 +46,7 @@ from packetbus.v1 import (
     task_service_pb2_grpc as tasks_grpc,
 )
 from packetbus_server import ServerConfig, start
-from packetbus_server._store import connect_redis
+from packetbus_server._redis_connect import connect_redis
 from tests._cluster import add_node, key_slot, migrate_slot, slot_owner, start_cluster, stop_cluster
 from tests._polling import until
 from tests.conftest import new_packet, unique

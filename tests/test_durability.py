@@ -33,8 +33,8 @@ from packetbus_server._durability import (
     _waitaof_flaw,
     plan_durability,
 )
+from packetbus_server._redis_connect import connect_redis
 from packetbus_server._retry import is_retry_safe
-from packetbus_server._store import connect_redis
 from tests._powerloss import build_shim, cut_to_last_sync, last_sync_age, shim_env
 from tests.conftest import free_port, new_packet, packetbus_serve, run_cli, unique
 

@@ -20,7 +20,7 @@ import packetbus
 from packetbus.v1 import packet_service_pb2
 from packetbus_server import Limits, ServerConfig, start
 from packetbus_server._gaps import Follower
-from packetbus_server._store import FollowPage, Horizon, LogEntry
+from packetbus_server._log_pages import FollowPage, Horizon, LogEntry
 from tests.conftest import new_packet
 
 TRIMMED = packet_service_pb2.GAP_REASON_TRIMMED

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 import packetbus
-from packetbus_server import _fields, _validation
+from packetbus_server import _field_rules, _fields, _violation
 from tests.conftest import new_packet, unique
 
 # 255 bytes: the longest agent id, in ASCII, in 3-byte (CJK) and 4-byte characters.
@@ -91,10 +91,10 @@ def test_every_inbox_topic_of_a_valid_id_is_a_valid_topic() -> None:
     worst = "\x01" * 255  # every byte escaped: the longest inbox topic there is
     topic = packetbus.inbox_topic(worst)
     assert len(topic) == _fields.MAX_INBOX_TOPIC_LENGTH
-    out: list[_validation.Violation] = []
-    _validation.validate_topic(out, "topic", topic, 200)
+    out: list[_violation.Violation] = []
+    _field_rules.validate_topic(out, "topic", topic, 200)
     assert out == []
     # Ordinary topics keep their own limit, inbox topics theirs.
-    _validation.validate_topic(out, "topic", "t" * 201, 200)
-    _validation.validate_topic(out, "topic", topic + "a", 200)
+    _field_rules.validate_topic(out, "topic", "t" * 201, 200)
+    _field_rules.validate_topic(out, "topic", topic + "a", 200)
     assert [v.rule for v in out] == ["LENGTH", "LENGTH"]

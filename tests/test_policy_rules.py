@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from packetbus.v1 import contents_pb2, packet_pb2, speech_act_pb2
-from packetbus_server._policy import Decision, PolicyError, Verdict, parse
+from packetbus_server._policy import Decision, PolicyError, Verdict
+from packetbus_server._policy_parse import parse
 from packetbus_server._policy_watch import PolicyWatch
 
 

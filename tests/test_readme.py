@@ -525,7 +525,7 @@ def test_the_readme_lists_every_permission_as_the_enum_declares_it() -> None:
 
 def test_the_readme_authorization_examples_are_valid_policies() -> None:
     from packetbus_server._access import Permission, Principal
-    from packetbus_server._policy import parse
+    from packetbus_server._policy_parse import parse
 
     section = parse(block("authorization").encode()).authorization
     assert section is not None

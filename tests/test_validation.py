@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from packetbus.v1 import custody_pb2, packet_pb2, speech_act_pb2
-from packetbus_server import Limits, _validation
+from packetbus_server import Limits, _field_rules
 from packetbus_server._validation import validate_packet
 
 LIMITS = Limits()
@@ -236,7 +236,7 @@ _TRICKY = st.sampled_from(
 
 @given(st.text(alphabet=st.one_of(_TRICKY, st.characters()), max_size=12))
 def test_the_fast_charset_checks_decide_as_the_patterns_do(value: str) -> None:
-    assert _validation._printable_identifier(value) == bool(
-        value and _validation._IDENTIFIER.match(value)
+    assert _field_rules.printable_identifier(value) == bool(
+        value and _field_rules._IDENTIFIER.match(value)
     )
-    assert _validation._no_control(value) == bool(_validation._NO_CONTROL.match(value))
+    assert _field_rules.no_control(value) == bool(_field_rules._NO_CONTROL.match(value))

@@ -170,7 +170,8 @@ def serve_preflight(
             return f"cannot listen on {listen}: {problem}"
     if policy is not None:
         # The server's own parser: what it would refuse to load.
-        from packetbus_server._policy import PolicyError, parse
+        from packetbus_server._policy import PolicyError
+        from packetbus_server._policy_parse import parse
 
         try:
             parse(policy.read_bytes())
@@ -188,7 +189,8 @@ def authorization_preflight(policy: Path | None, *, authenticated: bool) -> str 
     grant restricts. A file that does not load is serve_preflight's to report."""
     if policy is None or authenticated:
         return None
-    from packetbus_server._policy import PolicyError, parse
+    from packetbus_server._policy import PolicyError
+    from packetbus_server._policy_parse import parse
     from packetbus_server._policy_watch import AUTHORIZATION_WITHOUT_AUTHENTICATION
 
     try:

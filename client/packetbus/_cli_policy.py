@@ -96,7 +96,8 @@ def _authorization_summary(policy: Any) -> dict[str, Any] | None:
 
 def _check(path: Path) -> int:
     # The server's own parser: what it accepts is exactly what `serve --policy` loads.
-    from packetbus_server._policy import PolicyError, parse
+    from packetbus_server._policy import PolicyError
+    from packetbus_server._policy_parse import parse
 
     try:
         policy = parse(path.read_bytes())
@@ -133,7 +134,8 @@ def _can(path: Path, name: str, permission_name: str, resource: str) -> int:
     """`packetbus policy can`: 0 allowed, 1 denied, 2 a file or permission unusable."""
     from packetbus_server._access import Permission, Principal
     from packetbus_server._access.principal import default_agent_id
-    from packetbus_server._policy import PolicyError, parse
+    from packetbus_server._policy import PolicyError
+    from packetbus_server._policy_parse import parse
 
     try:
         policy = parse(path.read_bytes())

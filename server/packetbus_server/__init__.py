@@ -3,9 +3,16 @@
 Where things happen:
 
 - ``_validation.py``       the rules every packet must pass ("no schema, no dispatch");
+                           its contents and custody entries ``_content_rules.py``,
                            JSON data's nesting ``_struct_depth.py``
+- ``_field_rules.py``      the rules for fields every request shares: topics, ids, names, timestamps
 - ``_ingest.py``           validate -> normalize -> fingerprint, per packet
-- ``_store.py``            every Redis read and write (Lua scripts in ``scripts/``)
+- ``_store.py``            PacketStore: a topic's packets written, read, followed (Lua ``scripts/``)
+- ``_packet_writes.py``    a packet ready to store (PacketWrite) and the outcome of storing it
+- ``_log_pages.py``        what reading a topic's log gives: entries, pages, horizon, found packet
+- ``_cursors.py``          log cursors (stream ids): their time and order
+- ``_cluster_claims.py``   on a Redis Cluster: a dispatch's tracking ids claimed before its script
+- ``_redis_connect.py``    connecting to a single Redis or a Redis Cluster (connect_redis)
 - ``_keys.py``             the Redis key layout
 - ``_retry.py``            which Redis failures are retried, and how
 - ``_refusals.py``         the store's refusals (full memory, disk, replica...): retried or not, and the status
@@ -14,11 +21,18 @@ Where things happen:
 - ``_keyring.py``          the server's signing keys on disk, and their rotation
 - ``_key_store.py``        the public key registry in Redis (servers' and agents' keys)
 - ``_packet_service.py``   the PacketService RPCs (dispatch, get, subscribe, info)
+- ``_subscription.py``     Subscribe's stream: its start, the follow loop, replies packed
+- ``_stored_packets.py``   a stored packet as a reply (Receipt, StoredPacket), for every service
+- ``_storage_errors.py``   the store's failures as an RPC's status (storage_errors)
+- ``_stream_ends.py``      a streaming RPC's start made known, its caller gone
 - ``_dispatch_stream.py``  DispatchStream: Dispatch's batches over one long-lived stream
 - ``_custody_service.py``  the CustodyService RPCs (keys, agent keys, verify, export)
 - ``_placed_packets.py``   where task, finding and record packets live, by tracking id
-- ``_policy.py``           governance rules: parse, validate, evaluate (pure); its
-                           [authorization] section: ``_access/authorization.py``
+- ``_policy.py``           governance rules: the policy file's format, a policy and its
+                           evaluate (pure); its [authorization] section: ``_access/authorization.py``
+- ``_policy_parse.py``     the policy file parsed and checked, its rules compiled (parse)
+- ``_policy_matchers.py``  a rule's match keys as checks: origin, topic, speech act, content type
+- ``_policy_fields.py``    a rule's content fields: dotted paths and their operators
 - ``_policy_watch.py``     the policy file in force, reloaded when it changes
 - ``_policy_store.py``     rejected and held packets, approvals, counts, decision log
 - ``_policy_service.py``   judging at dispatch (Governor) and the PolicyService RPCs
@@ -39,6 +53,8 @@ Where things happen:
 - ``_task_service.py``     the TaskService RPCs; checks ``_task_requests.py``, settlements
                            ``_task_settling.py``, replies ``_task_states.py``, listings
                            ``_task_listing.py``, the watch ``_task_watch.py``
+- ``_finding_service.py``  the FindingService RPCs: findings and their conflicts (``_conflicts.py``);
+                           Escalate and ListEscalations ``_finding_escalations.py``
 - ``_group_service.py``    the ConsumerGroupService RPCs; a Pull stream's loop ``_group_pull.py``,
                            deliveries ``_group_delivery.py``, settlements ``_group_settling.py``,
                            Redis ``_group_store.py``

@@ -18,8 +18,8 @@ from ._ingest import Accepted, Rejected, accept, to_write, with_request_fields
 from ._key_store import KeyStore
 from ._limits import Limits
 from ._observability import counting
-from ._packet_service import storage_errors
-from ._store import PacketWrite
+from ._packet_writes import PacketWrite
+from ._storage_errors import storage_errors
 from ._validation import Violation
 
 if TYPE_CHECKING:

@@ -11,11 +11,12 @@ from packetbus.v1 import custody_pb2
 
 from ._agent_store import AgentStore
 from ._clock import StoreClock
+from ._field_rules import MAX_SHORT_TEXT, validate_agent_id, validate_id
 from ._fields import utf8_length
 from ._key_store import KeyStore
 from ._limits import Limits
-from ._packet_service import storage_errors
-from ._validation import MAX_SHORT_TEXT, Violation, validate_agent_id, validate_id
+from ._storage_errors import storage_errors
+from ._validation import Violation
 
 _MAX_LONG_TEXT = 1024
 

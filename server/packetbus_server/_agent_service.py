@@ -20,13 +20,15 @@ from ._agent_states import agent_from_fields, cursor_key, membership_event
 from ._agent_store import AgentStore, Unchecked
 from ._clock import StoreClock
 from ._custodian import principal_name
+from ._field_rules import MAX_SHORT_TEXT, validate_agent_id, validate_id
 from ._fields import is_stream_id
 from ._key_store import KeyStore, Registration
 from ._limits import Limits
-from ._packet_service import caller_gone, storage_errors, stream_started
 from ._packing import ITEM_OVERHEAD, message_size, packs
 from ._page_tokens import seal, unseal
-from ._validation import MAX_SHORT_TEXT, Violation, validate_agent_id, validate_id
+from ._storage_errors import storage_errors
+from ._stream_ends import caller_gone, stream_started
+from ._validation import Violation
 
 # An idle watcher reads again this often (a read shared with the other watchers of
 # the same log, see _waits); cancellation and drain end it sooner (_streams).

@@ -19,7 +19,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -27,10 +27,8 @@ from packetbus import _custody, _wire
 from packetbus.v1 import packet_pb2
 
 from . import _keys
+from ._packet_writes import PacketWrite
 from ._sealed_batch import SealedBatch, SealedBatchError
-
-if TYPE_CHECKING:
-    from ._store import PacketWrite
 
 # 8 bytes of the batch signature, hex: unique per topic for as long as any
 # batch lives (a collision needs 2^32 batches on one topic at once).
@@ -55,8 +53,6 @@ def with_batch(
     replaced by a reference to the call's sealed batch. Unchanged when the server
     does not sign (no entries). `leaves`: the entries' hashes, as
     `Custodian.seal_with_leaves` gives them (else hashed again)."""
-    from ._store import PacketWrite  # here: _store imports this module
-
     if not writes or any(len(c) != 2 for c in chains):
         return list(writes)
     flat = [e for chain in chains for e in chain]

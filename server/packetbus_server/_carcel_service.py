@@ -14,14 +14,16 @@ from . import _status
 from ._carcel_store import CarcelRecord, CarcelStore, RequeueOutcome
 from ._clock import StoreClock
 from ._custodian import ChainEnd, Custodian, Hop, chain_end
+from ._field_rules import validate_topic
 from ._fields import is_stream_id
 from ._limits import Limits
-from ._packet_service import storage_errors, stored_packet
 from ._packing import stored_size
 from ._page_tokens import seal, unseal
 from ._paging import page_across, page_request
+from ._storage_errors import storage_errors
 from ._store import PacketStore
-from ._validation import Violation, validate_packet, validate_topic
+from ._stored_packets import stored_packet
+from ._validation import Violation, validate_packet
 
 _SIGN_ROUNDS = 5
 

@@ -15,11 +15,11 @@ from typing import Any
 from packetbus import _wire
 
 from . import _batch_refs, _keys, _scripts
+from ._cursors import cursor_millis
 from ._hop_store import HopStore
 from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
-from ._store import cursor_millis
 
 
 @dataclass(frozen=True, slots=True)

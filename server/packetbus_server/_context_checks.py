@@ -10,9 +10,10 @@ import re
 
 from packetbus.v1 import context_service_pb2 as pb
 
+from ._field_rules import validate_agent_id, validate_safe_integer
 from ._fields import utf8_length
 from ._limits import Limits
-from ._validation import Violation, validate_agent_id, validate_safe_integer
+from ._validation import Violation
 
 MAX_SCOPE_LENGTH = 200
 MAX_NAME_LENGTH = 512

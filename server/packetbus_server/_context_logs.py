@@ -11,7 +11,7 @@ from packetbus.v1 import context_service_pb2 as pb
 
 from ._context_store import ContextStore
 from ._limits import Limits
-from ._packet_service import storage_errors
+from ._storage_errors import storage_errors
 
 
 def entry_fingerprint(entry: pb.LogEntry) -> str:

@@ -16,9 +16,9 @@ from ._context_replies import document
 from ._context_store import ContextStore
 from ._fields import utf8_length
 from ._limits import Limits
-from ._packet_service import storage_errors
 from ._packing import fit, message_size
 from ._page_tokens import seal, unseal
+from ._storage_errors import storage_errors
 from ._validation import Violation
 
 _DEFAULT_PAGE = 100

@@ -29,11 +29,12 @@ from ._context_store import ContextStore
 from ._context_upload import EVENTS_RETENTION_MS, ContextUpload
 from ._context_watch import watch_changes
 from ._custodian import Custodian
+from ._field_rules import validate_agent_id, validate_id, validate_safe_integer
 from ._governance import context_write, judge_context_write
 from ._limits import Limits
-from ._packet_service import storage_errors
 from ._page_tokens import seal, unseal
-from ._validation import Violation, validate_agent_id, validate_id, validate_safe_integer
+from ._storage_errors import storage_errors
+from ._validation import Violation
 
 if TYPE_CHECKING:
     from ._policy_service import Governor

@@ -25,7 +25,7 @@ from ._context_replies import document
 from ._context_store import ContextStore, DocMeta
 from ._custodian import Custodian
 from ._limits import Limits
-from ._packet_service import storage_errors
+from ._storage_errors import storage_errors
 from ._timestamps import timestamp
 from ._validation import Violation
 

@@ -20,8 +20,9 @@ from ._context_replies import change
 from ._context_store import ContextStore
 from ._fields import is_stream_id
 from ._limits import Limits
-from ._packet_service import storage_errors, stream_started
 from ._packing import message_size, packs
+from ._storage_errors import storage_errors
+from ._stream_ends import stream_started
 from ._validation import Violation
 
 _WATCH_BATCH = 100

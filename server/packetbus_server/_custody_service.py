@@ -21,15 +21,19 @@ from ._access.gate import deny
 from ._carcel_service import entry_message, record_size
 from ._carcel_store import CarcelStore
 from ._clock import StoreClock
+from ._cursors import cursor_millis
 from ._custodian import principal_name
+from ._field_rules import validate_agent_id, validate_timestamp, validate_topic
 from ._key_store import KeyStore, Registration
 from ._limits import Limits
-from ._packet_service import PacketService, entry_size, storage_errors, stored_packet
+from ._packet_service import PacketService
 from ._packing import FIRST_READ, message_size, packs, read_count
 from ._placed_export import Page, check, export_replies, source
 from ._policy_store import DecisionRow, PolicyStore
-from ._store import PacketStore, cursor_millis
-from ._validation import Violation, validate_agent_id, validate_timestamp, validate_topic
+from ._storage_errors import storage_errors
+from ._store import PacketStore
+from ._stored_packets import entry_size, stored_packet
+from ._validation import Violation
 
 _EXPORT_BATCH = 200
 # Placed packets' export pages of a name after a cursor (TaskService.export_pages,

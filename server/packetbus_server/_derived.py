@@ -21,7 +21,8 @@ from google.protobuf import json_format, message, timestamp_pb2
 from packetbus.v1 import custody_pb2, packet_pb2, speech_act_pb2
 
 from ._conflicts import confidence_reason
-from ._validation import MAX_SHORT_TEXT, Violation
+from ._field_rules import MAX_SHORT_TEXT
+from ._validation import Violation
 
 CONFLICTS_TOPIC = "findings.conflicts"
 ESCALATIONS_TOPIC = "escalations"

@@ -27,8 +27,9 @@ from google.protobuf import timestamp_pb2
 
 from packetbus.v1 import custody_service_pb2
 
+from ._field_rules import validate_topic
 from ._fields import is_stream_id
-from ._validation import Violation, validate_topic
+from ._validation import Violation
 
 # Export order within a topic.
 SECTIONS = ("p", "c", "d")

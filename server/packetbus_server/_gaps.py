@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from packetbus.v1 import packet_service_pb2
 
-from ._store import FollowPage, Horizon, LogEntry, cursor_order, newest_cursor
+from ._cursors import cursor_order, newest_cursor
+from ._log_pages import FollowPage, Horizon, LogEntry
 
 TRIMMED = packet_service_pb2.GAP_REASON_TRIMMED
 EXPIRED = packet_service_pb2.GAP_REASON_EXPIRED

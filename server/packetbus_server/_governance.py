@@ -62,11 +62,11 @@ from . import _status
 from ._access.gate import caller
 from ._ingest import Accepted, to_write
 from ._observability import counting
-from ._packet_service import storage_errors
 from ._policy import Decision, Verdict
 from ._policy_decisions import ERROR_DOMAIN, POLICY_REJECTED, rejection
 from ._policy_service import Governor
 from ._policy_store import Decided, DecisionWrite
+from ._storage_errors import storage_errors
 
 POLICY_HOLD_UNSUPPORTED = "POLICY_HOLD_UNSUPPORTED"
 

@@ -21,8 +21,8 @@ from ._group_delivery import Delivery, PullStream
 from ._group_settling import Settler, held_request, nacked, parse_request
 from ._group_store import GroupStore, Kind
 from ._limits import Limits
-from ._packet_service import caller_gone
 from ._packing import packs
+from ._stream_ends import caller_gone
 from ._validation import Violation
 from ._waits import retrieve_outcome
 

@@ -26,6 +26,7 @@ from . import _status
 from ._access import Permission, binding, require
 from ._clock import StoreClock
 from ._custodian import Custodian
+from ._field_rules import validate_agent_id, validate_group_name, validate_topic
 from ._fields import is_stream_id
 from ._group_delivery import Delivery, PullStream
 from ._group_pull import PullLoop, abort_no_group
@@ -33,8 +34,8 @@ from ._group_settling import Request, Settler, nacked, parse_request
 from ._group_store import GroupState, GroupStatus, GroupStore, Kind
 from ._hop_store import HopStore
 from ._limits import Limits
-from ._packet_service import storage_errors
-from ._validation import Violation, validate_agent_id, validate_group_name, validate_topic
+from ._storage_errors import storage_errors
+from ._validation import Violation
 
 
 def group_message(topic: str, state: GroupState) -> pb.ConsumerGroup:

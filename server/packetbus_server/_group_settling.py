@@ -21,12 +21,12 @@ from packetbus.v1 import consumer_group_service_pb2 as pb
 
 from . import _pull_wire
 from ._clock import StoreClock
+from ._cursors import cursor_millis
 from ._custodian import ChainEnd, Custodian, Hop, chain_end
 from ._fields import is_stream_id, utf8_length
 from ._group_store import GroupSettings, GroupStore, Kind, Outcome, Settle, Settled
 from ._hop_store import HopStore
 from ._observability import counting, tracing
-from ._store import cursor_millis
 
 log = logging.getLogger("packetbus.server.groups")
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _batch_refs, _keys, _scripts
+from ._cursors import cursor_millis
 from ._limits import Limits
 from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
-from ._store import cursor_millis
 from ._topic_store import TopicStore
 from ._waits import SharedReads
 

@@ -19,7 +19,7 @@ from packetbus import _custody, _wire
 from packetbus.v1 import packet_pb2
 
 from ._limits import Limits
-from ._store import PacketWrite
+from ._packet_writes import PacketWrite
 from ._validation import Violation, validate_packet
 
 
@@ -28,7 +28,7 @@ class Rejected:
     violations: list[Violation]
 
 
-# Not frozen: made for every packet at ingest, as _store.PacketWrite.
+# Not frozen: made for every packet at ingest, as _packet_writes.PacketWrite.
 @dataclass(slots=True)
 class Accepted:
     packet: packet_pb2.Packet

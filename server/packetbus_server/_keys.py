@@ -277,7 +277,7 @@ QUEUES = f"{PREFIX}:queues"
 # A member of TOPICS and QUEUES (score -inf, so no time range holds it) that says
 # the index names every topic / queue in the store: written by the read (a /metrics
 # scrape or ListTopics) that backfilled it (_name_index), gone with the index's expiry.
-# NUL cannot start a topic or queue name (_validation), so it names neither.
+# NUL cannot start a topic or queue name (_field_rules), so it names neither.
 INDEX_COMPLETE = "\x00complete"
 SIGNING_KEYS = f"{PREFIX}:{{keys}}:all"
 AGENT_KEYS = f"{PREFIX}:{{keys}}:agents"

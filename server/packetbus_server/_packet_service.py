@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
 from google.rpc import code_pb2, status_pb2
 
-from packetbus.stream_start import START_CURSOR_HEADER
-from packetbus.v1 import packet_pb2, packet_service_pb2, packet_service_pb2_grpc
+from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
 
 from . import _status
 from ._access import Permission, allows, binding
@@ -22,140 +20,23 @@ from ._batch_refs import with_batch
 from ._clock import StoreClock
 from ._custodian import Custodian, check_origin
 from ._dispatch_stream import answer_batches
+from ._field_rules import validate_topic, validate_tracking_id
 from ._fields import is_stream_id
-from ._gaps import Follower
 from ._ingest import Accepted, Rejected, accept, to_write
 from ._key_store import KeyStore
 from ._limits import Limits
 from ._observability import counting, metrics, tracing
-from ._packing import packs, stored_size
-from ._refusals import ERROR_REASONS
-from ._retry import StoreFailedError, StoreRefusedError, StoreUnavailableError
-from ._store import LogEntry, Outcome, PacketStore, cursor_millis
-from ._validation import SUPPORTED_SCHEMA_VERSIONS, Violation, validate_topic, validate_tracking_id
+from ._packet_writes import Outcome
+from ._storage_errors import storage_errors
+from ._store import PacketStore
+from ._stored_packets import fill_receipt, stored_packet
+from ._subscription import follow_topic
+from ._validation import SUPPORTED_SCHEMA_VERSIONS, Violation
 from ._worker_ports import WorkerPorts
 
 if TYPE_CHECKING:
     from ._placed_packets import PlacedPackets
     from ._policy_service import Governor
-
-# How long one blocking read waits before looking again; bounds how long a
-# cancelled subscription holds its Redis connection.
-_SUBSCRIBE_BLOCK_MS = 1000
-
-
-def fill_receipt(
-    receipt: packet_service_pb2.Receipt,
-    topic: str,
-    cursor: str,
-    expires_at_ms: int,
-    stored_at_ms: int | None = None,
-) -> None:
-    """Fill `receipt` in place: building sub-messages and copying them in costs
-    several times more, per packet, in a batch's response. A packet with no place
-    in a topic's log (a task) has no cursor and gives its `stored_at_ms`."""
-    receipt.topic = topic
-    receipt.cursor = cursor
-    stored_s, stored_ms = divmod(
-        cursor_millis(cursor) if stored_at_ms is None else stored_at_ms, 1000
-    )
-    receipt.stored_at.seconds = stored_s
-    receipt.stored_at.nanos = stored_ms * 1_000_000
-    expires_s, expires_ms = divmod(expires_at_ms, 1000)
-    receipt.expires_at.seconds = expires_s
-    receipt.expires_at.nanos = expires_ms * 1_000_000
-
-
-def stored_packet(
-    topic: str,
-    cursor: str,
-    expires_at_ms: int,
-    payload: bytes,
-    content_length: int,
-    *,
-    stored_at_ms: int | None = None,
-) -> packet_service_pb2.StoredPacket:
-    stored = packet_service_pb2.StoredPacket(
-        packet=packet_pb2.Packet.FromString(payload), content=payload[:content_length]
-    )
-    fill_receipt(stored.receipt, topic, cursor, expires_at_ms, stored_at_ms)
-    return stored
-
-
-def entry_size(entry: LogEntry) -> int:
-    """About how many bytes a log entry takes as a StoredPacket."""
-    return stored_size(len(entry.payload), entry.content_length)
-
-
-def _responses(
-    topic: str,
-    gap: packet_service_pb2.SubscriptionGap | None,
-    entries: list[LogEntry],
-    budget: int,
-) -> Iterator[packet_service_pb2.SubscribeResponse]:
-    """The gap (if any) and `entries`, in responses of at most `budget` bytes each
-    (one packet larger than that alone); the gap goes with the first."""
-    for part in packs(entries, entry_size, budget) if entries else [[]]:
-        response = packet_service_pb2.SubscribeResponse(
-            packets=[
-                stored_packet(topic, e.cursor, e.expires_at_ms, e.payload, e.content_length)
-                for e in part
-            ]
-        )
-        if gap is not None:
-            response.gap.CopyFrom(gap)
-            gap = None
-        yield response
-
-
-def caller_gone(context: grpc.aio.ServicerContext) -> bool:
-    """The caller of a streaming RPC went away, or the server is stopping.
-
-    grpc cancels the handler's task then, but that cancellation can be lost
-    when it lands while grpc itself awaits a write (seen with grpcio 1.85 on
-    Python 3.11): grpc then asks for the next response, and on a quiet topic
-    the handler would read on forever, holding a subscription slot. The task
-    still says it was asked to stop.
-    """
-    task = asyncio.current_task()
-    return context.cancelled() or (task is not None and task.cancelling() > 0)
-
-
-async def stream_started(context: grpc.aio.ServicerContext, start_cursor: str | None) -> None:
-    """Send the response headers now that the stream's start point is fixed: events
-    after it reach the caller. A stream "from now" fixes that point with a store read
-    after it was admitted (which may wait for a store connection); gRPC would
-    otherwise send the headers with the first response, so a caller could not tell
-    when its stream began, and an event caused in between (a task posted right after
-    opening a watch) was missed silently. Callers await ``call.initial_metadata()``
-    before they act.
-
-    For a stream "from now", the headers carry `start_cursor`, the cursor it
-    delivers after (`packetbus.stream_start`): a caller that loses the stream before
-    its first event reopens it after that cursor rather than "from now", and misses
-    nothing. None for a stream opened after a cursor (the caller knows it) or from
-    the oldest kept (reopening there loses nothing and reports no old gap)."""
-    headers = () if start_cursor is None else ((START_CURSOR_HEADER, start_cursor),)
-    await context.send_initial_metadata(headers)
-
-
-@contextlib.asynccontextmanager
-async def storage_errors(
-    context: grpc.aio.ServicerContext, *, retry_hint: str = "retrying is safe"
-) -> AsyncIterator[None]:
-    """Turn the store's failures into the RPC's status."""
-    try:
-        yield
-    except StoreUnavailableError as exc:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; {retry_hint}")
-    except StoreRefusedError as exc:  # a full store, a disk it cannot write: not a bug
-        message = str(exc)
-        trailer = _status.error_info_trailer(
-            exc.code, message, ERROR_REASONS.get(exc.kind, exc.kind)
-        )
-        await context.abort(exc.code, message, trailing_metadata=trailer)
-    except StoreFailedError as exc:
-        await context.abort(grpc.StatusCode.INTERNAL, str(exc))
 
 
 class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
@@ -474,52 +355,10 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
             self._subscribers,
             storage_errors(context, retry_hint="resume after your last cursor"),
         ):
-            async for response in self._follow(request, batch, context):
+            async for response in follow_topic(
+                self._store, self._clock, self._limits, request, batch, context
+            ):
                 yield response
-
-    async def _follow(
-        self,
-        request: packet_service_pb2.SubscribeRequest,
-        batch: int,
-        context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[packet_service_pb2.SubscribeResponse]:
-        topic = request.topic
-        started_ms = self._clock.now_ms()
-        resumed = request.WhichOneof("start") == "after_cursor"
-        if resumed:
-            cursor = request.after_cursor
-        elif request.start_position == packet_service_pb2.START_POSITION_EARLIEST:
-            cursor = "0-0"
-        else:
-            cursor = await self._store.last_cursor(topic)
-        follower = Follower(cursor, resumed=resumed, started_ms=started_ms)
-        delivered = metrics.packets_delivered.labels("subscribe")
-        latest = (
-            not resumed and request.start_position != packet_service_pb2.START_POSITION_EARLIEST
-        )
-        await stream_started(context, cursor if latest else None)
-        # About one reply's worth per read: large packets are read a few at a time,
-        # so a subscriber holds about `budget` bytes, not `batch` packets of up to a
-        # megabyte each.
-        budget = self._limits.reply_budget_bytes
-        while not caller_gone(context):
-            page = await self._store.follow(topic, follower.cursor, count=batch, max_bytes=budget)
-            for gap, entries in follower.take(page, self._clock.now_ms()):
-                if entries:
-                    delivered.inc(len(entries))
-                # The write waits for HTTP/2 flow control, so a slow reader
-                # holds at most one read here: it is paced, the server is not.
-                for response in _responses(topic, gap, entries, budget):
-                    if tracing.active is not None:
-                        tracing.active.batch(
-                            context,
-                            ("receive", "deliver"),
-                            topic,
-                            [tracing.carried(p.packet) for p in response.packets],
-                        )
-                    yield response
-            if page.complete:
-                await self._store.wait_after(topic, follower.cursor, block_ms=_SUBSCRIBE_BLOCK_MS)
 
     async def GetServerInfo(
         self, request: packet_service_pb2.GetServerInfoRequest, context: grpc.aio.ServicerContext

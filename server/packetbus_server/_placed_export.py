@@ -19,9 +19,10 @@ from packetbus.v1 import custody_service_pb2, packet_service_pb2, record_service
 
 from ._access import Permission
 from ._export_token import FINDINGS, RECORDS, TASKS
-from ._packet_service import storage_errors
+from ._field_rules import validate_id, validate_topic
 from ._packing import message_size, packs
-from ._validation import Violation, validate_id, validate_topic
+from ._storage_errors import storage_errors
+from ._validation import Violation
 
 # A page of exported packets: each one's resume cursor ("<a>-<b>") and the packet
 # (chain so far, no head).

@@ -15,9 +15,9 @@ and a note never replaces another place's (first one wins when two posts race), 
 a finding posted under a task's tracking id cannot take that id over in GetPacket
 and VerifyCustody. The other way round, a topic Dispatch refuses (ALREADY_EXISTS,
 nothing written) a tracking id a note names, unless a topic already holds it (a
-retry answers as before): scripts/dispatch.lua on a single Redis, _store._claim on
-a cluster; and so does a policy's rejection or hold of a dispatched packet
-(scripts/policy_decide.lua; PolicyStore.decide reads the place on a cluster). What is left is a race: a post and a dispatch of the same id at the same
+retry answers as before): scripts/dispatch.lua on a single Redis,
+_cluster_claims.claim_tracking_ids on a cluster; and so does a policy's rejection
+or hold of a dispatched packet (scripts/policy_decide.lua; PolicyStore.decide reads the place on a cluster). What is left is a race: a post and a dispatch of the same id at the same
 moment (the post's check, the dispatch, then the post's note) both store; GetPacket
 then answers the topic's packet.
 """

@@ -21,12 +21,14 @@ from . import _status
 from ._access import binding
 from ._clock import StoreClock
 from ._custodian import ChainEnd, Custodian, Hop, chain_end
+from ._field_rules import validate_topic, validate_tracking_id
 from ._key_store import KeyStore
 from ._limits import Limits
-from ._packet_service import fill_receipt, storage_errors
 from ._policy_store import Decided, HeldRecord, PolicyStore
 from ._policy_watch import PolicyWatch
-from ._validation import Violation, validate_topic, validate_tracking_id
+from ._storage_errors import storage_errors
+from ._stored_packets import fill_receipt
+from ._validation import Violation
 
 
 class Approvals:

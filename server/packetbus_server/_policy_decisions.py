@@ -13,8 +13,8 @@ from packetbus.v1 import packet_service_pb2
 
 from . import _status
 from ._observability import counting, metrics
-from ._packet_service import fill_receipt
 from ._policy_store import Decided
+from ._stored_packets import fill_receipt
 
 POLICY_REJECTED = "POLICY_REJECTED"
 ERROR_DOMAIN = _status.ERROR_DOMAIN

@@ -6,11 +6,12 @@ from __future__ import annotations
 from packetbus.v1 import policy_service_pb2 as pb
 
 from ._access.authorization import Authorization
-from ._packet_service import PacketService, stored_packet
+from ._packet_service import PacketService
 from ._packing import stored_size
 from ._policy import Verdict
 from ._policy_store import HeldRecord
 from ._policy_watch import PolicyWatch
+from ._stored_packets import stored_packet
 
 _VERDICTS = {
     Verdict.ALLOW: pb.POLICY_VERDICT_ALLOW,

@@ -20,10 +20,11 @@ from packetbus.v1 import policy_service_pb2 as pb
 from . import _status
 from ._clock import StoreClock
 from ._custodian import Custodian
+from ._field_rules import validate_topic
 from ._ingest import Accepted, to_write
 from ._key_store import KeyStore
 from ._limits import Limits
-from ._packet_service import PacketService, storage_errors
+from ._packet_service import PacketService
 from ._page_tokens import seal, unseal
 from ._paging import page_across, page_request
 from ._policy import Verdict
@@ -32,8 +33,9 @@ from ._policy_decisions import count_decided, fill_decided
 from ._policy_replies import held_message, held_size, policy_response
 from ._policy_store import DecisionWrite, PolicyStore
 from ._policy_watch import PolicyWatch
+from ._storage_errors import storage_errors
 from ._store import PacketStore
-from ._validation import Violation, validate_topic
+from ._validation import Violation
 
 
 class Governor:

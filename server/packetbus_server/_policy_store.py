@@ -15,11 +15,13 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 
 from . import _keys, _scripts
+from ._cursors import cursor_millis
+from ._packet_writes import PacketWrite, dispatch_argument
 from ._policy import Verdict
 from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
-from ._store import PacketStore, PacketWrite, cursor_millis, dispatch_argument
+from ._store import PacketStore
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,8 @@ from packetbus._stopping import cancel_and_wait
 
 from ._access.gate import ALLOW_ALL, Authorizer
 from ._file_changes import FileTooLargeError, Mark, read_if_changed
-from ._policy import MAX_POLICY_BYTES, Policy, PolicyError, parse
+from ._policy import Policy, PolicyError
+from ._policy_parse import MAX_POLICY_BYTES, parse
 
 log = logging.getLogger("packetbus.policy")
 

@@ -17,18 +17,19 @@ from ._access import Permission, require
 from ._admission import admit
 from ._clock import StoreClock
 from ._custodian import Custodian
+from ._field_rules import validate_tracking_id
 from ._fields import utf8_length
 from ._key_store import KeyStore
 from ._limits import Limits
 from ._observability import counting
-from ._packet_service import storage_errors
 from ._packing import fit, stored_size
 from ._page_tokens import seal, unseal
 from ._placed_export import Page
 from ._placed_packets import RECORD, Place, PlacedPackets
 from ._record_export import record_pages
 from ._record_store import RecordStore, StoredRecord
-from ._validation import Violation, validate_tracking_id
+from ._storage_errors import storage_errors
+from ._validation import Violation
 
 if TYPE_CHECKING:
     from ._policy_service import Governor

@@ -20,7 +20,8 @@ from ._embedded import EmbeddedValkey
 from ._health import StoreHealth
 from ._observability.endpoint import MetricsEndpoint
 from ._policy_watch import PolicyWatch
-from ._store import PacketStore, connect_redis
+from ._redis_connect import connect_redis
+from ._store import PacketStore
 from ._streams import Streams
 from ._waits import SharedReads
 

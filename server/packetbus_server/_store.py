@@ -1,11 +1,11 @@
-"""The storage layer: every Redis read and write the servicers need, retried where safe.
+"""The packet store: every Redis read and write of a topic's packets, retried where safe.
 
 A dispatch costs one Lua script call per topic in the batch (run in parallel),
 whatever the number of packets. Each tracking id is also claimed for its topic
 (``pb:loc:{tid}``) so it can be found by id and cannot be reused on another
 topic, nor take an id a task, finding or record holds (``pb:place:{tid}``): on a
 single Redis inside the same script; on a Redis Cluster, where those keys live in
-other slots, by one pipeline just before (_claim). Every step is
+other slots, by one pipeline just before (_cluster_claims). Every step is
 idempotent, so a whole dispatch can be replayed after any failure and stores
 nothing twice.
 """
@@ -13,31 +13,32 @@ nothing twice.
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from packetbus import _wire
 
 from . import _batch_refs, _keys, _scripts
 from ._clock import StoreClock
-from ._cluster_client import StoreCluster
-from ._durability import DurableRedis, Waits
-from ._replies import text
-from ._resp import (
-    BatchEncodingConnection,
-    BatchEncodingSSLConnection,
-    BatchEncodingUnixConnection,
+from ._cluster_claims import PLACED_BUT_OURS, claim_tracking_ids, records_exist
+from ._cursors import newest_cursor
+from ._log_pages import (
+    FollowPage,
+    FoundPacket,
+    LogEntry,
+    LogPage,
+    entry_fields,
+    follow_horizon,
+    location_topic,
+    publications,
+    unexpired_page,
 )
+from ._packet_writes import OUTCOMES, Outcome, PacketWrite, WriteResult, dispatch_argument
+from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
 from ._waits import SharedReads
@@ -45,267 +46,8 @@ from ._waits import SharedReads
 # One script call blocks Redis while it runs; bigger batches are split so no
 # single call holds the server for long.
 _MAX_PACKETS_PER_SCRIPT = 500
-# _claim's answer for a placed tracking id whose location names the write's topic.
-_PLACED_BUT_OURS = object()
 _NOTE_EVERY = 60.0
 _MAX_NOTED = 100_000
-
-
-class Outcome(enum.Enum):
-    STORED = "new"
-    DUPLICATE = "dup"
-    CONFLICT = "conflict"
-
-
-# The dispatch script's status replies, as redis-py gives them (bytes, or str
-# under RESP3 decoding): a dict lookup per packet instead of an Enum call.
-_OUTCOMES: dict[bytes | str, Outcome] = {
-    **{o.value: o for o in Outcome},
-    **{o.value.encode(): o for o in Outcome},
-}
-
-
-# Not frozen (PacketWrite, WriteResult): made for every packet at ingest, where a
-# frozen dataclass's __init__ (object.__setattr__ per field) costs about twice as
-# much (issue 16). Nothing changes them after they are made.
-@dataclass(slots=True)
-class PacketWrite:
-    """A validated packet, ready to store."""
-
-    tracking_id: str
-    topic: str
-    fingerprint: str
-    ttl_ms: int
-    # The serialized packet: its content (the packet without its chain of
-    # custody), then the chain; the first content_length bytes are the content.
-    payload: bytes
-    content_length: int
-    # The stored-once form (_batch_refs): payload holds content and the client's
-    # chain only; the server's ingest entries are leaf `leaf` of sealed batch
-    # `batch` (encoded), stored once per topic as pb:{topic}:batch:<batch_id>.
-    batch_id: str = ""
-    batch: bytes = b""
-    leaf: int = 0
-
-
-def dispatch_argument(w: PacketWrite) -> bytes:
-    """Packet `w` as one argument of scripts/dispatch.lua: fingerprint (32 bytes, raw
-    as the idempotency record keeps it: scripts/lib/records.lua), TTL, content length
-    and tracking id as a fixed-width header, then the packet bytes."""
-    return b"%s%012d%08d%s%s" % (
-        bytes.fromhex(w.fingerprint),
-        w.ttl_ms,
-        w.content_length,
-        w.tracking_id.encode(),
-        w.payload,
-    )
-
-
-def location_topic(value: bytes | str) -> str:
-    """The topic a location key (pb:loc:{<tid>}) names: the bare topic, or on a single
-    Redis a record kept in it (scripts/lib/records.lua): NUL, 32 bytes of fingerprint,
-    the marker, a space, the topic."""
-    raw = value.encode() if isinstance(value, str) else value
-    if raw[:1] == b"\0":
-        return raw[33:].partition(b" ")[2].decode()
-    return raw.decode()
-
-
-@dataclass(slots=True)
-class WriteResult:
-    outcome: Outcome
-    cursor: str
-    expires_at_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class LogEntry:
-    cursor: str
-    expires_at_ms: int
-    payload: bytes
-    content_length: int
-    # Stored-once entries (_batch_refs): the batch reference and tracking id the
-    # reader needs to put the server's entries back ("" when the entry is full).
-    ref: bytes = b""
-    tracking_id: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class LogPage:
-    """Entries read from a topic's log, the expired ones left out.
-
-    `last_cursor` is the last entry read, expired or not (None when nothing
-    was read): a reader continues after it, or it would read the expired
-    entries again forever.
-    """
-
-    entries: list[LogEntry]
-    last_cursor: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Horizon:
-    """What has left a topic's log, as its horizon key (``pb:{topic}:horizon``) records it.
-
-    Entries leave a log only as a prefix (trimmed below a rising threshold, or
-    the whole log expiring), so everything up to these cursors is gone. Empty
-    strings mean nothing of that kind is known to have gone.
-    """
-
-    # The newest entry removed by retention.
-    trimmed: str
-    # The newest entry lost when the log expired as a whole.
-    expired: str
-    # The topic has a horizon at all. Without one (data older than the
-    # horizon, or a topic idle past it) losses may have gone unrecorded.
-    known: bool
-
-
-@dataclass(frozen=True, slots=True)
-class FollowPage:
-    """Entries after a cursor and the topic's horizon, read in one atomic step."""
-
-    # Publications, in order, the expired ones included: whether a reader
-    # missed them or they were never its news is the reader's to judge.
-    entries: list[LogEntry]
-    # The last entry read, requeues for consumer groups included (None when
-    # nothing was read): a reader continues after it.
-    last_cursor: str | None
-    # Fewer entries than asked for: the reader has reached the log's end.
-    complete: bool
-    horizon: Horizon
-
-
-@dataclass(frozen=True, slots=True)
-class FoundPacket:
-    topic: str
-    cursor: str
-    expires_at_ms: int
-    # Content, then the whole chain: the entries stored with the packet, then
-    # its hops since (deliveries, acks, ...).
-    payload: bytes
-    content_length: int
-
-
-def cursor_millis(cursor: str) -> int:
-    return int(cursor.split("-", 1)[0])
-
-
-def cursor_order(cursor: str) -> tuple[int, int]:
-    """A cursor as something to compare: stream ids order by both their parts."""
-    millis, _, sequence = cursor.partition("-")
-    return int(millis), int(sequence or 0)
-
-
-def newest_cursor(*cursors: str) -> str:
-    """The newest of `cursors`, ignoring empty ones ("" when all are)."""
-    present = [c for c in cursors if c]
-    return max(present, key=cursor_order) if present else ""
-
-
-def _publications(
-    raw: Iterable[tuple[Any, dict[bytes, bytes]]],
-) -> tuple[list[LogEntry], str | None]:
-    """The packets published in log entries, expired or not, and the last entry id read.
-
-    An entry with field g is a carceled packet requeued for one consumer group:
-    not a new publication, so fan-out readers never see it.
-    """
-    entries = []
-    cursor = None
-    for entry_id, fields in raw:
-        cursor = text(entry_id)
-        if b"g" not in fields:
-            expires_at_ms = cursor_millis(cursor) + int(fields[b"t"])
-            entries.append(
-                LogEntry(
-                    cursor,
-                    expires_at_ms,
-                    fields[b"p"],
-                    int(fields[b"n"]),
-                    fields.get(b"b", b""),
-                    fields.get(b"i", b""),
-                )
-            )
-    return entries, cursor
-
-
-def _page(raw: Any, now_ms: int) -> LogPage:
-    """A page of the log from XRANGE/XREAD entries; packets past their TTL at
-    `now_ms` (the store's clock) are not returned, whether or not the log has been
-    trimmed yet."""
-    entries, cursor = _publications(raw)
-    return LogPage([e for e in entries if e.expires_at_ms > now_ms], cursor)
-
-
-def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
-    # A script returns an entry's fields as a flat list, not as redis-py's mapping.
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _horizon(trimmed: bytes, expired: bytes, last: bytes, held: int) -> Horizon:
-    # A log that holds no entry has lost the newest one a dispatch appended,
-    # whether it expired as a whole or was trimmed empty.
-    lost_last = text(last) if held == 0 else ""
-    return Horizon(
-        trimmed=text(trimmed), expired=newest_cursor(text(expired), lost_last), known=bool(last)
-    )
-
-
-async def connect_redis(
-    url: str,
-    *,
-    max_connections: int = 1024,
-    socket_timeout: float = 5.0,
-    cluster: bool | None = None,
-    wait_for_fsync: bool = False,
-) -> RedisClient:
-    """Connect to a single Redis or a Redis Cluster, whichever `url` points at
-    (`cluster`: known already, not asked again), with at most `max_connections`
-    connections (per node on a cluster); a reply not there within
-    `socket_timeout` seconds (blocking reads: past their block) fails the attempt.
-
-    redis-py's own retries are switched off: the store retries (with_retries)
-    at the level of whole idempotent operations, bounded by the RPC deadline,
-    and stacking a second retry loop under it would multiply attempts.
-
-    `wait_for_fsync` (a single Redis >= 7.2 with AOF on): every write is
-    acknowledged only once the store's AOF has it on disk (see _durability).
-    """
-    common: dict[str, Any] = {
-        "retry": Retry(NoBackoff(), 0),
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": 2.0,
-        "health_check_interval": 0,
-    }
-    if cluster is None:
-        probe = Redis.from_url(url, **common)
-        try:
-            info = await probe.info("cluster")
-        finally:
-            await probe.aclose()
-        cluster = info.get("cluster_enabled") == 1
-    if cluster:
-        # StoreCluster: redis-py's cluster client with redirects that survive
-        # a slot migration (see _cluster_client).
-        return StoreCluster.from_url(url, max_connections=max_connections, **common)
-    # The cluster client builds its own connections; only a single Redis gets
-    # the batch encoder (the script calls are the same either way). A rediss://
-    # or unix:// URL's own connection class takes precedence in from_url (its
-    # parse_url result overrides the keyword), so it is swapped below.
-    kind = DurableRedis if wait_for_fsync else Redis
-    client = kind.from_url(
-        url, max_connections=max_connections, connection_class=BatchEncodingConnection, **common
-    )
-    if isinstance(client, DurableRedis):
-        client.with_waits(Waits())  # its own state: see _durability.Waits
-    # from_url picks the class of a unix:// URL (the embedded store's) or a rediss://
-    # one (TLS, its ssl_* query parameters kept in the pool's connection kwargs) itself.
-    if client.connection_pool.connection_class is UnixDomainSocketConnection:
-        client.connection_pool.connection_class = BatchEncodingUnixConnection
-    elif client.connection_pool.connection_class is SSLConnection:
-        client.connection_pool.connection_class = BatchEncodingSSLConnection
-    return client
 
 
 class PacketStore:
@@ -396,18 +138,18 @@ class PacketStore:
             # another topic, or held by a task, finding or record (claim: ""),
             # is a different packet: a conflict, decided before anything is
             # written for it.
-            claimed = await self._claim(writes)
+            claimed = await claim_tracking_ids(self._redis, writes)
             for i, (w, owner) in enumerate(zip(writes, claimed, strict=True)):
-                if owner is not None and owner is not _PLACED_BUT_OURS and text(owner) != w.topic:
+                if owner is not None and owner is not PLACED_BUT_OURS and text(owner) != w.topic:
                     results[i] = WriteResult(Outcome.CONFLICT, "", 0)
                 else:
                     by_topic[w.topic].append(i)
             # Rare: a placed id whose location names this topic. Only a packet stored
             # before the place was noted (its retry answers "dup", as on a single Redis)
             # goes on; a claim another dispatch of it is giving back does not.
-            doubtful = [i for i, owner in enumerate(claimed) if owner is _PLACED_BUT_OURS]
+            doubtful = [i for i, owner in enumerate(claimed) if owner is PLACED_BUT_OURS]
             if doubtful:
-                kept = await self._records_exist([writes[i] for i in doubtful])
+                kept = await records_exist(self._redis, [writes[i] for i in doubtful])
                 for i, stored in zip(doubtful, kept, strict=True):
                     if not stored:
                         results[i] = WriteResult(Outcome.CONFLICT, "", 0)
@@ -442,51 +184,6 @@ class PacketStore:
 
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
-
-    async def _claim(self, writes: Sequence[PacketWrite]) -> list[Any]:
-        """On a cluster: claim each write's tracking id for its topic; per write,
-        None (claimed now), the owning topic, or "" (a task, finding or record
-        holds it, _placed_packets: nothing claimed). Raises the store's errors.
-
-        One pipeline, as cheap as the claim alone: per id SET NX GET of its location
-        and EXISTS of its place (not one script per id: redis-py refuses EVALSHA in
-        a cluster pipeline, and a call per id costs a round trip each). A placed id
-        this call claimed is given back (DEL) and refused; one whose location names
-        the write's topic is _PLACED_BUT_OURS, for the caller to look at its record.
-        A post noting its place at the same moment is the race a post already has
-        between its own check and note (_placed_packets)."""
-        pipe = self._redis.pipeline(transaction=False)
-        for w in writes:
-            pipe.set(_keys.packet_location(w.tracking_id), w.topic, nx=True, px=w.ttl_ms, get=True)
-            pipe.exists(_keys.packet_place(w.tracking_id))
-        replies = list(await pipe.execute())
-        claimed: list[Any] = []
-        given_back: list[str] = []
-        for i, w in enumerate(writes):
-            owner, placed = replies[2 * i], replies[2 * i + 1]
-            if placed and owner is None:
-                given_back.append(_keys.packet_location(w.tracking_id))
-                claimed.append("")
-            elif placed and text(owner) == w.topic:
-                # Stored before the place was noted, or claimed a moment ago by
-                # another dispatch of it that is giving it back: the caller looks.
-                claimed.append(_PLACED_BUT_OURS)
-            else:
-                claimed.append(owner)
-        if given_back:
-            undo = self._redis.pipeline(transaction=False)
-            for key in given_back:
-                undo.delete(key)
-            await undo.execute()
-        return claimed
-
-    async def _records_exist(self, writes: Sequence[PacketWrite]) -> list[bool]:
-        """On a cluster: whether each write's packet has its idempotency record (it was
-        stored), read in one pipeline."""
-        pipe = self._redis.pipeline(transaction=False)
-        for w in writes:
-            pipe.exists(_keys.packet_record(w.topic, w.tracking_id))
-        return [bool(n) for n in await pipe.execute()]
 
     async def note_topics(self, topics: Sequence[str]) -> None:
         """Put `topics` in the topic index (for writes outside `write`, e.g. governance
@@ -541,7 +238,7 @@ class PacketStore:
             entries: Any = await self._redis.xrange(
                 _keys.topic_log(topic), min=f"({after}", count=count
             )
-            page = _page(entries, self.clock.now_ms())
+            page = unexpired_page(entries, self.clock.now_ms())
             return LogPage(await self._expanded(topic, page.entries), page.last_cursor)
 
         return await with_retries(attempt, budget_seconds=self._retry_budget)
@@ -575,7 +272,7 @@ class PacketStore:
             args.append(dispatch_argument(w))
         reply = await _scripts.DISPATCH.run(self._redis, keys, args)
         results = [
-            WriteResult(_OUTCOMES[status], text(cursor), int(expiry))
+            WriteResult(OUTCOMES[status], text(cursor), int(expiry))
             for status, cursor, expiry in reply
         ]
         if batch_id and any(r.outcome is Outcome.STORED for r in results):
@@ -629,7 +326,7 @@ class PacketStore:
         async def attempt() -> str:
             # One round trip (both keys share the topic's slot). "l", the newest a
             # dispatch appended: gone when the log expired as a whole and no dispatch
-            # has recorded that as "x" yet (_horizon).
+            # has recorded that as "x" yet (follow_horizon).
             pipe = self._redis.pipeline(transaction=False)
             pipe.xrevrange(_keys.topic_log(topic), count=1)
             pipe.hmget(_keys.topic_horizon(topic), "t", "x", "l")
@@ -655,12 +352,12 @@ class PacketStore:
                 [cursor, count, max_bytes],
             )
             trimmed, expired, last, held, raw, cut = reply
-            entries, last_cursor = _publications((i, _fields(f)) for i, f in raw)
+            entries, last_cursor = publications((i, entry_fields(f)) for i, f in raw)
             return FollowPage(
                 await self._expanded(topic, entries),
                 last_cursor,
                 len(raw) < count and not int(cut),
-                _horizon(trimmed, expired, last, int(held)),
+                follow_horizon(trimmed, expired, last, int(held)),
             )
 
         return await with_retries(attempt, budget_seconds=self._retry_budget)

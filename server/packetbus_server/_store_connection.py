@@ -12,11 +12,12 @@ from redis.asyncio.cluster import RedisCluster
 from ._clock import StoreClock
 from ._embedded import EmbeddedValkey
 from ._eviction import EvictionGuard, require_noeviction
+from ._redis_connect import connect_redis
 from ._retry import with_retries
 from ._running import blocking_reads, check_durability
 from ._scripts import RedisClient
 from ._server_config import ServerConfig
-from ._store import PacketStore, connect_redis
+from ._store import PacketStore
 from ._waits import SharedReads
 
 

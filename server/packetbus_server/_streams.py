@@ -289,7 +289,7 @@ class _UntilDrain(AsyncIterator[R]):
 
 def _cancelled(context: grpc.aio.ServicerContext) -> bool:
     """The caller went away: grpc cancels the handler's task, but that can be lost
-    while grpc itself awaits a write (see _packet_service.caller_gone)."""
+    while grpc itself awaits a write (see _stream_ends.caller_gone)."""
     task = asyncio.current_task()
     return context.cancelled() or (task is not None and task.cancelling() > 0)
 

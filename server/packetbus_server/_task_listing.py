@@ -12,10 +12,10 @@ from packetbus.v1 import task_service_pb2 as pb
 from . import _status
 from ._clock import StoreClock
 from ._limits import Limits
-from ._packet_service import storage_errors
 from ._packing import ITEM_OVERHEAD, message_size
 from ._page_tokens import seal, unseal
 from ._paging import offset_request, page_by_offset
+from ._storage_errors import storage_errors
 from ._task_requests import check_queue, check_task_ref
 from ._task_settling import TaskSettler
 from ._task_states import task_state

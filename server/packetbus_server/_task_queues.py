@@ -30,11 +30,11 @@ from ._access import Permission, allows
 from ._clock import StoreClock
 from ._limits import Limits
 from ._name_index import QUEUE_KEYS, existing, indexed_names
-from ._packet_service import storage_errors
 from ._packing import ITEM_OVERHEAD, message_size
 from ._page_tokens import seal, unseal
 from ._paging import DEFAULT_PAGE, MAX_PAGE
 from ._replies import pairs
+from ._storage_errors import storage_errors
 from ._task_states import STATUSES
 from ._task_store import TaskStore
 from ._validation import Violation

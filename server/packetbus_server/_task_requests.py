@@ -10,8 +10,9 @@ import grpc
 from packetbus.v1 import task_service_pb2 as pb
 
 from . import _status
+from ._field_rules import validate_agent_id, validate_id, validate_topic
 from ._limits import Limits
-from ._validation import Violation, validate_agent_id, validate_id, validate_topic
+from ._validation import Violation
 
 _MAX_PRIORITY = 1000
 _DEFAULT_ATTEMPTS = 3

@@ -27,9 +27,9 @@ from ._hop_store import HopStore
 from ._key_store import KeyStore
 from ._limits import Limits
 from ._observability import counting, tracing
-from ._packet_service import storage_errors
 from ._placed_export import Page
 from ._placed_packets import TASK, Place, PlacedPackets
+from ._storage_errors import storage_errors
 from ._task_export import queue_pages
 from ._task_listing import TaskListing
 from ._task_queues import TaskQueues

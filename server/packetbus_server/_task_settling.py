@@ -20,14 +20,15 @@ from . import _status
 from ._access import binding
 from ._clock import StoreClock
 from ._custodian import ChainEnd, Custodian, Hop, SignedHop, chain_end
+from ._field_rules import validate_id, validate_topic
 from ._fields import utf8_length
 from ._hop_store import HopStore, HopWrite
 from ._limits import Limits
-from ._packet_service import storage_errors
 from ._retry import StoreFailedError, StoreUnavailableError, is_retry_safe
+from ._storage_errors import storage_errors
 from ._struct_depth import validate_struct_depth
 from ._task_store import Settled, TaskRecord, TaskStore
-from ._validation import Violation, validate_id, validate_topic
+from ._validation import Violation
 
 _SIGN_ROUNDS = 5
 

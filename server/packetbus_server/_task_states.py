@@ -5,7 +5,7 @@ from __future__ import annotations
 from packetbus import _wire
 from packetbus.v1 import task_service_pb2 as pb
 
-from ._packet_service import stored_packet
+from ._stored_packets import stored_packet
 from ._task_store import TaskRecord
 from ._timestamps import timestamp
 

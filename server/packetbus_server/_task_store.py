@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _keys, _scripts
+from ._cursors import cursor_order
 from ._hop_store import HopStore
+from ._packet_writes import PacketWrite
 from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
-from ._store import PacketWrite, cursor_order
 from ._waits import SharedReads
 
 # Leases looked at when finding the tasks one worker holds.

@@ -14,8 +14,9 @@ from packetbus.v1 import task_service_pb2 as pb
 from . import _status
 from ._fields import is_stream_id
 from ._limits import Limits
-from ._packet_service import caller_gone, storage_errors, stream_started
 from ._packing import message_size, packs
+from ._storage_errors import storage_errors
+from ._stream_ends import caller_gone, stream_started
 from ._task_requests import check_queue
 from ._task_settling import TaskSettler
 from ._task_states import task_event

@@ -10,11 +10,12 @@ from packetbus.v1 import topic_service_pb2_grpc
 from . import _status
 from ._access.gate import allows
 from ._access.permissions import Permission
+from ._field_rules import validate_topic
 from ._limits import Limits
-from ._packet_service import storage_errors
+from ._storage_errors import storage_errors
 from ._topic_listing import TopicLister, TopicSummary, page_request
 from ._topic_store import Retention, TopicStore
-from ._validation import Violation, validate_topic
+from ._validation import Violation
 
 MAX_AGE_SECONDS = 86_400  # a packet's longest TTL: a longer age limit means nothing
 MAX_PACKETS = 1_000_000_000

@@ -31,8 +31,8 @@ from ._exposure import require_safe_listen
 from ._keyring import KEYRING_FILE, SEED_ENV, Keyring
 from ._observability import logs
 from ._observability.endpoint import WorkerMetrics, worker_metrics
+from ._redis_connect import connect_redis
 from ._retry import with_retries
-from ._store import connect_redis
 from ._worker_ports import WorkerPorts, new_turns, pick_ports
 
 log = logging.getLogger("packetbus.server")

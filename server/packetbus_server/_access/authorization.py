@@ -31,7 +31,7 @@ beside ``agent_id = "coordinator"`` for the real coordinator), has no agent id: 
 acts as no agent and matches no ``{agent}`` pattern, rather than as that agent.
 
 `compile_section` raises AuthorizationError naming where
-(``authorization.roles.x.grants[2].permissions: ...``); `_policy.parse` reports it as
+(``authorization.roles.x.grants[2].permissions: ...``); `_policy_parse.parse` reports it as
 a PolicyError, like the rest of the policy file's errors.
 """
 

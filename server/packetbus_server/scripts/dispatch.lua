@@ -25,7 +25,7 @@
 --                         and a new packet's record is kept in it, not under the
 --                         topic (one key per packet: scripts/lib/records.lua);
 --                         on a Redis Cluster it lives in another slot and the caller
---                         claims it beforehand (w = 1: _store._claim)
+--                         claims it beforehand (w = 1: _cluster_claims)
 --   KEYS[7 + w(i-1)]      packet i's place                (pb:place:{<tracking id>}), only
 --                         when w = 3 (a single Redis): a tracking id a task, finding
 --                         or record holds (_placed_packets) is refused here

@@ -61,7 +61,7 @@ end
 -- and the topic; otherwise the location is the bare topic (always on a
 -- cluster, where the caller claims it beforehand; and beside a record kept
 -- under the topic). Topics never start with NUL nor hold a space
--- (_validation._TOPIC), markers never hold a space.
+-- (_field_rules._TOPIC), markers never hold a space.
 
 -- The location at `key`: the topic owning the tracking id (nil: none), and the
 -- record it holds (nil: a bare topic).
