@@ -185,6 +185,7 @@ def test_deeply_nested_data_is_rejected() -> None:
     node = p.data
     for _ in range(40):
         node = node.fields["n"].struct_value
+    node.fields["leaf"].bool_value = True  # else the deepest Value is empty (VALUE_KIND)
     assert rules(p) == [("data", "NESTING_DEPTH")]
 
 

@@ -4,7 +4,7 @@ Where things happen:
 
 - ``_validation.py``       the rules every packet must pass ("no schema, no dispatch");
                            its contents and custody entries ``_content_rules.py``,
-                           JSON data's nesting ``_struct_depth.py``
+                           JSON data's rules ``_json_data.py`` (its nesting ``_struct_depth.py``)
 - ``_field_rules.py``      the rules for fields every request shares: topics, ids, names, timestamps
 - ``_ingest.py``           validate -> normalize -> fingerprint, per packet
 - ``_store.py``            PacketStore: a topic's packets written, read, followed (Lua ``scripts/``)

@@ -21,7 +21,7 @@ from ._field_rules import (
     printable_identifier,
 )
 from ._fields import utf8_length
-from ._struct_depth import struct_depth
+from ._json_data import check_json_data
 from ._violation import Violation
 
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[\w.+-]+(\s*;.*)?\Z", re.ASCII)
@@ -39,7 +39,7 @@ def check_task(out: list[Violation], task: contents_pb2.Task) -> None:
     if task.HasField("deadline"):
         check_timestamp(out, "task.deadline", task.deadline)
     if task.HasField("payload"):
-        struct_depth(out, "task.payload", task.payload)
+        check_json_data(out, "task.payload", task.payload)
 
 
 def check_finding(out: list[Violation], finding: contents_pb2.Finding) -> None:
@@ -81,7 +81,7 @@ def check_context(out: list[Violation], context: contents_pb2.Context) -> None:
     check_identifier(out, "context.scope", context.scope, MAX_SHORT_TEXT, required=True)
     check_identifier(out, "context.name", context.name, MAX_SHORT_TEXT, required=True)
     if context.HasField("data"):
-        struct_depth(out, "context.data", context.data)
+        check_json_data(out, "context.data", context.data)
 
 
 def check_raw(out: list[Violation], raw: contents_pb2.RawContents) -> None:

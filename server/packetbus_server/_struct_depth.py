@@ -16,11 +16,6 @@ from ._violation import Violation
 MAX_STRUCT_DEPTH = 32
 
 
-def validate_struct_depth(out: list[Violation], path: str, root: struct_pb2.Struct) -> None:
-    """JSON-like data (a Struct) nests at most MAX_STRUCT_DEPTH deep."""
-    struct_depth(out, path, root)
-
-
 # Every container below a Struct's root is a Value's struct_value (field 5) or
 # list_value (field 6), each serialized after a one-byte tag: (5 << 3) | 2 and
 # (6 << 3) | 2. A set oneof member is always written, even when empty.
@@ -28,7 +23,11 @@ _STRUCT_VALUE_TAG = b"\x2a"
 _LIST_VALUE_TAG = b"\x32"
 
 
-def struct_depth(out: list[Violation], path: str, root: struct_pb2.Struct) -> None:
+def struct_depth(
+    out: list[Violation], path: str, root: struct_pb2.Struct, *, encoded: bytes | None = None
+) -> None:
+    """One NESTING_DEPTH violation at `path` when `root` nests deeper than
+    MAX_STRUCT_DEPTH; `encoded`: root's serialization, when the caller has it."""
     # Deeply nested JSON is a classic parser-exhaustion input for every consumer
     # downstream (JSON encoders recurse), so it is bounded here once.
     #
@@ -46,7 +45,8 @@ def struct_depth(out: list[Violation], path: str, root: struct_pb2.Struct) -> No
         if depth > MAX_STRUCT_DEPTH:
             out.append(Violation(path, "NESTING_DEPTH", f"nests deeper than {MAX_STRUCT_DEPTH}"))
             return
-        encoded = node.SerializeToString()
+        if encoded is None or node is not root:
+            encoded = node.SerializeToString()
         if encoded.count(_STRUCT_VALUE_TAG) + encoded.count(_LIST_VALUE_TAG) <= (
             MAX_STRUCT_DEPTH - depth
         ):

@@ -23,10 +23,10 @@ from ._custodian import ChainEnd, Custodian, Hop, SignedHop, chain_end
 from ._field_rules import validate_id, validate_topic
 from ._fields import utf8_length
 from ._hop_store import HopStore, HopWrite
+from ._json_data import check_json_data
 from ._limits import Limits
 from ._retry import StoreFailedError, StoreUnavailableError, is_retry_safe
 from ._storage_errors import storage_errors
-from ._struct_depth import validate_struct_depth
 from ._task_store import Settled, TaskRecord, TaskStore
 from ._validation import Violation
 
@@ -197,7 +197,7 @@ class TaskSettler:
                         f"{self._limits.max_packet_bytes} (the packet limit)",
                     )
                 )
-            validate_struct_depth(violations, "result", result.result)
+            check_json_data(violations, "result", result.result)
         if violations:
             await _status.abort_invalid(context, f"invalid {kind}", violations)
         async with storage_errors(context):

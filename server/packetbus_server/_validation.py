@@ -19,8 +19,8 @@ from ._field_rules import (
     check_timestamp,
     validate_topic,
 )
+from ._json_data import check_json_data
 from ._limits import Limits
-from ._struct_depth import struct_depth
 from ._trace_context import validate_trace_context
 from ._violation import Violation as Violation  # where the validators import it from
 
@@ -158,7 +158,7 @@ def validate_packet(
     elif kind == "raw":
         check_raw(out, packet.raw)
     elif kind == "data":
-        struct_depth(out, "data", packet.data)
+        check_json_data(out, "data", packet.data)
 
     if packet.chain_of_custody:
         check_custody(out, packet.chain_of_custody, limits.max_custody_entries)

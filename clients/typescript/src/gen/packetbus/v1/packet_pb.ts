@@ -193,7 +193,12 @@ export type Packet = Message<"packetbus.v1.Packet"> & {
     case: "remediationScan";
   } | {
     /**
-     * Open structured contents.
+     * Open structured contents: a JSON object, nested at most 32 deep
+     * (NESTING_DEPTH). Every google.protobuf.Value in it must have one of its
+     * kinds set (else INVALID_ARGUMENT, VALUE_KIND): with protobufjs or
+     * grpc-js's proto-loader and keepCase, give a Value's fields by their
+     * JSON names (numberValue, stringValue...), or the library drops them.
+     * The same holds for a task's payload and result and a context's data.
      *
      * @generated from field: google.protobuf.Struct data = 30;
      */
