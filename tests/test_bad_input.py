@@ -163,6 +163,26 @@ async def test_bad_delivery_ids_fail_alone_in_unary_settlements(
             code_pb2.INVALID_ARGUMENT,
             code_pb2.NOT_FOUND,
         ]
+        # The bad field is named in a google.rpc.BadRequest, as everywhere.
+        assert _violations_of(response.results[0].status) == [("delivery_id", "DELIVERY_ID")]
+    # A nack delay over the ack deadline (30 s by default), by field too.
+    late = await groups.Nack(
+        consumer_group_service_pb2.NackRequest(
+            topic=topic,
+            group="g",
+            nacks=[consumer_group_service_pb2.Nacked(delivery_id=fine, delay_seconds=31)],
+        )
+    )
+    [result] = late.results
+    assert result.status.code == code_pb2.INVALID_ARGUMENT
+    assert _violations_of(result.status) == [("delay_seconds", "RANGE")]
+
+
+def _violations_of(status: Any) -> list[tuple[str, str]]:
+    [detail] = status.details
+    bad = error_details_pb2.BadRequest()
+    assert detail.Unpack(bad)
+    return [(v.field, v.reason) for v in bad.field_violations]
 
 
 async def test_a_bad_id_on_a_pull_stream_fails_alone_and_the_stream_goes_on(
@@ -190,10 +210,16 @@ async def test_a_bad_id_on_a_pull_stream_fails_alone_and_the_stream_goes_on(
     )
     await client.dispatch(new_packet(topic))
     settled: list[int] = []
+    named: list[list[tuple[str, str]]] = []
     acked = False
     async with asyncio.timeout(20):
         async for response in stream:
             settled += [r.status.code for r in response.settled]
+            named += [
+                _violations_of(r.status)
+                for r in response.settled
+                if r.status.code == code_pb2.INVALID_ARGUMENT
+            ]
             for delivery in response.deliveries:
                 await requests.put(
                     consumer_group_service_pb2.PullRequest(ack_ids=[delivery.delivery_id])
@@ -205,6 +231,7 @@ async def test_a_bad_id_on_a_pull_stream_fails_alone_and_the_stream_goes_on(
     stream.cancel()
     assert acked
     assert settled == [code_pb2.INVALID_ARGUMENT] * (len(BAD_CURSORS) + 2) + [code_pb2.OK]
+    assert named == [[("delivery_id", "DELIVERY_ID")]] * (len(BAD_CURSORS) + 2)
 
 
 async def test_a_second_subscription_on_a_pull_stream_is_invalid_argument_while_it_answers(

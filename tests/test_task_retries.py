@@ -74,6 +74,24 @@ async def test_a_completion_sent_again_answers_ok_and_completes_once(
     assert (await queue.get("t")).status == pb.TASK_STATUS_COMPLETED
 
 
+async def test_a_fencing_token_never_issued_is_told_as_such(client: packetbus.Client) -> None:
+    queue = client.task_queue(unique("queue"))
+    await queue.post(_task("t"), origin="planner")
+    claimed = await queue.claim("w1", lease_seconds=30)
+    assert claimed is not None
+    forged = pb.CompleteTaskRequest(
+        queue=queue.name, task_id="t", fencing_token=claimed.fencing_token + 7
+    )
+    with pytest.raises(packetbus.PacketbusError) as refused:
+        await queue._call(queue._stub.CompleteTask, forged, 10)
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.message == (
+        f"fencing token {claimed.fencing_token + 7} was never issued for task 't' "
+        f"(its newest claim has token {claimed.fencing_token})"
+    )
+    assert (await queue.get("t")).status == pb.TASK_STATUS_CLAIMED
+
+
 async def test_a_failure_sent_again_answers_its_first_outcome_even_after_a_new_claim(
     client: packetbus.Client,
 ) -> None:

@@ -27,6 +27,8 @@ from ._fields import is_stream_id, utf8_length
 from ._group_store import GroupSettings, GroupStore, Kind, Outcome, Settle, Settled
 from ._hop_store import HopStore
 from ._observability import counting, tracing
+from ._status import bad_request
+from ._violation import Violation
 
 log = logging.getLogger("packetbus.server.groups")
 
@@ -68,15 +70,28 @@ class Request:
     count: int = 0
     delay_ms: int = 0
     reason: str = ""
-    problem: str = ""
+    # Why the request cannot be settled at all (INVALID_ARGUMENT), or None.
+    problem: Violation | None = None
 
 
 def parse_request(kind: Kind, ident: str, *, delay_s: int = 0, reason: str = "") -> Request:
     match = _DELIVERY_ID.match(ident)
     if match is None or not is_stream_id(match.group(1)):
-        return Request(kind, ident, problem="not a delivery id (like 1700000000000-0:1)")
+        return Request(
+            kind,
+            ident,
+            problem=Violation(
+                "delivery_id", "DELIVERY_ID", "not a delivery id (like 1700000000000-0:1)"
+            ),
+        )
     if utf8_length(reason) > _MAX_REASON:
-        return Request(kind, ident, problem=f"reason is longer than {_MAX_REASON} bytes (UTF-8)")
+        return Request(
+            kind,
+            ident,
+            problem=Violation(
+                "reason", "TEXT_LENGTH", f"reason is longer than {_MAX_REASON} bytes (UTF-8)"
+            ),
+        )
     return Request(kind, ident, match.group(1), int(match.group(2)), delay_s * 1000, reason=reason)
 
 
@@ -111,6 +126,8 @@ class Answer:
     message: str = ""
     carcel_id: str = ""
     lease_ends_ms: int = 0
+    # The whole status when it carries details (a BadRequest); else code and message.
+    status: status_pb2.Status | None = None
 
     def wire(self) -> bytes:
         return _pull_wire.settle_result(
@@ -120,18 +137,34 @@ class Answer:
             self.message,
             carcel_id=self.carcel_id,
             lease_ends_ms=self.lease_ends_ms,
+            status=None if self.status is None else self.status.SerializeToString(),
         )
 
     def result(self) -> pb.SettleResult:
         result = pb.SettleResult(
             delivery_id=self.delivery_id,
             settlement=self.settlement,  # type: ignore[arg-type]
-            status=status_pb2.Status(code=self.code, message=self.message),
+            status=self.status or status_pb2.Status(code=self.code, message=self.message),
             carcel_id=self.carcel_id,
         )
         if self.lease_ends_ms:
             result.lease_expires_at.FromMilliseconds(self.lease_ends_ms)
         return result
+
+
+def _invalid(r: Request, violation: Violation) -> Answer:
+    """INVALID_ARGUMENT for `r`, its message the violation's description and a
+    google.rpc.BadRequest naming the field (relative to the Nacked, or
+    delivery_id), as every other bad field is told (README "Packets and their rules")."""
+    status = bad_request("", [violation])
+    status.message = violation.description
+    return Answer(
+        r.delivery_id,
+        _SETTLEMENT[r.kind],
+        code_pb2.INVALID_ARGUMENT,
+        violation.description,
+        status=status,
+    )
 
 
 _SETTLEMENT = {
@@ -178,13 +211,16 @@ class Settler:
         deadline_ms = settings.ack_deadline_ms
         valid: list[int] = []
         for i, r in enumerate(requests):
-            if r.problem:
-                results[i] = self._result(r, code_pb2.INVALID_ARGUMENT, r.problem)
+            if r.problem is not None:
+                results[i] = _invalid(r, r.problem)
             elif r.kind is Kind.NACK and r.delay_ms > deadline_ms:
-                results[i] = self._result(
+                results[i] = _invalid(
                     r,
-                    code_pb2.INVALID_ARGUMENT,
-                    f"delay_seconds must be at most the ack deadline ({deadline_ms // 1000})",
+                    Violation(
+                        "delay_seconds",
+                        "RANGE",
+                        f"delay_seconds must be at most the ack deadline ({deadline_ms // 1000})",
+                    ),
                 )
             else:
                 valid.append(i)

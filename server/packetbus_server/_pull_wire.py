@@ -59,15 +59,18 @@ def settle_result(
     *,
     carcel_id: str = "",
     lease_ends_ms: int = 0,
+    status: bytes | None = None,
 ) -> bytes:
     """A SettleResult; its status is always present (empty when OK), as the server
-    answers every settlement with one."""
-    status = b"".join(
-        (
-            b"\x08" + varint(code) if code else b"",
-            length_delimited(2, message.encode()) if message else b"",
+    answers every settlement with one. `status`: the serialized google.rpc.Status
+    when it carries details (then `code` and `message` are those in it)."""
+    if status is None:
+        status = b"".join(
+            (
+                b"\x08" + varint(code) if code else b"",
+                length_delimited(2, message.encode()) if message else b"",
+            )
         )
-    )
     return b"".join(
         (
             length_delimited(1, delivery_id.encode()),

@@ -245,6 +245,13 @@ class TaskSettler:
             }.get(status, f"it was claimed again (token {token})")
             if status == "claimed" and token == str(fence):
                 why = "its lease ran out"
+            if token.isascii() and token.isdigit() and fence > int(token):
+                # Never a token of this task: "no longer holds" would say it once was.
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"fencing token {fence} was never issued for task {task_id!r} "
+                    f"(its newest claim has token {token})",
+                )
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"fencing token {fence} no longer holds task {task_id!r}: {why}",

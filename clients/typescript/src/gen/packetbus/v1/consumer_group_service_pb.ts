@@ -506,10 +506,18 @@ export type SettleResult = Message<"packetbus.v1.SettleResult"> & {
   settlement: Settlement;
 
   /**
-   * OK, or why not: FAILED_PRECONDITION when the lease ran out and the packet
-   * was delivered again (or moved to the carcel), NOT_FOUND when the delivery
-   * is not outstanding (already acked, or never was), INVALID_ARGUMENT for a
-   * malformed id.
+   * OK, or why not:
+   * - OK too for the same settlement of the same delivery again (a retry after
+   *   a lost reply): settlements are idempotent;
+   * - FAILED_PRECONDITION when this delivery's lease ran out and the packet was
+   *   delivered again and is still outstanding (the message names the delivery
+   *   now), or the packet was moved to the carcel;
+   * - NOT_FOUND when the delivery is not outstanding otherwise: settled in
+   *   another way before, a later delivery of the packet already settled (the
+   *   message names the last settlement), never delivered, or the packet is gone;
+   * - INVALID_ARGUMENT for an id that is no delivery id (`<cursor>:<count>`),
+   *   a nack delay over the ack deadline or a reason too long, with a
+   *   google.rpc.BadRequest naming `delivery_id`, `delay_seconds` or `reason`.
    *
    * @generated from field: google.rpc.Status status = 3;
    */
