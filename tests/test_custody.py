@@ -162,6 +162,15 @@ async def test_bad_origin_signatures_are_refused_and_nothing_is_stored(
         grpc.StatusCode.PERMISSION_DENIED,
         grpc.StatusCode.PERMISSION_DENIED,
     ]
+    # Content that is not what was signed says what the server hashed, so a signer
+    # in another language can compare its own serialization (CUSTODY.md section 2).
+    hashed = _custody.digest(_custody.content_bytes(tampered)).hex()
+    assert results[1].error.message == (
+        "chain_of_custody[0] does not authenticate this packet: the content is not what "
+        f"this entry signed; the server's content digest is {hashed} (SHA-256 of the "
+        "content's canonical serialization, CUSTODY.md section 2: map entries sorted by "
+        "key, fields at their default left out)"
+    )
     assert await _log_length(raw_redis, topic) == 0
     assert await new_keys(raw_redis, before) == set()
 

@@ -345,16 +345,27 @@ def check_origin(
             grpc.StatusCode.PERMISSION_DENIED,
             f"key {entry.key_id} belongs to agent {key.owner!r}, not to origin {packet.origin!r}",
         )
+    digest = hashlib.sha256(content).digest()
     report = _custody.verify_entry(
         0,
         entry,
         tracking_id=packet.tracking_id,
-        content_digest=hashlib.sha256(content).digest(),
+        content_digest=digest,
         previous_hash=b"",
         keys=keys,
     )
     if report.verdict == custody_pb2.CUSTODY_VERDICT_ACTOR_MISMATCH:
         return OriginProblem(grpc.StatusCode.PERMISSION_DENIED, report.detail)
+    if report.verdict == custody_pb2.CUSTODY_VERDICT_CONTENT_DIGEST_MISMATCH:
+        # The usual cause is a signer's serializer, not tampering: say what the
+        # server hashed, so the signer can compare its own bytes.
+        return OriginProblem(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"chain_of_custody[0] does not authenticate this packet: {report.detail}; "
+            f"the server's content digest is {digest.hex()} (SHA-256 of the content's "
+            "canonical serialization, CUSTODY.md section 2: map entries sorted by key, "
+            "fields at their default left out)",
+        )
     if not report.ok:
         return OriginProblem(
             grpc.StatusCode.UNAUTHENTICATED,
