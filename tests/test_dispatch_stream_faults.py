@@ -353,7 +353,7 @@ async def test_a_message_that_is_not_a_batch_ends_the_stream_after_the_batch_in_
                 await stream.read()
         streams = served.streams
         assert streams is not None
-        await until(lambda: streams.open_streams("dispatch") == 0)
+        await until(lambda: streams.open_streams("dispatch") == 0, timeout=2)
     finally:
         await served.stop(grace=0)
         await proxy.stop()

@@ -25,6 +25,7 @@ from packetbus.v1 import consumer_group_service_pb2 as groups_pb
 from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
 from packetbus_server import RunningServer
 from tests._binding import Caller, denied, packet_as, serve_bound, stored_nowhere
+from tests._polling import until
 from tests._principals import call_error_info
 from tests.conftest import unique
 
@@ -68,6 +69,11 @@ async def _publish(publisher: Caller, topic: str) -> str:
     [result] = await publisher.dispatch(packet)
     assert result.HasField("receipt"), result
     return packet.tracking_id
+
+
+def _open(srv: RunningServer, kind: str) -> int:
+    assert srv.streams is not None
+    return srv.streams.open_streams(kind)
 
 
 async def _next(stream: AsyncIterator[Any]) -> Any:
@@ -167,7 +173,7 @@ async def test_a_pull_ends_when_a_reload_revokes_its_grant(
 async def test_a_subscription_ends_when_its_token_expires(
     server: tuple[RunningServer, Path, Any, grpc.aio.Channel],
 ) -> None:
-    _, _, issuer, channel = server
+    srv, _, issuer, channel = server
     publisher = Caller(channel, issuer, PUBLISHER)
     topic = unique("jobs.expiring")
     # exp 25 s ago: still good for the server's 30 s of leeway, about 5 s more.
@@ -186,6 +192,7 @@ async def test_a_subscription_ends_when_its_token_expires(
     assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert call_error_info(ended.value) == {"reason": "CREDENTIAL_EXPIRED", "principal": READER}
     assert token not in (ended.value.details() or "")
+    await until(lambda: _open(srv, "subscribe") == 0, timeout=2)
 
 
 async def test_a_client_with_a_renewed_token_file_keeps_its_subscription(
@@ -213,7 +220,7 @@ async def test_a_client_with_a_renewed_token_file_keeps_its_subscription(
 async def test_a_dispatch_stream_whose_token_expired_stores_no_further_batch(
     server: tuple[RunningServer, Path, Any, grpc.aio.Channel], raw_redis: redis_asyncio.Redis
 ) -> None:
-    _, _, issuer, channel = server
+    srv, _, issuer, channel = server
     topic = unique("jobs.expiring")
     # exp 25 s ago: still good for the server's 30 s of leeway, about 5 s more.
     token = issuer.token(PUBLISHER, lifetime_s=-25)
@@ -235,3 +242,5 @@ async def test_a_dispatch_stream_whose_token_expired_stores_no_further_batch(
     assert call_error_info(ended.value) == {"reason": "CREDENTIAL_EXPIRED", "principal": PUBLISHER}
     # Refused before it was written, not written and then left unanswered.
     assert await stored_nowhere(raw_redis, late_topic, late.tracking_id)
+    # Its slot is freed as it ends, not whenever its generators are collected.
+    await until(lambda: _open(srv, "dispatch") == 0, timeout=2)

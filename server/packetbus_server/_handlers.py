@@ -8,6 +8,7 @@ RPC is refused as INVALID_ARGUMENT before the servicer runs.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -94,12 +95,16 @@ def _server_streaming(
             call.received = 1
             watch_call()
             await admit(request, context)
-            async for response in method(request, context):
-                # A stream outlives its admission: a revoked grant or an expired
-                # credential ends it before it sends more (_access.gate.recheck).
-                await recheck(context)
-                call.sent += 1
-                yield response
+            # aclosing: a stream ended here (recheck's abort) closes the servicer's
+            # generator now, freeing its stream slot and tasks, not when it is
+            # collected (the abort's traceback may keep it for the call's life).
+            async with contextlib.aclosing(method(request, context)) as responses:
+                async for response in responses:
+                    # A stream outlives its admission: a revoked grant or an expired
+                    # credential ends it before it sends more (_access.gate.recheck).
+                    await recheck(context)
+                    call.sent += 1
+                    yield response
 
     return behavior
 
@@ -141,11 +146,13 @@ def _stream_stream(
             watch_call()
             await admit(None, context)
             try:
-                responses = method(_checked(requests, call), context)
-                async for response in responses:
-                    await recheck(context)  # as in _server_streaming
-                    call.sent += 1
-                    yield response
+                async with contextlib.aclosing(
+                    method(_checked(requests, call), context)
+                ) as responses:
+                    async for response in responses:
+                        await recheck(context)  # as in _server_streaming
+                        call.sent += 1
+                        yield response
             except _MalformedRequest as exc:
                 await _refuse(context, full_name, exc.bad)
 
