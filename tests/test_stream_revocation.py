@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as redis_asyncio
+from google.rpc import code_pb2
 
 from packetbus import EARLIEST, Client, TokenFile
 from packetbus.v1 import consumer_group_service_pb2 as groups_pb
@@ -244,3 +245,58 @@ async def test_a_dispatch_stream_whose_token_expired_stores_no_further_batch(
     assert await stored_nowhere(raw_redis, late_topic, late.tracking_id)
     # Its slot is freed as it ends, not whenever its generators are collected.
     await until(lambda: _open(srv, "dispatch") == 0, timeout=2)
+
+
+# The publisher's agent id is the policy's to say; it may act for helper-* agents.
+MAPPED = """
+[authorization]
+
+[[authorization.principals]]
+match = "spiffe://example.org/pub/*"
+roles = ["publisher"]
+agent_id = "{agent}"
+
+[authorization.roles.publisher]
+grants = [
+  {{ permissions = ["topics.publish"], resources = ["jobs.*"] }},
+  {{ permissions = ["agents.act_for"], resources = ["helper-*"] }},
+]
+"""
+
+
+async def test_a_dispatch_stream_sends_as_the_agent_id_a_reload_maps_for_every_batch_after(
+    server: tuple[RunningServer, Path, Any, grpc.aio.Channel], raw_redis: redis_asyncio.Redis
+) -> None:
+    # Each batch is served in a task of its own: the principal the reload maps anew
+    # must hold for every later batch, not for the one batch that judged it again
+    # (the others kept the agent id the stream opened with, and could send as it).
+    srv, directory, issuer, channel = server
+    (directory / "policy.toml").write_text(MAPPED.format(agent="old-agent"))
+    assert srv.policy is not None
+    srv.policy.reload_now()
+    assert srv.policy.failure is None
+    publisher = Caller(channel, issuer, PUBLISHER)
+    stream = publisher.packets.DispatchStream(metadata=publisher.metadata, timeout=30)
+    topic = unique("jobs.remapped")
+
+    async def sent(batch_id: int, origin: str) -> packet_service_pb2.DispatchResult:
+        batch = packet_service_pb2.DispatchStreamRequest(
+            batch_id=batch_id, packets=[packet_as(topic, origin)]
+        )
+        await stream.write(batch)
+        answer = await asyncio.wait_for(stream.read(), 10)
+        assert isinstance(answer, packet_service_pb2.DispatchStreamResponse)
+        assert answer.batch_id == batch_id
+        [result] = answer.dispatched.results
+        return result
+
+    # Acting for a helper: still allowed once the agent id is mapped anew.
+    assert (await sent(1, "helper-1")).HasField("receipt")
+    (directory / "policy.toml").write_text(MAPPED.format(agent="new-agent"))
+    srv.policy.reload_now()
+    assert srv.policy.failure is None
+    refusals = [await sent(i, "old-agent") for i in (2, 3, 4)]
+    assert [r.error.code for r in refusals] == [code_pb2.PERMISSION_DENIED] * 3
+    assert (await sent(5, "new-agent")).HasField("receipt")
+    stream.cancel()
+    assert await raw_redis.xlen(f"pb:{{{topic}}}:log") == 2

@@ -77,6 +77,10 @@ class _Admitted:
     checks: set[tuple[Permission, str]] = dataclasses.field(default_factory=set)
     acted_as: set[str] = dataclasses.field(default_factory=set)
     authorizer: Authorizer | None = None
+    # The caller as a reloaded policy maps it (None: as admitted). Kept here, not
+    # only in _CALLER: a call's tasks (DispatchStream serves each batch in one)
+    # each hold a copy of the context, and a variable set in one reaches no other.
+    principal: Principal | None = None
 
     def keep(self, authorizer: Authorizer, check: tuple[Permission, str]) -> None:
         if self.authorizer is None:
@@ -196,6 +200,15 @@ async def _refuse_expired(
 
 def caller() -> Principal | None:
     """The authenticated principal of the running call (None outside a call)."""
+    return _principal()
+
+
+def _principal() -> Principal | None:
+    """The running call's principal: as a reload mapped it anew (`recheck`), in
+    whichever of the call's tasks that happened, else as the gate admitted it."""
+    admitted = _ADMITTED.get()
+    if admitted is not None and admitted.principal is not None:
+        return admitted.principal
     return _CALLER.get()
 
 
@@ -207,7 +220,7 @@ def authorizer() -> Authorizer | None:
 
 def allows(permission: Permission, resource: str) -> bool:
     """Whether the running call's principal holds `permission` on `resource`."""
-    gate, principal = _GATE.get(), _CALLER.get()
+    gate, principal = _GATE.get(), _principal()
     if gate is None or principal is None:
         return True  # not inside a call the gate admitted (the server's own work)
     return gate.permits(principal, permission, resource)
@@ -216,7 +229,7 @@ def allows(permission: Permission, resource: str) -> bool:
 def authorizing() -> bool:
     """Whether the running call is judged by an `[authorization]` section at all: an
     authenticated (not LOCAL) caller, with authorization on. False outside a call."""
-    gate, principal = _GATE.get(), _CALLER.get()
+    gate, principal = _GATE.get(), _principal()
     return (
         gate is not None
         and principal is not None
@@ -229,7 +242,7 @@ def may_act_as(agent_id: str) -> bool:
     """Whether the running call may name `agent_id` as itself (a packet's origin, an
     agent to register or a memory to write): its own agent id, or one it holds
     agents.act_for on. Always true while authorization is off."""
-    gate, principal = _GATE.get(), _CALLER.get()
+    gate, principal = _GATE.get(), _principal()
     if gate is None or principal is None or principal is LOCAL:
         return True
     authorizer = gate.authorizer
@@ -262,7 +275,7 @@ async def recheck(context: grpc.aio.ServicerContext) -> None:
     for hours); a revoked grant or an expired token must end it, as they refuse
     the next unary call. Cost while nothing changed: a clock read and a compare.
     """
-    admitted, gate, principal = _ADMITTED.get(), _GATE.get(), _CALLER.get()
+    admitted, gate, principal = _ADMITTED.get(), _GATE.get(), _principal()
     if admitted is None or gate is None or principal is None or principal is LOCAL:
         return
     await _refuse_expired(
@@ -276,8 +289,8 @@ async def recheck(context: grpc.aio.ServicerContext) -> None:
     # every check that let the call in, judged by it.
     remapped = _as_mapped(authorizer, principal)
     if remapped != principal:
-        principal = remapped
-        _CALLER.set(principal)
+        principal = admitted.principal = remapped
+        _CALLER.set(principal)  # for the checks below, made with _ADMITTED unset
     checks, acted_as = sorted(admitted.checks), sorted(admitted.acted_as)
     _ADMITTED.set(None)  # judging again is not keeping anew
     try:
@@ -296,7 +309,7 @@ async def require(context: grpc.aio.ServicerContext, permission: Permission, res
     """Abort the call with PERMISSION_DENIED unless its principal holds `permission`
     on `resource`."""
     if not allows(permission, resource):
-        principal = _CALLER.get()
+        principal = _principal()
         assert principal is not None
         await deny(context, principal, permission, resource)
 
