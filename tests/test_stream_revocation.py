@@ -300,3 +300,30 @@ async def test_a_dispatch_stream_sends_as_the_agent_id_a_reload_maps_for_every_b
     assert (await sent(5, "new-agent")).HasField("receipt")
     stream.cancel()
     assert await raw_redis.xlen(f"pb:{{{topic}}}:log") == 2
+
+
+async def test_a_dispatch_stream_opened_before_a_reload_sends_its_first_batch_as_it_maps(
+    server: tuple[RunningServer, Path, Any, grpc.aio.Channel], raw_redis: redis_asyncio.Redis
+) -> None:
+    # Nothing judged on the stream before the reload: its principal, mapped when it
+    # was admitted, is mapped again by the policy in force all the same.
+    srv, directory, issuer, channel = server
+    (directory / "policy.toml").write_text(MAPPED.format(agent="old-agent"))
+    assert srv.policy is not None
+    srv.policy.reload_now()
+    publisher = Caller(channel, issuer, PUBLISHER)
+    stream = publisher.packets.DispatchStream(metadata=publisher.metadata, timeout=30)
+    await until(lambda: _open(srv, "dispatch") == 1)  # admitted, as mapped then
+    (directory / "policy.toml").write_text(MAPPED.format(agent="new-agent"))
+    srv.policy.reload_now()
+    assert srv.policy.failure is None
+    topic = unique("jobs.remapped")
+    batch = packet_service_pb2.DispatchStreamRequest(
+        batch_id=1, packets=[packet_as(topic, "old-agent")]
+    )
+    await stream.write(batch)
+    answer = await asyncio.wait_for(stream.read(), 10)
+    assert isinstance(answer, packet_service_pb2.DispatchStreamResponse)
+    assert [r.error.code for r in answer.dispatched.results] == [code_pb2.PERMISSION_DENIED]
+    stream.cancel()
+    assert await raw_redis.exists(f"pb:{{{topic}}}:log") == 0

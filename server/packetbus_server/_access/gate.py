@@ -72,7 +72,8 @@ MAX_KEPT_CHECKS = 256
 class _Admitted:
     """What let a streaming call in, so that it can be judged again while it runs:
     each allowed (permission, resource) and each agent id it acted as, and the
-    authorizer that allowed them (None until the first check)."""
+    authorizer that allowed them and mapped the caller's agent id (None until the
+    caller is authenticated or a check is made)."""
 
     checks: set[tuple[Permission, str]] = dataclasses.field(default_factory=set)
     acted_as: set[str] = dataclasses.field(default_factory=set)
@@ -153,7 +154,13 @@ class Gate:
                 # A TLS connection outlives its client certificate: the handshake
                 # checked notAfter once, each call on the connection checks it here.
                 await _refuse_expired(context, principal, "has expired: renew it (and reconnect)")
-                return _as_mapped(self.authorizer, principal)
+                authorizer = self.authorizer
+                admitted = _ADMITTED.get()
+                if admitted is not None and admitted.authorizer is None:
+                    # The policy that mapped its agent id: a stream judged nothing
+                    # else yet is still mapped anew by a reload (recheck).
+                    admitted.authorizer = authorizer
+                return _as_mapped(authorizer, principal)
         await _abort(
             context,
             grpc.StatusCode.UNAUTHENTICATED,
