@@ -298,8 +298,14 @@ async def test_a_dispatch_stream_sends_as_the_agent_id_a_reload_maps_for_every_b
     refusals = [await sent(i, "old-agent") for i in (2, 3, 4)]
     assert [r.error.code for r in refusals] == [code_pb2.PERMISSION_DENIED] * 3
     assert (await sent(5, "new-agent")).HasField("receipt")
+    # Another reload that keeps the mapping: what the stream did stays allowed, judged
+    # as the agent id it is now (as the old one, acting as new-agent was refused).
+    (directory / "policy.toml").write_text(MAPPED.format(agent="new-agent") + "\n# v3\n")
+    srv.policy.reload_now()
+    assert srv.policy.failure is None
+    assert (await sent(6, "new-agent")).HasField("receipt")
     stream.cancel()
-    assert await raw_redis.xlen(f"pb:{{{topic}}}:log") == 2
+    assert await raw_redis.xlen(f"pb:{{{topic}}}:log") == 3
 
 
 async def test_a_dispatch_stream_opened_before_a_reload_sends_its_first_batch_as_it_maps(

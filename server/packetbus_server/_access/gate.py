@@ -297,7 +297,9 @@ async def recheck(context: grpc.aio.ServicerContext) -> None:
     remapped = _as_mapped(authorizer, principal)
     if remapped != principal:
         principal = admitted.principal = remapped
-        _CALLER.set(principal)  # for the checks below, made with _ADMITTED unset
+    # The checks below run with _ADMITTED unset, so they read _CALLER: in this task
+    # it may still hold the caller as admitted (another task mapped it anew).
+    _CALLER.set(principal)
     checks, acted_as = sorted(admitted.checks), sorted(admitted.acted_as)
     _ADMITTED.set(None)  # judging again is not keeping anew
     try:
