@@ -261,6 +261,37 @@ async def test_a_second_subscription_on_a_pull_stream_is_invalid_argument_while_
     assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 40
 
 
+async def test_a_malformed_message_on_a_pull_stream_is_invalid_argument_while_it_answers(
+    client: packetbus.Client, channel: grpc.aio.Channel, topic: str
+) -> None:
+    # As above, with bytes that are no PullRequest as the second message: the
+    # settler task reads it, and its refusal must not race the handler's write of
+    # the first request's answer (an abort from the settler's task could).
+    await client.create_consumer_group(topic, "g", start=packetbus.EARLIEST)
+    pull_raw = channel.stream_stream(
+        "/packetbus.v1.ConsumerGroupService/Pull",
+        request_serializer=None,
+        response_deserializer=consumer_group_service_pb2.PullResponse.FromString,
+    )
+    first = consumer_group_service_pb2.PullRequest(
+        subscription=consumer_group_service_pb2.PullSubscription(
+            topic=topic, group="g", consumer="c-1"
+        ),
+        ack_ids=["0x10", "0-\u0660:1"],
+    ).SerializeToString()
+
+    async def pull() -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            async for _response in pull_raw(iter([first, b"\xff\xff\xff"])):
+                pass
+        return failure.value.code(), failure.value.details() or ""
+
+    async with asyncio.timeout(20):
+        ends = await asyncio.gather(*(pull() for _ in range(40)))
+    assert {code for code, _ in ends} == {grpc.StatusCode.INVALID_ARGUMENT}
+    assert all("not a valid packetbus.v1.PullRequest" in details for _, details in ends)
+
+
 @pytest.mark.parametrize(
     ("field", "seconds", "nanos"),
     [

@@ -310,3 +310,55 @@ async def test_a_client_that_never_reads_answers_holds_the_server_to_a_few_batch
     finally:
         await served.stop(grace=0)
     assert 2 <= taken <= 8, taken
+
+
+async def test_a_message_that_is_not_a_batch_ends_the_stream_after_the_batch_in_flight_is_answered(
+    valkey: ValkeyServer, store: redis_asyncio.Redis
+) -> None:
+    # Batch 2 is taken (and stored) while the store answers nothing; the malformed
+    # message comes meanwhile. The stream ends INVALID_ARGUMENT only once batch 2
+    # is answered: ended before, the client would not know it was stored.
+    proxy = FaultyProxy(upstream_port=valkey.port)
+    await proxy.start(faults=False)
+    served = await start(
+        ServerConfig(listen="127.0.0.1:0", redis_url=f"redis://127.0.0.1:{proxy.port}/0")
+    )
+    topic = unique("topic")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+            raw = channel.stream_stream(
+                "/packetbus.v1.PacketService/DispatchStream",
+                request_serializer=None,
+                response_deserializer=packet_service_pb2.DispatchStreamResponse.FromString,
+            )
+            stream = raw(timeout=30)
+
+            async def send(i: int) -> None:
+                batch = packet_service_pb2.DispatchStreamRequest(
+                    batch_id=i, packets=[new_packet(topic)]
+                )
+                await stream.write(batch.SerializeToString())
+
+            await send(1)
+            assert (await stream.read()).batch_id == 1
+            proxy.freeze()
+            read_before = _received()
+            await send(2)
+            await until(lambda: _received() > read_before)
+            await stream.write(b"\xff\xff\xff")
+            await asyncio.sleep(0.3)  # the malformed message read meanwhile
+            proxy.thaw()
+            answer = await stream.read()
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await stream.read()
+        streams = served.streams
+        assert streams is not None
+        await until(lambda: streams.open_streams("dispatch") == 0, timeout=2)
+    finally:
+        await served.stop(grace=0)
+        await proxy.stop()
+    assert (answer.batch_id, answer.WhichOneof("outcome")) == (2, "dispatched")
+    assert answer.dispatched.results[0].HasField("receipt")
+    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid packetbus.v1.DispatchStreamRequest" in (ended.value.details() or "")
+    assert await _log_length(store, topic) == 2

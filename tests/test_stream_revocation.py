@@ -19,12 +19,14 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as redis_asyncio
+from google.rpc import code_pb2
 
 from packetbus import EARLIEST, Client, TokenFile
 from packetbus.v1 import consumer_group_service_pb2 as groups_pb
 from packetbus.v1 import packet_service_pb2, packet_service_pb2_grpc
 from packetbus_server import RunningServer
 from tests._binding import Caller, denied, packet_as, serve_bound, stored_nowhere
+from tests._polling import until
 from tests._principals import call_error_info
 from tests.conftest import unique
 
@@ -68,6 +70,11 @@ async def _publish(publisher: Caller, topic: str) -> str:
     [result] = await publisher.dispatch(packet)
     assert result.HasField("receipt"), result
     return packet.tracking_id
+
+
+def _open(srv: RunningServer, kind: str) -> int:
+    assert srv.streams is not None
+    return srv.streams.open_streams(kind)
 
 
 async def _next(stream: AsyncIterator[Any]) -> Any:
@@ -167,7 +174,7 @@ async def test_a_pull_ends_when_a_reload_revokes_its_grant(
 async def test_a_subscription_ends_when_its_token_expires(
     server: tuple[RunningServer, Path, Any, grpc.aio.Channel],
 ) -> None:
-    _, _, issuer, channel = server
+    srv, _, issuer, channel = server
     publisher = Caller(channel, issuer, PUBLISHER)
     topic = unique("jobs.expiring")
     # exp 25 s ago: still good for the server's 30 s of leeway, about 5 s more.
@@ -186,6 +193,7 @@ async def test_a_subscription_ends_when_its_token_expires(
     assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert call_error_info(ended.value) == {"reason": "CREDENTIAL_EXPIRED", "principal": READER}
     assert token not in (ended.value.details() or "")
+    await until(lambda: _open(srv, "subscribe") == 0, timeout=2)
 
 
 async def test_a_client_with_a_renewed_token_file_keeps_its_subscription(
@@ -213,7 +221,7 @@ async def test_a_client_with_a_renewed_token_file_keeps_its_subscription(
 async def test_a_dispatch_stream_whose_token_expired_stores_no_further_batch(
     server: tuple[RunningServer, Path, Any, grpc.aio.Channel], raw_redis: redis_asyncio.Redis
 ) -> None:
-    _, _, issuer, channel = server
+    srv, _, issuer, channel = server
     topic = unique("jobs.expiring")
     # exp 25 s ago: still good for the server's 30 s of leeway, about 5 s more.
     token = issuer.token(PUBLISHER, lifetime_s=-25)
@@ -235,3 +243,93 @@ async def test_a_dispatch_stream_whose_token_expired_stores_no_further_batch(
     assert call_error_info(ended.value) == {"reason": "CREDENTIAL_EXPIRED", "principal": PUBLISHER}
     # Refused before it was written, not written and then left unanswered.
     assert await stored_nowhere(raw_redis, late_topic, late.tracking_id)
+    # Its slot is freed as it ends, not whenever its generators are collected.
+    await until(lambda: _open(srv, "dispatch") == 0, timeout=2)
+
+
+# The publisher's agent id is the policy's to say; it may act for helper-* agents.
+MAPPED = """
+[authorization]
+
+[[authorization.principals]]
+match = "spiffe://example.org/pub/*"
+roles = ["publisher"]
+agent_id = "{agent}"
+
+[authorization.roles.publisher]
+grants = [
+  {{ permissions = ["topics.publish"], resources = ["jobs.*"] }},
+  {{ permissions = ["agents.act_for"], resources = ["helper-*"] }},
+]
+"""
+
+
+async def test_a_dispatch_stream_sends_as_the_agent_id_a_reload_maps_for_every_batch_after(
+    server: tuple[RunningServer, Path, Any, grpc.aio.Channel], raw_redis: redis_asyncio.Redis
+) -> None:
+    # Each batch is served in a task of its own: the principal the reload maps anew
+    # must hold for every later batch, not for the one batch that judged it again
+    # (the others kept the agent id the stream opened with, and could send as it).
+    srv, directory, issuer, channel = server
+    (directory / "policy.toml").write_text(MAPPED.format(agent="old-agent"))
+    assert srv.policy is not None
+    srv.policy.reload_now()
+    assert srv.policy.failure is None
+    publisher = Caller(channel, issuer, PUBLISHER)
+    stream = publisher.packets.DispatchStream(metadata=publisher.metadata, timeout=30)
+    topic = unique("jobs.remapped")
+
+    async def sent(batch_id: int, origin: str) -> packet_service_pb2.DispatchResult:
+        batch = packet_service_pb2.DispatchStreamRequest(
+            batch_id=batch_id, packets=[packet_as(topic, origin)]
+        )
+        await stream.write(batch)
+        answer = await asyncio.wait_for(stream.read(), 10)
+        assert isinstance(answer, packet_service_pb2.DispatchStreamResponse)
+        assert answer.batch_id == batch_id
+        [result] = answer.dispatched.results
+        return result
+
+    # Acting for a helper: still allowed once the agent id is mapped anew.
+    assert (await sent(1, "helper-1")).HasField("receipt")
+    (directory / "policy.toml").write_text(MAPPED.format(agent="new-agent"))
+    srv.policy.reload_now()
+    assert srv.policy.failure is None
+    refusals = [await sent(i, "old-agent") for i in (2, 3, 4)]
+    assert [r.error.code for r in refusals] == [code_pb2.PERMISSION_DENIED] * 3
+    assert (await sent(5, "new-agent")).HasField("receipt")
+    # Another reload that keeps the mapping: what the stream did stays allowed, judged
+    # as the agent id it is now (as the old one, acting as new-agent was refused).
+    (directory / "policy.toml").write_text(MAPPED.format(agent="new-agent") + "\n# v3\n")
+    srv.policy.reload_now()
+    assert srv.policy.failure is None
+    assert (await sent(6, "new-agent")).HasField("receipt")
+    stream.cancel()
+    assert await raw_redis.xlen(f"pb:{{{topic}}}:log") == 3
+
+
+async def test_a_dispatch_stream_opened_before_a_reload_sends_its_first_batch_as_it_maps(
+    server: tuple[RunningServer, Path, Any, grpc.aio.Channel], raw_redis: redis_asyncio.Redis
+) -> None:
+    # Nothing judged on the stream before the reload: its principal, mapped when it
+    # was admitted, is mapped again by the policy in force all the same.
+    srv, directory, issuer, channel = server
+    (directory / "policy.toml").write_text(MAPPED.format(agent="old-agent"))
+    assert srv.policy is not None
+    srv.policy.reload_now()
+    publisher = Caller(channel, issuer, PUBLISHER)
+    stream = publisher.packets.DispatchStream(metadata=publisher.metadata, timeout=30)
+    await until(lambda: _open(srv, "dispatch") == 1)  # admitted, as mapped then
+    (directory / "policy.toml").write_text(MAPPED.format(agent="new-agent"))
+    srv.policy.reload_now()
+    assert srv.policy.failure is None
+    topic = unique("jobs.remapped")
+    batch = packet_service_pb2.DispatchStreamRequest(
+        batch_id=1, packets=[packet_as(topic, "old-agent")]
+    )
+    await stream.write(batch)
+    answer = await asyncio.wait_for(stream.read(), 10)
+    assert isinstance(answer, packet_service_pb2.DispatchStreamResponse)
+    assert [r.error.code for r in answer.dispatched.results] == [code_pb2.PERMISSION_DENIED]
+    stream.cancel()
+    assert await raw_redis.exists(f"pb:{{{topic}}}:log") == 0

@@ -14,6 +14,7 @@ import packetbus
 from packetbus.v1 import task_service_pb2 as pb
 from packetbus.v1 import task_service_pb2_grpc
 from packetbus_server import Limits, ServerConfig, _keys, start
+from packetbus_server._fields import MAX_INBOX_TOPIC_LENGTH
 from tests.conftest import unique
 
 Q = pb.TASK_STATUS_QUEUED
@@ -121,11 +122,28 @@ async def test_pages_follow_name_order_within_the_prefix(
     assert [(v.field, v.reason) for v in refused.field_violations] == [("page_token", "PAGE_TOKEN")]
 
 
+async def test_a_queue_named_at_the_inbox_length_limit_is_listed_by_its_whole_name(
+    client: packetbus.Client, target: str
+) -> None:
+    # An inbox queue's name may be longer than max_topic_length (as an inbox topic's
+    # may): a prefix that long, the queue's own name, lists it rather than being
+    # refused LENGTH.
+    agent = unique("agent")
+    name = "inbox/" + agent + "x" * (MAX_INBOX_TOPIC_LENGTH - len("inbox/" + agent))
+    assert len(name) == MAX_INBOX_TOPIC_LENGTH
+    await client.task_queue(name).post(_task("t"), origin="planner")
+    for prefix in (name, name[:201], name[:200]):
+        listed = await _raw(target, pb.ListTaskQueuesRequest(prefix=prefix))
+        assert [s.queue for s in listed.queues] == [name]
+        assert listed.next_page_token == ""
+
+
 @pytest.mark.parametrize(
     ("request_", "field", "rule"),
     [
         (pb.ListTaskQueuesRequest(page_size=1001), "page_size", "RANGE"),
-        (pb.ListTaskQueuesRequest(prefix="q" * 201), "prefix", "LENGTH"),
+        # Longer than any queue name may be (an inbox's: MAX_INBOX_TOPIC_LENGTH).
+        (pb.ListTaskQueuesRequest(prefix="q" * (MAX_INBOX_TOPIC_LENGTH + 1)), "prefix", "LENGTH"),
         (
             pb.ListTaskQueuesRequest(page_token="v1.task_queues.YQ.000000000000000000000000"),
             "page_token",

@@ -48,6 +48,13 @@ def inbox_topic_prefixed(topic: str) -> bool:
     return topic.startswith(_INBOX_PREFIX)
 
 
+def longest_name(max_topic_length: int) -> int:
+    """The longest a topic or queue name may be, in bytes: `max_topic_length`, or an
+    inbox's, whichever is more. A prefix filtering names (ListTopics,
+    ListTaskQueues) is refused only beyond it: a name that long exists."""
+    return max(max_topic_length, MAX_INBOX_TOPIC_LENGTH)
+
+
 def inbox_owner(topic: str) -> str | None:
     """The agent id whose inbox `topic` is, or None for a topic outside ``inbox/``.
 

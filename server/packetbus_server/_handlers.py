@@ -8,6 +8,7 @@ RPC is refused as INVALID_ARGUMENT before the servicer runs.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -50,6 +51,20 @@ async def _refuse(context: grpc.aio.ServicerContext, full_name: str, bad: _Malfo
     )
 
 
+class _MalformedRequest(Exception):
+    """A client stream's message that is not valid protobuf, raised where it is read.
+
+    Not an abort there: a servicer may read its requests in a task of its own
+    (DispatchStream's reader, Pull's settler), and an abort from that task ends the
+    call at once, dropping what the handler still owes (the answers of batches in
+    flight) or meeting one of its writes (INTERNAL). The handler's own task turns
+    it into the INVALID_ARGUMENT abort once the servicer has ended with it."""
+
+    def __init__(self, bad: _Malformed) -> None:
+        super().__init__(bad.error)
+        self.bad = bad
+
+
 # Every wrapper below observes its call (_observability.calls: metrics and the
 # request log) from before admission to its end, so refused calls count too.
 
@@ -80,12 +95,16 @@ def _server_streaming(
             call.received = 1
             watch_call()
             await admit(request, context)
-            async for response in method(request, context):
-                # A stream outlives its admission: a revoked grant or an expired
-                # credential ends it before it sends more (_access.gate.recheck).
-                await recheck(context)
-                call.sent += 1
-                yield response
+            # aclosing: a stream ended here (recheck's abort) closes the servicer's
+            # generator now, freeing its stream slot and tasks, not when it is
+            # collected (the abort's traceback may keep it for the call's life).
+            async with contextlib.aclosing(method(request, context)) as responses:
+                async for response in responses:
+                    # A stream outlives its admission: a revoked grant or an expired
+                    # credential ends it before it sends more (_access.gate.recheck).
+                    await recheck(context)
+                    call.sent += 1
+                    yield response
 
     return behavior
 
@@ -106,16 +125,11 @@ def _server_streaming_writer(
     return behavior
 
 
-def _checked(
-    requests: AsyncIterator[Any],
-    context: grpc.aio.ServicerContext,
-    full_name: str,
-    call: calls.Call,
-) -> AsyncIterator[Any]:
+def _checked(requests: AsyncIterator[Any], call: calls.Call) -> AsyncIterator[Any]:
     async def checked() -> AsyncIterator[Any]:
         async for request in requests:
             if isinstance(request, _Malformed):
-                await _refuse(context, full_name, request)
+                raise _MalformedRequest(request)
             call.received += 1
             yield request
 
@@ -131,10 +145,16 @@ def _stream_stream(
         with calls.Observed(*where, calls.BIDI_STREAM, None, context) as call:
             watch_call()
             await admit(None, context)
-            async for response in method(_checked(requests, context, full_name, call), context):
-                await recheck(context)  # as in _server_streaming
-                call.sent += 1
-                yield response
+            try:
+                async with contextlib.aclosing(
+                    method(_checked(requests, call), context)
+                ) as responses:
+                    async for response in responses:
+                        await recheck(context)  # as in _server_streaming
+                        call.sent += 1
+                        yield response
+            except _MalformedRequest as exc:
+                await _refuse(context, full_name, exc.bad)
 
     return behavior
 
@@ -145,7 +165,10 @@ def _stream_unary(
     async def behavior(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
         with calls.Observed(*where, calls.CLIENT_STREAM, None, context) as call:
             await admit(None, context)
-            response = await method(_checked(requests, context, full_name, call), context)
+            try:
+                response = await method(_checked(requests, call), context)
+            except _MalformedRequest as exc:
+                await _refuse(context, full_name, exc.bad)
             call.sent = 1
             return response
 

@@ -29,6 +29,7 @@ ListTopics, its groups and carcel for /metrics).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -63,6 +64,40 @@ def tag(key: bytes | str, suffix: str) -> str:
     return text(key)[len(_keys.PREFIX) + 2 : -len(suffix) - 1]
 
 
+# The characters of a topic or queue name (_validation's rule): every name the
+# server notes is one.
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*\Z")
+
+
+def _name(value: bytes | str) -> str | None:
+    """`value` as a name, or None when it cannot be one a server wrote (bytes that
+    are not UTF-8, or a string outside the name rule)."""
+    try:
+        decoded = text(value)
+    except UnicodeDecodeError:
+        return None
+    return decoded if _NAME.match(decoded) else None
+
+
+def scanned_name(key: bytes | str, suffix: str) -> str | None:
+    """The name a key pb:{<tag>}<suffix> that a SCAN found stands for; None for a
+    foreign program's key whose tag is no name (not UTF-8 it failed every listing
+    and scrape; the others would be listed as names no call takes)."""
+    return _name(key[len(_keys.PREFIX) + 2 : -len(suffix) - 1])
+
+
+def members(found: Iterable[bytes | str]) -> list[str]:
+    """An index's members (ZRANGE, ZSCAN) as text, in their order; one that is not
+    UTF-8 (no member a server wrote) as "" (not a name, not the marker)."""
+    out = []
+    for member in found:
+        try:
+            out.append(text(member))
+        except UnicodeDecodeError:
+            out.append("")
+    return out
+
+
 def is_complete(members: Sequence[str]) -> bool:
     """Whether an index's first members (ZRANGE from rank 0) say it is whole:
     INDEX_COMPLETE's score is -inf, so when present it comes first."""
@@ -70,8 +105,9 @@ def is_complete(members: Sequence[str]) -> bool:
 
 
 def without_marker(members: Iterable[str]) -> list[str]:
-    """The names among an index's members (INDEX_COMPLETE left out)."""
-    return [m for m in members if m != _keys.INDEX_COMPLETE]
+    """The names among an index's members (INDEX_COMPLETE left out, and any member
+    that is no name: only a foreign program could have written one)."""
+    return [m for m in members if m != _keys.INDEX_COMPLETE and _NAME.match(m)]
 
 
 def backfill_chunks(names: Iterable[str]) -> Iterator[dict[str, float]]:
@@ -95,7 +131,7 @@ async def indexed_names(
 
     async def first() -> list[str]:
         found: Any = await redis.zrange(index, 0, 0)
-        return [text(m) for m in found]
+        return members(found)
 
     scanned: set[str] = set()
     if not is_complete(await with_retries(first, budget_seconds=budget_seconds)):
@@ -105,7 +141,7 @@ async def indexed_names(
     async def read() -> list[str]:
         names: set[str] = set()  # ZSCAN may return a member twice
         async for member, _score in redis.zscan_iter(index, count=_SCAN_COUNT):
-            names.add(text(member))
+            names.update(members([member]))
         return sorted(without_marker(names | scanned))
 
     names: list[str] = await with_retries(read, budget_seconds=budget_seconds)
@@ -116,7 +152,9 @@ async def _scan(redis: RedisClient, kinds: Sequence[tuple[str, str]]) -> set[str
     names: set[str] = set()
     for suffix, kind in kinds:
         async for key in redis.scan_iter(match=scan_pattern(suffix), count=_SCAN_COUNT, _type=kind):
-            names.add(tag(key, suffix))
+            name = scanned_name(key, suffix)
+            if name is not None:
+                names.add(name)
     return names
 
 

@@ -28,6 +28,7 @@ from packetbus.v1 import task_service_pb2 as pb
 from . import _keys, _scripts, _status
 from ._access import Permission, allows
 from ._clock import StoreClock
+from ._fields import longest_name, utf8_length
 from ._limits import Limits
 from ._name_index import QUEUE_KEYS, existing, indexed_names
 from ._packing import ITEM_OVERHEAD, message_size
@@ -67,12 +68,11 @@ class TaskQueues:
         size = request.page_size or DEFAULT_PAGE
         if size > MAX_PAGE:
             violations.append(Violation("page_size", "RANGE", f"must be at most {MAX_PAGE}"))
-        if len(request.prefix.encode()) > self._limits.max_topic_length:
+        longest = longest_name(self._limits.max_topic_length)
+        if utf8_length(request.prefix) > longest:
             violations.append(
                 Violation(
-                    "prefix",
-                    "LENGTH",
-                    f"must be at most {self._limits.max_topic_length} bytes (a queue name's limit)",
+                    "prefix", "LENGTH", f"must be at most {longest} bytes (a queue name's limit)"
                 )
             )
         scope = (request.prefix,)

@@ -31,7 +31,7 @@ from typing import Any
 from packetbus.v1 import topic_service_pb2 as pb
 
 from . import _keys, _scripts
-from ._fields import MAX_INBOX_TOPIC_LENGTH
+from ._fields import longest_name, utf8_length
 from ._name_index import TOPIC_KEYS, indexed_names
 from ._packing import ITEM_OVERHEAD, message_size
 from ._page_tokens import seal, unseal
@@ -80,8 +80,8 @@ def page_request(
     max_topic_length: int,
 ) -> TopicPage:
     """The page `request` asks for; what is wrong with it goes to `violations`."""
-    longest = max(max_topic_length, MAX_INBOX_TOPIC_LENGTH)
-    if len(request.prefix) > longest:
+    longest = longest_name(max_topic_length)
+    if utf8_length(request.prefix) > longest:
         violations.append(Violation("prefix", "LENGTH", f"must be at most {longest} bytes"))
     elif not _PREFIX.match(request.prefix):
         violations.append(

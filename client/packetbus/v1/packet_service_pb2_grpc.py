@@ -114,10 +114,11 @@ class PacketServiceServicer:
         back), so a client that stops reading answers stops being read; read the
         answers as they come. When done, half-close: the server answers every batch
         it took, then ends the stream OK. A message that is not a valid
-        DispatchStreamRequest ends the stream (INVALID_ARGUMENT), as does one over
-        Limits.max_request_bytes (RESOURCE_EXHAUSTED, by gRPC). On drain the server
-        stops reading, answers the batches it took, then ends the stream with
-        UNAVAILABLE: open a new stream (or another replica) for the rest.
+        DispatchStreamRequest ends the stream (INVALID_ARGUMENT) once the batches
+        taken before it are answered; one over Limits.max_request_bytes ends it at
+        once (RESOURCE_EXHAUSTED, by gRPC: batches in flight go unanswered). On
+        drain the server stops reading, answers the batches it took, then ends the
+        stream with UNAVAILABLE: open a new stream (or another replica) for the rest.
 
         The credential is the stream's (the call's metadata): checked when it
         opens, and again before each batch is written and before each answer. Once

@@ -791,7 +791,10 @@ class ListTaskQueuesRequest(_message.Message):
     page_token: _builtins.str
     """From a previous response's next_page_token; empty for the first page."""
     prefix: _builtins.str
-    """Only queues whose name starts with this (case-sensitive); empty: all."""
+    """Only queues whose name starts with this (case-sensitive); empty: all. At
+    most the longest queue name, in bytes: the server's max topic length or an
+    inbox topic's (771), whichever is more (else INVALID_ARGUMENT, LENGTH).
+    """
     def __init__(
         self,
         *,

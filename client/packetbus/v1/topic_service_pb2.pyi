@@ -208,7 +208,8 @@ class ListTopicsRequest(_message.Message):
     """
     prefix: _builtins.str
     """Only topics whose name starts with this; empty: every topic. At most the
-    server's max topic length (else INVALID_ARGUMENT, LENGTH).
+    longest topic name, in bytes: the server's max topic length or an inbox
+    topic's (771), whichever is more (else INVALID_ARGUMENT, LENGTH).
     """
     def __init__(
         self,

@@ -72,11 +72,16 @@ MAX_KEPT_CHECKS = 256
 class _Admitted:
     """What let a streaming call in, so that it can be judged again while it runs:
     each allowed (permission, resource) and each agent id it acted as, and the
-    authorizer that allowed them (None until the first check)."""
+    authorizer that allowed them and mapped the caller's agent id (None until the
+    caller is authenticated or a check is made)."""
 
     checks: set[tuple[Permission, str]] = dataclasses.field(default_factory=set)
     acted_as: set[str] = dataclasses.field(default_factory=set)
     authorizer: Authorizer | None = None
+    # The caller as a reloaded policy maps it (None: as admitted). Kept here, not
+    # only in _CALLER: a call's tasks (DispatchStream serves each batch in one)
+    # each hold a copy of the context, and a variable set in one reaches no other.
+    principal: Principal | None = None
 
     def keep(self, authorizer: Authorizer, check: tuple[Permission, str]) -> None:
         if self.authorizer is None:
@@ -149,7 +154,13 @@ class Gate:
                 # A TLS connection outlives its client certificate: the handshake
                 # checked notAfter once, each call on the connection checks it here.
                 await _refuse_expired(context, principal, "has expired: renew it (and reconnect)")
-                return _as_mapped(self.authorizer, principal)
+                authorizer = self.authorizer
+                admitted = _ADMITTED.get()
+                if admitted is not None and admitted.authorizer is None:
+                    # The policy that mapped its agent id: a stream judged nothing
+                    # else yet is still mapped anew by a reload (recheck).
+                    admitted.authorizer = authorizer
+                return _as_mapped(authorizer, principal)
         await _abort(
             context,
             grpc.StatusCode.UNAUTHENTICATED,
@@ -196,6 +207,15 @@ async def _refuse_expired(
 
 def caller() -> Principal | None:
     """The authenticated principal of the running call (None outside a call)."""
+    return _principal()
+
+
+def _principal() -> Principal | None:
+    """The running call's principal: as a reload mapped it anew (`recheck`), in
+    whichever of the call's tasks that happened, else as the gate admitted it."""
+    admitted = _ADMITTED.get()
+    if admitted is not None and admitted.principal is not None:
+        return admitted.principal
     return _CALLER.get()
 
 
@@ -207,7 +227,7 @@ def authorizer() -> Authorizer | None:
 
 def allows(permission: Permission, resource: str) -> bool:
     """Whether the running call's principal holds `permission` on `resource`."""
-    gate, principal = _GATE.get(), _CALLER.get()
+    gate, principal = _GATE.get(), _principal()
     if gate is None or principal is None:
         return True  # not inside a call the gate admitted (the server's own work)
     return gate.permits(principal, permission, resource)
@@ -216,7 +236,7 @@ def allows(permission: Permission, resource: str) -> bool:
 def authorizing() -> bool:
     """Whether the running call is judged by an `[authorization]` section at all: an
     authenticated (not LOCAL) caller, with authorization on. False outside a call."""
-    gate, principal = _GATE.get(), _CALLER.get()
+    gate, principal = _GATE.get(), _principal()
     return (
         gate is not None
         and principal is not None
@@ -229,7 +249,7 @@ def may_act_as(agent_id: str) -> bool:
     """Whether the running call may name `agent_id` as itself (a packet's origin, an
     agent to register or a memory to write): its own agent id, or one it holds
     agents.act_for on. Always true while authorization is off."""
-    gate, principal = _GATE.get(), _CALLER.get()
+    gate, principal = _GATE.get(), _principal()
     if gate is None or principal is None or principal is LOCAL:
         return True
     authorizer = gate.authorizer
@@ -262,7 +282,7 @@ async def recheck(context: grpc.aio.ServicerContext) -> None:
     for hours); a revoked grant or an expired token must end it, as they refuse
     the next unary call. Cost while nothing changed: a clock read and a compare.
     """
-    admitted, gate, principal = _ADMITTED.get(), _GATE.get(), _CALLER.get()
+    admitted, gate, principal = _ADMITTED.get(), _GATE.get(), _principal()
     if admitted is None or gate is None or principal is None or principal is LOCAL:
         return
     await _refuse_expired(
@@ -276,8 +296,10 @@ async def recheck(context: grpc.aio.ServicerContext) -> None:
     # every check that let the call in, judged by it.
     remapped = _as_mapped(authorizer, principal)
     if remapped != principal:
-        principal = remapped
-        _CALLER.set(principal)
+        principal = admitted.principal = remapped
+    # The checks below run with _ADMITTED unset, so they read _CALLER: in this task
+    # it may still hold the caller as admitted (another task mapped it anew).
+    _CALLER.set(principal)
     checks, acted_as = sorted(admitted.checks), sorted(admitted.acted_as)
     _ADMITTED.set(None)  # judging again is not keeping anew
     try:
@@ -296,7 +318,7 @@ async def require(context: grpc.aio.ServicerContext, permission: Permission, res
     """Abort the call with PERMISSION_DENIED unless its principal holds `permission`
     on `resource`."""
     if not allows(permission, resource):
-        principal = _CALLER.get()
+        principal = _principal()
         assert principal is not None
         await deny(context, principal, permission, resource)
 

@@ -19,12 +19,13 @@ from .._name_index import (
     WRITE_REFUSED,
     backfill_chunks,
     is_complete,
+    members,
     of_kind,
     scan_pattern,
+    scanned_name,
     tag,
     without_marker,
 )
-from .._replies import text
 
 Store = redis.Redis | RedisCluster
 log = logging.getLogger(__name__)
@@ -40,13 +41,13 @@ def indexed_names(
     INDEX_COMPLETE), it is backfilled first from one SCAN per `kinds` (suffix, type)
     over the keyspace. Raises redis.RedisError when the store cannot be read."""
     found: Any = r.zrange(index, 0, most + 1)
-    members = [text(m) for m in found]
-    if is_complete(members):
-        names = without_marker(members)
+    first = members(found)
+    if is_complete(first):
+        names = without_marker(first)
         return names[:most], len(names) > most
     scanned = _backfill(r, index, kinds)
     found = r.zrange(index, 0, most + 1)
-    names = without_marker(text(m) for m in found)
+    names = without_marker(members(found))
     # Those the store would not let the backfill write, after what the index holds.
     names += sorted(scanned.difference(names))
     return names[:most], len(names) > most
@@ -58,7 +59,9 @@ def _backfill(r: Store, index: str, kinds: Sequence[tuple[str, str]]) -> set[str
     names: set[str] = set()
     for suffix, kind in kinds:
         for key in r.scan_iter(match=scan_pattern(suffix), count=1000, _type=kind):
-            names.add(tag(key, suffix))
+            name = scanned_name(key, suffix)
+            if name is not None:
+                names.add(name)
     try:
         for mapping in backfill_chunks(names):
             r.zadd(index, mapping, nx=True)

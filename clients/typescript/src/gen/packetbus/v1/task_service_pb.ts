@@ -828,7 +828,9 @@ export type ListTaskQueuesRequest = Message<"packetbus.v1.ListTaskQueuesRequest"
   pageToken: string;
 
   /**
-   * Only queues whose name starts with this (case-sensitive); empty: all.
+   * Only queues whose name starts with this (case-sensitive); empty: all. At
+   * most the longest queue name, in bytes: the server's max topic length or an
+   * inbox topic's (771), whichever is more (else INVALID_ARGUMENT, LENGTH).
    *
    * @generated from field: string prefix = 3;
    */

@@ -181,7 +181,8 @@ export type ListTopicsRequest = Message<"packetbus.v1.ListTopicsRequest"> & {
 
   /**
    * Only topics whose name starts with this; empty: every topic. At most the
-   * server's max topic length (else INVALID_ARGUMENT, LENGTH).
+   * longest topic name, in bytes: the server's max topic length or an inbox
+   * topic's (771), whichever is more (else INVALID_ARGUMENT, LENGTH).
    *
    * @generated from field: string prefix = 3;
    */
