@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import shutil
 
 import pytest
@@ -21,6 +22,7 @@ from packetbus_server._app import VERSION
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "examples" / "grpc-js"
+README = (REPO / "README.md").read_text()
 CURSOR = re.compile(r"[0-9]+-[0-9]+")
 SECONDS = re.compile(r"[0-9]+")
 
@@ -34,16 +36,28 @@ def require_node_modules() -> None:
     pytest.skip(reason)
 
 
+def readme_command(topic: str) -> list[str]:
+    """The README's command for the example (its block readme:grpc-js), as run here:
+    from the example's directory, on the node_modules `npm ci` installed (.ci/run runs
+    it), the topic `topic` for its my-topic."""
+    match = re.search(r"<!-- readme:grpc-js -->\n```sh\n(.*?)```", README, re.S)
+    assert match, "README has no block marked readme:grpc-js"
+    cd, install, run = match.group(1).strip().split(" && ")
+    assert (cd, install) == ("cd examples/grpc-js", "npm ci")
+    node, *argv = shlex.split(run)
+    assert (node, argv) == ("node", ["agent.mjs", "my-topic"])
+    found = shutil.which("node")
+    assert found is not None, "node (20+) is required for the grpc-js example"
+    return [found, "agent.mjs", topic]
+
+
 async def run_agent(target: str, topic: str) -> list[dict[str, object]]:
-    """The example's printed lines, each parsed; run from its own directory, as the
-    README says, with PACKETBUS_TARGET pointing at `target`."""
-    node = shutil.which("node")
-    assert node is not None, "node (20+) is required for the grpc-js example"
+    """The example's printed lines, each parsed; run as the README says, with
+    PACKETBUS_TARGET pointing at `target`."""
+    command = readme_command(topic)
     require_node_modules()
     process = await asyncio.create_subprocess_exec(
-        node,
-        "agent.mjs",
-        topic,
+        *command,
         cwd=EXAMPLE,
         env={**os.environ, "PACKETBUS_TARGET": target},
         stdout=asyncio.subprocess.PIPE,
