@@ -175,8 +175,8 @@ class Consumer(ClosedOnExit):
     def release(self, *deliveries: Delivery | str) -> Settling:
         """Give deliveries back without counting the attempt: for deliveries not
         looked at. They are delivered again at once, with the same delivery count;
-        past the group's max_delivery_attempts releases of one packet, a release
-        counts the attempt as a nack does (PullRequest's Nacked.release)."""
+        past the group's max_delivery_attempts releases of one packet (at least 10),
+        a release counts the attempt as a nack does (PullRequest's Nacked.release)."""
         ids = [d if isinstance(d, str) else d.delivery_id for d in deliveries]
         nacks = [pb.Nacked(delivery_id=i, release=True) for i in ids]
         if self._no_stream():

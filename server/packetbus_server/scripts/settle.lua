@@ -11,7 +11,7 @@
 --   what        "<kind> <cursor> <count> <expected> <expiry> <argument>", one string
 --               (one argument instead of six: this runs for every ack):
 --     kind      "ack", "nack", "release" (a nack that does not count the attempt,
---               for the first max attempts releases of the packet in the group:
+--               for the first max(max attempts, 10) releases of the packet in the group:
 --               field "r:<group>" of its hops counts them), "extend" or "carcel"
 --     cursor    the packet's log entry
 --     count     the delivery count the settlement answers (the lease's fence)
@@ -118,13 +118,15 @@ for i = 1, items do
       local idle = math.max(0, deadline_ms - tonumber(argument))
       redis.call('XCLAIM', log, group, pending[1][2], 0, cursor, 'IDLE', idle, 'JUSTID')
     elseif kind == 'release' then
-      -- Leased again at once. The first max_attempts releases of a packet in the
-      -- group do not count the attempt (the claim that leases it again counts
-      -- this one again); later ones count as a nack does. Each release adds two
-      -- hops (released, delivered), so a consumer that keeps releasing a packet
-      -- would grow its chain of custody without bound, and never carcel it.
+      -- Leased again at once. The first max(max_attempts, 10) releases of a
+      -- packet in the group do not count the attempt (the claim that leases it
+      -- again counts this one again); later ones count as a nack does. Each
+      -- release adds two hops (released, delivered), so a consumer that keeps
+      -- releasing a packet would grow its chain of custody without bound, and
+      -- never carcel it. At least 10: a consumer restarted a few times gives
+      -- back what it had received unseen, even in a group of one attempt.
       local releases = redis.call('HINCRBY', hops, 'r:' .. group, 1)
-      if releases <= max_attempts then
+      if releases <= math.max(max_attempts, 10) then
         redis.call('XCLAIM', log, group, pending[1][2], 0, cursor, 'IDLE', deadline_ms,
           'RETRYCOUNT', count - 1, 'JUSTID')
       else

@@ -392,7 +392,8 @@ export type Nacked = Message<"packetbus.v1.Nacked"> & {
    * Give the delivery back without counting the attempt: for deliveries the
    * consumer never looked at (e.g. received while it was closing). Its next
    * delivery has the same delivery count. That holds for the first
-   * max_delivery_attempts releases of a packet in the group; later releases
+   * max_delivery_attempts releases of a packet in the group, and at least
+   * 10; later releases
    * count the attempt as a nack does (each release adds two hops to the
    * packet's chain of custody: a consumer that kept releasing a packet would
    * grow its chain without bound), so such a packet reaches the carcel too.
