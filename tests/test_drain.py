@@ -23,6 +23,7 @@ import redis.asyncio as redis_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import packetbus
+from packetbus.rich_status import error_info, status_in
 from packetbus.v1 import agent_service_pb2 as agent_pb2
 from packetbus.v1 import agent_service_pb2_grpc as agent_pb2_grpc
 from packetbus.v1 import consumer_group_service_pb2 as group_pb2
@@ -328,6 +329,12 @@ async def test_every_kind_of_open_stream_ends_unavailable_when_the_server_drains
             details = {name: text for name, (_, text) in ends.items()}
             assert codes == dict.fromkeys(calls, grpc.StatusCode.UNAVAILABLE), details
             assert all("draining" in d for d in details.values()), details
+            # Told by an ErrorInfo too, for clients that do not read messages.
+            reasons = {}
+            for name, call in calls.items():
+                info = error_info(status_in(await call.trailing_metadata()))
+                reasons[name] = None if info is None else (info.reason, info.domain)
+            assert reasons == dict.fromkeys(calls, ("DRAINING", "packetbus"))
             assert time.monotonic() - started < 5
             async with asyncio.timeout(10):
                 await stopping

@@ -22,11 +22,12 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
 from ._observability import metrics
+from ._status import error_info_trailer
 from ._waits import retrieve_outcome
 
 T = TypeVar("T")
@@ -45,6 +46,18 @@ FINISHES_ON_DRAIN = frozenset({DISPATCH})
 _DRAINED = ENDS_ON_DRAIN | FINISHES_ON_DRAIN
 
 DRAINING = "this server is draining (shutting down); resume on another replica"
+
+
+async def draining(context: grpc.aio.ServicerContext) -> NoReturn:
+    """End the call UNAVAILABLE with DRAINING, and an ErrorInfo of reason DRAINING
+    (domain packetbus), so a client in any language tells a drain (go to another
+    replica now) from a lost connection without reading the message."""
+    await context.abort(
+        grpc.StatusCode.UNAVAILABLE,
+        DRAINING,
+        trailing_metadata=error_info_trailer(grpc.StatusCode.UNAVAILABLE, DRAINING, "DRAINING"),
+    )
+    raise AssertionError("unreachable: abort raises")
 
 
 def kind_of(method_name: str) -> str:
@@ -125,7 +138,7 @@ class Streams:
 
     async def _enter(self, context: grpc.aio.ServicerContext, kind: str) -> str:
         if self._refusing:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
+            await draining(context)
         cap = self._caps.get(kind)
         if cap is not None and self._open[kind] >= cap:
             await context.abort(
@@ -180,7 +193,7 @@ class Streams:
                     if not step.done():
                         await _cancel(step)
                         await _close(responses)
-                        await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
+                        await draining(context)
                     try:
                         response = step.result()
                     except StopAsyncIteration:
@@ -223,7 +236,7 @@ class Streams:
             finally:
                 await _close(responses)
             if self._ending.is_set():
-                await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
+                await draining(context)
         finally:
             ending.cancel()
             self._leave(kind, peer)
@@ -248,7 +261,7 @@ class Streams:
                 await asyncio.wait((task, ending), return_when=asyncio.FIRST_COMPLETED)
                 if not task.done():
                     await _cancel(task)
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
+                    await draining(context)
                 return task.result()
             finally:
                 ending.cancel()
