@@ -369,6 +369,53 @@ async def test_deliveries_a_closing_consumer_never_handed_out_come_back_uncounte
     assert middle == ["delivered", "released"] * (len(middle) // 2)
 
 
+async def test_a_stream_that_releases_does_not_take_the_packet_straight_back(
+    client: packetbus.Client, target: str, topic: str
+) -> None:
+    """A release is for deliveries the consumer will not look at (it is closing): the
+    stream pauses its pulls briefly, so its half-close is read before the packet is
+    leased back to it. Pulling at once made a closing consumer and the server pass
+    a packet back and forth, two custody hops a round, until the half-close."""
+    await client.create_consumer_group(topic, "g", start=packetbus.EARLIEST)
+    [tracking_id] = await _dispatch(client, topic, 1)
+    requests: asyncio.Queue[consumer_group_service_pb2.PullRequest | None] = asyncio.Queue()
+
+    async def send() -> collections.abc.AsyncIterator[consumer_group_service_pb2.PullRequest]:
+        while (request := await requests.get()) is not None:
+            yield request
+
+    subscription = consumer_group_service_pb2.PullSubscription(
+        topic=topic, group="g", consumer="closing"
+    )
+    await requests.put(consumer_group_service_pb2.PullRequest(subscription=subscription))
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = consumer_group_service_pb2_grpc.ConsumerGroupServiceStub(channel).Pull(send())
+        async with asyncio.timeout(10):
+            first = await call.read()
+        [delivery] = first.deliveries
+        # Released, then the half-close at once, as Consumer.close() does.
+        release = consumer_group_service_pb2.Nacked(delivery_id=delivery.delivery_id, release=True)
+        await requests.put(consumer_group_service_pb2.PullRequest(nacks=[release]))
+        await requests.put(None)
+        responses = []
+        async with asyncio.timeout(10):
+            while (response := await call.read()) != grpc.aio.EOF:
+                responses.append(response)
+        assert await call.code() == grpc.StatusCode.OK
+    assert [d.delivery_id for r in responses for d in r.deliveries] == []
+    assert [(s.delivery_id, s.status.code) for r in responses for s in r.settled] == [
+        (delivery.delivery_id, 0)
+    ]
+    # Back to the group, its attempt not counted, released exactly once.
+    async with client.consume(topic, "g", consumer="next") as consumer:
+        async with asyncio.timeout(10):
+            again = await anext(consumer)
+        await again.ack()
+    assert (again.packet.packet.tracking_id, again.delivery_count) == (tracking_id, 1)
+    actions = await _verified_actions(client, tracking_id)
+    assert actions == ["received", "dispatched", "delivered", "released", "delivered", "acked"]
+
+
 async def test_a_pull_looks_for_run_out_leases_only_when_asked(
     client: packetbus.Client, topic: str, raw_redis: redis_asyncio.Redis
 ) -> None:

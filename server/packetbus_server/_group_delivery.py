@@ -44,6 +44,8 @@ class PullStream:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # When to look for run-out leases again (time.monotonic()).
     scan_at: float = 0.0
+    # No pull before this (time.monotonic()): set by a release, see _group_pull.
+    pull_after: float = 0.0
     # The Pull call: its traceparent metadata parents the stream's spans.
     context: grpc.aio.ServicerContext | None = None
 

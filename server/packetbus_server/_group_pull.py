@@ -34,6 +34,14 @@ _WAIT_MS = 1000
 # looks on each wake-up.
 _RESCAN_SECONDS = 0.9
 
+# After a stream releases deliveries it does not pull for this long (seconds). A
+# release is for deliveries the consumer will not look at, most often because it
+# is closing: it releases what it holds, then half-closes. Pulling at once leased
+# them straight back to the same stream, which released them again (two custody
+# hops a round) until its half-close was read; paused, the stream sees the
+# half-close first and the packets go to the group's other consumers.
+_AFTER_RELEASE_SECONDS = 0.2
+
 
 class _SecondSubscription(Exception):
     """A Pull stream's later request named a subscription again."""
@@ -108,8 +116,9 @@ class PullLoop:
                     return
                 room = stream.room(self._clock.now_ms())
                 deliveries: list[bytes] = []
-                if not room:
-                    # Entries may come while it is full: look once there is room.
+                if not room or time.monotonic() < stream.pull_after:
+                    # Entries may come while it is full (or paused after a
+                    # release): look once there is room.
                     unread = True
                 elif unread or time.monotonic() >= stream.scan_at:
                     pulled = await self._store.pull(
@@ -153,7 +162,8 @@ class PullLoop:
                 stream.wake.clear()
                 woken: asyncio.Future[object] = asyncio.ensure_future(stream.wake.wait())
                 waits: set[asyncio.Future[object]] = {woken}
-                if room and newest is not None:
+                paused = stream.pull_after > time.monotonic()
+                if room and newest is not None and not paused:
                     if waiter is None or waiter.done():
                         waiter = asyncio.create_task(
                             self._store.wait_for_entries(stream.topic, newest, _WAIT_MS)
@@ -162,9 +172,14 @@ class PullLoop:
                         waiter.add_done_callback(retrieve_outcome)
                     waits.add(waiter)  # type: ignore[arg-type]
                 waits.add(settler)  # type: ignore[arg-type]
+                # Paused after a release: no wait for new entries (one already
+                # there would answer at once, again and again); wake to pull.
+                timeout = _WAIT_MS / 1000
+                if paused:
+                    timeout = max(0.0, min(timeout, stream.pull_after - time.monotonic()))
                 try:
                     done, _ = await asyncio.wait(
-                        waits, timeout=_WAIT_MS / 1000, return_when=asyncio.FIRST_COMPLETED
+                        waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                     )
                 finally:
                     # Also when the stream ends meanwhile (cancelled): a wait
@@ -220,6 +235,8 @@ class PullLoop:
                             stream.scan_at = min(
                                 stream.scan_at, time.monotonic() + p.delay_ms / 1000
                             )
+                        if p.kind is Kind.RELEASE and r.code == code_pb2.OK:
+                            stream.pull_after = time.monotonic() + _AFTER_RELEASE_SECONDS
                         if not (r.settlement == pb.SETTLEMENT_EXTEND and r.code == code_pb2.OK):
                             stream.release(r.delivery_id)
                         elif r.delivery_id in stream.held:
