@@ -314,7 +314,8 @@ def wait_for_workers(process: subprocess.Popen[str], workers: int) -> None:
     worker has not said it serves within WORKERS_START_SECONDS."""
     assert process.stdout is not None
     seen = list(_READ_BY_SERVING.pop(process.pid, []))
-    workers -= sum(_WORKER_SERVING.match(line) is not None for line in seen)
+    # findall: lines of two workers printed at once may run together.
+    workers -= sum(len(_WORKER_SERVING.findall(line)) for line in seen)
     deadline = time.monotonic() + WORKERS_START_SECONDS
     while workers > 0:
         # A worker that never says it serves fails here with what was printed, not
@@ -331,7 +332,7 @@ def wait_for_workers(process: subprocess.Popen[str], workers: int) -> None:
         if not line:
             raise AssertionError(f"server exited with {process.wait()}:\n{''.join(seen)[-4000:]}")
         seen.append(line)
-        workers -= _WORKER_SERVING.match(line) is not None
+        workers -= len(_WORKER_SERVING.findall(line))
 
 
 def worker_pids(supervisor: int) -> list[int]:

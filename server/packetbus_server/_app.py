@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 
 import grpc
@@ -184,11 +185,8 @@ async def serve(config: ServerConfig) -> None:
     if srv.policy is not None and srv.policy.path is not None:
         loop.add_signal_handler(signal.SIGHUP, srv.policy.reload_now)
     if srv.metrics is not None:
-        print(f"packetbus metrics on {srv.metrics.url}", flush=True)
-    print(
-        f"packetbus {VERSION} serving on {config.listen.rsplit(':', 1)[0]}:{srv.port}",
-        flush=True,
-    )
+        _say(f"packetbus metrics on {srv.metrics.url}")
+    _say(f"packetbus {VERSION} serving on {config.listen.rsplit(':', 1)[0]}:{srv.port}")
     await stop.wait()
     log.info("draining (grace %.1fs)", config.grace_seconds)
     await srv.stop()
@@ -214,3 +212,13 @@ def run(config: ServerConfig, *, workers: int = 1, worker_ports: int | None = No
     from ._workers import run_workers
 
     run_workers(config, workers, worker_ports)
+
+
+def _say(line: str) -> None:
+    """Print `line` on stdout in one write: the workers of `serve --workers` share
+    the supervisor's stdout, and print() writes the text and its newline apart when
+    unbuffered (PYTHONUNBUFFERED), so two workers' ready lines ran into one line
+    ("...:21264packetbus 0.1.0 serving on ...") and a reader counting lines missed one.
+    A write of less than PIPE_BUF bytes to a pipe is atomic (POSIX)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
