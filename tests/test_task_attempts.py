@@ -315,6 +315,15 @@ async def test_releases_past_max_attempts_count_so_a_release_loop_ends_in_the_ca
         *(["delivered", "released"] * 12),
         "carceled",
     ]
+    # Requeued, its releases are forgiven with its attempts: free again.
+    await client.requeue_carcel_entry(topic, entry.id)
+    async with client.consume(topic, "g", consumer="fickle") as consumer:
+        async with asyncio.timeout(15):
+            delivery = await anext(consumer)
+            await consumer.release(delivery)
+            again = await anext(consumer)
+            await again.ack()
+    assert (delivery.delivery_count, again.delivery_count) == (1, 1)
 
 
 async def test_a_watch_sees_a_run_out_lease_in_a_queue_nobody_claims_from(

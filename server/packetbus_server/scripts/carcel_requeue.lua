@@ -17,7 +17,8 @@
 -- (field rq: "<carcel entry id> <new cursor>"), so a requeue replayed after a
 -- lost reply answers {"ok", the same cursor}.
 -- The new log entry is for that group only (field g), so other groups and
--- subscribers do not see the packet twice.
+-- subscribers do not see the packet twice. The group's count of releases of the
+-- packet (field r:<group>, settle.lua) starts again, as its attempts do.
 local carcel, log, groups, hops = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local found = redis.call('XRANGE', carcel, ARGV[1], ARGV[1])
 if #found == 0 then
@@ -44,6 +45,8 @@ local cursor = redis.call('XADD', log, '*', 'p', f['p'], 'n', f['n'], 't', f['t'
   'b', f['b'] or '')
 redis.call('XDEL', carcel, ARGV[1])
 redis.call('HSET', hops, 'rq', ARGV[1] .. ' ' .. cursor)
+-- Forgiven with its attempts: the group's releases of it count from zero again.
+redis.call('HDEL', hops, 'r:' .. group)
 local expires_ms = tonumber(string.match(cursor, '^(%d+)-')) + tonumber(f['t'])
 -- Back in the log with a fresh TTL: its batch must last as long.
 keep_batch(log, f['b'], tonumber(f['t']))
