@@ -1,9 +1,11 @@
-"""Micro-benchmark of the nesting-depth check of JSON `data` contents (issue 16).
+"""Micro-benchmark of the checks of JSON `data` contents (issue 16).
 
-Times `struct_depth` (the check validate_packet runs) against `struct_depth_reference`
-(the walk over every Value it replaced, kept verbatim) on freshly parsed
-Structs, as the server sees them. Prints one JSON document: per case, the
-packet's serialized bytes and the median (and min) µs per check over --rounds.
+Times `struct_depth` (the nesting check) against `struct_depth_reference` (the
+walk over every Value it replaced, kept verbatim), and `check_json_data` (what
+validation runs now: the nesting check and the empty-Value check, VALUE_KIND), on
+freshly parsed Structs, as the server sees them. Prints one JSON document: per
+case, the packet's serialized bytes and the median (and min) µs per check over
+--rounds.
 
     .venv/bin/python bench/struct_depth_bench.py
 """
@@ -22,6 +24,7 @@ from google.protobuf import struct_pb2
 
 from packetbus.v1.packet_pb2 import Packet
 from packetbus.v1.speech_act_pb2 import SpeechAct
+from packetbus_server._json_data import check_json_data
 from packetbus_server._struct_depth import MAX_STRUCT_DEPTH, struct_depth, struct_depth_reference
 from packetbus_server._validation import Violation
 
@@ -114,6 +117,7 @@ def main() -> None:
     checks: dict[str, Check] = {
         "walk_us": struct_depth_reference,
         "check_us": struct_depth,
+        "json_data_us": check_json_data,
     }
     result: dict[str, Any] = {}
     for name, encoded in cases().items():

@@ -38,7 +38,10 @@ def check_json_data(out: list[Violation], path: str, root: struct_pb2.Struct) ->
     module docstring): NESTING_DEPTH, VALUE_KIND."""
     encoded = root.SerializeToString()
     struct_depth(out, path, root, encoded=encoded)
-    if _EMPTY_ENTRY_VALUE in encoded or _EMPTY_LIST_ELEMENT in encoded:
+    # A zero byte first (memchr, ~0.1 us for 0.5 KB): many JSON objects have none,
+    # and the two-byte searches cost ~0.5 us each (their first bytes, field tags,
+    # are everywhere in a Struct's serialization).
+    if b"\x00" in encoded and (_EMPTY_ENTRY_VALUE in encoded or _EMPTY_LIST_ELEMENT in encoded):
         where = kindless_value(root)
         if where is not None:
             out.append(
