@@ -10,6 +10,7 @@ that answers UNIMPLEMENTED, the client dispatches by unary calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -50,18 +51,29 @@ async def store(valkey: ValkeyServer) -> AsyncIterator[redis_asyncio.Redis]:
     await r.aclose()
 
 
-async def test_drain_answers_the_batch_it_took_then_ends_unavailable_unread_ones_unstored(
-    valkey: ValkeyServer, store: redis_asyncio.Redis
-) -> None:
+@contextlib.asynccontextmanager
+async def _behind_proxy(valkey: ValkeyServer) -> AsyncIterator[tuple[FaultyProxy, RunningServer]]:
+    """A server whose store is reached through a FaultyProxy (faults held back: the
+    test freezes and thaws it); stopped at the end unless the test drained it."""
     proxy = FaultyProxy(upstream_port=valkey.port)
     await proxy.start(faults=False)
     served = await start(
         ServerConfig(listen="127.0.0.1:0", redis_url=f"redis://127.0.0.1:{proxy.port}/0")
     )
+    try:
+        yield proxy, served
+    finally:
+        if served.streams is None or not served.streams.draining:
+            await served.stop(grace=0)
+        await proxy.stop()
+
+
+async def test_drain_answers_the_batch_it_took_then_ends_unavailable_unread_ones_unstored(
+    valkey: ValkeyServer, store: redis_asyncio.Redis
+) -> None:
     topic = unique("topic")
     batches = {i: [new_packet(topic) for _ in range(3)] for i in (1, 2, 3)}
-    stopping: asyncio.Task[None] | None = None
-    try:
+    async with _behind_proxy(valkey) as (proxy, served):
         async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
             stream = packet_service_pb2_grpc.PacketServiceStub(channel).DispatchStream(timeout=30)
 
@@ -89,10 +101,6 @@ async def test_drain_answers_the_batch_it_took_then_ends_unavailable_unread_ones
             assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
             assert ended.value.details() == DRAINING
         await stopping
-    finally:
-        if stopping is None:
-            await served.stop(grace=0)
-        await proxy.stop()
     assert await _log_length(store, topic) == 6
     for packet in batches[3]:
         assert await store.exists(_keys.packet_record(topic, packet.tracking_id)) == 0
@@ -210,14 +218,9 @@ async def test_against_a_server_without_the_stream_dispatch_falls_back_to_unary_
 async def test_at_its_limit_of_batches_in_flight_the_server_reads_no_further(
     valkey: ValkeyServer, store: redis_asyncio.Redis
 ) -> None:
-    proxy = FaultyProxy(upstream_port=valkey.port)
-    await proxy.start(faults=False)
-    served = await start(
-        ServerConfig(listen="127.0.0.1:0", redis_url=f"redis://127.0.0.1:{proxy.port}/0")
-    )
     topic = unique("topic")
-    limit = served.config.limits.max_dispatch_stream_batches
-    try:
+    async with _behind_proxy(valkey) as (proxy, served):
+        limit = served.config.limits.max_dispatch_stream_batches
         async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
             stream = packet_service_pb2_grpc.PacketServiceStub(channel).DispatchStream(timeout=30)
             await stream.write(
@@ -239,9 +242,6 @@ async def test_at_its_limit_of_batches_in_flight_the_server_reads_no_further(
             proxy.thaw()
             answers = [await stream.read() for _ in range(limit + 4)]
             stream.cancel()
-    finally:
-        await served.stop(grace=0)
-        await proxy.stop()
     assert sorted(a.batch_id for a in answers) == list(range(limit + 4))
     assert all(a.WhichOneof("outcome") == "dispatched" for a in answers)
     assert await _log_length(store, topic) == limit + 5
@@ -318,13 +318,8 @@ async def test_a_message_that_is_not_a_batch_ends_the_stream_after_the_batch_in_
     # Batch 2 is taken (and stored) while the store answers nothing; the malformed
     # message comes meanwhile. The stream ends INVALID_ARGUMENT only once batch 2
     # is answered: ended before, the client would not know it was stored.
-    proxy = FaultyProxy(upstream_port=valkey.port)
-    await proxy.start(faults=False)
-    served = await start(
-        ServerConfig(listen="127.0.0.1:0", redis_url=f"redis://127.0.0.1:{proxy.port}/0")
-    )
     topic = unique("topic")
-    try:
+    async with _behind_proxy(valkey) as (proxy, served):
         async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
             raw = channel.stream_stream(
                 "/packetbus.v1.PacketService/DispatchStream",
@@ -354,9 +349,6 @@ async def test_a_message_that_is_not_a_batch_ends_the_stream_after_the_batch_in_
         streams = served.streams
         assert streams is not None
         await until(lambda: streams.open_streams("dispatch") == 0, timeout=2)
-    finally:
-        await served.stop(grace=0)
-        await proxy.stop()
     assert (answer.batch_id, answer.WhichOneof("outcome")) == (2, "dispatched")
     assert answer.dispatched.results[0].HasField("receipt")
     assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -59,7 +59,12 @@ SUBSCRIBE_FROM_START = packet_service_pb2.START_POSITION_EARLIEST
 
 
 async def _reload(srv: RunningServer, directory: Path, topics: str) -> None:
-    (directory / "policy.toml").write_text(POLICY.format(topics=topics))
+    _apply(srv, directory, POLICY.format(topics=topics))
+
+
+def _apply(srv: RunningServer, directory: Path, policy: str) -> None:
+    """Write `policy` as the server's policy file and reload it (it must load)."""
+    (directory / "policy.toml").write_text(policy)
     assert srv.policy is not None
     srv.policy.reload_now()
     assert srv.policy.failure is None
@@ -271,10 +276,7 @@ async def test_a_dispatch_stream_sends_as_the_agent_id_a_reload_maps_for_every_b
     # must hold for every later batch, not for the one batch that judged it again
     # (the others kept the agent id the stream opened with, and could send as it).
     srv, directory, issuer, channel = server
-    (directory / "policy.toml").write_text(MAPPED.format(agent="old-agent"))
-    assert srv.policy is not None
-    srv.policy.reload_now()
-    assert srv.policy.failure is None
+    _apply(srv, directory, MAPPED.format(agent="old-agent"))
     publisher = Caller(channel, issuer, PUBLISHER)
     stream = publisher.packets.DispatchStream(metadata=publisher.metadata, timeout=30)
     topic = unique("jobs.remapped")
@@ -292,17 +294,13 @@ async def test_a_dispatch_stream_sends_as_the_agent_id_a_reload_maps_for_every_b
 
     # Acting for a helper: still allowed once the agent id is mapped anew.
     assert (await sent(1, "helper-1")).HasField("receipt")
-    (directory / "policy.toml").write_text(MAPPED.format(agent="new-agent"))
-    srv.policy.reload_now()
-    assert srv.policy.failure is None
+    _apply(srv, directory, MAPPED.format(agent="new-agent"))
     refusals = [await sent(i, "old-agent") for i in (2, 3, 4)]
     assert [r.error.code for r in refusals] == [code_pb2.PERMISSION_DENIED] * 3
     assert (await sent(5, "new-agent")).HasField("receipt")
     # Another reload that keeps the mapping: what the stream did stays allowed, judged
     # as the agent id it is now (as the old one, acting as new-agent was refused).
-    (directory / "policy.toml").write_text(MAPPED.format(agent="new-agent") + "\n# v3\n")
-    srv.policy.reload_now()
-    assert srv.policy.failure is None
+    _apply(srv, directory, MAPPED.format(agent="new-agent") + "\n# v3\n")
     assert (await sent(6, "new-agent")).HasField("receipt")
     stream.cancel()
     assert await raw_redis.xlen(f"pb:{{{topic}}}:log") == 3
@@ -314,15 +312,11 @@ async def test_a_dispatch_stream_opened_before_a_reload_sends_its_first_batch_as
     # Nothing judged on the stream before the reload: its principal, mapped when it
     # was admitted, is mapped again by the policy in force all the same.
     srv, directory, issuer, channel = server
-    (directory / "policy.toml").write_text(MAPPED.format(agent="old-agent"))
-    assert srv.policy is not None
-    srv.policy.reload_now()
+    _apply(srv, directory, MAPPED.format(agent="old-agent"))
     publisher = Caller(channel, issuer, PUBLISHER)
     stream = publisher.packets.DispatchStream(metadata=publisher.metadata, timeout=30)
     await until(lambda: _open(srv, "dispatch") == 1)  # admitted, as mapped then
-    (directory / "policy.toml").write_text(MAPPED.format(agent="new-agent"))
-    srv.policy.reload_now()
-    assert srv.policy.failure is None
+    _apply(srv, directory, MAPPED.format(agent="new-agent"))
     topic = unique("jobs.remapped")
     batch = packet_service_pb2.DispatchStreamRequest(
         batch_id=1, packets=[packet_as(topic, "old-agent")]
