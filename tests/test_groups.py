@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -17,6 +18,7 @@ import redis.asyncio as redis_asyncio
 
 import packetbus
 from packetbus import _custody
+from packetbus.rich_status import error_info
 from packetbus.v1 import (
     consumer_group_service_pb2,
     consumer_group_service_pb2_grpc,
@@ -37,6 +39,12 @@ async def _dispatch(client: packetbus.Client, topic: str, n: int) -> list[str]:
         results = await client.dispatch_batch(packets[offset : offset + 200])
         assert all(r.WhichOneof("outcome") == "receipt" for r in results)
     return [p.tracking_id for p in packets]
+
+
+def _reason(status: Any) -> str:
+    """The ErrorInfo reason of a per-item google.rpc.Status ("" without one)."""
+    info = error_info(status)
+    return "" if info is None else info.reason
 
 
 def _actions(stored: packetbus.StoredPacket) -> list[tuple[str, int, str]]:
@@ -240,7 +248,13 @@ async def test_an_expired_lease_goes_to_another_consumer_and_the_late_ack_is_ref
         with pytest.raises(packetbus.PacketbusError) as late:
             await first.ack()
         assert late.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert late.value.error_info is not None
+        assert late.value.error_info.reason == "LEASE_RAN_OUT"
         await second.ack()
+        # The superseded delivery once the packet is settled: not outstanding.
+        [stale] = await client.acknowledge(topic, "g", [first.delivery_id])
+        assert stale.status.code == grpc.StatusCode.NOT_FOUND.value[0]
+        assert _reason(stale.status) == "NOT_OUTSTANDING"
         # Acking the same delivery again (a retry) is answered as done, not twice.
         [again] = await client.acknowledge(topic, "g", [second.delivery_id])
         assert again.status.code == 0

@@ -104,6 +104,8 @@ async def test_rebuilt_packet_answers_the_original_result(
         with pytest.raises(packetbus.PacketbusError) as caught:
             await client.dispatch(changed)
         assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
+        assert caught.value.error_info is not None
+        assert caught.value.error_info.reason == "TRACKING_ID_IN_USE"
     assert await _log_length(raw_redis, topic) == 1
 
 

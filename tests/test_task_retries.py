@@ -61,12 +61,16 @@ async def test_a_completion_sent_again_answers_ok_and_completes_once(
     assert other.value.code == grpc.StatusCode.ALREADY_EXISTS
     assert "already completed" in other.value.message
     assert "another result" in other.value.message
+    assert other.value.error_info is not None
+    assert other.value.error_info.reason == "TASK_SETTLED_OTHERWISE"
     # Another kind of settlement under the token that completed it: it no longer holds.
     for settle in (claimed.fail("boom"), claimed.release("later")):
         with pytest.raises(packetbus.PacketbusError) as late:
             await settle
         assert late.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert "the task was completed with it" in late.value.message
+        assert late.value.error_info is not None
+        assert late.value.error_info.reason == "FENCING_TOKEN_STALE"
     with pytest.raises(packetbus.PacketbusError) as beat:
         await claimed.heartbeat()
     assert beat.value.code == grpc.StatusCode.FAILED_PRECONDITION
@@ -89,6 +93,8 @@ async def test_a_fencing_token_never_issued_is_told_as_such(client: packetbus.Cl
         f"fencing token {claimed.fencing_token + 7} was never issued for task 't' "
         f"(its newest claim has token {claimed.fencing_token})"
     )
+    assert refused.value.error_info is not None
+    assert refused.value.error_info.reason == "FENCING_TOKEN_UNKNOWN"
     assert (await queue.get("t")).status == pb.TASK_STATUS_CLAIMED
 
 

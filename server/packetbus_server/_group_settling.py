@@ -27,7 +27,7 @@ from ._fields import is_stream_id, utf8_length
 from ._group_store import GroupSettings, GroupStore, Kind, Outcome, Settle, Settled
 from ._hop_store import HopStore
 from ._observability import counting, tracing
-from ._status import bad_request
+from ._status import bad_request, with_reason
 from ._violation import Violation
 
 log = logging.getLogger("packetbus.server.groups")
@@ -152,6 +152,14 @@ class Answer:
         return result
 
 
+def _refused(r: Request, code: int, message: str, reason: str) -> Answer:
+    """`r` refused with `code` and an ErrorInfo of `reason` (SettleResult's comment
+    lists them): a client tells a lease that ran out from a packet gone without
+    reading the message."""
+    status = with_reason(code, message, reason)
+    return Answer(r.delivery_id, _SETTLEMENT[r.kind], code, message, status=status)
+
+
 def _invalid(r: Request, violation: Violation) -> Answer:
     """INVALID_ARGUMENT for `r`, its message the violation's description and a
     google.rpc.BadRequest naming the field (relative to the Nacked, or
@@ -237,11 +245,12 @@ class Settler:
             await self._learn(topic, [requests[i] for i in unknown], known)
             for i in unknown:
                 if requests[i].delivery_id not in known:
-                    results[i] = self._result(
+                    results[i] = _refused(
                         requests[i],
                         code_pb2.NOT_FOUND,
                         f"{requests[i].delivery_id} is not outstanding: its packet is gone "
                         "from the topic",
+                        "PACKET_GONE",
                     )
             valid = [i for i in valid if requests[i].delivery_id in known]
 
@@ -293,10 +302,11 @@ class Settler:
             settled = await self._store.settle(topic, group, items)
             if settled is None:
                 for i in todo:
-                    results[i] = self._result(
+                    results[i] = _refused(
                         requests[i],
                         code_pb2.NOT_FOUND,
                         f"no consumer group {group!r} on topic {topic!r} any more",
+                        "GROUP_GONE",
                     )
                 break
             retry = []
@@ -361,11 +371,12 @@ class Settler:
                 result.carcel_id = outcome.value
             return result
         if outcome.outcome is Outcome.LOST:
-            return self._result(
+            return _refused(
                 r,
                 code_pb2.FAILED_PRECONDITION,
                 f"the lease of {r.delivery_id} ran out: the packet was delivered again "
                 f"(delivery {outcome.value})",
+                "LEASE_RAN_OUT",
             )
         last = outcome.value
         if last == f"{r.cursor}:{r.count} {kind.value}":
@@ -373,12 +384,15 @@ class Settler:
             return self._result(r, code_pb2.OK)
         detail = f" (last settled: {last})" if last else ""
         if last.startswith(f"{r.cursor}:") and last.endswith(" carcel"):
-            return self._result(
+            return _refused(
                 r,
                 code_pb2.FAILED_PRECONDITION,
                 f"{r.delivery_id} is not outstanding: the packet was moved to the carcel",
+                "CARCELED",
             )
-        return self._result(r, code_pb2.NOT_FOUND, f"{r.delivery_id} is not outstanding{detail}")
+        return _refused(
+            r, code_pb2.NOT_FOUND, f"{r.delivery_id} is not outstanding{detail}", "NOT_OUTSTANDING"
+        )
 
 
 def _trace_settled(

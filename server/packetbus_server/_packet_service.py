@@ -219,9 +219,10 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
             elif result.outcome is Outcome.CONFLICT:
                 conflicts += 1
                 results[i].error.CopyFrom(
-                    _status.status(
+                    _status.with_reason(
                         code_pb2.ALREADY_EXISTS,
                         f"tracking_id {write.tracking_id} is already used by a different packet",
+                        "TRACKING_ID_IN_USE",
                     )
                 )
             else:

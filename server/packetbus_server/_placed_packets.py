@@ -37,6 +37,7 @@ from . import _keys
 from ._access import Permission
 from ._retry import with_retries
 from ._scripts import RedisClient
+from ._status import abort_with_reason
 
 TASK = "task"
 FINDING = "finding"
@@ -107,9 +108,11 @@ class PlacedPackets:
         under it would store a packet GetPacket never answers). Call it before the
         post writes anything, within the caller's storage error handling."""
         if await self.taken(tracking_id, place):
-            await context.abort(
+            await abort_with_reason(
+                context,
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"tracking id {tracking_id} is another packet's",
+                "TRACKING_ID_IN_USE",
             )
 
     async def note(self, tracking_id: str, place: Place, expires_at_ms: int) -> None:

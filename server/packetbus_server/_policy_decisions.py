@@ -56,9 +56,10 @@ def fill_decided(result: packet_service_pb2.DispatchResult, topic: str, decided:
         fill_receipt(result.receipt, topic, decided.id, decided.expiry_ms)
     else:
         result.error.CopyFrom(
-            _status.status(
+            _status.with_reason(
                 code_pb2.ALREADY_EXISTS,
                 f"tracking_id {result.tracking_id} is already used by a different packet",
+                "TRACKING_ID_IN_USE",
             )
         )
 

@@ -223,16 +223,20 @@ class TaskSettler:
             # This very settlement, made before (a retry after a lost reply).
             return settled.value, settled.extra.decode()
         if settled.outcome == "conflict":
-            await context.abort(
+            await _status.abort_with_reason(
+                context,
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"task {task_id!r} was already {_DONE.get(settled.value, settled.value)} with "
                 f"fencing token {fence}, with another {_WHAT[_CLASS[kind]]}; nothing changed",
+                "TASK_SETTLED_OTHERWISE",
             )
         if settled.outcome == "settled":
-            await context.abort(
+            await _status.abort_with_reason(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"fencing token {fence} no longer holds task {task_id!r}: the task was "
                 f"{_DONE.get(settled.value, settled.value)} with it",
+                "FENCING_TOKEN_STALE",
             )
         if settled.outcome == "gone":
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no task {task_id!r} in {queue!r}")
@@ -247,14 +251,18 @@ class TaskSettler:
                 why = "its lease ran out"
             if token.isascii() and token.isdigit() and fence > int(token):
                 # Never a token of this task: "no longer holds" would say it once was.
-                await context.abort(
+                await _status.abort_with_reason(
+                    context,
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"fencing token {fence} was never issued for task {task_id!r} "
                     f"(its newest claim has token {token})",
+                    "FENCING_TOKEN_UNKNOWN",
                 )
-            await context.abort(
+            await _status.abort_with_reason(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"fencing token {fence} no longer holds task {task_id!r}: {why}",
+                "FENCING_TOKEN_STALE",
             )
         if settled.outcome == "stale":
             await context.abort(grpc.StatusCode.ABORTED, "the task's chain kept changing; retry")

@@ -492,10 +492,13 @@ class SettleResult(_message.Message):
           a lost reply): settlements are idempotent;
         - FAILED_PRECONDITION when this delivery's lease ran out and the packet was
           delivered again and is still outstanding (the message names the delivery
-          now), or the packet was moved to the carcel;
+          now; ErrorInfo reason LEASE_RAN_OUT), or the packet was moved to the
+          carcel (CARCELED);
         - NOT_FOUND when the delivery is not outstanding otherwise: settled in
           another way before, a later delivery of the packet already settled (the
-          message names the last settlement), never delivered, or the packet is gone;
+          message names the last settlement), or never delivered (NOT_OUTSTANDING);
+          the packet is gone from the topic (PACKET_GONE); the group was deleted
+          (GROUP_GONE);
         - INVALID_ARGUMENT for an id that is no delivery id (`<cursor>:<count>`),
           a nack delay over the ack deadline or a reason too long, with a
           google.rpc.BadRequest naming `delivery_id`, `delay_seconds` or `reason`.

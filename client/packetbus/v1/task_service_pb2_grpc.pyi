@@ -43,9 +43,11 @@ class TaskServiceStub:
     with a request_id made again returns the claim made first (while it holds);
     a release, completion or failure repeated with the same fencing token and
     the same request answers OK with the first outcome (with another result,
-    ALREADY_EXISTS); a heartbeat repeated renews the lease again. Claims, releases, completions,
-    failures and carcel moves append signed entries to the task packet's chain
-    of custody.
+    ALREADY_EXISTS, ErrorInfo reason TASK_SETTLED_OTHERWISE); a heartbeat
+    repeated renews the lease again. A fencing token that no longer holds the
+    task is FAILED_PRECONDITION with reason FENCING_TOKEN_STALE, one never issued
+    for it FENCING_TOKEN_UNKNOWN. Claims, releases, completions, failures and
+    carcel moves append signed entries to the task packet's chain of custody.
     """
 
     @_typing.overload
@@ -98,9 +100,11 @@ class TaskServiceAsyncStub(TaskServiceStub):
     with a request_id made again returns the claim made first (while it holds);
     a release, completion or failure repeated with the same fencing token and
     the same request answers OK with the first outcome (with another result,
-    ALREADY_EXISTS); a heartbeat repeated renews the lease again. Claims, releases, completions,
-    failures and carcel moves append signed entries to the task packet's chain
-    of custody.
+    ALREADY_EXISTS, ErrorInfo reason TASK_SETTLED_OTHERWISE); a heartbeat
+    repeated renews the lease again. A fencing token that no longer holds the
+    task is FAILED_PRECONDITION with reason FENCING_TOKEN_STALE, one never issued
+    for it FENCING_TOKEN_UNKNOWN. Claims, releases, completions, failures and
+    carcel moves append signed entries to the task packet's chain of custody.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -149,9 +153,11 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     with a request_id made again returns the claim made first (while it holds);
     a release, completion or failure repeated with the same fencing token and
     the same request answers OK with the first outcome (with another result,
-    ALREADY_EXISTS); a heartbeat repeated renews the lease again. Claims, releases, completions,
-    failures and carcel moves append signed entries to the task packet's chain
-    of custody.
+    ALREADY_EXISTS, ErrorInfo reason TASK_SETTLED_OTHERWISE); a heartbeat
+    repeated renews the lease again. A fencing token that no longer holds the
+    task is FAILED_PRECONDITION with reason FENCING_TOKEN_STALE, one never issued
+    for it FENCING_TOKEN_UNKNOWN. Claims, releases, completions, failures and
+    carcel moves append signed entries to the task packet's chain of custody.
     """
 
     @_abc_1.abstractmethod
