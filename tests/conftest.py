@@ -15,7 +15,6 @@ import concurrent.futures
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from packetbus import _custody
 from packetbus.v1 import custody_pb2
 from packetbus_server import Limits, RunningServer, ServerConfig, start
 from tests._cluster import start_cluster, stop_cluster
+from tests._ports import free_port as free_port  # re-exported: most modules import it here
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_ENV = "PACKETBUS_TEST_REDIS_URL"
@@ -49,13 +49,6 @@ os.environ.setdefault("PACKETBUS_WORKER_PORTS", "0")
 _DATA_HOME = tempfile.mkdtemp(prefix="packetbus-tests-data-")
 os.environ["XDG_DATA_HOME"] = _DATA_HOME
 atexit.register(shutil.rmtree, _DATA_HOME, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def unique(prefix: str = "t") -> str:
@@ -325,6 +318,9 @@ def wait_for_workers(process: subprocess.Popen[str], workers: int) -> None:
         try:
             line = reading.result(timeout=max(0.0, deadline - time.monotonic()))
         except concurrent.futures.TimeoutError:
+            # Stopped before the test fails: left running, its workers kept their
+            # ports (and a store's connections) for the rest of the session.
+            _stop_now(process)
             raise AssertionError(
                 f"{workers} worker(s) did not serve within {WORKERS_START_SECONDS}s:\n"
                 + "".join(seen)[-4000:]
@@ -333,6 +329,16 @@ def wait_for_workers(process: subprocess.Popen[str], workers: int) -> None:
             raise AssertionError(f"server exited with {process.wait()}:\n{''.join(seen)[-4000:]}")
         seen.append(line)
         workers -= len(_WORKER_SERVING.findall(line))
+
+
+def _stop_now(process: subprocess.Popen[str]) -> None:
+    """SIGTERM (a supervisor stops its workers), then SIGKILL after 15 s."""
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(15)
 
 
 def worker_pids(supervisor: int) -> list[int]:
