@@ -115,8 +115,9 @@ class PullLoop:
                         yield _pull_wire.pull_response([], [a.wire() for a in stream.outbox])
                     return
                 room = stream.room(self._clock.now_ms())
+                paused = time.monotonic() < stream.pull_after
                 deliveries: list[bytes] = []
-                if not room or time.monotonic() < stream.pull_after:
+                if not room or paused:
                     # Entries may come while it is full (or paused after a
                     # release): look once there is room.
                     unread = True
@@ -162,7 +163,6 @@ class PullLoop:
                 stream.wake.clear()
                 woken: asyncio.Future[object] = asyncio.ensure_future(stream.wake.wait())
                 waits: set[asyncio.Future[object]] = {woken}
-                paused = stream.pull_after > time.monotonic()
                 if room and newest is not None and not paused:
                     if waiter is None or waiter.done():
                         waiter = asyncio.create_task(

@@ -3,11 +3,12 @@
 
 - It nests at most MAX_STRUCT_DEPTH deep (_struct_depth).
 - No google.protobuf.Value in it is empty (no kind set, nothing else in it). An
-  empty Value is no JSON value: the proto3 JSON mapping has none for it (Python's json_format turns
-  it into null, other runtimes refuse to print it). A client sends one when its
-  protobuf library dropped the field it meant to set, e.g. protobufjs (grpc-js's
-  proto-loader) with keepCase, given `{number_value: 1}` for a Value whose JSON
-  name is numberValue: the number is lost without a word. So it is refused,
+  empty Value is no JSON value: the proto3 JSON mapping has none for it (Python's
+  json_format turns it into null, other runtimes refuse to print it). A client
+  sends one when its protobuf library dropped the field it meant to set, e.g.
+  protobufjs (grpc-js's proto-loader) with keepCase, given `{number_value: 1}`
+  for a Value whose JSON name is numberValue: the number is lost without a
+  word. So it is refused,
   INVALID_ARGUMENT with reason VALUE_KIND at the data's field path, and the
   description names where the empty Value sits. A Value that holds fields this
   server does not know (a kind added to Value after this server was built) is
