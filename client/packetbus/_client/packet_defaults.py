@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from packetbus.v1 import packet_pb2
@@ -35,7 +36,9 @@ def fill_defaults(
     if not packet.tracking_id:
         packet.tracking_id = str(uuid.uuid4())
     if not packet.HasField("dispatched_at"):
-        packet.dispatched_at.GetCurrentTime()
+        # Not GetCurrentTime(): it goes through datetime and calendar.timegm,
+        # ~4 us against ~1 us, on every dispatch().
+        packet.dispatched_at.FromNanoseconds(time.time_ns())
     signs = (
         identity is not None
         and not packet.chain_of_custody
