@@ -321,9 +321,9 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         """Vouch, with a signature, for the chain as it is now."""
         self._custodian.vouch(stored)
 
-    async def Subscribe(
+    async def Subscribe(  # type: ignore[override]
         self, request: packet_service_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[packet_service_pb2.SubscribeResponse]:
+    ) -> AsyncIterator[packet_service_pb2.SubscribeResponse | bytes]:
         violations: list[Violation] = []
         validate_topic(violations, "topic", request.topic, self._limits.max_topic_length)
         start = request.WhichOneof("start")

@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
-from packetbus.v1 import packet_service_pb2
+from packetbus.v1 import packet_pb2, packet_service_pb2
 
+from . import _subscribe_wire as _wire
 from ._clock import StoreClock
 from ._gaps import Follower
 from ._limits import Limits
@@ -21,7 +22,7 @@ from ._log_pages import LogEntry
 from ._observability import metrics, tracing
 from ._packing import packs
 from ._store import PacketStore
-from ._stored_packets import entry_size, stored_packet
+from ._stored_packets import entry_size
 from ._stream_ends import caller_gone, stream_started
 
 # How long one blocking read waits before looking again; bounds how long a
@@ -34,20 +35,21 @@ def _responses(
     gap: packet_service_pb2.SubscriptionGap | None,
     entries: list[LogEntry],
     budget: int,
-) -> Iterator[packet_service_pb2.SubscribeResponse]:
-    """The gap (if any) and `entries`, in responses of at most `budget` bytes each
-    (one packet larger than that alone); the gap goes with the first."""
+) -> Iterator[tuple[bytes, list[LogEntry]]]:
+    """The gap (if any) and `entries`, as serialized responses of at most `budget`
+    bytes each (one packet larger than that alone), each with the entries it carries;
+    the gap goes with the first."""
     for part in packs(entries, entry_size, budget) if entries else [[]]:
-        response = packet_service_pb2.SubscribeResponse(
-            packets=[
-                stored_packet(topic, e.cursor, e.expires_at_ms, e.payload, e.content_length)
-                for e in part
-            ]
-        )
-        if gap is not None:
-            response.gap.CopyFrom(gap)
-            gap = None
-        yield response
+        yield _wire.subscribe_response([_wire.stored_packet(topic, e) for e in part], gap), part
+        gap = None
+
+
+def _carried(entries: list[LogEntry]) -> list[tracing.Carried]:
+    # Only with tracing on: the content is parsed for its tracking id and trace context.
+    return [
+        tracing.carried(packet_pb2.Packet.FromString(e.payload[: e.content_length]))
+        for e in entries
+    ]
 
 
 async def follow_topic(
@@ -57,10 +59,10 @@ async def follow_topic(
     request: packet_service_pb2.SubscribeRequest,
     batch: int,
     context: grpc.aio.ServicerContext,
-) -> AsyncIterator[packet_service_pb2.SubscribeResponse]:
+) -> AsyncIterator[bytes]:
     """Subscribe's stream once admitted: from where `request` starts, its topic's packets
     and gaps in replies of `batch` packets at most, waiting for more at the log's end,
-    until the caller goes."""
+    until the caller goes. Each reply is a serialized SubscribeResponse (_subscribe_wire)."""
     topic = request.topic
     started_ms = clock.now_ms()
     resumed = request.WhichOneof("start") == "after_cursor"
@@ -85,14 +87,9 @@ async def follow_topic(
                 delivered.inc(len(entries))
             # The write waits for HTTP/2 flow control, so a slow reader
             # holds at most one read here: it is paced, the server is not.
-            for response in _responses(topic, gap, entries, budget):
+            for response, sent in _responses(topic, gap, entries, budget):
                 if tracing.active is not None:
-                    tracing.active.batch(
-                        context,
-                        ("receive", "deliver"),
-                        topic,
-                        [tracing.carried(p.packet) for p in response.packets],
-                    )
+                    tracing.active.batch(context, ("receive", "deliver"), topic, _carried(sent))
                 yield response
         if page.complete:
             await store.wait_after(topic, follower.cursor, block_ms=_SUBSCRIBE_BLOCK_MS)
