@@ -20,7 +20,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -726,10 +734,13 @@ async def spawned_server(
     extra_args: Sequence[str] = (),
     tls: TlsSettings | None = None,
     token: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[SpawnedServer]:
     """`packetbus serve` on a free loopback port, stopped with SIGTERM on exit.
 
     `extra_args` go to `packetbus serve` as given (e.g. --tls-cert, --policy);
+    `env` is added to this process's environment for the server (e.g. a PYTHONPATH
+    that puts another checkout's code first, for a before/after in one run);
     `tls` and `token` are what the readiness probe connects with, so a server
     that requires TLS or mutual TLS is seen to be up.
     """
@@ -742,7 +753,12 @@ async def spawned_server(
     command += extra_args
     log(f"starting {' '.join(command)}")
     # The server's stdout ("serving on ...") must not mix into our JSON.
-    process = await asyncio.create_subprocess_exec(*command, stdout=sys.stderr, stderr=sys.stderr)
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        stdout=sys.stderr,
+        stderr=sys.stderr,
+        env=None if env is None else {**os.environ, **env},
+    )
     server = SpawnedServer(target, process, data_dir)
     try:
         deadline = time.monotonic() + 60

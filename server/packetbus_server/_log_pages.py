@@ -25,7 +25,10 @@ def location_topic(value: bytes | str) -> str:
     return raw.decode()
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: made for every packet a reader reads, where a frozen dataclass's
+# __init__ (object.__setattr__ per field) costs four times as much, and expanded in
+# place (PacketStore._expanded). Each read makes its own; none is shared.
+@dataclass(slots=True)
 class LogEntry:
     cursor: str
     expires_at_ms: int

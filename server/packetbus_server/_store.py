@@ -75,16 +75,16 @@ class PacketStore:
         self._expander = expander or _batch_refs.Expander(redis)
 
     async def _expanded(self, topic: str, entries: list[LogEntry]) -> list[LogEntry]:
-        # Stored-once entries get the server's ingest entries back (_batch_refs).
+        # Stored-once entries get the server's ingest entries back (_batch_refs), in
+        # place: the entries are this read's own.
         if not any(e.ref for e in entries):
             return entries
         payloads = await self._expander.expand(
             topic, [(e.payload, e.content_length, e.tracking_id, e.ref) for e in entries]
         )
-        return [
-            LogEntry(e.cursor, e.expires_at_ms, p, e.content_length)
-            for e, p in zip(entries, payloads, strict=True)
-        ]
+        for e, p in zip(entries, payloads, strict=True):
+            e.payload, e.ref, e.tracking_id = p, b"", b""
+        return entries
 
     @property
     def expander(self) -> _batch_refs.Expander:
