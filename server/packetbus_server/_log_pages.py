@@ -27,7 +27,8 @@ def location_topic(value: bytes | str) -> str:
 
 # Not frozen: made for every packet a reader reads, where a frozen dataclass's
 # __init__ (object.__setattr__ per field) costs four times as much, and expanded in
-# place (PacketStore._expanded). Each read makes its own; none is shared.
+# place (PacketStore._expanded) by the read that made it. Subscribers that share a
+# page (PacketStore.follow) only read it, apart from `wire`, a cache of one value.
 @dataclass(slots=True)
 class LogEntry:
     cursor: str
@@ -38,6 +39,9 @@ class LogEntry:
     # reader needs to put the server's entries back ("" when the entry is full).
     ref: bytes = b""
     tracking_id: bytes = b""
+    # The entry as a serialized StoredPacket of its topic (_subscribe_wire), once
+    # made: every subscriber sharing the page sends the same bytes.
+    wire: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

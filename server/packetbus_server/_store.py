@@ -41,7 +41,7 @@ from ._packet_writes import OUTCOMES, Outcome, PacketWrite, WriteResult, dispatc
 from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
-from ._waits import SharedReads
+from ._waits import SharedCalls, SharedReads
 
 # One script call blocks Redis while it runs; bigger batches are split so no
 # single call holds the server for long.
@@ -66,6 +66,9 @@ class PacketStore:
         self.clock = clock or StoreClock(redis.time)
         # Blocking reads: on a pool of their own when given (see _waits).
         self._reads = reads or SharedReads(redis)
+        # Identical page reads under way (every live subscriber of a topic, woken by
+        # one XREAD, reads the same page): one script call and one expansion.
+        self._pages: SharedCalls[tuple[str, str, int, int], FollowPage] = SharedCalls()
         self._cluster = isinstance(redis, RedisCluster)
         self._noted: dict[tuple[str, str], float] = {}
         self._retention_ms = retention_ms
@@ -343,7 +346,8 @@ class PacketStore:
     ) -> FollowPage:
         """Up to `count` entries after `cursor`, and up to `max_bytes` of them (packet bytes
         plus content length; the first always; 0: no bound), with the topic's horizon as
-        it was when they were read (scripts/follow.lua), without waiting."""
+        it was when they were read (scripts/follow.lua), without waiting. Callers asking
+        for the same page while it is read share it: it is theirs to read, not to change."""
 
         async def attempt() -> FollowPage:
             reply: Any = await _scripts.FOLLOW.run(
@@ -360,7 +364,10 @@ class PacketStore:
                 follow_horizon(trimmed, expired, last, int(held)),
             )
 
-        return await with_retries(attempt, budget_seconds=self._retry_budget)
+        return await self._pages.run(
+            (topic, cursor, count, max_bytes),
+            lambda: with_retries(attempt, budget_seconds=self._retry_budget),
+        )
 
     async def wait_after(self, topic: str, cursor: str, *, block_ms: int) -> None:
         """Return once the topic's log has an entry after `cursor`, or after `block_ms`."""

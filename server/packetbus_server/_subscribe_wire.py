@@ -22,11 +22,14 @@ from ._pull_wire import receipt
 
 
 def stored_packet(topic: str, entry: LogEntry) -> bytes:
-    """A StoredPacket of a log entry: its packet, its receipt (stored at the cursor's
-    time) and its content bytes; no custody head (only GetPacket and exports vouch)."""
+    """A StoredPacket of a log entry of `topic`: its packet, its receipt (stored at the
+    cursor's time) and its content bytes; no custody head (only GetPacket and exports
+    vouch). Kept on the entry (`LogEntry.wire`) for the other subscribers of its page."""
+    if entry.wire:
+        return entry.wire
     payload = entry.payload
     content = payload[: entry.content_length]
-    return b"".join(
+    entry.wire = b"".join(
         (
             length_delimited(1, payload),
             length_delimited(
@@ -35,6 +38,7 @@ def stored_packet(topic: str, entry: LogEntry) -> bytes:
             length_delimited(3, content) if content else b"",
         )
     )
+    return entry.wire
 
 
 def subscribe_response(
