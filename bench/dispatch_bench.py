@@ -51,6 +51,7 @@ from packetbus import (
 )
 from packetbus.v1 import packet_service_pb2
 from packetbus_server import _keys
+from packetbus_server._batch_refs import batch_ident
 from packetbus_server._custodian import Custodian
 from packetbus_server._ingest import Accepted, accept, to_write
 from packetbus_server._keyring import Keyring
@@ -486,8 +487,9 @@ async def bench_latency(client: Client, run_id: str, rate: float, seconds: float
 
 def raw_batches(topic: str, count: int, custodian: Custodian | None) -> list[Sequence[PacketWrite]]:
     """Exactly what the server hands to Redis for these packets, built by the server's own
-    ingest code: with `custodian`, each packet carries the two custody entries a signing
-    server adds (signed per 200-packet batch, as a server signs a request's batch)."""
+    ingest code: with `custodian`, each 200-packet batch is sealed as a signing server
+    seals a request's batch, in the form it stores (the batch once, each packet a
+    reference to it: `Custodian.seal_batch`, _batch_refs); without, bare packets."""
     writes: list[PacketWrite] = []
     limits = Limits()
     for batch in chunks([make_packet(topic, i) for i in range(count)], BATCH):
@@ -498,12 +500,19 @@ def raw_batches(topic: str, count: int, custodian: Custodian | None) -> list[Seq
             if not isinstance(outcome, Accepted):
                 raise RuntimeError(f"the bench packet is invalid: {outcome}")
             accepted.append(outcome)
-        chains: Sequence[Sequence[bytes]] = (
-            custodian.seal([(a.packet, a.content) for a in accepted], now_ns)
+        sealed = (
+            custodian.seal_batch([(a.packet, a.content) for a in accepted], now_ns)
             if custodian
-            else [[] for _ in accepted]
+            else None
         )
-        writes += [to_write(a, chain) for a, chain in zip(accepted, chains, strict=True)]
+        if sealed is None:
+            writes += [to_write(a, ()) for a in accepted]
+        else:
+            ident, encoded = batch_ident(sealed), sealed.encode()
+            writes += [
+                to_write(a, (), batch_id=ident, batch=encoded, leaf=2 * k)
+                for k, a in enumerate(accepted)
+            ]
     return chunks(writes, BATCH)
 
 
@@ -515,23 +524,26 @@ async def raw_write_all(
     concurrency: int,
     tally: Tally,
 ) -> None:
-    """PacketStore._write_once on a single Redis (one script call per batch, which also
-    claims each tracking id's location), minus its retries and bookkeeping."""
+    """PacketStore._write_topic on a single Redis (one script call per batch, which also
+    claims each tracking id's location and place, and stores the sealed batch once),
+    minus its retries and bookkeeping."""
 
     async def write(batch: Sequence[PacketWrite]) -> None:
+        batch_id, sealed = batch[0].batch_id, batch[0].batch
         try:
             keys = [
                 _keys.topic_log(topic),
                 _keys.topic_groups(topic),
                 _keys.topic_horizon(topic),
-                # No sealed batch (packets stored whole): its key is not used.
-                _keys.ingest_batch(topic, ""),
+                _keys.ingest_batch(topic, batch_id),
             ]
-            args: list[str | int | bytes] = [RETENTION_MS, 2, topic, b"", b"", b""]
+            leaves = b"".join(b"%08d" % w.leaf for w in batch) if batch_id else b""
+            args: list[str | int | bytes] = [RETENTION_MS, 3, topic, sealed, batch_id, leaves]
             for w in batch:
                 keys += [
                     _keys.packet_record(topic, w.tracking_id),
                     _keys.packet_location(w.tracking_id),
+                    _keys.packet_place(w.tracking_id),
                 ]
                 args.append(dispatch_argument(w))
             reply = await r.evalsha(sha, len(keys), *keys, *args)
@@ -600,7 +612,10 @@ async def bench_raw_redis(url: str, run_id: str, packets: int, keys_dir: Path) -
         for name, concurrency, with_custody in runs:
             # Built off the clock, like the packetbus packets.
             topic, batches = batches_of(name, packets, with_custody)
-            stored = [len(w.payload) for batch in batches for w in batch]
+            # Each packet's stored bytes, its share of its sealed batch included.
+            stored = [
+                len(w.payload) + len(w.batch) / len(batch) for batch in batches for w in batch
+            ]
 
             async def body(
                 tally: Tally,

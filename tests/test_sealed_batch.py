@@ -86,12 +86,33 @@ def test_chain_is_the_sealed_entries(tmp_path: Path) -> None:
 
 
 def test_the_leaves_seal_hashed_are_the_leaves_of_its_entries(tmp_path: Path) -> None:
-    # `with_batch` stores the batch from the hashes `seal` made, not hashed again.
     custodian, packets, _ = sealed(tmp_path, 5, origin_signed=True)
     chains, leaves = custodian.seal_with_leaves(packets, now_ns=1_800_000_000_123_456_789)
     flat = [e for pair in chains for e in pair]
     assert SealedBatch.of_entries(flat, leaves) == SealedBatch.of_entries(flat)
     assert custodian.seal(packets, now_ns=1_800_000_000_123_456_789) == chains
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 200])
+def test_the_batch_ingest_stores_is_the_batch_of_the_entries_seal_makes(
+    tmp_path: Path, count: int
+) -> None:
+    # Ingest seals straight into the stored form (`seal_batch`: root, signature and
+    # leaves, no entry or proof built); it must be the very batch `seal`'s entries
+    # give, so every reader rebuilds exactly the entries `seal` made.
+    custodian, packets, entries = sealed(tmp_path, count, origin_signed=True)
+    batch = custodian.seal_batch(packets, now_ns=1_800_000_000_123_456_789)
+    assert batch is not None
+    assert batch.encode() == SealedBatch.of_entries([e for pair in entries for e in pair]).encode()
+    for k, (packet, content) in enumerate(packets):
+        assert rebuilt(batch, k, packet, content) == entries[k]
+
+
+def test_a_server_that_does_not_sign_seals_no_batch(tmp_path: Path) -> None:
+    custodian = Custodian(Keyring.load(tmp_path / "keys.json"), "server-1", signing=False)
+    _, packets, _ = sealed(tmp_path, 3, origin_signed=False)
+    assert custodian.seal_batch(packets, now_ns=1) is None
+    assert custodian.seal_batch([], now_ns=1) is None
 
 
 def keys_of(custodian: Custodian) -> dict[str, custody_pb2.SigningKey]:

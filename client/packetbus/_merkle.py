@@ -40,6 +40,11 @@ def _levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
     return levels
 
 
+def root(leaves: Sequence[bytes]) -> bytes:
+    """The tree hash of `leaves` (leaf hashes), without the audit paths."""
+    return _levels(leaves)[-1][0]
+
+
 def root_and_proofs(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
     """The tree hash of `leaves` (leaf hashes) and every leaf's audit path, bottom-up."""
     levels = _levels(leaves)

@@ -23,11 +23,10 @@ from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError
 
-from packetbus import _custody, _wire
+from packetbus import _custody
 from packetbus.v1 import packet_pb2
 
 from . import _keys
-from ._packet_writes import PacketWrite
 from ._sealed_batch import SealedBatch, SealedBatchError
 
 # 8 bytes of the batch signature, hex: unique per topic for as long as any
@@ -39,48 +38,12 @@ _ID_BYTES = 8
 # its proof path once used (~11 x 34 B at the 1,000-packet call limit), so 16,384
 # leaves stay under ~7 MB per Expander.
 _CACHED_LEAVES = 16_384
-# The chain_of_custody field's tag: an empty entry is the tag and a zero length.
-_CHAIN_TAG = _wire.with_chain(b"", [b""])[:-1]
 
 
-def with_batch(
-    writes: Sequence[PacketWrite],
-    chains: Sequence[Sequence[bytes]],
-    leaves: Sequence[bytes] | None = None,
-) -> list[PacketWrite]:
-    """`writes` (payload: content, the client's chain, then the server's two
-    entries `chains[i]`) in the stored-once form: the server entries cut off and
-    replaced by a reference to the call's sealed batch. Unchanged when the server
-    does not sign (no entries). `leaves`: the entries' hashes, as
-    `Custodian.seal_with_leaves` gives them (else hashed again)."""
-    if not writes or any(len(c) != 2 for c in chains):
-        return list(writes)
-    flat = [e for chain in chains for e in chain]
-    batch = SealedBatch.of_entries(flat, leaves)
-    encoded = batch.encode()
-    ident = batch.signature[:_ID_BYTES].hex()
-    out = []
-    tag = len(_CHAIN_TAG)
-    for k, (w, chain) in enumerate(zip(writes, chains, strict=True)):
-        received, dispatched = chain
-        cut = 2 * tag + len(received) + len(dispatched)
-        cut += len(_wire.varint(len(received))) + len(_wire.varint(len(dispatched)))
-        # The constructor, not dataclasses.replace: this runs per packet at ingest,
-        # where replace costs ~10 times as much.
-        out.append(
-            PacketWrite(
-                tracking_id=w.tracking_id,
-                topic=w.topic,
-                fingerprint=w.fingerprint,
-                ttl_ms=w.ttl_ms,
-                payload=w.payload[: len(w.payload) - cut],
-                content_length=w.content_length,
-                batch_id=ident,
-                batch=encoded,
-                leaf=2 * k,
-            )
-        )
-    return out
+def batch_ident(batch: SealedBatch) -> str:
+    """The id batch `batch` is stored under on its topic (``pb:{<topic>}:batch:<id>``):
+    the first bytes of its signature, in hex."""
+    return batch.signature[:_ID_BYTES].hex()
 
 
 def parse_ref(ref: bytes) -> tuple[str, int] | None:
@@ -144,7 +107,7 @@ class Expander:
 
     def remember(self, topic: str, ident: str, encoded: bytes) -> None:
         """Cache batch `ident` of `topic` as this server just stored it (`encoded`, the
-        bytes `with_batch` made), so the readers it wakes (a subscriber, a group's
+        bytes `SealedBatch.encode` made), so the readers it wakes (a subscriber, a group's
         Pull) rebuild its packets without an MGET of it (issue 16: at low load every
         call is its own batch, so each delivery would otherwise read one). Decoded
         from the stored bytes, as a read would: the same state either way."""
@@ -228,7 +191,8 @@ def _rebuilt(
         )
     except SealedBatchError:
         return b"", None
-    # The "dispatched" record is the leaf after "received" (`with_batch`).
+    # The "dispatched" record is the leaf after "received" (_packet_service stores
+    # packet k's "received" as leaf 2k).
     return entries, Known(digest, len(chain) + 2, batch.leaf_hash(leaf + 1))
 
 

@@ -14,9 +14,15 @@ from packetbus.v1 import custody_pb2, packet_pb2, packet_service_pb2
 from . import _access
 from ._keyring import Keyring
 from ._observability import counting
+from ._sealed_batch import SealedBatch, ingest_records
 
 # The server's hops at ingest: it took the packet in, then put it on its topic.
 _ACTIONS = (_custody.RECEIVED.encode(), _custody.DISPATCHED.encode())
+
+
+def _count_ingest(packets: int) -> None:
+    counting.signed(_custody.RECEIVED, packets)
+    counting.signed(_custody.DISPATCHED, packets)
 
 
 # Not frozen: made for every packet on the delivery path, where a frozen
@@ -145,57 +151,39 @@ class Custodian:
     def seal_with_leaves(
         self, packets: Sequence[tuple[packet_pb2.Packet, bytes]], now_ns: int
     ) -> tuple[list[list[bytes]], list[bytes]]:
-        """As `seal`, with the batch's leaf hashes (each entry's, in order): what
-        storing the batch once needs (`_batch_refs.with_batch`), so not hashed again."""
+        """As `seal`, with the batch's leaf hashes (each entry's, in order)."""
         if not self.signing or not packets:
             return [[] for _ in packets], []
         signer = self.keyring.active
-        writers = [
-            _wire.RecordWriter(
-                actor=self.server_id.encode(),
-                action=action,
-                occurred_at_ns=now_ns,
-                key_id=signer.key_id.encode(),
-            )
-            for action in _ACTIONS
-        ]
-        # The dispatcher's principal, on both hops; b"" (no field) when there is none.
         details = _wire.hop_details(principal=call_principal())
-        raws: list[bytes] = []
-        hashes: list[bytes] = []
-        entry_hash, sha256 = _custody.entry_hash, hashlib.sha256
-        received_writer, dispatched_writer = writers
-        for packet, content in packets:
-            content_digest = sha256(content).digest()
-            chain = packet.chain_of_custody
-            previous = entry_hash(chain[-1].record) if chain else b""
-            tracking_id = packet.tracking_id.encode()
-            sequence = len(chain)
-            # The two hops unrolled, and entry_hash (SHA-256 of 0x00 || record)
-            # inlined: this runs for every packet (issue 16). The link to each
-            # entry is also its Merkle leaf: hashed once.
-            received = received_writer.record(
-                sequence=sequence,
-                content_digest=content_digest,
-                previous_hash=previous,
-                tracking_id=tracking_id,
-                details=details,
-            )
-            received_hash = sha256(b"\x00" + received).digest()
-            dispatched = dispatched_writer.record(
-                sequence=sequence + 1,
-                content_digest=content_digest,
-                previous_hash=received_hash,
-                tracking_id=tracking_id,
-                details=details,
-            )
-            raws += (received, dispatched)
-            hashes += (received_hash, sha256(b"\x00" + dispatched).digest())
+        raws, hashes = ingest_records(signer, self.server_id, details, packets, now_ns)
         entries = _custody.sign_batch(signer, raws, hashes)
-        counting.signed(_custody.RECEIVED, len(packets))
-        counting.signed(_custody.DISPATCHED, len(packets))
+        _count_ingest(len(packets))
         step = len(_ACTIONS)
         return [entries[i : i + step] for i in range(0, len(entries), step)], hashes
+
+    def seal_batch(
+        self, packets: Sequence[tuple[packet_pb2.Packet, bytes]], now_ns: int
+    ) -> SealedBatch | None:
+        """As `seal`, in the form ingest stores (_batch_refs): the batch's signature
+        and leaves, once, and not each packet's two entries with their proofs, which
+        every reader rebuilds from it byte for byte (`SealedBatch.chain`). None when
+        this server does not sign custody entries, or for no packets."""
+        if not self.signing or not packets:
+            return None
+        signer = self.keyring.active
+        # The dispatcher's principal, on both hops; b"" (no field) when there is none.
+        details = _wire.hop_details(principal=call_principal())
+        _, hashes = ingest_records(signer, self.server_id, details, packets, now_ns)
+        batch = SealedBatch.signed(
+            signer,
+            actor=self.server_id.encode(),
+            occurred_at_ns=now_ns,
+            details=details,
+            leaves=hashes,
+        )
+        _count_ingest(len(packets))
+        return batch
 
     def seal_decided(
         self, packets: Sequence[tuple[packet_pb2.Packet, bytes, str, str]], now_ns: int

@@ -178,8 +178,18 @@ def accept(packet: packet_pb2.Packet, limits: Limits, now_ns: int) -> Accepted |
     return Accepted(packet, meant, content)
 
 
-def to_write(accepted: Accepted, server_entries: Sequence[bytes]) -> PacketWrite:
-    """The stored form: content bytes, then the chain (the sender's entries, then the server's)."""
+def to_write(
+    accepted: Accepted,
+    server_entries: Sequence[bytes],
+    *,
+    batch_id: str = "",
+    batch: bytes = b"",
+    leaf: int = 0,
+) -> PacketWrite:
+    """The stored form: content bytes, then the chain (the sender's entries, then the
+    server's). In the stored-once form (_batch_refs) the server's ingest entries are
+    not in it (`server_entries` empty) but leaf `leaf` of sealed batch `batch`
+    (encoded), stored once as `batch_id`."""
     packet = accepted.packet
     own = packet.chain_of_custody
     entries = [*(e.SerializeToString() for e in own), *server_entries] if own else server_entries
@@ -190,6 +200,9 @@ def to_write(accepted: Accepted, server_entries: Sequence[bytes]) -> PacketWrite
         ttl_ms=packet.ttl_seconds * 1000,
         payload=_wire.with_chain(accepted.content, entries),
         content_length=len(accepted.content),
+        batch_id=batch_id,
+        batch=batch,
+        leaf=leaf,
     )
 
 

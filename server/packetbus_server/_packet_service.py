@@ -16,7 +16,7 @@ from . import _status
 from ._access import Permission, allows, binding
 from ._access.caller_info import describe_caller
 from ._access.gate import recheck
-from ._batch_refs import with_batch
+from ._batch_refs import batch_ident
 from ._clock import StoreClock
 from ._custodian import Custodian, check_origin
 from ._dispatch_stream import answer_batches
@@ -200,12 +200,17 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
         if self._governor is not None and accepted:
             accepted = await self._governor.judge(accepted, results, now_ns, context)
 
-        chains, leaves = self._custodian.seal_with_leaves(
-            [(a.packet, a.content) for _, a in accepted], now_ns
-        )
-        writes = [to_write(a, chain) for (_, a), chain in zip(accepted, chains, strict=True)]
-        # The server's entries stored once per call, not per packet (_batch_refs).
-        writes = with_batch(writes, chains, leaves)
+        # The server's two entries per packet stored once per call, as one signed
+        # batch the packets refer to ("received" of packet k is leaf 2k): _batch_refs.
+        batch = self._custodian.seal_batch([(a.packet, a.content) for _, a in accepted], now_ns)
+        if batch is None:
+            writes = [to_write(a, ()) for _, a in accepted]
+        else:
+            ident, encoded = batch_ident(batch), batch.encode()
+            writes = [
+                to_write(a, (), batch_id=ident, batch=encoded, leaf=2 * k)
+                for k, (_, a) in enumerate(accepted)
+            ]
         async with storage_errors(context):
             stored = await self._store.write(writes, time_remaining=context.time_remaining())
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from packetbus import _custody, _merkle, _wire
-from packetbus.v1 import custody_pb2
+from packetbus.v1 import custody_pb2, packet_pb2
 
 # Version 1: the two ingest hops of Custodian.seal, in this order, per packet.
 _VERSION = 1
@@ -34,6 +34,57 @@ _ACTIONS = (_custody.RECEIVED.encode(), _custody.DISPATCHED.encode())
 _HEAD = struct.Struct(">BQHHH")  # version, occurred_at_ns, then three lengths
 _SIGNATURE = 64
 _HASH = 32
+
+
+def ingest_records(
+    signer: _custody.Signer,
+    server_id: str,
+    details: bytes,
+    packets: Sequence[tuple[packet_pb2.Packet, bytes]],
+    now_ns: int,
+) -> tuple[list[bytes], list[bytes]]:
+    """Each (packet, content)'s "received" and "dispatched" records, serialized, in
+    order, and their entry hashes (the batch's Merkle leaves): what `Custodian.seal`
+    signs and `SealedBatch.signed` keeps. `details`: `_wire.hop_details` of both hops."""
+    received_writer, dispatched_writer = (
+        _wire.RecordWriter(
+            actor=server_id.encode(),
+            action=action,
+            occurred_at_ns=now_ns,
+            key_id=signer.key_id.encode(),
+        )
+        for action in _ACTIONS
+    )
+    raws: list[bytes] = []
+    hashes: list[bytes] = []
+    entry_hash, sha256 = _custody.entry_hash, hashlib.sha256
+    for packet, content in packets:
+        content_digest = sha256(content).digest()
+        chain = packet.chain_of_custody
+        previous = entry_hash(chain[-1].record) if chain else b""
+        tracking_id = packet.tracking_id.encode()
+        sequence = len(chain)
+        # The two hops unrolled, and entry_hash (SHA-256 of 0x00 || record) inlined:
+        # this runs for every packet (issue 16). The link to each entry is also its
+        # Merkle leaf: hashed once.
+        received = received_writer.record(
+            sequence=sequence,
+            content_digest=content_digest,
+            previous_hash=previous,
+            tracking_id=tracking_id,
+            details=details,
+        )
+        received_hash = sha256(b"\x00" + received).digest()
+        dispatched = dispatched_writer.record(
+            sequence=sequence + 1,
+            content_digest=content_digest,
+            previous_hash=received_hash,
+            tracking_id=tracking_id,
+            details=details,
+        )
+        raws += (received, dispatched)
+        hashes += (received_hash, sha256(b"\x00" + dispatched).digest())
+    return raws, hashes
 
 
 class SealedBatchError(ValueError):
@@ -86,6 +137,29 @@ class SealedBatch:
         if len(details) != details_len or not leaves or len(leaves) % _HASH:
             raise SealedBatchError("a sealed batch's leaves are not whole 32-byte hashes")
         return cls(signature, key_id, actor, occurred_at_ns, details, leaves)
+
+    @classmethod
+    def signed(
+        cls,
+        signer: _custody.Signer,
+        *,
+        actor: bytes,
+        occurred_at_ns: int,
+        details: bytes,
+        leaves: Sequence[bytes],
+    ) -> SealedBatch:
+        """The batch `signer` signs over `leaves` (the records' entry hashes, each
+        packet's "received" then "dispatched"): one signature over their Merkle root,
+        as `_custody.sign_batch` makes it, without building each entry and its proof
+        (a reader rebuilds those: `chain`). `Custodian.seal_batch` at ingest."""
+        return cls(
+            signature=signer.sign(_custody.BATCH_DOMAIN, _merkle.root(leaves)),
+            key_id=signer.key_id.encode(),
+            actor=actor,
+            occurred_at_ns=occurred_at_ns,
+            details=details,
+            leaves=b"".join(leaves),
+        )
 
     @classmethod
     def of_entries(
