@@ -18,10 +18,13 @@ Where things happen:
 - ``_refusals.py``         the store's refusals (full memory, disk, replica...): retried or not, and the status
 - ``_eviction.py``         the store must not evict: its policy checked at start and with health
 - ``_custodian.py``        signs the server's custody entries and heads; checks signed origins
+- ``_sealed_batch.py``     a signed ingest batch stored once; the records it signs, rebuilt per packet
+- ``_batch_refs.py``       log entries that refer to a sealed batch, expanded for every reader
 - ``_keyring.py``          the server's signing keys on disk, and their rotation
 - ``_key_store.py``        the public key registry in Redis (servers' and agents' keys)
 - ``_packet_service.py``   the PacketService RPCs (dispatch, get, subscribe, info)
 - ``_subscription.py``     Subscribe's stream: its start, the follow loop, replies packed
+                           (written as bytes around the stored packets: ``_subscribe_wire.py``)
 - ``_stored_packets.py``   a stored packet as a reply (Receipt, StoredPacket), for every service
 - ``_storage_errors.py``   the store's failures as an RPC's status (storage_errors)
 - ``_stream_ends.py``      a streaming RPC's start made known, its caller gone
@@ -64,6 +67,7 @@ Where things happen:
 - ``_reflection_v1.py``    server reflection grpc.reflection.v1 beside the stock v1alpha
 - ``_durability.py``       durability modes: fsync per write (WAITAOF) or per second
 - ``_embedded.py``         the embedded Valkey: one owner per data dir, a private socket
+- ``_waits.py``            blocking XREAD waits, and identical calls under way shared (SharedCalls)
 """
 
 from ._app import VERSION, RunningServer, ServerConfig, default_data_dir, run, running, serve, start
