@@ -40,11 +40,26 @@ from dispatch_bench import (
     run_and_report,
     spawned_server,
 )
-from perf_parts import publish_all
+from perf_parts import filled_stream
 
 from packetbus import EARLIEST, Client
 
 Step = Callable[[str], Awaitable[dict[str, Any]]]
+
+
+async def all_read(subscribers: int, read: Callable[[], Awaitable[None]]) -> None:
+    """`subscribers` readers at once, each `read()` until it has the whole topic."""
+    done = asyncio.Event()
+    finished = 0
+
+    async def reader() -> None:
+        nonlocal finished
+        await read()
+        finished += 1
+        if finished == subscribers:
+            done.set()
+
+    await run_until(done, [reader() for _ in range(subscribers)])
 
 
 async def packetbus_fanout(
@@ -55,11 +70,7 @@ async def packetbus_fanout(
     await fill(client, topic, packets)
 
     async def body(tally: Tally) -> None:
-        done = asyncio.Event()
-        finished = 0
-
-        async def subscriber() -> None:
-            nonlocal finished
+        async def read() -> None:
             seen = 0
             async with client.subscribe(topic, start=EARLIEST) as packets_in:
                 async for _ in packets_in:
@@ -67,11 +78,8 @@ async def packetbus_fanout(
                     tally.ok += 1
                     if seen == packets:
                         break
-            finished += 1
-            if finished == subscribers:
-                done.set()
 
-        await run_until(done, [subscriber() for _ in range(subscribers)])
+        await all_read(subscribers, read)
 
     return await measure(f"fanout_{topic}", packets * subscribers, pids, body)
 
@@ -87,19 +95,11 @@ async def nats_fanout(
     """A stream of `packets` messages filled off the clock, then `subscribers` ordered
     consumers (push, no acks, flow control: JetStream's own fan-out reader) from its start."""
     subject = f"{stream.lower()}.fanout"
-    await js.add_stream(name=stream, subjects=[subject])
+    await filled_stream(js, stream, subject, payload, packets)
     try:
-        filled = Tally()
-        await publish_all(js, subject, payload, packets, filled)
-        if filled.errors:
-            raise RuntimeError(f"filling the NATS stream failed: {filled.first_error}")
 
         async def body(tally: Tally) -> None:
-            done = asyncio.Event()
-            finished = 0
-
-            async def subscriber() -> None:
-                nonlocal finished
+            async def read() -> None:
                 seen = 0
                 all_in = asyncio.Event()
 
@@ -115,11 +115,8 @@ async def nats_fanout(
                     await all_in.wait()
                 finally:
                     await sub.unsubscribe()
-                finished += 1
-                if finished == subscribers:
-                    done.set()
 
-            await run_until(done, [subscriber() for _ in range(subscribers)])
+            await all_read(subscribers, read)
 
         report = await measure(f"fanout_{stream}", packets * subscribers, pids, body)
     finally:

@@ -312,6 +312,17 @@ async def packetbus_consume(
     return report
 
 
+async def filled_stream(js: Any, stream: str, subject: str, payload: bytes, packets: int) -> None:
+    """A new JetStream stream on `subject` holding `packets` messages of `payload` (off
+    the clock); deleted again if filling it fails."""
+    await js.add_stream(name=stream, subjects=[subject])
+    filled = Tally()
+    await publish_all(js, subject, payload, packets, filled)
+    if filled.errors:
+        await js.delete_stream(stream)
+        raise RuntimeError(f"filling the NATS stream failed: {filled.first_error}")
+
+
 async def nats_consume(
     js: Any, stream: str, payload: bytes, packets: int, consumers: int, pids: Pids, *, sync: bool
 ) -> dict[str, Any]:
@@ -321,12 +332,8 @@ async def nats_consume(
     from nats.js.api import AckPolicy, ConsumerConfig
 
     subject = f"{stream.lower()}.consume"
-    await js.add_stream(name=stream, subjects=[subject])
+    await filled_stream(js, stream, subject, payload, packets)
     try:
-        filled = Tally()
-        await publish_all(js, subject, payload, packets, filled)
-        if filled.errors:
-            raise RuntimeError(f"filling the NATS stream failed: {filled.first_error}")
         await js.add_consumer(
             stream, ConsumerConfig(durable_name=GROUP, ack_policy=AckPolicy.EXPLICIT)
         )
