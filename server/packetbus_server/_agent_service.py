@@ -103,14 +103,18 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
                 f"the registry holds {self._limits.max_agents} agents, its limit",
             )
         if outcome == "no_parent":
-            await context.abort(
+            await _status.abort_with_reason(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"parent {spec.parent_id!r} is not registered",
+                "PARENT_NOT_REGISTERED",
             )
         if outcome == "cycle":
-            await context.abort(
+            await _status.abort_with_reason(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"parent {spec.parent_id!r} descends from {spec.id!r}: that would be a cycle",
+                "PARENT_CYCLE",
             )
         return pb.RegisterAgentResponse(
             agent=agent_from_fields(spec.id, registered.fields, self._clock.now_ms()),
