@@ -29,10 +29,9 @@ from packetbus.v1 import task_service_pb2 as pb
 from . import _keys, _scripts, _status
 from ._access import Permission, allows
 from ._clock import StoreClock
-from ._fields import longest_name, utf8_length
 from ._limits import Limits
 from ._name_index import QUEUE_KEYS, existing, indexed_names
-from ._name_listing import page_after
+from ._name_listing import check_prefix, page_after
 from ._packing import ITEM_OVERHEAD, message_size
 from ._page_tokens import seal
 from ._paging import DEFAULT_PAGE, MAX_PAGE
@@ -75,13 +74,7 @@ class TaskQueues:
         size = request.page_size or DEFAULT_PAGE
         if size > MAX_PAGE:
             violations.append(Violation("page_size", "RANGE", f"must be at most {MAX_PAGE}"))
-        longest = longest_name(self._limits.max_topic_length)
-        if utf8_length(request.prefix) > longest:
-            violations.append(
-                Violation(
-                    "prefix", "LENGTH", f"must be at most {longest} bytes (a queue name's limit)"
-                )
-            )
+        check_prefix(violations, request.prefix, self._limits.max_topic_length)
         scope = (request.prefix,)
         after = page_after(violations, "task_queues", request.prefix, request.page_token, _may_read)
         if violations:
