@@ -256,9 +256,10 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
                 count = min(budget, max(page_size - len(found), 100))
                 if siblings is not None:
                     ids = [i for i in siblings if i > after][:count]
+                    read = len(ids)
                 else:
-                    ids = await self._store.ids_after(after, count)
-                budget -= len(ids)
+                    ids, read = await self._store.ids_after(after, count)
+                budget -= read
                 now, consumed = self._clock.now_ms(), 0
                 for agent_id, fields in zip(ids, await self._store.get_many(ids), strict=True):
                     after, consumed = agent_id, consumed + 1
@@ -274,7 +275,7 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
                                 break
                 if full:
                     break
-                if consumed == len(ids) and len(ids) < count:
+                if consumed == len(ids) and read < count:
                     exhausted = True
                     break
         return pb.ListAgentsResponse(
