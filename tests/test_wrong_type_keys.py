@@ -1,0 +1,108 @@
+"""A key of another Redis type where the server expects one of its own (someone SET
+pb:{t}:log, a restore gone wrong) is a store in a state the server did not make:
+each call that meets it ends FAILED_PRECONDITION with ErrorInfo reason
+STORE_KEY_WRONG_TYPE naming the key and both types (never INTERNAL or UNKNOWN), and
+the server logs it once at ERROR."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+import pytest
+import redis.asyncio as redis_asyncio
+
+import packetbus
+from packetbus_server import _keys
+from tests._governed import error_info
+from tests.conftest import new_packet, unique
+
+REASON = "STORE_KEY_WRONG_TYPE"
+
+
+def assert_wrong_type(
+    error: packetbus.PacketbusError, key: str, expected: str, found: str = "string"
+) -> None:
+    assert error.code == grpc.StatusCode.FAILED_PRECONDITION, error
+    assert error_info(error) == {
+        "reason": REASON,
+        "key": key,
+        "expected": expected,
+        "found": found,
+    }
+    assert key in error.message
+
+
+def logged_once(caplog: pytest.LogCaptureFixture, key: str) -> None:
+    lines = [r for r in caplog.records if r.levelno >= logging.ERROR and key in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+    assert REASON in lines[0].getMessage()
+    assert lines[0].exc_info is None  # one line, no traceback
+    assert "redis://" not in lines[0].getMessage()
+
+
+async def _first_delivery(client: packetbus.Client, topic: str) -> None:
+    async with asyncio.timeout(10):
+        async for _ in client.subscribe(topic, start=packetbus.EARLIEST):
+            break
+
+
+async def test_a_dispatch_to_a_log_of_another_type(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = unique("wt")
+    await raw_redis.set(_keys.topic_log(topic), "not a stream", ex=600)
+    with pytest.raises(packetbus.PacketbusError) as refused:
+        await client.dispatch(new_packet(topic))
+    assert_wrong_type(refused.value, _keys.topic_log(topic), "stream")
+    logged_once(caplog, _keys.topic_log(topic))
+    assert await raw_redis.get(_keys.topic_log(topic)) == b"not a stream"
+
+
+async def test_a_subscription_to_a_log_of_another_type(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = unique("wt")
+    await raw_redis.set(_keys.topic_log(topic), "not a stream", ex=600)
+    with pytest.raises(packetbus.PacketbusError) as refused:
+        await _first_delivery(client, topic)
+    assert_wrong_type(refused.value, _keys.topic_log(topic), "stream")
+    logged_once(caplog, _keys.topic_log(topic))
+
+
+async def test_a_pull_from_a_log_of_another_type(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = unique("wt")
+    await client.create_consumer_group(topic, "g", start=packetbus.EARLIEST)
+    await raw_redis.delete(_keys.topic_log(topic))
+    await raw_redis.set(_keys.topic_log(topic), "not a stream", ex=600)
+    with pytest.raises(packetbus.PacketbusError) as refused:
+        async with asyncio.timeout(10), client.consume(topic, "g", consumer="c") as consumer:
+            await anext(consumer)
+    assert_wrong_type(refused.value, _keys.topic_log(topic), "stream")
+    logged_once(caplog, _keys.topic_log(topic))
+
+
+async def test_a_claim_from_a_queue_whose_leases_are_of_another_type(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = unique("wt")
+    await raw_redis.set(_keys.task_leases(queue), "not a sorted set", ex=600)
+    with pytest.raises(packetbus.PacketbusError) as refused:
+        await client.task_queue(queue).claim("w-1")
+    assert_wrong_type(refused.value, _keys.task_leases(queue), "zset")
+    logged_once(caplog, _keys.task_leases(queue))
+
+
+async def test_a_plain_command_on_a_key_of_another_type_names_it_too(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Not a script: ListConsumerGroups reads the group registry with HGETALL.
+    topic = unique("wt")
+    await raw_redis.set(_keys.topic_groups(topic), "not a hash", ex=600)
+    with pytest.raises(packetbus.PacketbusError) as refused:
+        await client.list_consumer_groups(topic)
+    assert_wrong_type(refused.value, _keys.topic_groups(topic), "hash")
+    logged_once(caplog, _keys.topic_groups(topic))
