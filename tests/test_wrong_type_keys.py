@@ -7,6 +7,7 @@ the server logs it once at ERROR."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 
 import grpc
@@ -14,7 +15,7 @@ import pytest
 import redis.asyncio as redis_asyncio
 
 import packetbus
-from packetbus_server import _keys
+from packetbus_server import _key_types, _keys
 from tests._governed import error_info
 from tests.conftest import new_packet, unique
 
@@ -106,3 +107,19 @@ async def test_a_plain_command_on_a_key_of_another_type_names_it_too(
         await client.list_consumer_groups(topic)
     assert_wrong_type(refused.value, _keys.topic_groups(topic), "hash")
     logged_once(caplog, _keys.topic_groups(topic))
+
+
+def test_every_key_the_layout_makes_has_a_type_in_its_table() -> None:
+    # _key_types reads the types off _keys' table: a family added without a row
+    # there would make a WRONGTYPE on it name no key.
+    made = [_keys.log_fingerprints(_keys.memory_log("a"))]
+    for name, make in vars(_keys).items():
+        if inspect.isfunction(make) and make.__module__ == _keys.__name__:
+            if name in ("slot_guard", "log_fingerprints") or name.startswith("_"):
+                continue
+            key = make(*["t-1" for _ in inspect.signature(make).parameters])
+            if isinstance(key, str) and not key.endswith(":"):  # not a prefix
+                made.append(key)
+    made += [_keys.TOPICS, _keys.QUEUES, _keys.AGENT_IDS, _keys.AGENT_EVENTS]
+    assert len(made) > 40
+    assert [k for k in made if _key_types.expected_type(k) is None] == []
