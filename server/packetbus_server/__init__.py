@@ -14,6 +14,7 @@ Where things happen:
 - ``_cluster_claims.py``   on a Redis Cluster: a dispatch's tracking ids claimed before its script
 - ``_redis_connect.py``    connecting to a single Redis or a Redis Cluster (connect_redis)
 - ``_keys.py``             the Redis key layout
+- ``_key_types.py``        a WRONGTYPE's key named: the store clients look it up against ``_keys``
 - ``_retry.py``            which Redis failures are retried, and how
 - ``_refusals.py``         the store's refusals (full memory, disk, replica...): retried or not, and the status
 - ``_eviction.py``         the store must not evict: its policy checked at start and with health
@@ -26,7 +27,8 @@ Where things happen:
 - ``_subscription.py``     Subscribe's stream: its start, the follow loop, replies packed
                            (written as bytes around the stored packets: ``_subscribe_wire.py``)
 - ``_stored_packets.py``   a stored packet as a reply (Receipt, StoredPacket), for every service
-- ``_storage_errors.py``   the store's failures as an RPC's status (storage_errors)
+- ``_storage_errors.py``   the store's failures as an RPC's status (storage_errors, store_state)
+- ``_name_listing.py``     ListTopics' and ListTaskQueues' prefix and page token rules
 - ``_stream_ends.py``      a streaming RPC's start made known, its caller gone
 - ``_dispatch_stream.py``  DispatchStream: Dispatch's batches over one long-lived stream
 - ``_custody_service.py``  the CustodyService RPCs (keys, agent keys, verify, export)
@@ -51,6 +53,7 @@ Where things happen:
 - ``_context_replies.py``  documents and change events as replies
 - ``_app.py``              assembly and lifecycle: start, drain on SIGTERM, entry points
 - ``_server_config.py``    the server's settings (ServerConfig) and TLS credentials
+- ``_config_checks.py``    the ranges ServerConfig and Limits take, checked when either is made
 - ``_store_connection.py`` the store: embedded or external, connected and probed at start
 - ``_service_wiring.py``   every servicer on its store, behind the gate; health, reflection
 - ``_task_service.py``     the TaskService RPCs; checks ``_task_requests.py``, settlements

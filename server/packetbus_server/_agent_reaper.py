@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from packetbus._stopping import cancel_and_wait
 
 from ._agent_store import AgentStore
-from ._retry import StoreRefusedError, StoreUnavailableError
+from ._retry import StoreRefusedError, StoreUnavailableError, StoreWrongTypeError
 
 log = logging.getLogger("packetbus.server.agents")
 
@@ -58,6 +58,15 @@ class AgentReaper:
                 await self.sweep_once()
             except asyncio.CancelledError:
                 raise
+            except StoreWrongTypeError as exc:  # a key the server did not make
+                # Once at ERROR, in one line, until the sweeps go on: not a traceback
+                # a second for as long as the key stays (as storage_errors logs a call's).
+                kind = f"wrong type {exc.found.key if exc.found else ''}"
+                if kind != refused:
+                    log.error(
+                        "agent sweep skipped until the key is fixed: STORE_KEY_WRONG_TYPE: %s", exc
+                    )
+                    refused = kind
             except (StoreUnavailableError, StoreRefusedError) as exc:  # away, full: not a bug
                 # Keyed by the kind of refusal, not its words: one refusal's message
                 # varies with where the retry budget ran out.

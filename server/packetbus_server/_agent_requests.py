@@ -9,6 +9,7 @@ from packetbus import _custody, _ed25519
 from packetbus.v1 import agent_service_pb2 as pb
 from packetbus.v1 import custody_pb2
 
+from . import _status
 from ._agent_store import AgentStore
 from ._clock import StoreClock
 from ._field_rules import MAX_SHORT_TEXT, validate_agent_id, validate_id
@@ -131,9 +132,11 @@ async def check_agent_key(
         owned = await store.agent_key_ids(agent_id)
     existing = found.get(key.key_id)
     if existing is not None and existing.owner != agent_id:
-        await context.abort(
+        await _status.abort_with_reason(
+            context,
             grpc.StatusCode.ALREADY_EXISTS,
             f"key {key.key_id} is already registered to another owner",
+            "KEY_ID_IN_USE",
         )
     if owned and key.key_id not in owned:
         await context.abort(

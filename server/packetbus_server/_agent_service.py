@@ -103,14 +103,18 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
                 f"the registry holds {self._limits.max_agents} agents, its limit",
             )
         if outcome == "no_parent":
-            await context.abort(
+            await _status.abort_with_reason(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"parent {spec.parent_id!r} is not registered",
+                "PARENT_NOT_REGISTERED",
             )
         if outcome == "cycle":
-            await context.abort(
+            await _status.abort_with_reason(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"parent {spec.parent_id!r} descends from {spec.id!r}: that would be a cycle",
+                "PARENT_CYCLE",
             )
         return pb.RegisterAgentResponse(
             agent=agent_from_fields(spec.id, registered.fields, self._clock.now_ms()),
@@ -252,9 +256,10 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
                 count = min(budget, max(page_size - len(found), 100))
                 if siblings is not None:
                     ids = [i for i in siblings if i > after][:count]
+                    read = len(ids)
                 else:
-                    ids = await self._store.ids_after(after, count)
-                budget -= len(ids)
+                    ids, read = await self._store.ids_after(after, count)
+                budget -= read
                 now, consumed = self._clock.now_ms(), 0
                 for agent_id, fields in zip(ids, await self._store.get_many(ids), strict=True):
                     after, consumed = agent_id, consumed + 1
@@ -270,7 +275,7 @@ class AgentService(agent_service_pb2_grpc.AgentServiceServicer):
                                 break
                 if full:
                     break
-                if consumed == len(ids) and len(ids) < count:
+                if consumed == len(ids) and read < count:
                     exhausted = True
                     break
         return pb.ListAgentsResponse(

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import _keys, _scripts
 from ._limits import Limits
-from ._replies import text
+from ._replies import names, text
 from ._retry import with_retries
 from ._scripts import RedisClient
 from ._waits import SharedReads
@@ -182,21 +182,24 @@ class AgentStore:
         found: list[Fields] = await self._retried(attempt)
         return [f or None for f in found]
 
-    async def ids_after(self, after: str, count: int) -> list[str]:
-        """Registered ids after `after` ("" for the first), in id order."""
+    async def ids_after(self, after: str, count: int) -> tuple[list[str], int]:
+        """Registered ids after `after` ("" for the first), in id order, of the next
+        `count` members of the registry, and how many members were read: a member
+        that is not UTF-8 is no id a server registered (a stray), left out
+        (_replies.name) but read, so a short read still means the end."""
 
-        async def attempt() -> list[str]:
+        async def attempt() -> tuple[list[str], int]:
             start = f"({after}" if after else "-"
             raw: Any = await self._redis.zrangebylex(_keys.AGENT_IDS, start, "+", 0, count)
-            return [text(r) for r in raw]
+            return names(raw), len(raw)
 
-        ids: list[str] = await self._retried(attempt)
-        return ids
+        found: tuple[list[str], int] = await self._retried(attempt)
+        return found
 
     async def children(self, parent: str) -> list[str]:
         async def attempt() -> list[str]:
             raw: Any = await self._redis.smembers(_keys.agent_children(parent))
-            return sorted(text(r) for r in raw)
+            return sorted(names(raw))  # a stray member (not UTF-8) is no child
 
         ids: list[str] = await self._retried(attempt)
         return ids

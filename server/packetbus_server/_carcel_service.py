@@ -157,10 +157,12 @@ class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
         record = await self._load(context, request.topic, request.id)
         if record.rule_id:
             # Requeuing would let it past the policy that refused it.
-            await context.abort(
+            await _status.abort_with_reason(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"entry {record.id} was refused by policy rule {record.rule_id!r}: it is not "
                 "requeued; once the policy allows it, dispatch it again with a new tracking_id",
+                "REFUSED_BY_POLICY",
             )
         # Re-validated as it would be dispatched: a packet let in under older
         # rules does not re-enter without meeting today's.
@@ -213,9 +215,11 @@ class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
                     grpc.StatusCode.NOT_FOUND,
                     f"carcel entry {request.id} was requeued or purged meanwhile",
                 )
-            await context.abort(
+            await _status.abort_with_reason(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"cannot requeue: it came from {result.value!r}, which no longer exists",
+                "SOURCE_GONE",
             )
         await context.abort(
             grpc.StatusCode.ABORTED, "the packet's chain kept changing; requeue again"

@@ -62,8 +62,10 @@ from redis.exceptions import (
     TimeoutError,
 )
 
+from ._key_types import KeyTypedErrors
 
-class StoreCluster(RedisCluster):
+
+class StoreCluster(KeyTypedErrors, RedisCluster):  # type: ignore[misc]  # redis-py's bases disagree
     """``RedisCluster`` with the redirect loop described in the module docstring.
 
     Errors raised: what the node answers (TryAgainError on TRYAGAIN,

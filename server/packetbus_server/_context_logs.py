@@ -9,6 +9,7 @@ import grpc
 
 from packetbus.v1 import context_service_pb2 as pb
 
+from . import _status
 from ._context_store import ContextStore
 from ._limits import Limits
 from ._storage_errors import storage_errors
@@ -48,9 +49,11 @@ async def append_entry(
             ttl_ms=ttl_ms,
         )
     if appended is None:
-        await context.abort(
+        await _status.abort_with_reason(
+            context,
             grpc.StatusCode.ALREADY_EXISTS,
             f"entry_id {entry.entry_id} is already in the log with other contents; "
             "give a new entry a new id",
+            "ENTRY_ID_IN_USE",
         )
     return length

@@ -227,7 +227,9 @@ async def same_upload(
         h.content_type,
         h.author,
     ):
-        await context.abort(
+        await _status.abort_with_reason(
+            context,
             grpc.StatusCode.ALREADY_EXISTS,
             f"upload {committed.upload_id} committed other bytes, media type or author",
+            "UPLOAD_ID_IN_USE",
         )

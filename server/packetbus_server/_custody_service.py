@@ -166,9 +166,11 @@ class CustodyService(custody_service_pb2_grpc.CustodyServiceServicer):
             assert principal is not None  # only an authenticated caller is ever refused
             await deny(context, principal, _access.Permission.AGENTS_ACT_FOR, request.agent_id)
         if outcome is Registration.TAKEN:
-            await context.abort(
+            await _status.abort_with_reason(
+                context,
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"key {key.key_id} is already registered to another owner",
+                "KEY_ID_IN_USE",
             )
         if outcome is Registration.NEEDS_ENDORSEMENT:
             await context.abort(

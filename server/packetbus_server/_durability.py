@@ -31,6 +31,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 
 from . import _keys
+from ._key_types import StoreRedis
 
 log = logging.getLogger("packetbus.server")
 
@@ -186,7 +187,7 @@ class Waits:
             self.unconfirmed = False
 
 
-class DurableRedis(Redis):
+class DurableRedis(StoreRedis):
     """A Redis client that acknowledges a write only once the store's AOF has it on
     disk: each write command is sent with ``WAITAOF 1 0 T`` right behind it, on the
     same connection (WAITAOF waits for that connection's own last write), in the

@@ -151,9 +151,11 @@ class FindingService(finding_service_pb2_grpc.FindingServiceServicer):
             )
         counting.posted(counting.FINDING, status, len(write.payload))
         if status == "conflict":
-            await context.abort(
+            await _status.abort_with_reason(
+                context,
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"finding {finding_id!r} of task {finding.task_id!r} is another packet's",
+                "FINDING_ID_IN_USE",
             )
         if self._placed is not None:
             async with storage_errors(context):

@@ -161,10 +161,11 @@ def _posted_outcome(outcome: Decided, packet: packet_pb2.Packet, what: str) -> s
     # The tracking id is an earlier dispatched packet's, on the same topic: this
     # post is not that packet's retry (a task, finding or record is never stored
     # on the topic's log, nor held).
-    return status_pb2.Status(
-        code=code_pb2.ALREADY_EXISTS,
-        message=f"tracking_id {packet.tracking_id} of this {what} is already used by "
+    return _status.with_reason(
+        code_pb2.ALREADY_EXISTS,
+        f"tracking_id {packet.tracking_id} of this {what} is already used by "
         f"another packet on topic {packet.topic!r}",
+        "TRACKING_ID_IN_USE",
     )
 
 

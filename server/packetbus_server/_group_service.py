@@ -132,11 +132,13 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
                 max_attempts=attempts,
             )
         if status is GroupStatus.CONFLICT:
-            await context.abort(
+            await _status.abort_with_reason(
+                context,
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"group {request.name!r} on topic {request.topic!r} exists with other "
                 f"settings (ack deadline {settings.ack_deadline_ms // 1000}s, "
                 f"max delivery attempts {settings.max_attempts})",
+                "GROUP_SETTINGS_DIFFER",
             )
         async with storage_errors(context):
             states = await self._store.states(request.topic, request.name)

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _batch_refs, _keys, _scripts
+from . import _batch_refs, _keys, _replies, _scripts
 from ._cursors import cursor_millis
 from ._limits import Limits
 from ._replies import text
@@ -217,10 +217,12 @@ class GroupStore:
 
         async def attempt() -> list[GroupState]:
             registry: dict[Any, Any] = await self._redis.hgetall(_keys.topic_groups(topic))
+            # A field that is not UTF-8 is no group a server made: left out (_replies).
+            fields = ((_replies.name(k), v) for k, v in registry.items())
             settings = {
-                text(k): GroupSettings.parse(v)
-                for k, v in registry.items()
-                if ":" not in text(k) and (name is None or text(k) == name)
+                k: GroupSettings.parse(v)
+                for k, v in fields
+                if k is not None and ":" not in k and (name is None or k == name)
             }
             if not settings:
                 return []
@@ -230,7 +232,7 @@ class GroupStore:
                 if "no such key" not in str(exc).lower():
                     raise
                 info = []
-            live = {text(g["name"]): g for g in info}
+            live = {n: g for g in info if (n := _replies.name(g["name"])) is not None}
             states = []
             for group, s in sorted(settings.items()):
                 g = live.get(group, {})

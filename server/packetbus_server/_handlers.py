@@ -20,6 +20,7 @@ from ._access import Gate
 from ._access.binding import INBOX_READS, admit_inbox_read
 from ._access.gate import recheck, watch_call
 from ._observability import calls
+from ._storage_errors import store_state
 from ._streams import FINISHES_ON_DRAIN, Streams, kind_of
 
 # Admits one call of a method (see _access.gate): given the request (None for a
@@ -78,7 +79,8 @@ def _unary(
                 await _refuse(context, full_name, request)
             call.received = 1
             await admit(request, context)
-            response = await method(request, context)
+            async with store_state(context):
+                response = await method(request, context)
             call.sent = 1
             return response
 
@@ -98,7 +100,10 @@ def _server_streaming(
             # aclosing: a stream ended here (recheck's abort) closes the servicer's
             # generator now, freeing its stream slot and tasks, not when it is
             # collected (the abort's traceback may keep it for the call's life).
-            async with contextlib.aclosing(method(request, context)) as responses:
+            async with (
+                store_state(context),
+                contextlib.aclosing(method(request, context)) as responses,
+            ):
                 async for response in responses:
                     # A stream outlives its admission: a revoked grant or an expired
                     # credential ends it before it sends more (_access.gate.recheck).
@@ -120,7 +125,8 @@ def _server_streaming_writer(
                 await _refuse(context, full_name, request)
             call.received = 1
             await admit(request, context)
-            await method(request, context)
+            async with store_state(context):
+                await method(request, context)
 
     return behavior
 
@@ -146,9 +152,10 @@ def _stream_stream(
             watch_call()
             await admit(None, context)
             try:
-                async with contextlib.aclosing(
-                    method(_checked(requests, call), context)
-                ) as responses:
+                async with (
+                    store_state(context),
+                    contextlib.aclosing(method(_checked(requests, call), context)) as responses,
+                ):
                     async for response in responses:
                         await recheck(context)  # as in _server_streaming
                         call.sent += 1
@@ -166,7 +173,8 @@ def _stream_unary(
         with calls.Observed(*where, calls.CLIENT_STREAM, None, context) as call:
             await admit(None, context)
             try:
-                response = await method(_checked(requests, call), context)
+                async with store_state(context):
+                    response = await method(_checked(requests, call), context)
             except _MalformedRequest as exc:
                 await _refuse(context, full_name, exc.bad)
             call.sent = 1

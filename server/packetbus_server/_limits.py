@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from packetbus.v1 import packet_service_pb2
 
+from ._config_checks import check_limits
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Limits:
@@ -86,6 +88,10 @@ class Limits:
     agent_event_retention_seconds: int = 86400
     default_agent_page: int = 100
     max_agent_page: int = 1000
+
+    def __post_init__(self) -> None:
+        # Out of range: ValueError naming the field (_config_checks), however made.
+        check_limits(self)
 
     def to_proto(self) -> packet_service_pb2.Limits:
         return packet_service_pb2.Limits(

@@ -219,27 +219,36 @@ class Approvals:
     ) -> pb.ApprovePacketResponse:
         what = f"packet {request.tracking_id} on topic {request.topic!r}"
         if status == "denied":
-            await context.abort(
+            await _status.abort_with_reason(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{what} is in the carcel (entry {values[0]}): denied or rejected, not held",
+                "PACKET_DENIED",
             )
         if status == "stored":
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, f"{what} was approved: it is stored"
+            await _status.abort_with_reason(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{what} was approved: it is stored",
+                "PACKET_APPROVED",
             )
         if status == "moved":
             await context.abort(
                 grpc.StatusCode.ABORTED, f"{what} is held again under another entry; sign again"
             )
         if status == "placed":
-            await context.abort(
+            await _status.abort_with_reason(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"tracking_id {request.tracking_id} is already used by a task, finding or record",
+                "TRACKING_ID_IN_USE",
             )
         if status == "taken":
-            await context.abort(
+            await _status.abort_with_reason(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"tracking_id {request.tracking_id} is already used on topic {values[0]!r}",
+                "TRACKING_ID_IN_USE",
             )
         await context.abort(
             grpc.StatusCode.NOT_FOUND, f"{what} is not held (never held, or it expired)"

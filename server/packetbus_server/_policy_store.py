@@ -14,7 +14,7 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from . import _keys, _scripts
+from . import _keys, _replies, _scripts
 from ._cursors import cursor_millis
 from ._packet_writes import PacketWrite, dispatch_argument
 from ._policy import Verdict
@@ -344,8 +344,9 @@ class PolicyStore:
         found: list[Any] = await with_retries(attempt, budget_seconds=self._retry_budget)
         totals: dict[str, Counter[str]] = {k: Counter() for k in ("rule", "reason", "decision")}
         for fields in found:
-            for name, value in fields.items():
-                kind, _, key = text(name).partition(":")
+            for field, value in fields.items():
+                # A field that is not UTF-8 is no count a server kept: left out.
+                kind, _, key = (_replies.name(field) or "").partition(":")
                 if kind in totals:
                     totals[kind][key] += int(value)
         return totals

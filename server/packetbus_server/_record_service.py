@@ -204,9 +204,11 @@ class RecordService(record_service_pb2_grpc.RecordServiceServicer):
             )
         counting.posted(counting.RECORD, status, len(write.payload))
         if status == "conflict":
-            await context.abort(
+            await _status.abort_with_reason(
+                context,
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"record {packet.tracking_id} is another packet",
+                "TRACKING_ID_IN_USE",
             )
         if self._placed is not None:
             async with storage_errors(context):

@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 
 from ._cluster_client import StoreCluster
 from ._durability import DurableRedis, Waits
+from ._key_types import StoreRedis
 from ._resp import (
     BatchEncodingConnection,
     BatchEncodingSSLConnection,
@@ -66,7 +67,7 @@ async def connect_redis(
     # the batch encoder (the script calls are the same either way). A rediss://
     # or unix:// URL's own connection class takes precedence in from_url (its
     # parse_url result overrides the keyword), so it is swapped below.
-    kind = DurableRedis if wait_for_fsync else Redis
+    kind = DurableRedis if wait_for_fsync else StoreRedis
     client = kind.from_url(
         url, max_connections=max_connections, connection_class=BatchEncodingConnection, **common
     )

@@ -24,6 +24,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from ._key_types import WrongType, is_wrong_type
 from ._observability import counting, metrics
 from ._refusals import Refusal, refusal, reply_text
 
@@ -96,7 +97,27 @@ class StoreRefusedError(StoreFailedError):
         self.kind = found.kind
 
 
+class StoreWrongTypeError(StoreFailedError):
+    """The store answered WRONGTYPE: a key holds another Redis type than its family
+    has (a key the server did not make). `found` names it, None when the keys
+    looked at did not tell (_key_types)."""
+
+    def __init__(self, found: WrongType | None, reply: str) -> None:
+        where = (
+            f"key {found.key} holds a {found.found}, not the {found.expected} this server keeps there"
+            if found is not None
+            else "a key it read holds another type than this server keeps there"
+        )
+        super().__init__(
+            f"the store holds a key this server did not make: {where} ({reply}); "
+            "remove or rename it (an operator's job: retrying cannot help)"
+        )
+        self.found = found
+
+
 def _failed(exc: BaseException) -> StoreFailedError:
+    if is_wrong_type(exc):
+        return StoreWrongTypeError(getattr(exc, "found", None), reply_text(exc))
     found = refusal(exc)
     return (
         StoreRefusedError(found) if found is not None else StoreFailedError(f"Redis error: {exc}")

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._config_checks import check_server_config
 from ._durability import Durability
 from ._limits import Limits
 from ._tls import ReloadingCredentials, TlsPaths
@@ -106,6 +107,11 @@ class ServerConfig:
     # Serve Prometheus /metrics on this HOST:PORT (port 0: any free one); beyond
     # loopback only with TLS (the tls_* files above) or `insecure`. None: off.
     metrics_listen: str | None = None
+
+    def __post_init__(self) -> None:
+        # Out of range: ValueError naming the field (_config_checks), as the CLI's
+        # flags are refused, for a server embedded from Python too.
+        check_server_config(self)
 
 
 def tls_credentials(config: ServerConfig) -> ReloadingCredentials | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 import grpc
@@ -44,32 +44,47 @@ def grpc_code(code: int) -> grpc.StatusCode:
 
 
 def error_info_trailer(
-    code: grpc.StatusCode, message: str, reason: str, domain: str = ERROR_DOMAIN
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    domain: str = ERROR_DOMAIN,
+    metadata: Mapping[str, str] | None = None,
 ) -> tuple[tuple[str, bytes]]:
     """Trailing metadata for an RPC failed with `code` and `message`: the same status
-    with a google.rpc.ErrorInfo detail (`reason`, `domain`) that names the cause."""
-    rich = with_reason(code.value[0], message, reason, domain)
+    with a google.rpc.ErrorInfo detail (`reason`, `domain`, `metadata`) that names
+    the cause."""
+    rich = with_reason(code.value[0], message, reason, domain, metadata)
     return ((STATUS_DETAILS_KEY, rich.SerializeToString()),)
 
 
 async def abort_with_reason(
-    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, reason: str
+    context: grpc.aio.ServicerContext,
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    metadata: Mapping[str, str] | None = None,
 ) -> NoReturn:
     """End the call with `code`, `message` and an ErrorInfo of `reason` (domain
-    packetbus) in the status-details trailer: a client in any language tells this
-    refusal from others of the same code without reading the message."""
-    await context.abort(code, message, trailing_metadata=error_info_trailer(code, message, reason))
+    packetbus, and `metadata`) in the status-details trailer: a client in any
+    language tells this refusal from others of the same code without reading the
+    message."""
+    trailer = error_info_trailer(code, message, reason, metadata=metadata)
+    await context.abort(code, message, trailing_metadata=trailer)
     raise AssertionError("unreachable: abort raises")
 
 
 def with_reason(
-    code: int, message: str, reason: str, domain: str = ERROR_DOMAIN
+    code: int,
+    message: str,
+    reason: str,
+    domain: str = ERROR_DOMAIN,
+    metadata: Mapping[str, str] | None = None,
 ) -> status_pb2.Status:
     """A google.rpc.Status with a google.rpc.ErrorInfo detail naming the cause
     (`reason`, UPPER_SNAKE_CASE per AIP-193, in `domain`): for a per-item result, or
     a refusal a client must tell from others of the same code without reading text."""
     packed = any_pb2.Any()
-    packed.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=domain))
+    packed.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata=metadata))
     return status_pb2.Status(code=code, message=message, details=[packed])
 
 

@@ -14,7 +14,8 @@ unchanged on a Redis Cluster.
 Authorization: the rule (permissions.RULES) is checked here, per queue: a queue the
 caller holds no tasks.read on is left out, as if absent (a caller with no such grant
 gets an empty list, not a refusal). A page token is "the last queue name returned",
-sealed with the prefix (_page_tokens).
+sealed with the prefix (_page_tokens), and taken only when it names a queue under
+the prefix the caller may read (_name_listing).
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from packetbus.v1 import task_service_pb2 as pb
 from . import _keys, _scripts, _status
 from ._access import Permission, allows
 from ._clock import StoreClock
-from ._fields import longest_name, utf8_length
 from ._limits import Limits
 from ._name_index import QUEUE_KEYS, existing, indexed_names
+from ._name_listing import check_prefix, page_after
 from ._packing import ITEM_OVERHEAD, message_size
-from ._page_tokens import seal, unseal
+from ._page_tokens import seal
 from ._paging import DEFAULT_PAGE, MAX_PAGE
 from ._replies import pairs
 from ._storage_errors import storage_errors
@@ -53,6 +54,11 @@ _EXISTS_CHUNK = 500
 _ORDER = {name: i for i, name in enumerate(STATUSES)}
 
 
+def _may_read(queue: str) -> bool:
+    """Whether the caller holds tasks.read on `queue` (listed only then)."""
+    return allows(Permission.TASKS_READ, queue)
+
+
 class TaskQueues:
     """ListTaskQueues' body; TaskService delegates here."""
 
@@ -68,15 +74,9 @@ class TaskQueues:
         size = request.page_size or DEFAULT_PAGE
         if size > MAX_PAGE:
             violations.append(Violation("page_size", "RANGE", f"must be at most {MAX_PAGE}"))
-        longest = longest_name(self._limits.max_topic_length)
-        if utf8_length(request.prefix) > longest:
-            violations.append(
-                Violation(
-                    "prefix", "LENGTH", f"must be at most {longest} bytes (a queue name's limit)"
-                )
-            )
+        check_prefix(violations, request.prefix, self._limits.max_topic_length)
         scope = (request.prefix,)
-        after = unseal(violations, "task_queues", scope, request.page_token)
+        after = page_after(violations, "task_queues", request.prefix, request.page_token, _may_read)
         if violations:
             await _status.abort_invalid(context, "invalid listing", violations)
         redis = self._store.redis
@@ -84,12 +84,15 @@ class TaskQueues:
             indexed = await indexed_names(
                 redis, _keys.QUEUES, QUEUE_KEYS, budget_seconds=self._store.retry_budget
             )
-            # The prefix and the token first, then the cut: so the names past the
-            # first MAX_INDEXED are reached by the pages after (a cut before would
-            # hide them from every page).
-            matching = [n for n in indexed if n > after and n.startswith(request.prefix)]
+            # The prefix, the token and the caller's grant first, then the cut: so
+            # the names past the first MAX_INDEXED are reached by the pages after (a
+            # cut before would hide them from every page), and the token after a cut
+            # names a queue the caller may read (it never carries another's name).
+            matching = [
+                n for n in indexed if n > after and n.startswith(request.prefix) and _may_read(n)
+            ]
             names, truncated = matching[:MAX_INDEXED], len(matching) > MAX_INDEXED
-            candidates = [n for n in names if allows(Permission.TASKS_READ, n)]
+            candidates = names
             response = pb.ListTaskQueuesResponse(index_truncated=truncated)
             budget, total = self._limits.reply_budget_bytes, 0
             # Existence is checked a chunk at a time, at least _EXISTS_CHUNK names,

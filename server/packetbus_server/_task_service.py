@@ -118,9 +118,11 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             )
             counting.posted(counting.TASK, posted, len(write.payload))
             if posted == "conflict":
-                await context.abort(
+                await _status.abort_with_reason(
+                    context,
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"task {task.id!r} of queue {queue!r} is another packet's",
+                    "TASK_ID_IN_USE",
                 )
             if self._placed is not None:
                 await self._placed.note(
@@ -154,12 +156,13 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
                 request_id=request.request_id,
             )
             if isinstance(claimed, str):
-                await context.abort(
+                await _status.abort_with_reason(
+                    context,
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"request_id {request.request_id!r} names a claim of worker {claimed!r}; "
                     "use a new request id per claim",
+                    "REQUEST_ID_IN_USE",
                 )
-                raise AssertionError("context.abort always raises")
             await self._settler.carceled_hops(request.queue, claimed.carceled)
             record = claimed.record
             if record is None:

@@ -10,7 +10,8 @@ scripts of one page run a few at a time, concurrently.
 Who sees what: a topic is listed only when the caller holds topics.subscribe on it
 (the same permission that reads its packets and its retention); the others are left
 out, the call is not refused. A page token is the last name a page returned, sealed
-for the prefix asked (_page_tokens).
+for the prefix asked (_page_tokens), and taken only when it names a topic under the
+prefix the caller may read (_name_listing).
 
 Bounds: a page holds at most `page_size` topics and ends at the reply budget
 (Limits.reply_budget_bytes); it runs at most `_SCRIPTS_PER_TOPIC` x page_size
@@ -31,10 +32,10 @@ from typing import Any
 from packetbus.v1 import topic_service_pb2 as pb
 
 from . import _keys, _scripts
-from ._fields import longest_name, utf8_length
 from ._name_index import TOPIC_KEYS, indexed_names
+from ._name_listing import check_prefix, page_after
 from ._packing import ITEM_OVERHEAD, message_size
-from ._page_tokens import seal, unseal
+from ._page_tokens import seal
 from ._paging import DEFAULT_PAGE, MAX_PAGE
 from ._replies import text
 from ._retry import with_retries
@@ -45,7 +46,6 @@ from ._validation import Violation
 LISTING = "topics"
 _CONCURRENT = 16  # summary scripts in flight at once for one page
 _SCRIPTS_PER_TOPIC = 4  # scripts one page may run, per topic it may hold
-_PREFIX = re.compile(r"[A-Za-z0-9_.:/-]*\Z")
 # The characters of a topic name (_validation's rule): a name read from the index
 # that is not one (only a foreign key's tag could be) is never listed.
 _TOPIC = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*\Z")
@@ -78,18 +78,14 @@ def page_request(
     violations: list[Violation],
     request: pb.ListTopicsRequest,
     max_topic_length: int,
+    may_read: Callable[[str], bool],
 ) -> TopicPage:
-    """The page `request` asks for; what is wrong with it goes to `violations`."""
-    longest = longest_name(max_topic_length)
-    if utf8_length(request.prefix) > longest:
-        violations.append(Violation("prefix", "LENGTH", f"must be at most {longest} bytes"))
-    elif not _PREFIX.match(request.prefix):
-        violations.append(
-            Violation("prefix", "TOPIC_FORMAT", "may hold only letters, digits and _ . : / -")
-        )
+    """The page `request` asks for, for a caller who `may_read` the topics it
+    lists; what is wrong with it goes to `violations`."""
+    check_prefix(violations, request.prefix, max_topic_length)
     if request.page_size > MAX_PAGE:
         violations.append(Violation("page_size", "RANGE", f"must be at most {MAX_PAGE}"))
-    after = unseal(violations, LISTING, (request.prefix,), request.page_token)
+    after = page_after(violations, LISTING, request.prefix, request.page_token, may_read)
     return TopicPage(request.page_size or DEFAULT_PAGE, request.prefix, after)
 
 

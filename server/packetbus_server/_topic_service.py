@@ -124,7 +124,7 @@ class TopicService(topic_service_pb2_grpc.TopicServiceServicer):
         self, request: pb.ListTopicsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTopicsResponse:
         violations: list[Violation] = []
-        page = page_request(violations, request, self._limits.max_topic_length)
+        page = page_request(violations, request, self._limits.max_topic_length, _may_read)
         if violations:
             await _status.abort_invalid(context, "invalid topic listing", violations)
         async with storage_errors(context):

@@ -94,7 +94,10 @@ class AgentServiceServicer:
     def RegisterAgent(self, request, context):
         """Registers an agent, or updates its registration (the same id again).
         Counts as a heartbeat. Idempotent: the same registration again answers
-        what the first one did.
+        what the first one did. A parent_id that is not registered is
+        FAILED_PRECONDITION (ErrorInfo reason PARENT_NOT_REGISTERED), one that
+        descends from the agent is FAILED_PRECONDITION (PARENT_CYCLE); a public_key
+        registered to another owner is ALREADY_EXISTS (KEY_ID_IN_USE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,7 +47,10 @@ class AgentServiceStub:
     RegisterAgent: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.RegisterAgentRequest, _agent_service_pb2.RegisterAgentResponse]
     """Registers an agent, or updates its registration (the same id again).
     Counts as a heartbeat. Idempotent: the same registration again answers
-    what the first one did.
+    what the first one did. A parent_id that is not registered is
+    FAILED_PRECONDITION (ErrorInfo reason PARENT_NOT_REGISTERED), one that
+    descends from the agent is FAILED_PRECONDITION (PARENT_CYCLE); a public_key
+    registered to another owner is ALREADY_EXISTS (KEY_ID_IN_USE).
     """
     HeartbeatAgent: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.HeartbeatAgentRequest, _agent_service_pb2.HeartbeatAgentResponse]
     """Keeps an agent alive for another TTL, optionally changing its state.
@@ -87,7 +90,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     RegisterAgent: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.RegisterAgentRequest, _agent_service_pb2.RegisterAgentResponse]  # type: ignore[assignment]
     """Registers an agent, or updates its registration (the same id again).
     Counts as a heartbeat. Idempotent: the same registration again answers
-    what the first one did.
+    what the first one did. A parent_id that is not registered is
+    FAILED_PRECONDITION (ErrorInfo reason PARENT_NOT_REGISTERED), one that
+    descends from the agent is FAILED_PRECONDITION (PARENT_CYCLE); a public_key
+    registered to another owner is ALREADY_EXISTS (KEY_ID_IN_USE).
     """
     HeartbeatAgent: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.HeartbeatAgentRequest, _agent_service_pb2.HeartbeatAgentResponse]  # type: ignore[assignment]
     """Keeps an agent alive for another TTL, optionally changing its state.
@@ -130,7 +136,10 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_agent_service_pb2.RegisterAgentResponse, _abc.Awaitable[_agent_service_pb2.RegisterAgentResponse]]:
         """Registers an agent, or updates its registration (the same id again).
         Counts as a heartbeat. Idempotent: the same registration again answers
-        what the first one did.
+        what the first one did. A parent_id that is not registered is
+        FAILED_PRECONDITION (ErrorInfo reason PARENT_NOT_REGISTERED), one that
+        descends from the agent is FAILED_PRECONDITION (PARENT_CYCLE); a public_key
+        registered to another owner is ALREADY_EXISTS (KEY_ID_IN_USE).
         """
 
     @_abc_1.abstractmethod

@@ -47,6 +47,9 @@ class CarcelServiceStub:
     entry that is gone is NOT_FOUND, and so is a requeue sent again after its
     reply was lost (the first one did it: check where the packet is); the
     server's own retries against its store are answered as the first run.
+    An entry a policy rule refused is FAILED_PRECONDITION (ErrorInfo reason
+    REFUSED_BY_POLICY: dispatch it again once the policy allows it), and so
+    is one whose consumer group or task queue is gone (SOURCE_GONE).
     """
     PurgeCarcelEntries: _grpc.UnaryUnaryMultiCallable[_carcel_service_pb2.PurgeCarcelEntriesRequest, _carcel_service_pb2.PurgeCarcelEntriesResponse]
 
@@ -69,6 +72,9 @@ class CarcelServiceAsyncStub(CarcelServiceStub):
     entry that is gone is NOT_FOUND, and so is a requeue sent again after its
     reply was lost (the first one did it: check where the packet is); the
     server's own retries against its store are answered as the first run.
+    An entry a policy rule refused is FAILED_PRECONDITION (ErrorInfo reason
+    REFUSED_BY_POLICY: dispatch it again once the policy allows it), and so
+    is one whose consumer group or task queue is gone (SOURCE_GONE).
     """
     PurgeCarcelEntries: _aio.UnaryUnaryMultiCallable[_carcel_service_pb2.PurgeCarcelEntriesRequest, _carcel_service_pb2.PurgeCarcelEntriesResponse]  # type: ignore[assignment]
 
@@ -106,6 +112,9 @@ class CarcelServiceServicer(metaclass=_abc_1.ABCMeta):
         entry that is gone is NOT_FOUND, and so is a requeue sent again after its
         reply was lost (the first one did it: check where the packet is); the
         server's own retries against its store are answered as the first run.
+        An entry a policy rule refused is FAILED_PRECONDITION (ErrorInfo reason
+        REFUSED_BY_POLICY: dispatch it again once the policy allows it), and so
+        is one whose consumer group or task queue is gone (SOURCE_GONE).
         """
 
     @_abc_1.abstractmethod

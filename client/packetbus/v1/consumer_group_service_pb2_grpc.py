@@ -101,7 +101,8 @@ class ConsumerGroupServiceServicer:
 
     def CreateConsumerGroup(self, request, context):
         """Idempotent: creating a group that exists with the same settings returns
-        it; different settings are ALREADY_EXISTS.
+        it; different settings are ALREADY_EXISTS (ErrorInfo reason
+        GROUP_SETTINGS_DIFFER).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,7 +45,8 @@ class ConsumerGroupServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ConsumerGroupServiceAsyncStub: ...
     CreateConsumerGroup: _grpc.UnaryUnaryMultiCallable[_consumer_group_service_pb2.CreateConsumerGroupRequest, _consumer_group_service_pb2.CreateConsumerGroupResponse]
     """Idempotent: creating a group that exists with the same settings returns
-    it; different settings are ALREADY_EXISTS.
+    it; different settings are ALREADY_EXISTS (ErrorInfo reason
+    GROUP_SETTINGS_DIFFER).
     """
     GetConsumerGroup: _grpc.UnaryUnaryMultiCallable[_consumer_group_service_pb2.GetConsumerGroupRequest, _consumer_group_service_pb2.GetConsumerGroupResponse]
     ListConsumerGroups: _grpc.UnaryUnaryMultiCallable[_consumer_group_service_pb2.ListConsumerGroupsRequest, _consumer_group_service_pb2.ListConsumerGroupsResponse]
@@ -85,7 +86,8 @@ class ConsumerGroupServiceAsyncStub(ConsumerGroupServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateConsumerGroup: _aio.UnaryUnaryMultiCallable[_consumer_group_service_pb2.CreateConsumerGroupRequest, _consumer_group_service_pb2.CreateConsumerGroupResponse]  # type: ignore[assignment]
     """Idempotent: creating a group that exists with the same settings returns
-    it; different settings are ALREADY_EXISTS.
+    it; different settings are ALREADY_EXISTS (ErrorInfo reason
+    GROUP_SETTINGS_DIFFER).
     """
     GetConsumerGroup: _aio.UnaryUnaryMultiCallable[_consumer_group_service_pb2.GetConsumerGroupRequest, _consumer_group_service_pb2.GetConsumerGroupResponse]  # type: ignore[assignment]
     ListConsumerGroups: _aio.UnaryUnaryMultiCallable[_consumer_group_service_pb2.ListConsumerGroupsRequest, _consumer_group_service_pb2.ListConsumerGroupsResponse]  # type: ignore[assignment]
@@ -128,7 +130,8 @@ class ConsumerGroupServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_consumer_group_service_pb2.CreateConsumerGroupResponse, _abc.Awaitable[_consumer_group_service_pb2.CreateConsumerGroupResponse]]:
         """Idempotent: creating a group that exists with the same settings returns
-        it; different settings are ALREADY_EXISTS.
+        it; different settings are ALREADY_EXISTS (ErrorInfo reason
+        GROUP_SETTINGS_DIFFER).
         """
 
     @_abc_1.abstractmethod

@@ -131,7 +131,8 @@ class ContextServiceServicer:
         Limits.max_context_chunk_bytes, 1 MiB by default), in order. Nothing is
         visible until the last chunk arrived, the size and SHA-256 match the
         header and the version check passes; then the document is replaced at
-        once.
+        once. An upload_id sent again with other bytes, media type or author is
+        ALREADY_EXISTS (ErrorInfo reason UPLOAD_ID_IN_USE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -196,6 +197,8 @@ class ContextServiceServicer:
 
     def AppendMemory(self, request, context):
         """An agent's memory log (the seeds' "memory:<agent>"), capped, newest first.
+        An entry_id already in the log with other contents is ALREADY_EXISTS
+        (ErrorInfo reason ENTRY_ID_IN_USE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,7 +212,8 @@ class ContextServiceServicer:
 
     def AppendTrace(self, request, context):
         """An agent's trace of a task (the seeds' "ag2:trace:<task>:<agent>"),
-        capped, oldest first.
+        capped, oldest first. An entry_id already in the trace with other
+        contents is ALREADY_EXISTS (ErrorInfo reason ENTRY_ID_IN_USE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,7 +49,8 @@ class ContextServiceStub:
     Limits.max_context_chunk_bytes, 1 MiB by default), in order. Nothing is
     visible until the last chunk arrived, the size and SHA-256 match the
     header and the version check passes; then the document is replaced at
-    once.
+    once. An upload_id sent again with other bytes, media type or author is
+    ALREADY_EXISTS (ErrorInfo reason UPLOAD_ID_IN_USE).
     """
     GetContext: _grpc.UnaryStreamMultiCallable[_context_service_pb2.GetContextRequest, _context_service_pb2.GetContextResponse]
     """Server stream: a header (the version served), then the bytes in chunks."""
@@ -71,11 +72,15 @@ class ContextServiceStub:
     DeleteGlobalContext: _grpc.UnaryUnaryMultiCallable[_context_service_pb2.DeleteGlobalContextRequest, _context_service_pb2.DeleteGlobalContextResponse]
     ListGlobalContext: _grpc.UnaryUnaryMultiCallable[_context_service_pb2.ListGlobalContextRequest, _context_service_pb2.ListGlobalContextResponse]
     AppendMemory: _grpc.UnaryUnaryMultiCallable[_context_service_pb2.AppendMemoryRequest, _context_service_pb2.AppendMemoryResponse]
-    """An agent's memory log (the seeds' "memory:<agent>"), capped, newest first."""
+    """An agent's memory log (the seeds' "memory:<agent>"), capped, newest first.
+    An entry_id already in the log with other contents is ALREADY_EXISTS
+    (ErrorInfo reason ENTRY_ID_IN_USE).
+    """
     ListMemory: _grpc.UnaryUnaryMultiCallable[_context_service_pb2.ListMemoryRequest, _context_service_pb2.ListMemoryResponse]
     AppendTrace: _grpc.UnaryUnaryMultiCallable[_context_service_pb2.AppendTraceRequest, _context_service_pb2.AppendTraceResponse]
     """An agent's trace of a task (the seeds' "ag2:trace:<task>:<agent>"),
-    capped, oldest first.
+    capped, oldest first. An entry_id already in the trace with other
+    contents is ALREADY_EXISTS (ErrorInfo reason ENTRY_ID_IN_USE).
     """
     ListTraces: _grpc.UnaryUnaryMultiCallable[_context_service_pb2.ListTracesRequest, _context_service_pb2.ListTracesResponse]
 
@@ -100,7 +105,8 @@ class ContextServiceAsyncStub(ContextServiceStub):
     Limits.max_context_chunk_bytes, 1 MiB by default), in order. Nothing is
     visible until the last chunk arrived, the size and SHA-256 match the
     header and the version check passes; then the document is replaced at
-    once.
+    once. An upload_id sent again with other bytes, media type or author is
+    ALREADY_EXISTS (ErrorInfo reason UPLOAD_ID_IN_USE).
     """
     GetContext: _aio.UnaryStreamMultiCallable[_context_service_pb2.GetContextRequest, _context_service_pb2.GetContextResponse]  # type: ignore[assignment]
     """Server stream: a header (the version served), then the bytes in chunks."""
@@ -122,11 +128,15 @@ class ContextServiceAsyncStub(ContextServiceStub):
     DeleteGlobalContext: _aio.UnaryUnaryMultiCallable[_context_service_pb2.DeleteGlobalContextRequest, _context_service_pb2.DeleteGlobalContextResponse]  # type: ignore[assignment]
     ListGlobalContext: _aio.UnaryUnaryMultiCallable[_context_service_pb2.ListGlobalContextRequest, _context_service_pb2.ListGlobalContextResponse]  # type: ignore[assignment]
     AppendMemory: _aio.UnaryUnaryMultiCallable[_context_service_pb2.AppendMemoryRequest, _context_service_pb2.AppendMemoryResponse]  # type: ignore[assignment]
-    """An agent's memory log (the seeds' "memory:<agent>"), capped, newest first."""
+    """An agent's memory log (the seeds' "memory:<agent>"), capped, newest first.
+    An entry_id already in the log with other contents is ALREADY_EXISTS
+    (ErrorInfo reason ENTRY_ID_IN_USE).
+    """
     ListMemory: _aio.UnaryUnaryMultiCallable[_context_service_pb2.ListMemoryRequest, _context_service_pb2.ListMemoryResponse]  # type: ignore[assignment]
     AppendTrace: _aio.UnaryUnaryMultiCallable[_context_service_pb2.AppendTraceRequest, _context_service_pb2.AppendTraceResponse]  # type: ignore[assignment]
     """An agent's trace of a task (the seeds' "ag2:trace:<task>:<agent>"),
-    capped, oldest first.
+    capped, oldest first. An entry_id already in the trace with other
+    contents is ALREADY_EXISTS (ErrorInfo reason ENTRY_ID_IN_USE).
     """
     ListTraces: _aio.UnaryUnaryMultiCallable[_context_service_pb2.ListTracesRequest, _context_service_pb2.ListTracesResponse]  # type: ignore[assignment]
 
@@ -154,7 +164,8 @@ class ContextServiceServicer(metaclass=_abc_1.ABCMeta):
         Limits.max_context_chunk_bytes, 1 MiB by default), in order. Nothing is
         visible until the last chunk arrived, the size and SHA-256 match the
         header and the version check passes; then the document is replaced at
-        once.
+        once. An upload_id sent again with other bytes, media type or author is
+        ALREADY_EXISTS (ErrorInfo reason UPLOAD_ID_IN_USE).
         """
 
     @_abc_1.abstractmethod
@@ -230,7 +241,10 @@ class ContextServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _context_service_pb2.AppendMemoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_context_service_pb2.AppendMemoryResponse, _abc.Awaitable[_context_service_pb2.AppendMemoryResponse]]:
-        """An agent's memory log (the seeds' "memory:<agent>"), capped, newest first."""
+        """An agent's memory log (the seeds' "memory:<agent>"), capped, newest first.
+        An entry_id already in the log with other contents is ALREADY_EXISTS
+        (ErrorInfo reason ENTRY_ID_IN_USE).
+        """
 
     @_abc_1.abstractmethod
     def ListMemory(
@@ -246,7 +260,8 @@ class ContextServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_context_service_pb2.AppendTraceResponse, _abc.Awaitable[_context_service_pb2.AppendTraceResponse]]:
         """An agent's trace of a task (the seeds' "ag2:trace:<task>:<agent>"),
-        capped, oldest first.
+        capped, oldest first. An entry_id already in the trace with other
+        contents is ALREADY_EXISTS (ErrorInfo reason ENTRY_ID_IN_USE).
         """
 
     @_abc_1.abstractmethod

@@ -71,7 +71,8 @@ class CustodyServiceServicer:
 
     def RegisterAgentKey(self, request, context):
         """Binds an Ed25519 public key to an agent id, so the agent can sign the
-        origin of its packets (schema "1.1").
+        origin of its packets (schema "1.1"). A key registered to another owner
+        is ALREADY_EXISTS (ErrorInfo reason KEY_ID_IN_USE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

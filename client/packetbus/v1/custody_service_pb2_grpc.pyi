@@ -39,7 +39,8 @@ class CustodyServiceStub:
     """
     RegisterAgentKey: _grpc.UnaryUnaryMultiCallable[_custody_service_pb2.RegisterAgentKeyRequest, _custody_service_pb2.RegisterAgentKeyResponse]
     """Binds an Ed25519 public key to an agent id, so the agent can sign the
-    origin of its packets (schema "1.1").
+    origin of its packets (schema "1.1"). A key registered to another owner
+    is ALREADY_EXISTS (ErrorInfo reason KEY_ID_IN_USE).
     """
     VerifyCustody: _grpc.UnaryUnaryMultiCallable[_custody_service_pb2.VerifyCustodyRequest, _custody_service_pb2.VerifyCustodyResponse]
     """Verifies a stored packet's chain, entry by entry: any tracking id that
@@ -78,7 +79,8 @@ class CustodyServiceAsyncStub(CustodyServiceStub):
     """
     RegisterAgentKey: _aio.UnaryUnaryMultiCallable[_custody_service_pb2.RegisterAgentKeyRequest, _custody_service_pb2.RegisterAgentKeyResponse]  # type: ignore[assignment]
     """Binds an Ed25519 public key to an agent id, so the agent can sign the
-    origin of its packets (schema "1.1").
+    origin of its packets (schema "1.1"). A key registered to another owner
+    is ALREADY_EXISTS (ErrorInfo reason KEY_ID_IN_USE).
     """
     VerifyCustody: _aio.UnaryUnaryMultiCallable[_custody_service_pb2.VerifyCustodyRequest, _custody_service_pb2.VerifyCustodyResponse]  # type: ignore[assignment]
     """Verifies a stored packet's chain, entry by entry: any tracking id that
@@ -126,7 +128,8 @@ class CustodyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_custody_service_pb2.RegisterAgentKeyResponse, _abc.Awaitable[_custody_service_pb2.RegisterAgentKeyResponse]]:
         """Binds an Ed25519 public key to an agent id, so the agent can sign the
-        origin of its packets (schema "1.1").
+        origin of its packets (schema "1.1"). A key registered to another owner
+        is ALREADY_EXISTS (ErrorInfo reason KEY_ID_IN_USE).
         """
 
     @_abc_1.abstractmethod

@@ -89,7 +89,9 @@ class FindingServiceServicer:
         """Idempotent by task and finding id (the tracking id when Finding.id is
         empty): the same packet again (compared by meaning, as
         Packet.tracking_id says) answers the finding as first posted with
-        created = false; another packet with that id is ALREADY_EXISTS.
+        created = false; another packet with that id is ALREADY_EXISTS (ErrorInfo
+        reason FINDING_ID_IN_USE), and a tracking id another packet holds is
+        ALREADY_EXISTS with reason TRACKING_ID_IN_USE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,7 +45,9 @@ class FindingServiceStub:
     """Idempotent by task and finding id (the tracking id when Finding.id is
     empty): the same packet again (compared by meaning, as
     Packet.tracking_id says) answers the finding as first posted with
-    created = false; another packet with that id is ALREADY_EXISTS.
+    created = false; another packet with that id is ALREADY_EXISTS (ErrorInfo
+    reason FINDING_ID_IN_USE), and a tracking id another packet holds is
+    ALREADY_EXISTS with reason TRACKING_ID_IN_USE.
     """
     GetFinding: _grpc.UnaryUnaryMultiCallable[_finding_service_pb2.GetFindingRequest, _finding_service_pb2.GetFindingResponse]
     ListFindings: _grpc.UnaryUnaryMultiCallable[_finding_service_pb2.ListFindingsRequest, _finding_service_pb2.ListFindingsResponse]
@@ -76,7 +78,9 @@ class FindingServiceAsyncStub(FindingServiceStub):
     """Idempotent by task and finding id (the tracking id when Finding.id is
     empty): the same packet again (compared by meaning, as
     Packet.tracking_id says) answers the finding as first posted with
-    created = false; another packet with that id is ALREADY_EXISTS.
+    created = false; another packet with that id is ALREADY_EXISTS (ErrorInfo
+    reason FINDING_ID_IN_USE), and a tracking id another packet holds is
+    ALREADY_EXISTS with reason TRACKING_ID_IN_USE.
     """
     GetFinding: _aio.UnaryUnaryMultiCallable[_finding_service_pb2.GetFindingRequest, _finding_service_pb2.GetFindingResponse]  # type: ignore[assignment]
     ListFindings: _aio.UnaryUnaryMultiCallable[_finding_service_pb2.ListFindingsRequest, _finding_service_pb2.ListFindingsResponse]  # type: ignore[assignment]
@@ -110,7 +114,9 @@ class FindingServiceServicer(metaclass=_abc_1.ABCMeta):
         """Idempotent by task and finding id (the tracking id when Finding.id is
         empty): the same packet again (compared by meaning, as
         Packet.tracking_id says) answers the finding as first posted with
-        created = false; another packet with that id is ALREADY_EXISTS.
+        created = false; another packet with that id is ALREADY_EXISTS (ErrorInfo
+        reason FINDING_ID_IN_USE), and a tracking id another packet holds is
+        ALREADY_EXISTS with reason TRACKING_ID_IN_USE.
         """
 
     @_abc_1.abstractmethod

@@ -56,15 +56,18 @@ class PolicyServiceStub:
     that the policy's [approval] approvers, if set, name. Approving again
     answers the same receipt (a packet no longer held is answered from its
     record, with or without an entry). A packet that is not held is
-    NOT_FOUND, one denied is FAILED_PRECONDITION, a chain that moved on is
-    ABORTED. One whose tracking id another topic's packet, or a task, finding
-    or record, took while it was held is FAILED_PRECONDITION, and nothing of it
+    NOT_FOUND, one denied is FAILED_PRECONDITION (ErrorInfo reason
+    PACKET_DENIED), a chain that moved on is ABORTED. One whose tracking id
+    another topic's packet, or a task, finding or record, took while it was
+    held is FAILED_PRECONDITION (reason TRACKING_ID_IN_USE), and nothing of it
     is stored.
     """
     DenyPacket: _grpc.UnaryUnaryMultiCallable[_policy_service_pb2.DenyPacketRequest, _policy_service_pb2.DenyPacketResponse]
     """Moves a held packet to its topic's carcel, with the denier's own signed
     "denied" custody entry (its reason says why). Denying again answers the
-    same carcel entry; an approved packet is FAILED_PRECONDITION.
+    same carcel entry; an approved packet is FAILED_PRECONDITION (ErrorInfo
+    reason PACKET_APPROVED), a denied one's tracking id taken meanwhile as
+    ApprovePacket says (TRACKING_ID_IN_USE).
     """
     GetPolicyStats: _grpc.UnaryUnaryMultiCallable[_policy_service_pb2.GetPolicyStatsRequest, _policy_service_pb2.GetPolicyStatsResponse]
     """How often the policy decided what, by rule, by reason and by decision."""
@@ -97,15 +100,18 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     that the policy's [approval] approvers, if set, name. Approving again
     answers the same receipt (a packet no longer held is answered from its
     record, with or without an entry). A packet that is not held is
-    NOT_FOUND, one denied is FAILED_PRECONDITION, a chain that moved on is
-    ABORTED. One whose tracking id another topic's packet, or a task, finding
-    or record, took while it was held is FAILED_PRECONDITION, and nothing of it
+    NOT_FOUND, one denied is FAILED_PRECONDITION (ErrorInfo reason
+    PACKET_DENIED), a chain that moved on is ABORTED. One whose tracking id
+    another topic's packet, or a task, finding or record, took while it was
+    held is FAILED_PRECONDITION (reason TRACKING_ID_IN_USE), and nothing of it
     is stored.
     """
     DenyPacket: _aio.UnaryUnaryMultiCallable[_policy_service_pb2.DenyPacketRequest, _policy_service_pb2.DenyPacketResponse]  # type: ignore[assignment]
     """Moves a held packet to its topic's carcel, with the denier's own signed
     "denied" custody entry (its reason says why). Denying again answers the
-    same carcel entry; an approved packet is FAILED_PRECONDITION.
+    same carcel entry; an approved packet is FAILED_PRECONDITION (ErrorInfo
+    reason PACKET_APPROVED), a denied one's tracking id taken meanwhile as
+    ApprovePacket says (TRACKING_ID_IN_USE).
     """
     GetPolicyStats: _aio.UnaryUnaryMultiCallable[_policy_service_pb2.GetPolicyStatsRequest, _policy_service_pb2.GetPolicyStatsResponse]  # type: ignore[assignment]
     """How often the policy decided what, by rule, by reason and by decision."""
@@ -159,9 +165,10 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         that the policy's [approval] approvers, if set, name. Approving again
         answers the same receipt (a packet no longer held is answered from its
         record, with or without an entry). A packet that is not held is
-        NOT_FOUND, one denied is FAILED_PRECONDITION, a chain that moved on is
-        ABORTED. One whose tracking id another topic's packet, or a task, finding
-        or record, took while it was held is FAILED_PRECONDITION, and nothing of it
+        NOT_FOUND, one denied is FAILED_PRECONDITION (ErrorInfo reason
+        PACKET_DENIED), a chain that moved on is ABORTED. One whose tracking id
+        another topic's packet, or a task, finding or record, took while it was
+        held is FAILED_PRECONDITION (reason TRACKING_ID_IN_USE), and nothing of it
         is stored.
         """
 
@@ -173,7 +180,9 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_policy_service_pb2.DenyPacketResponse, _abc.Awaitable[_policy_service_pb2.DenyPacketResponse]]:
         """Moves a held packet to its topic's carcel, with the denier's own signed
         "denied" custody entry (its reason says why). Denying again answers the
-        same carcel entry; an approved packet is FAILED_PRECONDITION.
+        same carcel entry; an approved packet is FAILED_PRECONDITION (ErrorInfo
+        reason PACKET_APPROVED), a denied one's tracking id taken meanwhile as
+        ApprovePacket says (TRACKING_ID_IN_USE).
         """
 
     @_abc_1.abstractmethod

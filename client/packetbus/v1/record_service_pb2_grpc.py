@@ -64,7 +64,7 @@ class RecordServiceServicer:
         """Idempotent by tracking id: the same packet again (compared as
         Packet.tracking_id says: by meaning, not by dispatched_at or signatures)
         answers the original record with created = false; another packet with
-        that tracking id is ALREADY_EXISTS.
+        that tracking id is ALREADY_EXISTS (ErrorInfo reason TRACKING_ID_IN_USE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

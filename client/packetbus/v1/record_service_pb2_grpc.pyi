@@ -40,7 +40,7 @@ class RecordServiceStub:
     """Idempotent by tracking id: the same packet again (compared as
     Packet.tracking_id says: by meaning, not by dispatched_at or signatures)
     answers the original record with created = false; another packet with
-    that tracking id is ALREADY_EXISTS.
+    that tracking id is ALREADY_EXISTS (ErrorInfo reason TRACKING_ID_IN_USE).
     """
     GetRecord: _grpc.UnaryUnaryMultiCallable[_record_service_pb2.GetRecordRequest, _record_service_pb2.GetRecordResponse]
     ListRecords: _grpc.UnaryUnaryMultiCallable[_record_service_pb2.ListRecordsRequest, _record_service_pb2.ListRecordsResponse]
@@ -58,7 +58,7 @@ class RecordServiceAsyncStub(RecordServiceStub):
     """Idempotent by tracking id: the same packet again (compared as
     Packet.tracking_id says: by meaning, not by dispatched_at or signatures)
     answers the original record with created = false; another packet with
-    that tracking id is ALREADY_EXISTS.
+    that tracking id is ALREADY_EXISTS (ErrorInfo reason TRACKING_ID_IN_USE).
     """
     GetRecord: _aio.UnaryUnaryMultiCallable[_record_service_pb2.GetRecordRequest, _record_service_pb2.GetRecordResponse]  # type: ignore[assignment]
     ListRecords: _aio.UnaryUnaryMultiCallable[_record_service_pb2.ListRecordsRequest, _record_service_pb2.ListRecordsResponse]  # type: ignore[assignment]
@@ -79,7 +79,7 @@ class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
         """Idempotent by tracking id: the same packet again (compared as
         Packet.tracking_id says: by meaning, not by dispatched_at or signatures)
         answers the original record with created = false; another packet with
-        that tracking id is ALREADY_EXISTS.
+        that tracking id is ALREADY_EXISTS (ErrorInfo reason TRACKING_ID_IN_USE).
         """
 
     @_abc_1.abstractmethod

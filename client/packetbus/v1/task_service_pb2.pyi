@@ -789,11 +789,16 @@ class ListTaskQueuesRequest(_message.Message):
     page_size: _builtins.int
     """Most queues per page: 0 means the default (100); at most 1000."""
     page_token: _builtins.str
-    """From a previous response's next_page_token; empty for the first page."""
+    """From a previous response's next_page_token, with the same prefix (else
+    INVALID_ARGUMENT, PAGE_TOKEN); empty for the first page.
+    """
     prefix: _builtins.str
-    """Only queues whose name starts with this (case-sensitive); empty: all. At
-    most the longest queue name, in bytes: the server's max topic length or an
-    inbox topic's (771), whichever is more (else INVALID_ARGUMENT, LENGTH).
+    """Only queues whose name starts with this (case-sensitive); empty: all. Else
+    the start of a name (letters, digits and _ . : / -, the first a letter,
+    digit or _; else INVALID_ARGUMENT, TOPIC_FORMAT), at most the server's max
+    topic length in bytes, or under "inbox/" an inbox topic's (771) if that is
+    more (else INVALID_ARGUMENT, LENGTH). ListTopics and ListTaskQueues take the
+    same prefixes.
     """
     def __init__(
         self,

@@ -140,14 +140,17 @@ class TaskServiceServicer:
         """Idempotent by queue and Task.id: the same packet again (compared by
         meaning, as Packet.tracking_id says; its tracking id may differ) answers
         the task as first posted with created = false; another packet with that
-        task id is ALREADY_EXISTS.
+        task id is ALREADY_EXISTS (ErrorInfo reason TASK_ID_IN_USE), and a tracking
+        id another packet holds is ALREADY_EXISTS with reason TRACKING_ID_IN_USE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ClaimTask(self, request, context):
-        """Atomic: of N workers claiming the same task at once, one gets it.
+        """Atomic: of N workers claiming the same task at once, one gets it. A
+        request_id that names another worker's claim is ALREADY_EXISTS (ErrorInfo
+        reason REQUEST_ID_IN_USE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -58,10 +58,14 @@ class TaskServiceStub:
     """Idempotent by queue and Task.id: the same packet again (compared by
     meaning, as Packet.tracking_id says; its tracking id may differ) answers
     the task as first posted with created = false; another packet with that
-    task id is ALREADY_EXISTS.
+    task id is ALREADY_EXISTS (ErrorInfo reason TASK_ID_IN_USE), and a tracking
+    id another packet holds is ALREADY_EXISTS with reason TRACKING_ID_IN_USE.
     """
     ClaimTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ClaimTaskRequest, _task_service_pb2.ClaimTaskResponse]
-    """Atomic: of N workers claiming the same task at once, one gets it."""
+    """Atomic: of N workers claiming the same task at once, one gets it. A
+    request_id that names another worker's claim is ALREADY_EXISTS (ErrorInfo
+    reason REQUEST_ID_IN_USE).
+    """
     HeartbeatTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.HeartbeatTaskRequest, _task_service_pb2.HeartbeatTaskResponse]
     ReleaseTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ReleaseTaskRequest, _task_service_pb2.ReleaseTaskResponse]
     CompleteTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.CompleteTaskRequest, _task_service_pb2.CompleteTaskResponse]
@@ -112,10 +116,14 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """Idempotent by queue and Task.id: the same packet again (compared by
     meaning, as Packet.tracking_id says; its tracking id may differ) answers
     the task as first posted with created = false; another packet with that
-    task id is ALREADY_EXISTS.
+    task id is ALREADY_EXISTS (ErrorInfo reason TASK_ID_IN_USE), and a tracking
+    id another packet holds is ALREADY_EXISTS with reason TRACKING_ID_IN_USE.
     """
     ClaimTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ClaimTaskRequest, _task_service_pb2.ClaimTaskResponse]  # type: ignore[assignment]
-    """Atomic: of N workers claiming the same task at once, one gets it."""
+    """Atomic: of N workers claiming the same task at once, one gets it. A
+    request_id that names another worker's claim is ALREADY_EXISTS (ErrorInfo
+    reason REQUEST_ID_IN_USE).
+    """
     HeartbeatTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.HeartbeatTaskRequest, _task_service_pb2.HeartbeatTaskResponse]  # type: ignore[assignment]
     ReleaseTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ReleaseTaskRequest, _task_service_pb2.ReleaseTaskResponse]  # type: ignore[assignment]
     CompleteTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.CompleteTaskRequest, _task_service_pb2.CompleteTaskResponse]  # type: ignore[assignment]
@@ -169,7 +177,8 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         """Idempotent by queue and Task.id: the same packet again (compared by
         meaning, as Packet.tracking_id says; its tracking id may differ) answers
         the task as first posted with created = false; another packet with that
-        task id is ALREADY_EXISTS.
+        task id is ALREADY_EXISTS (ErrorInfo reason TASK_ID_IN_USE), and a tracking
+        id another packet holds is ALREADY_EXISTS with reason TRACKING_ID_IN_USE.
         """
 
     @_abc_1.abstractmethod
@@ -178,7 +187,10 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_service_pb2.ClaimTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_service_pb2.ClaimTaskResponse, _abc.Awaitable[_task_service_pb2.ClaimTaskResponse]]:
-        """Atomic: of N workers claiming the same task at once, one gets it."""
+        """Atomic: of N workers claiming the same task at once, one gets it. A
+        request_id that names another worker's claim is ALREADY_EXISTS (ErrorInfo
+        reason REQUEST_ID_IN_USE).
+        """
 
     @_abc_1.abstractmethod
     def HeartbeatTask(

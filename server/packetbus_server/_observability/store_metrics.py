@@ -36,7 +36,7 @@ from redis.cluster import RedisCluster
 
 from .. import _keys
 from .._agent_states import is_live
-from .._replies import pairs, text
+from .._replies import name, names, pairs
 from .store_indexes import QUEUE_KEYS, TOPIC_KEYS, existing, indexed_names, tag
 
 log = logging.getLogger(__name__)
@@ -169,30 +169,31 @@ class StoreCollector(Collector):
         seen = 0
         for key in keys:
             topic = tag(key, ":groups")
-            names = [text(n) for n in r.hkeys(key) if ":" not in text(n)]
-            if not names:
+            # A field that is not UTF-8 is no group a server made: left out (_replies).
+            groups = [n for n in names(r.hkeys(key)) if ":" not in n]
+            if not groups:
                 continue
             try:
                 info: list[dict[Any, Any]] = r.xinfo_groups(_keys.topic_log(topic))
             except redis.ResponseError:
                 info = []  # the log is gone (expired): its groups hold nothing
-            live = {text(g["name"]): g for g in info}
-            for name in names:
+            live = {n: g for g in info if (n := name(g["name"])) is not None}
+            for group in groups:
                 seen += 1
                 if seen > self.bounds.groups:
                     break
-                g = live.get(name, {})
-                outstanding[name] += int(g.get("pending", 0))
-                consumers[name] += int(g.get("consumers", 0))
+                g = live.get(group, {})
+                outstanding[group] += int(g.get("pending", 0))
+                consumers[group] += int(g.get("consumers", 0))
                 # XINFO's lag: entries not yet delivered to the group; None when
                 # the store cannot tell (entries deleted or trimmed meanwhile).
                 if g.get("lag") is not None or not g:
-                    lag[name] += int(g.get("lag") or 0)
-        for name in sorted(outstanding):
-            families["outstanding"].add_metric([name], outstanding[name])
-            families["consumers"].add_metric([name], consumers[name])
-            if name in lag:
-                families["lag"].add_metric([name], lag[name])
+                    lag[group] += int(g.get("lag") or 0)
+        for group in sorted(outstanding):
+            families["outstanding"].add_metric([group], outstanding[group])
+            families["consumers"].add_metric([group], consumers[group])
+            if group in lag:
+                families["lag"].add_metric([group], lag[group])
         return seen > self.bounds.groups or len(keys) > self.bounds.groups
 
     def _queues(
@@ -229,7 +230,8 @@ class StoreCollector(Collector):
         cut = len(keys) > self.bounds.carcels
         for key in keys[: self.bounds.carcels]:
             reply = r.eval(_CARCEL_SCRIPT, 1, key, most)
-            total, counts = int(reply[0]), pairs(reply[1:])
+            # A reason that is not UTF-8 (a stray entry's) is some other reason.
+            total, counts = int(reply[0]), pairs(reply[1:], stray="")
             for cause, n in counts.items():
                 reason = _CARCEL_REASONS.get(cause, "other")
                 by_reason[reason] = by_reason.get(reason, 0) + n
@@ -245,7 +247,7 @@ class StoreCollector(Collector):
     ) -> bool:
         most = self.bounds.agents
         found: Any = r.zrange(_keys.AGENT_IDS, 0, most)
-        ids = [text(i) for i in found]
+        ids = names(found)  # an id that is not UTF-8 is no agent a server registered
         counts = {"live": 0, "stale": 0}
         # Every agent key is in the one slot {agents}: one pipeline, on a cluster too.
         pipe = r.pipeline(transaction=False)
@@ -258,7 +260,7 @@ class StoreCollector(Collector):
             counts["live" if is_live(fields, now_ms) else "stale"] += 1
         for liveness, n in counts.items():
             families["agents"].add_metric([liveness], n)
-        return len(ids) > most
+        return len(found) > most
 
     def _memory(
         self, r: redis.Redis | RedisCluster, families: dict[str, GaugeMetricFamily]

@@ -59,7 +59,10 @@ if #found == 0 then
 end
 local f = field_table(found[1][2])
 if location_key then
-  local owner = redis.call('GET', location_key)
+  -- The owning topic, whichever form the location holds: a packet stored on a
+  -- single Redis keeps its record there ("\0<fingerprint><marker> <topic>"),
+  -- which a bare GET would compare, and answer, as if it were a topic name.
+  local owner = location_read(location_key)
   if owner and owner ~= topic then
     return {'taken', owner}
   end

@@ -674,7 +674,10 @@ export const AgentService: GenService<{
   /**
    * Registers an agent, or updates its registration (the same id again).
    * Counts as a heartbeat. Idempotent: the same registration again answers
-   * what the first one did.
+   * what the first one did. A parent_id that is not registered is
+   * FAILED_PRECONDITION (ErrorInfo reason PARENT_NOT_REGISTERED), one that
+   * descends from the agent is FAILED_PRECONDITION (PARENT_CYCLE); a public_key
+   * registered to another owner is ALREADY_EXISTS (KEY_ID_IN_USE).
    *
    * @generated from rpc packetbus.v1.AgentService.RegisterAgent
    */

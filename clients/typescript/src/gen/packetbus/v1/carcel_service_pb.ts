@@ -330,6 +330,9 @@ export const CarcelService: GenService<{
    * entry that is gone is NOT_FOUND, and so is a requeue sent again after its
    * reply was lost (the first one did it: check where the packet is); the
    * server's own retries against its store are answered as the first run.
+   * An entry a policy rule refused is FAILED_PRECONDITION (ErrorInfo reason
+   * REFUSED_BY_POLICY: dispatch it again once the policy allows it), and so
+   * is one whose consumer group or task queue is gone (SOURCE_GONE).
    *
    * @generated from rpc packetbus.v1.CarcelService.RequeueCarcelEntry
    */

@@ -777,7 +777,8 @@ export const SettlementSchema: GenEnum<Settlement> = /*@__PURE__*/
 export const ConsumerGroupService: GenService<{
   /**
    * Idempotent: creating a group that exists with the same settings returns
-   * it; different settings are ALREADY_EXISTS.
+   * it; different settings are ALREADY_EXISTS (ErrorInfo reason
+   * GROUP_SETTINGS_DIFFER).
    *
    * @generated from rpc packetbus.v1.ConsumerGroupService.CreateConsumerGroup
    */

@@ -1187,7 +1187,8 @@ export const ContextService: GenService<{
    * Limits.max_context_chunk_bytes, 1 MiB by default), in order. Nothing is
    * visible until the last chunk arrived, the size and SHA-256 match the
    * header and the version check passes; then the document is replaced at
-   * once.
+   * once. An upload_id sent again with other bytes, media type or author is
+   * ALREADY_EXISTS (ErrorInfo reason UPLOAD_ID_IN_USE).
    *
    * @generated from rpc packetbus.v1.ContextService.PutContext
    */
@@ -1276,6 +1277,8 @@ export const ContextService: GenService<{
   },
   /**
    * An agent's memory log (the seeds' "memory:<agent>"), capped, newest first.
+   * An entry_id already in the log with other contents is ALREADY_EXISTS
+   * (ErrorInfo reason ENTRY_ID_IN_USE).
    *
    * @generated from rpc packetbus.v1.ContextService.AppendMemory
    */
@@ -1294,7 +1297,8 @@ export const ContextService: GenService<{
   },
   /**
    * An agent's trace of a task (the seeds' "ag2:trace:<task>:<agent>"),
-   * capped, oldest first.
+   * capped, oldest first. An entry_id already in the trace with other
+   * contents is ALREADY_EXISTS (ErrorInfo reason ENTRY_ID_IN_USE).
    *
    * @generated from rpc packetbus.v1.ContextService.AppendTrace
    */

@@ -381,7 +381,8 @@ export const CustodyService: GenService<{
   },
   /**
    * Binds an Ed25519 public key to an agent id, so the agent can sign the
-   * origin of its packets (schema "1.1").
+   * origin of its packets (schema "1.1"). A key registered to another owner
+   * is ALREADY_EXISTS (ErrorInfo reason KEY_ID_IN_USE).
    *
    * @generated from rpc packetbus.v1.CustodyService.RegisterAgentKey
    */

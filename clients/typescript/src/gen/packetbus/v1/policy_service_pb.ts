@@ -767,9 +767,10 @@ export const PolicyService: GenService<{
    * that the policy's [approval] approvers, if set, name. Approving again
    * answers the same receipt (a packet no longer held is answered from its
    * record, with or without an entry). A packet that is not held is
-   * NOT_FOUND, one denied is FAILED_PRECONDITION, a chain that moved on is
-   * ABORTED. One whose tracking id another topic's packet, or a task, finding
-   * or record, took while it was held is FAILED_PRECONDITION, and nothing of it
+   * NOT_FOUND, one denied is FAILED_PRECONDITION (ErrorInfo reason
+   * PACKET_DENIED), a chain that moved on is ABORTED. One whose tracking id
+   * another topic's packet, or a task, finding or record, took while it was
+   * held is FAILED_PRECONDITION (reason TRACKING_ID_IN_USE), and nothing of it
    * is stored.
    *
    * @generated from rpc packetbus.v1.PolicyService.ApprovePacket
@@ -782,7 +783,9 @@ export const PolicyService: GenService<{
   /**
    * Moves a held packet to its topic's carcel, with the denier's own signed
    * "denied" custody entry (its reason says why). Denying again answers the
-   * same carcel entry; an approved packet is FAILED_PRECONDITION.
+   * same carcel entry; an approved packet is FAILED_PRECONDITION (ErrorInfo
+   * reason PACKET_APPROVED), a denied one's tracking id taken meanwhile as
+   * ApprovePacket says (TRACKING_ID_IN_USE).
    *
    * @generated from rpc packetbus.v1.PolicyService.DenyPacket
    */

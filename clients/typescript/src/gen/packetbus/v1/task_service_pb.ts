@@ -821,16 +821,20 @@ export type ListTaskQueuesRequest = Message<"packetbus.v1.ListTaskQueuesRequest"
   pageSize: number;
 
   /**
-   * From a previous response's next_page_token; empty for the first page.
+   * From a previous response's next_page_token, with the same prefix (else
+   * INVALID_ARGUMENT, PAGE_TOKEN); empty for the first page.
    *
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
 
   /**
-   * Only queues whose name starts with this (case-sensitive); empty: all. At
-   * most the longest queue name, in bytes: the server's max topic length or an
-   * inbox topic's (771), whichever is more (else INVALID_ARGUMENT, LENGTH).
+   * Only queues whose name starts with this (case-sensitive); empty: all. Else
+   * the start of a name (letters, digits and _ . : / -, the first a letter,
+   * digit or _; else INVALID_ARGUMENT, TOPIC_FORMAT), at most the server's max
+   * topic length in bytes, or under "inbox/" an inbox topic's (771) if that is
+   * more (else INVALID_ARGUMENT, LENGTH). ListTopics and ListTaskQueues take the
+   * same prefixes.
    *
    * @generated from field: string prefix = 3;
    */
@@ -1025,7 +1029,8 @@ export const TaskService: GenService<{
    * Idempotent by queue and Task.id: the same packet again (compared by
    * meaning, as Packet.tracking_id says; its tracking id may differ) answers
    * the task as first posted with created = false; another packet with that
-   * task id is ALREADY_EXISTS.
+   * task id is ALREADY_EXISTS (ErrorInfo reason TASK_ID_IN_USE), and a tracking
+   * id another packet holds is ALREADY_EXISTS with reason TRACKING_ID_IN_USE.
    *
    * @generated from rpc packetbus.v1.TaskService.PostTask
    */
@@ -1035,7 +1040,9 @@ export const TaskService: GenService<{
     output: typeof PostTaskResponseSchema;
   },
   /**
-   * Atomic: of N workers claiming the same task at once, one gets it.
+   * Atomic: of N workers claiming the same task at once, one gets it. A
+   * request_id that names another worker's claim is ALREADY_EXISTS (ErrorInfo
+   * reason REQUEST_ID_IN_USE).
    *
    * @generated from rpc packetbus.v1.TaskService.ClaimTask
    */

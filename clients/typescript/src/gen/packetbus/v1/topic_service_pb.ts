@@ -180,9 +180,12 @@ export type ListTopicsRequest = Message<"packetbus.v1.ListTopicsRequest"> & {
   pageToken: string;
 
   /**
-   * Only topics whose name starts with this; empty: every topic. At most the
-   * longest topic name, in bytes: the server's max topic length or an inbox
-   * topic's (771), whichever is more (else INVALID_ARGUMENT, LENGTH).
+   * Only topics whose name starts with this; empty: every topic. Else
+   * the start of a name (letters, digits and _ . : / -, the first a letter,
+   * digit or _; else INVALID_ARGUMENT, TOPIC_FORMAT), at most the server's max
+   * topic length in bytes, or under "inbox/" an inbox topic's (771) if that is
+   * more (else INVALID_ARGUMENT, LENGTH). ListTopics and ListTaskQueues take the
+   * same prefixes.
    *
    * @generated from field: string prefix = 3;
    */
