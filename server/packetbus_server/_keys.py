@@ -38,7 +38,8 @@ happen by construction. Keys that one Lua script touches together share a
 |                              |        |             | ``n`` = entries; ``s:<group>`` = that   | retention once    |
 |                              |        |             | group's last settlement; ``r:<group>``  | carceled          |
 |                              |        |             | = that group's releases of it; ``rq`` = |                   |
-|                              |        |             | last requeue ``<carcel id> <cursor>``   |                   |
+|                              |        |             | last requeue ``<carcel id> <call id>    |                   |
+|                              |        |             | <cursor>``                              |                   |
 | ``pb:{<topic>}:carcel``      | stream | topic       | carceled packets: ``p``, ``n``, ``t``,  | carcel retention  |
 |                              |        |             | ``i`` as in the log, ``c`` = cursor in  | after the newest  |
 |                              |        |             | the log, ``r`` reason, ``d`` detail,    |                   |
