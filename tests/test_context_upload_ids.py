@@ -16,7 +16,7 @@ import redis.asyncio as redis_asyncio
 import packetbus
 from packetbus.v1 import context_service_pb2 as pb
 from packetbus.v1 import context_service_pb2_grpc
-from packetbus_server import _keys
+from packetbus_server import Limits, _keys
 from tests.conftest import unique
 
 
@@ -125,3 +125,66 @@ async def test_the_same_upload_sent_10_times_at_once_commits_once_and_stages_not
     assert {d.version for d in documents} == {1}
     assert await _read(client, scope, "doc") == (1, data)
     assert len(await _body_keys(raw_redis, scope)) == 1
+
+
+async def test_a_late_retry_after_another_writers_commit_answers_the_original_commit(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis
+) -> None:
+    """PutContextHeader.upload_id: "a put retried with the same key and the same bytes
+    after it committed answers the original commit instead of writing again", also
+    when another writer committed in between (the Python client retries a put whose
+    reply was lost): the retry must not write the old bytes over the newer version."""
+    scope, first, second = unique("scope"), str(uuid.uuid4()), str(uuid.uuid4())
+    await client.put_context(scope, "doc", b"first", upload_id=first, author="writer-1")
+    await client.put_context(scope, "doc", b"second", upload_id=second, author="writer-2")
+    again = await client.put_context(scope, "doc", b"first", upload_id=first, author="writer-1")
+    assert (again.version, again.sha256) == (1, hashlib.sha256(b"first").digest())
+    assert await _read(client, scope, "doc") == (2, b"second")
+    assert await raw_redis.xlen(_keys.context_events(scope)) == 2
+    # The same id with other bytes (or media type, or author) is another put.
+    with pytest.raises(packetbus.PacketbusError) as other:
+        await client.put_context(scope, "doc", b"third", upload_id=first, author="writer-1")
+    assert other.value.code == grpc.StatusCode.ALREADY_EXISTS
+    # A conditional put retried late answers its commit too, not ABORTED.
+    conditional = str(uuid.uuid4())
+    await client.put_context(
+        scope, "doc", b"3", upload_id=conditional, expected_version=2, author="writer-1"
+    )
+    await client.put_context(scope, "doc", b"4", author="writer-2")
+    late = await client.put_context(
+        scope, "doc", b"3", upload_id=conditional, expected_version=2, author="writer-1"
+    )
+    assert late.version == 3
+    assert await _read(client, scope, "doc") == (4, b"4")
+
+
+async def test_a_late_retry_does_not_bring_a_deleted_document_back(
+    client: packetbus.Client,
+) -> None:
+    scope, upload = unique("scope"), str(uuid.uuid4())
+    await client.put_context(scope, "doc", b"gone soon", upload_id=upload, author="writer-1")
+    await client.delete_context(scope, "doc")
+    again = await client.put_context(
+        scope, "doc", b"gone soon", upload_id=upload, author="writer-1"
+    )
+    assert again.version == 1
+    with pytest.raises(packetbus.PacketbusError) as missing:
+        await client.get_context(scope, "doc")
+    assert missing.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_document_remembers_its_newest_upload_ids_only(
+    client: packetbus.Client, raw_redis: redis_asyncio.Redis
+) -> None:
+    scope, kept = unique("scope"), Limits().context_upload_memos
+    uploads = [str(uuid.uuid4()) for _ in range(kept + 3)]
+    for i, upload in enumerate(uploads):
+        await client.put_context(scope, "doc", b"%d" % i, upload_id=upload, author="writer-1")
+    assert await raw_redis.hlen(_keys.context_uploads(scope, "doc")) == kept
+    assert await raw_redis.zcard(_keys.context_upload_order(scope, "doc")) == kept
+    assert await raw_redis.hexists(_keys.context_uploads(scope, "doc"), uploads[2]) == 0
+    assert await raw_redis.hexists(_keys.context_uploads(scope, "doc"), uploads[3]) == 1
+    remembered = await client.put_context(
+        scope, "doc", b"3", upload_id=uploads[3], author="writer-1"
+    )
+    assert remembered.version == 4

@@ -153,6 +153,7 @@ class ContextStore:
         upload_id: str,
         *,
         body_id: str,
+        upload_memos: int,
         expected_version: int,
         size: int,
         sha256_hex: str,
@@ -175,6 +176,8 @@ class ContextStore:
                     _keys.context_body(scope, body_id),
                     _keys.context_names(scope),
                     _keys.context_events(scope),
+                    _keys.context_uploads(scope, name),
+                    _keys.context_upload_order(scope, name),
                 ],
                 [
                     _keys.context_prefix(scope),
@@ -194,6 +197,7 @@ class ContextStore:
                     signature,
                     key_id,
                     body_id,
+                    upload_memos,
                 ],
             )
             status = text(reply[0])

@@ -175,6 +175,7 @@ class ContextUpload:
                     h.name,
                     upload_id,
                     body_id=body_id,
+                    upload_memos=self._limits.context_upload_memos,
                     expected_version=expected,
                     size=h.size,
                     sha256_hex=h.sha256.hex(),

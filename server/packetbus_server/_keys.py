@@ -115,6 +115,11 @@ happen by construction. Keys that one Lua script touches together share a
 |                              |        |             | per put): staged, then one version's    | staged; then the  |
 |                              |        |             | body                                    | document's; grace |
 |                              |        |             |                                         | once replaced     |
+| ``pb:{ctx:<h>}:ups:<name>``  | hash   | scope       | a document's commits by upload id: id ->| its newest        |
+|                              |        |             | cmsgpack {v s h c a u e r g k} (as the  | commit's expiry   |
+|                              |        |             | document's fields), the newest 100      | (kept through a   |
+| ``pb:{ctx:<h>}:upo:<name>``  | zset   | scope       | those upload ids by commit ms (to drop  | delete)           |
+|                              |        |             | the oldest)                             |                   |
 | ``pb:{ctx:<h>}:names``       | zset   | scope       | document names (score 0, by name)       | newest document's |
 | ``pb:{ctx:<h>}:events``      | stream | scope       | change events: ``k`` put/delete, ``n``  | newest document's |
 |                              |        |             | name, ``v``, ``s``, ``h``, ``a``, ``u`` | (capped length)   |
@@ -301,6 +306,14 @@ def context_doc(scope: str, name: str) -> str:
 
 def context_body(scope: str, body_id: str) -> str:
     return f"{context_prefix(scope)}body:{body_id}"
+
+
+def context_uploads(scope: str, name: str) -> str:
+    return f"{context_prefix(scope)}ups:{name}"
+
+
+def context_upload_order(scope: str, name: str) -> str:
+    return f"{context_prefix(scope)}upo:{name}"
 
 
 def context_names(scope: str) -> str:
