@@ -235,10 +235,11 @@ async def test_a_transfer_in_flight_finishes_within_the_grace_while_streams_end_
             put = asyncio.ensure_future(
                 context_pb2_grpc.ContextServiceStub(channel).PutContext(upload())
             )
-            # The server is inside the call once it has staged the first chunk.
-            body = _keys.context_body(scope, upload_id)
+            # The server is inside the call once it has staged the first chunk (under
+            # a body id of the call's own).
+            bodies = _keys.context_prefix(scope) + "body:*"
             async with asyncio.timeout(10):
-                while not await raw.exists(body):
+                while not [key async for key in raw.scan_iter(match=bodies)]:
                     assert not put.done(), put
                     await asyncio.sleep(0.02)
             replica.send_signal(signal.SIGTERM)
@@ -259,7 +260,10 @@ async def test_a_transfer_in_flight_finishes_within_the_grace_while_streams_end_
         returncode = await asyncio.wait_for(asyncio.to_thread(replica.wait), 15)
         assert returncode == 0
         assert time.monotonic() - sent_at < GRACE / 2
-        assert await raw.get(body) == first + rest  # the committed version's body
+        # The committed version's body (its key named by the document's field b).
+        body_id = await raw.hget(_keys.context_doc(scope, "doc"), "b")
+        assert isinstance(body_id, bytes)
+        assert await raw.get(_keys.context_body(scope, body_id.decode())) == first + rest
     finally:
         if replica.poll() is None:
             replica.kill()

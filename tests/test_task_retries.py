@@ -193,8 +193,9 @@ async def test_a_claim_sent_again_with_its_request_id_returns_the_same_claim(
 async def test_a_requeue_replayed_by_the_store_answers_ok(
     client: packetbus.Client, raw_redis: redis_asyncio.Redis, topic: str
 ) -> None:
-    """The server's own retry of a requeue whose reply was lost runs the script twice:
-    the second run answers as the first did (a task's, and a group's packet's)."""
+    """The server's own retry of a requeue whose reply was lost runs the script twice,
+    for the same call: the second run answers as the first did (a task's, and a group's
+    packet's). Another call finds the entry gone."""
     store = CarcelStore(raw_redis, HopStore(raw_redis, retry_budget=5), retry_budget=5)
     name = unique("queue")
     queue = client.task_queue(name)
@@ -205,8 +206,10 @@ async def test_a_requeue_replayed_by_the_store_answers_ok(
     record = await store.get(name, final.carcel_id)
     assert record is not None
     for _ in range(2):
-        result = await store.requeue_task(name, record, 0, b"", b"")
+        result = await store.requeue_task(name, record, 0, b"", b"", "call-1")
         assert result.outcome is RequeueOutcome.OK
+    other = await store.requeue_task(name, record, 0, b"", b"", "call-2")
+    assert other.outcome is RequeueOutcome.GONE
     state = await queue.get("t")
     assert (state.status, state.failures) == (pb.TASK_STATUS_QUEUED, 0)
     assert [e async for e in client.carcel_entries(name)] == []
@@ -223,9 +226,11 @@ async def test_a_requeue_replayed_by_the_store_answers_ok(
         [nacked] = await delivery.nack(reason="no")
     record = await store.get(topic, nacked.carcel_id)
     assert record is not None
-    cursors = [(await store.requeue(topic, record, 0, b"", b"")) for _ in range(2)]
+    cursors = [(await store.requeue(topic, record, 0, b"", b"", "call-1")) for _ in range(2)]
     assert [c.outcome for c in cursors] == [RequeueOutcome.OK] * 2
     assert cursors[0].value == cursors[1].value
+    other = await store.requeue(topic, record, 0, b"", b"", "call-2")
+    assert other.outcome is RequeueOutcome.GONE
     log: Any = await raw_redis.xrange(_keys.topic_log(topic))
     assert len(log) == 2  # the packet, and its one requeued copy
 

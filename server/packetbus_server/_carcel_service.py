@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 
 import grpc
 
@@ -177,6 +178,10 @@ class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
             )
         end = chain_end(record.stored, record.content_length, record.hops)
         digest = hashlib.sha256(record.stored[: record.content_length]).digest()
+        # Names this call to the script: its own retries (a reply lost on the way from
+        # the store) answer as its first run did, while any other call, sent again or
+        # at the same time, finds the entry gone (NOT_FOUND): one caller requeued it.
+        call_id = uuid.uuid4().hex
         for _ in range(_SIGN_ROUNDS):
             signed_hops = self._custodian.sign_hops(
                 [
@@ -204,6 +209,7 @@ class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
                     end.hops,
                     hop.entry if hop else b"",
                     hop.hash if hop else b"",
+                    call_id,
                 )
             if result.outcome is RequeueOutcome.OK:
                 return pb.RequeueCarcelEntryResponse(cursor=result.value)

@@ -130,8 +130,17 @@ class CarcelStore:
         return records[0] if records else None
 
     async def requeue(
-        self, topic: str, record: CarcelRecord, expected_hops: int, entry: bytes, entry_hash: bytes
+        self,
+        topic: str,
+        record: CarcelRecord,
+        expected_hops: int,
+        entry: bytes,
+        entry_hash: bytes,
+        call_id: str,
     ) -> Requeued:
+        """Put a carceled packet back on its topic for its group. `call_id` names the
+        RequeueCarcelEntry call: only its own retries are answered as its first run."""
+
         async def attempt() -> Requeued:
             reply = await _scripts.CARCEL_REQUEUE.run(
                 self._redis,
@@ -141,7 +150,7 @@ class CarcelStore:
                     _keys.topic_groups(topic),
                     _keys.custody_hops(topic, record.tracking_id),
                 ],
-                [record.id, expected_hops, entry, entry_hash],
+                [record.id, expected_hops, entry, entry_hash, call_id],
             )
             outcome = RequeueOutcome(text(reply[0]))
             value = text(reply[1]) if len(reply) > 1 else ""
@@ -151,9 +160,16 @@ class CarcelStore:
         return result
 
     async def requeue_task(
-        self, queue: str, record: CarcelRecord, expected_hops: int, entry: bytes, entry_hash: bytes
+        self,
+        queue: str,
+        record: CarcelRecord,
+        expected_hops: int,
+        entry: bytes,
+        entry_hash: bytes,
+        call_id: str,
     ) -> Requeued:
-        """Put a carceled task (its carcel entry's cursor is "task:<id>") back in its queue."""
+        """Put a carceled task (its carcel entry's cursor is "task:<id>") back in its
+        queue; `call_id` as for requeue."""
         task_id = record.cursor.removeprefix("task:")
 
         async def attempt() -> Requeued:
@@ -164,7 +180,15 @@ class CarcelStore:
                     _keys.task_events(queue),
                     _keys.custody_hops(queue, record.tracking_id),
                 ],
-                [_keys.queue_prefix(queue), record.id, task_id, expected_hops, entry, entry_hash],
+                [
+                    _keys.queue_prefix(queue),
+                    record.id,
+                    task_id,
+                    expected_hops,
+                    entry,
+                    entry_hash,
+                    call_id,
+                ],
             )
             status = text(reply[0])
             if status == "not_carceled":

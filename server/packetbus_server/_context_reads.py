@@ -57,7 +57,7 @@ async def read_document(
     while offset < meta.size:
         length = min(step, meta.size - offset)
         async with storage_errors(context):
-            data = await store.read(request.scope, meta.upload_id, offset, length)
+            data = await store.read(request.scope, meta.body_id, offset, length)
         if data is None or len(data) != length:
             await context.abort(
                 grpc.StatusCode.ABORTED,

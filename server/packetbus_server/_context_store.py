@@ -1,7 +1,9 @@
 """Storage for shared context: chunked documents, the global map, memory logs, traces.
 
-A document upload is staged chunk by chunk in its own key (SETRANGE at the
-chunk's offset, so a retried chunk rewrites the same bytes), then one script
+A document upload is staged chunk by chunk in a key of its own, named by an id
+the server makes for each put, never by the client's upload id (which a retry
+racing its original, or a put of another document, may send as well): SETRANGE
+at the chunk's offset, so a retried chunk rewrites the same bytes. Then one script
 (scripts/context_commit.lua) checks the version, makes the staged key the
 document's body and appends the change event. A replaced body stays readable
 for a grace period, so a reader streaming it can finish.
@@ -19,7 +21,9 @@ from ._retry import with_retries
 from ._scripts import RedisClient
 from ._waits import SharedReads
 
-_META_FIELDS = ("v", "s", "h", "c", "a", "u", "e", "b", "r", "g", "k")
+# "b" names the body key (an id the server makes per put), "up" the upload id the
+# put named (older documents have none: their body key was named by it).
+_META_FIELDS = ("v", "s", "h", "c", "a", "u", "e", "b", "r", "g", "k", "up")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,9 @@ class DocMeta:
     commit: bytes = b""
     signature: bytes = b""
     key_id: str = ""
+    # Its body's key (body:<id>): one of the put's own, never the client's upload
+    # id, so a reused or raced upload id cannot write or drop a committed body.
+    body_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +74,7 @@ def _meta(name: str, values: Sequence[Any]) -> DocMeta | None:
         return None
     v = [text(x) if x is not None else "" for x in values[:8]]
     signed = [bytes(x) if x is not None else b"" for x in values[8:11]]
+    upload = text(values[11]) if len(values) > 11 and values[11] else ""
     return DocMeta(
         name,
         int(v[0]),
@@ -76,10 +84,11 @@ def _meta(name: str, values: Sequence[Any]) -> DocMeta | None:
         v[4],
         int(v[5]),
         int(v[6]),
-        v[7],
+        upload or v[7],
         signed[0],
         signed[1],
         signed[2].decode(),
+        v[7],
     )
 
 
@@ -118,11 +127,9 @@ class ContextStore:
         result: DocMeta | None = await self._retried(attempt)
         return result
 
-    async def stage(
-        self, scope: str, upload_id: str, offset: int, chunk: bytes, ttl_ms: int
-    ) -> None:
-        """Write `chunk` at `offset` of the upload (the same bytes again on a retry)."""
-        key = _keys.context_body(scope, upload_id)
+    async def stage(self, scope: str, body_id: str, offset: int, chunk: bytes, ttl_ms: int) -> None:
+        """Write `chunk` at `offset` of the put's body (the same bytes again on a retry)."""
+        key = _keys.context_body(scope, body_id)
 
         async def attempt() -> None:
             if offset == 0:  # also creates the body of an empty document
@@ -135,9 +142,9 @@ class ContextStore:
 
         await self._retried(attempt)
 
-    async def discard(self, scope: str, upload_id: str) -> None:
-        """Drop a staged upload that will not be committed."""
-        await self._retried(lambda: self._redis.delete(_keys.context_body(scope, upload_id)))
+    async def discard(self, scope: str, body_id: str) -> None:
+        """Drop a put's staged body that will not be committed."""
+        await self._retried(lambda: self._redis.delete(_keys.context_body(scope, body_id)))
 
     async def commit(
         self,
@@ -145,6 +152,8 @@ class ContextStore:
         name: str,
         upload_id: str,
         *,
+        body_id: str,
+        upload_memos: int,
         expected_version: int,
         size: int,
         sha256_hex: str,
@@ -164,9 +173,11 @@ class ContextStore:
                 self._redis,
                 [
                     _keys.context_doc(scope, name),
-                    _keys.context_body(scope, upload_id),
+                    _keys.context_body(scope, body_id),
                     _keys.context_names(scope),
                     _keys.context_events(scope),
+                    _keys.context_uploads(scope, name),
+                    _keys.context_upload_order(scope, name),
                 ],
                 [
                     _keys.context_prefix(scope),
@@ -185,6 +196,8 @@ class ContextStore:
                     commit,
                     signature,
                     key_id,
+                    body_id,
+                    upload_memos,
                 ],
             )
             status = text(reply[0])
@@ -197,9 +210,9 @@ class ContextStore:
         result: Commit = await self._retried(attempt)
         return result
 
-    async def read(self, scope: str, upload_id: str, offset: int, length: int) -> bytes | None:
+    async def read(self, scope: str, body_id: str, offset: int, length: int) -> bytes | None:
         """Bytes [offset, offset + length) of a body; None when the body is gone."""
-        key = _keys.context_body(scope, upload_id)
+        key = _keys.context_body(scope, body_id)
 
         async def attempt() -> bytes | None:
             pipe = self._redis.pipeline(transaction=False)

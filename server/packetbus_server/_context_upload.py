@@ -4,7 +4,8 @@ record, when the server signs) and committed by one compare-and-set script
 (_context_store, scripts/context_commit.lua).
 
 A put that repeats a committed upload id answers as that commit did (_same_upload);
-an upload that fails midway is discarded (or expires on its own).
+an upload that fails midway is discarded (or expires on its own). Each put stages
+its bytes under a body id of its own, never under the client's upload id.
 """
 
 from __future__ import annotations
@@ -62,7 +63,12 @@ class ContextUpload:
         async with storage_errors(context):
             current = await self._store.meta(h.scope, h.name)
         replay = bool(h.upload_id) and current is not None and current.upload_id == h.upload_id
-        upload_id = h.upload_id or str(uuid.uuid4())
+        # The bytes are staged under an id of this call's own: the upload id is the
+        # client's, and the same one may come from a retry racing this call, or name
+        # another document's commit; staged under it, this call would overwrite
+        # that body, or delete it when it fails.
+        body_id = str(uuid.uuid4())
+        upload_id = h.upload_id or body_id
         staged = False
         committed = False
         try:
@@ -90,13 +96,13 @@ class ContextUpload:
                 if not replay:
                     staged = True
                     async with storage_errors(context):
-                        await self._store.stage(h.scope, upload_id, offset, chunk, upload_ttl_ms)
+                        await self._store.stage(h.scope, body_id, offset, chunk, upload_ttl_ms)
                 hasher.update(chunk)
                 offset += len(chunk)
             if offset == 0 and not replay:  # an empty document has a body too
                 staged = True
                 async with storage_errors(context):
-                    await self._store.stage(h.scope, upload_id, 0, b"", upload_ttl_ms)
+                    await self._store.stage(h.scope, body_id, 0, b"", upload_ttl_ms)
             if offset != h.size:
                 violations.append(
                     Violation(
@@ -114,16 +120,16 @@ class ContextUpload:
             if replay:
                 assert current is not None
                 await same_upload(context, h, current)
-                committed = True
                 return pb.PutContextResponse(document=document(h.scope, current), created=False)
-            response = await self._commit(context, h, upload_id, current)
-            committed = True
+            response = await self._commit(context, h, upload_id, body_id, current)
+            # A replay answered by the commit made first leaves this call's bytes unused.
+            committed = response.created
             return response
         finally:
             if staged and not committed:
                 # Best effort: an abandoned upload also expires on its own.
                 with contextlib.suppress(Exception):
-                    await self._store.discard(h.scope, upload_id)
+                    await self._store.discard(h.scope, body_id)
 
     def _sign(
         self, h: pb.PutContextHeader, upload_id: str, version: int, now_ms: int
@@ -151,6 +157,7 @@ class ContextUpload:
         context: grpc.aio.ServicerContext,
         h: pb.PutContextHeader,
         upload_id: str,
+        body_id: str,
         current: DocMeta | None,
     ) -> pb.PutContextResponse:
         ttl_ms = (h.ttl_seconds or self._limits.default_context_ttl_seconds) * 1000
@@ -167,6 +174,8 @@ class ContextUpload:
                     h.scope,
                     h.name,
                     upload_id,
+                    body_id=body_id,
+                    upload_memos=self._limits.context_upload_memos,
                     expected_version=expected,
                     size=h.size,
                     sha256_hex=h.sha256.hex(),
@@ -213,6 +222,7 @@ class ContextUpload:
             record,
             signature,
             key_id,
+            body_id,
         )
         return pb.PutContextResponse(document=document(h.scope, meta), created=True)
 

@@ -38,7 +38,8 @@ happen by construction. Keys that one Lua script touches together share a
 |                              |        |             | ``n`` = entries; ``s:<group>`` = that   | retention once    |
 |                              |        |             | group's last settlement; ``r:<group>``  | carceled          |
 |                              |        |             | = that group's releases of it; ``rq`` = |                   |
-|                              |        |             | last requeue ``<carcel id> <cursor>``   |                   |
+|                              |        |             | last requeue ``<carcel id> <call id>    |                   |
+|                              |        |             | <cursor>``                              |                   |
 | ``pb:{<topic>}:carcel``      | stream | topic       | carceled packets: ``p``, ``n``, ``t``,  | carcel retention  |
 |                              |        |             | ``i`` as in the log, ``c`` = cursor in  | after the newest  |
 |                              |        |             | the log, ``r`` reason, ``d`` detail,    |                   |
@@ -107,13 +108,18 @@ happen by construction. Keys that one Lua script touches together share a
 |                              |        | SHA-256 of  | version, ``s`` size, ``h`` SHA-256 hex, | TTL               |
 |                              |        | the scope,  | ``c`` content type, ``a`` author, ``u`` |                   |
 |                              |        | 16 hex      | committed ms, ``e`` expiry ms, ``b``    |                   |
-|                              |        | digits)     | upload id of its body, ``r`` ``g``      |                   |
-|                              |        |             | ``k`` the server's signed commit record,|                   |
-|                              |        |             | signature, key id                       |                   |
-| ``pb:{ctx:<h>}:body:<id>``   | string | scope       | an upload's bytes: staged, then one     | upload TTL while  |
-|                              |        |             | version's body                          | staged; then the  |
-|                              |        |             |                                         | document's; grace |
+|                              |        | digits)     | body id, ``r`` ``g`` ``k`` the server's |                   |
+|                              |        |             | signed commit record, signature, key id,|                   |
+|                              |        |             | ``up`` the upload id (none: ``b`` is it)|                   |
+| ``pb:{ctx:<h>}:body:<id>``   | string | scope       | a put's bytes (by an id the server makes| upload TTL while  |
+|                              |        |             | per put): staged, then one version's    | staged; then the  |
+|                              |        |             | body                                    | document's; grace |
 |                              |        |             |                                         | once replaced     |
+| ``pb:{ctx:<h>}:ups:<name>``  | hash   | scope       | a document's commits by upload id: id ->| its newest        |
+|                              |        |             | cmsgpack {v s h c a u e r g k} (as the  | commit's expiry   |
+|                              |        |             | document's fields), the newest 100      | (kept through a   |
+| ``pb:{ctx:<h>}:upo:<name>``  | zset   | scope       | those upload ids by commit ms (to drop  | delete)           |
+|                              |        |             | the oldest)                             |                   |
 | ``pb:{ctx:<h>}:names``       | zset   | scope       | document names (score 0, by name)       | newest document's |
 | ``pb:{ctx:<h>}:events``      | stream | scope       | change events: ``k`` put/delete, ``n``  | newest document's |
 |                              |        |             | name, ``v``, ``s``, ``h``, ``a``, ``u`` | (capped length)   |
@@ -298,8 +304,16 @@ def context_doc(scope: str, name: str) -> str:
     return f"{context_prefix(scope)}doc:{name}"
 
 
-def context_body(scope: str, upload_id: str) -> str:
-    return f"{context_prefix(scope)}body:{upload_id}"
+def context_body(scope: str, body_id: str) -> str:
+    return f"{context_prefix(scope)}body:{body_id}"
+
+
+def context_uploads(scope: str, name: str) -> str:
+    return f"{context_prefix(scope)}ups:{name}"
+
+
+def context_upload_order(scope: str, name: str) -> str:
+    return f"{context_prefix(scope)}upo:{name}"
 
 
 def context_names(scope: str) -> str:

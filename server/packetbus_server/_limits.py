@@ -57,6 +57,9 @@ class Limits:
     # A replaced or deleted version stays readable this long, so a reader that
     # started on it can finish.
     context_replaced_grace_seconds: int = 60
+    # Upload ids remembered per document (its newest commits'), so a put retried
+    # late, after newer versions, answers its own commit instead of writing again.
+    context_upload_memos: int = 100
     # Change events kept per scope for watchers to resume from.
     max_context_events: int = 10000
     max_context_page: int = 1000

@@ -69,6 +69,14 @@ class Approvals:
             if decided is None or decided.status != "held":
                 return decided, None
             record = await self._store.held_entry(topic, decided.id)
+            if record is None:
+                # Decided between the two reads (another call approved or denied it:
+                # one script moves the entry and the record together), so the record
+                # read again says how; a caller answered by the first read would be
+                # told "not held" of a packet approved, or "approved" of one denied.
+                decided = await self._store.lookup(topic, tracking_id)
+                if decided is None or decided.status != "held":
+                    return decided, None
         if record is not None and record.expires_at_ms <= self._clock.now_ms():
             record = None
         return decided, record
@@ -268,11 +276,11 @@ class Approvals:
             if decided is not None and decided.status == "rejected":
                 # Denied before (a replay), or rejected outright: either way in the carcel.
                 return pb.DenyPacketResponse(carcel_entry_id=decided.id)
+            # "stored" only when it was approved: a record still saying "held" here is
+            # a held packet that expired, which is not held anymore (NOT_FOUND).
+            stored = decided is not None and decided.status == "stored"
             await self._approve_failed(
-                context,
-                request,
-                "stored" if decided is not None else "gone",
-                [decided.id if decided else ""],
+                context, request, "stored" if stored else "gone", [decided.id if decided else ""]
             )
             raise AssertionError("unreachable")
         payload = _wire.with_chain(record.stored, [request.denial.SerializeToString()])

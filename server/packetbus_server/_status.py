@@ -17,18 +17,46 @@ from ._validation import Violation
 ERROR_DOMAIN = "packetbus"
 
 
+# An RPC's refusal travels in its trailers (grpc-message percent-encoded, the
+# status details base64): a client refuses trailers past its metadata limit
+# (grpc-core: 8 KiB soft, 16 KiB hard, by default) and sees RESOURCE_EXHAUSTED
+# instead, no field named. So a BadRequest lists the violations that fit these
+# budgets, first first, and its message says how many it leaves out; each field
+# path and description is cut to a length (a path may quote a client's map key).
+_DETAILS_BUDGET = 2000
+_SUMMARY_BUDGET = 700  # bytes
+_TEXT_LIMIT = 400  # bytes
+
+
+def _cut(text: str) -> str:
+    """`text`, at most _TEXT_LIMIT bytes of UTF-8 (whole characters)."""
+    raw = text.encode()
+    if len(raw) <= _TEXT_LIMIT:
+        return text
+    return raw[: _TEXT_LIMIT - 3].decode(errors="ignore") + "..."
+
+
 def bad_request(message: str, violations: Sequence[Violation]) -> status_pb2.Status:
-    detail = error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(
-                field=v.field, description=v.description, reason=v.rule
-            )
-            for v in violations
-        ]
-    )
+    detail = error_details_pb2.BadRequest()
+    said: list[str] = []
+    size = 0
+    for v in violations:
+        item = error_details_pb2.BadRequest.FieldViolation(
+            field=_cut(v.field), description=_cut(v.description), reason=_cut(v.rule)
+        )
+        if detail.field_violations and detail.ByteSize() + item.ByteSize() > _DETAILS_BUDGET:
+            break
+        detail.field_violations.append(item)
+        text = f"{item.field or '<packet>'}: {item.description}"
+        length = len(text.encode())
+        if not said or size + length <= _SUMMARY_BUDGET:
+            said.append(text)
+            size += length + 2
+    summary = "; ".join(said)
+    if len(said) < len(violations):
+        summary += f"; and {len(violations) - len(said)} more"
     packed = any_pb2.Any()
     packed.Pack(detail)
-    summary = "; ".join(f"{v.field or '<packet>'}: {v.description}" for v in violations)
     return status_pb2.Status(
         code=code_pb2.INVALID_ARGUMENT, message=f"{message}: {summary}", details=[packed]
     )

@@ -72,7 +72,19 @@ def claim_violations(request: pb.ClaimTaskRequest, limits: Limits) -> tuple[list
     violations: list[Violation] = []
     check_queue(violations, request.queue, limits)
     validate_agent_id(violations, "worker", request.worker)
-    for i, capability in enumerate(request.capabilities):
+    # The claim script looks in one ready set per capability, all in one run that
+    # holds the store: unbounded, one claim of a million kept every other client
+    # waiting for seconds. A worker is an agent, whose capabilities are bounded so.
+    if len(request.capabilities) > limits.max_agent_capabilities:
+        violations.append(
+            Violation(
+                "capabilities",
+                "COUNT",
+                f"at most {limits.max_agent_capabilities} (as an agent may register); "
+                f"got {len(request.capabilities)}",
+            )
+        )
+    for i, capability in enumerate(request.capabilities[: limits.max_agent_capabilities]):
         validate_id(violations, f"capabilities[{i}]", capability)
     lease_s = request.lease_seconds or _DEFAULT_LEASE_S
     if not 1 <= lease_s <= MAX_LEASE_S:

@@ -216,7 +216,8 @@ class PutContextHeader(_message.Message):
     upload_id: _builtins.str
     """Optional idempotency key (a UUID): a put retried with the same key and
     the same bytes after it committed answers the original commit instead of
-    writing again.
+    writing again, also after newer versions or a delete (a document
+    remembers the upload ids of its newest 100 commits).
     """
     def __init__(
         self,

@@ -209,7 +209,9 @@ class ClaimTaskRequest(_message.Message):
     """
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Tasks needing one of these capabilities, or none, may be claimed."""
+        """Tasks needing one of these capabilities, or none, may be claimed. At most
+        Limits.max_agent_capabilities (64), as an agent registers (else COUNT).
+        """
 
     def __init__(
         self,

@@ -10,12 +10,15 @@
 -- ARGV[3]  the serialized, signed "requeued" custody entry (empty when the
 --          server does not sign custody entries)
 -- ARGV[4]  its hash
+-- ARGV[5]  the id of the RequeueCarcelEntry call (the same for the server's own
+--          retries of this script within it; no spaces)
 --
 -- Returns {"ok", new cursor}, {"gone"} (no such carcel entry), {"stale", hop
 -- count, newest hop hash} (sign again) or {"nogroup", source} (its group was
 -- deleted, or it came from no group). The packet's hops keep the last requeue
--- (field rq: "<carcel entry id> <new cursor>"), so a requeue replayed after a
--- lost reply answers {"ok", the same cursor}.
+-- (field rq: "<carcel entry id> <call id> <new cursor>"), so the same call's
+-- retry after a lost reply answers {"ok", the same cursor}; another call (sent
+-- again by a client, or at the same time) finds the entry gone, as the proto says.
 -- The new log entry is for that group only (field g), so other groups and
 -- subscribers do not see the packet twice. The group's count of releases of the
 -- packet (field r:<group>, settle.lua) starts again, as its attempts do.
@@ -24,8 +27,11 @@ local found = redis.call('XRANGE', carcel, ARGV[1], ARGV[1])
 if #found == 0 then
   -- Requeued before (a replay after a lost reply): the same answer.
   local last = redis.call('HGET', hops, 'rq')
-  if last and string.match(last, '^(%S+) ') == ARGV[1] then
-    return {'ok', string.match(last, ' (%S+)$')}
+  if last then
+    local entry, call, cursor = string.match(last, '^(%S+) (%S+) (%S+)$')
+    if entry == ARGV[1] and call == ARGV[5] then
+      return {'ok', cursor}
+    end
   end
   return {'gone'}
 end
@@ -44,7 +50,7 @@ end
 local cursor = redis.call('XADD', log, '*', 'p', f['p'], 'n', f['n'], 't', f['t'], 'i', f['i'], 'g', group,
   'b', f['b'] or '')
 redis.call('XDEL', carcel, ARGV[1])
-redis.call('HSET', hops, 'rq', ARGV[1] .. ' ' .. cursor)
+redis.call('HSET', hops, 'rq', ARGV[1] .. ' ' .. ARGV[5] .. ' ' .. cursor)
 -- Forgiven with its attempts: the group's releases of it count from zero again.
 redis.call('HDEL', hops, 'r:' .. group)
 local expires_ms = tonumber(string.match(cursor, '^(%d+)-')) + tonumber(f['t'])

@@ -6,7 +6,7 @@
 -- KEYS[4]  on a Redis Cluster only: a key never written in the same slot
 --          (_keys.slot_guard), so that this script, which derives keys, waits
 --          (TRYAGAIN) while its slot migrates instead of running on one node
--- Derived key: its body, ARGV[1] .. 'body:' .. its upload id.
+-- Derived key: its body, ARGV[1] .. 'body:' .. its body id (field b).
 -- ARGV[1]  key prefix "pb:{ctx:<h>}:"
 -- ARGV[2]  document name
 -- ARGV[3]  expected version: "" for any, else an integer

@@ -14,15 +14,19 @@
 -- ARGV[4]  hops the packet has before the "requeued" one
 -- ARGV[5]  the serialized, signed "requeued" custody entry ("" when not signing)
 -- ARGV[6]  its hash
+-- ARGV[7]  the id of the RequeueCarcelEntry call (the same for the server's own
+--          retries of this script within it; no spaces)
 --
 -- Returns {"ok"}, {"gone"} (no such carcel entry, or the task expired),
 -- {"stale", hop count, last hop hash} (sign again) or {"not_carceled", status}.
--- The task keeps the id of the carcel entry it was last requeued from (field
--- rq), so a requeue replayed after a lost reply answers {"ok"} again.
+-- The task keeps the carcel entry it was last requeued from and the call that
+-- did it (field rq: "<carcel entry id> <call id>"), so the same call's retry
+-- after a lost reply answers {"ok"} again; another call (sent again by a client,
+-- or at the same time) finds the entry gone, as the proto says.
 local prefix, task_id = ARGV[1], ARGV[3]
 local key = prefix .. 'task:' .. task_id
 if #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) == 0 then
-  if redis.call('HGET', key, 'rq') == ARGV[2] then
+  if redis.call('HGET', key, 'rq') == ARGV[2] .. ' ' .. ARGV[7] then
     return {'ok'}
   end
   return {'gone'}
@@ -38,8 +42,8 @@ if ARGV[5] ~= '' and hop_count(KEYS[3]) ~= tonumber(ARGV[4]) then
   return {'stale', tostring(hop_count(KEYS[3])), redis.call('HGET', KEYS[3], 'h') or ''}
 end
 local now = clock_ms()
-redis.call('HSET', key, 'st', 'queued', 'fails', 0, 'w', '', 'ua', now, 'rq', ARGV[2],
-  'rc', f['claims'])
+redis.call('HSET', key, 'st', 'queued', 'fails', 0, 'w', '', 'ua', now,
+  'rq', ARGV[2] .. ' ' .. ARGV[7], 'rc', f['claims'])
 redis.call('ZADD', prefix .. 'ready:' .. f['cap'], 0, f['rk'])
 redis.call('XDEL', KEYS[1], ARGV[2])
 event(KEYS[2], task_id, 'carceled', 'queued', 'carcel', f['f'], 'requeued')

@@ -6,7 +6,8 @@
 --   h          the newest entry's hash (SHA-256 of 0x00 || its record)
 --   "1".."n"   the serialized CustodyEntry of each hop
 --   s:<group>  that consumer group's last settlement: "<delivery id> <kind>"
---   rq         the last requeue from the carcel: "<carcel entry id> <new cursor>"
+--   rq         the last requeue from the carcel: "<carcel entry id> <call id>
+--              <new cursor>" (the call id: the RequeueCarcelEntry call's own)
 -- An entry is signed over its place in the chain (its sequence and the hash
 -- before it) before the script runs, so it is appended only where its signer
 -- put it: as hop number `expected` + 1. Otherwise the caller signs again.

@@ -255,7 +255,8 @@ export type PutContextHeader = Message<"packetbus.v1.PutContextHeader"> & {
   /**
    * Optional idempotency key (a UUID): a put retried with the same key and
    * the same bytes after it committed answers the original commit instead of
-   * writing again.
+   * writing again, also after newer versions or a delete (a document
+   * remembers the upload ids of its newest 100 commits).
    *
    * @generated from field: string upload_id = 9;
    */

@@ -187,7 +187,8 @@ export type ClaimTaskRequest = Message<"packetbus.v1.ClaimTaskRequest"> & {
   worker: string;
 
   /**
-   * Tasks needing one of these capabilities, or none, may be claimed.
+   * Tasks needing one of these capabilities, or none, may be claimed. At most
+   * Limits.max_agent_capabilities (64), as an agent registers (else COUNT).
    *
    * @generated from field: repeated string capabilities = 3;
    */
