@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from packetbus.v1 import context_service_pb2 as pb
 
-from ._context_store import ChangeEvent, DocMeta
+from ._context_records import ChangeEvent, DocMeta
 from ._timestamps import timestamp
 
 _KINDS = {"put": pb.CONTEXT_CHANGE_KIND_PUT, "delete": pb.CONTEXT_CHANGE_KIND_DELETE}

@@ -11,99 +11,14 @@ for a grace period, so a reader streaming it can finish.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from . import _keys, _scripts
+from ._context_records import META_FIELDS, ChangeEvent, Commit, DocMeta, event_of, meta_of
 from ._replies import text
 from ._retry import with_retries
 from ._scripts import RedisClient
 from ._waits import SharedReads
-
-# "b" names the body key (an id the server makes per put), "up" the upload id the
-# put named (older documents have none: their body key was named by it).
-_META_FIELDS = ("v", "s", "h", "c", "a", "u", "e", "b", "r", "g", "k", "up")
-
-
-@dataclass(frozen=True, slots=True)
-class DocMeta:
-    """A document's current version, as stored."""
-
-    name: str
-    version: int
-    size: int
-    sha256_hex: str
-    content_type: str
-    author: str
-    updated_ms: int
-    expires_ms: int
-    upload_id: str
-    # The server's signed commit record (empty when it does not sign).
-    commit: bytes = b""
-    signature: bytes = b""
-    key_id: str = ""
-    # Its body's key (body:<id>): one of the put's own, never the client's upload
-    # id, so a reused or raced upload id cannot write or drop a committed body.
-    body_id: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Commit:
-    # "new", "dup", "stale" or "incomplete".
-    status: str
-    version: int
-    # The stored version on "dup".
-    meta: DocMeta | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeEvent:
-    cursor: str
-    kind: str
-    name: str
-    version: int
-    size: int
-    sha256_hex: str
-    author: str
-    changed_ms: int
-
-
-def _meta(name: str, values: Sequence[Any]) -> DocMeta | None:
-    if values[0] is None:
-        return None
-    v = [text(x) if x is not None else "" for x in values[:8]]
-    signed = [bytes(x) if x is not None else b"" for x in values[8:11]]
-    upload = text(values[11]) if len(values) > 11 and values[11] else ""
-    return DocMeta(
-        name,
-        int(v[0]),
-        int(v[1]),
-        v[2],
-        v[3],
-        v[4],
-        int(v[5]),
-        int(v[6]),
-        upload or v[7],
-        signed[0],
-        signed[1],
-        signed[2].decode(),
-        v[7],
-    )
-
-
-def _event(entry_id: Any, fields: dict[Any, Any]) -> ChangeEvent:
-    f = {text(k): text(v) for k, v in fields.items()}
-    return ChangeEvent(
-        text(entry_id),
-        f.get("k", ""),
-        f.get("n", ""),
-        int(f.get("v", "0")),
-        int(f.get("s", "0")),
-        f.get("h", ""),
-        f.get("a", ""),
-        int(f.get("u", "0")),
-    )
 
 
 class ContextStore:
@@ -121,8 +36,8 @@ class ContextStore:
 
     async def meta(self, scope: str, name: str) -> DocMeta | None:
         async def attempt() -> DocMeta | None:
-            values = await self._redis.hmget(_keys.context_doc(scope, name), list(_META_FIELDS))
-            return _meta(name, values)
+            values = await self._redis.hmget(_keys.context_doc(scope, name), list(META_FIELDS))
+            return meta_of(name, values)
 
         result: DocMeta | None = await self._retried(attempt)
         return result
@@ -202,7 +117,7 @@ class ContextStore:
             )
             status = text(reply[0])
             if status == "dup":
-                meta = _meta(name, reply[1:])
+                meta = meta_of(name, reply[1:])
                 assert meta is not None
                 return Commit(status, meta.version, meta)
             return Commit(status, int(reply[1]))
@@ -294,9 +209,9 @@ class ContextStore:
             # One slot per scope: a pipeline is one round trip even on a cluster.
             pipe = self._redis.pipeline(transaction=False)
             for n in names:
-                pipe.hmget(_keys.context_doc(scope, n), list(_META_FIELDS))
+                pipe.hmget(_keys.context_doc(scope, n), list(META_FIELDS))
             rows = await pipe.execute()
-            return [_meta(n, row) for n, row in zip(names, rows, strict=True)]
+            return [meta_of(n, row) for n, row in zip(names, rows, strict=True)]
 
         result: list[DocMeta | None] = await self._retried(attempt)
         return result
@@ -342,7 +257,7 @@ class ContextStore:
             if not reply:
                 return []
             [[_, entries]] = reply
-            return [_event(i, f) for i, f in entries]
+            return [event_of(i, f) for i, f in entries]
 
         result: list[ChangeEvent] = await with_retries(
             attempt, budget_seconds=self._retry_budget + block_ms / 1000

@@ -22,8 +22,9 @@ from packetbus.v1 import context_service_pb2 as pb
 
 from . import _status
 from ._clock import StoreClock
+from ._context_records import DocMeta
 from ._context_replies import document
-from ._context_store import ContextStore, DocMeta
+from ._context_store import ContextStore
 from ._custodian import Custodian
 from ._limits import Limits
 from ._storage_errors import storage_errors
