@@ -62,8 +62,8 @@ Where things happen:
 - ``_finding_service.py``  the FindingService RPCs: findings and their conflicts (``_conflicts.py``);
                            Escalate and ListEscalations ``_finding_escalations.py``
 - ``_group_service.py``    the ConsumerGroupService RPCs; a Pull stream's loop ``_group_pull.py``,
-                           deliveries ``_group_delivery.py``, settlements ``_group_settling.py``,
-                           Redis ``_group_store.py``
+                           deliveries ``_group_delivery.py``, settlements ``_group_settling.py``
+                           (asked and answered: ``_settle_requests.py``), Redis ``_group_store.py``
 - ``_agent_service.py``    the AgentService RPCs; checks and key proofs ``_agent_requests.py``,
                            replies and liveness ``_agent_states.py``
 - ``_timestamps.py``      protobuf Timestamps of unix ms, for every service's replies

@@ -19,10 +19,11 @@ from . import _pull_wire
 from ._clock import StoreClock
 from ._cursors import cursor_millis
 from ._custodian import ChainEnd, Custodian, Hop, chain_end
-from ._group_settling import MAX_DELIVERY, SIGN_ROUNDS, Answer, Held, Request, Settler, delivery_id
+from ._group_settling import MAX_DELIVERY, SIGN_ROUNDS, Settler
 from ._group_store import GroupSettings, Kind, Leased
 from ._hop_store import HopStore, HopWrite
 from ._observability import counting, metrics, tracing
+from ._settle_requests import Answer, Held, Request, delivery_id
 
 log = logging.getLogger("packetbus.server.groups")
 

@@ -18,10 +18,11 @@ from packetbus.v1 import consumer_group_service_pb2 as pb
 from . import _pull_wire, _status
 from ._clock import StoreClock
 from ._group_delivery import Delivery, PullStream
-from ._group_settling import Settler, held_request, nacked, parse_request
+from ._group_settling import Settler
 from ._group_store import GroupStore, Kind
 from ._limits import Limits
 from ._packing import packs
+from ._settle_requests import held_request, nacked, parse_request
 from ._stream_ends import caller_gone
 from ._validation import Violation
 from ._waits import retrieve_outcome

@@ -30,10 +30,11 @@ from ._field_rules import validate_agent_id, validate_group_name, validate_topic
 from ._fields import is_stream_id
 from ._group_delivery import Delivery, PullStream
 from ._group_pull import PullLoop, abort_no_group
-from ._group_settling import Request, Settler, nacked, parse_request
+from ._group_settling import Settler
 from ._group_store import GroupState, GroupStatus, GroupStore, Kind
 from ._hop_store import HopStore
 from ._limits import Limits
+from ._settle_requests import Request, nacked, parse_request
 from ._storage_errors import storage_errors
 from ._validation import Violation
 

@@ -9,179 +9,37 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import grpc
-from google.rpc import code_pb2, status_pb2
+from google.rpc import code_pb2
 
 from packetbus import _custody
-from packetbus.v1 import consumer_group_service_pb2 as pb
 
-from . import _pull_wire
 from ._clock import StoreClock
 from ._cursors import cursor_millis
 from ._custodian import ChainEnd, Custodian, Hop, chain_end
-from ._fields import is_stream_id, utf8_length
 from ._group_store import GroupSettings, GroupStore, Kind, Outcome, Settle, Settled
 from ._hop_store import HopStore
 from ._observability import counting, tracing
-from ._status import bad_request, with_reason
+from ._settle_requests import (
+    SETTLEMENT,
+    Answer,
+    Held,
+    Request,
+    deliveries_made,
+    invalid,
+    refused,
+)
 from ._violation import Violation
 
 log = logging.getLogger("packetbus.server.groups")
 
-# "<cursor>:<delivery count>", ASCII digits only (`\d` takes other scripts' digits too).
-_DELIVERY_ID = re.compile(r"([0-9]{1,20}-[0-9]{1,20}):([0-9]{1,10})\Z")
 MAX_DELIVERY = "max delivery attempts"
 # Signing again after another hop got in first: a few rounds settle any race.
 SIGN_ROUNDS = 5
-_MAX_REASON = 1024
 
 
-def delivery_id(cursor: str, count: int) -> str:
-    return f"{cursor}:{count}"
-
-
-@dataclass(slots=True)
-class Held:
-    """A delivery this server made (on a Pull stream): what its next hop links to."""
-
-    tracking_id: str
-    content_digest: bytes
-    end: ChainEnd
-    size: int
-    lease_ends_ms: int
-    expires_at_ms: int
-    # Its producer's trace context, read only while tracing is on.
-    trace: tracing.Carried | None = None
-
-
-# Not frozen: made for every packet on the delivery path, where a frozen
-# dataclass's __init__ (object.__setattr__ per field) costs four times as much.
-@dataclass(slots=True)
-class Request:
-    """One settlement asked for, parsed."""
-
-    kind: Kind
-    delivery_id: str
-    cursor: str = ""
-    count: int = 0
-    delay_ms: int = 0
-    reason: str = ""
-    # Why the request cannot be settled at all (INVALID_ARGUMENT), or None.
-    problem: Violation | None = None
-
-
-def parse_request(kind: Kind, ident: str, *, delay_s: int = 0, reason: str = "") -> Request:
-    match = _DELIVERY_ID.match(ident)
-    if match is None or not is_stream_id(match.group(1)):
-        return Request(
-            kind,
-            ident,
-            problem=Violation(
-                "delivery_id", "DELIVERY_ID", "not a delivery id (like 1700000000000-0:1)"
-            ),
-        )
-    if utf8_length(reason) > _MAX_REASON:
-        return Request(
-            kind,
-            ident,
-            problem=Violation(
-                "reason", "TEXT_LENGTH", f"reason is longer than {_MAX_REASON} bytes (UTF-8)"
-            ),
-        )
-    return Request(kind, ident, match.group(1), int(match.group(2)), delay_s * 1000, reason=reason)
-
-
-def held_request(kind: Kind, ident: str, held: dict[str, Held]) -> Request:
-    """As `parse_request`; an id of a delivery `held` by the stream is one it made, so well-formed."""
-    if ident in held:
-        cursor, _, count = ident.rpartition(":")
-        return Request(kind, ident, cursor, int(count))
-    return parse_request(kind, ident)
-
-
-def _deliveries(r: Request) -> int:
-    """Deliveries made of a packet settled by `r`: its count, except for a lease that
-    ran out on the last attempt (a CARCEL request, made by the pull that found it),
-    whose count the pull raised for a delivery it did not make."""
-    return r.count - 1 if r.kind is Kind.CARCEL else r.count
-
-
-def nacked(nack: pb.Nacked) -> Request:
-    kind = Kind.RELEASE if nack.release else Kind.NACK
-    return parse_request(kind, nack.delivery_id, delay_s=nack.delay_seconds, reason=nack.reason)
-
-
-@dataclass(slots=True)
-class Answer:
-    """A settlement's result: written straight to a Pull stream, or as a SettleResult
-    for the unary calls (an ack's result is made for every packet)."""
-
-    delivery_id: str
-    settlement: int
-    code: int
-    message: str = ""
-    carcel_id: str = ""
-    lease_ends_ms: int = 0
-    # The whole status when it carries details (a BadRequest); else code and message.
-    status: status_pb2.Status | None = None
-
-    def wire(self) -> bytes:
-        return _pull_wire.settle_result(
-            self.delivery_id,
-            self.settlement,
-            self.code,
-            self.message,
-            carcel_id=self.carcel_id,
-            lease_ends_ms=self.lease_ends_ms,
-            status=None if self.status is None else self.status.SerializeToString(),
-        )
-
-    def result(self) -> pb.SettleResult:
-        result = pb.SettleResult(
-            delivery_id=self.delivery_id,
-            settlement=self.settlement,  # type: ignore[arg-type]
-            status=self.status or status_pb2.Status(code=self.code, message=self.message),
-            carcel_id=self.carcel_id,
-        )
-        if self.lease_ends_ms:
-            result.lease_expires_at.FromMilliseconds(self.lease_ends_ms)
-        return result
-
-
-def _refused(r: Request, code: int, message: str, reason: str) -> Answer:
-    """`r` refused with `code` and an ErrorInfo of `reason` (SettleResult's comment
-    lists them): a client tells a lease that ran out from a packet gone without
-    reading the message."""
-    status = with_reason(code, message, reason)
-    return Answer(r.delivery_id, _SETTLEMENT[r.kind], code, message, status=status)
-
-
-def _invalid(r: Request, violation: Violation) -> Answer:
-    """INVALID_ARGUMENT for `r`, its message the violation's description and a
-    google.rpc.BadRequest naming the field (relative to the Nacked, or
-    delivery_id), as every other bad field is told (README "Packets and their rules")."""
-    status = bad_request("", [violation])
-    status.message = violation.description
-    return Answer(
-        r.delivery_id,
-        _SETTLEMENT[r.kind],
-        code_pb2.INVALID_ARGUMENT,
-        violation.description,
-        status=status,
-    )
-
-
-_SETTLEMENT = {
-    Kind.ACK: pb.SETTLEMENT_ACK,
-    Kind.NACK: pb.SETTLEMENT_NACK,
-    Kind.RELEASE: pb.SETTLEMENT_NACK,
-    Kind.EXTEND: pb.SETTLEMENT_EXTEND,
-    Kind.CARCEL: pb.SETTLEMENT_NACK,
-}
 _ACTION = {
     Kind.ACK: _custody.ACKED,
     Kind.NACK: _custody.NACKED,
@@ -220,9 +78,9 @@ class Settler:
         valid: list[int] = []
         for i, r in enumerate(requests):
             if r.problem is not None:
-                results[i] = _invalid(r, r.problem)
+                results[i] = invalid(r, r.problem)
             elif r.kind is Kind.NACK and r.delay_ms > deadline_ms:
-                results[i] = _invalid(
+                results[i] = invalid(
                     r,
                     Violation(
                         "delay_seconds",
@@ -245,7 +103,7 @@ class Settler:
             await self._learn(topic, [requests[i] for i in unknown], known)
             for i in unknown:
                 if requests[i].delivery_id not in known:
-                    results[i] = _refused(
+                    results[i] = refused(
                         requests[i],
                         code_pb2.NOT_FOUND,
                         f"{requests[i].delivery_id} is not outstanding: its packet is gone "
@@ -267,7 +125,7 @@ class Settler:
                         known[requests[i].delivery_id].end,
                         _ACTION[kinds[i]],
                         counterpart=f"group:{group}",
-                        attempt=_deliveries(requests[i]),
+                        attempt=deliveries_made(requests[i]),
                         reason=MAX_DELIVERY if kinds[i] is Kind.CARCEL else requests[i].reason,
                     )
                     for i in hop_kinds
@@ -295,14 +153,14 @@ class Settler:
                             " ".join((r.reason or reason).splitlines()),
                             f"group:{group}",
                         ),
-                        deliveries=_deliveries(r),
+                        deliveries=deliveries_made(r),
                         expires_at_ms=h.expires_at_ms,
                     )
                 )
             settled = await self._store.settle(topic, group, items)
             if settled is None:
                 for i in todo:
-                    results[i] = _refused(
+                    results[i] = refused(
                         requests[i],
                         code_pb2.NOT_FOUND,
                         f"no consumer group {group!r} on topic {topic!r} any more",
@@ -360,7 +218,7 @@ class Settler:
 
     @staticmethod
     def _result(r: Request, code: int, message: str = "") -> Answer:
-        return Answer(r.delivery_id, _SETTLEMENT[r.kind], code, message)
+        return Answer(r.delivery_id, SETTLEMENT[r.kind], code, message)
 
     def _settled(self, r: Request, kind: Kind, outcome: Settled) -> Answer:
         if outcome.outcome is Outcome.OK:
@@ -371,7 +229,7 @@ class Settler:
                 result.carcel_id = outcome.value
             return result
         if outcome.outcome is Outcome.LOST:
-            return _refused(
+            return refused(
                 r,
                 code_pb2.FAILED_PRECONDITION,
                 f"the lease of {r.delivery_id} ran out: the packet was delivered again "
@@ -384,13 +242,13 @@ class Settler:
             return self._result(r, code_pb2.OK)
         detail = f" (last settled: {last})" if last else ""
         if last.startswith(f"{r.cursor}:") and last.endswith(" carcel"):
-            return _refused(
+            return refused(
                 r,
                 code_pb2.FAILED_PRECONDITION,
                 f"{r.delivery_id} is not outstanding: the packet was moved to the carcel",
                 "CARCELED",
             )
-        return _refused(
+        return refused(
             r, code_pb2.NOT_FOUND, f"{r.delivery_id} is not outstanding{detail}", "NOT_OUTSTANDING"
         )
 
