@@ -522,3 +522,51 @@ async def test_a_store_gone_during_a_shared_page_read_ends_every_reader_unavaila
         proxy.light_up()
         await srv.stop(grace=0)
         await proxy.stop()
+
+
+async def test_readers_held_by_flow_control_and_one_cancelled_leave_the_others_whole(
+    client: packetbus.Client, target: str, topic: str
+) -> None:
+    [first] = await client.dispatch_batch([new_packet(topic)])
+    n = 120
+    channel, stub = _stub(target)
+    async with channel:
+        calls = [
+            stub.Subscribe(
+                packet_service_pb2.SubscribeRequest(topic=topic, after_cursor=first.receipt.cursor)
+            )
+            for _ in range(10)
+        ]
+        for call in calls:
+            await call.initial_metadata()
+
+        async def read(i: int, call: Any) -> list[str]:
+            got: list[str] = []
+            if i % 3 == 0:
+                # Not reading: HTTP/2 flow control soon stops the server's writes to it
+                # (200 KB packets) while the others go on reading the same pages.
+                await asyncio.sleep(1.5)
+            async for response in call:
+                got += [p.receipt.cursor for p in response.packets]
+                if (i == 4 and len(got) > 10) or len(got) >= n:
+                    call.cancel()
+                    return got
+            raise AssertionError("the subscription ended")
+
+        readers = [asyncio.create_task(read(i, c)) for i, c in enumerate(calls)]
+        sent: list[str] = []
+        for _ in range(n // 4):
+            results = await client.dispatch_batch(
+                [
+                    new_packet(
+                        topic,
+                        raw=contents_pb2.RawContents(content_type="a/b", data=b"x" * 200_000),
+                    )
+                    for _ in range(4)
+                ]
+            )
+            sent += [r.receipt.cursor for r in results]
+        async with asyncio.timeout(20):
+            got = await asyncio.gather(*readers)
+    assert got[4] == sent[: len(got[4])]
+    assert [g for i, g in enumerate(got) if i != 4] == [sent] * 9
