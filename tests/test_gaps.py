@@ -359,3 +359,31 @@ async def test_subscribers_sharing_pages_each_get_their_own_gaps(
         )
     )
     assert [(g, c) for g, c in got] == expected
+
+
+async def test_subscribers_sharing_pages_each_get_their_own_trimmed_gap(
+    short_retention: packetbus.Client, topic: str
+) -> None:
+    old, retained = await trim(short_retention, topic)
+    # From "0-0" a resumed subscriber and an EARLIEST one read the same pages: only the
+    # resumed one was told nothing of the trim; the ones resumed after old[0] share theirs.
+    starts: list[dict[str, object]] = [
+        {"after": "0-0"},
+        {"start": packetbus.EARLIEST},
+        {"after": old[0]},
+        {"after": old[-1]},
+        {"after": old[0], "max_batch_packets": 1},
+        {"start": packetbus.EARLIEST, "max_batch_packets": 1},
+    ] * 3
+    expected = [
+        ([gap("0-0", old[-1], TRIMMED)], retained),
+        ([], retained),
+        ([gap(old[0], old[-1], TRIMMED)], retained),
+        ([], retained),
+        ([gap(old[0], old[-1], TRIMMED)], retained),
+        ([], retained),
+    ] * 3
+    got = await asyncio.gather(
+        *(read_with_gaps(short_retention, topic, len(retained), **start) for start in starts)
+    )
+    assert [(g, c) for g, c in got] == expected
