@@ -325,3 +325,65 @@ def test_a_gap_at_the_end_of_the_log_is_told_at_once_and_only_once() -> None:
     assert (told, none) == (gap("1-0", "7-0", EXPIRED), [])
     assert follower.cursor == "7-0"
     assert follower.take(page(expired="7-0"), now_ms=1) == []
+
+
+async def test_subscribers_sharing_pages_each_get_their_own_gaps(
+    client: packetbus.Client, topic: str
+) -> None:
+    [anchor] = await dispatch(client, topic, 1)
+    short = await dispatch(client, topic, 3, ttl=1)
+    long = await dispatch(client, topic, 2)
+    await asyncio.sleep(1.2)
+    # Resumed after "0-0" and EARLIEST read the same pages (from "0-0", and on after
+    # each packet), as do the ones resumed after the same cursor; their gaps differ.
+    starts: list[dict[str, object]] = [
+        {"after": "0-0"},
+        {"start": packetbus.EARLIEST},
+        {"after": anchor},
+        {"after": short[-1]},
+        {"after": "0-0", "max_batch_packets": 1},
+        {"start": packetbus.EARLIEST, "max_batch_packets": 1},
+    ] * 3
+    expected = [
+        ([gap(anchor, short[-1], EXPIRED, missed=3)], [anchor, *long]),
+        ([], [anchor, *long]),
+        ([gap(anchor, short[-1], EXPIRED, missed=3)], long),
+        ([], long),
+        ([gap(anchor, short[-1], EXPIRED, missed=3)], [anchor, *long]),
+        ([], [anchor, *long]),
+    ] * 3
+    got = await asyncio.gather(
+        *(
+            read_with_gaps(client, topic, len(want[1]), **start)
+            for start, want in zip(starts, expected, strict=True)
+        )
+    )
+    assert [(g, c) for g, c in got] == expected
+
+
+async def test_subscribers_sharing_pages_each_get_their_own_trimmed_gap(
+    short_retention: packetbus.Client, topic: str
+) -> None:
+    old, retained = await trim(short_retention, topic)
+    # From "0-0" a resumed subscriber and an EARLIEST one read the same pages: only the
+    # resumed one was told nothing of the trim; the ones resumed after old[0] share theirs.
+    starts: list[dict[str, object]] = [
+        {"after": "0-0"},
+        {"start": packetbus.EARLIEST},
+        {"after": old[0]},
+        {"after": old[-1]},
+        {"after": old[0], "max_batch_packets": 1},
+        {"start": packetbus.EARLIEST, "max_batch_packets": 1},
+    ] * 3
+    expected = [
+        ([gap("0-0", old[-1], TRIMMED)], retained),
+        ([], retained),
+        ([gap(old[0], old[-1], TRIMMED)], retained),
+        ([], retained),
+        ([gap(old[0], old[-1], TRIMMED)], retained),
+        ([], retained),
+    ] * 3
+    got = await asyncio.gather(
+        *(read_with_gaps(short_retention, topic, len(retained), **start) for start in starts)
+    )
+    assert [(g, c) for g, c in got] == expected

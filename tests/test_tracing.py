@@ -326,3 +326,34 @@ async def test_a_refused_packets_send_span_with_a_malformed_traceparent_joins_th
     assert send.context.trace_id == caller.get_span_context().trace_id
     assert send.parent is not None
     assert send.status.status_code is trace.StatusCode.ERROR
+
+
+async def test_live_subscribers_sharing_pages_each_link_every_delivery_to_its_producer(
+    client: packetbus.Client, topic: str, spans: InMemorySpanExporter
+) -> None:
+    [first] = await client.dispatch_batch([new_packet(topic)])
+    subscriptions = [client.subscribe(topic, after=first.receipt.cursor) for _ in range(6)]
+
+    async def read(subscription: packetbus.Subscription, n: int) -> list[str]:
+        async with subscription:
+            return [(await anext(subscription)).packet.tracking_id for _ in range(n)]
+
+    readers = [asyncio.create_task(read(s, 3)) for s in subscriptions]
+    await asyncio.sleep(0.5)  # every one at the log's end, woken together by each packet
+    tracer = trace.get_tracer("test")
+    producers = []
+    for _ in range(3):
+        with tracer.start_as_current_span("producer") as producer:
+            await client.dispatch(new_packet(topic))
+        producers.append(producer.get_span_context().trace_id)
+        await asyncio.sleep(0.1)
+    async with asyncio.timeout(10):
+        got = await asyncio.gather(*readers)
+    assert len({tuple(g) for g in got}) == 1
+    deliveries = [s for s in spans.get_finished_spans() if s.name == f"deliver {topic}"]
+    for trace_id in producers:
+        linked = [s for s in deliveries if any(k.context.trace_id == trace_id for k in s.links)]
+        # Each subscriber's delivery of the producer's packet, once.
+        assert len(linked) == 6
+    for span in deliveries:
+        assert len(span.links) == _attrs(span).get("messaging.batch.message_count", 1)
