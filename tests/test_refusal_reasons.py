@@ -20,7 +20,7 @@ WITH_REASON = {
     "abort_with_reason": 3,
     "with_reason": 2,
     "error_info_trailer": 2,
-    "_refused": 3,
+    "refused": 3,  # _settle_requests: a settlement refused with its reason
     "_decision_status": 1,
 }
 
