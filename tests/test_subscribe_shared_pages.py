@@ -6,8 +6,10 @@ during a shared read ends every one of them with the same clean status."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -22,6 +24,7 @@ from tests.conftest import new_packet, unique
 
 EARLIEST = packet_service_pb2.START_POSITION_EARLIEST
 LATEST = packet_service_pb2.START_POSITION_LATEST
+T = TypeVar("T")
 
 
 def _stub(target: str) -> tuple[grpc.aio.Channel, packet_service_pb2_grpc.PacketServiceStub]:
@@ -51,8 +54,8 @@ async def _read(
     stub: packet_service_pb2_grpc.PacketServiceStub,
     request: packet_service_pb2.SubscribeRequest,
     opened: asyncio.Event,
-    count: int,
     *,
+    count: int,
     pause: float = 0.0,
     stop_after: int | None = None,
 ) -> list[str]:
@@ -77,6 +80,19 @@ async def _read(
     finally:
         call.cancel()
     raise AssertionError("the subscription ended")
+
+
+async def _opened(
+    starts: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, T]]],
+) -> list[asyncio.Task[T]]:
+    """Each stream started (`start(opened)` sets `opened` once its headers came), returned
+    once every one of them has (10 s at most)."""
+    opened = [asyncio.Event() for _ in starts]
+    tasks = [asyncio.create_task(start(o)) for start, o in zip(starts, opened, strict=True)]
+    async with asyncio.timeout(10):
+        for o in opened:
+            await o.wait()
+    return tasks
 
 
 async def test_many_subscribers_each_get_exactly_their_packets_in_order(
@@ -114,23 +130,19 @@ async def test_many_subscribers_each_get_exactly_their_packets_in_order(
             plans.append((request, pause, stop, skip))
         sizes = [rng.randint(1, 30) for _ in range(6)]
         total = sum(sizes)
-        opened = [asyncio.Event() for _ in plans]
-        tasks = [
-            asyncio.create_task(
-                _read(
+        tasks = await _opened(
+            [
+                functools.partial(
+                    _read,
                     stub,
                     req,
-                    o,
-                    total + (len(first) - skip if skip >= 0 else 0),
+                    count=total + (len(first) - skip if skip >= 0 else 0),
                     pause=pause,
                     stop_after=stop,
                 )
-            )
-            for (req, pause, stop, skip), o in zip(plans, opened, strict=True)
-        ]
-        async with asyncio.timeout(10):
-            for o in opened:
-                await o.wait()
+                for req, pause, stop, skip in plans
+            ]
+        )
         later: list[str] = []
         # More while they read, in several calls.
         for size in sizes:
@@ -195,14 +207,7 @@ async def test_a_store_gone_during_shared_reads_ends_every_subscriber_unavailabl
             channel, stub = _stub(f"127.0.0.1:{srv.port}")
             async with channel:
                 requests = _requests(topic, r.receipt.cursor, 12)
-                opened = [asyncio.Event() for _ in requests]
-                calls = [
-                    asyncio.create_task(_status_of(stub, q, o))
-                    for q, o in zip(requests, opened, strict=True)
-                ]
-                async with asyncio.timeout(10):
-                    for o in opened:
-                        await o.wait()
+                calls = await _opened([functools.partial(_status_of, stub, q) for q in requests])
                 await asyncio.sleep(0.2)  # every one at its log's end, in a shared XREAD
                 proxy.black_out()
                 async with asyncio.timeout(10):
@@ -235,14 +240,7 @@ async def test_a_drain_during_shared_reads_ends_every_subscriber_draining(
             channel, stub = _stub(f"127.0.0.1:{srv.port}")
             async with channel:
                 requests = _requests(topic, r.receipt.cursor, 12)
-                opened = [asyncio.Event() for _ in requests]
-                calls = [
-                    asyncio.create_task(_status_of(stub, q, o))
-                    for q, o in zip(requests, opened, strict=True)
-                ]
-                async with asyncio.timeout(10):
-                    for o in opened:
-                        await o.wait()
+                calls = await _opened([functools.partial(_status_of, stub, q) for q in requests])
                 await asyncio.sleep(0.2)
                 # A packet wakes them all into one shared page read, held as the drain starts.
                 held.release.clear()
@@ -365,14 +363,9 @@ async def test_a_shared_page_read_whose_reply_is_lost_is_retried_once_for_all(
                     packet_service_pb2.SubscribeRequest(topic=topic, after_cursor=r.receipt.cursor)
                     for _ in range(8)
                 ]
-                opened = [asyncio.Event() for _ in requests]
-                readers = [
-                    asyncio.create_task(_read(stub, q, o, 2, stop_after=None))
-                    for q, o in zip(requests, opened, strict=True)
-                ]
-                async with asyncio.timeout(10):
-                    for o in opened:
-                        await o.wait()
+                readers = await _opened(
+                    [functools.partial(_read, stub, q, count=2) for q in requests]
+                )
                 await asyncio.sleep(0.2)
                 packets = [new_packet(topic), new_packet(topic)]
                 watched["tid"] = packets[0].tracking_id.encode()
@@ -498,14 +491,7 @@ async def test_a_store_gone_during_a_shared_page_read_ends_every_reader_unavaila
                     packet_service_pb2.SubscribeRequest(topic=topic, after_cursor=r.receipt.cursor)
                     for _ in range(8)
                 ]
-                opened = [asyncio.Event() for _ in requests]
-                calls = [
-                    asyncio.create_task(_status_of(stub, q, o))
-                    for q, o in zip(requests, opened, strict=True)
-                ]
-                async with asyncio.timeout(10):
-                    for o in opened:
-                        await o.wait()
+                calls = await _opened([functools.partial(_status_of, stub, q) for q in requests])
                 await asyncio.sleep(0.3)
                 held.release.clear()
                 held.called.clear()
