@@ -35,6 +35,7 @@ from packetbus import _custody
 from packetbus.v1 import custody_pb2
 from packetbus_server import Limits, RunningServer, ServerConfig, start
 from tests._cluster import start_cluster, stop_cluster
+from tests._governed import policy_server
 from tests._ports import free_port as free_port  # re-exported: most modules import it here
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,6 +166,18 @@ async def server(redis_url: str) -> AsyncIterator[RunningServer]:
     srv = await start(ServerConfig(listen="127.0.0.1:0", redis_url=redis_url, limits=limits))
     yield srv
     await srv.stop(grace=0)
+
+
+@pytest.fixture(scope="module")
+async def governed(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[RunningServer, Path]]:
+    """A server of the module's own under a policy file the tests rewrite (`set_policy`),
+    and the file (tests/_governed.py). A module with a fixed policy of its own defines
+    its own `governed`."""
+    path = tmp_path_factory.mktemp("policy") / "policy.toml"
+    async with policy_server(redis_url, path) as srv:
+        yield srv, path
 
 
 @pytest.fixture(scope="session")

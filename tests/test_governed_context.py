@@ -21,7 +21,6 @@ from tests._governed import (
     DEFAULT_REASON,
     REJECT_ALL,
     error_info,
-    policy_server,
     set_policy,
 )
 from tests._store_keys import key_names, new_keys
@@ -61,15 +60,6 @@ decision = "hold"
 reason = "context is reviewed"
 content_type = "context"
 """
-
-
-@pytest.fixture(scope="module")
-async def governed(
-    redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[tuple[RunningServer, Path]]:
-    path = tmp_path_factory.mktemp("policy") / "policy.toml"
-    async with policy_server(redis_url, path) as srv:
-        yield srv, path
 
 
 @pytest.fixture

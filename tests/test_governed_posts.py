@@ -25,7 +25,6 @@ from tests._governed import (
     DEFAULT_REASON,
     REJECT_ALL,
     error_info,
-    policy_server,
     rpc_error_info,
     set_policy,
 )
@@ -71,15 +70,6 @@ id = "review-everything"
 decision = "hold"
 reason = "a guardian looks first"
 """
-
-
-@pytest.fixture(scope="module")
-async def governed(
-    redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[tuple[RunningServer, Path]]:
-    path = tmp_path_factory.mktemp("policy") / "policy.toml"
-    async with policy_server(redis_url, path) as srv:
-        yield srv, path
 
 
 @pytest.fixture

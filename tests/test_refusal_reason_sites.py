@@ -17,7 +17,7 @@ import pytest
 import packetbus
 from packetbus.v1 import context_service_pb2
 from packetbus_server import RunningServer
-from tests._governed import error_info, policy_server, set_policy
+from tests._governed import error_info, set_policy
 from tests.conftest import new_packet, unique
 
 POLICY = """
@@ -164,15 +164,6 @@ async def test_a_requeue_whose_group_is_gone(client: packetbus.Client, topic: st
 
 
 # Under a policy.
-
-
-@pytest.fixture(scope="module")
-async def governed(
-    redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[tuple[RunningServer, Path]]:
-    path = tmp_path_factory.mktemp("policy") / "policy.toml"
-    async with policy_server(redis_url, path) as srv:
-        yield srv, path
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ the packet would be stored or a governance policy rejects or holds it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -23,7 +22,7 @@ from google.rpc import code_pb2
 import packetbus
 from packetbus.v1 import contents_pb2
 from packetbus_server import RunningServer, _keys
-from tests._governed import ALLOW_ALL, REJECT_ALL, policy_server, set_policy
+from tests._governed import ALLOW_ALL, REJECT_ALL, set_policy
 from tests.conftest import unique
 
 
@@ -236,15 +235,6 @@ id = "review-everything"
 decision = "hold"
 reason = "a guardian looks first"
 """
-
-
-@pytest.fixture(scope="module")
-async def governed(
-    redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[tuple[RunningServer, Path]]:
-    path = tmp_path_factory.mktemp("reuse-policy") / "policy.toml"
-    async with policy_server(redis_url, path) as srv:
-        yield srv, path
 
 
 @pytest.mark.parametrize("policy", [REJECT_ALL, HOLD_ALL], ids=["rejected", "held"])
