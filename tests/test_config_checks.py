@@ -11,20 +11,12 @@ from typing import Any
 
 import pytest
 
-from packetbus_server import Limits, ServerConfig, start
+from packetbus_server import Limits, ServerConfig, _config_checks, start
 
 _FLOATS = [f.name for f in dataclasses.fields(Limits) if f.type in ("float", float)]
 _INTS = [f.name for f in dataclasses.fields(Limits) if f.name not in _FLOATS]
-_CAPS = [
-    "max_subscribers",
-    "max_watchers",
-    "max_exports",
-    "max_transfers",
-    "max_dispatch_streams",
-    "max_streams_per_peer",
-    "max_redis_connections",
-    "max_concurrent_rpcs",
-]
+# Every cap ServerConfig has (a field named max_*), so a new one cannot go unchecked.
+_CAPS = [f.name for f in dataclasses.fields(ServerConfig) if f.name.startswith("max_")]
 _TIMERS = [
     ("grace_seconds", -1.0),
     ("retry_budget_seconds", 0.0),
@@ -78,6 +70,10 @@ def test_a_default_or_minimum_above_its_maximum_is_refused(smaller: str, larger:
     high = getattr(Limits(), larger)
     message = _refused(Limits, f"Limits.{smaller}", **{smaller: high + 1})
     assert f"Limits.{larger} ({high})" in message
+
+
+def test_the_checks_cover_every_cap() -> None:
+    assert sorted(_config_checks.CAPS) == sorted(_CAPS)
 
 
 @pytest.mark.parametrize("field", _CAPS)

@@ -19,6 +19,17 @@ if TYPE_CHECKING:
 
 # The stream caps and connection pools, as `packetbus serve --max-...` takes them.
 MAX_CAP = 1_000_000
+# ServerConfig's caps on streams, connections and calls: each a whole number 1..MAX_CAP.
+CAPS = (
+    "max_subscribers",
+    "max_watchers",
+    "max_exports",
+    "max_transfers",
+    "max_dispatch_streams",
+    "max_streams_per_peer",
+    "max_redis_connections",
+    "max_concurrent_rpcs",
+)
 # Timers in seconds, as `packetbus serve --keepalive` etc. take them: a day.
 MAX_SECONDS = 86_400.0
 # The Limits whose zero means "none" rather than "refuse everything".
@@ -94,14 +105,5 @@ def check_server_config(config: ServerConfig) -> None:
     seconds("ServerConfig.keepalive_seconds", config.keepalive_seconds, 0.001)
     seconds("ServerConfig.keepalive_timeout_seconds", config.keepalive_timeout_seconds, 0.001)
     seconds("ServerConfig.drain_notice_seconds", config.drain_notice_seconds, 0.0)
-    for cap in (
-        "max_subscribers",
-        "max_watchers",
-        "max_exports",
-        "max_transfers",
-        "max_dispatch_streams",
-        "max_streams_per_peer",
-        "max_redis_connections",
-        "max_concurrent_rpcs",
-    ):
+    for cap in CAPS:
         whole(f"ServerConfig.{cap}", getattr(config, cap), 1, MAX_CAP)
