@@ -59,6 +59,16 @@ async def dispatch(client: packetbus.Client, topic: str, n: int, ttl: int = 0) -
     return [r.receipt.cursor for r in results]
 
 
+async def expired_between(client: packetbus.Client, topic: str) -> tuple[str, list[str], list[str]]:
+    """An anchor packet, 3 that have expired (1 s TTL, waited out) and 2 that live on:
+    their cursors."""
+    [anchor] = await dispatch(client, topic, 1)
+    short = await dispatch(client, topic, 3, ttl=1)
+    long = await dispatch(client, topic, 2)
+    await asyncio.sleep(1.2)
+    return anchor, short, long
+
+
 async def collect(subscription: packetbus.Subscription, n: int) -> list[packetbus.StoredPacket]:
     got: list[packetbus.StoredPacket] = []
     async with asyncio.timeout(10):
@@ -206,10 +216,7 @@ async def test_a_log_that_expired_and_was_written_again_still_reports_the_gap(
 async def test_packets_expired_on_read_are_one_counted_gap(
     client: packetbus.Client, topic: str
 ) -> None:
-    [anchor] = await dispatch(client, topic, 1)
-    short = await dispatch(client, topic, 3, ttl=1)
-    long = await dispatch(client, topic, 2)
-    await asyncio.sleep(1.2)
+    anchor, short, long = await expired_between(client, topic)
 
     # One packet per read: the gap spans reads and is still announced once.
     gaps, got = await read_with_gaps(client, topic, 2, after=anchor, max_batch_packets=1)
@@ -330,10 +337,7 @@ def test_a_gap_at_the_end_of_the_log_is_told_at_once_and_only_once() -> None:
 async def test_subscribers_sharing_pages_each_get_their_own_gaps(
     client: packetbus.Client, topic: str
 ) -> None:
-    [anchor] = await dispatch(client, topic, 1)
-    short = await dispatch(client, topic, 3, ttl=1)
-    long = await dispatch(client, topic, 2)
-    await asyncio.sleep(1.2)
+    anchor, short, long = await expired_between(client, topic)
     # Resumed after "0-0" and EARLIEST read the same pages (from "0-0", and on after
     # each packet), as do the ones resumed after the same cursor; their gaps differ.
     starts: list[dict[str, object]] = [
