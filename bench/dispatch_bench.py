@@ -51,9 +51,9 @@ from packetbus import (
 )
 from packetbus.v1 import packet_service_pb2
 from packetbus_server import _keys
-from packetbus_server._batch_refs import batch_ident
+from packetbus_server._batch_refs import stored_once
 from packetbus_server._custodian import Custodian
-from packetbus_server._ingest import Accepted, accept, to_write
+from packetbus_server._ingest import Accepted, accept
 from packetbus_server._keyring import Keyring
 from packetbus_server._limits import Limits
 from packetbus_server._packet_writes import PacketWrite, dispatch_argument
@@ -500,19 +500,8 @@ def raw_batches(topic: str, count: int, custodian: Custodian | None) -> list[Seq
             if not isinstance(outcome, Accepted):
                 raise RuntimeError(f"the bench packet is invalid: {outcome}")
             accepted.append(outcome)
-        sealed = (
-            custodian.seal_batch([(a.packet, a.content) for a in accepted], now_ns)
-            if custodian
-            else None
-        )
-        if sealed is None:
-            writes += [to_write(a, ()) for a in accepted]
-        else:
-            ident, encoded = batch_ident(sealed), sealed.encode()
-            writes += [
-                to_write(a, (), batch_id=ident, batch=encoded, leaf=2 * k)
-                for k, a in enumerate(accepted)
-            ]
+        pairs = [(a.packet, a.content) for a in accepted]
+        writes += stored_once(accepted, custodian.seal_batch(pairs, now_ns) if custodian else None)
     return chunks(writes, BATCH)
 
 

@@ -27,6 +27,8 @@ from packetbus import _custody
 from packetbus.v1 import packet_pb2
 
 from . import _keys
+from ._ingest import Accepted, to_write
+from ._packet_writes import PacketWrite
 from ._sealed_batch import SealedBatch, SealedBatchError
 
 # 8 bytes of the batch signature, hex: unique per topic for as long as any
@@ -44,6 +46,19 @@ def batch_ident(batch: SealedBatch) -> str:
     """The id batch `batch` is stored under on its topic (``pb:{<topic>}:batch:<id>``):
     the first bytes of its signature, in hex."""
     return batch.signature[:_ID_BYTES].hex()
+
+
+def stored_once(accepted: Sequence[Accepted], batch: SealedBatch | None) -> list[PacketWrite]:
+    """The writes of `accepted` (in order) sealed as `batch` (`Custodian.seal_batch`):
+    packet k's server entries are leaves 2k ("received") and 2k + 1 ("dispatched") of
+    the batch, stored once, not in its payload. No batch (a server that does not
+    sign): the packets as they are."""
+    if batch is None:
+        return [to_write(a, ()) for a in accepted]
+    ident, encoded = batch_ident(batch), batch.encode()
+    return [
+        to_write(a, (), batch_id=ident, batch=encoded, leaf=2 * k) for k, a in enumerate(accepted)
+    ]
 
 
 def parse_ref(ref: bytes) -> tuple[str, int] | None:

@@ -16,13 +16,13 @@ from . import _status
 from ._access import Permission, allows, binding
 from ._access.caller_info import describe_caller
 from ._access.gate import recheck
-from ._batch_refs import batch_ident
+from ._batch_refs import stored_once
 from ._clock import StoreClock
 from ._custodian import Custodian, check_origin
 from ._dispatch_stream import answer_batches
 from ._field_rules import validate_topic, validate_tracking_id
 from ._fields import is_stream_id
-from ._ingest import Accepted, Rejected, accept, to_write
+from ._ingest import Accepted, Rejected, accept
 from ._key_store import KeyStore
 from ._limits import Limits
 from ._observability import counting, metrics, tracing
@@ -201,16 +201,9 @@ class PacketService(packet_service_pb2_grpc.PacketServiceServicer):
             accepted = await self._governor.judge(accepted, results, now_ns, context)
 
         # The server's two entries per packet stored once per call, as one signed
-        # batch the packets refer to ("received" of packet k is leaf 2k): _batch_refs.
-        batch = self._custodian.seal_batch([(a.packet, a.content) for _, a in accepted], now_ns)
-        if batch is None:
-            writes = [to_write(a, ()) for _, a in accepted]
-        else:
-            ident, encoded = batch_ident(batch), batch.encode()
-            writes = [
-                to_write(a, (), batch_id=ident, batch=encoded, leaf=2 * k)
-                for k, (_, a) in enumerate(accepted)
-            ]
+        # batch the packets refer to (_batch_refs).
+        pairs = [(a.packet, a.content) for _, a in accepted]
+        writes = stored_once([a for _, a in accepted], self._custodian.seal_batch(pairs, now_ns))
         async with storage_errors(context):
             stored = await self._store.write(writes, time_remaining=context.time_remaining())
 
