@@ -28,7 +28,13 @@ from packetbus.v1 import consumer_group_service_pb2_grpc, packet_service_pb2
 from ._config import RetrySettings
 from ._errors import CLOSED, PacketbusError, client_closed, own_cancellation
 from ._retry_policy import credential_expired
-from ._settling import Outgoing, Settling, settle_by_unary, unary_settle
+from ._settling import (
+    SETTLEMENTS_PER_REQUEST,
+    Outgoing,
+    Settling,
+    settle_by_unary,
+    unary_settle,
+)
 from ._stopping import ClosedOnExit
 
 log = logging.getLogger("packetbus.consumer")
@@ -216,8 +222,12 @@ class Consumer(ClosedOnExit):
                 return
             self._unsent.clear()
             out, self._outgoing = self._outgoing, Outgoing()
-            if out:
-                yield pb.PullRequest(ack_ids=out.acks, nacks=out.nacks, extend_ids=out.extends)
+            for request in out.requests():
+                # A stream that broke meanwhile gets no more: what it did not take
+                # is still unconfirmed, and _resend_unconfirmed sends it again.
+                if stream != self._stream:
+                    return
+                yield request
             if self._closing:
                 # Half-close: the server confirms what was sent, then ends the stream.
                 return
@@ -255,14 +265,23 @@ class Consumer(ClosedOnExit):
             self._nacks.get(i) or pb.Nacked(delivery_id=i) for kind, i in pending if kind == "nack"
         ]
         topic, group = self._subscription.topic, self._subscription.group
+        most = SETTLEMENTS_PER_REQUEST  # per call: the server refuses more
         calls = [
-            unary_settle(self._stub, topic, group, kind, ids, kind_nacks, self._retry)
+            unary_settle(
+                self._stub,
+                topic,
+                group,
+                kind,
+                ids[start : start + most],
+                kind_nacks[start : start + most],
+                self._retry,
+            )
             for kind, ids, kind_nacks in (
                 ("ack", acks, []),
                 ("nack", [n.delivery_id for n in nacks], nacks),
                 ("extend", extends, []),
             )
-            if ids
+            for start in range(0, len(ids), most)
         ]
         for outcome in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(outcome, BaseException):

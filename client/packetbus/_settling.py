@@ -23,6 +23,10 @@ from ._retrying import retried
 
 # How long a settlement sent as a unary call may take, its retries included.
 UNARY_TIMEOUT = 30.0
+# The most settlements one PullRequest, Acknowledge, Nack or ExtendLeases call
+# carries: the server's Limits.max_batch_packets (1000 by default) refuses more
+# (INVALID_ARGUMENT, BATCH_TOO_LARGE), so more are sent as several.
+SETTLEMENTS_PER_REQUEST = 1000
 
 
 class Settling:
@@ -63,6 +67,23 @@ class Outgoing:
     def __bool__(self) -> bool:
         return bool(self.acks or self.nacks or self.extends)
 
+    def requests(self, most: int = SETTLEMENTS_PER_REQUEST) -> list[pb.PullRequest]:
+        """These settlements as PullRequests of at most `most` settlements each
+        (none when there are none), acks first, then nacks, then extends."""
+        acks, nacks, extends = self.acks, self.nacks, self.extends
+        requests = []
+        while acks or nacks or extends:
+            ack_ids = acks[:most]
+            some_nacks = nacks[: most - len(ack_ids)]
+            extend_ids = extends[: most - len(ack_ids) - len(some_nacks)]
+            requests.append(
+                pb.PullRequest(ack_ids=ack_ids, nacks=some_nacks, extend_ids=extend_ids)
+            )
+            acks = acks[len(ack_ids) :]
+            nacks = nacks[len(some_nacks) :]
+            extends = extends[len(extend_ids) :]
+        return requests
+
 
 def settle_by_unary(
     stub: consumer_group_service_pb2_grpc.ConsumerGroupServiceStub,
@@ -85,12 +106,18 @@ def settle_by_unary(
 
     async def send() -> None:
         failure = PacketbusError(grpc.StatusCode.CANCELLED, "the settlement was cancelled")
+        sending: list[str] = []
         try:
-            response = await unary_settle(stub, topic, group, kind, ids, nacks, retry)
-            for result in response.results:
-                waiting = futures.get(result.delivery_id)
-                if waiting:
-                    waiting.pop(0).set_result(result)
+            # One call per SETTLEMENTS_PER_REQUEST: the server refuses more per call.
+            for start in range(0, len(ids), SETTLEMENTS_PER_REQUEST):
+                sending = ids[start : start + SETTLEMENTS_PER_REQUEST]
+                part = nacks[start : start + SETTLEMENTS_PER_REQUEST]
+                response = await unary_settle(stub, topic, group, kind, sending, part, retry)
+                for result in response.results:
+                    waiting = futures.get(result.delivery_id)
+                    if waiting:
+                        waiting.pop(0).set_result(result)
+            sending = []
             failure = PacketbusError(grpc.StatusCode.UNKNOWN, "the server's answer left it out")
         except CLOSED as exc:  # cancelled under the call by its own task
             failure = client_closed()
@@ -104,7 +131,7 @@ def settle_by_unary(
                 code=failure.code.value[0], message=failure.message
             )
             if failure.outcome_unknown:
-                unknown.update(futures)
+                unknown.update(sending)  # the call that failed; later ones never went
             for ident, waiting in futures.items():
                 for future in waiting:
                     if not future.done():

@@ -236,7 +236,13 @@ class CarcelService(carcel_service_pb2_grpc.CarcelServiceServicer):
         self, request: pb.PurgeCarcelEntriesRequest, context: grpc.aio.ServicerContext
     ) -> pb.PurgeCarcelEntriesResponse:
         violations = self._check(request.topic, None)
-        for i, entry_id in enumerate(request.ids):
+        most = self._limits.max_batch_packets
+        if len(request.ids) > most:
+            # Counted before any id is read: an oversized request costs only its read.
+            violations.append(
+                Violation("ids", "BATCH_TOO_LARGE", f"at most {most} per call: purge the rest next")
+            )
+        for i, entry_id in enumerate(request.ids[:most]):
             if not is_stream_id(entry_id):
                 violations.append(
                     Violation(f"ids[{i}]", "CARCEL_ID_FORMAT", "must be a carcel entry id")

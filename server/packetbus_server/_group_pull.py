@@ -44,8 +44,42 @@ _RESCAN_SECONDS = 0.9
 _AFTER_RELEASE_SECONDS = 0.2
 
 
-class _SecondSubscription(Exception):
-    """A Pull stream's later request named a subscription again."""
+class _RefusedRequest(Exception):
+    """A Pull stream's later request is invalid: the stream ends INVALID_ARGUMENT with
+    these violations (raised in the settling task, aborted from the handler's own:
+    an abort from the settling task could meet a write of the handler's and fail
+    INTERNAL)."""
+
+    def __init__(self, violations: list[Violation]) -> None:
+        super().__init__("invalid pull request")
+        self.violations = violations
+
+
+def _request_violations(request: pb.PullRequest, first: bool, most: int) -> list[Violation]:
+    """What is wrong with a Pull stream's request other than its settlements' own
+    ids (those get a SettleResult each): a subscription past the first request, or
+    more than `most` (Limits.max_batch_packets) settlements in one request, as
+    Acknowledge, Nack and ExtendLeases refuse more than that per call. Checked
+    before any id is parsed, so an oversized request costs nothing but its read."""
+    violations: list[Violation] = []
+    if request.HasField("subscription") and not first:
+        violations.append(
+            Violation("subscription", "ONLY_FIRST", "only the first request names it")
+        )
+    count = len(request.ack_ids) + len(request.nacks) + len(request.extend_ids)
+    if count > most:
+        for field in ("ack_ids", "nacks", "extend_ids"):
+            if len(getattr(request, field)):
+                violations.append(
+                    Violation(
+                        field,
+                        "BATCH_TOO_LARGE",
+                        f"at most {most} settlements per request (ack_ids, nacks and "
+                        f"extend_ids together; this one holds {count}): send the rest in "
+                        "the next request",
+                    )
+                )
+    return violations
 
 
 async def abort_no_group(context: grpc.aio.ServicerContext, topic: str, name: str) -> None:
@@ -99,17 +133,10 @@ class PullLoop:
                 if settler.done():
                     # The consumer half-closed (or settling failed: this
                     # raises): confirm what it settled, deliver nothing more.
-                    if isinstance(settler.exception(), _SecondSubscription):
+                    refused = settler.exception()
+                    if isinstance(refused, _RefusedRequest):
                         await _status.abort_invalid(
-                            context,
-                            "invalid pull request",
-                            [
-                                Violation(
-                                    "subscription",
-                                    "ONLY_FIRST",
-                                    "only the first request names it",
-                                )
-                            ],
+                            context, "invalid pull request", refused.violations
                         )
                     settler.result()
                     if stream.outbox:
@@ -212,10 +239,11 @@ class PullLoop:
         request: pb.PullRequest | None = first
         while True:
             if request is not None:
-                if request.HasField("subscription") and request is not first:
-                    # Refused by the handler's own task (Pull): an abort from this
-                    # task could meet a write of the handler's and fail INTERNAL.
-                    raise _SecondSubscription
+                violations = _request_violations(
+                    request, request is first, self._limits.max_batch_packets
+                )
+                if violations:
+                    raise _RefusedRequest(violations)
                 parsed = [
                     *(held_request(Kind.ACK, i, stream.held) for i in request.ack_ids),
                     *(nacked(n) for n in request.nacks),

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TypeVar
 
 import grpc
 
@@ -37,6 +38,16 @@ from ._limits import Limits
 from ._settle_requests import Request, nacked, parse_request
 from ._storage_errors import storage_errors
 from ._validation import Violation
+
+_Item = TypeVar("_Item")
+
+
+def _parse_ack(delivery_id: str) -> Request:
+    return parse_request(Kind.ACK, delivery_id)
+
+
+def _parse_extend(delivery_id: str) -> Request:
+    return parse_request(Kind.EXTEND, delivery_id)
 
 
 def group_message(topic: str, state: GroupState) -> pb.ConsumerGroup:
@@ -258,15 +269,18 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
         context: grpc.aio.ServicerContext,
         topic: str,
         group: str,
-        requests: list[Request],
+        items: Sequence[_Item],
+        parse: Callable[[_Item], Request],
         field: str = "delivery_ids",
     ) -> list[pb.SettleResult]:
-        """Settle `requests`, named by the request's repeated `field` (the path its
-        violations name: "delivery_ids", or "nacks" for a Nack)."""
+        """Settle `items` (each made a Request by `parse`), the request's repeated
+        `field` (the path its violations name: "delivery_ids", or "nacks" for a
+        Nack). Their count is checked before any is parsed: an oversized request
+        costs nothing but its read."""
         violations = self._check_names(topic, group, "group")
-        if not requests:
+        if not items:
             violations.append(Violation(field, "REQUIRED", "name at least one delivery"))
-        if len(requests) > self._limits.max_batch_packets:
+        if len(items) > self._limits.max_batch_packets:
             violations.append(
                 Violation(
                     field,
@@ -276,6 +290,7 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
             )
         if violations:
             await _status.abort_invalid(context, "invalid settlement", violations)
+        requests = [parse(i) for i in items]
         async with storage_errors(context):
             settings = await self._store.settings(topic, group)
             if settings is None:
@@ -289,23 +304,23 @@ class ConsumerGroupService(consumer_group_service_pb2_grpc.ConsumerGroupServiceS
     async def Acknowledge(
         self, request: pb.AcknowledgeRequest, context: grpc.aio.ServicerContext
     ) -> pb.AcknowledgeResponse:
-        requests = [parse_request(Kind.ACK, i) for i in request.delivery_ids]
-        return pb.AcknowledgeResponse(
-            results=await self._unary(context, request.topic, request.group, requests)
+        results = await self._unary(
+            context, request.topic, request.group, request.delivery_ids, _parse_ack
         )
+        return pb.AcknowledgeResponse(results=results)
 
     async def Nack(
         self, request: pb.NackRequest, context: grpc.aio.ServicerContext
     ) -> pb.NackResponse:
-        requests = [nacked(n) for n in request.nacks]
-        return pb.NackResponse(
-            results=await self._unary(context, request.topic, request.group, requests, "nacks")
+        results = await self._unary(
+            context, request.topic, request.group, request.nacks, nacked, "nacks"
         )
+        return pb.NackResponse(results=results)
 
     async def ExtendLeases(
         self, request: pb.ExtendLeasesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExtendLeasesResponse:
-        requests = [parse_request(Kind.EXTEND, i) for i in request.delivery_ids]
-        return pb.ExtendLeasesResponse(
-            results=await self._unary(context, request.topic, request.group, requests)
+        results = await self._unary(
+            context, request.topic, request.group, request.delivery_ids, _parse_extend
         )
+        return pb.ExtendLeasesResponse(results=results)

@@ -8,6 +8,7 @@ from typing import cast
 from packetbus.v1 import carcel_service_pb2, topic_service_pb2
 
 from .._pages import each
+from .._settling import SETTLEMENTS_PER_REQUEST
 from .core import ClientCore
 
 
@@ -123,7 +124,20 @@ class TopicAdminCalls(ClientCore):
     async def purge_carcel(
         self, topic: str, entry_ids: Sequence[str] = (), *, timeout: float | None = None
     ) -> int:
-        """Remove these carcel entries of `topic` (all of them when none are named)."""
-        request = carcel_service_pb2.PurgeCarcelEntriesRequest(topic=topic, ids=entry_ids)
-        response = await self._call(self._carcel.PurgeCarcelEntries, request, timeout)
-        return int(response.purged)
+        """Remove these carcel entries of `topic` (all of them when none are named);
+        returns how many were removed. More than SETTLEMENTS_PER_REQUEST (1,000)
+        ids go as several calls (the server's Limits.max_batch_packets refuses more
+        per call), each with `timeout`.
+
+        Raises PacketbusError: INVALID_ARGUMENT naming `ids[i]` for an id that is no
+        carcel entry id (`i` counts within its call; earlier calls' purges stand,
+        later calls are not made)."""
+        ids = list(entry_ids)
+        purged = 0
+        for start in range(0, max(len(ids), 1), SETTLEMENTS_PER_REQUEST):
+            request = carcel_service_pb2.PurgeCarcelEntriesRequest(
+                topic=topic, ids=ids[start : start + SETTLEMENTS_PER_REQUEST]
+            )
+            response = await self._call(self._carcel.PurgeCarcelEntries, request, timeout)
+            purged += int(response.purged)
+        return purged

@@ -242,8 +242,9 @@ class PurgeCarcelEntriesRequest(_message.Message):
     """Required; the rules of Packet.topic."""
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """These entries (each a CarcelEntry.id; else CARCEL_ID_FORMAT); empty means
-        every entry of the topic's carcel.
+        """These entries (each a CarcelEntry.id; else CARCEL_ID_FORMAT), at most
+        Limits.max_batch_packets (1000) per call (else BATCH_TOO_LARGE, and nothing
+        is purged); empty means every entry of the topic's carcel.
         """
 
     def __init__(

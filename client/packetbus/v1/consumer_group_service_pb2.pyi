@@ -394,6 +394,13 @@ Global___Nacked: _TypeAlias = Nacked  # noqa: Y015
 
 @_typing.final
 class PullRequest(_message.Message):
+    """One request of a Pull stream. ack_ids, nacks and extend_ids together hold at
+    most Limits.max_batch_packets (1000) settlements: a request with more ends the
+    stream INVALID_ARGUMENT (BadRequest names each of the three fields it fills,
+    BATCH_TOO_LARGE) and settles none of them; send more as several requests. A bad
+    id among them fails alone, in its SettleResult.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBSCRIPTION_FIELD_NUMBER: _builtins.int
@@ -402,7 +409,9 @@ class PullRequest(_message.Message):
     EXTEND_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def subscription(self) -> Global___PullSubscription:
-        """Required in the first request of a stream, and only there."""
+        """Required in the first request of a stream, and only there (else the stream
+        ends INVALID_ARGUMENT, ONLY_FIRST).
+        """
 
     @_builtins.property
     def ack_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -97,6 +97,14 @@ interface SettleFields {
   readonly extendIds?: string[];
 }
 
+/** The most settlements one PullRequest carries: the server's Limits.max_batch_packets (1,000
+ * by default) refuses more. Each pending settlement is one. */
+const SETTLEMENTS_PER_REQUEST = 1000;
+
+function emptyFields(): { ackIds: string[]; nacks: Nacked[]; extendIds: string[] } {
+  return { ackIds: [], nacks: [], extendIds: [] };
+}
+
 interface Pending {
   readonly fields: SettleFields;
   readonly resolve: (result: SettleResult) => void;
@@ -260,15 +268,24 @@ export class Consumer implements AsyncIterable<ConsumedDelivery> {
         },
       }),
     );
-    const again = { ackIds: [] as string[], nacks: [] as Nacked[], extendIds: [] as string[] };
+    // At most SETTLEMENTS_PER_REQUEST settlements per request: the server refuses more
+    // (INVALID_ARGUMENT, BATCH_TOO_LARGE; its Limits.max_batch_packets).
+    let again = emptyFields();
+    let count = 0;
     for (const waiting of this.pending.values()) {
       for (const { fields } of waiting) {
         again.ackIds.push(...(fields.ackIds ?? []));
         again.nacks.push(...(fields.nacks ?? []));
         again.extendIds.push(...(fields.extendIds ?? []));
+        count += 1;
+        if (count === SETTLEMENTS_PER_REQUEST) {
+          requests.push(create(PullRequestSchema, again));
+          again = emptyFields();
+          count = 0;
+        }
       }
     }
-    if (again.ackIds.length + again.nacks.length + again.extendIds.length > 0) {
+    if (count > 0) {
       requests.push(create(PullRequestSchema, again));
     }
     return requests;

@@ -265,8 +265,9 @@ export type PurgeCarcelEntriesRequest = Message<"packetbus.v1.PurgeCarcelEntries
   topic: string;
 
   /**
-   * These entries (each a CarcelEntry.id; else CARCEL_ID_FORMAT); empty means
-   * every entry of the topic's carcel.
+   * These entries (each a CarcelEntry.id; else CARCEL_ID_FORMAT), at most
+   * Limits.max_batch_packets (1000) per call (else BATCH_TOO_LARGE, and nothing
+   * is purged); empty means every entry of the topic's carcel.
    *
    * @generated from field: repeated string ids = 2;
    */

@@ -411,11 +411,18 @@ export const NackedSchema: GenMessage<Nacked> = /*@__PURE__*/
   messageDesc(file_packetbus_v1_consumer_group_service, 10);
 
 /**
+ * One request of a Pull stream. ack_ids, nacks and extend_ids together hold at
+ * most Limits.max_batch_packets (1000) settlements: a request with more ends the
+ * stream INVALID_ARGUMENT (BadRequest names each of the three fields it fills,
+ * BATCH_TOO_LARGE) and settles none of them; send more as several requests. A bad
+ * id among them fails alone, in its SettleResult.
+ *
  * @generated from message packetbus.v1.PullRequest
  */
 export type PullRequest = Message<"packetbus.v1.PullRequest"> & {
   /**
-   * Required in the first request of a stream, and only there.
+   * Required in the first request of a stream, and only there (else the stream
+   * ends INVALID_ARGUMENT, ONLY_FIRST).
    *
    * @generated from field: packetbus.v1.PullSubscription subscription = 1;
    */
