@@ -40,6 +40,7 @@ from packetbus.v1 import (
     record_service_pb2_grpc,
     speech_act_pb2,
 )
+from tests._raw_pull import opened_pull
 from tests.conftest import new_packet, unique
 
 # Non-ASCII digits (int() and `\d` take them, Redis does not), numbers past 2^64-1,
@@ -190,17 +191,7 @@ async def test_a_bad_id_on_a_pull_stream_fails_alone_and_the_stream_goes_on(
 ) -> None:
     await client.create_consumer_group(topic, "g", start=packetbus.EARLIEST)
     groups = consumer_group_service_pb2_grpc.ConsumerGroupServiceStub(channel)
-    requests: asyncio.Queue[consumer_group_service_pb2.PullRequest | None] = asyncio.Queue()
-
-    async def send() -> AsyncIterator[consumer_group_service_pb2.PullRequest]:
-        while (request := await requests.get()) is not None:
-            yield request
-
-    subscription = consumer_group_service_pb2.PullSubscription(
-        topic=topic, group="g", consumer="c-1"
-    )
-    await requests.put(consumer_group_service_pb2.PullRequest(subscription=subscription))
-    stream = groups.Pull(send())
+    stream, requests = opened_pull(groups, topic)
     await requests.put(
         consumer_group_service_pb2.PullRequest(
             ack_ids=[f"{c}:1" for c in BAD_CURSORS],

@@ -29,6 +29,7 @@ from packetbus.v1 import (
     consumer_group_service_pb2,
     consumer_group_service_pb2_grpc,
 )
+from tests._raw_pull import opened_pull
 from tests.conftest import new_packet, unique
 
 MOST = 1000  # the server's default Limits.max_batch_packets
@@ -53,17 +54,7 @@ async def _leased(client: packetbus.Client, topic: str, groups: Any) -> tuple[An
     """A Pull stream (its request queue) holding the lease of one packet's delivery."""
     await client.create_consumer_group(topic, "g", start=packetbus.EARLIEST)
     await client.dispatch(new_packet(topic))
-    requests: asyncio.Queue[consumer_group_service_pb2.PullRequest | None] = asyncio.Queue()
-
-    async def send() -> AsyncIterator[consumer_group_service_pb2.PullRequest]:
-        while (request := await requests.get()) is not None:
-            yield request
-
-    subscription = consumer_group_service_pb2.PullSubscription(
-        topic=topic, group="g", consumer="c-1"
-    )
-    await requests.put(consumer_group_service_pb2.PullRequest(subscription=subscription))
-    stream = groups.Pull(send())
+    stream, requests = opened_pull(groups, topic)
     async with asyncio.timeout(10):
         async for response in stream:
             if response.deliveries:
@@ -160,18 +151,23 @@ async def test_unary_settlements_of_more_than_a_batch_are_refused_unsettled(
     assert (await client.get_consumer_group(topic, "g")).outstanding == 1
 
 
-async def test_a_purge_of_more_entries_than_a_batch_is_refused_and_purges_none(
-    client: packetbus.Client, target: str, topic: str
-) -> None:
+async def _carceled(client: packetbus.Client, topic: str) -> str:
+    """The carcel entry id of a packet nacked once in a group of one attempt."""
     await client.create_consumer_group(
         topic, "g", start=packetbus.EARLIEST, max_delivery_attempts=1
     )
     await client.dispatch(new_packet(topic))
     async with client.consume(topic, "g", consumer="picky") as consumer:
         async with asyncio.timeout(10):
-            delivery = await anext(consumer)
-        [nacked] = await delivery.nack(reason="cannot parse it")
-    entry = nacked.carcel_id
+            [nacked] = await (await anext(consumer)).nack(reason="cannot parse it")
+    assert nacked.carcel_id
+    return str(nacked.carcel_id)
+
+
+async def test_a_purge_of_more_entries_than_a_batch_is_refused_and_purges_none(
+    client: packetbus.Client, target: str, topic: str
+) -> None:
+    entry = await _carceled(client, topic)
     async with grpc.aio.insecure_channel(target) as channel:
         carcel = carcel_service_pb2_grpc.CarcelServiceStub(channel)
         too_many = [entry] + [i.split(":")[0] for i in NEVER_DELIVERED[:MOST]]
@@ -193,14 +189,8 @@ async def test_a_purge_of_more_entries_than_a_batch_is_refused_and_purges_none(
 async def test_the_client_purges_more_entries_than_a_batch_in_several_calls(
     client: packetbus.Client, topic: str
 ) -> None:
-    await client.create_consumer_group(
-        topic, "g", start=packetbus.EARLIEST, max_delivery_attempts=1
-    )
-    await client.dispatch(new_packet(topic))
-    async with client.consume(topic, "g", consumer="picky") as consumer:
-        async with asyncio.timeout(10):
-            [nacked] = await (await anext(consumer)).nack()
-    ids = [i.split(":")[0] for i in NEVER_DELIVERED[: MOST + 500]] + [nacked.carcel_id]
+    entry = await _carceled(client, topic)
+    ids = [i.split(":")[0] for i in NEVER_DELIVERED[: MOST + 500]] + [entry]
     assert await client.purge_carcel(topic, ids) == 1
     assert [e.id async for e in client.carcel_entries(topic)] == []
 
